@@ -1,0 +1,191 @@
+"""Pricing queries: idealized runtime, dollars and joules per query and per benchmark.
+
+    runtime_s  = t(p, o) from the fitted cost model
+    cost_usd   = runtime_s × accelerators × $/s per accelerator
+    energy_j   = runtime_s × accelerators × rated W per accelerator   (the paper's idealized energy)
+    energy_measured_j = E(p, o) from a fitted energy model, when the profile measured energy
+
+Everything is one numpy pass over the whole table, so a million queries take well under a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from infermeter.cost_model import CostModel
+from infermeter.errors import UserError
+from infermeter.hardware import Accelerator, get_accelerator
+
+QUERY_COLUMNS = ("prompt_tokens", "output_tokens")
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """What one second of the stack costs: accelerators × ($/s, W) each."""
+
+    accelerator: str
+    num_accelerators: int
+    price_per_hour_usd: float  # per accelerator
+    power_watts: float  # rated, per accelerator
+
+    @property
+    def usd_per_second(self) -> float:
+        return self.num_accelerators * self.price_per_hour_usd / 3600.0
+
+    @property
+    def watts(self) -> float:
+        return self.num_accelerators * self.power_watts
+
+    @classmethod
+    def of(cls, accelerator: Accelerator, count: int) -> Pricing:
+        return cls(accelerator.name, count, accelerator.price_per_hour_usd, accelerator.tdp_watts)
+
+
+def pricing_for(
+    model: CostModel,
+    accelerator: str | None = None,
+    num_accelerators: int | None = None,
+    overrides: dict[str, float] | None = None,
+    catalog: Mapping[str, Accelerator] | None = None,
+) -> tuple[Pricing, str | None]:
+    """Pricing from the flags, else from the stack the model was profiled on.
+
+    Returns the pricing and a note when it had to assume the accelerator.
+    """
+    stack = model.stack or {}
+    note = None
+    profiled = stack.get("accelerator")
+    if accelerator:
+        acc = get_accelerator(accelerator, overrides, catalog=catalog)
+    elif isinstance(profiled, dict):
+        # The profile's own entry, with any price/power it was profiled with.
+        acc = Accelerator.from_dict(profiled)
+        if overrides:
+            acc = acc.with_overrides(overrides)
+    elif isinstance(profiled, str):
+        acc = get_accelerator(profiled, overrides, catalog=catalog)
+    else:
+        acc = get_accelerator("a100", overrides, catalog=catalog)
+        note = (
+            "the profile names no accelerator; priced as 1 × A100 80GB (the paper's reference); "
+            "pass --accelerator and --num-accelerators to change it"
+        )
+    count = num_accelerators or int(stack.get("num_accelerators", 1))
+    if count < 1:
+        raise UserError("--num-accelerators must be at least 1")
+    return Pricing.of(acc, count), note
+
+
+def read_queries(path: str | Path) -> pd.DataFrame:
+    """Queries from CSV, JSONL, JSON (a list of objects) or Parquet, by extension."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(path)
+        elif suffix in (".jsonl", ".ndjson"):
+            frame = pd.read_json(path, lines=True)
+        elif suffix == ".json":
+            frame = pd.read_json(path)
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            raise UserError(
+                f"cannot tell the format of {path}: use .csv, .jsonl, .json or .parquet"
+            )
+    except UserError:
+        raise
+    except FileNotFoundError as exc:
+        raise UserError(f"queries file {path} does not exist") from exc
+    except Exception as exc:  # pandas raises many kinds for a bad file; all mean the same
+        raise UserError(f"cannot read queries file {path}: {exc}".splitlines()[0]) from exc
+    return validate_queries(frame, str(path))
+
+
+def validate_queries(frame: pd.DataFrame, origin: str = "queries") -> pd.DataFrame:
+    missing = [c for c in QUERY_COLUMNS if c not in frame.columns]
+    if missing:
+        raise UserError(
+            f"{origin} lacks column(s) {', '.join(missing)}; each query needs prompt_tokens "
+            "and output_tokens (and optionally id)"
+        )
+    if frame.empty:
+        raise UserError(f"{origin} holds no queries")
+    for column in QUERY_COLUMNS:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        if values.isna().any() or (values % 1 != 0).any():
+            row = int(np.flatnonzero(values.isna() | (values % 1 != 0))[0])
+            raise UserError(f"{origin}: {column} must be a whole number (row {row + 1})")
+        if (values <= 0).any():
+            row = int(np.flatnonzero(values <= 0)[0])
+            raise UserError(f"{origin}: {column} must be positive (row {row + 1})")
+        frame[column] = values.astype(np.int64)
+    return frame
+
+
+def estimate_queries(
+    queries: pd.DataFrame,
+    runtime: CostModel,
+    pricing: Pricing,
+    energy: CostModel | None = None,
+    grid_gco2_per_kwh: float | None = None,
+) -> pd.DataFrame:
+    """One row per query: tokens, runtime, cost and energy (rated, and measured if fitted)."""
+    if runtime.quantity != "runtime_s":
+        raise UserError("the profile given is an energy model; pass the runtime model")
+    p = queries["prompt_tokens"].to_numpy()
+    o = queries["output_tokens"].to_numpy()
+    out: dict[str, Any] = {}
+    if "id" in queries.columns:
+        out["id"] = queries["id"].to_numpy()
+    out["prompt_tokens"] = p
+    out["output_tokens"] = o
+    seconds = runtime.predict(p, o)
+    out["runtime_s"] = seconds
+    out["cost_usd"] = seconds * pricing.usd_per_second
+    out["energy_j"] = seconds * pricing.watts
+    if energy is not None:
+        out["energy_measured_j"] = energy.predict(p, o)
+    if grid_gco2_per_kwh is not None:
+        joules = out.get("energy_measured_j", out["energy_j"])
+        out["co2e_g"] = joules / 3.6e6 * grid_gco2_per_kwh
+    return pd.DataFrame(out)
+
+
+def summarize(estimates: pd.DataFrame) -> pd.DataFrame:
+    """Totals and means per numeric column: the benchmark-level figure."""
+    numeric = estimates.drop(columns=["id"], errors="ignore").select_dtypes("number")
+    return pd.DataFrame({"total": numeric.sum(), "mean": numeric.mean()}).T
+
+
+def query_grid(prompt_sizes: list[int], output_sizes: list[int]) -> pd.DataFrame:
+    p, o = np.meshgrid(prompt_sizes, output_sizes, indexing="ij")
+    return validate_queries(
+        pd.DataFrame({"prompt_tokens": p.ravel(), "output_tokens": o.ravel()}), "grid"
+    )
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write by extension: .csv, .jsonl, .json or .parquet."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif suffix in (".jsonl", ".ndjson"):
+        frame.to_json(path, orient="records", lines=True)
+    elif suffix == ".json":
+        frame.to_json(path, orient="records", indent=1)
+    elif suffix == ".parquet":
+        try:
+            frame.to_parquet(path, index=False)
+        except ImportError as exc:
+            raise UserError("Parquet needs pyarrow: pip install 'infermeter[parquet]'") from exc
+    else:
+        raise UserError(f"cannot tell the format of {path}: use .csv, .jsonl, .json or .parquet")
+    return path

@@ -1,0 +1,162 @@
+"""Profiling: run a grid of (p, o, batch, trial) points on a backend, storing each as it lands."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from infermeter.backends.base import Backend, Measurement, Point
+from infermeter.errors import UserError
+from infermeter.provenance import git_commit, package_version
+from infermeter.spec import ModelSpec
+from infermeter.store import RunRecord, Store, run_key
+
+# The paper's profile for a 2,048-token context (§3.4) and a light one for CPUs.
+PAPER_PROMPT_SIZES = (1, 256, 512, 1024, 1536)
+PAPER_OUTPUT_SIZES = (1, 32, 64, 128, 256)
+CPU_PROMPT_SIZES = (1, 64, 128, 256)
+CPU_OUTPUT_SIZES = (1, 8, 16, 32)
+
+
+@dataclass(frozen=True)
+class ProfileGrid:
+    """The points to profile: every prompt size × output length × batch size, `trials` times."""
+
+    prompt_sizes: tuple[int, ...]
+    output_sizes: tuple[int, ...]
+    batch_sizes: tuple[int, ...] = (1,)
+    trials: int = 3
+
+    def validate(self, spec: ModelSpec) -> None:
+        for label, sizes in (
+            ("prompt size", self.prompt_sizes),
+            ("output length", self.output_sizes),
+            ("batch size", self.batch_sizes),
+        ):
+            if not sizes:
+                raise UserError(f"no {label}s given")
+            bad = [s for s in sizes if s <= 0]
+            if bad:
+                raise UserError(f"{label}s must be positive, got {bad[0]}")
+        if self.trials < 1:
+            raise UserError(f"trials must be at least 1, got {self.trials}")
+        if len(set(self.output_sizes)) < 2:
+            raise UserError(
+                "the grid needs at least two distinct output lengths per prompt size to fit a "
+                "line; pass e.g. --output-sizes 1,16,32"
+            )
+        longest = max(self.prompt_sizes) + max(self.output_sizes)
+        if longest > spec.max_context:
+            raise UserError(
+                f"prompt {max(self.prompt_sizes)} + output {max(self.output_sizes)} = {longest} "
+                f"tokens exceeds {spec.name}'s context of {spec.max_context}; use smaller sizes"
+            )
+
+    def points(self) -> list[Point]:
+        """Trial-major order, so slow drift of the machine spreads over all points alike."""
+        return [
+            Point(p, o, b, t)
+            for t in range(self.trials)
+            for b in sorted(set(self.batch_sizes))
+            for p in sorted(set(self.prompt_sizes))
+            for o in sorted(set(self.output_sizes))
+        ]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+
+def default_grid(spec: ModelSpec, on_gpu: bool, trials: int = 3) -> ProfileGrid:
+    """The paper's grid on a GPU, a lighter one on a CPU; shrunk to fit the context."""
+    prompts, outputs = (
+        (PAPER_PROMPT_SIZES, PAPER_OUTPUT_SIZES) if on_gpu else (CPU_PROMPT_SIZES, CPU_OUTPUT_SIZES)
+    )
+    scale = 1.0
+    while max(prompts) * scale + max(outputs) * scale > spec.max_context:
+        scale /= 2
+    sized_p = tuple(sorted({max(1, int(p * scale)) for p in prompts}))
+    sized_o = tuple(sorted({max(1, int(o * scale)) for o in outputs}))
+    if len(sized_o) < 2:
+        sized_o = (1, 2)
+    return ProfileGrid(sized_p, sized_o, (1,), trials)
+
+
+ProgressCallback = Callable[[Point, Measurement], None]
+
+
+def profile_key(
+    spec: ModelSpec, stack: dict, backend: str, options: dict, grid: ProfileGrid
+) -> str:
+    return run_key(
+        {
+            "spec": spec.to_dict(),
+            "stack": stack,
+            "backend": backend,
+            "options": options,
+            "grid": grid.to_dict(),
+        }
+    )
+
+
+def run_profile(
+    store: Store,
+    spec: ModelSpec,
+    stack: dict,
+    backend: Backend,
+    backend_options: dict,
+    grid: ProfileGrid,
+    on_start: Callable[[RunRecord, int, int], None] | None = None,
+    on_point: ProgressCallback | None = None,
+    device: str = "",
+) -> RunRecord:
+    """Measure every point of `grid` not already stored for the same profile.
+
+    Each point is committed before the next one runs; an interrupted profile (Ctrl-C, a
+    crash, SIGKILL) resumes when the same profile is asked for again.
+    """
+    grid.validate(spec)
+    run, _ = store.open_run(
+        key=profile_key(spec, stack, backend.name, backend_options, grid),
+        model=spec.name,
+        spec=spec.to_dict(),
+        stack=stack,
+        backend=backend.name,
+        backend_info=backend_options,
+        grid=grid.to_dict(),
+        device=device,
+        commit_sha=git_commit(),
+        version=package_version("infermeter") or "unknown",
+    )
+    done = store.finished_points(run.id)
+    todo: Sequence[Point] = [pt for pt in grid.points() if pt not in done]
+    if on_start:
+        on_start(run, len(grid.points()) - len(todo), len(grid.points()))
+    if not todo:
+        store.set_run_status(run.id, "complete")
+        return store.get_run(run.id)
+    status = "interrupted"
+    try:
+        backend.prepare(spec)
+        store.update_run_backend(run.id, {**backend_options, **backend.describe()})
+        for point in todo:
+            measurement = backend.measure(point)
+            if (
+                measurement.status == "ok"
+                and measurement.output_tokens_actual is not None
+                and measurement.output_tokens_actual != point.output_tokens
+            ):
+                # Kept for the record, left out of fits: the length was not what was asked.
+                measurement.status = "flagged"
+                produced = measurement.output_tokens_actual
+                measurement.detail = f"produced {produced} tokens, asked {point.output_tokens}"
+            store.record_point(run.id, point, measurement)
+            if on_point:
+                on_point(point, measurement)
+        status = "complete"
+    finally:
+        backend.close()
+        store.set_run_status(run.id, status)
+    return store.get_run(run.id)

@@ -1,0 +1,75 @@
+"""Where a number came from: device, date, infermeter commit, software versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+
+def git_commit(path: str | Path | None = None) -> str | None:
+    """The commit of the infermeter checkout (or INFERMETER_COMMIT where git is absent)."""
+    if os.environ.get("INFERMETER_COMMIT"):
+        return os.environ["INFERMETER_COMMIT"]
+    where = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_name() -> str:
+    """A readable CPU model name (platform.processor() is often empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cuda_device_name() -> str | None:
+    """Name of CUDA device 0 when torch is installed and sees one; None otherwise."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return str(torch.cuda.get_device_name(0))
+
+
+def device_description(gpu: bool = True) -> str:
+    """The GPU's name when `gpu` and one is visible, else the CPU's."""
+    return (gpu and cuda_device_name()) or f"cpu: {cpu_name()} ({os.cpu_count()} cores)"
+
+
+def utc_date() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance() -> dict[str, str | None]:
+    return {
+        "device": device_description(),
+        "date": utc_date(),
+        "commit": git_commit(),
+        "infermeter": package_version("infermeter"),
+        "python": platform.python_version(),
+        "torch": package_version("torch"),
+        "transformers": package_version("transformers"),
+        "numpy": package_version("numpy"),
+    }

@@ -1,0 +1,343 @@
+"""The store: every run and every measured point in one SQLite file, written as it is taken.
+
+Each point is committed before the next one runs (WAL mode, one transaction per point), so a
+profile killed at any moment loses at most the point in flight, and rerunning the same profile
+resumes: a run is identified by a key over (model spec, stack, backend options, grid), and
+points already stored with status "ok" are never measured again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from infermeter.backends.base import Measurement, Point
+from infermeter.cost_model import CostModel
+from infermeter.errors import UserError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    model TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    stack_json TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    backend_json TEXT NOT NULL,
+    grid_json TEXT NOT NULL,
+    device TEXT NOT NULL,
+    commit_sha TEXT,
+    infermeter_version TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    status TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS points (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    prompt_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    batch_size INTEGER NOT NULL,
+    trial INTEGER NOT NULL,
+    runtime_s REAL,
+    ttft_s REAL,
+    energy_j REAL,
+    output_tokens_actual INTEGER,
+    status TEXT NOT NULL,
+    detail TEXT,
+    extra_json TEXT,
+    measured_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, prompt_tokens, output_tokens, batch_size, trial)
+);
+CREATE TABLE IF NOT EXISTS fits (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    quantity TEXT NOT NULL,
+    model_json TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"""
+
+POINT_COLUMNS = [
+    "run_id",
+    "prompt_tokens",
+    "output_tokens",
+    "batch_size",
+    "trial",
+    "runtime_s",
+    "ttft_s",
+    "energy_j",
+    "output_tokens_actual",
+    "status",
+    "detail",
+    "extra_json",
+    "measured_at",
+]
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_key(parts: dict[str, Any]) -> str:
+    """A stable identity for a profile: same inputs, same key, so a rerun resumes."""
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    key: str
+    model: str
+    spec: dict[str, Any]
+    stack: dict[str, Any]
+    backend: str
+    backend_info: dict[str, Any]
+    grid: dict[str, Any]
+    device: str
+    commit_sha: str | None
+    infermeter_version: str
+    created_at: str
+    updated_at: str
+    status: str
+
+
+class Store:
+    """A SQLite file of runs, points and fits."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise UserError(f"cannot open store {self.path}: {exc}; pass --store PATH") from exc
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._check_schema()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise UserError(
+                f"{self.path} is not an infermeter store ({exc}); pass another --store PATH"
+            ) from exc
+
+    def _check_schema(self) -> None:
+        has_meta = self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        if has_meta:
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row["value"]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise UserError(
+                    f"store {self.path} has schema version {version}, newer than this "
+                    f"infermeter's {SCHEMA_VERSION}; upgrade infermeter (pip install -U "
+                    "infermeter) or use another --store"
+                )
+            if version == SCHEMA_VERSION:
+                return
+        tables = self._db.execute(
+            "SELECT count(*) AS n FROM sqlite_master WHERE type='table'"
+        ).fetchone()["n"]
+        if tables and not has_meta:
+            raise UserError(
+                f"{self.path} is a SQLite file but not an infermeter store; "
+                "pass another --store PATH"
+            )
+        with self.transaction():
+            for statement in _SCHEMA.strip().split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- runs --------------------------------------------------------------------------
+    def open_run(
+        self,
+        *,
+        key: str,
+        model: str,
+        spec: dict[str, Any],
+        stack: dict[str, Any],
+        backend: str,
+        backend_info: dict[str, Any],
+        grid: dict[str, Any],
+        device: str,
+        commit_sha: str | None,
+        version: str,
+    ) -> tuple[RunRecord, bool]:
+        """The run with this key, created if new. Returns (run, resumed)."""
+        existing = self._db.execute("SELECT * FROM runs WHERE key = ?", (key,)).fetchone()
+        now = utc_now()
+        if existing:
+            with self.transaction():
+                self._db.execute(
+                    "UPDATE runs SET status='running', updated_at=? WHERE id=?",
+                    (now, existing["id"]),
+                )
+            return self.get_run(existing["id"]), True
+        with self.transaction():
+            cursor = self._db.execute(
+                "INSERT INTO runs(key, model, spec_json, stack_json, backend, backend_json, "
+                "grid_json, device, commit_sha, infermeter_version, created_at, updated_at, "
+                "status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    key,
+                    model,
+                    json.dumps(spec, sort_keys=True),
+                    json.dumps(stack, sort_keys=True),
+                    backend,
+                    json.dumps(backend_info, sort_keys=True),
+                    json.dumps(grid, sort_keys=True),
+                    device,
+                    commit_sha,
+                    version,
+                    now,
+                    now,
+                    "running",
+                ),
+            )
+        return self.get_run(int(cursor.lastrowid)), False
+
+    def set_run_status(self, run_id: int, status: str) -> None:
+        with self.transaction():
+            self._db.execute(
+                "UPDATE runs SET status=?, updated_at=? WHERE id=?", (status, utc_now(), run_id)
+            )
+
+    def update_run_backend(self, run_id: int, backend_info: dict[str, Any]) -> None:
+        """Record what the backend reported once prepared (versions, device, dtype)."""
+        device = str(backend_info.get("device", ""))
+        with self.transaction():
+            self._db.execute(
+                "UPDATE runs SET backend_json=?, device=CASE WHEN ?='' THEN device ELSE ? END "
+                "WHERE id=?",
+                (json.dumps(backend_info, sort_keys=True, default=str), device, device, run_id),
+            )
+
+    def get_run(self, run_id: int) -> RunRecord:
+        row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise UserError(f"no run {run_id} in {self.path}; list runs with `infermeter runs`")
+        return RunRecord(
+            id=row["id"],
+            key=row["key"],
+            model=row["model"],
+            spec=json.loads(row["spec_json"]),
+            stack=json.loads(row["stack_json"]),
+            backend=row["backend"],
+            backend_info=json.loads(row["backend_json"]),
+            grid=json.loads(row["grid_json"]),
+            device=row["device"],
+            commit_sha=row["commit_sha"],
+            infermeter_version=row["infermeter_version"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            status=row["status"],
+        )
+
+    def runs(self) -> pd.DataFrame:
+        query = (
+            "SELECT r.id, r.model, r.backend, r.device, r.status, r.created_at, "
+            "count(p.run_id) AS points, sum(p.status = 'ok') AS ok_points "
+            "FROM runs r LEFT JOIN points p ON p.run_id = r.id GROUP BY r.id ORDER BY r.id"
+        )
+        return pd.read_sql_query(query, self._db)
+
+    def latest_run_id(self) -> int:
+        row = self._db.execute("SELECT max(id) AS id FROM runs").fetchone()
+        if row["id"] is None:
+            raise UserError(f"no runs in {self.path}; profile one with `infermeter profile`")
+        return int(row["id"])
+
+    # ---- points ------------------------------------------------------------------------
+    def finished_points(self, run_id: int) -> set[Point]:
+        rows = self._db.execute(
+            "SELECT prompt_tokens, output_tokens, batch_size, trial FROM points "
+            "WHERE run_id = ? AND status != 'error'",
+            (run_id,),
+        ).fetchall()
+        return {Point(r[0], r[1], r[2], r[3]) for r in rows}
+
+    def record_point(self, run_id: int, point: Point, m: Measurement) -> None:
+        """Commit one measurement durably before the caller moves on."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO points VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run_id,
+                    point.prompt_tokens,
+                    point.output_tokens,
+                    point.batch_size,
+                    point.trial,
+                    m.runtime_s,
+                    m.ttft_s,
+                    m.energy_j,
+                    m.output_tokens_actual,
+                    m.status,
+                    m.detail,
+                    json.dumps(m.extra, sort_keys=True) if m.extra else None,
+                    utc_now(),
+                ),
+            )
+            self._db.execute("UPDATE runs SET updated_at=? WHERE id=?", (utc_now(), run_id))
+
+    def points(self, run_id: int) -> pd.DataFrame:
+        return pd.read_sql_query(
+            "SELECT * FROM points WHERE run_id = ? "
+            "ORDER BY prompt_tokens, output_tokens, batch_size, trial",
+            self._db,
+            params=(run_id,),
+        )
+
+    # ---- fits --------------------------------------------------------------------------
+    def record_fit(self, run_id: int, model: CostModel) -> int:
+        with self.transaction():
+            cursor = self._db.execute(
+                "INSERT INTO fits(run_id, quantity, model_json, created_at) VALUES (?,?,?,?)",
+                (run_id, model.quantity, json.dumps(model.to_dict()), utc_now()),
+            )
+        return int(cursor.lastrowid)
+
+    def latest_fit(self, run_id: int, quantity: str = "runtime_s") -> CostModel | None:
+        row = self._db.execute(
+            "SELECT model_json FROM fits WHERE run_id = ? AND quantity = ? "
+            "ORDER BY id DESC LIMIT 1",
+            (run_id, quantity),
+        ).fetchone()
+        return CostModel.from_dict(json.loads(row["model_json"])) if row else None

@@ -1,0 +1,179 @@
+"""The §3.4 fit recovers a known t(p, o) and reports honest statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from infermeter.cost_model import CostModel, piecewise_linear
+from infermeter.errors import UserError
+from infermeter.fit import aggregate_trials, fit_cost_model
+
+
+def synthetic_points(
+    prompt_sizes: list[int],
+    output_sizes: list[int],
+    pe: dict[int, float],
+    g: float,
+    trials: int,
+    noise: float,
+    rng: np.random.Generator,
+    overhead: float = 0.0,
+    positive_noise: bool = False,
+) -> pd.DataFrame:
+    rows = []
+    for p in prompt_sizes:
+        for o in output_sizes:
+            for t in range(trials):
+                true = pe[p] + (o - 1) * g + overhead
+                eps = abs(rng.normal(0, noise)) if positive_noise else rng.normal(0, noise)
+                rows.append((p, o, t, true * (1 + eps)))
+    return pd.DataFrame(rows, columns=["prompt_tokens", "output_tokens", "trial", "runtime_s"])
+
+
+grids = st.fixed_dictionaries(
+    {
+        "prompts": st.lists(st.integers(1, 4096), min_size=1, max_size=6, unique=True),
+        "outputs": st.lists(st.integers(1, 512), min_size=2, max_size=6, unique=True),
+        "trials": st.integers(1, 4),
+        "g": st.floats(1e-3, 0.1),
+        "pe_base": st.floats(1e-3, 0.5),
+        "pe_slope": st.floats(1e-6, 1e-3),
+        "noise": st.floats(0.0, 0.002),
+        "seed": st.integers(0, 2**31 - 1),
+    }
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(grids)
+def test_fit_recovers_known_model(case: dict) -> None:
+    """PE at the knots and g within 1% under multiplicative noise, any grid shape."""
+    rng = np.random.default_rng(case["seed"])
+    prompts, outputs = sorted(case["prompts"]), sorted(case["outputs"])
+    pe = {p: case["pe_base"] + case["pe_slope"] * p for p in prompts}
+    points = synthetic_points(prompts, outputs, pe, case["g"], case["trials"], case["noise"], rng)
+    model = fit_cost_model(points, denoise="mean", folds=3)
+    assert model.prompt_sizes == prompts
+    # The slope is only identified to the precision the output spread allows.
+    span = max(outputs) - min(outputs)
+    noise_scale = case["noise"] * max(pe[p] + (max(outputs) - 1) * case["g"] for p in prompts)
+    for p, fitted in zip(model.prompt_sizes, model.prompt_encoding, strict=False):
+        assert fitted == pytest.approx(pe[p], rel=0.01, abs=20 * noise_scale)
+    assert model.per_output_token == pytest.approx(case["g"], rel=0.01, abs=20 * noise_scale / span)
+
+
+def test_fit_exact_without_noise() -> None:
+    rng = np.random.default_rng(0)
+    pe = {1: 0.02, 256: 0.05, 512: 0.09, 1024: 0.2, 1536: 0.33}
+    points = synthetic_points(list(pe), [1, 32, 64, 128, 256], pe, 0.021, 3, 0.0, rng)
+    model = fit_cost_model(points)
+    assert np.allclose(model.prompt_encoding, list(pe.values()), rtol=1e-9)
+    assert model.per_output_token == pytest.approx(0.021, rel=1e-9)
+    assert model.fit["r2_overall"] == pytest.approx(1.0)
+    assert all(row["r2"] == pytest.approx(1.0) for row in model.fit["per_prompt"])
+    assert model.fit["cross_validation"]["mape"] < 1e-6
+    # Interpolation between knots and linear extrapolation past them.
+    assert model.predict(384, 1) == pytest.approx(0.07)
+    assert model.predict(2048, 1) == pytest.approx(0.33 + 512 * (0.33 - 0.2) / 512)
+
+
+def test_min_denoising_removes_positive_noise() -> None:
+    """§4.1: with η ≥ 0 the minimum over many trials approaches the true runtime."""
+    rng = np.random.default_rng(1)
+    pe = {1: 0.1, 512: 0.4, 1024: 0.7}
+    points = synthetic_points(
+        list(pe), [1, 16, 32, 64], pe, 0.03, 40, 0.05, rng, positive_noise=True
+    )
+    by_min = fit_cost_model(points, denoise="min")
+    by_mean = fit_cost_model(points, denoise="mean")
+    assert by_min.per_output_token == pytest.approx(0.03, rel=0.01)
+    assert abs(by_min.per_output_token - 0.03) < abs(by_mean.per_output_token - 0.03)
+
+
+def test_overhead_auto_recovers_constant() -> None:
+    rng = np.random.default_rng(2)
+    pe = {1: 0.0 + 0.0002, 256: 0.0512, 512: 0.1024}  # PE linear through the origin
+    points = synthetic_points(list(pe), [1, 8, 16], pe, 0.02, 1, 0.0, rng, overhead=0.35)
+    model = fit_cost_model(points, overhead="auto")
+    assert model.overhead == pytest.approx(0.35, rel=1e-6)
+    assert model.prompt_encoding[1] == pytest.approx(0.0512, rel=1e-6)
+    assert model.predict(100, 5) == pytest.approx(0.35 + 0.02 + 4 * 0.02, rel=1e-6)
+    given_model = fit_cost_model(points, overhead=0.1)
+    assert given_model.overhead == 0.1
+    assert given_model.predict(256, 8) == pytest.approx(model.predict(256, 8))
+
+
+def test_energy_fit_uses_energy_column() -> None:
+    rng = np.random.default_rng(3)
+    pe = {1: 5.0, 128: 9.0}
+    points = synthetic_points(list(pe), [1, 8, 16], pe, 2.5, 2, 0.0, rng)
+    points = points.rename(columns={"runtime_s": "energy_j"})
+    model = fit_cost_model(points, quantity="energy_j")
+    assert model.quantity == "energy_j" and model.unit == "J"
+    assert model.per_output_token == pytest.approx(2.5)
+
+
+def test_flagged_and_failed_points_are_left_out() -> None:
+    rng = np.random.default_rng(4)
+    pe = {1: 0.1, 64: 0.2}
+    points = synthetic_points(list(pe), [1, 8, 16], pe, 0.01, 1, 0.0, rng)
+    points["status"] = "ok"
+    bad = points.iloc[[0]].assign(runtime_s=100.0, status="flagged")
+    model = fit_cost_model(pd.concat([points, bad]))
+    assert model.per_output_token == pytest.approx(0.01)
+
+
+def test_one_output_length_is_refused() -> None:
+    points = pd.DataFrame(
+        {"prompt_tokens": [1, 1, 64], "output_tokens": [1, 8, 8], "runtime_s": [0.1, 0.2, 0.3]}
+    )
+    with pytest.raises(UserError, match="prompt size 64 has only output length"):
+        fit_cost_model(points)
+
+
+def test_missing_column_and_bad_values() -> None:
+    with pytest.raises(UserError, match="lack column"):
+        fit_cost_model(pd.DataFrame({"prompt_tokens": [1], "output_tokens": [1]}))
+    with pytest.raises(UserError, match="positive"):
+        fit_cost_model(
+            pd.DataFrame(
+                {"prompt_tokens": [0, 1], "output_tokens": [1, 2], "runtime_s": [1.0, 2.0]}
+            )
+        )
+
+
+def test_aggregate_reports_variation() -> None:
+    points = pd.DataFrame(
+        {"prompt_tokens": [1, 1, 1], "output_tokens": [4, 4, 4], "runtime_s": [1.0, 2.0, 3.0]}
+    )
+    agg = aggregate_trials(points, "runtime_s", "min")
+    assert agg.loc[0, "value"] == 1.0 and agg.loc[0, "trials"] == 3
+    assert agg.loc[0, "cv"] == pytest.approx(0.5)
+
+
+@given(
+    knots=st.lists(st.integers(1, 5000), min_size=1, max_size=6, unique=True),
+    values=st.lists(st.floats(-1.0, 10.0), min_size=6, max_size=6),
+    x=st.lists(st.floats(0, 10000), min_size=1, max_size=20),
+)
+def test_piecewise_linear_never_negative_and_hits_knots(knots, values, x) -> None:
+    knots = sorted(knots)
+    vals = np.array(values[: len(knots)])
+    y = piecewise_linear(np.array(knots), vals, np.array(x))
+    assert (y >= 0).all()
+    assert np.allclose(
+        piecewise_linear(np.array(knots), vals, np.array(knots)), np.maximum(vals, 0)
+    )
+
+
+def test_cost_model_json_round_trip(tmp_path) -> None:
+    model = CostModel([1, 512], [0.1, 0.3], 0.02, 0.0, model="m", fit={"r2_overall": 1.0})
+    path = model.save(tmp_path / "m.json")
+    loaded = CostModel.from_dict(__import__("json").loads(path.read_text()))
+    assert loaded == model
+    with pytest.raises(UserError, match="schema"):
+        CostModel.from_dict({"schema": "infermeter.cost_model/99"})

@@ -1,0 +1,95 @@
+"""The SQLite store: durable points, resumable runs, schema guard."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from infermeter.backends.base import Measurement, Point
+from infermeter.cost_model import CostModel
+from infermeter.errors import UserError
+from infermeter.store import SCHEMA_VERSION, Store, run_key
+
+
+def open_run(db: Store, key: str = "k1"):
+    return db.open_run(
+        key=key,
+        model="tiny",
+        spec={"name": "tiny"},
+        stack={"backend": "hf"},
+        backend="hf",
+        backend_info={"device": "cpu"},
+        grid={"trials": 1},
+        device="cpu",
+        commit_sha="abc",
+        version="0.1.0",
+    )
+
+
+def test_points_survive_reopen_and_runs_resume(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with Store(path) as db:
+        run, resumed = open_run(db)
+        assert not resumed
+        db.record_point(run.id, Point(1, 2), Measurement(0.5, 0.1, 2))
+        db.record_point(run.id, Point(1, 4), Measurement(0.0, status="error", detail="oom"))
+    with Store(path) as db:
+        again, resumed = open_run(db)
+        assert resumed and again.id == run.id
+        # Errors are retried on resume; good points are not.
+        assert db.finished_points(run.id) == {Point(1, 2)}
+        points = db.points(run.id)
+        assert list(points.runtime_s) == [0.5, 0.0]
+        assert db.runs().loc[0, "ok_points"] == 1
+
+
+def test_fits_are_stored(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.sqlite") as db:
+        run, _ = open_run(db)
+        model = CostModel([1, 2], [0.1, 0.2], 0.01, model="tiny")
+        db.record_fit(run.id, model)
+        assert db.latest_fit(run.id) == model
+        assert db.latest_fit(run.id, "energy_j") is None
+
+
+def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with Store(path) as db:
+        open_run(db)
+    con = sqlite3.connect(path)
+    con.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    con.commit()
+    con.close()
+    before = path.read_bytes()
+    with pytest.raises(UserError, match="newer"):
+        Store(path)
+    assert path.read_bytes() == before
+
+
+def test_foreign_files_are_refused(tmp_path: Path) -> None:
+    text = tmp_path / "notes.sqlite"
+    text.write_text("hello, not a database at all" * 100)
+    with pytest.raises(UserError, match="not an infermeter store"):
+        Store(text)
+    other = tmp_path / "other.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE t (x)")
+    con.commit()
+    con.close()
+    with pytest.raises(UserError, match="not an infermeter store"):
+        Store(other)
+
+
+def test_unknown_run(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.sqlite") as db:
+        with pytest.raises(UserError, match="no runs"):
+            db.latest_run_id()
+        with pytest.raises(UserError, match="no run 7"):
+            db.get_run(7)
+
+
+def test_run_key_is_stable_and_order_free() -> None:
+    assert run_key({"a": 1, "b": [1, 2]}) == run_key({"b": [1, 2], "a": 1})
+    assert run_key({"a": 1}) != run_key({"a": 2})
