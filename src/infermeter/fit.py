@@ -132,28 +132,39 @@ def cross_validate(
 ) -> dict[str, float | int]:
     """k-fold over (p, o) points: fit on the rest, predict the held-out points.
 
-    A prompt size left with fewer than two output lengths in a training split is dropped
-    from that split, so its points are priced by interpolation: a test of PE's knots too.
+    Folds are stratified by prompt size (each fold holds out about 1/k of every size's output
+    lengths), so what is measured is the estimate of queries never profiled. A prompt size
+    left with fewer than two output lengths in a training split is dropped from that split
+    and its held-out points are priced by interpolating PE between the other sizes.
     """
     n = len(agg)
     folds = min(folds, n)
     if folds < 2:
         return {"folds": 0, "mape": float("nan"), "max_abs_pct_error": float("nan")}
-    order = np.random.default_rng(seed).permutation(n)
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(n, dtype=int)
+    offset = 0
+    for _, rows in agg.groupby("prompt_tokens").indices.items():
+        shuffled = rng.permutation(rows)
+        # Rotate the start so small groups do not all land in the first folds.
+        fold_of[shuffled] = (np.arange(len(shuffled)) + offset) % folds
+        offset += len(shuffled)
     errors: list[np.ndarray] = []
     for k in range(folds):
-        test_idx = order[k::folds]
-        train = agg.drop(agg.index[test_idx])
+        held_out = fold_of == k
+        if not held_out.any():
+            continue
+        train = agg[~held_out]
         counts = train.groupby("prompt_tokens")["output_tokens"].transform("nunique")
         train = train[counts >= 2]
-        if train["prompt_tokens"].nunique() < 1:
+        if train.empty:
             continue
         try:
             _, knots, pe, g, const = _fit_core(train, overhead)
         except UserError:
             continue
         model = CostModel(knots.astype(int).tolist(), pe.tolist(), g, const)
-        test = agg.iloc[test_idx]
+        test = agg[held_out]
         predicted = model.predict(test["prompt_tokens"], test["output_tokens"])
         actual = test["value"].to_numpy(dtype=float)
         ok = actual > 0

@@ -44,6 +44,13 @@ class ModelSpec:
     norm_eps: float = 1e-5
     parallel_attn_ffn: bool = False  # GPT-J / NeoX: attention and FFN read the same input
     bias: bool = True  # linear layers carry biases (GPT-2, OPT, BLOOM) or not (LLaMA)
+    qkv_bias: bool | None = None  # per-part exceptions to `bias`, None follows it
+    out_bias: bool | None = None  # (Qwen2: q/k/v only; GPT-J: MLP only)
+    mlp_bias: bool | None = None
+    lm_head_bias: bool = False  # GPT-J's LM head has one
+    embedding_norm: bool = False  # BLOOM normalises the embedding output
+    parallel_norms: int = 1  # with parallel attention/FFN: one shared norm (GPT-J) or two (NeoX)
+    position_offset: int = 0  # OPT keeps 2 extra rows of learned positions
     tie_embeddings: bool = False
     max_context: int = 2048
     dtype: str = "bfloat16"
@@ -54,7 +61,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         for name in ("hidden_size", "num_layers", "num_heads", "vocab_size", "max_context"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if type(value) is not int or value <= 0:
                 raise ValueError(f"{self.name}: {name} must be a positive integer, got {value!r}")
         if self.kv_heads <= 0 or self.num_heads % self.kv_heads:
             raise ValueError(
@@ -66,6 +73,12 @@ class ModelSpec:
                 f"{self.name}: hidden_size ({self.hidden_size}) is not divisible by "
                 f"num_heads ({self.num_heads}); set head_dim explicitly"
             )
+        for name in ("num_kv_heads", "ffn_size", "head_dim"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value <= 0):
+                raise ValueError(f"{self.name}: {name} must be a positive integer or None")
+        if self.parallel_norms not in (1, 2) or self.position_offset < 0:
+            raise ValueError(f"{self.name}: parallel_norms must be 1 or 2, position_offset >= 0")
         if self.dtype not in DTYPE_BYTES:
             raise ValueError(
                 f"{self.name}: unknown dtype {self.dtype!r}; use one of {sorted(DTYPE_BYTES)}"
@@ -95,6 +108,23 @@ class ModelSpec:
         return self.kv_heads * self.dim_head
 
     @property
+    def has_qkv_bias(self) -> bool:
+        return self.bias if self.qkv_bias is None else self.qkv_bias
+
+    @property
+    def has_out_bias(self) -> bool:
+        return self.bias if self.out_bias is None else self.out_bias
+
+    @property
+    def has_mlp_bias(self) -> bool:
+        return self.bias if self.mlp_bias is None else self.mlp_bias
+
+    @property
+    def norm_params(self) -> int:
+        """Weights of one norm: scale (and shift for LayerNorm)."""
+        return (2 if self.norm == "layernorm" else 1) * self.hidden_size
+
+    @property
     def dtype_bytes(self) -> int:
         return DTYPE_BYTES[self.dtype]
 
@@ -118,26 +148,30 @@ class ModelSpec:
     def layer_small_params(self) -> int:
         """Biases and norm weights of one layer (small, but real bytes to read)."""
         h = self.hidden_size
-        norm_params = (2 if self.norm == "layernorm" else 1) * h
-        norms = norm_params if self.parallel_attn_ffn else 2 * norm_params
+        norms = self.norm_params * (self.parallel_norms if self.parallel_attn_ffn else 2)
         biases = 0
-        if self.bias:
-            ffn_out_bias = (2 if self.ffn_kind == "swiglu" else 1) * self.ffn_dim
-            biases = (self.q_dim + 2 * self.kv_dim) + h + ffn_out_bias + h
+        if self.has_qkv_bias:
+            biases += self.q_dim + 2 * self.kv_dim
+        if self.has_out_bias:
+            biases += h
+        if self.has_mlp_bias:
+            biases += (2 if self.ffn_kind == "swiglu" else 1) * self.ffn_dim + h
         return norms + biases
 
     @property
     def embedding_params(self) -> int:
-        learned_positions = self.max_context * self.hidden_size if self.position == "learned" else 0
-        return self.vocab_size * self.hidden_size + learned_positions
+        positions = self.max_context + self.position_offset if self.position == "learned" else 0
+        norm = self.norm_params if self.embedding_norm else 0
+        return (self.vocab_size + positions) * self.hidden_size + norm
 
     @property
     def lm_head_params(self) -> int:
-        return 0 if self.tie_embeddings else self.vocab_size * self.hidden_size
+        weights = 0 if self.tie_embeddings else self.vocab_size * self.hidden_size
+        return weights + (self.vocab_size if self.lm_head_bias else 0)
 
     @property
     def final_norm_params(self) -> int:
-        return (2 if self.norm == "layernorm" else 1) * self.hidden_size
+        return self.norm_params
 
     @property
     def non_embedding_params(self) -> int:
@@ -191,7 +225,7 @@ class ModelSpec:
         The input embedding is a gather of b rows, not a full read, so it is left out; with
         tied embeddings the LM head reads that same matrix once.
         """
-        head = self.vocab_size * self.hidden_size
+        head = self.vocab_size * self.hidden_size + (self.vocab_size if self.lm_head_bias else 0)
         params = self.non_embedding_params + self.final_norm_params + head
         return params * self.dtype_bytes
 

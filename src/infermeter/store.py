@@ -242,12 +242,10 @@ class Store:
 
     def update_run_backend(self, run_id: int, backend_info: dict[str, Any]) -> None:
         """Record what the backend reported once prepared (versions, device, dtype)."""
-        device = str(backend_info.get("device", ""))
         with self.transaction():
             self._db.execute(
-                "UPDATE runs SET backend_json=?, device=CASE WHEN ?='' THEN device ELSE ? END "
-                "WHERE id=?",
-                (json.dumps(backend_info, sort_keys=True, default=str), device, device, run_id),
+                "UPDATE runs SET backend_json=? WHERE id=?",
+                (json.dumps(backend_info, sort_keys=True, default=str), run_id),
             )
 
     def get_run(self, run_id: int) -> RunRecord:

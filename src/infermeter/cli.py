@@ -1,0 +1,580 @@
+"""The `infermeter` command: every verb is one call into the library, printed with rich."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from infermeter.catalog import catalog_table, resolve_spec
+from infermeter.cost_model import CostModel
+from infermeter.errors import UserError
+from infermeter.estimate import (
+    estimate_queries,
+    pricing_for,
+    query_grid,
+    read_queries,
+    summarize,
+    write_table,
+)
+from infermeter.fit import Denoise, fit_cost_model
+from infermeter.hardware import (
+    Accelerator,
+    Stack,
+    accelerator_table,
+    detect_accelerator,
+    get_accelerator,
+    load_hardware_config,
+)
+from infermeter.helm import load_profile, save_helm_efficiency
+from infermeter.profile import ProfileGrid, default_grid, run_profile
+from infermeter.provenance import device_description
+from infermeter.store import Store
+
+app = typer.Typer(
+    help="What LLM inference really costs: profile a model on a stack, fit the runtime model of "
+    "the idealized-runtime paper, and price any query in seconds, dollars and joules.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+# Piped output keeps whole tables (rich would wrap at 80 columns without a terminal).
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+DEFAULT_STORE = os.environ.get("INFERMETER_STORE", "infermeter.sqlite")
+StoreOption = typer.Option(DEFAULT_STORE, "--store", help="SQLite store of runs and points.")
+HardwareConfigOption = typer.Option(
+    None, "--hardware-config", help="TOML/JSON file overriding or adding accelerators."
+)
+
+
+def hardware_catalog(path: Path | None) -> dict[str, Accelerator] | None:
+    return load_hardware_config(path) if path else None
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Turn a UserError into one red line and exit code 2, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            err_console.print(
+                "[yellow]interrupted:[/] every finished point is stored; rerun the same "
+                "command to resume"
+            )
+            raise typer.Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_sizes(text: str | None, label: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        sizes = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise UserError(f"{label} must be comma-separated whole numbers, e.g. 1,64,128") from None
+    if not sizes:
+        raise UserError(f"{label} is empty; give comma-separated whole numbers")
+    return sizes
+
+
+def parse_overrides(price_per_hour: float | None, power_watts: float | None) -> dict[str, float]:
+    overrides: dict[str, float] = {}
+    if price_per_hour is not None:
+        overrides["price_per_hour_usd"] = price_per_hour
+    if power_watts is not None:
+        overrides["tdp_watts"] = power_watts
+    return overrides
+
+
+def frame_table(frame: pd.DataFrame, title: str | None = None, digits: int = 5) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in frame.columns:
+        table.add_column(
+            str(column), justify="right" if frame[column].dtype.kind in "fiu" else "left"
+        )
+    for row in frame.itertuples(index=False):
+        table.add_row(*(_cell(v, digits) for v in row))
+    return table
+
+
+def _cell(value: Any, digits: int) -> str:
+    if isinstance(value, float):
+        return "-" if value != value else f"{value:.{digits}g}"  # NaN shows as "-"
+    return str(value)
+
+
+def fit_table(model: CostModel) -> Table:
+    per_p = pd.DataFrame(model.fit.get("per_prompt", []))
+    unit = model.unit
+    table = Table(title=f"{model.quantity} model of {model.model}", title_justify="left")
+    for column in ("prompt tokens", f"PE ({unit})", "R²", "points"):
+        table.add_column(column, justify="right")
+    fitted = dict(zip(model.prompt_sizes, model.prompt_encoding, strict=False))
+    for row in per_p.itertuples(index=False):
+        table.add_row(
+            str(row.prompt_tokens),
+            f"{fitted[row.prompt_tokens]:.6f}",
+            f"{row.r2:.6f}",
+            str(row.n_points),
+        )
+    return table
+
+
+def print_fit(model: CostModel) -> None:
+    console.print(fit_table(model))
+    cv = model.fit.get("cross_validation", {})
+    console.print(
+        f"per output token g = [bold]{model.per_output_token:.6g} {model.unit}[/]"
+        + (f", overhead = {model.overhead:.6g} {model.unit}" if model.overhead else "")
+        + f"; R² overall = {model.fit.get('r2_overall', float('nan')):.6f}; "
+        f"held-out ({cv.get('folds', 0)}-fold) MAPE = {cv.get('mape', float('nan')):.2f}%, "
+        f"max = {cv.get('max_abs_pct_error', float('nan')):.2f}%",
+        highlight=False,
+    )
+
+
+def build_stack(
+    backend: str,
+    device: str,
+    dtype: str | None,
+    spec_dtype: str,
+    accelerator: str | None,
+    num_accelerators: int,
+    tensor_parallel: int,
+    overrides: dict[str, float],
+    catalog: dict[str, Accelerator] | None = None,
+) -> tuple[Stack, bool]:
+    """The stack a profile runs on; the accelerator is detected unless named."""
+    from infermeter.provenance import cuda_device_name
+
+    gpu_name = cuda_device_name() if device in ("auto", "cuda") else None
+    if device == "cuda" and gpu_name is None:
+        raise UserError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
+    on_gpu = gpu_name is not None
+    if accelerator:
+        acc = get_accelerator(accelerator, overrides, catalog=catalog)
+    elif on_gpu:
+        detected = detect_accelerator(gpu_name or "", catalog=catalog)
+        if detected is None:
+            raise UserError(
+                f"GPU {gpu_name!r} is not in the hardware catalog; name its closest entry with "
+                "--accelerator (see `infermeter hardware`) or add it with --hardware-config"
+            )
+        acc = get_accelerator(detected.name, overrides, catalog=catalog)
+    else:
+        acc = get_accelerator("cpu", overrides, catalog=catalog)
+    resolved_dtype = dtype or (spec_dtype if on_gpu else "float32")
+    stack = Stack(
+        backend=backend,
+        accelerator=acc,
+        num_accelerators=max(num_accelerators, tensor_parallel),
+        tensor_parallel=tensor_parallel,
+        dtype=resolved_dtype,
+    )
+    return stack, on_gpu
+
+
+@app.command()
+@user_errors
+def models(
+    family: str | None = typer.Option(None, help="Only this family (e.g. llama)."),
+) -> None:
+    """The built-in model catalog, with derived parameter counts."""
+    table = catalog_table()
+    if family:
+        table = table[table["family"].str.lower() == family.lower()]
+        if table.empty:
+            raise UserError(f"no catalog model of family {family!r}; run `infermeter models`")
+    short = table.rename(
+        columns={
+            "params_b": "params (B)",
+            "hidden_size": "h",
+            "num_layers": "l",
+            "num_heads": "heads",
+            "num_kv_heads": "kv",
+            "ffn_size": "ffn",
+            "vocab_size": "vocab",
+            "max_context": "context",
+        }
+    ).drop(columns=["source"], errors="ignore")
+    console.print(frame_table(short, "Model catalog (any Hugging Face config.json works too)"))
+
+
+@app.command()
+@user_errors
+def hardware(hardware_config: Path | None = HardwareConfigOption) -> None:
+    """The accelerator catalog: peak FLOP/s, bandwidth, memory, power and price."""
+    console.print(frame_table(accelerator_table(hardware_catalog(hardware_config)), "Accelerators"))
+
+
+@app.command()
+@user_errors
+def profile(
+    model: str = typer.Argument(..., help="Catalog name (see `infermeter models`) or config.json."),
+    backend: str = typer.Option("hf", help="Stack to profile: hf or engine."),
+    device: str = typer.Option("auto", help="auto, cuda or cpu."),
+    dtype: str | None = typer.Option(None, help="float32, bfloat16 or float16."),
+    prompt_sizes: str | None = typer.Option(None, help="e.g. 1,256,512,1024,1536."),
+    output_sizes: str | None = typer.Option(None, help="e.g. 1,32,64,128,256."),
+    batch_sizes: str = typer.Option("1", help="e.g. 1,8."),
+    trials: int = typer.Option(3, help="Trials per point (the fit uses the minimum)."),
+    tensor_parallel: int = typer.Option(1, "--tp", help="Tensor-parallel degree (engine)."),
+    accelerator: str | None = typer.Option(None, help="Hardware entry (default: detected)."),
+    num_accelerators: int = typer.Option(1, help="Accelerators the stack holds."),
+    price_per_hour: float | None = typer.Option(None, help="Override $/accelerator-hour."),
+    power_watts: float | None = typer.Option(None, help="Override rated W/accelerator."),
+    output: Path | None = typer.Option(None, help="Write the fitted model JSON here."),
+    hardware_config: Path | None = HardwareConfigOption,
+    store: Path = StoreOption,
+) -> None:
+    """Profile MODEL on a stack, fit the runtime model and price a few queries."""
+    spec = resolve_spec(model)
+    overrides = parse_overrides(price_per_hour, power_watts)
+    catalog = hardware_catalog(hardware_config)
+    stack, on_gpu = build_stack(
+        backend,
+        device,
+        dtype,
+        spec.dtype,
+        accelerator,
+        num_accelerators,
+        tensor_parallel,
+        overrides,
+        catalog,
+    )
+    defaults = default_grid(spec, on_gpu, trials)
+    grid = ProfileGrid(
+        parse_sizes(prompt_sizes, "--prompt-sizes") or defaults.prompt_sizes,
+        parse_sizes(output_sizes, "--output-sizes") or defaults.output_sizes,
+        parse_sizes(batch_sizes, "--batch-sizes") or (1,),
+        trials,
+    )
+    grid.validate(spec)
+    from infermeter.backends import get_backend
+
+    options: dict[str, Any] = {"device": "cuda" if on_gpu else "cpu", "dtype": stack.dtype}
+    if tensor_parallel > 1:
+        options["tp"] = tensor_parallel
+    runner = get_backend(backend, **options)
+    with (
+        Store(store) as db,
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[last]}"),
+            TimeRemainingColumn(),
+            console=console,
+        ) as bar,
+    ):
+        task = bar.add_task(f"profiling {spec.name} ({backend})", total=None, last="")
+
+        def on_start(run: Any, done: int, total: int) -> None:
+            bar.update(task, total=total, completed=done)
+            if done:
+                bar.console.print(f"resuming run {run.id}: {done}/{total} points already stored")
+
+        def on_point(point: Any, m: Any) -> None:
+            last = f"p={point.prompt_tokens} o={point.output_tokens} {m.runtime_s:.3f}s"
+            if m.status != "ok":
+                last += f" [red]{m.status}[/]"
+            bar.update(task, advance=1, last=last)
+
+        run = run_profile(
+            db,
+            spec,
+            stack.to_dict(),
+            runner,
+            options,
+            grid,
+            on_start,
+            on_point,
+            device=device_description(gpu=on_gpu),
+        )
+        console.print(f"run {run.id} stored in {store} ({run.device})")
+        fitted = _fit_run(db, run.id, "min", "none", 5)
+    for model_fit in fitted:
+        print_fit(model_fit)
+    runtime_model = fitted[0]
+    if output:
+        runtime_model.save(output)
+        console.print(f"fitted model written to {output}")
+    pricing, _ = pricing_for(runtime_model, catalog=catalog)
+    sample = query_grid(
+        sorted({grid.prompt_sizes[0], grid.prompt_sizes[-1], max(1, spec.max_context // 4)}),
+        sorted({1, max(grid.output_sizes), 2 * max(grid.output_sizes)}),
+    )
+    sample = sample[sample.prompt_tokens + sample.output_tokens <= spec.max_context]
+    energy = fitted[1] if len(fitted) > 1 else None
+    estimates = estimate_queries(sample, runtime_model, pricing, energy)
+    console.print(
+        frame_table(
+            estimates,
+            f"estimates on {pricing.num_accelerators} × {pricing.accelerator} "
+            f"(${pricing.price_per_hour_usd}/h, {pricing.power_watts} W each)",
+        )
+    )
+
+
+def _fit_run(
+    db: Store, run_id: int, denoise: Denoise, overhead: str | float, folds: int
+) -> list[CostModel]:
+    run = db.get_run(run_id)
+    points = db.points(run_id)
+    provenance = {
+        "run_id": run.id,
+        "device": run.device,
+        "profiled_at": run.created_at,
+        "commit": run.commit_sha,
+        "backend": run.backend_info,
+    }
+    fitted = []
+    quantities = ["runtime_s"]
+    if points["energy_j"].notna().any():
+        quantities.append("energy_j")
+    for quantity in quantities:
+        model = fit_cost_model(
+            points,
+            quantity,
+            denoise,
+            overhead,
+            folds,  # type: ignore[arg-type]
+            model=run.model,
+            stack=run.stack,
+            provenance=provenance,
+        )
+        db.record_fit(run_id, model)
+        fitted.append(model)
+    return fitted
+
+
+def _parse_overhead(text: str) -> str | float:
+    if text in ("none", "auto"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError("--overhead must be none, auto or a number of seconds") from None
+
+
+@app.command()
+@user_errors
+def fit(
+    run: int | None = typer.Argument(None, help="Run id in the store (default: the latest)."),
+    points: Path | None = typer.Option(
+        None,
+        help="CSV/JSONL of points from any tool: prompt_tokens, output_tokens, runtime_s "
+        "[, trial, energy_j].",
+    ),
+    denoise: str = typer.Option("min", help="Reduce trials by min (the paper), median or mean."),
+    overhead: str = typer.Option("none", help="none, auto (APIs, §3.5) or seconds."),
+    folds: int = typer.Option(5, help="Folds of the held-out error."),
+    output: Path | None = typer.Option(None, help="Write the fitted runtime model JSON here."),
+    model_name: str = typer.Option("", "--model", help="Name recorded with --points."),
+    store: Path = StoreOption,
+) -> None:
+    """Fit the runtime (and energy) model of a stored run or of a points file."""
+    if denoise not in ("min", "median", "mean"):
+        raise UserError("--denoise must be min, median or mean")
+    mode = _parse_overhead(overhead)
+    if points is not None:
+        frame = read_points(points)
+        fitted = [
+            fit_cost_model(
+                frame,
+                q,
+                denoise,
+                mode,
+                folds,
+                model=model_name or points.stem,  # type: ignore[arg-type]
+                provenance={"points_file": str(points)},
+            )
+            for q in ("runtime_s", "energy_j")
+            if q in frame.columns and frame[q].notna().any()
+        ]
+    else:
+        with Store(store) as db:
+            fitted = _fit_run(
+                db,
+                run if run is not None else db.latest_run_id(),
+                denoise,  # type: ignore[arg-type]
+                mode,
+                folds,
+            )
+    for model in fitted:
+        print_fit(model)
+    if output:
+        fitted[0].save(output)
+        console.print(f"runtime model written to {output}")
+        if len(fitted) > 1:
+            energy_path = output.with_name(output.stem + ".energy" + output.suffix)
+            fitted[1].save(energy_path)
+            console.print(f"energy model written to {energy_path}")
+
+
+def read_points(path: Path) -> pd.DataFrame:
+    """Points measured by another tool, read like a queries file but needing runtime_s."""
+    from infermeter.estimate import read_queries as _read
+
+    frame = _read(path)
+    if "runtime_s" not in frame.columns:
+        raise UserError(f"{path} lacks column runtime_s (seconds per query, end to end)")
+    frame["runtime_s"] = pd.to_numeric(frame["runtime_s"], errors="coerce")
+    if frame["runtime_s"].isna().any():
+        raise UserError(f"{path}: runtime_s must be a number in every row")
+    return frame
+
+
+@app.command()
+@user_errors
+def estimate(
+    profile_path: Path = typer.Option(..., "--profile", help="Fitted model JSON or HELM file."),
+    model: str | None = typer.Option(None, help="Entry of a HELM efficiency_data file."),
+    queries: Path | None = typer.Option(None, help="CSV/JSONL of prompt_tokens, output_tokens."),
+    prompt_tokens: str | None = typer.Option(None, help="Prompt sizes, e.g. 512 or 1,512."),
+    output_tokens: str | None = typer.Option(None, help="Output lengths, e.g. 64 or 1,64."),
+    energy_profile: Path | None = typer.Option(None, help="Fitted energy model JSON."),
+    accelerator: str | None = typer.Option(None, help="Price on this hardware entry."),
+    num_accelerators: int | None = typer.Option(None, help="Accelerators per query."),
+    price_per_hour: float | None = typer.Option(None, help="Override $/accelerator-hour."),
+    power_watts: float | None = typer.Option(None, help="Override rated W/accelerator."),
+    grid_intensity: float | None = typer.Option(None, help="gCO2e per kWh, for CO2e."),
+    output: Path | None = typer.Option(None, help="Write per-query rows (.csv/.jsonl/.parquet)."),
+    hardware_config: Path | None = HardwareConfigOption,
+) -> None:
+    """Price queries: idealized runtime, dollars and joules per query and in total."""
+    runtime_model = load_profile(profile_path, model)
+    energy_model = (
+        CostModel.from_dict(json.loads(energy_profile.read_text())) if energy_profile else None
+    )
+    if queries is not None:
+        frame = read_queries(queries)
+    else:
+        p = parse_sizes(prompt_tokens, "--prompt-tokens")
+        o = parse_sizes(output_tokens, "--output-tokens")
+        if p is None or o is None:
+            raise UserError("give --queries FILE, or --prompt-tokens and --output-tokens")
+        frame = query_grid(list(p), list(o))
+    pricing, note = pricing_for(
+        runtime_model,
+        accelerator,
+        num_accelerators,
+        parse_overrides(price_per_hour, power_watts),
+        hardware_catalog(hardware_config),
+    )
+    if note:
+        err_console.print(f"[yellow]note:[/] {note}")
+    estimates = estimate_queries(frame, runtime_model, pricing, energy_model, grid_intensity)
+    if output:
+        write_table(estimates, output)
+        console.print(f"{len(estimates)} estimates written to {output}")
+    if len(estimates) <= 50:
+        console.print(frame_table(estimates, f"estimates for {runtime_model.model}"))
+    summary = summarize(estimates).reset_index(names="")
+    console.print(frame_table(summary, f"{len(estimates)} queries"))
+
+
+@app.command()
+@user_errors
+def runs(store: Path = StoreOption) -> None:
+    """List the runs in the store."""
+    with Store(store) as db:
+        console.print(frame_table(db.runs(), f"runs in {store}"))
+
+
+@app.command()
+@user_errors
+def show(
+    run: int | None = typer.Argument(None, help="Run id (default: the latest)."),
+    store: Path = StoreOption,
+) -> None:
+    """A run's setting, its points (min/mean over trials) and its latest fit."""
+    with Store(store) as db:
+        run_id = run if run is not None else db.latest_run_id()
+        record = db.get_run(run_id)
+        points = db.points(run_id)
+        fits = [m for q in ("runtime_s", "energy_j") if (m := db.latest_fit(run_id, q))]
+    console.print(
+        f"run {record.id}: {record.model} on {record.backend} / {record.device}, "
+        f"{record.status}, created {record.created_at}, commit {record.commit_sha or '-'}",
+        highlight=False,
+    )
+    if points.empty:
+        console.print("no points stored yet")
+        return
+    summary = (
+        points[points.status == "ok"]
+        .groupby(["prompt_tokens", "output_tokens", "batch_size"])
+        .agg(
+            trials=("trial", "count"),
+            min_s=("runtime_s", "min"),
+            mean_s=("runtime_s", "mean"),
+            ttft_s=("ttft_s", "min"),
+        )
+        .reset_index()
+    )
+    console.print(frame_table(summary, "points"))
+    bad = points[points.status != "ok"]
+    if not bad.empty:
+        console.print(
+            frame_table(
+                bad[["prompt_tokens", "output_tokens", "trial", "status", "detail"]],
+                "points not used in fits",
+            )
+        )
+    for model in fits:
+        print_fit(model)
+    if not fits:
+        console.print("not fitted yet: run `infermeter fit`")
+
+
+@app.command()
+@user_errors
+def export(
+    run: int | None = typer.Argument(None, help="Run id (default: the latest)."),
+    output: Path | None = typer.Option(None, help="Points as .csv, .jsonl or .parquet."),
+    helm: Path | None = typer.Option(None, help="The run's runtime fit as HELM efficiency_data."),
+    store: Path = StoreOption,
+) -> None:
+    """Export a run's points (CSV/Parquet/JSONL) or its fit (HELM efficiency_data)."""
+    if output is None and helm is None:
+        raise UserError("give --output FILE for points or --helm FILE for the fit")
+    with Store(store) as db:
+        run_id = run if run is not None else db.latest_run_id()
+        record = db.get_run(run_id)
+        if output is not None:
+            write_table(db.points(run_id), output)
+            console.print(f"run {run_id} points written to {output}")
+        if helm is not None:
+            model = db.latest_fit(run_id) or _fit_run(db, run_id, "min", "none", 5)[0]
+            save_helm_efficiency({record.model: model}, helm)
+            console.print(f"run {run_id} fit written to {helm} (HELM efficiency_data)")
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

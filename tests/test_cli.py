@@ -1,0 +1,286 @@
+"""The command line as a user meets it: real store, real hf backend on tiny models, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from infermeter.cli import app
+from infermeter.store import SCHEMA_VERSION
+
+DATA = Path(__file__).parent / "data"
+runner = CliRunner()
+SMALL_GRID = ["--prompt-sizes", "1,16", "--output-sizes", "1,4,8", "--trials", "2"]
+
+
+def invoke(*args: str | Path):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_user_error(result, fragment: str) -> None:
+    """Exit code 2 and one line naming the problem, never a traceback."""
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert fragment in message, message
+    assert len(message.splitlines()) == 1, message
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("cli")
+    store, model = tmp / "s.sqlite", tmp / "model.json"
+    result = invoke(
+        "profile", "tiny-llama", "--device", "cpu", *SMALL_GRID, "--store", store, "--output", model
+    )
+    assert result.exit_code == 0, result.output
+    assert "R²" in result.stdout and "estimates on" in result.stdout
+    return store, model
+
+
+def test_profile_stores_every_point_and_fits(profiled: tuple[Path, Path]) -> None:
+    store, model = profiled
+    con = sqlite3.connect(store)
+    statuses = [r[0] for r in con.execute("SELECT status FROM points")]
+    assert len(statuses) == 2 * 3 * 2 and set(statuses) == {"ok"}
+    fitted = json.loads(model.read_text())
+    assert fitted["prompt_sizes"] == [1, 16] and fitted["per_output_token"] > 0
+    assert fitted["stack"]["accelerator"]["name"] == "cpu"
+
+
+def test_rerun_resumes_without_measuring_again(profiled: tuple[Path, Path]) -> None:
+    store, _ = profiled
+    before = pd.read_sql_query("SELECT * FROM points", sqlite3.connect(store))
+    result = invoke("profile", "tiny-llama", "--device", "cpu", *SMALL_GRID, "--store", store)
+    assert result.exit_code == 0 and "12/12 points already stored" in result.stdout
+    after = pd.read_sql_query("SELECT * FROM points", sqlite3.connect(store))
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_show_runs_fit_export(profiled: tuple[Path, Path], tmp_path: Path) -> None:
+    store, _ = profiled
+    assert "tiny-llama" in invoke("runs", "--store", store).stdout
+    shown = invoke("show", "--store", store)
+    assert shown.exit_code == 0 and "PE (s)" in shown.stdout
+    refit = invoke(
+        "fit", "1", "--store", store, "--denoise", "median", "--output", tmp_path / "m.json"
+    )
+    assert refit.exit_code == 0 and (tmp_path / "m.json").exists()
+    for name in ("p.csv", "p.parquet", "p.jsonl"):
+        assert invoke("export", "--store", store, "--output", tmp_path / name).exit_code == 0
+    points = pd.read_parquet(tmp_path / "p.parquet")
+    assert len(points) == 12 and {"runtime_s", "ttft_s", "status"} <= set(points.columns)
+    assert invoke("export", "--store", store, "--helm", tmp_path / "h.json").exit_code == 0
+    helm = json.loads((tmp_path / "h.json").read_text())
+    assert set(helm["tiny-llama"]["runtime_for_prompt_tokens"]) == {"1", "16"}
+
+
+def test_estimate_file_and_grid(profiled: tuple[Path, Path], tmp_path: Path) -> None:
+    _, model = profiled
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(
+        '{"id": "x", "prompt_tokens": 10, "output_tokens": 5}\n'
+        '{"id": "y", "prompt_tokens": 300, "output_tokens": 50}\n'
+    )
+    out = tmp_path / "priced.csv"
+    result = invoke("estimate", "--profile", model, "--queries", queries, "--output", out)
+    assert result.exit_code == 0, result.output
+    priced = pd.read_csv(out)
+    assert list(priced.columns)[:6] == [
+        "id",
+        "prompt_tokens",
+        "output_tokens",
+        "runtime_s",
+        "cost_usd",
+        "energy_j",
+    ]
+    assert (priced.runtime_s > 0).all()
+    grid = invoke(
+        "estimate",
+        "--profile",
+        model,
+        "--prompt-tokens",
+        "1,64",
+        "--output-tokens",
+        "8",
+        "--accelerator",
+        "h100",
+        "--num-accelerators",
+        "2",
+    )
+    assert grid.exit_code == 0 and "2 queries" in grid.stdout
+
+
+def test_estimate_from_helm_file() -> None:
+    result = invoke(
+        "estimate",
+        "--profile",
+        DATA / "helm_efficiency_sample.json",
+        "--model",
+        "openai/davinci",
+        "--prompt-tokens",
+        "1000",
+        "--output-tokens",
+        "10",
+        "--accelerator",
+        "a100",
+        "--num-accelerators",
+        "8",
+    )
+    assert result.exit_code == 0, result.output
+    # PE(1000) interpolated between the 512 and 1024 knots, plus 9 output tokens.
+    pe = 0.22019 + (1000 - 512) / 512 * (0.35688 - 0.22019)
+    assert f"{pe + 9 * 0.0296:.5g}" in result.stdout
+
+
+def test_fit_points_from_another_tool(tmp_path: Path) -> None:
+    rows = [
+        (p, o, t, 0.01 * p / 100 + 0.02 * (o - 1) + 0.05 + 0.0001 * t)
+        for p in (1, 100, 200)
+        for o in (1, 5, 9)
+        for t in range(2)
+    ]
+    points = tmp_path / "pts.csv"
+    pd.DataFrame(rows, columns=["prompt_tokens", "output_tokens", "trial", "runtime_s"]).to_csv(
+        points, index=False
+    )
+    result = invoke("fit", "--points", points, "--output", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    model = json.loads((tmp_path / "m.json").read_text())
+    assert model["per_output_token"] == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["profile", "llama-7bb"], "did you mean"),
+        (
+            ["profile", "tiny-llama", "--device", "cpu", "--output-sizes", "8"],
+            "at least two distinct output lengths",
+        ),
+        (["profile", "tiny-llama", "--device", "cpu", "--prompt-sizes", "0,16"], "positive"),
+        (["profile", "tiny-llama", "--device", "cpu", "--output-sizes", "1,-4"], "positive"),
+        (
+            [
+                "profile",
+                "tiny-llama",
+                "--device",
+                "cpu",
+                "--prompt-sizes",
+                "500",
+                "--output-sizes",
+                "1,64",
+            ],
+            "exceeds",
+        ),
+        (["profile", "tiny-llama", "--device", "cpu", "--prompt-sizes", "a,b"], "whole numbers"),
+        (["profile", "tiny-llama", "--backend", "vllm"], "vllm"),
+        (
+            ["estimate", "--profile", "nope.json", "--prompt-tokens", "1", "--output-tokens", "1"],
+            "cannot read profile",
+        ),
+        (["fit", "--points", "nope.csv"], "does not exist"),
+        (["hardware", "--hardware-config", "nope.toml"], "nope.toml"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args: list[str], fragment: str, tmp_path: Path) -> None:
+    assert_user_error(
+        invoke(*args, *(["--store", tmp_path / "s.sqlite"] if args[0] == "profile" else [])),
+        fragment,
+    )
+
+
+def test_malformed_config_json(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text('{"model_type": "llama", "hidden_size": 64}')
+    assert_user_error(
+        invoke("profile", config, "--store", tmp_path / "s.sqlite"), "lacks required key"
+    )
+    config.write_text('{"model_type": "t5"}')
+    assert_user_error(invoke("profile", config, "--store", tmp_path / "s.sqlite"), "t5")
+
+
+def test_unreadable_queries_file(profiled: tuple[Path, Path], tmp_path: Path) -> None:
+    _, model = profiled
+    bad = tmp_path / "q.csv"
+    bad.write_text("prompt_tokens,output_tokens\n5,zero\n")
+    assert_user_error(invoke("estimate", "--profile", model, "--queries", bad), "whole number")
+
+
+def test_newer_store_is_refused_and_untouched(profiled: tuple[Path, Path], tmp_path: Path) -> None:
+    store = tmp_path / "new.sqlite"
+    store.write_bytes(profiled[0].read_bytes())
+    con = sqlite3.connect(store)
+    con.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    con.commit()
+    con.close()
+    before = store.read_bytes()
+    assert_user_error(invoke("runs", "--store", store), "newer")
+    assert_user_error(
+        invoke("profile", "tiny-llama", "--device", "cpu", *SMALL_GRID, "--store", store), "newer"
+    )
+    assert store.read_bytes() == before
+
+
+def test_sigkill_halfway_then_resume(tmp_path: Path) -> None:
+    """A profile killed with SIGKILL loses nothing stored and never re-measures a point."""
+    store = tmp_path / "k.sqlite"
+    cmd = [
+        sys.executable,
+        "-m",
+        "infermeter.cli",
+        "profile",
+        "tiny-llama",
+        "--device",
+        "cpu",
+        "--prompt-sizes",
+        "1,32,64",
+        "--output-sizes",
+        "1,16,32,48",
+        "--trials",
+        "4",
+        "--store",
+        str(store),
+    ]
+    total = 3 * 4 * 4
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    stored = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        if store.exists():
+            try:
+                stored = sqlite3.connect(store).execute("SELECT count(*) FROM points").fetchone()[0]
+            except sqlite3.OperationalError:
+                continue
+            if stored >= total // 3:
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    con = sqlite3.connect(store)
+    before = pd.read_sql_query("SELECT * FROM points", con)
+    assert 0 < len(before) < total, "the kill must land halfway through the profile"
+    finished = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert f"resuming run 1: {len(before)}/{total}" in finished.stdout
+    after = pd.read_sql_query("SELECT * FROM points", sqlite3.connect(store))
+    assert len(after) == total and (after.status == "ok").all()
+    kept = after.merge(
+        before,
+        on=["prompt_tokens", "output_tokens", "batch_size", "trial"],
+        suffixes=("", "_before"),
+    )
+    assert len(kept) == len(before)
+    assert (kept.runtime_s == kept.runtime_s_before).all()
+    assert (kept.measured_at == kept.measured_at_before).all()

@@ -1,0 +1,235 @@
+"""ModelSpec from real Hugging Face config.json files, and every error as a UserError."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from infermeter.errors import UserError
+from infermeter.hfconfig import SUPPORTED_FAMILIES, load_hf_config, spec_from_hf_config
+
+CONFIGS = Path(__file__).parent / "data" / "hf_configs"
+
+# Parameter counts of the Hugging Face *ForCausalLM models built from these configs.
+KNOWN_PARAMS = {
+    "gpt2.json": 124_439_808,
+    "llama-2-7b.json": 6_738_415_616,
+    "mistral-7b-v0.1.json": 7_241_732_096,
+    "qwen2-7b.json": 7_615_616_512,
+    "gpt-j-6b.json": 6_050_882_784,
+    "gpt-neox-20b.json": 20_554_567_680,
+    "bloom-560m.json": 559_214_592,
+    "opt-1.3b.json": 1_315_758_080,
+}
+
+
+def _config(file: str) -> dict:
+    return json.loads((CONFIGS / file).read_text())
+
+
+@pytest.mark.parametrize(("file", "params"), KNOWN_PARAMS.items())
+def test_params_match_known_counts(file: str, params: int) -> None:
+    spec = load_hf_config(CONFIGS / file)
+    # every bias, norm and position row is mirrored, so the count is exact
+    assert spec.num_params == params
+    assert spec.family == _config(file)["model_type"]
+
+
+def test_every_supported_family_has_a_real_config() -> None:
+    families = {_config(file)["model_type"] for file in KNOWN_PARAMS}
+    assert families == set(SUPPORTED_FAMILIES)
+
+
+def test_gpt2_fields() -> None:
+    spec = load_hf_config(CONFIGS / "gpt2.json")
+    assert (spec.hidden_size, spec.num_layers, spec.num_heads) == (768, 12, 12)
+    assert spec.position == "learned" and spec.tie_embeddings and spec.bias
+    assert spec.max_context == 1024
+    assert spec.dtype == "bfloat16"  # no torch_dtype in the file
+    assert spec.name == "gpt2"
+
+
+def test_llama_fields() -> None:
+    spec = load_hf_config(CONFIGS / "llama-2-7b.json")
+    assert spec.name == "meta-llama/Llama-2-7b-hf"  # from _name_or_path
+    assert spec.ffn_kind == "swiglu" and spec.norm == "rmsnorm" and not spec.bias
+    assert spec.ffn_dim == 11008 and spec.kv_heads == 32
+    assert spec.max_context == 4096 and spec.dtype == "float16"
+    assert not spec.tie_embeddings
+
+
+def test_mistral_gqa_and_sliding_window() -> None:
+    spec = load_hf_config(CONFIGS / "mistral-7b-v0.1.json")
+    assert spec.kv_heads == 8 and spec.dim_head == 128
+    assert spec.extra["sliding_window"] == 4096
+    assert spec.max_context == 32768
+
+
+def test_qwen2_biases_q_k_v_only() -> None:
+    spec = load_hf_config(CONFIGS / "qwen2-7b.json")
+    assert spec.kv_heads == 4 and spec.rope_theta == 1e6
+    assert spec.has_qkv_bias and not spec.has_out_bias and not spec.has_mlp_bias
+
+
+def test_gptj_rotary_fraction_and_parallel_block() -> None:
+    spec = load_hf_config(CONFIGS / "gpt-j-6b.json")
+    assert spec.rotary_fraction == 0.25  # rotary_dim 64 of head_dim 256
+    assert spec.parallel_attn_ffn and spec.position == "rotary"
+    assert spec.ffn_dim == 4 * 4096 and not spec.tie_embeddings
+
+
+def test_gpt_neox_fields() -> None:
+    spec = load_hf_config(CONFIGS / "gpt-neox-20b.json")
+    assert spec.rotary_fraction == 0.25 and spec.parallel_attn_ffn
+    assert spec.ffn_dim == 24576
+    assert isinstance(spec.rope_theta, float)
+
+
+def test_bloom_fields() -> None:
+    spec = load_hf_config(CONFIGS / "bloom-560m.json")
+    assert spec.position == "alibi" and spec.tie_embeddings
+    assert (spec.hidden_size, spec.num_layers, spec.num_heads) == (1024, 24, 16)
+
+
+def test_bloom_accepts_num_hidden_layers_spelling() -> None:
+    config = _config("bloom-560m.json")
+    config["num_hidden_layers"] = config.pop("n_layer")
+    config["num_attention_heads"] = config.pop("n_head")
+    assert spec_from_hf_config(config, "bloom").num_layers == 24
+
+
+def test_opt_fields() -> None:
+    spec = load_hf_config(CONFIGS / "opt-1.3b.json")
+    assert spec.ffn_kind == "relu" and spec.ffn_dim == 8192
+    assert spec.position == "learned" and spec.tie_embeddings
+
+
+def test_opt_350m_projection_is_rejected() -> None:
+    with pytest.raises(UserError, match="word_embed_proj_dim"):
+        load_hf_config(CONFIGS / "opt-350m.json")
+
+
+def test_directory_with_config_json(tmp_path: Path) -> None:
+    model = tmp_path / "bloom-small"
+    model.mkdir()
+    (model / "config.json").write_text((CONFIGS / "bloom-560m.json").read_text())
+    spec = load_hf_config(model)
+    assert spec.name == "bloom-small"
+    assert str(model / "config.json") in spec.source
+
+
+@pytest.mark.parametrize(
+    ("raw", "dtype"),
+    [
+        ("float32", "float32"),
+        ("torch.float16", "float16"),
+        ("bfloat16", "bfloat16"),
+        ("auto", "bfloat16"),
+        (None, "bfloat16"),
+    ],
+)
+def test_dtype(raw: str | None, dtype: str) -> None:
+    config = _config("llama-2-7b.json")
+    config["torch_dtype"] = raw
+    assert spec_from_hf_config(config, "x").dtype == dtype
+
+
+def test_newer_dtype_key_and_rope_parameters() -> None:
+    config = _config("llama-2-7b.json")
+    del config["torch_dtype"]
+    config["dtype"] = "float32"
+    config["rope_parameters"] = {"rope_type": "default", "rope_theta": 500000.0}
+    spec = spec_from_hf_config(config, "x")
+    assert spec.dtype == "float32" and spec.rope_theta == 500000.0
+
+
+# ---- errors: each one line, naming the problem and the fix --------------------------------
+def _error(call) -> str:
+    with pytest.raises(UserError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    message = _error(lambda: load_hf_config(tmp_path / "nope.json"))
+    assert "no such file" in message and "config.json" in message
+
+
+def test_directory_without_config(tmp_path: Path) -> None:
+    assert "no config.json" in _error(lambda: load_hf_config(tmp_path))
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads anything")
+def test_unreadable_file(tmp_path: Path) -> None:
+    file = tmp_path / "config.json"
+    file.write_text("{}")
+    file.chmod(0)
+    try:
+        assert "cannot read" in _error(lambda: load_hf_config(file))
+    finally:
+        file.chmod(0o644)
+
+
+def test_binary_file_is_unreadable_text(tmp_path: Path) -> None:
+    file = tmp_path / "config.json"
+    file.write_bytes(b"\xff\xfe\x00binary")
+    assert "cannot read" in _error(lambda: load_hf_config(file))
+
+
+def test_not_json(tmp_path: Path) -> None:
+    file = tmp_path / "config.json"
+    file.write_text('{"model_type": "llama",\n  oops}')
+    message = _error(lambda: load_hf_config(file))
+    assert "not valid JSON" in message and "line 2" in message
+
+
+def test_json_but_not_an_object(tmp_path: Path) -> None:
+    file = tmp_path / "config.json"
+    file.write_text("[1, 2]")
+    assert "not an object" in _error(lambda: load_hf_config(file))
+
+
+def test_missing_model_type() -> None:
+    config = _config("gpt2.json")
+    del config["model_type"]
+    message = _error(lambda: spec_from_hf_config(config, "x"))
+    assert "model_type" in message and "llama" in message
+
+
+def test_unsupported_model_type() -> None:
+    message = _error(lambda: spec_from_hf_config({"model_type": "t5"}, "x"))
+    assert "'t5'" in message
+    for family in SUPPORTED_FAMILIES:
+        assert family in message
+
+
+def test_missing_required_keys_are_all_named() -> None:
+    config = _config("llama-2-7b.json")
+    del config["hidden_size"], config["intermediate_size"]
+    message = _error(lambda: spec_from_hf_config(config, "x"))
+    assert "hidden_size" in message and "intermediate_size" in message
+    assert "num_hidden_layers" not in message
+
+
+def test_missing_key_names_the_alternative_spellings() -> None:
+    config = _config("gpt2.json")
+    del config["n_layer"]
+    assert "n_layer or num_hidden_layers" in _error(lambda: spec_from_hf_config(config, "x"))
+
+
+def test_inconsistent_shape_is_a_user_error() -> None:
+    config = _config("mistral-7b-v0.1.json")
+    config["num_key_value_heads"] = 5  # 32 heads are not a multiple of 5
+    message = _error(lambda: spec_from_hf_config(config, "x"))
+    assert "num_kv_heads" in message and "fix the config" in message
+
+
+def test_unsupported_dtype() -> None:
+    config = _config("gpt2.json")
+    config["torch_dtype"] = "int8"
+    assert "unsupported dtype" in _error(lambda: spec_from_hf_config(config, "x"))
