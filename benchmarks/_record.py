@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ def write_result(
         "|---|---|---|",
         *(f"| {figure} | {value} | {goal} |" for figure, value, goal in rows),
         "",
-        f"Written by `benchmarks/{name}_bench.py`; rerun it to refresh.",
+        f"Written by `benchmarks/{Path(sys.argv[0]).name}`; rerun it to refresh.",
         "",
     ]
     (out_dir / f"{name}.md").write_text("\n".join(lines))

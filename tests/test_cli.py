@@ -20,6 +20,17 @@ from infermeter.store import SCHEMA_VERSION
 
 DATA = Path(__file__).parent / "data"
 runner = CliRunner()
+HELM_ESTIMATE = [
+    "estimate",
+    "--profile",
+    str(DATA / "helm_efficiency_sample.json"),
+    "--model",
+    "openai/davinci",
+    "--prompt-tokens",
+    "1",
+    "--output-tokens",
+    "1",
+]
 SMALL_GRID = ["--prompt-sizes", "1,16", "--output-sizes", "1,4,8", "--trials", "2"]
 
 
@@ -119,6 +130,22 @@ def test_estimate_file_and_grid(profiled: tuple[Path, Path], tmp_path: Path) -> 
         "2",
     )
     assert grid.exit_code == 0 and "2 queries" in grid.stdout
+    watts = invoke(
+        "estimate",
+        "--profile",
+        model,
+        "--prompt-tokens",
+        "64",
+        "--output-tokens",
+        "8",
+        "--set",
+        "tdp_watts=1000",
+        "--output",
+        tmp_path / "w.csv",
+    )
+    assert watts.exit_code == 0, watts.output
+    priced = pd.read_csv(tmp_path / "w.csv")
+    assert priced.energy_j[0] == pytest.approx(priced.runtime_s[0] * 1000)
 
 
 def test_estimate_from_helm_file() -> None:
@@ -191,6 +218,9 @@ def test_fit_points_from_another_tool(tmp_path: Path) -> None:
         ),
         (["fit", "--points", "nope.csv"], "does not exist"),
         (["hardware", "--hardware-config", "nope.toml"], "nope.toml"),
+        ([*HELM_ESTIMATE, "--set", "bogus=1"], "bogus"),
+        ([*HELM_ESTIMATE, "--set", "tdp_watts=lots"], "not a number"),
+        ([*HELM_ESTIMATE, "--set", "tdp_watts"], "KEY=VALUE"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args: list[str], fragment: str, tmp_path: Path) -> None:

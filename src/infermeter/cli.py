@@ -98,8 +98,25 @@ def parse_sizes(text: str | None, label: str) -> tuple[int, ...] | None:
     return sizes
 
 
-def parse_overrides(price_per_hour: float | None, power_watts: float | None) -> dict[str, float]:
+SetOption = typer.Option(
+    None,
+    "--set",
+    help="Override any accelerator value, e.g. --set memory_bandwidth=3.0e12 (repeatable).",
+)
+
+
+def parse_overrides(
+    price_per_hour: float | None, power_watts: float | None, settings: list[str] | None = None
+) -> dict[str, float]:
     overrides: dict[str, float] = {}
+    for item in settings or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r} must look like KEY=VALUE, e.g. tdp_watts=500")
+        try:
+            overrides[key.strip()] = float(value)
+        except ValueError:
+            raise UserError(f"--set {item!r}: {value!r} is not a number") from None
     if price_per_hour is not None:
         overrides["price_per_hour_usd"] = price_per_hour
     if power_watts is not None:
@@ -246,11 +263,12 @@ def profile(
     power_watts: float | None = typer.Option(None, help="Override rated W/accelerator."),
     output: Path | None = typer.Option(None, help="Write the fitted model JSON here."),
     hardware_config: Path | None = HardwareConfigOption,
+    settings: list[str] | None = SetOption,
     store: Path = StoreOption,
 ) -> None:
     """Profile MODEL on a stack, fit the runtime model and price a few queries."""
     spec = resolve_spec(model)
-    overrides = parse_overrides(price_per_hour, power_watts)
+    overrides = parse_overrides(price_per_hour, power_watts, settings)
     catalog = hardware_catalog(hardware_config)
     stack, on_gpu = build_stack(
         backend,
@@ -462,6 +480,7 @@ def estimate(
     grid_intensity: float | None = typer.Option(None, help="gCO2e per kWh, for CO2e."),
     output: Path | None = typer.Option(None, help="Write per-query rows (.csv/.jsonl/.parquet)."),
     hardware_config: Path | None = HardwareConfigOption,
+    settings: list[str] | None = SetOption,
 ) -> None:
     """Price queries: idealized runtime, dollars and joules per query and in total."""
     runtime_model = load_profile(profile_path, model)
@@ -480,7 +499,7 @@ def estimate(
         runtime_model,
         accelerator,
         num_accelerators,
-        parse_overrides(price_per_hour, power_watts),
+        parse_overrides(price_per_hour, power_watts, settings),
         hardware_catalog(hardware_config),
     )
     if note:
