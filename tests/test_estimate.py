@@ -51,9 +51,12 @@ def test_columns_ids_measured_energy_and_co2() -> None:
         "runtime_s",
         "cost_usd",
         "energy_j",
+        "energy_wh",
         "energy_measured_j",
+        "energy_measured_wh",
         "co2e_g",
     ]
+    assert out.energy_measured_wh.tolist() == pytest.approx([6.0 / 3600, 100.0 / 3600])
     assert out.runtime_s.tolist() == pytest.approx([0.02, 0.1 + 10 * 0.02])
     assert out.cost_usd.tolist() == pytest.approx([0.02 / 1000, 0.3 / 1000])
     assert out.energy_measured_j.tolist() == pytest.approx([6.0, 100.0])

@@ -264,6 +264,8 @@ def profile(
     output: Path | None = typer.Option(None, help="Write the fitted model JSON here."),
     hardware_config: Path | None = HardwareConfigOption,
     settings: list[str] | None = SetOption,
+    energy: bool = typer.Option(True, help="Meter GPU energy through NVML where present."),
+    sample_interval: float = typer.Option(0.1, help="Power/utilisation sampling period (s)."),
     store: Path = StoreOption,
 ) -> None:
     """Profile MODEL on a stack, fit the runtime model and price a few queries."""
@@ -295,6 +297,13 @@ def profile(
     if tensor_parallel > 1:
         options["tp"] = tensor_parallel
     runner = get_backend(backend, **options)
+    meter = None
+    if energy and on_gpu:
+        from infermeter.meter import Meter, visible_gpus
+
+        meter = Meter(gpus=visible_gpus(tensor_parallel), interval_s=sample_interval)
+        if meter.note:
+            err_console.print(f"[yellow]note:[/] {meter.note}")
     with (
         Store(store) as db,
         Progress(
@@ -329,6 +338,7 @@ def profile(
             on_start,
             on_point,
             device=device_description(gpu=on_gpu),
+            meter=meter,
         )
         console.print(f"run {run.id} stored in {store} ({run.device})")
         fitted = _fit_run(db, run.id, "min", "none", 5)

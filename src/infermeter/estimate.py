@@ -4,6 +4,7 @@
     cost_usd   = runtime_s × accelerators × $/s per accelerator
     energy_j   = runtime_s × accelerators × rated W per accelerator   (the paper's idealized energy)
     energy_measured_j = E(p, o) from a fitted energy model, when the profile measured energy
+    (both also in watt-hours; CO2e from the measured figure when a grid intensity is given)
 
 Everything is one numpy pass over the whole table, so a million queries take well under a second.
 """
@@ -150,8 +151,12 @@ def estimate_queries(
     out["runtime_s"] = seconds
     out["cost_usd"] = seconds * pricing.usd_per_second
     out["energy_j"] = seconds * pricing.watts
+    out["energy_wh"] = out["energy_j"] / 3600.0
     if energy is not None:
+        if energy.quantity != "energy_j":
+            raise UserError("the energy profile given is a runtime model; pass the energy model")
         out["energy_measured_j"] = energy.predict(p, o)
+        out["energy_measured_wh"] = out["energy_measured_j"] / 3600.0
     if grid_gco2_per_kwh is not None:
         joules = out.get("energy_measured_j", out["energy_j"])
         out["co2e_g"] = joules / 3.6e6 * grid_gco2_per_kwh

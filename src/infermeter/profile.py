@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from infermeter.backends.base import Backend, Measurement, Point
 from infermeter.errors import UserError
+from infermeter.meter import Meter
 from infermeter.provenance import git_commit, package_version
 from infermeter.spec import ModelSpec
 from infermeter.store import RunRecord, Store, run_key
@@ -111,11 +112,14 @@ def run_profile(
     on_start: Callable[[RunRecord, int, int], None] | None = None,
     on_point: ProgressCallback | None = None,
     device: str = "",
+    meter: Meter | None = None,
 ) -> RunRecord:
     """Measure every point of `grid` not already stored for the same profile.
 
     Each point is committed before the next one runs; an interrupted profile (Ctrl-C, a
-    crash, SIGKILL) resumes when the same profile is asked for again.
+    crash, SIGKILL) resumes when the same profile is asked for again. With a `meter`, each
+    point is one energy window (the backend synchronises the device before returning, so the
+    window's edges are the query's), and the power samples land in the store beside it.
     """
     grid.validate(spec)
     run, _ = store.open_run(
@@ -141,8 +145,23 @@ def run_profile(
     try:
         backend.prepare(spec)
         store.update_run_backend(run.id, {**backend_options, **backend.describe()})
+        metering = meter is not None and meter.available
+        if metering:
+            meter.measure_idle(1.0)
+            meter.start()
+            flushed = 0.0
         for point in todo:
+            if metering:
+                meter.begin("point")
+                _set_phase_hook(backend, lambda label: meter.mark("point", label))
             measurement = backend.measure(point)
+            if metering:
+                window = meter.end("point")
+                measurement.energy_j = window.total_j
+                measurement.extra.update(window.as_extra())
+                fresh = meter.samples(start=flushed, end=window.end, unix=True)
+                flushed = window.end + 1e-9
+                store.record_samples(run.id, fresh)
             if (
                 measurement.status == "ok"
                 and measurement.output_tokens_actual is not None
@@ -157,6 +176,14 @@ def run_profile(
                 on_point(point, measurement)
         status = "complete"
     finally:
+        if meter is not None:
+            meter.stop()
         backend.close()
         store.set_run_status(run.id, status)
     return store.get_run(run.id)
+
+
+def _set_phase_hook(backend: Backend, hook: Callable[[str], None]) -> None:
+    """Backends that split a query into phases (prefill, decode) report each boundary."""
+    if hasattr(backend, "phase_hook"):
+        backend.phase_hook = hook

@@ -60,6 +60,14 @@ CREATE TABLE IF NOT EXISTS points (
     measured_at TEXT NOT NULL,
     PRIMARY KEY (run_id, prompt_tokens, output_tokens, batch_size, trial)
 );
+CREATE TABLE IF NOT EXISTS power_samples (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    t REAL NOT NULL,
+    gpu INTEGER NOT NULL,
+    power_w REAL NOT NULL,
+    sm_util REAL,
+    mem_util REAL
+);
 CREATE TABLE IF NOT EXISTS fits (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id INTEGER NOT NULL REFERENCES runs(id),
@@ -84,6 +92,10 @@ POINT_COLUMNS = [
     "extra_json",
     "measured_at",
 ]
+
+
+def _opt(value: Any) -> float | None:
+    return None if value is None or value != value else float(value)
 
 
 def utc_now() -> str:
@@ -314,6 +326,25 @@ class Store:
                 ),
             )
             self._db.execute("UPDATE runs SET updated_at=? WHERE id=?", (utc_now(), run_id))
+
+    def record_samples(self, run_id: int, samples: pd.DataFrame) -> None:
+        """Append power/utilisation samples (t in Unix seconds)."""
+        if samples.empty:
+            return
+        rows = [
+            (run_id, float(r.t), int(r.gpu), float(r.power_w), _opt(r.sm_util), _opt(r.mem_util))
+            for r in samples.itertuples(index=False)
+        ]
+        with self.transaction():
+            self._db.executemany("INSERT INTO power_samples VALUES (?,?,?,?,?,?)", rows)
+
+    def samples(self, run_id: int) -> pd.DataFrame:
+        return pd.read_sql_query(
+            "SELECT t, gpu, power_w, sm_util, mem_util FROM power_samples WHERE run_id = ? "
+            "ORDER BY t, gpu",
+            self._db,
+            params=(run_id,),
+        )
 
     def points(self, run_id: int) -> pd.DataFrame:
         return pd.read_sql_query(

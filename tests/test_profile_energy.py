@@ -1,0 +1,32 @@
+"""A metered profile: real hf backend on a tiny model, the meter on a fake NVML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fake_nvml import FakeGpu, FakeNvml
+from infermeter.backends.hf import HFBackend
+from infermeter.catalog import get_spec
+from infermeter.fit import fit_cost_model
+from infermeter.meter import Meter
+from infermeter.profile import ProfileGrid, run_profile
+from infermeter.store import Store
+
+
+@pytest.mark.slow
+def test_metered_profile_stores_energy_and_fits_it(tmp_path: Path) -> None:
+    spec = get_spec("tiny-llama")
+    grid = ProfileGrid((1, 32), (1, 8, 16), (1,), 2)
+    meter = Meter(interval_s=0.005, nvml=FakeNvml([FakeGpu(power=lambda t: 250.0)]))
+    with Store(tmp_path / "s.sqlite") as store:
+        run = run_profile(store, spec, {}, HFBackend(device="cpu"), {}, grid, meter=meter)
+        points = store.points(run.id)
+        samples = store.samples(run.id)
+    assert points.energy_j.notna().all()
+    # Constant 250 W: each point's joules are 250 × its window, which holds its runtime.
+    assert (points.energy_j >= 250 * points.runtime_s * 0.95).all()
+    assert len(samples) > 0 and (samples.power_w == 250.0).all()
+    energy = fit_cost_model(points, quantity="energy_j")
+    assert energy.per_output_token > 0 and energy.unit == "J"
