@@ -2,7 +2,11 @@
 
 Issue goals for LLaMA-7B on the engine (H100/H200): every per-p R² ≥ 0.9999, wall time
 including model initialisation ≤ 2 min, and on 50 random (p, o) queries measured directly:
-MAPE ≤ 2%, max error ≤ 5%.
+MAPE ≤ 2%, max error ≤ 5%. Where NVML is present the profile is metered: the energy model
+E(p, o) is fitted and checked on the same queries (goal MAPE ≤ 3%), counter-based energy is
+compared with integrated sampled power over the same windows (goal within 3%), and the
+metering overhead on runtime is measured by timing the same queries with the sampler on and
+off, alternately (goal < 1%).
 
 Run: python benchmarks/profile_bench.py [--model llama-7b] [--backend engine] [--out DIR]
 Writes <out>/profile_<backend>.json and .md with device, date and commit.
@@ -25,6 +29,7 @@ from infermeter.backends import get_backend
 from infermeter.backends.base import Point
 from infermeter.catalog import get_spec
 from infermeter.fit import fit_cost_model
+from infermeter.meter import Meter, visible_gpus
 from infermeter.profile import ProfileGrid, run_profile
 from infermeter.store import Store
 
@@ -48,14 +53,18 @@ def main() -> None:
     spec = get_spec(args.model)
     grid = ProfileGrid(args.prompt_sizes, args.output_sizes, (1,), args.trials)
     backend = get_backend(args.backend, device=args.device)
+    meter = Meter(gpus=visible_gpus(1))
+    print(f"meter: {meter.note or 'NVML ' + meter.power_field_used + ' power'}")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "bench.sqlite") as store:
         # run_profile closes the backend when done; the held-out queries reuse a fresh one.
-        run = run_profile(store, spec, {"backend": args.backend}, backend, {}, grid)
+        run = run_profile(store, spec, {"backend": args.backend}, backend, {}, grid, meter=meter)
         profile_seconds = time.perf_counter() - start
         points = store.points(run.id)
         info = run.backend_info
     model = fit_cost_model(points, model=spec.name)
+    metered = points.energy_j.notna().all()
+    energy_model = fit_cost_model(points, quantity="energy_j", model=spec.name) if metered else None
     per_p = {row["prompt_tokens"]: row["r2"] for row in model.fit["per_prompt"]}
     print(f"profile: {len(points)} points in {profile_seconds:.1f} s (init included)")
     for p, r2 in per_p.items():
@@ -72,20 +81,72 @@ def main() -> None:
     check = get_backend(args.backend, device=args.device)
     check.prepare(spec)
     rows = []
+    overhead_rows = []
     try:
+        if metered:
+            meter.start()
         for q in queries:
+            if metered:
+                meter.begin("q")
             measured = check.measure(q)
-            estimate = float(model.predict(q.prompt_tokens, q.output_tokens))
-            rows.append((q.prompt_tokens, q.output_tokens, measured.runtime_s, estimate))
+            window = meter.end("q") if metered else None
+            rows.append(
+                {
+                    "prompt_tokens": q.prompt_tokens,
+                    "output_tokens": q.output_tokens,
+                    "measured_s": measured.runtime_s,
+                    "estimate_s": float(model.predict(q.prompt_tokens, q.output_tokens)),
+                    "measured_j": window.total_j if window else None,
+                    "integrated_j": window.integrated_j if window else None,
+                    "window_s": window.seconds if window else None,
+                    "estimate_j": float(energy_model.predict(q.prompt_tokens, q.output_tokens))
+                    if energy_model
+                    else None,
+                }
+            )
+        if metered:
+            # Metering overhead: the same queries with the sampler running and stopped, in
+            # alternating order so drift of the card falls on both alike.
+            for i, q in enumerate(queries[:12]):
+                for sampler_on in (i % 2 == 0, i % 2 == 1):
+                    (meter.start if sampler_on else meter.stop)()
+                    overhead_rows.append((sampler_on, check.measure(q).runtime_s))
+            meter.stop()
     finally:
         check.close()
-    held = pd.DataFrame(
-        rows, columns=["prompt_tokens", "output_tokens", "measured_s", "estimate_s"]
-    )
+    held = pd.DataFrame(rows)
     held["error_pct"] = 100 * (held.estimate_s - held.measured_s) / held.measured_s
     mape = float(held.error_pct.abs().mean())
     max_err = float(held.error_pct.abs().max())
     print(f"held-out queries: MAPE {mape:.2f}%, max {max_err:.2f}%")
+    energy_result: dict[str, object] = {"metered": bool(metered), "meter_note": meter.note}
+    if metered and energy_model is not None:
+        held["energy_error_pct"] = 100 * (held.estimate_j - held.measured_j) / held.measured_j
+        long = held[held.window_s >= 1.0]
+        agreement = 100 * (long.integrated_j - long.measured_j).abs() / long.measured_j
+        timing = pd.DataFrame(overhead_rows, columns=["sampler_on", "runtime_s"])
+        on = timing[timing.sampler_on].runtime_s.sum()
+        off = timing[~timing.sampler_on].runtime_s.sum()
+        energy_result.update(
+            power_field=meter.power_field_used,
+            idle_w=meter.idle_w,
+            energy_per_output_token_j=energy_model.per_output_token,
+            energy_prompt_encoding_j=dict(
+                zip(map(str, energy_model.prompt_sizes), energy_model.prompt_encoding, strict=True)
+            ),
+            energy_fit=energy_model.fit,
+            energy_model_mape=float(held.energy_error_pct.abs().mean()),
+            energy_model_max_error_pct=float(held.energy_error_pct.abs().max()),
+            counter_vs_integrated_pct=float(agreement.mean()) if len(long) else None,
+            counter_vs_integrated_max_pct=float(agreement.max()) if len(long) else None,
+            counter_vs_integrated_windows=len(long),
+            meter_overhead_pct=float(100 * (on - off) / off),
+        )
+        print(
+            f"energy model MAPE {energy_result['energy_model_mape']:.2f}%; counter vs "
+            f"integrated {energy_result['counter_vs_integrated_pct']}% over {len(long)} "
+            f"windows; meter overhead {energy_result['meter_overhead_pct']:.2f}%"
+        )
 
     result = {
         "model": spec.name,
@@ -102,6 +163,7 @@ def main() -> None:
         "heldout_mape_pct": mape,
         "heldout_max_error_pct": max_err,
         "heldout_queries": held.to_dict(orient="records"),
+        **energy_result,
     }
     rows_md = [
         ("profile wall time (init included)", f"{profile_seconds:.1f} s", "≤ 120 s"),
@@ -111,6 +173,17 @@ def main() -> None:
         (f"held-out MAPE ({len(held)} queries)", f"{mape:.2f}%", "≤ 2%"),
         ("held-out max error", f"{max_err:.2f}%", "≤ 5%"),
     ]
+    if metered and energy_model is not None:
+        rows_md += [
+            ("energy per output token", f"{energy_model.per_output_token:.3f} J", "-"),
+            ("energy model held-out MAPE", f"{energy_result['energy_model_mape']:.2f}%", "≤ 3%"),
+            (
+                "counter vs integrated power (windows ≥ 1 s)",
+                f"{energy_result['counter_vs_integrated_pct']}%",
+                "≤ 3%",
+            ),
+            ("metering overhead on runtime", f"{energy_result['meter_overhead_pct']:.2f}%", "< 1%"),
+        ]
     path = write_result(f"profile_{args.backend}", result, rows_md, args.out)
     print(f"written to {path}")
 

@@ -249,7 +249,9 @@ def hardware(hardware_config: Path | None = HardwareConfigOption) -> None:
 @user_errors
 def profile(
     model: str = typer.Argument(..., help="Catalog name (see `infermeter models`) or config.json."),
-    backend: str = typer.Option("hf", help="Stack to profile: hf or engine."),
+    backend: str = typer.Option(
+        "engine", help="Stack to profile: engine (the reference) or hf (transformers)."
+    ),
     device: str = typer.Option("auto", help="auto, cuda or cpu."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16 or float16."),
     prompt_sizes: str | None = typer.Option(None, help="e.g. 1,256,512,1024,1536."),

@@ -1,0 +1,287 @@
+"""The reference engine against its hardware floors and against transformers generate().
+
+Run on a GPU: .venv/bin/python benchmarks/engine_bench.py [--out DIR] [--quick]
+
+1. Decode step, LLaMA-7B shape, batch 1, context 512, against the floor
+   spec.decode_bytes(512) / copy bandwidth (a large device-to-device copy, read + write bytes).
+   Goal: <= 1.15x the floor.
+2. Prefill of 1536 tokens: spec.prefill_flops(1536, lm_head=True) / time, as a share of the
+   bf16 matmul rate (8192^3 products). Goal: >= 60%.
+3. transformers generate() on the same spec, GPU and dtype (random weights): per-output-token
+   time ratio and end to end at p=512, o=128. Goal: engine >= 5x faster per token.
+Before timing, checks that the CUDA-graph decode agrees with eager decode and with a full
+recompute. Every figure is a median over repeats, timed with CUDA events after warm-up; both
+ceilings are measured in the same run. Writes DIR/engine.json and DIR/engine.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import DOCS, write_result
+from infermeter.backends.base import Measurement, Point
+from infermeter.backends.engine import EngineBackend
+from infermeter.engine import Engine
+from infermeter.spec import ModelSpec
+
+LLAMA_7B = ModelSpec(
+    name="llama-7b-shape",
+    hidden_size=4096,
+    num_layers=32,
+    num_heads=32,
+    vocab_size=32000,
+    ffn_size=11008,
+    ffn_kind="swiglu",
+    position="rotary",
+    norm="rmsnorm",
+    norm_eps=1e-6,
+    bias=False,
+    max_context=2048,
+    dtype="bfloat16",
+)
+
+
+def cuda_time(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
+    """Median seconds of fn() by CUDA events."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def copy_bandwidth(repeats: int) -> float:
+    """Bytes read + written per second by a 4 GiB device-to-device copy."""
+    src = torch.randn(2**30, device="cuda", dtype=torch.bfloat16)  # 2 GiB
+    dst = torch.empty_like(src)
+    seconds = cuda_time(lambda: dst.copy_(src), repeats)
+    return 2 * src.numel() * src.element_size() / seconds
+
+
+def matmul_rate(repeats: int) -> float:
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    seconds = cuda_time(lambda: a @ b, repeats)
+    return 2 * n**3 / seconds
+
+
+def medians(backend: Any, point: Point, repeats: int) -> dict[str, float]:
+    runs: list[Measurement] = [backend.measure(replace(point, trial=i)) for i in range(repeats)]
+    bad = [m for m in runs if m.status != "ok"]
+    if bad:
+        raise RuntimeError(f"{point}: {bad[0].status}: {bad[0].detail}")
+    out = {
+        "runtime_s": statistics.median(m.runtime_s for m in runs),
+        "ttft_s": statistics.median(m.ttft_s or 0.0 for m in runs),
+    }
+    if point.output_tokens > 1:  # time per output token after the first
+        per_token = [(m.runtime_s - (m.ttft_s or 0.0)) / (point.output_tokens - 1) for m in runs]
+        out["per_token_s"] = statistics.median(per_token)
+    for key in ("prefill_s", "decode_step_s"):
+        values = [m.extra[key] for m in runs if m.extra.get(key) is not None]
+        if values:
+            out[key] = statistics.median(values)
+    return out
+
+
+CHECK_SPECS = {  # small, on the GPU in bf16: the flash-varlen path and the masked (ALiBi) path
+    "llama-gqa": replace(LLAMA_7B, name="check-llama", hidden_size=512, num_layers=4,
+                         num_heads=8, num_kv_heads=2, ffn_size=1024),
+    "gptj-partial-rotary": ModelSpec(name="check-gptj", hidden_size=512, num_layers=4,
+                                     num_heads=4, vocab_size=32000, position="rotary",
+                                     rotary_fraction=0.25, parallel_attn_ffn=True),
+    "bloom-alibi": ModelSpec(name="check-bloom", hidden_size=512, num_layers=4, num_heads=8,
+                             vocab_size=32000, position="alibi", tie_embeddings=True),
+}  # fmt: skip
+
+
+def check_decode(spec: ModelSpec) -> dict[str, Any]:
+    """Graph decode == eager decode; each greedy token is (near) the argmax of a recompute;
+    top-p is reproducible per seed; a stop token ends its sequence."""
+    graphs = Engine(spec, device="cuda", dtype=torch.bfloat16, seed=1)
+    eager = Engine(spec, device="cuda", dtype=torch.bfloat16, seed=1, cuda_graphs=False)
+    prompts = [list(range(5, 140)), list(range(100, 117))]  # different lengths: padded batch
+    fast = graphs.generate(prompts, 150).tokens
+    same = fast == eager.generate(prompts, 150).tokens
+    worst = 0.0
+    for prompt, tokens in zip(prompts, fast, strict=True):
+        logits = graphs.score(torch.tensor([prompt + tokens]))[0, len(prompt) - 1 : -1]
+        chosen = logits.gather(-1, torch.tensor(tokens, device="cuda")[:, None]).squeeze(-1)
+        gap = (logits.max(-1).values - chosen) / logits.std(-1)  # 0 when exactly the argmax
+        worst = max(worst, float(gap.max()))
+    sampler = Engine(spec, device="cuda", dtype=torch.bfloat16, sampling="top_p")
+    a, b = (sampler.generate(prompts, 50, seed=s).tokens for s in (7, 7))
+    c = sampler.generate(prompts, 50, seed=8).tokens
+    stop = fast[0][20]
+    stopped = graphs.generate(prompts, 150, stop_tokens=[stop]).tokens[0]
+    reproducible = a == b and a != c
+    honoured = stopped == fast[0][: fast[0].index(stop) + 1]
+    return {
+        "graph_equals_eager": same,
+        "decode_vs_recompute_worst_gap_std": worst,
+        "decode_attention": graphs.describe()["decode_attention"],
+        "decode_attention_skipped": graphs.describe()["decode_attention_skipped"],
+        "graphs_captured": len(graphs._graph_cache),
+        "top_p_reproducible": reproducible,
+        "stop_token_honoured": honoured,
+        "ok": same and worst < 0.5 and reproducible and honoured,
+    }
+
+
+def hf_backend() -> Any:
+    try:
+        from infermeter.backends.hf import HFBackend
+
+        return HFBackend(device="cuda", dtype="bfloat16")
+    except ImportError:
+        return _DirectHF()
+
+
+class _DirectHF:
+    """Fallback when the hf backend cannot be imported: LlamaForCausalLM.generate() directly."""
+
+    def prepare(self, spec: ModelSpec) -> None:
+        import transformers
+
+        config = transformers.LlamaConfig(
+            hidden_size=spec.hidden_size, intermediate_size=spec.ffn_dim,
+            num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+            num_key_value_heads=spec.kv_heads, vocab_size=spec.vocab_size,
+            max_position_embeddings=spec.max_context, rms_norm_eps=spec.norm_eps,
+        )  # fmt: skip
+        with torch.device("cuda"):
+            self.model = transformers.LlamaForCausalLM(config).to(torch.bfloat16).eval()
+
+    def measure(self, point: Point) -> Measurement:
+        ids = torch.randint(10, 32000, (point.batch_size, point.prompt_tokens), device="cuda")
+        o = point.output_tokens
+        options = {"max_new_tokens": o, "min_new_tokens": o, "do_sample": False}
+        with torch.inference_mode():
+            self.model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False)
+            first = cuda_time(lambda: self.model.generate(ids, **{**options, "max_new_tokens": 1,
+                              "min_new_tokens": 1}), 1, warmup=0)  # fmt: skip
+            total = cuda_time(lambda: self.model.generate(ids, **options), 1, warmup=0)
+        return Measurement(runtime_s=total, ttft_s=first, output_tokens_actual=o)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "transformers LlamaForCausalLM.generate (direct)"}
+
+    def close(self) -> None:
+        self.model = None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("engine_bench needs a CUDA GPU")
+    reps = 3 if args.quick else 7
+    spec = LLAMA_7B
+
+    checks: dict[str, Any] = {name: check_decode(s) for name, s in CHECK_SPECS.items()}
+    checks["ok"] = all(c["ok"] for c in checks.values())
+    print("checks:", checks, flush=True)
+    gc.collect()
+    torch.cuda.empty_cache()
+
+    bandwidth = copy_bandwidth(20 if args.quick else 50)
+    flops = matmul_rate(10 if args.quick else 30)
+    print(f"copy {bandwidth / 1e12:.2f} TB/s, bf16 matmul {flops / 1e12:.0f} TFLOP/s", flush=True)
+
+    engine = EngineBackend(device="cuda", dtype="bfloat16")
+    engine.prepare(spec)
+    engine_info = engine.describe()
+    # Steps at contexts 480..543: their mean cost is the cost at 512 (linear in context).
+    decode = medians(engine, Point(prompt_tokens=480, output_tokens=65), reps)
+    floor_s = spec.decode_bytes(512) / bandwidth
+    prefill = medians(engine, Point(prompt_tokens=1536, output_tokens=1), reps)
+    prefill_rate = spec.prefill_flops(1536, lm_head=True) / prefill["prefill_s"]
+    e2e_engine = medians(engine, Point(prompt_tokens=512, output_tokens=128), reps)
+    engine.close()
+    gc.collect()
+    torch.cuda.empty_cache()
+    print(f"engine decode {decode}, prefill {prefill}, e2e {e2e_engine}", flush=True)
+
+    hf = hf_backend()
+    hf.prepare(spec)
+    hf_info = hf.describe()
+    e2e_hf = medians(hf, Point(prompt_tokens=512, output_tokens=128), max(2, reps // 2))
+    hf.close()
+    print(f"hf e2e {e2e_hf}", flush=True)
+
+    step = decode["decode_step_s"]
+    per_token_ratio = e2e_hf["per_token_s"] / e2e_engine["per_token_s"]
+    result = {
+        "spec": spec.to_dict(),
+        "checks": checks,
+        "copy_bandwidth_Bps": bandwidth,
+        "bf16_matmul_flops": flops,
+        "decode": {
+            "step_s": step,
+            "floor_s": floor_s,
+            "decode_bytes_512": spec.decode_bytes(512),
+            "ratio_to_floor": step / floor_s,
+            "achieved_Bps": spec.decode_bytes(512) / step,
+        },
+        "prefill_1536": {
+            "prefill_s": prefill["prefill_s"],
+            "ttft_s": prefill["ttft_s"],
+            "flops": spec.prefill_flops(1536, lm_head=True),
+            "achieved_flops": prefill_rate,
+            "share_of_matmul_rate": prefill_rate / flops,
+        },
+        "vs_hf_generate": {
+            "engine": e2e_engine,
+            "hf": e2e_hf,
+            "per_token_speedup": per_token_ratio,
+            "end_to_end_speedup": e2e_hf["runtime_s"] / e2e_engine["runtime_s"],
+        },
+        "engine": engine_info,
+        "hf": hf_info,
+        "repeats": reps,
+    }
+    rows = [
+        ("graph decode checks (vs eager, vs recompute, top-p, stop)", str(checks["ok"]), "True"),
+        ("decode step, b=1, ctx 512", f"{step * 1e3:.2f} ms", ""),
+        ("decode floor (bytes / copy bandwidth)", f"{floor_s * 1e3:.2f} ms", ""),
+        ("decode step / floor", f"{step / floor_s:.2f}x", "<= 1.15x"),
+        ("prefill p=1536", f"{prefill['prefill_s'] * 1e3:.1f} ms", ""),
+        ("prefill FLOP/s / bf16 matmul rate", f"{prefill_rate / flops:.0%}", ">= 60%"),
+        ("per output token: hf generate / engine", f"{per_token_ratio:.1f}x", ">= 5x"),
+        (
+            "end to end p=512 o=128: engine / hf",
+            f"{e2e_engine['runtime_s']:.3f} s / {e2e_hf['runtime_s']:.3f} s",
+            "",
+        ),
+        (
+            "copy bandwidth; bf16 matmul",
+            f"{bandwidth / 1e12:.2f} TB/s; {flops / 1e12:.0f} TFLOP/s",
+            "",
+        ),
+    ]
+    path = write_result("engine", result, rows, args.out)
+    print((args.out / "engine.md").read_text())
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

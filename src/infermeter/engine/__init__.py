@@ -1,0 +1,39 @@
+"""The reference engine: a compact, fast decoder built from a ModelSpec (our "Megatron").
+
+- model.py     the decoder: fused QKV and gate/up, static KV cache, flash/SDPA attention
+- weights.py   random weights drawn on the device, or a local LLaMA-family checkpoint
+- generate.py  prefill, CUDA-graph decode, on-device sampling and stop tokens, event timing
+- select.py    picks the decode attention (triton | flash | sdpa) by self-check
+- kernels.py   Triton decode kernels: flash-decoding, rotary+cache write, RMSNorm, GEMV
+- parallel.py  tensor-parallel layout and collectives
+- launch.py    one process per rank (torch.multiprocessing spawn), with deadlines
+
+`infermeter.backends.engine.EngineBackend` wraps it in the Backend protocol. Needs torch.
+"""
+
+from infermeter.engine.generate import Engine, Generation, sample_top_p
+from infermeter.engine.model import Decoder
+from infermeter.engine.parallel import Comm, Layout, check_tp, partition
+from infermeter.engine.weights import (
+    assign,
+    init_random,
+    load_checkpoint,
+    load_state,
+    logical_tensors,
+)
+
+__all__ = [
+    "Comm",
+    "Decoder",
+    "Engine",
+    "Generation",
+    "Layout",
+    "assign",
+    "check_tp",
+    "init_random",
+    "load_checkpoint",
+    "load_state",
+    "logical_tensors",
+    "partition",
+    "sample_top_p",
+]

@@ -1,0 +1,518 @@
+"""One rank's generator: prefill, CUDA-graph decode, on-device sampling, event timing.
+
+A run is: prefill the (right-padded) prompts in one forward, sample the first token, then
+`o - 1` decode steps. Everything a decode step reads or writes lives in static buffers
+(`_State`: current tokens, positions, output buffer, done flags), and the step itself advances
+the positions and the output index on the device, so on CUDA a step is one graph replay with no
+host work beyond the launch and no synchronisation. The host loop knows every position in
+advance (sequences advance in lockstep), which is how it picks the graph for the next step.
+
+Graphs are cached per (batch, cache length) allocation: with the Triton or flash decode
+attention one graph serves every position; with masked SDPA one graph per span bucket of
+SPAN_BUCKET keys. They are captured, and replayed once, before the timed region.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from infermeter.backends.base import Measurement, Point
+from infermeter.engine.model import Decoder
+from infermeter.engine.parallel import Comm, partition
+from infermeter.engine.select import choose_attention
+from infermeter.engine.weights import init_random, load_checkpoint
+from infermeter.errors import UserError
+from infermeter.spec import ModelSpec
+
+Sampling = Literal["greedy", "top_p"]
+SPAN_BUCKET = 64  # masked decode attends to a multiple of this many keys (and caches round up)
+MAX_STOPS = 16
+CHECK_EVERY = 8  # with stop tokens, the host looks at the done flags every this many steps
+WARMUP_TOKENS = 8
+
+
+def sample_top_p(
+    logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """Temperature + nucleus sampling without host sync or data-dependent shapes.
+
+    The nucleus is the most probable tokens whose cumulative probability *before* them is
+    below top_p (so the top token is always in). Drawing is the exponential race: argmax of
+    p_i / E_i with E_i ~ Exp(1) picks token i with probability proportional to p_i.
+    """
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    before = sorted_p.cumsum(dim=-1) - sorted_p
+    sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)
+    race = torch.empty_like(sorted_p).exponential_(generator=generator).clamp_(min=1e-20)
+    choice = (sorted_p / race).argmax(dim=-1, keepdim=True)
+    return order.gather(-1, choice).squeeze(-1)
+
+
+@dataclass
+class Generation:
+    """Tokens and timings of one run. Times in seconds; ttft = prefill + first token."""
+
+    tokens: list[list[int]]  # per sequence; with stop tokens, up to and including the stop
+    ttft_s: float
+    prefill_s: float
+    decode_s: float
+    decode_steps: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def runtime_s(self) -> float:
+        return self.ttft_s + self.decode_s
+
+
+@dataclass
+class _State:
+    """Static buffers of one (batch, cache length) allocation; CUDA graphs read them."""
+
+    batch: int
+    length: int
+    tok: Tensor  # [b] token fed to the next decode step
+    pos: Tensor  # [b] its position (= cache slot)
+    step: Tensor  # [1] index into `out` of the next token written
+    out: Tensor  # [b, length] generated tokens
+    done: Tensor  # [b] a stop token was generated
+    stops: Tensor  # [MAX_STOPS] stop token ids, -1 padded
+
+
+@dataclass
+class _PrefillGraphs:
+    key: tuple[int, int, bool, bool]  # batch, width, padded, stop tokens
+    tokens: Tensor  # static inputs, copied in before each replay
+    lengths: Tensor | None
+    forward: torch.cuda.CUDAGraph  # prefill -> logits of the last prompt tokens
+    first: torch.cuda.CUDAGraph  # sample and record the first token, set up decode state
+
+
+class _Clock:
+    """Marks on the device timeline (CUDA events) or the host clock (CPU)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def intervals(self) -> list[float]:
+        if self.cuda:
+            self.marks[-1].synchronize()
+            return [a.elapsed_time(b) / 1e3 for a, b in pairwise(self.marks)]
+        return [b - a for a, b in pairwise(self.marks)]
+
+
+def is_oom(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        text = str(seen).lower()
+        if isinstance(seen, torch.OutOfMemoryError) or "out of memory" in text:
+            return True
+        if "can't allocate memory" in text:  # CPU allocator
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class Engine:
+    """A model of `spec` on one device (one rank of `comm`), ready to generate and measure."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        comm: Comm | None = None,
+        seed: int = 0,
+        sampling: Sampling = "greedy",
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        cuda_graphs: bool = True,
+        checkpoint: str | None = None,
+        decode_attention: str = "auto",
+    ) -> None:
+        if sampling not in ("greedy", "top_p"):
+            raise UserError(f"engine: sampling must be 'greedy' or 'top_p', not {sampling!r}")
+        self.spec, self.comm = spec, comm or Comm()
+        self.device, self.dtype = torch.device(device), dtype
+        if self.device.type == "cuda":  # streams, events, graphs and the RNG follow it
+            torch.cuda.set_device(self.device)
+        self.seed, self.sampling = seed, sampling
+        self.temperature, self.top_p = temperature, top_p
+        layout = partition(spec, self.comm.size, self.comm.rank)
+        with torch.inference_mode():
+            self.model = Decoder(spec, layout, self.comm, self.device, dtype)
+            if checkpoint:
+                load_checkpoint(self.model, checkpoint)
+            else:
+                init_random(self.model, seed)
+        self.graphs = cuda_graphs and self.device.type == "cuda"
+        self.attention, self.attention_notes = choose_attention(self.model, decode_attention)
+        # CPU draws from a private generator; CUDA graphs need the default (graph-safe) one.
+        self._gen = torch.Generator() if self.device.type == "cpu" else None
+        self._state: _State | None = None
+        self._graph_cache: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
+        self._prefill: _PrefillGraphs | None = None  # the latest prompt shape only (memory)
+        self.prefill_graph_problem: str | None = None if self.graphs else "cuda_graphs off or CPU"
+        self._pool: Any = None
+        self._warm: set[tuple[int, int]] = set()
+
+    # ---- buffers and graphs ----------------------------------------------------------------
+    def release(self) -> None:
+        """Drop graphs, KV cache and decode buffers (the weights stay)."""
+        self._graph_cache.clear()
+        self._prefill = None
+        self._pool = None
+        self._state = None
+        self.model.cache = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _ensure_state(self, batch: int, need: int) -> _State:
+        st = self._state
+        if st is not None and st.batch == batch and st.length >= need:
+            return st
+        length = min(self.spec.max_context, -(-need // SPAN_BUCKET) * SPAN_BUCKET)
+        if st is not None and st.batch == batch:
+            length = max(length, st.length)  # only grow, so a sweep settles on one cache
+        self.release()
+        self.model.allocate_cache(batch, length)
+
+        def zeros(*shape: int, dtype: torch.dtype = torch.long) -> Tensor:
+            return torch.zeros(shape, device=self.device, dtype=dtype)
+
+        stops = torch.full((MAX_STOPS,), -1, device=self.device, dtype=torch.long)
+        self._state = _State(
+            batch, length, zeros(batch), zeros(batch), zeros(1), zeros(batch, length),
+            zeros(batch, dtype=torch.bool), stops,
+        )  # fmt: skip
+        return self._state
+
+    def _span(self, pos: int) -> int:
+        """Keys a decode step at position `pos` attends to (the graph key)."""
+        assert self._state is not None
+        if self.attention != "sdpa":
+            return self._state.length
+        return min(self._state.length, -(-(pos + 1) // SPAN_BUCKET) * SPAN_BUCKET)
+
+    def _capture(self, body: Callable[[], Any]) -> tuple[torch.cuda.CUDAGraph, Any]:
+        """Run `body` once eagerly on a side stream (cuBLAS handles, Triton autotuning, NCCL
+        setup), then capture it into a graph sharing one memory pool (graphs replay in turn)."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            body()
+        torch.cuda.current_stream().wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: the NCCL watchdog thread may query events while we capture.
+        mode = "thread_local" if self.comm.size > 1 else "global"
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode=mode):
+            out = body()
+        return graph, out
+
+    def _graph(self, span: int, stops: bool) -> torch.cuda.CUDAGraph:
+        key = (span, stops)
+        if key in self._graph_cache:
+            return self._graph_cache[key]
+        st = self._state
+        assert st is not None
+        st.pos.zero_()  # any in-range state will do: the next prefill resets it
+        st.step.zero_()
+        graph, _ = self._capture(lambda: self._step(span, stops))
+        graph.replay()  # the first launch uploads the graph: keep that out of timed runs
+        self._graph_cache[key] = graph
+        return graph
+
+    def _try_prefill_graphs(
+        self, batch: int, width: int, padded: bool, stops: bool
+    ) -> _PrefillGraphs | None:
+        """Prefill graphs, or None (eager prefill) once a capture has failed other than OOM."""
+        if self.prefill_graph_problem is not None:
+            return None
+        try:
+            return self._prefill_graphs(batch, width, padded, stops)
+        except Exception as error:
+            if is_oom(error):
+                raise
+            self._prefill = None
+            self.prefill_graph_problem = f"{type(error).__name__}: {error}"[:300]
+            return None
+
+    def _prefill_graphs(self, batch: int, width: int, padded: bool, stops: bool) -> _PrefillGraphs:
+        """Prefill and first-token graphs for one prompt shape: eager prefill of a short
+        prompt is bound by kernel launches on a slow host, which TTFT must not measure."""
+        key = (batch, width, padded, stops)
+        if self._prefill is not None and self._prefill.key == key:
+            return self._prefill
+        self._prefill = None  # free the previous shape's activations first
+        torch.cuda.empty_cache()  # eager warm-up blocks back to the driver, for the pool
+        tokens = torch.zeros(batch, width, device=self.device, dtype=torch.long)
+        lengths = torch.full((batch,), width, device=self.device) if padded else None
+        forward, logits = self._capture(lambda: self._prefill_logits(tokens, lengths))
+        first, _ = self._capture(lambda: self._first_token(logits, lengths, width, stops))
+        forward.replay()  # upload both now, outside any timed region
+        first.replay()
+        self._prefill = _PrefillGraphs(key, tokens, lengths, forward, first)
+        return self._prefill
+
+    # ---- one step ----------------------------------------------------------------------------
+    def _sample(self, logits: Tensor) -> Tensor:
+        if self.sampling == "greedy":
+            return logits.argmax(dim=-1)
+        return sample_top_p(logits, self.temperature, self.top_p, self._gen)
+
+    def _emit(self, token: Tensor, stops: bool) -> None:
+        """Record `token` [b] as the next output and feed it to the next step (on device)."""
+        st = self._state
+        assert st is not None
+        if stops:  # finished sequences keep emitting their stop token; flag new stops
+            token = torch.where(st.done, st.stops[0], token)
+            st.done |= (token[:, None] == st.stops).any(dim=-1)
+        st.out.index_copy_(1, st.step, token[:, None])
+        st.tok.copy_(token)
+        st.step += 1
+
+    def _prefill_logits(self, tokens: Tensor, lengths: Tensor | None) -> Tensor:
+        """Prefill the prompts (filling the cache); float32 logits of each last prompt token."""
+        b, width = tokens.shape
+        model = self.model
+        x = model(tokens, model.prefill_context(b, width)).view(b, width, -1)
+        last = x[:, -1] if lengths is None else x[torch.arange(b, device=x.device), lengths - 1]
+        return model.logits(last)
+
+    def _first_token(self, logits: Tensor, lengths: Tensor | None, width: int, stops: bool) -> None:
+        st = self._state
+        assert st is not None
+        if lengths is None:
+            st.pos.fill_(width)
+        else:
+            st.pos.copy_(lengths)
+        st.step.zero_()
+        st.done.zero_()
+        self._emit(self._sample(logits), stops)
+
+    def _step(self, span: int, stops: bool) -> None:
+        """One decode step for every sequence: the body of the CUDA graph."""
+        st = self._state
+        assert st is not None
+        ctx = self.model.decode_context(st.pos, span, self.attention)
+        x = self.model(st.tok[:, None], ctx)
+        self._emit(self._sample(self.model.logits(x, ctx.fast)), stops)
+        st.pos += 1
+
+    # ---- runs --------------------------------------------------------------------------------
+    def _pack(self, prompts: Tensor | list[list[int]]) -> tuple[Tensor, Tensor | None]:
+        """Right-padded [b, P] tokens on the device, and lengths when they differ."""
+        if isinstance(prompts, Tensor):
+            if prompts.ndim != 2 or prompts.shape[1] == 0:
+                raise UserError("engine: prompts must be a [batch, tokens] tensor")
+            return prompts.to(self.device, torch.long), None
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise UserError("engine: every prompt needs at least one token")
+        vocab = self.spec.vocab_size
+        if any(t < 0 or t >= vocab for p in prompts for t in p):
+            raise UserError(f"engine: prompt token ids must be in [0, {vocab})")
+        lengths = [len(p) for p in prompts]
+        width = max(lengths)
+        rows = [list(p) + [0] * (width - len(p)) for p in prompts]
+        tokens = torch.tensor(rows, dtype=torch.long).to(self.device)
+        if len(set(lengths)) == 1:
+            return tokens, None
+        return tokens, torch.tensor(lengths, dtype=torch.long).to(self.device)
+
+    def _reseed(self, seed: int) -> None:
+        if self._gen is not None:
+            self._gen.manual_seed(seed)
+        elif self.sampling != "greedy":
+            torch.cuda.manual_seed(seed)  # the default generator: graph replays follow it
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Tensor | list[list[int]],
+        max_new_tokens: int,
+        stop_tokens: tuple[int, ...] | list[int] = (),
+        *,
+        seed: int | None = None,
+        warmup: bool = True,
+    ) -> Generation:
+        """Generate `max_new_tokens` per prompt (fewer only when every sequence has stopped).
+
+        Without stop tokens the length is forced (profiling); with them, finished sequences are
+        padded with their stop token and the run ends once all have stopped.
+        """
+        tokens, lengths = self._pack(prompts)
+        b, width = tokens.shape
+        if max_new_tokens < 1:
+            raise UserError("engine: max_new_tokens must be >= 1")
+        if width + max_new_tokens > self.spec.max_context:
+            raise UserError(
+                f"{self.spec.name}: prompt ({width}) + output ({max_new_tokens}) tokens exceed "
+                f"max_context {self.spec.max_context}"
+            )
+        if len(stop_tokens) > MAX_STOPS:
+            raise UserError(f"engine: at most {MAX_STOPS} stop tokens")
+        seed = self.seed if seed is None else seed
+        need = width + max_new_tokens  # the warm-up allocates what the real run needs
+        if warmup and (b, width) not in self._warm:
+            self._run(tokens, lengths, min(max_new_tokens, WARMUP_TOKENS), stop_tokens, seed, need)
+            self._warm.add((b, width))
+        return self._run(tokens, lengths, max_new_tokens, stop_tokens, seed, need)
+
+    def _run(
+        self,
+        tokens: Tensor,
+        lengths: Tensor | None,
+        max_new: int,
+        stop_tokens: tuple[int, ...] | list[int],
+        seed: int,
+        need: int,
+    ) -> Generation:
+        b, width = tokens.shape
+        st = self._ensure_state(b, need)
+        stops = len(stop_tokens) > 0
+        if stops:
+            st.stops.fill_(-1)
+            st.stops[: len(stop_tokens)] = torch.tensor(list(stop_tokens), dtype=torch.long)
+        spans = sorted({self._span(width + i) for i in range(max_new - 1)})
+        prefill = None
+        if self.graphs:
+            for span in spans:
+                self._graph(span, stops)
+            prefill = self._try_prefill_graphs(b, width, lengths is not None, stops)
+        if prefill is not None:
+            prefill.tokens.copy_(tokens)
+            if prefill.lengths is not None and lengths is not None:
+                prefill.lengths.copy_(lengths)
+        self._reseed(seed)
+        self.comm.barrier()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+        clock = _Clock(self.device)
+        clock.mark()
+        if prefill is not None:
+            prefill.forward.replay()
+            clock.mark()
+            prefill.first.replay()
+        else:
+            logits = self._prefill_logits(tokens, lengths)
+            clock.mark()
+            self._first_token(logits, lengths, width, stops)
+        clock.mark()
+        steps = 0
+        for i in range(max_new - 1):
+            span = self._span(width + i)
+            if self.graphs:
+                self._graph_cache[(span, stops)].replay()
+            else:
+                self._step(span, stops)
+            steps += 1
+            if stops and steps % CHECK_EVERY == 0 and bool(st.done.all()):
+                break  # a sync, but only in dataset runs, every CHECK_EVERY steps
+        clock.mark()
+        prefill_s, first_s, decode_s = clock.intervals()
+
+        out = st.out[:, : steps + 1].tolist()
+        if stops:
+            wanted = set(stop_tokens)
+            out = [
+                row[: next((j + 1 for j, t in enumerate(row) if t in wanted), len(row))]
+                for row in out
+            ]
+        return Generation(
+            tokens=out,
+            ttft_s=prefill_s + first_s,
+            prefill_s=prefill_s,
+            decode_s=decode_s,
+            decode_steps=steps,
+            extra={"cache_len": st.length, "decode_graphs": len(self._graph_cache)},
+        )
+
+    def random_prompts(self, batch: int, length: int) -> Tensor:
+        """Exact-length random prompts, drawn on the device (seeded by the shape)."""
+        gen = torch.Generator(device=self.device).manual_seed(
+            self.seed * 7919 + batch * 131 + length
+        )
+        shape = (batch, length)
+        return torch.randint(0, self.spec.vocab_size, shape, device=self.device, generator=gen)
+
+    def measure(self, point: Point) -> Measurement:
+        """Run `point` with a forced output length; OOM becomes an error Measurement."""
+        b, p, o = point.batch_size, point.prompt_tokens, point.output_tokens
+        if b < 1 or p < 1 or o < 1:
+            raise UserError(f"engine: point needs batch, prompt and output >= 1, got {point}")
+        if p + o > self.spec.max_context:
+            raise UserError(
+                f"{self.spec.name}: p + o = {p + o} exceeds max_context {self.spec.max_context}"
+            )
+        try:
+            run = self.generate(self.random_prompts(b, p), o)
+        except Exception as error:
+            if not is_oom(error):
+                raise
+            self.release()
+            line = (
+                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            )
+            return Measurement(
+                runtime_s=math.nan,
+                status="error",
+                detail=f"out of memory at batch={b}, p={p}, o={o}: {line}"[:500],
+            )
+        steps = run.decode_steps
+        return Measurement(
+            runtime_s=run.runtime_s,
+            ttft_s=run.ttft_s,
+            output_tokens_actual=len(run.tokens[0]),
+            extra={
+                "prefill_s": run.prefill_s,
+                "decode_s": run.decode_s,
+                "decode_step_s": run.decode_s / steps if steps else None,
+                **run.extra,
+            },
+        )
+
+    @torch.inference_mode()
+    def score(self, tokens: Tensor) -> Tensor:
+        """Float32 logits [b, s, vocab] of every position (one prefill; for checks)."""
+        b, s = tokens.shape
+        self._ensure_state(b, s)
+        x = self.model(tokens.to(self.device), self.model.prefill_context(b, s))
+        return self.model.logits(x).view(b, s, -1)
+
+    def describe(self) -> dict[str, Any]:
+        cuda = self.device.type == "cuda"
+        return {
+            "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(self.device) if cuda else "cpu",
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "tp": self.comm.size,
+            "cuda_graphs": self.graphs,
+            "sampling": self.sampling,
+            "temperature": self.temperature if self.sampling == "top_p" else None,
+            "top_p": self.top_p if self.sampling == "top_p" else None,
+            "decode_attention": self.attention,
+            "decode_attention_skipped": self.attention_notes or None,
+            "prefill_graphs": self.prefill_graph_problem is None,
+            "prefill_graphs_note": self.prefill_graph_problem,
+        }

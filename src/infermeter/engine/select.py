@@ -1,0 +1,142 @@
+"""Which decode attention to use: the fastest path that passes a numerical self-check here.
+
+Each candidate is run once at start-up on random data of the model's real shapes (strided
+query, GQA grouping, ALiBi slopes, rotary tables) and compared with plain float32 math, so a
+missing op, a Triton or driver problem, or a wrong kernel falls back instead of measuring
+garbage. Order: "triton" (kernels.py), "flash" (FlashAttention varlen), "sdpa" (masked).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from infermeter.engine.model import Decoder, flash_varlen
+from infermeter.errors import UserError
+
+
+def _close(out: Tensor, ref: Tensor) -> bool:
+    return bool((out.float() - ref.float()).abs().max() <= 2e-2 * ref.float().abs().max() + 1e-3)
+
+
+def _attention_reference(
+    q: Tensor, cache: Tensor, lens: list[int], slopes: Tensor | None
+) -> Tensor:
+    """Plain float32 decode attention over cache[i, :lens[i]] (for the self-checks)."""
+    nq, d = q.shape[1], q.shape[2]
+    group = nq // cache.shape[3]
+    outs = []
+    for i, n in enumerate(lens):
+        keys = cache[i, :n, 0].float().repeat_interleave(group, 1)  # [n, nq, d]
+        vals = cache[i, :n, 1].float().repeat_interleave(group, 1)
+        scores = torch.einsum("hd,nhd->hn", q[i].float(), keys) / d**0.5
+        if slopes is not None:
+            scores = scores + slopes[:, None] * (torch.arange(n, device=q.device) - (n - 1))
+        outs.append(torch.einsum("hn,nhd->hd", torch.softmax(scores, -1), vals))
+    return torch.stack(outs)
+
+
+def _probe(model: Decoder) -> tuple[Tensor, Tensor, list[int], Tensor]:
+    """A strided query, a random cache, two lengths: the shapes the decode step will see."""
+    lay, d, dev, dt = model.layout, model.spec.dim_head, model.device, model.dtype
+    nq, nkv, length = lay.q_heads, lay.kv_heads, 200
+    qkv = torch.randn(2, nq + 2 * nkv, d, device=dev, dtype=dt)
+    cache = torch.randn(2, length, 2, nkv, d, device=dev, dtype=dt)
+    return qkv, cache, [37, length], torch.tensor([37, length], device=dev, dtype=torch.int32)
+
+
+def triton_problem(model: Decoder) -> str | None:
+    """Why the Triton decode kernels cannot be used (None: they can, self-checked here)."""
+    if model.device.type != "cuda":
+        return "not on CUDA"
+    if model.dtype not in (torch.float16, torch.bfloat16):
+        return f"Triton decode kernels are for float16/bfloat16, not {model.dtype}"
+    try:
+        from infermeter.engine import kernels
+    except ImportError as error:
+        return f"Triton unavailable: {error}"
+    spec, nq = model.spec, model.layout.q_heads
+    try:
+        qkv, cache, lens, lens32 = _probe(model)
+        out = kernels.decode_attention(qkv[:, :nq], cache, lens32, model.slopes)
+        if not _close(out, _attention_reference(qkv[:, :nq], cache, lens, model.slopes)):
+            return "Triton decode attention self-check mismatch"
+        # Rotary + cache write against the eager path (rotate a copy, then store by index).
+        pos = torch.tensor([5, 190], device=model.device)
+        want_qkv, want_cache = qkv.clone(), cache.clone()
+        if model.freqs is not None:
+            rot = model.rot
+            x = want_qkv[:, : nq + model.layout.kv_heads, :rot].float().unflatten(-1, (-1, 2))
+            turned = torch.view_as_complex(x.contiguous()) * model.freqs[pos][:, None]
+            want_qkv[:, : nq + model.layout.kv_heads, :rot] = (
+                torch.view_as_real(turned).flatten(-2).to(qkv.dtype)
+            )
+        kv = want_qkv[:, nq:].view(2, 2, -1, spec.dim_head)
+        want_cache[torch.arange(2, device=pos.device), pos] = kv
+        kernels.rope_store(qkv, cache, pos, model.cos, model.sin, nq)
+        if not (_close(qkv[:, :nq], want_qkv[:, :nq]) and _close(cache, want_cache)):
+            return "Triton rotary/cache kernel self-check mismatch"
+        x = torch.randn(3, spec.hidden_size, device=model.device, dtype=model.dtype)
+        w = torch.randn(spec.hidden_size, device=model.device, dtype=model.dtype)
+        if not _close(
+            kernels.rms_norm(x, w, 1e-5), F.rms_norm(x.float(), w.shape, w.float(), 1e-5)
+        ):
+            return "Triton RMSNorm self-check mismatch"
+        y = torch.randn(3, 2 * model.layout.ffn, device=model.device, dtype=model.dtype)
+        gate, up = y.float().split(model.layout.ffn, -1)
+        if not _close(kernels.silu_mul(y, model.layout.ffn), F.silu(gate) * up):
+            return "Triton SiLU·mul self-check mismatch"
+        w = torch.randn(96, spec.hidden_size, device=model.device, dtype=model.dtype)
+        bias = torch.randn(96, device=model.device, dtype=model.dtype)
+        res = torch.randn(3, 96, device=model.device, dtype=model.dtype)
+        want = x.float() @ w.float().T + bias.float() + res.float()
+        if not _close(kernels.small_linear(x, w, bias, res), want):
+            return "Triton GEMV self-check mismatch"
+    except Exception as error:  # compiler missing, unsupported GPU, ...
+        return f"Triton kernels failed: {type(error).__name__}: {error}"[:300]
+    model.kernels = kernels
+    return None
+
+
+def flash_problem(model: Decoder) -> str | None:
+    """Why the flash-varlen decode path cannot be used here (None: it can, self-checked)."""
+    spec, nq = model.spec, model.layout.q_heads
+    if model.device.type != "cuda":
+        return "not on CUDA"
+    if model.dtype not in (torch.float16, torch.bfloat16):
+        return f"FlashAttention needs float16/bfloat16, not {model.dtype}"
+    if model.slopes is not None:
+        return "ALiBi uses the masked path"
+    if spec.dim_head % 8 or spec.dim_head > 256:
+        return f"head_dim {spec.dim_head} unsupported by FlashAttention"
+    try:
+        qkv, cache, lens, lens32 = _probe(model)
+        b, length, nkv, d = 2, cache.shape[1], cache.shape[3], spec.dim_head
+        cu_q = torch.arange(b + 1, device=model.device, dtype=torch.int32)
+        k = cache[:, :, 0].view(b * length, nkv, d)
+        v = cache[:, :, 1].view(b * length, nkv, d)
+        out = flash_varlen(qkv[:, :nq], k, v, cu_q, cu_q * length, lens32, length)
+        if not _close(out, _attention_reference(qkv[:, :nq], cache, lens, None)):
+            return "FlashAttention varlen self-check mismatch"
+    except Exception as error:  # missing op, unsupported GPU or build
+        return f"FlashAttention varlen unavailable: {type(error).__name__}: {error}"[:300]
+    return None
+
+
+def choose_attention(model: Decoder, wanted: str = "auto") -> tuple[str, dict[str, str]]:
+    """The fastest decode attention that passes its self-check, and why others were skipped."""
+    order = ["triton", "flash", "sdpa"] if wanted == "auto" else [wanted]
+    if wanted not in ("auto", "triton", "flash", "sdpa"):
+        raise UserError(f"engine: decode_attention must be auto|triton|flash|sdpa, not {wanted!r}")
+    notes: dict[str, str] = {}
+    for name in order:
+        problem = {"triton": triton_problem, "flash": flash_problem}.get(name, lambda m: None)(
+            model
+        )
+        if problem is None:
+            return name, notes
+        notes[name] = problem
+    if wanted != "auto":
+        raise UserError(f"engine: decode_attention={wanted!r} is unavailable: {notes[wanted]}")
+    return "sdpa", notes

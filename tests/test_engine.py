@@ -1,0 +1,424 @@
+"""The reference engine on tiny specs, CPU only: exact against a naive forward pass, cached
+decode against recomputation, sampling, stop tokens, tensor parallelism (gloo) and the backend.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from infermeter.backends.base import Point  # noqa: E402
+from infermeter.backends.engine import EngineBackend  # noqa: E402
+from infermeter.engine import (  # noqa: E402
+    Decoder,
+    Engine,
+    init_random,
+    load_state,
+    logical_tensors,
+    partition,
+    sample_top_p,
+)
+from infermeter.engine.parallel import Comm  # noqa: E402
+from infermeter.errors import UserError  # noqa: E402
+from infermeter.spec import ModelSpec  # noqa: E402
+
+TINY: dict[str, Any] = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "vocab_size": 256}
+TINY.update(max_context=128, dtype="float32")
+
+
+def _spec(name: str, **fields: Any) -> ModelSpec:
+    return ModelSpec(name=name, **{**TINY, **fields})
+
+
+LLAMA = _spec(
+    "llama",
+    num_kv_heads=2,
+    ffn_size=96,
+    ffn_kind="swiglu",
+    position="rotary",
+    norm="rmsnorm",
+    norm_eps=1e-6,
+    rope_theta=500.0,
+    bias=False,
+)
+SPECS: dict[str, ModelSpec] = {
+    "llama": LLAMA,
+    "mqa-headdim": replace(LLAMA, name="mqa", num_kv_heads=1, head_dim=32, tie_embeddings=True),
+    "gpt2": _spec("gpt2", tie_embeddings=True),
+    "gptj": _spec(
+        "gptj",
+        position="rotary",
+        rotary_fraction=0.25,
+        parallel_attn_ffn=True,
+        out_bias=False,
+        lm_head_bias=True,
+    ),
+    "neox": _spec(
+        "neox", position="rotary", rotary_fraction=0.5, parallel_attn_ffn=True, parallel_norms=2
+    ),
+    "bloom": _spec(
+        "bloom", num_heads=8, position="alibi", embedding_norm=True, tie_embeddings=True
+    ),
+    "opt": _spec("opt", ffn_kind="relu", position_offset=2, ffn_size=128),
+    "qwen2": replace(LLAMA, name="qwen2", qkv_bias=True),
+}
+
+
+# ---- a plain reference: fp32, one sequence, no cache, explicit causal mask ------------------
+
+
+def random_weights(spec: ModelSpec, seed: int = 0) -> dict[str, Any]:
+    """Logical weights with large enough values that every part of the model matters."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape, _ in logical_tensors(spec):
+        noise = torch.randn(shape, generator=gen)
+        if name.endswith("norm.weight"):
+            out[name] = 1.0 + 0.2 * noise
+        elif len(shape) == 1:  # biases
+            out[name] = 0.2 * noise
+        elif name in ("embed", "pos_embed"):
+            out[name] = noise
+        else:
+            out[name] = noise / math.sqrt(shape[1])
+    return out
+
+
+def ref_slopes(n: int) -> Any:
+    def power_of_two(m: int) -> list[float]:
+        start = 2 ** (-(2 ** -(math.log2(m) - 3)))
+        return [start * start**i for i in range(m)]
+
+    if math.log2(n).is_integer():
+        return torch.tensor(power_of_two(n))
+    closest = 2 ** math.floor(math.log2(n))
+    extra = power_of_two(2 * closest)[0::2][: n - closest]
+    return torch.tensor(power_of_two(closest) + extra)
+
+
+def reference_logits(spec: ModelSpec, w: dict[str, Any], tokens: list[int]) -> Any:
+    s, h, d = len(tokens), spec.hidden_size, spec.dim_head
+    nq, nkv = spec.num_heads, spec.kv_heads
+    pos = torch.arange(s)
+
+    def norm(x: Any, prefix: str) -> Any:
+        if spec.norm == "layernorm":
+            return F.layer_norm(x, (h,), w[f"{prefix}.weight"], w[f"{prefix}.bias"], spec.norm_eps)
+        scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + spec.norm_eps)
+        return x * scale * w[f"{prefix}.weight"]
+
+    def linear(x: Any, layer: str, name: str) -> Any:
+        y = x @ w[f"{layer}.w{name}"].T
+        bias = w.get(f"{layer}.b{name}")
+        return y if bias is None else y + bias
+
+    def rotate(x: Any) -> Any:  # [s, heads, d]; interleaved pairs of the first rot dims
+        rot = int(d * spec.rotary_fraction) // 2 * 2
+        inv = spec.rope_theta ** (-torch.arange(0, rot, 2, dtype=torch.float64) / rot)
+        ang = (pos[:, None].double() * inv[None]).float()[:, None, :]
+        cos, sin = ang.cos(), ang.sin()
+        x0, x1 = x[..., 0:rot:2], x[..., 1:rot:2]
+        rotated = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1).flatten(-2)
+        return torch.cat([rotated, x[..., rot:]], dim=-1)
+
+    def ffn(x: Any, layer: str) -> Any:
+        up = linear(x, layer, "_up")
+        if spec.ffn_kind == "swiglu":
+            hidden = F.silu(linear(x, layer, "_gate")) * up
+        elif spec.ffn_kind == "relu":
+            hidden = torch.relu(up)
+        else:
+            hidden = F.gelu(up, approximate="tanh")
+        return linear(hidden, layer, "_down")
+
+    x = w["embed"][torch.tensor(tokens)]
+    if "embed_norm.weight" in w:
+        x = norm(x, "embed_norm")
+    if spec.position == "learned":
+        x = x + w["pos_embed"][pos + getattr(spec, "position_offset", 0)]
+    causal = pos[None, :] > pos[:, None]
+    for i in range(spec.num_layers):
+        layer = f"layers.{i}"
+        a_in = norm(x, f"{layer}.attn_norm")
+        q = linear(a_in, layer, "q").view(s, nq, d)
+        k = linear(a_in, layer, "k").view(s, nkv, d)
+        v = linear(a_in, layer, "v").view(s, nkv, d)
+        if spec.position == "rotary":
+            q, k = rotate(q), rotate(k)
+        k = k.repeat_interleave(nq // nkv, dim=1)
+        v = v.repeat_interleave(nq // nkv, dim=1)
+        scores = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(d)
+        if spec.position == "alibi":
+            scores = scores + ref_slopes(nq)[:, None, None] * (pos[None, :] - pos[:, None])
+        scores = scores.masked_fill(causal, -math.inf)
+        att = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(s, nq * d)
+        attn_out = linear(att, layer, "o")
+        if spec.parallel_attn_ffn:
+            f_in = norm(x, f"{layer}.ffn_norm") if f"{layer}.ffn_norm.weight" in w else a_in
+            x = x + attn_out + ffn(f_in, layer)
+        else:
+            x = x + attn_out
+            x = x + ffn(norm(x, f"{layer}.ffn_norm"), layer)
+    head = w["embed"] if spec.tie_embeddings else w["lm_head"]
+    logits = norm(x, "norm") @ head.T
+    return logits + w["lm_head_bias"] if "lm_head_bias" in w else logits
+
+
+def engine_with(spec: ModelSpec, seed: int = 0, **options: Any) -> tuple[Engine, dict[str, Any]]:
+    engine = Engine(spec, **options)
+    weights = random_weights(spec, seed)
+    with torch.inference_mode():
+        load_state(engine.model, weights)
+    return engine, weights
+
+
+def rel_error(a: Any, b: Any) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+PROMPTS = [[3, 17, 99, 5, 250, 42, 7, 7, 128], [200, 1, 64, 33, 90, 12, 8, 255, 0]]
+
+
+@pytest.mark.parametrize("family", sorted(SPECS))
+def test_logits_match_reference(family: str) -> None:
+    spec = SPECS[family]
+    engine, weights = engine_with(spec)
+    logits = engine.score(torch.tensor(PROMPTS))
+    for row, prompt in enumerate(PROMPTS):
+        ref = reference_logits(spec, weights, prompt)
+        assert rel_error(logits[row], ref) < 1e-4
+
+
+def greedy_by_recompute(
+    spec: ModelSpec, weights: dict[str, Any], prompt: list[int], n: int
+) -> list[int]:
+    seq = list(prompt)
+    for _ in range(n):
+        seq.append(int(reference_logits(spec, weights, seq)[-1].argmax()))
+    return seq[len(prompt) :]
+
+
+@pytest.mark.parametrize("family", sorted(SPECS))
+def test_cached_greedy_decode_matches_recompute(family: str) -> None:
+    spec = SPECS[family]
+    engine, weights = engine_with(spec)
+    # Different lengths in one batch: right padding must not leak into either sequence.
+    prompts = [PROMPTS[0], PROMPTS[1][:4]]
+    run = engine.generate(prompts, 7)
+    assert run.decode_steps == 6
+    for prompt, tokens in zip(prompts, run.tokens, strict=True):
+        assert tokens == greedy_by_recompute(spec, weights, prompt, 7)
+
+
+def test_top_p_sampler_stays_in_nucleus() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.04, 0.01])
+    logits = probs.log().repeat(4000, 1)
+    gen = torch.Generator().manual_seed(1)
+    drawn = sample_top_p(logits, temperature=1.0, top_p=0.9, generator=gen)
+    counts = torch.bincount(drawn, minlength=5).tolist()
+    assert counts[3] == counts[4] == 0  # outside the nucleus {0, 1, 2}
+    shares = [c / 4000 for c in counts[:3]]
+    for share, p in zip(shares, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95], strict=True):
+        assert abs(share - p) < 0.04
+    again = sample_top_p(logits, 1.0, 0.9, torch.Generator().manual_seed(1))
+    assert torch.equal(drawn, again)
+
+
+def test_top_p_generation_is_reproducible_and_in_nucleus() -> None:
+    spec = SPECS["llama"]
+    engine, weights = engine_with(spec, sampling="top_p", temperature=0.8, top_p=0.5)
+    first = engine.generate(PROMPTS, 8, seed=11).tokens
+    assert engine.generate(PROMPTS, 8, seed=11).tokens == first
+    assert engine.generate(PROMPTS, 8, seed=12).tokens != first
+    for prompt, tokens in zip(PROMPTS, first, strict=True):
+        logits = reference_logits(spec, weights, prompt + tokens)[len(prompt) - 1 : -1]
+        probs = torch.softmax(logits / 0.8, -1)
+        for p, token in zip(probs, tokens, strict=True):
+            before = p[p > p[token]].sum()  # probability of every token ranked above it
+            assert before < 0.5 + 1e-5
+
+
+def test_forced_length_and_stop_tokens() -> None:
+    spec = SPECS["llama"]
+    engine, _ = engine_with(spec)
+    free = engine.generate(PROMPTS, 12).tokens
+    assert [len(t) for t in free] == [12, 12]
+    # Stop on a token row 0 produces at step k (its first occurrence there).
+    k = next(i for i in range(3, 12) if free[0][i] not in free[0][:i])
+    stop = free[0][k]
+    run = engine.generate(PROMPTS, 12, stop_tokens=[stop, 9999])
+    assert run.tokens[0] == free[0][: k + 1]
+    expected = free[1][: free[1].index(stop) + 1] if stop in free[1] else free[1]
+    assert run.tokens[1] == expected
+    if stop in free[1]:  # both stopped: the host noticed and ended the loop early
+        assert run.decode_steps < 11
+    forced = engine.measure(Point(prompt_tokens=6, output_tokens=9, batch_size=3))
+    assert forced.output_tokens_actual == 9
+
+
+class FakeGraph:
+    """Stands in for a CUDA graph on CPU: replay re-runs the captured body and, like a real
+    replay, leaves its result in the tensor the capture returned."""
+
+    def __init__(self, body: Any, out: Any) -> None:
+        self.body, self.out = body, out
+
+    def replay(self) -> None:
+        new = self.body()
+        if self.out is not None:
+            self.out.copy_(new)
+
+
+def test_graph_orchestration_on_cpu(monkeypatch: Any) -> None:
+    """Static buffers, graph keys and replay order of the CUDA-graph path give the same tokens
+    as the eager path (on CPU, with the masked path's several span buckets)."""
+    import infermeter.engine.generate as gen
+
+    def capture(self: Any, body: Any) -> Any:
+        body()  # the eager warm-up
+        out = body()
+        return FakeGraph(body, out), out
+
+    monkeypatch.setattr(gen.Engine, "_capture", capture)
+    monkeypatch.setattr(gen, "SPAN_BUCKET", 4)
+    spec = SPECS["bloom"]
+    eager, _ = engine_with(spec)
+    graphs, _ = engine_with(spec)
+    graphs.graphs, graphs.prefill_graph_problem = True, None
+    prompts = [PROMPTS[0], PROMPTS[1][:3]]
+    for stops in ((), (eager.generate(prompts, 12).tokens[0][5],)):
+        want = eager.generate(prompts, 12, stop_tokens=stops)
+        got = graphs.generate(prompts, 12, stop_tokens=stops)
+        assert got.tokens == want.tokens
+    assert len(graphs._graph_cache) > 2  # one per span bucket and stop mode
+    assert graphs.generate(torch.tensor(PROMPTS), 5).tokens == eager.generate(PROMPTS, 5).tokens
+    assert graphs._prefill is not None and graphs._prefill.key == (2, 9, False, False)
+
+
+def test_random_weights_do_not_depend_on_tp() -> None:
+    spec = replace(SPECS["llama"], vocab_size=255)  # uneven vocabulary chunks
+    full = Decoder(spec, partition(spec), Comm(), torch.device("cpu"), torch.float32)
+    init_random(full, seed=5)
+    d, ffn = spec.dim_head, spec.ffn_dim // 2
+    for rank in range(2):
+        lay = partition(spec, 2, rank)
+        part = Decoder(spec, lay, Comm(), torch.device("cpu"), torch.float32)
+        init_random(part, seed=5)
+        blk, ref = part.layers[1], full.layers[1]
+        q_rows = slice(lay.q_start * d, (lay.q_start + lay.q_heads) * d)
+        assert torch.equal(blk.wqkv[: lay.q_heads * d], ref.wqkv[q_rows])
+        assert torch.equal(blk.wo, ref.wo[:, q_rows])
+        assert torch.equal(blk.w_in[:ffn], ref.w_in[rank * ffn : (rank + 1) * ffn])
+        assert torch.equal(part.lm_head, full.lm_head[lay.vocab_start : lay.vocab_end])
+        assert torch.equal(part.embed, full.embed)
+
+
+def test_alibi_slopes_match_bloom() -> None:
+    from infermeter.engine.model import alibi_slopes
+
+    for n in (4, 6, 8, 12, 112):
+        assert torch.allclose(alibi_slopes(n), ref_slopes(n))
+
+
+def test_partition_replicates_kv_heads_and_rejects_bad_tp() -> None:
+    spec = replace(SPECS["llama"], num_heads=8, num_kv_heads=2, hidden_size=64)
+    lays = [partition(spec, 4, r) for r in range(4)]
+    assert [(lay.q_start, lay.kv_start, lay.kv_heads) for lay in lays] == [
+        (0, 0, 1),
+        (2, 0, 1),
+        (4, 1, 1),
+        (6, 1, 1),
+    ]
+    with pytest.raises(UserError):
+        partition(spec, 3)
+    with pytest.raises(UserError):
+        partition(replace(spec, num_kv_heads=4, num_heads=12, hidden_size=96), 8)
+
+
+def test_tensor_parallel_matches_single_rank() -> None:
+    prompts = [PROMPTS[0], PROMPTS[1][:5]]
+    single = EngineBackend(device="cpu", seed=3)
+    double = EngineBackend(device="cpu", tp=2, seed=3, timeout_s=120)
+    try:
+        for family in ("llama", "mqa-headdim", "gptj"):
+            spec = replace(SPECS[family], vocab_size=255)  # a short last vocabulary chunk
+            single.prepare(spec)
+            double.prepare(spec)  # the second prepare reuses the running ranks
+            want = single.generate(prompts, 6).tokens
+            assert double.generate(prompts, 6).tokens == want, family
+        point = Point(prompt_tokens=5, output_tokens=4, batch_size=2)
+        measured = double.measure(point)
+        assert measured.status == "ok" and measured.output_tokens_actual == 4
+        assert double.describe()["tp"] == 2
+        # A rank that dies (segfault, OOM killer) is an error in the parent, not a hang.
+        double._ranks.procs[1].kill()
+        with pytest.raises(RuntimeError, match="died"):
+            double.measure(point)
+    finally:
+        single.close()
+        double.close()
+
+
+def test_backend_measure_and_errors() -> None:
+    backend = EngineBackend(device="cpu")
+    backend.prepare(replace(SPECS["opt"], dtype="bfloat16"))  # CPU runs float32 anyway
+    try:
+        m = backend.measure(Point(prompt_tokens=16, output_tokens=5, batch_size=2))
+        assert m.status == "ok" and m.output_tokens_actual == 5
+        assert 0 < m.ttft_s <= m.runtime_s
+        assert m.extra["prefill_s"] <= m.ttft_s
+        assert m.extra["decode_step_s"] == pytest.approx(m.extra["decode_s"] / 4)
+        info = backend.describe()
+        for key in ("torch", "device", "dtype", "tp", "cuda_graphs", "sampling"):
+            assert key in info
+        assert info["dtype"] == "float32" and info["cuda_graphs"] is False
+        with pytest.raises(UserError):
+            backend.measure(Point(prompt_tokens=100, output_tokens=29))
+        with pytest.raises(UserError):
+            backend.generate([[1, 2, 300]], 3)  # token id outside the vocabulary
+
+        def oom(*args: Any, **kwargs: Any) -> Any:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+        backend._engine.generate = oom
+        failed = backend.measure(Point(prompt_tokens=4, output_tokens=4))
+        assert failed.status == "error" and "out of memory" in (failed.detail or "")
+    finally:
+        backend.close()
+    with pytest.raises(UserError):
+        EngineBackend(sampling="beam")
+
+
+def test_llama_checkpoint_matches_transformers(tmp_path: Any) -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        rope_theta=500.0,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.2 if p.ndim > 1 else 1.0)
+    hf.save_pretrained(tmp_path)
+    engine = Engine(SPECS["llama"], checkpoint=str(tmp_path))
+    tokens = torch.tensor(PROMPTS)
+    with torch.no_grad():
+        want = hf(tokens).logits
+    assert rel_error(engine.score(tokens), want) < 1e-4
+    with pytest.raises(UserError):
+        Engine(replace(SPECS["llama"], ffn_size=64), checkpoint=str(tmp_path))
