@@ -153,6 +153,8 @@ class Engine:
         self.spec, self.comm = spec, comm or Comm()
         self.device, self.dtype = torch.device(device), dtype
         if self.device.type == "cuda":  # streams, events, graphs and the RNG follow it
+            if self.device.index is None:  # plain "cuda": the current device, made explicit
+                self.device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(self.device)
         self.seed, self.sampling = seed, sampling
         self.temperature, self.top_p = temperature, top_p
