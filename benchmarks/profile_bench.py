@@ -30,7 +30,7 @@ from infermeter.backends.base import Point
 from infermeter.catalog import get_spec
 from infermeter.fit import fit_cost_model
 from infermeter.meter import Meter, visible_gpus
-from infermeter.profile import ProfileGrid, run_profile
+from infermeter.profile import ProfileGrid, measure_metered, run_profile
 from infermeter.store import Store
 
 
@@ -64,7 +64,11 @@ def main() -> None:
         info = run.backend_info
     model = fit_cost_model(points, model=spec.name)
     metered = points.energy_j.notna().all()
-    energy_model = fit_cost_model(points, quantity="energy_j", model=spec.name) if metered else None
+    energy_model = (
+        fit_cost_model(points, quantity="energy_j", denoise="median", model=spec.name)
+        if metered
+        else None
+    )
     per_p = {row["prompt_tokens"]: row["r2"] for row in model.fit["per_prompt"]}
     print(f"profile: {len(points)} points in {profile_seconds:.1f} s (init included)")
     for p, r2 in per_p.items():
@@ -87,9 +91,9 @@ def main() -> None:
             meter.start()
         for q in queries:
             if metered:
-                meter.begin("q")
-            measured = check.measure(q)
-            window = meter.end("q") if metered else None
+                measured, window = measure_metered(check, q, meter)
+            else:
+                measured, window = check.measure(q), None
             rows.append(
                 {
                     "prompt_tokens": q.prompt_tokens,

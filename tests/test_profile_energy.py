@@ -25,6 +25,8 @@ def test_metered_profile_stores_energy_and_fits_it(tmp_path: Path) -> None:
         points = store.points(run.id)
         samples = store.samples(run.id)
     assert points.energy_j.notna().all()
+    # The hf backend brackets exactly its timed region; warm-up stays outside the window.
+    assert points.extra_json.str.contains('"energy_window": "timed"').all()
     # Constant 250 W: each point's joules are 250 × its window, which holds its runtime.
     assert (points.energy_j >= 250 * points.runtime_s * 0.95).all()
     assert len(samples) > 0 and (samples.power_w == 250.0).all()

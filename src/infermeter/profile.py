@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from infermeter.backends.base import Backend, Measurement, Point
 from infermeter.errors import UserError
-from infermeter.meter import Meter
+from infermeter.meter import EnergyWindow, Meter
 from infermeter.provenance import git_commit, package_version
 from infermeter.spec import ModelSpec
 from infermeter.store import RunRecord, Store, run_key
@@ -152,13 +152,10 @@ def run_profile(
             flushed = 0.0
         for point in todo:
             if metering:
-                meter.begin("point")
-                _set_phase_hook(backend, lambda label: meter.mark("point", label))
-            measurement = backend.measure(point)
-            if metering:
-                window = meter.end("point")
-                measurement.energy_j = window.total_j
-                measurement.extra.update(window.as_extra())
+                measurement, window = measure_metered(backend, point, meter)
+            else:
+                measurement, window = backend.measure(point), None
+            if window is not None:
                 fresh = meter.samples(start=flushed, end=window.end, unix=True)
                 flushed = window.end + 1e-9
                 store.record_samples(run.id, fresh)
@@ -183,7 +180,53 @@ def run_profile(
     return store.get_run(run.id)
 
 
-def _set_phase_hook(backend: Backend, hook: Callable[[str], None]) -> None:
-    """Backends that split a query into phases (prefill, decode) report each boundary."""
-    if hasattr(backend, "phase_hook"):
-        backend.phase_hook = hook
+class _PointWindow:
+    """The energy window of one point, opened and closed by the backend where it can."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.meter = meter
+        self.result: EnergyWindow | None = None
+        self.is_open = False
+
+    def begin(self) -> None:
+        if self.is_open:  # a backend that retried: restart the window
+            self.meter.end("point")
+        self.meter.begin("point")
+        self.is_open = True
+
+    def end(self) -> None:
+        self.result = self.meter.end("point")
+        self.is_open = False
+
+    def close(self) -> None:
+        """End the window if it is still open (the backend failed mid-run, or cannot close)."""
+        if self.is_open:
+            self.end()
+
+
+def measure_metered(
+    backend: Backend, point: Point, meter: Meter
+) -> tuple[Measurement, EnergyWindow | None]:
+    """Measure one point inside an energy window and put the joules on the measurement.
+
+    Backends with an `energy_window` slot open and close the window around exactly their
+    timed region (warm-up and graph capture stay outside); others are windowed whole.
+    """
+    recorder = _PointWindow(meter)
+    exact = hasattr(backend, "energy_window")
+    if exact:
+        backend.energy_window = recorder  # type: ignore[attr-defined]
+    else:
+        recorder.begin()
+    try:
+        measurement = backend.measure(point)
+    finally:
+        recorder.close()
+        if exact:
+            backend.energy_window = None  # type: ignore[attr-defined]
+    window = recorder.result
+    if window is not None:
+        measurement.energy_j = window.total_j
+        measurement.extra["energy_window"] = "timed" if exact else "whole call"
+        measurement.extra.update(window.as_extra())
+    return measurement, window

@@ -57,6 +57,9 @@ class EngineBackend:
         self._engine: Any = None  # tp=1: an Engine in this process
         self._ranks: Any = None  # tp>1: a RankGroup
         self._info: dict[str, Any] = {}
+        # Set by a metered profile; with tp > 1 the ranks run elsewhere, so it stays unused
+        # and the profile's window spans the whole call.
+        self.energy_window: Any = None
 
     # ---- setup ---------------------------------------------------------------------------
     def _resolve(self, spec: ModelSpec, torch: Any) -> tuple[str, str]:
@@ -141,6 +144,8 @@ class EngineBackend:
                 f"{self.spec.name}: p + o = {point.prompt_tokens + point.output_tokens} exceeds "
                 f"max_context {self.spec.max_context}"
             )
+        if self._engine is not None:  # tp=1: the window can bracket the timed part exactly
+            self._engine.energy_window = self.energy_window
         measurement: Measurement = self._call("measure", point)
         measurement.extra.setdefault("tp", self.tp)
         return measurement

@@ -336,6 +336,8 @@ class HFBackend:
         self._pad = 0
         self._num_params: int | None = None
         self._warmed: set[tuple[int, int]] = set()
+        # Set by a metered profile: begin()/end() around the timed part of each measure().
+        self.energy_window: Any = None
         self._gen_options: dict[str, Any] = {}
 
     # ---- setup ---------------------------------------------------------------------------
@@ -514,10 +516,14 @@ class HFBackend:
                 self._warmed.add((p, b))
             clock = _first_token_clock(torch, self._device if on_cuda else None)
             self._sync(torch)
+            if self.energy_window is not None:
+                self.energy_window.begin()
             start = time.perf_counter()
             out = self._generate(torch, ids, mask, o, clock)
             self._sync(torch)
             end = time.perf_counter()
+            if self.energy_window is not None:
+                self.energy_window.end()
         except Exception as error:
             if not _is_oom(error):
                 raise

@@ -157,6 +157,8 @@ class Engine:
                 self.device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(self.device)
         self.seed, self.sampling = seed, sampling
+        # Set by a metered profile: begin()/end() around the timed part of each generation.
+        self.energy_window: Any = None
         self.temperature, self.top_p = temperature, top_p
         layout = partition(spec, self.comm.size, self.comm.rank)
         with torch.inference_mode():
@@ -378,7 +380,9 @@ class Engine:
         if warmup and (b, width) not in self._warm:
             self._run(tokens, lengths, min(max_new_tokens, WARMUP_TOKENS), stop_tokens, seed, need)
             self._warm.add((b, width))
-        return self._run(tokens, lengths, max_new_tokens, stop_tokens, seed, need)
+        return self._run(
+            tokens, lengths, max_new_tokens, stop_tokens, seed, need, self.energy_window
+        )
 
     def _run(
         self,
@@ -388,7 +392,9 @@ class Engine:
         stop_tokens: tuple[int, ...] | list[int],
         seed: int,
         need: int,
+        window: Any = None,
     ) -> Generation:
+        """One timed generation; `window` (begin()/end()) brackets exactly the timed part."""
         b, width = tokens.shape
         st = self._ensure_state(b, need)
         stops = len(stop_tokens) > 0
@@ -409,6 +415,8 @@ class Engine:
         self.comm.barrier()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+        if window is not None:  # energy: the GPU is idle here and again after intervals()
+            window.begin()
 
         clock = _Clock(self.device)
         clock.mark()
@@ -433,6 +441,8 @@ class Engine:
                 break  # a sync, but only in dataset runs, every CHECK_EVERY steps
         clock.mark()
         prefill_s, first_s, decode_s = clock.intervals()
+        if window is not None:
+            window.end()
 
         out = st.out[:, : steps + 1].tolist()
         if stops:
