@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ def write_result(
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {**provenance(), **result}
     path = out_dir / f"{name}.json"
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    path.write_text(json.dumps(_finite(record), indent=2, default=str) + "\n")
     lines = [
         f"# {name}",
         "",
@@ -34,3 +35,14 @@ def write_result(
     ]
     (out_dir / f"{name}.md").write_text("\n".join(lines))
     return path
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null, so the file is plain JSON any reader takes."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

@@ -48,6 +48,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument(
+        "--min-energy-window",
+        type=float,
+        default=1.0,
+        help="repeat queries shorter than this inside one energy window (s)",
+    )
     args = parser.parse_args()
 
     spec = get_spec(args.model)
@@ -58,7 +64,16 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "bench.sqlite") as store:
         # run_profile closes the backend when done; the held-out queries reuse a fresh one.
-        run = run_profile(store, spec, {"backend": args.backend}, backend, {}, grid, meter=meter)
+        run = run_profile(
+            store,
+            spec,
+            {"backend": args.backend},
+            backend,
+            {},
+            grid,
+            meter=meter,
+            min_energy_window_s=args.min_energy_window,
+        )
         profile_seconds = time.perf_counter() - start
         points = store.points(run.id)
         info = run.backend_info
@@ -91,7 +106,7 @@ def main() -> None:
             meter.start()
         for q in queries:
             if metered:
-                measured, window = measure_metered(check, q, meter)
+                measured, window = measure_metered(check, q, meter, args.min_energy_window)
             else:
                 measured, window = check.measure(q), None
             rows.append(
@@ -100,7 +115,8 @@ def main() -> None:
                     "output_tokens": q.output_tokens,
                     "measured_s": measured.runtime_s,
                     "estimate_s": float(model.predict(q.prompt_tokens, q.output_tokens)),
-                    "measured_j": window.total_j if window else None,
+                    "measured_j": measured.energy_j,
+                    "energy_repeats": measured.extra.get("energy_repeats"),
                     "integrated_j": window.integrated_j if window else None,
                     "window_s": window.seconds if window else None,
                     "estimate_j": float(energy_model.predict(q.prompt_tokens, q.output_tokens))
@@ -125,9 +141,12 @@ def main() -> None:
     print(f"held-out queries: MAPE {mape:.2f}%, max {max_err:.2f}%")
     energy_result: dict[str, object] = {"metered": bool(metered), "meter_note": meter.note}
     if metered and energy_model is not None:
-        held["energy_error_pct"] = 100 * (held.estimate_j - held.measured_j) / held.measured_j
-        long = held[held.window_s >= 1.0]
-        agreement = 100 * (long.integrated_j - long.measured_j).abs() / long.measured_j
+        # A window the counter did not see move reads 0 J: report how many, leave them out.
+        read = held[held.measured_j > 0]
+        held["energy_error_pct"] = 100 * (read.estimate_j - read.measured_j) / read.measured_j
+        long = held[(held.window_s >= 1.0) & (held.energy_repeats == 1)]
+        window_j = long.measured_j
+        agreement = 100 * (long.integrated_j - window_j).abs() / window_j
         timing = pd.DataFrame(overhead_rows, columns=["sampler_on", "runtime_s"])
         on = timing[timing.sampler_on].runtime_s.sum()
         off = timing[~timing.sampler_on].runtime_s.sum()
@@ -140,6 +159,8 @@ def main() -> None:
             ),
             energy_fit=energy_model.fit,
             energy_model_mape=float(held.energy_error_pct.abs().mean()),
+            energy_windows_read_zero=int((held.measured_j <= 0).sum()),
+            min_energy_window_s=args.min_energy_window,
             energy_model_max_error_pct=float(held.energy_error_pct.abs().max()),
             counter_vs_integrated_pct=float(agreement.mean()) if len(long) else None,
             counter_vs_integrated_max_pct=float(agreement.max()) if len(long) else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -113,6 +114,7 @@ def run_profile(
     on_point: ProgressCallback | None = None,
     device: str = "",
     meter: Meter | None = None,
+    min_energy_window_s: float = 1.0,
 ) -> RunRecord:
     """Measure every point of `grid` not already stored for the same profile.
 
@@ -152,7 +154,7 @@ def run_profile(
             flushed = 0.0
         for point in todo:
             if metering:
-                measurement, window = measure_metered(backend, point, meter)
+                measurement, window = measure_metered(backend, point, meter, min_energy_window_s)
             else:
                 measurement, window = backend.measure(point), None
             if window is not None:
@@ -181,52 +183,89 @@ def run_profile(
 
 
 class _PointWindow:
-    """The energy window of one point, opened and closed by the backend where it can."""
+    """The energy window of one point, opened and closed by the backend where it can.
 
-    def __init__(self, meter: Meter) -> None:
+    With `spans` = r > 1 it covers r back-to-back runs: it opens at the first begin() and
+    closes at the r-th end(), so a short query is metered over a window the counter resolves.
+    """
+
+    def __init__(self, meter: Meter, spans: int = 1) -> None:
         self.meter = meter
+        self.spans = spans
+        self.ends = 0
         self.result: EnergyWindow | None = None
         self.is_open = False
 
     def begin(self) -> None:
-        if self.is_open:  # a backend that retried: restart the window
-            self.meter.end("point")
+        if self.is_open:
+            return  # inside a span of repetitions
         self.meter.begin("point")
         self.is_open = True
 
     def end(self) -> None:
-        self.result = self.meter.end("point")
-        self.is_open = False
+        self.ends += 1
+        if self.ends >= self.spans:
+            self.result = self.meter.end("point")
+            self.is_open = False
 
     def close(self) -> None:
         """End the window if it is still open (the backend failed mid-run, or cannot close)."""
         if self.is_open:
-            self.end()
+            self.result = self.meter.end("point")
+            self.is_open = False
 
 
 def measure_metered(
-    backend: Backend, point: Point, meter: Meter
+    backend: Backend, point: Point, meter: Meter, min_window_s: float = 0.0
 ) -> tuple[Measurement, EnergyWindow | None]:
     """Measure one point inside an energy window and put the joules on the measurement.
 
     Backends with an `energy_window` slot open and close the window around exactly their
-    timed region (warm-up and graph capture stay outside); others are windowed whole.
+    timed region (warm-up and graph capture stay outside); others are windowed whole. NVML's
+    energy counter moves in steps (about 100 ms on an H100), so a query shorter than
+    `min_window_s` is run again r times back to back inside one window and its energy is that
+    window's over r (the runtime stays the first, single run's).
     """
-    recorder = _PointWindow(meter)
-    exact = hasattr(backend, "energy_window")
+    measurement, window = _windowed(backend, point, meter, 1)
+    repeats = 1
+    if (
+        window is not None
+        and measurement.status == "ok"
+        and min_window_s > 0
+        and window.seconds < min_window_s
+    ):
+        repeats = math.ceil(min_window_s / max(window.seconds, 1e-3))
+        single = window.total_j
+        _, window = _windowed(backend, point, meter, repeats)
+        measurement.extra["energy_single_run_j"] = single
+    if window is not None:
+        measurement.energy_j = None if window.total_j is None else window.total_j / repeats
+        measurement.extra["energy_window"] = "timed" if _has_slot(backend) else "whole call"
+        measurement.extra["energy_repeats"] = repeats
+        measurement.extra.update(window.as_extra())
+    return measurement, window
+
+
+def _has_slot(backend: Backend) -> bool:
+    return hasattr(backend, "energy_window")
+
+
+def _windowed(
+    backend: Backend, point: Point, meter: Meter, runs: int
+) -> tuple[Measurement, EnergyWindow | None]:
+    """`runs` measurements of `point` inside one energy window; the first is returned."""
+    recorder = _PointWindow(meter, runs)
+    exact = _has_slot(backend)
     if exact:
         backend.energy_window = recorder  # type: ignore[attr-defined]
     else:
         recorder.begin()
     try:
-        measurement = backend.measure(point)
+        first = backend.measure(point)
+        for _ in range(runs - 1):
+            backend.measure(point)
     finally:
         recorder.close()
         if exact:
             backend.energy_window = None  # type: ignore[attr-defined]
-    window = recorder.result
-    if window is not None:
-        measurement.energy_j = window.total_j
-        measurement.extra["energy_window"] = "timed" if exact else "whole call"
-        measurement.extra.update(window.as_extra())
-    return measurement, window
+    return first, recorder.result
