@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument(
         "--min-energy-window",
         type=float,
-        default=1.0,
+        default=0.5,
         help="repeat queries shorter than this inside one energy window (s)",
     )
     args = parser.parse_args()

@@ -120,3 +120,24 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch: pytest.MonkeyPatc
     assert visible_gpus(1) == [0]
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert visible_gpus(2) == [0, 1]
+
+
+def test_tick_alignment_recovers_windows_shorter_than_the_counter_step() -> None:
+    """A counter that moves every 50 ms still meters a 30 ms window within 3%."""
+    import math
+
+    t0 = time.perf_counter()
+    gpu = FakeGpu(power=lambda t: 300.0 + 100.0 * math.sin(20 * (t - t0)), counter_step_s=0.05)
+    nvml = FakeNvml([gpu], t0)
+    aligned = Meter(interval_s=0.01, nvml=nvml)
+    naive = Meter(interval_s=0.01, nvml=nvml, align_ticks=False)
+    aligned_errors, naive_errors = [], []
+    for _ in range(5):
+        for meter, errors in ((aligned, aligned_errors), (naive, naive_errors)):
+            meter.begin("w")
+            busy(0.03)
+            window = meter.end("w")
+            truth = nvml.energy_between(gpu, window.start, window.end)
+            errors.append(abs(window.total_j - truth) / truth)
+    assert max(aligned_errors) < 0.03
+    assert max(naive_errors) > 0.2  # what the plain reading gets wrong

@@ -123,12 +123,14 @@ class Meter:
         interval_s: float = 0.1,
         nvml: Any | None = None,
         power_field: str = "auto",
+        align_ticks: bool = True,
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
         if power_field not in ("auto", "instant", "average"):
             raise ValueError("power_field must be auto, instant or average")
         self.interval_s = interval_s
+        self.align_ticks = align_ticks
         self.note: str | None = None
         self._nvml, self.note = (nvml, None) if nvml is not None else load_nvml()
         self._handles: list[Any] = []
@@ -199,6 +201,55 @@ class Meter:
             return None
         return [self._nvml.nvmlDeviceGetTotalEnergyConsumption(h) / 1000.0 for h in self._handles]
 
+    @property
+    def _aligned(self) -> bool:
+        return self.align_ticks and self.counter_supported
+
+    def _tick_counters(self, at_begin: bool) -> tuple[list[float], float]:
+        """Counters (J) exact at one moment, returned with it, though they move in steps.
+
+        Polls each GPU until its counter steps (at most one update period), then moves the
+        reading from the step's time to now with the instantaneous power polled meanwhile:
+        forward at a window's start, backward at its end. The correction spans one period
+        at most, so its error is a small share of the window's energy even when the step is
+        ~100 ms and the window is not much longer.
+        """
+        now = time.perf_counter()
+        readings = []
+        read = self._nvml.nvmlDeviceGetTotalEnergyConsumption
+        for handle in self._handles:
+            before = time.perf_counter()
+            first = read(handle)
+            last_old = (before + time.perf_counter()) / 2  # when the old value was read
+            polls = [(last_old, self._power_w(handle))]
+            deadline = time.perf_counter() + 3 * COUNTER_UPDATE_PERIOD_S
+            value = first
+            while value == first and time.perf_counter() < deadline:
+                before = time.perf_counter()
+                value = read(handle)
+                at = (before + time.perf_counter()) / 2
+                polls.append((at, self._power_w(handle)))
+                if value == first:
+                    last_old = at
+            # The step fell between the last read of the old value and the first of the new.
+            tick = (last_old + polls[-1][0]) / 2
+            readings.append((value / 1000.0, tick, polls))
+        out = []
+        # The moment the readings refer to: after the last step at a start, before the first
+        # at an end, so that nothing between them and the window's edge goes unmetered.
+        mark = max(r[1] for r in readings) if at_begin else now
+        for joules, tick, polls in readings:
+            t = np.array([p[0] for p in polls])
+            w = np.array([p[1] for p in polls])
+            lo, hi = sorted((tick, mark))
+            grid = np.unique(np.concatenate([t[(t > lo) & (t < hi)], [lo, hi]]))
+            power = np.interp(grid, t, w)
+            between = float(np.sum((power[1:] + power[:-1]) / 2 * np.diff(grid)))
+            # At the start the step came before `mark`: add what was spent since; at the end
+            # the step came after the window closed: take off what was spent after it.
+            out.append(joules + between if tick <= mark else joules - between)
+        return out, mark
+
     def sample_once(self) -> None:
         now = time.perf_counter()
         batch = []
@@ -262,7 +313,11 @@ class Meter:
             raise ValueError(f"window {name!r} is already open")
         if sync:
             sync()
-        self._open[name] = (time.perf_counter(), self._counters_j(), {})
+        if self._aligned:
+            counters, start = self._tick_counters(at_begin=True)
+        else:
+            counters, start = self._counters_j(), time.perf_counter()
+        self._open[name] = (start, counters, {})
 
     def mark(self, name: str, label: str, sync: Callable[[], None] | None = None) -> None:
         """Record the energy spent since the window opened, e.g. at the end of prefill."""
@@ -280,8 +335,10 @@ class Meter:
             raise ValueError(f"window {name!r} was never begun")
         if sync:
             sync()
-        end = time.perf_counter()
-        end_counters = self._counters_j()
+        if self._aligned:
+            end_counters, end = self._tick_counters(at_begin=False)
+        else:
+            end, end_counters = time.perf_counter(), self._counters_j()
         start, start_counters, marks = self._open.pop(name)
         if not self.available:
             return EnergyWindow(

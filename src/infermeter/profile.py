@@ -114,7 +114,7 @@ def run_profile(
     on_point: ProgressCallback | None = None,
     device: str = "",
     meter: Meter | None = None,
-    min_energy_window_s: float = 1.0,
+    min_energy_window_s: float = 0.5,
 ) -> RunRecord:
     """Measure every point of `grid` not already stored for the same profile.
 
@@ -221,10 +221,10 @@ def measure_metered(
     """Measure one point inside an energy window and put the joules on the measurement.
 
     Backends with an `energy_window` slot open and close the window around exactly their
-    timed region (warm-up and graph capture stay outside); others are windowed whole. NVML's
-    energy counter moves in steps (about 100 ms on an H100), so a query shorter than
-    `min_window_s` is run again r times back to back inside one window and its energy is that
-    window's over r (the runtime stays the first, single run's).
+    timed region (warm-up and graph capture stay outside); others are windowed whole. The
+    meter aligns window edges to the energy counter's steps, but a query of a few ms is still
+    mostly edge: one shorter than `min_window_s` runs again r times back to back inside one
+    window and its energy is that window's over r (the runtime stays the single run's).
     """
     measurement, window = _windowed(backend, point, meter, 1)
     repeats = 1
