@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,6 +48,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--out", type=Path, default=DOCS)
     parser.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="keep the profile's SQLite store here (default: <out>/stores/profile_<backend>.sqlite)",
+    )
+    parser.add_argument(
         "--min-energy-window",
         type=float,
         default=0.5,
@@ -62,7 +67,10 @@ def main() -> None:
     meter = Meter(gpus=visible_gpus(1))
     print(f"meter: {meter.note or 'NVML ' + meter.power_field_used + ' power'}")
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "bench.sqlite") as store:
+    store_path = args.store or args.out / "stores" / f"profile_{args.backend}.sqlite"
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    store_path.unlink(missing_ok=True)  # a fresh profile each run; the report reads it
+    with Store(store_path) as store:
         # run_profile closes the backend when done; the held-out queries reuse a fresh one.
         run = run_profile(
             store,
