@@ -51,7 +51,7 @@ def main() -> None:
         "--store",
         type=Path,
         default=None,
-        help="keep the profile's SQLite store here (default: <out>/stores/profile_<backend>.sqlite)",
+        help="keep the SQLite store here (default: <out>/stores/profile_<backend>.sqlite)",
     )
     parser.add_argument(
         "--min-energy-window",
