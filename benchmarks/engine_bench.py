@@ -31,24 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import DOCS, write_result
 from infermeter.backends.base import Measurement, Point
 from infermeter.backends.engine import EngineBackend
+from infermeter.catalog import get_spec
 from infermeter.engine import Engine
 from infermeter.spec import ModelSpec
 
-LLAMA_7B = ModelSpec(
-    name="llama-7b-shape",
-    hidden_size=4096,
-    num_layers=32,
-    num_heads=32,
-    vocab_size=32000,
-    ffn_size=11008,
-    ffn_kind="swiglu",
-    position="rotary",
-    norm="rmsnorm",
-    norm_eps=1e-6,
-    bias=False,
-    max_context=2048,
-    dtype="bfloat16",
-)
+LLAMA_7B = get_spec("llama-7b")  # the catalog entry: the shape the issue names
 
 
 def cuda_time(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
