@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fake_nvml import FakeGpu, FakeNvml
@@ -30,10 +32,12 @@ def test_metered_profile_stores_energy_and_fits_it(tmp_path: Path) -> None:
     assert points.energy_j.notna().all()
     # The hf backend brackets exactly its timed region; warm-up stays outside the window.
     assert points.extra_json.str.contains('"energy_window": "timed"').all()
-    # Constant 250 W: a point's joules are 250 W × its share of a window of repeated runs,
-    # which is close to (not exactly) its own single-run runtime.
-    ratio = points.energy_j / (250 * points.runtime_s)
-    assert ratio.between(0.5, 2.0).all(), ratio
+    # Constant 250 W: a point's joules are 250 W × its share of its window of repeated runs.
+    extra = points.extra_json.map(json.loads)
+    window_s = extra.map(lambda e: e["energy_window_s"])
+    repeats = extra.map(lambda e: e["energy_repeats"])
+    assert (window_s >= 0.1).all()
+    assert np.allclose(points.energy_j, 250 * window_s / repeats, rtol=0.05)
     assert len(samples) > 0 and (samples.power_w == 250.0).all()
     energy = fit_cost_model(points, quantity="energy_j")
     assert energy.per_output_token > 0 and energy.unit == "J"
@@ -52,7 +56,7 @@ def test_short_queries_are_metered_over_repeated_runs(tmp_path: Path) -> None:
     finally:
         backend.close()
     repeats = measurement.extra["energy_repeats"]
-    assert repeats > 1 and window is not None and window.seconds >= 0.15
+    assert repeats > 1 and window is not None and window.seconds >= 0.2
     assert measurement.energy_j == pytest.approx(window.total_j / repeats)
     # 250 W over each run's share of the window.
     assert measurement.energy_j == pytest.approx(250 * window.seconds / repeats, rel=0.05)

@@ -102,6 +102,7 @@ class EnergyWindow:
         """The fields a Measurement's `extra` keeps, for the store."""
         return {
             "energy_method": self.method,
+            "energy_window_s": self.seconds,
             "energy_per_gpu_j": self.energy_j,
             "energy_integrated_j": self.integrated_j,
             "energy_above_idle_j": self.above_idle_j,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -185,31 +185,31 @@ def run_profile(
 class _PointWindow:
     """The energy window of one point, opened and closed by the backend where it can.
 
-    With `spans` = r > 1 it covers r back-to-back runs: it opens at the first begin() and
-    closes at the r-th end(), so a short query is metered over a window the counter resolves.
+    With `hold` it stays open across back-to-back runs (begin() after the first and every
+    end() are no-ops) until close(): a short query is metered over a window the counter
+    resolves.
     """
 
-    def __init__(self, meter: Meter, spans: int = 1) -> None:
+    def __init__(self, meter: Meter, hold: bool = False) -> None:
         self.meter = meter
-        self.spans = spans
-        self.ends = 0
+        self.hold = hold
+        self.opened_at: float | None = None
         self.result: EnergyWindow | None = None
         self.is_open = False
 
     def begin(self) -> None:
         if self.is_open:
-            return  # inside a span of repetitions
+            return  # inside a run of repetitions
         self.meter.begin("point")
+        self.opened_at = time.perf_counter()
         self.is_open = True
 
     def end(self) -> None:
-        self.ends += 1
-        if self.ends >= self.spans:
-            self.result = self.meter.end("point")
-            self.is_open = False
+        if not self.hold:
+            self.close()
 
     def close(self) -> None:
-        """End the window if it is still open (the backend failed mid-run, or cannot close)."""
+        """End the window if it is open (held, or the backend failed mid-run)."""
         if self.is_open:
             self.result = self.meter.end("point")
             self.is_open = False
@@ -223,25 +223,24 @@ def measure_metered(
     Backends with an `energy_window` slot open and close the window around exactly their
     timed region (warm-up and graph capture stay outside); others are windowed whole. The
     meter aligns window edges to the energy counter's steps, but a query of a few ms is still
-    mostly edge: one shorter than `min_window_s` runs again r times back to back inside one
-    window and its energy is that window's over r (the runtime stays the single run's).
+    mostly edge: one shorter than `min_window_s` then runs again, back to back inside one
+    window, until the window is that long, and its energy is that window's over the number of
+    runs (the runtime stays the single run's).
     """
-    measurement, window = _windowed(backend, point, meter, 1)
-    repeats = 1
+    measurement, window, runs = _windowed(backend, point, meter, 0.0)
     if (
         window is not None
         and measurement.status == "ok"
         and min_window_s > 0
         and window.seconds < min_window_s
     ):
-        repeats = math.ceil(min_window_s / max(window.seconds, 1e-3))
         single = window.total_j
-        _, window = _windowed(backend, point, meter, repeats)
+        _, window, runs = _windowed(backend, point, meter, min_window_s)
         measurement.extra["energy_single_run_j"] = single
     if window is not None:
-        measurement.energy_j = None if window.total_j is None else window.total_j / repeats
+        measurement.energy_j = None if window.total_j is None else window.total_j / runs
         measurement.extra["energy_window"] = "timed" if _has_slot(backend) else "whole call"
-        measurement.extra["energy_repeats"] = repeats
+        measurement.extra["energy_repeats"] = runs
         measurement.extra.update(window.as_extra())
     return measurement, window
 
@@ -251,21 +250,31 @@ def _has_slot(backend: Backend) -> bool:
 
 
 def _windowed(
-    backend: Backend, point: Point, meter: Meter, runs: int
-) -> tuple[Measurement, EnergyWindow | None]:
-    """`runs` measurements of `point` inside one energy window; the first is returned."""
-    recorder = _PointWindow(meter, runs)
+    backend: Backend, point: Point, meter: Meter, min_window_s: float
+) -> tuple[Measurement, EnergyWindow | None, int]:
+    """Runs of `point` in one energy window until it spans `min_window_s` (at least one).
+
+    Returns the first run's measurement, the window and the number of runs in it.
+    """
+    recorder = _PointWindow(meter, hold=min_window_s > 0)
     exact = _has_slot(backend)
     if exact:
         backend.energy_window = recorder  # type: ignore[attr-defined]
     else:
         recorder.begin()
+    runs = 0
     try:
         first = backend.measure(point)
-        for _ in range(runs - 1):
+        runs = 1
+        while (
+            min_window_s > 0
+            and recorder.opened_at is not None
+            and time.perf_counter() - recorder.opened_at < min_window_s
+        ):
             backend.measure(point)
+            runs += 1
     finally:
         recorder.close()
         if exact:
             backend.energy_window = None  # type: ignore[attr-defined]
-    return first, recorder.result
+    return first, recorder.result, runs
