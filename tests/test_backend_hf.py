@@ -132,7 +132,7 @@ def test_family_constraint_is_a_user_error() -> None:
 
 
 def test_registry() -> None:
-    assert available_backends() == ["engine", "hf"]
+    assert available_backends() == ["engine", "hf", "openai"]
     backend = get_backend("hf", device="cpu", warmup=0)
     assert isinstance(backend, HFBackend)
     assert backend.name == "hf"

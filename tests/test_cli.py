@@ -221,6 +221,7 @@ def test_fit_points_from_another_tool(tmp_path: Path) -> None:
         ([*HELM_ESTIMATE, "--set", "bogus=1"], "bogus"),
         ([*HELM_ESTIMATE, "--set", "tdp_watts=lots"], "not a number"),
         ([*HELM_ESTIMATE, "--set", "tdp_watts"], "KEY=VALUE"),
+        ([*HELM_ESTIMATE, "--energy-profile", "nope.json"], "cannot read profile"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args: list[str], fragment: str, tmp_path: Path) -> None:

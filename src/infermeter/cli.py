@@ -104,6 +104,79 @@ SetOption = typer.Option(
     help="Override any accelerator value, e.g. --set memory_bandwidth=3.0e12 (repeatable).",
 )
 
+# ---- options of OpenAI-compatible APIs (--backend openai, `load`) ---------------------------
+BaseUrlOption = typer.Option(
+    None, "--base-url", help="API base URL, e.g. http://127.0.0.1:8000/v1 (env OPENAI_BASE_URL)."
+)
+ApiModelOption = typer.Option(
+    None, "--api-model", help="Model name the server serves (default: its only one)."
+)
+ApiKeyOption = typer.Option(
+    None,
+    "--api-key",
+    help="API key (env OPENAI_API_KEY or INFERMETER_API_KEY); never stored or printed.",
+    show_default=False,
+)
+EndpointOption = typer.Option("completions", "--endpoint", help="completions or chat.")
+StreamOption = typer.Option(
+    True, "--stream/--no-stream", help="Stream tokens (TTFT, inter-token latencies)."
+)
+TokenizerOption = typer.Option(
+    None,
+    "--tokenizer",
+    help="The served model's tokenizer.json, SentencePiece .model or 'bytes' (default: "
+    "calibrate from the server's usage counts).",
+)
+IdenticalPromptsOption = typer.Option(
+    False, "--identical-prompts", help="Same prompt every trial (default: new words per trial)."
+)
+RequestTimeoutOption = typer.Option(600.0, "--timeout", help="Seconds per request attempt.")
+RetriesOption = typer.Option(3, "--retries", help="Retries per request on faults (jittered).")
+
+
+def _api_spec(model: str) -> Any:
+    """A catalog spec for MODEL, or a placeholder: a black-box API's shape is unknown."""
+    from infermeter.backends.openai import api_spec
+
+    return api_spec(model)
+
+
+def openai_backend(
+    base_url: str | None,
+    api_model: str | None,
+    api_key: str | None,
+    endpoint: str,
+    stream: bool,
+    tokenizer: str | None,
+    identical_prompts: bool,
+    timeout: float,
+    retries: int,
+) -> tuple[dict[str, Any], Any]:
+    """(options stored with the run, the backend); the key goes to the backend only."""
+    from infermeter.backends import get_backend
+
+    runner = get_backend(
+        "openai",
+        base_url=base_url,
+        api_model=api_model,
+        api_key=api_key,
+        endpoint=endpoint,
+        stream=stream,
+        tokenizer=tokenizer,
+        identical_prompts=identical_prompts,
+        timeout_s=timeout,
+        retries=retries,
+    )
+    options = {
+        "base_url": runner.config.base_url,
+        "api_model": runner.api_model,
+        "endpoint": endpoint,
+        "stream": stream,
+        "tokenizer": tokenizer,
+        "identical_prompts": identical_prompts,
+    }
+    return options, runner
+
 
 def parse_overrides(
     price_per_hour: float | None, power_watts: float | None, settings: list[str] | None = None
@@ -268,15 +341,25 @@ def profile(
     settings: list[str] | None = SetOption,
     energy: bool = typer.Option(True, help="Meter GPU energy through NVML where present."),
     sample_interval: float = typer.Option(0.1, help="Power/utilisation sampling period (s)."),
+    base_url: str | None = BaseUrlOption,
+    api_model: str | None = ApiModelOption,
+    api_key: str | None = ApiKeyOption,
+    endpoint: str = EndpointOption,
+    stream: bool = StreamOption,
+    tokenizer: str | None = TokenizerOption,
+    identical_prompts: bool = IdenticalPromptsOption,
+    timeout: float = RequestTimeoutOption,
+    retries: int = RetriesOption,
     store: Path = StoreOption,
 ) -> None:
     """Profile MODEL on a stack, fit the runtime model and price a few queries."""
-    spec = resolve_spec(model)
+    is_api = backend == "openai"  # a black box: MODEL may be any name, nothing runs locally
+    spec = _api_spec(model) if is_api else resolve_spec(model)
     overrides = parse_overrides(price_per_hour, power_watts, settings)
     catalog = hardware_catalog(hardware_config)
     stack, on_gpu = build_stack(
         backend,
-        device,
+        "cpu" if is_api else device,
         dtype,
         spec.dtype,
         accelerator,
@@ -298,7 +381,20 @@ def profile(
     options: dict[str, Any] = {"device": "cuda" if on_gpu else "cpu", "dtype": stack.dtype}
     if tensor_parallel > 1:
         options["tp"] = tensor_parallel
-    runner = get_backend(backend, **options)
+    if is_api:
+        options, runner = openai_backend(
+            base_url,
+            api_model,
+            api_key,
+            endpoint,
+            stream,
+            tokenizer,
+            identical_prompts,
+            timeout,
+            retries,
+        )
+    else:
+        runner = get_backend(backend, **options)
     meter = None
     if energy and on_gpu:
         from infermeter.meter import Meter, visible_gpus
@@ -343,7 +439,8 @@ def profile(
             meter=meter,
         )
         console.print(f"run {run.id} stored in {store} ({run.device})")
-        fitted = _fit_run(db, run.id, "min", "none", 5)
+        # An API's runtime has a constant overhead (§3.5): fit it.
+        fitted = _fit_run(db, run.id, "min", "auto" if is_api else "none", 5)
     for model_fit in fitted:
         print_fit(model_fit)
     runtime_model = fitted[0]
@@ -367,6 +464,11 @@ def profile(
     )
 
 
+# Energy counters move in steps, so a short window can read low (even zero): the minimum over
+# trials would keep exactly those readings, the median does not.
+ENERGY_DENOISE: Denoise = "median"
+
+
 def _fit_run(
     db: Store, run_id: int, denoise: Denoise, overhead: str | float, folds: int
 ) -> list[CostModel]:
@@ -387,8 +489,8 @@ def _fit_run(
         model = fit_cost_model(
             points,
             quantity,
-            denoise,
-            overhead,
+            denoise if quantity == "runtime_s" else ENERGY_DENOISE,
+            overhead if quantity == "runtime_s" else "none",
             folds,  # type: ignore[arg-type]
             model=run.model,
             stack=run.stack,
@@ -496,9 +598,7 @@ def estimate(
 ) -> None:
     """Price queries: idealized runtime, dollars and joules per query and in total."""
     runtime_model = load_profile(profile_path, model)
-    energy_model = (
-        CostModel.from_dict(json.loads(energy_profile.read_text())) if energy_profile else None
-    )
+    energy_model = load_profile(energy_profile) if energy_profile else None
     if queries is not None:
         frame = read_queries(queries)
     else:
@@ -601,6 +701,180 @@ def export(
             model = db.latest_fit(run_id) or _fit_run(db, run_id, "min", "none", 5)[0]
             save_helm_efficiency({record.model: model}, helm)
             console.print(f"run {run_id} fit written to {helm} (HELM efficiency_data)")
+
+
+# ---- black-box APIs: serve a local model, sweep load, look at the noise ---------------------
+
+
+@app.command("serve")
+@user_errors
+def serve_command(
+    model: str = typer.Argument(..., help="Catalog name or config.json (random weights)."),
+    backend: str = typer.Option("hf", help="hf or engine."),
+    device: str = typer.Option("auto", help="auto, cuda or cpu."),
+    dtype: str | None = typer.Option(None, help="float32, bfloat16 or float16."),
+    checkpoint: Path | None = typer.Option(None, help="Local checkpoint folder (real weights)."),
+    tokenizer: str = typer.Option(
+        "bytes", help="tokenizer.json, SentencePiece .model or 'bytes': counts and detokenizes."
+    ),
+    name: str | None = typer.Option(None, help="Model name the API serves (default: MODEL)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    api_key: str | None = typer.Option(
+        None, "--api-key", help="Require this bearer key.", show_default=False
+    ),
+) -> None:
+    """Serve MODEL through an OpenAI-compatible API (completions, chat, streaming, usage)."""
+    from infermeter.api.tokenizers import load_tokenizer
+    from infermeter.backends import get_backend
+    from infermeter.serve import create_app, serve
+    from infermeter.textgen import generator_for
+
+    if backend not in ("hf", "engine"):
+        raise UserError(f"serve runs the hf or engine backend, not {backend!r}")
+    spec = resolve_spec(model)
+    tok = load_tokenizer(tokenizer)
+    options: dict[str, Any] = {"device": device, "dtype": dtype}
+    if checkpoint is not None:
+        options["checkpoint"] = str(checkpoint)
+    runner = get_backend(backend, **options)
+    runner.prepare(spec)
+    try:
+        app_ = create_app(generator_for(runner), tok, name or spec.name, api_key=api_key)
+        if tok.vocab_size > spec.vocab_size:
+            err_console.print(
+                f"[yellow]note:[/] tokenizer {tok.name} has {tok.vocab_size} ids, the model "
+                f"{spec.vocab_size}: prompt ids wrap around"
+            )
+        console.print(
+            f"serving {name or spec.name} ({backend}, tokenizer {tok.name}) at "
+            f"http://{host}:{port}/v1",
+            highlight=False,
+        )
+        serve(app_, host, port, log_level="warning")
+    finally:
+        runner.close()
+
+
+@app.command("load")
+@user_errors
+def load_command(
+    model: str = typer.Argument(..., help="The served model: catalog name or any name."),
+    prompt_tokens: int = typer.Option(512, help="Fixed prompt size p."),
+    output_sizes: str = typer.Option("1,32", help="Output lengths, e.g. 1,32,128."),
+    concurrency: str = typer.Option("1,2,4,8,16", help="Queries in flight, e.g. 1,2,4,8."),
+    trials: int = typer.Option(3, help="Trials per (output length, concurrency)."),
+    base_url: str | None = BaseUrlOption,
+    api_model: str | None = ApiModelOption,
+    api_key: str | None = ApiKeyOption,
+    endpoint: str = EndpointOption,
+    stream: bool = StreamOption,
+    tokenizer: str | None = TokenizerOption,
+    identical_prompts: bool = IdenticalPromptsOption,
+    timeout: float = RequestTimeoutOption,
+    retries: int = RetriesOption,
+    output: Path | None = typer.Option(None, help="Write the summary (.csv/.jsonl/.parquet)."),
+    store: Path = StoreOption,
+) -> None:
+    """Runtime vs number of queries in flight at a fixed prompt size (the paper's Fig. 6)."""
+    from infermeter.api.load import LoadGrid, load_summary, run_load_sweep
+
+    spec = _api_spec(model)
+    grid = LoadGrid(
+        prompt_tokens,
+        parse_sizes(output_sizes, "--output-sizes") or (1,),
+        parse_sizes(concurrency, "--concurrency") or (1,),
+        trials,
+    )
+    grid.validate(spec)
+    options, runner = openai_backend(
+        base_url,
+        api_model,
+        api_key,
+        endpoint,
+        stream,
+        tokenizer,
+        identical_prompts,
+        timeout,
+        retries,
+    )
+    with (
+        Store(store) as db,
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[last]}"),
+            TimeRemainingColumn(),
+            console=console,
+        ) as bar,
+    ):
+        task = bar.add_task(f"load sweep of {spec.name}", total=None, last="")
+
+        def on_start(run: Any, done: int, total: int) -> None:
+            bar.update(task, total=total, completed=done)
+            if done:
+                bar.console.print(f"resuming run {run.id}: {done}/{total} steps already stored")
+
+        def on_step(o: int, c: int, t: int, ms: list[Any]) -> None:
+            bad = sum(m.status != "ok" for m in ms)
+            last = f"o={o} c={c} max {max(m.runtime_s for m in ms):.3f}s"
+            bar.update(task, advance=1, last=last + (f" [red]{bad} not ok[/]" if bad else ""))
+
+        run = run_load_sweep(
+            db,
+            spec,
+            {"backend": "openai"},
+            runner,
+            options,
+            grid,
+            on_start,
+            on_step,
+            device=f"api: {options['base_url']}",
+        )
+        summary = load_summary(db.points(run.id))
+    console.print(f"run {run.id} stored in {store}")
+    console.print(frame_table(summary, f"runtime vs queries in flight (p = {prompt_tokens})"))
+    if output:
+        write_table(summary, output)
+        console.print(f"summary written to {output}")
+
+
+@app.command("variance")
+@user_errors
+def variance_command(
+    run: int | None = typer.Argument(None, help="Run id (default: the latest)."),
+    idealized: Path | None = typer.Option(
+        None, help="Fitted model JSON of a reference stack, for idealized vs denoised."
+    ),
+    output: Path | None = typer.Option(None, help="Per-request raw/denoised/idealized rows."),
+    store: Path = StoreOption,
+) -> None:
+    """Variation across trials (CV) and raw vs denoised vs idealized runtime (Figs. 5 and 7)."""
+    from infermeter.api.analysis import noise_summary, raw_vs_models, trial_variation
+
+    with Store(store) as db:
+        run_id = run if run is not None else db.latest_run_id()
+        record = db.get_run(run_id)
+        points = db.points(run_id)
+        overhead = "auto" if record.backend == "openai" else "none"
+        denoised = _fit_run(db, run_id, "min", overhead, 5)[0]
+    reference = CostModel.from_dict(json.loads(idealized.read_text())) if idealized else None
+    comparison = raw_vs_models(points, denoised, reference)
+    console.print(frame_table(trial_variation(points), f"variation over trials, run {run_id}"))
+    stats = noise_summary(points, comparison)
+    line = (
+        f"mean CV {stats['mean_cv']:.3f}, max CV {stats['max_cv']:.3f}, worst max/min "
+        f"{stats['max_over_min']:.2f}; raw >= denoised for "
+        f"{100 * stats.get('share_raw_above_denoised', float('nan')):.1f}% of "
+        f"{stats['requests']} requests"
+    )
+    if "share_idealized_above_denoised" in stats:
+        line += f"; idealized > denoised for {100 * stats['share_idealized_above_denoised']:.1f}%"
+    console.print(line, highlight=False)
+    if output:
+        write_table(comparison, output)
+        console.print(f"{len(comparison)} rows written to {output}")
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -18,6 +18,7 @@ __all__ = ["BACKENDS", "Backend", "Measurement", "Point", "available_backends", 
 BACKENDS: dict[str, tuple[str, str]] = {
     "hf": ("infermeter.backends.hf", "HFBackend"),
     "engine": ("infermeter.backends.engine", "EngineBackend"),
+    "openai": ("infermeter.backends.openai", "OpenAIBackend"),
 }
 
 

@@ -1,0 +1,437 @@
+"""Is the client ever the bottleneck? Request rate and timing overhead of infermeter's API client
+against a server that answers at once, and the same figures for guidellm in the same run.
+
+Goals (on the 2-core reference machine): >= 1,000 requests/s non-streaming, and p99 timing
+overhead <= 1 ms with 64 concurrent streams.
+
+- Server: benchmarks/instant_server.py in its own process (raw asyncio, uvloop where present).
+  Its completion text carries, per token, ` @RECEIVED:SENT` on the system-wide monotonic clock.
+- Max request rate: non-streaming completions (16-word prompt, 4 tokens) from `--concurrency`
+  workers; the best level counts. guidellm: its throughput profile and the same levels.
+- Timing overhead at 64 streams (the first round of every stream left out as warm-up: all 64
+  start at the same instant): 64 concurrent streaming requests, 32 tokens each, the server
+  spacing tokens 20 ms apart (a 50 tokens/s model), each stream on its own clock ("staggered":
+  independent requests; the headline) and all on one clock ("lockstep": continuous batching,
+  64 chunks leave at once every 20 ms; reported beside it). Per request:
+      overhead = client-measured end-to-end latency - (last token SENT - RECEIVED)
+  i.e. everything the client adds to the server's own time (sending, loopback, parsing, event
+  loop delays); the same for time to first token. Token lateness = when the client stamped a
+  token - when the server wrote it (same clock), for every token (ours) and for the first and
+  last (all guidellm records).
+
+Run: .venv/bin/python benchmarks/api_load_bench.py [--requests 20000] [--rounds 5]
+The peer must be installed (pip install -e '.[bench]'); this script installs nothing.
+Writes docs/benchmarks/api_load.json and api_load.md with device, date and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _record import write_result  # noqa: E402
+from infermeter.api.client import ApiClient, ApiConfig  # noqa: E402
+
+STAMP = re.compile(r"@(\d+):(\d+)")
+PROMPT = " ".join(["the"] * 16)
+STREAMS, STREAM_TOKENS, INTERVAL_MS = 64, 32, 20.0
+SCHEDULES = ("staggered", "lockstep")
+GOAL_RPS, GOAL_P99_MS = 1000.0, 1.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class InstantServer:
+    """benchmarks/instant_server.py in a subprocess."""
+
+    def __init__(self, interval_ms: float = 0.0, schedule: str = "lockstep") -> None:
+        self.port = free_port()
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.root}/v1"
+        cmd = [sys.executable, str(HERE / "instant_server.py"), "--port", str(self.port)]
+        cmd += ["--interval-ms", str(interval_ms), "--schedule", schedule]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if "listening" not in line:
+            raise SystemExit(f"the instant server did not start: {line!r}")
+
+    def __enter__(self) -> InstantServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def p(values: list[float] | np.ndarray, q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else float("nan")
+
+
+# ---- ours ----------------------------------------------------------------------------------
+
+
+async def ours_rate(url: str, concurrency: int, requests: int) -> dict[str, Any]:
+    config = ApiConfig(url, "instant", stream=False, retries=0, max_connections=concurrency)
+    async with ApiClient(config) as client:
+        left = requests
+        errors = 0
+
+        async def worker() -> None:
+            nonlocal left, errors
+            while left > 0:
+                left -= 1
+                record = await client.complete(PROMPT, 4)
+                errors += not record.ok
+
+        await asyncio.gather(*(client.complete(PROMPT, 4) for _ in range(concurrency)))  # warm
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - start
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "errors": errors,
+        "seconds": seconds,
+        "rps": requests / seconds,
+    }
+
+
+async def ours_streams(url: str, rounds: int) -> dict[str, Any]:
+    config = ApiConfig(url, "instant", stream=True, retries=0, max_connections=STREAMS)
+    rows: list[dict[str, Any]] = []
+    errors = 0
+    async with ApiClient(config) as client:
+        await asyncio.gather(*(client.complete(PROMPT, 2) for _ in range(STREAMS)))  # warm
+
+        async def stream() -> None:
+            nonlocal errors
+            for _ in range(rounds):
+                record = await client.complete(PROMPT, STREAM_TOKENS)
+                stamps = [(int(a), int(b)) for a, b in STAMP.findall(record.text)]
+                if not record.ok or len(stamps) != len(record.token_times_s) or not stamps:
+                    errors += 1
+                    continue
+                received = stamps[0][0]
+                late = [
+                    record.sent_at + t - sent / 1e9
+                    for t, (_, sent) in zip(record.token_times_s, stamps, strict=True)
+                ]
+                rows.append(
+                    {
+                        "start": record.sent_at,
+                        "e2e": record.e2e_s - (stamps[-1][1] - received) / 1e9,
+                        "ttft": record.ttft_s - (stamps[0][1] - received) / 1e9,
+                        "edge": [late[0], late[-1]],
+                        "lateness": late,
+                    }
+                )
+
+        await asyncio.gather(*(stream() for _ in range(STREAMS)))
+    return summary(rows, errors)
+
+
+class _FloorProtocol(asyncio.Protocol):
+    """The least a client can do: stamp each read, look for the server's stamps and [DONE]."""
+
+    def __init__(self) -> None:
+        self.reads: list[tuple[float, bytes]] = []
+        self.done: asyncio.Future[float] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        self.reads.append((now, data))
+        if b"[DONE]" in data and self.done is not None and not self.done.done():
+            self.done.set_result(now)
+
+
+async def floor_streams(port: int, rounds: int) -> dict[str, Any]:
+    """The same measurement with a raw-socket client: what this machine and server allow."""
+    loop = asyncio.get_running_loop()
+    body = json.dumps(
+        {"model": "instant", "prompt": PROMPT, "max_tokens": STREAM_TOKENS, "stream": True}
+    ).encode()
+    head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    wire = f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+    rows: list[dict[str, Any]] = []
+
+    async def stream() -> None:
+        transport, protocol = await loop.create_connection(_FloorProtocol, "127.0.0.1", port)
+        for _ in range(rounds):
+            protocol.reads.clear()
+            protocol.done = loop.create_future()
+            sent = time.perf_counter()
+            transport.write(wire)
+            ended = await protocol.done
+            stamps = [
+                (t, int(a), int(b)) for t, data in protocol.reads for a, b in STAMP.findall(
+                    data.decode("latin-1")
+                )
+            ]  # fmt: skip
+            received = stamps[0][1]
+            late = [t - sent_ns / 1e9 for t, _, sent_ns in stamps]
+            rows.append(
+                {
+                    "start": sent,
+                    "e2e": (ended - sent) - (stamps[-1][2] - received) / 1e9,
+                    "ttft": (stamps[0][0] - sent) - (stamps[0][2] - received) / 1e9,
+                    "edge": [late[0], late[-1]],
+                    "lateness": late,
+                }
+            )
+        transport.close()
+
+    await asyncio.gather(*(stream() for _ in range(STREAMS)))
+    return summary(rows, 0)
+
+
+# ---- guidellm ------------------------------------------------------------------------------
+
+
+def byte_tokenizer(folder: Path) -> Path:
+    """A local byte-level tokenizer for guidellm's synthetic prompts (it must not download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab["<|endoftext|>"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
+    wrapped.save_pretrained(str(folder))
+    return folder
+
+
+def guidellm(
+    exe: str,
+    root: str,
+    tokdir: Path,
+    out: Path,
+    profile: str,
+    requests: int,
+    stream: bool,
+    output_tokens: int,
+) -> dict[str, Any]:
+    backend = (
+        f"kind=openai_http,target={root},model=instant,request_format=/v1/completions,"
+        f"http2=false,stream={str(stream).lower()}"
+    )
+    cmd = [
+        exe, "run", "--backend", backend,
+        "--tokenizer", f"kind=huggingface_auto,model={tokdir}",
+        "--data", f"kind=synthetic_text,prompt_tokens=64,output_tokens={output_tokens}",
+        "--profile", profile,
+        "--constraint", f"kind=max_requests,count={requests}",
+        "--output", f"kind=json,path={out}",
+        "--disable-console-interactive",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    if done.returncode != 0 or not out.exists():
+        raise SystemExit(f"guidellm failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(out.read_text())["benchmarks"][0]
+
+
+def peer_rate(bench: dict[str, Any]) -> dict[str, Any]:
+    ok = bench["requests"]["successful"]
+    starts = [r["info"]["timings"]["request_start"] for r in ok]
+    ends = [r["info"]["timings"]["request_end"] for r in ok]
+    seconds = max(ends) - min(starts)
+    totals = bench["metrics"]["request_totals"]
+    return {
+        "requests": len(ok),
+        "errors": totals["errored"],
+        "seconds": seconds,
+        "rps": len(ok) / seconds,
+    }
+
+
+def peer_overheads(bench: dict[str, Any], wall_minus_mono: float) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    errors = bench["metrics"]["request_totals"]["errored"]
+    for r in bench["requests"]["successful"]:
+        t = r["info"]["timings"]
+        stamps = [(int(a), int(b)) for a, b in STAMP.findall(r.get("output") or "")]
+        if len(stamps) != STREAM_TOKENS:
+            errors += 1
+            continue
+        received = stamps[0][0]
+        first, last = stamps[0][1], stamps[-1][1]
+        rows.append(
+            {
+                "start": t["request_start"],
+                "e2e": (t["request_end"] - t["request_start"]) - (last - received) / 1e9,
+                "ttft": (t["first_token_iteration"] - t["request_start"])
+                - (first - received) / 1e9,
+                "edge": [
+                    t["first_token_iteration"] - (first / 1e9 + wall_minus_mono),
+                    t["last_token_iteration"] - (last / 1e9 + wall_minus_mono),
+                ],
+            }
+        )
+    return summary(rows, errors)
+
+
+# ---- the run -------------------------------------------------------------------------------
+
+
+def summary(rows: list[dict[str, Any]], errors: int) -> dict[str, Any]:
+    """Percentiles in ms, the first round of every stream left out (all 64 start at once)."""
+    rows = sorted(rows, key=lambda r: r["start"])[STREAMS:]
+    out: dict[str, Any] = {"requests": len(rows), "warmup_left_out": STREAMS, "errors": errors}
+    for name in ("e2e", "ttft", "edge", "lateness"):
+        if rows and name in rows[0]:
+            flat = [v for r in rows for v in (r[name] if isinstance(r[name], list) else [r[name]])]
+            values = np.asarray(flat) * 1e3
+            out[f"{name}_ms"] = {q: p(values, float(q[1:])) for q in ("p50", "p90", "p99")}
+            out[f"{name}_ms"]["max"] = float(values.max()) if len(values) else float("nan")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=20000, help="Per rate measurement.")
+    parser.add_argument("--concurrency", default="16,64,256")
+    parser.add_argument("--rounds", type=int, default=5, help="Streams per stream worker.")
+    args = parser.parse_args()
+    exe = shutil.which("guidellm") or str(Path(sys.executable).with_name("guidellm"))
+    if not Path(exe).exists():
+        raise SystemExit(
+            "the peer load tester guidellm is missing: pip install -e '.[bench]' (this script "
+            "installs nothing)"
+        )
+    levels = [int(c) for c in args.concurrency.split(",")]
+    clock = time.get_clock_info("perf_counter").implementation
+    if "CLOCK_MONOTONIC" not in clock:
+        raise SystemExit(f"token lateness needs perf_counter on CLOCK_MONOTONIC, not {clock}")
+
+    with InstantServer() as server:
+        rates = [asyncio.run(ours_rate(server.url, c, args.requests)) for c in levels]
+        for r in rates:
+            print(f"ours  c={r['concurrency']:>4}: {r['rps']:8.0f} req/s ({r['errors']} errors)")
+    streams, floor = {}, {}
+    for schedule in SCHEDULES:
+        with InstantServer(INTERVAL_MS, schedule) as server:
+            streams[schedule] = asyncio.run(ours_streams(server.url, args.rounds))
+        with InstantServer(INTERVAL_MS, schedule) as server:
+            floor[schedule] = asyncio.run(floor_streams(server.port, args.rounds))
+        ours_p99 = streams[schedule]["e2e_ms"]["p99"]
+        print(f"ours  64 streams, {schedule}: overhead p99 {ours_p99:.3f} ms")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        tokdir = byte_tokenizer(folder / "tok")
+        peer_rates = []
+        with InstantServer() as server:
+            profiles = [("throughput", f"kind=throughput,max_concurrency={max(levels)}")]
+            profiles += [(f"concurrent@{c}", f"kind=concurrent,streams={c}") for c in levels]
+            for i, (label, profile) in enumerate(profiles):
+                bench = guidellm(
+                    exe, server.root, tokdir, folder / f"rate{i}.json", profile,
+                    min(args.requests, 5000), stream=False, output_tokens=4,
+                )  # fmt: skip
+                peer_rates.append({"profile": label, **peer_rate(bench)})
+                print(f"peer  {label:>14}: {peer_rates[-1]['rps']:8.0f} req/s")
+        peer_streams = {}
+        for schedule in SCHEDULES:
+            with InstantServer(INTERVAL_MS, schedule) as server:
+                wall_minus_mono = time.time() - time.monotonic()
+                bench = guidellm(
+                    exe, server.root, tokdir, folder / f"streams-{schedule}.json",
+                    f"kind=concurrent,streams={STREAMS}", STREAMS * args.rounds, stream=True,
+                    output_tokens=STREAM_TOKENS,
+                )  # fmt: skip
+                peer_streams[schedule] = peer_overheads(bench, wall_minus_mono)
+            p99_peer = peer_streams[schedule]["e2e_ms"]["p99"]
+            print(f"peer  64 streams, {schedule}: overhead p99 {p99_peer:.3f} ms")
+
+    max_rps = max(r["rps"] for r in rates)
+    peer_max_rps = max(r["rps"] for r in peer_rates)
+    p99 = streams["staggered"]["e2e_ms"]["p99"]
+    peer_p99 = peer_streams["staggered"]["e2e_ms"]["p99"]
+    peer = f"guidellm {metadata.version('guidellm')}"
+    result = {
+        "max_rps": max_rps,
+        "p99_overhead_ms": p99,
+        "peer": peer,
+        "peer_max_rps": peer_max_rps,
+        "peer_p99_overhead_ms": peer_p99,
+        "goals": {"max_rps": GOAL_RPS, "p99_overhead_ms": GOAL_P99_MS},
+        "meets_goals": max_rps >= GOAL_RPS and p99 <= GOAL_P99_MS,
+        "client": "infermeter.api.client over infermeter.api.http, default asyncio loop",
+        "server": "benchmarks/instant_server.py, one process, uvloop"
+        if _has("uvloop")
+        else "benchmarks/instant_server.py, one process, asyncio",
+        "cpus": os.cpu_count(),
+        "rate": {"ours": rates, "peer": peer_rates, "prompt_words": 16, "max_tokens": 4},
+        "streams": {
+            "streams": STREAMS,
+            "tokens": STREAM_TOKENS,
+            "interval_ms": INTERVAL_MS,
+            "headline_schedule": "staggered",
+            "ours": streams,
+            "peer": peer_streams,
+            "raw_socket_floor": floor,
+            "definition": "overhead = client end-to-end latency - server's (last token sent - "
+            "request received); ttft likewise; token lateness = client stamp - server write",
+        },
+    }
+    stag, lock = streams["staggered"], streams["lockstep"]
+    peer_stag, peer_lock = peer_streams["staggered"], peer_streams["lockstep"]
+
+    def pair(a: dict, b: dict, key: str) -> str:
+        return f"{a[key]['p99']:.2f} / {b[key]['p99']:.2f} ms"
+
+    rows = [
+        ("max request rate, non-streaming (ours)", f"{max_rps:,.0f} req/s", f">= {GOAL_RPS:,.0f}"),
+        (f"max request rate ({peer})", f"{peer_max_rps:,.0f} req/s", "-"),
+        ("p99 timing overhead, 64 streams, staggered (ours)", f"{p99:.2f} ms",
+         f"<= {GOAL_P99_MS} ms"),
+        (f"p99 timing overhead, 64 streams, staggered ({peer})", f"{peer_p99:.2f} ms", "-"),
+        ("p99 timing overhead, 64 streams, lockstep (ours / peer)",
+         pair(lock, peer_lock, "e2e_ms"), "-"),
+        ("p99 timing overhead, 64 streams, raw-socket floor (staggered / lockstep)",
+         pair(floor["staggered"], floor["lockstep"], "e2e_ms"), "-"),
+        ("p99 TTFT overhead, staggered (ours / peer)", pair(stag, peer_stag, "ttft_ms"), "-"),
+        ("p99 first/last-token lateness, staggered (ours / peer)",
+         pair(stag, peer_stag, "edge_ms"), "-"),
+        ("p99 lateness of every token, staggered / lockstep (ours)",
+         pair(stag, lock, "lateness_ms"), "-"),
+    ]  # fmt: skip
+    path = write_result("api_load", result, rows)
+    print(f"written {path}")
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    main()

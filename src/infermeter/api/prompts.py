@@ -1,0 +1,248 @@
+"""Prompts of exactly p tokens, as the served model counts them.
+
+A prompt is *content* (text built here) plus whatever the server adds: a BOS token, a chat
+template. So `reported = content tokens + offset` for a constant offset per endpoint and model.
+
+- With the served model's tokenizer (a tokenizer.json, a SentencePiece .model, or `bytes`),
+  content is random single-token words drawn from its vocabulary, re-encoded until the count is
+  exact: n words, n tokens.
+- Without one, content is n common English words, each one token (with its leading space) in
+  the usual LLM tokenizers (LLaMA, GPT-2, Llama-3, Qwen, Mistral).
+
+Either way `ExactPrompts.calibrate` asks the server: one cheap request (max_tokens=1) per
+prompt size reads `usage.prompt_tokens` and corrects the content size until the server reports
+exactly p. The calibration is cached per endpoint, model and tokenizer in a small JSON file
+(`default_cache_path()`), and every real request is checked again (`check`).
+
+Prompts differ between trials (seeded by point and trial), so no server-side prefix or
+response cache can make a trial fast; `identical=True` asks for the same prompt every trial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from infermeter.api.tokenizers import Tokenizer
+from infermeter.errors import UserError
+
+# Each is one LLaMA SentencePiece piece ("▁word") and one token in the larger BPE vocabularies.
+COMMON_WORDS: tuple[str, ...] = tuple(
+    """the of and to in is was for on as with by at from his her that this they are were have
+    had not but all one two new first time year people work world life day way man made many used
+    also would could should there their about other after before some when which where what who
+    will more most such only over into than then them these very well back city state water house
+    power music family school group river place game point film book team line light night land
+    story field order money party health market church value voice paper heart class color level
+    model space table change road science office plan rule town word north south east west great
+    small young early large good high long right left home free open full part case list form area
+    side door body name price ship king lord army war peace death blood fire earth stone wood iron
+    gold silver sea sky star sun moon rain snow wind cloud tree flower grass leaf root seed fruit
+    bird fish horse dog cat cow sheep food milk bread meat rice salt sugar wine tea coffee glass
+    cup plate chair bed room wall floor roof window garden street bridge station train car bus
+    plane boat map letter number bank shop store job trade law court police crime fight sport ball
+    race club song dance art show picture image sound language idea reason fact truth mind thought
+    memory dream hope fear love friend child mother father brother sister wife husband son
+    daughter woman girl boy baby""".split()  # noqa: SIM905 - a paragraph reads better than 263 quoted words
+)
+
+MAX_PROBES_PER_SIZE = 6
+
+
+def prompt_seed(
+    seed: int, prompt_tokens: int, output_tokens: int, trial: int, identical: bool
+) -> int:
+    """The seed of one trial's prompt: new per trial unless prompts are to be identical."""
+    parts = (seed, prompt_tokens) if identical else (seed, prompt_tokens, output_tokens, trial)
+    return zlib.crc32(repr(parts).encode())
+
+
+class PromptFactory:
+    """Content text of n tokens: exact with a tokenizer, n common words without one."""
+
+    def __init__(self, tokenizer: Tokenizer | None = None) -> None:
+        self.tokenizer = tokenizer
+        self._ids: list[int] = []
+        if tokenizer is not None:
+            self._ids = tokenizer.word_ids()
+            if len(self._ids) < 16:
+                raise UserError(
+                    f"tokenizer {tokenizer.name} has only {len(self._ids)} single-token words; "
+                    "pass the served model's tokenizer.json or leave --tokenizer out"
+                )
+        self.name = tokenizer.name if tokenizer is not None else "words"
+
+    def count(self, text: str) -> int | None:
+        """Tokens in `text` by the local tokenizer (no special tokens); None without one."""
+        return len(self.tokenizer.encode(text)) if self.tokenizer is not None else None
+
+    def content(self, n: int, seed: int) -> str:
+        if n < 0:
+            raise ValueError(f"content size must be >= 0, got {n}")
+        rng = random.Random(seed)
+        if self.tokenizer is None:
+            return " ".join(rng.choices(COMMON_WORDS, k=n))
+        ids = rng.choices(self._ids, k=n)
+        for _ in range(8):
+            text = self.tokenizer.decode(ids)
+            count = len(self.tokenizer.encode(text))
+            if count == n:
+                return text
+            # Words merged or split at a boundary: trim or extend and look again.
+            ids = (
+                ids[: max(0, len(ids) - (count - n))]
+                if count > n
+                else ids + rng.choices(self._ids, k=n - count)
+            )
+        raise RuntimeError(f"{self.name}: could not build a text of exactly {n} tokens")
+
+
+@dataclass
+class PromptCalibration:
+    """reported prompt tokens = content size + offset, with per-size corrections."""
+
+    key: str
+    offset: int | None = None
+    sizes: dict[int, int] = field(default_factory=dict)  # target p -> content size
+    probes: int = 0
+
+
+def default_cache_path() -> Path:
+    """$INFERMETER_CACHE_DIR, else $XDG_CACHE_HOME/infermeter, else ~/.cache/infermeter."""
+    root = os.environ.get("INFERMETER_CACHE_DIR")
+    if root:
+        return Path(root) / "prompt_calibration.json"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "infermeter" / "prompt_calibration.json"
+
+
+class CalibrationCache:
+    """A JSON file of calibrations keyed by endpoint, model and tokenizer."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else default_cache_path()
+
+    def _read(self) -> dict[str, dict]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def load(self, key: str) -> PromptCalibration:
+        entry = self._read().get(key)
+        if not isinstance(entry, dict):
+            return PromptCalibration(key)
+        try:
+            sizes = {int(p): int(n) for p, n in dict(entry.get("sizes", {})).items()}
+            offset = entry.get("offset")
+            return PromptCalibration(key, int(offset) if offset is not None else None, sizes)
+        except (TypeError, ValueError):
+            return PromptCalibration(key)  # a damaged entry is measured again
+
+    def save(self, calibration: PromptCalibration) -> None:
+        data = self._read()
+        entry = asdict(calibration)
+        entry.pop("key")
+        entry.pop("probes")
+        data[calibration.key] = entry
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+            tmp.replace(self.path)
+        except OSError:
+            pass  # a cache that cannot be written only costs probes next time
+
+
+Probe = Callable[[str], int]  # send text as a prompt (max_tokens=1); return usage.prompt_tokens
+
+
+class ExactPrompts:
+    """Prompts that the server counts as exactly p tokens, calibrated from its usage reports."""
+
+    def __init__(
+        self,
+        factory: PromptFactory,
+        probe: Probe,
+        key: str,
+        cache: CalibrationCache | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.factory = factory
+        self.probe = probe
+        self.cache = cache
+        self.seed = seed
+        self.calibration = cache.load(key) if cache is not None else PromptCalibration(key)
+
+    def _ask(self, text: str) -> int:
+        self.calibration.probes += 1
+        return self.probe(text)
+
+    def _content_size(self, text: str, fallback: int) -> int:
+        counted = self.factory.count(text)
+        return counted if counted is not None else fallback
+
+    def calibrate(self, sizes: Iterable[int]) -> PromptCalibration:
+        """Find the content size for every p (cached ones are not asked again)."""
+        cal = self.calibration
+        if cal.offset is None:
+            text = self.factory.content(16, self.seed)
+            cal.offset = self._ask(text) - self._content_size(text, 16)
+        for p in sorted(set(sizes)):
+            if p in cal.sizes:
+                continue
+            if p < cal.offset:
+                raise UserError(
+                    f"prompt size {p} is below the {cal.offset} tokens the server adds to every "
+                    "prompt (BOS, chat template); use larger --prompt-sizes or the completions "
+                    "endpoint"
+                )
+            n, last = p - cal.offset, None
+            for _ in range(MAX_PROBES_PER_SIZE):
+                reported = self._ask(self.factory.content(n, self.seed + p))
+                if reported == p:
+                    break
+                # Secant step: the server's tokens per content token, from the last two tries.
+                slope = 1.0
+                if last is not None and last[0] != n and last[1] != reported:
+                    slope = min(4.0, max(0.25, (reported - last[1]) / (n - last[0])))
+                last = (n, reported)
+                n = max(0, n + round((p - reported) / slope))
+            else:
+                raise UserError(
+                    f"could not build a prompt the server counts as {p} tokens (last try: "
+                    f"{reported}); pass the served model's tokenizer with --tokenizer"
+                )
+            cal.sizes[p] = n
+        if self.cache is not None:
+            self.cache.save(cal)
+        return cal
+
+    def units(self, p: int) -> int:
+        if p not in self.calibration.sizes:
+            self.calibrate([p])
+        return self.calibration.sizes[p]
+
+    def prompt(self, p: int, seed: int) -> str:
+        """A prompt of p tokens (as calibrated), its words drawn with `seed`."""
+        return self.factory.content(self.units(p), seed)
+
+    def check(self, p: int, reported: int | None) -> str | None:
+        """Compare the server's count with p; on a mismatch correct the calibration.
+
+        Returns a note for the record when the count differs (None when it matches or the
+        server reported nothing).
+        """
+        if reported is None or reported == p:
+            return None
+        cal = self.calibration
+        cal.sizes[p] = max(0, cal.sizes.get(p, p) + p - reported)
+        if self.cache is not None:
+            self.cache.save(cal)
+        return f"server counted {reported} prompt tokens, asked {p}"

@@ -1,0 +1,206 @@
+"""Real local servers for the API tests: a scriptable faulty server and paths to shared data.
+
+`FaultServer` is a raw asyncio HTTP/1.1 server on 127.0.0.1 (a free port, its own thread). By
+default it is a healthy OpenAI-compatible server that counts one prompt token per word plus
+`offset` and returns exactly max_tokens tokens (optionally after `delay_s`). Faults are queued
+with `script(...)`: each generation request takes the next one.
+
+    "429"        429 with Retry-After: `retry_after` (seconds)
+    "500"        500 with an OpenAI error body
+    "401"        401 (bad key), "404": no such model; "echo401": 401 quoting the request's
+                 Authorization header back (as careless servers do)
+    "malformed"  200 with a body that is not JSON
+    "cut"        a stream (or body) that stops half-way and closes the connection
+    "stall"      accept the request and never answer
+    "close"      close the connection without a byte
+    "short"      a normal answer with one token fewer than asked
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+LLAMA_TOKENIZER = SHARED_DATA / "llama_tokenizer.model"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class FaultServer:
+    def __init__(
+        self, offset: int = 1, model: str = "faulty", delay_s: float = 0.0, strict: bool = False
+    ) -> None:
+        self.offset = offset
+        self.strict = strict  # refuse ignore_eos/min_tokens with a 400, as OpenAI's API does
+        self.model = model
+        self.delay_s = delay_s
+        self.retry_after = "0.2"
+        self.faults: deque[str] = deque()
+        self.requests: list[dict] = []  # every generation request body, in order
+        self.headers: list[str] = []  # every request's raw header block
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def script(self, *faults: str) -> None:
+        self.faults.extend(faults)
+
+    def __enter__(self) -> FaultServer:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, "127.0.0.1", self.port), self._loop
+        )
+        self._server = future.result(timeout=5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    # ---- HTTP ----------------------------------------------------------------------------
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                text = head.decode("latin-1")
+                self.headers.append(text)
+                length = 0
+                for line in text.split("\r\n")[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                body = await reader.readexactly(length) if length else b""
+                path = text.split(" ", 2)[1]
+                self._auth = next(
+                    (
+                        line.partition(":")[2].strip()
+                        for line in text.split("\r\n")
+                        if line.lower().startswith("authorization:")
+                    ),
+                    "",
+                )
+                if not await self._answer(path, body, writer):
+                    writer.close()
+                    return
+        writer.close()
+
+    @staticmethod
+    def _send(writer: asyncio.StreamWriter, status: str, body: bytes, extra: str = "") -> None:
+        writer.write(
+            f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n{extra}\r\n".encode()
+            + body
+        )
+
+    async def _answer(self, path: str, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; False closes the connection."""
+        if path.endswith("/models"):
+            models = {"object": "list", "data": [{"id": self.model, "object": "model"}]}
+            self._send(writer, "200 OK", json.dumps(models).encode())
+            return True
+        request = json.loads(body)
+        self.requests.append(request)
+        fault = (self.faults.popleft() if self.faults else None) or None  # "" = no fault
+        if fault == "close":
+            return False
+        if fault == "stall":
+            await asyncio.sleep(3600)
+        if fault in ("429", "500", "401", "404"):
+            status = {"429": "429 Too Many Requests", "500": "500 Internal Server Error"}.get(
+                fault, "401 Unauthorized" if fault == "401" else "404 Not Found"
+            )
+            error = {"error": {"message": f"injected {fault}", "type": "test"}}
+            extra = f"retry-after: {self.retry_after}\r\n" if fault == "429" else ""
+            self._send(writer, status, json.dumps(error).encode(), extra)
+            return True
+        if self.strict and {"ignore_eos", "min_tokens"} & set(request):
+            error = {"error": {"message": "Unrecognized request argument supplied: ignore_eos"}}
+            self._send(writer, "400 Bad Request", json.dumps(error).encode())
+            return True
+        if fault == "echo401":
+            error = {"error": {"message": f"bad key in {self._auth!r}", "type": "auth"}}
+            self._send(writer, "401 Unauthorized", json.dumps(error).encode())
+            return True
+        if fault == "malformed":
+            self._send(writer, "200 OK", b"{not json")
+            return True
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        chat = path.endswith("/chat/completions")
+        prompt = request["messages"][-1]["content"] if chat else request.get("prompt", "")
+        tokens = int(request.get("max_tokens") or 16) - (1 if fault == "short" else 0)
+        usage = {
+            "prompt_tokens": len(str(prompt).split()) + self.offset,
+            "completion_tokens": tokens,
+            "total_tokens": len(str(prompt).split()) + self.offset + tokens,
+        }
+        if request.get("stream"):
+            return await self._stream(writer, chat, tokens, usage, cut=fault == "cut")
+        choice = (
+            {"index": 0, "message": {"role": "assistant", "content": " x" * tokens}}
+            if chat
+            else {"index": 0, "text": " x" * tokens}
+        )
+        choice["finish_reason"] = "length"
+        payload = json.dumps({"id": "cmpl-1", "choices": [choice], "usage": usage}).encode()
+        if fault == "cut":
+            head = f"HTTP/1.1 200 OK\r\ncontent-length: {len(payload)}\r\n\r\n".encode()
+            writer.write(head + payload[: len(payload) // 2])
+            await writer.drain()
+            return False
+        self._send(writer, "200 OK", payload)
+        return True
+
+    async def _stream(
+        self, writer: asyncio.StreamWriter, chat: bool, tokens: int, usage: dict, cut: bool
+    ) -> bool:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+
+        def chunk(data: dict | str) -> None:
+            text = data if isinstance(data, str) else json.dumps(data)
+            raw = f"data: {text}\n\n".encode()
+            writer.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
+
+        for i in range(tokens):
+            if cut and i == tokens // 2:
+                await writer.drain()
+                return False  # the connection closes mid-stream
+            choice = (
+                {"index": 0, "delta": {"content": " x"}} if chat else {"index": 0, "text": " x"}
+            )
+            choice["finish_reason"] = "length" if i == tokens - 1 else None
+            chunk({"id": "cmpl-1", "choices": [choice]})
+            await writer.drain()
+        chunk({"id": "cmpl-1", "choices": [], "usage": usage})
+        chunk("[DONE]")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+
+@contextlib.contextmanager
+def fault_server(**options: object) -> Iterator[FaultServer]:
+    with FaultServer(**options) as server:  # type: ignore[arg-type]
+        yield server

@@ -1,0 +1,497 @@
+"""`infermeter serve` on a tiny random-weight model, profiled through the openai backend.
+
+Everything is real: a uvicorn server on 127.0.0.1 serving a transformers model, the HTTP
+client, the SQLite store, the CLI. Faults come from tests/api_servers.FaultServer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from api_servers import LLAMA_TOKENIZER, fault_server, free_port
+from infermeter.api.load import LoadGrid, load_summary, run_load_sweep
+from infermeter.api.tokenizers import Tokenizer, load_tokenizer
+from infermeter.backends import get_backend
+from infermeter.cli import app
+from infermeter.errors import UserError
+from infermeter.fit import fit_cost_model
+from infermeter.profile import ProfileGrid, run_profile
+from infermeter.spec import ModelSpec
+from infermeter.store import Store
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from infermeter.backends.hf import HFBackend
+from infermeter.serve import create_app, running
+from infermeter.textgen import HFGenerator
+
+SPEC = ModelSpec(
+    name="tiny-llama-32k",
+    hidden_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    vocab_size=32000,  # the LLaMA tokenizer's size
+    ffn_size=128,
+    ffn_kind="swiglu",
+    position="rotary",
+    norm="rmsnorm",
+    bias=False,
+    max_context=512,
+    dtype="float32",
+)
+KEY = "sk-infermeter-test-SECRET-0123456789"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def generator() -> Iterator[HFGenerator]:
+    backend = HFBackend(device="cpu", warmup=0)
+    backend.prepare(SPEC)
+    yield HFGenerator(backend)
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return load_tokenizer(LLAMA_TOKENIZER if LLAMA_TOKENIZER.is_file() else "bytes")
+
+
+@pytest.fixture(scope="module")
+def served(generator: HFGenerator, tokenizer: Tokenizer) -> Iterator[str]:
+    with running(create_app(generator, tokenizer, "tiny")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def locked(generator: HFGenerator, tokenizer: Tokenizer) -> Iterator[str]:
+    with running(create_app(generator, tokenizer, "tiny", api_key=KEY)) as url:
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def _calibration_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERMETER_CACHE_DIR", str(tmp_path / "cache"))
+    for name in ("OPENAI_API_KEY", "INFERMETER_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def post(url: str, body: dict[str, Any], key: str | None = None) -> tuple[int, bytes]:
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def sse(raw: bytes) -> list[Any]:
+    events = []
+    for line in raw.decode().splitlines():
+        if line.startswith("data: "):
+            data = line[6:]
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+# ---- the server ------------------------------------------------------------------------------
+
+
+def test_models_list(served: str) -> None:
+    with urllib.request.urlopen(f"{served}/models", timeout=10) as response:
+        data = json.loads(response.read())
+    assert [m["id"] for m in data["data"]] == ["tiny"]
+
+
+def test_completion_streamed_and_not_agree(served: str, tokenizer: Tokenizer) -> None:
+    body = {"model": "tiny", "prompt": "the cat sat", "max_tokens": 7, "ignore_eos": True}
+    status, raw = post(f"{served}/completions", body)
+    assert status == 200
+    whole = json.loads(raw)
+    expected_prompt = len(tokenizer.encode("the cat sat")) + 1  # + BOS
+    assert whole["usage"] == {
+        "prompt_tokens": expected_prompt,
+        "completion_tokens": 7,
+        "total_tokens": expected_prompt + 7,
+    }
+    assert whole["choices"][0]["finish_reason"] == "length"
+    status, raw = post(
+        f"{served}/completions",
+        {**body, "stream": True, "stream_options": {"include_usage": True}},
+    )
+    events = sse(raw)
+    assert events[-1] == "[DONE]"
+    assert events[-2]["usage"] == whole["usage"] and events[-2]["choices"] == []
+    text = "".join(e["choices"][0]["text"] for e in events[:-2])
+    assert text == whole["choices"][0]["text"]  # greedy: the same tokens either way
+
+
+def test_chat_stream_format(served: str) -> None:
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hello there"}],
+        "max_tokens": 4,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    events = sse(post(f"{served}/chat/completions", body)[1])
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert events[0]["object"] == "chat.completion.chunk"
+    assert events[-2]["choices"][0]["finish_reason"] == "length"
+    assert events[-1] == "[DONE]"
+    assert not any("usage" in e for e in events[:-1])  # only when asked for
+    _, raw = post(f"{served}/chat/completions", {**body, "stream": False})
+    reply = json.loads(raw)
+    assert reply["object"] == "chat.completion" and reply["usage"]["completion_tokens"] == 4
+
+
+class EosIs:
+    """The served tokenizer, but with a chosen id as end-of-sequence."""
+
+    def __init__(self, tokenizer: Tokenizer, eos: int) -> None:
+        self._tokenizer = tokenizer
+        self.eos_id = eos
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
+
+
+def test_max_min_tokens_and_ignore_eos(generator: HFGenerator, tokenizer: Tokenizer) -> None:
+    prompt = "the cat sat"
+    ids = [tokenizer.bos_id or 0, *tokenizer.encode(prompt)]
+    first = next(iter(generator.stream(ids, 1)))  # the greedy first token becomes "eos"
+    with running(create_app(generator, EosIs(tokenizer, first), "tiny")) as url:  # type: ignore[arg-type]
+
+        def ask(**more: Any) -> dict[str, Any]:
+            body = {"model": "tiny", "prompt": prompt, "max_tokens": 8, **more}
+            status, raw = post(f"{url}/completions", body)
+            assert status == 200, raw
+            return json.loads(raw)
+
+        stopped = ask()
+        assert stopped["usage"]["completion_tokens"] == 0
+        assert stopped["choices"][0]["finish_reason"] == "stop"
+        at_least = ask(min_tokens=3)
+        assert 3 <= at_least["usage"]["completion_tokens"] <= 8
+        forced = ask(ignore_eos=True)
+        assert forced["usage"]["completion_tokens"] == 8
+        assert forced["choices"][0]["finish_reason"] == "length"
+        assert ask(max_tokens=2, ignore_eos=True)["usage"]["completion_tokens"] == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"model": "nope", "prompt": "x"}, 404, "does not exist"),
+        ({"model": "tiny", "prompt": "x", "max_tokens": 600}, 400, "maximum context length"),
+        ({"model": "tiny", "prompt": "x", "max_tokens": 2, "min_tokens": 3}, 400, "min_tokens"),
+        ({"model": "tiny", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+        ({"model": "tiny", "prompt": {"a": 1}}, 400, "prompt must be"),
+        ({"model": "tiny", "messages": []}, 400, "messages"),
+    ],
+)
+def test_bad_requests_get_openai_errors(
+    served: str, body: dict[str, Any], status: int, fragment: str
+) -> None:
+    path = "chat/completions" if "messages" in body else "completions"
+    code, raw = post(f"{served}/{path}", body)
+    assert code == status
+    assert fragment in json.loads(raw)["error"]["message"]
+
+
+def test_api_key_is_required_when_set(locked: str) -> None:
+    body = {"model": "tiny", "prompt": "x", "max_tokens": 1}
+    assert post(f"{locked}/completions", body)[0] == 401
+    assert post(f"{locked}/completions", body, key="wrong")[0] == 401
+    assert post(f"{locked}/completions", body, key=KEY)[0] == 200
+
+
+# ---- the openai backend through run_profile -------------------------------------------------
+
+GRID = ProfileGrid((16, 64, 128), (1, 4, 8), (1,), 2)
+
+
+def test_profile_of_the_served_model(served: str, tmp_path: Path) -> None:
+    tokenizer_option = str(LLAMA_TOKENIZER) if LLAMA_TOKENIZER.is_file() else "bytes"
+    backend = get_backend("openai", base_url=served, tokenizer=tokenizer_option)
+    with Store(tmp_path / "s.sqlite") as db:
+        run = run_profile(db, SPEC, {"backend": "openai"}, backend, {"u": served}, GRID)
+        points = db.points(run.id)
+        assert run.status == "complete" and run.backend_info["model"] == "tiny"
+        assert len(points) == len(GRID.points()) and (points.status == "ok").all()
+        extra = [json.loads(e) for e in points.extra_json]
+        usage = pd.DataFrame([e["usage"] for e in extra])
+        assert (usage.prompt_tokens == points.prompt_tokens).all()
+        assert (usage.completion_tokens == points.output_tokens).all()
+        itl = pd.Series([len(e["itl_s"]) for e in extra])
+        assert (itl == points.output_tokens - 1).all()
+        assert len({e["prompt_seed"] for e in extra}) == len(extra)  # new prompt every trial
+        assert (points.ttft_s <= points.runtime_s).all()
+        model = fit_cost_model(points, overhead="auto")
+        assert model.fit["r2_overall"] > 0.5 and model.per_output_token > 0
+        # the same profile again measures nothing
+        seen: list[tuple[int, int]] = []
+        run_profile(
+            db,
+            SPEC,
+            {"backend": "openai"},
+            get_backend("openai", base_url=served, tokenizer=tokenizer_option),
+            {"u": served},
+            GRID,
+            on_start=lambda r, done, total: seen.append((done, total)),
+        )
+        assert seen == [(len(GRID.points()), len(GRID.points()))]
+
+
+def test_identical_prompts_when_asked(served: str, tmp_path: Path) -> None:
+    backend = get_backend("openai", base_url=served, identical_prompts=True)
+    grid = ProfileGrid((16,), (1, 2), (1,), 3)
+    with Store(tmp_path / "s.sqlite") as db:
+        run = run_profile(db, SPEC, {}, backend, {}, grid)
+        extra = [json.loads(e) for e in db.points(run.id).extra_json]
+    assert len({e["prompt_seed"] for e in extra}) == 1
+
+
+def test_wrong_lengths_are_flagged_and_failures_recorded(tmp_path: Path) -> None:
+    grid = ProfileGrid((8, 32), (1, 4), (1,), 2)
+    with fault_server() as server, Store(tmp_path / "s.sqlite") as db:
+        backend = get_backend("openai", base_url=server.url, endpoint="chat", retries=1)
+        backend.config = replace(backend.config, backoff_s=0.01, backoff_max_s=0.02)
+        # Requests in order: the forced-length probe, the offset probe, the p=8 probe,
+        # (8,1,0) short, (8,4,0) 500 twice (an error after its retry), the p=32 probe,
+        # (32,1,0) 429 then fine.
+        server.script("", "", "", "short", "500", "500", "", "429")
+        server.retry_after = "0.05"
+        run = run_profile(db, SPEC, {}, backend, {}, grid)
+        points = db.points(run.id).sort_values("measured_at", kind="stable")
+        assert len(points) == len(grid.points())  # nothing dropped
+        flagged = points[points.status == "flagged"]
+        errors = points[points.status == "error"]
+        assert len(flagged) == 1 and "server produced 0 tokens, asked 1" in flagged.detail.iloc[0]
+        assert len(errors) == 1 and errors.detail.iloc[0].startswith("http_5xx: injected 500")
+        assert "after 2 attempt(s)" in errors.detail.iloc[0]
+        retried = [json.loads(e)["retries"] for e in points.extra_json]
+        assert sum(retried) >= 2  # the error's retry and the 429's
+        fitted = fit_cost_model(db.points(run.id))
+        assert fitted.fit["n_trials"] == len(grid.points()) - 2  # flagged and error left out
+        # a rerun measures the failed point again (and only it)
+        before = len(server.requests)
+        run_profile(
+            db, SPEC, {}, get_backend("openai", base_url=server.url, endpoint="chat"), {}, grid
+        )
+        after = db.points(run.id)
+        assert (after.status != "error").all()
+        assert len(server.requests) - before == 1 + 1  # forced-length probe + the point
+
+
+def test_configuration_faults_are_user_errors(served: str, locked: str) -> None:
+    def prepare(**options: Any) -> None:
+        get_backend("openai", **options).prepare(SPEC)
+
+    with pytest.raises(UserError, match=r"cannot reach .* is the server running"):
+        prepare(base_url=f"http://127.0.0.1:{free_port()}/v1")
+    with pytest.raises(UserError, match=r"model .gpt-9. is not served .* it serves: tiny"):
+        prepare(base_url=served, api_model="gpt-9")
+    with pytest.raises(UserError, match=r"refused the request .* pass --api-key"):
+        prepare(base_url=locked)
+    with pytest.raises(UserError, match="not an http"):
+        prepare(base_url="127.0.0.1:8000")
+    with pytest.raises(UserError, match="needs the server's URL"):
+        get_backend("openai")
+
+
+def test_servers_without_forced_length_params_are_handled(tmp_path: Path) -> None:
+    with fault_server(strict=True) as server, Store(tmp_path / "s.sqlite") as db:
+        backend = get_backend("openai", base_url=server.url)
+        run = run_profile(db, SPEC, {}, backend, {}, ProfileGrid((8,), (1, 2), (1,), 1))
+        assert (db.points(run.id).status == "ok").all()
+        assert not run.backend_info["forced_length"]
+        assert "not sent" in run.backend_info["notes"][0]
+        assert "ignore_eos" not in server.requests[-1]
+
+
+# ---- the CLI ---------------------------------------------------------------------------------
+
+
+def invoke(*args: str | Path, env: dict[str, str] | None = None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+def test_cli_profile_variance_and_the_key(locked: str, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    store = tmp_path / "api.sqlite"
+    common = ["--backend", "openai", "--base-url", locked, "--store", store]
+    grid = ["--prompt-sizes", "16,64", "--output-sizes", "1,4,8", "--trials", "2"]
+    result = invoke("profile", "any-api-model", *common, *grid, env={"OPENAI_API_KEY": KEY})
+    assert result.exit_code == 0, result.output
+    assert "overhead" in result.stdout and "R²" in result.stdout
+    varied = invoke("variance", "--store", store, "--output", tmp_path / "fig7.csv")
+    assert varied.exit_code == 0, varied.output
+    assert "raw >= denoised for" in varied.stdout
+    fig7 = pd.read_csv(tmp_path / "fig7.csv")
+    assert {"raw_s", "denoised_s"} <= set(fig7.columns) and len(fig7) == 2 * 3 * 2
+    # a wrong key: one line, exit 2, no key in it
+    wrong = "sk-wrong-key-ABCDEFGHIJKLMNOP"
+    other_grid = [*grid[:-1], "3"]  # a new run, so the server is asked
+    failed = invoke("profile", "any-api-model", *common, *other_grid, "--api-key", wrong)
+    assert failed.exit_code == 2 and "pass --api-key" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+            assert wrong.encode() not in path.read_bytes(), path
+    for text in (result.output, varied.output, failed.output, caplog.text):
+        assert KEY not in text and wrong not in text
+
+
+def test_cli_error_quoting_the_key_is_redacted(tmp_path: Path) -> None:
+    key = "sk-echoed-0000-SECRET"
+    with fault_server() as server:
+        server.script("echo401")
+        result = invoke(
+            "profile",
+            "m",
+            "--backend",
+            "openai",
+            "--base-url",
+            server.url,
+            "--api-key",
+            key,
+            "--store",
+            tmp_path / "s.sqlite",
+        )
+    assert result.exit_code == 2 and "***" in result.stderr and key not in result.output
+
+
+def test_cli_load_sweep(served: str, tmp_path: Path) -> None:
+    store = tmp_path / "load.sqlite"
+    args = ["load", "tiny", "--base-url", served, "--prompt-tokens", "64", "--output-sizes", "8"]
+    args += ["--concurrency", "1,4", "--trials", "2", "--store", str(store)]
+    result = invoke(*args, "--output", tmp_path / "load.csv")
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "load.csv")
+    assert list(summary.concurrency) == [1, 4] and list(summary.requests) == [2, 8]
+    # one worker serves requests in turn: four in flight take longer each
+    assert summary.slowdown.iloc[1] > 1.3
+    with Store(store) as db:
+        points = db.points(db.latest_run_id())
+    assert len(points) == 2 + 8 and set(points.batch_size) == {1, 4}
+
+
+def test_load_sweep_resumes(served: str, tmp_path: Path) -> None:
+    grid = LoadGrid(32, (2,), (1, 2), 2)
+    with Store(tmp_path / "l.sqlite") as db:
+        steps: list[tuple[int, int, int]] = []
+        backend = get_backend("openai", base_url=served)
+        run = run_load_sweep(
+            db, SPEC, {}, backend, {}, grid, on_step=lambda *a: steps.append(a[:3])
+        )
+        assert len(steps) == 4 and run.status == "complete"
+        again: list[tuple[int, int]] = []
+        run_load_sweep(
+            db,
+            SPEC,
+            {},
+            get_backend("openai", base_url=served),
+            {},
+            grid,
+            on_start=lambda r, done, total: again.append((done, total)),
+        )
+        assert again == [(4, 4)]
+        assert load_summary(db.points(run.id)).requests.tolist() == [2, 4]
+
+
+def test_ctrl_c_leaves_a_resumable_run(tmp_path: Path) -> None:
+    store = tmp_path / "c.sqlite"
+    with fault_server(delay_s=0.15) as server:
+        cmd = [
+            sys.executable,
+            "-m",
+            "infermeter.cli",
+            "profile",
+            "m",
+            "--backend",
+            "openai",
+            "--base-url",
+            server.url,
+            "--prompt-sizes",
+            "8,32",
+            "--output-sizes",
+            "1,4",
+            "--trials",
+            "3",
+            "--store",
+            str(store),
+        ]
+        env = {**os.environ, "INFERMETER_CACHE_DIR": str(tmp_path / "cache")}
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        deadline = time.monotonic() + 60
+        stored = 0
+        while time.monotonic() < deadline and proc.poll() is None and stored < 3:
+            time.sleep(0.05)
+            try:
+                stored = sqlite3.connect(store).execute("SELECT count(*) FROM points").fetchone()[0]
+            except sqlite3.Error:
+                continue
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert b"rerun the same command to resume" in err
+        con = sqlite3.connect(store)
+        assert con.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
+        kept = con.execute("SELECT count(*) FROM points").fetchone()[0]
+        assert 0 < kept < 12
+        server.delay_s = 0.0
+        finished = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+        assert finished.returncode == 0, finished.stderr
+        assert f"resuming run 1: {kept}/12" in finished.stdout
+        assert sqlite3.connect(store).execute("SELECT count(*) FROM points").fetchone()[0] == 12
+
+
+def test_cli_serve_answers_until_interrupted() -> None:
+    port = free_port()
+    cmd = [sys.executable, "-m", "infermeter.cli", "serve", "tiny-llama", "--device", "cpu"]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port), "--name", "served"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/models", timeout=2) as response:
+                    assert json.loads(response.read())["data"][0]["id"] == "served"
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None, proc.communicate()[1]
+                time.sleep(0.2)
+        body = {"model": "served", "prompt": "hi", "max_tokens": 3, "ignore_eos": True}
+        status, raw = post(f"{url}/completions", body)
+        assert status == 200 and json.loads(raw)["usage"]["completion_tokens"] == 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert b"serving served (hf, tokenizer bytes)" in out
