@@ -115,3 +115,15 @@ class FakeNvml:
             raise NVMLError(NVML_ERROR_NO_PERMISSION)
         gpu.limit_mw = limit_mw
         gpu.limit_history.append(limit_mw)
+
+
+# ---- GPU memory in use (infermeter.energy's peak memory): appended, the class is unchanged above
+
+
+def _memory_info(self: FakeNvml, gpu: FakeGpu) -> SimpleNamespace:
+    """Memory of an 80 GB card; `used` is FakeGpu.memory_used_bytes where a test sets it."""
+    used = int(getattr(gpu, "memory_used_bytes", 20 * 10**9))
+    return SimpleNamespace(total=80 * 10**9, used=used, free=80 * 10**9 - used)
+
+
+FakeNvml.nvmlDeviceGetMemoryInfo = _memory_info  # type: ignore[attr-defined]

@@ -158,6 +158,8 @@ class EngineBackend:
         seed: int | None = None,
     ) -> Any:
         """Dataset run: token-id prompts (any lengths), stop tokens honoured; a Generation."""
+        if self._engine is not None:  # tp=1: the energy window brackets the timed part
+            self._engine.energy_window = self.energy_window
         return self._call("generate", prompts, max_new_tokens, tuple(stop_tokens), seed=seed)
 
     def describe(self) -> dict[str, Any]:

@@ -1,0 +1,221 @@
+"""`infermeter energy`: the Words-to-Watts experiment from the command line (infermeter.energy).
+
+Imports of infermeter.cli happen inside functions: cli.py imports this module at its end to
+register the command, so a module-level import would be circular.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+PAPER_TEMPERATURE, PAPER_TOP_P = 0.8, 0.95  # the paper's decoding settings (§III-A)
+
+
+def register(app: typer.Typer) -> None:
+    from infermeter.cli import user_errors
+
+    app.command("energy")(user_errors(energy))
+
+
+def _watts(text: str | None) -> tuple[float, ...] | None:
+    from infermeter.errors import UserError
+
+    if text is None:
+        return None
+    try:
+        values = tuple(float(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise UserError("--power-limit must be comma-separated watts, e.g. 250,175,150") from None
+    if not values:
+        raise UserError("--power-limit is empty; give watts, e.g. 250")
+    return values
+
+
+def energy(
+    model: str = typer.Argument(..., help="Catalog name (e.g. llama-7b) or a config.json."),
+    dataset: str = typer.Option(
+        "gsm8k", help="gsm8k, alpaca, or a JSON/JSONL file of Alpaca or GSM8K records."
+    ),
+    prompts: int = typer.Option(4096, help="Prompts sampled from the dataset (the paper: 4,096)."),
+    seed: int = typer.Option(0, help="Seed of the sample and of generation."),
+    template: str | None = typer.Option(
+        None,
+        help="Prompt template: alpaca, gsm8k, @FILE, or text with {instruction} {input} "
+        "{question} (default: the dataset's own).",
+    ),
+    batch_sizes: str = typer.Option("64,128,256", help="Batch sizes, e.g. 64,128,256."),
+    max_lengths: str = typer.Option("256,512,1024", help="Max generation lengths (tokens)."),
+    shards: str = typer.Option("1", help="GPUs per model (tensor parallel), e.g. 1,2."),
+    power_limit: str | None = typer.Option(
+        None,
+        "--power-limit",
+        help="GPU power caps in W, e.g. 250,175,150. Changes the GPUs' limit through NVML (needs "
+        "root) and restores it on exit; only for GPUs that are your own.",
+    ),
+    backend: str = typer.Option("engine", help="Stack that generates: engine."),
+    device: str = typer.Option("auto", help="auto, cuda or cpu."),
+    dtype: str | None = typer.Option(None, help="float32, bfloat16 or float16."),
+    checkpoint: Path | None = typer.Option(
+        None, help="Local LLaMA checkpoint folder: real weights, so real response lengths."
+    ),
+    tokenizer: str | None = typer.Option(
+        None, help="SentencePiece .model or 'bytes' (default: LLaMA's for LLaMA specs)."
+    ),
+    sampling: str = typer.Option("top_p", help="top_p (the paper's T = 0.8, p = 0.95) or greedy."),
+    sample_interval: float = typer.Option(0.1, help="Power/utilisation sampling period (s)."),
+    store: Path = typer.Option(
+        os.environ.get("INFERMETER_STORE", "infermeter.sqlite"),
+        "--store",
+        help="SQLite store of runs and points.",
+    ),
+) -> None:
+    """Energy per second, token and response of dataset prompts (Words to Watts)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from infermeter.backends import get_backend
+    from infermeter.catalog import resolve_spec
+    from infermeter.cli import console, err_console, frame_table, parse_sizes
+    from infermeter.datasets import load_workload
+    from infermeter.energy import EnergySweep, batches_of, run_energy, summary
+    from infermeter.errors import UserError
+    from infermeter.meter import Meter, visible_gpus
+    from infermeter.provenance import cuda_device_name, device_description
+    from infermeter.store import Store
+    from infermeter.tokenizer import tokenizer_for
+
+    if backend not in ("engine", "hf"):
+        raise UserError(f"energy runs a local model (engine), not backend {backend!r}")
+    if sampling not in ("top_p", "greedy"):
+        raise UserError(f"--sampling must be top_p or greedy, not {sampling!r}")
+    spec = resolve_spec(model)
+    caps = _watts(power_limit)
+    sweep = EnergySweep(
+        parse_sizes(batch_sizes, "--batch-sizes") or (64,),
+        parse_sizes(max_lengths, "--max-lengths") or (256,),
+        parse_sizes(shards, "--shards") or (1,),
+        caps or (None,),
+    )
+    sweep.validate(spec)
+    on_gpu = device != "cpu" and cuda_device_name() is not None
+    if device.startswith("cuda") and not on_gpu:
+        raise UserError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
+    if caps and not on_gpu:
+        raise UserError("--power-limit caps NVIDIA GPUs; this run has none (nothing was changed)")
+    workload = load_workload(dataset, prompts, seed, template)
+    tok, tok_note = tokenizer_for(spec, tokenizer)
+    cuda = device if device.startswith("cuda") else "cuda"
+    options: dict[str, Any] = {"device": cuda if on_gpu else "cpu", "dtype": dtype, "seed": seed}
+    if checkpoint is not None:
+        options["checkpoint"] = str(checkpoint)
+    if backend == "engine":
+        options.update(sampling=sampling, temperature=PAPER_TEMPERATURE, top_p=PAPER_TOP_P)
+
+    def backend_for(tp: int) -> Any:
+        made = get_backend(backend, **options, **({"tp": tp} if tp > 1 else {}))
+        if not hasattr(made, "generate"):
+            raise UserError(
+                f"the {backend} backend cannot run dataset prompts yet (it has no generate()); "
+                "use --backend engine"
+            )
+        return made
+
+    backend_for(1)  # refuse a backend that cannot run prompts before anything is stored
+
+    def gpus_for(tp: int) -> list[int]:
+        """NVML indices of the GPUs a run uses: cuda:N alone, or the first tp (ranks)."""
+        first = int(cuda.partition(":")[2] or 0) if tp == 1 else 0
+        return visible_gpus(first + tp)[first:]
+
+    def meter_for(tp: int) -> Meter | None:
+        return Meter(gpus=gpus_for(tp), interval_s=sample_interval) if on_gpu else None
+
+    def note(text: str) -> None:
+        err_console.print(f"[yellow]note:[/] {text}", highlight=False)
+
+    for line in [*workload.notes, tok_note]:
+        if line:
+            note(line)
+    if not on_gpu:
+        note("no GPU in use: throughput only, energy columns stay empty")
+
+    with (
+        Store(store) as db,
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[last]}"),
+            TimeRemainingColumn(),
+            console=console,
+        ) as bar,
+    ):
+        task = bar.add_task(f"energy of {spec.name} on {workload.dataset}", total=None, last="")
+
+        def on_start(run: Any, todo: list[Any], total: int) -> None:
+            bar.update(task, total=sum(batches_of(len(workload), c.batch) for c in todo))
+            if len(todo) < total:
+                bar.console.print(
+                    f"resuming run {run.id}: {total - len(todo)}/{total} configurations stored"
+                )
+
+        ran: dict[str, int] = {}
+
+        def on_batch(result: Any) -> None:
+            c = result.config
+            ran[c.key] = ran.get(c.key, 0) + 1
+            bar.update(
+                task,
+                advance=1,
+                last=f"b={c.batch} len={c.max_len} shards={c.shards}"
+                + (f" cap={c.power_cap_w:g}W" if c.power_cap_w else "")
+                + f" {result.output_tokens / result.runtime_s:.0f} tok/s",
+            )
+
+        def on_config(config: Any, row: dict[str, Any]) -> None:
+            if row["status"] != "ok":
+                bar.console.print(f"[yellow]{config.key} {row['status']}:[/] {row['detail']}")
+                # The batches it would have run never will: keep the bar's total honest.
+                left = batches_of(len(workload), config.batch) - ran.get(config.key, 0)
+                bar.update(task, total=(bar.tasks[0].total or 0) - left)
+
+        result = run_energy(
+            db,
+            spec,
+            workload,
+            tok,
+            sweep,
+            backend_for,
+            backend_name=backend,
+            backend_options=options,
+            meter_for=meter_for,
+            gpus_for=gpus_for,
+            device=device_description(gpu=on_gpu),
+            seed=seed,
+            on_start=on_start,
+            on_batch=on_batch,
+            on_config=on_config,
+            on_note=note,
+        )
+    for line in result.notes[len(workload.notes) :]:
+        note(line)
+    console.print(f"run {result.run.id} stored in {store} ({result.run.device})", highlight=False)
+    configs = result.configs
+    console.print(
+        frame_table(
+            summary(configs),
+            f"{spec.name} on {workload.dataset}: {len(workload)} prompts per configuration",
+            digits=4,
+        )
+    )
+    for row in configs[configs.status != "ok"].itertuples(index=False):
+        console.print(f"{row.status}: batch {row.batch}, max len {row.max_len}: {row.detail}")

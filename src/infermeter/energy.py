@@ -1,0 +1,729 @@
+"""The Words-to-Watts experiment: energy of real dataset prompts per second, token and response.
+
+A Workload (N dataset prompts, see infermeter.datasets) runs under each configuration of a
+sweep: batch size × maximum generation length × tensor-parallel degree (shards) × GPU power cap.
+Each configuration feeds the prompts in order, `batch` at a time, to the backend's dataset
+`generate` (stop at EOS or the maximum length); every batch is one energy window of the Meter.
+With the engine in this process (shards = 1) the window brackets exactly the timed generation
+(warm-up and CUDA-graph capture stay outside); with several shards the ranks run elsewhere and
+the window spans the whole call.
+
+Per configuration, as the paper defines them (§III-C): words/s (outputs split on spaces),
+tokens/s, responses/s; energy per second (W), per output token and per response (total energy
+over total output tokens or responses); mean SM and memory utilisation; peak GPU memory. Output
+tokens are the ids the model generated (a stop token included: it was decoded), which for a
+LLaMA spec are LLaMA tokens. Rates use the summed generation time; W is energy over the summed
+window time.
+
+Per response, energy is measured, not J/token × length: **a response's energy is its batch
+window's energy times its share of the batch's output tokens** (its generated tokens over the
+batch's total), so the responses of a batch add up to the window exactly. The paper's energy
+per response (total / responses) is the configuration's `j_per_response`, the mean of these.
+
+A configuration that runs out of memory is stored as `infeasible` with the reason (the paper's
+Table II) and the sweep moves on. Every configuration is committed, with its responses and
+batches, before the next one runs; rerunning the same workload resumes and skips
+configurations already stored as ok or infeasible. Power caps are set only when asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sqlite3
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import Any
+
+import pandas as pd
+
+from infermeter.datasets import Workload
+from infermeter.errors import UserError
+from infermeter.meter import EnergyWindow, Meter, visible_gpus
+from infermeter.provenance import git_commit, package_version
+from infermeter.spec import ModelSpec
+from infermeter.store import RunRecord, Store, run_key
+from infermeter.tokenizer import Tokenizer, count_words, prompt_ids
+
+CONFIG_COLUMNS = [
+    "run_id", "dataset", "batch", "max_len", "shards", "power_cap_w", "tokens_per_s",
+    "words_per_s", "responses_per_s", "watts", "j_per_token", "j_per_response", "sm_util",
+    "mem_util", "peak_mem_gb", "status", "detail",
+]  # fmt: skip
+RESPONSE_COLUMNS = [
+    "run_id", "config_key", "batch_index", "prompt_index", "prompt_tokens", "output_tokens",
+    "words", "energy_j", "batch_window_j",
+]  # fmt: skip
+BATCH_COLUMNS = [
+    "run_id", "config_key", "batch_index", "responses", "prompt_width", "runtime_s",
+    "window_s", "start_unix", "end_unix", "energy_j", "integrated_j", "method", "sm_util",
+    "mem_util",
+]  # fmt: skip
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS energy_configs (
+    run_id INTEGER, dataset TEXT, batch INTEGER, max_len INTEGER, shards INTEGER,
+    power_cap_w REAL, tokens_per_s REAL, words_per_s REAL, responses_per_s REAL, watts REAL,
+    j_per_token REAL, j_per_response REAL, sm_util REAL, mem_util REAL, peak_mem_gb REAL,
+    status TEXT, detail TEXT
+);
+CREATE TABLE IF NOT EXISTS energy_responses (
+    run_id INTEGER, config_key TEXT, batch_index INTEGER, prompt_index INTEGER,
+    prompt_tokens INTEGER, output_tokens INTEGER, words INTEGER, energy_j REAL,
+    batch_window_j REAL
+);
+CREATE TABLE IF NOT EXISTS energy_batches (
+    run_id INTEGER, config_key TEXT, batch_index INTEGER, responses INTEGER,
+    prompt_width INTEGER, runtime_s REAL, window_s REAL, start_unix REAL, end_unix REAL,
+    energy_j REAL, integrated_j REAL, method TEXT, sm_util REAL, mem_util REAL
+);
+CREATE INDEX IF NOT EXISTS energy_configs_run ON energy_configs(run_id);
+CREATE INDEX IF NOT EXISTS energy_responses_run ON energy_responses(run_id, config_key);
+CREATE INDEX IF NOT EXISTS energy_batches_run ON energy_batches(run_id, config_key);
+"""
+DONE_STATUSES = ("ok", "infeasible")
+
+
+# ---- the sweep ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnergyConfig:
+    batch: int
+    max_len: int
+    shards: int = 1
+    power_cap_w: float | None = None
+
+    @property
+    def key(self) -> str:
+        cap = f"cap{self.power_cap_w:g}" if self.power_cap_w is not None else "nocap"
+        return f"b{self.batch}-l{self.max_len}-s{self.shards}-{cap}"
+
+
+@dataclass(frozen=True)
+class EnergySweep:
+    """Batch sizes × max generation lengths × shards × power caps (None: leave it alone)."""
+
+    batch_sizes: tuple[int, ...] = (64, 128, 256)
+    max_lengths: tuple[int, ...] = (256, 512, 1024)
+    shards: tuple[int, ...] = (1,)
+    power_limits: tuple[float | None, ...] = (None,)
+
+    def validate(self, spec: ModelSpec) -> None:
+        for label, values in (
+            ("batch size", self.batch_sizes),
+            ("max length", self.max_lengths),
+            ("shard count", self.shards),
+        ):
+            if not values:
+                raise UserError(f"no {label}s given")
+            if any(v < 1 for v in values):
+                raise UserError(f"{label}s must be positive, got {min(values)}")
+        longest = max(self.max_lengths)
+        if longest >= spec.max_context:
+            raise UserError(
+                f"max length {longest} leaves no room for a prompt in {spec.name}'s context of "
+                f"{spec.max_context}; pass smaller --max-lengths"
+            )
+        if not self.power_limits or any(w is not None and not w > 0 for w in self.power_limits):
+            raise UserError("power limits must be positive watts")
+
+    def configs(self) -> list[EnergyConfig]:
+        """Shards outermost (one model build each), then power cap, length, batch."""
+        return [
+            EnergyConfig(b, m, s, w)
+            for s in dict.fromkeys(self.shards)
+            for w in dict.fromkeys(self.power_limits)
+            for m in dict.fromkeys(self.max_lengths)
+            for b in dict.fromkeys(self.batch_sizes)
+        ]
+
+
+# ---- the store's energy tables ----------------------------------------------------------------
+
+
+def ensure_tables(db: sqlite3.Connection) -> None:
+    """Create the energy tables if absent (the report reads energy_configs as is)."""
+    for statement in SCHEMA.strip().split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _read(store: Store, query: str, params: Sequence[Any]) -> pd.DataFrame:
+    with store.transaction() as db:
+        ensure_tables(db)
+        return pd.read_sql_query(query, db, params=list(params))
+
+
+def energy_configs(store: Store, run_id: int | None = None) -> pd.DataFrame:
+    """Per-configuration rows (all runs, or one)."""
+    where = "" if run_id is None else "WHERE run_id = ?"
+    params = [] if run_id is None else [run_id]
+    return _read(
+        store,
+        f"SELECT * FROM energy_configs {where} ORDER BY run_id, shards, power_cap_w, max_len, "
+        "batch",
+        params,
+    )
+
+
+def energy_responses(store: Store, run_id: int, config_key: str | None = None) -> pd.DataFrame:
+    """Per-response rows of a run (or of one configuration of it)."""
+    extra, params = ("AND config_key = ?", [run_id, config_key]) if config_key else ("", [run_id])
+    return _read(
+        store,
+        f"SELECT * FROM energy_responses WHERE run_id = ? {extra} "
+        "ORDER BY config_key, prompt_index",
+        params,
+    )
+
+
+def energy_batches(store: Store, run_id: int | None = None) -> pd.DataFrame:
+    """Per-batch energy windows (start/end in Unix seconds, for power timelines)."""
+    where = "" if run_id is None else "WHERE run_id = ?"
+    return _read(
+        store,
+        f"SELECT * FROM energy_batches {where} ORDER BY run_id, start_unix",
+        [] if run_id is None else [run_id],
+    )
+
+
+def _stored(store: Store, run_id: int) -> set[EnergyConfig]:
+    frame = energy_configs(store, run_id)
+    frame = frame[frame.status.isin(DONE_STATUSES)]
+    return {
+        EnergyConfig(
+            int(r.batch),
+            int(r.max_len),
+            int(r.shards),
+            None if pd.isna(r.power_cap_w) else float(r.power_cap_w),
+        )
+        for r in frame.itertuples(index=False)
+    }
+
+
+def _record(
+    store: Store,
+    run_id: int,
+    config: EnergyConfig,
+    row: dict[str, Any],
+    responses: list[tuple[Any, ...]],
+    batches: list[tuple[Any, ...]],
+) -> None:
+    """One configuration, its responses and batches, in one transaction (replacing any old)."""
+    with store.transaction() as db:
+        ensure_tables(db)
+        match = "run_id = ? AND batch = ? AND max_len = ? AND shards = ? AND power_cap_w IS ?"
+        db.execute(
+            f"DELETE FROM energy_configs WHERE {match}",
+            (run_id, config.batch, config.max_len, config.shards, config.power_cap_w),
+        )
+        for table in ("energy_responses", "energy_batches"):
+            db.execute(
+                f"DELETE FROM {table} WHERE run_id = ? AND config_key = ?", (run_id, config.key)
+            )
+        values = {**row, "run_id": run_id, "batch": config.batch, "max_len": config.max_len}
+        values.update(shards=config.shards, power_cap_w=config.power_cap_w)
+        db.execute(
+            f"INSERT INTO energy_configs VALUES ({','.join('?' * len(CONFIG_COLUMNS))})",
+            [values.get(c) for c in CONFIG_COLUMNS],
+        )
+        db.executemany(
+            f"INSERT INTO energy_responses VALUES ({','.join('?' * len(RESPONSE_COLUMNS))})",
+            responses,
+        )
+        db.executemany(
+            f"INSERT INTO energy_batches VALUES ({','.join('?' * len(BATCH_COLUMNS))})", batches
+        )
+
+
+# ---- one batch ----------------------------------------------------------------------------------
+
+
+class _BatchWindow:
+    """begin()/end() for the engine's energy_window slot; close() ends a window left open."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.meter = meter
+        self.result: EnergyWindow | None = None
+        self.is_open = False
+
+    def begin(self) -> None:
+        if not self.is_open:
+            self.meter.begin("energy-batch")
+            self.is_open = True
+
+    def end(self) -> None:
+        if self.is_open:
+            self.result = self.meter.end("energy-batch")
+            self.is_open = False
+
+    close = end
+
+
+def generate_batch(
+    backend: Any,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    stop_tokens: Sequence[int] = (),
+    seed: int = 0,
+    meter: Meter | None = None,
+) -> tuple[Any, EnergyWindow | None, float]:
+    """One batch inside one energy window: (generation, window, wall seconds).
+
+    With the engine in this process the window is its energy_window slot (exactly the timed
+    generation); otherwise it spans the call. Without a meter, no window.
+    """
+    if meter is None or not meter.available:
+        start = time.perf_counter()
+        generation = backend.generate(prompts, max_new_tokens, tuple(stop_tokens), seed=seed)
+        return generation, None, time.perf_counter() - start
+    window = _BatchWindow(meter)
+    # EngineBackend.generate does not forward its own slot to the Engine (measure() does), so
+    # the in-process Engine's slot is set directly; both are set so either path opens it.
+    engine = getattr(backend, "_engine", None)
+    exact = engine is not None and hasattr(engine, "energy_window")
+    if exact:
+        engine.energy_window = window
+        backend.energy_window = window
+    else:
+        window.begin()
+    start = time.perf_counter()
+    try:
+        generation = backend.generate(prompts, max_new_tokens, tuple(stop_tokens), seed=seed)
+    finally:
+        wall = time.perf_counter() - start
+        window.close()
+        if exact:
+            engine.energy_window = None
+            backend.energy_window = None
+    return generation, window.result, wall
+
+
+def attribute(window_j: float | None, generated: Sequence[int]) -> list[float | None]:
+    """Each response's share of its batch window: window × its tokens / the batch's tokens."""
+    total = sum(generated)
+    if window_j is None or total <= 0:
+        return [None] * len(generated)
+    return [window_j * g / total for g in generated]
+
+
+def is_oom(error: BaseException) -> bool:
+    try:
+        from infermeter.engine.generate import is_oom as engine_is_oom
+    except ImportError:  # no torch: only the message can tell
+        return "out of memory" in str(error).lower()
+    return engine_is_oom(error)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    lines = [line for line in text.splitlines() if "out of memory" in line.lower()]
+    return (lines[0] if lines else text.splitlines()[0] if text else type(error).__name__)[:300]
+
+
+def _release(backend: Any, spec: ModelSpec) -> None:
+    """Free the engine's KV cache and graphs (all ranks); rebuild if the ranks are gone."""
+    call = getattr(backend, "_call", None)  # EngineBackend: a method run on every rank
+    if call is None or getattr(backend, "spec", None) is None:
+        return
+    try:
+        call("release")
+    except Exception:
+        backend.prepare(spec)  # a rank died with the OOM: start them again
+
+
+def _memory_used_gb(meter: Meter | None, backend: Any) -> float | None:
+    """Peak GPU memory: torch's peak reserved bytes for an engine in this process (reset at
+    each configuration), else NVML's memory in use after the batch (the caching allocator
+    holds on to its peak), the larger over the run's GPUs."""
+    device = getattr(getattr(backend, "_engine", None), "device", None)
+    if device is not None and getattr(device, "type", "") == "cuda" and "torch" in sys.modules:
+        import torch
+
+        return torch.cuda.max_memory_reserved(device) / 1e9
+    nvml, handles = getattr(meter, "_nvml", None), getattr(meter, "_handles", None)
+    if nvml is not None and handles:
+        try:
+            return max(nvml.nvmlDeviceGetMemoryInfo(h).used for h in handles) / 1e9
+        except Exception:  # an NVML without memory queries: leave it empty
+            return None
+    return None
+
+
+def _reset_peak(backend: Any) -> None:
+    device = getattr(getattr(backend, "_engine", None), "device", None)
+    if device is not None and getattr(device, "type", "") == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+# ---- one configuration --------------------------------------------------------------------------
+
+
+@dataclass
+class BatchResult:
+    """What a progress bar or a benchmark sees of one batch."""
+
+    config: EnergyConfig
+    index: int
+    batches: int
+    responses: int
+    output_tokens: int
+    runtime_s: float
+    window: EnergyWindow | None
+
+
+@dataclass
+class ConfigResult:
+    config: EnergyConfig
+    row: dict[str, Any]
+    responses: list[tuple[Any, ...]] = field(default_factory=list)
+    batches: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def _truncate(ids: list[int], limit: int, bos: int | None) -> list[int]:
+    """Keep the prompt's end (where the template asks for the answer), and its BOS."""
+    if len(ids) <= limit:
+        return ids
+    if bos is not None and ids[0] == bos and limit > 1:
+        return [bos, *ids[1:][-(limit - 1) :]]
+    return ids[-limit:]
+
+
+def _weighted(windows: list[EnergyWindow], attr: str) -> float | None:
+    pairs = [(getattr(w, attr), w.seconds) for w in windows if getattr(w, attr) is not None]
+    total = sum(s for _, s in pairs)
+    return sum(v * s for v, s in pairs) / total if pairs and total > 0 else None
+
+
+def _infeasible(config: EnergyConfig, dataset: str, reason: str) -> ConfigResult:
+    return ConfigResult(config, {"dataset": dataset, "status": "infeasible", "detail": reason})
+
+
+def run_config(
+    backend: Any,
+    spec: ModelSpec,
+    config: EnergyConfig,
+    prompts: list[list[int]],
+    tokenizer: Tokenizer,
+    stop_tokens: Sequence[int],
+    *,
+    run_id: int,
+    dataset: str,
+    seed: int = 0,
+    meter: Meter | None = None,
+    on_batch: Callable[[BatchResult], None] | None = None,
+) -> ConfigResult:
+    """Every prompt through one configuration; an OOM makes it `infeasible`, not an error."""
+    limit = spec.max_context - config.max_len
+    fed = [_truncate(p, limit, tokenizer.bos_id) for p in prompts]
+    cut = sum(len(a) != len(b) for a, b in zip(fed, prompts, strict=True))
+    chunks = [fed[i : i + config.batch] for i in range(0, len(fed), config.batch)]
+    _release(backend, spec)  # this configuration's memory only, from a clean slate
+    _reset_peak(backend)
+    stops = set(stop_tokens)
+    result = ConfigResult(config, {})
+    windows: list[EnergyWindow] = []
+    runtime = tokens = words = 0.0
+    peak: float | None = None
+    clock_offset = time.time() - time.perf_counter()
+    for index, chunk in enumerate(chunks):
+        try:
+            generation, window, wall = generate_batch(
+                backend, chunk, config.max_len, stop_tokens, seed + index, meter
+            )
+        except Exception as error:
+            if not is_oom(error):
+                raise
+            _release(backend, spec)
+            width = max(len(p) for p in chunk)
+            return _infeasible(
+                config,
+                dataset,
+                f"out of memory at batch {config.batch}, max_len {config.max_len}, "
+                f"{config.shards} shard(s), prompt width {width}: {_first_line(error)}",
+            )
+        outputs = [list(t) for t in generation.tokens]
+        generated = [max(1, len(t)) for t in outputs]
+        window_j = window.total_j if window is not None else None
+        shares = attribute(window_j, generated)
+        batch_words = 0
+        for j, (ids, n_out, energy_j) in enumerate(zip(outputs, generated, shares, strict=True)):
+            text_ids = ids[:-1] if ids and ids[-1] in stops else ids
+            n_words = count_words(tokenizer.decode(text_ids))
+            batch_words += n_words
+            position = index * config.batch + j
+            result.responses.append(
+                (run_id, config.key, index, position, len(chunk[j]), n_out, n_words, energy_j,
+                 window_j)
+            )  # fmt: skip
+        batch_runtime = float(getattr(generation, "runtime_s", wall))
+        runtime += batch_runtime
+        tokens += sum(generated)
+        words += batch_words
+        if window is not None:
+            windows.append(window)
+        result.batches.append(
+            (
+                run_id, config.key, index, len(chunk), max(len(p) for p in chunk), batch_runtime,
+                window.seconds if window else None,
+                window.start + clock_offset if window else None,
+                window.end + clock_offset if window else None,
+                window_j, window.integrated_j if window else None,
+                window.method if window else None,
+                window.sm_util if window else None, window.mem_util if window else None,
+            )
+        )  # fmt: skip
+        used = _memory_used_gb(meter, backend)
+        peak = used if peak is None else max(peak, used or 0.0)
+        if on_batch:
+            on_batch(
+                BatchResult(
+                    config, index, len(chunks), len(chunk), sum(generated), batch_runtime, window
+                )
+            )
+    n = len(fed)
+    energy = (
+        sum(w.total_j for w in windows if w.total_j is not None)
+        if windows and all(w.total_j is not None for w in windows)
+        else None
+    )
+    window_s = sum(w.seconds for w in windows)
+    per_response = [r[7] for r in result.responses if r[7] is not None]
+    detail = f"{n} responses in {len(chunks)} batches"
+    if cut:
+        detail += f"; {cut} prompts cut to their last {limit} tokens"
+    if energy is not None:
+        how = "timed generation" if getattr(backend, "_engine", None) is not None else "whole call"
+        detail += (
+            f"; {windows[0].method} energy over the {how}; per response median "
+            f"{statistics.median(per_response):.4g} J, max {max(per_response):.4g} J"
+        )
+    result.row = {
+        "dataset": dataset,
+        "tokens_per_s": tokens / runtime if runtime > 0 else None,
+        "words_per_s": words / runtime if runtime > 0 else None,
+        "responses_per_s": n / runtime if runtime > 0 else None,
+        "watts": energy / window_s if energy is not None and window_s > 0 else None,
+        "j_per_token": energy / tokens if energy is not None and tokens else None,
+        "j_per_response": energy / n if energy is not None else None,
+        "sm_util": _weighted(windows, "sm_util"),
+        "mem_util": _weighted(windows, "mem_util"),
+        "peak_mem_gb": peak,
+        "status": "ok",
+        "detail": detail,
+    }
+    return result
+
+
+# ---- the experiment -----------------------------------------------------------------------------
+
+
+@dataclass
+class EnergyRun:
+    run: RunRecord
+    configs: pd.DataFrame  # this run's energy_configs rows
+    notes: list[str]
+    skipped: list[EnergyConfig]  # not run: stopped by `stop_when`
+
+
+def energy_key(
+    spec: ModelSpec, backend: str, options: dict, workload: Workload, tokenizer: str, stops: Any
+) -> str:
+    return run_key(
+        {
+            "experiment": "energy",
+            "spec": spec.to_dict(),
+            "backend": backend,
+            "options": options,
+            # The prompts' digest, not the files' paths: the same workload resumes anywhere.
+            "workload": {k: v for k, v in workload.describe().items() if k != "sources"},
+            "tokenizer": tokenizer,
+            "stops": list(stops),
+        }
+    )
+
+
+def _power_cap(
+    watts: float | None, gpus: list[int], nvml: Any, on_note: Callable[[str], None] | None
+) -> contextlib.AbstractContextManager[Any]:
+    if watts is None:  # no flag, no NVML power call at all
+        return contextlib.nullcontext()
+    from infermeter.powercap import PowerCap
+
+    return PowerCap(watts, gpus, nvml=nvml, on_note=on_note)
+
+
+def _does_not_fit(error: UserError) -> bool:
+    text = str(error).lower()
+    return "does not fit" in text or "out of memory" in text
+
+
+def run_energy(
+    store: Store,
+    spec: ModelSpec,
+    workload: Workload,
+    tokenizer: Tokenizer,
+    sweep: EnergySweep,
+    backend_for: Callable[[int], Any],
+    *,
+    backend_name: str = "engine",
+    backend_options: dict[str, Any] | None = None,
+    meter_for: Callable[[int], Meter | None] | None = None,
+    gpus_for: Callable[[int], list[int]] = visible_gpus,
+    power_nvml: Any = None,
+    stop_tokens: Sequence[int] | None = None,
+    device: str = "",
+    seed: int = 0,
+    idle_s: float = 1.0,
+    close_backends: bool = True,
+    on_start: Callable[[RunRecord, list[EnergyConfig], int], None] | None = None,
+    on_batch: Callable[[BatchResult], None] | None = None,
+    on_config: Callable[[EnergyConfig, dict[str, Any]], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+    stop_when: Callable[[], bool] | None = None,
+) -> EnergyRun:
+    """Run every configuration of `sweep` not yet stored for this workload; see the module doc.
+
+    `backend_for(shards)` gives a backend with a dataset `generate` (prepared here unless it
+    already holds `spec`); `meter_for(shards)` a Meter over those GPUs, or None. Power caps in
+    the sweep are set through `power_nvml` (default: the real NVML) on the NVML indices
+    `gpus_for(shards)` (default: the first `shards` GPUs CUDA sees).
+    A meter's idle power is measured once, over `idle_s`, before its first configuration.
+    """
+    sweep.validate(spec)
+    options = dict(backend_options or {})
+    stops = tuple(stop_tokens) if stop_tokens is not None else (
+        (tokenizer.eos_id,) if tokenizer.eos_id is not None else ()
+    )  # fmt: skip
+    notes = list(workload.notes)
+    with store.transaction() as db:
+        ensure_tables(db)
+    run, _ = store.open_run(
+        key=energy_key(spec, backend_name, options, workload, tokenizer.name, stops),
+        model=spec.name,
+        spec=spec.to_dict(),
+        stack={"backend": backend_name, **options},
+        backend=backend_name,
+        backend_info=options,
+        grid={"experiment": "energy", "workload": workload.describe(), "tokenizer": tokenizer.name},
+        device=device,
+        commit_sha=git_commit(),
+        version=package_version("infermeter") or "unknown",
+    )
+    done = _stored(store, run.id)
+    todo = [c for c in sweep.configs() if c not in done]
+    if on_start:
+        on_start(run, todo, len(sweep.configs()))
+    ids = [prompt_ids(tokenizer, p) for p in workload.prompts]
+    skipped: list[EnergyConfig] = []
+    status = "interrupted"
+    flushed = time.perf_counter()
+    try:
+        for shards, group in groupby(todo, key=lambda c: c.shards):
+            configs = list(group)
+            if stop_when and stop_when():
+                skipped += configs
+                continue
+            backend = backend_for(shards)
+            if not hasattr(backend, "generate"):
+                raise UserError(
+                    f"the {backend_name} backend has no dataset generate(); use --backend engine"
+                )
+            try:
+                if getattr(backend, "spec", None) != spec:
+                    backend.prepare(spec)
+            except UserError as error:
+                if not _does_not_fit(error):
+                    raise
+                for config in configs:  # Table II: this many GPUs cannot hold the model
+                    outcome = _infeasible(config, workload.dataset, str(error)[:500])
+                    _record(store, run.id, config, outcome.row, [], [])
+                    if on_config:
+                        on_config(config, outcome.row)
+                if close_backends:
+                    backend.close()
+                continue
+            meter = meter_for(shards) if meter_for else None
+            if meter is not None and meter.note:
+                notes.append(meter.note)
+            info = {**options, **backend.describe()}
+            if meter is not None and meter.available:
+                if meter.idle_w is None:
+                    meter.measure_idle(idle_s)
+                meter.start()
+                info.update(idle_w=meter.idle_w, power_field=meter.power_field_used)
+            store.update_run_backend(run.id, info)
+            try:
+                for watts, by_cap in groupby(configs, key=lambda c: c.power_cap_w):
+                    pending = list(by_cap)
+                    if stop_when and stop_when():
+                        skipped += pending
+                        continue
+                    with _power_cap(watts, gpus_for(shards), power_nvml, on_note):
+                        for n, config in enumerate(pending):
+                            if stop_when and stop_when():
+                                skipped += pending[n:]
+                                break
+                            outcome = run_config(
+                                backend, spec, config, ids, tokenizer, stops, run_id=run.id,
+                                dataset=workload.dataset, seed=seed, meter=meter,
+                                on_batch=on_batch,
+                            )  # fmt: skip
+                            _record(
+                                store, run.id, config, outcome.row, outcome.responses,
+                                outcome.batches,
+                            )  # fmt: skip
+                            if meter is not None and meter.available:
+                                now = time.perf_counter()
+                                store.record_samples(
+                                    run.id, meter.samples(start=flushed, end=now, unix=True)
+                                )
+                                flushed = now + 1e-9
+                            if on_config:
+                                on_config(config, outcome.row)
+            finally:
+                if meter is not None:
+                    meter.stop()
+                if close_backends:
+                    backend.close()
+        status = "partial" if skipped else "complete"
+    finally:
+        store.set_run_status(run.id, status)
+    return EnergyRun(store.get_run(run.id), energy_configs(store, run.id), notes, skipped)
+
+
+def summary(configs: pd.DataFrame) -> pd.DataFrame:
+    """The paper's per-configuration figures, rounded for a table."""
+    columns = {
+        "dataset": "dataset",
+        "batch": "batch",
+        "max_len": "max len",
+        "shards": "shards",
+        "power_cap_w": "cap W",
+        "tokens_per_s": "tokens/s",
+        "words_per_s": "words/s",
+        "responses_per_s": "responses/s",
+        "watts": "W",
+        "j_per_token": "J/token",
+        "j_per_response": "J/response",
+        "sm_util": "SM %",
+        "mem_util": "mem %",
+        "peak_mem_gb": "peak GB",
+        "status": "status",
+    }
+    table = configs[list(columns)].copy()
+    for column in columns:
+        if column not in ("dataset", "status"):  # None (not measured) shows as "-"
+            table[column] = pd.to_numeric(table[column], errors="coerce")
+    return table.rename(columns=columns)
+
+
+def batches_of(n: int, batch: int) -> int:
+    return math.ceil(n / batch)

@@ -1,0 +1,238 @@
+"""The Words-to-Watts experiment end to end: tiny-llama on the real engine (CPU), GSM8K prompts
+from ../shared/data, the Meter on a fake NVML; infeasible configurations, resume, power caps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from fake_nvml import FakeGpu, FakeNvml
+from infermeter.backends.engine import EngineBackend
+from infermeter.catalog import get_spec
+from infermeter.datasets import Workload, load_workload
+from infermeter.energy import (
+    CONFIG_COLUMNS,
+    EnergySweep,
+    attribute,
+    energy_batches,
+    energy_configs,
+    energy_responses,
+    run_energy,
+)
+from infermeter.meter import Meter
+from infermeter.store import Store
+from infermeter.tokenizer import tokenizer_for
+
+SHARED_GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jsonl"
+GSM8K = str(SHARED_GSM8K) if SHARED_GSM8K.is_file() else "gsm8k-test"  # else the bundled copy
+SPEC = get_spec("tiny-llama")
+STOPS = tuple(range(0, 256, 16))  # random weights: some responses stop early, some do not
+WATTS = 300.0
+
+
+class RecordingNvml(FakeNvml):
+    """A fake NVML that notes every power-limit call, to prove none happens unasked."""
+
+    def __init__(self, gpus: list[FakeGpu]) -> None:
+        super().__init__(gpus)
+        self.power_calls: list[str] = []
+
+    def nvmlDeviceGetPowerManagementLimit(self, gpu: FakeGpu) -> int:
+        self.power_calls.append("get_limit")
+        return super().nvmlDeviceGetPowerManagementLimit(gpu)
+
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, gpu: FakeGpu) -> tuple[int, int]:
+        self.power_calls.append("get_constraints")
+        return super().nvmlDeviceGetPowerManagementLimitConstraints(gpu)
+
+    def nvmlDeviceSetPowerManagementLimit(self, gpu: FakeGpu, limit_mw: int) -> None:
+        self.power_calls.append(f"set {limit_mw}")
+        super().nvmlDeviceSetPowerManagementLimit(gpu, limit_mw)
+
+
+class Engine(EngineBackend):
+    """The real engine on the CPU; batches above `fits` run out of memory like a full GPU;
+    `crash_at` makes the n-th generate fail the way a dead worker rank does."""
+
+    def __init__(self, fits: int = 10**6, crash_at: int | None = None) -> None:
+        super().__init__(device="cpu", sampling="top_p")
+        self.fits, self.crash_at = fits, crash_at
+        self.batches: list[int] = []
+
+    def generate(self, prompts: list[list[int]], *args: Any, **kwargs: Any) -> Any:
+        self.batches.append(len(prompts))
+        if self.crash_at is not None and len(self.batches) >= self.crash_at:
+            raise RuntimeError("engine rank(s) died during generate (exit codes {1: -9})")
+        if len(prompts) > self.fits:
+            raise torch.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 64.00 GiB (GPU 0; 79.10 GiB total)"
+            )
+        return super().generate(prompts, *args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def workload() -> Workload:
+    return load_workload(GSM8K, 10, seed=1)
+
+
+def experiment(
+    store: Store,
+    workload: Workload,
+    sweep: EnergySweep,
+    backend: Engine,
+    nvml: FakeNvml | None = None,
+) -> Any:
+    nvml = nvml or RecordingNvml([FakeGpu(power=lambda t: WATTS)])
+    meter_for: Callable[[int], Meter] = lambda tp: Meter(interval_s=0.01, nvml=nvml)  # noqa: E731
+    tok, _ = tokenizer_for(SPEC)
+    return run_energy(
+        store, SPEC, workload, tok, sweep, lambda tp: backend, meter_for=meter_for,
+        power_nvml=nvml, stop_tokens=STOPS, device="cpu (test)", idle_s=0.05,
+        close_backends=False,
+    )  # fmt: skip
+
+
+def test_experiment_end_to_end(tmp_path: Path, workload: Workload) -> None:
+    nvml = RecordingNvml([FakeGpu(power=lambda t: WATTS)])
+    backend = Engine(fits=4)
+    with Store(tmp_path / "s.sqlite") as store:
+        result = experiment(store, workload, EnergySweep((4, 8), (8, 16)), backend, nvml)
+        run_id = result.run.id
+        configs = energy_configs(store, run_id)
+        responses = energy_responses(store, run_id)
+        batches = energy_batches(store, run_id)
+        samples = store.samples(run_id)
+        with store.transaction() as db:
+            columns = [row[1] for row in db.execute("PRAGMA table_info(energy_configs)")]
+    assert columns == CONFIG_COLUMNS  # the report reads these exact columns
+    assert result.run.status == "complete" and not result.skipped
+    assert nvml.power_calls == []  # no --power-limit, no power-limit call at all
+    # Batch 8 does not fit: stored as infeasible with the reason; the sweep went on.
+    bad = configs[configs.batch == 8]
+    assert list(bad.status) == ["infeasible"] * 2 and bad.watts.isna().all()
+    assert bad.detail.str.contains("out of memory at batch 8").all()
+    ok = configs[configs.status == "ok"]
+    assert list(ok.max_len) == [8, 16] and (ok.dataset == workload.dataset).all()
+    for row in ok.itertuples(index=False):
+        key = f"b4-l{row.max_len}-s1-nocap"
+        mine, windows = responses[responses.config_key == key], batches[batches.config_key == key]
+        assert len(mine) == len(workload) and list(mine.prompt_index) == list(range(10))
+        assert len(windows) == 3 and (windows.method == "counter").all()
+        # Per-response energies add up to their batch windows, and those to the total.
+        per_batch = mine.groupby("batch_index").energy_j.sum()
+        assert per_batch.to_numpy() == pytest.approx(windows.energy_j.to_numpy(), rel=1e-9)
+        assert (
+            mine.batch_window_j == mine.batch_index.map(windows.set_index("batch_index").energy_j)
+        ).all()
+        total = windows.energy_j.sum()
+        assert row.j_per_response * len(mine) == pytest.approx(total, rel=1e-9)
+        assert row.j_per_token * mine.output_tokens.sum() == pytest.approx(total, rel=1e-9)
+        assert row.watts == pytest.approx(WATTS, rel=0.05)  # steady 300 W fake GPU
+        # Rates share one clock: their ratios are the per-response averages.
+        assert row.tokens_per_s / row.responses_per_s == pytest.approx(mine.output_tokens.mean())
+        ratio = mine.words.sum() / mine.output_tokens.sum()
+        assert row.words_per_s / row.tokens_per_s == pytest.approx(ratio)
+        assert row.tokens_per_s == pytest.approx(mine.output_tokens.sum() / windows.runtime_s.sum())
+        assert (row.sm_util, row.mem_util, row.peak_mem_gb) == (90.0, 40.0, 20.0)
+        assert (mine.output_tokens <= row.max_len).all()
+    # A response's share is its token count: uneven lengths, uneven energies.
+    assert responses.output_tokens.nunique() > 1
+    shares = responses.energy_j / responses.batch_window_j
+    batch_tokens = responses.groupby(["config_key", "batch_index"]).output_tokens.transform("sum")
+    assert shares.to_numpy() == pytest.approx((responses.output_tokens / batch_tokens).to_numpy())
+    assert not samples.empty and samples.power_w.eq(WATTS).all()
+
+
+def test_rerun_resumes_and_extends(tmp_path: Path, workload: Workload) -> None:
+    with Store(tmp_path / "s.sqlite") as store:
+        first = experiment(store, workload, EnergySweep((4, 8), (8,)), Engine(fits=4))
+        again = Engine()
+        second = experiment(store, workload, EnergySweep((4, 8), (8,)), again)
+        assert again.batches == [] and second.run.id == first.run.id
+        pd.testing.assert_frame_equal(first.configs, second.configs)
+        wider = Engine()
+        third = experiment(store, workload, EnergySweep((4, 8, 5), (8,)), wider)
+        assert set(wider.batches) == {5} and third.run.id == first.run.id
+        assert list(third.configs.sort_values("batch").batch) == [4, 5, 8]
+        # Another workload is another run.
+        other = experiment(
+            store, load_workload(GSM8K, 4, seed=2), EnergySweep((4,), (8,)), Engine()
+        )
+        assert other.run.id != first.run.id
+
+
+def test_power_caps_are_set_per_configuration_and_restored(
+    tmp_path: Path, workload: Workload
+) -> None:
+    small = load_workload(GSM8K, 4, seed=0)
+    nvml = RecordingNvml([FakeGpu(power=lambda t: WATTS)])
+    sweep = EnergySweep((4,), (8,), power_limits=(250.0, 200.0))
+    with Store(tmp_path / "s.sqlite") as store:
+        result = experiment(store, small, sweep, Engine(), nvml)
+    assert list(result.configs.power_cap_w) == [200.0, 250.0]
+    assert nvml.gpus[0].limit_history == [250_000, 700_000, 200_000, 700_000]
+    # A worker rank dies mid-run: the limit goes back and the error reaches the caller.
+    nvml = RecordingNvml([FakeGpu(power=lambda t: WATTS)])
+    with Store(tmp_path / "t.sqlite") as store:
+        with pytest.raises(RuntimeError, match="rank"):
+            experiment(store, small, sweep, Engine(crash_at=1), nvml)
+        assert store.runs().status.tolist() == ["interrupted"]
+    assert nvml.gpus[0].limit_mw == 700_000 and nvml.gpus[0].limit_history == [250_000, 700_000]
+
+
+def test_without_nvml_throughput_is_kept_and_energy_left_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import infermeter.meter as meter_module
+
+    monkeypatch.setattr(meter_module, "load_nvml", lambda: (None, "NVML unavailable (test)"))
+    tok, _ = tokenizer_for(SPEC)
+    with Store(tmp_path / "s.sqlite") as store:
+        result = run_energy(
+            store, SPEC, load_workload(GSM8K, 4), tok, EnergySweep((2,), (4,)), lambda tp: Engine(),
+            meter_for=lambda tp: Meter(),
+        )  # fmt: skip
+        responses = energy_responses(store, result.run.id)
+    row = result.configs.iloc[0]
+    assert row.status == "ok" and row.tokens_per_s > 0 and row.responses_per_s > 0
+    assert pd.isna(row.watts) and pd.isna(row.j_per_token) and responses.energy_j.isna().all()
+    assert "NVML unavailable (test)" in result.notes
+
+
+@given(
+    window=st.floats(0, 1e6, allow_nan=False),
+    tokens=st.lists(st.integers(1, 4096), min_size=1, max_size=64),
+)
+def test_attribution_splits_a_window_by_tokens(window: float, tokens: list[int]) -> None:
+    shares = attribute(window, tokens)
+    assert sum(shares) == pytest.approx(window, rel=1e-9, abs=1e-9)  # type: ignore[arg-type]
+    assert all(s is not None and s >= 0 for s in shares)
+    longest = tokens.index(max(tokens))
+    assert shares[longest] == max(shares)  # type: ignore[type-var]
+    assert attribute(None, tokens) == [None] * len(tokens)
+
+
+def test_cli_energy_on_cpu(tmp_path: Path) -> None:
+    from infermeter.cli import app
+
+    runner = CliRunner()
+    store = tmp_path / "cli.sqlite"
+    args = ["energy", "tiny-llama", "--dataset", GSM8K, "--prompts", "4", "--batch-sizes", "2"]
+    args += ["--max-lengths", "4", "--device", "cpu", "--store", str(store)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "tokens/s" in result.output and "energy columns stay empty" in result.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "1/1 configurations stored" in again.output
+    refused = runner.invoke(app, [*args, "--power-limit", "250"])
+    assert refused.exit_code == 2 and "nothing was changed" in refused.output
+    bad = runner.invoke(app, [*args[:-2], "--store", str(store), "--max-lengths", "512"])
+    assert bad.exit_code == 2 and "leaves no room for a prompt" in bad.output
