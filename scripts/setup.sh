@@ -18,3 +18,16 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 pip install -e ".[torch,dev]"
+
+# The report test opens the HTML report in headless Chromium (Debian's package). Install it
+# where we can (root with apt-get); elsewhere say how, and that test skips with the reason.
+if [ ! -x /usr/bin/chromium ] && ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || {
+      apt-get update -q >/dev/null 2>&1 &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1
+    } || echo "note: could not install chromium; the report's browser test will skip"
+  else
+    echo "note: chromium not found; install it (apt-get install chromium) for the report test"
+  fi
+fi

@@ -877,6 +877,15 @@ def variance_command(
         console.print(f"{len(comparison)} rows written to {output}")
 
 
+from infermeter.commands.energy import register as _register_energy  # noqa: E402
+
+_register_energy(app)
+
+from infermeter.commands.report import register as _register_report  # noqa: E402
+
+_register_report(app)
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 

@@ -1,0 +1,1 @@
+"""Groups of CLI commands kept out of infermeter.cli; each module has `register(app)`."""

@@ -1,0 +1,198 @@
+"""Stored runs as fitted models: what the trade-offs, the stack comparison and the report read.
+
+A run is a *reference* run when a local stack ran it (engine, hf: its fit is an idealized
+runtime when that stack is the reference) and an *API* run when its backend is `openai` (a
+black box, §3.5). For an API run two models are fitted:
+
+    raw        mean over trials, with the constant overhead: the runtime a user should expect
+    denoised   minimum over trials, with the constant overhead (§4.1)
+
+Fits are made in memory and never written back: reading a store for a report must not change
+it. Several stores can be read at once; `StoredRun.label` says which file a run came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from infermeter.cost_model import CostModel
+from infermeter.errors import UserError
+from infermeter.estimate import Pricing, pricing_for
+from infermeter.fit import fit_cost_model
+from infermeter.spec import ModelSpec
+from infermeter.store import RunRecord, Store
+
+API_BACKENDS = frozenset({"openai"})
+# Energy counters move in steps, so short windows can read low; the CLI fits energy on the
+# median for the same reason (cli.ENERGY_DENOISE).
+ENERGY_DENOISE = "median"
+
+
+@dataclass
+class StoredRun:
+    """One run with its points, read from one store."""
+
+    store: Path
+    record: RunRecord
+    points: pd.DataFrame
+    samples: pd.DataFrame = field(default_factory=pd.DataFrame)
+    _fits: dict[tuple[str, str], CostModel | None] = field(default_factory=dict, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.store.name}#{self.record.id}"
+
+    @property
+    def model(self) -> str:
+        return self.record.model
+
+    @property
+    def is_api(self) -> bool:
+        return self.record.backend in API_BACKENDS
+
+    @property
+    def ok_points(self) -> pd.DataFrame:
+        pts = self.points
+        return pts[(pts["status"] == "ok") & pts["runtime_s"].notna()]
+
+    @property
+    def date(self) -> str:
+        return self.record.created_at[:10]
+
+    @property
+    def spec(self) -> ModelSpec | None:
+        try:
+            return ModelSpec.from_dict(self.record.spec)
+        except (TypeError, ValueError):
+            return None
+
+    @property
+    def stands_for(self) -> str:
+        """The model this run measures for capability tables: a stand-in names its original."""
+        extra = self.record.spec.get("extra") or {}
+        return str(extra.get("stands_for") or self.record.model)
+
+    @property
+    def stack_label(self) -> str:
+        acc = self.record.stack.get("accelerator")
+        name = acc.get("name") if isinstance(acc, dict) else acc
+        count = self.record.stack.get("num_accelerators", 1)
+        where = f"{count} × {name}" if name else self.record.device or "unknown device"
+        return f"{self.record.backend} on {where}"
+
+    def fit(self, quantity: str = "runtime_s", denoise: str = "min") -> CostModel | None:
+        """The model of `quantity` fitted with `denoise`; None when the points cannot fit it."""
+        key = (quantity, denoise)
+        if key not in self._fits:
+            self._fits[key] = self._fit(quantity, denoise)
+        return self._fits[key]
+
+    def _fit(self, quantity: str, denoise: str) -> CostModel | None:
+        points = self.points
+        if quantity not in points or points[quantity].notna().sum() == 0:
+            return None
+        overhead = "auto" if self.is_api and quantity == "runtime_s" else "none"
+        prompt_sizes = points.loc[points.status == "ok", "prompt_tokens"].nunique()
+        if overhead == "auto" and prompt_sizes < 2:
+            overhead = "none"
+        try:
+            return fit_cost_model(
+                points,
+                quantity,  # type: ignore[arg-type]
+                denoise,  # type: ignore[arg-type]
+                overhead,  # type: ignore[arg-type]
+                folds=0,
+                model=self.record.model,
+                stack=self.record.stack,
+                provenance={"run_id": self.record.id, "store": str(self.store)},
+            )
+        except UserError:
+            return None
+
+    def pricing(self) -> tuple[Pricing, str | None]:
+        """What a second of this run's stack costs (an A100 with a note if none is recorded)."""
+        return pricing_for(CostModel([1], [0.0], 0.0, stack=self.record.stack))
+
+
+def load_runs(stores: list[Path], with_samples: bool = True) -> list[StoredRun]:
+    """Every run of every store that has at least one usable point."""
+    runs: list[StoredRun] = []
+    for path in stores:
+        if not Path(path).exists():
+            raise UserError(
+                f"store {path} does not exist; profile into it with `infermeter profile`"
+            )
+        with Store(path) as db:
+            for run_id in db.runs()["id"].tolist():
+                points = db.points(int(run_id))
+                if points.empty:
+                    continue
+                samples = db.samples(int(run_id)) if with_samples else pd.DataFrame()
+                runs.append(StoredRun(Path(path), db.get_run(int(run_id)), points, samples))
+    return runs
+
+
+def reference_runs(runs: list[StoredRun]) -> list[StoredRun]:
+    return [r for r in runs if not r.is_api and not r.ok_points.empty]
+
+
+def api_runs(runs: list[StoredRun]) -> list[StoredRun]:
+    return [r for r in runs if r.is_api and not r.ok_points.empty]
+
+
+_BACKEND_PREFERENCE = {"engine": 0, "hf": 1}
+
+
+def reference_for(model: str, runs: list[StoredRun]) -> StoredRun | None:
+    """The run that gives `model`'s idealized runtime: the reference engine first, the newest.
+
+    The paper's idealized runtime is the model on one uniform, good stack; infermeter's
+    engine is that stack, so it wins over hf when both profiled the model.
+    """
+    mine = [r for r in reference_runs(runs) if _same(r.stands_for, model) or _same(r.model, model)]
+    mine = [r for r in mine if r.fit() is not None]
+    if not mine:
+        return None
+    newest_first = sorted(mine, key=lambda r: (r.record.created_at, r.record.id), reverse=True)
+    return min(newest_first, key=lambda r: _BACKEND_PREFERENCE.get(r.record.backend, 9))
+
+
+def _same(a: str, b: str) -> bool:
+    return model_key(a) == model_key(b)
+
+
+def model_key(name: str) -> str:
+    """A spelling-proof key: the catalog's canonical name when it knows the model."""
+    from infermeter.catalog import get_spec
+
+    try:
+        return get_spec(name).name
+    except UserError:
+        return " ".join(name.strip().lower().replace("_", "-").split()).replace(" ", "-")
+
+
+def run_summary(run: StoredRun) -> dict[str, Any]:
+    """One line of provenance for captions and tables."""
+    return {
+        "run": run.label,
+        "model": run.model,
+        "backend": run.record.backend,
+        "stack": run.stack_label,
+        "device": run.record.device,
+        "date": run.date,
+        "commit": (run.record.commit_sha or "-")[:10],
+        "points": len(run.ok_points),
+    }
+
+
+def describe_runs(runs: list[StoredRun]) -> str:
+    """'on DEVICE(S), DATE(S)': the short provenance phrase a caption ends with."""
+    devices = sorted({r.record.device or "unknown device" for r in runs})
+    dates = sorted({r.date for r in runs})
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    where = devices[0] if len(devices) == 1 else f"{len(devices)} devices ({'; '.join(devices)})"
+    return f"on {where}, {when}"

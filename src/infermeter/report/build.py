@@ -1,0 +1,374 @@
+"""The report: every figure of both papers that the stores hold data for, in one HTML page.
+
+`build_report` reads the stores once, decides section by section whether there is data, draws
+the figure or names the command that would produce its data, and renders the page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from infermeter.compare import StackProfile, compare_stacks, default_queries
+from infermeter.errors import UserError
+from infermeter.fitted import (
+    StoredRun,
+    api_runs,
+    describe_runs,
+    load_runs,
+    model_key,
+    reference_for,
+    reference_runs,
+    run_summary,
+)
+from infermeter.provenance import git_commit, package_version, utc_date
+from infermeter.report import energy as en
+from infermeter.report import runtime_figs as rt
+from infermeter.report import tradeoff_figs as tf
+from infermeter.report.html import Section, missing_html, render
+from infermeter.report.plot import ImageFormat, Plot
+from infermeter.tradeoffs import (
+    DEFAULT_OBJECTIVES,
+    ModelProfile,
+    rank_models,
+    read_capabilities,
+    read_scenario_queries,
+    tradeoff_table,
+)
+
+PROFILE_CMD = "infermeter profile MODEL --backend engine --store STORE"
+API_CMD = "infermeter profile MODEL --backend openai --base-url http://HOST:PORT/v1 --store STORE"
+SECOND_STACK_CMD = "infermeter profile MODEL --backend hf --store STORE (or another GPU)"
+CAPABILITY_CMD = "infermeter report --capabilities accuracies.csv --queries SCENARIO=queries.jsonl"
+GPU_PROFILE_CMD = "infermeter profile MODEL --store STORE (on a GPU with NVML)"
+
+RUNTIME, TRADEOFFS, ENERGY = (
+    "Runtime (idealized-runtime paper)",
+    "Trade-offs and comparisons",
+    "Energy (Words to Watts)",
+)
+
+
+@dataclass
+class ReportInputs:
+    stores: Sequence[Path]
+    capabilities: Path | None = None
+    metric: str | None = None
+    queries: Sequence[str] = ()
+    objectives: dict[str, str] = field(default_factory=dict)
+    title: str = "infermeter report"
+    image_format: ImageFormat = "png"
+    extra_provenance: Sequence[str] = ()
+
+
+@dataclass
+class Report:
+    sections: list[Section]
+    html: str
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.html, encoding="utf-8")
+        return path
+
+
+def _safe(section: Section, draw: Callable[[], Plot]) -> Section:
+    """Draw a figure; data too thin to draw becomes a note rather than a broken report."""
+    try:
+        section.plot = draw()
+    except (ValueError, KeyError, IndexError, ZeroDivisionError) as exc:
+        section.missing = f"Could not draw this figure from the stored data ({exc})."
+    return section
+
+
+def runtime_sections(runs: list[StoredRun]) -> list[Section]:
+    refs = [r for r in reference_runs(runs) if r.fit() is not None]
+    fig3 = Section("fig3", RUNTIME, "Fig. 3 · Runtime vs output tokens, per prompt size")
+    fig4 = Section("fig4", RUNTIME, "Fig. 4 · Prompt-encoding time vs prompt size")
+    if not refs:
+        for s in (fig3, fig4):
+            s.missing = missing_html("no profiled runs of a local stack", PROFILE_CMD)
+        return [fig3, fig4]
+    shown = refs[:6]
+    fig3.caption = (
+        f"Measured end-to-end runtime (min over trials, dots) and the fitted t(p, o) (lines) of "
+        f"{len(shown)} run(s) {describe_runs(shown)}."
+    )
+    fig3.note = (
+        f"{len(refs) - 6} more run(s) not drawn; see `infermeter show RUN`."
+        if len(refs) > 6
+        else ""
+    )
+    fig4.caption = (
+        f"Fitted PE(p) at the profiled prompt sizes with a dotted least-squares line, "
+        f"{min(len(refs), 8)} run(s) {describe_runs(refs[:8])}."
+    )
+    return [
+        _safe(fig3, lambda: rt.fig_runtime_vs_output(shown)),
+        _safe(fig4, lambda: rt.fig_prompt_encoding(refs[:8])),
+    ]
+
+
+def api_sections(runs: list[StoredRun]) -> list[Section]:
+    apis = [r for r in api_runs(runs) if r.fit() is not None]
+    table3 = Section("table3", RUNTIME, "Table 3 · Idealized vs denoised PE(p) and g")
+    fig7 = Section("fig7", RUNTIME, "Fig. 7 · Raw vs denoised, and idealized vs denoised runtime")
+    if not apis:
+        for s in (table3, fig7):
+            s.missing = missing_html("no API (openai backend) runs", API_CMD)
+        return [table3, fig7]
+    pairs = [(api, reference_for(api.stands_for, runs)) for api in apis]
+    with_ref = [ref for _, ref in pairs if ref is not None]
+    table3.caption = (
+        f"Denoised parameters of {len(apis)} API run(s) {describe_runs(apis)}; idealized from "
+        + (f"reference runs {describe_runs(with_ref)}." if with_ref else "no reference run.")
+    )
+    fig7_caption = (
+        f"Raw = mean over trials of API points, denoised = fit of their minimum, idealized = "
+        f"reference-stack fit; {len(apis)} API run(s) {describe_runs(apis)}"
+    )
+    _safe(table3, lambda: rt.fig_table3(pairs))
+    _safe(fig7, lambda: rt.fig_raw_denoised_idealized(pairs))
+    if fig7.plot is not None:
+        fig7.caption = f"{fig7_caption}: {rt.fig7_shares(fig7.plot.data)}."
+    if not with_ref:
+        table3.note = fig7.note = (
+            f"No idealized runtime: no reference run of these models; run `{PROFILE_CMD}`."
+        )
+    return [table3, fig7]
+
+
+def stack_profiles(runs: list[StoredRun]) -> dict[str, list[StackProfile]]:
+    """Per model: its reference runs on different stacks, each as a StackProfile."""
+    by_model: dict[str, list[StoredRun]] = {}
+    for run in reference_runs(runs):
+        if run.fit() is not None:
+            by_model.setdefault(model_key(run.model), []).append(run)
+    out = {}
+    for runs_of_model in by_model.values():
+        if len(runs_of_model) < 2:
+            continue
+        profiles = []
+        for run in runs_of_model:
+            pricing, _ = run.pricing()
+            profiles.append(
+                StackProfile(
+                    f"{run.stack_label} ({run.label})",
+                    run.fit(),
+                    pricing,  # type: ignore[arg-type]
+                    run.fit("energy_j", "median"),
+                    run.record.device,
+                    run.date,
+                )
+            )
+        out[runs_of_model[0].model] = profiles
+    return out
+
+
+def comparison_sections(runs: list[StoredRun]) -> list[Section]:
+    groups = stack_profiles(runs)
+    if not groups:
+        return [
+            Section(
+                "fig8",
+                TRADEOFFS,
+                "Fig. 8 · One model on two stacks",
+                missing=missing_html("no model profiled on two stacks", SECOND_STACK_CMD),
+            )
+        ]
+    sections = []
+    for i, (model, profiles) in enumerate(list(groups.items())[:4]):
+        queries = default_queries([p.runtime for p in profiles])
+        comparison = compare_stacks(profiles, queries)
+        members = [r for r in runs if model_key(r.model) == model_key(model) and not r.is_api]
+        section = Section(
+            f"fig8-{i}",
+            TRADEOFFS,
+            f"Fig. 8 · {model} on {len(profiles)} stacks",
+            caption=(
+                f"Idealized runtime, cost and rated energy of {len(queries)} queries (the "
+                f"profiled prompt sizes × 1, 8, 32, 128 output tokens) relative to "
+                f"{comparison.baseline}; fits of runs {describe_runs(members)}."
+            ),
+            note="; ".join(f"{r.stack}: {r.verdict}" for r in comparison.summary.itertuples()),
+        )
+        sections.append(_safe(section, lambda c=comparison: tf.fig_stack_comparison(c)))
+    return sections
+
+
+def model_profiles(runs: list[StoredRun]) -> list[ModelProfile]:
+    """Per model named by the runs: idealized (reference), raw and denoised (API) models."""
+    names = list(dict.fromkeys(r.stands_for for r in runs))
+    profiles = []
+    for name in names:
+        ref = reference_for(name, runs)
+        api = next((r for r in api_runs(runs) if model_key(r.stands_for) == model_key(name)), None)
+        if ref is None and api is None:
+            continue
+        pricing = ref.pricing()[0] if ref else None
+        # An API run's spec is a placeholder when the model is a black box.
+        spec = ref.spec if ref else None
+        if spec is None and api is not None and api.record.spec.get("family") != "black-box":
+            spec = api.spec
+        profiles.append(
+            ModelProfile(
+                name=name,
+                idealized=ref.fit() if ref else None,
+                pricing=pricing,
+                spec=spec,
+                energy=ref.fit("energy_j", "median") if ref else None,
+                raw=api.fit(denoise="mean") if api else None,
+                denoised=api.fit() if api else None,
+                source=", ".join(r.label for r in (ref, api) if r is not None),
+            )
+        )
+    return profiles
+
+
+def tradeoff_sections(runs: list[StoredRun], inputs: ReportInputs) -> list[Section]:
+    fig9 = Section("fig9", TRADEOFFS, "Fig. 9 · Capability vs efficiency, Pareto frontiers")
+    fig10 = Section("fig10", TRADEOFFS, "Fig. 10 · Ranks under accuracy/efficiency objectives")
+    if inputs.capabilities is None or not inputs.queries:
+        for s in (fig9, fig10):
+            s.missing = missing_html(
+                "no capability table and scenario queries given", CAPABILITY_CMD
+            )
+        return [fig9, fig10]
+    capabilities = read_capabilities(inputs.capabilities, inputs.metric)
+    queries = read_scenario_queries(inputs.queries)
+    try:
+        result = tradeoff_table(model_profiles(runs), capabilities, queries)
+    except UserError as exc:
+        for s in (fig9, fig10):
+            s.missing = missing_html(str(exc), PROFILE_CMD)
+        return [fig9, fig10]
+    table = result.table
+    used = [r for r in runs if any(r.label in s for s in table.source)]
+    needs = {
+        "raw_runtime_s": f"`{API_CMD}`",
+        "denoised_runtime_s": f"`{API_CMD}`",
+        "measured_energy_j": f"`{GPU_PROFILE_CMD}`",
+    }
+    missing_metrics = [m for m in needs if table[m].isna().all()]
+    fig9.caption = (
+        f"Score from {inputs.capabilities.name} vs efficiency per query, averaged over each "
+        f"scenario's instances; squares are Pareto-optimal; fits of runs {describe_runs(used)}."
+    )
+    notes = list(result.notes)
+    if missing_metrics:
+        notes.append(
+            "not drawn for lack of data: "
+            + ", ".join(f"{m} (run {needs[m]})" for m in missing_metrics)
+        )
+    fig9.note = "; ".join(notes)
+    fig9.table = table
+    _safe(fig9, lambda: tf.fig_pareto(table))
+    objectives = {**DEFAULT_OBJECTIVES, **inputs.objectives}
+    ranks = rank_models(table, objectives)
+    fig10.caption = (
+        f"Rank of each model per scenario under {len(objectives)} objective(s) "
+        f"({'; '.join(objectives.values())}), from the table of Fig. 9."
+    )
+    return [fig9, _safe(fig10, lambda: tf.fig_ranks(ranks))]
+
+
+def energy_sections(stores: Sequence[Path], runs: list[StoredRun]) -> list[Section]:
+    frames = [en.read_energy_configs(path) for path in stores]
+    frames = [f for f in frames if not f.empty]
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    # (id, title, drawing, the column it cannot do without)
+    specs = [
+        ("w2w-fig2", "Fig. 2 · Throughput by model and GPU", en.fig_throughput, "tokens_per_s"),
+        ("w2w-fig3", "Fig. 3 · Energy per second by model and GPU", en.fig_watts_by_model,
+         "watts"),
+        *[(f"w2w-{m}", f"Figs. 4–9 · {label[0].upper()}{label[1:]} by batch size and shards",
+           lambda f, m=m: en.fig_energy_by_batch_shards(f, m), m)
+          for m, label in en.ENERGY_METRICS.items()],
+        ("w2w-table3", "Table III · Power-cap trade-offs", en.fig_power_cap, "j_per_response"),
+        ("w2w-util", "Tables IV–V · GPU utilisation", en.fig_utilisation, "sm_util"),
+    ]  # fmt: skip
+    sections = []
+    ok = en.usable(rows) if not rows.empty else rows
+    for sid, title, draw, needed in specs:
+        section = Section(sid, ENERGY, title)
+        have = ok.dropna(subset=[needed]) if not ok.empty else ok
+        if ok.empty:
+            section.missing = missing_html(
+                "no energy_configs rows in the store(s)", en.ENERGY_COMMAND
+            )
+        elif have.empty:
+            section.missing = missing_html(
+                f"the energy rows have no {needed} (measured without NVML?)",
+                en.ENERGY_COMMAND + " on a GPU with NVML",
+            )
+        elif sid == "w2w-table3" and en.power_cap_changes(have).empty:
+            section.missing = missing_html(
+                "no configuration was run under two power caps", en.POWER_CAP_COMMAND
+            )
+        else:
+            devices = sorted(set(have["device"].dropna()))
+            dates = sorted(set(have["date"].dropna())) if "date" in have else []
+            when = f", {dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else "") if dates else ""
+            section.caption = (
+                f"{len(have)} configuration(s) of {', '.join(sorted(set(have['model'])))} "
+                f"measured on {'; '.join(devices) or 'unknown device'}{when}"
+                + (
+                    "; energy from NVML."
+                    if have["watts"].notna().any()
+                    else "; no energy (no NVML)."
+                )
+            )
+            _safe(section, lambda d=draw, h=have: d(h))
+        sections.append(section)
+    metered = [r for r in runs if not r.samples.empty]
+    timeline = Section("power-timeline", ENERGY, "Power and utilisation over metered runs")
+    if metered:
+        timeline.caption = (
+            f"Power per GPU sampled during {min(len(metered), 4)} metered run(s) "
+            f"{describe_runs(metered[:4])}; SM utilisation dotted."
+        )
+        _safe(timeline, lambda: en.fig_power_timelines(metered))
+    else:
+        timeline.missing = missing_html("no power samples", GPU_PROFILE_CMD)
+    return [*sections, timeline]
+
+
+def build_report(inputs: ReportInputs) -> Report:
+    stores = [Path(s) for s in inputs.stores]
+    if not stores:
+        raise UserError("no store given; pass --store PATH (repeatable)")
+    runs = load_runs(stores)
+    sections = [
+        *runtime_sections(runs),
+        *api_sections(runs),
+        *comparison_sections(runs),
+        *tradeoff_sections(runs, inputs),
+        *energy_sections(stores, runs),
+    ]
+    summary = pd.DataFrame([run_summary(r) for r in runs])
+    sections.append(
+        Section(
+            "runs",
+            "Provenance",
+            "Runs in the store(s)",
+            caption=f"{len(runs)} run(s) read from {len(stores)} store(s).",
+            table=summary if not summary.empty else None,
+            missing=None if runs else missing_html("no runs", PROFILE_CMD),
+        )
+    )
+    commit = git_commit()
+    provenance = [
+        f"Built {utc_date()} by infermeter {package_version('infermeter') or '?'} "
+        f"(commit {commit[:10] if commit else 'unknown'}) from "
+        + ", ".join(s.name for s in stores),
+        *inputs.extra_provenance,
+    ]
+    html = render(sections, inputs.title, provenance, inputs.image_format)
+    for section in sections:  # the figures are encoded; free their memory
+        if section.plot is not None:
+            section.plot.figure.clear()
+    return Report(sections, html)

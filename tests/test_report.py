@@ -1,0 +1,189 @@
+"""The report as a person meets it: built by the CLI from a real CPU store, opened in headless
+Chromium (every figure drawn, no console errors, a screenshot), and the commands around it."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from infermeter.cli import app
+from infermeter.fitted import load_runs
+from infermeter.report import ReportInputs, build_report
+from infermeter.report.browser import check_page, find_chromium
+from infermeter.report.energy import power_cap_changes, read_energy_configs
+from infermeter.report.runtime_figs import raw_denoised_idealized
+from infermeter.store import Store
+from report_store import build_store, energy_rows, write_inputs
+
+runner = CliRunner()
+FIGURES = {
+    "fig3", "fig4", "table3", "fig7", "fig8-0", "fig9", "fig10", "w2w-fig2", "w2w-fig3",
+    "w2w-watts", "w2w-j_per_token", "w2w-j_per_response", "w2w-table3", "w2w-util",
+    "power-timeline",
+}  # fmt: skip
+
+
+def invoke(*args: str | Path):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | list[str]]:
+    folder = tmp_path_factory.mktemp("report")
+    store = build_store(folder / "store.sqlite")
+    capabilities, queries = write_inputs(folder)
+    page = folder / "report.html"
+    query_args = [arg for q in queries for arg in ("--queries", q)]
+    result = invoke(
+        "report", "--store", store, "--output", page, "--capabilities", capabilities,
+        *query_args, "--objective", "acc/cost=accuracy / idealized_cost_usd",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "15 figure(s)" in result.stdout
+    return {"store": store, "page": page, "capabilities": capabilities, "queries": query_args}
+
+
+def test_every_figure_is_drawn_with_caption_and_numbers(built) -> None:
+    html = Path(built["page"]).read_text()
+    for figure in FIGURES:
+        section = re.search(rf'<section id="{figure}">(.*?)</section>', html, re.S)
+        assert section, figure
+        body = section.group(1)
+        assert 'src="data:image/png;base64,' in body, figure
+        assert "numbers behind this" in body and "download CSV" in body, figure
+        assert "No data yet" not in body, figure
+    # Captions say what was measured, on what device, when.
+    assert "on cpu: test machine, 20" in html
+    assert "fits of runs" in html and "raw ≥ denoised for" in html
+
+
+def test_page_is_self_contained(built) -> None:
+    html = Path(built["page"]).read_text()
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+    assert "<link" not in html and "@import" not in html and "url(" not in html
+    assert re.search(r"<script[^>]*\ssrc=", html) is None
+
+
+@pytest.mark.skipif(
+    find_chromium() is None, reason="Chromium is not installed (scripts/setup.sh installs it)"
+)
+def test_report_in_headless_chromium(built) -> None:
+    page = Path(built["page"])
+    shot = page.with_suffix(".png")
+    check = check_page(page, screenshot=shot)
+    assert check.title == "infermeter report"
+    drawn = {f["section"] for f in check.figures}
+    assert drawn == FIGURES, FIGURES ^ drawn
+    assert not check.empty_figures, check.empty_figures
+    for figure in check.figures:
+        assert figure["width"] > 200 and figure["height"] > 100, figure
+    assert check.console_errors == []
+    assert shot.stat().st_size > 50_000 and shot.read_bytes()[:4] == b"\x89PNG"
+    print(f"screenshot: {shot}")
+
+
+def test_empty_store_names_the_commands(tmp_path: Path) -> None:
+    store = tmp_path / "empty.sqlite"
+    Store(store).close()
+    report = build_report(ReportInputs([store]))
+    assert all(s.plot is None for s in report.sections)
+    html = report.html
+    assert "<img" not in html
+    for command in (
+        "infermeter profile MODEL --backend engine",
+        "--backend openai --base-url",
+        "infermeter report --capabilities",
+        "infermeter energy MODEL",
+        "on a GPU with NVML",
+    ):
+        assert command in html, command
+
+
+def test_fig7_numbers_come_from_the_api_and_reference_runs(built) -> None:
+    runs = load_runs([Path(built["store"])], with_samples=False)
+    api = next(r for r in runs if r.is_api)
+    reference = next(r for r in runs if r.model == "tiny-llama" and r.record.backend == "engine")
+    data = raw_denoised_idealized([(api, reference)])
+    points = api.ok_points.groupby(["prompt_tokens", "output_tokens"]).runtime_s
+    assert data.raw_s.tolist() == pytest.approx(points.mean().tolist())
+    assert data.min_s.tolist() == pytest.approx(points.min().tolist())
+    denoised = api.fit()
+    assert denoised.overhead >= 0 and denoised.fit["denoise"] == "min"
+    assert data.idealized_s.tolist() == pytest.approx(
+        reference.fit().predict(data.prompt_tokens, data.output_tokens).tolist()
+    )
+
+
+def test_energy_rows_round_trip_and_power_caps(built) -> None:
+    frame = read_energy_configs(Path(built["store"]))
+    assert set(frame.model) == {"tiny-opt"} and (frame.device == "cpu: test machine").all()
+    assert len(frame) == len(energy_rows()) and (frame.status == "oom").sum() == 1
+    changes = power_cap_changes(frame)
+    assert set(changes.power_cap_w) == {175.0} and set(changes.reference_cap_w) == {250.0}
+    assert (changes.time_pct > 0).all() and (changes.energy_pct < 0).all()
+    # A store without the table reads as empty and is left unchanged.
+    bare = Path(built["store"]).with_name("bare.sqlite")
+    Store(bare).close()
+    assert read_energy_configs(bare).empty
+    tables = {r[0] for r in sqlite3.connect(bare).execute("SELECT name FROM sqlite_master")}
+    assert "energy_configs" not in tables
+
+
+def test_cli_tradeoffs_writes_table_ranks_and_figures(built, tmp_path: Path) -> None:
+    result = invoke(
+        "tradeoffs", "--store", built["store"], "--capabilities", built["capabilities"],
+        *built["queries"], "--objective", "speed=1 / idealized_runtime_s",
+        "--output", tmp_path / "t.csv", "--ranks-output", tmp_path / "r.json",
+        "--figures", tmp_path / "figs", "--format", "svg",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert set(table.model) == {"tiny-llama", "tiny-gpt2", "tiny-opt"}
+    assert table.loc[table.model == "tiny-llama", "denoised_runtime_s"].notna().all()
+    assert table.loc[table.model == "tiny-opt", "measured_energy_j"].notna().all()
+    ranks = pd.read_json(tmp_path / "r.json")
+    assert set(ranks.objective) == {"accuracy / runtime", "accuracy / log(runtime)", "speed"}
+    assert (tmp_path / "figs" / "fig9_pareto.svg").read_text().startswith("<?xml")
+
+
+def test_cli_compare(built, tmp_path: Path) -> None:
+    result = invoke(
+        "compare", "--store", built["store"], "--model", "tiny-llama", "--output",
+        tmp_path / "q.csv", "--figure", tmp_path / "fig8.png",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "baseline" in result.stdout
+    per_query = pd.read_csv(tmp_path / "q.csv")
+    assert per_query["stack"].nunique() == 2
+    assert (tmp_path / "fig8.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["compare", "--model", "tiny-gpt2"], "no model with runs on two stacks"),
+        (["compare", "99"], "run(s) [99] not found"),
+        (["report", "--format", "gif"], "--format must be png or svg"),
+        (["report", "--capabilities", "x.csv"], "need both --capabilities"),
+        (["tradeoffs", "--capabilities", "missing.csv", "--queries", "a=b.jsonl"], "does not"),
+    ],
+)
+def test_cli_bad_input_is_one_line(built, args: list[str], fragment: str) -> None:
+    result = invoke(*args, "--store", built["store"])
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert fragment in message and len(message.splitlines()) == 1, message
+
+
+def test_cli_bad_objective_is_one_line(built) -> None:
+    result = invoke(
+        "tradeoffs", "--store", built["store"], "--capabilities", built["capabilities"],
+        *built["queries"], "--objective", "x=accuracy.__class__",
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "uses Attribute" in result.stderr and len(result.stderr.strip().splitlines()) == 1
