@@ -98,12 +98,12 @@ def profile_reference(store, spec, tp: int, on_gpu: bool, grid) -> None:
 
 def profile_api(store, spec, on_gpu: bool, grid) -> None:
     """Serve `spec` on the hf stack through the OpenAI-compatible app; profile it as an API."""
-    from infermeter.api.tokenizers import load_tokenizer
     from infermeter.backends import get_backend
     from infermeter.profile import ProfileGrid, run_profile
     from infermeter.provenance import device_description
     from infermeter.serve import create_app, running
     from infermeter.textgen import generator_for
+    from infermeter.tokenizer import load_tokenizer
 
     where = device_description(gpu=on_gpu)  # the server's port changes; the machine does not
     hf = get_backend("hf", device="cuda" if on_gpu else "cpu", dtype=spec.dtype)

@@ -17,8 +17,8 @@ from infermeter.api.prompts import (
     PromptFactory,
     prompt_seed,
 )
-from infermeter.api.tokenizers import ByteTokenizer, load_tokenizer
 from infermeter.errors import UserError
+from infermeter.tokenizer import ByteTokenizer, load_tokenizer
 
 needs_llama = pytest.mark.skipif(
     not LLAMA_TOKENIZER.is_file(), reason="shared/data/llama_tokenizer.model not beside the repo"

@@ -86,6 +86,18 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def progress_bar() -> Progress:
+    """The bar every long verb shows: description, bar, done/total, last item, time left."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[last]}"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
 def parse_sizes(text: str | None, label: str) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -404,14 +416,7 @@ def profile(
             err_console.print(f"[yellow]note:[/] {meter.note}")
     with (
         Store(store) as db,
-        Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[last]}"),
-            TimeRemainingColumn(),
-            console=console,
-        ) as bar,
+        progress_bar() as bar,
     ):
         task = bar.add_task(f"profiling {spec.name} ({backend})", total=None, last="")
 
@@ -725,10 +730,10 @@ def serve_command(
     ),
 ) -> None:
     """Serve MODEL through an OpenAI-compatible API (completions, chat, streaming, usage)."""
-    from infermeter.api.tokenizers import load_tokenizer
     from infermeter.backends import get_backend
     from infermeter.serve import create_app, serve
     from infermeter.textgen import generator_for
+    from infermeter.tokenizer import load_tokenizer
 
     if backend not in ("hf", "engine"):
         raise UserError(f"serve runs the hf or engine backend, not {backend!r}")
@@ -800,14 +805,7 @@ def load_command(
     )
     with (
         Store(store) as db,
-        Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[last]}"),
-            TimeRemainingColumn(),
-            console=console,
-        ) as bar,
+        progress_bar() as bar,
     ):
         task = bar.add_task(f"load sweep of {spec.name}", total=None, last="")
 

@@ -28,8 +28,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from infermeter.api.tokenizers import Tokenizer
 from infermeter.textgen import TokenGenerator
+from infermeter.tokenizer import Tokenizer
 
 _ids = itertools.count()
 

@@ -1,15 +1,25 @@
-"""Tokenizers for dataset prompts and output counts: LLaMA's SentencePiece model, or bytes.
+"""Tokenizers: counting prompt and output tokens offline, exact-size prompts, detokenizing.
 
-LLaMA specs (32,000-token LLaMA vocabulary) use the LLaMA tokenizer, found beside the datasets
-(see infermeter.datasets.data_dirs; a copy ships with infermeter). Any SentencePiece .model can
-be named instead. Other vocabularies fall back to UTF-8 bytes, with a note: prompt lengths are
-then bytes, not the model's own tokens. Every id a tokenizer gives is below the spec's
-vocabulary size, so the engine can embed it.
+One small interface (`Tokenizer`), three kinds: a SentencePiece `.model` file (the LLaMA
+tokenizer; a copy ships with infermeter, see infermeter.datasets.data_dirs), a Hugging Face
+`tokenizer.json`, and UTF-8 bytes, which need no file. `encode` never adds special tokens;
+`prompt_ids` adds the BOS a model is fed, and servers add their own (api/prompts.py learns
+that constant from the server's usage counts).
+
+LLaMA specs (the 32,000-token LLaMA vocabulary) use the LLaMA tokenizer; other vocabularies
+fall back to bytes, with a note: prompt lengths are then bytes, not the model's own tokens.
+
+`word_ids()` lists the ids that are one whole lowercase word (with its leading space) and
+encode back to exactly that one id: concatenating such words gives a text whose token count is
+known before any server sees it.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
@@ -19,6 +29,7 @@ from infermeter.spec import ModelSpec
 
 LLAMA_TOKENIZER = "llama_tokenizer.model"
 LLAMA_VOCAB = 32000
+_WORD = re.compile(r"[a-z]{2,12}")
 
 
 class Tokenizer(Protocol):
@@ -31,7 +42,10 @@ class Tokenizer(Protocol):
         """Ids of `text`, without special tokens."""
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of `ids` (special tokens dropped)."""
+        """Text of `ids`; ids outside the vocabulary wrap around (random-weight models)."""
+
+    def word_ids(self) -> list[int]:
+        """Ids of single-token lowercase words that re-encode to themselves."""
 
 
 class SentencePieceTokenizer:
@@ -58,7 +72,72 @@ class SentencePieceTokenizer:
         return [int(i) for i in self._sp.encode(text)]
 
     def decode(self, ids: Sequence[int]) -> str:
-        return str(self._sp.decode([int(i) for i in ids]))
+        return str(self._sp.decode([int(i) % self.vocab_size for i in ids]))
+
+    @cached_property
+    def _words(self) -> list[int]:
+        words = []
+        for i in range(self.vocab_size):
+            piece = self._sp.id_to_piece(i)
+            word = piece[1:]
+            if piece.startswith("▁") and _WORD.fullmatch(word) and self._sp.encode(word) == [i]:
+                words.append(i)
+        return words
+
+    def word_ids(self) -> list[int]:
+        return self._words
+
+
+class HFTokenizer:
+    """A Hugging Face fast tokenizer from a local tokenizer.json (or the folder holding one)."""
+
+    def __init__(self, path: str | Path) -> None:
+        try:
+            from tokenizers import Tokenizer as _Tokenizer
+        except ImportError as error:
+            raise UserError(
+                "reading tokenizer.json needs the tokenizers package: pip install tokenizers"
+            ) from error
+        path = Path(path)
+        file = path / "tokenizer.json" if path.is_dir() else path
+        try:
+            self._tok = _Tokenizer.from_file(str(file))
+        except Exception as error:  # tokenizers raises a bare Exception on bad files
+            raise UserError(f"{file} is not a Hugging Face tokenizer.json: {error}") from error
+        self.path = file
+        self.name = f"hf:{file.parent.name or file.name}"
+        self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
+        config = _read_json(file.parent / "tokenizer_config.json")
+        self.bos_id = self._special_id(config.get("bos_token"))
+        self.eos_id = self._special_id(config.get("eos_token"))
+
+    def _special_id(self, token: object) -> int | None:
+        if isinstance(token, dict):  # older configs store AddedToken dicts
+            token = token.get("content")
+        if not isinstance(token, str):
+            return None
+        found = self._tok.token_to_id(token)
+        return int(found) if found is not None else None
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self._tok.decode([int(i) % self.vocab_size for i in ids]))
+
+    @cached_property
+    def _words(self) -> list[int]:
+        words = []
+        for i in range(self.vocab_size):
+            word = self._tok.decode([i])
+            if word.startswith(" "):
+                word = word[1:]
+            if _WORD.fullmatch(word) and [i] in (self.encode(" " + word), self.encode(word)):
+                words.append(i)
+        return words
+
+    def word_ids(self) -> list[int]:
+        return self._words
 
 
 class ByteTokenizer:
@@ -82,25 +161,50 @@ class ByteTokenizer:
         data = bytes((int(i) - self.offset) % 256 for i in ids if int(i) >= self.offset)
         return data.decode("utf-8", errors="replace")
 
+    def word_ids(self) -> list[int]:
+        return sorted({self.encode(c)[0] for c in "abcdefghijklmnopqrstuvwxyz"})
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
 
 def is_llama_vocab(spec: ModelSpec) -> bool:
     return spec.family == "llama" and spec.vocab_size == LLAMA_VOCAB
 
 
 def load_tokenizer(source: str | Path) -> Tokenizer:
-    """'bytes', 'llama' (the LLaMA tokenizer), or a SentencePiece .model file."""
+    """'bytes', 'llama' (the LLaMA tokenizer), a SentencePiece .model (or .model.gz), a
+    tokenizer.json, or a folder holding either."""
     if str(source) == "bytes":
         return ByteTokenizer()
     if str(source) == "llama":
-        path = find_data_file(LLAMA_TOKENIZER)
-        if path is None:
+        found = find_data_file(LLAMA_TOKENIZER)
+        if found is None:
             raise UserError(
                 f"{LLAMA_TOKENIZER} not found beside the datasets; pass --tokenizer FILE"
             )
-        return SentencePieceTokenizer(path)
+        return SentencePieceTokenizer(found)
     path = Path(source).expanduser()
+    if path.is_dir():
+        if (path / "tokenizer.json").is_file():
+            return HFTokenizer(path)
+        if (path / "tokenizer.model").is_file():
+            return SentencePieceTokenizer(path / "tokenizer.model")
+        raise UserError(
+            f"{path} holds neither tokenizer.json nor tokenizer.model; pass one of those files"
+        )
     if not path.is_file():
-        raise UserError(f"tokenizer {source!r} not found; pass a SentencePiece .model or 'bytes'")
+        raise UserError(
+            f"tokenizer {source!r} not found; pass a tokenizer.json, a SentencePiece .model "
+            "file, a folder holding one, 'llama' or 'bytes'"
+        )
+    if path.suffix == ".json":
+        return HFTokenizer(path)
     return SentencePieceTokenizer(path)
 
 

@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from infermeter.api.tokenizers import Tokenizer
 from infermeter.errors import UserError
+from infermeter.tokenizer import Tokenizer
 
 # Each is one LLaMA SentencePiece piece ("▁word") and one token in the larger BPE vocabularies.
 COMMON_WORDS: tuple[str, ...] = tuple(

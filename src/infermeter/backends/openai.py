@@ -30,10 +30,10 @@ from infermeter.api.prompts import (
     PromptFactory,
     prompt_seed,
 )
-from infermeter.api.tokenizers import load_tokenizer
 from infermeter.backends.base import Measurement, Point
 from infermeter.errors import UserError
 from infermeter.spec import ModelSpec
+from infermeter.tokenizer import load_tokenizer
 
 KEY_ENV = ("INFERMETER_API_KEY", "OPENAI_API_KEY")
 URL_ENV = ("INFERMETER_BASE_URL", "OPENAI_BASE_URL")

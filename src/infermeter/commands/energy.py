@@ -74,17 +74,9 @@ def energy(
     ),
 ) -> None:
     """Energy per second, token and response of dataset prompts (Words to Watts)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
     from infermeter.backends import get_backend
     from infermeter.catalog import resolve_spec
-    from infermeter.cli import console, err_console, frame_table, parse_sizes
+    from infermeter.cli import console, err_console, frame_table, parse_sizes, progress_bar
     from infermeter.datasets import load_workload
     from infermeter.energy import EnergySweep, batches_of, run_energy, summary
     from infermeter.errors import UserError
@@ -150,14 +142,7 @@ def energy(
 
     with (
         Store(store) as db,
-        Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[last]}"),
-            TimeRemainingColumn(),
-            console=console,
-        ) as bar,
+        progress_bar() as bar,
     ):
         task = bar.add_task(f"energy of {spec.name} on {workload.dataset}", total=None, last="")
 
