@@ -158,3 +158,24 @@ def test_bad_urls_are_user_errors(url: str) -> None:
     with pytest.raises(UserError, match="base-url"):
         normalize_base_url(url)
     assert normalize_base_url(" http://127.0.0.1:8000/v1/ ") == "http://127.0.0.1:8000/v1"
+
+
+def test_gc_is_held_off_while_timing_and_restored_after() -> None:
+    import gc
+
+    from infermeter.api.client import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer hold is still on
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # a caller's own choice is left as it was
+    finally:
+        gc.enable()

@@ -23,7 +23,7 @@ import os
 from dataclasses import replace
 from typing import Any, Literal
 
-from infermeter.api.client import ApiClient, ApiConfig, RequestRecord, _Failure
+from infermeter.api.client import ApiClient, ApiConfig, RequestRecord, _Failure, gc_paused
 from infermeter.api.prompts import (
     CalibrationCache,
     ExactPrompts,
@@ -289,7 +289,8 @@ class OpenAIBackend:
                 )
             )
 
-        records = self._run(send())
+        with gc_paused():
+            records = self._run(send())
         return [
             self._measurement(pt, rec, seed)
             for pt, rec, seed in zip(points, records, seeds, strict=True)
