@@ -225,8 +225,9 @@ def gc_paused() -> Iterator[None]:
     """Collect, then keep Python's cyclic GC out of the requests in flight until exit.
 
     A collection pauses the whole event loop, and the pause lands on whichever requests are
-    being timed: at 64 concurrent streams here the client's p99 timing overhead went from
-    2.9 ms to 1.4 ms with it held off. Holds nest; the last exit restores the GC's state.
+    being timed. (On this 2-core machine the p99 overhead at 64 streams varies from 1.3 to
+    2.9 ms between runs with or without it: the hold removes one source of tail latency, not
+    the scheduler's.) Holds nest; the last exit restores the GC's state.
     """
     global _gc_holds, _gc_was_enabled
     if _gc_holds == 0:
