@@ -13,6 +13,7 @@ from typing import Any
 
 from infermeter.backends.base import Measurement, Point
 from infermeter.errors import UserError
+from infermeter.memory import check_weights_fit
 from infermeter.spec import ModelSpec
 
 INSTALL_HINT = "pip install 'infermeter[torch]'"
@@ -94,6 +95,8 @@ class EngineBackend:
 
         check_tp(spec, self.tp)
         device, dtype = self._resolve(spec, torch)
+        # tp ranks on CPU share one host's memory; on GPUs each holds its own shard
+        check_weights_fit(spec, dtype, device, self.tp if device.startswith("cuda") else 1)
         self._release(keep_ranks=self.tp > 1 and device.startswith("cuda") == self._on_cuda())
         self._device, self._dtype = device, dtype
         options = {

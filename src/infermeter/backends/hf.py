@@ -18,6 +18,7 @@ from typing import Any
 
 from infermeter.backends.base import Measurement, Point
 from infermeter.errors import UserError
+from infermeter.memory import check_weights_fit
 from infermeter.spec import ModelSpec
 
 INSTALL_HINT = "pip install 'infermeter[torch]'"
@@ -381,6 +382,8 @@ class HFBackend:
         self.spec = spec
         self._device = self._resolve_device(torch)
         self._dtype, self._dtype_note = self._resolve_dtype(spec)
+        if self.checkpoint is None:  # a checkpoint's own size is not the spec's to tell
+            check_weights_fit(spec, self._dtype, self._device)
         dtype = getattr(torch, self._dtype)
         torch.manual_seed(self.seed)  # same random weights for the same seed
         try:
