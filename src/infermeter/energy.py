@@ -44,7 +44,6 @@ import pandas as pd
 from infermeter.datasets import Workload
 from infermeter.errors import UserError
 from infermeter.meter import EnergyWindow, Meter, visible_gpus
-from infermeter.provenance import git_commit, package_version
 from infermeter.spec import ModelSpec
 from infermeter.store import RunRecord, Store, run_key
 from infermeter.tokenizer import Tokenizer, count_words, prompt_ids
@@ -614,8 +613,6 @@ def run_energy(
         backend_info=options,
         grid={"experiment": "energy", "workload": workload.describe(), "tokenizer": tokenizer.name},
         device=device,
-        commit_sha=git_commit(),
-        version=package_version("infermeter") or "unknown",
     )
     done = _stored(store, run.id)
     todo = [c for c in sweep.configs() if c not in done]

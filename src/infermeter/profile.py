@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from infermeter.backends.base import Backend, Measurement, Point
 from infermeter.errors import UserError
 from infermeter.meter import EnergyWindow, Meter
-from infermeter.provenance import git_commit, package_version
 from infermeter.spec import ModelSpec
 from infermeter.store import RunRecord, Store, run_key
 
@@ -133,8 +132,6 @@ def run_profile(
         backend_info=backend_options,
         grid=grid.to_dict(),
         device=device,
-        commit_sha=git_commit(),
-        version=package_version("infermeter") or "unknown",
     )
     done = store.finished_points(run.id)
     todo: Sequence[Point] = [pt for pt in grid.points() if pt not in done]

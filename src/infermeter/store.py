@@ -23,6 +23,7 @@ import pandas as pd
 from infermeter.backends.base import Measurement, Point
 from infermeter.cost_model import CostModel
 from infermeter.errors import UserError
+from infermeter.provenance import git_commit, package_version
 
 SCHEMA_VERSION = 1
 
@@ -210,10 +211,17 @@ class Store:
         backend_info: dict[str, Any],
         grid: dict[str, Any],
         device: str,
-        commit_sha: str | None,
-        version: str,
+        commit_sha: str | None = None,
+        version: str | None = None,
     ) -> tuple[RunRecord, bool]:
-        """The run with this key, created if new. Returns (run, resumed)."""
+        """The run with this key, created if new. Returns (run, resumed).
+
+        The infermeter commit and version default to those of the code running now.
+        """
+        if commit_sha is None:
+            commit_sha = git_commit()
+        if version is None:
+            version = package_version("infermeter") or "unknown"
         existing = self._db.execute("SELECT * FROM runs WHERE key = ?", (key,)).fetchone()
         now = utc_now()
         if existing:

@@ -18,7 +18,6 @@ import pandas as pd
 
 from infermeter.backends.base import Measurement, Point
 from infermeter.errors import UserError
-from infermeter.provenance import git_commit, package_version
 from infermeter.spec import ModelSpec
 from infermeter.store import RunRecord, Store, run_key
 
@@ -110,8 +109,6 @@ def run_load_sweep(
         backend_info=backend_options,
         grid=grid.to_dict(),
         device=device,
-        commit_sha=git_commit(),
-        version=package_version("infermeter") or "unknown",
     )
     done = store.finished_points(run.id)
     steps = grid.steps()
