@@ -120,3 +120,12 @@ def test_energy_model_is_not_a_runtime_model() -> None:
             ENERGY,
             Pricing("x", 1, 1.0, 1.0),
         )
+
+
+def test_estimates_survive_csv_exactly(tmp_path: Path) -> None:
+    queries = pd.DataFrame(
+        {"id": ["a,b", "c"], "prompt_tokens": [7, 900], "output_tokens": [3, 250]}
+    )
+    out = estimate_queries(queries, RUNTIME, Pricing("x", 2, 3.3, 700.0), ENERGY)
+    back = pd.read_csv(write_table(out, tmp_path / "e.csv"))
+    pd.testing.assert_frame_equal(back, out, check_exact=True)

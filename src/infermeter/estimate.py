@@ -176,12 +176,23 @@ def query_grid(prompt_sizes: list[int], output_sizes: list[int]) -> pd.DataFrame
     )
 
 
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """pyarrow's writer where installed: ten times pandas' speed on a million rows."""
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pa_csv
+    except ImportError:
+        frame.to_csv(path, index=False)
+        return
+    pa_csv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), str(path))
+
+
 def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write by extension: .csv, .jsonl, .json or .parquet."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        frame.to_csv(path, index=False)
+        _write_csv(frame, path)
     elif suffix in (".jsonl", ".ndjson"):
         frame.to_json(path, orient="records", lines=True)
     elif suffix == ".json":
