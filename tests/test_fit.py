@@ -180,3 +180,33 @@ def test_cost_model_json_round_trip(tmp_path) -> None:
     assert loaded == model
     with pytest.raises(UserError, match="schema"):
         CostModel.from_dict({"schema": "infermeter.cost_model/99"})
+
+
+def test_energy_fit_is_relative_so_short_queries_keep_their_intercept() -> None:
+    """Multiplicative 1% noise on a LLaMA-7B-like energy grid: plain least squares lets the
+    noise of o = 256 (~700 J) swamp the o = 1 point (~9 J) that measures PE_E; the relative
+    fit, the default for energy, keeps PE_E and so prices short queries right."""
+    pe = {1: 1.5, 512: 9.0, 1024: 20.0, 1536: 30.0}
+    outputs = [1, 32, 64, 128, 256]
+    errors: dict[str, list[float]] = {"absolute": [], "relative": []}
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        points = synthetic_points(list(pe), outputs, pe, 2.6, 3, 0.01, rng)
+        points = points.rename(columns={"runtime_s": "energy_j"})
+        for weighting in errors:
+            model = fit_cost_model(
+                points,
+                quantity="energy_j",
+                denoise="median",
+                weighting=weighting,  # type: ignore[arg-type]
+            )
+            truth = np.array([pe[p] + 2.6 for p in pe])  # (p, o = 2): prefill-heavy queries
+            got = model.predict(np.array(list(pe)), np.full(len(pe), 2))
+            errors[weighting].append(float(np.mean(np.abs(got - truth) / truth)))
+    assert fit_cost_model(points, quantity="energy_j").fit["weighting"] == "relative"
+    assert (
+        fit_cost_model(points.rename(columns={"energy_j": "runtime_s"})).fit["weighting"]
+        == "absolute"
+    )
+    assert np.median(errors["relative"]) < 0.02
+    assert np.median(errors["relative"]) < np.median(errors["absolute"]) / 3

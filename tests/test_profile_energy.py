@@ -41,6 +41,39 @@ def test_metered_profile_stores_energy_and_fits_it(tmp_path: Path) -> None:
     assert len(samples) > 0 and (samples.power_w == 250.0).all()
     energy = fit_cost_model(points, quantity="energy_j")
     assert energy.per_output_token > 0 and energy.unit == "J"
+    # Phases: prefill is the mean of the o = 1 points at the same p so far (trial-major
+    # order measures them first in each trial), decode the rest.
+    prefill = extra.map(lambda e: e["energy_prefill_j"])
+    decode = extra.map(lambda e: e["energy_decode_j"])
+    for (p, trial), rows in points[points.output_tokens > 1].groupby(["prompt_tokens", "trial"]):
+        o1 = points[
+            (points.prompt_tokens == p) & (points.output_tokens == 1) & (points.trial <= trial)
+        ]
+        assert prefill[rows.index].tolist() == pytest.approx([o1.energy_j.mean()] * len(rows))
+    assert np.allclose(points.energy_j, prefill + decode)
+    longest = points.output_tokens == 16
+    assert (decode[longest] > 0).all()
+    per_token = extra[longest].map(lambda e: e["energy_per_decode_token_j"])
+    assert np.allclose(per_token, decode[longest] / 15)
+
+
+@pytest.mark.slow
+def test_phase_split_measures_prefill_when_the_grid_has_no_single_token_point(
+    tmp_path: Path,
+) -> None:
+    spec = get_spec("tiny-llama")
+    grid = ProfileGrid((16,), (8, 16), (1,), 1)
+    meter = Meter(interval_s=0.005, nvml=FakeNvml([FakeGpu(power=lambda t: 250.0)]))
+    with Store(tmp_path / "s.sqlite") as store:
+        run = run_profile(
+            store, spec, {}, HFBackend(device="cpu"), {}, grid, meter=meter, min_energy_window_s=0.1
+        )
+        points = store.points(run.id)
+    assert len(points) == 2  # the prefill-only windows are not points of the grid
+    extra = points.extra_json.map(json.loads)
+    prefill = extra.map(lambda e: e["energy_prefill_j"])
+    assert prefill.nunique() == 1  # measured once per prompt size
+    assert (prefill > 0).all() and (prefill < points.energy_j).all()
 
 
 @pytest.mark.slow

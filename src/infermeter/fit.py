@@ -5,6 +5,13 @@
 2. For each profiled prompt size p, least squares of y on (o − 1): the intercept is PE(p),
    with an R² per p.
 3. One global slope g: least squares of (y − PE(p)) on (o − 1) over all points.
+
+Runtime is fitted by plain least squares, as in the paper. Energy is fitted by relative least
+squares (residuals divided by the value): an energy reading carries ~1% noise, so in absolute
+terms the longest queries' noise outweighs the whole of a short query, and plain least squares
+then sets PE_E(p) by the noise of o = 256 rather than by the o = 1 point that measures it. On
+a LLaMA-7B profile on an H100 that moved PE_E(512) from 8.7 J to 5.2 J and priced prefill-heavy
+queries 24% low.
 4. For API profiles (§3.5) a constant overhead: PE extended linearly to p = 0 (encoding no
    prompt costs nothing, so what remains there is overhead), or a value the user measured.
 
@@ -24,6 +31,7 @@ from infermeter.errors import UserError
 
 Denoise = Literal["min", "median", "mean"]
 OverheadMode = Literal["none", "auto"]
+Weighting = Literal["absolute", "relative"]
 
 REQUIRED_COLUMNS = ("prompt_tokens", "output_tokens")
 
@@ -72,9 +80,28 @@ def _usable_points(points: pd.DataFrame, quantity: Quantity) -> pd.DataFrame:
     return usable.astype({"prompt_tokens": int, "output_tokens": int})
 
 
-def _line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """Least-squares intercept, slope and R² of y = a + b·x."""
-    slope, intercept = np.polyfit(x, y, 1)
+def default_weighting(quantity: Quantity) -> Weighting:
+    """Plain least squares for runtime (the paper), relative for energy (see above)."""
+    return "relative" if quantity == "energy_j" else "absolute"
+
+
+def residual_weights(y: np.ndarray, weighting: Weighting) -> np.ndarray | None:
+    """Per-point residual weights: None (absolute) or 1/y (relative; non-positive y get the
+    weight of the smallest positive value rather than an infinite one)."""
+    if weighting == "absolute":
+        return None
+    if weighting != "relative":
+        raise UserError(f"unknown weighting {weighting!r}; use absolute or relative")
+    positive = y[y > 0]
+    floor = float(positive.min()) if positive.size else 1.0
+    return 1.0 / np.maximum(y, floor)
+
+
+def _line_fit(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None
+) -> tuple[float, float, float]:
+    """(Weighted) least-squares intercept and slope of y = a + b·x, and its plain R²."""
+    slope, intercept = np.polyfit(x, y, 1, w=w)
     residual = y - (intercept + slope * x)
     total = float(np.sum((y - y.mean()) ** 2))
     r2 = 1.0 - float(np.sum(residual**2)) / total if total > 0 else 1.0
@@ -86,7 +113,7 @@ def _r2(y: np.ndarray, predicted: np.ndarray) -> float:
     return 1.0 - float(np.sum((y - predicted) ** 2)) / total if total > 0 else 1.0
 
 
-def fit_prompt_sizes(agg: pd.DataFrame) -> list[PromptFit]:
+def fit_prompt_sizes(agg: pd.DataFrame, weighting: Weighting = "absolute") -> list[PromptFit]:
     """Step 2: one line per prompt size; each needs at least two distinct output lengths."""
     fits = []
     for p, group in agg.groupby("prompt_tokens"):
@@ -96,22 +123,26 @@ def fit_prompt_sizes(agg: pd.DataFrame) -> list[PromptFit]:
                 f"prompt size {p} has only output length(s) {sorted(set(x.astype(int) + 1))}; "
                 "profile at least two output lengths per prompt size"
             )
-        intercept, slope, r2 = _line_fit(x, group["value"].to_numpy(dtype=float))
+        y = group["value"].to_numpy(dtype=float)
+        intercept, slope, r2 = _line_fit(x, y, residual_weights(y, weighting))
         fits.append(PromptFit(int(p), intercept, slope, r2, len(group)))
     return fits
 
 
 def _fit_core(
-    agg: pd.DataFrame, overhead: OverheadMode | float
+    agg: pd.DataFrame, overhead: OverheadMode | float, weighting: Weighting = "absolute"
 ) -> tuple[list[PromptFit], np.ndarray, np.ndarray, float, float]:
-    per_p = fit_prompt_sizes(agg)
+    per_p = fit_prompt_sizes(agg, weighting)
     knots = np.array([f.prompt_tokens for f in per_p], dtype=float)
     pe = np.array([f.intercept for f in per_p])
     # Step 3: the global slope, through the origin since PE(p) is already taken out.
     pe_of_point = np.interp(agg["prompt_tokens"].to_numpy(dtype=float), knots, pe)
     x = agg["output_tokens"].to_numpy(dtype=float) - 1.0
-    r = agg["value"].to_numpy(dtype=float) - pe_of_point
-    g = float(np.dot(x, r) / np.dot(x, x)) if np.dot(x, x) > 0 else 0.0
+    y = agg["value"].to_numpy(dtype=float)
+    r = y - pe_of_point
+    w = residual_weights(y, weighting)
+    wx = x if w is None else x * w**2
+    g = float(np.dot(wx, r) / np.dot(wx, x)) if np.dot(wx, x) > 0 else 0.0
     # Step 4: the constant overhead of an API.
     if overhead == "none":
         const = 0.0
@@ -128,7 +159,11 @@ def _fit_core(
 
 
 def cross_validate(
-    agg: pd.DataFrame, overhead: OverheadMode | float, folds: int = 5, seed: int = 0
+    agg: pd.DataFrame,
+    overhead: OverheadMode | float,
+    folds: int = 5,
+    seed: int = 0,
+    weighting: Weighting = "absolute",
 ) -> dict[str, float | int]:
     """k-fold over (p, o) points: fit on the rest, predict the held-out points.
 
@@ -160,7 +195,7 @@ def cross_validate(
         if train.empty:
             continue
         try:
-            _, knots, pe, g, const = _fit_core(train, overhead)
+            _, knots, pe, g, const = _fit_core(train, overhead, weighting)
         except UserError:
             continue
         model = CostModel(knots.astype(int).tolist(), pe.tolist(), g, const)
@@ -188,16 +223,19 @@ def fit_cost_model(
     model: str = "",
     stack: dict | None = None,
     provenance: dict | None = None,
+    weighting: Weighting | None = None,
 ) -> CostModel:
     """Fit t(p, o) = PE(p) + (o − 1)·g + overhead to measured points (runtime or energy).
 
     `points` has one row per trial: prompt_tokens, output_tokens, the `quantity` column
     (runtime_s or energy_j) and optionally status (only "ok" rows are used) and trial.
+    `weighting` defaults to absolute for runtime and relative for energy.
     """
     if denoise not in ("min", "median", "mean"):
         raise UserError(f"unknown denoising {denoise!r}; use min, median or mean")
+    weighting = weighting or default_weighting(quantity)
     agg = aggregate_trials(points, quantity, denoise)
-    per_p, knots, pe, g, const = _fit_core(agg, overhead)
+    per_p, knots, pe, g, const = _fit_core(agg, overhead, weighting)
     cost = CostModel(
         prompt_sizes=knots.astype(int).tolist(),
         prompt_encoding=pe.tolist(),
@@ -211,6 +249,7 @@ def fit_cost_model(
     predicted = cost.predict(agg["prompt_tokens"], agg["output_tokens"])
     cost.fit = {
         "denoise": denoise,
+        "weighting": weighting,
         "overhead_mode": overhead if isinstance(overhead, str) else "given",
         "n_points": len(agg),
         "n_trials": int(agg["trials"].sum()),
@@ -226,6 +265,6 @@ def fit_cost_model(
             for f in per_p
         ],
         "max_cv": float(agg["cv"].max()),
-        "cross_validation": cross_validate(agg, overhead, folds),
+        "cross_validation": cross_validate(agg, overhead, folds, weighting=weighting),
     }
     return cost

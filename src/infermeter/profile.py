@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from infermeter.backends.base import Backend, Measurement, Point
 from infermeter.errors import UserError
 from infermeter.meter import EnergyWindow, Meter
@@ -149,12 +151,14 @@ def run_profile(
             meter.measure_idle(1.0)
             meter.start()
             flushed = 0.0
+            phases = PhaseSplit(backend, meter, min_energy_window_s)
         for point in todo:
             if metering:
                 measurement, window = measure_metered(backend, point, meter, min_energy_window_s)
             else:
                 measurement, window = backend.measure(point), None
             if window is not None:
+                phases.split(point, measurement)
                 fresh = meter.samples(start=flushed, end=window.end, unix=True)
                 flushed = window.end + 1e-9
                 store.record_samples(run.id, fresh)
@@ -177,6 +181,43 @@ def run_profile(
         backend.close()
         store.set_run_status(run.id, status)
     return store.get_run(run.id)
+
+
+class PhaseSplit:
+    """Energy by phase: prefill (prompt encoding and the first token) vs decode.
+
+    A prefill lasts milliseconds, far below the energy counter's update period, so it is not
+    read off a mark inside the query: it is measured as its own query, (p, o = 1), repeated
+    back to back in one window of at least `min_window_s` (the o = 1 points of the grid serve
+    when they come first, as in trial-major order; otherwise one extra window per prompt size).
+    A query's decode energy is then its energy less its prompt size's prefill energy.
+    """
+
+    def __init__(self, backend: Backend, meter: Meter, min_window_s: float) -> None:
+        self.backend = backend
+        self.meter = meter
+        self.min_window_s = min_window_s
+        self._prefill: dict[tuple[int, int], list[float]] = {}
+
+    def split(self, point: Point, measurement: Measurement) -> None:
+        """Put energy_prefill_j and energy_decode_j on an ok, metered measurement."""
+        if measurement.status != "ok" or measurement.energy_j is None:
+            return
+        key = (point.prompt_tokens, point.batch_size)
+        if point.output_tokens == 1:
+            self._prefill.setdefault(key, []).append(measurement.energy_j)
+        elif key not in self._prefill:
+            prefill = Point(point.prompt_tokens, 1, point.batch_size, point.trial)
+            first, window, runs = _windowed(self.backend, prefill, self.meter, self.min_window_s)
+            if first.status != "ok" or window is None or window.total_j is None:
+                return
+            self._prefill[key] = [window.total_j / runs]
+        prefill_j = float(np.mean(self._prefill[key]))
+        measurement.extra["energy_prefill_j"] = prefill_j
+        measurement.extra["energy_decode_j"] = measurement.energy_j - prefill_j
+        if point.output_tokens > 1:
+            per_token = measurement.extra["energy_decode_j"] / (point.output_tokens - 1)
+            measurement.extra["energy_per_decode_token_j"] = per_token
 
 
 class _PointWindow:
