@@ -12,12 +12,18 @@ Run on a GPU: .venv/bin/python benchmarks/engine_bench.py [--out DIR] [--quick]
 Before timing, checks that the CUDA-graph decode agrees with eager decode and with a full
 recompute. Every figure is a median over repeats, timed with CUDA events after warm-up; both
 ceilings are measured in the same run. Writes DIR/engine.json and DIR/engine.md.
+
+engine.json also carries the results of the other engine benchmarks found beside it in DIR,
+each with its own device, date and commit: profile_engine.json (profile_bench.py: R², wall
+time, held-out error), batch_curve.json (batch_curve.py) and profile_engine_*.json (larger
+models' profiles). `--merge-only` folds them in again without measuring (no GPU needed).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import statistics
 import sys
 from collections.abc import Callable
@@ -28,7 +34,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import DOCS, write_result
+from _record import DOCS, _finite
 from infermeter.backends.base import Measurement, Point
 from infermeter.backends.engine import EngineBackend
 from infermeter.catalog import get_spec
@@ -178,7 +184,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=DOCS)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--merge-only", action="store_true", help="re-merge DIR's results")
     args = parser.parse_args()
+    if args.merge_only:
+        finish(json.loads((args.out / "engine.json").read_text()), args.out)
+        return
     if not torch.cuda.is_available():
         sys.exit("engine_bench needs a CUDA GPU")
     reps = 3 if args.quick else 7
@@ -246,28 +256,139 @@ def main() -> None:
         "hf": hf_info,
         "repeats": reps,
     }
+    from infermeter.provenance import provenance
+
+    finish({**provenance(), **result}, args.out)
+
+
+def finish(record: dict[str, Any], out: Path) -> None:
+    """Headline keys, the other engine results found in `out`, then engine.json and .md."""
+    decode, prefill, vs_hf = record["decode"], record["prefill_1536"], record["vs_hf_generate"]
+    record["decode_floor_ratio"] = decode["ratio_to_floor"]
+    record["prefill_peak_fraction"] = prefill["share_of_matmul_rate"]
+    record["speedup_vs_hf_per_token"] = vs_hf["per_token_speedup"]
     rows = [
-        ("graph decode checks (vs eager, vs recompute, top-p, stop)", str(checks["ok"]), "True"),
-        ("decode step, b=1, ctx 512", f"{step * 1e3:.2f} ms", ""),
-        ("decode floor (bytes / copy bandwidth)", f"{floor_s * 1e3:.2f} ms", ""),
-        ("decode step / floor", f"{step / floor_s:.2f}x", "<= 1.15x"),
+        (
+            "graph decode checks (vs eager, vs recompute, top-p, stop)",
+            str(record["checks"]["ok"]),
+            "True",
+        ),
+        ("decode step, b=1, ctx 512", f"{decode['step_s'] * 1e3:.2f} ms", ""),
+        ("decode floor (bytes / copy bandwidth)", f"{decode['floor_s'] * 1e3:.2f} ms", ""),
+        ("decode step / floor", f"{decode['ratio_to_floor']:.3f}x", "<= 1.15x"),
         ("prefill p=1536", f"{prefill['prefill_s'] * 1e3:.1f} ms", ""),
-        ("prefill FLOP/s / bf16 matmul rate", f"{prefill_rate / flops:.0%}", ">= 60%"),
-        ("per output token: hf generate / engine", f"{per_token_ratio:.1f}x", ">= 5x"),
+        ("prefill FLOP/s / bf16 matmul rate", f"{prefill['share_of_matmul_rate']:.0%}", ">= 60%"),
+        ("per output token: hf generate / engine", f"{vs_hf['per_token_speedup']:.2f}x", ">= 5x"),
         (
             "end to end p=512 o=128: engine / hf",
-            f"{e2e_engine['runtime_s']:.3f} s / {e2e_hf['runtime_s']:.3f} s",
+            f"{vs_hf['engine']['runtime_s']:.3f} s / {vs_hf['hf']['runtime_s']:.3f} s",
             "",
         ),
         (
             "copy bandwidth; bf16 matmul",
-            f"{bandwidth / 1e12:.2f} TB/s; {flops / 1e12:.0f} TFLOP/s",
+            f"{record['copy_bandwidth_Bps'] / 1e12:.2f} TB/s; "
+            f"{record['bf16_matmul_flops'] / 1e12:.0f} TFLOP/s",
             "",
         ),
     ]
-    path = write_result("engine", result, rows, args.out)
-    print((args.out / "engine.md").read_text())
-    print(f"wrote {path}")
+    lines = [
+        "# engine",
+        "",
+        f"Device: {record['device']}; date: {record['date']}; commit: {record['commit']}.",
+        "",
+        "| figure | value | goal |",
+        "|---|---|---|",
+        *(f"| {a} | {b} | {c} |" for a, b, c in rows),
+    ]
+    sources: dict[str, Any] = {}
+    profile = _load(out / "profile_engine.json")
+    if profile is not None:
+        sources["profile_engine"] = _origin(profile)
+        r2 = profile["r2_per_prompt"].values()
+        record.update(
+            profile_r2_min=min(r2),
+            profile_wall_s=profile["profile_wall_s"],
+            holdout_mape=profile["heldout_mape_pct"],
+            holdout_max_err=profile["heldout_max_error_pct"],
+        )
+        lines += [
+            "",
+            f"## Full profile, {profile['model']} ({_where(profile)})",
+            "",
+            "| figure | value | goal |",
+            "|---|---|---|",
+            f"| min per-p R² | {min(r2):.6f} | >= 0.9999 |",
+            f"| wall time, init included | {profile['profile_wall_s']:.1f} s | <= 120 s |",
+            f"| held-out MAPE | {profile['heldout_mape_pct']:.2f}% | <= 2% |",
+            f"| held-out max error | {profile['heldout_max_error_pct']:.2f}% | <= 5% |",
+        ]
+    curve = _load(out / "batch_curve.json")
+    if curve is not None:
+        sources["batch_curve"] = _origin(curve)
+        record["batch_curve"] = curve["rows"]
+        lines += ["", f"## Decode tokens/s by batch, context 512 ({_where(curve)})", ""]
+        lines += ["| model | batch | tokens/s | ms/step |", "|---|---|---|---|"]
+        for r in curve["rows"]:
+            got = (
+                f"{r['tokens_per_s']:,.0f} | {r['step_ms']:.2f}"
+                if r["feasible"]
+                else f"infeasible | {r['reason'][:60]}"
+            )
+            lines.append(f"| {r['model']} | {r['batch']} | {got} |")
+    large = [_load(p) for p in sorted(out.glob("profile_engine_*.json"))]
+    large = [p for p in large if p is not None]
+    if large:
+        record["large_profiles"] = []
+        lines += ["", "## Profiles of larger models", ""]
+        lines += [
+            "| model | device | PE 512 / 1024 / 1536 (s) | g (s) | min R² | paper Table 3 "
+            "(A100, Megatron): PE / g |",
+            "|---|---|---|---|---|---|",
+        ]
+        for p in large:
+            sources[f"profile_{p['model']}"] = _origin(p)
+            pe = p["prompt_encoding_s"]
+            at = [pe.get(str(k)) for k in (512, 1024, 1536)]
+            paper = p.get("paper_table3") or {}
+            paper_text = (
+                " / ".join(f"{v:.3f}" for v in paper["paper_idealized_a100_megatron_pe_s"])
+                + f" / {paper['paper_idealized_a100_megatron_g_s']}"
+                if paper
+                else "not in Table 3"
+            )
+            summary = {
+                "model": p["model"],
+                "device": p["device"],
+                "pe_s": dict(zip(("512", "1024", "1536"), at, strict=True)),
+                "g_s": p["per_output_token_s"],
+                "r2_min": min(p["r2_per_prompt"].values()),
+                "profile_wall_s": p["profile_wall_s"],
+                "paper_table3": paper or None,
+            }
+            record["large_profiles"].append(summary)
+            pe_text = " / ".join("-" if v is None else f"{v:.4f}" for v in at)
+            lines.append(
+                f"| {p['model']} | {p['device']} | {pe_text} | {p['per_output_token_s']:.4f} | "
+                f"{summary['r2_min']:.6f} | {paper_text} |"
+            )
+    record["sources"] = sources
+    lines += ["", "Written by `benchmarks/engine_bench.py`; rerun it to refresh.", ""]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "engine.json").write_text(json.dumps(_finite(record), indent=2, default=str) + "\n")
+    (out / "engine.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _origin(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: record.get(k) for k in ("device", "date", "commit")}
+
+
+def _where(record: dict[str, Any]) -> str:
+    return f"{record['device']}, {record['date'][:10]}, commit {str(record['commit'])[:7]}"
 
 
 if __name__ == "__main__":

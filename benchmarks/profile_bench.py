@@ -8,13 +8,18 @@ compared with integrated sampled power over the same windows (goal within 3%), a
 metering overhead on runtime is measured by timing the same queries with the sampler on and
 off, alternately (goal < 1%).
 
+For the models of the paper's Table 3 the fitted PE(512/1024/1536) and g are printed beside
+the paper's idealized figures (Megatron on A100s: other hardware and software, for context).
+
 Run: python benchmarks/profile_bench.py [--model llama-7b] [--backend engine] [--out DIR]
-Writes <out>/profile_<backend>.json and .md with device, date and commit.
+Writes <out>/profile_<backend>.json and .md (or <out>/<--name>.json) with device, date and
+commit.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -31,6 +36,15 @@ from infermeter.fit import fit_cost_model
 from infermeter.meter import Meter, visible_gpus
 from infermeter.profile import ProfileGrid, measure_metered, run_profile
 from infermeter.store import Store
+
+# The idealized-runtime paper's Table 3, t_idealized on (Megatron, A100): PE at p = 512 /
+# 1024 / 1536 and g, in seconds (../shared/papers/idealized-runtime-paper.txt, Table 3).
+PAPER_TABLE3 = {
+    "openai/davinci": ((0.178, 0.323, 0.476), 0.081),
+    "ai21/j1-grande-v1": ((0.097, 0.190, 0.298), 0.038),
+    "ai21/j1-jumbo-v1": ((0.164, 0.310, 0.465), 0.064),
+    "anthropic/v4-s3": ((0.108, 0.189, 0.279), 0.054),
+}
 
 
 def sizes(text: str) -> tuple[int, ...]:
@@ -59,7 +73,9 @@ def main() -> None:
         default=0.5,
         help="repeat queries shorter than this inside one energy window (s)",
     )
+    parser.add_argument("--name", default=None, help="result file stem (profile_<backend>)")
     args = parser.parse_args()
+    name = args.name or f"profile_{args.backend}"
 
     spec = get_spec(args.model)
     grid = ProfileGrid(args.prompt_sizes, args.output_sizes, (1,), args.trials)
@@ -67,7 +83,7 @@ def main() -> None:
     meter = Meter(gpus=visible_gpus(1))
     print(f"meter: {meter.note or 'NVML ' + meter.power_field_used + ' power'}")
     start = time.perf_counter()
-    store_path = args.store or args.out / "stores" / f"profile_{args.backend}.sqlite"
+    store_path = args.store or args.out / "stores" / f"{name}.sqlite"
     store_path.parent.mkdir(parents=True, exist_ok=True)
     store_path.unlink(missing_ok=True)  # a fresh profile each run; the report reads it
     with Store(store_path) as store:
@@ -142,13 +158,15 @@ def main() -> None:
             meter.stop()
     finally:
         check.close()
-    held = pd.DataFrame(rows)
+    held = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["measured_s", "estimate_s"])
     held["error_pct"] = 100 * (held.estimate_s - held.measured_s) / held.measured_s
     mape = float(held.error_pct.abs().mean())
     max_err = float(held.error_pct.abs().max())
     print(f"held-out queries: MAPE {mape:.2f}%, max {max_err:.2f}%")
     energy_result: dict[str, object] = {"metered": bool(metered), "meter_note": meter.note}
-    if metered and energy_model is not None:
+    if metered:
+        energy_result["phases"] = phase_summary(points)
+    if metered and energy_model is not None and len(held):
         # A window the counter did not see move reads 0 J: report how many, leave them out.
         read = held[held.measured_j > 0]
         held["energy_error_pct"] = 100 * (read.estimate_j - read.measured_j) / read.measured_j
@@ -181,6 +199,17 @@ def main() -> None:
             f"windows; meter overhead {energy_result['meter_overhead_pct']:.2f}%"
         )
 
+    table3 = None
+    if spec.name in PAPER_TABLE3:
+        paper_pe, paper_g = PAPER_TABLE3[spec.name]
+        table3 = {
+            "pe_s": [model.prompt_encoding_at(p) for p in (512, 1024, 1536)],
+            "g_s": model.per_output_token,
+            "paper_idealized_a100_megatron_pe_s": list(paper_pe),
+            "paper_idealized_a100_megatron_g_s": paper_g,
+            "note": "paper: Megatron on A100s (its Table 3); here: this engine on this GPU",
+        }
+        print(f"Table 3 ({spec.name}): {table3}")
     result = {
         "model": spec.name,
         "backend": args.backend,
@@ -196,6 +225,7 @@ def main() -> None:
         "heldout_mape_pct": mape,
         "heldout_max_error_pct": max_err,
         "heldout_queries": held.to_dict(orient="records"),
+        "paper_table3": table3,
         **energy_result,
     }
     rows_md = [
@@ -203,10 +233,26 @@ def main() -> None:
         ("min per-p R²", f"{min(per_p.values()):.6f}", "≥ 0.9999"),
         ("g (per output token)", f"{model.per_output_token * 1e3:.3f} ms", "-"),
         *((f"PE({p})", f"{model.prompt_encoding_at(p) * 1e3:.2f} ms", "-") for p in per_p),
-        (f"held-out MAPE ({len(held)} queries)", f"{mape:.2f}%", "≤ 2%"),
-        ("held-out max error", f"{max_err:.2f}%", "≤ 5%"),
     ]
-    if metered and energy_model is not None:
+    if len(held):
+        rows_md += [
+            (f"held-out MAPE ({len(held)} queries)", f"{mape:.2f}%", "≤ 2%"),
+            ("held-out max error", f"{max_err:.2f}%", "≤ 5%"),
+        ]
+    if table3 is not None:
+        ours = " / ".join(f"{v:.3f}" for v in table3["pe_s"])
+        paper = " / ".join(f"{v:.3f}" for v in table3["paper_idealized_a100_megatron_pe_s"])
+        rows_md += [
+            ("PE(512/1024/1536): here vs paper Table 3 (A100, Megatron)", f"{ours} s", paper),
+            ("g: here vs paper Table 3 (A100, Megatron)", f"{table3['g_s']:.4f} s", str(paper_g)),
+        ]
+    if metered:
+        phases = energy_result["phases"]
+        rows_md += [
+            ("prefill share of energy, longest o", f"{phases['prefill_share_o_max']:.1%}", "-"),
+            ("decode J/token from the phase split", f"{phases['decode_j_per_token']:.3f} J", "-"),
+        ]
+    if metered and energy_model is not None and len(held):
         rows_md += [
             ("energy per output token", f"{energy_model.per_output_token:.3f} J", "-"),
             ("energy model held-out MAPE", f"{energy_result['energy_model_mape']:.2f}%", "≤ 3%"),
@@ -217,8 +263,30 @@ def main() -> None:
             ),
             ("metering overhead on runtime", f"{energy_result['meter_overhead_pct']:.2f}%", "< 1%"),
         ]
-    path = write_result(f"profile_{args.backend}", result, rows_md, args.out)
+    path = write_result(name, result, rows_md, args.out)
     print(f"written to {path}")
+
+
+def phase_summary(points: pd.DataFrame) -> dict[str, float]:
+    """Prefill vs decode energy from the profile's phase split (extra of each point)."""
+    extra = points.extra_json.map(json.loads)
+    frame = pd.DataFrame(
+        {
+            "output_tokens": points.output_tokens,
+            "energy_j": points.energy_j,
+            "prefill_j": extra.map(lambda e: e.get("energy_prefill_j")),
+            "per_token_j": extra.map(lambda e: e.get("energy_per_decode_token_j")),
+        }
+    ).dropna(subset=["prefill_j"])
+    longest = frame[frame.output_tokens == frame.output_tokens.max()]
+    return {
+        "prefill_share_o_max": float((longest.prefill_j / longest.energy_j).mean()),
+        "decode_j_per_token": float(longest.per_token_j.median()),
+        "prefill_j_by_prompt": {
+            str(p): float(v)
+            for p, v in frame.groupby(points.prompt_tokens).prefill_j.median().items()
+        },
+    }
 
 
 if __name__ == "__main__":

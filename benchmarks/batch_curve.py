@@ -1,0 +1,89 @@
+"""Decode throughput against batch size: the batch curve behind both papers' runtime story.
+
+For each model, the reference engine decodes 64 tokens after a 480-token prompt (contexts
+480..543, so the mean step is the step at context 512) at batch 1, 8, 32, 64 and 128, and the
+step time's median over repeats gives tokens/s = batch / step. A batch that does not fit in
+the GPU's memory is recorded as infeasible with the reason, and the sweep goes on.
+
+Run on a GPU: python benchmarks/batch_curve.py [--models llama-7b,llama-13b] [--out DIR]
+Writes <out>/batch_curve.json and .md with device, date and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import DOCS, write_result
+from engine_bench import medians
+from infermeter.backends.base import Point
+from infermeter.backends.engine import EngineBackend
+from infermeter.catalog import get_spec
+from infermeter.engine.generate import is_oom
+from infermeter.errors import UserError
+
+
+def curve(model: str, batches: list[int], repeats: int) -> list[dict[str, Any]]:
+    spec = get_spec(model)
+    backend = EngineBackend(device="cuda", dtype="bfloat16")
+    backend.prepare(spec)
+    rows: list[dict[str, Any]] = []
+    try:
+        for batch in batches:
+            row: dict[str, Any] = {"model": model, "batch": batch, "context": 512}
+            try:
+                got = medians(backend, Point(480, 65, batch), repeats)
+                step = got["decode_step_s"]
+                row.update(
+                    step_ms=1e3 * step,
+                    tokens_per_s=batch / step,
+                    bytes_per_s=spec.decode_bytes(512, batch) / step,
+                    feasible=True,
+                )
+            except (RuntimeError, UserError) as error:
+                if not (is_oom(error) or "memory" in str(error).lower()):
+                    raise
+                row.update(feasible=False, reason=str(error).splitlines()[0][:200])
+                torch.cuda.empty_cache()
+            print(row, flush=True)
+            rows.append(row)
+    finally:
+        backend.close()
+        gc.collect()
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", default="llama-7b,llama-13b")
+    parser.add_argument("--batches", default="1,8,32,64,128")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=DOCS)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("batch_curve needs a CUDA GPU")
+    batches = [int(b) for b in args.batches.split(",")]
+    rows = [row for model in args.models.split(",") for row in curve(model, batches, args.repeats)]
+    table = [
+        (
+            f"{r['model']} batch {r['batch']}",
+            f"{r['tokens_per_s']:,.0f} tokens/s ({r['step_ms']:.2f} ms/step)"
+            if r["feasible"]
+            else f"infeasible: {r['reason']}",
+            "-",
+        )
+        for r in rows
+    ]
+    write_result("batch_curve", {"rows": rows, "repeats": args.repeats}, table, args.out)
+    print((args.out / "batch_curve.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
