@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import torch
-import torch.nn.functional as F
 
 from infermeter.catalog import get_spec
 from infermeter.engine import kernels
@@ -22,23 +21,11 @@ def gemv_errors(dtype: torch.dtype) -> dict[str, float]:
     w = torch.randn(n, k, dtype=dtype) / k**0.5
     bias = torch.randn(n, dtype=dtype)
     res = torch.randn(m, n, dtype=dtype)
-    gain = torch.rand(k, dtype=dtype) + 0.5
-    y = torch.randn(m, 2 * k, dtype=dtype)
-    gate, up = y.float().split(k, -1)
-    normed = F.rms_norm(x.float(), (k,), gain.float(), 1e-5)
     cases = {
         "plain": (kernels.small_linear(x, w), x.float() @ w.float().T),
         "bias_residual": (
             kernels.small_linear(x, w, bias, res),
             x.float() @ w.float().T + bias.float() + res.float(),
-        ),
-        "rms_norm": (
-            kernels.small_linear(x, w, bias, res, norm=(gain, 1e-5)),
-            normed @ w.float().T + bias.float() + res.float(),
-        ),
-        "silu_mul": (
-            kernels.small_linear(y, w, None, res, silu=True),
-            (F.silu(gate) * up) @ w.float().T + res.float(),
         ),
     }
     return {
@@ -48,12 +35,10 @@ def gemv_errors(dtype: torch.dtype) -> dict[str, float]:
 
 
 def decode_tokens(name: str, path: str) -> list[list[int]]:
-    """Greedy tokens of a float32 tiny model with decode attention `path` (sdpa or triton,
-    with or without the fused GEMV prologues)."""
+    """Greedy tokens of a float32 tiny model with decode attention `path` (sdpa or triton)."""
     engine = Engine(get_spec(name), device="cpu", dtype=torch.float32, cuda_graphs=False)
     if path != "sdpa":
         engine.model.kernels = kernels
-        engine.model.fuse_prologues = path == "triton+fused"
         engine.attention = "triton"
     prompts = [[5, 9, 3, 7, 11, 2, 8, 4], [6, 1, 12, 3]]  # two lengths: per-sequence slots
     return engine.generate(prompts, 6).tokens
@@ -65,7 +50,7 @@ def main() -> None:
         "gemv_float32": gemv_errors(torch.float32),
         "gemv_float16": gemv_errors(torch.float16),
         "tokens": {
-            name: {path: decode_tokens(name, path) for path in ("sdpa", "triton", "triton+fused")}
+            name: {path: decode_tokens(name, path) for path in ("sdpa", "triton")}
             for name in ("tiny-llama", "tiny-gptj", "tiny-bloom")
         },
     }

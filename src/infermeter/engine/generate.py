@@ -525,7 +525,6 @@ class Engine:
             "top_p": self.top_p if self.sampling == "top_p" else None,
             "decode_attention": self.attention,
             "decode_attention_skipped": self.attention_notes or None,
-            "fused_gemv_prologues": self.model.fuse_prologues,
             "prefill_graphs": self.prefill_graph_problem is None,
             "prefill_graphs_note": self.prefill_graph_problem,
         }

@@ -10,9 +10,7 @@ that the profile of a LLaMA-7B step on an H100 showed as slow:
   kernel combines the splits. Lengths come from a device tensor (CUDA-graph safe); ALiBi is
   an in-kernel bias, so every position scheme takes this path.
 - rope_store: rotates Q and K (interleaved pairs) in place and writes K, V into the cache slot.
-- small_linear: the GEMV of batches up to 16 tokens, with the RMSNorm before it, or the
-  SiLU·mul before the down projection, and the residual add after it folded in.
-- rms_norm, silu_mul: one launch each instead of several (where no GEMV can take them).
+- rms_norm, silu_mul: one launch each instead of several.
 """
 
 from __future__ import annotations
@@ -268,45 +266,29 @@ def _gemv_configs() -> list[triton.Config]:
         for n, k, w, s in [
             (16, 256, 4, 4), (16, 512, 4, 4), (32, 256, 4, 4), (32, 512, 4, 3),
             (64, 256, 4, 4), (64, 128, 4, 5), (16, 1024, 8, 3), (32, 256, 8, 5),
-            (16, 128, 4, 8), (32, 128, 4, 8), (16, 256, 4, 6),  # deeper pipelines
         ]
     ]  # fmt: skip
 
 
-@triton.autotune(configs=_gemv_configs(), key=["N", "K", "M", "NORM", "SILU"])
+@triton.autotune(configs=_gemv_configs(), key=["N", "K", "M"])
 @triton.jit
 def _small_linear(
-    X, W, Bias, R, Y, G, M, N, K, stride_xm, stride_wn, stride_rm, stride_ym, eps,
-    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, NORM: tl.constexpr, SILU: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    X, W, Bias, R, Y, M, N, K, stride_xm, stride_wn, stride_rm, stride_ym,
+    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     m = tl.arange(0, 16)  # up to 16 tokens: the minimum tile of a tensor-core dot
     rmask = rows < N
     mmask = m < M
     acc = tl.zeros([16, BLOCK_N], dtype=tl.float32)
-    squares = tl.zeros([16], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         cmask = cols < K
         w_mask = rmask[:, None] & cmask[None, :]
         w = tl.load(W + rows[:, None] * stride_wn + cols[None, :], mask=w_mask, other=0.0)
         x_mask = mmask[:, None] & cmask[None, :]
-        x_ptr = X + m[:, None] * stride_xm + cols[None, :]
-        if SILU:  # X is [gate | up], K wide each: the activation is computed on the way in
-            gate = tl.load(x_ptr, mask=x_mask, other=0.0).to(tl.float32)
-            up = tl.load(x_ptr + K, mask=x_mask, other=0.0).to(tl.float32)
-            x = (gate * tl.sigmoid(gate) * up).to(W.dtype.element_ty)
-        elif NORM:  # RMSNorm: scale by the gain now, by 1/rms(x) once the row is summed
-            xf = tl.load(x_ptr, mask=x_mask, other=0.0).to(tl.float32)
-            squares += tl.sum(xf * xf, 1)
-            gain = tl.load(G + cols, mask=cmask, other=0.0).to(tl.float32)
-            x = (xf * gain[None, :]).to(W.dtype.element_ty)
-        else:
-            x = tl.load(x_ptr, mask=x_mask, other=0.0)
+        x = tl.load(X + m[:, None] * stride_xm + cols[None, :], mask=x_mask, other=0.0)
         acc += tl.dot(x, tl.trans(w))
-    if NORM:
-        acc *= tl.rsqrt(squares / K + eps)[:, None]
     out_mask = mmask[:, None] & rmask[None, :]
     if HAS_BIAS:
         acc += tl.load(Bias + rows, mask=rmask, other=0.0).to(tl.float32)[None, :]
@@ -320,32 +302,18 @@ SMALL_M = 16
 
 
 def small_linear(
-    x: Tensor,
-    w: Tensor,
-    bias: Tensor | None = None,
-    residual: Tensor | None = None,
-    norm: tuple[Tensor, float] | None = None,
-    silu: bool = False,
+    x: Tensor, w: Tensor, bias: Tensor | None = None, residual: Tensor | None = None
 ) -> Tensor:
-    """residual + f(x) @ w.T + bias for x [M <= 16, ·]: streams w once, faster than cuBLAS's
-    GEMV on an H100 for the LLaMA shapes (wider tiles, no split-K reduction pass).
-
-    f is the identity, RMSNorm with `norm` = (gain, eps), or with `silu` SiLU(gate)·up of
-    x = [gate | up]: folding the step before the GEMV into it saves a launch and a round trip
-    of the activations per projection, which is most of what a decode step spends off the
-    weights' stream.
-    """
-    m = x.shape[0]
-    k = x.shape[1] // 2 if silu else x.shape[1]
+    """residual + x @ w.T + bias for x [M <= 16, K]: streams w once, faster than cuBLAS's GEMV
+    on an H100 for the LLaMA shapes (wider tiles, no split-K reduction pass)."""
+    m, k = x.shape
     n = w.shape[0]
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     res = residual if residual is not None else y
-    gain, eps = norm if norm is not None else (w, 0.0)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     _small_linear[grid](
-        x, w, bias if bias is not None else w, res, y, gain, m, n, k,
-        x.stride(0), w.stride(0), res.stride(0), y.stride(0), eps,
-        HAS_BIAS=bias is not None, HAS_RES=residual is not None, NORM=norm is not None,
-        SILU=silu,
+        x, w, bias if bias is not None else w, res, y, m, n, k,
+        x.stride(0), w.stride(0), res.stride(0), y.stride(0),
+        HAS_BIAS=bias is not None, HAS_RES=residual is not None,
     )  # fmt: skip
     return y

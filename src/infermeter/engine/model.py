@@ -99,7 +99,6 @@ class Context:
     cu_q: Tensor | None = None  # flash decode: [b+1] int32 query offsets 0, 1, ..., b
     cu_k: Tensor | None = None  # flash decode: [b+1] int32 key offsets 0, L, ..., b·L
     fast: Any = None  # triton decode: the kernels module
-    fuse: bool = False  # triton decode: RMSNorm and SiLU·mul ride in the GEMVs (self-checked)
     cos: Tensor | None = None  # triton decode: [max_context, rot/2] float32 tables
     sin: Tensor | None = None
     slopes: Tensor | None = None  # triton decode: this rank's ALiBi slopes
@@ -162,16 +161,8 @@ class Block(nn.Module):
             y += b
         return y
 
-    def _ffn(self, x: Tensor, norm: Norm, acc: Tensor | None, ctx: Context) -> Tensor:
-        """acc + FFN(norm(x)); on the fused decode path the SiLU·mul rides in the down GEMV."""
-        fast = ctx.fast
-        y = normed_linear(x, norm, self.w_in, self.b_in, fast, ctx.fuse)
-        if ctx.fuse and self.ffn_kind == "swiglu" and y.shape[0] <= fast.SMALL_M:
-            bias = self.b_down if self.lead else None
-            return fast.small_linear(y, self.w_down, bias, acc, silu=True)
-        return self._row(self._activate(y, fast), self.w_down, self.b_down, acc, fast)
-
-    def _activate(self, y: Tensor, fast: Any = None) -> Tensor:
+    def _ffn_hidden(self, x: Tensor, fast: Any = None) -> Tensor:
+        y = linear(x, self.w_in, self.b_in, fast)
         if self.ffn_kind == "swiglu" and fast is not None:
             return fast.silu_mul(y, self.ffn)
         if self.ffn_kind == "swiglu":
@@ -224,29 +215,23 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, ctx: Context, cache: Tensor) -> Tensor:
         fast = ctx.fast
-        qkv = normed_linear(x, self.attn_norm, self.wqkv, self.bqkv, fast, ctx.fuse)
-        qkv = qkv.view(x.shape[0], -1, self.d)
+        h = self.attn_norm(x, fast)
+        qkv = linear(h, self.wqkv, self.bqkv, fast).view(x.shape[0], -1, self.d)
         if self.rot and fast is None:
             self._rotate(qkv, ctx)
         a = self._attend(qkv, ctx, cache)
         residual = x if self.lead else None
         if self.parallel:  # GPT-J: x + attn(ln(x)) + ffn(ln(x)), one all_reduce for both
-            norm = self.attn_norm if self.ffn_norm is None else self.ffn_norm  # NeoX: two
+            f_in = h if self.ffn_norm is None else self.ffn_norm(x, fast)  # NeoX: two norms
+            f = self._ffn_hidden(f_in, fast)
             y = self._row(a, self.wo, self.bo, residual, fast)
-            return self.comm.all_reduce(self._ffn(x, norm, y, ctx))
+            y = self._row(f, self.w_down, self.b_down, y, fast)
+            return self.comm.all_reduce(y)
         x = self.comm.all_reduce(self._row(a, self.wo, self.bo, residual, fast))
         assert self.ffn_norm is not None
+        f = self._ffn_hidden(self.ffn_norm(x, fast), fast)
         residual = x if self.lead else None
-        return self.comm.all_reduce(self._ffn(x, self.ffn_norm, residual, ctx))
-
-
-def normed_linear(
-    x: Tensor, norm: Norm, w: Tensor, b: Tensor | None, fast: Any = None, fuse: bool = False
-) -> Tensor:
-    """norm(x) @ w.T + b; on the fused decode path an RMSNorm rides in the GEMV."""
-    if fuse and norm.bias is None and x.shape[0] <= fast.SMALL_M:
-        return fast.small_linear(x, w, b, norm=(norm.weight, norm.eps))
-    return linear(norm(x, fast), w, b, fast)
+        return self.comm.all_reduce(self._row(f, self.w_down, self.b_down, residual, fast))
 
 
 def linear(x: Tensor, w: Tensor, b: Tensor | None, fast: Any = None) -> Tensor:
@@ -314,7 +299,6 @@ class Decoder(nn.Module):
             self.slopes = alibi_slopes(spec.num_heads)[q0 : q0 + nq].to(device)
         self.arange = torch.arange(spec.max_context + arch.position_offset, device=device)
         self.kernels: Any = None  # the Triton kernels module, once the engine has checked it
-        self.fuse_prologues = False  # and whether its fused GEMV prologues passed the check
         self.cache: Tensor | None = None
         self.rows: Tensor | None = None
         self.cu_q: Tensor | None = None
@@ -354,7 +338,6 @@ class Decoder(nn.Module):
         ctx = Context(b, 1, learned, decode=True, slots=pos, rows=self.rows, span=span)
         if attention == "triton":
             ctx.fast, ctx.cos, ctx.sin, ctx.slopes = self.kernels, self.cos, self.sin, self.slopes
-            ctx.fuse = self.fuse_prologues
             ctx.seqlens = (pos + 1).to(torch.int32)
             return ctx
         if self.freqs is not None:
@@ -394,8 +377,7 @@ class Decoder(nn.Module):
         head = self.lm_head
         if head is None:  # tied: this rank's rows of the (replicated) embedding, a view
             head = self.embed[lay.vocab_start : lay.vocab_end]
-        fuse = fast is not None and self.fuse_prologues
-        y = normed_linear(x, self.norm, head, self.head_bias, fast, fuse).float()
+        y = linear(self.norm(x, fast), head, self.head_bias, fast).float()
         if lay.tp == 1:
             return y
         if y.shape[-1] < lay.vocab_chunk:  # the last chunk is short: pad to a common width

@@ -96,31 +96,6 @@ def triton_problem(model: Decoder) -> str | None:
     except Exception as error:  # compiler missing, unsupported GPU, ...
         return f"Triton kernels failed: {type(error).__name__}: {error}"[:300]
     model.kernels = kernels
-    model.fuse_prologues = fused_gemv_problem(model) is None
-    return None
-
-
-def fused_gemv_problem(model: Decoder) -> str | None:
-    """Why the GEMV cannot take the RMSNorm or SiLU·mul before it (None: it can, checked)."""
-    kernels, spec, ffn = model.kernels, model.spec, model.layout.ffn
-    dev, dt = model.device, model.dtype
-    try:
-        x = torch.randn(3, spec.hidden_size, device=dev, dtype=dt)
-        gain = torch.rand(spec.hidden_size, device=dev, dtype=dt) + 0.5
-        w = torch.randn(96, spec.hidden_size, device=dev, dtype=dt) / spec.hidden_size**0.5
-        res = torch.randn(3, 96, device=dev, dtype=dt)
-        normed = F.rms_norm(x.float(), gain.shape, gain.float(), 1e-5)
-        got = kernels.small_linear(x, w, None, res, norm=(gain, 1e-5))
-        if not _close(got, normed @ w.float().T + res.float()):
-            return "fused RMSNorm GEMV self-check mismatch"
-        y = torch.randn(3, 2 * ffn, device=dev, dtype=dt)
-        gate, up = y.float().split(ffn, -1)
-        w = torch.randn(96, ffn, device=dev, dtype=dt) / ffn**0.5
-        got = kernels.small_linear(y, w, None, res, silu=True)
-        if not _close(got, (F.silu(gate) * up) @ w.float().T + res.float()):
-            return "fused SiLU·mul GEMV self-check mismatch"
-    except Exception as error:
-        return f"fused GEMV failed: {type(error).__name__}: {error}"[:300]
     return None
 
 
