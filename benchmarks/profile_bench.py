@@ -122,7 +122,8 @@ def main() -> None:
         for _ in range(args.queries)
     ]
     check = get_backend(args.backend, device=args.device)
-    check.prepare(spec)
+    if queries:
+        check.prepare(spec)
     rows = []
     overhead_rows = []
     try:

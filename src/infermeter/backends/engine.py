@@ -199,11 +199,19 @@ class EngineBackend:
         if self._ranks is not None and not (keep_ranks and self._ranks.alive):
             self._ranks.close()
             self._ranks = None
+        on_cuda = self._engine is not None and self._engine.device.type == "cuda"
         if self._engine is not None:
             self._engine.release()
         self._engine = None
         self.spec = None
         self._info = {}
+        if on_cuda:  # graphs and closures form cycles: collect them, then hand memory back
+            import gc
+
+            import torch
+
+            gc.collect()
+            torch.cuda.empty_cache()
 
     def close(self) -> None:
         self._release()
