@@ -18,6 +18,12 @@ overhead <= 1 ms with 64 concurrent streams.
   loop delays); the same for time to first token. Token lateness = when the client stamped a
   token - when the server wrote it (same clock), for every token (ours) and for the first and
   last (all guidellm records).
+- Ours is ApiClient.complete, the call `infermeter profile --backend openai` makes, on the same
+  default asyncio loop. Each stream worker only keeps the records while the loop runs; the
+  server's stamps are read from them once all streams are done (as the profiler reads its
+  records after each step), so the harness's own analysis never runs on the loop it times.
+  The raw-socket floor likewise; note that it ends a request at `[DONE]`, ours at the
+  response's last chunk, as HTTP requires before the connection is reused.
 
 Run: .venv/bin/python benchmarks/api_load_bench.py [--requests 20000] [--rounds 5]
 The peer must be installed (pip install -e '.[bench]'); this script installs nothing.
@@ -46,7 +52,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _record import write_result  # noqa: E402
-from infermeter.api.client import ApiClient, ApiConfig  # noqa: E402
+from infermeter.api.client import ApiClient, ApiConfig, RequestRecord  # noqa: E402
 
 STAMP = re.compile(r"@(\d+):(\d+)")
 PROMPT = " ".join(["the"] * 16)
@@ -118,35 +124,38 @@ async def ours_rate(url: str, concurrency: int, requests: int) -> dict[str, Any]
 
 async def ours_streams(url: str, rounds: int) -> dict[str, Any]:
     config = ApiConfig(url, "instant", stream=True, retries=0, max_connections=STREAMS)
-    rows: list[dict[str, Any]] = []
-    errors = 0
+    records: list[RequestRecord] = []
     async with ApiClient(config) as client:
         await asyncio.gather(*(client.complete(PROMPT, 2) for _ in range(STREAMS)))  # warm
 
         async def stream() -> None:
-            nonlocal errors
             for _ in range(rounds):
-                record = await client.complete(PROMPT, STREAM_TOKENS)
-                stamps = [(int(a), int(b)) for a, b in STAMP.findall(record.text)]
-                if not record.ok or len(stamps) != len(record.token_times_s) or not stamps:
-                    errors += 1
-                    continue
-                received = stamps[0][0]
-                late = [
-                    record.sent_at + t - sent / 1e9
-                    for t, (_, sent) in zip(record.token_times_s, stamps, strict=True)
-                ]
-                rows.append(
-                    {
-                        "start": record.sent_at,
-                        "e2e": record.e2e_s - (stamps[-1][1] - received) / 1e9,
-                        "ttft": record.ttft_s - (stamps[0][1] - received) / 1e9,
-                        "edge": [late[0], late[-1]],
-                        "lateness": late,
-                    }
-                )
+                records.append(await client.complete(PROMPT, STREAM_TOKENS))
 
         await asyncio.gather(*(stream() for _ in range(STREAMS)))
+    # The server's stamps are read once every stream is done, as the profiler reads its
+    # records: the harness's own analysis must not run on the loop it is timing.
+    rows: list[dict[str, Any]] = []
+    errors = 0
+    for record in records:
+        stamps = [(int(a), int(b)) for a, b in STAMP.findall(record.text)]
+        if not record.ok or len(stamps) != len(record.token_times_s) or not stamps:
+            errors += 1
+            continue
+        received = stamps[0][0]
+        late = [
+            record.sent_at + t - sent / 1e9
+            for t, (_, sent) in zip(record.token_times_s, stamps, strict=True)
+        ]
+        rows.append(
+            {
+                "start": record.sent_at,
+                "e2e": record.e2e_s - (stamps[-1][1] - received) / 1e9,
+                "ttft": record.ttft_s - (stamps[0][1] - received) / 1e9,
+                "edge": [late[0], late[-1]],
+                "lateness": late,
+            }
+        )
     return summary(rows, errors)
 
 
@@ -177,30 +186,34 @@ async def floor_streams(port: int, rounds: int) -> dict[str, Any]:
     async def stream() -> None:
         transport, protocol = await loop.create_connection(_FloorProtocol, "127.0.0.1", port)
         for _ in range(rounds):
-            protocol.reads.clear()
+            protocol.reads = []
             protocol.done = loop.create_future()
             sent = time.perf_counter()
             transport.write(wire)
             ended = await protocol.done
-            stamps = [
-                (t, int(a), int(b)) for t, data in protocol.reads for a, b in STAMP.findall(
-                    data.decode("latin-1")
-                )
-            ]  # fmt: skip
-            received = stamps[0][1]
-            late = [t - sent_ns / 1e9 for t, _, sent_ns in stamps]
-            rows.append(
-                {
-                    "start": sent,
-                    "e2e": (ended - sent) - (stamps[-1][2] - received) / 1e9,
-                    "ttft": (stamps[0][0] - sent) - (stamps[0][2] - received) / 1e9,
-                    "edge": [late[0], late[-1]],
-                    "lateness": late,
-                }
-            )
+            requests.append((sent, ended, protocol.reads))
         transport.close()
 
+    requests: list[tuple[float, float, list[tuple[float, bytes]]]] = []
     await asyncio.gather(*(stream() for _ in range(STREAMS)))
+    rows: list[dict[str, Any]] = []
+    for sent, ended, reads in requests:  # analysed after the run, like ours
+        stamps = [
+            (t, int(a), int(b)) for t, data in reads for a, b in STAMP.findall(
+                data.decode("latin-1")
+            )
+        ]  # fmt: skip
+        received = stamps[0][1]
+        late = [t - sent_ns / 1e9 for t, _, sent_ns in stamps]
+        rows.append(
+            {
+                "start": sent,
+                "e2e": (ended - sent) - (stamps[-1][2] - received) / 1e9,
+                "ttft": (stamps[0][0] - sent) - (stamps[0][2] - received) / 1e9,
+                "edge": [late[0], late[-1]],
+                "lateness": late,
+            }
+        )
     return summary(rows, 0)
 
 

@@ -154,7 +154,7 @@ class FaultServer:
             "total_tokens": len(str(prompt).split()) + self.offset + tokens,
         }
         if request.get("stream"):
-            return await self._stream(writer, chat, tokens, usage, cut=fault == "cut")
+            return await self._stream(writer, chat, tokens, usage, fault)
         choice = (
             {"index": 0, "message": {"role": "assistant", "content": " x" * tokens}}
             if chat
@@ -171,8 +171,10 @@ class FaultServer:
         return True
 
     async def _stream(
-        self, writer: asyncio.StreamWriter, chat: bool, tokens: int, usage: dict, cut: bool
+        self, writer: asyncio.StreamWriter, chat: bool, tokens: int, usage: dict, fault: str | None
     ) -> bool:
+        """Stream faults: cut (closes mid-stream), badevent (a non-JSON event), badchoice (a
+        choice that is not an object), errevent (an error event), slow (0.1 s per token)."""
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             b"transfer-encoding: chunked\r\n\r\n"
@@ -184,9 +186,18 @@ class FaultServer:
             writer.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
 
         for i in range(tokens):
-            if cut and i == tokens // 2:
+            if fault == "cut" and i == tokens // 2:
                 await writer.drain()
                 return False  # the connection closes mid-stream
+            if fault == "slow":
+                await asyncio.sleep(0.1)
+            if i == tokens // 2 and fault in ("badevent", "badchoice", "errevent"):
+                bad = {
+                    "badevent": "{not json",
+                    "badchoice": {"id": "cmpl-1", "choices": ["x"]},
+                    "errevent": {"error": {"message": "injected stream error"}},
+                }[fault]
+                chunk(bad)  # the stream goes on to [DONE]: the client must still refuse it
             choice = (
                 {"index": 0, "delta": {"content": " x"}} if chat else {"index": 0, "text": " x"}
             )

@@ -66,6 +66,9 @@ def test_healthy_request_is_timed_and_counted(server: FaultServer, endpoint: str
         ("cut", "stream_cut", True),
         ("cut", "stream_cut", False),
         ("close", "disconnected", True),
+        ("badevent", "malformed", True),
+        ("badchoice", "malformed", True),
+        ("errevent", "stream_error", True),
     ],
 )
 def test_fault_then_success_is_retried_and_recorded(
@@ -115,6 +118,17 @@ def test_stalled_server_times_out(server: FaultServer) -> None:
     record = complete(ApiConfig(server.url, "faulty", stall_timeout_s=0.3, retries=0))
     assert not record.ok and record.cause == "timeout"
     assert time.perf_counter() - start < 2
+
+
+def test_slow_stream_times_out_over_the_request_limit(server: FaultServer) -> None:
+    """Bytes keep coming (no stall), but the request as a whole runs past timeout_s."""
+    server.script("slow")
+    start = time.perf_counter()
+    config = ApiConfig(server.url, "faulty", timeout_s=0.25, stall_timeout_s=5, retries=0)
+    record = complete(config)
+    assert not record.ok and record.cause == "timeout"
+    assert "over the request timeout" in record.detail
+    assert 0.25 <= time.perf_counter() - start < 1.5
 
 
 def test_refused_connection_is_a_connect_failure() -> None:

@@ -7,6 +7,14 @@ with 64 streams in flight the timestamps stay within a fraction of a millisecond
 (benchmarks/api_load_bench.py). General-purpose clients (aiohttp, httpx) stamp only when the
 awaiting coroutine is resumed; httpx's async client also sustains only ~400 requests/s here.
 
+The loop is shared by every stream, so whatever runs on it between one response's last byte
+and the next request's write delays every other stream's reads, and requests end in bunches
+(all the more when they started together). Hence: the send stamp is taken after the request
+is set up, right before the write (on loopback the write hands the bytes to the server); the
+response future is awaited directly, one timer guarding the stall and overall limits
+(asyncio.wait cost a task hop and a timer per request); server-sent events go to the caller's
+`on_event` as each completes, so no parsing piles up at the end of a stream.
+
 Scope: what OpenAI-compatible endpoints need. Keep-alive connection pools per host, bodies by
 Content-Length, chunked or until close, TLS for https, request and idle timeouts. No proxies,
 redirects, compression (Accept-Encoding: identity) or HTTP/2.
@@ -17,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -37,6 +46,9 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)  # lower-case names
     body: bytearray = field(default_factory=bytearray)
     events: list[tuple[float, bytes]] = field(default_factory=list)  # (arrival, SSE data)
+    # Where given, each event goes to on_event(arrival, data) as it completes instead of into
+    # `events`: the caller parses as the stream goes, not all at once when it ends.
+    on_event: Callable[[float, bytes], None] | None = None
     head_at: float | None = None  # when the status line and headers were complete
     done_at: float | None = None  # when the last byte of the body arrived
     keep_alive: bool = True
@@ -86,18 +98,33 @@ class _Connection(asyncio.Protocol):
             self._fail("stream_cut", f"the connection closed mid-response ({exc or 'EOF'})")
 
     # ---- requests ----------------------------------------------------------------------
-    def send(self, request: bytes, sse: bool) -> asyncio.Future[Response]:
+    def send(
+        self,
+        request: bytes,
+        sse: bool,
+        on_event: Callable[[float, bytes], None] | None = None,
+    ) -> tuple[asyncio.Future[Response], float]:
+        """Write one request; returns its response's future and the time it was written.
+
+        Everything is set up before the clock is read, so the stamp is taken right before the
+        bytes go to the socket (on loopback the write itself hands them to the server).
+        """
         assert self.transport is not None
-        loop = asyncio.get_running_loop()
-        self._future = loop.create_future()
-        self.last_read = time.perf_counter()  # the idle timer starts with the request
-        self._response = Response()
+        self._future = future = asyncio.get_running_loop().create_future()
+        self._response = Response(on_event=on_event)
         self._sse = sse
         self._buffer.clear()
         self._line.clear()
         self._state = "head"
+        sent = self.last_read = time.perf_counter()  # the idle timer starts with the request
         self.transport.write(request)
-        return self._future
+        return future, sent
+
+    def expire(self, detail: str) -> None:
+        """Fail the request in flight with a timeout and drop the connection."""
+        if self._future is not None and not self._future.done():
+            self._future.set_exception(HttpFailure("timeout", detail))
+        self.abort()
 
     def abort(self) -> None:
         self.closed = True
@@ -229,7 +256,12 @@ class _Connection(asyncio.Protocol):
 
     def _event(self, line: bytes | bytearray, now: float) -> None:
         if line.startswith(b"data:"):
-            self._response.events.append((now, bytes(line[5:]).strip()))
+            data = bytes(line[5:]).strip()
+            hook = self._response.on_event
+            if hook is None:
+                self._response.events.append((now, data))
+            else:
+                hook(now, data)
 
 
 @dataclass(frozen=True)
@@ -289,38 +321,49 @@ class HttpPool:
         sse: bool = False,
         stall_timeout_s: float = 120.0,
         timeout_s: float = 600.0,
+        on_event: Callable[[float, bytes], None] | None = None,
     ) -> tuple[Response, float]:
-        """Send one request; returns the response and the perf_counter time it was written."""
+        """Send one request; returns the response and the perf_counter time it was written.
+
+        With `on_event`, server-sent events are handed to it as they arrive (see Response).
+        """
         async with self._slots:
             conn = await self._connect()
             lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host_header}"]
             lines += [f"{k}: {v}" for k, v in headers.items()]
             lines += [f"Content-Length: {len(body)}", "Accept-Encoding: identity", "", ""]
-            wire = "\r\n".join(lines).encode("latin-1") + body
-            sent = time.perf_counter()
-            future = conn.send(wire, sse)
+            future, sent = conn.send("\r\n".join(lines).encode("latin-1") + body, sse, on_event)
+            # One timer guards the stall and overall limits; the response is awaited directly
+            # (asyncio.wait would add a task hop and a timer per wake-up to every request).
+            loop = asyncio.get_running_loop()
             deadline = sent + timeout_s
+
+            def check() -> None:
+                nonlocal timer
+                if future.done():
+                    return
+                now = time.perf_counter()
+                wait = min(stall_timeout_s - (now - conn.last_read), deadline - now)
+                if wait > 0:
+                    timer = loop.call_later(wait, check)
+                    return
+                what = "over the request timeout" if now >= deadline else "no byte for"
+                limit = timeout_s if now >= deadline else stall_timeout_s
+                conn.expire(f"{what} {limit:g} s")
+
+            timer = loop.call_later(min(stall_timeout_s, timeout_s), check)
             reuse = False
             try:
-                while True:
-                    now = time.perf_counter()
-                    wait = min(stall_timeout_s - (now - conn.last_read), deadline - now)
-                    if wait <= 0:
-                        conn.abort()
-                        what = "over the request timeout" if now >= deadline else "no byte for"
-                        limit = timeout_s if now >= deadline else stall_timeout_s
-                        raise HttpFailure("timeout", f"{what} {limit:g} s")
-                    done, _ = await asyncio.wait({future}, timeout=wait)
-                    if done:
-                        response = future.result()
-                        reuse = response.keep_alive
-                        return response, sent
+                response = await future
+                reuse = response.keep_alive
+                return response, sent
             except BaseException:
                 if not future.done():
                     future.cancel()
                     conn.abort()
                 raise
             finally:
+                timer.cancel()
                 if reuse and not conn.closed:
                     self._idle.append(conn)
                 elif not conn.closed:
