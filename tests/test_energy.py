@@ -236,3 +236,12 @@ def test_cli_energy_on_cpu(tmp_path: Path) -> None:
     assert refused.exit_code == 2 and "nothing was changed" in refused.output
     bad = runner.invoke(app, [*args[:-2], "--store", str(store), "--max-lengths", "512"])
     assert bad.exit_code == 2 and "leaves no room for a prompt" in bad.output
+
+
+def test_a_batch_larger_than_the_workload_says_it_ran_smaller(tmp_path: Path) -> None:
+    small = load_workload(GSM8K, 3, seed=1)
+    with Store(tmp_path / "s.sqlite") as store:
+        result = experiment(store, small, EnergySweep((2, 8), (8,)), Engine())
+        configs = energy_configs(store, result.run.id).set_index("batch")
+    assert "only 3 prompts, so batch 8 ran as one batch of 3" in configs.detail[8]
+    assert "only 3 prompts" not in configs.detail[2]

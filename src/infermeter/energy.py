@@ -496,6 +496,8 @@ def run_config(
     window_s = sum(w.seconds for w in windows)
     per_response = [r[7] for r in result.responses if r[7] is not None]
     detail = f"{n} responses in {len(chunks)} batches"
+    if config.batch > n:  # the figures are those of a batch of n: say so beside them
+        detail += f"; only {n} prompts, so batch {config.batch} ran as one batch of {n}"
     if cut:
         detail += f"; {cut} prompts cut to their last {limit} tokens"
     if energy is not None:
