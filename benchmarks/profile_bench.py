@@ -35,6 +35,7 @@ from infermeter.catalog import get_spec
 from infermeter.fit import fit_cost_model
 from infermeter.meter import Meter, visible_gpus
 from infermeter.profile import ProfileGrid, measure_metered, run_profile
+from infermeter.provenance import cuda_device_name, device_description
 from infermeter.store import Store
 
 # The idealized-runtime paper's Table 3, t_idealized on (Megatron, A100): PE at p = 512 /
@@ -97,6 +98,7 @@ def main() -> None:
             grid,
             meter=meter,
             min_energy_window_s=args.min_energy_window,
+            device=device_description(gpu=args.device != "cpu" and cuda_device_name() is not None),
         )
         profile_seconds = time.perf_counter() - start
         points = store.points(run.id)

@@ -187,3 +187,23 @@ def test_cli_bad_objective_is_one_line(built) -> None:
     )  # fmt: skip
     assert result.exit_code == 2
     assert "uses Attribute" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_stored_without_a_device_is_labelled_by_its_backend(tmp_path: Path) -> None:
+    from infermeter.backends.base import Measurement, Point
+    from infermeter.catalog import get_spec
+    from infermeter.fitted import describe_runs, load_runs
+    from infermeter.store import Store
+
+    path = tmp_path / "s.sqlite"
+    with Store(path) as store:
+        run, _ = store.open_run(
+            key="k", model="tiny-llama", spec=get_spec("tiny-llama").to_dict(), stack={},
+            backend="engine", backend_info={"device": "NVIDIA H200"}, grid={}, device="",
+        )  # fmt: skip
+        for o in (1, 8):
+            store.record_point(run.id, Point(4, o), Measurement(runtime_s=0.01 * o))
+    (stored,) = load_runs([path])
+    assert stored.device == "NVIDIA H200"
+    assert describe_runs([stored]).startswith("on NVIDIA H200, ")
+    assert stored.stack_label == "engine on NVIDIA H200"

@@ -71,6 +71,12 @@ class StoredRun:
             return None
 
     @property
+    def device(self) -> str:
+        """Where the run was measured: as recorded, else as its backend described it."""
+        info = self.record.backend_info or {}
+        return self.record.device or str(info.get("device") or "") or "unknown device"
+
+    @property
     def stands_for(self) -> str:
         """The model this run measures for capability tables: a stand-in names its original."""
         extra = self.record.spec.get("extra") or {}
@@ -81,7 +87,7 @@ class StoredRun:
         acc = self.record.stack.get("accelerator")
         name = acc.get("name") if isinstance(acc, dict) else acc
         count = self.record.stack.get("num_accelerators", 1)
-        where = f"{count} × {name}" if name else self.record.device or "unknown device"
+        where = f"{count} × {name}" if name else self.device
         return f"{self.record.backend} on {where}"
 
     def fit(self, quantity: str = "runtime_s", denoise: str = "min") -> CostModel | None:
@@ -182,7 +188,7 @@ def run_summary(run: StoredRun) -> dict[str, Any]:
         "model": run.model,
         "backend": run.record.backend,
         "stack": run.stack_label,
-        "device": run.record.device,
+        "device": run.device,
         "date": run.date,
         "commit": (run.record.commit_sha or "-")[:10],
         "points": len(run.ok_points),
@@ -191,7 +197,7 @@ def run_summary(run: StoredRun) -> dict[str, Any]:
 
 def describe_runs(runs: list[StoredRun]) -> str:
     """'on DEVICE(S), DATE(S)': the short provenance phrase a caption ends with."""
-    devices = sorted({r.record.device or "unknown device" for r in runs})
+    devices = sorted({r.device for r in runs})
     dates = sorted({r.date for r in runs})
     when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
     where = devices[0] if len(devices) == 1 else f"{len(devices)} devices ({'; '.join(devices)})"

@@ -293,7 +293,7 @@ def _stacks(
                     r.fit(),
                     r.pricing()[0],
                     r.fit("energy_j", "median"),
-                    r.record.device,
+                    r.device,
                     r.date,
                 )
                 for r in stored

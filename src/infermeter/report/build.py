@@ -161,7 +161,7 @@ def stack_profiles(runs: list[StoredRun]) -> dict[str, list[StackProfile]]:
                     run.fit(),
                     pricing,  # type: ignore[arg-type]
                     run.fit("energy_j", "median"),
-                    run.record.device,
+                    run.device,
                     run.date,
                 )
             )
