@@ -17,8 +17,20 @@ def write_result(
     name: str, result: dict[str, Any], rows: list[tuple[str, str, str]], out_dir: Path = DOCS
 ) -> Path:
     """Record `result` with device, date and commit; `rows` are (figure, value, goal)."""
+    return write_record(name, {**provenance(), **result}, rows, out_dir)
+
+
+def write_record(
+    name: str,
+    record: dict[str, Any],
+    rows: list[tuple[str, str, str]],
+    out_dir: Path = DOCS,
+    sections: list[str] = (),  # type: ignore[assignment]
+) -> Path:
+    """Write a record that already carries its device, date and commit (e.g. one re-merged
+    on another machine) as <name>.json and <name>.md; `sections` are Markdown lines that
+    follow the table."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = {**provenance(), **result}
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(_finite(record), indent=2, default=str) + "\n")
     lines = [
@@ -29,6 +41,7 @@ def write_result(
         "| figure | value | goal |",
         "|---|---|---|",
         *(f"| {figure} | {value} | {goal} |" for figure, value, goal in rows),
+        *sections,
         "",
         f"Written by `benchmarks/{Path(sys.argv[0]).name}`; rerun it to refresh.",
         "",

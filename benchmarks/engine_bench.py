@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import DOCS, _finite
+from _record import DOCS, write_record
 from infermeter.backends.base import Measurement, Point
 from infermeter.backends.engine import EngineBackend
 from infermeter.catalog import get_spec
@@ -291,15 +291,7 @@ def finish(record: dict[str, Any], out: Path) -> None:
             "",
         ),
     ]
-    lines = [
-        "# engine",
-        "",
-        f"Device: {record['device']}; date: {record['date']}; commit: {record['commit']}.",
-        "",
-        "| figure | value | goal |",
-        "|---|---|---|",
-        *(f"| {a} | {b} | {c} |" for a, b, c in rows),
-    ]
+    lines: list[str] = []  # sections after the table
     sources: dict[str, Any] = {}
     profile = _load(out / "profile_engine.json")
     if profile is not None:
@@ -372,11 +364,8 @@ def finish(record: dict[str, Any], out: Path) -> None:
                 f"{summary['r2_min']:.6f} | {paper_text} |"
             )
     record["sources"] = sources
-    lines += ["", "Written by `benchmarks/engine_bench.py`; rerun it to refresh.", ""]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "engine.json").write_text(json.dumps(_finite(record), indent=2, default=str) + "\n")
-    (out / "engine.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_record("engine", record, rows, out, lines)
+    print((out / "engine.md").read_text())
 
 
 def _load(path: Path) -> dict[str, Any] | None:
