@@ -74,6 +74,12 @@ def main() -> None:
         default=0.5,
         help="repeat queries shorter than this inside one energy window (s)",
     )
+    parser.add_argument(
+        "--warmup-s",
+        type=float,
+        default=30.0,
+        help="seconds of load before a metered profile (working temperature); in the wall time",
+    )
     parser.add_argument("--name", default=None, help="result file stem (profile_<backend>)")
     args = parser.parse_args()
     name = args.name or f"profile_{args.backend}"
@@ -98,6 +104,7 @@ def main() -> None:
             grid,
             meter=meter,
             min_energy_window_s=args.min_energy_window,
+            warmup_s=args.warmup_s,
             device=device_description(gpu=args.device != "cpu" and cuda_device_name() is not None),
         )
         profile_seconds = time.perf_counter() - start
@@ -219,6 +226,7 @@ def main() -> None:
         "backend_info": info,
         "grid": grid.to_dict(),
         "profile_wall_s": profile_seconds,
+        "thermal_warmup": info.get("thermal_warmup"),
         "r2_per_prompt": {str(p): r2 for p, r2 in per_p.items()},
         "prompt_encoding_s": dict(
             zip(map(str, model.prompt_sizes), model.prompt_encoding, strict=True)

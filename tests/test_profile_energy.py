@@ -93,3 +93,27 @@ def test_short_queries_are_metered_over_repeated_runs(tmp_path: Path) -> None:
     assert measurement.energy_j == pytest.approx(window.total_j / repeats)
     # 250 W over each run's share of the window.
     assert measurement.energy_j == pytest.approx(250 * window.seconds / repeats, rel=0.05)
+
+
+@pytest.mark.slow
+def test_warmup_runs_the_heaviest_point_unrecorded_and_records_the_drift(tmp_path: Path) -> None:
+    spec = get_spec("tiny-llama")
+    grid = ProfileGrid((1, 32), (1, 8), (1,), 1)
+    clock: list[float] = []
+
+    def heating(t: float) -> float:  # a card warming up: 200 W rising 20 W/s
+        clock.append(t)
+        return 200.0 + 20.0 * (t - clock[0])
+
+    meter = Meter(interval_s=0.005, nvml=FakeNvml([FakeGpu(power=heating)]))
+    with Store(tmp_path / "s.sqlite") as store:
+        run = run_profile(
+            store, spec, {}, HFBackend(device="cpu"), {}, grid, meter=meter, warmup_s=3.0
+        )
+        points = store.points(run.id)
+    warm = run.backend_info["thermal_warmup"]
+    assert len(points) == 4  # the warm-up queries are not points
+    assert warm["seconds"] >= 3.0 and warm["queries"] >= 1
+    assert (warm["prompt_tokens"], warm["output_tokens"]) == (32, 8)
+    # The last 2 s of a 3 s warm-up read ~20 W above the first 2 s.
+    assert warm["last_2s_w"] - warm["first_2s_w"] == pytest.approx(20.0, rel=0.3)

@@ -353,6 +353,12 @@ def profile(
     settings: list[str] | None = SetOption,
     energy: bool = typer.Option(True, help="Meter GPU energy through NVML where present."),
     sample_interval: float = typer.Option(0.1, help="Power/utilisation sampling period (s)."),
+    warmup: float = typer.Option(
+        30.0,
+        "--warmup-s",
+        help="Seconds of load before a metered profile, so energy is measured at working "
+        "temperature (a cold card reads a few percent low).",
+    ),
     base_url: str | None = BaseUrlOption,
     api_model: str | None = ApiModelOption,
     api_key: str | None = ApiKeyOption,
@@ -442,6 +448,7 @@ def profile(
             on_point,
             device=device_description(gpu=on_gpu),
             meter=meter,
+            warmup_s=warmup,
         )
         console.print(f"run {run.id} stored in {store} ({run.device})")
         # An API's runtime has a constant overhead (§3.5): fit it.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -116,13 +116,16 @@ def run_profile(
     device: str = "",
     meter: Meter | None = None,
     min_energy_window_s: float = 0.5,
+    warmup_s: float = 0.0,
 ) -> RunRecord:
     """Measure every point of `grid` not already stored for the same profile.
 
     Each point is committed before the next one runs; an interrupted profile (Ctrl-C, a
     crash, SIGKILL) resumes when the same profile is asked for again. With a `meter`, each
     point is one energy window (the backend synchronises the device before returning, so the
-    window's edges are the query's), and the power samples land in the store beside it.
+    window's edges are the query's), and the power samples land in the store beside it; a
+    metered profile first runs its largest point for `warmup_s` seconds, unrecorded, so the
+    card is at working temperature (see `thermal_warmup`).
     """
     grid.validate(spec)
     run, _ = store.open_run(
@@ -150,6 +153,11 @@ def run_profile(
         if metering:
             meter.measure_idle(1.0)
             meter.start()
+            if warmup_s > 0:
+                heavy = max(todo, key=lambda p: (p.batch_size, p.prompt_tokens, p.output_tokens))
+                warm = thermal_warmup(backend, replace(heavy, trial=0), meter, warmup_s)
+                info = {**backend_options, **backend.describe(), "thermal_warmup": warm}
+                store.update_run_backend(run.id, info)
             flushed = 0.0
             phases = PhaseSplit(backend, meter, min_energy_window_s)
         for point in todo:
@@ -181,6 +189,40 @@ def run_profile(
         backend.close()
         store.set_run_status(run.id, status)
     return store.get_run(run.id)
+
+
+def thermal_warmup(
+    backend: Backend, point: Point, meter: Meter, seconds: float
+) -> dict[str, float | int | None]:
+    """Run `point` back to back for `seconds` before a metered profile; nothing is recorded.
+
+    A card's power at the same work rises by a few percent as it heats (leakage grows with
+    temperature), so a profile that starts cold prices its first points low against queries
+    run later. The mean power of the first and the last 2 s of the warm-up are returned, so
+    the record shows how far the card drifted.
+    """
+    start = time.perf_counter()
+    runs = 0
+    while time.perf_counter() - start < seconds:
+        backend.measure(point)
+        runs += 1
+    end = time.perf_counter()
+    frame = meter.samples(start=start, end=end)
+
+    def mean_power(lo: float, hi: float) -> float | None:
+        part = frame[(frame.t >= lo) & (frame.t <= hi)]
+        if part.empty:
+            return None
+        return float(part.groupby("t").power_w.sum().mean())  # summed over the run's GPUs
+
+    return {
+        "seconds": end - start,
+        "queries": runs,
+        "prompt_tokens": point.prompt_tokens,
+        "output_tokens": point.output_tokens,
+        "first_2s_w": mean_power(start, start + 2.0),
+        "last_2s_w": mean_power(end - 2.0, end),
+    }
 
 
 class PhaseSplit:

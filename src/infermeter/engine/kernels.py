@@ -11,6 +11,14 @@ that the profile of a LLaMA-7B step on an H100 showed as slow:
   an in-kernel bias, so every position scheme takes this path.
 - rope_store: rotates Q and K (interleaved pairs) in place and writes K, V into the cache slot.
 - rms_norm, silu_mul: one launch each instead of several.
+- small_linear: the GEMV of every projection; it can also apply RMSNorm to its input (the
+  norm's gain folded into the weights, the per-row 1/rms from the sum of squares it gathers
+  while streaming x anyway), which removes both norm launches of a layer.
+
+On Hopper and later every kernel is launched with programmatic dependent launch (PDL): the
+next kernel of the graph is scheduled while this one drains and waits on the device
+(griddepcontrol.wait) before it reads anything, instead of paying a launch gap per kernel.
+INFERMETER_PDL=0 turns it off, INFERMETER_FUSED_NORM=0 the fused norm (ablations, workarounds).
 """
 
 from __future__ import annotations
@@ -29,10 +37,52 @@ _SMS: dict[int, int] = {}
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+_PDL: dict[int, bool] = {}
+
+
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def pdl(device: torch.device) -> bool:
+    """Launch with programmatic dependent launch on this device (sm_90+, Triton with GDC)?"""
+    if device.type != "cuda" or INTERPRETED or os.environ.get("INFERMETER_PDL") == "0":
+        return False
+    index = _device_index(device)
+    if index not in _PDL:
+        major = torch.cuda.get_device_capability(index)[0]
+        _PDL[index] = major >= 9 and hasattr(tl.extra.cuda, "gdc_wait")
+    return _PDL[index]
+
+
+def disable_pdl(device: torch.device) -> None:
+    """Launch plainly on this device from now on (PDL failed its self-check here)."""
+    _PDL[_device_index(device)] = False
+
+
+def fused_norm_enabled() -> bool:
+    return os.environ.get("INFERMETER_FUSED_NORM") != "0"
+
+
+def _launch(device: torch.device) -> dict[str, bool]:
+    """Launch options and the PDL constexpr for a kernel on `device`."""
+    on = pdl(device)
+    return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
+
+
+@triton.jit
+def _grid_sync(PDL: tl.constexpr):
+    """With PDL: wait until the previous kernel's writes are visible, then let the next
+    kernel be scheduled (it waits in turn before reading what this one writes)."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
 def _sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4  # the interpreter: any split count exercises the same code
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _device_index(device)
     if index not in _SMS:
         _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
     return _SMS[index]
@@ -45,8 +95,9 @@ def _attn_split(
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
     nkv, chunk, scale,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, ALIBI: tl.constexpr,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, ALIBI: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    _grid_sync(PDL)
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = (bh // nkv).to(tl.int64)
@@ -98,8 +149,9 @@ def _attn_split(
 def _attn_combine(
     Part, Lse, Out, nq, splits,
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh,
-    BLOCK_S: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    _grid_sync(PDL)
     pid = tl.program_id(0)
     b = (pid // nq).to(tl.int64)
     h = pid % nq
@@ -135,20 +187,21 @@ def decode_attention(
     lse = torch.empty(b, nq, splits, device=q.device, dtype=torch.float32)
     k, v = cache[:, :, 0], cache[:, :, 1]  # [b, L, nkv, d] views
     block_d = triton.next_power_of_2(d)
+    launch = _launch(q.device)
     _attn_split[(b * nkv, splits)](
         q, k, v, lengths, slopes if slopes is not None else lengths, part, lse,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
         nkv, chunk, d**-0.5,
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=BLOCK_N,
-        D=d, BLOCK_D=block_d, ALIBI=slopes is not None, num_warps=4,
+        D=d, BLOCK_D=block_d, ALIBI=slopes is not None, num_warps=4, **launch,
     )  # fmt: skip
     out = torch.empty(b, nq, d, device=q.device, dtype=q.dtype)
     _attn_combine[(b * nq,)](
         part, lse, out, nq, splits,
         part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
         out.stride(0), out.stride(1),
-        BLOCK_S=triton.next_power_of_2(splits), D=d, BLOCK_D=block_d, num_warps=4,
+        BLOCK_S=triton.next_power_of_2(splits), D=d, BLOCK_D=block_d, num_warps=4, **launch,
     )  # fmt: skip
     return out
 
@@ -158,8 +211,9 @@ def _rope_store(
     QKV, Cache, Pos, Cos, Sin,
     stride_xb, stride_xh, stride_cb, stride_cn, stride_c2, stride_ch, stride_t,
     NQ: tl.constexpr, NKV: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-    ROT: tl.constexpr, HALF: tl.constexpr,
+    ROT: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    _grid_sync(PDL)
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     pos = tl.load(Pos + b)
@@ -211,12 +265,13 @@ def rope_store(
         qkv.stride(0), qkv.stride(1), cache.stride(0), cache.stride(1), cache.stride(2),
         cache.stride(3), table.stride(0) if rot else 0,
         NQ=nq, NKV=nkv, D=d, BLOCK_D=triton.next_power_of_2(d), ROT=rot,
-        HALF=triton.next_power_of_2(max(rot // 2, 1)), num_warps=1,
+        HALF=triton.next_power_of_2(max(rot // 2, 1)), num_warps=1, **_launch(qkv.device),
     )  # fmt: skip
 
 
 @triton.jit
-def _rms_norm(X, W, Y, stride_x, stride_y, n, eps, BLOCK: tl.constexpr):
+def _rms_norm(X, W, Y, stride_x, stride_y, n, eps, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    _grid_sync(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n
@@ -232,13 +287,14 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     block = triton.next_power_of_2(n)
     _rms_norm[(x.shape[0],)](
         x, weight, y, x.stride(0), y.stride(0), n, eps, BLOCK=block,
-        num_warps=min(16, max(1, block // 256)),
+        num_warps=min(16, max(1, block // 256)), **_launch(x.device),
     )  # fmt: skip
     return y
 
 
 @triton.jit
-def _silu_mul(Y, Out, stride_y, stride_o, width, BLOCK: tl.constexpr):
+def _silu_mul(Y, Out, stride_y, stride_o, width, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    _grid_sync(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < width
@@ -253,7 +309,7 @@ def silu_mul(y: Tensor, width: int) -> Tensor:
     out = torch.empty(y.shape[0], width, device=y.device, dtype=y.dtype)
     block = 1024
     _silu_mul[(y.shape[0], triton.cdiv(width, block))](
-        y, out, y.stride(0), out.stride(0), width, BLOCK=block, num_warps=4
+        y, out, y.stride(0), out.stride(0), width, BLOCK=block, num_warps=4, **_launch(y.device)
     )
     return out
 
@@ -270,17 +326,20 @@ def _gemv_configs() -> list[triton.Config]:
     ]  # fmt: skip
 
 
-@triton.autotune(configs=_gemv_configs(), key=["N", "K", "M"])
+@triton.autotune(configs=_gemv_configs(), key=["N", "K", "M", "NORM"])
 @triton.jit
 def _small_linear(
-    X, W, Bias, R, Y, M, N, K, stride_xm, stride_wn, stride_rm, stride_ym,
-    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    X, W, Bias, R, Y, M, N, K, stride_xm, stride_wn, stride_rm, stride_ym, eps,
+    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, NORM: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
+    _grid_sync(PDL)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     m = tl.arange(0, 16)  # up to 16 tokens: the minimum tile of a tensor-core dot
     rmask = rows < N
     mmask = m < M
     acc = tl.zeros([16, BLOCK_N], dtype=tl.float32)
+    squares = tl.zeros([16], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         cmask = cols < K
@@ -288,8 +347,13 @@ def _small_linear(
         w = tl.load(W + rows[:, None] * stride_wn + cols[None, :], mask=w_mask, other=0.0)
         x_mask = mmask[:, None] & cmask[None, :]
         x = tl.load(X + m[:, None] * stride_xm + cols[None, :], mask=x_mask, other=0.0)
+        if NORM:  # RMSNorm's statistic, from the x this program streams anyway
+            xf = x.to(tl.float32)
+            squares += tl.sum(xf * xf, 1)
         acc += tl.dot(x, tl.trans(w))
     out_mask = mmask[:, None] & rmask[None, :]
+    if NORM:  # norm(x) @ (g * W).T == (x @ (g * W).T) / rms(x): the gain is in W
+        acc *= tl.rsqrt(squares / K + eps)[:, None]
     if HAS_BIAS:
         acc += tl.load(Bias + rows, mask=rmask, other=0.0).to(tl.float32)[None, :]
     if HAS_RES:  # the residual add rides in the epilogue
@@ -302,10 +366,15 @@ SMALL_M = 16
 
 
 def small_linear(
-    x: Tensor, w: Tensor, bias: Tensor | None = None, residual: Tensor | None = None
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | None = None,
+    residual: Tensor | None = None,
+    norm_eps: float | None = None,
 ) -> Tensor:
-    """residual + x @ w.T + bias for x [M <= 16, K]: streams w once, faster than cuBLAS's GEMV
-    on an H100 for the LLaMA shapes (wider tiles, no split-K reduction pass)."""
+    """residual + f(x) @ w.T + bias for x [M <= 16, K], where f is the identity, or RMSNorm
+    without its gain when norm_eps is given (fold the gain into w). Streams w once; faster
+    than cuBLAS's GEMV on an H100 for the LLaMA shapes (wider tiles, no split-K pass)."""
     m, k = x.shape
     n = w.shape[0]
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
@@ -314,6 +383,8 @@ def small_linear(
     _small_linear[grid](
         x, w, bias if bias is not None else w, res, y, m, n, k,
         x.stride(0), w.stride(0), res.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, HAS_RES=residual is not None,
+        norm_eps if norm_eps is not None else 0.0,
+        HAS_BIAS=bias is not None, HAS_RES=residual is not None, NORM=norm_eps is not None,
+        **_launch(x.device),
     )  # fmt: skip
     return y

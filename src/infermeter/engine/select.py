@@ -8,6 +8,8 @@ garbage. Order: "triton" (kernels.py), "flash" (FlashAttention varlen), "sdpa" (
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -47,7 +49,8 @@ def _probe(model: Decoder) -> tuple[Tensor, Tensor, list[int], Tensor]:
 
 
 def triton_problem(model: Decoder) -> str | None:
-    """Why the Triton decode kernels cannot be used (None: they can, self-checked here)."""
+    """Why the Triton decode kernels cannot be used (None: they can, self-checked here).
+    Launched with PDL first where the GPU has it; if that fails, once more without."""
     if model.device.type != "cuda":
         return "not on CUDA"
     if model.dtype not in (torch.float16, torch.bfloat16):
@@ -56,6 +59,16 @@ def triton_problem(model: Decoder) -> str | None:
         from infermeter.engine import kernels
     except ImportError as error:
         return f"Triton unavailable: {error}"
+    problem = _check_kernels(model, kernels)
+    if problem is not None and kernels.pdl(model.device):
+        kernels.disable_pdl(model.device)
+        problem = _check_kernels(model, kernels)
+    if problem is None:
+        model.kernels = kernels
+    return problem
+
+
+def _check_kernels(model: Decoder, kernels: Any) -> str | None:
     spec, nq = model.spec, model.layout.q_heads
     try:
         qkv, cache, lens, lens32 = _probe(model)
@@ -93,9 +106,11 @@ def triton_problem(model: Decoder) -> str | None:
         want = x.float() @ w.float().T + bias.float() + res.float()
         if not _close(kernels.small_linear(x, w, bias, res), want):
             return "Triton GEMV self-check mismatch"
+        normed = F.rms_norm(x.float(), x.shape[-1:], None, 1e-5)
+        if not _close(kernels.small_linear(x, w, norm_eps=1e-5), normed @ w.float().T):
+            return "Triton GEMV with RMSNorm self-check mismatch"
     except Exception as error:  # compiler missing, unsupported GPU, ...
         return f"Triton kernels failed: {type(error).__name__}: {error}"[:300]
-    model.kernels = kernels
     return None
 
 
