@@ -18,7 +18,8 @@ that the profile of a LLaMA-7B step on an H100 showed as slow:
 On Hopper and later every kernel is launched with programmatic dependent launch (PDL): the
 next kernel of the graph is scheduled while this one drains and waits on the device
 (griddepcontrol.wait) before it reads anything, instead of paying a launch gap per kernel.
-INFERMETER_PDL=0 turns it off, INFERMETER_FUSED_NORM=0 the fused norm (ablations, workarounds).
+INFERMETER_PDL=0 turns it off (workarounds, ablations); INFERMETER_FUSED_NORM=1 turns the
+fused norm on (off by default: on an H200 it made the step slower, see decode_ablation).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def disable_pdl(device: torch.device) -> None:
 
 
 def fused_norm_enabled() -> bool:
-    return os.environ.get("INFERMETER_FUSED_NORM") != "0"
+    return os.environ.get("INFERMETER_FUSED_NORM") == "1"
 
 
 def _launch(device: torch.device) -> dict[str, bool]:
@@ -127,6 +128,7 @@ def _attn_split(
         offs = base + n[:, None] * stride_kn + dd[None, :]
         kv_mask = nmask[:, None] & dmask[None, :]
         k = tl.load(K + offs, mask=kv_mask, other=0.0)
+        v = tl.load(V + offs, mask=kv_mask, other=0.0)  # in flight with K, not after softmax
         s = tl.dot(q, tl.trans(k)) * scale
         if ALIBI:
             s += slope[:, None] * (n[None, :] - (length - 1)).to(tl.float32)
@@ -135,7 +137,6 @@ def _attn_split(
         alpha = tl.exp(m - m_new)
         p = tl.exp(s - m_new[:, None])
         denom = denom * alpha + tl.sum(p, 1)
-        v = tl.load(V + offs, mask=kv_mask, other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m = m_new
     # An empty split (start >= length) leaves m = -inf, denom = 0: lse = -inf, output 0.
@@ -322,6 +323,7 @@ def _gemv_configs() -> list[triton.Config]:
         for n, k, w, s in [
             (16, 256, 4, 4), (16, 512, 4, 4), (32, 256, 4, 4), (32, 512, 4, 3),
             (64, 256, 4, 4), (64, 128, 4, 5), (16, 1024, 8, 3), (32, 256, 8, 5),
+            (16, 256, 4, 6), (32, 128, 4, 6), (32, 512, 8, 4), (64, 256, 8, 4),
         ]
     ]  # fmt: skip
 
@@ -333,23 +335,46 @@ def _small_linear(
     HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, NORM: tl.constexpr, PDL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    _grid_sync(PDL)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     m = tl.arange(0, 16)  # up to 16 tokens: the minimum tile of a tensor-core dot
     rmask = rows < N
     mmask = m < M
-    acc = tl.zeros([16, BLOCK_N], dtype=tl.float32)
+    cols = tl.arange(0, BLOCK_K)
+    # The first weight tile does not depend on the previous kernel: with PDL its load is in
+    # flight while that kernel drains, which hides this GEMV's ramp-up.
+    w_first = tl.load(
+        W + rows[:, None] * stride_wn + cols[None, :],
+        mask=rmask[:, None] & (cols < K)[None, :],
+        other=0.0,
+    )
+    _grid_sync(PDL)
     squares = tl.zeros([16], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        cmask = cols < K
-        w_mask = rmask[:, None] & cmask[None, :]
-        w = tl.load(W + rows[:, None] * stride_wn + cols[None, :], mask=w_mask, other=0.0)
-        x_mask = mmask[:, None] & cmask[None, :]
-        x = tl.load(X + m[:, None] * stride_xm + cols[None, :], mask=x_mask, other=0.0)
-        if NORM:  # RMSNorm's statistic, from the x this program streams anyway
-            xf = x.to(tl.float32)
-            squares += tl.sum(xf * xf, 1)
+    if NORM:  # RMSNorm's statistic; a pass of its own so the streamed x feeds the dot as is
+        for k0 in range(0, K, BLOCK_K):
+            c = k0 + cols
+            xs = tl.load(
+                X + m[:, None] * stride_xm + c[None, :],
+                mask=mmask[:, None] & (c < K)[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            squares += tl.sum(xs * xs, 1)
+    x = tl.load(
+        X + m[:, None] * stride_xm + cols[None, :],
+        mask=mmask[:, None] & (cols < K)[None, :],
+        other=0.0,
+    )
+    acc = tl.dot(x, tl.trans(w_first))
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        c = k0 + cols
+        cmask = c < K
+        w = tl.load(
+            W + rows[:, None] * stride_wn + c[None, :],
+            mask=rmask[:, None] & cmask[None, :],
+            other=0.0,
+        )
+        x = tl.load(
+            X + m[:, None] * stride_xm + c[None, :], mask=mmask[:, None] & cmask[None, :], other=0.0
+        )
         acc += tl.dot(x, tl.trans(w))
     out_mask = mmask[:, None] & rmask[None, :]
     if NORM:  # norm(x) @ (g * W).T == (x @ (g * W).T) / rms(x): the gain is in W
