@@ -1,14 +1,10 @@
-"""Where the decode step's time goes: the LLaMA-7B step (batch 1, context 512) with each of
-the engine's launch-overhead measures switched off and on, against the memory floor.
+"""Where the decode step's time goes: the LLaMA-7B step (batch 1, context 512) with
+programmatic dependent launch off and on, against the memory floor.
 
-Variants (each in its own process, since both switches are read when kernels launch):
-- base: one launch per operation (10 per layer);
-- pdl: programmatic dependent launch (INFERMETER_PDL), the next kernel is scheduled while
-  the current one drains;
-- norm-in-gemv: RMSNorm done inside the following GEMV (INFERMETER_FUSED_NORM), 8 launches
-  per layer;
-- both.
-The engine's default on Hopper is pdl (the fused norm measured slower on an H200).
+Variants (each in its own process, since the switch is read when kernels launch):
+- base: plain launches, one per operation (10 per layer);
+- pdl: programmatic dependent launch (the engine's default on Hopper; INFERMETER_PDL=0
+  turns it off), the next kernel is scheduled while the current one drains.
 Per variant: the median decode step over repeats (CUDA events around whole generations, as
 engine_bench), its ratio to the floor (weight + KV bytes / copy bandwidth, measured once in
 this run), and, from the profiler, the summed kernel time per step (a generation minus one
@@ -37,12 +33,7 @@ from engine_bench import LLAMA_7B, copy_bandwidth, medians
 from infermeter.backends.base import Point
 from infermeter.backends.engine import EngineBackend
 
-VARIANTS = {  # name: (INFERMETER_PDL, INFERMETER_FUSED_NORM)
-    "base": ("0", "0"),
-    "pdl": ("1", "0"),
-    "norm-in-gemv": ("0", "1"),
-    "both": ("1", "1"),
-}
+VARIANTS = {"base": "0", "pdl": "1"}  # name: INFERMETER_PDL
 POINT = Point(prompt_tokens=480, output_tokens=65)  # steps at contexts 480..543: mean = 512
 
 
@@ -83,7 +74,6 @@ def run_variant(repeats: int) -> dict[str, Any]:
         "step_s": got["decode_step_s"],
         "step_s_repeat": again["decode_step_s"],
         "decode_pdl": info.get("decode_pdl"),
-        "decode_norm_in_gemv": info.get("decode_norm_in_gemv"),
         "decode_attention": info.get("decode_attention"),
     }
     try:
@@ -110,8 +100,8 @@ def main() -> None:
     floor_s = LLAMA_7B.decode_bytes(512) / bandwidth
     print(f"copy {bandwidth / 1e12:.2f} TB/s, floor {floor_s * 1e3:.3f} ms", flush=True)
     results: dict[str, Any] = {}
-    for name, (pdl, norm) in VARIANTS.items():
-        env = {**os.environ, "INFERMETER_PDL": pdl, "INFERMETER_FUSED_NORM": norm}
+    for name, pdl in VARIANTS.items():
+        env = {**os.environ, "INFERMETER_PDL": pdl}
         cmd = [sys.executable, __file__, "--variant", name, "--repeats", str(args.repeats)]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         if done.returncode != 0:
@@ -142,10 +132,7 @@ def main() -> None:
             "floor_s": floor_s,
             "decode_bytes_512": LLAMA_7B.decode_bytes(512),
             "variants": results,
-            "env": {
-                name: {"INFERMETER_PDL": p, "INFERMETER_FUSED_NORM": n}
-                for name, (p, n) in VARIANTS.items()
-            },
+            "env": {name: {"INFERMETER_PDL": pdl} for name, pdl in VARIANTS.items()},
         },
         rows,
         args.out,

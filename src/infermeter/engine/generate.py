@@ -169,10 +169,6 @@ class Engine:
                 init_random(self.model, seed)
         self.graphs = cuda_graphs and self.device.type == "cuda"
         self.attention, self.attention_notes = choose_attention(self.model, decode_attention)
-        self.fused_norm = False
-        if self.attention == "triton" and self.model.kernels.fused_norm_enabled():
-            with torch.inference_mode():
-                self.fused_norm = self.model.fold_norm_gains()
         # CPU draws from a private generator; CUDA graphs need the default (graph-safe) one.
         self._gen = torch.Generator() if self.device.type == "cpu" else None
         self._state: _State | None = None
@@ -528,7 +524,6 @@ class Engine:
             "temperature": self.temperature if self.sampling == "top_p" else None,
             "top_p": self.top_p if self.sampling == "top_p" else None,
             "decode_attention": self.attention,
-            "decode_norm_in_gemv": self.fused_norm,
             "decode_pdl": self.attention == "triton" and self.model.kernels.pdl(self.device),
             "decode_attention_skipped": self.attention_notes or None,
             "prefill_graphs": self.prefill_graph_problem is None,

@@ -11,15 +11,18 @@ that the profile of a LLaMA-7B step on an H100 showed as slow:
   an in-kernel bias, so every position scheme takes this path.
 - rope_store: rotates Q and K (interleaved pairs) in place and writes K, V into the cache slot.
 - rms_norm, silu_mul: one launch each instead of several.
-- small_linear: the GEMV of every projection; it can also apply RMSNorm to its input (the
-  norm's gain folded into the weights, the per-row 1/rms from the sum of squares it gathers
-  while streaming x anyway), which removes both norm launches of a layer.
+- small_linear: the GEMV of every projection, bias and residual add in its epilogue.
 
 On Hopper and later every kernel is launched with programmatic dependent launch (PDL): the
 next kernel of the graph is scheduled while this one drains and waits on the device
 (griddepcontrol.wait) before it reads anything, instead of paying a launch gap per kernel.
-INFERMETER_PDL=0 turns it off (workarounds, ablations); INFERMETER_FUSED_NORM=1 turns the
-fused norm on (off by default: on an H200 it made the step slower, see decode_ablation).
+INFERMETER_PDL=0 turns it off (workarounds, ablations).
+
+Tried and backed out (benchmarks/decode_ablation.py at commit 4538868 measured them on an
+H200): RMSNorm inside the GEMV, from the sum of squares of the streamed x (4.59 ms vs 4.33 ms
+per 7B step) or of a pass of its own, slower either way because the GEMV's weight stream
+stops being pipelined; and loading the first weight tile before the PDL wait (4.33 vs
+4.10 ms without PDL, no gain with it).
 """
 
 from __future__ import annotations
@@ -59,10 +62,6 @@ def pdl(device: torch.device) -> bool:
 def disable_pdl(device: torch.device) -> None:
     """Launch plainly on this device from now on (PDL failed its self-check here)."""
     _PDL[_device_index(device)] = False
-
-
-def fused_norm_enabled() -> bool:
-    return os.environ.get("INFERMETER_FUSED_NORM") == "1"
 
 
 def _launch(device: torch.device) -> dict[str, bool]:
@@ -328,57 +327,28 @@ def _gemv_configs() -> list[triton.Config]:
     ]  # fmt: skip
 
 
-@triton.autotune(configs=_gemv_configs(), key=["N", "K", "M", "NORM"])
+@triton.autotune(configs=_gemv_configs(), key=["N", "K", "M"])
 @triton.jit
 def _small_linear(
-    X, W, Bias, R, Y, M, N, K, stride_xm, stride_wn, stride_rm, stride_ym, eps,
-    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, NORM: tl.constexpr, PDL: tl.constexpr,
+    X, W, Bias, R, Y, M, N, K, stride_xm, stride_wn, stride_rm, stride_ym,
+    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, PDL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
+    _grid_sync(PDL)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     m = tl.arange(0, 16)  # up to 16 tokens: the minimum tile of a tensor-core dot
     rmask = rows < N
     mmask = m < M
-    cols = tl.arange(0, BLOCK_K)
-    # The first weight tile does not depend on the previous kernel: with PDL its load is in
-    # flight while that kernel drains, which hides this GEMV's ramp-up.
-    w_first = tl.load(
-        W + rows[:, None] * stride_wn + cols[None, :],
-        mask=rmask[:, None] & (cols < K)[None, :],
-        other=0.0,
-    )
-    _grid_sync(PDL)
-    squares = tl.zeros([16], dtype=tl.float32)
-    if NORM:  # RMSNorm's statistic; a pass of its own so the streamed x feeds the dot as is
-        for k0 in range(0, K, BLOCK_K):
-            c = k0 + cols
-            xs = tl.load(
-                X + m[:, None] * stride_xm + c[None, :],
-                mask=mmask[:, None] & (c < K)[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            squares += tl.sum(xs * xs, 1)
-    x = tl.load(
-        X + m[:, None] * stride_xm + cols[None, :],
-        mask=mmask[:, None] & (cols < K)[None, :],
-        other=0.0,
-    )
-    acc = tl.dot(x, tl.trans(w_first))
-    for k0 in range(BLOCK_K, K, BLOCK_K):
-        c = k0 + cols
-        cmask = c < K
-        w = tl.load(
-            W + rows[:, None] * stride_wn + c[None, :],
-            mask=rmask[:, None] & cmask[None, :],
-            other=0.0,
-        )
-        x = tl.load(
-            X + m[:, None] * stride_xm + c[None, :], mask=mmask[:, None] & cmask[None, :], other=0.0
-        )
+    acc = tl.zeros([16, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        cmask = cols < K
+        w_mask = rmask[:, None] & cmask[None, :]
+        w = tl.load(W + rows[:, None] * stride_wn + cols[None, :], mask=w_mask, other=0.0)
+        x_mask = mmask[:, None] & cmask[None, :]
+        x = tl.load(X + m[:, None] * stride_xm + cols[None, :], mask=x_mask, other=0.0)
         acc += tl.dot(x, tl.trans(w))
     out_mask = mmask[:, None] & rmask[None, :]
-    if NORM:  # norm(x) @ (g * W).T == (x @ (g * W).T) / rms(x): the gain is in W
-        acc *= tl.rsqrt(squares / K + eps)[:, None]
     if HAS_BIAS:
         acc += tl.load(Bias + rows, mask=rmask, other=0.0).to(tl.float32)[None, :]
     if HAS_RES:  # the residual add rides in the epilogue
@@ -391,15 +361,10 @@ SMALL_M = 16
 
 
 def small_linear(
-    x: Tensor,
-    w: Tensor,
-    bias: Tensor | None = None,
-    residual: Tensor | None = None,
-    norm_eps: float | None = None,
+    x: Tensor, w: Tensor, bias: Tensor | None = None, residual: Tensor | None = None
 ) -> Tensor:
-    """residual + f(x) @ w.T + bias for x [M <= 16, K], where f is the identity, or RMSNorm
-    without its gain when norm_eps is given (fold the gain into w). Streams w once; faster
-    than cuBLAS's GEMV on an H100 for the LLaMA shapes (wider tiles, no split-K pass)."""
+    """residual + x @ w.T + bias for x [M <= 16, K]: streams w once, faster than cuBLAS's GEMV
+    on an H100 for the LLaMA shapes (wider tiles, no split-K reduction pass)."""
     m, k = x.shape
     n = w.shape[0]
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
@@ -408,8 +373,6 @@ def small_linear(
     _small_linear[grid](
         x, w, bias if bias is not None else w, res, y, m, n, k,
         x.stride(0), w.stride(0), res.stride(0), y.stride(0),
-        norm_eps if norm_eps is not None else 0.0,
-        HAS_BIAS=bias is not None, HAS_RES=residual is not None, NORM=norm_eps is not None,
-        **_launch(x.device),
+        HAS_BIAS=bias is not None, HAS_RES=residual is not None, **_launch(x.device),
     )  # fmt: skip
     return y

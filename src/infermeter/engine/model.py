@@ -116,18 +116,6 @@ class Norm(nn.Module):
         self.eps = spec.norm_eps
         self.weight = _param(h, device=device, dtype=dtype)
         self.bias = _param(h, device=device, dtype=dtype) if spec.norm == "layernorm" else None
-        self.folded = False  # gain multiplied into the next projection's weights; weight = 1
-
-    def fold_into(self, weights: list[Tensor]) -> None:
-        """RMSNorm only: W <- W·diag(gain) for each weight this norm feeds, then gain <- 1, so
-        the Triton GEMV can normalise its own input (kernels.small_linear with norm_eps)."""
-        assert self.bias is None, "only RMSNorm has no shift to fold"
-        gain = self.weight.float()
-        for w in weights:
-            for rows in w.split(4096):  # bounded float32 scratch, even for 100B-class shapes
-                rows.copy_(rows.float() * gain)
-        self.weight.fill_(1.0)
-        self.folded = True
 
     def forward(self, x: Tensor, fast: Any = None) -> Tensor:
         if self.bias is not None:
@@ -173,16 +161,8 @@ class Block(nn.Module):
             y += b
         return y
 
-    def _normed_linear(
-        self, norm: Norm, x: Tensor, h: Tensor | None, w: Tensor, b: Tensor | None, fast: Any
-    ) -> Tensor:
-        """norm(x) @ w.T + b; h is norm(x) when already computed."""
-        if h is None and _gemv_normalises(norm, x, fast):
-            return fast.small_linear(x, w, b, norm_eps=norm.eps)
-        return linear(norm(x, fast) if h is None else h, w, b, fast)
-
-    def _ffn_hidden(self, y: Tensor, fast: Any = None) -> Tensor:
-        """The FFN's activation of its input projection y."""
+    def _ffn_hidden(self, x: Tensor, fast: Any = None) -> Tensor:
+        y = linear(x, self.w_in, self.b_in, fast)
         if self.ffn_kind == "swiglu" and fast is not None:
             return fast.silu_mul(y, self.ffn)
         if self.ffn_kind == "swiglu":
@@ -235,35 +215,23 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, ctx: Context, cache: Tensor) -> Tensor:
         fast = ctx.fast
-        # A parallel block with one norm feeds it to both projections: compute it once then.
-        shared = self.parallel and self.ffn_norm is None
-        h = None
-        if shared and not _gemv_normalises(self.attn_norm, x, fast):
-            h = self.attn_norm(x, fast)
-        qkv = self._normed_linear(self.attn_norm, x, h, self.wqkv, self.bqkv, fast)
-        qkv = qkv.view(x.shape[0], -1, self.d)
+        h = self.attn_norm(x, fast)
+        qkv = linear(h, self.wqkv, self.bqkv, fast).view(x.shape[0], -1, self.d)
         if self.rot and fast is None:
             self._rotate(qkv, ctx)
         a = self._attend(qkv, ctx, cache)
         residual = x if self.lead else None
         if self.parallel:  # GPT-J: x + attn(ln(x)) + ffn(ln(x)), one all_reduce for both
-            norm = self.ffn_norm or self.attn_norm  # NeoX: two norms
-            f = self._ffn_hidden(self._normed_linear(norm, x, h, self.w_in, self.b_in, fast), fast)
+            f_in = h if self.ffn_norm is None else self.ffn_norm(x, fast)  # NeoX: two norms
+            f = self._ffn_hidden(f_in, fast)
             y = self._row(a, self.wo, self.bo, residual, fast)
             y = self._row(f, self.w_down, self.b_down, y, fast)
             return self.comm.all_reduce(y)
         x = self.comm.all_reduce(self._row(a, self.wo, self.bo, residual, fast))
         assert self.ffn_norm is not None
-        f_in = self._normed_linear(self.ffn_norm, x, None, self.w_in, self.b_in, fast)
-        f = self._ffn_hidden(f_in, fast)
+        f = self._ffn_hidden(self.ffn_norm(x, fast), fast)
         residual = x if self.lead else None
         return self.comm.all_reduce(self._row(f, self.w_down, self.b_down, residual, fast))
-
-
-def _gemv_normalises(norm: Norm, x: Tensor, fast: Any) -> bool:
-    """A decode batch on the Triton path with the norm's gain folded into the next weights:
-    the GEMV normalises its own input, so the norm costs no launch of its own."""
-    return norm.folded and fast is not None and x.shape[0] <= fast.SMALL_M
 
 
 def linear(x: Tensor, w: Tensor, b: Tensor | None, fast: Any = None) -> Tensor:
@@ -335,21 +303,6 @@ class Decoder(nn.Module):
         self.rows: Tensor | None = None
         self.cu_q: Tensor | None = None
         self.cu_k: Tensor | None = None
-
-    def fold_norm_gains(self) -> bool:
-        """Fold every RMSNorm gain into the projection it feeds (see Norm.fold_into); the
-        final norm only when the head is not the embedding. False for LayerNorm models."""
-        if self.spec.norm == "layernorm":
-            return False
-        for layer in self.layers:
-            if layer.ffn_norm is None:  # parallel block, one norm for both projections
-                layer.attn_norm.fold_into([layer.wqkv, layer.w_in])
-            else:
-                layer.attn_norm.fold_into([layer.wqkv])
-                layer.ffn_norm.fold_into([layer.w_in])
-        if self.lm_head is not None:
-            self.norm.fold_into([self.lm_head])
-        return True
 
     # ---- cache ---------------------------------------------------------------------------
     def allocate_cache(self, batch: int, length: int) -> None:
@@ -424,10 +377,7 @@ class Decoder(nn.Module):
         head = self.lm_head
         if head is None:  # tied: this rank's rows of the (replicated) embedding, a view
             head = self.embed[lay.vocab_start : lay.vocab_end]
-        if _gemv_normalises(self.norm, x, fast):
-            y = fast.small_linear(x, head, self.head_bias, norm_eps=self.norm.eps).float()
-        else:
-            y = linear(self.norm(x, fast), head, self.head_bias, fast).float()
+        y = linear(self.norm(x, fast), head, self.head_bias, fast).float()
         if lay.tp == 1:
             return y
         if y.shape[-1] < lay.vocab_chunk:  # the last chunk is short: pad to a common width

@@ -106,9 +106,6 @@ def _check_kernels(model: Decoder, kernels: Any) -> str | None:
         want = x.float() @ w.float().T + bias.float() + res.float()
         if not _close(kernels.small_linear(x, w, bias, res), want):
             return "Triton GEMV self-check mismatch"
-        normed = F.rms_norm(x.float(), x.shape[-1:], None, 1e-5)
-        if not _close(kernels.small_linear(x, w, norm_eps=1e-5), normed @ w.float().T):
-            return "Triton GEMV with RMSNorm self-check mismatch"
     except Exception as error:  # compiler missing, unsupported GPU, ...
         return f"Triton kernels failed: {type(error).__name__}: {error}"[:300]
     return None
