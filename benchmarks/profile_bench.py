@@ -11,6 +11,12 @@ off, alternately (goal < 1%).
 For the models of the paper's Table 3 the fitted PE(512/1024/1536) and g are printed beside
 the paper's idealized figures (Megatron on A100s: other hardware and software, for context).
 
+A model too large for the GPUs at hand can be profiled truncated: `--layers L --tp N` keeps
+L of its layers (same layer shape) and reports the per-layer-scaled figures for the full depth
+on N GPUs with ideal tensor parallelism, PE·(layers/(N·L)) and g·(layers/(N·L)): with
+L = layers/N that is the truncated model's own time, i.e. what each of N GPUs computes, with
+the all-reduces between them left out (stated in the record).
+
 Run: python benchmarks/profile_bench.py [--model llama-7b] [--backend engine] [--out DIR]
 Writes <out>/profile_<backend>.json and .md (or <out>/<--name>.json) with device, date and
 commit.
@@ -22,6 +28,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -80,11 +87,18 @@ def main() -> None:
         default=30.0,
         help="seconds of load before a metered profile (working temperature); in the wall time",
     )
+    parser.add_argument("--layers", type=int, default=None, help="profile only L layers")
+    parser.add_argument("--tp", type=int, default=1, help="with --layers: scale to N GPUs")
     parser.add_argument("--name", default=None, help="result file stem (profile_<backend>)")
     args = parser.parse_args()
     name = args.name or f"profile_{args.backend}"
 
-    spec = get_spec(args.model)
+    full = get_spec(args.model)
+    spec = full
+    if args.layers is not None:
+        if not 0 < args.layers <= full.num_layers:
+            sys.exit(f"--layers must be in 1..{full.num_layers}")
+        spec = replace(full, name=f"{full.name}@{args.layers}L", num_layers=args.layers)
     grid = ProfileGrid(args.prompt_sizes, args.output_sizes, (1,), args.trials)
     backend = get_backend(args.backend, device=args.device)
     meter = Meter(gpus=visible_gpus(1))
@@ -209,19 +223,38 @@ def main() -> None:
             f"windows; meter overhead {energy_result['meter_overhead_pct']:.2f}%"
         )
 
+    truncated = None
+    if spec is not full:
+        scale = full.num_layers / (args.tp * spec.num_layers)
+        truncated = {
+            "layers_profiled": spec.num_layers,
+            "layers_full": full.num_layers,
+            "tp": args.tp,
+            "scale": scale,
+            "pe_full_tp_s": [scale * float(model.prompt_encoding_at(p)) for p in (512, 1024, 1536)],
+            "g_full_tp_s": scale * model.per_output_token,
+            "note": f"{spec.num_layers} of {full.num_layers} layers on one GPU, scaled by "
+            f"layers/(tp*profiled) = {scale:.3f}: ideal tensor parallelism over {args.tp} "
+            "GPUs, all-reduce time not included",
+        }
+        print(f"truncated: {truncated}")
     table3 = None
-    if spec.name in PAPER_TABLE3:
-        paper_pe, paper_g = PAPER_TABLE3[spec.name]
+    if full.name in PAPER_TABLE3:
+        paper_pe, paper_g = PAPER_TABLE3[full.name]
         table3 = {
-            "pe_s": [model.prompt_encoding_at(p) for p in (512, 1024, 1536)],
+            "pe_s": [float(model.prompt_encoding_at(p)) for p in (512, 1024, 1536)],
             "g_s": model.per_output_token,
             "paper_idealized_a100_megatron_pe_s": list(paper_pe),
             "paper_idealized_a100_megatron_g_s": paper_g,
             "note": "paper: Megatron on A100s (its Table 3); here: this engine on this GPU",
         }
+        if truncated is not None:  # compare the full depth, scaled as stated
+            table3["pe_s"], table3["g_s"] = truncated["pe_full_tp_s"], truncated["g_full_tp_s"]
+            table3["note"] += "; " + truncated["note"]
         print(f"Table 3 ({spec.name}): {table3}")
     result = {
         "model": spec.name,
+        "truncated": truncated,
         "backend": args.backend,
         "backend_info": info,
         "grid": grid.to_dict(),
@@ -250,6 +283,8 @@ def main() -> None:
             (f"held-out MAPE ({len(held)} queries)", f"{mape:.2f}%", "≤ 2%"),
             ("held-out max error", f"{max_err:.2f}%", "≤ 5%"),
         ]
+    if truncated is not None:
+        rows_md.append(("truncated profile", truncated["note"], "-"))
     if table3 is not None:
         ours = " / ".join(f"{v:.3f}" for v in table3["pe_s"])
         paper = " / ".join(f"{v:.3f}" for v in table3["paper_idealized_a100_megatron_pe_s"])

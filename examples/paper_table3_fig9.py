@@ -39,6 +39,7 @@ TABLE3_MODELS = ("openai/davinci", "ai21/j1-grande-v1", "ai21/j1-jumbo-v1", "ant
 GPU_GRID = ((1, 256, 512, 1024, 1536), (1, 32, 64, 128, 256), 3)
 CPU_GRID = ((1, 128, 256, 512), (1, 8, 16), 2)
 QUICK_GRID = ((1, 64, 128), (1, 4, 8), 2)
+GPU_QUICK_GRID = ((1, 256, 512, 1024), (1, 16, 32), 2)
 
 
 def stand_in(spec, hidden: int = 32, layers: int = 8, heads: int = 8, vocab: int = 16):
@@ -135,7 +136,7 @@ def build_store(store_path: Path, quick: bool = False, api: bool = True) -> bool
 
         gpus = torch.cuda.device_count()
         plan = gpu_plan(specs, gpus, torch.cuda.get_device_properties(0).total_memory)
-        grid = GPU_GRID
+        grid = GPU_QUICK_GRID if quick else GPU_GRID
     else:
         plan = [(stand_in(spec), 1) for spec in specs]
         grid = QUICK_GRID if quick else CPU_GRID
@@ -158,7 +159,7 @@ def build_store(store_path: Path, quick: bool = False, api: bool = True) -> bool
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE / "out")
-    parser.add_argument("--quick", action="store_true", help="3 models, a small grid")
+    parser.add_argument("--quick", action="store_true", help="2-3 models, a small grid")
     parser.add_argument("--no-api", action="store_true", help="skip the served-API profiles")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE.parent / "src"))

@@ -185,6 +185,12 @@ def test_fit_points_from_another_tool(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     model = json.loads((tmp_path / "m.json").read_text())
     assert model["per_output_token"] == pytest.approx(0.02)
+    assert model["output_token_slopes"] == pytest.approx([0.02] * 3)
+    paper = invoke("fit", "--points", points, "--slopes", "global", "--output", tmp_path / "g.json")
+    assert paper.exit_code == 0, paper.output
+    assert json.loads((tmp_path / "g.json").read_text())["output_token_slopes"] is None
+    wrong = invoke("fit", "--points", points, "--slopes", "per-p")
+    assert wrong.exit_code != 0 and "--slopes must be per-prompt or global" in wrong.output
 
 
 @pytest.mark.parametrize(

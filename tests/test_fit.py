@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -210,3 +212,50 @@ def test_energy_fit_is_relative_so_short_queries_keep_their_intercept() -> None:
     )
     assert np.median(errors["relative"]) < 0.02
     assert np.median(errors["relative"]) < np.median(errors["absolute"]) / 3
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.integers(1, 2048), min_size=2, max_size=5, unique=True),
+    st.floats(1e-3, 5e-2),
+    st.floats(1e-7, 1e-5),
+    st.integers(1, 2048),
+    st.integers(2, 512),
+)
+def test_per_prompt_slopes_price_a_context_dependent_step_exactly(
+    prompts: list[int], g0: float, growth: float, p: int, o: int
+) -> None:
+    # A decode step that grows with the context: g(p) = g0 + growth·p, PE linear in p.
+    prompts = sorted(prompts)
+    rows = [
+        (q, n, 0, 0.01 + 2e-5 * q + (n - 1) * (g0 + growth * q))
+        for q in prompts
+        for n in (1, 32, 128, 256)
+    ]
+    points = pd.DataFrame(rows, columns=["prompt_tokens", "output_tokens", "trial", "runtime_s"])
+    model = fit_cost_model(points)
+    assert model.fit["slopes"] == "per_prompt"
+    assert model.output_token_slopes == pytest.approx([g0 + growth * q for q in prompts])
+    inside = min(max(p, prompts[0]), prompts[-1])  # g(p) is interpolated between the knots
+    truth = 0.01 + 2e-5 * inside + (o - 1) * (g0 + growth * inside)
+    assert float(model.predict(inside, o)) == pytest.approx(truth, rel=1e-6)
+    # The paper's single g averages the slopes: off wherever the context moves the step.
+    paper = fit_cost_model(points, slopes="global")
+    assert paper.output_token_slopes is None
+    assert paper.per_output_token == pytest.approx(model.per_output_token)
+    longest = 0.01 + 2e-5 * prompts[-1] + 255 * (g0 + growth * prompts[-1])
+    assert float(paper.predict(prompts[-1], 256)) < longest * (1 - 1e-9)  # prices it low
+
+
+def test_model_files_without_slopes_still_load_and_use_one_g(tmp_path) -> None:
+    model = CostModel([1, 513], [0.01, 0.05], 0.02, output_token_slopes=[0.019, 0.021])
+    again = CostModel.from_dict(json.loads(model.save(tmp_path / "m.json").read_text()))
+    assert again.output_token_slopes == [0.019, 0.021]
+    assert float(again.predict(257, 11)) == pytest.approx(0.03 + 10 * 0.020)  # midway
+    assert float(again.predict(2000, 11)) == pytest.approx(again.prompt_encoding_at(2000) + 0.21)
+    old = {k: v for k, v in model.to_dict().items() if k != "output_token_slopes"}
+    legacy = CostModel.from_dict(old)
+    assert legacy.output_token_slopes is None
+    assert float(legacy.predict(2000, 11)) == pytest.approx(legacy.prompt_encoding_at(2000) + 0.2)
+    with pytest.raises(ValueError, match="one slope per prompt size"):
+        CostModel([1, 513], [0.01, 0.05], 0.02, output_token_slopes=[0.02])

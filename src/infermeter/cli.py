@@ -482,7 +482,12 @@ ENERGY_DENOISE: Denoise = "median"
 
 
 def _fit_run(
-    db: Store, run_id: int, denoise: Denoise, overhead: str | float, folds: int
+    db: Store,
+    run_id: int,
+    denoise: Denoise,
+    overhead: str | float,
+    folds: int,
+    slopes: str = "per_prompt",
 ) -> list[CostModel]:
     run = db.get_run(run_id)
     points = db.points(run_id)
@@ -507,6 +512,7 @@ def _fit_run(
             model=run.model,
             stack=run.stack,
             provenance=provenance,
+            slopes=slopes,  # type: ignore[arg-type]
         )
         db.record_fit(run_id, model)
         fitted.append(model)
@@ -534,6 +540,11 @@ def fit(
     denoise: str = typer.Option("min", help="Reduce trials by min (the paper), median or mean."),
     overhead: str = typer.Option("none", help="none, auto (APIs, §3.5) or seconds."),
     folds: int = typer.Option(5, help="Folds of the held-out error."),
+    slopes: str = typer.Option(
+        "per-prompt",
+        help="per-prompt: g(p) from each prompt size's slope (a long context makes each token "
+        "dearer); global: the paper's one g.",
+    ),
     output: Path | None = typer.Option(None, help="Write the fitted runtime model JSON here."),
     model_name: str = typer.Option("", "--model", help="Name recorded with --points."),
     store: Path = StoreOption,
@@ -542,6 +553,9 @@ def fit(
     if denoise not in ("min", "median", "mean"):
         raise UserError("--denoise must be min, median or mean")
     mode = _parse_overhead(overhead)
+    if slopes not in ("per-prompt", "global"):
+        raise UserError("--slopes must be per-prompt or global")
+    slope_mode = slopes.replace("-", "_")
     if points is not None:
         frame = read_points(points)
         fitted = [
@@ -553,6 +567,7 @@ def fit(
                 folds,
                 model=model_name or points.stem,  # type: ignore[arg-type]
                 provenance={"points_file": str(points)},
+                slopes=slope_mode,  # type: ignore[arg-type]
             )
             for q in ("runtime_s", "energy_j")
             if q in frame.columns and frame[q].notna().any()
@@ -565,6 +580,7 @@ def fit(
                 denoise,  # type: ignore[arg-type]
                 mode,
                 folds,
+                slope_mode,
             )
     for model in fitted:
         print_fit(model)

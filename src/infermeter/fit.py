@@ -4,7 +4,11 @@
    paper's denoising (§4.1: noise η ≥ 0, so the minimum has the least of it).
 2. For each profiled prompt size p, least squares of y on (o − 1): the intercept is PE(p),
    with an R² per p.
-3. One global slope g: least squares of (y − PE(p)) on (o − 1) over all points.
+3. One global slope g: least squares of (y − PE(p)) on (o − 1) over all points. That is the
+   paper's g (Table 3) and is always reported; by default the model also keeps each prompt
+   size's own slope from step 2 and prices with g(p) interpolated between them (see
+   cost_model: a decode step reads the whole context's keys and values, so it costs more after
+   a long prompt). `slopes="global"` prices with the one g, exactly as the paper.
 
 Runtime is fitted by plain least squares, as in the paper. Energy is fitted by relative least
 squares (residuals divided by the value): an energy reading carries ~1% noise, so in absolute
@@ -21,7 +25,7 @@ Held-out error comes from k-fold cross-validation over the (p, o) points.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -32,6 +36,7 @@ from infermeter.errors import UserError
 Denoise = Literal["min", "median", "mean"]
 OverheadMode = Literal["none", "auto"]
 Weighting = Literal["absolute", "relative"]
+Slopes = Literal["per_prompt", "global"]
 
 REQUIRED_COLUMNS = ("prompt_tokens", "output_tokens")
 
@@ -132,6 +137,7 @@ def fit_prompt_sizes(agg: pd.DataFrame, weighting: Weighting = "absolute") -> li
 def _fit_core(
     agg: pd.DataFrame, overhead: OverheadMode | float, weighting: Weighting = "absolute"
 ) -> tuple[list[PromptFit], np.ndarray, np.ndarray, float, float]:
+    """Per-p fits, knots, PE at the knots (overhead taken out), global g, overhead."""
     per_p = fit_prompt_sizes(agg, weighting)
     knots = np.array([f.prompt_tokens for f in per_p], dtype=float)
     pe = np.array([f.intercept for f in per_p])
@@ -158,12 +164,34 @@ def _fit_core(
     return per_p, knots, np.maximum(pe - const, 0.0), g, const
 
 
+def _cost_model(
+    per_p: list[PromptFit],
+    knots: np.ndarray,
+    pe: np.ndarray,
+    g: float,
+    const: float,
+    slopes: Slopes,
+    **about: Any,
+) -> CostModel:
+    if slopes not in ("per_prompt", "global"):
+        raise UserError(f"unknown slopes {slopes!r}; use per_prompt or global")
+    return CostModel(
+        prompt_sizes=knots.astype(int).tolist(),
+        prompt_encoding=pe.tolist(),
+        per_output_token=g,
+        overhead=const,
+        output_token_slopes=[f.slope for f in per_p] if slopes == "per_prompt" else None,
+        **about,
+    )
+
+
 def cross_validate(
     agg: pd.DataFrame,
     overhead: OverheadMode | float,
     folds: int = 5,
     seed: int = 0,
     weighting: Weighting = "absolute",
+    slopes: Slopes = "per_prompt",
 ) -> dict[str, float | int]:
     """k-fold over (p, o) points: fit on the rest, predict the held-out points.
 
@@ -195,10 +223,10 @@ def cross_validate(
         if train.empty:
             continue
         try:
-            _, knots, pe, g, const = _fit_core(train, overhead, weighting)
+            per_p, knots, pe, g, const = _fit_core(train, overhead, weighting)
         except UserError:
             continue
-        model = CostModel(knots.astype(int).tolist(), pe.tolist(), g, const)
+        model = _cost_model(per_p, knots, pe, g, const, slopes)
         test = agg[held_out]
         predicted = model.predict(test["prompt_tokens"], test["output_tokens"])
         actual = test["value"].to_numpy(dtype=float)
@@ -224,23 +252,27 @@ def fit_cost_model(
     stack: dict | None = None,
     provenance: dict | None = None,
     weighting: Weighting | None = None,
+    slopes: Slopes = "per_prompt",
 ) -> CostModel:
-    """Fit t(p, o) = PE(p) + (o − 1)·g + overhead to measured points (runtime or energy).
+    """Fit t(p, o) = PE(p) + (o − 1)·g(p) + overhead to measured points (runtime or energy).
 
     `points` has one row per trial: prompt_tokens, output_tokens, the `quantity` column
     (runtime_s or energy_j) and optionally status (only "ok" rows are used) and trial.
-    `weighting` defaults to absolute for runtime and relative for energy.
+    `weighting` defaults to absolute for runtime and relative for energy; `slopes` chooses
+    g(p) from each prompt size's slope (default) or the paper's one global g.
     """
     if denoise not in ("min", "median", "mean"):
         raise UserError(f"unknown denoising {denoise!r}; use min, median or mean")
     weighting = weighting or default_weighting(quantity)
     agg = aggregate_trials(points, quantity, denoise)
     per_p, knots, pe, g, const = _fit_core(agg, overhead, weighting)
-    cost = CostModel(
-        prompt_sizes=knots.astype(int).tolist(),
-        prompt_encoding=pe.tolist(),
-        per_output_token=g,
-        overhead=const,
+    cost = _cost_model(
+        per_p,
+        knots,
+        pe,
+        g,
+        const,
+        slopes,
         quantity=quantity,
         model=model,
         stack=dict(stack or {}),
@@ -250,6 +282,7 @@ def fit_cost_model(
     cost.fit = {
         "denoise": denoise,
         "weighting": weighting,
+        "slopes": slopes,
         "overhead_mode": overhead if isinstance(overhead, str) else "given",
         "n_points": len(agg),
         "n_trials": int(agg["trials"].sum()),
@@ -265,6 +298,8 @@ def fit_cost_model(
             for f in per_p
         ],
         "max_cv": float(agg["cv"].max()),
-        "cross_validation": cross_validate(agg, overhead, folds, weighting=weighting),
+        "cross_validation": cross_validate(
+            agg, overhead, folds, weighting=weighting, slopes=slopes
+        ),
     }
     return cost
