@@ -12,7 +12,8 @@ infermeter makes, ending in the HTML report.
    is named "<model>-standin" and records the model it stands for, which is how the
    capability table's names find it.
 2. For Table 3's four models, serve the same model locally through infermeter's
-   OpenAI-compatible server on the hf stack and profile it as a black-box API: the fit of
+   OpenAI-compatible server on the hf stack, in a process of its own, and profile it as a
+   black-box API: the fit of
    the minimum over trials, with the API's overhead, is the denoised runtime (§4.1). (The
    paper's APIs were the providers' own; here hf plays the provider and the engine plays
    Megatron, so Table 3 compares those two stacks.)
@@ -98,28 +99,22 @@ def profile_reference(store, spec, tp: int, on_gpu: bool, grid) -> None:
 
 
 def profile_api(store, spec, on_gpu: bool, grid) -> None:
-    """Serve `spec` on the hf stack through the OpenAI-compatible app; profile it as an API."""
+    """Serve `spec` on the hf stack through the OpenAI-compatible app, in a process of its own
+    as a provider's server would be, and profile it as an API from this one."""
     from infermeter.backends import get_backend
     from infermeter.profile import ProfileGrid, run_profile
     from infermeter.provenance import device_description
-    from infermeter.serve import create_app, running
-    from infermeter.textgen import generator_for
-    from infermeter.tokenizer import load_tokenizer
+    from infermeter.serve import running_in_process
 
     where = device_description(gpu=on_gpu)  # the server's port changes; the machine does not
-    hf = get_backend("hf", device="cuda" if on_gpu else "cpu", dtype=spec.dtype)
-    hf.prepare(spec)
+    options = {"device": "cuda" if on_gpu else "cpu", "dtype": spec.dtype}
     start = time.perf_counter()
-    try:
-        app = create_app(generator_for(hf), load_tokenizer("bytes"), spec.name)
-        with running(app) as url:
-            api = get_backend("openai", base_url=url, tokenizer="bytes")
-            run = run_profile(
-                store, spec, {"backend": "openai"}, api, {"served": "hf"},
-                ProfileGrid(*grid[:2], (1,), grid[2]), device=f"api: hf served on {where}",
-            )  # fmt: skip
-    finally:
-        hf.close()
+    with running_in_process(spec, "hf", options, tokenizer="bytes") as url:
+        api = get_backend("openai", base_url=url, tokenizer="bytes")
+        run = run_profile(
+            store, spec, {"backend": "openai"}, api, {"served": "hf"},
+            ProfileGrid(*grid[:2], (1,), grid[2]), device=f"api: hf served on {where}",
+        )  # fmt: skip
     print(f"api     {spec.name:32s} run {run.id}: {time.perf_counter() - start:5.1f} s")
 
 

@@ -499,3 +499,30 @@ def test_cli_serve_answers_until_interrupted() -> None:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     assert b"serving served (hf, tokenizer bytes)" in out
+
+
+# ---- a server in a process of its own -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_model_served_from_its_own_process_is_profiled_and_stopped(tmp_path: Path) -> None:
+    from infermeter.serve import running_in_process
+
+    with running_in_process(SPEC, "hf", {"device": "cpu"}, tokenizer="bytes") as url:
+        backend = get_backend("openai", base_url=url, tokenizer="bytes")
+        with Store(tmp_path / "s.sqlite") as db:
+            run = run_profile(db, SPEC, {"backend": "openai"}, backend, {}, GRID)
+            points = db.points(run.id)
+        pid = json.loads(urllib.request.urlopen(f"{url}/models", timeout=5).read())
+    assert run.status == "complete" and (points.status == "ok").all()
+    assert pid["data"][0]["id"] == SPEC.name  # served under the spec's name by default
+    with pytest.raises(urllib.error.URLError):  # the child is gone with the block
+        urllib.request.urlopen(f"{url}/models", timeout=2)
+
+
+def test_a_server_that_cannot_load_says_why() -> None:
+    from infermeter.serve import running_in_process
+
+    with pytest.raises(RuntimeError, match="the model server failed: .*backend"):
+        with running_in_process(SPEC, "no-such-backend", {}):
+            pass

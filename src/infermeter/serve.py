@@ -370,3 +370,120 @@ def running(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@contextlib.contextmanager
+def running_in_process(
+    spec: Any,
+    backend: str = "hf",
+    options: dict[str, Any] | None = None,
+    tokenizer: str = "bytes",
+    name: str | None = None,
+    start_timeout_s: float = 900.0,
+) -> Iterator[str]:
+    """Serve `spec` (a ModelSpec) from a child process for the block; yields the base URL.
+
+    Unlike `running`, the model generates in its own interpreter: a client timing it in this
+    process shares no GIL with the generation loop (with transformers' Python-heavy decode
+    on a GPU, sharing one made per-token times swing several-fold), as with a real API. The
+    child is a fresh `python -c` (no fork, no re-import of the caller's script) that sees this
+    process's sys.path; it reports its port, or why it could not start, on its stdout.
+    """
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    payload = {
+        "spec": spec.to_dict(),
+        "backend": backend,
+        "options": options or {},
+        "tokenizer": tokenizer,
+        "name": name or spec.name,
+    }
+    paths = [p for p in sys.path if p]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    code = "from infermeter.serve import _child_main; _child_main()"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(json.dumps(payload))
+    process.stdin.close()
+    answer: queue.Queue[str] = queue.Queue()
+
+    def read_reports() -> None:  # the child's report line; the rest is drained, never blocks it
+        for text in process.stdout:  # type: ignore[union-attr]
+            if text.startswith(('{"port"', '{"error"')):
+                answer.put(text)
+        answer.put("")
+
+    reader = threading.Thread(target=read_reports, daemon=True)
+    reader.start()
+    try:
+        try:
+            line = answer.get(timeout=start_timeout_s)
+        except queue.Empty:
+            raise RuntimeError(
+                f"the model server did not start within {start_timeout_s:.0f} s"
+            ) from None
+        if not line:
+            raise RuntimeError(f"the model server exited with code {process.wait()}")
+        report = json.loads(line)
+        if "error" in report:
+            raise RuntimeError(f"the model server failed: {report['error']}")
+        url = f"http://127.0.0.1:{report['port']}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the model server did not answer /health")
+            time.sleep(0.05)
+        yield f"{url}/v1"
+    finally:
+        process.terminate()  # uvicorn shuts down on SIGTERM
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        reader.join(timeout=5)  # EOF once the child is gone
+        process.stdout.close()
+
+
+def _child_main() -> None:
+    """The child of `running_in_process`: read the job on stdin, load the model, bind, print
+    {"port": N} (or {"error": why}) on stdout, serve until terminated."""
+    import socket
+    import sys
+
+    import uvicorn
+
+    from infermeter.backends import get_backend
+    from infermeter.spec import ModelSpec
+    from infermeter.textgen import generator_for
+    from infermeter.tokenizer import load_tokenizer
+
+    job = json.loads(sys.stdin.read())
+    try:
+        runner = get_backend(job["backend"], **job["options"])
+        runner.prepare(ModelSpec.from_dict(job["spec"]))
+        app = create_app(generator_for(runner), load_tokenizer(job["tokenizer"]), job["name"])
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+    except Exception as error:  # reported to the parent, which raises it
+        print(json.dumps({"error": f"{type(error).__name__}: {error}"[:500]}), flush=True)
+        return
+    print(json.dumps({"port": sock.getsockname()[1]}), flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    uvicorn.Server(config).run(sockets=[sock])
