@@ -392,8 +392,8 @@ def running_in_process(
     import os
     import subprocess
     import sys
-
-    import httpx
+    import urllib.error
+    import urllib.request
 
     payload = {
         "spec": spec.to_dict(),
@@ -441,9 +441,10 @@ def running_in_process(
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
+                with urllib.request.urlopen(f"{url}/health", timeout=1.0) as reply:
+                    if reply.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the model server did not answer /health")
