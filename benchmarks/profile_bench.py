@@ -223,6 +223,7 @@ def main() -> None:
             f"windows; meter overhead {energy_result['meter_overhead_pct']:.2f}%"
         )
 
+    pe_table3 = [float(model.prompt_encoding_at(p)) for p in (512, 1024, 1536)]
     truncated = None
     if spec is not full:
         scale = full.num_layers / (args.tp * spec.num_layers)
@@ -231,7 +232,7 @@ def main() -> None:
             "layers_full": full.num_layers,
             "tp": args.tp,
             "scale": scale,
-            "pe_full_tp_s": [scale * float(model.prompt_encoding_at(p)) for p in (512, 1024, 1536)],
+            "pe_full_tp_s": [scale * pe for pe in pe_table3],
             "g_full_tp_s": scale * model.per_output_token,
             "note": f"{spec.num_layers} of {full.num_layers} layers on one GPU, scaled by "
             f"layers/(tp*profiled) = {scale:.3f}: ideal tensor parallelism over {args.tp} "
@@ -242,7 +243,7 @@ def main() -> None:
     if full.name in PAPER_TABLE3:
         paper_pe, paper_g = PAPER_TABLE3[full.name]
         table3 = {
-            "pe_s": [float(model.prompt_encoding_at(p)) for p in (512, 1024, 1536)],
+            "pe_s": pe_table3,
             "g_s": model.per_output_token,
             "paper_idealized_a100_megatron_pe_s": list(paper_pe),
             "paper_idealized_a100_megatron_g_s": paper_g,

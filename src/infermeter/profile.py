@@ -148,15 +148,17 @@ def run_profile(
     status = "interrupted"
     try:
         backend.prepare(spec)
-        store.update_run_backend(run.id, {**backend_options, **backend.describe()})
+        info = {**backend_options, **backend.describe()}
+        store.update_run_backend(run.id, info)
         metering = meter is not None and meter.available
         if metering:
             meter.measure_idle(1.0)
             meter.start()
             if warmup_s > 0:
                 heavy = max(todo, key=lambda p: (p.batch_size, p.prompt_tokens, p.output_tokens))
-                warm = thermal_warmup(backend, replace(heavy, trial=0), meter, warmup_s)
-                info = {**backend_options, **backend.describe(), "thermal_warmup": warm}
+                info["thermal_warmup"] = thermal_warmup(
+                    backend, replace(heavy, trial=0), meter, warmup_s
+                )
                 store.update_run_backend(run.id, info)
             flushed = 0.0
             phases = PhaseSplit(backend, meter, min_energy_window_s)

@@ -342,21 +342,32 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = 
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
 
+def _bound_socket(host: str, port: int) -> Any:
+    """A listening-ready TCP socket on (host, port); port 0 picks a free one."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _quiet_server(app: Any) -> Any:
+    """A uvicorn server for `app` that logs only warnings (for `running` and its child)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    return uvicorn.Server(config)
+
+
 @contextlib.contextmanager
 def running(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Serve `app` on a thread for the block's duration; yields the base URL (…/v1).
 
     port=0 picks a free port. For tests and notebooks.
     """
-    import socket
-
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
+    sock = _bound_socket(host, port)
+    server = _quiet_server(app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -464,10 +475,7 @@ def running_in_process(
 def _child_main() -> None:
     """The child of `running_in_process`: read the job on stdin, load the model, bind, print
     {"port": N} (or {"error": why}) on stdout, serve until terminated."""
-    import socket
     import sys
-
-    import uvicorn
 
     from infermeter.backends import get_backend
     from infermeter.spec import ModelSpec
@@ -479,12 +487,9 @@ def _child_main() -> None:
         runner = get_backend(job["backend"], **job["options"])
         runner.prepare(ModelSpec.from_dict(job["spec"]))
         app = create_app(generator_for(runner), load_tokenizer(job["tokenizer"]), job["name"])
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock = _bound_socket("127.0.0.1", 0)
     except Exception as error:  # reported to the parent, which raises it
         print(json.dumps({"error": f"{type(error).__name__}: {error}"[:500]}), flush=True)
         return
     print(json.dumps({"port": sock.getsockname()[1]}), flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    uvicorn.Server(config).run(sockets=[sock])
+    _quiet_server(app).run(sockets=[sock])
