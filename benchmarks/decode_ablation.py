@@ -8,7 +8,8 @@ Variants (each in its own process, since the switch is read when kernels launch)
 Per variant: the median decode step over repeats (CUDA events around whole generations, as
 engine_bench), its ratio to the floor (weight + KV bytes / copy bandwidth, measured once in
 this run), and, from the profiler, the summed kernel time per step (a generation minus one
-that stops after its prefill): step − kernels is the time the GPU spent between kernels.
+that stops after its prefill): without PDL, step − kernels is the time the GPU spent between
+kernels (with PDL the kernels' profiled durations include their waits and overlap).
 
 Run on a GPU: python benchmarks/decode_ablation.py [--out DIR] [--repeats N]
 Writes <out>/decode_ablation.json and .md with device, date and commit.
@@ -109,7 +110,10 @@ def main() -> None:
         else:
             row = json.loads(done.stdout.strip().splitlines()[-1])
             row["ratio_to_floor"] = row["step_s"] / floor_s
-            row["gap_us_per_step"] = row["step_s"] * 1e6 - row.get("kernel_us_per_step", 0)
+            # With PDL a kernel is resident while it waits on the one before, so the
+            # profiler's durations overlap and their sum says nothing about gaps.
+            if pdl == "0" and "kernel_us_per_step" in row:
+                row["gap_us_per_step"] = row["step_s"] * 1e6 - row["kernel_us_per_step"]
             results[name] = row
         print(name, results[name], flush=True)
     rows = [

@@ -93,6 +93,8 @@ def main() -> None:
     args = parser.parse_args()
     name = args.name or f"profile_{args.backend}"
 
+    if args.tp != 1 and args.layers is None:
+        sys.exit("--tp scales a truncated profile: give --layers too")
     full = get_spec(args.model)
     spec = full
     if args.layers is not None:

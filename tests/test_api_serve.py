@@ -523,6 +523,8 @@ def test_a_model_served_from_its_own_process_is_profiled_and_stopped(tmp_path: P
 def test_a_server_that_cannot_load_says_why() -> None:
     from infermeter.serve import running_in_process
 
-    with pytest.raises(RuntimeError, match="the model server failed: .*backend"):
-        with running_in_process(SPEC, "no-such-backend", {}):
-            pass
+    with (
+        pytest.raises(RuntimeError, match=r"the model server failed: .*backend"),
+        running_in_process(SPEC, "no-such-backend", {}),
+    ):
+        pass

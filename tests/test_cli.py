@@ -217,6 +217,7 @@ def test_fit_points_from_another_tool(tmp_path: Path) -> None:
             "exceeds",
         ),
         (["profile", "tiny-llama", "--device", "cpu", "--prompt-sizes", "a,b"], "whole numbers"),
+        (["profile", "tiny-llama", "--device", "cpu", "--warmup-s", "-5"], "--warmup-s"),
         (["profile", "tiny-llama", "--backend", "vllm"], "vllm"),
         (
             ["estimate", "--profile", "nope.json", "--prompt-tokens", "1", "--output-tokens", "1"],

@@ -128,6 +128,8 @@ def run_profile(
     card is at working temperature (see `thermal_warmup`).
     """
     grid.validate(spec)
+    if warmup_s < 0:
+        raise UserError(f"--warmup-s must be 0 or more seconds, not {warmup_s:g}")
     run, _ = store.open_run(
         key=profile_key(spec, stack, backend.name, backend_options, grid),
         model=spec.name,
