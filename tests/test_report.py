@@ -207,3 +207,37 @@ def test_a_run_stored_without_a_device_is_labelled_by_its_backend(tmp_path: Path
     assert stored.device == "NVIDIA H200"
     assert describe_runs([stored]).startswith("on NVIDIA H200, ")
     assert stored.stack_label == "engine on NVIDIA H200"
+
+
+def test_energy_figure_draws_every_configuration_with_one_colour_per_batch() -> None:
+    """Seven (model, dataset, length) panels, some with batch 128 alone: none is dropped, and
+    a batch size keeps its colour from panel to panel."""
+    from matplotlib.colors import to_hex
+
+    from infermeter.report.energy import ENERGY_COLUMNS, fig_energy_by_batch_shards
+
+    panels = [
+        ("llama-7b", "gsm8k", 256, (64, 128, 256)), ("llama-7b", "gsm8k", 512, (64, 128)),
+        ("llama-7b", "gsm8k", 1024, (128,)), ("llama-7b", "alpaca", 256, (64,)),
+        ("llama-7b", "alpaca", 512, (64,)), ("llama-7b", "alpaca", 1024, (64,)),
+        ("llama-13b", "gsm8k", 256, (64,)),
+    ]  # fmt: skip
+    blank = {**dict.fromkeys(ENERGY_COLUMNS, 1.0), "shards": 1, "power_cap_w": None}
+    rows = [
+        {**blank, "model": m, "dataset": d, "max_len": n, "batch": b, "watts": 600.0 + b}
+        for m, d, n, batches in panels
+        for b in batches
+    ]
+    plot = fig_energy_by_batch_shards(pd.DataFrame(rows), "watts")
+    drawn = [ax for ax in plot.figure.axes if ax.get_visible() and ax.patches]
+    assert len(drawn) == 7
+    titles = {ax.get_title() for ax in drawn}
+    assert "llama-7b · gsm8k · max length 1024" in titles
+    colours: dict[float, set[str]] = {}
+    for ax in drawn:
+        for bar in ax.patches:
+            colours.setdefault(round(bar.get_height()), set()).add(to_hex(bar.get_facecolor()))
+    assert all(len(c) == 1 for c in colours.values()), colours  # height = 600 + batch
+    assert len({next(iter(c)) for c in colours.values()}) == 3
+    legend = plot.figure.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["64", "128", "256"]

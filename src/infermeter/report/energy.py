@@ -18,9 +18,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.patches import Patch
 
 from infermeter.errors import UserError
 from infermeter.fitted import StoredRun
@@ -98,14 +100,23 @@ def usable(frame: pd.DataFrame) -> pd.DataFrame:
         if column not in frame:
             frame[column] = "-"
         frame[column] = frame[column].fillna("-")
-    ok = frame["status"].fillna("ok").eq("ok") if "status" in frame else True
-    return frame[ok].reset_index(drop=True)
+    if "status" in frame:
+        frame = frame[frame["status"].fillna("ok").eq("ok")]
+    return frame.reset_index(drop=True)
 
 
 def _grouped_bars(
-    ax, table: pd.DataFrame, x: str, hue: str, value: str, err: str | None = None, log: bool = False
+    ax,
+    table: pd.DataFrame,
+    x: str,
+    hue: str,
+    value: str,
+    err: str | None = None,
+    log: bool = False,
+    palette: dict[Any, str] | None = None,
 ) -> None:
-    """Bars of `value` at each `x`, one colour per `hue` (an error bar from `err`)."""
+    """Bars of `value` at each `x`, one colour per `hue` (from `palette` where given, so that
+    panels agree), an error bar from `err`."""
     xs = list(dict.fromkeys(table[x]))
     hues = list(dict.fromkeys(table[hue]))
     width = 0.8 / max(len(hues), 1)
@@ -118,7 +129,7 @@ def _grouped_bars(
             width,
             yerr=rows[err] if err else None,
             capsize=2,
-            color=color(j),
+            color=palette[h] if palette else color(j),
             label=str(h),
         )
     ax.set_xticks(range(len(xs)), [str(v) for v in xs], fontsize=7)
@@ -126,6 +137,18 @@ def _grouped_bars(
     # A log axis only where values span decades; otherwise it hides the differences.
     if log and (values > 0).all() and values.max() / values.min() > 10:
         ax.set_yscale("log")
+
+
+def _palette(values: Sequence[Any] | pd.Series) -> dict[Any, str]:
+    """One colour per distinct value, the same in every panel of a figure."""
+    return {v: color(i) for i, v in enumerate(dict.fromkeys(values))}
+
+
+def _legend(fig: Any, palette: dict[Any, str], title: str | None = None) -> None:
+    """One legend for the figure, beside the panels rather than over a bar."""
+    handles = [Patch(color=c, label=str(v)) for v, c in palette.items()]
+    fig.legend(handles=handles, title=title, loc="outside right upper", fontsize=7,
+               title_fontsize=7, frameon=False)  # fmt: skip
 
 
 def fig_throughput(frame: pd.DataFrame) -> Plot:
@@ -147,6 +170,7 @@ def fig_throughput(frame: pd.DataFrame) -> Plot:
         .reset_index()
     )
     fig, axes = new_figure(1, 3, width=10.0, height=3.4)
+    palette = _palette(table.device)
     for ax, (metric, label) in zip(axes.flat, metrics, strict=True):
         _grouped_bars(
             ax,
@@ -155,10 +179,11 @@ def fig_throughput(frame: pd.DataFrame) -> Plot:
             "device",
             metric,
             f"{metric}_std",
+            palette=palette,
         )
         ax.set_ylabel(label)
         ax.tick_params(axis="x", labelrotation=20)
-    axes[0, 0].legend(fontsize=7, frameon=False)
+    _legend(fig, palette)
     return Plot(fig, table)
 
 
@@ -171,13 +196,14 @@ def fig_watts_by_model(frame: pd.DataFrame) -> Plot:
         .reset_index()
     )
     datasets = list(dict.fromkeys(table.dataset))
-    fig, axes = new_figure(1, len(datasets), width=3.4 * len(datasets) + 0.6, height=3.2)
+    fig, axes = new_figure(1, len(datasets), width=3.4 * len(datasets) + 2.0, height=3.2)
+    palette = _palette(table.device)
     for ax, dataset in zip(axes.flat, datasets, strict=True):
         part = table[table.dataset == dataset].fillna({"watts_std": 0})
-        _grouped_bars(ax, part, "model", "device", "watts", "watts_std", log=True)
+        _grouped_bars(ax, part, "model", "device", "watts", "watts_std", log=True, palette=palette)
         ax.set_title(str(dataset), fontsize=9)
         ax.set_ylabel("energy per second (W)")
-    axes[0, 0].legend(fontsize=7, frameon=False)
+    _legend(fig, palette)
     return Plot(fig, table)
 
 
@@ -188,30 +214,37 @@ ENERGY_METRICS = {
 }
 
 
-def fig_energy_by_batch_shards(frame: pd.DataFrame, metric: str, max_panels: int = 6) -> Plot:
-    """Figs. 4–9: `metric` by shards (x) and batch size (colour), a panel per model, length
-    and dataset (a log scale where values span decades, as in the paper)."""
+def fig_energy_by_batch_shards(frame: pd.DataFrame, metric: str) -> Plot:
+    """Figs. 4–9: `metric` by shards (x) and batch size (colour), a row of panels per model and
+    dataset with a column per max generation length (a log scale where values span decades,
+    as in the paper). Every configuration is drawn; a batch size has one colour throughout."""
     rows = usable(frame)
     table = (
         rows.groupby(["model", "max_len", "dataset", "shards", "batch"])
         .agg(**{metric: (metric, "mean")})
         .reset_index()
     )
-    panels = list(table.groupby(["model", "max_len", "dataset"]).groups)[:max_panels]
-    cols = min(2, len(panels))
-    nrows = -(-len(panels) // cols)
-    fig, axes = new_figure(nrows, cols, width=4.0 * cols, height=2.8 * nrows)
-    for ax, (model, max_len, dataset) in zip(axes.flat, panels, strict=False):
-        part = table[
-            (table.model == model) & (table.max_len == max_len) & (table.dataset == dataset)
-        ]
-        _grouped_bars(ax, part, "shards", "batch", metric, log=True)
-        ax.set_title(f"{model} · {dataset} · max length {max_len}", fontsize=8)
-        ax.set_xlabel("shards (GPUs)")
-        ax.set_ylabel(ENERGY_METRICS[metric], fontsize=8)
-        ax.legend(title="batch", fontsize=6, title_fontsize=7, frameon=False)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
+    lines = list(table.groupby(["model", "dataset"]).groups)
+    lengths = sorted(table.max_len.unique())
+    batches = sorted(table.batch.unique())
+    palette = _palette(batches)
+    fig, axes = new_figure(
+        len(lines), len(lengths), width=3.2 * len(lengths) + 1.0, height=2.6 * len(lines)
+    )
+    for r, (model, dataset) in enumerate(lines):
+        for c, max_len in enumerate(lengths):
+            ax = axes[r, c]
+            part = table[
+                (table.model == model) & (table.dataset == dataset) & (table.max_len == max_len)
+            ]
+            if part.empty:  # not run, or nothing fitted in memory at this length
+                ax.set_visible(False)
+                continue
+            _grouped_bars(ax, part, "shards", "batch", metric, log=True, palette=palette)
+            ax.set_title(f"{model} · {dataset} · max length {max_len}", fontsize=8)
+            ax.set_xlabel("shards (GPUs)", fontsize=8)
+            ax.set_ylabel(ENERGY_METRICS[metric], fontsize=8)
+    _legend(fig, palette, "batch")
     return Plot(fig, table)
 
 
