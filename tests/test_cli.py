@@ -322,3 +322,14 @@ def test_sigkill_halfway_then_resume(tmp_path: Path) -> None:
     assert len(kept) == len(before)
     assert (kept.runtime_s == kept.runtime_s_before).all()
     assert (kept.measured_at == kept.measured_at_before).all()
+
+
+def test_python_dash_m_runs_the_same_command_line() -> None:
+    """`python -m infermeter` (how energy_bench runs `infermeter energy` on a GPU machine where
+    the package is on PYTHONPATH but not installed) lists the same commands."""
+    done = subprocess.run(
+        [sys.executable, "-m", "infermeter", "--help"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    for command in ("profile", "fit", "estimate", "energy", "report"):
+        assert command in done.stdout
