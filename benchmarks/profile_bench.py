@@ -40,6 +40,7 @@ from infermeter.backends import get_backend
 from infermeter.backends.base import Point
 from infermeter.catalog import get_spec
 from infermeter.fit import fit_cost_model
+from infermeter.hardware import build_stack
 from infermeter.meter import Meter, visible_gpus
 from infermeter.profile import ProfileGrid, measure_metered, run_profile
 from infermeter.provenance import cuda_device_name, device_description
@@ -103,6 +104,8 @@ def main() -> None:
         spec = replace(full, name=f"{full.name}@{args.layers}L", num_layers=args.layers)
     grid = ProfileGrid(args.prompt_sizes, args.output_sizes, (1,), args.trials)
     backend = get_backend(args.backend, device=args.device)
+    # The stack as `infermeter profile` records it (detected GPU, dtype), so it is priced as run.
+    stack, _ = build_stack(args.backend, args.device, None, spec.dtype, None, 1, 1, {})
     meter = Meter(gpus=visible_gpus(1))
     print(f"meter: {meter.note or 'NVML ' + meter.power_field_used + ' power'}")
     start = time.perf_counter()
@@ -114,7 +117,7 @@ def main() -> None:
         run = run_profile(
             store,
             spec,
-            {"backend": args.backend},
+            stack.to_dict(),
             backend,
             {},
             grid,

@@ -206,7 +206,7 @@ def test_a_run_stored_without_a_device_is_labelled_by_its_backend(tmp_path: Path
     (stored,) = load_runs([path])
     assert stored.device == "NVIDIA H200"
     assert describe_runs([stored]).startswith("on NVIDIA H200, ")
-    assert stored.stack_label == "engine on NVIDIA H200"
+    assert stored.stack_label == "engine on 1 × h200-sxm"  # the catalog part of that GPU
 
 
 def test_energy_figure_draws_every_configuration_with_one_colour_per_batch() -> None:
@@ -241,3 +241,69 @@ def test_energy_figure_draws_every_configuration_with_one_colour_per_batch() -> 
     assert len({next(iter(c)) for c in colours.values()}) == 3
     legend = plot.figure.legends[0]
     assert [t.get_text() for t in legend.get_texts()] == ["64", "128", "256"]
+
+
+def test_fig9_says_which_scenarios_it_did_not_draw(built, tmp_path: Path) -> None:
+    """Fig. 9 has a column per scenario up to five; a sixth and seventh are named in its note
+    (their numbers stay in the table), never dropped without a word."""
+    extra = [f"extra{i}" for i in range(4)]
+    caps = pd.read_csv(built["capabilities"])
+    caps = pd.concat(
+        [caps, *[caps[caps.scenario == caps.scenario.iloc[0]].assign(scenario=s) for s in extra]]
+    )
+    capabilities = tmp_path / "accuracy.csv"
+    caps.to_csv(capabilities, index=False)
+    queries = [q for q in built["queries"] if q != "--queries"]
+    first = queries[0].split("=", 1)[1]
+    queries += [f"{s}={first}" for s in extra]
+    report = build_report(
+        ReportInputs(stores=[built["store"]], capabilities=capabilities, queries=queries)
+    )
+    fig9 = next(s for s in report.sections if s.id == "fig9")
+    assert fig9.plot is not None
+    assert "2 more scenario(s)" in fig9.note and "extra2, extra3" in fig9.note
+    assert set(extra) <= set(fig9.table.scenario)
+
+
+def _engine_run(store: Store, key: str, stack: dict, device: str, g: float) -> None:
+    from infermeter.backends.base import Measurement
+    from infermeter.catalog import get_spec
+    from report_store import GRID
+
+    run, _ = store.open_run(
+        key=key, model="tiny-llama", spec=get_spec("tiny-llama").to_dict(), stack=stack,
+        backend="engine", backend_info={}, grid=GRID.to_dict(), device=device, commit_sha=None,
+        version="test",
+    )  # fmt: skip
+    for point in GRID.points():
+        runtime = 0.01 + 1e-4 * point.prompt_tokens + g * (point.output_tokens - 1)
+        store.record_point(run.id, point, Measurement(runtime, output_tokens_actual=None))
+    store.set_run_status(run.id, "complete")
+
+
+def test_a_run_without_an_accelerator_is_priced_as_the_gpu_it_ran_on(tmp_path: Path) -> None:
+    """A record whose stack names no accelerator (as profile_bench wrote before) is priced as
+    the GPU in its device field, not as the A100 fallback; and one stack profiled twice is one
+    stack in Fig. 8, not a comparison of a stack with itself."""
+    from infermeter.hardware import Stack, get_accelerator
+    from infermeter.report.build import stack_profiles
+
+    path = tmp_path / "store.sqlite"
+    h200 = Stack("engine", get_accelerator("h200-sxm"), dtype="bfloat16").to_dict()
+    a100 = Stack("engine", get_accelerator("a100"), dtype="bfloat16").to_dict()
+    with Store(path) as store:
+        _engine_run(store, "old", {"backend": "engine"}, "NVIDIA H200", 0.004)
+        _engine_run(store, "new", h200, "NVIDIA H200", 0.003)
+    old, new = load_runs([path])
+    pricing, note = old.pricing()
+    assert note is None and pricing == new.pricing()[0]
+    assert old.stack_label == new.stack_label == "engine on 1 × h200-sxm"
+    assert stack_profiles([old, new]) == {}
+
+    with Store(path) as store:
+        _engine_run(store, "a100", a100, "NVIDIA A100-SXM4-80GB", 0.006)
+    runs = load_runs([path])
+    (profiles,) = stack_profiles(runs).values()
+    assert len(profiles) == 2
+    h200_profile = next(p for p in profiles if "h200" in p.label)
+    assert h200_profile.runtime.per_output_token == pytest.approx(0.003, rel=1e-6)  # the newer

@@ -30,10 +30,8 @@ from infermeter.estimate import (
 from infermeter.fit import Denoise, fit_cost_model
 from infermeter.hardware import (
     Accelerator,
-    Stack,
     accelerator_table,
-    detect_accelerator,
-    get_accelerator,
+    build_stack,
     load_hardware_config,
 )
 from infermeter.helm import load_profile, save_helm_efficiency
@@ -254,47 +252,6 @@ def print_fit(model: CostModel) -> None:
         f"max = {cv.get('max_abs_pct_error', float('nan')):.2f}%",
         highlight=False,
     )
-
-
-def build_stack(
-    backend: str,
-    device: str,
-    dtype: str | None,
-    spec_dtype: str,
-    accelerator: str | None,
-    num_accelerators: int,
-    tensor_parallel: int,
-    overrides: dict[str, float],
-    catalog: dict[str, Accelerator] | None = None,
-) -> tuple[Stack, bool]:
-    """The stack a profile runs on; the accelerator is detected unless named."""
-    from infermeter.provenance import cuda_device_name
-
-    gpu_name = cuda_device_name() if device in ("auto", "cuda") else None
-    if device == "cuda" and gpu_name is None:
-        raise UserError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
-    on_gpu = gpu_name is not None
-    if accelerator:
-        acc = get_accelerator(accelerator, overrides, catalog=catalog)
-    elif on_gpu:
-        detected = detect_accelerator(gpu_name or "", catalog=catalog)
-        if detected is None:
-            raise UserError(
-                f"GPU {gpu_name!r} is not in the hardware catalog; name its closest entry with "
-                "--accelerator (see `infermeter hardware`) or add it with --hardware-config"
-            )
-        acc = get_accelerator(detected.name, overrides, catalog=catalog)
-    else:
-        acc = get_accelerator("cpu", overrides, catalog=catalog)
-    resolved_dtype = dtype or (spec_dtype if on_gpu else "float32")
-    stack = Stack(
-        backend=backend,
-        accelerator=acc,
-        num_accelerators=max(num_accelerators, tensor_parallel),
-        tensor_parallel=tensor_parallel,
-        dtype=resolved_dtype,
-    )
-    return stack, on_gpu
 
 
 @app.command()

@@ -23,6 +23,7 @@ from infermeter.cost_model import CostModel
 from infermeter.errors import UserError
 from infermeter.estimate import Pricing, pricing_for
 from infermeter.fit import fit_cost_model
+from infermeter.hardware import detect_accelerator
 from infermeter.spec import ModelSpec
 from infermeter.store import RunRecord, Store
 
@@ -83,10 +84,21 @@ class StoredRun:
         return str(extra.get("stands_for") or self.record.model)
 
     @property
+    def stack(self) -> dict[str, Any]:
+        """The stored stack; where it names no accelerator (a record written without one), the
+        catalog entry of the GPU the run recorded as its device, so it is priced as run."""
+        stack = dict(self.record.stack)
+        if stack.get("accelerator") is None:
+            detected = detect_accelerator(self.device)
+            if detected is not None:
+                stack["accelerator"] = detected.to_dict()
+        return stack
+
+    @property
     def stack_label(self) -> str:
-        acc = self.record.stack.get("accelerator")
+        acc = self.stack.get("accelerator")
         name = acc.get("name") if isinstance(acc, dict) else acc
-        count = self.record.stack.get("num_accelerators", 1)
+        count = self.stack.get("num_accelerators", 1)
         where = f"{count} × {name}" if name else self.device
         return f"{self.record.backend} on {where}"
 
@@ -113,7 +125,7 @@ class StoredRun:
                 overhead,  # type: ignore[arg-type]
                 folds=0,
                 model=self.record.model,
-                stack=self.record.stack,
+                stack=self.stack,
                 provenance={"run_id": self.record.id, "store": str(self.store)},
             )
         except UserError:
@@ -121,7 +133,7 @@ class StoredRun:
 
     def pricing(self) -> tuple[Pricing, str | None]:
         """What a second of this run's stack costs (an A100 with a note if none is recorded)."""
-        return pricing_for(CostModel([1], [0.0], 0.0, stack=self.record.stack))
+        return pricing_for(CostModel([1], [0.0], 0.0, stack=self.stack))
 
 
 def load_runs(stores: list[Path], with_samples: bool = True) -> list[StoredRun]:

@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from infermeter.errors import UserError
+from infermeter.provenance import cuda_device_name
 from infermeter.spec import DTYPE_BYTES
 
 __all__ = [
@@ -703,3 +704,42 @@ def accelerator_table(catalog: Mapping[str, Accelerator] | None = None) -> pd.Da
         "$/h",
     ]
     return pd.DataFrame(rows, columns=columns)
+
+
+def build_stack(
+    backend: str,
+    device: str,
+    dtype: str | None,
+    spec_dtype: str,
+    accelerator: str | None,
+    num_accelerators: int,
+    tensor_parallel: int,
+    overrides: dict[str, float],
+    catalog: dict[str, Accelerator] | None = None,
+) -> tuple[Stack, bool]:
+    """The stack a profile runs on; the accelerator is detected unless named."""
+    gpu_name = cuda_device_name() if device in ("auto", "cuda") else None
+    if device == "cuda" and gpu_name is None:
+        raise UserError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
+    on_gpu = gpu_name is not None
+    if accelerator:
+        acc = get_accelerator(accelerator, overrides, catalog=catalog)
+    elif on_gpu:
+        detected = detect_accelerator(gpu_name or "", catalog=catalog)
+        if detected is None:
+            raise UserError(
+                f"GPU {gpu_name!r} is not in the hardware catalog; name its closest entry with "
+                "--accelerator (see `infermeter hardware`) or add it with --hardware-config"
+            )
+        acc = get_accelerator(detected.name, overrides, catalog=catalog)
+    else:
+        acc = get_accelerator("cpu", overrides, catalog=catalog)
+    resolved_dtype = dtype or (spec_dtype if on_gpu else "float32")
+    stack = Stack(
+        backend=backend,
+        accelerator=acc,
+        num_accelerators=max(num_accelerators, tensor_parallel),
+        tensor_parallel=tensor_parallel,
+        dtype=resolved_dtype,
+    )
+    return stack, on_gpu

@@ -144,12 +144,14 @@ def api_sections(runs: list[StoredRun]) -> list[Section]:
 
 def stack_profiles(runs: list[StoredRun]) -> dict[str, list[StackProfile]]:
     """Per model: its reference runs on different stacks, each as a StackProfile."""
-    by_model: dict[str, list[StoredRun]] = {}
-    for run in reference_runs(runs):
+    # Per model, one run per stack: where a stack was profiled twice, the newer run stands.
+    by_model: dict[str, dict[str, StoredRun]] = {}
+    for run in sorted(reference_runs(runs), key=lambda r: r.record.created_at):
         if run.fit() is not None:
-            by_model.setdefault(model_key(run.model), []).append(run)
+            by_model.setdefault(model_key(run.model), {})[run.stack_label] = run
     out = {}
-    for runs_of_model in by_model.values():
+    for by_stack in by_model.values():
+        runs_of_model = list(by_stack.values())
         if len(runs_of_model) < 2:
             continue
         profiles = []
@@ -197,6 +199,11 @@ def comparison_sections(runs: list[StoredRun]) -> list[Section]:
             note="; ".join(f"{r.stack}: {r.verdict}" for r in comparison.summary.itertuples()),
         )
         sections.append(_safe(section, lambda c=comparison: tf.fig_stack_comparison(c)))
+    if len(groups) > 4:
+        sections[-1].note += (
+            f"; {len(groups) - 4} more model(s) on several stacks, not drawn: "
+            + ", ".join(list(groups)[4:])
+        )
     return sections
 
 
@@ -263,6 +270,12 @@ def tradeoff_sections(runs: list[StoredRun], inputs: ReportInputs) -> list[Secti
         notes.append(
             "not drawn for lack of data: "
             + ", ".join(f"{m} (run {needs[m]})" for m in missing_metrics)
+        )
+    scenarios = list(dict.fromkeys(table.scenario))
+    if len(scenarios) > tf.MAX_SCENARIOS:
+        notes.append(
+            f"{len(scenarios) - tf.MAX_SCENARIOS} more scenario(s) in the numbers below, not "
+            f"drawn: {', '.join(map(str, scenarios[tf.MAX_SCENARIOS :]))}"
         )
     fig9.note = "; ".join(notes)
     fig9.table = table

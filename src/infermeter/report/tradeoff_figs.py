@@ -70,7 +70,10 @@ def metrics_with_data(table: pd.DataFrame) -> list[str]:
     return [m for m in METRICS if m in table and table[m].notna().any()]
 
 
-def fig_pareto(table: pd.DataFrame, max_scenarios: int = 5) -> Plot:
+MAX_SCENARIOS = 5  # columns of Fig. 9; the report notes any scenario beyond them
+
+
+def fig_pareto(table: pd.DataFrame, max_scenarios: int = MAX_SCENARIOS) -> Plot:
     """Fig. 9: a row per efficiency metric with data, a column per scenario; squares mark the
     Pareto frontier (lower metric, higher score), joined by a dotted line."""
     metrics = metrics_with_data(table)
