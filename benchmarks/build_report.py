@@ -1,14 +1,16 @@
 """Build docs/report.html (and a screenshot of it) from the stores the benchmarks produced.
 
-    python benchmarks/build_report.py [--stores GLOB] [--out docs/report.html] [--cpu-store PATH]
+    python benchmarks/build_report.py [--stores GLOB] [--walkthrough GLOB] [--out docs/report.html]
+                                      [--cpu-store PATH]
 
 The GPU benchmark scripts save their stores under docs/benchmarks/stores/*.sqlite; those are
 read when present, beside a CPU store made on the spot, as a visitor's laptop would make it:
 
   - tiny-llama, tiny-gpt2 and GPT-2 small profiled on the engine and on hf (Figs. 3, 4, 8);
-  - CPU stand-ins of the paper's Table 1 models on the engine, and four of them served
-    through the OpenAI-compatible server and profiled as APIs (Table 3, Figs. 7, 9, 10), from
-    examples/paper_table3_fig9.py, with its user-provided HELM accuracies;
+  - for Table 3 and Figs. 7, 9, 10: the walkthrough's GPU store (docs/walkthrough-*/, from
+    examples/paper_table3_fig9.py on a GPU) when there is one, else CPU stand-ins of the
+    paper's Table 1 models from the same script, on the engine and four of them served as
+    APIs; either way with its user-provided HELM accuracies;
   - a short Words-to-Watts sweep of tiny-llama on the CPU (`infermeter energy`) where that
     command is present: throughput only, since a CPU has no energy counter.
 
@@ -52,7 +54,7 @@ def _walkthrough():
     return module
 
 
-def cpu_store(path: Path) -> None:
+def cpu_store(path: Path, walkthrough: bool = True) -> None:
     device = device_description(gpu=False)
     with Store(path) as store:
         for model in ("tiny-llama", "tiny-gpt2", "gpt2"):
@@ -67,7 +69,8 @@ def cpu_store(path: Path) -> None:
                 print(
                     f"{backend:7s} {model:32s} run {run.id}: {time.perf_counter() - start:5.1f} s"
                 )
-    _walkthrough().build_store(path)
+    if walkthrough:  # CPU stand-ins, unless the walkthrough's GPU store is used instead
+        _walkthrough().build_store(path)
     for dataset in ("alpaca", "gsm8k"):
         command = [
             sys.executable, "-m", "infermeter.cli", "energy", "tiny-llama", "--device", "cpu",
@@ -84,22 +87,33 @@ def main() -> None:
     parser.add_argument("--stores", default="docs/benchmarks/stores/*.sqlite")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "report.html")
     parser.add_argument("--cpu-store", type=Path, help="keep the CPU store here")
+    parser.add_argument(
+        "--walkthrough",
+        default="docs/walkthrough-*/walkthrough.sqlite",
+        help="the walkthrough's GPU store (Table 3, Figs. 7, 9, 10); none: CPU stand-ins",
+    )
     args = parser.parse_args()
 
     gpu_stores = sorted(ROOT.glob(args.stores))
+    walk = sorted(ROOT.glob(args.walkthrough))[-1:] if args.walkthrough else []
     with tempfile.TemporaryDirectory() as tmp:
-        # The CPU store always joins: the API profiles of the walkthrough (Table 3, Figs. 7,
-        # 9, 10) and the CPU-vs-GPU stack comparison come from it.
+        # The CPU store always joins: the CPU-vs-GPU stack comparison comes from it, and the
+        # walkthrough's CPU stand-ins (Table 3, Figs. 7, 9, 10) where it has no GPU store.
         path = args.cpu_store or Path(tmp) / "cpu.sqlite"
         if not path.exists():
-            cpu_store(path)
-        stores = [*gpu_stores, path]
+            cpu_store(path, walkthrough=not walk)
+        stores = [*gpu_stores, *walk, path]
         provenance = [
             f"CPU runs: this CPU ({device_description(gpu=False)}) on {utc_date()[:10]} at "
-            f"commit {(git_commit() or 'unknown')[:10]}; Table 1 models there are CPU "
-            "stand-ins (1/8192 size); accuracies are user-provided "
-            "(examples/data/helm_accuracies.csv)."
+            f"commit {(git_commit() or 'unknown')[:10]}"
+            + ("" if walk else "; Table 1 models there are CPU stand-ins (1/8192 size)")
+            + "; accuracies are user-provided (examples/data/helm_accuracies.csv)."
         ]
+        if walk:
+            provenance.append(
+                f"Table 3 and Figs. 7, 9, 10: the walkthrough's GPU store "
+                f"{walk[0].relative_to(ROOT)} (examples/paper_table3_fig9.py)."
+            )
         if gpu_stores:
             provenance.append(
                 "GPU runs: " + ", ".join(p.name for p in gpu_stores) + f" (under {args.stores}; "
