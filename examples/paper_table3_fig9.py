@@ -5,7 +5,8 @@ infermeter makes, ending in the HTML report.
 
 1. Profile the ten models of the paper's Table 1 on the reference engine (idealized runtime).
    On a GPU machine: every Table 1 model whose bf16 weights fit the visible GPUs, with tensor
-   parallelism over as many GPUs as it needs (the paper used up to 8 A100s per model). On a
+   parallelism over as many GPUs as it needs (the paper used up to 8 A100s per model), each
+   point metered through NVML so Fig. 9 also ranks measured joules. On a
    CPU-only machine: a *stand-in* for each, the same architecture with hidden size / 32,
    layers / 8, heads / 8 and vocabulary / 16 (about 1/8192 of the parameters), so the
    models keep their order of size while a profile takes seconds. Stand-ins say so: the spec
@@ -80,6 +81,7 @@ def gpu_plan(specs, gpus: int, memory_bytes: float):
 def profile_reference(store, spec, tp: int, on_gpu: bool, grid) -> None:
     from infermeter.backends import get_backend
     from infermeter.hardware import Stack, detect_accelerator, get_accelerator
+    from infermeter.meter import Meter, visible_gpus
     from infermeter.profile import ProfileGrid, run_profile
     from infermeter.provenance import cuda_device_name, device_description
 
@@ -90,10 +92,12 @@ def profile_reference(store, spec, tp: int, on_gpu: bool, grid) -> None:
         accelerator = get_accelerator("cpu")
         options = {"device": "cpu", "dtype": "float32"}
     stack = Stack("engine", accelerator, tp, tp, options["dtype"]).to_dict()
+    # On a GPU every point is also an energy window (Fig. 9's measured-energy row).
+    meter = Meter(gpus=visible_gpus(tp)) if on_gpu else None
     start = time.perf_counter()
     run = run_profile(
         store, spec, stack, get_backend("engine", **options), options, ProfileGrid(*grid[:2],
-        (1,), grid[2]), device=device_description(gpu=on_gpu),
+        (1,), grid[2]), device=device_description(gpu=on_gpu), meter=meter,
     )  # fmt: skip
     print(f"engine  {spec.name:32s} run {run.id}: {time.perf_counter() - start:5.1f} s")
 
