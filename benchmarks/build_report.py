@@ -82,6 +82,11 @@ def cpu_store(path: Path, walkthrough: bool = True) -> None:
         print(f"energy  tiny-llama {dataset}: rc {done.returncode} {tail[0][:120]}")
 
 
+def has_stand_ins(path: Path) -> bool:
+    with Store(path) as store:
+        return bool(store.runs().model.str.endswith("-standin").any())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stores", default="docs/benchmarks/stores/*.sqlite")
@@ -95,13 +100,21 @@ def main() -> None:
     args = parser.parse_args()
 
     gpu_stores = sorted(ROOT.glob(args.stores))
-    walk = sorted(ROOT.glob(args.walkthrough))[-1:] if args.walkthrough else []
+    found = list(ROOT.glob(args.walkthrough)) if args.walkthrough else []
+    walk = [max(found, key=lambda p: p.stat().st_mtime)] if found else []  # the newest
     with tempfile.TemporaryDirectory() as tmp:
         # The CPU store always joins: the CPU-vs-GPU stack comparison comes from it, and the
         # walkthrough's CPU stand-ins (Table 3, Figs. 7, 9, 10) where it has no GPU store.
         path = args.cpu_store or Path(tmp) / "cpu.sqlite"
         if not path.exists():
             cpu_store(path, walkthrough=not walk)
+        elif bool(walk) == has_stand_ins(path):
+            sys.exit(
+                f"--cpu-store {path} was made {'with' if walk else 'without'} the walkthrough's "
+                f"CPU stand-ins, but the walkthrough's GPU store is "
+                f"{'present' if walk else 'absent'}: pass a new --cpu-store path (or --walkthrough "
+                "'' to use the stand-ins)"
+            )
         stores = [*gpu_stores, *walk, path]
         provenance = [
             f"CPU runs: this CPU ({device_description(gpu=False)}) on {utc_date()[:10]} at "

@@ -69,6 +69,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--second-model", default="llama-13b")
     parser.add_argument("--second-batch", type=int, default=64)
     parser.add_argument("--second-length", type=int, default=256)
+    parser.add_argument(
+        "--cli-timeout-s", type=float, default=1800.0, help="for the second model's command"
+    )
     parser.add_argument("--datasets", default="gsm8k,alpaca")
     parser.add_argument("--batch-sizes", type=sizes, default=(64, 128, 256))
     parser.add_argument("--max-lengths", type=sizes, default=(256, 512, 1024))
@@ -153,13 +156,27 @@ def second_model_cli(args: argparse.Namespace, dataset: str, on_gpu: bool) -> di
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    output = done.stdout + done.stderr
-    shown = ["infermeter", *command[3:]]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=env, check=False,
+            timeout=args.cli_timeout_s,
+        )  # fmt: skip
+        code, output = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as expired:
+        code = f"killed after {args.cli_timeout_s:.0f} s"
+        output = "".join(
+            o.decode(errors="replace") if isinstance(o, bytes) else o or ""
+            for o in (expired.stdout, expired.stderr)
+        )
     return {
-        "command": " ".join(shown),
-        "exit_code": done.returncode,
+        "command": " ".join(["infermeter", *command[3:]]),
+        "exit_code": code,
         "wall_s": time.perf_counter() - start,
+        "notes": [
+            line.split("note:", 1)[1].strip()
+            for line in output.splitlines()
+            if line.startswith("note:")
+        ],
         "output_tail": output[-3000:],
     }
 
@@ -261,6 +278,7 @@ def main() -> None:
             f"max_len {args.second_length}, through the CLI")  # fmt: skip
         cli = second_model_cli(args, datasets[0], on_gpu)
         log(f"$ {cli['command']}  (exit {cli['exit_code']}, {cli['wall_s']:.0f} s)")
+        notes += cli["notes"]
         if cli["exit_code"] != 0:
             log(cli["output_tail"])
 

@@ -39,6 +39,7 @@ from _record import DOCS, write_result
 from infermeter.backends import get_backend
 from infermeter.backends.base import Point
 from infermeter.catalog import get_spec
+from infermeter.errors import UserError
 from infermeter.fit import fit_cost_model
 from infermeter.hardware import build_stack
 from infermeter.meter import Meter, visible_gpus
@@ -104,8 +105,14 @@ def main() -> None:
         spec = replace(full, name=f"{full.name}@{args.layers}L", num_layers=args.layers)
     grid = ProfileGrid(args.prompt_sizes, args.output_sizes, (1,), args.trials)
     backend = get_backend(args.backend, device=args.device)
-    # The stack as `infermeter profile` records it (detected GPU, dtype), so it is priced as run.
-    stack, _ = build_stack(args.backend, args.device, None, spec.dtype, None, 1, 1, {})
+    # The stack as `infermeter profile` records it (detected GPU, dtype), so it is priced as run;
+    # a GPU the catalog lacks is recorded by backend only, and priced as the report's fallback.
+    try:
+        stack = build_stack(args.backend, args.device, None, spec.dtype, None, 1, 1, {})[0]
+        stack_record = stack.to_dict()
+    except UserError as error:
+        print(f"note: {error}; the run records its device name only")
+        stack_record = {"backend": args.backend}
     meter = Meter(gpus=visible_gpus(1))
     print(f"meter: {meter.note or 'NVML ' + meter.power_field_used + ' power'}")
     start = time.perf_counter()
@@ -117,7 +124,7 @@ def main() -> None:
         run = run_profile(
             store,
             spec,
-            stack.to_dict(),
+            stack_record,
             backend,
             {},
             grid,

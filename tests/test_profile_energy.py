@@ -117,3 +117,22 @@ def test_warmup_runs_the_heaviest_point_unrecorded_and_records_the_drift(tmp_pat
     assert (warm["prompt_tokens"], warm["output_tokens"]) == (32, 8)
     # The last 2 s of a 3 s warm-up read ~20 W above the first 2 s.
     assert warm["last_2s_w"] - warm["first_2s_w"] == pytest.approx(20.0, rel=0.3)
+
+
+def test_a_metered_profile_never_resumes_into_an_unmetered_run(tmp_path: Path) -> None:
+    """The same profile asked for again with a meter is a new run with joules on every point,
+    not a resume of the finished unmetered one (whose points have none)."""
+    spec = get_spec("tiny-llama")
+    grid = ProfileGrid((1, 8), (1, 4), (1,), 1)
+    meter = Meter(interval_s=0.005, nvml=FakeNvml([FakeGpu(power=lambda t: 250.0)]))
+    with Store(tmp_path / "s.sqlite") as store:
+        plain = run_profile(store, spec, {}, HFBackend(device="cpu"), {}, grid)
+        again = run_profile(store, spec, {}, HFBackend(device="cpu"), {}, grid)
+        metered = run_profile(
+            store, spec, {}, HFBackend(device="cpu"), {}, grid, meter=meter,
+            min_energy_window_s=0.02,
+        )  # fmt: skip
+        assert again.id == plain.id  # unmetered: resumes, as before
+        assert metered.id != plain.id
+        assert store.points(metered.id).energy_j.notna().all()
+        assert store.points(plain.id).energy_j.isna().all()

@@ -231,6 +231,9 @@ def test_energy_figure_draws_every_configuration_with_one_colour_per_batch() -> 
     plot = fig_energy_by_batch_shards(pd.DataFrame(rows), "watts")
     drawn = [ax for ax in plot.figure.axes if ax.get_visible() and ax.patches]
     assert len(drawn) == 7
+    # llama-13b ran at length 256 only: its other two panels say so rather than vanish.
+    said = [t.get_text() for ax in plot.figure.axes for t in ax.texts]
+    assert sum("llama-13b" in t and "not run" in t for t in said) == 2
     titles = {ax.get_title() for ax in drawn}
     assert "llama-7b · gsm8k · max length 1024" in titles
     colours: dict[float, set[str]] = {}
@@ -265,14 +268,17 @@ def test_fig9_says_which_scenarios_it_did_not_draw(built, tmp_path: Path) -> Non
     assert set(extra) <= set(fig9.table.scenario)
 
 
-def _engine_run(store: Store, key: str, stack: dict, device: str, g: float) -> None:
+def _engine_run(
+    store: Store, key: str, stack: dict, device: str, g: float, info: dict | None = None
+) -> None:
     from infermeter.backends.base import Measurement
     from infermeter.catalog import get_spec
     from report_store import GRID
 
     run, _ = store.open_run(
         key=key, model="tiny-llama", spec=get_spec("tiny-llama").to_dict(), stack=stack,
-        backend="engine", backend_info={}, grid=GRID.to_dict(), device=device, commit_sha=None,
+        backend="engine", backend_info=info or {}, grid=GRID.to_dict(), device=device,
+        commit_sha=None,
         version="test",
     )  # fmt: skip
     for point in GRID.points():
@@ -292,7 +298,9 @@ def test_a_run_without_an_accelerator_is_priced_as_the_gpu_it_ran_on(tmp_path: P
     h200 = Stack("engine", get_accelerator("h200-sxm"), dtype="bfloat16").to_dict()
     a100 = Stack("engine", get_accelerator("a100"), dtype="bfloat16").to_dict()
     with Store(path) as store:
-        _engine_run(store, "old", {"backend": "engine"}, "NVIDIA H200", 0.004)
+        # profile_bench's records: the stack named the backend only; the dtype is in the info.
+        old_stack, bf16 = {"backend": "engine"}, {"dtype": "bfloat16"}
+        _engine_run(store, "old", old_stack, "NVIDIA H200", 0.004, bf16)
         _engine_run(store, "new", h200, "NVIDIA H200", 0.003)
     old, new = load_runs([path])
     pricing, note = old.pricing()
@@ -307,3 +315,30 @@ def test_a_run_without_an_accelerator_is_priced_as_the_gpu_it_ran_on(tmp_path: P
     assert len(profiles) == 2
     h200_profile = next(p for p in profiles if "h200" in p.label)
     assert h200_profile.runtime.per_output_token == pytest.approx(0.003, rel=1e-6)  # the newer
+
+
+def test_fig8_keeps_apart_what_differs_in_dtype_or_machine(tmp_path: Path) -> None:
+    """bf16 and fp32 on one GPU are two stacks; so are two different CPUs, which share the
+    catalog's generic `cpu` entry."""
+    from infermeter.hardware import Stack, get_accelerator
+    from infermeter.report.build import stack_profiles
+
+    path = tmp_path / "store.sqlite"
+    h200 = get_accelerator("h200-sxm")
+    cpu = Stack("engine", get_accelerator("cpu"), dtype="float32").to_dict()
+    with Store(path) as store:
+        _engine_run(store, "bf16", Stack("engine", h200, dtype="bfloat16").to_dict(),
+                    "NVIDIA H200", 0.003)  # fmt: skip
+        _engine_run(store, "fp32", Stack("engine", h200, dtype="float32").to_dict(),
+                    "NVIDIA H200", 0.009)  # fmt: skip
+    (profiles,) = stack_profiles(load_runs([path])).values()
+    assert sorted(p.label.split(" (")[0] for p in profiles) == [
+        "engine on 1 × h200-sxm bfloat16", "engine on 1 × h200-sxm float32"
+    ]  # fmt: skip
+
+    path = tmp_path / "cpus.sqlite"
+    with Store(path) as store:
+        _engine_run(store, "laptop", cpu, "cpu: Apple M3", 0.02)
+        _engine_run(store, "server", cpu, "cpu: AMD EPYC 9654", 0.01)
+    (profiles,) = stack_profiles(load_runs([path])).values()
+    assert {p.device for p in profiles} == {"cpu: Apple M3", "cpu: AMD EPYC 9654"}

@@ -92,7 +92,25 @@ class StoredRun:
             detected = detect_accelerator(self.device)
             if detected is not None:
                 stack["accelerator"] = detected.to_dict()
+        if stack.get("dtype") is None and self.record.backend_info.get("dtype"):
+            stack["dtype"] = self.record.backend_info["dtype"]  # the dtype the backend ran
         return stack
+
+    @property
+    def stack_identity(self) -> tuple[Any, ...]:
+        """What makes two runs the same stack: backend, hardware, parallelism, dtype, and the
+        machine itself where the catalog entry is generic (any CPU) or missing."""
+        stack = self.stack
+        acc = stack.get("accelerator")
+        name = acc.get("name") if isinstance(acc, dict) else acc
+        return (
+            self.record.backend,
+            name,
+            stack.get("num_accelerators", 1),
+            stack.get("tensor_parallel", 1),
+            stack.get("dtype"),
+            self.device if name in (None, "cpu") else None,
+        )
 
     @property
     def stack_label(self) -> str:

@@ -26,8 +26,8 @@ from typing import Any
 
 import pandas as pd
 
+from infermeter import provenance
 from infermeter.errors import UserError
-from infermeter.provenance import cuda_device_name
 from infermeter.spec import DTYPE_BYTES
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "Accelerator",
     "Stack",
     "accelerator_table",
+    "build_stack",
     "detect_accelerator",
     "get_accelerator",
     "load_hardware_config",
@@ -718,8 +719,9 @@ def build_stack(
     catalog: dict[str, Accelerator] | None = None,
 ) -> tuple[Stack, bool]:
     """The stack a profile runs on; the accelerator is detected unless named."""
-    gpu_name = cuda_device_name() if device in ("auto", "cuda") else None
-    if device == "cuda" and gpu_name is None:
+    wants_gpu = device == "auto" or device.startswith("cuda")
+    gpu_name = provenance.cuda_device_name() if wants_gpu else None
+    if device.startswith("cuda") and gpu_name is None:
         raise UserError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
     on_gpu = gpu_name is not None
     if accelerator:

@@ -91,17 +91,24 @@ ProgressCallback = Callable[[Point, Measurement], None]
 
 
 def profile_key(
-    spec: ModelSpec, stack: dict, backend: str, options: dict, grid: ProfileGrid
+    spec: ModelSpec,
+    stack: dict,
+    backend: str,
+    options: dict,
+    grid: ProfileGrid,
+    metered: bool = False,
 ) -> str:
-    return run_key(
-        {
-            "spec": spec.to_dict(),
-            "stack": stack,
-            "backend": backend,
-            "options": options,
-            "grid": grid.to_dict(),
-        }
-    )
+    """Same inputs, same key. A metered profile is keyed apart from an unmetered one (the
+    energy windows are part of what it measures), so metering never resumes into a run whose
+    points have no joules; unmetered keys are those of earlier versions."""
+    parts = {
+        "spec": spec.to_dict(),
+        "stack": stack,
+        "backend": backend,
+        "options": options,
+        "grid": grid.to_dict(),
+    }
+    return run_key({**parts, "metered": True} if metered else parts)
 
 
 def run_profile(
@@ -131,7 +138,9 @@ def run_profile(
     if warmup_s < 0:
         raise UserError(f"--warmup-s must be 0 or more seconds, not {warmup_s:g}")
     run, _ = store.open_run(
-        key=profile_key(spec, stack, backend.name, backend_options, grid),
+        key=profile_key(
+            spec, stack, backend.name, backend_options, grid, meter is not None and meter.available
+        ),
         model=spec.name,
         spec=spec.to_dict(),
         stack=stack,

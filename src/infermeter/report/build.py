@@ -142,37 +142,46 @@ def api_sections(runs: list[StoredRun]) -> list[Section]:
     return [table3, fig7]
 
 
+def stack_runs(runs: list[StoredRun]) -> dict[str, list[StoredRun]]:
+    """Per model profiled on two stacks or more: one fitted reference run per stack (where a
+    stack was profiled twice, the newer run stands)."""
+    by_model: dict[str, dict[tuple, StoredRun]] = {}
+    for run in sorted(reference_runs(runs), key=lambda r: (r.record.created_at, r.record.id)):
+        if run.fit() is not None:
+            by_model.setdefault(model_key(run.model), {})[run.stack_identity] = run
+    return {
+        next(iter(by_stack.values())).model: list(by_stack.values())
+        for by_stack in by_model.values()
+        if len(by_stack) >= 2
+    }
+
+
 def stack_profiles(runs: list[StoredRun]) -> dict[str, list[StackProfile]]:
     """Per model: its reference runs on different stacks, each as a StackProfile."""
-    # Per model, one run per stack: where a stack was profiled twice, the newer run stands.
-    by_model: dict[str, dict[str, StoredRun]] = {}
-    for run in sorted(reference_runs(runs), key=lambda r: r.record.created_at):
-        if run.fit() is not None:
-            by_model.setdefault(model_key(run.model), {})[run.stack_label] = run
     out = {}
-    for by_stack in by_model.values():
-        runs_of_model = list(by_stack.values())
-        if len(runs_of_model) < 2:
-            continue
+    for model, runs_of_model in stack_runs(runs).items():
+        dtypes = {r.stack.get("dtype") for r in runs_of_model}
         profiles = []
         for run in runs_of_model:
             pricing, _ = run.pricing()
+            dtype = f" {run.stack.get('dtype')}" if len(dtypes) > 1 else ""
             profiles.append(
                 StackProfile(
-                    f"{run.stack_label} ({run.label})",
-                    run.fit(),
-                    pricing,  # type: ignore[arg-type]
+                    f"{run.stack_label}{dtype} ({run.label})",
+                    run.fit(),  # type: ignore[arg-type]
+                    pricing,
                     run.fit("energy_j", "median"),
                     run.device,
                     run.date,
                 )
             )
-        out[runs_of_model[0].model] = profiles
+        out[model] = profiles
     return out
 
 
 def comparison_sections(runs: list[StoredRun]) -> list[Section]:
     groups = stack_profiles(runs)
+    members_of = stack_runs(runs)
     if not groups:
         return [
             Section(
@@ -186,7 +195,7 @@ def comparison_sections(runs: list[StoredRun]) -> list[Section]:
     for i, (model, profiles) in enumerate(list(groups.items())[:4]):
         queries = default_queries([p.runtime for p in profiles])
         comparison = compare_stacks(profiles, queries)
-        members = [r for r in runs if model_key(r.model) == model_key(model) and not r.is_api]
+        members = members_of[model]
         section = Section(
             f"fig8-{i}",
             TRADEOFFS,
@@ -200,10 +209,10 @@ def comparison_sections(runs: list[StoredRun]) -> list[Section]:
         )
         sections.append(_safe(section, lambda c=comparison: tf.fig_stack_comparison(c)))
     if len(groups) > 4:
-        sections[-1].note += (
-            f"; {len(groups) - 4} more model(s) on several stacks, not drawn: "
-            + ", ".join(list(groups)[4:])
+        more = f"{len(groups) - 4} more model(s) on several stacks, not drawn: " + ", ".join(
+            list(groups)[4:]
         )
+        sections[-1].note = "; ".join(n for n in (sections[-1].note, more) if n)
     return sections
 
 

@@ -218,12 +218,15 @@ def fig_energy_by_batch_shards(frame: pd.DataFrame, metric: str) -> Plot:
     """Figs. 4–9: `metric` by shards (x) and batch size (colour), a row of panels per model and
     dataset with a column per max generation length (a log scale where values span decades,
     as in the paper). Every configuration is drawn; a batch size has one colour throughout."""
-    rows = usable(frame)
+    rows = usable(frame).dropna(subset=["model", "max_len", "dataset", "shards", "batch"])
+    rows = rows.astype({"max_len": int, "shards": int, "batch": int})  # "64", never "64.0"
     table = (
         rows.groupby(["model", "max_len", "dataset", "shards", "batch"])
         .agg(**{metric: (metric, "mean")})
         .reset_index()
     )
+    if table.empty:
+        raise UserError("no energy configuration ran (all infeasible or not run): nothing to draw")
     lines = list(table.groupby(["model", "dataset"]).groups)
     lengths = sorted(table.max_len.unique())
     batches = sorted(table.batch.unique())
@@ -237,8 +240,11 @@ def fig_energy_by_batch_shards(frame: pd.DataFrame, metric: str) -> Plot:
             part = table[
                 (table.model == model) & (table.dataset == dataset) & (table.max_len == max_len)
             ]
-            if part.empty:  # not run, or nothing fitted in memory at this length
-                ax.set_visible(False)
+            if part.empty:  # said on the panel, so a gap is never read as a lost figure
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, f"{model} · {dataset} · max length {max_len}:\nnot run, "
+                        "or no batch fitted in memory", ha="center", va="center", fontsize=7,
+                        transform=ax.transAxes)  # fmt: skip
                 continue
             _grouped_bars(ax, part, "shards", "batch", metric, log=True, palette=palette)
             ax.set_title(f"{model} · {dataset} · max length {max_len}", fontsize=8)
