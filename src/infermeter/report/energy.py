@@ -1,7 +1,7 @@
 """Words-to-Watts figures from per-configuration energy rows, and power timelines.
 
 The energy experiment stores one row per configuration it ran in the table `energy_configs`
-(its schema is ENERGY_CONFIGS_SCHEMA, created here on first write); each row belongs to a run
+(its schema is infermeter.energy's, shared with the experiment); each row belongs to a run
 of the `runs` table, which says the model, the device and when. The figures take a plain
 DataFrame with ENERGY_COLUMNS, so rows from anywhere (a CSV, a notebook) draw the same:
 
@@ -24,24 +24,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Patch
 
+from infermeter.energy import CONFIG_COLUMNS, ensure_tables
 from infermeter.errors import UserError
 from infermeter.fitted import StoredRun
 from infermeter.report.plot import Plot, color, new_figure
 from infermeter.store import Store
 
-ENERGY_CONFIGS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS energy_configs (
-    run_id INTEGER, dataset TEXT, batch INTEGER, max_len INTEGER, shards INTEGER,
-    power_cap_w REAL, tokens_per_s REAL, words_per_s REAL, responses_per_s REAL, watts REAL,
-    j_per_token REAL, j_per_response REAL, sm_util REAL, mem_util REAL, peak_mem_gb REAL,
-    status TEXT, detail TEXT
-)
-"""
-STORED_COLUMNS = (
-    "run_id", "dataset", "batch", "max_len", "shards", "power_cap_w", "tokens_per_s",
-    "words_per_s", "responses_per_s", "watts", "j_per_token", "j_per_response", "sm_util",
-    "mem_util", "peak_mem_gb", "status", "detail",
-)  # fmt: skip
 # What the figures need; model and device come from the run (or a column of their own).
 ENERGY_COLUMNS = (
     "dataset", "batch", "max_len", "shards", "power_cap_w", "tokens_per_s", "words_per_s",
@@ -56,15 +44,15 @@ def record_energy_configs(store: Store, run_id: int, rows: pd.DataFrame) -> None
     missing = [c for c in ENERGY_COLUMNS if c not in rows.columns]
     if missing:
         raise UserError(f"energy rows lack column(s) {', '.join(missing)}")
-    frame = rows.reindex(columns=STORED_COLUMNS).assign(run_id=run_id)
+    frame = rows.reindex(columns=CONFIG_COLUMNS).assign(run_id=run_id)
     frame["status"] = frame["status"].fillna("ok")
     records = [
         tuple(None if (isinstance(v, float) and np.isnan(v)) else v for v in row)
         for row in frame.itertuples(index=False)
     ]
     with store.transaction() as db:
-        db.execute(ENERGY_CONFIGS_SCHEMA)
-        marks = ",".join("?" * len(STORED_COLUMNS))
+        ensure_tables(db)
+        marks = ",".join("?" * len(CONFIG_COLUMNS))
         db.executemany(f"INSERT INTO energy_configs VALUES ({marks})", records)
 
 
@@ -79,7 +67,7 @@ def read_energy_configs(path: str | Path) -> pd.DataFrame:
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='energy_configs'"
         ).fetchone()
         if not exists:
-            return pd.DataFrame(columns=[*STORED_COLUMNS, "model", "device", "date", "store"])
+            return pd.DataFrame(columns=[*CONFIG_COLUMNS, "model", "device", "date", "store"])
         frame = pd.read_sql_query(
             "SELECT e.*, r.model AS model, r.device AS device, substr(r.created_at, 1, 10) "
             "AS date FROM energy_configs e LEFT JOIN runs r ON r.id = e.run_id",
