@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +34,7 @@ from typing import Any
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _command import infermeter_command, run_command
 from _record import DOCS, write_result
 from infermeter.backends.engine import EngineBackend
 from infermeter.catalog import get_spec
@@ -148,37 +147,15 @@ def meter_overhead(
 def second_model_cli(args: argparse.Namespace, dataset: str, on_gpu: bool) -> dict[str, Any]:
     """Run the second model with `infermeter energy` in a process of its own, into the same
     store: the command a user types is then measured on the GPU, not just the library."""
-    command = [
-        sys.executable, "-m", "infermeter", "energy", args.second_model,
-        "--dataset", dataset, "--prompts", str(args.prompts), "--seed", str(args.seed),
-        "--batch-sizes", str(args.second_batch), "--max-lengths", str(args.second_length),
-        "--store", str(args.store), *([] if on_gpu else ["--device", "cpu"]),
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    start = time.perf_counter()
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, env=env, check=False,
-            timeout=args.cli_timeout_s,
-        )  # fmt: skip
-        code, output = done.returncode, done.stdout + done.stderr
-    except subprocess.TimeoutExpired as expired:
-        code = f"killed after {args.cli_timeout_s:.0f} s"
-        output = "".join(
-            o.decode(errors="replace") if isinstance(o, bytes) else o or ""
-            for o in (expired.stdout, expired.stderr)
-        )
-    return {
-        "command": " ".join(["infermeter", *command[3:]]),
-        "exit_code": code,
-        "wall_s": time.perf_counter() - start,
-        "notes": [
-            line.split("note:", 1)[1].strip()
-            for line in output.splitlines()
-            if line.startswith("note:")
-        ],
-        "output_tail": output[-3000:],
-    }
+    command = infermeter_command(
+        "energy", args.second_model, "--dataset", dataset, "--prompts", str(args.prompts),
+        "--seed", str(args.seed), "--batch-sizes", str(args.second_batch),
+        "--max-lengths", str(args.second_length), "--store", str(args.store),
+        *([] if on_gpu else ["--device", "cpu"]),
+    )  # fmt: skip
+    done = run_command(command, timeout_s=args.cli_timeout_s)
+    del done["output"]
+    return done
 
 
 def counter_vs_integrated(batches: pd.DataFrame) -> dict[str, Any]:

@@ -3,6 +3,12 @@ from ../shared/data, the Meter on a fake NVML; infeasible configurations, resume
 
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,12 +25,14 @@ from infermeter.backends.engine import EngineBackend
 from infermeter.catalog import get_spec
 from infermeter.datasets import Workload, load_workload
 from infermeter.energy import (
+    BATCH_COLUMNS,
     CONFIG_COLUMNS,
     EnergySweep,
     attribute,
     energy_batches,
     energy_configs,
     energy_responses,
+    ensure_tables,
     run_energy,
 )
 from infermeter.meter import Meter
@@ -245,3 +253,103 @@ def test_a_batch_larger_than_the_workload_says_it_ran_smaller(tmp_path: Path) ->
         configs = energy_configs(store, result.run.id).set_index("batch")
     assert "only 3 prompts, so batch 8 ran as one batch of 3" in configs.detail[8]
     assert "only 3 prompts" not in configs.detail[2]
+
+
+class Interrupting(Engine):
+    """The real engine, stopped by a Ctrl-C during its `at`-th generate."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def generate(self, prompts: list[list[int]], *args: Any, **kwargs: Any) -> Any:
+        if len(self.batches) + 1 == self.at:
+            self.batches.append(len(prompts))
+            raise KeyboardInterrupt
+        return super().generate(prompts, *args, **kwargs)
+
+
+def test_an_interrupted_configuration_resumes_at_its_next_batch(
+    tmp_path: Path, workload: Workload
+) -> None:
+    """Ctrl-C in the third batch keeps the first two (responses, windows, power samples); the
+    rerun runs only the rest, with the same seeds, and the row counts every batch once."""
+    sweep = EnergySweep((4,), (8,))
+    with Store(tmp_path / "whole.sqlite") as store:
+        whole = experiment(store, workload, sweep, Engine())
+        whole_responses = energy_responses(store, whole.run.id)
+    with Store(tmp_path / "s.sqlite") as store:
+        with pytest.raises(KeyboardInterrupt):
+            experiment(store, workload, sweep, Interrupting(at=3))
+        run_id = int(store.runs().id.iloc[0])
+        assert store.runs().status.tolist() == ["interrupted"]
+        assert energy_configs(store, run_id).empty
+        assert sorted(energy_batches(store, run_id).batch_index) == [0, 1]
+        assert len(energy_responses(store, run_id)) == 8
+        assert not store.samples(run_id).empty  # flushed batch by batch, not at the end
+        rest = Engine()
+        resumed = experiment(store, workload, sweep, rest)
+        responses = energy_responses(store, run_id)
+        batches = energy_batches(store, run_id)
+    assert rest.batches == [2] and resumed.run.id == run_id
+    assert resumed.run.status == "complete"
+    assert sorted(batches.batch_index) == [0, 1, 2]
+    assert list(responses.prompt_index) == list(range(10))
+    # Sampling seeds follow the batch index: the resumed configuration's outputs are the same.
+    assert list(responses.output_tokens) == list(whole_responses.output_tokens)
+    row = resumed.configs.iloc[0]
+    assert row.status == "ok" and "resumed: 2 of the batches" in row.detail
+    assert row.j_per_response * 10 == pytest.approx(batches.energy_j.sum(), rel=1e-9)
+    assert row.tokens_per_s == pytest.approx(
+        responses.output_tokens.sum() / batches.runtime_s.sum()
+    )
+
+
+def test_a_store_from_before_batch_peaks_gains_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute(f"CREATE TABLE energy_batches ({', '.join(BATCH_COLUMNS[:-1])})")
+        db.execute(f"INSERT INTO energy_batches VALUES ({','.join('?' * 14)})", [1] * 14)
+    with Store(path) as store, store.transaction() as db:
+        ensure_tables(db)
+    with sqlite3.connect(path) as db:
+        columns = [row[1] for row in db.execute("PRAGMA table_info(energy_batches)")]
+        rows = db.execute("SELECT peak_mem_gb, run_id FROM energy_batches").fetchall()
+    assert columns == BATCH_COLUMNS and rows == [(None, 1)]
+
+
+def test_cli_energy_stopped_by_sigterm_resumes_at_its_next_batch(tmp_path: Path) -> None:
+    """`infermeter energy` in a process of its own, stopped with SIGTERM (as `timeout` or a
+    scheduler does) mid-configuration: it says so, exits 143, keeps its batches; the same
+    command resumes at the next batch and ends with every prompt answered once."""
+    store = tmp_path / "e.sqlite"
+    cmd = [sys.executable, "-m", "infermeter", "energy", "tiny-llama", "--dataset", GSM8K]
+    cmd += ["--prompts", "240", "--batch-sizes", "2", "--max-lengths", "16", "--device", "cpu"]
+    cmd += ["--store", str(store)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline, stored = time.monotonic() + 120, 0
+    while time.monotonic() < deadline and proc.poll() is None and stored < 3:
+        time.sleep(0.05)
+        try:
+            with sqlite3.connect(store, timeout=1) as db:
+                stored = db.execute("SELECT count(*) FROM energy_batches").fetchone()[0]
+        except sqlite3.OperationalError:  # not created yet, or busy
+            continue
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()
+    assert "terminated:" in err.decode() and "Traceback" not in err.decode()
+    with Store(store) as db:
+        assert db.runs().status.tolist() == ["interrupted"]
+        kept = energy_batches(db).batch_index.tolist()
+    assert 3 <= len(kept) < 120, "the signal must land halfway through the configuration"
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming b2-l16-s1-nocap: {len(kept)}/120 batches stored" in again.stdout
+    with Store(store) as db:
+        responses = energy_responses(db, int(db.runs().id.iloc[0]))
+        assert db.runs().status.tolist() == ["complete"]
+        assert sorted(energy_batches(db).batch_index) == list(range(120))
+    assert sorted(responses.prompt_index) == list(range(240))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -64,22 +67,46 @@ def hardware_catalog(path: Path | None) -> dict[str, Accelerator] | None:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `timeout`'s stop), unwound like Ctrl-C so that every
+    `finally` runs: runs are marked interrupted, meters stopped, power limits restored."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def user_errors(func: F) -> F:
-    """Turn a UserError into one red line and exit code 2, never a traceback."""
+    """Turn a UserError into one red line and exit code 2, never a traceback; Ctrl-C and
+    SIGTERM into one line and exit code 130 / 143 once everything measured is stored."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with _sigterm_unwinds():
+                return func(*args, **kwargs)
         except UserError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            how = "terminated" if isinstance(exc, Terminated) else "interrupted"
             err_console.print(
-                "[yellow]interrupted:[/] every finished point is stored; rerun the same "
+                f"[yellow]{how}:[/] everything measured so far is stored; rerun the same "
                 "command to resume"
             )
-            raise typer.Exit(code=130) from None
+            raise typer.Exit(code=143 if isinstance(exc, Terminated) else 130) from None
 
     return wrapper  # type: ignore[return-value]
 

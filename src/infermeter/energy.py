@@ -21,9 +21,12 @@ batch's total), so the responses of a batch add up to the window exactly. The pa
 per response (total / responses) is the configuration's `j_per_response`, the mean of these.
 
 A configuration that runs out of memory is stored as `infeasible` with the reason (the paper's
-Table II) and the sweep moves on. Every configuration is committed, with its responses and
-batches, before the next one runs; rerunning the same workload resumes and skips
-configurations already stored as ok or infeasible. Power caps are set only when asked for.
+Table II) and the sweep moves on (batches it finished before running out stay stored: they were
+measured). Every batch is committed, with its responses and the power samples so far, before the
+next one runs, and a configuration's row is computed from its stored batches once the last is in:
+rerunning the same workload resumes, skipping configurations stored as ok or infeasible and, in
+a configuration cut short, the batches already stored (each batch keeps its seed, so a resumed
+configuration runs exactly the batches it would have). Power caps are set only when asked for.
 """
 
 from __future__ import annotations
@@ -31,11 +34,10 @@ from __future__ import annotations
 import contextlib
 import math
 import sqlite3
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
 
@@ -60,7 +62,7 @@ RESPONSE_COLUMNS = [
 BATCH_COLUMNS = [
     "run_id", "config_key", "batch_index", "responses", "prompt_width", "runtime_s",
     "window_s", "start_unix", "end_unix", "energy_j", "integrated_j", "method", "sm_util",
-    "mem_util",
+    "mem_util", "peak_mem_gb",
 ]  # fmt: skip
 
 SCHEMA = """
@@ -78,7 +80,8 @@ CREATE TABLE IF NOT EXISTS energy_responses (
 CREATE TABLE IF NOT EXISTS energy_batches (
     run_id INTEGER, config_key TEXT, batch_index INTEGER, responses INTEGER,
     prompt_width INTEGER, runtime_s REAL, window_s REAL, start_unix REAL, end_unix REAL,
-    energy_j REAL, integrated_j REAL, method TEXT, sm_util REAL, mem_util REAL
+    energy_j REAL, integrated_j REAL, method TEXT, sm_util REAL, mem_util REAL,
+    peak_mem_gb REAL
 );
 CREATE INDEX IF NOT EXISTS energy_configs_run ON energy_configs(run_id);
 CREATE INDEX IF NOT EXISTS energy_responses_run ON energy_responses(run_id, config_key);
@@ -146,10 +149,14 @@ class EnergySweep:
 
 
 def ensure_tables(db: sqlite3.Connection) -> None:
-    """Create the energy tables if absent (the report reads energy_configs as is)."""
+    """Create the energy tables if absent (the report reads energy_configs as is), and give a
+    store written before batches kept their peak memory that column."""
     for statement in SCHEMA.strip().split(";"):
         if statement.strip():
             db.execute(statement)
+    have = {row[1] for row in db.execute("PRAGMA table_info(energy_batches)")}
+    if "peak_mem_gb" not in have:
+        db.execute("ALTER TABLE energy_batches ADD COLUMN peak_mem_gb REAL")
 
 
 def _read(store: Store, query: str, params: Sequence[Any]) -> pd.DataFrame:
@@ -205,15 +212,8 @@ def _stored(store: Store, run_id: int) -> set[EnergyConfig]:
     }
 
 
-def _record(
-    store: Store,
-    run_id: int,
-    config: EnergyConfig,
-    row: dict[str, Any],
-    responses: list[tuple[Any, ...]],
-    batches: list[tuple[Any, ...]],
-) -> None:
-    """One configuration, its responses and batches, in one transaction (replacing any old)."""
+def _record(store: Store, run_id: int, config: EnergyConfig, row: dict[str, Any]) -> None:
+    """One configuration's row (replacing any old); its batches are stored as they finish."""
     with store.transaction() as db:
         ensure_tables(db)
         match = "run_id = ? AND batch = ? AND max_len = ? AND shards = ? AND power_cap_w IS ?"
@@ -221,23 +221,47 @@ def _record(
             f"DELETE FROM energy_configs WHERE {match}",
             (run_id, config.batch, config.max_len, config.shards, config.power_cap_w),
         )
-        for table in ("energy_responses", "energy_batches"):
-            db.execute(
-                f"DELETE FROM {table} WHERE run_id = ? AND config_key = ?", (run_id, config.key)
-            )
         values = {**row, "run_id": run_id, "batch": config.batch, "max_len": config.max_len}
         values.update(shards=config.shards, power_cap_w=config.power_cap_w)
         db.execute(
             f"INSERT INTO energy_configs VALUES ({','.join('?' * len(CONFIG_COLUMNS))})",
             [values.get(c) for c in CONFIG_COLUMNS],
         )
+
+
+def _record_batch(store: Store, responses: list[tuple[Any, ...]], batch: tuple[Any, ...]) -> None:
+    """One batch window and its responses, in one transaction (replacing the same batch)."""
+    run_id, config_key, index = batch[:3]
+    with store.transaction() as db:
+        ensure_tables(db)
+        for table in ("energy_responses", "energy_batches"):
+            db.execute(
+                f"DELETE FROM {table} WHERE run_id = ? AND config_key = ? AND batch_index = ?",
+                (run_id, config_key, index),
+            )
         db.executemany(
             f"INSERT INTO energy_responses VALUES ({','.join('?' * len(RESPONSE_COLUMNS))})",
             responses,
         )
-        db.executemany(
-            f"INSERT INTO energy_batches VALUES ({','.join('?' * len(BATCH_COLUMNS))})", batches
+        db.execute(
+            f"INSERT INTO energy_batches VALUES ({','.join('?' * len(BATCH_COLUMNS))})", batch
         )
+
+
+def _stored_batches(store: Store, run_id: int, config_key: str) -> set[int]:
+    with store.transaction() as db:
+        ensure_tables(db)
+        rows = db.execute(
+            "SELECT batch_index FROM energy_batches WHERE run_id = ? AND config_key = ?",
+            (run_id, config_key),
+        ).fetchall()
+    return {int(r[0]) for r in rows}
+
+
+def batches_left(store: Store, run_id: int, config: EnergyConfig, prompts: int) -> int:
+    """Batches of `config` still to run for `prompts` prompts (fewer once some are stored)."""
+    total = batches_of(prompts, config.batch)
+    return total - len({i for i in _stored_batches(store, run_id, config.key) if i < total})
 
 
 # ---- one batch ----------------------------------------------------------------------------------
@@ -382,8 +406,6 @@ class BatchResult:
 class ConfigResult:
     config: EnergyConfig
     row: dict[str, Any]
-    responses: list[tuple[Any, ...]] = field(default_factory=list)
-    batches: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def _truncate(ids: list[int], limit: int, bos: int | None) -> list[int]:
@@ -395,10 +417,11 @@ def _truncate(ids: list[int], limit: int, bos: int | None) -> list[int]:
     return ids[-limit:]
 
 
-def _weighted(windows: list[EnergyWindow], attr: str) -> float | None:
-    pairs = [(getattr(w, attr), w.seconds) for w in windows if getattr(w, attr) is not None]
-    total = sum(s for _, s in pairs)
-    return sum(v * s for v, s in pairs) / total if pairs and total > 0 else None
+def _weighted(windows: pd.DataFrame, column: str) -> float | None:
+    """The window-time-weighted mean of a utilisation column, over windows that have it."""
+    have = windows[windows[column].notna()]
+    total = float(have.window_s.sum())
+    return float((have[column] * have.window_s).sum()) / total if total > 0 else None
 
 
 def _infeasible(config: EnergyConfig, dataset: str, reason: str) -> ConfigResult:
@@ -413,26 +436,28 @@ def run_config(
     tokenizer: Tokenizer,
     stop_tokens: Sequence[int],
     *,
+    store: Store,
     run_id: int,
     dataset: str,
     seed: int = 0,
     meter: Meter | None = None,
     on_batch: Callable[[BatchResult], None] | None = None,
 ) -> ConfigResult:
-    """Every prompt through one configuration; an OOM makes it `infeasible`, not an error."""
+    """Every prompt through one configuration, each batch stored as it finishes (batches
+    already stored for this run are skipped); an OOM makes it `infeasible`, not an error.
+    The configuration's row is computed from its stored batches."""
     limit = spec.max_context - config.max_len
     fed = [_truncate(p, limit, tokenizer.bos_id) for p in prompts]
     cut = sum(len(a) != len(b) for a, b in zip(fed, prompts, strict=True))
     chunks = [fed[i : i + config.batch] for i in range(0, len(fed), config.batch)]
+    stored = _stored_batches(store, run_id, config.key)
     _release(backend, spec)  # this configuration's memory only, from a clean slate
     _reset_peak(backend)
     stops = set(stop_tokens)
-    result = ConfigResult(config, {})
-    windows: list[EnergyWindow] = []
-    runtime = tokens = words = 0.0
-    peak: float | None = None
     clock_offset = time.time() - time.perf_counter()
     for index, chunk in enumerate(chunks):
+        if index in stored:
+            continue
         try:
             generation, window, wall = generate_batch(
                 backend, chunk, config.max_len, stop_tokens, seed + index, meter
@@ -451,76 +476,90 @@ def run_config(
         outputs = [list(t) for t in generation.tokens]
         generated = [max(1, len(t)) for t in outputs]
         window_j = window.total_j if window is not None else None
-        shares = attribute(window_j, generated)
-        batch_words = 0
-        for j, (ids, n_out, energy_j) in enumerate(zip(outputs, generated, shares, strict=True)):
+        responses = []
+        for j, (ids, n_out, energy_j) in enumerate(
+            zip(outputs, generated, attribute(window_j, generated), strict=True)
+        ):
             text_ids = ids[:-1] if ids and ids[-1] in stops else ids
-            n_words = count_words(tokenizer.decode(text_ids))
-            batch_words += n_words
-            position = index * config.batch + j
-            result.responses.append(
-                (run_id, config.key, index, position, len(chunk[j]), n_out, n_words, energy_j,
-                 window_j)
+            responses.append(
+                (run_id, config.key, index, index * config.batch + j, len(chunk[j]), n_out,
+                 count_words(tokenizer.decode(text_ids)), energy_j, window_j)
             )  # fmt: skip
         batch_runtime = float(getattr(generation, "runtime_s", wall))
-        runtime += batch_runtime
-        tokens += sum(generated)
-        words += batch_words
-        if window is not None:
-            windows.append(window)
-        result.batches.append(
-            (
-                run_id, config.key, index, len(chunk), max(len(p) for p in chunk), batch_runtime,
-                window.seconds if window else None,
-                window.start + clock_offset if window else None,
-                window.end + clock_offset if window else None,
-                window_j, window.integrated_j if window else None,
-                window.method if window else None,
-                window.sm_util if window else None, window.mem_util if window else None,
-            )
+        batch = (
+            run_id, config.key, index, len(chunk), max(len(p) for p in chunk), batch_runtime,
+            window.seconds if window else None,
+            window.start + clock_offset if window else None,
+            window.end + clock_offset if window else None,
+            window_j, window.integrated_j if window else None,
+            window.method if window else None,
+            window.sm_util if window else None, window.mem_util if window else None,
+            _memory_used_gb(meter, backend),
         )  # fmt: skip
-        used = _memory_used_gb(meter, backend)
-        peak = used if peak is None else max(peak, used or 0.0)
+        _record_batch(store, responses, batch)
         if on_batch:
             on_batch(
                 BatchResult(
                     config, index, len(chunks), len(chunk), sum(generated), batch_runtime, window
                 )
             )
-    n = len(fed)
+    how = "timed generation" if getattr(backend, "_engine", None) is not None else "whole call"
+    row = _config_row(store, run_id, config, len(chunks), how)
+    if len(fed) < config.batch:  # the figures are those of a batch of n: say so beside them
+        n = len(fed)
+        row["detail"] += f"; only {n} prompts, so batch {config.batch} ran as one batch of {n}"
+    if cut:
+        row["detail"] += f"; {cut} prompts cut to their last {limit} tokens"
+    if stored:
+        row["detail"] += f"; resumed: {len(stored)} of the batches were stored by an earlier run"
+    return ConfigResult(config, {"dataset": dataset, **row})
+
+
+def _config_row(
+    store: Store, run_id: int, config: EnergyConfig, chunks: int, how: str
+) -> dict[str, Any]:
+    """The paper's per-configuration figures from the configuration's stored batches."""
+    batches = _read(
+        store,
+        "SELECT * FROM energy_batches WHERE run_id = ? AND config_key = ? AND batch_index < ?",
+        [run_id, config.key, chunks],
+    )
+    responses = _read(
+        store,
+        "SELECT * FROM energy_responses WHERE run_id = ? AND config_key = ? AND batch_index < ?",
+        [run_id, config.key, chunks],
+    )
+    runtime = float(batches.runtime_s.sum())
+    tokens, words = int(responses.output_tokens.sum()), int(responses.words.sum())
+    n = len(responses)
+    windows = batches[batches.window_s.notna()]
     energy = (
-        sum(w.total_j for w in windows if w.total_j is not None)
-        if windows and all(w.total_j is not None for w in windows)
+        float(windows.energy_j.sum())
+        if not windows.empty and windows.energy_j.notna().all()
         else None
     )
-    window_s = sum(w.seconds for w in windows)
-    per_response = [r[7] for r in result.responses if r[7] is not None]
-    detail = f"{n} responses in {len(chunks)} batches"
-    if config.batch > n:  # the figures are those of a batch of n: say so beside them
-        detail += f"; only {n} prompts, so batch {config.batch} ran as one batch of {n}"
-    if cut:
-        detail += f"; {cut} prompts cut to their last {limit} tokens"
+    window_s = float(windows.window_s.sum())
+    detail = f"{n} responses in {len(batches)} batches"
     if energy is not None:
-        how = "timed generation" if getattr(backend, "_engine", None) is not None else "whole call"
+        per_response = responses.energy_j.dropna()
         detail += (
-            f"; {windows[0].method} energy over the {how}; per response median "
-            f"{statistics.median(per_response):.4g} J, max {max(per_response):.4g} J"
+            f"; {windows.method.iloc[0]} energy over the {how}; per response median "
+            f"{per_response.median():.4g} J, max {per_response.max():.4g} J"
         )
-    result.row = {
-        "dataset": dataset,
+    peak = batches.peak_mem_gb.dropna()
+    return {
         "tokens_per_s": tokens / runtime if runtime > 0 else None,
         "words_per_s": words / runtime if runtime > 0 else None,
         "responses_per_s": n / runtime if runtime > 0 else None,
         "watts": energy / window_s if energy is not None and window_s > 0 else None,
         "j_per_token": energy / tokens if energy is not None and tokens else None,
-        "j_per_response": energy / n if energy is not None else None,
+        "j_per_response": energy / n if energy is not None and n else None,
         "sm_util": _weighted(windows, "sm_util"),
         "mem_util": _weighted(windows, "mem_util"),
-        "peak_mem_gb": peak,
+        "peak_mem_gb": float(peak.max()) if not peak.empty else None,
         "status": "ok",
         "detail": detail,
     }
-    return result
 
 
 # ---- the experiment -----------------------------------------------------------------------------
@@ -624,6 +663,15 @@ def run_energy(
     skipped: list[EnergyConfig] = []
     status = "interrupted"
     flushed = time.perf_counter()
+
+    def flush_samples(meter: Meter | None) -> None:
+        """Store the power samples taken since the last flush: none is lost to a Ctrl-C."""
+        nonlocal flushed
+        if meter is not None and meter.available:
+            now = time.perf_counter()
+            store.record_samples(run.id, meter.samples(start=flushed, end=now, unix=True))
+            flushed = now + 1e-9
+
     try:
         for shards, group in groupby(todo, key=lambda c: c.shards):
             configs = list(group)
@@ -643,7 +691,7 @@ def run_energy(
                     raise
                 for config in configs:  # Table II: this many GPUs cannot hold the model
                     outcome = _infeasible(config, workload.dataset, str(error)[:500])
-                    _record(store, run.id, config, outcome.row, [], [])
+                    _record(store, run.id, config, outcome.row)
                     if on_config:
                         on_config(config, outcome.row)
                 if close_backends:
@@ -659,6 +707,12 @@ def run_energy(
                 meter.start()
                 info.update(idle_w=meter.idle_w, power_field=meter.power_field_used)
             store.update_run_backend(run.id, info)
+
+            def batch_done(result: BatchResult, meter: Meter | None = meter) -> None:
+                flush_samples(meter)
+                if on_batch:
+                    on_batch(result)
+
             try:
                 for watts, by_cap in groupby(configs, key=lambda c: c.power_cap_w):
                     pending = list(by_cap)
@@ -671,20 +725,12 @@ def run_energy(
                                 skipped += pending[n:]
                                 break
                             outcome = run_config(
-                                backend, spec, config, ids, tokenizer, stops, run_id=run.id,
-                                dataset=workload.dataset, seed=seed, meter=meter,
-                                on_batch=on_batch,
+                                backend, spec, config, ids, tokenizer, stops, store=store,
+                                run_id=run.id, dataset=workload.dataset, seed=seed, meter=meter,
+                                on_batch=batch_done,
                             )  # fmt: skip
-                            _record(
-                                store, run.id, config, outcome.row, outcome.responses,
-                                outcome.batches,
-                            )  # fmt: skip
-                            if meter is not None and meter.available:
-                                now = time.perf_counter()
-                                store.record_samples(
-                                    run.id, meter.samples(start=flushed, end=now, unix=True)
-                                )
-                                flushed = now + 1e-9
+                            _record(store, run.id, config, outcome.row)
+                            flush_samples(meter)
                             if on_config:
                                 on_config(config, outcome.row)
             finally:

@@ -78,7 +78,7 @@ def energy(
     from infermeter.catalog import resolve_spec
     from infermeter.cli import console, err_console, frame_table, parse_sizes, progress_bar
     from infermeter.datasets import load_workload
-    from infermeter.energy import EnergySweep, batches_of, run_energy, summary
+    from infermeter.energy import EnergySweep, batches_left, batches_of, run_energy, summary
     from infermeter.errors import UserError
     from infermeter.meter import Meter, visible_gpus
     from infermeter.provenance import cuda_device_name, device_description
@@ -146,14 +146,21 @@ def energy(
     ):
         task = bar.add_task(f"energy of {spec.name} on {workload.dataset}", total=None, last="")
 
+        left: dict[str, int] = {}  # batches each configuration still had to run at the start
+        ran: dict[str, int] = {}
+
         def on_start(run: Any, todo: list[Any], total: int) -> None:
-            bar.update(task, total=sum(batches_of(len(workload), c.batch) for c in todo))
+            left.update({c.key: batches_left(db, run.id, c, len(workload)) for c in todo})
+            bar.update(task, total=sum(left.values()))
             if len(todo) < total:
                 bar.console.print(
                     f"resuming run {run.id}: {total - len(todo)}/{total} configurations stored"
                 )
-
-        ran: dict[str, int] = {}
+            for c in todo:
+                if 0 < left[c.key] < (whole := batches_of(len(workload), c.batch)):
+                    bar.console.print(
+                        f"resuming {c.key}: {whole - left[c.key]}/{whole} batches stored"
+                    )
 
         def on_batch(result: Any) -> None:
             c = result.config
@@ -170,8 +177,8 @@ def energy(
             if row["status"] != "ok":
                 bar.console.print(f"[yellow]{config.key} {row['status']}:[/] {row['detail']}")
                 # The batches it would have run never will: keep the bar's total honest.
-                left = batches_of(len(workload), config.batch) - ran.get(config.key, 0)
-                bar.update(task, total=(bar.tasks[0].total or 0) - left)
+                never = left.get(config.key, 0) - ran.get(config.key, 0)
+                bar.update(task, total=(bar.tasks[0].total or 0) - never)
 
         result = run_energy(
             db,
