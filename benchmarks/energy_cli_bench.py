@@ -87,7 +87,7 @@ def step_command(args: argparse.Namespace, step: str) -> list[str]:
     if step == "complete" and "--max-lengths" in extra:  # --quick: step 1's lengths win
         at = extra.index("--max-lengths")
         del extra[at : at + 2]
-    return infermeter_command(*command, *extra)
+    return infermeter_command(*command, *extra, installed=True)
 
 
 def stored(store: Path) -> dict[str, Any]:

@@ -244,6 +244,7 @@ def test_cli_energy_on_cpu(tmp_path: Path) -> None:
     assert refused.exit_code == 2 and "nothing was changed" in refused.output
     bad = runner.invoke(app, [*args[:-2], "--store", str(store), "--max-lengths", "512"])
     assert bad.exit_code == 2 and "leaves no room for a prompt" in bad.output
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back after each command
 
 
 def test_a_batch_larger_than_the_workload_says_it_ran_smaller(tmp_path: Path) -> None:
@@ -255,17 +256,17 @@ def test_a_batch_larger_than_the_workload_says_it_ran_smaller(tmp_path: Path) ->
     assert "only 3 prompts" not in configs.detail[2]
 
 
-class Interrupting(Engine):
-    """The real engine, stopped by a Ctrl-C during its `at`-th generate."""
+class FailingAt(Engine):
+    """The real engine, whose `at`-th generate raises `error` (a Ctrl-C by default)."""
 
-    def __init__(self, at: int) -> None:
+    def __init__(self, at: int, error: BaseException | None = None) -> None:
         super().__init__()
-        self.at = at
+        self.at, self.error = at, error or KeyboardInterrupt()
 
     def generate(self, prompts: list[list[int]], *args: Any, **kwargs: Any) -> Any:
         if len(self.batches) + 1 == self.at:
             self.batches.append(len(prompts))
-            raise KeyboardInterrupt
+            raise self.error
         return super().generate(prompts, *args, **kwargs)
 
 
@@ -280,7 +281,7 @@ def test_an_interrupted_configuration_resumes_at_its_next_batch(
         whole_responses = energy_responses(store, whole.run.id)
     with Store(tmp_path / "s.sqlite") as store:
         with pytest.raises(KeyboardInterrupt):
-            experiment(store, workload, sweep, Interrupting(at=3))
+            experiment(store, workload, sweep, FailingAt(3))
         run_id = int(store.runs().id.iloc[0])
         assert store.runs().status.tolist() == ["interrupted"]
         assert energy_configs(store, run_id).empty
@@ -303,6 +304,64 @@ def test_an_interrupted_configuration_resumes_at_its_next_batch(
     assert row.tokens_per_s == pytest.approx(
         responses.output_tokens.sum() / batches.runtime_s.sum()
     )
+    # Words and tokens of all three batches, as in the run never interrupted.
+    first = whole.configs.iloc[0]
+    assert row.words_per_s / row.tokens_per_s == pytest.approx(
+        first.words_per_s / first.tokens_per_s
+    )
+    assert row.responses_per_s / row.tokens_per_s == pytest.approx(
+        first.responses_per_s / first.tokens_per_s
+    )
+
+
+def test_out_of_memory_on_a_later_batch_keeps_the_batches_before(
+    tmp_path: Path, workload: Workload
+) -> None:
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+    with Store(tmp_path / "s.sqlite") as store:
+        result = experiment(store, workload, EnergySweep((4,), (8,)), FailingAt(3, oom))
+        row = result.configs.iloc[0]
+        assert row.status == "infeasible" and "out of memory at batch 4" in row.detail
+        assert sorted(energy_batches(store, result.run.id).batch_index) == [0, 1]  # measured
+        again = Engine()
+        experiment(store, workload, EnergySweep((4,), (8,)), again)
+        assert again.batches == []  # infeasible is an answer: not run again
+
+
+def test_a_configuration_resumed_without_a_meter_leaves_energy_empty(
+    tmp_path: Path, workload: Workload
+) -> None:
+    """Joules of some batches must not be spread over the tokens of all."""
+    tok, _ = tokenizer_for(SPEC)
+    sweep = EnergySweep((4,), (8,))
+    with Store(tmp_path / "s.sqlite") as store:
+        with pytest.raises(KeyboardInterrupt):
+            experiment(store, workload, sweep, FailingAt(2))
+        result = run_energy(
+            store, SPEC, workload, tok, sweep, lambda tp: Engine(), meter_for=lambda tp: None,
+            stop_tokens=STOPS, device="cpu (test)", close_backends=False,
+        )  # fmt: skip
+        batches = energy_batches(store, result.run.id)
+    row = result.configs.iloc[0]
+    assert batches.sort_values("batch_index").energy_j.notna().tolist() == [True, False, False]
+    assert row.status == "ok" and row.tokens_per_s > 0
+    assert pd.isna(row.watts) and pd.isna(row.j_per_token) and pd.isna(row.j_per_response)
+    assert "2 batch(es) ran without an energy reading" in row.detail
+
+
+def test_the_same_workload_on_another_gpu_is_another_run(
+    tmp_path: Path, workload: Workload
+) -> None:
+    tok, _ = tokenizer_for(SPEC)
+    with Store(tmp_path / "s.sqlite") as store:
+        runs = [
+            run_energy(
+                store, SPEC, workload, tok, EnergySweep((4,), (8,)), lambda tp: Engine(),
+                stop_tokens=STOPS, device=device, close_backends=False,
+            ).run.id
+            for device in ("NVIDIA H100 80GB HBM3", "NVIDIA H200", "NVIDIA H200")
+        ]  # fmt: skip
+    assert runs[0] != runs[1] and runs[1] == runs[2]
 
 
 def test_a_store_from_before_batch_peaks_gains_the_column(tmp_path: Path) -> None:

@@ -93,3 +93,37 @@ def test_unknown_run(tmp_path: Path) -> None:
 def test_run_key_is_stable_and_order_free() -> None:
     assert run_key({"a": 1, "b": [1, 2]}) == run_key({"b": [1, 2], "a": 1})
     assert run_key({"a": 1}) != run_key({"a": 2})
+
+
+class _InterruptedAfterBegin:
+    """A connection whose BEGIN goes through and is then hit by a Ctrl-C, as when the signal
+    lands the moment a wait for the write lock ends."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        cursor = self.db.execute(sql, *args)
+        if sql.startswith("BEGIN"):
+            raise KeyboardInterrupt
+        return cursor
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.db.in_transaction
+
+
+def test_a_ctrl_c_right_after_begin_leaves_no_transaction_open(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.sqlite") as store:
+        real = store._db
+        store._db = _InterruptedAfterBegin(real)  # type: ignore[assignment]
+        with pytest.raises(KeyboardInterrupt), store.transaction():
+            pass
+        store._db = real
+        assert not real.in_transaction
+        run, _ = store.open_run(
+            key="k", model="m", spec={}, stack={}, backend="b", backend_info={}, grid={},
+            device="cpu",
+        )  # fmt: skip
+        store.set_run_status(run.id, "interrupted")  # the next transaction starts cleanly
+        assert store.get_run(run.id).status == "interrupted"

@@ -73,6 +73,7 @@ class Terminated(KeyboardInterrupt):
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the unwinding
     raise Terminated
 
 
@@ -85,7 +86,8 @@ def _sigterm_unwinds() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:  # None: set from C, and Python cannot put it back
+            signal.signal(signal.SIGTERM, previous)
 
 
 def user_errors(func: F) -> F:

@@ -521,7 +521,8 @@ def _config_row(
     """The paper's per-configuration figures from the configuration's stored batches."""
     batches = _read(
         store,
-        "SELECT * FROM energy_batches WHERE run_id = ? AND config_key = ? AND batch_index < ?",
+        "SELECT * FROM energy_batches WHERE run_id = ? AND config_key = ? AND batch_index < ? "
+        "ORDER BY batch_index",
         [run_id, config.key, chunks],
     )
     responses = _read(
@@ -533,13 +534,18 @@ def _config_row(
     tokens, words = int(responses.output_tokens.sum()), int(responses.words.sum())
     n = len(responses)
     windows = batches[batches.window_s.notna()]
+    # Energy only where every batch has its joules: a batch resumed without a meter would
+    # otherwise spread the others' energy over its tokens too.
     energy = (
         float(windows.energy_j.sum())
-        if not windows.empty and windows.energy_j.notna().all()
+        if len(windows) == len(batches) > 0 and windows.energy_j.notna().all()
         else None
     )
     window_s = float(windows.window_s.sum())
     detail = f"{n} responses in {len(batches)} batches"
+    unmetered = len(batches) - int(windows.energy_j.notna().sum())
+    if 0 < unmetered < len(batches):
+        detail += f"; energy left empty: {unmetered} batch(es) ran without an energy reading"
     if energy is not None:
         per_response = responses.energy_j.dropna()
         detail += (
@@ -574,20 +580,27 @@ class EnergyRun:
 
 
 def energy_key(
-    spec: ModelSpec, backend: str, options: dict, workload: Workload, tokenizer: str, stops: Any
+    spec: ModelSpec,
+    backend: str,
+    options: dict,
+    workload: Workload,
+    tokenizer: str,
+    stops: Any,
+    device: str = "",
 ) -> str:
-    return run_key(
-        {
-            "experiment": "energy",
-            "spec": spec.to_dict(),
-            "backend": backend,
-            "options": options,
-            # The prompts' digest, not the files' paths: the same workload resumes anywhere.
-            "workload": {k: v for k, v in workload.describe().items() if k != "sources"},
-            "tokenizer": tokenizer,
-            "stops": list(stops),
-        }
-    )
+    """Same experiment on the same device, same key. The device (the GPU's name) is part of
+    it since a configuration resumes batch by batch: one row must never blend two GPUs."""
+    parts = {
+        "experiment": "energy",
+        "spec": spec.to_dict(),
+        "backend": backend,
+        "options": options,
+        # The prompts' digest, not the files' paths: the same workload resumes anywhere.
+        "workload": {k: v for k, v in workload.describe().items() if k != "sources"},
+        "tokenizer": tokenizer,
+        "stops": list(stops),
+    }
+    return run_key({**parts, "device": device} if device else parts)
 
 
 def _power_cap(
@@ -646,7 +659,7 @@ def run_energy(
     with store.transaction() as db:
         ensure_tables(db)
     run, _ = store.open_run(
-        key=energy_key(spec, backend_name, options, workload, tokenizer.name, stops),
+        key=energy_key(spec, backend_name, options, workload, tokenizer.name, stops, device),
         model=spec.name,
         spec=spec.to_dict(),
         stack={"backend": backend_name, **options},
@@ -734,6 +747,9 @@ def run_energy(
                             if on_config:
                                 on_config(config, outcome.row)
             finally:
+                # The samples of a batch stored just before a Ctrl-C; never mask its error.
+                with contextlib.suppress(sqlite3.Error):
+                    flush_samples(meter)
                 if meter is not None:
                     meter.stop()
                 if close_backends:

@@ -182,13 +182,16 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        # BEGIN inside the try: a Ctrl-C landing just after it (it may wait for the lock) must
+        # not leave a transaction open for the next one to trip over.
         try:
+            self._db.execute("BEGIN IMMEDIATE")
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()

@@ -10,11 +10,13 @@ screenshot beside docs/report.html. Needs Chromium (Debian's `chromium` package)
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -137,6 +139,7 @@ def _launch(chromium: str, profile: str) -> tuple[subprocess.Popen[str], int]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its helpers share the group, so _stop reaches them all
     )
     deadline = time.monotonic() + 60
     assert proc.stderr is not None
@@ -147,7 +150,7 @@ def _launch(chromium: str, profile: str) -> tuple[subprocess.Popen[str], int]:
         match = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
         if match:
             return proc, int(match.group(1))
-    proc.kill()
+    _stop(proc)
     raise RuntimeError(f"{chromium} did not start its DevTools endpoint")
 
 
@@ -165,7 +168,10 @@ def check_page(
             "Chromium not found: apt-get install chromium (or set INFERMETER_CHROMIUM)"
         )
     url = Path(page).resolve().as_uri()
-    with tempfile.TemporaryDirectory(prefix="infermeter-chromium-") as profile:
+    # Ignore cleanup errors: a helper that outlives the group's stop may still write there.
+    with tempfile.TemporaryDirectory(
+        prefix="infermeter-chromium-", ignore_cleanup_errors=True
+    ) as profile:
         proc, port = _launch(binary, profile)
         try:
             request = urllib.request.Request(
@@ -178,14 +184,20 @@ def check_page(
             with connect(target["webSocketDebuggerUrl"], max_size=None, open_timeout=30) as ws:
                 return _inspect(_DevTools(ws), url, screenshot, width, settle_s)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stderr:
-                proc.stderr.close()
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Stop Chromium, then whatever is left of its process group (helpers outlive it)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if proc.stderr:
+        proc.stderr.close()
 
 
 def _inspect(
