@@ -44,7 +44,7 @@ import infermeter
 from _command import infermeter_command, run_command
 from _record import DOCS, write_result
 from energy_bench import TABLE_COLUMNS, markdown
-from infermeter.energy import EnergyConfig, energy_batches, energy_configs
+from infermeter.energy import EnergyConfig, energy_batches, energy_configs, ensure_tables
 from infermeter.store import Store
 
 STEPS = ("complete", "interrupted", "resumed")
@@ -113,6 +113,23 @@ def stored(store: Path) -> dict[str, Any]:
     }
 
 
+def last_batch_row(store: Path) -> int:
+    """The newest energy_batches rowid: batches stored later have larger ones."""
+    if not store.exists():
+        return 0
+    with Store(store) as db, db.transaction() as con:
+        ensure_tables(con)
+        return int(con.execute("SELECT coalesce(max(rowid), 0) FROM energy_batches").fetchone()[0])
+
+
+def generation_seconds(store: Path, after_row: int) -> float:
+    """Timed generation of the batches stored after rowid `after_row`."""
+    with Store(store) as db, db.transaction() as con:
+        ensure_tables(con)
+        query = "SELECT coalesce(sum(runtime_s), 0) FROM energy_batches WHERE rowid > ?"
+        return float(con.execute(query, (after_row,)).fetchone()[0])
+
+
 def said(output: str) -> list[str]:
     """The lines in which the command says what it resumed, or why it stopped."""
     wanted = re.compile(r"resuming|interrupted:|terminated:|error:|stored in")
@@ -127,6 +144,7 @@ def run_step(args: argparse.Namespace, step: str) -> dict[str, Any]:
         "resumed": (args.resume_for, signal.SIGTERM),
     }[step]
     print(f"[{step}] starting", flush=True)
+    first_row = last_batch_row(args.store)
     done = run_command(
         step_command(args, step),
         timeout_s=args.timeout_s if step == "complete" else stop[0] + 120,
@@ -137,6 +155,10 @@ def run_step(args: argparse.Namespace, step: str) -> dict[str, Any]:
     after = stored(args.store)
     lines = said(done.pop("output"))
     record = {"step": step, **done, "said": lines, "before": before, "after": after}
+    # How much of the wall time was timed generation (the rest: start-up, model build, and
+    # per-batch work outside the energy windows such as warm-ups and graph captures).
+    record["generation_s"] = generation_seconds(args.store, first_row)
+    record["generation_share_of_wall"] = record["generation_s"] / done["wall_s"]
     # Batch-level resume: a configuration left partial must say so and continue from there.
     record["resumed_batches_said"] = {
         key: any(f"resuming {key}: {n}/" in line for line in lines)
@@ -146,7 +168,8 @@ def run_step(args: argparse.Namespace, step: str) -> dict[str, Any]:
         after["batches"].get(key, 0) >= n for key, n in before["batches"].items()
     )
     print(f"[{step}] {record['command']}: exit {record['exit_code']} after "
-          f"{record['wall_s']:.0f} s", flush=True)  # fmt: skip
+          f"{record['wall_s']:.0f} s, {record['generation_s']:.0f} s of it timed generation",
+          flush=True)  # fmt: skip
     for line in lines:
         print(f"    {line}", flush=True)
     return record
@@ -180,7 +203,13 @@ def main() -> None:
         (
             f"{s['step']}: `{s['command']}`"
             + (f" ({s['signal']} after {s['wall_s']:.0f} s)" if s["signal"] else ""),
-            f"exit {s['exit_code']} in {s['wall_s']:.0f} s; stored after: "
+            f"exit {s['exit_code']} in {s['wall_s']:.0f} s"
+            + (
+                f" ({s['generation_s']:.0f} s timed generation)"
+                if s.get("generation_s") is not None
+                else ""
+            )
+            + "; stored after: "
             + ", ".join(f"{n} {k}" for k, n in s["after"]["configs"].items())
             + f" configurations; {sum(s['after']['batches'].values())} batches"
             + ("" if s["batches_kept"] and not s["after"]["duplicate_batches"] else " (LOST)"),
