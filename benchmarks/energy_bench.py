@@ -78,6 +78,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget-s", type=float, default=240.0, help="for the first model")
     parser.add_argument("--overhead-pairs", type=int, default=3)
+    parser.add_argument(
+        "--warmup-s", type=float, default=30.0, help="load before the first configuration"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--store", type=Path, default=None)
@@ -90,6 +93,7 @@ def parse() -> argparse.Namespace:
         args.batch_sizes, args.max_lengths = (4, 8), (8, 16)
         args.second_batch, args.second_length = 4, 8
         args.prompts, args.device, args.overhead_pairs = 16, "cpu", 1
+        args.warmup_s = 0.5
         args.out = args.out or Path("/tmp/infermeter-energy-quick")
     args.out = args.out or DOCS
     args.store = args.store or args.out / "stores" / "energy.sqlite"
@@ -232,7 +236,7 @@ def main() -> None:
                         store, spec, workload, tok, EnergySweep(args.batch_sizes, (length,)),
                         lambda tp: first, backend_options=options, meter_for=lambda tp: meter,
                         device=device_description(gpu=on_gpu), seed=args.seed,
-                        close_backends=False, on_config=on_config,
+                        warmup_s=args.warmup_s, close_backends=False, on_config=on_config,
                         stop_when=lambda: time.perf_counter() > deadline,
                     )  # fmt: skip
                     skipped += [f"{spec.name} {name} {c.key}" for c in run.skipped]
@@ -278,6 +282,7 @@ def main() -> None:
         "batch_sizes": list(args.batch_sizes),
         "max_lengths": list(args.max_lengths),
         "budget_s": args.budget_s,
+        "warmup_s": args.warmup_s,
         "sweep_wall_s": sweep_s,
         "total_wall_s": time.perf_counter() - started,
         **counter_vs_integrated(batches),

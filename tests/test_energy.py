@@ -412,3 +412,48 @@ def test_cli_energy_stopped_by_sigterm_resumes_at_its_next_batch(tmp_path: Path)
         assert db.runs().status.tolist() == ["complete"]
         assert sorted(energy_batches(db).batch_index) == list(range(120))
     assert sorted(responses.prompt_index) == list(range(240))
+
+
+def test_a_metered_sweep_warms_the_gpu_up_once_unrecorded(
+    tmp_path: Path, workload: Workload
+) -> None:
+    """--warmup-s: the first configuration's first batch runs back to back before anything
+    is measured; the record shows how far the card's power drifted; nothing is stored of it."""
+    clock: list[float] = []
+
+    def heating(t: float) -> float:  # a card warming up: 200 W rising 20 W/s
+        clock.append(t)
+        return 200.0 + 20.0 * (t - clock[0])
+
+    meter = Meter(interval_s=0.005, nvml=FakeNvml([FakeGpu(power=heating)]))
+    tok, _ = tokenizer_for(SPEC)
+    backend, notes = Engine(), []
+    with Store(tmp_path / "s.sqlite") as store:
+        result = run_energy(
+            store, SPEC, workload, tok, EnergySweep((4, 8), (8,)), lambda tp: backend,
+            meter_for=lambda tp: meter, stop_tokens=STOPS, device="cpu (test)", idle_s=0.05,
+            warmup_s=2.5, close_backends=False, on_note=notes.append,
+        )  # fmt: skip
+        batches = energy_batches(store, result.run.id)
+    warm = result.run.backend_info["thermal_warmup"]
+    assert warm["seconds"] >= 2.5 and warm["queries"] >= 1 and warm["config"] == "b4-l8-s1-nocap"
+    assert warm["last_2s_w"] - warm["first_2s_w"] == pytest.approx(10.0, rel=0.3)
+    assert len(backend.batches) == warm["queries"] + 3 + 2  # warm-up, then 3 + 2 batches
+    assert len(batches) == 5 and any("warming the GPU up for 2.5 s" in n for n in notes)
+    # The card is warm before the first measured window: above the warm-up's first 2 s.
+    assert batches.sort_values("start_unix").energy_j.iloc[0] > 0
+    assert result.configs.watts.min() > warm["first_2s_w"]
+
+
+def test_a_warm_up_batch_that_does_not_fit_is_left_to_the_sweep(
+    tmp_path: Path, workload: Workload
+) -> None:
+    meter = Meter(interval_s=0.01, nvml=FakeNvml([FakeGpu(power=lambda t: WATTS)]))
+    tok, _ = tokenizer_for(SPEC)
+    with Store(tmp_path / "s.sqlite") as store:
+        result = run_energy(
+            store, SPEC, workload, tok, EnergySweep((8, 4), (8,)), lambda tp: Engine(fits=4),
+            meter_for=lambda tp: meter, stop_tokens=STOPS, idle_s=0.05, warmup_s=0.2,
+        )  # fmt: skip
+    assert "out of memory on b8-l8-s1-nocap" in result.run.backend_info["thermal_warmup"]["skipped"]
+    assert result.configs.set_index("batch").status.to_dict() == {4: "ok", 8: "infeasible"}

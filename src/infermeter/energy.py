@@ -26,7 +26,9 @@ measured). Every batch is committed, with its responses and the power samples so
 next one runs, and a configuration's row is computed from its stored batches once the last is in:
 rerunning the same workload resumes, skipping configurations stored as ok or infeasible and, in
 a configuration cut short, the batches already stored (each batch keeps its seed, so a resumed
-configuration runs exactly the batches it would have). Power caps are set only when asked for.
+configuration runs exactly the batches it would have). Before a meter's first configuration its
+idle power is read and, with `warmup_s`, the GPU is loaded until warm (unrecorded). Power caps
+are set only when asked for.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import pandas as pd
 
 from infermeter.datasets import Workload
 from infermeter.errors import UserError
-from infermeter.meter import EnergyWindow, Meter, visible_gpus
+from infermeter.meter import EnergyWindow, Meter, visible_gpus, warm_up
 from infermeter.spec import ModelSpec
 from infermeter.store import RunRecord, Store, run_key
 from infermeter.tokenizer import Tokenizer, count_words, prompt_ids
@@ -424,6 +426,35 @@ def _weighted(windows: pd.DataFrame, column: str) -> float | None:
     return float((have[column] * have.window_s).sum()) / total if total > 0 else None
 
 
+def _warm_up(
+    backend: Any,
+    spec: ModelSpec,
+    config: EnergyConfig,
+    prompts: list[list[int]],
+    tokenizer: Tokenizer,
+    stops: Sequence[int],
+    meter: Meter,
+    seconds: float,
+    seed: int,
+) -> dict[str, Any]:
+    """The thermal warm-up on `config`'s first batch; a batch that does not fit is left to
+    run_config to record as infeasible."""
+    limit = spec.max_context - config.max_len
+    batch = [_truncate(p, limit, tokenizer.bos_id) for p in prompts[: config.batch]]
+    try:
+        warm = warm_up(
+            lambda: backend.generate(batch, config.max_len, tuple(stops), seed=seed),
+            meter,
+            seconds,
+        )
+    except Exception as error:
+        if not is_oom(error):
+            raise
+        _release(backend, spec)
+        return {"skipped": f"out of memory on {config.key}: {_first_line(error)}"}
+    return {**warm, "config": config.key, "batch": len(batch)}
+
+
 def _infeasible(config: EnergyConfig, dataset: str, reason: str) -> ConfigResult:
     return ConfigResult(config, {"dataset": dataset, "status": "infeasible", "detail": reason})
 
@@ -635,6 +666,7 @@ def run_energy(
     device: str = "",
     seed: int = 0,
     idle_s: float = 1.0,
+    warmup_s: float = 0.0,
     close_backends: bool = True,
     on_start: Callable[[RunRecord, list[EnergyConfig], int], None] | None = None,
     on_batch: Callable[[BatchResult], None] | None = None,
@@ -648,8 +680,12 @@ def run_energy(
     already holds `spec`); `meter_for(shards)` a Meter over those GPUs, or None. Power caps in
     the sweep are set through `power_nvml` (default: the real NVML) on the NVML indices
     `gpus_for(shards)` (default: the first `shards` GPUs CUDA sees).
-    A meter's idle power is measured once, over `idle_s`, before its first configuration.
+    A meter's idle power is measured once, over `idle_s`, before its first configuration;
+    then, with `warmup_s`, the first configuration's first batch runs back to back for that
+    long, unrecorded, so that energy is measured on a card at working temperature.
     """
+    if warmup_s < 0:
+        raise UserError(f"--warmup-s must be 0 or more seconds, not {warmup_s:g}")
     sweep.validate(spec)
     options = dict(backend_options or {})
     stops = tuple(stop_tokens) if stop_tokens is not None else (
@@ -715,10 +751,21 @@ def run_energy(
                 notes.append(meter.note)
             info = {**options, **backend.describe()}
             if meter is not None and meter.available:
-                if meter.idle_w is None:
+                first_use = meter.idle_w is None
+                if first_use:
                     meter.measure_idle(idle_s)
                 meter.start()
                 info.update(idle_w=meter.idle_w, power_field=meter.power_field_used)
+                if first_use and warmup_s > 0:
+                    if on_note:
+                        on_note(
+                            f"warming the GPU up for {warmup_s:g} s on {configs[0].key}, "
+                            "unrecorded, so energy is measured at working temperature "
+                            "(--warmup-s 0 skips it)"
+                        )
+                    info["thermal_warmup"] = _warm_up(
+                        backend, spec, configs[0], ids, tokenizer, stops, meter, warmup_s, seed
+                    )
             store.update_run_backend(run.id, info)
 
             def batch_done(result: BatchResult, meter: Meter | None = meter) -> None:

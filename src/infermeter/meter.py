@@ -422,3 +422,33 @@ class Meter:
 def _mean(frame: pd.DataFrame, column: str) -> float | None:
     values = frame[column].dropna()
     return float(values.mean()) if not values.empty else None
+
+
+def warm_up(work: Callable[[], object], meter: Meter, seconds: float) -> dict[str, Any]:
+    """Run `work` back to back for `seconds` (at least once) with the meter's sampler on.
+
+    A card's power at the same work rises by a few percent as it heats (leakage grows with
+    temperature), so a run that starts cold prices its first measurements low against those
+    taken later. The mean power of the first and the last 2 s are returned, so the record
+    shows how far the card drifted.
+    """
+    start = time.perf_counter()
+    runs = 0
+    while runs == 0 or time.perf_counter() - start < seconds:
+        work()
+        runs += 1
+    end = time.perf_counter()
+    frame = meter.samples(start=start, end=end)
+
+    def mean_power(lo: float, hi: float) -> float | None:
+        part = frame[(frame.t >= lo) & (frame.t <= hi)]
+        if part.empty:
+            return None
+        return float(part.groupby("t").power_w.sum().mean())  # summed over the run's GPUs
+
+    return {
+        "seconds": end - start,
+        "queries": runs,
+        "first_2s_w": mean_power(start, start + 2.0),
+        "last_2s_w": mean_power(end - 2.0, end),
+    }

@@ -11,7 +11,7 @@ import numpy as np
 
 from infermeter.backends.base import Backend, Measurement, Point
 from infermeter.errors import UserError
-from infermeter.meter import EnergyWindow, Meter
+from infermeter.meter import EnergyWindow, Meter, warm_up
 from infermeter.spec import ModelSpec
 from infermeter.store import RunRecord, Store, run_key
 
@@ -207,34 +207,12 @@ def run_profile(
 def thermal_warmup(
     backend: Backend, point: Point, meter: Meter, seconds: float
 ) -> dict[str, float | int | None]:
-    """Run `point` back to back for `seconds` before a metered profile; nothing is recorded.
-
-    A card's power at the same work rises by a few percent as it heats (leakage grows with
-    temperature), so a profile that starts cold prices its first points low against queries
-    run later. The mean power of the first and the last 2 s of the warm-up are returned, so
-    the record shows how far the card drifted.
-    """
-    start = time.perf_counter()
-    runs = 0
-    while time.perf_counter() - start < seconds:
-        backend.measure(point)
-        runs += 1
-    end = time.perf_counter()
-    frame = meter.samples(start=start, end=end)
-
-    def mean_power(lo: float, hi: float) -> float | None:
-        part = frame[(frame.t >= lo) & (frame.t <= hi)]
-        if part.empty:
-            return None
-        return float(part.groupby("t").power_w.sum().mean())  # summed over the run's GPUs
-
+    """Run `point` back to back for `seconds` before a metered profile; nothing is recorded
+    (see infermeter.meter.warm_up)."""
     return {
-        "seconds": end - start,
-        "queries": runs,
+        **warm_up(lambda: backend.measure(point), meter, seconds),
         "prompt_tokens": point.prompt_tokens,
         "output_tokens": point.output_tokens,
-        "first_2s_w": mean_power(start, start + 2.0),
-        "last_2s_w": mean_power(end - 2.0, end),
     }
 
 

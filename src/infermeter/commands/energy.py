@@ -67,6 +67,12 @@ def energy(
     ),
     sampling: str = typer.Option("top_p", help="top_p (the paper's T = 0.8, p = 0.95) or greedy."),
     sample_interval: float = typer.Option(0.1, help="Power/utilisation sampling period (s)."),
+    warmup: float = typer.Option(
+        30.0,
+        "--warmup-s",
+        help="Seconds of load before the first configuration, so energy is measured at working "
+        "temperature (a cold card reads a few percent low). Only where energy is metered.",
+    ),
     store: Path = typer.Option(
         os.environ.get("INFERMETER_STORE", "infermeter.sqlite"),
         "--store",
@@ -193,6 +199,7 @@ def energy(
             gpus_for=gpus_for,
             device=device_description(gpu=on_gpu),
             seed=seed,
+            warmup_s=warmup,
             on_start=on_start,
             on_batch=on_batch,
             on_config=on_config,
