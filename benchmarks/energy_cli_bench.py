@@ -100,7 +100,12 @@ def stored(store: Path) -> dict[str, Any]:
         batches = energy_batches(db)
         runs = db.runs()
     have_row = {
-        EnergyConfig(int(r.batch), int(r.max_len), int(r.shards)).key
+        EnergyConfig(
+            int(r.batch),
+            int(r.max_len),
+            int(r.shards),
+            None if pd.isna(r.power_cap_w) else float(r.power_cap_w),
+        ).key
         for r in configs.itertuples(index=False)
     }
     per_config = {k: int(v) for k, v in batches.groupby("config_key").batch_index.nunique().items()}
@@ -227,7 +232,7 @@ def main() -> None:
         + "\n## What each step said\n\n"
         + "\n".join(said_lines)
         + "\n\n## Per configuration in the store\n\n"
-        + markdown(pd.DataFrame(table))
+        + markdown(table)
         + "\n"
     )
     print(markdown(table), flush=True)

@@ -410,6 +410,14 @@ class ConfigResult:
     row: dict[str, Any]
 
 
+def _fed(
+    prompts: list[list[int]], spec: ModelSpec, config: EnergyConfig, tokenizer: Tokenizer
+) -> list[list[int]]:
+    """The prompts as `config` feeds them: each cut to leave room for max_len new tokens."""
+    limit = spec.max_context - config.max_len
+    return [_truncate(p, limit, tokenizer.bos_id) for p in prompts]
+
+
 def _truncate(ids: list[int], limit: int, bos: int | None) -> list[int]:
     """Keep the prompt's end (where the template asks for the answer), and its BOS."""
     if len(ids) <= limit:
@@ -439,8 +447,7 @@ def _warm_up(
 ) -> dict[str, Any]:
     """The thermal warm-up on `config`'s first batch; a batch that does not fit is left to
     run_config to record as infeasible."""
-    limit = spec.max_context - config.max_len
-    batch = [_truncate(p, limit, tokenizer.bos_id) for p in prompts[: config.batch]]
+    batch = _fed(prompts[: config.batch], spec, config, tokenizer)
     try:
         warm = warm_up(
             lambda: backend.generate(batch, config.max_len, tuple(stops), seed=seed),
@@ -477,8 +484,7 @@ def run_config(
     """Every prompt through one configuration, each batch stored as it finishes (batches
     already stored for this run are skipped); an OOM makes it `infeasible`, not an error.
     The configuration's row is computed from its stored batches."""
-    limit = spec.max_context - config.max_len
-    fed = [_truncate(p, limit, tokenizer.bos_id) for p in prompts]
+    fed = _fed(prompts, spec, config, tokenizer)
     cut = sum(len(a) != len(b) for a, b in zip(fed, prompts, strict=True))
     chunks = [fed[i : i + config.batch] for i in range(0, len(fed), config.batch)]
     stored = _stored_batches(store, run_id, config.key)
@@ -540,6 +546,7 @@ def run_config(
         n = len(fed)
         row["detail"] += f"; only {n} prompts, so batch {config.batch} ran as one batch of {n}"
     if cut:
+        limit = spec.max_context - config.max_len
         row["detail"] += f"; {cut} prompts cut to their last {limit} tokens"
     if stored:
         row["detail"] += f"; resumed: {len(stored)} of the batches were stored by an earlier run"

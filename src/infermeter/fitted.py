@@ -14,6 +14,7 @@ it. Several stores can be read at once; `StoredRun.label` says which file a run 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ class StoredRun:
         extra = self.record.spec.get("extra") or {}
         return str(extra.get("stands_for") or self.record.model)
 
-    @property
+    @cached_property  # a catalog scan, asked for by pricing, labels and identity alike
     def stack(self) -> dict[str, Any]:
         """The stored stack; where it names no accelerator (a record written without one), the
         catalog entry of the GPU the run recorded as its device, so it is priced as run."""
