@@ -457,3 +457,15 @@ def test_a_warm_up_batch_that_does_not_fit_is_left_to_the_sweep(
         )  # fmt: skip
     assert "out of memory on b8-l8-s1-nocap" in result.run.backend_info["thermal_warmup"]["skipped"]
     assert result.configs.set_index("batch").status.to_dict() == {4: "ok", 8: "infeasible"}
+
+
+def test_a_negative_warm_up_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    from infermeter.cli import app
+
+    store = tmp_path / "w.sqlite"
+    args = ["energy", "tiny-llama", "--prompts", "4", "--batch-sizes", "2", "--max-lengths", "4"]
+    result = CliRunner().invoke(
+        app, [*args, "--device", "cpu", "--warmup-s", "-1", "--store", str(store)]
+    )
+    assert result.exit_code == 2 and "--warmup-s must be 0 or more seconds" in result.output
+    assert not store.exists()

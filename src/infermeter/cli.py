@@ -38,6 +38,7 @@ from infermeter.hardware import (
     load_hardware_config,
 )
 from infermeter.helm import load_profile, save_helm_efficiency
+from infermeter.meter import check_warmup_s
 from infermeter.profile import ProfileGrid, default_grid, run_profile
 from infermeter.provenance import device_description
 from infermeter.store import Store
@@ -380,6 +381,7 @@ def profile(
         trials,
     )
     grid.validate(spec)
+    check_warmup_s(warmup)
     from infermeter.backends import get_backend
 
     options: dict[str, Any] = {"device": "cuda" if on_gpu else "cpu", "dtype": stack.dtype}

@@ -47,7 +47,7 @@ import pandas as pd
 
 from infermeter.datasets import Workload
 from infermeter.errors import UserError
-from infermeter.meter import EnergyWindow, Meter, visible_gpus, warm_up
+from infermeter.meter import EnergyWindow, Meter, check_warmup_s, visible_gpus, warm_up
 from infermeter.spec import ModelSpec
 from infermeter.store import RunRecord, Store, run_key
 from infermeter.tokenizer import Tokenizer, count_words, prompt_ids
@@ -691,8 +691,7 @@ def run_energy(
     then, with `warmup_s`, the first configuration's first batch runs back to back for that
     long, unrecorded, so that energy is measured on a card at working temperature.
     """
-    if warmup_s < 0:
-        raise UserError(f"--warmup-s must be 0 or more seconds, not {warmup_s:g}")
+    check_warmup_s(warmup_s)
     sweep.validate(spec)
     options = dict(backend_options or {})
     stops = tuple(stop_tokens) if stop_tokens is not None else (

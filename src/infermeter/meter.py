@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from infermeter.errors import UserError
+
 # NVML field ids (nvml.h): instantaneous and averaged board power, in milliwatts.
 FI_DEV_POWER_AVERAGE = 185
 FI_DEV_POWER_INSTANT = 186
@@ -422,6 +424,12 @@ class Meter:
 def _mean(frame: pd.DataFrame, column: str) -> float | None:
     values = frame[column].dropna()
     return float(values.mean()) if not values.empty else None
+
+
+def check_warmup_s(seconds: float) -> None:
+    """Refuse a negative --warmup-s before anything runs."""
+    if seconds < 0:
+        raise UserError(f"--warmup-s must be 0 or more seconds, not {seconds:g}")
 
 
 def warm_up(work: Callable[[], object], meter: Meter, seconds: float) -> dict[str, Any]:

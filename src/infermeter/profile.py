@@ -11,7 +11,7 @@ import numpy as np
 
 from infermeter.backends.base import Backend, Measurement, Point
 from infermeter.errors import UserError
-from infermeter.meter import EnergyWindow, Meter, warm_up
+from infermeter.meter import EnergyWindow, Meter, check_warmup_s, warm_up
 from infermeter.spec import ModelSpec
 from infermeter.store import RunRecord, Store, run_key
 
@@ -135,8 +135,7 @@ def run_profile(
     card is at working temperature (see `thermal_warmup`).
     """
     grid.validate(spec)
-    if warmup_s < 0:
-        raise UserError(f"--warmup-s must be 0 or more seconds, not {warmup_s:g}")
+    check_warmup_s(warmup_s)
     run, _ = store.open_run(
         key=profile_key(
             spec, stack, backend.name, backend_options, grid, meter is not None and meter.available

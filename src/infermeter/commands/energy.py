@@ -86,7 +86,7 @@ def energy(
     from infermeter.datasets import load_workload
     from infermeter.energy import EnergySweep, batches_left, batches_of, run_energy, summary
     from infermeter.errors import UserError
-    from infermeter.meter import Meter, visible_gpus
+    from infermeter.meter import Meter, check_warmup_s, visible_gpus
     from infermeter.provenance import cuda_device_name, device_description
     from infermeter.store import Store
     from infermeter.tokenizer import tokenizer_for
@@ -97,6 +97,7 @@ def energy(
         raise UserError(f"--sampling must be top_p or greedy, not {sampling!r}")
     spec = resolve_spec(model)
     caps = _watts(power_limit)
+    check_warmup_s(warmup)
     sweep = EnergySweep(
         parse_sizes(batch_sizes, "--batch-sizes") or (64,),
         parse_sizes(max_lengths, "--max-lengths") or (256,),
