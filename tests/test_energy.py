@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from fake_nvml import FakeGpu, FakeNvml
+from fake_nvml import FakeClock, FakeGpu, FakeNvml
 from infermeter.backends.engine import EngineBackend
 from infermeter.catalog import get_spec
 from infermeter.datasets import Workload, load_workload
@@ -70,9 +70,11 @@ class Engine(EngineBackend):
     """The real engine on the CPU; batches above `fits` run out of memory like a full GPU;
     `crash_at` makes the n-th generate fail the way a dead worker rank does."""
 
-    def __init__(self, fits: int = 10**6, crash_at: int | None = None) -> None:
+    def __init__(
+        self, fits: int = 10**6, crash_at: int | None = None, clock: FakeClock | None = None
+    ) -> None:
         super().__init__(device="cpu", sampling="top_p")
-        self.fits, self.crash_at = fits, crash_at
+        self.fits, self.crash_at, self.clock = fits, crash_at, clock
         self.batches: list[int] = []
 
     def generate(self, prompts: list[list[int]], *args: Any, **kwargs: Any) -> Any:
@@ -83,7 +85,10 @@ class Engine(EngineBackend):
             raise torch.OutOfMemoryError(
                 "CUDA out of memory. Tried to allocate 64.00 GiB (GPU 0; 79.10 GiB total)"
             )
-        return super().generate(prompts, *args, **kwargs)
+        out = super().generate(prompts, *args, **kwargs)
+        if self.clock is not None:  # a batch takes 0.25 s of the fake clock
+            self.clock.advance(0.25)
+        return out
 
 
 @pytest.fixture(scope="module")
@@ -419,15 +424,18 @@ def test_a_metered_sweep_warms_the_gpu_up_once_unrecorded(
 ) -> None:
     """--warmup-s: the first configuration's first batch runs back to back before anything
     is measured; the record shows how far the card's power drifted; nothing is stored of it."""
-    clock: list[float] = []
+    seen: list[float] = []
 
     def heating(t: float) -> float:  # a card warming up: 200 W rising 20 W/s
-        clock.append(t)
-        return 200.0 + 20.0 * (t - clock[0])
+        seen.append(t)
+        return 200.0 + 20.0 * (t - seen[0])
 
-    meter = Meter(interval_s=0.005, nvml=FakeNvml([FakeGpu(power=heating)]))
+    clock = FakeClock()
+    meter = Meter(
+        interval_s=0.005, nvml=FakeNvml([FakeGpu(power=heating)], clock=clock), clock=clock
+    )
     tok, _ = tokenizer_for(SPEC)
-    backend, notes = Engine(), []
+    backend, notes = Engine(clock=clock), []
     with Store(tmp_path / "s.sqlite") as store:
         result = run_energy(
             store, SPEC, workload, tok, EnergySweep((4, 8), (8,)), lambda tp: backend,

@@ -1,24 +1,29 @@
-"""The meter against a fake NVML: counters, integration, fallbacks, windows and marks."""
+"""The meter against a fake NVML on a fake clock: counters, integration, fallbacks, windows
+and marks. Time moves only when a test moves it, so no figure depends on the machine's load."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from fake_nvml import FakeGpu, FakeNvml
+from fake_nvml import FakeClock, FakeGpu, FakeNvml
 from infermeter.meter import Meter
+
+CLOCK = FakeClock()
+
+
+def fake(gpus: list[FakeGpu], t0: float | None = None) -> FakeNvml:
+    """A fake NVML on this module's clock (each test's readings start where the last left)."""
+    return FakeNvml(gpus, t0, clock=CLOCK)
 
 
 def busy(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        time.sleep(0.001)
+    """Work for `seconds` of the fake clock (the meter's sampler ticks meanwhile)."""
+    CLOCK.advance(seconds)
 
 
 def test_counter_window_matches_constant_power() -> None:
-    nvml = FakeNvml([FakeGpu(power=lambda t: 250.0), FakeGpu(power=lambda t: 150.0)])
-    with Meter(interval_s=0.01, nvml=nvml) as meter:
+    nvml = fake([FakeGpu(power=lambda t: 250.0), FakeGpu(power=lambda t: 150.0)])
+    with Meter(interval_s=0.01, nvml=nvml, clock=CLOCK) as meter:
         meter.begin("w")
         busy(0.3)
         window = meter.end("w")
@@ -32,9 +37,9 @@ def test_counter_window_matches_constant_power() -> None:
 
 def test_integrated_agrees_with_counter_on_varying_power() -> None:
     """Counter-based and integrated-sampled energy over the same window within 3%."""
-    t0 = time.perf_counter()
-    nvml = FakeNvml([FakeGpu(power=lambda t: 200.0 + 100.0 * min(1.0, (t - t0) / 0.3))], t0)
-    with Meter(interval_s=0.005, nvml=nvml) as meter:
+    t0 = CLOCK.now()
+    nvml = fake([FakeGpu(power=lambda t: 200.0 + 100.0 * min(1.0, (t - t0) / 0.3))], t0)
+    with Meter(interval_s=0.005, nvml=nvml, clock=CLOCK) as meter:
         meter.begin("ramp")
         busy(0.5)
         window = meter.end("ramp")
@@ -42,8 +47,8 @@ def test_integrated_agrees_with_counter_on_varying_power() -> None:
 
 
 def test_no_counter_falls_back_to_integration() -> None:
-    nvml = FakeNvml([FakeGpu(power=lambda t: 100.0, has_counter=False, has_instant_field=False)])
-    with Meter(interval_s=0.01, nvml=nvml) as meter:
+    nvml = fake([FakeGpu(power=lambda t: 100.0, has_counter=False, has_instant_field=False)])
+    with Meter(interval_s=0.01, nvml=nvml, clock=CLOCK) as meter:
         assert meter.power_field_used == "usage"
         assert meter.note and "no energy counter" in meter.note
         meter.begin("w")
@@ -66,8 +71,8 @@ def test_without_nvml_windows_are_empty_with_a_note(monkeypatch: pytest.MonkeyPa
 
 
 def test_short_windows_are_flagged_and_marks_split_phases() -> None:
-    nvml = FakeNvml([FakeGpu(power=lambda t: 300.0)])
-    meter = Meter(interval_s=0.01, nvml=nvml)
+    nvml = fake([FakeGpu(power=lambda t: 300.0)])
+    meter = Meter(interval_s=0.01, nvml=nvml, clock=CLOCK)
     meter.begin("q")
     busy(0.02)
     meter.mark("q", "prefill")
@@ -80,8 +85,8 @@ def test_short_windows_are_flagged_and_marks_split_phases() -> None:
 
 
 def test_idle_power_and_above_idle_energy() -> None:
-    nvml = FakeNvml([FakeGpu(power=lambda t: 80.0)])
-    meter = Meter(interval_s=0.01, nvml=nvml)
+    nvml = fake([FakeGpu(power=lambda t: 80.0)])
+    meter = Meter(interval_s=0.01, nvml=nvml, clock=CLOCK)
     assert meter.measure_idle(0.05) == pytest.approx(80.0)
     meter.begin("w")
     busy(0.2)
@@ -90,21 +95,21 @@ def test_idle_power_and_above_idle_energy() -> None:
 
 
 def test_window_misuse_and_bad_options() -> None:
-    meter = Meter(nvml=FakeNvml([FakeGpu()]))
+    meter = Meter(nvml=fake([FakeGpu()]), clock=CLOCK)
     with pytest.raises(ValueError, match="never begun"):
         meter.end("x")
     meter.begin("x")
     with pytest.raises(ValueError, match="already open"):
         meter.begin("x")
     with pytest.raises(ValueError, match="out of range"):
-        Meter(gpus=[3], nvml=FakeNvml([FakeGpu()]))
+        Meter(gpus=[3], nvml=fake([FakeGpu()]))
     with pytest.raises(ValueError):
-        Meter(interval_s=0, nvml=FakeNvml([FakeGpu()]))
+        Meter(interval_s=0, nvml=fake([FakeGpu()]))
 
 
 def test_sampler_timeline() -> None:
-    nvml = FakeNvml([FakeGpu(power=lambda t: 123.0)])
-    with Meter(interval_s=0.01, nvml=nvml) as meter:
+    nvml = fake([FakeGpu(power=lambda t: 123.0)])
+    with Meter(interval_s=0.01, nvml=nvml, clock=CLOCK) as meter:
         busy(0.1)
     timeline = meter.samples()
     assert len(timeline) >= 5 and (timeline.power_w == 123.0).all()
@@ -126,16 +131,12 @@ def test_tick_alignment_recovers_windows_shorter_than_the_counter_step() -> None
     """A counter that moves every 100 ms (as on an H100) still meters 150 ms windows within 3%."""
     import math
 
-    t0 = time.perf_counter()
+    t0 = CLOCK.now()
     gpu = FakeGpu(power=lambda t: 300.0 + 100.0 * math.sin(20 * (t - t0)), counter_step_s=0.1)
-    nvml = FakeNvml([gpu], t0)
-    aligned = Meter(interval_s=0.01, nvml=nvml)
-    naive = Meter(interval_s=0.01, nvml=nvml, align_ticks=False)
+    nvml = fake([gpu], t0)
+    aligned = Meter(interval_s=0.01, nvml=nvml, clock=CLOCK)
+    naive = Meter(interval_s=0.01, nvml=nvml, align_ticks=False, clock=CLOCK)
     aligned_errors, naive_errors = [], []
-    # The first pass through the polling code is slow (imports, first numpy calls), which
-    # widens the gap between polls and so the uncertainty of the step's time: warm it up.
-    aligned.begin("warm-up")
-    aligned.end("warm-up")
     for _ in range(4):
         for meter, errors in ((aligned, aligned_errors), (naive, naive_errors)):
             meter.begin("w")

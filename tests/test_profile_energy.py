@@ -1,4 +1,8 @@
-"""A metered profile: real hf backend on a tiny model, the meter on a fake NVML."""
+"""A metered profile: real hf backend on a tiny model, the meter on a fake NVML.
+
+The meter and the fake NVML share a fake clock and each generation takes a fixed share of it
+(fake_nvml.clock_generation), so windows, repeats and warm-ups do not depend on the machine's
+load; runtimes stay real."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fake_nvml import FakeGpu, FakeNvml
+from fake_nvml import FakeClock, FakeGpu, FakeNvml, clock_generation
 from infermeter.backends.base import Point
 from infermeter.backends.hf import HFBackend
 from infermeter.catalog import get_spec
@@ -18,14 +22,24 @@ from infermeter.profile import ProfileGrid, run_profile
 from infermeter.store import Store
 
 
+def metered(power=lambda t: 250.0, interval_s: float = 0.005) -> tuple[Meter, FakeClock]:
+    clock = FakeClock()
+    nvml = FakeNvml([FakeGpu(power=power)], clock=clock)
+    return Meter(interval_s=interval_s, nvml=nvml, clock=clock), clock
+
+
+def hf(clock: FakeClock, prefill_s: float = 0.01) -> HFBackend:
+    return clock_generation(HFBackend(device="cpu"), clock, prefill_s=prefill_s)
+
+
 @pytest.mark.slow
 def test_metered_profile_stores_energy_and_fits_it(tmp_path: Path) -> None:
     spec = get_spec("tiny-llama")
     grid = ProfileGrid((1, 32), (1, 8, 16), (1,), 2)
-    meter = Meter(interval_s=0.005, nvml=FakeNvml([FakeGpu(power=lambda t: 250.0)]))
+    meter, clock = metered()
     with Store(tmp_path / "s.sqlite") as store:
         run = run_profile(
-            store, spec, {}, HFBackend(device="cpu"), {}, grid, meter=meter, min_energy_window_s=0.1
+            store, spec, {}, hf(clock), {}, grid, meter=meter, min_energy_window_s=0.1
         )
         points = store.points(run.id)
         samples = store.samples(run.id)
@@ -63,10 +77,10 @@ def test_phase_split_measures_prefill_when_the_grid_has_no_single_token_point(
 ) -> None:
     spec = get_spec("tiny-llama")
     grid = ProfileGrid((16,), (8, 16), (1,), 1)
-    meter = Meter(interval_s=0.005, nvml=FakeNvml([FakeGpu(power=lambda t: 250.0)]))
+    meter, clock = metered()
     with Store(tmp_path / "s.sqlite") as store:
         run = run_profile(
-            store, spec, {}, HFBackend(device="cpu"), {}, grid, meter=meter, min_energy_window_s=0.1
+            store, spec, {}, hf(clock), {}, grid, meter=meter, min_energy_window_s=0.1
         )
         points = store.points(run.id)
     assert len(points) == 2  # the prefill-only windows are not points of the grid
@@ -81,15 +95,17 @@ def test_short_queries_are_metered_over_repeated_runs(tmp_path: Path) -> None:
     from infermeter.profile import measure_metered
 
     spec = get_spec("tiny-llama")
-    backend = HFBackend(device="cpu")
+    meter, clock = metered()
+    backend = hf(clock)  # each run: 10 ms of prefill + 2 × 2 ms per new token = 14 ms
     backend.prepare(spec)
-    meter = Meter(interval_s=0.005, nvml=FakeNvml([FakeGpu(power=lambda t: 250.0)]))
     try:
         measurement, window = measure_metered(backend, Point(8, 2, 1), meter, 0.2)
     finally:
         backend.close()
     repeats = measurement.extra["energy_repeats"]
-    assert repeats > 1 and window is not None and window.seconds >= 0.2
+    # Runs of 14 ms back to back until the window passes 200 ms, and not one more.
+    assert window is not None and window.seconds >= 0.2
+    assert (repeats - 1) * 0.014 < 0.2 <= repeats * 0.014 + 0.005
     assert measurement.energy_j == pytest.approx(window.total_j / repeats)
     # 250 W over each run's share of the window.
     assert measurement.energy_j == pytest.approx(250 * window.seconds / repeats, rel=0.05)
@@ -99,16 +115,16 @@ def test_short_queries_are_metered_over_repeated_runs(tmp_path: Path) -> None:
 def test_warmup_runs_the_heaviest_point_unrecorded_and_records_the_drift(tmp_path: Path) -> None:
     spec = get_spec("tiny-llama")
     grid = ProfileGrid((1, 32), (1, 8), (1,), 1)
-    clock: list[float] = []
+    seen: list[float] = []
 
     def heating(t: float) -> float:  # a card warming up: 200 W rising 20 W/s
-        clock.append(t)
-        return 200.0 + 20.0 * (t - clock[0])
+        seen.append(t)
+        return 200.0 + 20.0 * (t - seen[0])
 
-    meter = Meter(interval_s=0.005, nvml=FakeNvml([FakeGpu(power=heating)]))
+    meter, clock = metered(heating)
     with Store(tmp_path / "s.sqlite") as store:
         run = run_profile(
-            store, spec, {}, HFBackend(device="cpu"), {}, grid, meter=meter, warmup_s=3.0
+            store, spec, {}, hf(clock, prefill_s=0.1), {}, grid, meter=meter, warmup_s=3.0
         )
         points = store.points(run.id)
     warm = run.backend_info["thermal_warmup"]
@@ -124,15 +140,14 @@ def test_a_metered_profile_never_resumes_into_an_unmetered_run(tmp_path: Path) -
     not a resume of the finished unmetered one (whose points have none)."""
     spec = get_spec("tiny-llama")
     grid = ProfileGrid((1, 8), (1, 4), (1,), 1)
-    meter = Meter(interval_s=0.005, nvml=FakeNvml([FakeGpu(power=lambda t: 250.0)]))
+    meter, clock = metered()
     with Store(tmp_path / "s.sqlite") as store:
         plain = run_profile(store, spec, {}, HFBackend(device="cpu"), {}, grid)
         again = run_profile(store, spec, {}, HFBackend(device="cpu"), {}, grid)
-        metered = run_profile(
-            store, spec, {}, HFBackend(device="cpu"), {}, grid, meter=meter,
-            min_energy_window_s=0.02,
+        with_meter = run_profile(
+            store, spec, {}, hf(clock), {}, grid, meter=meter, min_energy_window_s=0.02,
         )  # fmt: skip
         assert again.id == plain.id  # unmetered: resumes, as before
-        assert metered.id != plain.id
-        assert store.points(metered.id).energy_j.notna().all()
+        assert with_meter.id != plain.id
+        assert store.points(with_meter.id).energy_j.notna().all()
         assert store.points(plain.id).energy_j.isna().all()

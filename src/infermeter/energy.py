@@ -717,13 +717,13 @@ def run_energy(
     ids = [prompt_ids(tokenizer, p) for p in workload.prompts]
     skipped: list[EnergyConfig] = []
     status = "interrupted"
-    flushed = time.perf_counter()
+    flushed: float | None = None  # on the meter's clock; None: since the meter started
 
     def flush_samples(meter: Meter | None) -> None:
         """Store the power samples taken since the last flush: none is lost to a Ctrl-C."""
         nonlocal flushed
         if meter is not None and meter.available:
-            now = time.perf_counter()
+            now = meter.clock.now()
             store.record_samples(run.id, meter.samples(start=flushed, end=now, unix=True))
             flushed = now + 1e-9
 

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,55 @@ FI_DEV_POWER_AVERAGE = 185
 FI_DEV_POWER_INSTANT = 186
 # The energy counter moves in steps; windows shorter than this cannot be read from it.
 COUNTER_UPDATE_PERIOD_S = 0.1
+
+
+class Clock(Protocol):
+    """Where a Meter reads time and how it schedules its sampler.
+
+    The system clock in use; a fake one in tests, so that what is timed (windows, warm-ups,
+    sampling) does not depend on how busy the machine is.
+    """
+
+    def now(self) -> float:
+        """Seconds on a monotonic clock (time.perf_counter's scale for the system clock)."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Let `seconds` pass."""
+        ...
+
+    def every(self, interval_s: float, tick: Callable[[], None]) -> Callable[[], None]:
+        """Call `tick` every `interval_s` until the returned function is called."""
+        ...
+
+
+class SystemClock:
+    """time.perf_counter, time.sleep and a daemon thread for the sampler."""
+
+    def now(self) -> float:
+        return time.perf_counter()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def every(self, interval_s: float, tick: Callable[[], None]) -> Callable[[], None]:
+        stop = threading.Event()
+
+        def run() -> None:
+            next_at = time.perf_counter()
+            while not stop.is_set():
+                tick()
+                next_at += interval_s
+                stop.wait(max(0.0, next_at - time.perf_counter()))
+
+        thread = threading.Thread(target=run, name="infermeter-meter", daemon=True)
+        thread.start()
+
+        def cancel() -> None:
+            stop.set()
+            thread.join(timeout=5 * interval_s + 1)
+
+        return cancel
 
 
 def visible_gpus(count: int) -> list[int]:
@@ -127,6 +176,7 @@ class Meter:
         nvml: Any | None = None,
         power_field: str = "auto",
         align_ticks: bool = True,
+        clock: Clock | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
@@ -134,6 +184,7 @@ class Meter:
             raise ValueError("power_field must be auto, instant or average")
         self.interval_s = interval_s
         self.align_ticks = align_ticks
+        self.clock: Clock = clock or SystemClock()
         self.note: str | None = None
         self._nvml, self.note = (nvml, None) if nvml is not None else load_nvml()
         self._handles: list[Any] = []
@@ -143,8 +194,7 @@ class Meter:
         self.idle_w: float | None = None
         self._samples: list[PowerSample] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._cancel_sampler: Callable[[], None] | None = None
         self._open: dict[str, tuple[float, list[float] | None, dict[str, float]]] = {}
         if self._nvml is not None:
             self._setup(gpus, power_field)
@@ -217,20 +267,20 @@ class Meter:
         at most, so its error is a small share of the window's energy even when the step is
         ~100 ms and the window is not much longer.
         """
-        now = time.perf_counter()
+        now = self.clock.now()
         readings = []
         read = self._nvml.nvmlDeviceGetTotalEnergyConsumption
         for handle in self._handles:
-            before = time.perf_counter()
+            before = self.clock.now()
             first = read(handle)
-            last_old = (before + time.perf_counter()) / 2  # when the old value was read
+            last_old = (before + self.clock.now()) / 2  # when the old value was read
             polls = [(last_old, self._power_w(handle))]
-            deadline = time.perf_counter() + 3 * COUNTER_UPDATE_PERIOD_S
+            deadline = self.clock.now() + 3 * COUNTER_UPDATE_PERIOD_S
             value = first
-            while value == first and time.perf_counter() < deadline:
-                before = time.perf_counter()
+            while value == first and self.clock.now() < deadline:
+                before = self.clock.now()
                 value = read(handle)
-                at = (before + time.perf_counter()) / 2
+                at = (before + self.clock.now()) / 2
                 polls.append((at, self._power_w(handle)))
                 if value == first:
                     last_old = at
@@ -254,7 +304,7 @@ class Meter:
         return out, mark
 
     def sample_once(self) -> None:
-        now = time.perf_counter()
+        now = self.clock.now()
         batch = []
         for gpu, handle in zip(self.gpus, self._handles, strict=True):
             try:
@@ -266,27 +316,17 @@ class Meter:
         with self._lock:
             self._samples.extend(batch)
 
-    def _run(self) -> None:
-        next_at = time.perf_counter()
-        while not self._stop.is_set():
-            self.sample_once()
-            next_at += self.interval_s
-            self._stop.wait(max(0.0, next_at - time.perf_counter()))
-
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self) -> Meter:
-        """Start the sampler thread (idempotent; a no-op without NVML)."""
-        if self.available and self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="infermeter-meter", daemon=True)
-            self._thread.start()
+        """Start the sampler (idempotent; a no-op without NVML)."""
+        if self.available and self._cancel_sampler is None:
+            self._cancel_sampler = self.clock.every(self.interval_s, self.sample_once)
         return self
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join(timeout=5 * self.interval_s + 1)
-            self._thread = None
+        if self._cancel_sampler is not None:
+            self._cancel_sampler()
+            self._cancel_sampler = None
 
     def close(self) -> None:
         self.stop()
@@ -302,10 +342,10 @@ class Meter:
         if not self.available:
             return None
         readings = []
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
+        end = self.clock.now() + seconds
+        while self.clock.now() < end:
             readings.append(sum(self._power_w(h) for h in self._handles))
-            time.sleep(min(self.interval_s, seconds / 5))
+            self.clock.sleep(min(self.interval_s, seconds / 5))
         self.idle_w = float(np.median(readings))
         return self.idle_w
 
@@ -319,7 +359,7 @@ class Meter:
         if self._aligned:
             counters, start = self._tick_counters(at_begin=True)
         else:
-            counters, start = self._counters_j(), time.perf_counter()
+            counters, start = self._counters_j(), self.clock.now()
         self._open[name] = (start, counters, {})
 
     def mark(self, name: str, label: str, sync: Callable[[], None] | None = None) -> None:
@@ -331,7 +371,7 @@ class Meter:
         if counters is not None and now_counters is not None:
             marks[label] = float(sum(now_counters) - sum(counters))
         else:
-            marks[label] = float(self._integrate(start, time.perf_counter()) or 0.0)
+            marks[label] = float(self._integrate(start, self.clock.now()) or 0.0)
 
     def end(self, name: str, sync: Callable[[], None] | None = None) -> EnergyWindow:
         if name not in self._open:
@@ -341,7 +381,7 @@ class Meter:
         if self._aligned:
             end_counters, end = self._tick_counters(at_begin=False)
         else:
-            end, end_counters = time.perf_counter(), self._counters_j()
+            end, end_counters = self.clock.now(), self._counters_j()
         start, start_counters, marks = self._open.pop(name)
         if not self.available:
             return EnergyWindow(
@@ -400,7 +440,7 @@ class Meter:
         if end is not None:
             frame = frame[frame.t <= end]
         if unix:
-            frame = frame.assign(t=frame.t + (time.time() - time.perf_counter()))
+            frame = frame.assign(t=frame.t + (time.time() - self.clock.now()))
         return frame.reset_index(drop=True)
 
     def _integrate(self, start: float, end: float, gpu: int | None = None) -> float | None:
@@ -440,12 +480,13 @@ def warm_up(work: Callable[[], object], meter: Meter, seconds: float) -> dict[st
     taken later. The mean power of the first and the last 2 s are returned, so the record
     shows how far the card drifted.
     """
-    start = time.perf_counter()
+    clock = meter.clock
+    start = clock.now()
     runs = 0
-    while runs == 0 or time.perf_counter() - start < seconds:
+    while runs == 0 or clock.now() - start < seconds:
         work()
         runs += 1
-    end = time.perf_counter()
+    end = clock.now()
     frame = meter.samples(start=start, end=end)
 
     def mean_power(lo: float, hi: float) -> float | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -271,7 +270,7 @@ class _PointWindow:
         if self.is_open:
             return  # inside a run of repetitions
         self.meter.begin("point")
-        self.opened_at = time.perf_counter()
+        self.opened_at = self.meter.clock.now()
         self.is_open = True
 
     def end(self) -> None:
@@ -339,7 +338,7 @@ def _windowed(
         while (
             min_window_s > 0
             and recorder.opened_at is not None
-            and time.perf_counter() - recorder.opened_at < min_window_s
+            and meter.clock.now() - recorder.opened_at < min_window_s
         ):
             backend.measure(point)
             runs += 1
