@@ -1,0 +1,297 @@
+"""Why do profiles price short queries and energy low? The candidate causes, measured.
+
+Issue 15 found a profile's estimates a few percent low on short-output queries and its energy
+~7% low against sustained work. This script measures each candidate cause on one GPU, for a
+model on the engine, so the method can be fixed where the bias comes from:
+
+1. runtime_s as stored (CUDA events around prefill and decode) against the wall clock of the
+   whole generate() call a user times (token ids in, token ids back on the host);
+2. PE(p) at o = 1 for dense p (every 16 tokens and both sides of every multiple of 64), over
+   the whole context: steps between and beyond the default knots;
+3. t(p, o) for o = 1 .. 320 at three prompt sizes: per-step decode cost against context, and
+   the o = 1 point against the per-p line's intercept;
+4. energy per query three ways: the profile's isolated window (measure_metered), the counter
+   over >= 1 s of the query back to back (what a user measures), and the slope of the counter
+   over >= 2 s of back-to-back runs after a pre-roll (insensitive to counter lag);
+5. whether PE(p)'s roughness from one prompt size to the next is the shape's or noise: the
+   dense sweep twice, in opposite orders, each p first run back to back for 0.3 s (clocks up)
+   and then timed as a user times it (wall clock of the whole call, minimum of 3).
+
+Run: python benchmarks/bias_diagnosis.py [--model llama-7b] [--quick]
+Writes docs/benchmarks/bias_diagnosis.json and .md with device, date and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import DOCS, write_result
+from infermeter.backends import get_backend
+from infermeter.backends.base import Point
+from infermeter.catalog import get_spec
+from infermeter.meter import Meter, load_nvml, visible_gpus
+from infermeter.profile import measure_metered
+
+
+def line(text: str) -> None:
+    print(text, flush=True)
+
+
+def wall_vs_timed(backend: Any, shapes: list[tuple[int, int]], runs: int) -> list[dict]:
+    """Minimum over `runs` of the whole generate() call and of the timed region, per shape."""
+    engine = backend._engine
+    out = []
+    rng = np.random.default_rng(0)
+    for p, o in shapes:
+        walls, timed = [], []
+        for _ in range(runs):
+            prompt = rng.integers(0, backend.spec.vocab_size, p).tolist()
+            start = time.perf_counter()
+            generation = engine.generate([prompt], o)
+            walls.append(time.perf_counter() - start)
+            timed.append(generation.prefill_s + generation.decode_s + _first_s(generation))
+        row = {
+            "prompt_tokens": p,
+            "output_tokens": o,
+            "wall_s": min(walls),
+            "timed_s": min(timed),
+            "measure_s": min(backend.measure(Point(p, o, 1, i)).runtime_s for i in range(runs)),
+        }
+        row["wall_over_timed_ms"] = 1e3 * (row["wall_s"] - row["timed_s"])
+        row["wall_over_measure_pct"] = 100 * (row["wall_s"] / row["measure_s"] - 1)
+        line(f"  wall vs timed {p=} {o=}: {row}")
+        out.append(row)
+    return out
+
+
+def _first_s(generation: Any) -> float:
+    return generation.ttft_s - generation.prefill_s
+
+
+def runtime_grid(backend: Any, shapes: list[tuple[int, int]], runs: int) -> list[dict]:
+    rows = []
+    for p, o in shapes:
+        best = min(backend.measure(Point(p, o, 1, i)).runtime_s for i in range(runs))
+        rows.append({"prompt_tokens": p, "output_tokens": o, "runtime_s": best})
+    return rows
+
+
+def pe_repeatability(backend: Any, prompts: list[int], runs: int) -> dict[str, Any]:
+    """Two sweeps of PE(p) (wall clock, min of `runs`, after 0.3 s of the shape back to back)
+    in opposite orders; their agreement says how much of PE's roughness is noise."""
+    engine = backend._engine
+    rng = np.random.default_rng(2)
+
+    def one(p: int) -> float:
+        prompt = rng.integers(0, backend.spec.vocab_size, p).tolist()
+        end = time.perf_counter() + 0.3
+        while time.perf_counter() < end:
+            engine.generate([prompt], 1)
+        walls = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            engine.generate([prompt], 1)
+            walls.append(time.perf_counter() - start)
+        return min(walls)
+
+    first = {p: one(p) for p in prompts}
+    second = {p: one(p) for p in reversed(prompts)}
+    a = np.array([first[p] for p in prompts])
+    b = np.array([second[p] for p in prompts])
+    diff = 100 * (b / a - 1)
+    # Roughness: each point against the mean of its two neighbours, in each sweep.
+    rough_a = 100 * (a[1:-1] / ((a[:-2] + a[2:]) / 2) - 1)
+    rough_b = 100 * (b[1:-1] / ((b[:-2] + b[2:]) / 2) - 1)
+    return {
+        "prompt_tokens": prompts,
+        "first_s": a.tolist(),
+        "second_s": b.tolist(),
+        "sweep_difference_std_pct": float(np.std(diff)),
+        "roughness_std_pct": float(np.std(np.concatenate([rough_a, rough_b]))),
+        "roughness_correlation": float(np.corrcoef(rough_a, rough_b)[0, 1]),
+    }
+
+
+def counter_j(nvml: Any, handles: list[Any]) -> float:
+    return sum(nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in handles) / 1e3
+
+
+def energy_three_ways(backend: Any, meter: Meter, shapes: list[tuple[int, int]]) -> list[dict]:
+    nvml, _ = load_nvml()
+    handles = [nvml.nvmlDeviceGetHandleByIndex(g) for g in meter.gpus]
+    engine = backend._engine
+    rng = np.random.default_rng(1)
+    rows = []
+    for p, o in shapes:
+        prompt = rng.integers(0, backend.spec.vocab_size, p).tolist()
+        engine.generate([prompt], o)  # warm this shape
+        # (a) the profile's way: an isolated window (held across repeats below 0.5 s)
+        isolated = []
+        for trial in range(2):
+            m, window = measure_metered(backend, Point(p, o, 1, trial), meter, 0.5)
+            engine.energy_window = None  # the backend leaves its slot set on the engine
+            isolated.append(m.energy_j)
+            time.sleep(0.2)
+        # (b) the user's reference: the counter over >= 1 s of the query back to back
+        meter.begin("ref")
+        runs, start = 0, time.perf_counter()
+        while runs == 0 or time.perf_counter() - start < 1.0:
+            engine.generate([prompt], o)
+            runs += 1
+        window = meter.end("ref")
+        reference = window.total_j / runs
+        integrated = (window.integrated_j or float("nan")) / runs
+        time.sleep(0.2)
+        # (c) slope of the counter over >= 2 s of back-to-back runs after a 0.3 s pre-roll
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.3:
+            engine.generate([prompt], o)
+        stamps, values, n = [], [], 0
+        first = time.perf_counter()
+        stamps.append(first)
+        values.append(counter_j(nvml, handles))
+        while time.perf_counter() - first < 2.0:
+            engine.generate([prompt], o)
+            n += 1
+            stamps.append(time.perf_counter())
+            values.append(counter_j(nvml, handles))
+        slope_w = float(np.polyfit(np.array(stamps) - first, np.array(values), 1)[0])
+        period_s = (stamps[-1] - first) / n
+        sustained = slope_w * period_s
+        row = {
+            "prompt_tokens": p,
+            "output_tokens": o,
+            "isolated_j": float(np.median(isolated)),
+            "reference_j": reference,
+            "reference_integrated_j": integrated,
+            "sustained_slope_j": sustained,
+            "sustained_power_w": slope_w,
+            "period_s": period_s,
+            "isolated_vs_reference_pct": 100 * (np.median(isolated) / reference - 1),
+            "slope_vs_reference_pct": 100 * (sustained / reference - 1),
+        }
+        line(f"  energy {p=} {o=}: {row}")
+        rows.append(row)
+        time.sleep(0.2)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="llama-7b")
+    parser.add_argument("--quick", action="store_true", help="CPU: a tiny model, few points")
+    parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument("--parts", default="1,2,3,4,5", help="which measurements, e.g. 5")
+    args = parser.parse_args()
+    parts = {int(x) for x in args.parts.split(",")}
+    began = time.perf_counter()
+    spec = get_spec("tiny-llama" if args.quick else args.model)
+    backend = get_backend("engine", device="cpu" if args.quick else "cuda")
+    backend.prepare(spec)
+    context = spec.max_context
+    meter = Meter(gpus=visible_gpus(1), interval_s=0.1)
+    metered = meter.available
+    line(f"{spec.name} on {backend.describe().get('device')}; metered: {metered}")
+    if metered:
+        meter.start()
+        warm_end = time.perf_counter() + 10
+        while time.perf_counter() < warm_end:
+            backend.measure(Point(min(1024, context // 2), 64, 1, 0))
+    runs = 2 if args.quick else 3
+    short_shapes = [(1, 1), (1, 8), (512, 1), (1000, 4), (1662, 1), (1487, 6), (1357, 7)]
+    short_shapes += [(700, 64), (1500, 256)]
+    scale = context / 2048
+    short_shapes = [(max(1, int(p * scale)), max(1, int(o * scale))) for p, o in short_shapes]
+    wall: list[dict] = []
+    if 1 in parts:
+        line("1. wall clock of generate() against the timed region")
+        wall = wall_vs_timed(backend, short_shapes[: 4 if args.quick else None], runs)
+
+    step = 16 if not args.quick else 64
+    pe: list[dict] = []
+    if 2 in parts:
+        line("2. PE(p) at o = 1, dense")
+        dense_p = set(range(1, context, step))
+        for k in range(1, context // 64):
+            dense_p |= {64 * k - 1, 64 * k, 64 * k + 1}
+        dense_p = sorted(p for p in dense_p if p + 2 <= context)
+        pe = runtime_grid(backend, [(p, 1) for p in dense_p], runs)
+        line(f"  {len(pe)} prompt sizes measured")
+
+    along: list[dict] = []
+    if 3 in parts:
+        line("3. t(p, o) along o at three prompt sizes")
+        outs = (1, 2, 4, 8, 16, 32, 64, 128, 256, 320)
+        for p in (1, context // 2 - 24, context - 348):
+            along += runtime_grid(backend, [(p, o) for o in outs if p + o <= context], runs)
+        for row in along:
+            line(f"  {row}")
+
+    repeat: dict[str, Any] = {}
+    if 5 in parts:
+        line("5. PE(p) twice, in opposite orders, clocks up")
+        repeat = pe_repeatability(backend, list(range(1, context - 1, step)), runs)
+        line(
+            f"  sweep-to-sweep std {repeat['sweep_difference_std_pct']:.2f}%, roughness std "
+            f"{repeat['roughness_std_pct']:.2f}%, correlation {repeat['roughness_correlation']:.2f}"
+        )
+
+    energy: list[dict] = []
+    if metered and 4 in parts:
+        line("4. energy per query: isolated window, >= 1 s back to back, counter slope")
+        idle = meter.measure_idle(1.0)
+        line(f"  idle {idle} W")
+        shapes = [(1, 1), (512, 1), (1600, 2), (1000, 16), (200, 64), (1500, 128), (100, 256)]
+        energy = energy_three_ways(backend, meter, shapes)
+        meter.stop()
+    backend.close()
+
+    def mean(rows: list[dict], key: str) -> float | None:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        return float(np.mean(values)) if values else None
+
+    result = {
+        "model": spec.name,
+        "wall_vs_timed": wall,
+        "pe_dense": pe,
+        "along_output": along,
+        "energy": energy,
+        "pe_repeatability": repeat,
+        "mean_wall_over_timed_ms": mean(wall, "wall_over_timed_ms"),
+        "mean_isolated_vs_reference_pct": mean(energy, "isolated_vs_reference_pct"),
+        "mean_slope_vs_reference_pct": mean(energy, "slope_vs_reference_pct"),
+        "wall_s": time.perf_counter() - began,
+    }
+    rows = [
+        ("wall clock over timed region (mean)", f"{result['mean_wall_over_timed_ms']} ms", "-"),
+        (
+            "isolated-window energy vs >= 1 s back to back",
+            f"{result['mean_isolated_vs_reference_pct']} %",
+            "-",
+        ),
+        (
+            "counter-slope energy vs >= 1 s back to back",
+            f"{result['mean_slope_vs_reference_pct']} %",
+            "-",
+        ),
+        ("prompt sizes in the dense PE sweep", str(len(pe)), "-"),
+        ("PE sweep-to-sweep std", f"{repeat.get('sweep_difference_std_pct')} %", "-"),
+        ("PE roughness std (point vs neighbours)", f"{repeat.get('roughness_std_pct')} %", "-"),
+        ("roughness correlation between sweeps", f"{repeat.get('roughness_correlation')}", "-"),
+    ]
+    name = "bias_diagnosis" + ("_quick" if args.quick else "")
+    if parts != {1, 2, 3, 4, 5}:
+        name += "_parts" + "".join(str(x) for x in sorted(parts))
+    write_result(name, result, rows, args.out)
+    line(f"written {args.out / name}.json in {result['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
