@@ -73,7 +73,7 @@ def test_rerun_resumes_without_measuring_again(profiled: tuple[Path, Path]) -> N
     store, _ = profiled
     before = pd.read_sql_query("SELECT * FROM points", sqlite3.connect(store))
     result = invoke("profile", "tiny-llama", "--device", "cpu", *SMALL_GRID, "--store", store)
-    assert result.exit_code == 0 and "12/12 points already stored" in result.stdout
+    assert result.exit_code == 0 and "20/20 measurements already stored" in result.stdout
     after = pd.read_sql_query("SELECT * FROM points", sqlite3.connect(store))
     pd.testing.assert_frame_equal(before, after)
 
@@ -287,10 +287,12 @@ def test_sigkill_halfway_then_resume(tmp_path: Path) -> None:
         "1,16,32,48",
         "--trials",
         "4",
+        "--validate",
+        "2",
         "--store",
         str(store),
     ]
-    total = 3 * 4 * 4
+    total = 3 * 4 * 4  # the grid's trials; then 2 validation queries × 4 trials
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 120
@@ -311,9 +313,11 @@ def test_sigkill_halfway_then_resume(tmp_path: Path) -> None:
     assert 0 < len(before) < total, "the kill must land halfway through the profile"
     finished = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert finished.returncode == 0, finished.stderr
-    assert f"resuming run 1: {len(before)}/{total}" in finished.stdout
+    assert f"resuming run 1: {len(before)}/{total + 8} measurements" in finished.stdout
     after = pd.read_sql_query("SELECT * FROM points", sqlite3.connect(store))
     assert len(after) == total and (after.status == "ok").all()
+    checks = pd.read_sql_query("SELECT * FROM validation", sqlite3.connect(store))
+    assert len(checks) == 8 and (checks.status == "ok").all()
     kept = after.merge(
         before,
         on=["prompt_tokens", "output_tokens", "batch_size", "trial"],
@@ -322,6 +326,45 @@ def test_sigkill_halfway_then_resume(tmp_path: Path) -> None:
     assert len(kept) == len(before)
     assert (kept.runtime_s == kept.runtime_s_before).all()
     assert (kept.measured_at == kept.measured_at_before).all()
+
+
+def test_validation_is_stored_and_resumes_after_sigkill(tmp_path: Path) -> None:
+    """Validation queries land in their own table as they are measured; a profile killed
+    among them resumes there, keeps what it had and measures none twice."""
+    store = tmp_path / "v.sqlite"
+    cmd = [
+        sys.executable, "-m", "infermeter", "profile", "tiny-llama", "--device", "cpu",
+        "--prompt-sizes", "1,16", "--output-sizes", "1,4", "--trials", "2",
+        "--validate", "12", "--store", str(store),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+        try:
+            checked = sqlite3.connect(store).execute("SELECT count(*) FROM validation").fetchone()
+        except sqlite3.OperationalError:
+            continue
+        if checked[0] >= 6:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = pd.read_sql_query("SELECT * FROM validation", sqlite3.connect(store))
+    assert 0 < len(before) < 24, "the kill must land among the validation queries"
+    finished = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert "validated on 12 queries never profiled" in finished.stdout
+    after = pd.read_sql_query("SELECT * FROM validation", sqlite3.connect(store))
+    assert len(after) == 24 and (after.status == "ok").all()
+    kept = after.merge(
+        before, on=["prompt_tokens", "output_tokens", "batch_size", "trial"], suffixes=("", "_b")
+    )
+    assert len(kept) == len(before) and (kept.measured_at == kept.measured_at_b).all()
+    # The validation queries are never profiled points, and never fitted.
+    grid = pd.read_sql_query("SELECT DISTINCT prompt_tokens FROM points", sqlite3.connect(store))
+    assert not set(after.prompt_tokens) & set(grid.prompt_tokens)
+    assert not (after.prompt_tokens % 64 == 0).any()
 
 
 def test_python_dash_m_runs_the_same_command_line() -> None:

@@ -44,25 +44,26 @@ def test_metered_profile_stores_energy_and_fits_it(tmp_path: Path) -> None:
         points = store.points(run.id)
         samples = store.samples(run.id)
     assert points.energy_j.notna().all()
-    # The hf backend brackets exactly its timed region; warm-up stays outside the window.
-    assert points.extra_json.str.contains('"energy_window": "timed"').all()
-    # Constant 250 W: a point's joules are 250 W × its share of its window of repeated runs.
+    # A point's trials share one window over whole calls, run on until it spans 0.1 s.
     extra = points.extra_json.map(json.loads)
     window_s = extra.map(lambda e: e["energy_window_s"])
-    repeats = extra.map(lambda e: e["energy_repeats"])
-    assert (window_s >= 0.1).all()
-    assert np.allclose(points.energy_j, 250 * window_s / repeats, rtol=0.05)
+    runs = extra.map(lambda e: e["energy_window_runs"])
+    assert (window_s >= 0.1).all() and (runs >= 2).all()
+    # Each run takes 10 ms + 2 ms per new token of the fake clock: a window of 0.1 s holds
+    # the fewest runs that reach it.
+    per_run = 0.010 + 0.002 * points.output_tokens
+    assert ((runs - 1) * per_run < 0.1).all()
+    # Constant 250 W: a point's joules are 250 W × its window over the runs in it.
+    assert np.allclose(points.energy_j, 250 * window_s / runs, rtol=1e-6)
     assert len(samples) > 0 and (samples.power_w == 250.0).all()
     energy = fit_cost_model(points, quantity="energy_j")
     assert energy.per_output_token > 0 and energy.unit == "J"
-    # Phases: prefill is the mean of the o = 1 points at the same p so far (trial-major
-    # order measures them first in each trial), decode the rest.
+    # Phases: prefill is the mean of the o = 1 points at the same p (measured first for each
+    # prompt size), decode the rest.
     prefill = extra.map(lambda e: e["energy_prefill_j"])
     decode = extra.map(lambda e: e["energy_decode_j"])
-    for (p, trial), rows in points[points.output_tokens > 1].groupby(["prompt_tokens", "trial"]):
-        o1 = points[
-            (points.prompt_tokens == p) & (points.output_tokens == 1) & (points.trial <= trial)
-        ]
+    for p, rows in points[points.output_tokens > 1].groupby("prompt_tokens"):
+        o1 = points[(points.prompt_tokens == p) & (points.output_tokens == 1)]
         assert prefill[rows.index].tolist() == pytest.approx([o1.energy_j.mean()] * len(rows))
     assert np.allclose(points.energy_j, prefill + decode)
     longest = points.output_tokens == 16
@@ -92,23 +93,25 @@ def test_phase_split_measures_prefill_when_the_grid_has_no_single_token_point(
 
 @pytest.mark.slow
 def test_short_queries_are_metered_over_repeated_runs(tmp_path: Path) -> None:
-    from infermeter.profile import measure_metered
+    from infermeter.profile import measure_point
 
     spec = get_spec("tiny-llama")
     meter, clock = metered()
     backend = hf(clock)  # each run: 10 ms of prefill + 2 × 2 ms per new token = 14 ms
     backend.prepare(spec)
     try:
-        measurement, window = measure_metered(backend, Point(8, 2, 1), meter, 0.2)
+        measured = measure_point(backend, Point(8, 2, 1), [0, 1, 2], meter, 0.2)
     finally:
         backend.close()
-    repeats = measurement.extra["energy_repeats"]
-    # Runs of 14 ms back to back until the window passes 200 ms, and not one more.
-    assert window is not None and window.seconds >= 0.2
-    assert (repeats - 1) * 0.014 < 0.2 <= repeats * 0.014 + 0.005
-    assert measurement.energy_j == pytest.approx(window.total_j / repeats)
-    # 250 W over each run's share of the window.
-    assert measurement.energy_j == pytest.approx(250 * window.seconds / repeats, rel=0.05)
+    assert [point.trial for point, _ in measured] == [0, 1, 2]
+    runs = measured[0][1].extra["energy_window_runs"]
+    window_s = measured[0][1].extra["energy_window_s"]
+    # The three trials, then runs of 14 ms back to back until the window passes 200 ms.
+    assert window_s >= 0.2 and (runs - 1) * 0.014 < 0.2 <= runs * 0.014 + 0.005
+    for _, measurement in measured:
+        # 250 W over each run's share of the window; the runtime stays the trial's own.
+        assert measurement.energy_j == pytest.approx(250 * window_s / runs, rel=1e-6)
+        assert measurement.runtime_s < window_s
 
 
 @pytest.mark.slow

@@ -30,16 +30,23 @@ from infermeter.estimate import (
     summarize,
     write_table,
 )
-from infermeter.fit import Denoise, fit_cost_model
+from infermeter.fit import FitPolicy, fit_profile
+from infermeter.fitted import fit_run
 from infermeter.hardware import (
     Accelerator,
     accelerator_table,
     build_stack,
     load_hardware_config,
 )
-from infermeter.helm import load_profile, save_helm_efficiency
+from infermeter.helm import load_model_set, save_helm_efficiency
 from infermeter.meter import check_warmup_s
-from infermeter.profile import ProfileGrid, default_grid, run_profile
+from infermeter.profile import (
+    DEFAULT_VALIDATE_CPU,
+    DEFAULT_VALIDATE_GPU,
+    ProfileGrid,
+    default_grid,
+    run_profile,
+)
 from infermeter.provenance import device_description
 from infermeter.store import Store
 
@@ -255,33 +262,58 @@ def _cell(value: Any, digits: int) -> str:
 
 
 def fit_table(model: CostModel) -> Table:
+    """The paper's per-prompt-size lines: PE as priced, the line's slope and R²."""
     per_p = pd.DataFrame(model.fit.get("per_prompt", []))
     unit = model.unit
-    table = Table(title=f"{model.quantity} model of {model.model}", title_justify="left")
-    for column in ("prompt tokens", f"PE ({unit})", "R²", "points"):
+    batch = f", batch {model.batch_size}" if model.batch_size != 1 else ""
+    table = Table(title=f"{model.quantity} model of {model.model}{batch}", title_justify="left")
+    for column in ("prompt tokens", f"PE ({unit})", f"g ({unit}/token)", "R²", "points"):
         table.add_column(column, justify="right")
-    fitted = dict(zip(model.prompt_sizes, model.prompt_encoding, strict=False))
     for row in per_p.itertuples(index=False):
         table.add_row(
             str(row.prompt_tokens),
-            f"{fitted[row.prompt_tokens]:.6f}",
+            f"{float(model.prompt_encoding_at(row.prompt_tokens)):.6f}",
+            f"{row.slope:.6g}",
             f"{row.r2:.6f}",
             str(row.n_points),
         )
     return table
 
 
+def validation_line(model: CostModel) -> str:
+    """The figure a profile reports about itself: its error on queries it never profiled."""
+    check = model.fit.get("validation") or {}
+    if not check.get("n"):
+        return "not validated (no validation queries measured; profile with --validate N)"
+    return (
+        f"validated on {check['n']} queries never profiled: MAPE {check['mape_pct']:.2f}%, "
+        f"max {check['max_error_pct']:.2f}%, mean error {check['bias_pct']:+.2f}%"
+    )
+
+
 def print_fit(model: CostModel) -> None:
     console.print(fit_table(model))
-    cv = model.fit.get("cross_validation", {})
+    sizes = model.prompt_sizes
     console.print(
-        f"per output token g = [bold]{model.per_output_token:.6g} {model.unit}[/]"
+        f"per output token g = {model.per_output_token:.6g} {model.unit}"
         + (f", overhead = {model.overhead:.6g} {model.unit}" if model.overhead else "")
-        + f"; R² overall = {model.fit.get('r2_overall', float('nan')):.6f}; "
-        f"held-out ({cv.get('folds', 0)}-fold) MAPE = {cv.get('mape', float('nan')):.2f}%, "
-        f"max = {cv.get('max_abs_pct_error', float('nan')):.2f}%",
+        + f"; lines' R² overall = {model.fit.get('r2_overall', float('nan')):.6f}; PE at "
+        f"{len(sizes)} prompt sizes ({sizes[0]}-{sizes[-1]}); fitted with "
+        f"{model.describe_fit()}",
+        markup=False,
         highlight=False,
     )
+    console.print(f"{model.quantity}: {validation_line(model)}", markup=False, highlight=False)
+    for note in model.fit.get("notes") or []:
+        err_console.print(f"note: {note}", markup=False, highlight=False)
+    cv = model.fit.get("cross_validation")
+    if cv and cv.get("folds"):
+        console.print(
+            f"k-fold over the profiled points ({cv['folds']} folds; interpolation within the "
+            f"grid, not new queries): MAPE {cv['mape']:.2f}%, max {cv['max_abs_pct_error']:.2f}%",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command()
@@ -341,10 +373,19 @@ def profile(
     energy: bool = typer.Option(True, help="Meter GPU energy through NVML where present."),
     sample_interval: float = typer.Option(0.1, help="Power/utilisation sampling period (s)."),
     warmup: float = typer.Option(
-        30.0,
+        20.0,
         "--warmup-s",
         help="Seconds of load before a metered profile, so energy is measured at working "
-        "temperature (a cold card reads a few percent low).",
+        "temperature (a cold card reads a few percent low; the profile then keeps it busy).",
+    ),
+    accept_poor_fit: bool = typer.Option(
+        False, help="Keep a fit whose lines explain little of the measurements (R² < 0.5)."
+    ),
+    validate: int | None = typer.Option(
+        None,
+        "--validate",
+        help="Queries never profiled, measured after the grid to check the fit (default 16 on "
+        "a GPU, 4 elsewhere; 0 skips).",
     ),
     base_url: str | None = BaseUrlOption,
     api_model: str | None = ApiModelOption,
@@ -357,7 +398,7 @@ def profile(
     retries: int = RetriesOption,
     store: Path = StoreOption,
 ) -> None:
-    """Profile MODEL on a stack, fit the runtime model and price a few queries."""
+    """Profile MODEL on a stack, fit the runtime model, validate it and price a few queries."""
     is_api = backend == "openai"  # a black box: MODEL may be any name, nothing runs locally
     spec = _api_spec(model) if is_api else resolve_spec(model)
     overrides = parse_overrides(price_per_hour, power_watts, settings)
@@ -374,14 +415,20 @@ def profile(
         catalog,
     )
     defaults = default_grid(spec, on_gpu, trials)
+    chosen_p = parse_sizes(prompt_sizes, "--prompt-sizes")
     grid = ProfileGrid(
-        parse_sizes(prompt_sizes, "--prompt-sizes") or defaults.prompt_sizes,
+        chosen_p or defaults.prompt_sizes,
         parse_sizes(output_sizes, "--output-sizes") or defaults.output_sizes,
         parse_sizes(batch_sizes, "--batch-sizes") or (1,),
         trials,
+        () if chosen_p else defaults.pe_sizes,  # PE knots go with the default prompt sizes
     )
     grid.validate(spec)
     check_warmup_s(warmup)
+    if validate is None:
+        validate = DEFAULT_VALIDATE_GPU if on_gpu else DEFAULT_VALIDATE_CPU
+    if validate < 0:
+        raise UserError(f"--validate must be 0 or more queries, not {validate}")
     from infermeter.backends import get_backend
 
     options: dict[str, Any] = {"device": "cuda" if on_gpu else "cpu", "dtype": stack.dtype}
@@ -417,12 +464,15 @@ def profile(
         def on_start(run: Any, done: int, total: int) -> None:
             bar.update(task, total=total, completed=done)
             if done:
-                bar.console.print(f"resuming run {run.id}: {done}/{total} points already stored")
+                bar.console.print(
+                    f"resuming run {run.id}: {done}/{total} measurements already stored "
+                    "(grid and validation)"
+                )
 
         def on_point(point: Any, m: Any) -> None:
             last = f"p={point.prompt_tokens} o={point.output_tokens} {m.runtime_s:.3f}s"
             if m.status != "ok":
-                last += f" [red]{m.status}[/]"
+                last += f" {m.status}"
             bar.update(task, advance=1, last=last)
 
         run = run_profile(
@@ -437,23 +487,31 @@ def profile(
             device=device_description(gpu=on_gpu),
             meter=meter,
             warmup_s=warmup,
+            validate=validate,
         )
-        console.print(f"run {run.id} stored in {store} ({run.device})")
-        # An API's runtime has a constant overhead (§3.5): fit it.
-        fitted = _fit_run(db, run.id, "min", "auto" if is_api else "none", 5)
+        console.print(f"run {run.id} stored in {store} ({run.device})", markup=False)
+        policy = FitPolicy(api=is_api, accept_poor_fit=accept_poor_fit)
+        try:  # the policy by backend: an API's overhead (§3.5) too
+            fitted = fit_run(db, run.id, policy)
+        except UserError as error:
+            raise UserError(f"run {run.id} is stored, but {error}") from error
+        for model_fit in fitted:
+            db.record_fit(run.id, model_fit)
     for model_fit in fitted:
         print_fit(model_fit)
-    runtime_model = fitted[0]
+    runtime_models = [m for m in fitted if m.quantity == "runtime_s"]
+    energy_models = [m for m in fitted if m.quantity == "energy_j"]
     if output:
-        runtime_model.save(output)
-        console.print(f"fitted model written to {output}")
+        _save_fitted(fitted, output)
+    runtime_model = runtime_models[0]
     pricing, _ = pricing_for(runtime_model, catalog=catalog)
+    longest = max(grid.output_sizes)
     sample = query_grid(
-        sorted({grid.prompt_sizes[0], grid.prompt_sizes[-1], max(1, spec.max_context // 4)}),
-        sorted({1, max(grid.output_sizes), 2 * max(grid.output_sizes)}),
+        sorted({1, max(1, spec.max_context // 4), max(1, spec.max_context - longest)}),
+        sorted({1, max(1, longest // 4), longest}),
     )
     sample = sample[sample.prompt_tokens + sample.output_tokens <= spec.max_context]
-    energy = fitted[1] if len(fitted) > 1 else None
+    energy = energy_models[0] if energy_models else None
     estimates = estimate_queries(sample, runtime_model, pricing, energy)
     console.print(
         frame_table(
@@ -464,56 +522,33 @@ def profile(
     )
 
 
-# Energy counters move in steps, so a short window can read low (even zero): the minimum over
-# trials would keep exactly those readings, the median does not.
-ENERGY_DENOISE: Denoise = "median"
+def _save_fitted(models: list[CostModel], output: Path) -> None:
+    """The runtime model(s) to OUTPUT, the energy model(s) beside it as OUTPUT.energy.json."""
+    from infermeter.cost_model import save_models
 
-
-def _fit_run(
-    db: Store,
-    run_id: int,
-    denoise: Denoise,
-    overhead: str | float,
-    folds: int,
-    slopes: str = "per_prompt",
-) -> list[CostModel]:
-    run = db.get_run(run_id)
-    points = db.points(run_id)
-    provenance = {
-        "run_id": run.id,
-        "device": run.device,
-        "profiled_at": run.created_at,
-        "commit": run.commit_sha,
-        "backend": run.backend_info,
-    }
-    fitted = []
-    quantities = ["runtime_s"]
-    if points["energy_j"].notna().any():
-        quantities.append("energy_j")
-    for quantity in quantities:
-        model = fit_cost_model(
-            points,
-            quantity,
-            denoise if quantity == "runtime_s" else ENERGY_DENOISE,
-            overhead if quantity == "runtime_s" else "none",
-            folds,  # type: ignore[arg-type]
-            model=run.model,
-            stack=run.stack,
-            provenance=provenance,
-            slopes=slopes,  # type: ignore[arg-type]
-        )
-        db.record_fit(run_id, model)
-        fitted.append(model)
-    return fitted
+    runtime = [m for m in models if m.quantity == "runtime_s"]
+    energy = [m for m in models if m.quantity == "energy_j"]
+    try:
+        save_models(runtime, output)
+        console.print(f"runtime model written to {output}", markup=False)
+        if energy:
+            energy_path = output.with_name(output.stem + ".energy" + output.suffix)
+            save_models(energy, energy_path)
+            console.print(f"energy model written to {energy_path}", markup=False)
+    except OSError as exc:
+        raise UserError(f"cannot write {output}: {exc.strerror or exc}; pass another path") from exc
 
 
 def _parse_overhead(text: str) -> str | float:
     if text in ("none", "auto"):
         return text
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise UserError("--overhead must be none, auto or a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise UserError("--overhead must be none, auto or a finite number of seconds >= 0")
+    return value
 
 
 @app.command()
@@ -523,62 +558,85 @@ def fit(
     points: Path | None = typer.Option(
         None,
         help="CSV/JSONL of points from any tool: prompt_tokens, output_tokens, runtime_s "
-        "[, trial, energy_j].",
+        "[, trial, batch_size, energy_j].",
     ),
-    denoise: str = typer.Option("min", help="Reduce trials by min (the paper), median or mean."),
-    overhead: str = typer.Option("none", help="none, auto (APIs, §3.5) or seconds."),
-    folds: int = typer.Option(5, help="Folds of the held-out error."),
+    denoise: str | None = typer.Option(
+        None, help="Reduce runtime trials by min (the default, the paper), median or mean."
+    ),
+    overhead: str | None = typer.Option(
+        None, help="none, auto (§3.5; the default for API runs) or seconds."
+    ),
+    decode: str | None = typer.Option(
+        None,
+        help="curve: decode time follows the measured points along o (default for local "
+        "stacks); line: the paper's line per prompt size (default for APIs and --points).",
+    ),
+    folds: int = typer.Option(
+        0, help="Also report a k-fold error over the profiled points (0: none)."
+    ),
     slopes: str = typer.Option(
         "per-prompt",
-        help="per-prompt: g(p) from each prompt size's slope (a long context makes each token "
-        "dearer); global: the paper's one g.",
+        help="With --decode line: per-prompt g(p) from each prompt size's slope, or global: "
+        "the paper's one g.",
+    ),
+    accept_poor_fit: bool = typer.Option(
+        False, help="Keep a fit whose lines explain little of the measurements (R² < 0.5)."
+    ),
+    save: bool | None = typer.Option(
+        None,
+        "--save/--no-save",
+        help="Store this fit as the run's fit (default: only when every setting is the "
+        "default, so an exploratory fit never replaces it).",
     ),
     output: Path | None = typer.Option(None, help="Write the fitted runtime model JSON here."),
     model_name: str = typer.Option("", "--model", help="Name recorded with --points."),
     store: Path = StoreOption,
 ) -> None:
     """Fit the runtime (and energy) model of a stored run or of a points file."""
-    if denoise not in ("min", "median", "mean"):
+    if denoise not in (None, "min", "median", "mean"):
         raise UserError("--denoise must be min, median or mean")
-    mode = _parse_overhead(overhead)
+    if decode not in (None, "line", "curve"):
+        raise UserError("--decode must be line or curve")
     if slopes not in ("per-prompt", "global"):
         raise UserError("--slopes must be per-prompt or global")
-    slope_mode = slopes.replace("-", "_")
+    if folds < 0 or folds == 1:
+        raise UserError("--folds must be 0 (none) or at least 2")
+    settings: dict[str, Any] = {
+        "denoise": denoise,
+        "overhead": _parse_overhead(overhead) if overhead is not None else None,
+        "decode": decode,
+        "slopes": slopes.replace("-", "_"),
+        "folds": folds,
+        "accept_poor_fit": accept_poor_fit,
+    }
     if points is not None:
-        frame = read_points(points)
-        fitted = [
-            fit_cost_model(
-                frame,
-                q,
-                denoise,
-                mode,
-                folds,
-                model=model_name or points.stem,  # type: ignore[arg-type]
-                provenance={"points_file": str(points)},
-                slopes=slope_mode,  # type: ignore[arg-type]
-            )
-            for q in ("runtime_s", "energy_j")
-            if q in frame.columns and frame[q].notna().any()
-        ]
+        policy = FitPolicy(api=False, **{**settings, "decode": decode or "line"})
+        fitted = fit_profile(
+            read_points(points),
+            policy,
+            model=model_name or points.stem,
+            provenance={"points_file": str(points)},
+        )
     else:
         with Store(store) as db:
-            fitted = _fit_run(
-                db,
-                run if run is not None else db.latest_run_id(),
-                denoise,  # type: ignore[arg-type]
-                mode,
-                folds,
-                slope_mode,
-            )
+            run_id = run if run is not None else db.latest_run_id()
+            record = db.get_run(run_id)
+            policy = FitPolicy(api=record.backend == "openai", **settings)
+            fitted = fit_run(db, run_id, policy)
+            keep = policy.is_default if save is None else save
+            if keep:
+                for model in fitted:
+                    db.record_fit(run_id, model)
     for model in fitted:
         print_fit(model)
+    if points is None and not keep:
+        console.print(
+            "not stored as the run's fit (settings differ from the defaults); pass --save to "
+            "store it",
+            markup=False,
+        )
     if output:
-        fitted[0].save(output)
-        console.print(f"runtime model written to {output}")
-        if len(fitted) > 1:
-            energy_path = output.with_name(output.stem + ".energy" + output.suffix)
-            fitted[1].save(energy_path)
-            console.print(f"energy model written to {energy_path}")
+        _save_fitted(fitted, output)
 
 
 def read_points(path: Path) -> pd.DataFrame:
@@ -613,8 +671,8 @@ def estimate(
     settings: list[str] | None = SetOption,
 ) -> None:
     """Price queries: idealized runtime, dollars and joules per query and in total."""
-    runtime_model = load_profile(profile_path, model)
-    energy_model = load_profile(energy_profile) if energy_profile else None
+    runtime_model = load_model_set(profile_path, model)
+    energy_model = load_model_set(energy_profile) if energy_profile else None
     if queries is not None:
         frame = read_queries(queries)
     else:
@@ -624,7 +682,7 @@ def estimate(
             raise UserError("give --queries FILE, or --prompt-tokens and --output-tokens")
         frame = query_grid(list(p), list(o))
     pricing, note = pricing_for(
-        runtime_model,
+        runtime_model.first(),
         accelerator,
         num_accelerators,
         parse_overrides(price_per_hour, power_watts, settings),
@@ -637,7 +695,7 @@ def estimate(
         write_table(estimates, output)
         console.print(f"{len(estimates)} estimates written to {output}")
     if len(estimates) <= 50:
-        console.print(frame_table(estimates, f"estimates for {runtime_model.model}"))
+        console.print(frame_table(estimates, f"estimates for {runtime_model.first().model}"))
     summary = summarize(estimates).reset_index(names="")
     console.print(frame_table(summary, f"{len(estimates)} queries"))
 
@@ -661,7 +719,13 @@ def show(
         run_id = run if run is not None else db.latest_run_id()
         record = db.get_run(run_id)
         points = db.points(run_id)
-        fits = [m for q in ("runtime_s", "energy_j") if (m := db.latest_fit(run_id, q))]
+        fits = db.latest_fits(run_id)
+        fitted_now = False
+        if not fits and not points.empty:
+            try:
+                fits, fitted_now = fit_run(db, run_id), True
+            except UserError as error:
+                console.print(f"cannot fit it yet: {error}", markup=False)
     console.print(
         f"run {record.id}: {record.model} on {record.backend} / {record.device}, "
         f"{record.status}, created {record.created_at}, commit {record.commit_sha or '-'}",
@@ -692,8 +756,8 @@ def show(
         )
     for model in fits:
         print_fit(model)
-    if not fits:
-        console.print("not fitted yet: run `infermeter fit`")
+    if fitted_now:
+        console.print("fitted now with the default settings; not stored (run `infermeter fit`)")
 
 
 @app.command()
@@ -714,7 +778,7 @@ def export(
             write_table(db.points(run_id), output)
             console.print(f"run {run_id} points written to {output}")
         if helm is not None:
-            model = db.latest_fit(run_id) or _fit_run(db, run_id, "min", "none", 5)[0]
+            model = db.latest_fit(run_id) or fit_run(db, run_id)[0]
             save_helm_efficiency({record.model: model}, helm)
             console.print(f"run {run_id} fit written to {helm} (HELM efficiency_data)")
 
@@ -864,10 +928,9 @@ def variance_command(
 
     with Store(store) as db:
         run_id = run if run is not None else db.latest_run_id()
-        record = db.get_run(run_id)
+        db.get_run(run_id)  # refuses an unknown run with its message
         points = db.points(run_id)
-        overhead = "auto" if record.backend == "openai" else "none"
-        denoised = _fit_run(db, run_id, "min", overhead, 5)[0]
+        denoised = fit_run(db, run_id)[0]
     reference = CostModel.from_dict(json.loads(idealized.read_text())) if idealized else None
     comparison = raw_vs_models(points, denoised, reference)
     console.print(frame_table(trial_variation(points), f"variation over trials, run {run_id}"))

@@ -1,6 +1,6 @@
 """The fitted model of the idealized-runtime paper, and its JSON file.
 
-    t(p, o) = PE(p) + (o - 1) * g(p) + overhead
+    t(p, o) = PE(p) + D(p, o) + overhead,   D(p, o) = (o - 1) * g(p) in the paper
 
 PE is piecewise linear in the prompt size p through the profiled sizes ("knots"), extrapolated
 linearly past the end knots and never negative; overhead is a constant for black-box APIs
@@ -10,8 +10,18 @@ whole context, so on a fast stack it costs more after a long prompt (LLaMA-7B on
 3.85 ms per token after 1 prompt token, 4.03 ms after 1,536; the energy per token 8% more):
 with `output_token_slopes` (each knot's own slope) g(p) is interpolated between the knots and
 held flat past the ends, which halved the held-out error of that profile. Without them g(p) = g.
+
+The decode part need not be a line. Measured on an H200 (docs/benchmarks/bias_diagnosis.md),
+the first decode step after a 1,000-token prompt takes 5.1 ms and later ones 4.0 ms, and a
+step's cost grows with the context: a line through o = 1 .. 256 then prices 2- to 8-token
+outputs 2-4% low. With `decode_curves` (one per profiled prompt size: the measured decode time
+D = t(p, o) - PE(p) at each profiled o), D is interpolated piecewise linearly in o, continued
+past the largest profiled o with its last segment's slope, and blended linearly in p between
+curves (held at the nearest curve outside them). PE(p) is then the measured o = 1 time at
+every prompt size profiled at o = 1, which may be many more than the curves' sizes.
+
 The same form prices energy, with joules in place of seconds. Evaluation is vectorised: a
-million queries is one numpy pass.
+million queries is one numpy pass. No prediction is negative.
 
 File format (`schema`: "infermeter.cost_model/1"), a small JSON object:
     quantity          "runtime_s" or "energy_j"
@@ -19,7 +29,10 @@ File format (`schema`: "infermeter.cost_model/1"), a small JSON object:
     prompt_encoding   PE at each knot (seconds or joules)
     per_output_token  g
     output_token_slopes  g at each knot, or null (optional: files without it use g everywhere)
+    decode_curves     null, or a list of {prompt_tokens, output_tokens, decode, tail_slope}:
+                      D at each profiled o (> 1) of one prompt size, and the slope past the last
     overhead          constant term (0 for local stacks)
+    batch_size        the batch size the model prices (one model per batch size)
     model, stack      what was profiled (names / dicts, free-form)
     fit               statistics of the fit: R² per prompt size and overall, held-out error
     provenance        infermeter version, run id, date
@@ -29,6 +42,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +51,7 @@ import numpy as np
 from infermeter.errors import UserError
 
 SCHEMA = "infermeter.cost_model/1"
+SET_SCHEMA = "infermeter.cost_models/1"  # a file of several models (one per batch size)
 Quantity = Literal["runtime_s", "energy_j"]
 
 
@@ -69,6 +84,8 @@ class CostModel:
     fit: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     output_token_slopes: list[float] | None = None  # g at each knot; None: g everywhere
+    decode_curves: list[dict[str, Any]] | None = None  # see the module docstring
+    batch_size: int = 1
 
     def __post_init__(self) -> None:
         if len(self.prompt_sizes) != len(self.prompt_encoding) or not self.prompt_sizes:
@@ -83,6 +100,18 @@ class CostModel:
             self.output_token_slopes = [float(slopes[i]) for i in order]
         if len(set(self.prompt_sizes)) != len(self.prompt_sizes):
             raise ValueError("prompt_sizes must be distinct")
+        if self.decode_curves is not None:
+            self.decode_curves = sorted(
+                (_check_curve(c) for c in self.decode_curves), key=lambda c: c["prompt_tokens"]
+            )
+            if not self.decode_curves:
+                raise ValueError("decode_curves must be null or hold at least one curve")
+        values = [*self.prompt_encoding, self.per_output_token, self.overhead]
+        if not all(np.isfinite(values)):
+            raise ValueError("prompt_encoding, per_output_token and overhead must be finite")
+        if int(self.batch_size) < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.batch_size = int(self.batch_size)
 
     @property
     def unit(self) -> str:
@@ -100,16 +129,52 @@ class CostModel:
             return np.full_like(p, self.per_output_token, dtype=float)
         return np.interp(p, self.prompt_sizes, self.output_token_slopes)
 
+    def decode_at(
+        self, prompt_tokens: np.ndarray | float, output_tokens: np.ndarray | float
+    ) -> np.ndarray:
+        """D(p, o): the time (or energy) of the o - 1 decode steps after a prompt of p."""
+        p = np.asarray(prompt_tokens, dtype=float)
+        o = np.asarray(output_tokens, dtype=float)
+        if self.decode_curves is None:
+            return (o - 1.0) * self.per_output_token_at(p)
+        p, o = np.broadcast_arrays(p, o)
+        shape = p.shape
+        p, o = p.ravel(), o.ravel()
+        curves = self.decode_curves
+        values = np.stack([_curve_at(c, o) for c in curves])  # [curves, queries]
+        sizes = np.array([c["prompt_tokens"] for c in curves], dtype=float)
+        # Blend the two curves around p linearly (held at the end curves outside them).
+        position = np.interp(p, sizes, np.arange(len(sizes), dtype=float))
+        low = np.floor(position).astype(int)
+        high = np.minimum(low + 1, len(sizes) - 1)
+        weight = position - low
+        rows = np.arange(p.size)
+        blended = (1 - weight) * values[low, rows] + weight * values[high, rows]
+        return blended.reshape(shape)
+
     def predict(
         self, prompt_tokens: np.ndarray | float, output_tokens: np.ndarray | float
     ) -> np.ndarray:
-        """Vectorised t(p, o); o counts every output token, the first included (o ≥ 1)."""
+        """Vectorised t(p, o); o counts every output token, the first included (o ≥ 1).
+        Never negative: a noisy curve cannot price a query below zero."""
+        p = np.asarray(prompt_tokens, dtype=float)
         o = np.asarray(output_tokens, dtype=float)
-        return (
-            self.prompt_encoding_at(prompt_tokens)
-            + (o - 1.0) * self.per_output_token_at(prompt_tokens)
-            + self.overhead
-        )
+        p, o = np.broadcast_arrays(p, o)
+        value = self.prompt_encoding_at(p) + self.decode_at(p, o) + self.overhead
+        return np.maximum(value, 0.0)
+
+    @property
+    def profiled_prompt_tokens(self) -> tuple[int, int]:
+        """The smallest and largest prompt size the model was profiled at."""
+        return self.prompt_sizes[0], self.prompt_sizes[-1]
+
+    @property
+    def profiled_output_tokens(self) -> int | None:
+        """The largest output length the model was profiled at (None where unknown)."""
+        if self.decode_curves is not None:
+            return max(max(c["output_tokens"]) for c in self.decode_curves)
+        largest = self.fit.get("max_output_tokens") if self.fit else None
+        return int(largest) if largest else None
 
     # ---- file --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +184,23 @@ class CostModel:
         path = Path(path)
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
+
+    def describe_fit(self) -> str:
+        """One line: how the model was fitted (denoising, decode form, overhead)."""
+        fit = self.fit or {}
+        decode = (
+            "decode curves"
+            if self.decode_curves is not None
+            else ("one g" if self.output_token_slopes is None else "g(p) per prompt size")
+        )
+        parts = [
+            f"{fit.get('denoise', '?')} over trials",
+            decode,
+            f"overhead {fit.get('overhead_mode', 'none')}",
+        ]
+        if self.batch_size != 1:
+            parts.append(f"batch {self.batch_size}")
+        return ", ".join(parts)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CostModel:
@@ -135,3 +217,104 @@ class CostModel:
             raise UserError(
                 f"malformed cost-model file: {exc}; refit with `infermeter fit`"
             ) from exc
+
+
+def _check_curve(curve: dict[str, Any]) -> dict[str, Any]:
+    try:
+        o = [float(x) for x in curve["output_tokens"]]
+        d = [float(x) for x in curve["decode"]]
+        out = {
+            "prompt_tokens": int(curve["prompt_tokens"]),
+            "output_tokens": o,
+            "decode": d,
+            "tail_slope": float(curve.get("tail_slope", 0.0)),
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed decode curve {curve!r}") from exc
+    if not o or len(o) != len(d) or any(b <= a for a, b in pairwise(o)):
+        raise ValueError("a decode curve needs ascending output_tokens, one decode value each")
+    if o[0] <= 1 or not all(np.isfinite([*d, out["tail_slope"]])):
+        raise ValueError("decode curves hold finite values at output lengths above 1")
+    return out
+
+
+def _curve_at(curve: dict[str, Any], o: np.ndarray) -> np.ndarray:
+    """D at output lengths `o` along one curve: 0 at o = 1, linear between profiled lengths,
+    the tail slope past the last one."""
+    xs = np.array([1.0, *curve["output_tokens"]])
+    ys = np.array([0.0, *curve["decode"]])
+    inside = np.interp(o, xs, ys)
+    beyond = ys[-1] + (o - xs[-1]) * curve["tail_slope"]
+    return np.where(o > xs[-1], beyond, np.where(o < 1, 0.0, inside))
+
+
+def save_models(models: list[CostModel], path: str | Path) -> Path:
+    """One model as a cost-model file; several (one per batch size) as a set of them."""
+    path = Path(path)
+    if len(models) == 1:
+        return models[0].save(path)
+    body = {"schema": SET_SCHEMA, "models": [m.to_dict() for m in models]}
+    path.write_text(json.dumps(body, indent=2) + "\n")
+    return path
+
+
+def models_from_dict(data: Any) -> list[CostModel]:
+    """The models of a cost-model file or of a set of them."""
+    if isinstance(data, dict) and data.get("schema") == SET_SCHEMA:
+        entries = data.get("models")
+        if not isinstance(entries, list) or not entries:
+            raise UserError("malformed cost-model set: no models; refit with `infermeter fit`")
+        return [CostModel.from_dict(entry) for entry in entries]
+    if not isinstance(data, dict):
+        raise UserError("malformed cost-model file: not a JSON object; refit with `infermeter fit`")
+    return [CostModel.from_dict(data)]
+
+
+class ModelSet:
+    """Models of one quantity by batch size: what `estimate` prices a batch_size column with."""
+
+    def __init__(self, models: list[CostModel]) -> None:
+        if not models:
+            raise ValueError("a model set needs at least one model")
+        quantities = {m.quantity for m in models}
+        if len(quantities) != 1:
+            raise UserError("a model set mixes runtime and energy models; pass one of each kind")
+        self.by_batch: dict[int, CostModel] = {}
+        for model in models:
+            if model.batch_size in self.by_batch:
+                raise UserError(f"two models for batch size {model.batch_size} in one set")
+            self.by_batch[model.batch_size] = model
+
+    @property
+    def quantity(self) -> str:
+        return next(iter(self.by_batch.values())).quantity
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return sorted(self.by_batch)
+
+    def first(self) -> CostModel:
+        return self.by_batch[self.batch_sizes[0]]
+
+    def for_batch(self, batch_size: int) -> CostModel:
+        try:
+            return self.by_batch[int(batch_size)]
+        except KeyError:
+            sizes = ", ".join(str(b) for b in self.batch_sizes)
+            raise UserError(
+                f"the profile has no model for batch size {batch_size} (it has {sizes}); "
+                "profile that batch size with --batch-sizes or price one it has"
+            ) from None
+
+    def predict(
+        self, prompt_tokens: np.ndarray, output_tokens: np.ndarray, batch_size: np.ndarray
+    ) -> np.ndarray:
+        """t(p, o) of each query under its batch size's model."""
+        p = np.asarray(prompt_tokens, dtype=float)
+        o = np.asarray(output_tokens, dtype=float)
+        b = np.asarray(batch_size, dtype=int)
+        out = np.empty(p.shape, dtype=float)
+        for size in np.unique(b):
+            rows = b == size
+            out[rows] = self.for_batch(int(size)).predict(p[rows], o[rows])
+        return out

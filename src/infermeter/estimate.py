@@ -1,6 +1,7 @@
 """Pricing queries: idealized runtime, dollars and joules per query and per benchmark.
 
-    runtime_s  = t(p, o) from the fitted cost model
+    runtime_s  = t(p, o) from the fitted cost model (of the query's batch size: the batch's
+                 latency); dollars and joules below are the query's 1/batch share
     cost_usd   = runtime_s × accelerators × $/s per accelerator
     energy_j   = runtime_s × accelerators × rated W per accelerator   (the paper's idealized energy)
     energy_measured_j = E(p, o) from a fitted energy model, when the profile measured energy
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from infermeter.cost_model import CostModel
+from infermeter.cost_model import CostModel, ModelSet
 from infermeter.errors import UserError
 from infermeter.hardware import Accelerator, get_accelerator
 
@@ -118,7 +119,8 @@ def validate_queries(frame: pd.DataFrame, origin: str = "queries") -> pd.DataFra
         )
     if frame.empty:
         raise UserError(f"{origin} holds no queries")
-    for column in QUERY_COLUMNS:
+    columns = [*QUERY_COLUMNS, *(["batch_size"] if "batch_size" in frame.columns else [])]
+    for column in columns:
         values = pd.to_numeric(frame[column], errors="coerce")
         if values.isna().any() or (values % 1 != 0).any():
             row = int(np.flatnonzero(values.isna() | (values % 1 != 0))[0])
@@ -130,32 +132,50 @@ def validate_queries(frame: pd.DataFrame, origin: str = "queries") -> pd.DataFra
     return frame
 
 
+def _as_set(model: CostModel | ModelSet) -> ModelSet:
+    return model if isinstance(model, ModelSet) else ModelSet([model])
+
+
 def estimate_queries(
     queries: pd.DataFrame,
-    runtime: CostModel,
+    runtime: CostModel | ModelSet,
     pricing: Pricing,
-    energy: CostModel | None = None,
+    energy: CostModel | ModelSet | None = None,
     grid_gco2_per_kwh: float | None = None,
 ) -> pd.DataFrame:
-    """One row per query: tokens, runtime, cost and energy (rated, and measured if fitted)."""
+    """One row per query: tokens, runtime, cost and energy (rated, and measured if fitted).
+
+    A `batch_size` column picks each query's model from a set fitted per batch size (and is
+    refused, with the sizes there are, for a size the profile lacks); without it every query
+    is priced at the smallest batch size the profile has.
+    """
+    runtime = _as_set(runtime)
     if runtime.quantity != "runtime_s":
         raise UserError("the profile given is an energy model; pass the runtime model")
     p = queries["prompt_tokens"].to_numpy()
     o = queries["output_tokens"].to_numpy()
+    if "batch_size" in queries.columns:
+        batch = queries["batch_size"].to_numpy()
+    else:
+        batch = np.full(p.shape, runtime.batch_sizes[0])
     out: dict[str, Any] = {}
     if "id" in queries.columns:
         out["id"] = queries["id"].to_numpy()
     out["prompt_tokens"] = p
     out["output_tokens"] = o
-    seconds = runtime.predict(p, o)
+    if "batch_size" in queries.columns or len(runtime.batch_sizes) > 1:
+        out["batch_size"] = batch
+    seconds = runtime.predict(p, o, batch)
+    share = 1.0 / batch  # a query's share of its batch's accelerator time and energy
     out["runtime_s"] = seconds
-    out["cost_usd"] = seconds * pricing.usd_per_second
-    out["energy_j"] = seconds * pricing.watts
+    out["cost_usd"] = seconds * pricing.usd_per_second * share
+    out["energy_j"] = seconds * pricing.watts * share
     out["energy_wh"] = out["energy_j"] / 3600.0
     if energy is not None:
+        energy = _as_set(energy)
         if energy.quantity != "energy_j":
             raise UserError("the energy profile given is a runtime model; pass the energy model")
-        out["energy_measured_j"] = energy.predict(p, o)
+        out["energy_measured_j"] = energy.predict(p, o, batch) * share
         out["energy_measured_wh"] = out["energy_measured_j"] / 3600.0
     if grid_gco2_per_kwh is not None:
         joules = out.get("energy_measured_j", out["energy_j"])

@@ -1,25 +1,37 @@
-"""Fitting the cost model exactly as §3.4 of the idealized-runtime paper.
+"""Fitting the cost model of §3.4 of the idealized-runtime paper, and checking it.
 
 1. Trials of one (p, o) point are reduced to one value: the minimum by default, which is the
    paper's denoising (§4.1: noise η ≥ 0, so the minimum has the least of it).
-2. For each profiled prompt size p, least squares of y on (o − 1): the intercept is PE(p),
-   with an R² per p.
+2. For each profiled prompt size p with two or more output lengths, least squares of y on
+   (o − 1): the intercept and slope, with an R² per p (the paper's fit, always reported).
 3. One global slope g: least squares of (y − PE(p)) on (o − 1) over all points. That is the
-   paper's g (Table 3) and is always reported; by default the model also keeps each prompt
-   size's own slope from step 2 and prices with g(p) interpolated between them (see
-   cost_model: a decode step reads the whole context's keys and values, so it costs more after
-   a long prompt). `slopes="global"` prices with the one g, exactly as the paper.
-
-Runtime is fitted by plain least squares, as in the paper. Energy is fitted by relative least
-squares (residuals divided by the value): an energy reading carries ~1% noise, so in absolute
-terms the longest queries' noise outweighs the whole of a short query, and plain least squares
-then sets PE_E(p) by the noise of o = 256 rather than by the o = 1 point that measures it. On
-a LLaMA-7B profile on an H100 that moved PE_E(512) from 8.7 J to 5.2 J and priced prefill-heavy
-queries 24% low.
-4. For API profiles (§3.5) a constant overhead: PE extended linearly to p = 0 (encoding no
+   paper's g (Table 3) and is always reported.
+4. What prices queries (`decode`):
+   - "line" (the paper, and the default for black-box APIs, whose noise a line smooths): PE(p)
+     from the intercepts, interpolated piecewise linearly, and g(p) from each prompt size's slope
+     (`slopes="per_prompt"`: a decode step also reads the whole context's keys and values) or the
+     one g (`slopes="global"`).
+   - "curve" (the default for a local stack): PE(p) is the measured o = 1 time at every prompt
+     size profiled at o = 1, and the decode time D(p, o) = t(p, o) − PE(p) follows the measured
+     points along o (cost_model.decode_curves). On an H200 the first decode step after a long
+     prompt costs 25% more than later ones, which no line through o = 1 .. 256 can follow
+     (docs/benchmarks/bias_diagnosis.md): short outputs were priced 2-4% low.
+5. For API profiles (§3.5) a constant overhead: PE extended linearly to p = 0 (encoding no
    prompt costs nothing, so what remains there is overhead), or a value the user measured.
 
-Held-out error comes from k-fold cross-validation over the (p, o) points.
+Runtime lines are fitted by plain least squares, as in the paper. Energy lines are fitted by
+relative least squares (residuals divided by the value): an energy reading carries ~1% noise, so
+in absolute terms the longest queries' noise outweighs a whole short query, and plain least
+squares then sets PE_E(p) by the noise of o = 256 rather than by the o = 1 point that measures
+it (on a LLaMA-7B profile on an H100 that moved PE_E(512) from 8.7 J to 5.2 J).
+
+A fit whose one slope g is negative beyond twice its standard error is refused with the points
+behind it and the fix; one within the noise is priced as 0, and a negative slope of one prompt
+size alone with g, and the fit's notes say so;
+a fit whose lines explain almost nothing (R² below MIN_R2) is refused unless the caller
+accepts it. `fit_profile` is the one entry point that holds the
+per-quantity policy (runtime: minimum, overhead for APIs; energy: median, no overhead) and fits
+one model per batch size; `validation_errors` measures a model against queries it never saw.
 """
 
 from __future__ import annotations
@@ -37,8 +49,14 @@ Denoise = Literal["min", "median", "mean"]
 OverheadMode = Literal["none", "auto"]
 Weighting = Literal["absolute", "relative"]
 Slopes = Literal["per_prompt", "global"]
+Decode = Literal["line", "curve"]
 
 REQUIRED_COLUMNS = ("prompt_tokens", "output_tokens")
+# Below this, a fit's lines explain too little of the measurements to price anything.
+MIN_R2 = 0.5
+# Energy counters move in steps and windows differ in length, so the median of a point's
+# readings, not their minimum, is its energy.
+ENERGY_DENOISE: Denoise = "median"
 
 
 @dataclass(frozen=True)
@@ -78,10 +96,14 @@ def _usable_points(points: pd.DataFrame, quantity: Quantity) -> pd.DataFrame:
     usable = usable[usable[quantity].notna()]
     if usable.empty:
         raise UserError(f"no usable {quantity} measurements to fit; profile first")
-    if (usable["prompt_tokens"] <= 0).any() or (usable["output_tokens"] <= 0).any():
+    values = usable[[*REQUIRED_COLUMNS, quantity]].apply(pd.to_numeric, errors="coerce")
+    if not np.isfinite(values.to_numpy(dtype=float)).all():
+        raise UserError(f"prompt_tokens, output_tokens and {quantity} must be finite numbers")
+    if (values["prompt_tokens"] <= 0).any() or (values["output_tokens"] <= 0).any():
         raise UserError("prompt_tokens and output_tokens must be positive in every point")
-    if (usable[quantity] < 0).any():
+    if (values[quantity] < 0).any():
         raise UserError(f"{quantity} must not be negative")
+    usable = usable.assign(**{c: values[c] for c in values.columns})
     return usable.astype({"prompt_tokens": int, "output_tokens": int})
 
 
@@ -119,28 +141,66 @@ def _r2(y: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def fit_prompt_sizes(agg: pd.DataFrame, weighting: Weighting = "absolute") -> list[PromptFit]:
-    """Step 2: one line per prompt size; each needs at least two distinct output lengths."""
+    """Step 2: one line per prompt size with at least two distinct output lengths (sizes
+    profiled at one length only are PE knots, not lines)."""
     fits = []
     for p, group in agg.groupby("prompt_tokens"):
         x = group["output_tokens"].to_numpy(dtype=float) - 1.0
         if np.unique(x).size < 2:
-            raise UserError(
-                f"prompt size {p} has only output length(s) {sorted(set(x.astype(int) + 1))}; "
-                "profile at least two output lengths per prompt size"
-            )
+            if x[0] != 0.0:
+                raise UserError(
+                    f"prompt size {p} has only output length(s) {sorted(set(x.astype(int) + 1))}; "
+                    "profile at least two output lengths per prompt size (or o = 1 alone, which "
+                    "measures PE there)"
+                )
+            continue
         y = group["value"].to_numpy(dtype=float)
         intercept, slope, r2 = _line_fit(x, y, residual_weights(y, weighting))
         fits.append(PromptFit(int(p), intercept, slope, r2, len(group)))
+    if not fits:
+        lengths = sorted(set(agg["output_tokens"].astype(int)))
+        raise UserError(
+            f"no prompt size has two output lengths (lengths measured: {lengths}); profile "
+            "at least two output lengths per prompt size, e.g. --output-sizes 1,16,32"
+        )
     return fits
 
 
+@dataclass
+class _Core:
+    per_p: list[PromptFit]
+    knots: np.ndarray  # PE knots (prompt sizes)
+    pe: np.ndarray  # PE at the knots, overhead taken out
+    slopes: np.ndarray  # g(p) at the knots
+    g: float  # the paper's one slope
+    g_se: float  # its standard error
+    overhead: float
+    curves: list[dict[str, Any]] | None
+
+
 def _fit_core(
-    agg: pd.DataFrame, overhead: OverheadMode | float, weighting: Weighting = "absolute"
-) -> tuple[list[PromptFit], np.ndarray, np.ndarray, float, float]:
-    """Per-p fits, knots, PE at the knots (overhead taken out), global g, overhead."""
+    agg: pd.DataFrame,
+    overhead: OverheadMode | float,
+    weighting: Weighting = "absolute",
+    decode: Decode = "line",
+) -> _Core:
+    """Lines, PE knots, slopes, the global g, the overhead and (decode="curve") the curves."""
     per_p = fit_prompt_sizes(agg, weighting)
-    knots = np.array([f.prompt_tokens for f in per_p], dtype=float)
-    pe = np.array([f.intercept for f in per_p])
+    line_p = np.array([f.prompt_tokens for f in per_p], dtype=float)
+    intercepts = {f.prompt_tokens: f.intercept for f in per_p}
+    single = agg[agg["output_tokens"] == 1].set_index("prompt_tokens")["value"]
+    pe_at: dict[int, float] = {}
+    for p in sorted(set(agg["prompt_tokens"].astype(int))):
+        measured = float(single[p]) if p in single.index else None
+        if decode == "curve" and measured is not None:
+            pe_at[p] = measured
+        elif p in intercepts:
+            pe_at[p] = intercepts[p]
+        elif measured is not None:  # a PE knot profiled at o = 1 only
+            pe_at[p] = measured
+    knots = np.array(sorted(pe_at), dtype=float)
+    pe = np.array([pe_at[int(k)] for k in knots])
+    slopes = np.interp(knots, line_p, [f.slope for f in per_p])
     # Step 3: the global slope, through the origin since PE(p) is already taken out.
     pe_of_point = np.interp(agg["prompt_tokens"].to_numpy(dtype=float), knots, pe)
     x = agg["output_tokens"].to_numpy(dtype=float) - 1.0
@@ -149,40 +209,116 @@ def _fit_core(
     w = residual_weights(y, weighting)
     wx = x if w is None else x * w**2
     g = float(np.dot(wx, r) / np.dot(wx, x)) if np.dot(wx, x) > 0 else 0.0
-    # Step 4: the constant overhead of an API.
+    spread = float(np.sum((r - g * x) ** 2)) / max(1, len(x) - 1)
+    g_se = float(np.sqrt(spread / np.dot(x, x))) if np.dot(x, x) > 0 else 0.0
+    const = _overhead(overhead, knots, pe)
+    curves = _decode_curves(agg, pe_at) if decode == "curve" else None
+    return _Core(per_p, knots, np.maximum(pe - const, 0.0), slopes, g, g_se, const, curves)
+
+
+def _overhead(overhead: OverheadMode | float, knots: np.ndarray, pe: np.ndarray) -> float:
+    """Step 5: the constant overhead of an API."""
     if overhead == "none":
-        const = 0.0
-    elif overhead == "auto":
+        return 0.0
+    if overhead == "auto":
         if knots.size < 2:
             raise UserError("overhead 'auto' needs at least two prompt sizes; give --overhead S")
         first_slope = (pe[1] - pe[0]) / (knots[1] - knots[0])
-        const = max(0.0, float(pe[0] - first_slope * knots[0]))
-    else:
-        const = float(overhead)
-        if const < 0:
-            raise UserError("overhead must not be negative")
-    return per_p, knots, np.maximum(pe - const, 0.0), g, const
+        return max(0.0, float(pe[0] - first_slope * knots[0]))
+    const = float(overhead)
+    if not np.isfinite(const) or const < 0:
+        raise UserError("overhead must be a finite number of seconds, not negative")
+    return const
 
 
-def _cost_model(
-    per_p: list[PromptFit],
-    knots: np.ndarray,
-    pe: np.ndarray,
-    g: float,
-    const: float,
-    slopes: Slopes,
-    **about: Any,
-) -> CostModel:
-    if slopes not in ("per_prompt", "global"):
-        raise UserError(f"unknown slopes {slopes!r}; use per_prompt or global")
-    return CostModel(
-        prompt_sizes=knots.astype(int).tolist(),
-        prompt_encoding=pe.tolist(),
-        per_output_token=g,
-        overhead=const,
-        output_token_slopes=[f.slope for f in per_p] if slopes == "per_prompt" else None,
-        **about,
+def _decode_curves(agg: pd.DataFrame, pe_at: dict[int, float]) -> list[dict[str, Any]]:
+    """D(p, o) = t(p, o) − PE(p) at every profiled o > 1, per prompt size with a line."""
+    curves = []
+    for p, group in agg.groupby("prompt_tokens"):
+        longer = group[group["output_tokens"] > 1].sort_values("output_tokens")
+        if longer.empty or int(p) not in pe_at:
+            continue
+        o = longer["output_tokens"].to_numpy(dtype=float)
+        d = longer["value"].to_numpy(dtype=float) - pe_at[int(p)]
+        last = (o[-1] - o[-2]) if o.size >= 2 else o[-1] - 1.0
+        tail = (d[-1] - (d[-2] if o.size >= 2 else 0.0)) / last
+        curves.append(
+            {
+                "prompt_tokens": int(p),
+                "output_tokens": o.tolist(),
+                "decode": d.tolist(),
+                "tail_slope": float(tail),
+            }
+        )
+    return curves
+
+
+def _check_possible(core: _Core, agg: pd.DataFrame, quantity: Quantity, unit: str) -> list[str]:
+    """Refuse a fit whose one slope g is negative beyond its noise (two standard errors); set
+    one within the noise to 0, and a negative slope of one prompt size (its line, or its curve
+    past the longest output) to g, each with a note saying so."""
+    what = "time" if quantity == "runtime_s" else "energy"
+    notes = []
+    if core.g < 0 and core.g + 2 * core.g_se >= 0:
+        notes.append(
+            f"the {what} per output token is not resolved above the noise (g = {core.g:.3g} "
+            f"± {core.g_se:.2g} {unit}); priced as 0: measure longer outputs or more trials "
+            "to price decoding"
+        )
+        core.g = 0.0
+    if core.g < 0:
+        shown = ", ".join(
+            f"(p={int(r.prompt_tokens)}, o={int(r.output_tokens)}: {r.value:.6g} {unit})"
+            for r in agg.sort_values(["prompt_tokens", "output_tokens"]).head(8).itertuples()
+        )
+        raise UserError(
+            f"the fit gives a negative {what} per output token (g = {core.g:.6g} {unit}) from "
+            f"the points {shown}; the measurements are too noisy for their range of output "
+            "lengths: measure more trials (--trials 5) or a longer range of output lengths "
+            "(e.g. --output-sizes 1,64,256)"
+        )
+    line_p = [f.prompt_tokens for f in core.per_p]
+    if any(f.slope < 0 for f in core.per_p):
+        mended = [f.slope if f.slope >= 0 else core.g for f in core.per_p]
+        for f in core.per_p:
+            if f.slope < 0:
+                notes.append(
+                    f"the line at prompt size {f.prompt_tokens} fell with o ({f.slope:.6g} "
+                    f"{unit}/token, noisy points); priced with g = {core.g:.6g} there"
+                )
+        core.slopes = np.interp(core.knots, line_p, mended)
+    for curve in core.curves or []:
+        if curve["tail_slope"] < 0:
+            notes.append(
+                f"past o = {int(curve['output_tokens'][-1])} at prompt size "
+                f"{curve['prompt_tokens']} the curve fell ({curve['tail_slope']:.6g} {unit}/"
+                f"token, noisy points); continued with g = {core.g:.6g} instead"
+            )
+            curve["tail_slope"] = core.g
+    return notes
+
+
+def _check_meaningful(
+    core: _Core, agg: pd.DataFrame, quantity: Quantity, accept_poor_fit: bool
+) -> float:
+    """R² of the paper's lines over all points; refuse one below MIN_R2 unless accepted."""
+    line = CostModel(
+        core.knots.astype(int).tolist(), core.pe.tolist(), core.g, core.overhead,
+        output_token_slopes=core.slopes.tolist(),
+    )  # fmt: skip
+    r2 = _r2(
+        agg["value"].to_numpy(dtype=float),
+        line.predict(agg["prompt_tokens"].to_numpy(), agg["output_tokens"].to_numpy()),
     )
+    if r2 < MIN_R2 and not accept_poor_fit:
+        worst = min(core.per_p, key=lambda f: f.r2)
+        raise UserError(
+            f"the {quantity} fit explains almost nothing of the measurements (R² = {r2:.3f}; "
+            f"worst at prompt size {worst.prompt_tokens}: R² = {worst.r2:.3f}); the machine or "
+            "server was too noisy: measure more trials (--trials 5) on a quieter machine, or "
+            "pass --accept-poor-fit to keep it anyway"
+        )
+    return r2
 
 
 def cross_validate(
@@ -192,18 +328,18 @@ def cross_validate(
     seed: int = 0,
     weighting: Weighting = "absolute",
     slopes: Slopes = "per_prompt",
+    decode: Decode = "line",
 ) -> dict[str, float | int]:
-    """k-fold over (p, o) points: fit on the rest, predict the held-out points.
+    """k-fold over the profiled (p, o) points: fit on the rest, price the held-out points.
 
-    Folds are stratified by prompt size (each fold holds out about 1/k of every size's output
-    lengths), so what is measured is the estimate of queries never profiled. A prompt size
-    left with fewer than two output lengths in a training split is dropped from that split
-    and its held-out points are priced by interpolating PE between the other sizes.
+    It measures how well the model interpolates its own grid, not new queries (those are the
+    profile's validation queries); folds are stratified by prompt size.
     """
     n = len(agg)
     folds = min(folds, n)
+    empty = {"folds": 0, "mape": float("nan"), "max_abs_pct_error": float("nan")}
     if folds < 2:
-        return {"folds": 0, "mape": float("nan"), "max_abs_pct_error": float("nan")}
+        return empty
     rng = np.random.default_rng(seed)
     fold_of = np.empty(n, dtype=int)
     offset = 0
@@ -217,23 +353,18 @@ def cross_validate(
         held_out = fold_of == k
         if not held_out.any():
             continue
-        train = agg[~held_out]
-        counts = train.groupby("prompt_tokens")["output_tokens"].transform("nunique")
-        train = train[counts >= 2]
-        if train.empty:
-            continue
         try:
-            per_p, knots, pe, g, const = _fit_core(train, overhead, weighting)
+            core = _fit_core(agg[~held_out], overhead, weighting, decode)
         except UserError:
             continue
-        model = _cost_model(per_p, knots, pe, g, const, slopes)
+        model = _cost_model(core, slopes)
         test = agg[held_out]
         predicted = model.predict(test["prompt_tokens"], test["output_tokens"])
         actual = test["value"].to_numpy(dtype=float)
         ok = actual > 0
         errors.append(np.abs(predicted[ok] - actual[ok]) / actual[ok])
     if not errors:
-        return {"folds": 0, "mape": float("nan"), "max_abs_pct_error": float("nan")}
+        return empty
     all_errors = np.concatenate(errors)
     return {
         "folds": folds,
@@ -242,51 +373,75 @@ def cross_validate(
     }
 
 
+def _cost_model(core: _Core, slopes: Slopes, **about: Any) -> CostModel:
+    if slopes not in ("per_prompt", "global"):
+        raise UserError(f"unknown slopes {slopes!r}; use per_prompt or global")
+    return CostModel(
+        prompt_sizes=core.knots.astype(int).tolist(),
+        prompt_encoding=core.pe.tolist(),
+        per_output_token=core.g,
+        overhead=core.overhead,
+        output_token_slopes=core.slopes.tolist() if slopes == "per_prompt" else None,
+        decode_curves=core.curves,
+        **about,
+    )
+
+
 def fit_cost_model(
     points: pd.DataFrame,
     quantity: Quantity = "runtime_s",
     denoise: Denoise = "min",
     overhead: OverheadMode | float = "none",
-    folds: int = 5,
+    folds: int = 0,
     model: str = "",
     stack: dict | None = None,
     provenance: dict | None = None,
     weighting: Weighting | None = None,
     slopes: Slopes = "per_prompt",
+    decode: Decode = "line",
+    batch_size: int = 1,
+    accept_poor_fit: bool = False,
 ) -> CostModel:
-    """Fit t(p, o) = PE(p) + (o − 1)·g(p) + overhead to measured points (runtime or energy).
+    """Fit t(p, o) = PE(p) + D(p, o) + overhead to measured points of one batch size.
 
     `points` has one row per trial: prompt_tokens, output_tokens, the `quantity` column
     (runtime_s or energy_j) and optionally status (only "ok" rows are used) and trial.
     `weighting` defaults to absolute for runtime and relative for energy; `slopes` chooses
-    g(p) from each prompt size's slope (default) or the paper's one global g.
+    g(p) from each prompt size's slope (default) or the paper's one global g; `decode` the
+    paper's lines or measured curves (see the module docstring). Raises UserError for points
+    that cannot be fitted, a negative slope, or (unless `accept_poor_fit`) R² < MIN_R2.
     """
     if denoise not in ("min", "median", "mean"):
         raise UserError(f"unknown denoising {denoise!r}; use min, median or mean")
+    if decode not in ("line", "curve"):
+        raise UserError(f"unknown decode form {decode!r}; use line or curve")
+    if folds < 0:
+        raise UserError("folds must be 0 (none) or at least 2")
     weighting = weighting or default_weighting(quantity)
     agg = aggregate_trials(points, quantity, denoise)
-    per_p, knots, pe, g, const = _fit_core(agg, overhead, weighting)
+    core = _fit_core(agg, overhead, weighting, decode)
+    unit = "s" if quantity == "runtime_s" else "J"
+    notes = _check_possible(core, agg, quantity, unit)
+    r2_lines = _check_meaningful(core, agg, quantity, accept_poor_fit)
     cost = _cost_model(
-        per_p,
-        knots,
-        pe,
-        g,
-        const,
+        core,
         slopes,
         quantity=quantity,
         model=model,
         stack=dict(stack or {}),
         provenance=dict(provenance or {}),
+        batch_size=batch_size,
     )
-    predicted = cost.predict(agg["prompt_tokens"], agg["output_tokens"])
     cost.fit = {
         "denoise": denoise,
         "weighting": weighting,
         "slopes": slopes,
+        "decode": decode,
         "overhead_mode": overhead if isinstance(overhead, str) else "given",
         "n_points": len(agg),
         "n_trials": int(agg["trials"].sum()),
-        "r2_overall": _r2(agg["value"].to_numpy(dtype=float), predicted),
+        "max_output_tokens": int(agg["output_tokens"].max()),
+        "r2_overall": r2_lines,
         "per_prompt": [
             {
                 "prompt_tokens": f.prompt_tokens,
@@ -295,11 +450,128 @@ def fit_cost_model(
                 "r2": f.r2,
                 "n_points": f.n_points,
             }
-            for f in per_p
+            for f in core.per_p
         ],
         "max_cv": float(agg["cv"].max()),
-        "cross_validation": cross_validate(
-            agg, overhead, folds, weighting=weighting, slopes=slopes
-        ),
+        "notes": notes,
     }
+    if folds:
+        cost.fit["cross_validation"] = cross_validate(
+            agg, overhead, folds, weighting=weighting, slopes=slopes, decode=decode
+        )
     return cost
+
+
+@dataclass(frozen=True)
+class FitPolicy:
+    """How a profile's points become models: what the user may change, the rest by quantity.
+
+    Runtime: minimum over trials (§4.1), the API's constant overhead (§3.5) for black boxes,
+    lines for APIs and curves for local stacks. Energy: median over trials, no overhead,
+    relative weighting, the same decode form as runtime.
+    """
+
+    api: bool = False
+    denoise: Denoise | None = None  # runtime only; None: min
+    overhead: OverheadMode | float | None = None  # runtime only; None: auto for APIs
+    slopes: Slopes = "per_prompt"
+    decode: Decode | None = None  # None: line for APIs, curve for local stacks
+    folds: int = 0
+    accept_poor_fit: bool = False
+
+    def settings(self, quantity: Quantity, prompt_sizes: int) -> dict[str, Any]:
+        decode = self.decode or ("line" if self.api else "curve")
+        if quantity == "energy_j":
+            return {"denoise": ENERGY_DENOISE, "overhead": "none", "decode": decode}
+        overhead = self.overhead
+        if overhead is None:
+            overhead = "auto" if self.api and prompt_sizes >= 2 else "none"
+        return {"denoise": self.denoise or "min", "overhead": overhead, "decode": decode}
+
+    @property
+    def is_default(self) -> bool:
+        return self == FitPolicy(api=self.api)
+
+
+def fit_profile(
+    points: pd.DataFrame,
+    policy: FitPolicy,
+    model: str = "",
+    stack: dict | None = None,
+    provenance: dict | None = None,
+    quantities: tuple[Quantity, ...] = ("runtime_s", "energy_j"),
+) -> list[CostModel]:
+    """Every model a profile's points give: per quantity present, per batch size.
+
+    The one place that turns points into models (profile, fit RUN, fit --points and the
+    report all call it). Returns runtime models first, each quantity ordered by batch size.
+    """
+    frame = points
+    if "batch_size" not in frame.columns:
+        frame = frame.assign(batch_size=1)
+    models: list[CostModel] = []
+    for quantity in quantities:
+        if quantity not in frame.columns or frame[quantity].notna().sum() == 0:
+            continue
+        for batch, rows in sorted(frame.groupby("batch_size"), key=lambda item: item[0]):
+            usable = rows[rows[quantity].notna()]
+            if "status" in usable.columns:
+                usable = usable[usable["status"] == "ok"]
+            if usable.empty:
+                continue
+            settings = policy.settings(quantity, int(usable["prompt_tokens"].nunique()))
+            models.append(
+                fit_cost_model(
+                    rows,
+                    quantity,
+                    settings["denoise"],
+                    settings["overhead"],
+                    policy.folds,
+                    model=model,
+                    stack=stack,
+                    provenance=provenance,
+                    slopes=policy.slopes,
+                    decode=settings["decode"],
+                    batch_size=int(batch),
+                    accept_poor_fit=policy.accept_poor_fit,
+                )
+            )
+    if not models:
+        raise UserError("no usable runtime_s measurements to fit; profile first")
+    return models
+
+
+def validation_errors(
+    model: CostModel, queries: pd.DataFrame, quantity: Quantity | None = None
+) -> dict[str, Any]:
+    """The model's error on measured queries it never saw (one row per trial, as points).
+
+    Trials are reduced as the model's own points were (its fit's denoising); errors are
+    (estimate − measured) / measured in percent. Returns n, MAPE, max |error| and the mean
+    error (bias: negative means the estimates are low), with each query's row.
+    """
+    quantity = quantity or model.quantity
+    frame = queries
+    if "batch_size" in frame.columns:
+        frame = frame[frame["batch_size"] == model.batch_size]
+    if quantity not in frame.columns or frame[quantity].notna().sum() == 0:
+        return {"n": 0}
+    denoise = (model.fit or {}).get("denoise", "min")
+    try:
+        agg = aggregate_trials(frame, quantity, denoise)
+    except UserError:
+        return {"n": 0}
+    measured = agg["value"].to_numpy(dtype=float)
+    estimate = model.predict(agg["prompt_tokens"].to_numpy(), agg["output_tokens"].to_numpy())
+    ok = measured > 0
+    error = 100 * (estimate[ok] - measured[ok]) / measured[ok]
+    rows = agg[ok].assign(measured=measured[ok], estimate=estimate[ok], error_pct=error)
+    return {
+        "n": int(ok.sum()),
+        "mape_pct": float(np.abs(error).mean()) if error.size else None,
+        "max_error_pct": float(np.abs(error).max()) if error.size else None,
+        "bias_pct": float(error.mean()) if error.size else None,
+        "queries": rows[
+            ["prompt_tokens", "output_tokens", "trials", "measured", "estimate", "error_pct"]
+        ].to_dict("records"),
+    }

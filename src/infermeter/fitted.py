@@ -9,6 +9,8 @@ black box, §3.5). For an API run two models are fitted:
 
 Fits are made in memory and never written back: reading a store for a report must not change
 it. Several stores can be read at once; `StoredRun.label` says which file a run came from.
+`fit_run` is what every verb that fits a stored run calls: the fit policy of infermeter.fit,
+one model per quantity and batch size, each with its validation error attached.
 """
 
 from __future__ import annotations
@@ -23,15 +25,52 @@ import pandas as pd
 from infermeter.cost_model import CostModel
 from infermeter.errors import UserError
 from infermeter.estimate import Pricing, pricing_for
-from infermeter.fit import fit_cost_model
+from infermeter.fit import FitPolicy, fit_profile, validation_errors
 from infermeter.hardware import detect_accelerator
 from infermeter.spec import ModelSpec
 from infermeter.store import RunRecord, Store
 
 API_BACKENDS = frozenset({"openai"})
-# Energy counters move in steps, so short windows can read low; the CLI fits energy on the
-# median for the same reason (cli.ENERGY_DENOISE).
-ENERGY_DENOISE = "median"
+
+
+def run_provenance(run: RunRecord, store: Path | str | None = None) -> dict[str, Any]:
+    """Where a fit's points came from, for its `provenance`."""
+    out: dict[str, Any] = {
+        "run_id": run.id,
+        "device": run.device,
+        "profiled_at": run.created_at,
+        "commit": run.commit_sha,
+        "backend": run.backend_info,
+    }
+    if store is not None:
+        out["store"] = str(store)
+    return out
+
+
+def attach_validation(models: list[CostModel], validation: pd.DataFrame) -> None:
+    """Put each model's error on the validation queries into its fit record (in place)."""
+    if validation.empty:
+        return
+    for model in models:
+        errors = validation_errors(model, validation)
+        if errors.get("n"):
+            model.fit["validation"] = errors
+
+
+def fit_run(store: Store, run_id: int, policy: FitPolicy | None = None) -> list[CostModel]:
+    """The models of a stored run (runtime first, then energy; one per batch size), each
+    with its validation error; nothing is written to the store."""
+    run = store.get_run(run_id)
+    policy = policy or FitPolicy(api=run.backend in API_BACKENDS)
+    models = fit_profile(
+        store.points(run_id),
+        policy,
+        model=run.model,
+        stack=run.stack,
+        provenance=run_provenance(run, store.path),
+    )
+    attach_validation(models, store.validation(run_id))
+    return models
 
 
 @dataclass
@@ -42,6 +81,7 @@ class StoredRun:
     record: RunRecord
     points: pd.DataFrame
     samples: pd.DataFrame = field(default_factory=pd.DataFrame)
+    validation: pd.DataFrame = field(default_factory=pd.DataFrame)
     _fits: dict[tuple[str, str], CostModel | None] = field(default_factory=dict, repr=False)
 
     @property
@@ -129,26 +169,24 @@ class StoredRun:
         return self._fits[key]
 
     def _fit(self, quantity: str, denoise: str) -> CostModel | None:
+        """The smallest batch size's model (the paper's batch of one where profiled)."""
         points = self.points
         if quantity not in points or points[quantity].notna().sum() == 0:
             return None
-        overhead = "auto" if self.is_api and quantity == "runtime_s" else "none"
-        prompt_sizes = points.loc[points.status == "ok", "prompt_tokens"].nunique()
-        if overhead == "auto" and prompt_sizes < 2:
-            overhead = "none"
+        policy = FitPolicy(api=self.is_api, denoise=denoise if quantity == "runtime_s" else None)
         try:
-            return fit_cost_model(
+            models = fit_profile(
                 points,
-                quantity,  # type: ignore[arg-type]
-                denoise,  # type: ignore[arg-type]
-                overhead,  # type: ignore[arg-type]
-                folds=0,
+                policy,
                 model=self.record.model,
                 stack=self.stack,
-                provenance={"run_id": self.record.id, "store": str(self.store)},
+                provenance=run_provenance(self.record, self.store),
+                quantities=(quantity,),  # type: ignore[arg-type]
             )
         except UserError:
             return None
+        attach_validation(models, self.validation)
+        return models[0]
 
     def pricing(self) -> tuple[Pricing, str | None]:
         """What a second of this run's stack costs (an A100 with a note if none is recorded)."""
@@ -169,7 +207,9 @@ def load_runs(stores: list[Path], with_samples: bool = True) -> list[StoredRun]:
                 if points.empty:
                     continue
                 samples = db.samples(int(run_id)) if with_samples else pd.DataFrame()
-                runs.append(StoredRun(Path(path), db.get_run(int(run_id)), points, samples))
+                validation = db.validation(int(run_id))
+                record = db.get_run(int(run_id))
+                runs.append(StoredRun(Path(path), record, points, samples, validation))
     return runs
 
 

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from infermeter.cost_model import CostModel
+from infermeter.cost_model import CostModel, ModelSet, models_from_dict
 from infermeter.errors import UserError
 
 
@@ -90,7 +90,13 @@ def save_helm_efficiency(models: dict[str, CostModel], path: str | Path) -> Path
 
 
 def load_profile(path: str | Path, model: str | None = None) -> CostModel:
-    """A cost model from our JSON file or from one entry of a HELM efficiency_data file."""
+    """A cost model from our JSON file or from one entry of a HELM efficiency_data file (the
+    smallest batch size's where the file holds several)."""
+    return load_model_set(path, model).first()
+
+
+def load_model_set(path: str | Path, model: str | None = None) -> ModelSet:
+    """The models of a file by batch size: ours (one or a set) or one HELM entry (batch 1)."""
     try:
         data = json.loads(Path(path).read_text())
     except OSError as exc:
@@ -98,7 +104,7 @@ def load_profile(path: str | Path, model: str | None = None) -> CostModel:
     except json.JSONDecodeError as exc:
         raise UserError(f"profile {path} is not valid JSON ({exc.msg}, line {exc.lineno})") from exc
     if isinstance(data, dict) and "schema" in data:
-        return CostModel.from_dict(data)
+        return ModelSet(models_from_dict(data))
     if not is_helm_efficiency(data):
         raise UserError(
             f"{path} is neither an infermeter cost model nor HELM efficiency_data; "
@@ -114,4 +120,4 @@ def load_profile(path: str | Path, model: str | None = None) -> CostModel:
             )
     if model not in data:
         raise UserError(f"model {model!r} is not in {path}; it has: {', '.join(list(data)[:10])}")
-    return cost_model_from_helm_entry(model, data[model])
+    return ModelSet([cost_model_from_helm_entry(model, data[model])])

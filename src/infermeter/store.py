@@ -25,7 +25,8 @@ from infermeter.cost_model import CostModel
 from infermeter.errors import UserError
 from infermeter.provenance import git_commit, package_version
 
-SCHEMA_VERSION = 1
+# 2: the validation table (queries a profile measures after its grid, never fitted).
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -46,6 +47,22 @@ CREATE TABLE IF NOT EXISTS runs (
     status TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS points (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    prompt_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    batch_size INTEGER NOT NULL,
+    trial INTEGER NOT NULL,
+    runtime_s REAL,
+    ttft_s REAL,
+    energy_j REAL,
+    output_tokens_actual INTEGER,
+    status TEXT NOT NULL,
+    detail TEXT,
+    extra_json TEXT,
+    measured_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, prompt_tokens, output_tokens, batch_size, trial)
+);
+CREATE TABLE IF NOT EXISTS validation (
     run_id INTEGER NOT NULL REFERENCES runs(id),
     prompt_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL,
@@ -308,8 +325,16 @@ class Store:
 
     # ---- points ------------------------------------------------------------------------
     def finished_points(self, run_id: int) -> set[Point]:
+        """The grid trials stored (errors excepted: those are measured again)."""
+        return self._finished("points", run_id)
+
+    def finished_validation(self, run_id: int) -> set[Point]:
+        """The validation trials stored (errors excepted)."""
+        return self._finished("validation", run_id)
+
+    def _finished(self, table: str, run_id: int) -> set[Point]:
         rows = self._db.execute(
-            "SELECT prompt_tokens, output_tokens, batch_size, trial FROM points "
+            f"SELECT prompt_tokens, output_tokens, batch_size, trial FROM {table} "
             "WHERE run_id = ? AND status != 'error'",
             (run_id,),
         ).fetchall()
@@ -317,26 +342,37 @@ class Store:
 
     def record_point(self, run_id: int, point: Point, m: Measurement) -> None:
         """Commit one measurement durably before the caller moves on."""
-        with self.transaction():
-            self._db.execute(
-                "INSERT OR REPLACE INTO points VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    run_id,
-                    point.prompt_tokens,
-                    point.output_tokens,
-                    point.batch_size,
-                    point.trial,
-                    m.runtime_s,
-                    m.ttft_s,
-                    m.energy_j,
-                    m.output_tokens_actual,
-                    m.status,
-                    m.detail,
-                    json.dumps(m.extra, sort_keys=True) if m.extra else None,
-                    utc_now(),
-                ),
+        self.record_points(run_id, [(point, m)])
+
+    def record_points(
+        self, run_id: int, measured: list[tuple[Point, Measurement]], validation: bool = False
+    ) -> None:
+        """Commit the trials of one point together (grid points, or validation queries)."""
+        table = "validation" if validation else "points"
+        now = utc_now()
+        rows = [
+            (
+                run_id,
+                point.prompt_tokens,
+                point.output_tokens,
+                point.batch_size,
+                point.trial,
+                m.runtime_s,
+                m.ttft_s,
+                m.energy_j,
+                m.output_tokens_actual,
+                m.status,
+                m.detail,
+                json.dumps(m.extra, sort_keys=True) if m.extra else None,
+                now,
             )
-            self._db.execute("UPDATE runs SET updated_at=? WHERE id=?", (utc_now(), run_id))
+            for point, m in measured
+        ]
+        with self.transaction():
+            self._db.executemany(
+                f"INSERT OR REPLACE INTO {table} VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+            )
+            self._db.execute("UPDATE runs SET updated_at=? WHERE id=?", (now, run_id))
 
     def record_samples(self, run_id: int, samples: pd.DataFrame) -> None:
         """Append power/utilisation samples (t in Unix seconds)."""
@@ -358,8 +394,16 @@ class Store:
         )
 
     def points(self, run_id: int) -> pd.DataFrame:
+        """The grid's trials, one row each (the columns of the points table)."""
+        return self._table("points", run_id)
+
+    def validation(self, run_id: int) -> pd.DataFrame:
+        """The validation queries' trials, with the same columns as points."""
+        return self._table("validation", run_id)
+
+    def _table(self, table: str, run_id: int) -> pd.DataFrame:
         return pd.read_sql_query(
-            "SELECT * FROM points WHERE run_id = ? "
+            f"SELECT * FROM {table} WHERE run_id = ? "
             "ORDER BY prompt_tokens, output_tokens, batch_size, trial",
             self._db,
             params=(run_id,),
@@ -373,6 +417,18 @@ class Store:
                 (run_id, model.quantity, json.dumps(model.to_dict()), utc_now()),
             )
         return int(cursor.lastrowid)
+
+    def latest_fits(self, run_id: int) -> list[CostModel]:
+        """The newest stored model of each (quantity, batch size): runtime first."""
+        rows = self._db.execute(
+            "SELECT model_json FROM fits WHERE run_id = ? ORDER BY id DESC", (run_id,)
+        ).fetchall()
+        newest: dict[tuple[str, int], CostModel] = {}
+        for row in rows:
+            model = CostModel.from_dict(json.loads(row["model_json"]))
+            newest.setdefault((model.quantity, model.batch_size), model)
+        order = {"runtime_s": 0, "energy_j": 1}
+        return [newest[k] for k in sorted(newest, key=lambda k: (order.get(k[0], 2), k[1]))]
 
     def latest_fit(self, run_id: int, quantity: str = "runtime_s") -> CostModel | None:
         row = self._db.execute(

@@ -1,0 +1,220 @@
+"""Estimates a user can trust (issue 15): decode curves, validation queries, no impossible
+numbers, batch size as a dimension, one fit policy, and verbs that read without writing."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from infermeter.catalog import get_spec
+from infermeter.cost_model import CostModel, ModelSet, models_from_dict, save_models
+from infermeter.errors import UserError
+from infermeter.estimate import Pricing, estimate_queries
+from infermeter.fit import FitPolicy, fit_cost_model, fit_profile, validation_errors
+from infermeter.profile import ProfileGrid, default_grid, validation_queries
+
+runner = CliRunner()
+PRICING = Pricing("test", 1, 3.6, 100.0)  # $0.001 and 100 J per second
+
+
+def invoke(*args: str | Path):
+    from infermeter.cli import app
+
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def stack_like(p: int, o: int) -> float:
+    """A stack whose first decode step after a long prompt costs more than later ones, and
+    whose steps grow with the context (what the bias diagnosis measured on an H200)."""
+    pe = 0.005 + 2.2e-5 * p
+    first = 0.0037 + 1.1e-6 * p if o >= 2 else 0.0
+    later = sum(0.0039 + 1.2e-7 * (p + i) for i in range(2, o))
+    return pe + first + later
+
+
+def frame(shapes: list[tuple[int, int]], trials: int = 2, batch: int = 1) -> pd.DataFrame:
+    rows = [(p, o, batch, t, stack_like(p, o)) for p, o in shapes for t in range(trials)]
+    return pd.DataFrame(
+        rows, columns=["prompt_tokens", "output_tokens", "batch_size", "trial", "runtime_s"]
+    )
+
+
+GRID_SHAPES = [(p, o) for p in (1, 737, 1505) for o in (1, 2, 4, 8, 16, 32, 64, 128, 512)] + [
+    (p, 1) for p in (97, 225, 353, 481, 609, 865, 993, 1121, 1249, 1377, 1633, 1761, 1889, 2047)
+]
+
+
+def test_curves_price_short_outputs_that_a_line_prices_low() -> None:
+    points = frame(GRID_SHAPES)
+    line = fit_cost_model(points, decode="line")
+    curve = fit_cost_model(points, decode="curve")
+    queries = frame([(1662, 1), (1487, 6), (1357, 7), (1000, 4), (700, 64), (1200, 300)], 1)
+    line_err = validation_errors(line, queries)
+    curve_err = validation_errors(curve, queries)
+    # The line runs below the 4- to 7-token outputs: it misses the dearer first step.
+    assert min(q["error_pct"] for q in line_err["queries"]) < -1.5
+    assert curve_err["max_error_pct"] < 0.5 and abs(curve_err["bias_pct"]) < 0.3
+    assert curve.fit["decode"] == "curve" and len(curve.decode_curves) == 3
+    # PE is the measured o = 1 time at each of the 17 prompt sizes profiled at o = 1.
+    assert len(curve.prompt_sizes) == 17
+    assert curve.predict(2047, 1) == pytest.approx(stack_like(2047, 1))
+
+
+def test_a_model_file_round_trips_with_its_curves(tmp_path: Path) -> None:
+    model = fit_cost_model(frame(GRID_SHAPES), decode="curve")
+    again = CostModel.from_dict(json.loads(model.save(tmp_path / "m.json").read_text()))
+    p = np.array([1, 300, 1700, 2000])
+    o = np.array([1, 9, 200, 40])
+    assert np.allclose(again.predict(p, o), model.predict(p, o), rtol=1e-12)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 4000), st.integers(1, 5000)), min_size=1, max_size=20),
+    st.floats(0.0, 0.05),
+)
+def test_no_estimate_is_negative(queries: list[tuple[int, int]], noise: float) -> None:
+    rng = np.random.default_rng(len(queries))
+    points = frame(GRID_SHAPES)
+    points["runtime_s"] *= 1 + rng.normal(0, noise, len(points))
+    points["runtime_s"] = points["runtime_s"].abs()
+    try:
+        model = fit_cost_model(points, decode="curve")
+    except UserError:
+        return  # refused: nothing priced
+    p, o = np.array(queries).T
+    assert (model.predict(p, o) >= 0).all()
+
+
+def test_a_negative_slope_beyond_the_noise_is_refused_with_the_points() -> None:
+    """A points file whose runtime falls as outputs grow: g < 0 by far more than its error."""
+    points = pd.DataFrame(
+        {
+            "prompt_tokens": [8, 8, 8, 64, 64, 64],
+            "output_tokens": [1, 500, 1000, 1, 500, 1000],
+            "runtime_s": [0.30, 0.20, 0.10, 0.35, 0.25, 0.15],
+        }
+    )
+    with pytest.raises(UserError, match=r"negative time per output token \(g = -0.0002") as info:
+        fit_cost_model(points)
+    assert "(p=8, o=1: 0.3 s)" in str(info.value) and "--trials 5" in str(info.value)
+
+
+def test_a_slope_lost_in_the_noise_is_priced_as_zero_with_a_note() -> None:
+    points = pd.DataFrame(
+        {
+            "prompt_tokens": [8] * 4 + [64] * 4,
+            "output_tokens": [1, 2, 3, 4] * 2,
+            "runtime_s": [0.101, 0.099, 0.102, 0.0995, 0.201, 0.199, 0.2015, 0.1995],
+        }
+    )
+    model = fit_cost_model(points)
+    assert model.per_output_token == 0.0
+    assert any("not resolved above the noise" in n for n in model.fit["notes"])
+    assert (model.predict([8, 64], [1000, 1000]) > 0).all()
+
+
+def test_two_batch_sizes_give_two_models_and_estimate_prices_each(tmp_path: Path) -> None:
+    points = pd.concat(
+        [
+            frame(GRID_SHAPES, batch=1),
+            frame(GRID_SHAPES, batch=8).eval("runtime_s = runtime_s * 1.3"),
+        ]
+    )
+    models = fit_profile(points, FitPolicy())
+    assert [(m.quantity, m.batch_size) for m in models] == [("runtime_s", 1), ("runtime_s", 8)]
+    path = save_models(models, tmp_path / "m.json")
+    loaded = ModelSet(models_from_dict(json.loads(path.read_text())))
+    assert loaded.batch_sizes == [1, 8]
+    queries = pd.DataFrame({"prompt_tokens": [500, 500], "output_tokens": [20, 20],
+                            "batch_size": [1, 8]})  # fmt: skip
+    priced = estimate_queries(queries, loaded, PRICING)
+    assert priced.runtime_s[1] == pytest.approx(1.3 * priced.runtime_s[0], rel=1e-9)
+    # A query's dollars are its share of the batch: 1.3 × the time over 8 queries.
+    assert priced.cost_usd[1] == pytest.approx(priced.cost_usd[0] * 1.3 / 8, rel=1e-9)
+    with pytest.raises(UserError, match=r"no model for batch size 4 \(it has 1, 8\)"):
+        estimate_queries(queries.assign(batch_size=[1, 4]), loaded, PRICING)
+    # The command line takes the column too, and refuses a size with the same sentence.
+    queries_csv = tmp_path / "q.csv"
+    queries.assign(batch_size=[8, 4]).to_csv(queries_csv, index=False)
+    result = invoke("estimate", "--profile", path, "--queries", queries_csv)
+    assert result.exit_code == 2 and "no model for batch size 4 (it has 1, 8)" in result.stderr
+
+
+def test_fit_points_fits_energy_with_the_energy_policy(tmp_path: Path) -> None:
+    """Median over trials and no overhead for energy, whatever --denoise/--overhead say."""
+    points = frame(GRID_SHAPES, trials=3)
+    points["energy_j"] = 600 * points.runtime_s * np.tile([1.0, 1.02, 0.99], len(points) // 3)
+    path = tmp_path / "points.csv"
+    points.to_csv(path, index=False)
+    out = tmp_path / "m.json"
+    result = invoke("fit", "--points", path, "--overhead", "auto", "--denoise", "min",
+                    "--output", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    energy = CostModel.from_dict(json.loads((tmp_path / "m.energy.json").read_text()))
+    runtime = CostModel.from_dict(json.loads(out.read_text()))
+    assert energy.fit["denoise"] == "median" and energy.overhead == 0.0
+    assert energy.fit["overhead_mode"] == "none"
+    assert runtime.fit["denoise"] == "min" and runtime.fit["overhead_mode"] == "auto"
+
+
+def test_validation_queries_are_never_profiled_and_look_like_real_work() -> None:
+    spec = get_spec("llama-7b")
+    grid = default_grid(spec, on_gpu=True)
+    queries = validation_queries(spec, grid, 16)
+    assert validation_queries(spec, grid, 16) == queries  # the same on every rerun
+    profiled = set(grid.prompt_sizes) | set(grid.pe_sizes)
+    assert len(queries) == 16
+    for q in queries:
+        assert q.prompt_tokens % 64 and q.prompt_tokens not in profiled
+        assert q.prompt_tokens + q.output_tokens <= spec.max_context
+    short = [q for q in queries if q.output_tokens <= 16]
+    assert len(short) >= 8 and max(q.prompt_tokens for q in short) > 1024
+    assert max(q.output_tokens for q in queries) > 256
+    # The grid covers the whole context and its knots sit off multiples of 64.
+    assert max(grid.pe_sizes) == spec.max_context - 1
+    assert all(p % 64 for p in (*grid.prompt_sizes, *grid.pe_sizes) if p > 64)
+
+
+@pytest.mark.slow
+def test_reading_verbs_leave_the_stores_fits_unchanged(tmp_path: Path) -> None:
+    store = tmp_path / "s.sqlite"
+    result = invoke("profile", "tiny-llama", "--device", "cpu", "--prompt-sizes", "1,16",
+                    "--output-sizes", "1,4,8", "--trials", "2", "--store", store)  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+    def fits() -> list[tuple]:
+        return sqlite3.connect(store).execute("SELECT * FROM fits ORDER BY id").fetchall()
+
+    stored = fits()
+    assert stored  # the profile stored its fit
+    for args in (
+        ("show",),
+        ("variance",),
+        ("export", "--helm", tmp_path / "helm.json"),
+        ("fit", "--denoise", "median"),  # exploratory: printed, not stored
+        ("report", "--output", tmp_path / "r.html"),
+    ):
+        done = invoke(*args, "--store", store)
+        assert done.exit_code == 0, (args, done.output)
+        assert fits() == stored, args
+    assert "not stored as the run's fit" in invoke("fit", "--denoise", "median", "--store",
+                                                   store).stdout  # fmt: skip
+    assert invoke("fit", "--denoise", "median", "--save", "--store", store).exit_code == 0
+    assert len(fits()) > len(stored)
+
+
+def test_a_grid_of_pe_sizes_is_measured_at_one_output_length_only() -> None:
+    grid = ProfileGrid((1, 32), (1, 4), (1,), 2, pe_sizes=(97,))
+    shapes = [(s.prompt_tokens, s.output_tokens) for s in grid.shapes()]
+    assert shapes == [(1, 1), (1, 4), (32, 1), (32, 4), (97, 1)]
+    assert len(grid.points()) == 10
+    assert "pe_sizes" not in ProfileGrid((1, 32), (1, 4)).to_dict()  # older keys unchanged
