@@ -276,9 +276,11 @@ def run_profile(
             meter.measure_idle(1.0)
             meter.start()
             if warmup_s > 0:
+                # The longest generation after the longest prompt that allows it: decode
+                # and prefill, the work the profile is made of (not a prefill-only PE knot).
                 heavy = max(
                     grid_todo or check_todo,
-                    key=lambda p: (p.batch_size, p.prompt_tokens, p.output_tokens),
+                    key=lambda p: (p.batch_size, p.output_tokens, p.prompt_tokens),
                 )
                 info["thermal_warmup"] = thermal_warmup(backend, heavy, meter, warmup_s)
                 store.update_run_backend(run.id, info)

@@ -272,6 +272,10 @@ class Engine:
         if self._prefill is not None and self._prefill.key == key:
             return self._prefill
         self._prefill = None  # free the previous shape's activations first
+        if not self._graph_cache:
+            # Those were the pool's only graphs: the allocator retires a pool whose graphs are
+            # all gone, and capturing into it again fails an internal assert.
+            self._pool = None
         torch.cuda.empty_cache()  # eager warm-up blocks back to the driver, for the pool
         tokens = torch.zeros(batch, width, device=self.device, dtype=torch.long)
         lengths = torch.full((batch,), width, device=self.device) if padded else None
