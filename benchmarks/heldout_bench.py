@@ -5,7 +5,8 @@ fit --output m.json` and `infermeter estimate --profile m.json --energy-profile 
 for queries drawn here, each command in a process of its own with the wall clock around it.
 The queries are then measured in another fresh process that shares nothing with the profile's
 measuring code: the engine is driven directly, the wall clock is read around each whole
-generate() call (token ids in, token ids out; minimum of 3 trials), and energy is read from the
+generate() call (token ids in, token ids out; after one untimed first call of the shape, the
+minimum of 3 trials back to back), and energy is read from the
 NVML total-energy counter by this script's own code, over at least 1 s of the query repeated
 back to back (the window starts on a counter step; at its end the counter's next step is
 awaited and the idle power measured beforehand is taken off for the wait).
@@ -140,28 +141,27 @@ def measure(model: str, queries_csv: Path, out_csv: Path, device: str) -> None:
     for query in queries.itertuples(index=False):
         p, o = int(query.prompt_tokens), int(query.output_tokens)
         prompt = rng.integers(0, spec.vocab_size, p).tolist()
-        first = call(prompt, o)  # a first call of a shape sets it up; it counts as a trial
+        setup_s = call(prompt, o)  # a user's first call of a shape: setup, not timed
+        trials = [call(prompt, o) for _ in range(3)]  # back to back, as a user times them
         energy_j = runs = None
         if counter is not None:
             start_j, _ = counter.next_step()
             window_started = time.perf_counter()
-            trials = [call(prompt, o), call(prompt, o)]
-            runs = 2
-            while time.perf_counter() - window_started < 1.0:
+            runs = 0
+            while runs == 0 or time.perf_counter() - window_started < 1.0:
                 call(prompt, o)
                 runs += 1
             ended = time.perf_counter()
             end_j, stepped = counter.next_step()
             energy_j = (end_j - start_j - counter.idle_w * (stepped - ended)) / runs
-        else:
-            trials = [call(prompt, o), call(prompt, o)]
         rows.append(
             {
                 "id": query.id,
                 "prompt_tokens": p,
                 "output_tokens": o,
-                "measured_s": min(first, *trials),
-                "trials_s": [first, *trials],
+                "measured_s": min(trials),
+                "trials_s": trials,
+                "setup_s": setup_s,
                 "measured_j": energy_j,
                 "energy_runs": runs,
             }

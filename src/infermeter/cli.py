@@ -373,10 +373,10 @@ def profile(
     energy: bool = typer.Option(True, help="Meter GPU energy through NVML where present."),
     sample_interval: float = typer.Option(0.1, help="Power/utilisation sampling period (s)."),
     warmup: float = typer.Option(
-        20.0,
+        10.0,
         "--warmup-s",
-        help="Seconds of load before a metered profile, so energy is measured at working "
-        "temperature (a cold card reads a few percent low; the profile then keeps it busy).",
+        help="Seconds of load before a metered profile (after its first call, which sets the "
+        "shape up), so energy is measured on a warm card; the profile then keeps it busy.",
     ),
     accept_poor_fit: bool = typer.Option(
         False, help="Keep a fit whose lines explain little of the measurements (R² < 0.5)."
