@@ -3,8 +3,8 @@
 On a GPU the engine self-checks them at start; this checks their arithmetic in CI, where
 there is no GPU: the GEMV (plain, and with bias and residual folded in) against float math,
 and whole greedy generations of tiny models through the Triton decode path (rotary + cache
-write, split-K flash-decoding with GQA and ALiBi, RMSNorm, SiLU·mul) against the plain SDPA
-path.
+write, split-K flash-decoding with GQA and ALiBi, RMSNorm, SiLU·mul; ring-buffer slots,
+sinks and soft-capping; the MoE grouped GEMM) against the plain SDPA path.
 """
 
 from __future__ import annotations
@@ -41,8 +41,32 @@ def test_gemv_modes_match_float_math(interpreted: dict, mode: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gptj", "tiny-bloom"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "tiny-llama",
+        "tiny-gptj",
+        "tiny-bloom",
+        "tiny-qwen3-moe",
+        "tiny-deepseek-v2",
+        "tiny-gpt-oss",
+        "tiny-gemma2",
+    ],
+)
 def test_triton_decode_gives_the_tokens_of_the_plain_path(interpreted: dict, model: str) -> None:
     tokens = interpreted["tokens"][model]
     assert len(tokens["sdpa"]) == 2 and all(len(row) == 6 for row in tokens["sdpa"])
     assert tokens["triton"] == tokens["sdpa"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["tokens_3", "tokens_40"])
+def test_moe_grouped_gemm_matches_the_expert_loop(interpreted: dict, size: str) -> None:
+    """Decode (16-row blocks) and prefill (64-row blocks) sizes, with expert biases."""
+    assert interpreted["moe"][size] < 1e-5
+
+
+@pytest.mark.slow
+def test_decode_attention_sinks_softcap_and_ring_slots(interpreted: dict) -> None:
+    assert interpreted["attention"]["sinks_softcap_scale"] < 1e-5
+    assert interpreted["attention"]["ring_slots"] == 0.0

@@ -93,9 +93,10 @@ def _attn_split(
     Q, K, V, Lens, Slopes, Part, Lse,
     stride_qb, stride_qh, stride_kb, stride_kn, stride_kh,
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
-    nkv, chunk, scale,
+    nkv, chunk, scale, softcap,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     D: tl.constexpr, BLOCK_D: tl.constexpr, ALIBI: tl.constexpr, PDL: tl.constexpr,
+    SOFTCAP: tl.constexpr = False,
 ):  # fmt: skip
     _grid_sync(PDL)
     bh = tl.program_id(0)
@@ -129,6 +130,8 @@ def _attn_split(
         k = tl.load(K + offs, mask=kv_mask, other=0.0)
         v = tl.load(V + offs, mask=kv_mask, other=0.0)  # in flight with K, not after softmax
         s = tl.dot(q, tl.trans(k)) * scale
+        if SOFTCAP:  # c·tanh(s / c), tanh from exp (the interpreter has no libdevice)
+            s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * s / softcap) + 1.0))
         if ALIBI:
             s += slope[:, None] * (n[None, :] - (length - 1)).to(tl.float32)
         s = tl.where(nmask[None, :], s, float("-inf"))
@@ -147,9 +150,10 @@ def _attn_split(
 
 @triton.jit
 def _attn_combine(
-    Part, Lse, Out, nq, splits,
+    Part, Lse, Out, Sinks, nq, splits,
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh,
     BLOCK_S: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+    SINKS: tl.constexpr = False,
 ):  # fmt: skip
     _grid_sync(PDL)
     pid = tl.program_id(0)
@@ -160,8 +164,14 @@ def _attn_combine(
     smask = s < splits
     dmask = dd < D
     lse = tl.load(Lse + b * stride_lb + h * stride_lh + s, mask=smask, other=float("-inf"))
-    w = tl.exp(lse - tl.max(lse, 0))
-    w = w / tl.sum(w, 0)
+    if SINKS:  # gpt-oss: a per-head logit joins every softmax (its value row is zero)
+        sink = tl.load(Sinks + h).to(tl.float32)
+        top = tl.maximum(tl.max(lse, 0), sink)
+        w = tl.exp(lse - top)
+        w = w / (tl.sum(w, 0) + tl.exp(sink - top))
+    else:
+        w = tl.exp(lse - tl.max(lse, 0))
+        w = w / tl.sum(w, 0)
     part = tl.load(
         Part + b * stride_pb + h * stride_ph + s[:, None] * stride_ps + dd[None, :],
         mask=smask[:, None] & dmask[None, :],
@@ -172,10 +182,18 @@ def _attn_combine(
 
 
 def decode_attention(
-    q: Tensor, cache: Tensor, lengths: Tensor, slopes: Tensor | None = None
+    q: Tensor,
+    cache: Tensor,
+    lengths: Tensor,
+    slopes: Tensor | None = None,
+    scale: float | None = None,
+    softcap: float | None = None,
+    sinks: Tensor | None = None,
 ) -> Tensor:
     """q [b, nq, d] (rows may be strided), cache [b, L, 2, nkv, d], lengths [b] int32 ->
-    [b, nq, d]: each query attends to keys [0, lengths[i]) of its sequence."""
+    [b, nq, d]: each query attends to keys [0, lengths[i]) of its sequence, with softmax
+    scale `scale` (default d^-1/2), scores soft-capped at `softcap` and per-head sink logits
+    `sinks` [nq] when given."""
     b, nq, d = q.shape
     length, nkv = cache.shape[1], cache.shape[3]
     group = nq // nkv
@@ -192,36 +210,40 @@ def decode_attention(
         q, k, v, lengths, slopes if slopes is not None else lengths, part, lse,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
-        nkv, chunk, d**-0.5,
+        nkv, chunk, d**-0.5 if scale is None else scale, softcap or 1.0,
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=BLOCK_N,
-        D=d, BLOCK_D=block_d, ALIBI=slopes is not None, num_warps=4, **launch,
+        D=d, BLOCK_D=block_d, ALIBI=slopes is not None, num_warps=4,
+        SOFTCAP=softcap is not None, **launch,
     )  # fmt: skip
     out = torch.empty(b, nq, d, device=q.device, dtype=q.dtype)
     _attn_combine[(b * nq,)](
-        part, lse, out, nq, splits,
+        part, lse, out, sinks if sinks is not None else lse, nq, splits,
         part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
         out.stride(0), out.stride(1),
-        BLOCK_S=triton.next_power_of_2(splits), D=d, BLOCK_D=block_d, num_warps=4, **launch,
+        BLOCK_S=triton.next_power_of_2(splits), D=d, BLOCK_D=block_d, num_warps=4,
+        SINKS=sinks is not None, **launch,
     )  # fmt: skip
     return out
 
 
 @triton.jit
 def _rope_store(
-    QKV, Cache, Pos, Cos, Sin,
+    QKV, Cache, Pos, Cos, Sin, Slots,
     stride_xb, stride_xh, stride_cb, stride_cn, stride_c2, stride_ch, stride_t,
     NQ: tl.constexpr, NKV: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-    ROT: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr,
+    ROT: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr, RING: tl.constexpr = False,
 ):  # fmt: skip
     _grid_sync(PDL)
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     pos = tl.load(Pos + b)
+    if RING:  # noqa: SIM108 (a windowed layer's ring buffer: slot pos % ring, not pos)
+        at = tl.load(Slots + b)
+    else:
+        at = pos
     row = QKV + b * stride_xb + h * stride_xh
     kv = h - NQ
-    slot = (
-        Cache + b * stride_cb + pos * stride_cn + (kv // NKV) * stride_c2 + (kv % NKV) * stride_ch
-    )
+    slot = Cache + b * stride_cb + at * stride_cn + (kv // NKV) * stride_c2 + (kv % NKV) * stride_ch
     if ROT > 0:
         if h < NQ + NKV:  # a query or key head: rotate its first ROT dims
             i = tl.arange(0, HALF)
@@ -253,19 +275,28 @@ def _rope_store(
 
 
 def rope_store(
-    qkv: Tensor, cache: Tensor, pos: Tensor, cos: Tensor | None, sin: Tensor | None, nq: int
+    qkv: Tensor,
+    cache: Tensor,
+    pos: Tensor,
+    cos: Tensor | None,
+    sin: Tensor | None,
+    nq: int,
+    slots: Tensor | None = None,
 ) -> None:
-    """qkv [b, nq+2nkv, d]: rotate Q in place, write rotated K and V to cache[i, pos[i]]."""
+    """qkv [b, nq+2nkv, d]: rotate Q in place (angle of position pos[i]), write rotated K and
+    V to cache[i, slots[i]] (default: cache[i, pos[i]])."""
     b, heads, d = qkv.shape
     nkv = cache.shape[3]
     rot = 0 if cos is None else 2 * cos.shape[1]
     table = cos if cos is not None else pos
     _rope_store[(b, heads)](
         qkv, cache, pos, table, sin if sin is not None else table,
+        slots if slots is not None else pos,
         qkv.stride(0), qkv.stride(1), cache.stride(0), cache.stride(1), cache.stride(2),
         cache.stride(3), table.stride(0) if rot else 0,
         NQ=nq, NKV=nkv, D=d, BLOCK_D=triton.next_power_of_2(d), ROT=rot,
-        HALF=triton.next_power_of_2(max(rot // 2, 1)), num_warps=1, **_launch(qkv.device),
+        HALF=triton.next_power_of_2(max(rot // 2, 1)), num_warps=1,
+        RING=slots is not None, **_launch(qkv.device),
     )  # fmt: skip
 
 

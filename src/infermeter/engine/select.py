@@ -120,6 +120,10 @@ def flash_problem(model: Decoder) -> str | None:
         return f"FlashAttention needs float16/bfloat16, not {model.dtype}"
     if model.slopes is not None:
         return "ALiBi uses the masked path"
+    if model.mla:
+        return "MLA decodes in its latent space (its own attention)"
+    if any(blk.sinks is not None or blk.softcap is not None for blk in model.layers):
+        return "attention sinks / soft-capped scores are not in FlashAttention's varlen API"
     if spec.dim_head % 8 or spec.dim_head > 256:
         return f"head_dim {spec.dim_head} unsupported by FlashAttention"
     try:
@@ -134,6 +138,42 @@ def flash_problem(model: Decoder) -> str | None:
     except Exception as error:  # missing op, unsupported GPU or build
         return f"FlashAttention varlen unavailable: {type(error).__name__}: {error}"[:300]
     return None
+
+
+def moe_problem(model: Decoder, moe: Any) -> str | None:
+    """Why the Triton grouped GEMM cannot run this model's experts (None: it can, checked
+    against the dense path on the layer's own weights at a decode and a prefill size)."""
+    if model.device.type != "cuda":
+        return "not on CUDA"
+    if model.dtype not in (torch.float16, torch.bfloat16):
+        return f"Triton MoE kernels are for float16/bfloat16, not {model.dtype}"
+    try:
+        from infermeter.engine import moe_kernels
+
+        moe.kernels = moe_kernels
+        for tokens in (3, 40):
+            x = torch.randn(tokens, model.spec.hidden_size, device=model.device, dtype=model.dtype)
+            ids, weights = moe.route(x)
+            if not _close(moe._triton(x, ids, weights), moe._dense(x, ids, weights)):
+                return "Triton MoE grouped GEMM self-check mismatch"
+    except Exception as error:  # compiler missing, unsupported GPU, ...
+        return f"Triton MoE kernels failed: {type(error).__name__}: {error}"[:300]
+    return None
+
+
+def choose_moe(model: Decoder) -> tuple[str | None, str | None]:
+    """The expert path of every MoE layer (see engine/moe.py) and why Triton was skipped:
+    "triton" on CUDA when it passes its self-check, else "dense" (static shapes for CUDA
+    graphs, reads every expert); "loop" on CPU. (None, None) without MoE layers."""
+    layers = [blk.moe for blk in model.layers if blk.moe is not None]
+    if not layers:
+        return None, None
+    problem = moe_problem(model, layers[0])
+    fallback = "dense" if model.device.type == "cuda" else "loop"
+    path = "triton" if problem is None else fallback
+    for moe in layers:
+        moe.path, moe.kernels = path, layers[0].kernels
+    return path, (None if model.device.type != "cuda" else problem)
 
 
 def choose_attention(model: Decoder, wanted: str = "auto") -> tuple[str, dict[str, str]]:
