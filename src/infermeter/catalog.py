@@ -863,3 +863,93 @@ def catalog_table() -> pd.DataFrame:
         for s in CATALOG.values()
     ]
     return pd.DataFrame(rows)
+
+
+def _attention_text(spec: ModelSpec) -> str:
+    if spec.mla is not None:
+        m = spec.mla
+        q = f"q_lora {m.q_lora_rank}" if m.q_lora_rank else "full-rank q"
+        return (
+            f"multi-head latent: {spec.num_heads} heads, kv_lora {m.kv_lora_rank}, "
+            f"rope {m.qk_rope_dim}, nope {m.qk_nope_dim}, v {m.v_head_dim}, {q}"
+        )
+    kind = "MHA" if spec.kv_heads == spec.num_heads else "MQA" if spec.kv_heads == 1 else "GQA"
+    return f"{kind}: {spec.num_heads} heads, {spec.kv_heads} KV heads, head_dim {spec.dim_head}"
+
+
+def _variants_text(spec: ModelSpec) -> str:
+    parts = []
+    if spec.sliding_window is not None:
+        sliding = sum(spec.layer_window(i) is not None for i in range(spec.num_layers))
+        parts.append(f"window {spec.sliding_window} on {sliding}/{spec.num_layers} layers")
+    if spec.attention_sinks:
+        parts.append("sinks")
+    if spec.attn_softcap:
+        parts.append(f"score soft-cap {spec.attn_softcap:g}")
+    if spec.final_softcap:
+        parts.append(f"logit soft-cap {spec.final_softcap:g}")
+    if spec.qk_norm != "none":
+        parts.append(f"qk-norm ({spec.qk_norm})")
+    if spec.norm_placement != "pre":
+        parts.append(f"{spec.norm_placement} norms")
+    if spec.parallel_attn_ffn:
+        parts.append("parallel attention + FFN")
+    if spec.rope_scaling:
+        parts.append(f"rope {spec.rope_scaling.get('rope_type')}")
+    return ", ".join(parts) or "-"
+
+
+def _ffn_text(spec: ModelSpec) -> str:
+    moe = spec.moe
+    dense = f"{spec.ffn_kind} {spec.ffn_dim}"
+    if moe is None:
+        return dense
+    shared = f" + shared {moe.shared_ffn_size}" if moe.shared_ffn_size else ""
+    text = (
+        f"MoE on {spec.num_moe_layers}/{spec.num_layers} layers: top-{moe.experts_per_token} of "
+        f"{moe.num_experts} experts of {spec.ffn_kind} {moe.expert_ffn_size}{shared}"
+    )
+    return text + (f"; dense layers {dense}" if spec.num_moe_layers < spec.num_layers else "")
+
+
+def spec_report(
+    spec: ModelSpec, context: int = 2048, batches: tuple[int, ...] = (1, 8, 64, 256)
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What infermeter derives from a spec, for `infermeter models --show`.
+
+    Returns (facts, per_batch): facts is a two-column table (figure, value) of the layout,
+    total and active parameters, weight bytes at the spec's dtype and KV-cache bytes; per_batch
+    has, for one decode step at `context` cached tokens and each batch size, the expected
+    distinct experts per MoE layer (E·(1 − (1 − k/E)^b)), FLOPs, bytes read and FLOPs/byte.
+    """
+    gb = 1e9
+    facts = [
+        ("name", spec.name),
+        ("family", spec.family),
+        ("layers / hidden / vocab", f"{spec.num_layers} / {spec.hidden_size} / {spec.vocab_size}"),
+        ("attention", _attention_text(spec)),
+        ("attention variants", _variants_text(spec)),
+        ("FFN", _ffn_text(spec)),
+        ("total parameters", f"{spec.num_params / 1e9:.3f} B"),
+        ("active parameters per token", f"{spec.active_params() / 1e9:.3f} B"),
+        ("weights", f"{spec.weight_bytes / gb:.2f} GB at {spec.dtype}"),
+        ("KV cache per token", f"{spec.kv_cache_bytes(1) / 1e6:.4f} MB (all layers)"),
+        (f"KV cache at {context} tokens", f"{spec.kv_cache_bytes(context) / gb:.3f} GB"),
+        ("max context", str(spec.max_context)),
+        ("source", spec.source),
+    ]
+    rows = [
+        {
+            "batch": b,
+            "distinct experts/layer": spec.expected_distinct_experts(b) if spec.moe else None,
+            "decode GFLOP": spec.decode_flops(context, b, lm_head=True) / 1e9,
+            "decode GB read": spec.decode_bytes(context, b) / gb,
+            "FLOP/byte": spec.decode_flops(context, b, lm_head=True)
+            / spec.decode_bytes(context, b),
+        }
+        for b in batches
+    ]
+    per_batch = pd.DataFrame(rows)
+    if spec.moe is None:
+        per_batch = per_batch.drop(columns=["distinct experts/layer"])
+    return pd.DataFrame(facts, columns=["figure", "value"]), per_batch
