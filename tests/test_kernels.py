@@ -60,10 +60,37 @@ def test_triton_decode_gives_the_tokens_of_the_plain_path(interpreted: dict, mod
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("size", ["tokens_3", "tokens_40"])
-def test_moe_grouped_gemm_matches_the_expert_loop(interpreted: dict, size: str) -> None:
-    """Decode (16-row blocks) and prefill (64-row blocks) sizes, with expert biases."""
-    assert interpreted["moe"][size] < 1e-5
+@pytest.mark.parametrize("model", ["tiny-gpt-oss", "tiny-qwen3-moe"])
+@pytest.mark.parametrize("tokens", [1, 3, 40])
+def test_moe_triton_path_matches_the_expert_loop(
+    interpreted: dict, model: str, tokens: int
+) -> None:
+    """Fused routing + alignment (1, 3 tokens) or torch routing (40), grouped GEMMs with the
+    gated activation in the epilogue, expert biases (gpt-oss)."""
+    assert interpreted["moe"][f"{model}_tokens_{tokens}"] < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["sigmoid_bias", "softmax_plain"])
+def test_fused_routing_matches_torch(interpreted: dict, variant: str) -> None:
+    routing = interpreted["routing"]
+    assert routing[f"{variant}_ids"] and routing[f"{variant}_layout"]
+    assert routing[f"{variant}_weights"] < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "model", ["tiny-qwen3-moe", "tiny-deepseek-v2", "tiny-gpt-oss", "tiny-gemma2"]
+)
+def test_engine_self_checks_pass_for_the_newer_kernels(interpreted: dict, model: str) -> None:
+    """The start-up checks of qk-norm, gated activations, norm + residual, ring writes and
+    sinks/soft-cap attention, as a GPU runs them, pass on the interpreted kernels."""
+    assert interpreted["self_checks"][model] is None
+
+
+@pytest.mark.slow
+def test_grouped_gemm_geglu_epilogue(interpreted: dict) -> None:
+    assert interpreted["routing"]["geglu"] < 1e-5
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import torch
 from infermeter.catalog import get_spec
 from infermeter.engine import kernels, moe_kernels
 from infermeter.engine.generate import Engine
+from infermeter.engine.select import _check_newer_kernels
 
 DENSE = ("tiny-llama", "tiny-gptj", "tiny-bloom")
 # MoE routing, latent attention, windows + sinks + biased experts, windows + soft-caps
@@ -53,20 +54,74 @@ def decode_tokens(name: str, path: str) -> list[list[int]]:
     return engine.generate(prompts, 6).tokens
 
 
+def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want.float()).abs().max() / want.float().abs().max())
+
+
 def moe_errors() -> dict[str, float]:
-    """Grouped-GEMM MoE layer (decode and prefill block sizes) against the per-expert loop,
-    relative to the output's largest value."""
-    engine = Engine(get_spec("tiny-gpt-oss"), device="cpu", dtype=torch.float32, seed=3)
-    moe = next(b.moe for b in engine.model.layers if b.moe is not None)
-    moe.kernels = moe_kernels
+    """MoE layers through the Triton path (fused routing + alignment at decode sizes, torch
+    routing at 40 tokens; grouped GEMMs with the gated activation fused) against the
+    per-expert loop, relative to the output's largest value: gpt-oss (clamped SiLU, biases)
+    and Qwen3-MoE (SiLU, renormalised top-4 of 16)."""
     out = {}
-    for tokens in (3, 40):
-        x = torch.randn(tokens, engine.spec.hidden_size, generator=torch.Generator().manual_seed(1))
-        ids, weights = moe.route(x)
-        want = moe._loop(x, ids, weights)
-        got = moe._triton(x, ids, weights)
-        out[f"tokens_{tokens}"] = float((got - want).abs().max() / want.abs().max())
+    for name in ("tiny-gpt-oss", "tiny-qwen3-moe"):
+        engine = Engine(get_spec(name), device="cpu", dtype=torch.float32, seed=3)
+        moe = next(b.moe for b in engine.model.layers if b.moe is not None)
+        moe.kernels, moe.path = moe_kernels, "triton"
+        for tokens in (1, 3, 40):
+            x = torch.randn(
+                tokens, engine.spec.hidden_size, generator=torch.Generator().manual_seed(1)
+            )
+            want = moe._loop(x, *moe.route(x))
+            out[f"{name}_tokens_{tokens}"] = _rel(moe._routed(x, None), want)
     return out
+
+
+def routing_checks() -> dict[str, float | bool]:
+    """route_align against torch routing + align: DeepSeek-V3's sigmoid scores with a
+    selection bias and scale, and softmax without renormalisation; and the geGLU epilogue."""
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(5, 24, generator=gen)
+    bias = 0.3 * torch.randn(24, generator=gen)
+    out: dict[str, float | bool] = {}
+    for label, kwargs in {
+        "sigmoid_bias": {"sigmoid": True, "normalize": True, "scale": 2.5, "score_bias": bias},
+        "softmax_plain": {"sigmoid": False, "normalize": False, "scale": 1.0},
+    }.items():
+        ids, weights, rows, blocks = moe_kernels.route_align(logits, 3, **kwargs)
+        scores = logits.sigmoid() if kwargs["sigmoid"] else logits.softmax(-1)
+        choice = scores + kwargs.get("score_bias", torch.zeros(24))
+        want_ids = choice.topk(3, -1).indices
+        want_w = scores.gather(1, want_ids)
+        if kwargs["normalize"]:
+            want_w = want_w / want_w.sum(-1, keepdim=True)
+        want_w = want_w * kwargs["scale"]
+        want_rows, want_blocks = moe_kernels.align(ids, 24, moe_kernels.DECODE_BLOCK_M)
+        out[f"{label}_ids"] = bool(torch.equal(ids, want_ids))
+        out[f"{label}_weights"] = _rel(weights, want_w)
+        out[f"{label}_layout"] = bool(
+            torch.equal(blocks, want_blocks) and _same_rows(rows, want_rows, blocks)
+        )
+    x = torch.randn(6, 32, generator=gen)
+    w = torch.randn(4, 2 * 48, 32, generator=gen) / 32**0.5
+    ids = torch.randint(0, 4, (6, 2), generator=gen)
+    rows, blocks = moe_kernels.align(ids, 4, moe_kernels.DECODE_BLOCK_M)
+    got = moe_kernels.grouped_linear(x, w, rows, blocks, 12, 2, act="geglu")
+    flat = ids.reshape(-1)
+    y = torch.einsum("ph,pnh->pn", x.repeat_interleave(2, 0), w[flat])
+    gate, up = y.split(48, -1)
+    out["geglu"] = _rel(got, torch.nn.functional.gelu(gate, approximate="tanh") * up)
+    return out
+
+
+def _same_rows(rows: torch.Tensor, want: torch.Tensor, blocks: torch.Tensor) -> bool:
+    """Each block holds the same pairs (order within an expert's block may differ)."""
+    block = moe_kernels.DECODE_BLOCK_M
+    return all(
+        sorted(rows[i * block : (i + 1) * block].tolist())
+        == sorted(want[i * block : (i + 1) * block].tolist())
+        for i in range(blocks.numel())
+    )
 
 
 def attention_errors() -> dict[str, float]:
@@ -109,7 +164,14 @@ def main() -> None:
             name: {path: decode_tokens(name, path) for path in ("sdpa", "triton")}
             for name in (*DENSE, *NEWER)
         },
+        "self_checks": {
+            name: _check_newer_kernels(
+                Engine(get_spec(name), device="cpu", dtype=torch.float32).model, kernels
+            )
+            for name in NEWER
+        },
         "moe": moe_errors(),
+        "routing": routing_checks(),
         "attention": attention_errors(),
     }
     print(json.dumps(result))

@@ -301,15 +301,22 @@ def rope_store(
 
 
 @triton.jit
+def _rms_row(X, W, row, stride_x, n, eps, cols, mask):
+    """One row of X RMS-normalised and scaled by W, in float32 (inlined by its callers)."""
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.rsqrt(tl.sum(x * x, 0) / n + eps)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    return x * scale * w
+
+
+@triton.jit
 def _rms_norm(X, W, Y, stride_x, stride_y, n, eps, BLOCK: tl.constexpr, PDL: tl.constexpr):
     _grid_sync(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n
-    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    scale = tl.rsqrt(tl.sum(x * x, 0) / n + eps)
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Y + row * stride_y + cols, (x * scale * w).to(Y.dtype.element_ty), mask=mask)
+    y = _rms_row(X, W, row, stride_x, n, eps, cols, mask)
+    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -324,13 +331,20 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 
 @triton.jit
-def _silu_mul(Y, Out, stride_y, stride_o, width, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    _grid_sync(PDL)
+def _gate_up(Y, stride_y, width, BLOCK: tl.constexpr):
+    """This program's row and columns of y = [gate | up], in float32 (inlined)."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < width
     gate = tl.load(Y + row * stride_y + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(Y + row * stride_y + width + cols, mask=mask, other=0.0).to(tl.float32)
+    return row, cols, mask, gate, up
+
+
+@triton.jit
+def _silu_mul(Y, Out, stride_y, stride_o, width, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    _grid_sync(PDL)
+    row, cols, mask, gate, up = _gate_up(Y, stride_y, width, BLOCK)
     out = gate * tl.sigmoid(gate) * up
     tl.store(Out + row * stride_o + cols, out.to(Out.dtype.element_ty), mask=mask)
 
@@ -405,5 +419,91 @@ def small_linear(
         x, w, bias if bias is not None else w, res, y, m, n, k,
         x.stride(0), w.stride(0), res.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, HAS_RES=residual is not None, **_launch(x.device),
+    )  # fmt: skip
+    return y
+
+
+# ---- the newer layouts' decode kernels (issue 20): one launch where torch takes several ----
+@triton.jit
+def _qk_norm(
+    QKV, QW, KW, stride_xb, stride_xh, eps,
+    NQ: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    _grid_sync(PDL)
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    dd = tl.arange(0, BLOCK_D)
+    dmask = dd < D
+    row = QKV + b * stride_xb + h * stride_xh
+    x = tl.load(row + dd, mask=dmask, other=0.0).to(tl.float32)
+    if h < NQ:
+        w = tl.load(QW + dd, mask=dmask, other=0.0).to(tl.float32)
+    else:
+        w = tl.load(KW + dd, mask=dmask, other=0.0).to(tl.float32)
+    y = x * tl.rsqrt(tl.sum(x * x, 0) / D + eps) * w
+    tl.store(row + dd, y.to(QKV.dtype.element_ty), mask=dmask)
+
+
+def qk_norm(qkv: Tensor, q_weight: Tensor, k_weight: Tensor, eps: float, nq: int, nkv: int) -> None:
+    """RMSNorm of every query and key head of qkv [b, nq+2nkv, d] in place (qk-norm per head,
+    Qwen3/Gemma-3), one program per head."""
+    b, _, d = qkv.shape
+    _qk_norm[(b, nq + nkv)](
+        qkv, q_weight, k_weight, qkv.stride(0), qkv.stride(1), eps,
+        NQ=nq, D=d, BLOCK_D=triton.next_power_of_2(d), num_warps=1, **_launch(qkv.device),
+    )  # fmt: skip
+
+
+@triton.jit
+def _gated_act(
+    Y, Out, stride_y, stride_o, width, limit, alpha,
+    ACT: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    _grid_sync(PDL)
+    row, cols, mask, gate, up = _gate_up(Y, stride_y, width, BLOCK)
+    if ACT == 2:  # tanh GELU (Gemma's gelu_pytorch_tanh)
+        inner = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
+        out = 0.5 * gate * (2.0 - 2.0 / (tl.exp(2.0 * inner) + 1.0)) * up
+    else:  # gpt-oss: clamp both halves, x·σ(αx), (up + 1)
+        gate = tl.minimum(gate, limit)
+        up = tl.minimum(tl.maximum(up, -limit), limit)
+        out = gate * tl.sigmoid(alpha * gate) * (up + 1.0)
+    tl.store(Out + row * stride_o + cols, out.to(Out.dtype.element_ty), mask=mask)
+
+
+def gated_act(y: Tensor, width: int, kind: str, limit: float = 7.0, alpha: float = 1.702) -> Tensor:
+    """y [T, 2·width] = [gate | up] -> act(gate) · up for kind "geglu" or "clamped_swiglu"."""
+    out = torch.empty(y.shape[0], width, device=y.device, dtype=y.dtype)
+    block = 1024
+    _gated_act[(y.shape[0], triton.cdiv(width, block))](
+        y, out, y.stride(0), out.stride(0), width, limit, alpha,
+        ACT=2 if kind == "geglu" else 3, BLOCK=block, num_warps=4, **_launch(y.device),
+    )  # fmt: skip
+    return out
+
+
+@triton.jit
+def _rms_norm_add(
+    X, W, R, Y, stride_x, stride_r, stride_y, n, eps, BLOCK: tl.constexpr, PDL: tl.constexpr
+):
+    _grid_sync(PDL)
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n
+    normed = _rms_row(X, W, row, stride_x, n, eps, cols, mask).to(Y.dtype.element_ty)
+    r = tl.load(R + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(
+        Y + row * stride_y + cols, (r + normed.to(tl.float32)).to(Y.dtype.element_ty), mask=mask
+    )
+
+
+def rms_norm_add(x: Tensor, weight: Tensor, eps: float, residual: Tensor) -> Tensor:
+    """residual + RMSNorm(x)·weight for x, residual [T, n] (post and sandwich norms)."""
+    y = torch.empty_like(x)
+    n = x.shape[-1]
+    block = triton.next_power_of_2(n)
+    _rms_norm_add[(x.shape[0],)](
+        x, weight, residual, y, x.stride(0), residual.stride(0), y.stride(0), n, eps,
+        BLOCK=block, num_warps=min(16, max(1, block // 256)), **_launch(x.device),
     )  # fmt: skip
     return y

@@ -248,13 +248,19 @@ class Block(nn.Module):
         if self.ffn_kind == "gelu_exact":  # Falcon: the erf GELU
             return F.gelu(y)
         if self.ffn_kind in ("geglu", "clamped_swiglu"):
+            if fast is not None:
+                limit, alpha = (
+                    self.extra.get("swiglu_limit", 7.0),
+                    self.extra.get("swiglu_alpha", 1.702),
+                )
+                return fast.gated_act(y, self.ffn, self.ffn_kind, limit, alpha)
             return activation(y, self.ffn_kind, self.ffn, self.extra)
         return F.gelu(y, approximate="tanh")  # GPT-2/GPT-J/BLOOM's "gelu_new"
 
     def _ffn_out(self, x: Tensor, residual: Tensor | None, fast: Any) -> Tensor:
         """This rank's FFN output (+ residual): dense or mixture of experts."""
         if self.moe is not None:
-            return self.moe(x, residual)
+            return self.moe(x, residual, fast)
         return self._row(self._ffn_hidden(x, fast), self.w_down, self.b_down, residual, fast)
 
     def _freqs(self, ctx: Context) -> Tensor | None:
@@ -271,11 +277,14 @@ class Block(nn.Module):
         xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
         x.copy_(torch.view_as_real(xc * self._freqs(ctx)).flatten(-2))
 
-    def _norm_qk(self, qkv: Tensor) -> None:
+    def _norm_qk(self, qkv: Tensor, fast: Any = None) -> None:
         """RMSNorm of the query and key heads in place (qk-norm), before the rotation."""
         nq, nkv, eps = self.nq, self.nkv, self._eps
         assert self.q_norm is not None and self.k_norm is not None
         q, k = qkv[:, :nq], qkv[:, nq : nq + nkv]
+        if self.qk_norm == "head" and fast is not None:
+            fast.qk_norm(qkv, self.q_norm, self.k_norm, eps, nq, nkv)
+            return
         if self.qk_norm == "head":
             q.copy_(F.rms_norm(q, (self.d,), self.q_norm, eps))
             k.copy_(F.rms_norm(k, (self.d,), self.k_norm, eps))
@@ -379,7 +388,7 @@ class Block(nn.Module):
             return self.mla(h, ctx, cache, fast, lambda t: self._rotate_part(t, ctx))
         qkv = linear(h, self.wqkv, self.bqkv, fast).view(h.shape[0], -1, self.d)
         if self.q_norm is not None:
-            self._norm_qk(qkv)
+            self._norm_qk(qkv, fast)
         if self.rot and fast is None:
             self._rotate(qkv, ctx)
         return self._attend(qkv, ctx, cache)
@@ -397,15 +406,22 @@ class Block(nn.Module):
             return self.comm.all_reduce(y)
         if self.post_attn_norm is not None:  # post/sandwich: norm the summed output, then add
             o = self.comm.all_reduce(self._row(a, self.wo, self.bo, None, fast))
-            x = x + self.post_attn_norm(o, fast)
+            x = self._add_normed(x, o, self.post_attn_norm, fast)
         else:
             x = self.comm.all_reduce(self._row(a, self.wo, self.bo, residual, fast))
         f_in = x if self.ffn_norm is None else self.ffn_norm(x, fast)
         if self.post_ffn_norm is not None:
             f = self.comm.all_reduce(self._ffn_out(f_in, None, fast))
-            return x + self.post_ffn_norm(f, fast)
+            return self._add_normed(x, f, self.post_ffn_norm, fast)
         residual = x if self.lead else None
         return self.comm.all_reduce(self._ffn_out(f_in, residual, fast))
+
+    @staticmethod
+    def _add_normed(x: Tensor, y: Tensor, norm: Norm, fast: Any) -> Tensor:
+        """x + norm(y): one kernel on the Triton decode path (RMSNorm)."""
+        if fast is not None and norm.bias is None:
+            return fast.rms_norm_add(y, norm.weight, norm.eps, x)
+        return x + norm(y, fast)
 
 
 def spec_mla(spec: ModelSpec) -> bool:

@@ -144,28 +144,63 @@ class MoELayer(nn.Module):
             y = y + self.b2[:, None]
         return torch.einsum("eth,te->th", y.float(), dense).to(x.dtype)
 
-    def _triton(self, x: Tensor, ids: Tensor, weights: Tensor) -> Tensor:
+    def _triton(
+        self, x: Tensor, ids: Tensor, weights: Tensor, layout: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         k = self.kernels
         tokens, topk = ids.shape
         pairs = tokens * topk
-        small = pairs <= 4 * k.DECODE_BLOCK_M
-        rows, blocks = k.align(
-            ids, self.cfg.num_experts, k.DECODE_BLOCK_M if small else k.PREFILL_BLOCK_M
-        )
-        y = k.grouped_linear(x, self.w13, rows, blocks, pairs, topk, self.b13)
-        y = self._act(y, self.f)
+        if layout is None:
+            small = pairs <= 4 * k.DECODE_BLOCK_M
+            block = k.DECODE_BLOCK_M if small else k.PREFILL_BLOCK_M
+            layout = k.align(ids, self.cfg.num_experts, block)
+        rows, blocks = layout
+        if self.gated:  # the gated activation rides in the first GEMM's epilogue
+            y = k.grouped_linear(
+                x, self.w13, rows, blocks, pairs, topk, self.b13, act=self.kind,
+                limit=self.extra.get("swiglu_limit", 7.0),
+                alpha=self.extra.get("swiglu_alpha", 1.702),
+            )  # fmt: skip
+        else:
+            y = self._act(k.grouped_linear(x, self.w13, rows, blocks, pairs, topk, self.b13), 0)
         bias = self.b2 if self.lead else None
         y = k.grouped_linear(y, self.w2, rows, blocks, pairs, 1, bias, weights.reshape(-1))
         return y.view(tokens, topk, -1).sum(1)
 
-    def forward(self, x: Tensor, residual: Tensor | None) -> Tensor:
-        """x [T, h] -> this rank's partial output (+ residual), to be all-reduced."""
+    def _routed(self, x: Tensor, fast: Any) -> Tensor:
+        """The routed experts' output: decode sizes route and align in one Triton launch."""
+        cfg, k = self.cfg, self.kernels
+        tokens = x.shape[0]
+        fused = (
+            self.path == "triton"
+            and cfg.groups == 1
+            and k.fused_routing(tokens, cfg.experts_per_token, cfg.num_experts)
+        )
+        if fused:
+            from infermeter.engine.model import linear
+
+            logits = linear(x, self.router, self.router_bias, fast)
+            ids, weights, rows, blocks = k.route_align(
+                logits, cfg.experts_per_token, sigmoid=cfg.scoring == "sigmoid",
+                normalize=cfg.normalize, scale=cfg.scale, score_bias=self.score_bias,
+            )  # fmt: skip
+            if self.record:
+                self.last_ids = ids
+            return self._triton(x, ids, weights, (rows, blocks))
         ids, weights = self.route(x)
         experts = {"triton": self._triton, "dense": self._dense}.get(self.path, self._loop)
-        y = experts(x, ids, weights)
+        return experts(x, ids, weights)
+
+    def forward(self, x: Tensor, residual: Tensor | None, fast: Any = None) -> Tensor:
+        """x [T, h] -> this rank's partial output (+ residual), to be all-reduced; `fast` is
+        the Triton decode kernels module on the decode path (GEMVs), else None."""
+        y = self._routed(x, fast)
         if self.ws_in is not None:
+            from infermeter.engine.model import linear
+
             assert self.ws_down is not None
-            s = F.linear(self._act(F.linear(x, self.ws_in), self.fs), self.ws_down)
+            shared = self._act(linear(x, self.ws_in, None, fast), self.fs)
+            s = linear(shared, self.ws_down, None, fast)
             if self.shared_gate is not None:
                 s = s * torch.sigmoid(F.linear(x, self.shared_gate))
             y = y + s

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from infermeter.engine.model import Decoder, flash_varlen
+from infermeter.engine.moe import activation
 from infermeter.errors import UserError
 
 
@@ -106,8 +107,64 @@ def _check_kernels(model: Decoder, kernels: Any) -> str | None:
         want = x.float() @ w.float().T + bias.float() + res.float()
         if not _close(kernels.small_linear(x, w, bias, res), want):
             return "Triton GEMV self-check mismatch"
+        problem = _check_newer_kernels(model, kernels)
+        if problem is not None:
+            return problem
     except Exception as error:  # compiler missing, unsupported GPU, ...
         return f"Triton kernels failed: {type(error).__name__}: {error}"[:300]
+    return None
+
+
+def _check_newer_kernels(model: Decoder, kernels: Any) -> str | None:
+    """Self-checks of the decode kernels only the newer layouts use (a dense model never
+    runs them, so they are checked only where the model does)."""
+    blocks = list(model.layers)
+    dev, dt, d = model.device, model.dtype, model.spec.dim_head
+    if any(b.sinks is not None or b.softcap is not None or b.scale for b in blocks):
+        q = torch.randn(2, 4, d, device=dev, dtype=dt)
+        cache = torch.randn(2, 100, 2, 2, d, device=dev, dtype=dt)
+        lens = torch.tensor([37, 100], device=dev, dtype=torch.int32)
+        sinks = torch.randn(4, device=dev, dtype=dt)
+        got = kernels.decode_attention(q, cache, lens, None, 0.3, 5.0, sinks)
+        want = []
+        for i, n in enumerate((37, 100)):
+            k = cache[i, :n, 0].float().repeat_interleave(2, 1)
+            v = cache[i, :n, 1].float().repeat_interleave(2, 1)
+            scores = torch.tanh(torch.einsum("hd,nhd->hn", q[i].float(), k) * 0.3 / 5.0) * 5.0
+            probs = torch.cat([scores, sinks.float()[:, None]], -1).softmax(-1)[:, :-1]
+            want.append(torch.einsum("hn,nhd->hd", probs, v))
+        if not _close(got, torch.stack(want)):
+            return "Triton decode attention (scale/soft-cap/sinks) self-check mismatch"
+    if any(b.window is not None for b in blocks):
+        qkv = torch.randn(2, 6, d, device=dev, dtype=dt)
+        ring = torch.zeros(2, 8, 2, 2, d, device=dev, dtype=dt)
+        pos, slots = torch.tensor([3, 21], device=dev), torch.tensor([3, 5], device=dev)
+        kernels.rope_store(qkv, ring, pos, None, None, 2, slots)
+        stored = ring[torch.arange(2, device=dev), slots]
+        if not _close(stored, qkv[:, 2:].view(2, 2, 2, d)):
+            return "Triton ring-buffer cache write self-check mismatch"
+    if any(b.qk_norm == "head" for b in blocks):
+        qkv = torch.randn(3, 6, d, device=dev, dtype=dt)
+        wq, wk = torch.randn(d, device=dev, dtype=dt), torch.randn(d, device=dev, dtype=dt)
+        want = qkv.float().clone()
+        want[:, :2] = F.rms_norm(want[:, :2], (d,), wq.float(), 1e-6)
+        want[:, 2:4] = F.rms_norm(want[:, 2:4], (d,), wk.float(), 1e-6)
+        kernels.qk_norm(qkv, wq, wk, 1e-6, 2, 2)
+        if not _close(qkv, want):
+            return "Triton qk-norm self-check mismatch"
+    kinds = {b.ffn_kind for b in blocks} & {"geglu", "clamped_swiglu"}
+    for kind in kinds:
+        y = torch.randn(3, 2 * 64, device=dev, dtype=dt)
+        want = activation(y.float(), kind, 64, {"swiglu_limit": 7.0, "swiglu_alpha": 1.702})
+        if not _close(kernels.gated_act(y, 64, kind), want):
+            return f"Triton {kind} self-check mismatch"
+    if any(b.post_attn_norm is not None for b in blocks):
+        h = model.spec.hidden_size
+        x, r = (torch.randn(3, h, device=dev, dtype=dt) for _ in range(2))
+        w = torch.randn(h, device=dev, dtype=dt)
+        want = r.float() + F.rms_norm(x.float(), (h,), w.float(), 1e-6)
+        if not _close(kernels.rms_norm_add(x, w, 1e-6, r), want):
+            return "Triton norm + residual self-check mismatch"
     return None
 
 
@@ -150,12 +207,12 @@ def moe_problem(model: Decoder, moe: Any) -> str | None:
     try:
         from infermeter.engine import moe_kernels
 
-        moe.kernels = moe_kernels
-        for tokens in (3, 40):
+        moe.kernels, moe.path = moe_kernels, "triton"
+        for tokens in (1, 3, 40):  # fused routing at decode sizes, torch routing beyond
             x = torch.randn(tokens, model.spec.hidden_size, device=model.device, dtype=model.dtype)
-            ids, weights = moe.route(x)
-            if not _close(moe._triton(x, ids, weights), moe._dense(x, ids, weights)):
-                return "Triton MoE grouped GEMM self-check mismatch"
+            got = moe._routed(x, None)
+            if not _close(got, moe._dense(x, *moe.route(x))):
+                return "Triton MoE self-check mismatch"
     except Exception as error:  # compiler missing, unsupported GPU, ...
         return f"Triton MoE kernels failed: {type(error).__name__}: {error}"[:300]
     return None
