@@ -89,6 +89,12 @@ def test_engine_self_checks_pass_for_the_newer_kernels(interpreted: dict, model:
 
 
 @pytest.mark.slow
+def test_latent_attention_matches_float_math(interpreted: dict) -> None:
+    """MLA decode in the latent space: 20 heads (two head groups), two lengths."""
+    assert interpreted["latent"] < 1e-5
+
+
+@pytest.mark.slow
 def test_grouped_gemm_geglu_epilogue(interpreted: dict) -> None:
     assert interpreted["routing"]["geglu"] < 1e-5
 

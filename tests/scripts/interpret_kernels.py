@@ -9,7 +9,7 @@ import json
 import torch
 
 from infermeter.catalog import get_spec
-from infermeter.engine import kernels, moe_kernels
+from infermeter.engine import kernels, mla_kernels, moe_kernels
 from infermeter.engine.generate import Engine
 from infermeter.engine.select import _check_newer_kernels
 
@@ -46,6 +46,8 @@ def decode_tokens(name: str, path: str) -> list[list[int]]:
     if path != "sdpa":
         engine.model.kernels = kernels
         engine.attention = "triton"
+        if engine.model.mla:
+            engine.model.mla_kernels = mla_kernels
         for block in engine.model.layers:
             if block.moe is not None:
                 block.moe.path, block.moe.kernels = "triton", moe_kernels
@@ -114,6 +116,21 @@ def routing_checks() -> dict[str, float | bool]:
     return out
 
 
+def latent_error() -> float:
+    """Latent-space flash-decoding (MLA) against float math over the cached latents."""
+    gen = torch.Generator().manual_seed(5)
+    q_lat, q_pe = torch.randn(2, 20, 32, generator=gen), torch.randn(2, 20, 16, generator=gen)
+    cache = torch.randn(2, 100, 48, generator=gen)
+    lens = torch.tensor([37, 100], dtype=torch.int32)
+    got = mla_kernels.latent_attention(q_lat, q_pe, cache, lens, 0.1)
+    want = []
+    for i, length in enumerate((37, 100)):
+        keys = cache[i, :length]
+        probs = (torch.cat([q_lat[i], q_pe[i]], -1) @ keys.T * 0.1).softmax(-1)
+        want.append(probs @ keys[:, :32])
+    return _rel(got, torch.stack(want))
+
+
 def _same_rows(rows: torch.Tensor, want: torch.Tensor, blocks: torch.Tensor) -> bool:
     """Each block holds the same pairs (order within an expert's block may differ)."""
     block = moe_kernels.DECODE_BLOCK_M
@@ -172,6 +189,7 @@ def main() -> None:
         },
         "moe": moe_errors(),
         "routing": routing_checks(),
+        "latent": latent_error(),
         "attention": attention_errors(),
     }
     print(json.dumps(result))

@@ -126,6 +126,31 @@ class LatentAttention(nn.Module):
         cache.index_put_((ctx.rows, ctx.slots), latent[:, 0])
         return self._decode(q[:, 0], cache, ctx)
 
+    def decode_fast(self, x: Tensor, ctx: Any, cache: Tensor, fast: Any) -> Tensor:
+        """The decode step with the Triton kernels (mla_kernels.py): the same arithmetic as
+        forward() + _decode() in about nine launches."""
+        from infermeter.engine.model import linear
+
+        mk, b, n, v = ctx.mla_fast, ctx.batch, self.heads, self.mla.v_head_dim
+        y = linear(x, self.w_a, None, fast)
+        q = y[:, : self.q_width]
+        if self.q_a_norm is not None:
+            assert self.wq_b is not None
+            q = linear(self.q_a_norm(q, fast), self.wq_b, None, fast)
+        q = q.view(b, n, self.nope + self.rope)
+        norm = self.kv_a_norm
+        mk.latent_store(
+            y, q, norm.weight, norm.eps, cache, ctx.slots, ctx.slots, ctx.cos, ctx.sin,
+            self.q_width, self.nope,
+        )  # fmt: skip
+        w = self.wkv_b.view(n, self.nope + v, self.lora)
+        q_lat = torch.bmm(q[..., : self.nope].transpose(0, 1), w[:, : self.nope])
+        out = mk.latent_attention(
+            q_lat.transpose(0, 1), q[..., self.nope :], cache, ctx.seqlens, self.scale
+        )
+        out = torch.bmm(out.transpose(0, 1), w[:, self.nope :].transpose(1, 2))  # [n, b, v]
+        return out.transpose(0, 1).reshape(b, n * v)
+
     def _prefill(self, q: Tensor, latent: Tensor, ctx: Any) -> Tensor:
         b, s, n, v = ctx.batch, ctx.length, self.heads, self.mla.v_head_dim
         kv = F.linear(latent[..., : self.lora], self.wkv_b).view(b, s, n, self.nope + v)

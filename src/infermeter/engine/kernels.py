@@ -89,6 +89,27 @@ def _sms(device: torch.device) -> int:
 
 
 @triton.jit
+def _online_softmax(s, v, m, denom, acc):
+    """One block of flash attention: fold scores s [G, N] and values v [N, D] into the running
+    max m, softmax denominator and weighted sum acc (inlined by its callers)."""
+    m_new = tl.maximum(m, tl.max(s, 1))
+    alpha = tl.exp(m - m_new)
+    p = tl.exp(s - m_new[:, None])
+    denom = denom * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, denom, acc
+
+
+def split_plan(length: int, programs: int, device: torch.device) -> tuple[int, int]:
+    """(splits, chunk) of a flash-decoding pass over `length` keys when `programs` programs
+    already run per split: about two programs per SM, chunks a multiple of BLOCK_N."""
+    want = max(1, triton.cdiv(2 * _sms(device), programs))
+    splits = max(1, min(triton.cdiv(length, BLOCK_N), want))
+    chunk = triton.cdiv(triton.cdiv(length, splits), BLOCK_N) * BLOCK_N
+    return triton.cdiv(length, chunk), chunk
+
+
+@triton.jit
 def _attn_split(
     Q, K, V, Lens, Slopes, Part, Lse,
     stride_qb, stride_qh, stride_kb, stride_kn, stride_kh,
@@ -134,13 +155,9 @@ def _attn_split(
             s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * s / softcap) + 1.0))
         if ALIBI:
             s += slope[:, None] * (n[None, :] - (length - 1)).to(tl.float32)
-        s = tl.where(nmask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        alpha = tl.exp(m - m_new)
-        p = tl.exp(s - m_new[:, None])
-        denom = denom * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m = m_new
+        m, denom, acc = _online_softmax(
+            tl.where(nmask[None, :], s, float("-inf")), v, m, denom, acc
+        )
     # An empty split (start >= length) leaves m = -inf, denom = 0: lse = -inf, output 0.
     out = tl.where(denom[:, None] > 0, acc / denom[:, None], 0.0)
     p_ptr = Part + b * stride_pb + heads[:, None] * stride_ph + split * stride_ps + dd[None, :]
@@ -197,10 +214,7 @@ def decode_attention(
     b, nq, d = q.shape
     length, nkv = cache.shape[1], cache.shape[3]
     group = nq // nkv
-    want = max(1, triton.cdiv(2 * _sms(q.device), b * nkv))  # ~2 programs per SM
-    splits = max(1, min(triton.cdiv(length, BLOCK_N), want))
-    chunk = triton.cdiv(triton.cdiv(length, splits), BLOCK_N) * BLOCK_N
-    splits = triton.cdiv(length, chunk)
+    splits, chunk = split_plan(length, b * nkv, q.device)
     part = torch.empty(b, nq, splits, d, device=q.device, dtype=torch.float32)
     lse = torch.empty(b, nq, splits, device=q.device, dtype=torch.float32)
     k, v = cache[:, :, 0], cache[:, :, 1]  # [b, L, nkv, d] views

@@ -129,6 +129,7 @@ class Context:
     sin_local: Tensor | None = None
     rings: dict[int, Ring] | None = None  # ring length -> its slots/masks (windowed layers)
     windows: dict[int, Tensor] | None = None  # prefill: window -> bool mask [s, s]
+    mla_fast: Any = None  # triton decode of an MLA model: the mla_kernels module
 
 
 @dataclass
@@ -384,6 +385,8 @@ class Block(nn.Module):
     def _self_attention(self, h: Tensor, ctx: Context, cache: Tensor) -> Tensor:
         """Attention output [T, heads·v] before the output projection."""
         fast = ctx.fast
+        if self.mla is not None and ctx.mla_fast is not None:
+            return self.mla.decode_fast(h, ctx, cache, fast)
         if self.mla is not None:
             return self.mla(h, ctx, cache, fast, lambda t: self._rotate_part(t, ctx))
         qkv = linear(h, self.wqkv, self.bqkv, fast).view(h.shape[0], -1, self.d)
@@ -519,6 +522,7 @@ class Decoder(nn.Module):
         )
         self.mla = spec_mla(spec)
         self.kernels: Any = None  # the Triton kernels module, once the engine has checked it
+        self.mla_kernels: Any = None  # and mla_kernels, for an MLA model where they pass
         self.cache: Tensor | list[Tensor] | None = None
         self.rings: list[int] = []  # ring-buffer lengths of this allocation (windowed layers)
         self.rows: Tensor | None = None
@@ -595,8 +599,9 @@ class Decoder(nn.Module):
             ctx.fast, ctx.cos, ctx.sin, ctx.slopes = self.kernels, self.cos, self.sin, self.slopes
             ctx.cos_local, ctx.sin_local = self.cos_local, self.sin_local
             ctx.seqlens = (pos + 1).to(torch.int32)
-            if self.mla and self.freqs is not None:  # MLA rotates its rope parts in torch
-                ctx.freqs = self.freqs[pos].view(b, 1, 1, -1)
+            ctx.mla_fast = self.mla_kernels
+            if self.mla and self.mla_kernels is None and self.freqs is not None:
+                ctx.freqs = self.freqs[pos].view(b, 1, 1, -1)  # MLA rotates in torch
             return ctx
         if self.freqs is not None:
             ctx.freqs = self.freqs[pos].view(b, 1, 1, -1)

@@ -66,7 +66,41 @@ def triton_problem(model: Decoder) -> str | None:
         problem = _check_kernels(model, kernels)
     if problem is None:
         model.kernels = kernels
+        if model.mla and mla_problem(model) is None:
+            from infermeter.engine import mla_kernels
+
+            model.mla_kernels = mla_kernels
     return problem
+
+
+def mla_problem(model: Decoder) -> str | None:
+    """Why the latent-attention decode kernels cannot run here (None: checked against torch
+    math on random data of the model's shapes). Without them MLA decodes in torch."""
+    mla = model.spec.mla
+    assert mla is not None
+    lora, rope = mla.kv_lora_rank, mla.qk_rope_dim
+    if lora & (lora - 1) or rope & (rope - 1) or rope < 16:
+        return f"latent kernels want powers of two and rope >= 16 (lora {lora}, rope {rope})"
+    try:
+        from infermeter.engine import mla_kernels
+
+        dev, dt, n = model.device, model.dtype, model.layout.q_heads
+        q_lat = torch.randn(2, n, lora, device=dev, dtype=dt)
+        q_pe = torch.randn(2, n, rope, device=dev, dtype=dt)
+        cache = torch.randn(2, 200, lora + rope, device=dev, dtype=dt)
+        lens = torch.tensor([37, 200], device=dev, dtype=torch.int32)
+        got = mla_kernels.latent_attention(q_lat, q_pe, cache, lens, 0.1)
+        want = []
+        for i, length in enumerate((37, 200)):
+            keys = cache[i, :length].float()
+            query = torch.cat([q_lat[i], q_pe[i]], -1).float()
+            probs = (query @ keys.T * 0.1).softmax(-1)
+            want.append(probs @ keys[:, :lora])
+        if not _close(got, torch.stack(want)):
+            return "Triton latent attention self-check mismatch"
+    except Exception as error:
+        return f"Triton latent kernels failed: {type(error).__name__}: {error}"[:300]
+    return None
 
 
 def _check_kernels(model: Decoder, kernels: Any) -> str | None:
