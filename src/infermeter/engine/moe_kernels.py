@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from infermeter.engine.kernels import _grid_sync, _launch
+from infermeter.engine.kernels import INTERPRETED, _grid_sync, _launch
 
 DECODE_BLOCK_M = 16  # the smallest tile of a tensor-core dot
 PREFILL_BLOCK_M = 64
@@ -76,6 +76,21 @@ def _tanh(x):
     return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
 
 
+def _gemm_configs() -> list[triton.Config]:
+    """Tiles tried once per (N, K, block rows) shape: narrow ones keep enough programs in
+    flight when a decode step touches few experts, wide ones serve prefill."""
+    if INTERPRETED:
+        return [triton.Config({"BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4)]
+    return [
+        triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
+        for n, k, w, st in [
+            (16, 256, 4, 4), (32, 128, 4, 4), (32, 256, 4, 3), (64, 128, 4, 3),
+            (64, 64, 4, 4), (128, 64, 8, 3), (128, 128, 8, 3), (64, 128, 8, 4),
+        ]
+    ]  # fmt: skip
+
+
+@triton.autotune(configs=_gemm_configs(), key=["N", "K", "BLOCK_M", "ACT"])
 @triton.jit
 def _grouped_gemm(
     A, W, Bias, Scale, Out, Rows, BlockExperts,
@@ -158,17 +173,14 @@ def grouped_linear(
     n, k = w.shape[1] // (2 if act else 1), w.shape[2]
     block_m = rows.numel() // block_experts.numel()
     out = torch.empty(pairs, n, device=a.device, dtype=a.dtype)
-    decode = block_m == DECODE_BLOCK_M
-    block_n, block_k = (64, 128) if decode else (128, 64)
-    grid = (block_experts.numel(), triton.cdiv(n, block_n))
+    grid = lambda meta: (block_experts.numel(), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
     _grouped_gemm[grid](
         a, w, bias if bias is not None else w, scale if scale is not None else w, out,
         rows, block_experts, pairs, n, k, a_div, limit, alpha,
         a.stride(0), w.stride(0), w.stride(1), bias.stride(0) if bias is not None else 0,
         out.stride(0),
         HAS_BIAS=bias is not None, HAS_SCALE=scale is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ACT=GLU[act] if act else 0,
-        num_warps=4 if decode else 8, num_stages=3, **_launch(a.device),
+        BLOCK_M=block_m, ACT=GLU[act] if act else 0, **_launch(a.device),
     )  # fmt: skip
     return out
 
