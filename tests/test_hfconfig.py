@@ -54,6 +54,7 @@ REAL_CONFIGS = [
     "phi-3-mini-4k-instruct.json",
     "falcon-7b.json",
     "olmo-2-1124-7b.json",
+    "llama-4-scout-17b-16e.json",
 ]
 
 
@@ -62,6 +63,8 @@ def _transformers_count(config: dict) -> int:
     torch = pytest.importorskip("torch")
     if config["model_type"] == "gemma3":  # the language model of the multimodal config
         built = transformers.Gemma3TextConfig(**config["text_config"])
+    elif config["model_type"] == "llama4":
+        built = transformers.Llama4TextConfig(**config["text_config"])
     else:
         built = transformers.AutoConfig.for_model(**config)
     with torch.device("meta"):
@@ -78,7 +81,7 @@ def test_real_configs_count_what_transformers_builds(file: str) -> None:
 
 def test_every_supported_family_has_a_real_config() -> None:
     families = {_config(file)["model_type"] for file in [*KNOWN_PARAMS, *REAL_CONFIGS]}
-    assert families | {"gemma3_text"} == set(SUPPORTED_FAMILIES)
+    assert families | {"gemma3_text", "llama4_text"} == set(SUPPORTED_FAMILIES)
 
 
 def test_mixture_of_experts_fields() -> None:
@@ -136,6 +139,20 @@ def test_windows_sinks_softcaps_and_norms() -> None:
     falcon = load_hf_config(CONFIGS / "falcon-7b.json")
     assert falcon.kv_heads == 1 and falcon.parallel_attn_ffn and falcon.dim_head == 64
     assert falcon.ffn_kind == "gelu_exact" and falcon.tie_embeddings
+
+
+def test_llama4_spec_only() -> None:
+    """Llama-4 Scout: 16 experts top-1 plus a shared expert on every layer, chunked attention
+    on 3 of 4 layers (counted as an 8192-token window); Meta's 17B active parameters."""
+    spec = load_hf_config(CONFIGS / "llama-4-scout-17b-16e.json")
+    assert spec.moe is not None and spec.moe.shared_ffn_size == 8192
+    assert spec.num_moe_layers == 48 and spec.layer_types[:4] == ("sliding",) * 3 + ("full",)
+    assert spec.active_params() / 1e9 == pytest.approx(17.0, rel=0.015)
+    assert "vision tower not counted" in spec.extra["note"]
+    from infermeter.engine.parallel import check_tp
+
+    message = _error(lambda: check_tp(spec, 1))
+    assert "does not run llama4" in message and "--show" in message
 
 
 def test_state_space_models_are_refused_in_one_line() -> None:

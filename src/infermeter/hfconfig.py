@@ -450,6 +450,42 @@ def _gemma(r: _Reader) -> dict[str, Any]:
     return fields
 
 
+def _llama4(r: _Reader) -> dict[str, Any]:
+    """Llama-4 (text): a MoE of top-1 routed experts plus a shared expert, on every or every
+    other layer, dense layers of their own width; rope layers use chunked attention, counted
+    here as a window of the chunk size (the most keys a chunked layer holds and reads); the
+    qk L2-norm has no weights. Spec only: the engine does not run it (chunked attention, NoPE
+    layers, input-scaled routing)."""
+    fields = _decoder(r, max_context=4096 * 32)
+    layers = fields["num_layers"]
+    expert = fields["ffn_size"]
+    fields["ffn_size"] = r.opt("intermediate_size_mlp", default=16384)
+    fields["head_dim"] = r.opt("head_dim", default=128)
+    moe_layers = r.opt("moe_layers")
+    listed = isinstance(moe_layers, list) and isinstance(layers, int)
+    fields["moe"] = {
+        "num_experts": r.opt("num_local_experts", default=16),
+        "experts_per_token": r.opt("num_experts_per_tok", default=1),
+        "expert_ffn_size": expert,
+        "shared_ffn_size": expert,
+        "num_shared_experts": 1,
+        "layer_step": 1 if listed else r.opt("interleave_moe_layer_step", default=1),
+        "dense_layers": tuple(i for i in range(layers) if i not in moe_layers) if listed else (),
+        "scoring": "sigmoid",
+        "normalize": False,
+    }
+    chunk = r.opt("attention_chunk_size", default=8192)
+    rope = r.opt("no_rope_layers")  # 1: a rope (chunked) layer, 0: a NoPE (global) layer
+    interval = r.opt("no_rope_layer_interval", default=4)
+    if chunk is not None and isinstance(layers, int):
+        if not isinstance(rope, list) or not rope:
+            rope = [int((i + 1) % interval != 0) for i in range(layers)]
+        fields["sliding_window"] = chunk
+        fields["layer_types"] = tuple("sliding" if flag else "full" for flag in rope)
+    fields["extra"]["attention_chunk_size"] = chunk
+    return fields
+
+
 def _falcon(r: _Reader) -> dict[str, Any]:
     """Falcon: parallel attention + FFN, multi-query (7B) or grouped (new_decoder_architecture,
     40B/180B) attention, LayerNorm, exact GELU, fused qkv."""
@@ -501,6 +537,8 @@ _FAMILIES: dict[str, Callable[[_Reader], dict[str, Any]]] = {
     "gpt_oss": _gpt_oss,
     "gptj": _gptj,
     "llama": _llama_like(2048),
+    "llama4": _llama4,
+    "llama4_text": _llama4,
     "mistral": _llama_like(4096 * 32),
     "mixtral": _mixtral,
     "olmo2": _llama_like(2048),
@@ -569,16 +607,17 @@ def spec_from_hf_config(
             "(no attention, no KV cache), so infermeter's prefill/decode model and engine do "
             "not describe it; pick a transformer"
         )
-    if family == "gemma3" and isinstance(config.get("text_config"), dict):
-        # the multimodal config: the language model is its text_config
-        # save_pretrained drops text_config keys equal to Gemma3TextConfig's defaults; the
-        # vocabulary (262208) is one of them in the published Gemma-3 configs
-        inner = {"vocab_size": 262208, **config["text_config"], "model_type": "gemma3_text"}
+    # multimodal configs: the language model is the text_config (save_pretrained drops its
+    # keys equal to the text config class's defaults; the vocabulary is one of them)
+    inner_type = {"gemma3": ("gemma3_text", 262208), "llama4": ("llama4_text", 202048)}
+    if family in inner_type and isinstance(config.get("text_config"), dict):
+        text_type, vocab = inner_type[family]
+        inner = {"vocab_size": vocab, **config["text_config"], "model_type": text_type}
         for key in ("torch_dtype", "dtype", "_name_or_path"):
             inner.setdefault(key, config.get(key))
         spec = spec_from_hf_config(inner, name, source=source)
-        note = "gemma3: the language model of a multimodal config (vision tower not counted)"
-        return replace(spec, extra={**spec.extra, "model_type": "gemma3", "note": note})
+        note = f"{family}: the language model of a multimodal config (vision tower not counted)"
+        return replace(spec, extra={**spec.extra, "model_type": family, "note": note})
     if family not in _FAMILIES:
         raise UserError(
             f"{where}: unsupported model_type {family!r}; supported: "
