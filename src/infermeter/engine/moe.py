@@ -199,7 +199,11 @@ class MoELayer(nn.Module):
             from infermeter.engine.model import linear
 
             assert self.ws_down is not None
-            shared = self._act(linear(x, self.ws_in, None, fast), self.fs)
+            shared = linear(x, self.ws_in, None, fast)
+            if fast is not None and self.kind == "swiglu":
+                shared = fast.silu_mul(shared, self.fs)
+            else:
+                shared = self._act(shared, self.fs)
             s = linear(shared, self.ws_down, None, fast)
             if self.shared_gate is not None:
                 s = s * torch.sigmoid(F.linear(x, self.shared_gate))
