@@ -314,7 +314,7 @@ class Block(nn.Module):
             if not plain:
                 assert ctx.windows is not None
                 mask = ctx.windows[self.window or 0]
-                o = attend(q, k, v, mask, self.scale, self.softcap, self._sinks())
+                o = attend(q, k, v, mask, self.scale, self.softcap, self.sinks)
             elif ctx.mask is None:  # plain causal: the flash kernel on CUDA
                 o = F.scaled_dot_product_attention(
                     q, k, v, is_causal=True, enable_gqa=nq != nkv, scale=self.scale
@@ -334,7 +334,7 @@ class Block(nn.Module):
                 o = ctx.fast.decode_attention(q, cache, lengths, ctx.slopes)
             else:
                 o = ctx.fast.decode_attention(
-                    q, cache, lengths, ctx.slopes, self.scale, self.softcap, self._sinks()
+                    q, cache, lengths, ctx.slopes, self.scale, self.softcap, self.sinks
                 )
             return o.view(b, nq * d)
         # Decode: write this step's K/V at each sequence's slot, then attend over the cache.
@@ -356,15 +356,12 @@ class Block(nn.Module):
         if mask is not None and mask.shape[1] > 1:  # per-head ALiBi bias
             mask = mask.view(b, nkv, nq // nkv, -1)
         if not plain:
-            o = attend(q.view(b, nq, 1, d), k, v, mask, self.scale, self.softcap, self._sinks())
+            o = attend(q.view(b, nq, 1, d), k, v, mask, self.scale, self.softcap, self.sinks)
             return o.reshape(b, nq * d)
         o = F.scaled_dot_product_attention(
             q.reshape(b, nkv, nq // nkv, d), k, v, attn_mask=mask, scale=self.scale
         )
         return o.reshape(b, nq * d)
-
-    def _sinks(self) -> Tensor | None:
-        return self.sinks
 
     def _ring(self, ctx: Context, cache: Tensor) -> Ring | None:
         """The ring buffer data of this layer, when its cache is shorter than the context."""
