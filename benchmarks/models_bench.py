@@ -5,6 +5,8 @@ One GPU (H200), the five single-GPU models and the batch curve:
     PYTHONPATH=src python benchmarks/models_bench.py
 Two GPUs, gpt-oss-120b at tensor parallelism 2 (its figures merge into the same record):
     PYTHONPATH=src python benchmarks/models_bench.py --models gpt-oss-120b --tp 2 --curve none
+Each run adds its models to the record it finds (--merge, default the committed
+docs/benchmarks/models.json) and writes the result to --out (default docs/benchmarks).
 CPU, tiny specs of the same layouts, a minute (checks the script, no goals):
     PYTHONPATH=src python benchmarks/models_bench.py --quick
 
@@ -238,6 +240,13 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=540.0, help="per profile command")
     parser.add_argument("--quick", action="store_true", help="CPU, tiny specs, no goals")
     parser.add_argument("--out", type=Path, default=None, help="default docs/benchmarks")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        default=None,
+        help="earlier record to add this run's models to (default docs/benchmarks/models.json, "
+        "so a run writing elsewhere, e.g. a device's $OUT, still builds on the committed one)",
+    )
     args = parser.parse_args()
     if args.out is None:  # a quick CPU run is a check, not a record for the docs
         args.out = Path(tempfile.gettempdir()) / "infermeter-models-quick" if args.quick else DOCS
@@ -265,8 +274,8 @@ def main() -> None:
         batches = QUICK_BATCHES if args.quick else GPU_BATCHES
         curve = batch_curve(curve_model, batches, device, args.repeats)
 
-    path = args.out / f"{name}.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
+    earlier = args.merge or (DOCS / f"{name}.json" if not args.quick else args.out / f"{name}.json")
+    old = json.loads(earlier.read_text()) if earlier.exists() else {}
     record = {
         **old,
         **provenance(),
