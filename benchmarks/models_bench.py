@@ -281,8 +281,9 @@ def main() -> None:
         **provenance(),
         "models": _merge(old, rows),
         "goals": {"min_r2": R2_GOAL, "batch1_decode_over_floor": FLOOR_GOAL},
-        "deviations": f"infermeter profile defaults except --warmup-s {args.warmup_s}"
-        + (" (quick: CPU, --trials 2)" if args.quick else ""),
+        "deviations": "quick check: CPU, its default grid, --trials 2"
+        if args.quick
+        else f"infermeter profile defaults except --warmup-s {args.warmup_s}",
         "routing_note": "random weights: router weights N(0, 1/h), so its logits are O(1) and "
         "random tokens spread over the experts; the curve records the experts touched",
     }
