@@ -128,6 +128,14 @@ def test_family_constraint_is_a_user_error() -> None:
         hf_family(spec)
 
 
+def test_newer_layouts_are_refused_not_run_as_llama() -> None:
+    from infermeter.catalog import get_spec
+
+    for name in ("mixtral-8x7b", "deepseek-v2-lite", "gpt-oss-20b", "gemma-2-9b"):
+        with pytest.raises(UserError, match="use --backend engine"):
+            hf_family(get_spec(name))
+
+
 # ---- registry ------------------------------------------------------------------------------
 
 

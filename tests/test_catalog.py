@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -53,6 +54,58 @@ def test_open_model_params(name: str, params_b: float) -> None:
     assert get_spec(name).num_params / 1e9 == pytest.approx(params_b, rel=0.03)
 
 
+PUBLISHED = [name for name, spec in CATALOG.items() if "published_params_b" in spec.extra]
+# Publishers that give the active count to two significant digits only, where the derived
+# count differs by more than 1%: the test holds it to those digits (rounded or truncated).
+TWO_DIGITS = {
+    "qwen3-30b-a3b": "3.35B derived; Qwen's 3.3B truncates it",
+    "deepseek-v2-lite": "2.45B derived (no embedding); DeepSeek's 2.4B truncates it",
+    "deepseek-v3": "36.6B derived (no embedding); DeepSeek's 37B rounds it",
+}
+
+
+def test_issue_20_models_are_in_the_catalog() -> None:
+    wanted = {
+        "llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b", "llama-3.3-70b", "qwen2.5-7b",
+        "qwen2.5-72b", "qwen3-8b", "qwen3-32b", "qwen3-30b-a3b", "qwen3-235b-a22b",
+        "mixtral-8x7b", "mixtral-8x22b", "deepseek-v2-lite", "deepseek-v3", "gpt-oss-20b",
+        "gpt-oss-120b", "gemma-2-9b", "gemma-2-27b", "gemma-3-27b", "phi-3-mini",
+    }  # fmt: skip
+    assert wanted <= set(PUBLISHED)
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_parameter_counts(name: str) -> None:
+    spec = CATALOG[name]
+    extra = spec.extra
+    assert spec.num_params / 1e9 == pytest.approx(extra["published_params_b"], rel=0.005)
+    assert spec.source.startswith(("http", "DeepSeek", "Gemma", "gpt-oss"))
+    if "published_active_b" not in extra:
+        assert spec.moe is None  # dense: active = total
+        assert spec.active_params() == spec.num_params
+        return
+    active = spec.active_params(extra["active_with_embedding"]) / 1e9
+    published = extra["published_active_b"]
+    if name in TWO_DIGITS:
+        step = 10.0 ** (math.floor(math.log10(published)) - 1)  # the second digit's unit
+        rounded = round(active / step) * step
+        truncated = math.floor(active / step) * step
+        assert published in (pytest.approx(rounded), pytest.approx(truncated)), TWO_DIGITS[name]
+        assert abs(active / published - 1) < 0.025
+    else:
+        assert active == pytest.approx(published, rel=0.01)
+
+
+def test_mixture_of_experts_entries() -> None:
+    mixtral = get_spec("mistralai/Mixtral-8x7B-v0.1")
+    assert mixtral.name == "mixtral-8x7b" and mixtral.moe is not None
+    assert mixtral.expected_distinct_experts(1) == pytest.approx(2)
+    oss = get_spec("gpt-oss-120b")
+    assert oss.moe is not None and oss.attention_sinks and oss.sliding_window == 128
+    v3 = get_spec("deepseek-v3")
+    assert v3.mla is not None and v3.kv_bytes_per_token == 576 * 2
+
+
 def test_llama3_uses_gqa() -> None:
     for name in ("llama-3-8b", "llama-3-70b"):
         spec = get_spec(name)
@@ -67,7 +120,7 @@ def test_every_entry_cites_a_source_and_is_keyed_by_its_name() -> None:
         assert spec.source
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-gptj", "tiny-bloom", "tiny-opt"])
+@pytest.mark.parametrize("name", [n for n in CATALOG if n.startswith("tiny-")])
 def test_tiny_specs_are_tiny(name: str) -> None:
     spec = get_spec(name)
     assert spec.num_params < 500_000
@@ -149,6 +202,7 @@ def test_catalog_table() -> None:
         "ffn_size",
         "vocab_size",
         "params_b",
+        "active_b",
         "max_context",
         "source",
     ]
@@ -156,3 +210,4 @@ def test_catalog_table() -> None:
     davinci = table.set_index("name").loc["openai/davinci"]
     assert davinci["params_b"] == round(CATALOG["openai/davinci"].num_params / 1e9, 2)
     assert table.set_index("name").loc["llama-3-8b", "num_kv_heads"] == 8
+    assert table.set_index("name").loc["mixtral-8x7b", "active_b"] == 12.88

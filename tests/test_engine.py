@@ -15,6 +15,7 @@ F = torch.nn.functional
 
 from infermeter.backends.base import Point  # noqa: E402
 from infermeter.backends.engine import EngineBackend  # noqa: E402
+from infermeter.catalog import get_spec  # noqa: E402
 from infermeter.engine import (  # noqa: E402
     Decoder,
     Engine,
@@ -275,9 +276,11 @@ class FakeGraph:
             self.out.copy_(new)
 
 
-def test_graph_orchestration_on_cpu(monkeypatch: Any) -> None:
+@pytest.mark.parametrize("name", ["bloom", "tiny-gpt-oss", "tiny-deepseek-v2"])
+def test_graph_orchestration_on_cpu(monkeypatch: Any, name: str) -> None:
     """Static buffers, graph keys and replay order of the CUDA-graph path give the same tokens
-    as the eager path (on CPU, with the masked path's several span buckets)."""
+    as the eager path (on CPU, with the masked path's several span buckets; ring buffers,
+    experts and latent attention for the newer layouts)."""
     import infermeter.engine.generate as gen
 
     def capture(self: Any, body: Any) -> Any:
@@ -287,7 +290,7 @@ def test_graph_orchestration_on_cpu(monkeypatch: Any) -> None:
 
     monkeypatch.setattr(gen.Engine, "_capture", capture)
     monkeypatch.setattr(gen, "SPAN_BUCKET", 4)
-    spec = SPECS["bloom"]
+    spec = SPECS["bloom"] if name == "bloom" else replace(get_spec(name), max_context=128)
     eager, _ = engine_with(spec)
     graphs, _ = engine_with(spec)
     graphs.graphs, graphs.prefill_graph_problem = True, None
@@ -363,6 +366,47 @@ def test_tensor_parallel_matches_single_rank() -> None:
     finally:
         single.close()
         double.close()
+
+
+def test_tensor_parallel_newer_layouts_match_single_rank() -> None:
+    """Experts sharded along their FFN (with a shared expert and expert biases), latent
+    attention with a replicated latent, sinks split by head, ring-buffer windows, and qk-norm
+    over the whole projection (its mean square all-reduced): 2 gloo ranks give the tokens of
+    one."""
+    olmo_like = replace(
+        get_spec("tiny-llama"), name="olmo-like", qk_norm="full", norm_placement="post"
+    )
+    specs = [get_spec(n) for n in ("tiny-mixtral", "tiny-deepseek-v2", "tiny-gpt-oss")]
+    prompts = [list(range(3, 23)), [9, 8, 7, 6, 5]]  # the first passes the 16-token windows
+    single = EngineBackend(device="cpu", seed=4)
+    double = EngineBackend(device="cpu", tp=2, seed=4, timeout_s=120)
+    try:
+        for spec in [*specs, get_spec("tiny-gemma2"), olmo_like]:
+            single.prepare(spec)
+            double.prepare(spec)
+            want = single.generate(prompts, 8).tokens
+            assert double.generate(prompts, 8).tokens == want, spec.name
+    finally:
+        single.close()
+        double.close()
+
+
+def test_random_routing_is_balanced_and_expert_paths_agree() -> None:
+    """Random weights spread a batch's tokens over the experts as balanced routing predicts
+    (one token: exactly its k experts); the graph-safe dense expert path (the CUDA fallback)
+    computes what the per-expert loop does."""
+    spec = get_spec("tiny-qwen3-moe")  # 16 experts, top-4, 2 MoE layers
+    engine = Engine(spec, seed=7)
+    assert engine.expert_counts(1) == [4, 4]
+    for batch in (4, 16):
+        counts = engine.expert_counts(batch)
+        predicted = spec.expected_distinct_experts(batch)
+        assert all(abs(c - predicted) <= 0.25 * predicted for c in counts), (batch, counts)
+    prompts = engine.random_prompts(2, 12)
+    loop = engine.score(prompts)
+    for block in engine.model.layers:
+        block.moe.path = "dense"
+    assert rel_error(engine.score(prompts), loop) < 1e-6
 
 
 def test_backend_measure_and_errors() -> None:

@@ -35,6 +35,12 @@ REQUIRED_NAMES = (
     "a10g",
     "l4",
     "cpu",
+    "b200",
+    "mi300x",
+    "mi325x",
+    "l40s",
+    "h20",
+    "rtx-4090",
 )
 
 
@@ -100,6 +106,24 @@ def test_known_ratios() -> None:
     assert "bf16 not supported" in v100.sources["peak_bf16_flops"]
 
 
+def test_accelerators_of_today() -> None:
+    """Datasheet figures of the 2025-2026 entries, and the relations between them."""
+    b200, h200 = ACCELERATORS["b200"], ACCELERATORS["h200-sxm"]
+    mi300x, mi325x = ACCELERATORS["mi300x"], ACCELERATORS["mi325x"]
+    assert b200.peak_bf16_flops == pytest.approx(2.25e15)
+    assert b200.memory_bandwidth / h200.memory_bandwidth == pytest.approx(8.0 / 4.8)
+    assert (mi300x.memory_bytes, mi300x.memory_bandwidth) == (192 * 10**9, 5.3e12)
+    # MI325X is the MI300X's compute with HBM3E: same FLOP/s, more memory and bandwidth
+    assert mi325x.peak_bf16_flops == mi300x.peak_bf16_flops
+    assert mi325x.memory_bytes > mi300x.memory_bytes
+    assert ACCELERATORS["l40s"].memory_bandwidth == pytest.approx(864e9)
+    h20 = ACCELERATORS["h20"]
+    assert h20.peak_bf16_flops < 0.2 * h200.peak_bf16_flops  # export-capped compute ...
+    assert h20.memory_bandwidth == pytest.approx(4.0e12)  # ... and most of H200's bandwidth
+    assert "placeholder" in h20.sources["price_per_hour_usd"]
+    assert ACCELERATORS["rtx-4090"].memory_bandwidth == pytest.approx(1.008e12)
+
+
 def test_cpu_entry_is_nominal() -> None:
     cpu = ACCELERATORS["cpu"]
     assert cpu.nominal
@@ -155,6 +179,12 @@ def test_accelerator_validation() -> None:
         ("NVIDIA A10G", "a10g"),
         ("NVIDIA L4", "l4"),
         ("  nvidia a100-sxm4-80gb ", "a100-sxm-80gb"),  # case and whitespace do not matter
+        ("NVIDIA B200", "b200"),
+        ("AMD Instinct MI300X", "mi300x"),
+        ("AMD Instinct MI325X", "mi325x"),
+        ("NVIDIA L40S", "l40s"),
+        ("NVIDIA H20", "h20"),
+        ("NVIDIA GeForce RTX 4090", "rtx-4090"),
     ],
 )
 def test_detect_known(device_name: str, expected: str) -> None:
@@ -172,8 +202,10 @@ def test_detect_known(device_name: str, expected: str) -> None:
         "NVIDIA A100 80GB PCIe",
         "Tesla V100-SXM2-16GB",
         "NVIDIA A10",  # not the A10G, and not an A100
-        "NVIDIA L40S",
-        "NVIDIA GeForce RTX 4090",
+        "NVIDIA L40",  # not the L40S
+        "NVIDIA GeForce RTX 4090 D",  # the cut-down China part
+        "NVIDIA GB200",  # not the B200
+        "AMD Instinct MI300A",  # the APU, not the MI300X
         "",
     ],
 )
@@ -190,6 +222,12 @@ def test_patterns_are_disjoint() -> None:
         "NVIDIA H100 PCIe",
         "NVIDIA A10G",
         "NVIDIA L4",
+        "NVIDIA B200",
+        "AMD Instinct MI300X",
+        "AMD Instinct MI325X",
+        "NVIDIA L40S",
+        "NVIDIA H20",
+        "NVIDIA GeForce RTX 4090",
     ]
     for device_name in names:
         assert sum(a.matches(device_name) for a in ACCELERATORS.values()) == 1, device_name

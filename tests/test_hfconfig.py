@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -38,9 +39,127 @@ def test_params_match_known_counts(file: str, params: int) -> None:
     assert spec.family == _config(file)["model_type"]
 
 
+# Published config.json files of today's families (architecture keys as released), counted
+# against the transformers model built from the same file on the meta device (no memory).
+REAL_CONFIGS = [
+    "mixtral-8x7b-v0.1.json",
+    "qwen1.5-moe-a2.7b.json",
+    "qwen3-30b-a3b.json",
+    "qwen3-8b.json",
+    "deepseek-v2-lite.json",
+    "deepseek-v3.json",
+    "gpt-oss-20b.json",
+    "gemma-2-9b.json",
+    "gemma-3-27b-pt.json",
+    "phi-3-mini-4k-instruct.json",
+    "falcon-7b.json",
+    "olmo-2-1124-7b.json",
+    "llama-4-scout-17b-16e.json",
+]
+
+
+def _transformers_count(config: dict) -> int:
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    if config["model_type"] == "gemma3":  # the language model of the multimodal config
+        built = transformers.Gemma3TextConfig(**config["text_config"])
+    elif config["model_type"] == "llama4":
+        built = transformers.Llama4TextConfig(**config["text_config"])
+    else:
+        built = transformers.AutoConfig.for_model(**config)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(built)
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("file", REAL_CONFIGS)
+def test_real_configs_count_what_transformers_builds(file: str) -> None:
+    spec = load_hf_config(CONFIGS / file)
+    assert spec.num_params == _transformers_count(_config(file))
+
+
 def test_every_supported_family_has_a_real_config() -> None:
-    families = {_config(file)["model_type"] for file in KNOWN_PARAMS}
-    assert families == set(SUPPORTED_FAMILIES)
+    families = {_config(file)["model_type"] for file in [*KNOWN_PARAMS, *REAL_CONFIGS]}
+    assert families | {"gemma3_text", "llama4_text"} == set(SUPPORTED_FAMILIES)
+
+
+def test_mixture_of_experts_fields() -> None:
+    mixtral = load_hf_config(CONFIGS / "mixtral-8x7b-v0.1.json")
+    assert mixtral.moe is not None and mixtral.num_moe_layers == 32
+    assert (mixtral.moe.num_experts, mixtral.moe.experts_per_token) == (8, 2)
+    assert mixtral.moe.expert_ffn_size == 14336 and mixtral.moe.normalize
+    qwen = load_hf_config(CONFIGS / "qwen1.5-moe-a2.7b.json")
+    assert qwen.moe is not None and qwen.moe.shared_gate and not qwen.moe.normalize
+    assert qwen.moe.shared_ffn_size == 5632 and qwen.has_qkv_bias and not qwen.has_out_bias
+    assert qwen.sliding_window is None  # use_sliding_window is false
+    qwen3 = load_hf_config(CONFIGS / "qwen3-30b-a3b.json")
+    assert qwen3.qk_norm == "head" and qwen3.dim_head == 128 and qwen3.moe is not None
+    assert qwen3.moe.normalize and qwen3.moe.shared_ffn_size == 0
+
+
+def test_deepseek_mla_and_routing() -> None:
+    lite = load_hf_config(CONFIGS / "deepseek-v2-lite.json")
+    assert lite.mla is not None and lite.mla.q_lora_rank is None
+    assert lite.mla.cache_dim == 512 + 64
+    assert lite.moe is not None and lite.moe.first_dense_layers == 1
+    assert lite.num_moe_layers == 26 and lite.moe.shared_ffn_size == 2 * 1408
+    assert lite.moe.scoring == "softmax" and lite.moe.groups == 1
+    # YaRN with mscale_all_dim: the softmax scale grows by mscale² (transformers' formula)
+    mscale = 0.1 * 0.707 * math.log(40) + 1.0
+    assert lite.attn_scale == pytest.approx(192**-0.5 * mscale**2)
+    assert lite.rope_scaling is not None and lite.rope_scaling["rope_type"] == "yarn"
+    v3 = load_hf_config(CONFIGS / "deepseek-v3.json")
+    assert v3.mla is not None and v3.mla.q_lora_rank == 1536
+    assert v3.moe is not None and v3.moe.scoring == "sigmoid" and v3.moe.score_correction
+    assert (v3.moe.groups, v3.moe.top_groups, v3.moe.scale) == (8, 4, 2.5)
+
+
+def test_windows_sinks_softcaps_and_norms() -> None:
+    oss = load_hf_config(CONFIGS / "gpt-oss-20b.json")
+    assert oss.attention_sinks and oss.sliding_window == 128
+    assert oss.layer_types[:2] == ("sliding", "full") and oss.layer_window(1) is None
+    assert oss.ffn_kind == "clamped_swiglu" and oss.has_qkv_bias and oss.has_out_bias
+    assert oss.moe is not None and oss.moe.router_bias and oss.moe.expert_bias
+    assert oss.extra["quantization"] == "mxfp4"
+    gemma = load_hf_config(CONFIGS / "gemma-2-9b.json")
+    assert (gemma.attn_softcap, gemma.final_softcap) == (50.0, 30.0)
+    assert gemma.norm_placement == "sandwich" and gemma.ffn_kind == "geglu"
+    assert gemma.layer_types[:2] == ("sliding", "full") and gemma.tie_embeddings
+    assert gemma.embedding_multiplier == pytest.approx(3584**0.5)
+    gemma3 = load_hf_config(CONFIGS / "gemma-3-27b-pt.json")
+    assert gemma3.qk_norm == "head" and gemma3.attn_softcap is None
+    assert gemma3.local_rope_theta == 10000.0 and gemma3.rope_theta == 1e6
+    assert gemma3.layer_types[:6] == ("sliding",) * 5 + ("full",)
+    assert gemma3.attn_scale == pytest.approx(168**-0.5)
+    phi = load_hf_config(CONFIGS / "phi-3-mini-4k-instruct.json")
+    assert phi.sliding_window == 2047 and phi.layer_types == ()  # every layer windowed
+    olmo = load_hf_config(CONFIGS / "olmo-2-1124-7b.json")
+    assert olmo.qk_norm == "full" and olmo.norm_placement == "post"
+    falcon = load_hf_config(CONFIGS / "falcon-7b.json")
+    assert falcon.kv_heads == 1 and falcon.parallel_attn_ffn and falcon.dim_head == 64
+    assert falcon.ffn_kind == "gelu_exact" and falcon.tie_embeddings
+
+
+def test_llama4_spec_only() -> None:
+    """Llama-4 Scout: 16 experts top-1 plus a shared expert on every layer, chunked attention
+    on 3 of 4 layers (counted as an 8192-token window); Meta's 17B active parameters."""
+    spec = load_hf_config(CONFIGS / "llama-4-scout-17b-16e.json")
+    assert spec.moe is not None and spec.moe.shared_ffn_size == 8192
+    assert spec.num_moe_layers == 48 and spec.layer_types[:4] == ("sliding",) * 3 + ("full",)
+    assert spec.active_params() / 1e9 == pytest.approx(17.0, rel=0.015)
+    assert "vision tower not counted" in spec.extra["note"]
+    from infermeter.engine.parallel import check_tp
+
+    message = _error(lambda: check_tp(spec, 1))
+    assert "does not run llama4" in message and "--show" in message
+
+
+def test_state_space_models_are_refused_in_one_line() -> None:
+    message = _error(lambda: load_hf_config(CONFIGS / "mamba-130m.json"))
+    assert "'mamba'" in message and "state-space" in message and "KV cache" in message
+    rwkv = _error(lambda: spec_from_hf_config({"model_type": "rwkv"}, "x"))
+    assert "not a transformer" in rwkv
 
 
 def test_gpt2_fields() -> None:
@@ -64,7 +183,7 @@ def test_llama_fields() -> None:
 def test_mistral_gqa_and_sliding_window() -> None:
     spec = load_hf_config(CONFIGS / "mistral-7b-v0.1.json")
     assert spec.kv_heads == 8 and spec.dim_head == 128
-    assert spec.extra["sliding_window"] == 4096
+    assert spec.sliding_window == 4096 and spec.layer_types == ()  # every layer windowed
     assert spec.max_context == 32768
 
 

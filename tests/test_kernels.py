@@ -3,8 +3,8 @@
 On a GPU the engine self-checks them at start; this checks their arithmetic in CI, where
 there is no GPU: the GEMV (plain, and with bias and residual folded in) against float math,
 and whole greedy generations of tiny models through the Triton decode path (rotary + cache
-write, split-K flash-decoding with GQA and ALiBi, RMSNorm, SiLU·mul) against the plain SDPA
-path.
+write, split-K flash-decoding with GQA and ALiBi, RMSNorm, SiLU·mul; ring-buffer slots,
+sinks and soft-capping; the MoE grouped GEMM) against the plain SDPA path.
 """
 
 from __future__ import annotations
@@ -41,8 +41,65 @@ def test_gemv_modes_match_float_math(interpreted: dict, mode: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gptj", "tiny-bloom"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "tiny-llama",
+        "tiny-gptj",
+        "tiny-bloom",
+        "tiny-qwen3-moe",
+        "tiny-deepseek-v2",
+        "tiny-gpt-oss",
+        "tiny-gemma2",
+    ],
+)
 def test_triton_decode_gives_the_tokens_of_the_plain_path(interpreted: dict, model: str) -> None:
     tokens = interpreted["tokens"][model]
     assert len(tokens["sdpa"]) == 2 and all(len(row) == 6 for row in tokens["sdpa"])
     assert tokens["triton"] == tokens["sdpa"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny-gpt-oss", "tiny-qwen3-moe"])
+@pytest.mark.parametrize("tokens", [1, 3, 40])
+def test_moe_triton_path_matches_the_expert_loop(
+    interpreted: dict, model: str, tokens: int
+) -> None:
+    """Fused routing + alignment (1, 3 tokens) or torch routing (40), grouped GEMMs with the
+    gated activation in the epilogue, expert biases (gpt-oss)."""
+    assert interpreted["moe"][f"{model}_tokens_{tokens}"] < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["sigmoid_bias", "softmax_plain"])
+def test_fused_routing_matches_torch(interpreted: dict, variant: str) -> None:
+    routing = interpreted["routing"]
+    assert routing[f"{variant}_ids"] and routing[f"{variant}_layout"]
+    assert routing[f"{variant}_weights"] < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "model", ["tiny-qwen3-moe", "tiny-deepseek-v2", "tiny-gpt-oss", "tiny-gemma2"]
+)
+def test_engine_self_checks_pass_for_the_newer_kernels(interpreted: dict, model: str) -> None:
+    """The start-up checks of qk-norm, gated activations, norm + residual, ring writes and
+    sinks/soft-cap attention, as a GPU runs them, pass on the interpreted kernels."""
+    assert interpreted["self_checks"][model] is None
+
+
+@pytest.mark.slow
+def test_latent_attention_matches_float_math(interpreted: dict) -> None:
+    """MLA decode in the latent space: 20 heads (two head groups), two lengths."""
+    assert interpreted["latent"] < 1e-5
+
+
+@pytest.mark.slow
+def test_grouped_gemm_geglu_epilogue(interpreted: dict) -> None:
+    assert interpreted["routing"]["geglu"] < 1e-5
+
+
+@pytest.mark.slow
+def test_decode_attention_sinks_softcap_and_ring_slots(interpreted: dict) -> None:
+    assert interpreted["attention"]["sinks_softcap_scale"] < 1e-5
+    assert interpreted["attention"]["ring_slots"] == 0.0

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from infermeter.errors import UserError
+from infermeter.hfconfig import spec_from_hf_config
 from infermeter.spec import ModelSpec
 
 _PAPER = "Narayanan et al., idealized-runtime paper, Table 1"
@@ -226,6 +227,428 @@ _SPECS += [
     ),
 ]
 
+
+def _published(
+    name: str,
+    config: dict[str, Any],
+    source: str,
+    params_b: float,
+    active_b: float | None = None,
+    *,
+    active_with_embedding: bool = True,
+    note: str = "",
+) -> ModelSpec:
+    """A current open model: the architecture keys of its published config.json, read by the
+    same code as a user's config (hfconfig), and the counts its publisher states.
+
+    `params_b`/`active_b` are the published total and active parameters (billions);
+    `active_with_embedding` says whether the publisher counts the input embedding among the
+    active parameters (Mistral, Qwen: yes; OpenAI, DeepSeek: no). tests/test_catalog.py holds
+    every entry to its published counts.
+    """
+    spec = spec_from_hf_config({**config, "torch_dtype": "bfloat16"}, name)
+    published = {"published_params_b": params_b, "published_source": source}
+    if active_b is not None:
+        published |= {
+            "published_active_b": active_b,
+            "active_with_embedding": active_with_embedding,
+        }
+    if note:
+        published["note"] = note
+    family = str(config["model_type"])
+    return replace(spec, source=source, family=family, extra={**spec.extra, **published})
+
+
+_HF = "https://huggingface.co/"
+_L31 = {
+    "model_type": "llama",
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+    "tie_word_embeddings": False,
+}
+_L70 = {**_L31, "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80}
+_QWEN25 = {"model_type": "qwen2", "vocab_size": 152064, "rope_theta": 1e6, "rms_norm_eps": 1e-6}
+_QWEN3 = {
+    "model_type": "qwen3",
+    "head_dim": 128,
+    "num_key_value_heads": 8,
+    "vocab_size": 151936,
+    "max_position_embeddings": 40960,
+    "rope_theta": 1e6,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+}
+_QWEN3_MOE = {
+    **_QWEN3,
+    "model_type": "qwen3_moe",
+    "num_key_value_heads": 4,
+    "num_experts": 128,
+    "num_experts_per_tok": 8,
+    "norm_topk_prob": True,
+}
+_MIXTRAL = {
+    "model_type": "mixtral",
+    "num_key_value_heads": 8,
+    "num_local_experts": 8,
+    "num_experts_per_tok": 2,
+    "rope_theta": 1e6,
+    "rms_norm_eps": 1e-5,
+}
+_MLA = {"kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128}
+_YARN_DS = {
+    "rope_type": "yarn",
+    "factor": 40,
+    "original_max_position_embeddings": 4096,
+    "beta_fast": 32,
+    "beta_slow": 1,
+    "mscale": 1.0,
+    "mscale_all_dim": 1.0,
+}
+_GPT_OSS = {
+    "model_type": "gpt_oss",
+    "hidden_size": 2880,
+    "intermediate_size": 2880,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "num_experts_per_tok": 4,
+    "vocab_size": 201088,
+    "sliding_window": 128,
+    "max_position_embeddings": 131072,
+    "rope_theta": 150000.0,
+    "rope_scaling": {
+        "rope_type": "yarn",
+        "factor": 32.0,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "truncate": False,
+        "original_max_position_embeddings": 4096,
+    },
+}
+_GPT_OSS_CARD = (
+    "gpt-oss model card (arXiv 2508.10925), Table 1: {} total, {} active (active counts the "
+    "unembedding, not the embedding); architecture from " + _HF + "openai/{}/blob/main/config.json"
+    "; weights counted at bf16 (the release stores experts in MXFP4)"
+)
+_GEMMA2 = {"model_type": "gemma2", "vocab_size": 256000, "sliding_window": 4096}
+
+_SPECS += [
+    _published(
+        "llama-3.1-8b",
+        {
+            **_L31,
+            "hidden_size": 4096,
+            "intermediate_size": 14336,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+        },
+        _HF + "meta-llama/Llama-3.1-8B/blob/main/config.json (8.03B params on the model page)",
+        8.03,
+    ),
+    _published(
+        "llama-3.1-70b",
+        {**_L70, "num_attention_heads": 64},
+        _HF + "meta-llama/Llama-3.1-70B/blob/main/config.json (70.6B params on the model page)",
+        70.6,
+    ),
+    _published(
+        "llama-3.1-405b",
+        {
+            **_L31,
+            "hidden_size": 16384,
+            "intermediate_size": 53248,
+            "num_hidden_layers": 126,
+            "num_attention_heads": 128,
+        },
+        _HF + "meta-llama/Llama-3.1-405B/blob/main/config.json (406B params on the model page)",
+        406.0,
+    ),
+    _published(
+        "llama-3.3-70b",
+        {**_L70, "num_attention_heads": 64},
+        _HF + "meta-llama/Llama-3.3-70B-Instruct/blob/main/config.json (70.6B params)",
+        70.6,
+    ),
+    _published(
+        "qwen2.5-7b",
+        {
+            **_QWEN25,
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "max_position_embeddings": 131072,
+            "tie_word_embeddings": False,
+        },
+        _HF + "Qwen/Qwen2.5-7B (model card: 7.61B parameters, 6.53B non-embedding) and its "
+        "config.json",
+        7.61,
+    ),
+    _published(
+        "qwen2.5-72b",
+        {
+            **_QWEN25,
+            "hidden_size": 8192,
+            "intermediate_size": 29568,
+            "num_hidden_layers": 80,
+            "num_attention_heads": 64,
+            "num_key_value_heads": 8,
+            "max_position_embeddings": 131072,
+            "tie_word_embeddings": False,
+        },
+        _HF + "Qwen/Qwen2.5-72B (model card: 72.7B parameters, 70.0B non-embedding) and its "
+        "config.json",
+        72.7,
+    ),
+    _published(
+        "qwen3-8b",
+        {
+            **_QWEN3,
+            "hidden_size": 4096,
+            "intermediate_size": 12288,
+            "num_hidden_layers": 36,
+            "num_attention_heads": 32,
+        },
+        _HF + "Qwen/Qwen3-8B (model card: 8.2B parameters, 6.95B non-embedding) and its "
+        "config.json",
+        8.2,
+    ),
+    _published(
+        "qwen3-32b",
+        {
+            **_QWEN3,
+            "hidden_size": 5120,
+            "intermediate_size": 25600,
+            "num_hidden_layers": 64,
+            "num_attention_heads": 64,
+        },
+        _HF + "Qwen/Qwen3-32B (model card: 32.8B parameters, 31.2B non-embedding) and its "
+        "config.json",
+        32.8,
+    ),
+    _published(
+        "qwen3-30b-a3b",
+        {
+            **_QWEN3_MOE,
+            "hidden_size": 2048,
+            "intermediate_size": 6144,
+            "moe_intermediate_size": 768,
+            "num_hidden_layers": 48,
+            "num_attention_heads": 32,
+        },
+        _HF + "Qwen/Qwen3-30B-A3B (model card: 30.5B total, 3.3B activated, 29.9B "
+        "non-embedding) and its config.json",
+        30.5,
+        3.3,
+        note="the derived active count is 3.35B with the embedding (3.04B without): Qwen's "
+        "3.3B is that figure truncated to two digits",
+    ),
+    _published(
+        "qwen3-235b-a22b",
+        {
+            **_QWEN3_MOE,
+            "hidden_size": 4096,
+            "intermediate_size": 12288,
+            "moe_intermediate_size": 1536,
+            "num_hidden_layers": 94,
+            "num_attention_heads": 64,
+        },
+        _HF + "Qwen/Qwen3-235B-A22B (model card: 235B total, 22B activated, 234B "
+        "non-embedding) and its config.json",
+        235.0,
+        22.0,
+    ),
+    _published(
+        "mixtral-8x7b",
+        {
+            **_MIXTRAL,
+            "hidden_size": 4096,
+            "intermediate_size": 14336,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "vocab_size": 32000,
+            "max_position_embeddings": 32768,
+        },
+        "https://mistral.ai/news/mixtral-of-experts/ (46.7B total, 12.9B per token) and "
+        + _HF
+        + "mistralai/Mixtral-8x7B-v0.1/blob/main/config.json",
+        46.7,
+        12.9,
+    ),
+    _published(
+        "mixtral-8x22b",
+        {
+            **_MIXTRAL,
+            "hidden_size": 6144,
+            "intermediate_size": 16384,
+            "num_hidden_layers": 56,
+            "num_attention_heads": 48,
+            "vocab_size": 32000,
+            "max_position_embeddings": 65536,
+        },
+        "https://mistral.ai/news/mixtral-8x22b/ (141B total, 39B active) and "
+        + _HF
+        + "mistralai/Mixtral-8x22B-v0.1/blob/main/config.json",
+        141.0,
+        39.0,
+    ),
+    _published(
+        "deepseek-v2-lite",
+        {
+            "model_type": "deepseek_v2",
+            **_MLA,
+            "hidden_size": 2048,
+            "intermediate_size": 10944,
+            "moe_intermediate_size": 1408,
+            "num_hidden_layers": 27,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 16,
+            "n_routed_experts": 64,
+            "n_shared_experts": 2,
+            "num_experts_per_tok": 6,
+            "first_k_dense_replace": 1,
+            "q_lora_rank": None,
+            "topk_method": "greedy",
+            "vocab_size": 102400,
+            "max_position_embeddings": 163840,
+            "rope_scaling": {**_YARN_DS, "mscale": 0.707, "mscale_all_dim": 0.707},
+        },
+        _HF + "deepseek-ai/DeepSeek-V2-Lite (model card: 15.7B total, 2.4B activated) and its "
+        "config.json",
+        15.7,
+        2.4,
+        active_with_embedding=False,
+        note="the derived active count is 2.45B without the embedding: DeepSeek's 2.4B is "
+        "that figure truncated to two digits",
+    ),
+    _published(
+        "deepseek-v3",
+        {
+            "model_type": "deepseek_v3",
+            **_MLA,
+            "hidden_size": 7168,
+            "intermediate_size": 18432,
+            "moe_intermediate_size": 2048,
+            "num_hidden_layers": 61,
+            "num_attention_heads": 128,
+            "num_key_value_heads": 128,
+            "n_routed_experts": 256,
+            "n_shared_experts": 1,
+            "num_experts_per_tok": 8,
+            "first_k_dense_replace": 3,
+            "q_lora_rank": 1536,
+            "n_group": 8,
+            "topk_group": 4,
+            "routed_scaling_factor": 2.5,
+            "vocab_size": 129280,
+            "max_position_embeddings": 163840,
+            "rope_scaling": _YARN_DS,
+        },
+        "DeepSeek-V3 technical report (arXiv 2412.19437): 671B total, 37B activated (the "
+        "14B multi-token-prediction module excluded, as here); architecture from "
+        + _HF
+        + "deepseek-ai/DeepSeek-V3/blob/main/config.json",
+        671.0,
+        37.0,
+        active_with_embedding=False,
+    ),
+    *(
+        _published(
+            name,
+            {**_GPT_OSS, "num_hidden_layers": layers, "num_local_experts": experts},
+            _GPT_OSS_CARD.format(f"{total}B", f"{active}B", name),
+            total,
+            active,
+            active_with_embedding=False,
+        )
+        for name, layers, experts, total, active in [
+            ("gpt-oss-20b", 24, 32, 20.91, 3.61),
+            ("gpt-oss-120b", 36, 128, 116.83, 5.13),
+        ]
+    ),
+    _published(
+        "gemma-2-9b",
+        {
+            **_GEMMA2,
+            "hidden_size": 3584,
+            "intermediate_size": 14336,
+            "num_hidden_layers": 42,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "head_dim": 256,
+            "query_pre_attn_scalar": 256,
+        },
+        _HF + "google/gemma-2-9b/blob/main/config.json (9.24B params on the model page)",
+        9.24,
+    ),
+    _published(
+        "gemma-2-27b",
+        {
+            **_GEMMA2,
+            "hidden_size": 4608,
+            "intermediate_size": 36864,
+            "num_hidden_layers": 46,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 16,
+            "head_dim": 128,
+            "query_pre_attn_scalar": 144,
+        },
+        _HF + "google/gemma-2-27b/blob/main/config.json (27.2B params on the model page)",
+        27.2,
+    ),
+    _published(
+        "gemma-3-27b",
+        {
+            "model_type": "gemma3_text",
+            "hidden_size": 5376,
+            "intermediate_size": 21504,
+            "num_hidden_layers": 62,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 16,
+            "head_dim": 128,
+            "vocab_size": 262208,
+            "query_pre_attn_scalar": 168,
+            "sliding_window": 1024,
+            "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+            "max_position_embeddings": 131072,
+        },
+        "Gemma 3 technical report (arXiv 2503.19786), Table 1: 1,416M embedding + 25,600M "
+        "non-embedding parameters for the language model (its 417M vision encoder is not "
+        "counted here); architecture from " + _HF + "google/gemma-3-27b-pt config.json "
+        "(text_config)",
+        27.016,
+    ),
+    _published(
+        "phi-3-mini",
+        {
+            "model_type": "phi3",
+            "hidden_size": 3072,
+            "intermediate_size": 8192,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+            "vocab_size": 32064,
+            "max_position_embeddings": 4096,
+            "sliding_window": 2047,
+            "rms_norm_eps": 1e-5,
+        },
+        _HF + "microsoft/Phi-3-mini-4k-instruct/blob/main/config.json (3.82B params on the "
+        "model page)",
+        3.82,
+    ),
+]
+
 # Tiny specs: a CPU forward of 64 tokens takes milliseconds. Each exercises one family's
 # features (learned/rotary/ALiBi positions, parallel blocks, GQA, ReLU) for the backends' tests.
 _TINY = {
@@ -283,6 +706,62 @@ _SPECS += [
     ),
 ]
 
+# Tiny specs of the newer layouts, read from tiny configs of each family: MoE routing
+# (Mixtral, Qwen3-MoE), MLA with a MoE (DeepSeek-V2), windows + sinks + a biased MoE
+# (gpt-oss), windows + soft-capping + sandwich norms (Gemma-2).
+_TINY_HF = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 256,
+    "max_position_embeddings": 512,
+    "intermediate_size": 96,
+    "torch_dtype": "float32",
+}
+_TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny-mixtral": {"model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2},
+    "tiny-qwen3-moe": {
+        "model_type": "qwen3_moe",
+        "head_dim": 16,
+        "moe_intermediate_size": 32,
+        "num_experts": 16,
+        "num_experts_per_tok": 4,
+        "norm_topk_prob": True,
+    },
+    "tiny-deepseek-v2": {
+        "model_type": "deepseek_v2",
+        "num_key_value_heads": 4,
+        "moe_intermediate_size": 32,
+        "n_routed_experts": 8,
+        "n_shared_experts": 1,
+        "num_experts_per_tok": 2,
+        "first_k_dense_replace": 1,
+        "kv_lora_rank": 32,
+        "q_lora_rank": None,
+        "qk_nope_head_dim": 16,
+        "qk_rope_head_dim": 8,
+        "v_head_dim": 16,
+    },
+    "tiny-gpt-oss": {
+        "model_type": "gpt_oss",
+        "head_dim": 16,
+        "num_local_experts": 8,
+        "num_experts_per_tok": 2,
+        "sliding_window": 16,
+    },
+    "tiny-gemma2": {
+        "model_type": "gemma2",
+        "head_dim": 16,
+        "sliding_window": 16,
+        "query_pre_attn_scalar": 16,
+    },
+}
+_SPECS += [
+    replace(spec_from_hf_config({**_TINY_HF, **config}, name), source="synthetic, for tests")
+    for name, config in _TINY_CONFIGS.items()
+]
+
 CATALOG: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
 
 
@@ -306,6 +785,31 @@ _ALIASES: dict[str, str] = {
     "llama3-70b": "llama-3-70b",
     "meta-llama/meta-llama-3-8b": "llama-3-8b",
     "meta-llama/meta-llama-3-70b": "llama-3-70b",
+    **{
+        hub.lower(): name
+        for name, hub in {
+            "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
+            "llama-3.1-70b": "meta-llama/Llama-3.1-70B",
+            "llama-3.1-405b": "meta-llama/Llama-3.1-405B",
+            "llama-3.3-70b": "meta-llama/Llama-3.3-70B-Instruct",
+            "qwen2.5-7b": "Qwen/Qwen2.5-7B",
+            "qwen2.5-72b": "Qwen/Qwen2.5-72B",
+            "qwen3-8b": "Qwen/Qwen3-8B",
+            "qwen3-32b": "Qwen/Qwen3-32B",
+            "qwen3-30b-a3b": "Qwen/Qwen3-30B-A3B",
+            "qwen3-235b-a22b": "Qwen/Qwen3-235B-A22B",
+            "mixtral-8x7b": "mistralai/Mixtral-8x7B-v0.1",
+            "mixtral-8x22b": "mistralai/Mixtral-8x22B-v0.1",
+            "deepseek-v2-lite": "deepseek-ai/DeepSeek-V2-Lite",
+            "deepseek-v3": "deepseek-ai/DeepSeek-V3",
+            "gpt-oss-20b": "openai/gpt-oss-20b",
+            "gpt-oss-120b": "openai/gpt-oss-120b",
+            "gemma-2-9b": "google/gemma-2-9b",
+            "gemma-2-27b": "google/gemma-2-27b",
+            "gemma-3-27b": "google/gemma-3-27b-pt",
+            "phi-3-mini": "microsoft/Phi-3-mini-4k-instruct",
+        }.items()
+    },
 }
 _LOOKUP: dict[str, str] = {**{_normalize(n): n for n in CATALOG}, **_ALIASES}
 
@@ -352,9 +856,100 @@ def catalog_table() -> pd.DataFrame:
             "ffn_size": s.ffn_dim,
             "vocab_size": s.vocab_size,
             "params_b": round(s.num_params / 1e9, 2),
+            "active_b": round(s.active_params() / 1e9, 2),
             "max_context": s.max_context,
             "source": s.source,
         }
         for s in CATALOG.values()
     ]
     return pd.DataFrame(rows)
+
+
+def _attention_text(spec: ModelSpec) -> str:
+    if spec.mla is not None:
+        m = spec.mla
+        q = f"q_lora {m.q_lora_rank}" if m.q_lora_rank else "full-rank q"
+        return (
+            f"multi-head latent: {spec.num_heads} heads, kv_lora {m.kv_lora_rank}, "
+            f"rope {m.qk_rope_dim}, nope {m.qk_nope_dim}, v {m.v_head_dim}, {q}"
+        )
+    kind = "MHA" if spec.kv_heads == spec.num_heads else "MQA" if spec.kv_heads == 1 else "GQA"
+    return f"{kind}: {spec.num_heads} heads, {spec.kv_heads} KV heads, head_dim {spec.dim_head}"
+
+
+def _variants_text(spec: ModelSpec) -> str:
+    parts = []
+    if spec.sliding_window is not None:
+        sliding = sum(spec.layer_window(i) is not None for i in range(spec.num_layers))
+        parts.append(f"window {spec.sliding_window} on {sliding}/{spec.num_layers} layers")
+    if spec.attention_sinks:
+        parts.append("sinks")
+    if spec.attn_softcap:
+        parts.append(f"score soft-cap {spec.attn_softcap:g}")
+    if spec.final_softcap:
+        parts.append(f"logit soft-cap {spec.final_softcap:g}")
+    if spec.qk_norm != "none":
+        parts.append(f"qk-norm ({spec.qk_norm})")
+    if spec.norm_placement != "pre":
+        parts.append(f"{spec.norm_placement} norms")
+    if spec.parallel_attn_ffn:
+        parts.append("parallel attention + FFN")
+    if spec.rope_scaling:
+        parts.append(f"rope {spec.rope_scaling.get('rope_type')}")
+    return ", ".join(parts) or "-"
+
+
+def _ffn_text(spec: ModelSpec) -> str:
+    moe = spec.moe
+    dense = f"{spec.ffn_kind} {spec.ffn_dim}"
+    if moe is None:
+        return dense
+    shared = f" + shared {moe.shared_ffn_size}" if moe.shared_ffn_size else ""
+    text = (
+        f"MoE on {spec.num_moe_layers}/{spec.num_layers} layers: top-{moe.experts_per_token} of "
+        f"{moe.num_experts} experts of {spec.ffn_kind} {moe.expert_ffn_size}{shared}"
+    )
+    return text + (f"; dense layers {dense}" if spec.num_moe_layers < spec.num_layers else "")
+
+
+def spec_report(
+    spec: ModelSpec, context: int = 2048, batches: tuple[int, ...] = (1, 8, 64, 256)
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What infermeter derives from a spec, for `infermeter models --show`.
+
+    Returns (facts, per_batch): facts is a two-column table (figure, value) of the layout,
+    total and active parameters, weight bytes at the spec's dtype and KV-cache bytes; per_batch
+    has, for one decode step at `context` cached tokens and each batch size, the expected
+    distinct experts per MoE layer (E·(1 − (1 − k/E)^b)), FLOPs, bytes read and FLOPs/byte.
+    """
+    gb = 1e9
+    facts = [
+        ("name", spec.name),
+        ("family", spec.family),
+        ("layers / hidden / vocab", f"{spec.num_layers} / {spec.hidden_size} / {spec.vocab_size}"),
+        ("attention", _attention_text(spec)),
+        ("attention variants", _variants_text(spec)),
+        ("FFN", _ffn_text(spec)),
+        ("total parameters", f"{spec.num_params / 1e9:.3f} B"),
+        ("active parameters per token", f"{spec.active_params() / 1e9:.3f} B"),
+        ("weights", f"{spec.weight_bytes / gb:.2f} GB at {spec.dtype}"),
+        ("KV cache per token", f"{spec.kv_cache_bytes(1) / 1e6:.4f} MB (all layers)"),
+        (f"KV cache at {context} tokens", f"{spec.kv_cache_bytes(context) / gb:.3f} GB"),
+        ("max context", str(spec.max_context)),
+        ("source", spec.source),
+    ]
+    rows = [
+        {
+            "batch": b,
+            "distinct experts/layer": spec.expected_distinct_experts(b) if spec.moe else None,
+            "decode GFLOP": spec.decode_flops(context, b, lm_head=True) / 1e9,
+            "decode GB read": spec.decode_bytes(context, b) / gb,
+            "FLOP/byte": spec.decode_flops(context, b, lm_head=True)
+            / spec.decode_bytes(context, b),
+        }
+        for b in batches
+    ]
+    per_batch = pd.DataFrame(rows)
+    if spec.moe is None:
+        per_batch = per_batch.drop(columns=["distinct experts/layer"])
+    return pd.DataFrame(facts, columns=["figure", "value"]), per_batch

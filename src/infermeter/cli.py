@@ -320,8 +320,23 @@ def print_fit(model: CostModel) -> None:
 @user_errors
 def models(
     family: str | None = typer.Option(None, help="Only this family (e.g. llama)."),
+    show: str | None = typer.Option(
+        None, "--show", help="One model (catalog name or config.json): the spec as read."
+    ),
+    context: int = typer.Option(2048, help="With --show: cached tokens of a decode step."),
+    batch_sizes: str = typer.Option("1,8,64,256", help="With --show: decode batch sizes."),
+    dtype: str | None = typer.Option(None, help="With --show: bytes at this dtype."),
 ) -> None:
-    """The built-in model catalog, with derived parameter counts."""
+    """The built-in model catalog, with derived parameter counts (or one model's spec)."""
+    if show is not None:
+        from infermeter.catalog import spec_report
+
+        batches = parse_sizes(batch_sizes, "--batch-sizes") or (1,)
+        spec = resolve_spec(show)
+        facts, per_batch = spec_report(spec.with_dtype(dtype) if dtype else spec, context, batches)
+        console.print(frame_table(facts, "Spec as infermeter reads it"))
+        console.print(frame_table(per_batch, f"One decode step at context {context}"))
+        return
     table = catalog_table()
     if family:
         table = table[table["family"].str.lower() == family.lower()]

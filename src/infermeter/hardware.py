@@ -211,6 +211,19 @@ _L4_DS = "NVIDIA L4 Tensor Core GPU datasheet"
 # GeForce) and agree with third-party spec tables (e.g. Baseten, "NVIDIA A10 vs A10G").
 _A10G_DERIVED = "derived from A10G shape (80 SMs x 1.71 GHz); no NVIDIA datasheet for A10G"
 _AWS = "AWS EC2 on-demand pricing page, us-east-1 Linux"
+# Accelerators of 2025-2026 (issue 20). Prices marked approximate come from list pages that
+# change often or from third-party summaries of them: override with --price-per-hour.
+_B200_DS = (
+    "NVIDIA HGX B200 datasheet, per GPU (8-GPU totals / 8; HGX B200 at 1,000 W, as tabulated "
+    "at glennklockwood.com/garden/processors/B200)"
+)
+_MI300X_DS = "AMD Instinct MI300X accelerator datasheet (amd.com)"
+_MI325X_DS = "AMD Instinct MI325X accelerator datasheet (amd.com)"
+_L40S_DS = "NVIDIA L40S GPU datasheet"
+# NVIDIA publishes no H20 datasheet (a China-market Hopper part); figures as reported from
+# its product brief to partners and repeated by the press (e.g. willitrunai.com/gpus/h20-96gb).
+_H20_REPORTED = "reported H20 figures (no public NVIDIA datasheet)"
+_ADA_WP = "NVIDIA Ada GPU Architecture whitepaper, GeForce RTX 4090 column"
 
 _CATALOG: tuple[Accelerator, ...] = (
     Accelerator(
@@ -370,6 +383,147 @@ _CATALOG: tuple[Accelerator, ...] = (
         device_patterns=(r"L4",),  # full match: not L40 / L40S
     ),
     Accelerator(
+        name="b200",
+        display_name="NVIDIA B200 180GB (HGX)",
+        peak_bf16_flops=2.25e15,  # 4.5 PFLOP/s sparse / 2
+        peak_fp16_flops=2.25e15,
+        peak_fp32_flops=80e12,
+        memory_bandwidth=8.0e12,  # HBM3e
+        memory_bytes=180_000_000_000,
+        tdp_watts=1000.0,
+        price_per_hour_usd=128.0 / 8,
+        sources={
+            "peak_bf16_flops": f"{_B200_DS}: BF16 tensor 4.5 PFLOP/s sparse -> 2.25 dense",
+            "peak_fp16_flops": f"{_B200_DS}: FP16 tensor 4.5 PFLOP/s sparse -> 2.25 dense",
+            "peak_fp32_flops": f"{_B200_DS}: FP32 80 TFLOP/s",
+            "memory_bandwidth": f"{_B200_DS}: 8 TB/s HBM3e",
+            "memory_bytes": f"{_B200_DS}: 1,440 GB per 8 GPUs = 180 GB",
+            "tdp_watts": f"{_B200_DS}: 1,000 W per GPU",
+            "price_per_hour_usd": (
+                "Oracle Cloud compute pricing, BM.GPU.B200.8 (8x B200) ~$128/h / 8, as "
+                "listed by oraclelicensingexperts.com (April 2026; approximate, check the page)"
+            ),
+        },
+        device_patterns=(r"B200( SXM\d?)?( \d+GB)?( HBM3E)?",),  # not "GB200"
+    ),
+    Accelerator(
+        name="mi300x",
+        display_name="AMD Instinct MI300X 192GB",
+        peak_bf16_flops=1307.4e12,  # 2,614.9 with sparsity / 2
+        peak_fp16_flops=1307.4e12,
+        peak_fp32_flops=163.4e12,  # vector FP32
+        memory_bandwidth=5.3e12,  # HBM3
+        memory_bytes=192_000_000_000,
+        tdp_watts=750.0,
+        price_per_hour_usd=6.00,
+        sources={
+            "peak_bf16_flops": f"{_MI300X_DS}: peak BF16 1,307.4 TFLOP/s dense",
+            "peak_fp16_flops": f"{_MI300X_DS}: peak FP16 1,307.4 TFLOP/s dense",
+            "peak_fp32_flops": f"{_MI300X_DS}: peak FP32 vector 163.4 TFLOP/s",
+            "memory_bandwidth": f"{_MI300X_DS}: 5.3 TB/s peak",
+            "memory_bytes": f"{_MI300X_DS}: 192 GB HBM3",
+            "tdp_watts": f"{_MI300X_DS}: 750 W peak board power",
+            "price_per_hour_usd": (
+                "Oracle Cloud compute pricing, BM.GPU.MI300X.8: $6.00 per GPU-hour "
+                "(approximate; check the page)"
+            ),
+        },
+        device_patterns=(r"(AMD )?(INSTINCT )?MI300X( OAM)?( VF)?",),
+    ),
+    Accelerator(
+        name="mi325x",
+        display_name="AMD Instinct MI325X 256GB",
+        peak_bf16_flops=1307.4e12,  # the MI300X's CDNA 3 compute; only memory changed
+        peak_fp16_flops=1307.4e12,
+        peak_fp32_flops=163.4e12,
+        memory_bandwidth=6.0e12,  # HBM3e
+        memory_bytes=256_000_000_000,
+        tdp_watts=1000.0,
+        price_per_hour_usd=2.00,
+        sources={
+            "peak_bf16_flops": f"{_MI325X_DS}: peak BF16 1,307.4 TFLOP/s dense",
+            "peak_fp16_flops": f"{_MI325X_DS}: peak FP16 1,307.4 TFLOP/s dense",
+            "peak_fp32_flops": f"{_MI325X_DS}: peak FP32 vector 163.4 TFLOP/s",
+            "memory_bandwidth": f"{_MI325X_DS}: 6 TB/s peak",
+            "memory_bytes": f"{_MI325X_DS}: 256 GB HBM3E",
+            "tdp_watts": f"{_MI325X_DS}: 1,000 W peak board power",
+            "price_per_hour_usd": (
+                "GPU-cloud rental $2.00-$2.25 per GPU-hour (awesomeagents.ai/hardware/"
+                "amd-mi325x, 2026; lower value; approximate, not a hyperscaler list price)"
+            ),
+        },
+        device_patterns=(r"(AMD )?(INSTINCT )?MI325X( OAM)?( VF)?",),
+    ),
+    Accelerator(
+        name="l40s",
+        display_name="NVIDIA L40S 48GB",
+        peak_bf16_flops=362.05e12,  # 733 sparse / 2
+        peak_fp16_flops=362.05e12,
+        peak_fp32_flops=91.6e12,
+        memory_bandwidth=864e9,  # GDDR6
+        memory_bytes=48_000_000_000,
+        tdp_watts=350.0,
+        price_per_hour_usd=1.861,  # g6e.xlarge (1x L40S)
+        sources={
+            "peak_bf16_flops": f"{_L40S_DS}: BF16 tensor 733 TFLOP/s sparse -> 362.05 dense",
+            "peak_fp16_flops": f"{_L40S_DS}: FP16 tensor 733 TFLOP/s sparse -> 362.05 dense",
+            "peak_fp32_flops": f"{_L40S_DS}: FP32 91.6 TFLOP/s",
+            "memory_bandwidth": f"{_L40S_DS}: 864 GB/s",
+            "memory_bytes": f"{_L40S_DS}: 48 GB GDDR6",
+            "tdp_watts": f"{_L40S_DS}: max power 350 W",
+            "price_per_hour_usd": f"{_AWS}: g6e.xlarge (1x L40S, 4 vCPU) ~$1.861/h (approximate)",
+        },
+        device_patterns=(r"L40S",),
+    ),
+    Accelerator(
+        name="h20",
+        display_name="NVIDIA H20 96GB",
+        peak_bf16_flops=148e12,
+        peak_fp16_flops=148e12,
+        peak_fp32_flops=44e12,
+        memory_bandwidth=4.0e12,  # HBM3
+        memory_bytes=96_000_000_000,
+        tdp_watts=400.0,
+        price_per_hour_usd=1.50,
+        sources={
+            "peak_bf16_flops": f"{_H20_REPORTED}: BF16 tensor 148 TFLOP/s dense",
+            "peak_fp16_flops": f"{_H20_REPORTED}: FP16 tensor 148 TFLOP/s dense",
+            "peak_fp32_flops": f"{_H20_REPORTED}: FP32 44 TFLOP/s",
+            "memory_bandwidth": f"{_H20_REPORTED}: 4.0 TB/s",
+            "memory_bytes": f"{_H20_REPORTED}: 96 GB HBM3",
+            "tdp_watts": f"{_H20_REPORTED}: 400 W",
+            "price_per_hour_usd": (
+                "placeholder: no public on-demand list price found for this China-market part "
+                "(rented through Chinese clouds); $1.50/h, override with --price-per-hour"
+            ),
+        },
+        device_patterns=(r"H20( 96GB)?( HBM3)?",),  # full match: not H200
+    ),
+    Accelerator(
+        name="rtx-4090",
+        display_name="NVIDIA GeForce RTX 4090 24GB",
+        peak_bf16_flops=165.2e12,  # FP32 accumulate, dense (330.3 sparse)
+        peak_fp16_flops=165.2e12,
+        peak_fp32_flops=82.6e12,
+        memory_bandwidth=1008e9,  # GDDR6X
+        memory_bytes=24_000_000_000,
+        tdp_watts=450.0,
+        price_per_hour_usd=0.69,
+        sources={
+            "peak_bf16_flops": f"{_ADA_WP}: BF16 tensor with FP32 accumulate 165.2 TFLOP/s dense",
+            "peak_fp16_flops": f"{_ADA_WP}: FP16 tensor with FP32 accumulate 165.2 TFLOP/s dense",
+            "peak_fp32_flops": f"{_ADA_WP}: FP32 82.6 TFLOP/s",
+            "memory_bandwidth": f"{_ADA_WP}: 1,008 GB/s GDDR6X",
+            "memory_bytes": f"{_ADA_WP}: 24 GB GDDR6X",
+            "tdp_watts": f"{_ADA_WP}: total graphics power 450 W",
+            "price_per_hour_usd": (
+                "Runpod GPU pricing page: RTX 4090 secure cloud ~$0.69/h (GPU cloud, not a "
+                "hyperscaler; approximate, check the page)"
+            ),
+        },
+        device_patterns=(r"(GEFORCE )?RTX 4090",),  # not the cut-down RTX 4090 D
+    ),
+    Accelerator(
         # Nominal: one socket of a current 2-socket cloud server, so CPU runs can be priced on
         # the same footing as GPU runs. Override with the machine you actually use.
         name="cpu",
@@ -416,6 +570,12 @@ ALIASES: Mapping[str, str] = MappingProxyType(
         "v100": "v100-sxm2-32gb",
         "v100-32gb": "v100-sxm2-32gb",
         "v100-sxm2": "v100-sxm2-32gb",
+        "b200-180gb": "b200",
+        "mi300": "mi300x",
+        "mi325": "mi325x",
+        "4090": "rtx-4090",
+        "geforce-rtx-4090": "rtx-4090",
+        "h20-96gb": "h20",
     }
 )
 

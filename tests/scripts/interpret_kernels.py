@@ -9,8 +9,13 @@ import json
 import torch
 
 from infermeter.catalog import get_spec
-from infermeter.engine import kernels
+from infermeter.engine import kernels, mla_kernels, moe_kernels
 from infermeter.engine.generate import Engine
+from infermeter.engine.select import _check_newer_kernels
+
+DENSE = ("tiny-llama", "tiny-gptj", "tiny-bloom")
+# MoE routing, latent attention, windows + sinks + biased experts, windows + soft-caps
+NEWER = ("tiny-qwen3-moe", "tiny-deepseek-v2", "tiny-gpt-oss", "tiny-gemma2")
 
 
 def gemv_errors(dtype: torch.dtype) -> dict[str, float]:
@@ -35,13 +40,136 @@ def gemv_errors(dtype: torch.dtype) -> dict[str, float]:
 
 
 def decode_tokens(name: str, path: str) -> list[list[int]]:
-    """Greedy tokens of a float32 tiny model with decode attention `path` (sdpa or triton)."""
+    """Greedy tokens of a float32 tiny model with decode attention `path` (sdpa or triton);
+    the triton path also runs its MoE layers through the grouped GEMM."""
     engine = Engine(get_spec(name), device="cpu", dtype=torch.float32, cuda_graphs=False)
     if path != "sdpa":
         engine.model.kernels = kernels
         engine.attention = "triton"
-    prompts = [[5, 9, 3, 7, 11, 2, 8, 4], [6, 1, 12, 3]]  # two lengths: per-sequence slots
+        if engine.model.mla:
+            engine.model.mla_kernels = mla_kernels
+        for block in engine.model.layers:
+            if block.moe is not None:
+                block.moe.path, block.moe.kernels = "triton", moe_kernels
+    # two lengths (per-sequence slots); 20 + 6 tokens pass the 16-token windows (ring wraps)
+    prompts = [[5, 9, 3, 7, 11, 2, 8, 4, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [6, 1, 12, 3]]
     return engine.generate(prompts, 6).tokens
+
+
+def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want.float()).abs().max() / want.float().abs().max())
+
+
+def moe_errors() -> dict[str, float]:
+    """MoE layers through the Triton path (fused routing + alignment at decode sizes, torch
+    routing at 40 tokens; grouped GEMMs with the gated activation fused) against the
+    per-expert loop, relative to the output's largest value: gpt-oss (clamped SiLU, biases)
+    and Qwen3-MoE (SiLU, renormalised top-4 of 16)."""
+    out = {}
+    for name in ("tiny-gpt-oss", "tiny-qwen3-moe"):
+        engine = Engine(get_spec(name), device="cpu", dtype=torch.float32, seed=3)
+        moe = next(b.moe for b in engine.model.layers if b.moe is not None)
+        moe.kernels, moe.path = moe_kernels, "triton"
+        for tokens in (1, 3, 40):
+            x = torch.randn(
+                tokens, engine.spec.hidden_size, generator=torch.Generator().manual_seed(1)
+            )
+            want = moe._loop(x, *moe.route(x))
+            out[f"{name}_tokens_{tokens}"] = _rel(moe._routed(x, None), want)
+    return out
+
+
+def routing_checks() -> dict[str, float | bool]:
+    """route_align against torch routing + align: DeepSeek-V3's sigmoid scores with a
+    selection bias and scale, and softmax without renormalisation; and the geGLU epilogue."""
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(5, 24, generator=gen)
+    bias = 0.3 * torch.randn(24, generator=gen)
+    out: dict[str, float | bool] = {}
+    for label, kwargs in {
+        "sigmoid_bias": {"sigmoid": True, "normalize": True, "scale": 2.5, "score_bias": bias},
+        "softmax_plain": {"sigmoid": False, "normalize": False, "scale": 1.0},
+    }.items():
+        ids, weights, rows, blocks = moe_kernels.route_align(logits, 3, **kwargs)
+        scores = logits.sigmoid() if kwargs["sigmoid"] else logits.softmax(-1)
+        choice = scores + kwargs.get("score_bias", torch.zeros(24))
+        want_ids = choice.topk(3, -1).indices
+        want_w = scores.gather(1, want_ids)
+        if kwargs["normalize"]:
+            want_w = want_w / want_w.sum(-1, keepdim=True)
+        want_w = want_w * kwargs["scale"]
+        want_rows, want_blocks = moe_kernels.align(ids, 24, moe_kernels.DECODE_BLOCK_M)
+        out[f"{label}_ids"] = bool(torch.equal(ids, want_ids))
+        out[f"{label}_weights"] = _rel(weights, want_w)
+        out[f"{label}_layout"] = bool(
+            torch.equal(blocks, want_blocks) and _same_rows(rows, want_rows, blocks)
+        )
+    x = torch.randn(6, 32, generator=gen)
+    w = torch.randn(4, 2 * 48, 32, generator=gen) / 32**0.5
+    ids = torch.randint(0, 4, (6, 2), generator=gen)
+    rows, blocks = moe_kernels.align(ids, 4, moe_kernels.DECODE_BLOCK_M)
+    got = moe_kernels.grouped_linear(x, w, rows, blocks, 12, 2, act="geglu")
+    flat = ids.reshape(-1)
+    y = torch.einsum("ph,pnh->pn", x.repeat_interleave(2, 0), w[flat])
+    gate, up = y.split(48, -1)
+    out["geglu"] = _rel(got, torch.nn.functional.gelu(gate, approximate="tanh") * up)
+    return out
+
+
+def latent_error() -> float:
+    """Latent-space flash-decoding (MLA) against float math over the cached latents."""
+    gen = torch.Generator().manual_seed(5)
+    q_lat, q_pe = torch.randn(2, 20, 32, generator=gen), torch.randn(2, 20, 16, generator=gen)
+    cache = torch.randn(2, 100, 48, generator=gen)
+    lens = torch.tensor([37, 100], dtype=torch.int32)
+    got = mla_kernels.latent_attention(q_lat, q_pe, cache, lens, 0.1)
+    want = []
+    for i, length in enumerate((37, 100)):
+        keys = cache[i, :length]
+        probs = (torch.cat([q_lat[i], q_pe[i]], -1) @ keys.T * 0.1).softmax(-1)
+        want.append(probs @ keys[:, :32])
+    return _rel(got, torch.stack(want))
+
+
+def _same_rows(rows: torch.Tensor, want: torch.Tensor, blocks: torch.Tensor) -> bool:
+    """Each block holds the same pairs (order within an expert's block may differ)."""
+    block = moe_kernels.DECODE_BLOCK_M
+    return all(
+        sorted(rows[i * block : (i + 1) * block].tolist())
+        == sorted(want[i * block : (i + 1) * block].tolist())
+        for i in range(blocks.numel())
+    )
+
+
+def attention_errors() -> dict[str, float]:
+    """Flash-decoding with a custom scale, soft-capped scores and sink logits, against float
+    math; and the rotary + cache write at ring slots against indexing."""
+    gen = torch.Generator().manual_seed(2)
+    b, nq, nkv, d, length = 2, 4, 2, 16, 100
+    q = torch.randn(b, nq, d, generator=gen)
+    cache = torch.randn(b, length, 2, nkv, d, generator=gen)
+    lens = torch.tensor([37, 100], dtype=torch.int32)
+    sinks = torch.randn(nq, generator=gen)
+    got = kernels.decode_attention(q, cache, lens, None, 0.3, 5.0, sinks)
+    rows = []
+    for i, n in enumerate(lens.tolist()):
+        k = cache[i, :n, 0].repeat_interleave(nq // nkv, 1)
+        v = cache[i, :n, 1].repeat_interleave(nq // nkv, 1)
+        scores = torch.einsum("hd,nhd->hn", q[i], k) * 0.3
+        scores = torch.tanh(scores / 5.0) * 5.0
+        probs = torch.cat([scores, sinks[:, None]], -1).softmax(-1)[:, :-1]
+        rows.append(torch.einsum("hn,nhd->hd", probs, v))
+    want = torch.stack(rows)
+    qkv = torch.randn(b, nq + 2 * nkv, d, generator=gen)
+    ring = torch.zeros(b, 8, 2, nkv, d)
+    pos, slots = torch.tensor([3, 21]), torch.tensor([3, 5])
+    kernels.rope_store(qkv, ring, pos, None, None, nq, slots)
+    stored = ring[torch.arange(b), slots]
+    expected = qkv[:, nq:].view(b, 2, nkv, d)
+    return {
+        "sinks_softcap_scale": float((got - want).abs().max() / want.abs().max()),
+        "ring_slots": float((stored - expected).abs().max()),
+    }
 
 
 def main() -> None:
@@ -51,8 +179,18 @@ def main() -> None:
         "gemv_float16": gemv_errors(torch.float16),
         "tokens": {
             name: {path: decode_tokens(name, path) for path in ("sdpa", "triton")}
-            for name in ("tiny-llama", "tiny-gptj", "tiny-bloom")
+            for name in (*DENSE, *NEWER)
         },
+        "self_checks": {
+            name: _check_newer_kernels(
+                Engine(get_spec(name), device="cpu", dtype=torch.float32).model, kernels
+            )
+            for name in NEWER
+        },
+        "moe": moe_errors(),
+        "routing": routing_checks(),
+        "latent": latent_error(),
+        "attention": attention_errors(),
     }
     print(json.dumps(result))
 

@@ -90,6 +90,21 @@ def hf_family(spec: ModelSpec) -> str:
     are not checked here: they change the parameter count slightly, not the shape, and
     describe() reports any gap.
     """
+    newer = {  # issue 20's parts, which the families built here cannot express
+        "experts": getattr(spec, "moe", None) is not None,
+        "latent attention": getattr(spec, "mla", None) is not None,
+        "attention sinks": getattr(spec, "attention_sinks", False),
+        "soft-capping": getattr(spec, "attn_softcap", None) or getattr(spec, "final_softcap", None),
+        "qk-norm": getattr(spec, "qk_norm", "none") != "none",
+        "post/sandwich norms": getattr(spec, "norm_placement", "pre") != "pre",
+        "per-layer windows": bool(getattr(spec, "layer_types", ())),
+    }
+    missing = [part for part, present in newer.items() if present]
+    if missing:
+        raise UserError(
+            f"{spec.name}: the hf backend builds {'/'.join(SUPPORTED_FAMILIES)} models, which "
+            f"have no {', '.join(missing)}; use --backend engine"
+        )
     family = spec.family if spec.family in _STRUCTURE else _structural_family(spec)
     position, norm, ffn_kinds, parallel = _STRUCTURE[family]
     if (
@@ -175,7 +190,7 @@ def hf_config(spec: ModelSpec, pad_token_id: int = 0) -> Any:
                 attention_bias=spec.has_qkv_bias, mlp_bias=spec.has_mlp_bias, **llama_like
             )
         if family == "mistral":
-            window = spec.extra.get("sliding_window")
+            window = getattr(spec, "sliding_window", None) or spec.extra.get("sliding_window")
             return transformers.MistralConfig(sliding_window=window, **llama_like)
         return transformers.Qwen2Config(use_sliding_window=False, **llama_like)
     if family == "gpt2":

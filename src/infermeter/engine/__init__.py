@@ -1,7 +1,10 @@
 """The reference engine: a compact, fast decoder built from a ModelSpec (our "Megatron").
 
 - model.py     the decoder: fused QKV and gate/up, static KV cache, flash/SDPA attention
-- weights.py   random weights drawn on the device, or a local LLaMA-family checkpoint
+- attention.py windows, sinks, soft-capping, multi-head latent attention
+- moe.py       mixture-of-experts layers; moe_kernels.py: their Triton grouped GEMM
+- rope.py      rotary tables (plain, linear, llama3, YaRN)
+- weights.py   random weights drawn on the device; checkpoint.py: local HF checkpoints
 - generate.py  prefill, CUDA-graph decode, on-device sampling and stop tokens, event timing
 - select.py    picks the decode attention (triton | flash | sdpa) by self-check
 - kernels.py   Triton decode kernels: flash-decoding, rotary+cache write, RMSNorm, GEMV

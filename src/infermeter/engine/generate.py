@@ -27,7 +27,7 @@ from torch import Tensor
 from infermeter.backends.base import Measurement, Point
 from infermeter.engine.model import Decoder
 from infermeter.engine.parallel import Comm, partition
-from infermeter.engine.select import choose_attention
+from infermeter.engine.select import choose_attention, choose_moe
 from infermeter.engine.weights import init_random, load_checkpoint
 from infermeter.errors import UserError
 from infermeter.spec import ModelSpec
@@ -173,6 +173,7 @@ class Engine:
                 init_random(self.model, seed)
         self.graphs = cuda_graphs and self.device.type == "cuda"
         self.attention, self.attention_notes = choose_attention(self.model, decode_attention)
+        self.moe_path, self.moe_note = choose_moe(self.model)
         # CPU draws from a private generator; CUDA graphs need the default (graph-safe) one.
         self._gen = torch.Generator() if self.device.type == "cpu" else None
         self._state: _State | None = None
@@ -307,7 +308,7 @@ class Engine:
         """Prefill the prompts (filling the cache); float32 logits of each last prompt token."""
         b, width = tokens.shape
         model = self.model
-        x = model(tokens, model.prefill_context(b, width)).view(b, width, -1)
+        x = model(tokens, model.prefill_context(b, width, lengths)).view(b, width, -1)
         last = x[:, -1] if lengths is None else x[torch.arange(b, device=x.device), lengths - 1]
         return model.logits(last)
 
@@ -528,6 +529,28 @@ class Engine:
         x = self.model(tokens.to(self.device), self.model.prefill_context(b, s))
         return self.model.logits(x).view(b, s, -1)
 
+    @torch.inference_mode()
+    def expert_counts(self, batch: int, context: int = 64) -> list[int]:
+        """Distinct experts each MoE layer routes one decode step of `batch` random sequences
+        to, after a prefill of `context` tokens (eager, outside any timing; [] without MoE).
+        What a decode step reads of a MoE layer, to set beside E·(1 − (1 − k/E)^b)."""
+        moes = [blk.moe for blk in self.model.layers if blk.moe is not None]
+        if not moes:
+            return []
+        model = self.model
+        tokens = self.random_prompts(batch, context + 1)
+        self._ensure_state(batch, context + 2)
+        model(tokens[:, :-1], model.prefill_context(batch, context))
+        for moe in moes:
+            moe.record = True
+        try:
+            pos = torch.full((batch,), context, device=self.device)
+            model(tokens[:, -1:], model.decode_context(pos, self._span(context), self.attention))
+        finally:
+            for moe in moes:
+                moe.record = False
+        return [int(torch.unique(moe.last_ids).numel()) for moe in moes]
+
     def describe(self) -> dict[str, Any]:
         cuda = self.device.type == "cuda"
         return {
@@ -542,6 +565,11 @@ class Engine:
             "decode_attention": self.attention,
             "decode_pdl": self.attention == "triton" and self.model.kernels.pdl(self.device),
             "decode_attention_skipped": self.attention_notes or None,
+            **(
+                {"moe_experts": self.moe_path, "moe_experts_note": self.moe_note}
+                if self.moe_path
+                else {}
+            ),
             "prefill_graphs": self.prefill_graph_problem is None,
             "prefill_graphs_note": self.prefill_graph_problem,
         }

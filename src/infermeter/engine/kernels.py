@@ -89,13 +89,35 @@ def _sms(device: torch.device) -> int:
 
 
 @triton.jit
+def _online_softmax(s, v, m, denom, acc):
+    """One block of flash attention: fold scores s [G, N] and values v [N, D] into the running
+    max m, softmax denominator and weighted sum acc (inlined by its callers)."""
+    m_new = tl.maximum(m, tl.max(s, 1))
+    alpha = tl.exp(m - m_new)
+    p = tl.exp(s - m_new[:, None])
+    denom = denom * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, denom, acc
+
+
+def split_plan(length: int, programs: int, device: torch.device) -> tuple[int, int]:
+    """(splits, chunk) of a flash-decoding pass over `length` keys when `programs` programs
+    already run per split: about two programs per SM, chunks a multiple of BLOCK_N."""
+    want = max(1, triton.cdiv(2 * _sms(device), programs))
+    splits = max(1, min(triton.cdiv(length, BLOCK_N), want))
+    chunk = triton.cdiv(triton.cdiv(length, splits), BLOCK_N) * BLOCK_N
+    return triton.cdiv(length, chunk), chunk
+
+
+@triton.jit
 def _attn_split(
     Q, K, V, Lens, Slopes, Part, Lse,
     stride_qb, stride_qh, stride_kb, stride_kn, stride_kh,
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
-    nkv, chunk, scale,
+    nkv, chunk, scale, softcap,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     D: tl.constexpr, BLOCK_D: tl.constexpr, ALIBI: tl.constexpr, PDL: tl.constexpr,
+    SOFTCAP: tl.constexpr = False,
 ):  # fmt: skip
     _grid_sync(PDL)
     bh = tl.program_id(0)
@@ -129,15 +151,13 @@ def _attn_split(
         k = tl.load(K + offs, mask=kv_mask, other=0.0)
         v = tl.load(V + offs, mask=kv_mask, other=0.0)  # in flight with K, not after softmax
         s = tl.dot(q, tl.trans(k)) * scale
+        if SOFTCAP:  # c·tanh(s / c), tanh from exp (the interpreter has no libdevice)
+            s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * s / softcap) + 1.0))
         if ALIBI:
             s += slope[:, None] * (n[None, :] - (length - 1)).to(tl.float32)
-        s = tl.where(nmask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        alpha = tl.exp(m - m_new)
-        p = tl.exp(s - m_new[:, None])
-        denom = denom * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m = m_new
+        m, denom, acc = _online_softmax(
+            tl.where(nmask[None, :], s, float("-inf")), v, m, denom, acc
+        )
     # An empty split (start >= length) leaves m = -inf, denom = 0: lse = -inf, output 0.
     out = tl.where(denom[:, None] > 0, acc / denom[:, None], 0.0)
     p_ptr = Part + b * stride_pb + heads[:, None] * stride_ph + split * stride_ps + dd[None, :]
@@ -147,9 +167,10 @@ def _attn_split(
 
 @triton.jit
 def _attn_combine(
-    Part, Lse, Out, nq, splits,
+    Part, Lse, Out, Sinks, nq, splits,
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh,
     BLOCK_S: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+    SINKS: tl.constexpr = False,
 ):  # fmt: skip
     _grid_sync(PDL)
     pid = tl.program_id(0)
@@ -160,8 +181,14 @@ def _attn_combine(
     smask = s < splits
     dmask = dd < D
     lse = tl.load(Lse + b * stride_lb + h * stride_lh + s, mask=smask, other=float("-inf"))
-    w = tl.exp(lse - tl.max(lse, 0))
-    w = w / tl.sum(w, 0)
+    if SINKS:  # gpt-oss: a per-head logit joins every softmax (its value row is zero)
+        sink = tl.load(Sinks + h).to(tl.float32)
+        top = tl.maximum(tl.max(lse, 0), sink)
+        w = tl.exp(lse - top)
+        w = w / (tl.sum(w, 0) + tl.exp(sink - top))
+    else:
+        w = tl.exp(lse - tl.max(lse, 0))
+        w = w / tl.sum(w, 0)
     part = tl.load(
         Part + b * stride_pb + h * stride_ph + s[:, None] * stride_ps + dd[None, :],
         mask=smask[:, None] & dmask[None, :],
@@ -172,17 +199,22 @@ def _attn_combine(
 
 
 def decode_attention(
-    q: Tensor, cache: Tensor, lengths: Tensor, slopes: Tensor | None = None
+    q: Tensor,
+    cache: Tensor,
+    lengths: Tensor,
+    slopes: Tensor | None = None,
+    scale: float | None = None,
+    softcap: float | None = None,
+    sinks: Tensor | None = None,
 ) -> Tensor:
     """q [b, nq, d] (rows may be strided), cache [b, L, 2, nkv, d], lengths [b] int32 ->
-    [b, nq, d]: each query attends to keys [0, lengths[i]) of its sequence."""
+    [b, nq, d]: each query attends to keys [0, lengths[i]) of its sequence, with softmax
+    scale `scale` (default d^-1/2), scores soft-capped at `softcap` and per-head sink logits
+    `sinks` [nq] when given."""
     b, nq, d = q.shape
     length, nkv = cache.shape[1], cache.shape[3]
     group = nq // nkv
-    want = max(1, triton.cdiv(2 * _sms(q.device), b * nkv))  # ~2 programs per SM
-    splits = max(1, min(triton.cdiv(length, BLOCK_N), want))
-    chunk = triton.cdiv(triton.cdiv(length, splits), BLOCK_N) * BLOCK_N
-    splits = triton.cdiv(length, chunk)
+    splits, chunk = split_plan(length, b * nkv, q.device)
     part = torch.empty(b, nq, splits, d, device=q.device, dtype=torch.float32)
     lse = torch.empty(b, nq, splits, device=q.device, dtype=torch.float32)
     k, v = cache[:, :, 0], cache[:, :, 1]  # [b, L, nkv, d] views
@@ -192,36 +224,40 @@ def decode_attention(
         q, k, v, lengths, slopes if slopes is not None else lengths, part, lse,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
-        nkv, chunk, d**-0.5,
+        nkv, chunk, d**-0.5 if scale is None else scale, softcap or 1.0,
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=BLOCK_N,
-        D=d, BLOCK_D=block_d, ALIBI=slopes is not None, num_warps=4, **launch,
+        D=d, BLOCK_D=block_d, ALIBI=slopes is not None, num_warps=4,
+        SOFTCAP=softcap is not None, **launch,
     )  # fmt: skip
     out = torch.empty(b, nq, d, device=q.device, dtype=q.dtype)
     _attn_combine[(b * nq,)](
-        part, lse, out, nq, splits,
+        part, lse, out, sinks if sinks is not None else lse, nq, splits,
         part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
         out.stride(0), out.stride(1),
-        BLOCK_S=triton.next_power_of_2(splits), D=d, BLOCK_D=block_d, num_warps=4, **launch,
+        BLOCK_S=triton.next_power_of_2(splits), D=d, BLOCK_D=block_d, num_warps=4,
+        SINKS=sinks is not None, **launch,
     )  # fmt: skip
     return out
 
 
 @triton.jit
 def _rope_store(
-    QKV, Cache, Pos, Cos, Sin,
+    QKV, Cache, Pos, Cos, Sin, Slots,
     stride_xb, stride_xh, stride_cb, stride_cn, stride_c2, stride_ch, stride_t,
     NQ: tl.constexpr, NKV: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-    ROT: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr,
+    ROT: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr, RING: tl.constexpr = False,
 ):  # fmt: skip
     _grid_sync(PDL)
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     pos = tl.load(Pos + b)
+    if RING:  # noqa: SIM108 (a windowed layer's ring buffer: slot pos % ring, not pos)
+        at = tl.load(Slots + b)
+    else:
+        at = pos
     row = QKV + b * stride_xb + h * stride_xh
     kv = h - NQ
-    slot = (
-        Cache + b * stride_cb + pos * stride_cn + (kv // NKV) * stride_c2 + (kv % NKV) * stride_ch
-    )
+    slot = Cache + b * stride_cb + at * stride_cn + (kv // NKV) * stride_c2 + (kv % NKV) * stride_ch
     if ROT > 0:
         if h < NQ + NKV:  # a query or key head: rotate its first ROT dims
             i = tl.arange(0, HALF)
@@ -253,20 +289,38 @@ def _rope_store(
 
 
 def rope_store(
-    qkv: Tensor, cache: Tensor, pos: Tensor, cos: Tensor | None, sin: Tensor | None, nq: int
+    qkv: Tensor,
+    cache: Tensor,
+    pos: Tensor,
+    cos: Tensor | None,
+    sin: Tensor | None,
+    nq: int,
+    slots: Tensor | None = None,
 ) -> None:
-    """qkv [b, nq+2nkv, d]: rotate Q in place, write rotated K and V to cache[i, pos[i]]."""
+    """qkv [b, nq+2nkv, d]: rotate Q in place (angle of position pos[i]), write rotated K and
+    V to cache[i, slots[i]] (default: cache[i, pos[i]])."""
     b, heads, d = qkv.shape
     nkv = cache.shape[3]
     rot = 0 if cos is None else 2 * cos.shape[1]
     table = cos if cos is not None else pos
     _rope_store[(b, heads)](
         qkv, cache, pos, table, sin if sin is not None else table,
+        slots if slots is not None else pos,
         qkv.stride(0), qkv.stride(1), cache.stride(0), cache.stride(1), cache.stride(2),
         cache.stride(3), table.stride(0) if rot else 0,
         NQ=nq, NKV=nkv, D=d, BLOCK_D=triton.next_power_of_2(d), ROT=rot,
-        HALF=triton.next_power_of_2(max(rot // 2, 1)), num_warps=1, **_launch(qkv.device),
+        HALF=triton.next_power_of_2(max(rot // 2, 1)), num_warps=1,
+        RING=slots is not None, **_launch(qkv.device),
     )  # fmt: skip
+
+
+@triton.jit
+def _rms_row(X, W, row, stride_x, n, eps, cols, mask):
+    """One row of X RMS-normalised and scaled by W, in float32 (inlined by its callers)."""
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.rsqrt(tl.sum(x * x, 0) / n + eps)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    return x * scale * w
 
 
 @triton.jit
@@ -275,10 +329,8 @@ def _rms_norm(X, W, Y, stride_x, stride_y, n, eps, BLOCK: tl.constexpr, PDL: tl.
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n
-    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    scale = tl.rsqrt(tl.sum(x * x, 0) / n + eps)
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Y + row * stride_y + cols, (x * scale * w).to(Y.dtype.element_ty), mask=mask)
+    y = _rms_row(X, W, row, stride_x, n, eps, cols, mask)
+    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -293,13 +345,20 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 
 @triton.jit
-def _silu_mul(Y, Out, stride_y, stride_o, width, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    _grid_sync(PDL)
+def _gate_up(Y, stride_y, width, BLOCK: tl.constexpr):
+    """This program's row and columns of y = [gate | up], in float32 (inlined)."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < width
     gate = tl.load(Y + row * stride_y + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(Y + row * stride_y + width + cols, mask=mask, other=0.0).to(tl.float32)
+    return row, cols, mask, gate, up
+
+
+@triton.jit
+def _silu_mul(Y, Out, stride_y, stride_o, width, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    _grid_sync(PDL)
+    row, cols, mask, gate, up = _gate_up(Y, stride_y, width, BLOCK)
     out = gate * tl.sigmoid(gate) * up
     tl.store(Out + row * stride_o + cols, out.to(Out.dtype.element_ty), mask=mask)
 
@@ -374,5 +433,91 @@ def small_linear(
         x, w, bias if bias is not None else w, res, y, m, n, k,
         x.stride(0), w.stride(0), res.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, HAS_RES=residual is not None, **_launch(x.device),
+    )  # fmt: skip
+    return y
+
+
+# ---- the newer layouts' decode kernels (issue 20): one launch where torch takes several ----
+@triton.jit
+def _qk_norm(
+    QKV, QW, KW, stride_xb, stride_xh, eps,
+    NQ: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    _grid_sync(PDL)
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    dd = tl.arange(0, BLOCK_D)
+    dmask = dd < D
+    row = QKV + b * stride_xb + h * stride_xh
+    x = tl.load(row + dd, mask=dmask, other=0.0).to(tl.float32)
+    if h < NQ:
+        w = tl.load(QW + dd, mask=dmask, other=0.0).to(tl.float32)
+    else:
+        w = tl.load(KW + dd, mask=dmask, other=0.0).to(tl.float32)
+    y = x * tl.rsqrt(tl.sum(x * x, 0) / D + eps) * w
+    tl.store(row + dd, y.to(QKV.dtype.element_ty), mask=dmask)
+
+
+def qk_norm(qkv: Tensor, q_weight: Tensor, k_weight: Tensor, eps: float, nq: int, nkv: int) -> None:
+    """RMSNorm of every query and key head of qkv [b, nq+2nkv, d] in place (qk-norm per head,
+    Qwen3/Gemma-3), one program per head."""
+    b, _, d = qkv.shape
+    _qk_norm[(b, nq + nkv)](
+        qkv, q_weight, k_weight, qkv.stride(0), qkv.stride(1), eps,
+        NQ=nq, D=d, BLOCK_D=triton.next_power_of_2(d), num_warps=1, **_launch(qkv.device),
+    )  # fmt: skip
+
+
+@triton.jit
+def _gated_act(
+    Y, Out, stride_y, stride_o, width, limit, alpha,
+    ACT: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    _grid_sync(PDL)
+    row, cols, mask, gate, up = _gate_up(Y, stride_y, width, BLOCK)
+    if ACT == 2:  # tanh GELU (Gemma's gelu_pytorch_tanh)
+        inner = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
+        out = 0.5 * gate * (2.0 - 2.0 / (tl.exp(2.0 * inner) + 1.0)) * up
+    else:  # gpt-oss: clamp both halves, x·σ(αx), (up + 1)
+        gate = tl.minimum(gate, limit)
+        up = tl.minimum(tl.maximum(up, -limit), limit)
+        out = gate * tl.sigmoid(alpha * gate) * (up + 1.0)
+    tl.store(Out + row * stride_o + cols, out.to(Out.dtype.element_ty), mask=mask)
+
+
+def gated_act(y: Tensor, width: int, kind: str, limit: float = 7.0, alpha: float = 1.702) -> Tensor:
+    """y [T, 2·width] = [gate | up] -> act(gate) · up for kind "geglu" or "clamped_swiglu"."""
+    out = torch.empty(y.shape[0], width, device=y.device, dtype=y.dtype)
+    block = 1024
+    _gated_act[(y.shape[0], triton.cdiv(width, block))](
+        y, out, y.stride(0), out.stride(0), width, limit, alpha,
+        ACT=2 if kind == "geglu" else 3, BLOCK=block, num_warps=4, **_launch(y.device),
+    )  # fmt: skip
+    return out
+
+
+@triton.jit
+def _rms_norm_add(
+    X, W, R, Y, stride_x, stride_r, stride_y, n, eps, BLOCK: tl.constexpr, PDL: tl.constexpr
+):
+    _grid_sync(PDL)
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n
+    normed = _rms_row(X, W, row, stride_x, n, eps, cols, mask).to(Y.dtype.element_ty)
+    r = tl.load(R + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(
+        Y + row * stride_y + cols, (r + normed.to(tl.float32)).to(Y.dtype.element_ty), mask=mask
+    )
+
+
+def rms_norm_add(x: Tensor, weight: Tensor, eps: float, residual: Tensor) -> Tensor:
+    """residual + RMSNorm(x)·weight for x, residual [T, n] (post and sandwich norms)."""
+    y = torch.empty_like(x)
+    n = x.shape[-1]
+    block = triton.next_power_of_2(n)
+    _rms_norm_add[(x.shape[0],)](
+        x, weight, residual, y, x.stride(0), residual.stride(0), y.stride(0), n, eps,
+        BLOCK=block, num_warps=min(16, max(1, block // 256)), **_launch(x.device),
     )  # fmt: skip
     return y

@@ -19,6 +19,18 @@ Decode attention is one of
 - "sdpa": scaled_dot_product_attention over the first `span` slots with an additive mask
   (CPU, ALiBi, float32). GQA is folded into the query length (q [b, kv, group, d]) so no
   backend needs grouped-query support and K/V are never copied.
+
+Newer layouts (issue 20), each switched on by the spec and absent from a dense spec's path:
+- sliding-window layers keep a ring buffer of min(W, cache length) slots: position p is
+  written at slot p mod R and a step attends to the min(p + 1, R) filled slots (attention
+  does not depend on the order of its keys, rotary positions are already in them), so the
+  cache and the bytes a step reads follow the window; prefill masks to the window;
+- attention sinks and soft-capped scores (decode: in the Triton kernels, constexpr-gated;
+  prefill and sdpa decode: attention.attend's float32 math), a custom softmax scale, qk-norm
+  per head or over the whole projection (all-reduced under tensor parallelism), post- and
+  sandwich norms, an embedding multiplier, soft-capped logits, per-layer rotary bases;
+- MoE FFNs (moe.py) and multi-head latent attention (attention.LatentAttention), whose cache
+  is one [b, L, kv_lora + rope] latent per layer.
 """
 
 from __future__ import annotations
@@ -31,7 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from infermeter.engine.attention import LatentAttention, attend, window_mask
+from infermeter.engine.moe import MoELayer, activation
 from infermeter.engine.parallel import Comm, Layout
+from infermeter.engine.rope import rotations
 from infermeter.spec import ModelSpec
 
 
@@ -46,6 +61,8 @@ class Arch:
     embedding_norm: bool  # BLOOM: a norm right after the token embedding
     ffn_norm: bool  # a separate norm before the FFN (sequential blocks, or NeoX's two norms)
     position_offset: int  # OPT: learned position p lives in row p + offset
+    pre_norms: bool = True  # a norm before attention (and the FFN); OLMo-2 has none
+    post_norms: bool = False  # a norm on each sublayer's output (OLMo-2, Gemma's sandwich)
 
     @classmethod
     def of(cls, spec: ModelSpec) -> Arch:
@@ -54,20 +71,25 @@ class Arch:
             return spec.bias if value is None else bool(value)
 
         two_norms = getattr(spec, "parallel_norms", 1) == 2
+        placement = getattr(spec, "norm_placement", "pre")
         return cls(
             qkv_bias=either("qkv_bias"),
             out_bias=either("out_bias"),
             mlp_bias=either("mlp_bias"),
             lm_head_bias=bool(getattr(spec, "lm_head_bias", False)),
             embedding_norm=bool(getattr(spec, "embedding_norm", False)),
-            ffn_norm=not spec.parallel_attn_ffn or two_norms,
+            ffn_norm=(not spec.parallel_attn_ffn or two_norms) and placement != "post",
             position_offset=int(getattr(spec, "position_offset", 0)),
+            pre_norms=placement != "post",
+            post_norms=placement != "pre",
         )
 
 
 def rotary_dim(spec: ModelSpec) -> int:
     if spec.position != "rotary":
         return 0
+    if getattr(spec, "mla", None) is not None:
+        return spec.mla.qk_rope_dim
     return int(spec.dim_head * spec.rotary_fraction) // 2 * 2
 
 
@@ -102,6 +124,26 @@ class Context:
     cos: Tensor | None = None  # triton decode: [max_context, rot/2] float32 tables
     sin: Tensor | None = None
     slopes: Tensor | None = None  # triton decode: this rank's ALiBi slopes
+    freqs_local: Tensor | None = None  # rotations of the sliding layers' own base (Gemma-3)
+    cos_local: Tensor | None = None
+    sin_local: Tensor | None = None
+    rings: dict[int, Ring] | None = None  # ring length -> its slots/masks (windowed layers)
+    windows: dict[int, Tensor] | None = None  # prefill: window -> bool mask [s, s]
+    mla_fast: Any = None  # triton decode of an MLA model: the mla_kernels module
+
+
+@dataclass
+class Ring:
+    """What a windowed layer with a ring buffer of `size` slots needs in one forward."""
+
+    size: int
+    slots: Tensor | None = None  # decode: [b] slot pos % size
+    seqlens: Tensor | None = None  # decode: [b] int32 filled slots min(pos + 1, size)
+    mask: Tensor | None = None  # sdpa decode: additive [b, 1, 1, size]
+    cu_k: Tensor | None = None  # flash decode: [b+1] int32 key offsets 0, size, ...
+    rows: Tensor | None = None  # prefill: [b, size] batch index ...
+    src: Tensor | None = None  # ... position read from the prompt ...
+    dst: Tensor | None = None  # ... and slot written (src % size)
 
 
 def _param(*shape: int, device: torch.device, dtype: torch.dtype) -> nn.Parameter:
@@ -110,9 +152,11 @@ def _param(*shape: int, device: torch.device, dtype: torch.dtype) -> nn.Paramete
 
 
 class Norm(nn.Module):
-    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, spec: ModelSpec, device: torch.device, dtype: torch.dtype, width: int = 0
+    ) -> None:
         super().__init__()
-        h = spec.hidden_size
+        h = width or spec.hidden_size
         self.eps = spec.norm_eps
         self.weight = _param(h, device=device, dtype=dtype)
         self.bias = _param(h, device=device, dtype=dtype) if spec.norm == "layernorm" else None
@@ -127,7 +171,13 @@ class Norm(nn.Module):
 
 class Block(nn.Module):
     def __init__(
-        self, spec: ModelSpec, lay: Layout, comm: Comm, device: torch.device, dtype: torch.dtype
+        self,
+        spec: ModelSpec,
+        lay: Layout,
+        comm: Comm,
+        device: torch.device,
+        dtype: torch.dtype,
+        index: int = 0,
     ) -> None:
         super().__init__()
         h, d = spec.hidden_size, spec.dim_head
@@ -138,15 +188,41 @@ class Block(nn.Module):
         self.lead = comm.rank == 0  # adds the residual and the row-parallel biases
         kw = {"device": device, "dtype": dtype}
         arch = Arch.of(spec)
-        qkv = (self.nq + 2 * self.nkv) * d
-        ffn_in = (2 if spec.ffn_kind == "swiglu" else 1) * lay.ffn
-        self.attn_norm = Norm(spec, device, dtype)
+        self.extra = spec.extra
+        self.window = spec.layer_window(index) if hasattr(spec, "layer_window") else None
+        self.local = self.window is not None and getattr(spec, "local_rope_theta", None) is not None
+        self.scale = getattr(spec, "attn_scale", None)
+        self.softcap = getattr(spec, "attn_softcap", None)
+        self.qk_norm = getattr(spec, "qk_norm", "none")
+        self._eps = spec.norm_eps
+        # qk_norm "full": widths of the whole (unsharded) q and k, and how many ranks hold
+        # each KV head (replicated when there are fewer KV heads than ranks)
+        self.full_widths = (spec.num_heads * d, spec.kv_heads * d)
+        self.kv_copies = max(1, lay.tp // spec.kv_heads)
+        self.attn_norm = Norm(spec, device, dtype) if arch.pre_norms else None
         self.ffn_norm = Norm(spec, device, dtype) if arch.ffn_norm else None
-        self.wqkv = _param(qkv, h, **kw)
-        self.bqkv = _param(qkv, **kw) if arch.qkv_bias else None
-        self.wo = _param(h, self.nq * d, **kw)
+        self.post_attn_norm = Norm(spec, device, dtype) if arch.post_norms else None
+        self.post_ffn_norm = Norm(spec, device, dtype) if arch.post_norms else None
+        self.mla = LatentAttention(spec, lay.q_heads, device, dtype) if spec_mla(spec) else None
+        v_dim = spec.mla.v_head_dim if self.mla is not None else d
+        if self.mla is None:
+            qkv = (self.nq + 2 * self.nkv) * d
+            self.wqkv = _param(qkv, h, **kw)
+            self.bqkv = _param(qkv, **kw) if arch.qkv_bias else None
+        self.wo = _param(h, self.nq * v_dim, **kw)
         self.bo = _param(h, **kw) if arch.out_bias else None
-        self.w_in = _param(ffn_in, h, **kw)  # swiglu: [gate; up] of this rank
+        self.q_norm = self.k_norm = None
+        if self.qk_norm == "head":
+            self.q_norm, self.k_norm = _param(d, **kw), _param(d, **kw)
+        elif self.qk_norm == "full":
+            self.q_norm, self.k_norm = _param(self.nq * d, **kw), _param(self.nkv * d, **kw)
+        self.sinks = _param(self.nq, **kw) if getattr(spec, "attention_sinks", False) else None
+        self.moe = None
+        if getattr(spec, "moe", None) is not None and spec.is_moe_layer(index):
+            self.moe = MoELayer(spec, lay.expert_ffn, lay.shared_ffn, self.lead, device, dtype)
+            return
+        ffn_in = (2 if spec.gated else 1) * lay.ffn
+        self.w_in = _param(ffn_in, h, **kw)  # gated: [gate; up] of this rank
         self.b_in = _param(ffn_in, **kw) if arch.mlp_bias else None
         self.w_down = _param(h, lay.ffn, **kw)
         self.b_down = _param(h, **kw) if arch.mlp_bias else None
@@ -170,56 +246,157 @@ class Block(nn.Module):
             return F.silu(gate).mul_(up)
         if self.ffn_kind == "relu":
             return F.relu_(y)
+        if self.ffn_kind == "gelu_exact":  # Falcon: the erf GELU
+            return F.gelu(y)
+        if self.ffn_kind in ("geglu", "clamped_swiglu"):
+            if fast is not None:
+                limit, alpha = (
+                    self.extra.get("swiglu_limit", 7.0),
+                    self.extra.get("swiglu_alpha", 1.702),
+                )
+                return fast.gated_act(y, self.ffn, self.ffn_kind, limit, alpha)
+            return activation(y, self.ffn_kind, self.ffn, self.extra)
         return F.gelu(y, approximate="tanh")  # GPT-2/GPT-J/BLOOM's "gelu_new"
+
+    def _ffn_out(self, x: Tensor, residual: Tensor | None, fast: Any) -> Tensor:
+        """This rank's FFN output (+ residual): dense or mixture of experts."""
+        if self.moe is not None:
+            return self.moe(x, residual, fast)
+        return self._row(self._ffn_hidden(x, fast), self.w_down, self.b_down, residual, fast)
+
+    def _freqs(self, ctx: Context) -> Tensor | None:
+        return ctx.freqs_local if self.local else ctx.freqs
 
     def _rotate(self, qkv: Tensor, ctx: Context) -> None:
         """Rotate the first `rot` dims of every Q and K head in place (interleaved pairs)."""
         x = qkv.view(ctx.batch, ctx.length, -1, self.d)[:, :, : self.nq + self.nkv, : self.rot]
         xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-        x.copy_(torch.view_as_real(xc * ctx.freqs).flatten(-2))
+        x.copy_(torch.view_as_real(xc * self._freqs(ctx)).flatten(-2))
+
+    def _rotate_part(self, x: Tensor, ctx: Context) -> None:
+        """Rotate x [b, s, n, rot] in place (MLA's rope parts)."""
+        xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        x.copy_(torch.view_as_real(xc * self._freqs(ctx)).flatten(-2))
+
+    def _norm_qk(self, qkv: Tensor, fast: Any = None) -> None:
+        """RMSNorm of the query and key heads in place (qk-norm), before the rotation."""
+        nq, nkv, eps = self.nq, self.nkv, self._eps
+        assert self.q_norm is not None and self.k_norm is not None
+        q, k = qkv[:, :nq], qkv[:, nq : nq + nkv]
+        if self.qk_norm == "head" and fast is not None:
+            fast.qk_norm(qkv, self.q_norm, self.k_norm, eps, nq, nkv)
+            return
+        if self.qk_norm == "head":
+            q.copy_(F.rms_norm(q, (self.d,), self.q_norm, eps))
+            k.copy_(F.rms_norm(k, (self.d,), self.k_norm, eps))
+            return
+        # the whole projection (OLMo-2): mean square over every rank's heads
+        t = qkv.shape[0]
+        qf, kf = q.reshape(t, -1).float(), k.reshape(t, -1).float()
+        sums = torch.stack([qf.square().sum(-1), kf.square().sum(-1)], dim=-1)
+        if self.comm.size > 1:
+            sums = self.comm.all_reduce(sums)
+            sums[:, 1] /= self.kv_copies
+        width_q, width_k = self.full_widths
+        inv = torch.rsqrt(sums / sums.new_tensor([width_q, width_k]) + eps)
+        q.copy_((qf * inv[:, :1]).view_as(q).to(q.dtype) * self.q_norm.view(nq, self.d))
+        k.copy_((kf * inv[:, 1:]).view_as(k).to(k.dtype) * self.k_norm.view(nkv, self.d))
 
     def _attend(self, qkv: Tensor, ctx: Context, cache: Tensor) -> Tensor:
         b, s, nq, nkv, d = ctx.batch, ctx.length, self.nq, self.nkv, self.d
         q = qkv[:, :nq]
         kv = qkv[:, nq:].view(b, s, 2, nkv, d)
+        plain = self.window is None and self.sinks is None and self.softcap is None
         if not ctx.decode:
-            cache[:, :s] = kv
+            self._store_prompt(kv, ctx, cache)
             q = q.view(b, s, nq, d).transpose(1, 2)
             k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
-            if ctx.mask is None:  # plain causal: the flash kernel on CUDA
-                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=nq != nkv)
+            if not plain:
+                assert ctx.windows is not None
+                mask = ctx.windows[self.window or 0]
+                o = attend(q, k, v, mask, self.scale, self.softcap, self.sinks)
+            elif ctx.mask is None:  # plain causal: the flash kernel on CUDA
+                o = F.scaled_dot_product_attention(
+                    q, k, v, is_causal=True, enable_gqa=nq != nkv, scale=self.scale
+                )
             else:  # ALiBi bias: memory-efficient kernel, which wants equal head counts
                 if nq != nkv:
                     k, v = k.repeat_interleave(nq // nkv, 1), v.repeat_interleave(nq // nkv, 1)
                 o = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask)
             return o.transpose(1, 2).reshape(b * s, nq * d)
+        ring = self._ring(ctx, cache)
         if ctx.fast is not None:  # rotary + cache write in one kernel, then flash-decoding
-            ctx.fast.rope_store(qkv, cache, ctx.slots, ctx.cos, ctx.sin, nq)
-            o = ctx.fast.decode_attention(q, cache, ctx.seqlens, ctx.slopes)
+            cos, sin = (ctx.cos_local, ctx.sin_local) if self.local else (ctx.cos, ctx.sin)
+            slots = ring.slots if ring is not None else None
+            ctx.fast.rope_store(qkv, cache, ctx.slots, cos, sin, nq, slots)
+            lengths = ring.seqlens if ring is not None else ctx.seqlens
+            if plain and self.scale is None:
+                o = ctx.fast.decode_attention(q, cache, lengths, ctx.slopes)
+            else:
+                o = ctx.fast.decode_attention(
+                    q, cache, lengths, ctx.slopes, self.scale, self.softcap, self.sinks
+                )
             return o.view(b, nq * d)
         # Decode: write this step's K/V at each sequence's slot, then attend over the cache.
-        cache.index_put_((ctx.rows, ctx.slots), kv.view(b, 2, nkv, d))
+        slots = ring.slots if ring is not None else ctx.slots
+        cache.index_put_((ctx.rows, slots), kv.view(b, 2, nkv, d))
         if ctx.seqlens is not None:
             length = cache.shape[1]
             k = cache[:, :, 0].view(b * length, nkv, d)
             v = cache[:, :, 1].view(b * length, nkv, d)
-            o = flash_varlen(q, k, v, ctx.cu_q, ctx.cu_k, ctx.seqlens, length)
+            if ring is not None:
+                o = flash_varlen(q, k, v, ctx.cu_q, ring.cu_k, ring.seqlens, length, self.scale)
+            else:
+                o = flash_varlen(q, k, v, ctx.cu_q, ctx.cu_k, ctx.seqlens, length, self.scale)
             return o.reshape(b, nq * d)
-        k = cache[:, : ctx.span, 0].transpose(1, 2)  # [b, kv, span, d]
-        v = cache[:, : ctx.span, 1].transpose(1, 2)
-        mask = ctx.mask
+        span = ring.size if ring is not None else ctx.span
+        k = cache[:, :span, 0].transpose(1, 2)  # [b, kv, span, d]
+        v = cache[:, :span, 1].transpose(1, 2)
+        mask = ring.mask if ring is not None else ctx.mask
         if mask is not None and mask.shape[1] > 1:  # per-head ALiBi bias
             mask = mask.view(b, nkv, nq // nkv, -1)
-        o = F.scaled_dot_product_attention(q.reshape(b, nkv, nq // nkv, d), k, v, attn_mask=mask)
+        if not plain:
+            o = attend(q.view(b, nq, 1, d), k, v, mask, self.scale, self.softcap, self.sinks)
+            return o.reshape(b, nq * d)
+        o = F.scaled_dot_product_attention(
+            q.reshape(b, nkv, nq // nkv, d), k, v, attn_mask=mask, scale=self.scale
+        )
         return o.reshape(b, nq * d)
+
+    def _ring(self, ctx: Context, cache: Tensor) -> Ring | None:
+        """The ring buffer data of this layer, when its cache is shorter than the context."""
+        if self.window is None or ctx.rings is None:
+            return None
+        return ctx.rings.get(cache.shape[1])
+
+    def _store_prompt(self, kv: Tensor, ctx: Context, cache: Tensor) -> None:
+        """Write the prompt's K/V: slots [0, s), or, for a ring shorter than the prompt, the
+        last `size` positions of each sequence at their slots (position mod size)."""
+        s = ctx.length
+        ring = ctx.rings.get(cache.shape[1]) if ctx.rings is not None else None
+        if ring is None or ring.size >= s:
+            cache[:, :s] = kv
+            return
+        cache[ring.rows, ring.dst] = kv[ring.rows, ring.src]
+
+    def _self_attention(self, h: Tensor, ctx: Context, cache: Tensor) -> Tensor:
+        """Attention output [T, heads·v] before the output projection."""
+        fast = ctx.fast
+        if self.mla is not None and ctx.mla_fast is not None:
+            return self.mla.decode_fast(h, ctx, cache, fast)
+        if self.mla is not None:
+            return self.mla(h, ctx, cache, fast, lambda t: self._rotate_part(t, ctx))
+        qkv = linear(h, self.wqkv, self.bqkv, fast).view(h.shape[0], -1, self.d)
+        if self.q_norm is not None:
+            self._norm_qk(qkv, fast)
+        if self.rot and fast is None:
+            self._rotate(qkv, ctx)
+        return self._attend(qkv, ctx, cache)
 
     def forward(self, x: Tensor, ctx: Context, cache: Tensor) -> Tensor:
         fast = ctx.fast
-        h = self.attn_norm(x, fast)
-        qkv = linear(h, self.wqkv, self.bqkv, fast).view(x.shape[0], -1, self.d)
-        if self.rot and fast is None:
-            self._rotate(qkv, ctx)
-        a = self._attend(qkv, ctx, cache)
+        h = x if self.attn_norm is None else self.attn_norm(x, fast)
+        a = self._self_attention(h, ctx, cache)
         residual = x if self.lead else None
         if self.parallel:  # GPT-J: x + attn(ln(x)) + ffn(ln(x)), one all_reduce for both
             f_in = h if self.ffn_norm is None else self.ffn_norm(x, fast)  # NeoX: two norms
@@ -227,11 +404,28 @@ class Block(nn.Module):
             y = self._row(a, self.wo, self.bo, residual, fast)
             y = self._row(f, self.w_down, self.b_down, y, fast)
             return self.comm.all_reduce(y)
-        x = self.comm.all_reduce(self._row(a, self.wo, self.bo, residual, fast))
-        assert self.ffn_norm is not None
-        f = self._ffn_hidden(self.ffn_norm(x, fast), fast)
+        if self.post_attn_norm is not None:  # post/sandwich: norm the summed output, then add
+            o = self.comm.all_reduce(self._row(a, self.wo, self.bo, None, fast))
+            x = self._add_normed(x, o, self.post_attn_norm, fast)
+        else:
+            x = self.comm.all_reduce(self._row(a, self.wo, self.bo, residual, fast))
+        f_in = x if self.ffn_norm is None else self.ffn_norm(x, fast)
+        if self.post_ffn_norm is not None:
+            f = self.comm.all_reduce(self._ffn_out(f_in, None, fast))
+            return self._add_normed(x, f, self.post_ffn_norm, fast)
         residual = x if self.lead else None
-        return self.comm.all_reduce(self._row(f, self.w_down, self.b_down, residual, fast))
+        return self.comm.all_reduce(self._ffn_out(f_in, residual, fast))
+
+    @staticmethod
+    def _add_normed(x: Tensor, y: Tensor, norm: Norm, fast: Any) -> Tensor:
+        """x + norm(y): one kernel on the Triton decode path (RMSNorm)."""
+        if fast is not None and norm.bias is None:
+            return fast.rms_norm_add(y, norm.weight, norm.eps, x)
+        return x + norm(y, fast)
+
+
+def spec_mla(spec: ModelSpec) -> bool:
+    return getattr(spec, "mla", None) is not None
 
 
 def linear(x: Tensor, w: Tensor, b: Tensor | None, fast: Any = None) -> Tensor:
@@ -242,16 +436,28 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None, fast: Any = None) -> Tensor:
 
 
 def flash_varlen(
-    q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor, seqlens: Tensor, length: int
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_q: Tensor,
+    cu_k: Tensor,
+    seqlens: Tensor,
+    length: int,
+    scale: float | None = None,
 ) -> Tensor:
     """One query per sequence against keys [cu_k[i], cu_k[i] + seqlens[i]) of packed k/v.
 
     PyTorch's private entry to FlashAttention-2's varlen kernel; `seqused_k` bounds each
     sequence's keys on the device, so no mask, no host sync and no shape change per step.
     """
-    out = torch.ops.aten._flash_attention_forward(
-        q, k, v, cu_q, cu_k, 1, length, 0.0, False, False, seqused_k=seqlens
-    )
+    if scale is None:
+        out = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu_q, cu_k, 1, length, 0.0, False, False, seqused_k=seqlens
+        )
+    else:
+        out = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu_q, cu_k, 1, length, 0.0, False, False, seqused_k=seqlens, scale=scale
+        )
     return out[0]
 
 
@@ -277,7 +483,7 @@ class Decoder(nn.Module):
         rows = spec.max_context + arch.position_offset
         self.pos_embed = _param(rows, h, **kw) if spec.position == "learned" else None
         self.layers = nn.ModuleList(
-            Block(spec, layout, comm, device, dtype) for _ in range(spec.num_layers)
+            Block(spec, layout, comm, device, dtype, i) for i in range(spec.num_layers)
         )
         self.norm = Norm(spec, device, dtype)
         rows = layout.vocab_end - layout.vocab_start
@@ -287,45 +493,93 @@ class Decoder(nn.Module):
         self.freqs: Tensor | None = None
         self.cos: Tensor | None = None
         self.sin: Tensor | None = None
+        self.freqs_local = self.cos_local = self.sin_local = None
         if self.rot:
-            inv = spec.rope_theta ** -(torch.arange(0, self.rot, 2, dtype=torch.float64) / self.rot)
-            angles = torch.outer(torch.arange(spec.max_context, dtype=torch.float64), inv)
-            self.freqs = torch.polar(torch.ones_like(angles), angles).to(torch.complex64).to(device)
+            scaling = getattr(spec, "rope_scaling", None)
+            self.freqs = rotations(self.rot, spec.rope_theta, scaling, spec.max_context).to(device)
             self.cos = self.freqs.real.contiguous()
             self.sin = self.freqs.imag.contiguous()
+            if any(blk.local for blk in self.layers):  # Gemma-3: sliding layers' own base
+                local = rotations(self.rot, spec.local_rope_theta, None, spec.max_context)
+                self.freqs_local = local.to(device)
+                self.cos_local = self.freqs_local.real.contiguous()
+                self.sin_local = self.freqs_local.imag.contiguous()
         self.slopes: Tensor | None = None
         if spec.position == "alibi":
             q0, nq = layout.q_start, layout.q_heads
             self.slopes = alibi_slopes(spec.num_heads)[q0 : q0 + nq].to(device)
         self.arange = torch.arange(spec.max_context + arch.position_offset, device=device)
+        multiplier = float(getattr(spec, "embedding_multiplier", 1.0))
+        self.embed_scale = None if multiplier == 1.0 else torch.tensor(multiplier, dtype=dtype)
+        self.final_softcap = getattr(spec, "final_softcap", None)
+        self.windows = sorted({blk.window for blk in self.layers if blk.window is not None})
+        self.masked = any(
+            blk.window is not None or blk.sinks is not None or blk.softcap is not None
+            for blk in self.layers
+        )
+        self.mla = spec_mla(spec)
         self.kernels: Any = None  # the Triton kernels module, once the engine has checked it
-        self.cache: Tensor | None = None
+        self.mla_kernels: Any = None  # and mla_kernels, for an MLA model where they pass
+        self.cache: Tensor | list[Tensor] | None = None
+        self.rings: list[int] = []  # ring-buffer lengths of this allocation (windowed layers)
         self.rows: Tensor | None = None
         self.cu_q: Tensor | None = None
         self.cu_k: Tensor | None = None
 
     # ---- cache ---------------------------------------------------------------------------
+    def cache_shape(self, layer: int, batch: int, length: int) -> tuple[int, ...]:
+        """One layer's cache: [b, slots, 2, kv_heads, d] (slots = min(W, length) for a
+        windowed layer), or MLA's latent [b, length, kv_lora + rope]."""
+        spec = self.spec
+        if self.mla:
+            return (batch, length, spec.mla.cache_dim)
+        window = self.layers[layer].window
+        slots = length if window is None else min(window, length)
+        return (batch, slots, 2, self.layout.kv_heads, spec.dim_head)
+
     def allocate_cache(self, batch: int, length: int) -> None:
         self.cache = None  # free the old one first: two caches may not fit
-        lay, spec = self.layout, self.spec
-        shape = (spec.num_layers, batch, length, 2, lay.kv_heads, spec.dim_head)
-        self.cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        spec = self.spec
+        shapes = [self.cache_shape(i, batch, length) for i in range(spec.num_layers)]
+        if len(set(shapes)) == 1:  # one tensor, as every dense spec has
+            shape = (spec.num_layers, *shapes[0])
+            self.cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        else:
+            self.cache = [torch.zeros(s, device=self.device, dtype=self.dtype) for s in shapes]
+        self.rings = sorted({min(w, length) for w in self.windows if w < length})
         # Static per allocation, like the CUDA graphs that read them.
         self.rows = torch.arange(batch, device=self.device)
         self.cu_q = torch.arange(batch + 1, device=self.device, dtype=torch.int32)
         self.cu_k = self.cu_q * length
 
     # ---- contexts ------------------------------------------------------------------------
-    def prefill_context(self, batch: int, length: int) -> Context:
+    def prefill_context(self, batch: int, length: int, lengths: Tensor | None = None) -> Context:
+        """Context of a prefill of `length` tokens per sequence; `lengths` [b] are the real
+        (right-padded) prompt lengths when they differ, for the ring buffers' writes."""
         pos = self.arange[:length]
         ctx = Context(batch, length, positions=pos[None] + self.arch.position_offset)
         if self.freqs is not None:
             ctx.freqs = self.freqs[:length].view(1, length, 1, -1)
+        if self.freqs_local is not None:
+            ctx.freqs_local = self.freqs_local[:length].view(1, length, 1, -1)
         if self.slopes is not None:  # bias slope·(j - i), -inf above the diagonal
             rel = (pos[None, :] - pos[:, None]).float()
             bias = self.slopes[:, None, None] * rel
             ctx.mask = bias.masked_fill(rel > 0, -math.inf).to(self.dtype)[None]
+        if self.masked:
+            ctx.windows = {w or 0: window_mask(pos, pos, w) for w in [None, *self.windows]}
+        if self.rings:
+            ctx.rings = {r: self._prompt_ring(r, batch, length, lengths) for r in self.rings}
         return ctx
+
+    def _prompt_ring(self, size: int, batch: int, length: int, lengths: Tensor | None) -> Ring:
+        """Where a prompt's K/V go in a ring of `size` slots: each sequence's last `size`
+        positions (or its first, when it is shorter), at slot position mod size."""
+        last = lengths if lengths is not None else self.arange.new_full((batch,), length)
+        start = (last - size).clamp(min=0)
+        src = start[:, None] + self.arange[:size][None, :]
+        rows = self.arange[:batch][:, None].expand(batch, size)
+        return Ring(size, rows=rows, src=src, dst=src % size)
 
     def decode_context(self, pos: Tensor, span: int, attention: str) -> Context:
         """One token per sequence at cache slot/position pos[i] (a device tensor).
@@ -336,12 +590,20 @@ class Decoder(nn.Module):
         b = pos.shape[0]
         learned = pos[:, None] + self.arch.position_offset
         ctx = Context(b, 1, learned, decode=True, slots=pos, rows=self.rows, span=span)
+        if self.rings:
+            ctx.rings = {r: self._step_ring(r, pos, attention) for r in self.rings}
         if attention == "triton":
             ctx.fast, ctx.cos, ctx.sin, ctx.slopes = self.kernels, self.cos, self.sin, self.slopes
+            ctx.cos_local, ctx.sin_local = self.cos_local, self.sin_local
             ctx.seqlens = (pos + 1).to(torch.int32)
+            ctx.mla_fast = self.mla_kernels
+            if self.mla and self.mla_kernels is None and self.freqs is not None:
+                ctx.freqs = self.freqs[pos].view(b, 1, 1, -1)  # MLA rotates in torch
             return ctx
         if self.freqs is not None:
             ctx.freqs = self.freqs[pos].view(b, 1, 1, -1)
+        if self.freqs_local is not None:
+            ctx.freqs_local = self.freqs_local[pos].view(b, 1, 1, -1)
         if attention == "flash":
             ctx.seqlens = (pos + 1).to(torch.int32)
             ctx.cu_q, ctx.cu_k = self.cu_q, self.cu_k
@@ -357,11 +619,25 @@ class Decoder(nn.Module):
         ctx.mask = bias[:, :, None].to(self.dtype)  # [b, 1|heads, 1, span]
         return ctx
 
+    def _step_ring(self, size: int, pos: Tensor, attention: str) -> Ring:
+        filled = torch.clamp(pos + 1, max=size)
+        ring = Ring(size, slots=pos % size, seqlens=filled.to(torch.int32))
+        if attention == "flash":
+            assert self.cu_q is not None
+            ring.cu_k = self.cu_q * size
+        elif attention == "sdpa":
+            valid = self.arange[:size][None, :] < filled[:, None]
+            bias = torch.zeros(valid.shape, device=self.device).masked_fill_(~valid, -math.inf)
+            ring.mask = bias[:, None, None].to(self.dtype)  # [b, 1, 1, size]
+        return ring
+
     # ---- forward -------------------------------------------------------------------------
     def forward(self, tokens: Tensor, ctx: Context) -> Tensor:
         """tokens [b, s] -> hidden states [b·s, h]; writes the K/V of these tokens."""
         assert self.cache is not None, "allocate_cache first"
         x = F.embedding(tokens, self.embed)
+        if self.embed_scale is not None:  # Gemma: sqrt(h), rounded to the model dtype
+            x = x * self.embed_scale.to(x.device)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         if self.pos_embed is not None:
@@ -378,6 +654,8 @@ class Decoder(nn.Module):
         if head is None:  # tied: this rank's rows of the (replicated) embedding, a view
             head = self.embed[lay.vocab_start : lay.vocab_end]
         y = linear(self.norm(x, fast), head, self.head_bias, fast).float()
+        if self.final_softcap is not None:  # Gemma-2: c·tanh(logits / c)
+            y = torch.tanh(y / self.final_softcap) * self.final_softcap
         if lay.tp == 1:
             return y
         if y.shape[-1] < lay.vocab_chunk:  # the last chunk is short: pad to a common width

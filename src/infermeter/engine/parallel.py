@@ -8,6 +8,10 @@ Layout (Megatron style, one all_reduce after each row-parallel projection):
   with num_kv_heads < tp), each rank keeps the one KV head its query heads read (replicated).
 - The attention output and FFN down projections are row-parallel: each rank multiplies its
   slice and one all_reduce sums the partial results (rank 0 folds in residual and bias).
+- Mixture-of-experts layers shard every expert along its FFN dimension exactly like the dense
+  FFN (engine/moe.py says why not whole experts per rank); the router is replicated.
+- Multi-head latent attention splits heads; the latent projection and the latent KV cache
+  are replicated (every rank needs the whole latent for its heads).
 - The embedding is replicated (a gather of b rows, cheap); the LM head is vocab-parallel: rank r
   computes logits for its vocabulary chunk and an all_gather assembles them, so every rank holds
   bit-identical logits and samples the same token with the same seed; no token broadcast needed.
@@ -40,12 +44,21 @@ class Layout:
     vocab_start: int
     vocab_end: int  # exclusive; the last chunk may be shorter than vocab_chunk
     vocab_chunk: int  # ceil(vocab / tp): every rank's logits are padded to this width
+    expert_ffn_start: int = 0  # MoE: this rank's rows of every routed expert ...
+    expert_ffn: int = 0
+    shared_ffn_start: int = 0  # ... and of the shared expert
+    shared_ffn: int = 0
 
 
 def check_tp(spec: ModelSpec, tp: int) -> None:
     """Raise UserError when `spec` cannot be split over `tp` ranks."""
     if tp < 1:
         raise UserError(f"engine: tp must be >= 1, got {tp}")
+    if spec.family in ("llama4", "llama4_text"):
+        raise UserError(
+            f"{spec.name}: the engine does not run llama4 (chunked attention, NoPE layers, "
+            "input-scaled top-1 routing); `infermeter models --show` prices its FLOPs/bytes"
+        )
     n, kv = spec.num_heads, spec.kv_heads
     if n % tp:
         raise UserError(f"{spec.name}: tp={tp} does not divide num_heads={n}")
@@ -55,6 +68,12 @@ def check_tp(spec: ModelSpec, tp: int) -> None:
         )
     if spec.ffn_dim % tp:
         raise UserError(f"{spec.name}: tp={tp} does not divide ffn_size={spec.ffn_dim}")
+    moe = spec.moe
+    if moe is not None and (moe.expert_ffn_size % tp or moe.shared_ffn_size % tp):
+        raise UserError(
+            f"{spec.name}: tp={tp} must divide the expert FFN size ({moe.expert_ffn_size}) "
+            f"and the shared expert's ({moe.shared_ffn_size})"
+        )
     if spec.vocab_size < tp:
         raise UserError(f"{spec.name}: vocab_size={spec.vocab_size} is smaller than tp={tp}")
 
@@ -81,7 +100,20 @@ def partition(spec: ModelSpec, tp: int = 1, rank: int = 0) -> Layout:
         vocab_start=v0,
         vocab_end=min(v0 + chunk, spec.vocab_size),
         vocab_chunk=chunk,
+        **_moe_slices(spec, tp, rank),
     )
+
+
+def _moe_slices(spec: ModelSpec, tp: int, rank: int) -> dict[str, int]:
+    if spec.moe is None:
+        return {}
+    expert, shared = spec.moe.expert_ffn_size // tp, spec.moe.shared_ffn_size // tp
+    return {
+        "expert_ffn_start": rank * expert,
+        "expert_ffn": expert,
+        "shared_ffn_start": rank * shared,
+        "shared_ffn": shared,
+    }
 
 
 class Comm:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from infermeter.engine.model import Decoder, flash_varlen
+from infermeter.engine.moe import activation
 from infermeter.errors import UserError
 
 
@@ -65,7 +66,41 @@ def triton_problem(model: Decoder) -> str | None:
         problem = _check_kernels(model, kernels)
     if problem is None:
         model.kernels = kernels
+        if model.mla and mla_problem(model) is None:
+            from infermeter.engine import mla_kernels
+
+            model.mla_kernels = mla_kernels
     return problem
+
+
+def mla_problem(model: Decoder) -> str | None:
+    """Why the latent-attention decode kernels cannot run here (None: checked against torch
+    math on random data of the model's shapes). Without them MLA decodes in torch."""
+    mla = model.spec.mla
+    assert mla is not None
+    lora, rope = mla.kv_lora_rank, mla.qk_rope_dim
+    if lora & (lora - 1) or rope & (rope - 1) or rope < 16:
+        return f"latent kernels want powers of two and rope >= 16 (lora {lora}, rope {rope})"
+    try:
+        from infermeter.engine import mla_kernels
+
+        dev, dt, n = model.device, model.dtype, model.layout.q_heads
+        q_lat = torch.randn(2, n, lora, device=dev, dtype=dt)
+        q_pe = torch.randn(2, n, rope, device=dev, dtype=dt)
+        cache = torch.randn(2, 200, lora + rope, device=dev, dtype=dt)
+        lens = torch.tensor([37, 200], device=dev, dtype=torch.int32)
+        got = mla_kernels.latent_attention(q_lat, q_pe, cache, lens, 0.1)
+        want = []
+        for i, length in enumerate((37, 200)):
+            keys = cache[i, :length].float()
+            query = torch.cat([q_lat[i], q_pe[i]], -1).float()
+            probs = (query @ keys.T * 0.1).softmax(-1)
+            want.append(probs @ keys[:, :lora])
+        if not _close(got, torch.stack(want)):
+            return "Triton latent attention self-check mismatch"
+    except Exception as error:
+        return f"Triton latent kernels failed: {type(error).__name__}: {error}"[:300]
+    return None
 
 
 def _check_kernels(model: Decoder, kernels: Any) -> str | None:
@@ -106,8 +141,64 @@ def _check_kernels(model: Decoder, kernels: Any) -> str | None:
         want = x.float() @ w.float().T + bias.float() + res.float()
         if not _close(kernels.small_linear(x, w, bias, res), want):
             return "Triton GEMV self-check mismatch"
+        problem = _check_newer_kernels(model, kernels)
+        if problem is not None:
+            return problem
     except Exception as error:  # compiler missing, unsupported GPU, ...
         return f"Triton kernels failed: {type(error).__name__}: {error}"[:300]
+    return None
+
+
+def _check_newer_kernels(model: Decoder, kernels: Any) -> str | None:
+    """Self-checks of the decode kernels only the newer layouts use (a dense model never
+    runs them, so they are checked only where the model does)."""
+    blocks = list(model.layers)
+    dev, dt, d = model.device, model.dtype, model.spec.dim_head
+    if any(b.sinks is not None or b.softcap is not None or b.scale for b in blocks):
+        q = torch.randn(2, 4, d, device=dev, dtype=dt)
+        cache = torch.randn(2, 100, 2, 2, d, device=dev, dtype=dt)
+        lens = torch.tensor([37, 100], device=dev, dtype=torch.int32)
+        sinks = torch.randn(4, device=dev, dtype=dt)
+        got = kernels.decode_attention(q, cache, lens, None, 0.3, 5.0, sinks)
+        want = []
+        for i, n in enumerate((37, 100)):
+            k = cache[i, :n, 0].float().repeat_interleave(2, 1)
+            v = cache[i, :n, 1].float().repeat_interleave(2, 1)
+            scores = torch.tanh(torch.einsum("hd,nhd->hn", q[i].float(), k) * 0.3 / 5.0) * 5.0
+            probs = torch.cat([scores, sinks.float()[:, None]], -1).softmax(-1)[:, :-1]
+            want.append(torch.einsum("hn,nhd->hd", probs, v))
+        if not _close(got, torch.stack(want)):
+            return "Triton decode attention (scale/soft-cap/sinks) self-check mismatch"
+    if any(b.window is not None for b in blocks):
+        qkv = torch.randn(2, 6, d, device=dev, dtype=dt)
+        ring = torch.zeros(2, 8, 2, 2, d, device=dev, dtype=dt)
+        pos, slots = torch.tensor([3, 21], device=dev), torch.tensor([3, 5], device=dev)
+        kernels.rope_store(qkv, ring, pos, None, None, 2, slots)
+        stored = ring[torch.arange(2, device=dev), slots]
+        if not _close(stored, qkv[:, 2:].view(2, 2, 2, d)):
+            return "Triton ring-buffer cache write self-check mismatch"
+    if any(b.qk_norm == "head" for b in blocks):
+        qkv = torch.randn(3, 6, d, device=dev, dtype=dt)
+        wq, wk = torch.randn(d, device=dev, dtype=dt), torch.randn(d, device=dev, dtype=dt)
+        want = qkv.float().clone()
+        want[:, :2] = F.rms_norm(want[:, :2], (d,), wq.float(), 1e-6)
+        want[:, 2:4] = F.rms_norm(want[:, 2:4], (d,), wk.float(), 1e-6)
+        kernels.qk_norm(qkv, wq, wk, 1e-6, 2, 2)
+        if not _close(qkv, want):
+            return "Triton qk-norm self-check mismatch"
+    kinds = {b.ffn_kind for b in blocks} & {"geglu", "clamped_swiglu"}
+    for kind in kinds:
+        y = torch.randn(3, 2 * 64, device=dev, dtype=dt)
+        want = activation(y.float(), kind, 64, {"swiglu_limit": 7.0, "swiglu_alpha": 1.702})
+        if not _close(kernels.gated_act(y, 64, kind), want):
+            return f"Triton {kind} self-check mismatch"
+    if any(b.post_attn_norm is not None for b in blocks):
+        h = model.spec.hidden_size
+        x, r = (torch.randn(3, h, device=dev, dtype=dt) for _ in range(2))
+        w = torch.randn(h, device=dev, dtype=dt)
+        want = r.float() + F.rms_norm(x.float(), (h,), w.float(), 1e-6)
+        if not _close(kernels.rms_norm_add(x, w, 1e-6, r), want):
+            return "Triton norm + residual self-check mismatch"
     return None
 
 
@@ -120,6 +211,10 @@ def flash_problem(model: Decoder) -> str | None:
         return f"FlashAttention needs float16/bfloat16, not {model.dtype}"
     if model.slopes is not None:
         return "ALiBi uses the masked path"
+    if model.mla:
+        return "MLA decodes in its latent space (its own attention)"
+    if any(blk.sinks is not None or blk.softcap is not None for blk in model.layers):
+        return "attention sinks / soft-capped scores are not in FlashAttention's varlen API"
     if spec.dim_head % 8 or spec.dim_head > 256:
         return f"head_dim {spec.dim_head} unsupported by FlashAttention"
     try:
@@ -134,6 +229,42 @@ def flash_problem(model: Decoder) -> str | None:
     except Exception as error:  # missing op, unsupported GPU or build
         return f"FlashAttention varlen unavailable: {type(error).__name__}: {error}"[:300]
     return None
+
+
+def moe_problem(model: Decoder, moe: Any) -> str | None:
+    """Why the Triton grouped GEMM cannot run this model's experts (None: it can, checked
+    against the dense path on the layer's own weights at a decode and a prefill size)."""
+    if model.device.type != "cuda":
+        return "not on CUDA"
+    if model.dtype not in (torch.float16, torch.bfloat16):
+        return f"Triton MoE kernels are for float16/bfloat16, not {model.dtype}"
+    try:
+        from infermeter.engine import moe_kernels
+
+        moe.kernels, moe.path = moe_kernels, "triton"
+        for tokens in (1, 3, 40):  # fused routing at decode sizes, torch routing beyond
+            x = torch.randn(tokens, model.spec.hidden_size, device=model.device, dtype=model.dtype)
+            got = moe._routed(x, None)
+            if not _close(got, moe._dense(x, *moe.route(x))):
+                return "Triton MoE self-check mismatch"
+    except Exception as error:  # compiler missing, unsupported GPU, ...
+        return f"Triton MoE kernels failed: {type(error).__name__}: {error}"[:300]
+    return None
+
+
+def choose_moe(model: Decoder) -> tuple[str | None, str | None]:
+    """The expert path of every MoE layer (see engine/moe.py) and why Triton was skipped:
+    "triton" on CUDA when it passes its self-check, else "dense" (static shapes for CUDA
+    graphs, reads every expert); "loop" on CPU. (None, None) without MoE layers."""
+    layers = [blk.moe for blk in model.layers if blk.moe is not None]
+    if not layers:
+        return None, None
+    problem = moe_problem(model, layers[0])
+    fallback = "dense" if model.device.type == "cuda" else "loop"
+    path = "triton" if problem is None else fallback
+    for moe in layers:
+        moe.path, moe.kernels = path, layers[0].kernels
+    return path, (None if model.device.type != "cuda" else problem)
 
 
 def choose_attention(model: Decoder, wanted: str = "auto") -> tuple[str, dict[str, str]]:

@@ -1,0 +1,182 @@
+"""Attention beyond plain causal SDPA: windows, sinks, soft-capping, and latent attention.
+
+- `attend`: attention of queries [b, nq, s, d] over keys/values [b, nkv, t, d] with a boolean
+  or additive mask, a custom softmax scale, soft-capped scores (Gemma-2: c·tanh(x/c)) and
+  per-head sink logits (gpt-oss: one more softmax column whose value is zero). Plain masked
+  cases go to SDPA; sinks and soft-capping to explicit float32 math (FlashAttention exposes
+  neither), which materialises the [b, nq, s, t] scores.
+- `window_mask`: causal attention limited to the last W positions (transformers'
+  sliding_window semantics: key j is seen by query i when i − W < j <= i).
+- `LatentAttention`: DeepSeek's multi-head latent attention. Prefill expands the cached
+  latent into per-head keys and values and attends as usual; a decode step uses the
+  weight absorption of serving engines: the query's no-rope part is multiplied into the
+  latent space by W_UK (from kv_b), scores are taken against the cached latent and rope key
+  directly, the output is gathered in the latent space and multiplied out by W_UV, so a step
+  reads the compressed cache (kv_lora + rope values per token) and never expands it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from infermeter.spec import ModelSpec
+
+
+def window_mask(queries: Tensor, keys: Tensor, window: int | None) -> Tensor:
+    """Bool [len(queries), len(keys)]: True where query position i may see key position j."""
+    rel = queries[:, None] - keys[None, :]
+    keep = rel >= 0
+    return keep if window is None else keep & (rel < window)
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    scale: float | None = None,
+    softcap: float | None = None,
+    sinks: Tensor | None = None,
+) -> Tensor:
+    """q [b, nq, s, d], k [b, nkv, t, d], v [b, nkv, t, dv], mask broadcastable to
+    [b, nq, s, t] (bool: True = attend; or additive) -> [b, nq, s, dv]. Grouped-query heads:
+    query head i reads KV head i // (nq / nkv)."""
+    nq, nkv = q.shape[1], k.shape[1]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if softcap is None and sinks is None:
+        if nq != nkv:  # SDPA kernels with a mask want equal head counts
+            k, v = k.repeat_interleave(nq // nkv, 1), v.repeat_interleave(nq // nkv, 1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    b, s, t = q.shape[0], q.shape[2], k.shape[2]
+    group = nq // nkv
+    qg = q.reshape(b, nkv, group * s, q.shape[-1])
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float().view(b, nq, s, t) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool else scores + mask
+    if sinks is not None:
+        sink = sinks.float().view(1, nq, 1, 1).expand(b, nq, s, 1)
+        probs = torch.cat([scores, sink], dim=-1).softmax(-1)[..., :t]
+    else:
+        probs = scores.softmax(-1)
+    out = torch.matmul(probs.to(v.dtype).view(b, nkv, group * s, t), v)
+    return out.view(b, nq, s, v.shape[-1])
+
+
+class LatentAttention(nn.Module):
+    """MLA on one tensor-parallel rank: `heads` of the spec's query heads.
+
+    Parameters (shapes [out, in]): w_a fuses the query projection (this rank's heads, or the
+    replicated q_lora down-projection) with the replicated kv_a projection [kv_lora + rope, h];
+    q_a_norm/wq_b (q_lora only); kv_a_norm; wkv_b [heads·(nope + v), kv_lora]; the output
+    projection stays in the Block (its `wo`).
+    """
+
+    def __init__(
+        self, spec: ModelSpec, heads: int, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        super().__init__()
+        from infermeter.engine.model import Norm, _param
+
+        mla = spec.mla
+        assert mla is not None
+        kw = {"device": device, "dtype": dtype}
+        h = spec.hidden_size
+        self.heads, self.mla = heads, mla
+        self.nope, self.rope, self.lora = mla.qk_nope_dim, mla.qk_rope_dim, mla.kv_lora_rank
+        self.q_lora = mla.q_lora_rank
+        self.scale = spec.attn_scale if spec.attn_scale is not None else mla.qk_head_dim**-0.5
+        q_out = self.q_lora if self.q_lora is not None else heads * mla.qk_head_dim
+        self.q_width = q_out
+        self.w_a = _param(q_out + mla.cache_dim, h, **kw)
+        self.q_a_norm = Norm(spec, device, dtype, self.q_lora) if self.q_lora else None
+        self.wq_b = _param(heads * mla.qk_head_dim, self.q_lora, **kw) if self.q_lora else None
+        self.kv_a_norm = Norm(spec, device, dtype, self.lora)
+        self.wkv_b = _param(heads * (self.nope + mla.v_head_dim), self.lora, **kw)
+
+    def forward(self, x: Tensor, ctx: Any, cache: Tensor, fast: Any, rotate: Any) -> Tensor:
+        """x [T, h] -> attention output [T, heads·v] (before the output projection).
+
+        `rotate(t)` rotates t [b, s, n, rope] in place at the context's positions."""
+        from infermeter.engine.model import linear
+
+        b, s, n = ctx.batch, ctx.length, self.heads
+        y = linear(x, self.w_a, None, fast)
+        q = y[:, : self.q_width]
+        if self.q_a_norm is not None:
+            assert self.wq_b is not None
+            q = linear(self.q_a_norm(q, fast), self.wq_b, None, fast)
+        q = q.reshape(b, s, n, self.nope + self.rope)
+        latent = torch.cat(
+            [self.kv_a_norm(y[:, self.q_width : self.q_width + self.lora], fast),
+             y[:, self.q_width + self.lora :]], dim=-1,
+        ).view(b, s, 1, self.lora + self.rope)  # fmt: skip
+        rotate(q[..., self.nope :])
+        rotate(latent[..., self.lora :])
+        latent = latent.view(b, s, -1)
+        if not ctx.decode:
+            cache[:, :s] = latent
+            return self._prefill(q, latent, ctx)
+        cache.index_put_((ctx.rows, ctx.slots), latent[:, 0])
+        return self._decode(q[:, 0], cache, ctx)
+
+    def decode_fast(self, x: Tensor, ctx: Any, cache: Tensor, fast: Any) -> Tensor:
+        """The decode step with the Triton kernels (mla_kernels.py): the same arithmetic as
+        forward() + _decode() in about nine launches."""
+        from infermeter.engine.model import linear
+
+        mk, b, n, v = ctx.mla_fast, ctx.batch, self.heads, self.mla.v_head_dim
+        y = linear(x, self.w_a, None, fast)
+        q = y[:, : self.q_width]
+        if self.q_a_norm is not None:
+            assert self.wq_b is not None
+            q = linear(self.q_a_norm(q, fast), self.wq_b, None, fast)
+        q = q.view(b, n, self.nope + self.rope)
+        norm = self.kv_a_norm
+        mk.latent_store(
+            y, q, norm.weight, norm.eps, cache, ctx.slots, ctx.slots, ctx.cos, ctx.sin,
+            self.q_width, self.nope,
+        )  # fmt: skip
+        w = self.wkv_b.view(n, self.nope + v, self.lora)
+        q_lat = torch.bmm(q[..., : self.nope].transpose(0, 1), w[:, : self.nope])
+        out = mk.latent_attention(
+            q_lat.transpose(0, 1), q[..., self.nope :], cache, ctx.seqlens, self.scale
+        )
+        out = torch.bmm(out.transpose(0, 1), w[:, self.nope :].transpose(1, 2))  # [n, b, v]
+        return out.transpose(0, 1).reshape(b, n * v)
+
+    def _prefill(self, q: Tensor, latent: Tensor, ctx: Any) -> Tensor:
+        b, s, n, v = ctx.batch, ctx.length, self.heads, self.mla.v_head_dim
+        kv = F.linear(latent[..., : self.lora], self.wkv_b).view(b, s, n, self.nope + v)
+        k_pe = latent[..., self.lora :][:, :, None].expand(b, s, n, self.rope)
+        k = torch.cat([kv[..., : self.nope], k_pe], dim=-1).transpose(1, 2)
+        values = kv[..., self.nope :].transpose(1, 2)
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k, values, is_causal=True, scale=self.scale
+        )
+        return o.transpose(1, 2).reshape(b * s, n * v)
+
+    def _decode(self, q: Tensor, cache: Tensor, ctx: Any) -> Tensor:
+        """q [b, n, nope + rope] against the latent cache [b, L, lora + rope] (absorbed)."""
+        b, n, v = q.shape[0], self.heads, self.mla.v_head_dim
+        w = self.wkv_b.view(n, self.nope + v, self.lora)
+        q_lat = torch.bmm(q[..., : self.nope].transpose(0, 1), w[:, : self.nope])  # [n, b, lora]
+        query = torch.cat([q_lat.transpose(0, 1), q[..., self.nope :]], dim=-1)  # [b, n, C]
+        span = ctx.span if ctx.mask is not None else cache.shape[1]
+        keys = cache[:, :span]
+        scores = torch.bmm(query, keys.transpose(1, 2)).float() * self.scale  # [b, n, span]
+        if ctx.mask is not None:  # sdpa mode: the additive [b, 1, 1, span] bias
+            scores = scores + ctx.mask.view(b, 1, span)
+        else:  # triton/flash mode: one graph for every position, keys [0, pos] valid
+            valid = torch.arange(span, device=q.device)[None, :] < ctx.seqlens[:, None]
+            scores = scores.masked_fill(~valid[:, None, :], -math.inf)
+        probs = scores.softmax(-1).to(cache.dtype)
+        out_lat = torch.bmm(probs, keys[..., : self.lora])  # [b, n, lora]
+        out = torch.bmm(out_lat.transpose(0, 1), w[:, self.nope :].transpose(1, 2))  # [n, b, v]
+        return out.transpose(0, 1).reshape(b, n * v)

@@ -1,0 +1,211 @@
+"""A mixture-of-experts FFN on one tensor-parallel rank: router, routed experts, shared expert.
+
+Tensor parallelism shards every expert along its FFN dimension, like the dense FFN (each rank
+holds rows [r·f/tp, (r+1)·f/tp) of every expert's gate and up and the matching columns of its
+down projection), rather than placing whole experts on ranks (expert parallelism). Why: a
+decode step's time is its slowest rank's bytes, and with whole experts per rank a batch's few
+touched experts land unevenly (at batch 1 and top-4 of 128 over 2 ranks, all four on one rank
+one time in eight), while sharding splits each touched expert's bytes exactly in tp equal
+parts whatever the routing. It also keeps one all_reduce per layer, as a dense layer has. The
+router is replicated: every rank routes the same (all-reduced) hidden states identically.
+
+Routing (see spec.MoE): softmax or sigmoid scores, optional selection bias and group limits,
+top-k, optional renormalisation and scale; weights in float32.
+
+Expert paths, chosen once per engine (Decoder.moe_path):
+- "triton": the grouped GEMM of moe_kernels.py (CUDA), reads only the experts a batch touches;
+- "loop": per expert, the tokens routed to it (data-dependent shapes: eager, CPU);
+- "dense": every expert on every token, weighted by a dense routing matrix; static shapes
+  (CUDA graphs) but it reads every expert: the fallback when Triton fails its self-check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from infermeter.spec import ModelSpec
+
+
+def activation(y: Tensor, kind: str, width: int, extra: dict[str, Any]) -> Tensor:
+    """Gated activations of y = [gate | up] ([T, 2·width]) -> [T, width]."""
+    gate, up = y.split(width, dim=-1)
+    if kind == "swiglu":
+        return F.silu(gate) * up
+    if kind == "geglu":
+        return F.gelu(gate, approximate="tanh") * up
+    if kind == "clamped_swiglu":  # gpt-oss: clamp both halves, x·σ(αx), (up + 1)
+        limit, alpha = extra.get("swiglu_limit", 7.0), extra.get("swiglu_alpha", 1.702)
+        gate = gate.clamp(max=limit)
+        up = up.clamp(min=-limit, max=limit)
+        return gate * torch.sigmoid(gate * alpha) * (up + 1)
+    raise ValueError(f"not a gated FFN kind: {kind}")
+
+
+class MoELayer(nn.Module):
+    """Router + routed experts (this rank's FFN slice of each) + optional shared expert."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        expert_ffn: int,
+        shared_ffn: int,
+        lead: bool,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        super().__init__()
+        moe = spec.moe
+        assert moe is not None
+        from infermeter.engine.model import _param
+
+        h, e = spec.hidden_size, moe.num_experts
+        kw = {"device": device, "dtype": dtype}
+        self.spec, self.cfg, self.lead = spec, moe, lead
+        self.gated, self.kind, self.extra = spec.gated, spec.ffn_kind, spec.extra
+        self.f, self.fs = expert_ffn, shared_ffn
+        width = (2 if self.gated else 1) * expert_ffn
+        self.router = _param(e, h, **kw)
+        self.router_bias = _param(e, **kw) if moe.router_bias else None
+        self.score_bias = (
+            _param(e, device=device, dtype=torch.float32) if moe.score_correction else None
+        )
+        self.w13 = _param(e, width, h, **kw)  # [gate; up] rows of this rank, per expert
+        self.b13 = _param(e, width, **kw) if moe.expert_bias else None
+        self.w2 = _param(e, h, expert_ffn, **kw)
+        self.b2 = _param(e, h, **kw) if moe.expert_bias else None
+        self.ws_in = self.ws_down = self.shared_gate = None
+        if shared_ffn:
+            self.ws_in = _param((2 if self.gated else 1) * shared_ffn, h, **kw)
+            self.ws_down = _param(h, shared_ffn, **kw)
+            self.shared_gate = _param(1, h, **kw) if moe.shared_gate else None
+        self.path = "loop"
+        self.kernels: Any = None
+        self.last_ids: Tensor | None = None  # set by record(): routing of the last forward
+        self.record = False
+
+    # ---- routing -------------------------------------------------------------------------
+    def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x [T, h] -> (expert ids [T, k] int64, weights [T, k] float32)."""
+        cfg = self.cfg
+        logits = F.linear(x, self.router, self.router_bias).float()
+        scores = logits.softmax(-1) if cfg.scoring == "softmax" else logits.sigmoid()
+        choice = scores if self.score_bias is None else scores + self.score_bias
+        if cfg.groups > 1:
+            grouped = choice.view(x.shape[0], cfg.groups, -1)
+            if cfg.group_score == "top2":
+                group = grouped.topk(2, dim=-1).values.sum(-1)
+            else:
+                group = grouped.max(dim=-1).values
+            keep = torch.zeros_like(group)
+            keep.scatter_(1, group.topk(cfg.top_groups, dim=-1).indices, 1.0)
+            masked = keep[:, :, None].expand_as(grouped).reshape(choice.shape) == 0
+            choice = choice.masked_fill(masked, -torch.inf)
+        ids = choice.topk(cfg.experts_per_token, dim=-1).indices
+        weights = scores.gather(1, ids)
+        if cfg.normalize:
+            weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+        if cfg.scale != 1.0:
+            weights = weights * cfg.scale
+        if self.record:
+            self.last_ids = ids
+        return ids, weights
+
+    # ---- experts -------------------------------------------------------------------------
+    def _act(self, y: Tensor, width: int) -> Tensor:
+        if not self.gated:
+            if self.kind == "relu":
+                return F.relu(y)
+            return F.gelu(y, approximate="none" if self.kind == "gelu_exact" else "tanh")
+        return activation(y, self.kind, width, self.extra)
+
+    def _loop(self, x: Tensor, ids: Tensor, weights: Tensor) -> Tensor:
+        out = torch.zeros_like(x)
+        for e in torch.unique(ids).tolist():
+            token, slot = torch.where(ids == e)
+            y = F.linear(x[token], self.w13[e], None if self.b13 is None else self.b13[e])
+            y = F.linear(self._act(y, self.f), self.w2[e])
+            if self.b2 is not None and self.lead:
+                y = y + self.b2[e]
+            out.index_add_(0, token, (y * weights[token, slot, None]).to(x.dtype))
+        return out
+
+    def _dense(self, x: Tensor, ids: Tensor, weights: Tensor) -> Tensor:
+        dense = torch.zeros(x.shape[0], self.cfg.num_experts, device=x.device)
+        dense.scatter_(1, ids, weights)  # [T, E] routing weights, 0 where not chosen
+        y = torch.einsum("th,efh->etf", x, self.w13)
+        if self.b13 is not None:
+            y = y + self.b13[:, None]
+        y = torch.einsum("etf,ehf->eth", self._act(y, self.f), self.w2)
+        if self.b2 is not None and self.lead:
+            y = y + self.b2[:, None]
+        return torch.einsum("eth,te->th", y.float(), dense).to(x.dtype)
+
+    def _triton(
+        self, x: Tensor, ids: Tensor, weights: Tensor, layout: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        k = self.kernels
+        tokens, topk = ids.shape
+        pairs = tokens * topk
+        if layout is None:
+            small = pairs <= 4 * k.DECODE_BLOCK_M
+            block = k.DECODE_BLOCK_M if small else k.PREFILL_BLOCK_M
+            layout = k.align(ids, self.cfg.num_experts, block)
+        rows, blocks = layout
+        if self.gated:  # the gated activation rides in the first GEMM's epilogue
+            y = k.grouped_linear(
+                x, self.w13, rows, blocks, pairs, topk, self.b13, act=self.kind,
+                limit=self.extra.get("swiglu_limit", 7.0),
+                alpha=self.extra.get("swiglu_alpha", 1.702),
+            )  # fmt: skip
+        else:
+            y = self._act(k.grouped_linear(x, self.w13, rows, blocks, pairs, topk, self.b13), 0)
+        bias = self.b2 if self.lead else None
+        y = k.grouped_linear(y, self.w2, rows, blocks, pairs, 1, bias, weights.reshape(-1))
+        return y.view(tokens, topk, -1).sum(1)
+
+    def _routed(self, x: Tensor, fast: Any) -> Tensor:
+        """The routed experts' output: decode sizes route and align in one Triton launch."""
+        cfg, k = self.cfg, self.kernels
+        tokens = x.shape[0]
+        fused = (
+            self.path == "triton"
+            and cfg.groups == 1
+            and k.fused_routing(tokens, cfg.experts_per_token, cfg.num_experts)
+        )
+        if fused:
+            from infermeter.engine.model import linear
+
+            logits = linear(x, self.router, self.router_bias, fast)
+            ids, weights, rows, blocks = k.route_align(
+                logits, cfg.experts_per_token, sigmoid=cfg.scoring == "sigmoid",
+                normalize=cfg.normalize, scale=cfg.scale, score_bias=self.score_bias,
+            )  # fmt: skip
+            if self.record:
+                self.last_ids = ids
+            return self._triton(x, ids, weights, (rows, blocks))
+        ids, weights = self.route(x)
+        experts = {"triton": self._triton, "dense": self._dense}.get(self.path, self._loop)
+        return experts(x, ids, weights)
+
+    def forward(self, x: Tensor, residual: Tensor | None, fast: Any = None) -> Tensor:
+        """x [T, h] -> this rank's partial output (+ residual), to be all-reduced; `fast` is
+        the Triton decode kernels module on the decode path (GEMVs), else None."""
+        y = self._routed(x, fast)
+        if self.ws_in is not None:
+            from infermeter.engine.model import linear
+
+            assert self.ws_down is not None
+            shared = linear(x, self.ws_in, None, fast)
+            if fast is not None and self.kind == "swiglu":
+                shared = fast.silu_mul(shared, self.fs)
+            else:
+                shared = self._act(shared, self.fs)
+            s = linear(shared, self.ws_down, None, fast)
+            if self.shared_gate is not None:
+                s = s * torch.sigmoid(F.linear(x, self.shared_gate))
+            y = y + s
+        return y if residual is None else y + residual

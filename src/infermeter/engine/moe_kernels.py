@@ -1,0 +1,290 @@
+"""Triton grouped GEMM for mixture-of-experts layers (CUDA; imported lazily, self-checked).
+
+The (token, expert) pairs of a batch are sorted by expert and each expert's run is padded to
+a multiple of BLOCK_M rows (`align`, plain torch ops with static shapes, so the whole MoE
+layer is one CUDA graph whatever the routing). One program multiplies a BLOCK_M-row block of
+one expert by a BLOCK_N-column tile of that expert's weights, so every expert the batch
+touches is streamed once per block of its tokens and an untouched expert is never read: at
+decode (a few tokens, BLOCK_M 16) the bytes read are those of the distinct experts, the
+quantity spec.expected_distinct_experts predicts. Blocks past the last expert's run exit at
+once. The same kernel serves prefill with larger blocks (the grouped GEMM of serving
+engines, e.g. vLLM's fused_moe).
+
+Pair p = token·k + j is token p // k's j-th choice. The first GEMM reads activations by
+token (`a_div` = k), computes the gate and up tiles of its columns together and writes the
+gated activation of pair rows; the second reads pair rows (`a_div` = 1), adds the expert's
+bias and multiplies by the pair's routing weight, so a sum over k finishes the layer.
+
+At decode sizes (pairs <= 64) routing and alignment are one kernel (`route_align`): softmax or
+sigmoid scores, an optional selection bias, top-k by k rounds of argmax, renormalisation and
+scale, then the padded expert-sorted layout, all in one program; a MoE layer is then five
+launches: router GEMV, route_align, two grouped GEMMs and the sum over k.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from infermeter.engine.kernels import INTERPRETED, _grid_sync, _launch
+
+DECODE_BLOCK_M = 16  # the smallest tile of a tensor-core dot
+PREFILL_BLOCK_M = 64
+
+
+def capacity(pairs: int, experts: int, block_m: int) -> int:
+    """Rows of the padded, expert-sorted layout: every pair plus each touched expert's
+    padding (at most block_m − 1 rows, and at most min(E, pairs) experts are touched)."""
+    rows = pairs + min(experts, pairs) * (block_m - 1)
+    return triton.cdiv(rows, block_m) * block_m
+
+
+def align(ids: Tensor, experts: int, block_m: int) -> tuple[Tensor, Tensor]:
+    """ids [T, k] expert choices -> (rows [cap] int32, block_experts [cap / block_m] int32).
+
+    rows[r] is the pair index in padded row r (T·k for padding); block_experts[i] is the
+    expert of block i, or -1 past the last expert's run. No host sync, static shapes.
+    """
+    flat = ids.reshape(-1)
+    pairs = flat.numel()
+    cap = capacity(pairs, experts, block_m)
+    device = flat.device
+    counts = torch.zeros(experts, device=device, dtype=torch.long)
+    counts.scatter_add_(0, flat, torch.ones_like(flat))
+    padded = (counts + block_m - 1) // block_m * block_m
+    ends = padded.cumsum(0)
+    order = torch.argsort(flat, stable=True)
+    chosen = flat[order]
+    first = counts.cumsum(0) - counts  # first sorted position of each expert
+    rank = torch.arange(pairs, device=device) - first[chosen]
+    dest = (ends - padded)[chosen] + rank
+    rows = torch.full((cap,), pairs, device=device, dtype=torch.int32)
+    rows.scatter_(0, dest, order.to(torch.int32))
+    starts = torch.arange(0, cap, block_m, device=device)
+    owner = torch.searchsorted(ends, starts, right=True)
+    block_experts = torch.where(owner < experts, owner, -1).to(torch.int32)
+    return rows, block_experts
+
+
+GLU = {"swiglu": 1, "geglu": 2, "clamped_swiglu": 3}  # fused gated activations
+
+
+@triton.jit
+def _tanh(x):
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+def _gemm_configs() -> list[triton.Config]:
+    """Tiles tried once per (N, K, block rows) shape: narrow ones keep enough programs in
+    flight when a decode step touches few experts, wide ones serve prefill (four, as each is
+    compiled per kernel variant in every fresh process's first run)."""
+    if INTERPRETED:
+        return [triton.Config({"BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4)]
+    return [
+        triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
+        for n, k, w, st in [(16, 256, 4, 4), (32, 128, 4, 4), (64, 128, 4, 3), (128, 64, 8, 3)]
+    ]  # fmt: skip
+
+
+@triton.autotune(configs=_gemm_configs(), key=["N", "K", "BLOCK_M", "ACT"])
+@triton.jit
+def _grouped_gemm(
+    A, W, Bias, Scale, Out, Rows, BlockExperts,
+    pairs, N, K, a_div, limit, alpha,
+    stride_am, stride_we, stride_wn, stride_be, stride_om,
+    HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ACT: tl.constexpr = 0,
+):  # fmt: skip
+    """ACT 0: out = A·Wᵀ (+ bias)(· scale). ACT > 0: W holds [gate; up] rows (N each) and
+    out = act(gate) · up, act 1 SiLU, 2 tanh-GELU, 3 gpt-oss's clamped SiLU (limit, alpha)."""
+    _grid_sync(PDL)
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    expert = tl.load(BlockExperts + pid_m).to(tl.int64)
+    if expert < 0:
+        return
+    rows = tl.load(Rows + pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    rmask = rows < pairs
+    a_rows = rows // a_div
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = cols < N
+    w_base = W + expert * stride_we + cols[:, None] * stride_wn
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        kmask = kk < K
+        a = tl.load(
+            A + a_rows[:, None] * stride_am + kk[None, :],
+            mask=rmask[:, None] & kmask[None, :],
+            other=0.0,
+        )
+        wmask = nmask[:, None] & kmask[None, :]
+        w = tl.load(w_base + kk[None, :], mask=wmask, other=0.0)
+        acc += tl.dot(a, tl.trans(w))
+        if ACT > 0:
+            wu = tl.load(w_base + N * stride_wn + kk[None, :], mask=wmask, other=0.0)
+            up += tl.dot(a, tl.trans(wu))
+    if HAS_BIAS:
+        bias = tl.load(Bias + expert * stride_be + cols, mask=nmask, other=0.0)
+        acc += bias.to(tl.float32)[None, :]
+        if ACT > 0:
+            bias_up = tl.load(Bias + expert * stride_be + N + cols, mask=nmask, other=0.0)
+            up += bias_up.to(tl.float32)[None, :]
+    if ACT == 1:
+        acc = acc * tl.sigmoid(acc) * up
+    elif ACT == 2:
+        inner = 0.7978845608028654 * (acc + 0.044715 * acc * acc * acc)
+        acc = 0.5 * acc * (1.0 + _tanh(inner)) * up
+    elif ACT == 3:
+        gate = tl.minimum(acc, limit)
+        up = tl.minimum(tl.maximum(up, -limit), limit)
+        acc = gate * tl.sigmoid(alpha * gate) * (up + 1.0)
+    if HAS_SCALE:
+        acc *= tl.load(Scale + rows, mask=rmask, other=0.0)[:, None]
+    out = Out + rows[:, None] * stride_om + cols[None, :]
+    tl.store(out, acc.to(Out.dtype.element_ty), mask=rmask[:, None] & nmask[None, :])
+
+
+def grouped_linear(
+    a: Tensor,
+    w: Tensor,
+    rows: Tensor,
+    block_experts: Tensor,
+    pairs: int,
+    a_div: int,
+    bias: Tensor | None = None,
+    scale: Tensor | None = None,
+    act: str | None = None,
+    limit: float = 7.0,
+    alpha: float = 1.702,
+) -> Tensor:
+    """out[p] = (a[p // a_div] @ w[expert(p)].T + bias[expert(p)]) · scale[p] for every pair p.
+
+    a [rows_a, K], w [E, N, K], bias [E, N], scale [pairs] float32 -> out [pairs, N] in
+    a's dtype. With `act` (a GLU key), w is [E, 2N', K] = [gate; up] and out [pairs, N'] is
+    the gated activation. `rows`/`block_experts` come from align(); the block size is theirs.
+    """
+    n, k = w.shape[1] // (2 if act else 1), w.shape[2]
+    block_m = rows.numel() // block_experts.numel()
+    out = torch.empty(pairs, n, device=a.device, dtype=a.dtype)
+    grid = lambda meta: (block_experts.numel(), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
+    _grouped_gemm[grid](
+        a, w, bias if bias is not None else w, scale if scale is not None else w, out,
+        rows, block_experts, pairs, n, k, a_div, limit, alpha,
+        a.stride(0), w.stride(0), w.stride(1), bias.stride(0) if bias is not None else 0,
+        out.stride(0),
+        HAS_BIAS=bias is not None, HAS_SCALE=scale is not None,
+        BLOCK_M=block_m, ACT=GLU[act] if act else 0, **_launch(a.device),
+    )  # fmt: skip
+    return out
+
+
+FUSED_PAIRS = 64  # route_align's limit: tokens x k (padded to powers of two)
+
+
+def fused_routing(tokens: int, k: int, experts: int) -> bool:
+    """Whether route_align handles this size (decode), else torch routing + align()."""
+    slots = triton.next_power_of_2(tokens) * triton.next_power_of_2(k)
+    return slots <= FUSED_PAIRS and experts <= 256
+
+
+@triton.jit
+def _route_align(
+    Logits, ScoreBias, Ids, Weights, Rows, Blocks,
+    T, E, stride_l, scale,
+    K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+    CAP: tl.constexpr, CHUNK: tl.constexpr, NB_PAD: tl.constexpr, BM: tl.constexpr,
+    SIGMOID: tl.constexpr, NORMALIZE: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    _grid_sync(PDL)
+    t = tl.arange(0, BLOCK_T)
+    e = tl.arange(0, BLOCK_E)
+    tmask = t < T
+    emask = e < E
+    logits = tl.load(
+        Logits + t[:, None] * stride_l + e[None, :], mask=tmask[:, None] & emask[None, :],
+        other=0.0,
+    ).to(tl.float32)  # fmt: skip
+    logits = tl.where(emask[None, :], logits, float("-inf"))
+    if SIGMOID:
+        scores = tl.sigmoid(logits)
+    else:
+        ex = tl.exp(logits - tl.max(logits, 1)[:, None])
+        scores = ex / tl.sum(ex, 1)[:, None]
+    choice = scores
+    if HAS_BIAS:  # DeepSeek-V3: a bias that steers the choice, not the weights
+        choice = scores + tl.load(ScoreBias + e, mask=emask, other=0.0).to(tl.float32)[None, :]
+    choice = tl.where(emask[None, :], choice, float("-inf"))
+    kk = tl.arange(0, K_PAD)
+    ids = tl.zeros([BLOCK_T, K_PAD], dtype=tl.int32) + E
+    w = tl.zeros([BLOCK_T, K_PAD], dtype=tl.float32)
+    for j in tl.static_range(K):  # top-k: k rounds of argmax
+        best = tl.argmax(choice, 1)
+        hit = e[None, :] == best[:, None]
+        value = tl.sum(tl.where(hit, scores, 0.0), 1)
+        ids = tl.where(kk[None, :] == j, best[:, None], ids)
+        w = tl.where(kk[None, :] == j, value[:, None], w)
+        choice = tl.where(hit, float("-inf"), choice)
+    if NORMALIZE:
+        w = w / (tl.sum(w, 1)[:, None] + 1e-20)
+    w = w * scale
+    valid = tmask[:, None] & (kk[None, :] < K)
+    pair = t[:, None] * K + kk[None, :]
+    tl.store(Ids + pair, ids, mask=valid)
+    tl.store(Weights + pair, w, mask=valid)
+    # the padded, expert-sorted layout of the pairs (align() below, in one program)
+    pe = tl.reshape(tl.where(valid, ids, E), [BLOCK_T * K_PAD])
+    pp = tl.reshape(pair, [BLOCK_T * K_PAD])
+    pvalid = pe < E
+    onehot = (pe[:, None] == e[None, :]) & pvalid[:, None]
+    counts = tl.sum(onehot.to(tl.int32), 0)
+    padded = (counts + BM - 1) // BM * BM
+    ends = tl.cumsum(padded, 0)
+    start = tl.sum(tl.where(onehot, (ends - padded)[None, :], 0), 1)
+    before = (pe[:, None] == pe[None, :]) & (pp[None, :] < pp[:, None]) & pvalid[None, :]
+    dest = start + tl.sum(before.to(tl.int32), 1)
+    for r0 in tl.static_range(0, CAP, CHUNK):
+        r = r0 + tl.arange(0, CHUNK)
+        match = (dest[None, :] == r[:, None]) & pvalid[None, :]
+        found = tl.sum(match.to(tl.int32), 1)
+        which = tl.sum(tl.where(match, pp[None, :], 0), 1)
+        tl.store(Rows + r, tl.where(found > 0, which, T * K), mask=r < CAP)
+    nb = tl.arange(0, NB_PAD)
+    owner = tl.sum((ends[None, :] <= (nb * BM)[:, None]).to(tl.int32), 1)
+    tl.store(Blocks + nb, tl.where(owner < E, owner, -1), mask=nb < CAP // BM)
+
+
+def route_align(
+    logits: Tensor,
+    k: int,
+    *,
+    sigmoid: bool = False,
+    normalize: bool = True,
+    scale: float = 1.0,
+    score_bias: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Router logits [T, E] -> (ids [T, k] int64, weights [T, k] float32, rows, block_experts)
+    as route() + align(ids, E, DECODE_BLOCK_M) give them, in one launch; for
+    fused_routing(T, k, E) sizes only."""
+    tokens, experts = logits.shape
+    cap = capacity(tokens * k, experts, DECODE_BLOCK_M)
+    device = logits.device
+    ids = torch.empty(tokens, k, device=device, dtype=torch.long)
+    weights = torch.empty(tokens, k, device=device, dtype=torch.float32)
+    rows = torch.empty(cap, device=device, dtype=torch.int32)
+    blocks = torch.empty(cap // DECODE_BLOCK_M, device=device, dtype=torch.int32)
+    chunk = min(128, triton.next_power_of_2(cap))
+    _route_align[(1,)](
+        logits, score_bias if score_bias is not None else logits, ids, weights, rows, blocks,
+        tokens, experts, logits.stride(0), scale,
+        K=k, K_PAD=triton.next_power_of_2(k), BLOCK_T=triton.next_power_of_2(tokens),
+        BLOCK_E=max(16, triton.next_power_of_2(experts)), CAP=cap, CHUNK=chunk,
+        NB_PAD=triton.next_power_of_2(cap // DECODE_BLOCK_M), BM=DECODE_BLOCK_M,
+        SIGMOID=sigmoid, NORMALIZE=normalize, HAS_BIAS=score_bias is not None,
+        num_warps=4, **_launch(device),
+    )  # fmt: skip
+    return ids, weights, rows, blocks
