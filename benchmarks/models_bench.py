@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _command import infermeter_command, run_command
 from _record import DOCS, write_record
 from infermeter.catalog import get_spec
-from infermeter.fit import fit_cost_model
+from infermeter.fitted import fit_run
 from infermeter.provenance import provenance
 from infermeter.store import Store
 
@@ -114,7 +114,7 @@ def profile_model(name: str, args: argparse.Namespace, store: Path) -> dict[str,
         run_id = db.latest_run_id()
         run = db.get_run(run_id)
         points = db.points(run_id)
-    model = fit_cost_model(points, model=name)
+        model = fit_run(db, run_id)[0]  # the profile's own fit, its validation attached
     per_p = {int(row["prompt_tokens"]): row["r2"] for row in model.fit["per_prompt"]}
     result.update(
         run_id=run_id,
@@ -125,7 +125,7 @@ def profile_model(name: str, args: argparse.Namespace, store: Path) -> dict[str,
         min_r2=min(per_p.values()),
         prompt_encoding_s=dict(zip(model.prompt_sizes, model.prompt_encoding, strict=True)),
         per_output_token_s=model.per_output_token,
-        validation=model.fit.get("cross_validation"),
+        validation=model.fit.get("validation"),
         **decode_step(points),
     )
     return result
