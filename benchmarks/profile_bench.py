@@ -43,7 +43,7 @@ from infermeter.errors import UserError
 from infermeter.fit import fit_cost_model
 from infermeter.hardware import build_stack
 from infermeter.meter import Meter, visible_gpus
-from infermeter.profile import ProfileGrid, measure_metered, run_profile
+from infermeter.profile import ProfileGrid, measure_point, run_profile
 from infermeter.provenance import cuda_device_name, device_description
 from infermeter.store import Store
 
@@ -166,9 +166,10 @@ def main() -> None:
             meter.start()
         for q in queries:
             if metered:
-                measured, window = measure_metered(check, q, meter, args.min_energy_window)
+                (_, measured), *_ = measure_point(check, q, [0], meter, args.min_energy_window)
             else:
-                measured, window = check.measure(q), None
+                measured = check.measure(q)
+            window = measured.extra if metered else {}
             rows.append(
                 {
                     "prompt_tokens": q.prompt_tokens,
@@ -176,9 +177,9 @@ def main() -> None:
                     "measured_s": measured.runtime_s,
                     "estimate_s": float(model.predict(q.prompt_tokens, q.output_tokens)),
                     "measured_j": measured.energy_j,
-                    "energy_repeats": measured.extra.get("energy_repeats"),
-                    "integrated_j": window.integrated_j if window else None,
-                    "window_s": window.seconds if window else None,
+                    "energy_repeats": measured.extra.get("energy_window_runs"),
+                    "integrated_j": window.get("energy_integrated_j"),
+                    "window_s": window.get("energy_window_s"),
                     "estimate_j": float(energy_model.predict(q.prompt_tokens, q.output_tokens))
                     if energy_model
                     else None,

@@ -299,9 +299,10 @@ def _check_possible(core: _Core, agg: pd.DataFrame, quantity: Quantity, unit: st
 
 
 def _check_meaningful(
-    core: _Core, agg: pd.DataFrame, quantity: Quantity, accept_poor_fit: bool
+    core: _Core, agg: pd.DataFrame, quantity: Quantity, accept_poor_fit: bool, notes: list[str]
 ) -> float:
-    """R² of the paper's lines over all points; refuse one below MIN_R2 unless accepted."""
+    """R² of the paper's lines over all points; refuse one below MIN_R2 unless accepted (then
+    a note says so)."""
     line = CostModel(
         core.knots.astype(int).tolist(), core.pe.tolist(), core.g, core.overhead,
         output_token_slopes=core.slopes.tolist(),
@@ -317,6 +318,11 @@ def _check_meaningful(
             f"worst at prompt size {worst.prompt_tokens}: R² = {worst.r2:.3f}); the machine or "
             "server was too noisy: measure more trials (--trials 5) on a quieter machine, or "
             "pass --accept-poor-fit to keep it anyway"
+        )
+    if r2 < MIN_R2:
+        notes.append(
+            f"the {quantity} fit explains little of the measurements (R² = {r2:.3f}): its "
+            "estimates are rough"
         )
     return r2
 
@@ -422,7 +428,7 @@ def fit_cost_model(
     core = _fit_core(agg, overhead, weighting, decode)
     unit = "s" if quantity == "runtime_s" else "J"
     notes = _check_possible(core, agg, quantity, unit)
-    r2_lines = _check_meaningful(core, agg, quantity, accept_poor_fit)
+    r2_lines = _check_meaningful(core, agg, quantity, accept_poor_fit, notes)
     cost = _cost_model(
         core,
         slopes,

@@ -173,7 +173,13 @@ class StoredRun:
         points = self.points
         if quantity not in points or points[quantity].notna().sum() == 0:
             return None
-        policy = FitPolicy(api=self.is_api, denoise=denoise if quantity == "runtime_s" else None)
+        # A reader shows every run it can price; a poor fit carries its note instead of
+        # vanishing from the figures (saving one is what --accept-poor-fit guards).
+        policy = FitPolicy(
+            api=self.is_api,
+            denoise=denoise if quantity == "runtime_s" else None,  # type: ignore[arg-type]
+            accept_poor_fit=True,
+        )
         try:
             models = fit_profile(
                 points,
