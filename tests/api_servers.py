@@ -14,21 +14,99 @@ with `script(...)`: each generation request takes the next one.
     "stall"      accept the request and never answer
     "close"      close the connection without a byte
     "short"      a normal answer with one token fewer than asked
+    Raw(...)     these exact bytes (a recorded or hand-written answer), then close or not
+
+`refuse={"stream_options"}` answers 400 to any request carrying one of those fields, naming
+it as pydantic-based servers do ("stream_options: Extra inputs are not permitted").
+`transcript(path)` reads a recorded answer (tests/data/api_transcripts) as a Raw.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import socket
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LLAMA_TOKENIZER = SHARED_DATA / "llama_tokenizer.model"
+TRANSCRIPTS = Path(__file__).resolve().parent / "data" / "api_transcripts"
+
+
+@dataclass
+class Raw:
+    """An answer as bytes on the wire: each write after its delay (s), then close or not."""
+
+    writes: list[tuple[float, bytes]] = field(default_factory=list)
+    close: bool = True
+    request: dict[str, Any] | None = None  # the request that was recorded with it
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(w for _, w in self.writes)
+
+
+def transcript(name: str | Path) -> Raw:
+    """A recorded answer from tests/data/api_transcripts/NAME.json, byte for byte."""
+    path = Path(name) if Path(name).is_file() else TRANSCRIPTS / f"{name}.json"
+    data = json.loads(path.read_text())
+    writes = []
+    for write in data["response"]["writes"]:
+        raw = base64.b64decode(write["b64"]) if "b64" in write else write["text"].encode()
+        writes.append((float(write.get("delay_s", 0.0)), raw))
+    return Raw(writes, bool(data["response"].get("close", False)), data.get("request"))
+
+
+def chunked(pieces: Iterable[bytes]) -> bytes:
+    """HTTP/1.1 chunked encoding of `pieces`, with the closing zero chunk."""
+    return b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces if p) + b"0\r\n\r\n"
+
+
+def sse(
+    events: Iterable[dict | str],
+    done: bool = True,
+    content_type: str = "text/event-stream",
+    status: str = "200 OK",
+    delays: Iterable[float] | None = None,
+) -> Raw:
+    """A chunked SSE answer: one chunk per event (`data: ...`, or a raw line block given as
+    a str starting with a field name such as "error:" or "event:"), [DONE] when `done`."""
+    blocks = []
+    for event in events:
+        if isinstance(event, str) and event.split(":", 1)[0] in ("error", "event", "", "data"):
+            blocks.append(event.encode() + b"\n\n")
+        else:
+            text = event if isinstance(event, str) else json.dumps(event)
+            blocks.append(f"data: {text}\n\n".encode())
+    if done:
+        blocks.append(b"data: [DONE]\n\n")
+    head = (
+        f"HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n"
+    ).encode()
+    waits = list(delays) if delays is not None else [0.0] * len(blocks)
+    waits += [0.0] * (len(blocks) - len(waits))
+    writes = [(0.0, head)]
+    writes += [
+        (w, f"{len(b):x}\r\n".encode() + b + b"\r\n") for w, b in zip(waits, blocks, strict=False)
+    ]
+    writes.append((0.0, b"0\r\n\r\n"))
+    return Raw(writes, close=False)
+
+
+def json_answer(payload: Any, status: str = "200 OK") -> Raw:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    head = (
+        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    )
+    return Raw([(0.0, head.encode() + body)], close=False)
 
 
 def free_port() -> int:
@@ -39,14 +117,20 @@ def free_port() -> int:
 
 class FaultServer:
     def __init__(
-        self, offset: int = 1, model: str = "faulty", delay_s: float = 0.0, strict: bool = False
+        self,
+        offset: int = 1,
+        model: str = "faulty",
+        delay_s: float = 0.0,
+        strict: bool = False,
+        refuse: Iterable[str] = (),
     ) -> None:
         self.offset = offset
+        self.refuse = set(refuse)
         self.strict = strict  # refuse ignore_eos/min_tokens with a 400, as OpenAI's API does
         self.model = model
         self.delay_s = delay_s
         self.retry_after = "0.2"
-        self.faults: deque[str] = deque()
+        self.faults: deque[str | Raw] = deque()
         self.requests: list[dict] = []  # every generation request body, in order
         self.headers: list[str] = []  # every request's raw header block
         self.port = free_port()
@@ -54,7 +138,7 @@ class FaultServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
-    def script(self, *faults: str) -> None:
+    def script(self, *faults: str | Raw) -> None:
         self.faults.extend(faults)
 
     def __enter__(self) -> FaultServer:
@@ -119,7 +203,22 @@ class FaultServer:
             return True
         request = json.loads(body)
         self.requests.append(request)
+        refused = sorted(self.refuse & set(request))
+        if refused:
+            error = {
+                "detail": [{"loc": ["body", refused[0]], "msg": "Extra inputs are not permitted"}]
+            }
+            error = {"error": {"message": f"{refused[0]}: Extra inputs are not permitted"}}
+            self._send(writer, "400 Bad Request", json.dumps(error).encode())
+            return True
         fault = (self.faults.popleft() if self.faults else None) or None  # "" = no fault
+        if isinstance(fault, Raw):
+            for delay, raw in fault.writes:
+                if delay:
+                    await asyncio.sleep(delay)
+                writer.write(raw)
+                await writer.drain()
+            return not fault.close
         if fault == "close":
             return False
         if fault == "stall":
