@@ -3,37 +3,15 @@ are bounded. Each test is a real answer on the wire from a real local server (ap
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
 
 import pytest
 
-from api_servers import FaultServer, Raw, fault_server, json_answer, sse
-from infermeter.api.client import ApiClient, ApiConfig, RequestRecord
-
-FAST = {"backoff_s": 0.01, "backoff_max_s": 0.02}
-
-
-def complete(config: ApiConfig, prompt: str = "the cat sat", max_tokens: int = 4) -> RequestRecord:
-    async def go() -> RequestRecord:
-        async with ApiClient(config) as client:
-            return await client.complete(prompt, max_tokens)
-
-    return asyncio.run(go())
-
-
-@pytest.fixture(scope="module")
-def server():
-    with fault_server() as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def _clear(server: FaultServer) -> None:
-    server.faults.clear()
-    server.requests.clear()
+from api_servers import FaultServer, Raw, json_answer, sse
+from infermeter.api.client import ApiConfig
+from test_api_client import FAST, _clear, complete, server  # noqa: F401 - shared fixtures
 
 
 def chunk(text: str | None = None, finish: str | None = None, **delta: object) -> dict:
