@@ -11,7 +11,10 @@ import pytest
 
 from api_servers import FaultServer, Raw, json_answer, sse
 from infermeter.api.client import ApiConfig
-from test_api_client import FAST, _clear, complete, server  # noqa: F401 - shared fixtures
+import test_api_client as shared
+from test_api_client import FAST, complete
+
+server, _clear = shared.server, shared._clear  # the client tests' server and its reset
 
 
 def chunk(text: str | None = None, finish: str | None = None, **delta: object) -> dict:
