@@ -30,7 +30,7 @@ import json
 import socket
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +131,8 @@ class FaultServer:
         self.delay_s = delay_s
         self.retry_after = "0.2"
         self.faults: deque[str | Raw] = deque()
+        # Only requests for which this holds take a fault (e.g. measurements, not probes).
+        self.faults_for: Callable[[dict], bool] | None = None
         self.requests: list[dict] = []  # every generation request body, in order
         self.headers: list[str] = []  # every request's raw header block
         self.port = free_port()
@@ -211,7 +213,8 @@ class FaultServer:
             error = {"error": {"message": f"{refused[0]}: Extra inputs are not permitted"}}
             self._send(writer, "400 Bad Request", json.dumps(error).encode())
             return True
-        fault = (self.faults.popleft() if self.faults else None) or None  # "" = no fault
+        takes = self.faults_for is None or self.faults_for(request)
+        fault = (self.faults.popleft() if self.faults and takes else None) or None  # "": none
         if isinstance(fault, Raw):
             for delay, raw in fault.writes:
                 if delay:
@@ -232,7 +235,8 @@ class FaultServer:
             self._send(writer, status, json.dumps(error).encode(), extra)
             return True
         if self.strict and {"ignore_eos", "min_tokens"} & set(request):
-            error = {"error": {"message": "Unrecognized request argument supplied: ignore_eos"}}
+            field = "ignore_eos" if "ignore_eos" in request else "min_tokens"
+            error = {"error": {"message": f"Unrecognized request argument supplied: {field}"}}
             self._send(writer, "400 Bad Request", json.dumps(error).encode())
             return True
         if fault == "echo401":

@@ -277,21 +277,21 @@ def test_identical_prompts_when_asked(served: str, tmp_path: Path) -> None:
 
 
 def test_wrong_lengths_are_flagged_and_failures_recorded(tmp_path: Path) -> None:
-    grid = ProfileGrid((8, 32), (1, 4), (1,), 2)
+    grid = ProfileGrid((8, 32), (2, 3), (1,), 2)
     with fault_server() as server, Store(tmp_path / "s.sqlite") as db:
+        server.faults_for = lambda body: body.get("max_tokens") in (2, 3)  # measurements only
         backend = get_backend("openai", base_url=server.url, endpoint="chat", retries=1)
         backend.config = replace(backend.config, backoff_s=0.01, backoff_max_s=0.02)
-        # Requests in order: the forced-length probe, the offset probe, the p=8 probe,
-        # (8,1,0) short, (8,4,0) 500 twice (an error after its retry), the p=32 probe,
-        # (32,1,0) 429 then fine.
-        server.script("", "", "", "short", "500", "500", "", "429")
+        # Measurements in order: (8,2,0) short, (8,3,0) 500 twice (an error after its
+        # retry), (32,2,0) 429 then fine.
+        server.script("short", "500", "500", "429")
         server.retry_after = "0.05"
         run = run_profile(db, SPEC, {}, backend, {}, grid)
         points = db.points(run.id).sort_values("measured_at", kind="stable")
         assert len(points) == len(grid.points())  # nothing dropped
         flagged = points[points.status == "flagged"]
         errors = points[points.status == "error"]
-        assert len(flagged) == 1 and "server produced 0 tokens, asked 1" in flagged.detail.iloc[0]
+        assert len(flagged) == 1 and "server produced 1 tokens, asked 2" in flagged.detail.iloc[0]
         assert len(errors) == 1 and errors.detail.iloc[0].startswith("http_5xx: injected 500")
         assert "after 2 attempt(s)" in errors.detail.iloc[0]
         retried = [json.loads(e)["retries"] for e in points.extra_json]
@@ -305,7 +305,7 @@ def test_wrong_lengths_are_flagged_and_failures_recorded(tmp_path: Path) -> None
         )
         after = db.points(run.id)
         assert (after.status != "error").all()
-        assert len(server.requests) - before == 1 + 1  # forced-length probe + the point
+        assert len(server.requests) - before == 1 + 1  # the pre-flight request + the point
 
 
 def test_configuration_faults_are_user_errors(served: str, locked: str) -> None:
