@@ -27,8 +27,11 @@ leave it out.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import os
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -353,17 +356,7 @@ class OpenAIBackend:
         for point in points:
             if point.prompt_tokens < 1 or point.output_tokens < 1:
                 raise UserError(f"point {point}: prompt and output tokens must be >= 1")
-        seeds = [
-            prompt_seed(
-                self.seed,
-                pt.prompt_tokens,
-                pt.output_tokens,
-                pt.trial,
-                self.identical_prompts,
-                pt.batch_size,
-            )
-            for pt in points
-        ]
+        seeds = [self._seed(pt) for pt in points]
         texts = [
             self.prompts.prompt(pt.prompt_tokens, s) for pt, s in zip(points, seeds, strict=True)
         ]
@@ -384,6 +377,69 @@ class OpenAIBackend:
         return [
             self._measurement(pt, rec, seed)
             for pt, rec, seed in zip(points, records, seeds, strict=True)
+        ]
+
+    def _seed(self, point: Point) -> int:
+        return prompt_seed(
+            self.seed,
+            point.prompt_tokens,
+            point.output_tokens,
+            point.trial,
+            self.identical_prompts,
+            point.batch_size,
+        )
+
+    def measure_timed(
+        self,
+        point_at: Callable[[int], Point],
+        concurrency: int | None,
+        arrivals: list[float] | None,
+        span_s: float,
+    ) -> list[tuple[Point, Measurement, float]]:
+        """Requests for `span_s` seconds: `concurrency` kept in flight, or one sent at each of
+        `arrivals` (s from the start). Request i is `point_at(i)`. Returns (point,
+        measurement, send time from the start in s) for every request, in send order;
+        requests in flight at the end are awaited (bounded by the client's timeouts)."""
+        if self._client is None or self.prompts is None:
+            raise RuntimeError("OpenAIBackend.measure_timed() called before prepare()")
+        first = point_at(0)
+        self.prompts.calibrate([first.prompt_tokens])  # no probe may run inside the timed loop
+        client, prompts = self._client, self.prompts
+        results: list[tuple[int, Point, RequestRecord, float]] = []
+
+        async def one(i: int, t0: float) -> None:
+            point = point_at(i)
+            text = prompts.prompt(point.prompt_tokens, self._seed(point))
+            start = time.perf_counter() - t0
+            record = await client.complete(text, point.output_tokens)
+            results.append((i, point, record, start))
+
+        async def closed_loop() -> None:
+            t0 = time.perf_counter()
+            counter = itertools.count()
+
+            async def worker() -> None:
+                while time.perf_counter() - t0 < span_s:
+                    await one(next(counter), t0)
+
+            await asyncio.gather(*(worker() for _ in range(concurrency or 1)))
+
+        async def open_loop() -> None:
+            t0 = time.perf_counter()
+            tasks = []
+            for i, at in enumerate(arrivals or ()):
+                wait = t0 + at - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                tasks.append(asyncio.create_task(one(i, t0)))
+            await asyncio.gather(*tasks)
+
+        with gc_paused():
+            self._run(closed_loop() if arrivals is None else open_loop())
+        results.sort(key=lambda r: r[0])
+        return [
+            (point, self._measurement(point, record, self._seed(point)), start)
+            for _, point, record, start in results
         ]
 
     def _measurement(self, point: Point, record: RequestRecord, seed: int) -> Measurement:
