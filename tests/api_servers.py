@@ -257,7 +257,8 @@ class FaultServer:
             "total_tokens": len(str(prompt).split()) + self.offset + tokens,
         }
         if request.get("stream"):
-            return await self._stream(writer, chat, tokens, usage, fault)
+            wants = (request.get("stream_options") or {}).get("include_usage")
+            return await self._stream(writer, chat, tokens, usage if wants else None, fault)
         choice = (
             {"index": 0, "message": {"role": "assistant", "content": " x" * tokens}}
             if chat
@@ -274,7 +275,12 @@ class FaultServer:
         return True
 
     async def _stream(
-        self, writer: asyncio.StreamWriter, chat: bool, tokens: int, usage: dict, fault: str | None
+        self,
+        writer: asyncio.StreamWriter,
+        chat: bool,
+        tokens: int,
+        usage: dict | None,
+        fault: str | None,
     ) -> bool:
         """Stream faults: cut (closes mid-stream), badevent (a non-JSON event), badchoice (a
         choice that is not an object), errevent (an error event), slow (0.1 s per token)."""
@@ -307,7 +313,8 @@ class FaultServer:
             choice["finish_reason"] = "length" if i == tokens - 1 else None
             chunk({"id": "cmpl-1", "choices": [choice]})
             await writer.drain()
-        chunk({"id": "cmpl-1", "choices": [], "usage": usage})
+        if usage is not None:  # only when asked for, as OpenAI's API does
+            chunk({"id": "cmpl-1", "choices": [], "usage": usage})
         chunk("[DONE]")
         writer.write(b"0\r\n\r\n")
         await writer.drain()
