@@ -315,7 +315,8 @@ class FaultServer:
             await writer.drain()
         if usage is not None:  # only when asked for, as OpenAI's API does
             chunk({"id": "cmpl-1", "choices": [], "usage": usage})
-        chunk("[DONE]")
+        if fault != "nodone":  # "nodone": a complete stream without [DONE] (TGI before 2.x)
+            chunk("[DONE]")
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True

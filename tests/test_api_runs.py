@@ -114,6 +114,18 @@ def test_done_only_streams_are_failed_points_and_the_cli_says_so(tmp_path: Path)
     assert con.execute("SELECT count(*) FROM points WHERE status='ok'").fetchone()[0] == 0
 
 
+# ---- 3. through a profile: complete streams without [DONE] are measurements ---------------
+
+
+def test_streams_without_done_are_profiled_and_fitted(tmp_path: Path) -> None:
+    """The issue's example: every point stream_cut after 4 attempts, exit 2, nothing fitted."""
+    result = profile_through_faults(tmp_path, *["nodone"] * 12)
+    assert result.exit_code == 0, result.output
+    assert "all 12 points measured" in result.stderr and "R²" in result.stdout
+    points = sqlite3.connect(tmp_path / "s.db").execute("SELECT extra_json FROM points")
+    assert all(json.loads(e)["retries"] == 0 for (e,) in points)
+
+
 # ---- 6. failures are counted at the end; a run that measured nothing leaves nothing ---------
 
 
