@@ -273,3 +273,25 @@ def test_credentials_in_the_base_url_are_never_stored(tmp_path: Path) -> None:
 
 def test_a_raw_answer_can_be_scripted() -> None:
     assert Raw([(0.0, b"x")]).body == b"x"
+
+
+def test_the_report_draws_the_load_figure(tmp_path: Path) -> None:
+    from infermeter.report import ReportInputs, build_report
+
+    store = tmp_path / "load.db"
+    with fault_server() as server, Store(store) as db:
+        server.faults_for = measurement
+        server.script("", "500")  # one failed request: counted in the figure's numbers
+        grid = LoadGrid(16, (2, 3), (1, 2), 1)
+        run_load_sweep(
+            db, SPEC, {}, get_backend("openai", base_url=server.url, retries=0), {}, grid
+        )
+        timed = TimedLoad(16, 2, "concurrent", (1.0, 2.0), duration_s=0.2, warmup_s=0.0)
+        run_timed_load(db, SPEC, {}, get_backend("openai", base_url=server.url), {}, timed)
+    report = build_report(ReportInputs([store]))
+    fig6 = next(s for s in report.sections if s.id == "fig6")
+    assert fig6.plot is not None, fig6.missing
+    data = fig6.plot.data
+    assert set(data["kind"]) == {"load", "load-concurrent"}
+    assert data["failed"].sum() == 1 and {"latency_p99_s", "ttft_p50_s"} <= set(data.columns)
+    assert not any(s.id == "table3" and s.plot is not None for s in report.sections)
