@@ -380,7 +380,92 @@ def run_guidellm(exe: str, levels: list[int], args: Any, folder: Path) -> dict[s
     return {"rate": rates, "streams": streams}
 
 
-PEER_RUNNERS = {"guidellm": run_guidellm, "aiperf": None, "inference-perf": None}
+def hf_cache_tokenizer(folder: Path) -> tuple[Path, str]:
+    """byte_tokenizer laid out as a cached hub repo (AIPerf loads offline only from a cache):
+    (HF_HOME, repo id)."""
+    snapshot = folder / "hf" / "hub" / "models--local--bytetok" / "snapshots" / ("0" * 40)
+    byte_tokenizer(snapshot)
+    refs = snapshot.parents[1] / "refs"
+    refs.mkdir(parents=True, exist_ok=True)
+    (refs / "main").write_text("0" * 40)
+    return folder / "hf", "local/bytetok"
+
+
+def aiperf(exe: str, url: str, home: Path, out: Path, extra: list[str]) -> Path:
+    cmd = [exe, "profile", "-m", "instant", "--url", url, "--endpoint-type", "completions",
+           "--tokenizer", "local/bytetok", "--artifact-dir", str(out), "--export-level", "raw",
+           "--ui-type", "none", *extra]  # fmt: skip
+    env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    if done.returncode != 0 or not (out / "profile_export_raw.jsonl").exists():
+        raise PeerFailed(f"aiperf failed ({done.returncode}): {done.stdout[-1500:]}")
+    return out
+
+
+def aiperf_rows(out: Path) -> tuple[list[dict[str, Any]], int]:
+    """Our rows from AIPerf's raw records: its read times (perf_ns, CLOCK_MONOTONIC as the
+    server's stamps) against the server's stamps in each chunk's text."""
+    rows, errors = [], 0
+    for line in (out / "profile_export_raw.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        start = record["start_perf_ns"] / 1e9
+        reads = [
+            (r["perf_ns"] / 1e9, STAMP.findall(p.get("value") or ""))
+            for r in record.get("responses") or ()
+            for p in r.get("packets") or ()
+        ]
+        stamps = [(t, int(a), int(b)) for t, found in reads for a, b in found]
+        if record.get("status") != 200 or len(stamps) != STREAM_TOKENS:
+            errors += 1
+            continue
+        received = stamps[0][1]
+        late = [t - sent / 1e9 for t, _, sent in stamps]
+        rows.append(
+            {
+                "start": start,
+                "e2e": (reads[-1][0] - start) - (stamps[-1][2] - received) / 1e9,
+                "ttft": (stamps[0][0] - start) - (stamps[0][2] - received) / 1e9,
+                "edge": [late[0], late[-1]],
+                "lateness": late,
+            }
+        )
+    return rows, errors
+
+
+def run_aiperf(exe: str, levels: list[int], args: Any, folder: Path) -> dict[str, Any]:
+    home, _ = hf_cache_tokenizer(folder)
+    rates = []
+    with InstantServer() as server:
+        for c in levels:
+            count = min(args.requests, 5000)
+            out = aiperf(exe, server.root, home, folder / f"rate{c}", [
+                "--concurrency", str(c), "--request-count", str(count), "--isl", "16",
+                "--osl", "4"])  # fmt: skip
+            stats = json.loads((out / "profile_export_aiperf.json").read_text())
+            rps = stats["request_throughput"]["avg"]
+            rates.append({"profile": f"concurrent@{c}", "requests": count, "rps": rps})
+            print(f"aiperf   concurrent@{c:>4}: {rps:8.0f} req/s")
+    streams = {}
+    for schedule in SCHEDULES:
+        with InstantServer(INTERVAL_MS, schedule) as server:
+            count = str(STREAMS * args.rounds)
+            out = aiperf(exe, server.root, home, folder / f"streams-{schedule}", [
+                "--streaming", "--concurrency", str(STREAMS), "--request-count", count,
+                "--isl", "64", "--osl", str(STREAM_TOKENS)])  # fmt: skip
+        streams[schedule] = summary(*aiperf_rows(out))
+        print(f"aiperf   64 streams, {schedule}: p99 {streams[schedule]['e2e_ms']['p99']:.3f} ms")
+    return {"rate": rates, "streams": streams}
+
+
+def run_inference_perf(exe: str, levels: list[int], args: Any, folder: Path) -> dict[str, Any]:
+    raise PeerFailed("inference-perf: no runner here yet (its releases need Python >= 3.12)")
+
+
+PEER_RUNNERS = {
+    "guidellm": run_guidellm,
+    "aiperf": run_aiperf,
+    "inference-perf": run_inference_perf,
+}
 
 
 def main() -> None:

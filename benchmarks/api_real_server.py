@@ -47,8 +47,8 @@ from _record import write_result  # noqa: E402
 
 TOKENIZER = ROOT.parent / "shared" / "data" / "llama_tokenizer.model"
 PROMPT_SIZES = (32, 64, 128, 256, 512)
-OUTPUT_SIZES = (1, 8, 16, 32)
-TRIALS = 3
+OUTPUT_SIZES = (1, 16, 32, 64)
+TRIALS = 5
 SHAPES = (("completions", True), ("completions", False), ("chat", True), ("chat", False))
 
 
@@ -254,7 +254,7 @@ def profile_shape(url: str, endpoint: str, stream: bool, folder: Path) -> dict[s
 
     store = folder / f"{endpoint}-{'stream' if stream else 'json'}.sqlite"
     env = {**os.environ, "INFERMETER_CACHE_DIR": str(folder / "cache")}
-    args = ["profile", "tiny-llama", "--backend", "openai", "--base-url", url,
+    args = ["profile", "llamacpp-tiny", "--backend", "openai", "--base-url", url,
             "--endpoint", endpoint, "--stream" if stream else "--no-stream",
             "--prompt-sizes", ",".join(map(str, PROMPT_SIZES)),
             "--output-sizes", ",".join(map(str, OUTPUT_SIZES)), "--trials", str(TRIALS),

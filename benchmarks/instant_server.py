@@ -75,7 +75,8 @@ class InstantProtocol(asyncio.Protocol):
             return
         request = json.loads(body or b"{}")
         chat = path.endswith("/chat/completions")
-        tokens = max(1, int(request.get("max_tokens") or 1))
+        asked = request.get("max_tokens") or request.get("max_completion_tokens") or 1
+        tokens = max(1, int(asked))
         prompt = request.get("prompt") if not chat else request["messages"][-1]["content"]
         prompt_tokens = len(str(prompt).split())
         usage = {

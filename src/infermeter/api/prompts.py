@@ -61,6 +61,9 @@ FAMILIES: dict[str, tuple[tuple[str, ...], str]] = {
     "letters": (tuple("abcdefghijklmnopqrstuvwxyz"), ""),
 }
 MIN_UNITS = 16
+# Unframed probes, each with other first and last units, that must all count the same for a
+# prompt to need no anchors (a template edge that merges with ~1 word in 5 shows in 24).
+EDGE_PROBES = 24
 
 
 def prompt_seed(
@@ -90,9 +93,13 @@ class PromptFactory:
         units: tuple[str, ...] = COMMON_WORDS,
         joiner: str = " ",
         family: str = "words",
+        anchors: tuple[str, ...] = (),
     ) -> None:
         self.tokenizer = tokenizer
         self.units, self.joiner, self.family = tuple(units), joiner, family
+        # (head, tail): fixed units around the random ones, where a chat template's edges
+        # tokenize with the first or last unit (no space between them): see ExactPrompts.
+        self.anchors = tuple(anchors)
         self._ids: list[int] = []
         if tokenizer is not None:
             self._ids = tokenizer.word_ids()
@@ -103,11 +110,16 @@ class PromptFactory:
                 )
         self.name = tokenizer.name if tokenizer is not None else "server-counted"
 
-    def with_units(self, family: str, units: tuple[str, ...]) -> PromptFactory:
+    def with_units(
+        self, family: str, units: tuple[str, ...], anchors: tuple[str, ...] = ()
+    ) -> PromptFactory:
         """The same factory drawing from `units` of a family (see FAMILIES)."""
-        return PromptFactory(self.tokenizer, units, FAMILIES[family][1], family)
+        return PromptFactory(self.tokenizer, units, FAMILIES[family][1], family, anchors)
 
     def join(self, units: list[str]) -> str:
+        """The content of these units, between the anchors when there are any."""
+        if self.anchors:
+            units = [self.anchors[0], *units, self.anchors[1]]
         return self.joiner.join(units)
 
     def count(self, text: str) -> int | None:
@@ -119,7 +131,7 @@ class PromptFactory:
             raise ValueError(f"content size must be >= 0, got {n}")
         rng = random.Random(seed)
         if self.tokenizer is None:
-            return self.joiner.join(rng.choices(self.units, k=n))
+            return self.join(rng.choices(self.units, k=n))
         ids = rng.choices(self._ids, k=n)
         for _ in range(8):
             text = self.tokenizer.decode(ids)
@@ -145,6 +157,7 @@ class PromptCalibration:
     probes: int = 0
     family: str | None = None  # the unit family learned from the server's counts
     units: list[str] = field(default_factory=list)
+    anchors: list[str] = field(default_factory=list)  # fixed first and last unit, if needed
 
 
 def default_cache_path() -> Path:
@@ -178,10 +191,13 @@ class CalibrationCache:
             offset = entry.get("offset")
             family = entry.get("family")
             units = [str(u) for u in entry.get("units") or []]
+            anchors = [str(u) for u in entry.get("anchors") or []]
             if family is not None and (family not in FAMILIES or len(units) < MIN_UNITS):
                 return PromptCalibration(key)
+            if len(anchors) not in (0, 2):
+                return PromptCalibration(key)
             return PromptCalibration(
-                key, int(offset) if offset is not None else None, sizes, 0, family, units
+                key, int(offset) if offset is not None else None, sizes, 0, family, units, anchors
             )
         except (TypeError, ValueError):
             return PromptCalibration(key)  # a damaged entry is measured again
@@ -229,7 +245,7 @@ class ExactPrompts:
         self.calibration = cache.load(key) if cache is not None else PromptCalibration(key)
         cal = self.calibration
         if factory.tokenizer is None and cal.family is not None:
-            self.factory = factory.with_units(cal.family, tuple(cal.units))
+            self.factory = factory.with_units(cal.family, tuple(cal.units), tuple(cal.anchors))
         elif factory.tokenizer is None and cal.offset is not None:
             self.calibration = PromptCalibration(key)  # cached before units were learned
 
@@ -240,28 +256,45 @@ class ExactPrompts:
     def learn(self) -> PromptCalibration:
         """Learn, from the server's counts, units it counts as one token each, and its offset.
 
-        For each family (FAMILIES) in turn: 16 and then 48 units of one draw (the first 16
-        shared) must differ by exactly 32 tokens; the 32 then fix the offset; group tests keep
-        the family's units that are one token each. When no family has at least MIN_UNITS
-        such units, sizes are searched for with words and `note` says what the server counted.
+        For each family (FAMILIES) in turn, every probe framed by two fixed units (anchors):
+        16 and then 48 units of one draw (the first 16 shared) must differ by exactly 32
+        tokens; the 32 then fix the offset; group tests keep the family's units that are one
+        token each. Then EDGE_PROBES unframed probes, each with other first and last
+        units, show whether the frame is needed: where a
+        template's edge tokenizes together with the first or last unit (llama-2's `[INST]`
+        with no space), a prompt's count would depend on its words, so the anchors stay. When
+        no family has at least MIN_UNITS such units, sizes are searched for with words and
+        `note` says what the server counted.
         """
         cal = self.calibration
         observed, first = [], None
         for family, (pool, _) in FAMILIES.items():
-            factory = self.factory.with_units(family, pool)
+            framed = self.factory.with_units(family, pool, (pool[0], pool[1]))
             draw = random.Random(self.seed).choices(pool, k=48)
-            short, long = self._ask(factory.join(draw[:16])), self._ask(factory.join(draw))
+            short, long = self._ask(framed.join(draw[:16])), self._ask(framed.join(draw))
             first = short if first is None else first
             if long - short != 32:
                 observed.append(f"16 {family} counted {short}, 48 counted {long}")
                 continue
-            offset = self._ask(factory.join(draw[16:])) - 32
-            units = self._singles(factory, list(dict.fromkeys(pool)), offset)
+            offset = self._ask(framed.join(draw[16:])) - 32
+            units = self._singles(framed, list(dict.fromkeys(pool)), offset)
             if len(units) < MIN_UNITS:
                 observed.append(f"only {len(units)} {family} count as one token")
                 continue
-            cal.offset, cal.family, cal.units = offset, family, units
-            self.factory = factory.with_units(family, tuple(units))
+            plain = framed.with_units(family, tuple(units))
+            rng = random.Random(self.seed + 1)
+            edges = rng.sample(units, len(units))[: 2 * EDGE_PROBES]  # distinct first, last
+            counts = {
+                self._ask(plain.join([edges[2 * i], *rng.choices(units, k=6), edges[2 * i + 1]]))
+                - 8
+                for i in range(len(edges) // 2)
+            }
+            if len(counts) == 1:  # the edges do not depend on the words: no anchors
+                cal.offset, cal.anchors = counts.pop(), []
+            else:
+                cal.offset, cal.anchors = offset, [pool[0], pool[1]]
+            cal.family, cal.units = family, units
+            self.factory = plain.with_units(family, tuple(units), tuple(cal.anchors))
             return cal
         # No family counts one token a unit: sizes are searched for with words (below), and
         # a prompt of other words may count otherwise: the record says so.
@@ -270,7 +303,8 @@ class ExactPrompts:
             + "; ".join(observed)
             + "): prompt sizes searched for with words; pass --tokenizer for exact prompts"
         )
-        cal.offset, cal.family, cal.units = (first or 16) - 16, "words", list(COMMON_WORDS)
+        cal.offset, cal.family, cal.units = (first or 18) - 18, "words", list(COMMON_WORDS)
+        cal.anchors = []
         self.factory = self.factory.with_units("words", COMMON_WORDS)
         return cal
 
