@@ -144,13 +144,13 @@ async def ours_streams(url: str, rounds: int) -> dict[str, Any]:
     errors = 0
     for record in records:
         stamps = [(int(a), int(b)) for a, b in STAMP.findall(record.text)]
-        if not record.ok or len(stamps) != len(record.token_times_s) or not stamps:
+        if not record.ok or len(stamps) != len(record.chunk_times_s) or not stamps:
             errors += 1
             continue
         received = stamps[0][0]
         late = [
             record.sent_at + t - sent / 1e9
-            for t, (_, sent) in zip(record.token_times_s, stamps, strict=True)
+            for t, (_, sent) in zip(record.chunk_times_s, stamps, strict=True)
         ]
         rows.append(
             {
@@ -342,7 +342,17 @@ def find_peer(name: str, given: str | None) -> str:
     for candidate in (given, env, f"/work/peer-{name}/bin/{name}", shutil.which(name)):
         if candidate and Path(candidate).exists():
             return str(candidate)
-    raise PeerFailed(f"{name} not found: pass --{name} PATH (its own venv's executable)")
+    raise PeerFailed(
+        f"{name} not found: pass --{name} PATH (its own venv's executable)"
+        + PEER_INSTALL_NOTES.get(name, "")
+    )
+
+
+# What stood in the way of installing a peer on the reference machine (Python 3.11).
+PEER_INSTALL_NOTES = {
+    "inference-perf": "; every inference-perf release on PyPI requires Python >= 3.12, and this "
+    "machine's Python is 3.11 (no 3.12 in its Debian 12 packages)",
+}
 
 
 def peer_version(exe: str, package: str) -> str:
