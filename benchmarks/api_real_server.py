@@ -315,6 +315,7 @@ def main() -> None:
         else:
             gguf = args.gguf
         server = LlamaServer(args.llama_python, gguf)
+        load_before = os.getloadavg()
         try:
             recorded = record_transcripts(server, args.record, llama_version) if args.record else []
             shapes = [profile_shape(server.url, e, s, folder) for e, s in SHAPES]
@@ -333,6 +334,8 @@ def main() -> None:
         "grid": {"prompt_sizes": PROMPT_SIZES, "output_sizes": OUTPUT_SIZES, "trials": TRIALS},
         "shapes": shapes,
         "transcripts": recorded,
+        # R² measures signal over noise: other work on the machine shows here.
+        "load_average_1m_before_after": [load_before[0], os.getloadavg()[0]],
     }
     rows = []
     for shape in shapes:
@@ -353,6 +356,9 @@ def main() -> None:
             f"{fit.get('overhead_s', nan):.3g} s"
         )
         rows.append((f"{label}: min per-p R²; g; overhead", value, ">= 0.99 (quiet machine)"))
+    before, after = result["load_average_1m_before_after"]
+    rows.append(("load average (1 min) before / after, on this many cores",
+                 f"{before:.1f} / {after:.1f} on {os.cpu_count()}", "quiet: < 1"))  # fmt: skip
     path = write_result("api_real_server", result, rows)
     print(f"written {path}")
 
