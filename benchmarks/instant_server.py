@@ -10,6 +10,9 @@ every process of this machine):
   was written. Any load tester that keeps the output text (ours, guidellm) therefore carries
   the server's own view of each request, and its timing overhead is measurable per request;
 - non-streaming answers also carry the header `x-server-ns: RECEIVED,SENT`;
+- every body is an OpenAI answer in full: `id`, `object` (text_completion, chat.completion,
+  chat.completion.chunk), `created`, `model`, `choices` and, where asked for, `usage` (strict
+  clients such as AIPerf reject chunks without `object`);
 - with `"stream_interval_ms": D` in the body (or --interval-ms), chunks are spaced D ms apart,
   like a model decoding at 1000/D tokens per second. `--schedule lockstep` puts every stream's
   tokens on one global clock tick (continuous batching: a decode step makes a token for every
@@ -72,7 +75,8 @@ class InstantProtocol(asyncio.Protocol):
             return
         request = json.loads(body or b"{}")
         chat = path.endswith("/chat/completions")
-        tokens = max(1, int(request.get("max_tokens") or 1))
+        asked = request.get("max_tokens") or request.get("max_completion_tokens") or 1
+        tokens = max(1, int(asked))
         prompt = request.get("prompt") if not chat else request["messages"][-1]["content"]
         prompt_tokens = len(str(prompt).split())
         usage = {
@@ -97,7 +101,8 @@ class InstantProtocol(asyncio.Protocol):
         payload = json.dumps(
             {
                 "id": "cmpl-0",
-                "object": "text_completion",
+                "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()),
                 "model": "instant",
                 "choices": [choice],
                 "usage": usage,
@@ -113,6 +118,12 @@ class InstantProtocol(asyncio.Protocol):
             "transfer-encoding: chunked\r\n\r\n"
         )
         self.transport.write(head.encode())
+        meta = {
+            "id": f"cmpl-{received}",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": "instant",
+        }
         start = time.monotonic()
         if interval and self.schedule == "staggered":
             start += random.random() * interval
@@ -129,10 +140,12 @@ class InstantProtocol(asyncio.Protocol):
                 {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
             )
             choice["finish_reason"] = "length" if i == tokens - 1 else None
-            chunk = {"id": f"cmpl-{received}", "model": "instant", "choices": [choice]}
+            if chat and i == 0:
+                choice["delta"]["role"] = "assistant"
+            chunk = {**meta, "choices": [choice]}
             self._chunk(b"data: " + json.dumps(chunk).encode() + b"\n\n")
         if (request.get("stream_options") or {}).get("include_usage"):
-            final = {"id": f"cmpl-{received}", "choices": [], "usage": usage}
+            final = {**meta, "choices": [], "usage": usage}
             self._chunk(b"data: " + json.dumps(final).encode() + b"\n\n")
         self._chunk(b"data: [DONE]\n\n")
         self.transport.write(b"0\r\n\r\n")

@@ -14,21 +14,99 @@ with `script(...)`: each generation request takes the next one.
     "stall"      accept the request and never answer
     "close"      close the connection without a byte
     "short"      a normal answer with one token fewer than asked
+    Raw(...)     these exact bytes (a recorded or hand-written answer), then close or not
+
+`refuse={"stream_options"}` answers 400 to any request carrying one of those fields, naming
+it as pydantic-based servers do ("stream_options: Extra inputs are not permitted").
+`transcript(path)` reads a recorded answer (tests/data/api_transcripts) as a Raw.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import socket
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LLAMA_TOKENIZER = SHARED_DATA / "llama_tokenizer.model"
+TRANSCRIPTS = Path(__file__).resolve().parent / "data" / "api_transcripts"
+
+
+@dataclass
+class Raw:
+    """An answer as bytes on the wire: each write after its delay (s), then close or not."""
+
+    writes: list[tuple[float, bytes]] = field(default_factory=list)
+    close: bool = True
+    request: dict[str, Any] | None = None  # the request that was recorded with it
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(w for _, w in self.writes)
+
+
+def transcript(name: str | Path) -> Raw:
+    """A recorded answer from tests/data/api_transcripts/NAME.json, byte for byte."""
+    path = Path(name) if Path(name).is_file() else TRANSCRIPTS / f"{name}.json"
+    data = json.loads(path.read_text())
+    writes = []
+    for write in data["response"]["writes"]:
+        raw = base64.b64decode(write["b64"]) if "b64" in write else write["text"].encode()
+        writes.append((float(write.get("delay_s", 0.0)), raw))
+    return Raw(writes, bool(data["response"].get("close", False)), data.get("request"))
+
+
+def chunked(pieces: Iterable[bytes]) -> bytes:
+    """HTTP/1.1 chunked encoding of `pieces`, with the closing zero chunk."""
+    return b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces if p) + b"0\r\n\r\n"
+
+
+def sse(
+    events: Iterable[dict | str],
+    done: bool = True,
+    content_type: str = "text/event-stream",
+    status: str = "200 OK",
+    delays: Iterable[float] | None = None,
+) -> Raw:
+    """A chunked SSE answer: one chunk per event (`data: ...`, or a raw line block given as
+    a str starting with a field name such as "error:" or "event:"), [DONE] when `done`."""
+    blocks = []
+    for event in events:
+        if isinstance(event, str) and event.split(":", 1)[0] in ("error", "event", "", "data"):
+            blocks.append(event.encode() + b"\n\n")
+        else:
+            text = event if isinstance(event, str) else json.dumps(event)
+            blocks.append(f"data: {text}\n\n".encode())
+    if done:
+        blocks.append(b"data: [DONE]\n\n")
+    head = (
+        f"HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n"
+    ).encode()
+    waits = list(delays) if delays is not None else [0.0] * len(blocks)
+    waits += [0.0] * (len(blocks) - len(waits))
+    writes = [(0.0, head)]
+    writes += [
+        (w, f"{len(b):x}\r\n".encode() + b + b"\r\n") for w, b in zip(waits, blocks, strict=False)
+    ]
+    writes.append((0.0, b"0\r\n\r\n"))
+    return Raw(writes, close=False)
+
+
+def json_answer(payload: Any, status: str = "200 OK") -> Raw:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    head = (
+        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    )
+    return Raw([(0.0, head.encode() + body)], close=False)
 
 
 def free_port() -> int:
@@ -39,14 +117,22 @@ def free_port() -> int:
 
 class FaultServer:
     def __init__(
-        self, offset: int = 1, model: str = "faulty", delay_s: float = 0.0, strict: bool = False
+        self,
+        offset: int = 1,
+        model: str = "faulty",
+        delay_s: float = 0.0,
+        strict: bool = False,
+        refuse: Iterable[str] = (),
     ) -> None:
         self.offset = offset
+        self.refuse = set(refuse)
         self.strict = strict  # refuse ignore_eos/min_tokens with a 400, as OpenAI's API does
         self.model = model
         self.delay_s = delay_s
         self.retry_after = "0.2"
-        self.faults: deque[str] = deque()
+        self.faults: deque[str | Raw] = deque()
+        # Only requests for which this holds take a fault (e.g. measurements, not probes).
+        self.faults_for: Callable[[dict], bool] | None = None
         self.requests: list[dict] = []  # every generation request body, in order
         self.headers: list[str] = []  # every request's raw header block
         self.port = free_port()
@@ -54,7 +140,7 @@ class FaultServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
-    def script(self, *faults: str) -> None:
+    def script(self, *faults: str | Raw) -> None:
         self.faults.extend(faults)
 
     def __enter__(self) -> FaultServer:
@@ -119,7 +205,23 @@ class FaultServer:
             return True
         request = json.loads(body)
         self.requests.append(request)
-        fault = (self.faults.popleft() if self.faults else None) or None  # "" = no fault
+        refused = sorted(self.refuse & set(request))
+        if refused:
+            error = {
+                "detail": [{"loc": ["body", refused[0]], "msg": "Extra inputs are not permitted"}]
+            }
+            error = {"error": {"message": f"{refused[0]}: Extra inputs are not permitted"}}
+            self._send(writer, "400 Bad Request", json.dumps(error).encode())
+            return True
+        takes = self.faults_for is None or self.faults_for(request)
+        fault = (self.faults.popleft() if self.faults and takes else None) or None  # "": none
+        if isinstance(fault, Raw):
+            for delay, raw in fault.writes:
+                if delay:
+                    await asyncio.sleep(delay)
+                writer.write(raw)
+                await writer.drain()
+            return not fault.close
         if fault == "close":
             return False
         if fault == "stall":
@@ -133,7 +235,8 @@ class FaultServer:
             self._send(writer, status, json.dumps(error).encode(), extra)
             return True
         if self.strict and {"ignore_eos", "min_tokens"} & set(request):
-            error = {"error": {"message": "Unrecognized request argument supplied: ignore_eos"}}
+            field = "ignore_eos" if "ignore_eos" in request else "min_tokens"
+            error = {"error": {"message": f"Unrecognized request argument supplied: {field}"}}
             self._send(writer, "400 Bad Request", json.dumps(error).encode())
             return True
         if fault == "echo401":
@@ -154,7 +257,8 @@ class FaultServer:
             "total_tokens": len(str(prompt).split()) + self.offset + tokens,
         }
         if request.get("stream"):
-            return await self._stream(writer, chat, tokens, usage, fault)
+            wants = (request.get("stream_options") or {}).get("include_usage")
+            return await self._stream(writer, chat, tokens, usage if wants else None, fault)
         choice = (
             {"index": 0, "message": {"role": "assistant", "content": " x" * tokens}}
             if chat
@@ -171,7 +275,12 @@ class FaultServer:
         return True
 
     async def _stream(
-        self, writer: asyncio.StreamWriter, chat: bool, tokens: int, usage: dict, fault: str | None
+        self,
+        writer: asyncio.StreamWriter,
+        chat: bool,
+        tokens: int,
+        usage: dict | None,
+        fault: str | None,
     ) -> bool:
         """Stream faults: cut (closes mid-stream), badevent (a non-JSON event), badchoice (a
         choice that is not an object), errevent (an error event), slow (0.1 s per token)."""
@@ -204,8 +313,10 @@ class FaultServer:
             choice["finish_reason"] = "length" if i == tokens - 1 else None
             chunk({"id": "cmpl-1", "choices": [choice]})
             await writer.drain()
-        chunk({"id": "cmpl-1", "choices": [], "usage": usage})
-        chunk("[DONE]")
+        if usage is not None:  # only when asked for, as OpenAI's API does
+            chunk({"id": "cmpl-1", "choices": [], "usage": usage})
+        if fault != "nodone":  # "nodone": a complete stream without [DONE] (TGI before 2.x)
+            chunk("[DONE]")
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True

@@ -44,10 +44,10 @@ def test_healthy_request_is_timed_and_counted(server: FaultServer, endpoint: str
     assert record.text == " x" * 6 and record.finish_reason == "length"
     assert record.e2e_s is not None and record.e2e_s > 0
     if stream:
-        assert len(record.token_times_s) == 6 and len(record.itl_s) == 5
+        assert len(record.chunk_times_s) == 6 and len(record.itl_s) == 5
         assert 0 < record.ttft_s <= record.e2e_s
     else:
-        assert record.ttft_s is None and record.token_times_s == []
+        assert record.ttft_s is None and record.chunk_times_s == []
     body = server.requests[-1]
     # forced length: the server is asked for exactly max_tokens
     assert (body["max_tokens"], body["min_tokens"], body["ignore_eos"]) == (6, 6, True)

@@ -208,3 +208,27 @@ def test_damaged_cache_is_ignored(tmp_path: Path) -> None:
     assert CalibrationCache(path).load("k").offset is None
     path.write_text(json.dumps({"k": {"offset": 1, "sizes": {"x": "y"}}}))
     assert CalibrationCache(path).load("k").sizes == {}
+
+
+@needs_llama
+def test_a_template_that_merges_with_the_first_word_gets_anchored_prompts(tmp_path) -> None:
+    """The issue's example: against llama.cpp's chat endpoint (llama-2 template) 22 of 48
+    prompts were 1-2 tokens off, depending on their words. `[INST]word` (no space) counts
+    differently per word; fixed first and last units make every prompt exact."""
+    llama = load_tokenizer(LLAMA_TOKENIZER)
+    server = CountingServer(llama, template="[INST]{}[/INST]")
+    prompts = ExactPrompts(PromptFactory(), server, "k", CalibrationCache(tmp_path / "c.json"))
+    calibration = prompts.calibrate([32, 128, 512])
+    assert len(calibration.anchors) == 2
+    for p in (32, 128, 512):
+        assert [server(prompts.prompt(p, seed)) for seed in range(12)] == [p] * 12
+    again = ExactPrompts(PromptFactory(), server, "k", CalibrationCache(tmp_path / "c.json"))
+    assert again.prompt(128, 5) == prompts.prompt(128, 5)  # anchors come back from the cache
+
+
+@needs_llama
+def test_a_plain_template_needs_no_anchors() -> None:
+    server = CountingServer(load_tokenizer(LLAMA_TOKENIZER))
+    prompts = ExactPrompts(PromptFactory(), server, "k")
+    assert prompts.calibrate([64]).anchors == []
+    assert [server(prompts.prompt(64, seed)) for seed in range(8)] == [64] * 8

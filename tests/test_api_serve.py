@@ -277,21 +277,21 @@ def test_identical_prompts_when_asked(served: str, tmp_path: Path) -> None:
 
 
 def test_wrong_lengths_are_flagged_and_failures_recorded(tmp_path: Path) -> None:
-    grid = ProfileGrid((8, 32), (1, 4), (1,), 2)
+    grid = ProfileGrid((8, 32), (2, 3), (1,), 2)
     with fault_server() as server, Store(tmp_path / "s.sqlite") as db:
+        server.faults_for = lambda body: body.get("max_tokens") in (2, 3)  # measurements only
         backend = get_backend("openai", base_url=server.url, endpoint="chat", retries=1)
         backend.config = replace(backend.config, backoff_s=0.01, backoff_max_s=0.02)
-        # Requests in order: the forced-length probe, the offset probe, the p=8 probe,
-        # (8,1,0) short, (8,4,0) 500 twice (an error after its retry), the p=32 probe,
-        # (32,1,0) 429 then fine.
-        server.script("", "", "", "short", "500", "500", "", "429")
+        # Measurements in order: (8,2,0) short, (8,3,0) 500 twice (an error after its
+        # retry), (32,2,0) 429 then fine.
+        server.script("short", "500", "500", "429")
         server.retry_after = "0.05"
         run = run_profile(db, SPEC, {}, backend, {}, grid)
         points = db.points(run.id).sort_values("measured_at", kind="stable")
         assert len(points) == len(grid.points())  # nothing dropped
         flagged = points[points.status == "flagged"]
         errors = points[points.status == "error"]
-        assert len(flagged) == 1 and "server produced 0 tokens, asked 1" in flagged.detail.iloc[0]
+        assert len(flagged) == 1 and "server produced 1 tokens, asked 2" in flagged.detail.iloc[0]
         assert len(errors) == 1 and errors.detail.iloc[0].startswith("http_5xx: injected 500")
         assert "after 2 attempt(s)" in errors.detail.iloc[0]
         retried = [json.loads(e)["retries"] for e in points.extra_json]
@@ -305,7 +305,7 @@ def test_wrong_lengths_are_flagged_and_failures_recorded(tmp_path: Path) -> None
         )
         after = db.points(run.id)
         assert (after.status != "error").all()
-        assert len(server.requests) - before == 1 + 1  # forced-length probe + the point
+        assert len(server.requests) - before == 1 + 1  # the pre-flight request + the point
 
 
 def test_configuration_faults_are_user_errors(served: str, locked: str) -> None:
@@ -529,3 +529,114 @@ def test_a_server_that_cannot_load_says_why() -> None:
         running_in_process(SPEC, "no-such-backend", {}),
     ):
         pass
+
+
+# ---- issue 16: serve's edges, and prompts counted exact for any tokenizer --------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "fragment"),
+    [
+        ("completions", b"[1,2,3]", "must be a JSON object"),
+        ("chat/completions", b'{"model": "tiny", "messages": [1, 2]}', "messages[0] must be"),
+        (
+            "completions",
+            b'{"model": "tiny", "prompt": "x", "stream": true, "stream_options": "yes"}',
+            "stream_options must be an object",
+        ),
+        ("completions", b'{"model": "tiny", "prompt": [5, 1000000000]}', "outside the vocabulary"),
+        ("completions", b'{"model": "tiny", "prompt": [-1]}', "token id -1 is outside"),
+        ("chat/completions", b'{"model": "tiny", "messages": [{"content": 3}]}', "content must"),
+    ],
+)
+def test_malformed_requests_get_openai_400s(served: str, path: str, raw: bytes, fragment: str):
+    """The issue's examples: bare text/plain 500s, and a 200 for ids outside the vocabulary."""
+    request = urllib.request.Request(f"{served}/{path}", raw, {"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    assert caught.value.code == 400
+    assert caught.value.headers["content-type"] == "application/json"
+    error = json.loads(caught.value.read())["error"]
+    assert fragment in error["message"] and error["type"] == "invalid_request_error"
+
+
+class SlowGenerator:
+    """The served generator with an injected 20 ms a token, counting the tokens it makes."""
+
+    def __init__(self, generator: HFGenerator) -> None:
+        self.generator = generator
+        self.name, self.vocab_size = generator.name, generator.vocab_size
+        self.max_context = generator.max_context
+        self.made = 0
+
+    def stream(self, *args: Any, **kwargs: Any):
+        for token in self.generator.stream(*args, **kwargs):
+            time.sleep(0.02)
+            self.made += 1
+            yield token
+
+
+def test_a_client_that_hangs_up_stops_its_generation(
+    generator: HFGenerator, tokenizer: Tokenizer
+) -> None:
+    """The issue's example: a non-streaming request whose client hung up kept generating."""
+    import socket
+
+    slow = SlowGenerator(generator)
+    with running(create_app(slow, tokenizer, "tiny")) as url:  # type: ignore[arg-type]
+        port = int(url.split(":")[2].split("/")[0])
+        body = json.dumps({"model": "tiny", "prompt": "hi", "max_tokens": 400, "ignore_eos": True})
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(
+                f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+            )
+            deadline = time.monotonic() + 20
+            while slow.made == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)  # generating
+        status, _ = post(f"{url}/completions", {"model": "tiny", "prompt": "x", "max_tokens": 1})
+        assert status == 200
+    # 400 tokens would take 8 s of injected time; the hang-up stopped it long before
+    assert 0 < slow.made < 400
+
+
+def test_streams_say_whether_tokens_are_live(served: str) -> None:
+    body = {"model": "tiny", "prompt": "x", "max_tokens": 2, "stream": True}
+    request = urllib.request.Request(
+        f"{served}/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.headers["x-infermeter-stream"] == "live"
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_served_bytes_model_is_profiled_exact_without_a_tokenizer(
+    generator: HFGenerator, tmp_path: Path, endpoint: str
+) -> None:
+    """The issue's example: `serve gpt2` (bytes tokenizer) then a profile without --tokenizer
+    said "prompt size 1 is below the 74 tokens..." and "could not build ... 100 tokens"."""
+    from infermeter.tokenizer import ByteTokenizer
+
+    sizes = (1, 100, 200) if endpoint == "completions" else (40, 100, 200)
+    with running(create_app(generator, ByteTokenizer(), "gpt2")) as url:
+        backend = get_backend("openai", base_url=url, endpoint=endpoint)
+        with Store(tmp_path / "s.sqlite") as db:
+            run = run_profile(db, SPEC, {}, backend, {}, ProfileGrid(sizes, (1, 3), (1,), 2))
+            points = db.points(run.id)
+    assert len(points) == 12 and (points.status == "ok").all(), points.detail.tolist()
+    extra = [json.loads(e) for e in points.extra_json]
+    assert {e["prompt_check"] for e in extra} == {"exact (usage)"}
+    assert all(
+        e["usage"]["prompt_tokens"] == p for e, p in zip(extra, points.prompt_tokens, strict=True)
+    )
+    assert run.backend_info["prompt_units"] == "letters"
+
+
+def test_chat_prompts_are_exact_per_prompt_with_a_template(served: str, tmp_path: Path) -> None:
+    backend = get_backend("openai", base_url=served, endpoint="chat")
+    with Store(tmp_path / "s.sqlite") as db:
+        run = run_profile(db, SPEC, {}, backend, {}, ProfileGrid((32, 127, 128), (1, 2), (1,), 4))
+        points = db.points(run.id)
+    extra = [json.loads(e) for e in points.extra_json]
+    assert [e["usage"]["prompt_tokens"] for e in extra] == points.prompt_tokens.tolist()
+    assert (points.status == "ok").all()

@@ -18,7 +18,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
+from infermeter.api.outcome import INCOMPLETE_EXIT
 from infermeter.catalog import catalog_table, resolve_spec
 from infermeter.cost_model import CostModel
 from infermeter.errors import UserError
@@ -108,7 +110,7 @@ def user_errors(func: F) -> F:
             with _sigterm_unwinds():
                 return func(*args, **kwargs)
         except UserError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            say(f"{exc}", "error:", "bold red")  # printed literally: it may quote a server
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt as exc:
             how = "terminated" if isinstance(exc, Terminated) else "interrupted"
@@ -119,6 +121,13 @@ def user_errors(func: F) -> F:
             raise typer.Exit(code=143 if isinstance(exc, Terminated) else 130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def say(text: str, label: str = "", style: str = "", err: bool = True) -> None:
+    """Print `text` literally (never as rich markup: it may quote a server or a path), after
+    an optional styled `label` such as "error:" or "note:"."""
+    line = Text.assemble((label, style), " ", text) if label else Text(text)
+    (err_console if err else console).print(line, highlight=False, soft_wrap=True)
 
 
 def progress_bar() -> Progress:
@@ -179,6 +188,9 @@ IdenticalPromptsOption = typer.Option(
 )
 RequestTimeoutOption = typer.Option(600.0, "--timeout", help="Seconds per request attempt.")
 RetriesOption = typer.Option(3, "--retries", help="Retries per request on faults (jittered).")
+StallTimeoutOption = typer.Option(
+    120.0, "--stall-timeout", help="Seconds without a byte before an attempt is given up."
+)
 
 
 def _api_spec(model: str) -> Any:
@@ -198,6 +210,8 @@ def openai_backend(
     identical_prompts: bool,
     timeout: float,
     retries: int,
+    stall_timeout: float = 120.0,
+    size_option: str = "--prompt-sizes",
 ) -> tuple[dict[str, Any], Any]:
     """(options stored with the run, the backend); the key goes to the backend only."""
     from infermeter.backends import get_backend
@@ -213,7 +227,16 @@ def openai_backend(
         identical_prompts=identical_prompts,
         timeout_s=timeout,
         retries=retries,
+        stall_timeout_s=stall_timeout,
+        size_option=size_option,
     )
+    if runner.url_had_credentials:
+        say(
+            "--base-url holds credentials (user:key@): they are sent as Basic auth and left "
+            "out of everything stored and printed; prefer --api-key or OPENAI_API_KEY",
+            "warning:",
+            "yellow",
+        )
     options = {
         "base_url": runner.config.base_url,
         "api_model": runner.api_model,
@@ -245,13 +268,14 @@ def parse_overrides(
 
 
 def frame_table(frame: pd.DataFrame, title: str | None = None, digits: int = 5) -> Table:
-    table = Table(title=title, title_justify="left")
+    """A rich table of `frame`; titles, headers and cells are literal text, never markup."""
+    table = Table(title=Text(title) if title else None, title_justify="left")
     for column in frame.columns:
         table.add_column(
-            str(column), justify="right" if frame[column].dtype.kind in "fiu" else "left"
+            Text(str(column)), justify="right" if frame[column].dtype.kind in "fiu" else "left"
         )
     for row in frame.itertuples(index=False):
-        table.add_row(*(_cell(v, digits) for v in row))
+        table.add_row(*(Text(_cell(v, digits)) for v in row))
     return table
 
 
@@ -411,6 +435,7 @@ def profile(
     identical_prompts: bool = IdenticalPromptsOption,
     timeout: float = RequestTimeoutOption,
     retries: int = RetriesOption,
+    stall_timeout: float = StallTimeoutOption,
     store: Path = StoreOption,
 ) -> None:
     """Profile MODEL on a stack, fit the runtime model, validate it and price a few queries."""
@@ -460,7 +485,9 @@ def profile(
             identical_prompts,
             timeout,
             retries,
+            stall_timeout,
         )
+        runner.prepare(spec)  # faults that no retry fixes stop here, before a run is stored
     else:
         runner = get_backend(backend, **options)
     meter = None
@@ -504,16 +531,17 @@ def profile(
             warmup_s=warmup,
             validate=validate,
         )
-        console.print(f"run {run.id} stored in {store} ({run.device})", markup=False)
+        say(f"run {run.id} stored in {store} ({run.device})", err=False)
+        outcome = _api_outcome(db, run.id, len(grid.points())) if is_api else None
+        # The policy by backend: an API's constant overhead (§3.5) too.
         policy = FitPolicy(api=is_api, accept_poor_fit=accept_poor_fit)
-        try:  # the policy by backend: an API's overhead (§3.5) too
-            fitted = fit_run(db, run.id, policy)
-        except UserError as error:
-            raise UserError(f"run {run.id} is stored, but {error}") from error
+        fitted = _fit_or_note(db, run.id, outcome, policy)
         for model_fit in fitted:
             db.record_fit(run.id, model_fit)
     for model_fit in fitted:
         print_fit(model_fit)
+    if outcome is not None and not outcome.complete:
+        raise typer.Exit(code=INCOMPLETE_EXIT)
     runtime_models = [m for m in fitted if m.quantity == "runtime_s"]
     energy_models = [m for m in fitted if m.quantity == "energy_j"]
     if output:
@@ -535,6 +563,29 @@ def profile(
             f"(${pricing.price_per_hour_usd}/h, {pricing.power_watts} W each)",
         )
     )
+
+
+def _api_outcome(db: Store, run_id: int, expected: int) -> Any:
+    """Print how an API run ended (counts by cause); an incomplete run is marked so."""
+    from infermeter.api.outcome import run_outcome
+
+    outcome = run_outcome(db.points(run_id), expected)
+    say(outcome.line(), *(("", "") if outcome.complete else ("incomplete:", "yellow")))
+    if not outcome.complete:
+        db.set_run_status(run_id, "incomplete")
+    return outcome
+
+
+def _fit_or_note(db: Store, run_id: int, outcome: Any, policy: FitPolicy) -> list[CostModel]:
+    """The run's models under `policy`; for an incomplete API run a fit that cannot be made
+    is a note (the exit code says the rest), otherwise an error that says the run is stored."""
+    try:
+        return fit_run(db, run_id, policy)
+    except UserError as error:
+        if outcome is None or outcome.complete:
+            raise UserError(f"run {run_id} is stored, but {error}") from error
+        say(str(error), "not fitted:", "yellow")
+        raise typer.Exit(code=INCOMPLETE_EXIT) from None
 
 
 def _save_fitted(models: list[CostModel], output: Path) -> None:
@@ -858,7 +909,18 @@ def load_command(
     prompt_tokens: int = typer.Option(512, help="Fixed prompt size p."),
     output_sizes: str = typer.Option("1,32", help="Output lengths, e.g. 1,32,128."),
     concurrency: str = typer.Option("1,2,4,8,16", help="Queries in flight, e.g. 1,2,4,8."),
-    trials: int = typer.Option(3, help="Trials per (output length, concurrency)."),
+    trials: int = typer.Option(3, help="Trials per (output length, concurrency) burst."),
+    mode: str = typer.Option(
+        "burst",
+        help="burst: c queries sent at once, `trials` times (the paper's Fig. 6); concurrent: "
+        "c kept in flight for --duration-s; rate: --rate requests/s for --duration-s.",
+    ),
+    rate: str | None = typer.Option(None, help="Requests per second for --mode rate, e.g. 1,2,5."),
+    arrival: str = typer.Option("poisson", help="Arrivals of --mode rate: constant or poisson."),
+    duration: float = typer.Option(30.0, "--duration-s", help="Seconds per level (timed modes)."),
+    warmup: float = typer.Option(
+        5.0, "--warmup-s", help="Seconds of load before each timed level (stored, not summarised)."
+    ),
     base_url: str | None = BaseUrlOption,
     api_model: str | None = ApiModelOption,
     api_key: str | None = ApiKeyOption,
@@ -868,36 +930,53 @@ def load_command(
     identical_prompts: bool = IdenticalPromptsOption,
     timeout: float = RequestTimeoutOption,
     retries: int = RetriesOption,
+    stall_timeout: float = StallTimeoutOption,
     output: Path | None = typer.Option(None, help="Write the summary (.csv/.jsonl/.parquet)."),
     store: Path = StoreOption,
 ) -> None:
-    """Runtime vs number of queries in flight at a fixed prompt size (the paper's Fig. 6)."""
-    from infermeter.api.load import LoadGrid, load_summary, run_load_sweep
+    """Load on an API at a fixed prompt size: bursts of c queries (the paper's Fig. 6), c kept
+    in flight, or a request rate; p50/p90/p99 of latency, TTFT and inter-token latency."""
+    from infermeter.api.load import (
+        LoadGrid,
+        TimedLoad,
+        load_summary,
+        run_load_sweep,
+        run_timed_load,
+        timed_summary,
+    )
+    from infermeter.api.outcome import run_outcome
 
     spec = _api_spec(model)
-    grid = LoadGrid(
-        prompt_tokens,
-        parse_sizes(output_sizes, "--output-sizes") or (1,),
-        parse_sizes(concurrency, "--concurrency") or (1,),
-        trials,
-    )
+    sizes = parse_sizes(output_sizes, "--output-sizes") or (1,)
+    if mode == "burst":
+        grid: Any = LoadGrid(
+            prompt_tokens, sizes, parse_sizes(concurrency, "--concurrency") or (1,), trials
+        )
+    elif mode in ("concurrent", "rate"):
+        levels = (
+            parse_rates(rate, "--rate")
+            if mode == "rate"
+            else parse_sizes(concurrency, "--concurrency")
+        )
+        if not levels:
+            raise UserError("--mode rate needs --rate, e.g. --rate 1,2,5 (requests per second)")
+        grid = TimedLoad(
+            prompt_tokens, sizes[0], mode, tuple(float(v) for v in levels), duration, warmup,
+            arrival,  # type: ignore[arg-type]
+        )  # fmt: skip
+    else:
+        raise UserError(f"--mode must be burst, concurrent or rate, got {mode!r}")
     grid.validate(spec)
     options, runner = openai_backend(
-        base_url,
-        api_model,
-        api_key,
-        endpoint,
-        stream,
-        tokenizer,
-        identical_prompts,
-        timeout,
-        retries,
-    )
+        base_url, api_model, api_key, endpoint, stream, tokenizer, identical_prompts, timeout,
+        retries, stall_timeout, "--prompt-tokens",
+    )  # fmt: skip
+    runner.prepare(spec)  # faults that no retry fixes stop here, before a run is stored
     with (
         Store(store) as db,
         progress_bar() as bar,
     ):
-        task = bar.add_task(f"load sweep of {spec.name}", total=None, last="")
+        task = bar.add_task(f"load on {spec.name} ({mode})", total=None, last="")
 
         def on_start(run: Any, done: int, total: int) -> None:
             bar.update(task, total=total, completed=done)
@@ -909,23 +988,56 @@ def load_command(
             last = f"o={o} c={c} max {max(m.runtime_s for m in ms):.3f}s"
             bar.update(task, advance=1, last=last + (f" [red]{bad} not ok[/]" if bad else ""))
 
-        run = run_load_sweep(
-            db,
-            spec,
-            {"backend": "openai"},
-            runner,
-            options,
-            grid,
-            on_start,
-            on_step,
-            device=f"api: {options['base_url']}",
-        )
-        summary = load_summary(db.points(run.id))
-    console.print(f"run {run.id} stored in {store}")
-    console.print(frame_table(summary, f"runtime vs queries in flight (p = {prompt_tokens})"))
+        def on_level(level: float, ms: list[Any]) -> None:
+            bad = sum(m.status != "ok" for m in ms)
+            last = f"level {level:g}: {len(ms)} requests"
+            bar.update(task, advance=1, last=last + (f" [red]{bad} not ok[/]" if bad else ""))
+
+        device = f"api: {options['base_url']}"
+        if mode == "burst":
+            run = run_load_sweep(
+                db, spec, {"backend": "openai"}, runner, options, grid, on_start, on_step, device
+            )
+            points = db.points(run.id)
+            summary = load_summary(points)
+            expected = sum(c for _, c, _ in grid.steps())
+        else:
+            bar.update(task, total=len(grid.levels))
+            run = run_timed_load(
+                db, spec, {"backend": "openai"}, runner, options, grid, on_level, device
+            )
+            points = db.points(run.id)
+            summary = timed_summary(points, grid.duration_s)
+            expected = len(points)  # a timed level has no fixed count: its failures count
+        outcome = run_outcome(points, expected)
+        if not outcome.complete:
+            db.set_run_status(run.id, "incomplete")
+    say(f"run {run.id} stored in {store}", err=False)
+    title = (
+        f"runtime vs queries in flight (p = {prompt_tokens})"
+        if mode == "burst"
+        else f"{mode} load (p = {prompt_tokens}, o = {sizes[0]}, {grid.duration_s:g} s a level)"
+    )
+    console.print(frame_table(summary, title))
     if output:
         write_table(summary, output)
-        console.print(f"summary written to {output}")
+        say(f"summary written to {output}", err=False)
+    say(outcome.line(), *(("", "") if outcome.complete else ("incomplete:", "yellow")))
+    if not outcome.complete:
+        raise typer.Exit(code=INCOMPLETE_EXIT)
+
+
+def parse_rates(text: str | None, label: str) -> tuple[float, ...] | None:
+    """Comma-separated positive numbers (requests per second), or a UserError."""
+    if text is None:
+        return None
+    try:
+        rates = tuple(float(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise UserError(f"{label} must be comma-separated numbers, e.g. 0.5,1,2") from None
+    if not rates or min(rates) <= 0:
+        raise UserError(f"{label} must be positive numbers, e.g. 0.5,1,2")
+    return rates
 
 
 @app.command("variance")
@@ -945,10 +1057,14 @@ def variance_command(
         run_id = run if run is not None else db.latest_run_id()
         db.get_run(run_id)  # refuses an unknown run with its message
         points = db.points(run_id)
-        denoised = fit_run(db, run_id)[0]
+        console.print(frame_table(trial_variation(points), f"variation over trials, run {run_id}"))
+        try:  # the spread above needs no fit; raw vs denoised does
+            denoised = fit_run(db, run_id)[0]
+        except UserError as error:
+            say(f"{error}", "no raw vs denoised:", "yellow")
+            return
     reference = CostModel.from_dict(json.loads(idealized.read_text())) if idealized else None
     comparison = raw_vs_models(points, denoised, reference)
-    console.print(frame_table(trial_variation(points), f"variation over trials, run {run_id}"))
     stats = noise_summary(points, comparison)
     line = (
         f"mean CV {stats['mean_cv']:.3f}, max CV {stats['max_cv']:.3f}, worst max/min "

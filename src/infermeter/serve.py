@@ -6,8 +6,14 @@ tokens. Length controls: max_tokens, min_tokens, ignore_eos.
 
 Generation runs on one worker thread, one request at a time in arrival order (a batch-1 stack):
 requests in flight queue behind each other, which is what a parallel-load sweep sees. Tokens
-cross to the event loop through an asyncio queue, so a stream shows each token as it is made,
-and a client that hangs up cancels its generation.
+cross to the event loop through an asyncio queue. With the hf backend a stream shows each token
+as it is made; the engine backend generates the whole sequence first and then streams it (its
+decode is one CUDA graph per step over a static cache, run to the end): its streams carry the
+header `x-infermeter-stream: after-generation` (hf: `live`), so their TTFT is not a TTFT. A
+client that hangs up cancels its generation, streamed or not.
+
+Malformed requests (a body that is not a JSON object, messages that are not objects, a bad
+stream_options, token ids outside the vocabulary) get OpenAI-style 400 errors.
 
 Prompt tokens = the tokenizer's ids of the prompt (or of the chat template's text) plus BOS.
 """
@@ -101,6 +107,19 @@ class _Detokenizer:
         return piece
 
 
+def check_messages(messages: Any) -> list[dict[str, Any]]:
+    """The chat messages, or BadRequest: a non-empty list of objects with text content."""
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty list")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest(f"messages[{i}] must be an object with a role and content")
+        content = message.get("content", "")
+        if not isinstance(content, (str, list)) and content is not None:
+            raise BadRequest(f"messages[{i}].content must be a string or a list of parts")
+    return messages
+
+
 def chat_text(messages: list[dict[str, Any]]) -> str:
     """A plain chat template: 'role: content' lines, then 'assistant:'."""
     lines = []
@@ -138,6 +157,8 @@ def create_app(
     """The FastAPI app serving `generator` as `model_name` (tokens counted by `tokenizer`)."""
     stops = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
     worker = GenerationWorker(generator, stops)
+    live = getattr(generator, "streams_live", not str(generator.name).startswith("engine:"))
+    mode = "live" if live else "after-generation"
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
@@ -170,10 +191,7 @@ def create_app(
 
     def prompt_ids(body: dict[str, Any], chat: bool) -> list[int]:
         if chat:
-            messages = body.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise BadRequest("messages must be a non-empty list")
-            ids = tokenizer.encode(chat_text(messages))
+            ids = tokenizer.encode(chat_text(check_messages(body.get("messages"))))
         else:
             prompt = body.get("prompt", "")
             if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -184,6 +202,12 @@ def create_app(
                 isinstance(i, int) and not isinstance(i, bool) for i in prompt
             ):
                 ids = list(prompt)
+                bad = [i for i in ids if not 0 <= i < tokenizer.vocab_size]
+                if bad:
+                    raise BadRequest(
+                        f"token id {bad[0]} is outside the vocabulary (0 to "
+                        f"{tokenizer.vocab_size - 1})"
+                    )
             else:
                 raise BadRequest("prompt must be a string or a list of token ids (one prompt)")
         if add_bos and tokenizer.bos_id is not None:
@@ -195,10 +219,10 @@ def create_app(
             return error("Incorrect API key provided.", 401, "invalid_api_key")
         try:
             body = json.loads(await request.body())
-            if not isinstance(body, dict):
-                raise BadRequest("the request body must be a JSON object")
         except ValueError:
             return error("the request body is not JSON", 400)
+        if not isinstance(body, dict):
+            return error("the request body must be a JSON object", 400)
         try:
             if body.get("model") != model_name:
                 raise BadRequest(
@@ -216,6 +240,9 @@ def create_app(
             min_tokens = _int_field(body, "min_tokens", 0, 0)
             if min_tokens > max_tokens:
                 raise BadRequest(f"min_tokens ({min_tokens}) exceeds max_tokens ({max_tokens})")
+            options = body.get("stream_options")
+            if options is not None and not isinstance(options, dict):
+                raise BadRequest('stream_options must be an object, e.g. {"include_usage": true}')
             if len(ids) + max_tokens > generator.max_context:
                 raise BadRequest(
                     f"This model's maximum context length is {generator.max_context} tokens; "
@@ -236,13 +263,18 @@ def create_app(
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if body.get("stream"):
             events = _stream(job, tokenizer, meta, chat, include_usage)
-            return StreamingResponse(events, media_type="text/event-stream")
+            return StreamingResponse(
+                events, media_type="text/event-stream", headers={"x-infermeter-stream": mode}
+            )
         try:
-            tokens, finish = await _collect(job)
+            collected = await _collect_unless_gone(job, request)
         except Exception as failure:
             return error(f"generation failed: {failure}", 500)
         finally:
             job.cancelled.set()
+        if collected is None:  # the client hung up: nobody reads an answer
+            return error("the client closed the connection", 499)
+        tokens, finish = collected
         text = tokenizer.decode(tokens)
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         if chat:
@@ -285,6 +317,23 @@ async def _collect(job: _Job) -> tuple[list[int], str]:
                 raise finish
             return tokens, finish
         tokens.append(item)
+
+
+async def _collect_unless_gone(job: _Job, request: Any) -> tuple[list[int], str] | None:
+    """The job's tokens and finish reason, or None as soon as the client has hung up (checked
+    every 0.1 s: the worker then stops the generation at its next token)."""
+    collect = asyncio.ensure_future(_collect(job))
+    try:
+        while True:
+            done, _ = await asyncio.wait({collect}, timeout=0.1)
+            if done:
+                return collect.result()
+            if await request.is_disconnected():
+                job.cancelled.set()
+                return None
+    finally:
+        if not collect.done():
+            collect.cancel()
 
 
 async def _stream(

@@ -2,43 +2,60 @@
 
 One call, `ApiClient.complete(prompt, max_tokens)`, sends a completions or chat-completions
 request, streaming or not, and returns a `RequestRecord`: end-to-end time, time to first
-token and the arrival time of every streamed token (so inter-token latencies), the usage the
-server reported, and every attempt with its cause when something failed.
+token, the arrival time of every streamed chunk, the usage the server reported, and every
+attempt with its cause when something failed.
+
+A response counts only on positive evidence: at least one generated token (a chunk of
+content, reasoning, tool-call or completion text; a chunk of empty text is a token whose text
+is not yet whole, as llama.cpp's server sends half a UTF-8 character) or a usage count, and a
+finish reason. A stream needs no `[DONE]` when its body ended cleanly with a finish reason.
+Tokens are never counted from chunks: the count is the server's usage (its running usage per
+chunk where it sends one) and, where it reports none, the caller counts the text
+(`RequestRecord.generated_text`) with a tokenizer. Chunk gaps are inter-token latencies only
+where every chunk is known to hold one token (`RequestRecord.itl_s`).
 
 Faults are retried a bounded number of times with full-jitter exponential backoff; a 429 or
 503 with Retry-After waits what the server asked. Causes recorded per attempt:
 
-    connect      the connection was refused or could not be made
-    disconnected the server closed the connection before answering
-    timeout      no connection, no byte for `stall_timeout_s`, or over `timeout_s` in all
-    http_429     rate limited                      http_5xx   the server failed
-    http_4xx     the request was refused (401, 404, 400): not retried
-    malformed    the body or a stream event was not the JSON expected
-    stream_cut   the stream ended before [DONE] or the connection dropped mid-body
-    stream_error the server sent an error event inside the stream
+    connect       the connection was refused or could not be made
+    disconnected  the server closed the connection before answering
+    timeout       no connection, no byte for `stall_timeout_s`, or over `timeout_s` in all
+    http_429      rate limited                      http_5xx   the server failed
+    http_4xx      the request was refused (401, 404, 400): not retried
+    malformed     the body, a stream event or a usage count was not what OpenAI's API sends
+    stream_cut    the stream ended with no finish reason and no [DONE], or mid-body
+    incomplete    the answer ended (or sent [DONE]) without a finish reason
+    empty         no token and no usage count: nothing proves a completion happened
+    stream_error  the server reported an error in band (a 200 body, a data event holding
+                  {"error": ...}, an `event: error` or an `error:` line)
+    request_error the same, for an error that will repeat (context exceeded, bad request):
+                  not retried
+    too_large     the body passed `max_body_bytes`: not retried
 
 Timing uses time.perf_counter (CLOCK_MONOTONIC on Linux), stamped by api/http.py the moment
 bytes are read, before any parsing: the client neither limits the load it puts on a server nor
 blurs its timings (benchmarks/api_load_bench.py measures both).
-The API key goes only into the Authorization header: never into a record, a log or a message.
+The API key goes only into the Authorization header: never into a record, a log or a message;
+credentials in the URL (user:key@host) are sent as Basic auth and redacted everywhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import itertools
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from infermeter.api.http import HttpFailure, HttpPool, Origin, Response
+from infermeter.api.http import MAX_BODY_BYTES, HttpFailure, HttpPool, Origin, Response
 from infermeter.errors import UserError
 
 Endpoint = Literal["completions", "chat"]
@@ -51,9 +68,22 @@ RETRYABLE = frozenset(
         "http_5xx",
         "malformed",
         "stream_cut",
+        "incomplete",
+        "empty",
         "stream_error",
     }
 )
+# Optional request fields a server may refuse; dropped one at a time (api/features.py).
+OPTIONAL_FEATURES = ("stream_options", "ignore_eos", "min_tokens")
+
+
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """(url without user:password@, the userinfo or None). Never print the second."""
+    parts = urlsplit((url or "").strip())
+    if "@" not in parts.netloc:
+        return (url or "").strip(), None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=host)), unquote(userinfo)
 
 
 def normalize_base_url(url: str) -> str:
@@ -73,7 +103,13 @@ def normalize_base_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class ApiConfig:
-    """Where and how to send requests. The key is kept out of repr() and to_dict()."""
+    """Where and how to send requests. The key is kept out of repr() and to_dict().
+
+    `features` are the optional request fields sent (OPTIONAL_FEATURES): `stream_options`
+    asks a stream for usage, `ignore_eos` and `min_tokens` force the length. Credentials in
+    `base_url` move to `basic_auth` (sent as HTTP Basic auth, never stored or printed).
+    Times are seconds; `max_body_bytes` caps a response body.
+    """
 
     base_url: str
     model: str
@@ -87,13 +123,18 @@ class ApiConfig:
     backoff_s: float = 0.5
     backoff_max_s: float = 30.0
     retry_after_max_s: float = 120.0
-    forced_length: bool = True  # send ignore_eos and min_tokens (vLLM, TGI, SGLang, ours)
+    features: tuple[str, ...] = OPTIONAL_FEATURES
     temperature: float | None = 0.0
     extra_body: dict[str, Any] = field(default_factory=dict)
     max_connections: int = 1024
+    max_body_bytes: int = MAX_BODY_BYTES
+    basic_auth: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "base_url", normalize_base_url(self.base_url))
+        url, userinfo = split_credentials(self.base_url)
+        object.__setattr__(self, "base_url", normalize_base_url(url))
+        if userinfo is not None and self.basic_auth is None:
+            object.__setattr__(self, "basic_auth", userinfo)
         if self.endpoint not in ("completions", "chat"):
             raise UserError(f"endpoint must be completions or chat, got {self.endpoint!r}")
         if self.retries < 0:
@@ -101,6 +142,18 @@ class ApiConfig:
         for name in ("timeout_s", "connect_timeout_s", "stall_timeout_s"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_body_bytes < 1024:
+            raise UserError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
+        unknown = set(self.features) - set(OPTIONAL_FEATURES)
+        if unknown:
+            raise UserError(
+                f"unknown request features {sorted(unknown)}; known: {OPTIONAL_FEATURES}"
+            )
+
+    @property
+    def forced_length(self) -> bool:
+        """Whether the request asks the server for exactly max_tokens tokens."""
+        return "ignore_eos" in self.features or "min_tokens" in self.features
 
     @property
     def url(self) -> str:
@@ -108,16 +161,21 @@ class ApiConfig:
         return f"{self.base_url}/{path}"
 
     def to_dict(self) -> dict[str, Any]:
-        """Everything but the key, for the store."""
+        """Everything but the key and URL credentials, for the store."""
         data = asdict(self)
         data.pop("api_key")
-        data["authenticated"] = self.api_key is not None
+        data.pop("basic_auth")
+        data["features"] = list(self.features)
+        data["forced_length"] = self.forced_length
+        data["authenticated"] = self.api_key is not None or self.basic_auth is not None
         return data
 
 
 @dataclass
 class Attempt:
-    cause: str | None  # None: this attempt succeeded
+    """One HTTP attempt of a request: its cause (None: it succeeded) and its times in s."""
+
+    cause: str | None
     status: int | None = None
     detail: str | None = None
     duration_s: float = 0.0
@@ -126,7 +184,12 @@ class Attempt:
 
 @dataclass
 class RequestRecord:
-    """One request as the client saw it (the last attempt's timing; every attempt's cause)."""
+    """One request as the client saw it (the last attempt's timing; every attempt's cause).
+
+    chunk_times_s: arrival of every token-bearing stream chunk, from sent_at (s). A chunk may
+    hold several tokens; chunk_tokens[i] is its token count where the server's running usage
+    tells (else None). total_s spans every attempt and backoff: what a user waited.
+    """
 
     ok: bool
     cause: str | None = None
@@ -135,12 +198,17 @@ class RequestRecord:
     sent_at: float = 0.0  # perf_counter when the last attempt was sent
     e2e_s: float | None = None
     ttft_s: float | None = None
-    token_times_s: list[float] = field(default_factory=list)  # from sent_at, one per chunk
+    total_s: float | None = None
+    chunk_times_s: list[float] = field(default_factory=list)
+    chunk_tokens: list[int | None] = field(default_factory=list)
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     finish_reason: str | None = None
-    text: str = ""
+    text: str = ""  # content (chat) or text (completions)
+    reasoning: str = ""  # reasoning_content / reasoning deltas
+    tool_calls: str = ""  # tool-call names and arguments, as received
     response_id: str | None = None
+    notes: list[str] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
 
     @property
@@ -148,26 +216,58 @@ class RequestRecord:
         return max(0, len(self.attempts) - 1)
 
     @property
-    def itl_s(self) -> list[float]:
-        t = self.token_times_s
+    def generated_text(self) -> str:
+        """Everything the model generated: reasoning, content and tool calls."""
+        return self.reasoning + self.text + self.tool_calls
+
+    @property
+    def one_token_per_chunk(self) -> bool:
+        """Whether each chunk is known to hold exactly one token (usage says so)."""
+        n = len(self.chunk_times_s)
+        if n == 0:
+            return False
+        if all(t is not None for t in self.chunk_tokens) and self.chunk_tokens:
+            return all(t == 1 for t in self.chunk_tokens)
+        return self.completion_tokens == n
+
+    @property
+    def chunk_gaps_s(self) -> list[float]:
+        """Gaps between token-bearing chunks (s): inter-token latencies only when
+        one_token_per_chunk."""
+        t = self.chunk_times_s
         return [b - a for a, b in itertools.pairwise(t)]
+
+    @property
+    def itl_s(self) -> list[float] | None:
+        """Inter-token latencies (s), or None when tokens per chunk are unknown."""
+        return self.chunk_gaps_s if self.one_token_per_chunk else None
 
     def summary(self) -> dict[str, Any]:
         """The raw details kept with a stored measurement (text left out)."""
+        gaps = [round(x, 7) for x in self.chunk_gaps_s]
+        per_token = self.one_token_per_chunk
         return {
             "ok": self.ok,
             "cause": self.cause,
             "status": self.status,
             "e2e_s": self.e2e_s,
             "ttft_s": self.ttft_s,
-            "itl_s": [round(x, 7) for x in self.itl_s],
-            "stream_chunks": len(self.token_times_s),
+            "total_s": self.total_s,
+            "itl_s": gaps if per_token else None,
+            "chunk_gaps_s": None if per_token else gaps,
+            "stream_chunks": len(self.chunk_times_s),
+            "chunk_tokens": self.chunk_tokens
+            if any(t is not None for t in self.chunk_tokens)
+            else None,
             "usage": {
                 "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens,
             },
             "finish_reason": self.finish_reason,
+            "generated_chars": len(self.generated_text),
+            "reasoning_chars": len(self.reasoning),
             "response_id": self.response_id,
+            "notes": list(self.notes),
             "retries": self.retries,
             "attempts": [asdict(a) for a in self.attempts],
         }
@@ -202,18 +302,101 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+def _error_text(error: Any) -> str:
+    """The message of an error value: OpenAI's {"message": ...}, TGI's string, FastAPI's
+    {"detail": ...}, trimmed to one line."""
+    message: Any = error
+    if isinstance(error, dict):
+        message = error.get("message", error.get("detail", error.get("error", error)))
+        if isinstance(message, dict):
+            message = message.get("message", message)
+    text = message if isinstance(message, str) else json.dumps(message, default=str)
+    return " ".join(text.split())[:300]
+
+
 def _error_message(body: bytes) -> str:
-    """The server's own error message (OpenAI: {"error": {"message": ...}}), trimmed."""
+    """The server's own error message from a body, trimmed."""
     try:
         data = json.loads(body)
-        error = data.get("error", data) if isinstance(data, dict) else data
-        message = error.get("message") if isinstance(error, dict) else error
-        if message is None and isinstance(data, dict):
-            message = data.get("detail")
-        text = str(message)
-    except (ValueError, AttributeError):
-        text = body.decode("utf-8", errors="replace")
-    return " ".join(text.split())[:300]
+    except ValueError:
+        return " ".join(body.decode("utf-8", errors="replace").split())[:300]
+    if isinstance(data, dict) and "error" in data:
+        return _error_text(data["error"])
+    return _error_text(data)
+
+
+_REPEATING = (
+    "context length",
+    "context window",
+    "maximum context",
+    "too long",
+    "exceed",
+    "validation error",
+    "must have less than",
+    "too many tokens",
+    "invalid",
+)
+
+
+def in_band_failure(error: Any) -> _Failure:
+    """An error a server reported inside a 200 answer or a stream, with its own message.
+
+    It is `request_error` (not retried) when it will repeat: a 4xx code or status in it, an
+    invalid-request type, or a message about the context length; else `stream_error`.
+    """
+    message = _error_text(error)
+    repeats = any(word in message.lower() for word in _REPEATING)
+    if isinstance(error, dict):
+        inner = error.get("error") if isinstance(error.get("error"), dict) else error
+        for key in ("code", "status", "status_code"):
+            code = inner.get(key)
+            if isinstance(code, int) and 400 <= code < 500 and code not in (408, 429):
+                repeats = True
+            if isinstance(code, str) and "context_length" in code:
+                repeats = True
+        kind = str(inner.get("type") or inner.get("error_type") or "").lower()
+        if "invalid_request" in kind or "badrequest" in kind or "validation" in kind:
+            repeats = True
+    return _Failure("request_error" if repeats else "stream_error", message or "error")
+
+
+def _count(value: Any, name: str) -> int | None:
+    """A usage count: a whole number >= 0 or absent; anything else is a malformed answer."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _Failure("malformed", f"usage.{name} is {value!r}, not a token count")
+    return value
+
+
+def _usage(usage: Any) -> tuple[int | None, int | None] | None:
+    """(prompt_tokens, completion_tokens) of a usage object; None without one."""
+    if usage is None:
+        return None
+    if not isinstance(usage, dict):
+        raise _Failure("malformed", f"usage is {type(usage).__name__}, not an object")
+    return (
+        _count(usage.get("prompt_tokens"), "prompt_tokens"),
+        _count(usage.get("completion_tokens"), "completion_tokens"),
+    )
+
+
+def _pieces(part: dict[str, Any], chat: bool) -> tuple[str, str, str]:
+    """(text, reasoning, tool-call text) of a stream delta / choice, or a final message."""
+    if not chat:
+        text = part.get("text")
+        return (text if isinstance(text, str) else "", "", "")
+    text = part.get("content")
+    reasoning = part.get("reasoning_content") or part.get("reasoning") or ""
+    tools = ""
+    for call in part.get("tool_calls") or ():
+        function = call.get("function") or {} if isinstance(call, dict) else {}
+        tools += str(function.get("name") or "") + str(function.get("arguments") or "")
+    if text is not None and not isinstance(text, str):
+        raise TypeError(f"content is {type(text).__name__}, not text")
+    if not isinstance(reasoning, str):
+        raise TypeError(f"reasoning is {type(reasoning).__name__}, not text")
+    return (text or "", reasoning, tools)
 
 
 _SCAN = json.JSONDecoder().scan_once  # (text, index) -> (value, end); StopIteration if none
@@ -258,12 +441,20 @@ class ApiClient:
         self._http: HttpPool | None = None
         self._path = urlsplit(config.base_url).path.rstrip("/")
         self._headers = {"Content-Type": "application/json", "Accept": "*/*"}
+        self._secrets = [s for s in (config.api_key, config.basic_auth) if s]
         if config.api_key:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
+        elif config.basic_auth:
+            token = base64.b64encode(config.basic_auth.encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
+            self._secrets.append(token)
+        if config.basic_auth and ":" in config.basic_auth:
+            self._secrets.append(config.basic_auth.split(":", 1)[1])
 
     def _redact(self, text: str) -> str:
-        key = self.config.api_key
-        return text.replace(key, "***") if key else text
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def _pool(self) -> HttpPool:
         if self._http is None:
@@ -296,13 +487,13 @@ class ApiClient:
         endpoint: str,
         payload: bytes = b"",
         sse: bool = False,
-        on_event: Callable[[float, bytes], None] | None = None,
+        on_event: Any = None,
     ) -> tuple[Response, float]:
         c = self.config
         try:
             return await self._pool().request(
                 method, f"{self._path}/{endpoint}", self._headers, payload, sse,
-                c.stall_timeout_s, c.timeout_s, on_event,
+                c.stall_timeout_s, c.timeout_s, on_event, c.max_body_bytes,
             )  # fmt: skip
         except HttpFailure as failure:
             raise _Failure(failure.cause, self._redact(failure.detail)) from None
@@ -315,7 +506,7 @@ class ApiClient:
         min_tokens: int | None = None,
         stream: bool | None = None,
     ) -> dict[str, Any]:
-        """The JSON body of a request; forced length adds ignore_eos and min_tokens."""
+        """The JSON body of a request: `features` add stream_options, ignore_eos, min_tokens."""
         c = self.config
         stream = c.stream if stream is None else stream
         body: dict[str, Any] = {"model": c.model, "max_tokens": max_tokens, "stream": stream}
@@ -325,10 +516,11 @@ class ApiClient:
             body["prompt"] = prompt
         if c.temperature is not None:
             body["temperature"] = c.temperature
-        if stream:
+        if stream and "stream_options" in c.features:
             body["stream_options"] = {"include_usage": True}
-        if c.forced_length:
+        if "ignore_eos" in c.features:
             body["ignore_eos"] = True
+        if "min_tokens" in c.features:
             body["min_tokens"] = max_tokens if min_tokens is None else min_tokens
         body.update(c.extra_body)
         return body
@@ -353,12 +545,17 @@ class ApiClient:
     ) -> RequestRecord:
         """Send one request, retrying faults; always returns a record (ok or with its cause)."""
         body = self.body(prompt, max_tokens, min_tokens, stream)
+        return await self.send_body(body)
+
+    async def send_body(self, body: dict[str, Any]) -> RequestRecord:
+        """Send a request body as it is (see `body`), retrying faults; returns its record."""
         payload = json.dumps(body).encode()
         record = RequestRecord(ok=False)
+        first = time.perf_counter()
         for attempt_no in range(self.config.retries + 1):
             started = time.perf_counter()
             try:
-                await self._attempt(payload, bool(body["stream"]), record)
+                await self._attempt(payload, bool(body.get("stream")), record)
             except _Failure as failure:
                 attempt = Attempt(
                     failure.cause,
@@ -374,14 +571,14 @@ class ApiClient:
                     failure.status,
                 )
                 if failure.cause not in RETRYABLE or attempt_no == self.config.retries:
-                    return record
+                    break
                 wait = self._backoff(attempt_no, failure.retry_after)
                 if wait is None:
                     record.detail = (
                         f"{attempt.detail}; Retry-After {failure.retry_after:.0f} s exceeds the "
                         f"{self.config.retry_after_max_s:.0f} s limit"
                     )
-                    return record
+                    break
                 attempt.waited_s = wait
                 await asyncio.sleep(wait)
                 continue
@@ -389,8 +586,9 @@ class ApiClient:
                 Attempt(None, record.status, None, time.perf_counter() - started)
             )
             record.ok, record.cause, record.detail = True, None, None
-            return record
-        return record  # pragma: no cover - the loop always returns
+            break
+        record.total_s = time.perf_counter() - first
+        return record
 
     def _backoff(self, attempt_no: int, retry_after: float | None) -> float | None:
         """Full jitter, doubling per attempt; a server's Retry-After wins (plus up to 10%)."""
@@ -402,8 +600,8 @@ class ApiClient:
         return self._rng.uniform(0.0, min(c.backoff_max_s, c.backoff_s * 2**attempt_no))
 
     async def _attempt(self, payload: bytes, stream: bool, record: RequestRecord) -> None:
-        record.token_times_s = []
-        record.text = ""
+        record.chunk_times_s, record.chunk_tokens, record.notes = [], [], []
+        record.text = record.reasoning = record.tool_calls = ""
         record.ttft_s = record.e2e_s = None
         record.prompt_tokens = record.completion_tokens = None
         record.finish_reason = record.response_id = None
@@ -418,14 +616,15 @@ class ApiClient:
             self._raise_http(
                 response.status, bytes(response.body), response.headers.get("retry-after")
             )
-        if events is not None:
+        record.e2e_s = (response.done_at or time.perf_counter()) - sent
+        if events is not None and not response.body:  # api/http.py kept a JSON answer whole
             self._read_events(response, sent, record, events)
-        else:
-            record.e2e_s = (response.done_at or time.perf_counter()) - sent
+        else:  # a JSON answer (also a JSON error to a streamed request)
             self._parse_body(bytes(response.body), record)
+        self._check_evidence(record)
 
     def _raise_http(self, status: int, raw: bytes, retry_after: str | None) -> None:
-        message = _error_message(raw)
+        message = self._redact(_error_message(raw))
         if status == 429:
             raise _Failure("http_429", message or "rate limited", status, _retry_after(retry_after))
         if status >= 500:
@@ -436,45 +635,60 @@ class ApiClient:
     def _parse_body(self, raw: bytes, record: RequestRecord) -> None:
         try:
             data = json.loads(raw)
+        except ValueError as error:
+            raise _Failure("malformed", f"the response is not JSON ({error})") from error
+        if isinstance(data, dict) and data.get("error"):
+            raise in_band_failure(data["error"])
+        try:
             choice = data["choices"][0]
-            if self.config.endpoint == "chat":
-                record.text = (choice.get("message") or {}).get("content") or ""
-            else:
-                record.text = choice.get("text") or ""
+            part = (choice.get("message") or {}) if self.config.endpoint == "chat" else choice
+            record.text, record.reasoning, record.tool_calls = _pieces(
+                part, self.config.endpoint == "chat"
+            )
             record.finish_reason = choice.get("finish_reason")
             record.response_id = data.get("id")
-            self._usage(data.get("usage"), record)
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
+        except (KeyError, IndexError, TypeError, AttributeError) as error:
             raise _Failure("malformed", f"the response is not OpenAI JSON ({error!r})") from error
+        counts = _usage(data.get("usage"))
+        if counts is not None:
+            record.prompt_tokens, record.completion_tokens = counts
 
     @staticmethod
-    def _usage(usage: Any, record: RequestRecord) -> None:
-        if isinstance(usage, dict):
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            record.prompt_tokens = int(prompt) if prompt is not None else None
-            record.completion_tokens = int(completion) if completion is not None else None
+    def _check_evidence(record: RequestRecord) -> None:
+        """Raise unless the answer proves a completion: a token or a usage count, and a
+        finish reason."""
+        tokens = bool(record.generated_text) or bool(record.chunk_times_s)
+        if not tokens and record.completion_tokens is None:
+            raise _Failure("empty", "the answer held no token and no usage count")
+        if not record.finish_reason:
+            raise _Failure("incomplete", "the answer ended without a finish reason")
 
     def _read_events(
         self, response: Response, sent: float, record: RequestRecord, events: _StreamEvents
     ) -> None:
-        for arrived, data in response.events:  # any the connection kept (none with a hook)
-            events(arrived, data)
+        for arrived, data, name in response.events:  # any the connection kept (no hook)
+            events(arrived, data, name)
         if events.failure is not None:
             raise events.failure
         record.response_id = events.response_id
         record.finish_reason = events.finish_reason
         if events.usage is not None:
-            self._usage(events.usage, record)
-        record.token_times_s = [t - sent for t in events.arrivals]
-        record.e2e_s = (response.done_at or time.perf_counter()) - sent
-        record.text = "".join(events.pieces)
-        if record.token_times_s:
-            record.ttft_s = record.token_times_s[0]
+            record.prompt_tokens, record.completion_tokens = events.usage
+        record.chunk_times_s = [t - sent for t in events.arrivals]
+        record.chunk_tokens = events.chunk_tokens
+        record.text = "".join(events.text)
+        record.reasoning = "".join(events.reasoning)
+        record.tool_calls = "".join(events.tools)
+        if record.chunk_times_s:
+            record.ttft_s = record.chunk_times_s[0]
         if not events.done:
-            raise _Failure(
-                "stream_cut",
-                f"the stream ended after {len(record.token_times_s)} tokens without [DONE]",
-            )
+            if not events.finish_reason:
+                raise _Failure(
+                    "stream_cut",
+                    f"the stream ended after {len(record.chunk_times_s)} chunks with no finish "
+                    "reason and no [DONE]",
+                )
+            record.notes.append("no [DONE]: the body ended cleanly after the finish reason")
 
 
 class _StreamEvents:
@@ -485,31 +699,44 @@ class _StreamEvents:
     where parsing them all when the stream ends held the event loop for ~40 us per request
     (32 tokens) just as the next request was due to go out. The first fault is kept and
     raised when the response is read; later events are ignored.
+
+    A chunk bears tokens when it carries generated text of any kind (content, reasoning,
+    tool calls, completion text) or empty text with neither a role nor a finish reason (a
+    token whose characters are not yet whole). Where a chunk carries running usage, its
+    token count is the growth of usage.completion_tokens.
     """
 
     __slots__ = (
         "arrivals",
         "chat",
+        "chunk_tokens",
         "done",
         "failure",
         "finish_reason",
-        "pieces",
+        "reasoning",
         "response_id",
+        "text",
+        "tools",
         "usage",
     )
 
     def __init__(self, chat: bool) -> None:
         self.chat = chat
-        self.pieces: list[str] = []
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.tools: list[str] = []
         self.arrivals: list[float] = []
+        self.chunk_tokens: list[int | None] = []
         self.done = False
         self.failure: _Failure | None = None
         self.response_id: str | None = None
         self.finish_reason: str | None = None
-        self.usage: Any = None
+        self.usage: tuple[int | None, int | None] | None = None
 
-    def __call__(self, arrived: float, data: bytes) -> None:
+    def __call__(self, arrived: float, data: bytes, name: str = "") -> None:
         if self.failure is not None:
+            return
+        if name in ("ping", "keepalive", "keep-alive"):
             return
         if data == b"[DONE]":
             self.done = True
@@ -520,29 +747,54 @@ class _StreamEvents:
             if end != len(text):
                 raise ValueError("extra data after the JSON value")
         except (ValueError, StopIteration):
-            self.failure = _Failure("malformed", f"a stream event is not JSON: {data[:80]!r}")
+            if name == "error":  # an error field or event whose data is plain text
+                self.failure = in_band_failure(data.decode("utf-8", "replace"))
+            else:
+                self.failure = _Failure("malformed", f"a stream event is not JSON: {data[:80]!r}")
+            return
+        if name == "error" or (isinstance(event, dict) and "error" in event):
+            error = event.get("error", event) if isinstance(event, dict) else event
+            self.failure = in_band_failure(error if error is not None else event)
             return
         if not isinstance(event, dict):
             self.failure = _Failure("malformed", "a stream event is not a JSON object")
             return
-        if "error" in event:
-            self.failure = _Failure("stream_error", _error_message(data))
-            return
         try:
-            if self.response_id is None:
-                self.response_id = event.get("id")
-            if event.get("usage"):
-                self.usage = event["usage"]
-            for choice in event.get("choices") or ():
-                piece = (
-                    (choice.get("delta") or {}).get("content") if self.chat else choice.get("text")
-                )
-                if piece:
-                    if not isinstance(piece, str):
-                        raise TypeError(f"a token is {type(piece).__name__}, not text")
-                    self.pieces.append(piece)
-                    self.arrivals.append(arrived)
-                if choice.get("finish_reason"):
-                    self.finish_reason = choice["finish_reason"]
+            self._chunk(arrived, event)
+        except _Failure as failure:
+            self.failure = failure
         except (AttributeError, TypeError) as error:
             self.failure = _Failure("malformed", f"a stream event is not OpenAI JSON ({error!r})")
+
+    def _chunk(self, arrived: float, event: dict[str, Any]) -> None:
+        if self.response_id is None:
+            self.response_id = event.get("id")
+        before = self.usage[1] if self.usage is not None else None
+        usage = _usage(event.get("usage"))
+        if usage is not None:
+            self.usage = usage
+        bears = False
+        for choice in event.get("choices") or ():
+            part = (choice.get("delta") or {}) if self.chat else choice
+            text, reasoning, tools = _pieces(part, self.chat)
+            finish = choice.get("finish_reason")
+            if text or reasoning or tools:
+                bears = True
+                self.text.append(text)
+                self.reasoning.append(reasoning)
+                self.tools.append(tools)
+            elif (
+                ("content" in part if self.chat else "text" in part)
+                and not finish
+                and "role" not in part
+            ):
+                bears = True  # a token whose text is not whole yet (half a UTF-8 character)
+            if finish:
+                self.finish_reason = finish
+        if bears:
+            self.arrivals.append(arrived)
+            tokens = None  # running usage in this chunk and every one before: its growth
+            running = before is not None or not self.chunk_tokens
+            if usage is not None and usage[1] is not None and running:
+                tokens = usage[1] - (before or 0)
+            self.chunk_tokens.append(tokens)

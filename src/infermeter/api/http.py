@@ -16,8 +16,13 @@ response future is awaited directly, one timer guarding the stall and overall li
 `on_event` as each completes, so no parsing piles up at the end of a stream.
 
 Scope: what OpenAI-compatible endpoints need. Keep-alive connection pools per host, bodies by
-Content-Length, chunked or until close, TLS for https, request and idle timeouts. No proxies,
-redirects, compression (Accept-Encoding: identity) or HTTP/2.
+Content-Length, chunked or until close, TLS for https, request and idle timeouts, a cap on a
+body's size (cause `too_large`). No proxies, redirects, compression (Accept-Encoding:
+identity) or HTTP/2.
+
+Server-sent events: each `data:` line is handed over with the name of its event (`event:`
+line before it, "" when none); an `error:` line (llama.cpp's server reports stream errors so)
+is handed over as event "error". Comments (`: keep-alive`) and other fields are skipped.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+EventHook = Callable[[float, bytes, str], None]  # (arrival, data, event name)
+MAX_BODY_BYTES = 8 * 2**20  # a completion this large is no measurement: refuse it, bounded
 
 
 class HttpFailure(Exception):
@@ -45,10 +53,10 @@ class Response:
     reason: str = ""
     headers: dict[str, str] = field(default_factory=dict)  # lower-case names
     body: bytearray = field(default_factory=bytearray)
-    events: list[tuple[float, bytes]] = field(default_factory=list)  # (arrival, SSE data)
-    # Where given, each event goes to on_event(arrival, data) as it completes instead of into
-    # `events`: the caller parses as the stream goes, not all at once when it ends.
-    on_event: Callable[[float, bytes], None] | None = None
+    events: list[tuple[float, bytes, str]] = field(default_factory=list)  # (arrival, data, name)
+    # Where given, each event goes to on_event(arrival, data, name) as it completes instead of
+    # into `events`: the caller parses as the stream goes, not all at once when it ends.
+    on_event: EventHook | None = None
     head_at: float | None = None  # when the status line and headers were complete
     done_at: float | None = None  # when the last byte of the body arrived
     keep_alive: bool = True
@@ -68,6 +76,9 @@ class _Connection(asyncio.Protocol):
         self._line = bytearray()
         self._state = "idle"  # idle | head | length | chunk-size | chunk-data | chunk-end | close
         self._left = 0
+        self._event_name = ""
+        self._received = 0  # body bytes of the response in flight
+        self._max_body = MAX_BODY_BYTES
 
     # ---- asyncio protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -102,7 +113,8 @@ class _Connection(asyncio.Protocol):
         self,
         request: bytes,
         sse: bool,
-        on_event: Callable[[float, bytes], None] | None = None,
+        on_event: EventHook | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> tuple[asyncio.Future[Response], float]:
         """Write one request; returns its response's future and the time it was written.
 
@@ -116,6 +128,9 @@ class _Connection(asyncio.Protocol):
         self._buffer.clear()
         self._line.clear()
         self._state = "head"
+        self._event_name = ""
+        self._received = 0
+        self._max_body = max_body_bytes
         sent = self.last_read = time.perf_counter()  # the idle timer starts with the request
         self.transport.write(request)
         return future, sent
@@ -228,7 +243,9 @@ class _Connection(asyncio.Protocol):
             response.headers[name.strip().lower()] = value.strip()
         connection = response.headers.get("connection", "").lower()
         response.keep_alive = version == "HTTP/1.1" and connection != "close"
-        self._sse = self._sse and response.status < 400
+        # An error, or a JSON answer to a streamed request, is a body to read whole.
+        kind = response.headers.get("content-type", "").lower()
+        self._sse = self._sse and response.status < 400 and "json" not in kind
         if response.status in (204, 304) or 100 <= response.status < 200:
             self._finish(now, keep_alive=True)
         elif "chunked" in response.headers.get("transfer-encoding", "").lower():
@@ -242,6 +259,15 @@ class _Connection(asyncio.Protocol):
             self._state = "close"
 
     def _body(self, piece: bytes, now: float) -> None:
+        self._received += len(piece)
+        if self._received > self._max_body:
+            self._fail(
+                "too_large",
+                f"the response body passed {self._max_body:,} bytes; not read further",
+            )
+            self._buffer.clear()
+            self._state = "idle"
+            return
         if not self._sse:
             self._response.body += piece
             return
@@ -256,12 +282,21 @@ class _Connection(asyncio.Protocol):
 
     def _event(self, line: bytes | bytearray, now: float) -> None:
         if line.startswith(b"data:"):
-            data = bytes(line[5:]).strip()
-            hook = self._response.on_event
-            if hook is None:
-                self._response.events.append((now, data))
-            else:
-                hook(now, data)
+            data, name = bytes(line[5:]).strip(), self._event_name
+        elif line.startswith(b"error:"):
+            data, name = bytes(line[6:]).strip(), "error"
+        elif line.startswith(b"event:"):
+            self._event_name = bytes(line[6:]).strip().decode("utf-8", "replace")
+            return
+        else:
+            if not line.strip():  # a blank line ends the event (and its name)
+                self._event_name = ""
+            return
+        hook = self._response.on_event
+        if hook is None:
+            self._response.events.append((now, data, name))
+        else:
+            hook(now, data, name)
 
 
 @dataclass(frozen=True)
@@ -321,18 +356,22 @@ class HttpPool:
         sse: bool = False,
         stall_timeout_s: float = 120.0,
         timeout_s: float = 600.0,
-        on_event: Callable[[float, bytes], None] | None = None,
+        on_event: EventHook | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> tuple[Response, float]:
         """Send one request; returns the response and the perf_counter time it was written.
 
         With `on_event`, server-sent events are handed to it as they arrive (see Response).
+        Raises HttpFailure (connect, disconnected, timeout, stream_cut, malformed, too_large).
         """
         async with self._slots:
             conn = await self._connect()
             lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host_header}"]
             lines += [f"{k}: {v}" for k, v in headers.items()]
             lines += [f"Content-Length: {len(body)}", "Accept-Encoding: identity", "", ""]
-            future, sent = conn.send("\r\n".join(lines).encode("latin-1") + body, sse, on_event)
+            future, sent = conn.send(
+                "\r\n".join(lines).encode("latin-1") + body, sse, on_event, max_body_bytes
+            )
             # One timer guards the stall and overall limits; the response is awaited directly
             # (asyncio.wait would add a task hop and a timer per wake-up to every request).
             loop = asyncio.get_running_loop()

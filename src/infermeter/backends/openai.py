@@ -3,13 +3,22 @@
 A point (p, o, batch b, trial) sends b requests at once, each a prompt the server counts as
 exactly p tokens (api/prompts.py) asking for exactly o tokens (max_tokens = min_tokens = o,
 ignore_eos), and times them end to end; streaming adds the time to first token and every
-inter-token gap. Prompts differ between trials unless `identical_prompts`.
+chunk's arrival. Prompts differ between trials unless `identical_prompts`.
+
+`prepare` sends the measurement request itself first (streamed or not, stream_options,
+max_tokens = min_tokens = 4, ignore_eos): a field the server refuses is dropped, one at a
+time, with a note in the run (`notes`); whether the answer reports usage and honours the
+length is noted too. Prompt counts are calibrated with the same request shape where its
+answer reports usage, else with the same request unstreamed.
 
 Measurement.runtime_s is the raw end-to-end runtime (for b > 1 the longest of the b);
-Measurement.extra keeps the raw details: per-request runtimes, inter-token latencies, the
-reported usage, every attempt with its cause, the prompt's seed. A response whose reported
-prompt or completion size differs from (p, o) is stored with status "flagged" (left out of
-fits); a request that failed after its retries is stored with status "error" and the cause.
+Measurement.extra keeps the raw details: per-request runtimes, chunk gaps (inter-token
+latencies where each chunk is known to be one token), the reported usage, every attempt
+with its cause, the prompt's seed, and how the prompt and output sizes were checked
+(`prompt_check`, `output_tokens_from`). The output size is the server's usage, else
+max_tokens when the finish reason is "length", else the tokenizer's count of the text. A
+response whose prompt or output size differs from (p, o) is stored "flagged" (left out of
+fits); a request that failed after its retries is stored "error" with its cause.
 
 The API key is passed to the client only: describe(), the stored options and every message
 leave it out.
@@ -18,12 +27,23 @@ leave it out.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import os
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Literal
 
-from infermeter.api.client import ApiClient, ApiConfig, RequestRecord, _Failure, gc_paused
+from infermeter.api.client import (
+    OPTIONAL_FEATURES,
+    ApiClient,
+    ApiConfig,
+    RequestRecord,
+    _Failure,
+    gc_paused,
+    split_credentials,
+)
 from infermeter.api.prompts import (
     CalibrationCache,
     ExactPrompts,
@@ -33,12 +53,15 @@ from infermeter.api.prompts import (
 from infermeter.backends.base import Measurement, Point
 from infermeter.errors import UserError
 from infermeter.spec import ModelSpec
-from infermeter.tokenizer import load_tokenizer
+from infermeter.tokenizer import Tokenizer, load_tokenizer
 
 KEY_ENV = ("INFERMETER_API_KEY", "OPENAI_API_KEY")
 URL_ENV = ("INFERMETER_BASE_URL", "OPENAI_BASE_URL")
 MODEL_ENV = ("INFERMETER_API_MODEL",)
 ForcedLength = Literal["auto", "on", "off"]
+# A refusal naming no field drops these first (OpenAI's own API refuses the length fields).
+DROP_ORDER = ("ignore_eos", "min_tokens", "stream_options")
+PREFLIGHT_TOKENS = 4  # o > 1, so a server that ignores min_tokens or max_tokens shows it
 
 
 def _from_env(names: tuple[str, ...]) -> str | None:
@@ -96,6 +119,8 @@ class OpenAIBackend:
         retries: int = 3,
         forced_length: ForcedLength = "auto",
         calibration_cache: str | None = None,
+        stall_timeout_s: float = 120.0,
+        size_option: str = "--prompt-sizes",
     ) -> None:
         url = base_url or _from_env(URL_ENV)
         if not url:
@@ -106,6 +131,9 @@ class OpenAIBackend:
         if forced_length not in ("auto", "on", "off"):
             raise UserError(f"forced_length must be auto, on or off, got {forced_length!r}")
         self.api_model = api_model or _from_env(MODEL_ENV)
+        features = OPTIONAL_FEATURES
+        if forced_length == "off":
+            features = tuple(f for f in features if f not in ("ignore_eos", "min_tokens"))
         self.config = ApiConfig(
             base_url=url,
             model=self.api_model or "",
@@ -113,9 +141,14 @@ class OpenAIBackend:
             endpoint=endpoint,  # type: ignore[arg-type]
             stream=stream,
             timeout_s=timeout_s,
+            stall_timeout_s=stall_timeout_s,
             retries=retries,
-            forced_length=forced_length != "off",
+            features=features,
         )
+        self.size_option = size_option
+        self.url_had_credentials = split_credentials(url)[1] is not None
+        self.stream_usage: bool | None = None  # does a streamed answer report usage?
+        self._tokenizer: Tokenizer | None = None
         self.forced_length = forced_length
         self.tokenizer_source = tokenizer
         self.identical_prompts = identical_prompts
@@ -163,8 +196,19 @@ class OpenAIBackend:
 
     # ---- Backend protocol ------------------------------------------------------------------
     def prepare(self, spec: ModelSpec) -> None:
+        """Connect, check the model, probe with the measurement request and set up prompts.
+
+        Idempotent for one spec: a caller may prepare early (to fail before a run is
+        stored) and run_profile prepares again at no cost. Raises UserError on faults that
+        no retry can fix (refused connection, 401, unknown model, every feature refused).
+        """
+        if self._loop is not None and self.spec == spec and self.prompts is not None:
+            return
         self.close()
         self.spec = spec
+        self._notes = []
+        if self.url_had_credentials:
+            self._notes.append("credentials in the base URL: sent as Basic auth, never stored")
         self._loop = asyncio.new_event_loop()
         self._client = ApiClient(self.config)
         self._check_models()
@@ -173,14 +217,16 @@ class OpenAIBackend:
                 self._set_config(model=self.served_models[0])
             else:
                 self._set_config(model=spec.name)
-        self._check_forced_length()
-        factory = PromptFactory(
-            load_tokenizer(self.tokenizer_source) if self.tokenizer_source else None
-        )
+        self._preflight()
+        self._tokenizer = load_tokenizer(self.tokenizer_source) if self.tokenizer_source else None
+        factory = PromptFactory(self._tokenizer)
         key = "|".join(
             (self.config.base_url, self.config.model, self.config.endpoint, factory.name)
         )
-        self.prompts = ExactPrompts(factory, self._probe, key, self.cache, self.seed)
+        self.prompts = ExactPrompts(
+            factory, self._probe, key, self.cache, self.seed, self.size_option
+        )
+        self.prompts.calibrate(())  # the server's offset (and units) now: errors come early
 
     def _set_config(self, **changes: Any) -> None:
         self.config = replace(self.config, **changes)
@@ -206,24 +252,55 @@ class OpenAIBackend:
                 f"{', '.join(self.served_models)}; pass --api-model NAME"
             )
 
-    def _check_forced_length(self) -> None:
-        """One tiny request; without support for ignore_eos/min_tokens, drop them (auto)."""
+    def _preflight(self) -> None:
+        """Send the measurement request itself; drop refused optional fields one at a time.
+
+        The body is the one measurements send (stream, stream_options, max_tokens =
+        min_tokens = PREFLIGHT_TOKENS, ignore_eos). A 400 naming a field drops that field, a
+        400 naming none drops the next one sent (DROP_ORDER); each drop is a note
+        in the run. The answer then shows whether streams report usage and whether the
+        length is honoured (noted, not fatal: such points are checked one by one).
+        """
         assert self._client is not None
-        record = self._run(self._client.complete("hello", 1, stream=False))
-        if record.ok:
-            return
-        if record.status == 400 and self.forced_length == "auto" and self.config.forced_length:
-            self._set_config(forced_length=False)
-            self._notes.append(f"server refused ignore_eos/min_tokens ({record.detail}): not sent")
-            record = self._run(self._client.complete("hello", 1, stream=False))
+        while True:
+            record = self._run(self._client.complete("hello world", PREFLIGHT_TOKENS))
             if record.ok:
-                return
-        raise self._user_error(record)
+                break
+            sent = [f for f in DROP_ORDER if f in self.config.features and self._sends(f)]
+            refused = record.cause == "request_error" or (
+                record.cause == "http_4xx" and record.status not in (401, 403, 404)
+            )
+            if not refused or not sent:
+                raise self._user_error(record)
+            named = [f for f in sent if f in (record.detail or "")]
+            drop = named[0] if named else sent[0]
+            if self.forced_length == "on" and drop in ("ignore_eos", "min_tokens"):
+                raise self._user_error(record)
+            self._set_config(features=tuple(f for f in self.config.features if f != drop))
+            self._notes.append(f"server refused {drop} ({record.detail}): not sent")
+        if self.config.stream:
+            self.stream_usage = record.prompt_tokens is not None
+            if not self.stream_usage:
+                self._notes.append(
+                    "streamed answers report no usage: prompt sizes counted from unstreamed "
+                    "probes of the same request, each streamed prompt marked unverified"
+                )
+        produced, _ = self._produced(record, PREFLIGHT_TOKENS)
+        if produced is not None and produced != PREFLIGHT_TOKENS:
+            self._notes.append(
+                f"asked for exactly {PREFLIGHT_TOKENS} tokens, the server produced {produced}: "
+                "forced lengths may not be honoured (such points are flagged)"
+            )
+
+    def _sends(self, feature: str) -> bool:
+        return feature != "stream_options" or self.config.stream
 
     def _probe(self, text: str) -> int:
-        """The server's count of `text` as a prompt (one request with max_tokens=1)."""
+        """The server's count of `text` as a prompt: the measurement request with
+        max_tokens = 1 (unstreamed when streamed answers report no usage)."""
         assert self._client is not None
-        record = self._run(self._client.complete(text, 1, stream=False))
+        stream = self.config.stream and bool(self.stream_usage)
+        record = self._run(self._client.complete(text, 1, stream=stream))
         if not record.ok:
             raise self._user_error(record)
         if record.prompt_tokens is None:
@@ -232,6 +309,17 @@ class OpenAIBackend:
                 "cannot be checked; use a server that reports usage"
             )
         return record.prompt_tokens
+
+    def _produced(self, record: RequestRecord, asked: int) -> tuple[int | None, str | None]:
+        """(output tokens, how they were counted): usage, else the finish reason "length"
+        at max_tokens, else the tokenizer over the generated text; never stream chunks."""
+        if record.completion_tokens is not None:
+            return record.completion_tokens, "usage"
+        if record.finish_reason == "length":
+            return asked, "finish_reason length at max_tokens"
+        if self._tokenizer is not None:
+            return len(self._tokenizer.encode(record.generated_text)), "tokenizer over the text"
+        return None, None
 
     def measure(self, point: Point) -> Measurement:
         return self.measure_many([point])[0] if point.batch_size == 1 else self._batch(point)
@@ -268,12 +356,7 @@ class OpenAIBackend:
         for point in points:
             if point.prompt_tokens < 1 or point.output_tokens < 1:
                 raise UserError(f"point {point}: prompt and output tokens must be >= 1")
-        seeds = [
-            prompt_seed(
-                self.seed, pt.prompt_tokens, pt.output_tokens, pt.trial, self.identical_prompts
-            )
-            for pt in points
-        ]
+        seeds = [self._seed(pt) for pt in points]
         texts = [
             self.prompts.prompt(pt.prompt_tokens, s) for pt, s in zip(points, seeds, strict=True)
         ]
@@ -296,6 +379,69 @@ class OpenAIBackend:
             for pt, rec, seed in zip(points, records, seeds, strict=True)
         ]
 
+    def _seed(self, point: Point) -> int:
+        return prompt_seed(
+            self.seed,
+            point.prompt_tokens,
+            point.output_tokens,
+            point.trial,
+            self.identical_prompts,
+            point.batch_size,
+        )
+
+    def measure_timed(
+        self,
+        point_at: Callable[[int], Point],
+        concurrency: int | None,
+        arrivals: list[float] | None,
+        span_s: float,
+    ) -> list[tuple[Point, Measurement, float]]:
+        """Requests for `span_s` seconds: `concurrency` kept in flight, or one sent at each of
+        `arrivals` (s from the start). Request i is `point_at(i)`. Returns (point,
+        measurement, send time from the start in s) for every request, in send order;
+        requests in flight at the end are awaited (bounded by the client's timeouts)."""
+        if self._client is None or self.prompts is None:
+            raise RuntimeError("OpenAIBackend.measure_timed() called before prepare()")
+        first = point_at(0)
+        self.prompts.calibrate([first.prompt_tokens])  # no probe may run inside the timed loop
+        client, prompts = self._client, self.prompts
+        results: list[tuple[int, Point, RequestRecord, float]] = []
+
+        async def one(i: int, t0: float) -> None:
+            point = point_at(i)
+            text = prompts.prompt(point.prompt_tokens, self._seed(point))
+            start = time.perf_counter() - t0
+            record = await client.complete(text, point.output_tokens)
+            results.append((i, point, record, start))
+
+        async def closed_loop() -> None:
+            t0 = time.perf_counter()
+            counter = itertools.count()
+
+            async def worker() -> None:
+                while time.perf_counter() - t0 < span_s:
+                    await one(next(counter), t0)
+
+            await asyncio.gather(*(worker() for _ in range(concurrency or 1)))
+
+        async def open_loop() -> None:
+            t0 = time.perf_counter()
+            tasks = []
+            for i, at in enumerate(arrivals or ()):
+                wait = t0 + at - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                tasks.append(asyncio.create_task(one(i, t0)))
+            await asyncio.gather(*tasks)
+
+        with gc_paused():
+            self._run(closed_loop() if arrivals is None else open_loop())
+        results.sort(key=lambda r: r[0])
+        return [
+            (point, self._measurement(point, record, self._seed(point)), start)
+            for _, point, record, start in results
+        ]
+
     def _measurement(self, point: Point, record: RequestRecord, seed: int) -> Measurement:
         assert self.prompts is not None
         extra = {
@@ -313,15 +459,22 @@ class OpenAIBackend:
                 detail=f"{record.cause}: {record.detail} (after {tries} attempt(s))",
                 extra=extra,
             )
-        produced = record.completion_tokens
-        if produced is None and record.token_times_s:
-            produced = len(record.token_times_s)
-            extra["completion_tokens_from"] = "stream chunks (no usage reported)"
+        produced, source = self._produced(record, point.output_tokens)
+        extra["output_tokens_from"] = source
         notes = []
-        prompt_note = self.prompts.check(point.prompt_tokens, record.prompt_tokens)
-        if prompt_note:
-            notes.append(prompt_note)
-        if produced is not None and produced != point.output_tokens:
+        if record.prompt_tokens is None:
+            extra["prompt_check"] = "unverified: the answer reported no usage"
+        else:
+            prompt_note = self.prompts.check(point.prompt_tokens, record.prompt_tokens)
+            extra["prompt_check"] = "mismatch" if prompt_note else "exact (usage)"
+            if prompt_note:
+                notes.append(prompt_note)
+        if produced is None:
+            notes.append(
+                f"server stopped ({record.finish_reason}) before max_tokens, output size unknown "
+                "(no usage, no --tokenizer)"
+            )
+        elif produced != point.output_tokens:
             notes.append(f"server produced {produced} tokens, asked {point.output_tokens}")
         return Measurement(
             runtime_s=float(record.e2e_s or 0.0),
@@ -343,7 +496,10 @@ class OpenAIBackend:
             "seed": self.seed,
             "served_models": self.served_models,
             "prompt_offset": calibration.offset if calibration is not None else None,
-            "notes": self._notes,
+            "prompt_units": calibration.family if calibration is not None else None,
+            "stream_usage": self.stream_usage,
+            "notes": self._notes
+            + ([self.prompts.note] if self.prompts is not None and self.prompts.note else []),
             "client": "infermeter.api.http (HTTP/1.1 on asyncio)",
         }
 
@@ -361,4 +517,5 @@ class OpenAIBackend:
                 loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         finally:
             self._client = None
+            self.prompts = None
             loop.close()

@@ -26,6 +26,7 @@ from infermeter.fitted import (
 )
 from infermeter.provenance import git_commit, package_version, utc_date
 from infermeter.report import energy as en
+from infermeter.report import load_figs as lf
 from infermeter.report import runtime_figs as rt
 from infermeter.report import tradeoff_figs as tf
 from infermeter.report.html import Section, missing_html, render
@@ -113,8 +114,23 @@ def runtime_sections(runs: list[StoredRun]) -> list[Section]:
     ]
 
 
+def load_sections(runs: list[StoredRun]) -> list[Section]:
+    """Fig. 6: runtime vs load on an API, from `infermeter load` runs."""
+    loads = lf.load_runs(runs)
+    fig6 = Section("fig6", RUNTIME, "Fig. 6 · Runtime vs load on an API")
+    if not loads:
+        fig6.missing = missing_html("no load runs of an API", lf.LOAD_CMD)
+        return [fig6]
+    fig6.caption = (
+        f"{min(len(loads), 4)} load run(s) {describe_runs(loads[:4])}: bursts show the mean "
+        "runtime of whole steps (min over trials) and the p90 latency of every request; "
+        "timed runs show p50 and p99 latency over all attempts."
+    )
+    return [_safe(fig6, lambda: lf.fig_load(loads))]
+
+
 def api_sections(runs: list[StoredRun]) -> list[Section]:
-    apis = [r for r in api_runs(runs) if r.fit() is not None]
+    apis = [r for r in api_runs(runs) if lf.load_kind(r) is None and r.fit() is not None]
     table3 = Section("table3", RUNTIME, "Table 3 · Idealized vs denoised PE(p) and g")
     fig7 = Section("fig7", RUNTIME, "Fig. 7 · Raw vs denoised, and idealized vs denoised runtime")
     if not apis:
@@ -367,6 +383,7 @@ def build_report(inputs: ReportInputs) -> Report:
     sections = [
         *runtime_sections(runs),
         *api_sections(runs),
+        *load_sections(runs),
         *comparison_sections(runs),
         *tradeoff_sections(runs, inputs),
         *energy_sections(stores, runs),

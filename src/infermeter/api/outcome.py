@@ -1,0 +1,79 @@
+"""How an API run ended: points measured, flagged and failed by cause, and what is missing.
+
+Every API command ends with `RunOutcome.line()`, e.g. "4/12 points failed: http_5xx 'model
+overloaded' (4); rerun the same command to retry them", and exits non-zero
+(`INCOMPLETE_EXIT`) when any point of the grid has no usable measurement.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+INCOMPLETE_EXIT = 3  # some point of the grid failed or was never measured
+
+
+@dataclass
+class RunOutcome:
+    """Counts of one run's points against the `expected` number of its grid."""
+
+    expected: int
+    ok: int = 0
+    flagged: int = 0
+    failed: int = 0
+    causes: Counter[str] = field(default_factory=Counter)  # "cause 'first message'" -> n
+    flags: Counter[str] = field(default_factory=Counter)  # flag detail -> n
+
+    @property
+    def missing(self) -> int:
+        """Points of the grid with no row at all (never measured)."""
+        return max(0, self.expected - self.ok - self.flagged - self.failed)
+
+    @property
+    def complete(self) -> bool:
+        return self.failed == 0 and self.missing == 0
+
+    def line(self) -> str:
+        """One line for the end of a run: counts by cause and what to do."""
+        parts = []
+        if self.failed:
+            causes = ", ".join(f"{c} ({n})" for c, n in self.causes.most_common(3))
+            parts.append(f"{self.failed}/{self.expected} points failed: {causes}")
+        if self.missing:
+            parts.append(f"{self.missing}/{self.expected} points not measured")
+        if self.flagged:
+            flags = ", ".join(f"{d} ({n})" for d, n in self.flags.most_common(2))
+            parts.append(f"{self.flagged} flagged and left out of fits: {flags}")
+        if not parts:
+            return f"all {self.expected} points measured"
+        if not self.complete:
+            parts[-1] += "; rerun the same command to retry them"
+        return "; ".join(parts)
+
+
+def run_outcome(points: pd.DataFrame, expected: int) -> RunOutcome:
+    """The outcome of a run's stored points (Store.points) against its grid's size."""
+    outcome = RunOutcome(expected)
+    if points.empty:
+        return outcome
+    for row in points.itertuples(index=False):
+        if row.status == "ok":
+            outcome.ok += 1
+        elif row.status == "flagged":
+            outcome.flagged += 1
+            outcome.flags[_short(row.detail)] += 1
+        else:
+            outcome.failed += 1
+            extra = json.loads(row.extra_json) if isinstance(row.extra_json, str) else {}
+            cause = extra.get("cause") or "error"
+            message = (row.detail or "").removeprefix(f"{cause}: ").split(" (after ")[0]
+            outcome.causes[f"{cause} {_short(message)!r}"] += 1
+    return outcome
+
+
+def _short(text: object, width: int = 80) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,297 @@
+"""API runs end to end against real local servers that misbehave as public ones do: the
+pre-flight request, failures summarised at the end, literal messages, load accounting."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from api_servers import Raw, fault_server, free_port, json_answer, sse
+from infermeter.api.load import (
+    LoadGrid,
+    TimedLoad,
+    load_summary,
+    run_load_sweep,
+    run_timed_load,
+    timed_summary,
+)
+from infermeter.backends import get_backend
+from infermeter.cli import app
+from infermeter.profile import ProfileGrid, run_profile
+from infermeter.spec import ModelSpec
+from infermeter.store import Store
+
+SPEC = ModelSpec(
+    name="m", hidden_size=8, num_layers=1, num_heads=1, vocab_size=100, max_context=4096
+)
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _calibration_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERMETER_CACHE_DIR", str(tmp_path / "cache"))
+    for name in ("OPENAI_API_KEY", "INFERMETER_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def invoke(*args: Any):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def measurement(body: dict) -> bool:
+    """Measurement requests of the grids below (o = 2 or 3), not probes (1) or pre-flight (4)."""
+    return body.get("max_tokens") in (2, 3)
+
+
+GRID = ["--prompt-sizes", "8,16", "--output-sizes", "2,3", "--trials", "3"]
+
+
+def profile_through_faults(tmp_path: Path, *faults: str | Raw, options: tuple = ()):
+    """`infermeter profile` of GRID, the measurements taking `faults` in order, no retries."""
+    with fault_server() as server:
+        server.faults_for = measurement
+        server.script(*faults)
+        return invoke(
+            "profile", "m", "--backend", "openai", "--base-url", server.url, "--retries", "0",
+            "--store", tmp_path / "s.db", *options, *GRID,
+        )  # fmt: skip
+
+
+# ---- 4. the pre-flight request is the measurement request ---------------------------------
+
+
+def test_a_server_refusing_stream_options_is_profiled_without_them(tmp_path: Path) -> None:
+    """The issue's example: a 400 on stream_options passed pre-flight (unstreamed) and then
+    failed every point."""
+    with fault_server(refuse={"stream_options"}) as server, Store(tmp_path / "s.db") as db:
+        backend = get_backend("openai", base_url=server.url)
+        run = run_profile(db, SPEC, {}, backend, {}, ProfileGrid((8,), (2, 3), (1,), 2))
+        points = db.points(run.id)
+        first = server.requests[0]
+    assert (first["stream"], first["max_tokens"], first["min_tokens"]) == (True, 4, 4)
+    assert first["ignore_eos"] and first["stream_options"] == {"include_usage": True}
+    assert len(points) == 4 and (points.status == "ok").all()
+    assert any("refused stream_options" in n for n in run.backend_info["notes"])
+    assert run.backend_info["features"] == ["ignore_eos", "min_tokens"]
+    assert all("stream_options" not in r for r in server.requests[2:])
+    # no usage in streams now: prompts are unverified, said so, and still counted right
+    checks = {json.loads(e)["prompt_check"] for e in points.extra_json}
+    assert checks == {"unverified: the answer reported no usage"}
+
+
+def test_a_refusal_naming_no_field_drops_one_field_at_a_time(tmp_path: Path) -> None:
+    refusal = json_answer({"error": {"message": "Bad Request"}}, "400 Bad Request")
+    with fault_server() as server, Store(tmp_path / "s.db") as db:
+        server.script(refusal, refusal)  # the first two pre-flight requests
+        backend = get_backend("openai", base_url=server.url, endpoint="chat")
+        run = run_profile(db, SPEC, {}, backend, {}, ProfileGrid((16,), (2, 3), (1,), 1))
+        assert (db.points(run.id).status == "ok").all()
+    notes = run.backend_info["notes"]
+    assert [n.split(" (")[0] for n in notes[:2]] == [
+        "server refused ignore_eos",
+        "server refused min_tokens",
+    ]
+    assert "stream_options" in server.requests[-1] and "min_tokens" not in server.requests[-1]
+
+
+# ---- 1. through a profile: empty answers are failures, never fitted -----------------------
+
+
+def test_done_only_streams_are_failed_points_and_the_cli_says_so(tmp_path: Path) -> None:
+    result = profile_through_faults(tmp_path, *[sse([])] * 12)
+    assert result.exit_code == 3, result.output
+    assert "12/12 points failed: empty 'the answer held no token and no usage count'" in (
+        result.stderr
+    )
+    con = sqlite3.connect(tmp_path / "s.db")
+    assert con.execute("SELECT status FROM runs").fetchone()[0] == "incomplete"
+    assert con.execute("SELECT count(*) FROM points WHERE status='ok'").fetchone()[0] == 0
+
+
+# ---- 3. through a profile: complete streams without [DONE] are measurements ---------------
+
+
+def test_streams_without_done_are_profiled_and_fitted(tmp_path: Path) -> None:
+    """The issue's example: every point stream_cut after 4 attempts, exit 2, nothing fitted."""
+    result = profile_through_faults(tmp_path, *["nodone"] * 12)
+    assert result.exit_code == 0, result.output
+    assert "all 12 points measured" in result.stderr and "R²" in result.stdout
+    points = sqlite3.connect(tmp_path / "s.db").execute("SELECT extra_json FROM points")
+    assert all(json.loads(e)["retries"] == 0 for (e,) in points)
+
+
+# ---- 6. failures are counted at the end; a run that measured nothing leaves nothing ---------
+
+
+def test_failed_points_are_counted_by_cause_and_exit_non_zero(tmp_path: Path) -> None:
+    """The issue's example: 4 of 12 points failed with HTTP 500 and the command exited 0."""
+    result = profile_through_faults(tmp_path, "500", "", "500", "", "500", "", "500")
+    assert result.exit_code == 3, result.output
+    assert "4/12 points failed: http_5xx 'injected 500' (4); rerun the same command" in (
+        result.stderr
+    )
+    assert "R²" in result.stdout  # the 8 good points are still fitted and shown
+
+
+@pytest.mark.parametrize("fault", ["refused", "401"])
+def test_a_run_that_measured_nothing_leaves_no_run(tmp_path: Path, fault: str) -> None:
+    store = tmp_path / "s.db"
+    with fault_server() as server:
+        url = f"http://127.0.0.1:{free_port()}/v1" if fault == "refused" else server.url
+        server.script(*["401"] * 4)
+        result = invoke("profile", "m", "--backend", "openai", "--base-url", url,
+                        "--store", store, *GRID)  # fmt: skip
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert (
+        not store.exists()
+        or sqlite3.connect(store).execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+    )
+
+
+# ---- 7. untrusted text is printed literally ------------------------------------------------
+
+
+@pytest.mark.parametrize("message", ["[INST] hi [/INST]", "sizes [np.int64(6)] [bold]x[/]"])
+def test_server_text_is_printed_literally(tmp_path: Path, message: str) -> None:
+    """The issue's example: `[INST] hi [/INST]` crashed the CLI with rich's MarkupError."""
+    with fault_server() as server:
+        server.script(json_answer({"error": {"message": message}}, "403 Forbidden"))
+        result = invoke("profile", "m", "--backend", "openai", "--base-url", server.url,
+                        "--store", tmp_path / "s.db", *GRID)  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+
+
+def test_a_store_path_with_brackets_is_printed_as_it_is(tmp_path: Path) -> None:
+    store = tmp_path / "[red]runs[/red].db"
+    with fault_server() as server:
+        result = invoke("profile", "m", "--backend", "openai", "--base-url", server.url,
+                        "--store", store, *GRID)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"stored in {store}" in result.stdout.replace("\n", "")
+
+
+# ---- 8. the stall limit is an option ------------------------------------------------------
+
+
+def test_the_stall_timeout_is_an_option(tmp_path: Path) -> None:
+    result = profile_through_faults(tmp_path, "stall", options=("--stall-timeout", "0.3"))
+    assert result.exit_code == 3, result.output
+    assert "1/12 points failed: timeout 'no byte for 0.3 s'" in result.stderr
+
+
+# ---- 9. load: new prompts per level, every attempt counted, timed modes -------------------
+
+
+def test_load_levels_send_new_prompts_and_count_retries_and_failures(tmp_path: Path) -> None:
+    """The issue's example: every level resent the same prompts; retries were hidden and
+    failed requests dropped, so c = 4 looked faster than c = 2."""
+    with fault_server() as server, Store(tmp_path / "l.db") as db:
+        server.faults_for = measurement
+        # trial 0: c=1 fine; c=2 both cut, then one retry cut again (fails), one fine
+        server.script("", "cut", "cut", "cut", "")
+        backend = get_backend("openai", base_url=server.url, retries=1)
+        run = run_load_sweep(db, SPEC, {}, backend, {}, LoadGrid(16, (2,), (1, 2), 2))
+        points = db.points(run.id)
+        prompts = [json.dumps(r.get("prompt")) for r in server.requests if measurement(r)]
+    summary = load_summary(points).set_index("concurrency")
+    assert len(prompts) == 8 and len(set(prompts)) == 6  # only retries resend a prompt
+    assert summary.loc[2, "requests"] == 4 and summary.loc[2, "errors"] == 1
+    assert summary.loc[2, "attempts"] == 6 and summary.loc[2, "retried"] == 2
+    # the step with a failure is left out of the curve; the whole one is kept
+    assert summary.loc[2, "min_step_mean_s"] > 0
+    extra = [json.loads(e) for e in points.extra_json]
+    retried = [e for e in extra if e["retries"]]
+    assert all(e["total_s"] >= e["e2e_s"] for e in retried if e["e2e_s"])
+
+
+def test_cli_load_reports_failures_and_exits_non_zero(tmp_path: Path) -> None:
+    with fault_server() as server:
+        server.faults_for = measurement
+        server.script("500")
+        result = invoke(
+            "load", "m", "--base-url", server.url, "--prompt-tokens", "16", "--output-sizes",
+            "2", "--concurrency", "1,2", "--trials", "1", "--retries", "0",
+            "--store", tmp_path / "l.db",
+        )  # fmt: skip
+    assert result.exit_code == 3, result.output
+    assert "1/3 points failed: http_5xx 'injected 500' (1)" in result.stderr
+
+
+def test_load_prompt_below_the_offset_names_the_load_option(tmp_path: Path) -> None:
+    with fault_server(offset=12) as server:
+        result = invoke("load", "m", "--base-url", server.url, "--prompt-tokens", "4",
+                        "--store", tmp_path / "l.db")  # fmt: skip
+    assert result.exit_code == 2
+    assert "--prompt-tokens of at least 12" in result.stderr and "--prompt-sizes" not in (
+        result.stderr
+    )
+
+
+@pytest.mark.parametrize(("mode", "levels"), [("concurrent", (1.0, 3.0)), ("rate", (20.0,))])
+def test_timed_load_modes(tmp_path: Path, mode: str, levels: tuple[float, ...]) -> None:
+    load = TimedLoad(16, 2, mode, levels, duration_s=1.0, warmup_s=0.1, arrival="constant")  # type: ignore[arg-type]
+    with fault_server(delay_s=0.02) as server, Store(tmp_path / "t.db") as db:
+        backend = get_backend("openai", base_url=server.url)
+        run = run_timed_load(db, SPEC, {}, backend, {}, load)
+        points = db.points(run.id)
+    summary = timed_summary(points, load.duration_s).set_index("level")
+    assert list(summary.index) == list(levels) and (points.status == "ok").all()
+    extra = pd.DataFrame([json.loads(e) for e in points.extra_json])
+    assert extra["warmup"].any() and not extra["warmup"].all()
+    assert (summary["requests"] > 0).all() and (summary["failed"] == 0).all()
+    for name in ("latency", "ttft", "gap"):
+        assert (summary[f"{name}_p99_s"] >= summary[f"{name}_p50_s"]).all()
+    assert set(summary["gap_kind"]) == {"itl"}
+    if mode == "rate":  # 20/s over 1.1 s, evenly spaced: one request every 0.05 s
+        assert len(points) == len(load.arrivals(20.0)) in (21, 22)
+
+
+# ---- 10. credentials in the URL ----------------------------------------------------------
+
+
+def test_credentials_in_the_base_url_are_never_stored(tmp_path: Path) -> None:
+    """The issue's example: user:KEY@host was stored verbatim in the run and the cache."""
+    with fault_server() as server:
+        url = server.url.replace("http://", "http://user:sk-URL-SECRET-99@")
+        result = invoke("profile", "m", "--backend", "openai", "--base-url", url,
+                        "--store", tmp_path / "s.db", *GRID)  # fmt: skip
+        auth = server.headers[-1]
+    assert result.exit_code == 0, result.output
+    assert "--base-url holds credentials" in result.stderr and "Basic " in auth
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert b"sk-URL-SECRET-99" not in path.read_bytes(), path
+    assert "sk-URL-SECRET-99" not in result.output
+
+
+def test_a_raw_answer_can_be_scripted() -> None:
+    assert Raw([(0.0, b"x")]).body == b"x"
+
+
+def test_the_report_draws_the_load_figure(tmp_path: Path) -> None:
+    from infermeter.report import ReportInputs, build_report
+
+    store = tmp_path / "load.db"
+    with fault_server() as server, Store(store) as db:
+        server.faults_for = measurement
+        server.script("", "500")  # one failed request: counted in the figure's numbers
+        grid = LoadGrid(16, (2, 3), (1, 2), 1)
+        run_load_sweep(
+            db, SPEC, {}, get_backend("openai", base_url=server.url, retries=0), {}, grid
+        )
+        timed = TimedLoad(16, 2, "concurrent", (1.0, 2.0), duration_s=0.2, warmup_s=0.0)
+        run_timed_load(db, SPEC, {}, get_backend("openai", base_url=server.url), {}, timed)
+    report = build_report(ReportInputs([store]))
+    fig6 = next(s for s in report.sections if s.id == "fig6")
+    assert fig6.plot is not None, fig6.missing
+    data = fig6.plot.data
+    assert set(data["kind"]) == {"load", "load-concurrent"}
+    assert data["failed"].sum() == 1 and {"latency_p99_s", "ttft_p50_s"} <= set(data.columns)
+    assert not any(s.id == "table3" and s.plot is not None for s in report.sections)
