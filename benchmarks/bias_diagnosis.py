@@ -10,7 +10,8 @@ model on the engine, so the method can be fixed where the bias comes from:
    the whole context: steps between and beyond the default knots;
 3. t(p, o) for o = 1 .. 320 at three prompt sizes: per-step decode cost against context, and
    the o = 1 point against the per-p line's intercept;
-4. energy per query three ways: the profile's isolated window (measure_metered), the counter
+4. energy per query three ways: the profile's window (measure_point; until 42b47d9 an isolated
+   window of at least 0.5 s, now the point's trials and further runs for at least 1 s), the counter
    over >= 1 s of the query back to back (what a user measures), and the slope of the counter
    over >= 2 s of back-to-back runs after a pre-roll (insensitive to counter lag);
 5. whether PE(p)'s roughness from one prompt size to the next is the shape's or noise: the
@@ -37,7 +38,7 @@ from infermeter.backends import get_backend
 from infermeter.backends.base import Point
 from infermeter.catalog import get_spec
 from infermeter.meter import Meter, load_nvml, visible_gpus
-from infermeter.profile import measure_metered
+from infermeter.profile import measure_point
 
 
 def line(text: str) -> None:
@@ -135,8 +136,7 @@ def energy_three_ways(backend: Any, meter: Meter, shapes: list[tuple[int, int]])
         # (a) the profile's way: an isolated window (held across repeats below 0.5 s)
         isolated = []
         for trial in range(2):
-            m, window = measure_metered(backend, Point(p, o, 1, trial), meter, 0.5)
-            engine.energy_window = None  # the backend leaves its slot set on the engine
+            (_, m), *_ = measure_point(backend, Point(p, o, 1, 0), [0, 1, 2], meter, 1.0)
             isolated.append(m.energy_j)
             time.sleep(0.2)
         # (b) the user's reference: the counter over >= 1 s of the query back to back

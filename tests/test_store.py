@@ -127,3 +127,21 @@ def test_a_ctrl_c_right_after_begin_leaves_no_transaction_open(tmp_path: Path) -
         )  # fmt: skip
         store.set_run_status(run.id, "interrupted")  # the next transaction starts cleanly
         assert store.get_run(run.id).status == "interrupted"
+
+
+def test_a_failed_trial_measured_again_keeps_its_first_record(tmp_path: Path) -> None:
+    """Nothing measured is lost: the error a rerun replaces moves to replaced_points."""
+    with Store(tmp_path / "s.sqlite") as db:
+        run, _ = db.open_run(
+            key="k", model="m", spec={}, stack={}, backend="b", backend_info={}, grid={},
+            device="d",
+        )  # fmt: skip
+        failed = Measurement(float("nan"), status="error", detail="http_5xx: overloaded")
+        db.record_point(run.id, Point(8, 2), failed)
+        assert Point(8, 2) not in db.finished_points(run.id)  # measured again on resume
+        db.record_point(run.id, Point(8, 2), Measurement(0.25, output_tokens_actual=2))
+        points = db.points(run.id)
+        replaced = db.replaced_points(run.id)
+    assert list(points.status) == ["ok"] and points.runtime_s.iloc[0] == 0.25
+    assert list(replaced.status) == ["error"] and replaced.source.iloc[0] == "points"
+    assert replaced.detail.iloc[0] == "http_5xx: overloaded"

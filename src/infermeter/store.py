@@ -25,7 +25,8 @@ from infermeter.cost_model import CostModel
 from infermeter.errors import UserError
 from infermeter.provenance import git_commit, package_version
 
-# 2: the validation table (queries a profile measures after its grid, never fitted).
+# 2: the validation table (queries a profile measures after its grid, never fitted), and
+#    replaced_points (a failed trial measured again keeps its first record there).
 SCHEMA_VERSION = 2
 
 _SCHEMA = """
@@ -77,6 +78,23 @@ CREATE TABLE IF NOT EXISTS validation (
     extra_json TEXT,
     measured_at TEXT NOT NULL,
     PRIMARY KEY (run_id, prompt_tokens, output_tokens, batch_size, trial)
+);
+CREATE TABLE IF NOT EXISTS replaced_points (
+    run_id INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    batch_size INTEGER NOT NULL,
+    trial INTEGER NOT NULL,
+    runtime_s REAL,
+    ttft_s REAL,
+    energy_j REAL,
+    output_tokens_actual INTEGER,
+    status TEXT NOT NULL,
+    detail TEXT,
+    extra_json TEXT,
+    measured_at TEXT NOT NULL,
+    replaced_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS power_samples (
     run_id INTEGER NOT NULL REFERENCES runs(id),
@@ -369,6 +387,16 @@ class Store:
             for point, m in measured
         ]
         with self.transaction():
+            # Nothing measured is lost: a trial measured again (it failed before) keeps the
+            # record it replaces.
+            self._db.executemany(
+                f"INSERT INTO replaced_points SELECT run_id, '{table}', prompt_tokens, "
+                "output_tokens, batch_size, trial, runtime_s, ttft_s, energy_j, "
+                "output_tokens_actual, status, detail, extra_json, measured_at, ? "
+                f"FROM {table} WHERE run_id = ? AND prompt_tokens = ? AND output_tokens = ? "
+                "AND batch_size = ? AND trial = ?",
+                [(now, *row[:5]) for row in rows],
+            )
             self._db.executemany(
                 f"INSERT OR REPLACE INTO {table} VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
             )
@@ -396,6 +424,14 @@ class Store:
     def points(self, run_id: int) -> pd.DataFrame:
         """The grid's trials, one row each (the columns of the points table)."""
         return self._table("points", run_id)
+
+    def replaced_points(self, run_id: int) -> pd.DataFrame:
+        """Records of trials measured again (failed attempts), with when they were replaced."""
+        return pd.read_sql_query(
+            "SELECT * FROM replaced_points WHERE run_id = ? ORDER BY replaced_at",
+            self._db,
+            params=(run_id,),
+        )
 
     def validation(self, run_id: int) -> pd.DataFrame:
         """The validation queries' trials, with the same columns as points."""
