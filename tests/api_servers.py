@@ -123,8 +123,11 @@ class FaultServer:
         delay_s: float = 0.0,
         strict: bool = False,
         refuse: Iterable[str] = (),
+        token_delay_s: float = 0.0,
     ) -> None:
         self.offset = offset
+        # Seconds per generated token, so that a profile of this server has a time to fit.
+        self.token_delay_s = token_delay_s
         self.refuse = set(refuse)
         self.strict = strict  # refuse ignore_eos/min_tokens with a 400, as OpenAI's API does
         self.model = model
@@ -265,6 +268,8 @@ class FaultServer:
             else {"index": 0, "text": " x" * tokens}
         )
         choice["finish_reason"] = "length"
+        if self.token_delay_s:
+            await asyncio.sleep(self.token_delay_s * tokens)
         payload = json.dumps({"id": "cmpl-1", "choices": [choice], "usage": usage}).encode()
         if fault == "cut":
             head = f"HTTP/1.1 200 OK\r\ncontent-length: {len(payload)}\r\n\r\n".encode()
@@ -300,6 +305,8 @@ class FaultServer:
                 return False  # the connection closes mid-stream
             if fault == "slow":
                 await asyncio.sleep(0.1)
+            elif self.token_delay_s:
+                await asyncio.sleep(self.token_delay_s)
             if i == tokens // 2 and fault in ("badevent", "badchoice", "errevent"):
                 bad = {
                     "badevent": "{not json",

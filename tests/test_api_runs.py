@@ -53,8 +53,9 @@ GRID = ["--prompt-sizes", "8,16", "--output-sizes", "2,3", "--trials", "3"]
 
 
 def profile_through_faults(tmp_path: Path, *faults: str | Raw, options: tuple = ()):
-    """`infermeter profile` of GRID, the measurements taking `faults` in order, no retries."""
-    with fault_server() as server:
+    """`infermeter profile` of GRID, the measurements taking `faults` in order, no retries;
+    20 ms per token, so that the good points have a runtime to fit."""
+    with fault_server(token_delay_s=0.02) as server:
         server.faults_for = measurement
         server.script(*faults)
         return invoke(
@@ -170,7 +171,7 @@ def test_server_text_is_printed_literally(tmp_path: Path, message: str) -> None:
 
 def test_a_store_path_with_brackets_is_printed_as_it_is(tmp_path: Path) -> None:
     store = tmp_path / "[red]runs[/red].db"
-    with fault_server() as server:
+    with fault_server(token_delay_s=0.02) as server:
         result = invoke("profile", "m", "--backend", "openai", "--base-url", server.url,
                         "--store", store, *GRID)  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -258,7 +259,7 @@ def test_timed_load_modes(tmp_path: Path, mode: str, levels: tuple[float, ...]) 
 
 def test_credentials_in_the_base_url_are_never_stored(tmp_path: Path) -> None:
     """The issue's example: user:KEY@host was stored verbatim in the run and the cache."""
-    with fault_server() as server:
+    with fault_server(token_delay_s=0.02) as server:
         url = server.url.replace("http://", "http://user:sk-URL-SECRET-99@")
         result = invoke("profile", "m", "--backend", "openai", "--base-url", url,
                         "--store", tmp_path / "s.db", *GRID)  # fmt: skip

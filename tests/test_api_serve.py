@@ -278,7 +278,7 @@ def test_identical_prompts_when_asked(served: str, tmp_path: Path) -> None:
 
 def test_wrong_lengths_are_flagged_and_failures_recorded(tmp_path: Path) -> None:
     grid = ProfileGrid((8, 32), (2, 3), (1,), 2)
-    with fault_server() as server, Store(tmp_path / "s.sqlite") as db:
+    with fault_server(token_delay_s=0.02) as server, Store(tmp_path / "s.sqlite") as db:
         server.faults_for = lambda body: body.get("max_tokens") in (2, 3)  # measurements only
         backend = get_backend("openai", base_url=server.url, endpoint="chat", retries=1)
         backend.config = replace(backend.config, backoff_s=0.01, backoff_max_s=0.02)

@@ -25,11 +25,12 @@ in absolute terms the longest queries' noise outweighs a whole short query, and 
 squares then sets PE_E(p) by the noise of o = 256 rather than by the o = 1 point that measures
 it (on a LLaMA-7B profile on an H100 that moved PE_E(512) from 8.7 J to 5.2 J).
 
-A fit whose one slope g is negative beyond twice its standard error is refused with the points
-behind it and the fix; one within the noise is priced as 0, and a negative slope of one prompt
-size alone with g, and the fit's notes say so;
-a fit whose lines explain almost nothing (R² below MIN_R2) is refused unless the caller
-accepts it. `fit_profile` is the one entry point that holds the
+A fit whose one slope g is negative beyond twice its standard error (and material: its decode
+time over the profiled outputs at least UNRESOLVED_DECODE_SHARE of a mean measurement) is
+refused with the points behind it and the fix; one within the noise is priced as 0, and a
+negative slope of one prompt size alone with g, and the fit's notes say so; a fit whose lines
+price the points worse than their mean (R² below MIN_R2) is refused unless the caller accepts
+it, and one below ROUGH_R2 carries a note. `fit_profile` is the one entry point that holds the
 per-quantity policy (runtime: minimum, overhead for APIs; energy: median, no overhead) and fits
 one model per batch size; `validation_errors` measures a model against queries it never saw.
 """
@@ -52,8 +53,13 @@ Slopes = Literal["per_prompt", "global"]
 Decode = Literal["line", "curve"]
 
 REQUIRED_COLUMNS = ("prompt_tokens", "output_tokens")
-# Below this, a fit's lines explain too little of the measurements to price anything.
-MIN_R2 = 0.5
+# Below this, a fit's lines explain less than the mean of the measurements would: refused.
+MIN_R2 = 0.0
+# Below this, a fit is kept with a note that its estimates are rough.
+ROUGH_R2 = 0.9
+# A negative g whose decode time over the profiled outputs is below this share of the mean
+# measurement is noise, not a finding: priced as 0 with a note.
+UNRESOLVED_DECODE_SHARE = 0.05
 # Energy counters move in steps and windows differ in length, so the median of a point's
 # readings, not their minimum, is its energy.
 ENERGY_DENOISE: Denoise = "median"
@@ -224,7 +230,9 @@ def _overhead(overhead: OverheadMode | float, knots: np.ndarray, pe: np.ndarray)
         if knots.size < 2:
             raise UserError("overhead 'auto' needs at least two prompt sizes; give --overhead S")
         first_slope = (pe[1] - pe[0]) / (knots[1] - knots[0])
-        return max(0.0, float(pe[0] - first_slope * knots[0]))
+        # Never more than the smallest PE: with a flat or noisy PE the line to p = 0 can
+        # overshoot, and no prompt encodes in less than nothing.
+        return float(np.clip(pe[0] - first_slope * knots[0], 0.0, max(0.0, pe.min())))
     const = float(overhead)
     if not np.isfinite(const) or const < 0:
         raise UserError("overhead must be a finite number of seconds, not negative")
@@ -259,7 +267,12 @@ def _check_possible(core: _Core, agg: pd.DataFrame, quantity: Quantity, unit: st
     past the longest output) to g, each with a note saying so."""
     what = "time" if quantity == "runtime_s" else "energy"
     notes = []
-    if core.g < 0 and core.g + 2 * core.g_se >= 0:
+    decode_share = (
+        abs(core.g)
+        * float((agg["output_tokens"] - 1).max())
+        / float(max(agg["value"].mean(), 1e-300))
+    )
+    if core.g < 0 and (core.g + 2 * core.g_se >= 0 or decode_share < UNRESOLVED_DECODE_SHARE):
         notes.append(
             f"the {what} per output token is not resolved above the noise (g = {core.g:.3g} "
             f"± {core.g_se:.2g} {unit}); priced as 0: measure longer outputs or more trials "
@@ -312,17 +325,16 @@ def _check_meaningful(
         line.predict(agg["prompt_tokens"].to_numpy(), agg["output_tokens"].to_numpy()),
     )
     if r2 < MIN_R2 and not accept_poor_fit:
-        worst = min(core.per_p, key=lambda f: f.r2)
         raise UserError(
-            f"the {quantity} fit explains almost nothing of the measurements (R² = {r2:.3f}; "
-            f"worst at prompt size {worst.prompt_tokens}: R² = {worst.r2:.3f}); the machine or "
-            "server was too noisy: measure more trials (--trials 5) on a quieter machine, or "
-            "pass --accept-poor-fit to keep it anyway"
+            f"the {quantity} fit prices the measured points worse than their mean would "
+            f"(R² = {r2:.3f} over {len(agg)} points); the machine or server was too noisy for "
+            "the range measured: measure more trials (--trials 5), longer outputs or larger "
+            "prompts on a quieter machine, or pass --accept-poor-fit to keep it anyway"
         )
-    if r2 < MIN_R2:
+    if r2 < ROUGH_R2:
         notes.append(
             f"the {quantity} fit explains little of the measurements (R² = {r2:.3f}): its "
-            "estimates are rough"
+            "estimates are rough; a quieter machine or more trials would sharpen them"
         )
     return r2
 
