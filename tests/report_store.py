@@ -31,7 +31,9 @@ def cpu_stack(backend: str) -> dict:
     return Stack(backend, get_accelerator("cpu"), dtype="float32").to_dict()
 
 
-def profile(store: Store, model: str, backend: str, meter: Meter | None = None) -> int:
+def profile(
+    store: Store, model: str, backend: str, meter: Meter | None = None, validate: int = 0
+) -> int:
     runner = get_backend(backend, device="cpu", dtype="float32")
     run = run_profile(
         store,
@@ -43,6 +45,7 @@ def profile(store: Store, model: str, backend: str, meter: Meter | None = None) 
         device="cpu: test machine",
         meter=meter,
         min_energy_window_s=0.02,
+        validate=validate,
     )
     return run.id
 
@@ -99,7 +102,7 @@ def energy_rows() -> pd.DataFrame:
 
 def build_store(path: Path) -> Path:
     with Store(path) as store:
-        profile(store, "tiny-llama", "engine")
+        profile(store, "tiny-llama", "engine", validate=2)
         profile(store, "tiny-gpt2", "engine")
         profile(store, "tiny-llama", "hf")
         meter = Meter(interval_s=0.005, nvml=FakeNvml([FakeGpu(power=lambda t: 250.0)]))

@@ -342,3 +342,11 @@ def test_fig8_keeps_apart_what_differs_in_dtype_or_machine(tmp_path: Path) -> No
         _engine_run(store, "server", cpu, "cpu: AMD EPYC 9654", 0.01)
     (profiles,) = stack_profiles(load_runs([path])).values()
     assert {p.device for p in profiles} == {"cpu: Apple M3", "cpu: AMD EPYC 9654"}
+
+
+def test_the_provenance_table_gives_each_validated_runs_error(built) -> None:
+    """Issue 15: the report gives the validation figures beside each run that has them."""
+    html = Path(built["page"]).read_text()
+    for column in ("runtime_validated_on", "runtime_mape_pct", "runtime_bias_pct"):
+        assert column in html
+    assert "how far to trust it" in html

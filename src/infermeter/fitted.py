@@ -259,8 +259,9 @@ def model_key(name: str) -> str:
 
 
 def run_summary(run: StoredRun) -> dict[str, Any]:
-    """One line of provenance for captions and tables."""
-    return {
+    """One line of provenance for the report's table, with the run's validation error: how
+    its estimates fared on queries it never profiled (percent; none where not validated)."""
+    row: dict[str, Any] = {
         "run": run.label,
         "model": run.model,
         "backend": run.record.backend,
@@ -270,6 +271,15 @@ def run_summary(run: StoredRun) -> dict[str, Any]:
         "commit": (run.record.commit_sha or "-")[:10],
         "points": len(run.ok_points),
     }
+    for quantity, label in (("runtime_s", "runtime"), ("energy_j", "energy")):
+        model = run.fit(quantity) if not run.validation.empty else None
+        check = (model.fit.get("validation") or {}) if model is not None else {}
+        if check.get("n"):
+            row[f"{label}_validated_on"] = check["n"]
+            row[f"{label}_mape_pct"] = round(check["mape_pct"], 2)
+            row[f"{label}_max_error_pct"] = round(check["max_error_pct"], 2)
+            row[f"{label}_bias_pct"] = round(check["bias_pct"], 2)
+    return row
 
 
 def describe_runs(runs: list[StoredRun]) -> str:

@@ -394,7 +394,9 @@ def build_report(inputs: ReportInputs) -> Report:
             "runs",
             "Provenance",
             "Runs in the store(s)",
-            caption=f"{len(runs)} run(s) read from {len(stores)} store(s).",
+            caption=f"{len(runs)} run(s) read from {len(stores)} store(s); where a run "
+            "measured validation queries, its estimates' error on them (percent: MAPE, largest, "
+            "mean; negative means low) is how far to trust it.",
             table=summary if not summary.empty else None,
             missing=None if runs else missing_html("no runs", PROFILE_CMD),
         )
