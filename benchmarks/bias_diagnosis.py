@@ -133,9 +133,9 @@ def energy_three_ways(backend: Any, meter: Meter, shapes: list[tuple[int, int]])
     for p, o in shapes:
         prompt = rng.integers(0, backend.spec.vocab_size, p).tolist()
         engine.generate([prompt], o)  # warm this shape
-        # (a) the profile's way: an isolated window (held across repeats below 0.5 s)
+        # (a) the profile's way: the point's trials and further runs in one window >= 1 s
         isolated = []
-        for trial in range(2):
+        for _ in range(2):
             (_, m), *_ = measure_point(backend, Point(p, o, 1, 0), [0, 1, 2], meter, 1.0)
             isolated.append(m.energy_j)
             time.sleep(0.2)
