@@ -65,6 +65,9 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 DEFAULT_STORE = os.environ.get("INFERMETER_STORE", "infermeter.sqlite")
 StoreOption = typer.Option(DEFAULT_STORE, "--store", help="SQLite store of runs and points.")
+AcceptPoorFitOption = typer.Option(
+    False, help="Keep a fit that prices its own points worse than their mean (R² < 0)."
+)
 HardwareConfigOption = typer.Option(
     None, "--hardware-config", help="TOML/JSON file overriding or adding accelerators."
 )
@@ -417,9 +420,7 @@ def profile(
         help="Seconds of load before a metered profile (after its first call, which sets the "
         "shape up), so energy is measured on a warm card; the profile then keeps it busy.",
     ),
-    accept_poor_fit: bool = typer.Option(
-        False, help="Keep a fit whose lines explain little of the measurements (R² < 0.5)."
-    ),
+    accept_poor_fit: bool = AcceptPoorFitOption,
     validate: int | None = typer.Option(
         None,
         "--validate",
@@ -645,9 +646,7 @@ def fit(
         help="With --decode line: per-prompt g(p) from each prompt size's slope, or global: "
         "the paper's one g.",
     ),
-    accept_poor_fit: bool = typer.Option(
-        False, help="Keep a fit whose lines explain little of the measurements (R² < 0.5)."
-    ),
+    accept_poor_fit: bool = AcceptPoorFitOption,
     save: bool | None = typer.Option(
         None,
         "--save/--no-save",

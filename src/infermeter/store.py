@@ -29,6 +29,23 @@ from infermeter.provenance import git_commit, package_version
 #    replaced_points (a failed trial measured again keeps its first record there).
 SCHEMA_VERSION = 2
 
+# A measured trial: the grid's points and the validation queries have the same columns.
+_MEASURED = """
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    prompt_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    batch_size INTEGER NOT NULL,
+    trial INTEGER NOT NULL,
+    runtime_s REAL,
+    ttft_s REAL,
+    energy_j REAL,
+    output_tokens_actual INTEGER,
+    status TEXT NOT NULL,
+    detail TEXT,
+    extra_json TEXT,
+    measured_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, prompt_tokens, output_tokens, batch_size, trial)
+"""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -47,38 +64,8 @@ CREATE TABLE IF NOT EXISTS runs (
     updated_at TEXT NOT NULL,
     status TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS points (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    prompt_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
-    batch_size INTEGER NOT NULL,
-    trial INTEGER NOT NULL,
-    runtime_s REAL,
-    ttft_s REAL,
-    energy_j REAL,
-    output_tokens_actual INTEGER,
-    status TEXT NOT NULL,
-    detail TEXT,
-    extra_json TEXT,
-    measured_at TEXT NOT NULL,
-    PRIMARY KEY (run_id, prompt_tokens, output_tokens, batch_size, trial)
-);
-CREATE TABLE IF NOT EXISTS validation (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    prompt_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
-    batch_size INTEGER NOT NULL,
-    trial INTEGER NOT NULL,
-    runtime_s REAL,
-    ttft_s REAL,
-    energy_j REAL,
-    output_tokens_actual INTEGER,
-    status TEXT NOT NULL,
-    detail TEXT,
-    extra_json TEXT,
-    measured_at TEXT NOT NULL,
-    PRIMARY KEY (run_id, prompt_tokens, output_tokens, batch_size, trial)
-);
+CREATE TABLE IF NOT EXISTS points ({measured});
+CREATE TABLE IF NOT EXISTS validation ({measured});
 CREATE TABLE IF NOT EXISTS replaced_points (
     run_id INTEGER NOT NULL,
     source TEXT NOT NULL,
@@ -111,7 +98,7 @@ CREATE TABLE IF NOT EXISTS fits (
     model_json TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
-"""
+""".replace("{measured}", _MEASURED)
 
 POINT_COLUMNS = [
     "run_id",
