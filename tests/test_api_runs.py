@@ -296,3 +296,12 @@ def test_the_report_draws_the_load_figure(tmp_path: Path) -> None:
     assert set(data["kind"]) == {"load", "load-concurrent"}
     assert data["failed"].sum() == 1 and {"latency_p99_s", "ttft_p50_s"} <= set(data.columns)
     assert not any(s.id == "table3" and s.plot is not None for s in report.sections)
+
+
+def test_the_command_says_which_feature_the_server_refused(tmp_path: Path) -> None:
+    """The run's note was only in the store; the user who typed the command sees it too."""
+    with fault_server(refuse={"stream_options"}, token_delay_s=0.02) as server:
+        result = invoke("profile", "m", "--backend", "openai", "--base-url", server.url,
+                        "--store", tmp_path / "s.db", *GRID)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "note: server refused stream_options" in result.stderr

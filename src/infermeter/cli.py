@@ -533,6 +533,8 @@ def profile(
             validate=validate,
         )
         say(f"run {run.id} stored in {store} ({run.device})", err=False)
+        for note in run.backend_info.get("notes") or []:  # e.g. a feature the server refused
+            say(str(note), "note:", "yellow")
         outcome = _api_outcome(db, run.id, len(grid.points())) if is_api else None
         # The policy by backend: an API's constant overhead (§3.5) too.
         policy = FitPolicy(api=is_api, accept_poor_fit=accept_poor_fit)
