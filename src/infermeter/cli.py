@@ -465,9 +465,9 @@ def profile(
         runner = get_backend(backend, **options)
     meter = None
     if energy and on_gpu:
-        from infermeter.meter import Meter, visible_gpus
+        from infermeter.meter import Meter
 
-        meter = Meter(gpus=visible_gpus(tensor_parallel), interval_s=sample_interval)
+        meter = Meter.for_device(options["device"], tensor_parallel, interval_s=sample_interval)
         if meter.note:
             err_console.print(f"[yellow]note:[/] {meter.note}")
     with (

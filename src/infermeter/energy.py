@@ -47,7 +47,8 @@ import pandas as pd
 
 from infermeter.datasets import Workload
 from infermeter.errors import UserError
-from infermeter.meter import EnergyWindow, Meter, check_warmup_s, visible_gpus, warm_up
+from infermeter.gpus import GpuRef
+from infermeter.meter import EnergyWindow, Meter, check_warmup_s, warm_up
 from infermeter.spec import ModelSpec
 from infermeter.store import RunRecord, Store, run_key
 from infermeter.tokenizer import Tokenizer, count_words, prompt_ids
@@ -642,7 +643,10 @@ def energy_key(
 
 
 def _power_cap(
-    watts: float | None, gpus: list[int], nvml: Any, on_note: Callable[[str], None] | None
+    watts: float | None,
+    gpus: Sequence[int | GpuRef],
+    nvml: Any,
+    on_note: Callable[[str], None] | None,
 ) -> contextlib.AbstractContextManager[Any]:
     if watts is None:  # no flag, no NVML power call at all
         return contextlib.nullcontext()
@@ -667,7 +671,7 @@ def run_energy(
     backend_name: str = "engine",
     backend_options: dict[str, Any] | None = None,
     meter_for: Callable[[int], Meter | None] | None = None,
-    gpus_for: Callable[[int], list[int]] = visible_gpus,
+    gpus_for: Callable[[int], Sequence[int | GpuRef]] | None = None,
     power_nvml: Any = None,
     stop_tokens: Sequence[int] | None = None,
     device: str = "",
@@ -685,8 +689,8 @@ def run_energy(
 
     `backend_for(shards)` gives a backend with a dataset `generate` (prepared here unless it
     already holds `spec`); `meter_for(shards)` a Meter over those GPUs, or None. Power caps in
-    the sweep are set through `power_nvml` (default: the real NVML) on the NVML indices
-    `gpus_for(shards)` (default: the first `shards` GPUs CUDA sees).
+    the sweep are set through `power_nvml` (default: the real NVML) on `gpus_for(shards)`
+    (default: the meter's GPUs, as infermeter.gpus resolved them).
     A meter's idle power is measured once, over `idle_s`, before its first configuration;
     then, with `warmup_s`, the first configuration's first batch runs back to back for that
     long, unrecorded, so that energy is measured on a card at working temperature.
@@ -717,15 +721,11 @@ def run_energy(
     ids = [prompt_ids(tokenizer, p) for p in workload.prompts]
     skipped: list[EnergyConfig] = []
     status = "interrupted"
-    flushed: float | None = None  # on the meter's clock; None: since the meter started
 
     def flush_samples(meter: Meter | None) -> None:
         """Store the power samples taken since the last flush: none is lost to a Ctrl-C."""
-        nonlocal flushed
         if meter is not None and meter.available:
-            now = meter.clock.now()
-            store.record_samples(run.id, meter.samples(start=flushed, end=now, unix=True))
-            flushed = now + 1e-9
+            store.record_samples(run.id, meter.drain(unix=True))
 
     try:
         for shards, group in groupby(todo, key=lambda c: c.shards):
@@ -785,7 +785,8 @@ def run_energy(
                     if stop_when and stop_when():
                         skipped += pending
                         continue
-                    with _power_cap(watts, gpus_for(shards), power_nvml, on_note):
+                    capped = gpus_for(shards) if gpus_for else meter.refs if meter else []
+                    with _power_cap(watts, capped, power_nvml, on_note):
                         for n, config in enumerate(pending):
                             if stop_when and stop_when():
                                 skipped += pending[n:]

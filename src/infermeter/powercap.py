@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 from infermeter.errors import UserError
+from infermeter.gpus import GpuRef
 from infermeter.meter import load_nvml
 
 NVML_ERROR_NOT_SUPPORTED = 3
@@ -58,7 +59,7 @@ class PowerCap:
     def __init__(
         self,
         watts: float,
-        gpus: Sequence[int],
+        gpus: Sequence[int | GpuRef],
         nvml: Any | None = None,
         on_note: Callable[[str], None] | None = None,
     ) -> None:
@@ -85,9 +86,18 @@ class PowerCap:
         nvml = self._nvml
         count = nvml.nvmlDeviceGetCount()
         for gpu in self.gpus:
-            if not 0 <= gpu < count:
+            if isinstance(gpu, GpuRef):
+                if gpu.mig:
+                    raise UserError(
+                        f"--power-limit: {gpu} is a MIG instance, and a power limit is the "
+                        "whole GPU's, shared with its other instances; nothing was changed"
+                    )
+                handle = gpu.handle(nvml)
+                gpu = gpu.nvml_index
+            elif not 0 <= gpu < count:
                 raise UserError(f"--power-limit: no GPU {gpu} (this machine has {count})")
-            handle = nvml.nvmlDeviceGetHandleByIndex(gpu)
+            else:
+                handle = nvml.nvmlDeviceGetHandleByIndex(gpu)
             try:
                 original = nvml.nvmlDeviceGetPowerManagementLimit(handle) / 1000.0
                 low, high = nvml.nvmlDeviceGetPowerManagementLimitConstraints(handle)

@@ -331,17 +331,13 @@ class _Recorder:
         self, store: Store, run_id: int, meter: Meter | None, on_point: ProgressCallback | None
     ) -> None:
         self.store, self.run_id, self.meter, self.on_point = store, run_id, meter, on_point
-        self.flushed: float | None = None
 
     def record(self, measured: list[tuple[Point, Measurement]], validation: bool) -> None:
         for point, measurement in measured:
             _flag_wrong_length(point, measurement)
         self.store.record_points(self.run_id, measured, validation=validation)
-        if self.meter is not None:
-            now = self.meter.clock.now()
-            samples = self.meter.samples(start=self.flushed, end=now, unix=True)
-            self.store.record_samples(self.run_id, samples)
-            self.flushed = now + 1e-9
+        if self.meter is not None:  # the samples since the last point leave the meter
+            self.store.record_samples(self.run_id, self.meter.drain(unix=True))
         if self.on_point:
             for point, measurement in measured:
                 self.on_point(point, measurement)

@@ -86,7 +86,7 @@ def energy(
     from infermeter.datasets import load_workload
     from infermeter.energy import EnergySweep, batches_left, batches_of, run_energy, summary
     from infermeter.errors import UserError
-    from infermeter.meter import Meter, check_warmup_s, visible_gpus
+    from infermeter.meter import Meter, check_warmup_s
     from infermeter.provenance import cuda_device_name, device_description
     from infermeter.store import Store
     from infermeter.tokenizer import tokenizer_for
@@ -130,13 +130,10 @@ def energy(
 
     backend_for(1)  # refuse a backend that cannot run prompts before anything is stored
 
-    def gpus_for(tp: int) -> list[int]:
-        """NVML indices of the GPUs a run uses: cuda:N alone, or the first tp (ranks)."""
-        first = int(cuda.partition(":")[2] or 0) if tp == 1 else 0
-        return visible_gpus(first + tp)[first:]
-
     def meter_for(tp: int) -> Meter | None:
-        return Meter(gpus=gpus_for(tp), interval_s=sample_interval) if on_gpu else None
+        """The GPUs the run's work uses (cuda:N and, with shards, the next ones), resolved
+        once (infermeter.gpus); power caps go to the same ones."""
+        return Meter.for_device(cuda, tp, interval_s=sample_interval) if on_gpu else None
 
     def note(text: str) -> None:
         err_console.print(f"[yellow]note:[/] {text}", highlight=False)
@@ -197,7 +194,6 @@ def energy(
             backend_name=backend,
             backend_options=options,
             meter_for=meter_for,
-            gpus_for=gpus_for,
             device=device_description(gpu=on_gpu),
             seed=seed,
             warmup_s=warmup,
