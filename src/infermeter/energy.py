@@ -3,10 +3,10 @@
 A Workload (N dataset prompts, see infermeter.datasets) runs under each configuration of a
 sweep: batch size × maximum generation length × tensor-parallel degree (shards) × GPU power cap.
 Each configuration feeds the prompts in order, `batch` at a time, to the backend's dataset
-`generate` (stop at EOS or the maximum length); every batch is one energy window of the Meter.
-With the engine in this process (shards = 1) the window brackets exactly the timed generation
-(warm-up and CUDA-graph capture stay outside); with several shards the ranks run elsewhere and
-the window spans the whole call.
+`generate` (stop at EOS or the maximum length); every batch is one energy window of the Meter,
+handed to `generate`, which brackets exactly the timed generation with it (warm-up and
+CUDA-graph capture stay outside) on every GPU that does the work: with several shards the
+engine's ranks open and close it together and it sums their GPUs.
 
 Per configuration, as the paper defines them (§III-C): words/s (outputs split on spaces),
 tokens/s, responses/s; energy per second (W), per output token and per response (total energy
@@ -20,15 +20,16 @@ window's energy times its share of the batch's output tokens** (its generated to
 batch's total), so the responses of a batch add up to the window exactly. The paper's energy
 per response (total / responses) is the configuration's `j_per_response`, the mean of these.
 
-A configuration that runs out of memory is stored as `infeasible` with the reason (the paper's
-Table II) and the sweep moves on (batches it finished before running out stay stored: they were
-measured). Every batch is committed, with its responses and the power samples so far, before the
-next one runs, and a configuration's row is computed from its stored batches once the last is in:
+A configuration that runs out of memory (infermeter.errors.is_oom), or whose model does not fit
+its shards (DoesNotFit), is stored as `infeasible` with the reason (the paper's Table II) and
+the sweep moves on (batches it finished before running out stay stored: they were measured).
+Every batch is committed, with its responses and the power samples so far, before the next one
+runs, and a configuration's row is computed from its stored batches once the last is in:
 rerunning the same workload resumes, skipping configurations stored as ok or infeasible and, in
 a configuration cut short, the batches already stored (each batch keeps its seed, so a resumed
 configuration runs exactly the batches it would have). Before a meter's first configuration its
 idle power is read and, with `warmup_s`, the GPU is loaded until warm (unrecorded). Power caps
-are set only when asked for.
+are set only when asked for, and each batch records the limit NVML reported for it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import math
 import sqlite3
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,7 +46,7 @@ from typing import Any
 import pandas as pd
 
 from infermeter.datasets import Workload
-from infermeter.errors import UserError
+from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
 from infermeter.gpus import GpuRef
 from infermeter.meter import EnergyWindow, Meter, check_warmup_s, warm_up
 from infermeter.spec import ModelSpec
@@ -270,27 +270,6 @@ def batches_left(store: Store, run_id: int, config: EnergyConfig, prompts: int) 
 # ---- one batch ----------------------------------------------------------------------------------
 
 
-class _BatchWindow:
-    """begin()/end() for the engine's energy_window slot; close() ends a window left open."""
-
-    def __init__(self, meter: Meter) -> None:
-        self.meter = meter
-        self.result: EnergyWindow | None = None
-        self.is_open = False
-
-    def begin(self) -> None:
-        if not self.is_open:
-            self.meter.begin("energy-batch")
-            self.is_open = True
-
-    def end(self) -> None:
-        if self.is_open:
-            self.result = self.meter.end("energy-batch")
-            self.is_open = False
-
-    close = end
-
-
 def generate_batch(
     backend: Any,
     prompts: list[list[int]],
@@ -301,33 +280,19 @@ def generate_batch(
 ) -> tuple[Any, EnergyWindow | None, float]:
     """One batch inside one energy window: (generation, window, wall seconds).
 
-    With the engine in this process the window is its energy_window slot (exactly the timed
-    generation); otherwise it spans the call. Without a meter, no window.
+    The backend's generate opens and closes the window around exactly its timed generation,
+    on every GPU of the run; without a meter, no window.
     """
-    if meter is None or not meter.available:
-        start = time.perf_counter()
-        generation = backend.generate(prompts, max_new_tokens, tuple(stop_tokens), seed=seed)
-        return generation, None, time.perf_counter() - start
-    window = _BatchWindow(meter)
-    # EngineBackend.generate does not forward its own slot to the Engine (measure() does), so
-    # the in-process Engine's slot is set directly; both are set so either path opens it.
-    engine = getattr(backend, "_engine", None)
-    exact = engine is not None and hasattr(engine, "energy_window")
-    if exact:
-        engine.energy_window = window
-        backend.energy_window = window
-    else:
-        window.begin()
+    window = meter.window("batch") if meter is not None and meter.available else None
     start = time.perf_counter()
     try:
-        generation = backend.generate(prompts, max_new_tokens, tuple(stop_tokens), seed=seed)
+        generation = backend.generate(
+            prompts, max_new_tokens, tuple(stop_tokens), seed=seed, window=window
+        )
     finally:
         wall = time.perf_counter() - start
-        window.close()
-        if exact:
-            engine.energy_window = None
-            backend.energy_window = None
-    return generation, window.result, wall
+        result = window.close() if window is not None else None  # one an error left open
+    return generation, result, wall
 
 
 def attribute(window_j: float | None, generated: Sequence[int]) -> list[float | None]:
@@ -338,55 +303,22 @@ def attribute(window_j: float | None, generated: Sequence[int]) -> list[float | 
     return [window_j * g / total for g in generated]
 
 
-def is_oom(error: BaseException) -> bool:
-    try:
-        from infermeter.engine.generate import is_oom as engine_is_oom
-    except ImportError:  # no torch: only the message can tell
-        return "out of memory" in str(error).lower()
-    return engine_is_oom(error)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    lines = [line for line in text.splitlines() if "out of memory" in line.lower()]
-    return (lines[0] if lines else text.splitlines()[0] if text else type(error).__name__)[:300]
-
-
-def _release(backend: Any, spec: ModelSpec) -> None:
-    """Free the engine's KV cache and graphs (all ranks); rebuild if the ranks are gone."""
-    call = getattr(backend, "_call", None)  # EngineBackend: a method run on every rank
-    if call is None or getattr(backend, "spec", None) is None:
-        return
-    try:
-        call("release")
-    except Exception:
-        backend.prepare(spec)  # a rank died with the OOM: start them again
+def _release(backend: Any) -> None:
+    """Free what the last configuration held (KV cache, graphs) on every rank."""
+    release = getattr(backend, "release", None)
+    if release is not None:
+        release()
 
 
 def _memory_used_gb(meter: Meter | None, backend: Any) -> float | None:
     """Peak GPU memory: torch's peak reserved bytes for an engine in this process (reset at
     each configuration), else NVML's memory in use after the batch (the caching allocator
     holds on to its peak), the larger over the run's GPUs."""
-    device = getattr(getattr(backend, "_engine", None), "device", None)
-    if device is not None and getattr(device, "type", "") == "cuda" and "torch" in sys.modules:
-        import torch
-
-        return torch.cuda.max_memory_reserved(device) / 1e9
-    nvml, handles = getattr(meter, "_nvml", None), getattr(meter, "_handles", None)
-    if nvml is not None and handles:
-        try:
-            return max(nvml.nvmlDeviceGetMemoryInfo(h).used for h in handles) / 1e9
-        except Exception:  # an NVML without memory queries: leave it empty
-            return None
-    return None
-
-
-def _reset_peak(backend: Any) -> None:
-    device = getattr(getattr(backend, "_engine", None), "device", None)
-    if device is not None and getattr(device, "type", "") == "cuda":
-        import torch
-
-        torch.cuda.reset_peak_memory_stats(device)
+    peak = getattr(backend, "peak_memory_gb", None)
+    held = peak() if peak is not None else None
+    if held is None and meter is not None:
+        held = meter.memory_used_gb()
+    return held
 
 
 # ---- one configuration --------------------------------------------------------------------------
@@ -458,8 +390,8 @@ def _warm_up(
     except Exception as error:
         if not is_oom(error):
             raise
-        _release(backend, spec)
-        return {"skipped": f"out of memory on {config.key}: {_first_line(error)}"}
+        _release(backend)
+        return {"skipped": f"out of memory on {config.key}: {oom_line(error)}"}
     return {**warm, "config": config.key, "batch": len(batch)}
 
 
@@ -489,8 +421,7 @@ def run_config(
     cut = sum(len(a) != len(b) for a, b in zip(fed, prompts, strict=True))
     chunks = [fed[i : i + config.batch] for i in range(0, len(fed), config.batch)]
     stored = _stored_batches(store, run_id, config.key)
-    _release(backend, spec)  # this configuration's memory only, from a clean slate
-    _reset_peak(backend)
+    _release(backend)  # this configuration's memory only, from a clean slate
     stops = set(stop_tokens)
     clock_offset = time.time() - time.perf_counter()
     for index, chunk in enumerate(chunks):
@@ -503,13 +434,13 @@ def run_config(
         except Exception as error:
             if not is_oom(error):
                 raise
-            _release(backend, spec)
+            _release(backend)
             width = max(len(p) for p in chunk)
             return _infeasible(
                 config,
                 dataset,
                 f"out of memory at batch {config.batch}, max_len {config.max_len}, "
-                f"{config.shards} shard(s), prompt width {width}: {_first_line(error)}",
+                f"{config.shards} shard(s), prompt width {width}: {oom_line(error)}",
             )
         outputs = [list(t) for t in generation.tokens]
         generated = [max(1, len(t)) for t in outputs]
@@ -541,8 +472,7 @@ def run_config(
                     config, index, len(chunks), len(chunk), sum(generated), batch_runtime, window
                 )
             )
-    how = "timed generation" if getattr(backend, "_engine", None) is not None else "whole call"
-    row = _config_row(store, run_id, config, len(chunks), how)
+    row = _config_row(store, run_id, config, len(chunks))
     if len(fed) < config.batch:  # the figures are those of a batch of n: say so beside them
         n = len(fed)
         row["detail"] += f"; only {n} prompts, so batch {config.batch} ran as one batch of {n}"
@@ -554,9 +484,7 @@ def run_config(
     return ConfigResult(config, {"dataset": dataset, **row})
 
 
-def _config_row(
-    store: Store, run_id: int, config: EnergyConfig, chunks: int, how: str
-) -> dict[str, Any]:
+def _config_row(store: Store, run_id: int, config: EnergyConfig, chunks: int) -> dict[str, Any]:
     """The paper's per-configuration figures from the configuration's stored batches."""
     batches = _read(
         store,
@@ -588,7 +516,7 @@ def _config_row(
     if energy is not None:
         per_response = responses.energy_j.dropna()
         detail += (
-            f"; {windows.method.iloc[0]} energy over the {how}; per response median "
+            f"; {windows.method.iloc[0]} energy over the timed generation; per response median "
             f"{per_response.median():.4g} J, max {per_response.max():.4g} J"
         )
     peak = batches.peak_mem_gb.dropna()
@@ -653,11 +581,6 @@ def _power_cap(
     from infermeter.powercap import PowerCap
 
     return PowerCap(watts, gpus, nvml=nvml, on_note=on_note)
-
-
-def _does_not_fit(error: UserError) -> bool:
-    text = str(error).lower()
-    return "does not fit" in text or "out of memory" in text
 
 
 def run_energy(
@@ -741,9 +664,7 @@ def run_energy(
             try:
                 if getattr(backend, "spec", None) != spec:
                     backend.prepare(spec)
-            except UserError as error:
-                if not _does_not_fit(error):
-                    raise
+            except DoesNotFit as error:
                 for config in configs:  # Table II: this many GPUs cannot hold the model
                     outcome = _infeasible(config, workload.dataset, str(error)[:500])
                     _record(store, run.id, config, outcome.row)
