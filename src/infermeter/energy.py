@@ -65,7 +65,7 @@ RESPONSE_COLUMNS = [
 BATCH_COLUMNS = [
     "run_id", "config_key", "batch_index", "responses", "prompt_width", "runtime_s",
     "window_s", "start_unix", "end_unix", "energy_j", "integrated_j", "method", "sm_util",
-    "mem_util", "peak_mem_gb",
+    "mem_util", "peak_mem_gb", "power_limit_w",
 ]  # fmt: skip
 
 SCHEMA = """
@@ -84,7 +84,7 @@ CREATE TABLE IF NOT EXISTS energy_batches (
     run_id INTEGER, config_key TEXT, batch_index INTEGER, responses INTEGER,
     prompt_width INTEGER, runtime_s REAL, window_s REAL, start_unix REAL, end_unix REAL,
     energy_j REAL, integrated_j REAL, method TEXT, sm_util REAL, mem_util REAL,
-    peak_mem_gb REAL
+    peak_mem_gb REAL, power_limit_w REAL
 );
 CREATE INDEX IF NOT EXISTS energy_configs_run ON energy_configs(run_id);
 CREATE INDEX IF NOT EXISTS energy_responses_run ON energy_responses(run_id, config_key);
@@ -153,13 +153,14 @@ class EnergySweep:
 
 def ensure_tables(db: sqlite3.Connection) -> None:
     """Create the energy tables if absent (the report reads energy_configs as is), and give a
-    store written before batches kept their peak memory that column."""
+    store written before batches kept their peak memory or power limit those columns."""
     for statement in SCHEMA.strip().split(";"):
         if statement.strip():
             db.execute(statement)
     have = {row[1] for row in db.execute("PRAGMA table_info(energy_batches)")}
-    if "peak_mem_gb" not in have:
-        db.execute("ALTER TABLE energy_batches ADD COLUMN peak_mem_gb REAL")
+    for column in ("peak_mem_gb", "power_limit_w"):
+        if column not in have:
+            db.execute(f"ALTER TABLE energy_batches ADD COLUMN {column} REAL")
 
 
 def _read(store: Store, query: str, params: Sequence[Any]) -> pd.DataFrame:
@@ -303,6 +304,31 @@ def attribute(window_j: float | None, generated: Sequence[int]) -> list[float | 
     return [window_j * g / total for g in generated]
 
 
+class PowerCapLost(UserError):
+    """The GPUs' power limit is not the cap a configuration runs at (restored, or changed from
+    outside the run): the sweep stops rather than label a batch with a cap it did not have."""
+
+
+def _power_limit_w(meter: Meter | None, cap: Any) -> float | None:
+    """The lowest power limit (W) NVML reports now over the run's GPUs; None if unknown."""
+    limits = cap.current_w() if cap is not None else meter.power_limits_w() if meter else []
+    known = [w for w in limits if w is not None]
+    return min(known) if known else None
+
+
+def _check_cap(cap: Any, meter: Meter | None, config: EnergyConfig, index: int) -> float | None:
+    """The limit NVML reports now; raises PowerCapLost where a cap is asked and not in force."""
+    limit = _power_limit_w(meter, cap)
+    if cap is not None and (not cap.active or limit is None or abs(limit - cap.watts) > 0.5):
+        shown = "unknown" if limit is None else f"{limit:g} W"
+        raise PowerCapLost(
+            f"the GPUs' power limit is {shown}, not the {cap.watts:g} W of {config.key} "
+            f"(restored, or changed outside this run): stopped, batch {index} not stored; "
+            "rerun the same command to resume there"
+        )
+    return limit
+
+
 def _release(backend: Any) -> None:
     """Free what the last configuration held (KV cache, graphs) on every rank."""
     release = getattr(backend, "release", None)
@@ -413,10 +439,13 @@ def run_config(
     seed: int = 0,
     meter: Meter | None = None,
     on_batch: Callable[[BatchResult], None] | None = None,
+    cap: Any = None,
 ) -> ConfigResult:
     """Every prompt through one configuration, each batch stored as it finishes (batches
     already stored for this run are skipped); an OOM makes it `infeasible`, not an error.
-    The configuration's row is computed from its stored batches."""
+    The configuration's row is computed from its stored batches. Each batch records the
+    power limit NVML reports (the lowest over the run's GPUs); under `cap` (a PowerCap) a
+    batch that did not run at its limit throughout is not stored, and PowerCapLost stops."""
     fed = _fed(prompts, spec, config, tokenizer)
     cut = sum(len(a) != len(b) for a, b in zip(fed, prompts, strict=True))
     chunks = [fed[i : i + config.batch] for i in range(0, len(fed), config.batch)]
@@ -427,6 +456,7 @@ def run_config(
     for index, chunk in enumerate(chunks):
         if index in stored:
             continue
+        _check_cap(cap, meter, config, index)
         try:
             generation, window, wall = generate_batch(
                 backend, chunk, config.max_len, stop_tokens, seed + index, meter
@@ -463,7 +493,7 @@ def run_config(
             window_j, window.integrated_j if window else None,
             window.method if window else None,
             window.sm_util if window else None, window.mem_util if window else None,
-            _memory_used_gb(meter, backend),
+            _memory_used_gb(meter, backend), _check_cap(cap, meter, config, index),
         )  # fmt: skip
         _record_batch(store, responses, batch)
         if on_batch:
@@ -707,7 +737,7 @@ def run_energy(
                         skipped += pending
                         continue
                     capped = gpus_for(shards) if gpus_for else meter.refs if meter else []
-                    with _power_cap(watts, capped, power_nvml, on_note):
+                    with _power_cap(watts, capped, power_nvml, on_note) as cap:
                         for n, config in enumerate(pending):
                             if stop_when and stop_when():
                                 skipped += pending[n:]
@@ -715,7 +745,7 @@ def run_energy(
                             outcome = run_config(
                                 backend, spec, config, ids, tokenizer, stops, store=store,
                                 run_id=run.id, dataset=workload.dataset, seed=seed, meter=meter,
-                                on_batch=batch_done,
+                                on_batch=batch_done, cap=cap,
                             )  # fmt: skip
                             _record(store, run.id, config, outcome.row)
                             flush_samples(meter)

@@ -36,7 +36,7 @@ def _watts(text: str | None) -> tuple[float, ...] | None:
 
 
 def energy(
-    model: str = typer.Argument(..., help="Catalog name (e.g. llama-7b) or a config.json."),
+    model: str | None = typer.Argument(None, help="Catalog name (e.g. llama-7b) or a config.json."),
     dataset: str = typer.Option(
         "gsm8k", help="gsm8k, alpaca, or a JSON/JSONL file of Alpaca or GSM8K records."
     ),
@@ -55,6 +55,13 @@ def energy(
         "--power-limit",
         help="GPU power caps in W, e.g. 250,175,150. Changes the GPUs' limit through NVML (needs "
         "root) and restores it on exit; only for GPUs that are your own.",
+    ),
+    restore_power_limit: bool = typer.Option(
+        False,
+        "--restore-power-limit",
+        help="Put back the power limits an earlier run left set (killed, or the machine lost "
+        "power) and exit; with none recorded, reset this run's GPUs (--device, --shards) "
+        "that sit below their default limit.",
     ),
     backend: str = typer.Option("engine", help="Stack that generates: engine."),
     device: str = typer.Option("auto", help="auto, cuda or cpu."),
@@ -91,6 +98,16 @@ def energy(
     from infermeter.store import Store
     from infermeter.tokenizer import tokenizer_for
 
+    if restore_power_limit:
+        from infermeter.powercap import restore_power_limits
+
+        cuda = device if device.startswith("cuda") else "cuda"
+        count = max(parse_sizes(shards, "--shards") or (1,))
+        for line in restore_power_limits(device=cuda, count=count):
+            console.print(line, highlight=False)
+        return
+    if model is None:
+        raise UserError("give a MODEL (e.g. llama-7b), or --restore-power-limit")
     if backend not in ("engine", "hf"):
         raise UserError(f"energy runs a local model (engine), not backend {backend!r}")
     if sampling not in ("top_p", "greedy"):
@@ -143,6 +160,11 @@ def energy(
             note(line)
     if not on_gpu:
         note("no GPU in use: throughput only, energy columns stay empty")
+    else:  # a cap an earlier run left would price every batch at the wrong power
+        from infermeter.powercap import leftover_power_caps
+
+        for line in leftover_power_caps(cuda, max(sweep.shards)):
+            note(line)
 
     with (
         Store(store) as db,
