@@ -142,3 +142,26 @@ def test_a_mig_instance_nvml_can_read_is_metered_itself() -> None:
         window = meter.end("w")
     assert window.method == "integrated"
     assert window.total_j == pytest.approx(90 * window.seconds, rel=0.05)
+
+
+def test_device_cuda_n_meters_gpu_n_and_its_ranks_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert Meter.for_device("cuda:1", 1, nvml=machine()).gpus == [1]
+    assert Meter.for_device("cuda:1", 2, nvml=machine()).gpus == [1, 2]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"{fake_uuid(3)},{fake_uuid(JOB)}")
+    meter = Meter.for_device("cuda:1", 1, nvml=machine())
+    assert meter.gpus == [JOB] and meter.refs[0].cuda_index == 1
+
+
+def test_a_gpu_cuda_does_not_show_is_refused_in_one_line(tmp_path: object) -> None:
+    """Without that GPU (here: no CUDA at all) `--device cuda:1` stops before anything runs."""
+    from typer.testing import CliRunner
+
+    from infermeter.cli import app
+    from infermeter.provenance import cuda_device_name
+
+    if cuda_device_name("cuda:1") is not None:
+        pytest.skip("this machine has a second GPU")
+    result = CliRunner().invoke(app, ["profile", "tiny-llama", "--device", "cuda:1"])
+    assert result.exit_code == 2
+    assert "--device cuda:1 asked for, but CUDA shows no such GPU" in result.output

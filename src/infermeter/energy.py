@@ -712,7 +712,9 @@ def run_energy(
                 if first_use:
                     meter.measure_idle(idle_s)
                 meter.start()
-                info.update(idle_w=meter.idle_w, power_field=meter.power_field_used)
+                info.update(
+                    idle_w=meter.idle_w, power_field=meter.power_field_used, meter=meter.describe()
+                )
                 if first_use and warmup_s > 0:
                     if on_note:
                         on_note(

@@ -64,7 +64,7 @@ def energy(
         "that sit below their default limit.",
     ),
     backend: str = typer.Option("engine", help="Stack that generates: engine."),
-    device: str = typer.Option("auto", help="auto, cuda or cpu."),
+    device: str = typer.Option("auto", help="auto, cuda, cuda:N or cpu."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16 or float16."),
     checkpoint: Path | None = typer.Option(
         None, help="Local LLaMA checkpoint folder: real weights, so real response lengths."
@@ -122,14 +122,17 @@ def energy(
         caps or (None,),
     )
     sweep.validate(spec)
-    on_gpu = device != "cpu" and cuda_device_name() is not None
+    cuda = device if device.startswith("cuda") else "cuda"  # cuda:N: its shards follow it
+    on_gpu = device != "cpu" and cuda_device_name(cuda) is not None
     if device.startswith("cuda") and not on_gpu:
-        raise UserError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
+        raise UserError(
+            f"--device {device} asked for, but CUDA shows no such GPU; use another --device "
+            "or --device cpu"
+        )
     if caps and not on_gpu:
         raise UserError("--power-limit caps NVIDIA GPUs; this run has none (nothing was changed)")
     workload = load_workload(dataset, prompts, seed, template)
     tok, tok_note = tokenizer_for(spec, tokenizer)
-    cuda = device if device.startswith("cuda") else "cuda"
     options: dict[str, Any] = {"device": cuda if on_gpu else "cpu", "dtype": dtype, "seed": seed}
     if checkpoint is not None:
         options["checkpoint"] = str(checkpoint)
@@ -216,7 +219,7 @@ def energy(
             backend_name=backend,
             backend_options=options,
             meter_for=meter_for,
-            device=device_description(gpu=on_gpu),
+            device=device_description(gpu=on_gpu, device=cuda),
             seed=seed,
             warmup_s=warmup,
             on_start=on_start,
