@@ -154,3 +154,23 @@ def test_a_metered_profile_never_resumes_into_an_unmetered_run(tmp_path: Path) -
         assert with_meter.id != plain.id
         assert store.points(with_meter.id).energy_j.notna().all()
         assert store.points(plain.id).energy_j.isna().all()
+
+
+@pytest.mark.slow
+def test_a_window_given_to_measure_brackets_exactly_the_timed_call() -> None:
+    """The contract: hf's measure opens the window after its warm-up and closes it after the
+    timed generation (10 ms + 2 ms per token of the fake clock here), nothing else."""
+    meter, clock = metered()
+    backend = hf(clock)
+    backend.prepare(get_spec("tiny-llama"))
+    try:
+        with meter:
+            window = meter.window("query")
+            measured = backend.measure(Point(8, 5, 1), window)
+    finally:
+        backend.close()
+    result = window.result
+    assert measured.status == "ok" and result is not None and not window.is_open
+    # The warm-up's 2-token generation (14 ms) ran before the window: only 20 ms are in it.
+    assert result.seconds == pytest.approx(0.010 + 0.002 * 5, abs=0.002)
+    assert result.total_j == pytest.approx(250 * result.seconds, rel=0.05)
