@@ -528,3 +528,20 @@ def test_a_negative_warm_up_is_refused_before_anything_starts(tmp_path: Path) ->
     )
     assert result.exit_code == 2 and "--warmup-s must be 0 or more seconds" in result.output
     assert not store.exists()
+
+
+def test_a_gpu_without_power_or_utilisation_readings_still_runs_the_sweep(
+    tmp_path: Path, workload: Workload
+) -> None:
+    """Counter only (nvmlDeviceGetPowerUsage and utilisation NotSupported): joules and W
+    as before, utilisation and the power timeline left empty, nothing raised."""
+    gpu = FakeGpu(power=lambda t: WATTS, has_power=False, has_instant_field=False)
+    gpu.has_utilization = False
+    with Store(tmp_path / "s.sqlite") as store:
+        result = experiment(store, workload, EnergySweep((4,), (8,)), Engine(), FakeNvml([gpu]))
+        batches = energy_batches(store, result.run.id)
+        samples = store.samples(result.run.id)
+    row = result.configs.iloc[0]
+    assert row.status == "ok" and row.watts == pytest.approx(WATTS, rel=0.05)
+    assert pd.isna(row.sm_util) and samples.empty and (batches.method == "counter").all()
+    assert result.run.backend_info["meter"]["energy_method"] == "counter"

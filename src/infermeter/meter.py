@@ -280,7 +280,13 @@ class Meter:
             nvml, _ = load_nvml()
             if nvml is None:
                 return cls(gpus=[], **options)  # inert; its note says why
-        return cls(resolve_gpus(device, count, nvml), nvml=nvml, **options)
+        try:
+            gpus = resolve_gpus(device, count, nvml)
+        except nvml_error(nvml) as error:  # NVML loads but cannot list the GPUs
+            meter = cls(gpus=[], nvml=nvml, **options)
+            meter.notes.append(f"NVML cannot list the GPUs ({error}): no energy data")
+            return meter
+        return cls(gpus, nvml=nvml, **options)
 
     @property
     def note(self) -> str | None:
@@ -649,8 +655,9 @@ class Meter:
         return self._frame(rows, unix)
 
     def drain(self, unix: bool = True) -> pd.DataFrame:
-        """The samples taken since the last drain, for the store; from the first drain on,
-        samples are kept until drained (and then only while something else needs them)."""
+        """The power samples taken since the last drain, for the store (a GPU without a power
+        reading has none); from the first drain on, samples are kept until drained (and then
+        only while something else needs them)."""
         with self._lock:
             self._draining = True
             lo = bisect.bisect_right(self._t, self._drained_to)
@@ -658,7 +665,7 @@ class Meter:
             if rows:
                 self._drained_to = rows[-1].t
             self._trim_locked()
-        return self._frame(rows, unix)
+        return self._frame([r for r in rows if r.power_w is not None], unix)
 
     def _frame(self, rows: list[PowerSample], unix: bool) -> pd.DataFrame:
         frame = pd.DataFrame(
