@@ -25,8 +25,7 @@ from engine_bench import medians
 from infermeter.backends.base import Point
 from infermeter.backends.engine import EngineBackend
 from infermeter.catalog import get_spec
-from infermeter.engine.generate import is_oom
-from infermeter.errors import UserError
+from infermeter.errors import UserError, is_oom
 
 
 def curve(model: str, batches: list[int], repeats: int) -> list[dict[str, Any]]:

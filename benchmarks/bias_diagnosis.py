@@ -37,7 +37,7 @@ from _record import DOCS, write_result
 from infermeter.backends import get_backend
 from infermeter.backends.base import Point
 from infermeter.catalog import get_spec
-from infermeter.meter import Meter, load_nvml, visible_gpus
+from infermeter.meter import Meter, load_nvml
 from infermeter.profile import measure_point
 
 
@@ -196,7 +196,7 @@ def main() -> None:
     backend = get_backend("engine", device="cpu" if args.quick else "cuda")
     backend.prepare(spec)
     context = spec.max_context
-    meter = Meter(gpus=visible_gpus(1), interval_s=0.1)
+    meter = Meter.for_device("cuda", 1, interval_s=0.1)
     metered = meter.available
     line(f"{spec.name} on {backend.describe().get('device')}; metered: {metered}")
     if metered:

@@ -46,7 +46,7 @@ from infermeter.energy import (
     generate_batch,
     run_energy,
 )
-from infermeter.meter import Meter, visible_gpus
+from infermeter.meter import Meter
 from infermeter.provenance import cuda_device_name, device_description
 from infermeter.store import Store
 from infermeter.tokenizer import prompt_ids, tokenizer_for
@@ -196,7 +196,7 @@ def main() -> None:
     if not args.resume:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{args.store}{suffix}").unlink(missing_ok=True)
-    meter = Meter(gpus=visible_gpus(1)) if on_gpu else fake_meter() if args.quick else None
+    meter = Meter.for_device("cuda", 1) if on_gpu else fake_meter() if args.quick else None
     what = "none (CPU)" if meter is None else meter.note or f"NVML {meter.power_field_used} power"
     log(f"device: {device_description(gpu=on_gpu)}; meter: {what}")
     datasets = args.datasets.split(",")

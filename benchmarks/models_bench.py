@@ -169,7 +169,7 @@ def batch_curve(name: str, batches: tuple[int, ...], device: str, repeats: int) 
 
     from infermeter.backends.base import Point
     from infermeter.backends.engine import EngineBackend
-    from infermeter.engine.generate import is_oom
+    from infermeter.errors import is_oom
     from infermeter.report.moe_figs import distinct_experts_prediction
 
     spec = get_spec(name)

@@ -42,7 +42,7 @@ from infermeter.catalog import get_spec
 from infermeter.errors import UserError
 from infermeter.fit import fit_cost_model
 from infermeter.hardware import build_stack
-from infermeter.meter import Meter, visible_gpus
+from infermeter.meter import Meter
 from infermeter.profile import ProfileGrid, measure_point, run_profile
 from infermeter.provenance import cuda_device_name, device_description
 from infermeter.store import Store
@@ -113,7 +113,7 @@ def main() -> None:
     except UserError as error:
         print(f"note: {error}; the run records its device name only")
         stack_record = {"backend": args.backend}
-    meter = Meter(gpus=visible_gpus(1))
+    meter = Meter.for_device("cuda", 1)
     print(f"meter: {meter.note or 'NVML ' + meter.power_field_used + ' power'}")
     start = time.perf_counter()
     store_path = args.store or args.out / "stores" / f"{name}.sqlite"

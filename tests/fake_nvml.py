@@ -3,6 +3,12 @@
 Each fake GPU draws power as a function of time (watts); its energy counter integrates that
 function exactly and, like the real one, only moves in steps of `counter_step_s`.
 
+GPUs have UUIDs (GPU-3f2a9c1e-0000-4000-8000-00000000000N for the N-th unless set), may hold MIG
+instances (`FakeGpu.migs`, made with `mig_instance`), and each sensor can be missing on its own
+(`has_power`, `has_instant_field`, `has_counter`, `has_utilization`): a missing one raises
+NVMLError(NOT_SUPPORTED) as the real library does. With `limits_file` the power limits live in
+a JSON file, so that a limit set by one process is what the next one reads (as on a real GPU).
+
 Time is the real perf_counter by default, or a FakeClock shared with the Meter
 (`Meter(clock=...)`): then nothing a test asserts depends on how busy the machine is. Under a
 fake clock each NVML call takes `call_s` of it, as a real call takes a few hundred µs, and the
@@ -11,15 +17,18 @@ meter's sampler ticks as the clock is advanced, on the test's own thread.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 NVML_SUCCESS = 0
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_NO_PERMISSION = 4
+NVML_ERROR_NOT_FOUND = 6
 
 
 class NVMLError(Exception):
@@ -96,6 +105,28 @@ class FakeGpu:
     can_set_limit: bool = True
     counter_step_s: float = 0.0
     limit_history: list[int] = field(default_factory=list)
+    uuid: str = ""  # set by FakeNvml from the GPU's index when left empty
+    has_power: bool = True  # nvmlDeviceGetPowerUsage
+    has_utilization: bool = True  # nvmlDeviceGetUtilizationRates
+    # Joules between two times, where a test knows it in closed form (fast); else integrated.
+    energy: Callable[[float, float], float] | None = None
+    migs: list[FakeGpu] = field(default_factory=list)  # MIG instances of this GPU
+    mig_ids: tuple[int, int] | None = None  # (GPU instance, compute instance) of a MIG instance
+
+
+def mig_instance(uuid: str, gpu_instance: int = 1, compute_instance: int = 0) -> FakeGpu:
+    """A MIG instance as NVML shows one: no power reading, no energy counter of its own."""
+    return FakeGpu(
+        uuid=uuid,
+        has_power=False,
+        has_counter=False,
+        has_instant_field=False,
+        mig_ids=(gpu_instance, compute_instance),
+    )
+
+
+def fake_uuid(index: int) -> str:
+    return f"GPU-3f2a9c1e-0000-4000-8000-{index:012d}"
 
 
 class FakeNvml:
@@ -109,8 +140,12 @@ class FakeNvml:
         t0: float | None = None,
         clock: FakeClock | None = None,
         call_s: float = 0.0002,
+        limits_file: str | Path | None = None,
     ) -> None:
         self.gpus = gpus
+        for index, gpu in enumerate(gpus):
+            gpu.uuid = gpu.uuid or fake_uuid(index)
+        self.limits_file = Path(limits_file) if limits_file is not None else None
         self.clock = clock
         self.call_s = call_s
         self.t0 = self._now() if t0 is None else t0
@@ -139,7 +174,38 @@ class FakeNvml:
         return len(self.gpus)
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeGpu:
+        if not 0 <= index < len(self.gpus):
+            raise NVMLError(2)  # NVML_ERROR_INVALID_ARGUMENT
         return self.gpus[index]
+
+    def nvmlDeviceGetUUID(self, gpu: FakeGpu) -> str:
+        return gpu.uuid
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> FakeGpu:
+        for gpu in self.gpus:
+            for one in (gpu, *gpu.migs):
+                if one.uuid == uuid:
+                    return one
+        raise NVMLError(NVML_ERROR_NOT_FOUND)
+
+    def nvmlDeviceGetMigMode(self, gpu: FakeGpu) -> tuple[int, int]:
+        return (1, 1) if gpu.migs else (0, 0)
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, gpu: FakeGpu) -> int:
+        return 7 if gpu.migs else 0
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, gpu: FakeGpu, index: int) -> FakeGpu:
+        if index >= len(gpu.migs):
+            raise NVMLError(NVML_ERROR_NOT_FOUND)
+        return gpu.migs[index]
+
+    def nvmlDeviceGetGpuInstanceId(self, mig: FakeGpu) -> int:
+        assert mig.mig_ids is not None
+        return mig.mig_ids[0]
+
+    def nvmlDeviceGetComputeInstanceId(self, mig: FakeGpu) -> int:
+        assert mig.mig_ids is not None
+        return mig.mig_ids[1]
 
     def nvmlDeviceGetName(self, gpu: FakeGpu) -> str:
         return gpu.name
@@ -148,6 +214,8 @@ class FakeNvml:
         """∫ power dt in joules (midpoint rule, fine enough for smooth test profiles)."""
         if b <= a:
             return 0.0
+        if gpu.energy is not None:
+            return gpu.energy(a, b)
         dt = (b - a) / steps
         return sum(gpu.power(a + (i + 0.5) * dt) for i in range(steps)) * dt
 
@@ -160,6 +228,8 @@ class FakeNvml:
         return round(self.energy_between(gpu, self.t0, now) * 1000)  # mJ
 
     def nvmlDeviceGetPowerUsage(self, gpu: FakeGpu) -> int:
+        if not gpu.has_power:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
         return int(gpu.power(self._call()) * 1000)  # mW
 
     def nvmlDeviceGetFieldValues(self, gpu: FakeGpu, ids: list[int]) -> list[SimpleNamespace]:
@@ -178,10 +248,19 @@ class FakeNvml:
         return out
 
     def nvmlDeviceGetUtilizationRates(self, gpu: FakeGpu) -> SimpleNamespace:
+        if not gpu.has_utilization:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
         return SimpleNamespace(gpu=gpu.sm_util, memory=gpu.mem_util)
 
+    def _stored_limits(self) -> dict[str, int]:
+        if self.limits_file is None or not self.limits_file.exists():
+            return {}
+        return {k: int(v) for k, v in json.loads(self.limits_file.read_text()).items()}
+
     def nvmlDeviceGetPowerManagementLimit(self, gpu: FakeGpu) -> int:
-        return gpu.limit_mw
+        if gpu.mig_ids is not None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return self._stored_limits().get(gpu.uuid, gpu.limit_mw)
 
     def nvmlDeviceGetPowerManagementDefaultLimit(self, gpu: FakeGpu) -> int:
         return gpu.default_limit_mw
@@ -193,8 +272,15 @@ class FakeNvml:
         self.calls.append(f"set_limit {limit_mw}")
         if not gpu.can_set_limit:
             raise NVMLError(NVML_ERROR_NO_PERMISSION)
+        if gpu.mig_ids is not None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
         gpu.limit_mw = limit_mw
         gpu.limit_history.append(limit_mw)
+        if self.limits_file is not None:
+            limits = {**self._stored_limits(), gpu.uuid: limit_mw}
+            part = self.limits_file.with_suffix(".part")
+            part.write_text(json.dumps(limits))
+            part.replace(self.limits_file)
 
 
 # ---- GPU memory in use (infermeter.energy's peak memory): appended, the class is unchanged above

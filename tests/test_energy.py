@@ -127,7 +127,9 @@ def test_experiment_end_to_end(tmp_path: Path, workload: Workload) -> None:
             columns = [row[1] for row in db.execute("PRAGMA table_info(energy_configs)")]
     assert columns == CONFIG_COLUMNS  # the report reads these exact columns
     assert result.run.status == "complete" and not result.skipped
-    assert nvml.power_calls == []  # no --power-limit, no power-limit call at all
+    # No --power-limit: no limit changed; each batch records the one NVML reports.
+    assert not [call for call in nvml.power_calls if call.startswith("set")]
+    assert batches.power_limit_w.eq(700.0).all()
     # Batch 8 does not fit: stored as infeasible with the reason; the sweep went on.
     bad = configs[configs.batch == 8]
     assert list(bad.status) == ["infeasible"] * 2 and bad.watts.isna().all()
@@ -190,8 +192,12 @@ def test_power_caps_are_set_per_configuration_and_restored(
     sweep = EnergySweep((4,), (8,), power_limits=(250.0, 200.0))
     with Store(tmp_path / "s.sqlite") as store:
         result = experiment(store, small, sweep, Engine(), nvml)
+        batches = energy_batches(store, result.run.id)
     assert list(result.configs.power_cap_w) == [200.0, 250.0]
     assert nvml.gpus[0].limit_history == [250_000, 700_000, 200_000, 700_000]
+    # Each batch records the limit NVML reported while it ran.
+    caps = batches.config_key.str.extract(r"cap(\d+)")[0].astype(float)
+    assert (batches.power_limit_w == caps).all()
     # A worker rank dies mid-run: the limit goes back and the error reaches the caller.
     nvml = RecordingNvml([FakeGpu(power=lambda t: WATTS)])
     with Store(tmp_path / "t.sqlite") as store:
@@ -199,6 +205,50 @@ def test_power_caps_are_set_per_configuration_and_restored(
             experiment(store, small, sweep, Engine(crash_at=1), nvml)
         assert store.runs().status.tolist() == ["interrupted"]
     assert nvml.gpus[0].limit_mw == 700_000 and nvml.gpus[0].limit_history == [250_000, 700_000]
+
+
+class ChangingLimit(Engine):
+    """The real engine; after its `at`-th batch something outside the run sets the GPU's
+    power limit back to 700 W (an administrator, another tool)."""
+
+    def __init__(self, nvml: FakeNvml, at: int) -> None:
+        super().__init__()
+        self.nvml, self.at = nvml, at
+
+    def generate(self, prompts: list[list[int]], *args: Any, **kwargs: Any) -> Any:
+        out = super().generate(prompts, *args, **kwargs)
+        if len(self.batches) == self.at:
+            self.nvml.gpus[2].limit_mw = 700_000
+        return out
+
+
+def test_caps_go_to_the_run_gpus_only_and_a_lost_cap_stops_the_sweep(
+    tmp_path: Path, workload: Workload
+) -> None:
+    """A run on the GPU picked by UUID (2 of 4) caps that GPU and no other; when its limit is
+    changed from outside mid-configuration, the batch that ran then is not stored and the
+    sweep stops with one line, the cap put back."""
+    from fake_nvml import fake_uuid
+    from infermeter.energy import PowerCapLost
+    from infermeter.gpus import resolve_gpus
+
+    nvml = FakeNvml([FakeGpu(power=lambda t: WATTS) for _ in range(4)])
+    env = {"CUDA_VISIBLE_DEVICES": f"{fake_uuid(2)},{fake_uuid(0)}"}
+    refs = resolve_gpus("cuda", 1, nvml, environ=env, cuda_uuid=None)
+    tok, _ = tokenizer_for(SPEC)
+    backend = ChangingLimit(nvml, at=2)
+    sweep = EnergySweep((4,), (8,), power_limits=(250.0,))
+    with Store(tmp_path / "s.sqlite") as store:
+        with pytest.raises(PowerCapLost, match=r"700 W, not the 250 W.*batch 1 not stored"):
+            run_energy(
+                store, SPEC, workload, tok, sweep, lambda tp: backend,
+                meter_for=lambda tp: Meter(refs, interval_s=0.01, nvml=nvml), power_nvml=nvml,
+                stop_tokens=STOPS, idle_s=0.05, close_backends=False,
+            )  # fmt: skip
+        batches = energy_batches(store)
+    assert list(batches.batch_index) == [0] and list(batches.power_limit_w) == [250.0]
+    assert [len(g.limit_history) for g in nvml.gpus] == [0, 0, 2, 0]
+    assert nvml.gpus[2].limit_history == [250_000, 700_000]
 
 
 def test_without_nvml_throughput_is_kept_and_energy_left_empty(
@@ -373,14 +423,15 @@ def test_a_store_from_before_batch_peaks_gains_the_column(tmp_path: Path) -> Non
     path = tmp_path / "old.sqlite"
     Store(path).close()
     with sqlite3.connect(path) as db:
-        db.execute(f"CREATE TABLE energy_batches ({', '.join(BATCH_COLUMNS[:-1])})")
+        db.execute(f"CREATE TABLE energy_batches ({', '.join(BATCH_COLUMNS[:-2])})")
         db.execute(f"INSERT INTO energy_batches VALUES ({','.join('?' * 14)})", [1] * 14)
     with Store(path) as store, store.transaction() as db:
         ensure_tables(db)
     with sqlite3.connect(path) as db:
         columns = [row[1] for row in db.execute("PRAGMA table_info(energy_batches)")]
-        rows = db.execute("SELECT peak_mem_gb, run_id FROM energy_batches").fetchall()
-    assert columns == BATCH_COLUMNS and rows == [(None, 1)]
+        rows = db.execute("SELECT peak_mem_gb, power_limit_w, run_id FROM energy_batches")
+        rows = rows.fetchall()
+    assert columns == BATCH_COLUMNS and rows == [(None, None, 1)]
 
 
 def test_cli_energy_stopped_by_sigterm_resumes_at_its_next_batch(tmp_path: Path) -> None:
@@ -477,3 +528,20 @@ def test_a_negative_warm_up_is_refused_before_anything_starts(tmp_path: Path) ->
     )
     assert result.exit_code == 2 and "--warmup-s must be 0 or more seconds" in result.output
     assert not store.exists()
+
+
+def test_a_gpu_without_power_or_utilisation_readings_still_runs_the_sweep(
+    tmp_path: Path, workload: Workload
+) -> None:
+    """Counter only (nvmlDeviceGetPowerUsage and utilisation NotSupported): joules and W
+    as before, utilisation and the power timeline left empty, nothing raised."""
+    gpu = FakeGpu(power=lambda t: WATTS, has_power=False, has_instant_field=False)
+    gpu.has_utilization = False
+    with Store(tmp_path / "s.sqlite") as store:
+        result = experiment(store, workload, EnergySweep((4,), (8,)), Engine(), FakeNvml([gpu]))
+        batches = energy_batches(store, result.run.id)
+        samples = store.samples(result.run.id)
+    row = result.configs.iloc[0]
+    assert row.status == "ok" and row.watts == pytest.approx(WATTS, rel=0.05)
+    assert pd.isna(row.sm_util) and samples.empty and (batches.method == "counter").all()
+    assert result.run.backend_info["meter"]["energy_method"] == "counter"

@@ -259,8 +259,8 @@ def test_forced_length_and_stop_tokens() -> None:
     assert run.tokens[1] == expected
     if stop in free[1]:  # both stopped: the host noticed and ended the loop early
         assert run.decode_steps < 11
-    forced = engine.measure(Point(prompt_tokens=6, output_tokens=9, batch_size=3))
-    assert forced.output_tokens_actual == 9
+    forced = engine.run_point(Point(prompt_tokens=6, output_tokens=9, batch_size=3))
+    assert [len(t) for t in forced.tokens] == [9, 9, 9]
 
 
 class FakeGraph:

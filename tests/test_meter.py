@@ -3,9 +3,11 @@ and marks. Time moves only when a test moves it, so no figure depends on the mac
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from fake_nvml import FakeClock, FakeGpu, FakeNvml
+from fake_nvml import NVML_ERROR_NOT_SUPPORTED, FakeClock, FakeGpu, FakeNvml, NVMLError
 from infermeter.meter import Meter
 
 CLOCK = FakeClock()
@@ -116,17 +118,6 @@ def test_sampler_timeline() -> None:
     assert list(timeline.columns) == ["t", "gpu", "power_w", "sm_util", "mem_util"]
 
 
-def test_visible_gpus_follow_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
-    from infermeter.meter import visible_gpus
-
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    assert visible_gpus(2) == [2, 3]
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-abc")
-    assert visible_gpus(1) == [0]
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert visible_gpus(2) == [0, 1]
-
-
 def test_tick_alignment_recovers_windows_shorter_than_the_counter_step() -> None:
     """A counter that moves every 100 ms (as on an H100) still meters 150 ms windows within 3%."""
     import math
@@ -147,3 +138,141 @@ def test_tick_alignment_recovers_windows_shorter_than_the_counter_step() -> None
     assert max(aligned_errors) < 0.03
     # What plain readings at the edges get: off by a share of a step each time.
     assert sum(naive_errors) > 3 * sum(aligned_errors)
+
+
+# ---- every sensor optional, on its own ------------------------------------------------------
+
+
+def test_no_power_reading_leaves_the_counter_and_utilisation_working() -> None:
+    """nvmlDeviceGetPowerUsage NotSupported (and no power field): the counter still meters,
+    the sampler keeps utilisation, idle power is unknown; nothing raises."""
+    gpu = FakeGpu(power=lambda t: 200.0, has_power=False, has_instant_field=False)
+    with Meter(interval_s=0.01, nvml=fake([gpu]), clock=CLOCK) as meter:
+        assert meter.power_field_used == "none" and meter.energy_method == "counter"
+        assert meter.measure_idle(0.05) is None
+        meter.begin("w")
+        busy(0.3)
+        window = meter.end("w")
+    assert window.method == "counter" and window.integrated_j is None
+    assert window.total_j == pytest.approx(200 * window.seconds, rel=0.02)
+    assert window.sm_util == 90 and meter.read_errors == 0
+
+
+def test_no_utilisation_leaves_energy_whole() -> None:
+    gpu = FakeGpu(power=lambda t: 200.0, has_utilization=False)
+    with Meter(interval_s=0.01, nvml=fake([gpu]), clock=CLOCK) as meter:
+        meter.begin("w")
+        busy(0.2)
+        window = meter.end("w")
+    assert window.method == "counter" and window.sm_util is None and window.mem_util is None
+    assert window.integrated_j == pytest.approx(window.total_j, rel=0.03)
+    assert "no utilisation reading" in (meter.note or "")
+
+
+def test_no_sensor_at_all_is_runtime_only_with_a_note() -> None:
+    gpu = FakeGpu(has_power=False, has_instant_field=False, has_counter=False)
+    gpu.has_utilization = False
+    with Meter(interval_s=0.01, nvml=fake([gpu]), clock=CLOCK) as meter:
+        assert meter.available and not meter.measures_energy
+        assert meter.energy_method == "none" and "runtime only" in (meter.note or "")
+        meter.begin("w")
+        busy(0.1)
+        window = meter.end("w")
+    assert window.method == "none" and window.energy_j is None and window.mean_power_w is None
+    assert meter.describe()["energy_method"] == "none"
+
+
+class FailingLater(FakeNvml):
+    """An NVML whose readings start failing mid-run (a GPU fallen off the bus)."""
+
+    def __init__(self, gpus: list[FakeGpu], fail_after: int, clock: FakeClock | None) -> None:
+        super().__init__(gpus, clock=clock)
+        self.left, self.failed = fail_after, threading.Event()
+
+    def _maybe_fail(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            self.failed.set()
+            raise NVMLError(15)  # NVML_ERROR_GPU_IS_LOST
+
+    def nvmlDeviceGetPowerUsage(self, gpu: FakeGpu) -> int:
+        self._maybe_fail()
+        return super().nvmlDeviceGetPowerUsage(gpu)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, gpu: FakeGpu) -> int:
+        self._maybe_fail()
+        return super().nvmlDeviceGetTotalEnergyConsumption(gpu)
+
+    def nvmlDeviceGetUtilizationRates(self, gpu: FakeGpu):  # type: ignore[no-untyped-def]
+        self._maybe_fail()
+        return super().nvmlDeviceGetUtilizationRates(gpu)
+
+
+def test_readings_that_fail_mid_window_degrade_the_window_and_never_raise() -> None:
+    gpu = FakeGpu(power=lambda t: 300.0, has_instant_field=False)
+    nvml = FailingLater([gpu], fail_after=10**9, clock=CLOCK)
+    with Meter(interval_s=0.01, nvml=nvml, clock=CLOCK) as meter:
+        meter.begin("w")
+        busy(0.2)
+        nvml.left = 0  # from here every reading fails: at the closing edge too
+        busy(0.05)
+        window = meter.end("w")
+        busy(0.05)  # the sampler goes on ticking through failures
+    # The counter failed at the edge: the samples taken before the failure integrate.
+    assert window.method == "integrated" and meter.read_errors > 0
+    assert window.total_j == pytest.approx(300 * window.seconds, rel=0.05)
+
+
+def test_no_nvml_exception_leaves_the_sampler_thread() -> None:
+    """On the system clock the sampler is a thread: a reading that raises mid-run is
+    skipped there, and the thread never dies of it (threading.excepthook is never called)."""
+    nvml = FailingLater([FakeGpu(has_instant_field=False)], fail_after=20, clock=None)
+    escaped: list[object] = []
+    previous = threading.excepthook
+    threading.excepthook = escaped.append
+    try:
+        with Meter(interval_s=0.001, nvml=nvml) as meter:
+            assert nvml.failed.wait(timeout=60), "the sampler never reached the failure"
+            meter.begin("w")
+            window = meter.end("w")
+    finally:
+        threading.excepthook = previous
+    assert escaped == [] and window.method != "counter" and meter.read_errors > 0
+
+
+def test_power_field_falls_back_per_sensor() -> None:
+    """No instant field: the plain reading; a counter that raises at set-up: integration."""
+    gpus = [FakeGpu(has_instant_field=False), FakeGpu(has_counter=False)]
+    meter = Meter(interval_s=0.01, nvml=fake(gpus), clock=CLOCK)
+    assert meter.power_field_used == "usage" and meter.energy_method == "integrated"
+    with pytest.raises(NVMLError) as raised:  # what the fake raises, as pynvml does
+        meter._nvml.nvmlDeviceGetTotalEnergyConsumption(gpus[1])
+    assert raised.value.value == NVML_ERROR_NOT_SUPPORTED
+
+
+# ---- bounded memory ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("drained", [True, False])
+def test_ten_thousand_windows_keep_the_samples_held_flat(drained: bool) -> None:
+    """A sweep of 10,000 windows holds as many samples at its end as early on: those of the
+    open window, the last keep_s seconds, and (when the store drains) the undrained."""
+    gpus = [FakeGpu(power=lambda t: 300.0, energy=lambda a, b: 300.0 * (b - a)) for _ in range(2)]
+    meter = Meter(interval_s=0.01, nvml=fake(gpus), clock=CLOCK, keep_s=1.0)
+    held: list[int] = []
+    drained_rows = 0
+    with meter:
+        for n in range(10_000):
+            meter.begin("w")
+            busy(0.02)
+            window = meter.end("w")
+            held.append(meter.samples_held)
+            if drained and n % 10 == 9:
+                drained_rows += len(meter.drain())
+    assert window.total_j == pytest.approx(600 * window.seconds, rel=0.02)
+    # 2 GPUs at 100 Hz plus a sample at each window's end: about keep_s = 1 s of them at
+    # most, against the 2 × 10,000 × 3 taken.
+    assert max(held) <= 2 * 1.0 * (100 + 1 / 0.02)
+    assert max(held[-1000:]) <= max(held[1000:2000]) + 4
+    if drained:  # every sample reached the store once
+        assert drained_rows + len(meter.drain()) >= 2 * 10_000 * 0.02 / 0.01

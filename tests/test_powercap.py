@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,8 @@ def test_sets_and_restores_every_gpu_on_normal_exit() -> None:
     assert [g.limit_mw for g in nvml.gpus] == [700_000, 600_000]
     assert nvml.gpus[1].limit_history == [250_000, 600_000]
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
-    assert "250 W" in notes[0] and "restored on exit" in notes[0]
+    assert "GPU 1's power limit is 600 W, below its default 700 W" in notes[0]
+    assert "250 W" in notes[-1] and "restored on exit" in notes[-1]
     assert cap.restore() == [] and len(nvml.calls) == 4  # restoring twice changes nothing
 
 
@@ -144,3 +146,193 @@ def test_handlers_are_only_installed_from_the_main_thread() -> None:
     thread.start()
     thread.join()
     assert seen == [before] and nvml.gpus[0].limit_mw == 700_000
+
+
+# ---- caps that cannot outlive the run: a fake NVML whose limits persist across processes ----
+
+
+def child(tmp_path: Path, body: str) -> Path:
+    """A script that runs `body` with `nvml`, a fake NVML of two GPUs whose limits live in
+    tmp_path/limits.json (as a real GPU's outlive the process that set them)."""
+    script = tmp_path / "child.py"
+    head = f"""
+import os, signal, sys, time
+sys.path.insert(0, {str(TESTS)!r})
+from fake_nvml import FakeGpu, FakeNvml
+from infermeter.powercap import PowerCap
+
+class Nvml(FakeNvml):
+    pass
+
+def machine():
+    return Nvml([FakeGpu(power=lambda t: 300.0), FakeGpu(power=lambda t: 300.0)],
+                limits_file={str(tmp_path / "limits.json")!r})
+"""
+    script.write_text(textwrap.dedent(head) + textwrap.dedent(body))
+    return script
+
+
+def persisted(tmp_path: Path) -> FakeNvml:
+    """The same fake machine, as the next process sees it."""
+    gpus = [FakeGpu(power=lambda t: 300.0), FakeGpu(power=lambda t: 300.0)]
+    return FakeNvml(gpus, limits_file=tmp_path / "limits.json")
+
+
+def limits_w(tmp_path: Path) -> list[float]:
+    nvml = persisted(tmp_path)
+    return [nvml.nvmlDeviceGetPowerManagementLimit(g) / 1000 for g in nvml.gpus]
+
+
+KILLED_MID_SWEEP = """
+from infermeter.catalog import get_spec
+from infermeter.backends.engine import EngineBackend
+from infermeter.datasets import load_workload
+from infermeter.energy import EnergySweep, run_energy
+from infermeter.meter import Meter
+from infermeter.store import Store
+from infermeter.tokenizer import tokenizer_for
+
+nvml = machine()
+spec = get_spec("tiny-llama")
+tok, _ = tokenizer_for(spec)
+with Store(sys.argv[1]) as store:
+    run_energy(
+        store, spec, load_workload("gsm8k", 400), tok,
+        EnergySweep((2,), (16,), power_limits=(250.0,)), lambda tp: EngineBackend(device="cpu"),
+        meter_for=lambda tp: Meter(interval_s=0.05, nvml=nvml), power_nvml=nvml,
+        idle_s=0.05,
+    )
+"""
+
+
+def test_a_cap_left_by_kill_9_is_detected_and_restored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL mid-sweep leaves the cards at 250 W: the next run refuses to read 250 W as
+    'before' (it names the fix), `energy --restore-power-limit` puts back 700 W, and then
+    capping works again."""
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    import infermeter.powercap as powercap
+    from infermeter.cli import app
+
+    store = tmp_path / "e.sqlite"
+    proc = subprocess.Popen(
+        [sys.executable, str(child(tmp_path, KILLED_MID_SWEEP)), str(store)],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        stored, deadline = 0, time.monotonic() + 240
+        while stored < 1 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            try:
+                with sqlite3.connect(store, timeout=1) as db:
+                    stored = db.execute("SELECT count(*) FROM energy_batches").fetchone()[0]
+            except sqlite3.OperationalError:
+                continue
+        assert stored >= 1, proc.stderr.read().decode() if proc.poll() is not None else ""
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert limits_w(tmp_path) == [250.0, 250.0]  # left behind: nothing ran to restore it
+    nvml = persisted(tmp_path)
+    with pytest.raises(UserError, match=r"left at 250 W by an earlier run.*before was 700 W"):
+        PowerCap(200, [0, 1], nvml=nvml).apply()
+    assert limits_w(tmp_path) == [250.0, 250.0] and nvml.calls == []  # nothing changed
+    assert len(powercap.leftover_caps(nvml)) == 2
+    monkeypatch.setattr(powercap, "load_nvml", lambda: (persisted(tmp_path), None))
+    result = CliRunner().invoke(app, ["energy", "--restore-power-limit"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("power limit restored to 700 W (left at 250 W") == 2
+    assert limits_w(tmp_path) == [700.0, 700.0] and powercap.leftover_caps(nvml) == []
+    with PowerCap(200, [0, 1], nvml=persisted(tmp_path)):
+        assert limits_w(tmp_path) == [200.0, 200.0]
+    assert limits_w(tmp_path) == [700.0, 700.0]
+    again = CliRunner().invoke(app, ["energy", "--restore-power-limit"])
+    assert again.exit_code == 0 and "nothing to restore" in again.output
+
+
+SIGNAL_DURING_APPLY = """
+class Nvml(FakeNvml):
+    def nvmlDeviceSetPowerManagementLimit(self, gpu, limit_mw):
+        super().nvmlDeviceSetPowerManagementLimit(gpu, limit_mw)
+        if gpu is self.gpus[1] and limit_mw == 250_000:  # mid-apply: GPU 0 is capped already
+            os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+
+try:
+    with PowerCap(250, [0, 1], nvml=machine()):
+        print("never here", flush=True)
+        time.sleep(30)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+@pytest.mark.parametrize(("name", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_while_capping_leaves_no_cap(tmp_path: Path, name: str, code: int) -> None:
+    script = child(tmp_path, SIGNAL_DURING_APPLY)
+    done = subprocess.run(
+        [sys.executable, str(script), name], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == code, done.stderr
+    assert "never here" not in done.stdout
+    assert limits_w(tmp_path) == [700.0, 700.0]  # GPU 0 went back too
+    from infermeter.powercap import leftover_caps
+
+    assert leftover_caps(persisted(tmp_path)) == []  # and the state file is clean
+
+
+IGNORING_SIGINT = """
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+nvml = machine()
+with PowerCap(250, [0, 1], nvml=nvml) as cap:
+    ran = []
+    for batch in range(8):
+        if batch == 1:
+            print("ready", flush=True)
+            sys.stdin.readline()  # the parent sends SIGINT, then lets the sweep go on
+        ran.append(min(cap.current_w()))
+        time.sleep(0.01)
+print(" ".join(f"{w:g}" for w in ran), flush=True)
+"""
+
+
+def test_an_ignored_sigint_keeps_the_cap_for_the_whole_sweep(tmp_path: Path) -> None:
+    """A process that ignores SIGINT goes on measuring: every batch runs at the cap it is
+    labelled with, and the cap goes back when the sweep ends."""
+    script = child(tmp_path, IGNORING_SIGINT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert out.split() == ["250"] * 8
+    assert limits_w(tmp_path) == [700.0, 700.0]
+
+
+def test_caps_go_only_to_the_gpus_named_by_uuid() -> None:
+    from fake_nvml import fake_uuid
+    from infermeter.gpus import resolve_gpus
+
+    nvml = FakeNvml([FakeGpu() for _ in range(4)])
+    env = {"CUDA_VISIBLE_DEVICES": f"{fake_uuid(3)},{fake_uuid(1)}"}
+    refs = resolve_gpus("cuda", 2, nvml, environ=env, cuda_uuid=None)
+    with PowerCap(250, refs, nvml=nvml):
+        assert [g.limit_mw for g in nvml.gpus] == [700_000, 250_000, 700_000, 250_000]
+    assert [len(g.limit_history) for g in nvml.gpus] == [0, 2, 0, 2]
+    mig = replace(refs[0], mig=True)
+    with pytest.raises(UserError, match=r"MIG instance.*nothing was changed"):
+        PowerCap(250, [mig], nvml=nvml).apply()

@@ -154,3 +154,74 @@ def test_a_metered_profile_never_resumes_into_an_unmetered_run(tmp_path: Path) -
         assert with_meter.id != plain.id
         assert store.points(with_meter.id).energy_j.notna().all()
         assert store.points(plain.id).energy_j.isna().all()
+
+
+@pytest.mark.slow
+def test_a_window_given_to_measure_brackets_exactly_the_timed_call() -> None:
+    """The contract: hf's measure opens the window after its warm-up and closes it after the
+    timed generation (10 ms + 2 ms per token of the fake clock here), nothing else."""
+    meter, clock = metered()
+    backend = hf(clock)
+    backend.prepare(get_spec("tiny-llama"))
+    try:
+        with meter:
+            window = meter.window("query")
+            measured = backend.measure(Point(8, 5, 1), window)
+    finally:
+        backend.close()
+    result = window.result
+    assert measured.status == "ok" and result is not None and not window.is_open
+    # The warm-up's 2-token generation (14 ms) ran before the window: only 20 ms are in it.
+    assert result.seconds == pytest.approx(0.010 + 0.002 * 5, abs=0.002)
+    assert result.total_j == pytest.approx(250 * result.seconds, rel=0.05)
+
+
+SENSORS = {  # what each card lacks -> (energy method, energy on the points, utilisation)
+    "no power reading": ({"has_power": False, "has_instant_field": False}, "counter"),
+    "no instant field": ({"has_instant_field": False}, "counter"),
+    "no energy counter": ({"has_counter": False}, "integrated"),
+    "no utilisation": ({"has_utilization": False}, "counter"),
+    "no sensor at all": (
+        {"has_power": False, "has_instant_field": False, "has_counter": False},
+        "none",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(SENSORS))
+def test_a_missing_sensor_degrades_its_figure_alone_and_the_profile_completes(
+    tmp_path: Path, case: str
+) -> None:
+    missing, method = SENSORS[case]
+    clock = FakeClock()
+    gpu = FakeGpu(power=lambda t: 250.0)
+    for key, value in missing.items():
+        setattr(gpu, key, value)
+    meter = Meter(interval_s=0.005, nvml=FakeNvml([gpu], clock=clock), clock=clock)
+    grid = ProfileGrid((1, 16), (1, 4), (1,), 1)
+    with Store(tmp_path / "s.sqlite") as store:
+        run = run_profile(
+            store, get_spec("tiny-llama"), {}, hf(clock), {}, grid, meter=meter,
+            min_energy_window_s=0.05,
+        )  # fmt: skip
+        points = store.points(run.id)
+        samples = store.samples(run.id)
+    assert run.status == "complete" and len(points) == 4
+    assert run.backend_info["meter"]["energy_method"] == method
+    if method == "none":  # runtime only, said so in the record
+        assert points.energy_j.isna().all() and points.runtime_s.notna().all()
+        assert "runtime only" in " ".join(run.backend_info["meter"]["notes"])
+        return
+    extra = points.extra_json.map(json.loads)
+    assert (extra.map(lambda e: e["energy_method"]) == method).all()
+    assert np.allclose(
+        points.energy_j,
+        250
+        * extra.map(lambda e: e["energy_window_s"])
+        / extra.map(lambda e: e["energy_window_runs"]),
+        rtol=0.03,
+    )
+    utilisation = extra.map(lambda e: e["sm_util"])
+    assert utilisation.isna().all() if case == "no utilisation" else (utilisation == 90).all()
+    assert samples.empty if case == "no power reading" else (samples.power_w == 250).all()

@@ -398,7 +398,7 @@ def profile(
     backend: str = typer.Option(
         "engine", help="Stack to profile: engine (the reference) or hf (transformers)."
     ),
-    device: str = typer.Option("auto", help="auto, cuda or cpu."),
+    device: str = typer.Option("auto", help="auto, cuda, cuda:N or cpu."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16 or float16."),
     prompt_sizes: str | None = typer.Option(None, help="e.g. 1,256,512,1024,1536."),
     output_sizes: str | None = typer.Option(None, help="e.g. 1,32,64,128,256."),
@@ -472,7 +472,8 @@ def profile(
         raise UserError(f"--validate must be 0 or more queries, not {validate}")
     from infermeter.backends import get_backend
 
-    options: dict[str, Any] = {"device": "cuda" if on_gpu else "cpu", "dtype": stack.dtype}
+    gpu = device if device.startswith("cuda") else "cuda"  # cuda:N: backend, meter and pricing
+    options: dict[str, Any] = {"device": gpu if on_gpu else "cpu", "dtype": stack.dtype}
     if tensor_parallel > 1:
         options["tp"] = tensor_parallel
     if is_api:
@@ -493,9 +494,9 @@ def profile(
         runner = get_backend(backend, **options)
     meter = None
     if energy and on_gpu:
-        from infermeter.meter import Meter, visible_gpus
+        from infermeter.meter import Meter
 
-        meter = Meter(gpus=visible_gpus(tensor_parallel), interval_s=sample_interval)
+        meter = Meter.for_device(options["device"], tensor_parallel, interval_s=sample_interval)
         if meter.note:
             err_console.print(f"[yellow]note:[/] {meter.note}")
     with (
@@ -527,7 +528,7 @@ def profile(
             grid,
             on_start,
             on_point,
-            device=device_description(gpu=on_gpu),
+            device=device_description(gpu=on_gpu, device=gpu),
             meter=meter,
             warmup_s=warmup,
             validate=validate,

@@ -3,10 +3,10 @@
 A Workload (N dataset prompts, see infermeter.datasets) runs under each configuration of a
 sweep: batch size × maximum generation length × tensor-parallel degree (shards) × GPU power cap.
 Each configuration feeds the prompts in order, `batch` at a time, to the backend's dataset
-`generate` (stop at EOS or the maximum length); every batch is one energy window of the Meter.
-With the engine in this process (shards = 1) the window brackets exactly the timed generation
-(warm-up and CUDA-graph capture stay outside); with several shards the ranks run elsewhere and
-the window spans the whole call.
+`generate` (stop at EOS or the maximum length); every batch is one energy window of the Meter,
+handed to `generate`, which brackets exactly the timed generation with it (warm-up and
+CUDA-graph capture stay outside) on every GPU that does the work: with several shards the
+engine's ranks open and close it together and it sums their GPUs.
 
 Per configuration, as the paper defines them (§III-C): words/s (outputs split on spaces),
 tokens/s, responses/s; energy per second (W), per output token and per response (total energy
@@ -20,15 +20,16 @@ window's energy times its share of the batch's output tokens** (its generated to
 batch's total), so the responses of a batch add up to the window exactly. The paper's energy
 per response (total / responses) is the configuration's `j_per_response`, the mean of these.
 
-A configuration that runs out of memory is stored as `infeasible` with the reason (the paper's
-Table II) and the sweep moves on (batches it finished before running out stay stored: they were
-measured). Every batch is committed, with its responses and the power samples so far, before the
-next one runs, and a configuration's row is computed from its stored batches once the last is in:
+A configuration that runs out of memory (infermeter.errors.is_oom), or whose model does not fit
+its shards (DoesNotFit), is stored as `infeasible` with the reason (the paper's Table II) and
+the sweep moves on (batches it finished before running out stay stored: they were measured).
+Every batch is committed, with its responses and the power samples so far, before the next one
+runs, and a configuration's row is computed from its stored batches once the last is in:
 rerunning the same workload resumes, skipping configurations stored as ok or infeasible and, in
 a configuration cut short, the batches already stored (each batch keeps its seed, so a resumed
 configuration runs exactly the batches it would have). Before a meter's first configuration its
 idle power is read and, with `warmup_s`, the GPU is loaded until warm (unrecorded). Power caps
-are set only when asked for.
+are set only when asked for, and each batch records the limit NVML reported for it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import math
 import sqlite3
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,8 +46,9 @@ from typing import Any
 import pandas as pd
 
 from infermeter.datasets import Workload
-from infermeter.errors import UserError
-from infermeter.meter import EnergyWindow, Meter, check_warmup_s, visible_gpus, warm_up
+from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
+from infermeter.gpus import GpuRef
+from infermeter.meter import EnergyWindow, Meter, check_warmup_s, warm_up
 from infermeter.spec import ModelSpec
 from infermeter.store import RunRecord, Store, run_key
 from infermeter.tokenizer import Tokenizer, count_words, prompt_ids
@@ -64,7 +65,7 @@ RESPONSE_COLUMNS = [
 BATCH_COLUMNS = [
     "run_id", "config_key", "batch_index", "responses", "prompt_width", "runtime_s",
     "window_s", "start_unix", "end_unix", "energy_j", "integrated_j", "method", "sm_util",
-    "mem_util", "peak_mem_gb",
+    "mem_util", "peak_mem_gb", "power_limit_w",
 ]  # fmt: skip
 
 SCHEMA = """
@@ -83,7 +84,7 @@ CREATE TABLE IF NOT EXISTS energy_batches (
     run_id INTEGER, config_key TEXT, batch_index INTEGER, responses INTEGER,
     prompt_width INTEGER, runtime_s REAL, window_s REAL, start_unix REAL, end_unix REAL,
     energy_j REAL, integrated_j REAL, method TEXT, sm_util REAL, mem_util REAL,
-    peak_mem_gb REAL
+    peak_mem_gb REAL, power_limit_w REAL
 );
 CREATE INDEX IF NOT EXISTS energy_configs_run ON energy_configs(run_id);
 CREATE INDEX IF NOT EXISTS energy_responses_run ON energy_responses(run_id, config_key);
@@ -152,13 +153,14 @@ class EnergySweep:
 
 def ensure_tables(db: sqlite3.Connection) -> None:
     """Create the energy tables if absent (the report reads energy_configs as is), and give a
-    store written before batches kept their peak memory that column."""
+    store written before batches kept their peak memory or power limit those columns."""
     for statement in SCHEMA.strip().split(";"):
         if statement.strip():
             db.execute(statement)
     have = {row[1] for row in db.execute("PRAGMA table_info(energy_batches)")}
-    if "peak_mem_gb" not in have:
-        db.execute("ALTER TABLE energy_batches ADD COLUMN peak_mem_gb REAL")
+    for column in ("peak_mem_gb", "power_limit_w"):
+        if column not in have:
+            db.execute(f"ALTER TABLE energy_batches ADD COLUMN {column} REAL")
 
 
 def _read(store: Store, query: str, params: Sequence[Any]) -> pd.DataFrame:
@@ -269,27 +271,6 @@ def batches_left(store: Store, run_id: int, config: EnergyConfig, prompts: int) 
 # ---- one batch ----------------------------------------------------------------------------------
 
 
-class _BatchWindow:
-    """begin()/end() for the engine's energy_window slot; close() ends a window left open."""
-
-    def __init__(self, meter: Meter) -> None:
-        self.meter = meter
-        self.result: EnergyWindow | None = None
-        self.is_open = False
-
-    def begin(self) -> None:
-        if not self.is_open:
-            self.meter.begin("energy-batch")
-            self.is_open = True
-
-    def end(self) -> None:
-        if self.is_open:
-            self.result = self.meter.end("energy-batch")
-            self.is_open = False
-
-    close = end
-
-
 def generate_batch(
     backend: Any,
     prompts: list[list[int]],
@@ -300,33 +281,19 @@ def generate_batch(
 ) -> tuple[Any, EnergyWindow | None, float]:
     """One batch inside one energy window: (generation, window, wall seconds).
 
-    With the engine in this process the window is its energy_window slot (exactly the timed
-    generation); otherwise it spans the call. Without a meter, no window.
+    The backend's generate opens and closes the window around exactly its timed generation,
+    on every GPU of the run; without a meter, no window.
     """
-    if meter is None or not meter.available:
-        start = time.perf_counter()
-        generation = backend.generate(prompts, max_new_tokens, tuple(stop_tokens), seed=seed)
-        return generation, None, time.perf_counter() - start
-    window = _BatchWindow(meter)
-    # EngineBackend.generate does not forward its own slot to the Engine (measure() does), so
-    # the in-process Engine's slot is set directly; both are set so either path opens it.
-    engine = getattr(backend, "_engine", None)
-    exact = engine is not None and hasattr(engine, "energy_window")
-    if exact:
-        engine.energy_window = window
-        backend.energy_window = window
-    else:
-        window.begin()
+    window = meter.window("batch") if meter is not None and meter.available else None
     start = time.perf_counter()
     try:
-        generation = backend.generate(prompts, max_new_tokens, tuple(stop_tokens), seed=seed)
+        generation = backend.generate(
+            prompts, max_new_tokens, tuple(stop_tokens), seed=seed, window=window
+        )
     finally:
         wall = time.perf_counter() - start
-        window.close()
-        if exact:
-            engine.energy_window = None
-            backend.energy_window = None
-    return generation, window.result, wall
+        result = window.close() if window is not None else None  # one an error left open
+    return generation, result, wall
 
 
 def attribute(window_j: float | None, generated: Sequence[int]) -> list[float | None]:
@@ -337,55 +304,47 @@ def attribute(window_j: float | None, generated: Sequence[int]) -> list[float | 
     return [window_j * g / total for g in generated]
 
 
-def is_oom(error: BaseException) -> bool:
-    try:
-        from infermeter.engine.generate import is_oom as engine_is_oom
-    except ImportError:  # no torch: only the message can tell
-        return "out of memory" in str(error).lower()
-    return engine_is_oom(error)
+class PowerCapLost(UserError):
+    """The GPUs' power limit is not the cap a configuration runs at (restored, or changed from
+    outside the run): the sweep stops rather than label a batch with a cap it did not have."""
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    lines = [line for line in text.splitlines() if "out of memory" in line.lower()]
-    return (lines[0] if lines else text.splitlines()[0] if text else type(error).__name__)[:300]
+def _power_limit_w(meter: Meter | None, cap: Any) -> float | None:
+    """The lowest power limit (W) NVML reports now over the run's GPUs; None if unknown."""
+    limits = cap.current_w() if cap is not None else meter.power_limits_w() if meter else []
+    known = [w for w in limits if w is not None]
+    return min(known) if known else None
 
 
-def _release(backend: Any, spec: ModelSpec) -> None:
-    """Free the engine's KV cache and graphs (all ranks); rebuild if the ranks are gone."""
-    call = getattr(backend, "_call", None)  # EngineBackend: a method run on every rank
-    if call is None or getattr(backend, "spec", None) is None:
-        return
-    try:
-        call("release")
-    except Exception:
-        backend.prepare(spec)  # a rank died with the OOM: start them again
+def _check_cap(cap: Any, meter: Meter | None, config: EnergyConfig, index: int) -> float | None:
+    """The limit NVML reports now; raises PowerCapLost where a cap is asked and not in force."""
+    limit = _power_limit_w(meter, cap)
+    if cap is not None and (not cap.active or limit is None or abs(limit - cap.watts) > 0.5):
+        shown = "unknown" if limit is None else f"{limit:g} W"
+        raise PowerCapLost(
+            f"the GPUs' power limit is {shown}, not the {cap.watts:g} W of {config.key} "
+            f"(restored, or changed outside this run): stopped, batch {index} not stored; "
+            "rerun the same command to resume there"
+        )
+    return limit
+
+
+def _release(backend: Any) -> None:
+    """Free what the last configuration held (KV cache, graphs) on every rank."""
+    release = getattr(backend, "release", None)
+    if release is not None:
+        release()
 
 
 def _memory_used_gb(meter: Meter | None, backend: Any) -> float | None:
     """Peak GPU memory: torch's peak reserved bytes for an engine in this process (reset at
     each configuration), else NVML's memory in use after the batch (the caching allocator
     holds on to its peak), the larger over the run's GPUs."""
-    device = getattr(getattr(backend, "_engine", None), "device", None)
-    if device is not None and getattr(device, "type", "") == "cuda" and "torch" in sys.modules:
-        import torch
-
-        return torch.cuda.max_memory_reserved(device) / 1e9
-    nvml, handles = getattr(meter, "_nvml", None), getattr(meter, "_handles", None)
-    if nvml is not None and handles:
-        try:
-            return max(nvml.nvmlDeviceGetMemoryInfo(h).used for h in handles) / 1e9
-        except Exception:  # an NVML without memory queries: leave it empty
-            return None
-    return None
-
-
-def _reset_peak(backend: Any) -> None:
-    device = getattr(getattr(backend, "_engine", None), "device", None)
-    if device is not None and getattr(device, "type", "") == "cuda":
-        import torch
-
-        torch.cuda.reset_peak_memory_stats(device)
+    peak = getattr(backend, "peak_memory_gb", None)
+    held = peak() if peak is not None else None
+    if held is None and meter is not None:
+        held = meter.memory_used_gb()
+    return held
 
 
 # ---- one configuration --------------------------------------------------------------------------
@@ -457,8 +416,8 @@ def _warm_up(
     except Exception as error:
         if not is_oom(error):
             raise
-        _release(backend, spec)
-        return {"skipped": f"out of memory on {config.key}: {_first_line(error)}"}
+        _release(backend)
+        return {"skipped": f"out of memory on {config.key}: {oom_line(error)}"}
     return {**warm, "config": config.key, "batch": len(batch)}
 
 
@@ -480,21 +439,24 @@ def run_config(
     seed: int = 0,
     meter: Meter | None = None,
     on_batch: Callable[[BatchResult], None] | None = None,
+    cap: Any = None,
 ) -> ConfigResult:
     """Every prompt through one configuration, each batch stored as it finishes (batches
     already stored for this run are skipped); an OOM makes it `infeasible`, not an error.
-    The configuration's row is computed from its stored batches."""
+    The configuration's row is computed from its stored batches. Each batch records the
+    power limit NVML reports (the lowest over the run's GPUs); under `cap` (a PowerCap) a
+    batch that did not run at its limit throughout is not stored, and PowerCapLost stops."""
     fed = _fed(prompts, spec, config, tokenizer)
     cut = sum(len(a) != len(b) for a, b in zip(fed, prompts, strict=True))
     chunks = [fed[i : i + config.batch] for i in range(0, len(fed), config.batch)]
     stored = _stored_batches(store, run_id, config.key)
-    _release(backend, spec)  # this configuration's memory only, from a clean slate
-    _reset_peak(backend)
+    _release(backend)  # this configuration's memory only, from a clean slate
     stops = set(stop_tokens)
     clock_offset = time.time() - time.perf_counter()
     for index, chunk in enumerate(chunks):
         if index in stored:
             continue
+        _check_cap(cap, meter, config, index)
         try:
             generation, window, wall = generate_batch(
                 backend, chunk, config.max_len, stop_tokens, seed + index, meter
@@ -502,13 +464,13 @@ def run_config(
         except Exception as error:
             if not is_oom(error):
                 raise
-            _release(backend, spec)
+            _release(backend)
             width = max(len(p) for p in chunk)
             return _infeasible(
                 config,
                 dataset,
                 f"out of memory at batch {config.batch}, max_len {config.max_len}, "
-                f"{config.shards} shard(s), prompt width {width}: {_first_line(error)}",
+                f"{config.shards} shard(s), prompt width {width}: {oom_line(error)}",
             )
         outputs = [list(t) for t in generation.tokens]
         generated = [max(1, len(t)) for t in outputs]
@@ -531,7 +493,7 @@ def run_config(
             window_j, window.integrated_j if window else None,
             window.method if window else None,
             window.sm_util if window else None, window.mem_util if window else None,
-            _memory_used_gb(meter, backend),
+            _memory_used_gb(meter, backend), _check_cap(cap, meter, config, index),
         )  # fmt: skip
         _record_batch(store, responses, batch)
         if on_batch:
@@ -540,8 +502,7 @@ def run_config(
                     config, index, len(chunks), len(chunk), sum(generated), batch_runtime, window
                 )
             )
-    how = "timed generation" if getattr(backend, "_engine", None) is not None else "whole call"
-    row = _config_row(store, run_id, config, len(chunks), how)
+    row = _config_row(store, run_id, config, len(chunks))
     if len(fed) < config.batch:  # the figures are those of a batch of n: say so beside them
         n = len(fed)
         row["detail"] += f"; only {n} prompts, so batch {config.batch} ran as one batch of {n}"
@@ -553,9 +514,7 @@ def run_config(
     return ConfigResult(config, {"dataset": dataset, **row})
 
 
-def _config_row(
-    store: Store, run_id: int, config: EnergyConfig, chunks: int, how: str
-) -> dict[str, Any]:
+def _config_row(store: Store, run_id: int, config: EnergyConfig, chunks: int) -> dict[str, Any]:
     """The paper's per-configuration figures from the configuration's stored batches."""
     batches = _read(
         store,
@@ -587,7 +546,7 @@ def _config_row(
     if energy is not None:
         per_response = responses.energy_j.dropna()
         detail += (
-            f"; {windows.method.iloc[0]} energy over the {how}; per response median "
+            f"; {windows.method.iloc[0]} energy over the timed generation; per response median "
             f"{per_response.median():.4g} J, max {per_response.max():.4g} J"
         )
     peak = batches.peak_mem_gb.dropna()
@@ -642,18 +601,16 @@ def energy_key(
 
 
 def _power_cap(
-    watts: float | None, gpus: list[int], nvml: Any, on_note: Callable[[str], None] | None
+    watts: float | None,
+    gpus: Sequence[int | GpuRef],
+    nvml: Any,
+    on_note: Callable[[str], None] | None,
 ) -> contextlib.AbstractContextManager[Any]:
     if watts is None:  # no flag, no NVML power call at all
         return contextlib.nullcontext()
     from infermeter.powercap import PowerCap
 
     return PowerCap(watts, gpus, nvml=nvml, on_note=on_note)
-
-
-def _does_not_fit(error: UserError) -> bool:
-    text = str(error).lower()
-    return "does not fit" in text or "out of memory" in text
 
 
 def run_energy(
@@ -667,7 +624,7 @@ def run_energy(
     backend_name: str = "engine",
     backend_options: dict[str, Any] | None = None,
     meter_for: Callable[[int], Meter | None] | None = None,
-    gpus_for: Callable[[int], list[int]] = visible_gpus,
+    gpus_for: Callable[[int], Sequence[int | GpuRef]] | None = None,
     power_nvml: Any = None,
     stop_tokens: Sequence[int] | None = None,
     device: str = "",
@@ -685,8 +642,8 @@ def run_energy(
 
     `backend_for(shards)` gives a backend with a dataset `generate` (prepared here unless it
     already holds `spec`); `meter_for(shards)` a Meter over those GPUs, or None. Power caps in
-    the sweep are set through `power_nvml` (default: the real NVML) on the NVML indices
-    `gpus_for(shards)` (default: the first `shards` GPUs CUDA sees).
+    the sweep are set through `power_nvml` (default: the real NVML) on `gpus_for(shards)`
+    (default: the meter's GPUs, as infermeter.gpus resolved them).
     A meter's idle power is measured once, over `idle_s`, before its first configuration;
     then, with `warmup_s`, the first configuration's first batch runs back to back for that
     long, unrecorded, so that energy is measured on a card at working temperature.
@@ -717,15 +674,11 @@ def run_energy(
     ids = [prompt_ids(tokenizer, p) for p in workload.prompts]
     skipped: list[EnergyConfig] = []
     status = "interrupted"
-    flushed: float | None = None  # on the meter's clock; None: since the meter started
 
     def flush_samples(meter: Meter | None) -> None:
         """Store the power samples taken since the last flush: none is lost to a Ctrl-C."""
-        nonlocal flushed
         if meter is not None and meter.available:
-            now = meter.clock.now()
-            store.record_samples(run.id, meter.samples(start=flushed, end=now, unix=True))
-            flushed = now + 1e-9
+            store.record_samples(run.id, meter.drain(unix=True))
 
     try:
         for shards, group in groupby(todo, key=lambda c: c.shards):
@@ -741,9 +694,7 @@ def run_energy(
             try:
                 if getattr(backend, "spec", None) != spec:
                     backend.prepare(spec)
-            except UserError as error:
-                if not _does_not_fit(error):
-                    raise
+            except DoesNotFit as error:
                 for config in configs:  # Table II: this many GPUs cannot hold the model
                     outcome = _infeasible(config, workload.dataset, str(error)[:500])
                     _record(store, run.id, config, outcome.row)
@@ -761,7 +712,9 @@ def run_energy(
                 if first_use:
                     meter.measure_idle(idle_s)
                 meter.start()
-                info.update(idle_w=meter.idle_w, power_field=meter.power_field_used)
+                info.update(
+                    idle_w=meter.idle_w, power_field=meter.power_field_used, meter=meter.describe()
+                )
                 if first_use and warmup_s > 0:
                     if on_note:
                         on_note(
@@ -785,7 +738,8 @@ def run_energy(
                     if stop_when and stop_when():
                         skipped += pending
                         continue
-                    with _power_cap(watts, gpus_for(shards), power_nvml, on_note):
+                    capped = gpus_for(shards) if gpus_for else meter.refs if meter else []
+                    with _power_cap(watts, capped, power_nvml, on_note) as cap:
                         for n, config in enumerate(pending):
                             if stop_when and stop_when():
                                 skipped += pending[n:]
@@ -793,7 +747,7 @@ def run_energy(
                             outcome = run_config(
                                 backend, spec, config, ids, tokenizer, stops, store=store,
                                 run_id=run.id, dataset=workload.dataset, seed=seed, meter=meter,
-                                on_batch=batch_done,
+                                on_batch=batch_done, cap=cap,
                             )  # fmt: skip
                             _record(store, run.id, config, outcome.row)
                             flush_samples(meter)

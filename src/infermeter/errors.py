@@ -1,6 +1,12 @@
-"""User-facing errors: one line that names the problem and the fix, exit code 2."""
+"""User-facing errors (one line that names the problem and the fix, exit code 2) and the one
+out-of-memory test that the engine, the hf backend and the energy sweep share."""
 
 from __future__ import annotations
+
+import sys
+
+# The CPU allocator's failure is a plain RuntimeError: its message is all there is to go on.
+_CPU_ALLOCATOR = "can't allocate memory"
 
 
 class UserError(Exception):
@@ -10,3 +16,44 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+class DoesNotFit(UserError):
+    """A model that does not fit in the memory of the device(s) asked for; the message names
+    the fix (a smaller model or dtype, more shards). The energy sweep records it as infeasible
+    (the paper's Table II) instead of stopping."""
+
+
+class DeviceOutOfMemory(RuntimeError):
+    """Out of memory in another process (an engine rank), as the parent process sees it: the
+    rank's own exception cannot cross the process boundary, so this carries its first line."""
+
+
+def is_oom(error: BaseException) -> bool:
+    """True when `error`, or an exception it was raised from, is running out of memory.
+
+    The one test used by the engine, the hf backend and the energy sweep: torch's
+    OutOfMemoryError (a CUDA allocation), the CPU allocator's RuntimeError, MemoryError, and
+    DeviceOutOfMemory from an engine rank. torch is looked up, never imported.
+    """
+    torch = sys.modules.get("torch")
+    kinds: tuple[type[BaseException], ...] = (MemoryError, DeviceOutOfMemory)
+    if torch is not None and isinstance(getattr(torch, "OutOfMemoryError", None), type):
+        kinds = (*kinds, torch.OutOfMemoryError)
+    seen: BaseException | None = error
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
+        if isinstance(seen, kinds):
+            return True
+        if isinstance(seen, RuntimeError) and _CPU_ALLOCATOR in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def oom_line(error: BaseException) -> str:
+    """The line of an out-of-memory error worth showing (at most 300 characters)."""
+    text = str(error).strip()
+    lines = [line for line in text.splitlines() if "memory" in line.lower()]
+    return (lines[0] if lines else text.splitlines()[0] if text else type(error).__name__)[:300]

@@ -880,9 +880,13 @@ def build_stack(
 ) -> tuple[Stack, bool]:
     """The stack a profile runs on; the accelerator is detected unless named."""
     wants_gpu = device == "auto" or device.startswith("cuda")
-    gpu_name = provenance.cuda_device_name() if wants_gpu else None
+    gpu = device if device.startswith("cuda") else "cuda"
+    gpu_name = provenance.cuda_device_name(gpu) if wants_gpu else None  # the GPU that works
     if device.startswith("cuda") and gpu_name is None:
-        raise UserError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
+        raise UserError(
+            f"--device {device} asked for, but CUDA shows no such GPU; use another --device "
+            "or --device cpu"
+        )
     on_gpu = gpu_name is not None
     if accelerator:
         acc = get_accelerator(accelerator, overrides, catalog=catalog)

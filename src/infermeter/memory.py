@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infermeter.errors import UserError
+from infermeter.errors import DoesNotFit
 from infermeter.spec import DTYPE_BYTES, ModelSpec
 
 # Weights are not all a run holds (activations, KV cache, the framework itself): keep room.
@@ -37,13 +37,13 @@ def available_bytes(device: str) -> int | None:
 
 
 def check_weights_fit(spec: ModelSpec, dtype: str, device: str, shards: int = 1) -> None:
-    """Raise a UserError when `spec`'s weights in `dtype`, split `shards` ways, cannot fit."""
+    """Raise DoesNotFit when `spec`'s weights in `dtype`, split `shards` ways, cannot fit."""
     need = spec.num_params * DTYPE_BYTES[dtype] / shards
     have = available_bytes(device)
     if have is None or need <= HEADROOM * have:
         return
     where = "host memory" if device == "cpu" else f"{device}"
-    raise UserError(
+    raise DoesNotFit(
         f"{spec.name} needs {need / 2**30:.1f} GiB of weights in {dtype} per shard but {where} "
         f"has {have / 2**30:.1f} GiB free; use a smaller model, a GPU, a 16-bit --dtype or more "
         "shards (--tp)"

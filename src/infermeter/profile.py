@@ -29,7 +29,7 @@ import numpy as np
 
 from infermeter.backends.base import Backend, Measurement, Point
 from infermeter.errors import UserError
-from infermeter.meter import EnergyWindow, Meter, check_warmup_s, warm_up
+from infermeter.meter import Meter, check_warmup_s, warm_up
 from infermeter.spec import ModelSpec
 from infermeter.store import RunRecord, Store, run_key
 
@@ -242,7 +242,9 @@ def run_profile(
     grid.validate(spec)
     check_warmup_s(warmup_s)
     queries = validation_queries(spec, grid, validate)
-    metering = meter is not None and meter.available
+    # A GPU that gives no joules (no counter, no power reading) profiles runtime only; the
+    # run's record says so (backend_info["meter"]: energy_method "none" and the note).
+    metering = meter is not None and meter.measures_energy
     run, _ = store.open_run(
         key=profile_key(spec, stack, backend.name, backend_options, grid, metering),
         model=spec.name,
@@ -270,6 +272,8 @@ def run_profile(
     try:
         backend.prepare(spec)
         info = {**backend_options, **backend.describe()}
+        if meter is not None and meter.available:
+            info["meter"] = meter.describe()
         if metering:
             info["energy_window"] = (
                 f"whole calls back to back, at least {min_energy_window_s:g} s per point"
@@ -331,17 +335,13 @@ class _Recorder:
         self, store: Store, run_id: int, meter: Meter | None, on_point: ProgressCallback | None
     ) -> None:
         self.store, self.run_id, self.meter, self.on_point = store, run_id, meter, on_point
-        self.flushed: float | None = None
 
     def record(self, measured: list[tuple[Point, Measurement]], validation: bool) -> None:
         for point, measurement in measured:
             _flag_wrong_length(point, measurement)
         self.store.record_points(self.run_id, measured, validation=validation)
-        if self.meter is not None:
-            now = self.meter.clock.now()
-            samples = self.meter.samples(start=self.flushed, end=now, unix=True)
-            self.store.record_samples(self.run_id, samples)
-            self.flushed = now + 1e-9
+        if self.meter is not None:  # the samples since the last point leave the meter
+            self.store.record_samples(self.run_id, self.meter.drain(unix=True))
         if self.on_point:
             for point, measurement in measured:
                 self.on_point(point, measurement)
@@ -386,7 +386,7 @@ def measure_point(
     joules over the number of runs in it (a mean: the window is one reading), and its extra
     holds the window's figures (energy_window_runs, energy_window_s, method, per-GPU joules).
     """
-    window = _Window(meter) if meter is not None and meter.available else None
+    window = meter.window("point") if meter is not None and meter.measures_energy else None
     measured: list[tuple[Point, Measurement]] = []
     runs = 0
     try:
@@ -416,27 +416,6 @@ def measure_point(
             measurement.extra["energy_window_runs"] = runs
             measurement.extra.update(result.as_extra())
     return measured
-
-
-class _Window:
-    """One energy window over whole calls; closed exactly once, also on an error."""
-
-    def __init__(self, meter: Meter) -> None:
-        self.meter = meter
-        self.opened_at: float | None = None
-
-    def begin(self) -> None:
-        self.meter.begin("point")
-        self.opened_at = self.meter.clock.now()
-
-    def elapsed(self) -> float:
-        return 0.0 if self.opened_at is None else self.meter.clock.now() - self.opened_at
-
-    def close(self) -> EnergyWindow | None:
-        if self.opened_at is None:
-            return None
-        self.opened_at = None
-        return self.meter.end("point")
 
 
 class PhaseSplit:

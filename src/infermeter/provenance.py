@@ -42,20 +42,26 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cuda_device_name() -> str | None:
-    """Name of CUDA device 0 when torch is installed and sees one; None otherwise."""
+def cuda_device_name(device: str = "cuda") -> str | None:
+    """Name of the CUDA device `device` ("cuda" = cuda:0, "cuda:N") when torch is installed
+    and sees it; None otherwise. The ordinal is the one the backend runs on, so pricing reads
+    the name of the GPU that does the work."""
     try:
         import torch
     except ImportError:
         return None
     if not torch.cuda.is_available():
         return None
-    return str(torch.cuda.get_device_name(0))
+    head, _, tail = device.partition(":")
+    index = int(tail) if head == "cuda" and tail.isdigit() else 0
+    if index >= torch.cuda.device_count():
+        return None
+    return str(torch.cuda.get_device_name(index))
 
 
-def device_description(gpu: bool = True) -> str:
-    """The GPU's name when `gpu` and one is visible, else the CPU's."""
-    return (gpu and cuda_device_name()) or f"cpu: {cpu_name()} ({os.cpu_count()} cores)"
+def device_description(gpu: bool = True, device: str = "cuda") -> str:
+    """The name of GPU `device` when `gpu` and it is visible, else the CPU's."""
+    return (gpu and cuda_device_name(device)) or f"cpu: {cpu_name()} ({os.cpu_count()} cores)"
 
 
 def utc_date() -> str:

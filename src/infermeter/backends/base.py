@@ -1,4 +1,10 @@
-"""The seam every backend plugs into: run one (p, o, batch) point, return a Measurement."""
+"""The seam every backend plugs into: run one (p, o, batch) point, return a Measurement.
+
+Backends that run the model here (engine, hf) also take `window`, an energy window
+(infermeter.meter.Window: begin(), end()), in `measure` and in a dataset `generate`, and open
+and close it around exactly the work they time, on whichever processes and GPUs do it: the one
+contract between backends and the meter. An API backend has no GPU of its own to meter.
+"""
 
 from __future__ import annotations
 

@@ -2,17 +2,21 @@
 
 tp=1 runs in this process; tp=N spawns N ranks (one per GPU with NCCL, or N CPU processes with
 gloo) and talks to them through queues with deadlines, so a crashed or stuck rank becomes an
-exception here rather than a hang. torch is imported inside methods, so importing this module
-is cheap and works without it.
+exception here rather than a hang. `device="cuda:N"` puts the model on GPU N, and its ranks on
+N .. N + tp - 1. An energy window given to measure() or generate() brackets exactly the timed
+generation on every rank (infermeter.engine.launch relays its edges). torch is imported inside
+methods, so importing this module is cheap and works without it.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from infermeter.backends.base import Measurement, Point
-from infermeter.errors import UserError
+from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
+from infermeter.gpus import cuda_ordinal
 from infermeter.memory import check_weights_fit
 from infermeter.spec import ModelSpec
 
@@ -58,9 +62,6 @@ class EngineBackend:
         self._engine: Any = None  # tp=1: an Engine in this process
         self._ranks: Any = None  # tp>1: a RankGroup
         self._info: dict[str, Any] = {}
-        # Set by a metered profile; with tp > 1 the ranks run elsewhere, so it stays unused
-        # and the profile's window spans the whole call.
-        self.energy_window: Any = None
 
     # ---- setup ---------------------------------------------------------------------------
     def _resolve(self, spec: ModelSpec, torch: Any) -> tuple[str, str]:
@@ -70,12 +71,14 @@ class EngineBackend:
         cuda = device.startswith("cuda")
         if cuda and not torch.cuda.is_available():
             raise UserError(f"engine: device {device!r} asked for, but CUDA is not available")
-        if cuda and self.tp > torch.cuda.device_count():
-            raise UserError(
-                f"engine: tp={self.tp} needs {self.tp} GPUs, found {torch.cuda.device_count()}"
-            )
         if not cuda and device != "cpu":
             raise UserError(f"engine: device must be 'auto', 'cpu' or 'cuda[:n]', not {device!r}")
+        first = cuda_ordinal(device) if cuda else 0
+        if cuda and first + self.tp > torch.cuda.device_count():
+            raise UserError(
+                f"engine: {device} with tp={self.tp} needs GPUs {first}..{first + self.tp - 1}, "
+                f"but CUDA sees {torch.cuda.device_count()}"
+            )
         dtype = self.dtype_option or (spec.dtype if cuda else "float32")
         if dtype not in _DTYPES:
             raise UserError(
@@ -91,7 +94,6 @@ class EngineBackend:
                 f"the engine backend needs PyTorch ({error}); {INSTALL_HINT}"
             ) from error
         from infermeter.engine import Engine, check_tp
-        from infermeter.engine.generate import is_oom
 
         check_tp(spec, self.tp)
         device, dtype = self._resolve(spec, torch)
@@ -116,7 +118,7 @@ class EngineBackend:
                 if not is_oom(error):
                     raise
                 self._release()
-                raise UserError(
+                raise DoesNotFit(
                     f"{spec.name}: does not fit on {device} in {dtype} "
                     f"({spec.weight_bytes / 2**30:.1f} GiB at spec dtype); try tp > 1"
                 ) from error
@@ -125,20 +127,31 @@ class EngineBackend:
             from infermeter.engine.launch import RankGroup
 
             if self._ranks is None:  # ranks outlive a spec: the next prepare reuses them
-                self._ranks = RankGroup(self.tp, "cuda" if device.startswith("cuda") else "cpu")
+                on_cuda = device.startswith("cuda")
+                first = cuda_ordinal(device) if on_cuda else 0
+                self._ranks = RankGroup(self.tp, "cuda" if on_cuda else "cpu", first)
             self._info = self._ranks.call("prepare", spec, options, timeout_s=self.timeout_s)
         self.spec = spec
 
     # ---- running -------------------------------------------------------------------------
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, method: str, *args: Any, window: Any = None, **kwargs: Any) -> Any:
         if self.spec is None:
             raise UserError("engine: call prepare(spec) before measuring")
         if self._ranks is not None:
-            return self._ranks.call(method, *args, timeout_s=self.timeout_s, **kwargs)
+            return self._ranks.call(
+                method, *args, timeout_s=self.timeout_s, window=window, **kwargs
+            )
+        if window is not None:
+            kwargs["window"] = window
         return getattr(self._engine, method)(*args, **kwargs)
 
-    def measure(self, point: Point) -> Measurement:
-        """Forced output length (no EOS), fresh random prompt of exactly p tokens per sequence."""
+    def measure(self, point: Point, window: Any = None) -> Measurement:
+        """Forced output length (no EOS), fresh random prompt of exactly p tokens per sequence.
+
+        runtime_s is the whole generate() call as its caller times it; `window` (an energy
+        window, infermeter.meter.Window) brackets the timed generation on every rank. Running
+        out of memory gives an error Measurement (the KV cache and graphs are freed).
+        """
         if (
             self.spec is not None
             and point.prompt_tokens + point.output_tokens > self.spec.max_context
@@ -147,11 +160,32 @@ class EngineBackend:
                 f"{self.spec.name}: p + o = {point.prompt_tokens + point.output_tokens} exceeds "
                 f"max_context {self.spec.max_context}"
             )
-        if self._engine is not None:  # tp=1: the window can bracket the timed part exactly
-            self._engine.energy_window = self.energy_window
-        measurement: Measurement = self._call("measure", point)
-        measurement.extra.setdefault("tp", self.tp)
-        return measurement
+        try:
+            run = self._call("run_point", point, window=window)
+        except Exception as error:
+            if not is_oom(error):
+                raise
+            self.release()
+            b, p, o = point.batch_size, point.prompt_tokens, point.output_tokens
+            return Measurement(
+                runtime_s=math.nan,
+                status="error",
+                detail=f"out of memory at batch={b}, p={p}, o={o}: {oom_line(error)}"[:500],
+            )
+        steps = run.decode_steps
+        return Measurement(
+            runtime_s=run.wall_s,
+            ttft_s=run.ttft_s,
+            output_tokens_actual=len(run.tokens[0]),
+            extra={
+                "device_s": run.runtime_s,  # the timed device work inside the call
+                "prefill_s": run.prefill_s,
+                "decode_s": run.decode_s,
+                "decode_step_s": run.decode_s / steps if steps else None,
+                **run.extra,
+                "tp": self.tp,
+            },
+        )
 
     def generate(
         self,
@@ -159,11 +193,36 @@ class EngineBackend:
         max_new_tokens: int,
         stop_tokens: tuple[int, ...] | list[int] = (),
         seed: int | None = None,
+        window: Any = None,
     ) -> Any:
-        """Dataset run: token-id prompts (any lengths), stop tokens honoured; a Generation."""
-        if self._engine is not None:  # tp=1: the energy window brackets the timed part
-            self._engine.energy_window = self.energy_window
-        return self._call("generate", prompts, max_new_tokens, tuple(stop_tokens), seed=seed)
+        """Dataset run: token-id prompts (any lengths), stop tokens honoured; a Generation.
+        `window` brackets exactly the timed generation, on every rank."""
+        return self._call(
+            "generate", prompts, max_new_tokens, tuple(stop_tokens), seed=seed, window=window
+        )
+
+    def release(self) -> None:
+        """Free the KV cache and CUDA graphs on every rank (the weights stay) and reset the
+        peak-memory count; ranks stopped by an earlier failure are started again."""
+        if self.spec is None:
+            return
+        if self._ranks is not None and not self._ranks.alive:
+            self.prepare(self.spec)  # a rank died (OOM killer, crash): start them again
+            return
+        self._call("release")
+        if self._engine is not None and self._engine.device.type == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self._engine.device)
+
+    def peak_memory_gb(self) -> float | None:
+        """Peak GPU memory (GB) torch reserved since the last release(), for an engine in
+        this process; None with ranks or on a CPU (NVML can tell those: Meter.memory_used_gb)."""
+        if self._engine is None or self._engine.device.type != "cuda":
+            return None
+        import torch
+
+        return torch.cuda.max_memory_reserved(self._engine.device) / 1e9
 
     def describe(self) -> dict[str, Any]:
         try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from infermeter.backends.base import Measurement, Point
-from infermeter.errors import UserError
+from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
 from infermeter.memory import check_weights_fit
 from infermeter.spec import ModelSpec
 
@@ -270,15 +270,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def _is_oom(error: BaseException) -> bool:
-    import torch
-
-    if isinstance(error, torch.cuda.OutOfMemoryError | MemoryError):
-        return True
-    # CPU allocation failures surface as a plain RuntimeError.
-    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
-
-
 def _first_token_clock(torch: Any, sync_device: Any) -> Any:
     """A StoppingCriteria that never stops and records when the first new token exists.
 
@@ -352,8 +343,6 @@ class HFBackend:
         self._pad = 0
         self._num_params: int | None = None
         self._warmed: set[tuple[int, int]] = set()
-        # Set by a metered profile: begin()/end() around the timed part of each measure().
-        self.energy_window: Any = None
         self._gen_options: dict[str, Any] = {}
 
     # ---- setup ---------------------------------------------------------------------------
@@ -404,9 +393,9 @@ class HFBackend:
         try:
             model = self._load(spec, torch, transformers, dtype)
         except Exception as error:
-            if _is_oom(error):
+            if is_oom(error):
                 self._free(torch)
-                raise UserError(
+                raise DoesNotFit(
                     f"{spec.name}: the model does not fit on {self._device} in {self._dtype} "
                     f"({spec.weight_bytes / 2**30:.1f} GiB of weights at spec dtype): {error}"
                 ) from error
@@ -510,7 +499,10 @@ class HFBackend:
         if self._device is not None and self._device.startswith("cuda"):
             torch.cuda.synchronize(self._device)
 
-    def measure(self, point: Point) -> Measurement:
+    def measure(self, point: Point, window: Any = None) -> Measurement:
+        """One generate() of `point` with a forced length; `window` (an energy window,
+        infermeter.meter.Window) brackets exactly the timed call. Running out of memory
+        gives an error Measurement."""
         if self.model is None or self.spec is None:
             raise RuntimeError("HFBackend.measure() called before prepare()")
         import torch
@@ -534,18 +526,18 @@ class HFBackend:
                 self._warmed.add((p, b))
             clock = _first_token_clock(torch, self._device if on_cuda else None)
             self._sync(torch)
-            if self.energy_window is not None:
-                self.energy_window.begin()
+            if window is not None:
+                window.begin()
             start = time.perf_counter()
             out = self._generate(torch, ids, mask, o, clock)
             self._sync(torch)
             end = time.perf_counter()
-            if self.energy_window is not None:
-                self.energy_window.end()
+            if window is not None:
+                window.end()
         except Exception as error:
-            if not _is_oom(error):
+            if not is_oom(error):
                 raise
-            oom = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+            oom = oom_line(error)
         if oom is not None:
             # Freed outside the except block: the traceback would keep generate's tensors alive.
             ids = mask = None

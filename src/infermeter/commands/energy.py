@@ -36,7 +36,7 @@ def _watts(text: str | None) -> tuple[float, ...] | None:
 
 
 def energy(
-    model: str = typer.Argument(..., help="Catalog name (e.g. llama-7b) or a config.json."),
+    model: str | None = typer.Argument(None, help="Catalog name (e.g. llama-7b) or a config.json."),
     dataset: str = typer.Option(
         "gsm8k", help="gsm8k, alpaca, or a JSON/JSONL file of Alpaca or GSM8K records."
     ),
@@ -56,8 +56,15 @@ def energy(
         help="GPU power caps in W, e.g. 250,175,150. Changes the GPUs' limit through NVML (needs "
         "root) and restores it on exit; only for GPUs that are your own.",
     ),
+    restore_power_limit: bool = typer.Option(
+        False,
+        "--restore-power-limit",
+        help="Put back the power limits an earlier run left set (killed, or the machine lost "
+        "power) and exit; with none recorded, reset this run's GPUs (--device, --shards) "
+        "that sit below their default limit.",
+    ),
     backend: str = typer.Option("engine", help="Stack that generates: engine."),
-    device: str = typer.Option("auto", help="auto, cuda or cpu."),
+    device: str = typer.Option("auto", help="auto, cuda, cuda:N or cpu."),
     dtype: str | None = typer.Option(None, help="float32, bfloat16 or float16."),
     checkpoint: Path | None = typer.Option(
         None, help="Local LLaMA checkpoint folder: real weights, so real response lengths."
@@ -86,11 +93,21 @@ def energy(
     from infermeter.datasets import load_workload
     from infermeter.energy import EnergySweep, batches_left, batches_of, run_energy, summary
     from infermeter.errors import UserError
-    from infermeter.meter import Meter, check_warmup_s, visible_gpus
+    from infermeter.meter import Meter, check_warmup_s
     from infermeter.provenance import cuda_device_name, device_description
     from infermeter.store import Store
     from infermeter.tokenizer import tokenizer_for
 
+    if restore_power_limit:
+        from infermeter.powercap import restore_power_limits
+
+        cuda = device if device.startswith("cuda") else "cuda"
+        count = max(parse_sizes(shards, "--shards") or (1,))
+        for line in restore_power_limits(device=cuda, count=count):
+            console.print(line, highlight=False)
+        return
+    if model is None:
+        raise UserError("give a MODEL (e.g. llama-7b), or --restore-power-limit")
     if backend not in ("engine", "hf"):
         raise UserError(f"energy runs a local model (engine), not backend {backend!r}")
     if sampling not in ("top_p", "greedy"):
@@ -105,14 +122,17 @@ def energy(
         caps or (None,),
     )
     sweep.validate(spec)
-    on_gpu = device != "cpu" and cuda_device_name() is not None
+    cuda = device if device.startswith("cuda") else "cuda"  # cuda:N: its shards follow it
+    on_gpu = device != "cpu" and cuda_device_name(cuda) is not None
     if device.startswith("cuda") and not on_gpu:
-        raise UserError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
+        raise UserError(
+            f"--device {device} asked for, but CUDA shows no such GPU; use another --device "
+            "or --device cpu"
+        )
     if caps and not on_gpu:
         raise UserError("--power-limit caps NVIDIA GPUs; this run has none (nothing was changed)")
     workload = load_workload(dataset, prompts, seed, template)
     tok, tok_note = tokenizer_for(spec, tokenizer)
-    cuda = device if device.startswith("cuda") else "cuda"
     options: dict[str, Any] = {"device": cuda if on_gpu else "cpu", "dtype": dtype, "seed": seed}
     if checkpoint is not None:
         options["checkpoint"] = str(checkpoint)
@@ -130,13 +150,10 @@ def energy(
 
     backend_for(1)  # refuse a backend that cannot run prompts before anything is stored
 
-    def gpus_for(tp: int) -> list[int]:
-        """NVML indices of the GPUs a run uses: cuda:N alone, or the first tp (ranks)."""
-        first = int(cuda.partition(":")[2] or 0) if tp == 1 else 0
-        return visible_gpus(first + tp)[first:]
-
     def meter_for(tp: int) -> Meter | None:
-        return Meter(gpus=gpus_for(tp), interval_s=sample_interval) if on_gpu else None
+        """The GPUs the run's work uses (cuda:N and, with shards, the next ones), resolved
+        once (infermeter.gpus); power caps go to the same ones."""
+        return Meter.for_device(cuda, tp, interval_s=sample_interval) if on_gpu else None
 
     def note(text: str) -> None:
         err_console.print(f"[yellow]note:[/] {text}", highlight=False)
@@ -146,6 +163,11 @@ def energy(
             note(line)
     if not on_gpu:
         note("no GPU in use: throughput only, energy columns stay empty")
+    else:  # a cap an earlier run left would price every batch at the wrong power
+        from infermeter.powercap import leftover_power_caps
+
+        for line in leftover_power_caps(cuda, max(sweep.shards)):
+            note(line)
 
     with (
         Store(store) as db,
@@ -197,8 +219,7 @@ def energy(
             backend_name=backend,
             backend_options=options,
             meter_for=meter_for,
-            gpus_for=gpus_for,
-            device=device_description(gpu=on_gpu),
+            device=device_description(gpu=on_gpu, device=cuda),
             seed=seed,
             warmup_s=warmup,
             on_start=on_start,

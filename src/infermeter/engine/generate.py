@@ -24,12 +24,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from infermeter.backends.base import Measurement, Point
+from infermeter.backends.base import Point
 from infermeter.engine.model import Decoder
 from infermeter.engine.parallel import Comm, partition
 from infermeter.engine.select import choose_attention, choose_moe
 from infermeter.engine.weights import init_random, load_checkpoint
-from infermeter.errors import UserError
+from infermeter.errors import UserError, is_oom
 from infermeter.spec import ModelSpec
 
 Sampling = Literal["greedy", "top_p"]
@@ -122,18 +122,6 @@ class _Clock:
         return [b - a for a, b in pairwise(self.marks)]
 
 
-def is_oom(error: BaseException) -> bool:
-    seen: BaseException | None = error
-    while seen is not None:
-        text = str(seen).lower()
-        if isinstance(seen, torch.OutOfMemoryError) or "out of memory" in text:
-            return True
-        if "can't allocate memory" in text:  # CPU allocator
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
 class Engine:
     """A model of `spec` on one device (one rank of `comm`), ready to generate and measure."""
 
@@ -161,8 +149,6 @@ class Engine:
                 self.device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(self.device)
         self.seed, self.sampling = seed, sampling
-        # Set by a metered profile: begin()/end() around the timed part of each generation.
-        self.energy_window: Any = None
         self.temperature, self.top_p = temperature, top_p
         layout = partition(spec, self.comm.size, self.comm.rank)
         with torch.inference_mode():
@@ -367,11 +353,15 @@ class Engine:
         *,
         seed: int | None = None,
         warmup: bool = True,
+        window: Any = None,
     ) -> Generation:
         """Generate `max_new_tokens` per prompt (fewer only when every sequence has stopped).
 
         Without stop tokens the length is forced (profiling); with them, finished sequences are
-        padded with their stop token and the run ends once all have stopped.
+        padded with their stop token and the run ends once all have stopped. `window` (an
+        energy window: begin(), end(); infermeter.meter.Window) brackets exactly the timed
+        generation, after a first visit's warm-up and graph capture; under tensor parallelism
+        every rank gets it and its edges wait for all of them.
         """
         called = time.perf_counter()
         tokens, lengths = self._pack(prompts)
@@ -393,9 +383,7 @@ class Engine:
             self._run(tokens, lengths, min(max_new_tokens, WARMUP_TOKENS), stop_tokens, seed, need)
             self._warm.add((b, width))
             warming = time.perf_counter() - started
-        run = self._run(
-            tokens, lengths, max_new_tokens, stop_tokens, seed, need, self.energy_window
-        )
+        run = self._run(tokens, lengths, max_new_tokens, stop_tokens, seed, need, window)
         run.wall_s = time.perf_counter() - called - warming
         return run
 
@@ -483,8 +471,11 @@ class Engine:
         shape = (batch, length)
         return torch.randint(0, self.spec.vocab_size, shape, device=self.device, generator=gen)
 
-    def measure(self, point: Point) -> Measurement:
-        """Run `point` with a forced output length; OOM becomes an error Measurement."""
+    def run_point(self, point: Point, window: Any = None) -> Generation:
+        """Generate `point`'s forced output length after fresh random prompts of exactly p
+        tokens (token ids from the host, as a caller gives them); `window` as in generate().
+        Raises UserError for an impossible point; running out of memory raises as torch does
+        (the backend turns it into an error Measurement)."""
         b, p, o = point.batch_size, point.prompt_tokens, point.output_tokens
         if b < 1 or p < 1 or o < 1:
             raise UserError(f"engine: point needs batch, prompt and output >= 1, got {point}")
@@ -492,34 +483,7 @@ class Engine:
             raise UserError(
                 f"{self.spec.name}: p + o = {p + o} exceeds max_context {self.spec.max_context}"
             )
-        try:
-            # Token ids from the host, as a caller gives them; the time is the whole call's.
-            run = self.generate(self.random_prompts(b, p).tolist(), o)
-        except Exception as error:
-            if not is_oom(error):
-                raise
-            self.release()
-            line = (
-                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            )
-            return Measurement(
-                runtime_s=math.nan,
-                status="error",
-                detail=f"out of memory at batch={b}, p={p}, o={o}: {line}"[:500],
-            )
-        steps = run.decode_steps
-        return Measurement(
-            runtime_s=run.wall_s,
-            ttft_s=run.ttft_s,
-            output_tokens_actual=len(run.tokens[0]),
-            extra={
-                "device_s": run.runtime_s,  # the timed device work inside the call
-                "prefill_s": run.prefill_s,
-                "decode_s": run.decode_s,
-                "decode_step_s": run.decode_s / steps if steps else None,
-                **run.extra,
-            },
-        )
+        return self.generate(self.random_prompts(b, p).tolist(), o, window=window)
 
     @torch.inference_mode()
     def score(self, tokens: Tensor) -> Tensor:
