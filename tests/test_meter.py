@@ -149,6 +149,7 @@ def test_no_power_reading_leaves_the_counter_and_utilisation_working() -> None:
     gpu = FakeGpu(power=lambda t: 200.0, has_power=False, has_instant_field=False)
     with Meter(interval_s=0.01, nvml=fake([gpu]), clock=CLOCK) as meter:
         assert meter.power_field_used == "none" and meter.energy_method == "counter"
+        assert "no power reading on this GPU" in (meter.note or "")  # the user is told
         assert meter.measure_idle(0.05) is None
         meter.begin("w")
         busy(0.3)

@@ -330,6 +330,11 @@ class Meter:
                 else "no energy counter and no power reading on this GPU: runtime only "
                 "(energy_method none)"
             )
+        if self.counter_supported and self.power_field_used == "none":
+            self.notes.append(
+                "no power reading on this GPU: energy from the counter, but no power timeline "
+                "and no idle power (above-idle joules stay empty)"
+            )
         if not self.utilisation_supported:
             self.notes.append("no utilisation reading on this GPU: SM and memory % stay empty")
 
