@@ -1093,6 +1093,10 @@ from infermeter.commands.report import register as _register_report  # noqa: E40
 
 _register_report(app)
 
+from infermeter.commands.sweep import register as _register_sweep  # noqa: E402
+
+_register_sweep(app)
+
 
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
