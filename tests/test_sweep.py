@@ -69,6 +69,17 @@ def test_lists_multiply_into_named_jobs_with_their_gpus(tmp_path: Path) -> None:
     check_options(sweep.__class__(sweep.jobs[:4], sweep.store, sweep.stores), _options_of)
 
 
+def test_the_docs_sweep_file_runs(tmp_path: Path) -> None:
+    """docs/scale-out.md's SWEEP.toml is one that `infermeter sweep` takes as it is."""
+    page = (Path(__file__).parents[1] / "docs" / "scale-out.md").read_text()
+    text = page.split("```toml\n", 1)[1].split("```", 1)[0]
+    sweep = load_sweep(_write(tmp_path, text))
+    check_options(sweep, _options_of)
+    assert [(j.command, j.gpus) for j in sweep.jobs] == [
+        ("profile", 4), ("profile", 8), ("energy", 4), ("energy", 8),
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
