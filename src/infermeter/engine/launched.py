@@ -8,7 +8,10 @@ travel through the launcher's key-value store (torchrun's agent store, or a TCPS
 0 hosts under srun, at MASTER_ADDR:MASTER_PORT), so rank 0 polls for answers with a deadline
 and never blocks on a rank that is gone: every rank bumps a heartbeat counter there twice a
 second, and a rank whose counter stops (killed, its node lost) is named in the error that ends
-the run (RankLost); the run is stored and resumes when the same command is run again.
+the run (RankLost); the run is stored and resumes when the same command is run again. While a
+rank is inside a collective that no error will end (a peer frozen, or its node gone without
+closing its connections), a watchdog thread reads the same counters and ends the process with
+the same line (Cluster.watch).
 
 The tensor-parallel group itself is torch.distributed's (NCCL on GPUs, gloo on CPUs) over all
 ranks of all nodes, with a gloo group beside it for energy-window edges: each node's first
@@ -29,11 +32,11 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
-from infermeter.engine.launch import rank_error
+from infermeter.engine.launch import GRACE_S, rank_error
 from infermeter.errors import UserError, is_oom, oom_line
 from infermeter.launcher import LaunchEnv, RankLost, launch_env
 
@@ -42,7 +45,7 @@ __all__ = ["Cluster", "LaunchEnv", "LaunchedGroup", "RankLost", "join", "launch_
 
 HEARTBEAT_S = 0.5  # each rank bumps its counter this often
 DEAD_AFTER_S = 6.0  # a counter that has not moved for this long belongs to a lost rank
-POLL_S = 0.05  # rank 0's poll for answers
+WAIT_S = 1.0  # rank 0 waits this long for answers between looks at the heartbeats
 START_TIMEOUT_S = 300.0  # ranks wait this long for each other to start
 EXIT_LOST = 3  # a follower's exit status when rank 0 is lost
 
@@ -85,6 +88,8 @@ class Cluster:
             "pid": os.getpid(),
         }
         self.kv.set(f"info/{env.rank}", json.dumps(self.info))
+        self._watch_lock = threading.Lock()
+        self._watch_kv: Any = None
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, name="infermeter-heartbeat")
         self._beat.daemon = True
@@ -177,34 +182,43 @@ class Cluster:
                 raise RankLost(f"rank {self.env.rank}: {self.name(0)} stopped; ending too")
 
     def collect(self, seq: int, what: str, timeout_s: float) -> dict[int, tuple[str, Any]]:
-        """Rank 0: every other rank's answer to command `seq`. Raises RankLost naming a rank
-        whose heartbeat stopped, or one that has not answered within `timeout_s`."""
+        """Rank 0: every other rank's answer to command `seq`, as soon as they are all there.
+        Raises RankLost naming a rank whose heartbeat stopped, or one that has not answered
+        within `timeout_s`."""
         others = [r for r in range(self.env.world) if r != self.env.rank]
+        keys = {r: f"reply/{seq}/{r}" for r in others}
         replies: dict[int, tuple[str, Any]] = {}
-        deadline = time.monotonic() + timeout_s
-        beats, still = self.beats(), time.monotonic()
+        start = time.monotonic()
+        beats: dict[int, int] | None = None  # read only once an answer is slow to come
+        still = start
         while len(replies) < len(others):
-            for rank in others:
-                key = f"reply/{seq}/{rank}"
-                if rank not in replies and self.kv.check([key]):
-                    replies[rank] = pickle.loads(self.kv.get(key))
-                    self.kv.delete_key(key)
+            missing = [r for r in others if r not in replies]
+            try:
+                self.kv.wait([keys[r] for r in missing], timedelta(seconds=WAIT_S))
+                arrived = missing
+            except Exception as error:  # a timeout: who answered, and is anyone silent?
+                if "timeout" not in str(error).lower():
+                    raise RankLost(f"the ranks' store is gone ({error}); {_RESUME}") from error
+                arrived = [r for r in missing if self.kv.check([keys[r]])]
+            for rank in arrived:
+                replies[rank] = pickle.loads(self.kv.get(keys[rank]))
+                self.kv.delete_key(keys[rank])
+            now = time.monotonic()
             if len(replies) == len(others):
                 break
-            now = time.monotonic()
-            if now > deadline:
+            if now - start > timeout_s:
                 late = [r for r in others if r not in replies]
                 raise RankLost(
                     f"engine {', '.join(self.name(r) for r in late)} did not finish {what} "
                     f"within {timeout_s:.0f} s; {_RESUME}"
                 )
-            if now - still > DEAD_AFTER_S:  # every few seconds: has a silent rank stopped?
+            if beats is None or now - still > DEAD_AFTER_S:
                 current = self.beats()
-                dead = [r for r in others if r not in replies and current[r] == beats[r]]
-                if dead:
-                    raise self.lost(dead, what)
+                if beats is not None:
+                    dead = [r for r in others if r not in replies and current[r] == beats[r]]
+                    if dead:
+                        raise self.lost(dead, what)
                 beats, still = current, now
-            time.sleep(POLL_S)
         if seq > 1:
             self.kv.delete_key(f"cmd/{seq - 1}")
         return replies
@@ -214,6 +228,67 @@ class Cluster:
             f"engine {', '.join(self.name(r) for r in ranks)} died during {what} (its heartbeat "
             f"stopped); {_RESUME}"
         )
+
+    @contextlib.contextmanager
+    def watch(self, seq: int, what: str, timeout_s: float) -> Iterator[None]:
+        """Around this rank's own part of command `seq`, which may block in a collective that
+        no error will end (a rank frozen, or its node lost without closing its connections):
+        a thread that, once a rank it waits for (rank 0: any that has not answered; a
+        follower: rank 0) stops its heartbeat, or the command passes `timeout_s`, prints the
+        line naming it and ends this process (EXIT_LOST). The store keeps what was measured."""
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=self._watch, args=(seq, what, timeout_s, stop), name="infermeter-watchdog"
+        )
+        thread.daemon = True
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+
+    def _watch(self, seq: int, what: str, timeout_s: float, stop: threading.Event) -> None:
+        import torch.distributed as dist
+
+        env = self.env
+        try:
+            with self._watch_lock:  # one connection for the watchdogs, made once
+                if self._watch_kv is None:  # its own: the main thread may be in a store call
+                    raw = dist.TCPStore(
+                        env.master_addr, env.master_port, is_master=False,
+                        timeout=timedelta(seconds=30), wait_for_workers=False,
+                    )  # fmt: skip
+                    self._watch_kv = dist.PrefixStore(f"infermeter/{env.restart}/", raw)
+            kv = self._watch_kv
+            watched = [r for r in range(env.world) if r != env.rank] if env.rank == 0 else [0]
+            start = time.monotonic()
+            last: dict[int, tuple[int, float]] = {r: (-1, start) for r in watched}
+            while not stop.wait(HEARTBEAT_S):
+                with self._watch_lock:  # a watchdog of the last call may still be looking
+                    now = time.monotonic()
+                    waiting = [
+                        r for r in watched if env.rank != 0 or not kv.check([f"reply/{seq}/{r}"])
+                    ]
+                    for rank in waiting:
+                        beat = int(kv.add(f"hb/{rank}", 0))
+                        if beat != last[rank][0]:
+                            last[rank] = (beat, now)
+                stalled = [r for r in waiting if now - last[r][1] > DEAD_AFTER_S]
+                if stalled:
+                    line = str(self.lost(stalled, what)).replace("died", "died or froze", 1)
+                elif now - start > timeout_s:
+                    names = ", ".join(self.name(r) for r in waiting)
+                    line = (
+                        f"engine {names} did not finish {what} within {timeout_s:.0f} s; {_RESUME}"
+                    )
+                else:
+                    continue
+                if not stop.is_set():  # the call may have ended meanwhile
+                    print(f"error: {line}", file=sys.stderr, flush=True)
+                    os._exit(EXIT_LOST)
+                return
+        except Exception:  # the store went away: the main thread will see it
+            return
 
     # ---- process groups -----------------------------------------------------------------
     def start_groups(self, device_type: str) -> None:
@@ -432,7 +507,11 @@ def serve(meter_factory: Callable[[dict], Any] | None = None) -> int:
             method, args, kwargs = cluster.next_command()
             if method == "exit":
                 return 0
-            reply = _run(cluster, state, method, args, kwargs, meter_factory)
+            if method in ("meter", "drop"):  # no collective: nothing to wait for
+                reply = _run(cluster, state, method, args, kwargs, meter_factory)
+            else:  # deadlines are rank 0's; a follower only watches rank 0's heartbeat
+                with cluster.watch(cluster.seq, method, float("inf")):
+                    reply = _run(cluster, state, method, args, kwargs, meter_factory)
             if reply[0] == "ok" and method != "meter":  # rank 0 answers for the engine
                 reply = ("ok", None)
             cluster.answer(cluster.seq, reply)
@@ -478,13 +557,15 @@ class LaunchedGroup:
             seq = cluster.post((method, args, kwargs if remote is None else remote))
             cluster.in_call = True
             try:
-                mine = _run(cluster, self.state, method, args, kwargs)
+                with cluster.watch(seq, method, timeout_s):
+                    mine = _run(cluster, self.state, method, args, kwargs)
             finally:
                 cluster.in_call = False
             if mine[0] == "error":  # a collective broke: was a rank lost?
                 dead = cluster.lost_ranks()
                 if dead:
                     raise cluster.lost(dead, method)
+                timeout_s = min(timeout_s, GRACE_S)  # the others may be stuck: name them
             replies = {0: mine, **cluster.collect(seq, method, timeout_s)}
         except RankLost:
             self.alive = False
