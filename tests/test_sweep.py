@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,6 +167,21 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _until_started(proc: subprocess.Popen, timeout_s: float = 90) -> None:
+    """Wait for `ray start --block` to say its node is up (then keep draining its output)."""
+    started = threading.Event()
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if "Ray runtime started" in line:
+                started.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert started.wait(timeout_s), "ray start did not come up:\n" + "".join(lines[-20:])
+
+
 @pytest.fixture
 def ray_cluster() -> Iterator[str]:
     """A Ray head on 127.0.0.2 and a worker node on 127.0.0.3 (both this machine's loopback),
@@ -180,18 +196,14 @@ def ray_cluster() -> Iterator[str]:
     head = [*ray, "--head", "--node-ip-address", "127.0.0.2", "--port", str(port),
             "--include-dashboard=false", "--ray-client-server-port", str(_free_port()),
             "--temp-dir", temp]  # fmt: skip
-    procs = [subprocess.Popen(head, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)]  # fmt: skip
+    procs: list[subprocess.Popen] = []
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.2", port)) == 0:
-                    break
-            time.sleep(0.2)
-        worker = [*ray, "--address", f"127.0.0.2:{port}", "--node-ip-address", "127.0.0.3"]
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        procs.append(subprocess.Popen(worker, env=env, start_new_session=True, **quiet))
+        for command in (head, [*ray, "--address", f"127.0.0.2:{port}", "--node-ip-address",
+                               "127.0.0.3"]):  # fmt: skip
+            proc = subprocess.Popen(command, env=env, start_new_session=True, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+            procs.append(proc)
+            _until_started(proc)
         yield f"127.0.0.2:{port}"
     finally:
         for proc in reversed(procs):  # each group is one `ray start` and what it started
