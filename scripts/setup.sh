@@ -18,6 +18,11 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 pip install -e ".[torch,dev]"
+# Ray for `infermeter sweep --ray` and its tests (about 40 s the first time); optional: where
+# it has no wheel for this Python, the Ray tests skip and say why.
+if ! .venv/bin/python -c "import ray" 2>/dev/null; then
+  pip install -e ".[ray]" || echo "note: could not install Ray; the Ray sweep tests will skip"
+fi
 
 # The report test opens the HTML report in headless Chromium (Debian's package). Install it
 # where we can (root with apt-get); elsewhere say how, and that test skips with the reason.

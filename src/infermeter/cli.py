@@ -440,6 +440,9 @@ def profile(
     store: Path = StoreOption,
 ) -> None:
     """Profile MODEL on a stack, fit the runtime model, validate it and price a few queries."""
+    from infermeter.launcher import serve_if_follower
+
+    serve_if_follower()  # under torchrun/srun: ranks other than 0 serve rank 0, then exit
     is_api = backend == "openai"  # a black box: MODEL may be any name, nothing runs locally
     spec = _api_spec(model) if is_api else resolve_spec(model)
     overrides = parse_overrides(price_per_hour, power_watts, settings)
@@ -1089,6 +1092,10 @@ _register_energy(app)
 from infermeter.commands.report import register as _register_report  # noqa: E402
 
 _register_report(app)
+
+from infermeter.commands.sweep import register as _register_sweep  # noqa: E402
+
+_register_sweep(app)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

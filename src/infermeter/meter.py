@@ -271,11 +271,25 @@ class Meter:
 
     @classmethod
     def for_device(
-        cls, device: str = "cuda", count: int = 1, nvml: Any | None = None, **options: Any
+        cls,
+        device: str = "cuda",
+        count: int = 1,
+        nvml: Any | None = None,
+        local: bool = False,
+        **options: Any,
     ) -> Meter:
         """A Meter over the GPUs a run on `device` ("cuda", "cuda:N") with `count` GPUs (its
         tensor-parallel ranks) uses, as infermeter.gpus.resolve_gpus maps them; inert, with
-        a note, where NVML is missing. Raises UserError where the GPUs cannot be told."""
+        a note, where NVML is missing. On rank 0 of a run launched over several nodes whose
+        ranks are those `count` GPUs, a ClusterMeter over every node's (infermeter.
+        cluster_meter); `local=True` keeps to this node. Raises UserError where the GPUs
+        cannot be told."""
+        if not local:
+            from infermeter.cluster_meter import spanning_meter
+
+            spanning = spanning_meter(device, count, nvml, **options)
+            if spanning is not None:
+                return spanning  # type: ignore[return-value]
         if nvml is None:
             nvml, _ = load_nvml()
             if nvml is None:

@@ -10,6 +10,7 @@ methods, so importing this module is cheap and works without it.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,16 @@ class EngineBackend:
         if not cuda and device != "cpu":
             raise UserError(f"engine: device must be 'auto', 'cpu' or 'cuda[:n]', not {device!r}")
         first = cuda_ordinal(device) if cuda else 0
-        if cuda and first + self.tp > torch.cuda.device_count():
+        launched = self._launch()
+        if launched is not None:  # one rank per GPU, each on cuda:LOCAL_RANK
+            if cuda and (first != 0 or launched.local_world > torch.cuda.device_count()):
+                raise UserError(
+                    f"engine: under {launched.launcher} each rank uses cuda:LOCAL_RANK, and this "
+                    f"node's {launched.local_world} ranks need as many GPUs (CUDA sees "
+                    f"{torch.cuda.device_count()}); pick GPUs with CUDA_VISIBLE_DEVICES, not "
+                    f"--device {device}"
+                )
+        elif cuda and first + self.tp > torch.cuda.device_count():
             raise UserError(
                 f"engine: {device} with tp={self.tp} needs GPUs {first}..{first + self.tp - 1}, "
                 f"but CUDA sees {torch.cuda.device_count()}"
@@ -129,9 +139,29 @@ class EngineBackend:
             if self._ranks is None:  # ranks outlive a spec: the next prepare reuses them
                 on_cuda = device.startswith("cuda")
                 first = cuda_ordinal(device) if on_cuda else 0
-                self._ranks = RankGroup(self.tp, "cuda" if on_cuda else "cpu", first)
+                launched = self._launch()
+                if launched is not None:  # torchrun or srun started the ranks
+                    from infermeter.engine.launched import LaunchedGroup, join
+
+                    self._ranks = LaunchedGroup(join(launched), "cuda" if on_cuda else "cpu")
+                else:
+                    self._ranks = RankGroup(self.tp, "cuda" if on_cuda else "cpu", first)
             self._info = self._ranks.call("prepare", spec, options, timeout_s=self.timeout_s)
         self.spec = spec
+
+    def _launch(self) -> Any:
+        """The launcher's job this process is rank 0 of, for tp > 1 (None: the engine spawns
+        its ranks itself). Raises UserError where tp is not the job's rank count."""
+        from infermeter.launcher import launch_env
+
+        launched = launch_env() if self.tp > 1 else None
+        if launched is not None and self.tp != launched.world:
+            raise UserError(
+                f"engine: {launched.launcher} started {launched.world} ranks ({launched.nodes} "
+                f"node(s) x {launched.local_world}) and one model runs over all of them: pass "
+                f"--tp {launched.world} (--shards {launched.world}), or launch {self.tp} ranks"
+            )
+        return launched
 
     # ---- running -------------------------------------------------------------------------
     def _call(self, method: str, *args: Any, window: Any = None, **kwargs: Any) -> Any:
@@ -184,6 +214,8 @@ class EngineBackend:
                 "decode_step_s": run.decode_s / steps if steps else None,
                 **run.extra,
                 "tp": self.tp,
+                # Which tokens came out: the same stack, seed and point give the same digest.
+                "tokens_sha": hashlib.sha256(repr(run.tokens).encode()).hexdigest()[:16],
             },
         )
 
@@ -245,6 +277,9 @@ class EngineBackend:
             "checkpoint": self.checkpoint,
         }
         info.update(self._info)  # what the prepared engine reports (device name, attention)
+        launched = self._launch() if self._ranks is not None else None
+        if launched is not None:
+            info.update(launched.describe())  # torchrun or slurm, nodes and ranks
         if self._device == "cpu":
             from infermeter.provenance import cpu_name
 

@@ -87,6 +87,9 @@ def energy(
     ),
 ) -> None:
     """Energy per second, token and response of dataset prompts (Words to Watts)."""
+    from infermeter.launcher import serve_if_follower
+
+    launched = serve_if_follower()  # under torchrun/srun: ranks other than 0 serve, then exit
     from infermeter.backends import get_backend
     from infermeter.catalog import resolve_spec
     from infermeter.cli import console, err_console, frame_table, parse_sizes, progress_bar
@@ -114,6 +117,11 @@ def energy(
         raise UserError(f"--sampling must be top_p or greedy, not {sampling!r}")
     spec = resolve_spec(model)
     caps = _watts(power_limit)
+    if caps and launched is not None and launched.nodes > 1:
+        raise UserError(
+            "--power-limit caps the GPUs of this node only; on a run over several nodes set "
+            "the caps on each node (nvidia-smi -pl) and leave --power-limit out"
+        )
     check_warmup_s(warmup)
     sweep = EnergySweep(
         parse_sizes(batch_sizes, "--batch-sizes") or (64,),

@@ -125,6 +125,18 @@ def _worker(
     dist.destroy_process_group()
 
 
+def rank_error(rank: int, status: str, payload: str, what: str) -> Exception:
+    """The exception for a rank's answer other than "ok": UserError (its last line),
+    DoesNotFit, DeviceOutOfMemory, or RuntimeError with the rank's traceback."""
+    if status == "user":
+        return UserError(payload.strip().splitlines()[-1] if "\n" in payload else payload)
+    if status == "does_not_fit":
+        return DoesNotFit(payload)
+    if status == "oom":
+        return DeviceOutOfMemory(payload)
+    return RuntimeError(f"engine rank {rank} failed during {what}:\n{payload}")
+
+
 class RankGroup:
     """`world` engine processes; `call` runs a method on all of them and returns rank 0's."""
 
@@ -208,13 +220,7 @@ class RankGroup:
                 continue
             if not complete:
                 self.kill()  # the others are stuck in a collective: the group is unusable
-            if status == "user":
-                raise UserError(payload.strip().splitlines()[-1] if "\n" in payload else payload)
-            if status == "does_not_fit":
-                raise DoesNotFit(payload)
-            if status == "oom":
-                raise DeviceOutOfMemory(payload)
-            raise RuntimeError(f"engine rank {rank} failed during {what}:\n{payload}")
+            raise rank_error(rank, status, payload, what)
         return replies[0][1]
 
     def kill(self) -> None:
