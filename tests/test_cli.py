@@ -221,14 +221,14 @@ def test_fit_points_from_another_tool(tmp_path: Path) -> None:
         (["profile", "tiny-llama", "--backend", "vllm"], "vllm"),
         (
             ["estimate", "--profile", "nope.json", "--prompt-tokens", "1", "--output-tokens", "1"],
-            "cannot read profile",
+            "profile nope.json does not exist",
         ),
         (["fit", "--points", "nope.csv"], "does not exist"),
         (["hardware", "--hardware-config", "nope.toml"], "nope.toml"),
         ([*HELM_ESTIMATE, "--set", "bogus=1"], "bogus"),
         ([*HELM_ESTIMATE, "--set", "tdp_watts=lots"], "not a number"),
         ([*HELM_ESTIMATE, "--set", "tdp_watts"], "KEY=VALUE"),
-        ([*HELM_ESTIMATE, "--energy-profile", "nope.json"], "cannot read profile"),
+        ([*HELM_ESTIMATE, "--energy-profile", "nope.json"], "does not exist"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args: list[str], fragment: str, tmp_path: Path) -> None:

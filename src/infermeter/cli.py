@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import signal
 import sys
@@ -26,6 +25,7 @@ from infermeter.estimate import (
     estimate_queries,
     pricing_for,
     query_grid,
+    read_points,
     read_queries,
     summarize,
     write_table,
@@ -38,8 +38,9 @@ from infermeter.hardware import (
     build_stack,
     load_hardware_config,
 )
-from infermeter.helm import load_model_set, save_helm_efficiency
+from infermeter.helm import load_model_set, load_profile, save_helm_efficiency
 from infermeter.meter import check_warmup_s
+from infermeter.outputs import check_output
 from infermeter.profile import (
     DEFAULT_VALIDATE_CPU,
     DEFAULT_VALIDATE_GPU,
@@ -414,6 +415,8 @@ def profile(
     store: Path = StoreOption,
 ) -> None:
     """Profile MODEL on a stack, fit the runtime model, validate it and price a few queries."""
+    if output:
+        check_output(output, "model file")  # before minutes of profiling, not after
     is_api = backend == "openai"  # a black box: MODEL may be any name, nothing runs locally
     spec = _api_spec(model) if is_api else resolve_spec(model)
     overrides = parse_overrides(price_per_hour, power_watts, settings)
@@ -608,6 +611,8 @@ def fit(
     store: Path = StoreOption,
 ) -> None:
     """Fit the runtime (and energy) model of a stored run or of a points file."""
+    if output:
+        check_output(output, "model file")
     if denoise not in (None, "min", "median", "mean"):
         raise UserError("--denoise must be min, median or mean")
     if decode not in (None, "line", "curve"):
@@ -654,19 +659,6 @@ def fit(
         _save_fitted(fitted, output)
 
 
-def read_points(path: Path) -> pd.DataFrame:
-    """Points measured by another tool, read like a queries file but needing runtime_s."""
-    from infermeter.estimate import read_queries as _read
-
-    frame = _read(path)
-    if "runtime_s" not in frame.columns:
-        raise UserError(f"{path} lacks column runtime_s (seconds per query, end to end)")
-    frame["runtime_s"] = pd.to_numeric(frame["runtime_s"], errors="coerce")
-    if frame["runtime_s"].isna().any():
-        raise UserError(f"{path}: runtime_s must be a number in every row")
-    return frame
-
-
 @app.command()
 @user_errors
 def estimate(
@@ -686,6 +678,8 @@ def estimate(
     settings: list[str] | None = SetOption,
 ) -> None:
     """Price queries: idealized runtime, dollars and joules per query and in total."""
+    if output:
+        check_output(output)
     runtime_model = load_model_set(profile_path, model)
     energy_model = load_model_set(energy_profile) if energy_profile else None
     if queries is not None:
@@ -719,7 +713,7 @@ def estimate(
 @user_errors
 def runs(store: Path = StoreOption) -> None:
     """List the runs in the store."""
-    with Store(store) as db:
+    with Store(store, read_only=True) as db:
         console.print(frame_table(db.runs(), f"runs in {store}"))
 
 
@@ -730,7 +724,7 @@ def show(
     store: Path = StoreOption,
 ) -> None:
     """A run's setting, its points (min/mean over trials) and its latest fit."""
-    with Store(store) as db:
+    with Store(store, read_only=True) as db:
         run_id = run if run is not None else db.latest_run_id()
         record = db.get_run(run_id)
         points = db.points(run_id)
@@ -786,7 +780,10 @@ def export(
     """Export a run's points (CSV/Parquet/JSONL) or its fit (HELM efficiency_data)."""
     if output is None and helm is None:
         raise UserError("give --output FILE for points or --helm FILE for the fit")
-    with Store(store) as db:
+    for path in (output, helm):
+        if path is not None:
+            check_output(path)
+    with Store(store, read_only=True) as db:
         run_id = run if run is not None else db.latest_run_id()
         record = db.get_run(run_id)
         if output is not None:
@@ -941,12 +938,12 @@ def variance_command(
     """Variation across trials (CV) and raw vs denoised vs idealized runtime (Figs. 5 and 7)."""
     from infermeter.api.analysis import noise_summary, raw_vs_models, trial_variation
 
-    with Store(store) as db:
+    with Store(store, read_only=True) as db:
         run_id = run if run is not None else db.latest_run_id()
         db.get_run(run_id)  # refuses an unknown run with its message
         points = db.points(run_id)
         denoised = fit_run(db, run_id)[0]
-    reference = CostModel.from_dict(json.loads(idealized.read_text())) if idealized else None
+    reference = load_profile(idealized) if idealized else None
     comparison = raw_vs_models(points, denoised, reference)
     console.print(frame_table(trial_variation(points), f"variation over trials, run {run_id}"))
     stats = noise_summary(points, comparison)

@@ -12,6 +12,7 @@ Everything is one numpy pass over the whole table, so a million queries take wel
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,15 @@ import pandas as pd
 from infermeter.cost_model import CostModel, ModelSet
 from infermeter.errors import UserError
 from infermeter.hardware import Accelerator, get_accelerator
+from infermeter.inputs import (
+    MAX_BATCH,
+    MAX_JOULES,
+    MAX_SECONDS,
+    MAX_TOKENS,
+    numeric_column,
+    whole_column,
+)
+from infermeter.outputs import writing
 
 QUERY_COLUMNS = ("prompt_tokens", "output_tokens")
 
@@ -35,6 +45,14 @@ class Pricing:
     num_accelerators: int
     price_per_hour_usd: float  # per accelerator
     power_watts: float  # rated, per accelerator
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_accelerators, bool) or int(self.num_accelerators) < 1:
+            raise UserError("--num-accelerators must be at least 1")
+        for name in ("price_per_hour_usd", "power_watts"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise UserError(f"{name} of {self.accelerator} must be a finite number >= 0")
 
     @property
     def usd_per_second(self) -> float:
@@ -111,6 +129,11 @@ def read_queries(path: str | Path) -> pd.DataFrame:
 
 
 def validate_queries(frame: pd.DataFrame, origin: str = "queries") -> pd.DataFrame:
+    """The queries of `frame` checked: prompt_tokens, output_tokens (and batch_size where
+    given) whole numbers of at least 1 and of a sane size; one line naming row and field
+    otherwise. The checked columns are replaced by int64 ones."""
+    if not isinstance(frame, pd.DataFrame):
+        raise UserError(f"{origin} is not a table of queries; give one query per row")
     missing = [c for c in QUERY_COLUMNS if c not in frame.columns]
     if missing:
         raise UserError(
@@ -119,16 +142,43 @@ def validate_queries(frame: pd.DataFrame, origin: str = "queries") -> pd.DataFra
         )
     if frame.empty:
         raise UserError(f"{origin} holds no queries")
+    limits = {"prompt_tokens": MAX_TOKENS, "output_tokens": MAX_TOKENS, "batch_size": MAX_BATCH}
     columns = [*QUERY_COLUMNS, *(["batch_size"] if "batch_size" in frame.columns else [])]
     for column in columns:
-        values = pd.to_numeric(frame[column], errors="coerce")
-        if values.isna().any() or (values % 1 != 0).any():
-            row = int(np.flatnonzero(values.isna() | (values % 1 != 0))[0])
-            raise UserError(f"{origin}: {column} must be a whole number (row {row + 1})")
-        if (values <= 0).any():
-            row = int(np.flatnonzero(values <= 0)[0])
-            raise UserError(f"{origin}: {column} must be positive (row {row + 1})")
-        frame[column] = values.astype(np.int64)
+        frame[column] = whole_column(frame, column, origin, minimum=1, maximum=limits[column])
+    return frame
+
+
+def read_points(path: str | Path) -> pd.DataFrame:
+    """Points measured by another tool: a queries file with runtime_s (seconds per query,
+    end to end, > 0) in every row (every "ok" row where a status column says), and optionally
+    trial (whole, >= 0) and energy_j (joules >= 0, empty where not measured). Checked like
+    queries: one line naming row and field."""
+    frame = read_queries(path)
+    origin = str(path)
+    if "runtime_s" not in frame.columns:
+        raise UserError(f"{origin} lacks column runtime_s (seconds per query, end to end)")
+    runtime = numeric_column(
+        frame,
+        "runtime_s",
+        origin,
+        minimum=0.0,
+        strict_minimum=True,
+        maximum=MAX_SECONDS,
+        allow_missing=True,
+    )
+    # Rows another verb stored as not ok (an export keeps them, with the cause) may lack one.
+    used = frame["status"].eq("ok").to_numpy() if "status" in frame.columns else True
+    if (np.isnan(runtime) & used).any():
+        row = int(np.flatnonzero(np.isnan(runtime) & used)[0])
+        raise UserError(f"{origin}: row {row + 1}, runtime_s is missing; give every row one")
+    frame["runtime_s"] = runtime
+    if "trial" in frame.columns:
+        frame["trial"] = whole_column(frame, "trial", origin, minimum=0, maximum=MAX_TOKENS)
+    if "energy_j" in frame.columns:
+        frame["energy_j"] = numeric_column(
+            frame, "energy_j", origin, maximum=MAX_JOULES, allow_missing=True
+        )
     return frame
 
 
@@ -178,9 +228,25 @@ def estimate_queries(
         out["energy_measured_j"] = energy.predict(p, o, batch) * share
         out["energy_measured_wh"] = out["energy_measured_j"] / 3600.0
     if grid_gco2_per_kwh is not None:
+        if not (math.isfinite(grid_gco2_per_kwh) and grid_gco2_per_kwh >= 0):
+            raise UserError("--grid-intensity must be a finite number of gCO2e/kWh >= 0")
         joules = out.get("energy_measured_j", out["energy_j"])
         out["co2e_g"] = joules / 3.6e6 * grid_gco2_per_kwh
-    return pd.DataFrame(out)
+    frame = pd.DataFrame(out)
+    _check_finite(frame)
+    return frame
+
+
+def _check_finite(estimates: pd.DataFrame) -> None:
+    """The last guard: an estimate that overflowed is an error, never a printed 'inf'."""
+    numeric = estimates.drop(columns=["id"], errors="ignore").select_dtypes("number")
+    bad = ~np.isfinite(numeric.to_numpy(dtype=float))
+    if bad.any():
+        row, col = (int(i[0]) for i in np.nonzero(bad))
+        raise UserError(
+            f"the estimate of query {row + 1} ({numeric.columns[col]}) is too large to be a "
+            "number; check the query's sizes and the price and power given"
+        )
 
 
 def summarize(estimates: pd.DataFrame) -> pd.DataFrame:
@@ -208,20 +274,21 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 
 def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write by extension: .csv, .jsonl, .json or .parquet."""
+    """Write by extension: .csv, .jsonl, .json or .parquet; one line if it cannot be."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        _write_csv(frame, path)
-    elif suffix in (".jsonl", ".ndjson"):
-        frame.to_json(path, orient="records", lines=True)
-    elif suffix == ".json":
-        frame.to_json(path, orient="records", indent=1)
-    elif suffix == ".parquet":
-        try:
-            frame.to_parquet(path, index=False)
-        except ImportError as exc:
-            raise UserError("Parquet needs pyarrow: pip install 'infermeter[parquet]'") from exc
-    else:
+    if suffix not in (".csv", ".jsonl", ".ndjson", ".json", ".parquet"):
         raise UserError(f"cannot tell the format of {path}: use .csv, .jsonl, .json or .parquet")
+    with writing(path):
+        if suffix == ".csv":
+            _write_csv(frame, path)
+        elif suffix in (".jsonl", ".ndjson"):
+            frame.to_json(path, orient="records", lines=True)
+        elif suffix == ".json":
+            frame.to_json(path, orient="records", indent=1)
+        else:
+            try:
+                frame.to_parquet(path, index=False)
+            except ImportError as exc:
+                raise UserError("Parquet needs pyarrow: pip install 'infermeter[parquet]'") from exc
     return path

@@ -201,7 +201,7 @@ def load_runs(stores: list[Path], with_samples: bool = True) -> list[StoredRun]:
             raise UserError(
                 f"store {path} does not exist; profile into it with `infermeter profile`"
             )
-        with Store(path) as db:
+        with Store(path, read_only=True) as db:
             for run_id in db.runs()["id"].tolist():
                 points = db.points(int(run_id))
                 if points.empty:

@@ -116,6 +116,11 @@ def _opt(value: Any) -> float | None:
     return None if value is None or value != value else float(value)
 
 
+def _is_read_only(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "readonly" in text or "read-only" in text or "unable to open" in text
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -145,10 +150,20 @@ class RunRecord:
 
 
 class Store:
-    """A SQLite file of runs, points and fits."""
+    """A SQLite file of runs, points and fits.
 
-    def __init__(self, path: str | Path) -> None:
+    `read_only=True` is how the verbs that only read open it: a missing file is an error (never
+    an empty store made on the spot), nothing is written (no schema upgrade, no journal mode),
+    and a store on read-only media or in a read-only folder opens all the same.
+    """
+
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
+        self._tables: set[str] | None = None
+        if read_only:
+            self._db = self._open_read_only()
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -159,11 +174,56 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._check_schema()
+        except sqlite3.OperationalError as exc:
+            self._db.close()
+            if _is_read_only(exc):
+                raise self._read_only_error(exc) from exc
+            raise UserError(
+                f"{self.path} is not an infermeter store ({exc}); pass another --store PATH"
+            ) from exc
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise UserError(
                 f"{self.path} is not an infermeter store ({exc}); pass another --store PATH"
             ) from exc
+
+    def _read_only_error(self, exc: Exception) -> UserError:
+        return UserError(
+            f"cannot write to store {self.path} ({exc}): it is read-only or in a read-only "
+            "folder; copy it somewhere writable or pass another --store PATH"
+        )
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """A connection that cannot write. A store in WAL mode on read-only media cannot make
+        its shared-memory file, so it is then opened as immutable (nothing can change it)."""
+        if not self.path.exists():
+            raise UserError(
+                f"store {self.path} does not exist; check --store (profiles go into "
+                "infermeter.sqlite unless told otherwise)"
+            )
+        if self.path.is_dir():
+            raise UserError(f"store {self.path} is a folder; pass the store's .sqlite file")
+        last: Exception | None = None
+        for flags in ("mode=ro", "mode=ro&immutable=1"):
+            uri = f"{self.path.resolve().as_uri()}?{flags}"
+            db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            try:
+                self._db = db
+                self._check_schema()
+                return db
+            except UserError:
+                db.close()
+                raise
+            except sqlite3.OperationalError as exc:
+                db.close()
+                last = exc
+            except sqlite3.DatabaseError as exc:
+                db.close()
+                raise UserError(
+                    f"{self.path} is not an infermeter store ({exc}); pass another --store PATH"
+                ) from exc
+        raise UserError(f"cannot read store {self.path} ({last}); check the file's permissions")
 
     def _check_schema(self) -> None:
         has_meta = self._db.execute(
@@ -188,6 +248,12 @@ class Store:
                 f"{self.path} is a SQLite file but not an infermeter store; "
                 "pass another --store PATH"
             )
+        if self.read_only:  # an older store is read as it is; a missing table reads empty
+            if not has_meta:
+                raise UserError(
+                    f"{self.path} is empty, not an infermeter store; pass another --store PATH"
+                )
+            return
         with self.transaction():
             for statement in _SCHEMA.strip().split(";"):
                 if statement.strip():
@@ -201,10 +267,18 @@ class Store:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         # BEGIN inside the try: a Ctrl-C landing just after it (it may wait for the lock) must
         # not leave a transaction open for the next one to trip over.
+        if self.read_only:
+            raise UserError(f"store {self.path} was opened read-only; this verb cannot write it")
         try:
             self._db.execute("BEGIN IMMEDIATE")
             yield self._db
             self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            if _is_read_only(exc):
+                raise self._read_only_error(exc) from exc
+            raise
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
@@ -333,6 +407,8 @@ class Store:
         return self._finished("validation", run_id)
 
     def _finished(self, table: str, run_id: int) -> set[Point]:
+        if not self.has_table(table):
+            return set()
         rows = self._db.execute(
             f"SELECT prompt_tokens, output_tokens, batch_size, trial FROM {table} "
             "WHERE run_id = ? AND status != 'error'",
@@ -401,7 +477,16 @@ class Store:
         """The validation queries' trials, with the same columns as points."""
         return self._table("validation", run_id)
 
+    def has_table(self, table: str) -> bool:
+        """Whether the store holds `table` (an older store read as it is may lack one)."""
+        if self._tables is None or table not in self._tables:
+            rows = self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            self._tables = {r[0] for r in rows}
+        return table in self._tables
+
     def _table(self, table: str, run_id: int) -> pd.DataFrame:
+        if not self.has_table(table):
+            return pd.DataFrame(columns=POINT_COLUMNS)
         return pd.read_sql_query(
             f"SELECT * FROM {table} WHERE run_id = ? "
             "ORDER BY prompt_tokens, output_tokens, batch_size, trial",
