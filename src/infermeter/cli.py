@@ -818,7 +818,7 @@ def serve_command(
 ) -> None:
     """Serve MODEL through an OpenAI-compatible API (completions, chat, streaming, usage)."""
     from infermeter.backends import get_backend
-    from infermeter.serve import create_app, serve
+    from infermeter.serve import bind, create_app, serve
     from infermeter.textgen import generator_for
     from infermeter.tokenizer import load_tokenizer
 
@@ -829,8 +829,13 @@ def serve_command(
     options: dict[str, Any] = {"device": device, "dtype": dtype}
     if checkpoint is not None:
         options["checkpoint"] = str(checkpoint)
-    runner = get_backend(backend, **options)
-    runner.prepare(spec)
+    sock = bind(host, port)  # a busy port is said now, before the model loads
+    try:
+        runner = get_backend(backend, **options)
+        runner.prepare(spec)
+    except BaseException:
+        sock.close()
+        raise
     try:
         app_ = create_app(generator_for(runner), tok, name or spec.name, api_key=api_key)
         if tok.vocab_size > spec.vocab_size:
@@ -843,8 +848,9 @@ def serve_command(
             f"http://{host}:{port}/v1",
             highlight=False,
         )
-        serve(app_, host, port, log_level="warning")
+        serve(app_, host, port, log_level="warning", sock=sock)
     finally:
+        sock.close()
         runner.close()
 
 

@@ -243,8 +243,32 @@ def run_profile(
     check_warmup_s(warmup_s)
     queries = validation_queries(spec, grid, validate)
     metering = meter is not None and meter.available
-    run, _ = store.open_run(
-        key=profile_key(spec, stack, backend.name, backend_options, grid, metering),
+    key = profile_key(spec, stack, backend.name, backend_options, grid, metering)
+    store.claim(key)  # one process per run: a second identical command stops here
+    existing = store.find_run(key)
+    done = store.finished_points(existing.id) if existing else set()
+    checked = store.finished_validation(existing.id) if existing else set()
+    grid_todo = [s for s in grid.shapes() if _missing(s, grid.trials, done)]
+    check_todo = [q for q in queries if _missing(q, grid.trials, checked)]
+    total = (len(grid.shapes()) + len(queries)) * grid.trials
+    remaining = sum(len(_missing(s, grid.trials, done)) for s in grid_todo) + sum(
+        len(_missing(q, grid.trials, checked)) for q in check_todo
+    )
+    if existing is not None and not grid_todo and not check_todo:
+        if on_start:
+            on_start(existing, total, total)
+        store.set_run_status(existing.id, "complete")
+        return store.get_run(existing.id)
+    # The start-up checks (memory, the model itself; an API's port, key and calibration)
+    # run before the run is recorded: one that fails leaves no empty run behind, and a run
+    # that has points keeps its status, to be resumed by the same command.
+    try:
+        backend.prepare(spec)
+    except BaseException:
+        backend.close()
+        raise
+    run, resumed = store.open_run(
+        key=key,
         model=spec.name,
         spec=spec.to_dict(),
         stack=stack,
@@ -253,22 +277,10 @@ def run_profile(
         grid=grid.to_dict(),
         device=device,
     )
-    done = store.finished_points(run.id)
-    checked = store.finished_validation(run.id)
-    grid_todo = [s for s in grid.shapes() if _missing(s, grid.trials, done)]
-    check_todo = [q for q in queries if _missing(q, grid.trials, checked)]
-    total = (len(grid.shapes()) + len(queries)) * grid.trials
-    remaining = sum(len(_missing(s, grid.trials, done)) for s in grid_todo) + sum(
-        len(_missing(q, grid.trials, checked)) for q in check_todo
-    )
     if on_start:
         on_start(run, total - remaining, total)
-    if not grid_todo and not check_todo:
-        store.set_run_status(run.id, "complete")
-        return store.get_run(run.id)
     status = "interrupted"
     try:
-        backend.prepare(spec)
         info = {**backend_options, **backend.describe()}
         if metering:
             info["energy_window"] = (
@@ -315,7 +327,8 @@ def run_profile(
         if meter is not None:
             meter.stop()
         backend.close()
-        store.set_run_status(run.id, status)
+        if resumed or status == "complete" or not store.discard_if_empty(run.id):
+            store.set_run_status(run.id, status)
     return store.get_run(run.id)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,9 +22,11 @@ from typing import Any
 
 import pandas as pd
 
+from infermeter import ownership
 from infermeter.backends.base import Measurement, Point
 from infermeter.cost_model import CostModel
 from infermeter.errors import UserError
+from infermeter.ownership import Lease
 from infermeter.provenance import git_commit, package_version
 
 # 2: the validation table (queries a profile measures after its grid, never fitted).
@@ -116,6 +120,14 @@ def _opt(value: Any) -> float | None:
     return None if value is None or value != value else float(value)
 
 
+# Who measures a run now (see infermeter.ownership); made when first needed, so stores of
+# earlier versions need no upgrade and earlier versions ignore it.
+_OWNERS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS run_owners (key TEXT PRIMARY KEY, pid INTEGER NOT NULL, "
+    "host TEXT NOT NULL, since TEXT NOT NULL)"
+)
+
+
 def _is_read_only(exc: sqlite3.Error) -> bool:
     text = str(exc).lower()
     return "readonly" in text or "read-only" in text or "unable to open" in text
@@ -161,6 +173,7 @@ class Store:
         self.path = Path(path)
         self.read_only = read_only
         self._tables: set[str] | None = None
+        self._leases: dict[str, Lease | None] = {}
         if read_only:
             self._db = self._open_read_only()
             return
@@ -285,6 +298,10 @@ class Store:
             raise
 
     def close(self) -> None:
+        for lease in self._leases.values():
+            if lease is not None:
+                lease.release()
+        self._leases.clear()
         self._db.close()
 
     def __enter__(self) -> Store:
@@ -294,6 +311,54 @@ class Store:
         self.close()
 
     # ---- runs --------------------------------------------------------------------------
+    def claim(self, key: str) -> None:
+        """Own the run `key` until this store is closed, or refuse in one line naming the
+        process that owns it (see infermeter.ownership). Holding it twice is a no-op."""
+        if key in self._leases:
+            return
+        try:
+            lease = ownership.acquire(self.path, key)
+        except ownership.RunBusy as busy:
+            raise UserError(self._busy_message(key, busy.here)) from None
+        self._leases[key] = lease
+        try:
+            with self.transaction():
+                self._db.execute(_OWNERS_TABLE)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO run_owners(key, pid, host, since) VALUES (?,?,?,?)",
+                    (key, os.getpid(), socket.gethostname(), utc_now()),
+                )
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            del self._leases[key]
+            raise
+
+    def _busy_message(self, key: str, here: bool) -> str:
+        row = self._db.execute("SELECT id, model FROM runs WHERE key = ?", (key,)).fetchone()
+        what = f"run {row['id']} ({row['model']})" if row else "this run"
+        if here:
+            return f"{what} is already open in this process; close the other Store first"
+        owner = None
+        if self.has_table("run_owners"):
+            owner = self._db.execute(
+                "SELECT pid, host, since FROM run_owners WHERE key = ?", (key,)
+            ).fetchone()
+        who = (
+            f"process {owner['pid']} on {owner['host']} (since {owner['since']})"
+            if owner
+            else "another process"
+        )
+        return (
+            f"{what} in {self.path} is being measured by {who}; wait for it to finish, or stop "
+            "it and rerun this command to resume where it stopped"
+        )
+
+    def find_run(self, key: str) -> RunRecord | None:
+        """The run with this key, if stored (nothing is created)."""
+        row = self._db.execute("SELECT id FROM runs WHERE key = ?", (key,)).fetchone()
+        return self.get_run(int(row["id"])) if row else None
+
     def open_run(
         self,
         *,
@@ -312,6 +377,7 @@ class Store:
 
         The infermeter commit and version default to those of the code running now.
         """
+        self.claim(key)
         if commit_sha is None:
             commit_sha = git_commit()
         if version is None:
@@ -347,6 +413,26 @@ class Store:
                 ),
             )
         return self.get_run(int(cursor.lastrowid)), False
+
+    def discard_if_empty(self, run_id: int) -> bool:
+        """Delete a run that holds nothing measured (a start-up that failed after the run was
+        recorded: an API's calibration, say); its id is given to the next run. Returns whether
+        it was deleted."""
+        with self.transaction():
+            for table in ("points", "validation", "power_samples", "fits"):
+                if (
+                    self.has_table(table)
+                    and self._db.execute(
+                        f"SELECT 1 FROM {table} WHERE run_id = ? LIMIT 1", (run_id,)
+                    ).fetchone()
+                ):
+                    return False
+            self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            self._db.execute(
+                "UPDATE sqlite_sequence SET seq = (SELECT coalesce(max(id), 0) FROM runs) "
+                "WHERE name = 'runs'"
+            )
+        return True
 
     def set_run_status(self, run_id: int, status: str) -> None:
         with self.transaction():
@@ -384,12 +470,19 @@ class Store:
         )
 
     def runs(self) -> pd.DataFrame:
+        """One row per run; a run marked running whose process is gone (no one holds its
+        lock: killed, or its machine rebooted) shows as interrupted."""
         query = (
-            "SELECT r.id, r.model, r.backend, r.device, r.status, r.created_at, "
+            "SELECT r.id, r.key, r.model, r.backend, r.device, r.status, r.created_at, "
             "count(p.run_id) AS points, sum(p.status = 'ok') AS ok_points "
             "FROM runs r LEFT JOIN points p ON p.run_id = r.id GROUP BY r.id ORDER BY r.id"
         )
-        return pd.read_sql_query(query, self._db)
+        frame = pd.read_sql_query(query, self._db)
+        running = frame["status"] == "running"
+        for index in frame.index[running]:
+            if ownership.is_owned(self.path, frame.at[index, "key"]) is False:
+                frame.at[index, "status"] = "interrupted"
+        return frame.drop(columns=["key"])
 
     def latest_run_id(self) -> int:
         row = self._db.execute("SELECT max(id) AS id FROM runs").fetchone()
