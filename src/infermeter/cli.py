@@ -17,14 +17,17 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from infermeter.catalog import catalog_table, resolve_spec
 from infermeter.cost_model import CostModel
 from infermeter.errors import UserError
 from infermeter.estimate import (
+    describe_pricing,
     estimate_queries,
-    pricing_for,
+    profiled_sample,
     query_grid,
+    range_notes,
     read_points,
     read_queries,
     summarize,
@@ -67,6 +70,31 @@ StoreOption = typer.Option(DEFAULT_STORE, "--store", help="SQLite store of runs 
 HardwareConfigOption = typer.Option(
     None, "--hardware-config", help="TOML/JSON file overriding or adding accelerators."
 )
+
+
+def _print_version(value: bool) -> None:
+    """--version: the package version and, in a checkout, its commit."""
+    if not value:
+        return
+    from infermeter import __version__
+    from infermeter.provenance import git_commit
+
+    commit = git_commit()
+    console.print(
+        f"infermeter {__version__}" + (f" (commit {commit[:10]})" if commit else ""),
+        markup=False,
+        highlight=False,
+    )
+    raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Options of the command itself (before the verb)."""
 
 
 def hardware_catalog(path: Path | None) -> dict[str, Accelerator] | None:
@@ -260,6 +288,14 @@ def _cell(value: Any, digits: int) -> str:
     if isinstance(value, float):
         return "-" if value != value else f"{value:.{digits}g}"  # NaN shows as "-"
     return str(value)
+
+
+def print_notes(notes: list[str], kind: str = "note") -> None:
+    """Notes and warnings on stderr, each one line, their text printed literally."""
+    for note in notes:
+        err_console.print(
+            Text.assemble((f"{kind}:", "yellow"), " ", note), highlight=False, soft_wrap=True
+        )
 
 
 def fit_table(model: CostModel) -> Table:
@@ -522,22 +558,20 @@ def profile(
     if output:
         _save_fitted(fitted, output)
     runtime_model = runtime_models[0]
-    pricing, _ = pricing_for(runtime_model, catalog=catalog)
-    longest = max(grid.output_sizes)
-    sample = query_grid(
-        sorted({1, max(1, spec.max_context // 4), max(1, spec.max_context - longest)}),
-        sorted({1, max(1, longest // 4), longest}),
-    )
-    sample = sample[sample.prompt_tokens + sample.output_tokens <= spec.max_context]
     energy = energy_models[0] if energy_models else None
-    estimates = estimate_queries(sample, runtime_model, pricing, energy)
-    console.print(
-        frame_table(
-            estimates,
-            f"estimates on {pricing.num_accelerators} × {pricing.accelerator} "
-            f"(${pricing.price_per_hour_usd}/h, {pricing.power_watts} W each)",
-        )
+    pricing, notes = describe_pricing(
+        runtime_model,
+        accelerator if is_api else None,
+        num_accelerators if is_api and accelerator else None,
+        overrides,
+        catalog,
+        measured_energy=energy is not None,
     )
+    sample = profiled_sample(runtime_model, spec.max_context)
+    estimates = estimate_queries(sample, runtime_model, pricing, energy)
+    on = f"on {pricing.describe()}" if pricing else "(runtime only, not priced)"
+    console.print(frame_table(estimates, f"estimates {on}, within the profiled range"))
+    print_notes(notes)
 
 
 def _save_fitted(models: list[CostModel], output: Path) -> None:
@@ -690,21 +724,25 @@ def estimate(
         if p is None or o is None:
             raise UserError("give --queries FILE, or --prompt-tokens and --output-tokens")
         frame = query_grid(list(p), list(o))
-    pricing, note = pricing_for(
+    warnings = range_notes(frame, runtime_model)  # a query past the context stops here
+    pricing, notes = describe_pricing(
         runtime_model.first(),
         accelerator,
         num_accelerators,
         parse_overrides(price_per_hour, power_watts, settings),
         hardware_catalog(hardware_config),
+        measured_energy=energy_model is not None,
     )
-    if note:
-        err_console.print(f"[yellow]note:[/] {note}")
+    print_notes(notes)
+    print_notes(warnings, "warning")
     estimates = estimate_queries(frame, runtime_model, pricing, energy_model, grid_intensity)
     if output:
         write_table(estimates, output)
-        console.print(f"{len(estimates)} estimates written to {output}")
+        console.print(f"{len(estimates)} estimates written to {output}", markup=False)
     if len(estimates) <= 50:
-        console.print(frame_table(estimates, f"estimates for {runtime_model.first().model}"))
+        on = f" on {pricing.describe()}" if pricing else " (runtime only, not priced)"
+        title = f"estimates for {runtime_model.first().model}{on}"
+        console.print(frame_table(estimates, title))
     summary = summarize(estimates).reset_index(names="")
     console.print(frame_table(summary, f"{len(estimates)} queries"))
 
@@ -792,7 +830,12 @@ def export(
         if helm is not None:
             model = db.latest_fit(run_id) or fit_run(db, run_id)[0]
             save_helm_efficiency({record.model: model}, helm)
-            console.print(f"run {run_id} fit written to {helm} (HELM efficiency_data)")
+            console.print(
+                f"run {run_id} fit written to {helm} (HELM efficiency_data; fitted with "
+                f"{model.describe_fit()})",
+                markup=False,
+                highlight=False,
+            )
 
 
 # ---- black-box APIs: serve a local model, sweep load, look at the noise ---------------------

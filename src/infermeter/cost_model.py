@@ -173,6 +173,13 @@ class CostModel:
         return self.prompt_sizes[0], self.prompt_sizes[-1]
 
     @property
+    def max_context(self) -> int | None:
+        """The model's context in tokens, where the profile recorded it (None for an API, a
+        HELM entry or a model fitted from a points file)."""
+        value = (self.provenance or {}).get("max_context")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
     def profiled_output_tokens(self) -> int | None:
         """The largest output length the model was profiled at (None where unknown)."""
         if self.decode_curves is not None:

@@ -45,6 +45,7 @@ class Pricing:
     num_accelerators: int
     price_per_hour_usd: float  # per accelerator
     power_watts: float  # rated, per accelerator
+    nominal: bool = False  # assumed figures of a generic part (any CPU), not a product's
 
     def __post_init__(self) -> None:
         if isinstance(self.num_accelerators, bool) or int(self.num_accelerators) < 1:
@@ -64,7 +65,21 @@ class Pricing:
 
     @classmethod
     def of(cls, accelerator: Accelerator, count: int) -> Pricing:
-        return cls(accelerator.name, count, accelerator.price_per_hour_usd, accelerator.tdp_watts)
+        return cls(
+            accelerator.name,
+            count,
+            accelerator.price_per_hour_usd,
+            accelerator.tdp_watts,
+            accelerator.nominal,
+        )
+
+    def describe(self) -> str:
+        """'1 × cpu ($4.8384/h, 350 W each; nominal)': the title of an estimates table."""
+        nominal = "; a nominal part, not this machine" if self.nominal else ""
+        return (
+            f"{self.num_accelerators} × {self.accelerator} (${self.price_per_hour_usd:g}/h, "
+            f"{self.power_watts:g} W rated each{nominal})"
+        )
 
 
 def pricing_for(
@@ -96,10 +111,81 @@ def pricing_for(
             "the profile names no accelerator; priced as 1 × A100 80GB (the paper's reference); "
             "pass --accelerator and --num-accelerators to change it"
         )
-    count = num_accelerators or int(stack.get("num_accelerators", 1))
-    if count < 1:
-        raise UserError("--num-accelerators must be at least 1")
+    count = num_accelerators if num_accelerators is not None else stack.get("num_accelerators", 1)
+    if isinstance(count, float) and count.is_integer():
+        count = int(count)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise UserError(f"--num-accelerators must be a whole number of at least 1, not {count!r}")
     return Pricing.of(acc, count), note
+
+
+def is_api_model(model: CostModel) -> bool:
+    """A black-box API's fit: its hardware is unknown, so it has no price of its own."""
+    return (model.stack or {}).get("backend") == "openai"
+
+
+def describe_pricing(
+    model: CostModel,
+    accelerator: str | None = None,
+    num_accelerators: int | None = None,
+    overrides: dict[str, float] | None = None,
+    catalog: Mapping[str, Accelerator] | None = None,
+    measured_energy: bool = False,
+) -> tuple[Pricing | None, list[str]]:
+    """What `estimate` prices with, and the notes that say what that is.
+
+    An API run is priced only on hardware the user names (None otherwise: no cost or energy
+    columns). A nominal part (the generic CPU socket) is said to be one, and `energy_j` is
+    said to be rated power × runtime, not a measurement.
+    """
+    if is_api_model(model) and not accelerator:
+        return None, [
+            "an API run is not priced: its hardware is unknown; pass --accelerator NAME (and "
+            "--num-accelerators) to price its runtime as that hardware"
+        ]
+    pricing, note = pricing_for(model, accelerator, num_accelerators, overrides, catalog)
+    notes = [note] if note else []
+    if pricing.nominal:
+        notes.append(
+            f"{pricing.accelerator} is priced as a nominal part (${pricing.price_per_hour_usd:g}/h,"
+            f" {pricing.power_watts:g} W rated), not this machine; pass --price-per-hour and "
+            "--power-watts to price your own"
+        )
+    measured = "; energy_measured_j is measured" if measured_energy else ""
+    notes.append(f"energy_j is rated power × runtime ({pricing.watts:g} W), not measured{measured}")
+    return pricing, notes
+
+
+def range_notes(queries: pd.DataFrame, runtime: CostModel | ModelSet) -> list[str]:
+    """Warnings for queries outside what was profiled (their price is extrapolated); a
+    UserError for one past the model's context, which the model cannot run at all."""
+    models = _as_set(runtime)
+    p = queries["prompt_tokens"].to_numpy()
+    o = queries["output_tokens"].to_numpy()
+    model = models.first()
+    context = model.max_context
+    if context is not None and (p + o > context).any():
+        row = int(np.flatnonzero(p + o > context)[0])
+        raise UserError(
+            f"query {row + 1}: prompt {p[row]} + output {o[row]} tokens exceeds {model.model}'s "
+            f"context of {context} tokens; the model cannot run it (shorten the query)"
+        )
+    notes = []
+    high = model.profiled_prompt_tokens[1]
+    beyond = int((p > high).sum())
+    if beyond:
+        notes.append(
+            f"{beyond} of {len(p)} queries have prompts longer than the profile's largest "
+            f"({high} tokens, up to {int(p.max())} asked): their prefill is extrapolated"
+        )
+    longest = model.profiled_output_tokens
+    if longest is not None and (o > longest).any():
+        notes.append(
+            f"{int((o > longest).sum())} of {len(o)} queries ask for more output tokens than "
+            f"the profile's longest ({longest}, up to {int(o.max())} asked): their decoding is "
+            "extrapolated"
+        )
+    return notes
 
 
 def read_queries(path: str | Path) -> pd.DataFrame:
@@ -189,7 +275,7 @@ def _as_set(model: CostModel | ModelSet) -> ModelSet:
 def estimate_queries(
     queries: pd.DataFrame,
     runtime: CostModel | ModelSet,
-    pricing: Pricing,
+    pricing: Pricing | None,
     energy: CostModel | ModelSet | None = None,
     grid_gco2_per_kwh: float | None = None,
 ) -> pd.DataFrame:
@@ -197,7 +283,8 @@ def estimate_queries(
 
     A `batch_size` column picks each query's model from a set fitted per batch size (and is
     refused, with the sizes there are, for a size the profile lacks); without it every query
-    is priced at the smallest batch size the profile has.
+    is priced at the smallest batch size the profile has. Without `pricing` (an API run on no
+    named hardware) there are no cost and rated-energy columns.
     """
     runtime = _as_set(runtime)
     if runtime.quantity != "runtime_s":
@@ -218,9 +305,10 @@ def estimate_queries(
     seconds = runtime.predict(p, o, batch)
     share = 1.0 / batch  # a query's share of its batch's accelerator time and energy
     out["runtime_s"] = seconds
-    out["cost_usd"] = seconds * pricing.usd_per_second * share
-    out["energy_j"] = seconds * pricing.watts * share
-    out["energy_wh"] = out["energy_j"] / 3600.0
+    if pricing is not None:
+        out["cost_usd"] = seconds * pricing.usd_per_second * share
+        out["energy_j"] = seconds * pricing.watts * share
+        out["energy_wh"] = out["energy_j"] / 3600.0
     if energy is not None:
         energy = _as_set(energy)
         if energy.quantity != "energy_j":
@@ -230,8 +318,9 @@ def estimate_queries(
     if grid_gco2_per_kwh is not None:
         if not (math.isfinite(grid_gco2_per_kwh) and grid_gco2_per_kwh >= 0):
             raise UserError("--grid-intensity must be a finite number of gCO2e/kWh >= 0")
-        joules = out.get("energy_measured_j", out["energy_j"])
-        out["co2e_g"] = joules / 3.6e6 * grid_gco2_per_kwh
+        joules = out.get("energy_measured_j", out.get("energy_j"))
+        if joules is not None:
+            out["co2e_g"] = joules / 3.6e6 * grid_gco2_per_kwh
     frame = pd.DataFrame(out)
     _check_finite(frame)
     return frame
@@ -260,6 +349,20 @@ def query_grid(prompt_sizes: list[int], output_sizes: list[int]) -> pd.DataFrame
     return validate_queries(
         pd.DataFrame({"prompt_tokens": p.ravel(), "output_tokens": o.ravel()}), "grid"
     )
+
+
+def profiled_sample(model: CostModel, max_context: int | None = None) -> pd.DataFrame:
+    """A few queries across what `model` was profiled on (short, middle and the largest
+    prompt; one, a quarter of and the longest output), within the context: what a profile
+    prints, and nothing it would have to extrapolate."""
+    high = model.profiled_prompt_tokens[1]
+    longest = model.profiled_output_tokens or 1
+    sample = query_grid(
+        sorted({1, max(1, high // 4), high}), sorted({1, max(1, longest // 4), longest})
+    )
+    if max_context is not None:
+        sample = sample[sample.prompt_tokens + sample.output_tokens <= max_context]
+    return sample.reset_index(drop=True)
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:

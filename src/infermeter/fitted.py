@@ -44,6 +44,9 @@ def run_provenance(run: RunRecord, store: Path | str | None = None) -> dict[str,
     }
     if store is not None:
         out["store"] = str(store)
+    context = run.spec.get("max_context")
+    if run.spec.get("family") != "black-box" and isinstance(context, int):
+        out["max_context"] = context  # the model's own limit (an API's is unknown)
     return out
 
 

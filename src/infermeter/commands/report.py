@@ -202,6 +202,11 @@ def compare_command(
     baseline: str | None = typer.Option(None, help="Baseline stack: its label or run id."),
     output: Path | None = typer.Option(None, help="Write per-query rows (.csv/.jsonl/...)."),
     figure: Path | None = typer.Option(None, help="Write the Fig. 8 picture (.png or .svg)."),
+    allow_different_models: bool = typer.Option(
+        False,
+        "--allow-different-models",
+        help="Compare stacks that ran different models (ratios without a verdict).",
+    ),
     store: list[Path] | None = StoresOption,
 ) -> None:
     """One model on two or more stacks: speedup, cost and energy ratios (Fig. 8, §5.3)."""
@@ -224,7 +229,12 @@ def compare_command(
                 f"--baseline {baseline!r} matches none of: " + "; ".join(s.label for s in stacks)
             )
         base = matches[0]
-    result = compare_stacks(stacks, frame, base)
+    result = compare_stacks(stacks, frame, base, allow_different_models)
+    if (result.summary["verdict"] == "different model").any():
+        from infermeter.cli import print_notes
+
+        print_notes(["the stacks run different models: each ratio is the models' difference as "
+                     "much as the stacks'"])  # fmt: skip
     columns = [
         "stack",
         "accelerators",
@@ -283,8 +293,6 @@ def _stacks(
         if absent:
             raise UserError(f"run(s) {absent} not found (or without points); see `infermeter runs`")
         stored = chosen
-        if len({model_key(r.model) for r in stored}) > 1:
-            raise UserError("the runs profile different models; compare runs of one model")
     elif model:
         stored = [r for r in stored if model_key(r.model) == model_key(model)]
     groups = (
