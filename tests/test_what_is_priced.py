@@ -128,3 +128,34 @@ def test_small_verbs(models: dict[str, Path]) -> None:
     assert_one_line(invoke("fit", "--store", models["store"], "--folds", "1"), "--folds")
     fitted = invoke("fit", "--store", models["store"], "--folds", "0")
     assert fitted.exit_code == 0 and "nan" not in fitted.stdout.lower(), fitted.output
+
+
+def _store_with_validation(path: Path, off_by: float) -> None:
+    """A run whose points lie on t = 0.01 + 0.002·p/16 + 0.005·(o − 1) and whose validation
+    queries measured `off_by` times that: what a machine busy with other work produces."""
+    from infermeter.backends.base import Measurement, Point
+    from infermeter.catalog import get_spec
+    from infermeter.store import Store
+
+    def t(p: int, o: int) -> float:
+        return 0.01 + 0.002 * p / 16 + 0.005 * (o - 1)
+
+    spec = get_spec("tiny-llama")
+    with Store(path) as db:
+        run, _ = db.open_run(key="noisy", model=spec.name, spec=spec.to_dict(),
+                             stack={"backend": "engine"}, backend="engine", backend_info={},
+                             grid={}, device="cpu: test")  # fmt: skip
+        grid = [(Point(p, o, 1, k), Measurement(t(p, o))) for p in (1, 16, 64)
+                for o in (1, 4, 8) for k in range(2)]  # fmt: skip
+        db.record_points(run.id, grid)
+        checks = [(Point(p, o, 1, 0), Measurement(off_by * t(p, o))) for p, o in ((9, 3), (40, 6))]
+        db.record_points(run.id, checks, validation=True)
+
+
+def test_a_noisy_profile_says_so(tmp_path: Path) -> None:
+    for off_by, warned in ((1.01, False), (1.5, True)):
+        store = tmp_path / f"s{off_by}.sqlite"
+        _store_with_validation(store, off_by)
+        shown = invoke("show", "--store", store)
+        assert shown.exit_code == 0, shown.output
+        assert ("too noisy for a trustworthy time fit" in shown.stderr) == warned, shown.stderr

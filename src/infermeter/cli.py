@@ -50,6 +50,7 @@ from infermeter.profile import (
     ProfileGrid,
     default_grid,
     run_profile,
+    trust_warning,
 )
 from infermeter.provenance import device_description
 from infermeter.store import Store
@@ -341,6 +342,9 @@ def print_fit(model: CostModel) -> None:
         highlight=False,
     )
     console.print(f"{model.quantity}: {validation_line(model)}", markup=False, highlight=False)
+    warning = trust_warning(model)
+    if warning:
+        print_notes([warning], "warning")
     for note in model.fit.get("notes") or []:
         err_console.print(f"note: {note}", markup=False, highlight=False)
     cv = model.fit.get("cross_validation")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from infermeter.backends.base import Backend, Measurement, Point
+from infermeter.cost_model import CostModel
 from infermeter.errors import UserError
 from infermeter.meter import EnergyWindow, Meter, check_warmup_s, warm_up
 from infermeter.spec import ModelSpec
@@ -48,6 +49,11 @@ LONGEST_VALIDATION_OUTPUT = 256
 # Validation queries by default: many where a GPU makes them cheap, a few on a CPU.
 DEFAULT_VALIDATE_GPU = 16
 DEFAULT_VALIDATE_CPU = 4
+# Past these errors on the validation queries a fit is not to be trusted: a quiet machine's
+# profile misses them by a few percent (gpt2 on a 2-core CPU: 2.3%; llama-7b on an H200: 1.0%
+# runtime, 7.5% energy), a machine busy with other work by tens of percent.
+NOISY_MAPE_PCT = 10.0
+NOISY_MAX_PCT = 25.0
 
 
 @dataclass(frozen=True)
@@ -330,6 +336,24 @@ def run_profile(
         if resumed or status == "complete" or not store.discard_if_empty(run.id):
             store.set_run_status(run.id, status)
     return store.get_run(run.id)
+
+
+def trust_warning(model: CostModel) -> str | None:
+    """A plain warning when the profile's own evidence (its error on the validation queries,
+    `model.fit["validation"]`) says the machine was too noisy for a trustworthy fit."""
+    check = (model.fit or {}).get("validation") or {}
+    mape, worst = check.get("mape_pct"), check.get("max_error_pct")
+    if not check.get("n") or mape is None or worst is None:
+        return None
+    if mape <= NOISY_MAPE_PCT and worst <= NOISY_MAX_PCT:
+        return None
+    what = "time" if model.quantity == "runtime_s" else "energy"
+    return (
+        f"the machine was too noisy for a trustworthy {what} fit: on {check['n']} queries never "
+        f"profiled its estimates are off by {mape:.1f}% on average and up to {worst:.1f}% "
+        f"(a quiet machine: a few percent); rerun with other work stopped, or with more "
+        "--trials"
+    )
 
 
 def _missing(shape: Point, trials: int, done: set[Point]) -> list[int]:
