@@ -61,10 +61,10 @@ def test_the_cpu_default_grid_keeps_the_readme_s_minute() -> None:
 
     spec = get_spec("gpt2")
     grid = default_grid(spec, on_gpu=False)
-    assert grid.trials == 2 and max(grid.output_sizes) == 32
+    assert grid.trials == 3 and max(grid.output_sizes) == 32
     points = [*grid.shapes(), *validation_queries(spec, grid, DEFAULT_VALIDATE_CPU)]
     decode_steps = grid.trials * sum(p.output_tokens - 1 for p in points)
     prefill_tokens = grid.trials * sum(p.prompt_tokens for p in points)
-    assert decode_steps <= 500 and prefill_tokens <= 8000, (decode_steps, prefill_tokens)
+    assert decode_steps <= 720 and prefill_tokens <= 10_600, (decode_steps, prefill_tokens)
     # And it still covers the context's first half, with knots off multiples of 64.
     assert max(grid.pe_sizes) == 481 and len(set(grid.pe_sizes) | set(grid.prompt_sizes)) == 5

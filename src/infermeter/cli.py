@@ -417,9 +417,7 @@ def profile(
     prompt_sizes: str | None = typer.Option(None, help="e.g. 1,256,512,1024,1536."),
     output_sizes: str | None = typer.Option(None, help="e.g. 1,32,64,128,256."),
     batch_sizes: str = typer.Option("1", help="e.g. 1,8."),
-    trials: int | None = typer.Option(
-        None, help="Trials per point (the fit uses the minimum; default 3 on a GPU, 2 on a CPU)."
-    ),
+    trials: int = typer.Option(3, help="Trials per point (the fit uses the minimum)."),
     tensor_parallel: int = typer.Option(1, "--tp", help="Tensor-parallel degree (engine)."),
     accelerator: str | None = typer.Option(None, help="Hardware entry (default: detected)."),
     num_accelerators: int = typer.Option(1, help="Accelerators the stack holds."),
@@ -480,7 +478,7 @@ def profile(
         chosen_p or defaults.prompt_sizes,
         parse_sizes(output_sizes, "--output-sizes") or defaults.output_sizes,
         parse_sizes(batch_sizes, "--batch-sizes") or (1,),
-        defaults.trials,
+        trials,
         () if chosen_p else defaults.pe_sizes,  # PE knots go with the default prompt sizes
     )
     grid.validate(spec)

@@ -40,11 +40,11 @@ PAPER_PROMPT_SIZES = (1, 256, 512, 1024, 1536)
 PAPER_OUTPUT_SIZES = (1, 32, 64, 128, 256)
 GPU_OUTPUT_SIZES = (1, 2, 4, 8, 32, 128, 512)
 CPU_OUTPUT_SIZES = (1, 2, 4, 8, 16, 32)
-# Trials per point by default. A CPU profile goes trial by trial over all points, so a burst
-# of other work spoils one trial of many points and the minimum of two is already clean; the
-# third trial would cost a third of the README's minute (gpt2 on 2 cores, `profile gpt2`).
-DEFAULT_TRIALS_GPU = 3
-DEFAULT_TRIALS_CPU = 2
+# Trials per point by default, on a GPU and a CPU alike. Measured for `profile gpt2` on a
+# 2-core VM: 2 trials took 29-37 s quiet but missed the validation queries by 9-15% (the first
+# call of each prompt length is slow on a CPU, so one trial of two is cold); 3 trials took
+# 36-37 s quiet and 97 s beside two busy processes, and missed them by 4-8%.
+DEFAULT_TRIALS = 3
 # Energy over at least this much of a query back to back (what a user's meter reads).
 MIN_ENERGY_WINDOW_S = 1.0
 # Metered points of at most this many output tokens run once untimed before their trials.
@@ -134,8 +134,8 @@ def _off64(p: int) -> int:
     return p - 31 if p % 64 == 0 and p > 64 else p
 
 
-def default_grid(spec: ModelSpec, on_gpu: bool, trials: int | None = None) -> ProfileGrid:
-    """The default grid for `spec`'s whole context (and trials: 3 on a GPU, 2 on a CPU).
+def default_grid(spec: ModelSpec, on_gpu: bool, trials: int = DEFAULT_TRIALS) -> ProfileGrid:
+    """The default grid for `spec`'s whole context.
 
     Decode curves at three prompt sizes from 1 to the largest that leaves room for the longest
     output (GPU: o = 1 .. 512, a quarter of a 2,048 context; CPU: o = 1 .. 32), and PE knots
@@ -160,8 +160,6 @@ def default_grid(spec: ModelSpec, on_gpu: bool, trials: int | None = None) -> Pr
         {_off64(p) for p in range(pe_step, pe_end + 1, pe_step) if p + 1 <= context} | {pe_end}
     )
     pe = [p for p in pe if p not in curve and 1 <= p <= context - 1]
-    if trials is None:
-        trials = DEFAULT_TRIALS_GPU if on_gpu else DEFAULT_TRIALS_CPU
     return ProfileGrid(tuple(curve), outputs, (1,), trials, tuple(pe))
 
 
