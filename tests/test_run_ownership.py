@@ -21,10 +21,11 @@ import pytest
 from typer.testing import CliRunner
 
 import infermeter.memory
-from api_servers import fault_server, free_port
+from api_servers import free_port
 from infermeter.cli import app
 from infermeter.errors import UserError
 from infermeter.store import Store
+from timed_server import TimedServer
 
 runner = CliRunner()
 GRID = ["--prompt-sizes", "1,16", "--output-sizes", "1,4,8,16", "--trials", "3"]
@@ -144,7 +145,7 @@ def test_failed_start_up_checks_leave_no_run(
     closed = f"http://127.0.0.1:{free_port()}/v1"
     base = ["profile", "api-model", "--backend", "openai", *grid, "--store", store]
     assert_one_line(invoke(*base, "--base-url", closed), "cannot reach")
-    with fault_server() as server:
+    with TimedServer() as server:
         args = [*base, "--base-url", server.url]
         server.script("401")
         assert_one_line(invoke(*args), "--api-key")
@@ -152,7 +153,7 @@ def test_failed_start_up_checks_leave_no_run(
         assert_one_line(invoke(*args, "--tokenizer", "bytes"), "--tokenizer")
         with Store(store, read_only=True) as db:
             assert db.runs().empty  # no failure left a run behind
-        done = invoke(*args, "--accept-poor-fit")  # an instant server: nothing to fit
+        done = invoke(*args)
         assert done.exit_code == 0, done.output
     with Store(store, read_only=True) as db:
         runs = db.runs()

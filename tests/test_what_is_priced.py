@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from api_servers import fault_server
 from infermeter.cli import app
+from timed_server import TimedServer
 
 runner = CliRunner()
 GRID = ["--prompt-sizes", "1,16", "--output-sizes", "1,4,8", "--trials", "2"]
@@ -85,11 +85,10 @@ def test_an_api_run_is_priced_only_on_named_hardware(
 ) -> None:
     monkeypatch.setenv("INFERMETER_CACHE_DIR", str(tmp_path / "cache"))
     model = tmp_path / "api.json"
-    with fault_server(delay_s=0.002) as server:
+    with TimedServer() as server:
         profiled = invoke("profile", "api-model", "--backend", "openai", "--base-url", server.url,
                           "--prompt-sizes", "8,16", "--output-sizes", "1,4", "--trials", "2",
-                          "--accept-poor-fit", "--store", tmp_path / "s.sqlite",
-                          "--output", model)  # fmt: skip
+                          "--store", tmp_path / "s.sqlite", "--output", model)  # fmt: skip
     assert profiled.exit_code == 0, profiled.output
     assert "not priced" in profiled.stdout and "cost_usd" not in profiled.stdout
     unpriced = invoke("estimate", "--profile", model, "--prompt-tokens", "8", "--output-tokens",
