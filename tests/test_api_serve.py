@@ -35,6 +35,7 @@ from infermeter.profile import ProfileGrid, run_profile
 from infermeter.spec import ModelSpec
 from infermeter.store import Store
 from infermeter.tokenizer import Tokenizer, load_tokenizer
+from timed_server import TimedServer
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -278,7 +279,8 @@ def test_identical_prompts_when_asked(served: str, tmp_path: Path) -> None:
 
 def test_wrong_lengths_are_flagged_and_failures_recorded(tmp_path: Path) -> None:
     grid = ProfileGrid((8, 32), (1, 4), (1,), 2)
-    with fault_server() as server, Store(tmp_path / "s.sqlite") as db:
+    # A cost per output token: the fit below must not be of an instant server's noise.
+    with TimedServer() as server, Store(tmp_path / "s.sqlite") as db:
         backend = get_backend("openai", base_url=server.url, endpoint="chat", retries=1)
         backend.config = replace(backend.config, backoff_s=0.01, backoff_max_s=0.02)
         # Requests in order: the forced-length probe, the offset probe, the p=8 probe,
