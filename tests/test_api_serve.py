@@ -430,7 +430,7 @@ def test_load_sweep_resumes(served: str, tmp_path: Path) -> None:
 
 def test_ctrl_c_leaves_a_resumable_run(tmp_path: Path) -> None:
     store = tmp_path / "c.sqlite"
-    with fault_server(delay_s=0.15) as server:
+    with TimedServer(delay_s=0.15) as server:  # slow to be caught; then a slope to fit
         cmd = [
             sys.executable,
             "-m",
