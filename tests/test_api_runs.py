@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from api_servers import Raw, fault_server, free_port, json_answer, sse
+from cli_runner import invoke
 from infermeter.api.load import (
     LoadGrid,
     TimedLoad,
@@ -22,7 +21,6 @@ from infermeter.api.load import (
     timed_summary,
 )
 from infermeter.backends import get_backend
-from infermeter.cli import app
 from infermeter.profile import ProfileGrid, run_profile
 from infermeter.spec import ModelSpec
 from infermeter.store import Store
@@ -30,7 +28,6 @@ from infermeter.store import Store
 SPEC = ModelSpec(
     name="m", hidden_size=8, num_layers=1, num_heads=1, vocab_size=100, max_context=4096
 )
-runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
@@ -38,10 +35,6 @@ def _calibration_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INFERMETER_CACHE_DIR", str(tmp_path / "cache"))
     for name in ("OPENAI_API_KEY", "INFERMETER_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
-
-
-def invoke(*args: Any):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def measurement(body: dict) -> bool:

@@ -35,6 +35,7 @@ from infermeter.profile import ProfileGrid, run_profile
 from infermeter.spec import ModelSpec
 from infermeter.store import Store
 from infermeter.tokenizer import Tokenizer, load_tokenizer
+from timed_server import TimedServer
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -428,7 +429,7 @@ def test_load_sweep_resumes(served: str, tmp_path: Path) -> None:
 
 def test_ctrl_c_leaves_a_resumable_run(tmp_path: Path) -> None:
     store = tmp_path / "c.sqlite"
-    with fault_server(delay_s=0.15) as server:
+    with TimedServer(delay_s=0.15) as server:  # slow to be caught; then a slope to fit
         cmd = [
             sys.executable,
             "-m",

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from infermeter.cli import app
+from cli_runner import invoke
 from infermeter.store import SCHEMA_VERSION
 
 DATA = Path(__file__).parent / "data"
-runner = CliRunner()
 HELM_ESTIMATE = [
     "estimate",
     "--profile",
@@ -32,10 +30,6 @@ HELM_ESTIMATE = [
     "1",
 ]
 SMALL_GRID = ["--prompt-sizes", "1,16", "--output-sizes", "1,4,8", "--trials", "2"]
-
-
-def invoke(*args: str | Path):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def assert_user_error(result, fragment: str) -> None:
@@ -221,14 +215,14 @@ def test_fit_points_from_another_tool(tmp_path: Path) -> None:
         (["profile", "tiny-llama", "--backend", "vllm"], "vllm"),
         (
             ["estimate", "--profile", "nope.json", "--prompt-tokens", "1", "--output-tokens", "1"],
-            "cannot read profile",
+            "profile nope.json does not exist",
         ),
         (["fit", "--points", "nope.csv"], "does not exist"),
         (["hardware", "--hardware-config", "nope.toml"], "nope.toml"),
         ([*HELM_ESTIMATE, "--set", "bogus=1"], "bogus"),
         ([*HELM_ESTIMATE, "--set", "tdp_watts=lots"], "not a number"),
         ([*HELM_ESTIMATE, "--set", "tdp_watts"], "KEY=VALUE"),
-        ([*HELM_ESTIMATE, "--energy-profile", "nope.json"], "cannot read profile"),
+        ([*HELM_ESTIMATE, "--energy-profile", "nope.json"], "does not exist"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args: list[str], fragment: str, tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def test_our_fit_exports_to_helm_and_back(tmp_path: Path) -> None:
         ('{"m": {"runtime_for_prompt_tokens": {}}}', "neither"),
         (
             '{"m": {"runtime_per_output_token": 0.1, "runtime_for_prompt_tokens": {"x": 1}}}',
-            "malformed",
+            "not a whole number of tokens",
         ),
     ],
 )
@@ -64,5 +64,5 @@ def test_bad_profile_files(tmp_path: Path, content: str, message: str) -> None:
 
 
 def test_missing_profile_file(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="does not exist"):
         load_profile(tmp_path / "nope.json")

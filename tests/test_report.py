@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from infermeter.cli import app
+from cli_runner import invoke
 from infermeter.fitted import load_runs
 from infermeter.report import ReportInputs, build_report
 from infermeter.report.browser import check_page, find_chromium
@@ -20,16 +19,11 @@ from infermeter.report.runtime_figs import raw_denoised_idealized
 from infermeter.store import Store
 from report_store import build_store, energy_rows, write_inputs
 
-runner = CliRunner()
 FIGURES = {
     "fig3", "fig4", "table3", "fig7", "fig8-0", "fig9", "fig10", "w2w-fig2", "w2w-fig3",
     "w2w-watts", "w2w-j_per_token", "w2w-j_per_response", "w2w-table3", "w2w-util",
     "power-timeline",
 }  # fmt: skip
-
-
-def invoke(*args: str | Path):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

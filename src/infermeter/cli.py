@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import signal
 import sys
@@ -25,9 +24,12 @@ from infermeter.catalog import catalog_table, resolve_spec
 from infermeter.cost_model import CostModel
 from infermeter.errors import UserError
 from infermeter.estimate import (
+    describe_pricing,
     estimate_queries,
-    pricing_for,
+    profiled_sample,
     query_grid,
+    range_notes,
+    read_points,
     read_queries,
     summarize,
     write_table,
@@ -40,14 +42,16 @@ from infermeter.hardware import (
     build_stack,
     load_hardware_config,
 )
-from infermeter.helm import load_model_set, save_helm_efficiency
+from infermeter.helm import load_model_set, load_profile, save_helm_efficiency
 from infermeter.meter import check_warmup_s
+from infermeter.outputs import check_output
 from infermeter.profile import (
     DEFAULT_VALIDATE_CPU,
     DEFAULT_VALIDATE_GPU,
     ProfileGrid,
     default_grid,
     run_profile,
+    trust_warning,
 )
 from infermeter.provenance import device_description
 from infermeter.store import Store
@@ -71,6 +75,31 @@ AcceptPoorFitOption = typer.Option(
 HardwareConfigOption = typer.Option(
     None, "--hardware-config", help="TOML/JSON file overriding or adding accelerators."
 )
+
+
+def _print_version(value: bool) -> None:
+    """--version: the package version and, in a checkout, its commit."""
+    if not value:
+        return
+    from infermeter import __version__
+    from infermeter.provenance import git_commit
+
+    commit = git_commit()
+    console.print(
+        f"infermeter {__version__}" + (f" (commit {commit[:10]})" if commit else ""),
+        markup=False,
+        highlight=False,
+    )
+    raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Options of the command itself (before the verb)."""
 
 
 def hardware_catalog(path: Path | None) -> dict[str, Accelerator] | None:
@@ -288,6 +317,14 @@ def _cell(value: Any, digits: int) -> str:
     return str(value)
 
 
+def print_notes(notes: list[str], kind: str = "note") -> None:
+    """Notes and warnings on stderr, each one line, their text printed literally."""
+    for note in notes:
+        err_console.print(
+            Text.assemble((f"{kind}:", "yellow"), " ", note), highlight=False, soft_wrap=True
+        )
+
+
 def fit_table(model: CostModel) -> Table:
     """The paper's per-prompt-size lines: PE as priced, the line's slope and R²."""
     per_p = pd.DataFrame(model.fit.get("per_prompt", []))
@@ -331,6 +368,9 @@ def print_fit(model: CostModel) -> None:
         highlight=False,
     )
     console.print(f"{model.quantity}: {validation_line(model)}", markup=False, highlight=False)
+    warning = trust_warning(model)
+    if warning:
+        print_notes([warning], "warning")
     for note in model.fit.get("notes") or []:
         err_console.print(f"note: {note}", markup=False, highlight=False)
     cv = model.fit.get("cross_validation")
@@ -443,6 +483,8 @@ def profile(
     from infermeter.launcher import serve_if_follower
 
     serve_if_follower()  # under torchrun/srun: ranks other than 0 serve rank 0, then exit
+    if output:
+        check_output(output, "model file")  # before minutes of profiling, not after
     is_api = backend == "openai"  # a black box: MODEL may be any name, nothing runs locally
     spec = _api_spec(model) if is_api else resolve_spec(model)
     overrides = parse_overrides(price_per_hour, power_watts, settings)
@@ -554,22 +596,20 @@ def profile(
     if output:
         _save_fitted(fitted, output)
     runtime_model = runtime_models[0]
-    pricing, _ = pricing_for(runtime_model, catalog=catalog)
-    longest = max(grid.output_sizes)
-    sample = query_grid(
-        sorted({1, max(1, spec.max_context // 4), max(1, spec.max_context - longest)}),
-        sorted({1, max(1, longest // 4), longest}),
-    )
-    sample = sample[sample.prompt_tokens + sample.output_tokens <= spec.max_context]
     energy = energy_models[0] if energy_models else None
-    estimates = estimate_queries(sample, runtime_model, pricing, energy)
-    console.print(
-        frame_table(
-            estimates,
-            f"estimates on {pricing.num_accelerators} × {pricing.accelerator} "
-            f"(${pricing.price_per_hour_usd}/h, {pricing.power_watts} W each)",
-        )
+    pricing, notes = describe_pricing(
+        runtime_model,
+        accelerator if is_api else None,
+        num_accelerators if is_api and accelerator else None,
+        overrides,
+        catalog,
+        measured_energy=energy is not None,
     )
+    sample = profiled_sample(runtime_model, spec.max_context)
+    estimates = estimate_queries(sample, runtime_model, pricing, energy)
+    on = f"on {pricing.describe()}" if pricing else "(runtime only, not priced)"
+    console.print(frame_table(estimates, f"estimates {on}, within the profiled range"))
+    print_notes(notes)
 
 
 def _api_outcome(db: Store, run_id: int, expected: int) -> Any:
@@ -664,6 +704,8 @@ def fit(
     store: Path = StoreOption,
 ) -> None:
     """Fit the runtime (and energy) model of a stored run or of a points file."""
+    if output:
+        check_output(output, "model file")
     if denoise not in (None, "min", "median", "mean"):
         raise UserError("--denoise must be min, median or mean")
     if decode not in (None, "line", "curve"):
@@ -710,19 +752,6 @@ def fit(
         _save_fitted(fitted, output)
 
 
-def read_points(path: Path) -> pd.DataFrame:
-    """Points measured by another tool, read like a queries file but needing runtime_s."""
-    from infermeter.estimate import read_queries as _read
-
-    frame = _read(path)
-    if "runtime_s" not in frame.columns:
-        raise UserError(f"{path} lacks column runtime_s (seconds per query, end to end)")
-    frame["runtime_s"] = pd.to_numeric(frame["runtime_s"], errors="coerce")
-    if frame["runtime_s"].isna().any():
-        raise UserError(f"{path}: runtime_s must be a number in every row")
-    return frame
-
-
 @app.command()
 @user_errors
 def estimate(
@@ -742,6 +771,8 @@ def estimate(
     settings: list[str] | None = SetOption,
 ) -> None:
     """Price queries: idealized runtime, dollars and joules per query and in total."""
+    if output:
+        check_output(output)
     runtime_model = load_model_set(profile_path, model)
     energy_model = load_model_set(energy_profile) if energy_profile else None
     if queries is not None:
@@ -752,21 +783,25 @@ def estimate(
         if p is None or o is None:
             raise UserError("give --queries FILE, or --prompt-tokens and --output-tokens")
         frame = query_grid(list(p), list(o))
-    pricing, note = pricing_for(
+    warnings = range_notes(frame, runtime_model)  # a query past the context stops here
+    pricing, notes = describe_pricing(
         runtime_model.first(),
         accelerator,
         num_accelerators,
         parse_overrides(price_per_hour, power_watts, settings),
         hardware_catalog(hardware_config),
+        measured_energy=energy_model is not None,
     )
-    if note:
-        err_console.print(f"[yellow]note:[/] {note}")
+    print_notes(notes)
+    print_notes(warnings, "warning")
     estimates = estimate_queries(frame, runtime_model, pricing, energy_model, grid_intensity)
     if output:
         write_table(estimates, output)
-        console.print(f"{len(estimates)} estimates written to {output}")
+        console.print(f"{len(estimates)} estimates written to {output}", markup=False)
     if len(estimates) <= 50:
-        console.print(frame_table(estimates, f"estimates for {runtime_model.first().model}"))
+        on = f" on {pricing.describe()}" if pricing else " (runtime only, not priced)"
+        title = f"estimates for {runtime_model.first().model}{on}"
+        console.print(frame_table(estimates, title))
     summary = summarize(estimates).reset_index(names="")
     console.print(frame_table(summary, f"{len(estimates)} queries"))
 
@@ -775,7 +810,7 @@ def estimate(
 @user_errors
 def runs(store: Path = StoreOption) -> None:
     """List the runs in the store."""
-    with Store(store) as db:
+    with Store(store, read_only=True) as db:
         console.print(frame_table(db.runs(), f"runs in {store}"))
 
 
@@ -786,7 +821,7 @@ def show(
     store: Path = StoreOption,
 ) -> None:
     """A run's setting, its points (min/mean over trials) and its latest fit."""
-    with Store(store) as db:
+    with Store(store, read_only=True) as db:
         run_id = run if run is not None else db.latest_run_id()
         record = db.get_run(run_id)
         points = db.points(run_id)
@@ -842,7 +877,10 @@ def export(
     """Export a run's points (CSV/Parquet/JSONL) or its fit (HELM efficiency_data)."""
     if output is None and helm is None:
         raise UserError("give --output FILE for points or --helm FILE for the fit")
-    with Store(store) as db:
+    for path in (output, helm):
+        if path is not None:
+            check_output(path)
+    with Store(store, read_only=True) as db:
         run_id = run if run is not None else db.latest_run_id()
         record = db.get_run(run_id)
         if output is not None:
@@ -851,7 +889,12 @@ def export(
         if helm is not None:
             model = db.latest_fit(run_id) or fit_run(db, run_id)[0]
             save_helm_efficiency({record.model: model}, helm)
-            console.print(f"run {run_id} fit written to {helm} (HELM efficiency_data)")
+            console.print(
+                f"run {run_id} fit written to {helm} (HELM efficiency_data; fitted with "
+                f"{model.describe_fit()})",
+                markup=False,
+                highlight=False,
+            )
 
 
 # ---- black-box APIs: serve a local model, sweep load, look at the noise ---------------------
@@ -877,7 +920,7 @@ def serve_command(
 ) -> None:
     """Serve MODEL through an OpenAI-compatible API (completions, chat, streaming, usage)."""
     from infermeter.backends import get_backend
-    from infermeter.serve import create_app, serve
+    from infermeter.serve import bind, create_app, serve
     from infermeter.textgen import generator_for
     from infermeter.tokenizer import load_tokenizer
 
@@ -888,8 +931,13 @@ def serve_command(
     options: dict[str, Any] = {"device": device, "dtype": dtype}
     if checkpoint is not None:
         options["checkpoint"] = str(checkpoint)
-    runner = get_backend(backend, **options)
-    runner.prepare(spec)
+    sock = bind(host, port)  # a busy port is said now, before the model loads
+    try:
+        runner = get_backend(backend, **options)
+        runner.prepare(spec)
+    except BaseException:
+        sock.close()
+        raise
     try:
         app_ = create_app(generator_for(runner), tok, name or spec.name, api_key=api_key)
         if tok.vocab_size > spec.vocab_size:
@@ -902,8 +950,9 @@ def serve_command(
             f"http://{host}:{port}/v1",
             highlight=False,
         )
-        serve(app_, host, port, log_level="warning")
+        serve(app_, host, port, log_level="warning", sock=sock)
     finally:
+        sock.close()
         runner.close()
 
 
@@ -1058,7 +1107,7 @@ def variance_command(
     """Variation across trials (CV) and raw vs denoised vs idealized runtime (Figs. 5 and 7)."""
     from infermeter.api.analysis import noise_summary, raw_vs_models, trial_variation
 
-    with Store(store) as db:
+    with Store(store, read_only=True) as db:
         run_id = run if run is not None else db.latest_run_id()
         db.get_run(run_id)  # refuses an unknown run with its message
         points = db.points(run_id)
@@ -1068,7 +1117,7 @@ def variance_command(
         except UserError as error:
             say(f"{error}", "no raw vs denoised:", "yellow")
             return
-    reference = CostModel.from_dict(json.loads(idealized.read_text())) if idealized else None
+    reference = load_profile(idealized) if idealized else None
     comparison = raw_vs_models(points, denoised, reference)
     stats = noise_summary(points, comparison)
     line = (

@@ -45,6 +45,8 @@ class StackComparison:
 
 
 def verdict(speedup: float, cost_ratio: float) -> str:
+    if not (np.isfinite(speedup) and np.isfinite(cost_ratio)):
+        return "n/a (a total of 0)"
     faster = speedup >= 1.0
     cheaper = cost_ratio < 1.0
     if faster:
@@ -60,12 +62,36 @@ def _ratio(a: pd.Series, b: pd.Series) -> np.ndarray:
     return out
 
 
+def _models(stacks: Sequence[StackProfile]) -> list[str]:
+    """The distinct models the stacks ran (spelling-proof), in order; '' where unnamed."""
+    from infermeter.fitted import model_key
+
+    keys = [model_key(s.runtime.model) if s.runtime.model else "" for s in stacks]
+    return list(dict.fromkeys(keys))
+
+
 def compare_stacks(
-    stacks: Sequence[StackProfile], queries: pd.DataFrame, baseline: int | str = 0
+    stacks: Sequence[StackProfile],
+    queries: pd.DataFrame,
+    baseline: int | str = 0,
+    allow_different_models: bool = False,
 ) -> StackComparison:
-    """Price `queries` on every stack and relate each to the baseline stack."""
+    """Price `queries` on every stack and relate each to the baseline stack.
+
+    The stacks must run one model: a speedup between two models is the models' difference,
+    not the stacks'. With `allow_different_models` they may differ; their ratios are then
+    given without a faster/cheaper verdict.
+    """
     if len(stacks) < 2:
         raise UserError("a comparison needs at least two stacks (profiles of one model)")
+    models = [m for m in _models(stacks) if m]
+    mixed = len(models) > 1
+    if mixed and not allow_different_models:
+        raise UserError(
+            f"the stacks run different models ({', '.join(models)}): their ratios would be the "
+            "models' difference, not the stacks'; compare one model's runs, or pass "
+            "--allow-different-models"
+        )
     labels = [s.label for s in stacks]
     if len(set(labels)) != len(labels):
         raise UserError(f"stack labels must differ, got {labels}")
@@ -116,7 +142,7 @@ def compare_stacks(
                 "share_queries_cheaper": float((est["cost_ratio"] < 1).mean()),
                 "verdict": "baseline"
                 if est is per_query[base_index]
-                else verdict(speedup, cost_ratio),
+                else ("different model" if mixed else verdict(speedup, cost_ratio)),
             }
         )
     return StackComparison(table, pd.DataFrame(rows), labels[base_index])

@@ -49,9 +49,13 @@ from typing import Any, Literal
 import numpy as np
 
 from infermeter.errors import UserError
+from infermeter.inputs import MAX_BATCH, MAX_JOULES, MAX_TOKENS, number
+from infermeter.outputs import writing
 
 SCHEMA = "infermeter.cost_model/1"
 SET_SCHEMA = "infermeter.cost_models/1"  # a file of several models (one per batch size)
+# A fitted term in seconds or joules beyond this is a corrupt file, not a measurement.
+_BOUND = MAX_JOULES
 Quantity = Literal["runtime_s", "energy_j"]
 
 
@@ -169,6 +173,13 @@ class CostModel:
         return self.prompt_sizes[0], self.prompt_sizes[-1]
 
     @property
+    def max_context(self) -> int | None:
+        """The model's context in tokens, where the profile recorded it (None for an API, a
+        HELM entry or a model fitted from a points file)."""
+        value = (self.provenance or {}).get("max_context")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
     def profiled_output_tokens(self) -> int | None:
         """The largest output length the model was profiled at (None where unknown)."""
         if self.decode_curves is not None:
@@ -181,9 +192,9 @@ class CostModel:
         return {"schema": SCHEMA, **asdict(self)}
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        with writing(path, "model file") as target:
+            target.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return target
 
     def describe_fit(self) -> str:
         """One line: how the model was fitted (denoising, decode form, overhead)."""
@@ -203,20 +214,71 @@ class CostModel:
         return ", ".join(parts)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CostModel:
+    def from_dict(cls, data: dict[str, Any], origin: str = "cost-model file") -> CostModel:
+        """A model from its JSON object, every field checked (types, finite numbers of sane
+        size, whole prompt sizes); one line naming `origin` and the field otherwise."""
+        if not isinstance(data, dict):
+            raise UserError(f"{origin}: a model is not a JSON object; refit with `infermeter fit`")
         schema = data.get("schema")
         if schema != SCHEMA:
             raise UserError(
-                f"unsupported cost-model schema {schema!r} (this infermeter reads {SCHEMA!r}); "
-                "refit with `infermeter fit` or upgrade infermeter"
+                f"{origin}: unsupported cost-model schema {schema!r} (this infermeter reads "
+                f"{SCHEMA!r}); refit with `infermeter fit` or upgrade infermeter"
             )
         body = {k: v for k, v in data.items() if k != "schema"}
+        _check_fields(body, origin)
         try:
             return cls(**body)
         except (TypeError, ValueError) as exc:
             raise UserError(
-                f"malformed cost-model file: {exc}; refit with `infermeter fit`"
+                f"{origin}: malformed cost model ({exc}); refit with `infermeter fit`"
             ) from exc
+
+
+def _check_fields(body: dict[str, Any], origin: str) -> None:
+    """The checks of a model file's fields that the dataclass itself leaves to its callers."""
+    for name in ("prompt_sizes", "prompt_encoding"):
+        if not isinstance(body.get(name), list) or not body[name]:
+            raise UserError(f"{origin}: {name} must be a non-empty list; refit the model")
+    for i, size in enumerate(body["prompt_sizes"]):
+        number(size, f"{origin}: prompt_sizes[{i}]", maximum=MAX_TOKENS, whole=True)
+    for i, value in enumerate(body["prompt_encoding"]):
+        number(value, f"{origin}: prompt_encoding[{i}]", minimum=-_BOUND, maximum=_BOUND)
+    number(body.get("per_output_token"), f"{origin}: per_output_token", maximum=_BOUND)
+    number(body.get("overhead", 0.0), f"{origin}: overhead", maximum=_BOUND)
+    slopes = body.get("output_token_slopes")
+    if slopes is not None:
+        if not isinstance(slopes, list):
+            raise UserError(f"{origin}: output_token_slopes must be a list or null")
+        for i, value in enumerate(slopes):
+            number(value, f"{origin}: output_token_slopes[{i}]", maximum=_BOUND)
+    if body.get("quantity", "runtime_s") not in ("runtime_s", "energy_j"):
+        raise UserError(f"{origin}: quantity must be runtime_s or energy_j")
+    number(
+        body.get("batch_size", 1), f"{origin}: batch_size", minimum=1, maximum=MAX_BATCH, whole=True
+    )
+    for name in ("stack", "fit", "provenance"):
+        if not isinstance(body.get(name, {}), dict):
+            raise UserError(f"{origin}: {name} must be a JSON object")
+    if not isinstance(body.get("model", ""), str):
+        raise UserError(f"{origin}: model must be a name (text)")
+    curves = body.get("decode_curves")
+    if curves is None:
+        return
+    if not isinstance(curves, list):
+        raise UserError(f"{origin}: decode_curves must be a list or null")
+    for i, curve in enumerate(curves):
+        where = f"{origin}: decode_curves[{i}]"
+        if not isinstance(curve, dict) or not all(
+            isinstance(curve.get(k), list) for k in ("output_tokens", "decode")
+        ):
+            raise UserError(f"{where} needs output_tokens and decode lists")
+        number(curve.get("prompt_tokens"), f"{where}.prompt_tokens", maximum=MAX_TOKENS, whole=True)
+        for o in curve["output_tokens"]:
+            number(o, f"{where}.output_tokens", minimum=2, maximum=MAX_TOKENS, whole=True)
+        for d in curve["decode"]:
+            number(d, f"{where}.decode", minimum=-_BOUND, maximum=_BOUND)
+        number(curve.get("tail_slope", 0.0), f"{where}.tail_slope", maximum=_BOUND)
 
 
 def _check_curve(curve: dict[str, Any]) -> dict[str, Any]:
@@ -250,24 +312,26 @@ def _curve_at(curve: dict[str, Any], o: np.ndarray) -> np.ndarray:
 
 def save_models(models: list[CostModel], path: str | Path) -> Path:
     """One model as a cost-model file; several (one per batch size) as a set of them."""
-    path = Path(path)
     if len(models) == 1:
         return models[0].save(path)
     body = {"schema": SET_SCHEMA, "models": [m.to_dict() for m in models]}
-    path.write_text(json.dumps(body, indent=2) + "\n")
-    return path
+    with writing(path, "model file") as target:
+        target.write_text(json.dumps(body, indent=2) + "\n")
+    return target
 
 
-def models_from_dict(data: Any) -> list[CostModel]:
+def models_from_dict(data: Any, origin: str = "cost-model file") -> list[CostModel]:
     """The models of a cost-model file or of a set of them."""
     if isinstance(data, dict) and data.get("schema") == SET_SCHEMA:
         entries = data.get("models")
         if not isinstance(entries, list) or not entries:
-            raise UserError("malformed cost-model set: no models; refit with `infermeter fit`")
-        return [CostModel.from_dict(entry) for entry in entries]
+            raise UserError(f"{origin}: a cost-model set without models; refit `infermeter fit`")
+        return [
+            CostModel.from_dict(entry, f"{origin} model {i + 1}") for i, entry in enumerate(entries)
+        ]
     if not isinstance(data, dict):
-        raise UserError("malformed cost-model file: not a JSON object; refit with `infermeter fit`")
-    return [CostModel.from_dict(data)]
+        raise UserError(f"{origin}: not a JSON object; refit with `infermeter fit`")
+    return [CostModel.from_dict(data, origin)]
 
 
 class ModelSet:

@@ -44,6 +44,9 @@ def run_provenance(run: RunRecord, store: Path | str | None = None) -> dict[str,
     }
     if store is not None:
         out["store"] = str(store)
+    context = run.spec.get("max_context")
+    if run.spec.get("family") != "black-box" and isinstance(context, int):
+        out["max_context"] = context  # the model's own limit (an API's is unknown)
     return out
 
 
@@ -207,7 +210,7 @@ def load_runs(stores: list[Path], with_samples: bool = True) -> list[StoredRun]:
             raise UserError(
                 f"store {path} does not exist; profile into it with `infermeter profile`"
             )
-        with Store(path) as db:
+        with Store(path, read_only=True) as db:
             for run_id in db.runs()["id"].tolist():
                 points = db.points(int(run_id))
                 if points.empty:

@@ -879,6 +879,8 @@ def build_stack(
     catalog: dict[str, Accelerator] | None = None,
 ) -> tuple[Stack, bool]:
     """The stack a profile runs on; the accelerator is detected unless named."""
+    if num_accelerators < 1:
+        raise UserError(f"--num-accelerators must be at least 1, not {num_accelerators}")
     wants_gpu = device == "auto" or device.startswith("cuda")
     gpu = device if device.startswith("cuda") else "cuda"
     gpu_name = provenance.cuda_device_name(gpu) if wants_gpu else None  # the GPU that works

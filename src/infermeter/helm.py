@@ -16,6 +16,8 @@ from typing import Any
 
 from infermeter.cost_model import CostModel, ModelSet, models_from_dict
 from infermeter.errors import UserError
+from infermeter.inputs import MAX_SECONDS, MAX_TOKENS, number, read_json
+from infermeter.outputs import writing
 
 
 def is_helm_efficiency(data: Any) -> bool:
@@ -28,24 +30,48 @@ def is_helm_efficiency(data: Any) -> bool:
     )
 
 
-def cost_model_from_helm_entry(name: str, entry: dict[str, Any]) -> CostModel:
-    try:
-        per_prompt = entry["runtime_for_prompt_tokens"]
-        sizes = [int(k) for k in per_prompt]
-        values = [float(per_prompt[k]) for k in per_prompt]
-        g = float(entry["runtime_per_output_token"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(
-            f"HELM entry {name!r} is malformed ({exc}); it needs runtime_per_output_token and "
-            'runtime_for_prompt_tokens {"<p>": seconds}'
-        ) from exc
-    if not sizes:
-        raise UserError(f"HELM entry {name!r} lists no prompt sizes")
+def cost_model_from_helm_entry(name: str, entry: Any, origin: str = "HELM file") -> CostModel:
+    """One entry, every value checked: prompt sizes whole numbers, seconds finite and >= 0."""
+    where = f"{origin}: {name!r}"
+    shape = (
+        'it needs runtime_per_output_token (seconds) and runtime_for_prompt_tokens {"<p>": seconds}'
+    )
+    if not isinstance(entry, dict):
+        raise UserError(f"{where} is not an object; {shape}")
+    per_prompt = entry.get("runtime_for_prompt_tokens")
+    if "runtime_per_output_token" not in entry or not isinstance(per_prompt, dict):
+        raise UserError(f"{where} is malformed; {shape}")
+    if not per_prompt:
+        raise UserError(f"{where} lists no prompt sizes; {shape}")
+    sizes: list[int] = []
+    values: list[float] = []
+    for key, seconds in per_prompt.items():
+        try:
+            size = int(str(key).strip())
+        except ValueError:
+            size = -1
+        if size < 0 or size > MAX_TOKENS:
+            raise UserError(
+                f"{where}: prompt size {key!r} is not a whole number of tokens from 0 to "
+                f"{MAX_TOKENS:,}; key runtime_for_prompt_tokens by prompt size"
+            )
+        if size in sizes:
+            raise UserError(f"{where}: prompt size {size} is listed twice; keep one")
+        sizes.append(size)
+        values.append(
+            number(seconds, f"{where} runtime_for_prompt_tokens[{key!r}]", maximum=MAX_SECONDS)
+        )
+    g = number(
+        entry["runtime_per_output_token"], f"{where} runtime_per_output_token", maximum=MAX_SECONDS
+    )
+    overhead = 0.0
+    if entry.get("overhead") is not None:
+        overhead = number(entry["overhead"], f"{where} overhead", maximum=MAX_SECONDS)
     return CostModel(
         prompt_sizes=sizes,
         prompt_encoding=values,
         per_output_token=g,
-        overhead=float(entry.get("overhead", 0.0)),
+        overhead=overhead,
         model=name,
         provenance={"source": "helm efficiency_data", "helm_has_overhead": "overhead" in entry},
     )
@@ -53,16 +79,15 @@ def cost_model_from_helm_entry(name: str, entry: dict[str, Any]) -> CostModel:
 
 def load_helm_efficiency(path: str | Path) -> dict[str, CostModel]:
     """Every model entry of a HELM efficiency_data JSON file."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read HELM efficiency file {path}: {exc}") from exc
+    data = read_json(path, "HELM efficiency file")
     if not is_helm_efficiency(data):
         raise UserError(
             f"{path} is not HELM efficiency_data: expected "
             '{"<model>": {"runtime_per_output_token": ..., "runtime_for_prompt_tokens": {...}}}'
         )
-    return {name: cost_model_from_helm_entry(name, entry) for name, entry in data.items()}
+    return {
+        name: cost_model_from_helm_entry(name, entry, str(path)) for name, entry in data.items()
+    }
 
 
 def helm_entry(model: CostModel) -> dict[str, Any]:
@@ -84,9 +109,10 @@ def to_helm_efficiency(models: dict[str, CostModel]) -> dict[str, Any]:
 
 
 def save_helm_efficiency(models: dict[str, CostModel], path: str | Path) -> Path:
-    path = Path(path)
-    path.write_text(json.dumps(to_helm_efficiency(models), indent=2) + "\n")
-    return path
+    body = json.dumps(to_helm_efficiency(models), indent=2) + "\n"
+    with writing(path, "HELM file") as target:
+        target.write_text(body)
+    return target
 
 
 def load_profile(path: str | Path, model: str | None = None) -> CostModel:
@@ -97,14 +123,9 @@ def load_profile(path: str | Path, model: str | None = None) -> CostModel:
 
 def load_model_set(path: str | Path, model: str | None = None) -> ModelSet:
     """The models of a file by batch size: ours (one or a set) or one HELM entry (batch 1)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise UserError(f"cannot read profile {path}: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
-        raise UserError(f"profile {path} is not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+    data = read_json(path, "profile")
     if isinstance(data, dict) and "schema" in data:
-        return ModelSet(models_from_dict(data))
+        return ModelSet(models_from_dict(data, str(path)))
     if not is_helm_efficiency(data):
         raise UserError(
             f"{path} is neither an infermeter cost model nor HELM efficiency_data; "
@@ -120,4 +141,4 @@ def load_model_set(path: str | Path, model: str | None = None) -> ModelSet:
             )
     if model not in data:
         raise UserError(f"model {model!r} is not in {path}; it has: {', '.join(list(data)[:10])}")
-    return ModelSet([cost_model_from_helm_entry(model, data[model])])
+    return ModelSet([cost_model_from_helm_entry(model, data[model], str(path))])

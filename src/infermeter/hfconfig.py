@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from infermeter.errors import UserError
+from infermeter.inputs import MAX_TOKENS
+from infermeter.inputs import flag as strict_flag
 from infermeter.spec import DTYPE_BYTES, MLA, ModelSpec, MoE
 
 DEFAULT_DTYPE = "bfloat16"
@@ -61,6 +63,13 @@ class _Reader:
         value = self._first(names)
         return default if value is None else value
 
+    def flag(self, *names: str, default: bool) -> bool:
+        """A true/false key, strictly: the text "false" is not read as true."""
+        for key in names:
+            if self.config.get(key) is not None:
+                return strict_flag(self.config[key], f"{self.where}: {key}")
+        return default
+
     def check(self) -> None:
         if self.missing:
             raise UserError(
@@ -95,7 +104,7 @@ def _gpt2(r: _Reader) -> dict[str, Any]:
         "norm": "layernorm",
         "norm_eps": r.opt("layer_norm_epsilon", default=1e-5),
         "bias": True,
-        "tie_embeddings": r.opt("tie_word_embeddings", default=True),
+        "tie_embeddings": r.flag("tie_word_embeddings", default=True),
         "max_context": r.opt("n_positions", "n_ctx", "max_position_embeddings", default=1024),
         "extra": {"hidden_act": act},
     }
@@ -125,7 +134,7 @@ def _gptj(r: _Reader) -> dict[str, Any]:
         "bias": False,  # q/k/v/out have none; the MLP and the LM head do
         "mlp_bias": True,
         "lm_head_bias": True,
-        "tie_embeddings": r.opt("tie_word_embeddings", default=False),
+        "tie_embeddings": r.flag("tie_word_embeddings", default=False),
         "max_context": r.opt("n_positions", "max_position_embeddings", default=2048),
         "extra": {"hidden_act": act},
     }
@@ -148,7 +157,7 @@ def _gpt_neox(r: _Reader) -> dict[str, Any]:
         "parallel_attn_ffn": r.opt("use_parallel_residual", default=True),
         "parallel_norms": 2,  # NeoX keeps both layernorms even with the parallel residual
         "bias": r.opt("attention_bias", default=True),
-        "tie_embeddings": r.opt("tie_word_embeddings", default=False),
+        "tie_embeddings": r.flag("tie_word_embeddings", default=False),
         "max_context": r.opt("max_position_embeddings", default=2048),
         "extra": {"hidden_act": act},
     }
@@ -166,7 +175,7 @@ def _bloom(r: _Reader) -> dict[str, Any]:
         "norm_eps": r.opt("layer_norm_epsilon", default=1e-5),
         "bias": True,
         "embedding_norm": True,  # word_embeddings_layernorm
-        "tie_embeddings": r.opt("tie_word_embeddings", default=True),
+        "tie_embeddings": r.flag("tie_word_embeddings", default=True),
         # ALiBi has no position table; BLOOM was trained on 2048-token sequences
         "max_context": r.opt("seq_length", "max_position_embeddings", default=2048),
     }
@@ -193,7 +202,7 @@ def _opt(r: _Reader) -> dict[str, Any]:
         "norm": "layernorm",
         "bias": r.opt("enable_bias", default=True),
         "position_offset": 2,  # OPT's learned positions start at row 2
-        "tie_embeddings": r.opt("tie_word_embeddings", default=True),
+        "tie_embeddings": r.flag("tie_word_embeddings", default=True),
         "max_context": r.opt("max_position_embeddings", default=2048),
         "extra": {"hidden_act": act},
     }
@@ -245,7 +254,7 @@ def _decoder(r: _Reader, *, max_context: int) -> dict[str, Any]:
     """The shared layout of the Llama line: RMSNorm, gated FFN, RoPE, GQA, no biases."""
     heads = r.req("num_attention_heads")
     extra: dict[str, Any] = {"hidden_act": r.opt("hidden_act", "hidden_activation", default="silu")}
-    bias = bool(r.opt("attention_bias", default=False))
+    bias = r.flag("attention_bias", default=False)
     return {
         "hidden_size": r.req("hidden_size"),
         "num_layers": r.req("num_hidden_layers"),
@@ -263,8 +272,8 @@ def _decoder(r: _Reader, *, max_context: int) -> dict[str, Any]:
         "bias": False,
         "qkv_bias": bias,  # Llama's attention_bias covers q/k/v and o
         "out_bias": bias,
-        "mlp_bias": bool(r.opt("mlp_bias", default=False)),
-        "tie_embeddings": r.opt("tie_word_embeddings", default=False),
+        "mlp_bias": r.flag("mlp_bias", default=False),
+        "tie_embeddings": r.flag("tie_word_embeddings", default=False),
         "max_context": r.opt("max_position_embeddings", default=max_context),
         "extra": extra,
     }
@@ -322,11 +331,11 @@ def _qwen_moe(r: _Reader) -> dict[str, Any]:
         "num_experts": r.req("num_experts", "num_local_experts"),
         "experts_per_token": r.req("num_experts_per_tok"),
         "expert_ffn_size": r.req("moe_intermediate_size"),
-        "normalize": bool(r.opt("norm_topk_prob", default=False)),
+        "normalize": r.flag("norm_topk_prob", default=False),
         **_moe_layers(r),
     }
     if r.family == "qwen2_moe":
-        fields["qkv_bias"], fields["out_bias"] = bool(r.opt("qkv_bias", default=True)), False
+        fields["qkv_bias"], fields["out_bias"] = r.flag("qkv_bias", default=True), False
         shared = r.opt("shared_expert_intermediate_size", default=5632)
         moe.update(shared_ffn_size=shared, num_shared_experts=1 if shared else 0)
         moe["shared_gate"] = bool(shared)
@@ -369,7 +378,7 @@ def _deepseek(r: _Reader) -> dict[str, Any]:
         "shared_ffn_size": shared * moe_size,
         "num_shared_experts": shared,
         "scoring": "sigmoid" if v3 else "softmax",
-        "normalize": bool(r.opt("norm_topk_prob", default=True)) if v3 else False,
+        "normalize": r.flag("norm_topk_prob", default=True) if v3 else False,
         "scale": float(r.opt("routed_scaling_factor", default=2.5 if v3 else 1.0)),
         "groups": (r.opt("n_group", default=8 if v3 else 1) or 1) if grouped else 1,
         "top_groups": (r.opt("topk_group", default=4 if v3 else 1) or 1) if grouped else 1,
@@ -377,7 +386,7 @@ def _deepseek(r: _Reader) -> dict[str, Any]:
         "score_correction": v3,
         **_moe_layers(r),
     }
-    fields["extra"]["rope_interleave"] = bool(r.opt("rope_interleave", default=True)) or not v3
+    fields["extra"]["rope_interleave"] = r.flag("rope_interleave", default=True) or not v3
     return fields
 
 
@@ -397,7 +406,7 @@ def _gpt_oss(r: _Reader) -> dict[str, Any]:
     whose router and experts have biases and whose SwiGLU is clamped."""
     fields = _decoder(r, max_context=131072)
     fields.update(_windows(r, fields["num_layers"], default_pattern=2))
-    bias = bool(r.opt("attention_bias", default=True))
+    bias = r.flag("attention_bias", default=True)
     fields.update(qkv_bias=bias, out_bias=bias, attention_sinks=True, ffn_kind="clamped_swiglu")
     fields["head_dim"] = r.opt("head_dim", default=64)
     fields["extra"].update(
@@ -428,7 +437,7 @@ def _gemma(r: _Reader) -> dict[str, Any]:
         ffn_kind="geglu",
         head_dim=head_dim,
         norm_placement="sandwich",
-        tie_embeddings=r.opt("tie_word_embeddings", default=True),
+        tie_embeddings=r.flag("tie_word_embeddings", default=True),
         attn_scale=float(r.opt("query_pre_attn_scalar", default=256)) ** -0.5,
     )
     hidden = fields["hidden_size"]
@@ -490,7 +499,7 @@ def _falcon(r: _Reader) -> dict[str, Any]:
     """Falcon: parallel attention + FFN, multi-query (7B) or grouped (new_decoder_architecture,
     40B/180B) attention, LayerNorm, exact GELU, fused qkv."""
     heads = r.req("num_attention_heads", "n_head")
-    new = bool(r.opt("new_decoder_architecture", default=False))
+    new = r.flag("new_decoder_architecture", default=False)
     if new:
         kv = r.opt("num_kv_heads", default=heads)
     else:
@@ -498,7 +507,7 @@ def _falcon(r: _Reader) -> dict[str, Any]:
     hidden = r.req("hidden_size")
     if r.opt("alibi", default=False):
         raise UserError(f"{r.where}: falcon with alibi=true is not supported; use a rotary Falcon")
-    parallel = bool(r.opt("parallel_attn", default=True))
+    parallel = r.flag("parallel_attn", default=True)
     norms = r.opt("num_ln_in_parallel_attn", default=2 if new else 1)
     act = r.opt("activation", default="gelu")
     return {
@@ -516,8 +525,8 @@ def _falcon(r: _Reader) -> dict[str, Any]:
         "norm_eps": r.opt("layer_norm_epsilon", default=1e-5),
         "parallel_attn_ffn": parallel or new,
         "parallel_norms": 2 if (new and norms == 2) else 1,
-        "bias": bool(r.opt("bias", default=False)),
-        "tie_embeddings": r.opt("tie_word_embeddings", default=True),
+        "bias": r.flag("bias", default=False),
+        "tie_embeddings": r.flag("tie_word_embeddings", default=True),
         "max_context": r.opt("max_position_embeddings", default=2048),
         "extra": {"hidden_act": act, "new_decoder_architecture": new},
     }
@@ -596,6 +605,8 @@ def spec_from_hf_config(
             "pass a Hugging Face config.json"
         )
     family = config.get("model_type")
+    if family is not None and not isinstance(family, str):
+        raise UserError(f'{where}: model_type is {family!r}; it must be a name, e.g. "llama"')
     if not family:
         raise UserError(
             f"{where}: config has no model_type; add it (one of "
@@ -624,8 +635,18 @@ def spec_from_hf_config(
             f"{', '.join(SUPPORTED_FAMILIES)} (or pick a catalog model, see `infermeter models`)"
         )
     reader = _Reader(config, where, family)
-    fields = _FAMILIES[family](reader)
+    try:
+        fields = _FAMILIES[family](reader)
+    except UserError:
+        raise
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError, AttributeError) as error:
+        # arithmetic on a key of the wrong type (text where a number goes, a list, ...)
+        raise UserError(
+            f"{where}: invalid {family} config ({str(error).splitlines()[0]}); check the "
+            "types of its keys (numbers, true/false) in the config.json"
+        ) from error
     reader.check()
+    _check_sizes(fields, where)
     fields["extra"] = {"model_type": family, **fields.get("extra", {})}
     if isinstance(config.get("quantization_config"), dict):
         fields["extra"]["quantization"] = config["quantization_config"].get("quant_method")
@@ -633,6 +654,8 @@ def spec_from_hf_config(
         # JSON writes 10000 for 10000.0; ModelSpec's float fields should hold floats
         for key in ("rope_theta", "norm_eps", "rotary_fraction", "local_rope_theta"):
             if fields.get(key) is not None:
+                if isinstance(fields[key], bool) or not math.isfinite(float(fields[key])):
+                    raise ValueError(f"{key} must be a finite number, got {fields[key]!r}")
                 fields[key] = float(fields[key])
         if isinstance(fields.get("moe"), dict):
             fields["moe"] = MoE(**fields["moe"])
@@ -645,10 +668,32 @@ def spec_from_hf_config(
             source=f"Hugging Face config.json: {where}",
             **fields,
         )
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OverflowError) as error:
         # ModelSpec validates shapes (divisibility, positive ints); relay as a user mistake
         message = str(error).removeprefix(f"{name}: ")
         raise UserError(f"{where}: invalid config: {message}; fix the config.json") from error
+
+
+# Shapes past these are typos (or hostile files), and their products overflow: the largest
+# dimension of any model today is far below 2**31, and no context reaches MAX_TOKENS.
+_MAX_DIMENSION = 2**31 - 1
+
+
+def _check_sizes(fields: dict[str, Any], where: str) -> None:
+    """Refuse whole numbers too large to be a model's shape, and non-finite float keys."""
+    groups = [("", fields)] + [
+        (f"{name}.", fields[name]) for name in ("moe", "mla") if isinstance(fields.get(name), dict)
+    ]
+    for prefix, group in groups:
+        for key, value in group.items():
+            limit = MAX_TOKENS if key == "max_context" else _MAX_DIMENSION
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > limit:
+                raise UserError(
+                    f"{where}: {prefix}{key} = {value} is too large for a model's shape (at "
+                    f"most {limit:,}); fix the config.json"
+                )
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{where}: {prefix}{key} = {value} is not finite; fix it")
 
 
 def _name_for(config: dict[str, Any], path: Path) -> str:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from infermeter.backends.base import Backend, Measurement, Point
+from infermeter.cost_model import CostModel
 from infermeter.errors import UserError
 from infermeter.meter import Meter, check_warmup_s, warm_up
 from infermeter.spec import ModelSpec
@@ -39,6 +40,11 @@ PAPER_PROMPT_SIZES = (1, 256, 512, 1024, 1536)
 PAPER_OUTPUT_SIZES = (1, 32, 64, 128, 256)
 GPU_OUTPUT_SIZES = (1, 2, 4, 8, 32, 128, 512)
 CPU_OUTPUT_SIZES = (1, 2, 4, 8, 16, 32)
+# Trials per point by default, on a GPU and a CPU alike. Measured for `profile gpt2` on a
+# 2-core VM: 2 trials took 29-37 s quiet but missed the validation queries by 9-15% (the first
+# call of each prompt length is slow on a CPU, so one trial of two is cold); 3 trials took
+# 36-37 s quiet and 97 s beside two busy processes, and missed them by 4-8%.
+DEFAULT_TRIALS = 3
 # Energy over at least this much of a query back to back (what a user's meter reads).
 MIN_ENERGY_WINDOW_S = 1.0
 # Metered points of at most this many output tokens run once untimed before their trials.
@@ -48,6 +54,11 @@ LONGEST_VALIDATION_OUTPUT = 256
 # Validation queries by default: many where a GPU makes them cheap, a few on a CPU.
 DEFAULT_VALIDATE_GPU = 16
 DEFAULT_VALIDATE_CPU = 4
+# Past these errors on the validation queries a fit is not to be trusted: a quiet machine's
+# profile misses them by a few percent (gpt2 on a 2-core CPU: 2.3%; llama-7b on an H200: 1.0%
+# runtime, 7.5% energy), a machine busy with other work by tens of percent.
+NOISY_MAPE_PCT = 10.0
+NOISY_MAX_PCT = 25.0
 
 
 @dataclass(frozen=True)
@@ -123,7 +134,7 @@ def _off64(p: int) -> int:
     return p - 31 if p % 64 == 0 and p > 64 else p
 
 
-def default_grid(spec: ModelSpec, on_gpu: bool, trials: int = 3) -> ProfileGrid:
+def default_grid(spec: ModelSpec, on_gpu: bool, trials: int = DEFAULT_TRIALS) -> ProfileGrid:
     """The default grid for `spec`'s whole context.
 
     Decode curves at three prompt sizes from 1 to the largest that leaves room for the longest
@@ -143,7 +154,7 @@ def default_grid(spec: ModelSpec, on_gpu: bool, trials: int = 3) -> ProfileGrid:
         pe_end, pe_step = context - 1, max(1, context // 16)
     else:
         curve = sorted({1, _off64(max(2, context // 8)), _off64(max(3, context // 4))})
-        pe_end, pe_step = context // 2, max(1, context // 8)
+        pe_end, pe_step = _off64(context // 2), max(1, context // 8)  # one knot at the end
     curve = [p for p in curve if 1 <= p <= last] or [1]
     pe = sorted(
         {_off64(p) for p in range(pe_step, pe_end + 1, pe_step) if p + 1 <= context} | {pe_end}
@@ -245,8 +256,32 @@ def run_profile(
     # A GPU that gives no joules (no counter, no power reading) profiles runtime only; the
     # run's record says so (backend_info["meter"]: energy_method "none" and the note).
     metering = meter is not None and meter.measures_energy
-    run, _ = store.open_run(
-        key=profile_key(spec, stack, backend.name, backend_options, grid, metering),
+    key = profile_key(spec, stack, backend.name, backend_options, grid, metering)
+    store.claim(key)  # one process per run: a second identical command stops here
+    existing = store.find_run(key)
+    done = store.finished_points(existing.id) if existing else set()
+    checked = store.finished_validation(existing.id) if existing else set()
+    grid_todo = [s for s in grid.shapes() if _missing(s, grid.trials, done)]
+    check_todo = [q for q in queries if _missing(q, grid.trials, checked)]
+    total = (len(grid.shapes()) + len(queries)) * grid.trials
+    remaining = sum(len(_missing(s, grid.trials, done)) for s in grid_todo) + sum(
+        len(_missing(q, grid.trials, checked)) for q in check_todo
+    )
+    if existing is not None and not grid_todo and not check_todo:
+        if on_start:
+            on_start(existing, total, total)
+        store.set_run_status(existing.id, "complete")
+        return store.get_run(existing.id)
+    # The start-up checks (memory, the model itself; an API's port, key and calibration)
+    # run before the run is recorded: one that fails leaves no empty run behind, and a run
+    # that has points keeps its status, to be resumed by the same command.
+    try:
+        backend.prepare(spec)
+    except BaseException:
+        backend.close()
+        raise
+    run, resumed = store.open_run(
+        key=key,
         model=spec.name,
         spec=spec.to_dict(),
         stack=stack,
@@ -255,22 +290,10 @@ def run_profile(
         grid=grid.to_dict(),
         device=device,
     )
-    done = store.finished_points(run.id)
-    checked = store.finished_validation(run.id)
-    grid_todo = [s for s in grid.shapes() if _missing(s, grid.trials, done)]
-    check_todo = [q for q in queries if _missing(q, grid.trials, checked)]
-    total = (len(grid.shapes()) + len(queries)) * grid.trials
-    remaining = sum(len(_missing(s, grid.trials, done)) for s in grid_todo) + sum(
-        len(_missing(q, grid.trials, checked)) for q in check_todo
-    )
     if on_start:
         on_start(run, total - remaining, total)
-    if not grid_todo and not check_todo:
-        store.set_run_status(run.id, "complete")
-        return store.get_run(run.id)
     status = "interrupted"
     try:
-        backend.prepare(spec)
         info = {**backend_options, **backend.describe()}
         if meter is not None and meter.available:
             info["meter"] = meter.describe()
@@ -319,8 +342,27 @@ def run_profile(
         if meter is not None:
             meter.stop()
         backend.close()
-        store.set_run_status(run.id, status)
+        if resumed or status == "complete" or not store.discard_if_empty(run.id):
+            store.set_run_status(run.id, status)
     return store.get_run(run.id)
+
+
+def trust_warning(model: CostModel) -> str | None:
+    """A plain warning when the profile's own evidence (its error on the validation queries,
+    `model.fit["validation"]`) says the machine was too noisy for a trustworthy fit."""
+    check = (model.fit or {}).get("validation") or {}
+    mape, worst = check.get("mape_pct"), check.get("max_error_pct")
+    if not check.get("n") or mape is None or worst is None:
+        return None
+    if mape <= NOISY_MAPE_PCT and worst <= NOISY_MAX_PCT:
+        return None
+    what = "time" if model.quantity == "runtime_s" else "energy"
+    return (
+        f"the machine was too noisy for a trustworthy {what} fit: on {check['n']} queries never "
+        f"profiled its estimates are off by {mape:.1f}% on average and up to {worst:.1f}% "
+        f"(a quiet machine: a few percent); rerun with other work stopped, or with more "
+        "--trials"
+    )
 
 
 def _missing(shape: Point, trials: int, done: set[Point]) -> list[int]:

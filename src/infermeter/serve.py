@@ -34,6 +34,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from infermeter.errors import UserError
 from infermeter.textgen import TokenGenerator
 from infermeter.tokenizer import Tokenizer
 
@@ -384,11 +385,40 @@ async def _stream(
 # ---- running it ----------------------------------------------------------------------------
 
 
-def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Serve `app` until interrupted (blocking)."""
+def serve(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    sock: Any = None,
+) -> None:
+    """Serve `app` until interrupted (blocking), on `sock` when given (see `bind`)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    if sock is None:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+        return
+    config = uvicorn.Config(app, log_level=log_level, access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def bind(host: str, port: int) -> Any:
+    """The listening address taken before anything is loaded or printed: a port in use (or
+    an address this machine does not have) is one line, not uvicorn's Errno after "serving"."""
+    import errno
+
+    try:
+        return _bound_socket(host, port)
+    except OverflowError:
+        raise UserError(f"--port {port} is not a port; pass 1-65535") from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UserError(
+                f"port {port} on {host} is in use (another server?); stop it or pass another --port"
+            ) from None
+        raise UserError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); check --host and --port"
+        ) from None
 
 
 def _bound_socket(host: str, port: int) -> Any:

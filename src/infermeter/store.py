@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,9 +22,11 @@ from typing import Any
 
 import pandas as pd
 
+from infermeter import ownership
 from infermeter.backends.base import Measurement, Point
 from infermeter.cost_model import CostModel
 from infermeter.errors import UserError
+from infermeter.ownership import Lease
 from infermeter.provenance import git_commit, package_version
 
 # 2: the validation table (queries a profile measures after its grid, never fitted), and
@@ -121,6 +125,19 @@ def _opt(value: Any) -> float | None:
     return None if value is None or value != value else float(value)
 
 
+# Who measures a run now (see infermeter.ownership); made when first needed, so stores of
+# earlier versions need no upgrade and earlier versions ignore it.
+_OWNERS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS run_owners (key TEXT PRIMARY KEY, pid INTEGER NOT NULL, "
+    "host TEXT NOT NULL, since TEXT NOT NULL)"
+)
+
+
+def _is_read_only(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "readonly" in text or "read-only" in text or "unable to open" in text
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -150,10 +167,21 @@ class RunRecord:
 
 
 class Store:
-    """A SQLite file of runs, points and fits."""
+    """A SQLite file of runs, points and fits.
 
-    def __init__(self, path: str | Path) -> None:
+    `read_only=True` is how the verbs that only read open it: a missing file is an error (never
+    an empty store made on the spot), nothing is written (no schema upgrade, no journal mode),
+    and a store on read-only media or in a read-only folder opens all the same.
+    """
+
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
+        self._tables: set[str] | None = None
+        self._leases: dict[str, Lease | None] = {}
+        if read_only:
+            self._db = self._open_read_only()
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -164,11 +192,56 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._check_schema()
+        except sqlite3.OperationalError as exc:
+            self._db.close()
+            if _is_read_only(exc):
+                raise self._read_only_error(exc) from exc
+            raise UserError(
+                f"{self.path} is not an infermeter store ({exc}); pass another --store PATH"
+            ) from exc
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise UserError(
                 f"{self.path} is not an infermeter store ({exc}); pass another --store PATH"
             ) from exc
+
+    def _read_only_error(self, exc: Exception) -> UserError:
+        return UserError(
+            f"cannot write to store {self.path} ({exc}): it is read-only or in a read-only "
+            "folder; copy it somewhere writable or pass another --store PATH"
+        )
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """A connection that cannot write. A store in WAL mode on read-only media cannot make
+        its shared-memory file, so it is then opened as immutable (nothing can change it)."""
+        if not self.path.exists():
+            raise UserError(
+                f"store {self.path} does not exist; check --store (profiles go into "
+                "infermeter.sqlite unless told otherwise)"
+            )
+        if self.path.is_dir():
+            raise UserError(f"store {self.path} is a folder; pass the store's .sqlite file")
+        last: Exception | None = None
+        for flags in ("mode=ro", "mode=ro&immutable=1"):
+            uri = f"{self.path.resolve().as_uri()}?{flags}"
+            db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            try:
+                self._db = db
+                self._check_schema()
+                return db
+            except UserError:
+                db.close()
+                raise
+            except sqlite3.OperationalError as exc:
+                db.close()
+                last = exc
+            except sqlite3.DatabaseError as exc:
+                db.close()
+                raise UserError(
+                    f"{self.path} is not an infermeter store ({exc}); pass another --store PATH"
+                ) from exc
+        raise UserError(f"cannot read store {self.path} ({last}); check the file's permissions")
 
     def _check_schema(self) -> None:
         has_meta = self._db.execute(
@@ -193,6 +266,12 @@ class Store:
                 f"{self.path} is a SQLite file but not an infermeter store; "
                 "pass another --store PATH"
             )
+        if self.read_only:  # an older store is read as it is; a missing table reads empty
+            if not has_meta:
+                raise UserError(
+                    f"{self.path} is empty, not an infermeter store; pass another --store PATH"
+                )
+            return
         with self.transaction():
             for statement in _SCHEMA.strip().split(";"):
                 if statement.strip():
@@ -206,16 +285,28 @@ class Store:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         # BEGIN inside the try: a Ctrl-C landing just after it (it may wait for the lock) must
         # not leave a transaction open for the next one to trip over.
+        if self.read_only:
+            raise UserError(f"store {self.path} was opened read-only; this verb cannot write it")
         try:
             self._db.execute("BEGIN IMMEDIATE")
             yield self._db
             self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            if _is_read_only(exc):
+                raise self._read_only_error(exc) from exc
+            raise
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
 
     def close(self) -> None:
+        for lease in self._leases.values():
+            if lease is not None:
+                lease.release()
+        self._leases.clear()
         self._db.close()
 
     def __enter__(self) -> Store:
@@ -225,6 +316,54 @@ class Store:
         self.close()
 
     # ---- runs --------------------------------------------------------------------------
+    def claim(self, key: str) -> None:
+        """Own the run `key` until this store is closed, or refuse in one line naming the
+        process that owns it (see infermeter.ownership). Holding it twice is a no-op."""
+        if key in self._leases:
+            return
+        try:
+            lease = ownership.acquire(self.path, key)
+        except ownership.RunBusy as busy:
+            raise UserError(self._busy_message(key, busy.here)) from None
+        self._leases[key] = lease
+        try:
+            with self.transaction():
+                self._db.execute(_OWNERS_TABLE)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO run_owners(key, pid, host, since) VALUES (?,?,?,?)",
+                    (key, os.getpid(), socket.gethostname(), utc_now()),
+                )
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            del self._leases[key]
+            raise
+
+    def _busy_message(self, key: str, here: bool) -> str:
+        row = self._db.execute("SELECT id, model FROM runs WHERE key = ?", (key,)).fetchone()
+        what = f"run {row['id']} ({row['model']})" if row else "this run"
+        if here:
+            return f"{what} is already open in this process; close the other Store first"
+        owner = None
+        if self.has_table("run_owners"):
+            owner = self._db.execute(
+                "SELECT pid, host, since FROM run_owners WHERE key = ?", (key,)
+            ).fetchone()
+        who = (
+            f"process {owner['pid']} on {owner['host']} (since {owner['since']})"
+            if owner
+            else "another process"
+        )
+        return (
+            f"{what} in {self.path} is being measured by {who}; wait for it to finish, or stop "
+            "it and rerun this command to resume where it stopped"
+        )
+
+    def find_run(self, key: str) -> RunRecord | None:
+        """The run with this key, if stored (nothing is created)."""
+        row = self._db.execute("SELECT id FROM runs WHERE key = ?", (key,)).fetchone()
+        return self.get_run(int(row["id"])) if row else None
+
     def open_run(
         self,
         *,
@@ -243,6 +382,7 @@ class Store:
 
         The infermeter commit and version default to those of the code running now.
         """
+        self.claim(key)
         if commit_sha is None:
             commit_sha = git_commit()
         if version is None:
@@ -278,6 +418,26 @@ class Store:
                 ),
             )
         return self.get_run(int(cursor.lastrowid)), False
+
+    def discard_if_empty(self, run_id: int) -> bool:
+        """Delete a run that holds nothing measured (a start-up that failed after the run was
+        recorded: an API's calibration, say); its id is given to the next run. Returns whether
+        it was deleted."""
+        with self.transaction():
+            for table in ("points", "validation", "power_samples", "fits"):
+                if (
+                    self.has_table(table)
+                    and self._db.execute(
+                        f"SELECT 1 FROM {table} WHERE run_id = ? LIMIT 1", (run_id,)
+                    ).fetchone()
+                ):
+                    return False
+            self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            self._db.execute(
+                "UPDATE sqlite_sequence SET seq = (SELECT coalesce(max(id), 0) FROM runs) "
+                "WHERE name = 'runs'"
+            )
+        return True
 
     def set_run_status(self, run_id: int, status: str) -> None:
         with self.transaction():
@@ -315,12 +475,19 @@ class Store:
         )
 
     def runs(self) -> pd.DataFrame:
+        """One row per run; a run marked running whose process is gone (no one holds its
+        lock: killed, or its machine rebooted) shows as interrupted."""
         query = (
-            "SELECT r.id, r.model, r.backend, r.device, r.status, r.created_at, "
+            "SELECT r.id, r.key, r.model, r.backend, r.device, r.status, r.created_at, "
             "count(p.run_id) AS points, sum(p.status = 'ok') AS ok_points "
             "FROM runs r LEFT JOIN points p ON p.run_id = r.id GROUP BY r.id ORDER BY r.id"
         )
-        return pd.read_sql_query(query, self._db)
+        frame = pd.read_sql_query(query, self._db)
+        running = frame["status"] == "running"
+        for index in frame.index[running]:
+            if ownership.is_owned(self.path, frame.at[index, "key"]) is False:
+                frame.at[index, "status"] = "interrupted"
+        return frame.drop(columns=["key"])
 
     def latest_run_id(self) -> int:
         row = self._db.execute("SELECT max(id) AS id FROM runs").fetchone()
@@ -338,6 +505,8 @@ class Store:
         return self._finished("validation", run_id)
 
     def _finished(self, table: str, run_id: int) -> set[Point]:
+        if not self.has_table(table):
+            return set()
         rows = self._db.execute(
             f"SELECT prompt_tokens, output_tokens, batch_size, trial FROM {table} "
             "WHERE run_id = ? AND status != 'error'",
@@ -424,7 +593,16 @@ class Store:
         """The validation queries' trials, with the same columns as points."""
         return self._table("validation", run_id)
 
+    def has_table(self, table: str) -> bool:
+        """Whether the store holds `table` (an older store read as it is may lack one)."""
+        if self._tables is None or table not in self._tables:
+            rows = self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            self._tables = {r[0] for r in rows}
+        return table in self._tables
+
     def _table(self, table: str, run_id: int) -> pd.DataFrame:
+        if not self.has_table(table):
+            return pd.DataFrame(columns=POINT_COLUMNS)
         return pd.read_sql_query(
             f"SELECT * FROM {table} WHERE run_id = ? "
             "ORDER BY prompt_tokens, output_tokens, batch_size, trial",

@@ -120,6 +120,14 @@ class EngineBackend:
             "cuda_graphs": self.cuda_graphs,
             "checkpoint": self.checkpoint,
         }
+        threads_note = None
+        if self.tp == 1 and device == "cpu":
+            from infermeter.cpu import cpu_threads
+
+            threads, why = cpu_threads()  # the cores other work leaves free (infermeter.cpu)
+            if threads is not None:
+                torch.set_num_threads(threads)
+            threads_note = f"{torch.get_num_threads()} ({why})"
         if self.tp == 1:
             options["dtype"] = getattr(torch, dtype)
             try:
@@ -133,6 +141,8 @@ class EngineBackend:
                     f"({spec.weight_bytes / 2**30:.1f} GiB at spec dtype); try tp > 1"
                 ) from error
             self._info = self._engine.describe()
+            if threads_note:
+                self._info["cpu_threads"] = threads_note
         else:
             from infermeter.engine.launch import RankGroup
 

@@ -13,6 +13,11 @@ from typing import Any
 import typer
 
 PAPER_TEMPERATURE, PAPER_TOP_P = 0.8, 0.95  # the paper's decoding settings (§III-A)
+# The paper's sweep (4,096 prompts, batch 64-256, up to 1,024 tokens) and the one a CPU runs
+# by default: the paper's would keep a 2-core CPU busy for hours with its first batch taking
+# minutes, so a bare `infermeter energy gpt2` there shows nothing for that long.
+GPU_DEFAULTS = {"prompts": 4096, "batch_sizes": "64,128,256", "max_lengths": "256,512,1024"}
+CPU_DEFAULTS = {"prompts": 16, "batch_sizes": "4,8", "max_lengths": "16,32"}
 
 
 def register(app: typer.Typer) -> None:
@@ -40,15 +45,21 @@ def energy(
     dataset: str = typer.Option(
         "gsm8k", help="gsm8k, alpaca, or a JSON/JSONL file of Alpaca or GSM8K records."
     ),
-    prompts: int = typer.Option(4096, help="Prompts sampled from the dataset (the paper: 4,096)."),
+    prompts: int | None = typer.Option(
+        None, help="Prompts sampled from the dataset (default: the paper's 4,096; 16 on a CPU)."
+    ),
     seed: int = typer.Option(0, help="Seed of the sample and of generation."),
     template: str | None = typer.Option(
         None,
         help="Prompt template: alpaca, gsm8k, @FILE, or text with {instruction} {input} "
         "{question} (default: the dataset's own).",
     ),
-    batch_sizes: str = typer.Option("64,128,256", help="Batch sizes, e.g. 64,128,256."),
-    max_lengths: str = typer.Option("256,512,1024", help="Max generation lengths (tokens)."),
+    batch_sizes: str | None = typer.Option(
+        None, help="Batch sizes (default: 64,128,256; 4,8 on a CPU)."
+    ),
+    max_lengths: str | None = typer.Option(
+        None, help="Max generation lengths in tokens (default: 256,512,1024; 16,32 on a CPU)."
+    ),
     shards: str = typer.Option("1", help="GPUs per model (tensor parallel), e.g. 1,2."),
     power_limit: str | None = typer.Option(
         None,
@@ -123,6 +134,17 @@ def energy(
             "the caps on each node (nvidia-smi -pl) and leave --power-limit out"
         )
     check_warmup_s(warmup)
+    scaled = device == "cpu" or (not device.startswith("cuda") and cuda_device_name() is None)
+    chosen = {"prompts": prompts, "batch_sizes": batch_sizes, "max_lengths": max_lengths}
+    defaults = CPU_DEFAULTS if scaled else GPU_DEFAULTS
+    prompts, batch_sizes, max_lengths = (defaults[k] if v is None else v for k, v in chosen.items())  # type: ignore[assignment]
+    scaled_note = (
+        f"on a CPU the sweep is scaled down to {prompts} prompts, batch sizes {batch_sizes} and "
+        f"max lengths {max_lengths} (the paper's would take hours); pass --prompts, "
+        "--batch-sizes and --max-lengths to choose"
+        if scaled and any(v is None for v in chosen.values())
+        else None
+    )
     sweep = EnergySweep(
         parse_sizes(batch_sizes, "--batch-sizes") or (64,),
         parse_sizes(max_lengths, "--max-lengths") or (256,),
@@ -166,7 +188,7 @@ def energy(
     def note(text: str) -> None:
         err_console.print(f"[yellow]note:[/] {text}", highlight=False)
 
-    for line in [*workload.notes, tok_note]:
+    for line in [scaled_note, *workload.notes, tok_note]:
         if line:
             note(line)
     if not on_gpu:

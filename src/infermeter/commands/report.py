@@ -8,7 +8,6 @@ infermeter.cli is still being defined.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pandas as pd
 import typer
 
 from infermeter.errors import UserError
+from infermeter.outputs import check_output, check_output_folder, writing
 
 StoresOption = typer.Option(
     None,
@@ -76,6 +76,13 @@ def _stores(stores: list[Path] | None, required: bool = True) -> list[Path]:
     return []
 
 
+def _check_outputs(*paths: Path | None) -> None:
+    """Each output path given can be written: said before any work, in one line."""
+    for path in paths:
+        if path is not None:
+            check_output(path)
+
+
 def _format(fmt: str) -> Any:
     if fmt not in ("png", "svg"):
         raise UserError(f"--format must be png or svg, not {fmt!r}")
@@ -85,23 +92,19 @@ def _format(fmt: str) -> Any:
 def _profiles_from_files(files: list[Path]) -> list[Any]:
     """ModelProfiles from fitted-model JSON files or HELM efficiency_data files."""
     from infermeter.catalog import resolve_spec
-    from infermeter.cost_model import CostModel
+    from infermeter.cost_model import models_from_dict
     from infermeter.estimate import pricing_for
     from infermeter.helm import is_helm_efficiency, load_helm_efficiency
+    from infermeter.inputs import read_json
     from infermeter.tradeoffs import ModelProfile
 
     profiles = []
     for path in files:
-        try:
-            data = json.loads(path.read_text())
-        except OSError as exc:
-            raise UserError(f"cannot read profile {path}: {exc.strerror}") from exc
-        except json.JSONDecodeError as exc:
-            raise UserError(f"profile {path} is not valid JSON ({exc.msg})") from exc
+        data = read_json(path, "profile")
         if is_helm_efficiency(data):
             models = load_helm_efficiency(path)
         else:
-            model = CostModel.from_dict(data)
+            model = models_from_dict(data, str(path))[0]
             models = {model.model or path.stem: model}
         for name, model in models.items():
             try:
@@ -143,6 +146,9 @@ def tradeoffs_command(
     )
 
     image = _format(fmt)
+    _check_outputs(output, ranks_output)
+    if figures:
+        check_output_folder(figures, "--figures folder")
     caps = read_capabilities(capabilities, metric)
     scenario_queries = read_scenario_queries(queries)
     profiles = _profiles_from_files(list(profile or []))
@@ -178,11 +184,10 @@ def tradeoffs_command(
         from infermeter.report.plot import encode
         from infermeter.report.tradeoff_figs import fig_pareto, fig_ranks
 
-        figures.mkdir(parents=True, exist_ok=True)
         for name, plot in (("fig9_pareto", fig_pareto(table)), ("fig10_ranks", fig_ranks(ranks))):
-            path = figures / f"{name}.{image}"
-            path.write_bytes(encode(plot.figure, image))
-            console.print(f"figure written to {path}")
+            with writing(figures / f"{name}.{image}", "figure") as path:
+                path.write_bytes(encode(plot.figure, image))
+            console.print(f"figure written to {path}", markup=False)
 
 
 def compare_command(
@@ -197,6 +202,11 @@ def compare_command(
     baseline: str | None = typer.Option(None, help="Baseline stack: its label or run id."),
     output: Path | None = typer.Option(None, help="Write per-query rows (.csv/.jsonl/...)."),
     figure: Path | None = typer.Option(None, help="Write the Fig. 8 picture (.png or .svg)."),
+    allow_different_models: bool = typer.Option(
+        False,
+        "--allow-different-models",
+        help="Compare stacks that ran different models (ratios without a verdict).",
+    ),
     store: list[Path] | None = StoresOption,
 ) -> None:
     """One model on two or more stacks: speedup, cost and energy ratios (Fig. 8, §5.3)."""
@@ -204,6 +214,7 @@ def compare_command(
     from infermeter.compare import compare_stacks, default_queries
     from infermeter.estimate import read_queries, write_table
 
+    _check_outputs(output, figure)
     stacks = _stacks(runs, model, profile, store)
     frame = read_queries(queries) if queries else default_queries([s.runtime for s in stacks])
     base: int | str = 0
@@ -218,7 +229,12 @@ def compare_command(
                 f"--baseline {baseline!r} matches none of: " + "; ".join(s.label for s in stacks)
             )
         base = matches[0]
-    result = compare_stacks(stacks, frame, base)
+    result = compare_stacks(stacks, frame, base, allow_different_models)
+    if (result.summary["verdict"] == "different model").any():
+        from infermeter.cli import print_notes
+
+        print_notes(["the stacks run different models: each ratio is the models' difference as "
+                     "much as the stacks'"])  # fmt: skip
     columns = [
         "stack",
         "accelerators",
@@ -246,8 +262,9 @@ def compare_command(
         from infermeter.report.tradeoff_figs import fig_stack_comparison
 
         fmt = "svg" if figure.suffix.lower() == ".svg" else "png"
-        figure.write_bytes(encode(fig_stack_comparison(result).figure, fmt))
-        console.print(f"figure written to {figure}")
+        with writing(figure, "figure") as path:
+            path.write_bytes(encode(fig_stack_comparison(result).figure, fmt))
+        console.print(f"figure written to {figure}", markup=False)
 
 
 def _stacks(
@@ -257,18 +274,15 @@ def _stacks(
     store: list[Path] | None,
 ) -> list[Any]:
     from infermeter.compare import StackProfile
-    from infermeter.cost_model import CostModel
     from infermeter.estimate import pricing_for
     from infermeter.fitted import load_runs, model_key
+    from infermeter.helm import load_profile
     from infermeter.report.build import stack_profiles
 
     if profile:
         stacks = []
         for path in profile:
-            try:
-                fitted = CostModel.from_dict(json.loads(path.read_text()))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise UserError(f"cannot read fitted model {path}: {exc}") from exc
+            fitted = load_profile(path)
             stacks.append(StackProfile(f"{path.stem}", fitted, pricing_for(fitted)[0]))
         return stacks
     paths = _stores(store)
@@ -279,8 +293,6 @@ def _stacks(
         if absent:
             raise UserError(f"run(s) {absent} not found (or without points); see `infermeter runs`")
         stored = chosen
-        if len({model_key(r.model) for r in stored}) > 1:
-            raise UserError("the runs profile different models; compare runs of one model")
     elif model:
         stored = [r for r in stored if model_key(r.model) == model_key(model)]
     groups = (
@@ -331,6 +343,9 @@ def report_command(
 
     if bool(capabilities) != bool(queries):
         raise UserError("Figs. 9 and 10 need both --capabilities FILE and --queries SCENARIO=FILE")
+    if str(output.parent) and not output.parent.exists():
+        check_output_folder(output.parent, "report folder")  # made, as report.write does
+    check_output(output, "report")
     inputs = ReportInputs(
         stores=_stores(store),
         capabilities=capabilities,

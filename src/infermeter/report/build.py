@@ -71,10 +71,13 @@ class Report:
     html: str
 
     def write(self, path: str | Path) -> Path:
+        from infermeter.outputs import check_output_folder, writing
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.html, encoding="utf-8")
-        return path
+        check_output_folder(path.parent if str(path.parent) else ".", "report folder")
+        with writing(path, "report") as target:
+            target.write_text(self.html, encoding="utf-8")
+        return target
 
 
 def _safe(section: Section, draw: Callable[[], Plot]) -> Section:
