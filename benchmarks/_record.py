@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from infermeter.provenance import provenance
+from infermeter.store.provenance import provenance
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 

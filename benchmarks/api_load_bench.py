@@ -58,7 +58,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _record import write_result  # noqa: E402
-from infermeter.api.client import ApiClient, ApiConfig, RequestRecord  # noqa: E402
+from infermeter.backends.api.client import ApiClient, ApiConfig, RequestRecord  # noqa: E402
 
 STAMP = re.compile(r"@(\d+):(\d+)")
 PROMPT = " ".join(["the"] * 16)
@@ -333,7 +333,7 @@ def summary(rows: list[dict[str, Any]], errors: int) -> dict[str, Any]:
 def load_command_rate(url: str, folder: Path, seconds: float = 10.0) -> dict[str, Any]:
     """Requests/s of `infermeter load --mode concurrent` (64 in flight, unstreamed, o = 4), as
     a user runs it: the CLI, its pre-flight and calibration, and every request stored."""
-    cmd = [sys.executable, "-m", "infermeter.cli", "load", "instant", "--base-url", url,
+    cmd = [sys.executable, "-m", "infermeter", "load", "instant", "--base-url", url,
            "--mode", "concurrent", "--concurrency", "64", "--duration-s", str(seconds),
            "--warmup-s", "1", "--prompt-tokens", "16", "--output-sizes", "4", "--no-stream",
            "--retries", "0", "--output", str(folder / "load.csv"),
@@ -554,7 +554,8 @@ def main() -> None:
         "p99_overhead_ms": p99,
         "goals": {"max_rps": GOAL_RPS, "p99_overhead_ms": GOAL_P99_MS},
         "meets_goals": max_rps >= GOAL_RPS and p99 <= GOAL_P99_MS,
-        "client": "infermeter.api.client over infermeter.api.http, default asyncio loop",
+        "client": "infermeter.backends.api.client over infermeter.backends.api.http, "
+        "default asyncio loop",
         "server": "benchmarks/instant_server.py, one process, uvloop"
         if _has("uvloop")
         else "benchmarks/instant_server.py, one process, asyncio",

@@ -222,15 +222,15 @@ def record_transcripts(server: LlamaServer, folder: Path, llama_version: str) ->
 
 
 def infermeter(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "infermeter.cli", *args]
+    cmd = [sys.executable, "-m", "infermeter", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
 
 
 def recount_prompts(url: str, store: Path, run_id: int, endpoint: str, cache: Path) -> dict:
     """Rebuild every stored point's prompt from its seed and ask the server to count it."""
     from infermeter.backends.openai import OpenAIBackend
-    from infermeter.spec import ModelSpec
-    from infermeter.store import Store
+    from infermeter.spec.model import ModelSpec
+    from infermeter.store.db import Store
 
     backend = OpenAIBackend(base_url=url, endpoint=endpoint, stream=False,
                             calibration_cache=str(cache))  # fmt: skip
@@ -250,7 +250,7 @@ def recount_prompts(url: str, store: Path, run_id: int, endpoint: str, cache: Pa
 
 
 def profile_shape(url: str, endpoint: str, stream: bool, folder: Path) -> dict[str, Any]:
-    from infermeter.store import Store
+    from infermeter.store.db import Store
 
     store = folder / f"{endpoint}-{'stream' if stream else 'json'}.sqlite"
     env = {**os.environ, "INFERMETER_CACHE_DIR": str(folder / "cache")}

@@ -24,8 +24,8 @@ from _record import DOCS, write_result
 from engine_bench import medians
 from infermeter.backends.base import Point
 from infermeter.backends.engine import EngineBackend
-from infermeter.catalog import get_spec
 from infermeter.errors import UserError, is_oom
+from infermeter.spec.catalog import get_spec
 
 
 def curve(model: str, batches: list[int], repeats: int) -> list[dict[str, Any]]:

@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import DOCS, write_result
 from infermeter.backends import get_backend
 from infermeter.backends.base import Point
-from infermeter.catalog import get_spec
-from infermeter.meter import Meter, load_nvml
-from infermeter.profile import measure_point
+from infermeter.experiments.profile import measure_point
+from infermeter.measure.meter import Meter, load_nvml
+from infermeter.spec.catalog import get_spec
 
 
 def line(text: str) -> None:

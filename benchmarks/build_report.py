@@ -34,13 +34,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from infermeter.backends import get_backend  # noqa: E402
-from infermeter.catalog import get_spec  # noqa: E402
-from infermeter.hardware import Stack, get_accelerator  # noqa: E402
-from infermeter.profile import ProfileGrid, run_profile  # noqa: E402
-from infermeter.provenance import device_description, git_commit, utc_date  # noqa: E402
+from infermeter.experiments.profile import ProfileGrid, run_profile  # noqa: E402
 from infermeter.report import ReportInputs, build_report  # noqa: E402
 from infermeter.report.browser import check_page, find_chromium  # noqa: E402
-from infermeter.store import Store  # noqa: E402
+from infermeter.spec.catalog import get_spec  # noqa: E402
+from infermeter.spec.hardware import Stack, get_accelerator  # noqa: E402
+from infermeter.store.db import Store  # noqa: E402
+from infermeter.store.provenance import device_description, git_commit, utc_date  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "paper_table3_fig9.py"
 DATA = ROOT / "examples" / "data"
@@ -73,7 +73,7 @@ def cpu_store(path: Path, walkthrough: bool = True) -> None:
         _walkthrough().build_store(path)
     for dataset in ("alpaca", "gsm8k"):
         command = [
-            sys.executable, "-m", "infermeter.cli", "energy", "tiny-llama", "--device", "cpu",
+            sys.executable, "-m", "infermeter", "energy", "tiny-llama", "--device", "cpu",
             "--dataset", dataset, "--prompts", "16", "--batch-sizes", "4,8",
             "--max-lengths", "8,16", "--store", str(path),
         ]  # fmt: skip

@@ -44,8 +44,13 @@ import infermeter
 from _command import infermeter_command, run_command
 from _record import DOCS, write_result
 from energy_bench import TABLE_COLUMNS, markdown
-from infermeter.energy import EnergyConfig, energy_batches, energy_configs, ensure_tables
-from infermeter.store import Store
+from infermeter.experiments.energy import (
+    EnergyConfig,
+    energy_batches,
+    energy_configs,
+    ensure_tables,
+)
+from infermeter.store.db import Store
 
 STEPS = ("complete", "interrupted", "resumed")
 

@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import DOCS, write_record
 from infermeter.backends.base import Measurement, Point
 from infermeter.backends.engine import EngineBackend
-from infermeter.catalog import get_spec
 from infermeter.engine import Engine
-from infermeter.spec import ModelSpec
+from infermeter.spec.catalog import get_spec
+from infermeter.spec.model import ModelSpec
 
 LLAMA_7B = get_spec("llama-7b")  # the catalog entry: the shape the issue names
 
@@ -256,7 +256,7 @@ def main() -> None:
         "hf": hf_info,
         "repeats": reps,
     }
-    from infermeter.provenance import provenance
+    from infermeter.store.provenance import provenance
 
     finish({**provenance(), **result}, args.out)
 

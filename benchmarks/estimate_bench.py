@@ -17,9 +17,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import write_result
-from infermeter.cost_model import CostModel
-from infermeter.estimate import Pricing, estimate_queries, read_queries, write_table
-from infermeter.hardware import get_accelerator
+from infermeter.model.cost_model import CostModel
+from infermeter.model.estimate import Pricing, estimate_queries, read_queries, write_table
+from infermeter.spec.hardware import get_accelerator
 
 
 def main() -> None:

@@ -120,7 +120,7 @@ def measure(model: str, queries_csv: Path, out_csv: Path, device: str) -> None:
     import torch
 
     from infermeter.backends.engine import EngineBackend
-    from infermeter.catalog import resolve_spec
+    from infermeter.spec.catalog import resolve_spec
 
     spec = resolve_spec(model)
     backend = EngineBackend(device=device)  # the stack `infermeter profile` uses by default
@@ -245,7 +245,7 @@ def one_model(model: str, count: int, work: Path, quick: bool) -> dict[str, Any]
 
 
 def _context(model: str) -> int:
-    from infermeter.catalog import resolve_spec
+    from infermeter.spec.catalog import resolve_spec
 
     return resolve_spec(model).max_context
 

@@ -50,10 +50,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _command import infermeter_command, run_command
 from _record import DOCS, write_record
-from infermeter.catalog import get_spec
-from infermeter.fitted import fit_run
-from infermeter.provenance import provenance
-from infermeter.store import Store
+from infermeter.model.fitted import fit_run
+from infermeter.spec.catalog import get_spec
+from infermeter.store.db import Store
+from infermeter.store.provenance import provenance
 
 GPU_MODELS = "mixtral-8x7b,qwen3-30b-a3b,deepseek-v2-lite,gemma-2-9b,gpt-oss-20b"
 QUICK_MODELS = "tiny-mixtral,tiny-qwen3-moe,tiny-deepseek-v2,tiny-gemma2,tiny-gpt-oss"

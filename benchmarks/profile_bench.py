@@ -38,14 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import DOCS, write_result
 from infermeter.backends import get_backend
 from infermeter.backends.base import Point
-from infermeter.catalog import get_spec
 from infermeter.errors import UserError
-from infermeter.fit import fit_cost_model
-from infermeter.hardware import build_stack
-from infermeter.meter import Meter
-from infermeter.profile import ProfileGrid, measure_point, run_profile
-from infermeter.provenance import cuda_device_name, device_description
-from infermeter.store import Store
+from infermeter.experiments.profile import ProfileGrid, measure_point, run_profile
+from infermeter.measure.meter import Meter
+from infermeter.model.fit import fit_cost_model
+from infermeter.spec.catalog import get_spec
+from infermeter.spec.hardware import build_stack
+from infermeter.store.db import Store
+from infermeter.store.provenance import cuda_device_name, device_description
 
 # The idealized-runtime paper's Table 3, t_idealized on (Megatron, A100): PE at p = 512 /
 # 1024 / 1536 and g, in seconds (../shared/papers/idealized-runtime-paper.txt, Table 3).

@@ -37,9 +37,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _command import infermeter_command, run_command, shown
 from _record import DOCS, write_result
-from infermeter.fit import FitPolicy
-from infermeter.fitted import fit_run
-from infermeter.store import Store
+from infermeter.model.fit import FitPolicy
+from infermeter.model.fitted import fit_run
+from infermeter.store.db import Store
 
 STEP_LIMIT_S = 240
 NVLS_OFF = ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS")

@@ -80,10 +80,10 @@ def gpu_plan(specs, gpus: int, memory_bytes: float):
 
 def profile_reference(store, spec, tp: int, on_gpu: bool, grid) -> None:
     from infermeter.backends import get_backend
-    from infermeter.hardware import Stack, detect_accelerator, get_accelerator
-    from infermeter.meter import Meter, visible_gpus
-    from infermeter.profile import ProfileGrid, run_profile
-    from infermeter.provenance import cuda_device_name, device_description
+    from infermeter.experiments.profile import ProfileGrid, run_profile
+    from infermeter.measure.meter import Meter, visible_gpus
+    from infermeter.spec.hardware import Stack, detect_accelerator, get_accelerator
+    from infermeter.store.provenance import cuda_device_name, device_description
 
     if on_gpu:
         accelerator = detect_accelerator(cuda_device_name() or "") or get_accelerator("a100")
@@ -106,9 +106,9 @@ def profile_api(store, spec, on_gpu: bool, grid) -> None:
     """Serve `spec` on the hf stack through the OpenAI-compatible app, in a process of its own
     as a provider's server would be, and profile it as an API from this one."""
     from infermeter.backends import get_backend
-    from infermeter.profile import ProfileGrid, run_profile
-    from infermeter.provenance import device_description
-    from infermeter.serve import running_in_process
+    from infermeter.backends.serve import running_in_process
+    from infermeter.experiments.profile import ProfileGrid, run_profile
+    from infermeter.store.provenance import device_description
 
     where = device_description(gpu=on_gpu)  # the server's port changes; the machine does not
     # On a GPU the served hf stack stalls 0.3-1 s on its first visits of a shape (an H200,
@@ -128,9 +128,9 @@ def profile_api(store, spec, on_gpu: bool, grid) -> None:
 
 def build_store(store_path: Path, quick: bool = False, api: bool = True) -> bool:
     """Profile into `store_path`; returns whether a GPU did the work."""
-    from infermeter.catalog import TABLE1, get_spec
-    from infermeter.provenance import cuda_device_name
-    from infermeter.store import Store
+    from infermeter.spec.catalog import TABLE1, get_spec
+    from infermeter.store.db import Store
+    from infermeter.store.provenance import cuda_device_name
 
     on_gpu = cuda_device_name() is not None
     specs = [get_spec(row.name) for row in TABLE1]

@@ -11,7 +11,7 @@ runner = CliRunner()
 
 def invoke(*args: Any):
     """`infermeter ARGS...`, every argument as the string a shell would pass."""
-    from infermeter.cli import app
+    from infermeter.cli.main import app
 
     return runner.invoke(app, [str(a) for a in args])
 

@@ -39,7 +39,7 @@ class NVMLError(Exception):
 
 class FakeClock:
     """A clock that moves only when told, and fires the timers registered on it as it passes
-    their times (infermeter.meter.Clock)."""
+    their times (infermeter.measure.meter.Clock)."""
 
     def __init__(self, start: float = 1000.0) -> None:
         self.t = start
@@ -283,7 +283,8 @@ class FakeNvml:
             part.replace(self.limits_file)
 
 
-# ---- GPU memory in use (infermeter.energy's peak memory): appended, the class is unchanged above
+# ---- GPU memory in use (infermeter.experiments.energy's peak memory): appended, the class is
+# unchanged above
 
 
 def _memory_info(self: FakeNvml, gpu: FakeGpu) -> SimpleNamespace:

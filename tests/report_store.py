@@ -16,12 +16,12 @@ import pandas as pd
 from fake_nvml import FakeGpu, FakeNvml
 from infermeter.backends import get_backend
 from infermeter.backends.base import Measurement
-from infermeter.catalog import get_spec
-from infermeter.hardware import Stack, get_accelerator
-from infermeter.meter import Meter
-from infermeter.profile import ProfileGrid, run_profile
+from infermeter.experiments.profile import ProfileGrid, run_profile
+from infermeter.measure.meter import Meter
 from infermeter.report.energy import record_energy_configs
-from infermeter.store import Store
+from infermeter.spec.catalog import get_spec
+from infermeter.spec.hardware import Stack, get_accelerator
+from infermeter.store.db import Store
 
 GRID = ProfileGrid((1, 32, 64), (1, 4, 8), (1,), 2)
 SCENARIOS = {"imdb": (48, 2), "boolq": (24, 3), "raft": (60, 6)}

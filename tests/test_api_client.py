@@ -9,7 +9,7 @@ import time
 import pytest
 
 from api_servers import FaultServer, fault_server, free_port
-from infermeter.api.client import ApiClient, ApiConfig, RequestRecord, normalize_base_url
+from infermeter.backends.api.client import ApiClient, ApiConfig, RequestRecord, normalize_base_url
 from infermeter.errors import UserError
 
 FAST = {"backoff_s": 0.01, "backoff_max_s": 0.05}
@@ -178,7 +178,7 @@ def test_bad_urls_are_user_errors(url: str) -> None:
 def test_gc_is_held_off_while_timing_and_restored_after() -> None:
     import gc
 
-    from infermeter.api.client import gc_paused
+    from infermeter.backends.api.client import gc_paused
 
     assert gc.isenabled()
     with gc_paused():

@@ -11,7 +11,7 @@ import pytest
 
 import test_api_client as shared
 from api_servers import FaultServer, Raw, json_answer, sse
-from infermeter.api.client import ApiConfig
+from infermeter.backends.api.client import ApiConfig
 from test_api_client import FAST, complete
 
 server, _clear = shared.server, shared._clear  # the client tests' server and its reset

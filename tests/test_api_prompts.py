@@ -10,15 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from api_servers import LLAMA_TOKENIZER
-from infermeter.api.prompts import (
+from infermeter.errors import UserError
+from infermeter.workloads.prompts import (
     COMMON_WORDS,
     CalibrationCache,
     ExactPrompts,
     PromptFactory,
     prompt_seed,
 )
-from infermeter.errors import UserError
-from infermeter.tokenizer import ByteTokenizer, load_tokenizer
+from infermeter.workloads.tokenizer import ByteTokenizer, load_tokenizer
 
 needs_llama = pytest.mark.skipif(
     not LLAMA_TOKENIZER.is_file(), reason="shared/data/llama_tokenizer.model not beside the repo"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from api_servers import TRANSCRIPTS, fault_server, transcript
-from infermeter.api.client import ApiClient, ApiConfig, RequestRecord
+from infermeter.backends.api.client import ApiClient, ApiConfig, RequestRecord
 
 NAMES = sorted(p.stem for p in TRANSCRIPTS.glob("*.json"))
 

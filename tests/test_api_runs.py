@@ -12,7 +12,8 @@ import pytest
 
 from api_servers import Raw, fault_server, free_port, json_answer, sse
 from cli_runner import invoke
-from infermeter.api.load import (
+from infermeter.backends import get_backend
+from infermeter.experiments.load import (
     LoadGrid,
     TimedLoad,
     load_summary,
@@ -20,10 +21,9 @@ from infermeter.api.load import (
     run_timed_load,
     timed_summary,
 )
-from infermeter.backends import get_backend
-from infermeter.profile import ProfileGrid, run_profile
-from infermeter.spec import ModelSpec
-from infermeter.store import Store
+from infermeter.experiments.profile import ProfileGrid, run_profile
+from infermeter.spec.model import ModelSpec
+from infermeter.store.db import Store
 
 SPEC = ModelSpec(
     name="m", hidden_size=8, num_layers=1, num_heads=1, vocab_size=100, max_context=4096

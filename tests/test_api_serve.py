@@ -26,23 +26,23 @@ import pytest
 from typer.testing import CliRunner
 
 from api_servers import LLAMA_TOKENIZER, fault_server, free_port
-from infermeter.api.load import LoadGrid, load_summary, run_load_sweep
 from infermeter.backends import get_backend
-from infermeter.cli import app
+from infermeter.cli.main import app
 from infermeter.errors import UserError
-from infermeter.fit import fit_cost_model
-from infermeter.profile import ProfileGrid, run_profile
-from infermeter.spec import ModelSpec
-from infermeter.store import Store
-from infermeter.tokenizer import Tokenizer, load_tokenizer
+from infermeter.experiments.load import LoadGrid, load_summary, run_load_sweep
+from infermeter.experiments.profile import ProfileGrid, run_profile
+from infermeter.model.fit import fit_cost_model
+from infermeter.spec.model import ModelSpec
+from infermeter.store.db import Store
+from infermeter.workloads.tokenizer import Tokenizer, load_tokenizer
 from timed_server import TimedServer
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from infermeter.backends.hf import HFBackend
-from infermeter.serve import create_app, running
-from infermeter.textgen import HFGenerator
+from infermeter.backends.serve import create_app, running
+from infermeter.workloads.textgen import HFGenerator
 
 SPEC = ModelSpec(
     name="tiny-llama-32k",
@@ -433,7 +433,7 @@ def test_ctrl_c_leaves_a_resumable_run(tmp_path: Path) -> None:
         cmd = [
             sys.executable,
             "-m",
-            "infermeter.cli",
+            "infermeter",
             "profile",
             "m",
             "--backend",
@@ -477,7 +477,7 @@ def test_ctrl_c_leaves_a_resumable_run(tmp_path: Path) -> None:
 
 def test_cli_serve_answers_until_interrupted() -> None:
     port = free_port()
-    cmd = [sys.executable, "-m", "infermeter.cli", "serve", "tiny-llama", "--device", "cpu"]
+    cmd = [sys.executable, "-m", "infermeter", "serve", "tiny-llama", "--device", "cpu"]
     proc = subprocess.Popen(
         [*cmd, "--port", str(port), "--name", "served"],
         stdout=subprocess.PIPE,
@@ -508,7 +508,7 @@ def test_cli_serve_answers_until_interrupted() -> None:
 
 @pytest.mark.slow
 def test_a_model_served_from_its_own_process_is_profiled_and_stopped(tmp_path: Path) -> None:
-    from infermeter.serve import running_in_process
+    from infermeter.backends.serve import running_in_process
 
     with running_in_process(SPEC, "hf", {"device": "cpu"}, tokenizer="bytes") as url:
         backend = get_backend("openai", base_url=url, tokenizer="bytes")
@@ -523,7 +523,7 @@ def test_a_model_served_from_its_own_process_is_profiled_and_stopped(tmp_path: P
 
 
 def test_a_server_that_cannot_load_says_why() -> None:
-    from infermeter.serve import running_in_process
+    from infermeter.backends.serve import running_in_process
 
     with (
         pytest.raises(RuntimeError, match=r"the model server failed: .*backend"),
@@ -616,7 +616,7 @@ def test_served_bytes_model_is_profiled_exact_without_a_tokenizer(
 ) -> None:
     """The issue's example: `serve gpt2` (bytes tokenizer) then a profile without --tokenizer
     said "prompt size 1 is below the 74 tokens..." and "could not build ... 100 tokens"."""
-    from infermeter.tokenizer import ByteTokenizer
+    from infermeter.workloads.tokenizer import ByteTokenizer
 
     sizes = (1, 100, 200) if endpoint == "completions" else (40, 100, 200)
     with running(create_app(generator, ByteTokenizer(), "gpt2")) as url:

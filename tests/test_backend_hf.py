@@ -13,7 +13,7 @@ import pytest
 from infermeter.backends import Measurement, Point, available_backends, get_backend
 from infermeter.backends.hf import HFBackend, hf_family
 from infermeter.errors import UserError
-from infermeter.spec import ModelSpec
+from infermeter.spec.model import ModelSpec
 
 TINY: dict[str, Any] = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "vocab_size": 256}
 TINY["max_context"] = 256  # spec dtype stays the default bfloat16: CPU must switch to float32
@@ -129,7 +129,7 @@ def test_family_constraint_is_a_user_error() -> None:
 
 
 def test_newer_layouts_are_refused_not_run_as_llama() -> None:
-    from infermeter.catalog import get_spec
+    from infermeter.spec.catalog import get_spec
 
     for name in ("mixtral-8x7b", "deepseek-v2-lite", "gpt-oss-20b", "gemma-2-9b"):
         with pytest.raises(UserError, match="use --backend engine"):

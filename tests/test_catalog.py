@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from infermeter.catalog import CATALOG, TABLE1, catalog_table, get_spec, resolve_spec
 from infermeter.errors import UserError
+from infermeter.spec.catalog import CATALOG, TABLE1, catalog_table, get_spec, resolve_spec
 
 CONFIGS = Path(__file__).parent / "data" / "hf_configs"
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from cli_runner import invoke
-from infermeter.store import SCHEMA_VERSION
+from infermeter.store.db import SCHEMA_VERSION
 
 DATA = Path(__file__).parent / "data"
 HELM_ESTIMATE = [
@@ -270,7 +270,7 @@ def test_sigkill_halfway_then_resume(tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "infermeter.cli",
+        "infermeter",
         "profile",
         "tiny-llama",
         "--device",

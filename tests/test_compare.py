@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from infermeter.compare import StackProfile, compare_stacks, default_queries, verdict
-from infermeter.cost_model import CostModel
 from infermeter.errors import UserError
-from infermeter.estimate import Pricing
+from infermeter.model.compare import StackProfile, compare_stacks, default_queries, verdict
+from infermeter.model.cost_model import CostModel
+from infermeter.model.estimate import Pricing
 
 QUERIES = pd.DataFrame({"prompt_tokens": [1, 512, 1024], "output_tokens": [1, 32, 64]})
 

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infermeter.catalog import get_spec
-from infermeter.datasets import (
+from infermeter.errors import UserError
+from infermeter.spec.catalog import get_spec
+from infermeter.workloads.datasets import (
     ALPACA_NO_INPUT_TEMPLATE,
     Dataset,
     load_dataset,
@@ -20,8 +21,7 @@ from infermeter.datasets import (
     render,
     sample_workload,
 )
-from infermeter.errors import UserError
-from infermeter.tokenizer import (
+from infermeter.workloads.tokenizer import (
     ByteTokenizer,
     count_words,
     load_tokenizer,

@@ -22,9 +22,7 @@ from typer.testing import CliRunner
 
 from fake_nvml import FakeClock, FakeGpu, FakeNvml
 from infermeter.backends.engine import EngineBackend
-from infermeter.catalog import get_spec
-from infermeter.datasets import Workload, load_workload
-from infermeter.energy import (
+from infermeter.experiments.energy import (
     BATCH_COLUMNS,
     CONFIG_COLUMNS,
     EnergySweep,
@@ -35,9 +33,11 @@ from infermeter.energy import (
     ensure_tables,
     run_energy,
 )
-from infermeter.meter import Meter
-from infermeter.store import Store
-from infermeter.tokenizer import tokenizer_for
+from infermeter.measure.meter import Meter
+from infermeter.spec.catalog import get_spec
+from infermeter.store.db import Store
+from infermeter.workloads.datasets import Workload, load_workload
+from infermeter.workloads.tokenizer import tokenizer_for
 
 SHARED_GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jsonl"
 GSM8K = str(SHARED_GSM8K) if SHARED_GSM8K.is_file() else "gsm8k-test"  # else the bundled copy
@@ -229,8 +229,8 @@ def test_caps_go_to_the_run_gpus_only_and_a_lost_cap_stops_the_sweep(
     changed from outside mid-configuration, the batch that ran then is not stored and the
     sweep stops with one line, the cap put back."""
     from fake_nvml import fake_uuid
-    from infermeter.energy import PowerCapLost
-    from infermeter.gpus import resolve_gpus
+    from infermeter.experiments.energy import PowerCapLost
+    from infermeter.measure.gpus import resolve_gpus
 
     nvml = FakeNvml([FakeGpu(power=lambda t: WATTS) for _ in range(4)])
     env = {"CUDA_VISIBLE_DEVICES": f"{fake_uuid(2)},{fake_uuid(0)}"}
@@ -254,7 +254,7 @@ def test_caps_go_to_the_run_gpus_only_and_a_lost_cap_stops_the_sweep(
 def test_without_nvml_throughput_is_kept_and_energy_left_empty(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import infermeter.meter as meter_module
+    import infermeter.measure.meter as meter_module
 
     monkeypatch.setattr(meter_module, "load_nvml", lambda: (None, "NVML unavailable (test)"))
     tok, _ = tokenizer_for(SPEC)
@@ -284,7 +284,7 @@ def test_attribution_splits_a_window_by_tokens(window: float, tokens: list[int])
 
 
 def test_cli_energy_on_cpu(tmp_path: Path) -> None:
-    from infermeter.cli import app
+    from infermeter.cli.main import app
 
     runner = CliRunner()
     store = tmp_path / "cli.sqlite"
@@ -519,7 +519,7 @@ def test_a_warm_up_batch_that_does_not_fit_is_left_to_the_sweep(
 
 
 def test_a_negative_warm_up_is_refused_before_anything_starts(tmp_path: Path) -> None:
-    from infermeter.cli import app
+    from infermeter.cli.main import app
 
     store = tmp_path / "w.sqlite"
     args = ["energy", "tiny-llama", "--prompts", "4", "--batch-sizes", "2", "--max-lengths", "4"]

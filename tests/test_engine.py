@@ -15,7 +15,6 @@ F = torch.nn.functional
 
 from infermeter.backends.base import Point  # noqa: E402
 from infermeter.backends.engine import EngineBackend  # noqa: E402
-from infermeter.catalog import get_spec  # noqa: E402
 from infermeter.engine import (  # noqa: E402
     Decoder,
     Engine,
@@ -27,7 +26,8 @@ from infermeter.engine import (  # noqa: E402
 )
 from infermeter.engine.parallel import Comm  # noqa: E402
 from infermeter.errors import UserError  # noqa: E402
-from infermeter.spec import ModelSpec  # noqa: E402
+from infermeter.spec.catalog import get_spec  # noqa: E402
+from infermeter.spec.model import ModelSpec  # noqa: E402
 
 TINY: dict[str, Any] = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "vocab_size": 256}
 TINY.update(max_context=128, dtype="float32")

@@ -25,7 +25,7 @@ transformers = pytest.importorskip("transformers")
 
 from hf_tiny import FAMILIES, WINDOW, tiny_config  # noqa: E402
 from infermeter.engine import Engine  # noqa: E402
-from infermeter.hfconfig import load_hf_config  # noqa: E402
+from infermeter.spec.hfconfig import load_hf_config  # noqa: E402
 
 PROMPTS = [
     [3, 17, 99, 5, 250, 42, 7, 7, 128, 9, 11, 200, 31, 64, 2, 90, 77, 13, 8, 1],

@@ -12,12 +12,12 @@ import torch
 
 from infermeter.backends.base import Point
 from infermeter.backends.engine import EngineBackend
-from infermeter.catalog import get_spec
-from infermeter.datasets import load_workload
-from infermeter.energy import EnergySweep, run_energy
 from infermeter.errors import DeviceOutOfMemory, DoesNotFit, UserError, is_oom
-from infermeter.store import Store
-from infermeter.tokenizer import tokenizer_for
+from infermeter.experiments.energy import EnergySweep, run_energy
+from infermeter.spec.catalog import get_spec
+from infermeter.store.db import Store
+from infermeter.workloads.datasets import load_workload
+from infermeter.workloads.tokenizer import tokenizer_for
 
 
 def test_one_out_of_memory_test() -> None:

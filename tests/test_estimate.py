@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from infermeter.cost_model import CostModel
 from infermeter.errors import UserError
-from infermeter.estimate import (
+from infermeter.model.cost_model import CostModel
+from infermeter.model.estimate import (
     Pricing,
     estimate_queries,
     pricing_for,
@@ -20,7 +20,7 @@ from infermeter.estimate import (
     summarize,
     write_table,
 )
-from infermeter.hardware import Stack, get_accelerator
+from infermeter.spec.hardware import Stack, get_accelerator
 
 RUNTIME = CostModel([1, 512, 1536], [0.02, 0.1, 0.33], 0.02, model="m")
 ENERGY = CostModel([1, 512, 1536], [6.0, 30.0, 99.0], 7.0, quantity="energy_j")

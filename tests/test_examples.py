@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from infermeter.catalog import TABLE1, get_spec
-from infermeter.fitted import model_key
-from infermeter.tradeoffs import read_capabilities, read_scenario_queries
+from infermeter.model.fitted import model_key
+from infermeter.model.tradeoffs import read_capabilities, read_scenario_queries
+from infermeter.spec.catalog import TABLE1, get_spec
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

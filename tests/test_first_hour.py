@@ -8,8 +8,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from infermeter.cli import app
-from infermeter.commands.energy import CPU_DEFAULTS
+from infermeter.cli.energy import CPU_DEFAULTS
+from infermeter.cli.main import app
 
 
 def test_energy_on_a_cpu_scales_its_default_sweep_down(tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def test_a_cpu_run_takes_the_cores_other_work_leaves(monkeypatch) -> None:
     import subprocess
     import sys
 
-    from infermeter.cpu import cpu_threads, running_elsewhere
+    from infermeter.measure.cpu import cpu_threads, running_elsewhere
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     busy = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(2)]
@@ -56,8 +56,12 @@ def test_the_cpu_default_grid_keeps_the_readme_s_minute() -> None:
     """The work of `infermeter profile gpt2` on a CPU, counted: decode steps and prefill tokens
     of the grid and its validation, against the budget the README's minute was timed with
     (measured on 2 cores, quiet and beside two busy processes: see the issue 18 note)."""
-    from infermeter.catalog import get_spec
-    from infermeter.profile import DEFAULT_VALIDATE_CPU, default_grid, validation_queries
+    from infermeter.experiments.profile import (
+        DEFAULT_VALIDATE_CPU,
+        default_grid,
+        validation_queries,
+    )
+    from infermeter.spec.catalog import get_spec
 
     spec = get_spec("gpt2")
     grid = default_grid(spec, on_gpu=False)

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infermeter.cost_model import CostModel, piecewise_linear
 from infermeter.errors import UserError
-from infermeter.fit import aggregate_trials, fit_cost_model
+from infermeter.model.cost_model import CostModel, piecewise_linear
+from infermeter.model.fit import aggregate_trials, fit_cost_model
 
 
 def synthetic_points(

@@ -20,18 +20,18 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from infermeter.cost_model import CostModel
 from infermeter.errors import UserError
-from infermeter.estimate import (
+from infermeter.model.cost_model import CostModel
+from infermeter.model.estimate import (
     Pricing,
     estimate_queries,
     query_grid,
     read_points,
     read_queries,
 )
-from infermeter.fit import FitPolicy, fit_profile
-from infermeter.helm import load_model_set
-from infermeter.hfconfig import load_hf_config
+from infermeter.model.fit import FitPolicy, fit_profile
+from infermeter.model.helm import load_model_set
+from infermeter.spec.hfconfig import load_hf_config
 
 FUZZ = settings(
     max_examples=int(os.environ.get("INFERMETER_FUZZ_EXAMPLES", 60)),

@@ -8,8 +8,8 @@ import pytest
 
 from fake_nvml import FakeClock, FakeGpu, FakeNvml, fake_uuid, mig_instance
 from infermeter.errors import UserError
-from infermeter.gpus import cuda_ordinal, resolve_gpus
-from infermeter.meter import Meter
+from infermeter.measure.gpus import cuda_ordinal, resolve_gpus
+from infermeter.measure.meter import Meter
 
 JOB = 2  # the job's GPU draws 400 W, the others idle at 60 W (the issue's reproduction)
 
@@ -157,8 +157,8 @@ def test_a_gpu_cuda_does_not_show_is_refused_in_one_line(tmp_path: object) -> No
     """Without that GPU (here: no CUDA at all) `--device cuda:1` stops before anything runs."""
     from typer.testing import CliRunner
 
-    from infermeter.cli import app
-    from infermeter.provenance import cuda_device_name
+    from infermeter.cli.main import app
+    from infermeter.store.provenance import cuda_device_name
 
     if cuda_device_name("cuda:1") is not None:
         pytest.skip("this machine has a second GPU")

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from infermeter.errors import UserError
-from infermeter.hardware import (
+from infermeter.spec.hardware import (
     ACCELERATORS,
     ALIASES,
     NUMERIC_FIELDS,
@@ -24,7 +24,7 @@ from infermeter.hardware import (
     get_accelerator,
     load_hardware_config,
 )
-from infermeter.spec import DTYPE_BYTES
+from infermeter.spec.model import DTYPE_BYTES
 
 REQUIRED_NAMES = (
     "v100-sxm2-32gb",

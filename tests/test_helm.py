@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from infermeter.errors import UserError
-from infermeter.helm import load_helm_efficiency, load_profile, save_helm_efficiency
+from infermeter.model.helm import load_helm_efficiency, load_profile, save_helm_efficiency
 
 SAMPLE = Path(__file__).parent / "data" / "helm_efficiency_sample.json"
 
@@ -35,7 +35,7 @@ def test_profile_file_needs_model_when_several(tmp_path: Path) -> None:
 
 
 def test_our_fit_exports_to_helm_and_back(tmp_path: Path) -> None:
-    from infermeter.cost_model import CostModel
+    from infermeter.model.cost_model import CostModel
 
     ours = CostModel([1, 256, 512], [0.01, 0.02, 0.04], 0.005, model="tiny")
     path = save_helm_efficiency({"tiny": ours}, tmp_path / "h.json")

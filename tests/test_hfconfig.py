@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from infermeter.errors import UserError
-from infermeter.hfconfig import SUPPORTED_FAMILIES, load_hf_config, spec_from_hf_config
+from infermeter.spec.hfconfig import SUPPORTED_FAMILIES, load_hf_config, spec_from_hf_config
 
 CONFIGS = Path(__file__).parent / "data" / "hf_configs"
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-import infermeter.memory
+import infermeter.measure.memory
 from infermeter.backends.engine import EngineBackend
 from infermeter.backends.hf import HFBackend
-from infermeter.catalog import get_spec
 from infermeter.errors import UserError
-from infermeter.memory import available_bytes, check_weights_fit
+from infermeter.measure.memory import available_bytes, check_weights_fit
+from infermeter.spec.catalog import get_spec
 
 HOST_BYTES = 16 * 2**30  # what the checks below are told the host has free
 
@@ -18,7 +18,7 @@ HOST_BYTES = 16 * 2**30  # what the checks below are told the host has free
 def small_host(monkeypatch: pytest.MonkeyPatch) -> None:
     """16 GiB free whatever this machine has: on a host with more than ~270 GiB free the
     refusal would not happen and the test would build 243 GiB of weights."""
-    monkeypatch.setattr(infermeter.memory, "available_bytes", lambda device: HOST_BYTES)
+    monkeypatch.setattr(infermeter.measure.memory, "available_bytes", lambda device: HOST_BYTES)
 
 
 def test_host_memory_is_known_here() -> None:

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from fake_nvml import NVML_ERROR_NOT_SUPPORTED, FakeClock, FakeGpu, FakeNvml, NVMLError
-from infermeter.meter import Meter
+from infermeter.measure.meter import Meter
 
 CLOCK = FakeClock()
 
@@ -61,7 +61,7 @@ def test_no_counter_falls_back_to_integration() -> None:
 
 
 def test_without_nvml_windows_are_empty_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
-    import infermeter.meter as meter_module
+    import infermeter.measure.meter as meter_module
 
     monkeypatch.setattr(meter_module, "load_nvml", lambda: (None, "NVML unavailable (test)"))
     with Meter() as meter:

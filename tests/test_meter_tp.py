@@ -14,12 +14,12 @@ import pytest
 from fake_nvml import FakeClock, FakeGpu, FakeNvml
 from infermeter.backends.base import Measurement, Point
 from infermeter.backends.engine import EngineBackend
-from infermeter.catalog import get_spec
-from infermeter.energy import generate_batch
-from infermeter.fit import fit_cost_model
-from infermeter.meter import Meter
-from infermeter.profile import ProfileGrid, run_profile
-from infermeter.store import Store
+from infermeter.experiments.energy import generate_batch
+from infermeter.experiments.profile import ProfileGrid, run_profile
+from infermeter.measure.meter import Meter
+from infermeter.model.fit import fit_cost_model
+from infermeter.spec.catalog import get_spec
+from infermeter.store.db import Store
 
 SPEC = get_spec("tiny-llama")
 WATTS = (300.0, 200.0)  # the two ranks' GPUs

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from infermeter.catalog import get_spec, spec_report
-from infermeter.cli import app
+from infermeter.cli.main import app
+from infermeter.spec.catalog import get_spec, spec_report
 
 CONFIGS = Path(__file__).parent / "data" / "hf_configs"
 

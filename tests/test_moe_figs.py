@@ -6,9 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from infermeter.catalog import get_spec
 from infermeter.report.moe_figs import distinct_experts_prediction, fig_moe_batch_curve
 from infermeter.report.plot import encode
+from infermeter.spec.catalog import get_spec
 
 
 def test_prediction_scales_the_batch_1_step_by_bytes() -> None:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from fake_nvml import FakeGpu, FakeNvml
 from infermeter.errors import UserError
-from infermeter.powercap import PowerCap
+from infermeter.measure.powercap import PowerCap
 
 TESTS = Path(__file__).resolve().parent
 
@@ -65,7 +65,7 @@ def test_without_permission_nothing_stays_changed() -> None:
 
 
 def test_without_nvml_it_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
-    import infermeter.powercap as powercap
+    import infermeter.measure.powercap as powercap
 
     monkeypatch.setattr(powercap, "load_nvml", lambda: (None, "NVML unavailable (test)"))
     with pytest.raises(UserError, match=r"needs NVML.*nothing was changed"):
@@ -90,7 +90,7 @@ CHILD = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from fake_nvml import FakeGpu, FakeNvml
-from infermeter.powercap import PowerCap
+from infermeter.measure.powercap import PowerCap
 
 log = open({log!r}, "a")
 
@@ -159,7 +159,7 @@ def child(tmp_path: Path, body: str) -> Path:
 import os, signal, sys, time
 sys.path.insert(0, {str(TESTS)!r})
 from fake_nvml import FakeGpu, FakeNvml
-from infermeter.powercap import PowerCap
+from infermeter.measure.powercap import PowerCap
 
 class Nvml(FakeNvml):
     pass
@@ -184,13 +184,13 @@ def limits_w(tmp_path: Path) -> list[float]:
 
 
 KILLED_MID_SWEEP = """
-from infermeter.catalog import get_spec
+from infermeter.spec.catalog import get_spec
 from infermeter.backends.engine import EngineBackend
-from infermeter.datasets import load_workload
-from infermeter.energy import EnergySweep, run_energy
-from infermeter.meter import Meter
-from infermeter.store import Store
-from infermeter.tokenizer import tokenizer_for
+from infermeter.workloads.datasets import load_workload
+from infermeter.experiments.energy import EnergySweep, run_energy
+from infermeter.measure.meter import Meter
+from infermeter.store.db import Store
+from infermeter.workloads.tokenizer import tokenizer_for
 
 nvml = machine()
 spec = get_spec("tiny-llama")
@@ -215,8 +215,8 @@ def test_a_cap_left_by_kill_9_is_detected_and_restored(
 
     from typer.testing import CliRunner
 
-    import infermeter.powercap as powercap
-    from infermeter.cli import app
+    import infermeter.measure.powercap as powercap
+    from infermeter.cli.main import app
 
     store = tmp_path / "e.sqlite"
     proc = subprocess.Popen(
@@ -281,7 +281,7 @@ def test_a_signal_while_capping_leaves_no_cap(tmp_path: Path, name: str, code: i
     assert done.returncode == code, done.stderr
     assert "never here" not in done.stdout
     assert limits_w(tmp_path) == [700.0, 700.0]  # GPU 0 went back too
-    from infermeter.powercap import leftover_caps
+    from infermeter.measure.powercap import leftover_caps
 
     assert leftover_caps(persisted(tmp_path)) == []  # and the state file is clean
 
@@ -325,7 +325,7 @@ def test_an_ignored_sigint_keeps_the_cap_for_the_whole_sweep(tmp_path: Path) -> 
 
 def test_caps_go_only_to_the_gpus_named_by_uuid() -> None:
     from fake_nvml import fake_uuid
-    from infermeter.gpus import resolve_gpus
+    from infermeter.measure.gpus import resolve_gpus
 
     nvml = FakeNvml([FakeGpu() for _ in range(4)])
     env = {"CUDA_VISIBLE_DEVICES": f"{fake_uuid(3)},{fake_uuid(1)}"}

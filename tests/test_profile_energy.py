@@ -15,11 +15,11 @@ import pytest
 from fake_nvml import FakeClock, FakeGpu, FakeNvml, clock_generation
 from infermeter.backends.base import Point
 from infermeter.backends.hf import HFBackend
-from infermeter.catalog import get_spec
-from infermeter.fit import fit_cost_model
-from infermeter.meter import Meter
-from infermeter.profile import ProfileGrid, run_profile
-from infermeter.store import Store
+from infermeter.experiments.profile import ProfileGrid, run_profile
+from infermeter.measure.meter import Meter
+from infermeter.model.fit import fit_cost_model
+from infermeter.spec.catalog import get_spec
+from infermeter.store.db import Store
 
 
 def metered(power=lambda t: 250.0, interval_s: float = 0.005) -> tuple[Meter, FakeClock]:
@@ -93,7 +93,7 @@ def test_phase_split_measures_prefill_when_the_grid_has_no_single_token_point(
 
 @pytest.mark.slow
 def test_short_queries_are_metered_over_repeated_runs(tmp_path: Path) -> None:
-    from infermeter.profile import measure_point
+    from infermeter.experiments.profile import measure_point
 
     spec = get_spec("tiny-llama")
     meter, clock = metered()

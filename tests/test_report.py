@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 
 from cli_runner import invoke
-from infermeter.fitted import load_runs
+from infermeter.model.fitted import load_runs
 from infermeter.report import ReportInputs, build_report
 from infermeter.report.browser import check_page, find_chromium
 from infermeter.report.energy import power_cap_changes, read_energy_configs
 from infermeter.report.runtime_figs import raw_denoised_idealized
-from infermeter.store import Store
+from infermeter.store.db import Store
 from report_store import build_store, energy_rows, write_inputs
 
 FIGURES = {
@@ -185,9 +185,9 @@ def test_cli_bad_objective_is_one_line(built) -> None:
 
 def test_a_run_stored_without_a_device_is_labelled_by_its_backend(tmp_path: Path) -> None:
     from infermeter.backends.base import Measurement, Point
-    from infermeter.catalog import get_spec
-    from infermeter.fitted import describe_runs, load_runs
-    from infermeter.store import Store
+    from infermeter.model.fitted import describe_runs, load_runs
+    from infermeter.spec.catalog import get_spec
+    from infermeter.store.db import Store
 
     path = tmp_path / "s.sqlite"
     with Store(path) as store:
@@ -266,7 +266,7 @@ def _engine_run(
     store: Store, key: str, stack: dict, device: str, g: float, info: dict | None = None
 ) -> None:
     from infermeter.backends.base import Measurement
-    from infermeter.catalog import get_spec
+    from infermeter.spec.catalog import get_spec
     from report_store import GRID
 
     run, _ = store.open_run(
@@ -285,8 +285,8 @@ def test_a_run_without_an_accelerator_is_priced_as_the_gpu_it_ran_on(tmp_path: P
     """A record whose stack names no accelerator (as profile_bench wrote before) is priced as
     the GPU in its device field, not as the A100 fallback; and one stack profiled twice is one
     stack in Fig. 8, not a comparison of a stack with itself."""
-    from infermeter.hardware import Stack, get_accelerator
     from infermeter.report.build import stack_profiles
+    from infermeter.spec.hardware import Stack, get_accelerator
 
     path = tmp_path / "store.sqlite"
     h200 = Stack("engine", get_accelerator("h200-sxm"), dtype="bfloat16").to_dict()
@@ -314,8 +314,8 @@ def test_a_run_without_an_accelerator_is_priced_as_the_gpu_it_ran_on(tmp_path: P
 def test_fig8_keeps_apart_what_differs_in_dtype_or_machine(tmp_path: Path) -> None:
     """bf16 and fp32 on one GPU are two stacks; so are two different CPUs, which share the
     catalog's generic `cpu` entry."""
-    from infermeter.hardware import Stack, get_accelerator
     from infermeter.report.build import stack_profiles
+    from infermeter.spec.hardware import Stack, get_accelerator
 
     path = tmp_path / "store.sqlite"
     h200 = get_accelerator("h200-sxm")

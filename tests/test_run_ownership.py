@@ -19,11 +19,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import infermeter.memory
+import infermeter.measure.memory
 from api_servers import free_port
 from cli_runner import assert_one_line, invoke
 from infermeter.errors import UserError
-from infermeter.store import Store
+from infermeter.store.db import Store
 from timed_server import TimedServer
 
 GRID = ["--prompt-sizes", "1,16", "--output-sizes", "1,4,8,16", "--trials", "3"]
@@ -100,7 +100,7 @@ def test_a_dead_owner_is_taken_over_and_a_refused_start_keeps_the_run(
     assert listed.exit_code == 0 and "interrupted" in listed.stdout, listed.output
     # A start-up check that fails (memory) leaves the run as it was: no new, empty run.
     with monkeypatch.context() as patch:
-        patch.setattr(infermeter.memory, "available_bytes", lambda device: 1)
+        patch.setattr(infermeter.measure.memory, "available_bytes", lambda device: 1)
         assert_one_line(invoke(*command(store)), "GiB of weights")
     with Store(store, read_only=True) as db:
         assert db.runs()["id"].tolist() == [1]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from infermeter.spec import _LATER_FIELDS, MLA, ModelSpec, MoE
+from infermeter.spec.model import _LATER_FIELDS, MLA, ModelSpec, MoE
 
 
 def gpt3_style(

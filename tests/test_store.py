@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from infermeter.backends.base import Measurement, Point
-from infermeter.cost_model import CostModel
 from infermeter.errors import UserError
-from infermeter.store import SCHEMA_VERSION, Store, run_key
+from infermeter.model.cost_model import CostModel
+from infermeter.store.db import SCHEMA_VERSION, Store, run_key
 
 
 def open_run(db: Store, key: str = "k1"):

@@ -1,4 +1,5 @@
-"""Sweeps (infermeter.sweep) and merged stores (infermeter.merge): a SWEEP.toml's jobs, one
+"""Sweeps (infermeter.experiments.sweep) and merged stores (infermeter.experiments.merge): a
+SWEEP.toml's jobs, one
 after another or as Ray tasks on a local cluster (a head and one worker node on 127.0.0.x)
 with one worker killed mid-sweep; the merged store holds every run and point exactly once."""
 
@@ -21,11 +22,11 @@ from pathlib import Path
 import pytest
 
 from infermeter.backends.base import Measurement, Point
-from infermeter.commands.sweep import _options_of
+from infermeter.cli.sweep import _options_of
 from infermeter.errors import UserError
-from infermeter.merge import merge_stores
-from infermeter.store import Store
-from infermeter.sweep import check_options, load_sweep
+from infermeter.experiments.merge import merge_stores
+from infermeter.experiments.sweep import check_options, load_sweep
+from infermeter.store.db import Store
 
 GRID = """
 [defaults]

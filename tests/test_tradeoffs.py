@@ -9,11 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from infermeter.catalog import get_spec
-from infermeter.cost_model import CostModel
 from infermeter.errors import UserError
-from infermeter.estimate import Pricing
-from infermeter.tradeoffs import (
+from infermeter.model.cost_model import CostModel
+from infermeter.model.estimate import Pricing
+from infermeter.model.tradeoffs import (
     ModelProfile,
     evaluate_objective,
     pareto_front,
@@ -24,6 +23,7 @@ from infermeter.tradeoffs import (
     read_scenario_queries,
     tradeoff_table,
 )
+from infermeter.spec.catalog import get_spec
 
 A100 = Pricing("a100", 1, 3.6, 400.0)  # $0.001/s, 400 W
 

@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cli_runner import invoke
-from infermeter.catalog import get_spec
-from infermeter.cost_model import CostModel, ModelSet, models_from_dict, save_models
 from infermeter.errors import UserError
-from infermeter.estimate import Pricing, estimate_queries
-from infermeter.fit import FitPolicy, fit_cost_model, fit_profile, validation_errors
-from infermeter.profile import ProfileGrid, default_grid, validation_queries
+from infermeter.experiments.profile import ProfileGrid, default_grid, validation_queries
+from infermeter.model.cost_model import CostModel, ModelSet, models_from_dict, save_models
+from infermeter.model.estimate import Pricing, estimate_queries
+from infermeter.model.fit import FitPolicy, fit_cost_model, fit_profile, validation_errors
+from infermeter.spec.catalog import get_spec
 
 PRICING = Pricing("test", 1, 3.6, 100.0)  # $0.001 and 100 J per second
 

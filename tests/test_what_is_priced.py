@@ -120,8 +120,8 @@ def _store_with_validation(path: Path, off_by: float) -> None:
     """A run whose points lie on t = 0.01 + 0.002·p/16 + 0.005·(o − 1) and whose validation
     queries measured `off_by` times that: what a machine busy with other work produces."""
     from infermeter.backends.base import Measurement, Point
-    from infermeter.catalog import get_spec
-    from infermeter.store import Store
+    from infermeter.spec.catalog import get_spec
+    from infermeter.store.db import Store
 
     def t(p: int, o: int) -> float:
         return 0.01 + 0.002 * p / 16 + 0.005 * (o - 1)

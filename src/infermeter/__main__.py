@@ -1,6 +1,6 @@
 """`python -m infermeter`: the same command line as the `infermeter` script."""
 
-from infermeter.cli import app
+from infermeter.cli.main import app
 
 if __name__ == "__main__":
     app(prog_name="infermeter")

@@ -8,10 +8,10 @@ import json
 
 import torch
 
-from infermeter.catalog import get_spec
 from infermeter.engine import kernels, mla_kernels, moe_kernels
 from infermeter.engine.generate import Engine
 from infermeter.engine.select import _check_newer_kernels
+from infermeter.spec.catalog import get_spec
 
 DENSE = ("tiny-llama", "tiny-gptj", "tiny-bloom")
 # MoE routing, latent attention, windows + sinks + biased experts, windows + soft-caps

@@ -13,13 +13,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # fake_nvml
 
 from fake_nvml import FakeGpu, FakeNvml
 from infermeter.backends.engine import EngineBackend
-from infermeter.catalog import get_spec
-from infermeter.cluster_meter import ClusterMeter
-from infermeter.energy import generate_batch
 from infermeter.engine.launched import join, launch_env, serve
-from infermeter.meter import Meter
-from infermeter.profile import ProfileGrid, run_profile
-from infermeter.store import Store
+from infermeter.experiments.energy import generate_batch
+from infermeter.experiments.profile import ProfileGrid, run_profile
+from infermeter.measure.cluster import ClusterMeter
+from infermeter.measure.meter import Meter
+from infermeter.spec.catalog import get_spec
+from infermeter.store.db import Store
 
 WATTS = {0: 300.0, 1: 200.0}  # by node
 env = launch_env()

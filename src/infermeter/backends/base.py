@@ -1,7 +1,8 @@
 """The seam every backend plugs into: run one (p, o, batch) point, return a Measurement.
 
 Backends that run the model here (engine, hf) also take `window`, an energy window
-(infermeter.meter.Window: begin(), end()), in `measure` and in a dataset `generate`, and open
+(infermeter.measure.meter.Window: begin(), end()), in `measure` and in a dataset `generate`, and
+open
 and close it around exactly the work they time, on whichever processes and GPUs do it: the one
 contract between backends and the meter. An API backend has no GPU of its own to meter.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from infermeter.spec import ModelSpec
+from infermeter.spec.model import ModelSpec
 
 
 @dataclass(frozen=True, order=True)

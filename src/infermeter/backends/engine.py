@@ -17,9 +17,9 @@ from typing import Any
 
 from infermeter.backends.base import Measurement, Point
 from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
-from infermeter.gpus import cuda_ordinal
-from infermeter.memory import check_weights_fit
-from infermeter.spec import ModelSpec
+from infermeter.measure.gpus import cuda_ordinal
+from infermeter.measure.memory import check_weights_fit
+from infermeter.spec.model import ModelSpec
 
 INSTALL_HINT = "pip install 'infermeter[torch]'"
 _DTYPES = {"float32", "float16", "bfloat16"}
@@ -122,9 +122,11 @@ class EngineBackend:
         }
         threads_note = None
         if self.tp == 1 and device == "cpu":
-            from infermeter.cpu import cpu_threads
+            from infermeter.measure.cpu import cpu_threads
 
-            threads, why = cpu_threads()  # the cores other work leaves free (infermeter.cpu)
+            threads, why = (
+                cpu_threads()
+            )  # the cores other work leaves free (infermeter.measure.cpu)
             if threads is not None:
                 torch.set_num_threads(threads)
             threads_note = f"{torch.get_num_threads()} ({why})"
@@ -162,7 +164,7 @@ class EngineBackend:
     def _launch(self) -> Any:
         """The launcher's job this process is rank 0 of, for tp > 1 (None: the engine spawns
         its ranks itself). Raises UserError where tp is not the job's rank count."""
-        from infermeter.launcher import launch_env
+        from infermeter.engine.launcher import launch_env
 
         launched = launch_env() if self.tp > 1 else None
         if launched is not None and self.tp != launched.world:
@@ -189,7 +191,8 @@ class EngineBackend:
         """Forced output length (no EOS), fresh random prompt of exactly p tokens per sequence.
 
         runtime_s is the whole generate() call as its caller times it; `window` (an energy
-        window, infermeter.meter.Window) brackets the timed generation on every rank. Running
+        window, infermeter.measure.meter.Window) brackets the timed generation on every rank.
+        Running
         out of memory gives an error Measurement (the KV cache and graphs are freed).
         """
         if (
@@ -291,7 +294,7 @@ class EngineBackend:
         if launched is not None:
             info.update(launched.describe())  # torchrun or slurm, nodes and ranks
         if self._device == "cpu":
-            from infermeter.provenance import cpu_name
+            from infermeter.store.provenance import cpu_name
 
             info["device"] = f"cpu: {cpu_name()}"
         return info

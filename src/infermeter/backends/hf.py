@@ -18,8 +18,8 @@ from typing import Any
 
 from infermeter.backends.base import Measurement, Point
 from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
-from infermeter.memory import check_weights_fit
-from infermeter.spec import ModelSpec
+from infermeter.measure.memory import check_weights_fit
+from infermeter.spec.model import ModelSpec
 
 INSTALL_HINT = "pip install 'infermeter[torch]'"
 
@@ -501,7 +501,7 @@ class HFBackend:
 
     def measure(self, point: Point, window: Any = None) -> Measurement:
         """One generate() of `point` with a forced length; `window` (an energy window,
-        infermeter.meter.Window) brackets exactly the timed call. Running out of memory
+        infermeter.measure.meter.Window) brackets exactly the timed call. Running out of memory
         gives an error Measurement."""
         if self.model is None or self.spec is None:
             raise RuntimeError("HFBackend.measure() called before prepare()")

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Literal
 
-from infermeter.api.client import (
+from infermeter.backends.api.client import (
     OPTIONAL_FEATURES,
     ApiClient,
     ApiConfig,
@@ -44,16 +44,16 @@ from infermeter.api.client import (
     gc_paused,
     split_credentials,
 )
-from infermeter.api.prompts import (
+from infermeter.backends.base import Measurement, Point
+from infermeter.errors import UserError
+from infermeter.spec.model import ModelSpec
+from infermeter.workloads.prompts import (
     CalibrationCache,
     ExactPrompts,
     PromptFactory,
     prompt_seed,
 )
-from infermeter.backends.base import Measurement, Point
-from infermeter.errors import UserError
-from infermeter.spec import ModelSpec
-from infermeter.tokenizer import Tokenizer, load_tokenizer
+from infermeter.workloads.tokenizer import Tokenizer, load_tokenizer
 
 KEY_ENV = ("INFERMETER_API_KEY", "OPENAI_API_KEY")
 URL_ENV = ("INFERMETER_BASE_URL", "OPENAI_BASE_URL")
@@ -81,7 +81,7 @@ def api_spec(model: str, max_context: int = 131072) -> ModelSpec:
     The placeholder carries only the name and a context limit (the server enforces its own);
     its layer sizes are 1 and mean nothing: a black box is fitted, never derived.
     """
-    from infermeter.catalog import resolve_spec
+    from infermeter.spec.catalog import resolve_spec
 
     try:
         return resolve_spec(model)
@@ -500,7 +500,7 @@ class OpenAIBackend:
             "stream_usage": self.stream_usage,
             "notes": self._notes
             + ([self.prompts.note] if self.prompts is not None and self.prompts.note else []),
-            "client": "infermeter.api.http (HTTP/1.1 on asyncio)",
+            "client": "infermeter.backends.api.http (HTTP/1.1 on asyncio)",
         }
 
     def close(self) -> None:

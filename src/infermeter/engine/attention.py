@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from infermeter.spec import ModelSpec
+from infermeter.spec.model import ModelSpec
 
 
 def window_mask(queries: Tensor, keys: Tensor, window: int | None) -> Tensor:

@@ -35,7 +35,7 @@ from torch import Tensor
 from infermeter.engine.model import Decoder, rotary_dim
 from infermeter.engine.weights import assign, logical_tensors
 from infermeter.errors import UserError
-from infermeter.spec import ModelSpec
+from infermeter.spec.model import ModelSpec
 
 LOADABLE = (
     "deepseek_v2",
@@ -285,7 +285,7 @@ def _config(path: Path) -> dict[str, Any]:
 
 def _check_config(spec: ModelSpec, path: Path, config: dict[str, Any]) -> None:
     """The checkpoint's config.json must describe the spec's shapes."""
-    from infermeter.hfconfig import spec_from_hf_config
+    from infermeter.spec.hfconfig import spec_from_hf_config
 
     if not config:
         return

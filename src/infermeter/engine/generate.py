@@ -30,7 +30,7 @@ from infermeter.engine.parallel import Comm, partition
 from infermeter.engine.select import choose_attention, choose_moe
 from infermeter.engine.weights import init_random, load_checkpoint
 from infermeter.errors import UserError, is_oom
-from infermeter.spec import ModelSpec
+from infermeter.spec.model import ModelSpec
 
 Sampling = Literal["greedy", "top_p"]
 SPAN_BUCKET = 64  # masked decode attends to a multiple of this many keys (and caches round up)
@@ -359,7 +359,7 @@ class Engine:
 
         Without stop tokens the length is forced (profiling); with them, finished sequences are
         padded with their stop token and the run ends once all have stopped. `window` (an
-        energy window: begin(), end(); infermeter.meter.Window) brackets exactly the timed
+        energy window: begin(), end(); infermeter.measure.meter.Window) brackets exactly the timed
         generation, after a first visit's warm-up and graph capture; under tensor parallelism
         every rank gets it and its edges wait for all of them.
         """

@@ -166,7 +166,7 @@ class RankGroup:
         self, method: str, *args: Any, timeout_s: float, window: Any = None, **kwargs: Any
     ) -> Any:
         """Run `method` on every rank and return rank 0's answer; `window` (begin()/end(),
-        e.g. infermeter.meter.Window) is opened and closed here when the ranks reach its
+        e.g. infermeter.measure.meter.Window) is opened and closed here when the ranks reach its
         edges. Raises what a rank raised: UserError, DoesNotFit, DeviceOutOfMemory, or
         RuntimeError with its traceback (TimeoutError past `timeout_s`)."""
         if not self.alive:

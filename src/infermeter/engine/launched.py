@@ -15,7 +15,7 @@ the same line (Cluster.watch).
 
 The tensor-parallel group itself is torch.distributed's (NCCL on GPUs, gloo on CPUs) over all
 ranks of all nodes, with a gloo group beside it for energy-window edges: each node's first
-rank meters its own GPUs and rank 0 gathers the windows (infermeter.cluster_meter). Each rank
+rank meters its own GPUs and rank 0 gathers the windows (infermeter.measure.cluster). Each rank
 uses the GPU of its LOCAL_RANK. Without a launcher nothing here runs: the engine spawns its
 ranks itself on one host (infermeter.engine.launch), as before.
 """
@@ -37,10 +37,10 @@ from datetime import timedelta
 from typing import Any
 
 from infermeter.engine.launch import GRACE_S, rank_error
+from infermeter.engine.launcher import LaunchEnv, RankLost, launch_env
 from infermeter.errors import UserError, is_oom, oom_line
-from infermeter.launcher import LaunchEnv, RankLost, launch_env
 
-# Re-exported: what a launched command needs lives in infermeter.launcher (no torch there).
+# Re-exported: what a launched command needs lives in infermeter.engine.launcher (no torch there).
 __all__ = ["Cluster", "LaunchEnv", "LaunchedGroup", "RankLost", "join", "launch_env", "serve"]
 
 HEARTBEAT_S = 0.5  # each rank bumps its counter this often
@@ -376,7 +376,7 @@ def current() -> Cluster | None:
 
 class _FollowerWindow:
     """A follower's side of an energy window inside an engine call: the same barriers and
-    gather as rank 0's (infermeter.cluster_meter), and the node's meter on a node's first
+    gather as rank 0's (infermeter.measure.cluster), and the node's meter on a node's first
     rank."""
 
     def __init__(self, cluster: Cluster, meter: Any, name: str) -> None:
@@ -399,7 +399,7 @@ class _FollowerWindow:
 class DriverWindow:
     """Rank 0's side of an energy window inside an engine call. Every edge is a barrier of
     all ranks around the window's own edge; the end gathers the other nodes' windows and a
-    node-spanning meter (infermeter.cluster_meter) adds them in."""
+    node-spanning meter (infermeter.measure.cluster) adds them in."""
 
     def __init__(self, cluster: Cluster, window: Any) -> None:
         self.cluster, self.window = cluster, window
@@ -489,7 +489,7 @@ def _run(
 
 def _node_meter(env: LaunchEnv, options: dict) -> Any:
     """The Meter over this node's GPUs (its ranks' cuda:0 .. local_world - 1)."""
-    from infermeter.meter import Meter
+    from infermeter.measure.meter import Meter
 
     return Meter.for_device("cuda", env.local_world, local=True, **options)
 

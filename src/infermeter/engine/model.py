@@ -47,7 +47,7 @@ from infermeter.engine.attention import LatentAttention, attend, window_mask
 from infermeter.engine.moe import MoELayer, activation
 from infermeter.engine.parallel import Comm, Layout
 from infermeter.engine.rope import rotations
-from infermeter.spec import ModelSpec
+from infermeter.spec.model import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from infermeter.spec import ModelSpec
+from infermeter.spec.model import ModelSpec
 
 
 def activation(y: Tensor, kind: str, width: int, extra: dict[str, Any]) -> Tensor:

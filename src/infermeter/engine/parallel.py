@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from infermeter.errors import UserError
-from infermeter.spec import ModelSpec
+from infermeter.spec.model import ModelSpec
 
 
 @dataclass(frozen=True)

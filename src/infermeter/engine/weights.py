@@ -32,7 +32,7 @@ from torch import Tensor
 
 from infermeter.engine.model import Arch, Block, Decoder
 from infermeter.errors import UserError
-from infermeter.spec import ModelSpec
+from infermeter.spec.model import ModelSpec
 
 STD = 0.02
 

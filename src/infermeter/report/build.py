@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from infermeter.compare import StackProfile, compare_stacks, default_queries
 from infermeter.errors import UserError
-from infermeter.fitted import (
+from infermeter.model.compare import StackProfile, compare_stacks, default_queries
+from infermeter.model.fitted import (
     StoredRun,
     api_runs,
     describe_runs,
@@ -24,14 +24,7 @@ from infermeter.fitted import (
     reference_runs,
     run_summary,
 )
-from infermeter.provenance import git_commit, package_version, utc_date
-from infermeter.report import energy as en
-from infermeter.report import load_figs as lf
-from infermeter.report import runtime_figs as rt
-from infermeter.report import tradeoff_figs as tf
-from infermeter.report.html import Section, missing_html, render
-from infermeter.report.plot import ImageFormat, Plot
-from infermeter.tradeoffs import (
+from infermeter.model.tradeoffs import (
     DEFAULT_OBJECTIVES,
     ModelProfile,
     rank_models,
@@ -39,6 +32,13 @@ from infermeter.tradeoffs import (
     read_scenario_queries,
     tradeoff_table,
 )
+from infermeter.report import energy as en
+from infermeter.report import load_figs as lf
+from infermeter.report import runtime_figs as rt
+from infermeter.report import tradeoff_figs as tf
+from infermeter.report.html import Section, missing_html, render
+from infermeter.report.plot import ImageFormat, Plot
+from infermeter.store.provenance import git_commit, package_version, utc_date
 
 PROFILE_CMD = "infermeter profile MODEL --backend engine --store STORE"
 API_CMD = "infermeter profile MODEL --backend openai --base-url http://HOST:PORT/v1 --store STORE"
@@ -71,7 +71,7 @@ class Report:
     html: str
 
     def write(self, path: str | Path) -> Path:
-        from infermeter.outputs import check_output_folder, writing
+        from infermeter.store.outputs import check_output_folder, writing
 
         path = Path(path)
         check_output_folder(path.parent if str(path.parent) else ".", "report folder")

@@ -1,7 +1,8 @@
 """Words-to-Watts figures from per-configuration energy rows, and power timelines.
 
 The energy experiment stores one row per configuration it ran in the table `energy_configs`
-(its schema is infermeter.energy's, shared with the experiment); each row belongs to a run
+(its schema is infermeter.experiments.energy's, shared with the experiment); each row belongs to a
+run
 of the `runs` table, which says the model, the device and when. The figures take a plain
 DataFrame with ENERGY_COLUMNS, so rows from anywhere (a CSV, a notebook) draw the same:
 
@@ -24,11 +25,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Patch
 
-from infermeter.energy import CONFIG_COLUMNS, ensure_tables
 from infermeter.errors import UserError
-from infermeter.fitted import StoredRun
+from infermeter.experiments.energy import CONFIG_COLUMNS, ensure_tables
+from infermeter.model.fitted import StoredRun
 from infermeter.report.plot import Plot, color, new_figure
-from infermeter.store import Store
+from infermeter.store.db import Store
 
 # What the figures need; model and device come from the run (or a column of their own).
 ENERGY_COLUMNS = (

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from infermeter.api.load import load_summary, timed_summary
-from infermeter.fitted import StoredRun
+from infermeter.experiments.load import load_summary, timed_summary
+from infermeter.model.fitted import StoredRun
 from infermeter.report.plot import Plot, color, new_figure
 
 LOAD_CMD = "infermeter load MODEL --base-url http://HOST:PORT/v1 --store STORE"

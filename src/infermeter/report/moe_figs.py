@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from infermeter.report.plot import Plot, color, new_figure
-from infermeter.spec import ModelSpec
+from infermeter.spec.model import ModelSpec
 
 
 def distinct_experts_prediction(

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from infermeter.fitted import StoredRun
+from infermeter.model.fitted import StoredRun
 from infermeter.report.plot import Plot, color, new_figure
 
 TABLE3_PROMPTS = (512, 1024, 1536)

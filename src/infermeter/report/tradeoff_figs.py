@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from infermeter.compare import StackComparison
+from infermeter.model.compare import StackComparison
+from infermeter.model.tradeoffs import METRICS
 from infermeter.report.plot import Plot, color, new_figure
-from infermeter.tradeoffs import METRICS
 
 # Fig. 9 shows cost in cents; the table keeps dollars.
 _DISPLAY_SCALE = {"idealized_cost_usd": (100.0, "idealized cost (cents)")}

@@ -1,1 +1,0 @@
-"""Groups of CLI commands kept out of infermeter.cli; each module has `register(app)`."""

@@ -1,0 +1,389 @@
+"""Load on an API: the paper's bursts (Fig. 6) and the modes peer load testers offer.
+
+- Bursts (`LoadGrid`, `run_load_sweep`): at a fixed prompt size p, for each output length o
+  and each concurrency c, `trials` times: send c requests of (p, o) at once and keep every
+  one's raw runtime. Each request is stored as its own point of a run (batch_size = c, trial
+  = t·c + slot), the c requests of one step in one go, so an interrupted sweep resumes at the
+  first unfinished step. Prompts differ per trial and per concurrency level.
+- Timed load (`TimedLoad`, `run_timed_load`): for each level, either c requests kept in
+  flight (`concurrent`: a new one as soon as one ends) or requests arriving at a rate
+  (`rate`, requests/s, evenly spaced or Poisson), for `warmup_s` (stored, marked, left out
+  of summaries) and then `duration_s`. A level is stored in one go as it ends.
+
+Every attempt is kept with its cause (Measurement.extra["attempts"]); a request's latency in
+the summaries is its whole time over all attempts and backoff (`total_s`), what its user
+waited. `load_summary` and `timed_summary` give per level the requests, failures, attempts
+and retries, p50/p90/p99 of latency, TTFT and inter-token latency (chunk gaps where tokens
+per chunk are unknown, labelled `gap_kind`); the burst summary also gives the paper's curve
+(the minimum over trials of the mean runtime of steps whose requests all succeeded: a step
+with a failure would make its level look faster) and the slowdown against the lowest c.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+import pandas as pd
+
+from infermeter.backends.base import Measurement, Point
+from infermeter.errors import UserError
+from infermeter.spec.model import ModelSpec
+from infermeter.store.db import RunRecord, Store, run_key
+
+
+@dataclass(frozen=True)
+class LoadGrid:
+    prompt_tokens: int
+    output_sizes: tuple[int, ...]
+    concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)
+    trials: int = 3
+
+    def validate(self, spec: ModelSpec) -> None:
+        if self.prompt_tokens < 1 or not self.output_sizes or min(self.output_sizes) < 1:
+            raise UserError("prompt tokens and output sizes must be positive")
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise UserError("concurrency levels must be positive, e.g. --concurrency 1,2,4,8")
+        if self.trials < 1:
+            raise UserError(f"trials must be at least 1, got {self.trials}")
+        if self.prompt_tokens + max(self.output_sizes) > spec.max_context:
+            raise UserError(
+                f"prompt {self.prompt_tokens} + output {max(self.output_sizes)} tokens exceeds "
+                f"{spec.name}'s context of {spec.max_context}"
+            )
+
+    def steps(self) -> list[tuple[int, int, int]]:
+        """(output tokens, concurrency, trial), trial-major like profile grids."""
+        return [
+            (o, c, t)
+            for t in range(self.trials)
+            for c in sorted(set(self.concurrency))
+            for o in sorted(set(self.output_sizes))
+        ]
+
+    def points(self, o: int, c: int, t: int) -> list[Point]:
+        return [Point(self.prompt_tokens, o, c, t * c + slot) for slot in range(c)]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "kind": "load",
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()},
+        }
+
+
+class ConcurrentBackend(Protocol):
+    """What the sweep needs: a backend that can send several points at once (openai)."""
+
+    name: str
+
+    def prepare(self, spec: ModelSpec) -> None: ...
+
+    def measure_many(self, points: list[Point]) -> list[Measurement]: ...
+
+    def describe(self) -> dict: ...
+
+    def close(self) -> None: ...
+
+
+StepCallback = Callable[[int, int, int, list[Measurement]], None]
+
+
+def run_load_sweep(
+    store: Store,
+    spec: ModelSpec,
+    stack: dict,
+    backend: ConcurrentBackend,
+    backend_options: dict,
+    grid: LoadGrid,
+    on_start: Callable[[RunRecord, int, int], None] | None = None,
+    on_step: StepCallback | None = None,
+    device: str = "",
+) -> RunRecord:
+    """Run every step of `grid` not already stored; each step is committed as it finishes."""
+    grid.validate(spec)
+    key = run_key(
+        {
+            "spec": spec.to_dict(),
+            "stack": stack,
+            "backend": backend.name,
+            "options": backend_options,
+            "grid": grid.to_dict(),
+        }
+    )
+    run, _ = store.open_run(
+        key=key,
+        model=spec.name,
+        spec=spec.to_dict(),
+        stack=stack,
+        backend=backend.name,
+        backend_info=backend_options,
+        grid=grid.to_dict(),
+        device=device,
+    )
+    done = store.finished_points(run.id)
+    steps = grid.steps()
+    todo = [s for s in steps if not set(grid.points(*s)) <= done]
+    if on_start:
+        on_start(run, len(steps) - len(todo), len(steps))
+    status = "interrupted"
+    try:
+        if todo:
+            backend.prepare(spec)
+            store.update_run_backend(run.id, {**backend_options, **backend.describe()})
+        for o, c, t in todo:
+            points = grid.points(o, c, t)
+            measurements = backend.measure_many(points)
+            for point, measurement in zip(points, measurements, strict=True):
+                measurement.extra["concurrency"] = c
+                measurement.extra["step_trial"] = t
+                store.record_point(run.id, point, measurement)
+            if on_step:
+                on_step(o, c, t, measurements)
+        status = "complete"
+    finally:
+        backend.close()
+        store.set_run_status(run.id, status)
+    return store.get_run(run.id)
+
+
+def request_details(points: pd.DataFrame) -> pd.DataFrame:
+    """Per stored request: latency over all attempts (total_s), attempts and chunk gaps."""
+    rows = []
+    for text, runtime in zip(points["extra_json"], points["runtime_s"], strict=True):
+        extra = json.loads(text) if isinstance(text, str) else {}
+        gaps = extra.get("itl_s")
+        kind = "itl"
+        if gaps is None:
+            gaps, kind = extra.get("chunk_gaps_s") or [], "chunk_gap"
+        total = extra.get("total_s")
+        rows.append(
+            {
+                "latency_s": total if total is not None else runtime,
+                "attempts": len(extra.get("attempts") or []) or 1,
+                "gaps_s": gaps,
+                "gap_kind": kind if gaps else None,
+                "warmup": bool(extra.get("warmup")),
+                "level": extra.get("level"),
+            }
+        )
+    return pd.DataFrame(rows, index=points.index)
+
+
+PERCENTILES = (50, 90, 99)
+
+
+def _spread(frame: pd.DataFrame) -> dict[str, float | int | str | None]:
+    """Counts and p50/p90/p99 of latency, TTFT and gaps over one level's requests."""
+    ok = frame[frame["status"] == "ok"]
+    out: dict[str, float | int | str | None] = {
+        "requests": len(frame),
+        "failed": int((frame["status"] == "error").sum()),
+        "flagged": int((frame["status"] == "flagged").sum()),
+        "attempts": int(frame["attempts"].sum()),
+        "retried": int((frame["attempts"] > 1).sum()),
+    }
+    gaps = [g for row in ok["gaps_s"] for g in row]
+    kinds = {k for k in ok["gap_kind"] if k}
+    out["gap_kind"] = ("itl" if kinds == {"itl"} else "chunk_gap") if kinds else None
+    for name, values in (
+        ("latency", ok["latency_s"].dropna().to_numpy(float)),
+        ("ttft", ok["ttft_s"].dropna().to_numpy(float)),
+        ("gap", np.asarray(gaps, dtype=float)),
+    ):
+        for q in PERCENTILES:
+            out[f"{name}_p{q}_s"] = float(np.percentile(values, q)) if len(values) else np.nan
+    return out
+
+
+def load_summary(points: pd.DataFrame) -> pd.DataFrame:
+    """Per (output tokens, concurrency) of a burst sweep: the Fig. 6 curve and the spread of
+    every request, failures and retries included."""
+    if points.empty:
+        return pd.DataFrame()
+    frame = points.rename(columns={"batch_size": "concurrency"}).copy()
+    frame = frame.join(request_details(points))
+    frame["step"] = frame["trial"] // frame["concurrency"]
+    keys = ["output_tokens", "concurrency"]
+    whole = frame.groupby([*keys, "step"])["status"].transform(lambda s: (s == "ok").all())
+    step_mean = frame[whole].groupby([*keys, "step"])["runtime_s"].mean()
+    usable = frame[frame["status"] == "ok"]
+    stats = usable.groupby(keys)["runtime_s"].agg(
+        median_s="median", p90_s=lambda s: s.quantile(0.9), mean_s="mean", std_s="std"
+    )
+    spread = pd.DataFrame(
+        {key: _spread(group) for key, group in frame.groupby(keys)}
+    ).T.rename_axis(keys)
+    summary = spread.join(step_mean.groupby(keys).min().rename("min_step_mean_s"))
+    summary = summary.join(stats).reset_index()
+    summary["errors"] = summary["failed"].astype(int)
+    summary["cv"] = (summary["std_s"].fillna(0.0) / summary["mean_s"]).where(
+        summary["mean_s"] > 0, 0.0
+    )
+    base = summary[summary["concurrency"] == summary["concurrency"].min()].set_index(
+        "output_tokens"
+    )["min_step_mean_s"]
+    summary["slowdown"] = summary["min_step_mean_s"] / summary["output_tokens"].map(base)
+    columns = ["output_tokens", "concurrency", "requests", "errors", "attempts", "retried"]
+    columns += ["min_step_mean_s", "median_s", "p90_s", "cv", "slowdown"]
+    columns += [f"{n}_p{q}_s" for n in ("latency", "ttft", "gap") for q in PERCENTILES]
+    columns += ["gap_kind"]
+    return summary[columns].infer_objects()
+
+
+# ---- timed load: c in flight, or a request rate --------------------------------------------
+
+Mode = Literal["concurrent", "rate"]
+Arrival = Literal["constant", "poisson"]
+
+
+@dataclass(frozen=True)
+class TimedLoad:
+    """Load for a time at each level: `concurrent` (c in flight) or `rate` (requests/s).
+
+    Levels are queries in flight or requests per second; times are seconds.
+    """
+
+    prompt_tokens: int
+    output_tokens: int
+    mode: Mode
+    levels: tuple[float, ...]
+    duration_s: float = 30.0
+    warmup_s: float = 5.0
+    arrival: Arrival = "poisson"
+    seed: int = 0
+
+    def validate(self, spec: ModelSpec) -> None:
+        if self.mode not in ("concurrent", "rate"):
+            raise UserError(f"--mode must be burst, concurrent or rate, got {self.mode!r}")
+        if self.arrival not in ("constant", "poisson"):
+            raise UserError(f"--arrival must be constant or poisson, got {self.arrival!r}")
+        if not self.levels or min(self.levels) <= 0:
+            what = "--rate" if self.mode == "rate" else "--concurrency"
+            raise UserError(f"{what} levels must be positive, e.g. {what} 1,2,4")
+        if self.mode == "concurrent" and any(int(c) != c for c in self.levels):
+            raise UserError("--concurrency levels must be whole numbers, e.g. 1,2,4")
+        if self.duration_s <= 0 or self.warmup_s < 0:
+            raise UserError("--duration-s must be positive and --warmup-s at least 0")
+        if self.prompt_tokens < 1 or self.output_tokens < 1:
+            raise UserError("prompt tokens and output sizes must be positive")
+        if self.prompt_tokens + self.output_tokens > spec.max_context:
+            raise UserError(
+                f"prompt {self.prompt_tokens} + output {self.output_tokens} tokens exceeds "
+                f"{spec.name}'s context of {spec.max_context}"
+            )
+
+    def arrivals(self, level: float) -> list[float]:
+        """Send times (s from the start) of a `rate` level over warm-up and duration."""
+        span = self.warmup_s + self.duration_s
+        rng = random.Random(self.seed * 1_000_003 + int(level * 1000))
+        times, t = [], 0.0
+        while True:
+            t += rng.expovariate(level) if self.arrival == "poisson" else 1.0 / level
+            if t >= span:
+                return times
+            times.append(t)
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["levels"] = list(self.levels)
+        return {"kind": f"load-{self.mode}", **data}
+
+
+class TimedBackend(Protocol):
+    """What timed load needs: the openai backend's measure_timed."""
+
+    name: str
+
+    def prepare(self, spec: ModelSpec) -> None: ...
+
+    def measure_timed(
+        self,
+        point_at: Callable[[int], Point],
+        concurrency: int | None,
+        arrivals: list[float] | None,
+        span_s: float,
+    ) -> list[tuple[Point, Measurement, float]]: ...
+
+    def describe(self) -> dict: ...
+
+    def close(self) -> None: ...
+
+
+def run_timed_load(
+    store: Store,
+    spec: ModelSpec,
+    stack: dict,
+    backend: TimedBackend,
+    backend_options: dict,
+    load: TimedLoad,
+    on_level: Callable[[float, list[Measurement]], None] | None = None,
+    device: str = "",
+) -> RunRecord:
+    """Run every level of `load` not already stored; each level is stored as it ends.
+
+    A level's requests are points (p, o, batch_size = level number from 1, trial = request
+    number); extra holds the level, the send time from the level's start (`start_s`) and
+    `warmup` for requests sent during the warm-up.
+    """
+    load.validate(spec)
+    grid = load.to_dict()
+    key = run_key(
+        {"spec": spec.to_dict(), "stack": stack, "backend": backend.name,
+         "options": backend_options, "grid": grid}
+    )  # fmt: skip
+    run, _ = store.open_run(
+        key=key, model=spec.name, spec=spec.to_dict(), stack=stack, backend=backend.name,
+        backend_info=backend_options, grid=grid, device=device,
+    )  # fmt: skip
+    stored = {pt.batch_size for pt in store.finished_points(run.id)}
+    status = "interrupted"
+    try:
+        for number, level in enumerate(load.levels, start=1):
+            if number in stored:
+                continue
+            backend.prepare(spec)
+            store.update_run_backend(run.id, {**backend_options, **backend.describe()})
+
+            def point_at(i: int, number: int = number) -> Point:
+                return Point(load.prompt_tokens, load.output_tokens, number, i)
+
+            concurrent = load.mode == "concurrent"
+            results = backend.measure_timed(
+                point_at,
+                int(level) if concurrent else None,
+                None if concurrent else load.arrivals(level),
+                load.warmup_s + load.duration_s,
+            )
+            for point, measurement, start in results:
+                measurement.extra.update(
+                    level=level, mode=load.mode, start_s=start, warmup=start < load.warmup_s
+                )
+                store.record_point(run.id, point, measurement)
+            if on_level:
+                on_level(level, [m for _, m, _ in results])
+        status = "complete"
+    finally:
+        backend.close()
+        store.set_run_status(run.id, status)
+    return store.get_run(run.id)
+
+
+def timed_summary(points: pd.DataFrame, duration_s: float) -> pd.DataFrame:
+    """Per level of a timed load (warm-up left out): counts, achieved rate and percentiles."""
+    if points.empty:
+        return pd.DataFrame()
+    frame = points.join(request_details(points))
+    frame = frame[~frame["warmup"]]
+    rows = []
+    for level, group in frame.groupby("level"):
+        row = {"level": level, **_spread(group)}
+        row["achieved_rps"] = int((group["status"] == "ok").sum()) / duration_s
+        rows.append(row)
+    columns = ["level", "requests", "failed", "flagged", "attempts", "retried", "achieved_rps"]
+    columns += [f"{n}_p{q}_s" for n in ("latency", "ttft", "gap") for q in PERCENTILES]
+    columns += ["gap_kind"]
+    return pd.DataFrame(rows)[columns].infer_objects()

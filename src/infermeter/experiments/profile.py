@@ -1,0 +1,499 @@
+"""Profiling: run a grid of (p, o, batch) points on a backend, storing each as it lands, then
+check the fit on queries the grid never held.
+
+Where energy is metered, a point's trials run back to back inside one energy window
+that goes on with further runs of the point until it spans `min_energy_window_s` (default 1 s),
+and each trial gets the window's joules over its runs: energy as a user measures it, over a
+second or more of the query repeated back to back. The window spans whole calls, host work
+included, on every GPU the run uses (so tensor parallelism is metered too); the runtime is the
+backend's wall clock of each whole call. Measured on an H200 (docs/benchmarks/bias_diagnosis.md),
+an isolated window read 4% below that, and a runtime of the device work alone 0.5-1 ms below
+the call a user times: the two biases issue 15 found. Unmetered profiles (a CPU, an API) go
+trial by trial over all points instead, so that a burst of load spoils one trial of many
+points rather than all trials of one.
+
+Validation: after the grid, `validate` queries drawn to look like what users price (half with
+1-16 output tokens, p across the whole context; half longer), never on a profiled prompt size
+nor a multiple of 64, are measured the same way and stored beside the points; their error is
+the figure the profile reports about itself (fit.validation_errors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from infermeter.backends.base import Backend, Measurement, Point
+from infermeter.errors import UserError
+from infermeter.measure.meter import Meter, check_warmup_s, warm_up
+from infermeter.model.cost_model import CostModel
+from infermeter.spec.model import ModelSpec
+from infermeter.store.db import RunRecord, Store, run_key
+
+# The paper's profile for a 2,048-token context (§3.4), and the default grid that replaced it
+# (see default_grid): short outputs along o, and PE across the whole context.
+PAPER_PROMPT_SIZES = (1, 256, 512, 1024, 1536)
+PAPER_OUTPUT_SIZES = (1, 32, 64, 128, 256)
+GPU_OUTPUT_SIZES = (1, 2, 4, 8, 32, 128, 512)
+CPU_OUTPUT_SIZES = (1, 2, 4, 8, 16, 32)
+# Trials per point by default, on a GPU and a CPU alike. Measured for `profile gpt2` on a
+# 2-core VM: 2 trials took 29-37 s quiet but missed the validation queries by 9-15% (the first
+# call of each prompt length is slow on a CPU, so one trial of two is cold); 3 trials took
+# 36-37 s quiet and 97 s beside two busy processes, and missed them by 4-8%.
+DEFAULT_TRIALS = 3
+# Energy over at least this much of a query back to back (what a user's meter reads).
+MIN_ENERGY_WINDOW_S = 1.0
+# Metered points of at most this many output tokens run once untimed before their trials.
+PRE_ROLL_MAX_OUTPUT = 32
+# Validation outputs stop here: longer ones cost seconds each and price like shorter ones.
+LONGEST_VALIDATION_OUTPUT = 256
+# Validation queries by default: many where a GPU makes them cheap, a few on a CPU.
+DEFAULT_VALIDATE_GPU = 16
+DEFAULT_VALIDATE_CPU = 4
+# Past these errors on the validation queries a fit is not to be trusted: a quiet machine's
+# profile misses them by a few percent (gpt2 on a 2-core CPU: 2.3%; llama-7b on an H200: 1.0%
+# runtime, 7.5% energy), a machine busy with other work by tens of percent.
+NOISY_MAPE_PCT = 10.0
+NOISY_MAX_PCT = 25.0
+
+
+@dataclass(frozen=True)
+class ProfileGrid:
+    """The points to profile: every prompt size × output length × batch size, and prompt sizes
+    measured at o = 1 only (`pe_sizes`: PE knots between the others), `trials` times each."""
+
+    prompt_sizes: tuple[int, ...]
+    output_sizes: tuple[int, ...]
+    batch_sizes: tuple[int, ...] = (1,)
+    trials: int = 3
+    pe_sizes: tuple[int, ...] = ()
+
+    def validate(self, spec: ModelSpec) -> None:
+        for label, sizes in (
+            ("prompt size", self.prompt_sizes),
+            ("output length", self.output_sizes),
+            ("batch size", self.batch_sizes),
+            ("PE prompt size", self.pe_sizes or (1,)),
+        ):
+            if not sizes:
+                raise UserError(f"no {label}s given")
+            bad = [s for s in sizes if s <= 0]
+            if bad:
+                raise UserError(f"{label}s must be positive, got {bad[0]}")
+        if self.trials < 1:
+            raise UserError(f"trials must be at least 1, got {self.trials}")
+        if len(set(self.output_sizes)) < 2:
+            raise UserError(
+                "the grid needs at least two distinct output lengths per prompt size to fit a "
+                "line; pass e.g. --output-sizes 1,16,32"
+            )
+        longest = max(self.prompt_sizes) + max(self.output_sizes)
+        if longest > spec.max_context:
+            raise UserError(
+                f"prompt {max(self.prompt_sizes)} + output {max(self.output_sizes)} = {longest} "
+                f"tokens exceeds {spec.name}'s context of {spec.max_context}; use smaller sizes"
+            )
+        if self.pe_sizes and max(self.pe_sizes) + 1 > spec.max_context:
+            raise UserError(
+                f"PE prompt size {max(self.pe_sizes)} leaves no room for an output token in "
+                f"{spec.name}'s context of {spec.max_context}"
+            )
+
+    def shapes(self) -> list[Point]:
+        """Every (p, o, batch) once (trial 0), in the order they are measured: by batch, then
+        prompt size, then output length (o = 1 first, so prefill energy is known early)."""
+        outputs = sorted(set(self.output_sizes))
+        curve = set(self.prompt_sizes)
+        return [
+            Point(p, o, b, 0)
+            for b in sorted(set(self.batch_sizes))
+            for p in sorted(curve | set(self.pe_sizes))
+            for o in (outputs if p in curve else [1])
+        ]
+
+    def points(self) -> list[Point]:
+        """Every trial of every shape."""
+        return [replace(s, trial=t) for s in self.shapes() for t in range(self.trials)]
+
+    def to_dict(self) -> dict[str, object]:
+        out = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+        if not self.pe_sizes:  # grids without PE sizes keep the keys of earlier versions
+            out.pop("pe_sizes")
+        return out
+
+
+def _off64(p: int) -> int:
+    """Move a prompt size off a multiple of 64 (measured on an H200, such sizes are 1.5% slower
+    than their neighbours: a knot there would price typical prompts high)."""
+    return p - 31 if p % 64 == 0 and p > 64 else p
+
+
+def default_grid(spec: ModelSpec, on_gpu: bool, trials: int = DEFAULT_TRIALS) -> ProfileGrid:
+    """The default grid for `spec`'s whole context.
+
+    Decode curves at three prompt sizes from 1 to the largest that leaves room for the longest
+    output (GPU: o = 1 .. 512, a quarter of a 2,048 context; CPU: o = 1 .. 32), and PE knots
+    every sixteenth of the context up to its end (every eighth up to half of it on a CPU, where
+    long prefills are slow), all off multiples of 64. On an H200 a LLaMA-7B profile of this
+    grid takes about 100 s with its energy windows and validation.
+    """
+    context = spec.max_context
+    wanted = GPU_OUTPUT_SIZES if on_gpu else CPU_OUTPUT_SIZES
+    outputs = tuple(o for o in wanted if o == 1 or o <= context // 4)
+    if len(outputs) < 2:
+        outputs = (1, 2)
+    last = context - max(outputs)  # the largest prompt size every output length fits after
+    if on_gpu:
+        curve = sorted({1, _off64(last // 2), _off64(last)})
+        pe_end, pe_step = context - 1, max(1, context // 16)
+    else:
+        curve = sorted({1, _off64(max(2, context // 8)), _off64(max(3, context // 4))})
+        pe_end, pe_step = _off64(context // 2), max(1, context // 8)  # one knot at the end
+    curve = [p for p in curve if 1 <= p <= last] or [1]
+    pe = sorted(
+        {_off64(p) for p in range(pe_step, pe_end + 1, pe_step) if p + 1 <= context} | {pe_end}
+    )
+    pe = [p for p in pe if p not in curve and 1 <= p <= context - 1]
+    return ProfileGrid(tuple(curve), outputs, (1,), trials, tuple(pe))
+
+
+def validation_queries(spec: ModelSpec, grid: ProfileGrid, count: int) -> list[Point]:
+    """`count` queries never profiled, shaped like what users price, the same on every rerun.
+
+    Half have 1-16 output tokens and p anywhere in the profiled range (classification and QA,
+    the paper's §5.4 workloads, where PE decides the price); half have longer outputs, up to the
+    grid's longest or 256. None is on a profiled prompt size or a multiple of 64, and none lies past
+    the grid's largest prompt size (the default grid reaches the end of the context; an API's
+    context is unknown). Fewer come back where the range holds fewer such queries.
+    """
+    if count < 0:
+        raise UserError(f"--validate must be 0 or more queries, not {count}")
+    context = spec.max_context
+    longest = max(grid.output_sizes)
+    seed = int(hashlib.sha256(f"{spec.name}:{context}:{longest}".encode()).hexdigest()[:8], 16)
+    rng = np.random.default_rng(seed)
+    profiled = set(grid.prompt_sizes) | set(grid.pe_sizes)
+    largest = max(profiled)
+    batch = min(grid.batch_sizes)
+    queries: list[Point] = []
+    seen: set[tuple[int, int]] = set()
+    attempts = 0
+    while len(queries) < count and attempts < 10_000:
+        attempts += 1
+        short = len(queries) < (count + 1) // 2
+        long_high = min(longest, LONGEST_VALIDATION_OUTPUT)
+        o_low, o_high = (1, min(16, longest)) if short else (min(17, long_high), long_high)
+        o = int(rng.integers(o_low, o_high + 1))
+        high = min(context - o, largest)
+        if high < 2:
+            continue
+        p = int(rng.integers(2, high + 1))
+        if p % 64 == 0 or p in profiled or (p, o) in seen:
+            continue
+        seen.add((p, o))
+        queries.append(Point(p, o, batch, 0))
+    return queries
+
+
+ProgressCallback = Callable[[Point, Measurement], None]
+
+
+def profile_key(
+    spec: ModelSpec,
+    stack: dict,
+    backend: str,
+    options: dict,
+    grid: ProfileGrid,
+    metered: bool = False,
+) -> str:
+    """Same inputs, same key. A metered profile is keyed apart from an unmetered one (the
+    energy windows are part of what it measures), so metering never resumes into a run whose
+    points have no joules; unmetered keys are those of earlier versions."""
+    parts = {
+        "spec": spec.to_dict(),
+        "stack": stack,
+        "backend": backend,
+        "options": options,
+        "grid": grid.to_dict(),
+    }
+    return run_key({**parts, "metered": True} if metered else parts)
+
+
+def run_profile(
+    store: Store,
+    spec: ModelSpec,
+    stack: dict,
+    backend: Backend,
+    backend_options: dict,
+    grid: ProfileGrid,
+    on_start: Callable[[RunRecord, int, int], None] | None = None,
+    on_point: ProgressCallback | None = None,
+    device: str = "",
+    meter: Meter | None = None,
+    min_energy_window_s: float = MIN_ENERGY_WINDOW_S,
+    warmup_s: float = 0.0,
+    validate: int = 0,
+) -> RunRecord:
+    """Measure every point of `grid` and every validation query not already stored.
+
+    Each point's trials are committed together before the next point runs; an interrupted
+    profile (Ctrl-C, a crash, SIGKILL) resumes at the point it was measuring when the same
+    profile is asked for again. With a `meter`, each point's trials and their energy window
+    are measured as the module docstring says, and the power samples land in the store beside
+    them; a metered profile first runs its largest point for `warmup_s` seconds, unrecorded, so
+    the card is at working temperature. `on_start` gets (run, done, total) counted in trials,
+    validation included; `on_point` each trial as it is stored.
+    """
+    grid.validate(spec)
+    check_warmup_s(warmup_s)
+    queries = validation_queries(spec, grid, validate)
+    # A GPU that gives no joules (no counter, no power reading) profiles runtime only; the
+    # run's record says so (backend_info["meter"]: energy_method "none" and the note).
+    metering = meter is not None and meter.measures_energy
+    key = profile_key(spec, stack, backend.name, backend_options, grid, metering)
+    store.claim(key)  # one process per run: a second identical command stops here
+    existing = store.find_run(key)
+    done = store.finished_points(existing.id) if existing else set()
+    checked = store.finished_validation(existing.id) if existing else set()
+    grid_todo = [s for s in grid.shapes() if _missing(s, grid.trials, done)]
+    check_todo = [q for q in queries if _missing(q, grid.trials, checked)]
+    total = (len(grid.shapes()) + len(queries)) * grid.trials
+    remaining = sum(len(_missing(s, grid.trials, done)) for s in grid_todo) + sum(
+        len(_missing(q, grid.trials, checked)) for q in check_todo
+    )
+    if existing is not None and not grid_todo and not check_todo:
+        if on_start:
+            on_start(existing, total, total)
+        store.set_run_status(existing.id, "complete")
+        return store.get_run(existing.id)
+    # The start-up checks (memory, the model itself; an API's port, key and calibration)
+    # run before the run is recorded: one that fails leaves no empty run behind, and a run
+    # that has points keeps its status, to be resumed by the same command.
+    try:
+        backend.prepare(spec)
+    except BaseException:
+        backend.close()
+        raise
+    run, resumed = store.open_run(
+        key=key,
+        model=spec.name,
+        spec=spec.to_dict(),
+        stack=stack,
+        backend=backend.name,
+        backend_info=backend_options,
+        grid=grid.to_dict(),
+        device=device,
+    )
+    if on_start:
+        on_start(run, total - remaining, total)
+    status = "interrupted"
+    try:
+        info = {**backend_options, **backend.describe()}
+        if meter is not None and meter.available:
+            info["meter"] = meter.describe()
+        if metering:
+            info["energy_window"] = (
+                f"whole calls back to back, at least {min_energy_window_s:g} s per point"
+            )
+        store.update_run_backend(run.id, info)
+        recorder = _Recorder(store, run.id, meter if metering else None, on_point)
+        if metering:
+            assert meter is not None
+            meter.measure_idle(1.0)
+            meter.start()
+            if warmup_s > 0:
+                # The longest generation after the longest prompt that allows it: decode
+                # and prefill, the work the profile is made of (not a prefill-only PE knot).
+                heavy = max(
+                    grid_todo or check_todo,
+                    key=lambda p: (p.batch_size, p.output_tokens, p.prompt_tokens),
+                )
+                info["thermal_warmup"] = thermal_warmup(backend, heavy, meter, warmup_s)
+                store.update_run_backend(run.id, info)
+        if metering:
+            phases = PhaseSplit(backend, meter, min_energy_window_s)
+            for shape in grid_todo:
+                trials = _missing(shape, grid.trials, done)
+                measured = measure_point(backend, shape, trials, meter, min_energy_window_s)
+                for point, measurement in measured:
+                    phases.split(point, measurement)
+                recorder.record(measured, validation=False)
+            for query in check_todo:
+                trials = _missing(query, grid.trials, checked)
+                measured = measure_point(backend, query, trials, meter, min_energy_window_s)
+                recorder.record(measured, validation=True)
+        else:
+            # Unmetered (a CPU, an API): trial-major, so that a burst of load on a shared
+            # machine or server spoils one trial of many points, not every trial of one.
+            for todo, stored, validation in ((grid_todo, done, False), (check_todo, checked, True)):
+                for trial in range(grid.trials):
+                    for shape in todo:
+                        if trial in _missing(shape, grid.trials, stored):
+                            point = replace(shape, trial=trial)
+                            recorder.record([(point, backend.measure(point))], validation)
+        status = "complete"
+    finally:
+        if meter is not None:
+            meter.stop()
+        backend.close()
+        if resumed or status == "complete" or not store.discard_if_empty(run.id):
+            store.set_run_status(run.id, status)
+    return store.get_run(run.id)
+
+
+def trust_warning(model: CostModel) -> str | None:
+    """A plain warning when the profile's own evidence (its error on the validation queries,
+    `model.fit["validation"]`) says the machine was too noisy for a trustworthy fit."""
+    check = (model.fit or {}).get("validation") or {}
+    mape, worst = check.get("mape_pct"), check.get("max_error_pct")
+    if not check.get("n") or mape is None or worst is None:
+        return None
+    if mape <= NOISY_MAPE_PCT and worst <= NOISY_MAX_PCT:
+        return None
+    what = "time" if model.quantity == "runtime_s" else "energy"
+    return (
+        f"the machine was too noisy for a trustworthy {what} fit: on {check['n']} queries never "
+        f"profiled its estimates are off by {mape:.1f}% on average and up to {worst:.1f}% "
+        f"(a quiet machine: a few percent); rerun with other work stopped, or with more "
+        "--trials"
+    )
+
+
+def _missing(shape: Point, trials: int, done: set[Point]) -> list[int]:
+    """The trial indices of `shape` not yet stored."""
+    return [t for t in range(trials) if replace(shape, trial=t) not in done]
+
+
+class _Recorder:
+    """Stores a point's trials in one transaction, with the power samples taken meanwhile."""
+
+    def __init__(
+        self, store: Store, run_id: int, meter: Meter | None, on_point: ProgressCallback | None
+    ) -> None:
+        self.store, self.run_id, self.meter, self.on_point = store, run_id, meter, on_point
+
+    def record(self, measured: list[tuple[Point, Measurement]], validation: bool) -> None:
+        for point, measurement in measured:
+            _flag_wrong_length(point, measurement)
+        self.store.record_points(self.run_id, measured, validation=validation)
+        if self.meter is not None:  # the samples since the last point leave the meter
+            self.store.record_samples(self.run_id, self.meter.drain(unix=True))
+        if self.on_point:
+            for point, measurement in measured:
+                self.on_point(point, measurement)
+
+
+def _flag_wrong_length(point: Point, measurement: Measurement) -> None:
+    """Kept for the record, left out of fits: the length was not what was asked."""
+    produced = measurement.output_tokens_actual
+    if measurement.status == "ok" and produced is not None and produced != point.output_tokens:
+        measurement.status = "flagged"
+        measurement.detail = f"produced {produced} tokens, asked {point.output_tokens}"
+
+
+def thermal_warmup(
+    backend: Backend, point: Point, meter: Meter, seconds: float
+) -> dict[str, float | int | None]:
+    """Run `point` back to back for `seconds` before a metered profile; nothing is recorded
+    (see infermeter.measure.meter.warm_up). Its first call sets the shape up (kernel compilation,
+    graph capture: 17 s on an H200 for LLaMA-7B, at idle power) and is not counted."""
+    setup_started = meter.clock.now()
+    backend.measure(replace(point, trial=0))
+    setup_s = meter.clock.now() - setup_started
+    return {
+        **warm_up(lambda: backend.measure(replace(point, trial=0)), meter, seconds),
+        "setup_s": setup_s,
+        "prompt_tokens": point.prompt_tokens,
+        "output_tokens": point.output_tokens,
+    }
+
+
+def measure_point(
+    backend: Backend,
+    shape: Point,
+    trials: list[int],
+    meter: Meter | None = None,
+    min_window_s: float = MIN_ENERGY_WINDOW_S,
+) -> list[tuple[Point, Measurement]]:
+    """The given trials of one (p, o, batch) shape, back to back; with a meter, inside one
+    energy window that further runs of the shape extend to `min_window_s`.
+
+    Every trial's runtime is its own whole call. Each ok trial's energy_j is the window's
+    joules over the number of runs in it (a mean: the window is one reading), and its extra
+    holds the window's figures (energy_window_runs, energy_window_s, method, per-GPU joules).
+    """
+    window = meter.window("point") if meter is not None and meter.measures_energy else None
+    measured: list[tuple[Point, Measurement]] = []
+    runs = 0
+    try:
+        if window is not None:
+            window.begin()
+            if shape.output_tokens <= PRE_ROLL_MAX_OUTPUT:
+                # Reading the counter's step idles the GPU for up to 0.1 s, and its clocks
+                # rise meanwhile: a short query timed right then runs 2-7% faster than the
+                # same query back to back (H200, LLaMA-7B). One untimed run first.
+                backend.measure(replace(shape, trial=0))
+                runs += 1
+        for trial in trials:
+            point = replace(shape, trial=trial)
+            measured.append((point, backend.measure(point)))
+            runs += 1
+        if window is not None and all(m.status == "ok" for _, m in measured):
+            while window.elapsed() < min_window_s:
+                backend.measure(replace(shape, trial=0))
+                runs += 1
+    finally:
+        result = window.close() if window is not None else None
+    if result is not None:
+        for _, measurement in measured:
+            if measurement.status != "ok":
+                continue
+            measurement.energy_j = None if result.total_j is None else result.total_j / runs
+            measurement.extra["energy_window_runs"] = runs
+            measurement.extra.update(result.as_extra())
+    return measured
+
+
+class PhaseSplit:
+    """Energy by phase: prefill (prompt encoding and the first token) vs decode.
+
+    A prefill lasts milliseconds, far below the energy counter's update period, so it is not
+    read off a mark inside the query: it is the energy of its own query, (p, o = 1), measured
+    back to back in one window (the grid's o = 1 points serve, measured first for each prompt
+    size; otherwise one extra window per prompt size). A query's decode energy is then its
+    energy less its prompt size's prefill energy.
+    """
+
+    def __init__(self, backend: Backend, meter: Meter | None, min_window_s: float) -> None:
+        self.backend = backend
+        self.meter = meter
+        self.min_window_s = min_window_s
+        self._prefill: dict[tuple[int, int], list[float]] = {}
+
+    def split(self, point: Point, measurement: Measurement) -> None:
+        """Put energy_prefill_j and energy_decode_j on an ok, metered measurement."""
+        if measurement.status != "ok" or measurement.energy_j is None:
+            return
+        key = (point.prompt_tokens, point.batch_size)
+        if point.output_tokens == 1:
+            self._prefill.setdefault(key, []).append(measurement.energy_j)
+        elif key not in self._prefill:
+            prefill = Point(point.prompt_tokens, 1, point.batch_size, 0)
+            (_, first), *_ = measure_point(
+                self.backend, prefill, [0], self.meter, self.min_window_s
+            )
+            if first.status != "ok" or first.energy_j is None:
+                return
+            self._prefill[key] = [first.energy_j]
+        prefill_j = float(np.mean(self._prefill[key]))
+        measurement.extra["energy_prefill_j"] = prefill_j
+        measurement.extra["energy_decode_j"] = measurement.energy_j - prefill_j
+        if point.output_tokens > 1:
+            per_token = measurement.extra["energy_decode_j"] / (point.output_tokens - 1)
+            measurement.extra["energy_per_decode_token_j"] = per_token

@@ -1,0 +1,798 @@
+"""GPU energy, power and utilisation, the way Zeus measures: begin a window, end a window.
+
+Energy comes from NVML's total-energy counter (millijoules since the driver loaded), read per
+GPU at both edges of a window and summed over the GPUs of a run. A background thread samples
+power and SM / memory utilisation (default every 100 ms) for timelines and, where the counter
+is missing, for energy by integrating power over time. On recent GPUs the plain power reading
+is a one-second average, so the sampler asks for the instantaneous power field where the
+driver has it and records which field it used.
+
+One contract with the work it meters: `meter.window()` gives a Window whose begin() and end()
+the timed work calls (a backend's measure or dataset generate takes it as an argument, and
+its engine ranks reach it through their parent under tensor parallelism), or that a caller
+holds around whole calls (`with meter.window(): ...`). The GPUs are those `resolve_gpus`
+found for the run (infermeter.measure.gpus): indices, UUIDs and MIG instances name the same cards
+for
+the backend, the meter, pricing and power caps.
+
+Every sensor is optional on its own, probed once per GPU: the energy counter
+(nvmlDeviceGetTotalEnergyConsumption), the power reading (the instant or average field of
+nvmlDeviceGetFieldValues, else nvmlDeviceGetPowerUsage) and utilisation
+(nvmlDeviceGetUtilizationRates). Energy uses the counter, else integrated power, else none
+(`energy_method`, with a note); a missing utilisation leaves SM/memory % empty. A reading that
+fails later (NVMLError) is skipped: no NVML exception leaves the sampler thread or a window
+edge. Samples are kept only while something needs them (an open window, the last `keep_s`
+seconds, or a `drain` to the store), so a long sweep holds as many as a short one.
+
+Written on nvidia-ml-py directly rather than on Zeus: infermeter needs utilisation samples
+beside power, a choice of power field, a window that reports both the counter and the
+integrated figure (to check one against the other), and an NVML seam that tests replace with
+a fake; Zeus's monitors cover the first window API but not these. Without NVML (no GPU, no
+driver, no permission) a Meter is inert: windows come back empty, with one note saying why.
+NVML reference: https://docs.nvidia.com/deploy/nvml-api/group__nvmlDeviceQueries.html
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from infermeter.errors import UserError
+from infermeter.measure.gpus import GpuRef, nvml_error, resolve_gpus
+
+# NVML field ids (nvml.h): instantaneous and averaged board power, in milliwatts.
+FI_DEV_POWER_AVERAGE = 185
+FI_DEV_POWER_INSTANT = 186
+# The energy counter moves in steps; windows shorter than this cannot be read from it.
+COUNTER_UPDATE_PERIOD_S = 0.1
+
+
+class Clock(Protocol):
+    """Where a Meter reads time and how it schedules its sampler.
+
+    The system clock in use; a fake one in tests, so that what is timed (windows, warm-ups,
+    sampling) does not depend on how busy the machine is.
+    """
+
+    def now(self) -> float:
+        """Seconds on a monotonic clock (time.perf_counter's scale for the system clock)."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Let `seconds` pass."""
+        ...
+
+    def every(self, interval_s: float, tick: Callable[[], None]) -> Callable[[], None]:
+        """Call `tick` every `interval_s` until the returned function is called."""
+        ...
+
+
+class SystemClock:
+    """time.perf_counter, time.sleep and a daemon thread for the sampler."""
+
+    def now(self) -> float:
+        return time.perf_counter()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def every(self, interval_s: float, tick: Callable[[], None]) -> Callable[[], None]:
+        stop = threading.Event()
+
+        def run() -> None:
+            next_at = time.perf_counter()
+            while not stop.is_set():
+                tick()
+                next_at += interval_s
+                stop.wait(max(0.0, next_at - time.perf_counter()))
+
+        thread = threading.Thread(target=run, name="infermeter-meter", daemon=True)
+        thread.start()
+
+        def cancel() -> None:
+            stop.set()
+            thread.join(timeout=5 * interval_s + 1)
+
+        return cancel
+
+
+def load_nvml() -> tuple[Any | None, str | None]:
+    """The initialised pynvml module, or None and the reason it cannot be used."""
+    try:
+        import pynvml
+    except ImportError:
+        return None, "nvidia-ml-py is not installed (pip install nvidia-ml-py): no energy data"
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # NVMLError subclasses: no driver, no GPU, no permission
+        return None, f"NVML unavailable ({exc}): no energy data"
+    return pynvml, None
+
+
+@dataclass
+class PowerSample:
+    t: float  # on the meter's clock (time.perf_counter for the system clock)
+    gpu: int  # NVML index
+    power_w: float | None  # None: the reading failed or this GPU has none
+    sm_util: float | None
+    mem_util: float | None
+
+
+@dataclass
+class EnergyWindow:
+    """Energy of one window, per GPU and in total, with the integrated power beside it."""
+
+    name: str
+    start: float
+    end: float
+    energy_j: list[float] | None  # per GPU, from the counter (or integrated, see method)
+    method: str  # "counter", "integrated" or "none"
+    integrated_j: float | None  # ∫ sampled power dt over the same window, all GPUs
+    idle_w: float | None  # summed idle power measured before the run
+    mean_power_w: float | None
+    sm_util: float | None
+    mem_util: float | None
+    short: bool  # shorter than the counter's update period: trust it less
+    marks: dict[str, float] = field(default_factory=dict)  # energy (J) up to each mark
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+    @property
+    def total_j(self) -> float | None:
+        return float(sum(self.energy_j)) if self.energy_j is not None else None
+
+    @property
+    def above_idle_j(self) -> float | None:
+        if self.total_j is None or self.idle_w is None:
+            return None
+        return self.total_j - self.idle_w * self.seconds
+
+    def as_extra(self) -> dict[str, Any]:
+        """The fields a Measurement's `extra` keeps, for the store."""
+        return {
+            "energy_method": self.method,
+            "energy_window_s": self.seconds,
+            "energy_per_gpu_j": self.energy_j,
+            "energy_integrated_j": self.integrated_j,
+            "energy_above_idle_j": self.above_idle_j,
+            "idle_w": self.idle_w,
+            "mean_power_w": self.mean_power_w,
+            "sm_util": self.sm_util,
+            "mem_util": self.mem_util,
+            "energy_window_short": self.short,
+            "energy_marks_j": self.marks or None,
+        }
+
+
+class Window:
+    """One energy window of a Meter around timed work: the contract between meter and work.
+
+    The work calls begin() just before and end() just after what it times, on whichever
+    process does it (an engine's ranks relay both edges to their parent, which reads every
+    GPU's counter); or a caller holds it around whole calls: `with meter.window() as w:`.
+    begin() and end() are idempotent, end() before begin() does nothing, and close() (= end)
+    ends a window an error left open. `result` is the EnergyWindow once ended.
+    """
+
+    def __init__(self, meter: Meter, name: str) -> None:
+        self.meter, self.name = meter, name
+        self.result: EnergyWindow | None = None
+        self.opened_at: float | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened_at is not None
+
+    def begin(self, sync: Callable[[], None] | None = None) -> None:
+        """Open the window (reads every GPU's counter); `sync` makes the edge exact."""
+        if self.opened_at is None and self.result is None:
+            self.meter.begin(self.name, sync)
+            self.opened_at = self.meter.clock.now()
+
+    def end(self, sync: Callable[[], None] | None = None) -> EnergyWindow | None:
+        """Close the window and return its EnergyWindow (None if it never opened)."""
+        if self.opened_at is not None:
+            self.opened_at = None
+            self.result = self.meter.end(self.name, sync)
+        return self.result
+
+    close = end
+
+    def elapsed(self) -> float:
+        """Seconds since begin() on the meter's clock (0 when not open)."""
+        return 0.0 if self.opened_at is None else self.meter.clock.now() - self.opened_at
+
+    def __enter__(self) -> Window:
+        self.begin()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Meter:
+    """Energy windows and power/utilisation timelines for a set of GPUs.
+
+    `gpus`: GpuRefs from infermeter.measure.gpus.resolve_gpus (what `Meter.for_device` passes), or
+    NVML indices; default every GPU. `keep_s`: seconds of samples kept for `samples()` beyond
+    what open windows and an undrained store need. Raises UserError for a MIG instance NVML
+    cannot meter, ValueError for an NVML index out of range.
+    """
+
+    def __init__(
+        self,
+        gpus: Sequence[int | GpuRef] | None = None,
+        interval_s: float = 0.1,
+        nvml: Any | None = None,
+        power_field: str = "auto",
+        align_ticks: bool = True,
+        clock: Clock | None = None,
+        keep_s: float = 60.0,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError("interval_s must be positive")
+        if power_field not in ("auto", "instant", "average"):
+            raise ValueError("power_field must be auto, instant or average")
+        self.interval_s = interval_s
+        self.align_ticks = align_ticks
+        self.keep_s = keep_s
+        self.clock: Clock = clock or SystemClock()
+        self.notes: list[str] = []
+        self._nvml, note = (nvml, None) if nvml is not None else load_nvml()
+        if note:
+            self.notes.append(note)
+        self._error: type[BaseException] = nvml_error(self._nvml)
+        self._handles: list[Any] = []
+        self.gpus: list[int] = []
+        self.refs: list[GpuRef] = []
+        self.counter_supported = False
+        self.power_field_used = "none"
+        self.utilisation_supported = False
+        self.read_errors = 0  # NVML readings that failed after set-up (skipped)
+        self.idle_w: float | None = None
+        self._t: list[float] = []  # sample times, ascending, beside _rows
+        self._rows: list[PowerSample] = []
+        self._draining = False
+        self._drained_to = -np.inf
+        self._lock = threading.Lock()
+        self._cancel_sampler: Callable[[], None] | None = None
+        self._open: dict[str, tuple[float, list[float] | None, dict[str, float]]] = {}
+        self._windows = 0
+        if self._nvml is not None:
+            self._setup(gpus, power_field)
+
+    @classmethod
+    def for_device(
+        cls,
+        device: str = "cuda",
+        count: int = 1,
+        nvml: Any | None = None,
+        local: bool = False,
+        **options: Any,
+    ) -> Meter:
+        """A Meter over the GPUs a run on `device` ("cuda", "cuda:N") with `count` GPUs (its
+        tensor-parallel ranks) uses, as infermeter.measure.gpus.resolve_gpus maps them; inert, with
+        a note, where NVML is missing. On rank 0 of a run launched over several nodes whose
+        ranks are those `count` GPUs, a ClusterMeter over every node's (infermeter.
+        cluster_meter); `local=True` keeps to this node. Raises UserError where the GPUs
+        cannot be told."""
+        if not local:
+            from infermeter.measure.cluster import spanning_meter
+
+            spanning = spanning_meter(device, count, nvml, **options)
+            if spanning is not None:
+                return spanning  # type: ignore[return-value]
+        if nvml is None:
+            nvml, _ = load_nvml()
+            if nvml is None:
+                return cls(gpus=[], **options)  # inert; its note says why
+        try:
+            gpus = resolve_gpus(device, count, nvml)
+        except nvml_error(nvml) as error:  # NVML loads but cannot list the GPUs
+            meter = cls(gpus=[], nvml=nvml, **options)
+            meter.notes.append(f"NVML cannot list the GPUs ({error}): no energy data")
+            return meter
+        return cls(gpus, nvml=nvml, **options)
+
+    @property
+    def note(self) -> str | None:
+        """The notes on what this meter cannot measure, in one line (None: it measures all)."""
+        return "; ".join(self.notes) or None
+
+    # ---- set-up --------------------------------------------------------------------------
+    def _setup(self, gpus: Sequence[int | GpuRef] | None, power_field: str) -> None:
+        nvml = self._nvml
+        count = nvml.nvmlDeviceGetCount()
+        chosen = list(gpus) if gpus is not None else list(range(count))
+        for gpu in chosen:
+            if isinstance(gpu, GpuRef):
+                self.refs.append(gpu)
+                self.gpus.append(gpu.nvml_index)
+                self._handles.append(gpu.handle(nvml))
+            else:
+                if not 0 <= gpu < count:
+                    raise ValueError(f"GPU index {gpu} out of range (this machine has {count})")
+                handle = nvml.nvmlDeviceGetHandleByIndex(gpu)
+                self.refs.append(_index_ref(nvml, handle, int(gpu), len(self.gpus)))
+                self.gpus.append(int(gpu))
+                self._handles.append(handle)
+        if not self._handles:
+            return
+        self.counter_supported = all(self._probe(self._raw_counter, h) for h in self._handles)
+        self.power_field_used = self._choose_power_field(power_field)
+        self.utilisation_supported = all(
+            self._probe(nvml.nvmlDeviceGetUtilizationRates, h) for h in self._handles
+        )
+        migs = [r for r in self.refs if r.mig]
+        if migs and not self.measures_energy:
+            raise UserError(
+                f"{migs[0]} cannot be metered: NVML reads power and energy only for the whole "
+                "GPU, which its other instances share; run with --no-energy, or on a whole GPU"
+            )
+        if not self.counter_supported:
+            self.notes.append(
+                "no energy counter on this GPU: energy integrates sampled power"
+                if self.power_field_used != "none"
+                else "no energy counter and no power reading on this GPU: runtime only "
+                "(energy_method none)"
+            )
+        if self.counter_supported and self.power_field_used == "none":
+            self.notes.append(
+                "no power reading on this GPU: energy from the counter, but no power timeline "
+                "and no idle power (above-idle joules stay empty)"
+            )
+        if not self.utilisation_supported:
+            self.notes.append("no utilisation reading on this GPU: SM and memory % stay empty")
+
+    def _probe(self, read: Callable[[Any], Any], handle: Any) -> bool:
+        try:
+            read(handle)
+        except self._error:
+            return False
+        return True
+
+    def _raw_counter(self, handle: Any) -> float:
+        return self._nvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0
+
+    def _choose_power_field(self, wanted: str) -> str:
+        def everywhere(field_id: int) -> bool:
+            return all(self._field_power(field_id, h) is not None for h in self._handles)
+
+        if wanted in ("auto", "instant") and everywhere(FI_DEV_POWER_INSTANT):
+            return "instant"
+        if wanted == "average" and everywhere(FI_DEV_POWER_AVERAGE):
+            return "average"
+        # nvmlDeviceGetPowerUsage: a 1 s average on recent GPUs
+        if all(self._probe(self._nvml.nvmlDeviceGetPowerUsage, h) for h in self._handles):
+            return "usage"
+        return "none"
+
+    def _field_power(self, field_id: int, handle: Any) -> float | None:
+        try:
+            value = self._nvml.nvmlDeviceGetFieldValues(handle, [field_id])[0]
+        except self._error:
+            return None
+        if getattr(value, "nvmlReturn", 1) != 0:
+            return None
+        return float(value.value.uiVal) / 1000.0
+
+    @property
+    def available(self) -> bool:
+        """NVML works and the meter has GPUs (a window may still measure no energy)."""
+        return bool(self._handles)
+
+    @property
+    def measures_energy(self) -> bool:
+        """A window gets joules: from the counter, or from integrated power."""
+        return self.available and (self.counter_supported or self.power_field_used != "none")
+
+    @property
+    def energy_method(self) -> str:
+        """How windows get their joules: "counter", "integrated" or "none"."""
+        if self.counter_supported:
+            return "counter"
+        return "integrated" if self.measures_energy else "none"
+
+    def describe(self) -> dict[str, Any]:
+        """What this meter reads, for a run's record."""
+        return {
+            "gpus": [r.to_dict() for r in self.refs],
+            "energy_method": self.energy_method,
+            "power_field": self.power_field_used,
+            "utilisation": self.utilisation_supported,
+            "interval_s": self.interval_s,
+            "notes": self.notes,
+        }
+
+    # ---- readings (NVML errors are counted and skipped, never raised) ------------------
+    def _power_w(self, handle: Any) -> float | None:
+        field = self.power_field_used
+        if field == "none":
+            return None
+        if field in ("instant", "average"):
+            watts = self._field_power(
+                FI_DEV_POWER_INSTANT if field == "instant" else FI_DEV_POWER_AVERAGE, handle
+            )
+            if watts is not None:
+                return watts
+        try:
+            return self._nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0
+        except self._error:
+            self.read_errors += 1
+            return None
+
+    def _counters_j(self) -> list[float] | None:
+        if not self.counter_supported:
+            return None
+        try:
+            return [self._raw_counter(h) for h in self._handles]
+        except self._error:
+            self.read_errors += 1
+            return None
+
+    @property
+    def _aligned(self) -> bool:
+        return self.align_ticks and self.counter_supported and self.power_field_used != "none"
+
+    def _edge_counters(self, at_begin: bool) -> tuple[list[float] | None, float]:
+        """The counters at a window's edge and the moment they refer to."""
+        if self._aligned:
+            try:
+                return self._tick_counters(at_begin)
+            except self._error:
+                self.read_errors += 1
+        return self._counters_j(), self.clock.now()
+
+    def _tick_counters(self, at_begin: bool) -> tuple[list[float], float]:
+        """Counters (J) exact at one moment, returned with it, though they move in steps.
+
+        Polls each GPU until its counter steps (at most one update period), then moves the
+        reading from the step's time to now with the instantaneous power polled meanwhile:
+        forward at a window's start, backward at its end. The correction spans one period
+        at most, so its error is a small share of the window's energy even when the step is
+        ~100 ms and the window is not much longer.
+        """
+        now = self.clock.now()
+        readings = []
+        read = self._nvml.nvmlDeviceGetTotalEnergyConsumption
+        for handle in self._handles:
+            before = self.clock.now()
+            first = read(handle)
+            last_old = (before + self.clock.now()) / 2  # when the old value was read
+            polls = [(last_old, self._power_w(handle))]
+            deadline = self.clock.now() + 3 * COUNTER_UPDATE_PERIOD_S
+            value = first
+            while value == first and self.clock.now() < deadline:
+                before = self.clock.now()
+                value = read(handle)
+                at = (before + self.clock.now()) / 2
+                polls.append((at, self._power_w(handle)))
+                if value == first:
+                    last_old = at
+            # The step fell between the last read of the old value and the first of the new.
+            tick = (last_old + polls[-1][0]) / 2
+            readings.append((value / 1000.0, tick, [p for p in polls if p[1] is not None]))
+        out = []
+        # The moment the readings refer to: after the last step at a start, before the first
+        # at an end, so that nothing between them and the window's edge goes unmetered.
+        mark = max(r[1] for r in readings) if at_begin else now
+        for joules, tick, polls in readings:
+            if not polls:  # no power read meanwhile: the step's time is the best there is
+                out.append(joules)
+                continue
+            t = np.array([p[0] for p in polls])
+            w = np.array([p[1] for p in polls])
+            lo, hi = sorted((tick, mark))
+            grid = np.unique(np.concatenate([t[(t > lo) & (t < hi)], [lo, hi]]))
+            power = np.interp(grid, t, w)
+            between = float(np.sum((power[1:] + power[:-1]) / 2 * np.diff(grid)))
+            # At the start the step came before `mark`: add what was spent since; at the end
+            # the step came after the window closed: take off what was spent after it.
+            out.append(joules + between if tick <= mark else joules - between)
+        return out, mark
+
+    def _utilisation(self, handle: Any) -> tuple[float | None, float | None]:
+        if not self.utilisation_supported:
+            return None, None
+        try:
+            rates = self._nvml.nvmlDeviceGetUtilizationRates(handle)
+        except self._error:
+            self.read_errors += 1
+            return None, None
+        return float(rates.gpu), float(rates.memory)
+
+    def sample_once(self) -> None:
+        """One power/utilisation sample of every GPU (the sampler's tick); never raises NVML
+        errors: a reading that fails is left empty and counted in `read_errors`."""
+        now = self.clock.now()
+        batch = []
+        for gpu, handle in zip(self.gpus, self._handles, strict=True):
+            sm, mem = self._utilisation(handle)
+            batch.append(PowerSample(now, gpu, self._power_w(handle), sm, mem))
+        with self._lock:
+            at = bisect.bisect_right(self._t, now)
+            self._t[at:at] = [now] * len(batch)
+            self._rows[at:at] = batch
+            self._trim_locked()
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def start(self) -> Meter:
+        """Start the sampler (idempotent; a no-op without NVML or without any reading)."""
+        sensing = self.power_field_used != "none" or self.utilisation_supported
+        if self.available and sensing and self._cancel_sampler is None:
+            self._cancel_sampler = self.clock.every(self.interval_s, self.sample_once)
+        return self
+
+    def stop(self) -> None:
+        if self._cancel_sampler is not None:
+            self._cancel_sampler()
+            self._cancel_sampler = None
+
+    def close(self) -> None:
+        self.stop()
+
+    def __enter__(self) -> Meter:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def measure_idle(self, seconds: float = 1.0) -> float | None:
+        """Summed power (W) of the GPUs at rest, before a run: subtracted for above-idle
+        joules. None without a power reading."""
+        if not self.available or self.power_field_used == "none":
+            return None
+        readings = []
+        end = self.clock.now() + seconds
+        while self.clock.now() < end:
+            watts = [self._power_w(h) for h in self._handles]
+            if all(w is not None for w in watts):
+                readings.append(sum(w for w in watts if w is not None))
+            self.clock.sleep(min(self.interval_s, seconds / 5))
+        self.idle_w = float(np.median(readings)) if readings else None
+        return self.idle_w
+
+    def memory_used_gb(self) -> float | None:
+        """The most GPU memory in use (GB) over the meter's GPUs (nvmlDeviceGetMemoryInfo);
+        None where NVML cannot tell."""
+        if not self.available:
+            return None
+        try:
+            return max(self._nvml.nvmlDeviceGetMemoryInfo(h).used for h in self._handles) / 1e9
+        except (self._error, AttributeError):
+            return None
+
+    def power_limits_w(self) -> list[float | None]:
+        """Each GPU's power limit (W) as NVML reports it now
+        (nvmlDeviceGetPowerManagementLimit); None where it cannot tell."""
+        out: list[float | None] = []
+        for handle in self._handles:
+            try:
+                out.append(self._nvml.nvmlDeviceGetPowerManagementLimit(handle) / 1000.0)
+            except self._error:
+                out.append(None)
+        return out
+
+    # ---- windows -------------------------------------------------------------------------
+    def window(self, name: str = "window") -> Window:
+        """A new Window (see Window) named `name` plus a serial number, not yet open."""
+        self._windows += 1
+        return Window(self, f"{name}#{self._windows}")
+
+    def begin(self, name: str, sync: Callable[[], None] | None = None) -> None:
+        """Open a window; `sync` (e.g. torch.cuda.synchronize) makes its edge exact."""
+        if name in self._open:
+            raise ValueError(f"window {name!r} is already open")
+        if sync:
+            sync()
+        counters, start = self._edge_counters(at_begin=True)
+        self._open[name] = (start, counters, {})
+
+    def mark(self, name: str, label: str, sync: Callable[[], None] | None = None) -> None:
+        """Record the energy spent since the window opened, e.g. at the end of prefill."""
+        start, counters, marks = self._open[name]
+        if sync:
+            sync()
+        now_counters = self._counters_j()
+        if counters is not None and now_counters is not None:
+            marks[label] = float(sum(now_counters) - sum(counters))
+        else:
+            marks[label] = float(self._integrate(start, self.clock.now()) or 0.0)
+
+    def end(self, name: str, sync: Callable[[], None] | None = None) -> EnergyWindow:
+        """Close window `name`: its energy per GPU by the best method this window's readings
+        allow (counter, else integrated power, else none)."""
+        if name not in self._open:
+            raise ValueError(f"window {name!r} was never begun")
+        if sync:
+            sync()
+        end_counters, end = self._edge_counters(at_begin=False)
+        start, start_counters, marks = self._open.pop(name)
+        short = end - start < COUNTER_UPDATE_PERIOD_S
+        if not self.available:
+            return EnergyWindow(
+                name, start, end, None, "none", None, None, None, None, None, short, marks
+            )
+        # A sample at the closing edge keeps short windows integrable.
+        self.sample_once()
+        with self._lock:
+            rows = self._rows_around(start, end)
+            self._trim_locked()
+        per_gpu = {gpu: _integrate_rows(rows, start, end, gpu) for gpu in self.gpus}
+        known = [j for j in per_gpu.values() if j is not None]
+        integrated = float(sum(known)) if len(known) == len(per_gpu) else None
+        energy: list[float] | None
+        if start_counters is not None and end_counters is not None:
+            energy = [b - a for a, b in zip(start_counters, end_counters, strict=True)]
+            method = "counter"
+        elif integrated is not None:
+            energy = [float(per_gpu[g] or 0.0) for g in self.gpus]
+            method = "integrated"
+        else:
+            energy, method = None, "none"
+        inside = [r for r in rows if start <= r.t <= end]
+        return EnergyWindow(
+            name=name,
+            start=start,
+            end=end,
+            energy_j=energy,
+            method=method,
+            integrated_j=integrated,
+            idle_w=self.idle_w,
+            mean_power_w=(
+                float(sum(energy) / (end - start)) if energy is not None and end > start else None
+            ),
+            sm_util=_mean(inside, "sm_util"),
+            mem_util=_mean(inside, "mem_util"),
+            short=short,
+            marks=marks,
+        )
+
+    # ---- timelines -----------------------------------------------------------------------
+    @property
+    def samples_held(self) -> int:
+        """Samples kept in memory now (one per GPU per tick): bounded however long the run."""
+        return len(self._rows)
+
+    def samples(
+        self, start: float | None = None, end: float | None = None, unix: bool = False
+    ) -> pd.DataFrame:
+        """Samples held in [start, end] (meter clock seconds); `unix=True` turns t into Unix
+        time. Held: those of open windows, of the last `keep_s` seconds, and not yet drained."""
+        with self._lock:
+            lo = 0 if start is None else bisect.bisect_left(self._t, start)
+            hi = len(self._t) if end is None else bisect.bisect_right(self._t, end)
+            rows = self._rows[lo:hi]
+        return self._frame(rows, unix)
+
+    def drain(self, unix: bool = True) -> pd.DataFrame:
+        """The power samples taken since the last drain, for the store (a GPU without a power
+        reading has none); from the first drain on, samples are kept until drained (and then
+        only while something else needs them)."""
+        with self._lock:
+            self._draining = True
+            lo = bisect.bisect_right(self._t, self._drained_to)
+            rows = self._rows[lo:]
+            if rows:
+                self._drained_to = rows[-1].t
+            self._trim_locked()
+        return self._frame([r for r in rows if r.power_w is not None], unix)
+
+    def _frame(self, rows: list[PowerSample], unix: bool) -> pd.DataFrame:
+        frame = pd.DataFrame(
+            [(s.t, s.gpu, s.power_w, s.sm_util, s.mem_util) for s in rows],
+            columns=["t", "gpu", "power_w", "sm_util", "mem_util"],
+        ).astype({"t": float, "gpu": int, "power_w": float, "sm_util": float, "mem_util": float})
+        if unix:
+            frame = frame.assign(t=frame.t + (time.time() - self.clock.now()))
+        return frame
+
+    def _rows_around(self, start: float, end: float) -> list[PowerSample]:
+        """The rows in [start, end] and a tick's worth either side (for the edges)."""
+        margin = 2 * max(1, len(self.gpus))
+        lo = max(0, bisect.bisect_left(self._t, start) - margin)
+        hi = bisect.bisect_right(self._t, end) + margin
+        return self._rows[lo:hi]
+
+    def _trim_locked(self) -> None:
+        """Forget samples no one needs: older than keep_s, than every open window's start
+        (less two ticks, for its edge), and than the last drain once the store drains."""
+        horizon = self.clock.now() - self.keep_s
+        if self._open:
+            oldest = min(start for start, _, _ in self._open.values())
+            horizon = min(horizon, oldest - 2 * self.interval_s)
+        if self._draining:
+            horizon = min(horizon, self._drained_to)
+        cut = bisect.bisect_left(self._t, horizon)
+        if cut:
+            del self._t[:cut]
+            del self._rows[:cut]
+
+    def _integrate(self, start: float, end: float, gpu: int | None = None) -> float | None:
+        """Trapezoid ∫ power dt (J) over [start, end] from the samples held, all GPUs or one."""
+        with self._lock:
+            rows = self._rows_around(start, end)
+        gpus = self.gpus if gpu is None else [gpu]
+        parts = [_integrate_rows(rows, start, end, g) for g in gpus]
+        if not parts or any(p is None for p in parts):
+            return None
+        return float(sum(p for p in parts if p is not None))
+
+
+def _index_ref(nvml: Any, handle: Any, index: int, ordinal: int) -> GpuRef:
+    """A GpuRef for a GPU given by NVML index (its UUID and name where NVML tells them)."""
+    try:
+        uuid, name = nvml.nvmlDeviceGetUUID(handle), nvml.nvmlDeviceGetName(handle)
+    except (nvml_error(nvml), AttributeError):
+        uuid, name = "", ""
+    text = [v.decode() if isinstance(v, bytes) else str(v) for v in (uuid, name)]
+    return GpuRef(ordinal, index, text[0], text[1])
+
+
+def _integrate_rows(rows: list[PowerSample], start: float, end: float, gpu: int) -> float | None:
+    """Trapezoid ∫ power dt over [start, end] of one GPU's rows, holding the readings nearest
+    the edges flat out to them; None without a reading."""
+    mine = [(r.t, r.power_w) for r in rows if r.gpu == gpu and r.power_w is not None]
+    if not mine:
+        return None
+    t = np.array([m[0] for m in mine])
+    w = np.array([m[1] for m in mine])
+    grid = np.unique(np.concatenate([t[(t > start) & (t < end)], [start, end]]))
+    power = np.interp(grid, t, w)
+    return float(np.sum((power[1:] + power[:-1]) / 2 * np.diff(grid)))
+
+
+def _mean(rows: list[PowerSample], column: str) -> float | None:
+    values = [getattr(r, column) for r in rows if getattr(r, column) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def check_warmup_s(seconds: float) -> None:
+    """Refuse a negative --warmup-s before anything runs."""
+    if seconds < 0:
+        raise UserError(f"--warmup-s must be 0 or more seconds, not {seconds:g}")
+
+
+def warm_up(work: Callable[[], object], meter: Meter, seconds: float) -> dict[str, Any]:
+    """Run `work` back to back for `seconds` (at least once) with the meter's sampler on.
+
+    A card's power at the same work rises by a few percent as it heats (leakage grows with
+    temperature), so a run that starts cold prices its first measurements low against those
+    taken later. The mean power of the first and the last 2 s are returned, so the record
+    shows how far the card drifted.
+    """
+    clock = meter.clock
+    start = clock.now()
+    runs = 0
+    first: float | None = None
+    while runs == 0 or clock.now() - start < seconds:
+        work()
+        runs += 1
+        if first is None and clock.now() - start >= 2.0:  # read while the meter holds it
+            first = _mean_power(meter, start, start + 2.0)
+    end = clock.now()
+    if first is None:
+        first = _mean_power(meter, start, start + 2.0)
+    return {
+        "seconds": end - start,
+        "queries": runs,
+        "first_2s_w": first,
+        "last_2s_w": _mean_power(meter, end - 2.0, end),
+    }
+
+
+def _mean_power(meter: Meter, lo: float, hi: float) -> float | None:
+    """Mean power (W) summed over the meter's GPUs, of the samples in [lo, hi]."""
+    part = meter.samples(start=lo, end=hi).dropna(subset=["power_w"])
+    if part.empty:
+        return None
+    return float(part.groupby("t").power_w.sum().mean())

@@ -1,0 +1,397 @@
+"""Pricing queries: idealized runtime, dollars and joules per query and per benchmark.
+
+    runtime_s  = t(p, o) from the fitted cost model (of the query's batch size: the batch's
+                 latency); dollars and joules below are the query's 1/batch share
+    cost_usd   = runtime_s × accelerators × $/s per accelerator
+    energy_j   = runtime_s × accelerators × rated W per accelerator   (the paper's idealized energy)
+    energy_measured_j = E(p, o) from a fitted energy model, when the profile measured energy
+    (both also in watt-hours; CO2e from the measured figure when a grid intensity is given)
+
+Everything is one numpy pass over the whole table, so a million queries take well under a second.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from infermeter.errors import UserError
+from infermeter.model.cost_model import CostModel, ModelSet
+from infermeter.spec.hardware import Accelerator, get_accelerator
+from infermeter.store.outputs import writing
+from infermeter.workloads.queries import (
+    MAX_BATCH,
+    MAX_JOULES,
+    MAX_SECONDS,
+    MAX_TOKENS,
+    numeric_column,
+    whole_column,
+)
+
+QUERY_COLUMNS = ("prompt_tokens", "output_tokens")
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """What one second of the stack costs: accelerators × ($/s, W) each."""
+
+    accelerator: str
+    num_accelerators: int
+    price_per_hour_usd: float  # per accelerator
+    power_watts: float  # rated, per accelerator
+    nominal: bool = False  # assumed figures of a generic part (any CPU), not a product's
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_accelerators, bool) or int(self.num_accelerators) < 1:
+            raise UserError("--num-accelerators must be at least 1")
+        for name in ("price_per_hour_usd", "power_watts"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise UserError(f"{name} of {self.accelerator} must be a finite number >= 0")
+
+    @property
+    def usd_per_second(self) -> float:
+        return self.num_accelerators * self.price_per_hour_usd / 3600.0
+
+    @property
+    def watts(self) -> float:
+        return self.num_accelerators * self.power_watts
+
+    @classmethod
+    def of(cls, accelerator: Accelerator, count: int) -> Pricing:
+        return cls(
+            accelerator.name,
+            count,
+            accelerator.price_per_hour_usd,
+            accelerator.tdp_watts,
+            accelerator.nominal,
+        )
+
+    def describe(self) -> str:
+        """'1 × cpu ($4.8384/h, 350 W each; nominal)': the title of an estimates table."""
+        nominal = "; a nominal part, not this machine" if self.nominal else ""
+        return (
+            f"{self.num_accelerators} × {self.accelerator} (${self.price_per_hour_usd:g}/h, "
+            f"{self.power_watts:g} W rated each{nominal})"
+        )
+
+
+def pricing_for(
+    model: CostModel,
+    accelerator: str | None = None,
+    num_accelerators: int | None = None,
+    overrides: dict[str, float] | None = None,
+    catalog: Mapping[str, Accelerator] | None = None,
+) -> tuple[Pricing, str | None]:
+    """Pricing from the flags, else from the stack the model was profiled on.
+
+    Returns the pricing and a note when it had to assume the accelerator.
+    """
+    stack = model.stack or {}
+    note = None
+    profiled = stack.get("accelerator")
+    if accelerator:
+        acc = get_accelerator(accelerator, overrides, catalog=catalog)
+    elif isinstance(profiled, dict):
+        # The profile's own entry, with any price/power it was profiled with.
+        acc = Accelerator.from_dict(profiled)
+        if overrides:
+            acc = acc.with_overrides(overrides)
+    elif isinstance(profiled, str):
+        acc = get_accelerator(profiled, overrides, catalog=catalog)
+    else:
+        acc = get_accelerator("a100", overrides, catalog=catalog)
+        note = (
+            "the profile names no accelerator; priced as 1 × A100 80GB (the paper's reference); "
+            "pass --accelerator and --num-accelerators to change it"
+        )
+    count = num_accelerators if num_accelerators is not None else stack.get("num_accelerators", 1)
+    if isinstance(count, float) and count.is_integer():
+        count = int(count)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise UserError(f"--num-accelerators must be a whole number of at least 1, not {count!r}")
+    return Pricing.of(acc, count), note
+
+
+def is_api_model(model: CostModel) -> bool:
+    """A black-box API's fit: its hardware is unknown, so it has no price of its own."""
+    return (model.stack or {}).get("backend") == "openai"
+
+
+def describe_pricing(
+    model: CostModel,
+    accelerator: str | None = None,
+    num_accelerators: int | None = None,
+    overrides: dict[str, float] | None = None,
+    catalog: Mapping[str, Accelerator] | None = None,
+    measured_energy: bool = False,
+) -> tuple[Pricing | None, list[str]]:
+    """What `estimate` prices with, and the notes that say what that is.
+
+    An API run is priced only on hardware the user names (None otherwise: no cost or energy
+    columns). A nominal part (the generic CPU socket) is said to be one, and `energy_j` is
+    said to be rated power × runtime, not a measurement.
+    """
+    if is_api_model(model) and not accelerator:
+        return None, [
+            "an API run is not priced: its hardware is unknown; pass --accelerator NAME (and "
+            "--num-accelerators) to price its runtime as that hardware"
+        ]
+    pricing, note = pricing_for(model, accelerator, num_accelerators, overrides, catalog)
+    notes = [note] if note else []
+    if pricing.nominal:
+        notes.append(
+            f"{pricing.accelerator} is priced as a nominal part (${pricing.price_per_hour_usd:g}/h,"
+            f" {pricing.power_watts:g} W rated), not this machine; pass --price-per-hour and "
+            "--power-watts to price your own"
+        )
+    measured = "; energy_measured_j is measured" if measured_energy else ""
+    notes.append(f"energy_j is rated power × runtime ({pricing.watts:g} W), not measured{measured}")
+    return pricing, notes
+
+
+def range_notes(queries: pd.DataFrame, runtime: CostModel | ModelSet) -> list[str]:
+    """Warnings for queries outside what was profiled (their price is extrapolated); a
+    UserError for one past the model's context, which the model cannot run at all."""
+    models = _as_set(runtime)
+    p = queries["prompt_tokens"].to_numpy()
+    o = queries["output_tokens"].to_numpy()
+    model = models.first()
+    context = model.max_context
+    if context is not None and (p + o > context).any():
+        row = int(np.flatnonzero(p + o > context)[0])
+        raise UserError(
+            f"query {row + 1}: prompt {p[row]} + output {o[row]} tokens exceeds {model.model}'s "
+            f"context of {context} tokens; the model cannot run it (shorten the query)"
+        )
+    notes = []
+    high = model.profiled_prompt_tokens[1]
+    beyond = int((p > high).sum())
+    if beyond:
+        notes.append(
+            f"{beyond} of {len(p)} queries have prompts longer than the profile's largest "
+            f"({high} tokens, up to {int(p.max())} asked): their prefill is extrapolated"
+        )
+    longest = model.profiled_output_tokens
+    if longest is not None and (o > longest).any():
+        notes.append(
+            f"{int((o > longest).sum())} of {len(o)} queries ask for more output tokens than "
+            f"the profile's longest ({longest}, up to {int(o.max())} asked): their decoding is "
+            "extrapolated"
+        )
+    return notes
+
+
+def read_queries(path: str | Path) -> pd.DataFrame:
+    """Queries from CSV, JSONL, JSON (a list of objects) or Parquet, by extension."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(path)
+        elif suffix in (".jsonl", ".ndjson"):
+            frame = pd.read_json(path, lines=True)
+        elif suffix == ".json":
+            frame = pd.read_json(path)
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            raise UserError(
+                f"cannot tell the format of {path}: use .csv, .jsonl, .json or .parquet"
+            )
+    except UserError:
+        raise
+    except FileNotFoundError as exc:
+        raise UserError(f"queries file {path} does not exist") from exc
+    except Exception as exc:  # pandas raises many kinds for a bad file; all mean the same
+        raise UserError(f"cannot read queries file {path}: {exc}".splitlines()[0]) from exc
+    return validate_queries(frame, str(path))
+
+
+def validate_queries(frame: pd.DataFrame, origin: str = "queries") -> pd.DataFrame:
+    """The queries of `frame` checked: prompt_tokens, output_tokens (and batch_size where
+    given) whole numbers of at least 1 and of a sane size; one line naming row and field
+    otherwise. The checked columns are replaced by int64 ones."""
+    if not isinstance(frame, pd.DataFrame):
+        raise UserError(f"{origin} is not a table of queries; give one query per row")
+    missing = [c for c in QUERY_COLUMNS if c not in frame.columns]
+    if missing:
+        raise UserError(
+            f"{origin} lacks column(s) {', '.join(missing)}; each query needs prompt_tokens "
+            "and output_tokens (and optionally id)"
+        )
+    if frame.empty:
+        raise UserError(f"{origin} holds no queries")
+    limits = {"prompt_tokens": MAX_TOKENS, "output_tokens": MAX_TOKENS, "batch_size": MAX_BATCH}
+    columns = [*QUERY_COLUMNS, *(["batch_size"] if "batch_size" in frame.columns else [])]
+    for column in columns:
+        frame[column] = whole_column(frame, column, origin, minimum=1, maximum=limits[column])
+    return frame
+
+
+def read_points(path: str | Path) -> pd.DataFrame:
+    """Points measured by another tool: a queries file with runtime_s (seconds per query,
+    end to end, > 0) in every row (every "ok" row where a status column says), and optionally
+    trial (whole, >= 0) and energy_j (joules >= 0, empty where not measured). Checked like
+    queries: one line naming row and field."""
+    frame = read_queries(path)
+    origin = str(path)
+    if "runtime_s" not in frame.columns:
+        raise UserError(f"{origin} lacks column runtime_s (seconds per query, end to end)")
+    runtime = numeric_column(
+        frame,
+        "runtime_s",
+        origin,
+        minimum=0.0,
+        strict_minimum=True,
+        maximum=MAX_SECONDS,
+        allow_missing=True,
+    )
+    # Rows another verb stored as not ok (an export keeps them, with the cause) may lack one.
+    used = frame["status"].eq("ok").to_numpy() if "status" in frame.columns else True
+    if (np.isnan(runtime) & used).any():
+        row = int(np.flatnonzero(np.isnan(runtime) & used)[0])
+        raise UserError(f"{origin}: row {row + 1}, runtime_s is missing; give every row one")
+    frame["runtime_s"] = runtime
+    if "trial" in frame.columns:
+        frame["trial"] = whole_column(frame, "trial", origin, minimum=0, maximum=MAX_TOKENS)
+    if "energy_j" in frame.columns:
+        frame["energy_j"] = numeric_column(
+            frame, "energy_j", origin, maximum=MAX_JOULES, allow_missing=True
+        )
+    return frame
+
+
+def _as_set(model: CostModel | ModelSet) -> ModelSet:
+    return model if isinstance(model, ModelSet) else ModelSet([model])
+
+
+def estimate_queries(
+    queries: pd.DataFrame,
+    runtime: CostModel | ModelSet,
+    pricing: Pricing | None,
+    energy: CostModel | ModelSet | None = None,
+    grid_gco2_per_kwh: float | None = None,
+) -> pd.DataFrame:
+    """One row per query: tokens, runtime, cost and energy (rated, and measured if fitted).
+
+    A `batch_size` column picks each query's model from a set fitted per batch size (and is
+    refused, with the sizes there are, for a size the profile lacks); without it every query
+    is priced at the smallest batch size the profile has. Without `pricing` (an API run on no
+    named hardware) there are no cost and rated-energy columns.
+    """
+    runtime = _as_set(runtime)
+    if runtime.quantity != "runtime_s":
+        raise UserError("the profile given is an energy model; pass the runtime model")
+    p = queries["prompt_tokens"].to_numpy()
+    o = queries["output_tokens"].to_numpy()
+    if "batch_size" in queries.columns:
+        batch = queries["batch_size"].to_numpy()
+    else:
+        batch = np.full(p.shape, runtime.batch_sizes[0])
+    out: dict[str, Any] = {}
+    if "id" in queries.columns:
+        out["id"] = queries["id"].to_numpy()
+    out["prompt_tokens"] = p
+    out["output_tokens"] = o
+    if "batch_size" in queries.columns or len(runtime.batch_sizes) > 1:
+        out["batch_size"] = batch
+    seconds = runtime.predict(p, o, batch)
+    share = 1.0 / batch  # a query's share of its batch's accelerator time and energy
+    out["runtime_s"] = seconds
+    if pricing is not None:
+        out["cost_usd"] = seconds * pricing.usd_per_second * share
+        out["energy_j"] = seconds * pricing.watts * share
+        out["energy_wh"] = out["energy_j"] / 3600.0
+    if energy is not None:
+        energy = _as_set(energy)
+        if energy.quantity != "energy_j":
+            raise UserError("the energy profile given is a runtime model; pass the energy model")
+        out["energy_measured_j"] = energy.predict(p, o, batch) * share
+        out["energy_measured_wh"] = out["energy_measured_j"] / 3600.0
+    if grid_gco2_per_kwh is not None:
+        if not (math.isfinite(grid_gco2_per_kwh) and grid_gco2_per_kwh >= 0):
+            raise UserError("--grid-intensity must be a finite number of gCO2e/kWh >= 0")
+        joules = out.get("energy_measured_j", out.get("energy_j"))
+        if joules is not None:
+            out["co2e_g"] = joules / 3.6e6 * grid_gco2_per_kwh
+    frame = pd.DataFrame(out)
+    _check_finite(frame)
+    return frame
+
+
+def _check_finite(estimates: pd.DataFrame) -> None:
+    """The last guard: an estimate that overflowed is an error, never a printed 'inf'."""
+    numeric = estimates.drop(columns=["id"], errors="ignore").select_dtypes("number")
+    bad = ~np.isfinite(numeric.to_numpy(dtype=float))
+    if bad.any():
+        row, col = (int(i[0]) for i in np.nonzero(bad))
+        raise UserError(
+            f"the estimate of query {row + 1} ({numeric.columns[col]}) is too large to be a "
+            "number; check the query's sizes and the price and power given"
+        )
+
+
+def summarize(estimates: pd.DataFrame) -> pd.DataFrame:
+    """Totals and means per numeric column: the benchmark-level figure."""
+    numeric = estimates.drop(columns=["id"], errors="ignore").select_dtypes("number")
+    return pd.DataFrame({"total": numeric.sum(), "mean": numeric.mean()}).T
+
+
+def query_grid(prompt_sizes: list[int], output_sizes: list[int]) -> pd.DataFrame:
+    p, o = np.meshgrid(prompt_sizes, output_sizes, indexing="ij")
+    return validate_queries(
+        pd.DataFrame({"prompt_tokens": p.ravel(), "output_tokens": o.ravel()}), "grid"
+    )
+
+
+def profiled_sample(model: CostModel, max_context: int | None = None) -> pd.DataFrame:
+    """A few queries across what `model` was profiled on (short, middle and the largest
+    prompt; one, a quarter of and the longest output), within the context: what a profile
+    prints, and nothing it would have to extrapolate."""
+    high = model.profiled_prompt_tokens[1]
+    longest = model.profiled_output_tokens or 1
+    sample = query_grid(
+        sorted({1, max(1, high // 4), high}), sorted({1, max(1, longest // 4), longest})
+    )
+    if max_context is not None:
+        sample = sample[sample.prompt_tokens + sample.output_tokens <= max_context]
+    return sample.reset_index(drop=True)
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """pyarrow's writer where installed: ten times pandas' speed on a million rows."""
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pa_csv
+    except ImportError:
+        frame.to_csv(path, index=False)
+        return
+    pa_csv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), str(path))
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write by extension: .csv, .jsonl, .json or .parquet; one line if it cannot be."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".ndjson", ".json", ".parquet"):
+        raise UserError(f"cannot tell the format of {path}: use .csv, .jsonl, .json or .parquet")
+    with writing(path):
+        if suffix == ".csv":
+            _write_csv(frame, path)
+        elif suffix in (".jsonl", ".ndjson"):
+            frame.to_json(path, orient="records", lines=True)
+        elif suffix == ".json":
+            frame.to_json(path, orient="records", indent=1)
+        else:
+            try:
+                frame.to_parquet(path, index=False)
+            except ImportError as exc:
+                raise UserError("Parquet needs pyarrow: pip install 'infermeter[parquet]'") from exc
+    return path

@@ -1,0 +1,294 @@
+"""Stored runs as fitted models: what the trade-offs, the stack comparison and the report read.
+
+A run is a *reference* run when a local stack ran it (engine, hf: its fit is an idealized
+runtime when that stack is the reference) and an *API* run when its backend is `openai` (a
+black box, §3.5). For an API run two models are fitted:
+
+    raw        mean over trials, with the constant overhead: the runtime a user should expect
+    denoised   minimum over trials, with the constant overhead (§4.1)
+
+Fits are made in memory and never written back: reading a store for a report must not change
+it. Several stores can be read at once; `StoredRun.label` says which file a run came from.
+`fit_run` is what every verb that fits a stored run calls: the fit policy of infermeter.model.fit,
+one model per quantity and batch size, each with its validation error attached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from infermeter.errors import UserError
+from infermeter.model.cost_model import CostModel
+from infermeter.model.estimate import Pricing, pricing_for
+from infermeter.model.fit import FitPolicy, fit_profile, validation_errors
+from infermeter.spec.hardware import detect_accelerator
+from infermeter.spec.model import ModelSpec
+from infermeter.store.db import RunRecord, Store
+
+API_BACKENDS = frozenset({"openai"})
+
+
+def run_provenance(run: RunRecord, store: Path | str | None = None) -> dict[str, Any]:
+    """Where a fit's points came from, for its `provenance`."""
+    out: dict[str, Any] = {
+        "run_id": run.id,
+        "device": run.device,
+        "profiled_at": run.created_at,
+        "commit": run.commit_sha,
+        "backend": run.backend_info,
+    }
+    if store is not None:
+        out["store"] = str(store)
+    context = run.spec.get("max_context")
+    if run.spec.get("family") != "black-box" and isinstance(context, int):
+        out["max_context"] = context  # the model's own limit (an API's is unknown)
+    return out
+
+
+def attach_validation(models: list[CostModel], validation: pd.DataFrame) -> None:
+    """Put each model's error on the validation queries into its fit record (in place)."""
+    if validation.empty:
+        return
+    for model in models:
+        errors = validation_errors(model, validation)
+        if errors.get("n"):
+            model.fit["validation"] = errors
+
+
+def fit_run(store: Store, run_id: int, policy: FitPolicy | None = None) -> list[CostModel]:
+    """The models of a stored run (runtime first, then energy; one per batch size), each
+    with its validation error; nothing is written to the store."""
+    run = store.get_run(run_id)
+    policy = policy or FitPolicy(api=run.backend in API_BACKENDS)
+    models = fit_profile(
+        store.points(run_id),
+        policy,
+        model=run.model,
+        stack=run.stack,
+        provenance=run_provenance(run, store.path),
+    )
+    attach_validation(models, store.validation(run_id))
+    return models
+
+
+@dataclass
+class StoredRun:
+    """One run with its points, read from one store."""
+
+    store: Path
+    record: RunRecord
+    points: pd.DataFrame
+    samples: pd.DataFrame = field(default_factory=pd.DataFrame)
+    validation: pd.DataFrame = field(default_factory=pd.DataFrame)
+    _fits: dict[tuple[str, str], CostModel | None] = field(default_factory=dict, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.store.name}#{self.record.id}"
+
+    @property
+    def model(self) -> str:
+        return self.record.model
+
+    @property
+    def is_api(self) -> bool:
+        return self.record.backend in API_BACKENDS
+
+    @property
+    def ok_points(self) -> pd.DataFrame:
+        pts = self.points
+        return pts[(pts["status"] == "ok") & pts["runtime_s"].notna()]
+
+    @property
+    def date(self) -> str:
+        return self.record.created_at[:10]
+
+    @property
+    def spec(self) -> ModelSpec | None:
+        try:
+            return ModelSpec.from_dict(self.record.spec)
+        except (TypeError, ValueError):
+            return None
+
+    @property
+    def device(self) -> str:
+        """Where the run was measured: as recorded, else as its backend described it."""
+        info = self.record.backend_info or {}
+        return self.record.device or str(info.get("device") or "") or "unknown device"
+
+    @property
+    def stands_for(self) -> str:
+        """The model this run measures for capability tables: a stand-in names its original."""
+        extra = self.record.spec.get("extra") or {}
+        return str(extra.get("stands_for") or self.record.model)
+
+    @cached_property  # a catalog scan, asked for by pricing, labels and identity alike
+    def stack(self) -> dict[str, Any]:
+        """The stored stack; where it names no accelerator (a record written without one), the
+        catalog entry of the GPU the run recorded as its device, so it is priced as run."""
+        stack = dict(self.record.stack)
+        if stack.get("accelerator") is None:
+            detected = detect_accelerator(self.device)
+            if detected is not None:
+                stack["accelerator"] = detected.to_dict()
+        if stack.get("dtype") is None and self.record.backend_info.get("dtype"):
+            stack["dtype"] = self.record.backend_info["dtype"]  # the dtype the backend ran
+        return stack
+
+    @property
+    def stack_identity(self) -> tuple[Any, ...]:
+        """What makes two runs the same stack: backend, hardware, parallelism, dtype, and the
+        machine itself where the catalog entry is generic (any CPU) or missing."""
+        stack = self.stack
+        acc = stack.get("accelerator")
+        name = acc.get("name") if isinstance(acc, dict) else acc
+        return (
+            self.record.backend,
+            name,
+            stack.get("num_accelerators", 1),
+            stack.get("tensor_parallel", 1),
+            stack.get("dtype"),
+            self.device if name in (None, "cpu") else None,
+        )
+
+    @property
+    def stack_label(self) -> str:
+        acc = self.stack.get("accelerator")
+        name = acc.get("name") if isinstance(acc, dict) else acc
+        count = self.stack.get("num_accelerators", 1)
+        where = f"{count} × {name}" if name else self.device
+        return f"{self.record.backend} on {where}"
+
+    def fit(self, quantity: str = "runtime_s", denoise: str = "min") -> CostModel | None:
+        """The model of `quantity` fitted with `denoise`; None when the points cannot fit it."""
+        key = (quantity, denoise)
+        if key not in self._fits:
+            self._fits[key] = self._fit(quantity, denoise)
+        return self._fits[key]
+
+    def _fit(self, quantity: str, denoise: str) -> CostModel | None:
+        """The smallest batch size's model (the paper's batch of one where profiled)."""
+        points = self.points
+        if quantity not in points or points[quantity].notna().sum() == 0:
+            return None
+        # A reader shows every run it can price; a poor fit carries its note instead of
+        # vanishing from the figures (saving one is what --accept-poor-fit guards).
+        policy = FitPolicy(
+            api=self.is_api,
+            denoise=denoise if quantity == "runtime_s" else None,  # type: ignore[arg-type]
+            accept_poor_fit=True,
+        )
+        try:
+            models = fit_profile(
+                points,
+                policy,
+                model=self.record.model,
+                stack=self.stack,
+                provenance=run_provenance(self.record, self.store),
+                quantities=(quantity,),  # type: ignore[arg-type]
+            )
+        except UserError:
+            return None
+        attach_validation(models, self.validation)
+        return models[0]
+
+    def pricing(self) -> tuple[Pricing, str | None]:
+        """What a second of this run's stack costs (an A100 with a note if none is recorded)."""
+        return pricing_for(CostModel([1], [0.0], 0.0, stack=self.stack))
+
+
+def load_runs(stores: list[Path], with_samples: bool = True) -> list[StoredRun]:
+    """Every run of every store that has at least one usable point."""
+    runs: list[StoredRun] = []
+    for path in stores:
+        if not Path(path).exists():
+            raise UserError(
+                f"store {path} does not exist; profile into it with `infermeter profile`"
+            )
+        with Store(path, read_only=True) as db:
+            for run_id in db.runs()["id"].tolist():
+                points = db.points(int(run_id))
+                if points.empty:
+                    continue
+                samples = db.samples(int(run_id)) if with_samples else pd.DataFrame()
+                validation = db.validation(int(run_id))
+                record = db.get_run(int(run_id))
+                runs.append(StoredRun(Path(path), record, points, samples, validation))
+    return runs
+
+
+def reference_runs(runs: list[StoredRun]) -> list[StoredRun]:
+    return [r for r in runs if not r.is_api and not r.ok_points.empty]
+
+
+def api_runs(runs: list[StoredRun]) -> list[StoredRun]:
+    return [r for r in runs if r.is_api and not r.ok_points.empty]
+
+
+_BACKEND_PREFERENCE = {"engine": 0, "hf": 1}
+
+
+def reference_for(model: str, runs: list[StoredRun]) -> StoredRun | None:
+    """The run that gives `model`'s idealized runtime: the reference engine first, the newest.
+
+    The paper's idealized runtime is the model on one uniform, good stack; infermeter's
+    engine is that stack, so it wins over hf when both profiled the model.
+    """
+    mine = [r for r in reference_runs(runs) if _same(r.stands_for, model) or _same(r.model, model)]
+    mine = [r for r in mine if r.fit() is not None]
+    if not mine:
+        return None
+    newest_first = sorted(mine, key=lambda r: (r.record.created_at, r.record.id), reverse=True)
+    return min(newest_first, key=lambda r: _BACKEND_PREFERENCE.get(r.record.backend, 9))
+
+
+def _same(a: str, b: str) -> bool:
+    return model_key(a) == model_key(b)
+
+
+def model_key(name: str) -> str:
+    """A spelling-proof key: the catalog's canonical name when it knows the model."""
+    from infermeter.spec.catalog import get_spec
+
+    try:
+        return get_spec(name).name
+    except UserError:
+        return " ".join(name.strip().lower().replace("_", "-").split()).replace(" ", "-")
+
+
+def run_summary(run: StoredRun) -> dict[str, Any]:
+    """One line of provenance for the report's table, with the run's validation error: how
+    its estimates fared on queries it never profiled (percent; none where not validated)."""
+    row: dict[str, Any] = {
+        "run": run.label,
+        "model": run.model,
+        "backend": run.record.backend,
+        "stack": run.stack_label,
+        "device": run.device,
+        "date": run.date,
+        "commit": (run.record.commit_sha or "-")[:10],
+        "points": len(run.ok_points),
+    }
+    for quantity, label in (("runtime_s", "runtime"), ("energy_j", "energy")):
+        model = run.fit(quantity) if not run.validation.empty else None
+        check = (model.fit.get("validation") or {}) if model is not None else {}
+        if check.get("n"):
+            row[f"{label}_validated_on"] = check["n"]
+            row[f"{label}_mape_pct"] = round(check["mape_pct"], 2)
+            row[f"{label}_max_error_pct"] = round(check["max_error_pct"], 2)
+            row[f"{label}_bias_pct"] = round(check["bias_pct"], 2)
+    return row
+
+
+def describe_runs(runs: list[StoredRun]) -> str:
+    """'on DEVICE(S), DATE(S)': the short provenance phrase a caption ends with."""
+    devices = sorted({r.device for r in runs})
+    dates = sorted({r.date for r in runs})
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    where = devices[0] if len(devices) == 1 else f"{len(devices)} devices ({'; '.join(devices)})"
+    return f"on {where}, {when}"

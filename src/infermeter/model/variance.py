@@ -1,0 +1,73 @@
+"""Noise in black-box runtimes: per-point variation (Fig. 5) and raw vs denoised vs idealized
+runtime per request (Fig. 7) from stored points and fitted models.
+
+    raw        each request's measured runtime, as stored
+    denoised   the model fitted to the minimum over trials (fit.py, denoise="min"), with the
+               API's constant overhead; the paper expects raw >= denoised for most requests
+    idealized  a model profiled on a reference stack (engine/hf), when one is given
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from infermeter.model.cost_model import CostModel
+
+
+def _ok(points: pd.DataFrame) -> pd.DataFrame:
+    usable = points[points["runtime_s"].notna()]
+    if "status" in usable.columns:
+        usable = usable[usable["status"] == "ok"]
+    return usable
+
+
+def trial_variation(points: pd.DataFrame) -> pd.DataFrame:
+    """Per (p, o): trials, min/mean/max runtime, coefficient of variation, max/min."""
+    usable = _ok(points)
+    if usable.empty:
+        return pd.DataFrame()
+    grouped = usable.groupby(["prompt_tokens", "output_tokens"])["runtime_s"]
+    table = grouped.agg(trials="count", min_s="min", mean_s="mean", max_s="max", std_s="std")
+    table["cv"] = (table["std_s"].fillna(0.0) / table["mean_s"]).where(table["mean_s"] > 0, 0.0)
+    table["max_over_min"] = table["max_s"] / table["min_s"]
+    return table.drop(columns="std_s").reset_index()
+
+
+def raw_vs_models(
+    points: pd.DataFrame, denoised: CostModel, idealized: CostModel | None = None
+) -> pd.DataFrame:
+    """One row per usable request: its raw runtime and the models' runtimes for its (p, o)."""
+    usable = _ok(points)
+    columns = ["prompt_tokens", "output_tokens", "trial"]
+    frame = usable[[c for c in columns if c in usable.columns]].copy()
+    frame["raw_s"] = usable["runtime_s"].to_numpy(dtype=float)
+    p = frame["prompt_tokens"].to_numpy(dtype=float)
+    o = frame["output_tokens"].to_numpy(dtype=float)
+    frame["denoised_s"] = denoised.predict(p, o)
+    if idealized is not None:
+        frame["idealized_s"] = idealized.predict(p, o)
+    return frame.reset_index(drop=True)
+
+
+def noise_summary(points: pd.DataFrame, comparison: pd.DataFrame) -> dict[str, Any]:
+    """The headline numbers: mean and max CV, and the shares the paper reports for Fig. 7."""
+    variation = trial_variation(points)
+    summary: dict[str, Any] = {
+        "requests": len(comparison),
+        "mean_cv": float(variation["cv"].mean()) if not variation.empty else float("nan"),
+        "max_cv": float(variation["cv"].max()) if not variation.empty else float("nan"),
+        "max_over_min": (
+            float(variation["max_over_min"].max()) if not variation.empty else float("nan")
+        ),
+    }
+    if len(comparison):
+        raw, denoised = comparison["raw_s"], comparison["denoised_s"]
+        summary["share_raw_above_denoised"] = float(np.mean(raw >= denoised))
+        if "idealized_s" in comparison:
+            summary["share_idealized_above_denoised"] = float(
+                np.mean(comparison["idealized_s"] > denoised)
+            )
+    return summary
