@@ -31,6 +31,7 @@ from infermeter.engine.select import choose_attention, choose_moe
 from infermeter.engine.weights import init_random, load_checkpoint
 from infermeter.errors import UserError, is_oom
 from infermeter.spec.model import ModelSpec
+from infermeter.units import ms_to_s
 
 Sampling = Literal["greedy", "top_p"]
 SPAN_BUCKET = 64  # masked decode attends to a multiple of this many keys (and caches round up)
@@ -118,7 +119,7 @@ class _Clock:
     def intervals(self) -> list[float]:
         if self.cuda:
             self.marks[-1].synchronize()
-            return [a.elapsed_time(b) / 1e3 for a, b in pairwise(self.marks)]
+            return [ms_to_s(a.elapsed_time(b)) for a, b in pairwise(self.marks)]
         return [b - a for a, b in pairwise(self.marks)]
 
 

@@ -46,6 +46,7 @@ import pandas as pd
 
 from infermeter.errors import UserError
 from infermeter.measure.gpus import GpuRef, nvml_error, resolve_gpus
+from infermeter.units import mj_to_j, mw_to_w, to_giga
 
 # NVML field ids (nvml.h): instantaneous and averaged board power, in milliwatts.
 FI_DEV_POWER_AVERAGE = 185
@@ -361,7 +362,7 @@ class Meter:
         return True
 
     def _raw_counter(self, handle: Any) -> float:
-        return self._nvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0
+        return mj_to_j(self._nvml.nvmlDeviceGetTotalEnergyConsumption(handle))
 
     def _choose_power_field(self, wanted: str) -> str:
         def everywhere(field_id: int) -> bool:
@@ -383,7 +384,7 @@ class Meter:
             return None
         if getattr(value, "nvmlReturn", 1) != 0:
             return None
-        return float(value.value.uiVal) / 1000.0
+        return mw_to_w(float(value.value.uiVal))
 
     @property
     def available(self) -> bool:
@@ -425,7 +426,7 @@ class Meter:
             if watts is not None:
                 return watts
         try:
-            return self._nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0
+            return mw_to_w(self._nvml.nvmlDeviceGetPowerUsage(handle))
         except self._error:
             self.read_errors += 1
             return None
@@ -480,7 +481,7 @@ class Meter:
                     last_old = at
             # The step fell between the last read of the old value and the first of the new.
             tick = (last_old + polls[-1][0]) / 2
-            readings.append((value / 1000.0, tick, [p for p in polls if p[1] is not None]))
+            readings.append((mj_to_j(value), tick, [p for p in polls if p[1] is not None]))
         out = []
         # The moment the readings refer to: after the last step at a start, before the first
         # at an end, so that nothing between them and the window's edge goes unmetered.
@@ -567,7 +568,7 @@ class Meter:
         if not self.available:
             return None
         try:
-            return max(self._nvml.nvmlDeviceGetMemoryInfo(h).used for h in self._handles) / 1e9
+            return to_giga(max(self._nvml.nvmlDeviceGetMemoryInfo(h).used for h in self._handles))
         except (self._error, AttributeError):
             return None
 
@@ -577,7 +578,7 @@ class Meter:
         out: list[float | None] = []
         for handle in self._handles:
             try:
-                out.append(self._nvml.nvmlDeviceGetPowerManagementLimit(handle) / 1000.0)
+                out.append(mw_to_w(self._nvml.nvmlDeviceGetPowerManagementLimit(handle)))
             except self._error:
                 out.append(None)
         return out

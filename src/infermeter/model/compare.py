@@ -23,6 +23,7 @@ import pandas as pd
 from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel
 from infermeter.model.estimate import Pricing, estimate_queries
+from infermeter.units import per_second_to_per_hour
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def compare_stacks(
                 "device": stack.device,
                 "date": stack.date,
                 "accelerators": f"{stack.pricing.num_accelerators} × {stack.pricing.accelerator}",
-                "usd_per_hour": stack.pricing.usd_per_second * 3600,
+                "usd_per_hour": per_second_to_per_hour(stack.pricing.usd_per_second),
                 "total_runtime_s": est["runtime_s"].sum(),
                 "total_cost_usd": est["cost_usd"].sum(),
                 "total_energy_j": est["energy_j"].sum(),

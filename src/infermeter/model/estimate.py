@@ -25,6 +25,7 @@ from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel, ModelSet
 from infermeter.spec.hardware import Accelerator, get_accelerator
 from infermeter.store.outputs import writing
+from infermeter.units import j_to_wh, per_hour_to_per_second
 from infermeter.workloads.queries import (
     MAX_BATCH,
     MAX_JOULES,
@@ -57,7 +58,7 @@ class Pricing:
 
     @property
     def usd_per_second(self) -> float:
-        return self.num_accelerators * self.price_per_hour_usd / 3600.0
+        return per_hour_to_per_second(self.num_accelerators * self.price_per_hour_usd)
 
     @property
     def watts(self) -> float:
@@ -308,13 +309,13 @@ def estimate_queries(
     if pricing is not None:
         out["cost_usd"] = seconds * pricing.usd_per_second * share
         out["energy_j"] = seconds * pricing.watts * share
-        out["energy_wh"] = out["energy_j"] / 3600.0
+        out["energy_wh"] = j_to_wh(out["energy_j"])
     if energy is not None:
         energy = _as_set(energy)
         if energy.quantity != "energy_j":
             raise UserError("the energy profile given is a runtime model; pass the energy model")
         out["energy_measured_j"] = energy.predict(p, o, batch) * share
-        out["energy_measured_wh"] = out["energy_measured_j"] / 3600.0
+        out["energy_measured_wh"] = j_to_wh(out["energy_measured_j"])
     if grid_gco2_per_kwh is not None:
         if not (math.isfinite(grid_gco2_per_kwh) and grid_gco2_per_kwh >= 0):
             raise UserError("--grid-intensity must be a finite number of gCO2e/kWh >= 0")

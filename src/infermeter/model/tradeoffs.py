@@ -32,6 +32,7 @@ from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel
 from infermeter.model.estimate import Pricing
 from infermeter.spec.model import ModelSpec
+from infermeter.units import s_to_ms, to_giga
 
 # Efficiency metrics in Fig. 9's order, then the energy rows infermeter adds. Lower is better.
 METRICS: dict[str, str] = {
@@ -313,14 +314,14 @@ def tradeoff_table(
             "instances": len(group),
             "mean_prompt_tokens": float(p.mean()),
             "mean_output_tokens": float(o.mean()),
-            "params_b": prof.spec.num_params / 1e9 if prof.spec else math.nan,
+            "params_b": to_giga(prof.spec.num_params) if prof.spec else math.nan,
             "flops_per_query": (
                 float(np.mean(query_flops(prof.spec, p, o))) if prof.spec else math.nan
             ),
             "raw_runtime_s": _mean_prediction(prof.raw, p, o),
             "denoised_runtime_s": _mean_prediction(prof.denoised, p, o),
             "idealized_runtime_s": idealized,
-            "idealized_runtime_ms": idealized * 1e3,
+            "idealized_runtime_ms": s_to_ms(idealized),
             "idealized_cost_usd": idealized * pricing.usd_per_second if pricing else math.nan,
             "idealized_energy_j": idealized * pricing.watts if pricing else math.nan,
             "measured_energy_j": _mean_prediction(prof.energy, p, o),
