@@ -52,7 +52,7 @@ from infermeter.spec.model import ModelSpec
 
 @dataclass(frozen=True)
 class Arch:
-    """The spec's optional layout switches, resolved once (older specs lack some: defaults)."""
+    """The spec's layout switches, resolved once: per-part biases fall back to `spec.bias`."""
 
     qkv_bias: bool
     out_bias: bool
@@ -66,20 +66,19 @@ class Arch:
 
     @classmethod
     def of(cls, spec: ModelSpec) -> Arch:
-        def either(name: str) -> bool:
-            value = getattr(spec, name, None)
+        def either(value: bool | None) -> bool:
             return spec.bias if value is None else bool(value)
 
-        two_norms = getattr(spec, "parallel_norms", 1) == 2
-        placement = getattr(spec, "norm_placement", "pre")
+        two_norms = spec.parallel_norms == 2
+        placement = spec.norm_placement
         return cls(
-            qkv_bias=either("qkv_bias"),
-            out_bias=either("out_bias"),
-            mlp_bias=either("mlp_bias"),
-            lm_head_bias=bool(getattr(spec, "lm_head_bias", False)),
-            embedding_norm=bool(getattr(spec, "embedding_norm", False)),
+            qkv_bias=either(spec.qkv_bias),
+            out_bias=either(spec.out_bias),
+            mlp_bias=either(spec.mlp_bias),
+            lm_head_bias=bool(spec.lm_head_bias),
+            embedding_norm=bool(spec.embedding_norm),
             ffn_norm=(not spec.parallel_attn_ffn or two_norms) and placement != "post",
-            position_offset=int(getattr(spec, "position_offset", 0)),
+            position_offset=int(spec.position_offset),
             pre_norms=placement != "post",
             post_norms=placement != "pre",
         )
@@ -88,7 +87,7 @@ class Arch:
 def rotary_dim(spec: ModelSpec) -> int:
     if spec.position != "rotary":
         return 0
-    if getattr(spec, "mla", None) is not None:
+    if spec.mla is not None:
         return spec.mla.qk_rope_dim
     return int(spec.dim_head * spec.rotary_fraction) // 2 * 2
 
@@ -190,10 +189,10 @@ class Block(nn.Module):
         arch = Arch.of(spec)
         self.extra = spec.extra
         self.window = spec.layer_window(index) if hasattr(spec, "layer_window") else None
-        self.local = self.window is not None and getattr(spec, "local_rope_theta", None) is not None
-        self.scale = getattr(spec, "attn_scale", None)
-        self.softcap = getattr(spec, "attn_softcap", None)
-        self.qk_norm = getattr(spec, "qk_norm", "none")
+        self.local = self.window is not None and spec.local_rope_theta is not None
+        self.scale = spec.attn_scale
+        self.softcap = spec.attn_softcap
+        self.qk_norm = spec.qk_norm
         self._eps = spec.norm_eps
         # qk_norm "full": widths of the whole (unsharded) q and k, and how many ranks hold
         # each KV head (replicated when there are fewer KV heads than ranks)
@@ -216,9 +215,9 @@ class Block(nn.Module):
             self.q_norm, self.k_norm = _param(d, **kw), _param(d, **kw)
         elif self.qk_norm == "full":
             self.q_norm, self.k_norm = _param(self.nq * d, **kw), _param(self.nkv * d, **kw)
-        self.sinks = _param(self.nq, **kw) if getattr(spec, "attention_sinks", False) else None
+        self.sinks = _param(self.nq, **kw) if spec.attention_sinks else None
         self.moe = None
-        if getattr(spec, "moe", None) is not None and spec.is_moe_layer(index):
+        if spec.moe is not None and spec.is_moe_layer(index):
             self.moe = MoELayer(spec, lay.expert_ffn, lay.shared_ffn, self.lead, device, dtype)
             return
         ffn_in = (2 if spec.gated else 1) * lay.ffn
@@ -425,7 +424,7 @@ class Block(nn.Module):
 
 
 def spec_mla(spec: ModelSpec) -> bool:
-    return getattr(spec, "mla", None) is not None
+    return spec.mla is not None
 
 
 def linear(x: Tensor, w: Tensor, b: Tensor | None, fast: Any = None) -> Tensor:
@@ -495,7 +494,7 @@ class Decoder(nn.Module):
         self.sin: Tensor | None = None
         self.freqs_local = self.cos_local = self.sin_local = None
         if self.rot:
-            scaling = getattr(spec, "rope_scaling", None)
+            scaling = spec.rope_scaling
             self.freqs = rotations(self.rot, spec.rope_theta, scaling, spec.max_context).to(device)
             self.cos = self.freqs.real.contiguous()
             self.sin = self.freqs.imag.contiguous()
@@ -509,9 +508,9 @@ class Decoder(nn.Module):
             q0, nq = layout.q_start, layout.q_heads
             self.slopes = alibi_slopes(spec.num_heads)[q0 : q0 + nq].to(device)
         self.arange = torch.arange(spec.max_context + arch.position_offset, device=device)
-        multiplier = float(getattr(spec, "embedding_multiplier", 1.0))
+        multiplier = float(spec.embedding_multiplier)
         self.embed_scale = None if multiplier == 1.0 else torch.tensor(multiplier, dtype=dtype)
-        self.final_softcap = getattr(spec, "final_softcap", None)
+        self.final_softcap = spec.final_softcap
         self.windows = sorted({blk.window for blk in self.layers if blk.window is not None})
         self.masked = any(
             blk.window is not None or blk.sinks is not None or blk.softcap is not None

@@ -83,7 +83,6 @@ def combine(windows: list[EnergyWindow | None]) -> NodesWindow:
         sm_util=mean([w.sm_util if w else None for w in windows]),
         mem_util=mean([w.mem_util if w else None for w in windows]),
         short=any(w.short for w in windows if w is not None),
-        marks=first.marks,
         nodes=len(windows),
         per_node_j=[w.total_j if w else None for w in windows],
         node_window_s=[w.seconds if w else None for w in windows],

@@ -38,7 +38,7 @@ import bisect
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -141,7 +141,6 @@ class EnergyWindow:
     sm_util: float | None
     mem_util: float | None
     short: bool  # shorter than the counter's update period: trust it less
-    marks: dict[str, float] = field(default_factory=dict)  # energy (J) up to each mark
 
     @property
     def seconds(self) -> float:
@@ -170,7 +169,6 @@ class EnergyWindow:
             "sm_util": self.sm_util,
             "mem_util": self.mem_util,
             "energy_window_short": self.short,
-            "energy_marks_j": self.marks or None,
         }
 
 
@@ -266,7 +264,7 @@ class Meter:
         self._drained_to = -np.inf
         self._lock = threading.Lock()
         self._cancel_sampler: Callable[[], None] | None = None
-        self._open: dict[str, tuple[float, list[float] | None, dict[str, float]]] = {}
+        self._open: dict[str, tuple[float, list[float] | None]] = {}
         self._windows = 0
         if self._nvml is not None:
             self._setup(gpus, power_field)
@@ -596,18 +594,7 @@ class Meter:
         if sync:
             sync()
         counters, start = self._edge_counters(at_begin=True)
-        self._open[name] = (start, counters, {})
-
-    def mark(self, name: str, label: str, sync: Callable[[], None] | None = None) -> None:
-        """Record the energy spent since the window opened, e.g. at the end of prefill."""
-        start, counters, marks = self._open[name]
-        if sync:
-            sync()
-        now_counters = self._counters_j()
-        if counters is not None and now_counters is not None:
-            marks[label] = float(sum(now_counters) - sum(counters))
-        else:
-            marks[label] = float(self._integrate(start, self.clock.now()) or 0.0)
+        self._open[name] = (start, counters)
 
     def end(self, name: str, sync: Callable[[], None] | None = None) -> EnergyWindow:
         """Close window `name`: its energy per GPU by the best method this window's readings
@@ -617,12 +604,10 @@ class Meter:
         if sync:
             sync()
         end_counters, end = self._edge_counters(at_begin=False)
-        start, start_counters, marks = self._open.pop(name)
+        start, start_counters = self._open.pop(name)
         short = end - start < COUNTER_UPDATE_PERIOD_S
         if not self.available:
-            return EnergyWindow(
-                name, start, end, None, "none", None, None, None, None, None, short, marks
-            )
+            return EnergyWindow(name, start, end, None, "none", None, None, None, None, None, short)
         # A sample at the closing edge keeps short windows integrable.
         self.sample_once()
         with self._lock:
@@ -655,7 +640,6 @@ class Meter:
             sm_util=_mean(inside, "sm_util"),
             mem_util=_mean(inside, "mem_util"),
             short=short,
-            marks=marks,
         )
 
     # ---- timelines -----------------------------------------------------------------------
@@ -709,7 +693,7 @@ class Meter:
         (less two ticks, for its edge), and than the last drain once the store drains."""
         horizon = self.clock.now() - self.keep_s
         if self._open:
-            oldest = min(start for start, _, _ in self._open.values())
+            oldest = min(start for start, _ in self._open.values())
             horizon = min(horizon, oldest - 2 * self.interval_s)
         if self._draining:
             horizon = min(horizon, self._drained_to)
@@ -717,16 +701,6 @@ class Meter:
         if cut:
             del self._t[:cut]
             del self._rows[:cut]
-
-    def _integrate(self, start: float, end: float, gpu: int | None = None) -> float | None:
-        """Trapezoid ∫ power dt (J) over [start, end] from the samples held, all GPUs or one."""
-        with self._lock:
-            rows = self._rows_around(start, end)
-        gpus = self.gpus if gpu is None else [gpu]
-        parts = [_integrate_rows(rows, start, end, g) for g in gpus]
-        if not parts or any(p is None for p in parts):
-            return None
-        return float(sum(p for p in parts if p is not None))
 
 
 def _index_ref(nvml: Any, handle: Any, index: int, ordinal: int) -> GpuRef:

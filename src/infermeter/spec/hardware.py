@@ -117,10 +117,6 @@ class Accelerator:
         """USD per accelerator-second: the $/s of idealized cost."""
         return per_hour_to_per_second(self.price_per_hour_usd)
 
-    @property
-    def memory_gb(self) -> float:
-        return to_giga(self.memory_bytes)
-
     def peak_flops(self, dtype: str) -> float:
         """Dense peak FLOP/s for a ModelSpec dtype name ('bfloat16', 'float16', 'float32')."""
         by_dtype = {
@@ -787,11 +783,6 @@ class Stack:
             raise UserError(f"unknown dtype {self.dtype!r}; use one of {sorted(DTYPE_BYTES)}")
 
     @property
-    def replicas(self) -> int:
-        """Data-parallel copies of the model."""
-        return self.num_accelerators // self.tensor_parallel
-
-    @property
     def price_per_second(self) -> float:
         """USD per second for all accelerators of the stack."""
         return self.num_accelerators * self.accelerator.price_per_second
@@ -800,14 +791,6 @@ class Stack:
     def power_watts(self) -> float:
         """Rated power of all accelerators: the W of idealized energy."""
         return self.num_accelerators * self.accelerator.tdp_watts
-
-    def cost_usd(self, runtime_s: float) -> float:
-        """Idealized cost: runtime x accelerators x $/s."""
-        return runtime_s * self.price_per_second
-
-    def energy_joules(self, runtime_s: float) -> float:
-        """Idealized energy: runtime x accelerators x W."""
-        return runtime_s * self.power_watts
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe; the accelerator is stored whole so a stored run keeps its prices."""

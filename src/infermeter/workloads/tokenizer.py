@@ -148,7 +148,6 @@ class ByteTokenizer:
     def __init__(self, vocab_size: int = 259) -> None:
         if vocab_size < 2:
             raise UserError(f"a byte tokenizer needs a vocabulary of at least 2, got {vocab_size}")
-        self.model_vocab = vocab_size
         self.offset = 3 if vocab_size >= 259 else 0
         self.vocab_size = min(vocab_size, 256 + self.offset)
         self.bos_id: int | None = 1 if self.offset else None
