@@ -10,6 +10,9 @@
 - kernels.py   Triton decode kernels: flash-decoding, rotary+cache write, RMSNorm, GEMV
 - parallel.py  tensor-parallel layout and collectives
 - launch.py    one process per rank (torch.multiprocessing spawn), with deadlines
+- ranks.py     where a rank sits in a torchrun/srun job (torch-free), what its answer means
+- launched.py  ranks a launcher started: commands, heartbeats, process groups
+- launcher.py  the first call of a command every launched rank runs (serve_if_follower)
 
 `infermeter.backends.engine.EngineBackend` wraps it in the Backend protocol. Needs torch.
 """

@@ -360,7 +360,7 @@ class Engine:
 
         Without stop tokens the length is forced (profiling); with them, finished sequences are
         padded with their stop token and the run ends once all have stopped. `window` (an
-        energy window: begin(), end(); infermeter.measure.meter.Window) brackets exactly the timed
+        energy window: begin(), end(); infermeter.measure.window.Window) brackets exactly the timed
         generation, after a first visit's warm-up and graph capture; under tensor parallelism
         every rank gets it and its edges wait for all of them.
         """

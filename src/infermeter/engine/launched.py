@@ -36,8 +36,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
-from infermeter.engine.launch import GRACE_S, rank_error
-from infermeter.engine.launcher import LaunchEnv, RankLost, launch_env
+from infermeter.engine.ranks import GRACE_S, LaunchEnv, RankLost, launch_env, rank_error
 from infermeter.errors import UserError, is_oom, oom_line
 
 # Re-exported: what a launched command needs lives in infermeter.engine.launcher (no torch there).
@@ -446,9 +445,9 @@ def _run(
                 return "ok", None
             if what == "open":
                 options = dict(rest[0])
-                state["meter"] = (
-                    meter_factory(options) if meter_factory else _node_meter(env, options)
-                )
+                if meter_factory is None:  # rank 0 meters through its ClusterMeter
+                    raise RuntimeError("a node's meter is opened on a follower (serve)")
+                state["meter"] = meter_factory(options)
                 return "ok", None
             meter = state.get("meter")
             if meter is None:
@@ -487,17 +486,11 @@ def _run(
         return "oom", f"engine rank {env.rank}: {oom_line(error)}"
 
 
-def _node_meter(env: LaunchEnv, options: dict) -> Any:
-    """The Meter over this node's GPUs (its ranks' cuda:0 .. local_world - 1)."""
-    from infermeter.measure.meter import Meter
-
-    return Meter.for_device("cuda", env.local_world, local=True, **options)
-
-
-def serve(meter_factory: Callable[[dict], Any] | None = None) -> int:
+def serve(meter_factory: Callable[[dict], Any]) -> int:
     """A follower's life: run rank 0's commands until it says exit (returns 0) or is lost
     (returns EXIT_LOST, with a line on stderr). `meter_factory(options)` makes the node's
-    meter on a node's first rank (default: Meter.for_device over the node's GPUs)."""
+    meter on a node's first rank (infermeter.engine.launcher.node_meter: a Meter over the
+    node's GPUs)."""
     cluster = join()
     if cluster is None or cluster.env.rank == 0:
         raise RuntimeError("serve() is for launched ranks other than rank 0")

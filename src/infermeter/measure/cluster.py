@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from infermeter.measure.meter import EnergyWindow, Meter, Window
+from infermeter.measure.window import EnergyWindow, Window
 
 METER_TIMEOUT_S = 120.0  # a node's meter answers an edge or a reading within this
 
@@ -100,7 +100,7 @@ class ClusterMeter:
 
     spans_nodes = True
 
-    def __init__(self, local: Meter, cluster: Any, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, local: Any, cluster: Any, options: dict[str, Any] | None = None) -> None:
         self.local, self.cluster = local, cluster
         self.idle_w: float | None = None
         env = cluster.env
@@ -168,7 +168,7 @@ class ClusterMeter:
 
     # ---- windows -------------------------------------------------------------------------
     def window(self, name: str = "window") -> Window:
-        """A Window (infermeter.measure.meter.Window) whose edges reach every node."""
+        """A Window (infermeter.measure.window.Window) whose edges reach every node."""
         self._windows += 1
         return Window(self, f"{name}#{self._windows}")  # type: ignore[arg-type]
 
@@ -189,19 +189,3 @@ class ClusterMeter:
         mine = self.local.end(name, sync)
         replies = self.cluster.collect(seq, "meter end", METER_TIMEOUT_S)
         return combine([mine, *(replies[r][1] for r in self.leaders)])
-
-
-def spanning_meter(
-    device: str, count: int, nvml: Any = None, **options: Any
-) -> ClusterMeter | None:
-    """A ClusterMeter where this process is rank 0 of a launched run over several nodes
-    whose `count` GPUs are all its ranks'; None otherwise (a Meter of this node will do)."""
-    from infermeter.engine.launched import join
-    from infermeter.engine.launcher import launch_env
-
-    env = launch_env()
-    if env is None or env.nodes < 2 or count != env.world or env.rank != 0:
-        return None
-    cluster = join(env)
-    local = Meter.for_device(device, env.local_world, nvml, local=True, **options)
-    return ClusterMeter(local, cluster, options)

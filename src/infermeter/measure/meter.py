@@ -45,7 +45,9 @@ import numpy as np
 import pandas as pd
 
 from infermeter.errors import UserError
+from infermeter.measure.cluster import ClusterMeter
 from infermeter.measure.gpus import GpuRef, nvml_error, resolve_gpus
+from infermeter.measure.window import EnergyWindow, Window
 from infermeter.units import mj_to_j, mw_to_w, to_giga
 
 # NVML field ids (nvml.h): instantaneous and averaged board power, in milliwatts.
@@ -126,98 +128,6 @@ class PowerSample:
     mem_util: float | None
 
 
-@dataclass
-class EnergyWindow:
-    """Energy of one window, per GPU and in total, with the integrated power beside it."""
-
-    name: str
-    start: float
-    end: float
-    energy_j: list[float] | None  # per GPU, from the counter (or integrated, see method)
-    method: str  # "counter", "integrated" or "none"
-    integrated_j: float | None  # ∫ sampled power dt over the same window, all GPUs
-    idle_w: float | None  # summed idle power measured before the run
-    mean_power_w: float | None
-    sm_util: float | None
-    mem_util: float | None
-    short: bool  # shorter than the counter's update period: trust it less
-
-    @property
-    def seconds(self) -> float:
-        return self.end - self.start
-
-    @property
-    def total_j(self) -> float | None:
-        return float(sum(self.energy_j)) if self.energy_j is not None else None
-
-    @property
-    def above_idle_j(self) -> float | None:
-        if self.total_j is None or self.idle_w is None:
-            return None
-        return self.total_j - self.idle_w * self.seconds
-
-    def as_extra(self) -> dict[str, Any]:
-        """The fields a Measurement's `extra` keeps, for the store."""
-        return {
-            "energy_method": self.method,
-            "energy_window_s": self.seconds,
-            "energy_per_gpu_j": self.energy_j,
-            "energy_integrated_j": self.integrated_j,
-            "energy_above_idle_j": self.above_idle_j,
-            "idle_w": self.idle_w,
-            "mean_power_w": self.mean_power_w,
-            "sm_util": self.sm_util,
-            "mem_util": self.mem_util,
-            "energy_window_short": self.short,
-        }
-
-
-class Window:
-    """One energy window of a Meter around timed work: the contract between meter and work.
-
-    The work calls begin() just before and end() just after what it times, on whichever
-    process does it (an engine's ranks relay both edges to their parent, which reads every
-    GPU's counter); or a caller holds it around whole calls: `with meter.window() as w:`.
-    begin() and end() are idempotent, end() before begin() does nothing, and close() (= end)
-    ends a window an error left open. `result` is the EnergyWindow once ended.
-    """
-
-    def __init__(self, meter: Meter, name: str) -> None:
-        self.meter, self.name = meter, name
-        self.result: EnergyWindow | None = None
-        self.opened_at: float | None = None
-
-    @property
-    def is_open(self) -> bool:
-        return self.opened_at is not None
-
-    def begin(self, sync: Callable[[], None] | None = None) -> None:
-        """Open the window (reads every GPU's counter); `sync` makes the edge exact."""
-        if self.opened_at is None and self.result is None:
-            self.meter.begin(self.name, sync)
-            self.opened_at = self.meter.clock.now()
-
-    def end(self, sync: Callable[[], None] | None = None) -> EnergyWindow | None:
-        """Close the window and return its EnergyWindow (None if it never opened)."""
-        if self.opened_at is not None:
-            self.opened_at = None
-            self.result = self.meter.end(self.name, sync)
-        return self.result
-
-    close = end
-
-    def elapsed(self) -> float:
-        """Seconds since begin() on the meter's clock (0 when not open)."""
-        return 0.0 if self.opened_at is None else self.meter.clock.now() - self.opened_at
-
-    def __enter__(self) -> Window:
-        self.begin()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 class Meter:
     """Energy windows and power/utilisation timelines for a set of GPUs.
 
@@ -281,15 +191,23 @@ class Meter:
         """A Meter over the GPUs a run on `device` ("cuda", "cuda:N") with `count` GPUs (its
         tensor-parallel ranks) uses, as infermeter.measure.gpus.resolve_gpus maps them; inert, with
         a note, where NVML is missing. On rank 0 of a run launched over several nodes whose
-        ranks are those `count` GPUs, a ClusterMeter over every node's (infermeter.
-        cluster_meter); `local=True` keeps to this node. Raises UserError where the GPUs
-        cannot be told."""
+        ranks are those `count` GPUs, a ClusterMeter over every node's
+        (infermeter.measure.cluster); `local=True` keeps to this node. Raises UserError where
+        the GPUs cannot be told."""
+        env = None
         if not local:
-            from infermeter.measure.cluster import spanning_meter
+            # Here, not at the top: the infermeter.engine package imports torch, an optional
+            # extra, and a Meter must import without it (engine.ranks itself is torch-free).
+            from infermeter.engine.ranks import launch_env
 
-            spanning = spanning_meter(device, count, nvml, **options)
-            if spanning is not None:
-                return spanning  # type: ignore[return-value]
+            env = launch_env()
+        # Rank 0 of a run over several nodes whose ranks are these `count` GPUs: every node's.
+        if env is not None and env.nodes >= 2 and count == env.world and env.rank == 0:
+            from infermeter.engine.launched import join
+
+            cluster = join(env)
+            node = cls.for_device(device, env.local_world, nvml, local=True, **options)
+            return ClusterMeter(node, cluster, options)  # type: ignore[return-value]
         if nvml is None:
             nvml, _ = load_nvml()
             if nvml is None:
