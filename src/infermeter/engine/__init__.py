@@ -1,6 +1,7 @@
 """The reference engine: a compact, fast decoder built from a ModelSpec (our "Megatron").
 
 - model.py     the decoder: fused QKV and gate/up, static KV cache, flash/SDPA attention
+- layers.py    what every layer is made of: parameters, norms, projections, gated activations
 - attention.py windows, sinks, soft-capping, multi-head latent attention
 - moe.py       mixture-of-experts layers; moe_kernels.py: their Triton grouped GEMM
 - rope.py      rotary tables (plain, linear, llama3, YaRN)
@@ -17,13 +18,13 @@
 `infermeter.backends.engine.EngineBackend` wraps it in the Backend protocol. Needs torch.
 """
 
+from infermeter.engine.checkpoint import load_hf_checkpoint
 from infermeter.engine.generate import Engine, Generation, sample_top_p
 from infermeter.engine.model import Decoder
 from infermeter.engine.parallel import Comm, Layout, check_tp, partition
 from infermeter.engine.weights import (
     assign,
     init_random,
-    load_checkpoint,
     load_state,
     logical_tensors,
 )
@@ -37,7 +38,7 @@ __all__ = [
     "assign",
     "check_tp",
     "init_random",
-    "load_checkpoint",
+    "load_hf_checkpoint",
     "load_state",
     "logical_tensors",
     "partition",

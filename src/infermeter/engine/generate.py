@@ -25,10 +25,11 @@ import torch
 from torch import Tensor
 
 from infermeter.backends.base import Point
+from infermeter.engine.checkpoint import load_hf_checkpoint
 from infermeter.engine.model import Decoder
 from infermeter.engine.parallel import Comm, partition
 from infermeter.engine.select import choose_attention, choose_moe
-from infermeter.engine.weights import init_random, load_checkpoint
+from infermeter.engine.weights import init_random
 from infermeter.errors import UserError, is_oom
 from infermeter.spec.model import ModelSpec
 from infermeter.units import ms_to_s
@@ -155,7 +156,7 @@ class Engine:
         with torch.inference_mode():
             self.model = Decoder(spec, layout, self.comm, self.device, dtype)
             if checkpoint:
-                load_checkpoint(self.model, checkpoint)
+                load_hf_checkpoint(self.model, checkpoint)
             else:
                 init_random(self.model, seed)
         self.graphs = cuda_graphs and self.device.type == "cuda"

@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from infermeter.engine.attention import LatentAttention, attend, window_mask
-from infermeter.engine.moe import MoELayer, activation
+from infermeter.engine.layers import Norm, activation, linear, param
+from infermeter.engine.moe import MoELayer
 from infermeter.engine.parallel import Comm, Layout
 from infermeter.engine.rope import rotations
 from infermeter.spec.model import ModelSpec
@@ -145,29 +146,6 @@ class Ring:
     dst: Tensor | None = None  # ... and slot written (src % size)
 
 
-def _param(*shape: int, device: torch.device, dtype: torch.dtype) -> nn.Parameter:
-    # Uninitialised on the target device: weights.py fills it there, no CPU round trip.
-    return nn.Parameter(torch.empty(*shape, device=device, dtype=dtype), requires_grad=False)
-
-
-class Norm(nn.Module):
-    def __init__(
-        self, spec: ModelSpec, device: torch.device, dtype: torch.dtype, width: int = 0
-    ) -> None:
-        super().__init__()
-        h = width or spec.hidden_size
-        self.eps = spec.norm_eps
-        self.weight = _param(h, device=device, dtype=dtype)
-        self.bias = _param(h, device=device, dtype=dtype) if spec.norm == "layernorm" else None
-
-    def forward(self, x: Tensor, fast: Any = None) -> Tensor:
-        if self.bias is not None:
-            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-        if fast is not None:
-            return fast.rms_norm(x, self.weight, self.eps)
-        return F.rms_norm(x, x.shape[-1:], self.weight, self.eps)
-
-
 class Block(nn.Module):
     def __init__(
         self,
@@ -206,25 +184,25 @@ class Block(nn.Module):
         v_dim = spec.mla.v_head_dim if self.mla is not None else d
         if self.mla is None:
             qkv = (self.nq + 2 * self.nkv) * d
-            self.wqkv = _param(qkv, h, **kw)
-            self.bqkv = _param(qkv, **kw) if arch.qkv_bias else None
-        self.wo = _param(h, self.nq * v_dim, **kw)
-        self.bo = _param(h, **kw) if arch.out_bias else None
+            self.wqkv = param(qkv, h, **kw)
+            self.bqkv = param(qkv, **kw) if arch.qkv_bias else None
+        self.wo = param(h, self.nq * v_dim, **kw)
+        self.bo = param(h, **kw) if arch.out_bias else None
         self.q_norm = self.k_norm = None
         if self.qk_norm == "head":
-            self.q_norm, self.k_norm = _param(d, **kw), _param(d, **kw)
+            self.q_norm, self.k_norm = param(d, **kw), param(d, **kw)
         elif self.qk_norm == "full":
-            self.q_norm, self.k_norm = _param(self.nq * d, **kw), _param(self.nkv * d, **kw)
-        self.sinks = _param(self.nq, **kw) if spec.attention_sinks else None
+            self.q_norm, self.k_norm = param(self.nq * d, **kw), param(self.nkv * d, **kw)
+        self.sinks = param(self.nq, **kw) if spec.attention_sinks else None
         self.moe = None
         if spec.moe is not None and spec.is_moe_layer(index):
             self.moe = MoELayer(spec, lay.expert_ffn, lay.shared_ffn, self.lead, device, dtype)
             return
         ffn_in = (2 if spec.gated else 1) * lay.ffn
-        self.w_in = _param(ffn_in, h, **kw)  # gated: [gate; up] of this rank
-        self.b_in = _param(ffn_in, **kw) if arch.mlp_bias else None
-        self.w_down = _param(h, lay.ffn, **kw)
-        self.b_down = _param(h, **kw) if arch.mlp_bias else None
+        self.w_in = param(ffn_in, h, **kw)  # gated: [gate; up] of this rank
+        self.b_in = param(ffn_in, **kw) if arch.mlp_bias else None
+        self.w_down = param(h, lay.ffn, **kw)
+        self.b_down = param(h, **kw) if arch.mlp_bias else None
 
     def _row(self, x: Tensor, w: Tensor, b: Tensor | None, acc: Tensor | None, fast: Any) -> Tensor:
         """acc + x @ w.T (+ b on the lead rank): the residual add rides in the GEMM epilogue."""
@@ -427,13 +405,6 @@ def spec_mla(spec: ModelSpec) -> bool:
     return spec.mla is not None
 
 
-def linear(x: Tensor, w: Tensor, b: Tensor | None, fast: Any = None) -> Tensor:
-    """x @ w.T + b; a decode batch on the Triton path streams w through our GEMV kernel."""
-    if fast is not None and x.shape[0] <= fast.SMALL_M:
-        return fast.small_linear(x, w, b)
-    return F.linear(x, w, b)
-
-
 def flash_varlen(
     q: Tensor,
     k: Tensor,
@@ -477,17 +448,17 @@ class Decoder(nn.Module):
         kw = {"device": device, "dtype": dtype}
         h = spec.hidden_size
         self.arch = arch = Arch.of(spec)
-        self.embed = _param(spec.vocab_size, h, **kw)  # replicated on every rank
+        self.embed = param(spec.vocab_size, h, **kw)  # replicated on every rank
         self.embed_norm = Norm(spec, device, dtype) if arch.embedding_norm else None
         rows = spec.max_context + arch.position_offset
-        self.pos_embed = _param(rows, h, **kw) if spec.position == "learned" else None
+        self.pos_embed = param(rows, h, **kw) if spec.position == "learned" else None
         self.layers = nn.ModuleList(
             Block(spec, layout, comm, device, dtype, i) for i in range(spec.num_layers)
         )
         self.norm = Norm(spec, device, dtype)
         rows = layout.vocab_end - layout.vocab_start
-        self.lm_head = None if spec.tie_embeddings else _param(rows, h, **kw)
-        self.head_bias = _param(rows, **kw) if arch.lm_head_bias else None
+        self.lm_head = None if spec.tie_embeddings else param(rows, h, **kw)
+        self.head_bias = param(rows, **kw) if arch.lm_head_bias else None
         self.rot = rotary_dim(spec)
         self.freqs: Tensor | None = None
         self.cos: Tensor | None = None
