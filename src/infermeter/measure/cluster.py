@@ -41,6 +41,9 @@ class NodesWindow(EnergyWindow):
         return None if first is None else first * self.nodes
 
     def as_extra(self) -> dict[str, Any]:
+        """EnergyWindow.as_extra plus the node count and each node's joules and window length
+        (s); `energy_rank0_node_x_nodes_j` only where Words to Watts' figure differs
+        from the sum (relative 1e-9)."""
         extra = {
             **super().as_extra(),
             "nodes": self.nodes,
@@ -151,19 +154,25 @@ class ClusterMeter:
         return self.idle_w
 
     def start(self) -> ClusterMeter:
+        """Start every node's sampler; returns self. Raises RankLost where a node stops
+        answering."""
         self._each("start")
         return self
 
     def stop(self) -> None:
+        """Stop every node's sampler (also `close`)."""
         self._each("stop")
 
     close = stop
 
     def memory_used_gb(self) -> float | None:
+        """The most GPU memory (GB, decimal) any node's meter reads in use; None where no node
+        can tell."""
         parts = [p for p in self._each("memory_used_gb") if p is not None]
         return max(parts) if parts else None
 
     def power_limits_w(self) -> list[float | None]:
+        """Every GPU's power limit (W), node by node (None where NVML cannot tell)."""
         return [w for part in self._each("power_limits_w") for w in (part or [])]
 
     # ---- windows -------------------------------------------------------------------------
@@ -173,6 +182,9 @@ class ClusterMeter:
         return Window(self, f"{name}#{self._windows}")  # type: ignore[arg-type]
 
     def begin(self, name: str, sync: Any = None) -> None:
+        """Open window `name` on every node: inside an engine call at the ranks' barrier, else
+        as a command each node's first rank answers. Raises RankLost where a node
+        stops answering."""
         if self.cluster.in_call:  # the engine's ranks are at a barrier (DriverWindow)
             self.local.begin(name, sync)
             return
@@ -181,6 +193,8 @@ class ClusterMeter:
         self.cluster.collect(seq, "meter begin", METER_TIMEOUT_S)
 
     def end(self, name: str, sync: Any = None) -> NodesWindow:
+        """Close window `name` on every node and return their sum as a NodesWindow (rank 0's
+        node first). Raises RankLost where a node stops answering."""
         if self.cluster.in_call:
             mine = self.local.end(name, sync)
             gathered = self.cluster.gather(None) or []

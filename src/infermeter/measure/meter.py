@@ -81,12 +81,16 @@ class SystemClock:
     """time.perf_counter, time.sleep and a daemon thread for the sampler."""
 
     def now(self) -> float:
+        """time.perf_counter(): seconds on a monotonic clock."""
         return time.perf_counter()
 
     def sleep(self, seconds: float) -> None:
+        """time.sleep(seconds)."""
         time.sleep(seconds)
 
     def every(self, interval_s: float, tick: Callable[[], None]) -> Callable[[], None]:
+        """Call `tick` every `interval_s` seconds on a daemon thread (fixed rate, not drifting
+        with tick's own time); returns the function that stops it."""
         stop = threading.Event()
 
         def run() -> None:
@@ -121,6 +125,10 @@ def load_nvml() -> tuple[Any | None, str | None]:
 
 @dataclass
 class PowerSample:
+    """One sampler reading of one GPU: power (W) and SM / memory utilisation (%), from
+    nvmlDeviceGetFieldValues or nvmlDeviceGetPowerUsage and
+    nvmlDeviceGetUtilizationRates."""
+
     t: float  # on the meter's clock (time.perf_counter for the system clock)
     gpu: int  # NVML index
     power_w: float | None  # None: the reading failed or this GPU has none
@@ -450,11 +458,14 @@ class Meter:
         return self
 
     def stop(self) -> None:
+        """Stop the background sampler (a no-op when it is not running); windows still read the
+        counters."""
         if self._cancel_sampler is not None:
             self._cancel_sampler()
             self._cancel_sampler = None
 
     def close(self) -> None:
+        """The same as stop(), for `with`-style and contextlib.closing use."""
         self.stop()
 
     def __enter__(self) -> Meter:

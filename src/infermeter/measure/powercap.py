@@ -95,6 +95,9 @@ def _alive(pid: int) -> bool:
 
 @dataclass(frozen=True)
 class GpuLimit:
+    """One GPU's power limits (W) as NVML reported them before capping: the limit in force, the
+    allowed range (nvmlDeviceGetPowerManagementLimitConstraints) and the default."""
+
     gpu: int  # NVML index
     original_w: float
     min_w: float
@@ -323,6 +326,7 @@ class PowerCap:
 
     @property
     def active(self) -> bool:
+        """True while a limit this PowerCap set is still in force (not yet restored)."""
         return bool(self._changed)
 
     def _note(self, text: str) -> None:

@@ -47,14 +47,18 @@ class EnergyWindow:
 
     @property
     def seconds(self) -> float:
+        """The window's length in seconds, on its meter's clock."""
         return self.end - self.start
 
     @property
     def total_j(self) -> float | None:
+        """Energy (J) summed over the GPUs; None where nothing was measured."""
         return float(sum(self.energy_j)) if self.energy_j is not None else None
 
     @property
     def above_idle_j(self) -> float | None:
+        """Energy (J) above the measured idle power over the window's length; None without idle
+        power or energy."""
         if self.total_j is None or self.idle_w is None:
             return None
         return self.total_j - self.idle_w * self.seconds
@@ -92,6 +96,7 @@ class Window:
 
     @property
     def is_open(self) -> bool:
+        """True between begin() and end()."""
         return self.opened_at is not None
 
     def begin(self, sync: Callable[[], None] | None = None) -> None:

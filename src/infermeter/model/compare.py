@@ -40,12 +40,18 @@ class StackProfile:
 
 @dataclass
 class StackComparison:
+    """compare_stacks' result: per-query runtime, cost and energy on every stack, a per-stack
+    summary (totals, speedup and cost ratio against the baseline), and the baseline's
+    name."""
+
     per_query: pd.DataFrame  # one row per (query, stack)
     summary: pd.DataFrame  # one row per stack
     baseline: str
 
 
 def verdict(speedup: float, cost_ratio: float) -> str:
+    """Words for a stack against the baseline: faster or slower (speedup >= 1) and cheaper or
+    dearer (cost ratio < 1); 'n/a' where a total was 0."""
     if not (np.isfinite(speedup) and np.isfinite(cost_ratio)):
         return "n/a (a total of 0)"
     faster = speedup >= 1.0

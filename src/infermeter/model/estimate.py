@@ -58,14 +58,19 @@ class Pricing:
 
     @property
     def usd_per_second(self) -> float:
+        """USD per second for all accelerators: count x $/h / 3600
+        (units.per_hour_to_per_second)."""
         return per_hour_to_per_second(self.num_accelerators * self.price_per_hour_usd)
 
     @property
     def watts(self) -> float:
+        """Rated power (W) of all accelerators: the power of idealized energy."""
         return self.num_accelerators * self.power_watts
 
     @classmethod
     def of(cls, accelerator: Accelerator, count: int) -> Pricing:
+        """Pricing of `count` accelerators of a catalog entry (its $/h, TDP and the note when
+        they are nominal)."""
         return cls(
             accelerator.name,
             count,
@@ -346,6 +351,8 @@ def summarize(estimates: pd.DataFrame) -> pd.DataFrame:
 
 
 def query_grid(prompt_sizes: list[int], output_sizes: list[int]) -> pd.DataFrame:
+    """Every (prompt, output) size pair of the two lists as a query table (prompt_tokens,
+    output_tokens), checked like a query file. Raises UserError for a size below 1."""
     p, o = np.meshgrid(prompt_sizes, output_sizes, indexing="ij")
     return validate_queries(
         pd.DataFrame({"prompt_tokens": p.ravel(), "output_tokens": o.ravel()}), "grid"

@@ -173,6 +173,9 @@ def read_capabilities(path: str | Path, metric: str | None = None) -> pd.DataFra
 def validate_capabilities(
     frame: pd.DataFrame, metric: str | None = None, origin: str = "capabilities"
 ) -> pd.DataFrame:
+    """A capability table checked and normalised: model, scenario and a float `accuracy` column
+    (`metric` renamed to it, or the one numeric column). Raises UserError naming the row
+    for a missing column, a non-number score or a model listed twice on a scenario."""
     if frame.empty:
         raise UserError(f"{origin} holds no scores; {CAPABILITY_HINT}")
     missing = [c for c in ("model", "scenario") if c not in frame.columns]
@@ -229,6 +232,8 @@ def read_scenario_queries(sources: Sequence[str | Path]) -> pd.DataFrame:
 
 
 def validate_scenario_queries(frame: pd.DataFrame, origin: str = "queries") -> pd.DataFrame:
+    """scenario, prompt_tokens, output_tokens as floats, checked. Raises UserError for a
+    missing column, no rows, or a size that is not a number >= 1 (naming the row)."""
     missing = [c for c in ("prompt_tokens", "output_tokens") if c not in frame.columns]
     if missing:
         raise UserError(
@@ -429,6 +434,9 @@ def check_objective(expression: str, columns: Sequence[str]) -> None:
 
 
 def evaluate_objective(table: pd.DataFrame, expression: str) -> pd.Series:
+    """An objective (arithmetic on the table's numeric columns, see check_objective) per row,
+    as floats. Raises UserError for an expression that is not allowed or does not
+    evaluate."""
     numeric = [c for c in table.columns if table[c].dtype.kind in "fiub"]
     check_objective(expression, numeric)
     try:

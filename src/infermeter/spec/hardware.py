@@ -148,12 +148,16 @@ class Accelerator:
 
     # ---- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """JSON-safe fields (device_patterns as a list), as hardware config files and stored
+        runs hold them."""
         data = asdict(self)
         data["device_patterns"] = list(self.device_patterns)  # JSON has no tuples
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Accelerator:
+        """Inverse of to_dict. Raises UserError for an unknown field or a missing required
+        number (peak FLOP/s, bandwidth, memory, TDP, price)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
