@@ -518,6 +518,9 @@ class Engine:
         return [int(torch.unique(moe.last_ids).numel()) for moe in moes]
 
     def describe(self) -> dict[str, Any]:
+        """What a run records about the engine: torch version, device, dtype, TP size, CUDA
+        graphs (decode and prefill, with why not), sampling, the decode attention
+        chosen (and why others were skipped), PDL and the MoE experts path."""
         cuda = self.device.type == "cuda"
         return {
             "torch": torch.__version__,

@@ -212,6 +212,8 @@ class RankGroup:
         return replies[0][1]
 
     def kill(self) -> None:
+        """Stop every rank now: terminate, then kill one that is still alive after 10 s. The
+        group cannot be used afterwards."""
         self.alive = False
         for proc in self.procs:
             if proc.is_alive():
@@ -223,6 +225,8 @@ class RankGroup:
                 proc.join(timeout=5)
 
     def close(self, timeout_s: float = 30.0) -> None:
+        """Ask every rank to close and wait up to `timeout_s` seconds in all, then kill what is
+        left and close the queues."""
         if self.alive:
             for commands in self.commands:
                 commands.put(("close", (), {}))

@@ -223,6 +223,8 @@ class Cluster:
         return replies
 
     def lost(self, ranks: list[int], what: str) -> RankLost:
+        """The RankLost error naming `ranks` (host and rank) whose heartbeat stopped during
+        `what`."""
         return RankLost(
             f"engine {', '.join(self.name(r) for r in ranks)} died during {what} (its heartbeat "
             f"stopped); {_RESUME}"
@@ -320,6 +322,7 @@ class Cluster:
         self.device_type = device_type
 
     def barrier(self) -> None:
+        """Wait for every rank on the gloo control group (torch.distributed.barrier)."""
         import torch.distributed as dist
 
         dist.barrier(group=self.ctrl)
@@ -404,11 +407,16 @@ class DriverWindow:
         self.cluster, self.window = cluster, window
 
     def begin(self, sync: Any = None) -> None:
+        """Open the window at a barrier of all ranks, so every rank's timed work starts after
+        it."""
         self.cluster.barrier()
         self.window.begin()
         self.cluster.barrier()
 
     def end(self, sync: Any = None) -> None:
+        """Close the window at a barrier of all ranks. The other ranks then gather the window;
+        rank 0 joins that gather here unless its meter spans nodes, which gathers
+        inside its own end."""
         self.cluster.barrier()
         self.window.end()
         if not getattr(getattr(self.window, "meter", None), "spans_nodes", False):

@@ -34,6 +34,8 @@ class Norm(nn.Module):
         self.bias = param(h, device=device, dtype=dtype) if spec.norm == "layernorm" else None
 
     def forward(self, x: Tensor, fast: Any = None) -> Tensor:
+        """The norm of x [..., width]: LayerNorm with bias, else RMSNorm (the fused Triton
+        kernel where `fast` is given); same shape."""
         if self.bias is not None:
             return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
         if fast is not None:

@@ -67,6 +67,10 @@ class Arch:
 
     @classmethod
     def of(cls, spec: ModelSpec) -> Arch:
+        """The spec's switches resolved: per-part biases (None follows `bias`), the FFN's own
+        norm (sequential blocks, or NeoX's two norms; none with post-norms), norm
+        placement and OPT's position offset."""
+
         def either(value: bool | None) -> bool:
             return spec.bias if value is None else bool(value)
 
@@ -86,6 +90,8 @@ class Arch:
 
 
 def rotary_dim(spec: ModelSpec) -> int:
+    """How many of a head's dimensions are rotated: 0 without rotary positions, MLA's rotary
+    part, else rotary_fraction of the head width rounded down to even."""
     if spec.position != "rotary":
         return 0
     if spec.mla is not None:
@@ -147,6 +153,10 @@ class Ring:
 
 
 class Block(nn.Module):
+    """One transformer layer on this rank's tensor-parallel slice: norms, attention (standard,
+    windowed or MLA) with its KV-cache writes, and a dense or MoE FFN, sequential or
+    parallel (GPT-J, NeoX)."""
+
     def __init__(
         self,
         spec: ModelSpec,
@@ -371,6 +381,9 @@ class Block(nn.Module):
         return self._attend(qkv, ctx, cache)
 
     def forward(self, x: Tensor, ctx: Context, cache: Tensor) -> Tensor:
+        """x [T, hidden] through one layer at the positions of `ctx`, reading and writing
+        `cache` (this layer's KV cache); returns [T, hidden], all-reduced over the
+        TP group."""
         fast = ctx.fast
         h = x if self.attn_norm is None else self.attn_norm(x, fast)
         a = self._self_attention(h, ctx, cache)
@@ -402,6 +415,7 @@ class Block(nn.Module):
 
 
 def spec_mla(spec: ModelSpec) -> bool:
+    """Whether the spec uses multi-head latent attention (DeepSeek-V2/V3)."""
     return spec.mla is not None
 
 
@@ -508,6 +522,10 @@ class Decoder(nn.Module):
         return (batch, slots, 2, self.layout.kv_heads, spec.dim_head)
 
     def allocate_cache(self, batch: int, length: int) -> None:
+        """Allocate a zeroed KV cache for `batch` sequences of up to `length` tokens (one
+        tensor where every layer's shape agrees, else one per layer) and the index
+        tensors the CUDA graphs read; frees the old cache first. torch raises
+        OutOfMemoryError where it does not fit."""
         self.cache = None  # free the old one first: two caches may not fit
         spec = self.spec
         shapes = [self.cache_shape(i, batch, length) for i in range(spec.num_layers)]

@@ -44,6 +44,7 @@ class LaunchEnv:
         return self.local_rank == 0
 
     def describe(self) -> dict[str, Any]:
+        """What a run records about its launcher: its name, the node count and the rank count."""
         return {"launcher": self.launcher, "nodes": self.nodes, "ranks": self.world}
 
 
