@@ -11,7 +11,7 @@ from pathlib import Path
 
 from infermeter.errors import DoesNotFit
 from infermeter.spec.model import DTYPE_BYTES, ModelSpec
-from infermeter.units import to_gib
+from infermeter.units import kib_to_bytes, to_gib
 
 # Weights are not all a run holds (activations, KV cache, the framework itself): keep room.
 HEADROOM = 0.9
@@ -31,7 +31,7 @@ def available_bytes(device: str) -> int | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+                return kib_to_bytes(int(line.split()[1]))
     except OSError:
         pass
     return None
