@@ -38,7 +38,7 @@ def curve(model: str, batches: list[int], repeats: int) -> list[dict[str, Any]]:
             row: dict[str, Any] = {"model": model, "batch": batch, "context": 512}
             try:
                 got = medians(backend, Point(480, 65, batch), repeats)
-                step = got["decode_step_s"]
+                step = got["tpot_s"]
                 row.update(
                     step_ms=1e3 * step,
                     tokens_per_s=batch / step,

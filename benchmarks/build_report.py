@@ -32,11 +32,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))  # browser.py: the headless-Chromium check
 
+from browser import check_page, find_chromium  # noqa: E402
 from infermeter.backends import get_backend  # noqa: E402
 from infermeter.experiments.profile import ProfileGrid, run_profile  # noqa: E402
 from infermeter.report import ReportInputs, build_report  # noqa: E402
-from infermeter.report.browser import check_page, find_chromium  # noqa: E402
 from infermeter.spec.catalog import get_spec  # noqa: E402
 from infermeter.spec.hardware import Stack, get_accelerator  # noqa: E402
 from infermeter.store.db import Store  # noqa: E402

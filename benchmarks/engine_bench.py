@@ -87,7 +87,7 @@ def medians(backend: Any, point: Point, repeats: int) -> dict[str, float]:
     if point.output_tokens > 1:  # time per output token after the first
         per_token = [(m.runtime_s - (m.ttft_s or 0.0)) / (point.output_tokens - 1) for m in runs]
         out["per_token_s"] = statistics.median(per_token)
-    for key in ("prefill_s", "decode_step_s"):
+    for key in ("prefill_s", "tpot_s"):
         values = [m.extra[key] for m in runs if m.extra.get(key) is not None]
         if values:
             out[key] = statistics.median(values)
@@ -225,7 +225,7 @@ def main() -> None:
     hf.close()
     print(f"hf e2e {e2e_hf}", flush=True)
 
-    step = decode["decode_step_s"]
+    step = decode["tpot_s"]
     per_token_ratio = e2e_hf["per_token_s"] / e2e_engine["per_token_s"]
     result = {
         "spec": spec.to_dict(),

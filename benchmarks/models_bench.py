@@ -138,18 +138,18 @@ def decode_step(points: Any) -> dict[str, Any]:
     p = min(sizes, key=lambda s: abs(s - 512))
     o = int(ok.output_tokens.max())
     chosen = ok[(ok.prompt_tokens == p) & (ok.output_tokens == o)]
-    steps = [json.loads(e).get("decode_step_s") for e in chosen.extra_json]
+    steps = [json.loads(e).get("tpot_s") for e in chosen.extra_json]
     steps = [s for s in steps if s]
     return {
         "decode_point": {"prompt_tokens": int(p), "output_tokens": o},
         "decode_context_mean": p + (o - 2) / 2,
-        "decode_step_s": min(steps) if steps else None,
+        "tpot_s": min(steps) if steps else None,
     }
 
 
 def floor_check(row: dict[str, Any], bandwidth: float, tp: int) -> None:
     """Add the bytes floor of the batch-1 decode step and the ratio to it."""
-    if row.get("decode_step_s") is None:
+    if row.get("tpot_s") is None:
         return
     spec = get_spec(row["model"])
     context = round(row["decode_context_mean"])
@@ -158,7 +158,7 @@ def floor_check(row: dict[str, Any], bandwidth: float, tp: int) -> None:
         decode_bytes=spec.decode_bytes(context, 1),
         copy_bandwidth_Bps=bandwidth,
         floor_s=floor,
-        floor_ratio=row["decode_step_s"] / floor,
+        floor_ratio=row["tpot_s"] / floor,
     )
 
 
@@ -184,7 +184,7 @@ def batch_curve(name: str, batches: tuple[int, ...], device: str, repeats: int) 
                 runs = [backend.measure(Point(prompt, new, b, i)) for i in range(repeats)]
                 if any(m.status != "ok" for m in runs):
                     raise RuntimeError(next(m.detail for m in runs if m.status != "ok"))
-                step = statistics.median(m.extra["decode_step_s"] for m in runs)
+                step = statistics.median(m.extra["tpot_s"] for m in runs)
                 counts = backend._engine.expert_counts(b, prompt)
                 row.update(
                     step_s=step,
@@ -311,7 +311,7 @@ def main() -> None:
             table.append(
                 (
                     f"{label}: batch-1 decode step / bytes floor",
-                    f"{r['decode_step_s'] * 1e3:.2f} ms / {r['floor_s'] * 1e3:.2f} ms = "
+                    f"{r['tpot_s'] * 1e3:.2f} ms / {r['floor_s'] * 1e3:.2f} ms = "
                     f"{r['floor_ratio']:.2f}×",
                     f"≤ {FLOOR_GOAL}×",
                 )

@@ -417,7 +417,7 @@ def test_backend_measure_and_errors() -> None:
         assert m.status == "ok" and m.output_tokens_actual == 5
         assert 0 < m.ttft_s <= m.runtime_s
         assert m.extra["prefill_s"] <= m.ttft_s
-        assert m.extra["decode_step_s"] == pytest.approx(m.extra["decode_s"] / 4)
+        assert m.extra["tpot_s"] == pytest.approx(m.extra["decode_s"] / 4)
         info = backend.describe()
         for key in ("torch", "device", "dtype", "tp", "cuda_graphs", "sampling"):
             assert key in info

@@ -427,12 +427,8 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_stack_price_and_power() -> None:
     h100 = ACCELERATORS["h100-sxm"]
     stack = Stack("engine", h100, num_accelerators=8, tensor_parallel=4, dtype="bfloat16")
-    assert stack.replicas == 2
     assert stack.price_per_second == pytest.approx(8 * 98.32 / 8 / 3600)  # whole p5 instance
     assert stack.power_watts == 8 * 700
-    # Idealized cost and energy: runtime x accelerators x ($/s or W).
-    assert stack.cost_usd(3600.0) == pytest.approx(98.32)
-    assert stack.energy_joules(2.0) == pytest.approx(2.0 * 8 * 700)
 
 
 @pytest.mark.parametrize(

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from infermeter.engine.launcher import launch_env
+from infermeter.engine.ranks import launch_env
 from infermeter.errors import UserError
 from infermeter.measure.cluster import NodesWindow, combine
-from infermeter.measure.meter import EnergyWindow
+from infermeter.measure.window import EnergyWindow
 
 TESTS = Path(__file__).parent
 GRID = ["--prompt-sizes", "1,8", "--output-sizes", "1,4", "--trials", "2", "--validate", "0"]

@@ -26,3 +26,4 @@ def test_constants_match_their_sources() -> None:
     assert units.per_hour_to_per_second(3.6) == 0.001
     assert units.to_gib(3 * 2**30) == 3.0 and units.to_giga(7e9) == 7.0
     assert units.to_tera(989e12) == 989.0 and units.to_mega(2e6) == 2.0
+    assert units.kib_to_bytes(16) == 16_384  # /proc/meminfo's kB are KiB

@@ -14,6 +14,7 @@ MILLI_PER_UNIT = 1000.0  # NVML's mJ per J and mW per W
 S_PER_HOUR = 3600.0
 J_PER_WH = 3600.0
 GIB_BYTES = 2**30
+KIB_BYTES = 1024
 GIGA = 1e9
 MEGA = 1e6
 TERA = 1e12
@@ -72,6 +73,11 @@ def to_mega(value: float) -> float:
 def to_tera(value: float) -> float:
     """A rate in trillions (TFLOP/s, TB/s)."""
     return value / TERA
+
+
+def kib_to_bytes(kib: int) -> int:
+    """KiB (1024 bytes: the "kB" of /proc/meminfo, proc(5)) to bytes."""
+    return kib * KIB_BYTES
 
 
 def to_gib(nbytes: float) -> float:

@@ -224,7 +224,7 @@ class EngineBackend:
                 "device_s": run.runtime_s,  # the timed device work inside the call
                 "prefill_s": run.prefill_s,
                 "decode_s": run.decode_s,
-                "decode_step_s": run.decode_s / steps if steps else None,
+                "tpot_s": run.decode_s / steps if steps else None,  # time per output token
                 **run.extra,
                 "tp": self.tp,
                 # Which tokens came out: the same stack, seed and point give the same digest.

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from infermeter.engine.layers import Norm, linear, param
 from infermeter.spec.model import ModelSpec
 
 
@@ -82,8 +83,6 @@ class LatentAttention(nn.Module):
         self, spec: ModelSpec, heads: int, device: torch.device, dtype: torch.dtype
     ) -> None:
         super().__init__()
-        from infermeter.engine.model import Norm, _param
-
         mla = spec.mla
         assert mla is not None
         kw = {"device": device, "dtype": dtype}
@@ -94,18 +93,16 @@ class LatentAttention(nn.Module):
         self.scale = spec.attn_scale if spec.attn_scale is not None else mla.qk_head_dim**-0.5
         q_out = self.q_lora if self.q_lora is not None else heads * mla.qk_head_dim
         self.q_width = q_out
-        self.w_a = _param(q_out + mla.cache_dim, h, **kw)
+        self.w_a = param(q_out + mla.cache_dim, h, **kw)
         self.q_a_norm = Norm(spec, device, dtype, self.q_lora) if self.q_lora else None
-        self.wq_b = _param(heads * mla.qk_head_dim, self.q_lora, **kw) if self.q_lora else None
+        self.wq_b = param(heads * mla.qk_head_dim, self.q_lora, **kw) if self.q_lora else None
         self.kv_a_norm = Norm(spec, device, dtype, self.lora)
-        self.wkv_b = _param(heads * (self.nope + mla.v_head_dim), self.lora, **kw)
+        self.wkv_b = param(heads * (self.nope + mla.v_head_dim), self.lora, **kw)
 
     def forward(self, x: Tensor, ctx: Any, cache: Tensor, fast: Any, rotate: Any) -> Tensor:
         """x [T, h] -> attention output [T, heads·v] (before the output projection).
 
         `rotate(t)` rotates t [b, s, n, rope] in place at the context's positions."""
-        from infermeter.engine.model import linear
-
         b, s, n = ctx.batch, ctx.length, self.heads
         y = linear(x, self.w_a, None, fast)
         q = y[:, : self.q_width]
@@ -129,8 +126,6 @@ class LatentAttention(nn.Module):
     def decode_fast(self, x: Tensor, ctx: Any, cache: Tensor, fast: Any) -> Tensor:
         """The decode step with the Triton kernels (mla_kernels.py): the same arithmetic as
         forward() + _decode() in about nine launches."""
-        from infermeter.engine.model import linear
-
         mk, b, n, v = ctx.mla_fast, ctx.batch, self.heads, self.mla.v_head_dim
         y = linear(x, self.w_a, None, fast)
         q = y[:, : self.q_width]

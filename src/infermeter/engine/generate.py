@@ -25,12 +25,14 @@ import torch
 from torch import Tensor
 
 from infermeter.backends.base import Point
+from infermeter.engine.checkpoint import load_hf_checkpoint
 from infermeter.engine.model import Decoder
 from infermeter.engine.parallel import Comm, partition
 from infermeter.engine.select import choose_attention, choose_moe
-from infermeter.engine.weights import init_random, load_checkpoint
+from infermeter.engine.weights import init_random
 from infermeter.errors import UserError, is_oom
 from infermeter.spec.model import ModelSpec
+from infermeter.units import ms_to_s
 
 Sampling = Literal["greedy", "top_p"]
 SPAN_BUCKET = 64  # masked decode attends to a multiple of this many keys (and caches round up)
@@ -118,7 +120,7 @@ class _Clock:
     def intervals(self) -> list[float]:
         if self.cuda:
             self.marks[-1].synchronize()
-            return [a.elapsed_time(b) / 1e3 for a, b in pairwise(self.marks)]
+            return [ms_to_s(a.elapsed_time(b)) for a, b in pairwise(self.marks)]
         return [b - a for a, b in pairwise(self.marks)]
 
 
@@ -154,7 +156,7 @@ class Engine:
         with torch.inference_mode():
             self.model = Decoder(spec, layout, self.comm, self.device, dtype)
             if checkpoint:
-                load_checkpoint(self.model, checkpoint)
+                load_hf_checkpoint(self.model, checkpoint)
             else:
                 init_random(self.model, seed)
         self.graphs = cuda_graphs and self.device.type == "cuda"
@@ -359,7 +361,7 @@ class Engine:
 
         Without stop tokens the length is forced (profiling); with them, finished sequences are
         padded with their stop token and the run ends once all have stopped. `window` (an
-        energy window: begin(), end(); infermeter.measure.meter.Window) brackets exactly the timed
+        energy window: begin(), end(); infermeter.measure.window.Window) brackets exactly the timed
         generation, after a first visit's warm-up and graph capture; under tensor parallelism
         every rank gets it and its edges wait for all of them.
         """
@@ -516,6 +518,9 @@ class Engine:
         return [int(torch.unique(moe.last_ids).numel()) for moe in moes]
 
     def describe(self) -> dict[str, Any]:
+        """What a run records about the engine: torch version, device, dtype, TP size, CUDA
+        graphs (decode and prefill, with why not), sampling, the decode attention
+        chosen (and why others were skipped), PDL and the MoE experts path."""
         cuda = self.device.type == "cuda"
         return {
             "torch": torch.__version__,

@@ -334,6 +334,8 @@ def _rms_norm(X, W, Y, stride_x, stride_y, n, eps, BLOCK: tl.constexpr, PDL: tl.
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm of the rows of x [T, n] with `weight` [n] by the Triton kernel: x /
+    sqrt(mean(x²) + eps) · weight, one program per row; a new tensor of x's shape."""
     y = torch.empty_like(x)
     n = x.shape[-1]
     block = triton.next_power_of_2(n)

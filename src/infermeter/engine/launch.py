@@ -26,10 +26,10 @@ from typing import Any
 
 import torch.multiprocessing as mp
 
-from infermeter.errors import DeviceOutOfMemory, DoesNotFit, UserError, is_oom, oom_line
+from infermeter.engine.ranks import GRACE_S, rank_error
+from infermeter.errors import UserError, is_oom, oom_line
 
 START_TIMEOUT_S = 300.0
-GRACE_S = 20.0  # after one rank fails, how long the others get to answer before being stopped
 RELAYED_WINDOW = "infermeter-relayed-window"  # stands for the parent's window in a command
 
 
@@ -125,18 +125,6 @@ def _worker(
     dist.destroy_process_group()
 
 
-def rank_error(rank: int, status: str, payload: str, what: str) -> Exception:
-    """The exception for a rank's answer other than "ok": UserError (its last line),
-    DoesNotFit, DeviceOutOfMemory, or RuntimeError with the rank's traceback."""
-    if status == "user":
-        return UserError(payload.strip().splitlines()[-1] if "\n" in payload else payload)
-    if status == "does_not_fit":
-        return DoesNotFit(payload)
-    if status == "oom":
-        return DeviceOutOfMemory(payload)
-    return RuntimeError(f"engine rank {rank} failed during {what}:\n{payload}")
-
-
 class RankGroup:
     """`world` engine processes; `call` runs a method on all of them and returns rank 0's."""
 
@@ -166,7 +154,7 @@ class RankGroup:
         self, method: str, *args: Any, timeout_s: float, window: Any = None, **kwargs: Any
     ) -> Any:
         """Run `method` on every rank and return rank 0's answer; `window` (begin()/end(),
-        e.g. infermeter.measure.meter.Window) is opened and closed here when the ranks reach its
+        e.g. infermeter.measure.window.Window) is opened and closed here when the ranks reach its
         edges. Raises what a rank raised: UserError, DoesNotFit, DeviceOutOfMemory, or
         RuntimeError with its traceback (TimeoutError past `timeout_s`)."""
         if not self.alive:
@@ -224,6 +212,8 @@ class RankGroup:
         return replies[0][1]
 
     def kill(self) -> None:
+        """Stop every rank now: terminate, then kill one that is still alive after 10 s. The
+        group cannot be used afterwards."""
         self.alive = False
         for proc in self.procs:
             if proc.is_alive():
@@ -235,6 +225,8 @@ class RankGroup:
                 proc.join(timeout=5)
 
     def close(self, timeout_s: float = 30.0) -> None:
+        """Ask every rank to close and wait up to `timeout_s` seconds in all, then kill what is
+        left and close the queues."""
         if self.alive:
             for commands in self.commands:
                 commands.put(("close", (), {}))

@@ -36,8 +36,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
-from infermeter.engine.launch import GRACE_S, rank_error
-from infermeter.engine.launcher import LaunchEnv, RankLost, launch_env
+from infermeter.engine.ranks import GRACE_S, LaunchEnv, RankLost, launch_env, rank_error
 from infermeter.errors import UserError, is_oom, oom_line
 
 # Re-exported: what a launched command needs lives in infermeter.engine.launcher (no torch there).
@@ -224,6 +223,8 @@ class Cluster:
         return replies
 
     def lost(self, ranks: list[int], what: str) -> RankLost:
+        """The RankLost error naming `ranks` (host and rank) whose heartbeat stopped during
+        `what`."""
         return RankLost(
             f"engine {', '.join(self.name(r) for r in ranks)} died during {what} (its heartbeat "
             f"stopped); {_RESUME}"
@@ -321,6 +322,7 @@ class Cluster:
         self.device_type = device_type
 
     def barrier(self) -> None:
+        """Wait for every rank on the gloo control group (torch.distributed.barrier)."""
         import torch.distributed as dist
 
         dist.barrier(group=self.ctrl)
@@ -405,11 +407,16 @@ class DriverWindow:
         self.cluster, self.window = cluster, window
 
     def begin(self, sync: Any = None) -> None:
+        """Open the window at a barrier of all ranks, so every rank's timed work starts after
+        it."""
         self.cluster.barrier()
         self.window.begin()
         self.cluster.barrier()
 
     def end(self, sync: Any = None) -> None:
+        """Close the window at a barrier of all ranks. The other ranks then gather the window;
+        rank 0 joins that gather here unless its meter spans nodes, which gathers
+        inside its own end."""
         self.cluster.barrier()
         self.window.end()
         if not getattr(getattr(self.window, "meter", None), "spans_nodes", False):
@@ -446,9 +453,9 @@ def _run(
                 return "ok", None
             if what == "open":
                 options = dict(rest[0])
-                state["meter"] = (
-                    meter_factory(options) if meter_factory else _node_meter(env, options)
-                )
+                if meter_factory is None:  # rank 0 meters through its ClusterMeter
+                    raise RuntimeError("a node's meter is opened on a follower (serve)")
+                state["meter"] = meter_factory(options)
                 return "ok", None
             meter = state.get("meter")
             if meter is None:
@@ -487,17 +494,11 @@ def _run(
         return "oom", f"engine rank {env.rank}: {oom_line(error)}"
 
 
-def _node_meter(env: LaunchEnv, options: dict) -> Any:
-    """The Meter over this node's GPUs (its ranks' cuda:0 .. local_world - 1)."""
-    from infermeter.measure.meter import Meter
-
-    return Meter.for_device("cuda", env.local_world, local=True, **options)
-
-
-def serve(meter_factory: Callable[[dict], Any] | None = None) -> int:
+def serve(meter_factory: Callable[[dict], Any]) -> int:
     """A follower's life: run rank 0's commands until it says exit (returns 0) or is lost
     (returns EXIT_LOST, with a line on stderr). `meter_factory(options)` makes the node's
-    meter on a node's first rank (default: Meter.for_device over the node's GPUs)."""
+    meter on a node's first rank (infermeter.engine.launcher.node_meter: a Meter over the
+    node's GPUs)."""
     cluster = join()
     if cluster is None or cluster.env.rank == 0:
         raise RuntimeError("serve() is for launched ranks other than rank 0")

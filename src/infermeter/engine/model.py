@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from infermeter.engine.attention import LatentAttention, attend, window_mask
-from infermeter.engine.moe import MoELayer, activation
+from infermeter.engine.layers import Norm, activation, linear, param
+from infermeter.engine.moe import MoELayer
 from infermeter.engine.parallel import Comm, Layout
 from infermeter.engine.rope import rotations
 from infermeter.spec.model import ModelSpec
@@ -52,7 +53,7 @@ from infermeter.spec.model import ModelSpec
 
 @dataclass(frozen=True)
 class Arch:
-    """The spec's optional layout switches, resolved once (older specs lack some: defaults)."""
+    """The spec's layout switches, resolved once: per-part biases fall back to `spec.bias`."""
 
     qkv_bias: bool
     out_bias: bool
@@ -66,29 +67,34 @@ class Arch:
 
     @classmethod
     def of(cls, spec: ModelSpec) -> Arch:
-        def either(name: str) -> bool:
-            value = getattr(spec, name, None)
+        """The spec's switches resolved: per-part biases (None follows `bias`), the FFN's own
+        norm (sequential blocks, or NeoX's two norms; none with post-norms), norm
+        placement and OPT's position offset."""
+
+        def either(value: bool | None) -> bool:
             return spec.bias if value is None else bool(value)
 
-        two_norms = getattr(spec, "parallel_norms", 1) == 2
-        placement = getattr(spec, "norm_placement", "pre")
+        two_norms = spec.parallel_norms == 2
+        placement = spec.norm_placement
         return cls(
-            qkv_bias=either("qkv_bias"),
-            out_bias=either("out_bias"),
-            mlp_bias=either("mlp_bias"),
-            lm_head_bias=bool(getattr(spec, "lm_head_bias", False)),
-            embedding_norm=bool(getattr(spec, "embedding_norm", False)),
+            qkv_bias=either(spec.qkv_bias),
+            out_bias=either(spec.out_bias),
+            mlp_bias=either(spec.mlp_bias),
+            lm_head_bias=bool(spec.lm_head_bias),
+            embedding_norm=bool(spec.embedding_norm),
             ffn_norm=(not spec.parallel_attn_ffn or two_norms) and placement != "post",
-            position_offset=int(getattr(spec, "position_offset", 0)),
+            position_offset=int(spec.position_offset),
             pre_norms=placement != "post",
             post_norms=placement != "pre",
         )
 
 
 def rotary_dim(spec: ModelSpec) -> int:
+    """How many of a head's dimensions are rotated: 0 without rotary positions, MLA's rotary
+    part, else rotary_fraction of the head width rounded down to even."""
     if spec.position != "rotary":
         return 0
-    if getattr(spec, "mla", None) is not None:
+    if spec.mla is not None:
         return spec.mla.qk_rope_dim
     return int(spec.dim_head * spec.rotary_fraction) // 2 * 2
 
@@ -146,30 +152,11 @@ class Ring:
     dst: Tensor | None = None  # ... and slot written (src % size)
 
 
-def _param(*shape: int, device: torch.device, dtype: torch.dtype) -> nn.Parameter:
-    # Uninitialised on the target device: weights.py fills it there, no CPU round trip.
-    return nn.Parameter(torch.empty(*shape, device=device, dtype=dtype), requires_grad=False)
-
-
-class Norm(nn.Module):
-    def __init__(
-        self, spec: ModelSpec, device: torch.device, dtype: torch.dtype, width: int = 0
-    ) -> None:
-        super().__init__()
-        h = width or spec.hidden_size
-        self.eps = spec.norm_eps
-        self.weight = _param(h, device=device, dtype=dtype)
-        self.bias = _param(h, device=device, dtype=dtype) if spec.norm == "layernorm" else None
-
-    def forward(self, x: Tensor, fast: Any = None) -> Tensor:
-        if self.bias is not None:
-            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-        if fast is not None:
-            return fast.rms_norm(x, self.weight, self.eps)
-        return F.rms_norm(x, x.shape[-1:], self.weight, self.eps)
-
-
 class Block(nn.Module):
+    """One transformer layer on this rank's tensor-parallel slice: norms, attention (standard,
+    windowed or MLA) with its KV-cache writes, and a dense or MoE FFN, sequential or
+    parallel (GPT-J, NeoX)."""
+
     def __init__(
         self,
         spec: ModelSpec,
@@ -190,10 +177,10 @@ class Block(nn.Module):
         arch = Arch.of(spec)
         self.extra = spec.extra
         self.window = spec.layer_window(index) if hasattr(spec, "layer_window") else None
-        self.local = self.window is not None and getattr(spec, "local_rope_theta", None) is not None
-        self.scale = getattr(spec, "attn_scale", None)
-        self.softcap = getattr(spec, "attn_softcap", None)
-        self.qk_norm = getattr(spec, "qk_norm", "none")
+        self.local = self.window is not None and spec.local_rope_theta is not None
+        self.scale = spec.attn_scale
+        self.softcap = spec.attn_softcap
+        self.qk_norm = spec.qk_norm
         self._eps = spec.norm_eps
         # qk_norm "full": widths of the whole (unsharded) q and k, and how many ranks hold
         # each KV head (replicated when there are fewer KV heads than ranks)
@@ -207,25 +194,25 @@ class Block(nn.Module):
         v_dim = spec.mla.v_head_dim if self.mla is not None else d
         if self.mla is None:
             qkv = (self.nq + 2 * self.nkv) * d
-            self.wqkv = _param(qkv, h, **kw)
-            self.bqkv = _param(qkv, **kw) if arch.qkv_bias else None
-        self.wo = _param(h, self.nq * v_dim, **kw)
-        self.bo = _param(h, **kw) if arch.out_bias else None
+            self.wqkv = param(qkv, h, **kw)
+            self.bqkv = param(qkv, **kw) if arch.qkv_bias else None
+        self.wo = param(h, self.nq * v_dim, **kw)
+        self.bo = param(h, **kw) if arch.out_bias else None
         self.q_norm = self.k_norm = None
         if self.qk_norm == "head":
-            self.q_norm, self.k_norm = _param(d, **kw), _param(d, **kw)
+            self.q_norm, self.k_norm = param(d, **kw), param(d, **kw)
         elif self.qk_norm == "full":
-            self.q_norm, self.k_norm = _param(self.nq * d, **kw), _param(self.nkv * d, **kw)
-        self.sinks = _param(self.nq, **kw) if getattr(spec, "attention_sinks", False) else None
+            self.q_norm, self.k_norm = param(self.nq * d, **kw), param(self.nkv * d, **kw)
+        self.sinks = param(self.nq, **kw) if spec.attention_sinks else None
         self.moe = None
-        if getattr(spec, "moe", None) is not None and spec.is_moe_layer(index):
+        if spec.moe is not None and spec.is_moe_layer(index):
             self.moe = MoELayer(spec, lay.expert_ffn, lay.shared_ffn, self.lead, device, dtype)
             return
         ffn_in = (2 if spec.gated else 1) * lay.ffn
-        self.w_in = _param(ffn_in, h, **kw)  # gated: [gate; up] of this rank
-        self.b_in = _param(ffn_in, **kw) if arch.mlp_bias else None
-        self.w_down = _param(h, lay.ffn, **kw)
-        self.b_down = _param(h, **kw) if arch.mlp_bias else None
+        self.w_in = param(ffn_in, h, **kw)  # gated: [gate; up] of this rank
+        self.b_in = param(ffn_in, **kw) if arch.mlp_bias else None
+        self.w_down = param(h, lay.ffn, **kw)
+        self.b_down = param(h, **kw) if arch.mlp_bias else None
 
     def _row(self, x: Tensor, w: Tensor, b: Tensor | None, acc: Tensor | None, fast: Any) -> Tensor:
         """acc + x @ w.T (+ b on the lead rank): the residual add rides in the GEMM epilogue."""
@@ -394,6 +381,9 @@ class Block(nn.Module):
         return self._attend(qkv, ctx, cache)
 
     def forward(self, x: Tensor, ctx: Context, cache: Tensor) -> Tensor:
+        """x [T, hidden] through one layer at the positions of `ctx`, reading and writing
+        `cache` (this layer's KV cache); returns [T, hidden], all-reduced over the
+        TP group."""
         fast = ctx.fast
         h = x if self.attn_norm is None else self.attn_norm(x, fast)
         a = self._self_attention(h, ctx, cache)
@@ -425,14 +415,8 @@ class Block(nn.Module):
 
 
 def spec_mla(spec: ModelSpec) -> bool:
-    return getattr(spec, "mla", None) is not None
-
-
-def linear(x: Tensor, w: Tensor, b: Tensor | None, fast: Any = None) -> Tensor:
-    """x @ w.T + b; a decode batch on the Triton path streams w through our GEMV kernel."""
-    if fast is not None and x.shape[0] <= fast.SMALL_M:
-        return fast.small_linear(x, w, b)
-    return F.linear(x, w, b)
+    """Whether the spec uses multi-head latent attention (DeepSeek-V2/V3)."""
+    return spec.mla is not None
 
 
 def flash_varlen(
@@ -478,24 +462,24 @@ class Decoder(nn.Module):
         kw = {"device": device, "dtype": dtype}
         h = spec.hidden_size
         self.arch = arch = Arch.of(spec)
-        self.embed = _param(spec.vocab_size, h, **kw)  # replicated on every rank
+        self.embed = param(spec.vocab_size, h, **kw)  # replicated on every rank
         self.embed_norm = Norm(spec, device, dtype) if arch.embedding_norm else None
         rows = spec.max_context + arch.position_offset
-        self.pos_embed = _param(rows, h, **kw) if spec.position == "learned" else None
+        self.pos_embed = param(rows, h, **kw) if spec.position == "learned" else None
         self.layers = nn.ModuleList(
             Block(spec, layout, comm, device, dtype, i) for i in range(spec.num_layers)
         )
         self.norm = Norm(spec, device, dtype)
         rows = layout.vocab_end - layout.vocab_start
-        self.lm_head = None if spec.tie_embeddings else _param(rows, h, **kw)
-        self.head_bias = _param(rows, **kw) if arch.lm_head_bias else None
+        self.lm_head = None if spec.tie_embeddings else param(rows, h, **kw)
+        self.head_bias = param(rows, **kw) if arch.lm_head_bias else None
         self.rot = rotary_dim(spec)
         self.freqs: Tensor | None = None
         self.cos: Tensor | None = None
         self.sin: Tensor | None = None
         self.freqs_local = self.cos_local = self.sin_local = None
         if self.rot:
-            scaling = getattr(spec, "rope_scaling", None)
+            scaling = spec.rope_scaling
             self.freqs = rotations(self.rot, spec.rope_theta, scaling, spec.max_context).to(device)
             self.cos = self.freqs.real.contiguous()
             self.sin = self.freqs.imag.contiguous()
@@ -509,9 +493,9 @@ class Decoder(nn.Module):
             q0, nq = layout.q_start, layout.q_heads
             self.slopes = alibi_slopes(spec.num_heads)[q0 : q0 + nq].to(device)
         self.arange = torch.arange(spec.max_context + arch.position_offset, device=device)
-        multiplier = float(getattr(spec, "embedding_multiplier", 1.0))
+        multiplier = float(spec.embedding_multiplier)
         self.embed_scale = None if multiplier == 1.0 else torch.tensor(multiplier, dtype=dtype)
-        self.final_softcap = getattr(spec, "final_softcap", None)
+        self.final_softcap = spec.final_softcap
         self.windows = sorted({blk.window for blk in self.layers if blk.window is not None})
         self.masked = any(
             blk.window is not None or blk.sinks is not None or blk.softcap is not None
@@ -538,6 +522,10 @@ class Decoder(nn.Module):
         return (batch, slots, 2, self.layout.kv_heads, spec.dim_head)
 
     def allocate_cache(self, batch: int, length: int) -> None:
+        """Allocate a zeroed KV cache for `batch` sequences of up to `length` tokens (one
+        tensor where every layer's shape agrees, else one per layer) and the index
+        tensors the CUDA graphs read; frees the old cache first. torch raises
+        OutOfMemoryError where it does not fit."""
         self.cache = None  # free the old one first: two caches may not fit
         spec = self.spec
         shapes = [self.cache_shape(i, batch, length) for i in range(spec.num_layers)]

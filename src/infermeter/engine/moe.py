@@ -27,22 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from infermeter.engine.layers import activation, linear, param
 from infermeter.spec.model import ModelSpec
-
-
-def activation(y: Tensor, kind: str, width: int, extra: dict[str, Any]) -> Tensor:
-    """Gated activations of y = [gate | up] ([T, 2·width]) -> [T, width]."""
-    gate, up = y.split(width, dim=-1)
-    if kind == "swiglu":
-        return F.silu(gate) * up
-    if kind == "geglu":
-        return F.gelu(gate, approximate="tanh") * up
-    if kind == "clamped_swiglu":  # gpt-oss: clamp both halves, x·σ(αx), (up + 1)
-        limit, alpha = extra.get("swiglu_limit", 7.0), extra.get("swiglu_alpha", 1.702)
-        gate = gate.clamp(max=limit)
-        up = up.clamp(min=-limit, max=limit)
-        return gate * torch.sigmoid(gate * alpha) * (up + 1)
-    raise ValueError(f"not a gated FFN kind: {kind}")
 
 
 class MoELayer(nn.Module):
@@ -60,28 +46,26 @@ class MoELayer(nn.Module):
         super().__init__()
         moe = spec.moe
         assert moe is not None
-        from infermeter.engine.model import _param
-
         h, e = spec.hidden_size, moe.num_experts
         kw = {"device": device, "dtype": dtype}
         self.spec, self.cfg, self.lead = spec, moe, lead
         self.gated, self.kind, self.extra = spec.gated, spec.ffn_kind, spec.extra
         self.f, self.fs = expert_ffn, shared_ffn
         width = (2 if self.gated else 1) * expert_ffn
-        self.router = _param(e, h, **kw)
-        self.router_bias = _param(e, **kw) if moe.router_bias else None
+        self.router = param(e, h, **kw)
+        self.router_bias = param(e, **kw) if moe.router_bias else None
         self.score_bias = (
-            _param(e, device=device, dtype=torch.float32) if moe.score_correction else None
+            param(e, device=device, dtype=torch.float32) if moe.score_correction else None
         )
-        self.w13 = _param(e, width, h, **kw)  # [gate; up] rows of this rank, per expert
-        self.b13 = _param(e, width, **kw) if moe.expert_bias else None
-        self.w2 = _param(e, h, expert_ffn, **kw)
-        self.b2 = _param(e, h, **kw) if moe.expert_bias else None
+        self.w13 = param(e, width, h, **kw)  # [gate; up] rows of this rank, per expert
+        self.b13 = param(e, width, **kw) if moe.expert_bias else None
+        self.w2 = param(e, h, expert_ffn, **kw)
+        self.b2 = param(e, h, **kw) if moe.expert_bias else None
         self.ws_in = self.ws_down = self.shared_gate = None
         if shared_ffn:
-            self.ws_in = _param((2 if self.gated else 1) * shared_ffn, h, **kw)
-            self.ws_down = _param(h, shared_ffn, **kw)
-            self.shared_gate = _param(1, h, **kw) if moe.shared_gate else None
+            self.ws_in = param((2 if self.gated else 1) * shared_ffn, h, **kw)
+            self.ws_down = param(h, shared_ffn, **kw)
+            self.shared_gate = param(1, h, **kw) if moe.shared_gate else None
         self.path = "loop"
         self.kernels: Any = None
         self.last_ids: Tensor | None = None  # set by record(): routing of the last forward
@@ -177,8 +161,6 @@ class MoELayer(nn.Module):
             and k.fused_routing(tokens, cfg.experts_per_token, cfg.num_experts)
         )
         if fused:
-            from infermeter.engine.model import linear
-
             logits = linear(x, self.router, self.router_bias, fast)
             ids, weights, rows, blocks = k.route_align(
                 logits, cfg.experts_per_token, sigmoid=cfg.scoring == "sigmoid",
@@ -196,8 +178,6 @@ class MoELayer(nn.Module):
         the Triton decode kernels module on the decode path (GEMVs), else None."""
         y = self._routed(x, fast)
         if self.ws_in is not None:
-            from infermeter.engine.model import linear
-
             assert self.ws_down is not None
             shared = linear(x, self.ws_in, None, fast)
             if fast is not None and self.kind == "swiglu":

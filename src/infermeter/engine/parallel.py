@@ -79,6 +79,9 @@ def check_tp(spec: ModelSpec, tp: int) -> None:
 
 
 def partition(spec: ModelSpec, tp: int = 1, rank: int = 0) -> Layout:
+    """This rank's slice of the model under `tp`-way tensor parallelism: its query heads, the
+    KV heads they read, its FFN columns and vocabulary rows (Megatron-LM's column/row
+    split). Raises UserError where tp does not divide the heads or FFN (check_tp)."""
     check_tp(spec, tp)
     q_heads = spec.num_heads // tp
     group = spec.num_heads // spec.kv_heads
@@ -126,6 +129,8 @@ class Comm:
         self.nccl = group is not None and dist.get_backend(group) == "nccl"
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum x over the TP group in place (torch.distributed.all_reduce); x itself with one
+        rank."""
         if self.size > 1:
             dist.all_reduce(x, group=self.group)
         return x
@@ -142,5 +147,6 @@ class Comm:
         return out.permute(1, 0, 2).reshape(x.shape[0], -1)
 
     def barrier(self) -> None:
+        """Wait for every rank of the TP group; nothing with one rank."""
         if self.size > 1:
             dist.barrier(group=self.group)

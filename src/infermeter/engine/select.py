@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from infermeter.engine.layers import activation
 from infermeter.engine.model import Decoder, flash_varlen
-from infermeter.engine.moe import activation
 from infermeter.errors import UserError
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -326,8 +325,4 @@ def init_random(model: Decoder, seed: int = 0) -> None:
         del full  # one logical tensor alive at a time
 
 
-def load_checkpoint(model: Decoder, path: str | Path) -> None:
-    """Load a local Hugging Face safetensors checkpoint (see engine/checkpoint.py)."""
-    from infermeter.engine.checkpoint import load_hf_checkpoint
-
-    load_hf_checkpoint(model, path)
+# END

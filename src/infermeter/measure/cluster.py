@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from infermeter.measure.meter import EnergyWindow, Meter, Window
+from infermeter.measure.window import EnergyWindow, Window
 
 METER_TIMEOUT_S = 120.0  # a node's meter answers an edge or a reading within this
 
@@ -41,6 +41,9 @@ class NodesWindow(EnergyWindow):
         return None if first is None else first * self.nodes
 
     def as_extra(self) -> dict[str, Any]:
+        """EnergyWindow.as_extra plus the node count and each node's joules and window length
+        (s); `energy_rank0_node_x_nodes_j` only where Words to Watts' figure differs
+        from the sum (relative 1e-9)."""
         extra = {
             **super().as_extra(),
             "nodes": self.nodes,
@@ -83,7 +86,6 @@ def combine(windows: list[EnergyWindow | None]) -> NodesWindow:
         sm_util=mean([w.sm_util if w else None for w in windows]),
         mem_util=mean([w.mem_util if w else None for w in windows]),
         short=any(w.short for w in windows if w is not None),
-        marks=first.marks,
         nodes=len(windows),
         per_node_j=[w.total_j if w else None for w in windows],
         node_window_s=[w.seconds if w else None for w in windows],
@@ -101,7 +103,7 @@ class ClusterMeter:
 
     spans_nodes = True
 
-    def __init__(self, local: Meter, cluster: Any, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, local: Any, cluster: Any, options: dict[str, Any] | None = None) -> None:
         self.local, self.cluster = local, cluster
         self.idle_w: float | None = None
         env = cluster.env
@@ -152,28 +154,37 @@ class ClusterMeter:
         return self.idle_w
 
     def start(self) -> ClusterMeter:
+        """Start every node's sampler; returns self. Raises RankLost where a node stops
+        answering."""
         self._each("start")
         return self
 
     def stop(self) -> None:
+        """Stop every node's sampler (also `close`)."""
         self._each("stop")
 
     close = stop
 
     def memory_used_gb(self) -> float | None:
+        """The most GPU memory (GB, decimal) any node's meter reads in use; None where no node
+        can tell."""
         parts = [p for p in self._each("memory_used_gb") if p is not None]
         return max(parts) if parts else None
 
     def power_limits_w(self) -> list[float | None]:
+        """Every GPU's power limit (W), node by node (None where NVML cannot tell)."""
         return [w for part in self._each("power_limits_w") for w in (part or [])]
 
     # ---- windows -------------------------------------------------------------------------
     def window(self, name: str = "window") -> Window:
-        """A Window (infermeter.measure.meter.Window) whose edges reach every node."""
+        """A Window (infermeter.measure.window.Window) whose edges reach every node."""
         self._windows += 1
         return Window(self, f"{name}#{self._windows}")  # type: ignore[arg-type]
 
     def begin(self, name: str, sync: Any = None) -> None:
+        """Open window `name` on every node: inside an engine call at the ranks' barrier, else
+        as a command each node's first rank answers. Raises RankLost where a node
+        stops answering."""
         if self.cluster.in_call:  # the engine's ranks are at a barrier (DriverWindow)
             self.local.begin(name, sync)
             return
@@ -182,6 +193,8 @@ class ClusterMeter:
         self.cluster.collect(seq, "meter begin", METER_TIMEOUT_S)
 
     def end(self, name: str, sync: Any = None) -> NodesWindow:
+        """Close window `name` on every node and return their sum as a NodesWindow (rank 0's
+        node first). Raises RankLost where a node stops answering."""
         if self.cluster.in_call:
             mine = self.local.end(name, sync)
             gathered = self.cluster.gather(None) or []
@@ -190,19 +203,3 @@ class ClusterMeter:
         mine = self.local.end(name, sync)
         replies = self.cluster.collect(seq, "meter end", METER_TIMEOUT_S)
         return combine([mine, *(replies[r][1] for r in self.leaders)])
-
-
-def spanning_meter(
-    device: str, count: int, nvml: Any = None, **options: Any
-) -> ClusterMeter | None:
-    """A ClusterMeter where this process is rank 0 of a launched run over several nodes
-    whose `count` GPUs are all its ranks'; None otherwise (a Meter of this node will do)."""
-    from infermeter.engine.launched import join
-    from infermeter.engine.launcher import launch_env
-
-    env = launch_env()
-    if env is None or env.nodes < 2 or count != env.world or env.rank != 0:
-        return None
-    cluster = join(env)
-    local = Meter.for_device(device, env.local_world, nvml, local=True, **options)
-    return ClusterMeter(local, cluster, options)

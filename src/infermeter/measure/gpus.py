@@ -50,6 +50,7 @@ class GpuRef:
         return f"GPU {self.nvml_index} ({self.uuid})"
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-safe fields (CUDA and NVML index, UUID, name, MIG), for a run's recorded GPUs."""
         return {
             "cuda_index": self.cuda_index,
             "nvml_index": self.nvml_index,

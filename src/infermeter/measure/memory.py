@@ -11,6 +11,7 @@ from pathlib import Path
 
 from infermeter.errors import DoesNotFit
 from infermeter.spec.model import DTYPE_BYTES, ModelSpec
+from infermeter.units import kib_to_bytes, to_gib
 
 # Weights are not all a run holds (activations, KV cache, the framework itself): keep room.
 HEADROOM = 0.9
@@ -30,7 +31,7 @@ def available_bytes(device: str) -> int | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+                return kib_to_bytes(int(line.split()[1]))
     except OSError:
         pass
     return None
@@ -44,7 +45,7 @@ def check_weights_fit(spec: ModelSpec, dtype: str, device: str, shards: int = 1)
         return
     where = "host memory" if device == "cpu" else f"{device}"
     raise DoesNotFit(
-        f"{spec.name} needs {need / 2**30:.1f} GiB of weights in {dtype} per shard but {where} "
-        f"has {have / 2**30:.1f} GiB free; use a smaller model, a GPU, a 16-bit --dtype or more "
+        f"{spec.name} needs {to_gib(need):.1f} GiB of weights in {dtype} per shard but {where} "
+        f"has {to_gib(have):.1f} GiB free; use a smaller model, a GPU, a 16-bit --dtype or more "
         "shards (--tp)"
     )

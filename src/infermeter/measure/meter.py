@@ -38,14 +38,17 @@ import bisect
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from infermeter.errors import UserError
+from infermeter.measure.cluster import ClusterMeter
 from infermeter.measure.gpus import GpuRef, nvml_error, resolve_gpus
+from infermeter.measure.window import EnergyWindow, Window
+from infermeter.units import mj_to_j, mw_to_w, to_giga
 
 # NVML field ids (nvml.h): instantaneous and averaged board power, in milliwatts.
 FI_DEV_POWER_AVERAGE = 185
@@ -78,12 +81,16 @@ class SystemClock:
     """time.perf_counter, time.sleep and a daemon thread for the sampler."""
 
     def now(self) -> float:
+        """time.perf_counter(): seconds on a monotonic clock."""
         return time.perf_counter()
 
     def sleep(self, seconds: float) -> None:
+        """time.sleep(seconds)."""
         time.sleep(seconds)
 
     def every(self, interval_s: float, tick: Callable[[], None]) -> Callable[[], None]:
+        """Call `tick` every `interval_s` seconds on a daemon thread (fixed rate, not drifting
+        with tick's own time); returns the function that stops it."""
         stop = threading.Event()
 
         def run() -> None:
@@ -118,105 +125,15 @@ def load_nvml() -> tuple[Any | None, str | None]:
 
 @dataclass
 class PowerSample:
+    """One sampler reading of one GPU: power (W) and SM / memory utilisation (%), from
+    nvmlDeviceGetFieldValues or nvmlDeviceGetPowerUsage and
+    nvmlDeviceGetUtilizationRates."""
+
     t: float  # on the meter's clock (time.perf_counter for the system clock)
     gpu: int  # NVML index
     power_w: float | None  # None: the reading failed or this GPU has none
     sm_util: float | None
     mem_util: float | None
-
-
-@dataclass
-class EnergyWindow:
-    """Energy of one window, per GPU and in total, with the integrated power beside it."""
-
-    name: str
-    start: float
-    end: float
-    energy_j: list[float] | None  # per GPU, from the counter (or integrated, see method)
-    method: str  # "counter", "integrated" or "none"
-    integrated_j: float | None  # ∫ sampled power dt over the same window, all GPUs
-    idle_w: float | None  # summed idle power measured before the run
-    mean_power_w: float | None
-    sm_util: float | None
-    mem_util: float | None
-    short: bool  # shorter than the counter's update period: trust it less
-    marks: dict[str, float] = field(default_factory=dict)  # energy (J) up to each mark
-
-    @property
-    def seconds(self) -> float:
-        return self.end - self.start
-
-    @property
-    def total_j(self) -> float | None:
-        return float(sum(self.energy_j)) if self.energy_j is not None else None
-
-    @property
-    def above_idle_j(self) -> float | None:
-        if self.total_j is None or self.idle_w is None:
-            return None
-        return self.total_j - self.idle_w * self.seconds
-
-    def as_extra(self) -> dict[str, Any]:
-        """The fields a Measurement's `extra` keeps, for the store."""
-        return {
-            "energy_method": self.method,
-            "energy_window_s": self.seconds,
-            "energy_per_gpu_j": self.energy_j,
-            "energy_integrated_j": self.integrated_j,
-            "energy_above_idle_j": self.above_idle_j,
-            "idle_w": self.idle_w,
-            "mean_power_w": self.mean_power_w,
-            "sm_util": self.sm_util,
-            "mem_util": self.mem_util,
-            "energy_window_short": self.short,
-            "energy_marks_j": self.marks or None,
-        }
-
-
-class Window:
-    """One energy window of a Meter around timed work: the contract between meter and work.
-
-    The work calls begin() just before and end() just after what it times, on whichever
-    process does it (an engine's ranks relay both edges to their parent, which reads every
-    GPU's counter); or a caller holds it around whole calls: `with meter.window() as w:`.
-    begin() and end() are idempotent, end() before begin() does nothing, and close() (= end)
-    ends a window an error left open. `result` is the EnergyWindow once ended.
-    """
-
-    def __init__(self, meter: Meter, name: str) -> None:
-        self.meter, self.name = meter, name
-        self.result: EnergyWindow | None = None
-        self.opened_at: float | None = None
-
-    @property
-    def is_open(self) -> bool:
-        return self.opened_at is not None
-
-    def begin(self, sync: Callable[[], None] | None = None) -> None:
-        """Open the window (reads every GPU's counter); `sync` makes the edge exact."""
-        if self.opened_at is None and self.result is None:
-            self.meter.begin(self.name, sync)
-            self.opened_at = self.meter.clock.now()
-
-    def end(self, sync: Callable[[], None] | None = None) -> EnergyWindow | None:
-        """Close the window and return its EnergyWindow (None if it never opened)."""
-        if self.opened_at is not None:
-            self.opened_at = None
-            self.result = self.meter.end(self.name, sync)
-        return self.result
-
-    close = end
-
-    def elapsed(self) -> float:
-        """Seconds since begin() on the meter's clock (0 when not open)."""
-        return 0.0 if self.opened_at is None else self.meter.clock.now() - self.opened_at
-
-    def __enter__(self) -> Window:
-        self.begin()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class Meter:
@@ -265,7 +182,7 @@ class Meter:
         self._drained_to = -np.inf
         self._lock = threading.Lock()
         self._cancel_sampler: Callable[[], None] | None = None
-        self._open: dict[str, tuple[float, list[float] | None, dict[str, float]]] = {}
+        self._open: dict[str, tuple[float, list[float] | None]] = {}
         self._windows = 0
         if self._nvml is not None:
             self._setup(gpus, power_field)
@@ -282,15 +199,23 @@ class Meter:
         """A Meter over the GPUs a run on `device` ("cuda", "cuda:N") with `count` GPUs (its
         tensor-parallel ranks) uses, as infermeter.measure.gpus.resolve_gpus maps them; inert, with
         a note, where NVML is missing. On rank 0 of a run launched over several nodes whose
-        ranks are those `count` GPUs, a ClusterMeter over every node's (infermeter.
-        cluster_meter); `local=True` keeps to this node. Raises UserError where the GPUs
-        cannot be told."""
+        ranks are those `count` GPUs, a ClusterMeter over every node's
+        (infermeter.measure.cluster); `local=True` keeps to this node. Raises UserError where
+        the GPUs cannot be told."""
+        env = None
         if not local:
-            from infermeter.measure.cluster import spanning_meter
+            # Here, not at the top: the infermeter.engine package imports torch, an optional
+            # extra, and a Meter must import without it (engine.ranks itself is torch-free).
+            from infermeter.engine.ranks import launch_env
 
-            spanning = spanning_meter(device, count, nvml, **options)
-            if spanning is not None:
-                return spanning  # type: ignore[return-value]
+            env = launch_env()
+        # Rank 0 of a run over several nodes whose ranks are these `count` GPUs: every node's.
+        if env is not None and env.nodes >= 2 and count == env.world and env.rank == 0:
+            from infermeter.engine.launched import join
+
+            cluster = join(env)
+            node = cls.for_device(device, env.local_world, nvml, local=True, **options)
+            return ClusterMeter(node, cluster, options)  # type: ignore[return-value]
         if nvml is None:
             nvml, _ = load_nvml()
             if nvml is None:
@@ -361,7 +286,7 @@ class Meter:
         return True
 
     def _raw_counter(self, handle: Any) -> float:
-        return self._nvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0
+        return mj_to_j(self._nvml.nvmlDeviceGetTotalEnergyConsumption(handle))
 
     def _choose_power_field(self, wanted: str) -> str:
         def everywhere(field_id: int) -> bool:
@@ -383,7 +308,7 @@ class Meter:
             return None
         if getattr(value, "nvmlReturn", 1) != 0:
             return None
-        return float(value.value.uiVal) / 1000.0
+        return mw_to_w(float(value.value.uiVal))
 
     @property
     def available(self) -> bool:
@@ -425,7 +350,7 @@ class Meter:
             if watts is not None:
                 return watts
         try:
-            return self._nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0
+            return mw_to_w(self._nvml.nvmlDeviceGetPowerUsage(handle))
         except self._error:
             self.read_errors += 1
             return None
@@ -480,7 +405,7 @@ class Meter:
                     last_old = at
             # The step fell between the last read of the old value and the first of the new.
             tick = (last_old + polls[-1][0]) / 2
-            readings.append((value / 1000.0, tick, [p for p in polls if p[1] is not None]))
+            readings.append((mj_to_j(value), tick, [p for p in polls if p[1] is not None]))
         out = []
         # The moment the readings refer to: after the last step at a start, before the first
         # at an end, so that nothing between them and the window's edge goes unmetered.
@@ -533,11 +458,14 @@ class Meter:
         return self
 
     def stop(self) -> None:
+        """Stop the background sampler (a no-op when it is not running); windows still read the
+        counters."""
         if self._cancel_sampler is not None:
             self._cancel_sampler()
             self._cancel_sampler = None
 
     def close(self) -> None:
+        """The same as stop(), for `with`-style and contextlib.closing use."""
         self.stop()
 
     def __enter__(self) -> Meter:
@@ -567,7 +495,7 @@ class Meter:
         if not self.available:
             return None
         try:
-            return max(self._nvml.nvmlDeviceGetMemoryInfo(h).used for h in self._handles) / 1e9
+            return to_giga(max(self._nvml.nvmlDeviceGetMemoryInfo(h).used for h in self._handles))
         except (self._error, AttributeError):
             return None
 
@@ -577,7 +505,7 @@ class Meter:
         out: list[float | None] = []
         for handle in self._handles:
             try:
-                out.append(self._nvml.nvmlDeviceGetPowerManagementLimit(handle) / 1000.0)
+                out.append(mw_to_w(self._nvml.nvmlDeviceGetPowerManagementLimit(handle)))
             except self._error:
                 out.append(None)
         return out
@@ -595,18 +523,7 @@ class Meter:
         if sync:
             sync()
         counters, start = self._edge_counters(at_begin=True)
-        self._open[name] = (start, counters, {})
-
-    def mark(self, name: str, label: str, sync: Callable[[], None] | None = None) -> None:
-        """Record the energy spent since the window opened, e.g. at the end of prefill."""
-        start, counters, marks = self._open[name]
-        if sync:
-            sync()
-        now_counters = self._counters_j()
-        if counters is not None and now_counters is not None:
-            marks[label] = float(sum(now_counters) - sum(counters))
-        else:
-            marks[label] = float(self._integrate(start, self.clock.now()) or 0.0)
+        self._open[name] = (start, counters)
 
     def end(self, name: str, sync: Callable[[], None] | None = None) -> EnergyWindow:
         """Close window `name`: its energy per GPU by the best method this window's readings
@@ -616,12 +533,10 @@ class Meter:
         if sync:
             sync()
         end_counters, end = self._edge_counters(at_begin=False)
-        start, start_counters, marks = self._open.pop(name)
+        start, start_counters = self._open.pop(name)
         short = end - start < COUNTER_UPDATE_PERIOD_S
         if not self.available:
-            return EnergyWindow(
-                name, start, end, None, "none", None, None, None, None, None, short, marks
-            )
+            return EnergyWindow(name, start, end, None, "none", None, None, None, None, None, short)
         # A sample at the closing edge keeps short windows integrable.
         self.sample_once()
         with self._lock:
@@ -654,7 +569,6 @@ class Meter:
             sm_util=_mean(inside, "sm_util"),
             mem_util=_mean(inside, "mem_util"),
             short=short,
-            marks=marks,
         )
 
     # ---- timelines -----------------------------------------------------------------------
@@ -708,7 +622,7 @@ class Meter:
         (less two ticks, for its edge), and than the last drain once the store drains."""
         horizon = self.clock.now() - self.keep_s
         if self._open:
-            oldest = min(start for start, _, _ in self._open.values())
+            oldest = min(start for start, _ in self._open.values())
             horizon = min(horizon, oldest - 2 * self.interval_s)
         if self._draining:
             horizon = min(horizon, self._drained_to)
@@ -716,16 +630,6 @@ class Meter:
         if cut:
             del self._t[:cut]
             del self._rows[:cut]
-
-    def _integrate(self, start: float, end: float, gpu: int | None = None) -> float | None:
-        """Trapezoid ∫ power dt (J) over [start, end] from the samples held, all GPUs or one."""
-        with self._lock:
-            rows = self._rows_around(start, end)
-        gpus = self.gpus if gpu is None else [gpu]
-        parts = [_integrate_rows(rows, start, end, g) for g in gpus]
-        if not parts or any(p is None for p in parts):
-            return None
-        return float(sum(p for p in parts if p is not None))
 
 
 def _index_ref(nvml: Any, handle: Any, index: int, ordinal: int) -> GpuRef:

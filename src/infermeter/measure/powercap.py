@@ -44,6 +44,7 @@ from typing import Any
 from infermeter.errors import UserError
 from infermeter.measure.gpus import GpuRef, nvml_error, resolve_gpus
 from infermeter.measure.meter import load_nvml
+from infermeter.units import mw_to_w, w_to_mw
 
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_NO_PERMISSION = 4
@@ -94,6 +95,9 @@ def _alive(pid: int) -> bool:
 
 @dataclass(frozen=True)
 class GpuLimit:
+    """One GPU's power limits (W) as NVML reported them before capping: the limit in force, the
+    allowed range (nvmlDeviceGetPowerManagementLimitConstraints) and the default."""
+
     gpu: int  # NVML index
     original_w: float
     min_w: float
@@ -131,9 +135,9 @@ def _ref(nvml: Any, gpu: int | GpuRef) -> GpuRef:
 
 def _left_capped(entry: dict[str, Any], uuid: str) -> str:
     return (
-        f"GPU {entry.get('nvml_index', '?')} ({uuid}) was left at {entry['set_mw'] / 1000:g} W "
+        f"GPU {entry.get('nvml_index', '?')} ({uuid}) was left at {mw_to_w(entry['set_mw']):g} W "
         f"by an earlier run (pid {entry['pid']}) that did not finish; its limit before was "
-        f"{entry['original_mw'] / 1000:g} W"
+        f"{mw_to_w(entry['original_mw']):g} W"
     )
 
 
@@ -185,7 +189,7 @@ class PowerCap:
                 )
             handle = ref.handle(nvml)
             try:
-                original = nvml.nvmlDeviceGetPowerManagementLimit(handle) / 1000.0
+                original = mw_to_w(nvml.nvmlDeviceGetPowerManagementLimit(handle))
                 low, high = nvml.nvmlDeviceGetPowerManagementLimitConstraints(handle)
             except error as failure:
                 raise UserError(
@@ -193,14 +197,14 @@ class PowerCap:
                     "nothing was changed"
                 ) from failure
             try:
-                default: float | None = (
-                    nvml.nvmlDeviceGetPowerManagementDefaultLimit(handle) / 1000.0
+                default: float | None = mw_to_w(
+                    nvml.nvmlDeviceGetPowerManagementDefaultLimit(handle)
                 )
             except error:
                 default = None
             self._handles.append(handle)
             self.limits.append(
-                GpuLimit(ref.nvml_index, original, low / 1000.0, high / 1000.0, default, ref.uuid)
+                GpuLimit(ref.nvml_index, original, mw_to_w(low), mw_to_w(high), default, ref.uuid)
             )
         for limit in self.limits:
             if not limit.min_w <= self.watts <= limit.max_w:
@@ -216,7 +220,7 @@ class PowerCap:
                 entry = entries.get(limit.uuid)
                 if entry is None or entry.get("pid") == os.getpid():
                     continue
-                if round(limit.original_w * 1000) == entry["original_mw"]:
+                if w_to_mw(limit.original_w) == entry["original_mw"]:
                     del entries[limit.uuid]  # put back, but killed before saying so: stale
                     continue
                 if _alive(int(entry["pid"])):
@@ -231,8 +235,8 @@ class PowerCap:
             for limit in self.limits:
                 entries[limit.uuid] = {
                     "nvml_index": limit.gpu,
-                    "original_mw": round(limit.original_w * 1000),
-                    "set_mw": round(self.watts * 1000),
+                    "original_mw": w_to_mw(limit.original_w),
+                    "set_mw": w_to_mw(self.watts),
                     "pid": os.getpid(),
                 }
 
@@ -244,7 +248,7 @@ class PowerCap:
 
     # ---- setting and restoring --------------------------------------------------------------
     def _set(self, index: int, watts: float) -> None:
-        self._nvml.nvmlDeviceSetPowerManagementLimit(self._handles[index], round(watts * 1000))
+        self._nvml.nvmlDeviceSetPowerManagementLimit(self._handles[index], w_to_mw(watts))
 
     def apply(self) -> PowerCap:
         """Cap every GPU (see the module doc for the order); returns self."""
@@ -315,13 +319,14 @@ class PowerCap:
         out: list[float | None] = []
         for handle in self._handles:
             try:
-                out.append(self._nvml.nvmlDeviceGetPowerManagementLimit(handle) / 1000.0)
+                out.append(mw_to_w(self._nvml.nvmlDeviceGetPowerManagementLimit(handle)))
             except nvml_error(self._nvml):
                 out.append(None)
         return out
 
     @property
     def active(self) -> bool:
+        """True while a limit this PowerCap set is still in force (not yet restored)."""
         return bool(self._changed)
 
     def _note(self, text: str) -> None:
@@ -414,8 +419,8 @@ def leftover_power_caps(device: str = "cuda", count: int = 1) -> list[str]:
 def _limit_and_default(nvml: Any, ref: GpuRef) -> tuple[float | None, float | None]:
     handle = ref.handle(nvml)
     try:
-        limit = nvml.nvmlDeviceGetPowerManagementLimit(handle) / 1000.0
-        default = nvml.nvmlDeviceGetPowerManagementDefaultLimit(handle) / 1000.0
+        limit = mw_to_w(nvml.nvmlDeviceGetPowerManagementLimit(handle))
+        default = mw_to_w(nvml.nvmlDeviceGetPowerManagementDefaultLimit(handle))
     except nvml_error(nvml):
         return None, None
     return limit, default
@@ -453,12 +458,12 @@ def restore_power_limits(
             except error as failure:
                 raise UserError(
                     f"cannot restore GPU {entry.get('nvml_index', '?')}'s power limit to "
-                    f"{original / 1000:g} W ({_why(failure)})"
+                    f"{mw_to_w(original):g} W ({_why(failure)})"
                 ) from failure
             del entries[uuid]
             done.append(
                 f"GPU {entry.get('nvml_index', '?')} ({uuid}): power limit restored to "
-                f"{original / 1000:g} W (left at {entry['set_mw'] / 1000:g} W by pid "
+                f"{mw_to_w(original):g} W (left at {mw_to_w(entry['set_mw']):g} W by pid "
                 f"{entry['pid']})"
             )
     if done:
@@ -470,7 +475,7 @@ def restore_power_limits(
         if limit is None or default is None or limit >= default:
             continue
         try:
-            nvml.nvmlDeviceSetPowerManagementLimit(ref.handle(nvml), round(default * 1000))
+            nvml.nvmlDeviceSetPowerManagementLimit(ref.handle(nvml), w_to_mw(default))
         except error as failure:
             raise UserError(f"cannot reset {ref}'s power limit ({_why(failure)})") from failure
         done.append(f"{ref}: power limit reset from {limit:g} W to its default {default:g} W")

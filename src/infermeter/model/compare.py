@@ -23,6 +23,7 @@ import pandas as pd
 from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel
 from infermeter.model.estimate import Pricing, estimate_queries
+from infermeter.units import per_second_to_per_hour
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,18 @@ class StackProfile:
 
 @dataclass
 class StackComparison:
+    """compare_stacks' result: per-query runtime, cost and energy on every stack, a per-stack
+    summary (totals, speedup and cost ratio against the baseline), and the baseline's
+    name."""
+
     per_query: pd.DataFrame  # one row per (query, stack)
     summary: pd.DataFrame  # one row per stack
     baseline: str
 
 
 def verdict(speedup: float, cost_ratio: float) -> str:
+    """Words for a stack against the baseline: faster or slower (speedup >= 1) and cheaper or
+    dearer (cost ratio < 1); 'n/a' where a total was 0."""
     if not (np.isfinite(speedup) and np.isfinite(cost_ratio)):
         return "n/a (a total of 0)"
     faster = speedup >= 1.0
@@ -128,7 +135,7 @@ def compare_stacks(
                 "device": stack.device,
                 "date": stack.date,
                 "accelerators": f"{stack.pricing.num_accelerators} × {stack.pricing.accelerator}",
-                "usd_per_hour": stack.pricing.usd_per_second * 3600,
+                "usd_per_hour": per_second_to_per_hour(stack.pricing.usd_per_second),
                 "total_runtime_s": est["runtime_s"].sum(),
                 "total_cost_usd": est["cost_usd"].sum(),
                 "total_energy_j": est["energy_j"].sum(),

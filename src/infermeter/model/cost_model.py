@@ -119,9 +119,13 @@ class CostModel:
 
     @property
     def unit(self) -> str:
+        """'s' for a runtime model, 'J' for an energy model."""
         return "s" if self.quantity == "runtime_s" else "J"
 
     def prompt_encoding_at(self, prompt_tokens: np.ndarray | float) -> np.ndarray:
+        """PE(p): prompt-encoding time (s) or energy (J) at `prompt_tokens`, piecewise linear
+        through the profiled sizes and extended at the ends (paper 1 §3.4); same
+        shape as the input."""
         return piecewise_linear(
             np.array(self.prompt_sizes), np.array(self.prompt_encoding), prompt_tokens
         )
@@ -189,9 +193,12 @@ class CostModel:
 
     # ---- file --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """JSON-safe fields with the schema version, as model files hold them."""
         return {"schema": SCHEMA, **asdict(self)}
 
     def save(self, path: str | Path) -> Path:
+        """Write the model as JSON to `path` and return it. Raises UserError where the path
+        cannot be written."""
         with writing(path, "model file") as target:
             target.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return target
@@ -351,16 +358,21 @@ class ModelSet:
 
     @property
     def quantity(self) -> str:
+        """What every model of the set predicts: 'runtime_s' or 'energy_j'."""
         return next(iter(self.by_batch.values())).quantity
 
     @property
     def batch_sizes(self) -> list[int]:
+        """The profiled batch sizes, ascending."""
         return sorted(self.by_batch)
 
     def first(self) -> CostModel:
+        """The model of the smallest profiled batch size."""
         return self.by_batch[self.batch_sizes[0]]
 
     def for_batch(self, batch_size: int) -> CostModel:
+        """The model for `batch_size`. Raises UserError naming the profiled sizes where it has
+        none."""
         try:
             return self.by_batch[int(batch_size)]
         except KeyError:

@@ -25,6 +25,7 @@ from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel, ModelSet
 from infermeter.spec.hardware import Accelerator, get_accelerator
 from infermeter.store.outputs import writing
+from infermeter.units import j_to_wh, per_hour_to_per_second
 from infermeter.workloads.queries import (
     MAX_BATCH,
     MAX_JOULES,
@@ -57,14 +58,19 @@ class Pricing:
 
     @property
     def usd_per_second(self) -> float:
-        return self.num_accelerators * self.price_per_hour_usd / 3600.0
+        """USD per second for all accelerators: count x $/h / 3600
+        (units.per_hour_to_per_second)."""
+        return per_hour_to_per_second(self.num_accelerators * self.price_per_hour_usd)
 
     @property
     def watts(self) -> float:
+        """Rated power (W) of all accelerators: the power of idealized energy."""
         return self.num_accelerators * self.power_watts
 
     @classmethod
     def of(cls, accelerator: Accelerator, count: int) -> Pricing:
+        """Pricing of `count` accelerators of a catalog entry (its $/h, TDP and the note when
+        they are nominal)."""
         return cls(
             accelerator.name,
             count,
@@ -308,13 +314,13 @@ def estimate_queries(
     if pricing is not None:
         out["cost_usd"] = seconds * pricing.usd_per_second * share
         out["energy_j"] = seconds * pricing.watts * share
-        out["energy_wh"] = out["energy_j"] / 3600.0
+        out["energy_wh"] = j_to_wh(out["energy_j"])
     if energy is not None:
         energy = _as_set(energy)
         if energy.quantity != "energy_j":
             raise UserError("the energy profile given is a runtime model; pass the energy model")
         out["energy_measured_j"] = energy.predict(p, o, batch) * share
-        out["energy_measured_wh"] = out["energy_measured_j"] / 3600.0
+        out["energy_measured_wh"] = j_to_wh(out["energy_measured_j"])
     if grid_gco2_per_kwh is not None:
         if not (math.isfinite(grid_gco2_per_kwh) and grid_gco2_per_kwh >= 0):
             raise UserError("--grid-intensity must be a finite number of gCO2e/kWh >= 0")
@@ -345,6 +351,8 @@ def summarize(estimates: pd.DataFrame) -> pd.DataFrame:
 
 
 def query_grid(prompt_sizes: list[int], output_sizes: list[int]) -> pd.DataFrame:
+    """Every (prompt, output) size pair of the two lists as a query table (prompt_tokens,
+    output_tokens), checked like a query file. Raises UserError for a size below 1."""
     p, o = np.meshgrid(prompt_sizes, output_sizes, indexing="ij")
     return validate_queries(
         pd.DataFrame({"prompt_tokens": p.ravel(), "output_tokens": o.ravel()}), "grid"

@@ -498,6 +498,10 @@ class FitPolicy:
     accept_poor_fit: bool = False
 
     def settings(self, quantity: Quantity, prompt_sizes: int) -> dict[str, Any]:
+        """The fit's settings for `quantity` with `prompt_sizes` profiled sizes: denoising,
+        overhead and decode shape. Energy is always denoised by ENERGY_DENOISE
+        without overhead; an API's runtime fits an overhead where it has 2 or more
+        prompt sizes."""
         decode = self.decode or ("line" if self.api else "curve")
         if quantity == "energy_j":
             return {"denoise": ENERGY_DENOISE, "overhead": "none", "decode": decode}
@@ -508,6 +512,7 @@ class FitPolicy:
 
     @property
     def is_default(self) -> bool:
+        """True where nothing was chosen beyond whether the run is an API's."""
         return self == FitPolicy(api=self.api)
 
 

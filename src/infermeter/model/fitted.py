@@ -89,27 +89,33 @@ class StoredRun:
 
     @property
     def label(self) -> str:
+        """'STORE#ID': the store's file name and the run id."""
         return f"{self.store.name}#{self.record.id}"
 
     @property
     def model(self) -> str:
+        """The model name the run recorded."""
         return self.record.model
 
     @property
     def is_api(self) -> bool:
+        """True for a run of an API backend (openai): its runtime is the raw, noisy kind."""
         return self.record.backend in API_BACKENDS
 
     @property
     def ok_points(self) -> pd.DataFrame:
+        """The run's points that succeeded and have a runtime."""
         pts = self.points
         return pts[(pts["status"] == "ok") & pts["runtime_s"].notna()]
 
     @property
     def date(self) -> str:
+        """The run's creation date, YYYY-MM-DD (UTC)."""
         return self.record.created_at[:10]
 
     @property
     def spec(self) -> ModelSpec | None:
+        """The ModelSpec the run recorded; None where it is missing or no longer valid."""
         try:
             return ModelSpec.from_dict(self.record.spec)
         except (TypeError, ValueError):
@@ -158,6 +164,7 @@ class StoredRun:
 
     @property
     def stack_label(self) -> str:
+        """'BACKEND on COUNT × ACCELERATOR' (or on the device where no accelerator was priced)."""
         acc = self.stack.get("accelerator")
         name = acc.get("name") if isinstance(acc, dict) else acc
         count = self.stack.get("num_accelerators", 1)
@@ -223,10 +230,12 @@ def load_runs(stores: list[Path], with_samples: bool = True) -> list[StoredRun]:
 
 
 def reference_runs(runs: list[StoredRun]) -> list[StoredRun]:
+    """The runs of reference (non-API) backends with at least one good point."""
     return [r for r in runs if not r.is_api and not r.ok_points.empty]
 
 
 def api_runs(runs: list[StoredRun]) -> list[StoredRun]:
+    """The runs of API backends with at least one good point."""
     return [r for r in runs if r.is_api and not r.ok_points.empty]
 
 

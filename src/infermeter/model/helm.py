@@ -91,6 +91,9 @@ def load_helm_efficiency(path: str | Path) -> dict[str, CostModel]:
 
 
 def helm_entry(model: CostModel) -> dict[str, Any]:
+    """One model's entry of HELM's efficiency JSON: per-output-token runtime, prompt-encoding
+    runtime per prompt size and, where fitted, the overhead (s). Raises UserError for an
+    energy model."""
     if model.quantity != "runtime_s":
         raise UserError("HELM efficiency_data holds runtimes; export a runtime model, not energy")
     entry: dict[str, Any] = {
@@ -105,10 +108,13 @@ def helm_entry(model: CostModel) -> dict[str, Any]:
 
 
 def to_helm_efficiency(models: dict[str, CostModel]) -> dict[str, Any]:
+    """HELM's efficiency JSON {model: entry} for runtime models (see helm_entry)."""
     return {name: helm_entry(model) for name, model in models.items()}
 
 
 def save_helm_efficiency(models: dict[str, CostModel], path: str | Path) -> Path:
+    """Write HELM's efficiency JSON for `models` to `path` and return it. Raises UserError for
+    an energy model or a path that cannot be written."""
     body = json.dumps(to_helm_efficiency(models), indent=2) + "\n"
     with writing(path, "HELM file") as target:
         target.write_text(body)

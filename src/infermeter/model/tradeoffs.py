@@ -32,6 +32,7 @@ from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel
 from infermeter.model.estimate import Pricing
 from infermeter.spec.model import ModelSpec
+from infermeter.units import MS_PER_S, to_giga
 
 # Efficiency metrics in Fig. 9's order, then the energy rows infermeter adds. Lower is better.
 METRICS: dict[str, str] = {
@@ -46,11 +47,11 @@ METRICS: dict[str, str] = {
 }
 
 # Fig. 10's objectives. The paper divides by log(runtime) without a unit; in seconds the log of
-# a sub-second runtime is negative, which turns the ranking upside down, so f2 takes the
-# runtime in milliseconds (positive above 1 ms, and it still damps the runtime's weight).
+# a sub-second runtime is negative, which turns the ranking upside down, so f2 takes the log of
+# the runtime in milliseconds (positive above 1 ms, and it still damps the runtime's weight).
 DEFAULT_OBJECTIVES: dict[str, str] = {
     "accuracy / runtime": "accuracy / idealized_runtime_s",
-    "accuracy / log(runtime)": "accuracy / log(idealized_runtime_ms)",
+    "accuracy / log(runtime)": f"accuracy / log(idealized_runtime_s * {MS_PER_S:g})",
 }
 
 CAPABILITY_HINT = (
@@ -172,6 +173,9 @@ def read_capabilities(path: str | Path, metric: str | None = None) -> pd.DataFra
 def validate_capabilities(
     frame: pd.DataFrame, metric: str | None = None, origin: str = "capabilities"
 ) -> pd.DataFrame:
+    """A capability table checked and normalised: model, scenario and a float `accuracy` column
+    (`metric` renamed to it, or the one numeric column). Raises UserError naming the row
+    for a missing column, a non-number score or a model listed twice on a scenario."""
     if frame.empty:
         raise UserError(f"{origin} holds no scores; {CAPABILITY_HINT}")
     missing = [c for c in ("model", "scenario") if c not in frame.columns]
@@ -228,6 +232,8 @@ def read_scenario_queries(sources: Sequence[str | Path]) -> pd.DataFrame:
 
 
 def validate_scenario_queries(frame: pd.DataFrame, origin: str = "queries") -> pd.DataFrame:
+    """scenario, prompt_tokens, output_tokens as floats, checked. Raises UserError for a
+    missing column, no rows, or a size that is not a number >= 1 (naming the row)."""
     missing = [c for c in ("prompt_tokens", "output_tokens") if c not in frame.columns]
     if missing:
         raise UserError(
@@ -313,14 +319,13 @@ def tradeoff_table(
             "instances": len(group),
             "mean_prompt_tokens": float(p.mean()),
             "mean_output_tokens": float(o.mean()),
-            "params_b": prof.spec.num_params / 1e9 if prof.spec else math.nan,
+            "params_b": to_giga(prof.spec.num_params) if prof.spec else math.nan,
             "flops_per_query": (
                 float(np.mean(query_flops(prof.spec, p, o))) if prof.spec else math.nan
             ),
             "raw_runtime_s": _mean_prediction(prof.raw, p, o),
             "denoised_runtime_s": _mean_prediction(prof.denoised, p, o),
             "idealized_runtime_s": idealized,
-            "idealized_runtime_ms": idealized * 1e3,
             "idealized_cost_usd": idealized * pricing.usd_per_second if pricing else math.nan,
             "idealized_energy_j": idealized * pricing.watts if pricing else math.nan,
             "measured_energy_j": _mean_prediction(prof.energy, p, o),
@@ -429,6 +434,9 @@ def check_objective(expression: str, columns: Sequence[str]) -> None:
 
 
 def evaluate_objective(table: pd.DataFrame, expression: str) -> pd.Series:
+    """An objective (arithmetic on the table's numeric columns, see check_objective) per row,
+    as floats. Raises UserError for an expression that is not allowed or does not
+    evaluate."""
     numeric = [c for c in table.columns if table[c].dtype.kind in "fiub"]
     check_objective(expression, numeric)
     try:

@@ -55,6 +55,10 @@ RUNTIME, TRADEOFFS, ENERGY = (
 
 @dataclass
 class ReportInputs:
+    """What a report is built from: the stores, and for Figs. 9-10 a capability table (with its
+    score column), scenario queries and objectives; the page's title, image format and
+    extra provenance lines."""
+
     stores: Sequence[Path]
     capabilities: Path | None = None
     metric: str | None = None
@@ -67,10 +71,15 @@ class ReportInputs:
 
 @dataclass
 class Report:
+    """A built report: its sections (figures, captions and the numbers behind them) and the
+    page's HTML."""
+
     sections: list[Section]
     html: str
 
     def write(self, path: str | Path) -> Path:
+        """Write the HTML to `path` in one step and return it. Raises UserError where the
+        folder or file cannot be written."""
         from infermeter.store.outputs import check_output_folder, writing
 
         path = Path(path)
@@ -90,6 +99,8 @@ def _safe(section: Section, draw: Callable[[], Plot]) -> Section:
 
 
 def runtime_sections(runs: list[StoredRun]) -> list[Section]:
+    """Figs. 3-4 of paper 1 (runtime vs output tokens, prompt-encoding time vs prompt size)
+    from up to six reference runs, or the command that makes them."""
     refs = [r for r in reference_runs(runs) if r.fit() is not None]
     fig3 = Section("fig3", RUNTIME, "Fig. 3 · Runtime vs output tokens, per prompt size")
     fig4 = Section("fig4", RUNTIME, "Fig. 4 · Prompt-encoding time vs prompt size")
@@ -133,6 +144,8 @@ def load_sections(runs: list[StoredRun]) -> list[Section]:
 
 
 def api_sections(runs: list[StoredRun]) -> list[Section]:
+    """Table 3 and Fig. 7 of paper 1 (idealized vs denoised PE(p) and g; raw, denoised and
+    idealized runtime) from API runs and the reference runs they stand for."""
     apis = [r for r in api_runs(runs) if lf.load_kind(r) is None and r.fit() is not None]
     table3 = Section("table3", RUNTIME, "Table 3 · Idealized vs denoised PE(p) and g")
     fig7 = Section("fig7", RUNTIME, "Fig. 7 · Raw vs denoised, and idealized vs denoised runtime")
@@ -199,6 +212,8 @@ def stack_profiles(runs: list[StoredRun]) -> dict[str, list[StackProfile]]:
 
 
 def comparison_sections(runs: list[StoredRun]) -> list[Section]:
+    """Fig. 8 of paper 1 (one model on two stacks: speedup, cost and energy ratios), one
+    section for each of up to four models profiled on several stacks."""
     groups = stack_profiles(runs)
     members_of = stack_runs(runs)
     if not groups:
@@ -265,6 +280,9 @@ def model_profiles(runs: list[StoredRun]) -> list[ModelProfile]:
 
 
 def tradeoff_sections(runs: list[StoredRun], inputs: ReportInputs) -> list[Section]:
+    """Figs. 9-10 of paper 1 (capability vs efficiency with Pareto frontiers; ranks under
+    accuracy/efficiency objectives), where a capability table and scenario queries were
+    given."""
     fig9 = Section("fig9", TRADEOFFS, "Fig. 9 · Capability vs efficiency, Pareto frontiers")
     fig10 = Section("fig10", TRADEOFFS, "Fig. 10 · Ranks under accuracy/efficiency objectives")
     if inputs.capabilities is None or not inputs.queries:
@@ -318,6 +336,8 @@ def tradeoff_sections(runs: list[StoredRun], inputs: ReportInputs) -> list[Secti
 
 
 def energy_sections(stores: Sequence[Path], runs: list[StoredRun]) -> list[Section]:
+    """Paper 2's (Words to Watts) figures and tables from the stores' energy configs, plus the
+    power and utilisation timelines of metered runs."""
     frames = [en.read_energy_configs(path) for path in stores]
     frames = [f for f in frames if not f.empty]
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -379,6 +399,9 @@ def energy_sections(stores: Sequence[Path], runs: list[StoredRun]) -> list[Secti
 
 
 def build_report(inputs: ReportInputs) -> Report:
+    """The report of every figure both papers' stores allow, each with its caption and numbers,
+    or the command that fills it; provenance in the header. Raises UserError without a
+    store, or for a store or input that cannot be read."""
     stores = [Path(s) for s in inputs.stores]
     if not stores:
         raise UserError("no store given; pass --store PATH (repeatable)")

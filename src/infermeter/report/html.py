@@ -23,6 +23,9 @@ MAX_CSV_ROWS = 20000
 
 @dataclass
 class Section:
+    """One section of the report: id, group heading, title, caption and note, its figure and
+    the numbers behind it, or why it has none."""
+
     id: str
     group: str  # heading the section is listed under
     title: str
@@ -34,6 +37,7 @@ class Section:
 
     @property
     def numbers(self) -> pd.DataFrame | None:
+        """The table behind the section: its own, else its figure's data; None without either."""
         return self.table if self.table is not None else (self.plot.data if self.plot else None)
 
 
@@ -95,6 +99,8 @@ def _fmt(value: object) -> str:
 
 
 def table_html(frame: pd.DataFrame) -> str:
+    """An HTML table of the first MAX_TABLE_ROWS rows of `frame`, values escaped, text columns
+    marked."""
     shown = frame.head(MAX_TABLE_ROWS)
     text_cols = {c for c in frame.columns if frame[c].dtype.kind not in "fiu"}
     head = "".join(
@@ -131,6 +137,8 @@ def _csv_link(section: Section, frame: pd.DataFrame) -> str:
 
 
 def section_html(section: Section, fmt: ImageFormat) -> str:
+    """One section's HTML: the figure inlined as a data URI (png or svg) with its caption, the
+    missing-data note, and its numbers with a CSV download."""
     parts = [f'<section id="{section.id}"><h3>{html.escape(section.title)}</h3>']
     if section.plot is not None:
         mime = "image/png" if fmt == "png" else "image/svg+xml"
@@ -167,6 +175,8 @@ def render(
     provenance: Sequence[str],
     fmt: ImageFormat = "png",
 ) -> str:
+    """The whole page: a navigation by group, the sections, and the provenance lines in the
+    header; self-contained (no network)."""
     groups = list(dict.fromkeys(s.group for s in sections))
     nav = "".join(
         f"<h2>{html.escape(g)}</h2><ul>"

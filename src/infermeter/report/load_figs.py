@@ -27,6 +27,7 @@ def load_kind(run: StoredRun) -> str | None:
 
 
 def load_runs(runs: Sequence[StoredRun]) -> list[StoredRun]:
+    """The runs of `infermeter load` (bursts, concurrency, request rates)."""
     return [r for r in runs if load_kind(r) is not None]
 
 

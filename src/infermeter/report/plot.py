@@ -48,6 +48,8 @@ STYLE = {
 
 @dataclass
 class Plot:
+    """A figure with the table of numbers it draws."""
+
     figure: Figure
     data: pd.DataFrame
 
@@ -71,10 +73,13 @@ def _apply_style(ax: Axes) -> None:
 
 
 def color(i: int) -> str:
+    """The i-th colour of the report's palette, cycling."""
     return PALETTE[i % len(PALETTE)]
 
 
 def encode(fig: Figure, fmt: ImageFormat = "png", dpi: int = 110) -> bytes:
+    """The figure as PNG or SVG bytes in the report's style, without a creation date (a rebuilt
+    report differs only where the numbers do)."""
     buffer = io.BytesIO()
     with matplotlib.rc_context(STYLE):
         fig.savefig(buffer, format=fmt, dpi=dpi, metadata=_metadata(fmt))

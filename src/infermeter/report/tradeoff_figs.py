@@ -67,6 +67,8 @@ def fig_stack_comparison(comparison: StackComparison) -> Plot:
 
 
 def metrics_with_data(table: pd.DataFrame) -> list[str]:
+    """The efficiency metrics (tradeoffs.METRICS, in Fig. 9's order) that have a value for some
+    row of `table`."""
     return [m for m in METRICS if m in table and table[m].notna().any()]
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 from infermeter.errors import UserError
 from infermeter.spec.hfconfig import spec_from_hf_config
 from infermeter.spec.model import ModelSpec
+from infermeter.units import to_giga, to_mega
 
 _PAPER = "Narayanan et al., idealized-runtime paper, Table 1"
 
@@ -855,8 +856,8 @@ def catalog_table() -> pd.DataFrame:
             "num_kv_heads": s.kv_heads,
             "ffn_size": s.ffn_dim,
             "vocab_size": s.vocab_size,
-            "params_b": round(s.num_params / 1e9, 2),
-            "active_b": round(s.active_params() / 1e9, 2),
+            "params_b": round(to_giga(s.num_params), 2),
+            "active_b": round(to_giga(s.active_params()), 2),
             "max_context": s.max_context,
             "source": s.source,
         }
@@ -922,7 +923,6 @@ def spec_report(
     has, for one decode step at `context` cached tokens and each batch size, the expected
     distinct experts per MoE layer (E·(1 − (1 − k/E)^b)), FLOPs, bytes read and FLOPs/byte.
     """
-    gb = 1e9
     facts = [
         ("name", spec.name),
         ("family", spec.family),
@@ -930,11 +930,11 @@ def spec_report(
         ("attention", _attention_text(spec)),
         ("attention variants", _variants_text(spec)),
         ("FFN", _ffn_text(spec)),
-        ("total parameters", f"{spec.num_params / 1e9:.3f} B"),
-        ("active parameters per token", f"{spec.active_params() / 1e9:.3f} B"),
-        ("weights", f"{spec.weight_bytes / gb:.2f} GB at {spec.dtype}"),
-        ("KV cache per token", f"{spec.kv_cache_bytes(1) / 1e6:.4f} MB (all layers)"),
-        (f"KV cache at {context} tokens", f"{spec.kv_cache_bytes(context) / gb:.3f} GB"),
+        ("total parameters", f"{to_giga(spec.num_params):.3f} B"),
+        ("active parameters per token", f"{to_giga(spec.active_params()):.3f} B"),
+        ("weights", f"{to_giga(spec.weight_bytes):.2f} GB at {spec.dtype}"),
+        ("KV cache per token", f"{to_mega(spec.kv_cache_bytes(1)):.4f} MB (all layers)"),
+        (f"KV cache at {context} tokens", f"{to_giga(spec.kv_cache_bytes(context)):.3f} GB"),
         ("max context", str(spec.max_context)),
         ("source", spec.source),
     ]
@@ -942,8 +942,8 @@ def spec_report(
         {
             "batch": b,
             "distinct experts/layer": spec.expected_distinct_experts(b) if spec.moe else None,
-            "decode GFLOP": spec.decode_flops(context, b, lm_head=True) / 1e9,
-            "decode GB read": spec.decode_bytes(context, b) / gb,
+            "decode GFLOP": to_giga(spec.decode_flops(context, b, lm_head=True)),
+            "decode GB read": to_giga(spec.decode_bytes(context, b)),
             "FLOP/byte": spec.decode_flops(context, b, lm_head=True)
             / spec.decode_bytes(context, b),
         }

@@ -29,6 +29,7 @@ import pandas as pd
 from infermeter.errors import UserError
 from infermeter.spec.model import DTYPE_BYTES
 from infermeter.store import provenance
+from infermeter.units import GIB_BYTES, per_hour_to_per_second, to_giga, to_tera
 
 __all__ = [
     "ACCELERATORS",
@@ -56,8 +57,6 @@ NUMERIC_FIELDS: tuple[str, ...] = (
 
 # Config-file keys besides the numbers (descriptive, not used in any cost).
 _TEXT_FIELDS: tuple[str, ...] = ("display_name", "device_patterns", "sources", "nominal")
-
-_SECONDS_PER_HOUR = 3600.0
 
 
 def _normalize_device_name(device_name: str) -> str:
@@ -116,11 +115,7 @@ class Accelerator:
     @property
     def price_per_second(self) -> float:
         """USD per accelerator-second: the $/s of idealized cost."""
-        return self.price_per_hour_usd / _SECONDS_PER_HOUR
-
-    @property
-    def memory_gb(self) -> float:
-        return self.memory_bytes / 1e9
+        return per_hour_to_per_second(self.price_per_hour_usd)
 
     def peak_flops(self, dtype: str) -> float:
         """Dense peak FLOP/s for a ModelSpec dtype name ('bfloat16', 'float16', 'float32')."""
@@ -153,12 +148,16 @@ class Accelerator:
 
     # ---- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """JSON-safe fields (device_patterns as a list), as hardware config files and stored
+        runs hold them."""
         data = asdict(self)
         data["device_patterns"] = list(self.device_patterns)  # JSON has no tuples
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Accelerator:
+        """Inverse of to_dict. Raises UserError for an unknown field or a missing required
+        number (peak FLOP/s, bandwidth, memory, TDP, price)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -532,7 +531,7 @@ _CATALOG: tuple[Accelerator, ...] = (
         peak_fp16_flops=48 * 2.4e9 * 128,  # AVX512-FP16: 2 FMA x 32 lanes x 2
         peak_fp32_flops=48 * 2.4e9 * 64,  # AVX-512: 2 FMA x 16 lanes x 2
         memory_bandwidth=8 * 4800e6 * 8,  # 8 channels DDR5-4800 x 8 bytes = 307.2 GB/s
-        memory_bytes=384 * 2**30,  # half of m7i.48xlarge's 768 GiB
+        memory_bytes=384 * GIB_BYTES,  # half of m7i.48xlarge's 768 GiB
         tdp_watts=350.0,
         price_per_hour_usd=9.6768 / 2,  # m7i.48xlarge (2 sockets) $9.6768/h
         sources={
@@ -788,11 +787,6 @@ class Stack:
             raise UserError(f"unknown dtype {self.dtype!r}; use one of {sorted(DTYPE_BYTES)}")
 
     @property
-    def replicas(self) -> int:
-        """Data-parallel copies of the model."""
-        return self.num_accelerators // self.tensor_parallel
-
-    @property
     def price_per_second(self) -> float:
         """USD per second for all accelerators of the stack."""
         return self.num_accelerators * self.accelerator.price_per_second
@@ -801,14 +795,6 @@ class Stack:
     def power_watts(self) -> float:
         """Rated power of all accelerators: the W of idealized energy."""
         return self.num_accelerators * self.accelerator.tdp_watts
-
-    def cost_usd(self, runtime_s: float) -> float:
-        """Idealized cost: runtime x accelerators x $/s."""
-        return runtime_s * self.price_per_second
-
-    def energy_joules(self, runtime_s: float) -> float:
-        """Idealized energy: runtime x accelerators x W."""
-        return runtime_s * self.power_watts
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe; the accelerator is stored whole so a stored run keeps its prices."""
@@ -847,9 +833,9 @@ def accelerator_table(catalog: Mapping[str, Accelerator] | None = None) -> pd.Da
         {
             "name": a.name,
             "display_name": a.display_name,
-            "bf16 TFLOP/s": a.peak_bf16_flops / 1e12,
-            "bandwidth TB/s": a.memory_bandwidth / 1e12,
-            "memory GB": a.memory_bytes / 1e9,
+            "bf16 TFLOP/s": to_tera(a.peak_bf16_flops),
+            "bandwidth TB/s": to_tera(a.memory_bandwidth),
+            "memory GB": to_giga(a.memory_bytes),
             "TDP W": a.tdp_watts,
             "$/h": a.price_per_hour_usd,
         }

@@ -143,6 +143,8 @@ class MLA:
 
     @property
     def qk_head_dim(self) -> int:
+        """Query/key width per head: the no-position part plus the rotary part (DeepSeek-V2
+        §2.1.3)."""
         return self.qk_nope_dim + self.qk_rope_dim
 
     @property
@@ -280,24 +282,29 @@ class ModelSpec:
     # ---- shape -------------------------------------------------------------------------
     @property
     def kv_heads(self) -> int:
+        """Key/value heads: num_kv_heads (GQA, MQA), else one per query head (MHA)."""
         return self.num_kv_heads if self.num_kv_heads is not None else self.num_heads
 
     @property
     def dim_head(self) -> int:
+        """Width of one attention head: head_dim where set, else hidden_size / num_heads."""
         return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
 
     @property
     def ffn_dim(self) -> int:
+        """FFN inner width of a dense layer: ffn_size where set, else 4 x hidden_size."""
         return self.ffn_size if self.ffn_size is not None else 4 * self.hidden_size
 
     @property
     def q_dim(self) -> int:
+        """Width of all query heads together (MLA: heads x its query/key head width)."""
         if self.mla is not None:
             return self.num_heads * self.mla.qk_head_dim
         return self.num_heads * self.dim_head
 
     @property
     def kv_dim(self) -> int:
+        """Width of all key (or value) heads together: kv_heads x dim_head."""
         return self.kv_heads * self.dim_head
 
     @property
@@ -307,14 +314,17 @@ class ModelSpec:
 
     @property
     def has_qkv_bias(self) -> bool:
+        """Whether the q/k/v projections carry biases (qkv_bias, else `bias`)."""
         return self.bias if self.qkv_bias is None else self.qkv_bias
 
     @property
     def has_out_bias(self) -> bool:
+        """Whether the attention output projection carries a bias (out_bias, else `bias`)."""
         return self.bias if self.out_bias is None else self.out_bias
 
     @property
     def has_mlp_bias(self) -> bool:
+        """Whether the FFN projections carry biases (mlp_bias, else `bias`)."""
         return self.bias if self.mlp_bias is None else self.mlp_bias
 
     @property
@@ -324,6 +334,7 @@ class ModelSpec:
 
     @property
     def dtype_bytes(self) -> int:
+        """Bytes per weight at the spec's dtype (DTYPE_BYTES); KeyError for an unknown dtype."""
         return DTYPE_BYTES[self.dtype]
 
     # ---- per layer ---------------------------------------------------------------------
@@ -336,6 +347,8 @@ class ModelSpec:
         return None
 
     def is_moe_layer(self, layer: int) -> bool:
+        """Whether layer `layer` (0-based) is a mixture-of-experts layer: after the first dense
+        layers, not listed dense, every layer_step-th."""
         moe = self.moe
         if moe is None or layer < moe.first_dense_layers or layer in moe.dense_layers:
             return False
@@ -343,6 +356,7 @@ class ModelSpec:
 
     @property
     def num_moe_layers(self) -> int:
+        """How many of the layers are mixture-of-experts layers (0 for a dense model)."""
         return sum(self.is_moe_layer(i) for i in range(self.num_layers))
 
     def _counts(self, items: Any) -> dict[Any, int]:
@@ -439,21 +453,27 @@ class ModelSpec:
 
     @property
     def embedding_params(self) -> int:
+        """Token embedding weights, plus learned positions (with OPT's offset rows) and BLOOM's
+        embedding norm where the spec has them."""
         positions = self.max_context + self.position_offset if self.position == "learned" else 0
         norm = self.norm_params if self.embedding_norm else 0
         return (self.vocab_size + positions) * self.hidden_size + norm
 
     @property
     def lm_head_params(self) -> int:
+        """LM head weights (none when tied to the embedding) plus its bias where it has one."""
         weights = 0 if self.tie_embeddings else self.vocab_size * self.hidden_size
         return weights + (self.vocab_size if self.lm_head_bias else 0)
 
     @property
     def final_norm_params(self) -> int:
+        """Weights of the norm after the last layer."""
         return self.norm_params
 
     @property
     def non_embedding_params(self) -> int:
+        """Parameters of all transformer layers, every expert included (paper 1 §3.2's N
+        without the embedding)."""
         if self.moe is None:  # every layer alike: the closed form, exact in integers
             return self.num_layers * (self.layer_matmul_params + self.layer_small_params)
         e = self.moe.num_experts
@@ -608,10 +628,13 @@ class ModelSpec:
 
     @property
     def weight_bytes(self) -> int:
+        """Bytes of all weights at the spec's dtype: num_params x dtype_bytes."""
         return self.num_params * self.dtype_bytes
 
     # ---- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """JSON-safe fields; fields added later are left out at their defaults, so an older
+        spec's dict (and every profile key hashed from it) is unchanged."""
         data = asdict(self)
         for key, default in _LATER_FIELDS.items():
             if data[key] == default or (key == "layer_types" and not data[key]):
@@ -623,10 +646,13 @@ class ModelSpec:
         return data
 
     def to_json(self) -> str:
+        """to_dict as JSON with sorted keys: the canonical text a profile key is hashed from."""
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        """Inverse of to_dict (nested moe and mla dicts included). Raises ValueError for an
+        unknown field, and what the spec's checks raise for a bad value."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -641,6 +667,7 @@ class ModelSpec:
         return cls(**data)
 
     def with_dtype(self, dtype: str) -> ModelSpec:
+        """The same spec at another dtype (weights' bytes change, nothing else)."""
         return replace(self, dtype=dtype)
 
 

@@ -106,6 +106,7 @@ class Dataset:
         return len(self.records)
 
     def frame(self) -> pd.DataFrame:
+        """The records as a table, one row per record, one column per field."""
         return pd.DataFrame(list(self.records))
 
 
@@ -304,6 +305,8 @@ class Workload:
         return h.hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
+        """What a run records about its prompts: dataset, kind, count, records available, seed,
+        template, sampling with replacement, sources and the prompts' digest."""
         return {
             "dataset": self.dataset,
             "kind": self.kind,
@@ -317,6 +320,7 @@ class Workload:
         }
 
     def frame(self) -> pd.DataFrame:
+        """One row per prompt: its index, the record it came from and its text."""
         return pd.DataFrame(
             {
                 "prompt_index": range(len(self.prompts)),

@@ -127,6 +127,9 @@ class PromptFactory:
         return len(self.tokenizer.encode(text)) if self.tokenizer is not None else None
 
     def content(self, n: int, seed: int) -> str:
+        """Text of exactly `n` tokens by the tokenizer (else `n` units of the family), drawn
+        reproducibly from `seed`. Raises ValueError for n < 0, RuntimeError where 8
+        retries do not hit n."""
         if n < 0:
             raise ValueError(f"content size must be >= 0, got {n}")
         rng = random.Random(seed)
@@ -183,6 +186,8 @@ class CalibrationCache:
         return data if isinstance(data, dict) else {}
 
     def load(self, key: str) -> PromptCalibration:
+        """The calibration stored under `key`; an empty one where there is none or the entry is
+        malformed."""
         entry = self._read().get(key)
         if not isinstance(entry, dict):
             return PromptCalibration(key)
@@ -203,6 +208,8 @@ class CalibrationCache:
             return PromptCalibration(key)  # a damaged entry is measured again
 
     def save(self, calibration: PromptCalibration) -> None:
+        """Store `calibration` under its key, replacing the file in one step; a file that
+        cannot be written is left alone (it only costs probes next time)."""
         data = self._read()
         entry = asdict(calibration)
         entry.pop("key")
@@ -365,6 +372,8 @@ class ExactPrompts:
         return cal
 
     def units(self, p: int) -> int:
+        """How many content units make a prompt the server counts as `p` tokens, calibrating p
+        first where it is new (requests to the server)."""
         if p not in self.calibration.sizes:
             self.calibrate([p])
         return self.calibration.sizes[p]

@@ -21,6 +21,9 @@ from infermeter.errors import UserError
 
 
 class TokenGenerator(Protocol):
+    """What generates tokens for served text (infermeter serve): a name, vocabulary size,
+    context length and stream()."""
+
     name: str
     vocab_size: int
     max_context: int
@@ -59,6 +62,9 @@ class HFGenerator:
         ignore_eos: bool = False,
         cancelled: Callable[[], bool] = lambda: False,
     ) -> Iterator[int]:
+        """Yield up to `max_new_tokens` ids after `prompt_ids` (wrapped into the vocabulary),
+        greedy with the KV cache; stops at `stop_ids` once `min_new_tokens` are out
+        (never with `ignore_eos`), or when `cancelled()`."""
         import torch
 
         stops = [s for s in stop_ids if 0 <= s < self.vocab_size]
@@ -102,6 +108,9 @@ class EngineGenerator:
         ignore_eos: bool = False,
         cancelled: Callable[[], bool] = lambda: False,
     ) -> Iterator[int]:
+        """Yield up to `max_new_tokens` ids from one engine generation of `prompt_ids` (wrapped
+        into the vocabulary), honouring `stop_ids` unless `ignore_eos` or
+        `min_new_tokens`; stops early when `cancelled()`."""
         prompt = [int(i) % self.vocab_size for i in prompt_ids]
         honour = () if ignore_eos or min_new_tokens > 0 else tuple(stop_ids)
         result = self.backend.generate([prompt], max_new_tokens, honour)

@@ -34,6 +34,9 @@ _WORD = re.compile(r"[a-z]{2,12}")
 
 
 class Tokenizer(Protocol):
+    """What counts tokens offline: encode, decode and single-token words, with the vocabulary
+    size and bos/eos ids (None: none)."""
+
     name: str
     vocab_size: int
     bos_id: int | None
@@ -70,9 +73,11 @@ class SentencePieceTokenizer:
         self.eos_id = self._sp.eos_id() if self._sp.eos_id() >= 0 else None
 
     def encode(self, text: str) -> list[int]:
+        """Ids of `text` by the SentencePiece model, without bos/eos."""
         return [int(i) for i in self._sp.encode(text)]
 
     def decode(self, ids: Sequence[int]) -> str:
+        """Text of `ids`, wrapped into the vocabulary."""
         return str(self._sp.decode([int(i) % self.vocab_size for i in ids]))
 
     @cached_property
@@ -86,6 +91,7 @@ class SentencePieceTokenizer:
         return words
 
     def word_ids(self) -> list[int]:
+        """Ids of single-token lowercase words that re-encode to themselves."""
         return self._words
 
 
@@ -121,9 +127,11 @@ class HFTokenizer:
         return int(found) if found is not None else None
 
     def encode(self, text: str) -> list[int]:
+        """Ids of `text` by tokenizer.json, without special tokens."""
         return list(self._tok.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids: Sequence[int]) -> str:
+        """Text of `ids`, wrapped into the vocabulary."""
         return str(self._tok.decode([int(i) % self.vocab_size for i in ids]))
 
     @cached_property
@@ -138,6 +146,7 @@ class HFTokenizer:
         return words
 
     def word_ids(self) -> list[int]:
+        """Ids of single-token lowercase words that re-encode to themselves."""
         return self._words
 
 
@@ -148,7 +157,6 @@ class ByteTokenizer:
     def __init__(self, vocab_size: int = 259) -> None:
         if vocab_size < 2:
             raise UserError(f"a byte tokenizer needs a vocabulary of at least 2, got {vocab_size}")
-        self.model_vocab = vocab_size
         self.offset = 3 if vocab_size >= 259 else 0
         self.vocab_size = min(vocab_size, 256 + self.offset)
         self.bos_id: int | None = 1 if self.offset else None
@@ -156,13 +164,16 @@ class ByteTokenizer:
         self.name = "bytes" if vocab_size >= 256 else f"bytes mod {vocab_size}"
 
     def encode(self, text: str) -> list[int]:
+        """One id per UTF-8 byte: byte + offset, modulo the vocabulary."""
         return [(b + self.offset) % self.vocab_size for b in text.encode("utf-8")]
 
     def decode(self, ids: Sequence[int]) -> str:
+        """The UTF-8 text of `ids` (special ids dropped, bad bytes replaced)."""
         data = bytes((int(i) - self.offset) % 256 for i in ids if int(i) >= self.offset)
         return data.decode("utf-8", errors="replace")
 
     def word_ids(self) -> list[int]:
+        """The ids of the letters a-z."""
         return sorted({self.encode(c)[0] for c in "abcdefghijklmnopqrstuvwxyz"})
 
 
@@ -175,6 +186,8 @@ def _read_json(path: Path) -> dict:
 
 
 def is_llama_vocab(spec: ModelSpec) -> bool:
+    """Whether the spec is a LLaMA with its 32,000-token SentencePiece vocabulary (the bundled
+    tokenizer fits)."""
     return spec.family == "llama" and spec.vocab_size == LLAMA_VOCAB
 
 

@@ -2,9 +2,9 @@
 
 `check_page` loads a local HTML file offline and returns what a reader would meet: every
 figure with its rendered size, every console error or uncaught exception, and optionally a
-full-page screenshot. The tests use it, and so does benchmarks/build_report.py to keep a
-screenshot beside docs/report.html. Needs Chromium (Debian's `chromium` package) and the
-`websockets` client (the dev extra).
+full-page screenshot. Test support, not part of the package: the report tests use it, and so
+does benchmarks/build_report.py to keep a screenshot beside docs/report.html. Needs Chromium
+(Debian's `chromium` package) and the `websockets` client (the dev extra).
 """
 
 from __future__ import annotations
