@@ -49,49 +49,11 @@ from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
 from infermeter.measure.gpus import GpuRef
 from infermeter.measure.meter import EnergyWindow, Meter, check_warmup_s, warm_up
 from infermeter.spec.model import ModelSpec
+from infermeter.store import energy as stored_energy
 from infermeter.store.db import RunRecord, Store, run_key
+from infermeter.store.energy import energy_configs
 from infermeter.workloads.datasets import Workload
 from infermeter.workloads.tokenizer import Tokenizer, count_words, prompt_ids
-
-CONFIG_COLUMNS = [
-    "run_id", "dataset", "batch", "max_len", "shards", "power_cap_w", "tokens_per_s",
-    "words_per_s", "responses_per_s", "watts", "j_per_token", "j_per_response", "sm_util",
-    "mem_util", "peak_mem_gb", "status", "detail",
-]  # fmt: skip
-RESPONSE_COLUMNS = [
-    "run_id", "config_key", "batch_index", "prompt_index", "prompt_tokens", "output_tokens",
-    "words", "energy_j", "batch_window_j",
-]  # fmt: skip
-BATCH_COLUMNS = [
-    "run_id", "config_key", "batch_index", "responses", "prompt_width", "runtime_s",
-    "window_s", "start_unix", "end_unix", "energy_j", "integrated_j", "method", "sm_util",
-    "mem_util", "peak_mem_gb", "power_limit_w",
-]  # fmt: skip
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS energy_configs (
-    run_id INTEGER, dataset TEXT, batch INTEGER, max_len INTEGER, shards INTEGER,
-    power_cap_w REAL, tokens_per_s REAL, words_per_s REAL, responses_per_s REAL, watts REAL,
-    j_per_token REAL, j_per_response REAL, sm_util REAL, mem_util REAL, peak_mem_gb REAL,
-    status TEXT, detail TEXT
-);
-CREATE TABLE IF NOT EXISTS energy_responses (
-    run_id INTEGER, config_key TEXT, batch_index INTEGER, prompt_index INTEGER,
-    prompt_tokens INTEGER, output_tokens INTEGER, words INTEGER, energy_j REAL,
-    batch_window_j REAL
-);
-CREATE TABLE IF NOT EXISTS energy_batches (
-    run_id INTEGER, config_key TEXT, batch_index INTEGER, responses INTEGER,
-    prompt_width INTEGER, runtime_s REAL, window_s REAL, start_unix REAL, end_unix REAL,
-    energy_j REAL, integrated_j REAL, method TEXT, sm_util REAL, mem_util REAL,
-    peak_mem_gb REAL, power_limit_w REAL
-);
-CREATE INDEX IF NOT EXISTS energy_configs_run ON energy_configs(run_id);
-CREATE INDEX IF NOT EXISTS energy_responses_run ON energy_responses(run_id, config_key);
-CREATE INDEX IF NOT EXISTS energy_batches_run ON energy_batches(run_id, config_key);
-"""
-DONE_STATUSES = ("ok", "infeasible")
-
 
 # ---- the sweep ------------------------------------------------------------------------------
 
@@ -148,124 +110,29 @@ class EnergySweep:
         ]
 
 
-# ---- the store's energy tables ----------------------------------------------------------------
-
-
-def ensure_tables(db: sqlite3.Connection) -> None:
-    """Create the energy tables if absent (the report reads energy_configs as is), and give a
-    store written before batches kept their peak memory or power limit those columns."""
-    for statement in SCHEMA.strip().split(";"):
-        if statement.strip():
-            db.execute(statement)
-    have = {row[1] for row in db.execute("PRAGMA table_info(energy_batches)")}
-    for column in ("peak_mem_gb", "power_limit_w"):
-        if column not in have:
-            db.execute(f"ALTER TABLE energy_batches ADD COLUMN {column} REAL")
-
-
-def _read(store: Store, query: str, params: Sequence[Any]) -> pd.DataFrame:
-    with store.transaction() as db:
-        ensure_tables(db)
-        return pd.read_sql_query(query, db, params=list(params))
-
-
-def energy_configs(store: Store, run_id: int | None = None) -> pd.DataFrame:
-    """Per-configuration rows (all runs, or one)."""
-    where = "" if run_id is None else "WHERE run_id = ?"
-    params = [] if run_id is None else [run_id]
-    return _read(
-        store,
-        f"SELECT * FROM energy_configs {where} ORDER BY run_id, shards, power_cap_w, max_len, "
-        "batch",
-        params,
-    )
-
-
-def energy_responses(store: Store, run_id: int, config_key: str | None = None) -> pd.DataFrame:
-    """Per-response rows of a run (or of one configuration of it)."""
-    extra, params = ("AND config_key = ?", [run_id, config_key]) if config_key else ("", [run_id])
-    return _read(
-        store,
-        f"SELECT * FROM energy_responses WHERE run_id = ? {extra} "
-        "ORDER BY config_key, prompt_index",
-        params,
-    )
-
-
-def energy_batches(store: Store, run_id: int | None = None) -> pd.DataFrame:
-    """Per-batch energy windows (start/end in Unix seconds, for power timelines)."""
-    where = "" if run_id is None else "WHERE run_id = ?"
-    return _read(
-        store,
-        f"SELECT * FROM energy_batches {where} ORDER BY run_id, start_unix",
-        [] if run_id is None else [run_id],
-    )
+# ---- what the store holds -------------------------------------------------------------------
 
 
 def _stored(store: Store, run_id: int) -> set[EnergyConfig]:
-    frame = energy_configs(store, run_id)
-    frame = frame[frame.status.isin(DONE_STATUSES)]
-    return {
-        EnergyConfig(
-            int(r.batch),
-            int(r.max_len),
-            int(r.shards),
-            None if pd.isna(r.power_cap_w) else float(r.power_cap_w),
-        )
-        for r in frame.itertuples(index=False)
-    }
+    """The configurations of the run stored as done (ok or infeasible)."""
+    return {EnergyConfig(*ident) for ident in stored_energy.done_configs(store, run_id)}
 
 
 def _record(store: Store, run_id: int, config: EnergyConfig, row: dict[str, Any]) -> None:
     """One configuration's row (replacing any old); its batches are stored as they finish."""
-    with store.transaction() as db:
-        ensure_tables(db)
-        match = "run_id = ? AND batch = ? AND max_len = ? AND shards = ? AND power_cap_w IS ?"
-        db.execute(
-            f"DELETE FROM energy_configs WHERE {match}",
-            (run_id, config.batch, config.max_len, config.shards, config.power_cap_w),
-        )
-        values = {**row, "run_id": run_id, "batch": config.batch, "max_len": config.max_len}
-        values.update(shards=config.shards, power_cap_w=config.power_cap_w)
-        db.execute(
-            f"INSERT INTO energy_configs VALUES ({','.join('?' * len(CONFIG_COLUMNS))})",
-            [values.get(c) for c in CONFIG_COLUMNS],
-        )
-
-
-def _record_batch(store: Store, responses: list[tuple[Any, ...]], batch: tuple[Any, ...]) -> None:
-    """One batch window and its responses, in one transaction (replacing the same batch)."""
-    run_id, config_key, index = batch[:3]
-    with store.transaction() as db:
-        ensure_tables(db)
-        for table in ("energy_responses", "energy_batches"):
-            db.execute(
-                f"DELETE FROM {table} WHERE run_id = ? AND config_key = ? AND batch_index = ?",
-                (run_id, config_key, index),
-            )
-        db.executemany(
-            f"INSERT INTO energy_responses VALUES ({','.join('?' * len(RESPONSE_COLUMNS))})",
-            responses,
-        )
-        db.execute(
-            f"INSERT INTO energy_batches VALUES ({','.join('?' * len(BATCH_COLUMNS))})", batch
-        )
-
-
-def _stored_batches(store: Store, run_id: int, config_key: str) -> set[int]:
-    with store.transaction() as db:
-        ensure_tables(db)
-        rows = db.execute(
-            "SELECT batch_index FROM energy_batches WHERE run_id = ? AND config_key = ?",
-            (run_id, config_key),
-        ).fetchall()
-    return {int(r[0]) for r in rows}
+    stored_energy.record_config(
+        store,
+        run_id,
+        {**row, "batch": config.batch, "max_len": config.max_len, "shards": config.shards,
+         "power_cap_w": config.power_cap_w},
+    )  # fmt: skip
 
 
 def batches_left(store: Store, run_id: int, config: EnergyConfig, prompts: int) -> int:
     """Batches of `config` still to run for `prompts` prompts (fewer once some are stored)."""
     total = batches_of(prompts, config.batch)
-    return total - len({i for i in _stored_batches(store, run_id, config.key) if i < total})
+    stored = stored_energy.stored_batches(store, run_id, config.key)
+    return total - len({i for i in stored if i < total})
 
 
 # ---- one batch ----------------------------------------------------------------------------------
@@ -449,7 +316,7 @@ def run_config(
     fed = _fed(prompts, spec, config, tokenizer)
     cut = sum(len(a) != len(b) for a, b in zip(fed, prompts, strict=True))
     chunks = [fed[i : i + config.batch] for i in range(0, len(fed), config.batch)]
-    stored = _stored_batches(store, run_id, config.key)
+    stored = stored_energy.stored_batches(store, run_id, config.key)
     _release(backend)  # this configuration's memory only, from a clean slate
     stops = set(stop_tokens)
     clock_offset = time.time() - time.perf_counter()
@@ -495,7 +362,7 @@ def run_config(
             window.sm_util if window else None, window.mem_util if window else None,
             _memory_used_gb(meter, backend), _check_cap(cap, meter, config, index),
         )  # fmt: skip
-        _record_batch(store, responses, batch)
+        stored_energy.record_batch(store, responses, batch)
         if on_batch:
             on_batch(
                 BatchResult(
@@ -516,17 +383,7 @@ def run_config(
 
 def _config_row(store: Store, run_id: int, config: EnergyConfig, chunks: int) -> dict[str, Any]:
     """The paper's per-configuration figures from the configuration's stored batches."""
-    batches = _read(
-        store,
-        "SELECT * FROM energy_batches WHERE run_id = ? AND config_key = ? AND batch_index < ? "
-        "ORDER BY batch_index",
-        [run_id, config.key, chunks],
-    )
-    responses = _read(
-        store,
-        "SELECT * FROM energy_responses WHERE run_id = ? AND config_key = ? AND batch_index < ?",
-        [run_id, config.key, chunks],
-    )
+    batches, responses = stored_energy.config_batches(store, run_id, config.key, chunks)
     runtime = float(batches.runtime_s.sum())
     tokens, words = int(responses.output_tokens.sum()), int(responses.words.sum())
     n = len(responses)
@@ -655,8 +512,6 @@ def run_energy(
         (tokenizer.eos_id,) if tokenizer.eos_id is not None else ()
     )  # fmt: skip
     notes = list(workload.notes)
-    with store.transaction() as db:
-        ensure_tables(db)
     run, _ = store.open_run(
         key=energy_key(spec, backend_name, options, workload, tokenizer.name, stops, device),
         model=spec.name,

@@ -13,7 +13,7 @@ import json
 import os
 import socket
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,112 +25,16 @@ import pandas as pd
 from infermeter.backends.base import Measurement, Point
 from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel
-from infermeter.store import ownership
+from infermeter.store import ownership, schema
 from infermeter.store.ownership import Lease
 from infermeter.store.provenance import git_commit, package_version
+from infermeter.store.schema import SCHEMA_VERSION
 
-# 2: the validation table (queries a profile measures after its grid, never fitted), and
-#    replaced_points (a failed trial measured again keeps its first record there).
-SCHEMA_VERSION = 2
-
-# A measured trial: the grid's points and the validation queries have the same columns.
-_MEASURED = """
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    prompt_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
-    batch_size INTEGER NOT NULL,
-    trial INTEGER NOT NULL,
-    runtime_s REAL,
-    ttft_s REAL,
-    energy_j REAL,
-    output_tokens_actual INTEGER,
-    status TEXT NOT NULL,
-    detail TEXT,
-    extra_json TEXT,
-    measured_at TEXT NOT NULL,
-    PRIMARY KEY (run_id, prompt_tokens, output_tokens, batch_size, trial)
-"""
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL UNIQUE,
-    model TEXT NOT NULL,
-    spec_json TEXT NOT NULL,
-    stack_json TEXT NOT NULL,
-    backend TEXT NOT NULL,
-    backend_json TEXT NOT NULL,
-    grid_json TEXT NOT NULL,
-    device TEXT NOT NULL,
-    commit_sha TEXT,
-    infermeter_version TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    status TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS points ({measured});
-CREATE TABLE IF NOT EXISTS validation ({measured});
-CREATE TABLE IF NOT EXISTS replaced_points (
-    run_id INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
-    batch_size INTEGER NOT NULL,
-    trial INTEGER NOT NULL,
-    runtime_s REAL,
-    ttft_s REAL,
-    energy_j REAL,
-    output_tokens_actual INTEGER,
-    status TEXT NOT NULL,
-    detail TEXT,
-    extra_json TEXT,
-    measured_at TEXT NOT NULL,
-    replaced_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS power_samples (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    t REAL NOT NULL,
-    gpu INTEGER NOT NULL,
-    power_w REAL NOT NULL,
-    sm_util REAL,
-    mem_util REAL
-);
-CREATE TABLE IF NOT EXISTS fits (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    quantity TEXT NOT NULL,
-    model_json TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-""".replace("{measured}", _MEASURED)
-
-POINT_COLUMNS = [
-    "run_id",
-    "prompt_tokens",
-    "output_tokens",
-    "batch_size",
-    "trial",
-    "runtime_s",
-    "ttft_s",
-    "energy_j",
-    "output_tokens_actual",
-    "status",
-    "detail",
-    "extra_json",
-    "measured_at",
-]
+__all__ = ["SCHEMA_VERSION", "RunRecord", "Store", "run_key", "utc_now"]
 
 
 def _opt(value: Any) -> float | None:
     return None if value is None or value != value else float(value)
-
-
-# Who measures a run now (see infermeter.store.ownership); made when first needed, so stores of
-# earlier versions need no upgrade and earlier versions ignore it.
-_OWNERS_TABLE = (
-    "CREATE TABLE IF NOT EXISTS run_owners (key TEXT PRIMARY KEY, pid INTEGER NOT NULL, "
-    "host TEXT NOT NULL, since TEXT NOT NULL)"
-)
 
 
 def _is_read_only(exc: sqlite3.Error) -> bool:
@@ -244,42 +148,37 @@ class Store:
         raise UserError(f"cannot read store {self.path} ({last}); check the file's permissions")
 
     def _check_schema(self) -> None:
-        has_meta = self._db.execute(
-            "SELECT name FROM sqlite_master WHERE type='table' AND name='meta'"
-        ).fetchone()
-        if has_meta:
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            version = int(row["value"]) if row else 0
-            if version > SCHEMA_VERSION:
-                raise UserError(
-                    f"store {self.path} has schema version {version}, newer than this "
-                    f"infermeter's {SCHEMA_VERSION}; upgrade infermeter (pip install -U "
-                    "infermeter) or use another --store"
-                )
-            if version == SCHEMA_VERSION:
-                return
-        tables = self._db.execute(
-            "SELECT count(*) AS n FROM sqlite_master WHERE type='table'"
-        ).fetchone()["n"]
-        if tables and not has_meta:
+        """Refuse a file that is not a store, or a store newer than this code; bring an older
+        store up to SCHEMA_VERSION through infermeter.store.schema's migrations (never when
+        read-only: an older store is then read as it is, a missing table reading empty)."""
+        version = schema.stored_version(self._db)
+        if version > schema.SCHEMA_VERSION:
+            raise UserError(
+                f"store {self.path} has schema version {version}, newer than this "
+                f"infermeter's {schema.SCHEMA_VERSION}; upgrade infermeter (pip install -U "
+                "infermeter) or use another --store"
+            )
+        if version == schema.SCHEMA_VERSION:
+            return
+        if self._tables_but_no_meta():
             raise UserError(
                 f"{self.path} is a SQLite file but not an infermeter store; "
                 "pass another --store PATH"
             )
-        if self.read_only:  # an older store is read as it is; a missing table reads empty
-            if not has_meta:
+        if self.read_only:
+            if not self.has_table("meta"):
                 raise UserError(
                     f"{self.path} is empty, not an infermeter store; pass another --store PATH"
                 )
             return
-        with self.transaction():
-            for statement in _SCHEMA.strip().split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+        with self.transaction():  # again inside: another process may have just migrated it
+            schema.migrate(self._db, schema.stored_version(self._db))
+        self._tables = None
+
+    def _tables_but_no_meta(self) -> bool:
+        rows = self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        names = {r[0] for r in rows}
+        return bool(names) and "meta" not in names
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -301,6 +200,11 @@ class Store:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
+
+    def frame(self, query: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        """The rows of one SELECT as a DataFrame, for the store's own modules (store/energy.py
+        and the like): SQL stays inside infermeter.store."""
+        return pd.read_sql_query(query, self._db, params=list(params))
 
     def close(self) -> None:
         for lease in self._leases.values():
@@ -328,7 +232,6 @@ class Store:
         self._leases[key] = lease
         try:
             with self.transaction():
-                self._db.execute(_OWNERS_TABLE)
                 self._db.execute(
                     "INSERT OR REPLACE INTO run_owners(key, pid, host, since) VALUES (?,?,?,?)",
                     (key, os.getpid(), socket.gethostname(), utc_now()),
@@ -601,8 +504,8 @@ class Store:
         return table in self._tables
 
     def _table(self, table: str, run_id: int) -> pd.DataFrame:
-        if not self.has_table(table):
-            return pd.DataFrame(columns=POINT_COLUMNS)
+        if not self.has_table(table):  # an older store read as it is: the points' columns
+            return self.frame("SELECT * FROM points WHERE 0")
         return pd.read_sql_query(
             f"SELECT * FROM {table} WHERE run_id = ? "
             "ORDER BY prompt_tokens, output_tokens, batch_size, trial",
