@@ -1,5 +1,7 @@
 """Experiments: resumable runs that measure a backend and land every result in the store.
 
+- base.py      the Experiment protocol the three below implement (after optimum-benchmark)
+- run.py       the resumable run's life, written once: claim, find, what is left, open, status
 - profile.py   the (prompt size, output length) grid of paper 1 §3.3, with validation queries
 - energy.py    the Words-to-Watts benchmark of paper 2 (datasets × batch sizes × lengths × caps)
 - load.py      black-box API load: bursts, concurrency, request rates (paper 1 Fig. 6)

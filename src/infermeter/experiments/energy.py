@@ -46,6 +46,7 @@ from typing import Any
 import pandas as pd
 
 from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
+from infermeter.experiments.run import RunIdentity, resumable_run
 from infermeter.measure.gpus import GpuRef
 from infermeter.measure.meter import EnergyWindow, Meter, check_warmup_s, warm_up
 from infermeter.spec.model import ModelSpec
@@ -470,6 +471,242 @@ def _power_cap(
     return PowerCap(watts, gpus, nvml=nvml, on_note=on_note)
 
 
+@dataclass(frozen=True)
+class EnergySettings:
+    """What a Words-to-Watts run measures (see run_energy): the model, the workload and its
+    tokenizer, the sweep, the backend's name and options it is keyed by, and how it runs."""
+
+    spec: ModelSpec
+    workload: Workload
+    tokenizer: Tokenizer
+    sweep: EnergySweep
+    backend_name: str = "engine"
+    backend_options: dict[str, Any] | None = None
+    gpus_for: Callable[[int], Sequence[int | GpuRef]] | None = None
+    power_nvml: Any = None
+    stop_tokens: Sequence[int] | None = None
+    device: str = ""
+    seed: int = 0
+    idle_s: float = 1.0
+    warmup_s: float = 0.0
+    close_backends: bool = True
+    stop_when: Callable[[], bool] | None = None
+
+
+@dataclass(frozen=True)
+class EnergyProgress:
+    """Told of a Words-to-Watts run: `on_start(run, configurations to run, configurations in
+    the sweep)`, each batch and configuration as it is stored, and notes (warm-up, caps)."""
+
+    on_start: Callable[[RunRecord, list[EnergyConfig], int], None] | None = None
+    on_batch: Callable[[BatchResult], None] | None = None
+    on_config: Callable[[EnergyConfig, dict[str, Any]], None] | None = None
+    on_note: Callable[[str], None] | None = None
+
+
+class EnergyExperiment:
+    """The Words-to-Watts benchmark of paper 2 (infermeter.experiments.base.Experiment; see
+    run_energy and the module docstring). After `run`, `notes` holds the workload's and the
+    meters' notes, `skipped` the configurations `stop_when` left unrun."""
+
+    name = "energy"
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self.skipped: list[EnergyConfig] = []
+
+    def run(
+        self,
+        store: Store,
+        backend: Callable[[int], Any],
+        config: EnergySettings,
+        meter: Callable[[int], Meter | None] | None,
+        progress: EnergyProgress,
+    ) -> RunRecord:
+        """Run every configuration of `config.sweep` not yet stored; `backend(shards)` gives
+        a backend with a dataset `generate`, `meter(shards)` a Meter over its GPUs or None.
+        Returns the run's record, "complete", or "partial" where `stop_when` stopped it.
+        Raises UserError for a bad sweep or warm-up, a backend without dataset generate, a
+        run measured by another process, or a power cap lost (PowerCapLost); a backend's
+        errors other than out-of-memory propagate (the run is then "interrupted")."""
+        spec, workload, tokenizer, sweep = (
+            config.spec,
+            config.workload,
+            config.tokenizer,
+            config.sweep,
+        )
+        check_warmup_s(config.warmup_s)
+        sweep.validate(spec)
+        options = dict(config.backend_options or {})
+        stops = tuple(config.stop_tokens) if config.stop_tokens is not None else (
+            (tokenizer.eos_id,) if tokenizer.eos_id is not None else ()
+        )  # fmt: skip
+        self.notes, self.skipped = list(workload.notes), []
+        identity = RunIdentity(
+            key=energy_key(
+                spec, config.backend_name, options, workload, tokenizer.name, stops, config.device
+            ),
+            model=spec.name,
+            spec=spec.to_dict(),
+            stack={"backend": config.backend_name, **options},
+            backend=config.backend_name,
+            backend_info=options,
+            grid={"experiment": "energy", "workload": workload.describe(),
+                  "tokenizer": tokenizer.name},
+            device=config.device,
+        )  # fmt: skip
+
+        def missing(existing: RunRecord | None) -> list[EnergyConfig]:
+            done = _stored(store, existing.id) if existing else set()
+            return [c for c in sweep.configs() if c not in done]
+
+        resume = resumable_run(store, identity, missing)
+
+        def started(run: RunRecord) -> None:
+            if progress.on_start:
+                progress.on_start(run, resume.todo, len(sweep.configs()))
+
+        with resume.open(on_start=started) as active:
+            sweep_run = _SweepRun(
+                store, active.run.id, config, progress, options, stops,
+                [prompt_ids(tokenizer, p) for p in workload.prompts],
+            )  # fmt: skip
+            for shards, group in groupby(resume.todo, key=lambda c: c.shards):
+                configs = list(group)
+                if config.stop_when and config.stop_when():
+                    self.skipped += configs
+                    continue
+                self.skipped += sweep_run.on_shards(shards, configs, backend, meter, self.notes)
+            if self.skipped:
+                active.status = "partial"
+        return store.get_run(active.run.id)
+
+
+@dataclass
+class _SweepRun:
+    """One Words-to-Watts run under way: what its shard groups share."""
+
+    store: Store
+    run_id: int
+    settings: EnergySettings
+    progress: EnergyProgress
+    options: dict[str, Any]
+    stops: tuple[int, ...]
+    ids: list[list[int]]
+
+    def flush_samples(self, meter: Meter | None) -> None:
+        """Store the power samples taken since the last flush: none is lost to a Ctrl-C."""
+        if meter is not None and meter.available:
+            self.store.record_samples(self.run_id, meter.drain(unix=True))
+
+    def record(self, config: EnergyConfig, row: dict[str, Any]) -> None:
+        """Store a configuration's row and say so."""
+        _record(self.store, self.run_id, config, row)
+        if self.progress.on_config:
+            self.progress.on_config(config, row)
+
+    def on_shards(
+        self,
+        shards: int,
+        configs: list[EnergyConfig],
+        backend_for: Callable[[int], Any],
+        meter_for: Callable[[int], Meter | None] | None,
+        notes: list[str],
+    ) -> list[EnergyConfig]:
+        """Run `configs` (all of `shards` shards) on one backend; returns those skipped."""
+        settings, spec = self.settings, self.settings.spec
+        backend = backend_for(shards)
+        if not hasattr(backend, "generate"):
+            raise UserError(
+                f"the {settings.backend_name} backend has no dataset generate(); "
+                "use --backend engine"
+            )
+        try:
+            if getattr(backend, "spec", None) != spec:
+                backend.prepare(spec)
+        except DoesNotFit as error:
+            for config in configs:  # Table II: this many GPUs cannot hold the model
+                self.record(
+                    config, _infeasible(config, settings.workload.dataset, str(error)[:500]).row
+                )
+            if settings.close_backends:
+                backend.close()
+            return []
+        meter = meter_for(shards) if meter_for else None
+        if meter is not None and meter.note:
+            notes.append(meter.note)
+        info = {**self.options, **backend.describe()}
+        if meter is not None and meter.available:
+            self._start_meter(meter, backend, configs[0], info)
+        self.store.update_run_backend(self.run_id, info)
+        try:
+            return self._by_cap(shards, configs, backend, meter)
+        finally:
+            # The samples of a batch stored just before a Ctrl-C; never mask its error.
+            with contextlib.suppress(sqlite3.Error):
+                self.flush_samples(meter)
+            if meter is not None:
+                meter.stop()
+            if settings.close_backends:
+                backend.close()
+
+    def _start_meter(
+        self, meter: Meter, backend: Any, first: EnergyConfig, info: dict[str, Any]
+    ) -> None:
+        """Idle power on the meter's first use (and the thermal warm-up), then sampling."""
+        settings = self.settings
+        first_use = meter.idle_w is None
+        if first_use:
+            meter.measure_idle(settings.idle_s)
+        meter.start()
+        info.update(idle_w=meter.idle_w, power_field=meter.power_field_used, meter=meter.describe())
+        if first_use and settings.warmup_s > 0:
+            if self.progress.on_note:
+                self.progress.on_note(
+                    f"warming the GPU up for {settings.warmup_s:g} s on {first.key}, "
+                    "unrecorded, so energy is measured at working temperature "
+                    "(--warmup-s 0 skips it)"
+                )
+            info["thermal_warmup"] = _warm_up(
+                backend, settings.spec, first, self.ids, settings.tokenizer, self.stops, meter,
+                settings.warmup_s, settings.seed,
+            )  # fmt: skip
+
+    def _by_cap(
+        self, shards: int, configs: list[EnergyConfig], backend: Any, meter: Meter | None
+    ) -> list[EnergyConfig]:
+        """Run `configs` power cap by power cap; returns those `stop_when` skipped."""
+        settings, progress = self.settings, self.progress
+        stop_when, skipped = settings.stop_when, []
+
+        def batch_done(result: BatchResult) -> None:
+            self.flush_samples(meter)
+            if progress.on_batch:
+                progress.on_batch(result)
+
+        for watts, by_cap in groupby(configs, key=lambda c: c.power_cap_w):
+            pending = list(by_cap)
+            if stop_when and stop_when():
+                skipped += pending
+                continue
+            capped = settings.gpus_for(shards) if settings.gpus_for else meter.refs if meter else []
+            with _power_cap(watts, capped, settings.power_nvml, progress.on_note) as cap:
+                for n, config in enumerate(pending):
+                    if stop_when and stop_when():
+                        skipped += pending[n:]
+                        break
+                    outcome = run_config(
+                        backend, settings.spec, config, self.ids, settings.tokenizer, self.stops,
+                        store=self.store, run_id=self.run_id, dataset=settings.workload.dataset,
+                        seed=settings.seed, meter=meter, on_batch=batch_done, cap=cap,
+                    )  # fmt: skip
+                    _record(self.store, self.run_id, config, outcome.row)
+                    self.flush_samples(meter)
+                    if progress.on_config:
+                        progress.on_config(config, outcome.row)
+        return skipped
+
+
 def run_energy(
     store: Store,
     spec: ModelSpec,
@@ -504,122 +741,17 @@ def run_energy(
     A meter's idle power is measured once, over `idle_s`, before its first configuration;
     then, with `warmup_s`, the first configuration's first batch runs back to back for that
     long, unrecorded, so that energy is measured on a card at working temperature.
+    Returns the run, its energy_configs rows, notes and the configurations `stop_when` left
+    unrun; raises as EnergyExperiment.run says.
     """
-    check_warmup_s(warmup_s)
-    sweep.validate(spec)
-    options = dict(backend_options or {})
-    stops = tuple(stop_tokens) if stop_tokens is not None else (
-        (tokenizer.eos_id,) if tokenizer.eos_id is not None else ()
+    settings = EnergySettings(
+        spec, workload, tokenizer, sweep, backend_name, backend_options, gpus_for, power_nvml,
+        stop_tokens, device, seed, idle_s, warmup_s, close_backends, stop_when,
     )  # fmt: skip
-    notes = list(workload.notes)
-    run, _ = store.open_run(
-        key=energy_key(spec, backend_name, options, workload, tokenizer.name, stops, device),
-        model=spec.name,
-        spec=spec.to_dict(),
-        stack={"backend": backend_name, **options},
-        backend=backend_name,
-        backend_info=options,
-        grid={"experiment": "energy", "workload": workload.describe(), "tokenizer": tokenizer.name},
-        device=device,
-    )
-    done = _stored(store, run.id)
-    todo = [c for c in sweep.configs() if c not in done]
-    if on_start:
-        on_start(run, todo, len(sweep.configs()))
-    ids = [prompt_ids(tokenizer, p) for p in workload.prompts]
-    skipped: list[EnergyConfig] = []
-    status = "interrupted"
-
-    def flush_samples(meter: Meter | None) -> None:
-        """Store the power samples taken since the last flush: none is lost to a Ctrl-C."""
-        if meter is not None and meter.available:
-            store.record_samples(run.id, meter.drain(unix=True))
-
-    try:
-        for shards, group in groupby(todo, key=lambda c: c.shards):
-            configs = list(group)
-            if stop_when and stop_when():
-                skipped += configs
-                continue
-            backend = backend_for(shards)
-            if not hasattr(backend, "generate"):
-                raise UserError(
-                    f"the {backend_name} backend has no dataset generate(); use --backend engine"
-                )
-            try:
-                if getattr(backend, "spec", None) != spec:
-                    backend.prepare(spec)
-            except DoesNotFit as error:
-                for config in configs:  # Table II: this many GPUs cannot hold the model
-                    outcome = _infeasible(config, workload.dataset, str(error)[:500])
-                    _record(store, run.id, config, outcome.row)
-                    if on_config:
-                        on_config(config, outcome.row)
-                if close_backends:
-                    backend.close()
-                continue
-            meter = meter_for(shards) if meter_for else None
-            if meter is not None and meter.note:
-                notes.append(meter.note)
-            info = {**options, **backend.describe()}
-            if meter is not None and meter.available:
-                first_use = meter.idle_w is None
-                if first_use:
-                    meter.measure_idle(idle_s)
-                meter.start()
-                info.update(
-                    idle_w=meter.idle_w, power_field=meter.power_field_used, meter=meter.describe()
-                )
-                if first_use and warmup_s > 0:
-                    if on_note:
-                        on_note(
-                            f"warming the GPU up for {warmup_s:g} s on {configs[0].key}, "
-                            "unrecorded, so energy is measured at working temperature "
-                            "(--warmup-s 0 skips it)"
-                        )
-                    info["thermal_warmup"] = _warm_up(
-                        backend, spec, configs[0], ids, tokenizer, stops, meter, warmup_s, seed
-                    )
-            store.update_run_backend(run.id, info)
-
-            def batch_done(result: BatchResult, meter: Meter | None = meter) -> None:
-                flush_samples(meter)
-                if on_batch:
-                    on_batch(result)
-
-            try:
-                for watts, by_cap in groupby(configs, key=lambda c: c.power_cap_w):
-                    pending = list(by_cap)
-                    if stop_when and stop_when():
-                        skipped += pending
-                        continue
-                    capped = gpus_for(shards) if gpus_for else meter.refs if meter else []
-                    with _power_cap(watts, capped, power_nvml, on_note) as cap:
-                        for n, config in enumerate(pending):
-                            if stop_when and stop_when():
-                                skipped += pending[n:]
-                                break
-                            outcome = run_config(
-                                backend, spec, config, ids, tokenizer, stops, store=store,
-                                run_id=run.id, dataset=workload.dataset, seed=seed, meter=meter,
-                                on_batch=batch_done, cap=cap,
-                            )  # fmt: skip
-                            _record(store, run.id, config, outcome.row)
-                            flush_samples(meter)
-                            if on_config:
-                                on_config(config, outcome.row)
-            finally:
-                # The samples of a batch stored just before a Ctrl-C; never mask its error.
-                with contextlib.suppress(sqlite3.Error):
-                    flush_samples(meter)
-                if meter is not None:
-                    meter.stop()
-                if close_backends:
-                    backend.close()
-        status = "partial" if skipped else "complete"
-    finally:
-        store.set_run_status(run.id, status)
-    return EnergyRun(store.get_run(run.id), energy_configs(store, run.id), notes, skipped)
+    experiment = EnergyExperiment()
+    progress = EnergyProgress(on_start, on_batch, on_config, on_note)
+    run = experiment.run(store, backend_for, settings, meter_for, progress)
+    return EnergyRun(run, energy_configs(store, run.id), experiment.notes, experiment.skipped)
 
 
 def summary(configs: pd.DataFrame) -> pd.DataFrame:

@@ -30,7 +30,7 @@ from infermeter.store.ownership import Lease
 from infermeter.store.provenance import git_commit, package_version
 from infermeter.store.schema import SCHEMA_VERSION
 
-__all__ = ["SCHEMA_VERSION", "RunRecord", "Store", "run_key", "utc_now"]
+__all__ = ["SCHEMA_VERSION", "RunIdentity", "RunRecord", "Store", "run_key", "utc_now"]
 
 
 def _opt(value: Any) -> float | None:
@@ -53,8 +53,10 @@ def run_key(parts: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
-class RunRecord:
-    id: int
+class RunIdentity:
+    """What a run is recorded with (Store.open_run's arguments): `key` identifies it (same
+    key, same run: see run_key); the rest is stored with it (dicts as JSON), `device` in words."""
+
     key: str
     model: str
     spec: dict[str, Any]
@@ -63,6 +65,15 @@ class RunRecord:
     backend_info: dict[str, Any]
     grid: dict[str, Any]
     device: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord(RunIdentity):
+    """A stored run: its identity, its id in the store, the infermeter commit and version that
+    recorded it, when (ISO 8601, UTC), and its status ("running", "complete", "partial",
+    "interrupted"; Store.runs shows a dead process's "running" as "interrupted")."""
+
+    id: int
     commit_sha: str | None
     infermeter_version: str
     created_at: str
