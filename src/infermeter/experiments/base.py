@@ -30,4 +30,5 @@ class Experiment(Protocol[ConfigT, ProgressT]):
 
     def run(
         self, store: Store, backend: Any, config: ConfigT, meter: Any, progress: ProgressT
-    ) -> RunRecord: ...
+    ) -> RunRecord:
+        """Measure into one run of `store` and return its record (see the class docstring)."""

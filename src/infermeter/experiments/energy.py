@@ -61,6 +61,10 @@ from infermeter.workloads.tokenizer import Tokenizer, count_words, prompt_ids
 
 @dataclass(frozen=True)
 class EnergyConfig:
+    """One configuration of a Words-to-Watts sweep (paper 2): `batch` prompts at a time, at
+    most `max_len` new tokens each, on `shards` GPUs, under a power cap in W (None: the limit is
+    left alone)."""
+
     batch: int
     max_len: int
     shards: int = 1
@@ -68,6 +72,8 @@ class EnergyConfig:
 
     @property
     def key(self) -> str:
+        """Its name in the store (energy_batches/energy_responses.config_key) and in progress lines,
+        e.g. b64-l256-s1-nocap."""
         cap = f"cap{self.power_cap_w:g}" if self.power_cap_w is not None else "nocap"
         return f"b{self.batch}-l{self.max_len}-s{self.shards}-{cap}"
 
@@ -82,6 +88,9 @@ class EnergySweep:
     power_limits: tuple[float | None, ...] = (None,)
 
     def validate(self, spec: ModelSpec) -> None:
+        """Raise UserError for an empty or non-positive batch size, max length or shard count, a max
+        length that leaves no room for a prompt in the model's context, or a power limit that is
+        not positive watts."""
         for label, values in (
             ("batch size", self.batch_sizes),
             ("max length", self.max_lengths),
@@ -233,6 +242,9 @@ class BatchResult:
 
 @dataclass
 class ConfigResult:
+    """One configuration's outcome: its energy_configs row (the paper's figures, or infeasible with
+    the reason), dataset included, run_id and the configuration's key columns not."""
+
     config: EnergyConfig
     row: dict[str, Any]
 
@@ -428,6 +440,10 @@ def _config_row(store: Store, run_id: int, config: EnergyConfig, chunks: int) ->
 
 @dataclass
 class EnergyRun:
+    """What run_energy returns: the run's record, its energy_configs rows
+    (infermeter.store.energy.CONFIG_COLUMNS), notes on the workload and meters, and the
+    configurations `stop_when` left unrun."""
+
     run: RunRecord
     configs: pd.DataFrame  # this run's energy_configs rows
     notes: list[str]
@@ -781,4 +797,5 @@ def summary(configs: pd.DataFrame) -> pd.DataFrame:
 
 
 def batches_of(n: int, batch: int) -> int:
+    """Batches of `batch` prompts that `n` prompts make (the last one may be short)."""
     return math.ceil(n / batch)

@@ -39,12 +39,17 @@ from infermeter.store.db import RunRecord, Store, run_key
 
 @dataclass(frozen=True)
 class LoadGrid:
+    """The paper's bursts (paper 1 Fig. 6): at `prompt_tokens`, for each output length and
+    concurrency c, `trials` steps of c requests sent at once."""
+
     prompt_tokens: int
     output_sizes: tuple[int, ...]
     concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)
     trials: int = 3
 
     def validate(self, spec: ModelSpec) -> None:
+        """Raise UserError for non-positive sizes, levels or trials, or a prompt and output that
+        exceed the model's context."""
         if self.prompt_tokens < 1 or not self.output_sizes or min(self.output_sizes) < 1:
             raise UserError("prompt tokens and output sizes must be positive")
         if not self.concurrency or min(self.concurrency) < 1:
@@ -67,9 +72,12 @@ class LoadGrid:
         ]
 
     def points(self, o: int, c: int, t: int) -> list[Point]:
+        """The c requests of step (o, c, t) as points: batch_size = c, trial = t·c + slot."""
         return [Point(self.prompt_tokens, o, c, t * c + slot) for slot in range(c)]
 
     def to_dict(self) -> dict[str, object]:
+        """The grid as stored with the run (runs.grid_json) and keyed by: kind "load" and its
+        fields."""
         return {
             "kind": "load",
             **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()},
@@ -81,13 +89,17 @@ class ConcurrentBackend(Protocol):
 
     name: str
 
-    def prepare(self, spec: ModelSpec) -> None: ...
+    def prepare(self, spec: ModelSpec) -> None:
+        """Check the API is reachable and serves `spec`; raise UserError if not."""
 
-    def measure_many(self, points: list[Point]) -> list[Measurement]: ...
+    def measure_many(self, points: list[Point]) -> list[Measurement]:
+        """Send `points` at once; one Measurement each, in order (runtimes in s)."""
 
-    def describe(self) -> dict: ...
+    def describe(self) -> dict:
+        """What the backend reports of itself, stored with the run."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release connections; safe to call twice."""
 
 
 StepCallback = Callable[[int, int, int, list[Measurement]], None]
@@ -306,6 +318,8 @@ class TimedLoad:
     seed: int = 0
 
     def validate(self, spec: ModelSpec) -> None:
+        """Raise UserError for an unknown mode or arrival, non-positive levels, durations or sizes,
+        fractional concurrency, or a prompt and output that exceed the model's context."""
         if self.mode not in ("concurrent", "rate"):
             raise UserError(f"--mode must be burst, concurrent or rate, got {self.mode!r}")
         if self.arrival not in ("constant", "poisson"):
@@ -337,6 +351,7 @@ class TimedLoad:
             times.append(t)
 
     def to_dict(self) -> dict[str, object]:
+        """The load as stored with the run and keyed by: kind "load-<mode>" and its fields."""
         data = asdict(self)
         data["levels"] = list(self.levels)
         return {"kind": f"load-{self.mode}", **data}
@@ -347,7 +362,8 @@ class TimedBackend(Protocol):
 
     name: str
 
-    def prepare(self, spec: ModelSpec) -> None: ...
+    def prepare(self, spec: ModelSpec) -> None:
+        """Check the API is reachable and serves `spec`; raise UserError if not."""
 
     def measure_timed(
         self,
@@ -355,11 +371,15 @@ class TimedBackend(Protocol):
         concurrency: int | None,
         arrivals: list[float] | None,
         span_s: float,
-    ) -> list[tuple[Point, Measurement, float]]: ...
+    ) -> list[tuple[Point, Measurement, float]]:
+        """Keep `concurrency` requests in flight, or send one at each of `arrivals` (s from the
+        start), for `span_s` seconds; (point, measurement, send time in s) per request."""
 
-    def describe(self) -> dict: ...
+    def describe(self) -> dict:
+        """What the backend reports of itself, stored with the run."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release connections; safe to call twice."""
 
 
 def run_timed_load(

@@ -74,6 +74,8 @@ class ProfileGrid:
     pe_sizes: tuple[int, ...] = ()
 
     def validate(self, spec: ModelSpec) -> None:
+        """Raise UserError for an empty or non-positive size or trial count, or a point whose prompt
+        and output exceed the model's context."""
         for label, sizes in (
             ("prompt size", self.prompt_sizes),
             ("output length", self.output_sizes),
@@ -121,6 +123,7 @@ class ProfileGrid:
         return [replace(s, trial=t) for s in self.shapes() for t in range(self.trials)]
 
     def to_dict(self) -> dict[str, object]:
+        """The grid as stored with the run (runs.grid_json) and part of its key."""
         out = {
             k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
         }
@@ -471,6 +474,8 @@ class _Recorder:
         self.store, self.run_id, self.meter, self.on_point = store, run_id, meter, on_point
 
     def record(self, measured: list[tuple[Point, Measurement]], validation: bool) -> None:
+        """Store one point's trials (validation queries or grid points) with the samples taken since
+        the last point, then tell `on_point` of each."""
         for point, measurement in measured:
             _flag_wrong_length(point, measurement)
         self.store.record_points(self.run_id, measured, validation=validation)

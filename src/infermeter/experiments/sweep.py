@@ -102,6 +102,7 @@ class JobResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the job's process exited 0."""
         return self.returncode == 0
 
 

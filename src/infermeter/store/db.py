@@ -16,7 +16,6 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from infermeter.model.cost_model import CostModel
 from infermeter.store import ownership, schema
 from infermeter.store.ownership import Lease
 from infermeter.store.provenance import git_commit, package_version
+from infermeter.store.provenance import utc_date as utc_now  # ISO 8601 UTC, to the second
 from infermeter.store.schema import SCHEMA_VERSION
 
 __all__ = ["SCHEMA_VERSION", "RunIdentity", "RunRecord", "Store", "run_key", "utc_now"]
@@ -40,10 +40,6 @@ def _opt(value: Any) -> float | None:
 def _is_read_only(exc: sqlite3.Error) -> bool:
     text = str(exc).lower()
     return "readonly" in text or "read-only" in text or "unable to open" in text
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def run_key(parts: dict[str, Any]) -> str:
@@ -84,9 +80,14 @@ class RunRecord(RunIdentity):
 class Store:
     """A SQLite file of runs, points and fits.
 
+    Opened for writing, a store of an older schema is brought up to SCHEMA_VERSION by the
+    migrations of infermeter.store.schema (a new file gets them all). Opening raises UserError
+    for a file that is not a store, a store newer than this infermeter, or one that cannot be
+    opened or written.
+
     `read_only=True` is how the verbs that only read open it: a missing file is an error (never
-    an empty store made on the spot), nothing is written (no schema upgrade, no journal mode),
-    and a store on read-only media or in a read-only folder opens all the same.
+    an empty store made on the spot), nothing is written (no migration, no journal mode), and a
+    store on read-only media or in a read-only folder opens all the same.
     """
 
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
@@ -195,6 +196,9 @@ class Store:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         # BEGIN inside the try: a Ctrl-C landing just after it (it may wait for the lock) must
         # not leave a transaction open for the next one to trip over.
+        """A write transaction (BEGIN IMMEDIATE, waiting up to 30 s for the lock) yielding the
+        connection: committed if the block returns, rolled back if it raises. Raises UserError on
+        a store opened read-only or on read-only media."""
         if self.read_only:
             raise UserError(f"store {self.path} was opened read-only; this verb cannot write it")
         try:
@@ -218,6 +222,7 @@ class Store:
         return pd.read_sql_query(query, self._db, params=list(params))
 
     def close(self) -> None:
+        """Release this store's run claims and close the connection."""
         for lease in self._leases.values():
             if lease is not None:
                 lease.release()
@@ -354,6 +359,8 @@ class Store:
         return True
 
     def set_run_status(self, run_id: int, status: str) -> None:
+        """Set run `run_id`'s status ("running", "complete", "partial", "interrupted") and its
+        updated_at."""
         with self.transaction():
             self._db.execute(
                 "UPDATE runs SET status=?, updated_at=? WHERE id=?", (status, utc_now(), run_id)
@@ -368,6 +375,7 @@ class Store:
             )
 
     def get_run(self, run_id: int) -> RunRecord:
+        """The run with id `run_id`; UserError naming `infermeter runs` if there is none."""
         row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise UserError(f"no run {run_id} in {self.path}; list runs with `infermeter runs`")
@@ -404,6 +412,7 @@ class Store:
         return frame.drop(columns=["key"])
 
     def latest_run_id(self) -> int:
+        """The id of the newest run; UserError if the store has none."""
         row = self._db.execute("SELECT max(id) AS id FROM runs").fetchone()
         if row["id"] is None:
             raise UserError(f"no runs in {self.path}; profile one with `infermeter profile`")
@@ -484,6 +493,8 @@ class Store:
             self._db.executemany("INSERT INTO power_samples VALUES (?,?,?,?,?,?)", rows)
 
     def samples(self, run_id: int) -> pd.DataFrame:
+        """Run `run_id`'s power samples: t (Unix s), gpu (index), power_w (W), sm_util and mem_util
+        (%, NaN if unread), ordered by time and GPU."""
         return pd.read_sql_query(
             "SELECT t, gpu, power_w, sm_util, mem_util FROM power_samples WHERE run_id = ? "
             "ORDER BY t, gpu",
@@ -526,6 +537,7 @@ class Store:
 
     # ---- fits --------------------------------------------------------------------------
     def record_fit(self, run_id: int, model: CostModel) -> int:
+        """Store a fitted cost model of run `run_id` (quantity and JSON); returns the fit's id."""
         with self.transaction():
             cursor = self._db.execute(
                 "INSERT INTO fits(run_id, quantity, model_json, created_at) VALUES (?,?,?,?)",
@@ -546,6 +558,8 @@ class Store:
         return [newest[k] for k in sorted(newest, key=lambda k: (order.get(k[0], 2), k[1]))]
 
     def latest_fit(self, run_id: int, quantity: str = "runtime_s") -> CostModel | None:
+        """The newest stored model of run `run_id` for `quantity` ("runtime_s" or "energy_j"), or
+        None."""
         row = self._db.execute(
             "SELECT model_json FROM fits WHERE run_id = ? AND quantity = ? "
             "ORDER BY id DESC LIMIT 1",

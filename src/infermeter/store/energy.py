@@ -1,4 +1,4 @@
-"""The store's Words-to-Watts tables (paper 2, §III): configurations, batches and responses.
+"""The store's Words-to-Watts tables (paper 2): configurations, batches and responses.
 
 infermeter.experiments.energy measures; this module is all it reads and writes of the store.
 The tables are made by migration 4 of infermeter.store.schema (5 adds two batch columns):
