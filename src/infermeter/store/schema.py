@@ -1,9 +1,10 @@
 """The store's schema: one version number, reached by numbered migrations applied in order.
 
-A store records the version it is at in SQLite's `PRAGMA user_version` (and, for infermeters
-from before this module, in the row `meta.schema_version`, which they check). Opening a store
-for writing applies, in one transaction, every migration above its version; opening it
-read-only applies none (a table an older store lacks reads as empty).
+A store records the version it is at in SQLite's `PRAGMA user_version`; the row
+`meta.schema_version` is what infermeters from before this module check (META_SCHEMA_VERSION).
+Opening a store for writing applies, in one transaction, every migration above its version;
+opening it read-only applies none (a table an older store lacks reads as empty). A store whose
+version is above SCHEMA_VERSION is refused (infermeter.store.db.Store), read-only or not.
 
 Stores written before user_version was used (user_version 0 beside a `meta` table) start from
 their `meta.schema_version` (1 or 2). Those versions made the run-owner and Words-to-Watts
@@ -133,6 +134,11 @@ MIGRATIONS: list[Migration] = [
     (5, "energy_batches: peak_mem_gb and power_limit_w", _batch_peaks),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+# What meta.schema_version says, for infermeters from before user_version: they refuse a store
+# whose meta is above the 2 they know. Migrations 3-5 only add what those versions made
+# themselves when first needed, so they still read and write a store at 5: it stays 2. A
+# migration they could not live with sets it to its own number.
+META_SCHEMA_VERSION = 2
 
 
 def stored_version(db: sqlite3.Connection) -> int:
@@ -151,7 +157,8 @@ def stored_version(db: sqlite3.Connection) -> int:
 
 def migrate(db: sqlite3.Connection, version: int) -> int:
     """Apply every migration above `version`, in order, on `db` (inside the caller's
-    transaction); record the new version in user_version and meta. Returns it."""
+    transaction); record the new version in user_version (and META_SCHEMA_VERSION in meta, for
+    older infermeters). Returns it."""
     for number, _, step in MIGRATIONS:
         if number <= version:
             continue
@@ -164,6 +171,6 @@ def migrate(db: sqlite3.Connection, version: int) -> int:
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     db.execute(
         "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
-        (str(SCHEMA_VERSION),),
+        (str(META_SCHEMA_VERSION),),
     )
     return SCHEMA_VERSION
