@@ -18,10 +18,10 @@ from infermeter.backends import get_backend
 from infermeter.backends.base import Measurement
 from infermeter.experiments.profile import ProfileGrid, run_profile
 from infermeter.measure.meter import Meter
-from infermeter.report.energy import record_energy_configs
 from infermeter.spec.catalog import get_spec
 from infermeter.spec.hardware import Stack, get_accelerator
 from infermeter.store.db import Store
+from infermeter.store.energy import CONFIG_COLUMNS
 
 GRID = ProfileGrid((1, 32, 64), (1, 4, 8), (1,), 2)
 SCENARIOS = {"imdb": (48, 2), "boolq": (24, 3), "raft": (60, 6)}
@@ -100,6 +100,19 @@ def energy_rows() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def add_energy_rows(store: Store, run_id: int, rows: pd.DataFrame) -> None:
+    """Append configuration rows to run `run_id` as the experiment's table holds them (two
+    datasets share configurations here, so rows are appended, not replaced by key)."""
+    frame = rows.reindex(columns=CONFIG_COLUMNS).assign(run_id=run_id)
+    records = [
+        tuple(None if isinstance(v, float) and np.isnan(v) else v for v in row)
+        for row in frame.itertuples(index=False)
+    ]
+    with store.transaction() as db:
+        marks = ",".join("?" * len(CONFIG_COLUMNS))
+        db.executemany(f"INSERT INTO energy_configs VALUES ({marks})", records)
+
+
 def build_store(path: Path) -> Path:
     with Store(path) as store:
         profile(store, "tiny-llama", "engine", validate=2)
@@ -108,7 +121,7 @@ def build_store(path: Path) -> Path:
         meter = Meter(interval_s=0.005, nvml=FakeNvml([FakeGpu(power=lambda t: 250.0)]))
         metered = profile(store, "tiny-opt", "engine", meter=meter)
         record_api_run(store, "tiny-llama")
-        record_energy_configs(store, metered, energy_rows())
+        add_energy_rows(store, metered, energy_rows())
     return path
 
 

@@ -22,20 +22,17 @@ from typer.testing import CliRunner
 
 from fake_nvml import FakeClock, FakeGpu, FakeNvml
 from infermeter.backends.engine import EngineBackend
-from infermeter.experiments.energy import (
-    BATCH_COLUMNS,
-    CONFIG_COLUMNS,
-    EnergySweep,
-    attribute,
-    energy_batches,
-    energy_configs,
-    energy_responses,
-    ensure_tables,
-    run_energy,
-)
+from infermeter.experiments.energy import EnergySweep, attribute, run_energy
 from infermeter.measure.meter import Meter
 from infermeter.spec.catalog import get_spec
 from infermeter.store.db import Store
+from infermeter.store.energy import (
+    BATCH_COLUMNS,
+    CONFIG_COLUMNS,
+    energy_batches,
+    energy_configs,
+    energy_responses,
+)
 from infermeter.workloads.datasets import Workload, load_workload
 from infermeter.workloads.tokenizer import tokenizer_for
 
@@ -420,13 +417,18 @@ def test_the_same_workload_on_another_gpu_is_another_run(
 
 
 def test_a_store_from_before_batch_peaks_gains_the_column(tmp_path: Path) -> None:
+    """A store whose energy_batches predates the peak and limit columns (schema 2, before
+    user_version) gains them, its rows kept, when opened: migration 5."""
     path = tmp_path / "old.sqlite"
     Store(path).close()
     with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE energy_batches")
         db.execute(f"CREATE TABLE energy_batches ({', '.join(BATCH_COLUMNS[:-2])})")
         db.execute(f"INSERT INTO energy_batches VALUES ({','.join('?' * 14)})", [1] * 14)
-    with Store(path) as store, store.transaction() as db:
-        ensure_tables(db)
+        db.execute("PRAGMA user_version = 0")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.close()
+    Store(path).close()
     with sqlite3.connect(path) as db:
         columns = [row[1] for row in db.execute("PRAGMA table_info(energy_batches)")]
         rows = db.execute("SELECT peak_mem_gb, power_limit_w, run_id FROM energy_batches")

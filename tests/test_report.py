@@ -120,10 +120,16 @@ def test_energy_rows_round_trip_and_power_caps(built) -> None:
     changes = power_cap_changes(frame)
     assert set(changes.power_cap_w) == {175.0} and set(changes.reference_cap_w) == {250.0}
     assert (changes.time_pct > 0).all() and (changes.energy_pct < 0).all()
-    # A store without the table reads as empty and is left unchanged.
+    # A store without the table (from before the energy tables) reads as empty, unchanged.
     bare = Path(built["store"]).with_name("bare.sqlite")
     Store(bare).close()
+    with sqlite3.connect(bare) as db:
+        db.execute("DROP TABLE energy_configs")
+        db.execute("PRAGMA user_version = 3")  # before migration 4 made the energy tables
+    db.close()
+    before = bare.read_bytes()
     assert read_energy_configs(bare).empty
+    assert bare.read_bytes() == before
     tables = {r[0] for r in sqlite3.connect(bare).execute("SELECT name FROM sqlite_master")}
     assert "energy_configs" not in tables
 

@@ -155,3 +155,63 @@ def test_serve_on_a_busy_port_says_so_before_serving() -> None:
         result = invoke("serve", "tiny-llama", "--device", "cpu", "--port", str(port))
     assert_one_line(result, f"port {port}", "in use")
     assert "serving" not in result.stdout
+
+
+# ---- the one resumable-run helper every experiment uses (infermeter.experiments.run) -------
+
+
+def _identity(key: str = "k"):
+    from infermeter.experiments.run import RunIdentity
+
+    return RunIdentity(key, "tiny", {}, {}, "hf", {}, {"trials": 1}, "cpu")
+
+
+def test_resumable_run_sets_the_status_the_body_ends_with(tmp_path: Path) -> None:
+    from infermeter.backends.base import Measurement, Point
+    from infermeter.experiments.run import resumable_run
+
+    cleaned: list[str] = []
+    with Store(tmp_path / "s.sqlite") as store:
+        resume = resumable_run(store, _identity(), lambda run: [] if run else ["all"])
+        assert resume.existing is None and resume.todo == ["all"]
+        with (
+            pytest.raises(KeyboardInterrupt),
+            resume.open(cleanup=lambda: cleaned.append("x")) as active,
+        ):
+            store.record_point(active.run.id, Point(1, 1), Measurement(0.1))
+            raise KeyboardInterrupt
+        assert cleaned == ["x"] and store.get_run(active.run.id).status == "interrupted"
+        again = resumable_run(store, _identity(), lambda run: [] if run else ["all"])
+        assert again.existing is not None and again.todo == []
+        with again.open() as second:
+            second.status = "partial"
+        assert second.resumed and second.run.id == active.run.id
+        assert store.get_run(active.run.id).status == "partial"
+        assert again.mark_complete().status == "complete"
+
+
+def test_resumable_run_discards_a_new_run_that_measured_nothing(tmp_path: Path) -> None:
+    from infermeter.experiments.run import resumable_run
+
+    with Store(tmp_path / "s.sqlite") as store:
+        resume = resumable_run(store, _identity(), lambda run: None)
+        with pytest.raises(RuntimeError), resume.open(discard_if_empty=True):
+            raise RuntimeError("calibration failed")
+        assert store.runs().empty
+        with pytest.raises(RuntimeError, match="port"), resume.open(before=_fail):
+            pass
+        assert store.runs().empty  # `before` failed: nothing was recorded
+
+
+def _fail() -> None:
+    raise RuntimeError("closed port")
+
+
+def test_the_three_experiments_are_experiments() -> None:
+    from infermeter.experiments.base import Experiment
+    from infermeter.experiments.energy import EnergyExperiment
+    from infermeter.experiments.load import LoadExperiment
+    from infermeter.experiments.profile import ProfileExperiment
+
+    for experiment in (ProfileExperiment(), EnergyExperiment(), LoadExperiment()):
+        assert isinstance(experiment, Experiment) and experiment.name

@@ -145,3 +145,141 @@ def test_a_failed_trial_measured_again_keeps_its_first_record(tmp_path: Path) ->
     assert list(points.status) == ["ok"] and points.runtime_s.iloc[0] == 0.25
     assert list(replaced.status) == ["error"] and replaced.source.iloc[0] == "points"
     assert replaced.detail.iloc[0] == "http_5xx: overloaded"
+
+
+# The schema as infermeter wrote it before numbered migrations (store/db.py's _SCHEMA at
+# schema_version 2, the run_owners table made at a run's first claim, and
+# experiments/energy.py's tables), copied literally: stores in the wild look like this.
+_V2_MEASURED = """
+    run_id INTEGER NOT NULL REFERENCES runs(id), prompt_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL, batch_size INTEGER NOT NULL, trial INTEGER NOT NULL,
+    runtime_s REAL, ttft_s REAL, energy_j REAL, output_tokens_actual INTEGER,
+    status TEXT NOT NULL, detail TEXT, extra_json TEXT, measured_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, prompt_tokens, output_tokens, batch_size, trial)
+"""
+_V2_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, model TEXT NOT NULL,
+    spec_json TEXT NOT NULL, stack_json TEXT NOT NULL, backend TEXT NOT NULL,
+    backend_json TEXT NOT NULL, grid_json TEXT NOT NULL, device TEXT NOT NULL,
+    commit_sha TEXT, infermeter_version TEXT NOT NULL, created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL, status TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS points ({_V2_MEASURED});
+CREATE TABLE IF NOT EXISTS validation ({_V2_MEASURED});
+CREATE TABLE IF NOT EXISTS replaced_points (
+    run_id INTEGER NOT NULL, source TEXT NOT NULL, prompt_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL, batch_size INTEGER NOT NULL, trial INTEGER NOT NULL,
+    runtime_s REAL, ttft_s REAL, energy_j REAL, output_tokens_actual INTEGER,
+    status TEXT NOT NULL, detail TEXT, extra_json TEXT, measured_at TEXT NOT NULL,
+    replaced_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS power_samples (
+    run_id INTEGER NOT NULL REFERENCES runs(id), t REAL NOT NULL, gpu INTEGER NOT NULL,
+    power_w REAL NOT NULL, sm_util REAL, mem_util REAL
+);
+CREATE TABLE IF NOT EXISTS fits (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER NOT NULL REFERENCES runs(id),
+    quantity TEXT NOT NULL, model_json TEXT NOT NULL, created_at TEXT NOT NULL
+);
+INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '2');
+INSERT INTO runs VALUES (1, 'k1', 'tiny', '{{}}', '{{}}', 'hf', '{{}}', '{{}}', 'cpu', NULL,
+    '0.1.0', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00', 'complete');
+INSERT INTO points VALUES (1, 1, 2, 1, 0, 0.5, 0.1, 2.0, 2, 'ok', NULL, NULL, '2026-01-01');
+"""
+_V2_OWNERS = (
+    "CREATE TABLE IF NOT EXISTS run_owners (key TEXT PRIMARY KEY, pid INTEGER NOT NULL, "
+    "host TEXT NOT NULL, since TEXT NOT NULL)"
+)
+_V2_ENERGY = """
+CREATE TABLE IF NOT EXISTS energy_configs (
+    run_id INTEGER, dataset TEXT, batch INTEGER, max_len INTEGER, shards INTEGER,
+    power_cap_w REAL, tokens_per_s REAL, words_per_s REAL, responses_per_s REAL, watts REAL,
+    j_per_token REAL, j_per_response REAL, sm_util REAL, mem_util REAL, peak_mem_gb REAL,
+    status TEXT, detail TEXT
+);
+CREATE TABLE IF NOT EXISTS energy_responses (
+    run_id INTEGER, config_key TEXT, batch_index INTEGER, prompt_index INTEGER,
+    prompt_tokens INTEGER, output_tokens INTEGER, words INTEGER, energy_j REAL,
+    batch_window_j REAL
+);
+CREATE TABLE IF NOT EXISTS energy_batches (
+    run_id INTEGER, config_key TEXT, batch_index INTEGER, responses INTEGER,
+    prompt_width INTEGER, runtime_s REAL, window_s REAL, start_unix REAL, end_unix REAL,
+    energy_j REAL, integrated_j REAL, method TEXT, sm_util REAL, mem_util REAL
+    {batch_peaks}
+);
+CREATE INDEX IF NOT EXISTS energy_configs_run ON energy_configs(run_id);
+CREATE INDEX IF NOT EXISTS energy_responses_run ON energy_responses(run_id, config_key);
+CREATE INDEX IF NOT EXISTS energy_batches_run ON energy_batches(run_id, config_key);
+INSERT INTO energy_configs (run_id, batch, max_len, shards, status) VALUES (1, 4, 8, 1, 'ok');
+INSERT INTO energy_batches (run_id, config_key, batch_index) VALUES (1, 'b4-l8-s1-nocap', 0);
+"""
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as db:
+        return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],  # a profile store
+        [_V2_OWNERS],  # one that ran a profile since run ownership
+        [_V2_OWNERS, _V2_ENERGY.replace("{batch_peaks}", "")],  # energy, before batch peaks
+        [_V2_ENERGY.replace("{batch_peaks}", ", peak_mem_gb REAL, power_limit_w REAL")],
+    ],
+)
+def test_a_store_of_the_previous_schema_opens_and_keeps_its_data(
+    tmp_path: Path, extra: list[str]
+) -> None:
+    from infermeter.store.energy import BATCH_COLUMNS, energy_batches, energy_configs
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(_V2_SCHEMA + ";".join(extra))
+    db.close()
+    before = path.read_bytes()
+    with Store(path, read_only=True) as db:  # read as it is: nothing migrated or written
+        assert db.points(1).runtime_s.tolist() == [0.5]
+    assert path.read_bytes() == before
+    with Store(path) as db:
+        assert db.get_run(1).status == "complete"
+        assert db.points(1).runtime_s.tolist() == [0.5]
+        assert db.finished_points(1) == {Point(1, 2)}
+        assert len(energy_configs(db, 1)) == (1 if extra[-1:] and "energy" in extra[-1] else 0)
+        assert list(energy_batches(db).columns) == BATCH_COLUMNS
+        run, resumed = open_run(db, key="k2")  # and it takes new runs
+        assert run.id == 2 and not resumed
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        meta = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        assert meta == ("2",)  # what older infermeters check: they can still open it
+    db.close()
+    assert {"run_owners", "energy_configs", "energy_batches", "energy_responses"} <= _tables(path)
+    after = path.read_bytes()
+    Store(path).close()  # at the current version: opening writes nothing more
+    assert path.read_bytes() == after
+
+
+def test_a_newer_user_version_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    before = path.read_bytes()
+    for read_only in (False, True):
+        with pytest.raises(UserError, match="newer") as error:
+            Store(path, read_only=read_only)
+        assert "\n" not in str(error.value)
+        assert f"schema version {SCHEMA_VERSION + 1}" in str(error.value)
+    assert path.read_bytes() == before
+
+
+def test_migrations_are_numbered_in_order() -> None:
+    from infermeter.store.schema import MIGRATIONS
+
+    assert [m[0] for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))

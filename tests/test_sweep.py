@@ -24,9 +24,9 @@ import pytest
 from infermeter.backends.base import Measurement, Point
 from infermeter.cli.sweep import _options_of
 from infermeter.errors import UserError
-from infermeter.experiments.merge import merge_stores
 from infermeter.experiments.sweep import check_options, load_sweep
 from infermeter.store.db import Store
+from infermeter.store.merge import merge_stores
 
 GRID = """
 [defaults]

@@ -46,58 +46,25 @@ from typing import Any
 import pandas as pd
 
 from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
+from infermeter.experiments.run import RunIdentity, resumable_run
 from infermeter.measure.gpus import GpuRef
 from infermeter.measure.meter import EnergyWindow, Meter, check_warmup_s, warm_up
 from infermeter.spec.model import ModelSpec
+from infermeter.store import energy as stored_energy
 from infermeter.store.db import RunRecord, Store, run_key
+from infermeter.store.energy import energy_configs
 from infermeter.workloads.datasets import Workload
 from infermeter.workloads.tokenizer import Tokenizer, count_words, prompt_ids
-
-CONFIG_COLUMNS = [
-    "run_id", "dataset", "batch", "max_len", "shards", "power_cap_w", "tokens_per_s",
-    "words_per_s", "responses_per_s", "watts", "j_per_token", "j_per_response", "sm_util",
-    "mem_util", "peak_mem_gb", "status", "detail",
-]  # fmt: skip
-RESPONSE_COLUMNS = [
-    "run_id", "config_key", "batch_index", "prompt_index", "prompt_tokens", "output_tokens",
-    "words", "energy_j", "batch_window_j",
-]  # fmt: skip
-BATCH_COLUMNS = [
-    "run_id", "config_key", "batch_index", "responses", "prompt_width", "runtime_s",
-    "window_s", "start_unix", "end_unix", "energy_j", "integrated_j", "method", "sm_util",
-    "mem_util", "peak_mem_gb", "power_limit_w",
-]  # fmt: skip
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS energy_configs (
-    run_id INTEGER, dataset TEXT, batch INTEGER, max_len INTEGER, shards INTEGER,
-    power_cap_w REAL, tokens_per_s REAL, words_per_s REAL, responses_per_s REAL, watts REAL,
-    j_per_token REAL, j_per_response REAL, sm_util REAL, mem_util REAL, peak_mem_gb REAL,
-    status TEXT, detail TEXT
-);
-CREATE TABLE IF NOT EXISTS energy_responses (
-    run_id INTEGER, config_key TEXT, batch_index INTEGER, prompt_index INTEGER,
-    prompt_tokens INTEGER, output_tokens INTEGER, words INTEGER, energy_j REAL,
-    batch_window_j REAL
-);
-CREATE TABLE IF NOT EXISTS energy_batches (
-    run_id INTEGER, config_key TEXT, batch_index INTEGER, responses INTEGER,
-    prompt_width INTEGER, runtime_s REAL, window_s REAL, start_unix REAL, end_unix REAL,
-    energy_j REAL, integrated_j REAL, method TEXT, sm_util REAL, mem_util REAL,
-    peak_mem_gb REAL, power_limit_w REAL
-);
-CREATE INDEX IF NOT EXISTS energy_configs_run ON energy_configs(run_id);
-CREATE INDEX IF NOT EXISTS energy_responses_run ON energy_responses(run_id, config_key);
-CREATE INDEX IF NOT EXISTS energy_batches_run ON energy_batches(run_id, config_key);
-"""
-DONE_STATUSES = ("ok", "infeasible")
-
 
 # ---- the sweep ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class EnergyConfig:
+    """One configuration of a Words-to-Watts sweep (paper 2): `batch` prompts at a time, at
+    most `max_len` new tokens each, on `shards` GPUs, under a power cap in W (None: the limit is
+    left alone)."""
+
     batch: int
     max_len: int
     shards: int = 1
@@ -105,6 +72,8 @@ class EnergyConfig:
 
     @property
     def key(self) -> str:
+        """Its name in the store (energy_batches/energy_responses.config_key) and in progress lines,
+        e.g. b64-l256-s1-nocap."""
         cap = f"cap{self.power_cap_w:g}" if self.power_cap_w is not None else "nocap"
         return f"b{self.batch}-l{self.max_len}-s{self.shards}-{cap}"
 
@@ -119,6 +88,9 @@ class EnergySweep:
     power_limits: tuple[float | None, ...] = (None,)
 
     def validate(self, spec: ModelSpec) -> None:
+        """Raise UserError for an empty or non-positive batch size, max length or shard count, a max
+        length that leaves no room for a prompt in the model's context, or a power limit that is
+        not positive watts."""
         for label, values in (
             ("batch size", self.batch_sizes),
             ("max length", self.max_lengths),
@@ -148,124 +120,29 @@ class EnergySweep:
         ]
 
 
-# ---- the store's energy tables ----------------------------------------------------------------
-
-
-def ensure_tables(db: sqlite3.Connection) -> None:
-    """Create the energy tables if absent (the report reads energy_configs as is), and give a
-    store written before batches kept their peak memory or power limit those columns."""
-    for statement in SCHEMA.strip().split(";"):
-        if statement.strip():
-            db.execute(statement)
-    have = {row[1] for row in db.execute("PRAGMA table_info(energy_batches)")}
-    for column in ("peak_mem_gb", "power_limit_w"):
-        if column not in have:
-            db.execute(f"ALTER TABLE energy_batches ADD COLUMN {column} REAL")
-
-
-def _read(store: Store, query: str, params: Sequence[Any]) -> pd.DataFrame:
-    with store.transaction() as db:
-        ensure_tables(db)
-        return pd.read_sql_query(query, db, params=list(params))
-
-
-def energy_configs(store: Store, run_id: int | None = None) -> pd.DataFrame:
-    """Per-configuration rows (all runs, or one)."""
-    where = "" if run_id is None else "WHERE run_id = ?"
-    params = [] if run_id is None else [run_id]
-    return _read(
-        store,
-        f"SELECT * FROM energy_configs {where} ORDER BY run_id, shards, power_cap_w, max_len, "
-        "batch",
-        params,
-    )
-
-
-def energy_responses(store: Store, run_id: int, config_key: str | None = None) -> pd.DataFrame:
-    """Per-response rows of a run (or of one configuration of it)."""
-    extra, params = ("AND config_key = ?", [run_id, config_key]) if config_key else ("", [run_id])
-    return _read(
-        store,
-        f"SELECT * FROM energy_responses WHERE run_id = ? {extra} "
-        "ORDER BY config_key, prompt_index",
-        params,
-    )
-
-
-def energy_batches(store: Store, run_id: int | None = None) -> pd.DataFrame:
-    """Per-batch energy windows (start/end in Unix seconds, for power timelines)."""
-    where = "" if run_id is None else "WHERE run_id = ?"
-    return _read(
-        store,
-        f"SELECT * FROM energy_batches {where} ORDER BY run_id, start_unix",
-        [] if run_id is None else [run_id],
-    )
+# ---- what the store holds -------------------------------------------------------------------
 
 
 def _stored(store: Store, run_id: int) -> set[EnergyConfig]:
-    frame = energy_configs(store, run_id)
-    frame = frame[frame.status.isin(DONE_STATUSES)]
-    return {
-        EnergyConfig(
-            int(r.batch),
-            int(r.max_len),
-            int(r.shards),
-            None if pd.isna(r.power_cap_w) else float(r.power_cap_w),
-        )
-        for r in frame.itertuples(index=False)
-    }
+    """The configurations of the run stored as done (ok or infeasible)."""
+    return {EnergyConfig(*ident) for ident in stored_energy.done_configs(store, run_id)}
 
 
 def _record(store: Store, run_id: int, config: EnergyConfig, row: dict[str, Any]) -> None:
     """One configuration's row (replacing any old); its batches are stored as they finish."""
-    with store.transaction() as db:
-        ensure_tables(db)
-        match = "run_id = ? AND batch = ? AND max_len = ? AND shards = ? AND power_cap_w IS ?"
-        db.execute(
-            f"DELETE FROM energy_configs WHERE {match}",
-            (run_id, config.batch, config.max_len, config.shards, config.power_cap_w),
-        )
-        values = {**row, "run_id": run_id, "batch": config.batch, "max_len": config.max_len}
-        values.update(shards=config.shards, power_cap_w=config.power_cap_w)
-        db.execute(
-            f"INSERT INTO energy_configs VALUES ({','.join('?' * len(CONFIG_COLUMNS))})",
-            [values.get(c) for c in CONFIG_COLUMNS],
-        )
-
-
-def _record_batch(store: Store, responses: list[tuple[Any, ...]], batch: tuple[Any, ...]) -> None:
-    """One batch window and its responses, in one transaction (replacing the same batch)."""
-    run_id, config_key, index = batch[:3]
-    with store.transaction() as db:
-        ensure_tables(db)
-        for table in ("energy_responses", "energy_batches"):
-            db.execute(
-                f"DELETE FROM {table} WHERE run_id = ? AND config_key = ? AND batch_index = ?",
-                (run_id, config_key, index),
-            )
-        db.executemany(
-            f"INSERT INTO energy_responses VALUES ({','.join('?' * len(RESPONSE_COLUMNS))})",
-            responses,
-        )
-        db.execute(
-            f"INSERT INTO energy_batches VALUES ({','.join('?' * len(BATCH_COLUMNS))})", batch
-        )
-
-
-def _stored_batches(store: Store, run_id: int, config_key: str) -> set[int]:
-    with store.transaction() as db:
-        ensure_tables(db)
-        rows = db.execute(
-            "SELECT batch_index FROM energy_batches WHERE run_id = ? AND config_key = ?",
-            (run_id, config_key),
-        ).fetchall()
-    return {int(r[0]) for r in rows}
+    stored_energy.record_config(
+        store,
+        run_id,
+        {**row, "batch": config.batch, "max_len": config.max_len, "shards": config.shards,
+         "power_cap_w": config.power_cap_w},
+    )  # fmt: skip
 
 
 def batches_left(store: Store, run_id: int, config: EnergyConfig, prompts: int) -> int:
     """Batches of `config` still to run for `prompts` prompts (fewer once some are stored)."""
     total = batches_of(prompts, config.batch)
-    return total - len({i for i in _stored_batches(store, run_id, config.key) if i < total})
+    stored = stored_energy.stored_batches(store, run_id, config.key)
+    return total - len({i for i in stored if i < total})
 
 
 # ---- one batch ----------------------------------------------------------------------------------
@@ -365,6 +242,9 @@ class BatchResult:
 
 @dataclass
 class ConfigResult:
+    """One configuration's outcome: its energy_configs row (the paper's figures, or infeasible with
+    the reason), dataset included, run_id and the configuration's key columns not."""
+
     config: EnergyConfig
     row: dict[str, Any]
 
@@ -449,7 +329,7 @@ def run_config(
     fed = _fed(prompts, spec, config, tokenizer)
     cut = sum(len(a) != len(b) for a, b in zip(fed, prompts, strict=True))
     chunks = [fed[i : i + config.batch] for i in range(0, len(fed), config.batch)]
-    stored = _stored_batches(store, run_id, config.key)
+    stored = stored_energy.stored_batches(store, run_id, config.key)
     _release(backend)  # this configuration's memory only, from a clean slate
     stops = set(stop_tokens)
     clock_offset = time.time() - time.perf_counter()
@@ -495,7 +375,7 @@ def run_config(
             window.sm_util if window else None, window.mem_util if window else None,
             _memory_used_gb(meter, backend), _check_cap(cap, meter, config, index),
         )  # fmt: skip
-        _record_batch(store, responses, batch)
+        stored_energy.record_batch(store, responses, batch)
         if on_batch:
             on_batch(
                 BatchResult(
@@ -516,17 +396,7 @@ def run_config(
 
 def _config_row(store: Store, run_id: int, config: EnergyConfig, chunks: int) -> dict[str, Any]:
     """The paper's per-configuration figures from the configuration's stored batches."""
-    batches = _read(
-        store,
-        "SELECT * FROM energy_batches WHERE run_id = ? AND config_key = ? AND batch_index < ? "
-        "ORDER BY batch_index",
-        [run_id, config.key, chunks],
-    )
-    responses = _read(
-        store,
-        "SELECT * FROM energy_responses WHERE run_id = ? AND config_key = ? AND batch_index < ?",
-        [run_id, config.key, chunks],
-    )
+    batches, responses = stored_energy.config_batches(store, run_id, config.key, chunks)
     runtime = float(batches.runtime_s.sum())
     tokens, words = int(responses.output_tokens.sum()), int(responses.words.sum())
     n = len(responses)
@@ -570,6 +440,10 @@ def _config_row(store: Store, run_id: int, config: EnergyConfig, chunks: int) ->
 
 @dataclass
 class EnergyRun:
+    """What run_energy returns: the run's record, its energy_configs rows
+    (infermeter.store.energy.CONFIG_COLUMNS), notes on the workload and meters, and the
+    configurations `stop_when` left unrun."""
+
     run: RunRecord
     configs: pd.DataFrame  # this run's energy_configs rows
     notes: list[str]
@@ -613,6 +487,242 @@ def _power_cap(
     return PowerCap(watts, gpus, nvml=nvml, on_note=on_note)
 
 
+@dataclass(frozen=True)
+class EnergySettings:
+    """What a Words-to-Watts run measures (see run_energy): the model, the workload and its
+    tokenizer, the sweep, the backend's name and options it is keyed by, and how it runs."""
+
+    spec: ModelSpec
+    workload: Workload
+    tokenizer: Tokenizer
+    sweep: EnergySweep
+    backend_name: str = "engine"
+    backend_options: dict[str, Any] | None = None
+    gpus_for: Callable[[int], Sequence[int | GpuRef]] | None = None
+    power_nvml: Any = None
+    stop_tokens: Sequence[int] | None = None
+    device: str = ""
+    seed: int = 0
+    idle_s: float = 1.0
+    warmup_s: float = 0.0
+    close_backends: bool = True
+    stop_when: Callable[[], bool] | None = None
+
+
+@dataclass(frozen=True)
+class EnergyProgress:
+    """Told of a Words-to-Watts run: `on_start(run, configurations to run, configurations in
+    the sweep)`, each batch and configuration as it is stored, and notes (warm-up, caps)."""
+
+    on_start: Callable[[RunRecord, list[EnergyConfig], int], None] | None = None
+    on_batch: Callable[[BatchResult], None] | None = None
+    on_config: Callable[[EnergyConfig, dict[str, Any]], None] | None = None
+    on_note: Callable[[str], None] | None = None
+
+
+class EnergyExperiment:
+    """The Words-to-Watts benchmark of paper 2 (infermeter.experiments.base.Experiment; see
+    run_energy and the module docstring). After `run`, `notes` holds the workload's and the
+    meters' notes, `skipped` the configurations `stop_when` left unrun."""
+
+    name = "energy"
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self.skipped: list[EnergyConfig] = []
+
+    def run(
+        self,
+        store: Store,
+        backend: Callable[[int], Any],
+        config: EnergySettings,
+        meter: Callable[[int], Meter | None] | None,
+        progress: EnergyProgress,
+    ) -> RunRecord:
+        """Run every configuration of `config.sweep` not yet stored; `backend(shards)` gives
+        a backend with a dataset `generate`, `meter(shards)` a Meter over its GPUs or None.
+        Returns the run's record, "complete", or "partial" where `stop_when` stopped it.
+        Raises UserError for a bad sweep or warm-up, a backend without dataset generate, a
+        run measured by another process, or a power cap lost (PowerCapLost); a backend's
+        errors other than out-of-memory propagate (the run is then "interrupted")."""
+        spec, workload, tokenizer, sweep = (
+            config.spec,
+            config.workload,
+            config.tokenizer,
+            config.sweep,
+        )
+        check_warmup_s(config.warmup_s)
+        sweep.validate(spec)
+        options = dict(config.backend_options or {})
+        stops = tuple(config.stop_tokens) if config.stop_tokens is not None else (
+            (tokenizer.eos_id,) if tokenizer.eos_id is not None else ()
+        )  # fmt: skip
+        self.notes, self.skipped = list(workload.notes), []
+        identity = RunIdentity(
+            key=energy_key(
+                spec, config.backend_name, options, workload, tokenizer.name, stops, config.device
+            ),
+            model=spec.name,
+            spec=spec.to_dict(),
+            stack={"backend": config.backend_name, **options},
+            backend=config.backend_name,
+            backend_info=options,
+            grid={"experiment": "energy", "workload": workload.describe(),
+                  "tokenizer": tokenizer.name},
+            device=config.device,
+        )  # fmt: skip
+
+        def missing(existing: RunRecord | None) -> list[EnergyConfig]:
+            done = _stored(store, existing.id) if existing else set()
+            return [c for c in sweep.configs() if c not in done]
+
+        resume = resumable_run(store, identity, missing)
+
+        def started(run: RunRecord) -> None:
+            if progress.on_start:
+                progress.on_start(run, resume.todo, len(sweep.configs()))
+
+        with resume.open(on_start=started) as active:
+            sweep_run = _SweepRun(
+                store, active.run.id, config, progress, options, stops,
+                [prompt_ids(tokenizer, p) for p in workload.prompts],
+            )  # fmt: skip
+            for shards, group in groupby(resume.todo, key=lambda c: c.shards):
+                configs = list(group)
+                if config.stop_when and config.stop_when():
+                    self.skipped += configs
+                    continue
+                self.skipped += sweep_run.on_shards(shards, configs, backend, meter, self.notes)
+            if self.skipped:
+                active.status = "partial"
+        return store.get_run(active.run.id)
+
+
+@dataclass
+class _SweepRun:
+    """One Words-to-Watts run under way: what its shard groups share."""
+
+    store: Store
+    run_id: int
+    settings: EnergySettings
+    progress: EnergyProgress
+    options: dict[str, Any]
+    stops: tuple[int, ...]
+    ids: list[list[int]]
+
+    def flush_samples(self, meter: Meter | None) -> None:
+        """Store the power samples taken since the last flush: none is lost to a Ctrl-C."""
+        if meter is not None and meter.available:
+            self.store.record_samples(self.run_id, meter.drain(unix=True))
+
+    def record(self, config: EnergyConfig, row: dict[str, Any]) -> None:
+        """Store a configuration's row and say so."""
+        _record(self.store, self.run_id, config, row)
+        if self.progress.on_config:
+            self.progress.on_config(config, row)
+
+    def on_shards(
+        self,
+        shards: int,
+        configs: list[EnergyConfig],
+        backend_for: Callable[[int], Any],
+        meter_for: Callable[[int], Meter | None] | None,
+        notes: list[str],
+    ) -> list[EnergyConfig]:
+        """Run `configs` (all of `shards` shards) on one backend; returns those skipped."""
+        settings, spec = self.settings, self.settings.spec
+        backend = backend_for(shards)
+        if not hasattr(backend, "generate"):
+            raise UserError(
+                f"the {settings.backend_name} backend has no dataset generate(); "
+                "use --backend engine"
+            )
+        try:
+            if getattr(backend, "spec", None) != spec:
+                backend.prepare(spec)
+        except DoesNotFit as error:
+            for config in configs:  # Table II: this many GPUs cannot hold the model
+                self.record(
+                    config, _infeasible(config, settings.workload.dataset, str(error)[:500]).row
+                )
+            if settings.close_backends:
+                backend.close()
+            return []
+        meter = meter_for(shards) if meter_for else None
+        if meter is not None and meter.note:
+            notes.append(meter.note)
+        info = {**self.options, **backend.describe()}
+        if meter is not None and meter.available:
+            self._start_meter(meter, backend, configs[0], info)
+        self.store.update_run_backend(self.run_id, info)
+        try:
+            return self._by_cap(shards, configs, backend, meter)
+        finally:
+            # The samples of a batch stored just before a Ctrl-C; never mask its error.
+            with contextlib.suppress(sqlite3.Error):
+                self.flush_samples(meter)
+            if meter is not None:
+                meter.stop()
+            if settings.close_backends:
+                backend.close()
+
+    def _start_meter(
+        self, meter: Meter, backend: Any, first: EnergyConfig, info: dict[str, Any]
+    ) -> None:
+        """Idle power on the meter's first use (and the thermal warm-up), then sampling."""
+        settings = self.settings
+        first_use = meter.idle_w is None
+        if first_use:
+            meter.measure_idle(settings.idle_s)
+        meter.start()
+        info.update(idle_w=meter.idle_w, power_field=meter.power_field_used, meter=meter.describe())
+        if first_use and settings.warmup_s > 0:
+            if self.progress.on_note:
+                self.progress.on_note(
+                    f"warming the GPU up for {settings.warmup_s:g} s on {first.key}, "
+                    "unrecorded, so energy is measured at working temperature "
+                    "(--warmup-s 0 skips it)"
+                )
+            info["thermal_warmup"] = _warm_up(
+                backend, settings.spec, first, self.ids, settings.tokenizer, self.stops, meter,
+                settings.warmup_s, settings.seed,
+            )  # fmt: skip
+
+    def _by_cap(
+        self, shards: int, configs: list[EnergyConfig], backend: Any, meter: Meter | None
+    ) -> list[EnergyConfig]:
+        """Run `configs` power cap by power cap; returns those `stop_when` skipped."""
+        settings, progress = self.settings, self.progress
+        stop_when, skipped = settings.stop_when, []
+
+        def batch_done(result: BatchResult) -> None:
+            self.flush_samples(meter)
+            if progress.on_batch:
+                progress.on_batch(result)
+
+        for watts, by_cap in groupby(configs, key=lambda c: c.power_cap_w):
+            pending = list(by_cap)
+            if stop_when and stop_when():
+                skipped += pending
+                continue
+            capped = settings.gpus_for(shards) if settings.gpus_for else meter.refs if meter else []
+            with _power_cap(watts, capped, settings.power_nvml, progress.on_note) as cap:
+                for n, config in enumerate(pending):
+                    if stop_when and stop_when():
+                        skipped += pending[n:]
+                        break
+                    outcome = run_config(
+                        backend, settings.spec, config, self.ids, settings.tokenizer, self.stops,
+                        store=self.store, run_id=self.run_id, dataset=settings.workload.dataset,
+                        seed=settings.seed, meter=meter, on_batch=batch_done, cap=cap,
+                    )  # fmt: skip
+                    _record(self.store, self.run_id, config, outcome.row)
+                    self.flush_samples(meter)
+                    if progress.on_config:
+                        progress.on_config(config, outcome.row)
+        return skipped
+
+
 def run_energy(
     store: Store,
     spec: ModelSpec,
@@ -647,124 +757,17 @@ def run_energy(
     A meter's idle power is measured once, over `idle_s`, before its first configuration;
     then, with `warmup_s`, the first configuration's first batch runs back to back for that
     long, unrecorded, so that energy is measured on a card at working temperature.
+    Returns the run, its energy_configs rows, notes and the configurations `stop_when` left
+    unrun; raises as EnergyExperiment.run says.
     """
-    check_warmup_s(warmup_s)
-    sweep.validate(spec)
-    options = dict(backend_options or {})
-    stops = tuple(stop_tokens) if stop_tokens is not None else (
-        (tokenizer.eos_id,) if tokenizer.eos_id is not None else ()
+    settings = EnergySettings(
+        spec, workload, tokenizer, sweep, backend_name, backend_options, gpus_for, power_nvml,
+        stop_tokens, device, seed, idle_s, warmup_s, close_backends, stop_when,
     )  # fmt: skip
-    notes = list(workload.notes)
-    with store.transaction() as db:
-        ensure_tables(db)
-    run, _ = store.open_run(
-        key=energy_key(spec, backend_name, options, workload, tokenizer.name, stops, device),
-        model=spec.name,
-        spec=spec.to_dict(),
-        stack={"backend": backend_name, **options},
-        backend=backend_name,
-        backend_info=options,
-        grid={"experiment": "energy", "workload": workload.describe(), "tokenizer": tokenizer.name},
-        device=device,
-    )
-    done = _stored(store, run.id)
-    todo = [c for c in sweep.configs() if c not in done]
-    if on_start:
-        on_start(run, todo, len(sweep.configs()))
-    ids = [prompt_ids(tokenizer, p) for p in workload.prompts]
-    skipped: list[EnergyConfig] = []
-    status = "interrupted"
-
-    def flush_samples(meter: Meter | None) -> None:
-        """Store the power samples taken since the last flush: none is lost to a Ctrl-C."""
-        if meter is not None and meter.available:
-            store.record_samples(run.id, meter.drain(unix=True))
-
-    try:
-        for shards, group in groupby(todo, key=lambda c: c.shards):
-            configs = list(group)
-            if stop_when and stop_when():
-                skipped += configs
-                continue
-            backend = backend_for(shards)
-            if not hasattr(backend, "generate"):
-                raise UserError(
-                    f"the {backend_name} backend has no dataset generate(); use --backend engine"
-                )
-            try:
-                if getattr(backend, "spec", None) != spec:
-                    backend.prepare(spec)
-            except DoesNotFit as error:
-                for config in configs:  # Table II: this many GPUs cannot hold the model
-                    outcome = _infeasible(config, workload.dataset, str(error)[:500])
-                    _record(store, run.id, config, outcome.row)
-                    if on_config:
-                        on_config(config, outcome.row)
-                if close_backends:
-                    backend.close()
-                continue
-            meter = meter_for(shards) if meter_for else None
-            if meter is not None and meter.note:
-                notes.append(meter.note)
-            info = {**options, **backend.describe()}
-            if meter is not None and meter.available:
-                first_use = meter.idle_w is None
-                if first_use:
-                    meter.measure_idle(idle_s)
-                meter.start()
-                info.update(
-                    idle_w=meter.idle_w, power_field=meter.power_field_used, meter=meter.describe()
-                )
-                if first_use and warmup_s > 0:
-                    if on_note:
-                        on_note(
-                            f"warming the GPU up for {warmup_s:g} s on {configs[0].key}, "
-                            "unrecorded, so energy is measured at working temperature "
-                            "(--warmup-s 0 skips it)"
-                        )
-                    info["thermal_warmup"] = _warm_up(
-                        backend, spec, configs[0], ids, tokenizer, stops, meter, warmup_s, seed
-                    )
-            store.update_run_backend(run.id, info)
-
-            def batch_done(result: BatchResult, meter: Meter | None = meter) -> None:
-                flush_samples(meter)
-                if on_batch:
-                    on_batch(result)
-
-            try:
-                for watts, by_cap in groupby(configs, key=lambda c: c.power_cap_w):
-                    pending = list(by_cap)
-                    if stop_when and stop_when():
-                        skipped += pending
-                        continue
-                    capped = gpus_for(shards) if gpus_for else meter.refs if meter else []
-                    with _power_cap(watts, capped, power_nvml, on_note) as cap:
-                        for n, config in enumerate(pending):
-                            if stop_when and stop_when():
-                                skipped += pending[n:]
-                                break
-                            outcome = run_config(
-                                backend, spec, config, ids, tokenizer, stops, store=store,
-                                run_id=run.id, dataset=workload.dataset, seed=seed, meter=meter,
-                                on_batch=batch_done, cap=cap,
-                            )  # fmt: skip
-                            _record(store, run.id, config, outcome.row)
-                            flush_samples(meter)
-                            if on_config:
-                                on_config(config, outcome.row)
-            finally:
-                # The samples of a batch stored just before a Ctrl-C; never mask its error.
-                with contextlib.suppress(sqlite3.Error):
-                    flush_samples(meter)
-                if meter is not None:
-                    meter.stop()
-                if close_backends:
-                    backend.close()
-        status = "partial" if skipped else "complete"
-    finally:
-        store.set_run_status(run.id, status)
-    return EnergyRun(store.get_run(run.id), energy_configs(store, run.id), notes, skipped)
+    experiment = EnergyExperiment()
+    progress = EnergyProgress(on_start, on_batch, on_config, on_note)
+    run = experiment.run(store, backend_for, settings, meter_for, progress)
+    return EnergyRun(run, energy_configs(store, run.id), experiment.notes, experiment.skipped)
 
 
 def summary(configs: pd.DataFrame) -> pd.DataFrame:
@@ -794,4 +797,5 @@ def summary(configs: pd.DataFrame) -> pd.DataFrame:
 
 
 def batches_of(n: int, batch: int) -> int:
+    """Batches of `batch` prompts that `n` prompts make (the last one may be short)."""
     return math.ceil(n / batch)

@@ -32,18 +32,24 @@ import pandas as pd
 
 from infermeter.backends.base import Measurement, Point
 from infermeter.errors import UserError
+from infermeter.experiments.run import RunIdentity, resumable_run
 from infermeter.spec.model import ModelSpec
 from infermeter.store.db import RunRecord, Store, run_key
 
 
 @dataclass(frozen=True)
 class LoadGrid:
+    """The paper's bursts (paper 1 Fig. 6): at `prompt_tokens`, for each output length and
+    concurrency c, `trials` steps of c requests sent at once."""
+
     prompt_tokens: int
     output_sizes: tuple[int, ...]
     concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)
     trials: int = 3
 
     def validate(self, spec: ModelSpec) -> None:
+        """Raise UserError for non-positive sizes, levels or trials, or a prompt and output that
+        exceed the model's context."""
         if self.prompt_tokens < 1 or not self.output_sizes or min(self.output_sizes) < 1:
             raise UserError("prompt tokens and output sizes must be positive")
         if not self.concurrency or min(self.concurrency) < 1:
@@ -66,9 +72,12 @@ class LoadGrid:
         ]
 
     def points(self, o: int, c: int, t: int) -> list[Point]:
+        """The c requests of step (o, c, t) as points: batch_size = c, trial = t·c + slot."""
         return [Point(self.prompt_tokens, o, c, t * c + slot) for slot in range(c)]
 
     def to_dict(self) -> dict[str, object]:
+        """The grid as stored with the run (runs.grid_json) and keyed by: kind "load" and its
+        fields."""
         return {
             "kind": "load",
             **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()},
@@ -80,16 +89,106 @@ class ConcurrentBackend(Protocol):
 
     name: str
 
-    def prepare(self, spec: ModelSpec) -> None: ...
+    def prepare(self, spec: ModelSpec) -> None:
+        """Check the API is reachable and serves `spec`; raise UserError if not."""
 
-    def measure_many(self, points: list[Point]) -> list[Measurement]: ...
+    def measure_many(self, points: list[Point]) -> list[Measurement]:
+        """Send `points` at once; one Measurement each, in order (runtimes in s)."""
 
-    def describe(self) -> dict: ...
+    def describe(self) -> dict:
+        """What the backend reports of itself, stored with the run."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release connections; safe to call twice."""
 
 
 StepCallback = Callable[[int, int, int, list[Measurement]], None]
+
+
+def _identity(
+    spec: ModelSpec, stack: dict, backend: str, options: dict, grid: dict, device: str
+) -> RunIdentity:
+    """A load run's identity: keyed by spec, stack, backend, options and grid."""
+    key = run_key(
+        {"spec": spec.to_dict(), "stack": stack, "backend": backend, "options": options,
+         "grid": grid}
+    )  # fmt: skip
+    return RunIdentity(key, spec.name, spec.to_dict(), stack, backend, options, grid, device)
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """What a burst sweep measures (see run_load_sweep): the model, the stack and backend
+    options it is keyed by, the grid, and the device in words."""
+
+    spec: ModelSpec
+    stack: dict
+    backend_options: dict
+    grid: LoadGrid
+    device: str = ""
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    """Told of a burst sweep: `on_start(run, steps done, steps)`, `on_step(o, c, trial,
+    measurements)` as each step is stored."""
+
+    on_start: Callable[[RunRecord, int, int], None] | None = None
+    on_step: StepCallback | None = None
+
+
+class LoadExperiment:
+    """The paper's bursts on an API (paper 1 Fig. 6; infermeter.experiments.base.Experiment):
+    see run_load_sweep and the module docstring."""
+
+    name = "load"
+
+    def run(
+        self,
+        store: Store,
+        backend: ConcurrentBackend,
+        config: LoadSettings,
+        meter: None,
+        progress: LoadProgress,
+    ) -> RunRecord:
+        """Run every step of the grid not already stored; each step is committed as it
+        finishes. `meter` is unused (an API's load is timed, not metered). Raises UserError
+        for a grid that does not fit the model or a run measured by another process; the
+        backend's errors propagate (the run is then "interrupted")."""
+        grid = config.grid
+        grid.validate(config.spec)
+        identity = _identity(
+            config.spec, config.stack, backend.name, config.backend_options, grid.to_dict(),
+            config.device,
+        )  # fmt: skip
+        steps = grid.steps()
+
+        def missing(existing: RunRecord | None) -> list[tuple[int, int, int]]:
+            done = store.finished_points(existing.id) if existing else set()
+            return [s for s in steps if not set(grid.points(*s)) <= done]
+
+        resume = resumable_run(store, identity, missing)
+        todo = resume.todo
+
+        def started(run: RunRecord) -> None:
+            if progress.on_start:
+                progress.on_start(run, len(steps) - len(todo), len(steps))
+
+        with resume.open(on_start=started, cleanup=backend.close) as active:
+            run_id = active.run.id
+            if todo:
+                backend.prepare(config.spec)
+                store.update_run_backend(run_id, {**config.backend_options, **backend.describe()})
+            for o, c, t in todo:
+                points = grid.points(o, c, t)
+                measurements = backend.measure_many(points)
+                for point, measurement in zip(points, measurements, strict=True):
+                    measurement.extra["concurrency"] = c
+                    measurement.extra["step_trial"] = t
+                    store.record_point(run_id, point, measurement)
+                if progress.on_step:
+                    progress.on_step(o, c, t, measurements)
+        return store.get_run(run_id)
 
 
 def run_load_sweep(
@@ -103,51 +202,13 @@ def run_load_sweep(
     on_step: StepCallback | None = None,
     device: str = "",
 ) -> RunRecord:
-    """Run every step of `grid` not already stored; each step is committed as it finishes."""
-    grid.validate(spec)
-    key = run_key(
-        {
-            "spec": spec.to_dict(),
-            "stack": stack,
-            "backend": backend.name,
-            "options": backend_options,
-            "grid": grid.to_dict(),
-        }
-    )
-    run, _ = store.open_run(
-        key=key,
-        model=spec.name,
-        spec=spec.to_dict(),
-        stack=stack,
-        backend=backend.name,
-        backend_info=backend_options,
-        grid=grid.to_dict(),
-        device=device,
-    )
-    done = store.finished_points(run.id)
-    steps = grid.steps()
-    todo = [s for s in steps if not set(grid.points(*s)) <= done]
-    if on_start:
-        on_start(run, len(steps) - len(todo), len(steps))
-    status = "interrupted"
-    try:
-        if todo:
-            backend.prepare(spec)
-            store.update_run_backend(run.id, {**backend_options, **backend.describe()})
-        for o, c, t in todo:
-            points = grid.points(o, c, t)
-            measurements = backend.measure_many(points)
-            for point, measurement in zip(points, measurements, strict=True):
-                measurement.extra["concurrency"] = c
-                measurement.extra["step_trial"] = t
-                store.record_point(run.id, point, measurement)
-            if on_step:
-                on_step(o, c, t, measurements)
-        status = "complete"
-    finally:
-        backend.close()
-        store.set_run_status(run.id, status)
-    return store.get_run(run.id)
+    """Run every step of `grid` not already stored; each step is committed as it finishes.
+
+    `on_start` gets (run, steps done, steps), `on_step` (o, c, trial, measurements) per step.
+    Returns the run's record; raises as LoadExperiment.run says."""
+    settings = LoadSettings(spec, stack, backend_options, grid, device)
+    progress = LoadProgress(on_start, on_step)
+    return LoadExperiment().run(store, backend, settings, None, progress)
 
 
 def request_details(points: pd.DataFrame) -> pd.DataFrame:
@@ -257,6 +318,8 @@ class TimedLoad:
     seed: int = 0
 
     def validate(self, spec: ModelSpec) -> None:
+        """Raise UserError for an unknown mode or arrival, non-positive levels, durations or sizes,
+        fractional concurrency, or a prompt and output that exceed the model's context."""
         if self.mode not in ("concurrent", "rate"):
             raise UserError(f"--mode must be burst, concurrent or rate, got {self.mode!r}")
         if self.arrival not in ("constant", "poisson"):
@@ -288,6 +351,7 @@ class TimedLoad:
             times.append(t)
 
     def to_dict(self) -> dict[str, object]:
+        """The load as stored with the run and keyed by: kind "load-<mode>" and its fields."""
         data = asdict(self)
         data["levels"] = list(self.levels)
         return {"kind": f"load-{self.mode}", **data}
@@ -298,7 +362,8 @@ class TimedBackend(Protocol):
 
     name: str
 
-    def prepare(self, spec: ModelSpec) -> None: ...
+    def prepare(self, spec: ModelSpec) -> None:
+        """Check the API is reachable and serves `spec`; raise UserError if not."""
 
     def measure_timed(
         self,
@@ -306,11 +371,15 @@ class TimedBackend(Protocol):
         concurrency: int | None,
         arrivals: list[float] | None,
         span_s: float,
-    ) -> list[tuple[Point, Measurement, float]]: ...
+    ) -> list[tuple[Point, Measurement, float]]:
+        """Keep `concurrency` requests in flight, or send one at each of `arrivals` (s from the
+        start), for `span_s` seconds; (point, measurement, send time in s) per request."""
 
-    def describe(self) -> dict: ...
+    def describe(self) -> dict:
+        """What the backend reports of itself, stored with the run."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release connections; safe to call twice."""
 
 
 def run_timed_load(
@@ -330,23 +399,20 @@ def run_timed_load(
     `warmup` for requests sent during the warm-up.
     """
     load.validate(spec)
-    grid = load.to_dict()
-    key = run_key(
-        {"spec": spec.to_dict(), "stack": stack, "backend": backend.name,
-         "options": backend_options, "grid": grid}
-    )  # fmt: skip
-    run, _ = store.open_run(
-        key=key, model=spec.name, spec=spec.to_dict(), stack=stack, backend=backend.name,
-        backend_info=backend_options, grid=grid, device=device,
-    )  # fmt: skip
-    stored = {pt.batch_size for pt in store.finished_points(run.id)}
-    status = "interrupted"
-    try:
-        for number, level in enumerate(load.levels, start=1):
-            if number in stored:
-                continue
+    identity = _identity(spec, stack, backend.name, backend_options, load.to_dict(), device)
+
+    def missing(existing: RunRecord | None) -> list[tuple[int, float]]:
+        """The (level number from 1, level) not stored (a level is stored whole)."""
+        done = store.finished_points(existing.id) if existing else set()
+        stored = {pt.batch_size for pt in done}
+        return [(n, level) for n, level in enumerate(load.levels, start=1) if n not in stored]
+
+    resume = resumable_run(store, identity, missing)
+    with resume.open(cleanup=backend.close) as active:
+        run_id = active.run.id
+        for number, level in resume.todo:
             backend.prepare(spec)
-            store.update_run_backend(run.id, {**backend_options, **backend.describe()})
+            store.update_run_backend(run_id, {**backend_options, **backend.describe()})
 
             def point_at(i: int, number: int = number) -> Point:
                 return Point(load.prompt_tokens, load.output_tokens, number, i)
@@ -362,14 +428,10 @@ def run_timed_load(
                 measurement.extra.update(
                     level=level, mode=load.mode, start_s=start, warmup=start < load.warmup_s
                 )
-                store.record_point(run.id, point, measurement)
+                store.record_point(run_id, point, measurement)
             if on_level:
                 on_level(level, [m for _, m, _ in results])
-        status = "complete"
-    finally:
-        backend.close()
-        store.set_run_status(run.id, status)
-    return store.get_run(run.id)
+    return store.get_run(run_id)
 
 
 def timed_summary(points: pd.DataFrame, duration_s: float) -> pd.DataFrame:

@@ -29,6 +29,7 @@ import numpy as np
 
 from infermeter.backends.base import Backend, Measurement, Point
 from infermeter.errors import UserError
+from infermeter.experiments.run import RunIdentity, resumable_run
 from infermeter.measure.meter import Meter, check_warmup_s, warm_up
 from infermeter.model.cost_model import CostModel
 from infermeter.spec.model import ModelSpec
@@ -73,6 +74,8 @@ class ProfileGrid:
     pe_sizes: tuple[int, ...] = ()
 
     def validate(self, spec: ModelSpec) -> None:
+        """Raise UserError for an empty or non-positive size or trial count, or a point whose prompt
+        and output exceed the model's context."""
         for label, sizes in (
             ("prompt size", self.prompt_sizes),
             ("output length", self.output_sizes),
@@ -120,6 +123,7 @@ class ProfileGrid:
         return [replace(s, trial=t) for s in self.shapes() for t in range(self.trials)]
 
     def to_dict(self) -> dict[str, object]:
+        """The grid as stored with the run (runs.grid_json) and part of its key."""
         out = {
             k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
         }
@@ -225,6 +229,186 @@ def profile_key(
     return run_key({**parts, "metered": True} if metered else parts)
 
 
+@dataclass(frozen=True)
+class ProfileSettings:
+    """What a profile measures (see run_profile): the model, the stack and backend options it
+    is keyed by, the grid, the device in words, the energy window's least length (s), the
+    thermal warm-up (s) and the number of validation queries."""
+
+    spec: ModelSpec
+    stack: dict
+    backend_options: dict
+    grid: ProfileGrid
+    device: str = ""
+    min_energy_window_s: float = MIN_ENERGY_WINDOW_S
+    warmup_s: float = 0.0
+    validate: int = 0
+
+
+@dataclass(frozen=True)
+class ProfileProgress:
+    """Told of a profile: `on_start(run, done, total)` in trials, validation included, and
+    `on_point(point, measurement)` for each trial as it is stored."""
+
+    on_start: Callable[[RunRecord, int, int], None] | None = None
+    on_point: ProgressCallback | None = None
+
+
+@dataclass(frozen=True)
+class _ProfileTodo:
+    """What a profile has left: grid shapes and validation queries with a trial missing, the
+    trials stored of each, and the trials left over those of the whole profile."""
+
+    grid: list[Point]
+    checks: list[Point]
+    done: set[Point]
+    checked: set[Point]
+    remaining: int
+    total: int
+
+
+class ProfileExperiment:
+    """The (prompt size, output length) grid of paper 1 §3.3, then the validation queries
+    (infermeter.experiments.base.Experiment; see run_profile and the module docstring)."""
+
+    name = "profile"
+
+    def run(
+        self,
+        store: Store,
+        backend: Backend,
+        config: ProfileSettings,
+        meter: Meter | None,
+        progress: ProfileProgress,
+    ) -> RunRecord:
+        """Measure every point and validation query of `config` not already stored; see
+        run_profile. Raises UserError for a grid that does not fit the model, a bad warm-up,
+        or a run measured by another process; the backend's errors propagate (the run is
+        then "interrupted", or deleted if new and empty)."""
+        spec, grid = config.spec, config.grid
+        grid.validate(spec)
+        check_warmup_s(config.warmup_s)
+        queries = validation_queries(spec, grid, config.validate)
+        # A GPU that gives no joules (no counter, no power reading) profiles runtime only; the
+        # run's record says so (backend_info["meter"]: energy_method "none" and the note).
+        metering = meter is not None and meter.measures_energy
+        identity = RunIdentity(
+            key=profile_key(
+                spec, config.stack, backend.name, config.backend_options, grid, metering
+            ),
+            model=spec.name,
+            spec=spec.to_dict(),
+            stack=config.stack,
+            backend=backend.name,
+            backend_info=config.backend_options,
+            grid=grid.to_dict(),
+            device=config.device,
+        )
+
+        def missing(existing: RunRecord | None) -> _ProfileTodo:
+            done = store.finished_points(existing.id) if existing else set()
+            checked = store.finished_validation(existing.id) if existing else set()
+            grid_todo = [s for s in grid.shapes() if _missing(s, grid.trials, done)]
+            check_todo = [q for q in queries if _missing(q, grid.trials, checked)]
+            remaining = sum(len(_missing(s, grid.trials, done)) for s in grid_todo) + sum(
+                len(_missing(q, grid.trials, checked)) for q in check_todo
+            )
+            total = (len(grid.shapes()) + len(queries)) * grid.trials
+            return _ProfileTodo(grid_todo, check_todo, done, checked, remaining, total)
+
+        # one process per run: a second identical command stops here
+        resume = resumable_run(store, identity, missing)
+        todo = resume.todo
+        if resume.existing is not None and not todo.grid and not todo.checks:
+            if progress.on_start:
+                progress.on_start(resume.existing, todo.total, todo.total)
+            return resume.mark_complete()
+
+        # The start-up checks (memory, the model itself; an API's port, key and calibration)
+        # run before the run is recorded: one that fails leaves no empty run behind, and a run
+        # that has points keeps its status, to be resumed by the same command.
+        def prepare() -> None:
+            try:
+                backend.prepare(spec)
+            except BaseException:
+                backend.close()
+                raise
+
+        def started(run: RunRecord) -> None:
+            if progress.on_start:
+                progress.on_start(run, todo.total - todo.remaining, todo.total)
+
+        def cleanup() -> None:
+            if meter is not None:
+                meter.stop()
+            backend.close()
+
+        with resume.open(
+            before=prepare, on_start=started, cleanup=cleanup, discard_if_empty=True
+        ) as active:
+            self._measure(store, active.run.id, backend, config, meter, progress, todo)
+        return store.get_run(active.run.id)
+
+    @staticmethod
+    def _measure(
+        store: Store,
+        run_id: int,
+        backend: Backend,
+        config: ProfileSettings,
+        meter: Meter | None,
+        progress: ProfileProgress,
+        todo: _ProfileTodo,
+    ) -> None:
+        """Measure what is left into run `run_id`: metered point by point, else trial-major."""
+        grid, min_window_s = config.grid, config.min_energy_window_s
+        metering = meter is not None and meter.measures_energy
+        info = {**config.backend_options, **backend.describe()}
+        if meter is not None and meter.available:
+            info["meter"] = meter.describe()
+        if metering:
+            info["energy_window"] = (
+                f"whole calls back to back, at least {min_window_s:g} s per point"
+            )
+        store.update_run_backend(run_id, info)
+        recorder = _Recorder(store, run_id, meter if metering else None, progress.on_point)
+        if metering:
+            assert meter is not None
+            meter.measure_idle(1.0)
+            meter.start()
+            if config.warmup_s > 0:
+                # The longest generation after the longest prompt that allows it: decode
+                # and prefill, the work the profile is made of (not a prefill-only PE knot).
+                heavy = max(
+                    todo.grid or todo.checks,
+                    key=lambda p: (p.batch_size, p.output_tokens, p.prompt_tokens),
+                )
+                info["thermal_warmup"] = thermal_warmup(backend, heavy, meter, config.warmup_s)
+                store.update_run_backend(run_id, info)
+            phases = PhaseSplit(backend, meter, min_window_s)
+            for shape in todo.grid:
+                trials = _missing(shape, grid.trials, todo.done)
+                measured = measure_point(backend, shape, trials, meter, min_window_s)
+                for point, measurement in measured:
+                    phases.split(point, measurement)
+                recorder.record(measured, validation=False)
+            for query in todo.checks:
+                trials = _missing(query, grid.trials, todo.checked)
+                measured = measure_point(backend, query, trials, meter, min_window_s)
+                recorder.record(measured, validation=True)
+            return
+        # Unmetered (a CPU, an API): trial-major, so that a burst of load on a shared
+        # machine or server spoils one trial of many points, not every trial of one.
+        for shapes, stored, validation in (
+            (todo.grid, todo.done, False),
+            (todo.checks, todo.checked, True),
+        ):
+            for trial in range(grid.trials):
+                for shape in shapes:
+                    if trial in _missing(shape, grid.trials, stored):
+                        point = replace(shape, trial=trial)
+                        recorder.record([(point, backend.measure(point))], validation)
+
+
 def run_profile(
     store: Store,
     spec: ModelSpec,
@@ -248,103 +432,14 @@ def run_profile(
     are measured as the module docstring says, and the power samples land in the store beside
     them; a metered profile first runs its largest point for `warmup_s` seconds, unrecorded, so
     the card is at working temperature. `on_start` gets (run, done, total) counted in trials,
-    validation included; `on_point` each trial as it is stored.
+    validation included; `on_point` each trial as it is stored. Returns the run's record;
+    raises UserError as ProfileExperiment.run says.
     """
-    grid.validate(spec)
-    check_warmup_s(warmup_s)
-    queries = validation_queries(spec, grid, validate)
-    # A GPU that gives no joules (no counter, no power reading) profiles runtime only; the
-    # run's record says so (backend_info["meter"]: energy_method "none" and the note).
-    metering = meter is not None and meter.measures_energy
-    key = profile_key(spec, stack, backend.name, backend_options, grid, metering)
-    store.claim(key)  # one process per run: a second identical command stops here
-    existing = store.find_run(key)
-    done = store.finished_points(existing.id) if existing else set()
-    checked = store.finished_validation(existing.id) if existing else set()
-    grid_todo = [s for s in grid.shapes() if _missing(s, grid.trials, done)]
-    check_todo = [q for q in queries if _missing(q, grid.trials, checked)]
-    total = (len(grid.shapes()) + len(queries)) * grid.trials
-    remaining = sum(len(_missing(s, grid.trials, done)) for s in grid_todo) + sum(
-        len(_missing(q, grid.trials, checked)) for q in check_todo
+    settings = ProfileSettings(
+        spec, stack, backend_options, grid, device, min_energy_window_s, warmup_s, validate
     )
-    if existing is not None and not grid_todo and not check_todo:
-        if on_start:
-            on_start(existing, total, total)
-        store.set_run_status(existing.id, "complete")
-        return store.get_run(existing.id)
-    # The start-up checks (memory, the model itself; an API's port, key and calibration)
-    # run before the run is recorded: one that fails leaves no empty run behind, and a run
-    # that has points keeps its status, to be resumed by the same command.
-    try:
-        backend.prepare(spec)
-    except BaseException:
-        backend.close()
-        raise
-    run, resumed = store.open_run(
-        key=key,
-        model=spec.name,
-        spec=spec.to_dict(),
-        stack=stack,
-        backend=backend.name,
-        backend_info=backend_options,
-        grid=grid.to_dict(),
-        device=device,
-    )
-    if on_start:
-        on_start(run, total - remaining, total)
-    status = "interrupted"
-    try:
-        info = {**backend_options, **backend.describe()}
-        if meter is not None and meter.available:
-            info["meter"] = meter.describe()
-        if metering:
-            info["energy_window"] = (
-                f"whole calls back to back, at least {min_energy_window_s:g} s per point"
-            )
-        store.update_run_backend(run.id, info)
-        recorder = _Recorder(store, run.id, meter if metering else None, on_point)
-        if metering:
-            assert meter is not None
-            meter.measure_idle(1.0)
-            meter.start()
-            if warmup_s > 0:
-                # The longest generation after the longest prompt that allows it: decode
-                # and prefill, the work the profile is made of (not a prefill-only PE knot).
-                heavy = max(
-                    grid_todo or check_todo,
-                    key=lambda p: (p.batch_size, p.output_tokens, p.prompt_tokens),
-                )
-                info["thermal_warmup"] = thermal_warmup(backend, heavy, meter, warmup_s)
-                store.update_run_backend(run.id, info)
-        if metering:
-            phases = PhaseSplit(backend, meter, min_energy_window_s)
-            for shape in grid_todo:
-                trials = _missing(shape, grid.trials, done)
-                measured = measure_point(backend, shape, trials, meter, min_energy_window_s)
-                for point, measurement in measured:
-                    phases.split(point, measurement)
-                recorder.record(measured, validation=False)
-            for query in check_todo:
-                trials = _missing(query, grid.trials, checked)
-                measured = measure_point(backend, query, trials, meter, min_energy_window_s)
-                recorder.record(measured, validation=True)
-        else:
-            # Unmetered (a CPU, an API): trial-major, so that a burst of load on a shared
-            # machine or server spoils one trial of many points, not every trial of one.
-            for todo, stored, validation in ((grid_todo, done, False), (check_todo, checked, True)):
-                for trial in range(grid.trials):
-                    for shape in todo:
-                        if trial in _missing(shape, grid.trials, stored):
-                            point = replace(shape, trial=trial)
-                            recorder.record([(point, backend.measure(point))], validation)
-        status = "complete"
-    finally:
-        if meter is not None:
-            meter.stop()
-        backend.close()
-        if resumed or status == "complete" or not store.discard_if_empty(run.id):
-            store.set_run_status(run.id, status)
-    return store.get_run(run.id)
+    progress = ProfileProgress(on_start, on_point)
+    return ProfileExperiment().run(store, backend, settings, meter, progress)
 
 
 def trust_warning(model: CostModel) -> str | None:
@@ -379,6 +474,8 @@ class _Recorder:
         self.store, self.run_id, self.meter, self.on_point = store, run_id, meter, on_point
 
     def record(self, measured: list[tuple[Point, Measurement]], validation: bool) -> None:
+        """Store one point's trials (validation queries or grid points) with the samples taken since
+        the last point, then tell `on_point` of each."""
         for point, measurement in measured:
             _flag_wrong_length(point, measurement)
         self.store.record_points(self.run_id, measured, validation=validation)

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from infermeter.errors import UserError
-from infermeter.experiments.merge import merge_stores
+from infermeter.store.merge import merge_stores
 
 COMMANDS = ("profile", "energy")
 _RESERVED = ("command", "model", "name", "gpus", "cpus", "resources")
@@ -102,6 +102,7 @@ class JobResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the job's process exited 0."""
         return self.returncode == 0
 
 

@@ -1,9 +1,8 @@
 """Words-to-Watts figures from per-configuration energy rows, and power timelines.
 
 The energy experiment stores one row per configuration it ran in the table `energy_configs`
-(its schema is infermeter.experiments.energy's, shared with the experiment); each row belongs to a
-run
-of the `runs` table, which says the model, the device and when. The figures take a plain
+(its schema and readers are infermeter.store.energy's); each row belongs to a run of the
+`runs` table, which says the model, the device and when. The figures take a plain
 DataFrame with ENERGY_COLUMNS, so rows from anywhere (a CSV, a notebook) draw the same:
 
     Fig. 2       words/s, tokens/s, responses/s by model and device
@@ -16,9 +15,7 @@ DataFrame with ENERGY_COLUMNS, so rows from anywhere (a CSV, a notebook) draw th
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,10 +23,11 @@ import pandas as pd
 from matplotlib.patches import Patch
 
 from infermeter.errors import UserError
-from infermeter.experiments.energy import CONFIG_COLUMNS, ensure_tables
 from infermeter.model.fitted import StoredRun
 from infermeter.report.plot import Plot, color, new_figure
-from infermeter.store.db import Store
+from infermeter.store.energy import read_energy_configs
+
+__all__ = ["read_energy_configs"]  # read from the store (infermeter.store.energy); build.py uses it
 
 # What the figures need; model and device come from the run (or a column of their own).
 ENERGY_COLUMNS = (
@@ -38,45 +36,6 @@ ENERGY_COLUMNS = (
 )  # fmt: skip
 ENERGY_COMMAND = "infermeter energy MODEL --store STORE"
 POWER_CAP_COMMAND = "infermeter energy MODEL --power-limit 250,175,150 --store STORE"
-
-
-def record_energy_configs(store: Store, run_id: int, rows: pd.DataFrame) -> None:
-    """Append configuration rows of one run, creating the table on first use."""
-    missing = [c for c in ENERGY_COLUMNS if c not in rows.columns]
-    if missing:
-        raise UserError(f"energy rows lack column(s) {', '.join(missing)}")
-    frame = rows.reindex(columns=CONFIG_COLUMNS).assign(run_id=run_id)
-    frame["status"] = frame["status"].fillna("ok")
-    records = [
-        tuple(None if (isinstance(v, float) and np.isnan(v)) else v for v in row)
-        for row in frame.itertuples(index=False)
-    ]
-    with store.transaction() as db:
-        ensure_tables(db)
-        marks = ",".join("?" * len(CONFIG_COLUMNS))
-        db.executemany(f"INSERT INTO energy_configs VALUES ({marks})", records)
-
-
-def read_energy_configs(path: str | Path) -> pd.DataFrame:
-    """Every energy row of a store with its run's model, device and date; empty if none.
-
-    Read-only: a store without the table is not changed.
-    """
-    db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
-    try:
-        exists = db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='energy_configs'"
-        ).fetchone()
-        if not exists:
-            return pd.DataFrame(columns=[*CONFIG_COLUMNS, "model", "device", "date", "store"])
-        frame = pd.read_sql_query(
-            "SELECT e.*, r.model AS model, r.device AS device, substr(r.created_at, 1, 10) "
-            "AS date FROM energy_configs e LEFT JOIN runs r ON r.id = e.run_id",
-            db,
-        )
-    finally:
-        db.close()
-    return frame.assign(store=Path(path).name)
 
 
 def usable(frame: pd.DataFrame) -> pd.DataFrame:

@@ -13,10 +13,9 @@ import json
 import os
 import socket
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,121 +24,22 @@ import pandas as pd
 from infermeter.backends.base import Measurement, Point
 from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel
-from infermeter.store import ownership
+from infermeter.store import ownership, schema
 from infermeter.store.ownership import Lease
 from infermeter.store.provenance import git_commit, package_version
+from infermeter.store.provenance import utc_date as utc_now  # ISO 8601 UTC, to the second
+from infermeter.store.schema import SCHEMA_VERSION
 
-# 2: the validation table (queries a profile measures after its grid, never fitted), and
-#    replaced_points (a failed trial measured again keeps its first record there).
-SCHEMA_VERSION = 2
-
-# A measured trial: the grid's points and the validation queries have the same columns.
-_MEASURED = """
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    prompt_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
-    batch_size INTEGER NOT NULL,
-    trial INTEGER NOT NULL,
-    runtime_s REAL,
-    ttft_s REAL,
-    energy_j REAL,
-    output_tokens_actual INTEGER,
-    status TEXT NOT NULL,
-    detail TEXT,
-    extra_json TEXT,
-    measured_at TEXT NOT NULL,
-    PRIMARY KEY (run_id, prompt_tokens, output_tokens, batch_size, trial)
-"""
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL UNIQUE,
-    model TEXT NOT NULL,
-    spec_json TEXT NOT NULL,
-    stack_json TEXT NOT NULL,
-    backend TEXT NOT NULL,
-    backend_json TEXT NOT NULL,
-    grid_json TEXT NOT NULL,
-    device TEXT NOT NULL,
-    commit_sha TEXT,
-    infermeter_version TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    status TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS points ({measured});
-CREATE TABLE IF NOT EXISTS validation ({measured});
-CREATE TABLE IF NOT EXISTS replaced_points (
-    run_id INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
-    batch_size INTEGER NOT NULL,
-    trial INTEGER NOT NULL,
-    runtime_s REAL,
-    ttft_s REAL,
-    energy_j REAL,
-    output_tokens_actual INTEGER,
-    status TEXT NOT NULL,
-    detail TEXT,
-    extra_json TEXT,
-    measured_at TEXT NOT NULL,
-    replaced_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS power_samples (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    t REAL NOT NULL,
-    gpu INTEGER NOT NULL,
-    power_w REAL NOT NULL,
-    sm_util REAL,
-    mem_util REAL
-);
-CREATE TABLE IF NOT EXISTS fits (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    quantity TEXT NOT NULL,
-    model_json TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-""".replace("{measured}", _MEASURED)
-
-POINT_COLUMNS = [
-    "run_id",
-    "prompt_tokens",
-    "output_tokens",
-    "batch_size",
-    "trial",
-    "runtime_s",
-    "ttft_s",
-    "energy_j",
-    "output_tokens_actual",
-    "status",
-    "detail",
-    "extra_json",
-    "measured_at",
-]
+__all__ = ["SCHEMA_VERSION", "RunIdentity", "RunRecord", "Store", "run_key", "utc_now"]
 
 
 def _opt(value: Any) -> float | None:
     return None if value is None or value != value else float(value)
 
 
-# Who measures a run now (see infermeter.store.ownership); made when first needed, so stores of
-# earlier versions need no upgrade and earlier versions ignore it.
-_OWNERS_TABLE = (
-    "CREATE TABLE IF NOT EXISTS run_owners (key TEXT PRIMARY KEY, pid INTEGER NOT NULL, "
-    "host TEXT NOT NULL, since TEXT NOT NULL)"
-)
-
-
 def _is_read_only(exc: sqlite3.Error) -> bool:
     text = str(exc).lower()
     return "readonly" in text or "read-only" in text or "unable to open" in text
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def run_key(parts: dict[str, Any]) -> str:
@@ -149,8 +49,10 @@ def run_key(parts: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
-class RunRecord:
-    id: int
+class RunIdentity:
+    """What a run is recorded with (Store.open_run's arguments): `key` identifies it (same
+    key, same run: see run_key); the rest is stored with it (dicts as JSON), `device` in words."""
+
     key: str
     model: str
     spec: dict[str, Any]
@@ -159,6 +61,15 @@ class RunRecord:
     backend_info: dict[str, Any]
     grid: dict[str, Any]
     device: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord(RunIdentity):
+    """A stored run: its identity, its id in the store, the infermeter commit and version that
+    recorded it, when (ISO 8601, UTC), and its status ("running", "complete", "partial",
+    "interrupted"; Store.runs shows a dead process's "running" as "interrupted")."""
+
+    id: int
     commit_sha: str | None
     infermeter_version: str
     created_at: str
@@ -169,9 +80,14 @@ class RunRecord:
 class Store:
     """A SQLite file of runs, points and fits.
 
+    Opened for writing, a store of an older schema is brought up to SCHEMA_VERSION by the
+    migrations of infermeter.store.schema (a new file gets them all). Opening raises UserError
+    for a file that is not a store, a store newer than this infermeter, or one that cannot be
+    opened or written.
+
     `read_only=True` is how the verbs that only read open it: a missing file is an error (never
-    an empty store made on the spot), nothing is written (no schema upgrade, no journal mode),
-    and a store on read-only media or in a read-only folder opens all the same.
+    an empty store made on the spot), nothing is written (no migration, no journal mode), and a
+    store on read-only media or in a read-only folder opens all the same.
     """
 
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
@@ -244,47 +160,45 @@ class Store:
         raise UserError(f"cannot read store {self.path} ({last}); check the file's permissions")
 
     def _check_schema(self) -> None:
-        has_meta = self._db.execute(
-            "SELECT name FROM sqlite_master WHERE type='table' AND name='meta'"
-        ).fetchone()
-        if has_meta:
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            version = int(row["value"]) if row else 0
-            if version > SCHEMA_VERSION:
-                raise UserError(
-                    f"store {self.path} has schema version {version}, newer than this "
-                    f"infermeter's {SCHEMA_VERSION}; upgrade infermeter (pip install -U "
-                    "infermeter) or use another --store"
-                )
-            if version == SCHEMA_VERSION:
-                return
-        tables = self._db.execute(
-            "SELECT count(*) AS n FROM sqlite_master WHERE type='table'"
-        ).fetchone()["n"]
-        if tables and not has_meta:
+        """Refuse a file that is not a store, or a store newer than this code; bring an older
+        store up to SCHEMA_VERSION through infermeter.store.schema's migrations (never when
+        read-only: an older store is then read as it is, a missing table reading empty)."""
+        version = schema.stored_version(self._db)
+        if version > schema.SCHEMA_VERSION:
+            raise UserError(
+                f"store {self.path} has schema version {version}, newer than this "
+                f"infermeter's {schema.SCHEMA_VERSION}; upgrade infermeter (pip install -U "
+                "infermeter) or use another --store"
+            )
+        if version == schema.SCHEMA_VERSION:
+            return
+        if self._tables_but_no_meta():
             raise UserError(
                 f"{self.path} is a SQLite file but not an infermeter store; "
                 "pass another --store PATH"
             )
-        if self.read_only:  # an older store is read as it is; a missing table reads empty
-            if not has_meta:
+        if self.read_only:
+            if not self.has_table("meta"):
                 raise UserError(
                     f"{self.path} is empty, not an infermeter store; pass another --store PATH"
                 )
             return
-        with self.transaction():
-            for statement in _SCHEMA.strip().split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+        with self.transaction():  # again inside: another process may have just migrated it
+            schema.migrate(self._db, schema.stored_version(self._db))
+        self._tables = None
+
+    def _tables_but_no_meta(self) -> bool:
+        rows = self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        names = {r[0] for r in rows}
+        return bool(names) and "meta" not in names
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         # BEGIN inside the try: a Ctrl-C landing just after it (it may wait for the lock) must
         # not leave a transaction open for the next one to trip over.
+        """A write transaction (BEGIN IMMEDIATE, waiting up to 30 s for the lock) yielding the
+        connection: committed if the block returns, rolled back if it raises. Raises UserError on
+        a store opened read-only or on read-only media."""
         if self.read_only:
             raise UserError(f"store {self.path} was opened read-only; this verb cannot write it")
         try:
@@ -302,7 +216,13 @@ class Store:
                 self._db.execute("ROLLBACK")
             raise
 
+    def frame(self, query: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        """The rows of one SELECT as a DataFrame, for the store's own modules (store/energy.py
+        and the like): SQL stays inside infermeter.store."""
+        return pd.read_sql_query(query, self._db, params=list(params))
+
     def close(self) -> None:
+        """Release this store's run claims and close the connection."""
         for lease in self._leases.values():
             if lease is not None:
                 lease.release()
@@ -328,7 +248,6 @@ class Store:
         self._leases[key] = lease
         try:
             with self.transaction():
-                self._db.execute(_OWNERS_TABLE)
                 self._db.execute(
                     "INSERT OR REPLACE INTO run_owners(key, pid, host, since) VALUES (?,?,?,?)",
                     (key, os.getpid(), socket.gethostname(), utc_now()),
@@ -440,6 +359,8 @@ class Store:
         return True
 
     def set_run_status(self, run_id: int, status: str) -> None:
+        """Set run `run_id`'s status ("running", "complete", "partial", "interrupted") and its
+        updated_at."""
         with self.transaction():
             self._db.execute(
                 "UPDATE runs SET status=?, updated_at=? WHERE id=?", (status, utc_now(), run_id)
@@ -454,6 +375,7 @@ class Store:
             )
 
     def get_run(self, run_id: int) -> RunRecord:
+        """The run with id `run_id`; UserError naming `infermeter runs` if there is none."""
         row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise UserError(f"no run {run_id} in {self.path}; list runs with `infermeter runs`")
@@ -490,6 +412,7 @@ class Store:
         return frame.drop(columns=["key"])
 
     def latest_run_id(self) -> int:
+        """The id of the newest run; UserError if the store has none."""
         row = self._db.execute("SELECT max(id) AS id FROM runs").fetchone()
         if row["id"] is None:
             raise UserError(f"no runs in {self.path}; profile one with `infermeter profile`")
@@ -570,6 +493,8 @@ class Store:
             self._db.executemany("INSERT INTO power_samples VALUES (?,?,?,?,?,?)", rows)
 
     def samples(self, run_id: int) -> pd.DataFrame:
+        """Run `run_id`'s power samples: t (Unix s), gpu (index), power_w (W), sm_util and mem_util
+        (%, NaN if unread), ordered by time and GPU."""
         return pd.read_sql_query(
             "SELECT t, gpu, power_w, sm_util, mem_util FROM power_samples WHERE run_id = ? "
             "ORDER BY t, gpu",
@@ -601,8 +526,8 @@ class Store:
         return table in self._tables
 
     def _table(self, table: str, run_id: int) -> pd.DataFrame:
-        if not self.has_table(table):
-            return pd.DataFrame(columns=POINT_COLUMNS)
+        if not self.has_table(table):  # an older store read as it is: the points' columns
+            return self.frame("SELECT * FROM points WHERE 0")
         return pd.read_sql_query(
             f"SELECT * FROM {table} WHERE run_id = ? "
             "ORDER BY prompt_tokens, output_tokens, batch_size, trial",
@@ -612,6 +537,7 @@ class Store:
 
     # ---- fits --------------------------------------------------------------------------
     def record_fit(self, run_id: int, model: CostModel) -> int:
+        """Store a fitted cost model of run `run_id` (quantity and JSON); returns the fit's id."""
         with self.transaction():
             cursor = self._db.execute(
                 "INSERT INTO fits(run_id, quantity, model_json, created_at) VALUES (?,?,?,?)",
@@ -632,6 +558,8 @@ class Store:
         return [newest[k] for k in sorted(newest, key=lambda k: (order.get(k[0], 2), k[1]))]
 
     def latest_fit(self, run_id: int, quantity: str = "runtime_s") -> CostModel | None:
+        """The newest stored model of run `run_id` for `quantity` ("runtime_s" or "energy_j"), or
+        None."""
         row = self._db.execute(
             "SELECT model_json FROM fits WHERE run_id = ? AND quantity = ? "
             "ORDER BY id DESC LIMIT 1",

@@ -54,6 +54,7 @@ class Lease:
     offset: int
 
     def release(self) -> None:
+        """Unlock the run (no-op if released already); the lock file closes with its last lease."""
         with _GUARD:
             held = _HELD.get(self.file, set())
             if self.offset not in held:

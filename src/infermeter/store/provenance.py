@@ -25,6 +25,7 @@ def git_commit(path: str | Path | None = None) -> str | None:
 
 
 def package_version(name: str) -> str | None:
+    """The installed version of distribution `name`, or None if it is not installed."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -65,10 +66,13 @@ def device_description(gpu: bool = True, device: str = "cuda") -> str:
 
 
 def utc_date() -> str:
+    """Now, in UTC, as ISO 8601 to the second (2026-01-31T12:00:00+00:00)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def provenance() -> dict[str, str | None]:
+    """What a report records of where it was made: device, date, commit, and the versions of Python,
+    infermeter, torch, transformers and numpy (None where absent)."""
     return {
         "device": device_description(),
         "date": utc_date(),

@@ -1,0 +1,106 @@
+"""The life of a resumable run, written once for every experiment.
+
+    resume = resumable_run(store, identity, missing)   # claim the key, find the run, what is left
+    if resume.existing and not resume.todo: ...         # (an experiment may stop here)
+    with resume.open(on_start=..., cleanup=...) as active:
+        ... measure resume.todo into active.run.id ...
+        active.status = "partial"                       # (if it stopped early on purpose)
+
+A run is identified by its key (infermeter.store.db.run_key over what the experiment
+measures), so the same command finds the same run and measures only what is missing. The run is
+claimed for this process first (Store.claim: a second identical command stops with one line
+naming the owner), then recorded or reopened (Store.open_run, status "running"); when the body
+ends its status is set: "complete" (or what the body chose) if it returned, "interrupted" if it
+raised (Ctrl-C, SIGTERM, a crash). A new run that failed before anything was measured can be
+deleted instead (`discard_if_empty`), so that a failed start-up leaves no empty run behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Generic, TypeVar
+
+from infermeter.store.db import RunIdentity, RunRecord, Store
+
+__all__ = ["ActiveRun", "Resumable", "RunIdentity", "resumable_run"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class ActiveRun:
+    """The run being measured: its record as opened, whether it was resumed, and the status
+    it gets if the body returns ("complete" unless the body says otherwise, e.g. "partial")."""
+
+    run: RunRecord
+    resumed: bool
+    status: str = "complete"
+
+
+@dataclass
+class Resumable(Generic[T]):
+    """A claimed run key: the run already stored under it (None if new) and what is left to
+    measure (`todo`, whatever shape the experiment's `missing` gives)."""
+
+    store: Store
+    identity: RunIdentity
+    existing: RunRecord | None
+    todo: T
+
+    def mark_complete(self) -> RunRecord:
+        """For a stored run with nothing left: set it "complete" and return its record.
+        Raises ValueError if there is no stored run."""
+        if self.existing is None:
+            raise ValueError("no stored run to mark complete")
+        self.store.set_run_status(self.existing.id, "complete")
+        return self.store.get_run(self.existing.id)
+
+    @contextmanager
+    def open(
+        self,
+        *,
+        before: Callable[[], None] | None = None,
+        on_start: Callable[[RunRecord], None] | None = None,
+        cleanup: Callable[[], None] | None = None,
+        discard_if_empty: bool = False,
+    ) -> Iterator[ActiveRun]:
+        """Record or reopen the run and yield it; set its status when the body ends.
+
+        `before` runs first, before anything is recorded (start-up checks: a failure leaves no
+        run behind); `on_start` gets the opened run; `cleanup` runs when the body ends, however
+        it ends, before the status is set (close backends, stop meters). With
+        `discard_if_empty`, a new run that ends incomplete with nothing measured is deleted
+        (Store.discard_if_empty) rather than left "interrupted". Errors of the body propagate.
+        """
+        if before is not None:
+            before()
+        run, resumed = self.store.open_run(**asdict(self.identity))
+        active = ActiveRun(run, resumed)
+        if on_start is not None:
+            on_start(run)
+        finished = False
+        try:
+            yield active
+            finished = True
+        finally:
+            status = active.status if finished else "interrupted"
+            try:
+                if cleanup is not None:
+                    cleanup()
+            finally:
+                keep = resumed or status == "complete" or not discard_if_empty
+                if keep or not self.store.discard_if_empty(run.id):
+                    self.store.set_run_status(run.id, status)
+
+
+def resumable_run(
+    store: Store, identity: RunIdentity, missing: Callable[[RunRecord | None], T]
+) -> Resumable[T]:
+    """Claim `identity.key` for this process (UserError naming the owner if another process
+    measures it), find the run stored under it, and compute what is left with
+    `missing(existing run or None)`. Nothing is recorded yet: see Resumable.open."""
+    store.claim(identity.key)
+    existing = store.find_run(identity.key)
+    return Resumable(store, identity, existing, missing(existing))
