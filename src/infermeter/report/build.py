@@ -38,6 +38,7 @@ from infermeter.report import runtime_figs as rt
 from infermeter.report import tradeoff_figs as tf
 from infermeter.report.html import Section, missing_html, render
 from infermeter.report.plot import ImageFormat, Plot
+from infermeter.store.energy import read_energy_configs
 from infermeter.store.provenance import git_commit, package_version, utc_date
 
 PROFILE_CMD = "infermeter profile MODEL --backend engine --store STORE"
@@ -338,7 +339,7 @@ def tradeoff_sections(runs: list[StoredRun], inputs: ReportInputs) -> list[Secti
 def energy_sections(stores: Sequence[Path], runs: list[StoredRun]) -> list[Section]:
     """Paper 2's (Words to Watts) figures and tables from the stores' energy configs, plus the
     power and utilisation timelines of metered runs."""
-    frames = [en.read_energy_configs(path) for path in stores]
+    frames = [read_energy_configs(path) for path in stores]
     frames = [f for f in frames if not f.empty]
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     # (id, title, drawing, the column it cannot do without)

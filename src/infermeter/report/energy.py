@@ -25,9 +25,6 @@ from matplotlib.patches import Patch
 from infermeter.errors import UserError
 from infermeter.model.fitted import StoredRun
 from infermeter.report.plot import Plot, color, new_figure
-from infermeter.store.energy import read_energy_configs
-
-__all__ = ["read_energy_configs"]  # read from the store (infermeter.store.energy); build.py uses it
 
 # What the figures need; model and device come from the run (or a column of their own).
 ENERGY_COLUMNS = (
