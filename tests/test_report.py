@@ -14,9 +14,10 @@ from browser import check_page, find_chromium
 from cli_runner import invoke
 from infermeter.model.fitted import load_runs
 from infermeter.report import ReportInputs, build_report
-from infermeter.report.energy import power_cap_changes, read_energy_configs
+from infermeter.report.energy import power_cap_changes
 from infermeter.report.runtime_figs import raw_denoised_idealized
 from infermeter.store.db import Store
+from infermeter.store.energy import read_energy_configs
 from report_store import build_store, energy_rows, write_inputs
 
 FIGURES = {
