@@ -20,6 +20,7 @@ from infermeter.backends.base import Measurement, Point
 from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
 from infermeter.measure.memory import check_weights_fit
 from infermeter.spec.model import ModelSpec
+from infermeter.units import to_gib
 
 INSTALL_HINT = "pip install 'infermeter[torch]'"
 
@@ -397,7 +398,7 @@ class HFBackend:
                 self._free(torch)
                 raise DoesNotFit(
                     f"{spec.name}: the model does not fit on {self._device} in {self._dtype} "
-                    f"({spec.weight_bytes / 2**30:.1f} GiB of weights at spec dtype): {error}"
+                    f"({to_gib(spec.weight_bytes):.1f} GiB of weights at spec dtype): {error}"
                 ) from error
             raise
         model.eval()
