@@ -1,0 +1,205 @@
+"""`infermeter models`, `hardware` and `profile`: the catalogs, and a stack profiled, fitted,
+validated and priced (infermeter.experiments.profile, infermeter.model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from infermeter.cli import options as o
+from infermeter.cli.console import out, print_fit, print_notes, progress_bar, say, show
+
+
+def register(app: typer.Typer) -> None:
+    """Add `models`, `hardware` and `profile` to `app`."""
+    from infermeter.cli.console import user_errors
+
+    for command in (models, hardware, profile):
+        app.command()(user_errors(command))
+
+
+def models(
+    family: str | None = typer.Option(None, help="Only this family (e.g. llama)."),
+    show_: str | None = typer.Option(
+        None, "--show", help="One model (catalog name or config.json): the spec as read."
+    ),
+    context: int = typer.Option(2048, help="With --show: cached tokens of a decode step."),
+    batch_sizes: str = typer.Option("1,8,64,256", help="With --show: decode batch sizes."),
+    dtype: str | None = typer.Option(None, help="With --show: bytes at this dtype."),
+) -> None:
+    """The built-in model catalog, with derived parameter counts (or one model's spec)."""
+    from infermeter.spec.catalog import resolve_spec, spec_report
+    from infermeter.tables import catalog_view
+
+    if show_ is not None:
+        batches = o.parse_sizes(batch_sizes, "--batch-sizes") or (1,)
+        spec = resolve_spec(show_)
+        facts, per_batch = spec_report(spec.with_dtype(dtype) if dtype else spec, context, batches)
+        show(facts, "Spec as infermeter reads it")
+        show(per_batch, f"One decode step at context {context}")
+    else:
+        show(catalog_view(family), "Model catalog (any Hugging Face config.json works too)")
+
+
+def hardware(hardware_config: Path | None = o.HardwareConfigOption) -> None:
+    """The accelerator catalog: peak FLOP/s, bandwidth, memory, power and price."""
+    from infermeter.spec.hardware import accelerator_table, load_hardware_config
+
+    catalog = load_hardware_config(hardware_config) if hardware_config else None
+    show(accelerator_table(catalog), "Accelerators")
+
+
+def profile(
+    model: str = typer.Argument(..., help="Catalog name (see `infermeter models`) or config.json."),
+    backend: str = typer.Option(
+        "engine", help="Stack to profile: engine (the reference) or hf (transformers)."
+    ),
+    device: str = o.DeviceOption,
+    dtype: str | None = o.DtypeOption,
+    prompt_sizes: str | None = typer.Option(None, help="e.g. 1,256,512,1024,1536."),
+    output_sizes: str | None = typer.Option(None, help="e.g. 1,32,64,128,256."),
+    batch_sizes: str = typer.Option("1", help="e.g. 1,8."),
+    trials: int = typer.Option(3, help="Trials per point (the fit uses the minimum)."),
+    tensor_parallel: int = typer.Option(1, "--tp", help="Tensor-parallel degree (engine)."),
+    accelerator: str | None = typer.Option(None, help="Hardware entry (default: detected)."),
+    num_accelerators: int = typer.Option(1, help="Accelerators the stack holds."),
+    price_per_hour: float | None = o.PriceOption,
+    power_watts: float | None = o.PowerOption,
+    output: Path | None = typer.Option(None, help="Write the fitted model JSON here."),
+    hardware_config: Path | None = o.HardwareConfigOption,
+    settings: list[str] | None = o.SetOption,
+    energy: bool = typer.Option(True, help="Meter GPU energy through NVML where present."),
+    sample_interval: float = o.IntervalOption,
+    warmup: float = typer.Option(
+        10.0,
+        "--warmup-s",
+        help="Seconds of load before a metered profile (after its first call, which sets the "
+        "shape up), so energy is measured on a warm card; the profile then keeps it busy.",
+    ),
+    accept_poor_fit: bool = o.AcceptPoorFitOption,
+    validate: int | None = typer.Option(
+        None,
+        "--validate",
+        help="Queries never profiled, measured after the grid to check the fit (default 16 on "
+        "a GPU, 4 elsewhere; 0 skips).",
+    ),
+    base_url: str | None = o.BaseUrlOption,
+    api_model: str | None = o.ApiModelOption,
+    api_key: str | None = o.ApiKeyOption,
+    endpoint: str = o.EndpointOption,
+    stream: bool = o.StreamOption,
+    tokenizer: str | None = o.TokenizerOption,
+    identical_prompts: bool = o.IdenticalPromptsOption,
+    timeout: float = o.RequestTimeoutOption,
+    retries: int = o.RetriesOption,
+    stall_timeout: float = o.StallTimeoutOption,
+    store: Path = o.StoreOption,
+) -> None:
+    """Profile MODEL on a stack, fit the runtime model, validate it and price a few queries."""
+    from infermeter.backends.api.outcome import INCOMPLETE_EXIT, run_outcome
+    from infermeter.backends.config import config_for
+    from infermeter.backends.openai import api_spec
+    from infermeter.backends.options import openai_backend
+    from infermeter.engine.launcher import serve_if_follower
+    from infermeter.experiments.profile import run_profile
+    from infermeter.model.fit import FitPolicy
+    from infermeter.model.pricing import parse_overrides, price_profile
+    from infermeter.model.runfit import fit_or_note, save_fitted
+    from infermeter.plans import profile_grid, validation_count
+    from infermeter.spec.catalog import resolve_spec
+    from infermeter.spec.hardware import build_stack, load_hardware_config
+    from infermeter.store.db import Store
+    from infermeter.store.outputs import check_output
+    from infermeter.store.provenance import device_description
+
+    serve_if_follower()  # under torchrun/srun: ranks other than 0 serve rank 0, then exit
+    if output:
+        check_output(output, "model file")  # before minutes of profiling, not after
+    is_api = backend == "openai"  # a black box: MODEL may be any name, nothing runs locally
+    spec = api_spec(model) if is_api else resolve_spec(model)
+    overrides = parse_overrides(price_per_hour, power_watts, settings)
+    catalog = load_hardware_config(hardware_config) if hardware_config else None
+    stack, on_gpu = build_stack(
+        backend, "cpu" if is_api else device, dtype, spec.dtype, accelerator, num_accelerators,
+        tensor_parallel, overrides, catalog,
+    )  # fmt: skip
+    grid = profile_grid(
+        spec, on_gpu, trials, o.parse_sizes(prompt_sizes, "--prompt-sizes"),
+        o.parse_sizes(output_sizes, "--output-sizes"), o.parse_sizes(batch_sizes, "--batch-sizes"),
+    )  # fmt: skip
+    validate = validation_count(on_gpu, warmup, validate)
+    gpu = device if device.startswith("cuda") else "cuda"  # cuda:N: backend, meter and pricing
+    options: dict[str, Any] = {"device": gpu if on_gpu else "cpu", "dtype": stack.dtype}
+    if tensor_parallel > 1:
+        options["tp"] = tensor_parallel
+    if is_api:
+        config = o.api_config(
+            base_url, api_model, api_key, endpoint, stream, tokenizer, identical_prompts,
+            timeout, retries, stall_timeout,
+        )  # fmt: skip
+        options, runner, warning = openai_backend(config)
+        if warning:
+            say(warning, "warning:", "yellow")
+        runner.prepare(spec)  # faults that no retry fixes stop here, before a run is stored
+    else:
+        from infermeter.backends.config import build_backend
+
+        runner = build_backend(config_for(backend, **options))
+    meter = None
+    if energy and on_gpu:
+        from infermeter.measure.meter import Meter
+
+        meter = Meter.for_device(options["device"], tensor_parallel, interval_s=sample_interval)
+        if meter.note:
+            print_notes([meter.note])
+    with Store(store) as db, progress_bar() as bar:
+        task = bar.add_task(f"profiling {spec.name} ({backend})", total=None, last="")
+
+        def on_start(run: Any, done: int, total: int) -> None:
+            bar.update(task, total=total, completed=done)
+            if done:
+                bar.console.print(
+                    f"resuming run {run.id}: {done}/{total} measurements already stored "
+                    "(grid and validation)"
+                )
+
+        def on_point(point: Any, m: Any) -> None:
+            last = f"p={point.prompt_tokens} o={point.output_tokens} {m.runtime_s:.3f}s"
+            bar.update(task, advance=1, last=last + (f" {m.status}" if m.status != "ok" else ""))
+
+        run = run_profile(
+            db, spec, stack.to_dict(), runner, options, grid, on_start, on_point,
+            device=device_description(gpu=on_gpu, device=gpu), meter=meter, warmup_s=warmup,
+            validate=validate,
+        )  # fmt: skip
+        say(f"run {run.id} stored in {store} ({run.device})", err=False)
+        for note in run.backend_info.get("notes") or []:  # e.g. a feature the server refused
+            say(str(note), "note:", "yellow")
+        outcome = None
+        if is_api:  # how an API run ended (counts by cause); an incomplete run is marked so
+            outcome = run_outcome(db.points(run.id), len(grid.points()))
+            say(outcome.line(), *(("", "") if outcome.complete else ("incomplete:", "yellow")))
+            if not outcome.complete:
+                db.set_run_status(run.id, "incomplete")
+        # The policy by backend: an API's constant overhead (§3.5) too.
+        policy = FitPolicy(api=is_api, accept_poor_fit=accept_poor_fit)
+        fitted, why = fit_or_note(db, run.id, outcome, policy)
+        for model_fit in fitted:
+            db.record_fit(run.id, model_fit)
+    if why is not None:
+        say(why, "not fitted:", "yellow")
+        raise typer.Exit(code=INCOMPLETE_EXIT)
+    for model_fit in fitted:
+        print_fit(model_fit)
+    if outcome is not None and not outcome.complete:
+        raise typer.Exit(code=INCOMPLETE_EXIT)
+    for line in save_fitted(fitted, output) if output else []:
+        out(line)
+    priced = price_profile(
+        fitted, spec.max_context, accelerator if is_api else None,
+        num_accelerators if is_api and accelerator else None, overrides, catalog,
+    )  # fmt: skip
+    show(priced.estimates, f"estimates {priced.on()}, within the profiled range")
+    print_notes(priced.notes)
