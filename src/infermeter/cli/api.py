@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from infermeter.backends.config import OpenAIConfig
 from infermeter.cli import options as o
 from infermeter.cli.console import console, out, print_notes, progress_bar, say, show
 
@@ -75,6 +76,7 @@ def serve(
         runner.close()
 
 
+@o.api_options("--prompt-tokens")
 def load(
     model: str = typer.Argument(..., help="The served model: catalog name or any name."),
     prompt_tokens: int = typer.Option(512, help="Fixed prompt size p."),
@@ -92,16 +94,7 @@ def load(
     warmup: float = typer.Option(
         5.0, "--warmup-s", help="Seconds of load before each timed level (stored, not summarised)."
     ),
-    base_url: str | None = o.BaseUrlOption,
-    api_model: str | None = o.ApiModelOption,
-    api_key: str | None = o.ApiKeyOption,
-    endpoint: str = o.EndpointOption,
-    stream: bool = o.StreamOption,
-    tokenizer: str | None = o.TokenizerOption,
-    identical_prompts: bool = o.IdenticalPromptsOption,
-    timeout: float = o.RequestTimeoutOption,
-    retries: int = o.RetriesOption,
-    stall_timeout: float = o.StallTimeoutOption,
+    api: OpenAIConfig = o.API,
     output: Path | None = typer.Option(None, help="Write the summary (.csv/.jsonl/.parquet)."),
     store: Path = o.StoreOption,
 ) -> None:
@@ -120,11 +113,7 @@ def load(
     rates = o.parse_rates(rate, "--rate") if mode == "rate" else None
     grid = load_grid(spec, mode, prompt_tokens, sizes, levels, rates, trials, duration, warmup,
                      arrival)  # fmt: skip
-    config = o.api_config(
-        base_url, api_model, api_key, endpoint, stream, tokenizer, identical_prompts, timeout,
-        retries, stall_timeout, "--prompt-tokens",
-    )  # fmt: skip
-    options, runner, warning = openai_backend(config)
+    options, runner, warning = openai_backend(api)
     if warning:
         say(warning, "warning:", "yellow")
     runner.prepare(spec)  # faults that no retry fixes stop here, before a run is stored

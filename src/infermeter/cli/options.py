@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -12,6 +15,7 @@ from infermeter.errors import UserError
 from infermeter.model.sources import DEFAULT_STORE
 
 N = TypeVar("N", int, float)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def parse_list(
@@ -50,10 +54,6 @@ def parse_rates(text: str | None, label: str) -> tuple[float, ...] | None:
     return None
 
 
-def _api(name: str, default: Any, flag: str, **more: Any) -> Any:
-    return typer.Option(default, flag, help=help_of(OpenAIConfig, name), **more)
-
-
 StoreOption = typer.Option(DEFAULT_STORE, "--store", help="SQLite store of runs and points.")
 AcceptPoorFitOption = typer.Option(
     False, help="Keep a fit that prices its own points worse than their mean (R² < 0)."
@@ -71,26 +71,52 @@ DtypeOption = typer.Option(None, help="float32, bfloat16 or float16.")
 PriceOption = typer.Option(None, help="Override $/accelerator-hour.")
 PowerOption = typer.Option(None, help="Override rated W/accelerator.")
 IntervalOption = typer.Option(0.1, help="Power/utilisation sampling period (s).")
-# OpenAI-compatible APIs (--backend openai, `load`): help from backends.config.OpenAIConfig.
-BaseUrlOption = _api("base_url", None, "--base-url")
-ApiModelOption = _api("api_model", None, "--api-model")
-ApiKeyOption = _api("api_key", None, "--api-key", show_default=False)
-EndpointOption = _api("endpoint", "completions", "--endpoint")
-StreamOption = _api("stream", True, "--stream/--no-stream")
-TokenizerOption = _api("tokenizer", None, "--tokenizer")
-IdenticalPromptsOption = _api("identical_prompts", False, "--identical-prompts")
-RequestTimeoutOption = _api("timeout_s", 600.0, "--timeout")
-RetriesOption = _api("retries", 3, "--retries")
-StallTimeoutOption = _api("stall_timeout_s", 120.0, "--stall-timeout")
+# OpenAI-compatible APIs (--backend openai, `load`): (field of OpenAIConfig, flag, type, more);
+# defaults and help come from backends.config.OpenAIConfig.
+API_OPTIONS: list[tuple[str, str, Any, dict[str, Any]]] = [
+    ("base_url", "--base-url", str | None, {}),
+    ("api_model", "--api-model", str | None, {}),
+    ("api_key", "--api-key", str | None, {"show_default": False}),
+    ("endpoint", "--endpoint", str, {}),
+    ("stream", "--stream/--no-stream", bool, {}),
+    ("tokenizer", "--tokenizer", str | None, {}),
+    ("identical_prompts", "--identical-prompts", bool, {}),
+    ("timeout_s", "--timeout", float, {}),
+    ("retries", "--retries", int, {}),
+    ("stall_timeout_s", "--stall-timeout", float, {}),
+]
+API = OpenAIConfig()  # placeholder of the parameter `api_options` replaces
 
 
-def api_config(
-    base_url: str | None, api_model: str | None, api_key: str | None, endpoint: str,
-    stream: bool, tokenizer: str | None, identical_prompts: bool, timeout: float, retries: int,
-    stall_timeout: float, size_option: str = "--prompt-sizes",
-) -> OpenAIConfig:  # fmt: skip
-    """The OpenAIConfig of the API options above."""
-    return OpenAIConfig(
-        base_url, api_model, api_key, endpoint, stream, tokenizer, identical_prompts,
-        timeout_s=timeout, retries=retries, stall_timeout_s=stall_timeout, size_option=size_option,
-    )  # fmt: skip
+def api_options(size_option: str = "--prompt-sizes") -> Callable[[F], F]:
+    """Give a command the API options in place of its parameter `api`, which it then receives
+    as one OpenAIConfig (`size_option`: the option its messages name for sizes)."""
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func)
+        fields = {f.name: f for f in dataclasses.fields(OpenAIConfig)}
+        added = [
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+                default=typer.Option(fields[name].default, flag, help=help_of(OpenAIConfig, name),
+                                     **more),
+            )
+            for name, flag, kind, more in API_OPTIONS
+        ]  # fmt: skip
+        params = []
+        for param in signature.parameters.values():
+            params += added if param.name == "api" else [param.replace(kind=added[0].kind)]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name, *_ in API_OPTIONS}
+            return func(*args, api=OpenAIConfig(**values, size_option=size_option), **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {
+            **{k: v for k, v in func.__annotations__.items() if k != "api"},
+            **{name: kind for name, _, kind, _ in API_OPTIONS},
+        }
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from infermeter.backends.config import OpenAIConfig
 from infermeter.cli import options as o
 from infermeter.cli.console import out, print_fit, print_notes, progress_bar, say, show
 
@@ -51,6 +52,7 @@ def hardware(hardware_config: Path | None = o.HardwareConfigOption) -> None:
     show(accelerator_table(catalog), "Accelerators")
 
 
+@o.api_options()
 def profile(
     model: str = typer.Argument(..., help="Catalog name (see `infermeter models`) or config.json."),
     backend: str = typer.Option(
@@ -85,16 +87,7 @@ def profile(
         help="Queries never profiled, measured after the grid to check the fit (default 16 on "
         "a GPU, 4 elsewhere; 0 skips).",
     ),
-    base_url: str | None = o.BaseUrlOption,
-    api_model: str | None = o.ApiModelOption,
-    api_key: str | None = o.ApiKeyOption,
-    endpoint: str = o.EndpointOption,
-    stream: bool = o.StreamOption,
-    tokenizer: str | None = o.TokenizerOption,
-    identical_prompts: bool = o.IdenticalPromptsOption,
-    timeout: float = o.RequestTimeoutOption,
-    retries: int = o.RetriesOption,
-    stall_timeout: float = o.StallTimeoutOption,
+    api: OpenAIConfig = o.API,
     store: Path = o.StoreOption,
 ) -> None:
     """Profile MODEL on a stack, fit the runtime model, validate it and price a few queries."""
@@ -135,11 +128,7 @@ def profile(
     if tensor_parallel > 1:
         options["tp"] = tensor_parallel
     if is_api:
-        config = o.api_config(
-            base_url, api_model, api_key, endpoint, stream, tokenizer, identical_prompts,
-            timeout, retries, stall_timeout,
-        )  # fmt: skip
-        options, runner, warning = openai_backend(config)
+        options, runner, warning = openai_backend(api)
         if warning:
             say(warning, "warning:", "yellow")
         runner.prepare(spec)  # faults that no retry fixes stop here, before a run is stored
