@@ -98,6 +98,8 @@ class EngineBackend:
         return device, dtype
 
     def prepare(self, spec: ModelSpec) -> None:
+        """Build the engine for `spec` on the device (ranks for tp > 1). Raises UserError
+        without torch or a usable device, DoesNotFit when the weights do not fit."""
         try:
             import torch
         except ImportError as error:
@@ -271,6 +273,7 @@ class EngineBackend:
         return to_giga(torch.cuda.max_memory_reserved(self._engine.device))
 
     def describe(self) -> dict[str, Any]:
+        """Versions, device, dtype and options, stored with the run."""
         try:
             import torch
 
@@ -322,4 +325,5 @@ class EngineBackend:
             torch.cuda.empty_cache()
 
     def close(self) -> None:
+        """Free the engine or its ranks and the device memory."""
         self._release()

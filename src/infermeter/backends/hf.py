@@ -375,6 +375,8 @@ class HFBackend:
         return "float32", None
 
     def prepare(self, spec: ModelSpec) -> None:
+        """Load `spec` into transformers (random weights, or the checkpoint) on the device.
+        Raises UserError without torch/transformers, DoesNotFit when it does not fit."""
         try:
             import torch
             import transformers
@@ -558,6 +560,7 @@ class HFBackend:
 
     # ---- description and teardown --------------------------------------------------------
     def describe(self) -> dict[str, Any]:
+        """Versions, device, dtype, attention implementation and options, stored with the run."""
         info: dict[str, Any] = {
             "backend": self.name,
             "torch": None,
@@ -609,6 +612,7 @@ class HFBackend:
             torch.cuda.empty_cache()
 
     def close(self) -> None:
+        """Free the model and the device memory."""
         if self.model is None:
             return
         self.model = None
