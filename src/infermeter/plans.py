@@ -5,8 +5,10 @@ Each refuses a plan that cannot run with a UserError, before anything is measure
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
 
 from infermeter.errors import UserError
 from infermeter.spec.model import ModelSpec
@@ -15,8 +17,29 @@ PAPER_TEMPERATURE, PAPER_TOP_P = 0.8, 0.95  # the paper's decoding settings (§I
 # The paper's sweep (4,096 prompts, batch 64-256, up to 1,024 tokens) and the one a CPU runs
 # by default: the paper's would keep a 2-core CPU busy for hours with its first batch taking
 # minutes, so a bare `infermeter energy gpt2` there shows nothing for that long.
+N = TypeVar("N", int, float)
 GPU_DEFAULTS = {"prompts": 4096, "batch_sizes": "64,128,256", "max_lengths": "256,512,1024"}
 CPU_DEFAULTS = {"prompts": 16, "batch_sizes": "4,8", "max_lengths": "16,32"}
+
+
+def parse_list(
+    text: str | None,
+    label: str,
+    kind: Callable[[str], N] = int,  # type: ignore[assignment]
+    example: str = "1,64,128",
+    what: str = "whole numbers",
+    empty: str | None = None,
+) -> tuple[N, ...] | None:
+    """Comma-separated values of `kind` (None stays None); UserError if malformed or empty."""
+    if text is None:
+        return None
+    try:
+        values = tuple(kind(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise UserError(f"{label} must be comma-separated {what}, e.g. {example}") from None
+    if not values:
+        raise UserError(f"{label} is empty; give {empty or 'comma-separated ' + what}")
+    return values
 
 
 def profile_grid(
@@ -174,3 +197,114 @@ def run_load(
     if not outcome.complete:
         db.set_run_status(run.id, "incomplete")
     return LoadResult(run, summary, outcome)
+
+
+@dataclass
+class EnergySetup:
+    """An energy run ready to start: the sweep, its prompts and tokenizer, the backend options
+    stored with the run, a backend and a meter per shard count, and the notes to show."""
+
+    spec: ModelSpec
+    sweep: Any
+    workload: Any
+    tokenizer: Any
+    options: dict[str, Any]
+    on_gpu: bool
+    cuda: str
+    backend_for: Callable[[int], Any]
+    meter_for: Callable[[int], Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def energy_setup(
+    model: str | None,
+    backend: str,
+    sampling: str,
+    power_limit: str | None,
+    nodes: int,
+    warmup_s: float,
+    device: str,
+    sizes: tuple[int | None, str | None, str | None],
+    shards: str,
+    workload: tuple[str, int, str | None],
+    dtype: str | None,
+    checkpoint: Path | None,
+    tokenizer: str | None,
+    sample_interval_s: float,
+) -> EnergySetup:
+    """The energy run of `model` from the command's choices, every check made before anything
+    is stored: `sizes` (prompts, batch sizes, max lengths; None: the defaults), `workload`
+    (dataset, seed, template), power caps in W, warm-up and sampling period in s. Raises
+    UserError for a choice that cannot run (with its option's name)."""
+    from infermeter.backends.config import config_for
+    from infermeter.backends.options import generating_backend
+    from infermeter.experiments.energy import EnergySweep
+    from infermeter.measure.meter import Meter, check_warmup_s
+    from infermeter.spec.catalog import resolve_spec
+    from infermeter.store.provenance import cuda_device_name
+    from infermeter.workloads.datasets import load_workload
+    from infermeter.workloads.tokenizer import tokenizer_for
+
+    if model is None:
+        raise UserError("give a MODEL (e.g. llama-7b), or --restore-power-limit")
+    if backend not in ("engine", "hf"):
+        raise UserError(f"energy runs a local model (engine), not backend {backend!r}")
+    if sampling not in ("top_p", "greedy"):
+        raise UserError(f"--sampling must be top_p or greedy, not {sampling!r}")
+    spec = resolve_spec(model)
+    caps = parse_list(
+        power_limit, "--power-limit", float, "250,175,150", "watts", "watts, e.g. 250"
+    )
+    if caps and nodes > 1:
+        raise UserError(
+            "--power-limit caps the GPUs of this node only; on a run over several nodes set "
+            "the caps on each node (nvidia-smi -pl) and leave --power-limit out"
+        )
+    check_warmup_s(warmup_s)
+    scaled = device == "cpu" or (not device.startswith("cuda") and cuda_device_name() is None)
+    plan = energy_plan(scaled, *sizes)
+    sweep = EnergySweep(
+        parse_list(plan.batch_sizes, "--batch-sizes") or (64,),
+        parse_list(plan.max_lengths, "--max-lengths") or (256,),
+        parse_list(shards, "--shards") or (1,),
+        caps or (None,),
+    )
+    sweep.validate(spec)
+    cuda = device if device.startswith("cuda") else "cuda"  # cuda:N: its shards follow it
+    on_gpu = device != "cpu" and cuda_device_name(cuda) is not None
+    if device.startswith("cuda") and not on_gpu:
+        raise UserError(
+            f"--device {device} asked for, but CUDA shows no such GPU; use another --device "
+            "or --device cpu"
+        )
+    if caps and not on_gpu:
+        raise UserError("--power-limit caps NVIDIA GPUs; this run has none (nothing was changed)")
+    dataset, seed, template = workload
+    prompts = load_workload(dataset, plan.prompts, seed, template)
+    tok, tok_note = tokenizer_for(spec, tokenizer)
+    options: dict[str, Any] = {"device": cuda if on_gpu else "cpu", "dtype": dtype, "seed": seed}
+    if checkpoint is not None:
+        options["checkpoint"] = str(checkpoint)
+    if backend == "engine":
+        options.update(sampling=sampling, temperature=PAPER_TEMPERATURE, top_p=PAPER_TOP_P)
+
+    def backend_for(tp: int) -> Any:
+        config = config_for(backend, **options, **({"tp": tp} if tp > 1 else {}))
+        return generating_backend(config, backend)
+
+    backend_for(1)  # refuse a backend that cannot run prompts before anything is stored
+
+    def meter_for(tp: int) -> Meter | None:
+        """The GPUs the run's work uses (cuda:N and, with shards, the next ones), resolved
+        once (infermeter.measure.gpus); power caps go to the same ones."""
+        return Meter.for_device(cuda, tp, interval_s=sample_interval_s) if on_gpu else None
+
+    notes = [n for n in [plan.scaled_note, *prompts.notes, tok_note] if n]
+    if not on_gpu:
+        notes.append("no GPU in use: throughput only, energy columns stay empty")
+    else:  # a cap an earlier run left would price every batch at the wrong power
+        from infermeter.measure.powercap import leftover_power_caps
+
+        notes += leftover_power_caps(cuda, max(sweep.shards))
+    return EnergySetup(spec, sweep, prompts, tok, options, on_gpu, cuda, backend_for, meter_for,
+                       notes)  # fmt: skip

@@ -10,7 +10,7 @@ import typer
 
 from infermeter.backends.config import OpenAIConfig
 from infermeter.cli import options as o
-from infermeter.cli.console import console, out, print_notes, progress_bar, say, show
+from infermeter.cli.console import console, out, print_notes, progress, say, show
 
 
 def register(app: typer.Typer) -> None:
@@ -117,22 +117,8 @@ def load(
     if warning:
         say(warning, "warning:", "yellow")
     runner.prepare(spec)  # faults that no retry fixes stop here, before a run is stored
-    with Store(store) as db, progress_bar() as bar:
-        task = bar.add_task(f"load on {spec.name} ({mode})", total=None, last="")
-
-        def on_start(run: Any, done: int, total: int) -> None:
-            bar.update(task, total=total, completed=done)
-            if done:
-                bar.console.print(f"resuming run {run.id}: {done}/{total} steps already stored")
-
-        def on_step(label: str, ms: list[Any], total: int | None = None) -> None:
-            if total is not None:  # a timed load: its levels, before the first
-                bar.update(task, total=total)
-                return
-            bad = sum(m.status != "ok" for m in ms)
-            bar.update(task, advance=1, last=label + (f" [red]{bad} not ok[/]" if bad else ""))
-
-        result = run_load(db, spec, runner, options, grid, on_start, on_step)
+    with Store(store) as db, progress(f"load on {spec.name} ({mode})") as bar:
+        result = run_load(db, spec, runner, options, grid, bar.load_start, bar.on_step)
     say(f"run {result.run.id} stored in {store}", err=False)
     title = (
         f"runtime vs queries in flight (p = {prompt_tokens})"

@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 from infermeter.errors import UserError
@@ -114,13 +113,8 @@ def print_fit(model: CostModel) -> None:
             out(text)
 
 
-def progress_bar() -> Progress:
-    """The bar every long verb shows: description, bar, done/total, last item, time left."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[last]}"),
-        TimeRemainingColumn(),
-        console=console,
-    )
+def progress(description: str) -> Any:
+    """A progress bar on the console for an experiment's callbacks (infermeter.progress)."""
+    from infermeter.progress import RunProgress
+
+    return RunProgress(console, description)

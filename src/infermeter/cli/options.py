@@ -13,29 +13,10 @@ import typer
 from infermeter.backends.config import OpenAIConfig, help_of
 from infermeter.errors import UserError
 from infermeter.model.sources import DEFAULT_STORE
+from infermeter.plans import parse_list
 
 N = TypeVar("N", int, float)
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def parse_list(
-    text: str | None,
-    label: str,
-    kind: Callable[[str], N] = int,
-    example: str = "1,64,128",
-    what: str = "whole numbers",
-    empty: str | None = None,
-) -> tuple[N, ...] | None:
-    """Comma-separated values of `kind` (None stays None); UserError if malformed or empty."""
-    if text is None:
-        return None
-    try:
-        values = tuple(kind(part) for part in text.replace(" ", "").split(",") if part)
-    except ValueError:
-        raise UserError(f"{label} must be comma-separated {what}, e.g. {example}") from None
-    if not values:
-        raise UserError(f"{label} is empty; give {empty or 'comma-separated ' + what}")
-    return values
 
 
 def parse_sizes(text: str | None, label: str) -> tuple[int, ...] | None:

@@ -10,7 +10,7 @@ import typer
 
 from infermeter.backends.config import OpenAIConfig
 from infermeter.cli import options as o
-from infermeter.cli.console import out, print_fit, print_notes, progress_bar, say, show
+from infermeter.cli.console import out, print_fit, print_notes, progress, say, show
 
 
 def register(app: typer.Typer) -> None:
@@ -143,23 +143,9 @@ def profile(
         meter = Meter.for_device(options["device"], tensor_parallel, interval_s=sample_interval)
         if meter.note:
             print_notes([meter.note])
-    with Store(store) as db, progress_bar() as bar:
-        task = bar.add_task(f"profiling {spec.name} ({backend})", total=None, last="")
-
-        def on_start(run: Any, done: int, total: int) -> None:
-            bar.update(task, total=total, completed=done)
-            if done:
-                bar.console.print(
-                    f"resuming run {run.id}: {done}/{total} measurements already stored "
-                    "(grid and validation)"
-                )
-
-        def on_point(point: Any, m: Any) -> None:
-            last = f"p={point.prompt_tokens} o={point.output_tokens} {m.runtime_s:.3f}s"
-            bar.update(task, advance=1, last=last + (f" {m.status}" if m.status != "ok" else ""))
-
+    with Store(store) as db, progress(f"profiling {spec.name} ({backend})") as bar:
         run = run_profile(
-            db, spec, stack.to_dict(), runner, options, grid, on_start, on_point,
+            db, spec, stack.to_dict(), runner, options, grid, bar.profile_start, bar.on_point,
             device=device_description(gpu=on_gpu, device=gpu), meter=meter, warmup_s=warmup,
             validate=validate,
         )  # fmt: skip
