@@ -308,3 +308,79 @@ def energy_setup(
         notes += leftover_power_caps(cuda, max(sweep.shards))
     return EnergySetup(spec, sweep, prompts, tok, options, on_gpu, cuda, backend_for, meter_for,
                        notes)  # fmt: skip
+
+
+@dataclass
+class ProfileSetup:
+    """A profile ready to run: the spec, the stack and whether it is on a GPU, the grid and
+    validation count, the backend, its stored options, a meter (or None) and `gpu`
+    (cuda or cuda:N: where backend, meter and pricing look)."""
+
+    spec: ModelSpec
+    stack: Any
+    on_gpu: bool
+    grid: Any
+    validate: int
+    gpu: str
+    options: dict[str, Any]
+    runner: Any
+    meter: Any
+    notes: list[str] = field(default_factory=list)
+
+
+def profile_setup(
+    model: str,
+    backend: str,
+    device: str,
+    dtype: str | None,
+    sizes: tuple[str | None, str | None, str | None],
+    trials: int,
+    tp: int,
+    hardware: tuple[str | None, int, dict[str, float], Any],
+    warmup_s: float,
+    validate: int | None,
+    api: Any,
+    energy: bool,
+    sample_interval_s: float,
+    warn: Callable[[str], None],
+) -> ProfileSetup:
+    """A profile of `model` on `backend` from a command's choices: `sizes` (prompt, output
+    and batch sizes as comma-separated text; None: the defaults), `hardware` (accelerator,
+    how many, overrides, catalog), warm-up and sampling period in s, `api` the OpenAIConfig
+    of backend "openai" (prepared here, so faults stop before a run is stored; `warn` gets
+    its warning). Raises UserError for a choice that cannot run."""
+    from infermeter.backends.config import build_backend, config_for
+    from infermeter.backends.openai import api_spec
+    from infermeter.backends.options import openai_backend
+    from infermeter.spec.catalog import resolve_spec
+    from infermeter.spec.hardware import build_stack
+
+    is_api = backend == "openai"  # a black box: MODEL may be any name, nothing runs locally
+    spec = api_spec(model) if is_api else resolve_spec(model)
+    accelerator, count, overrides, catalog = hardware
+    stack, on_gpu = build_stack(
+        backend, "cpu" if is_api else device, dtype, spec.dtype, accelerator, count, tp,
+        overrides, catalog,
+    )  # fmt: skip
+    labels = ("--prompt-sizes", "--output-sizes", "--batch-sizes")
+    parsed = [parse_list(text, label) for text, label in zip(sizes, labels, strict=True)]
+    grid = profile_grid(spec, on_gpu, trials, *parsed)
+    validate = validation_count(on_gpu, warmup_s, validate)
+    gpu = device if device.startswith("cuda") else "cuda"  # cuda:N: backend, meter and pricing
+    options: dict[str, Any] = {"device": gpu if on_gpu else "cpu", "dtype": stack.dtype}
+    if tp > 1:
+        options["tp"] = tp
+    if is_api:
+        options, runner, warning = openai_backend(api)
+        if warning:
+            warn(warning)
+        runner.prepare(spec)  # faults that no retry fixes stop here, before a run is stored
+    else:
+        runner = build_backend(config_for(backend, **options))
+    meter, notes = None, []
+    if energy and on_gpu:
+        from infermeter.measure.meter import Meter
+
+        meter = Meter.for_device(options["device"], tp, interval_s=sample_interval_s)
+        notes += [meter.note] if meter.note else []
+    return ProfileSetup(spec, stack, on_gpu, grid, validate, gpu, options, runner, meter, notes)

@@ -4,7 +4,6 @@ validated and priced (infermeter.experiments.profile, infermeter.model)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -92,17 +91,13 @@ def profile(
 ) -> None:
     """Profile MODEL on a stack, fit the runtime model, validate it and price a few queries."""
     from infermeter.backends.api.outcome import INCOMPLETE_EXIT, run_outcome
-    from infermeter.backends.config import config_for
-    from infermeter.backends.openai import api_spec
-    from infermeter.backends.options import openai_backend
     from infermeter.engine.launcher import serve_if_follower
     from infermeter.experiments.profile import run_profile
     from infermeter.model.fit import FitPolicy
     from infermeter.model.pricing import parse_overrides, price_profile
     from infermeter.model.runfit import fit_or_note, save_fitted
-    from infermeter.plans import profile_grid, validation_count
-    from infermeter.spec.catalog import resolve_spec
-    from infermeter.spec.hardware import build_stack, load_hardware_config
+    from infermeter.plans import profile_setup
+    from infermeter.spec.hardware import load_hardware_config
     from infermeter.store.db import Store
     from infermeter.store.outputs import check_output
     from infermeter.store.provenance import device_description
@@ -110,44 +105,21 @@ def profile(
     serve_if_follower()  # under torchrun/srun: ranks other than 0 serve rank 0, then exit
     if output:
         check_output(output, "model file")  # before minutes of profiling, not after
-    is_api = backend == "openai"  # a black box: MODEL may be any name, nothing runs locally
-    spec = api_spec(model) if is_api else resolve_spec(model)
+    is_api = backend == "openai"
     overrides = parse_overrides(price_per_hour, power_watts, settings)
     catalog = load_hardware_config(hardware_config) if hardware_config else None
-    stack, on_gpu = build_stack(
-        backend, "cpu" if is_api else device, dtype, spec.dtype, accelerator, num_accelerators,
-        tensor_parallel, overrides, catalog,
+    setup = profile_setup(
+        model, backend, device, dtype, (prompt_sizes, output_sizes, batch_sizes), trials,
+        tensor_parallel, (accelerator, num_accelerators, overrides, catalog), warmup, validate,
+        api, energy, sample_interval, lambda line: say(line, "warning:", "yellow"),
     )  # fmt: skip
-    grid = profile_grid(
-        spec, on_gpu, trials, o.parse_sizes(prompt_sizes, "--prompt-sizes"),
-        o.parse_sizes(output_sizes, "--output-sizes"), o.parse_sizes(batch_sizes, "--batch-sizes"),
-    )  # fmt: skip
-    validate = validation_count(on_gpu, warmup, validate)
-    gpu = device if device.startswith("cuda") else "cuda"  # cuda:N: backend, meter and pricing
-    options: dict[str, Any] = {"device": gpu if on_gpu else "cpu", "dtype": stack.dtype}
-    if tensor_parallel > 1:
-        options["tp"] = tensor_parallel
-    if is_api:
-        options, runner, warning = openai_backend(api)
-        if warning:
-            say(warning, "warning:", "yellow")
-        runner.prepare(spec)  # faults that no retry fixes stop here, before a run is stored
-    else:
-        from infermeter.backends.config import build_backend
-
-        runner = build_backend(config_for(backend, **options))
-    meter = None
-    if energy and on_gpu:
-        from infermeter.measure.meter import Meter
-
-        meter = Meter.for_device(options["device"], tensor_parallel, interval_s=sample_interval)
-        if meter.note:
-            print_notes([meter.note])
+    print_notes(setup.notes)
+    spec, grid = setup.spec, setup.grid
     with Store(store) as db, progress(f"profiling {spec.name} ({backend})") as bar:
         run = run_profile(
-            db, spec, stack.to_dict(), runner, options, grid, bar.profile_start, bar.on_point,
-            device=device_description(gpu=on_gpu, device=gpu), meter=meter, warmup_s=warmup,
-            validate=validate,
+            db, spec, setup.stack.to_dict(), setup.runner, setup.options, grid, bar.profile_start,
+            bar.on_point, device=device_description(gpu=setup.on_gpu, device=setup.gpu),
+            meter=setup.meter, warmup_s=warmup, validate=setup.validate,
         )  # fmt: skip
         say(f"run {run.id} stored in {store} ({run.device})", err=False)
         for note in run.backend_info.get("notes") or []:  # e.g. a feature the server refused
