@@ -6,12 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import typer
 
 from infermeter.cli.console import console, err_console, print_notes, show, user_errors
 from infermeter.errors import UserError
-from infermeter.store.outputs import check_output, check_output_folder, writing
+from infermeter.store.outputs import check_output, check_output_folder
 
 StoresOption = typer.Option(
     None,
@@ -80,6 +79,7 @@ def tradeoffs_command(
         tradeoff_table,
     )
     from infermeter.report.build import model_profiles
+    from infermeter.report.written import write_tradeoff_figures
     from infermeter.tables import tradeoff_view
 
     image = _format(fmt)
@@ -109,14 +109,8 @@ def tradeoffs_command(
     if ranks_output:
         write_table(ranks, ranks_output)
         console.print(f"{len(ranks)} ranks written to {ranks_output}")
-    if figures:
-        from infermeter.report.plot import encode
-        from infermeter.report.tradeoff_figs import fig_pareto, fig_ranks
-
-        for name, plot in (("fig9_pareto", fig_pareto(table)), ("fig10_ranks", fig_ranks(ranks))):
-            with writing(figures / f"{name}.{image}", "figure") as path:
-                path.write_bytes(encode(plot.figure, image))
-            console.print(f"figure written to {path}", markup=False)
+    for path in write_tradeoff_figures(table, ranks, figures, image) if figures else []:
+        console.print(f"figure written to {path}", markup=False)
 
 
 def compare_command(
@@ -168,12 +162,9 @@ def compare_command(
         write_table(result.per_query, output)
         console.print(f"{len(result.per_query)} rows written to {output}")
     if figure:
-        from infermeter.report.plot import encode
-        from infermeter.report.tradeoff_figs import fig_stack_comparison
+        from infermeter.report.written import write_comparison_figure
 
-        fmt = "svg" if figure.suffix.lower() == ".svg" else "png"
-        with writing(figure, "figure") as path:
-            path.write_bytes(encode(fig_stack_comparison(result).figure, fmt))
+        write_comparison_figure(result, figure)
         console.print(f"figure written to {figure}", markup=False)
 
 
@@ -191,6 +182,7 @@ def report_command(
     from infermeter.model.sources import stores_or_default
     from infermeter.model.tradeoffs import parse_objectives
     from infermeter.report import ReportInputs, build_report
+    from infermeter.report.written import missing_sections
 
     if bool(capabilities) != bool(queries):
         raise UserError("Figs. 9 and 10 need both --capabilities FILE and --queries SCENARIO=FILE")
@@ -209,23 +201,10 @@ def report_command(
     report = build_report(inputs)
     report.write(output)
     drawn = [s for s in report.sections if s.plot is not None]
-    missing = [s for s in report.sections if s.plot is None and s.missing]
     console.print(f"report written to {output}: {len(drawn)} figure(s)", highlight=False)
-    if missing:
-        rows = pd.DataFrame(
-            {
-                "section": [s.title for s in missing],
-                "to get it": [_plain(s.missing or "") for s in missing],
-            }
-        )
-        show(rows, "sections without data")
-
-
-def _plain(html_text: str) -> str:
-    import html
-    import re
-
-    return html.unescape(re.sub(r"<[^>]+>", "", html_text))
+    missing = missing_sections(report.sections)
+    if not missing.empty:
+        show(missing, "sections without data")
 
 
 def register(app: typer.Typer) -> None:
