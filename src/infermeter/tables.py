@@ -104,3 +104,23 @@ def catalog_view(family: str | None = None) -> pd.DataFrame:
             "max_context": "context",
         }
     ).drop(columns=["source"], errors="ignore")
+
+
+COMPARISON_COLUMNS = [
+    "stack",
+    "accelerators",
+    "usd_per_hour",
+    "total_runtime_s",
+    "total_cost_usd",
+    "speedup",
+    "cost_ratio",
+    "energy_ratio",
+    "share_queries_cheaper",
+    "verdict",
+]
+
+
+def comparison_view(summary: pd.DataFrame) -> pd.DataFrame:
+    """A stack comparison's summary (model.compare) as the terminal shows it: per stack its
+    accelerators, $ per hour, total runtime (s) and cost ($), and the ratios to the baseline."""
+    return summary[COMPARISON_COLUMNS]

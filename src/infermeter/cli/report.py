@@ -136,6 +136,7 @@ def compare_command(
     from infermeter.model.compare import compare_stacks, default_queries
     from infermeter.model.estimate import read_queries, write_table
     from infermeter.model.sources import baseline_index, stacks_for
+    from infermeter.tables import comparison_view
 
     _check_outputs(output, figure)
     stacks = stacks_for(runs, model, profile, store)
@@ -145,19 +146,7 @@ def compare_command(
     if (result.summary["verdict"] == "different model").any():
         print_notes(["the stacks run different models: each ratio is the models' difference as "
                      "much as the stacks'"])  # fmt: skip
-    columns = [
-        "stack",
-        "accelerators",
-        "usd_per_hour",
-        "total_runtime_s",
-        "total_cost_usd",
-        "speedup",
-        "cost_ratio",
-        "energy_ratio",
-        "share_queries_cheaper",
-        "verdict",
-    ]
-    show(result.summary[columns], f"{len(frame)} queries, relative to {result.baseline}", 4)
+    show(comparison_view(result.summary), f"{len(frame)} queries, relative to {result.baseline}", 4)
     if output:
         write_table(result.per_query, output)
         console.print(f"{len(result.per_query)} rows written to {output}")
