@@ -10,13 +10,11 @@ import typer
 
 from infermeter.backends.config import OpenAIConfig
 from infermeter.cli import options as o
-from infermeter.cli.console import console, out, print_notes, progress, say, show
+from infermeter.cli.console import console, out, print_notes, progress, say, show, user_errors
 
 
 def register(app: typer.Typer) -> None:
     """Add `serve`, `load` and `variance` to `app`."""
-    from infermeter.cli.console import user_errors
-
     for name, command in (("serve", serve), ("load", load), ("variance", variance)):
         app.command(name)(user_errors(command))
 

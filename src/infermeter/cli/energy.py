@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from infermeter.cli import options as o
-from infermeter.cli.console import console, err_console, progress, show
+from infermeter.cli.console import console, err_console, progress, show, user_errors
 from infermeter.plans import CPU_DEFAULTS, GPU_DEFAULTS
 
 __all__ = ["CPU_DEFAULTS", "GPU_DEFAULTS", "energy", "register"]
@@ -15,8 +15,6 @@ __all__ = ["CPU_DEFAULTS", "GPU_DEFAULTS", "energy", "register"]
 
 def register(app: typer.Typer) -> None:
     """Add `energy` to `app`."""
-    from infermeter.cli.console import user_errors
-
     app.command("energy")(user_errors(energy))
 
 

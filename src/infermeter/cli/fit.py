@@ -8,14 +8,12 @@ from pathlib import Path
 import typer
 
 from infermeter.cli import options as o
-from infermeter.cli.console import console, out, print_fit, print_notes, show
+from infermeter.cli.console import console, out, print_fit, print_notes, show, user_errors
 from infermeter.errors import UserError
 
 
 def register(app: typer.Typer) -> None:
     """Add `fit`, `estimate`, `runs`, `show` and `export` to `app`."""
-    from infermeter.cli.console import user_errors
-
     for name, command in (("fit", fit), ("estimate", estimate), ("runs", runs)):
         app.command(name)(user_errors(command))
     app.command("show")(user_errors(show_run))

@@ -9,13 +9,11 @@ import typer
 
 from infermeter.backends.config import OpenAIConfig
 from infermeter.cli import options as o
-from infermeter.cli.console import out, print_fit, print_notes, progress, say, show
+from infermeter.cli.console import out, print_fit, print_notes, progress, say, show, user_errors
 
 
 def register(app: typer.Typer) -> None:
     """Add `models`, `hardware` and `profile` to `app`."""
-    from infermeter.cli.console import user_errors
-
     for command in (models, hardware, profile):
         app.command()(user_errors(command))
 
