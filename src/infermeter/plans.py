@@ -384,3 +384,32 @@ def profile_setup(
         meter = Meter.for_device(options["device"], tp, interval_s=sample_interval_s)
         notes += [meter.note] if meter.note else []
     return ProfileSetup(spec, stack, on_gpu, grid, validate, gpu, options, runner, meter, notes)
+
+
+def fit_profiled(
+    db: Any,
+    run_id: int,
+    expected: int,
+    is_api: bool,
+    accept_poor_fit: bool,
+    on_outcome: Callable[[Any], None],
+) -> tuple[Any, list[Any], str | None]:
+    """(outcome, models, why not fitted) of a profile just run, its models stored: an API
+    run's outcome (`expected` measurements; told to `on_outcome` first, an incomplete run
+    marked so) and the fit under the backend's policy (an API's constant overhead, §3.5).
+    Raises UserError when a complete run cannot be fitted (model.runfit.fit_or_note)."""
+    from infermeter.backends.api.outcome import run_outcome
+    from infermeter.model.fit import FitPolicy
+    from infermeter.model.runfit import fit_or_note
+
+    outcome = None
+    if is_api:  # how an API run ended (counts by cause)
+        outcome = run_outcome(db.points(run_id), expected)
+        on_outcome(outcome)
+        if not outcome.complete:
+            db.set_run_status(run_id, "incomplete")
+    policy = FitPolicy(api=is_api, accept_poor_fit=accept_poor_fit)
+    fitted, why = fit_or_note(db, run_id, outcome, policy)
+    for model in fitted:
+        db.record_fit(run_id, model)
+    return outcome, fitted, why

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from infermeter.backends.config import OpenAIConfig
+from infermeter.cli import console as cli_console
 from infermeter.cli import options as o
 from infermeter.cli.console import console, out, print_notes, progress, say, show, user_errors
 
@@ -128,7 +129,7 @@ def load(
         write_table(result.summary, output)
         say(f"summary written to {output}", err=False)
     outcome = result.outcome
-    say(outcome.line(), *(("", "") if outcome.complete else ("incomplete:", "yellow")))
+    say(outcome.line(), *cli_console.outcome_label(outcome))
     if not outcome.complete:
         raise typer.Exit(code=INCOMPLETE_EXIT)
 

@@ -83,6 +83,11 @@ def say(text: str, label: str = "", style: str = "", err: bool = True) -> None:
     (err_console if err else console).print(line, highlight=False, soft_wrap=True)
 
 
+def outcome_label(outcome: Any) -> tuple[str, str]:
+    """The label and style `say` gives an API run's outcome line: none when complete."""
+    return ("", "") if outcome.complete else ("incomplete:", "yellow")
+
+
 def out(text: str) -> None:
     """Print a result line on stdout, literally."""
     console.print(text, markup=False, highlight=False)

@@ -135,26 +135,15 @@ def runs(store: Path = o.StoreOption) -> None:
 
 def show_run(run: int | None = o.RunArgument, store: Path = o.StoreOption) -> None:
     """A run's setting, its points (min/mean over trials) and its latest fit."""
-    from infermeter.model.fitted import fit_run
-    from infermeter.model.runfit import points_summary
+    from infermeter.model.runfit import points_summary, run_view
     from infermeter.store.db import Store
 
     with Store(store, read_only=True) as db:
-        run_id = run if run is not None else db.latest_run_id()
-        record = db.get_run(run_id)
-        points = db.points(run_id)
-        fits = db.latest_fits(run_id)
-        fitted_now = False
-        if not fits and not points.empty:
-            try:
-                fits, fitted_now = fit_run(db, run_id), True
-            except UserError as error:
-                console.print(f"cannot fit it yet: {error}", markup=False)
-    console.print(
-        f"run {record.id}: {record.model} on {record.backend} / {record.device}, "
-        f"{record.status}, created {record.created_at}, commit {record.commit_sha or '-'}",
-        highlight=False,
-    )
+        view = run_view(db, run)
+    if view.not_fitted:
+        console.print(view.not_fitted, markup=False)
+    console.print(view.header(), highlight=False)
+    points, fits, fitted_now = view.points, view.fits, view.fitted_now
     if points.empty:
         console.print("no points stored yet")
         return

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from infermeter.backends.config import OpenAIConfig
+from infermeter.cli import console as cli_console
 from infermeter.cli import options as o
 from infermeter.cli.console import out, print_fit, print_notes, progress, say, show, user_errors
 
@@ -88,13 +89,12 @@ def profile(
     store: Path = o.StoreOption,
 ) -> None:
     """Profile MODEL on a stack, fit the runtime model, validate it and price a few queries."""
-    from infermeter.backends.api.outcome import INCOMPLETE_EXIT, run_outcome
+    from infermeter.backends.api.outcome import INCOMPLETE_EXIT
     from infermeter.engine.launcher import serve_if_follower
     from infermeter.experiments.profile import run_profile
-    from infermeter.model.fit import FitPolicy
     from infermeter.model.pricing import parse_overrides, price_profile
-    from infermeter.model.runfit import fit_or_note, save_fitted
-    from infermeter.plans import profile_setup
+    from infermeter.model.runfit import save_fitted
+    from infermeter.plans import fit_profiled, profile_setup
     from infermeter.spec.hardware import load_hardware_config
     from infermeter.store.db import Store
     from infermeter.store.outputs import check_output
@@ -122,17 +122,10 @@ def profile(
         say(f"run {run.id} stored in {store} ({run.device})", err=False)
         for note in run.backend_info.get("notes") or []:  # e.g. a feature the server refused
             say(str(note), "note:", "yellow")
-        outcome = None
-        if is_api:  # how an API run ended (counts by cause); an incomplete run is marked so
-            outcome = run_outcome(db.points(run.id), len(grid.points()))
-            say(outcome.line(), *(("", "") if outcome.complete else ("incomplete:", "yellow")))
-            if not outcome.complete:
-                db.set_run_status(run.id, "incomplete")
-        # The policy by backend: an API's constant overhead (§3.5) too.
-        policy = FitPolicy(api=is_api, accept_poor_fit=accept_poor_fit)
-        fitted, why = fit_or_note(db, run.id, outcome, policy)
-        for model_fit in fitted:
-            db.record_fit(run.id, model_fit)
+        outcome, fitted, why = fit_profiled(
+            db, run.id, len(grid.points()), is_api, accept_poor_fit,
+            lambda outcome: say(outcome.line(), *cli_console.outcome_label(outcome)),
+        )  # fmt: skip
     if why is not None:
         say(why, "not fitted:", "yellow")
         raise typer.Exit(code=INCOMPLETE_EXIT)

@@ -204,3 +204,35 @@ def noise_line(stats: dict[str, Any]) -> str:
     if "share_idealized_above_denoised" in stats:
         line += f"; idealized > denoised for {100 * stats['share_idealized_above_denoised']:.1f}%"
     return line
+
+
+@dataclass
+class RunView:
+    """What `show` prints of a stored run: its record, points and fits (fitted now, with the
+    default settings and not stored, when it had none), or why it cannot be fitted yet."""
+
+    record: Any
+    points: pd.DataFrame
+    fits: list[CostModel]
+    fitted_now: bool = False
+    not_fitted: str | None = None
+
+    def header(self) -> str:
+        """One line: run id, model, backend, device, status, creation time and commit."""
+        r = self.record
+        return (
+            f"run {r.id}: {r.model} on {r.backend} / {r.device}, {r.status}, created "
+            f"{r.created_at}, commit {r.commit_sha or '-'}"
+        )
+
+
+def run_view(db: Store, run: int | None = None) -> RunView:
+    """Run `run` of `db` (default: the latest) as `show` prints it. UserError if unknown."""
+    run_id = run if run is not None else db.latest_run_id()
+    view = RunView(db.get_run(run_id), db.points(run_id), db.latest_fits(run_id))
+    if not view.fits and not view.points.empty:
+        try:
+            view.fits, view.fitted_now = fit_run(db, run_id), True
+        except UserError as error:
+            view.not_fitted = f"cannot fit it yet: {error}"
+    return view
