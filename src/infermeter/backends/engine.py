@@ -20,6 +20,7 @@ from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
 from infermeter.measure.gpus import cuda_ordinal
 from infermeter.measure.memory import check_weights_fit
 from infermeter.spec.model import ModelSpec
+from infermeter.units import to_gib, to_giga
 
 INSTALL_HINT = "pip install 'infermeter[torch]'"
 _DTYPES = {"float32", "float16", "bfloat16"}
@@ -97,6 +98,8 @@ class EngineBackend:
         return device, dtype
 
     def prepare(self, spec: ModelSpec) -> None:
+        """Build the engine for `spec` on the device (ranks for tp > 1). Raises UserError
+        without torch or a usable device, DoesNotFit when the weights do not fit."""
         try:
             import torch
         except ImportError as error:
@@ -140,7 +143,7 @@ class EngineBackend:
                 self._release()
                 raise DoesNotFit(
                     f"{spec.name}: does not fit on {device} in {dtype} "
-                    f"({spec.weight_bytes / 2**30:.1f} GiB at spec dtype); try tp > 1"
+                    f"({to_gib(spec.weight_bytes):.1f} GiB at spec dtype); try tp > 1"
                 ) from error
             self._info = self._engine.describe()
             if threads_note:
@@ -267,9 +270,10 @@ class EngineBackend:
             return None
         import torch
 
-        return torch.cuda.max_memory_reserved(self._engine.device) / 1e9
+        return to_giga(torch.cuda.max_memory_reserved(self._engine.device))
 
     def describe(self) -> dict[str, Any]:
+        """Versions, device, dtype and options, stored with the run."""
         try:
             import torch
 
@@ -321,4 +325,5 @@ class EngineBackend:
             torch.cuda.empty_cache()
 
     def close(self) -> None:
+        """Free the engine or its ranks and the device memory."""
         self._release()

@@ -20,6 +20,7 @@ from infermeter.backends.base import Measurement, Point
 from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
 from infermeter.measure.memory import check_weights_fit
 from infermeter.spec.model import ModelSpec
+from infermeter.units import to_gib
 
 INSTALL_HINT = "pip install 'infermeter[torch]'"
 
@@ -374,6 +375,8 @@ class HFBackend:
         return "float32", None
 
     def prepare(self, spec: ModelSpec) -> None:
+        """Load `spec` into transformers (random weights, or the checkpoint) on the device.
+        Raises UserError without torch/transformers, DoesNotFit when it does not fit."""
         try:
             import torch
             import transformers
@@ -397,7 +400,7 @@ class HFBackend:
                 self._free(torch)
                 raise DoesNotFit(
                     f"{spec.name}: the model does not fit on {self._device} in {self._dtype} "
-                    f"({spec.weight_bytes / 2**30:.1f} GiB of weights at spec dtype): {error}"
+                    f"({to_gib(spec.weight_bytes):.1f} GiB of weights at spec dtype): {error}"
                 ) from error
             raise
         model.eval()
@@ -557,6 +560,7 @@ class HFBackend:
 
     # ---- description and teardown --------------------------------------------------------
     def describe(self) -> dict[str, Any]:
+        """Versions, device, dtype, attention implementation and options, stored with the run."""
         info: dict[str, Any] = {
             "backend": self.name,
             "torch": None,
@@ -608,6 +612,7 @@ class HFBackend:
             torch.cuda.empty_cache()
 
     def close(self) -> None:
+        """Free the model and the device memory."""
         if self.model is None:
             return
         self.model = None

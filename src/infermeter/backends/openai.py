@@ -72,6 +72,7 @@ def _from_env(names: tuple[str, ...]) -> str | None:
 
 
 def api_key_from_env() -> str | None:
+    """The API key from OPENAI_API_KEY or INFERMETER_API_KEY, or None."""
     return _from_env(KEY_ENV)
 
 
@@ -322,6 +323,7 @@ class OpenAIBackend:
         return None, None
 
     def measure(self, point: Point) -> Measurement:
+        """One request of (p, o), or b at once for batch size b (runtime: the longest, s)."""
         return self.measure_many([point])[0] if point.batch_size == 1 else self._batch(point)
 
     def _batch(self, point: Point) -> Measurement:
@@ -486,6 +488,7 @@ class OpenAIBackend:
         )
 
     def describe(self) -> dict[str, Any]:
+        """The API settings (never the key), the served models and the token calibration."""
         calibration = self.prompts.calibration if self.prompts is not None else None
         return {
             "backend": self.name,
@@ -504,6 +507,7 @@ class OpenAIBackend:
         }
 
     def close(self) -> None:
+        """Close the client and its event loop; safe to call twice."""
         if self._loop is None:
             return
         loop, self._loop = self._loop, None

@@ -63,9 +63,11 @@ class GenerationWorker:
         self._thread.start()
 
     def submit(self, job: _Job) -> None:
+        """Queue `job` for the model's thread."""
         self._jobs.put(job)
 
     def stop(self) -> None:
+        """Let the thread finish the queued jobs and end."""
         self._jobs.put(None)
 
     def _run(self) -> None:
@@ -133,6 +135,8 @@ def chat_text(messages: list[dict[str, Any]]) -> str:
 
 
 class BadRequest(Exception):
+    """A request the API refuses: its message, HTTP status and OpenAI error code."""
+
     def __init__(self, message: str, status: int = 400, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status

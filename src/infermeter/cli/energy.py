@@ -1,44 +1,21 @@
-"""`infermeter energy`: the Words-to-Watts experiment from the command line
-(infermeter.experiments.energy).
-
-Imports of infermeter.cli.main happen inside functions: cli.py imports this module at its end to
-register the command, so a module-level import would be circular.
-"""
+"""`infermeter energy`: the Words-to-Watts experiment (infermeter.experiments.energy)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
 import typer
 
-PAPER_TEMPERATURE, PAPER_TOP_P = 0.8, 0.95  # the paper's decoding settings (§III-A)
-# The paper's sweep (4,096 prompts, batch 64-256, up to 1,024 tokens) and the one a CPU runs
-# by default: the paper's would keep a 2-core CPU busy for hours with its first batch taking
-# minutes, so a bare `infermeter energy gpt2` there shows nothing for that long.
-GPU_DEFAULTS = {"prompts": 4096, "batch_sizes": "64,128,256", "max_lengths": "256,512,1024"}
-CPU_DEFAULTS = {"prompts": 16, "batch_sizes": "4,8", "max_lengths": "16,32"}
+from infermeter.cli import options as o
+from infermeter.cli.console import console, err_console, progress, show, user_errors
+from infermeter.plans import CPU_DEFAULTS, GPU_DEFAULTS
+
+__all__ = ["CPU_DEFAULTS", "GPU_DEFAULTS", "energy", "register"]
 
 
 def register(app: typer.Typer) -> None:
-    from infermeter.cli.main import user_errors
-
+    """Add `energy` to `app`."""
     app.command("energy")(user_errors(energy))
-
-
-def _watts(text: str | None) -> tuple[float, ...] | None:
-    from infermeter.errors import UserError
-
-    if text is None:
-        return None
-    try:
-        values = tuple(float(part) for part in text.replace(" ", "").split(",") if part)
-    except ValueError:
-        raise UserError("--power-limit must be comma-separated watts, e.g. 250,175,150") from None
-    if not values:
-        raise UserError("--power-limit is empty; give watts, e.g. 250")
-    return values
 
 
 def energy(
@@ -76,8 +53,8 @@ def energy(
         "that sit below their default limit.",
     ),
     backend: str = typer.Option("engine", help="Stack that generates: engine."),
-    device: str = typer.Option("auto", help="auto, cuda, cuda:N or cpu."),
-    dtype: str | None = typer.Option(None, help="float32, bfloat16 or float16."),
+    device: str = o.DeviceOption,
+    dtype: str | None = o.DtypeOption,
     checkpoint: Path | None = typer.Option(
         None, help="Local LLaMA checkpoint folder: real weights, so real response lengths."
     ),
@@ -85,195 +62,69 @@ def energy(
         None, help="SentencePiece .model or 'bytes' (default: LLaMA's for LLaMA specs)."
     ),
     sampling: str = typer.Option("top_p", help="top_p (the paper's T = 0.8, p = 0.95) or greedy."),
-    sample_interval: float = typer.Option(0.1, help="Power/utilisation sampling period (s)."),
+    sample_interval: float = o.IntervalOption,
     warmup: float = typer.Option(
         30.0,
         "--warmup-s",
         help="Seconds of load before the first configuration, so energy is measured at working "
         "temperature (a cold card reads a few percent low). Only where energy is metered.",
     ),
-    store: Path = typer.Option(
-        os.environ.get("INFERMETER_STORE", "infermeter.sqlite"),
-        "--store",
-        help="SQLite store of runs and points.",
-    ),
+    store: Path = o.StoreOption,
 ) -> None:
     """Energy per second, token and response of dataset prompts (Words to Watts)."""
     from infermeter.engine.launcher import serve_if_follower
 
     launched = serve_if_follower()  # under torchrun/srun: ranks other than 0 serve, then exit
-    from infermeter.backends import get_backend
-    from infermeter.cli.main import console, err_console, frame_table, parse_sizes, progress_bar
-    from infermeter.errors import UserError
-    from infermeter.experiments.energy import (
-        EnergySweep,
-        batches_left,
-        batches_of,
-        run_energy,
-        summary,
-    )
-    from infermeter.measure.meter import Meter, check_warmup_s
-    from infermeter.spec.catalog import resolve_spec
+    from infermeter.experiments.energy import run_energy, summary
+    from infermeter.plans import energy_setup
     from infermeter.store.db import Store
-    from infermeter.store.provenance import cuda_device_name, device_description
-    from infermeter.workloads.datasets import load_workload
-    from infermeter.workloads.tokenizer import tokenizer_for
+    from infermeter.store.provenance import device_description
 
     if restore_power_limit:
         from infermeter.measure.powercap import restore_power_limits
 
         cuda = device if device.startswith("cuda") else "cuda"
-        count = max(parse_sizes(shards, "--shards") or (1,))
+        count = max(o.parse_sizes(shards, "--shards") or (1,))
         for line in restore_power_limits(device=cuda, count=count):
             console.print(line, highlight=False)
         return
-    if model is None:
-        raise UserError("give a MODEL (e.g. llama-7b), or --restore-power-limit")
-    if backend not in ("engine", "hf"):
-        raise UserError(f"energy runs a local model (engine), not backend {backend!r}")
-    if sampling not in ("top_p", "greedy"):
-        raise UserError(f"--sampling must be top_p or greedy, not {sampling!r}")
-    spec = resolve_spec(model)
-    caps = _watts(power_limit)
-    if caps and launched is not None and launched.nodes > 1:
-        raise UserError(
-            "--power-limit caps the GPUs of this node only; on a run over several nodes set "
-            "the caps on each node (nvidia-smi -pl) and leave --power-limit out"
-        )
-    check_warmup_s(warmup)
-    scaled = device == "cpu" or (not device.startswith("cuda") and cuda_device_name() is None)
-    chosen = {"prompts": prompts, "batch_sizes": batch_sizes, "max_lengths": max_lengths}
-    defaults = CPU_DEFAULTS if scaled else GPU_DEFAULTS
-    prompts, batch_sizes, max_lengths = (defaults[k] if v is None else v for k, v in chosen.items())  # type: ignore[assignment]
-    scaled_note = (
-        f"on a CPU the sweep is scaled down to {prompts} prompts, batch sizes {batch_sizes} and "
-        f"max lengths {max_lengths} (the paper's would take hours); pass --prompts, "
-        "--batch-sizes and --max-lengths to choose"
-        if scaled and any(v is None for v in chosen.values())
-        else None
-    )
-    sweep = EnergySweep(
-        parse_sizes(batch_sizes, "--batch-sizes") or (64,),
-        parse_sizes(max_lengths, "--max-lengths") or (256,),
-        parse_sizes(shards, "--shards") or (1,),
-        caps or (None,),
-    )
-    sweep.validate(spec)
-    cuda = device if device.startswith("cuda") else "cuda"  # cuda:N: its shards follow it
-    on_gpu = device != "cpu" and cuda_device_name(cuda) is not None
-    if device.startswith("cuda") and not on_gpu:
-        raise UserError(
-            f"--device {device} asked for, but CUDA shows no such GPU; use another --device "
-            "or --device cpu"
-        )
-    if caps and not on_gpu:
-        raise UserError("--power-limit caps NVIDIA GPUs; this run has none (nothing was changed)")
-    workload = load_workload(dataset, prompts, seed, template)
-    tok, tok_note = tokenizer_for(spec, tokenizer)
-    options: dict[str, Any] = {"device": cuda if on_gpu else "cpu", "dtype": dtype, "seed": seed}
-    if checkpoint is not None:
-        options["checkpoint"] = str(checkpoint)
-    if backend == "engine":
-        options.update(sampling=sampling, temperature=PAPER_TEMPERATURE, top_p=PAPER_TOP_P)
-
-    def backend_for(tp: int) -> Any:
-        made = get_backend(backend, **options, **({"tp": tp} if tp > 1 else {}))
-        if not hasattr(made, "generate"):
-            raise UserError(
-                f"the {backend} backend cannot run dataset prompts yet (it has no generate()); "
-                "use --backend engine"
-            )
-        return made
-
-    backend_for(1)  # refuse a backend that cannot run prompts before anything is stored
-
-    def meter_for(tp: int) -> Meter | None:
-        """The GPUs the run's work uses (cuda:N and, with shards, the next ones), resolved
-        once (infermeter.measure.gpus); power caps go to the same ones."""
-        return Meter.for_device(cuda, tp, interval_s=sample_interval) if on_gpu else None
+    setup = energy_setup(
+        model, backend, sampling, power_limit, launched.nodes if launched else 1, warmup, device,
+        (prompts, batch_sizes, max_lengths), shards, (dataset, seed, template), dtype, checkpoint,
+        tokenizer, sample_interval,
+    )  # fmt: skip
+    spec, workload = setup.spec, setup.workload
 
     def note(text: str) -> None:
         err_console.print(f"[yellow]note:[/] {text}", highlight=False)
 
-    for line in [scaled_note, *workload.notes, tok_note]:
-        if line:
-            note(line)
-    if not on_gpu:
-        note("no GPU in use: throughput only, energy columns stay empty")
-    else:  # a cap an earlier run left would price every batch at the wrong power
-        from infermeter.measure.powercap import leftover_power_caps
-
-        for line in leftover_power_caps(cuda, max(sweep.shards)):
-            note(line)
-
-    with (
-        Store(store) as db,
-        progress_bar() as bar,
-    ):
-        task = bar.add_task(f"energy of {spec.name} on {workload.dataset}", total=None, last="")
-
-        left: dict[str, int] = {}  # batches each configuration still had to run at the start
-        ran: dict[str, int] = {}
-
-        def on_start(run: Any, todo: list[Any], total: int) -> None:
-            left.update({c.key: batches_left(db, run.id, c, len(workload)) for c in todo})
-            bar.update(task, total=sum(left.values()))
-            if len(todo) < total:
-                bar.console.print(
-                    f"resuming run {run.id}: {total - len(todo)}/{total} configurations stored"
-                )
-            for c in todo:
-                if 0 < left[c.key] < (whole := batches_of(len(workload), c.batch)):
-                    bar.console.print(
-                        f"resuming {c.key}: {whole - left[c.key]}/{whole} batches stored"
-                    )
-
-        def on_batch(result: Any) -> None:
-            c = result.config
-            ran[c.key] = ran.get(c.key, 0) + 1
-            bar.update(
-                task,
-                advance=1,
-                last=f"b={c.batch} len={c.max_len} shards={c.shards}"
-                + (f" cap={c.power_cap_w:g}W" if c.power_cap_w else "")
-                + f" {result.output_tokens / result.runtime_s:.0f} tok/s",
-            )
-
-        def on_config(config: Any, row: dict[str, Any]) -> None:
-            if row["status"] != "ok":
-                bar.console.print(f"[yellow]{config.key} {row['status']}:[/] {row['detail']}")
-                # The batches it would have run never will: keep the bar's total honest.
-                never = left.get(config.key, 0) - ran.get(config.key, 0)
-                bar.update(task, total=(bar.tasks[0].total or 0) - never)
-
+    for line in setup.notes:
+        note(line)
+    title = f"energy of {spec.name} on {workload.dataset}"
+    with Store(store) as db, progress(title) as bar:
         result = run_energy(
             db,
             spec,
             workload,
-            tok,
-            sweep,
-            backend_for,
+            setup.tokenizer,
+            setup.sweep,
+            setup.backend_for,
             backend_name=backend,
-            backend_options=options,
-            meter_for=meter_for,
-            device=device_description(gpu=on_gpu, device=cuda),
+            backend_options=setup.options,
+            meter_for=setup.meter_for,
+            device=device_description(gpu=setup.on_gpu, device=setup.cuda),
             seed=seed,
             warmup_s=warmup,
-            on_start=on_start,
-            on_batch=on_batch,
-            on_config=on_config,
+            on_start=bar.energy_start(db, len(workload)),
+            on_batch=bar.on_batch,
+            on_config=bar.on_config,
             on_note=note,
         )
     for line in result.notes[len(workload.notes) :]:
         note(line)
     console.print(f"run {result.run.id} stored in {store} ({result.run.device})", highlight=False)
     configs = result.configs
-    console.print(
-        frame_table(
-            summary(configs),
-            f"{spec.name} on {workload.dataset}: {len(workload)} prompts per configuration",
-            digits=4,
-        )
-    )
+    title = f"{spec.name} on {workload.dataset}: {len(workload)} prompts per configuration"
+    show(summary(configs), title, digits=4)
     for row in configs[configs.status != "ok"].itertuples(index=False):
         console.print(f"{row.status}: batch {row.batch}, max len {row.max_len}: {row.detail}")

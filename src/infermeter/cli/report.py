@@ -1,21 +1,16 @@
-"""`infermeter tradeoffs`, `infermeter compare` and `infermeter report`.
-
-Each command is one call into the library (tradeoffs, compare, report) plus printing. They are
-registered on the main Typer app by `register(app)`, called at the end of infermeter.cli.main;
-helpers of the CLI are imported inside the functions because this module is imported while
-infermeter.cli.main is still being defined.
-"""
+"""`infermeter tradeoffs`, `compare` and `report`: each one call into the library
+(infermeter.model.tradeoffs, infermeter.model.compare, infermeter.report) plus printing."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import typer
 
+from infermeter.cli.console import console, err_console, print_notes, show, user_errors
 from infermeter.errors import UserError
-from infermeter.store.outputs import check_output, check_output_folder, writing
+from infermeter.store.outputs import check_output, check_output_folder
 
 StoresOption = typer.Option(
     None,
@@ -43,39 +38,6 @@ ObjectiveOption = typer.Option(
 FormatOption = typer.Option("png", "--format", help="Figure format: png or svg.")
 
 
-# Column headers short enough for a terminal; the first word names the frontier.
-SHORT = {
-    "params_b": "params B",
-    "flops_per_query": "GFLOPs",
-    "raw_runtime_s": "raw s",
-    "denoised_runtime_s": "denoised s",
-    "idealized_runtime_s": "idealized s",
-    "idealized_cost_usd": "cost $",
-    "idealized_energy_j": "energy J",
-    "measured_energy_j": "measured J",
-}
-
-
-def _stores(stores: list[Path] | None, required: bool = True) -> list[Path]:
-    """The stores named, else the default one when it exists."""
-    from infermeter.cli.main import DEFAULT_STORE
-
-    if stores:
-        for path in stores:
-            if not path.exists():
-                raise UserError(f"store {path} does not exist; check --store")
-        return list(stores)
-    default = Path(DEFAULT_STORE)
-    if default.exists():
-        return [default]
-    if required:
-        raise UserError(
-            f"no store given and {default} does not exist; pass --store PATH "
-            "(profile into one with `infermeter profile MODEL --store PATH`)"
-        )
-    return []
-
-
 def _check_outputs(*paths: Path | None) -> None:
     """Each output path given can be written: said before any work, in one line."""
     for path in paths:
@@ -87,33 +49,6 @@ def _format(fmt: str) -> Any:
     if fmt not in ("png", "svg"):
         raise UserError(f"--format must be png or svg, not {fmt!r}")
     return fmt
-
-
-def _profiles_from_files(files: list[Path]) -> list[Any]:
-    """ModelProfiles from fitted-model JSON files or HELM efficiency_data files."""
-    from infermeter.model.cost_model import models_from_dict
-    from infermeter.model.estimate import pricing_for
-    from infermeter.model.helm import is_helm_efficiency, load_helm_efficiency
-    from infermeter.model.tradeoffs import ModelProfile
-    from infermeter.spec.catalog import resolve_spec
-    from infermeter.workloads.queries import read_json
-
-    profiles = []
-    for path in files:
-        data = read_json(path, "profile")
-        if is_helm_efficiency(data):
-            models = load_helm_efficiency(path)
-        else:
-            model = models_from_dict(data, str(path))[0]
-            models = {model.model or path.stem: model}
-        for name, model in models.items():
-            try:
-                spec = resolve_spec(name)
-            except UserError:
-                spec = None
-            pricing, _ = pricing_for(model)
-            profiles.append(ModelProfile(name, model, pricing, spec, source=f"{path.name}:{name}"))
-    return profiles
 
 
 def tradeoffs_command(
@@ -131,9 +66,9 @@ def tradeoffs_command(
     store: list[Path] | None = StoresOption,
 ) -> None:
     """Capability vs efficiency per model and scenario: Pareto frontiers and ranks (Figs. 9, 10)."""
-    from infermeter.cli.main import console, err_console, frame_table
     from infermeter.model.estimate import write_table
     from infermeter.model.fitted import load_runs
+    from infermeter.model.sources import profiles_from_files, stores_or_default
     from infermeter.model.tradeoffs import (
         DEFAULT_OBJECTIVES,
         METRICS,
@@ -144,6 +79,8 @@ def tradeoffs_command(
         tradeoff_table,
     )
     from infermeter.report.build import model_profiles
+    from infermeter.report.written import write_tradeoff_figures
+    from infermeter.tables import tradeoff_view
 
     image = _format(fmt)
     _check_outputs(output, ranks_output)
@@ -151,8 +88,8 @@ def tradeoffs_command(
         check_output_folder(figures, "--figures folder")
     caps = read_capabilities(capabilities, metric)
     scenario_queries = read_scenario_queries(queries)
-    profiles = _profiles_from_files(list(profile or []))
-    paths = _stores(store, required=not profiles)
+    profiles = profiles_from_files(list(profile or []))
+    paths = stores_or_default(store, required=not profiles)
     if paths:
         profiles += model_profiles(load_runs(paths, with_samples=False))
     if not profiles:
@@ -161,17 +98,9 @@ def tradeoffs_command(
     result = tradeoff_table(profiles, caps, scenario_queries)
     ranks = rank_models(result.table, objectives)  # before printing: a bad objective fails first
     table = result.table
-    frontier = [m for m in METRICS if f"pareto_{m}" in table and table[m].notna().any()]
-    shown = table[["model", "scenario", "accuracy", *frontier]].rename(columns=SHORT)
-    shown["flops"] = shown.pop("GFLOPs") / 1e9 if "GFLOPs" in shown else None
-    shown = shown.rename(columns={"flops": "GFLOPs"})
-    shown["frontier"] = [
-        ", ".join(SHORT[m].split(" ")[0] for m in frontier if row[f"pareto_{m}"])
-        for _, row in table.iterrows()
-    ]
-    console.print(frame_table(shown, "capability vs efficiency (means per query)", digits=4))
+    show(tradeoff_view(table, list(METRICS)), "capability vs efficiency (means per query)", 4)
     pivot = ranks.pivot_table(index=["objective", "model"], columns="scenario", values="rank")
-    console.print(frame_table(pivot.reset_index(), "ranks (1 = best)", digits=3))
+    show(pivot.reset_index(), "ranks (1 = best)", digits=3)
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False)
     if output:
@@ -180,14 +109,8 @@ def tradeoffs_command(
     if ranks_output:
         write_table(ranks, ranks_output)
         console.print(f"{len(ranks)} ranks written to {ranks_output}")
-    if figures:
-        from infermeter.report.plot import encode
-        from infermeter.report.tradeoff_figs import fig_pareto, fig_ranks
-
-        for name, plot in (("fig9_pareto", fig_pareto(table)), ("fig10_ranks", fig_ranks(ranks))):
-            with writing(figures / f"{name}.{image}", "figure") as path:
-                path.write_bytes(encode(plot.figure, image))
-            console.print(f"figure written to {path}", markup=False)
+    for path in write_tradeoff_figures(table, ranks, figures, image) if figures else []:
+        console.print(f"figure written to {path}", markup=False)
 
 
 def compare_command(
@@ -210,120 +133,28 @@ def compare_command(
     store: list[Path] | None = StoresOption,
 ) -> None:
     """One model on two or more stacks: speedup, cost and energy ratios (Fig. 8, §5.3)."""
-    from infermeter.cli.main import console, frame_table
     from infermeter.model.compare import compare_stacks, default_queries
     from infermeter.model.estimate import read_queries, write_table
+    from infermeter.model.sources import baseline_index, stacks_for
+    from infermeter.tables import comparison_view
 
     _check_outputs(output, figure)
-    stacks = _stacks(runs, model, profile, store)
+    stacks = stacks_for(runs, model, profile, store)
     frame = read_queries(queries) if queries else default_queries([s.runtime for s in stacks])
-    base: int | str = 0
-    if baseline is not None:
-        matches = [
-            i
-            for i, s in enumerate(stacks)
-            if s.label == baseline or s.label.endswith(f"#{baseline})")
-        ]
-        if not matches:
-            raise UserError(
-                f"--baseline {baseline!r} matches none of: " + "; ".join(s.label for s in stacks)
-            )
-        base = matches[0]
+    base = baseline_index(stacks, baseline)
     result = compare_stacks(stacks, frame, base, allow_different_models)
     if (result.summary["verdict"] == "different model").any():
-        from infermeter.cli.main import print_notes
-
         print_notes(["the stacks run different models: each ratio is the models' difference as "
                      "much as the stacks'"])  # fmt: skip
-    columns = [
-        "stack",
-        "accelerators",
-        "usd_per_hour",
-        "total_runtime_s",
-        "total_cost_usd",
-        "speedup",
-        "cost_ratio",
-        "energy_ratio",
-        "share_queries_cheaper",
-        "verdict",
-    ]
-    console.print(
-        frame_table(
-            result.summary[columns],
-            f"{len(frame)} queries, relative to {result.baseline}",
-            digits=4,
-        )
-    )
+    show(comparison_view(result.summary), f"{len(frame)} queries, relative to {result.baseline}", 4)
     if output:
         write_table(result.per_query, output)
         console.print(f"{len(result.per_query)} rows written to {output}")
     if figure:
-        from infermeter.report.plot import encode
-        from infermeter.report.tradeoff_figs import fig_stack_comparison
+        from infermeter.report.written import write_comparison_figure
 
-        fmt = "svg" if figure.suffix.lower() == ".svg" else "png"
-        with writing(figure, "figure") as path:
-            path.write_bytes(encode(fig_stack_comparison(result).figure, fmt))
+        write_comparison_figure(result, figure)
         console.print(f"figure written to {figure}", markup=False)
-
-
-def _stacks(
-    runs: list[int] | None,
-    model: str | None,
-    profile: list[Path] | None,
-    store: list[Path] | None,
-) -> list[Any]:
-    from infermeter.model.compare import StackProfile
-    from infermeter.model.estimate import pricing_for
-    from infermeter.model.fitted import load_runs, model_key
-    from infermeter.model.helm import load_profile
-    from infermeter.report.build import stack_profiles
-
-    if profile:
-        stacks = []
-        for path in profile:
-            fitted = load_profile(path)
-            stacks.append(StackProfile(f"{path.stem}", fitted, pricing_for(fitted)[0]))
-        return stacks
-    paths = _stores(store)
-    stored = [r for r in load_runs(paths, with_samples=False) if not r.is_api]
-    if runs:
-        chosen = [r for r in stored if r.record.id in set(runs)]
-        absent = sorted(set(runs) - {r.record.id for r in chosen})
-        if absent:
-            raise UserError(f"run(s) {absent} not found (or without points); see `infermeter runs`")
-        stored = chosen
-    elif model:
-        stored = [r for r in stored if model_key(r.model) == model_key(model)]
-    groups = (
-        stack_profiles(stored)
-        if not runs
-        else {
-            "": [
-                StackProfile(
-                    f"{r.stack_label} ({r.label})",
-                    r.fit(),
-                    r.pricing()[0],
-                    r.fit("energy_j", "median"),
-                    r.device,
-                    r.date,
-                )
-                for r in stored
-                if r.fit() is not None
-            ]
-        }
-    )
-    groups = {k: v for k, v in groups.items() if len(v) >= 2}
-    if not groups:
-        raise UserError(
-            "no model with runs on two stacks; profile one model with two "
-            "backends or on two machines (see `infermeter runs`), or pass RUN ids"
-        )
-    if len(groups) > 1:
-        raise UserError(
-            f"several models have runs on two stacks ({', '.join(groups)}); pick one with --model"
-        )
-    return next(iter(groups.values()))
 
 
 def report_command(
@@ -337,9 +168,10 @@ def report_command(
     store: list[Path] | None = StoresOption,
 ) -> None:
     """One self-contained HTML page with every figure the store(s) hold data for."""
-    from infermeter.cli.main import console
+    from infermeter.model.sources import stores_or_default
     from infermeter.model.tradeoffs import parse_objectives
     from infermeter.report import ReportInputs, build_report
+    from infermeter.report.written import missing_sections
 
     if bool(capabilities) != bool(queries):
         raise UserError("Figs. 9 and 10 need both --capabilities FILE and --queries SCENARIO=FILE")
@@ -347,7 +179,7 @@ def report_command(
         check_output_folder(output.parent, "report folder")  # made, as report.write does
     check_output(output, "report")
     inputs = ReportInputs(
-        stores=_stores(store),
+        stores=stores_or_default(store),
         capabilities=capabilities,
         metric=metric,
         queries=list(queries or []),
@@ -358,30 +190,14 @@ def report_command(
     report = build_report(inputs)
     report.write(output)
     drawn = [s for s in report.sections if s.plot is not None]
-    missing = [s for s in report.sections if s.plot is None and s.missing]
     console.print(f"report written to {output}: {len(drawn)} figure(s)", highlight=False)
-    if missing:
-        rows = pd.DataFrame(
-            {
-                "section": [s.title for s in missing],
-                "to get it": [_plain(s.missing or "") for s in missing],
-            }
-        )
-        from infermeter.cli.main import frame_table
-
-        console.print(frame_table(rows, "sections without data"))
-
-
-def _plain(html_text: str) -> str:
-    import html
-    import re
-
-    return html.unescape(re.sub(r"<[^>]+>", "", html_text))
+    missing = missing_sections(report.sections)
+    if not missing.empty:
+        show(missing, "sections without data")
 
 
 def register(app: typer.Typer) -> None:
-    """Add the three commands to the main app, with the CLI's one-line error handling."""
-    from infermeter.cli.main import user_errors
+    """Add `tradeoffs`, `compare` and `report` to `app`."""
 
     app.command("tradeoffs")(user_errors(tradeoffs_command))
     app.command("compare")(user_errors(compare_command))

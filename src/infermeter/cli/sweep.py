@@ -1,9 +1,5 @@
 """`infermeter sweep` (infermeter.experiments.sweep) and `infermeter merge`
-(infermeter.experiments.merge).
-
-Imports of infermeter.cli.main happen inside functions: cli.py imports this module at its end to
-register the commands, so a module-level import would be circular.
-"""
+(infermeter.experiments.merge)."""
 
 from __future__ import annotations
 
@@ -11,16 +7,18 @@ from pathlib import Path
 
 import typer
 
+from infermeter.cli.console import console, say, user_errors
+
 
 def register(app: typer.Typer) -> None:
-    from infermeter.cli.main import user_errors
-
+    """Add `sweep` and `merge` to `app`."""
     app.command("sweep")(user_errors(sweep))
     app.command("merge")(user_errors(merge))
 
 
 def _options_of(command: str) -> set[str]:
-    """The options (without dashes) of `infermeter COMMAND`, as its parser knows them."""
+    """The options (without dashes) of `infermeter COMMAND`, as its parser knows them (the
+    whole app's, imported when called: infermeter.cli.main imports this module)."""
     from infermeter.cli.main import app
 
     group = typer.main.get_command(app)
@@ -46,7 +44,6 @@ def sweep(
     ),
 ) -> None:
     """Run a sweep of profiles and energy runs, merging each job's store as it finishes."""
-    from infermeter.cli.main import console, say
     from infermeter.errors import UserError
     from infermeter.experiments.sweep import (
         JobResult,
@@ -86,7 +83,6 @@ def merge(
     sources: list[Path] = typer.Argument(..., help="Stores to merge from."),
 ) -> None:
     """Merge stores into one: every run once (by its key) and every measurement once."""
-    from infermeter.cli.main import console
     from infermeter.experiments.merge import merge_stores
 
     console.print(merge_stores(target, sources).line(), highlight=False)

@@ -157,6 +157,7 @@ class ApiConfig:
 
     @property
     def url(self) -> str:
+        """The endpoint's full URL (completions or chat/completions under base_url)."""
         path = "chat/completions" if self.endpoint == "chat" else "completions"
         return f"{self.base_url}/{path}"
 
@@ -213,6 +214,7 @@ class RequestRecord:
 
     @property
     def retries(self) -> int:
+        """Attempts after the first (a count)."""
         return max(0, len(self.attempts) - 1)
 
     @property
@@ -466,6 +468,7 @@ class ApiClient:
         return self._http
 
     async def close(self) -> None:
+        """Close the HTTP connections; the client can be closed twice."""
         if self._http is not None:
             self._http.close()
             self._http = None

@@ -49,6 +49,8 @@ class HttpFailure(Exception):
 
 @dataclass
 class Response:
+    """An HTTP response: status, reason, lower-cased headers and the body read so far."""
+
     status: int = 0
     reason: str = ""
     headers: dict[str, str] = field(default_factory=dict)  # lower-case names
@@ -301,12 +303,15 @@ class _Connection(asyncio.Protocol):
 
 @dataclass(frozen=True)
 class Origin:
+    """Scheme, host and port: what a pooled connection is for."""
+
     scheme: str
     host: str
     port: int
 
     @classmethod
     def of(cls, url: str) -> Origin:
+        """The origin of `url` (port 443 for https, 80 for http when none is given)."""
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         return cls(parts.scheme, parts.hostname or "", port)
@@ -409,6 +414,7 @@ class HttpPool:
                     conn.abort()
 
     def close(self) -> None:
+        """Abort every idle connection."""
         for conn in self._idle:
             conn.abort()
         self._idle.clear()

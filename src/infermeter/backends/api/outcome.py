@@ -34,6 +34,7 @@ class RunOutcome:
 
     @property
     def complete(self) -> bool:
+        """True when no request failed and none is missing."""
         return self.failed == 0 and self.missing == 0
 
     def line(self) -> str:

@@ -1,0 +1,125 @@
+"""What every verb prints with and how it fails: consoles, literal lines, notes, the progress
+bar, and `user_errors` (a UserError is one red line and exit code 2, Ctrl-C 130, SIGTERM 143).
+
+It imports nothing else from infermeter.cli, so every command module can import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from infermeter.errors import UserError
+from infermeter.model.cost_model import CostModel
+from infermeter.model.runfit import fit_lines
+from infermeter.tables import fit_table, frame_table
+
+# Piped output keeps whole tables (rich would wrap at 80 columns without a terminal).
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `timeout`'s stop), unwound like Ctrl-C so that every
+    `finally` runs: runs are marked interrupted, meters stopped, power limits restored."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the unwinding
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: set from C, and Python cannot put it back
+            signal.signal(signal.SIGTERM, previous)
+
+
+def user_errors(func: F) -> F:
+    """Turn a UserError into one red line and exit code 2, never a traceback; Ctrl-C and
+    SIGTERM into one line and exit code 130 / 143 once everything measured is stored."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            with _sigterm_unwinds():
+                return func(*args, **kwargs)
+        except UserError as exc:
+            say(f"{exc}", "error:", "bold red")  # printed literally: it may quote a server
+            raise typer.Exit(code=2) from None
+        except KeyboardInterrupt as exc:
+            how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            err_console.print(
+                f"[yellow]{how}:[/] everything measured so far is stored; rerun the same "
+                "command to resume"
+            )
+            raise typer.Exit(code=143 if isinstance(exc, Terminated) else 130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def say(text: str, label: str = "", style: str = "", err: bool = True) -> None:
+    """Print `text` literally (never as rich markup: it may quote a server or a path), after
+    an optional styled `label` such as "error:" or "note:"; on stderr unless `err` is False."""
+    line = Text.assemble((label, style), " ", text) if label else Text(text)
+    (err_console if err else console).print(line, highlight=False, soft_wrap=True)
+
+
+def outcome_label(outcome: Any) -> tuple[str, str]:
+    """The label and style `say` gives an API run's outcome line: none when complete."""
+    return ("", "") if outcome.complete else ("incomplete:", "yellow")
+
+
+def out(text: str) -> None:
+    """Print a result line on stdout, literally."""
+    console.print(text, markup=False, highlight=False)
+
+
+def show(frame: Any, title: str | None = None, digits: int = 5) -> None:
+    """Print a DataFrame as a table on stdout (infermeter.tables.frame_table)."""
+    console.print(frame_table(frame, title, digits))
+
+
+def print_notes(notes: list[str], kind: str = "note") -> None:
+    """Notes and warnings on stderr, each one line, their text printed literally."""
+    for note in notes:
+        say(note, f"{kind}:", "yellow")
+
+
+def print_fit(model: CostModel) -> None:
+    """A fit's table, its summary and validation lines, its warning and notes."""
+    from infermeter.experiments.profile import trust_warning
+
+    console.print(fit_table(model))
+    for kind, text in fit_lines(model, trust_warning(model)):
+        if kind == "warning":
+            print_notes([text], "warning")
+        elif kind == "note":
+            err_console.print(f"note: {text}", markup=False, highlight=False)
+        else:
+            out(text)
+
+
+def progress(description: str) -> Any:
+    """A progress bar on the console for an experiment's callbacks (infermeter.progress)."""
+    from infermeter.progress import RunProgress
+
+    return RunProgress(console, description)

@@ -1,0 +1,118 @@
+"""Pricing a fitted model for a caller: hardware overrides read, queries gathered and priced
+with the title their table carries (infermeter.model.estimate does the arithmetic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from infermeter.errors import UserError
+from infermeter.model.cost_model import CostModel, ModelSet
+from infermeter.model.estimate import (
+    Pricing,
+    describe_pricing,
+    estimate_queries,
+    profiled_sample,
+    query_grid,
+    range_notes,
+    read_queries,
+)
+
+
+def parse_overrides(
+    price_per_hour: float | None, power_watts: float | None, settings: list[str] | None = None
+) -> dict[str, float]:
+    """Accelerator overrides: KEY=VALUE `settings` (numbers), then the price ($ per
+    accelerator-hour) and rated power (W) when given. Raises UserError for a malformed item."""
+    overrides: dict[str, float] = {}
+    for item in settings or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r} must look like KEY=VALUE, e.g. tdp_watts=500")
+        try:
+            overrides[key.strip()] = float(value)
+        except ValueError:
+            raise UserError(f"--set {item!r}: {value!r} is not a number") from None
+    if price_per_hour is not None:
+        overrides["price_per_hour_usd"] = price_per_hour
+    if power_watts is not None:
+        overrides["tdp_watts"] = power_watts
+    return overrides
+
+
+@dataclass
+class Priced:
+    """Estimates (one row per query), the pricing used (None: runtime only) and notes."""
+
+    estimates: pd.DataFrame
+    pricing: Pricing | None
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def on(self) -> str:
+        """Where the estimates are priced, for a title."""
+        return f"on {self.pricing.describe()}" if self.pricing else "(runtime only, not priced)"
+
+
+def price_profile(
+    models: list[CostModel],
+    max_context: int | None,
+    accelerator: str | None,
+    num_accelerators: int | None,
+    overrides: dict[str, float],
+    catalog: Any,
+) -> Priced:
+    """A few queries within the profiled range of fitted `models` (runtime, and energy when
+    measured) priced on `accelerator` (None: the stack profiled)."""
+    runtime = next(m for m in models if m.quantity == "runtime_s")
+    energy = next((m for m in models if m.quantity == "energy_j"), None)
+    pricing, notes = describe_pricing(
+        runtime,
+        accelerator,
+        num_accelerators,
+        overrides,
+        catalog,
+        measured_energy=energy is not None,
+    )
+    sample = profiled_sample(runtime, max_context)
+    return Priced(estimate_queries(sample, runtime, pricing, energy), pricing, notes)
+
+
+def query_frame(
+    queries: Path | None, prompt_sizes: tuple[int, ...] | None, output_sizes: tuple[int, ...] | None
+) -> pd.DataFrame:
+    """Queries from a CSV/JSONL file, else the grid of the sizes given (UserError if neither)."""
+    if queries is not None:
+        return read_queries(queries)
+    if prompt_sizes is None or output_sizes is None:
+        raise UserError("give --queries FILE, or --prompt-tokens and --output-tokens")
+    return query_grid(list(prompt_sizes), list(output_sizes))
+
+
+def price_queries(
+    frame: pd.DataFrame,
+    runtime: ModelSet,
+    energy: ModelSet | None,
+    accelerator: str | None,
+    num_accelerators: int | None,
+    overrides: dict[str, float],
+    catalog: Any,
+    grid_intensity: float | None = None,
+) -> Priced:
+    """Queries priced with a loaded model set: idealized runtime (s), dollars, joules and, with
+    `grid_intensity` (gCO2e per kWh), CO2e. A query past the context raises UserError."""
+    warnings = range_notes(frame, runtime)
+    pricing, notes = describe_pricing(
+        runtime.first(),
+        accelerator,
+        num_accelerators,
+        overrides,
+        catalog,
+        measured_energy=energy is not None,
+    )
+    estimates = estimate_queries(frame, runtime, pricing, energy, grid_intensity)
+    return Priced(estimates, pricing, notes, warnings)

@@ -1,0 +1,238 @@
+"""Fitting a stored run or a points file for a caller (the CLI, a notebook): the fit settings
+checked, the fit made or explained, saved, and described in lines of text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from infermeter.errors import UserError
+from infermeter.model.cost_model import CostModel, save_models
+from infermeter.model.estimate import read_points
+from infermeter.model.fit import FitPolicy, fit_profile
+from infermeter.model.fitted import fit_run
+from infermeter.store.db import Store
+
+
+def validation_line(model: CostModel) -> str:
+    """The figure a profile reports about itself: its error (%) on queries it never profiled."""
+    check = model.fit.get("validation") or {}
+    if not check.get("n"):
+        return "not validated (no validation queries measured; profile with --validate N)"
+    return (
+        f"validated on {check['n']} queries never profiled: MAPE {check['mape_pct']:.2f}%, "
+        f"max {check['max_error_pct']:.2f}%, mean error {check['bias_pct']:+.2f}%"
+    )
+
+
+def fit_lines(model: CostModel, warning: str | None = None) -> list[tuple[str, str]]:
+    """What a fit says about itself after its table, as (kind, text) in order: kind "" for a
+    result line, "warning" (e.g. `warning`, the profile's trust warning) or "note"."""
+    sizes = model.prompt_sizes
+    lines = [
+        (
+            "",
+            f"per output token g = {model.per_output_token:.6g} {model.unit}"
+            + (f", overhead = {model.overhead:.6g} {model.unit}" if model.overhead else "")
+            + f"; lines' R² overall = {model.fit.get('r2_overall', float('nan')):.6f}; PE at "
+            f"{len(sizes)} prompt sizes ({sizes[0]}-{sizes[-1]}); fitted with "
+            f"{model.describe_fit()}",
+        ),
+        ("", f"{model.quantity}: {validation_line(model)}"),
+    ]
+    lines += [("warning", warning)] if warning else []
+    lines += [("note", str(note)) for note in model.fit.get("notes") or []]
+    cv = model.fit.get("cross_validation")
+    if cv and cv.get("folds"):
+        lines.append(
+            (
+                "",
+                f"k-fold over the profiled points ({cv['folds']} folds; interpolation within "
+                f"the grid, not new queries): MAPE {cv['mape']:.2f}%, max "
+                f"{cv['max_abs_pct_error']:.2f}%",
+            )
+        )
+    return lines
+
+
+def fit_or_note(
+    db: Store, run_id: int, outcome: Any, policy: FitPolicy
+) -> tuple[list[CostModel], str | None]:
+    """(the run's models under `policy`, None), or ([], why) when an incomplete API run
+    (`outcome` from backends.api.outcome) cannot be fitted: the exit code says the rest.
+
+    Raises UserError, saying the run is stored, when a complete run cannot be fitted.
+    """
+    try:
+        return fit_run(db, run_id, policy), None
+    except UserError as error:
+        if outcome is None or outcome.complete:
+            raise UserError(f"run {run_id} is stored, but {error}") from error
+        return [], str(error)
+
+
+def save_fitted(models: list[CostModel], output: Path) -> list[str]:
+    """The runtime model(s) to `output`, the energy model(s) beside it as OUTPUT.energy.json;
+    returns one line per file written. Raises UserError when a file cannot be written."""
+    runtime = [m for m in models if m.quantity == "runtime_s"]
+    energy = [m for m in models if m.quantity == "energy_j"]
+    written = []
+    try:
+        save_models(runtime, output)
+        written.append(f"runtime model written to {output}")
+        if energy:
+            energy_path = output.with_name(output.stem + ".energy" + output.suffix)
+            save_models(energy, energy_path)
+            written.append(f"energy model written to {energy_path}")
+    except OSError as exc:
+        raise UserError(f"cannot write {output}: {exc.strerror or exc}; pass another path") from exc
+    return written
+
+
+def parse_overhead(text: str) -> str | float:
+    """--overhead: "none", "auto" or a finite number of seconds >= 0 (else UserError)."""
+    if text in ("none", "auto"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError("--overhead must be none, auto or a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise UserError("--overhead must be none, auto or a finite number of seconds >= 0")
+    return value
+
+
+def fit_settings(
+    denoise: str | None,
+    overhead: str | None,
+    decode: str | None,
+    slopes: str,
+    folds: int,
+    accept_poor_fit: bool,
+) -> dict[str, Any]:
+    """FitPolicy keywords from the `fit` command's options, checked (UserError if not valid)."""
+    if denoise not in (None, "min", "median", "mean"):
+        raise UserError("--denoise must be min, median or mean")
+    if decode not in (None, "line", "curve"):
+        raise UserError("--decode must be line or curve")
+    if slopes not in ("per-prompt", "global"):
+        raise UserError("--slopes must be per-prompt or global")
+    if folds < 0 or folds == 1:
+        raise UserError("--folds must be 0 (none) or at least 2")
+    return {
+        "denoise": denoise,
+        "overhead": parse_overhead(overhead) if overhead is not None else None,
+        "decode": decode,
+        "slopes": slopes.replace("-", "_"),
+        "folds": folds,
+        "accept_poor_fit": accept_poor_fit,
+    }
+
+
+@dataclass
+class Refit:
+    """A fit made on request: its models and whether they were stored as the run's fit."""
+
+    models: list[CostModel]
+    stored: bool
+
+
+def refit(
+    settings: dict[str, Any],
+    points: Path | None = None,
+    model_name: str = "",
+    store: Path | None = None,
+    run: int | None = None,
+    save: bool | None = None,
+) -> Refit:
+    """Fit a points file (`points`, named `model_name` or the file's stem), or run `run` of
+    `store` (default: its latest). A run's fit is stored when `save`, or by default when every
+    setting is the default, so an exploratory fit never replaces it. Raises UserError."""
+    if points is not None:
+        policy = FitPolicy(api=False, **{**settings, "decode": settings["decode"] or "line"})
+        fitted = fit_profile(
+            read_points(points),
+            policy,
+            model=model_name or points.stem,
+            provenance={"points_file": str(points)},
+        )
+        return Refit(fitted, stored=True)
+    assert store is not None
+    with Store(store) as db:
+        run_id = run if run is not None else db.latest_run_id()
+        record = db.get_run(run_id)
+        policy = FitPolicy(api=record.backend == "openai", **settings)
+        fitted = fit_run(db, run_id, policy)
+        keep = policy.is_default if save is None else save
+        if keep:
+            for model in fitted:
+                db.record_fit(run_id, model)
+    return Refit(fitted, stored=keep)
+
+
+def points_summary(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A run's ok points grouped by (p, o, batch) — trials, min and mean runtime (s), min
+    TTFT (s) — and its points not used in fits."""
+    summary = (
+        points[points.status == "ok"]
+        .groupby(["prompt_tokens", "output_tokens", "batch_size"])
+        .agg(
+            trials=("trial", "count"),
+            min_s=("runtime_s", "min"),
+            mean_s=("runtime_s", "mean"),
+            ttft_s=("ttft_s", "min"),
+        )
+        .reset_index()
+    )
+    bad = points[points.status != "ok"]
+    return summary, bad[["prompt_tokens", "output_tokens", "trial", "status", "detail"]]
+
+
+def noise_line(stats: dict[str, Any]) -> str:
+    """One line of model.variance.noise_summary: CVs, worst max/min and the shares (%) of
+    requests whose raw runtime is above the denoised (and the idealized above it)."""
+    line = (
+        f"mean CV {stats['mean_cv']:.3f}, max CV {stats['max_cv']:.3f}, worst max/min "
+        f"{stats['max_over_min']:.2f}; raw >= denoised for "
+        f"{100 * stats.get('share_raw_above_denoised', float('nan')):.1f}% of "
+        f"{stats['requests']} requests"
+    )
+    if "share_idealized_above_denoised" in stats:
+        line += f"; idealized > denoised for {100 * stats['share_idealized_above_denoised']:.1f}%"
+    return line
+
+
+@dataclass
+class RunView:
+    """What `show` prints of a stored run: its record, points and fits (fitted now, with the
+    default settings and not stored, when it had none), or why it cannot be fitted yet."""
+
+    record: Any
+    points: pd.DataFrame
+    fits: list[CostModel]
+    fitted_now: bool = False
+    not_fitted: str | None = None
+
+    def header(self) -> str:
+        """One line: run id, model, backend, device, status, creation time and commit."""
+        r = self.record
+        return (
+            f"run {r.id}: {r.model} on {r.backend} / {r.device}, {r.status}, created "
+            f"{r.created_at}, commit {r.commit_sha or '-'}"
+        )
+
+
+def run_view(db: Store, run: int | None = None) -> RunView:
+    """Run `run` of `db` (default: the latest) as `show` prints it. UserError if unknown."""
+    run_id = run if run is not None else db.latest_run_id()
+    view = RunView(db.get_run(run_id), db.points(run_id), db.latest_fits(run_id))
+    if not view.fits and not view.points.empty:
+        try:
+            view.fits, view.fitted_now = fit_run(db, run_id), True
+        except UserError as error:
+            view.not_fitted = f"cannot fit it yet: {error}"
+    return view

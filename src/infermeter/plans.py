@@ -1,0 +1,415 @@
+"""An experiment's plan from a caller's choices (the CLI's options, a notebook's arguments):
+the profile grid and its validation queries, the load grid, the energy sweep and its defaults.
+Each refuses a plan that cannot run with a UserError, before anything is measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from infermeter.errors import UserError
+from infermeter.spec.model import ModelSpec
+
+PAPER_TEMPERATURE, PAPER_TOP_P = 0.8, 0.95  # the paper's decoding settings (§III-A)
+# The paper's sweep (4,096 prompts, batch 64-256, up to 1,024 tokens) and the one a CPU runs
+# by default: the paper's would keep a 2-core CPU busy for hours with its first batch taking
+# minutes, so a bare `infermeter energy gpt2` there shows nothing for that long.
+N = TypeVar("N", int, float)
+GPU_DEFAULTS = {"prompts": 4096, "batch_sizes": "64,128,256", "max_lengths": "256,512,1024"}
+CPU_DEFAULTS = {"prompts": 16, "batch_sizes": "4,8", "max_lengths": "16,32"}
+
+
+def parse_list(
+    text: str | None,
+    label: str,
+    kind: Callable[[str], N] = int,  # type: ignore[assignment]
+    example: str = "1,64,128",
+    what: str = "whole numbers",
+    empty: str | None = None,
+) -> tuple[N, ...] | None:
+    """Comma-separated values of `kind` (None stays None); UserError if malformed or empty."""
+    if text is None:
+        return None
+    try:
+        values = tuple(kind(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise UserError(f"{label} must be comma-separated {what}, e.g. {example}") from None
+    if not values:
+        raise UserError(f"{label} is empty; give {empty or 'comma-separated ' + what}")
+    return values
+
+
+def profile_grid(
+    spec: ModelSpec,
+    on_gpu: bool,
+    trials: int,
+    prompt_sizes: tuple[int, ...] | None,
+    output_sizes: tuple[int, ...] | None,
+    batch_sizes: tuple[int, ...] | None,
+) -> Any:
+    """The ProfileGrid of the sizes chosen (token counts), the defaults for the rest; the
+    default grid's PE knots only with the default prompt sizes. Checked against `spec`."""
+    from infermeter.experiments.profile import ProfileGrid, default_grid
+
+    defaults = default_grid(spec, on_gpu, trials)
+    grid = ProfileGrid(
+        prompt_sizes or defaults.prompt_sizes,
+        output_sizes or defaults.output_sizes,
+        batch_sizes or (1,),
+        trials,
+        () if prompt_sizes else defaults.pe_sizes,  # PE knots go with the default prompt sizes
+    )
+    grid.validate(spec)
+    return grid
+
+
+def validation_count(on_gpu: bool, warmup_s: float, validate: int | None) -> int:
+    """Validation queries a profile measures (default 16 on a GPU, 4 elsewhere), the warm-up
+    (s) checked too. Raises UserError for a negative count or warm-up."""
+    from infermeter.experiments.profile import DEFAULT_VALIDATE_CPU, DEFAULT_VALIDATE_GPU
+    from infermeter.measure.meter import check_warmup_s
+
+    check_warmup_s(warmup_s)
+    if validate is None:
+        validate = DEFAULT_VALIDATE_GPU if on_gpu else DEFAULT_VALIDATE_CPU
+    if validate < 0:
+        raise UserError(f"--validate must be 0 or more queries, not {validate}")
+    return validate
+
+
+def load_grid(
+    spec: ModelSpec,
+    mode: str,
+    prompt_tokens: int,
+    output_sizes: tuple[int, ...],
+    concurrency: tuple[int, ...] | None,
+    rates: tuple[float, ...] | None,
+    trials: int,
+    duration_s: float,
+    warmup_s: float,
+    arrival: str,
+) -> Any:
+    """A LoadGrid (mode "burst": bursts of each concurrency, `trials` times) or a TimedLoad
+    ("concurrent": levels kept in flight; "rate": requests per second) for `duration_s` a
+    level after `warmup_s`. Checked against `spec`; UserError for a bad mode or no levels."""
+    from infermeter.experiments.load import LoadGrid, TimedLoad
+
+    if mode == "burst":
+        grid: Any = LoadGrid(prompt_tokens, output_sizes, concurrency or (1,), trials)
+    elif mode in ("concurrent", "rate"):
+        levels = rates if mode == "rate" else concurrency
+        if not levels:
+            raise UserError("--mode rate needs --rate, e.g. --rate 1,2,5 (requests per second)")
+        grid = TimedLoad(
+            prompt_tokens, output_sizes[0], mode, tuple(float(v) for v in levels), duration_s,
+            warmup_s, arrival,  # type: ignore[arg-type]
+        )  # fmt: skip
+    else:
+        raise UserError(f"--mode must be burst, concurrent or rate, got {mode!r}")
+    grid.validate(spec)
+    return grid
+
+
+@dataclass
+class EnergyPlan:
+    """The energy sweep's prompts, batch sizes and max lengths (defaults filled in: the
+    paper's on a GPU, a small one on a CPU) and the note that says a CPU's was scaled down."""
+
+    prompts: int
+    batch_sizes: str
+    max_lengths: str
+    scaled_note: str | None
+
+
+def energy_plan(
+    scaled: bool, prompts: int | None, batch_sizes: str | None, max_lengths: str | None
+) -> EnergyPlan:
+    """The energy sweep's sizes with the defaults of a CPU (`scaled`) or a GPU."""
+    chosen = {"prompts": prompts, "batch_sizes": batch_sizes, "max_lengths": max_lengths}
+    defaults = CPU_DEFAULTS if scaled else GPU_DEFAULTS
+    values: dict[str, Any] = {k: defaults[k] if v is None else v for k, v in chosen.items()}
+    note = (
+        f"on a CPU the sweep is scaled down to {values['prompts']} prompts, batch sizes "
+        f"{values['batch_sizes']} and max lengths {values['max_lengths']} (the paper's would "
+        "take hours); pass --prompts, --batch-sizes and --max-lengths to choose"
+        if scaled and any(v is None for v in chosen.values())
+        else None
+    )
+    return EnergyPlan(scaled_note=note, **values)
+
+
+@dataclass
+class LoadResult:
+    """A stored load run, its summary (percentiles in s) and how it ended (an outcome)."""
+
+    run: Any
+    summary: Any
+    outcome: Any
+
+
+def run_load(
+    db: Any,
+    spec: ModelSpec,
+    runner: Any,
+    options: dict[str, Any],
+    grid: Any,
+    on_start: Any = None,
+    on_step: Any = None,
+) -> LoadResult:
+    """Run a load grid (load_grid) on an API backend into `db` and summarise it; a run with
+    requests that failed is marked incomplete. `on_step(label, measurements, total)` is
+    called after each burst or timed level (`total`: the levels, given with the first)."""
+    from infermeter.backends.api.outcome import run_outcome
+    from infermeter.experiments.load import (
+        LoadGrid,
+        load_summary,
+        run_load_sweep,
+        run_timed_load,
+        timed_summary,
+    )
+
+    step = on_step or (lambda label, ms, total=None: None)
+    device = f"api: {options['base_url']}"
+    stack = {"backend": "openai"}
+    if isinstance(grid, LoadGrid):
+
+        def burst(o: int, c: int, t: int, ms: list[Any]) -> None:
+            step(f"o={o} c={c} max {max(m.runtime_s for m in ms):.3f}s", ms)
+
+        run = run_load_sweep(db, spec, stack, runner, options, grid, on_start, burst, device)
+        points = db.points(run.id)
+        summary = load_summary(points)
+        expected = sum(c for _, c, _ in grid.steps())
+    else:
+        step("", [], len(grid.levels))
+
+        def level(value: float, ms: list[Any]) -> None:
+            step(f"level {value:g}: {len(ms)} requests", ms)
+
+        run = run_timed_load(db, spec, stack, runner, options, grid, level, device)
+        points = db.points(run.id)
+        summary = timed_summary(points, grid.duration_s)
+        expected = len(points)  # a timed level has no fixed count: its failures count
+    outcome = run_outcome(points, expected)
+    if not outcome.complete:
+        db.set_run_status(run.id, "incomplete")
+    return LoadResult(run, summary, outcome)
+
+
+@dataclass
+class EnergySetup:
+    """An energy run ready to start: the sweep, its prompts and tokenizer, the backend options
+    stored with the run, a backend and a meter per shard count, and the notes to show."""
+
+    spec: ModelSpec
+    sweep: Any
+    workload: Any
+    tokenizer: Any
+    options: dict[str, Any]
+    on_gpu: bool
+    cuda: str
+    backend_for: Callable[[int], Any]
+    meter_for: Callable[[int], Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def energy_setup(
+    model: str | None,
+    backend: str,
+    sampling: str,
+    power_limit: str | None,
+    nodes: int,
+    warmup_s: float,
+    device: str,
+    sizes: tuple[int | None, str | None, str | None],
+    shards: str,
+    workload: tuple[str, int, str | None],
+    dtype: str | None,
+    checkpoint: Path | None,
+    tokenizer: str | None,
+    sample_interval_s: float,
+) -> EnergySetup:
+    """The energy run of `model` from the command's choices, every check made before anything
+    is stored: `sizes` (prompts, batch sizes, max lengths; None: the defaults), `workload`
+    (dataset, seed, template), power caps in W, warm-up and sampling period in s. Raises
+    UserError for a choice that cannot run (with its option's name)."""
+    from infermeter.backends.config import config_for
+    from infermeter.backends.options import generating_backend
+    from infermeter.experiments.energy import EnergySweep
+    from infermeter.measure.meter import Meter, check_warmup_s
+    from infermeter.spec.catalog import resolve_spec
+    from infermeter.store.provenance import cuda_device_name
+    from infermeter.workloads.datasets import load_workload
+    from infermeter.workloads.tokenizer import tokenizer_for
+
+    if model is None:
+        raise UserError("give a MODEL (e.g. llama-7b), or --restore-power-limit")
+    if backend not in ("engine", "hf"):
+        raise UserError(f"energy runs a local model (engine), not backend {backend!r}")
+    if sampling not in ("top_p", "greedy"):
+        raise UserError(f"--sampling must be top_p or greedy, not {sampling!r}")
+    spec = resolve_spec(model)
+    caps = parse_list(
+        power_limit, "--power-limit", float, "250,175,150", "watts", "watts, e.g. 250"
+    )
+    if caps and nodes > 1:
+        raise UserError(
+            "--power-limit caps the GPUs of this node only; on a run over several nodes set "
+            "the caps on each node (nvidia-smi -pl) and leave --power-limit out"
+        )
+    check_warmup_s(warmup_s)
+    scaled = device == "cpu" or (not device.startswith("cuda") and cuda_device_name() is None)
+    plan = energy_plan(scaled, *sizes)
+    sweep = EnergySweep(
+        parse_list(plan.batch_sizes, "--batch-sizes") or (64,),
+        parse_list(plan.max_lengths, "--max-lengths") or (256,),
+        parse_list(shards, "--shards") or (1,),
+        caps or (None,),
+    )
+    sweep.validate(spec)
+    cuda = device if device.startswith("cuda") else "cuda"  # cuda:N: its shards follow it
+    on_gpu = device != "cpu" and cuda_device_name(cuda) is not None
+    if device.startswith("cuda") and not on_gpu:
+        raise UserError(
+            f"--device {device} asked for, but CUDA shows no such GPU; use another --device "
+            "or --device cpu"
+        )
+    if caps and not on_gpu:
+        raise UserError("--power-limit caps NVIDIA GPUs; this run has none (nothing was changed)")
+    dataset, seed, template = workload
+    prompts = load_workload(dataset, plan.prompts, seed, template)
+    tok, tok_note = tokenizer_for(spec, tokenizer)
+    options: dict[str, Any] = {"device": cuda if on_gpu else "cpu", "dtype": dtype, "seed": seed}
+    if checkpoint is not None:
+        options["checkpoint"] = str(checkpoint)
+    if backend == "engine":
+        options.update(sampling=sampling, temperature=PAPER_TEMPERATURE, top_p=PAPER_TOP_P)
+
+    def backend_for(tp: int) -> Any:
+        config = config_for(backend, **options, **({"tp": tp} if tp > 1 else {}))
+        return generating_backend(config, backend)
+
+    backend_for(1)  # refuse a backend that cannot run prompts before anything is stored
+
+    def meter_for(tp: int) -> Meter | None:
+        """The GPUs the run's work uses (cuda:N and, with shards, the next ones), resolved
+        once (infermeter.measure.gpus); power caps go to the same ones."""
+        return Meter.for_device(cuda, tp, interval_s=sample_interval_s) if on_gpu else None
+
+    notes = [n for n in [plan.scaled_note, *prompts.notes, tok_note] if n]
+    if not on_gpu:
+        notes.append("no GPU in use: throughput only, energy columns stay empty")
+    else:  # a cap an earlier run left would price every batch at the wrong power
+        from infermeter.measure.powercap import leftover_power_caps
+
+        notes += leftover_power_caps(cuda, max(sweep.shards))
+    return EnergySetup(spec, sweep, prompts, tok, options, on_gpu, cuda, backend_for, meter_for,
+                       notes)  # fmt: skip
+
+
+@dataclass
+class ProfileSetup:
+    """A profile ready to run: the spec, the stack and whether it is on a GPU, the grid and
+    validation count, the backend, its stored options, a meter (or None) and `gpu`
+    (cuda or cuda:N: where backend, meter and pricing look)."""
+
+    spec: ModelSpec
+    stack: Any
+    on_gpu: bool
+    grid: Any
+    validate: int
+    gpu: str
+    options: dict[str, Any]
+    runner: Any
+    meter: Any
+    notes: list[str] = field(default_factory=list)
+
+
+def profile_setup(
+    model: str,
+    backend: str,
+    device: str,
+    dtype: str | None,
+    sizes: tuple[str | None, str | None, str | None],
+    trials: int,
+    tp: int,
+    hardware: tuple[str | None, int, dict[str, float], Any],
+    warmup_s: float,
+    validate: int | None,
+    api: Any,
+    energy: bool,
+    sample_interval_s: float,
+    warn: Callable[[str], None],
+) -> ProfileSetup:
+    """A profile of `model` on `backend` from a command's choices: `sizes` (prompt, output
+    and batch sizes as comma-separated text; None: the defaults), `hardware` (accelerator,
+    how many, overrides, catalog), warm-up and sampling period in s, `api` the OpenAIConfig
+    of backend "openai" (prepared here, so faults stop before a run is stored; `warn` gets
+    its warning). Raises UserError for a choice that cannot run."""
+    from infermeter.backends.config import build_backend, config_for
+    from infermeter.backends.openai import api_spec
+    from infermeter.backends.options import openai_backend
+    from infermeter.spec.catalog import resolve_spec
+    from infermeter.spec.hardware import build_stack
+
+    is_api = backend == "openai"  # a black box: MODEL may be any name, nothing runs locally
+    spec = api_spec(model) if is_api else resolve_spec(model)
+    accelerator, count, overrides, catalog = hardware
+    stack, on_gpu = build_stack(
+        backend, "cpu" if is_api else device, dtype, spec.dtype, accelerator, count, tp,
+        overrides, catalog,
+    )  # fmt: skip
+    labels = ("--prompt-sizes", "--output-sizes", "--batch-sizes")
+    parsed = [parse_list(text, label) for text, label in zip(sizes, labels, strict=True)]
+    grid = profile_grid(spec, on_gpu, trials, *parsed)
+    validate = validation_count(on_gpu, warmup_s, validate)
+    gpu = device if device.startswith("cuda") else "cuda"  # cuda:N: backend, meter and pricing
+    options: dict[str, Any] = {"device": gpu if on_gpu else "cpu", "dtype": stack.dtype}
+    if tp > 1:
+        options["tp"] = tp
+    if is_api:
+        options, runner, warning = openai_backend(api)
+        if warning:
+            warn(warning)
+        runner.prepare(spec)  # faults that no retry fixes stop here, before a run is stored
+    else:
+        runner = build_backend(config_for(backend, **options))
+    meter, notes = None, []
+    if energy and on_gpu:
+        from infermeter.measure.meter import Meter
+
+        meter = Meter.for_device(options["device"], tp, interval_s=sample_interval_s)
+        notes += [meter.note] if meter.note else []
+    return ProfileSetup(spec, stack, on_gpu, grid, validate, gpu, options, runner, meter, notes)
+
+
+def fit_profiled(
+    db: Any,
+    run_id: int,
+    expected: int,
+    is_api: bool,
+    accept_poor_fit: bool,
+    on_outcome: Callable[[Any], None],
+) -> tuple[Any, list[Any], str | None]:
+    """(outcome, models, why not fitted) of a profile just run, its models stored: an API
+    run's outcome (`expected` measurements; told to `on_outcome` first, an incomplete run
+    marked so) and the fit under the backend's policy (an API's constant overhead, §3.5).
+    Raises UserError when a complete run cannot be fitted (model.runfit.fit_or_note)."""
+    from infermeter.backends.api.outcome import run_outcome
+    from infermeter.model.fit import FitPolicy
+    from infermeter.model.runfit import fit_or_note
+
+    outcome = None
+    if is_api:  # how an API run ended (counts by cause)
+        outcome = run_outcome(db.points(run_id), expected)
+        on_outcome(outcome)
+        if not outcome.complete:
+            db.set_run_status(run_id, "incomplete")
+    policy = FitPolicy(api=is_api, accept_poor_fit=accept_poor_fit)
+    fitted, why = fit_or_note(db, run_id, outcome, policy)
+    for model in fitted:
+        db.record_fit(run_id, model)
+    return outcome, fitted, why

@@ -1,0 +1,113 @@
+"""A rich progress bar driven by an experiment's callbacks (profile, load, energy): each method
+is the callback of that experiment, so a caller passes `bar.on_point` and the like."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+def progress_bar(console: Console) -> Progress:
+    """The bar every long verb shows: description, bar, done/total, last item, time left."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[last]}"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+class RunProgress:
+    """A progress bar with one task, `description`, open while used as a context manager."""
+
+    def __init__(self, console: Console, description: str) -> None:
+        self.bar = progress_bar(console)
+        self.task = self.bar.add_task(description, total=None, last="")
+        self._left: dict[str, int] = {}  # energy: batches each configuration had left
+        self._ran: dict[str, int] = {}
+
+    def __enter__(self) -> RunProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
+
+    def _say(self, text: str) -> None:
+        self.bar.console.print(text)
+
+    # ---- profile (experiments.profile.run_profile) ------------------------------------------
+    def profile_start(self, run: Any, done: int, total: int) -> None:
+        """Measurements done and in all; a resumed run says so."""
+        self.bar.update(self.task, total=total, completed=done)
+        if done:
+            self._say(
+                f"resuming run {run.id}: {done}/{total} measurements already stored "
+                "(grid and validation)"
+            )
+
+    def on_point(self, point: Any, m: Any) -> None:
+        """One point measured: its sizes, runtime (s) and any status but ok."""
+        last = f"p={point.prompt_tokens} o={point.output_tokens} {m.runtime_s:.3f}s"
+        self.bar.update(
+            self.task, advance=1, last=last + (f" {m.status}" if m.status != "ok" else "")
+        )
+
+    # ---- load (plans.run_load) ----------------------------------------------------------------
+    def load_start(self, run: Any, done: int, total: int) -> None:
+        """Steps done and in all; a resumed run says so."""
+        self.bar.update(self.task, total=total, completed=done)
+        if done:
+            self._say(f"resuming run {run.id}: {done}/{total} steps already stored")
+
+    def on_step(self, label: str, ms: list[Any], total: int | None = None) -> None:
+        """A burst or level done (`label`, its requests), or a timed load's levels (`total`)."""
+        if total is not None:
+            self.bar.update(self.task, total=total)
+            return
+        bad = sum(m.status != "ok" for m in ms)
+        self.bar.update(
+            self.task, advance=1, last=label + (f" [red]{bad} not ok[/]" if bad else "")
+        )
+
+    # ---- energy (experiments.energy.run_energy) -----------------------------------------------
+    def energy_start(self, db: Any, prompts: int) -> Any:
+        """The on_start callback of an energy run of `prompts` prompts into store `db`."""
+        from infermeter.experiments.energy import batches_left, batches_of
+
+        def on_start(run: Any, todo: list[Any], total: int) -> None:
+            left = self._left
+            left.update({c.key: batches_left(db, run.id, c, prompts) for c in todo})
+            self.bar.update(self.task, total=sum(left.values()))
+            if len(todo) < total:
+                stored = total - len(todo)
+                self._say(f"resuming run {run.id}: {stored}/{total} configurations stored")
+            for c in todo:
+                if 0 < left[c.key] < (whole := batches_of(prompts, c.batch)):
+                    self._say(f"resuming {c.key}: {whole - left[c.key]}/{whole} batches stored")
+
+        return on_start
+
+    def on_batch(self, result: Any) -> None:
+        """A batch done: its configuration and throughput (tokens/s)."""
+        c = result.config
+        self._ran[c.key] = self._ran.get(c.key, 0) + 1
+        self.bar.update(
+            self.task,
+            advance=1,
+            last=f"b={c.batch} len={c.max_len} shards={c.shards}"
+            + (f" cap={c.power_cap_w:g}W" if c.power_cap_w else "")
+            + f" {result.output_tokens / result.runtime_s:.0f} tok/s",
+        )
+
+    def on_config(self, config: Any, row: dict[str, Any]) -> None:
+        """A configuration done; one that failed says why and leaves the bar's total."""
+        if row["status"] != "ok":
+            self._say(f"[yellow]{config.key} {row['status']}:[/] {row['detail']}")
+            # The batches it would have run never will: keep the bar's total honest.
+            never = self._left.get(config.key, 0) - self._ran.get(config.key, 0)
+            self.bar.update(self.task, total=(self.bar.tasks[0].total or 0) - never)
