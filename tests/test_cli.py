@@ -77,10 +77,14 @@ def test_show_runs_fit_export(profiled: tuple[Path, Path], tmp_path: Path) -> No
     assert "tiny-llama" in invoke("runs", "--store", store).stdout
     shown = invoke("show", "--store", store)
     assert shown.exit_code == 0 and "PE (s)" in shown.stdout
+    # A refit with other settings, written out. The tiny CPU profile's 12 points are noise on
+    # a loaded machine, where the R² gate may rightly refuse them (tested in test_fit): the
+    # plumbing is the subject here, so the rough fit is accepted.
     refit = invoke(
-        "fit", "1", "--store", store, "--denoise", "median", "--output", tmp_path / "m.json"
-    )
-    assert refit.exit_code == 0 and (tmp_path / "m.json").exists()
+        "fit", "1", "--store", store, "--denoise", "median", "--accept-poor-fit",
+        "--output", tmp_path / "m.json",
+    )  # fmt: skip
+    assert refit.exit_code == 0 and (tmp_path / "m.json").exists(), refit.output
     for name in ("p.csv", "p.parquet", "p.jsonl"):
         assert invoke("export", "--store", store, "--output", tmp_path / name).exit_code == 0
     points = pd.read_parquet(tmp_path / "p.parquet")

@@ -135,6 +135,9 @@ def test_two_torchrun_nodes_profile_the_same_tokens_as_one_process(tmp_path: Pat
     assert (info["launcher"], info["nodes"], info["ranks"], info["tp"]) == ("torchrun", 2, 2, 2)
 
 
+READ_GAP = 0.03  # relative: counter and clock read apart on a loaded machine
+
+
 @pytest.mark.slow
 def test_energy_is_gathered_from_both_nodes_meters(tmp_path: Path) -> None:
     """Node 0's fake GPU draws 300 W, node 1's 200 W: every point's window holds each node's
@@ -150,14 +153,17 @@ def test_energy_is_gathered_from_both_nodes_meters(tmp_path: Path) -> None:
     for energy_j, text in rows:
         extra = json.loads(text)
         per_node, seconds = extra["energy_per_node_j"], extra["energy_node_window_s"]
-        assert per_node == pytest.approx([300 * seconds[0], 200 * seconds[1]], rel=1e-3)
+        # The fake counter runs on the real clock and the window's seconds are read a moment
+        # apart from it: a busy machine puts milliseconds between the two reads (0.15% was
+        # seen beside two busy processes). 3% still tells 300 W from 200 W, or a node twice.
+        assert per_node == pytest.approx([300 * seconds[0], 200 * seconds[1]], rel=READ_GAP)
         assert energy_j * extra["energy_window_runs"] == pytest.approx(sum(per_node))
         assert extra["energy_per_gpu_j"] == pytest.approx(per_node)
         assert extra["energy_rank0_node_x_nodes_j"] == pytest.approx(2 * per_node[0])
     batch = json.loads(out.read_text())
     seconds = batch["energy_node_window_s"]
     assert batch["energy_per_node_j"] == pytest.approx(
-        [300 * seconds[0], 200 * seconds[1]], rel=1e-3
+        [300 * seconds[0], 200 * seconds[1]], rel=READ_GAP
     )
     assert batch["runtime_s"] <= batch["seconds"]  # the window brackets the timed generation
 
