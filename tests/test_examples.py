@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 from infermeter.model.fitted import model_key
 from infermeter.model.tradeoffs import read_capabilities, read_scenario_queries
 from infermeter.spec.catalog import TABLE1, get_spec
+from paths import REPO
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = REPO / "examples"
 
 
 def _walkthrough():

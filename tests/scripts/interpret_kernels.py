@@ -1,5 +1,5 @@
 """Run the engine's Triton decode kernels in Triton's CPU interpreter and compare them with
-plain PyTorch; prints one JSON object. Run by tests/test_kernels.py with TRITON_INTERPRET=1
+plain PyTorch; prints one JSON object. Run by tests/engine/test_kernels.py with TRITON_INTERPRET=1
 (the interpreter is chosen when the kernels are defined, so this needs its own process)."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""One rank of a two-"node" torchrun job on 127.0.0.1 (tests/test_launched.py): a metered tp-2
+"""One rank of a two-"node" torchrun job on 127.0.0.1 (tests/engine/test_launched.py): a metered
+tp-2
 profile of tiny-llama and one dataset batch, each node metering its own fake GPU (node 0 draws
 300 W, node 1 200 W), rank 0 gathering them. Rank 0 writes the store and, as JSON to argv[2],
 the batch window's record."""

@@ -244,7 +244,7 @@ def _published(
 
     `params_b`/`active_b` are the published total and active parameters (billions);
     `active_with_embedding` says whether the publisher counts the input embedding among the
-    active parameters (Mistral, Qwen: yes; OpenAI, DeepSeek: no). tests/test_catalog.py holds
+    active parameters (Mistral, Qwen: yes; OpenAI, DeepSeek: no). tests/spec/test_catalog.py holds
     every entry to its published counts.
     """
     spec = spec_from_hf_config({**config, "torch_dtype": "bfloat16"}, name)

@@ -35,8 +35,9 @@ from infermeter.store.energy import (
 )
 from infermeter.workloads.datasets import Workload, load_workload
 from infermeter.workloads.tokenizer import tokenizer_for
+from paths import SHARED_DATA
 
-SHARED_GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jsonl"
+SHARED_GSM8K = SHARED_DATA / "gsm8k_test.jsonl"
 GSM8K = str(SHARED_GSM8K) if SHARED_GSM8K.is_file() else "gsm8k-test"  # else the bundled copy
 SPEC = get_spec("tiny-llama")
 STOPS = tuple(range(0, 256, 16))  # random weights: some responses stop early, some do not

@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 from fake_nvml import FakeGpu, FakeNvml
 from infermeter.errors import UserError
 from infermeter.measure.powercap import PowerCap
-
-TESTS = Path(__file__).resolve().parent
+from paths import TESTS
 
 
 def test_sets_and_restores_every_gpu_on_normal_exit() -> None:

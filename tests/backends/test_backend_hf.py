@@ -14,8 +14,9 @@ from infermeter.backends import Measurement, Point, available_backends, get_back
 from infermeter.backends.hf import HFBackend, hf_family
 from infermeter.errors import UserError
 from infermeter.spec.model import ModelSpec
+from specs import TINY_DIMS
 
-TINY: dict[str, Any] = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "vocab_size": 256}
+TINY: dict[str, Any] = {**TINY_DIMS}
 TINY["max_context"] = 256  # spec dtype stays the default bfloat16: CPU must switch to float32
 
 SPECS: dict[str, ModelSpec] = {

@@ -28,8 +28,9 @@ from infermeter.workloads.tokenizer import (
     prompt_ids,
     tokenizer_for,
 )
+from paths import SHARED_DATA
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = SHARED_DATA
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not beside the repo")
 
 

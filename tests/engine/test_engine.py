@@ -28,8 +28,9 @@ from infermeter.engine.parallel import Comm  # noqa: E402
 from infermeter.errors import UserError  # noqa: E402
 from infermeter.spec.catalog import get_spec  # noqa: E402
 from infermeter.spec.model import ModelSpec  # noqa: E402
+from specs import TINY_DIMS  # noqa: E402
 
-TINY: dict[str, Any] = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "vocab_size": 256}
+TINY: dict[str, Any] = {**TINY_DIMS}
 TINY.update(max_context=128, dtype="float32")
 
 

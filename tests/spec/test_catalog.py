@@ -10,8 +10,9 @@ import pytest
 
 from infermeter.errors import UserError
 from infermeter.spec.catalog import CATALOG, TABLE1, catalog_table, get_spec, resolve_spec
+from paths import DATA
 
-CONFIGS = Path(__file__).parent / "data" / "hf_configs"
+CONFIGS = DATA / "hf_configs"
 
 # J1-Large: Table 1 prints 6.7B (GPT-3 6.7B's count), but AI21's 256K vocabulary makes the
 # published architecture 7.5B, AI21's own figure; we check against that.

@@ -11,8 +11,9 @@ import pytest
 
 from infermeter.errors import UserError
 from infermeter.spec.hfconfig import SUPPORTED_FAMILIES, load_hf_config, spec_from_hf_config
+from paths import DATA
 
-CONFIGS = Path(__file__).parent / "data" / "hf_configs"
+CONFIGS = DATA / "hf_configs"
 
 # Parameter counts of the Hugging Face *ForCausalLM models built from these configs.
 KNOWN_PARAMS = {

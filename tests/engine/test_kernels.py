@@ -13,14 +13,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+
+from paths import SCRIPTS
 
 pytest.importorskip("torch")
 pytest.importorskip("triton", reason="Triton is not installed (pip install -e '.[dev]')")
 
-SCRIPT = Path(__file__).parent / "scripts" / "interpret_kernels.py"
+SCRIPT = SCRIPTS / "interpret_kernels.py"
 
 
 @pytest.fixture(scope="module")

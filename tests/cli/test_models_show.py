@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from typer.testing import CliRunner
 
 from infermeter.cli.main import app
 from infermeter.spec.catalog import get_spec, spec_report
+from paths import DATA
 
-CONFIGS = Path(__file__).parent / "data" / "hf_configs"
+CONFIGS = DATA / "hf_configs"
 
 
 def test_report_of_a_moe_spec() -> None:

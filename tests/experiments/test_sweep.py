@@ -27,6 +27,7 @@ from infermeter.errors import UserError
 from infermeter.experiments.sweep import check_options, load_sweep
 from infermeter.store.db import Store
 from infermeter.store.merge import merge_stores
+from paths import REPO
 
 GRID = """
 [defaults]
@@ -73,7 +74,7 @@ def test_lists_multiply_into_named_jobs_with_their_gpus(tmp_path: Path) -> None:
 
 def test_the_docs_sweep_file_runs(tmp_path: Path) -> None:
     """docs/scale-out.md's SWEEP.toml is one that `infermeter sweep` takes as it is."""
-    page = (Path(__file__).parents[1] / "docs" / "scale-out.md").read_text()
+    page = (REPO / "docs" / "scale-out.md").read_text()
     text = page.split("```toml\n", 1)[1].split("```", 1)[0]
     sweep = load_sweep(_write(tmp_path, text))
     check_options(sweep, _options_of)

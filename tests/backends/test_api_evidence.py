@@ -8,11 +8,11 @@ import json
 import time
 
 import pytest
-
 import test_api_client as shared
+from test_api_client import FAST, complete
+
 from api_servers import FaultServer, Raw, json_answer, sse
 from infermeter.backends.api.client import ApiConfig
-from test_api_client import FAST, complete
 
 server, _clear = shared.server, shared._clear  # the client tests' server and its reset
 

@@ -9,8 +9,9 @@ import pytest
 
 from infermeter.errors import UserError
 from infermeter.model.helm import load_helm_efficiency, load_profile, save_helm_efficiency
+from paths import DATA
 
-SAMPLE = Path(__file__).parent / "data" / "helm_efficiency_sample.json"
+SAMPLE = DATA / "helm_efficiency_sample.json"
 
 
 def test_round_trip_is_unchanged(tmp_path: Path) -> None:

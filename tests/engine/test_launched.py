@@ -23,8 +23,8 @@ from infermeter.engine.ranks import launch_env
 from infermeter.errors import UserError
 from infermeter.measure.cluster import NodesWindow, combine
 from infermeter.measure.window import EnergyWindow
+from paths import TESTS
 
-TESTS = Path(__file__).parent
 GRID = ["--prompt-sizes", "1,8", "--output-sizes", "1,4", "--trials", "2", "--validate", "0"]
 
 

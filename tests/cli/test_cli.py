@@ -16,8 +16,9 @@ import pytest
 
 from cli_runner import invoke
 from infermeter.store.db import SCHEMA_VERSION
+from paths import DATA
 
-DATA = Path(__file__).parent / "data"
+DATA = DATA
 HELM_ESTIMATE = [
     "estimate",
     "--profile",
