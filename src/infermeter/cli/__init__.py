@@ -2,7 +2,7 @@
 
 - main.py     the app, --version, and every group registered (entry point infermeter.cli.main:app)
 - console.py  consoles, say/out/show, print_fit, progress, user_errors (exit codes 2, 130, 143)
-- options.py  options several commands share, the API options (api_options), list parsing
+- options.py  `request`: a command's options from its dataclass in infermeter.requests
 - profile.py  models, hardware, profile          (infermeter.plans, experiments.profile)
 - fit.py      fit, estimate, runs, show, export  (infermeter.model.runfit, model.pricing)
 - api.py      serve, load, variance              (backends.serve, plans.run_load, model.variance)

@@ -8,34 +8,11 @@ from typing import Any
 
 import typer
 
+from infermeter import requests as rq
+from infermeter.cli import options as o
 from infermeter.cli.console import console, err_console, print_notes, show, user_errors
 from infermeter.errors import UserError
 from infermeter.store.outputs import check_output, check_output_folder
-
-StoresOption = typer.Option(
-    None,
-    "--store",
-    help="SQLite store(s) to read (repeatable; default: $INFERMETER_STORE or infermeter.sqlite).",
-)
-CapabilitiesOption = typer.Option(
-    None,
-    "--capabilities",
-    help="CSV/JSON of model, scenario and a score (accuracy), or HELM-style per-scenario JSON.",
-)
-MetricOption = typer.Option(None, "--metric", help="Score column to use (default: accuracy).")
-QueriesOption = typer.Option(
-    None,
-    "--queries",
-    help="SCENARIO=FILE of per-instance prompt_tokens, output_tokens (or their mean sizes); "
-    "or FILE with a scenario column. Repeatable.",
-)
-ObjectiveOption = typer.Option(
-    None,
-    "--objective",
-    help="NAME=EXPR ranking objective over the table's columns, e.g. "
-    "'acc/cost=accuracy / idealized_cost_usd' (repeatable; higher is better).",
-)
-FormatOption = typer.Option("png", "--format", help="Figure format: png or svg.")
 
 
 def _check_outputs(*paths: Path | None) -> None:
@@ -51,20 +28,8 @@ def _format(fmt: str) -> Any:
     return fmt
 
 
-def tradeoffs_command(
-    capabilities: Path = typer.Option(..., "--capabilities", help=CapabilitiesOption.help),
-    queries: list[str] = typer.Option(..., "--queries", help=QueriesOption.help),
-    metric: str | None = MetricOption,
-    objective: list[str] | None = ObjectiveOption,
-    profile: list[Path] | None = typer.Option(
-        None, "--profile", help="Fitted model JSON or HELM efficiency_data (repeatable)."
-    ),
-    output: Path | None = typer.Option(None, help="Write the table (.csv/.json/.jsonl/.parquet)."),
-    ranks_output: Path | None = typer.Option(None, help="Write the ranks (.csv/.json/...)."),
-    figures: Path | None = typer.Option(None, help="Write Fig. 9 and Fig. 10 into this folder."),
-    fmt: str = FormatOption,
-    store: list[Path] | None = StoresOption,
-) -> None:
+@o.request(rq.TradeoffsRequest)
+def tradeoffs_command(r: rq.TradeoffsRequest) -> None:
     """Capability vs efficiency per model and scenario: Pareto frontiers and ranks (Figs. 9, 10)."""
     from infermeter.model.estimate import write_table
     from infermeter.model.fitted import load_runs
@@ -82,19 +47,19 @@ def tradeoffs_command(
     from infermeter.report.written import write_tradeoff_figures
     from infermeter.tables import tradeoff_view
 
-    image = _format(fmt)
-    _check_outputs(output, ranks_output)
-    if figures:
-        check_output_folder(figures, "--figures folder")
-    caps = read_capabilities(capabilities, metric)
-    scenario_queries = read_scenario_queries(queries)
-    profiles = profiles_from_files(list(profile or []))
-    paths = stores_or_default(store, required=not profiles)
+    image = _format(r.fmt)
+    _check_outputs(r.output, r.ranks_output)
+    if r.figures:
+        check_output_folder(r.figures, "--figures folder")
+    caps = read_capabilities(r.capabilities, r.metric)
+    scenario_queries = read_scenario_queries(r.queries)
+    profiles = profiles_from_files(list(r.profile or []))
+    paths = stores_or_default(r.store, required=not profiles)
     if paths:
         profiles += model_profiles(load_runs(paths, with_samples=False))
     if not profiles:
         raise UserError("no profiles: profile models into --store, or pass --profile FILE")
-    objectives = {**DEFAULT_OBJECTIVES, **parse_objectives(objective or [])}
+    objectives = {**DEFAULT_OBJECTIVES, **parse_objectives(r.objective or [])}
     result = tradeoff_table(profiles, caps, scenario_queries)
     ranks = rank_models(result.table, objectives)  # before printing: a bad objective fails first
     table = result.table
@@ -103,94 +68,69 @@ def tradeoffs_command(
     show(pivot.reset_index(), "ranks (1 = best)", digits=3)
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False)
-    if output:
-        write_table(table, output)
-        console.print(f"{len(table)} rows written to {output}")
-    if ranks_output:
-        write_table(ranks, ranks_output)
-        console.print(f"{len(ranks)} ranks written to {ranks_output}")
-    for path in write_tradeoff_figures(table, ranks, figures, image) if figures else []:
+    if r.output:
+        write_table(table, r.output)
+        console.print(f"{len(table)} rows written to {r.output}")
+    if r.ranks_output:
+        write_table(ranks, r.ranks_output)
+        console.print(f"{len(ranks)} ranks written to {r.ranks_output}")
+    for path in write_tradeoff_figures(table, ranks, r.figures, image) if r.figures else []:
         console.print(f"figure written to {path}", markup=False)
 
 
-def compare_command(
-    runs: list[int] | None = typer.Argument(None, help="Run ids of one model on several stacks."),
-    model: str | None = typer.Option(None, help="Compare every stack that profiled MODEL."),
-    profile: list[Path] | None = typer.Option(
-        None, "--profile", help="Fitted model JSON files instead of runs (repeatable)."
-    ),
-    queries: Path | None = typer.Option(
-        None, help="Benchmark queries (prompt_tokens, output_tokens); default: a grid."
-    ),
-    baseline: str | None = typer.Option(None, help="Baseline stack: its label or run id."),
-    output: Path | None = typer.Option(None, help="Write per-query rows (.csv/.jsonl/...)."),
-    figure: Path | None = typer.Option(None, help="Write the Fig. 8 picture (.png or .svg)."),
-    allow_different_models: bool = typer.Option(
-        False,
-        "--allow-different-models",
-        help="Compare stacks that ran different models (ratios without a verdict).",
-    ),
-    store: list[Path] | None = StoresOption,
-) -> None:
+@o.request(rq.CompareRequest)
+def compare_command(r: rq.CompareRequest) -> None:
     """One model on two or more stacks: speedup, cost and energy ratios (Fig. 8, §5.3)."""
     from infermeter.model.compare import compare_stacks, default_queries
     from infermeter.model.estimate import read_queries, write_table
     from infermeter.model.sources import baseline_index, stacks_for
     from infermeter.tables import comparison_view
 
-    _check_outputs(output, figure)
-    stacks = stacks_for(runs, model, profile, store)
-    frame = read_queries(queries) if queries else default_queries([s.runtime for s in stacks])
-    base = baseline_index(stacks, baseline)
-    result = compare_stacks(stacks, frame, base, allow_different_models)
+    _check_outputs(r.output, r.figure)
+    stacks = stacks_for(r.runs, r.model, r.profile, r.store)
+    frame = read_queries(r.queries) if r.queries else default_queries([s.runtime for s in stacks])
+    base = baseline_index(stacks, r.baseline)
+    result = compare_stacks(stacks, frame, base, r.allow_different_models)
     if (result.summary["verdict"] == "different model").any():
         print_notes(["the stacks run different models: each ratio is the models' difference as "
                      "much as the stacks'"])  # fmt: skip
     show(comparison_view(result.summary), f"{len(frame)} queries, relative to {result.baseline}", 4)
-    if output:
-        write_table(result.per_query, output)
-        console.print(f"{len(result.per_query)} rows written to {output}")
-    if figure:
+    if r.output:
+        write_table(result.per_query, r.output)
+        console.print(f"{len(result.per_query)} rows written to {r.output}")
+    if r.figure:
         from infermeter.report.written import write_comparison_figure
 
-        write_comparison_figure(result, figure)
-        console.print(f"figure written to {figure}", markup=False)
+        write_comparison_figure(result, r.figure)
+        console.print(f"figure written to {r.figure}", markup=False)
 
 
-def report_command(
-    output: Path = typer.Option(Path("report.html"), help="Where to write the HTML page."),
-    capabilities: Path | None = CapabilitiesOption,
-    metric: str | None = MetricOption,
-    queries: list[str] | None = QueriesOption,
-    objective: list[str] | None = ObjectiveOption,
-    title: str = typer.Option("infermeter report", help="Page title."),
-    fmt: str = FormatOption,
-    store: list[Path] | None = StoresOption,
-) -> None:
+@o.request(rq.ReportRequest)
+def report_command(r: rq.ReportRequest) -> None:
     """One self-contained HTML page with every figure the store(s) hold data for."""
     from infermeter.model.sources import stores_or_default
     from infermeter.model.tradeoffs import parse_objectives
     from infermeter.report import ReportInputs, build_report
     from infermeter.report.written import missing_sections
 
-    if bool(capabilities) != bool(queries):
+    if bool(r.capabilities) != bool(r.queries):
         raise UserError("Figs. 9 and 10 need both --capabilities FILE and --queries SCENARIO=FILE")
-    if str(output.parent) and not output.parent.exists():
-        check_output_folder(output.parent, "report folder")  # made, as report.write does
-    check_output(output, "report")
+    if str(r.output.parent) and not r.output.parent.exists():
+        check_output_folder(r.output.parent, "report folder")  # made, as report.write does
+    check_output(r.output, "report")
     inputs = ReportInputs(
-        stores=stores_or_default(store),
-        capabilities=capabilities,
-        metric=metric,
-        queries=list(queries or []),
-        objectives=parse_objectives(objective or []),
-        title=title,
-        image_format=_format(fmt),
+        stores=stores_or_default(r.store),
+        capabilities=r.capabilities,
+        metric=r.metric,
+        queries=list(r.queries or []),
+        objectives=parse_objectives(r.objective or []),
+        title=r.title,
+        image_format=_format(r.fmt),
     )
     report = build_report(inputs)
-    report.write(output)
+    report.write(r.output)
     drawn = [s for s in report.sections if s.plot is not None]
-    console.print(f"report written to {output}: {len(drawn)} figure(s)", highlight=False)
+    console.print(f"report written to {r.output}: {len(drawn)} figure(s)", highlight=False)
     missing = missing_sections(report.sections)
     if not missing.empty:
         show(missing, "sections without data")
