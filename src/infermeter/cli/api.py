@@ -3,8 +3,6 @@ on a server (infermeter.experiments.load), the noise of a run (infermeter.model.
 
 from __future__ import annotations
 
-from typing import Any
-
 import typer
 
 from infermeter import requests as rq
@@ -22,42 +20,13 @@ def register(app: typer.Typer) -> None:
 @o.request(rq.ServeRequest)
 def serve(r: rq.ServeRequest) -> None:
     """Serve MODEL through an OpenAI-compatible API (completions, chat, streaming, usage)."""
-    from infermeter.backends.config import build_backend, config_for
-    from infermeter.backends.serve import bind, create_app, serve
-    from infermeter.errors import UserError
-    from infermeter.spec.catalog import resolve_spec
-    from infermeter.workloads.textgen import generator_for
-    from infermeter.workloads.tokenizer import load_tokenizer
+    from infermeter.backends.serve import serve_model
 
-    if r.backend not in ("hf", "engine"):
-        raise UserError(f"serve runs the hf or engine backend, not {r.backend!r}")
-    spec = resolve_spec(r.model)
-    tok = load_tokenizer(r.tokenizer)
-    options: dict[str, Any] = {"device": r.device, "dtype": r.dtype}
-    if r.checkpoint is not None:
-        options["checkpoint"] = str(r.checkpoint)
-    config = config_for(r.backend, **options)
-    sock = bind(r.host, r.port)  # a busy port is said now, before the model loads
-    try:
-        runner = build_backend(config)
-        runner.prepare(spec)
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        app_ = create_app(generator_for(runner), tok, r.name or spec.name, api_key=r.api_key)
-        if tok.vocab_size > spec.vocab_size:
-            print_notes([f"tokenizer {tok.name} has {tok.vocab_size} ids, the model "
-                         f"{spec.vocab_size}: prompt ids wrap around"])  # fmt: skip
-        console.print(
-            f"serving {r.name or spec.name} ({r.backend}, tokenizer {tok.name}) at "
-            f"http://{r.host}:{r.port}/v1",
-            highlight=False,
-        )
-        serve(app_, r.host, r.port, log_level="warning", sock=sock)
-    finally:
-        sock.close()
-        runner.close()
+    def ready(notes: list[str], line: str) -> None:
+        print_notes(notes)
+        console.print(line, highlight=False)
+
+    serve_model(r, ready)
 
 
 @o.request(rq.LoadRequest)
@@ -68,15 +37,11 @@ def load(r: rq.LoadRequest) -> None:
     from infermeter.backends.openai import api_spec
     from infermeter.backends.options import openai_backend
     from infermeter.model.estimate import write_table
-    from infermeter.plans import load_grid, run_load
+    from infermeter.plans import load_plan, run_load
     from infermeter.store.db import Store
 
     spec = api_spec(r.model)
-    sizes = o.parse_sizes(r.output_sizes, "--output-sizes") or (1,)
-    levels = None if r.mode == "rate" else o.parse_sizes(r.concurrency, "--concurrency")
-    rates = o.parse_rates(r.rate, "--rate") if r.mode == "rate" else None
-    grid = load_grid(spec, r.mode, r.prompt_tokens, sizes, levels, rates, r.trials, r.duration_s,
-                     r.warmup_s, r.arrival)  # fmt: skip
+    grid = load_plan(r, spec)
     options, runner, warning = openai_backend(r.api)
     if warning:
         say(warning, "warning:", "yellow")
@@ -84,10 +49,11 @@ def load(r: rq.LoadRequest) -> None:
     with Store(r.store) as db, progress(f"load on {spec.name} ({r.mode})") as bar:
         result = run_load(db, spec, runner, options, grid, bar.load_start, bar.on_step)
     say(f"run {result.run.id} stored in {r.store}", err=False)
+    p, timed = r.prompt_tokens, f"o = {getattr(grid, 'output_tokens', '')}"
     title = (
-        f"runtime vs queries in flight (p = {r.prompt_tokens})"
+        f"runtime vs queries in flight (p = {p})"
         if r.mode == "burst"
-        else f"{r.mode} load (p = {r.prompt_tokens}, o = {sizes[0]}, {grid.duration_s:g} s a level)"
+        else f"{r.mode} load (p = {p}, {timed}, {grid.duration_s:g} s a level)"
     )
     show(result.summary, title)
     if r.output:
@@ -102,27 +68,18 @@ def load(r: rq.LoadRequest) -> None:
 @o.request(rq.VarianceRequest)
 def variance(r: rq.VarianceRequest) -> None:
     """Variation across trials (CV) and raw vs denoised vs idealized runtime (Figs. 5 and 7)."""
-    from infermeter.errors import UserError
     from infermeter.model.estimate import write_table
-    from infermeter.model.fitted import fit_run
-    from infermeter.model.helm import load_profile
-    from infermeter.model.runfit import noise_line
-    from infermeter.model.variance import noise_summary, raw_vs_models, trial_variation
+    from infermeter.model.variance import run_noise
     from infermeter.store.db import Store
 
     with Store(r.store, read_only=True) as db:
-        run_id = r.run if r.run is not None else db.latest_run_id()
-        db.get_run(run_id)  # refuses an unknown run with its message
-        points = db.points(run_id)
-        show(trial_variation(points), f"variation over trials, run {run_id}")
-        try:  # the spread above needs no fit; raw vs denoised does
-            denoised = fit_run(db, run_id)[0]
-        except UserError as error:
-            say(f"{error}", "no raw vs denoised:", "yellow")
-            return
-    reference = load_profile(r.idealized) if r.idealized else None
-    comparison = raw_vs_models(points, denoised, reference)
-    console.print(noise_line(noise_summary(points, comparison)), highlight=False)
+        noise = run_noise(db, r.run)
+    show(noise.variation, f"variation over trials, run {noise.run_id}")
+    if noise.why is not None:
+        say(noise.why, "no raw vs denoised:", "yellow")
+        return
+    comparison, line = noise.against(r.idealized)
+    console.print(line, highlight=False)
     if r.output:
         write_table(comparison, r.output)
         out(f"{len(comparison)} rows written to {r.output}")

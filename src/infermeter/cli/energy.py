@@ -24,23 +24,15 @@ def energy(r: rq.EnergyRequest) -> None:
 
     launched = serve_if_follower()  # under torchrun/srun: ranks other than 0 serve, then exit
     from infermeter.experiments.energy import run_energy, summary
-    from infermeter.plans import energy_setup
+    from infermeter.plans import energy_setup, restore_power_limits
     from infermeter.store.db import Store
     from infermeter.store.provenance import device_description
 
     if r.restore_power_limit:
-        from infermeter.measure.powercap import restore_power_limits
-
-        cuda = r.device if r.device.startswith("cuda") else "cuda"
-        count = max(o.parse_sizes(r.shards, "--shards") or (1,))
-        for line in restore_power_limits(device=cuda, count=count):
+        for line in restore_power_limits(r):
             console.print(line, highlight=False)
         return
-    setup = energy_setup(
-        r.model, r.backend, r.sampling, r.power_limit, launched.nodes if launched else 1,
-        r.warmup_s, r.device, (r.prompts, r.batch_sizes, r.max_lengths), r.shards,
-        (r.dataset, r.seed, r.template), r.dtype, r.checkpoint, r.tokenizer, r.sample_interval_s,
-    )  # fmt: skip
+    setup = energy_setup(r, launched.nodes if launched else 1)
     spec, workload = setup.spec, setup.workload
 
     def note(text: str) -> None:

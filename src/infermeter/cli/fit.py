@@ -44,26 +44,9 @@ def fit(r: rq.FitRequest) -> None:
 def estimate(r: rq.EstimateRequest) -> None:
     """Price queries: idealized runtime, dollars and joules per query and in total."""
     from infermeter.model.estimate import summarize, write_table
-    from infermeter.model.helm import load_model_set
-    from infermeter.model.pricing import parse_overrides, price_queries, query_frame
-    from infermeter.spec.hardware import load_hardware_config
-    from infermeter.store.outputs import check_output
+    from infermeter.model.pricing import price_request
 
-    if r.output:
-        check_output(r.output)
-    runtime_model = load_model_set(r.profile, r.model)
-    energy_model = load_model_set(r.energy_profile) if r.energy_profile else None
-    frame = query_frame(
-        r.queries,
-        o.parse_sizes(r.prompt_tokens, "--prompt-tokens") if r.queries is None else None,
-        o.parse_sizes(r.output_tokens, "--output-tokens") if r.queries is None else None,
-    )
-    catalog = load_hardware_config(r.hardware_config) if r.hardware_config else None
-    overrides = parse_overrides(r.price_per_hour, r.power_watts, r.settings)
-    priced = price_queries(
-        frame, runtime_model, energy_model, r.accelerator, r.num_accelerators, overrides, catalog,
-        r.grid_intensity,
-    )  # fmt: skip
+    priced, model_name = price_request(r)
     print_notes(priced.notes)
     print_notes(priced.warnings, "warning")
     estimates = priced.estimates
@@ -71,7 +54,7 @@ def estimate(r: rq.EstimateRequest) -> None:
         write_table(estimates, r.output)
         out(f"{len(estimates)} estimates written to {r.output}")
     if len(estimates) <= 50:
-        show(estimates, f"estimates for {runtime_model.first().model} {priced.on()}")
+        show(estimates, f"estimates for {model_name} {priced.on()}")
     show(summarize(estimates).reset_index(names=""), f"{len(estimates)} queries")
 
 

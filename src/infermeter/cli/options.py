@@ -1,5 +1,4 @@
-"""A command's arguments and options from its request dataclass (infermeter.requests), and the
-parsing of comma-separated lists."""
+"""A command's arguments and options from its request dataclass (infermeter.requests)."""
 
 from __future__ import annotations
 
@@ -12,26 +11,7 @@ from typing import Any
 
 import typer
 
-from infermeter.errors import UserError
-from infermeter.plans import parse_list
-
 NOT_TYPER = ("help", "flag", "argument", "nested")
-
-
-def parse_sizes(text: str | None, label: str) -> tuple[int, ...] | None:
-    """Comma-separated whole numbers (token counts, batch sizes), or a UserError."""
-    return parse_list(text, label)
-
-
-def parse_rates(text: str | None, label: str) -> tuple[float, ...] | None:
-    """Comma-separated positive numbers (requests per second), or a UserError."""
-    if text is not None and text.replace(" ", "").replace(",", ""):
-        rates = parse_list(text, label, float, "0.5,1,2", "numbers")
-        if rates and min(rates) > 0:
-            return rates
-    if text is not None:
-        raise UserError(f"{label} must be positive numbers, e.g. 0.5,1,2")
-    return None
 
 
 def _parameters(cls: type[Any], only_flagged: bool = False) -> list[inspect.Parameter]:

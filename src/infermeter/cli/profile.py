@@ -9,6 +9,7 @@ from infermeter import requests as rq
 from infermeter.cli import console as cli_console
 from infermeter.cli import options as o
 from infermeter.cli.console import out, print_fit, print_notes, progress, say, show, user_errors
+from infermeter.plans import parse_list
 
 
 def register(app: typer.Typer) -> None:
@@ -24,7 +25,7 @@ def models(r: rq.ModelsRequest) -> None:
     from infermeter.tables import catalog_view
 
     if r.show is not None:
-        batches = o.parse_sizes(r.batch_sizes, "--batch-sizes") or (1,)
+        batches = parse_list(r.batch_sizes, "--batch-sizes") or (1,)
         spec = resolve_spec(r.show)
         spec = spec.with_dtype(r.dtype) if r.dtype else spec
         facts, per_batch = spec_report(spec, r.context, batches)
@@ -49,26 +50,13 @@ def profile(r: rq.ProfileRequest) -> None:
     from infermeter.backends.api.outcome import INCOMPLETE_EXIT
     from infermeter.engine.launcher import serve_if_follower
     from infermeter.experiments.profile import run_profile
-    from infermeter.model.pricing import parse_overrides, price_profile
     from infermeter.model.runfit import save_fitted
-    from infermeter.plans import fit_profiled, profile_setup
-    from infermeter.spec.hardware import load_hardware_config
+    from infermeter.plans import fit_profiled, profile_prices, profile_setup
     from infermeter.store.db import Store
-    from infermeter.store.outputs import check_output
     from infermeter.store.provenance import device_description
 
     serve_if_follower()  # under torchrun/srun: ranks other than 0 serve rank 0, then exit
-    if r.output:
-        check_output(r.output, "model file")  # before minutes of profiling, not after
-    is_api = r.backend == "openai"
-    overrides = parse_overrides(r.price_per_hour, r.power_watts, r.settings)
-    catalog = load_hardware_config(r.hardware_config) if r.hardware_config else None
-    setup = profile_setup(
-        r.model, r.backend, r.device, r.dtype, (r.prompt_sizes, r.output_sizes, r.batch_sizes),
-        r.trials, r.tensor_parallel, (r.accelerator, r.num_accelerators, overrides, catalog),
-        r.warmup_s, r.validate, r.api, r.energy, r.sample_interval_s,
-        lambda line: say(line, "warning:", "yellow"),
-    )  # fmt: skip
+    setup = profile_setup(r, lambda line: say(line, "warning:", "yellow"))
     print_notes(setup.notes)
     spec, grid = setup.spec, setup.grid
     with Store(r.store) as db, progress(f"profiling {spec.name} ({r.backend})") as bar:
@@ -81,7 +69,7 @@ def profile(r: rq.ProfileRequest) -> None:
         for note in run.backend_info.get("notes") or []:  # e.g. a feature the server refused
             say(str(note), "note:", "yellow")
         outcome, fitted, why = fit_profiled(
-            db, run.id, len(grid.points()), is_api, r.accept_poor_fit,
+            db, run.id, len(grid.points()), r.backend == "openai", r.accept_poor_fit,
             lambda outcome: say(outcome.line(), *cli_console.outcome_label(outcome)),
         )  # fmt: skip
     if why is not None:
@@ -93,9 +81,6 @@ def profile(r: rq.ProfileRequest) -> None:
         raise typer.Exit(code=INCOMPLETE_EXIT)
     for line in save_fitted(fitted, r.output) if r.output else []:
         out(line)
-    priced = price_profile(
-        fitted, spec.max_context, r.accelerator if is_api else None,
-        r.num_accelerators if is_api and r.accelerator else None, overrides, catalog,
-    )  # fmt: skip
+    priced = profile_prices(r, setup, fitted)
     show(priced.estimates, f"estimates {priced.on()}, within the profiled range")
     print_notes(priced.notes)
