@@ -237,6 +237,20 @@ class EnergySetup:
     meter_for: Callable[[int], Any]
     notes: list[str] = field(default_factory=list)
 
+    def run(self, db: Any, r: EnergyRequest, bar: Any, note: Callable[[str], None]) -> Any:
+        """Run the sweep into store `db` (experiments.energy.run_energy), its progress told to
+        `bar` (infermeter.progress.RunProgress) and its notes to `note`."""
+        from infermeter.experiments.energy import run_energy
+        from infermeter.store.provenance import device_description
+
+        return run_energy(
+            db, self.spec, self.workload, self.tokenizer, self.sweep, self.backend_for,
+            backend_name=r.backend, backend_options=self.options, meter_for=self.meter_for,
+            device=device_description(gpu=self.on_gpu, device=self.cuda), seed=r.seed,
+            warmup_s=r.warmup_s, on_start=bar.energy_start(db, len(self.workload)),
+            on_batch=bar.on_batch, on_config=bar.on_config, on_note=note,
+        )  # fmt: skip
+
 
 def energy_setup(r: EnergyRequest, nodes: int = 1) -> EnergySetup:
     """The energy run that `infermeter energy` asks for (over `nodes` nodes), every check made
@@ -347,6 +361,18 @@ class ProfileSetup:
     notes: list[str] = field(default_factory=list)
     overrides: dict[str, float] = field(default_factory=dict)
     catalog: Any = None
+
+    def run(self, db: Any, r: ProfileRequest, bar: Any) -> Any:
+        """Profile into store `db` (experiments.profile.run_profile), progress told to `bar`
+        (infermeter.progress.RunProgress); the run's record."""
+        from infermeter.experiments.profile import run_profile
+        from infermeter.store.provenance import device_description
+
+        return run_profile(
+            db, self.spec, self.stack.to_dict(), self.runner, self.options, self.grid,
+            bar.profile_start, bar.on_point, device=device_description(gpu=self.on_gpu,
+            device=self.gpu), meter=self.meter, warmup_s=r.warmup_s, validate=self.validate,
+        )  # fmt: skip
 
 
 def profile_setup(r: ProfileRequest, warn: Callable[[str], None]) -> ProfileSetup:

@@ -23,10 +23,9 @@ def energy(r: rq.EnergyRequest) -> None:
     from infermeter.engine.launcher import serve_if_follower
 
     launched = serve_if_follower()  # under torchrun/srun: ranks other than 0 serve, then exit
-    from infermeter.experiments.energy import run_energy, summary
+    from infermeter.experiments.energy import summary
     from infermeter.plans import energy_setup, restore_power_limits
     from infermeter.store.db import Store
-    from infermeter.store.provenance import device_description
 
     if r.restore_power_limit:
         for line in restore_power_limits(r):
@@ -42,24 +41,7 @@ def energy(r: rq.EnergyRequest) -> None:
         note(line)
     title = f"energy of {spec.name} on {workload.dataset}"
     with Store(r.store) as db, progress(title) as bar:
-        result = run_energy(
-            db,
-            spec,
-            workload,
-            setup.tokenizer,
-            setup.sweep,
-            setup.backend_for,
-            backend_name=r.backend,
-            backend_options=setup.options,
-            meter_for=setup.meter_for,
-            device=device_description(gpu=setup.on_gpu, device=setup.cuda),
-            seed=r.seed,
-            warmup_s=r.warmup_s,
-            on_start=bar.energy_start(db, len(workload)),
-            on_batch=bar.on_batch,
-            on_config=bar.on_config,
-            on_note=note,
-        )
+        result = setup.run(db, r, bar, note)
     for line in result.notes[len(workload.notes) :]:
         note(line)
     console.print(f"run {result.run.id} stored in {r.store} ({result.run.device})", highlight=False)

@@ -8,7 +8,6 @@ import typer
 from infermeter import requests as rq
 from infermeter.cli import options as o
 from infermeter.cli.console import console, out, print_fit, print_notes, show, user_errors
-from infermeter.errors import UserError
 
 
 def register(app: typer.Typer) -> None:
@@ -22,13 +21,9 @@ def register(app: typer.Typer) -> None:
 @o.request(rq.FitRequest)
 def fit(r: rq.FitRequest) -> None:
     """Fit the runtime (and energy) model of a stored run or of a points file."""
-    from infermeter.model.runfit import fit_settings, refit, save_fitted
-    from infermeter.store.outputs import check_output
+    from infermeter.model.runfit import fit_request, save_fitted
 
-    if r.output:
-        check_output(r.output, "model file")
-    settings = fit_settings(r.denoise, r.overhead, r.decode, r.slopes, r.folds, r.accept_poor_fit)
-    result = refit(settings, r.points, r.model_name, r.store, r.run, r.save)
+    result = fit_request(r)
     for model in result.models:
         print_fit(model)
     if not result.stored:
@@ -95,27 +90,6 @@ def show_run(r: rq.RunRequest) -> None:
 @o.request(rq.ExportRequest)
 def export(r: rq.ExportRequest) -> None:
     """Export a run's points (CSV/Parquet/JSONL) or its fit (HELM efficiency_data)."""
-    from infermeter.model.estimate import write_table
-    from infermeter.model.fitted import fit_run
-    from infermeter.model.helm import save_helm_efficiency
-    from infermeter.store.db import Store
-    from infermeter.store.outputs import check_output
+    from infermeter.model.runfit import export_run
 
-    if r.output is None and r.helm is None:
-        raise UserError("give --output FILE for points or --helm FILE for the fit")
-    for path in (r.output, r.helm):
-        if path is not None:
-            check_output(path)
-    with Store(r.store, read_only=True) as db:
-        run_id = r.run if r.run is not None else db.latest_run_id()
-        record = db.get_run(run_id)
-        if r.output is not None:
-            write_table(db.points(run_id), r.output)
-            console.print(f"run {run_id} points written to {r.output}")
-        if r.helm is not None:
-            model = db.latest_fit(run_id) or fit_run(db, run_id)[0]
-            save_helm_efficiency({record.model: model}, r.helm)
-            out(
-                f"run {run_id} fit written to {r.helm} (HELM efficiency_data; fitted with "
-                f"{model.describe_fit()})"
-            )
+    export_run(r.store, r.run, r.output, r.helm, console.print, out)

@@ -49,22 +49,16 @@ def profile(r: rq.ProfileRequest) -> None:
     """Profile MODEL on a stack, fit the runtime model, validate it and price a few queries."""
     from infermeter.backends.api.outcome import INCOMPLETE_EXIT
     from infermeter.engine.launcher import serve_if_follower
-    from infermeter.experiments.profile import run_profile
     from infermeter.model.runfit import save_fitted
     from infermeter.plans import fit_profiled, profile_prices, profile_setup
     from infermeter.store.db import Store
-    from infermeter.store.provenance import device_description
 
     serve_if_follower()  # under torchrun/srun: ranks other than 0 serve rank 0, then exit
     setup = profile_setup(r, lambda line: say(line, "warning:", "yellow"))
     print_notes(setup.notes)
     spec, grid = setup.spec, setup.grid
     with Store(r.store) as db, progress(f"profiling {spec.name} ({r.backend})") as bar:
-        run = run_profile(
-            db, spec, setup.stack.to_dict(), setup.runner, setup.options, grid, bar.profile_start,
-            bar.on_point, device=device_description(gpu=setup.on_gpu, device=setup.gpu),
-            meter=setup.meter, warmup_s=r.warmup_s, validate=setup.validate,
-        )  # fmt: skip
+        run = setup.run(db, r, bar)
         say(f"run {run.id} stored in {r.store} ({run.device})", err=False)
         for note in run.backend_info.get("notes") or []:  # e.g. a feature the server refused
             say(str(note), "note:", "yellow")

@@ -75,7 +75,6 @@ def report_command(r: rq.ReportRequest) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add `tradeoffs`, `compare` and `report` to `app`."""
-
     app.command("tradeoffs")(user_errors(tradeoffs_command))
     app.command("compare")(user_errors(compare_command))
     app.command("report")(user_errors(report_command))

@@ -35,20 +35,14 @@ def _options_of(command: str) -> set[str]:
 def sweep(r: rq.SweepRequest) -> None:
     """Run a sweep of profiles and energy runs, merging each job's store as it finishes."""
     from infermeter.errors import UserError
-    from infermeter.experiments.sweep import (
-        JobResult,
-        check_options,
-        failures_line,
-        load_sweep,
-        run_sweep,
-    )
+    from infermeter.experiments import sweep as sw
 
     if r.address and not r.ray:
         raise UserError(
             f"{r.address!r} is a Ray address: add --ray (infermeter sweep FILE --ray ADDRESS)"
         )
-    plan = load_sweep(r.file)
-    check_options(plan, _options_of)
+    plan = sw.load_sweep(r.file)
+    sw.check_options(plan, _options_of)
     ray_at = r.address or "RAY_ADDRESS or a local one"
     where = f"on Ray ({ray_at})" if r.ray else "one after another"
     console.print(
@@ -56,13 +50,13 @@ def sweep(r: rq.SweepRequest) -> None:
         highlight=False,
     )
 
-    def done(r: JobResult) -> None:
-        tries = f", {r.attempts} attempts" if r.attempts > 1 else ""
-        note = f": {r.message}" if r.message else ""
-        console.print(f"{'done' if r.ok else 'FAILED'} {r.job.name}{tries}{note}", highlight=False)
+    def done(j: sw.JobResult) -> None:  # one job finished
+        tries = f", {j.attempts} attempts" if j.attempts > 1 else ""
+        note = f": {j.message}" if j.message else ""
+        console.print(f"{'done' if j.ok else 'FAILED'} {j.job.name}{tries}{note}", highlight=False)
 
-    results = run_sweep(plan, r.address, r.ray, done)
-    line = failures_line(results, str(r.file))
+    results = sw.run_sweep(plan, r.address, r.ray, done)
+    line = sw.failures_line(results, str(r.file))
     if line:
         say(line, "error:", "bold red")
         raise typer.Exit(code=1)
