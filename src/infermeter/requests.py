@@ -31,7 +31,7 @@ def arg(default: Any = ..., help: str = "") -> Any:
 
 
 def store() -> Any:
-    return opt(DEFAULT_STORE, "SQLite store of runs and points.", "--store")
+    return opt(Path(DEFAULT_STORE), "SQLite store of runs and points.", "--store")
 
 
 def stores() -> Any:
