@@ -71,11 +71,12 @@ QUERIES = ("SCENARIO=FILE of per-instance prompt_tokens, output_tokens (or their
 OBJECTIVE = ("NAME=EXPR ranking objective over the table's columns, e.g. 'acc/cost=accuracy / "
              "idealized_cost_usd' (repeatable; higher is better).")  # fmt: skip
 FORMAT = "Figure format: png or svg."
-KW = {"kw_only": True}
 
 
-@dataclass(**KW)
+@dataclass(kw_only=True)
 class ModelsRequest:
+    """`infermeter models`: the catalog, or one model's spec (--show)."""
+
     family: str | None = opt(None, "Only this family (e.g. llama).")
     show: str | None = opt(
         None, "One model (catalog name or config.json): the spec as read.", "--show"
@@ -85,13 +86,17 @@ class ModelsRequest:
     dtype: str | None = opt(None, "With --show: bytes at this dtype.")
 
 
-@dataclass(**KW)
+@dataclass(kw_only=True)
 class HardwareRequest:
+    """`infermeter hardware`: the accelerator catalog."""
+
     hardware_config: Path | None = hardware_config()
 
 
-@dataclass(**KW)
+@dataclass(kw_only=True)
 class ProfileRequest:
+    """`infermeter profile MODEL`: profile, fit, validate and price (plans.profile_setup)."""
+
     model: str = arg(..., "Catalog name (see `infermeter models`) or config.json.")
     backend: str = opt("engine", "Stack to profile: engine (the reference) or hf (transformers).")
     device: str = opt("auto", DEVICE)
@@ -127,8 +132,10 @@ class ProfileRequest:
     store: Path = store()
 
 
-@dataclass(**KW)
+@dataclass(kw_only=True)
 class FitRequest:
+    """`infermeter fit [RUN]`: a stored run or a points file fitted (model.runfit.fit_request)."""
+
     run: int | None = arg(None, "Run id in the store (default: the latest).")
     points: Path | None = opt(
         None,
@@ -162,8 +169,10 @@ class FitRequest:
     store: Path = store()
 
 
-@dataclass(**KW)
+@dataclass(kw_only=True)
 class EstimateRequest:
+    """`infermeter estimate`: queries priced (model.pricing.price_request)."""
+
     profile: Path = opt(..., "Fitted model JSON or HELM file.", "--profile")
     model: str | None = opt(None, "Entry of a HELM efficiency_data file.")
     queries: Path | None = opt(None, "CSV/JSONL of prompt_tokens, output_tokens.")
@@ -180,27 +189,35 @@ class EstimateRequest:
     settings: list[str] | None = settings()
 
 
-@dataclass(**KW)
+@dataclass(kw_only=True)
 class StoreRequest:
+    """`infermeter runs`: the runs of a store."""
+
     store: Path = store()
 
 
-@dataclass(**KW)
+@dataclass(kw_only=True)
 class RunRequest:
+    """`infermeter show [RUN]`: one run of a store."""
+
     run: int | None = run_arg()
     store: Path = store()
 
 
-@dataclass(**KW)
+@dataclass(kw_only=True)
 class ExportRequest:
+    """`infermeter export [RUN]`: a run's points or fit written (model.runfit.export_run)."""
+
     run: int | None = run_arg()
     output: Path | None = opt(None, "Points as .csv, .jsonl or .parquet.")
     helm: Path | None = opt(None, "The run's runtime fit as HELM efficiency_data.")
     store: Path = store()
 
 
-@dataclass(**KW)
+@dataclass(kw_only=True)
 class ServeRequest:
+    """`infermeter serve MODEL`: a local model behind the API (backends.serve.serve_model)."""
+
     model: str = arg(..., "Catalog name or config.json (random weights).")
     backend: str = opt("hf", "hf or engine.")
     device: str = opt("auto", "auto, cuda or cpu.")
@@ -215,8 +232,10 @@ class ServeRequest:
     api_key: str | None = opt(None, "Require this bearer key.", "--api-key", show_default=False)
 
 
-@dataclass(**KW)
+@dataclass(kw_only=True)
 class LoadRequest:
+    """`infermeter load MODEL`: load on an API (plans.load_plan, plans.run_load)."""
+
     model: str = arg(..., "The served model: catalog name or any name.")
     prompt_tokens: int = opt(512, "Fixed prompt size p.")
     output_sizes: str = opt("1,32", "Output lengths, e.g. 1,32,128.")
@@ -238,8 +257,10 @@ class LoadRequest:
     store: Path = store()
 
 
-@dataclass(**KW)
+@dataclass(kw_only=True)
 class VarianceRequest:
+    """`infermeter variance [RUN]`: a run's noise (model.variance.run_noise)."""
+
     run: int | None = run_arg()
     idealized: Path | None = opt(
         None, "Fitted model JSON of a reference stack, for idealized vs denoised."
@@ -248,8 +269,10 @@ class VarianceRequest:
     store: Path = store()
 
 
-@dataclass(**KW)
+@dataclass(kw_only=True)
 class EnergyRequest:
+    """`infermeter energy MODEL`: Words to Watts (plans.energy_setup)."""
+
     model: str | None = arg(None, "Catalog name (e.g. llama-7b) or a config.json.")
     dataset: str = opt("gsm8k", "gsm8k, alpaca, or a JSON/JSONL file of Alpaca or GSM8K records.")
     prompts: int | None = opt(
@@ -299,8 +322,10 @@ class EnergyRequest:
     store: Path = store()
 
 
-@dataclass(**KW)
+@dataclass(kw_only=True)
 class TradeoffsRequest:
+    """`infermeter tradeoffs`: capability vs efficiency (model.tradeoffs.tradeoffs_for)."""
+
     capabilities: Path = opt(..., CAPABILITIES, "--capabilities")
     queries: list[str] = opt(..., QUERIES, "--queries")
     metric: str | None = opt(None, METRIC, "--metric")
@@ -315,8 +340,10 @@ class TradeoffsRequest:
     store: list[Path] | None = stores()
 
 
-@dataclass(**KW)
+@dataclass(kw_only=True)
 class CompareRequest:
+    """`infermeter compare [RUNS]`: one model on several stacks (compare_request)."""
+
     runs: list[int] | None = arg(None, "Run ids of one model on several stacks.")
     model: str | None = opt(None, "Compare every stack that profiled MODEL.")
     profile: list[Path] | None = opt(
@@ -336,8 +363,10 @@ class CompareRequest:
     store: list[Path] | None = stores()
 
 
-@dataclass(**KW)
+@dataclass(kw_only=True)
 class ReportRequest:
+    """`infermeter report`: the HTML page (report.build.report_for)."""
+
     output: Path = opt(Path("report.html"), "Where to write the HTML page.")
     capabilities: Path | None = opt(None, CAPABILITIES, "--capabilities")
     metric: str | None = opt(None, METRIC, "--metric")
@@ -348,8 +377,10 @@ class ReportRequest:
     store: list[Path] | None = stores()
 
 
-@dataclass(**KW)
+@dataclass(kw_only=True)
 class SweepRequest:
+    """`infermeter sweep FILE`: a sweep's jobs run and merged."""
+
     file: Path = arg(..., "The sweep file (SWEEP.toml): its jobs and stores.")
     ray: bool = opt(
         False,
@@ -362,7 +393,9 @@ class SweepRequest:
     )
 
 
-@dataclass(**KW)
+@dataclass(kw_only=True)
 class MergeRequest:
+    """`infermeter merge TARGET SOURCES`: stores merged into one."""
+
     target: Path = arg(..., "The store to merge into (made if missing).")
     sources: list[Path] = arg(..., "Stores to merge from.")

@@ -42,7 +42,7 @@ def _build(cls: type[Any], values: dict[str, Any]) -> Any:
     for f in dataclasses.fields(cls):
         if "nested" in f.metadata:
             nested = hints[f.name]
-            names = [p.name for p in _parameters(nested, only_flagged=True)]
+            names = [g.name for g in dataclasses.fields(nested) if "flag" in g.metadata]
             kwargs[f.name] = nested(**{n: values[n] for n in names}, **f.metadata["nested"])
         elif f.name in values:
             kwargs[f.name] = values[f.name]
