@@ -1,9 +1,15 @@
-"""User-facing errors (one line that names the problem and the fix, exit code 2) and the one
-out-of-memory test that the engine, the hf backend and the energy sweep share."""
+"""User-facing errors (one line that names the problem and the fix, exit code 2), SIGTERM
+unwound like Ctrl-C, and the one out-of-memory test that the engine, the hf backend and the
+energy sweep share."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 # The CPU allocator's failure is a plain RuntimeError: its message is all there is to go on.
 _CPU_ALLOCATOR = "can't allocate memory"
@@ -57,3 +63,27 @@ def oom_line(error: BaseException) -> str:
     text = str(error).strip()
     lines = [line for line in text.splitlines() if "memory" in line.lower()]
     return (lines[0] if lines else text.splitlines()[0] if text else type(error).__name__)[:300]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `timeout`'s stop), unwound like Ctrl-C so that every
+    `finally` runs: runs are marked interrupted, meters stopped, power limits restored."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the unwinding
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises Terminated in the main thread while inside (the CLI's verbs run so)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: set from C, and Python cannot put it back
+            signal.signal(signal.SIGTERM, previous)

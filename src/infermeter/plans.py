@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from infermeter.errors import UserError
 from infermeter.spec.model import ModelSpec
+
+if TYPE_CHECKING:
+    from infermeter.requests import EnergyRequest, LoadRequest, ProfileRequest
 
 PAPER_TEMPERATURE, PAPER_TOP_P = 0.8, 0.95  # the paper's decoding settings (§III-A)
 # The paper's sweep (4,096 prompts, batch 64-256, up to 1,024 tokens) and the one a CPU runs
@@ -40,6 +42,17 @@ def parse_list(
     if not values:
         raise UserError(f"{label} is empty; give {empty or 'comma-separated ' + what}")
     return values
+
+
+def parse_rates(text: str | None, label: str) -> tuple[float, ...] | None:
+    """Comma-separated positive numbers (requests per second), or a UserError."""
+    if text is not None and text.replace(" ", "").replace(",", ""):
+        rates = parse_list(text, label, float, "0.5,1,2", "numbers")
+        if rates and min(rates) > 0:
+            return rates
+    if text is not None:
+        raise UserError(f"{label} must be positive numbers, e.g. 0.5,1,2")
+    return None
 
 
 def profile_grid(
@@ -111,6 +124,15 @@ def load_grid(
         raise UserError(f"--mode must be burst, concurrent or rate, got {mode!r}")
     grid.validate(spec)
     return grid
+
+
+def load_plan(r: LoadRequest, spec: ModelSpec) -> Any:
+    """The load grid of `infermeter load`'s request (its sizes, levels and rates parsed)."""
+    sizes = parse_list(r.output_sizes, "--output-sizes") or (1,)
+    levels = None if r.mode == "rate" else parse_list(r.concurrency, "--concurrency")
+    rates = parse_rates(r.rate, "--rate") if r.mode == "rate" else None
+    return load_grid(spec, r.mode, r.prompt_tokens, sizes, levels, rates, r.trials, r.duration_s,
+                     r.warmup_s, r.arrival)  # fmt: skip
 
 
 @dataclass
@@ -215,26 +237,24 @@ class EnergySetup:
     meter_for: Callable[[int], Any]
     notes: list[str] = field(default_factory=list)
 
+    def run(self, db: Any, r: EnergyRequest, bar: Any, note: Callable[[str], None]) -> Any:
+        """Run the sweep into store `db` (experiments.energy.run_energy), its progress told to
+        `bar` (infermeter.progress.RunProgress) and its notes to `note`."""
+        from infermeter.experiments.energy import run_energy
+        from infermeter.store.provenance import device_description
 
-def energy_setup(
-    model: str | None,
-    backend: str,
-    sampling: str,
-    power_limit: str | None,
-    nodes: int,
-    warmup_s: float,
-    device: str,
-    sizes: tuple[int | None, str | None, str | None],
-    shards: str,
-    workload: tuple[str, int, str | None],
-    dtype: str | None,
-    checkpoint: Path | None,
-    tokenizer: str | None,
-    sample_interval_s: float,
-) -> EnergySetup:
-    """The energy run of `model` from the command's choices, every check made before anything
-    is stored: `sizes` (prompts, batch sizes, max lengths; None: the defaults), `workload`
-    (dataset, seed, template), power caps in W, warm-up and sampling period in s. Raises
+        return run_energy(
+            db, self.spec, self.workload, self.tokenizer, self.sweep, self.backend_for,
+            backend_name=r.backend, backend_options=self.options, meter_for=self.meter_for,
+            device=device_description(gpu=self.on_gpu, device=self.cuda), seed=r.seed,
+            warmup_s=r.warmup_s, on_start=bar.energy_start(db, len(self.workload)),
+            on_batch=bar.on_batch, on_config=bar.on_config, on_note=note,
+        )  # fmt: skip
+
+
+def energy_setup(r: EnergyRequest, nodes: int = 1) -> EnergySetup:
+    """The energy run that `infermeter energy` asks for (over `nodes` nodes), every check made
+    before anything is stored: sizes None take the defaults, power caps are in W. Raises
     UserError for a choice that cannot run (with its option's name)."""
     from infermeter.backends.config import config_for
     from infermeter.backends.options import generating_backend
@@ -245,6 +265,7 @@ def energy_setup(
     from infermeter.workloads.datasets import load_workload
     from infermeter.workloads.tokenizer import tokenizer_for
 
+    model, backend, sampling, device = r.model, r.backend, r.sampling, r.device
     if model is None:
         raise UserError("give a MODEL (e.g. llama-7b), or --restore-power-limit")
     if backend not in ("engine", "hf"):
@@ -253,20 +274,20 @@ def energy_setup(
         raise UserError(f"--sampling must be top_p or greedy, not {sampling!r}")
     spec = resolve_spec(model)
     caps = parse_list(
-        power_limit, "--power-limit", float, "250,175,150", "watts", "watts, e.g. 250"
+        r.power_limit, "--power-limit", float, "250,175,150", "watts", "watts, e.g. 250"
     )
     if caps and nodes > 1:
         raise UserError(
             "--power-limit caps the GPUs of this node only; on a run over several nodes set "
             "the caps on each node (nvidia-smi -pl) and leave --power-limit out"
         )
-    check_warmup_s(warmup_s)
+    check_warmup_s(r.warmup_s)
     scaled = device == "cpu" or (not device.startswith("cuda") and cuda_device_name() is None)
-    plan = energy_plan(scaled, *sizes)
+    plan = energy_plan(scaled, r.prompts, r.batch_sizes, r.max_lengths)
     sweep = EnergySweep(
         parse_list(plan.batch_sizes, "--batch-sizes") or (64,),
         parse_list(plan.max_lengths, "--max-lengths") or (256,),
-        parse_list(shards, "--shards") or (1,),
+        parse_list(r.shards, "--shards") or (1,),
         caps or (None,),
     )
     sweep.validate(spec)
@@ -279,12 +300,15 @@ def energy_setup(
         )
     if caps and not on_gpu:
         raise UserError("--power-limit caps NVIDIA GPUs; this run has none (nothing was changed)")
-    dataset, seed, template = workload
-    prompts = load_workload(dataset, plan.prompts, seed, template)
-    tok, tok_note = tokenizer_for(spec, tokenizer)
-    options: dict[str, Any] = {"device": cuda if on_gpu else "cpu", "dtype": dtype, "seed": seed}
-    if checkpoint is not None:
-        options["checkpoint"] = str(checkpoint)
+    prompts = load_workload(r.dataset, plan.prompts, r.seed, r.template)
+    tok, tok_note = tokenizer_for(spec, r.tokenizer)
+    options: dict[str, Any] = {
+        "device": cuda if on_gpu else "cpu",
+        "dtype": r.dtype,
+        "seed": r.seed,
+    }
+    if r.checkpoint is not None:
+        options["checkpoint"] = str(r.checkpoint)
     if backend == "engine":
         options.update(sampling=sampling, temperature=PAPER_TEMPERATURE, top_p=PAPER_TOP_P)
 
@@ -297,7 +321,7 @@ def energy_setup(
     def meter_for(tp: int) -> Meter | None:
         """The GPUs the run's work uses (cuda:N and, with shards, the next ones), resolved
         once (infermeter.measure.gpus); power caps go to the same ones."""
-        return Meter.for_device(cuda, tp, interval_s=sample_interval_s) if on_gpu else None
+        return Meter.for_device(cuda, tp, interval_s=r.sample_interval_s) if on_gpu else None
 
     notes = [n for n in [plan.scaled_note, *prompts.notes, tok_note] if n]
     if not on_gpu:
@@ -308,6 +332,15 @@ def energy_setup(
         notes += leftover_power_caps(cuda, max(sweep.shards))
     return EnergySetup(spec, sweep, prompts, tok, options, on_gpu, cuda, backend_for, meter_for,
                        notes)  # fmt: skip
+
+
+def restore_power_limits(r: EnergyRequest) -> list[str]:
+    """`infermeter energy --restore-power-limit`: the limits an earlier run left set put back
+    (or this request's GPUs reset), a line for each (infermeter.measure.powercap)."""
+    from infermeter.measure.powercap import restore_power_limits as restore
+
+    cuda = r.device if r.device.startswith("cuda") else "cuda"
+    return restore(device=cuda, count=max(parse_list(r.shards, "--shards") or (1,)))
 
 
 @dataclass
@@ -326,64 +359,82 @@ class ProfileSetup:
     runner: Any
     meter: Any
     notes: list[str] = field(default_factory=list)
+    overrides: dict[str, float] = field(default_factory=dict)
+    catalog: Any = None
+
+    def run(self, db: Any, r: ProfileRequest, bar: Any) -> Any:
+        """Profile into store `db` (experiments.profile.run_profile), progress told to `bar`
+        (infermeter.progress.RunProgress); the run's record."""
+        from infermeter.experiments.profile import run_profile
+        from infermeter.store.provenance import device_description
+
+        return run_profile(
+            db, self.spec, self.stack.to_dict(), self.runner, self.options, self.grid,
+            bar.profile_start, bar.on_point, device=device_description(gpu=self.on_gpu,
+            device=self.gpu), meter=self.meter, warmup_s=r.warmup_s, validate=self.validate,
+        )  # fmt: skip
 
 
-def profile_setup(
-    model: str,
-    backend: str,
-    device: str,
-    dtype: str | None,
-    sizes: tuple[str | None, str | None, str | None],
-    trials: int,
-    tp: int,
-    hardware: tuple[str | None, int, dict[str, float], Any],
-    warmup_s: float,
-    validate: int | None,
-    api: Any,
-    energy: bool,
-    sample_interval_s: float,
-    warn: Callable[[str], None],
-) -> ProfileSetup:
-    """A profile of `model` on `backend` from a command's choices: `sizes` (prompt, output
-    and batch sizes as comma-separated text; None: the defaults), `hardware` (accelerator,
-    how many, overrides, catalog), warm-up and sampling period in s, `api` the OpenAIConfig
-    of backend "openai" (prepared here, so faults stop before a run is stored; `warn` gets
-    its warning). Raises UserError for a choice that cannot run."""
+def profile_setup(r: ProfileRequest, warn: Callable[[str], None]) -> ProfileSetup:
+    """The profile that `infermeter profile` asks for: its output file checked, sizes parsed
+    (None: the defaults), the hardware priced with its overrides, the backend built (an API's
+    prepared, so faults stop before a run is stored; `warn` gets its warning). Raises
+    UserError for a choice that cannot run."""
     from infermeter.backends.config import build_backend, config_for
     from infermeter.backends.openai import api_spec
     from infermeter.backends.options import openai_backend
+    from infermeter.model.pricing import parse_overrides
     from infermeter.spec.catalog import resolve_spec
-    from infermeter.spec.hardware import build_stack
+    from infermeter.spec.hardware import build_stack, load_hardware_config
+    from infermeter.store.outputs import check_output
 
+    if r.output:
+        check_output(r.output, "model file")  # before minutes of profiling, not after
+    backend, device, tp = r.backend, r.device, r.tensor_parallel
+    overrides = parse_overrides(r.price_per_hour, r.power_watts, r.settings)
+    catalog = load_hardware_config(r.hardware_config) if r.hardware_config else None
     is_api = backend == "openai"  # a black box: MODEL may be any name, nothing runs locally
-    spec = api_spec(model) if is_api else resolve_spec(model)
-    accelerator, count, overrides, catalog = hardware
+    spec = api_spec(r.model) if is_api else resolve_spec(r.model)
     stack, on_gpu = build_stack(
-        backend, "cpu" if is_api else device, dtype, spec.dtype, accelerator, count, tp,
-        overrides, catalog,
+        backend, "cpu" if is_api else device, r.dtype, spec.dtype, r.accelerator,
+        r.num_accelerators, tp, overrides, catalog,
     )  # fmt: skip
+    sizes = (r.prompt_sizes, r.output_sizes, r.batch_sizes)
     labels = ("--prompt-sizes", "--output-sizes", "--batch-sizes")
     parsed = [parse_list(text, label) for text, label in zip(sizes, labels, strict=True)]
-    grid = profile_grid(spec, on_gpu, trials, *parsed)
-    validate = validation_count(on_gpu, warmup_s, validate)
+    grid = profile_grid(spec, on_gpu, r.trials, *parsed)
+    validate = validation_count(on_gpu, r.warmup_s, r.validate)
     gpu = device if device.startswith("cuda") else "cuda"  # cuda:N: backend, meter and pricing
     options: dict[str, Any] = {"device": gpu if on_gpu else "cpu", "dtype": stack.dtype}
     if tp > 1:
         options["tp"] = tp
     if is_api:
-        options, runner, warning = openai_backend(api)
+        options, runner, warning = openai_backend(r.api)
         if warning:
             warn(warning)
         runner.prepare(spec)  # faults that no retry fixes stop here, before a run is stored
     else:
         runner = build_backend(config_for(backend, **options))
     meter, notes = None, []
-    if energy and on_gpu:
+    if r.energy and on_gpu:
         from infermeter.measure.meter import Meter
 
-        meter = Meter.for_device(options["device"], tp, interval_s=sample_interval_s)
+        meter = Meter.for_device(options["device"], tp, interval_s=r.sample_interval_s)
         notes += [meter.note] if meter.note else []
-    return ProfileSetup(spec, stack, on_gpu, grid, validate, gpu, options, runner, meter, notes)
+    return ProfileSetup(spec, stack, on_gpu, grid, validate, gpu, options, runner, meter, notes,
+                        overrides, catalog)  # fmt: skip
+
+
+def profile_prices(r: ProfileRequest, setup: ProfileSetup, fitted: list[Any]) -> Any:
+    """The profiled stack's models priced on its hardware (an API's: --accelerator's, if any)
+    within the profiled range (model.pricing.price_profile)."""
+    from infermeter.model.pricing import price_profile
+
+    api_hw = r.backend == "openai" and bool(r.accelerator)
+    return price_profile(
+        fitted, setup.spec.max_context, r.accelerator if r.backend == "openai" else None,
+        r.num_accelerators if api_hw else None, setup.overrides, setup.catalog,
+    )  # fmt: skip
 
 
 def fit_profiled(

@@ -375,3 +375,26 @@ def test_python_dash_m_runs_the_same_command_line() -> None:
     assert done.returncode == 0, done.stderr
     listed = {line.strip("│ ").split(" ")[0] for line in done.stdout.splitlines()}
     assert {"profile", "fit", "estimate", "energy", "report"} <= listed
+
+
+def test_the_command_gets_the_request_a_notebook_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`infermeter profile` hands the library the same ProfileRequest a notebook would build:
+    flags (--tp, --set, --no-stream) and defaults land on the dataclass's fields."""
+    from infermeter import plans
+    from infermeter.backends.config import OpenAIConfig
+    from infermeter.errors import UserError
+    from infermeter.requests import ProfileRequest
+
+    seen: list[ProfileRequest] = []
+
+    def stop(request: ProfileRequest, warn: object) -> None:
+        seen.append(request)
+        raise UserError("stopped here")
+
+    monkeypatch.setattr(plans, "profile_setup", stop)
+    result = invoke("profile", "tiny-llama", "--tp", 2, "--set", "a=1", "--set", "b=2",
+                    "--no-stream", "--warmup-s", 0)  # fmt: skip
+    assert result.exit_code == 2 and "stopped here" in result.stderr
+    expected = ProfileRequest(model="tiny-llama", tensor_parallel=2, settings=["a=1", "b=2"],
+                              warmup_s=0.0, api=OpenAIConfig(stream=False))  # fmt: skip
+    assert seen == [expected]

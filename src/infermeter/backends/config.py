@@ -63,41 +63,66 @@ class HFConfig:
 class OpenAIConfig:
     """Settings of an OpenAI-compatible API (infermeter.backends.openai.OpenAIBackend).
 
-    The key is passed to the backend only: `stored_options` leaves it out.
+    The key is passed to the backend only: `stored_options` leaves it out. A field with a
+    "flag" is an option of `profile --backend openai` and `load` (infermeter.requests).
     """
 
     base_url: str | None = field(
         default=None,
-        metadata={"help": "API base URL, e.g. http://127.0.0.1:8000/v1 (env OPENAI_BASE_URL)."},
+        metadata={
+            "flag": "--base-url",
+            "help": "API base URL, e.g. http://127.0.0.1:8000/v1 (env OPENAI_BASE_URL).",
+        },
     )
     api_model: str | None = field(
-        default=None, metadata={"help": "Model name the server serves (default: its only one)."}
+        default=None,
+        metadata={
+            "flag": "--api-model",
+            "help": "Model name the server serves (default: its only one).",
+        },
     )
     api_key: str | None = field(
         default=None,
         repr=False,
         metadata={
-            "help": "API key (env OPENAI_API_KEY or INFERMETER_API_KEY); never stored or printed."
+            "flag": "--api-key",
+            "show_default": False,
+            "help": "API key (env OPENAI_API_KEY or INFERMETER_API_KEY); never stored or printed.",
         },
     )
-    endpoint: str = field(default="completions", metadata={"help": "completions or chat."})
+    endpoint: str = field(
+        default="completions", metadata={"flag": "--endpoint", "help": "completions or chat."}
+    )
     stream: bool = field(
-        default=True, metadata={"help": "Stream tokens (TTFT, inter-token latencies)."}
+        default=True,
+        metadata={
+            "flag": "--stream/--no-stream",
+            "help": "Stream tokens (TTFT, inter-token latencies).",
+        },
     )
     tokenizer: str | None = field(
         default=None,
         metadata={
+            "flag": "--tokenizer",
             "help": "The served model's tokenizer.json, SentencePiece .model or 'bytes' (default: "
-            "calibrate from the server's usage counts)."
+            "calibrate from the server's usage counts).",
         },
     )
     identical_prompts: bool = field(
         default=False,
-        metadata={"help": "Same prompt every trial (default: new words per trial)."},
+        metadata={
+            "flag": "--identical-prompts",
+            "help": "Same prompt every trial (default: new words per trial).",
+        },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the prompts' words."})
-    timeout_s: float = field(default=600.0, metadata={"help": "Seconds per request attempt."})
-    retries: int = field(default=3, metadata={"help": "Retries per request on faults (jittered)."})
+    timeout_s: float = field(
+        default=600.0, metadata={"flag": "--timeout", "help": "Seconds per request attempt."}
+    )
+    retries: int = field(
+        default=3,
+        metadata={"flag": "--retries", "help": "Retries per request on faults (jittered)."},
+    )
     forced_length: Literal["auto", "on", "off"] = field(
         default="auto", metadata={"help": "Force the output length (ignore_eos, min_tokens)."}
     )
@@ -105,7 +130,11 @@ class OpenAIConfig:
         default=None, metadata={"help": "File caching token-count calibrations."}
     )
     stall_timeout_s: float = field(
-        default=120.0, metadata={"help": "Seconds without a byte before an attempt is given up."}
+        default=120.0,
+        metadata={
+            "flag": "--stall-timeout",
+            "help": "Seconds without a byte before an attempt is given up.",
+        },
     )
     size_option: str = field(
         default="--prompt-sizes", metadata={"help": "The option its messages name for sizes."}

@@ -27,9 +27,9 @@ import json
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -37,6 +37,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from infermeter.errors import UserError
 from infermeter.workloads.textgen import TokenGenerator
 from infermeter.workloads.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from infermeter.requests import ServeRequest
 
 _ids = itertools.count()
 
@@ -404,6 +407,43 @@ def serve(
         return
     config = uvicorn.Config(app, log_level=log_level, access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def serve_model(r: ServeRequest, on_ready: Callable[[list[str], str], None]) -> None:
+    """`infermeter serve`: r.model (random weights, or r.checkpoint's) on the hf or engine
+    backend behind the API until stopped. The port is taken before the model loads; once it
+    is loaded `on_ready` gets the notes and the line that says where it is served."""
+    from infermeter.backends.config import build_backend, config_for
+    from infermeter.spec.catalog import resolve_spec
+    from infermeter.workloads.textgen import generator_for
+    from infermeter.workloads.tokenizer import load_tokenizer
+
+    if r.backend not in ("hf", "engine"):
+        raise UserError(f"serve runs the hf or engine backend, not {r.backend!r}")
+    spec = resolve_spec(r.model)
+    tok = load_tokenizer(r.tokenizer)
+    options: dict[str, Any] = {"device": r.device, "dtype": r.dtype}
+    if r.checkpoint is not None:
+        options["checkpoint"] = str(r.checkpoint)
+    config = config_for(r.backend, **options)
+    sock = bind(r.host, r.port)  # a busy port is said now, before the model loads
+    try:
+        runner = build_backend(config)
+        runner.prepare(spec)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        name = r.name or spec.name
+        app = create_app(generator_for(runner), tok, name, api_key=r.api_key)
+        notes = [f"tokenizer {tok.name} has {tok.vocab_size} ids, the model {spec.vocab_size}: "
+                 "prompt ids wrap around"] if tok.vocab_size > spec.vocab_size else []  # fmt: skip
+        where = f"http://{r.host}:{r.port}/v1"
+        on_ready(notes, f"serving {name} ({r.backend}, tokenizer {tok.name}) at {where}")
+        serve(app, r.host, r.port, log_level="warning", sock=sock)
+    finally:
+        sock.close()
+        runner.close()
 
 
 def bind(host: str, port: int) -> Any:

@@ -6,19 +6,16 @@ It imports nothing else from infermeter.cli, so every command module can import 
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from infermeter.errors import UserError
+from infermeter.errors import Terminated, UserError, sigterm_unwinds
 from infermeter.model.cost_model import CostModel
 from infermeter.model.runfit import fit_lines
 from infermeter.tables import fit_table, frame_table
@@ -30,29 +27,6 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's or `timeout`'s stop), unwound like Ctrl-C so that every
-    `finally` runs: runs are marked interrupted, meters stopped, power limits restored."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the unwinding
-    raise Terminated
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield  # handlers can only be set from the main thread
-        return
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        yield
-    finally:
-        if previous is not None:  # None: set from C, and Python cannot put it back
-            signal.signal(signal.SIGTERM, previous)
-
-
 def user_errors(func: F) -> F:
     """Turn a UserError into one red line and exit code 2, never a traceback; Ctrl-C and
     SIGTERM into one line and exit code 130 / 143 once everything measured is stored."""
@@ -60,7 +34,7 @@ def user_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            with _sigterm_unwinds():
+            with sigterm_unwinds():
                 return func(*args, **kwargs)
         except UserError as exc:
             say(f"{exc}", "error:", "bold red")  # printed literally: it may quote a server

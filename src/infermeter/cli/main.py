@@ -26,18 +26,11 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     """--version: the package version and, in a checkout, its commit."""
-    if not value:
-        return
-    from infermeter import __version__
-    from infermeter.store.provenance import git_commit
+    if value:
+        from infermeter.store.provenance import version_line
 
-    commit = git_commit()
-    console.print(
-        f"infermeter {__version__}" + (f" (commit {commit[:10]})" if commit else ""),
-        markup=False,
-        highlight=False,
-    )
-    raise typer.Exit()
+        console.print(version_line(), markup=False, highlight=False)
+        raise typer.Exit()
 
 
 @app.callback()

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
+from infermeter import requests as rq
+from infermeter.cli import options as o
 from infermeter.cli.console import console, say, user_errors
 
 
@@ -31,58 +31,41 @@ def _options_of(command: str) -> set[str]:
     }
 
 
-def sweep(
-    file: Path = typer.Argument(..., help="The sweep file (SWEEP.toml): its jobs and stores."),
-    ray: bool = typer.Option(
-        False,
-        "--ray",
-        help="Run the jobs as Ray tasks, on the cluster at ADDRESS, or RAY_ADDRESS's, or a new "
-        "local one. Without it, one after another here.",
-    ),
-    address: str | None = typer.Argument(
-        None, help="With --ray: the Ray cluster's head, HOST:PORT (e.g. 10.0.0.1:6379)."
-    ),
-) -> None:
+@o.request(rq.SweepRequest)
+def sweep(r: rq.SweepRequest) -> None:
     """Run a sweep of profiles and energy runs, merging each job's store as it finishes."""
     from infermeter.errors import UserError
-    from infermeter.experiments.sweep import (
-        JobResult,
-        check_options,
-        failures_line,
-        load_sweep,
-        run_sweep,
-    )
+    from infermeter.experiments import sweep as sw
 
-    if address and not ray:
+    if r.address and not r.ray:
         raise UserError(
-            f"{address!r} is a Ray address: add --ray (infermeter sweep FILE --ray ADDRESS)"
+            f"{r.address!r} is a Ray address: add --ray (infermeter sweep FILE --ray ADDRESS)"
         )
-    plan = load_sweep(file)
-    check_options(plan, _options_of)
-    where = f"on Ray ({address or 'RAY_ADDRESS or a local one'})" if ray else "one after another"
+    plan = sw.load_sweep(r.file)
+    sw.check_options(plan, _options_of)
+    ray_at = r.address or "RAY_ADDRESS or a local one"
+    where = f"on Ray ({ray_at})" if r.ray else "one after another"
     console.print(
         f"{len(plan.jobs)} job(s) {where}; stores in {plan.stores}, merged into {plan.store}",
         highlight=False,
     )
 
-    def done(r: JobResult) -> None:
-        tries = f", {r.attempts} attempts" if r.attempts > 1 else ""
-        note = f": {r.message}" if r.message else ""
-        console.print(f"{'done' if r.ok else 'FAILED'} {r.job.name}{tries}{note}", highlight=False)
+    def done(j: sw.JobResult) -> None:  # one job finished
+        tries = f", {j.attempts} attempts" if j.attempts > 1 else ""
+        note = f": {j.message}" if j.message else ""
+        console.print(f"{'done' if j.ok else 'FAILED'} {j.job.name}{tries}{note}", highlight=False)
 
-    results = run_sweep(plan, address, ray, done)
-    line = failures_line(results, str(file))
+    results = sw.run_sweep(plan, r.address, r.ray, done)
+    line = sw.failures_line(results, str(r.file))
     if line:
         say(line, "error:", "bold red")
         raise typer.Exit(code=1)
     console.print(f"all {len(results)} job(s) done; their runs are in {plan.store}")
 
 
-def merge(
-    target: Path = typer.Argument(..., help="The store to merge into (made if missing)."),
-    sources: list[Path] = typer.Argument(..., help="Stores to merge from."),
-) -> None:
+@o.request(rq.MergeRequest)
+def merge(r: rq.MergeRequest) -> None:
     """Merge stores into one: every run once (by its key) and every measurement once."""
     from infermeter.experiments.merge import merge_stores
 
-    console.print(merge_stores(target, sources).line(), highlight=False)
+    console.print(merge_stores(r.target, r.sources).line(), highlight=False)

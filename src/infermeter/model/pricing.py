@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from infermeter.errors import UserError
+
+if TYPE_CHECKING:
+    from infermeter.requests import EstimateRequest
 from infermeter.model.cost_model import CostModel, ModelSet
 from infermeter.model.estimate import (
     Pricing,
@@ -116,3 +119,27 @@ def price_queries(
     )
     estimates = estimate_queries(frame, runtime, pricing, energy, grid_intensity)
     return Priced(estimates, pricing, notes, warnings)
+
+
+def price_request(r: EstimateRequest) -> tuple[Priced, str]:
+    """`infermeter estimate`: its output file checked first, its queries (a file, else the
+    grid of the sizes given) priced with the model set of r.profile, and the model's name."""
+    from infermeter.model.helm import load_model_set
+    from infermeter.plans import parse_list
+    from infermeter.spec.hardware import load_hardware_config
+    from infermeter.store.outputs import check_output
+
+    if r.output:
+        check_output(r.output)
+    runtime = load_model_set(r.profile, r.model)
+    energy = load_model_set(r.energy_profile) if r.energy_profile else None
+    frame = query_frame(
+        r.queries,
+        parse_list(r.prompt_tokens, "--prompt-tokens") if r.queries is None else None,
+        parse_list(r.output_tokens, "--output-tokens") if r.queries is None else None,
+    )
+    catalog = load_hardware_config(r.hardware_config) if r.hardware_config else None
+    overrides = parse_overrides(r.price_per_hour, r.power_watts, r.settings)
+    priced = price_queries(frame, runtime, energy, r.accelerator, r.num_accelerators, overrides,
+                           catalog, r.grid_intensity)  # fmt: skip
+    return priced, runtime.first().model

@@ -4,9 +4,10 @@ checked, the fit made or explained, saved, and described in lines of text.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -16,6 +17,9 @@ from infermeter.model.estimate import read_points
 from infermeter.model.fit import FitPolicy, fit_profile
 from infermeter.model.fitted import fit_run
 from infermeter.store.db import Store
+
+if TYPE_CHECKING:
+    from infermeter.requests import FitRequest
 
 
 def validation_line(model: CostModel) -> str:
@@ -174,6 +178,17 @@ def refit(
     return Refit(fitted, stored=keep)
 
 
+def fit_request(r: FitRequest) -> Refit:
+    """`infermeter fit`: its output file checked first, then its settings, then the fit made
+    (refit)."""
+    from infermeter.store.outputs import check_output
+
+    if r.output:
+        check_output(r.output, "model file")
+    settings = fit_settings(r.denoise, r.overhead, r.decode, r.slopes, r.folds, r.accept_poor_fit)
+    return refit(settings, r.points, r.model_name, r.store, r.run, r.save)
+
+
 def points_summary(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A run's ok points grouped by (p, o, batch) — trials, min and mean runtime (s), min
     TTFT (s) — and its points not used in fits."""
@@ -236,3 +251,34 @@ def run_view(db: Store, run: int | None = None) -> RunView:
         except UserError as error:
             view.not_fitted = f"cannot fit it yet: {error}"
     return view
+
+
+def export_run(
+    store: Path,
+    run: int | None,
+    output: Path | None,
+    helm: Path | None,
+    on_points: Callable[[str], None],
+    on_fit: Callable[[str], None],
+) -> None:
+    """`infermeter export`: run `run`'s points (None: the latest run's) written to `output`
+    and its runtime fit (the stored one, else one made now) to `helm` as HELM
+    efficiency_data, each told to its callback in a line once written."""
+    from infermeter.model.estimate import write_table
+    from infermeter.model.helm import save_helm_efficiency
+    from infermeter.store.outputs import check_outputs
+
+    if output is None and helm is None:
+        raise UserError("give --output FILE for points or --helm FILE for the fit")
+    check_outputs(output, helm)
+    with Store(store, read_only=True) as db:
+        run_id = run if run is not None else db.latest_run_id()
+        record = db.get_run(run_id)
+        if output is not None:
+            write_table(db.points(run_id), output)
+            on_points(f"run {run_id} points written to {output}")
+        if helm is not None:
+            model = db.latest_fit(run_id) or fit_run(db, run_id)[0]
+            save_helm_efficiency({record.model: model}, helm)
+            on_fit(f"run {run_id} fit written to {helm} (HELM efficiency_data; fitted with "
+                   f"{model.describe_fit()})")  # fmt: skip

@@ -9,6 +9,8 @@ runtime per request (Fig. 7) from stored points and fitted models.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,3 +73,41 @@ def noise_summary(points: pd.DataFrame, comparison: pd.DataFrame) -> dict[str, A
                 np.mean(comparison["idealized_s"] > denoised)
             )
     return summary
+
+
+@dataclass
+class RunNoise:
+    """A run's variation over trials (`variation`) and its denoised model, or `why` it has
+    none (the spread needs no fit; raw vs denoised does)."""
+
+    run_id: int
+    points: pd.DataFrame
+    variation: pd.DataFrame
+    denoised: CostModel | None = None
+    why: str | None = None
+
+    def against(self, idealized: Path | None) -> tuple[pd.DataFrame, str]:
+        """Raw vs denoised (vs the fitted model JSON `idealized`) per request, and the line
+        that sums the noise up."""
+        from infermeter.model.helm import load_profile
+        from infermeter.model.runfit import noise_line
+
+        reference = load_profile(idealized) if idealized else None
+        comparison = raw_vs_models(self.points, self.denoised, reference)
+        return comparison, noise_line(noise_summary(self.points, comparison))
+
+
+def run_noise(db: Any, run: int | None) -> RunNoise:
+    """The noise of stored run `run` (None: the latest; UserError for an unknown one)."""
+    from infermeter.errors import UserError
+    from infermeter.model.fitted import fit_run
+
+    run_id = run if run is not None else db.latest_run_id()
+    db.get_run(run_id)  # refuses an unknown run with its message
+    points = db.points(run_id)
+    noise = RunNoise(run_id, points, trial_variation(points))
+    try:
+        noise.denoised = fit_run(db, run_id)[0]
+    except UserError as error:
+        noise.why = f"{error}"
+    return noise

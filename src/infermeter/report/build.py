@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -40,6 +41,9 @@ from infermeter.report.html import Section, missing_html, render
 from infermeter.report.plot import ImageFormat, Plot
 from infermeter.store.energy import read_energy_configs
 from infermeter.store.provenance import git_commit, package_version, utc_date
+
+if TYPE_CHECKING:
+    from infermeter.requests import ReportRequest
 
 PROFILE_CMD = "infermeter profile MODEL --backend engine --store STORE"
 API_CMD = "infermeter profile MODEL --backend openai --base-url http://HOST:PORT/v1 --store STORE"
@@ -440,3 +444,26 @@ def build_report(inputs: ReportInputs) -> Report:
         if section.plot is not None:
             section.plot.figure.clear()
     return Report(sections, html)
+
+
+def report_for(r: ReportRequest) -> Report:
+    """`infermeter report`'s page, its output checked (its folder made) before any work."""
+    from infermeter.model.sources import stores_or_default
+    from infermeter.model.tradeoffs import parse_objectives
+    from infermeter.store.outputs import check_output, check_output_folder, image_format
+
+    if bool(r.capabilities) != bool(r.queries):
+        raise UserError("Figs. 9 and 10 need both --capabilities FILE and --queries SCENARIO=FILE")
+    if str(r.output.parent) and not r.output.parent.exists():
+        check_output_folder(r.output.parent, "report folder")  # made, as report.write does
+    check_output(r.output, "report")
+    inputs = ReportInputs(
+        stores=stores_or_default(r.store),
+        capabilities=r.capabilities,
+        metric=r.metric,
+        queries=list(r.queries or []),
+        objectives=parse_objectives(r.objective or []),
+        title=r.title,
+        image_format=image_format(r.fmt),  # type: ignore[arg-type]
+    )
+    return build_report(inputs)

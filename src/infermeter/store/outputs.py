@@ -73,3 +73,17 @@ def writing(path: str | os.PathLike[str], what: str = "output file") -> Iterator
         raise UserError(
             f"cannot write {what} {target}: {_reason(exc)}; pass another path"
         ) from None
+
+
+def check_outputs(*paths: str | os.PathLike[str] | None) -> None:
+    """Each output path given can be written: said before any work, in one line."""
+    for path in paths:
+        if path is not None:
+            check_output(path)
+
+
+def image_format(fmt: str) -> str:
+    """A figure format asked for (--format): png or svg, else a UserError."""
+    if fmt not in ("png", "svg"):
+        raise UserError(f"--format must be png or svg, not {fmt!r}")
+    return fmt

@@ -83,3 +83,11 @@ def provenance() -> dict[str, str | None]:
         "transformers": package_version("transformers"),
         "numpy": package_version("numpy"),
     }
+
+
+def version_line() -> str:
+    """`infermeter --version`: the package version and, in a checkout, its commit."""
+    from infermeter import __version__
+
+    commit = git_commit()
+    return f"infermeter {__version__}" + (f" (commit {commit[:10]})" if commit else "")
