@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # browser.py: the headless-Chromium che
 from browser import check_page, find_chromium  # noqa: E402
 from infermeter.backends import get_backend  # noqa: E402
 from infermeter.experiments.profile import ProfileGrid, run_profile  # noqa: E402
-from infermeter.report import ReportInputs, build_report  # noqa: E402
+from infermeter.report.build import ReportInputs, build_report  # noqa: E402
 from infermeter.spec.catalog import get_spec  # noqa: E402
 from infermeter.spec.hardware import Stack, get_accelerator  # noqa: E402
 from infermeter.store.db import Store  # noqa: E402

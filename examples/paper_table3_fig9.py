@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--no-api", action="store_true", help="skip the served-API profiles")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE.parent / "src"))
-    from infermeter.report import ReportInputs, build_report
+    from infermeter.report.build import ReportInputs, build_report
 
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.out / "walkthrough.sqlite"

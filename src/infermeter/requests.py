@@ -4,7 +4,7 @@ Each field is one argument or option of the command: its default, and in its met
 help text, its flag where that is not the field's name ("--warmup-s", "--set"), "argument"
 for a positional one and any other typer setting (show_default). infermeter.cli.options turns
 a request class into the command's options; a notebook builds the same object and calls the
-same library functions (infermeter.plans, infermeter.model). Fields of a nested config
+same library functions (infermeter.experiments.plans, infermeter.model). Fields of a nested config
 (OpenAIConfig) with a "flag" are options too. Sizes stay comma-separated text, as typed.
 """
 

@@ -380,9 +380,9 @@ def test_python_dash_m_runs_the_same_command_line() -> None:
 def test_the_command_gets_the_request_a_notebook_builds(monkeypatch: pytest.MonkeyPatch) -> None:
     """`infermeter profile` hands the library the same ProfileRequest a notebook would build:
     flags (--tp, --set, --no-stream) and defaults land on the dataclass's fields."""
-    from infermeter import plans
     from infermeter.backends.config import OpenAIConfig
     from infermeter.errors import UserError
+    from infermeter.experiments import plans
     from infermeter.requests import ProfileRequest
 
     seen: list[ProfileRequest] = []

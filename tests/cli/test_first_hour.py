@@ -8,8 +8,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from infermeter.cli.energy import CPU_DEFAULTS
 from infermeter.cli.main import app
+from infermeter.experiments.plans import CPU_DEFAULTS
 
 
 def test_energy_on_a_cpu_scales_its_default_sweep_down(tmp_path: Path) -> None:

@@ -270,7 +270,7 @@ def test_a_raw_answer_can_be_scripted() -> None:
 
 
 def test_the_report_draws_the_load_figure(tmp_path: Path) -> None:
-    from infermeter.report import ReportInputs, build_report
+    from infermeter.report.build import ReportInputs, build_report
 
     store = tmp_path / "load.db"
     with fault_server() as server, Store(store) as db:

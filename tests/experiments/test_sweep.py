@@ -1,4 +1,4 @@
-"""Sweeps (infermeter.experiments.sweep) and merged stores (infermeter.experiments.merge): a
+"""Sweeps (infermeter.experiments.sweep) and merged stores (infermeter.store.merge): a
 SWEEP.toml's jobs, one
 after another or as Ray tasks on a local cluster (a head and one worker node on 127.0.0.x)
 with one worker killed mid-sweep; the merged store holds every run and point exactly once."""

@@ -13,7 +13,7 @@ import pytest
 from browser import check_page, find_chromium
 from cli_runner import invoke
 from infermeter.model.fitted import load_runs
-from infermeter.report import ReportInputs, build_report
+from infermeter.report.build import ReportInputs, build_report
 from infermeter.report.energy import power_cap_changes
 from infermeter.report.runtime_figs import raw_denoised_idealized
 from infermeter.store.db import Store

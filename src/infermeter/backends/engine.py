@@ -167,7 +167,7 @@ class EngineBackend:
     def _launch(self) -> Any:
         """The launcher's job this process is rank 0 of, for tp > 1 (None: the engine spawns
         its ranks itself). Raises UserError where tp is not the job's rank count."""
-        from infermeter.engine.launcher import launch_env
+        from infermeter.engine.ranks import launch_env
 
         launched = launch_env() if self.tp > 1 else None
         if launched is not None and self.tp != launched.world:

@@ -8,7 +8,7 @@
 - api.py      serve, load, variance              (backends.serve, plans.run_load, model.variance)
 - energy.py   energy                             (plans.energy_setup, EnergySetup.run)
 - report.py   tradeoffs, compare, report         (model.tradeoffs, model.compare, report.build)
-- sweep.py    sweep, merge                       (experiments.sweep, experiments.merge)
+- sweep.py    sweep, merge                       (experiments.sweep, store.merge)
 
 console.py imports nothing else from infermeter.cli, so no group imports back from main.
 """

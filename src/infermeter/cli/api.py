@@ -36,8 +36,8 @@ def load(r: rq.LoadRequest) -> None:
     from infermeter.backends.api.outcome import INCOMPLETE_EXIT
     from infermeter.backends.openai import api_spec
     from infermeter.backends.options import openai_backend
+    from infermeter.experiments.plans import load_plan, run_load
     from infermeter.model.estimate import write_table
-    from infermeter.plans import load_plan, run_load
     from infermeter.store.db import Store
 
     spec = api_spec(r.model)

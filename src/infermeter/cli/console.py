@@ -18,7 +18,7 @@ from rich.text import Text
 from infermeter.errors import Terminated, UserError, sigterm_unwinds
 from infermeter.model.cost_model import CostModel
 from infermeter.model.runfit import fit_lines
-from infermeter.tables import fit_table, frame_table
+from infermeter.report.tables import fit_table, frame_table
 
 # Piped output keeps whole tables (rich would wrap at 80 columns without a terminal).
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -68,7 +68,7 @@ def out(text: str) -> None:
 
 
 def show(frame: Any, title: str | None = None, digits: int = 5) -> None:
-    """Print a DataFrame as a table on stdout (infermeter.tables.frame_table)."""
+    """Print a DataFrame as a table on stdout (infermeter.report.tables.frame_table)."""
     console.print(frame_table(frame, title, digits))
 
 
@@ -93,7 +93,7 @@ def print_fit(model: CostModel) -> None:
 
 
 def progress(description: str) -> Any:
-    """A progress bar on the console for an experiment's callbacks (infermeter.progress)."""
-    from infermeter.progress import RunProgress
+    """A progress bar on the console for an experiment's callbacks (infermeter.report.progress)."""
+    from infermeter.report.progress import RunProgress
 
     return RunProgress(console, description)

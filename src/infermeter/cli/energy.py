@@ -7,9 +7,6 @@ import typer
 from infermeter import requests as rq
 from infermeter.cli import options as o
 from infermeter.cli.console import console, err_console, progress, show, user_errors
-from infermeter.plans import CPU_DEFAULTS, GPU_DEFAULTS
-
-__all__ = ["CPU_DEFAULTS", "GPU_DEFAULTS", "energy", "register"]
 
 
 def register(app: typer.Typer) -> None:
@@ -24,7 +21,7 @@ def energy(r: rq.EnergyRequest) -> None:
 
     launched = serve_if_follower()  # under torchrun/srun: ranks other than 0 serve, then exit
     from infermeter.experiments.energy import summary
-    from infermeter.plans import energy_setup, restore_power_limits
+    from infermeter.experiments.plans import energy_setup, restore_power_limits
     from infermeter.store.db import Store
 
     if r.restore_power_limit:

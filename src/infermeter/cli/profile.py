@@ -9,7 +9,7 @@ from infermeter import requests as rq
 from infermeter.cli import console as cli_console
 from infermeter.cli import options as o
 from infermeter.cli.console import out, print_fit, print_notes, progress, say, show, user_errors
-from infermeter.plans import parse_list
+from infermeter.experiments.plans import parse_list
 
 
 def register(app: typer.Typer) -> None:
@@ -21,8 +21,8 @@ def register(app: typer.Typer) -> None:
 @o.request(rq.ModelsRequest)
 def models(r: rq.ModelsRequest) -> None:
     """The built-in model catalog, with derived parameter counts (or one model's spec)."""
+    from infermeter.report.tables import catalog_view
     from infermeter.spec.catalog import resolve_spec, spec_report
-    from infermeter.tables import catalog_view
 
     if r.show is not None:
         batches = parse_list(r.batch_sizes, "--batch-sizes") or (1,)
@@ -49,8 +49,8 @@ def profile(r: rq.ProfileRequest) -> None:
     """Profile MODEL on a stack, fit the runtime model, validate it and price a few queries."""
     from infermeter.backends.api.outcome import INCOMPLETE_EXIT
     from infermeter.engine.launcher import serve_if_follower
+    from infermeter.experiments.plans import fit_profiled, profile_prices, profile_setup
     from infermeter.model.runfit import save_fitted
-    from infermeter.plans import fit_profiled, profile_prices, profile_setup
     from infermeter.store.db import Store
 
     serve_if_follower()  # under torchrun/srun: ranks other than 0 serve rank 0, then exit

@@ -15,8 +15,8 @@ def tradeoffs_command(r: rq.TradeoffsRequest) -> None:
     """Capability vs efficiency per model and scenario: Pareto frontiers and ranks (Figs. 9, 10)."""
     from infermeter.model.estimate import write_table
     from infermeter.model.tradeoffs import METRICS, tradeoffs_for
+    from infermeter.report.tables import tradeoff_view
     from infermeter.report.written import write_tradeoff_figures
-    from infermeter.tables import tradeoff_view
 
     result, ranks = tradeoffs_for(r)
     table = result.table
@@ -41,7 +41,7 @@ def compare_command(r: rq.CompareRequest) -> None:
     """One model on two or more stacks: speedup, cost and energy ratios (Fig. 8, §5.3)."""
     from infermeter.model.compare import compare_request
     from infermeter.model.estimate import write_table
-    from infermeter.tables import comparison_view
+    from infermeter.report.tables import comparison_view
 
     result, queries = compare_request(r)
     if (result.summary["verdict"] == "different model").any():

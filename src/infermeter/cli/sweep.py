@@ -1,5 +1,5 @@
 """`infermeter sweep` (infermeter.experiments.sweep) and `infermeter merge`
-(infermeter.experiments.merge)."""
+(infermeter.store.merge)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,6 @@ def sweep(r: rq.SweepRequest) -> None:
 @o.request(rq.MergeRequest)
 def merge(r: rq.MergeRequest) -> None:
     """Merge stores into one: every run once (by its key) and every measurement once."""
-    from infermeter.experiments.merge import merge_stores
+    from infermeter.store.merge import merge_stores
 
     console.print(merge_stores(r.target, r.sources).line(), highlight=False)

@@ -1,7 +1,7 @@
 """The first call of a command that a launcher (torchrun, srun) may start on every rank.
 
-Where a process sits in the job is infermeter.engine.ranks (re-exported here for callers that
-ask the launcher); what the ranks do once joined is infermeter.engine.launched.
+Where a process sits in the job is infermeter.engine.ranks; what the ranks do once joined is
+infermeter.engine.launched.
 """
 
 from __future__ import annotations
@@ -10,10 +10,8 @@ import sys
 from typing import Any
 
 from infermeter.engine.launched import join, serve
-from infermeter.engine.ranks import LaunchEnv, RankLost, launch_env
+from infermeter.engine.ranks import LaunchEnv, launch_env
 from infermeter.measure.meter import Meter
-
-__all__ = ["LaunchEnv", "RankLost", "launch_env", "node_meter", "serve_if_follower"]
 
 
 def node_meter(options: dict[str, Any]) -> Meter:

@@ -6,5 +6,5 @@
 - energy.py    the Words-to-Watts benchmark of paper 2 (datasets × batch sizes × lengths × caps)
 - load.py      black-box API load: bursts, concurrency, request rates (paper 1 Fig. 6)
 - sweep.py     many runs from a SWEEP.toml, one after another or on Ray
-- merge.py     a re-export of infermeter.store.merge (merging stores), for the CLI
+- plans.py     an experiment's plan from a caller's choices (grids, sweeps, defaults), checked
 """

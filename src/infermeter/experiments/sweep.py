@@ -25,7 +25,7 @@ Ray each is a task asking for the GPUs it needs (`gpus`, default its --tp or lar
 on a GPU, none with device "cpu"), `cpus` (default 1) and any custom `resources`; a task whose
 worker is lost (the process or its node dies) is retried up to `retries` times and resumes
 from its store. The jobs' stores are merged into the sweep's store as they finish
-(infermeter.experiments.merge): every run and every point once.
+(infermeter.store.merge): every run and every point once.
 """
 
 from __future__ import annotations

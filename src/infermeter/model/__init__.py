@@ -8,4 +8,7 @@
 - compare.py    two stacks side by side
 - tradeoffs.py  capability against cost (paper 2's trade-off figures)
 - variance.py   variation over trials and raw vs denoised vs idealized runtime
+- runfit.py     a stored run or points file fitted for a caller: settings checked, saved, told
+- pricing.py    a fitted model priced for a caller: overrides read, queries gathered
+- sources.py    where fitted models come from for comparisons (stores, files, HELM)
 """

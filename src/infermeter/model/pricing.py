@@ -124,8 +124,8 @@ def price_queries(
 def price_request(r: EstimateRequest) -> tuple[Priced, str]:
     """`infermeter estimate`: its output file checked first, its queries (a file, else the
     grid of the sizes given) priced with the model set of r.profile, and the model's name."""
+    from infermeter.experiments.plans import parse_list
     from infermeter.model.helm import load_model_set
-    from infermeter.plans import parse_list
     from infermeter.spec.hardware import load_hardware_config
     from infermeter.store.outputs import check_output
 

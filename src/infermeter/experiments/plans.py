@@ -239,7 +239,7 @@ class EnergySetup:
 
     def run(self, db: Any, r: EnergyRequest, bar: Any, note: Callable[[str], None]) -> Any:
         """Run the sweep into store `db` (experiments.energy.run_energy), its progress told to
-        `bar` (infermeter.progress.RunProgress) and its notes to `note`."""
+        `bar` (infermeter.report.progress.RunProgress) and its notes to `note`."""
         from infermeter.experiments.energy import run_energy
         from infermeter.store.provenance import device_description
 
@@ -364,7 +364,7 @@ class ProfileSetup:
 
     def run(self, db: Any, r: ProfileRequest, bar: Any) -> Any:
         """Profile into store `db` (experiments.profile.run_profile), progress told to `bar`
-        (infermeter.progress.RunProgress); the run's record."""
+        (infermeter.report.progress.RunProgress); the run's record."""
         from infermeter.experiments.profile import run_profile
         from infermeter.store.provenance import device_description
 
