@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from infermeter.backends.config import OpenAIConfig
-from infermeter.model.sources import DEFAULT_STORE
+from infermeter.store.db import DEFAULT_STORE
 
 
 def opt(default: Any = ..., help: str = "", flag: str | None = None, **more: Any) -> Any:
@@ -324,7 +324,7 @@ class EnergyRequest:
 
 @dataclass(kw_only=True)
 class TradeoffsRequest:
-    """`infermeter tradeoffs`: capability vs efficiency (model.tradeoffs.tradeoffs_for)."""
+    """`infermeter tradeoffs`: capability vs efficiency (model.sources.tradeoffs_for)."""
 
     capabilities: Path = opt(..., CAPABILITIES, "--capabilities")
     queries: list[str] = opt(..., QUERIES, "--queries")
@@ -342,7 +342,7 @@ class TradeoffsRequest:
 
 @dataclass(kw_only=True)
 class CompareRequest:
-    """`infermeter compare [RUNS]`: one model on several stacks (compare_request)."""
+    """`infermeter compare [RUNS]`: one model on several stacks (model.sources.compare_request)."""
 
     runs: list[int] | None = arg(None, "Run ids of one model on several stacks.")
     model: str | None = opt(None, "Compare every stack that profiled MODEL.")

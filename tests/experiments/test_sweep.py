@@ -20,9 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import typer
 
 from infermeter.backends.base import Measurement, Point
-from infermeter.cli.sweep import _options_of
+from infermeter.cli.main import app
+from infermeter.cli.options import options_of
 from infermeter.errors import UserError
 from infermeter.experiments.sweep import check_options, load_sweep
 from infermeter.store.db import Store
@@ -70,6 +72,10 @@ def test_lists_multiply_into_named_jobs_with_their_gpus(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"`infermeter energy` has no option --validate"):
         check_options(sweep, _options_of)
     check_options(sweep.__class__(sweep.jobs[:4], sweep.store, sweep.stores), _options_of)
+
+
+def _options_of(command: str) -> set[str]:
+    return options_of(typer.main.get_command(app), command)  # type: ignore[arg-type]
 
 
 def test_the_docs_sweep_file_runs(tmp_path: Path) -> None:

@@ -292,7 +292,7 @@ def test_a_run_without_an_accelerator_is_priced_as_the_gpu_it_ran_on(tmp_path: P
     """A record whose stack names no accelerator (as profile_bench wrote before) is priced as
     the GPU in its device field, not as the A100 fallback; and one stack profiled twice is one
     stack in Fig. 8, not a comparison of a stack with itself."""
-    from infermeter.report.build import stack_profiles
+    from infermeter.model.sources import stack_profiles
     from infermeter.spec.hardware import Stack, get_accelerator
 
     path = tmp_path / "store.sqlite"
@@ -321,7 +321,7 @@ def test_a_run_without_an_accelerator_is_priced_as_the_gpu_it_ran_on(tmp_path: P
 def test_fig8_keeps_apart_what_differs_in_dtype_or_machine(tmp_path: Path) -> None:
     """bf16 and fp32 on one GPU are two stacks; so are two different CPUs, which share the
     catalog's generic `cpu` entry."""
-    from infermeter.report.build import stack_profiles
+    from infermeter.model.sources import stack_profiles
     from infermeter.spec.hardware import Stack, get_accelerator
 
     path = tmp_path / "store.sqlite"

@@ -9,6 +9,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+import click
 import typer
 
 NOT_TYPER = ("help", "flag", "argument", "nested")
@@ -65,3 +66,14 @@ def request(cls: type[Any]) -> Callable[[Callable[[Any], Any]], Callable[..., An
         return wrapper
 
     return decorate
+
+
+def options_of(group: click.Group, command: str) -> set[str]:
+    """The long options (without dashes) of `command` in the click `group` its parser built."""
+    params = group.commands[command].params  # type: ignore[attr-defined]
+    return {
+        name.lstrip("-")
+        for param in params
+        for name in [*param.opts, *getattr(param, "secondary_opts", [])]
+        if name.startswith("--")
+    }

@@ -9,7 +9,7 @@ from infermeter import requests as rq
 from infermeter.cli import console as cli_console
 from infermeter.cli import options as o
 from infermeter.cli.console import out, print_fit, print_notes, progress, say, show, user_errors
-from infermeter.experiments.plans import parse_list
+from infermeter.workloads.queries import parse_list
 
 
 def register(app: typer.Typer) -> None:

@@ -14,7 +14,8 @@ from infermeter.cli.console import console, err_console, print_notes, show, user
 def tradeoffs_command(r: rq.TradeoffsRequest) -> None:
     """Capability vs efficiency per model and scenario: Pareto frontiers and ranks (Figs. 9, 10)."""
     from infermeter.model.estimate import write_table
-    from infermeter.model.tradeoffs import METRICS, tradeoffs_for
+    from infermeter.model.sources import tradeoffs_for
+    from infermeter.model.tradeoffs import METRICS
     from infermeter.report.tables import tradeoff_view
     from infermeter.report.written import write_tradeoff_figures
 
@@ -39,8 +40,8 @@ def tradeoffs_command(r: rq.TradeoffsRequest) -> None:
 @o.request(rq.CompareRequest)
 def compare_command(r: rq.CompareRequest) -> None:
     """One model on two or more stacks: speedup, cost and energy ratios (Fig. 8, §5.3)."""
-    from infermeter.model.compare import compare_request
     from infermeter.model.estimate import write_table
+    from infermeter.model.sources import compare_request
     from infermeter.report.tables import comparison_view
 
     result, queries = compare_request(r)

@@ -3,32 +3,22 @@
 
 from __future__ import annotations
 
+import functools
+
 import typer
 
 from infermeter import requests as rq
 from infermeter.cli import options as o
 from infermeter.cli.console import console, say, user_errors
 
+_registered_in: list[typer.Typer] = []  # the app whose parser knows every command's options
+
 
 def register(app: typer.Typer) -> None:
     """Add `sweep` and `merge` to `app`."""
+    _registered_in[:] = [app]
     app.command("sweep")(user_errors(sweep))
     app.command("merge")(user_errors(merge))
-
-
-def _options_of(command: str) -> set[str]:
-    """The options (without dashes) of `infermeter COMMAND`, as its parser knows them (the
-    whole app's, imported when called: infermeter.cli.main imports this module)."""
-    from infermeter.cli.main import app
-
-    group = typer.main.get_command(app)
-    params = group.commands[command].params  # type: ignore[attr-defined]
-    return {
-        name.lstrip("-")
-        for param in params
-        for name in [*param.opts, *getattr(param, "secondary_opts", [])]
-        if name.startswith("--")
-    }
 
 
 @o.request(rq.SweepRequest)
@@ -42,7 +32,8 @@ def sweep(r: rq.SweepRequest) -> None:
             f"{r.address!r} is a Ray address: add --ray (infermeter sweep FILE --ray ADDRESS)"
         )
     plan = sw.load_sweep(r.file)
-    sw.check_options(plan, _options_of)
+    group = typer.main.get_command(_registered_in[0])
+    sw.check_options(plan, functools.partial(o.options_of, group))
     ray_at = r.address or "RAY_ADDRESS or a local one"
     where = f"on Ray ({ray_at})" if r.ray else "one after another"
     console.print(

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from infermeter.errors import UserError
 from infermeter.spec.model import ModelSpec
+from infermeter.workloads.queries import parse_list
 
 if TYPE_CHECKING:
     from infermeter.requests import EnergyRequest, LoadRequest, ProfileRequest
@@ -19,29 +20,8 @@ PAPER_TEMPERATURE, PAPER_TOP_P = 0.8, 0.95  # the paper's decoding settings (§I
 # The paper's sweep (4,096 prompts, batch 64-256, up to 1,024 tokens) and the one a CPU runs
 # by default: the paper's would keep a 2-core CPU busy for hours with its first batch taking
 # minutes, so a bare `infermeter energy gpt2` there shows nothing for that long.
-N = TypeVar("N", int, float)
 GPU_DEFAULTS = {"prompts": 4096, "batch_sizes": "64,128,256", "max_lengths": "256,512,1024"}
 CPU_DEFAULTS = {"prompts": 16, "batch_sizes": "4,8", "max_lengths": "16,32"}
-
-
-def parse_list(
-    text: str | None,
-    label: str,
-    kind: Callable[[str], N] = int,  # type: ignore[assignment]
-    example: str = "1,64,128",
-    what: str = "whole numbers",
-    empty: str | None = None,
-) -> tuple[N, ...] | None:
-    """Comma-separated values of `kind` (None stays None); UserError if malformed or empty."""
-    if text is None:
-        return None
-    try:
-        values = tuple(kind(part) for part in text.replace(" ", "").split(",") if part)
-    except ValueError:
-        raise UserError(f"{label} must be comma-separated {what}, e.g. {example}") from None
-    if not values:
-        raise UserError(f"{label} is empty; give {empty or 'comma-separated ' + what}")
-    return values
 
 
 def parse_rates(text: str | None, label: str) -> tuple[float, ...] | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,9 +24,6 @@ from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel
 from infermeter.model.estimate import Pricing, estimate_queries
 from infermeter.units import per_second_to_per_hour
-
-if TYPE_CHECKING:
-    from infermeter.requests import CompareRequest
 
 
 @dataclass(frozen=True)
@@ -170,17 +166,3 @@ def default_queries(models: Sequence[CostModel], max_context: int | None = None)
     if max_context:
         grid = grid[grid.prompt_tokens + grid.output_tokens <= max_context]
     return grid.reset_index(drop=True)
-
-
-def compare_request(r: CompareRequest) -> tuple[StackComparison, int]:
-    """`infermeter compare`: its outputs checked, the stacks of r.runs, r.model or r.profile
-    compared on r.queries (default: a grid), and how many queries that was."""
-    from infermeter.model.estimate import read_queries
-    from infermeter.model.sources import baseline_index, stacks_for
-    from infermeter.store.outputs import check_outputs
-
-    check_outputs(r.output, r.figure)
-    stacks = stacks_for(r.runs, r.model, r.profile, r.store)
-    frame = read_queries(r.queries) if r.queries else default_queries([s.runtime for s in stacks])
-    base = baseline_index(stacks, r.baseline)
-    return compare_stacks(stacks, frame, base, r.allow_different_models), len(frame)

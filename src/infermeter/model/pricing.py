@@ -124,10 +124,10 @@ def price_queries(
 def price_request(r: EstimateRequest) -> tuple[Priced, str]:
     """`infermeter estimate`: its output file checked first, its queries (a file, else the
     grid of the sizes given) priced with the model set of r.profile, and the model's name."""
-    from infermeter.experiments.plans import parse_list
     from infermeter.model.helm import load_model_set
     from infermeter.spec.hardware import load_hardware_config
     from infermeter.store.outputs import check_output
+    from infermeter.workloads.queries import parse_list
 
     if r.output:
         check_output(r.output)

@@ -1,16 +1,49 @@
-"""Where fitted models come from for comparisons: stores (the default one when none is named),
-fitted-model or HELM files, and the runs of one model on several stacks.
+"""Where fitted models come from for comparisons and trade-offs: stores (the default one when
+none is named), fitted-model or HELM files, the runs of one model on several stacks (paper 1
+Fig. 8) and the idealized, raw and denoised models of each model (Figs. 9-10); and the
+`compare` and `tradeoffs` requests answered from them.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-from infermeter.errors import UserError
+import pandas as pd
 
-DEFAULT_STORE = os.environ.get("INFERMETER_STORE", "infermeter.sqlite")
+from infermeter.errors import UserError
+from infermeter.model.compare import (
+    StackComparison,
+    StackProfile,
+    compare_stacks,
+    default_queries,
+)
+from infermeter.model.cost_model import models_from_dict
+from infermeter.model.estimate import pricing_for, read_queries
+from infermeter.model.fitted import (
+    StoredRun,
+    api_runs,
+    load_runs,
+    model_key,
+    reference_for,
+    reference_runs,
+)
+from infermeter.model.helm import is_helm_efficiency, load_helm_efficiency, load_profile
+from infermeter.model.tradeoffs import (
+    DEFAULT_OBJECTIVES,
+    ModelProfile,
+    Tradeoffs,
+    parse_objectives,
+    rank_models,
+    read_capabilities,
+    read_scenario_queries,
+    tradeoff_table,
+)
+from infermeter.requests import CompareRequest, TradeoffsRequest
+from infermeter.spec.catalog import resolve_spec
+from infermeter.store.db import DEFAULT_STORE
+from infermeter.store.outputs import check_output_folder, check_outputs, image_format
+from infermeter.workloads.queries import read_json
 
 
 def stores_or_default(stores: list[Path] | None, required: bool = True) -> list[Path]:
@@ -35,12 +68,6 @@ def stores_or_default(stores: list[Path] | None, required: bool = True) -> list[
 def profiles_from_files(files: list[Path]) -> list[Any]:
     """ModelProfiles (model.tradeoffs) from fitted-model JSON files or HELM efficiency_data
     files, each priced on its own stack. Raises UserError for an unreadable file."""
-    from infermeter.model.cost_model import models_from_dict
-    from infermeter.model.estimate import pricing_for
-    from infermeter.model.helm import is_helm_efficiency, load_helm_efficiency
-    from infermeter.model.tradeoffs import ModelProfile
-    from infermeter.spec.catalog import resolve_spec
-    from infermeter.workloads.queries import read_json
 
     profiles = []
     for path in files:
@@ -69,11 +96,6 @@ def stacks_for(
     """StackProfiles (model.compare) to compare: from fitted-model files, or the stored runs
     `runs`, or every stack that profiled `model` (or the one model profiled on two stacks).
     Raises UserError when the choice is missing or ambiguous."""
-    from infermeter.model.compare import StackProfile
-    from infermeter.model.estimate import pricing_for
-    from infermeter.model.fitted import load_runs, model_key
-    from infermeter.model.helm import load_profile
-    from infermeter.report.build import stack_profiles
 
     if profile:
         stacks = []
@@ -133,3 +155,102 @@ def baseline_index(stacks: list[Any], baseline: str | None) -> int:
     raise UserError(
         f"--baseline {baseline!r} matches none of: " + "; ".join(s.label for s in stacks)
     )
+
+
+def stack_runs(runs: list[StoredRun]) -> dict[str, list[StoredRun]]:
+    """Per model profiled on two stacks or more: one fitted reference run per stack (where a
+    stack was profiled twice, the newer run stands)."""
+    by_model: dict[str, dict[tuple, StoredRun]] = {}
+    for run in sorted(reference_runs(runs), key=lambda r: (r.record.created_at, r.record.id)):
+        if run.fit() is not None:
+            by_model.setdefault(model_key(run.model), {})[run.stack_identity] = run
+    return {
+        next(iter(by_stack.values())).model: list(by_stack.values())
+        for by_stack in by_model.values()
+        if len(by_stack) >= 2
+    }
+
+
+def stack_profiles(runs: list[StoredRun]) -> dict[str, list[StackProfile]]:
+    """Per model: its reference runs on different stacks, each as a StackProfile."""
+    out = {}
+    for model, runs_of_model in stack_runs(runs).items():
+        dtypes = {r.stack.get("dtype") for r in runs_of_model}
+        profiles = []
+        for run in runs_of_model:
+            pricing, _ = run.pricing()
+            dtype = f" {run.stack.get('dtype')}" if len(dtypes) > 1 else ""
+            profiles.append(
+                StackProfile(
+                    f"{run.stack_label}{dtype} ({run.label})",
+                    run.fit(),  # type: ignore[arg-type]
+                    pricing,
+                    run.fit("energy_j", "median"),
+                    run.device,
+                    run.date,
+                )
+            )
+        out[model] = profiles
+    return out
+
+
+def model_profiles(runs: list[StoredRun]) -> list[ModelProfile]:
+    """Per model named by the runs: idealized (reference), raw and denoised (API) models."""
+    names = list(dict.fromkeys(r.stands_for for r in runs))
+    profiles = []
+    for name in names:
+        ref = reference_for(name, runs)
+        api = next((r for r in api_runs(runs) if model_key(r.stands_for) == model_key(name)), None)
+        if ref is None and api is None:
+            continue
+        pricing = ref.pricing()[0] if ref else None
+        # An API run's spec is a placeholder when the model is a black box.
+        spec = ref.spec if ref else None
+        if spec is None and api is not None and api.record.spec.get("family") != "black-box":
+            spec = api.spec
+        profiles.append(
+            ModelProfile(
+                name=name,
+                idealized=ref.fit() if ref else None,
+                pricing=pricing,
+                spec=spec,
+                energy=ref.fit("energy_j", "median") if ref else None,
+                raw=api.fit(denoise="mean") if api else None,
+                denoised=api.fit() if api else None,
+                source=", ".join(r.label for r in (ref, api) if r is not None),
+            )
+        )
+    return profiles
+
+
+def compare_request(r: CompareRequest) -> tuple[StackComparison, int]:
+    """`infermeter compare`: its outputs checked, the stacks of r.runs, r.model or r.profile
+    compared on r.queries (default: a grid), and how many queries that was."""
+
+    check_outputs(r.output, r.figure)
+    stacks = stacks_for(r.runs, r.model, r.profile, r.store)
+    frame = read_queries(r.queries) if r.queries else default_queries([s.runtime for s in stacks])
+    base = baseline_index(stacks, r.baseline)
+    return compare_stacks(stacks, frame, base, r.allow_different_models), len(frame)
+
+
+def tradeoffs_for(r: TradeoffsRequest) -> tuple[Tradeoffs, pd.DataFrame]:
+    """`infermeter tradeoffs`: its outputs checked, the capabilities, scenario queries and
+    profiles (r.profile's files, then r.store's runs) read, the table made and ranked by the
+    default objectives and r.objective's (a bad objective fails before anything is shown)."""
+
+    image_format(r.fmt)
+    check_outputs(r.output, r.ranks_output)
+    if r.figures:
+        check_output_folder(r.figures, "--figures folder")
+    caps = read_capabilities(r.capabilities, r.metric)
+    scenario_queries = read_scenario_queries(r.queries)
+    profiles = profiles_from_files(list(r.profile or []))
+    paths = stores_or_default(r.store, required=not profiles)
+    if paths:
+        profiles += model_profiles(load_runs(paths, with_samples=False))
+    if not profiles:
+        raise UserError("no profiles: profile models into --store, or pass --profile FILE")
+    objectives = {**DEFAULT_OBJECTIVES, **parse_objectives(r.objective or [])}
+    result = tradeoff_table(profiles, caps, scenario_queries)
+    return result, rank_models(result.table, objectives)

@@ -23,7 +23,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,9 +33,6 @@ from infermeter.model.cost_model import CostModel
 from infermeter.model.estimate import Pricing
 from infermeter.spec.model import ModelSpec
 from infermeter.units import MS_PER_S, to_giga
-
-if TYPE_CHECKING:
-    from infermeter.requests import TradeoffsRequest
 
 # Efficiency metrics in Fig. 9's order, then the energy rows infermeter adds. Lower is better.
 METRICS: dict[str, str] = {
@@ -476,29 +473,3 @@ def rank_models(table: pd.DataFrame, objectives: Mapping[str, str] | None = None
         frame["rank"] = frame.groupby("scenario")["value"].rank(ascending=False, method="min")
         frames.append(frame[["objective", "scenario", "model", "value", "rank"]])
     return pd.concat(frames, ignore_index=True)
-
-
-def tradeoffs_for(r: TradeoffsRequest) -> tuple[Tradeoffs, pd.DataFrame]:
-    """`infermeter tradeoffs`: its outputs checked, the capabilities, scenario queries and
-    profiles (r.profile's files, then r.store's runs) read, the table made and ranked by the
-    default objectives and r.objective's (a bad objective fails before anything is shown)."""
-    from infermeter.model.fitted import load_runs
-    from infermeter.model.sources import profiles_from_files, stores_or_default
-    from infermeter.report.build import model_profiles
-    from infermeter.store.outputs import check_output_folder, check_outputs, image_format
-
-    image_format(r.fmt)
-    check_outputs(r.output, r.ranks_output)
-    if r.figures:
-        check_output_folder(r.figures, "--figures folder")
-    caps = read_capabilities(r.capabilities, r.metric)
-    scenario_queries = read_scenario_queries(r.queries)
-    profiles = profiles_from_files(list(r.profile or []))
-    paths = stores_or_default(r.store, required=not profiles)
-    if paths:
-        profiles += model_profiles(load_runs(paths, with_samples=False))
-    if not profiles:
-        raise UserError("no profiles: profile models into --store, or pass --profile FILE")
-    objectives = {**DEFAULT_OBJECTIVES, **parse_objectives(r.objective or [])}
-    result = tradeoff_table(profiles, caps, scenario_queries)
-    return result, rank_models(result.table, objectives)

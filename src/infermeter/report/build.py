@@ -14,20 +14,19 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from infermeter.errors import UserError
-from infermeter.model.compare import StackProfile, compare_stacks, default_queries
+from infermeter.model.compare import compare_stacks, default_queries
 from infermeter.model.fitted import (
     StoredRun,
     api_runs,
     describe_runs,
     load_runs,
-    model_key,
     reference_for,
     reference_runs,
     run_summary,
 )
+from infermeter.model.sources import model_profiles, stack_profiles, stack_runs, stores_or_default
 from infermeter.model.tradeoffs import (
     DEFAULT_OBJECTIVES,
-    ModelProfile,
     rank_models,
     read_capabilities,
     read_scenario_queries,
@@ -179,43 +178,6 @@ def api_sections(runs: list[StoredRun]) -> list[Section]:
     return [table3, fig7]
 
 
-def stack_runs(runs: list[StoredRun]) -> dict[str, list[StoredRun]]:
-    """Per model profiled on two stacks or more: one fitted reference run per stack (where a
-    stack was profiled twice, the newer run stands)."""
-    by_model: dict[str, dict[tuple, StoredRun]] = {}
-    for run in sorted(reference_runs(runs), key=lambda r: (r.record.created_at, r.record.id)):
-        if run.fit() is not None:
-            by_model.setdefault(model_key(run.model), {})[run.stack_identity] = run
-    return {
-        next(iter(by_stack.values())).model: list(by_stack.values())
-        for by_stack in by_model.values()
-        if len(by_stack) >= 2
-    }
-
-
-def stack_profiles(runs: list[StoredRun]) -> dict[str, list[StackProfile]]:
-    """Per model: its reference runs on different stacks, each as a StackProfile."""
-    out = {}
-    for model, runs_of_model in stack_runs(runs).items():
-        dtypes = {r.stack.get("dtype") for r in runs_of_model}
-        profiles = []
-        for run in runs_of_model:
-            pricing, _ = run.pricing()
-            dtype = f" {run.stack.get('dtype')}" if len(dtypes) > 1 else ""
-            profiles.append(
-                StackProfile(
-                    f"{run.stack_label}{dtype} ({run.label})",
-                    run.fit(),  # type: ignore[arg-type]
-                    pricing,
-                    run.fit("energy_j", "median"),
-                    run.device,
-                    run.date,
-                )
-            )
-        out[model] = profiles
-    return out
-
-
 def comparison_sections(runs: list[StoredRun]) -> list[Section]:
     """Fig. 8 of paper 1 (one model on two stacks: speedup, cost and energy ratios), one
     section for each of up to four models profiled on several stacks."""
@@ -253,35 +215,6 @@ def comparison_sections(runs: list[StoredRun]) -> list[Section]:
         )
         sections[-1].note = "; ".join(n for n in (sections[-1].note, more) if n)
     return sections
-
-
-def model_profiles(runs: list[StoredRun]) -> list[ModelProfile]:
-    """Per model named by the runs: idealized (reference), raw and denoised (API) models."""
-    names = list(dict.fromkeys(r.stands_for for r in runs))
-    profiles = []
-    for name in names:
-        ref = reference_for(name, runs)
-        api = next((r for r in api_runs(runs) if model_key(r.stands_for) == model_key(name)), None)
-        if ref is None and api is None:
-            continue
-        pricing = ref.pricing()[0] if ref else None
-        # An API run's spec is a placeholder when the model is a black box.
-        spec = ref.spec if ref else None
-        if spec is None and api is not None and api.record.spec.get("family") != "black-box":
-            spec = api.spec
-        profiles.append(
-            ModelProfile(
-                name=name,
-                idealized=ref.fit() if ref else None,
-                pricing=pricing,
-                spec=spec,
-                energy=ref.fit("energy_j", "median") if ref else None,
-                raw=api.fit(denoise="mean") if api else None,
-                denoised=api.fit() if api else None,
-                source=", ".join(r.label for r in (ref, api) if r is not None),
-            )
-        )
-    return profiles
 
 
 def tradeoff_sections(runs: list[StoredRun], inputs: ReportInputs) -> list[Section]:
@@ -448,7 +381,6 @@ def build_report(inputs: ReportInputs) -> Report:
 
 def report_for(r: ReportRequest) -> Report:
     """`infermeter report`'s page, its output checked (its folder made) before any work."""
-    from infermeter.model.sources import stores_or_default
     from infermeter.model.tradeoffs import parse_objectives
     from infermeter.store.outputs import check_output, check_output_folder, image_format
 

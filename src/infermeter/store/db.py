@@ -30,7 +30,18 @@ from infermeter.store.provenance import git_commit, package_version
 from infermeter.store.provenance import utc_date as utc_now  # ISO 8601 UTC, to the second
 from infermeter.store.schema import SCHEMA_VERSION
 
-__all__ = ["SCHEMA_VERSION", "RunIdentity", "RunRecord", "Store", "run_key", "utc_now"]
+# The store a command uses when none is named: $INFERMETER_STORE, else ./infermeter.sqlite.
+DEFAULT_STORE = os.environ.get("INFERMETER_STORE", "infermeter.sqlite")
+
+__all__ = [
+    "DEFAULT_STORE",
+    "SCHEMA_VERSION",
+    "RunIdentity",
+    "RunRecord",
+    "Store",
+    "run_key",
+    "utc_now",
+]
 
 
 def _opt(value: Any) -> float | None:

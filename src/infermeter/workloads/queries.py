@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -213,3 +214,26 @@ def read_json(path: str | os.PathLike[str], what: str) -> Any:
     except (ValueError, RecursionError) as exc:  # a 5,000-digit number; nesting past the limit
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"{what} {file} cannot be read as JSON ({reason})") from None
+
+
+N = TypeVar("N", int, float)
+
+
+def parse_list(
+    text: str | None,
+    label: str,
+    kind: Callable[[str], N] = int,  # type: ignore[assignment]
+    example: str = "1,64,128",
+    what: str = "whole numbers",
+    empty: str | None = None,
+) -> tuple[N, ...] | None:
+    """Comma-separated values of `kind` (None stays None); UserError if malformed or empty."""
+    if text is None:
+        return None
+    try:
+        values = tuple(kind(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise UserError(f"{label} must be comma-separated {what}, e.g. {example}") from None
+    if not values:
+        raise UserError(f"{label} is empty; give {empty or 'comma-separated ' + what}")
+    return values
