@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,4 +27,6 @@ def test_constants_match_their_sources() -> None:
     assert units.per_hour_to_per_second(3.6) == 0.001
     assert units.to_gib(3 * 2**30) == 3.0 and units.to_giga(7e9) == 7.0
     assert units.to_tera(989e12) == 989.0 and units.to_mega(2e6) == 2.0
+    assert units.to_pct(0.0125) == 1.25
+    assert list(units.to_pct(np.array([0.5, -0.02]))) == [50.0, -2.0]
     assert units.kib_to_bytes(16) == 16_384  # /proc/meminfo's kB are KiB

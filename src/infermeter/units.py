@@ -9,6 +9,8 @@ TFLOP/s, billions of parameters) are for display; memory a process must fit is i
 
 from __future__ import annotations
 
+from typing import Any
+
 MS_PER_S = 1000.0
 MILLI_PER_UNIT = 1000.0  # NVML's mJ per J and mW per W
 S_PER_HOUR = 3600.0
@@ -18,6 +20,7 @@ KIB_BYTES = 1024
 GIGA = 1e9
 MEGA = 1e6
 TERA = 1e12
+PCT_PER_UNIT = 100.0  # a fraction in percent (fields named _pct)
 
 
 def ms_to_s(ms: float) -> float:
@@ -83,3 +86,8 @@ def kib_to_bytes(kib: int) -> int:
 def to_gib(nbytes: float) -> float:
     """Bytes in GiB (2**30), the unit of memory a model must fit in."""
     return nbytes / GIB_BYTES
+
+
+def to_pct(fraction: Any) -> Any:
+    """A fraction (a float, or a numpy array / pandas Series of them) in percent."""
+    return fraction * PCT_PER_UNIT

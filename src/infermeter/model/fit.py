@@ -45,6 +45,7 @@ import pandas as pd
 
 from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel, Quantity
+from infermeter.units import to_pct
 
 Denoise = Literal["min", "median", "mean"]
 OverheadMode = Literal["none", "auto"]
@@ -386,8 +387,8 @@ def cross_validate(
     all_errors = np.concatenate(errors)
     return {
         "folds": folds,
-        "mape": float(100 * all_errors.mean()),
-        "max_abs_pct_error": float(100 * all_errors.max()),
+        "mape": float(to_pct(all_errors.mean())),
+        "max_abs_pct_error": float(to_pct(all_errors.max())),
     }
 
 
@@ -587,7 +588,7 @@ def validation_errors(
     measured = agg["value"].to_numpy(dtype=float)
     estimate = model.predict(agg["prompt_tokens"].to_numpy(), agg["output_tokens"].to_numpy())
     ok = measured > 0
-    error = 100 * (estimate[ok] - measured[ok]) / measured[ok]
+    error = to_pct((estimate[ok] - measured[ok]) / measured[ok])
     rows = agg[ok].assign(measured=measured[ok], estimate=estimate[ok], error_pct=error)
     return {
         "n": int(ok.sum()),

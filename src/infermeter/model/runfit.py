@@ -17,6 +17,7 @@ from infermeter.model.estimate import read_points
 from infermeter.model.fit import FitPolicy, fit_profile
 from infermeter.model.fitted import fit_run
 from infermeter.store.db import Store
+from infermeter.units import to_pct
 
 if TYPE_CHECKING:
     from infermeter.requests import FitRequest
@@ -213,11 +214,11 @@ def noise_line(stats: dict[str, Any]) -> str:
     line = (
         f"mean CV {stats['mean_cv']:.3f}, max CV {stats['max_cv']:.3f}, worst max/min "
         f"{stats['max_over_min']:.2f}; raw >= denoised for "
-        f"{100 * stats.get('share_raw_above_denoised', float('nan')):.1f}% of "
+        f"{to_pct(stats.get('share_raw_above_denoised', float('nan'))):.1f}% of "
         f"{stats['requests']} requests"
     )
     if "share_idealized_above_denoised" in stats:
-        line += f"; idealized > denoised for {100 * stats['share_idealized_above_denoised']:.1f}%"
+        line += f"; idealized > denoised for {to_pct(stats['share_idealized_above_denoised']):.1f}%"
     return line
 
 

@@ -25,6 +25,7 @@ from matplotlib.patches import Patch
 from infermeter.errors import UserError
 from infermeter.model.fitted import StoredRun
 from infermeter.report.plot import Plot, color, new_figure
+from infermeter.units import to_pct
 
 # What the figures need; model and device come from the run (or a column of their own).
 ENERGY_COLUMNS = (
@@ -221,9 +222,9 @@ def power_cap_changes(frame: pd.DataFrame) -> pd.DataFrame:
                 **dict(zip(keys, key, strict=True)),
                 "reference_cap_w": ref_cap if np.isfinite(ref_cap) else np.nan,
                 "power_cap_w": cap,
-                "time_pct": 100 * (ref.responses_per_s / row.responses_per_s - 1),
-                "energy_pct": 100 * (row.j_per_response / ref.j_per_response - 1),
-                "token_rate_pct": 100 * (row.tokens_per_s / ref.tokens_per_s - 1),
+                "time_pct": to_pct(ref.responses_per_s / row.responses_per_s - 1),
+                "energy_pct": to_pct(row.j_per_response / ref.j_per_response - 1),
+                "token_rate_pct": to_pct(row.tokens_per_s / ref.tokens_per_s - 1),
             })  # fmt: skip
     return pd.DataFrame(out)
 

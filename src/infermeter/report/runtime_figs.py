@@ -18,6 +18,7 @@ import pandas as pd
 
 from infermeter.model.fitted import StoredRun
 from infermeter.report.plot import Plot, color, new_figure
+from infermeter.units import to_pct
 
 TABLE3_PROMPTS = (512, 1024, 1536)
 
@@ -227,10 +228,10 @@ def fig_raw_denoised_idealized(pairs: Sequence[tuple[StoredRun, StoredRun | None
 
 def fig7_shares(data: pd.DataFrame) -> str:
     """The paper's headline numbers for Fig. 7, as a phrase for the caption."""
-    share_raw = float(np.mean(data.raw_s >= data.denoised_s)) * 100
+    share_raw = to_pct(float(np.mean(data.raw_s >= data.denoised_s)))
     text = f"raw ≥ denoised for {share_raw:.1f}% of {len(data)} (p, o) points"
     both = data[data.idealized_s.notna()]
     if not both.empty:
-        share = float(np.mean(both.idealized_s > both.denoised_s)) * 100
+        share = to_pct(float(np.mean(both.idealized_s > both.denoised_s)))
         text += f"; idealized > denoised for {share:.1f}%"
     return text
