@@ -15,7 +15,7 @@ import pandas as pd
 
 from infermeter.experiments.load import load_summary, timed_summary
 from infermeter.model.fitted import StoredRun
-from infermeter.report.plot import Plot, color, new_figure
+from infermeter.report.plot import Plot, color, small_multiples
 
 LOAD_CMD = "infermeter load MODEL --base-url http://HOST:PORT/v1 --store STORE"
 
@@ -34,9 +34,7 @@ def load_runs(runs: Sequence[StoredRun]) -> list[StoredRun]:
 def fig_load(runs: Sequence[StoredRun]) -> Plot:
     """One panel per load run (up to 4): runtime or latency against the load level."""
     runs = list(runs)[:4]
-    cols = min(2, len(runs))
-    rows = -(-len(runs) // cols)
-    fig, axes = new_figure(rows, cols, width=3.6 * cols, height=2.9 * rows)
+    fig, axes = small_multiples(len(runs), 2, 3.6, 2.9)
     frames = []
     for ax, run in zip(axes.flat, runs, strict=False):
         kind = load_kind(run)

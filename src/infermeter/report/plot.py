@@ -65,6 +65,14 @@ def new_figure(rows: int = 1, cols: int = 1, width: float = 6.4, height: float =
     return fig, axes
 
 
+def small_multiples(n: int, most_cols: int, panel_w: float, panel_h: float):
+    """A figure of `n` panels (n >= 1) in rows of up to `most_cols`, each panel_w x panel_h
+    inches, and its 2-D array of axes."""
+    cols = min(most_cols, n)
+    rows = -(-n // cols)
+    return new_figure(rows, cols, width=panel_w * cols, height=panel_h * rows)
+
+
 def _apply_style(ax: Axes) -> None:
     ax.grid(True, alpha=0.3)
     ax.spines["top"].set_visible(False)

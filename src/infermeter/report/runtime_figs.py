@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from infermeter.model.fitted import StoredRun
-from infermeter.report.plot import Plot, color, new_figure
+from infermeter.report.plot import Plot, color, new_figure, small_multiples
 
 TABLE3_PROMPTS = (512, 1024, 1536)
 
@@ -35,9 +35,7 @@ def _trial_stats(run: StoredRun) -> pd.DataFrame:
 def fig_runtime_vs_output(runs: Sequence[StoredRun]) -> Plot:
     """Fig. 3: small multiples, one panel per run (up to 6), a line per prompt size."""
     runs = list(runs)[:6]
-    cols = min(3, len(runs))
-    rows = -(-len(runs) // cols)
-    fig, axes = new_figure(rows, cols, width=3.3 * cols, height=2.8 * rows)
+    fig, axes = small_multiples(len(runs), 3, 3.3, 2.8)
     frames = []
     for ax, run in zip(axes.flat, runs, strict=False):
         stats = _trial_stats(run)
