@@ -82,6 +82,15 @@ def _accepted_or_user_error(action: Any) -> Any:
         return None
 
 
+def _read_written(name: str, text: str, reader: Any) -> Any:
+    """`reader(path)` of `text` written to a file called `name` in a fresh folder: what it
+    returns, or None where it refused with a one-line UserError."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(text)
+        return _accepted_or_user_error(lambda: reader(path))
+
+
 def _csv(rows: list[list[Any]], header: list[str]) -> str:
     def cell(value: Any) -> str:
         return "" if value is None else str(value).replace(",", ";").replace("\n", " ")
@@ -153,22 +162,19 @@ def points_tables(draw: st.DrawFn) -> tuple[list[str], list[list[Any]]]:
 @given(points_tables())
 def test_points_csv(table: tuple[list[str], list[list[Any]]]) -> None:
     header, rows = table
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "points.csv"
-        path.write_text(_csv(rows, header))
-        points = _accepted_or_user_error(lambda: read_points(path))
-        if points is None:
-            return
-        assert np.isfinite(points["runtime_s"]).all() and (points["runtime_s"] > 0).all()
-        policy = FitPolicy(api=False, decode="line", accept_poor_fit=True)
-        models = _accepted_or_user_error(lambda: fit_profile(points, policy, model="fuzz"))
-        if not models:
-            return
-        grid = query_grid([1, 100, 4000], [1, 50, 10_000])
-        for model in models:
-            if model.batch_size != 1 or model.quantity != "runtime_s":
-                continue
-            _check_estimates(estimate_queries(grid, model, PRICING))
+    points = _read_written("points.csv", _csv(rows, header), read_points)
+    if points is None:
+        return
+    assert np.isfinite(points["runtime_s"]).all() and (points["runtime_s"] > 0).all()
+    policy = FitPolicy(api=False, decode="line", accept_poor_fit=True)
+    models = _accepted_or_user_error(lambda: fit_profile(points, policy, model="fuzz"))
+    if not models:
+        return
+    grid = query_grid([1, 100, 4000], [1, 50, 10_000])
+    for model in models:
+        if model.batch_size != 1 or model.quantity != "runtime_s":
+            continue
+        _check_estimates(estimate_queries(grid, model, PRICING))
 
 
 @st.composite
@@ -198,14 +204,11 @@ def helm_files(draw: st.DrawFn) -> Any:
 @FUZZ
 @given(helm_files())
 def test_helm_files(data: Any) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "helm.json"
-        path.write_text(json.dumps(data))
-        models = _accepted_or_user_error(lambda: load_model_set(path, "m"))
-        if models is None:
-            return
-        grid = query_grid([1, 100, 4000], [1, 50, 100_000_000])
-        _check_estimates(estimate_queries(grid, models, PRICING))
+    models = _read_written("helm.json", json.dumps(data), lambda path: load_model_set(path, "m"))
+    if models is None:
+        return
+    grid = query_grid([1, 100, 4000], [1, 50, 100_000_000])
+    _check_estimates(estimate_queries(grid, models, PRICING))
 
 
 @FUZZ
@@ -229,14 +232,11 @@ def test_helm_files(data: Any) -> None:
 def test_cost_model_files(field: str, value: Any) -> None:
     body = MODEL.to_dict()
     body[field] = value
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.json"
-        path.write_text(json.dumps(body))
-        models = _accepted_or_user_error(lambda: load_model_set(path))
-        if models is None:
-            return
-        grid = query_grid([1, 100, 4000], [1, 50, 100_000_000])
-        _check_estimates(estimate_queries(grid, models, PRICING))
+    models = _read_written("model.json", json.dumps(body), load_model_set)
+    if models is None:
+        return
+    grid = query_grid([1, 100, 4000], [1, 50, 100_000_000])
+    _check_estimates(estimate_queries(grid, models, PRICING))
 
 
 GPT2 = {
@@ -273,15 +273,12 @@ def test_config_json(base: dict[str, Any], changes: list[tuple[str, Any]]) -> No
     config = dict(base)
     for key, value in changes:
         config[key] = value
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config.json"
-        path.write_text(json.dumps(config))
-        spec = _accepted_or_user_error(lambda: load_hf_config(path))
-        if spec is None:
-            return
-        assert spec.num_params > 0 and math.isfinite(float(spec.num_params))
-        assert math.isfinite(spec.prefill_flops(min(512, spec.max_context)))
-        assert isinstance(spec.tie_embeddings, bool)
+    spec = _read_written("config.json", json.dumps(config), load_hf_config)
+    if spec is None:
+        return
+    assert spec.num_params > 0 and math.isfinite(float(spec.num_params))
+    assert math.isfinite(spec.prefill_flops(min(512, spec.max_context)))
+    assert isinstance(spec.tie_embeddings, bool)
 
 
 def test_examples_issue_18_found(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from infermeter.model.fit import fit_cost_model
 from infermeter.spec.model import ModelSpec
 from infermeter.store.db import Store
 from infermeter.workloads.tokenizer import Tokenizer, load_tokenizer
+from specs import LLAMA_LAYOUT
 from timed_server import TimedServer
 
 pytest.importorskip("torch")
@@ -52,11 +53,8 @@ SPEC = ModelSpec(
     num_kv_heads=2,
     vocab_size=32000,  # the LLaMA tokenizer's size
     ffn_size=128,
-    ffn_kind="swiglu",
-    position="rotary",
-    norm="rmsnorm",
-    bias=False,
     max_context=512,
+    **LLAMA_LAYOUT,
     dtype="float32",
 )
 KEY = "sk-infermeter-test-SECRET-0123456789"

@@ -14,7 +14,7 @@ from infermeter.backends import Measurement, Point, available_backends, get_back
 from infermeter.backends.hf import HFBackend, hf_family
 from infermeter.errors import UserError
 from infermeter.spec.model import ModelSpec
-from specs import TINY_DIMS
+from specs import LLAMA_LAYOUT, TINY_DIMS
 
 TINY: dict[str, Any] = {**TINY_DIMS}
 TINY["max_context"] = 256  # spec dtype stays the default bfloat16: CPU must switch to float32
@@ -24,10 +24,7 @@ SPECS: dict[str, ModelSpec] = {
         name="tiny-llama",
         num_kv_heads=2,
         ffn_size=128,
-        ffn_kind="swiglu",
-        position="rotary",
-        norm="rmsnorm",
-        bias=False,
+        **LLAMA_LAYOUT,
         **TINY,
     ),
     # q/k/v biases only, no family given: the layout alone must pick qwen2
@@ -35,10 +32,7 @@ SPECS: dict[str, ModelSpec] = {
         name="tiny-qwen2",
         num_kv_heads=2,
         ffn_size=128,
-        ffn_kind="swiglu",
-        position="rotary",
-        norm="rmsnorm",
-        bias=False,
+        **LLAMA_LAYOUT,
         qkv_bias=True,
         tie_embeddings=True,
         **TINY,
@@ -48,10 +42,7 @@ SPECS: dict[str, ModelSpec] = {
         num_kv_heads=1,
         head_dim=32,  # != hidden/heads: head_dim must reach the config
         ffn_size=96,
-        ffn_kind="swiglu",
-        position="rotary",
-        norm="rmsnorm",
-        bias=False,
+        **LLAMA_LAYOUT,
         family="mistral",
         **TINY,
     ),

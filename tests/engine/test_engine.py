@@ -28,7 +28,7 @@ from infermeter.engine.parallel import Comm  # noqa: E402
 from infermeter.errors import UserError  # noqa: E402
 from infermeter.spec.catalog import get_spec  # noqa: E402
 from infermeter.spec.model import ModelSpec  # noqa: E402
-from specs import TINY_DIMS  # noqa: E402
+from specs import LLAMA_LAYOUT, TINY_DIMS  # noqa: E402
 
 TINY: dict[str, Any] = {**TINY_DIMS}
 TINY.update(max_context=128, dtype="float32")
@@ -42,12 +42,9 @@ LLAMA = _spec(
     "llama",
     num_kv_heads=2,
     ffn_size=96,
-    ffn_kind="swiglu",
-    position="rotary",
-    norm="rmsnorm",
     norm_eps=1e-6,
     rope_theta=500.0,
-    bias=False,
+    **LLAMA_LAYOUT,
 )
 SPECS: dict[str, ModelSpec] = {
     "llama": LLAMA,

@@ -14,7 +14,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from infermeter.errors import UserError
 from infermeter.measure.cluster import NodesWindow, combine
 from infermeter.measure.window import EnergyWindow
 from paths import TESTS
+from store_rows import wait_for_rows
 
 GRID = ["--prompt-sizes", "1,8", "--output-sizes", "1,4", "--trials", "2", "--validate", "0"]
 
@@ -180,14 +180,7 @@ def test_a_rank_lost_mid_run_is_named_and_a_rerun_resumes(
                "--prompt-sizes", "1,8,16", "--output-sizes", "1,8,16", "--trials", "2",
                "--validate", "0", "--store", str(store)]  # fmt: skip
     procs = _torchrun(profile, _port(), tmp_path / "k")
-    stored, deadline = 0, time.monotonic() + 120
-    while stored < 2 and time.monotonic() < deadline and all(p.poll() is None for p in procs):
-        time.sleep(0.1)
-        try:
-            with sqlite3.connect(store, timeout=1) as db:
-                stored = db.execute("SELECT count(*) FROM points").fetchone()[0]
-        except sqlite3.OperationalError:  # not made yet, or busy
-            continue
+    stored = wait_for_rows(store, "points", 2, lambda: all(p.poll() is None for p in procs), 0.1)
     agent = procs[1].pid  # node 1's torchrun; its one child is rank 1
     children = Path(f"/proc/{agent}/task/{agent}/children").read_text().split()
     assert stored >= 2 and len(children) == 1, "rank 1 must be killed mid-run"

@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from infermeter.store.energy import (
 from infermeter.workloads.datasets import Workload, load_workload
 from infermeter.workloads.tokenizer import tokenizer_for
 from paths import SHARED_DATA
+from store_rows import wait_for_rows
 
 SHARED_GSM8K = SHARED_DATA / "gsm8k_test.jsonl"
 GSM8K = str(SHARED_GSM8K) if SHARED_GSM8K.is_file() else "gsm8k-test"  # else the bundled copy
@@ -447,14 +447,7 @@ def test_cli_energy_stopped_by_sigterm_resumes_at_its_next_batch(tmp_path: Path)
     cmd += ["--store", str(store)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    deadline, stored = time.monotonic() + 120, 0
-    while time.monotonic() < deadline and proc.poll() is None and stored < 3:
-        time.sleep(0.05)
-        try:
-            with sqlite3.connect(store, timeout=1) as db:
-                stored = db.execute("SELECT count(*) FROM energy_batches").fetchone()[0]
-        except sqlite3.OperationalError:  # not created yet, or busy
-            continue
+    wait_for_rows(store, "energy_batches", 3, lambda: proc.poll() is None)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err.decode()

@@ -20,6 +20,7 @@ from infermeter.backends.base import Measurement, Point
 from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
 from infermeter.measure.memory import check_weights_fit
 from infermeter.spec.model import ModelSpec
+from infermeter.store.provenance import cpu_name
 from infermeter.units import to_gib
 
 INSTALL_HINT = "pip install 'infermeter[torch]'"
@@ -194,28 +195,22 @@ def hf_config(spec: ModelSpec, pad_token_id: int = 0) -> Any:
             window = getattr(spec, "sliding_window", None) or spec.extra.get("sliding_window")
             return transformers.MistralConfig(sliding_window=window, **llama_like)
         return transformers.Qwen2Config(use_sliding_window=False, **llama_like)
-    if family == "gpt2":
-        return transformers.GPT2Config(
-            n_positions=spec.max_context,
-            n_embd=h,
-            n_layer=spec.num_layers,
-            n_head=spec.num_heads,
-            n_inner=spec.ffn_dim,
-            activation_function=ungated,
-            layer_norm_epsilon=spec.norm_eps,
+    if family in ("gpt2", "gptj"):
+        # GPT-2 and GPT-J name the same fields alike; GPT-J adds its rotary width.
+        gpt_like: dict[str, Any] = {
+            "n_positions": spec.max_context,
+            "n_embd": h,
+            "n_layer": spec.num_layers,
+            "n_head": spec.num_heads,
+            "n_inner": spec.ffn_dim,
+            "activation_function": ungated,
+            "layer_norm_epsilon": spec.norm_eps,
             **common,
-        )
-    if family == "gptj":
+        }
+        if family == "gpt2":
+            return transformers.GPT2Config(**gpt_like)
         return transformers.GPTJConfig(
-            n_positions=spec.max_context,
-            n_embd=h,
-            n_layer=spec.num_layers,
-            n_head=spec.num_heads,
-            n_inner=spec.ffn_dim,
-            rotary_dim=round(spec.rotary_fraction * spec.dim_head),
-            activation_function=ungated,
-            layer_norm_epsilon=spec.norm_eps,
-            **common,
+            rotary_dim=round(spec.rotary_fraction * spec.dim_head), **gpt_like
         )
     if family == "gpt_neox":
         rope: dict[str, Any]
@@ -262,13 +257,7 @@ def hf_config(spec: ModelSpec, pad_token_id: int = 0) -> Any:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
+    return cpu_name() or "cpu"
 
 
 def _first_token_clock(torch: Any, sync_device: Any) -> Any:

@@ -102,6 +102,13 @@ def _safe(section: Section, draw: Callable[[], Plot]) -> Section:
     return section
 
 
+def _all_missing(sections: list[Section], why: str, command: str) -> list[Section]:
+    """`sections`, each marked missing for the same reason, with the command that fills it."""
+    for section in sections:
+        section.missing = missing_html(why, command)
+    return sections
+
+
 def runtime_sections(runs: list[StoredRun]) -> list[Section]:
     """Figs. 3-4 of paper 1 (runtime vs output tokens, prompt-encoding time vs prompt size)
     from up to six reference runs, or the command that makes them."""
@@ -109,9 +116,7 @@ def runtime_sections(runs: list[StoredRun]) -> list[Section]:
     fig3 = Section("fig3", RUNTIME, "Fig. 3 · Runtime vs output tokens, per prompt size")
     fig4 = Section("fig4", RUNTIME, "Fig. 4 · Prompt-encoding time vs prompt size")
     if not refs:
-        for s in (fig3, fig4):
-            s.missing = missing_html("no profiled runs of a local stack", PROFILE_CMD)
-        return [fig3, fig4]
+        return _all_missing([fig3, fig4], "no profiled runs of a local stack", PROFILE_CMD)
     shown = refs[:6]
     fig3.caption = (
         f"Measured end-to-end runtime (min over trials, dots) and the fitted t(p, o) (lines) of "
@@ -154,9 +159,7 @@ def api_sections(runs: list[StoredRun]) -> list[Section]:
     table3 = Section("table3", RUNTIME, "Table 3 · Idealized vs denoised PE(p) and g")
     fig7 = Section("fig7", RUNTIME, "Fig. 7 · Raw vs denoised, and idealized vs denoised runtime")
     if not apis:
-        for s in (table3, fig7):
-            s.missing = missing_html("no API (openai backend) runs", API_CMD)
-        return [table3, fig7]
+        return _all_missing([table3, fig7], "no API (openai backend) runs", API_CMD)
     pairs = [(api, reference_for(api.stands_for, runs)) for api in apis]
     with_ref = [ref for _, ref in pairs if ref is not None]
     table3.caption = (
@@ -224,19 +227,15 @@ def tradeoff_sections(runs: list[StoredRun], inputs: ReportInputs) -> list[Secti
     fig9 = Section("fig9", TRADEOFFS, "Fig. 9 · Capability vs efficiency, Pareto frontiers")
     fig10 = Section("fig10", TRADEOFFS, "Fig. 10 · Ranks under accuracy/efficiency objectives")
     if inputs.capabilities is None or not inputs.queries:
-        for s in (fig9, fig10):
-            s.missing = missing_html(
-                "no capability table and scenario queries given", CAPABILITY_CMD
-            )
-        return [fig9, fig10]
+        return _all_missing(
+            [fig9, fig10], "no capability table and scenario queries given", CAPABILITY_CMD
+        )
     capabilities = read_capabilities(inputs.capabilities, inputs.metric)
     queries = read_scenario_queries(inputs.queries)
     try:
         result = tradeoff_table(model_profiles(runs), capabilities, queries)
     except UserError as exc:
-        for s in (fig9, fig10):
-            s.missing = missing_html(str(exc), PROFILE_CMD)
-        return [fig9, fig10]
+        return _all_missing([fig9, fig10], str(exc), PROFILE_CMD)
     table = result.table
     used = [r for r in runs if any(r.label in s for s in table.source)]
     needs = {

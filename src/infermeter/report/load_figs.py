@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pandas as pd
+from matplotlib.axes import Axes
 
 from infermeter.experiments.load import load_summary, timed_summary
 from infermeter.model.fitted import StoredRun
-from infermeter.report.plot import Plot, color, new_figure
+from infermeter.report.plot import Plot, color, small_multiples
 
 LOAD_CMD = "infermeter load MODEL --base-url http://HOST:PORT/v1 --store STORE"
 
@@ -31,44 +32,38 @@ def load_runs(runs: Sequence[StoredRun]) -> list[StoredRun]:
     return [r for r in runs if load_kind(r) is not None]
 
 
+def _load_panel(ax: Axes, run: StoredRun) -> pd.DataFrame:
+    """A load run's panel: runtime or latency against the load level; its numbers."""
+    kind = load_kind(run)
+    if kind == "load":
+        summary = load_summary(run.points).rename(columns={"errors": "failed"})
+        for i, (o, group) in enumerate(summary.groupby("output_tokens")):
+            ax.plot(group.concurrency, group.min_step_mean_s, "o-", ms=3.5, color=color(i),
+                    label=f"o={o}")  # fmt: skip
+            ax.plot(group.concurrency, group.latency_p90_s, "--", lw=1, color=color(i))
+        ax.set_xlabel("queries in flight (burst)")
+        ax.set_ylabel("runtime (s); p90 dashed")
+        level = "concurrency"
+    else:
+        grid = run.record.grid
+        summary = timed_summary(run.points, float(grid.get("duration_s", 1.0)))
+        ax.plot(summary.level, summary.latency_p50_s, "o-", ms=3.5, color=color(0),
+                label="p50")  # fmt: skip
+        ax.plot(summary.level, summary.latency_p99_s, "s--", ms=3, color=color(1),
+                label="p99")  # fmt: skip
+        mode = grid.get("mode")
+        ax.set_xlabel("requests in flight" if mode == "concurrent" else "requests/s")
+        ax.set_ylabel("latency (s)")
+        level = "level"
+    failed = int(summary["failed"].sum())
+    title = f"{run.model} · p={run.points.prompt_tokens.iloc[0]}"
+    ax.set_title(title + (f" · {failed} failed" if failed else ""), fontsize=9)
+    ax.legend(fontsize=7, frameon=False)
+    return summary.rename(columns={level: "load_level"}).assign(run=run.label, kind=kind)
+
+
 def fig_load(runs: Sequence[StoredRun]) -> Plot:
     """One panel per load run (up to 4): runtime or latency against the load level."""
-    runs = list(runs)[:4]
-    cols = min(2, len(runs))
-    rows = -(-len(runs) // cols)
-    fig, axes = new_figure(rows, cols, width=3.6 * cols, height=2.9 * rows)
-    frames = []
-    for ax, run in zip(axes.flat, runs, strict=False):
-        kind = load_kind(run)
-        if kind == "load":
-            summary = load_summary(run.points).rename(columns={"errors": "failed"})
-            for i, (o, group) in enumerate(summary.groupby("output_tokens")):
-                ax.plot(group.concurrency, group.min_step_mean_s, "o-", ms=3.5, color=color(i),
-                        label=f"o={o}")  # fmt: skip
-                ax.plot(group.concurrency, group.latency_p90_s, "--", lw=1, color=color(i))
-            ax.set_xlabel("queries in flight (burst)")
-            ax.set_ylabel("runtime (s); p90 dashed")
-            level = "concurrency"
-        else:
-            grid = run.record.grid
-            summary = timed_summary(run.points, float(grid.get("duration_s", 1.0)))
-            ax.plot(summary.level, summary.latency_p50_s, "o-", ms=3.5, color=color(0),
-                    label="p50")  # fmt: skip
-            ax.plot(summary.level, summary.latency_p99_s, "s--", ms=3, color=color(1),
-                    label="p99")  # fmt: skip
-            mode = grid.get("mode")
-            ax.set_xlabel("requests in flight" if mode == "concurrent" else "requests/s")
-            ax.set_ylabel("latency (s)")
-            level = "level"
-        failed = int(summary["failed"].sum())
-        title = f"{run.model} · p={run.points.prompt_tokens.iloc[0]}"
-        ax.set_title(title + (f" · {failed} failed" if failed else ""), fontsize=9)
-        ax.legend(fontsize=7, frameon=False)
-        frames.append(
-            summary.rename(columns={level: "load_level"}).assign(run=run.label, kind=kind)
-        )
-    for ax in list(axes.flat)[len(runs) :]:
-        ax.set_visible(False)
-    data = pd.concat(frames, ignore_index=True)
+    fig, data = small_multiples(list(runs)[:4], 2, 3.6, 2.9, _load_panel)
     first = ["run", "kind", "load_level"]
     return Plot(fig, data[first + [c for c in data.columns if c not in first]])

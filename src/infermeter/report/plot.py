@@ -9,8 +9,9 @@ its text as paths, so a page that embeds it needs no fonts.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import matplotlib
 import pandas as pd
@@ -19,6 +20,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 ImageFormat = Literal["png", "svg"]
+
+T = TypeVar("T")  # what small_multiples draws a panel of
 
 # Okabe-Ito (safe for colour-blindness), then brown and grey: ten series before a repeat.
 PALETTE = (
@@ -63,6 +66,25 @@ def new_figure(rows: int = 1, cols: int = 1, width: float = 6.4, height: float =
     for ax in axes.flat:
         _apply_style(ax)
     return fig, axes
+
+
+def small_multiples(
+    items: Sequence[T],
+    most_cols: int,
+    panel_w: float,
+    panel_h: float,
+    draw: Callable[[Axes, T], pd.DataFrame],
+) -> tuple[Figure, pd.DataFrame]:
+    """One panel per item (at least one) in rows of up to `most_cols`, each panel_w x
+    panel_h inches: `draw(ax, item)` draws a panel and returns its numbers. The figure
+    (spare axes hidden) and every panel's numbers, one frame."""
+    cols = min(most_cols, len(items))
+    rows = -(-len(items) // cols)
+    fig, axes = new_figure(rows, cols, width=panel_w * cols, height=panel_h * rows)
+    frames = [draw(ax, item) for ax, item in zip(axes.flat, items, strict=False)]
+    for ax in list(axes.flat)[len(items) :]:
+        ax.set_visible(False)
+    return fig, pd.concat(frames, ignore_index=True)
 
 
 def _apply_style(ax: Axes) -> None:

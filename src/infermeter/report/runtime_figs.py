@@ -15,9 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 
 from infermeter.model.fitted import StoredRun
-from infermeter.report.plot import Plot, color, new_figure
+from infermeter.report.plot import Plot, color, new_figure, small_multiples
 from infermeter.units import to_pct
 
 TABLE3_PROMPTS = (512, 1024, 1536)
@@ -33,29 +34,25 @@ def _trial_stats(run: StoredRun) -> pd.DataFrame:
     )
 
 
+def _runtime_panel(ax: Axes, run: StoredRun) -> pd.DataFrame:
+    """A run's Fig. 3 panel: measured and fitted runtime against o, a line per p; its numbers."""
+    stats = _trial_stats(run)
+    model = run.fit()
+    stats["fitted_s"] = model.predict(stats.prompt_tokens, stats.output_tokens)
+    for i, (p, group) in enumerate(stats.groupby("prompt_tokens")):
+        ax.plot(group.output_tokens, group.min_s, "o", ms=3.5, color=color(i), label=f"p={p}")
+        o = np.linspace(1, group.output_tokens.max(), 50)
+        ax.plot(o, model.predict(np.full_like(o, p), o), "-", lw=1, color=color(i))
+    ax.set_title(f"{run.model} · {run.record.backend}", fontsize=9)
+    ax.set_xlabel("output tokens")
+    ax.set_ylabel("runtime (s)")
+    ax.legend(fontsize=7, frameon=False)
+    return stats.assign(run=run.label, model=run.model, backend=run.record.backend)
+
+
 def fig_runtime_vs_output(runs: Sequence[StoredRun]) -> Plot:
     """Fig. 3: small multiples, one panel per run (up to 6), a line per prompt size."""
-    runs = list(runs)[:6]
-    cols = min(3, len(runs))
-    rows = -(-len(runs) // cols)
-    fig, axes = new_figure(rows, cols, width=3.3 * cols, height=2.8 * rows)
-    frames = []
-    for ax, run in zip(axes.flat, runs, strict=False):
-        stats = _trial_stats(run)
-        model = run.fit()
-        stats["fitted_s"] = model.predict(stats.prompt_tokens, stats.output_tokens)
-        for i, (p, group) in enumerate(stats.groupby("prompt_tokens")):
-            ax.plot(group.output_tokens, group.min_s, "o", ms=3.5, color=color(i), label=f"p={p}")
-            o = np.linspace(1, group.output_tokens.max(), 50)
-            ax.plot(o, model.predict(np.full_like(o, p), o), "-", lw=1, color=color(i))
-        ax.set_title(f"{run.model} · {run.record.backend}", fontsize=9)
-        ax.set_xlabel("output tokens")
-        ax.set_ylabel("runtime (s)")
-        ax.legend(fontsize=7, frameon=False)
-        frames.append(stats.assign(run=run.label, model=run.model, backend=run.record.backend))
-    for ax in list(axes.flat)[len(runs) :]:
-        ax.set_visible(False)
-    data = pd.concat(frames, ignore_index=True)
+    fig, data = small_multiples(list(runs)[:6], 3, 3.3, 2.8, _runtime_panel)
     columns = ["run", "model", "backend", "prompt_tokens", "output_tokens", "trials", "min_s"]
     return Plot(fig, data[[*columns, "mean_s", "max_s", "fitted_s"]])
 

@@ -164,45 +164,42 @@ _SPECS: list[ModelSpec] = [
 ]
 
 
-def _llama(name: str, h: int, layers: int, heads: int, ffn: int, source: str) -> ModelSpec:
+def _llama(
+    name: str, h: int, layers: int, heads: int, ffn: int, source: str, **fields: Any
+) -> ModelSpec:
+    """A LLaMA-architecture entry (SwiGLU, rotary, RMSNorm, no biases, untied embeddings);
+    LLaMA-1's vocabulary, norm epsilon and context unless `fields` say otherwise."""
+    llama1 = {"vocab_size": 32000, "norm_eps": 1e-6, "max_context": 2048}
     return ModelSpec(
         name=name,
         hidden_size=h,
         num_layers=layers,
         num_heads=heads,
-        vocab_size=32000,
         ffn_size=ffn,
         ffn_kind="swiglu",
         position="rotary",
         norm="rmsnorm",
-        norm_eps=1e-6,
         bias=False,
         tie_embeddings=False,
-        max_context=2048,
         family="llama",
         source=source,
+        **(llama1 | fields),
     )
 
 
 def _llama3(name: str, h: int, layers: int, heads: int, ffn: int, source: str) -> ModelSpec:
-    return ModelSpec(
-        name=name,
-        hidden_size=h,
-        num_layers=layers,
-        num_heads=heads,
+    return _llama(
+        name,
+        h,
+        layers,
+        heads,
+        ffn,
+        source,
         num_kv_heads=8,
         vocab_size=128256,
-        ffn_size=ffn,
-        ffn_kind="swiglu",
-        position="rotary",
         rope_theta=500000.0,
-        norm="rmsnorm",
         norm_eps=1e-5,
-        bias=False,
-        tie_embeddings=False,
         max_context=8192,
-        family="llama",
-        source=source,
     )
 
 
