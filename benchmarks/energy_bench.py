@@ -37,16 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _command import infermeter_command, run_command
 from _record import DOCS, write_result
 from infermeter.backends.engine import EngineBackend
-from infermeter.experiments.energy import (
-    EnergySweep,
-    energy_batches,
-    energy_configs,
-    generate_batch,
-    run_energy,
-)
+from infermeter.experiments.energy import EnergySweep, generate_batch, run_energy
 from infermeter.measure.meter import Meter
 from infermeter.spec.catalog import get_spec
 from infermeter.store.db import Store
+from infermeter.store.energy import energy_batches, energy_configs
 from infermeter.store.provenance import cuda_device_name, device_description
 from infermeter.workloads.datasets import load_workload
 from infermeter.workloads.tokenizer import prompt_ids, tokenizer_for

@@ -44,13 +44,9 @@ import infermeter
 from _command import infermeter_command, run_command
 from _record import DOCS, write_result
 from energy_bench import TABLE_COLUMNS, markdown
-from infermeter.experiments.energy import (
-    EnergyConfig,
-    energy_batches,
-    energy_configs,
-    ensure_tables,
-)
+from infermeter.experiments.energy import EnergyConfig
 from infermeter.store.db import Store
+from infermeter.store.energy import energy_batches, energy_configs
 
 STEPS = ("complete", "interrupted", "resumed")
 
@@ -127,15 +123,13 @@ def last_batch_row(store: Path) -> int:
     """The newest energy_batches rowid: batches stored later have larger ones."""
     if not store.exists():
         return 0
-    with Store(store) as db, db.transaction() as con:
-        ensure_tables(con)
+    with Store(store) as db, db.transaction() as con:  # opening migrates: the tables exist
         return int(con.execute("SELECT coalesce(max(rowid), 0) FROM energy_batches").fetchone()[0])
 
 
 def generation_seconds(store: Path, after_row: int) -> float:
     """Timed generation of the batches stored after rowid `after_row`."""
-    with Store(store) as db, db.transaction() as con:
-        ensure_tables(con)
+    with Store(store) as db, db.transaction() as con:  # opening migrates: the tables exist
         query = "SELECT coalesce(sum(runtime_s), 0) FROM energy_batches WHERE rowid > ?"
         return float(con.execute(query, (after_row,)).fetchone()[0])
 

@@ -53,7 +53,8 @@ STEPS: dict[str, tuple[list[str], list[str]]] = {
 VOLATILE = re.compile(
     r"(^|_)(at|time|times|when|since|date|pid|host|hostname|commit|json|info|version|versions|"
     r"path|paths|dir|device|devices|detail|created|updated|started|ended|elapsed|python|torch|"
-    r"cpu_threads|note|notes|seed|command|cmd|argv|out|store|stores|uuid|name_on_disk)$"
+    r"cpu_threads|note|notes|seed|command|cmd|argv|out|store|stores|uuid|name_on_disk|output|"
+    r"output_tail|tail|stdout|stderr|log|printed|validation_printed)$"
 )
 
 
@@ -92,6 +93,17 @@ def run_steps(tree: Path, steps: list[str], dest: Path) -> dict[str, dict[str, A
     return results
 
 
+COMMIT = re.compile(r"\b[0-9a-f]{40}\b")
+NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def stable_text(value: Any) -> Any:
+    """A commit hash is the run's, numbers inside text are measurements: both blanked."""
+    if isinstance(value, str):
+        return NUMBER.sub("#", COMMIT.sub("<commit>", value))
+    return value
+
+
 def sqlite_content(path: Path) -> dict[str, Any]:
     """Tables -> columns, row count, sorted rows over the stable columns."""
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -108,7 +120,11 @@ def sqlite_content(path: Path) -> dict[str, Any]:
         if stable:
             select = ", ".join(f'"{c}"' for c in stable)
             rows = sorted(
-                (list(r) for r in con.execute(f'select {select} from "{table}"')), key=repr
+                (
+                    [stable_text(v) for v in r]
+                    for r in con.execute(f'select {select} from "{table}"')
+                ),
+                key=repr,
             )
         count = con.execute(f'select count(*) from "{table}"').fetchone()[0]
         out[table] = {"columns": names, "rows": count, "compared": stable, "content": rows}
@@ -123,6 +139,8 @@ def json_content(value: Any, path: str = "") -> dict[str, Any]:
     if isinstance(value, dict):
         for k, v in value.items():
             out.update(json_content(v, f"{path}.{k}" if path else str(k)))
+    elif isinstance(value, list) and VOLATILE.search(key):
+        out[path] = "<volatile>"
     elif isinstance(value, list):
         out[f"{path}#len"] = len(value)
         for i, v in enumerate(value):
@@ -130,7 +148,7 @@ def json_content(value: Any, path: str = "") -> dict[str, Any]:
     elif isinstance(value, float) or VOLATILE.search(key):
         out[path] = "<measured>" if isinstance(value, float) else "<volatile>"
     else:
-        out[path] = value
+        out[path] = stable_text(value)
     return out
 
 
@@ -155,6 +173,18 @@ def renamed(value: Any, renames: dict[str, str]) -> Any:
     for old, new in renames.items():
         text = text.replace(old, new)
     return json.loads(text)
+
+
+def new_empty_tables(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Tables a store has only after, and empty: created up front by the schema's migrations
+    (store/schema.py), where the code before created them on first use."""
+    out = []
+    for file, tables in after.items():
+        if file.endswith(".sqlite") and isinstance(tables, dict) and file in before:
+            for table, info in tables.items():
+                if table not in before[file] and info["rows"] == 0:
+                    out.append(f"/{file}/{table}")
+    return out
 
 
 def differences(ref: Any, new: Any, where: str = "") -> list[str]:
@@ -183,6 +213,9 @@ def main() -> None:
     parser.add_argument(
         "--reuse-before", action="store_true", help="--keep already holds the reference's run"
     )
+    parser.add_argument(
+        "--reuse-after", default="", help="steps whose run after is already in --keep (a,b)"
+    )
     args = parser.parse_args()
     steps = args.steps.split(",")
     renames = dict(r.split("=", 1) for r in args.rename)
@@ -205,16 +238,25 @@ def main() -> None:
     if args.before_only:
         print("reference run kept in", keep)
         return
-    new_runs = run_steps(tree, steps, keep / "after")
+    reuse = [s for s in args.reuse_after.split(",") if s]
+    runs_file = keep / "after" / "runs.json"
+    new_runs = json.loads(runs_file.read_text()) if reuse and runs_file.exists() else {}
+    new_runs = {k: v for k, v in new_runs.items() if k in reuse}
+    new_runs.update(run_steps(tree, [s for s in steps if s not in reuse], keep / "after"))
+    runs_file.write_text(json.dumps(new_runs))
     per_step = {}
     for step in steps:
         before = renamed(content(keep / "before" / step), renames)
         after = content(keep / "after" / step)
-        diff = differences(before, after)
+        created = new_empty_tables(before, after)
+        diff = [
+            d for d in differences(before, after) if d.removesuffix(": only after") not in created
+        ]
         per_step[step] = {
             "rc_before": ref_runs[step]["rc"], "rc_after": new_runs[step]["rc"],
             "wall_before_s": ref_runs[step]["wall_s"], "wall_after_s": new_runs[step]["wall_s"],
             "files_compared": len(after), "differences": diff,
+            "new_empty_tables": created,
         }  # fmt: skip
         print(f"{step}: {len(after)} files, {len(diff)} differences", flush=True)
         for line in diff[:20]:

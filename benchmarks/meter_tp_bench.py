@@ -45,10 +45,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _command import infermeter_command, run_command
 from _record import DOCS, write_result
-from infermeter.experiments.energy import energy_configs, energy_responses
 from infermeter.measure.meter import load_nvml
 from infermeter.model.cost_model import models_from_dict
 from infermeter.store.db import Store
+from infermeter.store.energy import energy_configs, energy_responses
 
 STEPS = ("tp2", "shards2", "cuda1")
 MODEL = "llama-13b"

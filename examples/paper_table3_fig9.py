@@ -81,7 +81,7 @@ def gpu_plan(specs, gpus: int, memory_bytes: float):
 def profile_reference(store, spec, tp: int, on_gpu: bool, grid) -> None:
     from infermeter.backends import get_backend
     from infermeter.experiments.profile import ProfileGrid, run_profile
-    from infermeter.measure.meter import Meter, visible_gpus
+    from infermeter.measure.meter import Meter
     from infermeter.spec.hardware import Stack, detect_accelerator, get_accelerator
     from infermeter.store.provenance import cuda_device_name, device_description
 
@@ -93,7 +93,7 @@ def profile_reference(store, spec, tp: int, on_gpu: bool, grid) -> None:
         options = {"device": "cpu", "dtype": "float32"}
     stack = Stack("engine", accelerator, tp, tp, options["dtype"]).to_dict()
     # On a GPU every point is also an energy window (Fig. 9's measured-energy row).
-    meter = Meter(gpus=visible_gpus(tp)) if on_gpu else None
+    meter = Meter.for_device("cuda", tp) if on_gpu else None
     start = time.perf_counter()
     run = run_profile(
         store, spec, stack, get_backend("engine", **options), options, ProfileGrid(*grid[:2],
