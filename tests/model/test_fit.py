@@ -274,3 +274,12 @@ def test_fit_worse_than_the_mean_is_refused_unless_accepted() -> None:
         fit_cost_model(points, folds=2)
     kept = fit_cost_model(points, folds=2, accept_poor_fit=True)
     assert any("R² =" in note and "rough" in note for note in kept.fit["notes"])
+
+
+def test_a_fit_that_overflows_is_one_line() -> None:
+    """Found by the fuzz: an energy of 1e-300 J beside ordinary ones overflows the relative
+    weights (1/value²); the fit is refused with a UserError, never a ValueError."""
+    rows = [[1, 8, 1.0801, 1e-300]] + [[1, 1, 1.0101, 0.0]] * 5 + [[1, 1, 1.0101, 1.0]] * 5
+    points = pd.DataFrame(rows, columns=["prompt_tokens", "output_tokens", "runtime_s", "energy_j"])
+    with pytest.raises(UserError, match="not a finite number"), np.errstate(all="ignore"):
+        fit_cost_model(points, quantity="energy_j", denoise="median")

@@ -312,6 +312,18 @@ def _check_possible(core: _Core, agg: pd.DataFrame, quantity: Quantity, unit: st
     return notes
 
 
+def _check_finite(core: _Core, quantity: Quantity) -> None:
+    """A fit whose PE, slopes or overhead came out infinite or NaN is refused in one line:
+    relative weighting (1/value²) of a vanishingly small value (say 1e-300 J) overflows."""
+    values = np.concatenate([core.pe, core.slopes, [core.g, core.overhead]])
+    if not np.all(np.isfinite(values)):
+        raise UserError(
+            f"the {quantity} fit is not a finite number: the values span more than floating "
+            "point can weigh (a value of zero or near it, say 1e-300, beside ordinary ones); "
+            f"check the points' {quantity} column"
+        )
+
+
 def _check_meaningful(
     core: _Core, agg: pd.DataFrame, quantity: Quantity, accept_poor_fit: bool, notes: list[str]
 ) -> float:
@@ -440,6 +452,7 @@ def fit_cost_model(
     agg = aggregate_trials(points, quantity, denoise)
     core = _fit_core(agg, overhead, weighting, decode)
     unit = "s" if quantity == "runtime_s" else "J"
+    _check_finite(core, quantity)
     notes = _check_possible(core, agg, quantity, unit)
     r2_lines = _check_meaningful(core, agg, quantity, accept_poor_fit, notes)
     cost = _cost_model(
