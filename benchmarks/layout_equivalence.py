@@ -57,9 +57,10 @@ TIMING: dict[str, tuple[str, str]] = {
         "power is sampled every 100 ms, so the samples' count follows the run's duration",
     ),
     "energy_cli": (
-        r"energy_cli\.json/(configs|steps\[[12]\])",
+        r"energy_cli\.json/(configs|steps\[[12]\])|energy_cli/infermeter\.sqlite/",
         "steps 2 and 3 stop the command after fixed seconds (--interrupt-after, --resume-for): "
-        "how many batches and configurations it stored by then follows the machine's speed",
+        "how many batches and configurations it stored by then (and so the store's rows and its "
+        "run's status) follows the machine's speed",
     ),
 }
 VOLATILE = re.compile(
@@ -229,6 +230,7 @@ def main() -> None:
         "--reuse-after", default="", help="steps whose run after is already in --keep (a,b)"
     )
     parser.add_argument("--compare-only", action="store_true", help="reuse every step's runs")
+    parser.add_argument("--note", default="", help="a line for the record (e.g. reused runs)")
     args = parser.parse_args()
     steps = args.steps.split(",")
     renames = dict(r.split("=", 1) for r in args.rename)
@@ -293,9 +295,11 @@ def main() -> None:
         )
         for step, s in per_step.items()
     ]  # fmt: skip
+    if args.note:
+        rows.append(("note", args.note, ""))
     write_result(
         "layout_equivalence",
-        {"ref": args.ref, "renames": renames, "same_content": same, "steps": per_step,
+        {"ref": args.ref, "renames": renames, "note": args.note, "same_content": same, "steps": per_step,
          "outputs_kept_in": str(keep)},
         rows,
     )  # fmt: skip
