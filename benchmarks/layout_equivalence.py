@@ -299,7 +299,8 @@ def main() -> None:
         rows.append(("note", args.note, ""))
     write_result(
         "layout_equivalence",
-        {"ref": args.ref, "renames": renames, "note": args.note, "same_content": same, "steps": per_step,
+        {"ref": args.ref, "renames": renames, "note": args.note, "same_content": same,
+         "steps": per_step,
          "outputs_kept_in": str(keep)},
         rows,
     )  # fmt: skip
