@@ -1,11 +1,20 @@
-"""Test helpers live beside the tests (fake_nvml); make them importable."""
+"""Test helpers live beside the tests (fake_nvml); make them importable. Ctrl-C works in the
+processes the tests start, however the suite itself was started."""
 
+import signal
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# A job started in the background by a shell without job control (a CI script's `cmd &`,
+# nohup) inherits SIGINT ignored, and an ignored signal stays ignored across exec: every CLI
+# the tests start would then shrug off the Ctrl-C the interrupt tests send. A handled signal
+# is reset to the default on exec, so handling it here gives children Python's usual Ctrl-C.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
