@@ -31,23 +31,28 @@ def arg(default: Any = ..., help: str = "") -> Any:
 
 
 def store() -> Any:
+    """The `--store` field: one SQLite store (default $INFERMETER_STORE or infermeter.sqlite)."""
     return opt(Path(DEFAULT_STORE), "SQLite store of runs and points.", "--store")
 
 
 def stores() -> Any:
+    """The repeatable `--store` field of the read verbs: stores to read, None for the default."""
     return opt(None, "SQLite store(s) to read (repeatable; default: $INFERMETER_STORE or "
                "infermeter.sqlite).", "--store")  # fmt: skip
 
 
 def run_arg() -> Any:
+    """The optional RUN argument: a run id, None for the latest."""
     return arg(None, "Run id (default: the latest).")
 
 
 def hardware_config() -> Any:
+    """The `--hardware-config` field: a TOML/JSON file of accelerators, or None."""
     return opt(None, "TOML/JSON file overriding or adding accelerators.", "--hardware-config")
 
 
 def settings() -> Any:
+    """The repeatable `--set KEY=VALUE` field: accelerator values overridden, or None."""
     return opt(None, "Override any accelerator value, e.g. --set memory_bandwidth=3.0e12 "
                "(repeatable).", "--set")  # fmt: skip
 

@@ -176,7 +176,7 @@ class Block(nn.Module):
         kw = {"device": device, "dtype": dtype}
         arch = Arch.of(spec)
         self.extra = spec.extra
-        self.window = spec.layer_window(index) if hasattr(spec, "layer_window") else None
+        self.window = spec.layer_window(index)
         self.local = self.window is not None and spec.local_rope_theta is not None
         self.scale = spec.attn_scale
         self.softcap = spec.attn_softcap

@@ -45,6 +45,7 @@ from typing import Any
 
 import pandas as pd
 
+from infermeter.backends.config import Generates
 from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
 from infermeter.experiments.run import RunIdentity, resumable_run
 from infermeter.measure.gpus import GpuRef
@@ -632,7 +633,7 @@ class _SweepRun:
         """Run `configs` (all of `shards` shards) on one backend; returns those skipped."""
         settings, spec = self.settings, self.settings.spec
         backend = backend_for(shards)
-        if not hasattr(backend, "generate"):
+        if not isinstance(backend, Generates):
             raise UserError(
                 f"the {settings.backend_name} backend has no dataset generate(); "
                 "use --backend engine"

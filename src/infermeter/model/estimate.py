@@ -188,8 +188,8 @@ def range_notes(queries: pd.DataFrame, runtime: CostModel | ModelSet) -> list[st
     if longest is not None and (o > longest).any():
         notes.append(
             f"{int((o > longest).sum())} of {len(o)} queries ask for more output tokens than "
-            f"the profile's longest ({longest}, up to {int(o.max())} asked): their decoding is "
-            "extrapolated"
+            f"the profile's longest ({int(longest)}, up to {int(o.max())} asked): their decoding "
+            "is extrapolated"
         )
     return notes
 
