@@ -34,8 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from infermeter.units import MIB_BYTES
+
 EventHook = Callable[[float, bytes, str], None]  # (arrival, data, event name)
-MAX_BODY_BYTES = 8 * 2**20  # a completion this large is no measurement: refuse it, bounded
+MAX_BODY_BYTES = 8 * MIB_BYTES  # a completion this large is no measurement: refuse it, bounded
 
 
 class HttpFailure(Exception):
