@@ -47,8 +47,8 @@ WATTS = 300.0
 class RecordingNvml(FakeNvml):
     """A fake NVML that notes every power-limit call, to prove none happens unasked."""
 
-    def __init__(self, gpus: list[FakeGpu]) -> None:
-        super().__init__(gpus)
+    def __init__(self, gpus: list[FakeGpu], clock: FakeClock | None = None) -> None:
+        super().__init__(gpus, clock=clock)
         self.power_calls: list[str] = []
 
     def nvmlDeviceGetPowerManagementLimit(self, gpu: FakeGpu) -> int:
@@ -100,9 +100,12 @@ def experiment(
     sweep: EnergySweep,
     backend: Engine,
     nvml: FakeNvml | None = None,
+    clock: FakeClock | None = None,
 ) -> Any:
-    nvml = nvml or RecordingNvml([FakeGpu(power=lambda t: WATTS)])
-    meter_for: Callable[[int], Meter] = lambda tp: Meter(interval_s=0.01, nvml=nvml)  # noqa: E731
+    """The sweep on `backend`, metered on `nvml` (a steady 300 W GPU by default). With a
+    `clock` (shared with nvml and the backend) the windows are timed on it, not the real one."""
+    nvml = nvml or RecordingNvml([FakeGpu(power=lambda t: WATTS)], clock=clock)
+    meter_for: Callable[[int], Meter] = lambda tp: Meter(interval_s=0.01, nvml=nvml, clock=clock)  # noqa: E731
     tok, _ = tokenizer_for(SPEC)
     return run_energy(
         store, SPEC, workload, tok, sweep, lambda tp: backend, meter_for=meter_for,
@@ -533,8 +536,14 @@ def test_a_gpu_without_power_or_utilisation_readings_still_runs_the_sweep(
     as before, utilisation and the power timeline left empty, nothing raised."""
     gpu = FakeGpu(power=lambda t: WATTS, has_power=False, has_instant_field=False)
     gpu.has_utilization = False
+    # One fake clock for the counter, the windows and the engine: watts are then exact, where
+    # a real clock read apart from the counter put 6% into a short window on a busy machine.
+    clock = FakeClock()
     with Store(tmp_path / "s.sqlite") as store:
-        result = experiment(store, workload, EnergySweep((4,), (8,)), Engine(), FakeNvml([gpu]))
+        result = experiment(
+            store, workload, EnergySweep((4,), (8,)), Engine(clock=clock),
+            FakeNvml([gpu], clock=clock), clock=clock,
+        )  # fmt: skip
         batches = energy_batches(store, result.run.id)
         samples = store.samples(result.run.id)
     row = result.configs.iloc[0]
