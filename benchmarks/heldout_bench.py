@@ -9,7 +9,8 @@ generate() call (token ids in, token ids out; after one untimed first call of th
 minimum of 3 trials back to back), and energy is read from the
 NVML total-energy counter by this script's own code, over at least 1 s of the query repeated
 back to back (the window starts on a counter step; at its end the counter's next step is
-awaited and the idle power measured beforehand is taken off for the wait).
+awaited and the idle power, measured beforehand from the counter at rest, is taken off for the
+wait).
 
 Queries (seeded): half shaped like the paper's §5.4 workloads (few-shot classification and QA:
 p uniform in 256 .. the usable context, 1-5 output tokens), half uniform (p up to the usable
@@ -95,11 +96,13 @@ class Counter:
         pynvml.nvmlInit()
         self.nvml = pynvml
         self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        powers = []
-        for _ in range(20):
-            powers.append(pynvml.nvmlDeviceGetPowerUsage(self.handle) / 1000.0)
-            time.sleep(0.05)
-        self.idle_w = float(np.median(powers))
+        # Idle power from the counter itself over ~1 s at rest (nvmlDeviceGetPowerUsage is a
+        # 1 s average on Hopper and reads high for a while after the model's loading).
+        time.sleep(0.5)
+        start_j, started = self.next_step()
+        time.sleep(1.0)
+        end_j, ended = self.next_step()
+        self.idle_w = (end_j - start_j) / (ended - started)
 
     def read_j(self) -> float:
         return self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) / 1000.0

@@ -104,6 +104,8 @@ class FakeGpu:
     default_limit_mw: int = 700_000
     can_set_limit: bool = True
     counter_step_s: float = 0.0
+    # The POWER_INSTANT field reads the power of this long ago (an H200's lags 50-100 ms).
+    instant_lag_s: float = 0.0
     limit_history: list[int] = field(default_factory=list)
     uuid: str = ""  # set by FakeNvml from the GPU's index when left empty
     has_power: bool = True  # nvmlDeviceGetPowerUsage
@@ -237,7 +239,8 @@ class FakeNvml:
         now = self._call()
         for field_id in ids:
             ok = field_id == 186 and gpu.has_instant_field
-            value = SimpleNamespace(uiVal=int(gpu.power(now) * 1000) if ok else 0)
+            watts = gpu.power(now - gpu.instant_lag_s)
+            value = SimpleNamespace(uiVal=int(watts * 1000) if ok else 0)
             out.append(
                 SimpleNamespace(
                     fieldId=field_id,

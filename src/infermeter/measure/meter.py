@@ -176,6 +176,7 @@ class Meter:
         self.utilisation_supported = False
         self.read_errors = 0  # NVML readings that failed after set-up (skipped)
         self.idle_w: float | None = None
+        self.idle_per_gpu_w: list[float] | None = None  # each GPU's, by measure_idle()
         self._t: list[float] = []  # sample times, ascending, beside _rows
         self._rows: list[PowerSample] = []
         self._draining = False
@@ -381,10 +382,14 @@ class Meter:
         """Counters (J) exact at one moment, returned with it, though they move in steps.
 
         Polls each GPU until its counter steps (at most one update period), then moves the
-        reading from the step's time to now with the instantaneous power polled meanwhile:
-        forward at a window's start, backward at its end. The correction spans one period
-        at most, so its error is a small share of the window's energy even when the step is
-        ~100 ms and the window is not much longer.
+        reading from the step's time to now: forward at a window's start, backward at its
+        end. The work is synchronised before either edge, so the GPU is at rest in between:
+        the energy moved is the GPU's idle power (measure_idle) times the gap. Without a
+        measured idle power it is the instantaneous power polled meanwhile, which reads high
+        after work: on an H200 the POWER_INSTANT field lags the counter by 50-100 ms, and
+        taking it off at a window's end put 1 s windows 2-7% below a user's measurement
+        (benchmarks/edge_diagnosis.py, window_diagnosis.py; the counter itself reads idle
+        power within 100 ms of the work's end). The correction spans one period at most.
         """
         now = self.clock.now()
         readings = []
@@ -410,7 +415,12 @@ class Meter:
         # The moment the readings refer to: after the last step at a start, before the first
         # at an end, so that nothing between them and the window's edge goes unmetered.
         mark = max(r[1] for r in readings) if at_begin else now
-        for joules, tick, polls in readings:
+        idle = self.idle_per_gpu_w
+        for index, (joules, tick, polls) in enumerate(readings):
+            if idle is not None and len(idle) == len(readings):
+                between = idle[index] * abs(mark - tick)
+                out.append(joules + between if tick <= mark else joules - between)
+                continue
             if not polls:  # no power read meanwhile: the step's time is the best there is
                 out.append(joules)
                 continue
@@ -479,14 +489,18 @@ class Meter:
         joules. None without a power reading."""
         if not self.available or self.power_field_used == "none":
             return None
-        readings = []
+        readings: list[list[float]] = []
         end = self.clock.now() + seconds
         while self.clock.now() < end:
             watts = [self._power_w(h) for h in self._handles]
             if all(w is not None for w in watts):
-                readings.append(sum(w for w in watts if w is not None))
+                readings.append([w for w in watts if w is not None])
             self.clock.sleep(min(self.interval_s, seconds / 5))
-        self.idle_w = float(np.median(readings)) if readings else None
+        if not readings:
+            self.idle_w = self.idle_per_gpu_w = None
+            return None
+        self.idle_per_gpu_w = [float(w) for w in np.median(np.array(readings), axis=0)]
+        self.idle_w = float(np.median([sum(r) for r in readings]))
         return self.idle_w
 
     def memory_used_gb(self) -> float | None:
