@@ -15,7 +15,8 @@ points rather than all trials of one.
 Validation: after the grid, `validate` queries drawn to look like what users price (half with
 1-16 output tokens, p across the whole context; half longer), never on a profiled prompt size
 nor a multiple of 64, are measured the same way and stored beside the points; their error is
-the figure the profile reports about itself (fit.validation_errors).
+the figure the profile reports about itself (fit.validation_errors). Before them, a metered
+profile measures again the points its neighbours contradict (experiments.second_look).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 from infermeter.backends.base import Backend, Measurement, Point
 from infermeter.errors import UserError
 from infermeter.experiments.run import RunIdentity, resumable_run
+from infermeter.experiments.second_look import suspects
 from infermeter.measure.meter import Meter, check_warmup_s, warm_up
 from infermeter.model.cost_model import CostModel
 from infermeter.spec.model import ModelSpec
@@ -233,7 +235,8 @@ def profile_key(
 class ProfileSettings:
     """What a profile measures (see run_profile): the model, the stack and backend options it
     is keyed by, the grid, the device in words, the energy window's least length (s), the
-    thermal warm-up (s) and the number of validation queries."""
+    thermal warm-up (s), the number of validation queries, and whether a metered profile takes
+    a second look at points their neighbours contradict (experiments.second_look)."""
 
     spec: ModelSpec
     stack: dict
@@ -243,6 +246,7 @@ class ProfileSettings:
     min_energy_window_s: float = MIN_ENERGY_WINDOW_S
     warmup_s: float = 0.0
     validate: int = 0
+    second_look: bool = False
 
 
 @dataclass(frozen=True)
@@ -385,12 +389,27 @@ class ProfileExperiment:
                 info["thermal_warmup"] = thermal_warmup(backend, heavy, meter, config.warmup_s)
                 store.update_run_backend(run_id, info)
             phases = PhaseSplit(backend, meter, min_window_s)
+            again = list(range(grid.trials, 2 * grid.trials))
             for shape in todo.grid:
                 trials = _missing(shape, grid.trials, todo.done)
                 measured = measure_point(backend, shape, trials, meter, min_window_s)
                 for point, measurement in measured:
                     phases.split(point, measurement)
                 recorder.record(measured, validation=False)
+            # A second look at points their neighbours contradict (experiments.second_look).
+            looked = (
+                suspects(store.points(run_id), grid.prompt_sizes, grid.trials)
+                if config.second_look
+                else []
+            )
+            for shape in looked:
+                measured = measure_point(backend, shape, again, meter, min_window_s)
+                for point, measurement in measured:
+                    phases.split(point, measurement)
+                recorder.record(measured, validation=False)
+            if looked:
+                info["second_look"] = [f"p={s.prompt_tokens} o={s.output_tokens}" for s in looked]
+                store.update_run_backend(run_id, info)
             for query in todo.checks:
                 trials = _missing(query, grid.trials, todo.checked)
                 measured = measure_point(backend, query, trials, meter, min_window_s)
@@ -423,6 +442,7 @@ def run_profile(
     min_energy_window_s: float = MIN_ENERGY_WINDOW_S,
     warmup_s: float = 0.0,
     validate: int = 0,
+    second_look: bool = False,
 ) -> RunRecord:
     """Measure every point of `grid` and every validation query not already stored.
 
@@ -432,12 +452,15 @@ def run_profile(
     are measured as the module docstring says, and the power samples land in the store beside
     them; a metered profile first runs its largest point for `warmup_s` seconds, unrecorded, so
     the card is at working temperature. `on_start` gets (run, done, total) counted in trials,
-    validation included; `on_point` each trial as it is stored. Returns the run's record;
-    raises UserError as ProfileExperiment.run says.
+    validation included; `on_point` each trial as it is stored. With `second_look` (what
+    `infermeter profile` does on a GPU), a metered profile measures again, before its
+    validation, the points experiments.second_look suspects. Returns the run's record; raises
+    UserError as ProfileExperiment.run says.
     """
     settings = ProfileSettings(
-        spec, stack, backend_options, grid, device, min_energy_window_s, warmup_s, validate
-    )
+        spec, stack, backend_options, grid, device, min_energy_window_s, warmup_s, validate,
+        second_look,
+    )  # fmt: skip
     progress = ProfileProgress(on_start, on_point)
     return ProfileExperiment().run(store, backend, settings, meter, progress)
 

@@ -15,10 +15,10 @@ The decode part need not be a line. Measured on an H200 (docs/benchmarks/bias_di
 the first decode step after a 1,000-token prompt takes 5.1 ms and later ones 4.0 ms, and a
 step's cost grows with the context: a line through o = 1 .. 256 then prices 2- to 8-token
 outputs 2-4% low. With `decode_curves` (one per profiled prompt size: the measured decode time
-D = t(p, o) - PE(p) at each profiled o), D is interpolated piecewise linearly in o, continued
-past the largest profiled o with its last segment's slope, and blended linearly in p between
-curves (held at the nearest curve outside them). PE(p) is then the measured o = 1 time at
-every prompt size profiled at o = 1, which may be many more than the curves' sizes.
+D = t(p, o) - PE(p) at each profiled o), the first step is blended in p between curves and
+every later step is priced at the context it attends over, from the curves' measured cost per
+step there (infermeter.model.decode). PE(p) is then the measured o = 1 time at every prompt
+size profiled at o = 1, which may be many more than the curves' sizes.
 
 The same form prices energy, with joules in place of seconds. Evaluation is vectorised: a
 million queries is one numpy pass. No prediction is negative.
@@ -49,6 +49,7 @@ from typing import Any, Literal
 import numpy as np
 
 from infermeter.errors import UserError
+from infermeter.model.decode import decode_time
 from infermeter.store.outputs import writing
 from infermeter.workloads.queries import MAX_BATCH, MAX_JOULES, MAX_TOKENS, number
 
@@ -146,19 +147,7 @@ class CostModel:
         if self.decode_curves is None:
             return (o - 1.0) * self.per_output_token_at(p)
         p, o = np.broadcast_arrays(p, o)
-        shape = p.shape
-        p, o = p.ravel(), o.ravel()
-        curves = self.decode_curves
-        values = np.stack([_curve_at(c, o) for c in curves])  # [curves, queries]
-        sizes = np.array([c["prompt_tokens"] for c in curves], dtype=float)
-        # Blend the two curves around p linearly (held at the end curves outside them).
-        position = np.interp(p, sizes, np.arange(len(sizes), dtype=float))
-        low = np.floor(position).astype(int)
-        high = np.minimum(low + 1, len(sizes) - 1)
-        weight = position - low
-        rows = np.arange(p.size)
-        blended = (1 - weight) * values[low, rows] + weight * values[high, rows]
-        return blended.reshape(shape)
+        return decode_time(self.decode_curves, p.ravel(), o.ravel()).reshape(p.shape)
 
     def predict(
         self, prompt_tokens: np.ndarray | float, output_tokens: np.ndarray | float
@@ -305,16 +294,6 @@ def _check_curve(curve: dict[str, Any]) -> dict[str, Any]:
     if o[0] <= 1 or not all(np.isfinite([*d, out["tail_slope"]])):
         raise ValueError("decode curves hold finite values at output lengths above 1")
     return out
-
-
-def _curve_at(curve: dict[str, Any], o: np.ndarray) -> np.ndarray:
-    """D at output lengths `o` along one curve: 0 at o = 1, linear between profiled lengths,
-    the tail slope past the last one."""
-    xs = np.array([1.0, *curve["output_tokens"]])
-    ys = np.array([0.0, *curve["decode"]])
-    inside = np.interp(o, xs, ys)
-    beyond = ys[-1] + (o - xs[-1]) * curve["tail_slope"]
-    return np.where(o > xs[-1], beyond, np.where(o < 1, 0.0, inside))
 
 
 def save_models(models: list[CostModel], path: str | Path) -> Path:

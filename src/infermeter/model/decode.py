@@ -1,0 +1,154 @@
+"""D(p, o) from decode curves, with each decode step priced at the context it attends over.
+
+A decode step reads the keys and values of its whole context, and the attention kernel works
+on spans of it, so what a step costs depends on its context, not on the prompt size as such.
+Blending whole curves linearly in p (the form before this module) gave a query the steps of a
+curve at another prompt size: on an H200 (LLaMA-7B, docs/benchmarks/heldout_llama-7b.md at
+42b47d9) the p = 1 curve's steps below a context of 128 cost 3.89 ms and those above 3.99 ms,
+and a query with p = 124 and o = 404, whose steps never see a context below 126, was priced
+with 83% of the cheap ones: its long outputs came out 0.7% low on average.
+
+The form here, for curves that share their first profiled output length o₁ (2 on the default
+grid, the first decode step, which costs more after a long prompt):
+
+    D(p, o) = head(p, o)                                  for o ≤ o₁
+    D(p, o) = head(p, o₁) + Σ_{k = o₁}^{o − 1} t(p + k)     for o > o₁
+
+head is the curves' D(o) blended linearly in p (held at the end curves). Step k of a query
+attends over p + k tokens; t(x) is the cost of a step at context x: on each curve c, between
+two profiled lengths oₐ < o_b, the measured (D(o_b) − D(oₐ)) / (o_b − oₐ) at every context in
+[p_c + oₐ, p_c + o_b); linear across contexts no curve covers; flat past the ends. Where two
+curves cover a context, the one whose prompt size is nearer the query's is used, so that a
+query at a curve's own prompt size gets exactly that curve's measurement at its profiled
+lengths. Curves without a common o₁ are blended in p as before. All in numpy, no loop over
+queries.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+
+
+def curve_at(curve: dict[str, Any], o: np.ndarray) -> np.ndarray:
+    """D at output lengths `o` along one curve: 0 at o = 1, linear between profiled lengths,
+    the tail slope past the last one."""
+    xs = np.array([1.0, *curve["output_tokens"]])
+    ys = np.array([0.0, *curve["decode"]])
+    inside = np.interp(o, xs, ys)
+    beyond = ys[-1] + (o - xs[-1]) * curve["tail_slope"]
+    return np.where(o > xs[-1], beyond, np.where(o < 1, 0.0, inside))
+
+
+def blend_in_p(curves: list[dict[str, Any]], p: np.ndarray, o: np.ndarray) -> np.ndarray:
+    """Each curve's D at `o`, blended linearly in p between the two curves around it (held at
+    the end curves outside them); p and o are flat arrays of one length."""
+    values = np.stack([curve_at(c, o) for c in curves])  # [curves, queries]
+    sizes = np.array([c["prompt_tokens"] for c in curves], dtype=float)
+    position = np.interp(p, sizes, np.arange(len(sizes), dtype=float))
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, len(sizes) - 1)
+    weight = position - low
+    rows = np.arange(p.size)
+    return (1 - weight) * values[low, rows] + weight * values[high, rows]
+
+
+def decode_time(curves: list[dict[str, Any]], p: np.ndarray, o: np.ndarray) -> np.ndarray:
+    """D(p, o) for flat arrays p (prompt tokens) and o (output tokens, the first included),
+    in the curves' unit (s or J); see the module's docstring for the form."""
+    firsts = {float(c["output_tokens"][0]) for c in curves}
+    if len(firsts) != 1 or not any(len(c["output_tokens"]) >= 2 for c in curves):
+        return blend_in_p(curves, p, o)
+    o1 = firsts.pop()
+    head = blend_in_p(curves, p, np.minimum(o, o1))
+    sizes = np.array([c["prompt_tokens"] for c in curves], dtype=float)
+    nearest = np.abs(p[:, None] - sizes[None, :]).argmin(axis=1)
+    out = head.copy()
+    longer = o > o1
+    for index in range(len(curves)):
+        rows = longer & (nearest == index)
+        if rows.any():
+            steps = _StepCost(curves, preferred=index)
+            out[rows] += steps.total(p[rows] + o1, p[rows] + o[rows])
+    return out
+
+
+class _StepCost:
+    """t(x) as pieces over the context x, and its integral C(x) = ∫ t up to x."""
+
+    def __init__(self, curves: list[dict[str, Any]], preferred: int) -> None:
+        order = sorted(
+            range(len(curves)),
+            key=lambda i: (
+                abs(curves[i]["prompt_tokens"] - curves[preferred]["prompt_tokens"]),
+                i,
+            ),
+        )
+        covered: list[tuple[float, float, float]] = []  # (start, end, cost per step)
+        for i in order:
+            covered = _add_curve(covered, curves[i])
+        covered.sort()
+        # Pieces (a, b, t at a, t at b): the covered spans, and linear pieces across gaps.
+        pieces: list[tuple[float, float, float, float]] = []
+        for span in covered:
+            if pieces and span[0] > pieces[-1][1]:
+                pieces.append((pieces[-1][1], span[0], pieces[-1][3], span[2]))
+            pieces.append((span[0], span[1], span[2], span[2]))
+        self.starts = np.array([a for a, _, _, _ in pieces])
+        self.ends = np.array([b for _, b, _, _ in pieces])
+        self.left = np.array([ta for _, _, ta, _ in pieces])
+        self.right = np.array([tb for _, _, _, tb in pieces])
+        widths = self.ends - self.starts
+        areas = (self.left + self.right) / 2 * widths
+        self.before = np.concatenate([[0.0], np.cumsum(areas)])  # C at each piece's start
+
+    def integral(self, x: np.ndarray) -> np.ndarray:
+        """C(x): ∫ t from the first piece's start to x (flat extension on both sides)."""
+        first, last = self.starts[0], self.ends[-1]
+        below = np.minimum(x - first, 0.0) * self.left[0]  # negative area before the first
+        above = np.maximum(x - last, 0.0) * self.right[-1]
+        inside = np.clip(x, first, last)
+        k = np.clip(np.searchsorted(self.starts, inside, side="right") - 1, 0, len(self.starts) - 1)
+        a, width = self.starts[k], self.ends[k] - self.starts[k]
+        u = inside - a
+        safe = np.where(width > 0, width, 1.0)
+        slope = np.where(width > 0, (self.right[k] - self.left[k]) / safe, 0.0)
+        partial = self.left[k] * u + slope * u * u / 2
+        return self.before[k] + partial + below + above
+
+    def total(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """Σ t over the contexts [start, end): C(end) − C(start)."""
+        return self.integral(end) - self.integral(start)
+
+
+def _add_curve(
+    covered: list[tuple[float, float, float]], curve: dict[str, Any]
+) -> list[tuple[float, float, float]]:
+    """`covered` with the curve's segments added where nothing covers their contexts yet."""
+    p_c = float(curve["prompt_tokens"])
+    lengths = [float(x) for x in curve["output_tokens"]]
+    values = [float(x) for x in curve["decode"]]
+    out = list(covered)
+    points = list(zip(lengths, values, strict=True))
+    for (oa, da), (ob, db) in pairwise(points):
+        cost = (db - da) / (ob - oa)
+        for start, end in _uncovered(out, p_c + oa, p_c + ob):
+            out.append((start, end, cost))
+    return out
+
+
+def _uncovered(
+    covered: list[tuple[float, float, float]], start: float, end: float
+) -> list[tuple[float, float]]:
+    """The parts of [start, end) that no span of `covered` holds."""
+    parts = [(start, end)]
+    for a, b, _ in covered:
+        parts = [
+            piece
+            for lo, hi in parts
+            for piece in ((lo, min(hi, a)), (max(lo, b), hi))
+            if piece[1] > piece[0]
+        ]
+    return parts
