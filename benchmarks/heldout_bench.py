@@ -107,6 +107,14 @@ class Counter:
     def read_j(self) -> float:
         return self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) / 1000.0
 
+    def state(self) -> tuple[int, int]:
+        """(temperature °C, SM clock MHz) now."""
+        nv = self.nvml
+        return (
+            nv.nvmlDeviceGetTemperature(self.handle, nv.NVML_TEMPERATURE_GPU),
+            nv.nvmlDeviceGetClockInfo(self.handle, nv.NVML_CLOCK_SM),
+        )
+
     def next_step(self) -> tuple[float, float]:
         """Poll until the counter moves; (joules, when)."""
         first = self.read_j()
@@ -146,7 +154,7 @@ def measure(model: str, queries_csv: Path, out_csv: Path, device: str) -> None:
         prompt = rng.integers(0, spec.vocab_size, p).tolist()
         setup_s = call(prompt, o)  # a user's first call of a shape: setup, not timed
         trials = [call(prompt, o) for _ in range(3)]  # back to back, as a user times them
-        energy_j = runs = None
+        energy_j = runs = temperature_c = sm_clock_mhz = None
         if counter is not None:
             start_j, _ = counter.next_step()
             window_started = time.perf_counter()
@@ -155,6 +163,7 @@ def measure(model: str, queries_csv: Path, out_csv: Path, device: str) -> None:
                 call(prompt, o)
                 runs += 1
             ended = time.perf_counter()
+            temperature_c, sm_clock_mhz = counter.state()
             end_j, stepped = counter.next_step()
             energy_j = (end_j - start_j - counter.idle_w * (stepped - ended)) / runs
         rows.append(
@@ -167,6 +176,8 @@ def measure(model: str, queries_csv: Path, out_csv: Path, device: str) -> None:
                 "setup_s": setup_s,
                 "measured_j": energy_j,
                 "energy_runs": runs,
+                "temperature_c": temperature_c,
+                "sm_clock_mhz": sm_clock_mhz,
             }
         )
         line(f"  measured {rows[-1]}")

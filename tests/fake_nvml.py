@@ -110,6 +110,8 @@ class FakeGpu:
     uuid: str = ""  # set by FakeNvml from the GPU's index when left empty
     has_power: bool = True  # nvmlDeviceGetPowerUsage
     has_utilization: bool = True  # nvmlDeviceGetUtilizationRates
+    temperature_c: int | None = 45  # nvmlDeviceGetTemperature (None: not supported)
+    sm_clock_mhz: int | None = 1980  # nvmlDeviceGetClockInfo(SM) (None: not supported)
     # Joules between two times, where a test knows it in closed form (fast); else integrated.
     energy: Callable[[float, float], float] | None = None
     migs: list[FakeGpu] = field(default_factory=list)  # MIG instances of this GPU
@@ -249,6 +251,18 @@ class FakeNvml:
                 )
             )
         return out
+
+    def nvmlDeviceGetTemperature(self, gpu: FakeGpu, sensor: int) -> int:
+        self._call()
+        if gpu.temperature_c is None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return gpu.temperature_c
+
+    def nvmlDeviceGetClockInfo(self, gpu: FakeGpu, clock_type: int) -> int:
+        self._call()
+        if gpu.sm_clock_mhz is None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return gpu.sm_clock_mhz
 
     def nvmlDeviceGetUtilizationRates(self, gpu: FakeGpu) -> SimpleNamespace:
         if not gpu.has_utilization:

@@ -53,8 +53,9 @@ def test_metered_profile_stores_energy_and_fits_it(tmp_path: Path) -> None:
     # the fewest runs that reach it.
     per_run = 0.010 + 0.002 * points.output_tokens
     assert ((runs - 1) * per_run < 0.1).all()
-    # Constant 250 W: a point's joules are 250 W × its window over the runs in it.
-    assert np.allclose(points.energy_j, 250 * window_s / runs, rtol=1e-6)
+    # Constant 250 W: a point's joules are 250 W × its window over the runs in it (to within
+    # the placing of an edge between two NVML reads, each of which takes 0.2 ms of the clock).
+    assert np.allclose(points.energy_j, 250 * window_s / runs, rtol=1e-3)
     assert len(samples) > 0 and (samples.power_w == 250.0).all()
     energy = fit_cost_model(points, quantity="energy_j")
     assert energy.per_output_token > 0 and energy.unit == "J"

@@ -167,6 +167,26 @@ def test_window_edges_take_off_idle_power_not_the_lagging_instant_field() -> Non
     assert errors[False] < -0.01  # what the lagging field costs: the test can fail
 
 
+def test_a_window_records_the_cards_state_as_the_work_ended() -> None:
+    """The hottest GPU's temperature and the slowest SM clock: what sets a power-capped
+    card's speed and joules. A GPU without either sensor leaves it out."""
+    nvml = fake([FakeGpu(temperature_c=61, sm_clock_mhz=1650), FakeGpu(temperature_c=48)])
+    with Meter(interval_s=0.01, nvml=nvml, clock=CLOCK) as meter:
+        meter.begin("w")
+        busy(0.2)
+        window = meter.end("w")
+    assert window.temperature_c == 61 and window.sm_clock_mhz == 1650
+    extra = window.as_extra()
+    assert extra["gpu_temperature_c"] == 61 and extra["sm_clock_mhz"] == 1650
+    blind = fake([FakeGpu(temperature_c=None, sm_clock_mhz=None)])
+    with Meter(interval_s=0.01, nvml=blind, clock=CLOCK) as meter:
+        meter.begin("w")
+        busy(0.2)
+        window = meter.end("w")
+    assert window.temperature_c is None and window.sm_clock_mhz is None
+    assert window.total_j is not None
+
+
 # ---- every sensor optional, on its own ------------------------------------------------------
 
 

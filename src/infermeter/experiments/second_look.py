@@ -23,9 +23,8 @@ from __future__ import annotations
 import pandas as pd
 
 from infermeter.backends.base import Point
+from infermeter.model.decode import FIRST_STEP_SHARE
 
-# The first decode step after a prompt costs at least this share of a later step.
-FIRST_STEP_SHARE = 0.9
 # A PE knot this much above its neighbours' line (LLaMA-7B on an H200: the prefill time's own
 # roughness from one prompt size to the next is 1.7% (std), docs/benchmarks/bias_diagnosis.md).
 KNOT_EXCESS = 0.04

@@ -86,10 +86,17 @@ def combine(windows: list[EnergyWindow | None]) -> NodesWindow:
         sm_util=mean([w.sm_util if w else None for w in windows]),
         mem_util=mean([w.mem_util if w else None for w in windows]),
         short=any(w.short for w in windows if w is not None),
+        temperature_c=_extreme(max, [w.temperature_c if w else None for w in windows]),
+        sm_clock_mhz=_extreme(min, [w.sm_clock_mhz if w else None for w in windows]),
         nodes=len(windows),
         per_node_j=[w.total_j if w else None for w in windows],
         node_window_s=[w.seconds if w else None for w in windows],
     )
+
+
+def _extreme(pick: Any, values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(pick(known)) if known else None
 
 
 class ClusterMeter:

@@ -35,6 +35,7 @@ NVML reference: https://docs.nvidia.com/deploy/nvml-api/group__nvmlDeviceQueries
 from __future__ import annotations
 
 import bisect
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +52,8 @@ from infermeter.measure.window import EnergyWindow, Window
 from infermeter.units import mj_to_j, mw_to_w, to_giga
 
 # NVML field ids (nvml.h): instantaneous and averaged board power, in milliwatts.
+NVML_TEMPERATURE_GPU = 0  # nvmlTemperatureSensors_t
+NVML_CLOCK_SM = 1  # nvmlClockType_t
 FI_DEV_POWER_AVERAGE = 185
 FI_DEV_POWER_INSTANT = 186
 # The energy counter moves in steps; windows shorter than this cannot be read from it.
@@ -435,6 +438,19 @@ class Meter:
             out.append(joules + between if tick <= mark else joules - between)
         return out, mark
 
+    def _card_state(self) -> tuple[float | None, float | None]:
+        """(hottest GPU's temperature °C, slowest SM clock MHz) now; None where NVML cannot
+        tell (nvmlDeviceGetTemperature, nvmlDeviceGetClockInfo; never raises)."""
+        temperatures, clocks = [], []
+        for handle in self._handles:
+            with contextlib.suppress(self._error, AttributeError):
+                temperatures.append(
+                    float(self._nvml.nvmlDeviceGetTemperature(handle, NVML_TEMPERATURE_GPU))
+                )
+            with contextlib.suppress(self._error, AttributeError):
+                clocks.append(float(self._nvml.nvmlDeviceGetClockInfo(handle, NVML_CLOCK_SM)))
+        return (max(temperatures) if temperatures else None, min(clocks) if clocks else None)
+
     def _utilisation(self, handle: Any) -> tuple[float | None, float | None]:
         if not self.utilisation_supported:
             return None, None
@@ -546,6 +562,7 @@ class Meter:
             raise ValueError(f"window {name!r} was never begun")
         if sync:
             sync()
+        state = self._card_state()
         end_counters, end = self._edge_counters(at_begin=False)
         start, start_counters = self._open.pop(name)
         short = end - start < COUNTER_UPDATE_PERIOD_S
@@ -583,6 +600,8 @@ class Meter:
             sm_util=_mean(inside, "sm_util"),
             mem_util=_mean(inside, "mem_util"),
             short=short,
+            temperature_c=state[0],
+            sm_clock_mhz=state[1],
         )
 
     # ---- timelines -----------------------------------------------------------------------

@@ -44,6 +44,10 @@ class EnergyWindow:
     sm_util: float | None
     mem_util: float | None
     short: bool  # shorter than the counter's update period: trust it less
+    # The card's state as the work ended (hottest GPU, slowest SM clock; None where NVML cannot
+    # tell): at its power limit a GPU's clock, and so a query's time and joules, follow it.
+    temperature_c: float | None = None
+    sm_clock_mhz: float | None = None
 
     @property
     def seconds(self) -> float:
@@ -76,6 +80,8 @@ class EnergyWindow:
             "sm_util": self.sm_util,
             "mem_util": self.mem_util,
             "energy_window_short": self.short,
+            "gpu_temperature_c": self.temperature_c,
+            "sm_clock_mhz": self.sm_clock_mhz,
         }
 
 

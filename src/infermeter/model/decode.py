@@ -8,20 +8,26 @@ curve at another prompt size: on an H200 (LLaMA-7B, docs/benchmarks/heldout_llam
 and a query with p = 124 and o = 404, whose steps never see a context below 126, was priced
 with 83% of the cheap ones: its long outputs came out 0.7% low on average.
 
-The form here, for curves that share their first profiled output length o₁ (2 on the default
-grid, the first decode step, which costs more after a long prompt):
+The form here, where o₁ is the profiled output length after which every segment of every
+curve holds at least MIN_SEGMENT_STEPS steps (8 on the default grid, o = 1, 2, 4, 8, 32, 128,
+512: its head holds the first decode step, which costs more after a long prompt, and segments
+too short to tell a step's cost from the noise):
 
     D(p, o) = head(p, o)                                  for o ≤ o₁
     D(p, o) = head(p, o₁) + Σ_{k = o₁}^{o − 1} t(p + k)     for o > o₁
 
-head is the curves' D(o) blended linearly in p (held at the end curves). Step k of a query
-attends over p + k tokens; t(x) is the cost of a step at context x: on each curve c, between
-two profiled lengths oₐ < o_b, the measured (D(o_b) − D(oₐ)) / (o_b − oₐ) at every context in
-[p_c + oₐ, p_c + o_b); linear across contexts no curve covers; flat past the ends. Where two
-curves cover a context, the one whose prompt size is nearer the query's is used, so that a
-query at a curve's own prompt size gets exactly that curve's measurement at its profiled
-lengths. Curves without a common o₁ are blended in p as before. All in numpy, no loop over
-queries.
+head is the curves' D(o) blended linearly in p (held at the end curves), or what its steps
+would cost at their contexts later on where the head is below FIRST_STEP_SHARE of that: the
+first step after a prompt is never the cheapest, and on an H200 at its power limit a
+prefill-only o = 1 point runs at a lower clock than the same prefill followed by decode steps
+(D(1505, 2) came out at 2.6 ms for ~4.2). Step k
+of a query attends over p + k tokens; t(x) is the cost of a step at context x: on each curve
+c, between two profiled lengths oₐ < o_b, the measured (D(o_b) − D(oₐ)) / (o_b − oₐ) at every
+context in [p_c + oₐ, p_c + o_b); linear across contexts no curve covers; flat past the ends.
+Where two curves cover a context, the one whose prompt size is nearer the query's is used, so
+that a query at a curve's own prompt size gets exactly that curve's measurement at its
+profiled lengths. Curves without such a common o₁ are blended in p as before. All in numpy,
+no loop over queries.
 """
 
 from __future__ import annotations
@@ -30,6 +36,15 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
+
+# A step's cost is read off segments of at least this many steps: on an H200 a 2-step segment
+# (o = 2 to 4 after 1,505 tokens, two 40-50 ms measurements apart) gave 4.55 ms per step for
+# 4.1, and pricing the contexts next to it on that put 30-token outputs 8% high.
+MIN_SEGMENT_STEPS = 16
+# A head whose steps cost less than this share of what steps at their contexts cost later on is
+# a measurement of the card's state, not of the steps (see the module's docstring): the later
+# steps' cost is used instead. Within it, the measured head stands.
+FIRST_STEP_SHARE = 0.9
 
 
 def curve_at(curve: dict[str, Any], o: np.ndarray) -> np.ndarray:
@@ -58,20 +73,24 @@ def blend_in_p(curves: list[dict[str, Any]], p: np.ndarray, o: np.ndarray) -> np
 def decode_time(curves: list[dict[str, Any]], p: np.ndarray, o: np.ndarray) -> np.ndarray:
     """D(p, o) for flat arrays p (prompt tokens) and o (output tokens, the first included),
     in the curves' unit (s or J); see the module's docstring for the form."""
-    firsts = {float(c["output_tokens"][0]) for c in curves}
-    if len(firsts) != 1 or not any(len(c["output_tokens"]) >= 2 for c in curves):
+    o1 = _head_length(curves)
+    if o1 is None:
         return blend_in_p(curves, p, o)
-    o1 = firsts.pop()
     head = blend_in_p(curves, p, np.minimum(o, o1))
     sizes = np.array([c["prompt_tokens"] for c in curves], dtype=float)
     nearest = np.abs(p[:, None] - sizes[None, :]).argmin(axis=1)
     out = head.copy()
-    longer = o > o1
     for index in range(len(curves)):
-        rows = longer & (nearest == index)
-        if rows.any():
-            steps = _StepCost(curves, preferred=index)
-            out[rows] += steps.total(p[rows] + o1, p[rows] + o[rows])
+        rows = nearest == index
+        if not rows.any():
+            continue
+        steps = _StepCost(curves, preferred=index)
+        q, n = p[rows], o[rows]
+        # The head's steps cost at least what steps at those contexts cost later on.
+        floor = steps.total(q + 1, q + np.minimum(n, o1))
+        rest = np.where(n > o1, steps.total(q + o1, q + np.maximum(n, o1)), 0.0)
+        kept = np.where(head[rows] < FIRST_STEP_SHARE * floor, floor, head[rows])
+        out[rows] = kept + rest
     return out
 
 
@@ -123,6 +142,21 @@ class _StepCost:
         return self.integral(end) - self.integral(start)
 
 
+def _head_length(curves: list[dict[str, Any]]) -> float | None:
+    """The output length o₁ where the head ends: the last profiled length, common to every
+    curve, after which each curve's segments hold at least MIN_SEGMENT_STEPS steps (None where
+    no curve has such a segment, or the curves share no such length)."""
+    heads = set()
+    for curve in curves:
+        lengths = [float(x) for x in curve["output_tokens"]]
+        start = len(lengths) - 1
+        while start > 0 and lengths[start] - lengths[start - 1] >= MIN_SEGMENT_STEPS:
+            start -= 1
+        if start < len(lengths) - 1:
+            heads.add(lengths[start])
+    return heads.pop() if len(heads) == 1 else None
+
+
 def _add_curve(
     covered: list[tuple[float, float, float]], curve: dict[str, Any]
 ) -> list[tuple[float, float, float]]:
@@ -133,6 +167,8 @@ def _add_curve(
     out = list(covered)
     points = list(zip(lengths, values, strict=True))
     for (oa, da), (ob, db) in pairwise(points):
+        if ob - oa < MIN_SEGMENT_STEPS:
+            continue  # the head's, or too short to tell a step's cost from the noise
         cost = (db - da) / (ob - oa)
         for start, end in _uncovered(out, p_c + oa, p_c + ob):
             out.append((start, end, cost))
