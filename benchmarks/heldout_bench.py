@@ -22,6 +22,9 @@ percentage point of these; `infermeter profile llama-7b` in <= 150 s.
 
 Run: python benchmarks/heldout_bench.py [--models llama-7b,llama-13b] [--queries 60]
      python benchmarks/heldout_bench.py --quick      (CPU: gpt2, 8 queries, no energy)
+     python benchmarks/heldout_bench.py --reprice RECORD.json --work DIR --name NAME
+         (no GPU: fit and estimate again, at this commit, the profiles and measurements an
+         earlier run left in DIR; the record names where they were measured)
 Writes docs/benchmarks/heldout.json and heldout.md (or heldout_quick.*) with device, date and
 commit.
 """
@@ -186,14 +189,22 @@ def measure(model: str, queries_csv: Path, out_csv: Path, device: str) -> None:
 
 
 # ---- one model end to end ------------------------------------------------------------------
-def one_model(model: str, count: int, work: Path, quick: bool) -> dict[str, Any]:
+def one_model(
+    model: str, count: int, work: Path, quick: bool, reprice: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Profile, fit, estimate and measure `model` in `work`; with `reprice` (the model's entry
+    of an earlier record whose work folder this is), only fit and estimate again, on the
+    stored profile, for the queries it measured."""
     work.mkdir(parents=True, exist_ok=True)
     store, log = work / "store.sqlite", work / "commands.log"
-    profile_args = ["profile", model, "--store", str(store)]
-    code, profile_s = infermeter(profile_args, log, 3000)
-    line(f"{model}: profile exit {code} in {profile_s:.1f} s")
-    if code != 0:
-        raise SystemExit(f"infermeter profile failed; see {log}")
+    if reprice is None:
+        profile_args = ["profile", model, "--store", str(store)]
+        code, profile_s = infermeter(profile_args, log, 3000)
+        line(f"{model}: profile exit {code} in {profile_s:.1f} s")
+        if code != 0:
+            raise SystemExit(f"infermeter profile failed; see {log}")
+    else:
+        profile_s = reprice["profile_wall_s"]
     fitted = work / "m.json"
     code, fit_s = infermeter(["fit", "--store", str(store), "--output", str(fitted)], log, 600)
     if code != 0:
@@ -205,9 +216,14 @@ def one_model(model: str, count: int, work: Path, quick: bool) -> dict[str, Any]
     knots = set(runtime_model["prompt_sizes"])
     for curve in runtime_model.get("decode_curves") or []:
         knots.add(curve["prompt_tokens"])
-    queries = draw_queries(spec_context, knots, count, seed=15)
     queries_csv, estimates_csv = work / "queries.csv", work / "estimates.csv"
-    queries[["id", "prompt_tokens", "output_tokens"]].to_csv(queries_csv, index=False)
+    if reprice is None:
+        queries = draw_queries(spec_context, knots, count, seed=15)
+        queries[["id", "prompt_tokens", "output_tokens"]].to_csv(queries_csv, index=False)
+    else:  # the queries that were measured, with their shapes
+        queries = pd.read_csv(queries_csv)
+        shapes = {r["id"]: r["shape"] for r in reprice["rows"]}
+        queries["shape"] = queries["id"].map(shapes)
     estimate_args = ["estimate", "--profile", str(fitted), "--queries", str(queries_csv)]
     if has_energy:
         estimate_args += ["--energy-profile", str(energy_path)]
@@ -217,12 +233,15 @@ def one_model(model: str, count: int, work: Path, quick: bool) -> dict[str, Any]
     measured_csv = work / "measured.csv"
     started = time.perf_counter()
     device = "cpu" if quick else "cuda"
-    subprocess.run(
-        [sys.executable, __file__, "--measure", model, "--queries-file", str(queries_csv),
-         "--measured-file", str(measured_csv), "--device", device],
-        check=True, timeout=3000,
-    )  # fmt: skip
-    measure_s = time.perf_counter() - started
+    if reprice is None:
+        subprocess.run(
+            [sys.executable, __file__, "--measure", model, "--queries-file", str(queries_csv),
+             "--measured-file", str(measured_csv), "--device", device],
+            check=True, timeout=3000,
+        )  # fmt: skip
+        measure_s = time.perf_counter() - started
+    else:
+        measure_s = reprice["measure_wall_s"]
     estimates = pd.read_csv(estimates_csv)
     measured = pd.read_csv(measured_csv)
     both = queries.merge(estimates, on=["id", "prompt_tokens", "output_tokens"]).merge(
@@ -292,6 +311,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DOCS)
     parser.add_argument("--work", type=Path, default=Path("heldout-work"))
     parser.add_argument("--name", default=None, help="record name (default heldout[_quick])")
+    parser.add_argument(
+        "--reprice",
+        type=Path,
+        help="an earlier record (JSON) whose --work folders hold its stores and measurements: "
+        "fit and estimate again at this commit, measure nothing",
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--queries-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--measured-file", type=Path, help=argparse.SUPPRESS)
@@ -303,7 +328,20 @@ def main() -> None:
     models = ["gpt2"] if args.quick else args.models.split(",")
     count = 8 if args.quick else args.queries
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    results = [one_model(m, count, args.work / m, args.quick) for m in models]
+    earlier: dict[str, Any] = {}
+    if args.reprice:
+        record = json.loads(args.reprice.read_text())
+        earlier = {entry["model"]: entry for entry in record["models"]}
+        models = list(earlier)
+        for entry in earlier.values():  # where the profile and the measurements come from
+            entry["measured_with"] = {k: record.get(k) for k in ("device", "date", "commit")}
+    results = [
+        one_model(m, count, args.work / m, args.quick, earlier.get(m) if args.reprice else None)
+        for m in models
+    ]
+    for result in results:
+        if args.reprice:
+            result["measured_with"] = earlier[result["model"]]["measured_with"]
     rows = []
     goals = {
         "runtime_mape_pct": "≤ 1",
@@ -314,6 +352,10 @@ def main() -> None:
         "energy_bias_pct": "|·| ≤ 1.5",
     }
     for r in results:
+        if "measured_with" in r:
+            w = r["measured_with"]
+            rows.append((f"{r['model']}: profiled and measured on", f"{w['device']}, {w['date']}, "
+                         f"commit {w['commit']} (priced again here)", ""))  # fmt: skip
         rows.append((f"{r['model']}: profile wall time", f"{r['profile_wall_s']:.1f} s", "≤ 150 s"))
         for key, goal in goals.items():
             if key not in r:
