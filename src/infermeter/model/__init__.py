@@ -3,6 +3,7 @@
 - fit.py        PE(p) and g from measured points, with the checks that refuse a bad fit
 - fitted.py     the fit of a stored run, with its validation figures
 - cost_model.py CostModel / ModelSet: t(p, o) and E(p, o), saved as JSON
+- decode.py     D(p, o) from decode curves, each step priced at the context it attends over
 - estimate.py   queries priced in seconds, dollars and joules
 - helm.py       HELM's efficiency JSON read and written
 - compare.py    two stacks side by side
