@@ -372,10 +372,12 @@ def find_peer(name: str, given: str | None) -> str:
     )
 
 
-# What stood in the way of installing a peer on the reference machine (Python 3.11).
+# How to install a peer that a plain `python -m venv` + `pip install` on this machine's Python
+# (3.11) does not give.
 PEER_INSTALL_NOTES = {
-    "inference-perf": "; every inference-perf release on PyPI requires Python >= 3.12, and this "
-    "machine's Python is 3.11 (no 3.12 in its Debian 12 packages)",
+    "inference-perf": "; its releases need Python >= 3.12, which pyenv has here: "
+    "/root/.pyenv/versions/3.12.1/bin/python3.12 -m venv /work/peer-inference-perf && "
+    "/work/peer-inference-perf/bin/pip install inference-perf",
 }
 
 
@@ -491,8 +493,154 @@ def run_aiperf(exe: str, levels: list[int], args: Any, folder: Path) -> dict[str
     return {"rate": rates, "streams": streams}
 
 
+# ---- inference-perf -------------------------------------------------------------------------
+
+
+def inference_perf_config(
+    root: str, tokdir: Path, out: Path, stream: bool, tokens: tuple[int, int], stages: list[dict]
+) -> dict[str, Any]:
+    """An inference-perf config: /v1/completions of the vllm client type with the model named
+    (so it never asks /v1/models) and no `metrics` section (so it scrapes no Prometheus);
+    synthetic prompts cut from its bundled corpus to exactly `tokens` = (prompt, output) of
+    the local byte tokenizer; `concurrent` stages ({num_requests, concurrency_level}: a closed
+    loop, that many in flight over its worker processes, one per core by default)."""
+
+    def fixed(n: int) -> dict[str, Any]:
+        return {"min": n, "max": n, "mean": n, "std_dev": 0, "type": "fixed"}
+
+    # Stage reports for the rate; per-request records, with every chunk, for the streams.
+    fields = {"request": False, "response": False, "info": True, "response_chunks": True}
+    report = {
+        "summary": False,
+        "per_stage": not stream,
+        "per_adapter": False,
+        "per_request": stream,
+        "per_request_fields": fields,
+    }
+    return {
+        "api": {"type": "completion", "streaming": stream},
+        "server": {"type": "vllm", "model_name": "instant", "base_url": root, "ignore_eos": True},
+        "tokenizer": {"pretrained_model_name_or_path": str(tokdir)},
+        "data": {
+            "type": "synthetic",
+            "input_distribution": fixed(tokens[0]),
+            "output_distribution": fixed(tokens[1]),
+        },
+        "load": {"type": "concurrent", "stages": stages},
+        "report": {"request_lifecycle": report},
+        "storage": {"local_storage": {"path": str(out)}},
+    }
+
+
+def inference_perf(exe: str, config: dict[str, Any], expect: str) -> Path:
+    """Runs inference-perf offline on `config` (written as JSON, which is YAML) and returns its
+    report folder, where `expect` must have been written."""
+    out = Path(config["storage"]["local_storage"]["path"])
+    out.mkdir(parents=True, exist_ok=True)
+    path = out.with_suffix(".yml")
+    path.write_text(json.dumps(config, indent=1))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(
+        [exe, "-c", str(path), "--log-level", "WARNING"],
+        capture_output=True, text=True, env=env, cwd=out, timeout=900,
+    )  # fmt: skip
+    if done.returncode != 0 or not (out / expect).exists():
+        raise PeerFailed(f"inference-perf failed ({done.returncode}): {done.stderr[-1500:]}")
+    return out
+
+
+def inference_perf_rate(out: Path, stage: int, requests: int) -> dict[str, Any]:
+    """Requests/s of one stage from inference-perf's own stage report: successful requests /
+    (last end - first start), the same definition as the guidellm figure. Errors count every
+    request asked for that did not succeed (failed, or never generated/sent)."""
+    report = json.loads((out / f"stage_{stage}_lifecycle_metrics.json").read_text())
+    ok = report["successes"]
+    return {
+        "requests": ok["count"],
+        "errors": requests - ok["count"],
+        "seconds": report["benchmark_time_seconds"],
+        "rps": ok["throughput"]["requests_per_sec"],
+    }
+
+
+def inference_perf_rows(out: Path) -> tuple[list[dict[str, Any]], int]:
+    """Our rows from inference-perf's per-request records: its dispatch and end times
+    (start_time, end_time: time.perf_counter, CLOCK_MONOTONIC as the server's stamps, in s)
+    and the read time of every content chunk (chunk_times, 1:1 with response_chunks, each
+    chunk's JSON as received) against the server's stamps in those chunks' texts."""
+    rows, errors = [], 0
+    for entry in json.loads((out / "per_request_lifecycle_metrics.json").read_text()):
+        metrics = (entry.get("info") or {}).get("response_metrics") or {}
+        chunks, times = metrics.get("response_chunks") or [], metrics.get("chunk_times") or []
+        stamps = [
+            (t, int(a), int(b))
+            for t, chunk in zip(times, chunks, strict=False)
+            for a, b in STAMP.findall(chunk)
+        ]
+        if entry.get("error") or len(chunks) != len(times) or len(stamps) != STREAM_TOKENS:
+            errors += 1
+            continue
+        start, end = entry["start_time"], entry["end_time"]
+        received = stamps[0][1]
+        late = [t - sent / 1e9 for t, _, sent in stamps]
+        rows.append(
+            {
+                "start": start,
+                "e2e": (end - start) - (stamps[-1][2] - received) / 1e9,
+                "ttft": (stamps[0][0] - start) - (stamps[0][2] - received) / 1e9,
+                "edge": [late[0], late[-1]],
+                "lateness": late,
+            }
+        )
+    return rows, errors
+
+
+INFERENCE_PERF_METHOD = {
+    "rate": "load.type concurrent (closed loop: concurrency_level requests in flight, split "
+    "over its worker processes, default one per core), one run with a warm-up stage and then "
+    "one stage per level, non-streaming, 16-token prompts, 4 output tokens; req/s from its "
+    "stage reports (successful requests / (last end - first start))",
+    "streams": "load.type concurrent, 64 in flight, streaming, 64-token prompts, 32 output "
+    "tokens; its per-request records keep every content chunk's JSON and read time, so all is "
+    "compared as for ours: e2e = its end_time - start_time (its request latency, which also "
+    "holds its re-tokenizing of the output after [DONE]) - server's (last SENT - RECEIVED); "
+    "ttft = first chunk's read time - start_time - (first SENT - RECEIVED); lateness = each "
+    "chunk's read time - that chunk's SENT (its read time is stamped per SSE message as it "
+    "parses the buffer, not per socket read)",
+    "prompts": "data.type synthetic (its bundled corpus) cut to exact lengths of a local "
+    "byte-level tokenizer; the server counts ~4 words for 16 tokens",
+}
+
+
 def run_inference_perf(exe: str, levels: list[int], args: Any, folder: Path) -> dict[str, Any]:
-    raise PeerFailed("inference-perf: no runner here yet (its releases need Python >= 3.12)")
+    """inference-perf's max request rate at each concurrency level (non-streaming) and its
+    timing overhead at 64 streams per schedule, as for the other peers."""
+    tokdir = byte_tokenizer(folder / "tok")
+    count = min(args.requests, 5000)
+    # A concurrent stage releases its num_requests over one second: at these counts its
+    # workers, not the release, are the limit.
+    stages = [{"num_requests": 4 * max(levels), "concurrency_level": max(levels)}]  # warm-up
+    stages += [{"num_requests": count, "concurrency_level": c} for c in levels]
+    rates = []
+    with InstantServer() as server:
+        config = inference_perf_config(server.root, tokdir, folder / "rate", False, (16, 4), stages)
+        out = inference_perf(exe, config, f"stage_{len(levels)}_lifecycle_metrics.json")
+    for stage, c in enumerate(levels, start=1):
+        rates.append({"profile": f"concurrent@{c}", **inference_perf_rate(out, stage, count)})
+        print(f"inference-perf concurrent@{c:>4}: {rates[-1]['rps']:8.0f} req/s")
+    streams = {}
+    for schedule in SCHEDULES:
+        stages = [{"num_requests": STREAMS * args.rounds, "concurrency_level": STREAMS}]
+        with InstantServer(INTERVAL_MS, schedule) as server:
+            config = inference_perf_config(
+                server.root, tokdir, folder / f"streams-{schedule}", True, (64, STREAM_TOKENS),
+                stages,
+            )  # fmt: skip
+            out = inference_perf(exe, config, "per_request_lifecycle_metrics.json")
+        streams[schedule] = summary(*inference_perf_rows(out))
+        p99 = streams[schedule]["e2e_ms"]["p99"]
+        print(f"inference-perf 64 streams, {schedule}: p99 {p99:.3f} ms")
+    return {"rate": rates, "streams": streams, "method": INFERENCE_PERF_METHOD}
 
 
 PEER_RUNNERS = {
