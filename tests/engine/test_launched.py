@@ -209,3 +209,27 @@ def test_a_rank_lost_mid_run_is_named_and_a_rerun_resumes(
     with sqlite3.connect(store) as db:
         assert db.execute("SELECT status FROM runs").fetchall() == [("complete",)]
         assert db.execute("SELECT count(*) FROM points").fetchone()[0] == 18
+
+
+def test_a_launch_of_more_ranks_than_the_model_runs_over_is_refused_on_every_rank(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """torchrun --nproc-per-node 2 without --tp 2 ran rank 0 alone and left rank 1 idle (a
+    fresh-eyes check found it): every rank now stops at once with the fix, before joining."""
+    from cli_runner import assert_one_line, invoke
+
+    for rank in ("0", "1"):
+        launched = {
+            "RANK": rank,
+            "LOCAL_RANK": rank,
+            "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": "1",
+        }
+        for key, value in launched.items():  # fmt: skip
+            monkeypatch.setenv(key, value)
+        result = invoke("profile", "tiny-llama", "--device", "cpu", "--store",
+                        tmp_path / "s.sqlite")  # fmt: skip
+        assert_one_line(result, "torchrun started 2 ranks", "pass --tp 2")
+    assert not (tmp_path / "s.sqlite").exists()

@@ -167,6 +167,10 @@ def test_without_ray_the_jobs_run_one_after_another_and_merge(tmp_path: Path) ->
     _points_once(tmp_path / "sweep.sqlite", 2, 18)
     log = (tmp_path / "sweep-stores" / "profile-tiny-llama-tp2.log").read_text()
     assert log.startswith("$ infermeter profile tiny-llama --device cpu")
+    # Run again over finished jobs: each is one attempt of this run, not a retry.
+    again = subprocess.run(_sweep_cmd(path), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "attempts" not in again.stdout, again.stdout
+    _points_once(tmp_path / "sweep.sqlite", 2, 18)
 
 
 def _free_port() -> int:
@@ -263,3 +267,15 @@ def test_a_ray_sweep_loses_a_worker_retries_its_job_and_merges_every_point_once(
         for line in attempts.read_text().splitlines()
     }
     assert len(nodes) == 2, "the head and the worker node both ran jobs"
+
+
+def test_a_ray_address_where_nothing_answers_is_refused_at_once(tmp_path: Path) -> None:
+    """ray.init retried a wrong address for over ten minutes, printing only its own warnings
+    (a fresh-eyes check found it): nothing answering at HOST:PORT is now a one-line error."""
+    from cli_runner import assert_one_line, invoke
+
+    path = _write(tmp_path, GRID + '[[jobs]]\ncommand = "profile"\nmodel = "tiny-llama"\n')
+    address = f"127.0.0.1:{_free_port()}"
+    result = invoke("sweep", path, "--ray", address)
+    assert_one_line(result, f"no Ray cluster answers at {address}", "ray start --head")
+    assert not (tmp_path / "sweep.sqlite").exists()

@@ -53,7 +53,7 @@ def profile(r: rq.ProfileRequest) -> None:
     from infermeter.model.runfit import save_fitted
     from infermeter.store.db import Store
 
-    serve_if_follower()  # under torchrun/srun: ranks other than 0 serve rank 0, then exit
+    serve_if_follower(r.tensor_parallel)  # torchrun/srun: ranks other than 0 serve rank 0
     setup = profile_setup(r, lambda line: say(line, "warning:", "yellow"))
     print_notes(setup.notes)
     spec, grid = setup.spec, setup.grid

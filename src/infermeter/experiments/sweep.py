@@ -238,14 +238,19 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def run_job(job: Job, stores: Path, node: str | None = None) -> JobResult:
+def run_job(
+    job: Job, stores: Path, node: str | None = None, sweep_id: str | None = None
+) -> JobResult:
     """Run `job` to its end in a process of its own, output to STORES/NAME.log; each attempt
-    is recorded in STORES/NAME.attempts (host, this process's pid, Ray `node` id, start)."""
+    is recorded in STORES/NAME.attempts (host, this process's pid, Ray `node` id, start, the
+    sweep invocation). The result counts the attempts of this invocation (`sweep_id`; all
+    when None): a sweep run again over finished jobs is not a retry."""
     stores.mkdir(parents=True, exist_ok=True)
     store, log = stores / f"{job.name}.sqlite", stores / f"{job.name}.log"
     attempts = stores / f"{job.name}.attempts"
     with attempts.open("a") as out:
-        here = {"host": socket.gethostname(), "pid": os.getpid(), "node": node, "t": time.time()}
+        here = {"host": socket.gethostname(), "pid": os.getpid(), "node": node, "t": time.time(),
+                "sweep": sweep_id}  # fmt: skip
         out.write(json.dumps(here))
         out.write("\n")
     cmd = [sys.executable, "-m", "infermeter", *job.argv(store)]
@@ -259,7 +264,7 @@ def run_job(job: Job, stores: Path, node: str | None = None) -> JobResult:
             stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
-    tries = [json.loads(line) for line in attempts.read_text().splitlines() if line.strip()]
+    tries = _tries(attempts, sweep_id)
     tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
     errors = [line for line in tail if line.startswith("error:")]
     return JobResult(
@@ -272,12 +277,20 @@ def run_job(job: Job, stores: Path, node: str | None = None) -> JobResult:
     )
 
 
-def _ray_job(job: Job, stores: str) -> JobResult:
+def _tries(attempts: Path, sweep_id: str | None) -> list[dict[str, Any]]:
+    """The attempts recorded in `attempts` by sweep invocation `sweep_id` (all when None)."""
+    if not attempts.exists():
+        return []
+    tries = [json.loads(line) for line in attempts.read_text().splitlines() if line.strip()]
+    return [t for t in tries if sweep_id is None or t.get("sweep") == sweep_id]
+
+
+def _ray_job(job: Job, stores: str, sweep_id: str | None = None) -> JobResult:
     """The Ray task: run_job, and a job process killed by a signal raises JobProcessLost so
     that Ray runs it again (a lost worker is retried by Ray itself)."""
     import ray
 
-    result = run_job(job, Path(stores), ray.get_runtime_context().get_node_id())
+    result = run_job(job, Path(stores), ray.get_runtime_context().get_node_id(), sweep_id)
     if result.returncode is not None and result.returncode < 0:
         raise JobProcessLost(f"job {job.name}: its process was killed ({-result.returncode})")
     return result
@@ -303,20 +316,42 @@ def run_sweep(
     it finishes; `on_done` gets each result then. Results in the file's order. Raises
     UserError where Ray is asked for but not installed or not reachable."""
     sweep.stores.mkdir(parents=True, exist_ok=True)
+    sweep_id = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
     if not use_ray:
         results = []
         for job in sweep.jobs:
-            result = _merge(sweep, run_job(job, sweep.stores))
+            result = _merge(sweep, run_job(job, sweep.stores, sweep_id=sweep_id))
             if on_done:
                 on_done(result)
             results.append(result)
         return results
-    return _run_on_ray(sweep, ray_address, on_done)
+    return _run_on_ray(sweep, ray_address, on_done, sweep_id)
+
+
+def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """Raise UserError where nothing answers at a HOST:PORT Ray address (ray.init itself
+    retries for minutes, printing only its own warnings). Other forms (auto, ray://, none) are
+    left to Ray."""
+    if not address or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return
+    except (OSError, ValueError) as error:
+        raise UserError(
+            f"no Ray cluster answers at {address} ({error}); start one with `ray start --head "
+            "--port PORT` and pass --ray HOST:PORT"
+        ) from error
 
 
 def _run_on_ray(
-    sweep: Sweep, address: str | None, on_done: Callable[[JobResult], None] | None
+    sweep: Sweep,
+    address: str | None,
+    on_done: Callable[[JobResult], None] | None,
+    sweep_id: str,
 ) -> list[JobResult]:
+    _check_reachable(address or os.environ.get("RAY_ADDRESS"))
     try:
         import ray
         from ray.exceptions import RayError
@@ -348,7 +383,7 @@ def _run_on_ray(
                 resources=job.resources or None,
                 max_retries=sweep.retries,
                 retry_exceptions=[JobProcessLost],
-            ).remote(job, str(sweep.stores.resolve()))
+            ).remote(job, str(sweep.stores.resolve()), sweep_id)
             pending[ref] = job
         done: dict[str, JobResult] = {}
         while pending:
@@ -358,7 +393,7 @@ def _run_on_ray(
                 try:
                     result = ray.get(ref)
                 except RayError as error:  # retries spent: the worker kept being lost
-                    result = _gave_up(job, sweep.stores, error)
+                    result = _gave_up(job, sweep.stores, error, sweep_id)
                 done[job.name] = _merge(sweep, result)
                 if on_done:
                     on_done(done[job.name])
@@ -367,9 +402,8 @@ def _run_on_ray(
         ray.shutdown()
 
 
-def _gave_up(job: Job, stores: Path, error: BaseException) -> JobResult:
-    attempts = stores / f"{job.name}.attempts"
-    tries = len(attempts.read_text().splitlines()) if attempts.exists() else 0
+def _gave_up(job: Job, stores: Path, error: BaseException, sweep_id: str) -> JobResult:
+    tries = len(_tries(stores / f"{job.name}.attempts", sweep_id))
     why = str(error).strip().splitlines()
     return JobResult(job, stores / f"{job.name}.sqlite", None, tries, why[0] if why else "lost")
 
