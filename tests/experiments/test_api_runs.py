@@ -113,7 +113,9 @@ def test_done_only_streams_are_failed_points_and_the_cli_says_so(tmp_path: Path)
 
 def test_streams_without_done_are_profiled_and_fitted(tmp_path: Path) -> None:
     """The issue's example: every point stream_cut after 4 attempts, exit 2, nothing fitted."""
-    result = profile_through_faults(tmp_path, *["nodone"] * 12)
+    # A rough fit is accepted: the fit's quality is not the subject, and beside two busy
+    # processes the fault server's real 20 ms per token can make it rough.
+    result = profile_through_faults(tmp_path, *["nodone"] * 12, options=("--accept-poor-fit",))
     assert result.exit_code == 0, result.output
     assert "all 12 points measured" in result.stderr and "R²" in result.stdout
     points = sqlite3.connect(tmp_path / "s.db").execute("SELECT extra_json FROM points")
@@ -125,7 +127,9 @@ def test_streams_without_done_are_profiled_and_fitted(tmp_path: Path) -> None:
 
 def test_failed_points_are_counted_by_cause_and_exit_non_zero(tmp_path: Path) -> None:
     """The issue's example: 4 of 12 points failed with HTTP 500 and the command exited 0."""
-    result = profile_through_faults(tmp_path, "500", "", "500", "", "500", "", "500")
+    result = profile_through_faults(
+        tmp_path, "500", "", "500", "", "500", "", "500", options=("--accept-poor-fit",)
+    )  # beside two busy processes the 8 good points' fit was refused as poor (a rough one is fine)
     assert result.exit_code == 3, result.output
     assert "4/12 points failed: http_5xx 'injected 500' (4); rerun the same command" in (
         result.stderr
