@@ -33,10 +33,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import DOCS, write_result
+from heldout_bench import Counter
 from infermeter.backends import get_backend
 from infermeter.backends.base import Point
 from infermeter.experiments.profile import measure_point
-from infermeter.measure.meter import Meter, load_nvml
+from infermeter.measure.meter import Meter
 from infermeter.spec.catalog import get_spec
 
 SHAPES = [(1761, 1), (1768, 1), (737, 1), (737, 2), (737, 4), (288, 5), (517, 5), (124, 404)]
@@ -46,15 +47,12 @@ def line(text: str) -> None:
     print(text, flush=True)
 
 
-class Gpu:
+class Gpu(Counter):
+    """The held-out bench's counter reader (idle power from the counter at rest, reads on its
+    steps), with the card's state beside it."""
+
     def __init__(self) -> None:
-        self.nvml, _ = load_nvml()
-        self.handle = self.nvml.nvmlDeviceGetHandleByIndex(0)
-        powers = []
-        for _ in range(20):
-            powers.append(self.nvml.nvmlDeviceGetPowerUsage(self.handle) / 1e3)
-            time.sleep(0.05)
-        self.idle_w = float(np.median(powers))
+        super().__init__(0)
 
     def state(self) -> dict[str, Any]:
         nv = self.nvml
@@ -70,18 +68,6 @@ class Gpu:
 
     def sm_mhz(self) -> int:
         return int(self.nvml.nvmlDeviceGetClockInfo(self.handle, self.nvml.NVML_CLOCK_SM))
-
-    def read_j(self) -> float:
-        return self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) / 1e3
-
-    def next_step(self) -> tuple[float, float]:
-        first = self.read_j()
-        deadline = time.perf_counter() + 1.0
-        while time.perf_counter() < deadline:
-            value = self.read_j()
-            if value != first:
-                return value, time.perf_counter()
-        return self.read_j(), time.perf_counter()
 
 
 class Calls:
