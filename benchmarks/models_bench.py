@@ -12,12 +12,14 @@ CPU, tiny specs of the same layouts, a minute (checks the script, no goals):
 
 For each model (random weights, bf16, CUDA graphs, no download):
 1. `infermeter profile MODEL [--tp N]` as a user runs it, in a process of its own, with the
-   default grid and trials (p 1..1536, o 1..256, 3 trials) and the engine backend; what it
-   prints is kept. From its store: per-p R² (goal >= 0.9999), PE and g, and the fit's
-   validation (k-fold held-out error of queries left out of the fit) plus any validation
-   lines the command printed. `--warmup-s` (default here 5 s, the command's own is 30 s) is
-   the one deviation from the defaults: it only sets how long the card is loaded before a
-   metered profile, to save device time.
+   default grid and trials (decode curves at three prompt sizes with o 1..512, PE knots every
+   sixteenth of the context, both up to the default cap of 32,768 tokens; 3 trials; 16
+   validation queries the grid never saw) and the engine backend; what it prints is kept.
+   From its store: per-p R² (goal >= 0.9999), PE and g, and the error of the runtime and
+   energy fits on the profile's validation queries, plus the lines the command printed about
+   them. `--warmup-s` (default here 5 s, the command's own is 10 s) is the one deviation from
+   the defaults: it only sets how long the card is loaded before a metered profile, to save
+   device time.
 2. Batch-1 decode: the profile's own decode steps at the profiled prompt nearest 512 with the
    longest output (minimum over trials, contexts p .. p + o − 2), against the floor
    spec.decode_bytes(mean context) / (tp × copy bandwidth of this GPU): goal <= 1.3×. For MoE
@@ -114,7 +116,9 @@ def profile_model(name: str, args: argparse.Namespace, store: Path) -> dict[str,
         run_id = db.latest_run_id()
         run = db.get_run(run_id)
         points = db.points(run_id)
-        model = fit_run(db, run_id)[0]  # the profile's own fit, its validation attached
+        models = fit_run(db, run_id)  # the profile's own fits, their validation attached
+    model = models[0]
+    energy = next((m for m in models[1:] if m.quantity == "energy_j"), None)
     per_p = {int(row["prompt_tokens"]): row["r2"] for row in model.fit["per_prompt"]}
     result.update(
         run_id=run_id,
@@ -126,6 +130,7 @@ def profile_model(name: str, args: argparse.Namespace, store: Path) -> dict[str,
         prompt_encoding_s=dict(zip(model.prompt_sizes, model.prompt_encoding, strict=True)),
         per_output_token_s=model.per_output_token,
         validation=model.fit.get("validation"),
+        energy_validation=energy.fit.get("validation") if energy is not None else None,
         **decode_step(points),
     )
     return result
@@ -259,23 +264,35 @@ def main() -> None:
     curve_model = args.curve or ("tiny-qwen3-moe" if args.quick else "qwen3-30b-a3b")
     name = "models_quick" if args.quick else "models"
 
-    rows = []
+    bandwidth = copy_bandwidth(device)  # first: the profiles run in processes of their own
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    earlier = args.merge or (DOCS / f"{name}.json" if not args.quick else args.out / f"{name}.json")
+    old = json.loads(earlier.read_text()) if earlier.exists() else {}
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
             print(f"== {model}", flush=True)
             row = profile_model(model, args, Path(tmp) / f"{model.replace('/', '_')}.sqlite")
+            floor_check(row, bandwidth, args.tp)
             print({k: v for k, v in row.items() if k != "backend_info"}, flush=True)
             rows.append(row)
-    bandwidth = copy_bandwidth(device)
-    for row in rows:
-        floor_check(row, bandwidth, args.tp)
-    curve = None
+            write(name, old, rows, None, args)  # each model's figures kept as they come
     if curve_model != "none" and args.tp == 1:
         batches = QUICK_BATCHES if args.quick else GPU_BATCHES
         curve = batch_curve(curve_model, batches, device, args.repeats)
+        write(name, old, rows, curve, args)
+    print((args.out / f"{name}.md").read_text())
 
-    earlier = args.merge or (DOCS / f"{name}.json" if not args.quick else args.out / f"{name}.json")
-    old = json.loads(earlier.read_text()) if earlier.exists() else {}
+
+def write(
+    name: str,
+    old: dict[str, Any],
+    rows: list[dict[str, Any]],
+    curve: dict[str, Any] | None,
+    args: argparse.Namespace,
+) -> None:
+    """The record of the earlier run `old` with this run's `rows` (and `curve`) merged in."""
     record = {
         **old,
         **provenance(),
@@ -296,17 +313,21 @@ def main() -> None:
         if r.get("exit_code") != 0:
             table.append((label, f"profile failed: exit {r.get('exit_code')}", "-"))
             continue
-        val = r.get("validation") or {}
         table += [
             (f"{label}: min per-p R²", f"{r['min_r2']:.6f}", f"≥ {R2_GOAL}"),
             (f"{label}: profile wall time", f"{r['wall_s']:.0f} s", "-"),
-            (
-                f"{label}: validation (k-fold held-out)",
-                f"MAPE {val.get('mape', math.nan):.2f}%, "
-                f"max {val.get('max_abs_pct_error', math.nan):.2f}%",
-                "-",
-            ),
         ]
+        for key, what in (("validation", "runtime"), ("energy_validation", "energy")):
+            val = r.get(key) or {}
+            if val.get("n"):
+                table.append(
+                    (
+                        f"{label}: {what} on {val['n']} validation queries",
+                        f"MAPE {val['mape_pct']:.2f}%, max {val['max_error_pct']:.2f}%, "
+                        f"bias {val['bias_pct']:+.2f}%",
+                        "-",
+                    )
+                )
         if r.get("floor_ratio") is not None:
             table.append(
                 (
@@ -337,7 +358,6 @@ def main() -> None:
         ]
     sections += ["", f"Deviations: {record['deviations']}. Routing: {record['routing_note']}."]
     write_record(name, record, table, args.out, sections)
-    print((args.out / f"{name}.md").read_text())
 
 
 if __name__ == "__main__":

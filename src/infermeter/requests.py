@@ -133,6 +133,12 @@ class ProfileRequest:
         "4 elsewhere; 0 skips).",
         "--validate",
     )
+    max_context: int | None = opt(
+        None,
+        "Profile prompts up to this many tokens (default: the model's context, at most "
+        "32,768; longer prompts are then priced by extrapolation, with a warning).",
+        "--max-context",
+    )
     api: OpenAIConfig = api()
     store: Path = store()
 

@@ -212,3 +212,29 @@ def test_a_grid_of_pe_sizes_is_measured_at_one_output_length_only() -> None:
     assert shapes == [(1, 1), (1, 4), (32, 1), (32, 4), (97, 1)]
     assert len(grid.points()) == 10
     assert "pe_sizes" not in ProfileGrid((1, 32), (1, 4)).to_dict()  # older keys unchanged
+
+
+def test_the_default_grid_stops_at_its_cap_and_says_so_for_long_context_models() -> None:
+    from infermeter.experiments.plans import context_notes
+    from infermeter.experiments.profile import DEFAULT_MAX_CONTEXT
+
+    spec = get_spec("gpt-oss-20b")
+    assert spec.max_context > DEFAULT_MAX_CONTEXT
+    grid = default_grid(spec, on_gpu=True)
+    largest = max(*grid.prompt_sizes, *grid.pe_sizes)
+    assert largest == DEFAULT_MAX_CONTEXT - 1
+    assert max(grid.prompt_sizes) + max(grid.output_sizes) <= DEFAULT_MAX_CONTEXT
+    (note,) = context_notes(spec, grid)
+    assert f"{largest:,} tokens" in note and f"--max-context {spec.max_context}" in note
+    whole = default_grid(spec, on_gpu=True, max_context=spec.max_context)
+    assert max(whole.pe_sizes) == spec.max_context - 1
+    assert context_notes(get_spec("llama-7b"), default_grid(get_spec("llama-7b"), True)) == []
+    with pytest.raises(UserError, match=r"--max-context must be 2\.\.131072"):
+        default_grid(spec, on_gpu=True, max_context=spec.max_context + 1)
+
+
+def test_a_max_context_past_the_models_is_refused_in_one_line(tmp_path: Path) -> None:
+    result = invoke("profile", "tiny-llama", "--device", "cpu", "--max-context", "999999",
+                    "--store", tmp_path / "s.sqlite")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "--max-context must be 2.." in result.output and "Traceback" not in result.output

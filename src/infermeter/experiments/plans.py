@@ -42,12 +42,14 @@ def profile_grid(
     prompt_sizes: tuple[int, ...] | None,
     output_sizes: tuple[int, ...] | None,
     batch_sizes: tuple[int, ...] | None,
+    max_context: int | None = None,
 ) -> Any:
-    """The ProfileGrid of the sizes chosen (token counts), the defaults for the rest; the
-    default grid's PE knots only with the default prompt sizes. Checked against `spec`."""
+    """The ProfileGrid of the sizes chosen (token counts), the defaults for the rest (over
+    `max_context` tokens, default_context's default if None); the default grid's PE knots
+    only with the default prompt sizes. Checked against `spec`."""
     from infermeter.experiments.profile import ProfileGrid, default_grid
 
-    defaults = default_grid(spec, on_gpu, trials)
+    defaults = default_grid(spec, on_gpu, trials, max_context)
     grid = ProfileGrid(
         prompt_sizes or defaults.prompt_sizes,
         output_sizes or defaults.output_sizes,
@@ -356,6 +358,21 @@ class ProfileSetup:
         )  # fmt: skip
 
 
+def context_notes(spec: ModelSpec, grid: Any) -> list[str]:
+    """A note when the default grid's cap leaves part of the model's context unprofiled."""
+    from infermeter.experiments.profile import DEFAULT_MAX_CONTEXT
+
+    largest = max(set(grid.prompt_sizes) | set(grid.pe_sizes))
+    if spec.max_context <= DEFAULT_MAX_CONTEXT:
+        return []
+    return [
+        f"the default grid profiles prompts up to {largest:,} tokens of {spec.name}'s "
+        f"{spec.max_context:,}-token context (the default cap, {DEFAULT_MAX_CONTEXT:,}); longer "
+        f"prompts are priced by extrapolation, with a warning; --max-context "
+        f"{spec.max_context} profiles the whole context, at several times the time"
+    ]
+
+
 def profile_setup(r: ProfileRequest, warn: Callable[[str], None]) -> ProfileSetup:
     """The profile that `infermeter profile` asks for: its output file checked, sizes parsed
     (None: the defaults), the hardware priced with its overrides, the backend built (an API's
@@ -383,8 +400,10 @@ def profile_setup(r: ProfileRequest, warn: Callable[[str], None]) -> ProfileSetu
     sizes = (r.prompt_sizes, r.output_sizes, r.batch_sizes)
     labels = ("--prompt-sizes", "--output-sizes", "--batch-sizes")
     parsed = [parse_list(text, label) for text, label in zip(sizes, labels, strict=True)]
-    grid = profile_grid(spec, on_gpu, r.trials, *parsed)
+    grid = profile_grid(spec, on_gpu, r.trials, *parsed, r.max_context)
     validate = validation_count(on_gpu, r.warmup_s, r.validate)
+    chose = is_api or r.max_context is not None or parsed[0] is not None
+    notes = [] if chose else context_notes(spec, grid)
     gpu = device if device.startswith("cuda") else "cuda"  # cuda:N: backend, meter and pricing
     options: dict[str, Any] = {"device": gpu if on_gpu else "cpu", "dtype": stack.dtype}
     if tp > 1:
@@ -396,7 +415,7 @@ def profile_setup(r: ProfileRequest, warn: Callable[[str], None]) -> ProfileSetu
         runner.prepare(spec)  # faults that no retry fixes stop here, before a run is stored
     else:
         runner = build_backend(config_for(backend, **options))
-    meter, notes = None, []
+    meter = None
     if r.energy and on_gpu:
         from infermeter.measure.meter import Meter
 

@@ -57,6 +57,10 @@ LONGEST_VALIDATION_OUTPUT = 256
 # Validation queries by default: many where a GPU makes them cheap, a few on a CPU.
 DEFAULT_VALIDATE_GPU = 16
 DEFAULT_VALIDATE_CPU = 4
+# The default grid profiles prompts up to this many tokens. Its PE knots and decode curves
+# scale with the context, so a 131k model's whole context costs ~10 min of an H200 where
+# 32k costs a few; longer prompts are priced by extrapolation, with a warning.
+DEFAULT_MAX_CONTEXT = 32_768
 # Past these errors on the validation queries a fit is not to be trusted: a quiet machine's
 # profile misses them by a few percent (gpt2 on a 2-core CPU: 2.3%; llama-7b on an H200: 1.0%
 # runtime, 7.5% energy), a machine busy with other work by tens of percent.
@@ -140,8 +144,24 @@ def _off64(p: int) -> int:
     return p - 31 if p % 64 == 0 and p > 64 else p
 
 
-def default_grid(spec: ModelSpec, on_gpu: bool, trials: int = DEFAULT_TRIALS) -> ProfileGrid:
-    """The default grid for `spec`'s whole context.
+def default_context(spec: ModelSpec, max_context: int | None = None) -> int:
+    """The context (tokens) the default grid covers: `max_context` if given, else the
+    model's own up to DEFAULT_MAX_CONTEXT. Raises UserError for a value past the model's
+    context or below 2."""
+    if max_context is None:
+        return min(spec.max_context, DEFAULT_MAX_CONTEXT)
+    if not 2 <= max_context <= spec.max_context:
+        raise UserError(
+            f"--max-context must be 2..{spec.max_context} ({spec.name}'s context), "
+            f"not {max_context}"
+        )
+    return max_context
+
+
+def default_grid(
+    spec: ModelSpec, on_gpu: bool, trials: int = DEFAULT_TRIALS, max_context: int | None = None
+) -> ProfileGrid:
+    """The default grid for `spec`'s context, up to `default_context(spec, max_context)`.
 
     Decode curves at three prompt sizes from 1 to the largest that leaves room for the longest
     output (GPU: o = 1 .. 512, a quarter of a 2,048 context; CPU: o = 1 .. 32), and PE knots
@@ -149,7 +169,7 @@ def default_grid(spec: ModelSpec, on_gpu: bool, trials: int = DEFAULT_TRIALS) ->
     long prefills are slow), all off multiples of 64. On an H200 a LLaMA-7B profile of this
     grid takes about 100 s with its energy windows and validation.
     """
-    context = spec.max_context
+    context = default_context(spec, max_context)
     wanted = GPU_OUTPUT_SIZES if on_gpu else CPU_OUTPUT_SIZES
     outputs = tuple(o for o in wanted if o == 1 or o <= context // 4)
     if len(outputs) < 2:
