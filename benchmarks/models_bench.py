@@ -95,6 +95,8 @@ def profile_model(name: str, args: argparse.Namespace, store: Path) -> dict[str,
         command += ["--device", "cpu", "--trials", "2"]
     else:
         command += ["--warmup-s", str(args.warmup_s)]
+    if args.max_context and get_spec(name).max_context > args.max_context:
+        command += ["--max-context", str(args.max_context)]
     done = run_command(command, timeout_s=args.timeout_s)
     result: dict[str, Any] = {
         "model": name,
@@ -243,6 +245,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup-s", type=float, default=5.0)
     parser.add_argument("--timeout-s", type=float, default=540.0, help="per profile command")
+    parser.add_argument(
+        "--max-context",
+        type=int,
+        default=None,
+        help="profile prompts up to this many tokens (the command's default cap is 32,768)",
+    )
     parser.add_argument("--quick", action="store_true", help="CPU, tiny specs, no goals")
     parser.add_argument("--out", type=Path, default=None, help="default docs/benchmarks")
     parser.add_argument(
@@ -300,7 +308,8 @@ def write(
         "goals": {"min_r2": R2_GOAL, "batch1_decode_over_floor": FLOOR_GOAL},
         "deviations": "quick check: CPU, its default grid, --trials 2"
         if args.quick
-        else f"infermeter profile defaults except --warmup-s {args.warmup_s}",
+        else f"infermeter profile defaults except --warmup-s {args.warmup_s}"
+        + (f" and --max-context {args.max_context}" if args.max_context else ""),
         "routing_note": "random weights: router weights N(0, 1/h), so its logits are O(1) and "
         "random tokens spread over the experts; the curve records the experts touched",
     }

@@ -26,7 +26,7 @@ from infermeter.engine import (  # noqa: E402
 )
 from infermeter.engine.parallel import Comm  # noqa: E402
 from infermeter.errors import UserError  # noqa: E402
-from infermeter.spec.catalog import get_spec  # noqa: E402
+from infermeter.spec.catalog import CATALOG, get_spec  # noqa: E402
 from infermeter.spec.model import ModelSpec  # noqa: E402
 from specs import LLAMA_LAYOUT, TINY_DIMS  # noqa: E402
 
@@ -482,3 +482,19 @@ def test_the_wait_for_other_ranks_is_not_the_calls_runtime() -> None:
     elapsed = time.perf_counter() - started
     assert run.extra["rank_wait_s"] >= 0.05
     assert run.wall_s <= elapsed - run.extra["rank_wait_s"] + 1e-9
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CATALOG if n.startswith("tiny-")))
+def test_every_tensor_a_decode_step_reads_lives_on_the_models_device(name: str) -> None:
+    # A CUDA graph cannot copy a CPU tensor to the GPU while it captures: a tensor attribute
+    # left on the CPU (Gemma's embedding scale was) fails the first decode step on a GPU.
+    # Built on the meta device, every tensor the model holds must be on meta.
+    spec = get_spec(name)
+    model = Decoder(spec, partition(spec), Comm(), torch.device("meta"), torch.bfloat16)
+    elsewhere = [
+        f"{module_name}.{key}"
+        for module_name, module in model.named_modules()
+        for key, value in vars(module).items()
+        if isinstance(value, torch.Tensor) and value.device.type != "meta"
+    ]
+    assert elsewhere == []

@@ -494,7 +494,9 @@ class Decoder(nn.Module):
             self.slopes = alibi_slopes(spec.num_heads)[q0 : q0 + nq].to(device)
         self.arange = torch.arange(spec.max_context + arch.position_offset, device=device)
         multiplier = float(spec.embedding_multiplier)
-        self.embed_scale = None if multiplier == 1.0 else torch.tensor(multiplier, dtype=dtype)
+        self.embed_scale = (  # on the device: a CUDA graph cannot copy it there in capture
+            None if multiplier == 1.0 else torch.tensor(multiplier, dtype=dtype, device=device)
+        )
         self.final_softcap = spec.final_softcap
         self.windows = sorted({blk.window for blk in self.layers if blk.window is not None})
         self.masked = any(
@@ -625,7 +627,7 @@ class Decoder(nn.Module):
         assert self.cache is not None, "allocate_cache first"
         x = F.embedding(tokens, self.embed)
         if self.embed_scale is not None:  # Gemma: sqrt(h), rounded to the model dtype
-            x = x * self.embed_scale.to(x.device)
+            x = x * self.embed_scale
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         if self.pos_embed is not None:

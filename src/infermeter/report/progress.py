@@ -3,10 +3,18 @@ is the callback of that experiment, so a caller passes `bar.on_point` and the li
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+# Where the console is no terminal (a log file, CI, a pipe), the bar is not drawn until the
+# end: a plain line says how far the work is at most this often instead.
+PLAIN_EVERY_S = 15.0
 
 
 def progress_bar(console: Console) -> Progress:
@@ -24,11 +32,33 @@ def progress_bar(console: Console) -> Progress:
 class RunProgress:
     """A progress bar with one task, `description`, open while used as a context manager."""
 
-    def __init__(self, console: Console, description: str) -> None:
+    def __init__(
+        self, console: Console, description: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.bar = progress_bar(console)
         self.task = self.bar.add_task(description, total=None, last="")
         self._left: dict[str, int] = {}  # energy: batches each configuration had left
         self._ran: dict[str, int] = {}
+        self._plain = not console.is_terminal
+        self._clock = clock
+        self._start = self._said = clock()
+        self._description = description
+
+    def _advance(self, last: str) -> None:
+        """One item done, `last` naming it (rich markup); on a console that is no terminal, a
+        plain line every PLAIN_EVERY_S seconds and at the last item."""
+        self.bar.update(self.task, advance=1, last=last)
+        if not self._plain:
+            return
+        task = self.bar.tasks[0]
+        now = self._clock()
+        finished = task.total is not None and task.completed >= task.total
+        if now - self._said >= PLAIN_EVERY_S or finished:
+            self._said = now
+            of = f"/{task.total:.0f}" if task.total is not None else ""
+            line = f"{self._description}: {task.completed:.0f}{of} done, last "
+            line += f"{Text.from_markup(last).plain}, {now - self._start:.0f} s"
+            self.bar.console.print(Text(line))
 
     def __enter__(self) -> RunProgress:
         self.bar.__enter__()
@@ -53,9 +83,7 @@ class RunProgress:
     def on_point(self, point: Any, m: Any) -> None:
         """One point measured: its sizes, runtime (s) and any status but ok."""
         last = f"p={point.prompt_tokens} o={point.output_tokens} {m.runtime_s:.3f}s"
-        self.bar.update(
-            self.task, advance=1, last=last + (f" {m.status}" if m.status != "ok" else "")
-        )
+        self._advance(last + (f" {escape(m.status)}" if m.status != "ok" else ""))
 
     # ---- load (plans.run_load) ----------------------------------------------------------------
     def load_start(self, run: Any, done: int, total: int) -> None:
@@ -70,9 +98,7 @@ class RunProgress:
             self.bar.update(self.task, total=total)
             return
         bad = sum(m.status != "ok" for m in ms)
-        self.bar.update(
-            self.task, advance=1, last=label + (f" [red]{bad} not ok[/]" if bad else "")
-        )
+        self._advance(label + (f" [red]{bad} not ok[/]" if bad else ""))
 
     # ---- energy (experiments.energy.run_energy) -----------------------------------------------
     def energy_start(self, db: Any, prompts: int) -> Any:
@@ -96,12 +122,10 @@ class RunProgress:
         """A batch done: its configuration and throughput (tokens/s)."""
         c = result.config
         self._ran[c.key] = self._ran.get(c.key, 0) + 1
-        self.bar.update(
-            self.task,
-            advance=1,
-            last=f"b={c.batch} len={c.max_len} shards={c.shards}"
+        self._advance(
+            f"b={c.batch} len={c.max_len} shards={c.shards}"
             + (f" cap={c.power_cap_w:g}W" if c.power_cap_w else "")
-            + f" {result.output_tokens / result.runtime_s:.0f} tok/s",
+            + f" {result.output_tokens / result.runtime_s:.0f} tok/s"
         )
 
     def on_config(self, config: Any, row: dict[str, Any]) -> None:

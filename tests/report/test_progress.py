@@ -1,0 +1,42 @@
+"""The progress of long work where the console is no terminal (a log, CI, a pipe)."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+from rich.console import Console
+
+from infermeter.backends.base import Point
+from infermeter.report.progress import PLAIN_EVERY_S, RunProgress
+
+
+def test_a_log_gets_a_plain_line_every_interval_and_at_the_end() -> None:
+    now = [0.0]
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=200)
+    step_s = PLAIN_EVERY_S / 3.5  # 4 items per line
+    with RunProgress(console, "profiling x", clock=lambda: now[0]) as bar:
+        bar.profile_start(SimpleNamespace(id=1), 0, 10)
+        for i in range(10):
+            now[0] += step_s
+            status = "ok" if i != 7 else "oom [bold]x[/]"
+            bar.on_point(Point(100 + i, 8, 1, 0), SimpleNamespace(runtime_s=0.5, status=status))
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("profiling x:")]
+    assert [line.split(",")[0] for line in lines] == [
+        "profiling x: 4/10 done",
+        "profiling x: 8/10 done",
+        "profiling x: 10/10 done",
+    ]
+    assert "last p=107 o=8 0.500s oom [bold]x[/]" in lines[1]  # server text printed literally
+    assert lines[-1].endswith(f"{10 * step_s:.0f} s")
+
+
+def test_a_terminal_gets_the_bar_alone() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120)
+    with RunProgress(console, "profiling y", clock=lambda: 1e9) as bar:
+        bar.profile_start(SimpleNamespace(id=1), 0, 2)
+        for i in range(2):
+            bar.on_point(Point(1, 2 + i, 1, 0), SimpleNamespace(runtime_s=0.1, status="ok"))
+    assert "profiling y: " not in out.getvalue()
