@@ -141,9 +141,9 @@ def profile_model(name: str, args: argparse.Namespace, store: Path) -> dict[str,
 def decode_step(points: Any) -> dict[str, Any]:
     """Batch-1 decode step from the profile: prompt nearest 512, longest output, min trial."""
     ok = points[(points.status == "ok") & (points.batch_size == 1)]
-    sizes = sorted(ok.prompt_tokens.unique())
-    p = min(sizes, key=lambda s: abs(s - 512))
     o = int(ok.output_tokens.max())
+    sizes = sorted(ok[ok.output_tokens == o].prompt_tokens.unique())  # curves, not PE knots
+    p = min(sizes, key=lambda s: abs(s - 512))
     chosen = ok[(ok.prompt_tokens == p) & (ok.output_tokens == o)]
     steps = [json.loads(e).get("tpot_s") for e in chosen.extra_json]
     steps = [s for s in steps if s]
@@ -167,6 +167,32 @@ def floor_check(row: dict[str, Any], bandwidth: float, tp: int) -> None:
         floor_s=floor,
         floor_ratio=row["tpot_s"] / floor,
     )
+
+
+def decode_floor(name: str, repeats: int, tp: int, device: str) -> dict[str, Any]:
+    """Batch-1 decode step (median of `repeats`, tpot of 64 new tokens after 480-token
+    prompts; on a CPU 8 after 48) of `name` on the engine, for a profile row that lacks it."""
+    from infermeter.backends.base import Point
+    from infermeter.backends.engine import EngineBackend
+
+    prompt, new = (480, 65) if device == "cuda" else (48, 9)
+    backend = EngineBackend(device=device, dtype="bfloat16" if device == "cuda" else None, tp=tp)
+    backend.prepare(get_spec(name))
+    try:
+        runs = [backend.measure(Point(prompt, new, 1, i)) for i in range(repeats)]
+        info = backend.describe()
+    finally:
+        backend.close()
+        gc.collect()
+    bad = [m.detail for m in runs if m.status != "ok"]
+    if bad:
+        return {"floor_error": str(bad[0])[:200]}
+    return {
+        "decode_point": {"prompt_tokens": prompt, "output_tokens": new, "measured": "apart"},
+        "decode_context_mean": prompt + (new - 2) / 2,
+        "tpot_s": statistics.median(m.extra["tpot_s"] for m in runs),
+        "floor_backend_info": info,
+    }
 
 
 def batch_curve(name: str, batches: tuple[int, ...], device: str, repeats: int) -> dict:
@@ -251,6 +277,11 @@ def main() -> None:
         default=None,
         help="profile prompts up to this many tokens (the command's default cap is 32,768)",
     )
+    parser.add_argument(
+        "--floor-only",
+        action="store_true",
+        help="measure the batch-1 decode step of --models already in the record, no profile",
+    )
     parser.add_argument("--quick", action="store_true", help="CPU, tiny specs, no goals")
     parser.add_argument("--out", type=Path, default=None, help="default docs/benchmarks")
     parser.add_argument(
@@ -278,6 +309,15 @@ def main() -> None:
     earlier = args.merge or (DOCS / f"{name}.json" if not args.quick else args.out / f"{name}.json")
     old = json.loads(earlier.read_text()) if earlier.exists() else {}
     rows: list[dict[str, Any]] = []
+    if args.floor_only:  # the decode floor of rows already profiled, measured apart
+        for model in models:
+            row = next(r for r in old["models"] if (r["model"], r.get("tp", 1)) == (model, args.tp))
+            row = {**row, **decode_floor(model, args.repeats, args.tp, device)}
+            floor_check(row, bandwidth, args.tp)
+            print({k: row.get(k) for k in ("model", "tpot_s", "floor_s", "floor_ratio")})
+            rows.append(row)
+            write(name, old, rows, None, args)
+        models = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
             print(f"== {model}", flush=True)
