@@ -101,6 +101,7 @@ def profile_model(name: str, args: argparse.Namespace, store: Path) -> dict[str,
     result: dict[str, Any] = {
         "model": name,
         "tp": args.tp,
+        "measured": provenance(),  # rows of several invocations share one record
         "command": done["command"],
         "exit_code": done["exit_code"],
         "wall_s": done["wall_s"],
@@ -192,6 +193,7 @@ def decode_floor(name: str, repeats: int, tp: int, device: str) -> dict[str, Any
         "decode_context_mean": prompt + (new - 2) / 2,
         "tpot_s": statistics.median(m.extra["tpot_s"] for m in runs),
         "floor_backend_info": info,
+        "floor_measured": provenance(),
     }
 
 
@@ -241,7 +243,13 @@ def batch_curve(name: str, batches: tuple[int, ...], device: str, repeats: int) 
     predicted = distinct_experts_prediction(spec, batches, context, measured[0]["step_s"])
     for row, pred in zip(rows, predicted.to_dict(orient="records"), strict=True):
         row.update(pred)
-    return {"model": name, "context": context, "rows": rows, "backend_info": info}
+    return {
+        "model": name,
+        "context": context,
+        "rows": rows,
+        "backend_info": info,
+        "measured": provenance(),
+    }
 
 
 def write_figure(curve: dict[str, Any], out: Path, stem: str) -> str:
@@ -282,6 +290,12 @@ def main() -> None:
         action="store_true",
         help="measure the batch-1 decode step of --models already in the record, no profile",
     )
+    parser.add_argument(
+        "--work", type=Path, default=None, help="keep each model's store here (default: none)"
+    )
+    parser.add_argument(
+        "--render", action="store_true", help="write the record's tables again, measure nothing"
+    )
     parser.add_argument("--quick", action="store_true", help="CPU, tiny specs, no goals")
     parser.add_argument("--out", type=Path, default=None, help="default docs/benchmarks")
     parser.add_argument(
@@ -297,17 +311,20 @@ def main() -> None:
     import torch
 
     device = "cpu" if args.quick else "cuda"
-    if device == "cuda" and torch.cuda.device_count() < args.tp:
+    if device == "cuda" and torch.cuda.device_count() < args.tp and not args.render:
         sys.exit(f"needs {args.tp} CUDA GPU(s); use --quick on a CPU")
     models = (args.models or (QUICK_MODELS if args.quick else GPU_MODELS)).split(",")
     curve_model = args.curve or ("tiny-qwen3-moe" if args.quick else "qwen3-30b-a3b")
     name = "models_quick" if args.quick else "models"
 
+    earlier = args.merge or (DOCS / f"{name}.json" if not args.quick else args.out / f"{name}.json")
+    old = json.loads(earlier.read_text()) if earlier.exists() else {}
+    if args.render:
+        write(name, old, [], None, args)
+        return
     bandwidth = copy_bandwidth(device)  # first: the profiles run in processes of their own
     if device == "cuda":
         torch.cuda.empty_cache()
-    earlier = args.merge or (DOCS / f"{name}.json" if not args.quick else args.out / f"{name}.json")
-    old = json.loads(earlier.read_text()) if earlier.exists() else {}
     rows: list[dict[str, Any]] = []
     if args.floor_only:  # the decode floor of rows already profiled, measured apart
         for model in models:
@@ -319,9 +336,11 @@ def main() -> None:
             write(name, old, rows, None, args)
         models = []
     with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)  # --work keeps the stores, to fit and price them again
+        work.mkdir(parents=True, exist_ok=True)
         for model in models:
             print(f"== {model}", flush=True)
-            row = profile_model(model, args, Path(tmp) / f"{model.replace('/', '_')}.sqlite")
+            row = profile_model(model, args, work / f"{model.replace('/', '_')}.sqlite")
             floor_check(row, bandwidth, args.tp)
             print({k: v for k, v in row.items() if k != "backend_info"}, flush=True)
             rows.append(row)
@@ -340,13 +359,16 @@ def write(
     curve: dict[str, Any] | None,
     args: argparse.Namespace,
 ) -> None:
-    """The record of the earlier run `old` with this run's `rows` (and `curve`) merged in."""
+    """The record of the earlier run `old` with this run's `rows` (and `curve`) merged in;
+    with --render, `old` written again as it is (its tables after a change of this script)."""
     record = {
         **old,
-        **provenance(),
+        **({} if args.render else provenance()),
         "models": _merge(old, rows),
         "goals": {"min_r2": R2_GOAL, "batch1_decode_over_floor": FLOOR_GOAL},
-        "deviations": "quick check: CPU, its default grid, --trials 2"
+        "deviations": old["deviations"]
+        if args.render and "deviations" in old
+        else "quick check: CPU, its default grid, --trials 2"
         if args.quick
         else f"infermeter profile defaults except --warmup-s {args.warmup_s}"
         + (f" and --max-context {args.max_context}" if args.max_context else ""),
@@ -362,7 +384,10 @@ def write(
         if r.get("exit_code") != 0:
             table.append((label, f"profile failed: exit {r.get('exit_code')}", "-"))
             continue
+        when = r.get("measured") or {}
+        stamp = f"{when.get('date', '?')[:16]}, {when.get('commit', '?')[:7]}"
         table += [
+            (f"{label}: profiled", stamp, "-"),
             (f"{label}: min per-p R²", f"{r['min_r2']:.6f}", f"≥ {R2_GOAL}"),
             (f"{label}: profile wall time", f"{r['wall_s']:.0f} s", "-"),
         ]
@@ -378,9 +403,14 @@ def write(
                     )
                 )
         if r.get("floor_ratio") is not None:
+            point = r["decode_point"]
+            where = f"o = {point['output_tokens']} after p = {point['prompt_tokens']}"
+            if point.get("measured") == "apart":
+                when = (r.get("floor_measured") or {}).get("commit", "?")[:7]
+                where += f", measured apart at {when}"
             table.append(
                 (
-                    f"{label}: batch-1 decode step / bytes floor",
+                    f"{label}: batch-1 decode step ({where}) / bytes floor",
                     f"{r['tpot_s'] * 1e3:.2f} ms / {r['floor_s'] * 1e3:.2f} ms = "
                     f"{r['floor_ratio']:.2f}×",
                     f"≤ {FLOOR_GOAL}×",

@@ -185,8 +185,33 @@ def default_grid(
     pe = sorted(
         {_off64(p) for p in range(pe_step, pe_end + 1, pe_step) if p + 1 <= context} | {pe_end}
     )
+    pe = sorted(set(pe) | set(expert_knots(spec, pe[0] if pe else context - 1)))
     pe = [p for p in pe if p not in curve and 1 <= p <= context - 1]
     return ProfileGrid(tuple(curve), outputs, (1,), trials, tuple(pe))
+
+
+def expert_knots(spec: ModelSpec, below: int) -> list[int]:
+    """PE knots where a mixture of experts' prefill stops growing fast (token counts < `below`).
+
+    A prompt of p tokens reads the experts its tokens route to, E·(1 − (1 − k/E)^p) of E per
+    layer (spec.moe.expected_distinct), which rises steeply over the first few dozen tokens and
+    then saturates: a straight line from p = 1 to the first regular knot runs below it (on an
+    H200 the estimate of a 68-token prompt of Qwen3-30B-A3B was 14% low). Knots at the
+    smallest p touching a quarter, half, three quarters, 90% and 99% of the experts follow
+    the bend (lines through them stay within 3% of it where reading every expert costs up to
+    twice a one-token prefill); short prompts cost little to profile. None for a dense model.
+    """
+    if spec.moe is None:
+        return []
+    moe, knots = spec.moe, []
+    for share in (0.25, 0.5, 0.75, 0.9, 0.99):
+        p = next(
+            (n for n in range(2, below) if moe.expected_distinct(n) >= share * moe.num_experts),
+            None,
+        )
+        if p is not None:
+            knots.append(p)
+    return sorted(set(knots))
 
 
 def validation_queries(spec: ModelSpec, grid: ProfileGrid, count: int) -> list[Point]:
