@@ -194,3 +194,18 @@ def test_gc_is_held_off_while_timing_and_restored_after() -> None:
         assert not gc.isenabled()  # a caller's own choice is left as it was
     finally:
         gc.enable()
+
+
+def test_requests_are_timed_on_uvloop_where_it_is_installed() -> None:
+    import importlib.util
+
+    from infermeter.backends.api.http import new_event_loop
+
+    loop, name = new_event_loop()
+    try:
+        if importlib.util.find_spec("uvloop") is not None:  # a dependency on Linux and macOS
+            assert type(loop).__module__.startswith("uvloop") and name.startswith("uvloop ")
+        else:
+            assert name == "asyncio"
+    finally:
+        loop.close()

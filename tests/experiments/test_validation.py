@@ -240,7 +240,10 @@ def test_a_max_context_past_the_models_is_refused_in_one_line(tmp_path: Path) ->
     assert "--max-context must be 2.." in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("name", ["qwen3-30b-a3b", "deepseek-v2-lite", "gpt-oss-20b", "mixtral-8x7b"])
+MOE_MODELS = ["qwen3-30b-a3b", "deepseek-v2-lite", "gpt-oss-20b", "mixtral-8x7b"]
+
+
+@pytest.mark.parametrize("name", MOE_MODELS)
 @settings(max_examples=20, deadline=None)
 @given(all_experts=st.floats(0.5, 2.0))
 def test_moe_knots_follow_the_experts_a_prompt_reads(name: str, all_experts: float) -> None:

@@ -44,6 +44,7 @@ from infermeter.backends.api.client import (
     gc_paused,
     split_credentials,
 )
+from infermeter.backends.api.http import new_event_loop
 from infermeter.backends.base import Measurement, Point
 from infermeter.errors import UserError
 from infermeter.spec.model import ModelSpec
@@ -159,6 +160,7 @@ class OpenAIBackend:
         self.served_models: list[str] | None = None
         self.prompts: ExactPrompts | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_name = "asyncio"
         self._client: ApiClient | None = None
         self._notes: list[str] = []
 
@@ -210,7 +212,7 @@ class OpenAIBackend:
         self._notes = []
         if self.url_had_credentials:
             self._notes.append("credentials in the base URL: sent as Basic auth, never stored")
-        self._loop = asyncio.new_event_loop()
+        self._loop, self._loop_name = new_event_loop()
         self._client = ApiClient(self.config)
         self._check_models()
         if not self.config.model:
@@ -503,7 +505,7 @@ class OpenAIBackend:
             "stream_usage": self.stream_usage,
             "notes": self._notes
             + ([self.prompts.note] if self.prompts is not None and self.prompts.note else []),
-            "client": "infermeter.backends.api.http (HTTP/1.1 on asyncio)",
+            "client": f"infermeter.backends.api.http (HTTP/1.1 on {self._loop_name})",
         }
 
     def close(self) -> None:

@@ -40,6 +40,21 @@ EventHook = Callable[[float, bytes, str], None]  # (arrival, data, event name)
 MAX_BODY_BYTES = 8 * MIB_BYTES  # a completion this large is no measurement: refuse it, bounded
 
 
+def new_event_loop() -> tuple[asyncio.AbstractEventLoop, str]:
+    """A loop to time requests on, and its name: uvloop's where it is installed (a dependency
+    on Linux and macOS), else asyncio's own.
+
+    uvloop hands reads over with less work on the loop: at 64 streams on 2 cores its p99
+    timing overhead was 0.53-0.68 ms against asyncio's 0.56-0.83 ms in four runs each
+    (benchmarks/api_load_bench.py). Timestamps are time.perf_counter() on either.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop(), "asyncio"
+    return uvloop.new_event_loop(), f"uvloop {uvloop.__version__}"
+
+
 class HttpFailure(Exception):
     """A transport-level failure, with the client's cause name (see client.py)."""
 
