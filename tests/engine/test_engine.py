@@ -498,3 +498,27 @@ def test_every_tensor_a_decode_step_reads_lives_on_the_models_device(name: str) 
         if isinstance(value, torch.Tensor) and value.device.type != "meta"
     ]
     assert elsewhere == []
+
+
+def test_warming_a_shape_does_the_first_visits_setup_alone() -> None:
+    # measure_point warms a shape before its energy window opens; the call that follows must
+    # find the setup done (no warm-up of its own) and generate the same tokens.
+    backend = EngineBackend(device="cpu", seed=5)
+    cold = EngineBackend(device="cpu", seed=5)
+    spec = get_spec("tiny-mixtral")
+    backend.prepare(spec)
+    cold.prepare(spec)
+    try:
+        point = Point(24, 6, 1, 0)
+        backend.warm(point)
+        engine = backend._engine
+        assert (1, 24) in engine._warm
+        runs = engine._run
+        calls: list[int] = []
+        engine._run = lambda *a, **k: calls.append(a[2]) or runs(*a, **k)  # type: ignore[method-assign]
+        warmed = backend.measure(point)
+        assert calls == [6]  # the timed run alone, no 8-token warm-up before it
+        assert warmed.extra["tokens_sha"] == cold.measure(point).extra["tokens_sha"]
+    finally:
+        backend.close()
+        cold.close()

@@ -226,3 +226,24 @@ def test_a_missing_sensor_degrades_its_figure_alone_and_the_profile_completes(
     utilisation = extra.map(lambda e: e["sm_util"])
     assert utilisation.isna().all() if case == "no utilisation" else (utilisation == 90).all()
     assert samples.empty if case == "no power reading" else (samples.power_w == 250).all()
+
+
+@pytest.mark.slow
+def test_a_new_shapes_setup_stays_out_of_its_energy_window() -> None:
+    # The first visit of a shape runs an untimed warm-up (here a 2-token generation: 14 ms of
+    # the fake clock at 250 W). Runtimes never held it; inside the window its joules were
+    # shared among the runs (on an H200, 10-20% of a new prompt size's energy).
+    from infermeter.experiments.profile import measure_point
+
+    meter, clock = metered()
+    backend = hf(clock)  # each run: 10 ms of prefill + 2 ms per new token
+    backend.prepare(get_spec("tiny-llama"))
+    try:
+        measured = measure_point(backend, Point(24, 4, 1), [0, 1], meter, 0.1)
+        again = measure_point(backend, Point(24, 4, 1), [2], meter, 0.1)  # set up already
+    finally:
+        backend.close()
+    for _, m in [*measured, *again]:
+        runs, window_s = m.extra["energy_window_runs"], m.extra["energy_window_s"]
+        assert window_s == pytest.approx(runs * 0.018, abs=0.006)
+        assert m.energy_j == pytest.approx(250 * 0.018, rel=0.04)

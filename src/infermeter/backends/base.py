@@ -51,7 +51,11 @@ class Backend(Protocol):
         """Build or connect to the model; called once before any point."""
 
     def measure(self, point: Point) -> Measurement:
-        """Run one point (warm-up is the backend's business) and return its measurement."""
+        """Run one point (warm-up is the backend's business) and return its measurement.
+
+        A backend whose first visit of a shape does untimed setup may also offer
+        `warm(point) -> None`, doing that setup alone: a metered profile calls it before an
+        energy window opens (experiments.profile.measure_point)."""
 
     def describe(self) -> dict[str, Any]:
         """Software versions, device name and options, stored with the run."""

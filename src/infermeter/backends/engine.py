@@ -190,6 +190,12 @@ class EngineBackend:
             kwargs["window"] = window
         return getattr(self._engine, method)(*args, **kwargs)
 
+    def warm(self, point: Point) -> None:
+        """Set `point`'s shape up untimed on every rank, as measure()'s first visit would (the
+        warm-up run, prefill graphs, every decode graph its run replays), so that an energy
+        window begun next holds only timed work (Engine.warm_point)."""
+        self._call("warm_point", point)
+
     def measure(self, point: Point, window: Any = None) -> Measurement:
         """Forced output length (no EOS), fresh random prompt of exactly p tokens per sequence.
 

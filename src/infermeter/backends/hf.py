@@ -491,6 +491,25 @@ class HFBackend:
         if self._device is not None and self._device.startswith("cuda"):
             torch.cuda.synchronize(self._device)
 
+    def _warm(self, torch: Any, point: Point, ids: Any, mask: Any) -> None:
+        p, b = point.prompt_tokens, point.batch_size
+        if (p, b) not in self._warmed:
+            # Cheap: one prefill and one decode step of this shape (kernels, allocator).
+            for _ in range(self.warmup):
+                self._generate(torch, ids, mask, min(point.output_tokens, 2), None)
+            self._warmed.add((p, b))
+
+    def warm(self, point: Point) -> None:
+        """Set `point`'s shape up untimed, as measure()'s first visit would (so that an energy
+        window begun next holds only timed work)."""
+        if self.model is None or self.spec is None:
+            raise RuntimeError("HFBackend.warm() called before prepare()")
+        import torch
+
+        ids, mask = self._prompt(point, torch)
+        self._warm(torch, point, ids, mask)
+        self._sync(torch)
+
     def measure(self, point: Point, window: Any = None) -> Measurement:
         """One generate() of `point` with a forced length; `window` (an energy window,
         infermeter.measure.meter.Window) brackets exactly the timed call. Running out of memory
@@ -511,11 +530,7 @@ class HFBackend:
         on_cuda = self._device is not None and self._device.startswith("cuda")
         oom: str | None = None
         try:
-            if (p, b) not in self._warmed:
-                # Cheap: one prefill and one decode step of this shape (kernels, allocator).
-                for _ in range(self.warmup):
-                    self._generate(torch, ids, mask, min(o, 2), None)
-                self._warmed.add((p, b))
+            self._warm(torch, point, ids, mask)
             clock = _first_token_clock(torch, self._device if on_cuda else None)
             self._sync(torch)
             if window is not None:
