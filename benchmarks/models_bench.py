@@ -361,8 +361,9 @@ def write(
 ) -> None:
     """The record of the earlier run `old` with this run's `rows` (and `curve`) merged in;
     with --render, `old` written again as it is (its tables after a change of this script)."""
-    record = {
-        **old,
+    kept = old if args.render else {k: v for k, v in old.items() if k != "findings"}
+    record = {  # hand-written findings about earlier rows go with the next measurement
+        **kept,
         **({} if args.render else provenance()),
         "models": _merge(old, rows),
         "goals": {"min_r2": R2_GOAL, "batch1_decode_over_floor": FLOOR_GOAL},
@@ -436,6 +437,8 @@ def write(
             ),
         ]
     sections += ["", f"Deviations: {record['deviations']}. Routing: {record['routing_note']}."]
+    if record.get("findings"):  # what the rows' commits did not yet have, written by hand
+        sections += ["", "## Read with", "", *(f"- {line}" for line in record["findings"])]
     write_record(name, record, table, args.out, sections)
 
 
