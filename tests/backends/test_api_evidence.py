@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 
 import pytest
 import test_api_client as shared
@@ -13,6 +14,7 @@ from test_api_client import FAST, complete
 
 from api_servers import FaultServer, Raw, json_answer, sse
 from infermeter.backends.api.client import ApiConfig
+from infermeter.errors import UserError
 
 server, _clear = shared.server, shared._clear  # the client tests' server and its reset
 
@@ -225,6 +227,22 @@ def test_malformed_usage_is_recorded_not_raised(server: FaultServer, bad: object
 
 
 # ---- 10. credentials in the URL ------------------------------------------------------------
+
+
+def test_a_key_in_the_urls_query_is_refused_in_one_line_and_never_shown(tmp_path: Path) -> None:
+    # A query was dropped from every request, and `?api_key=...` was stored with the run.
+    from cli_runner import invoke
+
+    url = "http://user:SECRET-1@127.0.0.1:9/v1?api_key=SECRET-2#SECRET-3"
+    result = invoke("profile", "m", "--backend", "openai", "--base-url", url,
+                    "--store", tmp_path / "s.sqlite")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "carries a query or fragment" in result.output and "--api-key" in result.output
+    assert "SECRET" not in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "s.sqlite").exists()
+    with pytest.raises(UserError, match="not an http") as caught:
+        ApiConfig("ftp://user:SECRET-4@host/v1", "m")
+    assert "SECRET" not in str(caught.value)
 
 
 def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_kept(server: FaultServer) -> None:

@@ -77,6 +77,11 @@ def test_a_server_refusing_stream_options_is_profiled_without_them(tmp_path: Pat
     # no usage in streams now: prompts are unverified, said so, and still counted right
     checks = {json.loads(e)["prompt_check"] for e in points.extra_json}
     assert checks == {"unverified: the answer reported no usage"}
+    # ... and so are output lengths, taken from the finish reason: said per point and run
+    extras = [json.loads(e) for e in points.extra_json]
+    assert {e["output_check"] for e in extras} == {"unverified: no usage"}
+    assert [e["output_chunks"] for e in extras] == [2, 2, 3, 3]
+    assert any("output lengths unverified" in n for n in run.backend_info["notes"])
 
 
 def test_a_refusal_naming_no_field_drops_one_field_at_a_time(tmp_path: Path) -> None:
@@ -135,6 +140,26 @@ def test_failed_points_are_counted_by_cause_and_exit_non_zero(tmp_path: Path) ->
         result.stderr
     )
     assert "R²" in result.stdout  # the 8 good points are still fitted and shown
+
+
+def test_the_end_line_says_which_failures_a_rerun_meets_again() -> None:
+    from infermeter.backends.api.outcome import run_outcome
+
+    def row(status: str, cause: str | None = None) -> dict:
+        extra = json.dumps({"cause": cause} if cause else {})
+        return {"status": status, "detail": f"{cause}: x" if cause else None, "extra_json": extra}
+
+    def line(*causes: str) -> str:
+        rows = [row("ok"), *(row("error", c) for c in causes)]
+        return run_outcome(pd.DataFrame(rows), len(rows)).line()
+
+    assert line("http_5xx").endswith("; rerun the same command to retry them")
+    assert line("http_4xx", "too_large").endswith(
+        "; http_4xx and too_large will fail again as sent: fix the request or server first"
+    )
+    assert line("http_4xx", "timeout").endswith(
+        "; rerun the same command to retry them (http_4xx will fail again as sent)"
+    )
 
 
 @pytest.mark.parametrize("fault", ["refused", "401"])
@@ -230,6 +255,26 @@ def test_load_prompt_below_the_offset_names_the_load_option(tmp_path: Path) -> N
     assert "--prompt-tokens of at least 12" in result.stderr and "--prompt-sizes" not in (
         result.stderr
     )
+    with Store(tmp_path / "l.db") as db:  # and no empty "interrupted" run is left behind
+        assert db.runs().empty
+
+
+def test_a_timed_loads_end_line_counts_what_its_table_counts(tmp_path: Path) -> None:
+    # The warm-up's requests are stored, not summarised: a failed one was counted at the end
+    # ("22/68 points failed") while the table showed 20 failed of 60.
+    with fault_server(delay_s=0.01) as server:
+        server.faults_for = lambda request: request.get("max_tokens") == 2  # not the probes
+        server.script("500")  # the first measured request: a warm-up one
+        result = invoke("load", "m", "--base-url", server.url, "--prompt-tokens", "16",
+                        "--output-sizes", "2", "--mode", "rate", "--rate", "20", "--arrival",
+                        "constant", "--duration-s", "0.5", "--warmup-s", "0.2", "--retries",
+                        "0", "--store", tmp_path / "l.db")  # fmt: skip
+    assert result.exit_code == 0, result.output  # the failed request was a warm-up one
+    with Store(tmp_path / "l.db") as db:
+        points = db.points(db.latest_run_id())
+    warm = [json.loads(e)["warmup"] for e in points.extra_json]
+    assert any(warm) and (points[warm].status != "ok").sum() == 1
+    assert f"all {warm.count(False)} points measured" in result.stderr
 
 
 @pytest.mark.parametrize(("mode", "levels"), [("concurrent", (1.0, 3.0)), ("rate", (20.0,))])
@@ -302,3 +347,4 @@ def test_the_command_says_which_feature_the_server_refused(tmp_path: Path) -> No
                         "--store", tmp_path / "s.db", *GRID)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "note: server refused stream_options" in result.stderr
+    assert "note: output lengths unverified where an answer reported no usage" in result.stderr

@@ -102,6 +102,14 @@ def api_spec(model: str, max_context: int = 131072) -> ModelSpec:
     )
 
 
+LENGTH_BY_FINISH = "finish_reason length at max_tokens"
+UNVERIFIED_OUTPUT_NOTE = (
+    "output lengths unverified where an answer reported no usage: its finish reason 'length' "
+    "at max_tokens was taken as o tokens (a stream's chunks may hold several tokens each, so "
+    "their count is no check; extra.output_chunks keeps it)"
+)
+
+
 class OpenAIBackend:
     """Profiles an OpenAI-compatible server through its completions or chat endpoint."""
 
@@ -195,7 +203,8 @@ class OpenAIBackend:
                 f"{url} has no model {self.config.model!r} or no {self.config.endpoint} endpoint "
                 f"({detail}){served}; check --api-model and --endpoint"
             )
-        return UserError(f"{url} failed the request ({failure.cause} {status or ''}: {detail})")
+        cause = f"{failure.cause} {status}" if status else failure.cause
+        return UserError(f"{url} failed the request ({cause}: {detail})")
 
     # ---- Backend protocol ------------------------------------------------------------------
     def prepare(self, spec: ModelSpec) -> None:
@@ -319,7 +328,7 @@ class OpenAIBackend:
         if record.completion_tokens is not None:
             return record.completion_tokens, "usage"
         if record.finish_reason == "length":
-            return asked, "finish_reason length at max_tokens"
+            return asked, LENGTH_BY_FINISH
         if self._tokenizer is not None:
             return len(self._tokenizer.encode(record.generated_text)), "tokenizer over the text"
         return None, None
@@ -465,6 +474,11 @@ class OpenAIBackend:
             )
         produced, source = self._produced(record, point.output_tokens)
         extra["output_tokens_from"] = source
+        if source == LENGTH_BY_FINISH:  # the server's word alone: say so, once per run
+            extra["output_check"] = "unverified: no usage"
+            extra["output_chunks"] = len(record.chunk_times_s)
+            if UNVERIFIED_OUTPUT_NOTE not in self._notes:
+                self._notes.append(UNVERIFIED_OUTPUT_NOTE)
         notes = []
         if record.prompt_tokens is None:
             extra["prompt_check"] = "unverified: the answer reported no usage"

@@ -174,7 +174,9 @@ class LoadExperiment:
             if progress.on_start:
                 progress.on_start(run, len(steps) - len(todo), len(steps))
 
-        with resume.open(on_start=started, cleanup=backend.close) as active:
+        # A run that measured nothing (the server refused the prompt size, say) is deleted,
+        # not left "interrupted" and empty.
+        with resume.open(on_start=started, cleanup=backend.close, discard_if_empty=True) as active:
             run_id = active.run.id
             if todo:
                 backend.prepare(config.spec)
@@ -408,7 +410,7 @@ def run_timed_load(
         return [(n, level) for n, level in enumerate(load.levels, start=1) if n not in stored]
 
     resume = resumable_run(store, identity, missing)
-    with resume.open(cleanup=backend.close) as active:
+    with resume.open(cleanup=backend.close, discard_if_empty=True) as active:
         run_id = active.run.id
         for number, level in resume.todo:
             backend.prepare(spec)

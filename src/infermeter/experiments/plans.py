@@ -5,6 +5,7 @@ Each refuses a plan that cannot run with a UserError, before anything is measure
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -181,7 +182,8 @@ def run_load(
     if isinstance(grid, LoadGrid):
 
         def burst(o: int, c: int, t: int, ms: list[Any]) -> None:
-            step(f"o={o} c={c} max {max(m.runtime_s for m in ms):.3f}s", ms)
+            timed = [m.runtime_s for m in ms if m.runtime_s == m.runtime_s]  # failed: NaN
+            step(f"o={o} c={c}" + (f" max {max(timed):.3f}s" if timed else ""), ms)
 
         run = run_load_sweep(db, spec, stack, runner, options, grid, on_start, burst, device)
         points = db.points(run.id)
@@ -196,7 +198,11 @@ def run_load(
         run = run_timed_load(db, spec, stack, runner, options, grid, level, device)
         points = db.points(run.id)
         summary = timed_summary(points, grid.duration_s)
-        expected = len(points)  # a timed level has no fixed count: its failures count
+        # A timed level has no fixed count: its failures count, the warm-up's left out as in
+        # the summary's table.
+        warmup = points.extra_json.map(lambda e: bool(json.loads(e).get("warmup")))
+        points = points[~warmup] if len(points) else points
+        expected = len(points)
     outcome = run_outcome(points, expected)
     if not outcome.complete:
         db.set_run_status(run.id, "incomplete")

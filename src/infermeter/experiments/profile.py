@@ -459,6 +459,7 @@ class ProfileExperiment:
                 trials = _missing(query, grid.trials, todo.checked)
                 measured = measure_point(backend, query, trials, meter, min_window_s)
                 recorder.record(measured, validation=True)
+            _describe_again(store, run_id, info, backend)
             return
         # Unmetered (a CPU, an API): trial-major, so that a burst of load on a shared
         # machine or server spoils one trial of many points, not every trial of one.
@@ -471,6 +472,14 @@ class ProfileExperiment:
                     if trial in _missing(shape, grid.trials, stored):
                         point = replace(shape, trial=trial)
                         recorder.record([(point, backend.measure(point))], validation)
+        _describe_again(store, run_id, info, backend)
+
+
+def _describe_again(store: Store, run_id: int, info: dict, backend: Backend) -> None:
+    """The run's backend record as the backend describes itself after measuring (notes of
+    what it learnt meanwhile, e.g. output lengths it could not verify)."""
+    info.update(backend.describe())
+    store.update_run_backend(run_id, info)
 
 
 def run_profile(

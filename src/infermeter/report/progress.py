@@ -82,7 +82,9 @@ class RunProgress:
 
     def on_point(self, point: Any, m: Any) -> None:
         """One point measured: its sizes, runtime (s) and any status but ok."""
-        last = f"p={point.prompt_tokens} o={point.output_tokens} {m.runtime_s:.3f}s"
+        last = f"p={point.prompt_tokens} o={point.output_tokens}"
+        if m.runtime_s == m.runtime_s:  # a failed request has no runtime (NaN)
+            last += f" {m.runtime_s:.3f}s"
         self._advance(last + (f" {escape(m.status)}" if m.status != "ok" else ""))
 
     # ---- load (plans.run_load) ----------------------------------------------------------------

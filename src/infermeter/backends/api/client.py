@@ -87,17 +87,28 @@ def split_credentials(url: str) -> tuple[str, str | None]:
 
 
 def normalize_base_url(url: str) -> str:
-    """http(s)://host[:port][/path] without a trailing slash, or a UserError naming the fix."""
+    """http(s)://host[:port][/path] without a trailing slash, or a UserError naming the fix.
+
+    A query or fragment is refused: it was dropped from requests, and a key in it
+    (`?api_key=...`) would be stored with the run. Messages never show userinfo or a query."""
     text = (url or "").strip()
     parts = urlsplit(text)
+    shown = repr(urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query="",
+                                           fragment="")))  # fmt: skip
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UserError(
-            f"--base-url {url!r} is not an http(s) URL; give e.g. http://127.0.0.1:8000/v1"
+            f"--base-url {shown} is not an http(s) URL; give e.g. http://127.0.0.1:8000/v1"
+        )
+    if parts.query or parts.fragment:
+        raise UserError(
+            f"--base-url {shown} carries a query or fragment ('?...' / '#...'), which requests "
+            "would not send: give the URL without it, and a key with --api-key or "
+            "$OPENAI_API_KEY"
         )
     try:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        raise UserError(f"--base-url {url!r} has an invalid port") from None
+        raise UserError(f"--base-url {shown} has an invalid port") from None
     return text.rstrip("/")
 
 

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 INCOMPLETE_EXIT = 3  # some point of the grid failed or was never measured
+# Causes a rerun meets again as it is: the server refused the request, or its answer was
+# larger than the cap (api/client.py).
+REPEATS = frozenset({"http_4xx", "too_large"})
 
 
 @dataclass
@@ -26,6 +29,7 @@ class RunOutcome:
     failed: int = 0
     causes: Counter[str] = field(default_factory=Counter)  # "cause 'first message'" -> n
     flags: Counter[str] = field(default_factory=Counter)  # flag detail -> n
+    cause_names: Counter[str] = field(default_factory=Counter)  # cause -> n
 
     @property
     def missing(self) -> int:
@@ -51,8 +55,17 @@ class RunOutcome:
         if not parts:
             return f"all {self.expected} points measured"
         if not self.complete:
-            parts[-1] += "; rerun the same command to retry them"
+            parts[-1] += self._advice()
         return "; ".join(parts)
+
+    def _advice(self) -> str:
+        repeating = sorted(c for c in self.cause_names if c in REPEATS)
+        if not repeating:
+            return "; rerun the same command to retry them"
+        these = " and ".join(repeating)
+        if len(repeating) == len(self.cause_names) and not self.missing:
+            return f"; {these} will fail again as sent: fix the request or server first"
+        return f"; rerun the same command to retry them ({these} will fail again as sent)"
 
 
 def run_outcome(points: pd.DataFrame, expected: int) -> RunOutcome:
@@ -72,6 +85,7 @@ def run_outcome(points: pd.DataFrame, expected: int) -> RunOutcome:
             cause = extra.get("cause") or "error"
             message = (row.detail or "").removeprefix(f"{cause}: ").split(" (after ")[0]
             outcome.causes[f"{cause} {_short(message)!r}"] += 1
+            outcome.cause_names[cause] += 1
     return outcome
 
 
