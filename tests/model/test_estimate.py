@@ -129,3 +129,13 @@ def test_estimates_survive_csv_exactly(tmp_path: Path) -> None:
     out = estimate_queries(queries, RUNTIME, Pricing("x", 2, 3.3, 700.0), ENERGY)
     back = pd.read_csv(write_table(out, tmp_path / "e.csv"))
     pd.testing.assert_frame_equal(back, out, check_exact=True)
+
+
+def test_the_profiles_sample_queries_stay_within_its_prompt_sizes() -> None:
+    # Headed "within the profiled range", it listed p = 1 after a profile of 8..32 tokens.
+    from infermeter.model.estimate import profiled_sample
+
+    model = CostModel([8, 20, 32], [0.02, 0.03, 0.04], 0.01, model="m")
+    sample = profiled_sample(model)
+    assert sorted(set(sample.prompt_tokens)) == [8, 32]
+    assert set(profiled_sample(RUNTIME).prompt_tokens) == {1, 384, 1536}

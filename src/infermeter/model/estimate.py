@@ -363,10 +363,10 @@ def profiled_sample(model: CostModel, max_context: int | None = None) -> pd.Data
     """A few queries across what `model` was profiled on (short, middle and the largest
     prompt; one, a quarter of and the longest output), within the context: what a profile
     prints, and nothing it would have to extrapolate."""
-    high = model.profiled_prompt_tokens[1]
+    low, high = model.profiled_prompt_tokens
     longest = model.profiled_output_tokens or 1
     sample = query_grid(
-        sorted({1, max(1, high // 4), high}), sorted({1, max(1, longest // 4), longest})
+        sorted({low, max(low, high // 4), high}), sorted({1, max(1, longest // 4), longest})
     )
     if max_context is not None:
         sample = sample[sample.prompt_tokens + sample.output_tokens <= max_context]

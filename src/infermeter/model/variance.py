@@ -9,6 +9,7 @@ runtime per request (Fig. 7) from stored points and fitted models.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,23 @@ def _ok(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def trial_variation(points: pd.DataFrame) -> pd.DataFrame:
-    """Per (p, o): trials, min/mean/max runtime, coefficient of variation, max/min."""
+    """Per (p, o) and, where they vary, batch size and a load run's concurrency (requests in
+    flight, from the points' extra): trials, min/mean/max runtime, coefficient of variation,
+    max/min. Different loads are not trials of one another."""
     usable = _ok(points)
     if usable.empty:
         return pd.DataFrame()
-    grouped = usable.groupby(["prompt_tokens", "output_tokens"])["runtime_s"]
+    keys = ["prompt_tokens", "output_tokens"]
+    if "extra_json" in usable.columns:
+        concurrency = usable["extra_json"].map(
+            lambda e: json.loads(e).get("concurrency") if isinstance(e, str) else None
+        )
+        if concurrency.notna().any():
+            usable = usable.assign(concurrency=concurrency.fillna(1).astype(int))
+    for key in ("batch_size", "concurrency"):
+        if key in usable.columns and usable[key].nunique() > 1:
+            keys.append(key)
+    grouped = usable.groupby(keys)["runtime_s"]
     table = grouped.agg(trials="count", min_s="min", mean_s="mean", max_s="max", std_s="std")
     table["cv"] = (table["std_s"].fillna(0.0) / table["mean_s"]).where(table["mean_s"] > 0, 0.0)
     table["max_over_min"] = table["max_s"] / table["min_s"]

@@ -1,0 +1,34 @@
+"""Variation over trials (infermeter variance)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from infermeter.model.variance import trial_variation
+
+
+def _points(rows: list[tuple[int, int, int, float, int | None]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "prompt_tokens": [r[0] for r in rows],
+            "output_tokens": [r[1] for r in rows],
+            "batch_size": [r[2] for r in rows],
+            "trial": list(range(len(rows))),
+            "runtime_s": [r[3] for r in rows],
+            "status": "ok",
+            "extra_json": [json.dumps({} if r[4] is None else {"concurrency": r[4]}) for r in rows],
+        }
+    )
+
+
+def test_load_levels_are_not_pooled_as_trials() -> None:
+    # `variance` on a load run pooled every concurrency level's requests as trials of one
+    # (p, o): 14 "trials" whose spread was the load's effect, not noise.
+    rows = [(16, 4, 1, 0.10, 1)] * 3 + [(16, 4, 1, 0.30, 4)] * 4
+    table = trial_variation(_points(rows))
+    assert list(table.concurrency) == [1, 4] and list(table.trials) == [3, 4]
+    assert (table.cv == 0).all()
+    plain = trial_variation(_points([(16, 4, 1, 0.1, None), (16, 4, 1, 0.2, None)]))
+    assert "concurrency" not in plain.columns and list(plain.trials) == [2]
