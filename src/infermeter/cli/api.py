@@ -55,10 +55,15 @@ def load(r: rq.LoadRequest) -> None:
         if r.mode == "burst"
         else f"{r.mode} load (p = {p}, {timed}, {grid.duration_s:g} s a level)"
     )
-    show(result.summary, title)
+    shown = result.summary
+    if not r.output:  # the whole table fits no terminal: the p50s and p99s here, all in a file
+        shown = shown[[c for c in shown.columns if not c.endswith("_p90_s")]]
+    show(shown, title)
     if r.output:
         write_table(result.summary, r.output)
         say(f"summary written to {r.output}", err=False)
+    else:
+        say("p90s and every column: --output FILE (.csv, .jsonl, .parquet)", err=False)
     outcome = result.outcome
     say(outcome.line(), *cli_console.outcome_label(outcome))
     if not outcome.complete:
