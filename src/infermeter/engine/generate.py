@@ -368,7 +368,7 @@ class Engine:
         """
         called = time.perf_counter()
         tokens, lengths = self._pack(prompts)
-        b, width = tokens.shape
+        width = tokens.shape[1]
         if max_new_tokens < 1:
             raise UserError("engine: max_new_tokens must be >= 1")
         if width + max_new_tokens > self.spec.max_context:
@@ -381,10 +381,9 @@ class Engine:
         seed = self.seed if seed is None else seed
         need = width + max_new_tokens  # the warm-up allocates what the real run needs
         warming = 0.0
-        if warmup and (b, width) not in self._warm:
+        if warmup:
             started = time.perf_counter()
-            self._run(tokens, lengths, min(max_new_tokens, WARMUP_TOKENS), stop_tokens, seed, need)
-            self._warm.add((b, width))
+            self._first_visit(tokens, lengths, max_new_tokens, stop_tokens, seed, need)
             warming = time.perf_counter() - started
         run = self._run(tokens, lengths, max_new_tokens, stop_tokens, seed, need, window)
         # Less the wait for the other ranks to reach the call: how the command reached them
@@ -392,6 +391,23 @@ class Engine:
         # two H200s, 3-4% of a 1-token call) is infermeter's plumbing, not the stack's work.
         run.wall_s = time.perf_counter() - called - warming - run.extra["rank_wait_s"]
         return run
+
+    def _first_visit(
+        self,
+        tokens: Tensor,
+        lengths: Tensor | None,
+        max_new: int,
+        stop_tokens: tuple[int, ...] | list[int],
+        seed: int,
+        need: int,
+    ) -> None:
+        """A shape's untimed warm-up run (kernels, allocator, prefill graphs), once per
+        (batch, prompt width)."""
+        b, width = tokens.shape
+        if (b, width) in self._warm:
+            return
+        self._run(tokens, lengths, min(max_new, WARMUP_TOKENS), stop_tokens, seed, need)
+        self._warm.add((b, width))
 
     def _run(
         self,
@@ -494,8 +510,7 @@ class Engine:
         started = time.perf_counter()
         if (b, p) not in self._warm:
             tokens, lengths = self._pack(self.random_prompts(b, p).tolist())
-            self._run(tokens, lengths, min(o, WARMUP_TOKENS), (), self.seed, p + o)
-            self._warm.add((b, p))
+            self._first_visit(tokens, lengths, o, (), self.seed, p + o)
         if self.graphs:
             self._ensure_state(b, p + o)
             for span in sorted({self._span(p + i) for i in range(o - 1)}):

@@ -436,12 +436,19 @@ def run_timed_load(
     return store.get_run(run_id)
 
 
+def without_warmup(points: pd.DataFrame) -> pd.DataFrame:
+    """A timed load's points less those sent during its warm-up (stored, not summarised)."""
+    if points.empty:
+        return points
+    return points[~request_details(points)["warmup"]]
+
+
 def timed_summary(points: pd.DataFrame, duration_s: float) -> pd.DataFrame:
     """Per level of a timed load (warm-up left out): counts, achieved rate and percentiles."""
+    points = without_warmup(points)
     if points.empty:
         return pd.DataFrame()
     frame = points.join(request_details(points))
-    frame = frame[~frame["warmup"]]
     rows = []
     for level, group in frame.groupby("level"):
         row = {"level": level, **_spread(group)}

@@ -5,7 +5,6 @@ Each refuses a plan that cannot run with a UserError, before anything is measure
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -174,6 +173,7 @@ def run_load(
         run_load_sweep,
         run_timed_load,
         timed_summary,
+        without_warmup,
     )
 
     step = on_step or (lambda label, ms, total=None: None)
@@ -200,8 +200,7 @@ def run_load(
         summary = timed_summary(points, grid.duration_s)
         # A timed level has no fixed count: its failures count, the warm-up's left out as in
         # the summary's table.
-        warmup = points.extra_json.map(lambda e: bool(json.loads(e).get("warmup")))
-        points = points[~warmup] if len(points) else points
+        points = without_warmup(points)
         expected = len(points)
     outcome = run_outcome(points, expected)
     if not outcome.complete:
@@ -368,9 +367,9 @@ def context_notes(spec: ModelSpec, grid: Any) -> list[str]:
     """A note when the default grid's cap leaves part of the model's context unprofiled."""
     from infermeter.experiments.profile import DEFAULT_MAX_CONTEXT
 
-    largest = max(set(grid.prompt_sizes) | set(grid.pe_sizes))
     if spec.max_context <= DEFAULT_MAX_CONTEXT:
         return []
+    largest = max(set(grid.prompt_sizes) | set(grid.pe_sizes))
     return [
         f"the default grid profiles prompts up to {largest:,} tokens of {spec.name}'s "
         f"{spec.max_context:,}-token context (the default cap, {DEFAULT_MAX_CONTEXT:,}); longer "
