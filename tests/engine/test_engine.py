@@ -522,3 +522,26 @@ def test_warming_a_shape_does_the_first_visits_setup_alone() -> None:
     finally:
         backend.close()
         cold.close()
+
+
+def test_warming_a_shape_visited_before_sets_its_prefill_graph_up_again() -> None:
+    # The engine keeps one prefill graph; a shape visited earlier (the thermal warm-up's) has
+    # lost it to the shapes since, and without this its recapture ran inside the energy window
+    # (the H200's p = 1505 knot read 9-17% high). CUDA graphs cannot exist on this CPU: the
+    # graph builders are replaced by recorders behind the same signatures.
+    backend = EngineBackend(device="cpu", seed=5)
+    backend.prepare(get_spec("tiny-llama"))
+    try:
+        engine = backend._engine
+        backend.warm(Point(24, 1, 1, 0))  # first visit, eager on the CPU
+        backend.warm(Point(16, 1, 1, 0))
+        asked: list[tuple[int, int, bool, bool]] = []
+        engine.graphs = True
+        engine._graph = lambda span, stops: None  # type: ignore[method-assign]
+        engine._try_prefill_graphs = (  # type: ignore[method-assign]
+            lambda batch, width, padded, stops: asked.append((batch, width, padded, stops))
+        )
+        backend.warm(Point(24, 3, 1, 0))  # visited before: no first visit this time
+        assert asked == [(1, 24, False, False)]
+    finally:
+        backend.close()
