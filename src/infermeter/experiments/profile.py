@@ -50,8 +50,10 @@ CPU_OUTPUT_SIZES = (1, 2, 4, 8, 16, 32)
 DEFAULT_TRIALS = 3
 # Energy over at least this much of a query back to back (what a user's meter reads).
 MIN_ENERGY_WINDOW_S = 1.0
-# Metered points of at most this many output tokens run once untimed before their trials.
+# Metered points of at most this many output tokens run untimed, back to back, for this share
+# of their energy window before their trials (see measure_point).
 PRE_ROLL_MAX_OUTPUT = 32
+PRE_ROLL_SHARE = 0.2
 # Validation outputs stop here: longer ones cost seconds each and price like shorter ones.
 LONGEST_VALIDATION_OUTPUT = 256
 # Validation queries by default: many where a GPU makes them cheap, a few on a CPU.
@@ -598,8 +600,10 @@ def measure_point(
     """The given trials of one (p, o, batch) shape, back to back; with a meter, inside one
     energy window that further runs of the shape extend to `min_window_s`.
 
-    Every trial's runtime is its own whole call. Each ok trial's energy_j is the window's
-    joules over the number of runs in it (a mean: the window is one reading), and its extra
+    Every trial's runtime is its own whole call; a shape of at most PRE_ROLL_MAX_OUTPUT
+    output tokens first runs untimed for PRE_ROLL_SHARE of the window. Each ok trial's
+    energy_j is the window's joules over the number of runs in it (a mean: the window is one
+    reading), and its extra
     holds the window's figures (energy_window_runs, energy_window_s, method, per-GPU joules).
     """
     window = meter.window("point") if meter is not None and meter.measures_energy else None
@@ -617,9 +621,15 @@ def measure_point(
             if shape.output_tokens <= PRE_ROLL_MAX_OUTPUT:
                 # Reading the counter's step idles the GPU for up to 0.1 s, and its clocks
                 # rise meanwhile: a short query timed right then runs 2-7% faster than the
-                # same query back to back (H200, LLaMA-7B). One untimed run first.
-                backend.measure(replace(shape, trial=0))
-                runs += 1
+                # same query back to back (H200, LLaMA-7B). One untimed run was not enough:
+                # at 9b56b0d the third trial of a 7B PE knot ran 3% slower than the first on
+                # average, and 1-5 token queries timed back to back in a user's process were
+                # priced 3% low. So the trials start after the first PRE_ROLL_SHARE of the
+                # window (0.2 s of the default 1 s), which the window's runs fill anyway.
+                while runs == 0 or window.elapsed() < PRE_ROLL_SHARE * min_window_s:
+                    runs += 1
+                    if backend.measure(replace(shape, trial=0)).status != "ok":
+                        break  # the trials will say what went wrong
         for trial in trials:
             point = replace(shape, trial=trial)
             measured.append((point, backend.measure(point)))
