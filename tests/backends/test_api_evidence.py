@@ -221,9 +221,11 @@ def test_malformed_usage_is_recorded_not_raised(server: FaultServer, bad: object
         json_answer(answer), sse([ctext(" x", "length"), {"choices": [], "usage": usage}])
     )
     for stream in (False, True):
-        record = complete(ApiConfig(server.url, "faulty", stream=stream, retries=0))
+        # A server that miscounts will do it again: not retried, and said to repeat.
+        record = complete(ApiConfig(server.url, "faulty", stream=stream, retries=3))
         assert not record.ok and record.cause == "malformed"
         assert f"usage.completion_tokens is {bad!r}" in record.detail
+        assert len(record.attempts) == 1 and record.summary()["repeats"]
 
 
 # ---- 10. credentials in the URL ------------------------------------------------------------

@@ -639,3 +639,24 @@ def test_chat_prompts_are_exact_per_prompt_with_a_template(served: str, tmp_path
     extra = [json.loads(e) for e in points.extra_json]
     assert [e["usage"]["prompt_tokens"] for e in extra] == points.prompt_tokens.tolist()
     assert (points.status == "ok").all()
+
+
+def test_a_profile_says_when_the_server_streams_after_generating(
+    generator: HFGenerator, tokenizer: Tokenizer, tmp_path: Path
+) -> None:
+    # A fresh-eyes check: `serve` on the engine backend says its streams come after the whole
+    # generation (x-infermeter-stream: after-generation), and the profiler stored their TTFTs
+    # as real. Any generator that does not stream live is served so.
+    import copy
+
+    from infermeter.backends.api.client import AFTER_GENERATION
+
+    after = copy.copy(generator)
+    after.streams_live = False  # type: ignore[attr-defined]
+    tokenizer_option = str(LLAMA_TOKENIZER) if LLAMA_TOKENIZER.is_file() else "bytes"
+    with running(create_app(after, tokenizer, "tiny")) as url, Store(tmp_path / "s.db") as db:
+        backend = get_backend("openai", base_url=url, tokenizer=tokenizer_option)
+        run = run_profile(db, SPEC, {}, backend, {}, ProfileGrid((8,), (2, 3), (1,), 1))
+        notes = [json.loads(e)["notes"] for e in db.points(run.id).extra_json]
+    assert AFTER_GENERATION in run.backend_info["notes"]
+    assert all(AFTER_GENERATION in n for n in notes)

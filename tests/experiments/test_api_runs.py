@@ -142,16 +142,48 @@ def test_failed_points_are_counted_by_cause_and_exit_non_zero(tmp_path: Path) ->
     assert "R²" in result.stdout  # the 8 good points are still fitted and shown
 
 
+def test_a_new_prompt_sizes_failed_calibration_is_counted_not_fatal(tmp_path: Path) -> None:
+    """A fresh-eyes check: a new prompt size's calibration request failing mid-run (HTTP 500)
+    stopped the whole run in one line, left it 'interrupted' and said nothing of its points."""
+    with fault_server(token_delay_s=0.02) as server:
+        measured = lambda: any(r.get("max_tokens") in (2, 3) for r in server.requests[:-1])  # noqa: E731
+        server.faults_for = lambda body: body.get("max_tokens") == 1 and measured()
+        server.script(*["500"] * 6)  # each probe of p = 16, once per point of that size
+        result = invoke(
+            "profile", "m", "--backend", "openai", "--base-url", server.url, "--retries", "0",
+            "--store", tmp_path / "s.db", "--accept-poor-fit", *GRID,
+        )  # fmt: skip
+    assert result.exit_code == 3, result.output
+    assert "6/12 points failed: http_5xx 'injected 500' (6)" in result.stderr
+    con = sqlite3.connect(tmp_path / "s.db")
+    assert con.execute("SELECT status FROM runs").fetchone()[0] == "incomplete"
+    failed = con.execute("SELECT prompt_tokens, detail FROM points WHERE status='error'")
+    rows = failed.fetchall()
+    assert len(rows) == 6 and {p for p, _ in rows} == {16}
+    assert all("to calibrate prompt size 16" in d for _, d in rows)
+
+
 def test_the_end_line_says_which_failures_a_rerun_meets_again() -> None:
     from infermeter.backends.api.outcome import run_outcome
 
     def row(status: str, cause: str | None = None) -> dict:
-        extra = json.dumps({"cause": cause} if cause else {})
+        said = {}
+        if cause and ":" in cause:  # "cause:repeats" or "cause:once", as the client records
+            cause, repeats = cause.split(":")
+            said = {"repeats": repeats == "repeats"}
+        extra = json.dumps({"cause": cause, **said} if cause else {})
         return {"status": status, "detail": f"{cause}: x" if cause else None, "extra_json": extra}
 
     def line(*causes: str) -> str:
         rows = [row("ok"), *(row("error", c) for c in causes)]
         return run_outcome(pd.DataFrame(rows), len(rows)).line()
+
+    # In-band errors that repeat (context exceeded) and miscounted usage: a rerun won't help.
+    assert line("request_error").endswith("request_error will fail again as sent: fix the "
+                                          "request or server first")  # fmt: skip
+    assert line("malformed:repeats").endswith("malformed will fail again as sent: fix the "
+                                              "request or server first")  # fmt: skip
+    assert line("malformed:once").endswith("; rerun the same command to retry them")
 
     assert line("http_5xx").endswith("; rerun the same command to retry them")
     assert line("http_4xx", "too_large").endswith(
@@ -275,6 +307,22 @@ def test_a_timed_loads_end_line_counts_what_its_table_counts(tmp_path: Path) -> 
     warm = [json.loads(e)["warmup"] for e in points.extra_json]
     assert any(warm) and (points[warm].status != "ok").sum() == 1
     assert f"all {warm.count(False)} points measured" in result.stderr
+
+
+def test_a_timed_load_says_which_one_output_length_it_measures(tmp_path: Path) -> None:
+    # A fresh-eyes check: with the default --output-sizes 1,32 a timed load measured o = 1
+    # (the first) and said nothing.
+    with fault_server(delay_s=0.01) as server:
+        result = invoke("load", "m", "--base-url", server.url, "--prompt-tokens", "16",
+                        "--output-sizes", "1,3", "--mode", "concurrent", "--concurrency", "1",
+                        "--duration-s", "0.3", "--warmup-s", "0",
+                        "--store", tmp_path / "l.db")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "note: --mode concurrent measures one output length, o = 3: the largest of " in (
+        result.stderr
+    )
+    with Store(tmp_path / "l.db") as db:
+        assert set(db.points(db.latest_run_id()).output_tokens) == {3}
 
 
 @pytest.mark.parametrize(("mode", "levels"), [("concurrent", (1.0, 3.0)), ("rate", (20.0,))])

@@ -36,6 +36,7 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from infermeter.backends.api.client import (
+    AFTER_GENERATION,
     OPTIONAL_FEATURES,
     ApiClient,
     ApiConfig,
@@ -108,6 +109,15 @@ UNVERIFIED_OUTPUT_NOTE = (
     "at max_tokens was taken as o tokens (a stream's chunks may hold several tokens each, so "
     "their count is no check; extra.output_chunks keeps it)"
 )
+
+
+class ProbeFailed(UserError):
+    """A calibration probe's request failed (UserError where nothing was measured yet;
+    measure_many turns it into failed points, with the probe's cause, once a run is under way)."""
+
+    def __init__(self, message: str, record: RequestRecord) -> None:
+        super().__init__(message)
+        self.record = record
 
 
 class OpenAIBackend:
@@ -191,7 +201,10 @@ class OpenAIBackend:
                 f"cannot reach {url} ({detail}); is the server running? check --base-url"
             )
         if failure.cause == "timeout":
-            return UserError(f"{url} did not answer in time ({detail}); check --base-url")
+            return UserError(
+                f"{url} did not answer in time ({detail}); check --base-url, or give a slow "
+                "server longer with --stall-timeout S (no byte for S seconds) and --timeout S"
+            )
         if status in (401, 403):
             return UserError(
                 f"{url} refused the request ({status}: {detail}); pass --api-key or set "
@@ -314,7 +327,7 @@ class OpenAIBackend:
         stream = self.config.stream and bool(self.stream_usage)
         record = self._run(self._client.complete(text, 1, stream=stream))
         if not record.ok:
-            raise self._user_error(record)
+            raise ProbeFailed(str(self._user_error(record)), record)
         if record.prompt_tokens is None:
             raise UserError(
                 f"{self.config.base_url} reports no usage.prompt_tokens, so exact prompt sizes "
@@ -370,9 +383,28 @@ class OpenAIBackend:
             if point.prompt_tokens < 1 or point.output_tokens < 1:
                 raise UserError(f"point {point}: prompt and output tokens must be >= 1")
         seeds = [self._seed(pt) for pt in points]
-        texts = [
-            self.prompts.prompt(pt.prompt_tokens, s) for pt, s in zip(points, seeds, strict=True)
-        ]
+        try:
+            texts = [
+                self.prompts.prompt(pt.prompt_tokens, s)
+                for pt, s in zip(points, seeds, strict=True)
+            ]
+        except ProbeFailed as failed:  # a new prompt size's calibration request failed
+            if failed.record.status in (401, 403, 404):
+                raise
+            record, tries = failed.record, len(failed.record.attempts)
+            detail = (
+                f"{record.cause}: {record.detail} (after {tries} attempt(s) to calibrate "
+                f"prompt size {points[0].prompt_tokens})"
+            )
+            return [
+                Measurement(
+                    runtime_s=float("nan"),
+                    status="error",
+                    detail=detail,
+                    extra={**record.summary(), "prompt_seed": seed},
+                )
+                for seed in seeds
+            ]
         client = self._client
 
         async def send() -> list[RequestRecord]:
@@ -472,6 +504,8 @@ class OpenAIBackend:
                 detail=f"{record.cause}: {record.detail} (after {tries} attempt(s))",
                 extra=extra,
             )
+        if AFTER_GENERATION in record.notes and AFTER_GENERATION not in self._notes:
+            self._notes.append(AFTER_GENERATION)  # said once per run; each point keeps it too
         produced, source = self._produced(record, point.output_tokens)
         extra["output_tokens_from"] = source
         if source == LENGTH_BY_FINISH:  # the server's word alone: say so, once per run

@@ -42,6 +42,12 @@ def load(r: rq.LoadRequest) -> None:
 
     spec = api_spec(r.model)
     grid = load_plan(r, spec)
+    if r.mode != "burst" and "," in r.output_sizes:
+        say(
+            f"--mode {r.mode} measures one output length, o = {grid.output_tokens}: the "
+            f"largest of --output-sizes {r.output_sizes}",
+            "note:",
+        )
     options, runner, warning = openai_backend(r.api)
     if warning:
         say(warning, "warning:", "yellow")

@@ -88,8 +88,9 @@ def load_grid(
     arrival: str,
 ) -> Any:
     """A LoadGrid (mode "burst": bursts of each concurrency, `trials` times) or a TimedLoad
-    ("concurrent": levels kept in flight; "rate": requests per second) for `duration_s` a
-    level after `warmup_s`. Checked against `spec`; UserError for a bad mode or no levels."""
+    ("concurrent": levels kept in flight; "rate": requests per second, both at the largest of
+    `output_sizes`) for `duration_s` a level after `warmup_s`. Checked against `spec`;
+    UserError for a bad mode or no levels."""
     from infermeter.experiments.load import LoadGrid, TimedLoad
 
     if mode == "burst":
@@ -99,7 +100,7 @@ def load_grid(
         if not levels:
             raise UserError("--mode rate needs --rate, e.g. --rate 1,2,5 (requests per second)")
         grid = TimedLoad(
-            prompt_tokens, output_sizes[0], mode, tuple(float(v) for v in levels), duration_s,
+            prompt_tokens, max(output_sizes), mode, tuple(float(v) for v in levels), duration_s,
             warmup_s, arrival,  # type: ignore[arg-type]
         )  # fmt: skip
     else:

@@ -156,7 +156,8 @@ def fit_prompt_sizes(agg: pd.DataFrame, weighting: Weighting = "absolute") -> li
         if np.unique(x).size < 2:
             if x[0] != 0.0:
                 raise UserError(
-                    f"prompt size {p} has only output length(s) {sorted(set(x.astype(int) + 1))}; "
+                    f"prompt size {p} has only output length(s) "
+                    f"{', '.join(str(int(v) + 1) for v in sorted(set(x)))}; "
                     "profile at least two output lengths per prompt size (or o = 1 alone, which "
                     "measures PE there)"
                 )

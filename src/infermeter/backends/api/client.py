@@ -23,6 +23,7 @@ Faults are retried a bounded number of times with full-jitter exponential backof
     http_429      rate limited                      http_5xx   the server failed
     http_4xx      the request was refused (401, 404, 400): not retried
     malformed     the body, a stream event or a usage count was not what OpenAI's API sends
+                  (a usage count: not retried, the server will send it again)
     stream_cut    the stream ended with no finish reason and no [DONE], or mid-body
     incomplete    the answer ended (or sent [DONE]) without a finish reason
     empty         no token and no usage count: nothing proves a completion happened
@@ -31,6 +32,8 @@ Faults are retried a bounded number of times with full-jitter exponential backof
     request_error the same, for an error that will repeat (context exceeded, bad request):
                   not retried
     too_large     the body passed `max_body_bytes`: not retried
+A failure that is not retried because the server will answer the same again sets
+`RequestRecord.repeats`, so a run's end line can say a rerun will not help.
 
 Timing uses time.perf_counter (CLOCK_MONOTONIC on Linux), stamped by api/http.py the moment
 bytes are read, before any parsing: the client neither limits the load it puts on a server nor
@@ -72,6 +75,15 @@ RETRYABLE = frozenset(
         "empty",
         "stream_error",
     }
+)
+# Causes a resend meets again as it is: the server refused the request or reported an error
+# that will repeat, or its answer was larger than the cap.
+REPEATING = frozenset({"http_4xx", "request_error", "too_large"})
+# `infermeter serve` on its engine backend says (header x-infermeter-stream) that it streams a
+# sequence only once it is generated: such a stream's TTFT and gaps time nothing real.
+AFTER_GENERATION = (
+    "the server streamed after generating (x-infermeter-stream: after-generation): "
+    "TTFT and chunk gaps are not the model's"
 )
 # Optional request fields a server may refuse; dropped one at a time (api/features.py).
 OPTIONAL_FEATURES = ("stream_options", "ignore_eos", "min_tokens")
@@ -149,10 +161,13 @@ class ApiConfig:
         if self.endpoint not in ("completions", "chat"):
             raise UserError(f"endpoint must be completions or chat, got {self.endpoint!r}")
         if self.retries < 0:
-            raise UserError(f"retries must be >= 0, got {self.retries}")
-        for name in ("timeout_s", "connect_timeout_s", "stall_timeout_s"):
+            raise UserError(f"--retries must be 0 or more, got {self.retries}")
+        flags = {"timeout_s": "--timeout", "connect_timeout_s": "connect_timeout_s",
+                 "stall_timeout_s": "--stall-timeout"}  # fmt: skip
+        for name, flag in flags.items():
             if getattr(self, name) <= 0:
-                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+                raise UserError(f"{flag} must be a positive number of seconds, got "
+                                f"{getattr(self, name)}")  # fmt: skip
         if self.max_body_bytes < 1024:
             raise UserError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
         unknown = set(self.features) - set(OPTIONAL_FEATURES)
@@ -222,6 +237,7 @@ class RequestRecord:
     response_id: str | None = None
     notes: list[str] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
+    repeats: bool = False  # failed in a way the server will repeat (see the module docstring)
 
     @property
     def retries(self) -> int:
@@ -283,6 +299,7 @@ class RequestRecord:
             "notes": list(self.notes),
             "retries": self.retries,
             "attempts": [asdict(a) for a in self.attempts],
+            "repeats": self.repeats,
         }
 
 
@@ -293,12 +310,15 @@ class _Failure(Exception):
         detail: str,
         status: int | None = None,
         retry_after: float | None = None,
+        repeats: bool = False,
     ) -> None:
         super().__init__(detail)
         self.cause = cause
         self.detail = detail
         self.status = status
         self.retry_after = retry_after
+        # The server will answer the same again (not retried; a rerun meets it too).
+        self.repeats = repeats or cause in REPEATING
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -378,7 +398,7 @@ def _count(value: Any, name: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _Failure("malformed", f"usage.{name} is {value!r}, not a token count")
+        raise _Failure("malformed", f"usage.{name} is {value!r}, not a token count", repeats=True)
     return value
 
 
@@ -387,7 +407,7 @@ def _usage(usage: Any) -> tuple[int | None, int | None] | None:
     if usage is None:
         return None
     if not isinstance(usage, dict):
-        raise _Failure("malformed", f"usage is {type(usage).__name__}, not an object")
+        raise _Failure("malformed", f"usage is {type(usage).__name__}, not an object", repeats=True)
     return (
         _count(usage.get("prompt_tokens"), "prompt_tokens"),
         _count(usage.get("completion_tokens"), "completion_tokens"),
@@ -584,7 +604,12 @@ class ApiClient:
                     attempt.detail,
                     failure.status,
                 )
-                if failure.cause not in RETRYABLE or attempt_no == self.config.retries:
+                record.repeats = failure.repeats
+                if (
+                    failure.cause not in RETRYABLE
+                    or failure.repeats
+                    or attempt_no == self.config.retries
+                ):
                     break
                 wait = self._backoff(attempt_no, failure.retry_after)
                 if wait is None:
@@ -626,6 +651,8 @@ class ApiClient:
         response, sent = await self._send("POST", endpoint, payload, stream, events)
         record.sent_at = sent
         record.status = response.status
+        if stream and response.headers.get("x-infermeter-stream") == "after-generation":
+            record.notes.append(AFTER_GENERATION)
         if response.status >= 400:
             self._raise_http(
                 response.status, bytes(response.body), response.headers.get("retry-after")

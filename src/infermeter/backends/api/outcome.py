@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 INCOMPLETE_EXIT = 3  # some point of the grid failed or was never measured
-# Causes a rerun meets again as it is: the server refused the request, or its answer was
-# larger than the cap (api/client.py).
-REPEATS = frozenset({"http_4xx", "too_large"})
+# Causes a rerun meets again as it is, for rows stored before each failure said so itself
+# (extra "repeats", api/client.py RequestRecord.repeats).
+REPEATS = frozenset({"http_4xx", "request_error", "too_large"})
 
 
 @dataclass
@@ -30,6 +30,7 @@ class RunOutcome:
     causes: Counter[str] = field(default_factory=Counter)  # "cause 'first message'" -> n
     flags: Counter[str] = field(default_factory=Counter)  # flag detail -> n
     cause_names: Counter[str] = field(default_factory=Counter)  # cause -> n
+    repeating: set[str] = field(default_factory=set)  # causes a rerun meets again
 
     @property
     def missing(self) -> int:
@@ -59,7 +60,7 @@ class RunOutcome:
         return "; ".join(parts)
 
     def _advice(self) -> str:
-        repeating = sorted(c for c in self.cause_names if c in REPEATS)
+        repeating = sorted(c for c in self.cause_names if c in self.repeating)
         if not repeating:
             return "; rerun the same command to retry them"
         these = " and ".join(repeating)
@@ -86,6 +87,8 @@ def run_outcome(points: pd.DataFrame, expected: int) -> RunOutcome:
             message = (row.detail or "").removeprefix(f"{cause}: ").split(" (after ")[0]
             outcome.causes[f"{cause} {_short(message)!r}"] += 1
             outcome.cause_names[cause] += 1
+            if extra.get("repeats", cause in REPEATS):
+                outcome.repeating.add(cause)
     return outcome
 
 
