@@ -232,3 +232,18 @@ def test_a_plain_template_needs_no_anchors() -> None:
     prompts = ExactPrompts(PromptFactory(), server, "k")
     assert prompts.calibrate([64]).anchors == []
     assert [server(prompts.prompt(64, seed)) for seed in range(8)] == [64] * 8
+
+
+def test_a_server_counting_long_words_as_two_tokens_still_gets_exact_prompts() -> None:
+    # A fresh-eyes check: a server whose tokenizer splits every word over five letters (and
+    # adds 74 tokens of template) could not be given a 100-token prompt: the mixed draw of
+    # words failed the 16-vs-48 test, and the word search swung between 99 and 101.
+    def probe(text: str) -> int:
+        return 74 + sum(2 if len(word) > 5 else 1 for word in text.split())
+
+    prompts = ExactPrompts(PromptFactory(), probe, "k")
+    prompts.calibrate([100, 150])
+    assert prompts.note is None and prompts.calibration.offset == 74
+    for p in (100, 150):
+        for seed in range(5):  # every prompt sent, not only the calibrated one
+            assert probe(prompts.prompt(p, seed)) == p

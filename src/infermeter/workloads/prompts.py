@@ -61,6 +61,8 @@ FAMILIES: dict[str, tuple[tuple[str, ...], str]] = {
     "letters": (tuple("abcdefghijklmnopqrstuvwxyz"), ""),
 }
 MIN_UNITS = 16
+# Units tried, each repeated, for the offset when a mixed draw holds multi-token units.
+ONE_UNIT_TRIES = 4
 # Unframed probes, each with other first and last units, that must all count the same for a
 # prompt to need no anchors (a template edge that merges with ~1 word in 5 shows in 24).
 EDGE_PROBES = 24
@@ -280,10 +282,13 @@ class ExactPrompts:
             draw = random.Random(self.seed).choices(pool, k=48)
             short, long = self._ask(framed.join(draw[:16])), self._ask(framed.join(draw))
             first = short if first is None else first
-            if long - short != 32:
-                observed.append(f"16 {family} counted {short}, 48 counted {long}")
-                continue
-            offset = self._ask(framed.join(draw[16:])) - 32
+            if long - short == 32:
+                offset = self._ask(framed.join(draw[16:])) - 32
+            else:  # some drawn units are several tokens: one unit repeated fixes the offset
+                offset = self._offset_by_one_unit(framed, pool)
+                if offset is None:
+                    observed.append(f"16 {family} counted {short}, 48 counted {long}")
+                    continue
             units = self._singles(framed, list(dict.fromkeys(pool)), offset)
             if len(units) < MIN_UNITS:
                 observed.append(f"only {len(units)} {family} count as one token")
@@ -314,6 +319,16 @@ class ExactPrompts:
         cal.anchors = []
         self.factory = self.factory.with_units("words", COMMON_WORDS)
         return cal
+
+    def _offset_by_one_unit(self, factory: PromptFactory, pool: tuple[str, ...]) -> int | None:
+        """The offset from 16 and 48 copies of one unit that the server counts one token each
+        (the first of ONE_UNIT_TRIES distinct units that is), or None. A server that counts
+        long words as two tokens fails the mixed draw but not this."""
+        for unit in list(dict.fromkeys(pool))[:ONE_UNIT_TRIES]:
+            short = self._ask(factory.join([unit] * 16))
+            if self._ask(factory.join([unit] * 48)) - short == 32:
+                return short - 16
+        return None
 
     def _singles(self, factory: PromptFactory, units: list[str], offset: int) -> list[str]:
         """The units counted as one token each: a group of k is counted k only if all are."""
