@@ -103,7 +103,11 @@ class ProfileRequest:
     """`infermeter profile MODEL`: profile, fit, validate and price (plans.profile_setup)."""
 
     model: str = arg(..., "Catalog name (see `infermeter models`) or config.json.")
-    backend: str = opt("engine", "Stack to profile: engine (the reference) or hf (transformers).")
+    backend: str = opt(
+        "engine",
+        "Stack to profile: engine (the reference), hf (transformers) or openai (a served API "
+        "at --base-url).",
+    )
     device: str = opt("auto", DEVICE)
     dtype: str | None = opt(None, DTYPE)
     prompt_sizes: str | None = opt(None, "e.g. 1,256,512,1024,1536.")

@@ -620,10 +620,14 @@ def test_served_bytes_model_is_profiled_exact_without_a_tokenizer(
     with running(create_app(generator, ByteTokenizer(), "gpt2")) as url:
         backend = get_backend("openai", base_url=url, endpoint=endpoint)
         with Store(tmp_path / "s.sqlite") as db:
-            run = run_profile(db, SPEC, {}, backend, {}, ProfileGrid(sizes, (1, 3), (1,), 2))
+            run = run_profile(db, SPEC, {}, backend, {}, ProfileGrid(sizes, (1, 24), (1,), 2))
             points = db.points(run.id)
     assert len(points) == 12 and (points.status == "ok").all(), points.detail.tolist()
     extra = [json.loads(e) for e in points.extra_json]
+    # Every token is a stream chunk, those whose bytes are half a character too (a fresh-eyes
+    # check: served chat sent them as "delta": {}, and a point was stored with no TTFT).
+    assert [e["stream_chunks"] for e in extra] == points.output_tokens.tolist()
+    assert points.ttft_s.notna().all()
     assert {e["prompt_check"] for e in extra} == {"exact (usage)"}
     assert all(
         e["usage"]["prompt_tokens"] == p for e, p in zip(extra, points.prompt_tokens, strict=True)

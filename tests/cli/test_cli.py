@@ -398,3 +398,11 @@ def test_the_command_gets_the_request_a_notebook_builds(monkeypatch: pytest.Monk
     expected = ProfileRequest(model="tiny-llama", tensor_parallel=2, settings=["a=1", "b=2"],
                               warmup_s=0.0, api=OpenAIConfig(stream=False))  # fmt: skip
     assert seen == [expected]
+
+
+def test_a_mistyped_backend_is_named_before_the_model(tmp_path: Path) -> None:
+    # A fresh-eyes check: `--backend opanai` with an API's model name said "unknown model".
+    result = invoke("profile", "m1", "--backend", "opanai", "--store", tmp_path / "s.db")
+    assert result.exit_code == 2, result.output
+    assert "unknown backend 'opanai'; available: engine, hf, openai" in result.stderr
+    assert not (tmp_path / "s.db").exists()

@@ -360,7 +360,9 @@ async def _stream(
         if chat:
             return {
                 "index": 0,
-                "delta": {"content": piece} if piece else {},
+                # A token whose text is not whole yet (half a UTF-8 character) is still a
+                # token: "content": "" (as llama.cpp sends); only the finish chunk has none.
+                "delta": {"content": piece} if piece or finish is None else {},
                 "finish_reason": finish,
             }
         return {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}

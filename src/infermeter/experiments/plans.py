@@ -384,7 +384,7 @@ def profile_setup(r: ProfileRequest, warn: Callable[[str], None]) -> ProfileSetu
     (None: the defaults), the hardware priced with its overrides, the backend built (an API's
     prepared, so faults stop before a run is stored; `warn` gets its warning). Raises
     UserError for a choice that cannot run."""
-    from infermeter.backends.config import build_backend, config_for
+    from infermeter.backends.config import BACKENDS, build_backend, config_for
     from infermeter.backends.openai import api_spec
     from infermeter.backends.options import openai_backend
     from infermeter.model.pricing import parse_overrides
@@ -397,6 +397,8 @@ def profile_setup(r: ProfileRequest, warn: Callable[[str], None]) -> ProfileSetu
     backend, device, tp = r.backend, r.device, r.tensor_parallel
     overrides = parse_overrides(r.price_per_hour, r.power_watts, r.settings)
     catalog = load_hardware_config(r.hardware_config) if r.hardware_config else None
+    if backend not in BACKENDS:  # before the model: a mistyped backend is the first problem
+        raise UserError(f"unknown backend {backend!r}; available: {', '.join(sorted(BACKENDS))}")
     is_api = backend == "openai"  # a black box: MODEL may be any name, nothing runs locally
     spec = api_spec(r.model) if is_api else resolve_spec(r.model)
     stack, on_gpu = build_stack(
