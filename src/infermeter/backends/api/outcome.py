@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from infermeter.backends.api.client import REPEATING
+
 INCOMPLETE_EXIT = 3  # some point of the grid failed or was never measured
 # Causes a rerun meets again as it is, for rows stored before each failure said so itself
-# (extra "repeats", api/client.py RequestRecord.repeats).
-REPEATS = frozenset({"http_4xx", "request_error", "too_large"})
+# (extra "repeats", api/client.py RequestRecord.repeats): the client's own list.
+REPEATS = REPEATING
 
 
 @dataclass
