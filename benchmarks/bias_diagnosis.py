@@ -107,9 +107,12 @@ def pe_repeatability(backend: Any, prompts: list[int], runs: int) -> dict[str, A
     a = np.array([first[p] for p in prompts])
     b = np.array([second[p] for p in prompts])
     diff = 100 * (b / a - 1)
-    # Roughness: each point against the mean of its two neighbours, in each sweep.
-    rough_a = 100 * (a[1:-1] / ((a[:-2] + a[2:]) / 2) - 1)
-    rough_b = 100 * (b[1:-1] / ((b[:-2] + b[2:]) / 2) - 1)
+    # Roughness: each point against the mean of its two neighbours, in each sweep, where the
+    # three sizes are equally spaced (a gap between two ranges is not a neighbour).
+    sizes = np.array(prompts)
+    inner = np.flatnonzero(sizes[1:-1] - sizes[:-2] == sizes[2:] - sizes[1:-1]) + 1
+    rough_a = 100 * (a[inner] / ((a[inner - 1] + a[inner + 1]) / 2) - 1)
+    rough_b = 100 * (b[inner] / ((b[inner - 1] + b[inner + 1]) / 2) - 1)
     return {
         "prompt_tokens": prompts,
         "first_s": a.tolist(),
@@ -117,6 +120,28 @@ def pe_repeatability(backend: Any, prompts: list[int], runs: int) -> dict[str, A
         "sweep_difference_std_pct": float(np.std(diff)),
         "roughness_std_pct": float(np.std(np.concatenate([rough_a, rough_b]))),
         "roughness_correlation": float(np.corrcoef(rough_a, rough_b)[0, 1]),
+        **knot_interpolation(sizes, np.minimum(a, b)),
+    }
+
+
+def knot_interpolation(sizes: np.ndarray, pe_s: np.ndarray) -> dict[str, Any]:
+    """How far straight lines between the default grid's knots (p = 1 + 128 k) run from PE
+    measured between them, and the steps (a rise of more than 2 % from one size to the next)."""
+    knots = (sizes - 1) % 128 == 0
+    between = ~knots & (sizes > sizes[knots].min()) & (sizes < sizes[knots].max())
+    if knots.sum() < 2 or not between.any():
+        return {}
+    line = np.interp(sizes[between], sizes[knots], pe_s[knots])
+    error = 100 * (line / pe_s[between] - 1)
+    rise = 100 * (pe_s[1:] / pe_s[:-1] - 1)
+    return {
+        "knot_interpolation_mape_pct": float(np.mean(np.abs(error))),
+        "knot_interpolation_max_error_pct": float(error[np.argmax(np.abs(error))]),
+        "knot_interpolation_bias_pct": float(np.mean(error)),
+        "steps": [
+            {"after_prompt_tokens": int(sizes[i]), "rise_pct": float(rise[i])}
+            for i in np.flatnonzero(rise > 2)
+        ],
     }
 
 
@@ -183,12 +208,28 @@ def energy_three_ways(backend: Any, meter: Meter, shapes: list[tuple[int, int]])
     return rows
 
 
+def parse_ranges(text: str) -> list[int]:
+    """'320-352:2,865-1001:4' -> the prompt sizes of those ranges (ends included), sorted."""
+    sizes: set[int] = set()
+    for part in text.split(","):
+        span, _, step = part.partition(":")
+        start, _, end = span.partition("-")
+        sizes |= set(range(int(start), int(end or start) + 1, int(step or 1)))
+    return sorted(sizes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="llama-7b")
     parser.add_argument("--quick", action="store_true", help="CPU: a tiny model, few points")
     parser.add_argument("--out", type=Path, default=DOCS)
     parser.add_argument("--parts", default="1,2,3,4,5", help="which measurements, e.g. 5")
+    parser.add_argument(
+        "--prompts",
+        default=None,
+        help="part 5's prompt sizes as ranges START-END:STEP, comma separated (default: every 16)",
+    )
+    parser.add_argument("--name", default=None, help="record name (default: from --parts)")
     args = parser.parse_args()
     parts = {int(x) for x in args.parts.split(",")}
     began = time.perf_counter()
@@ -237,7 +278,8 @@ def main() -> None:
     repeat: dict[str, Any] = {}
     if 5 in parts:
         line("5. PE(p) twice, in opposite orders, clocks up")
-        repeat = pe_repeatability(backend, list(range(1, context - 1, step)), runs)
+        sweep = parse_ranges(args.prompts) if args.prompts else list(range(1, context - 1, step))
+        repeat = pe_repeatability(backend, sweep, runs)
         line(
             f"  sweep-to-sweep std {repeat['sweep_difference_std_pct']:.2f}%, roughness std "
             f"{repeat['roughness_std_pct']:.2f}%, correlation {repeat['roughness_correlation']:.2f}"
@@ -285,10 +327,17 @@ def main() -> None:
         ("PE sweep-to-sweep std", f"{repeat.get('sweep_difference_std_pct')} %", "-"),
         ("PE roughness std (point vs neighbours)", f"{repeat.get('roughness_std_pct')} %", "-"),
         ("roughness correlation between sweeps", f"{repeat.get('roughness_correlation')}", "-"),
+        (
+            "lines between the knots p = 1 + 128 k against PE between them: MAPE / max",
+            f"{repeat.get('knot_interpolation_mape_pct')} / "
+            f"{repeat.get('knot_interpolation_max_error_pct')} %",
+            "-",
+        ),
     ]
     name = "bias_diagnosis" + ("_quick" if args.quick else "")
     if parts != {1, 2, 3, 4, 5}:
         name += "_parts" + "".join(str(x) for x in sorted(parts))
+    name = args.name or name
     write_result(name, result, rows, args.out)
     line(f"written {args.out / name}.json in {result['wall_s']:.0f} s")
 
