@@ -92,10 +92,22 @@ def test_a_metered_profile_prices_the_second_look_not_the_slow_first(tmp_path: P
     # Curves at p = 1, 92, 188 (x8: 1, 737, 1505 of the stack), knots between.
     grid = ProfileGrid((1, 92, 188), (1, 2, 4, 8), (1,), 3, (12, 28, 44, 60, 76, 108, 124))
     backend = Scripted(clock, slow=(92, 1), slow_calls=4)  # the pre-roll and 3 trials
+    told = {"total": 0, "points": 0}
+
+    def started(run: Any, done: int, total: int) -> None:
+        told["total"] = total
+
+    def more(trials: int) -> None:
+        told["total"] += trials
+
+    def measured(point: Any, measurement: Any) -> None:
+        told["points"] += 1
+
     with Store(tmp_path / "s.sqlite") as store:
         run = run_profile(
-            store, get_spec("tiny-llama"), {}, backend, {}, grid, meter=meter,
-            min_energy_window_s=0.05, second_look=True,
+            store, get_spec("tiny-llama"), {}, backend, {}, grid, on_start=started,
+            on_point=measured, meter=meter, min_energy_window_s=0.05, second_look=True,
+            on_more=more,
         )  # fmt: skip
         points = store.points(run.id)
         runtime = next(m for m in fit_run(store, run.id, FitPolicy()) if m.quantity == "runtime_s")
@@ -105,6 +117,8 @@ def test_a_metered_profile_prices_the_second_look_not_the_slow_first(tmp_path: P
         (92, 2),
     ]
     assert run.backend_info["second_look"] == ["p=92 o=1", "p=92 o=2"]
+    # The progress said the total it then reached (was 3 trials per looked point short).
+    assert told["points"] == told["total"] == len(points)
     assert runtime.prompt_encoding_at(92) == pytest.approx(runtime_s(92 * 8, 1))  # the fast one
     # Resumed, the profile has nothing left to look at twice.
     with Store(tmp_path / "s.sqlite") as store:

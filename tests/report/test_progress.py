@@ -11,10 +11,15 @@ from infermeter.backends.base import Point
 from infermeter.report.progress import PLAIN_EVERY_S, RunProgress
 
 
+def console_into(terminal: bool) -> tuple[Console, io.StringIO]:
+    """A console writing into a buffer, as a terminal or as a log."""
+    out = io.StringIO()
+    return Console(file=out, force_terminal=terminal, width=200), out
+
+
 def test_a_log_gets_a_plain_line_every_interval_and_at_the_end() -> None:
     now = [0.0]
-    out = io.StringIO()
-    console = Console(file=out, force_terminal=False, width=200)
+    console, out = console_into(terminal=False)
     step_s = PLAIN_EVERY_S / 3.5  # 4 items per line
     with RunProgress(console, "profiling x", clock=lambda: now[0]) as bar:
         bar.profile_start(SimpleNamespace(id=1), 0, 10)
@@ -35,10 +40,23 @@ def test_a_log_gets_a_plain_line_every_interval_and_at_the_end() -> None:
 
 
 def test_a_terminal_gets_the_bar_alone() -> None:
-    out = io.StringIO()
-    console = Console(file=out, force_terminal=True, width=120)
+    console, out = console_into(terminal=True)
     with RunProgress(console, "profiling y", clock=lambda: 1e9) as bar:
         bar.profile_start(SimpleNamespace(id=1), 0, 2)
         for i in range(2):
             bar.on_point(Point(1, 2 + i, 1, 0), SimpleNamespace(runtime_s=0.1, status="ok"))
     assert "profiling y: " not in out.getvalue()
+
+
+def test_points_measured_again_grow_the_total_so_the_log_ends_once_at_n_of_n() -> None:
+    console, out = console_into(terminal=False)
+    with RunProgress(console, "profiling z", clock=lambda: 0.0) as bar:
+        bar.profile_start(SimpleNamespace(id=1), 0, 4)
+        for i in range(4):
+            if i == 2:
+                bar.profile_more(3)  # a second look at one point, 3 trials
+            bar.on_point(Point(1, 2 + i, 1, 0), SimpleNamespace(runtime_s=0.1, status="ok"))
+        for trial in range(3, 6):
+            bar.on_point(Point(1, 4, 1, trial), SimpleNamespace(runtime_s=0.1, status="ok"))
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("profiling z:")]
+    assert [line.split(",")[0] for line in lines] == ["profiling z: 7/7 done"]

@@ -360,7 +360,7 @@ class ProfileSetup:
             db, self.spec, self.stack.to_dict(), self.runner, self.options, self.grid,
             bar.profile_start, bar.on_point, device=device_description(gpu=self.on_gpu,
             device=self.gpu), meter=self.meter, warmup_s=r.warmup_s, validate=self.validate,
-            second_look=self.on_gpu,
+            second_look=self.on_gpu, on_more=bar.profile_more,
         )  # fmt: skip
 
 

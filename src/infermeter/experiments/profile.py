@@ -298,11 +298,13 @@ class ProfileSettings:
 
 @dataclass(frozen=True)
 class ProfileProgress:
-    """Told of a profile: `on_start(run, done, total)` in trials, validation included, and
-    `on_point(point, measurement)` for each trial as it is stored."""
+    """Told of a profile: `on_start(run, done, total)` in trials, validation included,
+    `on_point(point, measurement)` for each trial as it is stored, and `on_more(trials)` when
+    the profile adds trials to the total it said (a second look at suspect points)."""
 
     on_start: Callable[[RunRecord, int, int], None] | None = None
     on_point: ProgressCallback | None = None
+    on_more: Callable[[int], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -449,6 +451,8 @@ class ProfileExperiment:
                 if config.second_look
                 else []
             )
+            if looked and progress.on_more is not None:
+                progress.on_more(len(looked) * len(again))
             for shape in looked:
                 measured = measure_point(backend, shape, again, meter, min_window_s)
                 for point, measurement in measured:
@@ -499,6 +503,7 @@ def run_profile(
     warmup_s: float = 0.0,
     validate: int = 0,
     second_look: bool = False,
+    on_more: Callable[[int], None] | None = None,
 ) -> RunRecord:
     """Measure every point of `grid` and every validation query not already stored.
 
@@ -510,14 +515,15 @@ def run_profile(
     the card is at working temperature. `on_start` gets (run, done, total) counted in trials,
     validation included; `on_point` each trial as it is stored. With `second_look` (what
     `infermeter profile` does on a GPU), a metered profile measures again, before its
-    validation, the points experiments.second_look suspects. Returns the run's record; raises
+    validation, the points experiments.second_look suspects, telling `on_more` the trials
+    that adds to the total. Returns the run's record; raises
     UserError as ProfileExperiment.run says.
     """
     settings = ProfileSettings(
         spec, stack, backend_options, grid, device, min_energy_window_s, warmup_s, validate,
         second_look,
     )  # fmt: skip
-    progress = ProfileProgress(on_start, on_point)
+    progress = ProfileProgress(on_start, on_point, on_more)
     return ProfileExperiment().run(store, backend, settings, meter, progress)
 
 

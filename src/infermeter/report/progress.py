@@ -80,6 +80,12 @@ class RunProgress:
                 "(grid and validation)"
             )
 
+    def profile_more(self, trials: int) -> None:
+        """The profile added `trials` to its total (a second look at suspect points)."""
+        task = self.bar.tasks[0]
+        if task.total is not None:
+            self.bar.update(self.task, total=task.total + trials)
+
     def on_point(self, point: Any, m: Any) -> None:
         """One point measured: its sizes, runtime (s) and any status but ok."""
         last = f"p={point.prompt_tokens} o={point.output_tokens}"
