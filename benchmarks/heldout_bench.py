@@ -22,6 +22,8 @@ percentage point of these; `infermeter profile llama-7b` in <= 150 s.
 
 Run: python benchmarks/heldout_bench.py [--models llama-7b,llama-13b] [--queries 60]
      python benchmarks/heldout_bench.py --quick      (CPU: gpt2, 8 queries, no energy)
+     python benchmarks/heldout_bench.py --merge A.json,B.json --name heldout
+         (one record of runs made apart, e.g. one device call per model)
      python benchmarks/heldout_bench.py --reprice RECORD.json --work DIR --name NAME
          (no GPU: fit and estimate again, at this commit, the profiles and measurements an
          earlier run left in DIR; the record names where they were measured)
@@ -45,7 +47,7 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _record import DOCS, write_result  # noqa: E402
+from _record import DOCS, write_record, write_result  # noqa: E402
 
 MAX_LONG_OUTPUT = 512
 
@@ -303,6 +305,56 @@ def _said(model: dict[str, Any], quantity: str) -> dict[str, Any]:
     }
 
 
+def table_rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """The Markdown table's (figure, value, goal) rows of each model's result."""
+    rows: list[tuple[str, str, str]] = []
+    goals = {
+        "runtime_mape_pct": "≤ 1",
+        "runtime_max_error_pct": "≤ 3",
+        "runtime_bias_pct": "|·| ≤ 0.5",
+        "energy_mape_pct": "≤ 3",
+        "energy_max_error_pct": "≤ 6",
+        "energy_bias_pct": "|·| ≤ 1.5",
+    }
+    for r in results:
+        if "measured_with" in r:
+            w = r["measured_with"]
+            rows.append((f"{r['model']}: profiled and measured on", f"{w['device']}, {w['date']}, "
+                         f"commit {w['commit']} (priced again here)", ""))  # fmt: skip
+        if "recorded" in r:
+            w = r["recorded"]
+            rows.append((f"{r['model']}: profiled and measured on",
+                         f"{w['device']}, {w['date']}, commit {w['commit']}", ""))  # fmt: skip
+        wall_goal = "≤ 150 s" if r["model"] == "llama-7b" else "-"  # issue 15 times 7B alone
+        rows.append((f"{r['model']}: profile wall time", f"{r['profile_wall_s']:.1f} s", wall_goal))
+        for key, goal in goals.items():
+            if key not in r:
+                continue
+            quantity = key.split("_")[0]
+            said = r["profile_said"].get(key.replace(f"{quantity}_", f"{quantity}_validation_"))
+            said_text = "-" if said is None else f"{said:.2f}"
+            figure = f"{r['model']}: {key} ({r['queries']} queries; the profile said {said_text})"
+            rows.append((figure, f"{r[key]:.2f}", goal))
+    return rows
+
+
+def merge(paths: list[Path], name: str, out: Path) -> Path:
+    """One record (`name`, a `models` list) of per-model records written by separate runs
+    (one device call each); each model keeps the device, date and commit it was measured at,
+    and the record's own say where they differ."""
+    records = [json.loads(p.read_text()) for p in paths]
+    results = []
+    for record in records:
+        for entry in record["models"]:
+            measured = {k: record.get(k) for k in ("device", "date", "commit")}
+            results.append({**entry, "recorded": measured})
+    top = {}
+    for key in ("device", "date", "commit"):
+        values = sorted({str(r.get(key)) for r in records})
+        top[key] = values[0] if len(values) == 1 else " / ".join(values)
+    return write_record(name, {**top, "models": results}, table_rows(results), out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default="llama-7b,llama-13b")
@@ -317,6 +369,11 @@ def main() -> None:
         help="an earlier record (JSON) whose --work folders hold its stores and measurements: "
         "fit and estimate again at this commit, measure nothing",
     )
+    parser.add_argument(
+        "--merge",
+        help="comma-separated records of one model each (JSON): write them as one --name "
+        "record (default heldout), each model with its own device, date and commit",
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--queries-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--measured-file", type=Path, help=argparse.SUPPRESS)
@@ -324,6 +381,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.measure:
         measure(args.measure, args.queries_file, args.measured_file, args.device)
+        return
+    if args.merge:
+        path = merge([Path(p) for p in args.merge.split(",")], args.name or "heldout", args.out)
+        line(f"written {path}")
         return
     models = ["gpt2"] if args.quick else args.models.split(",")
     count = 8 if args.quick else args.queries
@@ -342,29 +403,7 @@ def main() -> None:
     for result in results:
         if args.reprice:
             result["measured_with"] = earlier[result["model"]]["measured_with"]
-    rows = []
-    goals = {
-        "runtime_mape_pct": "≤ 1",
-        "runtime_max_error_pct": "≤ 3",
-        "runtime_bias_pct": "|·| ≤ 0.5",
-        "energy_mape_pct": "≤ 3",
-        "energy_max_error_pct": "≤ 6",
-        "energy_bias_pct": "|·| ≤ 1.5",
-    }
-    for r in results:
-        if "measured_with" in r:
-            w = r["measured_with"]
-            rows.append((f"{r['model']}: profiled and measured on", f"{w['device']}, {w['date']}, "
-                         f"commit {w['commit']} (priced again here)", ""))  # fmt: skip
-        rows.append((f"{r['model']}: profile wall time", f"{r['profile_wall_s']:.1f} s", "≤ 150 s"))
-        for key, goal in goals.items():
-            if key not in r:
-                continue
-            quantity = key.split("_")[0]
-            said = r["profile_said"].get(key.replace(f"{quantity}_", f"{quantity}_validation_"))
-            said_text = "-" if said is None else f"{said:.2f}"
-            figure = f"{r['model']}: {key} ({r['queries']} queries; the profile said {said_text})"
-            rows.append((figure, f"{r[key]:.2f}", goal))
+    rows = table_rows(results)
     name = args.name or ("heldout_quick" if args.quick else "heldout")
     path = write_result(name, {"models": results}, rows, args.out)
     line(f"written {path}")
