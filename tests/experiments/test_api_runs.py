@@ -140,6 +140,9 @@ def test_failed_points_are_counted_by_cause_and_exit_non_zero(tmp_path: Path) ->
         result.stderr
     )
     assert "R²" in result.stdout  # the 8 good points are still fitted and shown
+    shown = invoke("show", "--store", tmp_path / "s.db")  # later, the store says the same
+    assert shown.exit_code == 0, shown.output
+    assert "incomplete: 4/12 points failed: http_5xx 'injected 500' (4)" in shown.stdout
 
 
 def test_a_new_prompt_sizes_failed_calibration_is_counted_not_fatal(tmp_path: Path) -> None:
@@ -396,3 +399,6 @@ def test_the_command_says_which_feature_the_server_refused(tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     assert "note: server refused stream_options" in result.stderr
     assert "note: output lengths unverified where an answer reported no usage" in result.stderr
+    shown = invoke("show", "--store", tmp_path / "s.db")  # later, the store says the same
+    assert "note: server refused stream_options" in shown.stdout
+    assert "all 12 points measured" in shown.stdout

@@ -7,7 +7,16 @@ import typer
 
 from infermeter import requests as rq
 from infermeter.cli import options as o
-from infermeter.cli.console import console, out, print_fit, print_notes, show, user_errors
+from infermeter.cli.console import (
+    console,
+    out,
+    outcome_label,
+    print_fit,
+    print_notes,
+    say,
+    show,
+    user_errors,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -65,6 +74,7 @@ def runs(r: rq.StoreRequest) -> None:
 @o.request(rq.RunRequest)
 def show_run(r: rq.RunRequest) -> None:
     """A run's setting, its points (min/mean over trials) and its latest fit."""
+    from infermeter.experiments.plans import stored_outcome
     from infermeter.model.runfit import points_summary, run_view
     from infermeter.store.db import Store
 
@@ -77,6 +87,10 @@ def show_run(r: rq.RunRequest) -> None:
     if points.empty:
         console.print("no points stored yet")
         return
+    for note in view.record.backend_info.get("notes") or []:  # as the profile said them
+        say(str(note), "note:", "yellow", err=False)
+    ending = stored_outcome(view.record, points)
+    say(ending.line(), *outcome_label(ending), err=False)
     summary, bad = points_summary(points)
     show(summary, "points")
     if not bad.empty:

@@ -472,3 +472,19 @@ def fit_profiled(
     for model in fitted:
         db.record_fit(run_id, model)
     return outcome, fitted, why
+
+
+def stored_outcome(record: Any, points: Any) -> Any:
+    """How a stored profile run ended (backends.api.outcome.RunOutcome): its points by status
+    and cause against its grid's trials (Store.get_run's `grid`), as the profile's end line
+    said it; a run whose grid is not a profile grid is counted against its stored points."""
+    from infermeter.backends.api.outcome import run_outcome
+    from infermeter.experiments.profile import ProfileGrid
+
+    try:
+        grid = ProfileGrid(**{k: tuple(v) if isinstance(v, list) else v
+                              for k, v in record.grid.items()})  # fmt: skip
+        expected = len(grid.points())
+    except TypeError:  # a load or energy run's grid
+        expected = len(points)
+    return run_outcome(points, expected)
