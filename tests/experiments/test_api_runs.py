@@ -280,6 +280,8 @@ def test_cli_load_reports_failures_and_exits_non_zero(tmp_path: Path) -> None:
         )  # fmt: skip
     assert result.exit_code == 3, result.output
     assert "1/3 points failed: http_5xx 'injected 500' (1)" in result.stderr
+    # The progress counts bursts and says each one's requests, which the end line counts.
+    assert "bursts of load on m (burst): 2/2 done, last o=2 c=2: 2 requests" in result.output
 
 
 def test_load_prompt_below_the_offset_names_the_load_option(tmp_path: Path) -> None:

@@ -52,7 +52,12 @@ def load(r: rq.LoadRequest) -> None:
     if warning:
         say(warning, "warning:", "yellow")
     runner.prepare(spec)  # faults that no retry fixes stop here, before a run is stored
-    with Store(r.store) as db, progress(f"load on {spec.name} ({r.mode})") as bar:
+    with (
+        Store(r.store) as db,
+        progress(
+            f"{'bursts' if r.mode == 'burst' else 'levels'} of load on {spec.name} ({r.mode})"
+        ) as bar,
+    ):
         result = run_load(db, spec, runner, options, grid, bar.load_start, bar.on_step)
     say(f"run {result.run.id} stored in {r.store}", err=False)
     p, timed = r.prompt_tokens, f"o = {getattr(grid, 'output_tokens', '')}"

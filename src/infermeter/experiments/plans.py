@@ -184,7 +184,8 @@ def run_load(
 
         def burst(o: int, c: int, t: int, ms: list[Any]) -> None:
             timed = [m.runtime_s for m in ms if m.runtime_s == m.runtime_s]  # failed: NaN
-            step(f"o={o} c={c}" + (f" max {max(timed):.3f}s" if timed else ""), ms)
+            slowest = f", slowest {max(timed):.3f}s" if timed else ""
+            step(f"o={o} c={c}: {len(ms)} requests{slowest}", ms)
 
         run = run_load_sweep(db, spec, stack, runner, options, grid, on_start, burst, device)
         points = db.points(run.id)
