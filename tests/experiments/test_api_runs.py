@@ -145,6 +145,18 @@ def test_failed_points_are_counted_by_cause_and_exit_non_zero(tmp_path: Path) ->
     assert "incomplete: 4/12 points failed: http_5xx 'injected 500' (4)" in shown.stdout
 
 
+def test_a_body_over_max_body_mib_fails_and_the_end_line_names_the_option(tmp_path: Path) -> None:
+    chunk = {"id": "c", "choices": [{"index": 0, "text": "y" * 1000, "finish_reason": None}]}
+    result = profile_through_faults(
+        tmp_path, sse([chunk] * 8), options=("--max-body-mib", "0.004", "--accept-poor-fit")
+    )
+    assert result.exit_code == 3, result.output
+    assert "1/12 points failed: too_large 'body over 4,194 bytes, not read further " in (
+        result.stderr
+    )
+    assert "(--max-body-mib)'" in result.stderr
+
+
 def test_a_new_prompt_sizes_failed_calibration_is_counted_not_fatal(tmp_path: Path) -> None:
     """A fresh-eyes check: a new prompt size's calibration request failing mid-run (HTTP 500)
     stopped the whole run in one line, left it 'interrupted' and said nothing of its points."""

@@ -136,6 +136,14 @@ class OpenAIConfig:
             "help": "Seconds without a byte before an attempt is given up.",
         },
     )
+    max_body_mib: float = field(
+        default=8.0,
+        metadata={
+            "flag": "--max-body-mib",
+            "help": "MiB of one response body read at most (larger: the request fails as "
+            "too_large).",
+        },
+    )
     size_option: str = field(
         default="--prompt-sizes", metadata={"help": "The option its messages name for sizes."}
     )

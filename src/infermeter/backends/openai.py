@@ -49,6 +49,7 @@ from infermeter.backends.api.http import new_event_loop
 from infermeter.backends.base import Measurement, Point
 from infermeter.errors import UserError
 from infermeter.spec.model import ModelSpec
+from infermeter.units import MIB_BYTES
 from infermeter.workloads.prompts import (
     CalibrationCache,
     ExactPrompts,
@@ -140,6 +141,7 @@ class OpenAIBackend:
         forced_length: ForcedLength = "auto",
         calibration_cache: str | None = None,
         stall_timeout_s: float = 120.0,
+        max_body_mib: float = 8.0,
         size_option: str = "--prompt-sizes",
     ) -> None:
         url = base_url or _from_env(URL_ENV)
@@ -164,6 +166,7 @@ class OpenAIBackend:
             stall_timeout_s=stall_timeout_s,
             retries=retries,
             features=features,
+            max_body_bytes=int(max_body_mib * MIB_BYTES),
         )
         self.size_option = size_option
         self.url_had_credentials = split_credentials(url)[1] is not None

@@ -58,8 +58,15 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from infermeter.backends.api.http import MAX_BODY_BYTES, HttpFailure, HttpPool, Origin, Response
+from infermeter.backends.api.http import (
+    MAX_BODY_BYTES,
+    HttpFailure,
+    HttpPool,
+    Origin,
+    Response,
+)
 from infermeter.errors import UserError
+from infermeter.units import MIB_BYTES
 
 Endpoint = Literal["completions", "chat"]
 RETRYABLE = frozenset(
@@ -169,7 +176,8 @@ class ApiConfig:
                 raise UserError(f"{flag} must be a positive number of seconds, got "
                                 f"{getattr(self, name)}")  # fmt: skip
         if self.max_body_bytes < 1024:
-            raise UserError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
+            raise UserError(f"--max-body-mib must be at least 1 KiB (0.001), got "
+                            f"{self.max_body_bytes / MIB_BYTES:g}")  # fmt: skip
         unknown = set(self.features) - set(OPTIONAL_FEATURES)
         if unknown:
             raise UserError(

@@ -282,7 +282,7 @@ class _Connection(asyncio.Protocol):
         if self._received > self._max_body:
             self._fail(
                 "too_large",
-                f"the response body passed {self._max_body:,} bytes; not read further",
+                f"body over {self._max_body:,} bytes, not read further (--max-body-mib)",
             )
             self._buffer.clear()
             self._state = "idle"
