@@ -219,6 +219,67 @@ def test_bad_requests_get_openai_errors(
     assert fragment in json.loads(raw)["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("more", "param", "fragment"),
+    [
+        ({"stream": "yes"}, "stream", "'stream' must be a boolean, got a string"),
+        ({"stream": 1}, "stream", "'stream' must be a boolean, got an integer"),
+        ({"ignore_eos": "no"}, "ignore_eos", "'ignore_eos' must be a boolean"),
+        ({"temperature": "hot"}, "temperature", "'temperature' must be a number"),
+        ({"temperature": True}, "temperature", "got a boolean"),
+        ({"temperature": -1}, "temperature", "between 0 and 2, got -1"),
+        ({"temperature": 2.5}, "temperature", "between 0 and 2, got 2.5"),
+        ({"max_tokens": "5"}, "max_tokens", "'max_tokens' must be an integer >= 1, got a string"),
+        ({"max_tokens": True}, "max_tokens", "got a boolean"),
+        ({"max_tokens": 2.0}, "max_tokens", "got a number"),
+        ({"max_completion_tokens": "5"}, "max_completion_tokens", "got a string"),
+        ({"min_tokens": False}, "min_tokens", "'min_tokens' must be an integer"),
+        ({"n": True}, "n", "'n' must be an integer"),
+        ({"n": 2}, "n", "only n=1 is supported"),
+        ({"stream": True, "stream_options": [1]}, "stream_options", "must be an object"),
+    ],
+)
+def test_wrongly_typed_fields_get_400s_naming_them(
+    served: str, more: dict[str, Any], param: str, fragment: str
+) -> None:
+    """Typed like OpenAI's (and vLLM's) API: "stream": "yes" or "max_tokens": true were served."""
+    code, raw = post(f"{served}/completions", {"model": "tiny", "prompt": "x", **more})
+    assert code == 400, raw
+    error = json.loads(raw)["error"]
+    assert fragment in error.pop("message")
+    assert error == {"type": "invalid_request_error", "param": param, "code": None}
+
+
+def test_valid_optional_fields_are_still_served(served: str) -> None:
+    for more in ({"temperature": 0}, {"temperature": 2, "stream": None}, {"temperature": 0.7}):
+        body = {"model": "tiny", "prompt": "x", "max_tokens": 1, "ignore_eos": False, **more}
+        assert post(f"{served}/completions", body)[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "nothing", 404, "not_found"),
+        ("POST", "nothing", 404, "not_found"),
+        ("GET", "completions", 405, "method_not_allowed"),
+        ("DELETE", "chat/completions", 405, "method_not_allowed"),
+    ],
+)
+def test_unknown_paths_and_methods_get_openai_errors(
+    served: str, method: str, path: str, status: int, code: str
+) -> None:
+    """FastAPI's own {"detail": "Not Found"} is not the OpenAI shape clients parse."""
+    request = urllib.request.Request(f"{served}/{path}", method=method)
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    assert caught.value.code == status
+    error = json.loads(caught.value.read())["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] is None
+    assert error["code"] == code and f"{method} /v1/{path}" in error["message"]
+    if status == 405:
+        assert caught.value.headers["allow"] == "POST"
+
+
 def test_api_key_is_required_when_set(locked: str) -> None:
     body = {"model": "tiny", "prompt": "x", "max_tokens": 1}
     assert post(f"{locked}/completions", body)[0] == 401
@@ -541,7 +602,7 @@ def test_a_server_that_cannot_load_says_why() -> None:
         (
             "completions",
             b'{"model": "tiny", "prompt": "x", "stream": true, "stream_options": "yes"}',
-            "stream_options must be an object",
+            "'stream_options' must be an object",
         ),
         ("completions", b'{"model": "tiny", "prompt": [5, 1000000000]}', "outside the vocabulary"),
         ("completions", b'{"model": "tiny", "prompt": [-1]}', "token id -1 is outside"),

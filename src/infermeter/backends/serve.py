@@ -12,8 +12,10 @@ decode is one CUDA graph per step over a static cache, run to the end): its stre
 header `x-infermeter-stream: after-generation` (hf: `live`), so their TTFT is not a TTFT. A
 client that hangs up cancels its generation, streamed or not.
 
-Malformed requests (a body that is not a JSON object, messages that are not objects, a bad
-stream_options, token ids outside the vocabulary) get OpenAI-style 400 errors.
+Malformed requests (a body that is not a JSON object, messages that are not objects, a field
+of the wrong type or range, such as "stream": "yes", "max_tokens": true or "temperature": 3,
+token ids outside the vocabulary) get OpenAI-style 400 errors that name the field in `param`.
+An unknown path (404) or method (405) gets the same error shape, not FastAPI's {"detail": ...}.
 
 Prompt tokens = the tokenizer's ids of the prompt (or of the chat template's text) plus BOS.
 """
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from infermeter.errors import UserError
 from infermeter.workloads.textgen import TokenGenerator
@@ -116,13 +119,17 @@ class _Detokenizer:
 def check_messages(messages: Any) -> list[dict[str, Any]]:
     """The chat messages, or BadRequest: a non-empty list of objects with text content."""
     if not isinstance(messages, list) or not messages:
-        raise BadRequest("messages must be a non-empty list")
+        raise BadRequest("messages must be a non-empty list", param="messages")
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise BadRequest(f"messages[{i}] must be an object with a role and content")
+            raise BadRequest(
+                f"messages[{i}] must be an object with a role and content", param="messages"
+            )
         content = message.get("content", "")
         if not isinstance(content, (str, list)) and content is not None:
-            raise BadRequest(f"messages[{i}].content must be a string or a list of parts")
+            raise BadRequest(
+                f"messages[{i}].content must be a string or a list of parts", param="messages"
+            )
     return messages
 
 
@@ -138,21 +145,73 @@ def chat_text(messages: list[dict[str, Any]]) -> str:
 
 
 class BadRequest(Exception):
-    """A request the API refuses: its message, HTTP status and OpenAI error code."""
+    """A request the API refuses: its message, HTTP status, OpenAI error code and the request
+    field at fault (the error's `param`)."""
 
-    def __init__(self, message: str, status: int = 400, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, status: int = 400, code: str | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.param = param
+
+
+def _kind(value: Any) -> str:
+    """The JSON type of a parsed value, with its article ("a string"), to say what came."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):  # before int: bools are ints in Python, not in JSON
+        return "a boolean"
+    kinds = {int: "an integer", float: "a number", str: "a string", list: "an array"}
+    return kinds.get(type(value), "an object")
 
 
 def _int_field(body: dict[str, Any], name: str, default: int, low: int) -> int:
-    value = body.get(name, default)
+    """body[name], an integer >= low (not a bool, float or numeric string); default if absent
+    or null."""
+    value = body.get(name)
     if value is None:
-        value = default
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise BadRequest(f"{name} must be an integer >= {low}, got {value!r}")
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"'{name}' must be an integer >= {low}, got {_kind(value)}", param=name)
+    if value < low:
+        raise BadRequest(f"'{name}' must be an integer >= {low}, got {value}", param=name)
     return value
+
+
+def _bool_field(body: dict[str, Any], name: str) -> bool:
+    """body[name], a JSON boolean (false if absent or null): "yes" or 1 are refused, not
+    taken as true, as OpenAI's and vLLM's servers do."""
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest(f"'{name}' must be a boolean, got {_kind(value)}", param=name)
+    return bool(value)
+
+
+def _check_request_fields(body: dict[str, Any]) -> None:
+    """Check the typed fields not read as they are checked: stream_options (an object) and
+    temperature (0 to 2; generation is greedy whatever it is, but a client sending "hot" or 3
+    should hear so, as from a real API)."""
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            raise BadRequest(
+                f"'temperature' must be a number between 0 and 2, got {_kind(temperature)}",
+                param="temperature",
+            )
+        if not 0 <= temperature <= 2:  # NaN too
+            raise BadRequest(
+                f"'temperature' must be a number between 0 and 2, got {temperature}",
+                param="temperature",
+            )
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise BadRequest(
+            f"'stream_options' must be an object, e.g. {{\"include_usage\": true}}, got "
+            f"{_kind(options)}",
+            param="stream_options",
+        )
 
 
 def create_app(
@@ -176,12 +235,32 @@ def create_app(
     app = FastAPI(title=f"infermeter serve: {model_name}", lifespan=lifespan)
     app.state.worker = worker
 
-    def error(message: str, status: int, code: str | None = None) -> JSONResponse:
+    def error(
+        message: str, status: int, code: str | None = None, param: str | None = None
+    ) -> JSONResponse:
+        """An OpenAI-shaped error response: every refusal of this server goes through here."""
         kind = "invalid_request_error" if status < 500 else "server_error"
         return JSONResponse(
-            {"error": {"message": message, "type": kind, "param": None, "code": code}},
+            {"error": {"message": message, "type": kind, "param": param, "code": code}},
             status_code=status,
         )
+
+    @app.exception_handler(HTTPException)
+    async def routing_error(request: Request, exc: HTTPException) -> JSONResponse:
+        """FastAPI's own errors (an unknown path, a wrong method) in the OpenAI shape, not
+        {"detail": "Not Found"}: clients read {"error": {"message": ...}}."""
+        where = f"{request.method} {request.url.path}"
+        headers = dict(exc.headers or {})
+        if exc.status_code == 404:
+            message, code = f"no such endpoint: {where}", "not_found"
+        elif exc.status_code == 405:
+            allowed = headers.get("Allow", "")
+            message, code = f"{where} is not allowed; use {allowed}", "method_not_allowed"
+        else:
+            message, code = f"{where}: {exc.detail}", None
+        response = error(message, exc.status_code, code)
+        response.headers.update(headers)  # e.g. a 405's Allow
+        return response
 
     def authorised(request: Request) -> bool:
         return api_key is None or request.headers.get("authorization") == f"Bearer {api_key}"
@@ -214,10 +293,13 @@ def create_app(
                 if bad:
                     raise BadRequest(
                         f"token id {bad[0]} is outside the vocabulary (0 to "
-                        f"{tokenizer.vocab_size - 1})"
+                        f"{tokenizer.vocab_size - 1})",
+                        param="prompt",
                     )
             else:
-                raise BadRequest("prompt must be a string or a list of token ids (one prompt)")
+                raise BadRequest(
+                    "prompt must be a string or a list of token ids (one prompt)", param="prompt"
+                )
         if add_bos and tokenizer.bos_id is not None:
             ids = [tokenizer.bos_id, *ids]
         return ids or [0]
@@ -239,18 +321,21 @@ def create_app(
                     404,
                     "model_not_found",
                 )
-            if body.get("n", 1) != 1:
-                raise BadRequest("only n=1 is supported")
+            if _int_field(body, "n", 1, 1) != 1:
+                raise BadRequest("only n=1 is supported", param="n")
+            stream = _bool_field(body, "stream")
+            ignore_eos = _bool_field(body, "ignore_eos")
+            _check_request_fields(body)
             ids = prompt_ids(body, chat)
             max_tokens = _int_field(body, "max_tokens", 16, 1)
             if "max_completion_tokens" in body:
                 max_tokens = _int_field(body, "max_completion_tokens", max_tokens, 1)
             min_tokens = _int_field(body, "min_tokens", 0, 0)
             if min_tokens > max_tokens:
-                raise BadRequest(f"min_tokens ({min_tokens}) exceeds max_tokens ({max_tokens})")
-            options = body.get("stream_options")
-            if options is not None and not isinstance(options, dict):
-                raise BadRequest('stream_options must be an object, e.g. {"include_usage": true}')
+                raise BadRequest(
+                    f"min_tokens ({min_tokens}) exceeds max_tokens ({max_tokens})",
+                    param="min_tokens",
+                )
             if len(ids) + max_tokens > generator.max_context:
                 raise BadRequest(
                     f"This model's maximum context length is {generator.max_context} tokens; "
@@ -259,9 +344,9 @@ def create_app(
                     "context_length_exceeded",
                 )
         except BadRequest as bad:
-            return error(str(bad), bad.status, bad.code)
+            return error(str(bad), bad.status, bad.code, bad.param)
         loop = asyncio.get_running_loop()
-        job = _Job(ids, max_tokens, min_tokens, bool(body.get("ignore_eos")), loop, asyncio.Queue())
+        job = _Job(ids, max_tokens, min_tokens, ignore_eos, loop, asyncio.Queue())
         worker.submit(job)
         meta = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{next(_ids)}",
@@ -269,7 +354,7 @@ def create_app(
             "model": model_name,
         }
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        if body.get("stream"):
+        if stream:
             events = _stream(job, tokenizer, meta, chat, include_usage)
             return StreamingResponse(
                 events, media_type="text/event-stream", headers={"x-infermeter-stream": mode}
