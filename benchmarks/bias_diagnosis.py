@@ -25,6 +25,7 @@ Writes docs/benchmarks/bias_diagnosis.json and .md with device, date and commit.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import DOCS, write_result
+from _record import DOCS, write_record, write_result
 from infermeter.backends import get_backend
 from infermeter.backends.base import Point
 from infermeter.experiments.profile import measure_point
@@ -84,7 +85,9 @@ def runtime_grid(backend: Any, shapes: list[tuple[int, int]], runs: int) -> list
     return rows
 
 
-def pe_repeatability(backend: Any, prompts: list[int], runs: int) -> dict[str, Any]:
+def pe_repeatability(
+    backend: Any, prompts: list[int], runs: int, knots_at: set[int]
+) -> dict[str, Any]:
     """Two sweeps of PE(p) (wall clock, min of `runs`, after 0.3 s of the shape back to back)
     in opposite orders; their agreement says how much of PE's roughness is noise."""
     engine = backend._engine
@@ -104,8 +107,16 @@ def pe_repeatability(backend: Any, prompts: list[int], runs: int) -> dict[str, A
 
     first = {p: one(p) for p in prompts}
     second = {p: one(p) for p in reversed(prompts)}
-    a = np.array([first[p] for p in prompts])
-    b = np.array([second[p] for p in prompts])
+    return sweep_summary(
+        prompts, [first[p] for p in prompts], [second[p] for p in prompts], knots_at
+    )
+
+
+def sweep_summary(
+    prompts: list[int], first_s: list[float], second_s: list[float], knots_at: set[int]
+) -> dict[str, Any]:
+    """The two sweeps, their difference, PE's roughness and the knots' interpolation error."""
+    a, b = np.array(first_s), np.array(second_s)
     diff = 100 * (b / a - 1)
     # Roughness: each point against the mean of its two neighbours, in each sweep, where the
     # three sizes are equally spaced (a gap between two ranges is not a neighbour).
@@ -114,27 +125,31 @@ def pe_repeatability(backend: Any, prompts: list[int], runs: int) -> dict[str, A
     rough_a = 100 * (a[inner] / ((a[inner - 1] + a[inner + 1]) / 2) - 1)
     rough_b = 100 * (b[inner] / ((b[inner - 1] + b[inner + 1]) / 2) - 1)
     return {
-        "prompt_tokens": prompts,
+        "prompt_tokens": list(prompts),
         "first_s": a.tolist(),
         "second_s": b.tolist(),
         "sweep_difference_std_pct": float(np.std(diff)),
         "roughness_std_pct": float(np.std(np.concatenate([rough_a, rough_b]))),
         "roughness_correlation": float(np.corrcoef(rough_a, rough_b)[0, 1]),
-        **knot_interpolation(sizes, np.minimum(a, b)),
+        **knot_interpolation(sizes, np.minimum(a, b), knots_at),
     }
 
 
-def knot_interpolation(sizes: np.ndarray, pe_s: np.ndarray) -> dict[str, Any]:
-    """How far straight lines between the default grid's knots (p = 1 + 128 k) run from PE
-    measured between them, and the steps (a rise of more than 2 % from one size to the next)."""
-    knots = (sizes - 1) % 128 == 0
+def knot_interpolation(sizes: np.ndarray, pe_s: np.ndarray, knots_at: set[int]) -> dict[str, Any]:
+    """How far straight lines between the profile's knots (`knots_at`: the default GPU grid's
+    prompt sizes) run from PE measured between them, and the steps (a rise of more than 2 %
+    from one size to the next)."""
+    knots = np.isin(sizes, sorted(knots_at))
+    if knots.sum() < 2:
+        return {}
     between = ~knots & (sizes > sizes[knots].min()) & (sizes < sizes[knots].max())
-    if knots.sum() < 2 or not between.any():
+    if not between.any():
         return {}
     line = np.interp(sizes[between], sizes[knots], pe_s[knots])
     error = 100 * (line / pe_s[between] - 1)
     rise = 100 * (pe_s[1:] / pe_s[:-1] - 1)
     return {
+        "knots_in_sweep": [int(p) for p in sizes[knots]],
         "knot_interpolation_mape_pct": float(np.mean(np.abs(error))),
         "knot_interpolation_max_error_pct": float(error[np.argmax(np.abs(error))]),
         "knot_interpolation_bias_pct": float(np.mean(error)),
@@ -208,6 +223,15 @@ def energy_three_ways(backend: Any, meter: Meter, shapes: list[tuple[int, int]])
     return rows
 
 
+def grid_knots(spec: Any) -> set[int]:
+    """The prompt sizes `infermeter profile` measures PE at on a GPU for `spec` (curves and
+    knots of experiments.profile.default_grid)."""
+    from infermeter.experiments.profile import default_grid
+
+    grid = default_grid(spec, on_gpu=True)
+    return set(grid.prompt_sizes) | set(grid.pe_sizes)
+
+
 def parse_ranges(text: str) -> list[int]:
     """'320-352:2,865-1001:4' -> the prompt sizes of those ranges (ends included), sorted."""
     sizes: set[int] = set()
@@ -216,6 +240,61 @@ def parse_ranges(text: str) -> list[int]:
         start, _, end = span.partition("-")
         sizes |= set(range(int(start), int(end or start) + 1, int(step or 1)))
     return sorted(sizes)
+
+
+def table(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(figure, value, goal) rows of the parts `result` measured."""
+    rows = []
+    if result.get("wall_vs_timed"):
+        rows.append(("wall clock over timed region (mean)",
+                     f"{result['mean_wall_over_timed_ms']:.3f} ms", "-"))  # fmt: skip
+    if result.get("energy"):
+        rows += [
+            ("isolated-window energy vs >= 1 s back to back",
+             f"{result['mean_isolated_vs_reference_pct']:.2f} %", "-"),
+            ("counter-slope energy vs >= 1 s back to back",
+             f"{result['mean_slope_vs_reference_pct']:.2f} %", "-"),
+        ]  # fmt: skip
+    if result.get("pe_dense"):
+        rows.append(("prompt sizes in the dense PE sweep", str(len(result["pe_dense"])), "-"))
+    repeat = result.get("pe_repeatability") or {}
+    if repeat:
+        sizes = repeat["prompt_tokens"]
+        rows += [
+            ("PE sweeps: prompt sizes", f"{len(sizes)} ({min(sizes)}-{max(sizes)})", "-"),
+            ("PE sweep-to-sweep std", f"{repeat['sweep_difference_std_pct']:.2f} %", "-"),
+            ("PE roughness std (point vs neighbours)",
+             f"{repeat['roughness_std_pct']:.2f} %", "-"),
+            ("roughness correlation between sweeps",
+             f"{repeat['roughness_correlation']:.2f}", "-"),
+        ]  # fmt: skip
+    if repeat.get("knots_in_sweep"):
+        steps = ", ".join(f"{s['after_prompt_tokens']} (+{s['rise_pct']:.1f} %)"
+                          for s in repeat["steps"])  # fmt: skip
+        rows += [
+            (f"lines between the default grid's knots {repeat['knots_in_sweep']} against PE "
+             "between them: MAPE / max / mean",
+             f"{repeat['knot_interpolation_mape_pct']:.2f} / "
+             f"{repeat['knot_interpolation_max_error_pct']:+.2f} / "
+             f"{repeat['knot_interpolation_bias_pct']:+.2f} %", "-"),
+            ("steps in PE (a rise of over 2 % from one size to the next, after p)",
+             steps or "none", "-"),
+        ]  # fmt: skip
+    return rows
+
+
+def resummarise(path: Path, out: Path) -> None:
+    """Summarise a part-5 record's sweeps again (sweep_summary, the knots of the model's
+    default grid) and write it back under its name, device, date and commit kept."""
+    record = json.loads(path.read_text())
+    sweeps = record["pe_repeatability"]
+    knots = grid_knots(get_spec(record["model"]))
+    record["pe_repeatability"] = sweep_summary(
+        sweeps["prompt_tokens"], sweeps["first_s"], sweeps["second_s"], knots
+    )
+    record["summary_note"] = "summarised again by --summary-from (the sweeps as measured)"
+    write_record(path.stem, record, table(record), out)
+    line(f"written {out / path.stem}.json")
 
 
 def main() -> None:
@@ -230,7 +309,15 @@ def main() -> None:
         help="part 5's prompt sizes as ranges START-END:STEP, comma separated (default: every 16)",
     )
     parser.add_argument("--name", default=None, help="record name (default: from --parts)")
+    parser.add_argument(
+        "--summary-from",
+        type=Path,
+        help="a part-5 record (JSON): summarise its sweeps again at this commit, measure nothing",
+    )
     args = parser.parse_args()
+    if args.summary_from:
+        resummarise(args.summary_from, args.out)
+        return
     parts = {int(x) for x in args.parts.split(",")}
     began = time.perf_counter()
     spec = get_spec("tiny-llama" if args.quick else args.model)
@@ -279,7 +366,7 @@ def main() -> None:
     if 5 in parts:
         line("5. PE(p) twice, in opposite orders, clocks up")
         sweep = parse_ranges(args.prompts) if args.prompts else list(range(1, context - 1, step))
-        repeat = pe_repeatability(backend, sweep, runs)
+        repeat = pe_repeatability(backend, sweep, runs, grid_knots(spec))
         line(
             f"  sweep-to-sweep std {repeat['sweep_difference_std_pct']:.2f}%, roughness std "
             f"{repeat['roughness_std_pct']:.2f}%, correlation {repeat['roughness_correlation']:.2f}"
@@ -311,29 +398,7 @@ def main() -> None:
         "mean_slope_vs_reference_pct": mean(energy, "slope_vs_reference_pct"),
         "wall_s": time.perf_counter() - began,
     }
-    rows = [
-        ("wall clock over timed region (mean)", f"{result['mean_wall_over_timed_ms']} ms", "-"),
-        (
-            "isolated-window energy vs >= 1 s back to back",
-            f"{result['mean_isolated_vs_reference_pct']} %",
-            "-",
-        ),
-        (
-            "counter-slope energy vs >= 1 s back to back",
-            f"{result['mean_slope_vs_reference_pct']} %",
-            "-",
-        ),
-        ("prompt sizes in the dense PE sweep", str(len(pe)), "-"),
-        ("PE sweep-to-sweep std", f"{repeat.get('sweep_difference_std_pct')} %", "-"),
-        ("PE roughness std (point vs neighbours)", f"{repeat.get('roughness_std_pct')} %", "-"),
-        ("roughness correlation between sweeps", f"{repeat.get('roughness_correlation')}", "-"),
-        (
-            "lines between the knots p = 1 + 128 k against PE between them: MAPE / max",
-            f"{repeat.get('knot_interpolation_mape_pct')} / "
-            f"{repeat.get('knot_interpolation_max_error_pct')} %",
-            "-",
-        ),
-    ]
+    rows = table(result)
     name = "bias_diagnosis" + ("_quick" if args.quick else "")
     if parts != {1, 2, 3, 4, 5}:
         name += "_parts" + "".join(str(x) for x in sorted(parts))
