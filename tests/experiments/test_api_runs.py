@@ -157,6 +157,13 @@ def test_a_body_over_max_body_mib_fails_and_the_end_line_names_the_option(tmp_pa
     assert "(--max-body-mib)'" in result.stderr
 
 
+@pytest.mark.parametrize("bad", ["inf", "nan"])
+def test_max_body_mib_must_be_finite(tmp_path: Path, bad: str) -> None:
+    result = profile_through_faults(tmp_path, options=("--max-body-mib", bad))
+    assert result.exit_code == 2, result.output
+    assert "--max-body-mib must be a finite number" in result.stderr
+
+
 def test_a_new_prompt_sizes_failed_calibration_is_counted_not_fatal(tmp_path: Path) -> None:
     """A fresh-eyes check: a new prompt size's calibration request failing mid-run (HTTP 500)
     stopped the whole run in one line, left it 'interrupted' and said nothing of its points."""

@@ -152,6 +152,8 @@ class OpenAIBackend:
             )
         if forced_length not in ("auto", "on", "off"):
             raise UserError(f"forced_length must be auto, on or off, got {forced_length!r}")
+        if not math.isfinite(max_body_mib):  # int() below would raise on inf and nan
+            raise UserError(f"--max-body-mib must be a finite number, got {max_body_mib}")
         self.api_model = api_model or _from_env(MODEL_ENV)
         features = OPTIONAL_FEATURES
         if forced_length == "off":
