@@ -1,0 +1,68 @@
+"""The explicit attention path (soft-capping, sinks) pads keys to aligned rows: its result
+must be the float math of the unpadded keys, for any key count and mask kind."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from infermeter.engine.attention import KEY_ALIGN, _aligned_keys, attend
+
+
+def reference(q, k, v, mask, softcap, sinks):  # type: ignore[no-untyped-def]
+    """Attention written out in float64 with grouped heads expanded, no padding."""
+    group = q.shape[1] // k.shape[1]
+    q, k, v = q.double(), k.repeat_interleave(group, 1).double(), v.repeat_interleave(group, 1)
+    scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool else scores + mask
+    if sinks is not None:
+        b, nq, s, _ = scores.shape
+        sink = sinks.double().view(1, nq, 1, 1).expand(b, nq, s, 1)
+        probs = torch.cat([scores, sink], -1).softmax(-1)[..., :-1]
+    else:
+        probs = scores.softmax(-1)
+    return probs @ v.double()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    t=st.integers(1, 40),
+    queries=st.integers(1, 3),
+    mask_kind=st.sampled_from(["none", "bool", "additive"]),
+    softcap=st.sampled_from([None, 30.0]),
+    with_sinks=st.booleans(),
+)
+def test_padded_keys_give_the_unpadded_result(
+    t: int, queries: int, mask_kind: str, softcap: float | None, with_sinks: bool
+) -> None:
+    gen = torch.Generator().manual_seed(t * 7 + queries)
+    b, nq, nkv, d = 2, 4, 2, 8
+    q = torch.randn(b, nq, queries, d, generator=gen)
+    k, v = (torch.randn(b, nkv, t, d, generator=gen) for _ in range(2))
+    keep = torch.rand(queries, t, generator=gen) < 0.7
+    keep[:, 0] = True  # every query sees a key
+    additive = torch.zeros(queries, t).masked_fill(~keep, -math.inf)
+    mask = {"none": None, "bool": keep, "additive": additive}[mask_kind]
+    sinks = torch.randn(nq, generator=gen) if with_sinks else None
+    if softcap is None and sinks is None:
+        softcap = 50.0  # the explicit path (plain cases go to SDPA)
+    got = attend(q, k, v, mask, None, softcap, sinks)
+    want = reference(q, k, v, mask, softcap, sinks)
+    assert got.shape == (b, nq, queries, d)
+    assert torch.allclose(got.double(), want, atol=1e-5), (got.double() - want).abs().max()
+
+
+def test_keys_are_padded_to_the_alignment_and_the_padding_masked() -> None:
+    k = v = torch.ones(1, 1, 17, 4)
+    pk, pv, mask = _aligned_keys(k, v, None)
+    assert pk.shape[2] % KEY_ALIGN == 0 and pk.shape[2] - 17 < KEY_ALIGN
+    assert mask is not None and mask[:17].all() and not mask[17:].any()
+    assert (pk[..., 17:, :] == 0).all() and (pv[..., 17:, :] == 0).all()
+    same = _aligned_keys(torch.ones(1, 1, 32, 4), torch.ones(1, 1, 32, 4), None)
+    assert same[0].shape[2] == 32 and same[2] is None  # aligned keys are left as they are
