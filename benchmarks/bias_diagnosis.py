@@ -131,8 +131,20 @@ def sweep_summary(
         "sweep_difference_std_pct": float(np.std(diff)),
         "roughness_std_pct": float(np.std(np.concatenate([rough_a, rough_b]))),
         "roughness_correlation": float(np.corrcoef(rough_a, rough_b)[0, 1]),
+        **parity(sizes, np.minimum(a, b)),
         **knot_interpolation(sizes, np.minimum(a, b), knots_at),
     }
+
+
+def parity(sizes: np.ndarray, pe_s: np.ndarray) -> dict[str, Any]:
+    """PE at each odd prompt size against the mean of its two even neighbours (where the sweep
+    has all three): whether a kernel's speed depends on the alignment of p."""
+    at = {int(p): float(t) for p, t in zip(sizes, pe_s, strict=True)}
+    odd = [p for p in at if p % 2 and p - 1 in at and p + 1 in at]
+    if not odd:
+        return {}
+    ratio = [100 * (at[p] / ((at[p - 1] + at[p + 1]) / 2) - 1) for p in odd]
+    return {"odd_over_even_neighbours_pct": float(np.mean(ratio)), "odd_sizes": len(odd)}
 
 
 def knot_interpolation(sizes: np.ndarray, pe_s: np.ndarray, knots_at: set[int]) -> dict[str, Any]:
@@ -268,6 +280,10 @@ def table(result: dict[str, Any]) -> list[tuple[str, str, str]]:
             ("roughness correlation between sweeps",
              f"{repeat['roughness_correlation']:.2f}", "-"),
         ]  # fmt: skip
+    if repeat.get("odd_sizes"):
+        rows.append((f"PE at an odd p over its even neighbours' mean ({repeat['odd_sizes']} odd "
+                     "sizes, min of the two sweeps)",
+                     f"{repeat['odd_over_even_neighbours_pct']:+.2f} %", "-"))  # fmt: skip
     if repeat.get("knots_in_sweep"):
         steps = ", ".join(f"{s['after_prompt_tokens']} (+{s['rise_pct']:.1f} %)"
                           for s in repeat["steps"])  # fmt: skip

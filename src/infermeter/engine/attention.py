@@ -46,9 +46,11 @@ def _aligned_keys(
 
     Why: the explicit path's two matmuls take t as the row length of the scores and as the
     inner size of probabilities × values. With t odd, their rows are not 16-byte aligned and
-    cuBLAS leaves its fastest tensor-core kernels: measured on an H200, a Gemma-2-9B prefill
-    of an odd prompt size took 10-15% longer than its even neighbours, so every PE knot of a
-    profile (odd sizes) read high. Padded, the extra ≤ 15 columns score −inf and weigh 0."""
+    cuBLAS leaves its fastest tensor-core kernels. Measured on an H200 (bias_diagnosis.py,
+    docs/benchmarks/parity_gemma-2-9b_before.md and parity_gemma-2-9b.md): a Gemma-2-9B
+    prefill at an odd p took 12.5% longer than its even neighbours before, 0.7% after, so a
+    profile's PE knots (odd sizes) read high and even-p queries were priced 4-12% high. The
+    extra ≤ 15 columns score −inf and weigh 0."""
     t = k.shape[2]
     pad = -t % KEY_ALIGN
     if not pad:
