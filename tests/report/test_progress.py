@@ -60,3 +60,13 @@ def test_points_measured_again_grow_the_total_so_the_log_ends_once_at_n_of_n() -
             bar.on_point(Point(1, 4, 1, trial), SimpleNamespace(runtime_s=0.1, status="ok"))
     lines = [line for line in out.getvalue().splitlines() if line.startswith("profiling z:")]
     assert [line.split(",")[0] for line in lines] == ["profiling z: 7/7 done"]
+
+
+def test_a_step_with_failed_requests_says_so_after_a_comma() -> None:
+    # A user review: "2 requests 2 not ok" read as one number run into another.
+    console, out = console_into(terminal=False)
+    failed = SimpleNamespace(runtime_s=float("nan"), status="error")
+    with RunProgress(console, "bursts", clock=lambda: 0.0) as bar:
+        bar.load_start(SimpleNamespace(id=1), 0, 1)
+        bar.on_step("o=2 c=2: 2 requests", [failed, failed])
+    assert "bursts: 1/1 done, last o=2 c=2: 2 requests, 2 not ok, 0 s" in out.getvalue()

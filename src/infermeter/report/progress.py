@@ -106,7 +106,7 @@ class RunProgress:
             self.bar.update(self.task, total=total)
             return
         bad = sum(m.status != "ok" for m in ms)
-        self._advance(label + (f" [red]{bad} not ok[/]" if bad else ""))
+        self._advance(label + (f", [red]{bad} not ok[/]" if bad else ""))
 
     # ---- energy (experiments.energy.run_energy) -----------------------------------------------
     def energy_start(self, db: Any, prompts: int) -> Any:
