@@ -333,6 +333,26 @@ def test_a_timed_loads_end_line_counts_what_its_table_counts(tmp_path: Path) -> 
     assert f"all {warm.count(False)} points measured" in result.stderr
 
 
+def test_rate_progress_counts_measured_requests_and_the_warm_up_apart(tmp_path: Path) -> None:
+    # A user review: the progress said "level 20: 13 requests 1 not ok" where the table said
+    # 9 requests, none failed: the warm-up's 4 (one failed) were counted as measured.
+    with fault_server(delay_s=0.01) as server:
+        server.faults_for = lambda request: request.get("max_tokens") == 2  # not the probes
+        server.script("500")  # the first measured request: a warm-up one
+        result = invoke("load", "m", "--base-url", server.url, "--prompt-tokens", "16",
+                        "--output-sizes", "2", "--mode", "rate", "--rate", "20", "--arrival",
+                        "constant", "--duration-s", "0.5", "--warmup-s", "0.2", "--retries",
+                        "0", "--store", tmp_path / "l.db")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with Store(tmp_path / "l.db") as db:
+        points = db.points(db.latest_run_id())
+    warm = [json.loads(e)["warmup"] for e in points.extra_json]
+    measured, warm_up = warm.count(False), warm.count(True)
+    assert measured and warm_up
+    line = f"1/1 done, last level 20: {measured} requests (warm-up: {warm_up} requests), "
+    assert line in result.output
+
+
 def test_a_timed_load_says_which_one_output_length_it_measures(tmp_path: Path) -> None:
     # A fresh-eyes check: with the default --output-sizes 1,32 a timed load measured o = 1
     # (the first) and said nothing.

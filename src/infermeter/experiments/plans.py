@@ -165,8 +165,9 @@ def run_load(
     on_step: Any = None,
 ) -> LoadResult:
     """Run a load grid (load_grid) on an API backend into `db` and summarise it; a run with
-    requests that failed is marked incomplete. `on_step(label, measurements, total)` is
-    called after each burst or timed level (`total`: the levels, given with the first)."""
+    requests that failed is marked incomplete. `on_step(label, measurements, total,
+    warmup=n)` is called after each burst or timed level (`total`: the levels, given with the
+    first; a timed level's measurements leave its `n` warm-up requests out)."""
     from infermeter.backends.api.outcome import run_outcome
     from infermeter.experiments.load import (
         LoadGrid,
@@ -177,7 +178,7 @@ def run_load(
         without_warmup,
     )
 
-    step = on_step or (lambda label, ms, total=None: None)
+    step = on_step or (lambda label, ms, total=None, warmup=0: None)
     device = f"api: {options['base_url']}"
     stack = {"backend": "openai"}
     if isinstance(grid, LoadGrid):
@@ -195,7 +196,9 @@ def run_load(
         step("", [], len(grid.levels))
 
         def level(value: float, ms: list[Any]) -> None:
-            step(f"level {value:g}: {len(ms)} requests", ms)
+            measured = [m for m in ms if not m.extra.get("warmup")]  # as the summary counts
+            step(f"level {value:g}: {len(measured)} requests", measured,
+                 warmup=len(ms) - len(measured))  # fmt: skip
 
         run = run_timed_load(db, spec, stack, runner, options, grid, level, device)
         points = db.points(run.id)

@@ -100,13 +100,15 @@ class RunProgress:
         if done:
             self._say(f"resuming run {run.id}: {done}/{total} steps already stored")
 
-    def on_step(self, label: str, ms: list[Any], total: int | None = None) -> None:
-        """A burst or level done (`label`, its requests), or a timed load's levels (`total`)."""
+    def on_step(self, label: str, ms: list[Any], total: int | None = None, warmup: int = 0) -> None:
+        """A burst or level done (`label`, its measured requests; a timed level's `warmup`
+        requests sent before them said apart), or a timed load's levels (`total`)."""
         if total is not None:
             self.bar.update(self.task, total=total)
             return
         bad = sum(m.status != "ok" for m in ms)
-        self._advance(label + (f", [red]{bad} not ok[/]" if bad else ""))
+        warm = f" (warm-up: {warmup} requests)" if warmup else ""
+        self._advance(label + warm + (f", [red]{bad} not ok[/]" if bad else ""))
 
     # ---- energy (experiments.energy.run_energy) -----------------------------------------------
     def energy_start(self, db: Any, prompts: int) -> Any:
