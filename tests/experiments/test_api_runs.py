@@ -353,6 +353,66 @@ def test_rate_progress_counts_measured_requests_and_the_warm_up_apart(tmp_path: 
     assert line in result.output
 
 
+def test_show_counts_a_stored_rate_load_as_its_end_line_did(tmp_path: Path) -> None:
+    # A user review: `show` counted every stored row, so the run whose end line said "all 10
+    # points measured" (its failure a warm-up one) showed "incomplete: 1/13 points failed".
+    with fault_server(delay_s=0.01) as server:
+        server.faults_for = lambda request: request.get("max_tokens") == 2  # not the probes
+        server.script("500")  # the first measured request: a warm-up one
+        result = invoke("load", "m", "--base-url", server.url, "--prompt-tokens", "16",
+                        "--output-sizes", "2", "--mode", "rate", "--rate", "20", "--arrival",
+                        "constant", "--duration-s", "0.5", "--warmup-s", "0.2", "--retries",
+                        "0", "--store", tmp_path / "l.db")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    load = TimedLoad(16, 2, "rate", (20.0,), duration_s=0.5, warmup_s=0.2, arrival="constant")
+    planned = sum(t >= load.warmup_s for t in load.arrivals(20.0))
+    assert f"all {planned} points measured" in result.stderr
+    shown = invoke("show", "--store", tmp_path / "l.db")
+    assert shown.exit_code == 0, shown.output
+    assert f"all {planned} points measured" in shown.stdout, shown.stdout
+
+
+class Interrupt(KeyboardInterrupt):
+    """A Ctrl-C after the first burst or level is stored."""
+
+
+def stop_after_first(*_: object) -> None:
+    raise Interrupt
+
+
+def test_show_counts_the_requests_an_interrupted_burst_load_never_sent(tmp_path: Path) -> None:
+    # Counted against its stored rows, a load stopped after its first burst showed "all 1
+    # points measured": the 2 + 4 requests it never sent were not missed.
+    store = tmp_path / "l.db"
+    with fault_server() as server, Store(store) as db, pytest.raises(Interrupt):
+        backend = get_backend("openai", base_url=server.url)
+        run_load_sweep(db, SPEC, {}, backend, {}, LoadGrid(16, (2,), (1, 2, 4), 1),
+                       on_step=stop_after_first)  # fmt: skip
+    shown = invoke("show", "--store", store)
+    assert shown.exit_code == 0, shown.output
+    assert "6/7 points not measured" in shown.stdout, shown.stdout
+
+
+def test_show_counts_the_planned_requests_of_an_interrupted_rate_load(tmp_path: Path) -> None:
+    load = TimedLoad(16, 2, "rate", (20.0, 40.0), duration_s=0.3, warmup_s=0.2,
+                     arrival="constant")  # fmt: skip
+    store = tmp_path / "l.db"
+    with fault_server(delay_s=0.01) as server, Store(store) as db, pytest.raises(Interrupt):
+        backend = get_backend("openai", base_url=server.url)
+        run_timed_load(db, SPEC, {}, backend, {}, load, on_level=stop_after_first)
+    with Store(store) as db:
+        points = db.points(db.latest_run_id())
+    # A request is in the warm-up by its planned arrival, as the plan counts it (sent, it
+    # may start a hair either side of the warm-up's end).
+    planned_warm = [t < load.warmup_s for t in load.arrivals(20.0)]
+    assert [json.loads(e)["warmup"] for e in points.extra_json] == planned_warm
+    first = planned_warm.count(False)
+    never = sum(t >= load.warmup_s for t in load.arrivals(40.0))  # level 40's, warm-up aside
+    shown = invoke("show", "--store", store)
+    assert shown.exit_code == 0, shown.output
+    assert f"{never}/{first + never} points not measured" in shown.stdout, shown.stdout
+
+
 def test_a_timed_load_says_which_one_output_length_it_measures(tmp_path: Path) -> None:
     # A fresh-eyes check: with the default --output-sizes 1,32 a timed load measured o = 1
     # (the first) and said nothing.

@@ -24,8 +24,8 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Literal, Protocol
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -74,6 +74,10 @@ class LoadGrid:
     def points(self, o: int, c: int, t: int) -> list[Point]:
         """The c requests of step (o, c, t) as points: batch_size = c, trial = t·c + slot."""
         return [Point(self.prompt_tokens, o, c, t * c + slot) for slot in range(c)]
+
+    def planned_requests(self) -> int:
+        """The requests the grid sends: c for each step of concurrency c."""
+        return sum(c for _, c, _ in self.steps())
 
     def to_dict(self) -> dict[str, object]:
         """The grid as stored with the run (runs.grid_json) and keyed by: kind "load" and its
@@ -352,6 +356,18 @@ class TimedLoad:
                 return times
             times.append(t)
 
+    def warmup_requests(self, level: float) -> int:
+        """A `rate` level's requests in its warm-up: its first ones, those whose planned
+        arrival is before `warmup_s`."""
+        return sum(t < self.warmup_s for t in self.arrivals(level))
+
+    def planned_requests(self) -> int | None:
+        """The requests a `rate` load sends after its levels' warm-ups, all levels together;
+        None for `concurrent`, which plans a time, not a count."""
+        if self.mode != "rate":
+            return None
+        return sum(len(self.arrivals(v)) - self.warmup_requests(v) for v in self.levels)
+
     def to_dict(self) -> dict[str, object]:
         """The load as stored with the run and keyed by: kind "load-<mode>" and its fields."""
         data = asdict(self)
@@ -420,6 +436,9 @@ def run_timed_load(
                 return Point(load.prompt_tokens, load.output_tokens, number, i)
 
             concurrent = load.mode == "concurrent"
+            # A rate level's request is in the warm-up by its planned arrival, as
+            # planned_requests counts it: sent, it may start a hair either side of warmup_s.
+            warm = None if concurrent else load.warmup_requests(level)
             results = backend.measure_timed(
                 point_at,
                 int(level) if concurrent else None,
@@ -427,13 +446,23 @@ def run_timed_load(
                 load.warmup_s + load.duration_s,
             )
             for point, measurement, start in results:
+                in_warmup = start < load.warmup_s if warm is None else point.trial < warm
                 measurement.extra.update(
-                    level=level, mode=load.mode, start_s=start, warmup=start < load.warmup_s
+                    level=level, mode=load.mode, start_s=start, warmup=in_warmup
                 )
                 store.record_point(run_id, point, measurement)
             if on_level:
                 on_level(level, [m for _, m, _ in results])
     return store.get_run(run_id)
+
+
+def stored_load(grid: dict[str, Any]) -> LoadGrid | TimedLoad:
+    """The load that a load run's stored grid records (runs.grid_json: LoadGrid.to_dict's kind
+    "load", else TimedLoad.to_dict's "load-<mode>"); fields it does not know are left out."""
+    cls: type[LoadGrid] | type[TimedLoad] = LoadGrid if grid.get("kind") == "load" else TimedLoad
+    names = {f.name for f in fields(cls)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in grid.items() if k in names}
+    return cls(**values)
 
 
 def without_warmup(points: pd.DataFrame) -> pd.DataFrame:

@@ -168,14 +168,12 @@ def run_load(
     requests that failed is marked incomplete. `on_step(label, measurements, total,
     warmup=n)` is called after each burst or timed level (`total`: the levels, given with the
     first; a timed level's measurements leave its `n` warm-up requests out)."""
-    from infermeter.backends.api.outcome import run_outcome
     from infermeter.experiments.load import (
         LoadGrid,
         load_summary,
         run_load_sweep,
         run_timed_load,
         timed_summary,
-        without_warmup,
     )
 
     step = on_step or (lambda label, ms, total=None, warmup=0: None)
@@ -189,9 +187,7 @@ def run_load(
             step(f"o={o} c={c}: {len(ms)} requests{slowest}", ms)
 
         run = run_load_sweep(db, spec, stack, runner, options, grid, on_start, burst, device)
-        points = db.points(run.id)
-        summary = load_summary(points)
-        expected = sum(c for _, c, _ in grid.steps())
+        summary = load_summary(db.points(run.id))
     else:
         step("", [], len(grid.levels))
 
@@ -201,16 +197,24 @@ def run_load(
                  warmup=len(ms) - len(measured))  # fmt: skip
 
         run = run_timed_load(db, spec, stack, runner, options, grid, level, device)
-        points = db.points(run.id)
-        summary = timed_summary(points, grid.duration_s)
-        # A timed level has no fixed count: its failures count, the warm-up's left out as in
-        # the summary's table.
-        points = without_warmup(points)
-        expected = len(points)
-    outcome = run_outcome(points, expected)
+        summary = timed_summary(db.points(run.id), grid.duration_s)
+    outcome = load_outcome(grid, db.points(run.id))
     if not outcome.complete:
         db.set_run_status(run.id, "incomplete")
     return LoadResult(run, summary, outcome)
+
+
+def load_outcome(grid: Any, points: Any) -> Any:
+    """How a load run ended (backends.api.outcome.RunOutcome): its stored requests (Store.points)
+    by status and cause, warm-ups left out as in its summary's table, against the requests its
+    grid plans (LoadGrid or TimedLoad .planned_requests: a missing one was never sent); a
+    `concurrent` load, which plans a time and not a count, against the requests it stored."""
+    from infermeter.backends.api.outcome import run_outcome
+    from infermeter.experiments.load import without_warmup
+
+    measured = without_warmup(points)
+    planned = grid.planned_requests()
+    return run_outcome(measured, len(measured) if planned is None else planned)
 
 
 @dataclass
@@ -479,16 +483,24 @@ def fit_profiled(
 
 
 def stored_outcome(record: Any, points: Any) -> Any:
-    """How a stored profile run ended (backends.api.outcome.RunOutcome): its points by status
-    and cause against its grid's trials (Store.get_run's `grid`), as the profile's end line
-    said it; a run whose grid is not a profile grid is counted against its stored points."""
+    """How a stored run ended (backends.api.outcome.RunOutcome), as its end line said it, by
+    the kind its record gives (Store.get_run's RunRecord.kind): a profile's points by status
+    and cause against its grid's trials, a load's requests as load_outcome counts them; a run
+    of another kind, or one that stored no grid's sizes, is counted against its stored
+    points."""
+    from dataclasses import MISSING, fields
+
     from infermeter.backends.api.outcome import run_outcome
+    from infermeter.experiments.load import stored_load
     from infermeter.experiments.profile import ProfileGrid
 
-    try:
-        grid = ProfileGrid(**{k: tuple(v) if isinstance(v, list) else v
-                              for k, v in record.grid.items()})  # fmt: skip
-        expected = len(grid.points())
-    except TypeError:  # a load or energy run's grid
-        expected = len(points)
-    return run_outcome(points, expected)
+    kind, stored = record.kind, record.grid
+    if kind.startswith("load"):
+        return load_outcome(stored_load(stored), points)
+    names = {f.name for f in fields(ProfileGrid)}
+    needed = {f.name for f in fields(ProfileGrid) if f.default is MISSING}
+    if kind != "profile" or not needed <= stored.keys():
+        return run_outcome(points, len(points))
+    grid = ProfileGrid(**{k: tuple(v) if isinstance(v, list) else v
+                          for k, v in stored.items() if k in names})  # fmt: skip
+    return run_outcome(points, len(grid.points()))

@@ -87,6 +87,13 @@ class RunRecord(RunIdentity):
     updated_at: str
     status: str
 
+    @property
+    def kind(self) -> str:
+        """What measured the run, as its grid records it: "load", "load-concurrent" or
+        "load-rate" (`infermeter load`), "energy" (`infermeter energy`), or "profile" (a
+        profile grid records no kind)."""
+        return str(self.grid.get("kind") or self.grid.get("experiment") or "profile")
+
 
 class Store:
     """A SQLite file of runs, points and fits.
