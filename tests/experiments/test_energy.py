@@ -550,3 +550,24 @@ def test_a_gpu_without_power_or_utilisation_readings_still_runs_the_sweep(
     assert row.status == "ok" and row.watts == pytest.approx(WATTS, rel=0.05)
     assert pd.isna(row.sm_util) and samples.empty and (batches.method == "counter").all()
     assert result.run.backend_info["meter"]["energy_method"] == "counter"
+
+
+def test_show_summarises_a_stored_energy_run(tmp_path: Path, workload: Workload) -> None:
+    # A user review: `show` said "no points stored yet" of an energy run that had stored its
+    # configurations and batches (they are in the energy tables, not the points).
+    from cli_runner import invoke
+
+    store = tmp_path / "s.sqlite"
+    with Store(store) as db:  # batch 8 does not fit: infeasible, the sweep goes on
+        run_id = experiment(db, workload, EnergySweep((4, 8), (8,)), Engine(fits=4)).run.id
+    with Store(store) as db, pytest.raises(KeyboardInterrupt):  # a Ctrl-C in its 2nd batch
+        experiment(db, workload, EnergySweep((4,), (16,)), FailingAt(2))
+    shown = invoke("show", str(run_id), "--store", store)
+    assert shown.exit_code == 0, shown.output
+    text = shown.stdout
+    assert "no points stored yet" not in text
+    assert "2 configurations stored (1 ok, 1 infeasible), 4 batches" in text, text
+    assert f"tiny-llama on {workload.dataset}: 10 prompts per configuration" in text
+    assert "J/token" in text and "3/3" in text  # the figures and each one's batches
+    assert "infeasible: batch 8, max len 8: out of memory at batch 8" in text
+    assert "b4-l16-s1-nocap: 1/3 batches stored, not finished" in text

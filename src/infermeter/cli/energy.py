@@ -20,7 +20,7 @@ def energy(r: rq.EnergyRequest) -> None:
     from infermeter.engine.launcher import serve_if_follower
 
     launched = serve_if_follower()  # under torchrun/srun: ranks other than 0 serve, then exit
-    from infermeter.experiments.energy import summary
+    from infermeter.experiments.energy import config_problems, summary
     from infermeter.experiments.plans import energy_setup, restore_power_limits
     from infermeter.store.db import Store
 
@@ -45,5 +45,5 @@ def energy(r: rq.EnergyRequest) -> None:
     configs = result.configs
     title = f"{spec.name} on {workload.dataset}: {len(workload)} prompts per configuration"
     show(summary(configs), title, digits=4)
-    for row in configs[configs.status != "ok"].itertuples(index=False):
-        console.print(f"{row.status}: batch {row.batch}, max len {row.max_len}: {row.detail}")
+    for line in config_problems(configs):
+        console.print(line)

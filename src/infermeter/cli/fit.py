@@ -73,13 +73,26 @@ def runs(r: rq.StoreRequest) -> None:
 
 @o.request(rq.RunRequest)
 def show_run(r: rq.RunRequest) -> None:
-    """A run's setting, its points (min/mean over trials) and its latest fit."""
+    """A run's setting, its points (min/mean over trials) and its latest fit; an energy run's
+    configurations and batches."""
+    from infermeter.experiments.energy import stored_energy_run
     from infermeter.experiments.plans import stored_outcome
     from infermeter.model.runfit import points_summary, run_view
     from infermeter.store.db import Store
 
     with Store(r.store, read_only=True) as db:
         view = run_view(db, r.run)
+        energy = stored_energy_run(db, view.record) if view.record.kind == "energy" else None
+    if view.record.kind == "energy":  # its results are in the energy tables, not points
+        console.print(view.header(), highlight=False)
+        if energy is None:
+            console.print("no configurations stored yet")
+            return
+        console.print(energy.line, highlight=False)
+        show(energy.table, energy.title, digits=4)
+        for line in energy.problems:
+            console.print(line, markup=False, highlight=False)
+        return
     if view.not_fitted:
         console.print(view.not_fitted, markup=False)
     console.print(view.header(), highlight=False)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -77,6 +78,15 @@ class EnergyConfig:
         e.g. b64-l256-s1-nocap."""
         cap = f"cap{self.power_cap_w:g}" if self.power_cap_w is not None else "nocap"
         return f"b{self.batch}-l{self.max_len}-s{self.shards}-{cap}"
+
+    @classmethod
+    def from_key(cls, key: str) -> EnergyConfig | None:
+        """The configuration named `key` (EnergyConfig.key), or None for another string."""
+        found = re.fullmatch(r"b(\d+)-l(\d+)-s(\d+)-(?:nocap|cap(.+))", key)
+        if found is None:
+            return None
+        batch, max_len, shards, cap = found.groups()
+        return cls(int(batch), int(max_len), int(shards), None if cap is None else float(cap))
 
 
 @dataclass(frozen=True)
@@ -795,6 +805,64 @@ def summary(configs: pd.DataFrame) -> pd.DataFrame:
         if column not in ("dataset", "status"):  # None (not measured) shows as "-"
             table[column] = pd.to_numeric(table[column], errors="coerce")
     return table.rename(columns=columns)
+
+
+def config_problems(configs: pd.DataFrame) -> list[str]:
+    """A line for each configuration (energy_configs rows) not ok: its status and why."""
+    return [
+        f"{row.status}: batch {row.batch}, max len {row.max_len}: {row.detail}"
+        for row in configs[configs.status != "ok"].itertuples(index=False)
+    ]
+
+
+@dataclass
+class StoredEnergy:
+    """What `show` prints of a stored energy run: a line of what it stored, the title and
+    table of its configurations' figures (summary, with the batches each stored of those it
+    runs), and a line for each configuration not ok or not finished."""
+
+    line: str
+    title: str
+    table: pd.DataFrame
+    problems: list[str]
+
+
+def stored_energy_run(store: Store, record: RunRecord) -> StoredEnergy | None:
+    """The configurations and batches energy run `record` stored, as `show` prints them; None
+    if it stored none."""
+    configs = energy_configs(store, record.id)
+    batches = stored_energy.energy_batches(store, record.id)
+    if configs.empty and batches.empty:
+        return None
+    workload = record.grid.get("workload") or {}
+    prompts = int(workload.get("prompts") or 0)
+    per_config = batches.groupby("config_key").size()
+
+    def stored_of(config: EnergyConfig) -> str:
+        return f"{int(per_config.get(config.key, 0))}/{batches_of(prompts, config.batch)}"
+
+    table = summary(configs)
+    done = [EnergyConfig(int(r.batch), int(r.max_len), int(r.shards),
+                         None if pd.isna(r.power_cap_w) else float(r.power_cap_w))
+            for r in configs.itertuples(index=False)]  # fmt: skip
+    table.insert(table.columns.get_loc("status"), "batches", [stored_of(c) for c in done])
+    unfinished = [key for key in per_config.index if key not in {c.key for c in done}]
+    problems = config_problems(configs)
+    for key in unfinished:
+        config = EnergyConfig.from_key(str(key))
+        stored = stored_of(config) if config else str(int(per_config[key]))
+        problems.append(f"{key}: {stored} batches stored, not finished; rerun the same "
+                        "command to resume it")  # fmt: skip
+    counts = configs.status.value_counts()
+    line = f"{len(configs)} configurations stored"
+    if len(configs):
+        statuses = sorted(counts.index, key=lambda status: (status != "ok", status))
+        line += f" ({', '.join(f'{counts[status]} {status}' for status in statuses)})"
+    line += f", {len(batches)} batches"
+    if unfinished:
+        line += f"; {len(unfinished)} not finished"
+    title = f"{record.model} on {workload.get('dataset')}: {prompts} prompts per configuration"
+    return StoredEnergy(line, title, table, problems)
 
 
 def batches_of(n: int, batch: int) -> int:
