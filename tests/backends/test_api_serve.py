@@ -237,6 +237,26 @@ def test_bad_requests_get_openai_errors(
         ({"n": True}, "n", "'n' must be an integer"),
         ({"n": 2}, "n", "only n=1 is supported"),
         ({"stream": True, "stream_options": [1]}, "stream_options", "must be an object"),
+        (
+            {"stream": True, "stream_options": {"include_usage": "no"}},
+            "stream_options.include_usage",
+            "'stream_options.include_usage' must be a boolean, got a string",
+        ),
+        (
+            {"stream": True, "stream_options": {"include_usage": 1}},
+            "stream_options.include_usage",
+            "got an integer",
+        ),
+        (
+            {"stream_options": {"include_usage": True}},
+            "stream_options",
+            "only allowed when 'stream' is true",
+        ),
+        (
+            {"stream": False, "stream_options": {}},
+            "stream_options",
+            "only allowed when 'stream' is true",
+        ),
     ],
 )
 def test_wrongly_typed_fields_get_400s_naming_them(
@@ -251,7 +271,12 @@ def test_wrongly_typed_fields_get_400s_naming_them(
 
 
 def test_valid_optional_fields_are_still_served(served: str) -> None:
-    for more in ({"temperature": 0}, {"temperature": 2, "stream": None}, {"temperature": 0.7}):
+    for more in (
+        {"temperature": 0},
+        {"temperature": 2, "stream": None},
+        {"temperature": 0.7},
+        {"stream_options": None},
+    ):
         body = {"model": "tiny", "prompt": "x", "max_tokens": 1, "ignore_eos": False, **more}
         assert post(f"{served}/completions", body)[0] == 200
 

@@ -189,10 +189,11 @@ def _bool_field(body: dict[str, Any], name: str) -> bool:
     return bool(value)
 
 
-def _check_request_fields(body: dict[str, Any]) -> None:
-    """Check the typed fields not read as they are checked: stream_options (an object) and
-    temperature (0 to 2; generation is greedy whatever it is, but a client sending "hot" or 3
-    should hear so, as from a real API)."""
+def _check_request_fields(body: dict[str, Any], stream: bool) -> bool:
+    """Check the typed fields not read as they are checked, and return include_usage:
+    stream_options (an object, only with stream true, as OpenAI's API wants; its include_usage
+    a boolean) and temperature (0 to 2; generation is greedy whatever it is, but a client
+    sending "hot" or 3 should hear so, as from a real API)."""
     temperature = body.get("temperature")
     if temperature is not None:
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
@@ -212,6 +213,21 @@ def _check_request_fields(body: dict[str, Any]) -> None:
             f"{_kind(options)}",
             param="stream_options",
         )
+    if options is None:
+        return False
+    if not stream:
+        raise BadRequest(
+            "'stream_options' is only allowed when 'stream' is true: drop it or send "
+            '"stream": true',
+            param="stream_options",
+        )
+    include_usage = options.get("include_usage")
+    if include_usage is not None and not isinstance(include_usage, bool):
+        raise BadRequest(
+            f"'stream_options.include_usage' must be a boolean, got {_kind(include_usage)}",
+            param="stream_options.include_usage",
+        )
+    return bool(include_usage)
 
 
 def create_app(
@@ -325,7 +341,7 @@ def create_app(
                 raise BadRequest("only n=1 is supported", param="n")
             stream = _bool_field(body, "stream")
             ignore_eos = _bool_field(body, "ignore_eos")
-            _check_request_fields(body)
+            include_usage = _check_request_fields(body, stream)
             ids = prompt_ids(body, chat)
             max_tokens = _int_field(body, "max_tokens", 16, 1)
             if "max_completion_tokens" in body:
@@ -353,7 +369,6 @@ def create_app(
             "created": int(time.time()),
             "model": model_name,
         }
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if stream:
             events = _stream(job, tokenizer, meta, chat, include_usage)
             return StreamingResponse(
