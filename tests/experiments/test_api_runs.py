@@ -155,6 +155,8 @@ def test_a_body_over_max_body_mib_fails_and_the_end_line_names_the_option(tmp_pa
         result.stderr
     )
     assert "(--max-body-mib)'" in result.stderr
+    # The advice is the option, not "fix the request or server" (a user review).
+    assert "too_large will fail again as sent: raise --max-body-mib first" in result.stderr
 
 
 @pytest.mark.parametrize("bad", ["inf", "nan"])
@@ -208,8 +210,16 @@ def test_the_end_line_says_which_failures_a_rerun_meets_again() -> None:
     assert line("malformed:once").endswith("; rerun the same command to retry them")
 
     assert line("http_5xx").endswith("; rerun the same command to retry them")
+    # A body over the cap needs the cap raised (a user review), not the request or server fixed.
+    assert line("too_large").endswith("; too_large will fail again as sent: raise --max-body-mib "
+                                      "first")  # fmt: skip
     assert line("http_4xx", "too_large").endswith(
-        "; http_4xx and too_large will fail again as sent: fix the request or server first"
+        "; http_4xx and too_large will fail again as sent: fix the request or server first, and "
+        "raise --max-body-mib for too_large"
+    )
+    assert line("too_large", "timeout").endswith(
+        "; rerun the same command to retry them (too_large will fail again as sent: raise "
+        "--max-body-mib first)"
     )
     assert line("http_4xx", "timeout").endswith(
         "; rerun the same command to retry them (http_4xx will fail again as sent)"

@@ -19,6 +19,9 @@ INCOMPLETE_EXIT = 3  # some point of the grid failed or was never measured
 # Causes a rerun meets again as it is, for rows stored before each failure said so itself
 # (extra "repeats", api/client.py RequestRecord.repeats): the client's own list.
 REPEATS = REPEATING
+# What to change before a rerun, for a repeating cause with a remedy of its own (any other
+# needs the request or server fixed).
+REMEDIES = {"too_large": "raise --max-body-mib"}
 
 
 @dataclass
@@ -67,8 +70,26 @@ class RunOutcome:
             return "; rerun the same command to retry them"
         these = " and ".join(repeating)
         if len(repeating) == len(self.cause_names) and not self.missing:
-            return f"; {these} will fail again as sent: fix the request or server first"
+            return f"; {these} will fail again as sent: {_remedy(repeating)}"
+        if any(c in REMEDIES for c in repeating):
+            return (
+                f"; rerun the same command to retry them ({these} will fail again as sent: "
+                f"{_remedy(repeating)})"
+            )
         return f"; rerun the same command to retry them ({these} will fail again as sent)"
+
+
+def _remedy(repeating: list[str]) -> str:
+    """What to do before rerunning `repeating` causes: a cause's own remedy (REMEDIES), else
+    fix the request or server."""
+    own = [REMEDIES[c] for c in repeating if c in REMEDIES]
+    others = [c for c in repeating if c not in REMEDIES]
+    if not others:
+        return " and ".join(own) + " first"
+    if not own:
+        return "fix the request or server first"
+    named = " and ".join(f"{REMEDIES[c]} for {c}" for c in repeating if c in REMEDIES)
+    return f"fix the request or server first, and {named}"
 
 
 def run_outcome(points: pd.DataFrame, expected: int) -> RunOutcome:
