@@ -212,6 +212,15 @@ def test_a_stream_over_the_size_cap_is_refused(server: FaultServer) -> None:
     assert not record.ok and record.cause == "too_large" and "4,096 bytes" in record.detail
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), 0, -1.0, 1023.9])
+def test_the_body_cap_is_checked_where_it_is_configured(bad: float) -> None:
+    """ApiConfig owns the check of --max-body-mib (x 2**20): inf and nan passed it, checked
+    only by the openai backend before."""
+    with pytest.raises(UserError, match=r"--max-body-mib must be a finite number of at least"):
+        ApiConfig("http://127.0.0.1:9/v1", "m", max_body_bytes=bad)
+    assert ApiConfig("http://127.0.0.1:9/v1", "m", max_body_bytes=4096.7).max_body_bytes == 4096
+
+
 @pytest.mark.parametrize("bad", ["lots", -3, 2.5, True])
 def test_malformed_usage_is_recorded_not_raised(server: FaultServer, bad: object) -> None:
     """The issue's example: "completion_tokens": "lots" crashed the run with a traceback."""

@@ -159,11 +159,15 @@ def test_a_body_over_max_body_mib_fails_and_the_end_line_names_the_option(tmp_pa
     assert "too_large will fail again as sent: raise --max-body-mib first" in result.stderr
 
 
-@pytest.mark.parametrize("bad", ["inf", "nan"])
+@pytest.mark.parametrize("bad", ["inf", "nan", "0", "-1", "1e-9"])
 def test_max_body_mib_must_be_finite(tmp_path: Path, bad: str) -> None:
+    """One check (ApiConfig's), one message, for all: inf and nan were checked apart."""
     result = profile_through_faults(tmp_path, options=("--max-body-mib", bad))
     assert result.exit_code == 2, result.output
-    assert "--max-body-mib must be a finite number" in result.stderr
+    assert "--max-body-mib must be a finite number of at least 0.001 (1 KiB), got " in (
+        result.stderr
+    )
+    assert "Traceback" not in result.output
 
 
 def test_a_new_prompt_sizes_failed_calibration_is_counted_not_fatal(tmp_path: Path) -> None:

@@ -152,8 +152,6 @@ class OpenAIBackend:
             )
         if forced_length not in ("auto", "on", "off"):
             raise UserError(f"forced_length must be auto, on or off, got {forced_length!r}")
-        if not math.isfinite(max_body_mib):  # int() below would raise on inf and nan
-            raise UserError(f"--max-body-mib must be a finite number, got {max_body_mib}")
         self.api_model = api_model or _from_env(MODEL_ENV)
         features = OPTIONAL_FEATURES
         if forced_length == "off":
@@ -168,7 +166,7 @@ class OpenAIBackend:
             stall_timeout_s=stall_timeout_s,
             retries=retries,
             features=features,
-            max_body_bytes=int(max_body_mib * MIB_BYTES),
+            max_body_bytes=max_body_mib * MIB_BYTES,  # ApiConfig checks it
         )
         self.size_option = size_option
         self.url_had_credentials = split_credentials(url)[1] is not None

@@ -49,6 +49,7 @@ import base64
 import gc
 import itertools
 import json
+import math
 import random
 import time
 from collections.abc import Iterator
@@ -138,7 +139,8 @@ class ApiConfig:
     `features` are the optional request fields sent (OPTIONAL_FEATURES): `stream_options`
     asks a stream for usage, `ignore_eos` and `min_tokens` force the length. Credentials in
     `base_url` move to `basic_auth` (sent as HTTP Basic auth, never stored or printed).
-    Times are seconds; `max_body_bytes` caps a response body.
+    Times are seconds; `max_body_bytes` caps a response body (bytes: any number may be given,
+    e.g. --max-body-mib x 2**20; checked here, the one place, and kept as a whole number).
     """
 
     base_url: str
@@ -157,7 +159,7 @@ class ApiConfig:
     temperature: float | None = 0.0
     extra_body: dict[str, Any] = field(default_factory=dict)
     max_connections: int = 1024
-    max_body_bytes: int = MAX_BODY_BYTES
+    max_body_bytes: float = MAX_BODY_BYTES
     basic_auth: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -175,9 +177,10 @@ class ApiConfig:
             if getattr(self, name) <= 0:
                 raise UserError(f"{flag} must be a positive number of seconds, got "
                                 f"{getattr(self, name)}")  # fmt: skip
-        if self.max_body_bytes < 1024:
-            raise UserError(f"--max-body-mib must be at least 1 KiB (0.001), got "
-                            f"{self.max_body_bytes / MIB_BYTES:g}")  # fmt: skip
+        if not (math.isfinite(self.max_body_bytes) and self.max_body_bytes >= 1024):  # NaN too
+            raise UserError(f"--max-body-mib must be a finite number of at least 0.001 (1 KiB), "
+                            f"got {self.max_body_bytes / MIB_BYTES:g}")  # fmt: skip
+        object.__setattr__(self, "max_body_bytes", int(self.max_body_bytes))
         unknown = set(self.features) - set(OPTIONAL_FEATURES)
         if unknown:
             raise UserError(
