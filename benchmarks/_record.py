@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: write a result as JSON plus a short Markdown table."""
+"""Shared by the benchmark scripts: write a result as JSON plus a short Markdown table, and
+read back the records that options such as --merge, --summary-from and --table-from name."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from infermeter.store.provenance import provenance
 
@@ -48,6 +49,54 @@ def write_record(
     ]
     (out_dir / f"{name}.md").write_text("\n".join(lines))
     return path
+
+
+def read_record(path: Path, option: str, needs: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The record (a JSON object) in `path`, given with `option`, with the keys in `needs`.
+
+    A path that is missing or unreadable, text that is not JSON, or JSON that is not such a
+    record ends the script with one line naming the option, the path and the problem (exit
+    2, as argparse's errors), not a traceback.
+    """
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        _refuse(option, path, "no such file")
+    except IsADirectoryError:
+        _refuse(option, path, "a folder, not a record (a .json file)")
+    except OSError as error:
+        _refuse(option, path, f"cannot be read ({error.strerror or error})")
+    except UnicodeDecodeError:
+        _refuse(option, path, "not a text file, not a record (JSON)")
+    except json.JSONDecodeError as error:
+        _refuse(option, path, f"not valid JSON ({error.msg}, line {error.lineno} column "
+                              f"{error.colno})")  # fmt: skip
+    if not isinstance(record, dict):
+        _refuse(option, path, f"JSON but not a record (an object), a {type(record).__name__}")
+    missing = [key for key in needs if key not in record]
+    if missing:
+        _refuse(option, path, f"not the record this option takes: no {', '.join(missing)}")
+    return record
+
+
+def read_records(
+    paths: list[Path], option: str, needs: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """read_record of each of `paths`; the same file twice is refused the same way, since it
+    would count its contents twice."""
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        if path.resolve() in seen:
+            first = seen[path.resolve()]
+            _refuse(option, path, f"given twice (as {first} too): name each record once")
+        seen[path.resolve()] = path
+    return [read_record(path, option, needs) for path in paths]
+
+
+def _refuse(option: str, path: Path, problem: str) -> NoReturn:
+    """End the script with one line: `option`'s `path` and its `problem` (exit 2)."""
+    print(f"{Path(sys.argv[0]).name}: error: {option} {path}: {problem}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _finite(value: Any) -> Any:

@@ -25,7 +25,6 @@ Writes docs/benchmarks/bias_diagnosis.json and .md with device, date and commit.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import DOCS, write_record, write_result
+from _record import DOCS, read_record, write_record, write_result
 from infermeter.backends import get_backend
 from infermeter.backends.base import Point
 from infermeter.experiments.profile import measure_point
@@ -302,7 +301,8 @@ def table(result: dict[str, Any]) -> list[tuple[str, str, str]]:
 def resummarise(path: Path, out: Path) -> None:
     """Summarise a part-5 record's sweeps again (sweep_summary, the knots of the model's
     default grid) and write it back under its name, device, date and commit kept."""
-    record = json.loads(path.read_text())
+    needs = ("device", "date", "commit", "model", "pe_repeatability")
+    record = read_record(path, "--summary-from", needs)
     sweeps = record["pe_repeatability"]
     knots = grid_knots(get_spec(record["model"]))
     record["pe_repeatability"] = sweep_summary(

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import DOCS, write_record, write_result
+from _record import DOCS, read_record, write_record, write_result
 from infermeter.backends.base import Point
 from infermeter.backends.engine import EngineBackend
 from infermeter.spec.catalog import get_spec
@@ -189,7 +188,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.table_from:
-        record = json.loads(args.table_from.read_text())
+        needs = ("device", "date", "commit", "models")
+        record = read_record(args.table_from, "--table-from", needs)
         name = args.table_from.stem
         print(f"written {write_record(name, record, table(record['models']), args.out)}")
         return

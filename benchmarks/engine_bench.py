@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import DOCS, write_record
+from _record import DOCS, read_record, write_record
 from infermeter.backends.base import Measurement, Point
 from infermeter.backends.engine import EngineBackend
 from infermeter.engine import Engine
@@ -187,7 +187,8 @@ def main() -> None:
     parser.add_argument("--merge-only", action="store_true", help="re-merge DIR's results")
     args = parser.parse_args()
     if args.merge_only:
-        finish(json.loads((args.out / "engine.json").read_text()), args.out)
+        needs = ("decode", "prefill_1536", "vs_hf_generate")
+        finish(read_record(args.out / "engine.json", "--merge-only", needs), args.out)
         return
     if not torch.cuda.is_available():
         sys.exit("engine_bench needs a CUDA GPU")

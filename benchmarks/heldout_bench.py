@@ -47,7 +47,7 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _record import DOCS, write_record, write_result  # noqa: E402
+from _record import DOCS, read_record, read_records, write_record, write_result  # noqa: E402
 
 MAX_LONG_OUTPUT = 512
 
@@ -342,7 +342,7 @@ def merge(paths: list[Path], name: str, out: Path) -> Path:
     """One record (`name`, a `models` list) of per-model records written by separate runs
     (one device call each); each model keeps the device, date and commit it was measured at,
     and the record's own say where they differ."""
-    records = [json.loads(p.read_text()) for p in paths]
+    records = read_records(paths, "--merge", needs=("models",))
     results = []
     for record in records:
         for entry in record["models"]:
@@ -391,7 +391,7 @@ def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     earlier: dict[str, Any] = {}
     if args.reprice:
-        record = json.loads(args.reprice.read_text())
+        record = read_record(args.reprice, "--reprice", needs=("models",))
         earlier = {entry["model"]: entry for entry in record["models"]}
         models = list(earlier)
         for entry in earlier.values():  # where the profile and the measurements come from

@@ -51,7 +51,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _command import infermeter_command, run_command
-from _record import DOCS, write_record
+from _record import DOCS, read_record, write_record
 from infermeter.model.fitted import fit_run
 from infermeter.spec.catalog import get_spec
 from infermeter.store.db import Store
@@ -308,6 +308,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.out is None:  # a quick CPU run is a check, not a record for the docs
         args.out = Path(tempfile.gettempdir()) / "infermeter-models-quick" if args.quick else DOCS
+    name = "models_quick" if args.quick else "models"
+    if args.merge:  # named: it must be a record, not skipped as the default is when absent
+        old = read_record(args.merge, "--merge")
+    else:
+        earlier = DOCS / f"{name}.json" if not args.quick else args.out / f"{name}.json"
+        old = json.loads(earlier.read_text()) if earlier.exists() else {}
     import torch
 
     device = "cpu" if args.quick else "cuda"
@@ -315,10 +321,7 @@ def main() -> None:
         sys.exit(f"needs {args.tp} CUDA GPU(s); use --quick on a CPU")
     models = (args.models or (QUICK_MODELS if args.quick else GPU_MODELS)).split(",")
     curve_model = args.curve or ("tiny-qwen3-moe" if args.quick else "qwen3-30b-a3b")
-    name = "models_quick" if args.quick else "models"
 
-    earlier = args.merge or (DOCS / f"{name}.json" if not args.quick else args.out / f"{name}.json")
-    old = json.loads(earlier.read_text()) if earlier.exists() else {}
     if args.render:
         write(name, old, [], None, args)
         return

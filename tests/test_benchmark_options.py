@@ -1,0 +1,95 @@
+"""The benchmark scripts' options that read an earlier record (--merge, --summary-from,
+--table-from, --reprice, --merge-only): a missing path, a folder, text that is not JSON, JSON
+that is not such a record, or one record named twice is one line naming the option, the path
+and the problem (exit 2), not a traceback (a user review). Each script runs in its own
+process, as a user runs it; nothing is measured."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from paths import REPO
+
+# (script, its options before the path, the option named in the error)
+READERS = [
+    ("heldout_bench.py", ["--merge"], "--merge"),
+    ("heldout_bench.py", ["--reprice"], "--reprice"),
+    ("bias_diagnosis.py", ["--summary-from"], "--summary-from"),
+    ("decode_breakdown.py", ["--table-from"], "--table-from"),
+    ("models_bench.py", ["--merge"], "--merge"),
+]
+
+
+def run_script(script: str, *args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """benchmarks/`script` with `args`, as `python benchmarks/SCRIPT ...` from `cwd`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    command = [sys.executable, str(REPO / "benchmarks" / script), *map(str, args)]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(("script", "options", "option"), READERS)
+def test_a_missing_or_broken_record_is_one_line(
+    tmp_path: Path, script: str, options: list[str], option: str
+) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"models": [')
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    cases = [
+        (tmp_path / "absent.json", "no such file"),
+        (broken, "not valid JSON (Expecting value, line 1 column 13)"),
+        (listed, "JSON but not a record (an object), a list"),
+        (tmp_path, "a folder, not a record"),
+    ]
+    for path, problem in cases:
+        result = run_script(script, *options, path, "--out", tmp_path / "out", cwd=tmp_path)
+        assert_one_line_error(result, f"{script}: error: {option} {path}: {problem}")
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("script", "option", "needs"),
+    [
+        ("heldout_bench.py", "--merge", "models"),
+        ("bias_diagnosis.py", "--summary-from", "device, date, commit, model, pe_repeatability"),
+        ("decode_breakdown.py", "--table-from", "device, date, commit, models"),
+    ],
+)
+def test_a_record_of_another_kind_is_one_line(
+    tmp_path: Path, script: str, option: str, needs: str
+) -> None:
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"something": "else"}))
+    result = run_script(script, option, other, "--out", tmp_path, cwd=tmp_path)
+    assert_one_line_error(result, f"{option} {other}: not the record this option takes: no {needs}")
+
+
+def test_heldout_merge_refuses_a_record_named_twice(tmp_path: Path) -> None:
+    """--merge A,A would count A's models twice; a.json and its absolute path are one file."""
+    record = tmp_path / "a.json"
+    record.write_text(json.dumps({"device": "d", "date": "t", "commit": "c", "models": []}))
+    for twice, second in (("a.json,a.json", "a.json"), (f"a.json,{record}", str(record))):
+        result = run_script("heldout_bench.py", "--merge", twice, "--out", tmp_path, cwd=tmp_path)
+        assert_one_line_error(result, f"--merge {second}: given twice (as a.json too)")
+    assert not (tmp_path / "heldout.json").exists()
+    result = run_script("heldout_bench.py", "--merge", f"a.json,{record}x", cwd=tmp_path)
+    assert_one_line_error(result, f"--merge {record}x: no such file")
+
+
+def test_engine_bench_merge_only_without_a_record_is_one_line(tmp_path: Path) -> None:
+    result = run_script("engine_bench.py", "--merge-only", "--out", tmp_path, cwd=tmp_path)
+    assert_one_line_error(result, f"--merge-only {tmp_path / 'engine.json'}: no such file")
