@@ -18,7 +18,7 @@ bf16, on the engine:
 
 Run (GPU): PYTHONPATH=src python benchmarks/decode_breakdown.py
            [--models qwen3-30b-a3b,deepseek-v2-lite,gpt-oss-20b,mixtral-8x7b] [--layers 8]
-CPU check (tiny specs, no kernels to see): ... --quick
+CPU check (tiny specs, eager only: a CPU runs no CUDA graphs; no kernels to see): ... --quick
 Writes docs/benchmarks/decode_breakdown.json and .md with device, date and commit.
 """
 
@@ -110,12 +110,13 @@ def one_model(name: str, layers: int, device: str, bandwidth: float) -> dict[str
     spec = truncated(get_spec(name), layers)
     prompt, new = (480, 65) if device == "cuda" else (48, 9)
     row: dict[str, Any] = {"model": name, "spec": spec.name, "layers": spec.num_layers}
-    for graphs in (True, False):
-        mode = "graphs" if graphs else "eager"
+    for graphs in (True, False) if device == "cuda" else (False,):  # a CPU runs no graphs
         backend = EngineBackend(
             device=device, dtype="bfloat16" if device == "cuda" else None, cuda_graphs=graphs
         )
         backend.prepare(spec)
+        # labelled by what the engine runs (it falls back to eager where graphs cannot run)
+        mode = "graphs" if backend.describe().get("cuda_graphs") else "eager"
         try:
             backend.measure(Point(prompt, new, 1, 0))
             runs = [backend.measure(Point(prompt, new, 1, t)) for t in range(1, 4)]
@@ -125,8 +126,7 @@ def one_model(name: str, layers: int, device: str, bandwidth: float) -> dict[str
             row[f"{mode}_tpot_s"] = step_s
             row[f"{mode}_over_floor"] = step_s / floor_s
             row["floor_s"], row["decode_bytes"] = floor_s, spec.decode_bytes(context, 1)
-            if graphs:
-                row["backend_info"] = backend.describe()
+            row.setdefault("backend_info", backend.describe())  # the first mode's
             if device == "cuda":
                 row[mode] = part = summarise(kernel_times(backend, prompt, STEPS), step_s)
                 for k in part["top"][:8]:
@@ -140,9 +140,20 @@ def one_model(name: str, layers: int, device: str, bandwidth: float) -> dict[str
     return row
 
 
+def short_kernel(name: str) -> str:
+    """A kernel's name as the table shows it: without its return type, template arguments
+    and parameters ("void at::native::reduce_kernel<128, 4, ...>(...)" is
+    "at::native::reduce_kernel"); Triton's and cuBLAS's plain names ("_small_linear") as they
+    are. The record keeps the names as the profiler gave them."""
+    name = name.removeprefix("void ")
+    cuts = [i for i in (name.find("<"), name.find("(")) if i > 0]  # "(anonymous namespace)::"
+    return name[: min(cuts, default=len(name))]
+
+
 def table(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """(figure, value, goal) rows: the graph step against the floor, and the eager kernels'
-    busy time against the graph step. Under CUDA graphs the engine launches kernels with
+    """(figure, value, goal) rows: the graph step against the floor (the eager step where
+    no graphs ran: a CPU), and the eager kernels' busy time against the graph step. Under
+    CUDA graphs the engine launches kernels with
     programmatic dependent launch, so a kernel's recorded time includes its wait for the one
     before and the sum over kernels passes the step; eager kernels run one after another, so
     their sum is the GPU's busy time, and beside the graph step it says whether launch gaps
@@ -150,16 +161,18 @@ def table(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     out = []
     for r in rows:
         eager = r.get("eager") or {}
-        value = (f"{r['graphs_tpot_s'] * 1e3:.3f} ms / {r['floor_s'] * 1e3:.3f} ms = "
-                 f"{r['graphs_over_floor']:.2f}×")  # fmt: skip
+        mode = "graphs" if "graphs_tpot_s" in r else "eager"
+        value = (f"{r[f'{mode}_tpot_s'] * 1e3:.3f} ms / {r['floor_s'] * 1e3:.3f} ms = "
+                 f"{r[f'{mode}_over_floor']:.2f}×")  # fmt: skip
         if eager:
             top = "; ".join(
-                f"{k['kernel'][:40]} {k['us_per_step']:.0f} µs ({k['launches_per_step']:.0f}×)"
+                f"{short_kernel(k['kernel'])} {k['us_per_step']:.0f} µs "
+                f"({k['launches_per_step']:.0f}×)"
                 for k in eager["top"][:4]
             )
             value += (f"; eager kernels busy {eager['kernel_us_per_step'] / 1e3:.3f} ms a step "
                       f"in {eager['launches_per_step']:.0f} launches: {top}")  # fmt: skip
-        out.append((f"{r['spec']}: batch-1 decode step under graphs / bytes floor", value,
+        out.append((f"{r['spec']}: batch-1 decode step under {mode} / bytes floor", value,
                     "≤ 1.3×"))  # fmt: skip
     return out
 
@@ -181,7 +194,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default=None)
     parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--quick", action="store_true", help="CPU: tiny specs, no kernels")
+    parser.add_argument("--quick", action="store_true", help="CPU: tiny specs, eager, no kernels")
     parser.add_argument("--out", type=Path, default=DOCS)
     parser.add_argument(
         "--table-from", type=Path, help="a record (JSON): write its table again, measure nothing"
