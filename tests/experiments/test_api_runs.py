@@ -384,6 +384,9 @@ def test_show_counts_a_stored_rate_load_as_its_end_line_did(tmp_path: Path) -> N
     shown = invoke("show", "--store", tmp_path / "l.db")
     assert shown.exit_code == 0, shown.output
     assert f"all {planned} points measured" in shown.stdout, shown.stdout
+    # the table `load` printed, not a profile's points and a failed fit
+    assert "rate load (p = 16, o = 2, 0.5 s a level)" in shown.stdout, shown.stdout
+    assert "cannot fit" not in shown.output and "points not used" not in shown.stdout
 
 
 class Interrupt(KeyboardInterrupt):
@@ -405,6 +408,8 @@ def test_show_counts_the_requests_an_interrupted_burst_load_never_sent(tmp_path:
     shown = invoke("show", "--store", store)
     assert shown.exit_code == 0, shown.output
     assert "6/7 points not measured" in shown.stdout, shown.stdout
+    assert "runtime vs queries in flight (p = 16)" in shown.stdout, shown.stdout
+    assert "cannot fit" not in shown.output
 
 
 def test_show_counts_the_planned_requests_of_an_interrupted_rate_load(tmp_path: Path) -> None:

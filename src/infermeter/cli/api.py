@@ -36,7 +36,7 @@ def load(r: rq.LoadRequest) -> None:
     from infermeter.backends.api.outcome import INCOMPLETE_EXIT
     from infermeter.backends.openai import api_spec
     from infermeter.backends.options import openai_backend
-    from infermeter.experiments.plans import load_plan, run_load
+    from infermeter.experiments.plans import load_plan, load_title, run_load
     from infermeter.model.estimate import write_table
     from infermeter.store.db import Store
 
@@ -60,12 +60,7 @@ def load(r: rq.LoadRequest) -> None:
     ):
         result = run_load(db, spec, runner, options, grid, bar.load_start, bar.on_step)
     say(f"run {result.run.id} stored in {r.store}", err=False)
-    p, timed = r.prompt_tokens, f"o = {getattr(grid, 'output_tokens', '')}"
-    title = (
-        f"runtime vs queries in flight (p = {p})"
-        if r.mode == "burst"
-        else f"{r.mode} load (p = {p}, {timed}, {grid.duration_s:g} s a level)"
-    )
+    title = load_title(grid)
     shown = result.summary
     if not r.output:  # the whole table fits no terminal: the p50s and p99s here, all in a file
         shown = shown[[c for c in shown.columns if not c.endswith("_p90_s")]]

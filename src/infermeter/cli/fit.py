@@ -73,10 +73,11 @@ def runs(r: rq.StoreRequest) -> None:
 
 @o.request(rq.RunRequest)
 def show_run(r: rq.RunRequest) -> None:
-    """A run's setting, its points (min/mean over trials) and its latest fit; an energy run's
-    configurations and batches."""
+    """A run's setting, its points (min/mean over trials) and its latest fit; a load run's
+    summary table; an energy run's configurations and batches."""
     from infermeter.experiments.energy import stored_energy_run
-    from infermeter.experiments.plans import stored_outcome
+    from infermeter.experiments.load import stored_load
+    from infermeter.experiments.plans import load_table, load_title, stored_outcome
     from infermeter.model.runfit import points_summary, run_view
     from infermeter.store.db import Store
 
@@ -103,6 +104,12 @@ def show_run(r: rq.RunRequest) -> None:
     for note in view.record.backend_info.get("notes") or []:  # as the profile said them
         say(str(note), "note:", "yellow", err=False)
     ending = stored_outcome(view.record, points)
+    if view.record.kind.startswith("load"):  # the table `load` printed, then its end line
+        grid = stored_load(view.record.grid)
+        table = load_table(grid, points)
+        show(table[[c for c in table.columns if not c.endswith("_p90_s")]], load_title(grid))
+        say(ending.line(), *outcome_label(ending), err=False)
+        return
     say(ending.line(), *outcome_label(ending), err=False)
     summary, bad = points_summary(points)
     show(summary, "points")

@@ -168,13 +168,7 @@ def run_load(
     requests that failed is marked incomplete. `on_step(label, measurements, total,
     warmup=n)` is called after each burst or timed level (`total`: the levels, given with the
     first; a timed level's measurements leave its `n` warm-up requests out)."""
-    from infermeter.experiments.load import (
-        LoadGrid,
-        load_summary,
-        run_load_sweep,
-        run_timed_load,
-        timed_summary,
-    )
+    from infermeter.experiments.load import LoadGrid, run_load_sweep, run_timed_load
 
     step = on_step or (lambda label, ms, total=None, warmup=0: None)
     device = f"api: {options['base_url']}"
@@ -187,7 +181,6 @@ def run_load(
             step(f"o={o} c={c}: {len(ms)} requests{slowest}", ms)
 
         run = run_load_sweep(db, spec, stack, runner, options, grid, on_start, burst, device)
-        summary = load_summary(db.points(run.id))
     else:
         step("", [], len(grid.levels))
 
@@ -197,11 +190,32 @@ def run_load(
                  warmup=len(ms) - len(measured))  # fmt: skip
 
         run = run_timed_load(db, spec, stack, runner, options, grid, level, device)
-        summary = timed_summary(db.points(run.id), grid.duration_s)
+    summary = load_table(grid, db.points(run.id))
     outcome = load_outcome(grid, db.points(run.id))
     if not outcome.complete:
         db.set_run_status(run.id, "incomplete")
     return LoadResult(run, summary, outcome)
+
+
+def load_table(grid: Any, points: Any) -> Any:
+    """A load run's summary (pandas DataFrame) as `load` prints it: a row per output length
+    and burst size of a LoadGrid (load.load_summary), or per level of a TimedLoad, warm-ups
+    left out (load.timed_summary); latencies in seconds."""
+    from infermeter.experiments.load import LoadGrid, load_summary, timed_summary
+
+    if isinstance(grid, LoadGrid):
+        return load_summary(points)
+    return timed_summary(points, grid.duration_s)
+
+
+def load_title(grid: Any) -> str:
+    """The title `load` and `show` give a load run's summary table."""
+    from infermeter.experiments.load import LoadGrid
+
+    p = grid.prompt_tokens
+    if isinstance(grid, LoadGrid):
+        return f"runtime vs queries in flight (p = {p})"
+    return f"{grid.mode} load (p = {p}, o = {grid.output_tokens}, {grid.duration_s:g} s a level)"
 
 
 def load_outcome(grid: Any, points: Any) -> Any:

@@ -243,10 +243,11 @@ class RunView:
 
 
 def run_view(db: Store, run: int | None = None) -> RunView:
-    """Run `run` of `db` (default: the latest) as `show` prints it. UserError if unknown."""
+    """Run `run` of `db` (default: the latest) as `show` prints it, a profile's fits made now
+    when none is stored (a load or energy run is not fitted). UserError if unknown."""
     run_id = run if run is not None else db.latest_run_id()
     view = RunView(db.get_run(run_id), db.points(run_id), db.latest_fits(run_id))
-    if not view.fits and not view.points.empty:
+    if not view.fits and not view.points.empty and view.record.kind == "profile":
         try:
             view.fits, view.fitted_now = fit_run(db, run_id), True
         except UserError as error:

@@ -23,7 +23,7 @@ LOAD_CMD = "infermeter load MODEL --base-url http://HOST:PORT/v1 --store STORE"
 
 def load_kind(run: StoredRun) -> str | None:
     """ "load" (bursts), "load-concurrent", "load-rate", or None for other runs."""
-    kind = str((run.record.grid or {}).get("kind", ""))
+    kind = run.record.kind
     return kind if kind.startswith("load") else None
 
 
