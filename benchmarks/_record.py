@@ -51,8 +51,12 @@ def write_record(
     return path
 
 
-def read_record(path: Path, option: str, needs: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The record (a JSON object) in `path`, given with `option`, with the keys in `needs`.
+def read_record(
+    path: Path, option: str, needs: tuple[str, ...] = (), each_model: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The record (a JSON object) in `path`, given with `option`, with the keys in `needs`
+    and, where `each_model` names keys, a non-empty `models` list whose every entry has them
+    (what tells one script's record from another's).
 
     A path that is missing or unreadable, text that is not JSON, or JSON that is not such a
     record ends the script with one line naming the option, the path and the problem (exit
@@ -76,11 +80,20 @@ def read_record(path: Path, option: str, needs: tuple[str, ...] = ()) -> dict[st
     missing = [key for key in needs if key not in record]
     if missing:
         _refuse(option, path, f"not the record this option takes: no {', '.join(missing)}")
+    if each_model:
+        models = record.get("models")
+        if not isinstance(models, list) or not models:
+            _refuse(option, path, "not the record this option takes: no list of models")
+        for entry in models:
+            lacks = [key for key in each_model if not isinstance(entry, dict) or key not in entry]
+            if lacks:
+                _refuse(option, path, "not the record this option takes: a model without "
+                                      f"{', '.join(lacks)}")  # fmt: skip
     return record
 
 
 def read_records(
-    paths: list[Path], option: str, needs: tuple[str, ...] = ()
+    paths: list[Path], option: str, needs: tuple[str, ...] = (), each_model: tuple[str, ...] = ()
 ) -> list[dict[str, Any]]:
     """read_record of each of `paths`; the same file twice is refused the same way, since it
     would count its contents twice."""
@@ -90,7 +103,7 @@ def read_records(
             first = seen[path.resolve()]
             _refuse(option, path, f"given twice (as {first} too): name each record once")
         seen[path.resolve()] = path
-    return [read_record(path, option, needs) for path in paths]
+    return [read_record(path, option, needs, each_model) for path in paths]
 
 
 def _refuse(option: str, path: Path, problem: str) -> NoReturn:

@@ -202,7 +202,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.table_from:
         needs = ("device", "date", "commit", "models")
-        record = read_record(args.table_from, "--table-from", needs)
+        record = read_record(
+            args.table_from, "--table-from", needs, ("model", "floor_s", "eager_tpot_s")
+        )
         name = args.table_from.stem
         print(f"written {write_record(name, record, table(record['models']), args.out)}")
         return

@@ -338,11 +338,14 @@ def table_rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     return rows
 
 
+HELDOUT_MODEL = ("model", "rows", "profile_wall_s")  # keys of a heldout record's model entry
+
+
 def merge(paths: list[Path], name: str, out: Path) -> Path:
     """One record (`name`, a `models` list) of per-model records written by separate runs
     (one device call each); each model keeps the device, date and commit it was measured at,
     and the record's own say where they differ."""
-    records = read_records(paths, "--merge", needs=("models",))
+    records = read_records(paths, "--merge", ("models",), HELDOUT_MODEL)
     results = []
     for record in records:
         for entry in record["models"]:
@@ -391,7 +394,7 @@ def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     earlier: dict[str, Any] = {}
     if args.reprice:
-        record = read_record(args.reprice, "--reprice", needs=("models",))
+        record = read_record(args.reprice, "--reprice", ("models",), HELDOUT_MODEL)
         earlier = {entry["model"]: entry for entry in record["models"]}
         models = list(earlier)
         for entry in earlier.values():  # where the profile and the measurements come from

@@ -310,7 +310,7 @@ def main() -> None:
         args.out = Path(tempfile.gettempdir()) / "infermeter-models-quick" if args.quick else DOCS
     name = "models_quick" if args.quick else "models"
     if args.merge:  # named: it must be a record, not skipped as the default is when absent
-        old = read_record(args.merge, "--merge")
+        old = read_record(args.merge, "--merge", ("models",), ("model", "command"))
     else:
         earlier = DOCS / f"{name}.json" if not args.quick else args.out / f"{name}.json"
         old = json.loads(earlier.read_text()) if earlier.exists() else {}

@@ -78,10 +78,36 @@ def test_a_record_of_another_kind_is_one_line(
     assert_one_line_error(result, f"{option} {other}: not the record this option takes: no {needs}")
 
 
+@pytest.mark.parametrize(
+    ("script", "option", "lacks"),
+    [
+        ("heldout_bench.py", "--merge", "rows, profile_wall_s"),
+        ("heldout_bench.py", "--reprice", "rows, profile_wall_s"),
+        ("decode_breakdown.py", "--table-from", "floor_s, eager_tpot_s"),
+        ("models_bench.py", "--merge", "command"),
+    ],
+)
+def test_another_scripts_record_with_models_is_one_line(
+    tmp_path: Path, script: str, option: str, lacks: str
+) -> None:
+    """A fresh-eyes check gave heldout's --merge the models record: KeyError tracebacks, and
+    models_bench --render wrote a table of 'profile failed' rows from heldout.json."""
+    other = tmp_path / "other.json"  # shaped like another script's record: models, no its keys
+    other.write_text(json.dumps({"device": "d", "date": "t", "commit": "c",
+                                 "models": [{"model": "m"}]}))  # fmt: skip
+    extra = ["--render"] if script == "models_bench.py" else []
+    result = run_script(script, *extra, option, other, "--out", tmp_path / "out", cwd=tmp_path)
+    assert_one_line_error(
+        result, f"{option} {other}: not the record this option takes: a model without {lacks}"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_heldout_merge_refuses_a_record_named_twice(tmp_path: Path) -> None:
     """--merge A,A would count A's models twice; a.json and its absolute path are one file."""
     record = tmp_path / "a.json"
-    record.write_text(json.dumps({"device": "d", "date": "t", "commit": "c", "models": []}))
+    entry = {"model": "m", "rows": [], "profile_wall_s": 1.0}
+    record.write_text(json.dumps({"device": "d", "date": "t", "commit": "c", "models": [entry]}))
     for twice, second in (("a.json,a.json", "a.json"), (f"a.json,{record}", str(record))):
         result = run_script("heldout_bench.py", "--merge", twice, "--out", tmp_path, cwd=tmp_path)
         assert_one_line_error(result, f"--merge {second}: given twice (as a.json too)")
