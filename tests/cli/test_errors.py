@@ -67,3 +67,28 @@ def test_release_restarts_ranks_a_failure_stopped() -> None:
         assert backend.measure(Point(4, 2)).status == "ok"
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize(
+    ("verb", "resumable"), [("profile", True), ("energy", True), ("serve", False), ("show", False)]
+)
+def test_only_a_measuring_verb_says_stop_and_resume(
+    verb: str, resumable: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fresh-eyes check: `serve` stopped by SIGTERM said "everything measured so far is
+    stored; rerun the same command to resume", which a server never measures."""
+    import typer
+
+    from infermeter.cli.console import user_errors
+    from infermeter.errors import Terminated
+
+    def command() -> None:
+        raise Terminated
+
+    command.__name__ = verb
+    with pytest.raises(typer.Exit) as stopped:
+        user_errors(command)()
+    assert stopped.value.exit_code == 143
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("terminated")
+    assert ("rerun the same command to resume" in err) is resumable, err

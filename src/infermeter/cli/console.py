@@ -27,9 +27,14 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+RESUMABLE = {"profile", "load", "energy", "sweep"}  # the verbs that measure into a store
+
+
 def user_errors(func: F) -> F:
     """Turn a UserError into one red line and exit code 2, never a traceback; Ctrl-C and
-    SIGTERM into one line and exit code 130 / 143 once everything measured is stored."""
+    SIGTERM into one line and exit code 130 / 143 (once everything measured is stored, for
+    the verbs in RESUMABLE, which say so and how to resume)."""
+    resumable = func.__name__ in RESUMABLE
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -44,6 +49,8 @@ def user_errors(func: F) -> F:
             err_console.print(
                 f"[yellow]{how}:[/] everything measured so far is stored; rerun the same "
                 "command to resume"
+                if resumable
+                else f"[yellow]{how}[/]"
             )
             raise typer.Exit(code=143 if isinstance(exc, Terminated) else 130) from None
 
