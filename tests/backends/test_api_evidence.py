@@ -216,7 +216,7 @@ def test_a_stream_over_the_size_cap_is_refused(server: FaultServer) -> None:
 def test_the_body_cap_is_checked_where_it_is_configured(bad: float) -> None:
     """ApiConfig owns the check of --max-body-mib (x 2**20): inf and nan passed it, checked
     only by the openai backend before."""
-    with pytest.raises(UserError, match=r"--max-body-mib must be a finite number of at least"):
+    with pytest.raises(UserError, match=r"--max-body-mib must be a finite number of MiB, at"):
         ApiConfig("http://127.0.0.1:9/v1", "m", max_body_bytes=bad)
     assert ApiConfig("http://127.0.0.1:9/v1", "m", max_body_bytes=4096.7).max_body_bytes == 4096
 

@@ -164,7 +164,7 @@ def test_max_body_mib_must_be_finite(tmp_path: Path, bad: str) -> None:
     """One check (ApiConfig's), one message, for all: inf and nan were checked apart."""
     result = profile_through_faults(tmp_path, options=("--max-body-mib", bad))
     assert result.exit_code == 2, result.output
-    assert "--max-body-mib must be a finite number of at least 0.001 (1 KiB), got " in (
+    assert "--max-body-mib must be a finite number of MiB, at least 1/1024 (1 KiB), got " in (
         result.stderr
     )
     assert "Traceback" not in result.output

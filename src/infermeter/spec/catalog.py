@@ -338,7 +338,12 @@ _GPT_OSS_CARD = (
     "unembedding, not the embedding); architecture from " + _HF + "openai/{}/blob/main/config.json"
     "; weights counted at bf16 (the release stores experts in MXFP4)"
 )
-_GEMMA2 = {"model_type": "gemma2", "vocab_size": 256000, "sliding_window": 4096}
+_GEMMA2 = {
+    "model_type": "gemma2",
+    "vocab_size": 256000,
+    "sliding_window": 4096,
+    "hidden_activation": "gelu_pytorch_tanh",
+}
 
 _SPECS += [
     _published(
@@ -609,6 +614,7 @@ _SPECS += [
         "gemma-3-27b",
         {
             "model_type": "gemma3_text",
+            "hidden_activation": "gelu_pytorch_tanh",
             "hidden_size": 5376,
             "intermediate_size": 21504,
             "num_hidden_layers": 62,

@@ -178,8 +178,8 @@ class ApiConfig:
                 raise UserError(f"{flag} must be a positive number of seconds, got "
                                 f"{getattr(self, name)}")  # fmt: skip
         if not (math.isfinite(self.max_body_bytes) and self.max_body_bytes >= 1024):  # NaN too
-            raise UserError(f"--max-body-mib must be a finite number of at least 0.001 (1 KiB), "
-                            f"got {self.max_body_bytes / MIB_BYTES:g}")  # fmt: skip
+            raise UserError("--max-body-mib must be a finite number of MiB, at least 1/1024 "
+                            f"(1 KiB), got {self.max_body_bytes / MIB_BYTES:g}")  # fmt: skip
         object.__setattr__(self, "max_body_bytes", int(self.max_body_bytes))
         unknown = set(self.features) - set(OPTIONAL_FEATURES)
         if unknown:
