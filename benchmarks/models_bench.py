@@ -17,10 +17,12 @@ For each model (random weights, bf16, CUDA graphs, no download):
    validation queries the grid never saw) and the engine backend; what it prints is kept.
    From its store: per-p R² (goal >= 0.9999), PE and g, and the error of the runtime and
    energy fits on the profile's validation queries, plus the lines the command printed about
-   them. `--warmup-s` (default here 5 s, the command's own is 10 s) is the one deviation from
-   the defaults: it only sets how long the card is loaded before a metered profile, to save
-   device time.
-2. Batch-1 decode: the profile's own decode steps at the profiled prompt nearest 512 with the
+   them. Two deviations from the defaults, both written into the record: `--warmup-s`
+   (default here 5 s, the command's own is 10 s) only sets how long the card is loaded before
+   a metered profile, to save device time; `--max-context N`, when given (the committed
+   record used 4096), caps the grid's prompts below the model's context.
+2. Batch-1 decode: the profile's own decode steps at the decode curve's prompt nearest 512
+   (with --max-context 4096 the curves sit at p = 1, 1761 and 3553, so p = 1) with the
    longest output (minimum over trials, contexts p .. p + o − 2), against the floor
    spec.decode_bytes(mean context) / (tp × copy bandwidth of this GPU): goal <= 1.3×. For MoE
    the floor counts the k experts of one token (decode_bytes at batch 1); with tp > 1 it
@@ -426,6 +428,11 @@ def write(
         sections += [
             "",
             f"## Decode by batch, {c['model']} (context ~{c['context']})",
+            "",
+            "Measured {}, {}.".format(
+                (c.get("measured") or {}).get("date", "?")[:16],
+                (c.get("measured") or {}).get("commit", "?")[:7],
+            ),
             "",
             f"![decode tokens/s by batch]({record['batch_figure']})",
             "",
