@@ -229,6 +229,11 @@ def test_the_default_grid_stops_at_its_cap_and_says_so_for_long_context_models()
     whole = default_grid(spec, on_gpu=True, max_context=spec.max_context)
     assert max(whole.pe_sizes) == spec.max_context - 1
     assert context_notes(get_spec("llama-7b"), default_grid(get_spec("llama-7b"), True)) == []
+    gpt2 = get_spec("gpt2")  # on a CPU the grid stops near half the context, and says so
+    cpu = default_grid(gpt2, on_gpu=False)
+    (note,) = context_notes(gpt2, cpu, on_gpu=False)
+    assert f"up to {max(cpu.pe_sizes):,} tokens of gpt2's 1,024-token context" in note
+    assert "--prompt-sizes" in note
     with pytest.raises(UserError, match=r"--max-context must be 2\.\.131072"):
         default_grid(spec, on_gpu=True, max_context=spec.max_context + 1)
 

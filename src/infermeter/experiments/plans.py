@@ -386,13 +386,21 @@ class ProfileSetup:
         )  # fmt: skip
 
 
-def context_notes(spec: ModelSpec, grid: Any) -> list[str]:
-    """A note when the default grid's cap leaves part of the model's context unprofiled."""
+def context_notes(spec: ModelSpec, grid: Any, on_gpu: bool = True) -> list[str]:
+    """A note when the default grid leaves part of the model's context unprofiled: its cap
+    (DEFAULT_MAX_CONTEXT) on a GPU, and half the capped context on a CPU."""
     from infermeter.experiments.profile import DEFAULT_MAX_CONTEXT
 
+    largest = max(set(grid.prompt_sizes) | set(grid.pe_sizes))
+    if not on_gpu and largest < min(spec.max_context, DEFAULT_MAX_CONTEXT) - 1:
+        return [
+            f"on a CPU the default grid profiles prompts up to {largest:,} tokens of "
+            f"{spec.name}'s {spec.max_context:,}-token context (about half: long prefills are "
+            "slow here); longer prompts are priced by extrapolation, with a warning; "
+            "--prompt-sizes chooses others"
+        ]
     if spec.max_context <= DEFAULT_MAX_CONTEXT:
         return []
-    largest = max(set(grid.prompt_sizes) | set(grid.pe_sizes))
     return [
         f"the default grid profiles prompts up to {largest:,} tokens of {spec.name}'s "
         f"{spec.max_context:,}-token context (the default cap, {DEFAULT_MAX_CONTEXT:,}); longer "
@@ -433,7 +441,7 @@ def profile_setup(r: ProfileRequest, warn: Callable[[str], None]) -> ProfileSetu
     grid = profile_grid(spec, on_gpu, r.trials, *parsed, r.max_context)
     validate = validation_count(on_gpu, r.warmup_s, r.validate)
     chose = is_api or r.max_context is not None or parsed[0] is not None
-    notes = [] if chose else context_notes(spec, grid)
+    notes = [] if chose else context_notes(spec, grid, on_gpu)
     gpu = device if device.startswith("cuda") else "cuda"  # cuda:N: backend, meter and pricing
     options: dict[str, Any] = {"device": gpu if on_gpu else "cpu", "dtype": stack.dtype}
     if tp > 1:
