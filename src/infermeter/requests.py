@@ -140,7 +140,8 @@ class ProfileRequest:
     max_context: int | None = opt(
         None,
         "Profile prompts up to this many tokens (default: the model's context, at most "
-        "32,768; longer prompts are then priced by extrapolation, with a warning).",
+        "32,768, and about half of that on a CPU; longer prompts are then priced by "
+        "extrapolation, with a warning).",
         "--max-context",
     )
     api: OpenAIConfig = api()

@@ -234,6 +234,8 @@ def test_the_default_grid_stops_at_its_cap_and_says_so_for_long_context_models()
     (note,) = context_notes(gpt2, cpu, on_gpu=False)
     assert f"up to {max(cpu.pe_sizes):,} tokens of gpt2's 1,024-token context" in note
     assert "--prompt-sizes" in note
+    asked = default_grid(gpt2, on_gpu=False, max_context=1024)  # asked for: to its end
+    assert max(asked.pe_sizes) == 1023 and context_notes(gpt2, asked, on_gpu=False) == []
     with pytest.raises(UserError, match=r"--max-context must be 2\.\.131072"):
         default_grid(spec, on_gpu=True, max_context=spec.max_context + 1)
 

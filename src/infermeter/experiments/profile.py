@@ -168,7 +168,8 @@ def default_grid(
     Decode curves at three prompt sizes from 1 to the largest that leaves room for the longest
     output (GPU: o = 1 .. 512, a quarter of a 2,048 context; CPU: o = 1 .. 32), and PE knots
     every sixteenth of the context up to its end (every eighth up to half of it on a CPU, where
-    long prefills are slow), all off multiples of 64. On an H200 a LLaMA-7B profile of this
+    long prefills are slow, unless `max_context` is given: then up to its end), all off
+    multiples of 64. On an H200 a LLaMA-7B profile of this
     grid takes about 100 s with its energy windows and validation.
     """
     context = default_context(spec, max_context)
@@ -180,9 +181,10 @@ def default_grid(
     if on_gpu:
         curve = sorted({1, _off64(last // 2), _off64(last)})
         pe_end, pe_step = context - 1, max(1, context // 16)
-    else:
+    else:  # half the context unless --max-context asked for more: long prefills are slow here
         curve = sorted({1, _off64(max(2, context // 8)), _off64(max(3, context // 4))})
-        pe_end, pe_step = _off64(context // 2), max(1, context // 8)  # one knot at the end
+        pe_end = _off64(context // 2) if max_context is None else context - 1
+        pe_step = max(1, context // 8)  # one knot at the end
     curve = [p for p in curve if 1 <= p <= last] or [1]
     pe = sorted(
         {_off64(p) for p in range(pe_step, pe_end + 1, pe_step) if p + 1 <= context} | {pe_end}
