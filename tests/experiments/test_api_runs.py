@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -329,16 +330,22 @@ def test_load_prompt_below_the_offset_names_the_load_option(tmp_path: Path) -> N
         assert db.runs().empty
 
 
+def rate_load_failing_in_warmup(store: Path) -> Any:
+    """`load --mode rate` (20/s, 0.5 s, 0.2 s warm-up) whose first request, a warm-up one,
+    fails with a 500."""
+    with fault_server(delay_s=0.01) as server:
+        server.faults_for = lambda request: request.get("max_tokens") == 2  # not the probes
+        server.script("500")
+        return invoke("load", "m", "--base-url", server.url, "--prompt-tokens", "16",
+                      "--output-sizes", "2", "--mode", "rate", "--rate", "20", "--arrival",
+                      "constant", "--duration-s", "0.5", "--warmup-s", "0.2", "--retries",
+                      "0", "--store", store)  # fmt: skip
+
+
 def test_a_timed_loads_end_line_counts_what_its_table_counts(tmp_path: Path) -> None:
     # The warm-up's requests are stored, not summarised: a failed one was counted at the end
     # ("22/68 points failed") while the table showed 20 failed of 60.
-    with fault_server(delay_s=0.01) as server:
-        server.faults_for = lambda request: request.get("max_tokens") == 2  # not the probes
-        server.script("500")  # the first measured request: a warm-up one
-        result = invoke("load", "m", "--base-url", server.url, "--prompt-tokens", "16",
-                        "--output-sizes", "2", "--mode", "rate", "--rate", "20", "--arrival",
-                        "constant", "--duration-s", "0.5", "--warmup-s", "0.2", "--retries",
-                        "0", "--store", tmp_path / "l.db")  # fmt: skip
+    result = rate_load_failing_in_warmup(tmp_path / "l.db")
     assert result.exit_code == 0, result.output  # the failed request was a warm-up one
     with Store(tmp_path / "l.db") as db:
         points = db.points(db.latest_run_id())
@@ -350,13 +357,7 @@ def test_a_timed_loads_end_line_counts_what_its_table_counts(tmp_path: Path) -> 
 def test_rate_progress_counts_measured_requests_and_the_warm_up_apart(tmp_path: Path) -> None:
     # A user review: the progress said "level 20: 13 requests 1 not ok" where the table said
     # 9 requests, none failed: the warm-up's 4 (one failed) were counted as measured.
-    with fault_server(delay_s=0.01) as server:
-        server.faults_for = lambda request: request.get("max_tokens") == 2  # not the probes
-        server.script("500")  # the first measured request: a warm-up one
-        result = invoke("load", "m", "--base-url", server.url, "--prompt-tokens", "16",
-                        "--output-sizes", "2", "--mode", "rate", "--rate", "20", "--arrival",
-                        "constant", "--duration-s", "0.5", "--warmup-s", "0.2", "--retries",
-                        "0", "--store", tmp_path / "l.db")  # fmt: skip
+    result = rate_load_failing_in_warmup(tmp_path / "l.db")
     assert result.exit_code == 0, result.output
     with Store(tmp_path / "l.db") as db:
         points = db.points(db.latest_run_id())
@@ -370,13 +371,7 @@ def test_rate_progress_counts_measured_requests_and_the_warm_up_apart(tmp_path: 
 def test_show_counts_a_stored_rate_load_as_its_end_line_did(tmp_path: Path) -> None:
     # A user review: `show` counted every stored row, so the run whose end line said "all 10
     # points measured" (its failure a warm-up one) showed "incomplete: 1/13 points failed".
-    with fault_server(delay_s=0.01) as server:
-        server.faults_for = lambda request: request.get("max_tokens") == 2  # not the probes
-        server.script("500")  # the first measured request: a warm-up one
-        result = invoke("load", "m", "--base-url", server.url, "--prompt-tokens", "16",
-                        "--output-sizes", "2", "--mode", "rate", "--rate", "20", "--arrival",
-                        "constant", "--duration-s", "0.5", "--warmup-s", "0.2", "--retries",
-                        "0", "--store", tmp_path / "l.db")  # fmt: skip
+    result = rate_load_failing_in_warmup(tmp_path / "l.db")
     assert result.exit_code == 0, result.output
     load = TimedLoad(16, 2, "rate", (20.0,), duration_s=0.5, warmup_s=0.2, arrival="constant")
     planned = sum(t >= load.warmup_s for t in load.arrivals(20.0))
