@@ -72,6 +72,17 @@ def test_moe_triton_path_matches_the_expert_loop(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny-gpt-oss", "tiny-qwen3-moe"])
+@pytest.mark.parametrize("mode", ["sum", "pairs"])
+def test_one_token_expert_gemvs_match_the_expert_loop(
+    interpreted: dict, model: str, mode: str
+) -> None:
+    """Batch-1 decode: the k chosen experts by GEMV, summed over k in the down GEMV ("sum")
+    or after it ("pairs"); gpt-oss's biases and clamped SiLU ride in the epilogues."""
+    assert interpreted["moe"][f"{model}_gemv_{mode}"] < 1e-5
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["sigmoid_bias", "softmax_plain"])
 def test_fused_routing_matches_torch(interpreted: dict, variant: str) -> None:
     routing = interpreted["routing"]

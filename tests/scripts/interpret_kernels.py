@@ -51,6 +51,7 @@ def decode_tokens(name: str, path: str) -> list[list[int]]:
         for block in engine.model.layers:
             if block.moe is not None:
                 block.moe.path, block.moe.kernels = "triton", moe_kernels
+                block.moe.gemv = "sum"
     # two lengths (per-sequence slots); 20 + 6 tokens pass the 16-token windows (ring wraps)
     prompts = [[5, 9, 3, 7, 11, 2, 8, 4, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [6, 1, 12, 3]]
     return engine.generate(prompts, 6).tokens
@@ -76,6 +77,11 @@ def moe_errors() -> dict[str, float]:
             )
             want = moe._loop(x, *moe.route(x))
             out[f"{name}_tokens_{tokens}"] = _rel(moe._routed(x, None), want)
+            if tokens == 1:  # the one-token expert GEMVs, both ways of summing over k
+                for mode in ("sum", "pairs"):
+                    moe.gemv = mode
+                    out[f"{name}_gemv_{mode}"] = _rel(moe._routed(x, None), want)
+                moe.gemv = None
     return out
 
 

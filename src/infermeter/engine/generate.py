@@ -585,7 +585,13 @@ class Engine:
             "decode_pdl": self.attention == "triton" and self.model.kernels.pdl(self.device),
             "decode_attention_skipped": self.attention_notes or None,
             **(
-                {"moe_experts": self.moe_path, "moe_experts_note": self.moe_note}
+                {
+                    "moe_experts": self.moe_path,
+                    "moe_experts_note": self.moe_note,
+                    "moe_batch1_gemv": next(
+                        (blk.moe.gemv for blk in self.model.layers if blk.moe is not None), None
+                    ),
+                }
                 if self.moe_path
                 else {}
             ),

@@ -375,17 +375,25 @@ def silu_mul(y: Tensor, width: int) -> Tensor:
     return out
 
 
-def _gemv_configs() -> list[triton.Config]:
-    if INTERPRETED:  # one config: nothing to time, and no GPU to time it on
-        return [triton.Config({"BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4)]
+def tile_configs(
+    tiles: list[tuple[int, int, int, int]], interpreted: tuple[int, int] = (32, 64)
+) -> list[triton.Config]:
+    """Autotune configs from (BLOCK_N, BLOCK_K, warps, stages) rows; under the interpreter
+    one (BLOCK_N, BLOCK_K) tile: nothing to time, and no GPU to time it on."""
+    if INTERPRETED:
+        return [triton.Config({"BLOCK_N": interpreted[0], "BLOCK_K": interpreted[1]}, num_warps=4)]
     return [
-        triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-        for n, k, w, s in [
-            (16, 256, 4, 4), (16, 512, 4, 4), (32, 256, 4, 4), (32, 512, 4, 3),
-            (64, 256, 4, 4), (64, 128, 4, 5), (16, 1024, 8, 3), (32, 256, 8, 5),
-            (16, 256, 4, 6), (32, 128, 4, 6), (32, 512, 8, 4), (64, 256, 8, 4),
-        ]
-    ]  # fmt: skip
+        triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
+        for n, k, w, st in tiles
+    ]
+
+
+def _gemv_configs() -> list[triton.Config]:
+    return tile_configs([
+        (16, 256, 4, 4), (16, 512, 4, 4), (32, 256, 4, 4), (32, 512, 4, 3),
+        (64, 256, 4, 4), (64, 128, 4, 5), (16, 1024, 8, 3), (32, 256, 8, 5),
+        (16, 256, 4, 6), (32, 128, 4, 6), (32, 512, 8, 4), (64, 256, 8, 4),
+    ])  # fmt: skip
 
 
 @triton.autotune(configs=_gemv_configs(), key=["N", "K", "M"])

@@ -14,6 +14,7 @@ top-k, optional renormalisation and scale; weights in float32.
 
 Expert paths, chosen once per engine (Decoder.moe_path):
 - "triton": the grouped GEMM of moe_kernels.py (CUDA), reads only the experts a batch touches;
+  one token (batch-1 decode) takes GEMVs of its k experts instead (`gemv`, self-checked apart);
 - "loop": per expert, the tokens routed to it (data-dependent shapes: eager, CPU);
 - "dense": every expert on every token, weighted by a dense routing matrix; static shapes
   (CUDA graphs) but it reads every expert: the fallback when Triton fails its self-check.
@@ -68,6 +69,7 @@ class MoELayer(nn.Module):
             self.shared_gate = param(1, h, **kw) if moe.shared_gate else None
         self.path = "loop"
         self.kernels: Any = None
+        self.gemv: str | None = None  # batch-1 expert GEMVs on the triton path: "sum", "pairs"
         self.last_ids: Tensor | None = None  # set by record(): routing of the last forward
         self.record = False
 
@@ -151,6 +153,24 @@ class MoELayer(nn.Module):
         y = k.grouped_linear(y, self.w2, rows, blocks, pairs, 1, bias, weights.reshape(-1))
         return y.view(tokens, topk, -1).sum(1)
 
+    def _one_token(self, x: Tensor, ids: Tensor, weights: Tensor) -> Tensor:
+        """A batch-1 decode step's experts: GEMVs of the k chosen experts (expert_gemv), the
+        gated activation in the first one's epilogue; the second sums over k itself ("sum")
+        or writes k rows summed after it ("pairs")."""
+        k, topk = self.kernels, ids.shape[1]
+        if self.gated:
+            y = k.expert_gemv(
+                x, self.w13, ids, topk, self.b13, act=self.kind,
+                limit=self.extra.get("swiglu_limit", 7.0),
+                alpha=self.extra.get("swiglu_alpha", 1.702),
+            )  # fmt: skip
+        else:
+            y = self._act(k.expert_gemv(x, self.w13, ids, topk, self.b13), 0)
+        bias = self.b2 if self.lead else None
+        total = self.gemv == "sum"
+        y = k.expert_gemv(y, self.w2, ids, 1, bias, weights.reshape(-1), total=total)
+        return y if total else y.sum(0, keepdim=True)
+
     def _routed(self, x: Tensor, fast: Any) -> Tensor:
         """The routed experts' output: decode sizes route and align in one Triton launch."""
         cfg, k = self.cfg, self.kernels
@@ -168,6 +188,8 @@ class MoELayer(nn.Module):
             )  # fmt: skip
             if self.record:
                 self.last_ids = ids
+            if tokens == 1 and self.gemv:
+                return self._one_token(x, ids, weights)
             return self._triton(x, ids, weights, (rows, blocks))
         ids, weights = self.route(x)
         experts = {"triton": self._triton, "dense": self._dense}.get(self.path, self._loop)

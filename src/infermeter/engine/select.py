@@ -8,6 +8,7 @@ garbage. Order: "triton" (kernels.py), "flash" (FlashAttention varlen), "sdpa" (
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -252,6 +253,32 @@ def moe_problem(model: Decoder, moe: Any) -> str | None:
     return None
 
 
+GEMV_MODES = ("sum", "pairs")
+
+
+def moe_gemv_mode() -> str | None:
+    """The batch-1 expert GEMV mode from INFERMETER_MOE_GEMV: "sum" (default), "pairs", or
+    "0" for the grouped GEMM at every size (ablations, workarounds)."""
+    wanted = os.environ.get("INFERMETER_MOE_GEMV", "sum")
+    if wanted == "0":
+        return None
+    if wanted not in GEMV_MODES:
+        raise UserError(f"INFERMETER_MOE_GEMV must be sum, pairs or 0, not {wanted!r}")
+    return wanted
+
+
+def moe_gemv_problem(model: Decoder, moe: Any) -> str | None:
+    """Why the one-token expert GEMVs cannot run (None: they match the dense path on the
+    layer's own weights); checked after moe_problem() passed, with moe.gemv set."""
+    try:
+        x = torch.randn(1, model.spec.hidden_size, device=model.device, dtype=model.dtype)
+        if not _close(moe._routed(x, None), moe._dense(x, *moe.route(x))):
+            return "Triton expert GEMV self-check mismatch"
+    except Exception as error:
+        return f"Triton expert GEMV failed: {type(error).__name__}: {error}"[:300]
+    return None
+
+
 def choose_moe(model: Decoder) -> tuple[str | None, str | None]:
     """The expert path of every MoE layer (see engine/moe.py) and why Triton was skipped:
     "triton" on CUDA when it passes its self-check, else "dense" (static shapes for CUDA
@@ -262,8 +289,14 @@ def choose_moe(model: Decoder) -> tuple[str | None, str | None]:
     problem = moe_problem(model, layers[0])
     fallback = "dense" if model.device.type == "cuda" else "loop"
     path = "triton" if problem is None else fallback
+    gemv = moe_gemv_mode() if path == "triton" else None
+    if gemv is not None:
+        layers[0].gemv = gemv
+        gemv_problem = moe_gemv_problem(model, layers[0])
+        if gemv_problem is not None:
+            problem, gemv = f"{gemv_problem}; the grouped GEMM serves batch 1", None
     for moe in layers:
-        moe.path, moe.kernels = path, layers[0].kernels
+        moe.path, moe.kernels, moe.gemv = path, layers[0].kernels, gemv
     return path, (None if model.device.type != "cuda" else problem)
 
 
