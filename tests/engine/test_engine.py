@@ -545,3 +545,29 @@ def test_warming_a_shape_visited_before_sets_its_prefill_graph_up_again() -> Non
         assert asked == [(1, 24, False, False)]
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "modes"),
+    [(None, (None, "sum", "pairs")), ("auto", (None, "sum", "pairs")), ("0", (None,)),
+     ("sum", ("sum",)), ("pairs", ("pairs",))],
+)  # fmt: skip
+def test_batch1_expert_paths_follow_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, modes: tuple[str | None, ...]
+) -> None:
+    """Unset or auto: the grouped GEMM and both GEMV modes, timed at start; else as named."""
+    from infermeter.engine.select import moe_gemv_modes
+
+    if value is None:
+        monkeypatch.delenv("INFERMETER_MOE_GEMV", raising=False)
+    else:
+        monkeypatch.setenv("INFERMETER_MOE_GEMV", value)
+    assert moe_gemv_modes() == modes
+
+
+def test_a_misspelt_batch1_expert_path_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from infermeter.engine.select import moe_gemv_modes
+
+    monkeypatch.setenv("INFERMETER_MOE_GEMV", "gemv")
+    with pytest.raises(UserError, match="INFERMETER_MOE_GEMV must be auto, sum, pairs or 0"):
+        moe_gemv_modes()

@@ -570,8 +570,10 @@ class Engine:
     def describe(self) -> dict[str, Any]:
         """What a run records about the engine: torch version, device, dtype, TP size, CUDA
         graphs (decode and prefill, with why not), sampling, the decode attention
-        chosen (and why others were skipped), PDL and the MoE experts path."""
+        chosen (and why others were skipped), PDL and the MoE experts path (at batch 1: the
+        expert GEMVs or the grouped GEMM, and their start-up timings in µs a layer)."""
         cuda = self.device.type == "cuda"
+        moe = next((blk.moe for blk in self.model.layers if blk.moe is not None), None)
         return {
             "torch": torch.__version__,
             "device": torch.cuda.get_device_name(self.device) if cuda else "cpu",
@@ -588,11 +590,10 @@ class Engine:
                 {
                     "moe_experts": self.moe_path,
                     "moe_experts_note": self.moe_note,
-                    "moe_batch1_gemv": next(
-                        (blk.moe.gemv for blk in self.model.layers if blk.moe is not None), None
-                    ),
+                    "moe_batch1_gemv": moe.gemv,
+                    "moe_batch1_us": moe.batch1_us,
                 }
-                if self.moe_path
+                if self.moe_path and moe is not None
                 else {}
             ),
             "prefill_graphs": self.prefill_graph_problem is None,

@@ -256,20 +256,63 @@ def moe_problem(model: Decoder, moe: Any) -> str | None:
 GEMV_MODES = ("sum", "pairs")
 
 
-def moe_gemv_mode() -> str | None:
-    """The batch-1 expert GEMV mode from INFERMETER_MOE_GEMV: "sum" (default), "pairs", or
-    "0" for the grouped GEMM at every size (ablations, workarounds)."""
-    wanted = os.environ.get("INFERMETER_MOE_GEMV", "sum")
+def moe_gemv_modes() -> tuple[str | None, ...]:
+    """The batch-1 expert paths to consider, from INFERMETER_MOE_GEMV: unset or "auto", the
+    grouped GEMM (None) and both GEMV modes, the fastest timed at start; "sum" or "pairs",
+    that mode; "0", the grouped GEMM at every size (ablations, workarounds)."""
+    wanted = os.environ.get("INFERMETER_MOE_GEMV", "auto")
+    if wanted == "auto":
+        return (None, *GEMV_MODES)
     if wanted == "0":
-        return None
+        return (None,)
     if wanted not in GEMV_MODES:
-        raise UserError(f"INFERMETER_MOE_GEMV must be sum, pairs or 0, not {wanted!r}")
-    return wanted
+        raise UserError(f"INFERMETER_MOE_GEMV must be auto, sum, pairs or 0, not {wanted!r}")
+    return (wanted,)
+
+
+def graph_us(fn: Any, device: torch.device, calls: int = 20, rounds: int = 5) -> float:
+    """Device µs per call of fn(), `calls` calls captured in one CUDA graph (so Python's
+    launch cost is not timed), the fastest of `rounds` replays."""
+    fn()
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    best = float("inf")
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) * 1e3 / calls)
+    del graph
+    return best
+
+
+def fastest_batch1(model: Decoder, moe: Any, modes: tuple[str | None, ...]) -> dict[str, float]:
+    """µs of one token through `moe`'s routed experts per mode ("grouped" for None), each
+    under a CUDA graph; leaves moe.gemv at the fastest. Under tensor parallelism the ranks'
+    timings are summed first, so that every rank picks the same path."""
+    x = torch.randn(1, model.spec.hidden_size, device=model.device, dtype=model.dtype)
+    times = []
+    for mode in modes:
+        moe.gemv = mode
+        times.append(graph_us(lambda: moe._routed(x, None), model.device))
+    summed = model.comm.all_reduce(torch.tensor(times, device=model.device)).tolist()
+    timings = {
+        mode or "grouped": us / model.comm.size for mode, us in zip(modes, summed, strict=True)
+    }
+    best = min(timings, key=timings.__getitem__)
+    moe.gemv = None if best == "grouped" else best
+    return timings
 
 
 def moe_gemv_problem(model: Decoder, moe: Any) -> str | None:
     """Why the one-token expert GEMVs cannot run (None: they match the dense path on the
-    layer's own weights); checked after moe_problem() passed, with moe.gemv set."""
+    layer's own weights); checked after moe_problem() passed, with moe.gemv set (one mode
+    checks both: they differ only in where the sum over k is taken)."""
     try:
         x = torch.randn(1, model.spec.hidden_size, device=model.device, dtype=model.dtype)
         if not _close(moe._routed(x, None), moe._dense(x, *moe.route(x))):
@@ -289,14 +332,18 @@ def choose_moe(model: Decoder) -> tuple[str | None, str | None]:
     problem = moe_problem(model, layers[0])
     fallback = "dense" if model.device.type == "cuda" else "loop"
     path = "triton" if problem is None else fallback
-    gemv = moe_gemv_mode() if path == "triton" else None
-    if gemv is not None:
-        layers[0].gemv = gemv
-        gemv_problem = moe_gemv_problem(model, layers[0])
+    first = layers[0]
+    modes = moe_gemv_modes() if path == "triton" else (None,)
+    if any(modes):
+        first.gemv = next(mode for mode in modes if mode)
+        gemv_problem = moe_gemv_problem(model, first)
         if gemv_problem is not None:
-            problem, gemv = f"{gemv_problem}; the grouped GEMM serves batch 1", None
+            problem, modes = f"{gemv_problem}; the grouped GEMM serves batch 1", (None,)
+    first.gemv = modes[0]
+    if len(modes) > 1:
+        first.batch1_us = fastest_batch1(model, first, modes)
     for moe in layers:
-        moe.path, moe.kernels, moe.gemv = path, layers[0].kernels, gemv
+        moe.path, moe.kernels, moe.gemv = path, first.kernels, first.gemv
     return path, (None if model.device.type != "cuda" else problem)
 
 
