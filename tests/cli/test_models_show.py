@@ -17,7 +17,7 @@ def test_report_of_a_moe_spec() -> None:
     facts, per_batch = spec_report(spec, context=1024, batches=(1, 8))
     table = dict(zip(facts.figure, facts.value, strict=True))
     assert table["total parameters"] == "30.532 B"
-    assert table["active parameters per token"] == "3.353 B"
+    assert table["active parameters per token"] == "3.353 B (3.042 B without the input embedding)"
     assert "top-8 of 128 experts" in table["FFN"]
     assert per_batch["distinct experts/layer"].tolist() == pytest.approx(
         [8.0, 128 * (1 - (1 - 8 / 128) ** 8)]
@@ -43,3 +43,12 @@ def test_cli_show_unknown_model_is_one_line() -> None:
     result = CliRunner().invoke(app, ["models", "--show", "mixtral-9x9b"])
     assert result.exit_code != 0
     assert "mixtral-8x7b" in result.output and "Traceback" not in result.output
+
+
+def test_active_parameters_match_a_source_that_leaves_the_embedding_out() -> None:
+    """gpt-oss's card counts 5.13B active without the input embedding; the report gives both
+    counts, so its source line and its figure can be matched (a user review)."""
+    facts, _ = spec_report(get_spec("gpt-oss-120b"), context=1024, batches=(1,))
+    table = dict(zip(facts.figure, facts.value, strict=True))
+    assert "5.13B active" in table["source"]
+    assert table["active parameters per token"] == "5.712 B (5.133 B without the input embedding)"

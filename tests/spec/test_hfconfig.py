@@ -116,6 +116,18 @@ def test_deepseek_mla_and_routing() -> None:
     assert (v3.moe.groups, v3.moe.top_groups, v3.moe.scale) == (8, 4, 2.5)
 
 
+@pytest.mark.parametrize("key", ["kv_lora_rank", "qk_rope_head_dim"])
+def test_a_null_latent_attention_size_is_refused_not_defaulted(key: str) -> None:
+    """kv_lora_rank: null was read as 512 without a word (a user review); an absent key
+    still takes transformers' default."""
+    config = json.loads((CONFIGS / "deepseek-v3.json").read_text())
+    config[key] = None
+    with pytest.raises(UserError, match=f"{key} is null, but multi-head latent attention"):
+        spec_from_hf_config(config, name="v3-null")
+    del config[key]
+    assert spec_from_hf_config(config, name="v3-absent").mla is not None
+
+
 def test_windows_sinks_softcaps_and_norms() -> None:
     oss = load_hf_config(CONFIGS / "gpt-oss-20b.json")
     assert oss.attention_sinks and oss.sliding_window == 128

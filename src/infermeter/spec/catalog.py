@@ -869,6 +869,16 @@ def catalog_table() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _active_text(spec: ModelSpec) -> str:
+    """Active parameters with and without the input embedding (a token reads one row of
+    it; publishers differ on counting it), so a source line quoting either can be matched."""
+    with_embedding = to_giga(spec.active_params())
+    without = to_giga(spec.active_params(include_embedding=False))
+    if with_embedding == without:
+        return f"{with_embedding:.3f} B"
+    return f"{with_embedding:.3f} B ({without:.3f} B without the input embedding)"
+
+
 def _attention_text(spec: ModelSpec) -> str:
     if spec.mla is not None:
         m = spec.mla
@@ -934,7 +944,7 @@ def spec_report(
         ("attention variants", _variants_text(spec)),
         ("FFN", _ffn_text(spec)),
         ("total parameters", f"{to_giga(spec.num_params):.3f} B"),
-        ("active parameters per token", f"{to_giga(spec.active_params()):.3f} B"),
+        ("active parameters per token", _active_text(spec)),
         ("weights", f"{to_giga(spec.weight_bytes):.2f} GB at {spec.dtype}"),
         ("KV cache per token", f"{to_mega(spec.kv_cache_bytes(1)):.4f} MB (all layers)"),
         (f"KV cache at {context} tokens", f"{to_giga(spec.kv_cache_bytes(context)):.3f} GB"),

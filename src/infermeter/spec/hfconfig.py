@@ -353,8 +353,15 @@ def _deepseek(r: _Reader) -> dict[str, Any]:
     heads = fields["num_heads"]
     fields["num_kv_heads"] = heads  # MLA: every head has its own (expanded) K/V
     fields["head_dim"] = None
+    for key in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+        if key in r.config and r.config[key] is None:  # absent takes transformers' default
+            raise UserError(
+                f"{r.where}: {key} is null, but multi-head latent attention needs it; give "
+                f"the checkpoint's value (DeepSeek-V2/V3 ship kv_lora_rank 512, "
+                f"qk_nope_head_dim 128, qk_rope_head_dim 64, v_head_dim 128)"
+            )
     nope, rope = r.opt("qk_nope_head_dim", default=128), r.opt("qk_rope_head_dim", default=64)
-    q_lora = r.config.get("q_lora_rank", 1536)
+    q_lora = r.config.get("q_lora_rank", 1536)  # null: queries without a LoRA (V2-Lite)
     fields["mla"] = {
         "kv_lora_rank": r.opt("kv_lora_rank", default=512),
         "qk_nope_dim": nope,
