@@ -311,10 +311,10 @@ def table_rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     goals = {
         "runtime_mape_pct": "≤ 1",
         "runtime_max_error_pct": "≤ 3",
-        "runtime_bias_pct": "|·| ≤ 0.5",
+        "runtime_bias_pct": "within ±0.5",
         "energy_mape_pct": "≤ 3",
         "energy_max_error_pct": "≤ 6",
-        "energy_bias_pct": "|·| ≤ 1.5",
+        "energy_bias_pct": "within ±1.5",
     }
     for r in results:
         if "measured_with" in r:

@@ -83,6 +83,17 @@ def test_one_token_expert_gemvs_match_the_expert_loop(
 
 
 @pytest.mark.slow
+def test_batch1_paths_time_every_mode_and_price_out_a_failing_one(interpreted: dict) -> None:
+    """The start-up choice: every mode timed (clock injected) after its own self-check; a
+    GEMV variant that gives wrong numbers gets no time and a one-line reason."""
+    choice = interpreted["batch1_choice"]
+    assert choice["timings"] == {"grouped": 30.0, "sum": 10.0, "pairs": 20.0}
+    assert choice["problems"] == []
+    assert choice["broken_timings"] == {"grouped": 30.0, "sum": None, "pairs": 20.0}
+    assert choice["broken_problems"] == ["Triton expert GEMV (sum) self-check mismatch"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["sigmoid_bias", "softmax_plain"])
 def test_fused_routing_matches_torch(interpreted: dict, variant: str) -> None:
     routing = interpreted["routing"]

@@ -8,7 +8,7 @@ import json
 
 import torch
 
-from infermeter.engine import kernels, mla_kernels, moe_kernels
+from infermeter.engine import kernels, mla_kernels, moe_kernels, select
 from infermeter.engine.generate import Engine
 from infermeter.engine.select import _check_newer_kernels
 from infermeter.spec.catalog import get_spec
@@ -83,6 +83,41 @@ def moe_errors() -> dict[str, float]:
                     out[f"{name}_gemv_{mode}"] = _rel(moe._routed(x, None), want)
                 moe.gemv = None
     return out
+
+
+def batch1_choice() -> dict[str, object]:
+    """select.batch1_paths on a tiny MoE layer through the interpreted kernels, with its
+    clock injected (the modes' times are the subject, and a CPU has no CUDA events): each
+    mode's self-check runs for real; a "sum" variant broken on purpose is priced out."""
+    engine = Engine(get_spec("tiny-qwen3-moe"), device="cpu", dtype=torch.float32, seed=3)
+    moe = next(b.moe for b in engine.model.layers if b.moe is not None)
+    moe.kernels, moe.path = moe_kernels, "triton"
+    fake_us = {None: 30.0, "sum": 10.0, "pairs": 20.0}
+
+    def fake_call_us(fn, device, graphs, calls=20, rounds=5):
+        fn()
+        return fake_us[moe.gemv]
+
+    select.call_us = fake_call_us
+    modes = (None, "sum", "pairs")
+    timings, problems = select.batch1_paths(engine.model, moe, modes, graphs=False)
+    real = moe_kernels.expert_gemv
+
+    def broken(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return out + 1.0 if kwargs.get("total") else out  # far off: outputs here are ~1e-3
+
+    moe_kernels.expert_gemv = broken
+    try:
+        broken_timings, broken_problems = select.batch1_paths(engine.model, moe, modes, False)
+    finally:
+        moe_kernels.expert_gemv = real
+    return {
+        "timings": timings,
+        "problems": problems,
+        "broken_timings": {k: None if v == float("inf") else v for k, v in broken_timings.items()},
+        "broken_problems": broken_problems,
+    }
 
 
 def routing_checks() -> dict[str, float | bool]:
@@ -194,6 +229,7 @@ def main() -> None:
             for name in NEWER
         },
         "moe": moe_errors(),
+        "batch1_choice": batch1_choice(),
         "routing": routing_checks(),
         "latent": latent_error(),
         "attention": attention_errors(),

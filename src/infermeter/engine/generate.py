@@ -162,7 +162,7 @@ class Engine:
                 init_random(self.model, seed)
         self.graphs = cuda_graphs and self.device.type == "cuda"
         self.attention, self.attention_notes = choose_attention(self.model, decode_attention)
-        self.moe_path, self.moe_note = choose_moe(self.model)
+        self.moe_path, self.moe_note = choose_moe(self.model, self.graphs)
         # CPU draws from a private generator; CUDA graphs need the default (graph-safe) one.
         self._gen = torch.Generator() if self.device.type == "cpu" else None
         self._state: _State | None = None
@@ -571,7 +571,9 @@ class Engine:
         """What a run records about the engine: torch version, device, dtype, TP size, CUDA
         graphs (decode and prefill, with why not), sampling, the decode attention
         chosen (and why others were skipped), PDL and the MoE experts path (at batch 1: the
-        expert GEMVs or the grouped GEMM, and their start-up timings in µs a layer)."""
+        expert GEMVs or the grouped GEMM, and the start-up timings behind that choice: µs of
+        one token through the first MoE layer's router and routed experts, not its shared
+        expert or all-reduce, the slowest rank's under tensor parallelism)."""
         cuda = self.device.type == "cuda"
         moe = next((blk.moe for blk in self.model.layers if blk.moe is not None), None)
         return {

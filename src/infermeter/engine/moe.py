@@ -14,7 +14,9 @@ top-k, optional renormalisation and scale; weights in float32.
 
 Expert paths, chosen once per engine (Decoder.moe_path):
 - "triton": the grouped GEMM of moe_kernels.py (CUDA), reads only the experts a batch touches;
-  one token (batch-1 decode) takes GEMVs of its k experts instead (`gemv`, self-checked apart);
+  one token (batch-1 decode) may take GEMVs of its k experts instead (`gemv`: where routing is
+  fused, each mode self-checked, the fastest of them and the grouped GEMM timed at start;
+  select.choose_moe);
 - "loop": per expert, the tokens routed to it (data-dependent shapes: eager, CPU);
 - "dense": every expert on every token, weighted by a dense routing matrix; static shapes
   (CUDA graphs) but it reads every expert: the fallback when Triton fails its self-check.

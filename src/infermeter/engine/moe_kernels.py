@@ -152,6 +152,15 @@ def _grouped_gemm(
     tl.store(out, acc.to(Out.dtype.element_ty), mask=rmask[:, None] & nmask[None, :])
 
 
+def _unit_stride(a: Tensor, w: Tensor) -> None:
+    """The kernels step along K by one element: rows of `a` and `w` must be contiguous in K
+    (a strided view would be read wrongly, not refused, by the kernel itself)."""
+    if a.stride(-1) != 1 or w.stride(-1) != 1:
+        raise ValueError(
+            f"MoE kernels need unit stride along K (a {tuple(a.stride())}, w {tuple(w.stride())})"
+        )
+
+
 def grouped_linear(
     a: Tensor,
     w: Tensor,
@@ -171,6 +180,7 @@ def grouped_linear(
     a's dtype. With `act` (a GLU key), w is [E, 2N', K] = [gate; up] and out [pairs, N'] is
     the gated activation. `rows`/`block_experts` come from align(); the block size is theirs.
     """
+    _unit_stride(a, w)
     n, k = w.shape[1] // (2 if act else 1), w.shape[2]
     block_m = rows.numel() // block_experts.numel()
     out = torch.empty(pairs, n, device=a.device, dtype=a.dtype)
@@ -258,8 +268,11 @@ def expert_gemv(
     """grouped_linear() for the k pairs of ONE token, without the expert-sorted layout: ids
     [1, k] (distinct experts, as top-k gives them), a [rows_a, K], w [E, N(·2), K] ->
     out [k, N] in a's dtype, or with `total` their sum [1, N]. Each chosen expert is read
-    once; a batch-1 decode step's MoE layer is then router GEMV, route_align and two of these.
+    once; a batch-1 decode step's MoE layer is then router GEMV, route_align (whose padded
+    layout goes unused here) and two of these, plus the sum over k in the "pairs" mode.
+    a and w must be contiguous along K (ValueError otherwise).
     """
+    _unit_stride(a, w)
     pairs = ids.numel()
     n, k = w.shape[1] // (2 if act else 1), w.shape[2]
     out = torch.empty(1 if total else pairs, n, device=a.device, dtype=a.dtype)

@@ -135,6 +135,12 @@ class Comm:
             dist.all_reduce(x, group=self.group)
         return x
 
+    def maximum(self, x: torch.Tensor) -> torch.Tensor:
+        """The elementwise maximum of x over the TP group, in place; x itself with one rank."""
+        if self.size > 1:
+            dist.all_reduce(x, op=dist.ReduceOp.MAX, group=self.group)
+        return x
+
     def gather_columns(self, x: torch.Tensor) -> torch.Tensor:
         """[n, c] on every rank -> [n, size·c], rank r's block at columns [r·c, (r+1)·c)."""
         if self.size == 1:

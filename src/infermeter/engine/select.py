@@ -8,6 +8,7 @@ garbage. Order: "triton" (kernels.py), "flash" (FlashAttention varlen), "sdpa" (
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -257,10 +258,12 @@ GEMV_MODES = ("sum", "pairs")
 
 
 def moe_gemv_modes() -> tuple[str | None, ...]:
-    """The batch-1 expert paths to consider, from INFERMETER_MOE_GEMV: unset or "auto", the
-    grouped GEMM (None) and both GEMV modes, the fastest timed at start; "sum" or "pairs",
-    that mode; "0", the grouped GEMM at every size (ablations, workarounds)."""
-    wanted = os.environ.get("INFERMETER_MOE_GEMV", "auto")
+    """The batch-1 expert paths to consider, from INFERMETER_MOE_GEMV: unset, empty or
+    "auto", the grouped GEMM (None) and both GEMV modes, the fastest timed at start; "sum"
+    or "pairs", that mode; "0", the grouped GEMM at every size (ablations, workarounds).
+
+    Raises UserError for any other value (read on every device, so a typo never passes)."""
+    wanted = os.environ.get("INFERMETER_MOE_GEMV", "").strip() or "auto"
     if wanted == "auto":
         return (None, *GEMV_MODES)
     if wanted == "0":
@@ -270,78 +273,117 @@ def moe_gemv_modes() -> tuple[str | None, ...]:
     return (wanted,)
 
 
-def graph_us(fn: Any, device: torch.device, calls: int = 20, rounds: int = 5) -> float:
-    """Device µs per call of fn(), `calls` calls captured in one CUDA graph (so Python's
-    launch cost is not timed), the fastest of `rounds` replays."""
+def call_us(fn: Any, device: torch.device, graphs: bool, calls: int = 20, rounds: int = 5) -> float:
+    """Device µs per call of fn(), the fastest of `rounds` runs of `calls` calls: captured in
+    one CUDA graph when the engine decodes under graphs (Python's launch cost not timed),
+    else launched one by one as the eager decode step launches them."""
     fn()
     torch.cuda.synchronize(device)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
+    graph = None
+    if graphs:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
     best = float("inf")
     for _ in range(rounds):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        graph.replay()
+        if graph is not None:
+            graph.replay()
+        else:
+            for _ in range(calls):
+                fn()
         end.record()
         end.synchronize()
         best = min(best, start.elapsed_time(end) * 1e3 / calls)
-    del graph
     return best
 
 
-def fastest_batch1(model: Decoder, moe: Any, modes: tuple[str | None, ...]) -> dict[str, float]:
-    """µs of one token through `moe`'s routed experts per mode ("grouped" for None), each
-    under a CUDA graph; leaves moe.gemv at the fastest. Under tensor parallelism the ranks'
-    timings are summed first, so that every rank picks the same path."""
-    x = torch.randn(1, model.spec.hidden_size, device=model.device, dtype=model.dtype)
-    times = []
-    for mode in modes:
-        moe.gemv = mode
-        times.append(graph_us(lambda: moe._routed(x, None), model.device))
-    summed = model.comm.all_reduce(torch.tensor(times, device=model.device)).tolist()
-    timings = {
-        mode or "grouped": us / model.comm.size for mode, us in zip(modes, summed, strict=True)
-    }
-    best = min(timings, key=timings.__getitem__)
-    moe.gemv = None if best == "grouped" else best
-    return timings
-
-
 def moe_gemv_problem(model: Decoder, moe: Any) -> str | None:
-    """Why the one-token expert GEMVs cannot run (None: they match the dense path on the
-    layer's own weights); checked after moe_problem() passed, with moe.gemv set (one mode
-    checks both: they differ only in where the sum over k is taken)."""
+    """Why the one-token expert GEMVs in mode moe.gemv cannot run (None: they match the
+    dense path on the layer's own weights). Each mode is its own kernel variant ("sum" walks
+    the k experts in one program, "pairs" writes k rows), so each is checked."""
     try:
         x = torch.randn(1, model.spec.hidden_size, device=model.device, dtype=model.dtype)
         if not _close(moe._routed(x, None), moe._dense(x, *moe.route(x))):
-            return "Triton expert GEMV self-check mismatch"
+            return f"Triton expert GEMV ({moe.gemv}) self-check mismatch"
     except Exception as error:
-        return f"Triton expert GEMV failed: {type(error).__name__}: {error}"[:300]
+        return f"Triton expert GEMV ({moe.gemv}) failed: {type(error).__name__}: {error}"[:300]
     return None
 
 
-def choose_moe(model: Decoder) -> tuple[str | None, str | None]:
+def batch1_paths(
+    model: Decoder, moe: Any, modes: tuple[str | None, ...], graphs: bool
+) -> tuple[dict[str, float], list[str]]:
+    """µs of one token through `moe`'s router and routed experts per mode ("grouped" for
+    None; inf where the mode failed its self-check or its timing), and the problems seen.
+    Every rank of a tensor-parallel group calls this (the choice depends on nothing that
+    differs between ranks) and takes the slowest rank's time of each mode, since a step
+    waits for its slowest rank; so every rank picks the same path."""
+    x = torch.randn(1, model.spec.hidden_size, device=model.device, dtype=model.dtype)
+    times, problems = [], []
+    for mode in modes:
+        moe.gemv = mode
+        problem = None if moe.path != "triton" or mode is None else moe_gemv_problem(model, moe)
+        us = float("inf")
+        if moe.path == "triton" and problem is None:
+            try:
+                us = call_us(lambda: moe._routed(x, None), model.device, graphs)
+            except Exception as error:  # a capture or launch failure: that mode is out
+                problem = f"timing {mode or 'grouped'} failed: {type(error).__name__}: {error}"
+        if problem is not None:
+            problems.append(problem[:300])
+        times.append(us)
+    slowest = model.comm.maximum(torch.tensor(times, device=model.device)).tolist()
+    return {m or "grouped": us for m, us in zip(modes, slowest, strict=True)}, problems
+
+
+def _fusable(cfg: Any) -> bool:
+    """Whether one token's routing is fused (moe_kernels.fused_routing, one expert group):
+    the GEMVs hang off the fused path. From the spec alone, so every rank agrees."""
+    if cfg.groups != 1:
+        return False
+    try:
+        from infermeter.engine import moe_kernels
+    except ImportError:  # no Triton: no triton path either
+        return False
+    return bool(moe_kernels.fused_routing(1, cfg.experts_per_token, cfg.num_experts))
+
+
+def choose_moe(model: Decoder, graphs: bool = False) -> tuple[str | None, str | None]:
     """The expert path of every MoE layer (see engine/moe.py) and why Triton was skipped:
     "triton" on CUDA when it passes its self-check, else "dense" (static shapes for CUDA
-    graphs, reads every expert); "loop" on CPU. (None, None) without MoE layers."""
+    graphs, reads every expert); "loop" on CPU. (None, None) without MoE layers.
+
+    On the triton path one token (batch-1 decode) may take the expert GEMVs instead of the
+    grouped GEMM where routing is fused (one expert group, at most 256 experts): the path
+    INFERMETER_MOE_GEMV names, or under "auto" the fastest of the three timed on the first
+    layer as the decode step runs (`graphs`), its timings kept in moe.batch1_us."""
+    modes = moe_gemv_modes()  # read (and a typo refused) on every device
     layers = [blk.moe for blk in model.layers if blk.moe is not None]
     if not layers:
         return None, None
     problem = moe_problem(model, layers[0])
     fallback = "dense" if model.device.type == "cuda" else "loop"
     path = "triton" if problem is None else fallback
-    first = layers[0]
-    modes = moe_gemv_modes() if path == "triton" else (None,)
-    if any(modes):
-        first.gemv = next(mode for mode in modes if mode)
-        gemv_problem = moe_gemv_problem(model, first)
-        if gemv_problem is not None:
-            problem, modes = f"{gemv_problem}; the grouped GEMM serves batch 1", (None,)
-    first.gemv = modes[0]
-    if len(modes) > 1:
-        first.batch1_us = fastest_batch1(model, first, modes)
+    first, cfg = layers[0], layers[0].cfg
+    first.gemv, problems = None, []
+    if model.device.type == "cuda" and any(modes) and _fusable(cfg):
+        if len(modes) > 1:  # auto: every rank times (see batch1_paths)
+            timings, problems = batch1_paths(model, first, modes, graphs)
+            best = min(timings, key=timings.__getitem__)
+            first.gemv = None if best == "grouped" else best
+            first.batch1_us = {m: (us if math.isfinite(us) else None) for m, us in timings.items()}
+        elif path == "triton":
+            first.gemv = modes[0]
+            gemv_problem = moe_gemv_problem(model, first)
+            problems = [] if gemv_problem is None else [gemv_problem]
+            first.gemv = None if problems else first.gemv
+        if path == "triton" and problems:
+            problem = "; ".join(problems) + (
+                "; batch 1 takes " + (first.gemv or "the grouped GEMM")
+            )
     for moe in layers:
         moe.path, moe.kernels, moe.gemv = path, first.kernels, first.gemv
     return path, (None if model.device.type != "cuda" else problem)

@@ -64,6 +64,12 @@ def fit_table(model: CostModel) -> Table:
             f"{row.r2:.6f}",
             str(row.n_points),
         )
+    others = len(model.prompt_sizes) - len(per_p)
+    if others > 0:  # the CPU and GPU grids measure decode curves at a few sizes only
+        table.caption = (
+            f"lines where decode curves were measured; PE at {others} more prompt sizes "
+            f"({len(model.prompt_sizes)} in all) from their o = 1 points"
+        )
     return table
 
 
