@@ -88,9 +88,11 @@ def test_batch1_paths_time_every_mode_and_price_out_a_failing_one(interpreted: d
     GEMV variant that gives wrong numbers gets no time and a one-line reason."""
     choice = interpreted["batch1_choice"]
     assert choice["timings"] == {"grouped": 30.0, "sum": 10.0, "pairs": 20.0}
-    assert choice["problems"] == []
+    assert choice["problems"] == {}
     assert choice["broken_timings"] == {"grouped": 30.0, "sum": None, "pairs": 20.0}
-    assert choice["broken_problems"] == ["Triton expert GEMV (sum) self-check mismatch"]
+    assert choice["broken_problems"] == {"sum": "Triton expert GEMV (sum) self-check mismatch"}
+    assert choice["dense_timings"] == {"grouped": None, "sum": None, "pairs": None}
+    assert choice["forced_sum"] == [{"sum": 0.0}, {}]  # a forced mode: checked, not timed
 
 
 @pytest.mark.slow

@@ -100,7 +100,7 @@ def batch1_choice() -> dict[str, object]:
 
     select.call_us = fake_call_us
     modes = (None, "sum", "pairs")
-    timings, problems = select.batch1_paths(engine.model, moe, modes, graphs=False)
+    timings, problems = select.batch1_paths(engine.model, moe, modes, False, "triton")
     real = moe_kernels.expert_gemv
 
     def broken(*args, **kwargs):
@@ -109,7 +109,9 @@ def batch1_choice() -> dict[str, object]:
 
     moe_kernels.expert_gemv = broken
     try:
-        broken_timings, broken_problems = select.batch1_paths(engine.model, moe, modes, False)
+        broken_timings, broken_problems = select.batch1_paths(
+            engine.model, moe, modes, False, "triton"
+        )
     finally:
         moe_kernels.expert_gemv = real
     return {
@@ -117,6 +119,11 @@ def batch1_choice() -> dict[str, object]:
         "problems": problems,
         "broken_timings": {k: None if v == float("inf") else v for k, v in broken_timings.items()},
         "broken_problems": broken_problems,
+        "dense_timings": {  # the experts' path is not triton here: nothing is timed
+            k: None if v == float("inf") else v
+            for k, v in select.batch1_paths(engine.model, moe, modes, False, "dense")[0].items()
+        },
+        "forced_sum": select.batch1_paths(engine.model, moe, ("sum",), False, "triton", False),
     }
 
 

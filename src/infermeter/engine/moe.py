@@ -72,7 +72,7 @@ class MoELayer(nn.Module):
         self.path = "loop"
         self.kernels: Any = None
         self.gemv: str | None = None  # batch-1 expert GEMVs on the triton path: "sum", "pairs"
-        self.batch1_us: dict[str, float] | None = None  # per path, timed at start (select.py)
+        self.batch1_us: dict[str, float | None] | None = None  # per path, timed at start
         self.last_ids: Tensor | None = None  # set by record(): routing of the last forward
         self.record = False
 

@@ -273,16 +273,21 @@ def moe_gemv_modes() -> tuple[str | None, ...]:
     return (wanted,)
 
 
-def call_us(fn: Any, device: torch.device, graphs: bool, calls: int = 20, rounds: int = 5) -> float:
+def call_us(
+    fn: Any, device: torch.device, graphs: bool, ranks: int = 1, calls: int = 20, rounds: int = 5
+) -> float:
     """Device µs per call of fn(), the fastest of `rounds` runs of `calls` calls: captured in
-    one CUDA graph when the engine decodes under graphs (Python's launch cost not timed),
-    else launched one by one as the eager decode step launches them."""
+    one CUDA graph when the engine decodes under graphs (Python's launch cost not timed;
+    with several `ranks` captured thread-locally, as the engine's own graphs are, since
+    NCCL's watchdog thread may query events meanwhile), else launched one by one as the
+    eager decode step launches them."""
     fn()
     torch.cuda.synchronize(device)
     graph = None
     if graphs:
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        mode = "thread_local" if ranks > 1 else "global"
+        with torch.cuda.graph(graph, capture_error_mode=mode):
             for _ in range(calls):
                 fn()
     best = float("inf")
@@ -314,26 +319,41 @@ def moe_gemv_problem(model: Decoder, moe: Any) -> str | None:
 
 
 def batch1_paths(
-    model: Decoder, moe: Any, modes: tuple[str | None, ...], graphs: bool
-) -> tuple[dict[str, float], list[str]]:
-    """µs of one token through `moe`'s router and routed experts per mode ("grouped" for
-    None; inf where the mode failed its self-check or its timing), and the problems seen.
-    Every rank of a tensor-parallel group calls this (the choice depends on nothing that
-    differs between ranks) and takes the slowest rank's time of each mode, since a step
-    waits for its slowest rank; so every rank picks the same path."""
+    model: Decoder,
+    moe: Any,
+    modes: tuple[str | None, ...],
+    graphs: bool,
+    path: str,
+    timed: bool = True,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Per mode ("grouped" for None): µs of one token through `moe`'s router and routed
+    experts (`timed`), or 0 where the mode merely passes its self-check (not `timed`); inf
+    where it failed its self-check or its timing, or where the experts' `path` is not
+    "triton" here; and this rank's problem with each mode that had one. The same layer and
+    token every call, so a small layer's experts may stay in L2 (a real step reads them once
+    among all weights).
+
+    Every rank of a tensor-parallel group calls this (whether to call it depends on the
+    spec and the environment only) and each mode gets the slowest rank's figure, since a
+    step waits for its slowest rank: every rank then picks the same path."""
     x = torch.randn(1, model.spec.hidden_size, device=model.device, dtype=model.dtype)
-    times, problems = [], []
+    times, problems = [], {}
     for mode in modes:
         moe.gemv = mode
-        problem = None if moe.path != "triton" or mode is None else moe_gemv_problem(model, moe)
-        us = float("inf")
-        if moe.path == "triton" and problem is None:
+        us, problem = float("inf"), None
+        if path == "triton":
+            problem = None if mode is None else moe_gemv_problem(model, moe)
+        if path == "triton" and problem is None:
             try:
-                us = call_us(lambda: moe._routed(x, None), model.device, graphs)
+                us = (
+                    call_us(lambda: moe._routed(x, None), model.device, graphs, model.comm.size)
+                    if timed
+                    else 0.0
+                )
             except Exception as error:  # a capture or launch failure: that mode is out
                 problem = f"timing {mode or 'grouped'} failed: {type(error).__name__}: {error}"
         if problem is not None:
-            problems.append(problem[:300])
+            problems[mode or "grouped"] = problem[:300]
         times.append(us)
     slowest = model.comm.maximum(torch.tensor(times, device=model.device)).tolist()
     return {m or "grouped": us for m, us in zip(modes, slowest, strict=True)}, problems
@@ -354,12 +374,14 @@ def _fusable(cfg: Any) -> bool:
 def choose_moe(model: Decoder, graphs: bool = False) -> tuple[str | None, str | None]:
     """The expert path of every MoE layer (see engine/moe.py) and why Triton was skipped:
     "triton" on CUDA when it passes its self-check, else "dense" (static shapes for CUDA
-    graphs, reads every expert); "loop" on CPU. (None, None) without MoE layers.
+    graphs, reads every expert); "loop" on CPU. (None, None) without MoE layers (a bad
+    INFERMETER_MOE_GEMV is refused even then: UserError).
 
     On the triton path one token (batch-1 decode) may take the expert GEMVs instead of the
     grouped GEMM where routing is fused (one expert group, at most 256 experts): the path
-    INFERMETER_MOE_GEMV names, or under "auto" the fastest of the three timed on the first
-    layer as the decode step runs (`graphs`), its timings kept in moe.batch1_us."""
+    INFERMETER_MOE_GEMV forces (if every rank's self-check passes), or under "auto" the
+    fastest of the three timed on the first layer, under CUDA graphs when the decode step
+    runs under them (`graphs`), its timings kept in moe.batch1_us."""
     modes = moe_gemv_modes()  # read (and a typo refused) on every device
     layers = [blk.moe for blk in model.layers if blk.moe is not None]
     if not layers:
@@ -368,22 +390,28 @@ def choose_moe(model: Decoder, graphs: bool = False) -> tuple[str | None, str | 
     fallback = "dense" if model.device.type == "cuda" else "loop"
     path = "triton" if problem is None else fallback
     first, cfg = layers[0], layers[0].cfg
-    first.gemv, problems = None, []
-    if model.device.type == "cuda" and any(modes) and _fusable(cfg):
-        if len(modes) > 1:  # auto: every rank times (see batch1_paths)
-            timings, problems = batch1_paths(model, first, modes, graphs)
-            best = min(timings, key=timings.__getitem__)
+    first.gemv = None
+    if model.device.type == "cuda" and any(modes):
+        if not _fusable(cfg):
+            if len(modes) == 1 and path == "triton":
+                problem = (
+                    f"INFERMETER_MOE_GEMV={modes[0]} not used: one token's routing is not fused "
+                    f"here ({cfg.groups} expert groups, {cfg.num_experts} experts)"
+                )
+        else:  # every rank (see batch1_paths); auto times the three, a forced mode is checked
+            auto = len(modes) > 1
+            timings, problems = batch1_paths(model, first, modes, graphs, path, timed=auto)
+            ok = {m: us for m, us in timings.items() if math.isfinite(us)}
+            best = min(ok, key=ok.__getitem__) if ok and path == "triton" else "grouped"
             first.gemv = None if best == "grouped" else best
-            first.batch1_us = {m: (us if math.isfinite(us) else None) for m, us in timings.items()}
-        elif path == "triton":
-            first.gemv = modes[0]
-            gemv_problem = moe_gemv_problem(model, first)
-            problems = [] if gemv_problem is None else [gemv_problem]
-            first.gemv = None if problems else first.gemv
-        if path == "triton" and problems:
-            problem = "; ".join(problems) + (
-                "; batch 1 takes " + (first.gemv or "the grouped GEMM")
-            )
+            if path == "triton":
+                if auto:
+                    first.batch1_us = {m: us if m in ok else None for m, us in timings.items()}
+                failed = [m for m in timings if m not in ok]
+                why = [problems.get(m, f"{m} failed on another rank") for m in failed]
+                if why:
+                    took = f"GEMVs ({first.gemv})" if first.gemv else "the grouped GEMM"
+                    problem = "; ".join([*why, f"batch 1 takes {took}"])
     for moe in layers:
         moe.path, moe.kernels, moe.gemv = path, first.kernels, first.gemv
     return path, (None if model.device.type != "cuda" else problem)
