@@ -147,14 +147,20 @@ class MoELayer(nn.Module):
         if self.gated:  # the gated activation rides in the first GEMM's epilogue
             y = k.grouped_linear(
                 x, self.w13, rows, blocks, pairs, topk, self.b13, act=self.kind,
-                limit=self.extra.get("swiglu_limit", 7.0),
-                alpha=self.extra.get("swiglu_alpha", 1.702),
+                **self._glu_args(),
             )  # fmt: skip
         else:
             y = self._act(k.grouped_linear(x, self.w13, rows, blocks, pairs, topk, self.b13), 0)
         bias = self.b2 if self.lead else None
         y = k.grouped_linear(y, self.w2, rows, blocks, pairs, 1, bias, weights.reshape(-1))
         return y.view(tokens, topk, -1).sum(1)
+
+    def _glu_args(self) -> dict[str, float]:
+        """gpt-oss's clamped SiLU constants for the kernels' gated epilogue (defaults else)."""
+        return {
+            "limit": self.extra.get("swiglu_limit", 7.0),
+            "alpha": self.extra.get("swiglu_alpha", 1.702),
+        }
 
     def _one_token(self, x: Tensor, ids: Tensor, weights: Tensor) -> Tensor:
         """A batch-1 decode step's experts: GEMVs of the k chosen experts (expert_gemv), the
@@ -164,8 +170,7 @@ class MoELayer(nn.Module):
         if self.gated:
             y = k.expert_gemv(
                 x, self.w13, ids, topk, self.b13, act=self.kind,
-                limit=self.extra.get("swiglu_limit", 7.0),
-                alpha=self.extra.get("swiglu_alpha", 1.702),
+                **self._glu_args(),
             )  # fmt: skip
         else:
             y = self._act(k.expert_gemv(x, self.w13, ids, topk, self.b13), 0)
