@@ -570,7 +570,8 @@ class Engine:
     def describe(self) -> dict[str, Any]:
         """What a run records about the engine: torch version, device, dtype, TP size, CUDA
         graphs (decode and prefill, with why not), sampling, the decode attention
-        chosen (and why others were skipped), PDL and the MoE experts path (at batch 1: the
+        chosen (and why others were skipped), PDL, how the Triton kernels' tiles were chosen
+        (kept per machine or tuned per process) and the MoE experts path (at batch 1: the
         expert GEMVs or the grouped GEMM, and the start-up timings behind that choice: µs of
         one token through the first MoE layer's router and routed experts, not its shared
         expert or all-reduce, the slowest rank's under tensor parallelism)."""
@@ -587,6 +588,7 @@ class Engine:
             "top_p": self.top_p if self.sampling == "top_p" else None,
             "decode_attention": self.attention,
             "decode_pdl": self.attention == "triton" and self.model.kernels.pdl(self.device),
+            "kernel_tiles": self.model.kernels.tiles_note() if self.model.kernels else None,
             "decode_attention_skipped": self.attention_notes or None,
             **(
                 {

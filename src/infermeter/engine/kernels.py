@@ -18,6 +18,12 @@ next kernel of the graph is scheduled while this one drains and waits on the dev
 (griddepcontrol.wait) before it reads anything, instead of paying a launch gap per kernel.
 INFERMETER_PDL=0 turns it off (workarounds, ablations).
 
+Tiles are autotuned once per shape and machine: Triton keeps each choice in its cache
+(`~/.triton/cache`, or TRITON_CACHE_DIR), so a profile and every later process on the machine
+run the same tiles (INFERMETER_KEEP_TILES=0 tunes in every process). Tuned afresh in each
+process, the choice moved a LLaMA-7B decode by up to 0.76% from process to process on an H200
+(p = 512, o = 256; 0.03% with the choice kept: docs/benchmarks/autotune_spread.md).
+
 Tried and backed out (benchmarks/decode_ablation.py at commit 4538868 measured them on an
 H200): RMSNorm inside the GEMV, from the sum of squares of the streamed x (4.59 ms vs 4.33 ms
 per 7B step) or of a pass of its own, slower either way because the GEMV's weight stream
@@ -27,7 +33,9 @@ stops being pipelined; and loading the first weight tile before the PDL wait (4.
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Callable
 
 import torch
 import triton
@@ -375,6 +383,29 @@ def silu_mul(y: Tensor, width: int) -> Tensor:
     return out
 
 
+_KEEPS_CHOICE = "cache_results" in inspect.signature(triton.autotune).parameters and (
+    os.environ.get("INFERMETER_KEEP_TILES") != "0"  # 0: tune in every process (ablations)
+)
+
+
+def autotune(configs: list[triton.Config], key: list[str]) -> Callable[..., object]:
+    """`triton.autotune` that keeps its choice in Triton's on-disk cache where this Triton can
+    (3.3 and later; ignored under the interpreter), so that the profile's process and a user's
+    later process run the same tiles. Triton keys the kept choice on its own version, the GPU
+    architecture, the kernel's source, the configs and the shape key."""
+    keep = {"cache_results": True} if _KEEPS_CHOICE else {}
+    return triton.autotune(configs=configs, key=key, **keep)
+
+
+def tiles_note() -> str:
+    """What a run records about how its kernels' tiles were chosen."""
+    if INTERPRETED:
+        return "one tile per kernel (Triton's interpreter)"
+    if not _KEEPS_CHOICE:
+        return "autotuned in each process (kept choices are off or need Triton 3.3+)"
+    return "autotuned once per shape on this machine and kept in Triton's cache for later processes"
+
+
 def tile_configs(
     tiles: list[tuple[int, int, int, int]], interpreted: tuple[int, int] = (32, 64)
 ) -> list[triton.Config]:
@@ -396,7 +427,7 @@ def _gemv_configs() -> list[triton.Config]:
     ])  # fmt: skip
 
 
-@triton.autotune(configs=_gemv_configs(), key=["N", "K", "M"])
+@autotune(_gemv_configs(), key=["N", "K", "M"])
 @triton.jit
 def _small_linear(
     X, W, Bias, R, Y, M, N, K, stride_xm, stride_wn, stride_rm, stride_ym,

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from infermeter.engine.kernels import _grid_sync, _launch, tile_configs
+from infermeter.engine.kernels import _grid_sync, _launch, autotune, tile_configs
 
 DECODE_BLOCK_M = 16  # the smallest tile of a tensor-core dot
 PREFILL_BLOCK_M = 64
@@ -99,7 +99,7 @@ def _gemm_configs() -> list[triton.Config]:
     return tile_configs([(16, 256, 4, 4), (32, 128, 4, 4), (64, 128, 4, 3), (128, 64, 8, 3)])
 
 
-@triton.autotune(configs=_gemm_configs(), key=["N", "K", "BLOCK_M", "ACT"])
+@autotune(_gemm_configs(), key=["N", "K", "BLOCK_M", "ACT"])
 @triton.jit
 def _grouped_gemm(
     A, W, Bias, Scale, Out, Rows, BlockExperts,
@@ -205,7 +205,7 @@ def _gemv_configs() -> list[triton.Config]:
     ], interpreted=(8, 64))  # fmt: skip
 
 
-@triton.autotune(configs=_gemv_configs(), key=["N", "K", "ACT", "PAIRS", "SUM"])
+@autotune(_gemv_configs(), key=["N", "K", "ACT", "PAIRS", "SUM"])
 @triton.jit
 def _expert_gemv(
     A, W, Bias, Scale, Out, Ids,

@@ -1,0 +1,130 @@
+"""Do a profile and a later process run the same decode kernels? Tiles tuned per process or kept.
+
+The engine's Triton GEMV (and MoE) kernels are autotuned: the first call of each shape times a
+dozen tiles and keeps the fastest. Timed in each fresh process, near-ties go either way, so two
+processes can run different tiles, and a profile's decode time need not be a later process's.
+Kept (the default: Triton's on-disk cache), every process on the machine runs the first
+process's choice.
+
+For each way (INFERMETER_KEEP_TILES=0: tuned per process; kept: one Triton cache shared by the
+processes, empty at the start), N fresh processes each build the model on the engine and time
+each query shape (after one untimed call, the minimum of 5 wall-clock trials of the whole
+generate() call); the figures are the spread of those minima across processes (largest / smallest
+− 1, and the std, in %) and how many different GEMV tiles the processes chose.
+
+Run: python benchmarks/autotune_spread.py [--model llama-7b] [--processes 4]
+         [--shapes 512x256,1500x3]
+Writes docs/benchmarks/autotune_spread.json and .md with device, date and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import DOCS, write_result
+
+WAYS = {"tuned per process": {"INFERMETER_KEEP_TILES": "0"}, "kept": {}}
+
+
+def one_process(model: str, shapes: list[tuple[int, int]]) -> dict[str, Any]:
+    """Build `model` on the engine, time each (p, o); the GEMV tiles this process ran."""
+    import torch
+
+    from infermeter.backends.engine import EngineBackend
+    from infermeter.engine import kernels
+    from infermeter.spec.catalog import resolve_spec
+
+    spec = resolve_spec(model)
+    backend = EngineBackend(device="cuda")
+    backend.prepare(spec)
+    engine = backend._engine
+    rng = np.random.default_rng(1)
+    times: dict[str, float] = {}
+
+    def call(prompt: list[int], o: int) -> float:
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        engine.generate([prompt], o)
+        return time.perf_counter() - started
+
+    for p, o in shapes:
+        prompt = rng.integers(0, spec.vocab_size, p).tolist()
+        call(prompt, o)  # the shape's setup, untimed
+        times[f"{p}x{o}"] = min(call(prompt, o) for _ in range(5))
+    tiles = {
+        f"N={key[0]} K={key[1]}": f"{cfg.kwargs['BLOCK_N']}x{cfg.kwargs['BLOCK_K']}"
+        f"/w{cfg.num_warps}/s{cfg.num_stages}"
+        for key, cfg in kernels._small_linear.cache.items()
+    }
+    backend.close()
+    return {"times_s": times, "tiles": tiles, "note": kernels.tiles_note()}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    arr = np.array(values)
+    return {
+        "spread_pct": float(100 * (arr.max() / arr.min() - 1)),
+        "std_pct": float(100 * arr.std(ddof=1) / arr.mean()) if len(arr) > 1 else 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="llama-7b")
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--shapes", default="512x256,1500x3", help="PxO,... query shapes")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=DOCS)
+    args = parser.parse_args()
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    if args.one:
+        print("RESULT " + json.dumps(one_process(args.model, shapes)), flush=True)
+        return
+    if args.processes < 2:
+        raise SystemExit("--processes: at least 2 (a spread needs two processes)")
+    ways: dict[str, Any] = {}
+    rows = []
+    for way, extra in WAYS.items():
+        runs = []
+        with tempfile.TemporaryDirectory() as cache:
+            for i in range(args.processes):
+                env = {**os.environ, **extra}
+                if way == "kept":
+                    env["TRITON_CACHE_DIR"] = cache  # empty at the start: the first process tunes
+                command = [sys.executable, __file__, "--one", "--model", args.model,
+                           "--shapes", args.shapes]  # fmt: skip
+                done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+                (result,) = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+                runs.append(json.loads(result.removeprefix("RESULT ")))
+                print(f"{way}, process {i + 1}: {runs[-1]['times_s']}", flush=True)
+        per_shape = {
+            shape: {"times_s": [r["times_s"][shape] for r in runs],
+                    **spread([r["times_s"][shape] for r in runs])}
+            for shape in runs[0]["times_s"]
+        }  # fmt: skip
+        distinct = len({json.dumps(r["tiles"], sort_keys=True) for r in runs})
+        ways[way] = {"shapes": per_shape, "distinct_tile_sets": distinct, "runs": runs}
+        for shape, s in per_shape.items():
+            rows.append((
+                f"{args.model}, p x o = {shape}, {way}: minimum of 5 trials across "
+                f"{args.processes} processes",
+                f"spread {s['spread_pct']:.2f} %, std {s['std_pct']:.2f} % "
+                f"({min(s['times_s']) * 1e3:.2f}-{max(s['times_s']) * 1e3:.2f} ms); "
+                f"{distinct} different GEMV tile sets", "-",
+            ))  # fmt: skip
+    write_result("autotune_spread", {"model": args.model, "ways": ways}, rows, args.out)
+
+
+if __name__ == "__main__":
+    main()
