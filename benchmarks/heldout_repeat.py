@@ -14,7 +14,7 @@ Each run folder holds, per model, `<model>.measured.csv` (heldout_bench's measur
 `heldout_<model>.json` (its record: device, date, commit, and each query's error).
 
 Run: python benchmarks/heldout_repeat.py --a docs/benchmarks/stores/heldout/64afd9d
-                                          --b docs/benchmarks/stores/heldout
+                                          --b docs/benchmarks/stores/heldout/131bb40
 Writes docs/benchmarks/heldout_repeat.json and .md (device, date and commit of both runs).
 """
 

@@ -13,7 +13,7 @@ Run (GPU): PYTHONPATH=src python benchmarks/moe_gemv_bench.py
            [--models mixtral-8x7b,qwen3-30b-a3b,deepseek-v2-lite,gpt-oss-20b] [--layers 8]
            [--modes 0,pairs,sum,auto]
 CPU check (tiny specs; the CPU runs the expert loop, so every mode is the same): --quick
-Writes docs/benchmarks/moe_gemv.json and .md with device, date and commit.
+Writes docs/benchmarks/moe_gemv.json and .md (or --name) with device, date and commit.
 """
 
 from __future__ import annotations
@@ -141,13 +141,14 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="CPU: tiny specs")
     parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument("--name", default=None, help="record name (default moe_gemv[_quick])")
     args = parser.parse_args()
     device = "cpu" if args.quick else "cuda"
     models = (args.models or (QUICK_MODELS if args.quick else GPU_MODELS)).split(",")
     began = time.perf_counter()
     bandwidth = copy_bandwidth(device)
     rows: list[dict[str, Any]] = []
-    name = "moe_gemv" + ("_quick" if args.quick else "")
+    name = args.name or "moe_gemv" + ("_quick" if args.quick else "")
     for model in models:  # written after each model: a run cut short keeps what it measured
         for mode in args.modes:
             rows.append(step(model, args.layers, device, mode, bandwidth))

@@ -31,7 +31,7 @@ def test_a_run_against_itself_and_against_another(tmp_path: Path) -> None:
         assert model["queries"] == 60
         assert model["all"]["runtime_repeat_max_pct"] == 0.0
         assert model["all"]["runtime_error_correlation"] == pytest.approx(1.0)
-    assert run(tmp_path, STORES / "64afd9d", STORES).returncode == 0
+    assert run(tmp_path, STORES / "64afd9d", STORES / "131bb40").returncode == 0
     two = json.loads((tmp_path / "heldout_repeat.json").read_text())["models"]
     seven = next(m for m in two if m["model"] == "llama-7b")
     assert seven["run_a"]["commit"].startswith("64afd9d") and seven["run_b"]["commit"] == "131bb40"

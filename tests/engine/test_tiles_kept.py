@@ -1,5 +1,5 @@
 """The Triton kernels' autotuned tiles are kept on disk, so that a profile and a user's later
-process run the same tiles (tuned afresh, the choice moved a LLaMA-7B decode by up to 0.76%
+process run the same tiles (tuned afresh, the choice moved a LLaMA-7B query by up to 4.3%
 between processes on an H200: docs/benchmarks/autotune_spread.md)."""
 
 from __future__ import annotations

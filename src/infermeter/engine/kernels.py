@@ -21,8 +21,9 @@ INFERMETER_PDL=0 turns it off (workarounds, ablations).
 Tiles are autotuned once per shape and machine: Triton keeps each choice in its cache
 (`~/.triton/cache`, or TRITON_CACHE_DIR), so a profile and every later process on the machine
 run the same tiles (INFERMETER_KEEP_TILES=0 tunes in every process). Tuned afresh in each
-process, the choice moved a LLaMA-7B decode by up to 0.76% from process to process on an H200
-(p = 512, o = 256; 0.03% with the choice kept: docs/benchmarks/autotune_spread.md).
+process, near-tied tiles go either way: a LLaMA-7B query (p = 512, o = 256) took 1007.8 to
+1051.5 ms in three processes on an H200, 1009.4 to 1009.9 ms with the choice kept
+(docs/benchmarks/autotune_spread.md).
 
 Tried and backed out (benchmarks/decode_ablation.py at commit 4538868 measured them on an
 H200): RMSNorm inside the GEMV, from the sum of squares of the streamed x (4.59 ms vs 4.33 ms
