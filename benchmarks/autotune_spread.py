@@ -7,7 +7,8 @@ Kept (the default: Triton's on-disk cache), every process on the machine runs th
 process's choice.
 
 For each way (INFERMETER_KEEP_TILES=0: tuned per process; kept: one Triton cache shared by the
-processes, empty at the start), N fresh processes each build the model on the engine and time
+processes, empty at the start; either way without the caller's TRITON_CACHE_AUTOTUNING), one
+after the other, N fresh processes each build the model on the engine and time
 each query shape (after one untimed call, the minimum of 5 wall-clock trials of the whole
 generate() call); the figures are the spread of those minima across processes (largest / smallest
 − 1, and the std, in %) and how many different GEMV tiles the processes chose.
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import DOCS, write_result
 
 WAYS = {"tuned per process": {"INFERMETER_KEEP_TILES": "0"}, "kept": {}}
+CHOICE_ENV = ("INFERMETER_KEEP_TILES", "TRITON_CACHE_AUTOTUNING", "TRITON_CACHE_DIR")
 
 
 def one_process(model: str, shapes: list[tuple[int, int]]) -> dict[str, Any]:
@@ -63,10 +65,10 @@ def one_process(model: str, shapes: list[tuple[int, int]]) -> dict[str, Any]:
         call(prompt, o)  # the shape's setup, untimed
         times[f"{p}x{o}"] = min(call(prompt, o) for _ in range(5))
     tiles = {
-        f"N={key[0]} K={key[1]}": f"{cfg.kwargs['BLOCK_N']}x{cfg.kwargs['BLOCK_K']}"
+        " ".join(map(str, key)): f"{cfg.kwargs['BLOCK_N']}x{cfg.kwargs['BLOCK_K']}"
         f"/w{cfg.num_warps}/s{cfg.num_stages}"
         for key, cfg in kernels._small_linear.cache.items()
-    }
+    }  # key: N K M and the dtypes, as Triton's autotuner keys its choice
     backend.close()
     return {"times_s": times, "tiles": tiles, "note": kernels.tiles_note()}
 
@@ -99,7 +101,7 @@ def main() -> None:
         runs = []
         with tempfile.TemporaryDirectory() as cache:
             for i in range(args.processes):
-                env = {**os.environ, **extra}
+                env = {k: v for k, v in os.environ.items() if k not in CHOICE_ENV} | extra
                 if way == "kept":
                     env["TRITON_CACHE_DIR"] = cache  # empty at the start: the first process tunes
                 command = [sys.executable, __file__, "--one", "--model", args.model,
@@ -123,7 +125,11 @@ def main() -> None:
                 f"({min(s['times_s']) * 1e3:.2f}-{max(s['times_s']) * 1e3:.2f} ms); "
                 f"{distinct} different GEMV tile sets", "-",
             ))  # fmt: skip
-    write_result("autotune_spread", {"model": args.model, "ways": ways}, rows, args.out)
+    import triton
+
+    result = {"model": args.model, "processes": args.processes, "shapes": args.shapes,
+              "triton": triton.__version__, "ways": ways}  # fmt: skip
+    write_result("autotune_spread", result, rows, args.out)
 
 
 if __name__ == "__main__":

@@ -588,7 +588,7 @@ class Engine:
             "top_p": self.top_p if self.sampling == "top_p" else None,
             "decode_attention": self.attention,
             "decode_pdl": self.attention == "triton" and self.model.kernels.pdl(self.device),
-            "kernel_tiles": self.model.kernels.tiles_note() if self.model.kernels else None,
+            **_tiles(cuda),
             "decode_attention_skipped": self.attention_notes or None,
             **(
                 {
@@ -603,3 +603,17 @@ class Engine:
             "prefill_graphs": self.prefill_graph_problem is None,
             "prefill_graphs_note": self.prefill_graph_problem,
         }
+
+
+def _tiles(cuda: bool) -> dict[str, Any]:
+    """The Triton version and how the Triton kernels' tiles were chosen (kernels.tiles_note),
+    on a GPU with Triton installed; nothing where no Triton kernel runs."""
+    if not cuda:
+        return {}
+    try:
+        import triton
+
+        from infermeter.engine import kernels
+    except ImportError:
+        return {}
+    return {"triton": triton.__version__, "kernel_tiles": kernels.tiles_note()}

@@ -18,12 +18,13 @@ next kernel of the graph is scheduled while this one drains and waits on the dev
 (griddepcontrol.wait) before it reads anything, instead of paying a launch gap per kernel.
 INFERMETER_PDL=0 turns it off (workarounds, ablations).
 
-Tiles are autotuned once per shape and machine: Triton keeps each choice in its cache
-(`~/.triton/cache`, or TRITON_CACHE_DIR), so a profile and every later process on the machine
-run the same tiles (INFERMETER_KEEP_TILES=0 tunes in every process). Tuned afresh in each
-process, near-tied tiles go either way: a LLaMA-7B query (p = 512, o = 256) took 1007.8 to
-1051.5 ms in three processes on an H200, 1009.4 to 1009.9 ms with the choice kept
-(docs/benchmarks/autotune_spread.md).
+Tiles are autotuned once per shape: Triton (3.4+) keeps each choice in its cache folder
+(`~/.triton/cache`, or TRITON_CACHE_DIR), so a profile and every later process that uses the
+folder run the same tiles (INFERMETER_KEEP_TILES=0 tunes in every process). Tuned afresh in
+each process, near-tied tiles go either way: a LLaMA-7B query (p = 512, o = 256) took 1007.8
+to 1051.4 ms in three processes on an H200, 1009.3 to 1009.9 ms with the choice kept
+(docs/benchmarks/autotune_spread.md). Under tensor parallelism on an empty cache each rank
+tunes on its own GPU and the last to finish is kept for later runs.
 
 Tried and backed out (benchmarks/decode_ablation.py at commit 4538868 measured them on an
 H200): RMSNorm inside the GEMV, from the sum of squares of the streamed x (4.59 ms vs 4.33 ms
@@ -37,6 +38,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import triton
@@ -384,27 +386,80 @@ def silu_mul(y: Tensor, width: int) -> Tensor:
     return out
 
 
-_KEEPS_CHOICE = "cache_results" in inspect.signature(triton.autotune).parameters and (
-    os.environ.get("INFERMETER_KEEP_TILES") != "0"  # 0: tune in every process (ablations)
-)
+# Read at import, as the decorators below run then: INFERMETER_KEEP_TILES=0 tunes per process.
+_KEEP_OFF = os.environ.get("INFERMETER_KEEP_TILES") == "0"
+_CAN_KEEP = "cache_results" in inspect.signature(triton.autotune).parameters  # Triton 3.4+
+_KEEPS_CHOICE = _CAN_KEEP and not _KEEP_OFF
+TILE_PROBLEMS: list[str] = []  # kept choices that could not be read or written, this process
 
 
 def autotune(configs: list[triton.Config], key: list[str]) -> Callable[..., object]:
     """`triton.autotune` that keeps its choice in Triton's on-disk cache where this Triton can
-    (3.3 and later; ignored under the interpreter), so that the profile's process and a user's
-    later process run the same tiles. Triton keys the kept choice on its own version, the GPU
-    architecture, the kernel's source, the configs and the shape key."""
-    keep = {"cache_results": True} if _KEEPS_CHOICE else {}
-    return triton.autotune(configs=configs, key=key, **keep)
+    (3.4 and later; ignored under the interpreter), so that the profile's process and a user's
+    later process run the same tiles. Triton keys a kept choice on its own version, the GPU
+    architecture (not the GPU model), the kernel's source, the configs, the shape key and the
+    dtypes. A kept choice that cannot be read or written is tuned in memory instead and named
+    in tiles_note(), never an error at the kernel's first call."""
+    decorate = triton.autotune(
+        configs=configs, key=key, **({"cache_results": True} if _KEEPS_CHOICE else {})
+    )
+
+    def wrap(fn: object) -> object:
+        tuner = decorate(fn)
+        if _KEEPS_CHOICE and hasattr(tuner, "check_disk_cache"):
+            _guard_kept_choice(tuner)
+        return tuner
+
+    return wrap
+
+
+def _guard_kept_choice(tuner: Any) -> None:
+    """Let a truncated choice file or a read-only, full or foreign cache folder cost a tuning
+    run, not the kernel: the engine's self-check would take an exception at the first call as
+    a broken kernel and fall back to a slower path without saying why."""
+    check = tuner.check_disk_cache
+
+    def guarded(tuning_key: Any, configs: list[triton.Config], bench: Callable[[], None]) -> bool:
+        try:
+            return bool(check(tuning_key, configs, bench))
+        except (OSError, ValueError, KeyError, TypeError) as err:  # JSON errors are ValueErrors
+            if len(TILE_PROBLEMS) < 3:
+                TILE_PROBLEMS.append(f"{type(err).__name__}: {err}"[:200])
+            if tuning_key not in tuner.cache:  # the read failed before tuning: tune now
+                bench()
+            return False
+
+    tuner.check_disk_cache = guarded
+
+
+def _cache_dir() -> str:
+    knobs = getattr(triton, "knobs", None)
+    folder = getattr(getattr(knobs, "cache", None), "dir", None)
+    return str(folder or os.environ.get("TRITON_CACHE_DIR") or "~/.triton/cache")
 
 
 def tiles_note() -> str:
-    """What a run records about how its kernels' tiles were chosen."""
+    """What a run records about how its kernels' tiles were chosen: kept in which cache folder,
+    or tuned in each process and why, and any kept choice that could not be used."""
     if INTERPRETED:
         return "one tile per kernel (Triton's interpreter)"
-    if not _KEEPS_CHOICE:
-        return "autotuned in each process (kept choices are off or need Triton 3.3+)"
-    return "autotuned once per shape on this machine and kept in Triton's cache for later processes"
+    knobs = getattr(triton, "knobs", None)
+    forced = bool(
+        getattr(getattr(knobs, "autotuning", None), "cache", False)
+    )  # TRITON_CACHE_AUTOTUNING
+    if _KEEPS_CHOICE or forced:
+        note = (
+            f"autotuned once per shape and kept in Triton's cache ({_cache_dir()}): later "
+            "processes that use that folder run the same tiles (kept per architecture, not per "
+            "GPU model; delete the folder or set INFERMETER_KEEP_TILES=0 to tune again)"
+        )
+    elif _KEEP_OFF:
+        note = "autotuned in each process (INFERMETER_KEEP_TILES=0)"
+    else:
+        note = f"autotuned in each process (Triton {triton.__version__} cannot keep the choice)"
+    if TILE_PROBLEMS:
+        note += "; kept choices unusable, tuned in memory: " + "; ".join(TILE_PROBLEMS)
+    return note
 
 
 def tile_configs(
