@@ -3,8 +3,8 @@
 The engine's Triton GEMV (and MoE) kernels are autotuned: the first call of each shape times a
 dozen tiles and keeps the fastest. Timed in each fresh process, near-ties go either way, so two
 processes can run different tiles, and a profile's decode time need not be a later process's.
-Kept (the default: Triton's on-disk cache), every process on the machine runs the first
-process's choice.
+Kept (the default: Triton's on-disk cache), every process that uses the same cache folder
+runs the first process's choice.
 
 For each way (INFERMETER_KEEP_TILES=0: tuned per process; kept: one Triton cache shared by the
 processes, empty at the start; either way without the caller's TRITON_CACHE_AUTOTUNING), one

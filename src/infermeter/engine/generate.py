@@ -571,7 +571,8 @@ class Engine:
         """What a run records about the engine: torch version, device, dtype, TP size, CUDA
         graphs (decode and prefill, with why not), sampling, the decode attention
         chosen (and why others were skipped), PDL, how the Triton kernels' tiles were chosen
-        (kept per machine or tuned per process) and the MoE experts path (at batch 1: the
+        (kept in Triton's cache or tuned per process; None where no Triton kernel runs) and the
+        MoE experts path (at batch 1: the
         expert GEMVs or the grouped GEMM, and the start-up timings behind that choice: µs of
         one token through the first MoE layer's router and routed experts, not its shared
         expert or all-reduce, the slowest rank's under tensor parallelism)."""
@@ -588,7 +589,7 @@ class Engine:
             "top_p": self.top_p if self.sampling == "top_p" else None,
             "decode_attention": self.attention,
             "decode_pdl": self.attention == "triton" and self.model.kernels.pdl(self.device),
-            **_tiles(cuda),
+            **_tiles(cuda, self.attention == "triton" or self.moe_path == "triton"),
             "decode_attention_skipped": self.attention_notes or None,
             **(
                 {
@@ -605,15 +606,15 @@ class Engine:
         }
 
 
-def _tiles(cuda: bool) -> dict[str, Any]:
-    """The Triton version and how the Triton kernels' tiles were chosen (kernels.tiles_note),
-    on a GPU with Triton installed; nothing where no Triton kernel runs."""
-    if not cuda:
-        return {}
+def _tiles(cuda: bool, runs_triton: bool) -> dict[str, Any]:
+    """The Triton version (None where it is not installed or the engine is not on CUDA) and
+    how the Triton kernels' tiles were chosen (kernels.tiles_note; None where none runs)."""
     try:
         import triton
-
-        from infermeter.engine import kernels
     except ImportError:
-        return {}
+        return {"triton": None, "kernel_tiles": None}
+    if not (cuda and runs_triton):
+        return {"triton": triton.__version__ if cuda else None, "kernel_tiles": None}
+    from infermeter.engine import kernels  # already imported: a Triton kernel runs
+
     return {"triton": triton.__version__, "kernel_tiles": kernels.tiles_note()}

@@ -24,7 +24,8 @@ folder run the same tiles (INFERMETER_KEEP_TILES=0 tunes in every process). Tune
 each process, near-tied tiles go either way: a LLaMA-7B query (p = 512, o = 256) took 1007.8
 to 1051.4 ms in three processes on an H200, 1009.3 to 1009.9 ms with the choice kept
 (docs/benchmarks/autotune_spread.md). Under tensor parallelism on an empty cache each rank
-tunes on its own GPU and the last to finish is kept for later runs.
+tunes on its own GPU, so that run's ranks may run different tiles; the last rank to finish
+is kept for later runs.
 
 Tried and backed out (benchmarks/decode_ablation.py at commit 4538868 measured them on an
 H200): RMSNorm inside the GEMV, from the sum of squares of the streamed x (4.59 ms vs 4.33 ms
@@ -406,7 +407,7 @@ def autotune(configs: list[triton.Config], key: list[str]) -> Callable[..., obje
 
     def wrap(fn: object) -> object:
         tuner = decorate(fn)
-        if _KEEPS_CHOICE and hasattr(tuner, "check_disk_cache"):
+        if getattr(tuner, "cache_results", False):  # ours, or TRITON_CACHE_AUTOTUNING=1
             _guard_kept_choice(tuner)
         return tuner
 
@@ -420,13 +421,21 @@ def _guard_kept_choice(tuner: Any) -> None:
     check = tuner.check_disk_cache
 
     def guarded(tuning_key: Any, configs: list[triton.Config], bench: Callable[[], None]) -> bool:
+        tuned: list[bool] = []
+
+        def tune() -> None:
+            tuned.append(True)
+            bench()  # an error of the tuning itself is the kernel's, not the cache's
+
         try:
-            return bool(check(tuning_key, configs, bench))
+            return bool(check(tuning_key, configs, tune))
         except (OSError, ValueError, KeyError, TypeError) as err:  # JSON errors are ValueErrors
+            if tuned and tuning_key not in tuner.cache:
+                raise  # tuning failed: let the self-check see the kernel's own error
             if len(TILE_PROBLEMS) < 3:
                 TILE_PROBLEMS.append(f"{type(err).__name__}: {err}"[:200])
-            if tuning_key not in tuner.cache:  # the read failed before tuning: tune now
-                bench()
+            if not tuned:  # the kept choice could not be read: tune in memory
+                tune()
             return False
 
     tuner.check_disk_cache = guarded
@@ -443,15 +452,13 @@ def tiles_note() -> str:
     or tuned in each process and why, and any kept choice that could not be used."""
     if INTERPRETED:
         return "one tile per kernel (Triton's interpreter)"
-    knobs = getattr(triton, "knobs", None)
-    forced = bool(
-        getattr(getattr(knobs, "autotuning", None), "cache", False)
-    )  # TRITON_CACHE_AUTOTUNING
-    if _KEEPS_CHOICE or forced:
+    # what the autotuner was built with: also on under TRITON_CACHE_AUTOTUNING=1, whatever
+    # INFERMETER_KEEP_TILES says
+    if getattr(_small_linear, "cache_results", False):
         note = (
             f"autotuned once per shape and kept in Triton's cache ({_cache_dir()}): later "
             "processes that use that folder run the same tiles (kept per architecture, not per "
-            "GPU model; delete the folder or set INFERMETER_KEEP_TILES=0 to tune again)"
+            "GPU model; delete the folder to tune again)"
         )
     elif _KEEP_OFF:
         note = "autotuned in each process (INFERMETER_KEEP_TILES=0)"
