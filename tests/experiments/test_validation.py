@@ -15,11 +15,13 @@ from hypothesis import strategies as st
 
 from cli_runner import invoke
 from infermeter.errors import UserError
+from infermeter.experiments import profile as profile_module
 from infermeter.experiments.profile import ProfileGrid, default_grid, validation_queries
 from infermeter.model.cost_model import CostModel, ModelSet, models_from_dict, save_models
 from infermeter.model.estimate import Pricing, estimate_queries
 from infermeter.model.fit import FitPolicy, fit_cost_model, fit_profile, validation_errors
 from infermeter.spec.catalog import get_spec
+from infermeter.spec.model import ModelSpec
 
 PRICING = Pricing("test", 1, 3.6, 100.0)  # $0.001 and 100 J per second
 
@@ -245,6 +247,45 @@ def test_a_max_context_past_the_models_is_refused_in_one_line(tmp_path: Path) ->
                     "--store", tmp_path / "s.sqlite")  # fmt: skip
     assert result.exit_code == 2, result.output
     assert "--max-context must be 2.." in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", ["llama-7b", "qwen3-8b", "gpt-oss-20b"])
+@settings(max_examples=20, deadline=None)
+@given(bend=st.integers(100, 400))
+def test_gpu_knots_follow_prefill_from_memory_to_compute_bound(name: str, bend: int) -> None:
+    # A GPU's prefill reads the weights (a fixed time) until p tokens of compute take longer: a
+    # roofline that bends at a few hundred tokens, (1 + (p / bend)^3)^(1/3). Priced by straight
+    # lines through the default GPU grid's knots, every prompt below 642 must come out within
+    # 5% of it, whatever the context; without the low knots a 32k model's first regular knot is
+    # at 2,017 and a line from p = 1 runs tens of percent above a 300-token prompt.
+    spec = get_spec(name)
+    grid = default_grid(spec, on_gpu=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(profile_module, "LOW_KNOTS_BELOW", 0)
+        regular = default_grid(spec, on_gpu=True)
+    knots = np.array(sorted({*grid.prompt_sizes, *grid.pe_sizes}), dtype=float)
+    without = np.array(sorted({*regular.prompt_sizes, *regular.pe_sizes}), dtype=float)
+    low = knots[knots < 512]
+    assert np.all(np.diff(low) <= 64), low
+    assert default_grid(spec, on_gpu=False).pe_sizes == regular_cpu(spec)
+
+    def worst(used: np.ndarray) -> float:
+        p = np.arange(1.0, 642.0)
+        pe = (1 + (p / bend) ** 3) ** (1 / 3)
+        priced = np.interp(p, used, (1 + (used / bend) ** 3) ** (1 / 3))
+        return float(np.max(np.abs(priced / pe - 1)))
+
+    assert worst(knots) < 0.05
+    assert worst(without) > worst(knots)
+    if spec.max_context > 4096:
+        assert worst(without) > 0.2  # the case the low knots are for
+
+
+def regular_cpu(spec: ModelSpec) -> tuple[int, ...]:
+    """A CPU grid's PE knots as before the low knots (a CPU's prefill has no such bend)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(profile_module, "LOW_KNOTS_BELOW", 0)
+        return default_grid(spec, on_gpu=False).pe_sizes
 
 
 MOE_MODELS = ["qwen3-30b-a3b", "deepseek-v2-lite", "gpt-oss-20b", "mixtral-8x7b"]

@@ -63,6 +63,16 @@ DEFAULT_VALIDATE_CPU = 4
 # scale with the context, so a 131k model's whole context costs ~10 min of an H200 where
 # 32k costs a few; longer prompts are priced by extrapolation, with a warning.
 DEFAULT_MAX_CONTEXT = 32_768
+# Below this prompt size a GPU's prefill turns from reading the weights to computing, and PE
+# bends: on an H200 (docs/benchmarks/pe_low_llama-7b.md, pe_low_llama-13b.md) lines between
+# knots 128 tokens apart ran 2.2% (LLaMA-7B) and 0.8% (13B) above PE measured every 4 tokens
+# in 1..642, and knots 64 apart cut that to 1.6% and 0.4% (MAPE 3.2 -> 2.4%, 2.1 -> 1.5%: the
+# same sweeps, pe_low_llama-7b_knots64.md, pe_low_llama-13b_knots64.md). So a
+# GPU grid has a knot every LOW_KNOT_STEP tokens from 33 to here, whatever its context: a 32k
+# model's regular knots are 2,048 apart, and a line from p = 1 to 2,017 runs tens of percent
+# above a 300-token prompt's PE.
+LOW_KNOTS_BELOW = 512
+LOW_KNOT_STEP = 64
 # Past these errors on the validation queries a fit is not to be trusted: a quiet machine's
 # profile misses them by a few percent (gpt2 on a 2-core CPU: 2.3%; llama-7b on an H200: 1.0%
 # runtime, 7.5% energy), a machine busy with other work by tens of percent.
@@ -169,8 +179,10 @@ def default_grid(
     output (GPU: o = 1 .. 512, a quarter of a 2,048 context; CPU: o = 1 .. 32), and PE knots
     every sixteenth of the context up to its end (every eighth up to half of it on a CPU, where
     long prefills are slow, unless `max_context` is given: then up to its end), all off
-    multiples of 64. On an H200 a LLaMA-7B profile of this
-    grid takes about 100 s with its energy windows and validation.
+    multiples of 64. A GPU grid also has PE knots every LOW_KNOT_STEP tokens from 33 below
+    LOW_KNOTS_BELOW, where prefill bends from memory- to compute-bound, and a MoE grid knots
+    where its prompts' expert reads saturate (expert_knots). On an H200 a LLaMA-7B profile of
+    this grid takes about 130 s with its energy windows and validation.
     """
     context = default_context(spec, max_context)
     wanted = GPU_OUTPUT_SIZES if on_gpu else CPU_OUTPUT_SIZES
@@ -190,6 +202,16 @@ def default_grid(
         {_off64(p) for p in range(pe_step, pe_end + 1, pe_step) if p + 1 <= context} | {pe_end}
     )
     pe = sorted(set(pe) | set(expert_knots(spec, pe[0] if pe else context - 1)))
+    if on_gpu and pe_step > LOW_KNOT_STEP:  # none 1 token from a knot it has (tiny contexts)
+        taken = set(pe) | set(curve)
+        pe = sorted(
+            set(pe)
+            | {
+                p
+                for p in range(33, min(LOW_KNOTS_BELOW, context - 1), LOW_KNOT_STEP)
+                if all(abs(p - q) >= LOW_KNOT_STEP // 2 for q in taken)
+            }
+        )
     pe = [p for p in pe if p not in curve and 1 <= p <= context - 1]
     return ProfileGrid(tuple(curve), outputs, (1,), trials, tuple(pe))
 
