@@ -15,7 +15,8 @@ Each run folder holds, per model, `<model>.measured.csv` (heldout_bench's measur
 
 Run: python benchmarks/heldout_repeat.py --a docs/benchmarks/stores/heldout/64afd9d
                                           --b docs/benchmarks/stores/heldout/131bb40
-Writes docs/benchmarks/heldout_repeat.json and .md (device, date and commit of both runs).
+Writes docs/benchmarks/heldout_repeat.json and .md (or --name's), with device, date and
+commit of both runs.
 """
 
 from __future__ import annotations
@@ -100,13 +101,14 @@ def main() -> None:
     parser.add_argument("--b", type=Path, required=True, help="run folder B")
     parser.add_argument("--models", default="llama-7b,llama-13b")
     parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument("--name", default="heldout_repeat", help="record name")
     args = parser.parse_args()
     models = []
     for model in args.models.split(","):
         a, run_a = load_run(args.a, model)
         b, run_b = load_run(args.b, model)
         models.append({"model": model, "run_a": run_a, "run_b": run_b, **compare(a, b)})
-    path = write_result("heldout_repeat", {"models": models}, table(models), args.out)
+    path = write_result(args.name, {"models": models}, table(models), args.out)
     print(f"written {path}")
 
 
