@@ -298,9 +298,12 @@ def table(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def resummarise(path: Path, out: Path) -> None:
+def resummarise(path: Path, out: Path, name: str | None = None) -> None:
     """Summarise a part-5 record's sweeps again (sweep_summary, the knots of the model's
-    default grid) and write it back under its name, device, date and commit kept."""
+    default grid at this commit) and write it under `name` (default: its own), its device,
+    date and commit of measurement kept, and a note naming the commit that summarised it."""
+    from infermeter.store.provenance import git_commit
+
     needs = ("device", "date", "commit", "model", "pe_repeatability")
     record = read_record(path, "--summary-from", needs)
     sweeps = record["pe_repeatability"]
@@ -308,9 +311,14 @@ def resummarise(path: Path, out: Path) -> None:
     record["pe_repeatability"] = sweep_summary(
         sweeps["prompt_tokens"], sweeps["first_s"], sweeps["second_s"], knots
     )
-    record["summary_note"] = "summarised again by --summary-from (the sweeps as measured)"
-    write_record(path.stem, record, table(record), out)
-    line(f"written {out / path.stem}.json")
+    record["summary_note"] = (
+        f"the sweeps as measured at {record['commit']}, summarised again by --summary-from at "
+        f"{git_commit()} against that commit's default grid knots"
+    )
+    name = name or path.stem
+    rows = [*table(record), ("summary", record["summary_note"], "-")]
+    write_record(name, record, rows, out)
+    line(f"written {out / name}.json")
 
 
 def main() -> None:
@@ -328,11 +336,12 @@ def main() -> None:
     parser.add_argument(
         "--summary-from",
         type=Path,
-        help="a part-5 record (JSON): summarise its sweeps again at this commit, measure nothing",
+        help="a part-5 record (JSON): summarise its sweeps again at this commit, measure "
+        "nothing; written under --name if given, else over the record",
     )
     args = parser.parse_args()
     if args.summary_from:
-        resummarise(args.summary_from, args.out)
+        resummarise(args.summary_from, args.out, args.name)
         return
     parts = {int(x) for x in args.parts.split(",")}
     began = time.perf_counter()

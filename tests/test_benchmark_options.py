@@ -119,3 +119,23 @@ def test_heldout_merge_refuses_a_record_named_twice(tmp_path: Path) -> None:
 def test_engine_bench_merge_only_without_a_record_is_one_line(tmp_path: Path) -> None:
     result = run_script("engine_bench.py", "--merge-only", "--out", tmp_path, cwd=tmp_path)
     assert_one_line_error(result, f"--merge-only {tmp_path / 'engine.json'}: no such file")
+
+
+def test_a_summary_under_another_name_leaves_the_measured_record(tmp_path: Path) -> None:
+    # pe_low_llama-7b holds sweeps measured at d2c4f87 against that commit's knots; summarised
+    # again under another name, the measured record is untouched and the new one says which
+    # commit summarised it and against which knots.
+    measured = tmp_path / "pe_low_llama-7b.json"
+    measured.write_text((REPO / "docs" / "benchmarks" / measured.name).read_text())
+    before = measured.read_text()
+    result = run_script(
+        "bias_diagnosis.py", "--summary-from", measured, "--name", "again", "--out", tmp_path,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert measured.read_text() == before
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["commit"] == json.loads(before)["commit"]  # the sweeps' own commit
+    assert again["pe_repeatability"]["first_s"] == json.loads(before)["pe_repeatability"]["first_s"]
+    table = (tmp_path / "again.md").read_text()
+    assert "| summary | the sweeps as measured at " in table and "summarised again" in table

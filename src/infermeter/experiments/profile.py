@@ -182,7 +182,7 @@ def default_grid(
     multiples of 64. A GPU grid also has PE knots every LOW_KNOT_STEP tokens from 33 below
     LOW_KNOTS_BELOW, where prefill bends from memory- to compute-bound, and a MoE grid knots
     where its prompts' expert reads saturate (expert_knots). On an H200 a LLaMA-7B profile of
-    this grid takes about 130 s with its energy windows and validation.
+    this grid takes about 140 s with its energy windows and validation.
     """
     context = default_context(spec, max_context)
     wanted = GPU_OUTPUT_SIZES if on_gpu else CPU_OUTPUT_SIZES
@@ -202,7 +202,8 @@ def default_grid(
         {_off64(p) for p in range(pe_step, pe_end + 1, pe_step) if p + 1 <= context} | {pe_end}
     )
     pe = sorted(set(pe) | set(expert_knots(spec, pe[0] if pe else context - 1)))
-    if on_gpu and pe_step > LOW_KNOT_STEP:  # none 1 token from a knot it has (tiny contexts)
+    # Not where regular knots are as close already, nor within half a step of a knot the grid has.
+    if on_gpu and pe_step > LOW_KNOT_STEP:
         taken = set(pe) | set(curve)
         pe = sorted(
             set(pe)
