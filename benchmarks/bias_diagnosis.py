@@ -313,7 +313,7 @@ def resummarise(path: Path, out: Path, name: str | None = None) -> None:
     )
     record["summary_note"] = (
         f"the sweeps as measured at {record['commit']}, summarised again by --summary-from at "
-        f"{git_commit()} against that commit's default grid knots"
+        f"{(git_commit() or 'an unknown commit')[:7]} against that commit's default grid knots"
     )
     name = name or path.stem
     rows = [*table(record), ("summary", record["summary_note"], "-")]
@@ -337,7 +337,7 @@ def main() -> None:
         "--summary-from",
         type=Path,
         help="a part-5 record (JSON): summarise its sweeps again at this commit, measure "
-        "nothing; written under --name if given, else over the record",
+        "nothing; written to --out under --name if given, else under the record's own name",
     )
     args = parser.parse_args()
     if args.summary_from:

@@ -68,7 +68,8 @@ DEFAULT_MAX_CONTEXT = 32_768
 # knots 128 tokens apart ran 2.2% (LLaMA-7B) and 0.8% (13B) above PE measured every 4 tokens
 # in 1..642, and knots 64 apart cut that to 1.6% and 0.4% (MAPE 3.2 -> 2.4%, 2.1 -> 1.5%: the
 # same sweeps, pe_low_llama-7b_knots64.md, pe_low_llama-13b_knots64.md). So a
-# GPU grid has a knot every LOW_KNOT_STEP tokens from 33 to here, whatever its context: a 32k
+# GPU grid has a knot every LOW_KNOT_STEP tokens from 33 to here, whatever its context (none
+# within half a step of a knot it already has, e.g. a MoE's expert knots): a 32k
 # model's regular knots are 2,048 apart, and a line from p = 1 to 2,017 runs tens of percent
 # above a 300-token prompt's PE.
 LOW_KNOTS_BELOW = 512
