@@ -39,6 +39,7 @@ from infermeter.backends.base import Point
 from infermeter.experiments.profile import measure_point
 from infermeter.measure.meter import Meter, load_nvml
 from infermeter.spec.catalog import get_spec
+from infermeter.store.provenance import git_commit
 
 
 def line(text: str) -> None:
@@ -302,8 +303,6 @@ def resummarise(path: Path, out: Path, name: str | None = None) -> None:
     """Summarise a part-5 record's sweeps again (sweep_summary, the knots of the model's
     default grid at this commit) and write it under `name` (default: its own), its device,
     date and commit of measurement kept, and a note naming the commit that summarised it."""
-    from infermeter.store.provenance import git_commit
-
     needs = ("device", "date", "commit", "model", "pe_repeatability")
     record = read_record(path, "--summary-from", needs)
     sweeps = record["pe_repeatability"]

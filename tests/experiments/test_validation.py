@@ -266,9 +266,7 @@ def test_gpu_knots_follow_prefill_from_memory_to_compute_bound(
     # at 2,017 and a line from p = 1 runs tens of percent above a 300-token prompt.
     spec = get_spec(name)
     grid = default_grid(spec, on_gpu=True, max_context=max_context)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(profile_module, "LOW_KNOTS_BELOW", 0, raising=False)
-        regular = default_grid(spec, on_gpu=True, max_context=max_context)
+    regular = grid_without_low_knots(spec, on_gpu=True, max_context=max_context)
     knots = np.array(sorted({*grid.prompt_sizes, *grid.pe_sizes}), dtype=float)
     without = np.array(sorted({*regular.prompt_sizes, *regular.pe_sizes}), dtype=float)
     assert set(without) <= set(knots)  # the regular, curve and expert knots all kept
@@ -276,7 +274,8 @@ def test_gpu_knots_follow_prefill_from_memory_to_compute_bound(
     assert np.all(np.diff(low) <= 96), low
     for added in set(knots) - set(without):  # none crowds a knot the grid has
         assert np.min(np.abs(knots[knots != added] - added)) >= 32, (added, knots[:20])
-    assert default_grid(spec, on_gpu=False).pe_sizes == regular_cpu(spec)
+    cpu = grid_without_low_knots(spec, on_gpu=False, max_context=None)
+    assert default_grid(spec, on_gpu=False).pe_sizes == cpu.pe_sizes
 
     def worst(used: np.ndarray) -> float:
         p = np.arange(1.0, 642.0)
@@ -290,11 +289,11 @@ def test_gpu_knots_follow_prefill_from_memory_to_compute_bound(
         assert worst(without) > 0.2  # the case the low knots are for (a MoE has expert knots)
 
 
-def regular_cpu(spec: ModelSpec) -> tuple[int, ...]:
-    """A CPU grid's PE knots as before the low knots (a CPU's prefill has no such bend)."""
+def grid_without_low_knots(spec: ModelSpec, on_gpu: bool, max_context: int | None) -> ProfileGrid:
+    """The default grid as before the low knots (LOW_KNOTS_BELOW = 0)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(profile_module, "LOW_KNOTS_BELOW", 0, raising=False)
-        return default_grid(spec, on_gpu=False).pe_sizes
+        return default_grid(spec, on_gpu=on_gpu, max_context=max_context)
 
 
 MOE_MODELS = ["qwen3-30b-a3b", "deepseek-v2-lite", "gpt-oss-20b", "mixtral-8x7b"]

@@ -203,19 +203,21 @@ def default_grid(
         {_off64(p) for p in range(pe_step, pe_end + 1, pe_step) if p + 1 <= context} | {pe_end}
     )
     pe = sorted(set(pe) | set(expert_knots(spec, pe[0] if pe else context - 1)))
-    # Not where regular knots are as close already, nor within half a step of a knot the grid has.
-    if on_gpu and pe_step > LOW_KNOT_STEP:
-        taken = set(pe) | set(curve)
-        pe = sorted(
-            set(pe)
-            | {
-                p
-                for p in range(33, min(LOW_KNOTS_BELOW, context - 1), LOW_KNOT_STEP)
-                if all(abs(p - q) >= LOW_KNOT_STEP // 2 for q in taken)
-            }
-        )
+    if on_gpu and pe_step > LOW_KNOT_STEP:  # not where regular knots are as close already
+        pe = sorted(set(pe) | set(low_knots(context, set(pe) | set(curve))))
     pe = [p for p in pe if p not in curve and 1 <= p <= context - 1]
     return ProfileGrid(tuple(curve), outputs, (1,), trials, tuple(pe))
+
+
+def low_knots(context: int, taken: set[int]) -> list[int]:
+    """PE knots every LOW_KNOT_STEP tokens from 33 below LOW_KNOTS_BELOW (and the context's
+    last token), none within half a step of a prompt size in `taken` (the grid's other knots
+    and curves), where a GPU's prefill bends from reading the weights to computing."""
+    return [
+        p
+        for p in range(33, min(LOW_KNOTS_BELOW, context - 1), LOW_KNOT_STEP)
+        if all(abs(p - q) >= LOW_KNOT_STEP // 2 for q in taken)
+    ]
 
 
 def expert_knots(spec: ModelSpec, below: int) -> list[int]:
