@@ -241,7 +241,7 @@ def grid_knots(spec: Any) -> set[int]:
     from infermeter.experiments.profile import default_grid
 
     grid = default_grid(spec, on_gpu=True)
-    return set(grid.prompt_sizes) | set(grid.pe_sizes)
+    return grid.profiled_sizes
 
 
 def parse_ranges(text: str) -> list[int]:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from cli_runner import invoke
 from infermeter.errors import UserError
 from infermeter.experiments import profile as profile_module
+from infermeter.experiments.plans import profile_grid
 from infermeter.experiments.profile import ProfileGrid, default_grid, validation_queries
 from infermeter.model.cost_model import CostModel, ModelSet, models_from_dict, save_models
 from infermeter.model.estimate import Pricing, estimate_queries
@@ -166,7 +167,7 @@ def test_validation_queries_are_never_profiled_and_look_like_real_work() -> None
     grid = default_grid(spec, on_gpu=True)
     queries = validation_queries(spec, grid, 16)
     assert validation_queries(spec, grid, 16) == queries  # the same on every rerun
-    profiled = set(grid.prompt_sizes) | set(grid.pe_sizes)
+    profiled = grid.profiled_sizes
     assert len(queries) == 16
     for q in queries:
         assert q.prompt_tokens % 64 and q.prompt_tokens not in profiled
@@ -176,7 +177,7 @@ def test_validation_queries_are_never_profiled_and_look_like_real_work() -> None
     assert 128 < max(q.output_tokens for q in queries) <= 256
     # The grid covers the whole context and its knots sit off multiples of 64.
     assert max(grid.pe_sizes) == spec.max_context - 1
-    assert all(p % 64 for p in (*grid.prompt_sizes, *grid.pe_sizes) if p > 64)
+    assert all(p % 64 for p in grid.profiled_sizes if p > 64)
 
 
 @pytest.mark.slow
@@ -214,6 +215,30 @@ def test_a_grid_of_pe_sizes_is_measured_at_one_output_length_only() -> None:
     assert shapes == [(1, 1), (1, 4), (32, 1), (32, 4), (97, 1)]
     assert len(grid.points()) == 10
     assert "pe_sizes" not in ProfileGrid((1, 32), (1, 4)).to_dict()  # older keys unchanged
+
+
+@pytest.mark.parametrize("name", ["llama-7b", "llama-13b", "qwen3-8b", "gpt-oss-20b", "gpt2"])
+def test_a_gpu_grid_measures_the_head_between_its_first_two_curves(name: str) -> None:
+    # The first decode steps' cost is not linear in p between the curves at a power limit
+    # (D(p, 2) on an H200, LLaMA-13B: 7.2 ms at p = 1 and 737, ~6.5 at 336): a GPU grid
+    # measures o = 1, 2, 4, 8 at one knot between its first two curves, no later than 512.
+    spec = get_spec(name)
+    grid = default_grid(spec, on_gpu=True)
+    (head,) = grid.head_sizes
+    first, second = grid.prompt_sizes[:2]
+    assert first < head < second and head < 512 and head % 64
+    assert head not in grid.pe_sizes and head not in grid.prompt_sizes
+    regular = grid_without_low_knots(spec, on_gpu=True, max_context=None)
+    mid = min((first + second) // 2, 512)  # the knot nearest the middle, capped at 512
+    knots = [p for p in grid.profiled_sizes if first < p < second]
+    assert abs(head - mid) == min(abs(p - mid) for p in knots), (head, mid)
+    assert regular.profiled_sizes <= grid.profiled_sizes
+    shapes = {(s.prompt_tokens, s.output_tokens) for s in grid.shapes()}
+    assert {o for p, o in shapes if p == head} == {1, 2, 4, 8}
+    assert grid.head_outputs() == (1, 2, 4, 8) and grid.to_dict()["head_sizes"] == [head]
+    assert default_grid(spec, on_gpu=False).head_sizes == ()  # no power limit to follow
+    chosen = profile_grid(spec, True, 3, (1, 700), None, None)  # sizes the user chose: theirs
+    assert chosen.head_sizes == () and "head_sizes" not in chosen.to_dict()
 
 
 def test_the_default_grid_stops_at_its_cap_and_says_so_for_long_context_models() -> None:
@@ -267,8 +292,8 @@ def test_gpu_knots_follow_prefill_from_memory_to_compute_bound(
     spec = get_spec(name)
     grid = default_grid(spec, on_gpu=True, max_context=max_context)
     regular = grid_without_low_knots(spec, on_gpu=True, max_context=max_context)
-    knots = np.array(sorted({*grid.prompt_sizes, *grid.pe_sizes}), dtype=float)
-    without = np.array(sorted({*regular.prompt_sizes, *regular.pe_sizes}), dtype=float)
+    knots = np.array(sorted(grid.profiled_sizes), dtype=float)
+    without = np.array(sorted(regular.profiled_sizes), dtype=float)
     assert set(without) <= set(knots)  # the regular, curve and expert knots all kept
     low = knots[knots < 512]  # every 64 tokens, or 96 where one would crowd another knot
     assert np.all(np.diff(low) <= 96), low
@@ -312,8 +337,8 @@ def test_moe_knots_follow_the_experts_a_prompt_reads(name: str, all_experts: flo
     moe = spec.moe
     assert moe is not None
     grid = default_grid(spec, on_gpu=True)
-    knots = sorted({1, *grid.pe_sizes})
-    first_regular = min(p for p in grid.pe_sizes if p > 100)
+    knots = sorted({1, *grid.pe_sizes, *grid.head_sizes})
+    first_regular = min(p for p in (*grid.pe_sizes, *grid.head_sizes) if p > 100)
 
     def cost(p: np.ndarray) -> np.ndarray:
         experts = moe.num_experts * (1 - (1 - moe.experts_per_token / moe.num_experts) ** p)

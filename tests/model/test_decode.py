@@ -124,3 +124,50 @@ def test_a_head_cheaper_than_the_later_steps_is_priced_at_their_cost() -> None:
     assert got[0] == pytest.approx(4.2e-3)  # 2.6 < 0.9 × 4.2: the later steps' cost
     assert got[1] == pytest.approx(4.0e-3) and got[2] == pytest.approx(5.0e-3)  # as measured
     assert got[3] > 39 * 4.2e-3 * 0.999
+
+
+def dip(p: float) -> float:
+    """Share of a decode step the first one saves at the power limit: none after p = 1 (no
+    limit) or a long prompt, most after a few hundred tokens (H200, LLaMA-13B: D(p, 2) 7.2 ms
+    at p = 1 and 737, about 6.5 at 336)."""
+    return 0.1 * max(0.0, 1 - abs(p - 353) / 353)
+
+
+def test_a_head_curve_prices_the_first_steps_between_curves_and_leaves_later_steps() -> None:
+    """A head-only curve (o = 1, 2, 4, 8 at p = 353) takes part in the head's blend in p and
+    not in t(x): a 336-token prompt's first step is priced from it, its later steps as before."""
+
+    def dipped(p: int, o: int) -> float:
+        return stack(p, o) - (dip(p) * step_s(p + 1) if o >= 2 else 0.0)
+
+    def frame(shapes: list[tuple[int, int]]) -> pd.DataFrame:
+        return pd.DataFrame(
+            [(p, o, 1, 0, dipped(p, o)) for p, o in shapes],
+            columns=["prompt_tokens", "output_tokens", "batch_size", "trial", "runtime_s"],
+        )
+
+    head = [(353, o) for o in (1, 2, 4, 8)]
+    without = fit_cost_model(frame(GRID), decode="curve")
+    with_head = fit_cost_model(frame([*GRID, *head]), decode="curve")
+    assert [c["prompt_tokens"] for c in with_head.decode_curves] == [1, 353, 737, 1505]
+    p, o = np.array([336.0, 300.0, 420.0]), np.array([2.0, 3.0, 5.0])
+    truth = np.array([dipped(int(a), int(b)) for a, b in zip(p, o, strict=True)])
+    first_steps = truth - with_head.prompt_encoding_at(p)
+    headed = np.abs(with_head.decode_at(p, o) / first_steps - 1)
+    blended = without.decode_at(p, o) / first_steps - 1  # from the curves at 1 and 737
+    assert np.max(headed) < 0.012 and blended[0] > 0.08 and np.all(blended > headed)
+    # Later steps: t(x) is the full curves' alone, so past o₁ = 8 both price the same steps.
+    long = np.array([400.0, 400.0, 400.0])
+    later = [m.decode_at(p, long) - m.decode_at(p, np.full(3, 8.0)) for m in (without, with_head)]
+    assert np.allclose(later[0], later[1], rtol=1e-12)
+
+
+def test_a_head_curve_short_of_the_head_length_is_left_out() -> None:
+    """A curve that stops before o₁ (here o = 2, 4 where o₁ = 8) cannot give the head's D at o₁:
+    it is not extrapolated into the blend; the full curves price as without it."""
+    full = fit_cost_model(points(GRID), decode="curve").decode_curves
+    assert full is not None
+    short = {"prompt_tokens": 353, "output_tokens": [2.0, 4.0], "decode": [0.002, 0.006],
+             "tail_slope": 0.002}  # fmt: skip
+    p, o = np.array([336.0, 353.0, 500.0]), np.array([2.0, 8.0, 300.0])
+    assert np.array_equal(decode_time([full[0], short, *full[1:]], p, o), decode_time(full, p, o))

@@ -56,6 +56,7 @@ def profile_grid(
         batch_sizes or (1,),
         trials,
         () if prompt_sizes else defaults.pe_sizes,  # PE knots go with the default prompt sizes
+        () if prompt_sizes else defaults.head_sizes,  # and so does the head curve
     )
     grid.validate(spec)
     return grid
@@ -391,7 +392,7 @@ def context_notes(spec: ModelSpec, grid: Any, on_gpu: bool = True) -> list[str]:
     (DEFAULT_MAX_CONTEXT) on a GPU, and half the capped context on a CPU."""
     from infermeter.experiments.profile import DEFAULT_MAX_CONTEXT
 
-    largest = max(set(grid.prompt_sizes) | set(grid.pe_sizes))
+    largest = max(grid.profiled_sizes)
     if not on_gpu and largest < min(spec.max_context, DEFAULT_MAX_CONTEXT) - 1:
         return [
             f"on a CPU the default grid profiles prompts up to {largest:,} tokens of "

@@ -34,6 +34,7 @@ from infermeter.experiments.run import RunIdentity, resumable_run
 from infermeter.experiments.second_look import suspects
 from infermeter.measure.meter import Meter, check_warmup_s, warm_up
 from infermeter.model.cost_model import CostModel
+from infermeter.model.decode import head_length
 from infermeter.spec.model import ModelSpec
 from infermeter.store.db import RunRecord, Store, run_key
 
@@ -83,14 +84,29 @@ NOISY_MAX_PCT = 25.0
 
 @dataclass(frozen=True)
 class ProfileGrid:
-    """The points to profile: every prompt size × output length × batch size, and prompt sizes
-    measured at o = 1 only (`pe_sizes`: PE knots between the others), `trials` times each."""
+    """The points to profile: every prompt size × output length × batch size, prompt sizes
+    measured at o = 1 only (`pe_sizes`: PE knots between the others) and prompt sizes measured
+    at the head's output lengths only (`head_sizes`: o up to where decode steps are read off
+    the curves, see head_outputs), `trials` times each."""
 
     prompt_sizes: tuple[int, ...]
     output_sizes: tuple[int, ...]
     batch_sizes: tuple[int, ...] = (1,)
     trials: int = 3
     pe_sizes: tuple[int, ...] = ()
+    head_sizes: tuple[int, ...] = ()
+
+    @property
+    def profiled_sizes(self) -> set[int]:
+        """Every prompt size the grid measures at, at any output length."""
+        return set(self.prompt_sizes) | set(self.pe_sizes) | set(self.head_sizes)
+
+    def head_outputs(self) -> tuple[int, ...]:
+        """The output lengths of a head curve: the grid's, up to o₁ of model.decode (1, 2, 4, 8
+        on a GPU's default grid); all of them where no segment is long enough to end a head."""
+        outputs = sorted(set(self.output_sizes))
+        end = head_length(outputs)
+        return tuple(o for o in outputs if end is None or o <= end)
 
     def validate(self, spec: ModelSpec) -> None:
         """Raise UserError for an empty or non-positive size or trial count, or a point whose prompt
@@ -100,6 +116,7 @@ class ProfileGrid:
             ("output length", self.output_sizes),
             ("batch size", self.batch_sizes),
             ("PE prompt size", self.pe_sizes or (1,)),
+            ("head prompt size", self.head_sizes or (1,)),
         ):
             if not sizes:
                 raise UserError(f"no {label}s given")
@@ -119,6 +136,11 @@ class ProfileGrid:
                 f"prompt {max(self.prompt_sizes)} + output {max(self.output_sizes)} = {longest} "
                 f"tokens exceeds {spec.name}'s context of {spec.max_context}; use smaller sizes"
             )
+        if self.head_sizes and max(self.head_sizes) + max(self.head_outputs()) > spec.max_context:
+            raise UserError(
+                f"head prompt size {max(self.head_sizes)} + output {max(self.head_outputs())} "
+                f"exceeds {spec.name}'s context of {spec.max_context}; use smaller sizes"
+            )
         if self.pe_sizes and max(self.pe_sizes) + 1 > spec.max_context:
             raise UserError(
                 f"PE prompt size {max(self.pe_sizes)} leaves no room for an output token in "
@@ -129,12 +151,12 @@ class ProfileGrid:
         """Every (p, o, batch) once (trial 0), in the order they are measured: by batch, then
         prompt size, then output length (o = 1 first, so prefill energy is known early)."""
         outputs = sorted(set(self.output_sizes))
-        curve = set(self.prompt_sizes)
+        curve, head = set(self.prompt_sizes), set(self.head_sizes) - set(self.prompt_sizes)
         return [
             Point(p, o, b, 0)
             for b in sorted(set(self.batch_sizes))
-            for p in sorted(curve | set(self.pe_sizes))
-            for o in (outputs if p in curve else [1])
+            for p in sorted(self.profiled_sizes)
+            for o in (outputs if p in curve else self.head_outputs() if p in head else [1])
         ]
 
     def points(self) -> list[Point]:
@@ -146,8 +168,9 @@ class ProfileGrid:
         out = {
             k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
         }
-        if not self.pe_sizes:  # grids without PE sizes keep the keys of earlier versions
-            out.pop("pe_sizes")
+        for key in ("pe_sizes", "head_sizes"):  # grids without them keep earlier versions' keys
+            if not out[key]:
+                out.pop(key)
         return out
 
 
@@ -206,7 +229,30 @@ def default_grid(
     if on_gpu and pe_step > LOW_KNOT_STEP:  # not where regular knots are as close already
         pe = sorted(set(pe) | set(low_knots(context, set(pe) | set(curve))))
     pe = [p for p in pe if p not in curve and 1 <= p <= context - 1]
-    return ProfileGrid(tuple(curve), outputs, (1,), trials, tuple(pe))
+    head = head_curve(curve, pe) if on_gpu else []
+    pe = [p for p in pe if p not in head]
+    return ProfileGrid(tuple(curve), outputs, (1,), trials, tuple(pe), tuple(head))
+
+
+def head_curve(curve: list[int], pe: list[int]) -> list[int]:
+    """Where a GPU grid measures the head (o up to o₁) between its first two curves: at the PE
+    knot nearest their midpoint, capped at LOW_KNOTS_BELOW (none with fewer than two curves).
+
+    At a card's power limit a prefill-only point runs at a lower clock than the same prefill
+    followed by decode steps, by how much depends on how long the prefill is beside a step, so
+    the first steps' cost is not linear in p between curves: on an H200 (LLaMA-13B, 7254be0,
+    docs/benchmarks/heldout_llama-13b.md) D(p, 2) read 7.19 and 7.24 ms at the curves' p = 1
+    and 737, and the benchmark's query at p = 336, o = 2 was priced 5.1% high (D about 6.5 ms
+    there, measured the profile's way). Three points (o = 2, 4, 8) at a knot that is measured
+    anyway.
+    """
+    if len(curve) < 2:
+        return []
+    target = min((curve[0] + curve[1]) // 2, LOW_KNOTS_BELOW)
+    between = [p for p in pe if curve[0] < p < curve[1]]
+    if not between:
+        return []
+    return [min(between, key=lambda p: (abs(p - target), p))]
 
 
 def low_knots(context: int, taken: set[int]) -> list[int]:
@@ -259,7 +305,7 @@ def validation_queries(spec: ModelSpec, grid: ProfileGrid, count: int) -> list[P
     longest = max(grid.output_sizes)
     seed = int(hashlib.sha256(f"{spec.name}:{context}:{longest}".encode()).hexdigest()[:8], 16)
     rng = np.random.default_rng(seed)
-    profiled = set(grid.prompt_sizes) | set(grid.pe_sizes)
+    profiled = grid.profiled_sizes
     largest = max(profiled)
     batch = min(grid.batch_sizes)
     queries: list[Point] = []
@@ -475,7 +521,7 @@ class ProfileExperiment:
                 recorder.record(measured, validation=False)
             # A second look at points their neighbours contradict (experiments.second_look).
             looked = (
-                suspects(store.points(run_id), grid.prompt_sizes, grid.trials)
+                suspects(store.points(run_id), (*grid.prompt_sizes, *grid.head_sizes), grid.trials)
                 if config.second_look
                 else []
             )

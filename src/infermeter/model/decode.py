@@ -16,7 +16,8 @@ too short to tell a step's cost from the noise):
     D(p, o) = head(p, o)                                  for o ≤ o₁
     D(p, o) = head(p, o₁) + Σ_{k = o₁}^{o − 1} t(p + k)     for o > o₁
 
-head is the curves' D(o) blended linearly in p (held at the end curves), or what its steps
+head is the curves' D(o) blended linearly in p (held at the end curves; a head curve,
+profiled up to o₁ only, takes part here and not in t(x)), or what its steps
 would cost at their contexts later on where the head is below FIRST_STEP_SHARE of that: the
 first step after a prompt is never the cheapest, and on an H200 at its power limit a
 prefill-only o = 1 point runs at a lower clock than the same prefill followed by decode steps
@@ -76,11 +77,13 @@ def decode_time(curves: list[dict[str, Any]], p: np.ndarray, o: np.ndarray) -> n
     o1 = _head_length(curves)
     if o1 is None:
         return blend_in_p(curves, p, o)
-    head = blend_in_p(curves, p, np.minimum(o, o1))
-    sizes = np.array([c["prompt_tokens"] for c in curves], dtype=float)
-    nearest = np.abs(p[:, None] - sizes[None, :]).argmin(axis=1)
+    reach = [c for c in curves if max(c["output_tokens"]) >= o1]  # a head curve ends at o₁
+    head = blend_in_p(reach, p, np.minimum(o, o1))
+    stepped = [i for i, c in enumerate(curves) if head_length(c["output_tokens"]) is not None]
+    sizes = np.array([curves[i]["prompt_tokens"] for i in stepped], dtype=float)
+    nearest = np.array(stepped)[np.abs(p[:, None] - sizes[None, :]).argmin(axis=1)]
     out = head.copy()
-    for index in range(len(curves)):
+    for index in stepped:
         rows = nearest == index
         if not rows.any():
             continue
@@ -142,18 +145,22 @@ class _StepCost:
         return self.integral(end) - self.integral(start)
 
 
+def head_length(lengths: list[float] | tuple[float, ...]) -> float | None:
+    """The output length where one curve's head ends: its last profiled length after which
+    every segment holds at least MIN_SEGMENT_STEPS steps (8 for o = 1, 2, 4, 8, 32, 128, 512);
+    None where no segment is that long (a head-only curve, e.g. o = 1, 2, 4, 8)."""
+    lengths = [float(x) for x in lengths]
+    start = len(lengths) - 1
+    while start > 0 and lengths[start] - lengths[start - 1] >= MIN_SEGMENT_STEPS:
+        start -= 1
+    return lengths[start] if start < len(lengths) - 1 else None
+
+
 def _head_length(curves: list[dict[str, Any]]) -> float | None:
-    """The output length o₁ where the head ends: the last profiled length, common to every
-    curve, after which each curve's segments hold at least MIN_SEGMENT_STEPS steps (None where
-    no curve has such a segment, or the curves share no such length)."""
-    heads = set()
-    for curve in curves:
-        lengths = [float(x) for x in curve["output_tokens"]]
-        start = len(lengths) - 1
-        while start > 0 and lengths[start] - lengths[start - 1] >= MIN_SEGMENT_STEPS:
-            start -= 1
-        if start < len(lengths) - 1:
-            heads.add(lengths[start])
+    """The output length o₁ where the head ends, common to every curve with steps past it
+    (None where no curve has such a segment, or the curves share no such length). A head-only
+    curve (profiled up to o₁ and no further) takes part in the head, not in t(x)."""
+    heads = {head_length(curve["output_tokens"]) for curve in curves} - {None}
     return heads.pop() if len(heads) == 1 else None
 
 
