@@ -6,12 +6,14 @@ the stack `infermeter profile` uses), the minimum of 3 wall-clock trials of the 
 
 - `profile`: measure_point as the profile runs it (meter sampling every 0.1 s, an energy
   window of >= 1 s, its untimed pre-roll, fresh random prompts);
-- `user`: as heldout_bench times a query: the sampler stopped, 0.15 s idle, one untimed call,
-  then 3 trials back to back of one fixed prompt (then 1 s of it back to back, as its energy
-  window does);
+- `user`: as heldout_bench times a query: the sampler stopped, a short idle (0.15 s here; in
+  heldout_bench the wait for the NVML counter's next step and the query's setup), one
+  untimed call, then 3 trials back to back of one fixed prompt (then 1 s of it back to back,
+  as its energy window does);
 - `sustained`: measure_point without a window (no pre-roll) right after that second of load.
 
-It also gives the first decode step each way, D(p, 2) = t(p, 2) − t(p, 1).
+The three ways run in that order for every shape. It also gives the first decode step each
+way, D(p, 2) = t(p, 2) − t(p, 1) (`first_steps`), a difference of two medians over --reps.
 
 Run: python benchmarks/short_query_state.py [--model llama-13b] [--prompts 336,954,1093,1505]
          [--reps 2]
@@ -96,7 +98,7 @@ def main() -> None:
                 print(f"p = {p}, o = {o}, rep {rep}: {shown} ms", flush=True)
                 runs.append(row)
     backend.close()
-    rows, shapes = [], []
+    rows, shapes, first_steps = [], [], []
     for p in sizes:
         best = {
             (way, o): float(np.median([min(r[f"{way}_s"]) for r in runs
@@ -117,12 +119,13 @@ def main() -> None:
                 f" %, sustained {entry['sustained_over_user_pct']:+.1f} % over user)", "-",
             ))  # fmt: skip
         first = {way: best[(way, 2)] - best[(way, 1)] for way in WAYS}
-        shapes.append({"prompt_tokens": p, **{f"first_step_{w}_s": v for w, v in first.items()}})
+        first_steps.append({"prompt_tokens": p, **{f"{way}_s": v for way, v in first.items()}})
         rows.append((
             f"p = {p}: first decode step D(p, 2) = t(p, 2) - t(p, 1) (ms)",
             ", ".join(f"{way} {1e3 * v:.2f}" for way, v in first.items()), "-",
         ))  # fmt: skip
-    result = {"model": args.model, "reps": args.reps, "shapes": shapes, "runs": runs}
+    result = {"model": args.model, "reps": args.reps, "shapes": shapes,
+              "first_steps": first_steps, "runs": runs}  # fmt: skip
     write_result(f"short_query_state_{args.model}", result, rows, args.out)
 
 

@@ -68,18 +68,19 @@ def test_a_point_measured_again_is_never_suspected_twice() -> None:
 
 class Scripted(HFBackend):
     """The hf backend on a tiny model whose runtimes follow `runtime_s` scaled down to its
-    context, with the first `slow_calls` calls of one shape 8% slow (a power-capped clock);
-    each call takes its runtime of the fake clock the meter reads."""
+    context, with the first `slow_calls` calls of each `slow` shape 8% slow (a power-capped
+    clock); each call takes its runtime of the fake clock the meter reads."""
 
-    def __init__(self, clock: FakeClock, slow: tuple[int, int], slow_calls: int) -> None:
+    def __init__(self, clock: FakeClock, slow: list[tuple[int, int]], slow_calls: int) -> None:
         super().__init__(device="cpu")
-        self.clock, self.slow, self.slow_left = clock, slow, slow_calls
+        self.clock, self.slow_left = clock, dict.fromkeys(slow, slow_calls)
 
     def measure(self, point: Point, window: Any = None) -> Measurement:
         measured = super().measure(point, window)
         seconds = runtime_s(point.prompt_tokens * 8, point.output_tokens)
-        if (point.prompt_tokens, point.output_tokens) == self.slow and self.slow_left > 0:
-            self.slow_left -= 1
+        shape = (point.prompt_tokens, point.output_tokens)
+        if self.slow_left.get(shape, 0) > 0:
+            self.slow_left[shape] -= 1
             seconds *= 1.08
         measured.runtime_s = seconds
         self.clock.advance(seconds)
@@ -89,9 +90,10 @@ class Scripted(HFBackend):
 def test_a_metered_profile_prices_the_second_look_not_the_slow_first(tmp_path: Path) -> None:
     clock = FakeClock()
     meter = Meter(interval_s=0.01, nvml=FakeNvml([FakeGpu()], clock=clock), clock=clock)
-    # Curves at p = 1, 92, 188 (x8: 1, 737, 1505 of the stack), knots between.
-    grid = ProfileGrid((1, 92, 188), (1, 2, 4, 8), (1,), 3, (12, 28, 44, 60, 76, 108, 124))
-    backend = Scripted(clock, slow=(92, 1), slow_calls=4)  # the pre-roll and 3 trials
+    # Curves at p = 1, 92, 188 (x8: 1, 737, 1505 of the stack), a head curve at 44 (353),
+    # knots between; the o = 1 points under the curve at 92 and the head curve slow.
+    grid = ProfileGrid((1, 92, 188), (1, 2, 4, 8), (1,), 3, (12, 28, 60, 76, 108, 124), (44,))
+    backend = Scripted(clock, slow=[(92, 1), (44, 1)], slow_calls=4)  # pre-roll, 3 trials
     told = {"total": 0, "points": 0}
 
     def started(run: Any, done: int, total: int) -> None:
@@ -113,17 +115,19 @@ def test_a_metered_profile_prices_the_second_look_not_the_slow_first(tmp_path: P
         runtime = next(m for m in fit_run(store, run.id, FitPolicy()) if m.quantity == "runtime_s")
     again = points[points.trial >= 3]
     assert sorted({(r.prompt_tokens, r.output_tokens) for r in again.itertuples()}) == [
+        (44, 1),
+        (44, 2),
         (92, 1),
         (92, 2),
     ]
-    assert run.backend_info["second_look"] == ["p=92 o=1", "p=92 o=2"]
+    assert run.backend_info["second_look"] == ["p=92 o=1", "p=92 o=2", "p=44 o=1", "p=44 o=2"]
     # The progress said the total it then reached (was 3 trials per looked point short).
     assert told["points"] == told["total"] == len(points)
     assert runtime.prompt_encoding_at(92) == pytest.approx(runtime_s(92 * 8, 1))  # the fast one
     # Resumed, the profile has nothing left to look at twice.
     with Store(tmp_path / "s.sqlite") as store:
         again_run = run_profile(
-            store, get_spec("tiny-llama"), {}, Scripted(clock, (92, 1), 0), {}, grid,
+            store, get_spec("tiny-llama"), {}, Scripted(clock, [(92, 1)], 0), {}, grid,
             meter=meter, min_energy_window_s=0.05, second_look=True,
         )  # fmt: skip
         assert len(store.points(again_run.id)) == len(points)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -239,6 +240,11 @@ def test_a_gpu_grid_measures_the_head_between_its_first_two_curves(name: str) ->
     assert default_grid(spec, on_gpu=False).head_sizes == ()  # no power limit to follow
     chosen = profile_grid(spec, True, 3, (1, 700), None, None)  # sizes the user chose: theirs
     assert chosen.head_sizes == () and "head_sizes" not in chosen.to_dict()
+    assert profile_grid(spec, True, 3, None, None, None).head_sizes == (head,)  # the CLI's grid
+    # The head ends where model.decode's does, read off the lengths past o = 1.
+    for outputs, head_outputs in [((1, 20, 40), (1, 20)), ((1, 17, 33, 512), (1, 17)),
+                                  ((1, 2, 3), (1, 2, 3))]:  # fmt: skip
+        assert replace(grid, output_sizes=outputs).head_outputs() == head_outputs
 
 
 def test_the_default_grid_stops_at_its_cap_and_says_so_for_long_context_models() -> None:

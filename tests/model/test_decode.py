@@ -171,3 +171,22 @@ def test_a_head_curve_short_of_the_head_length_is_left_out() -> None:
              "tail_slope": 0.002}  # fmt: skip
     p, o = np.array([336.0, 353.0, 500.0]), np.array([2.0, 8.0, 300.0])
     assert np.array_equal(decode_time([full[0], short, *full[1:]], p, o), decode_time(full, p, o))
+
+
+def test_a_head_curve_does_not_choose_whose_steps_a_query_pays() -> None:
+    """Where two curves' steps cover the same contexts, a query pays those of the curve nearest
+    its prompt size among curves with steps: a head curve nearer still does not change that."""
+    lengths = [2.0, 4.0, 8.0, 32.0, 128.0, 512.0]
+
+    def curve(p_c: int, step: float) -> dict:
+        decode = [step * (o - 1) for o in lengths]
+        return {"prompt_tokens": p_c, "output_tokens": lengths, "decode": decode,
+                "tail_slope": step}  # fmt: skip
+
+    head = {"prompt_tokens": 230, "output_tokens": lengths[:3],
+            "decode": [0.0041 * (o - 1) for o in lengths[:3]], "tail_slope": 0.0041}  # fmt: skip
+    full = [curve(1, 0.004), curve(400, 0.005)]  # both cover contexts 408..513
+    p, o = np.array([200.0]), np.array([400.0])  # nearer p = 1 than 400, nearest the head
+    later = [decode_time(c, p, o) - decode_time(c, p, np.array([8.0]))
+             for c in (full, [full[0], head, full[1]])]  # fmt: skip
+    assert later[1] == pytest.approx(later[0], rel=1e-12)

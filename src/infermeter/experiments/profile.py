@@ -102,10 +102,11 @@ class ProfileGrid:
         return set(self.prompt_sizes) | set(self.pe_sizes) | set(self.head_sizes)
 
     def head_outputs(self) -> tuple[int, ...]:
-        """The output lengths of a head curve: the grid's, up to o₁ of model.decode (1, 2, 4, 8
-        on a GPU's default grid); all of them where no segment is long enough to end a head."""
+        """The output lengths of a head curve: the grid's, up to o₁ as model.decode reads it off
+        the lengths past o = 1 (1, 2, 4, 8 on a GPU's default grid; 1, 20 for 1, 20, 40); all
+        of them where no segment is long enough to end a head."""
         outputs = sorted(set(self.output_sizes))
-        end = head_length(outputs)
+        end = head_length([o for o in outputs if o > 1])
         return tuple(o for o in outputs if end is None or o <= end)
 
     def validate(self, spec: ModelSpec) -> None:
@@ -205,8 +206,9 @@ def default_grid(
     long prefills are slow, unless `max_context` is given: then up to its end), all off
     multiples of 64. A GPU grid also has PE knots every LOW_KNOT_STEP tokens from 33 below
     LOW_KNOTS_BELOW, where prefill bends from memory- to compute-bound, and a MoE grid knots
-    where its prompts' expert reads saturate (expert_knots). On an H200 a LLaMA-7B profile of
-    this grid takes about 140 s with its energy windows and validation.
+    where its prompts' expert reads saturate (expert_knots), and a head curve (head_curve). On
+    an H200 a LLaMA-7B profile of this grid takes about 146 s with its energy windows and
+    validation (3b91f5a).
     """
     context = default_context(spec, max_context)
     wanted = GPU_OUTPUT_SIZES if on_gpu else CPU_OUTPUT_SIZES
@@ -236,15 +238,19 @@ def default_grid(
 
 def head_curve(curve: list[int], pe: list[int]) -> list[int]:
     """Where a GPU grid measures the head (o up to o₁) between its first two curves: at the PE
-    knot nearest their midpoint, capped at LOW_KNOTS_BELOW (none with fewer than two curves).
+    knot nearest their midpoint, capped at LOW_KNOTS_BELOW (none with fewer than two curves or
+    no knot between them).
 
-    At a card's power limit a prefill-only point runs at a lower clock than the same prefill
-    followed by decode steps, by how much depends on how long the prefill is beside a step, so
-    the first steps' cost is not linear in p between curves: on an H200 (LLaMA-13B, 7254be0,
-    docs/benchmarks/heldout_llama-13b.md) D(p, 2) read 7.19 and 7.24 ms at the curves' p = 1
-    and 737, and the benchmark's query at p = 336, o = 2 was priced 5.1% high (D about 6.5 ms
-    there, measured the profile's way). Three points (o = 2, 4, 8) at a knot that is measured
-    anyway.
+    The head of a query between curves is otherwise a blend of the curves' heads, each the
+    difference of two prefill-heavy points at the card's power limit: D(p, 2) = t(p, 2) −
+    t(p, 1) moved 0.3-0.75 ms between LLaMA-13B profiles on an H200 (7.19 / 7.24 ms at the
+    curves' p = 1 and 737 at 7254be0, where the benchmark's query at p = 336, o = 2 was priced
+    5.1% high). A head curve between them is one more such measurement where the blend is
+    weakest. At 3b91f5a (docs/benchmarks/heldout.md) it took LLaMA-7B's held-out runtime
+    maximum from 3.57 to 3.20% and its validation's from 5.42 to 4.74% (the same run priced
+    without the curve's points), and changed nothing for 13B (2.85% either way). Three points
+    (o = 2, 4, 8) at a knot measured anyway; a head more than FIRST_STEP_SHARE below the later
+    steps is priced at their cost, as any curve's (model.decode).
     """
     if len(curve) < 2:
         return []
