@@ -220,9 +220,10 @@ def test_a_grid_of_pe_sizes_is_measured_at_one_output_length_only() -> None:
 
 @pytest.mark.parametrize("name", ["llama-7b", "llama-13b", "qwen3-8b", "gpt-oss-20b", "gpt2"])
 def test_a_gpu_grid_measures_the_head_between_its_first_two_curves(name: str) -> None:
-    # The first decode steps' cost is not linear in p between the curves at a power limit
-    # (D(p, 2) on an H200, LLaMA-13B: 7.2 ms at p = 1 and 737, ~6.5 at 336): a GPU grid
-    # measures o = 1, 2, 4, 8 at one knot between its first two curves, no later than 512.
+    # A query's first decode steps between two curves are a blend of the curves' heads, each a
+    # difference of two prefill-heavy points at a power limit (D(p, 2) moved 0.3-0.75 ms
+    # between LLaMA-13B profiles on an H200): a GPU grid measures o = 1, 2, 4, 8 at one more
+    # knot between its first two curves, no later than 512.
     spec = get_spec(name)
     grid = default_grid(spec, on_gpu=True)
     (head,) = grid.head_sizes

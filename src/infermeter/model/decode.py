@@ -146,9 +146,10 @@ class _StepCost:
 
 
 def head_length(lengths: list[float] | tuple[float, ...]) -> float | None:
-    """The output length where one curve's head ends: its last profiled length after which
-    every segment holds at least MIN_SEGMENT_STEPS steps (8 for o = 1, 2, 4, 8, 32, 128, 512);
-    None where no segment is that long (a head-only curve, e.g. o = 1, 2, 4, 8)."""
+    """The output length where one curve's head ends, from its profiled lengths past o = 1 (a
+    curve's output_tokens): the last one after which every segment holds at least
+    MIN_SEGMENT_STEPS steps (8 for 2, 4, 8, 32, 128, 512; 20 for 20, 40); None where no segment
+    is that long (a head-only curve, e.g. 2, 4, 8)."""
     lengths = [float(x) for x in lengths]
     start = len(lengths) - 1
     while start > 0 and lengths[start] - lengths[start - 1] >= MIN_SEGMENT_STEPS:
