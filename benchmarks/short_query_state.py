@@ -14,6 +14,8 @@ the stack `infermeter profile` uses), the minimum of 3 wall-clock trials of the 
 
 The three ways run in that order for every shape. It also gives the first decode step each
 way, D(p, 2) = t(p, 2) − t(p, 1) (`first_steps`), a difference of two medians over --reps.
+(The LLaMA-13B record of 3b91f5a, written before that key, has those rows inside `shapes`,
+as first_step_<way>_s.)
 
 Run: python benchmarks/short_query_state.py [--model llama-13b] [--prompts 336,954,1093,1505]
          [--reps 2]

@@ -243,7 +243,7 @@ def head_curve(curve: list[int], pe: list[int]) -> list[int]:
 
     The head of a query between curves is otherwise a blend of the curves' heads, each the
     difference of two prefill-heavy points at the card's power limit: D(p, 2) = t(p, 2) −
-    t(p, 1) moved 0.3-0.75 ms between LLaMA-13B profiles on an H200 (7.19 / 7.24 ms at the
+    t(p, 1) moved 0.3-0.75 ms between LLaMA-13B profiles on an H200 (7.19 / 7.23 ms at the
     curves' p = 1 and 737 at 7254be0, where the benchmark's query at p = 336, o = 2 was priced
     5.1% high). A head curve between them is one more such measurement where the blend is
     weakest. At 3b91f5a (docs/benchmarks/heldout.md) it took LLaMA-7B's held-out runtime
