@@ -26,7 +26,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import DOCS, write_result
+from _timing import generate_timer
 
 WAYS = {"tuned per process": {"INFERMETER_KEEP_TILES": "0"}, "kept": {}}
 CHOICE_ENV = ("INFERMETER_KEEP_TILES", "TRITON_CACHE_AUTOTUNING", "TRITON_CACHE_DIR")
@@ -41,7 +41,6 @@ CHOICE_ENV = ("INFERMETER_KEEP_TILES", "TRITON_CACHE_AUTOTUNING", "TRITON_CACHE_
 
 def one_process(model: str, shapes: list[tuple[int, int]]) -> dict[str, Any]:
     """Build `model` on the engine, time each (p, o); the GEMV tiles this process ran."""
-    import torch
 
     from infermeter.backends.engine import EngineBackend
     from infermeter.engine import kernels
@@ -54,11 +53,7 @@ def one_process(model: str, shapes: list[tuple[int, int]]) -> dict[str, Any]:
     rng = np.random.default_rng(1)
     times: dict[str, float] = {}
 
-    def call(prompt: list[int], o: int) -> float:
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        engine.generate([prompt], o)
-        return time.perf_counter() - started
+    call = generate_timer(engine, "cuda")
 
     for p, o in shapes:
         prompt = rng.integers(0, spec.vocab_size, p).tolist()

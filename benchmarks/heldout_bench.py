@@ -48,6 +48,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _record import DOCS, read_record, read_records, write_record, write_result  # noqa: E402
+from _timing import generate_timer  # noqa: E402
 
 MAX_LONG_OUTPUT = 512
 
@@ -133,7 +134,6 @@ class Counter:
 
 def measure(model: str, queries_csv: Path, out_csv: Path, device: str) -> None:
     """Measure every query: minimum of 3 wall-clock trials; joules over >= 1 s back to back."""
-    import torch
 
     from infermeter.backends.engine import EngineBackend
     from infermeter.spec.catalog import resolve_spec
@@ -146,13 +146,7 @@ def measure(model: str, queries_csv: Path, out_csv: Path, device: str) -> None:
     queries = pd.read_csv(queries_csv)
     rng = np.random.default_rng(7)
     rows = []
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-    def call(prompt: list[int], o: int) -> float:
-        sync()
-        started = time.perf_counter()
-        engine.generate([prompt], o)
-        return time.perf_counter() - started
+    call = generate_timer(engine, device)
 
     for query in queries.itertuples(index=False):
         p, o = int(query.prompt_tokens), int(query.output_tokens)

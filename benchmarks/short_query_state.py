@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import DOCS, write_result
+from _timing import generate_timer
 from infermeter.backends import get_backend
 from infermeter.backends.base import Point
 from infermeter.experiments.profile import measure_point
@@ -51,7 +52,6 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--out", type=Path, default=DOCS)
     args = parser.parse_args()
-    import torch
 
     spec = get_spec(args.model)
     sizes = [int(p) for p in args.prompts.split(",")]
@@ -65,11 +65,7 @@ def main() -> None:
         backend.measure(Point(1024, 64, 1, 0))
     rng = np.random.default_rng(7)
 
-    def call(prompt: list[int], o: int) -> float:
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        engine.generate([prompt], o)
-        return time.perf_counter() - start
+    call = generate_timer(engine, "cuda")
 
     def user(p: int, o: int) -> list[float]:
         prompt = rng.integers(0, spec.vocab_size, p).tolist()
