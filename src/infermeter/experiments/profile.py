@@ -137,9 +137,10 @@ class ProfileGrid:
                 f"prompt {max(self.prompt_sizes)} + output {max(self.output_sizes)} = {longest} "
                 f"tokens exceeds {spec.name}'s context of {spec.max_context}; use smaller sizes"
             )
-        if self.head_sizes and max(self.head_sizes) + max(self.head_outputs()) > spec.max_context:
+        head_longest = max(self.head_outputs())
+        if self.head_sizes and max(self.head_sizes) + head_longest > spec.max_context:
             raise UserError(
-                f"head prompt size {max(self.head_sizes)} + output {max(self.head_outputs())} "
+                f"head prompt size {max(self.head_sizes)} + output {head_longest} "
                 f"exceeds {spec.name}'s context of {spec.max_context}; use smaller sizes"
             )
         if self.pe_sizes and max(self.pe_sizes) + 1 > spec.max_context:
@@ -153,11 +154,12 @@ class ProfileGrid:
         prompt size, then output length (o = 1 first, so prefill energy is known early)."""
         outputs = sorted(set(self.output_sizes))
         curve, head = set(self.prompt_sizes), set(self.head_sizes) - set(self.prompt_sizes)
+        head_outputs = list(self.head_outputs())
         return [
             Point(p, o, b, 0)
             for b in sorted(set(self.batch_sizes))
             for p in sorted(self.profiled_sizes)
-            for o in (outputs if p in curve else self.head_outputs() if p in head else [1])
+            for o in (outputs if p in curve else head_outputs if p in head else [1])
         ]
 
     def points(self) -> list[Point]:
