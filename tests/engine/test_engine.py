@@ -5,10 +5,13 @@ decode against recomputation, sampling, stop tokens, tensor parallelism (gloo) a
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -571,3 +574,48 @@ def test_a_misspelt_batch1_expert_path_is_one_line(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("INFERMETER_MOE_GEMV", "gemv")
     with pytest.raises(UserError, match="INFERMETER_MOE_GEMV must be auto, sum, pairs or 0"):
         moe_gemv_modes()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    length=st.integers(1, 300),
+    first=st.integers(0, 299),
+    count=st.integers(0, 300),
+    attention=st.sampled_from(["sdpa", "triton"]),
+)
+def test_a_runs_spans_are_those_of_its_steps(
+    length: int, first: int, count: int, attention: str
+) -> None:
+    """_spans, computed from its ends, is the set of the spans of every step it covers."""
+    engine = Engine.__new__(Engine)  # only the span arithmetic: no model
+    engine.attention = attention
+    engine._state = type("S", (), {"length": length})()  # type: ignore[assignment]
+    want = sorted({engine._span(first + i) for i in range(count)})
+    assert engine._spans(first, count) == want
+
+
+def test_bad_prompts_are_one_line_errors() -> None:
+    spec = replace(get_spec("tiny-llama"), max_context=64)
+    engine = Engine(spec)
+    for prompts, says in (
+        ([[1, spec.vocab_size]], "must be in [0,"),
+        ([[1, -1]], "must be in [0,"),
+        ([[1, 2**70]], "lists of token ids"),
+        ([["a"]], "lists of token ids"),
+        ([[1], []], "at least one token"),
+    ):
+        with pytest.raises(UserError, match=re.escape(says)):
+            engine.generate(prompts, 2)
+    ragged = engine.generate([[1, 2, 3], [4]], 2)  # padded, with lengths: still fine
+    assert [len(t) for t in ragged.tokens] == [2, 2]
+
+
+def test_the_host_parts_of_a_call_are_inside_its_wall_clock() -> None:
+    spec = replace(get_spec("tiny-llama"), max_context=64)
+    engine = Engine(spec)
+    engine.generate([[1, 2, 3]], 3)  # the shape's first visit
+    run = engine.generate([[1, 2, 3]], 3)
+    before, after = run.extra["host_before_s"], run.extra["host_after_s"]
+    assert before > 0 and after > 0
+    assert before + after + run.ttft_s + run.decode_s <= run.wall_s + 1e-9
+    assert "launch_at" not in run.extra and "synced_at" not in run.extra
