@@ -1,15 +1,16 @@
 """How much of a profiled call's wall clock is host work, and how much does it move?
 
-A profile times each call as its caller does (the wall clock around the whole generate()),
-and from 7f60083 the engine also records, per call, the device work inside it (CUDA events
-from the first kernel to the last: `device_s`) and the host work either side of it
+A profile times each call as its caller does (the wall clock around the whole generate()).
+The engine also records, per call, the device work inside it (CUDA events from the first
+kernel to the last: `device_s`) and, from 7f60083, the host work either side of it
 (`host_before_s`: packing the prompt, its copy to the GPU, graph lookups, the sync before;
 `host_after_s`: the output tokens' copy back and the result). The rest of wall − device is
-the launch and the wake-up from the final sync. This script reads a profile's SQLite store (no
-GPU) and reports, for the grid's points and for the validation queries apart, the spread of
-wall − device and its parts (minimum over each shape's trials, as the fit takes the runtime),
-and what it is as a share of the short calls (under 50 ms). A query's price carries the host
-part of the knots it is read from; the query measured later carries its own.
+the launch and the wake-up from the final sync. This script reads a profile's SQLite store
+(no GPU) and reports, for the grid's points and for the validation queries apart, the spread
+of wall − device and its parts (from a store before 7f60083, wall − device alone; minimum over
+each shape's trials, as the fit takes the runtime), and what it is as a share of the short
+calls (under 50 ms). A query's price carries the host part of the knots it is read from; the
+query measured later carries its own.
 
 Run: python benchmarks/host_share.py --store MODEL=STORE [--store MODEL=STORE ...]
          [--name host_share]
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import DOCS, write_result
 
 SHORT_S = 0.05  # calls shorter than this: where a fraction of a millisecond is a percent
+STATS = ("median", "p10", "p90", "min", "max")
 
 
 def read_calls(store: Path) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -58,11 +60,9 @@ def read_calls(store: Path) -> tuple[dict[str, Any], pd.DataFrame]:
     extra = [json.loads(text or "{}") for text in calls.pop("extra_json")]
     for key in ("device_s", "host_before_s", "host_after_s"):
         calls[key] = [e.get(key) for e in extra]
-    calls = calls.dropna(subset=["device_s", "host_before_s", "host_after_s"])
+    calls = calls.dropna(subset=["device_s"])
     if calls.empty:
-        raise SystemExit(
-            f"host_share: {store}: its calls record no host parts (profiled before 7f60083?)"
-        )
+        raise SystemExit(f"host_share: {store}: its calls record no device time (not the engine?)")
     fastest = calls.loc[
         calls.groupby(["kind", "prompt_tokens", "output_tokens"])["runtime_s"].idxmin()
     ]
@@ -82,8 +82,13 @@ def summary(calls: pd.DataFrame) -> dict[str, Any]:
     most) and, for calls under SHORT_S, wall − device as a share of the wall clock (%)."""
     out: dict[str, Any] = {"shapes": len(calls)}
     for key in ("host_s", "host_before_s", "launch_sync_s", "host_after_s"):
-        ms = 1e3 * calls[key].to_numpy()
+        ms = 1e3 * calls[key].dropna().to_numpy()
         name = key.removesuffix("_s")
+        if not len(ms):  # a store from before 7f60083: no host parts, wall − device only
+            out.update(
+                {f"{name}_{stat}_ms": None for stat in ("median", "p10", "p90", "min", "max")}
+            )
+            continue
         out[f"{name}_median_ms"] = float(np.median(ms))
         out[f"{name}_p10_ms"] = float(np.percentile(ms, 10))
         out[f"{name}_p90_ms"] = float(np.percentile(ms, 90))
@@ -117,13 +122,18 @@ def main() -> None:
         for kind in ("points", "validation"):
             part = summary(calls[calls.kind == kind])
             entry[kind] = part
+            parts = (
+                f" (before {part['host_before_median_ms']:.2f}, launch and sync "
+                f"{part['launch_sync_median_ms']:.2f}, after {part['host_after_median_ms']:.2f}, "
+                "medians)"
+                if part["host_before_median_ms"] is not None
+                else " (no host parts recorded: a store from before 7f60083)"
+            )
             rows.append((
                 f"{label}, {kind} ({part['shapes']} shapes): wall − device, ms",
                 f"median {part['host_median_ms']:.2f}, 10-90 % {part['host_p10_ms']:.2f}-"
                 f"{part['host_p90_ms']:.2f}, range {part['host_min_ms']:.2f}-"
-                f"{part['host_max_ms']:.2f} (before {part['host_before_median_ms']:.2f}, "
-                f"launch and sync {part['launch_sync_median_ms']:.2f}, after "
-                f"{part['host_after_median_ms']:.2f}, medians)",
+                f"{part['host_max_ms']:.2f}{parts}",
                 "",
             ))  # fmt: skip
             if part["short_calls"]:

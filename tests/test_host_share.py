@@ -1,6 +1,7 @@
 """benchmarks/host_share.py on real stores: a CPU profile made here records each call's host
-parts and the script reports them consistently; a store from before they were recorded, a
-missing store and a malformed --store are one line, not a traceback."""
+parts and the script reports them consistently; a store from before they were recorded gives
+wall − device alone; a missing store and a malformed --store are one line, not a
+traceback."""
 
 from __future__ import annotations
 
@@ -44,10 +45,18 @@ def test_a_fresh_profile_records_its_calls_host_parts(tmp_path: Path) -> None:
     assert points["host_before_min_ms"] + points["host_after_min_ms"] <= points["host_max_ms"]
 
 
+def test_a_store_from_before_the_host_parts_gives_wall_minus_device(tmp_path: Path) -> None:
+    done = run(tmp_path, f"old={OLD_STORE}")
+    assert done.returncode == 0, done.stderr
+    points = json.loads((tmp_path / "host_share.json").read_text())["models"][0]["points"]
+    assert points["shapes"] == 42 and points["host_before_median_ms"] is None
+    assert 0 < points["host_min_ms"] < points["host_median_ms"] < points["host_max_ms"]
+    assert "no host parts recorded" in (tmp_path / "host_share.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("store", "says"),
     [
-        (f"old={OLD_STORE}", "record no host parts"),
         ("x=/nowhere/s.db", "no such store"),
         ("nolabel", "give MODEL=PATH"),
     ],
