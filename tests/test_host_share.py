@@ -45,6 +45,25 @@ def test_a_fresh_profile_records_its_calls_host_parts(tmp_path: Path) -> None:
     assert points["host_before_min_ms"] + points["host_after_min_ms"] <= points["host_max_ms"]
 
 
+def test_one_run_of_a_store_of_several_and_a_run_without_validation(tmp_path: Path) -> None:
+    store = tmp_path / "s.db"
+    for sizes in ("1,16", "1,8,24"):  # two grids: two runs in one store
+        grid = ["--prompt-sizes", sizes, "--output-sizes", "1,4", "--trials", "2"]
+        args = ("profile", "tiny-llama", "--device", "cpu", *grid, "--validate", "0")
+        result = invoke(*args, "--store", str(store))
+        assert result.exit_code == 0, result.output
+    done = run(tmp_path, f"newest={store}", f"first={store}#1")
+    assert done.returncode == 0, done.stderr
+    newest, first = json.loads((tmp_path / "host_share.json").read_text())["models"]
+    assert (newest["run_id"], newest["runs_in_store"], newest["points"]["shapes"]) == (2, 2, 6)
+    assert (first["run_id"], first["points"]["shapes"]) == (1, 4)
+    assert newest["validation"] == {"shapes": 0}
+    assert "none in this run" in (tmp_path / "host_share.md").read_text()
+    missing = run(tmp_path, f"x={store}#9")
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert "no run 9 (its runs: 1, 2)" in missing.stderr
+
+
 def test_a_store_from_before_the_host_parts_gives_wall_minus_device(tmp_path: Path) -> None:
     done = run(tmp_path, f"old={OLD_STORE}")
     assert done.returncode == 0, done.stderr
@@ -59,6 +78,7 @@ def test_a_store_from_before_the_host_parts_gives_wall_minus_device(tmp_path: Pa
     [
         ("x=/nowhere/s.db", "no such store"),
         ("nolabel", "give MODEL=PATH"),
+        ("x=s.db#one", "give MODEL=PATH"),
     ],
 )
 def test_what_it_cannot_read_is_one_line(tmp_path: Path, store: str, says: str) -> None:

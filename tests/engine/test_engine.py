@@ -9,6 +9,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -600,14 +601,24 @@ def test_bad_prompts_are_one_line_errors() -> None:
     for prompts, says in (
         ([[1, spec.vocab_size]], "must be in [0,"),
         ([[1, -1]], "must be in [0,"),
-        ([[1, 2**70]], "lists of token ids"),
-        ([["a"]], "lists of token ids"),
+        ([[1, 2**70]], "must be in [0,"),
+        ([np.array([1, 2**63 + 5], dtype=np.uint64)], "must be in [0,"),
+        ([["1", "2"]], "must be integers"),
+        ([[1.5, 2.0]], "must be integers"),
+        ([[1, None]], "must be integers"),
+        (["123"], "list of token-id lists"),
+        ([1, 2, 3], "list of token-id lists"),
+        ([[[1, 2]]], "list of token-id lists"),
         ([[1], []], "at least one token"),
+        ([], "at least one token"),
     ):
         with pytest.raises(UserError, match=re.escape(says)):
             engine.generate(prompts, 2)
     ragged = engine.generate([[1, 2, 3], [4]], 2)  # padded, with lengths: still fine
     assert [len(t) for t in ragged.tokens] == [2, 2]
+    same = engine.generate([[1, 2, 3]], 2).tokens
+    for ids in (np.array([[1, 2, 3]]), [np.array([1, 2, 3], dtype=np.int32)], [(1, 2, 3)]):
+        assert engine.generate(ids, 2).tokens == same  # numpy ids and tuples read alike
 
 
 def test_the_host_parts_of_a_call_are_inside_its_wall_clock() -> None:
