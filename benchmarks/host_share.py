@@ -36,6 +36,7 @@ from _record import DOCS, write_result
 
 SHORT_S = 0.05  # calls shorter than this: where a fraction of a millisecond is a percent
 STATS = ("median", "p10", "p90", "min", "max")
+SHAPE = ["batch_size", "prompt_tokens", "output_tokens"]
 
 
 def read_calls(store: Path, run_id: int | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -60,7 +61,8 @@ def read_calls(store: Path, run_id: int | None = None) -> tuple[dict[str, Any], 
         frames = []
         for table in ("points", "validation"):
             frame = pd.read_sql(
-                "select prompt_tokens, output_tokens, trial, runtime_s, measured_at, extra_json "
+                "select batch_size, prompt_tokens, output_tokens, trial, runtime_s, measured_at, "
+                "extra_json "
                 f"from {table} where run_id = ? and status = 'ok' and runtime_s is not null "
                 "order by measured_at, trial",
                 db,
@@ -88,14 +90,14 @@ def read_calls(store: Path, run_id: int | None = None) -> tuple[dict[str, Any], 
 
 def fastest(calls: pd.DataFrame) -> pd.DataFrame:
     """Each shape's call of least runtime (the trial the fit's runtime comes from)."""
-    return calls.loc[calls.groupby(["prompt_tokens", "output_tokens"])["runtime_s"].idxmin()]
+    return calls.loc[calls.groupby(SHAPE)["runtime_s"].idxmin()]
 
 
 def persistence(calls: pd.DataFrame) -> dict[str, Any]:
     """How alike a shape's trials are in wall − device against how it moves overall: the
     median over shapes of (most − least) over their trials (ms), and the correlation of
     consecutive calls' wall − device in the order measured."""
-    spread = calls.groupby(["prompt_tokens", "output_tokens"])["host_s"].agg(np.ptp)
+    spread = calls.groupby(SHAPE)["host_s"].agg(np.ptp)
     host = calls["host_s"].to_numpy()
     corr = float(np.corrcoef(host[:-1], host[1:])[0, 1]) if len(host) > 2 else None
     return {"trials_spread_median_ms": float(1e3 * spread.median()), "consecutive_corr": corr}
@@ -113,9 +115,7 @@ def summary(all_calls: pd.DataFrame) -> dict[str, Any]:
         ms = 1e3 * calls[key].dropna().to_numpy()
         name = key.removesuffix("_s")
         if not len(ms):  # a store from before 7f60083: no host parts, wall − device only
-            out.update(
-                {f"{name}_{stat}_ms": None for stat in ("median", "p10", "p90", "min", "max")}
-            )
+            out.update({f"{name}_{stat}_ms": None for stat in STATS})
             continue
         out[f"{name}_median_ms"] = float(np.median(ms))
         out[f"{name}_p10_ms"] = float(np.percentile(ms, 10))
