@@ -416,13 +416,12 @@ class Engine:
         # (a pipe from the spawning parent, the launcher's store under torchrun: 0.3 ms more on
         # two H200s, 3-4% of a 1-token call) is infermeter's plumbing, not the stack's work.
         ended = time.perf_counter()
-        run.wall_s = ended - called - warming - run.extra["rank_wait_s"]
+        not_timed = warming + run.extra["rank_wait_s"]
+        run.wall_s = ended - called - not_timed
         # Host work inside the call, either side of the timed device work: before the first
         # mark (packing, H2D copy, graph lookups, sync; an energy window's start, where one is
         # given) and after the device was waited for (the window's end, the tokens' copy).
-        run.extra["host_before_s"] = (
-            run.extra.pop("launch_at") - called - warming - run.extra["rank_wait_s"]
-        )
+        run.extra["host_before_s"] = run.extra.pop("launch_at") - called - not_timed
         run.extra["host_after_s"] = ended - run.extra.pop("synced_at")
         return run
 
