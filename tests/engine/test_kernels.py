@@ -35,7 +35,7 @@ def interpreted() -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["plain", "bias_residual"])
+@pytest.mark.parametrize("mode", ["plain", "bias_residual", "one_tile"])
 def test_gemv_modes_match_float_math(interpreted: dict, mode: str) -> None:
     assert interpreted["gemv_float32"][mode] < 1e-5
     assert interpreted["gemv_float16"][mode] < 5e-3

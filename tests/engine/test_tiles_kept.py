@@ -60,7 +60,15 @@ try:
     chosen, error = tuner.configs.index(tuner.cache[key]), None
 except ValueError as err:
     chosen, error = None, str(err)
+import triton.testing
+timed = {}
+def do_bench(fn, warmup, rep, quantiles):
+    timed.update(warmup=warmup, rep=rep)
+    return [1.0 for _ in quantiles]
+triton.testing.do_bench = do_bench
+kernels._tile_bench(lambda: None, (0.5, 0.2, 0.8))
 print(json.dumps({
+    "bench": {"ours": tuner.do_bench is kernels._tile_bench, **timed},
     "keeps": tuner.cache_results, "hit": hit if error is None else None, "tuned": len(tuned),
     "chosen": chosen, "error": error, "note": kernels.tiles_note(),
 }))
@@ -98,6 +106,13 @@ def test_a_later_process_runs_the_first_process_tiles(kept: tuple[Path, Any, Any
     assert first["keeps"] and first["tuned"] == 1 and first["hit"] is False and first["chosen"] == 3
     assert str(cache) in first["note"] and "kept" in first["note"]
     assert later["hit"] is True and later["tuned"] == 0 and later["chosen"] == 3
+
+
+def test_tiles_are_timed_briefly(kept: tuple[Path, Any, Any]) -> None:
+    # a decode GEMV is 5-60 µs: 20 ms of runs times it; Triton's 25 + 100 ms a tile cost about
+    # 0.1 s x 12 tiles for each shape before a profile's first point, on an empty cache
+    bench = kept[1]["bench"]
+    assert bench["ours"] and bench["warmup"] + bench["rep"] <= 30
 
 
 def test_a_corrupt_kept_choice_is_tuned_again_and_named(

@@ -32,6 +32,10 @@ def gemv_errors(dtype: torch.dtype) -> dict[str, float]:
             kernels.small_linear(x, w, bias, res),
             x.float() @ w.float().T + bias.float() + res.float(),
         ),
+        "one_tile": (  # the engine's self-check: one tile, nothing tuned
+            kernels.small_linear(x, w, bias, res, tuned=False),
+            x.float() @ w.float().T + bias.float() + res.float(),
+        ),
     }
     return {
         name: float((got.float() - want).abs().max() / want.abs().max())

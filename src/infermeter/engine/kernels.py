@@ -394,16 +394,31 @@ _KEEPS_CHOICE = _CAN_KEEP and not _KEEP_OFF
 TILE_PROBLEMS: list[str] = []  # kept choices that could not be read or written, this process
 
 
+# Each tile's timing when tuning: do_bench's median over TILE_BENCH_REP_MS of runs after
+# TILE_BENCH_WARMUP_MS (Triton's defaults are 25 and 100 ms). A decode GEMV takes 5-60 µs, so
+# 20 ms is still hundreds of runs, each after an L2 flush; on an empty cache the default spent
+# about 0.1 s a tile, 12 tiles a shape, before a profile's first point.
+TILE_BENCH_WARMUP_MS = 5
+TILE_BENCH_REP_MS = 20
+
+
+def _tile_bench(kernel_call: Callable[[], None], quantiles: tuple[float, ...]) -> Any:
+    import triton.testing
+
+    return triton.testing.do_bench(
+        kernel_call, warmup=TILE_BENCH_WARMUP_MS, rep=TILE_BENCH_REP_MS, quantiles=quantiles
+    )
+
+
 def autotune(configs: list[triton.Config], key: list[str]) -> Callable[..., object]:
     """`triton.autotune` that keeps its choice in Triton's on-disk cache where this Triton can
     (3.4 and later; ignored under the interpreter), so that the profile's process and a user's
     later process run the same tiles. Triton keys a kept choice on its own version, the GPU
     architecture (not the GPU model), the kernel's source, the configs, the shape key and the
     dtypes. A kept choice that cannot be read or written is tuned in memory instead and named
-    in tiles_note(), never an error at the kernel's first call."""
-    decorate = triton.autotune(
-        configs=configs, key=key, **({"cache_results": True} if _KEEPS_CHOICE else {})
-    )
+    in tiles_note(), never an error at the kernel's first call. Tiles are timed by _tile_bench."""
+    keep = {"cache_results": True} if _KEEPS_CHOICE else {}
+    decorate = triton.autotune(configs=configs, key=key, do_bench=_tile_bench, **keep)
 
     def wrap(fn: object) -> object:
         tuner = decorate(fn)
@@ -524,19 +539,31 @@ SMALL_M = 16
 
 
 def small_linear(
-    x: Tensor, w: Tensor, bias: Tensor | None = None, residual: Tensor | None = None
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | None = None,
+    residual: Tensor | None = None,
+    *,
+    tuned: bool = True,
 ) -> Tensor:
     """residual + x @ w.T + bias for x [M <= 16, K]: streams w once, faster than cuBLAS's GEMV
-    on an H100 for the LLaMA shapes (wider tiles, no split-K reduction pass)."""
+    on an H100 for the LLaMA shapes (wider tiles, no split-K reduction pass). With
+    `tuned=False`, one tile (the first config) and no autotuning: for a self-check, whose
+    arithmetic is every tile's, so that it does not compile and time 12 tiles for a shape no
+    model runs."""
     m, k = x.shape
     n = w.shape[0]
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     res = residual if residual is not None else y
+    kernel: Any = _small_linear
+    tile: dict[str, Any] = {}
+    if not tuned:
+        kernel, tile = _small_linear.fn, _small_linear.configs[0].all_kwargs()
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    _small_linear[grid](
+    kernel[grid](
         x, w, bias if bias is not None else w, res, y, m, n, k,
         x.stride(0), w.stride(0), res.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, HAS_RES=residual is not None, **_launch(x.device),
+        HAS_BIAS=bias is not None, HAS_RES=residual is not None, **_launch(x.device), **tile,
     )  # fmt: skip
     return y
 
