@@ -42,6 +42,13 @@ def test_gemv_modes_match_float_math(interpreted: dict, mode: str) -> None:
 
 
 @pytest.mark.slow
+def test_the_gemv_self_check_runs_one_tile_untuned(interpreted: dict) -> None:
+    # the autotuner is entered by a tuned call (so the count sees it), never by the check
+    check = interpreted["gemv_self_check"]
+    assert check == {"problem": None, "tuner_in_check": 0, "tuner_after": 1}
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model",
     [

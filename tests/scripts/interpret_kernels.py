@@ -61,6 +61,28 @@ def decode_tokens(name: str, path: str) -> list[list[int]]:
     return engine.generate(prompts, 6).tokens
 
 
+def gemv_self_check() -> dict[str, object]:
+    """The engine's kernel self-check (select._check_kernels) on a tiny model, counting the
+    times it enters the GEMV's autotuner (none: it runs one tile, so that a GPU does not
+    compile and time 12 tiles for its 96-row shape), and then a tuned call (one)."""
+    engine = Engine(get_spec("tiny-llama"), device="cpu", dtype=torch.float32)
+    tuner = kernels._small_linear
+    real, entered = tuner.run, []
+
+    def counted(*args, **kwargs):
+        entered.append(1)
+        return real(*args, **kwargs)
+
+    tuner.run = counted
+    try:
+        problem = select._check_kernels(engine.model, kernels)
+        in_check = len(entered)
+        kernels.small_linear(torch.randn(1, 64), torch.randn(32, 64))
+    finally:
+        tuner.run = real
+    return {"problem": problem, "tuner_in_check": in_check, "tuner_after": len(entered)}
+
+
 def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want.float()).abs().max() / want.float().abs().max())
 
@@ -239,6 +261,7 @@ def main() -> None:
             )
             for name in NEWER
         },
+        "gemv_self_check": gemv_self_check(),
         "moe": moe_errors(),
         "batch1_choice": batch1_choice(),
         "routing": routing_checks(),

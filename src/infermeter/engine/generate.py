@@ -543,7 +543,8 @@ class Engine:
         and the prefill graphs of (batch, p).
         An energy window begun after it holds only the timed work (on an H200 a new prompt
         size's setup put ~0.25 s of Qwen3-30B-A3B's work into its 1 s window, 10-20% of the
-        joules). Returns the seconds it took (0.0 when all was set up)."""
+        joules). The device has finished all of it when this returns. Returns the seconds it
+        took (0.0 when all was set up)."""
         b, p, o = point.batch_size, point.prompt_tokens, point.output_tokens
         started = time.perf_counter()
         if (b, p) not in self._warm:
@@ -558,6 +559,12 @@ class Engine:
             # window (H200, 2026-12-01: the knot at p = 1505, the warm-up's prompt size, read
             # 9% (LLaMA-7B) and 17% (LLaMA-13B) above its neighbours' line in joules).
             self._try_prefill_graphs(b, p, False, False)
+        if self.device.type == "cuda":
+            # A recapture ends by replaying its graphs (their upload), and that runs on after
+            # the call returns: the caller's window then opened on a prefill still running
+            # (H200, d85d767: that knot read 56.0 J a run for LLaMA-13B against 52.4 on its
+            # neighbours' line, one run fewer in its 1 s window; 7B's +3%). Done before return.
+            torch.cuda.synchronize(self.device)
         return time.perf_counter() - started
 
     def run_point(self, point: Point, window: Any = None) -> Generation:

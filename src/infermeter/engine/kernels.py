@@ -431,8 +431,8 @@ def autotune(configs: list[triton.Config], key: list[str]) -> Callable[..., obje
 
 def _guard_kept_choice(tuner: Any) -> None:
     """Let a truncated choice file or a read-only, full or foreign cache folder cost a tuning
-    run, not the kernel: the engine's self-check would take an exception at the first call as
-    a broken kernel and fall back to a slower path without saying why."""
+    run, not the kernel: the first tuned call is a model's first decode step (the self-check
+    runs one tile untuned), and an exception there would end the run."""
     check = tuner.check_disk_cache
 
     def guarded(tuning_key: Any, configs: list[triton.Config], bench: Callable[[], None]) -> bool:
@@ -548,9 +548,10 @@ def small_linear(
 ) -> Tensor:
     """residual + x @ w.T + bias for x [M <= 16, K]: streams w once, faster than cuBLAS's GEMV
     on an H100 for the LLaMA shapes (wider tiles, no split-K reduction pass). With
-    `tuned=False`, one tile (the first config) and no autotuning: for a self-check, whose
-    arithmetic is every tile's, so that it does not compile and time 12 tiles for a shape no
-    model runs."""
+    `tuned=False`, one tile (the first config) and no autotuning: for the self-check of the
+    kernel's arithmetic (bias, residual, ragged edges), so that it does not compile and time 12
+    tiles for a shape no model runs. The tiles differ in block sizes, warps and stages only,
+    and each is compiled and run when it is tuned at a model's first decode step."""
     m, k = x.shape
     n = w.shape[0]
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
