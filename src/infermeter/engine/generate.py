@@ -473,8 +473,7 @@ class Engine:
         waiting = time.perf_counter()
         self.comm.barrier()
         rank_wait_s = time.perf_counter() - waiting
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+        self._wait_for_device()
         if window is not None:  # energy: the GPU is idle here and again after intervals()
             window.begin()
 
@@ -559,13 +558,17 @@ class Engine:
             # window (H200, 2026-12-01: the knot at p = 1505, the warm-up's prompt size, read
             # 9% (LLaMA-7B) and 17% (LLaMA-13B) above its neighbours' line in joules).
             self._try_prefill_graphs(b, p, False, False)
-        if self.device.type == "cuda":
-            # A recapture ends by replaying its graphs (their upload), and that runs on after
-            # the call returns: the caller's window then opened on a prefill still running
-            # (H200, d85d767: that knot read 56.0 J a run for LLaMA-13B against 52.4 on its
-            # neighbours' line, one run fewer in its 1 s window; 7B's +3%). Done before return.
-            torch.cuda.synchronize(self.device)
+        # A recapture ends by replaying its graphs (their upload), and that runs on after the
+        # call returns: the caller's window could open on a prefill still running (H200,
+        # d85d767: that knot read 56.0 J a run for LLaMA-13B against 52.4 on its neighbours'
+        # line, one run fewer in its 1 s window). Finished before this returns.
+        self._wait_for_device()
         return time.perf_counter() - started
+
+    def _wait_for_device(self) -> None:
+        """Block until this rank's GPU has finished the work queued so far (no-op on a CPU)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def run_point(self, point: Point, window: Any = None) -> Generation:
         """Generate `point`'s forced output length after fresh random prompts of exactly p
