@@ -554,14 +554,13 @@ class Engine:
             for span in self._spans(p, o - 1):
                 self._graph(span, False)
             # One prefill graph is kept at a time: a shape visited before (the thermal
-            # warm-up's) lost its graph to the shapes since, and its recapture landed in the
-            # window (H200, 2026-12-01: the knot at p = 1505, the warm-up's prompt size, read
-            # 9% (LLaMA-7B) and 17% (LLaMA-13B) above its neighbours' line in joules).
+            # warm-up's) lost its graph to the shapes since, and its recapture, replays
+            # included, must be done before the caller's window opens. H200, the knot at
+            # p = 1505 (the warm-up's prompt size): recaptured in the window, 9% (LLaMA-7B)
+            # and 17% (LLaMA-13B) above its neighbours' line in joules (2026-12-01); its
+            # replays still running when warm_point returned, 56.0 J a run for 13B against
+            # 52.4 on the line, one run fewer in its 1 s window (d85d767).
             self._try_prefill_graphs(b, p, False, False)
-        # A recapture ends by replaying its graphs (their upload), and that runs on after the
-        # call returns: the caller's window could open on a prefill still running (H200,
-        # d85d767: that knot read 56.0 J a run for LLaMA-13B against 52.4 on its neighbours'
-        # line, one run fewer in its 1 s window). Finished before this returns.
         self._wait_for_device()
         return time.perf_counter() - started
 
