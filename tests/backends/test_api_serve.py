@@ -199,6 +199,28 @@ def test_max_min_tokens_and_ignore_eos(generator: HFGenerator, tokenizer: Tokeni
         assert ask(max_tokens=2, ignore_eos=True)["usage"]["completion_tokens"] == 2
 
 
+def test_streamed_tokens_reuse_the_kv_cache_without_deprecation_warnings(
+    generator: HFGenerator,
+) -> None:
+    """The served stream equals greedy decoding by whole-sequence forwards (so the KV cache
+    is passed under the name this transformers reads), and no FutureWarning reaches the
+    server's console (transformers 5 warns on `past_key_values`)."""
+    import warnings
+
+    import torch
+
+    prompt = [1, 450, 6635, 3290, 373]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        streamed = list(generator.stream(prompt, 6))
+    ids = list(prompt)
+    with torch.inference_mode():
+        for _ in range(6):
+            logits = generator.model(input_ids=torch.tensor([ids]), use_cache=False).logits
+            ids.append(int(torch.argmax(logits[0, -1])))
+    assert streamed == ids[len(prompt) :]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "fragment"),
     [
@@ -480,6 +502,9 @@ def test_cli_load_sweep(served: str, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     summary = pd.read_csv(tmp_path / "load.csv")
     assert list(summary.concurrency) == [1, 4] and list(summary.requests) == [2, 8]
+    # piped, the printed table is whole: every header uncut (the file's columns are its own)
+    cut = [c for c in summary.columns if f" {c} " not in result.stdout]
+    assert not cut and "\u2026" not in result.stdout, result.stdout
     # One worker serves requests in turn: four in flight take longer each (2.5x on a quiet
     # machine; the bound leaves room for a loaded one, whose timings are noisier).
     assert summary.slowdown.iloc[1] > 1.05

@@ -34,6 +34,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_cpu_prices_are_labelled_nominal_and_energy_rated(models: dict[str, Path]) -> None:
     said = str(models["profile_output"])
     assert "nominal part" in said and "not measured" in said
+    # the table's title labels the part, and the note alone says what that means, once
+    assert "1 × cpu (nominal: $" in said and said.count("nominal part") == 1, said
     result = invoke("estimate", "--profile", models["tiny-llama"], "--prompt-tokens", "8",
                     "--output-tokens", "4")  # fmt: skip
     assert result.exit_code == 0, result.output

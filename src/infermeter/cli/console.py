@@ -20,9 +20,12 @@ from infermeter.model.cost_model import CostModel
 from infermeter.model.runfit import fit_lines
 from infermeter.report.tables import fit_table, frame_table
 
-# Piped output keeps whole tables (rich would wrap at 80 columns without a terminal).
-console = Console(width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+# Piped output keeps whole tables and lines: without a terminal rich would wrap at 80 columns,
+# and at any fixed width cut the headers of a table wider than it (load's, with --output, is
+# about 260). On a terminal, its width.
+PIPED_WIDTH = 1000
+console = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else PIPED_WIDTH)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

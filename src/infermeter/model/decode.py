@@ -74,12 +74,13 @@ def blend_in_p(curves: list[dict[str, Any]], p: np.ndarray, o: np.ndarray) -> np
 def decode_time(curves: list[dict[str, Any]], p: np.ndarray, o: np.ndarray) -> np.ndarray:
     """D(p, o) for flat arrays p (prompt tokens) and o (output tokens, the first included),
     in the curves' unit (s or J); see the module's docstring for the form."""
-    o1 = _head_length(curves)
+    heads = [head_length(curve["output_tokens"]) for curve in curves]
+    o1 = _common_head(heads)
     if o1 is None:
         return blend_in_p(curves, p, o)
     reach = [c for c in curves if max(c["output_tokens"]) >= o1]  # a head curve ends at o₁
     head = blend_in_p(reach, p, np.minimum(o, o1))
-    stepped = [i for i, c in enumerate(curves) if head_length(c["output_tokens"]) is not None]
+    stepped = [i for i, end in enumerate(heads) if end is not None]
     sizes = np.array([curves[i]["prompt_tokens"] for i in stepped], dtype=float)
     nearest = np.array(stepped)[np.abs(p[:, None] - sizes[None, :]).argmin(axis=1)]
     out = head.copy()
@@ -157,12 +158,13 @@ def head_length(lengths: list[float] | tuple[float, ...]) -> float | None:
     return lengths[start] if start < len(lengths) - 1 else None
 
 
-def _head_length(curves: list[dict[str, Any]]) -> float | None:
-    """The output length o₁ where the head ends, common to every curve with steps past it
-    (None where no curve has such a segment, or the curves share no such length). A head-only
-    curve (profiled up to o₁ and no further) takes part in the head, not in t(x)."""
-    heads = {head_length(curve["output_tokens"]) for curve in curves} - {None}
-    return heads.pop() if len(heads) == 1 else None
+def _common_head(heads: list[float | None]) -> float | None:
+    """The output length o₁ where the head ends, common to every curve with steps past it,
+    from each curve's head_length (None where no curve has such a segment, or the curves share
+    no such length). A head-only curve (profiled up to o₁ and no further) takes part in the
+    head, not in t(x)."""
+    ends = set(heads) - {None}
+    return ends.pop() if len(ends) == 1 else None
 
 
 def _add_curve(

@@ -80,11 +80,13 @@ class Pricing:
         )
 
     def describe(self) -> str:
-        """'1 × cpu ($4.8384/h, 350 W each; nominal)': the title of an estimates table."""
-        nominal = "; a nominal part, not this machine" if self.nominal else ""
+        """'1 × h200-sxm ($10.6/h, 700 W rated each)', or for a nominal part '1 × cpu (nominal:
+        $4.8384/h, 350 W rated each)': the title of an estimates table (describe_pricing's
+        note says what nominal means and how to price your own)."""
+        nominal = "nominal: " if self.nominal else ""
         return (
-            f"{self.num_accelerators} × {self.accelerator} (${self.price_per_hour_usd:g}/h, "
-            f"{self.power_watts:g} W rated each{nominal})"
+            f"{self.num_accelerators} × {self.accelerator} ({nominal}"
+            f"${self.price_per_hour_usd:g}/h, {self.power_watts:g} W rated each)"
         )
 
 

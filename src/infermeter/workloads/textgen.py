@@ -14,6 +14,7 @@ whole-sequence `generate()`: its tokens are known only at the end and stream out
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -52,6 +53,10 @@ class HFGenerator:
         self.vocab_size = int(self.model.get_input_embeddings().num_embeddings)
         self.max_context = int(backend.spec.max_context)
         self.device = next(self.model.parameters()).device
+        # transformers 5 names the KV cache `cache` (argument and output) and warns on
+        # `past_key_values`; 4.x knows only `past_key_values`
+        forward = inspect.signature(self.model.forward).parameters
+        self._cache = "cache" if "cache" in forward else "past_key_values"
 
     def stream(
         self,
@@ -74,8 +79,10 @@ class HFGenerator:
             for made in range(max_new_tokens):
                 if cancelled():
                     return
-                out = self.model(input_ids=ids, past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                out = self.model(
+                    input_ids=ids, use_cache=True, return_dict=True, **{self._cache: past}
+                )
+                past = getattr(out, self._cache)
                 logits = out.logits[0, -1]
                 if stops and not ignore_eos and made < min_new_tokens:
                     logits = logits.clone()
