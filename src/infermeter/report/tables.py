@@ -30,8 +30,8 @@ SHORT = {
 
 def frame_table(frame: pd.DataFrame, title: str | None = None, digits: int = 5) -> Table:
     """A rich table of `frame`: numbers right-aligned to `digits` significant digits, NaN as
-    "-"; its title on one line, however narrow the table."""
-    table = Table(title=_title(title) if title else None, title_justify="left")
+    "-"."""
+    table = Table(title=Text(title) if title else None, title_justify="left")
     for column in frame.columns:
         table.add_column(
             Text(str(column)), justify="right" if frame[column].dtype.kind in "fiu" else "left"
@@ -39,12 +39,6 @@ def frame_table(frame: pd.DataFrame, title: str | None = None, digits: int = 5) 
     for row in frame.itertuples(index=False):
         table.add_row(*(Text(_cell(v, digits)) for v in row))
     return table
-
-
-def _title(text: str) -> Text:
-    """A table's title, literal and unwrapped (rich would wrap it at the table's width, and
-    split a title such as "..., within the profiled range" over two lines)."""
-    return Text(text, no_wrap=True, overflow="ignore")
 
 
 def _cell(value: Any, digits: int) -> str:
@@ -59,9 +53,7 @@ def fit_table(model: CostModel) -> Table:
     per_p = pd.DataFrame(model.fit.get("per_prompt", []))
     unit = model.unit
     batch = f", batch {model.batch_size}" if model.batch_size != 1 else ""
-    table = Table(
-        title=_title(f"{model.quantity} model of {model.model}{batch}"), title_justify="left"
-    )
+    table = Table(title=f"{model.quantity} model of {model.model}{batch}", title_justify="left")
     for column in ("prompt tokens", f"PE ({unit})", f"g ({unit}/token)", "R²", "points"):
         table.add_column(column, justify="right")
     for row in per_p.itertuples(index=False):
