@@ -27,6 +27,7 @@ docs/benchmarks/measure_repeat.json and .md (or measure_repeat_quick.*).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -64,7 +65,9 @@ def repeat_std_pct(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.std(np.log(a / b)) / np.sqrt(2) * 100)
 
 
-def one_model(model: str, count: int, device: str, passes: int, window_s: float) -> dict[str, Any]:
+def one_model(
+    model: str, count: int, device: str, passes: int, window_s: float, out: Path
+) -> dict[str, Any]:
     from infermeter.backends.engine import EngineBackend
     from infermeter.spec.catalog import resolve_spec
 
@@ -80,6 +83,14 @@ def one_model(model: str, count: int, device: str, passes: int, window_s: float)
 
     back_to_back = np.zeros((passes, len(prompts)))
     spread = np.zeros((2 * TRIALS, len(prompts)))
+    partial = out / f"measure_repeat_{model}.partial.json"
+    out.mkdir(parents=True, exist_ok=True)
+
+    def keep() -> None:  # every finished pass on disk: a cut-off run keeps what it measured
+        partial.write_text(
+            json.dumps({"back_to_back_s": back_to_back.tolist(), "spread_s": spread.tolist()})
+        )
+
     # Alternate the protocols so that neither has the card all to itself early or late.
     for index in range(max(passes, 2)):
         if index < passes:
@@ -89,6 +100,7 @@ def one_model(model: str, count: int, device: str, passes: int, window_s: float)
                 window = time.perf_counter()
                 while time.perf_counter() - window < window_s:
                     call(prompt, o)
+            keep()
             line(f"  {model}: back_to_back pass {index + 1} of {passes} done")
         for k in range(TRIALS):
             row = index * TRIALS + k
@@ -97,6 +109,7 @@ def one_model(model: str, count: int, device: str, passes: int, window_s: float)
             for q, (prompt, o) in enumerate(zip(prompts, outputs, strict=True)):
                 call(prompt, o)
                 spread[row, q] = call(prompt, o)
+            keep()
             line(f"  {model}: spread pass {row + 1} of {spread.shape[0]} done")
     backend.close()
 
@@ -176,7 +189,7 @@ def main() -> None:
         models, count, device, window_s = ["gpt2"], 6, "cpu", 0.2
     else:
         models, count, device, window_s = args.models.split(","), args.queries, "cuda", 1.0
-    results = [one_model(m, count, device, args.passes, window_s) for m in models]
+    results = [one_model(m, count, device, args.passes, window_s, args.out) for m in models]
     name = "measure_repeat_quick" if args.quick else "measure_repeat"
     path = write_result(name, {"models": results}, table_rows(results), args.out)
     line(f"written {path}")
