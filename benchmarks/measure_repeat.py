@@ -21,7 +21,9 @@ Run: python benchmarks/measure_repeat.py [--models llama-7b,llama-13b] [--querie
      python benchmarks/measure_repeat.py --quick      (CPU: gpt2, 6 queries, short passes)
 Queries: docs/benchmarks/stores/heldout/<model>.queries.csv (the held-out benchmark's), or
 drawn as heldout_bench.py draws them where that file is missing. Writes
-docs/benchmarks/measure_repeat.json and .md (or measure_repeat_quick.*).
+docs/benchmarks/measure_repeat.json and .md (or measure_repeat_quick.*, or --name).
+The records measure_repeat_llama-7b and measure_repeat_llama-13b came from
+`--models llama-7b --queries 24` and `--models llama-13b --queries 24`.
 """
 
 from __future__ import annotations
@@ -183,6 +185,7 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=2, help="back-to-back passes (default 2)")
     parser.add_argument("--quick", action="store_true", help="CPU: gpt2, 6 queries")
     parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument("--name", help="record name (default measure_repeat[_quick])")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     if args.quick:
@@ -190,7 +193,7 @@ def main() -> None:
     else:
         models, count, device, window_s = args.models.split(","), args.queries, "cuda", 1.0
     results = [one_model(m, count, device, args.passes, window_s, args.out) for m in models]
-    name = "measure_repeat_quick" if args.quick else "measure_repeat"
+    name = args.name or ("measure_repeat_quick" if args.quick else "measure_repeat")
     path = write_result(name, {"models": results}, table_rows(results), args.out)
     line(f"written {path}")
 
