@@ -1,10 +1,13 @@
 """benchmarks/heldout_noise.py on held-out runs: copies of one run show no noise and an oracle
-that prices them exactly; one query measured 10% slower in one copy moves that run's oracle by
-its share; the committed runs give the record's figures; too few runs is one line."""
+that prices them exactly, also where a copy is slower as a whole or in its short queries only
+(a card's speed, not noise); one query measured 10% slower in one copy moves that run's oracle
+by its share; a query moved by known factors gives the std in closed form; the committed runs
+give the record's figures; too few runs is one line."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -39,6 +42,18 @@ def copies(tmp_path: Path, count: int) -> Path:
     return stores
 
 
+def scale(stores: Path, run: str, factor: float, rows: object = slice(None)) -> None:
+    """Multiply `run`'s LLaMA-7B measurements (its trials too) in `rows` by `factor`."""
+    path = stores / run / "llama-7b.measured.csv"
+    frame = pd.read_csv(path)
+    rows = [rows] if isinstance(rows, int) else rows
+    frame.loc[rows, "measured_s"] *= factor
+    frame.loc[rows, "trials_s"] = frame.loc[rows, "trials_s"].map(
+        lambda t: json.dumps([x * factor for x in json.loads(t)])
+    )
+    frame.to_csv(path, index=False)
+
+
 def model_figures(tmp_path: Path, model: str) -> dict:
     record = json.loads((tmp_path / "out" / "heldout_noise.json").read_text())
     return next(m for m in record["models"] if m["model"] == model)
@@ -57,10 +72,10 @@ def test_copies_have_no_noise_and_one_slow_query_shows(tmp_path: Path) -> None:
     errors = (estimates.runtime_s / measured.measured_s - 1).abs() * 100
     assert same["estimate_systematic_max_pct"] == pytest.approx(errors.max())
 
-    slow = stores / "run1" / "llama-7b.measured.csv"
-    frame = pd.read_csv(slow)
-    frame.loc[5, "measured_s"] *= 1.10
-    frame.to_csv(slow, index=False)
+    for name in same["runs"]:  # each run's own max error, as heldout_bench reports it
+        assert same["estimate_max_error_pct"][name] == pytest.approx(errors.max())
+
+    scale(stores, "run1", 1.10, 5)
     assert run(tmp_path / "out", stores).returncode == 0
     moved = model_figures(tmp_path, "llama-7b")
     # The others' mean prices that query 10% below run1's measurement: -1/1.1 + 1.
@@ -69,6 +84,40 @@ def test_copies_have_no_noise_and_one_slow_query_shows(tmp_path: Path) -> None:
     assert moved["measurement_repeat_std_pct"] > 0
     assert model_figures(tmp_path, "llama-13b")["measurement_repeat_std_pct"] == pytest.approx(
         0.0, abs=1e-9
+    )
+
+
+def test_a_card_s_speed_is_not_noise(tmp_path: Path) -> None:
+    stores = copies(tmp_path, 3)
+    scale(stores, "run0", 1.05)  # a slower card, every query
+    measured = pd.read_csv(stores / "run1" / "llama-7b.measured.csv")
+    short = measured.index[measured.output_tokens <= 5]
+    scale(stores, "run2", 1.03, short)  # a card slower at prefill only
+    assert run(tmp_path / "out", stores).returncode == 0
+    figures = model_figures(tmp_path, "llama-7b")
+    assert figures["measurement_repeat_std_pct"] == pytest.approx(0.0, abs=1e-9)
+    assert max(figures["oracle_max_error_pct"].values()) == pytest.approx(0.0, abs=1e-9)
+    # With one speed per run, run2's short queries look 3% off (its median is a long query's
+    # speed or a short one's: either way one group is off by about 3%).
+    assert figures["measurement_repeat_std_one_speed_pct"] > 0.5
+    assert max(figures["oracle_one_speed_max_error_pct"].values()) > 1.0
+
+
+def test_one_query_moved_by_known_factors(tmp_path: Path) -> None:
+    stores = copies(tmp_path, 3)
+    measured = pd.read_csv(stores / "run0" / "llama-7b.measured.csv")
+    slowest = int(measured.measured_s.idxmax())  # far from any median
+    step = 0.01
+    scale(stores, "run1", math.exp(step), slowest)
+    scale(stores, "run2", math.exp(-step), slowest)
+    assert run(tmp_path / "out", stores).returncode == 0
+    figures = model_figures(tmp_path, "llama-7b")
+    # Deviations +-step at 2 of 60 x 3 entries: std sqrt(2 step^2 / 180), times sqrt(3 / 2).
+    expected = step * math.sqrt(2 / 180 * 3 / 2) * 100
+    assert figures["measurement_repeat_std_pct"] == pytest.approx(expected, rel=1e-6)
+    # run1's oracle: the others' geometric mean is e^(-step / 2) against e^step.
+    assert figures["oracle_max_error_pct"]["run1"] == pytest.approx(
+        -math.expm1(-1.5 * step) * 100, rel=1e-6
     )
 
 
