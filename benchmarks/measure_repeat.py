@@ -10,7 +10,8 @@ several times in one process, two ways:
   trials back to back, then 1 s more of the query back to back (the benchmark's energy window,
   not read here); the query's figure is the minimum of its 3 trials. Repeated in passes.
 - spread: each pass measures every query once (an untimed call of the shape, then one timed
-  trial); a query's figure is the minimum over 3 passes, so its trials come minutes apart.
+  trial); a query's figure is the minimum over 3 passes, so its trials come apart, with every
+  other query in between (seconds for 24 short queries, minutes where long outputs are in).
 
 Per protocol: the std (%) of log(figure) between two repeats of the protocol over the queries,
 divided by sqrt 2 (one measurement's share), and the median difference between the protocols.
