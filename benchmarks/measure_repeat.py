@@ -1,10 +1,10 @@
 """How repeatable is one measurement of a query, on one machine, in one process?
 
-`benchmarks/heldout_noise.py` found that the held-out benchmark's measurement of a query (the
-minimum of 3 wall-clock trials back to back) moves by about 1% (std) from one run to the next,
-and that the first trial alone moves about as much: back-to-back trials share the card's state
-(clocks at the power limit, what ran just before). This script measures the same queries
-several times in one process, two ways:
+`benchmarks/heldout_noise.py` found that the held-out benchmark's measurement of a query of
+1-5 output tokens (the minimum of 3 wall-clock trials back to back) moves by about 1% (std)
+from one run to the next, each run's speed taken out, and a longer query's by about 0.2%. Runs
+differ in machine and commit; this script asks how much moves on one machine, in one process,
+measuring the same queries several times two ways:
 
 - back_to_back, as heldout_bench.py measures: per query, one untimed call of the shape, 3 timed
   trials back to back, then 1 s more of the query back to back (the benchmark's energy window,
@@ -15,8 +15,10 @@ several times in one process, two ways:
 
 Per protocol: the std (%) of log(figure) between two repeats of the protocol over the queries,
 divided by sqrt 2 (one measurement's share), and the median difference between the protocols.
-If spread trials repeat much better than back-to-back ones, the benchmark's noise is the
-card's state at the moment, which spreading the trials averages out.
+If spread trials repeat much better than back-to-back ones, the noise is in the card's state
+over the seconds a query's trials share, which spreading them averages out. While it runs,
+every finished pass is in measure_repeat_<model>.partial.json under --out (removed once the
+record holds it).
 
 Run: python benchmarks/measure_repeat.py [--models llama-7b,llama-13b] [--queries N]
      python benchmarks/measure_repeat.py --quick      (CPU: gpt2, 6 queries, short passes)
@@ -196,6 +198,8 @@ def main() -> None:
     results = [one_model(m, count, device, args.passes, window_s, args.out) for m in models]
     name = args.name or ("measure_repeat_quick" if args.quick else "measure_repeat")
     path = write_result(name, {"models": results}, table_rows(results), args.out)
+    for model in models:  # all of it is in the record's rows now
+        (args.out / f"measure_repeat_{model}.partial.json").unlink(missing_ok=True)
     line(f"written {path}")
 
 
