@@ -8,6 +8,19 @@ from collections.abc import Callable
 from typing import Any
 
 
+def prepared_backend(model: str, device: str) -> tuple[Any, Any]:
+    """(spec, backend) for `model` on `device`: the catalog's spec and the stack `infermeter
+    profile` uses by default (EngineBackend), prepared (weights loaded; its engine is
+    `backend._engine`; the caller closes it)."""
+    from infermeter.backends.engine import EngineBackend
+    from infermeter.spec.catalog import resolve_spec
+
+    spec = resolve_spec(model)
+    backend = EngineBackend(device=device)
+    backend.prepare(spec)
+    return spec, backend
+
+
 def generate_timer(engine: Any, device: str) -> Callable[[list[int], int], float]:
     """A function of (prompt token ids, output tokens) that runs `engine.generate([prompt], o)`
     and returns its wall-clock seconds, timed from when the device's queued work is done

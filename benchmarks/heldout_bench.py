@@ -48,7 +48,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _record import DOCS, read_record, read_records, write_record, write_result  # noqa: E402
-from _timing import generate_timer  # noqa: E402
+from _timing import generate_timer, prepared_backend  # noqa: E402
 
 MAX_LONG_OUTPUT = 512
 
@@ -134,13 +134,7 @@ class Counter:
 
 def measure(model: str, queries_csv: Path, out_csv: Path, device: str) -> None:
     """Measure every query: minimum of 3 wall-clock trials; joules over >= 1 s back to back."""
-
-    from infermeter.backends.engine import EngineBackend
-    from infermeter.spec.catalog import resolve_spec
-
-    spec = resolve_spec(model)
-    backend = EngineBackend(device=device)  # the stack `infermeter profile` uses by default
-    backend.prepare(spec)
+    spec, backend = prepared_backend(model, device)
     engine = backend._engine
     counter = Counter(0) if device == "cuda" else None
     queries = pd.read_csv(queries_csv)

@@ -105,17 +105,31 @@ def oracle_max_pct(measured: pd.DataFrame, groups: pd.Series) -> dict[str, float
     return out
 
 
+def provenance(folder: Path, model: str) -> dict[str, Any]:
+    """Device, date and commit of the run in `folder`, from its heldout_<model>.json record
+    ({} where the folder keeps no record)."""
+    record = folder / f"heldout_{model}.json"
+    if not record.exists():
+        return {}
+    data = json.loads(record.read_text())
+    return {k: data.get(k) for k in ("device", "date", "commit")}
+
+
+def runs_over(max_error_pct: dict[str, float]) -> int:
+    """How many runs' maximum error exceeds MAX_GOAL_PCT (issue 15's goal)."""
+    return sum(v > MAX_GOAL_PCT for v in max_error_pct.values())
+
+
 def one_model(stores: Path, model: str) -> dict[str, Any]:
     folders = run_folders(stores, model)
     if len(folders) < 3:
         raise SystemExit(f"heldout_noise: {model}: {len(folders)} runs under {stores}, need 3")
     names = [f.name if f != stores else "top" for f in folders]
-    measured_on = {}
-    for name, folder in zip(names, folders, strict=True):
-        record = folder / f"heldout_{model}.json"
-        if record.exists():
-            data = json.loads(record.read_text())
-            measured_on[name] = {k: data.get(k) for k in ("device", "date", "commit")}
+    measured_on = {
+        name: where
+        for name, folder in zip(names, folders, strict=True)
+        if (where := provenance(folder, model))
+    }
     runs = {name: read_run(f, model) for name, f in zip(names, folders, strict=True)}
     common = sorted(set.intersection(*(set(r.index) for r in runs.values())))
     frame = {name: r.loc[common] for name, r in runs.items()}
@@ -130,7 +144,6 @@ def one_model(stores: Path, model: str) -> dict[str, Any]:
     oracle_single = oracle_max_pct(measured, single)
     estimator = {n: float(errors[n].abs().max()) for n in errors}
     top = systematic.reindex(systematic.abs().sort_values(ascending=False).index).head(5)
-    runs_over = lambda values: sum(v > MAX_GOAL_PCT for v in values.values())  # noqa: E731
     return {
         "model": model,
         "runs": names,

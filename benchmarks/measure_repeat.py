@@ -45,7 +45,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _record import DOCS, write_result  # noqa: E402
-from _timing import generate_timer  # noqa: E402
+from _timing import generate_timer, prepared_backend  # noqa: E402
 
 STORES = DOCS / "stores" / "heldout"
 TRIALS = 3
@@ -73,13 +73,9 @@ def repeat_std_pct(a: np.ndarray, b: np.ndarray) -> float:
 def one_model(
     model: str, count: int, device: str, passes: int, window_s: float, out: Path
 ) -> dict[str, Any]:
-    from infermeter.backends.engine import EngineBackend
-    from infermeter.spec.catalog import resolve_spec
-
-    spec = resolve_spec(model)
-    backend = EngineBackend(device=device)  # the stack `infermeter profile` uses by default
-    backend.prepare(spec)
-    call = generate_timer(backend._engine, device)
+    spec, backend = prepared_backend(model, device)
+    engine = backend._engine
+    call = generate_timer(engine, device)
     queries = queries_for(model, count, spec.max_context)
     rng = np.random.default_rng(7)
     prompts = [rng.integers(0, spec.vocab_size, int(p)).tolist() for p in queries.prompt_tokens]
