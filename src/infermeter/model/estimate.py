@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,13 @@ import pandas as pd
 
 from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel, ModelSet
-from infermeter.spec.hardware import Accelerator, get_accelerator
+from infermeter.spec.hardware import (
+    ACCELERATORS,
+    NUMERIC_FIELDS,
+    Accelerator,
+    HardwareConfig,
+    get_accelerator,
+)
 from infermeter.store.outputs import writing
 from infermeter.units import j_to_wh, per_hour_to_per_second
 from infermeter.workloads.queries import (
@@ -46,7 +52,12 @@ class Pricing:
     num_accelerators: int
     price_per_hour_usd: float  # per accelerator
     power_watts: float  # rated, per accelerator
-    nominal: bool = False  # assumed figures of a generic part (any CPU), not a product's
+    nominal: bool = False  # some figure is a generic part's assumption (any CPU), not a product's
+    # Where the price and the power come from when not the accelerator's own entry (the
+    # catalog's, or the one the profile stored): e.g. "from hardware config hw.toml",
+    # "overridden"; "" for the entry's own.
+    price_from: str = ""
+    power_from: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.num_accelerators, bool) or int(self.num_accelerators) < 1:
@@ -68,26 +79,83 @@ class Pricing:
         return self.num_accelerators * self.power_watts
 
     @classmethod
-    def of(cls, accelerator: Accelerator, count: int) -> Pricing:
-        """Pricing of `count` accelerators of a catalog entry (its $/h, TDP and the note when
-        they are nominal)."""
+    def of(
+        cls, accelerator: Accelerator, count: int, price_from: str = "", power_from: str = ""
+    ) -> Pricing:
+        """Pricing of `count` accelerators of a catalog entry: its $/h and TDP, where they
+        came from when not the entry's own (`price_from`, `power_from`), and whether any of
+        them is still a nominal part's figure."""
         return cls(
             accelerator.name,
             count,
             accelerator.price_per_hour_usd,
             accelerator.tdp_watts,
-            accelerator.nominal,
+            accelerator.nominal and not (price_from and power_from),
+            price_from,
+            power_from,
         )
 
+    def nominal_figures(self) -> list[str]:
+        """The figures that are still a nominal part's: '$4.8384/h', '350 W rated'."""
+        if not self.nominal:
+            return []
+        figures = [] if self.price_from else [f"${self.price_per_hour_usd:g}/h"]
+        return figures + ([] if self.power_from else [f"{self.power_watts:g} W rated"])
+
+    def origins(self) -> str:
+        """Where the price and power came from when not the entry's own: '$/h and W from
+        hardware config hw.toml', '$/h overridden', ... ('' when both are the entry's)."""
+        if self.price_from and self.price_from == self.power_from:
+            return f"$/h and W {self.price_from}"
+        parts = [f"$/h {self.price_from}" if self.price_from else "",
+                 f"W {self.power_from}" if self.power_from else ""]  # fmt: skip
+        return ", ".join(part for part in parts if part)
+
     def describe(self) -> str:
-        """'1 × h200-sxm ($10.6/h, 700 W rated each)', or for a nominal part '1 × cpu (nominal:
-        $4.8384/h, 350 W rated each)': the title of an estimates table (describe_pricing's
-        note says what nominal means and how to price your own)."""
+        """'1 × h200-sxm ($10.6/h, 700 W rated each)', for a nominal part '1 × cpu (nominal:
+        $4.8384/h, 350 W rated each)', and with figures from elsewhere '1 × cpu ($1/h, 100 W
+        rated each; $/h and W from hardware config hw.toml)': the title of an estimates table
+        (describe_pricing's notes say what nominal means and how to price your own)."""
         nominal = "nominal: " if self.nominal else ""
+        origins = self.origins()
         return (
             f"{self.num_accelerators} × {self.accelerator} ({nominal}"
-            f"${self.price_per_hour_usd:g}/h, {self.power_watts:g} W rated each)"
+            f"${self.price_per_hour_usd:g}/h, {self.power_watts:g} W rated each"
+            f"{'; ' + origins if origins else ''})"
         )
+
+
+OVERRIDDEN = "overridden"  # Pricing.price_from / power_from of a figure given as an override
+PRICED_FIELDS = ("price_per_hour_usd", "tdp_watts")  # the figures Pricing carries
+
+
+def profiled_accelerator(
+    model: CostModel, catalog: Mapping[str, Accelerator] | None = None
+) -> str | None:
+    """The catalog name of the accelerator `model` was profiled on (None: it names none)."""
+    profiled = (model.stack or {}).get("accelerator")
+    if isinstance(profiled, Mapping):
+        profiled = profiled.get("name")
+    if not isinstance(profiled, str) or not profiled.strip():
+        return None
+    try:
+        return get_accelerator(profiled, catalog=catalog).name
+    except UserError:  # a part of a config file not given now: its name as stored
+        return profiled
+
+
+def _with_config(acc: Accelerator, catalog: Mapping[str, Accelerator] | None) -> Accelerator:
+    """`acc` (a profile's stored entry) with the fields a hardware config file sets for it."""
+    if not isinstance(catalog, HardwareConfig):
+        return acc
+    configured = catalog.configured_fields(acc.name)
+    if not configured:
+        return acc
+    entry = get_accelerator(acc.name, catalog=catalog)  # the file names it: it resolves
+    for source in sorted(set(configured.values())):
+        keys = [k for k, s in configured.items() if s == source and k in NUMERIC_FIELDS]
+        acc = acc.with_overrides({k: getattr(entry, k) for k in keys}, source=source)
+    return replace(acc, nominal=entry.nominal) if "nominal" in configured else acc
 
 
 def pricing_for(
@@ -99,32 +167,64 @@ def pricing_for(
 ) -> tuple[Pricing, str | None]:
     """Pricing from the flags, else from the stack the model was profiled on.
 
-    Returns the pricing and a note when it had to assume the accelerator.
+    The accelerator priced is `accelerator` when named, else the one the profile ran on (A100
+    80GB, with a note, when the profile names none). Each of its figures ($/h, rated W, any
+    other field) comes from the first of these that gives it:
+
+    1. `overrides` (--price-per-hour, --power-watts, --set KEY=VALUE);
+    2. the hardware config file's entry for that accelerator (`catalog` from
+       load_hardware_config): only the fields the file sets;
+    3. without `accelerator`, the profile's stored entry: the figures it was profiled with
+       (those that differ from the built-in catalog's are said to be "as profiled");
+    4. the catalog (`catalog`, else the built-in ACCELERATORS): for a named `accelerator`, a
+       profile that names its accelerator only by name, or the A100 default.
+
+    Returns the pricing (saying which of its $/h and W came from 1, 2 or a profile's own
+    override) and a note when it had to assume the accelerator.
     """
     stack = model.stack or {}
     note = None
     profiled = stack.get("accelerator")
+    as_profiled: dict[str, str] = {}
     if accelerator:
-        acc = get_accelerator(accelerator, overrides, catalog=catalog)
+        acc = get_accelerator(accelerator, catalog=catalog)
     elif isinstance(profiled, dict):
-        # The profile's own entry, with any price/power it was profiled with.
-        acc = Accelerator.from_dict(profiled)
-        if overrides:
-            acc = acc.with_overrides(overrides)
+        # The profile's own entry, with any price/power it was profiled with; a config file
+        # given now names figures the user wants instead.
+        stored = Accelerator.from_dict(profiled)
+        acc = _with_config(stored, catalog)
+        builtin = ACCELERATORS.get(stored.name)
+        as_profiled = {  # figures overridden when it was profiled: not the catalog's
+            key: "as profiled"
+            for key in PRICED_FIELDS
+            if builtin is not None and getattr(stored, key) != getattr(builtin, key)
+        }
     elif isinstance(profiled, str):
-        acc = get_accelerator(profiled, overrides, catalog=catalog)
+        acc = get_accelerator(profiled, catalog=catalog)
     else:
-        acc = get_accelerator("a100", overrides, catalog=catalog)
+        acc = get_accelerator("a100", catalog=catalog)
         note = (
             "the profile names no accelerator; priced as 1 × A100 80GB (the paper's reference); "
             "pass --accelerator and --num-accelerators to change it"
         )
+    overrides = overrides or {}
+    configured = catalog.configured_fields(acc.name) if isinstance(catalog, HardwareConfig) else {}
+    origin = {
+        key: OVERRIDDEN if key in overrides else f"from {configured[key]}"
+        for key in PRICED_FIELDS
+        if key in overrides or key in configured
+    }
+    origin = {**as_profiled, **origin}
+    acc = acc.with_overrides(overrides)
     count = num_accelerators if num_accelerators is not None else stack.get("num_accelerators", 1)
     if isinstance(count, float) and count.is_integer():
         count = int(count)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise UserError(f"--num-accelerators must be a whole number of at least 1, not {count!r}")
-    return Pricing.of(acc, count), note
+    pricing = Pricing.of(
+        acc, count, origin.get("price_per_hour_usd", ""), origin.get("tdp_watts", "")
+    )
+    return pricing, note
 
 
 def is_api_model(model: CostModel) -> bool:
@@ -140,11 +240,14 @@ def describe_pricing(
     catalog: Mapping[str, Accelerator] | None = None,
     measured_energy: bool = False,
 ) -> tuple[Pricing | None, list[str]]:
-    """What `estimate` prices with, and the notes that say what that is.
+    """What `estimate` prices with (pricing_for: its docstring gives which figure wins), and
+    the notes that say what that is.
 
     An API run is priced only on hardware the user names (None otherwise: no cost or energy
-    columns). A nominal part (the generic CPU socket) is said to be one, and `energy_j` is
-    said to be rated power × runtime, not a measurement.
+    columns). A nominal part's figures (the generic CPU socket's) are said to be one's, a
+    local profile priced on another accelerator than the one it was measured on is said to be
+    priced at that one's rates without its runtime converted, and `energy_j` is said to be
+    rated power × runtime, not a measurement.
     """
     if is_api_model(model) and not accelerator:
         return None, [
@@ -153,11 +256,21 @@ def describe_pricing(
         ]
     pricing, note = pricing_for(model, accelerator, num_accelerators, overrides, catalog)
     notes = [note] if note else []
-    if pricing.nominal:
+    measured_on = None if is_api_model(model) else profiled_accelerator(model, catalog)
+    if accelerator and measured_on and measured_on != pricing.accelerator:
         notes.append(
-            f"{pricing.accelerator} is priced as a nominal part (${pricing.price_per_hour_usd:g}/h,"
-            f" {pricing.power_watts:g} W rated), not this machine; pass --price-per-hour and "
-            "--power-watts to price your own"
+            f"runtime_s was measured on {measured_on} and is priced at {pricing.accelerator}'s "
+            f"rates as if {pricing.accelerator} ran it that fast (the runtime is not converted); "
+            f"profile on {pricing.accelerator} for its own runtime"
+        )
+    figures = pricing.nominal_figures()
+    if figures:
+        flags = (["--price-per-hour"] if not pricing.price_from else []) + (
+            ["--power-watts"] if not pricing.power_from else []
+        )
+        notes.append(
+            f"{pricing.accelerator} is priced as a nominal part ({', '.join(figures)}), not this "
+            f"machine; pass {' and '.join(flags)} (or a --hardware-config entry) to price your own"
         )
     measured = "; energy_measured_j is measured" if measured_energy else ""
     notes.append(f"energy_j is rated power × runtime ({pricing.watts:g} W), not measured{measured}")
@@ -196,8 +309,16 @@ def range_notes(queries: pd.DataFrame, runtime: CostModel | ModelSet) -> list[st
     return notes
 
 
-def read_queries(path: str | Path) -> pd.DataFrame:
-    """Queries from CSV, JSONL, JSON (a list of objects) or Parquet, by extension."""
+QUERY_HINT = "each query needs prompt_tokens and output_tokens (and optionally id)"
+# What `fit --points` reads: one row per measurement (read_points).
+POINTS_COLUMNS = "prompt_tokens, output_tokens, runtime_s [, trial, batch_size, energy_j]"
+
+
+def read_queries(
+    path: str | Path, what: str = "queries file", hint: str = QUERY_HINT
+) -> pd.DataFrame:
+    """Queries from CSV, JSONL, JSON (a list of objects) or Parquet, by extension. `what`
+    names the file and `hint` says what it needs in the one-line errors (UserError)."""
     path = Path(path)
     suffix = path.suffix.lower()
     try:
@@ -216,24 +337,24 @@ def read_queries(path: str | Path) -> pd.DataFrame:
     except UserError:
         raise
     except FileNotFoundError as exc:
-        raise UserError(f"queries file {path} does not exist") from exc
+        raise UserError(f"{what} {path} does not exist") from exc
     except Exception as exc:  # pandas raises many kinds for a bad file; all mean the same
-        raise UserError(f"cannot read queries file {path}: {exc}".splitlines()[0]) from exc
-    return validate_queries(frame, str(path))
+        raise UserError(f"cannot read {what} {path}: {exc}".splitlines()[0]) from exc
+    return validate_queries(frame, str(path), hint)
 
 
-def validate_queries(frame: pd.DataFrame, origin: str = "queries") -> pd.DataFrame:
+def validate_queries(
+    frame: pd.DataFrame, origin: str = "queries", hint: str = QUERY_HINT
+) -> pd.DataFrame:
     """The queries of `frame` checked: prompt_tokens, output_tokens (and batch_size where
     given) whole numbers of at least 1 and of a sane size; one line naming row and field
-    otherwise. The checked columns are replaced by int64 ones."""
+    otherwise (a missing column's line ends with `hint`). The checked columns are replaced by
+    int64 ones."""
     if not isinstance(frame, pd.DataFrame):
         raise UserError(f"{origin} is not a table of queries; give one query per row")
     missing = [c for c in QUERY_COLUMNS if c not in frame.columns]
     if missing:
-        raise UserError(
-            f"{origin} lacks column(s) {', '.join(missing)}; each query needs prompt_tokens "
-            "and output_tokens (and optionally id)"
-        )
+        raise UserError(f"{origin} lacks column(s) {', '.join(missing)}; {hint}")
     if frame.empty:
         raise UserError(f"{origin} holds no queries")
     limits = {"prompt_tokens": MAX_TOKENS, "output_tokens": MAX_TOKENS, "batch_size": MAX_BATCH}
@@ -248,7 +369,7 @@ def read_points(path: str | Path) -> pd.DataFrame:
     end to end, > 0) in every row (every "ok" row where a status column says), and optionally
     trial (whole, >= 0) and energy_j (joules >= 0, empty where not measured). Checked like
     queries: one line naming row and field."""
-    frame = read_queries(path)
+    frame = read_queries(path, "points file", f"a points file has columns {POINTS_COLUMNS}")
     origin = str(path)
     if "runtime_s" not in frame.columns:
         raise UserError(f"{origin} lacks column runtime_s (seconds per query, end to end)")

@@ -123,7 +123,10 @@ def price_queries(
 
 def price_request(r: EstimateRequest) -> tuple[Priced, str]:
     """`infermeter estimate`: its output file checked first, its queries (a file, else the
-    grid of the sizes given) priced with the model set of r.profile, and the model's name."""
+    grid of the sizes given) priced with the model set of r.profile, and the model's name.
+    Each hardware figure comes from --price-per-hour/--power-watts/--set, else the
+    --hardware-config entry of the accelerator priced, else the profile's stored entry (when
+    no --accelerator is named), else the catalog (model.estimate.pricing_for)."""
     from infermeter.model.helm import load_model_set
     from infermeter.spec.hardware import load_hardware_config
     from infermeter.store.outputs import check_output

@@ -36,6 +36,7 @@ __all__ = [
     "ALIASES",
     "NUMERIC_FIELDS",
     "Accelerator",
+    "HardwareConfig",
     "Stack",
     "accelerator_table",
     "build_stack",
@@ -628,6 +629,30 @@ def get_accelerator(
 
 
 # ---- config files ------------------------------------------------------------------------
+class HardwareConfig(dict[str, Accelerator]):
+    """A catalog merged with hardware config files (load_hardware_config): name -> Accelerator,
+    as ACCELERATORS, that also knows which entries and fields the files set. A caller pricing
+    with figures of its own (a profile's stored entry) lets a file's fields win over them,
+    and says where the figures came from."""
+
+    def __init__(
+        self,
+        entries: Mapping[str, Accelerator],
+        configured: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        super().__init__(entries)
+        # canonical name -> {key the file sets: "hardware config FILE"}
+        self.configured: dict[str, dict[str, str]] = {
+            name: dict(keys) for name, keys in (configured or {}).items()
+        }
+
+    def configured_fields(self, name: str) -> dict[str, str]:
+        """The keys a config file sets for accelerator `name` (catalog key or alias), each
+        with the file that set it ('hardware config hw.toml'); {} when no file names it."""
+        entry = _resolve_key_only(name, self)
+        return dict(self.configured.get(entry.name, {})) if entry is not None else {}
+
+
 def _read_config_file(path: Path) -> Any:
     if not path.is_file():
         raise UserError(f"hardware config {path} does not exist; check the path")
@@ -655,12 +680,13 @@ def _read_config_file(path: Path) -> Any:
 
 def load_hardware_config(
     path: str | Path, *, base: Mapping[str, Accelerator] | None = None
-) -> dict[str, Accelerator]:
+) -> HardwareConfig:
     """Read `{"accelerators": {name: {...}}}` from TOML or JSON; return the merged catalog.
 
     An entry whose name (or alias) is in `base` (default ACCELERATORS) overrides that entry's
     fields; any other name is a new accelerator and must give every numeric field. The result
-    is a new dict; the built-in catalog is left untouched. Pass it to get_accelerator(catalog=).
+    is a new dict (a HardwareConfig: it also says which entries and fields the file sets); the
+    built-in catalog is left untouched. Pass it to get_accelerator(catalog=).
     """
     path = Path(path)
     data = _read_config_file(path)
@@ -674,6 +700,7 @@ def load_hardware_config(
         raise UserError(f'hardware config {path}: "accelerators" must be a table of entries')
 
     merged = dict(base if base is not None else ACCELERATORS)
+    configured = dict(base.configured) if isinstance(base, HardwareConfig) else {}
     source = f"hardware config {path.name}"
     valid = ", ".join((*NUMERIC_FIELDS, *_TEXT_FIELDS))
     for raw_name, entry in entries.items():
@@ -692,6 +719,10 @@ def load_hardware_config(
             updated = existing.with_overrides(numbers, source=source)
             sources = {**updated.sources, **text.pop("sources", {})}
             merged[existing.name] = replace(updated, **text, sources=sources)
+            configured[existing.name] = {
+                **configured.get(existing.name, {}),
+                **dict.fromkeys(entry, source),
+            }
             continue
         missing = [k for k in NUMERIC_FIELDS if k not in entry]
         if missing:
@@ -704,7 +735,8 @@ def load_hardware_config(
         sources = {**dict.fromkeys(NUMERIC_FIELDS, source), **text.pop("sources", {})}
         text.setdefault("display_name", raw_name)
         merged[key] = Accelerator(name=key, **checked, **text, sources=sources)
-    return merged
+        configured[key] = dict.fromkeys(entry, source)
+    return HardwareConfig(merged, configured)
 
 
 def _resolve_key_only(name: str, catalog: Mapping[str, Accelerator]) -> Accelerator | None:
