@@ -45,6 +45,7 @@ def compare_command(r: rq.CompareRequest) -> None:
     from infermeter.report.tables import comparison_view
 
     result, queries = compare_request(r)
+    print_notes(result.warnings, "warning")  # estimate's, on queries priced by extrapolation
     if (result.summary["verdict"] == "different model").any():
         print_notes(["the stacks run different models: each ratio is the models' difference as "
                      "much as the stacks'"])  # fmt: skip

@@ -10,19 +10,23 @@ measured energy model). Over a benchmark's queries:
 Totals decide the verdict, because a benchmark is paid for whole: a stack can be slower per
 query and still cheaper per benchmark when its accelerators cost less per second (or fewer of
 them are needed), which is the "slower but cheaper" question the paper asks of V100s vs A100s.
+
+The queries are checked on every stack as `estimate` checks them (estimate.range_notes): one
+past a model's context is refused, and queries beyond a stack's largest profiled prompt size or
+longest output are priced with a warning, since their figures are extrapolated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel
-from infermeter.model.estimate import Pricing, estimate_queries
+from infermeter.model.estimate import Pricing, estimate_queries, range_notes
 from infermeter.units import per_second_to_per_hour
 
 
@@ -41,12 +45,13 @@ class StackProfile:
 @dataclass
 class StackComparison:
     """compare_stacks' result: per-query runtime, cost and energy on every stack, a per-stack
-    summary (totals, speedup and cost ratio against the baseline), and the baseline's
-    name."""
+    summary (totals, speedup and cost ratio against the baseline), the baseline's name, and
+    the warnings on queries some stack prices by extrapolation (query_warnings)."""
 
     per_query: pd.DataFrame  # one row per (query, stack)
     summary: pd.DataFrame  # one row per stack
     baseline: str
+    warnings: list[str] = field(default_factory=list)
 
 
 def verdict(speedup: float, cost_ratio: float) -> str:
@@ -77,6 +82,21 @@ def _models(stacks: Sequence[StackProfile]) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
+def query_warnings(stacks: Sequence[StackProfile], queries: pd.DataFrame) -> list[str]:
+    """`estimate`'s checks of `queries` (estimate.range_notes) against every stack's model: a
+    UserError for a query past a model's context; otherwise its warnings for queries outside a
+    stack's profile, each given once, after the labels of the stacks it holds for unless it
+    holds for all of them."""
+    stacks_of: dict[str, list[str]] = {}
+    for stack in stacks:
+        for note in range_notes(queries, stack.runtime):
+            stacks_of.setdefault(note, []).append(stack.label)
+    return [
+        note if len(labels) == len(stacks) else f"{'; '.join(labels)}: {note}"
+        for note, labels in stacks_of.items()
+    ]
+
+
 def compare_stacks(
     stacks: Sequence[StackProfile],
     queries: pd.DataFrame,
@@ -87,7 +107,9 @@ def compare_stacks(
 
     The stacks must run one model: a speedup between two models is the models' difference,
     not the stacks'. With `allow_different_models` they may differ; their ratios are then
-    given without a faster/cheaper verdict.
+    given without a faster/cheaper verdict. The queries are checked as `estimate` checks
+    them (query_warnings): one past a model's context raises UserError, and the warnings on
+    extrapolated ones come back in the result's `warnings`.
     """
     if len(stacks) < 2:
         raise UserError("a comparison needs at least two stacks (profiles of one model)")
@@ -110,6 +132,7 @@ def compare_stacks(
         if not 0 <= baseline < len(stacks):
             raise UserError(f"baseline index {baseline} is out of range")
         base_index = baseline
+    warnings = query_warnings(stacks, queries)
     priced = []
     for stack in stacks:
         est = estimate_queries(queries, stack.runtime, stack.pricing, stack.energy)
@@ -152,17 +175,33 @@ def compare_stacks(
                 else ("different model" if mixed else verdict(speedup, cost_ratio)),
             }
         )
-    return StackComparison(table, pd.DataFrame(rows), labels[base_index])
+    return StackComparison(table, pd.DataFrame(rows), labels[base_index], warnings)
+
+
+DEFAULT_OUTPUTS = (1, 8, 32, 128)  # output lengths of the default grid, where profiled
 
 
 def default_queries(models: Sequence[CostModel], max_context: int | None = None) -> pd.DataFrame:
-    """Without a benchmark: every (p, o) of the first model's profiled prompt sizes and a
-    spread of output lengths, the grid the fits are trustworthy on."""
+    """Without a benchmark: a grid every model prices within its profile, so that nothing in
+    it is extrapolated. Its prompt sizes are the first model's profiled ones that lie within
+    every model's profiled prompt range (all of the first model's where the ranges share none);
+    its output lengths those of DEFAULT_OUTPUTS that every model profiled up to, with the
+    shortest of the models' longest profiled lengths in place of those beyond it (a CPU
+    profile that stopped at o = 8 gets 1 and 8); and every query fits `max_context` and each
+    model's own context."""
     from infermeter.model.estimate import query_grid
 
-    prompts = sorted(set(models[0].prompt_sizes))
-    outputs = [1, 8, 32, 128]
+    first = models[0]
+    low = max(m.profiled_prompt_tokens[0] for m in models)
+    high = min(m.profiled_prompt_tokens[1] for m in models)
+    prompts = sorted({p for p in first.prompt_sizes if low <= p <= high} or set(first.prompt_sizes))
+    longest = [m.profiled_output_tokens for m in models if m.profiled_output_tokens is not None]
+    outputs = list(DEFAULT_OUTPUTS)
+    if longest and min(longest) < outputs[-1]:
+        reach = min(longest)
+        outputs = sorted({o for o in outputs if o <= reach} | {reach})
     grid = query_grid(prompts, outputs)
-    if max_context:
-        grid = grid[grid.prompt_tokens + grid.output_tokens <= max_context]
+    contexts = [c for c in (max_context, *(m.max_context for m in models)) if c]
+    if contexts:
+        grid = grid[grid.prompt_tokens + grid.output_tokens <= min(contexts)]
     return grid.reset_index(drop=True)

@@ -200,16 +200,20 @@ def comparison_sections(runs: list[StoredRun]) -> list[Section]:
         queries = default_queries([p.runtime for p in profiles])
         comparison = compare_stacks(profiles, queries)
         members = members_of[model]
+        outputs = ", ".join(str(o) for o in sorted(set(queries.output_tokens)))
+        verdicts = [f"{r.stack}: {r.verdict}" for r in comparison.summary.itertuples()]
+        # The grid stays within every stack's profile unless their prompt ranges share none.
+        within = "" if comparison.warnings else ", within every stack's profile"
         section = Section(
             f"fig8-{i}",
             TRADEOFFS,
             f"Fig. 8 · {model} on {len(profiles)} stacks",
             caption=(
                 f"Idealized runtime, cost and rated energy of {len(queries)} queries (the "
-                f"profiled prompt sizes × 1, 8, 32, 128 output tokens) relative to "
+                f"profiled prompt sizes × {outputs} output tokens{within}) relative to "
                 f"{comparison.baseline}; fits of runs {describe_runs(members)}."
             ),
-            note="; ".join(f"{r.stack}: {r.verdict}" for r in comparison.summary.itertuples()),
+            note="; ".join([*verdicts, *(f"warning: {w}" for w in comparison.warnings)]),
         )
         sections.append(_safe(section, lambda c=comparison: tf.fig_stack_comparison(c)))
     if len(groups) > 4:
