@@ -86,7 +86,11 @@ class ModelsRequest:
     show: str | None = opt(
         None, "One model (catalog name or config.json): the spec as read.", "--show"
     )
-    context: int = opt(2048, "With --show: cached tokens of a decode step.")
+    context: int | None = opt(
+        None,
+        "With --show: cached tokens of a decode step (default: 2048, or the model's context "
+        "where shorter).",
+    )
     batch_sizes: str = opt("1,8,64,256", "With --show: decode batch sizes.")
     dtype: str | None = opt(None, "With --show: bytes at this dtype.")
 
@@ -176,8 +180,8 @@ class FitRequest:
     accept_poor_fit: bool = opt(False, POOR_FIT)
     save: bool | None = opt(
         None,
-        "Store this fit as the run's fit (default: only when every setting is the default, so "
-        "an exploratory fit never replaces it).",
+        "Store this fit as the run's fit (a stored run only, not --points; default: only when "
+        "every setting is the default, so an exploratory fit never replaces it).",
         "--save/--no-save",
     )
     output: Path | None = opt(None, "Write the fitted runtime model JSON here.")
@@ -225,7 +229,9 @@ class ExportRequest:
     """`infermeter export [RUN]`: a run's points or fit written (model.runfit.export_run)."""
 
     run: int | None = run_arg()
-    output: Path | None = opt(None, "Points as .csv, .jsonl or .parquet.")
+    output: Path | None = opt(
+        None, "Points (an energy run's: its configurations) as .csv, .jsonl or .parquet."
+    )
     helm: Path | None = opt(None, "The run's runtime fit as HELM efficiency_data.")
     store: Path = store()
 

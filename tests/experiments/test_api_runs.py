@@ -106,7 +106,7 @@ def test_a_refusal_naming_no_field_drops_one_field_at_a_time(tmp_path: Path) -> 
 def test_done_only_streams_are_failed_points_and_the_cli_says_so(tmp_path: Path) -> None:
     result = profile_through_faults(tmp_path, *[sse([])] * 12)
     assert result.exit_code == 3, result.output
-    assert "12/12 points failed: empty 'the answer held no token and no usage count'" in (
+    assert "12/12 measurements failed: empty 'the answer held no token and no usage count'" in (
         result.stderr
     )
     con = sqlite3.connect(tmp_path / "s.db")
@@ -123,7 +123,7 @@ def test_streams_without_done_are_profiled_and_fitted(tmp_path: Path) -> None:
     # processes the fault server's real 20 ms per token can make it rough.
     result = profile_through_faults(tmp_path, *["nodone"] * 12, options=("--accept-poor-fit",))
     assert result.exit_code == 0, result.output
-    assert "all 12 points measured" in result.stderr and "R²" in result.stdout
+    assert "all 12 measurements taken" in result.stderr and "R²" in result.stdout
     points = sqlite3.connect(tmp_path / "s.db").execute("SELECT extra_json FROM points")
     assert all(json.loads(e)["retries"] == 0 for (e,) in points)
 
@@ -137,13 +137,13 @@ def test_failed_points_are_counted_by_cause_and_exit_non_zero(tmp_path: Path) ->
         tmp_path, "500", "", "500", "", "500", "", "500", options=("--accept-poor-fit",)
     )  # beside two busy processes the 8 good points' fit was refused as poor (a rough one is fine)
     assert result.exit_code == 3, result.output
-    assert "4/12 points failed: http_5xx 'injected 500' (4); rerun the same command" in (
+    assert "4/12 measurements failed: http_5xx 'injected 500' (4); rerun the same command" in (
         result.stderr
     )
     assert "R²" in result.stdout  # the 8 good points are still fitted and shown
     shown = invoke("show", "--store", tmp_path / "s.db")  # later, the store says the same
     assert shown.exit_code == 0, shown.output
-    assert "incomplete: 4/12 points failed: http_5xx 'injected 500' (4)" in shown.stdout
+    assert "incomplete: 4/12 measurements failed: http_5xx 'injected 500' (4)" in shown.stdout
 
 
 def test_a_body_over_max_body_mib_fails_and_the_end_line_names_the_option(tmp_path: Path) -> None:
@@ -152,7 +152,7 @@ def test_a_body_over_max_body_mib_fails_and_the_end_line_names_the_option(tmp_pa
         tmp_path, sse([chunk] * 8), options=("--max-body-mib", "0.004", "--accept-poor-fit")
     )
     assert result.exit_code == 3, result.output
-    assert "1/12 points failed: too_large 'body over 4,194 bytes, not read further " in (
+    assert "1/12 measurements failed: too_large 'body over 4,194 bytes, not read further " in (
         result.stderr
     )
     assert "(--max-body-mib)'" in result.stderr
@@ -183,7 +183,7 @@ def test_a_new_prompt_sizes_failed_calibration_is_counted_not_fatal(tmp_path: Pa
             "--store", tmp_path / "s.db", "--accept-poor-fit", *GRID,
         )  # fmt: skip
     assert result.exit_code == 3, result.output
-    assert "6/12 points failed: http_5xx 'injected 500' (6)" in result.stderr
+    assert "6/12 measurements failed: http_5xx 'injected 500' (6)" in result.stderr
     con = sqlite3.connect(tmp_path / "s.db")
     assert con.execute("SELECT status FROM runs").fetchone()[0] == "incomplete"
     failed = con.execute("SELECT prompt_tokens, detail FROM points WHERE status='error'")
@@ -275,7 +275,7 @@ def test_a_store_path_with_brackets_is_printed_as_it_is(tmp_path: Path) -> None:
 def test_the_stall_timeout_is_an_option(tmp_path: Path) -> None:
     result = profile_through_faults(tmp_path, "stall", options=("--stall-timeout", "0.3"))
     assert result.exit_code == 3, result.output
-    assert "1/12 points failed: timeout 'no byte for 0.3 s'" in result.stderr
+    assert "1/12 measurements failed: timeout 'no byte for 0.3 s'" in result.stderr
 
 
 # ---- 9. load: new prompts per level, every attempt counted, timed modes -------------------
@@ -313,7 +313,7 @@ def test_cli_load_reports_failures_and_exits_non_zero(tmp_path: Path) -> None:
             "--store", tmp_path / "l.db",
         )  # fmt: skip
     assert result.exit_code == 3, result.output
-    assert "1/3 points failed: http_5xx 'injected 500' (1)" in result.stderr
+    assert "1/3 measurements failed: http_5xx 'injected 500' (1)" in result.stderr
     # The progress counts bursts and says each one's requests, which the end line counts.
     assert "bursts of load on m (burst): 2/2 done, last o=2 c=2: 2 requests" in result.output
 
@@ -351,7 +351,7 @@ def test_a_timed_loads_end_line_counts_what_its_table_counts(tmp_path: Path) -> 
         points = db.points(db.latest_run_id())
     warm = [json.loads(e)["warmup"] for e in points.extra_json]
     assert any(warm) and (points[warm].status != "ok").sum() == 1
-    assert f"all {warm.count(False)} points measured" in result.stderr
+    assert f"all {warm.count(False)} measurements taken" in result.stderr
 
 
 def test_rate_progress_counts_measured_requests_and_the_warm_up_apart(tmp_path: Path) -> None:
@@ -375,13 +375,13 @@ def test_show_counts_a_stored_rate_load_as_its_end_line_did(tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     load = TimedLoad(16, 2, "rate", (20.0,), duration_s=0.5, warmup_s=0.2, arrival="constant")
     planned = sum(t >= load.warmup_s for t in load.arrivals(20.0))
-    assert f"all {planned} points measured" in result.stderr
+    assert f"all {planned} measurements taken" in result.stderr
     shown = invoke("show", "--store", tmp_path / "l.db")
     assert shown.exit_code == 0, shown.output
-    assert f"all {planned} points measured" in shown.stdout, shown.stdout
+    assert f"all {planned} measurements taken" in shown.stdout, shown.stdout
     # the table `load` printed, not a profile's points and a failed fit
     assert "rate load (p = 16, o = 2, 0.5 s a level)" in shown.stdout, shown.stdout
-    assert "cannot fit" not in shown.output and "points not used" not in shown.stdout
+    assert "cannot fit" not in shown.output and "not used in fits" not in shown.stdout
 
 
 class Interrupt(KeyboardInterrupt):
@@ -402,7 +402,7 @@ def test_show_counts_the_requests_an_interrupted_burst_load_never_sent(tmp_path:
                        on_step=stop_after_first)  # fmt: skip
     shown = invoke("show", "--store", store)
     assert shown.exit_code == 0, shown.output
-    assert "6/7 points not measured" in shown.stdout, shown.stdout
+    assert "6/7 measurements not taken" in shown.stdout, shown.stdout
     assert "runtime vs queries in flight (p = 16)" in shown.stdout, shown.stdout
     assert "cannot fit" not in shown.output
 
@@ -424,7 +424,7 @@ def test_show_counts_the_planned_requests_of_an_interrupted_rate_load(tmp_path: 
     never = sum(t >= load.warmup_s for t in load.arrivals(40.0))  # level 40's, warm-up aside
     shown = invoke("show", "--store", store)
     assert shown.exit_code == 0, shown.output
-    assert f"{never}/{first + never} points not measured" in shown.stdout, shown.stdout
+    assert f"{never}/{first + never} measurements not taken" in shown.stdout, shown.stdout
 
 
 def test_a_timed_load_says_which_one_output_length_it_measures(tmp_path: Path) -> None:
@@ -516,4 +516,4 @@ def test_the_command_says_which_feature_the_server_refused(tmp_path: Path) -> No
     assert "note: output lengths unverified where an answer reported no usage" in result.stderr
     shown = invoke("show", "--store", tmp_path / "s.db")  # later, the store says the same
     assert "note: server refused stream_options" in shown.stdout
-    assert "all 12 points measured" in shown.stdout
+    assert "all 12 measurements taken" in shown.stdout

@@ -112,9 +112,10 @@ def show_run(r: rq.RunRequest) -> None:
         return
     say(ending.line(), *outcome_label(ending), err=False)
     summary, bad = points_summary(points)
-    show(summary, "points")
+    trials = int(summary["trials"].sum())
+    show(summary, f"{len(summary)} points from {trials} ok measurements (min and mean over trials)")
     if not bad.empty:
-        show(bad, "points not used in fits")
+        show(bad, f"{len(bad)} measurements not used in fits")
     for model in fits:
         print_fit(model)
     if fitted_now:

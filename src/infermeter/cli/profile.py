@@ -22,15 +22,16 @@ def register(app: typer.Typer) -> None:
 def models(r: rq.ModelsRequest) -> None:
     """The built-in model catalog, with derived parameter counts (or one model's spec)."""
     from infermeter.report.tables import catalog_view
-    from infermeter.spec.catalog import resolve_spec, spec_report
+    from infermeter.spec.catalog import decode_context, resolve_spec, spec_report
 
     if r.show is not None:
         batches = parse_list(r.batch_sizes, "--batch-sizes") or (1,)
         spec = resolve_spec(r.show)
         spec = spec.with_dtype(r.dtype) if r.dtype else spec
-        facts, per_batch = spec_report(spec, r.context, batches)
+        context = decode_context(spec, r.context)  # the model's own where shorter than 2048
+        facts, per_batch = spec_report(spec, context, batches)
         show(facts, "Spec as infermeter reads it")
-        show(per_batch, f"One decode step at context {r.context}")
+        show(per_batch, f"One decode step at context {context}")
     else:
         show(catalog_view(r.family), "Model catalog (any Hugging Face config.json works too)")
 

@@ -17,7 +17,8 @@
      prompt costs 25% more than later ones, which no line through o = 1 .. 256 can follow
      (docs/benchmarks/bias_diagnosis.md): short outputs were priced 2-4% low.
 5. For API profiles (§3.5) a constant overhead: PE extended linearly to p = 0 (encoding no
-   prompt costs nothing, so what remains there is overhead), or a value the user measured.
+   prompt costs nothing, so what remains there is overhead), or a value the user measured:
+   one above the fastest measured query is refused (no query takes less than the overhead).
 
 Runtime lines are fitted by plain least squares, as in the paper. Energy lines are fitted by
 relative least squares (residuals divided by the value): an energy reading carries ~1% noise, so
@@ -184,6 +185,7 @@ class _Core:
     g_se: float  # its standard error
     overhead: float
     curves: list[dict[str, Any]] | None
+    clipped: list[int]  # knots whose PE the overhead took below 0 (priced as 0 there)
 
 
 def _fit_core(
@@ -221,7 +223,8 @@ def _fit_core(
     g_se = float(np.sqrt(spread / np.dot(x, x))) if np.dot(x, x) > 0 else 0.0
     const = _overhead(overhead, knots, pe)
     curves = _decode_curves(agg, pe_at) if decode == "curve" else None
-    return _Core(per_p, knots, np.maximum(pe - const, 0.0), slopes, g, g_se, const, curves)
+    clipped = [int(k) for k, v in zip(knots, pe, strict=True) if v < const]
+    return _Core(per_p, knots, np.maximum(pe - const, 0.0), slopes, g, g_se, const, curves, clipped)
 
 
 def _overhead(overhead: OverheadMode | float, knots: np.ndarray, pe: np.ndarray) -> float:
@@ -239,6 +242,25 @@ def _overhead(overhead: OverheadMode | float, knots: np.ndarray, pe: np.ndarray)
     if not np.isfinite(const) or const < 0:
         raise UserError("overhead must be a finite number of seconds, not negative")
     return const
+
+
+def _check_given_overhead(
+    overhead: OverheadMode | float, agg: pd.DataFrame, unit: str = "s", batch_size: int = 1
+) -> None:
+    """Refuse an overhead given in seconds that exceeds the fastest measured query (its
+    fastest trial): no query can take less than the overhead, so such a value would price
+    that query (and every short one) above what was measured, with PE set to 0."""
+    if isinstance(overhead, str) or agg.empty:
+        return
+    fastest = agg.loc[agg["min"].idxmin()]
+    if float(overhead) > float(fastest["min"]):
+        batch = f", batch {batch_size}" if batch_size != 1 else ""
+        raise UserError(
+            f"--overhead {float(overhead):g} {unit} exceeds the fastest measured query "
+            f"({float(fastest['min']):.4g} {unit} at p={int(fastest['prompt_tokens'])}, "
+            f"o={int(fastest['output_tokens'])}{batch}); use a smaller overhead or "
+            "--overhead auto"
+        )
 
 
 def _decode_curves(agg: pd.DataFrame, pe_at: dict[int, float]) -> list[dict[str, Any]]:
@@ -441,7 +463,8 @@ def fit_cost_model(
     `weighting` defaults to absolute for runtime and relative for energy; `slopes` chooses
     g(p) from each prompt size's slope (default) or the paper's one global g; `decode` the
     paper's lines or measured curves (see the module docstring). Raises UserError for points
-    that cannot be fitted, a negative slope, or (unless `accept_poor_fit`) R² < MIN_R2.
+    that cannot be fitted, an overhead above the fastest measured query, a negative slope, or
+    (unless `accept_poor_fit`) R² < MIN_R2.
     """
     if denoise not in ("min", "median", "mean"):
         raise UserError(f"unknown denoising {denoise!r}; use min, median or mean")
@@ -451,10 +474,17 @@ def fit_cost_model(
         raise UserError("folds must be 0 (none) or at least 2")
     weighting = weighting or default_weighting(quantity)
     agg = aggregate_trials(points, quantity, denoise)
-    core = _fit_core(agg, overhead, weighting, decode)
     unit = "s" if quantity == "runtime_s" else "J"
+    _check_given_overhead(overhead, agg, unit, batch_size)
+    core = _fit_core(agg, overhead, weighting, decode)
     _check_finite(core, quantity)
     notes = _check_possible(core, agg, quantity, unit)
+    if core.clipped:
+        notes.append(
+            f"the overhead {core.overhead:.6g} {unit} exceeds the fitted prompt encoding at "
+            f"prompt size(s) {', '.join(map(str, core.clipped))}; PE is priced as 0 there "
+            "(a smaller overhead, or --overhead auto, keeps it)"
+        )
     r2_lines = _check_meaningful(core, agg, quantity, accept_poor_fit, notes)
     cost = _cost_model(
         core,

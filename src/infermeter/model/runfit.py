@@ -4,6 +4,7 @@ checked, the fit made or explained, saved, and described in lines of text.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from infermeter.errors import UserError
-from infermeter.model.cost_model import CostModel, save_models
-from infermeter.model.estimate import read_points
+from infermeter.model.cost_model import SCHEMA, SET_SCHEMA, CostModel, save_models
+from infermeter.model.estimate import POINTS_COLUMNS, read_points
 from infermeter.model.fit import FitPolicy, fit_profile
 from infermeter.model.fitted import fit_run
-from infermeter.store.db import Store
+from infermeter.store.db import Store, require_store
 from infermeter.units import to_pct
 
 if TYPE_CHECKING:
@@ -138,6 +139,34 @@ def fit_settings(
     }
 
 
+def read_points_file(path: Path) -> pd.DataFrame:
+    """`fit --points`: the measured points of `path` (model.estimate.read_points). A file
+    that is not a points file is refused in one line (UserError) saying what it is instead (a
+    fitted model, or another JSON object, where rows of measurements belong) or which columns
+    a points file has."""
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise UserError(f"points file {path} {what}; check --points")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            data = None  # read_points says what is wrong with it
+        if isinstance(data, dict) and "prompt_tokens" not in data:  # not a table by columns
+            raise UserError(
+                f"{path} is {_json_kind(data)}, not a points file; give --points a CSV, JSONL "
+                f"or JSON list of measurements with columns {POINTS_COLUMNS}"
+            )
+    return read_points(path)
+
+
+def _json_kind(data: dict[str, Any]) -> str:
+    """What a JSON object that is not a table of points is, in words."""
+    if data.get("schema") in (SCHEMA, SET_SCHEMA) or "prompt_encoding" in data:
+        return "a fitted model (price queries with it: infermeter estimate --profile FILE)"
+    return "a JSON object without a prompt_tokens column"
+
+
 @dataclass
 class Refit:
     """A fit made on request: its models and whether they were stored as the run's fit."""
@@ -156,17 +185,30 @@ def refit(
 ) -> Refit:
     """Fit a points file (`points`, named `model_name` or the file's stem), or run `run` of
     `store` (default: its latest). A run's fit is stored when `save`, or by default when every
-    setting is the default, so an exploratory fit never replaces it. Raises UserError."""
+    setting is the default, so an exploratory fit never replaces it. Raises UserError, before
+    anything is read, for a store that does not exist (it is never made here), and for a
+    points file with a run or with `save` (a points file has no run to store a fit with)."""
     if points is not None:
+        if run is not None:
+            raise UserError(
+                f"give a run ({run}) or --points {points}, not both: a points file is fitted "
+                "on its own"
+            )
+        if save:
+            raise UserError(
+                "--save stores a fit as a stored run's fit, and --points has no run; drop "
+                "--save and keep the fit with --output FILE"
+            )
         policy = FitPolicy(api=False, **{**settings, "decode": settings["decode"] or "line"})
         fitted = fit_profile(
-            read_points(points),
+            read_points_file(points),
             policy,
             model=model_name or points.stem,
             provenance={"points_file": str(points)},
         )
         return Refit(fitted, stored=True)
     assert store is not None
+    require_store(store)
     with Store(store) as db:
         run_id = run if run is not None else db.latest_run_id()
         record = db.get_run(run_id)
@@ -264,10 +306,12 @@ def export_run(
     on_fit: Callable[[str], None],
 ) -> None:
     """`infermeter export`: run `run`'s points (None: the latest run's) written to `output`
-    and its runtime fit (the stored one, else one made now) to `helm` as HELM
-    efficiency_data, each told to its callback in a line once written."""
+    (an energy run's configurations, which hold its results) and its runtime fit (the stored
+    one, else one made now) to `helm` as HELM efficiency_data, each told to its callback in a
+    line once written. A run with nothing to write is refused (UserError), no file made."""
     from infermeter.model.estimate import write_table
     from infermeter.model.helm import save_helm_efficiency
+    from infermeter.store.energy import energy_configs
     from infermeter.store.outputs import check_outputs
 
     if output is None and helm is None:
@@ -276,9 +320,33 @@ def export_run(
     with Store(store, read_only=True) as db:
         run_id = run if run is not None else db.latest_run_id()
         record = db.get_run(run_id)
-        if output is not None:
-            write_table(db.points(run_id), output)
-            on_points(f"run {run_id} points written to {output}")
+        if record.kind == "energy" and helm is not None:
+            raise UserError(
+                f"run {run_id} is an energy run: it has no runtime fit for --helm (profile the "
+                "model with `infermeter profile` for one); its configurations export with "
+                "--output FILE"
+            )
+        if output is not None and record.kind == "energy":
+            configs = energy_configs(db, run_id)
+            if configs.empty:
+                raise UserError(
+                    f"run {run_id} is an energy run with no configurations stored yet; rerun "
+                    "its `infermeter energy` command to resume it, then export"
+                )
+            write_table(configs, output)
+            on_points(
+                f"run {run_id} is an energy run: its {len(configs)} configurations (its "
+                f"results; batches in `infermeter show {run_id}`) written to {output}"
+            )
+        elif output is not None:
+            points = db.points(run_id)
+            if points.empty:
+                raise UserError(
+                    f"run {run_id} has no measurements stored yet; rerun the command that "
+                    "made it to measure them, then export"
+                )
+            write_table(points, output)
+            on_points(f"run {run_id}: {len(points)} measurements written to {output}")
         if helm is not None:
             model = db.latest_fit(run_id) or fit_run(db, run_id)[0]
             save_helm_efficiency({record.model: model}, helm)

@@ -926,16 +926,42 @@ def _ffn_text(spec: ModelSpec) -> str:
     return text + (f"; dense layers {dense}" if spec.num_moe_layers < spec.num_layers else "")
 
 
+# Cached tokens of the decode step `models --show` describes, where the model's context allows.
+SHOW_CONTEXT = 2048
+
+
+def decode_context(spec: ModelSpec, context: int | None = None) -> int:
+    """The cached tokens of `models --show`'s decode step: `context`, or by default
+    SHOW_CONTEXT, at most the model's own context. UserError for a context that is not
+    positive or exceeds the model's."""
+    if context is None:
+        return min(SHOW_CONTEXT, spec.max_context)
+    if context <= 0:
+        raise UserError(f"--context must be positive, got {context}")
+    if context > spec.max_context:
+        raise UserError(
+            f"--context {context} exceeds {spec.name}'s context of {spec.max_context} tokens; "
+            f"pass --context {spec.max_context} or less"
+        )
+    return context
+
+
 def spec_report(
-    spec: ModelSpec, context: int = 2048, batches: tuple[int, ...] = (1, 8, 64, 256)
+    spec: ModelSpec, context: int | None = None, batches: tuple[int, ...] = (1, 8, 64, 256)
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """What infermeter derives from a spec, for `infermeter models --show`.
 
     Returns (facts, per_batch): facts is a two-column table (figure, value) of the layout,
     total and active parameters, weight bytes at the spec's dtype and KV-cache bytes; per_batch
-    has, for one decode step at `context` cached tokens and each batch size, the expected
-    distinct experts per MoE layer (E·(1 − (1 − k/E)^b)), FLOPs, bytes read and FLOPs/byte.
+    has, for one decode step at `context` cached tokens (decode_context: by default 2048, or
+    the model's context where shorter) and each batch size, the expected distinct experts per
+    MoE layer (E·(1 − (1 − k/E)^b)), FLOPs, bytes read and FLOPs/byte. UserError for a batch
+    size or context that is not positive, or a context beyond the model's.
     """
+    bad = [b for b in batches if b <= 0]
+    if bad:
+        raise UserError(f"batch sizes must be positive, got {bad[0]}; e.g. --batch-sizes 1,8")
+    context = decode_context(spec, context)
     facts = [
         ("name", spec.name),
         ("family", spec.family),

@@ -667,7 +667,14 @@ class ModelSpec:
         return cls(**data)
 
     def with_dtype(self, dtype: str) -> ModelSpec:
-        """The same spec at another dtype (weights' bytes change, nothing else)."""
+        """The same spec at another dtype (weights' bytes change, nothing else); UserError
+        for a dtype without a size in DTYPE_BYTES."""
+        from infermeter.errors import UserError
+
+        if dtype not in DTYPE_BYTES:
+            raise UserError(
+                f"unknown dtype {dtype!r} for {self.name}; use one of {sorted(DTYPE_BYTES)}"
+            )
         return replace(self, dtype=dtype)
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "RunIdentity",
     "RunRecord",
     "Store",
+    "require_store",
     "run_key",
     "utc_now",
 ]
@@ -95,6 +96,20 @@ class RunRecord(RunIdentity):
         return str(self.grid.get("kind") or self.grid.get("experiment") or "profile")
 
 
+def require_store(path: str | Path) -> None:
+    """Refuse, in one line, a store path that is missing or a folder: what a verb that reads
+    or adds to an existing store checks before opening it, so a mistyped --store is never
+    made into an empty store."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(
+            f"store {path} does not exist; check --store (profiles go into "
+            "infermeter.sqlite unless told otherwise)"
+        )
+    if path.is_dir():
+        raise UserError(f"store {path} is a folder; pass the store's .sqlite file")
+
+
 class Store:
     """A SQLite file of runs, points and fits.
 
@@ -148,13 +163,7 @@ class Store:
     def _open_read_only(self) -> sqlite3.Connection:
         """A connection that cannot write. A store in WAL mode on read-only media cannot make
         its shared-memory file, so it is then opened as immutable (nothing can change it)."""
-        if not self.path.exists():
-            raise UserError(
-                f"store {self.path} does not exist; check --store (profiles go into "
-                "infermeter.sqlite unless told otherwise)"
-            )
-        if self.path.is_dir():
-            raise UserError(f"store {self.path} is a folder; pass the store's .sqlite file")
+        require_store(self.path)
         last: Exception | None = None
         for flags in ("mode=ro", "mode=ro&immutable=1"):
             uri = f"{self.path.resolve().as_uri()}?{flags}"
@@ -415,11 +424,15 @@ class Store:
         )
 
     def runs(self) -> pd.DataFrame:
-        """One row per run; a run marked running whose process is gone (no one holds its
-        lock: killed, or its machine rebooted) shows as interrupted."""
+        """One row per run, with its points (distinct prompt size, output length and batch),
+        its measurements (a point's trials, or a load's requests) and those that are ok; a run
+        marked running whose process is gone (no one holds its lock: killed, or its machine
+        rebooted) shows as interrupted."""
         query = (
             "SELECT r.id, r.key, r.model, r.backend, r.device, r.status, r.created_at, "
-            "count(p.run_id) AS points, sum(p.status = 'ok') AS ok_points "
+            "count(DISTINCT p.prompt_tokens || ',' || p.output_tokens || ',' || p.batch_size) "
+            "AS points, count(p.run_id) AS measurements, "
+            "coalesce(sum(p.status = 'ok'), 0) AS ok_measurements "
             "FROM runs r LEFT JOIN points p ON p.run_id = r.id GROUP BY r.id ORDER BY r.id"
         )
         frame = pd.read_sql_query(query, self._db)

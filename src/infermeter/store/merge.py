@@ -56,8 +56,8 @@ class MergeReport:
         replaced = sum(self.rows_replaced.values())
         return (
             f"merged {self.sources} store(s) into {self.target}: {self.runs_added} run(s) "
-            f"added, {self.runs_joined} joined; {self.rows_added.get('points', 0)} point(s) "
-            f"and {added} row(s) in all added, {replaced} failed one(s) replaced"
+            f"added, {self.runs_joined} joined; {self.rows_added.get('points', 0)} "
+            f"measurement(s) and {added} row(s) in all added, {replaced} failed one(s) replaced"
         )
 
 
@@ -75,20 +75,38 @@ def merge_stores(target: str | Path, sources: Sequence[str | Path]) -> MergeRepo
     """Merge every run of `sources` into the store at `target` (made if missing), each
     measurement once, all in one transaction of the target. Sources of an older schema are
     migrated when opened (as any store opened for writing). Raises UserError for a source
-    that is missing or not a store, or one whose schema is newer than this infermeter's."""
+    that is missing or not a store, or one whose schema is newer than this infermeter's:
+    every source is checked before the target is opened, and a target this merge made is
+    removed again when the merge fails, so a mistyped source never leaves an empty store."""
     report = MergeReport(Path(target))
     resolved = Path(target).resolve()
-    with Store(target) as out, out.transaction() as dst:
-        for source in sources:
-            path = Path(source)
-            if not path.is_file():
-                raise UserError(f"no store at {path}; give the stores to merge as files")
-            if path.resolve() == resolved:
-                continue  # the target is already merged into itself
-            with Store(path) as src_store, src_store.transaction() as src:
-                _merge_one(src, dst, report)
-            report.sources += 1
+    for source in sources:
+        path = Path(source)
+        if not path.is_file():
+            raise UserError(f"no store at {path}; give the stores to merge as files")
+        with Store(path, read_only=True):
+            pass  # a store, of a schema this infermeter reads: else UserError, nothing made
+    made = not Path(target).exists()
+    try:
+        with Store(target) as out, out.transaction() as dst:
+            for source in sources:
+                path = Path(source)
+                if path.resolve() == resolved:
+                    continue  # the target is already merged into itself
+                with Store(path) as src_store, src_store.transaction() as src:
+                    _merge_one(src, dst, report)
+                report.sources += 1
+    except BaseException:
+        if made:
+            _remove_store(Path(target))
+        raise
     return report
+
+
+def _remove_store(path: Path) -> None:
+    """Remove the store file at `path` and the journal files SQLite keeps beside it."""
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+        name.unlink(missing_ok=True)
 
 
 def _merge_one(src: sqlite3.Connection, dst: sqlite3.Connection, report: MergeReport) -> None:

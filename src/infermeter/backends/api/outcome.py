@@ -1,8 +1,10 @@
-"""How an API run ended: points measured, flagged and failed by cause, and what is missing.
+"""How a run ended: its measurements (a point's trials, a load's requests) taken, flagged and
+failed by cause, and what is missing.
 
-Every API command ends with `RunOutcome.line()`, e.g. "4/12 points failed: http_5xx 'model
-overloaded' (4); rerun the same command to retry them", and exits non-zero
-(`INCOMPLETE_EXIT`) when any point of the grid has no usable measurement.
+Every API command ends with `RunOutcome.line()`, e.g. "4/12 measurements failed: http_5xx
+'model overloaded' (4); rerun the same command to retry them", and exits non-zero
+(`INCOMPLETE_EXIT`) when any point of the grid has no usable measurement. The counts are of
+measurements (rows of the store's points table), never of distinct (p, o) points.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ REMEDIES = {"too_large": "raise --max-body-mib"}
 
 @dataclass
 class RunOutcome:
-    """Counts of one run's points against the `expected` number of its grid."""
+    """Counts of one run's measurements against the `expected` number of its grid (its points
+    times their trials, or a load's planned requests)."""
 
     expected: int
     ok: int = 0
@@ -39,7 +42,7 @@ class RunOutcome:
 
     @property
     def missing(self) -> int:
-        """Points of the grid with no row at all (never measured)."""
+        """Measurements of the grid with no row at all (never taken)."""
         return max(0, self.expected - self.ok - self.flagged - self.failed)
 
     @property
@@ -52,14 +55,14 @@ class RunOutcome:
         parts = []
         if self.failed:
             causes = ", ".join(f"{c} ({n})" for c, n in self.causes.most_common(3))
-            parts.append(f"{self.failed}/{self.expected} points failed: {causes}")
+            parts.append(f"{self.failed}/{self.expected} measurements failed: {causes}")
         if self.missing:
-            parts.append(f"{self.missing}/{self.expected} points not measured")
+            parts.append(f"{self.missing}/{self.expected} measurements not taken")
         if self.flagged:
             flags = ", ".join(f"{d} ({n})" for d, n in self.flags.most_common(2))
             parts.append(f"{self.flagged} flagged and left out of fits: {flags}")
         if not parts:
-            return f"all {self.expected} points measured"
+            return f"all {self.expected} measurements taken"
         if not self.complete:
             parts[-1] += self._advice()
         return "; ".join(parts)
