@@ -78,6 +78,9 @@ OBJECTIVE = ("NAME=EXPR ranking objective over the table's columns, e.g. 'acc/co
 FORMAT = "Figure format: png or svg."
 
 
+SHOW_BATCH_SIZES = "1,8,64,256"  # `models --show`'s default decode batch sizes
+
+
 @dataclass(kw_only=True)
 class ModelsRequest:
     """`infermeter models`: the catalog, or one model's spec (--show)."""
@@ -91,7 +94,7 @@ class ModelsRequest:
         "With --show: cached tokens of a decode step (default: 2048, or the model's context "
         "where shorter).",
     )
-    batch_sizes: str = opt("1,8,64,256", "With --show: decode batch sizes.")
+    batch_sizes: str = opt(SHOW_BATCH_SIZES, "With --show: decode batch sizes.")
     dtype: str | None = opt(None, "With --show: bytes at this dtype.")
 
 

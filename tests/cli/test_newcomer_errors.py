@@ -136,6 +136,19 @@ def test_models_show_uses_a_context_the_model_has() -> None:
 # ---- E1: export of an energy run ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--context", "5"], "--context"),
+        (["--dtype", "int4", "--batch-sizes", "-1"], "--dtype, --batch-sizes"),
+    ],
+)
+def test_models_options_of_show_are_refused_without_it(args: list[str], named: str) -> None:
+    assert_one_line(invoke("models", *args), f"{named} only apply to --show MODEL")
+    listed = invoke("models", "--family", "llama")  # the catalog alone still lists
+    assert listed.exit_code == 0, listed.output
+
+
 def test_export_of_an_energy_run_writes_its_configurations(tmp_path: Path) -> None:
     store = energy_store(tmp_path / "en.sqlite")
     output = tmp_path / "en.csv"

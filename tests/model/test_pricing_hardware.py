@@ -118,7 +118,7 @@ def test_a_config_that_sets_only_the_price_keeps_the_profiles_power(
     config = _config(tmp_path, "[accelerators.cpu]\nprice_per_hour_usd = 1.0\n")
     frame, said, notes = _estimate(profile, tmp_path, "--hardware-config", config)
     _priced_at(frame, 1.0, CPU.tdp_watts)
-    assert "1 × cpu (nominal: $1/h, 350 W rated each; $/h from hardware config hw3.toml)" in said
+    assert "1 × cpu ($1/h, nominal 350 W rated each; $/h from hardware config hw3.toml)" in said
     # the power alone is still the nominal socket's, and only its flag is suggested
     assert "nominal part (350 W rated)" in notes and "pass --power-watts (or" in notes, notes
 
@@ -130,7 +130,7 @@ def test_a_config_for_other_hardware_leaves_the_profiles_own_figures(tmp_path: P
     config = _config(tmp_path, "[accelerators.h100]\nprice_per_hour_usd = 1.0\n")
     frame, said, notes = _estimate(model, tmp_path, "--hardware-config", config)
     _priced_at(frame, 2.0, CPU.tdp_watts)
-    assert "1 × cpu (nominal: $2/h, 350 W rated each; $/h as profiled)" in said
+    assert "1 × cpu ($2/h, nominal 350 W rated each; $/h as profiled)" in said
     assert "measured on" not in notes
 
 

@@ -166,8 +166,8 @@ def test_tradeoff_table_joins_and_averages_over_instances() -> None:
         "mystery": True,
     }
     ranks = rank_models(result.table).set_index(["objective", "model"])["rank"]
-    assert ranks[("accuracy / runtime", "gpt2")] == 1
-    assert ranks[("accuracy / runtime", "openai/davinci")] == 3
+    assert ranks[("accuracy / runtime in s", "gpt2")] == 1
+    assert ranks[("accuracy / runtime in s", "openai/davinci")] == 3
 
 
 def test_nothing_to_join_is_a_user_error() -> None:

@@ -116,3 +116,22 @@ def test_a_dominant_model_never_ranks_below(
         dominant, dominated = ranks[(objective, "best")], ranks[(objective, "worst")]
         assert math.isfinite(dominant), (objective, best, worst)
         assert not dominant > dominated, (objective, best, worst, dominant, dominated)
+
+
+def test_a_score_below_zero_is_left_unranked_by_the_default_objectives() -> None:
+    """A score below 0 over a cost ranks higher the costlier its model (-0.21 over 2 s beats
+    -0.2 over 1 s): the default objectives leave such a score unranked, say why, and an
+    objective of the user's own still ranks it."""
+    caps = pd.DataFrame(
+        {"model": ["fast", "slow", "fine"], "scenario": "s", "accuracy": [-0.2, -0.21, 0.3]}
+    )
+    queries = pd.DataFrame({"scenario": ["s"], "prompt_tokens": [1.0], "output_tokens": [1.0]})
+    profiles = [_profile("fast", 1.0), _profile("slow", 2.0), _profile("fine", 3.0)]
+    made = tradeoff_table(profiles, caps, queries)
+    assert any("below 0" in note and "fast, slow" in note for note in made.notes), made.notes
+    objectives = {**DEFAULT_OBJECTIVES, "mine": "accuracy"}
+    ranks = rank_models(made.table, objectives).set_index(["objective", "model"])["rank"]
+    for objective in DEFAULT_OBJECTIVES:
+        assert ranks[(objective, "fine")] == 1
+        assert math.isnan(ranks[(objective, "fast")]) and math.isnan(ranks[(objective, "slow")])
+    assert [ranks[("mine", m)] for m in ("fine", "fast", "slow")] == [1, 2, 3]

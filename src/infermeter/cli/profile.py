@@ -9,6 +9,7 @@ from infermeter import requests as rq
 from infermeter.cli import console as cli_console
 from infermeter.cli import options as o
 from infermeter.cli.console import out, print_fit, print_notes, progress, say, show, user_errors
+from infermeter.errors import UserError
 from infermeter.workloads.queries import parse_list
 
 
@@ -33,6 +34,16 @@ def models(r: rq.ModelsRequest) -> None:
         show(facts, "Spec as infermeter reads it")
         show(per_batch, f"One decode step at context {context}")
     else:
+        with_show = {
+            "--context": r.context is not None,
+            "--dtype": r.dtype is not None,
+            "--batch-sizes": r.batch_sizes != rq.SHOW_BATCH_SIZES,
+        }
+        given = [flag for flag, set_here in with_show.items() if set_here]
+        if given:  # never silently ignored
+            raise UserError(
+                f"{', '.join(given)} only apply to --show MODEL; add --show or drop them"
+            )
         show(catalog_view(r.family), "Model catalog (any Hugging Face config.json works too)")
 
 

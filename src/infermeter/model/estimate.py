@@ -114,14 +114,18 @@ class Pricing:
     def describe(self) -> str:
         """'1 × h200-sxm ($10.6/h, 700 W rated each)', for a nominal part '1 × cpu (nominal:
         $4.8384/h, 350 W rated each)', and with figures from elsewhere '1 × cpu ($1/h, 100 W
-        rated each; $/h and W from hardware config hw.toml)': the title of an estimates table
-        (describe_pricing's notes say what nominal means and how to price your own)."""
-        nominal = "nominal: " if self.nominal else ""
+        rated each; $/h and W from hardware config hw.toml)', where only one figure is still
+        the nominal part's, that one marked: '1 × cpu ($2/h, nominal 350 W rated each; $/h
+        from hardware config hw.json)'. The title of an estimates table (describe_pricing's
+        notes say what nominal means and how to price your own)."""
+        both = self.nominal and not self.price_from and not self.power_from
+        price_tag = "nominal " if self.nominal and not both and not self.price_from else ""
+        power_tag = "nominal " if self.nominal and not both and not self.power_from else ""
         origins = self.origins()
         return (
-            f"{self.num_accelerators} × {self.accelerator} ({nominal}"
-            f"${self.price_per_hour_usd:g}/h, {self.power_watts:g} W rated each"
-            f"{'; ' + origins if origins else ''})"
+            f"{self.num_accelerators} × {self.accelerator} ({'nominal: ' if both else ''}"
+            f"{price_tag}${self.price_per_hour_usd:g}/h, {power_tag}{self.power_watts:g} W "
+            f"rated each{'; ' + origins if origins else ''})"
         )
 
 

@@ -54,9 +54,10 @@ METRICS: dict[str, str] = {
 # accuracy / log(1 + runtime in ms): log(1 + x) is positive and rising for every x > 0, so the
 # score rises with accuracy (a score >= 0) and falls with runtime for any positive runtime, and
 # above ~100 ms it is within 0.3% of the log of the runtime in ms (log(1 + x) - log(x) < 1/x).
+RUNTIME_OBJECTIVE = "accuracy / runtime in s"
 LOG_RUNTIME_OBJECTIVE = "accuracy / log(1 + runtime in ms)"
 DEFAULT_OBJECTIVES: dict[str, str] = {
-    "accuracy / runtime": "accuracy / idealized_runtime_s",
+    RUNTIME_OBJECTIVE: "accuracy / idealized_runtime_s",
     LOG_RUNTIME_OBJECTIVE: f"accuracy / log1p(idealized_runtime_s * {MS_PER_S:g})",
 }
 
@@ -345,8 +346,8 @@ def tradeoff_table(
     if negative:
         notes.append(
             f"a score below 0 ({', '.join(negative[:8])}): the default objectives divide the "
-            "score by a cost, which ranks a negative score higher the costlier its model; rank "
-            "such scores with your own --objective"
+            "score by a cost, which would rank a negative score higher the costlier its model, "
+            "so they leave it unranked; rank such scores with your own --objective"
         )
     if not rows:
         raise UserError(
@@ -480,12 +481,15 @@ def rank_models(table: pd.DataFrame, objectives: Mapping[str, str] | None = None
 
     The default objectives (DEFAULT_OBJECTIVES: accuracy / runtime and accuracy / log(1 +
     runtime in ms)) never rank a model below one it matches or beats on both accuracy (a
-    score >= 0) and runtime. A value of +inf (a score over a cost that rounds to 0) ranks
-    first and -inf last; NaN (no runtime, say) is not ranked."""
+    score >= 0) and runtime; they leave a score below 0 unranked (dividing it by a cost would
+    rank it higher the costlier its model). A value of +inf (a score over a cost that rounds
+    to 0) ranks first and -inf last; NaN (no runtime, say) is not ranked."""
     objectives = dict(objectives or DEFAULT_OBJECTIVES)
     frames = []
     for name, expression in objectives.items():
         values = evaluate_objective(table, expression)
+        if expression in DEFAULT_OBJECTIVES.values() and "accuracy" in table:
+            values = values.where(table["accuracy"] >= 0)  # score / cost inverts below 0
         frame = table[["scenario", "model"]].assign(objective=name, value=values.to_numpy())
         frame["rank"] = frame.groupby("scenario")["value"].rank(ascending=False, method="min")
         frames.append(frame[["objective", "scenario", "model", "value", "rank"]])
