@@ -8,7 +8,7 @@ import json
 
 import torch
 
-from infermeter.engine import kernels, mla_kernels, moe_kernels, select
+from infermeter.engine import gemv_kernels, kernels, mla_kernels, moe_kernels, select
 from infermeter.engine.generate import Engine
 from infermeter.engine.select import _check_newer_kernels
 from infermeter.spec.catalog import get_spec
@@ -35,6 +35,15 @@ def gemv_errors(dtype: torch.dtype) -> dict[str, float]:
         "one_tile": (  # the engine's self-check: one tile, nothing tuned
             kernels.small_linear(x, w, bias, res, tuned=False),
             x.float() @ w.float().T + bias.float() + res.float(),
+        ),
+        # one token: whole rows a program (gemv_kernels), K = 320 split as 256 + 64
+        "one_token": (
+            kernels.small_linear(x[:1], w, bias, res[:1]),
+            x[:1].float() @ w.float().T + bias.float() + res[:1].float(),
+        ),
+        "one_token_looped": (
+            kernels.small_linear(x[:1], w, bias, res[:1], whole_rows=False),
+            x[:1].float() @ w.float().T + bias.float() + res[:1].float(),
         ),
     }
     return {
@@ -66,21 +75,33 @@ def gemv_self_check() -> dict[str, object]:
     times it enters the GEMV's autotuner (none: it runs one tile, so that a GPU does not
     compile and time 12 tiles for its 96-row shape), and then a tuned call (one)."""
     engine = Engine(get_spec("tiny-llama"), device="cpu", dtype=torch.float32)
-    tuner = kernels._small_linear
-    real, entered = tuner.run, []
+    entered: dict[str, list[int]] = {"looped": [], "rows": []}
+    tuners = {"looped": kernels._small_linear, "rows": gemv_kernels._rows_gemv}
+    real = {name: tuner.run for name, tuner in tuners.items()}
 
-    def counted(*args, **kwargs):
-        entered.append(1)
-        return real(*args, **kwargs)
+    def counter(name: str):
+        def counted(*args, **kwargs):
+            entered[name].append(1)
+            return real[name](*args, **kwargs)
 
-    tuner.run = counted
+        return counted
+
+    for name, tuner in tuners.items():
+        tuner.run = counter(name)
     try:
         problem = select._check_kernels(engine.model, kernels)
-        in_check = len(entered)
-        kernels.small_linear(torch.randn(1, 64), torch.randn(32, 64))
+        in_check = sum(len(v) for v in entered.values())
+        kernels.small_linear(torch.randn(2, 64), torch.randn(32, 64))  # looped: M = 2
+        kernels.small_linear(torch.randn(1, 64), torch.randn(32, 64))  # whole rows: M = 1
     finally:
-        tuner.run = real
-    return {"problem": problem, "tuner_in_check": in_check, "tuner_after": len(entered)}
+        for name, tuner in tuners.items():
+            tuner.run = real[name]
+    return {
+        "problem": problem,
+        "tuner_in_check": in_check,
+        "tuner_after": len(entered["looped"]),
+        "rows_tuner_after": len(entered["rows"]),
+    }
 
 
 def _rel(got: torch.Tensor, want: torch.Tensor) -> float:

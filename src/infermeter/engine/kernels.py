@@ -11,7 +11,8 @@ that the profile of a LLaMA-7B step on an H100 showed as slow:
   an in-kernel bias, so every position scheme takes this path.
 - rope_store: rotates Q and K (interleaved pairs) in place and writes K, V into the cache slot.
 - rms_norm, silu_mul: one launch each instead of several.
-- small_linear: the GEMV of every projection, bias and residual add in its epilogue.
+- small_linear: the GEMV of every projection, bias and residual add in its epilogue (one
+  token: gemv_kernels.rows_gemv, whole rows a program).
 
 On Hopper and later every kernel is launched with programmatic dependent launch (PDL): the
 next kernel of the graph is scheduled while this one drains and waits on the device
@@ -410,14 +411,19 @@ def _tile_bench(kernel_call: Callable[[], None], quantiles: tuple[float, ...]) -
     )
 
 
-def autotune(configs: list[triton.Config], key: list[str]) -> Callable[..., object]:
+def autotune(
+    configs: list[triton.Config], key: list[str], prune: Callable[..., list] | None = None
+) -> Callable[..., object]:
     """`triton.autotune` that keeps its choice in Triton's on-disk cache where this Triton can
     (3.4 and later; ignored under the interpreter), so that the profile's process and a user's
     later process run the same tiles. Triton keys a kept choice on its own version, the GPU
     architecture (not the GPU model), the kernel's source, the configs, the shape key and the
     dtypes. A kept choice that cannot be read or written is tuned in memory instead and named
-    in tiles_note(), never an error at the kernel's first call. Tiles are timed by _tile_bench."""
-    keep = {"cache_results": True} if _KEEPS_CHOICE else {}
+    in tiles_note(), never an error at the kernel's first call. Tiles are timed by _tile_bench;
+    `prune(configs, named_args, **kwargs)` keeps those worth timing for a call's shape."""
+    keep: dict[str, Any] = {"cache_results": True} if _KEEPS_CHOICE else {}
+    if prune is not None:
+        keep["prune_configs_by"] = {"early_config_prune": prune}
     decorate = triton.autotune(configs=configs, key=key, do_bench=_tile_bench, **keep)
 
     def wrap(fn: object) -> object:
@@ -545,14 +551,23 @@ def small_linear(
     residual: Tensor | None = None,
     *,
     tuned: bool = True,
+    whole_rows: bool = True,
 ) -> Tensor:
     """residual + x @ w.T + bias for x [M <= 16, K]: streams w once, faster than cuBLAS's GEMV
-    on an H100 for the LLaMA shapes (wider tiles, no split-K reduction pass). With
+    on an H100 for the LLaMA shapes (wider tiles, no split-K reduction pass). One token (M =
+    1) takes gemv_kernels.rows_gemv instead where its row fits (whole rows, every load in
+    flight at once: faster again at every shape gemv_sweep.md swept); `whole_rows=False`
+    keeps it on this kernel (ablations). With
     `tuned=False`, one tile (the first config) and no autotuning: for the self-check of the
     kernel's arithmetic (bias, residual, ragged edges), so that it does not compile and time 12
     tiles for a shape no model runs. The tiles differ in block sizes, warps and stages only,
     and each is compiled and run when it is tuned at a model's first decode step."""
     m, k = x.shape
+    if m == 1 and tuned and whole_rows and x.stride(1) == 1 and w.stride(1) == 1:
+        from infermeter.engine import gemv_kernels  # imports this module: not at the top
+
+        if gemv_kernels.fits(k):
+            return gemv_kernels.rows_gemv(x, w, bias=bias, residual=residual)
     n = w.shape[0]
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     res = residual if residual is not None else y

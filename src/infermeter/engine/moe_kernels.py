@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from infermeter.engine.gemv_kernels import GLU, _glu, rows_gemv
 from infermeter.engine.kernels import _grid_sync, _launch, autotune, tile_configs
 
 DECODE_BLOCK_M = 16  # the smallest tile of a tensor-core dot
@@ -66,30 +67,6 @@ def align(ids: Tensor, experts: int, block_m: int) -> tuple[Tensor, Tensor]:
     owner = torch.searchsorted(ends, starts, right=True)
     block_experts = torch.where(owner < experts, owner, -1).to(torch.int32)
     return rows, block_experts
-
-
-GLU = {"swiglu": 1, "geglu": 2, "clamped_swiglu": 3}  # fused gated activations
-
-
-@triton.jit
-def _tanh(x):
-    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
-
-
-@triton.jit
-def _glu(gate, up, ACT: tl.constexpr, limit, alpha):
-    """The gated activation of a GEMM epilogue (float32): ACT 0 none (gate returned), 1 SiLU,
-    2 tanh-GELU, 3 gpt-oss's clamped SiLU (limit, alpha)."""
-    if ACT == 1:
-        gate = gate * tl.sigmoid(gate) * up
-    elif ACT == 2:
-        inner = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
-        gate = 0.5 * gate * (1.0 + _tanh(inner)) * up
-    elif ACT == 3:
-        gate = tl.minimum(gate, limit)
-        up = tl.minimum(tl.maximum(up, -limit), limit)
-        gate = gate * tl.sigmoid(alpha * gate) * (up + 1.0)
-    return gate
 
 
 def _gemm_configs() -> list[triton.Config]:
@@ -196,63 +173,6 @@ def grouped_linear(
     return out
 
 
-def _gemv_configs() -> list[triton.Config]:
-    """Tiles of the one-token expert GEMV: few rows per program, so that k experts' columns
-    alone keep every SM streaming (Mixtral's 2 experts, Qwen3's 8 of 768 columns)."""
-    return tile_configs([
-        (4, 512, 4, 3), (8, 256, 4, 3), (8, 512, 4, 2), (16, 256, 4, 3),
-        (16, 512, 8, 2), (32, 128, 4, 3), (32, 256, 8, 2), (64, 128, 8, 2),
-    ], interpreted=(8, 64))  # fmt: skip
-
-
-@autotune(_gemv_configs(), key=["N", "K", "ACT", "PAIRS", "SUM"])
-@triton.jit
-def _expert_gemv(
-    A, W, Bias, Scale, Out, Ids,
-    N, K, a_div, limit, alpha, stride_am, stride_we, stride_wn, stride_be, stride_om,
-    PAIRS: tl.constexpr, SUM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
-    PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACT: tl.constexpr = 0,
-):  # fmt: skip
-    """One token's pairs p (its k choices), GEMVs on CUDA cores, no tile padding to 16 rows:
-    out[p] = _glu(A[p // a_div]·W[expert(p)]ᵀ + bias)(· scale[p]); with SUM one program
-    walks all PAIRS pairs for its columns and writes their sum (out [1, N]), so no separate
-    reduction over k follows."""
-    _grid_sync(PDL)
-    first = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    nmask = cols < N
-    total = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for j in range(PAIRS if SUM else 1):
-        pair = first + j
-        expert = tl.load(Ids + pair).to(tl.int64)
-        a_base = A + (pair // a_div).to(tl.int64) * stride_am
-        w_base = W + expert * stride_we + cols[:, None] * stride_wn
-        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-        up = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            kk = k0 + tl.arange(0, BLOCK_K)
-            kmask = kk < K
-            a = tl.load(a_base + kk, mask=kmask, other=0.0).to(tl.float32)[None, :]
-            wmask = nmask[:, None] & kmask[None, :]
-            acc += tl.load(w_base + kk[None, :], mask=wmask, other=0.0).to(tl.float32) * a
-            if ACT > 0:
-                wu = tl.load(w_base + N * stride_wn + kk[None, :], mask=wmask, other=0.0)
-                up += wu.to(tl.float32) * a
-        gate = tl.sum(acc, 1)
-        up_sum = tl.sum(up, 1)
-        if HAS_BIAS:
-            gate += tl.load(Bias + expert * stride_be + cols, mask=nmask, other=0.0).to(tl.float32)
-            if ACT > 0:
-                bias_up = tl.load(Bias + expert * stride_be + N + cols, mask=nmask, other=0.0)
-                up_sum += bias_up.to(tl.float32)
-        y = _glu(gate, up_sum, ACT, limit, alpha)
-        if HAS_SCALE:
-            y *= tl.load(Scale + pair)
-        total += y
-    row = 0 if SUM else first
-    tl.store(Out + row * stride_om + cols, total.to(Out.dtype.element_ty), mask=nmask)
-
-
 def expert_gemv(
     a: Tensor,
     w: Tensor,
@@ -267,24 +187,16 @@ def expert_gemv(
 ) -> Tensor:
     """grouped_linear() for the k pairs of ONE token, without the expert-sorted layout: ids
     [1, k] (distinct experts, as top-k gives them), a [rows_a, K], w [E, N(·2), K] ->
-    out [k, N] in a's dtype, or with `total` their sum [1, N]. Each chosen expert is read
-    once; a batch-1 decode step's MoE layer is then router GEMV, route_align (whose padded
-    layout goes unused here) and two of these, plus the sum over k in the "pairs" mode.
-    a and w must be contiguous along K (ValueError otherwise).
+    out [k, N] in a's dtype, or with `total` their sum [1, N]. Each chosen expert's rows are
+    read once, whole (gemv_kernels.rows_gemv); a batch-1 decode step's MoE layer is then
+    router GEMV, route_align (whose padded layout goes unused here) and two of these, plus
+    the sum over k in the "pairs" mode. ValueError where a or w is not contiguous along K
+    or a row does not fit (the engine's self-check then keeps the grouped GEMM).
     """
-    _unit_stride(a, w)
-    pairs = ids.numel()
-    n, k = w.shape[1] // (2 if act else 1), w.shape[2]
-    out = torch.empty(1 if total else pairs, n, device=a.device, dtype=a.dtype)
-    grid = lambda meta: (1 if total else pairs, triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
-    _expert_gemv[grid](
-        a, w, bias if bias is not None else w, scale if scale is not None else w, out, ids,
-        n, k, a_div, limit, alpha, a.stride(0), w.stride(0), w.stride(1),
-        bias.stride(0) if bias is not None else 0, out.stride(0),
-        PAIRS=pairs, SUM=total, HAS_BIAS=bias is not None, HAS_SCALE=scale is not None,
-        ACT=GLU[act] if act else 0, **_launch(a.device),
+    return rows_gemv(
+        a, w, ids=ids.reshape(-1), a_div=a_div, bias=bias, scale=scale, act=act, total=total,
+        limit=limit, alpha=alpha,
     )  # fmt: skip
-    return out
 
 
 FUSED_PAIRS = 64  # route_align's limit: tokens x k (padded to powers of two)

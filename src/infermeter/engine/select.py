@@ -143,6 +143,11 @@ def _check_kernels(model: Decoder, kernels: Any) -> str | None:
         want = x.float() @ w.float().T + bias.float() + res.float()
         if not _close(kernels.small_linear(x, w, bias, res, tuned=False), want):
             return "Triton GEMV self-check mismatch"
+        from infermeter.engine import gemv_kernels
+
+        one = gemv_kernels.rows_gemv(x[:1], w, bias=bias, residual=res[:1], tile=ROWS_TILE)
+        if not _close(one, want[:1]):
+            return "Triton one-token GEMV self-check mismatch"
         problem = _check_newer_kernels(model, kernels)
         if problem is not None:
             return problem
@@ -255,6 +260,8 @@ def moe_problem(model: Decoder, moe: Any) -> str | None:
 
 
 GEMV_MODES = ("sum", "pairs")
+# the self-check's one tile of gemv_kernels.rows_gemv (both pieces of K where it splits)
+ROWS_TILE = {"BLOCK_N": 2, "SPLIT": True, "num_warps": 4}
 
 
 def moe_gemv_modes() -> tuple[str | None, ...]:
