@@ -93,6 +93,18 @@ def test_one_token_expert_gemvs_match_the_expert_loop(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny-gpt-oss", "tiny-qwen3-moe", "tiny-deepseek-v2"])
+@pytest.mark.parametrize("mode", ["sum", "pairs", "grouped"])
+def test_one_token_moe_block_folds_the_residual_in(
+    interpreted: dict, model: str, mode: str
+) -> None:
+    """Batch-1 decode: the residual rides in the down GEMV's epilogue ("sum"), and with
+    shared experts (DeepSeek-V2) the routed output rides in the shared down GEMV's; the
+    block's output matches the plain path that adds them after."""
+    assert interpreted["moe_residual"][f"{model}_{mode}"] < 1e-5
+
+
+@pytest.mark.slow
 def test_batch1_paths_time_every_mode_and_price_out_a_failing_one(interpreted: dict) -> None:
     """The start-up choice: every mode timed (clock injected) after its own self-check; a
     GEMV variant that gives wrong numbers gets no time and a one-line reason."""

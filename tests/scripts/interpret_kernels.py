@@ -132,6 +132,31 @@ def moe_errors() -> dict[str, float]:
     return out
 
 
+def moe_residual_errors() -> dict[str, float]:
+    """A whole MoE block's forward at one token with the residual (and, for DeepSeek-V2,
+    the shared experts) folded into the last GEMV's epilogue, each GEMV mode, against the
+    plain path (per-expert loop, torch linears, the residual added after)."""
+    out = {}
+    for name in ("tiny-gpt-oss", "tiny-qwen3-moe", "tiny-deepseek-v2"):
+        engine = Engine(get_spec(name), device="cpu", dtype=torch.float32, seed=3)
+        moe = next(b.moe for b in engine.model.layers if b.moe is not None)
+        gen = torch.Generator().manual_seed(2)
+        x = torch.randn(1, engine.spec.hidden_size, generator=gen)
+        moe.path, moe.gemv = "loop", None
+        # a residual as large as the block's own output (random weights give ~1e-3), so
+        # that an error in either shows
+        scale = moe.forward(x, None, None).abs().max()
+        res = torch.randn(1, engine.spec.hidden_size, generator=gen) * scale
+        want = moe.forward(x, res, None)
+        moe.kernels, moe.path = moe_kernels, "triton"
+        for mode in ("sum", "pairs"):
+            moe.gemv = mode
+            out[f"{name}_{mode}"] = _rel(moe.forward(x, res, kernels), want)
+        moe.gemv = None
+        out[f"{name}_grouped"] = _rel(moe.forward(x, res, kernels), want)
+    return out
+
+
 def batch1_choice() -> dict[str, object]:
     """select.batch1_paths on a tiny MoE layer through the interpreted kernels, with its
     clock injected (the modes' times are the subject, and a CPU has no CUDA events): each
@@ -284,6 +309,7 @@ def main() -> None:
         },
         "gemv_self_check": gemv_self_check(),
         "moe": moe_errors(),
+        "moe_residual": moe_residual_errors(),
         "batch1_choice": batch1_choice(),
         "routing": routing_checks(),
         "latent": latent_error(),

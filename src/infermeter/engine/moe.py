@@ -162,10 +162,12 @@ class MoELayer(nn.Module):
             "alpha": self.extra.get("swiglu_alpha", 1.702),
         }
 
-    def _one_token(self, x: Tensor, ids: Tensor, weights: Tensor) -> Tensor:
+    def _one_token(
+        self, x: Tensor, ids: Tensor, weights: Tensor, residual: Tensor | None = None
+    ) -> Tensor:
         """A batch-1 decode step's experts: GEMVs of the k chosen experts (expert_gemv), the
-        gated activation in the first one's epilogue; the second sums over k itself ("sum")
-        or writes k rows summed after it ("pairs")."""
+        gated activation in the first one's epilogue; the second sums over k itself ("sum",
+        adding `residual` in its epilogue too) or writes k rows summed after it ("pairs")."""
         k, topk = self.kernels, ids.shape[1]
         if self.gated:
             y = k.expert_gemv(
@@ -175,12 +177,16 @@ class MoELayer(nn.Module):
         else:
             y = self._act(k.expert_gemv(x, self.w13, ids, topk, self.b13), 0)
         bias = self.b2 if self.lead else None
-        total = self.gemv == "sum"
-        y = k.expert_gemv(y, self.w2, ids, 1, bias, weights.reshape(-1), total=total)
-        return y if total else y.sum(0, keepdim=True)
+        if self.gemv == "sum":
+            return k.expert_gemv(
+                y, self.w2, ids, 1, bias, weights.reshape(-1), total=True, residual=residual
+            )
+        y = k.expert_gemv(y, self.w2, ids, 1, bias, weights.reshape(-1)).sum(0, keepdim=True)
+        return y if residual is None else y + residual
 
-    def _routed(self, x: Tensor, fast: Any) -> Tensor:
-        """The routed experts' output: decode sizes route and align in one Triton launch."""
+    def _routed(self, x: Tensor, fast: Any, residual: Tensor | None = None) -> Tensor:
+        """The routed experts' output (+ residual): decode sizes route and align in one Triton
+        launch (one token on the GEMVs: routing alone, no layout to build)."""
         cfg, k = self.cfg, self.kernels
         tokens = x.shape[0]
         fused = (
@@ -190,23 +196,28 @@ class MoELayer(nn.Module):
         )
         if fused:
             logits = linear(x, self.router, self.router_bias, fast)
+            gemv = tokens == 1 and self.gemv is not None
             ids, weights, rows, blocks = k.route_align(
                 logits, cfg.experts_per_token, sigmoid=cfg.scoring == "sigmoid",
                 normalize=cfg.normalize, scale=cfg.scale, score_bias=self.score_bias,
+                layout=not gemv,
             )  # fmt: skip
             if self.record:
                 self.last_ids = ids
-            if tokens == 1 and self.gemv:
-                return self._one_token(x, ids, weights)
-            return self._triton(x, ids, weights, (rows, blocks))
-        ids, weights = self.route(x)
-        experts = {"triton": self._triton, "dense": self._dense}.get(self.path, self._loop)
-        return experts(x, ids, weights)
+            if gemv:
+                return self._one_token(x, ids, weights, residual)
+            assert rows is not None and blocks is not None
+            y = self._triton(x, ids, weights, (rows, blocks))
+        else:
+            ids, weights = self.route(x)
+            experts = {"triton": self._triton, "dense": self._dense}.get(self.path, self._loop)
+            y = experts(x, ids, weights)
+        return y if residual is None else y + residual
 
     def forward(self, x: Tensor, residual: Tensor | None, fast: Any = None) -> Tensor:
         """x [T, h] -> this rank's partial output (+ residual), to be all-reduced; `fast` is
         the Triton decode kernels module on the decode path (GEMVs), else None."""
-        y = self._routed(x, fast)
+        y = self._routed(x, fast, residual)  # the residual rides in its last kernel
         if self.ws_in is not None:
             assert self.ws_down is not None
             shared = linear(x, self.ws_in, None, fast)
@@ -214,8 +225,10 @@ class MoELayer(nn.Module):
                 shared = fast.silu_mul(shared, self.fs)
             else:
                 shared = self._act(shared, self.fs)
+            if self.shared_gate is None and fast is not None and x.shape[0] <= fast.SMALL_M:
+                return fast.small_linear(shared, self.ws_down, None, y)  # y added in epilogue
             s = linear(shared, self.ws_down, None, fast)
             if self.shared_gate is not None:
                 s = s * torch.sigmoid(F.linear(x, self.shared_gate))
             y = y + s
-        return y if residual is None else y + residual
+        return y

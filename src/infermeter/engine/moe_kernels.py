@@ -184,18 +184,19 @@ def expert_gemv(
     total: bool = False,
     limit: float = 7.0,
     alpha: float = 1.702,
+    residual: Tensor | None = None,
 ) -> Tensor:
     """grouped_linear() for the k pairs of ONE token, without the expert-sorted layout: ids
     [1, k] (distinct experts, as top-k gives them), a [rows_a, K], w [E, N(·2), K] ->
-    out [k, N] in a's dtype, or with `total` their sum [1, N]. Each chosen expert's rows are
-    read once, whole (gemv_kernels.rows_gemv); a batch-1 decode step's MoE layer is then
-    router GEMV, route_align (whose padded layout goes unused here) and two of these, plus
+    out [k, N] in a's dtype, or with `total` their sum [1, N] (+ residual [1, N]). Each
+    chosen expert's rows are read once, whole (gemv_kernels.rows_gemv); a batch-1 decode
+    step's MoE layer is then router GEMV, route_align (routing only) and two of these, plus
     the sum over k in the "pairs" mode. ValueError where a or w is not contiguous along K
     or a row does not fit (the engine's self-check then keeps the grouped GEMM).
     """
     return rows_gemv(
         a, w, ids=ids.reshape(-1), a_div=a_div, bias=bias, scale=scale, act=act, total=total,
-        limit=limit, alpha=alpha,
+        limit=limit, alpha=alpha, residual=residual,
     )  # fmt: skip
 
 
@@ -215,6 +216,7 @@ def _route_align(
     K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
     CAP: tl.constexpr, CHUNK: tl.constexpr, NB_PAD: tl.constexpr, BM: tl.constexpr,
     SIGMOID: tl.constexpr, NORMALIZE: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
+    LAYOUT: tl.constexpr = True,
 ):  # fmt: skip
     _grid_sync(PDL)
     t = tl.arange(0, BLOCK_T)
@@ -252,6 +254,8 @@ def _route_align(
     pair = t[:, None] * K + kk[None, :]
     tl.store(Ids + pair, ids, mask=valid)
     tl.store(Weights + pair, w, mask=valid)
+    if not LAYOUT:
+        return
     # the padded, expert-sorted layout of the pairs (align() below, in one program)
     pe = tl.reshape(tl.where(valid, ids, E), [BLOCK_T * K_PAD])
     pp = tl.reshape(pair, [BLOCK_T * K_PAD])
@@ -282,17 +286,19 @@ def route_align(
     normalize: bool = True,
     scale: float = 1.0,
     score_bias: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    layout: bool = True,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Router logits [T, E] -> (ids [T, k] int64, weights [T, k] float32, rows, block_experts)
     as route() + align(ids, E, DECODE_BLOCK_M) give them, in one launch; for
-    fused_routing(T, k, E) sizes only."""
+    fused_routing(T, k, E) sizes only. Without `layout` (one token on the expert GEMVs,
+    which read ids alone) the padded layout is not built and rows, block_experts are None."""
     tokens, experts = logits.shape
     cap = capacity(tokens * k, experts, DECODE_BLOCK_M)
     device = logits.device
     ids = torch.empty(tokens, k, device=device, dtype=torch.long)
     weights = torch.empty(tokens, k, device=device, dtype=torch.float32)
-    rows = torch.empty(cap, device=device, dtype=torch.int32)
-    blocks = torch.empty(cap // DECODE_BLOCK_M, device=device, dtype=torch.int32)
+    rows = torch.empty(cap if layout else 1, device=device, dtype=torch.int32)
+    blocks = torch.empty(cap // DECODE_BLOCK_M if layout else 1, device=device, dtype=torch.int32)
     chunk = min(128, triton.next_power_of_2(cap))
     _route_align[(1,)](
         logits, score_bias if score_bias is not None else logits, ids, weights, rows, blocks,
@@ -300,7 +306,7 @@ def route_align(
         K=k, K_PAD=triton.next_power_of_2(k), BLOCK_T=triton.next_power_of_2(tokens),
         BLOCK_E=max(16, triton.next_power_of_2(experts)), CAP=cap, CHUNK=chunk,
         NB_PAD=triton.next_power_of_2(cap // DECODE_BLOCK_M), BM=DECODE_BLOCK_M,
-        SIGMOID=sigmoid, NORMALIZE=normalize, HAS_BIAS=score_bias is not None,
+        SIGMOID=sigmoid, NORMALIZE=normalize, HAS_BIAS=score_bias is not None, LAYOUT=layout,
         num_warps=4, **_launch(device),
     )  # fmt: skip
-    return ids, weights, rows, blocks
+    return (ids, weights, rows, blocks) if layout else (ids, weights, None, None)
