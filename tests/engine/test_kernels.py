@@ -71,6 +71,29 @@ def test_triton_decode_gives_the_tokens_of_the_plain_path(interpreted: dict, mod
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "model",
+    [
+        "tiny-llama",
+        "tiny-gptj",
+        "tiny-bloom",
+        "tiny-qwen3-moe",
+        "tiny-deepseek-v2",
+        "tiny-gpt-oss",
+        "tiny-gemma2",
+    ],
+)
+def test_batch1_triton_decode_gives_the_tokens_of_the_plain_path(
+    interpreted: dict, model: str
+) -> None:
+    """One sequence: every GEMV a whole-rows one, with the pre-norms applied as x is loaded
+    and gated activations in the epilogue (MoE: expert GEMVs, residual folded in)."""
+    tokens = interpreted["tokens_batch1"][model]
+    assert len(tokens["sdpa"]) == 1 and len(tokens["sdpa"][0]) == 6
+    assert tokens["triton"] == tokens["sdpa"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny-gpt-oss", "tiny-qwen3-moe"])
 @pytest.mark.parametrize("tokens", [1, 3, 40])
 def test_moe_triton_path_matches_the_expert_loop(

@@ -52,7 +52,7 @@ def gemv_errors(dtype: torch.dtype) -> dict[str, float]:
     }
 
 
-def decode_tokens(name: str, path: str) -> list[list[int]]:
+def decode_tokens(name: str, path: str, batch: int = 2) -> list[list[int]]:
     """Greedy tokens of a float32 tiny model with decode attention `path` (sdpa or triton);
     the triton path also runs its MoE layers through the grouped GEMM."""
     engine = Engine(get_spec(name), device="cpu", dtype=torch.float32, cuda_graphs=False)
@@ -67,7 +67,7 @@ def decode_tokens(name: str, path: str) -> list[list[int]]:
                 block.moe.gemv = "sum"
     # two lengths (per-sequence slots); 20 + 6 tokens pass the 16-token windows (ring wraps)
     prompts = [[5, 9, 3, 7, 11, 2, 8, 4, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [6, 1, 12, 3]]
-    return engine.generate(prompts, 6).tokens
+    return engine.generate(prompts[:batch], 6).tokens
 
 
 def gemv_self_check() -> dict[str, object]:
@@ -299,6 +299,10 @@ def main() -> None:
         "gemv_float16": gemv_errors(torch.float16),
         "tokens": {
             name: {path: decode_tokens(name, path) for path in ("sdpa", "triton")}
+            for name in (*DENSE, *NEWER)
+        },
+        "tokens_batch1": {  # one token a step: whole-rows GEMVs, norms and GLUs fused
+            name: {path: decode_tokens(name, path, 1) for path in ("sdpa", "triton")}
             for name in (*DENSE, *NEWER)
         },
         "self_checks": {

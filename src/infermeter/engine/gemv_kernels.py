@@ -60,10 +60,21 @@ def _glu(gate, up, ACT: tl.constexpr, limit, alpha):
 
 
 @triton.jit
+def _inv_rms(A, p, pmask, K, a_div, stride_am, eps, K_WHOLE: tl.constexpr):
+    """1 / sqrt(mean(a²) + eps) of each pair's row of A ([P], float32): the RMSNorm scale."""
+    kk = tl.arange(0, K_WHOLE)
+    a_ptr = A + (p // a_div).to(tl.int64)[:, None] * stride_am + kk[None, :]
+    a = tl.load(a_ptr, mask=pmask[:, None] & (kk < K)[None, :], other=0.0).to(tl.float32)
+    return tl.rsqrt(tl.sum(a * a, 1) / K + eps)
+
+
+@triton.jit
 def _dot_rows(A, W, expert, p, cols, pmask, nmask, K, a_div, stride_am, stride_we, stride_wn,
-              off, N_UP, KC: tl.constexpr, ACT: tl.constexpr):  # fmt: skip
+              off, N_UP, NormW, inv, KC: tl.constexpr, ACT: tl.constexpr,
+              NORM: tl.constexpr):  # fmt: skip
     """Columns [off, off + KC) of K: (gate, up) partial sums [P, BLOCK_N] in float32 (up is
-    gate where ACT is 0)."""
+    gate where ACT is 0); with NORM, A's rows are RMSNorm-ed first (scale inv [P], weight
+    NormW [K])."""
     kk = off + tl.arange(0, KC)
     kmask = kk < K
     w_ptr = (
@@ -77,6 +88,8 @@ def _dot_rows(A, W, expert, p, cols, pmask, nmask, K, a_div, stride_am, stride_w
         w_up = tl.load(w_ptr + N_UP * stride_wn, mask=w_mask, other=0.0)
     a_ptr = A + (p // a_div).to(tl.int64)[:, None] * stride_am + kk[None, :]
     a = tl.load(a_ptr, mask=pmask[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+    if NORM:
+        a *= inv[:, None] * tl.load(NormW + kk, mask=kmask, other=0.0).to(tl.float32)[None, :]
     gate = tl.sum(w.to(tl.float32) * a[:, None, :], 2)
     up = gate
     if ACT > 0:
@@ -137,11 +150,11 @@ def fits(k: int, pairs: int = 1, glu: bool = False) -> bool:
 @autotune(_tiles(), key=["N", "K", "P", "SUM", "HAS_IDS", "ACT"], prune=_fitting)
 @triton.jit
 def _rows_gemv(
-    A, W, Bias, Scale, Res, Out, Ids,
-    N, K, pairs, a_div, limit, alpha,
+    A, W, Bias, Scale, Res, Out, Ids, NormW,
+    N, K, pairs, a_div, limit, alpha, eps,
     stride_am, stride_we, stride_wn, stride_be, stride_rm, stride_om,
     P: tl.constexpr, SUM: tl.constexpr, HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_SCALE: tl.constexpr, HAS_RES: tl.constexpr, PDL: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_RES: tl.constexpr, NORM: tl.constexpr, PDL: tl.constexpr,
     K_WHOLE: tl.constexpr, K_LOW: tl.constexpr, K_REST: tl.constexpr, ACT: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
 ):  # fmt: skip
@@ -154,22 +167,25 @@ def _rows_gemv(
         expert = tl.load(Ids + p, mask=pmask, other=0).to(tl.int64)
     else:
         expert = tl.zeros([P], dtype=tl.int64)
+    inv = tl.zeros([P], dtype=tl.float32)
+    if NORM:
+        inv = _inv_rms(A, p, pmask, K, a_div, stride_am, eps, K_WHOLE)
     if SPLIT:
         gate, up = _dot_rows(
             A, W, expert, p, cols, pmask, nmask, K, a_div, stride_am, stride_we, stride_wn,
-            0, N, K_LOW, ACT,
+            0, N, NormW, inv, K_LOW, ACT, NORM,
         )  # fmt: skip
         if K_REST > 0:
             gate_b, up_b = _dot_rows(
                 A, W, expert, p, cols, pmask, nmask, K, a_div, stride_am, stride_we, stride_wn,
-                K_LOW, N, K_REST, ACT,
+                K_LOW, N, NormW, inv, K_REST, ACT, NORM,
             )  # fmt: skip
             gate += gate_b
             up += up_b
     else:
         gate, up = _dot_rows(
             A, W, expert, p, cols, pmask, nmask, K, a_div, stride_am, stride_we, stride_wn,
-            0, N, K_WHOLE, ACT,
+            0, N, NormW, inv, K_WHOLE, ACT, NORM,
         )  # fmt: skip
     if HAS_BIAS:
         b_ptr = Bias + expert[:, None] * stride_be + cols[None, :]
@@ -207,6 +223,7 @@ def rows_gemv(
     total: bool = False,
     limit: float = 7.0,
     alpha: float = 1.702,
+    norm: tuple[Tensor, float] | None = None,
     tile: dict[str, Any] | None = None,
 ) -> Tensor:
     """One token's GEMVs, in a's dtype.
@@ -214,7 +231,9 @@ def rows_gemv(
     Dense: a [1, K], w [N, K] -> [1, N] (+ bias [N])(+ residual [1, N]). Experts: ids [pairs]
     (int), w [E, N(·2), K], a [rows, K] read at row p // a_div -> [pairs, N], or with `total`
     their sum [1, N]; bias [E, N(·2)], scale [pairs]. With `act` (a GLU key) w holds [gate;
-    up] rows and the gated activation is applied. `tile` ({"BLOCK_N", "SPLIT", "num_warps"})
+    up] rows and the gated activation is applied. `norm` (weight [K], eps): a's rows are
+    RMSNorm-ed as they are loaded (in float32; the pre-norm of a decoder block, so that no
+    kernel of its own writes them first). `tile` ({"BLOCK_N", "SPLIT", "num_warps"})
     runs that tile untuned (self-checks, sweeps); else the autotuned one.
 
     Raises ValueError where a and w are not contiguous along K, or where the row does not
@@ -238,12 +257,13 @@ def rows_gemv(
     kernel[grid](
         a, w, bias if bias is not None else w, scale if scale is not None else w,
         residual if residual is not None else out, out, ids if experts else w,
-        n, k, pairs, a_div, limit, alpha,
+        norm[0] if norm is not None else w,
+        n, k, pairs, a_div, limit, alpha, norm[1] if norm is not None else 0.0,
         a.stride(0), w.stride(0) if experts else 0, w.stride(-2),
         bias.stride(0) if bias is not None and experts else 0,
         residual.stride(0) if residual is not None else 0, out.stride(0),
         P=p_block, SUM=total, HAS_IDS=experts, HAS_BIAS=bias is not None,
-        HAS_SCALE=scale is not None, HAS_RES=residual is not None,
+        HAS_SCALE=scale is not None, HAS_RES=residual is not None, NORM=norm is not None,
         K_WHOLE=k_pieces(k, False)[0], K_LOW=k_pieces(k, True)[0], K_REST=k_pieces(k, True)[1],
         ACT=GLU[act] if act else 0, **_launch(a.device), **options,
     )  # fmt: skip

@@ -552,12 +552,14 @@ def small_linear(
     *,
     tuned: bool = True,
     whole_rows: bool = True,
+    norm: tuple[Tensor, float] | None = None,
 ) -> Tensor:
     """residual + x @ w.T + bias for x [M <= 16, K]: streams w once, faster than cuBLAS's GEMV
     on an H100 for the LLaMA shapes (wider tiles, no split-K reduction pass). One token (M =
     1) takes gemv_kernels.rows_gemv instead where its row fits (whole rows, every load in
     flight at once: faster again at every shape gemv_sweep.md swept); `whole_rows=False`
-    keeps it on this kernel (ablations). With
+    keeps it on this kernel (ablations). `norm` (weight [K], eps): x is RMSNorm-ed first,
+    inside the one-token kernel where it runs, else by rms_norm(). With
     `tuned=False`, one tile (the first config) and no autotuning: for the self-check of the
     kernel's arithmetic (bias, residual, ragged edges), so that it does not compile and time 12
     tiles for a shape no model runs. The tiles differ in block sizes, warps and stages only,
@@ -567,7 +569,9 @@ def small_linear(
         from infermeter.engine import gemv_kernels  # imports this module: not at the top
 
         if gemv_kernels.fits(k):
-            return gemv_kernels.rows_gemv(x, w, bias=bias, residual=residual)
+            return gemv_kernels.rows_gemv(x, w, bias=bias, residual=residual, norm=norm)
+    if norm is not None:
+        x = rms_norm(x, *norm)
     n = w.shape[0]
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     res = residual if residual is not None else y
@@ -582,6 +586,31 @@ def small_linear(
         HAS_BIAS=bias is not None, HAS_RES=residual is not None, **_launch(x.device), **tile,
     )  # fmt: skip
     return y
+
+
+def glu_linear(
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | None,
+    kind: str,
+    width: int,
+    norm: tuple[Tensor, float] | None = None,
+    limit: float = 7.0,
+    alpha: float = 1.702,
+) -> Tensor:
+    """act(gate)·up of y = norm(x) @ w.T + bias, w [2·width, K] = [gate; up] rows, kind one
+    of gemv_kernels.GLU's: one token in one kernel (the activation in the whole-rows GEMV's
+    epilogue), else small_linear and the activation kernel. [M, width]."""
+    from infermeter.engine import gemv_kernels
+
+    if x.shape[0] == 1 and x.stride(1) == 1 and gemv_kernels.fits(x.shape[1], 1, True):
+        return gemv_kernels.rows_gemv(
+            x, w, bias=bias, act=kind, norm=norm, limit=limit, alpha=alpha
+        )
+    y = small_linear(x, w, bias, norm=norm)
+    if kind == "swiglu":
+        return silu_mul(y, width)
+    return gated_act(y, width, kind, limit, alpha)
 
 
 # ---- the newer layouts' decode kernels (issue 20): one launch where torch takes several ----

@@ -43,11 +43,25 @@ class Norm(nn.Module):
         return F.rms_norm(x, x.shape[-1:], self.weight, self.eps)
 
 
-def linear(x: Tensor, w: Tensor, b: Tensor | None, fast: Any = None) -> Tensor:
-    """x @ w.T + b; a decode batch on the Triton path streams w through our GEMV kernel."""
+def linear(
+    x: Tensor, w: Tensor, b: Tensor | None, fast: Any = None, norm: Norm | None = None
+) -> Tensor:
+    """norm(x) @ w.T + b (`norm`: x's pre-norm, not yet applied; None: x as given); a decode
+    batch on the Triton path streams w through our GEMV kernel, which applies an RMSNorm
+    itself as it loads x (see fused_norm)."""
+    if norm is not None and fused_norm(norm, x, fast):
+        return fast.small_linear(x, w, b, norm=(norm.weight, norm.eps))
+    if norm is not None:
+        x = norm(x, fast)
     if fast is not None and x.shape[0] <= fast.SMALL_M:
         return fast.small_linear(x, w, b)
     return F.linear(x, w, b)
+
+
+def fused_norm(norm: Norm | None, x: Tensor, fast: Any) -> bool:
+    """Whether a GEMV on the Triton decode path applies `norm` to x itself: an RMSNorm, one
+    token (the whole-rows kernel loads all of x in each program)."""
+    return norm is not None and norm.bias is None and fast is not None and x.shape[0] == 1
 
 
 def activation(y: Tensor, kind: str, width: int, extra: dict[str, Any]) -> Tensor:

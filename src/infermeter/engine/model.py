@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from infermeter.engine.attention import LatentAttention, attend, window_mask
-from infermeter.engine.layers import Norm, activation, linear, param
+from infermeter.engine.layers import Norm, activation, fused_norm, linear, param
 from infermeter.engine.moe import MoELayer
 from infermeter.engine.parallel import Comm, Layout
 from infermeter.engine.rope import rotations
@@ -224,8 +224,20 @@ class Block(nn.Module):
             y += b
         return y
 
-    def _ffn_hidden(self, x: Tensor, fast: Any = None) -> Tensor:
-        y = linear(x, self.w_in, self.b_in, fast)
+    def _ffn_hidden(self, x: Tensor, fast: Any = None, norm: Norm | None = None) -> Tensor:
+        """The FFN's hidden activations of norm(x) (`norm`: x's pre-norm, not yet applied);
+        on the Triton decode path a gated FFN's activation rides in the GEMV's epilogue."""
+        limit, alpha = self.extra.get("swiglu_limit", 7.0), self.extra.get("swiglu_alpha", 1.702)
+        gated = self.ffn_kind in ("swiglu", "geglu", "clamped_swiglu")
+        if fast is not None and gated and x.shape[0] <= fast.SMALL_M:
+            if norm is not None and fused_norm(norm, x, fast):
+                pre: tuple[Tensor, float] | None = (norm.weight, norm.eps)
+            else:
+                pre, x = None, (x if norm is None else norm(x, fast))
+            return fast.glu_linear(
+                x, self.w_in, self.b_in, self.ffn_kind, self.ffn, pre, limit, alpha
+            )
+        y = linear(x, self.w_in, self.b_in, fast, norm)
         if self.ffn_kind == "swiglu" and fast is not None:
             return fast.silu_mul(y, self.ffn)
         if self.ffn_kind == "swiglu":
@@ -237,19 +249,18 @@ class Block(nn.Module):
             return F.gelu(y)
         if self.ffn_kind in ("geglu", "clamped_swiglu"):
             if fast is not None:
-                limit, alpha = (
-                    self.extra.get("swiglu_limit", 7.0),
-                    self.extra.get("swiglu_alpha", 1.702),
-                )
                 return fast.gated_act(y, self.ffn, self.ffn_kind, limit, alpha)
             return activation(y, self.ffn_kind, self.ffn, self.extra)
         return F.gelu(y, approximate="tanh")  # GPT-2/GPT-J/BLOOM's "gelu_new"
 
-    def _ffn_out(self, x: Tensor, residual: Tensor | None, fast: Any) -> Tensor:
-        """This rank's FFN output (+ residual): dense or mixture of experts."""
+    def _ffn_out(
+        self, x: Tensor, residual: Tensor | None, fast: Any, norm: Norm | None = None
+    ) -> Tensor:
+        """This rank's FFN output (+ residual) of norm(x): dense or mixture of experts."""
         if self.moe is not None:
-            return self.moe(x, residual, fast)
-        return self._row(self._ffn_hidden(x, fast), self.w_down, self.b_down, residual, fast)
+            return self.moe(x, residual, fast, norm)
+        hidden = self._ffn_hidden(x, fast, norm)
+        return self._row(hidden, self.w_down, self.b_down, residual, fast)
 
     def _freqs(self, ctx: Context) -> Tensor | None:
         return ctx.freqs_local if self.local else ctx.freqs
@@ -366,14 +377,18 @@ class Block(nn.Module):
             return
         cache[ring.rows, ring.dst] = kv[ring.rows, ring.src]
 
-    def _self_attention(self, h: Tensor, ctx: Context, cache: Tensor) -> Tensor:
-        """Attention output [T, heads·v] before the output projection."""
+    def _self_attention(
+        self, h: Tensor, ctx: Context, cache: Tensor, norm: Norm | None = None
+    ) -> Tensor:
+        """Attention output [T, heads·v] before the output projection, of norm(h) (`norm`:
+        h's pre-norm, not yet applied, the QKV GEMV applies it; not with latent attention)."""
         fast = ctx.fast
-        if self.mla is not None and ctx.mla_fast is not None:
-            return self.mla.decode_fast(h, ctx, cache, fast)
         if self.mla is not None:
+            assert norm is None
+            if ctx.mla_fast is not None:
+                return self.mla.decode_fast(h, ctx, cache, fast)
             return self.mla(h, ctx, cache, fast, lambda t: self._rotate_part(t, ctx))
-        qkv = linear(h, self.wqkv, self.bqkv, fast).view(h.shape[0], -1, self.d)
+        qkv = linear(h, self.wqkv, self.bqkv, fast, norm).view(h.shape[0], -1, self.d)
         if self.q_norm is not None:
             self._norm_qk(qkv, fast)
         if self.rot and fast is None:
@@ -385,8 +400,11 @@ class Block(nn.Module):
         `cache` (this layer's KV cache); returns [T, hidden], all-reduced over the
         TP group."""
         fast = ctx.fast
-        h = x if self.attn_norm is None else self.attn_norm(x, fast)
-        a = self._self_attention(h, ctx, cache)
+        if fused_norm(self.attn_norm, x, fast) and self.mla is None and not self.parallel:
+            a = self._self_attention(x, ctx, cache, self.attn_norm)  # the QKV GEMV norms x
+        else:
+            h = x if self.attn_norm is None else self.attn_norm(x, fast)
+            a = self._self_attention(h, ctx, cache)
         residual = x if self.lead else None
         if self.parallel:  # GPT-J: x + attn(ln(x)) + ffn(ln(x)), one all_reduce for both
             f_in = h if self.ffn_norm is None else self.ffn_norm(x, fast)  # NeoX: two norms
@@ -399,12 +417,13 @@ class Block(nn.Module):
             x = self._add_normed(x, o, self.post_attn_norm, fast)
         else:
             x = self.comm.all_reduce(self._row(a, self.wo, self.bo, residual, fast))
-        f_in = x if self.ffn_norm is None else self.ffn_norm(x, fast)
+        pre = self.ffn_norm if fused_norm(self.ffn_norm, x, fast) else None  # GEMVs norm x
+        f_in = x if self.ffn_norm is None or pre is not None else self.ffn_norm(x, fast)
         if self.post_ffn_norm is not None:
-            f = self.comm.all_reduce(self._ffn_out(f_in, None, fast))
+            f = self.comm.all_reduce(self._ffn_out(f_in, None, fast, pre))
             return self._add_normed(x, f, self.post_ffn_norm, fast)
         residual = x if self.lead else None
-        return self.comm.all_reduce(self._ffn_out(f_in, residual, fast))
+        return self.comm.all_reduce(self._ffn_out(f_in, residual, fast, pre))
 
     @staticmethod
     def _add_normed(x: Tensor, y: Tensor, norm: Norm, fast: Any) -> Tensor:

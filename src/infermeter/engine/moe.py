@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from infermeter.engine.layers import activation, linear, param
+from infermeter.engine.layers import Norm, activation, fused_norm, linear, param
 from infermeter.spec.model import ModelSpec
 
 
@@ -163,19 +163,26 @@ class MoELayer(nn.Module):
         }
 
     def _one_token(
-        self, x: Tensor, ids: Tensor, weights: Tensor, residual: Tensor | None = None
+        self,
+        x: Tensor,
+        ids: Tensor,
+        weights: Tensor,
+        residual: Tensor | None = None,
+        norm: Norm | None = None,
     ) -> Tensor:
         """A batch-1 decode step's experts: GEMVs of the k chosen experts (expert_gemv), the
-        gated activation in the first one's epilogue; the second sums over k itself ("sum",
-        adding `residual` in its epilogue too) or writes k rows summed after it ("pairs")."""
+        gated activation in the first one's epilogue (and x's pre-`norm` as it loads x); the
+        second sums over k itself ("sum", adding `residual` in its epilogue too) or writes k
+        rows summed after it ("pairs")."""
         k, topk = self.kernels, ids.shape[1]
+        pre = (norm.weight, norm.eps) if norm is not None else None
         if self.gated:
             y = k.expert_gemv(
-                x, self.w13, ids, topk, self.b13, act=self.kind,
+                x, self.w13, ids, topk, self.b13, act=self.kind, norm=pre,
                 **self._glu_args(),
             )  # fmt: skip
         else:
-            y = self._act(k.expert_gemv(x, self.w13, ids, topk, self.b13), 0)
+            y = self._act(k.expert_gemv(x, self.w13, ids, topk, self.b13, norm=pre), 0)
         bias = self.b2 if self.lead else None
         if self.gemv == "sum":
             return k.expert_gemv(
@@ -184,18 +191,40 @@ class MoELayer(nn.Module):
         y = k.expert_gemv(y, self.w2, ids, 1, bias, weights.reshape(-1)).sum(0, keepdim=True)
         return y if residual is None else y + residual
 
-    def _routed(self, x: Tensor, fast: Any, residual: Tensor | None = None) -> Tensor:
-        """The routed experts' output (+ residual): decode sizes route and align in one Triton
-        launch (one token on the GEMVs: routing alone, no layout to build)."""
-        cfg, k = self.cfg, self.kernels
-        tokens = x.shape[0]
-        fused = (
+    def _fused(self, tokens: int) -> bool:
+        """Whether `tokens` tokens route and align in one Triton launch (decode sizes)."""
+        cfg = self.cfg
+        return (
             self.path == "triton"
             and cfg.groups == 1
-            and k.fused_routing(tokens, cfg.experts_per_token, cfg.num_experts)
+            and self.kernels.fused_routing(tokens, cfg.experts_per_token, cfg.num_experts)
         )
-        if fused:
-            logits = linear(x, self.router, self.router_bias, fast)
+
+    def _takes_norm(self, x: Tensor, norm: Norm | None, fast: Any) -> bool:
+        """Whether this layer's GEMVs apply x's pre-norm themselves: one token on the expert
+        GEMVs (router, experts and shared experts all whole-rows GEMVs; no shared gate, which
+        reads the normed x through torch)."""
+        return (
+            fused_norm(norm, x, fast)
+            and self.gemv is not None
+            and self.shared_gate is None
+            and self._fused(1)
+        )
+
+    def _routed(
+        self,
+        x: Tensor,
+        fast: Any,
+        residual: Tensor | None = None,
+        norm: Norm | None = None,
+    ) -> Tensor:
+        """The routed experts' output (+ residual): decode sizes route and align in one Triton
+        launch (one token on the GEMVs: routing alone, no layout to build; `norm`, x's
+        pre-norm, only there, see _takes_norm)."""
+        cfg, k = self.cfg, self.kernels
+        tokens = x.shape[0]
+        if self._fused(tokens):
+            logits = linear(x, self.router, self.router_bias, fast, norm)
             gemv = tokens == 1 and self.gemv is not None
             ids, weights, rows, blocks = k.route_align(
                 logits, cfg.experts_per_token, sigmoid=cfg.scoring == "sigmoid",
@@ -205,7 +234,7 @@ class MoELayer(nn.Module):
             if self.record:
                 self.last_ids = ids
             if gemv:
-                return self._one_token(x, ids, weights, residual)
+                return self._one_token(x, ids, weights, residual, norm)
             assert rows is not None and blocks is not None
             y = self._triton(x, ids, weights, (rows, blocks))
         else:
@@ -214,13 +243,19 @@ class MoELayer(nn.Module):
             y = experts(x, ids, weights)
         return y if residual is None else y + residual
 
-    def forward(self, x: Tensor, residual: Tensor | None, fast: Any = None) -> Tensor:
+    def forward(
+        self, x: Tensor, residual: Tensor | None, fast: Any = None, norm: Norm | None = None
+    ) -> Tensor:
         """x [T, h] -> this rank's partial output (+ residual), to be all-reduced; `fast` is
-        the Triton decode kernels module on the decode path (GEMVs), else None."""
-        y = self._routed(x, fast, residual)  # the residual rides in its last kernel
+        the Triton decode kernels module on the decode path (GEMVs), else None; `norm` is x's
+        pre-norm, not yet applied (None: x is the layer's input as it is): the one-token
+        GEMVs apply it as they load x, any other path first."""
+        if norm is not None and not self._takes_norm(x, norm, fast):
+            x, norm = norm(x, fast), None
+        y = self._routed(x, fast, residual, norm)  # the residual rides in its last kernel
         if self.ws_in is not None:
             assert self.ws_down is not None
-            shared = linear(x, self.ws_in, None, fast)
+            shared = linear(x, self.ws_in, None, fast, norm)
             if fast is not None and self.kind == "swiglu":
                 shared = fast.silu_mul(shared, self.fs)
             else:

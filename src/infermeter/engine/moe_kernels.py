@@ -185,10 +185,12 @@ def expert_gemv(
     limit: float = 7.0,
     alpha: float = 1.702,
     residual: Tensor | None = None,
+    norm: tuple[Tensor, float] | None = None,
 ) -> Tensor:
     """grouped_linear() for the k pairs of ONE token, without the expert-sorted layout: ids
     [1, k] (distinct experts, as top-k gives them), a [rows_a, K], w [E, N(·2), K] ->
-    out [k, N] in a's dtype, or with `total` their sum [1, N] (+ residual [1, N]). Each
+    out [k, N] in a's dtype, or with `total` their sum [1, N] (+ residual [1, N]); `norm`
+    (weight, eps): a's rows RMSNorm-ed as they are loaded. Each
     chosen expert's rows are read once, whole (gemv_kernels.rows_gemv); a batch-1 decode
     step's MoE layer is then router GEMV, route_align (routing only) and two of these, plus
     the sum over k in the "pairs" mode. ValueError where a or w is not contiguous along K
@@ -196,7 +198,7 @@ def expert_gemv(
     """
     return rows_gemv(
         a, w, ids=ids.reshape(-1), a_div=a_div, bias=bias, scale=scale, act=act, total=total,
-        limit=limit, alpha=alpha, residual=residual,
+        limit=limit, alpha=alpha, residual=residual, norm=norm,
     )  # fmt: skip
 
 

@@ -148,6 +148,15 @@ def _check_kernels(model: Decoder, kernels: Any) -> str | None:
         one = gemv_kernels.rows_gemv(x[:1], w, bias=bias, residual=res[:1], tile=ROWS_TILE)
         if not _close(one, want[:1]):
             return "Triton one-token GEMV self-check mismatch"
+        # the pre-norm applied as x is loaded, and a gated activation in the epilogue
+        wn = torch.randn(spec.hidden_size, device=model.device, dtype=model.dtype)
+        normed = F.rms_norm(x[:1].float(), wn.shape, wn.float(), 1e-5)
+        gate, up = (normed @ w.float().T + bias.float()).split(48, -1)
+        got = gemv_kernels.rows_gemv(
+            x[:1], w, bias=bias, act="swiglu", norm=(wn, 1e-5), tile=ROWS_TILE
+        )
+        if not _close(got, F.silu(gate) * up):
+            return "Triton one-token GEMV (norm, gated) self-check mismatch"
         problem = _check_newer_kernels(model, kernels)
         if problem is not None:
             return problem
