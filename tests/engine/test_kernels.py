@@ -22,6 +22,16 @@ pytest.importorskip("torch")
 pytest.importorskip("triton", reason="Triton is not installed (pip install -e '.[dev]')")
 
 SCRIPT = SCRIPTS / "interpret_kernels.py"
+# one tiny model of each layout the interpreter script decodes (its DENSE and NEWER)
+LAYOUTS = [
+    "tiny-llama",
+    "tiny-gptj",
+    "tiny-bloom",
+    "tiny-qwen3-moe",
+    "tiny-deepseek-v2",
+    "tiny-gpt-oss",
+    "tiny-gemma2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +62,7 @@ def test_the_gemv_self_check_runs_one_tile_untuned(interpreted: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "model",
-    [
-        "tiny-llama",
-        "tiny-gptj",
-        "tiny-bloom",
-        "tiny-qwen3-moe",
-        "tiny-deepseek-v2",
-        "tiny-gpt-oss",
-        "tiny-gemma2",
-    ],
-)
+@pytest.mark.parametrize("model", LAYOUTS)
 def test_triton_decode_gives_the_tokens_of_the_plain_path(interpreted: dict, model: str) -> None:
     tokens = interpreted["tokens"][model]
     assert len(tokens["sdpa"]) == 2 and all(len(row) == 6 for row in tokens["sdpa"])
@@ -71,18 +70,7 @@ def test_triton_decode_gives_the_tokens_of_the_plain_path(interpreted: dict, mod
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "model",
-    [
-        "tiny-llama",
-        "tiny-gptj",
-        "tiny-bloom",
-        "tiny-qwen3-moe",
-        "tiny-deepseek-v2",
-        "tiny-gpt-oss",
-        "tiny-gemma2",
-    ],
-)
+@pytest.mark.parametrize("model", LAYOUTS)
 def test_batch1_triton_decode_gives_the_tokens_of_the_plain_path(
     interpreted: dict, model: str
 ) -> None:
