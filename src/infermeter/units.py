@@ -92,3 +92,44 @@ def to_gib(nbytes: float) -> float:
 def to_pct(fraction: Any) -> Any:
     """A fraction (a float, or a numpy array / pandas Series of them) in percent."""
     return fraction * PCT_PER_UNIT
+
+
+# Decimal prefixes for display, largest first: (factor, prefix of a count, prefix of bytes).
+_PREFIXES = ((GIGA, " B", " GB"), (MEGA, " M", " MB"), (1e3, " K", " kB"))
+
+
+def _scaled(value: float, digits: int, bytes_: bool) -> str:
+    """`value` in the largest decimal prefix it reaches (at least 1 of it), to `digits`
+    decimals; below a thousand the value itself, whole."""
+    for factor, count_prefix, bytes_prefix in _PREFIXES:
+        if abs(value) >= factor:
+            return f"{value / factor:.{digits}f}{bytes_prefix if bytes_ else count_prefix}"
+    return f"{value:.0f}{' bytes' if bytes_ else ''}"
+
+
+def count_text(count: float, digits: int = 3) -> str:
+    """A count (of parameters) for display in billions, millions or thousands, whichever it
+    reaches: '30.532 B', '124.440 M', '90.368 K'; below a thousand the count, '512'."""
+    return _scaled(count, digits, bytes_=False)
+
+
+def bytes_text(nbytes: float, digits: int = 3) -> str:
+    """Bytes for display in GB, MB or kB (decimal), whichever they reach: '20.91 GB',
+    '37.749 MB', '361.472 kB'; below a kilobyte the bytes, '512 bytes'."""
+    return _scaled(nbytes, digits, bytes_=True)
+
+
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """`count` and `noun`, singular for a count of 1: plural(1, "query") is "1 query",
+    plural(3, "query") "3 queries", plural(2, "batch") "2 batches"; `many` gives an irregular
+    plural."""
+    if count == 1:
+        return f"{count} {noun}"
+    if many is None:
+        if noun.endswith("y") and noun[-2:-1] not in ("a", "e", "i", "o", "u"):
+            many = noun[:-1] + "ies"
+        elif noun.endswith(("s", "x", "ch", "sh")):
+            many = noun + "es"
+        else:
+            many = noun + "s"
+    return f"{count} {many}"

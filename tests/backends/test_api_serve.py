@@ -398,7 +398,7 @@ def test_wrong_lengths_are_flagged_and_failures_recorded(tmp_path: Path) -> None
         assert len(points) == len(grid.points())  # nothing dropped
         flagged = points[points.status == "flagged"]
         errors = points[points.status == "error"]
-        assert len(flagged) == 1 and "server produced 1 tokens, asked 2" in flagged.detail.iloc[0]
+        assert len(flagged) == 1 and "server produced 1 token, asked 2" in flagged.detail.iloc[0]
         assert len(errors) == 1 and errors.detail.iloc[0].startswith("http_5xx: injected 500")
         assert "after 2 attempt(s)" in errors.detail.iloc[0]
         retried = [json.loads(e)["retries"] for e in points.extra_json]

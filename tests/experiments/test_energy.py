@@ -295,7 +295,7 @@ def test_cli_energy_on_cpu(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "tokens/s" in result.output and "energy columns stay empty" in result.output
     again = runner.invoke(app, args)
-    assert again.exit_code == 0 and "1/1 configurations stored" in again.output
+    assert again.exit_code == 0 and "1/1 configuration stored" in again.output
     refused = runner.invoke(app, [*args, "--power-limit", "250"])
     assert refused.exit_code == 2 and "nothing was changed" in refused.output
     bad = runner.invoke(app, [*args[:-2], "--store", str(store), "--max-lengths", "512"])

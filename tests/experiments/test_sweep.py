@@ -132,8 +132,10 @@ def test_a_merge_keeps_each_point_once_and_a_remeasured_failure_replaces_it(
     report = merge_stores(target, [first, second])
     assert (report.runs_added, report.runs_joined) == (1, 1)
     assert report.rows_added["points"] == 3 and report.rows_replaced["points"] == 1
-    again = merge_stores(target, [first, second, target])  # idempotent; itself is skipped
+    again = merge_stores(target, [first, second])  # idempotent
     assert sum(again.rows_added.values()) == 0 and sum(again.rows_replaced.values()) == 0
+    with pytest.raises(UserError, match="is the target of the merge and one of its sources"):
+        merge_stores(target, [first, target])  # refused, not skipped in silence
     with sqlite3.connect(target) as db:
         assert db.execute("SELECT count(*), status FROM runs").fetchone() == (1, "complete")
         rows = db.execute("SELECT prompt_tokens, output_tokens, status FROM points").fetchall()

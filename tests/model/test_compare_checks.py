@@ -118,7 +118,7 @@ def test_a_warning_names_the_stacks_it_holds_for(tmp_path: Path) -> None:
                     queries(tmp_path / "q.csv", (40, 8)))  # fmt: skip
     assert result.exit_code == 0, result.output
     (warning,) = said(result.stderr, "warning")
-    assert warning.startswith("engine on 1 × cpu (s.sqlite#1): 1 of 1 queries have prompts "
+    assert warning.startswith("engine on 1 × cpu (s.sqlite#1): 1 of 1 query has a prompt "
                               "longer than the profile's largest (16 tokens"), warning  # fmt: skip
 
 

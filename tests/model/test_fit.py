@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel, piecewise_linear
-from infermeter.model.fit import aggregate_trials, fit_cost_model
+from infermeter.model.fit import FitPolicy, aggregate_trials, fit_cost_model, fit_profile
 
 
 def synthetic_points(
@@ -283,3 +283,31 @@ def test_a_fit_that_overflows_is_one_line() -> None:
     points = pd.DataFrame(rows, columns=["prompt_tokens", "output_tokens", "runtime_s", "energy_j"])
     with pytest.raises(UserError, match="not a finite number"), np.errstate(all="ignore"):
         fit_cost_model(points, quantity="energy_j", denoise="median")
+
+
+def test_decode_past_the_longest_output_follows_the_curves_last_points() -> None:
+    """A noisy CPU-like curve (2-token steps, each point off by half a step, alternately up
+    and down): past the longest profiled output the fit extends D(p, o) by the least-squares
+    slope of the curve's last points, within 3% of the true line at o = 256, where the last
+    step's slope alone (the old tail) priced it 40% low."""
+    g, half_step = 0.002, 0.001
+    rows = [
+        (
+            p,
+            o,
+            0,
+            0.05 + 1e-4 * p + g * (o - 1) + (half_step * (-1) ** ((o - 1) // 2) if o > 1 else 0),
+        )
+        for p in (1, 64)
+        for o in (1, *range(3, 32, 2))
+    ]
+    points = pd.DataFrame(rows, columns=["prompt_tokens", "output_tokens", "trial", "runtime_s"])
+    (model,) = fit_profile(points, FitPolicy(decode="curve"), quantities=("runtime_s",))
+    assert model.decode_curves is not None
+    for curve in model.decode_curves:
+        last_step = (curve["decode"][-1] - curve["decode"][-2]) / 2
+        assert last_step == pytest.approx(g / 2)  # the old tail: half the true slope
+        assert curve["tail_slope"] == pytest.approx(g, rel=0.05)
+    for p in (1, 64):
+        truth = 0.05 + 1e-4 * p + g * 255
+        assert float(model.predict(p, 256)) == pytest.approx(truth, rel=0.03)

@@ -20,7 +20,7 @@ from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
 from infermeter.measure.gpus import cuda_ordinal
 from infermeter.measure.memory import check_weights_fit
 from infermeter.spec.model import ModelSpec
-from infermeter.units import to_gib, to_giga
+from infermeter.units import plural, to_gib, to_giga
 
 INSTALL_HINT = "pip install 'infermeter[torch]'"
 _DTYPES = {"float32", "float16", "bfloat16"}
@@ -81,7 +81,7 @@ class EngineBackend:
             if cuda and (first != 0 or launched.local_world > torch.cuda.device_count()):
                 raise UserError(
                     f"engine: under {launched.launcher} each rank uses cuda:LOCAL_RANK, and this "
-                    f"node's {launched.local_world} ranks need as many GPUs (CUDA sees "
+                    f"node's {plural(launched.local_world, 'rank')} need as many GPUs (CUDA sees "
                     f"{torch.cuda.device_count()}); pick GPUs with CUDA_VISIBLE_DEVICES, not "
                     f"--device {device}"
                 )
@@ -172,8 +172,9 @@ class EngineBackend:
         launched = launch_env() if self.tp > 1 else None
         if launched is not None and self.tp != launched.world:
             raise UserError(
-                f"engine: {launched.launcher} started {launched.world} ranks ({launched.nodes} "
-                f"node(s) x {launched.local_world}) and one model runs over all of them: pass "
+                f"engine: {launched.launcher} started {plural(launched.world, 'rank')} "
+                f"({launched.nodes} node(s) x {launched.local_world}) and one model runs over all "
+                "of them: pass "
                 f"--tp {launched.world} (--shards {launched.world}), or launch {self.tp} ranks"
             )
         return launched

@@ -21,7 +21,7 @@ from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
 from infermeter.measure.memory import check_weights_fit
 from infermeter.spec.model import ModelSpec
 from infermeter.store.provenance import cpu_name
-from infermeter.units import to_gib
+from infermeter.units import plural, to_gib
 
 INSTALL_HINT = "pip install 'infermeter[torch]'"
 
@@ -559,7 +559,7 @@ class HFBackend:
             ttft_s=(clock.first - start) if clock.first is not None else None,
             output_tokens_actual=produced,
             status="flagged" if short else "ok",
-            detail=f"generated {produced} tokens, asked for {o}" if short else None,
+            detail=f"generated {plural(produced, 'token')}, asked for {o}" if short else None,
         )
 
     # ---- description and teardown --------------------------------------------------------

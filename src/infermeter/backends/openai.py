@@ -49,7 +49,7 @@ from infermeter.backends.api.http import new_event_loop
 from infermeter.backends.base import Measurement, Point
 from infermeter.errors import UserError
 from infermeter.spec.model import ModelSpec
-from infermeter.units import MIB_BYTES
+from infermeter.units import MIB_BYTES, plural
 from infermeter.workloads.prompts import (
     CalibrationCache,
     ExactPrompts,
@@ -530,7 +530,9 @@ class OpenAIBackend:
                 "(no usage, no --tokenizer)"
             )
         elif produced != point.output_tokens:
-            notes.append(f"server produced {produced} tokens, asked {point.output_tokens}")
+            notes.append(
+                f"server produced {plural(produced, 'token')}, asked {point.output_tokens}"
+            )
         return Measurement(
             runtime_s=float(record.e2e_s or 0.0),
             ttft_s=record.ttft_s,

@@ -9,6 +9,7 @@ from infermeter import requests as rq
 from infermeter.cli import console as cli_console
 from infermeter.cli import options as o
 from infermeter.cli.console import console, out, print_notes, progress, say, show, user_errors
+from infermeter.units import plural
 
 
 def register(app: typer.Typer) -> None:
@@ -93,4 +94,4 @@ def variance(r: rq.VarianceRequest) -> None:
     console.print(line, highlight=False)
     if r.output:
         write_table(comparison, r.output)
-        out(f"{len(comparison)} rows written to {r.output}")
+        out(f"{plural(len(comparison), 'row')} written to {r.output}")

@@ -7,6 +7,7 @@ import typer
 from infermeter import requests as rq
 from infermeter.cli import options as o
 from infermeter.cli.console import console, err_console, progress, show, user_errors
+from infermeter.units import plural
 
 
 def register(app: typer.Typer) -> None:
@@ -43,7 +44,9 @@ def energy(r: rq.EnergyRequest) -> None:
         note(line)
     console.print(f"run {result.run.id} stored in {r.store} ({result.run.device})", highlight=False)
     configs = result.configs
-    title = f"{spec.name} on {workload.dataset}: {len(workload)} prompts per configuration"
+    title = (
+        f"{spec.name} on {workload.dataset}: {plural(len(workload), 'prompt')} per configuration"
+    )
     show(summary(configs), title, digits=4)
     for line in config_problems(configs):
         console.print(line)

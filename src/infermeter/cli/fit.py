@@ -17,6 +17,7 @@ from infermeter.cli.console import (
     show,
     user_errors,
 )
+from infermeter.units import plural
 
 
 def register(app: typer.Typer) -> None:
@@ -56,19 +57,21 @@ def estimate(r: rq.EstimateRequest) -> None:
     estimates = priced.estimates
     if r.output:
         write_table(estimates, r.output)
-        out(f"{len(estimates)} estimates written to {r.output}")
+        out(f"{plural(len(estimates), 'estimate')} written to {r.output}")
     if len(estimates) <= 50:
         show(estimates, f"estimates for {model_name} {priced.on()}")
-    show(summarize(estimates).reset_index(names=""), f"{len(estimates)} queries")
+    show(summarize(estimates).reset_index(names=""), plural(len(estimates), "query"))
 
 
 @o.request(rq.StoreRequest)
 def runs(r: rq.StoreRequest) -> None:
     """List the runs in the store."""
-    from infermeter.store.db import Store
+    from infermeter.store.db import ENERGY_COUNTS, Store
 
     with Store(r.store, read_only=True) as db:
-        show(db.runs(), f"runs in {r.store}")
+        listed = db.runs()
+    energy = (listed["kind"] == "energy").any()
+    show(listed, f"runs in {r.store}" + (f" ({ENERGY_COUNTS})" if energy else ""))
 
 
 @o.request(rq.RunRequest)
@@ -113,9 +116,10 @@ def show_run(r: rq.RunRequest) -> None:
     say(ending.line(), *outcome_label(ending), err=False)
     summary, bad = points_summary(points)
     trials = int(summary["trials"].sum())
-    show(summary, f"{len(summary)} points from {trials} ok measurements (min and mean over trials)")
+    title = f"{plural(len(summary), 'point')} from {plural(trials, 'ok measurement')}"
+    show(summary, f"{title} (min and mean over trials)")
     if not bad.empty:
-        show(bad, f"{len(bad)} measurements not used in fits")
+        show(bad, f"{plural(len(bad), 'measurement')} not used in fits")
     for model in fits:
         print_fit(model)
     if fitted_now:

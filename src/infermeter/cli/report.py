@@ -8,6 +8,7 @@ import typer
 from infermeter import requests as rq
 from infermeter.cli import options as o
 from infermeter.cli.console import console, err_console, print_notes, show, user_errors
+from infermeter.units import plural
 
 
 @o.request(rq.TradeoffsRequest)
@@ -26,12 +27,13 @@ def tradeoffs_command(r: rq.TradeoffsRequest) -> None:
     show(pivot.reset_index(), "ranks (1 = best)", digits=3)
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    print_notes(result.warnings, "warning")  # estimate's, on queries priced by extrapolation
     if r.output:
         write_table(table, r.output)
-        console.print(f"{len(table)} rows written to {r.output}")
+        console.print(f"{plural(len(table), 'row')} written to {r.output}")
     if r.ranks_output:
         write_table(ranks, r.ranks_output)
-        console.print(f"{len(ranks)} ranks written to {r.ranks_output}")
+        console.print(f"{plural(len(ranks), 'rank')} written to {r.ranks_output}")
     figures = write_tradeoff_figures(table, ranks, r.figures, r.fmt) if r.figures else []  # type: ignore[arg-type]
     for path in figures:
         console.print(f"figure written to {path}", markup=False)
@@ -45,14 +47,19 @@ def compare_command(r: rq.CompareRequest) -> None:
     from infermeter.report.tables import comparison_view
 
     result, queries = compare_request(r)
+    print_notes(result.notes)  # e.g. a run left out for a newer one of its stack
     print_notes(result.warnings, "warning")  # estimate's, on queries priced by extrapolation
     if (result.summary["verdict"] == "different model").any():
         print_notes(["the stacks run different models: each ratio is the models' difference as "
                      "much as the stacks'"])  # fmt: skip
-    show(comparison_view(result.summary), f"{queries} queries, relative to {result.baseline}", 4)
+    show(
+        comparison_view(result.summary),
+        f"{plural(queries, 'query')}, relative to {result.baseline}",
+        4,
+    )
     if r.output:
         write_table(result.per_query, r.output)
-        console.print(f"{len(result.per_query)} rows written to {r.output}")
+        console.print(f"{plural(len(result.per_query), 'row')} written to {r.output}")
     if r.figure:
         from infermeter.report.written import write_comparison_figure
 

@@ -55,6 +55,7 @@ from infermeter.spec.model import ModelSpec
 from infermeter.store import energy as stored_energy
 from infermeter.store.db import RunRecord, Store, run_key
 from infermeter.store.energy import energy_configs
+from infermeter.units import plural
 from infermeter.workloads.datasets import Workload
 from infermeter.workloads.tokenizer import Tokenizer, count_words, prompt_ids
 
@@ -396,10 +397,12 @@ def run_config(
     row = _config_row(store, run_id, config, len(chunks))
     if len(fed) < config.batch:  # the figures are those of a batch of n: say so beside them
         n = len(fed)
-        row["detail"] += f"; only {n} prompts, so batch {config.batch} ran as one batch of {n}"
+        row["detail"] += (
+            f"; only {plural(n, 'prompt')}, so batch {config.batch} ran as one batch of {n}"
+        )
     if cut:
         limit = spec.max_context - config.max_len
-        row["detail"] += f"; {cut} prompts cut to their last {limit} tokens"
+        row["detail"] += f"; {plural(cut, 'prompt')} cut to their last {limit} tokens"
     if stored:
         row["detail"] += f"; resumed: {len(stored)} of the batches were stored by an earlier run"
     return ConfigResult(config, {"dataset": dataset, **row})
@@ -420,7 +423,7 @@ def _config_row(store: Store, run_id: int, config: EnergyConfig, chunks: int) ->
         else None
     )
     window_s = float(windows.window_s.sum())
-    detail = f"{n} responses in {len(batches)} batches"
+    detail = f"{plural(n, 'response')} in {plural(len(batches), 'batch')}"
     unmetered = len(batches) - int(windows.energy_j.notna().sum())
     if 0 < unmetered < len(batches):
         detail += f"; energy left empty: {unmetered} batch(es) ran without an energy reading"
@@ -854,14 +857,15 @@ def stored_energy_run(store: Store, record: RunRecord) -> StoredEnergy | None:
         problems.append(f"{key}: {stored} batches stored, not finished; rerun the same "
                         "command to resume it")  # fmt: skip
     counts = configs.status.value_counts()
-    line = f"{len(configs)} configurations stored"
+    line = f"{plural(len(configs), 'configuration')} stored"
     if len(configs):
         statuses = sorted(counts.index, key=lambda status: (status != "ok", status))
         line += f" ({', '.join(f'{counts[status]} {status}' for status in statuses)})"
-    line += f", {len(batches)} batches"
+    line += f", {plural(len(batches), 'batch')}"
     if unfinished:
         line += f"; {len(unfinished)} not finished"
-    title = f"{record.model} on {workload.get('dataset')}: {prompts} prompts per configuration"
+    dataset = workload.get("dataset")
+    title = f"{record.model} on {dataset}: {plural(prompts, 'prompt')} per configuration"
     return StoredEnergy(line, title, table, problems)
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from infermeter.errors import UserError
 from infermeter.spec.model import ModelSpec
+from infermeter.units import plural
 from infermeter.workloads.queries import parse_list
 
 if TYPE_CHECKING:
@@ -179,7 +180,7 @@ def run_load(
         def burst(o: int, c: int, t: int, ms: list[Any]) -> None:
             timed = [m.runtime_s for m in ms if m.runtime_s == m.runtime_s]  # failed: NaN
             slowest = f", slowest {max(timed):.3f}s" if timed else ""
-            step(f"o={o} c={c}: {len(ms)} requests{slowest}", ms)
+            step(f"o={o} c={c}: {plural(len(ms), 'request')}{slowest}", ms)
 
         run = run_load_sweep(db, spec, stack, runner, options, grid, on_start, burst, device)
     else:
@@ -187,7 +188,7 @@ def run_load(
 
         def level(value: float, ms: list[Any]) -> None:
             measured = [m for m in ms if not m.extra.get("warmup")]  # as the summary counts
-            step(f"level {value:g}: {len(measured)} requests", measured,
+            step(f"level {value:g}: {plural(len(measured), 'request')}", measured,
                  warmup=len(ms) - len(measured))  # fmt: skip
 
         run = run_timed_load(db, spec, stack, runner, options, grid, level, device)

@@ -37,6 +37,7 @@ from infermeter.model.cost_model import CostModel
 from infermeter.model.decode import head_length
 from infermeter.spec.model import ModelSpec
 from infermeter.store.db import RunRecord, Store, run_key
+from infermeter.units import plural
 
 # The paper's profile for a 2,048-token context (§3.4), and the default grid that replaced it
 # (see default_grid): short outputs along o, and PE across the whole context.
@@ -620,8 +621,9 @@ def trust_warning(model: CostModel) -> str | None:
         return None
     what = "time" if model.quantity == "runtime_s" else "energy"
     return (
-        f"the machine was too noisy for a trustworthy {what} fit: on {check['n']} queries never "
-        f"profiled its estimates are off by {mape:.1f}% on average and up to {worst:.1f}% "
+        f"the machine was too noisy for a trustworthy {what} fit: on "
+        f"{plural(check['n'], 'query')} never profiled its estimates are off by {mape:.1f}% on "
+        f"average and up to {worst:.1f}% "
         f"(a quiet machine: a few percent); rerun with other work stopped, or with more "
         "--trials"
     )
@@ -658,7 +660,7 @@ def _flag_wrong_length(point: Point, measurement: Measurement) -> None:
     produced = measurement.output_tokens_actual
     if measurement.status == "ok" and produced is not None and produced != point.output_tokens:
         measurement.status = "flagged"
-        measurement.detail = f"produced {produced} tokens, asked {point.output_tokens}"
+        measurement.detail = f"produced {plural(produced, 'token')}, asked {point.output_tokens}"
 
 
 def thermal_warmup(

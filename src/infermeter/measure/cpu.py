@@ -16,6 +16,8 @@ import statistics
 import time
 from pathlib import Path
 
+from infermeter.units import plural
+
 
 def running_elsewhere(samples: int = 9, interval_s: float = 0.02) -> int | None:
     """Tasks running or ready to run besides this one (median over a few reads of the run
@@ -41,4 +43,4 @@ def cpu_threads(cores: int | None = None) -> tuple[int | None, str]:
     if busy is None:
         return None, "run queue unknown: the framework's default"
     threads = max(1, min(cores, cores - busy))
-    return threads, f"{cores} cores, {busy} other task(s) running at the start"
+    return threads, f"{plural(cores, 'core')}, {busy} other task(s) running at the start"

@@ -11,7 +11,7 @@ Totals decide the verdict, because a benchmark is paid for whole: a stack can be
 query and still cheaper per benchmark when its accelerators cost less per second (or fewer of
 them are needed), which is the "slower but cheaper" question the paper asks of V100s vs A100s.
 
-The queries are checked on every stack as `estimate` checks them (estimate.range_notes): one
+The queries are checked on every stack as `estimate` checks them (estimate.range_warnings): one
 past a model's context is refused, and queries beyond a stack's largest profiled prompt size or
 longest output are priced with a warning, since their figures are extrapolated.
 """
@@ -26,7 +26,7 @@ import pandas as pd
 
 from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel
-from infermeter.model.estimate import Pricing, estimate_queries, range_notes
+from infermeter.model.estimate import Pricing, estimate_queries, range_warnings
 from infermeter.units import per_second_to_per_hour
 
 
@@ -45,13 +45,15 @@ class StackProfile:
 @dataclass
 class StackComparison:
     """compare_stacks' result: per-query runtime, cost and energy on every stack, a per-stack
-    summary (totals, speedup and cost ratio against the baseline), the baseline's name, and
-    the warnings on queries some stack prices by extrapolation (query_warnings)."""
+    summary (totals, speedup and cost ratio against the baseline), the baseline's name, the
+    warnings on queries some stack prices by extrapolation (query_warnings), and notes on what
+    was chosen to compare (e.g. a run left out for a newer one of its stack)."""
 
     per_query: pd.DataFrame  # one row per (query, stack)
     summary: pd.DataFrame  # one row per stack
     baseline: str
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def verdict(speedup: float, cost_ratio: float) -> str:
@@ -83,18 +85,11 @@ def _models(stacks: Sequence[StackProfile]) -> list[str]:
 
 
 def query_warnings(stacks: Sequence[StackProfile], queries: pd.DataFrame) -> list[str]:
-    """`estimate`'s checks of `queries` (estimate.range_notes) against every stack's model: a
-    UserError for a query past a model's context; otherwise its warnings for queries outside a
-    stack's profile, each given once, after the labels of the stacks it holds for unless it
-    holds for all of them."""
-    stacks_of: dict[str, list[str]] = {}
-    for stack in stacks:
-        for note in range_notes(queries, stack.runtime):
-            stacks_of.setdefault(note, []).append(stack.label)
-    return [
-        note if len(labels) == len(stacks) else f"{'; '.join(labels)}: {note}"
-        for note, labels in stacks_of.items()
-    ]
+    """`estimate`'s checks of `queries` against every stack's model (estimate.range_warnings,
+    each stack by its label): a UserError for a query past a model's context; otherwise its
+    warnings for queries outside a stack's profile, each given once, after the labels of the
+    stacks it holds for unless it holds for all of them."""
+    return range_warnings([(stack.label, stack.runtime) for stack in stacks], queries)
 
 
 def compare_stacks(

@@ -13,7 +13,7 @@ Everything is one numpy pass over the whole table, so a million queries take wel
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from infermeter.spec.hardware import (
     get_accelerator,
 )
 from infermeter.store.outputs import writing
-from infermeter.units import j_to_wh, per_hour_to_per_second
+from infermeter.units import j_to_wh, per_hour_to_per_second, plural
 from infermeter.workloads.queries import (
     MAX_BATCH,
     MAX_JOULES,
@@ -136,16 +136,44 @@ PRICED_FIELDS = ("price_per_hour_usd", "tdp_watts")  # the figures Pricing carri
 def profiled_accelerator(
     model: CostModel, catalog: Mapping[str, Accelerator] | None = None
 ) -> str | None:
-    """The catalog name of the accelerator `model` was profiled on (None: it names none)."""
-    profiled = (model.stack or {}).get("accelerator")
-    if isinstance(profiled, Mapping):
-        profiled = profiled.get("name")
-    if not isinstance(profiled, str) or not profiled.strip():
-        return None
+    """The catalog name of the accelerator `model` was profiled on (None: it names none; its
+    name as stored where `catalog` lacks it, e.g. a part of a config file not given now)."""
     try:
-        return get_accelerator(profiled, catalog=catalog).name
-    except UserError:  # a part of a config file not given now: its name as stored
-        return profiled
+        entry, _ = _profiled_entry(model, catalog)
+    except UserError:
+        return _stored_accelerator_name(model)
+    return entry.name if entry is not None else None
+
+
+def _stored_accelerator_name(model: CostModel) -> str | None:
+    """The name of the accelerator `model`'s stack records (its entry's, or the name alone)."""
+    stored = (model.stack or {}).get("accelerator")
+    if isinstance(stored, Mapping):
+        stored = stored.get("name")
+    return stored.strip() if isinstance(stored, str) and stored.strip() else None
+
+
+def _profiled_entry(
+    model: CostModel, catalog: Mapping[str, Accelerator] | None
+) -> tuple[Accelerator | None, dict[str, str]]:
+    """The accelerator `model` was profiled on, as it is priced when none is named, and which
+    of its PRICED_FIELDS are "as profiled": the stack's stored entry, with the figures it was
+    profiled with (those that differ from the built-in catalog's are "as profiled") and any a
+    hardware config file (`catalog`) sets for it; or, for a stack that stored a name only,
+    that name's entry in `catalog` (UserError where it has none); (None, {}) where the stack
+    names no accelerator."""
+    stored = (model.stack or {}).get("accelerator")
+    if isinstance(stored, Mapping):
+        entry = Accelerator.from_dict(dict(stored))
+        builtin = ACCELERATORS.get(entry.name)
+        as_profiled = {  # figures overridden when it was profiled: not the catalog's
+            key: "as profiled"
+            for key in PRICED_FIELDS
+            if builtin is not None and getattr(entry, key) != getattr(builtin, key)
+        }
+        return _with_config(entry, catalog), as_profiled
+    name = _stored_accelerator_name(model)
+    return (get_accelerator(name, catalog=catalog) if name else None), {}
 
 
 def _with_config(acc: Accelerator, catalog: Mapping[str, Accelerator] | None) -> Accelerator:
@@ -188,29 +216,18 @@ def pricing_for(
     """
     stack = model.stack or {}
     note = None
-    profiled = stack.get("accelerator")
     as_profiled: dict[str, str] = {}
     if accelerator:
         acc = get_accelerator(accelerator, catalog=catalog)
-    elif isinstance(profiled, dict):
-        # The profile's own entry, with any price/power it was profiled with; a config file
-        # given now names figures the user wants instead.
-        stored = Accelerator.from_dict(profiled)
-        acc = _with_config(stored, catalog)
-        builtin = ACCELERATORS.get(stored.name)
-        as_profiled = {  # figures overridden when it was profiled: not the catalog's
-            key: "as profiled"
-            for key in PRICED_FIELDS
-            if builtin is not None and getattr(stored, key) != getattr(builtin, key)
-        }
-    elif isinstance(profiled, str):
-        acc = get_accelerator(profiled, catalog=catalog)
     else:
-        acc = get_accelerator("a100", catalog=catalog)
-        note = (
-            "the profile names no accelerator; priced as 1 × A100 80GB (the paper's reference); "
-            "pass --accelerator and --num-accelerators to change it"
-        )
+        profiled, as_profiled = _profiled_entry(model, catalog)
+        if profiled is None:
+            profiled = get_accelerator("a100", catalog=catalog)
+            note = (
+                "the profile names no accelerator; priced as 1 × A100 80GB (the paper's "
+                "reference); pass --accelerator and --num-accelerators to change it"
+            )
+        acc = profiled
     overrides = overrides or {}
     configured = catalog.configured_fields(acc.name) if isinstance(catalog, HardwareConfig) else {}
     origin = {
@@ -292,39 +309,78 @@ def range_notes(queries: pd.DataFrame, runtime: CostModel | ModelSet) -> list[st
     if context is not None and (p + o > context).any():
         row = int(np.flatnonzero(p + o > context)[0])
         raise UserError(
-            f"query {row + 1}: prompt {p[row]} + output {o[row]} tokens exceeds {model.model}'s "
-            f"context of {context} tokens; the model cannot run it (shorten the query)"
+            f"query {row + 1}: prompt {p[row]:g} + output {o[row]:g} tokens exceeds "
+            f"{model.model}'s context of {context} tokens; the model cannot run it (shorten the "
+            "query)"
         )
     notes = []
     high = model.profiled_prompt_tokens[1]
     beyond = int((p > high).sum())
     if beyond:
+        have = "has a prompt" if beyond == 1 else "have prompts"
         notes.append(
-            f"{beyond} of {len(p)} queries have prompts longer than the profile's largest "
+            f"{beyond} of {plural(len(p), 'query')} {have} longer than the profile's largest "
             f"({high} tokens, up to {int(p.max())} asked): their prefill is extrapolated"
         )
     longest = model.profiled_output_tokens
     if longest is not None and (o > longest).any():
+        more = int((o > longest).sum())
         notes.append(
-            f"{int((o > longest).sum())} of {len(o)} queries ask for more output tokens than "
-            f"the profile's longest ({int(longest)}, up to {int(o.max())} asked): their decoding "
-            "is extrapolated"
+            f"{more} of {plural(len(o), 'query')} {'asks' if more == 1 else 'ask'} for more "
+            f"output tokens than the profile's longest ({int(longest)}, up to {int(o.max())} "
+            "asked): their decoding is extrapolated"
         )
     return notes
+
+
+def range_warnings(
+    models: Sequence[tuple[str, CostModel | ModelSet]], queries: pd.DataFrame
+) -> list[str]:
+    """`estimate`'s checks (range_notes) of `queries` against every labelled model: a
+    UserError for a query past a model's context; otherwise its warnings for queries outside
+    a model's profile, each given once, after the labels of the models it holds for unless it
+    holds for all of them. What `compare` (per stack) and `tradeoffs` (per model and
+    scenario) check the queries they price with."""
+    labels_of: dict[str, list[str]] = {}
+    for label, model in models:
+        for note in range_notes(queries, model):
+            labels_of.setdefault(note, []).append(label)
+    return [
+        note if len(labels) == len(models) else f"{'; '.join(labels)}: {note}"
+        for note, labels in labels_of.items()
+    ]
 
 
 QUERY_HINT = "each query needs prompt_tokens and output_tokens (and optionally id)"
 # What `fit --points` reads: one row per measurement (read_points).
 POINTS_COLUMNS = "prompt_tokens, output_tokens, runtime_s [, trial, batch_size, energy_j]"
+POINTS_REQUIRED = (*QUERY_COLUMNS, "runtime_s")
+
+
+def require_file(path: Path, what: str, fix: str) -> None:
+    """Refuse, in one line naming `what` and ending with `fix`, a `path` that is missing or a
+    folder: the check every verb that reads a file of queries or points makes first."""
+    if not path.is_file():
+        problem = "is a folder" if path.is_dir() else "does not exist"
+        raise UserError(f"{what} {path} {problem}; {fix}")
 
 
 def read_queries(
-    path: str | Path, what: str = "queries file", hint: str = QUERY_HINT
+    path: str | Path,
+    what: str = "queries file",
+    hint: str = QUERY_HINT,
+    required: tuple[str, ...] = QUERY_COLUMNS,
+    fix: str = "check the path",
 ) -> pd.DataFrame:
     """Queries from CSV, JSONL, JSON (a list of objects) or Parquet, by extension. `what`
-    names the file and `hint` says what it needs in the one-line errors (UserError)."""
+    names the file, `hint` says what it needs and `required` are the columns it must have
+    (validate_queries), in the one-line errors (UserError); `fix` ends the one for a path
+    that is missing or a folder (require_file)."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".ndjson", ".json", ".parquet"):
+        raise UserError(f"cannot tell the format of {path}: use .csv, .jsonl, .json or .parquet")
+    require_file(path, what, fix)
     try:
         if suffix == ".csv":
             frame = pd.read_csv(path)
@@ -332,31 +388,28 @@ def read_queries(
             frame = pd.read_json(path, lines=True)
         elif suffix == ".json":
             frame = pd.read_json(path)
-        elif suffix == ".parquet":
-            frame = pd.read_parquet(path)
         else:
-            raise UserError(
-                f"cannot tell the format of {path}: use .csv, .jsonl, .json or .parquet"
-            )
-    except UserError:
-        raise
-    except FileNotFoundError as exc:
-        raise UserError(f"{what} {path} does not exist") from exc
+            frame = pd.read_parquet(path)
+    except FileNotFoundError as exc:  # removed since require_file looked
+        raise UserError(f"{what} {path} does not exist; {fix}") from exc
     except Exception as exc:  # pandas raises many kinds for a bad file; all mean the same
         raise UserError(f"cannot read {what} {path}: {exc}".splitlines()[0]) from exc
-    return validate_queries(frame, str(path), hint)
+    return validate_queries(frame, str(path), hint, required)
 
 
 def validate_queries(
-    frame: pd.DataFrame, origin: str = "queries", hint: str = QUERY_HINT
+    frame: pd.DataFrame,
+    origin: str = "queries",
+    hint: str = QUERY_HINT,
+    required: tuple[str, ...] = QUERY_COLUMNS,
 ) -> pd.DataFrame:
-    """The queries of `frame` checked: prompt_tokens, output_tokens (and batch_size where
+    """The queries of `frame` checked: every column of `required` present (one line naming
+    all that are missing, ended by `hint`), prompt_tokens, output_tokens (and batch_size where
     given) whole numbers of at least 1 and of a sane size; one line naming row and field
-    otherwise (a missing column's line ends with `hint`). The checked columns are replaced by
-    int64 ones."""
+    otherwise. The checked columns are replaced by int64 ones."""
     if not isinstance(frame, pd.DataFrame):
         raise UserError(f"{origin} is not a table of queries; give one query per row")
-    missing = [c for c in QUERY_COLUMNS if c not in frame.columns]
+    missing = [c for c in dict.fromkeys((*QUERY_COLUMNS, *required)) if c not in frame.columns]
     if missing:
         raise UserError(f"{origin} lacks column(s) {', '.join(missing)}; {hint}")
     if frame.empty:
@@ -368,15 +421,20 @@ def validate_queries(
     return frame
 
 
-def read_points(path: str | Path) -> pd.DataFrame:
+def read_points(path: str | Path, fix: str = "check the path") -> pd.DataFrame:
     """Points measured by another tool: a queries file with runtime_s (seconds per query,
     end to end, > 0) in every row (every "ok" row where a status column says), and optionally
     trial (whole, >= 0) and energy_j (joules >= 0, empty where not measured). Checked like
-    queries: one line naming row and field."""
-    frame = read_queries(path, "points file", f"a points file has columns {POINTS_COLUMNS}")
+    queries: one line naming every required column missing (POINTS_REQUIRED), or row and
+    field; `fix` ends the line for a path that is missing or a folder."""
+    frame = read_queries(
+        path,
+        "points file",
+        f"a points file has columns {POINTS_COLUMNS}",
+        POINTS_REQUIRED,
+        fix,
+    )
     origin = str(path)
-    if "runtime_s" not in frame.columns:
-        raise UserError(f"{origin} lacks column runtime_s (seconds per query, end to end)")
     runtime = numeric_column(
         frame,
         "runtime_s",

@@ -13,7 +13,8 @@
      one g (`slopes="global"`).
    - "curve" (the default for a local stack): PE(p) is the measured o = 1 time at every prompt
      size profiled at o = 1, and the decode time D(p, o) = t(p, o) − PE(p) follows the measured
-     points along o (cost_model.decode_curves). On an H200 the first decode step after a long
+     points along o (cost_model.decode_curves); past the longest, it grows by the least-squares
+     slope of the curve's last points (_tail_slope). On an H200 the first decode step after a long
      prompt costs 25% more than later ones, which no line through o = 1 .. 256 can follow
      (docs/benchmarks/bias_diagnosis.md): short outputs were priced 2-4% low.
 5. For API profiles (§3.5) a constant overhead: PE extended linearly to p = 0 (encoding no
@@ -38,6 +39,7 @@ one model per batch size; `validation_errors` measures a model against queries i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,7 +48,7 @@ import pandas as pd
 
 from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel, Quantity
-from infermeter.units import to_pct
+from infermeter.units import plural, to_pct
 
 Denoise = Literal["min", "median", "mean"]
 OverheadMode = Literal["none", "auto"]
@@ -62,6 +64,9 @@ ROUGH_R2 = 0.9
 # A negative g whose decode time over the profiled outputs is below this share of the mean
 # measurement is noise, not a finding: priced as 0 with a note.
 UNRESOLVED_DECODE_SHARE = 0.05
+# The fewest of a decode curve's last points whose least-squares slope prices outputs past
+# the longest profiled (_tail_slope).
+TAIL_POINTS = 3
 # Energy counters move in steps and windows differ in length, so the median of a point's
 # readings, not their minimum, is its energy.
 ENERGY_DENOISE: Denoise = "median"
@@ -264,7 +269,8 @@ def _check_given_overhead(
 
 
 def _decode_curves(agg: pd.DataFrame, pe_at: dict[int, float]) -> list[dict[str, Any]]:
-    """D(p, o) = t(p, o) − PE(p) at every profiled o > 1, per prompt size with a line."""
+    """D(p, o) = t(p, o) − PE(p) at every profiled o > 1, per prompt size with a line, and
+    the slope that prices D past the longest profiled output (_tail_slope)."""
     curves = []
     for p, group in agg.groupby("prompt_tokens"):
         longer = group[group["output_tokens"] > 1].sort_values("output_tokens")
@@ -272,17 +278,31 @@ def _decode_curves(agg: pd.DataFrame, pe_at: dict[int, float]) -> list[dict[str,
             continue
         o = longer["output_tokens"].to_numpy(dtype=float)
         d = longer["value"].to_numpy(dtype=float) - pe_at[int(p)]
-        last = (o[-1] - o[-2]) if o.size >= 2 else o[-1] - 1.0
-        tail = (d[-1] - (d[-2] if o.size >= 2 else 0.0)) / last
         curves.append(
             {
                 "prompt_tokens": int(p),
                 "output_tokens": o.tolist(),
                 "decode": d.tolist(),
-                "tail_slope": float(tail),
+                "tail_slope": _tail_slope(o, d),
             }
         )
     return curves
+
+
+def _tail_slope(output_tokens: np.ndarray, decode: np.ndarray) -> float:
+    """The slope of one decode curve past its longest profiled output (unit per token).
+
+    Least squares of D on o over the curve's last half of points, at least TAIL_POINTS of
+    them (all where it has fewer), its start D(p, 1) = 0 counted as a point: one noisy last
+    step no longer sets the slope of every longer output (on a CPU the last step of a grid
+    of 2-token segments could be off by half). A curve of one profiled o > 1 has the slope
+    from its start to it, D(o) / (o − 1), as before.
+    """
+    o = np.concatenate([[1.0], output_tokens])
+    d = np.concatenate([[0.0], decode])
+    last = min(o.size, max(TAIL_POINTS, math.ceil(o.size / 2)))
+    slope, _ = np.polyfit(o[-last:], d[-last:], 1)
+    return float(slope)
 
 
 def _check_possible(core: _Core, agg: pd.DataFrame, quantity: Quantity, unit: str) -> list[str]:
@@ -363,9 +383,9 @@ def _check_meaningful(
     if r2 < MIN_R2 and not accept_poor_fit:
         raise UserError(
             f"the {quantity} fit prices the measured points worse than their mean would "
-            f"(R² = {r2:.3f} over {len(agg)} points); the machine or server was too noisy for "
-            "the range measured: measure more trials (--trials 5), longer outputs or larger "
-            "prompts on a quieter machine, or pass --accept-poor-fit to keep it anyway"
+            f"(R² = {r2:.3f} over {plural(len(agg), 'point')}); the machine or server was too "
+            "noisy for the range measured: measure more trials (--trials 5), longer outputs or "
+            "larger prompts on a quieter machine, or pass --accept-poor-fit to keep it anyway"
         )
     if r2 < ROUGH_R2:
         notes.append(

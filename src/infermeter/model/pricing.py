@@ -90,7 +90,7 @@ def query_frame(
 ) -> pd.DataFrame:
     """Queries from a CSV/JSONL file, else the grid of the sizes given (UserError if neither)."""
     if queries is not None:
-        return read_queries(queries)
+        return read_queries(queries, fix="check --queries")
     if prompt_sizes is None or output_sizes is None:
         raise UserError("give --queries FILE, or --prompt-tokens and --output-tokens")
     return query_grid(list(prompt_sizes), list(output_sizes))

@@ -14,11 +14,11 @@ import pandas as pd
 
 from infermeter.errors import UserError
 from infermeter.model.cost_model import SCHEMA, SET_SCHEMA, CostModel, save_models
-from infermeter.model.estimate import POINTS_COLUMNS, read_points
+from infermeter.model.estimate import POINTS_COLUMNS, read_points, require_file
 from infermeter.model.fit import FitPolicy, fit_profile
 from infermeter.model.fitted import fit_run
 from infermeter.store.db import Store, require_store
-from infermeter.units import to_pct
+from infermeter.units import plural, to_pct
 
 if TYPE_CHECKING:
     from infermeter.requests import FitRequest
@@ -30,8 +30,9 @@ def validation_line(model: CostModel) -> str:
     if not check.get("n"):
         return "not validated (no validation queries measured; profile with --validate N)"
     return (
-        f"validated on {check['n']} queries never profiled: MAPE {check['mape_pct']:.2f}%, "
-        f"max {check['max_error_pct']:.2f}%, mean error {check['bias_pct']:+.2f}%"
+        f"validated on {plural(check['n'], 'query')} never profiled: MAPE "
+        f"{check['mape_pct']:.2f}%, max {check['max_error_pct']:.2f}%, mean error "
+        f"{check['bias_pct']:+.2f}%"
     )
 
 
@@ -45,7 +46,7 @@ def fit_lines(model: CostModel, warning: str | None = None) -> list[tuple[str, s
             f"per output token g = {model.per_output_token:.6g} {model.unit}"
             + (f", overhead = {model.overhead:.6g} {model.unit}" if model.overhead else "")
             + f"; lines' R² overall = {model.fit.get('r2_overall', float('nan')):.6f}; PE at "
-            f"{len(sizes)} prompt sizes ({sizes[0]}-{sizes[-1]}); fitted with "
+            f"{plural(len(sizes), 'prompt size')} ({sizes[0]}-{sizes[-1]}); fitted with "
             f"{model.describe_fit()}",
         ),
         ("", f"{model.quantity}: {validation_line(model)}"),
@@ -144,9 +145,7 @@ def read_points_file(path: Path) -> pd.DataFrame:
     that is not a points file is refused in one line (UserError) saying what it is instead (a
     fitted model, or another JSON object, where rows of measurements belong) or which columns
     a points file has."""
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise UserError(f"points file {path} {what}; check --points")
+    require_file(path, "points file", "check --points")
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(path.read_text())
@@ -157,7 +156,7 @@ def read_points_file(path: Path) -> pd.DataFrame:
                 f"{path} is {_json_kind(data)}, not a points file; give --points a CSV, JSONL "
                 f"or JSON list of measurements with columns {POINTS_COLUMNS}"
             )
-    return read_points(path)
+    return read_points(path, "check --points")
 
 
 def _json_kind(data: dict[str, Any]) -> str:
@@ -257,7 +256,7 @@ def noise_line(stats: dict[str, Any]) -> str:
         f"mean CV {stats['mean_cv']:.3f}, max CV {stats['max_cv']:.3f}, worst max/min "
         f"{stats['max_over_min']:.2f}; raw >= denoised for "
         f"{to_pct(stats.get('share_raw_above_denoised', float('nan'))):.1f}% of "
-        f"{stats['requests']} requests"
+        f"{plural(stats['requests'], 'request')}"
     )
     if "share_idealized_above_denoised" in stats:
         line += f"; idealized > denoised for {to_pct(stats['share_idealized_above_denoised']):.1f}%"
@@ -311,7 +310,6 @@ def export_run(
     line once written. A run with nothing to write is refused (UserError), no file made."""
     from infermeter.model.estimate import write_table
     from infermeter.model.helm import save_helm_efficiency
-    from infermeter.store.energy import energy_configs
     from infermeter.store.outputs import check_outputs
 
     if output is None and helm is None:
@@ -327,17 +325,7 @@ def export_run(
                 "--output FILE"
             )
         if output is not None and record.kind == "energy":
-            configs = energy_configs(db, run_id)
-            if configs.empty:
-                raise UserError(
-                    f"run {run_id} is an energy run with no configurations stored yet; rerun "
-                    "its `infermeter energy` command to resume it, then export"
-                )
-            write_table(configs, output)
-            on_points(
-                f"run {run_id} is an energy run: its {len(configs)} configurations (its "
-                f"results; batches in `infermeter show {run_id}`) written to {output}"
-            )
+            on_points(_export_energy_run(db, run_id, output))
         elif output is not None:
             points = db.points(run_id)
             if points.empty:
@@ -346,9 +334,28 @@ def export_run(
                     "made it to measure them, then export"
                 )
             write_table(points, output)
-            on_points(f"run {run_id}: {len(points)} measurements written to {output}")
+            on_points(f"run {run_id}: {plural(len(points), 'measurement')} written to {output}")
         if helm is not None:
             model = db.latest_fit(run_id) or fit_run(db, run_id)[0]
             save_helm_efficiency({record.model: model}, helm)
             on_fit(f"run {run_id} fit written to {helm} (HELM efficiency_data; fitted with "
                    f"{model.describe_fit()})")  # fmt: skip
+
+
+def _export_energy_run(db: Store, run_id: int, output: Path) -> str:
+    """`export --output` of energy run `run_id`: its configurations (which hold its results)
+    written to `output`, and the line that says so. UserError when it stored none yet."""
+    from infermeter.model.estimate import write_table
+    from infermeter.store.energy import energy_configs
+
+    configs = energy_configs(db, run_id)
+    if configs.empty:
+        raise UserError(
+            f"run {run_id} is an energy run with no configurations stored yet; rerun its "
+            "`infermeter energy` command to resume it, then export"
+        )
+    write_table(configs, output)
+    return (
+        f"run {run_id} is an energy run: its {plural(len(configs), 'configuration')} (its "
+        f"results; batches in `infermeter show {run_id}`) written to {output}"
+    )

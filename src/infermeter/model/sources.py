@@ -47,13 +47,17 @@ from infermeter.workloads.queries import read_json
 
 
 def stores_or_default(stores: list[Path] | None, required: bool = True) -> list[Path]:
-    """The stores named (each must exist), else the default store ($INFERMETER_STORE or
-    infermeter.sqlite) when it exists, else [] or, when `required`, a UserError."""
+    """The stores named (each must exist; one named twice is read once), else the default
+    store ($INFERMETER_STORE or infermeter.sqlite) when it exists, else [] or, when
+    `required`, a UserError."""
     if stores:
         for path in stores:
             if not path.exists():
                 raise UserError(f"store {path} does not exist; check --store")
-        return list(stores)
+        unique: dict[Path, Path] = {}  # each store read once, however it is spelled
+        for path in stores:
+            unique.setdefault(path.resolve(), path)
+        return list(unique.values())
     default = Path(DEFAULT_STORE)
     if default.exists():
         return [default]
@@ -92,17 +96,18 @@ def stacks_for(
     model: str | None,
     profile: list[Path] | None,
     store: list[Path] | None,
-) -> list[Any]:
-    """StackProfiles (model.compare) to compare: from fitted-model files, or the stored runs
-    `runs`, or every stack that profiled `model` (or the one model profiled on two stacks).
-    Raises UserError when the choice is missing or ambiguous."""
+) -> tuple[list[StackProfile], list[str]]:
+    """StackProfiles (model.compare) to compare, and notes on the runs left out: from
+    fitted-model files, or the stored runs `runs`, or every stack that profiled `model` (or
+    the one model profiled on two stacks; newer_runs_stand says which runs stand). Raises
+    UserError when the choice is missing or ambiguous."""
 
     if profile:
         stacks = []
         for path in profile:
             fitted = load_profile(path)
             stacks.append(StackProfile(f"{path.stem}", fitted, pricing_for(fitted)[0]))
-        return stacks
+        return stacks, []
     paths = stores_or_default(store)
     stored = [r for r in load_runs(paths, with_samples=False) if not r.is_api]
     if runs:
@@ -110,27 +115,14 @@ def stacks_for(
         absent = sorted(set(runs) - {r.record.id for r in chosen})
         if absent:
             raise UserError(f"run(s) {absent} not found (or without points); see `infermeter runs`")
-        stored = chosen
-    elif model:
-        stored = [r for r in stored if model_key(r.model) == model_key(model)]
-    groups = (
-        stack_profiles(stored)
-        if not runs
-        else {
-            "": [
-                StackProfile(
-                    f"{r.stack_label} ({r.label})",
-                    r.fit(),
-                    r.pricing()[0],
-                    r.fit("energy_j", "median"),
-                    r.device,
-                    r.date,
-                )
-                for r in stored
-                if r.fit() is not None
-            ]
-        }
-    )
+        fitted = [r for r in chosen if r.fit() is not None]
+        groups = {"": [_stack_profile(r, f"{r.stack_label} ({r.label})") for r in fitted]}
+        notes: dict[str, list[str]] = {}
+    else:
+        if model:
+            stored = [r for r in stored if model_key(r.model) == model_key(model)]
+        kept, notes = newer_runs_stand(stored)
+        groups = {name: _profiles_of(of_model) for name, of_model in kept.items()}
     groups = {k: v for k, v in groups.items() if len(v) >= 2}
     if not groups:
         raise UserError(
@@ -141,7 +133,8 @@ def stacks_for(
         raise UserError(
             f"several models have runs on two stacks ({', '.join(groups)}); pick one with --model"
         )
-    return next(iter(groups.values()))
+    name, stacks = next(iter(groups.items()))
+    return stacks, notes.get(model_key(name), []) if name else []
 
 
 def baseline_index(stacks: list[Any], baseline: str | None) -> int:
@@ -158,40 +151,77 @@ def baseline_index(stacks: list[Any], baseline: str | None) -> int:
 
 
 def stack_runs(runs: list[StoredRun]) -> dict[str, list[StoredRun]]:
-    """Per model profiled on two stacks or more: one fitted reference run per stack (where a
-    stack was profiled twice, the newer run stands)."""
-    by_model: dict[str, dict[tuple, StoredRun]] = {}
+    """Per model profiled on two stacks or more: one fitted reference run per stack and store
+    (newer_runs_stand says which run stands where one store profiled a stack twice)."""
+    return newer_runs_stand(runs)[0]
+
+
+def newer_runs_stand(
+    runs: list[StoredRun],
+) -> tuple[dict[str, list[StoredRun]], dict[str, list[str]]]:
+    """stack_runs, and per model (model_key) a note for each run it leaves out.
+
+    Runs of one stack (same model, backend, hardware and dtype: StoredRun.stack_identity)
+    from different stores are all kept, each labelled by its store and id: a user who names
+    two stores compares them. Within one store the newer run stands (a stack profiled again is
+    one stack, not a comparison of a stack with itself), and the note names the run left out,
+    the one used instead and why.
+    """
+    by_model: dict[str, dict[tuple[Any, ...], StoredRun]] = {}
+    notes: dict[str, list[str]] = {}
     for run in sorted(reference_runs(runs), key=lambda r: (r.record.created_at, r.record.id)):
-        if run.fit() is not None:
-            by_model.setdefault(model_key(run.model), {})[run.stack_identity] = run
-    return {
+        if run.fit() is None:
+            continue
+        key = model_key(run.model)
+        stacks = by_model.setdefault(key, {})
+        stack = (*run.stack_identity, run.store.resolve())
+        older = stacks.get(stack)
+        if older is not None:
+            notes.setdefault(key, []).append(
+                f"{older.label} left out: {run.label} is a newer run of {run.model} on the same "
+                f"stack ({run.stack_label}) in the same store, and the newer run stands; pass "
+                "both RUN ids to compare them"
+            )
+        stacks[stack] = run
+    kept = {
         next(iter(by_stack.values())).model: list(by_stack.values())
         for by_stack in by_model.values()
         if len(by_stack) >= 2
     }
+    return kept, notes
+
+
+def _stack_profile(run: StoredRun, label: str) -> StackProfile:
+    """A fitted reference run as a StackProfile labelled `label`."""
+    return StackProfile(
+        label,
+        run.fit(),  # type: ignore[arg-type]
+        run.pricing()[0],
+        run.fit("energy_j", "median"),
+        run.device,
+        run.date,
+    )
+
+
+def _profiles_of(runs: list[StoredRun]) -> list[StackProfile]:
+    """One model's runs on different stacks as StackProfiles, each labelled by its stack (and
+    dtype, where they differ in it), store and run id (the store's path where two stores of
+    one file name would give two runs the same label)."""
+    dtypes = {r.stack.get("dtype") for r in runs}
+
+    def label(run: StoredRun, where: str) -> str:
+        dtype = f" {run.stack.get('dtype')}" if len(dtypes) > 1 else ""
+        return f"{run.stack_label}{dtype} ({where})"
+
+    labels = [label(r, r.label) for r in runs]
+    if len(set(labels)) < len(labels):
+        labels = [label(r, f"{r.store}#{r.record.id}") for r in runs]
+    return [_stack_profile(run, text) for run, text in zip(runs, labels, strict=True)]
 
 
 def stack_profiles(runs: list[StoredRun]) -> dict[str, list[StackProfile]]:
     """Per model: its reference runs on different stacks, each as a StackProfile."""
-    out = {}
-    for model, runs_of_model in stack_runs(runs).items():
-        dtypes = {r.stack.get("dtype") for r in runs_of_model}
-        profiles = []
-        for run in runs_of_model:
-            pricing, _ = run.pricing()
-            dtype = f" {run.stack.get('dtype')}" if len(dtypes) > 1 else ""
-            profiles.append(
-                StackProfile(
-                    f"{run.stack_label}{dtype} ({run.label})",
-                    run.fit(),  # type: ignore[arg-type]
-                    pricing,
-                    run.fit("energy_j", "median"),
-                    run.device,
-                    run.date,
-                )
-            )
-        out[model] = profiles
-    return out
+    return {model: _profiles_of(of_model) for model, of_model in stack_runs(runs).items()}
 
 
 def model_profiles(runs: list[StoredRun]) -> list[ModelProfile]:
@@ -225,13 +255,19 @@ def model_profiles(runs: list[StoredRun]) -> list[ModelProfile]:
 
 def compare_request(r: CompareRequest) -> tuple[StackComparison, int]:
     """`infermeter compare`: its outputs checked, the stacks of r.runs, r.model or r.profile
-    compared on r.queries (default: a grid), and how many queries that was."""
+    compared on r.queries (default: a grid), with notes on the runs left out (stacks_for),
+    and how many queries that was."""
 
     check_outputs(r.output, r.figure)
-    stacks = stacks_for(r.runs, r.model, r.profile, r.store)
-    frame = read_queries(r.queries) if r.queries else default_queries([s.runtime for s in stacks])
+    stacks, notes = stacks_for(r.runs, r.model, r.profile, r.store)
+    if r.queries:
+        frame = read_queries(r.queries, fix="check --queries")
+    else:
+        frame = default_queries([s.runtime for s in stacks])
     base = baseline_index(stacks, r.baseline)
-    return compare_stacks(stacks, frame, base, r.allow_different_models), len(frame)
+    result = compare_stacks(stacks, frame, base, r.allow_different_models)
+    result.notes = notes
+    return result, len(frame)
 
 
 def tradeoffs_for(r: TradeoffsRequest) -> tuple[Tradeoffs, pd.DataFrame]:

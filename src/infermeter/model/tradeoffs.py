@@ -30,7 +30,7 @@ import pandas as pd
 
 from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel
-from infermeter.model.estimate import Pricing
+from infermeter.model.estimate import Pricing, range_warnings
 from infermeter.spec.model import ModelSpec
 from infermeter.units import MS_PER_S, to_giga
 
@@ -83,10 +83,12 @@ class ModelProfile:
 
 @dataclass
 class Tradeoffs:
-    """The joined table (one row per model and scenario) and notes on what did not join."""
+    """The joined table (one row per model and scenario), notes on what did not join, and the
+    warnings on scenario queries a model prices by extrapolation (scenario_warnings)."""
 
     table: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 # ---- inputs ------------------------------------------------------------------------------
@@ -290,10 +292,36 @@ def _profile_index(profiles: Sequence[ModelProfile]) -> dict[str, ModelProfile]:
     return index
 
 
+def _priced_by(prof: ModelProfile) -> list[tuple[str, CostModel]]:
+    """The runtime models a profile prices a scenario's queries with, each labelled: its
+    idealized model, and an API's denoised one (its raw model has the same points)."""
+    models = [(prof.name, prof.idealized), (f"{prof.name} (API)", prof.denoised)]
+    return [(label, model) for label, model in models if model is not None]
+
+
+def scenario_warnings(
+    scenario: str, profiles: Sequence[ModelProfile], queries: pd.DataFrame
+) -> list[str]:
+    """`estimate`'s checks (estimate.range_warnings) of one scenario's `queries` against the
+    runtime models of the `profiles` priced on it, each warning after the scenario's name.
+    Raises UserError, naming the scenario, for a query past a model's context."""
+    models = [labelled for prof in profiles for labelled in _priced_by(prof)]
+    if not models:
+        return []
+    try:
+        notes = range_warnings(models, queries)
+    except UserError as error:
+        raise UserError(f"scenario {scenario}, {error}") from error
+    return [f"scenario {scenario}: {note}" for note in notes]
+
+
 def tradeoff_table(
     profiles: Sequence[ModelProfile], capabilities: pd.DataFrame, queries: pd.DataFrame
 ) -> Tradeoffs:
-    """One row per (model, scenario) that has a profile and queries: metrics averaged."""
+    """One row per (model, scenario) that has a profile and queries: metrics averaged. Each
+    scenario's queries are checked against the models that price them as `estimate` checks
+    its queries (scenario_warnings): a query past a model's context raises UserError, and the
+    warnings on extrapolated ones come back in the result's `warnings`."""
     from infermeter.model.fitted import model_key
 
     index = _profile_index(profiles)
@@ -310,11 +338,13 @@ def tradeoff_table(
         for c in capabilities.columns
         if c not in ("model", "scenario", "accuracy") and capabilities[c].dtype.kind in "fiu"
     ]
+    priced: dict[str, list[ModelProfile]] = {}
     for cap in capabilities.to_dict("records"):
         prof = index.get(model_key(cap["model"]))
         group = by_scenario.get(cap["scenario"])
         if prof is None or group is None:
             continue
+        priced.setdefault(cap["scenario"], []).append(prof)
         p = group["prompt_tokens"].to_numpy(dtype=float)
         o = group["output_tokens"].to_numpy(dtype=float)
         idealized = _mean_prediction(prof.idealized, p, o)
@@ -355,7 +385,12 @@ def tradeoff_table(
             "names of the capability table match the profiled models and that every scenario "
             "has --queries"
         )
-    return Tradeoffs(add_pareto(pd.DataFrame(rows)), notes)
+    warnings = [
+        warning
+        for scenario, profs in priced.items()
+        for warning in scenario_warnings(scenario, profs, by_scenario[scenario])
+    ]
+    return Tradeoffs(add_pareto(pd.DataFrame(rows)), notes, warnings)
 
 
 # ---- Pareto frontiers (Fig. 9) -----------------------------------------------------------

@@ -20,11 +20,17 @@ from infermeter.model.fitted import (
     api_runs,
     describe_runs,
     load_runs,
+    model_key,
     reference_for,
     reference_runs,
     run_summary,
 )
-from infermeter.model.sources import model_profiles, stack_profiles, stack_runs, stores_or_default
+from infermeter.model.sources import (
+    model_profiles,
+    newer_runs_stand,
+    stack_profiles,
+    stores_or_default,
+)
 from infermeter.model.tradeoffs import (
     DEFAULT_OBJECTIVES,
     rank_models,
@@ -40,6 +46,7 @@ from infermeter.report.html import Section, missing_html, render
 from infermeter.report.plot import ImageFormat, Plot
 from infermeter.store.energy import read_energy_configs
 from infermeter.store.provenance import git_commit, package_version, utc_date
+from infermeter.units import plural
 
 if TYPE_CHECKING:
     from infermeter.requests import ReportRequest
@@ -185,7 +192,7 @@ def comparison_sections(runs: list[StoredRun]) -> list[Section]:
     """Fig. 8 of paper 1 (one model on two stacks: speedup, cost and energy ratios), one
     section for each of up to four models profiled on several stacks."""
     groups = stack_profiles(runs)
-    members_of = stack_runs(runs)
+    members_of, left_out = newer_runs_stand(runs)
     if not groups:
         return [
             Section(
@@ -209,11 +216,17 @@ def comparison_sections(runs: list[StoredRun]) -> list[Section]:
             TRADEOFFS,
             f"Fig. 8 · {model} on {len(profiles)} stacks",
             caption=(
-                f"Idealized runtime, cost and rated energy of {len(queries)} queries (the "
+                f"Idealized runtime, cost and rated energy of {plural(len(queries), 'query')} (the "
                 f"profiled prompt sizes × {outputs} output tokens{within}) relative to "
                 f"{comparison.baseline}; fits of runs {describe_runs(members)}."
             ),
-            note="; ".join([*verdicts, *(f"warning: {w}" for w in comparison.warnings)]),
+            note="; ".join(
+                [
+                    *verdicts,
+                    *(f"warning: {w}" for w in comparison.warnings),
+                    *(f"note: {n}" for n in left_out.get(model_key(model), [])),
+                ]
+            ),
         )
         sections.append(_safe(section, lambda c=comparison: tf.fig_stack_comparison(c)))
     if len(groups) > 4:
@@ -252,7 +265,7 @@ def tradeoff_sections(runs: list[StoredRun], inputs: ReportInputs) -> list[Secti
         f"Score from {inputs.capabilities.name} vs efficiency per query, averaged over each "
         f"scenario's instances; squares are Pareto-optimal; fits of runs {describe_runs(used)}."
     )
-    notes = list(result.notes)
+    notes = [*result.notes, *(f"warning: {w}" for w in result.warnings)]
     if missing_metrics:
         notes.append(
             "not drawn for lack of data: "

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from infermeter.report.plot import ImageFormat, Plot, encode
+from infermeter.units import plural
 
 MAX_TABLE_ROWS = 200  # shown inline; the CSV link carries up to MAX_CSV_ROWS
 MAX_CSV_ROWS = 20000
@@ -132,7 +133,7 @@ def _csv_link(section: Section, frame: pd.DataFrame) -> str:
     data = base64.b64encode(csv).decode()
     return (
         f'<a download="{section.id}.csv" href="data:text/csv;base64,{data}">'
-        f"download CSV ({min(len(frame), MAX_CSV_ROWS)} rows)</a>"
+        f"download CSV ({plural(min(len(frame), MAX_CSV_ROWS), 'row')})</a>"
     )
 
 
@@ -157,7 +158,7 @@ def section_html(section: Section, fmt: ImageFormat) -> str:
     numbers = section.numbers
     if numbers is not None and not numbers.empty:
         parts.append(
-            f"<details><summary>numbers behind this ({len(numbers)} rows)</summary>"
+            f"<details><summary>numbers behind this ({plural(len(numbers), 'row')})</summary>"
             f"{table_html(numbers)}<p>{_csv_link(section, numbers)}</p></details>"
         )
     parts.append("</section>")

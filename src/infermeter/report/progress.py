@@ -12,6 +12,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from infermeter.units import plural
+
 # Where the console is no terminal (a log file, CI, a pipe), the bar is not drawn until the
 # end: a plain line says how far the work is at most this often instead.
 PLAIN_EVERY_S = 15.0
@@ -76,7 +78,7 @@ class RunProgress:
         self.bar.update(self.task, total=total, completed=done)
         if done:
             self._say(
-                f"resuming run {run.id}: {done}/{total} measurements already stored "
+                f"resuming run {run.id}: {done}/{plural(total, 'measurement')} already stored "
                 "(grid and validation)"
             )
 
@@ -98,7 +100,7 @@ class RunProgress:
         """Steps done and in all; a resumed run says so."""
         self.bar.update(self.task, total=total, completed=done)
         if done:
-            self._say(f"resuming run {run.id}: {done}/{total} steps already stored")
+            self._say(f"resuming run {run.id}: {done}/{plural(total, 'step')} already stored")
 
     def on_step(self, label: str, ms: list[Any], total: int | None = None, warmup: int = 0) -> None:
         """A burst or level done (`label`, its measured requests; a timed level's `warmup`
@@ -107,7 +109,7 @@ class RunProgress:
             self.bar.update(self.task, total=total)
             return
         bad = sum(m.status != "ok" for m in ms)
-        warm = f" (warm-up: {warmup} requests)" if warmup else ""
+        warm = f" (warm-up: {plural(warmup, 'request')})" if warmup else ""
         self._advance(label + warm + (f", [red]{bad} not ok[/]" if bad else ""))
 
     # ---- energy (experiments.energy.run_energy) -----------------------------------------------
@@ -121,10 +123,14 @@ class RunProgress:
             self.bar.update(self.task, total=sum(left.values()))
             if len(todo) < total:
                 stored = total - len(todo)
-                self._say(f"resuming run {run.id}: {stored}/{total} configurations stored")
+                self._say(
+                    f"resuming run {run.id}: {stored}/{plural(total, 'configuration')} stored"
+                )
             for c in todo:
                 if 0 < left[c.key] < (whole := batches_of(prompts, c.batch)):
-                    self._say(f"resuming {c.key}: {whole - left[c.key]}/{whole} batches stored")
+                    self._say(
+                        f"resuming {c.key}: {whole - left[c.key]}/{plural(whole, 'batch')} stored"
+                    )
 
         return on_start
 

@@ -19,7 +19,7 @@ import pandas as pd
 from infermeter.errors import UserError
 from infermeter.spec.hfconfig import spec_from_hf_config
 from infermeter.spec.model import ModelSpec
-from infermeter.units import to_giga, to_mega
+from infermeter.units import bytes_text, count_text, plural, to_giga
 
 _PAPER = "Narayanan et al., idealized-runtime paper, Table 1"
 
@@ -847,6 +847,13 @@ def resolve_spec(name_or_path: str) -> ModelSpec:
     return get_spec(name_or_path)
 
 
+def _billions(count: float) -> float:
+    """A count in billions for the catalog's table: to 2 decimals, or 3 significant digits
+    below 1 B (a tiny test model's 0.00009 B is not 0)."""
+    value = to_giga(count)
+    return round(value, 2) if value >= 1 else float(f"{value:.3g}")
+
+
 def catalog_table() -> pd.DataFrame:
     """One row per catalog model, in catalog order."""
     rows = [
@@ -859,8 +866,8 @@ def catalog_table() -> pd.DataFrame:
             "num_kv_heads": s.kv_heads,
             "ffn_size": s.ffn_dim,
             "vocab_size": s.vocab_size,
-            "params_b": round(to_giga(s.num_params), 2),
-            "active_b": round(to_giga(s.active_params()), 2),
+            "params_b": _billions(s.num_params),
+            "active_b": _billions(s.active_params()),
             "max_context": s.max_context,
             "source": s.source,
         }
@@ -872,11 +879,11 @@ def catalog_table() -> pd.DataFrame:
 def _active_text(spec: ModelSpec) -> str:
     """Active parameters with and without the input embedding (a token reads one row of
     it; publishers differ on counting it), so a source line quoting either can be matched."""
-    with_embedding = to_giga(spec.active_params())
-    without = to_giga(spec.active_params(include_embedding=False))
+    with_embedding = spec.active_params()
+    without = spec.active_params(include_embedding=False)
     if with_embedding == without:
-        return f"{with_embedding:.3f} B"
-    return f"{with_embedding:.3f} B ({without:.3f} B without the input embedding)"
+        return count_text(with_embedding)
+    return f"{count_text(with_embedding)} ({count_text(without)} without the input embedding)"
 
 
 def _attention_text(spec: ModelSpec) -> str:
@@ -884,11 +891,12 @@ def _attention_text(spec: ModelSpec) -> str:
         m = spec.mla
         q = f"q_lora {m.q_lora_rank}" if m.q_lora_rank else "full-rank q"
         return (
-            f"multi-head latent: {spec.num_heads} heads, kv_lora {m.kv_lora_rank}, "
+            f"multi-head latent: {plural(spec.num_heads, 'head')}, kv_lora {m.kv_lora_rank}, "
             f"rope {m.qk_rope_dim}, nope {m.qk_nope_dim}, v {m.v_head_dim}, {q}"
         )
     kind = "MHA" if spec.kv_heads == spec.num_heads else "MQA" if spec.kv_heads == 1 else "GQA"
-    return f"{kind}: {spec.num_heads} heads, {spec.kv_heads} KV heads, head_dim {spec.dim_head}"
+    heads = f"{plural(spec.num_heads, 'head')}, {plural(spec.kv_heads, 'KV head')}"
+    return f"{kind}: {heads}, head_dim {spec.dim_head}"
 
 
 def _variants_text(spec: ModelSpec) -> str:
@@ -969,11 +977,11 @@ def spec_report(
         ("attention", _attention_text(spec)),
         ("attention variants", _variants_text(spec)),
         ("FFN", _ffn_text(spec)),
-        ("total parameters", f"{to_giga(spec.num_params):.3f} B"),
+        ("total parameters", count_text(spec.num_params)),
         ("active parameters per token", _active_text(spec)),
-        ("weights", f"{to_giga(spec.weight_bytes):.2f} GB at {spec.dtype}"),
-        ("KV cache per token", f"{to_mega(spec.kv_cache_bytes(1)):.4f} MB (all layers)"),
-        (f"KV cache at {context} tokens", f"{to_giga(spec.kv_cache_bytes(context)):.3f} GB"),
+        ("weights", f"{bytes_text(spec.weight_bytes, 2)} at {spec.dtype}"),
+        ("KV cache per token", f"{bytes_text(spec.kv_cache_bytes(1))} (all layers)"),
+        (f"KV cache at {context} tokens", bytes_text(spec.kv_cache_bytes(context))),
         ("max context", str(spec.max_context)),
         ("source", spec.source),
     ]

@@ -32,15 +32,21 @@ from infermeter.store.schema import SCHEMA_VERSION
 
 # The store a command uses when none is named: $INFERMETER_STORE, else ./infermeter.sqlite.
 DEFAULT_STORE = os.environ.get("INFERMETER_STORE", "infermeter.sqlite")
+# How a store's one-line errors end, for the verbs that name it with --store.
+STORE_FIX = "pass another --store PATH"
+# What Store.runs counts for an energy run, said under a table that shows one.
+ENERGY_COUNTS = "an energy run's points are its configurations, its measurements its batches"
 
 __all__ = [
     "DEFAULT_STORE",
+    "ENERGY_COUNTS",
     "SCHEMA_VERSION",
     "RunIdentity",
     "RunRecord",
     "Store",
     "require_store",
     "run_key",
+    "run_kind",
     "utc_now",
 ]
 
@@ -90,10 +96,15 @@ class RunRecord(RunIdentity):
 
     @property
     def kind(self) -> str:
-        """What measured the run, as its grid records it: "load", "load-concurrent" or
-        "load-rate" (`infermeter load`), "energy" (`infermeter energy`), or "profile" (a
-        profile grid records no kind)."""
-        return str(self.grid.get("kind") or self.grid.get("experiment") or "profile")
+        """What measured the run (run_kind of its grid)."""
+        return run_kind(self.grid)
+
+
+def run_kind(grid: dict[str, Any]) -> str:
+    """What measured a run, as its grid records it: "load", "load-concurrent" or "load-rate"
+    (`infermeter load`), "energy" (`infermeter energy`), or "profile" (a profile grid, of a
+    local stack or an API, records no kind)."""
+    return str(grid.get("kind") or grid.get("experiment") or "profile")
 
 
 def require_store(path: str | Path) -> None:
@@ -121,11 +132,15 @@ class Store:
     `read_only=True` is how the verbs that only read open it: a missing file is an error (never
     an empty store made on the spot), nothing is written (no migration, no journal mode), and a
     store on read-only media or in a read-only folder opens all the same.
+
+    `fix` ends those errors: how the verb that opens it takes another store (STORE_FIX: its
+    --store option; `merge` names its stores as arguments).
     """
 
-    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+    def __init__(self, path: str | Path, read_only: bool = False, fix: str = STORE_FIX) -> None:
         self.path = Path(path)
         self.read_only = read_only
+        self.fix = fix
         self._tables: set[str] | None = None
         self._leases: dict[str, Lease | None] = {}
         if read_only:
@@ -135,7 +150,7 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
-            raise UserError(f"cannot open store {self.path}: {exc}; pass --store PATH") from exc
+            raise UserError(f"cannot open store {self.path}: {exc}; {self.fix}") from exc
         self._db.row_factory = sqlite3.Row
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -145,19 +160,15 @@ class Store:
             self._db.close()
             if _is_read_only(exc):
                 raise self._read_only_error(exc) from exc
-            raise UserError(
-                f"{self.path} is not an infermeter store ({exc}); pass another --store PATH"
-            ) from exc
+            raise UserError(f"{self.path} is not an infermeter store ({exc}); {self.fix}") from exc
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise UserError(
-                f"{self.path} is not an infermeter store ({exc}); pass another --store PATH"
-            ) from exc
+            raise UserError(f"{self.path} is not an infermeter store ({exc}); {self.fix}") from exc
 
     def _read_only_error(self, exc: Exception) -> UserError:
         return UserError(
             f"cannot write to store {self.path} ({exc}): it is read-only or in a read-only "
-            "folder; copy it somewhere writable or pass another --store PATH"
+            f"folder; copy it somewhere writable or {self.fix}"
         )
 
     def _open_read_only(self) -> sqlite3.Connection:
@@ -182,7 +193,7 @@ class Store:
             except sqlite3.DatabaseError as exc:
                 db.close()
                 raise UserError(
-                    f"{self.path} is not an infermeter store ({exc}); pass another --store PATH"
+                    f"{self.path} is not an infermeter store ({exc}); {self.fix}"
                 ) from exc
         raise UserError(f"cannot read store {self.path} ({last}); check the file's permissions")
 
@@ -195,20 +206,15 @@ class Store:
             raise UserError(
                 f"store {self.path} has schema version {version}, newer than this "
                 f"infermeter's {schema.SCHEMA_VERSION}; upgrade infermeter (pip install -U "
-                "infermeter) or use another --store"
+                f"infermeter) or {self.fix}"
             )
         if version == schema.SCHEMA_VERSION:
             return
         if self._tables_but_no_meta():
-            raise UserError(
-                f"{self.path} is a SQLite file but not an infermeter store; "
-                "pass another --store PATH"
-            )
+            raise UserError(f"{self.path} is a SQLite file but not an infermeter store; {self.fix}")
         if self.read_only:
             if not self.has_table("meta"):
-                raise UserError(
-                    f"{self.path} is empty, not an infermeter store; pass another --store PATH"
-                )
+                raise UserError(f"{self.path} is empty, not an infermeter store; {self.fix}")
             return
         with self.transaction():  # again inside: another process may have just migrated it
             schema.migrate(self._db, schema.stored_version(self._db))
@@ -242,6 +248,18 @@ class Store:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction yielding the connection: every SELECT inside sees the store as
+        it was at the first one, whatever another process commits meanwhile. Works on a store
+        opened read-only (what `merge` reads its sources through); never writes."""
+        self._db.execute("BEGIN")
+        try:
+            yield self._db
+        finally:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
 
     def frame(self, query: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         """The rows of one SELECT as a DataFrame, for the store's own modules (store/energy.py
@@ -424,23 +442,51 @@ class Store:
         )
 
     def runs(self) -> pd.DataFrame:
-        """One row per run, with its points (distinct prompt size, output length and batch),
-        its measurements (a point's trials, or a load's requests) and those that are ok; a run
+        """One row per run: its kind (run_kind: profile, load..., energy), its points, its
+        measurements and those that are ok. A profile's or a load's points are its distinct
+        (prompt size, output length, batch) and its measurements a point's trials or a load's
+        requests; an energy run's points are its configurations and its measurements the
+        batches it stored (each one energy window, stored only once measured, so all ok; a
+        configuration that failed says so in its status, in `infermeter show RUN`). A run
         marked running whose process is gone (no one holds its lock: killed, or its machine
         rebooted) shows as interrupted."""
         query = (
-            "SELECT r.id, r.key, r.model, r.backend, r.device, r.status, r.created_at, "
+            "SELECT r.id, r.key, r.model, r.grid_json, r.backend, r.device, r.status, "
+            "r.created_at, "
             "count(DISTINCT p.prompt_tokens || ',' || p.output_tokens || ',' || p.batch_size) "
             "AS points, count(p.run_id) AS measurements, "
             "coalesce(sum(p.status = 'ok'), 0) AS ok_measurements "
             "FROM runs r LEFT JOIN points p ON p.run_id = r.id GROUP BY r.id ORDER BY r.id"
         )
         frame = pd.read_sql_query(query, self._db)
+        kinds = [run_kind(json.loads(grid)) for grid in frame["grid_json"]]
+        frame.insert(frame.columns.get_loc("grid_json"), "kind", kinds)
+        self._count_energy_runs(frame)
         running = frame["status"] == "running"
         for index in frame.index[running]:
             if ownership.is_owned(self.path, frame.at[index, "key"]) is False:
                 frame.at[index, "status"] = "interrupted"
-        return frame.drop(columns=["key"])
+        return frame.drop(columns=["key", "grid_json"])
+
+    def _count_energy_runs(self, frame: pd.DataFrame) -> None:
+        """Set, in place, the energy runs' points to their configurations and their
+        measurements (all ok) to their stored batches (see runs)."""
+        energy = frame["kind"] == "energy"
+        if not energy.any():
+            return
+        counts: dict[str, dict[int, int]] = {}
+        for table in ("energy_configs", "energy_batches"):
+            rows = (
+                self._db.execute(f"SELECT run_id, count(*) FROM {table} GROUP BY run_id")
+                if self.has_table(table)
+                else []
+            )
+            counts[table] = {int(run_id): int(n) for run_id, n in rows}
+        ids = frame.loc[energy, "id"].astype(int)
+        batches = ids.map(lambda i: counts["energy_batches"].get(i, 0))
+        frame.loc[energy, "points"] = ids.map(lambda i: counts["energy_configs"].get(i, 0))
+        frame.loc[energy, "measurements"] = batches
+        frame.loc[energy, "ok_measurements"] = batches
 
     def latest_run_id(self) -> int:
         """The id of the newest run; UserError if the store has none."""

@@ -13,6 +13,7 @@ status becomes the better of the two (complete > partial > incomplete > interrup
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ from pathlib import Path
 from infermeter.errors import UserError
 from infermeter.store.db import Store
 
+MERGE_USAGE = "infermeter merge TARGET SOURCES..."  # as `infermeter merge --help` says
+# How the stores' own errors (infermeter.store.db.Store) end when merge opens them.
+MERGE_FIX = f"merge takes store files: {MERGE_USAGE}"
 _RANK = {"complete": 5, "partial": 4, "incomplete": 3, "interrupted": 2, "running": 1}
 _MEASURED = ("prompt_tokens", "output_tokens", "batch_size", "trial")
 # table -> (natural key columns after run_id, "failed" test on a row, by column name)
@@ -73,27 +77,26 @@ def _columns(db: sqlite3.Connection, table: str) -> list[str]:
 
 def merge_stores(target: str | Path, sources: Sequence[str | Path]) -> MergeReport:
     """Merge every run of `sources` into the store at `target` (made if missing), each
-    measurement once, all in one transaction of the target. Sources of an older schema are
-    migrated when opened (as any store opened for writing). Raises UserError for a source
-    that is missing or not a store, or one whose schema is newer than this infermeter's:
-    every source is checked before the target is opened, and a target this merge made is
-    removed again when the merge fails, so a mistyped source never leaves an empty store."""
+    measurement once, all in one transaction of the target. Each source is opened once,
+    read-only (never written: a source of an older schema is read as it is, a table it lacks
+    read as empty), and read in one snapshot.
+
+    Raises UserError, in one line that says how merge takes its stores, for a source named
+    twice or that is the target itself (checked before any file is opened), one that is
+    missing or not a store, or one whose schema is newer than this infermeter's. A failed
+    merge leaves the target as it was: the transaction is rolled back, and a target this merge
+    made is removed, so a mistyped source never leaves an empty store."""
     report = MergeReport(Path(target))
-    resolved = Path(target).resolve()
-    for source in sources:
-        path = Path(source)
-        if not path.is_file():
-            raise UserError(f"no store at {path}; give the stores to merge as files")
-        with Store(path, read_only=True):
-            pass  # a store, of a schema this infermeter reads: else UserError, nothing made
+    paths = _source_paths(Path(target), sources)
     made = not Path(target).exists()
     try:
-        with Store(target) as out, out.transaction() as dst:
-            for source in sources:
-                path = Path(source)
-                if path.resolve() == resolved:
-                    continue  # the target is already merged into itself
-                with Store(path) as src_store, src_store.transaction() as src:
+        with contextlib.ExitStack() as opened:
+            dst: sqlite3.Connection | None = None
+            for path in paths:
+                with Store(path, read_only=True, fix=MERGE_FIX) as source, source.snapshot() as src:
+                    if dst is None:  # made only once a source has proved to be a store
+                        out = opened.enter_context(Store(target, fix=MERGE_FIX))
+                        dst = opened.enter_context(out.transaction())
                     _merge_one(src, dst, report)
                 report.sources += 1
     except BaseException:
@@ -101,6 +104,34 @@ def merge_stores(target: str | Path, sources: Sequence[str | Path]) -> MergeRepo
             _remove_store(Path(target))
         raise
     return report
+
+
+def _source_paths(target: Path, sources: Sequence[str | Path]) -> list[Path]:
+    """`sources` as paths, each checked to be a file; UserError for one named twice (by any
+    spelling of its path), the target among them, or one that is missing."""
+    seen: dict[Path, Path] = {target.resolve(): target}
+    paths = []
+    for source in sources:
+        path = Path(source)
+        resolved = path.resolve()
+        if resolved == target.resolve():
+            raise UserError(
+                f"{path} is the target of the merge and one of its sources; drop it from the "
+                f"sources ({MERGE_USAGE})"
+            )
+        if resolved in seen:
+            also = f" (also as {seen[resolved]})" if seen[resolved] != path else ""
+            raise UserError(
+                f"{path} is named twice among the sources{also}; give each store once "
+                f"({MERGE_USAGE})"
+            )
+        if not path.is_file():
+            raise UserError(
+                f"no store at {path}; give the stores to merge as files ({MERGE_USAGE})"
+            )
+        seen[resolved] = path
+        paths.append(path)
+    return paths
 
 
 def _remove_store(path: Path) -> None:

@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from infermeter.units import plural
+
 
 def git_commit(path: str | Path | None = None) -> str | None:
     """The commit of the infermeter checkout (or INFERMETER_COMMIT where git is absent)."""
@@ -62,7 +64,9 @@ def cuda_device_name(device: str = "cuda") -> str | None:
 
 def device_description(gpu: bool = True, device: str = "cuda") -> str:
     """The name of GPU `device` when `gpu` and it is visible, else the CPU's."""
-    return (gpu and cuda_device_name(device)) or f"cpu: {cpu_name()} ({os.cpu_count()} cores)"
+    return (
+        gpu and cuda_device_name(device)
+    ) or f"cpu: {cpu_name()} ({plural(os.cpu_count() or 1, 'core')})"
 
 
 def utc_date() -> str:

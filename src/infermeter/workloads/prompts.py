@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from infermeter.errors import UserError
+from infermeter.units import plural
 from infermeter.workloads.tokenizer import Tokenizer
 
 # Each is one LLaMA SentencePiece piece ("▁word") and one token in the larger BPE vocabularies.
@@ -107,8 +108,9 @@ class PromptFactory:
             self._ids = tokenizer.word_ids()
             if len(self._ids) < 16:
                 raise UserError(
-                    f"tokenizer {tokenizer.name} has only {len(self._ids)} single-token words; "
-                    "pass the served model's tokenizer.json or leave --tokenizer out"
+                    f"tokenizer {tokenizer.name} has only "
+                    f"{plural(len(self._ids), 'single-token word')}; pass the served model's "
+                    "tokenizer.json or leave --tokenizer out"
                 )
         self.name = tokenizer.name if tokenizer is not None else "server-counted"
 
@@ -367,7 +369,7 @@ class ExactPrompts:
             n, last, tries = p - cal.offset, None, []
             for _ in range(MAX_PROBES_PER_SIZE):
                 reported = self._ask(self.factory.content(n, self.seed + p))
-                tries.append(f"{n} units counted {reported}")
+                tries.append(f"{plural(n, 'unit')} counted {reported}")
                 if reported == p:
                     break
                 # Secant step: the server's tokens per content token, from the last two tries.

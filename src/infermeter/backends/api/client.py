@@ -67,7 +67,7 @@ from infermeter.backends.api.http import (
     Response,
 )
 from infermeter.errors import UserError
-from infermeter.units import MIB_BYTES
+from infermeter.units import MIB_BYTES, plural
 
 Endpoint = Literal["completions", "chat"]
 RETRYABLE = frozenset(
@@ -737,8 +737,8 @@ class ApiClient:
             if not events.finish_reason:
                 raise _Failure(
                     "stream_cut",
-                    f"the stream ended after {len(record.chunk_times_s)} chunks with no finish "
-                    "reason and no [DONE]",
+                    f"the stream ended after {plural(len(record.chunk_times_s), 'chunk')} with no "
+                    "finish reason and no [DONE]",
                 )
             record.notes.append("no [DONE]: the body ended cleanly after the finish reason")
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from infermeter.backends.api.client import REPEATING
+from infermeter.units import plural
 
 INCOMPLETE_EXIT = 3  # some point of the grid failed or was never measured
 # Causes a rerun meets again as it is, for rows stored before each failure said so itself
@@ -55,14 +56,15 @@ class RunOutcome:
         parts = []
         if self.failed:
             causes = ", ".join(f"{c} ({n})" for c, n in self.causes.most_common(3))
-            parts.append(f"{self.failed}/{self.expected} measurements failed: {causes}")
+            parts.append(f"{self.failed}/{plural(self.expected, 'measurement')} failed: {causes}")
         if self.missing:
-            parts.append(f"{self.missing}/{self.expected} measurements not taken")
+            parts.append(f"{self.missing}/{plural(self.expected, 'measurement')} not taken")
         if self.flagged:
             flags = ", ".join(f"{d} ({n})" for d, n in self.flags.most_common(2))
             parts.append(f"{self.flagged} flagged and left out of fits: {flags}")
         if not parts:
-            return f"all {self.expected} measurements taken"
+            every = "its" if self.expected == 1 else "all"
+            return f"{every} {plural(self.expected, 'measurement')} taken"
         if not self.complete:
             parts[-1] += self._advice()
         return "; ".join(parts)
