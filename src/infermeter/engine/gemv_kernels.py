@@ -60,21 +60,13 @@ def _glu(gate, up, ACT: tl.constexpr, limit, alpha):
 
 
 @triton.jit
-def _inv_rms(A, p, pmask, K, a_div, stride_am, eps, K_WHOLE: tl.constexpr):
-    """1 / sqrt(mean(a²) + eps) of each pair's row of A ([P], float32): the RMSNorm scale."""
-    kk = tl.arange(0, K_WHOLE)
-    a_ptr = A + (p // a_div).to(tl.int64)[:, None] * stride_am + kk[None, :]
-    a = tl.load(a_ptr, mask=pmask[:, None] & (kk < K)[None, :], other=0.0).to(tl.float32)
-    return tl.rsqrt(tl.sum(a * a, 1) / K + eps)
-
-
-@triton.jit
 def _dot_rows(A, W, expert, p, cols, pmask, nmask, K, a_div, stride_am, stride_we, stride_wn,
-              off, N_UP, NormW, inv, KC: tl.constexpr, ACT: tl.constexpr,
+              off, N_UP, NormW, KC: tl.constexpr, ACT: tl.constexpr,
               NORM: tl.constexpr):  # fmt: skip
     """Columns [off, off + KC) of K: (gate, up) partial sums [P, BLOCK_N] in float32 (up is
-    gate where ACT is 0); with NORM, A's rows are RMSNorm-ed first (scale inv [P], weight
-    NormW [K])."""
+    gate where ACT is 0) and the partial sum of squares of A's rows [P]; with NORM, A is
+    multiplied by the norm's weight NormW [K] (the 1/rms scale, a scalar a row, is applied
+    to the finished sums by the caller, so no pass of its own reads the row first)."""
     kk = off + tl.arange(0, KC)
     kmask = kk < K
     w_ptr = (
@@ -88,13 +80,14 @@ def _dot_rows(A, W, expert, p, cols, pmask, nmask, K, a_div, stride_am, stride_w
         w_up = tl.load(w_ptr + N_UP * stride_wn, mask=w_mask, other=0.0)
     a_ptr = A + (p // a_div).to(tl.int64)[:, None] * stride_am + kk[None, :]
     a = tl.load(a_ptr, mask=pmask[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+    squares = tl.sum(a * a, 1)
     if NORM:
-        a *= inv[:, None] * tl.load(NormW + kk, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        a *= tl.load(NormW + kk, mask=kmask, other=0.0).to(tl.float32)[None, :]
     gate = tl.sum(w.to(tl.float32) * a[:, None, :], 2)
     up = gate
     if ACT > 0:
         up = tl.sum(w_up.to(tl.float32) * a[:, None, :], 2)
-    return gate, up
+    return gate, up, squares
 
 
 def _tiles() -> list[triton.Config]:
@@ -167,26 +160,28 @@ def _rows_gemv(
         expert = tl.load(Ids + p, mask=pmask, other=0).to(tl.int64)
     else:
         expert = tl.zeros([P], dtype=tl.int64)
-    inv = tl.zeros([P], dtype=tl.float32)
-    if NORM:
-        inv = _inv_rms(A, p, pmask, K, a_div, stride_am, eps, K_WHOLE)
     if SPLIT:
-        gate, up = _dot_rows(
+        gate, up, squares = _dot_rows(
             A, W, expert, p, cols, pmask, nmask, K, a_div, stride_am, stride_we, stride_wn,
-            0, N, NormW, inv, K_LOW, ACT, NORM,
+            0, N, NormW, K_LOW, ACT, NORM,
         )  # fmt: skip
         if K_REST > 0:
-            gate_b, up_b = _dot_rows(
+            gate_b, up_b, squares_b = _dot_rows(
                 A, W, expert, p, cols, pmask, nmask, K, a_div, stride_am, stride_we, stride_wn,
-                K_LOW, N, NormW, inv, K_REST, ACT, NORM,
+                K_LOW, N, NormW, K_REST, ACT, NORM,
             )  # fmt: skip
             gate += gate_b
             up += up_b
+            squares += squares_b
     else:
-        gate, up = _dot_rows(
+        gate, up, squares = _dot_rows(
             A, W, expert, p, cols, pmask, nmask, K, a_div, stride_am, stride_we, stride_wn,
-            0, N, NormW, inv, K_WHOLE, ACT, NORM,
+            0, N, NormW, K_WHOLE, ACT, NORM,
         )  # fmt: skip
+    if NORM:  # RMSNorm: (a / rms(a) · weight)·w = (a · weight)·w / rms(a)
+        inv = tl.rsqrt(squares / K + eps)[:, None]
+        gate *= inv
+        up *= inv
     if HAS_BIAS:
         b_ptr = Bias + expert[:, None] * stride_be + cols[None, :]
         b_mask = pmask[:, None] & nmask[None, :]

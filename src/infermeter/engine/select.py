@@ -343,17 +343,18 @@ def batch1_paths(
     timed: bool = True,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Per mode ("grouped" for None): µs of one token through `moe`'s router and routed
-    experts (`timed`), or 0 where the mode merely passes its self-check (not `timed`); inf
-    where it failed its self-check or its timing, or where the experts' `path` is not
-    "triton" here; and this rank's problem with each mode that had one. The same layer and
-    token every call, so a small layer's experts may stay in L2 (a real step reads them once
-    among all weights).
+    experts with the residual added (as the decode step runs them: `timed`), or 0 where the
+    mode merely passes its self-check (not `timed`); inf where it failed its self-check or
+    its timing, or where the experts' `path` is not "triton" here; and this rank's problem
+    with each mode that had one. The same layer and token every call, so a small layer's
+    experts may stay in L2 (a real step reads them once among all weights).
 
     Every rank of a tensor-parallel group calls this (whether to call it depends on the
     spec and the environment only) and each mode gets the slowest rank's figure, since a
     step waits for its slowest rank: every rank then picks the same path."""
     x = torch.randn(1, model.spec.hidden_size, device=model.device, dtype=model.dtype)
-    times, problems = [], {}
+    residual = torch.randn_like(x) if moe.lead else None  # the decode step adds it: "sum"
+    times, problems = [], {}  # folds it into its last GEMV, the others add it after
     for mode in modes:
         moe.gemv = mode
         us, problem = float("inf"), None
@@ -362,7 +363,12 @@ def batch1_paths(
         if path == "triton" and problem is None:
             try:
                 us = (
-                    call_us(lambda: moe._routed(x, None), model.device, graphs, model.comm.size)
+                    call_us(
+                        lambda: moe._routed(x, None, residual),
+                        model.device,
+                        graphs,
+                        model.comm.size,
+                    )
                     if timed
                     else 0.0
                 )
