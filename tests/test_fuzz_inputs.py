@@ -2,7 +2,8 @@
 HELM efficiency_data JSON, cost-model JSON and config.json.
 
 Every input either is refused with one UserError line, or gives a result that is right to the
-eye: estimates finite and never negative, specs with finite positive sizes. Never a traceback,
+eye: estimates finite and never negative (a runtime or measured energy above 0: a model that
+extrapolates a query to nothing is refused), specs with finite positive sizes. Never a traceback,
 never a NaN model or a cost that wrapped around (issue 18 found 282 and 528 of those).
 """
 
@@ -72,6 +73,8 @@ def _check_estimates(frame: pd.DataFrame) -> None:
         values = frame[column].to_numpy(dtype=float)
         assert np.isfinite(values).all(), (column, values)
         assert (values >= 0).all(), (column, values)
+        if column in ("runtime_s", "energy_measured_j"):  # no query takes no time or energy
+            assert (values > 0).all(), (column, values)
 
 
 def _accepted_or_user_error(action: Any) -> Any:
@@ -174,7 +177,9 @@ def test_points_csv(table: tuple[list[str], list[list[Any]]]) -> None:
     for model in models:
         if model.batch_size != 1 or model.quantity != "runtime_s":
             continue
-        _check_estimates(estimate_queries(grid, model, PRICING))
+        priced = _accepted_or_user_error(lambda m=model: estimate_queries(grid, m, PRICING))
+        if priced is not None:
+            _check_estimates(priced)
 
 
 @st.composite
@@ -208,7 +213,9 @@ def test_helm_files(data: Any) -> None:
     if models is None:
         return
     grid = query_grid([1, 100, 4000], [1, 50, 100_000_000])
-    _check_estimates(estimate_queries(grid, models, PRICING))
+    priced = _accepted_or_user_error(lambda: estimate_queries(grid, models, PRICING))
+    if priced is not None:
+        _check_estimates(priced)
 
 
 @FUZZ
@@ -236,7 +243,9 @@ def test_cost_model_files(field: str, value: Any) -> None:
     if models is None:
         return
     grid = query_grid([1, 100, 4000], [1, 50, 100_000_000])
-    _check_estimates(estimate_queries(grid, models, PRICING))
+    priced = _accepted_or_user_error(lambda: estimate_queries(grid, models, PRICING))
+    if priced is not None:
+        _check_estimates(priced)
 
 
 GPT2 = {

@@ -119,6 +119,11 @@ def bytes_text(nbytes: float, digits: int = 3) -> str:
     return _scaled(nbytes, digits, bytes_=True)
 
 
+def span_text(low: int, high: int) -> str:
+    """A range of counts for display: '16-64', or the one value where both ends are it, '16'."""
+    return f"{low}" if low == high else f"{low}-{high}"
+
+
 def plural(count: int, noun: str, many: str | None = None) -> str:
     """`count` and `noun`, singular for a count of 1: plural(1, "query") is "1 query",
     plural(3, "query") "3 queries", plural(2, "batch") "2 batches"; `many` gives an irregular

@@ -172,6 +172,8 @@ def test_piecewise_linear_never_negative_and_hits_knots(knots, values, x) -> Non
     vals = np.array(values[: len(knots)])
     y = piecewise_linear(np.array(knots), vals, np.array(x))
     assert (y >= 0).all()
+    # Past the last knot, never below the last knot's value (a falling segment is held flat).
+    assert (y[np.array(x) > knots[-1]] >= max(vals[-1], 0.0)).all()
     assert np.allclose(
         piecewise_linear(np.array(knots), vals, np.array(knots)), np.maximum(vals, 0)
     )
@@ -311,3 +313,20 @@ def test_decode_past_the_longest_output_follows_the_curves_last_points() -> None
     for p in (1, 64):
         truth = 0.05 + 1e-4 * p + g * 255
         assert float(model.predict(p, 256)) == pytest.approx(truth, rel=0.03)
+
+
+def test_k_fold_says_how_many_folds_it_could_fit() -> None:
+    """A fold whose remaining points leave a prompt size one output length is not fitted: the
+    k-fold error is over the others, and a note says how many of those asked that is."""
+    rows = [(p, o, 0.01 + 1e-4 * p + 0.002 * (o - 1)) for p in (16, 32, 64) for o in (1, 8)]
+    rows.append((64, 16, 0.01 + 64e-4 + 0.03))
+    points = pd.DataFrame(rows, columns=["prompt_tokens", "output_tokens", "runtime_s"])
+    model = fit_cost_model(points, folds=4)
+    cv = model.fit["cross_validation"]
+    assert 0 < cv["folds"] < cv["asked"] == 4 and cv["points"] == len(rows)
+    assert f"k-fold over {len(rows)} (p, o) points: only {cv['folds']} of 4 folds left" in (
+        " ".join(model.fit["notes"])
+    )
+    whole = fit_cost_model(points.query("prompt_tokens == 16"), folds=2)
+    assert whole.fit["cross_validation"]["folds"] == 0
+    assert "no fold left points that could be fitted" in " ".join(whole.fit["notes"])

@@ -3,13 +3,16 @@
     t(p, o) = PE(p) + D(p, o) + overhead,   D(p, o) = (o - 1) * g(p) in the paper
 
 PE is piecewise linear in the prompt size p through the profiled sizes ("knots"), extrapolated
-linearly past the end knots and never negative; overhead is a constant for black-box APIs
-(§3.5), zero for a local stack. The paper's g is one per-output-token slope, and that is what
-`per_output_token` holds (Table 3's g). A decode step also reads the keys and values of the
-whole context, so on a fast stack it costs more after a long prompt (LLaMA-7B on an H200:
-3.85 ms per token after 1 prompt token, 4.03 ms after 1,536; the energy per token 8% more):
-with `output_token_slopes` (each knot's own slope) g(p) is interpolated between the knots and
-held flat past the ends, which halved the held-out error of that profile. Without them g(p) = g.
+linearly past the end knots and never negative; past the largest knot it never falls below PE
+there (a noisy profile whose last segment falls would otherwise price longer prompts cheaper,
+down to nothing: `held_prompt_encoding` says when it holds). The overhead is a constant for
+black-box APIs (§3.5), zero for a local stack. The paper's g is one per-output-token slope, and
+that is what `per_output_token` holds (Table 3's g). A decode step also reads the keys and
+values of the whole context, so on a fast stack it costs more after a long prompt (LLaMA-7B on
+an H200: 3.85 ms per token after 1 prompt token, 4.03 ms after 1,536; the energy per token 8%
+more): with `output_token_slopes` (each knot's own slope) g(p) is interpolated between the
+knots and held flat past the ends, which halved the held-out error of that profile. Without
+them g(p) = g.
 
 The decode part need not be a line. Measured on an H200 (docs/benchmarks/bias_diagnosis.md),
 the first decode step after a 1,000-token prompt takes 5.1 ms and later ones 4.0 ms, and a
@@ -61,7 +64,9 @@ Quantity = Literal["runtime_s", "energy_j"]
 
 
 def piecewise_linear(knots: np.ndarray, values: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Interpolate through (knots, values); extend the end segments linearly; clip at 0."""
+    """Interpolate through (knots, values); extend the end segments linearly, except that past
+    the last knot a falling segment is held flat at the last value (more of x never costs
+    less there); clip at 0."""
     knots = np.asarray(knots, dtype=float)
     values = np.asarray(values, dtype=float)
     x = np.asarray(x, dtype=float)
@@ -69,7 +74,7 @@ def piecewise_linear(knots: np.ndarray, values: np.ndarray, x: np.ndarray) -> np
         return np.full_like(x, max(values[0], 0.0), dtype=float)
     y = np.interp(x, knots, values)
     left_slope = (values[1] - values[0]) / (knots[1] - knots[0])
-    right_slope = (values[-1] - values[-2]) / (knots[-1] - knots[-2])
+    right_slope = max((values[-1] - values[-2]) / (knots[-1] - knots[-2]), 0.0)
     y = np.where(x < knots[0], values[0] + (x - knots[0]) * left_slope, y)
     y = np.where(x > knots[-1], values[-1] + (x - knots[-1]) * right_slope, y)
     return np.maximum(y, 0.0)
@@ -130,6 +135,15 @@ class CostModel:
         return piecewise_linear(
             np.array(self.prompt_sizes), np.array(self.prompt_encoding), prompt_tokens
         )
+
+    def held_prompt_encoding(self) -> tuple[int, float, int, float] | None:
+        """Where PE is held flat past the largest profiled prompt size because the profile's
+        last segment falls (piecewise_linear): (largest size, PE there, the size before it, PE
+        there), in tokens and the model's unit; None where PE past it is extended as fitted."""
+        sizes, pe = self.prompt_sizes, self.prompt_encoding
+        if len(sizes) < 2 or pe[-1] >= pe[-2]:
+            return None
+        return sizes[-1], pe[-1], sizes[-2], pe[-2]
 
     def per_output_token_at(self, prompt_tokens: np.ndarray | float) -> np.ndarray:
         """g(p): the knots' slopes interpolated (flat past the ends), or g everywhere."""

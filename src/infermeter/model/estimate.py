@@ -31,7 +31,7 @@ from infermeter.spec.hardware import (
     get_accelerator,
 )
 from infermeter.store.outputs import writing
-from infermeter.units import j_to_wh, per_hour_to_per_second, plural
+from infermeter.units import j_to_wh, per_hour_to_per_second, plural, span_text
 from infermeter.workloads.queries import (
     MAX_BATCH,
     MAX_JOULES,
@@ -293,7 +293,12 @@ def describe_pricing(
             f"{pricing.accelerator} is priced as a nominal part ({', '.join(figures)}), not this "
             f"machine; pass {' and '.join(flags)} (or a --hardware-config entry) to price your own"
         )
-    measured = "; energy_measured_j is measured" if measured_energy else ""
+    measured = (
+        "; energy_measured_j is estimated by the energy model, fitted to the energy its "
+        "profile metered (these queries were not metered)"
+        if measured_energy
+        else ""
+    )
     notes.append(f"energy_j is rated power × runtime ({pricing.watts:g} W), not measured{measured}")
     return pricing, notes
 
@@ -318,9 +323,11 @@ def range_notes(queries: pd.DataFrame, runtime: CostModel | ModelSet) -> list[st
     beyond = int((p > high).sum())
     if beyond:
         have = "has a prompt" if beyond == 1 else "have prompts"
+        held = held_note(model, "their prefill is priced at")
         notes.append(
             f"{beyond} of {plural(len(p), 'query')} {have} longer than the profile's largest "
-            f"({high} tokens, up to {int(p.max())} asked): their prefill is extrapolated"
+            f"({high} tokens, up to {int(p.max())} asked): "
+            + (held or "their prefill is extrapolated")
         )
     longest = model.profiled_output_tokens
     if longest is not None and (o > longest).any():
@@ -331,6 +338,36 @@ def range_notes(queries: pd.DataFrame, runtime: CostModel | ModelSet) -> list[st
             "asked): their decoding is extrapolated"
         )
     return notes
+
+
+def held_note(model: CostModel, lead: str) -> str | None:
+    """What pricing a prompt past `model`'s largest profiled size assumes where its PE is held
+    there (CostModel.held_prompt_encoding): `lead` and the rest of the sentence; None where
+    PE past it is extended as fitted."""
+    held = model.held_prompt_encoding()
+    if held is None:
+        return None
+    size, pe, before, pe_before = held
+    return (
+        f"{lead} the PE of {size} tokens ({pe:.4g} {model.unit}), held there, not extended "
+        f"down the profile's falling last segment ({pe_before:.4g} {model.unit} at {before} "
+        "tokens); profile larger prompt sizes (--max-context, --prompt-sizes) to price them"
+    )
+
+
+def energy_notes(queries: pd.DataFrame, energy: CostModel | ModelSet) -> list[str]:
+    """What pricing `queries` with an energy model assumes: for prompts past its largest
+    profiled size where its PE is held there, a note saying so (held_note)."""
+    model = _as_set(energy).first()
+    beyond = int((queries["prompt_tokens"].to_numpy() > model.profiled_prompt_tokens[1]).sum())
+    held = held_note(model, "their energy_measured_j prefill is priced at") if beyond else None
+    if held is None:
+        return []
+    have = "has a prompt" if beyond == 1 else "have prompts"
+    return [
+        f"{beyond} of {plural(len(queries), 'query')} {have} longer than the energy profile's "
+        f"largest ({model.profiled_prompt_tokens[1]} tokens): {held}"
+    ]
 
 
 def range_warnings(
@@ -383,7 +420,7 @@ def read_queries(
     require_file(path, what, fix)
     try:
         if suffix == ".csv":
-            frame = pd.read_csv(path)
+            frame = pd.read_csv(path, skipinitialspace=True)  # "a, b": the space is no part
         elif suffix in (".jsonl", ".ndjson"):
             frame = pd.read_json(path, lines=True)
         elif suffix == ".json":
@@ -394,7 +431,19 @@ def read_queries(
         raise UserError(f"{what} {path} does not exist; {fix}") from exc
     except Exception as exc:  # pandas raises many kinds for a bad file; all mean the same
         raise UserError(f"cannot read {what} {path}: {exc}".splitlines()[0]) from exc
-    return validate_queries(frame, str(path), hint, required)
+    return validate_queries(strip_blanks(frame), str(path), hint, required)
+
+
+def strip_blanks(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with the spaces around its column names and text values taken off: a file
+    written "prompt_tokens , output_tokens" by hand means prompt_tokens and output_tokens."""
+    if not isinstance(frame, pd.DataFrame):
+        return frame  # validate_queries says what it is instead
+    frame = frame.rename(columns=lambda name: name.strip() if isinstance(name, str) else name)
+    for column in frame.columns:
+        if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column]):
+            frame[column] = frame[column].map(lambda v: v.strip() if isinstance(v, str) else v)
+    return frame
 
 
 def validate_queries(
@@ -475,7 +524,8 @@ def estimate_queries(
     A `batch_size` column picks each query's model from a set fitted per batch size (and is
     refused, with the sizes there are, for a size the profile lacks); without it every query
     is priced at the smallest batch size the profile has. Without `pricing` (an API run on no
-    named hardware) there are no cost and rated-energy columns.
+    named hardware) there are no cost and rated-energy columns. Raises UserError for a query
+    a model prices at 0 s or 0 J or below (check_possible) or beyond a number (_check_finite).
     """
     runtime = _as_set(runtime)
     if runtime.quantity != "runtime_s":
@@ -494,6 +544,7 @@ def estimate_queries(
     if "batch_size" in queries.columns or len(runtime.batch_sizes) > 1:
         out["batch_size"] = batch
     seconds = runtime.predict(p, o, batch)
+    check_possible(seconds, queries, runtime, batch)
     share = 1.0 / batch  # a query's share of its batch's accelerator time and energy
     out["runtime_s"] = seconds
     if pricing is not None:
@@ -504,7 +555,9 @@ def estimate_queries(
         energy = _as_set(energy)
         if energy.quantity != "energy_j":
             raise UserError("the energy profile given is a runtime model; pass the energy model")
-        out["energy_measured_j"] = energy.predict(p, o, batch) * share
+        joules = energy.predict(p, o, batch)
+        check_possible(joules, queries, energy, batch)
+        out["energy_measured_j"] = joules * share
         out["energy_measured_wh"] = j_to_wh(out["energy_measured_j"])
     if grid_gco2_per_kwh is not None:
         if not (math.isfinite(grid_gco2_per_kwh) and grid_gco2_per_kwh >= 0):
@@ -515,6 +568,33 @@ def estimate_queries(
     frame = pd.DataFrame(out)
     _check_finite(frame)
     return frame
+
+
+def check_possible(
+    values: np.ndarray, queries: pd.DataFrame, models: ModelSet, batch: np.ndarray | None = None
+) -> None:
+    """Refuse a price of 0 or below (runtime in s, energy in J), which no query can take, in one
+    line (UserError) naming the first such query, the sizes its model was profiled at and the
+    fix: a model whose PE extrapolates to nothing outside its profile prices no query there.
+    `batch` gives each query's batch size (default: the set's smallest)."""
+    bad = np.asarray(values) <= 0
+    if not bad.any():
+        return
+    row = int(np.flatnonzero(bad)[0])
+    size = models.batch_sizes[0] if batch is None else int(np.asarray(batch)[row])
+    model = models.for_batch(size)
+    p = float(queries["prompt_tokens"].to_numpy()[row])
+    o = float(queries["output_tokens"].to_numpy()[row])
+    low, high = model.profiled_prompt_tokens
+    longest = model.profiled_output_tokens
+    outputs = f" and outputs up to {longest}" if longest else ""
+    value = float(np.asarray(values)[row])
+    raise UserError(
+        f"query {row + 1} (prompt_tokens {p:g}, output_tokens {o:g}) extrapolates to a "
+        f"{model.quantity} of {value:.3g} {model.unit}, which no query takes: the profile "
+        f"covers prompts of {span_text(low, high)} tokens{outputs}; profile sizes that cover it "
+        "(--prompt-sizes, --max-context) or leave the query out"
+    )
 
 
 def _check_finite(estimates: pd.DataFrame) -> None:

@@ -407,11 +407,19 @@ def cross_validate(
     """k-fold over the profiled (p, o) points: fit on the rest, price the held-out points.
 
     It measures how well the model interpolates its own grid, not new queries (those are the
-    profile's validation queries); folds are stratified by prompt size.
+    profile's validation queries); folds are stratified by prompt size. With fewer points
+    than `folds` it makes one fold per point; a fold whose remaining points cannot be fitted
+    is skipped. Returns "folds" (those fitted and priced: 0 for none, and then NaN errors),
+    "asked" (`folds`), "points" and the errors in percent (folds_note says what a shortfall
+    means).
     """
     n = len(agg)
+    asked = folds
     folds = min(folds, n)
-    empty = {"folds": 0, "mape": float("nan"), "max_abs_pct_error": float("nan")}
+    empty = {
+        "folds": 0, "asked": asked, "points": n,
+        "mape": float("nan"), "max_abs_pct_error": float("nan"),
+    }  # fmt: skip
     if folds < 2:
         return empty
     rng = np.random.default_rng(seed)
@@ -441,10 +449,38 @@ def cross_validate(
         return empty
     all_errors = np.concatenate(errors)
     return {
-        "folds": folds,
+        "folds": len(errors),
+        "asked": asked,
+        "points": n,
         "mape": float(to_pct(all_errors.mean())),
         "max_abs_pct_error": float(to_pct(all_errors.max())),
     }
+
+
+def folds_note(cv: dict[str, Any]) -> str | None:
+    """What a k-fold (cross_validate's result) did instead of what was asked, in one line:
+    k folds need at least k (p, o) points, and each fold's remaining points must still fit
+    (a prompt size with two output lengths); None where every fold asked was fitted."""
+    asked, fitted, n = int(cv["asked"]), int(cv["folds"]), int(cv["points"])
+    if fitted >= asked:
+        return None
+    made = min(asked, n)
+    need = (
+        f"k-fold needs at least {asked} (p, o) points for {asked} folds and the fit has {n}"
+        if n < asked
+        else f"k-fold over {plural(n, '(p, o) point')}"
+    )
+    unfit = "left points that could be fitted (a fit needs a prompt size with two output lengths)"
+    if fitted == 0:
+        done = (
+            f"no fold {unfit}, so no k-fold error is reported; profile more points (prompt "
+            "sizes or output lengths) or drop --folds"
+        )
+    elif fitted < made:
+        done = f"only {fitted} of {made} folds {unfit}; the k-fold error is over those"
+    else:
+        done = f"ran {plural(fitted, 'fold')} (one per point) instead"
+    return f"{need}: {done}"
 
 
 def _cost_model(core: _Core, slopes: Slopes, **about: Any) -> CostModel:
@@ -539,9 +575,11 @@ def fit_cost_model(
         "notes": notes,
     }
     if folds:
-        cost.fit["cross_validation"] = cross_validate(
-            agg, overhead, folds, weighting=weighting, slopes=slopes, decode=decode
-        )
+        cv = cross_validate(agg, overhead, folds, weighting=weighting, slopes=slopes, decode=decode)
+        cost.fit["cross_validation"] = cv
+        note = folds_note(cv)
+        if note:
+            notes.append(note)  # cost.fit["notes"]: printed with the fit
     return cost
 
 

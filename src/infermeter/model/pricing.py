@@ -18,6 +18,7 @@ from infermeter.model.cost_model import CostModel, ModelSet
 from infermeter.model.estimate import (
     Pricing,
     describe_pricing,
+    energy_notes,
     estimate_queries,
     profiled_sample,
     query_grid,
@@ -108,7 +109,7 @@ def price_queries(
 ) -> Priced:
     """Queries priced with a loaded model set: idealized runtime (s), dollars, joules and, with
     `grid_intensity` (gCO2e per kWh), CO2e. A query past the context raises UserError."""
-    warnings = range_notes(frame, runtime)
+    warnings = range_notes(frame, runtime) + (energy_notes(frame, energy) if energy else [])
     pricing, notes = describe_pricing(
         runtime.first(),
         accelerator,

@@ -18,7 +18,7 @@ from infermeter.model.estimate import POINTS_COLUMNS, read_points, require_file
 from infermeter.model.fit import FitPolicy, fit_profile
 from infermeter.model.fitted import fit_run
 from infermeter.store.db import Store, require_store
-from infermeter.units import plural, to_pct
+from infermeter.units import plural, span_text, to_pct
 
 if TYPE_CHECKING:
     from infermeter.requests import FitRequest
@@ -46,7 +46,7 @@ def fit_lines(model: CostModel, warning: str | None = None) -> list[tuple[str, s
             f"per output token g = {model.per_output_token:.6g} {model.unit}"
             + (f", overhead = {model.overhead:.6g} {model.unit}" if model.overhead else "")
             + f"; lines' R² overall = {model.fit.get('r2_overall', float('nan')):.6f}; PE at "
-            f"{plural(len(sizes), 'prompt size')} ({sizes[0]}-{sizes[-1]}); fitted with "
+            f"{plural(len(sizes), 'prompt size')} ({span_text(sizes[0], sizes[-1])}); fitted with "
             f"{model.describe_fit()}",
         ),
         ("", f"{model.quantity}: {validation_line(model)}"),

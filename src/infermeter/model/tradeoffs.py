@@ -29,8 +29,14 @@ import numpy as np
 import pandas as pd
 
 from infermeter.errors import UserError
-from infermeter.model.cost_model import CostModel
-from infermeter.model.estimate import Pricing, range_warnings
+from infermeter.model.cost_model import CostModel, ModelSet
+from infermeter.model.estimate import (
+    Pricing,
+    check_possible,
+    energy_notes,
+    range_warnings,
+    strip_blanks,
+)
 from infermeter.spec.model import ModelSpec
 from infermeter.units import MS_PER_S, to_giga
 
@@ -99,7 +105,7 @@ def _read_any(path: Path) -> pd.DataFrame | Any:
         if suffix == ".csv":
             # Lines starting with "#" are notes (where the numbers come from), not rows.
             lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("#")]
-            return pd.read_csv(io.StringIO("\n".join(lines)))
+            return strip_blanks(pd.read_csv(io.StringIO("\n".join(lines)), skipinitialspace=True))
         if suffix in (".jsonl", ".ndjson"):
             return pd.read_json(path, lines=True)
         if suffix == ".json":
@@ -279,8 +285,17 @@ def query_flops(spec: ModelSpec, prompt_tokens: Any, output_tokens: Any) -> np.n
     return prefill + decode
 
 
-def _mean_prediction(model: CostModel | None, p: np.ndarray, o: np.ndarray) -> float:
-    return float(np.mean(model.predict(p, o))) if model is not None else math.nan
+def _mean_prediction(model: CostModel | None, queries: pd.DataFrame, where: str = "") -> float:
+    """The mean of `model`'s price of `queries` (NaN without a model). Raises UserError, after
+    `where` (the scenario and model), for a query it prices at 0 or below (check_possible)."""
+    if model is None:
+        return math.nan
+    values = model.predict(queries["prompt_tokens"].to_numpy(), queries["output_tokens"].to_numpy())
+    try:
+        check_possible(values, queries, ModelSet([model]))
+    except UserError as error:
+        raise UserError(f"{where}{error}") from error
+    return float(np.mean(values))
 
 
 def _profile_index(profiles: Sequence[ModelProfile]) -> dict[str, ModelProfile]:
@@ -312,6 +327,12 @@ def scenario_warnings(
         notes = range_warnings(models, queries)
     except UserError as error:
         raise UserError(f"scenario {scenario}, {error}") from error
+    notes += [
+        f"{prof.name}: {note}"
+        for prof in profiles
+        if prof.energy is not None
+        for note in energy_notes(queries, prof.energy)
+    ]
     return [f"scenario {scenario}: {note}" for note in notes]
 
 
@@ -347,7 +368,8 @@ def tradeoff_table(
         priced.setdefault(cap["scenario"], []).append(prof)
         p = group["prompt_tokens"].to_numpy(dtype=float)
         o = group["output_tokens"].to_numpy(dtype=float)
-        idealized = _mean_prediction(prof.idealized, p, o)
+        where = f"scenario {cap['scenario']}, {prof.name}: "
+        idealized = _mean_prediction(prof.idealized, group, where)
         pricing = prof.pricing
         row: dict[str, Any] = {
             "model": cap["model"],
@@ -360,12 +382,12 @@ def tradeoff_table(
             "flops_per_query": (
                 float(np.mean(query_flops(prof.spec, p, o))) if prof.spec else math.nan
             ),
-            "raw_runtime_s": _mean_prediction(prof.raw, p, o),
-            "denoised_runtime_s": _mean_prediction(prof.denoised, p, o),
+            "raw_runtime_s": _mean_prediction(prof.raw, group, where),
+            "denoised_runtime_s": _mean_prediction(prof.denoised, group, where),
             "idealized_runtime_s": idealized,
             "idealized_cost_usd": idealized * pricing.usd_per_second if pricing else math.nan,
             "idealized_energy_j": idealized * pricing.watts if pricing else math.nan,
-            "measured_energy_j": _mean_prediction(prof.energy, p, o),
+            "measured_energy_j": _mean_prediction(prof.energy, group, where),
             "stack": (f"{pricing.num_accelerators} × {pricing.accelerator}" if pricing else "-"),
             "source": prof.source,
         }

@@ -981,7 +981,7 @@ def spec_report(
         ("active parameters per token", _active_text(spec)),
         ("weights", f"{bytes_text(spec.weight_bytes, 2)} at {spec.dtype}"),
         ("KV cache per token", f"{bytes_text(spec.kv_cache_bytes(1))} (all layers)"),
-        (f"KV cache at {context} tokens", bytes_text(spec.kv_cache_bytes(context))),
+        (f"KV cache at {plural(context, 'token')}", bytes_text(spec.kv_cache_bytes(context))),
         ("max context", str(spec.max_context)),
         ("source", spec.source),
     ]
