@@ -1,0 +1,140 @@
+"""Batch-1 decode at the card's power limit: step time, board power and J/token, this checkout
+against another commit, on one GPU in one call.
+
+A decode-heavy profile point runs for seconds back to back, long enough for the card to reach
+its power limit and lower its clocks; a step timed in a short burst does not. So per model and
+tree (`--trees`: "new" is this checkout, "old" a git worktree of `--against`), in a process of
+its own:
+
+- burst step: after 3 s idle, (min of 3 generations of 65 tokens − min of 3 of 1) / 64, the
+  wall clock around whole generate() calls (the user's timing, benchmarks/_timing.py);
+- sustained: 257-token generations back to back for `--seconds` (after one of each shape
+  untimed); the step is (median generation − the 1-token minimum) / 256, the power is the NVML
+  total-energy counter's difference over the wall time of the loop (nvmlDeviceGetTotalEnergy-
+  Consumption, mJ), J/token = power × step; the SM clock is polled after each generation.
+
+Found at bde1201 (docs/benchmarks/decode_power.md): the whole-rows decode GEMVs (c0a44bf on)
+hold LLaMA's sustained decode at the 700 W limit, where 06cfeb3's looped GEMVs drew 610-620 W.
+
+Run on a GPU: python benchmarks/decode_power.py [--models llama-13b,llama-7b]
+    [--against 06cfeb3] [--seconds 10] [--out DIR]
+Writes DIR/decode_power.json and .md with device, date and commit (this checkout's; the other
+tree's commit is in each row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _record import DOCS, write_result  # noqa: E402
+
+PROMPT_TOKENS = 512
+SUSTAINED_OUTPUT = 257
+BURST_OUTPUT = 65
+
+
+def measure(model: str, seconds: float) -> dict[str, Any]:
+    """One model in this process (run from the tree under test, PYTHONPATH=src): burst and
+    sustained step (ms), sustained power (W), J/token and the median SM clock (MHz)."""
+    import pynvml
+
+    from _timing import generate_timer
+    from infermeter.backends.engine import EngineBackend
+    from infermeter.spec.catalog import resolve_spec
+
+    backend = EngineBackend(device="cuda")
+    backend.prepare(resolve_spec(model))
+    call = generate_timer(backend._engine, "cuda")
+    prompt = list(range(10, 10 + PROMPT_TOKENS))
+    for o in (1, 8, BURST_OUTPUT, SUSTAINED_OUTPUT):  # compile, tune and capture untimed
+        call(prompt, o)
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    time.sleep(3.0)
+    one = min(call(prompt, 1) for _ in range(3))
+    burst = (min(call(prompt, BURST_OUTPUT) for _ in range(3)) - one) / (BURST_OUTPUT - 1)
+    runs, clocks = [], []
+    energy_mj = pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        runs.append(call(prompt, SUSTAINED_OUTPUT))
+        clocks.append(pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM))
+    wall_s = time.perf_counter() - started
+    power_w = (pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) - energy_mj) / 1000 / wall_s
+    step_s = (sorted(runs)[len(runs) // 2] - one) / (SUSTAINED_OUTPUT - 1)
+    backend.close()
+    return {
+        "model": model,
+        "burst_step_ms": burst * 1000,
+        "sustained_step_ms": step_s * 1000,
+        "sustained_power_w": power_w,
+        "j_per_token_j": power_w * step_s,
+        "sm_clock_mhz": sorted(clocks)[len(clocks) // 2],
+        "generations": len(runs),
+    }
+
+
+def run_tree(root: Path, model: str, seconds: float) -> dict[str, Any]:
+    """measure() in a fresh process with `root`'s src first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, str(Path(__file__).resolve()), "--one", model]
+    command += ["--seconds", str(seconds)]
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, check=False)
+    lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
+    if done.returncode or not lines:
+        raise SystemExit(f"{model} in {root} failed:\n{done.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def worktree(commit: str) -> Path:
+    """A git worktree of `commit` under /tmp (made once)."""
+    path = Path("/tmp") / f"decode_power_{commit}"
+    if not path.exists():
+        subprocess.run(["git", "worktree", "add", "-f", str(path), commit], check=True)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", default="llama-13b,llama-7b")
+    parser.add_argument("--against", default="06cfeb3", help="the other tree's commit")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.seconds)), flush=True)
+        return
+    trees = {"new": HERE.parent, "old": worktree(args.against)}
+    rows: list[dict[str, Any]] = []
+    for model in args.models.split(","):
+        for name in ("old", "new"):
+            row = {**run_tree(trees[name], model, args.seconds), "tree": name}
+            row["tree_commit"] = args.against if name == "old" else "this checkout"
+            print(row, flush=True)
+            rows.append(row)
+    table = [
+        (
+            f"{r['model']}, {r['tree']} ({r['tree_commit']})",
+            f"burst {r['burst_step_ms']:.2f} ms; sustained {r['sustained_step_ms']:.2f} ms at "
+            f"{r['sustained_power_w']:.0f} W, {r['j_per_token_j']:.2f} J/token, SM "
+            f"{r['sm_clock_mhz']} MHz",
+            "-",
+        )
+        for r in rows
+    ]
+    path = write_result("decode_power", {"rows": rows, "against": args.against}, table, args.out)
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
