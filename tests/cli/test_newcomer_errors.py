@@ -29,8 +29,9 @@ def t(p: int, o: int) -> float:
     return 0.042 + 0.0005 * p + 0.003 * (o - 1)
 
 
-def profile_store(path: Path) -> Path:
-    """One complete engine run: 9 points of 2 trials each, 18 measurements."""
+def profile_store(path: Path, slower: float = 1.0) -> Path:
+    """One complete engine run: 9 points of 2 trials each, 18 measurements (each `slower`
+    times t(p, o)); the same run key in every store."""
     spec = get_spec("tiny-llama")
     grid = ProfileGrid(PROMPTS, OUTPUTS, (1,), TRIALS)
     with Store(path) as db:
@@ -38,7 +39,7 @@ def profile_store(path: Path) -> Path:
                              stack={"backend": "engine"}, backend="engine", backend_info={},
                              grid=grid.to_dict(), device="cpu: test")  # fmt: skip
         measured = [
-            (Point(p, o, 1, k), Measurement(t(p, o) * (1 + 0.01 * k)))
+            (Point(p, o, 1, k), Measurement(t(p, o) * (1 + 0.01 * k) * slower))
             for p in PROMPTS
             for o in OUTPUTS
             for k in range(TRIALS)
@@ -228,4 +229,4 @@ def test_show_runs_and_merge_count_points_and_measurements_apart(tmp_path: Path)
     )
     merged = invoke("merge", tmp_path / "all.sqlite", store)
     assert merged.exit_code == 0, merged.output
-    assert "18 measurement(s)" in merged.stdout and "point(s)" not in merged.stdout
+    assert "copied 18 measurements" in merged.stdout and "18 points" not in merged.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -111,7 +112,8 @@ def test_a_sweep_file_it_cannot_run_is_refused_in_one_line(
 
 
 def _store_with(path: Path, points: dict[tuple[int, int], str], status: str) -> None:
-    """A store with one run (the same key in every store) holding `points`' statuses."""
+    """A store with one run (the same key in every store; resumed where `path` holds it)
+    holding `points`' statuses, each measured now."""
     with Store(path) as store:
         run, _ = store.open_run(
             key="k1", model="tiny", spec={}, stack={}, backend="engine", backend_info={},
@@ -123,25 +125,57 @@ def _store_with(path: Path, points: dict[tuple[int, int], str], status: str) -> 
         store.set_run_status(run.id, status)
 
 
+def _table(store: Path, query: str) -> list[tuple]:
+    with sqlite3.connect(store) as db:
+        return sorted(db.execute(query).fetchall())
+
+
 def test_a_merge_keeps_each_point_once_and_a_remeasured_failure_replaces_it(
     tmp_path: Path,
 ) -> None:
-    first, second, target = tmp_path / "a.sqlite", tmp_path / "b.sqlite", tmp_path / "m.sqlite"
-    _store_with(first, {(1, 1): "ok", (1, 4): "error"}, "interrupted")
-    _store_with(second, {(1, 1): "ok", (1, 4): "ok", (8, 1): "ok"}, "complete")
-    report = merge_stores(target, [first, second])
-    assert (report.runs_added, report.runs_joined) == (1, 1)
-    assert report.rows_added["points"] == 3 and report.rows_replaced["points"] == 1
-    again = merge_stores(target, [first, second])  # idempotent
-    assert sum(again.rows_added.values()) == 0 and sum(again.rows_replaced.values()) == 0
+    """A job's store merged, then merged again once the resumed job measured its failed trial
+    again (or the two merged the other way round): one run, each point once, the measured
+    trial in place of the failed one, which is kept once in replaced_points."""
+    job, then = tmp_path / "job.sqlite", tmp_path / "then.sqlite"
+    _store_with(job, {(1, 1): "ok", (1, 4): "error"}, "interrupted")
+    shutil.copy(job, then)  # the job's store as a first merge read it
+    _store_with(job, {(1, 4): "ok", (8, 1): "ok"}, "complete")  # resumed
+    for order in ([then, job], [job, then]):
+        target = tmp_path / f"{order[0].stem}-first.sqlite"
+        first, second = merge_stores(target, order).merged
+        assert (first.runs_new, second.runs_joined, second.runs_apart) == (1, 1, 0)
+        assert second.superseded["points"] == (1 if order[0] == then else 0)
+        again = merge_stores(target, order).merged  # idempotent
+        assert [
+            (m.runs_joined, sum(m.copied.values()), sum(m.superseded.values())) for m in again
+        ] == [(1, 0, 0), (1, 0, 0)]
+        assert _table(target, "SELECT count(*), status FROM runs") == [(1, "complete")]
+        points = _table(target, "SELECT prompt_tokens, output_tokens, status FROM points")
+        assert points == [(1, 1, "ok"), (1, 4, "ok"), (8, 1, "ok")]
+        kept = _table(target, "SELECT prompt_tokens, output_tokens, status FROM replaced_points")
+        assert kept == [(1, 4, "error")]
+    target = tmp_path / "m.sqlite"
     with pytest.raises(UserError, match="is the target of the merge and one of its sources"):
-        merge_stores(target, [first, target])  # refused, not skipped in silence
-    with sqlite3.connect(target) as db:
-        assert db.execute("SELECT count(*), status FROM runs").fetchone() == (1, "complete")
-        rows = db.execute("SELECT prompt_tokens, output_tokens, status FROM points").fetchall()
-    assert sorted(rows) == [(1, 1, "ok"), (1, 4, "ok"), (8, 1, "ok")]
+        merge_stores(target, [job, target])  # refused, not skipped in silence
     with pytest.raises(UserError, match="no store at"):
         merge_stores(target, [tmp_path / "missing.sqlite"])
+
+
+def test_a_failed_trial_a_merge_replaces_is_kept(tmp_path: Path) -> None:
+    """Copies of one store that measured a trial apart, one failing it: merged, the measured
+    trial takes the failed one's place and the failed one is kept in replaced_points."""
+    failed, measured = tmp_path / "failed.sqlite", tmp_path / "measured.sqlite"
+    _store_with(failed, {(1, 1): "ok"}, "interrupted")
+    shutil.copy(failed, measured)
+    _store_with(failed, {(1, 4): "error"}, "interrupted")
+    _store_with(measured, {(1, 4): "ok"}, "complete")
+    target = tmp_path / "m.sqlite"
+    _, second = merge_stores(target, [failed, measured]).merged
+    assert (second.runs_joined, second.copied["points"], second.superseded["points"]) == (1, 1, 1)
+    points = _table(target, "SELECT prompt_tokens, output_tokens, status FROM points")
+    assert points == [(1, 1, "ok"), (1, 4, "ok")]
+    kept = _table(target, "SELECT prompt_tokens, output_tokens, status FROM replaced_points")
+    assert kept == [(1, 4, "error")]
 
 
 def _points_once(store: Path, runs: int, per_run: int) -> None:

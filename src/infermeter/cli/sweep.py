@@ -56,7 +56,9 @@ def sweep(r: rq.SweepRequest) -> None:
 
 @o.request(rq.MergeRequest)
 def merge(r: rq.MergeRequest) -> None:
-    """Merge stores into one: every run once (by its key) and every measurement once."""
+    """Merge stores into one: every run and every measurement once, none dropped (a run of the
+    same settings measured apart is kept as a run of its own)."""
     from infermeter.store.merge import merge_stores
 
-    console.print(merge_stores(r.target, r.sources).line(), highlight=False)
+    for line in merge_stores(r.target, r.sources).lines():
+        console.print(line, highlight=False)
