@@ -189,7 +189,12 @@ class FitRequest:
     )
     output: Path | None = opt(None, "Write the fitted runtime model JSON here.")
     model_name: str = opt("", "Name recorded with --points.", "--model")
-    store: Path = store()
+    store: Path | None = opt(
+        None,
+        "SQLite store of the run (default: $INFERMETER_STORE or infermeter.sqlite); not with "
+        "--points.",
+        "--store",
+    )
 
 
 @dataclass(kw_only=True)

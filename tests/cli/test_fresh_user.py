@@ -242,7 +242,7 @@ def test_lines_that_count_one_thing_say_it_in_the_singular(tmp_path: Path) -> No
     )
     assert priced.exit_code == 0, priced.output
     assert "\n1 query" in priced.stdout and "1 queries" not in priced.output
-    assert "1 of 1 query has a prompt longer than the profile's largest" in priced.stderr
+    assert "the query has a prompt longer than the profile's largest" in priced.stderr
 
 
 # ---- 8: tradeoffs checks its scenario queries as estimate does ---------------------------------
@@ -264,7 +264,9 @@ def test_tradeoffs_checks_scenario_queries_as_estimate_does(tmp_path: Path) -> N
     assert priced.exit_code == 0, priced.output
     assert said(priced.stderr, "warning") == [
         "scenario s1: 1 of 2 queries has a prompt longer than the profile's largest (64 tokens, "
-        "up to 100 asked): their prefill is extrapolated"
+        "up to 100 asked): its prefill is extrapolated along the last segment's slope, 0.0001 s "
+        "per token from the PE of 64 tokens (0.0164 s); profile larger prompt sizes "
+        "(--max-context, --prompt-sizes) to price them"
     ]
     assert_one_line(
         invoke(*args, f"s1={past}"),

@@ -47,10 +47,18 @@ def profile_grid(
 ) -> Any:
     """The ProfileGrid of the sizes chosen (token counts), the defaults for the rest (over
     `max_context` tokens, default_context's default if None); the default grid's PE knots
-    only with the default prompt sizes. Checked against `spec`."""
+    only with the default prompt sizes. Checked against `spec`; raises UserError for a prompt
+    size past `max_context` (--prompt-sizes and --max-context disagree: neither wins)."""
     from infermeter.experiments.profile import ProfileGrid, default_grid
 
-    defaults = default_grid(spec, on_gpu, trials, max_context)
+    defaults = default_grid(spec, on_gpu, trials, max_context)  # checks max_context
+    past = [p for p in prompt_sizes or () if max_context is not None and p > max_context]
+    if past:
+        raise UserError(
+            f"--prompt-sizes {','.join(map(str, past))} {'is' if len(past) == 1 else 'are'} "
+            f"past --max-context {max_context}; drop {'it' if len(past) == 1 else 'them'} or "
+            "raise --max-context"
+        )
     grid = ProfileGrid(
         prompt_sizes or defaults.prompt_sizes,
         output_sizes or defaults.output_sizes,
@@ -271,13 +279,14 @@ def energy_setup(r: EnergyRequest, nodes: int = 1) -> EnergySetup:
     from infermeter.backends.config import config_for
     from infermeter.backends.options import generating_backend
     from infermeter.experiments.energy import EnergySweep
+    from infermeter.measure.gpus import check_device
     from infermeter.measure.meter import Meter, check_warmup_s
     from infermeter.spec.catalog import resolve_spec
     from infermeter.store.provenance import cuda_device_name
     from infermeter.workloads.datasets import load_workload
     from infermeter.workloads.tokenizer import tokenizer_for
 
-    model, backend, sampling, device = r.model, r.backend, r.sampling, r.device
+    model, backend, sampling, device = r.model, r.backend, r.sampling, check_device(r.device)
     if model is None:
         raise UserError("give a MODEL (e.g. llama-7b), or --restore-power-limit")
     if backend not in ("engine", "hf"):
@@ -419,6 +428,7 @@ def profile_setup(r: ProfileRequest, warn: Callable[[str], None]) -> ProfileSetu
     from infermeter.backends.config import BACKENDS, build_backend, config_for
     from infermeter.backends.openai import api_spec
     from infermeter.backends.options import openai_backend
+    from infermeter.measure.gpus import check_device
     from infermeter.model.pricing import parse_overrides
     from infermeter.spec.catalog import resolve_spec
     from infermeter.spec.hardware import build_stack, load_hardware_config
@@ -426,7 +436,7 @@ def profile_setup(r: ProfileRequest, warn: Callable[[str], None]) -> ProfileSetu
 
     if r.output:
         check_output(r.output, "model file")  # before minutes of profiling, not after
-    backend, device, tp = r.backend, r.device, r.tensor_parallel
+    backend, device, tp = r.backend, check_device(r.device), r.tensor_parallel
     overrides = parse_overrides(r.price_per_hour, r.power_watts, r.settings)
     catalog = load_hardware_config(r.hardware_config) if r.hardware_config else None
     if backend not in BACKENDS:  # before the model: a mistyped backend is the first problem

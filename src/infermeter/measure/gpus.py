@@ -66,6 +66,20 @@ def nvml_error(nvml: Any) -> type[BaseException]:
     return error if isinstance(error, type) and issubclass(error, BaseException) else OSError
 
 
+DEVICES = "auto, cuda, cuda:N (N = 0, 1, ...) or cpu"  # what --device accepts
+
+
+def check_device(device: str, flag: str = "--device") -> str:
+    """`device` as --device accepts it: auto, cuda, cuda:N or cpu. Raises UserError, naming
+    `flag` and the accepted values, for anything else (a device never silently becomes the
+    CPU)."""
+    text = str(device).strip()
+    head, sep, tail = text.partition(":")
+    if text in ("auto", "cuda", "cpu") or (head == "cuda" and sep and tail.isdigit()):
+        return text
+    raise UserError(f"{flag} {device!r} is not a device infermeter runs on; use {DEVICES}")
+
+
 def cuda_ordinal(device: str) -> int:
     """N of "cuda:N"; 0 for "cuda" and "auto". Raises UserError for anything else."""
     text = str(device).strip()

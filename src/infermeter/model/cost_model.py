@@ -5,7 +5,9 @@
 PE is piecewise linear in the prompt size p through the profiled sizes ("knots"), extrapolated
 linearly past the end knots and never negative; past the largest knot it never falls below PE
 there (a noisy profile whose last segment falls would otherwise price longer prompts cheaper,
-down to nothing: `held_prompt_encoding` says when it holds). The overhead is a constant for
+down to nothing: `held_prompt_encoding` says when it holds); a profile of one prompt size has
+no segment, and its PE is that size's at every p (`prompt_encoding_extension` says how PE is
+extended at either end, and estimate.range_notes tells the user). The overhead is a constant for
 black-box APIs (§3.5), zero for a local stack. The paper's g is one per-output-token slope, and
 that is what `per_output_token` holds (Table 3's g). A decode step also reads the keys and
 values of the whole context, so on a fast stack it costs more after a long prompt (LLaMA-7B on
@@ -63,21 +65,35 @@ _BOUND = MAX_JOULES
 Quantity = Literal["runtime_s", "energy_j"]
 
 
-def piecewise_linear(knots: np.ndarray, values: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Interpolate through (knots, values); extend the end segments linearly, except that past
-    the last knot a falling segment is held flat at the last value (more of x never costs
-    less there); clip at 0."""
+def end_slopes(knots: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """The slopes (value per token) piecewise_linear extends its end segments with: the first
+    segment's below the first knot, and the last segment's past the last knot, 0 there where
+    that falls; (0, 0) for a single knot, whose value holds everywhere."""
+    if len(knots) < 2:
+        return 0.0, 0.0
+    left = (values[1] - values[0]) / (knots[1] - knots[0])
+    right = max((values[-1] - values[-2]) / (knots[-1] - knots[-2]), 0.0)
+    return float(left), float(right)
+
+
+def piecewise_linear(
+    knots: np.ndarray, values: np.ndarray, x: np.ndarray, clip: bool = True
+) -> np.ndarray:
+    """Interpolate through (knots, values); extend the end segments linearly (end_slopes),
+    except that past the last knot a falling segment is held flat at the last value (more of x
+    never costs less there); a single knot's value holds everywhere. Clipped at 0 unless
+    `clip` is False (what the lines themselves give, for saying how far below 0 they reach)."""
     knots = np.asarray(knots, dtype=float)
     values = np.asarray(values, dtype=float)
     x = np.asarray(x, dtype=float)
     if knots.size == 1:
-        return np.full_like(x, max(values[0], 0.0), dtype=float)
+        y = np.full_like(x, values[0], dtype=float)
+        return np.maximum(y, 0.0) if clip else y
     y = np.interp(x, knots, values)
-    left_slope = (values[1] - values[0]) / (knots[1] - knots[0])
-    right_slope = max((values[-1] - values[-2]) / (knots[-1] - knots[-2]), 0.0)
+    left_slope, right_slope = end_slopes(knots, values)
     y = np.where(x < knots[0], values[0] + (x - knots[0]) * left_slope, y)
     y = np.where(x > knots[-1], values[-1] + (x - knots[-1]) * right_slope, y)
-    return np.maximum(y, 0.0)
+    return np.maximum(y, 0.0) if clip else y
 
 
 @dataclass
@@ -136,6 +152,21 @@ class CostModel:
             np.array(self.prompt_sizes), np.array(self.prompt_encoding), prompt_tokens
         )
 
+    def prompt_encoding_extension(
+        self, end: Literal["below", "past"]
+    ) -> tuple[int, float, float] | None:
+        """How PE(p) is extended outside the profiled prompt sizes (piecewise_linear): at `end`,
+        "below" the smallest size or "past" the largest, (that size in tokens, PE there and
+        the slope it is extended with, in the model's unit and unit per token: the first
+        segment's below, the last segment's past, 0 past where that falls). None for a model
+        profiled at one prompt size, whose PE is that size's at every prompt size."""
+        if len(self.prompt_sizes) < 2:
+            return None
+        below, past = end_slopes(np.array(self.prompt_sizes), np.array(self.prompt_encoding))
+        if end == "below":
+            return self.prompt_sizes[0], self.prompt_encoding[0], below
+        return self.prompt_sizes[-1], self.prompt_encoding[-1], past
+
     def held_prompt_encoding(self) -> tuple[int, float, int, float] | None:
         """Where PE is held flat past the largest profiled prompt size because the profile's
         last segment falls (piecewise_linear): (largest size, PE there, the size before it, PE
@@ -173,6 +204,15 @@ class CostModel:
         p, o = np.broadcast_arrays(p, o)
         value = self.prompt_encoding_at(p) + self.decode_at(p, o) + self.overhead
         return np.maximum(value, 0.0)
+
+    def unclipped(self, prompt_tokens: float, output_tokens: float) -> float:
+        """t(p, o) as the fitted lines give it, before predict's clips at 0 (s or J): how far
+        below nothing a query the model extrapolates to 0 reaches, for saying so."""
+        p, o = float(prompt_tokens), float(output_tokens)
+        pe = piecewise_linear(
+            np.array(self.prompt_sizes), np.array(self.prompt_encoding), np.array([p]), clip=False
+        )
+        return float(pe[0] + self.decode_at(np.array([p]), np.array([o]))[0] + self.overhead)
 
     @property
     def profiled_prompt_tokens(self) -> tuple[int, int]:

@@ -304,8 +304,9 @@ def describe_pricing(
 
 
 def range_notes(queries: pd.DataFrame, runtime: CostModel | ModelSet) -> list[str]:
-    """Warnings for queries outside what was profiled (their price is extrapolated); a
-    UserError for one past the model's context, which the model cannot run at all."""
+    """Warnings for queries outside what was profiled, each saying how their price is
+    extrapolated (prompt_notes; outputs past the longest); a UserError for one past the
+    model's context, which the model cannot run at all."""
     models = _as_set(runtime)
     p = queries["prompt_tokens"].to_numpy()
     o = queries["output_tokens"].to_numpy()
@@ -318,24 +319,100 @@ def range_notes(queries: pd.DataFrame, runtime: CostModel | ModelSet) -> list[st
             f"{model.model}'s context of {context} tokens; the model cannot run it (shorten the "
             "query)"
         )
-    notes = []
-    high = model.profiled_prompt_tokens[1]
-    beyond = int((p > high).sum())
-    if beyond:
-        have = "has a prompt" if beyond == 1 else "have prompts"
-        held = held_note(model, "their prefill is priced at")
-        notes.append(
-            f"{beyond} of {plural(len(p), 'query')} {have} longer than the profile's largest "
-            f"({high} tokens, up to {int(p.max())} asked): "
-            + (held or "their prefill is extrapolated")
-        )
+    notes = prompt_notes(p, model)
     longest = model.profiled_output_tokens
     if longest is not None and (o > longest).any():
         more = int((o > longest).sum())
         notes.append(
-            f"{more} of {plural(len(o), 'query')} {'asks' if more == 1 else 'ask'} for more "
-            f"output tokens than the profile's longest ({int(longest)}, up to {int(o.max())} "
-            "asked): their decoding is extrapolated"
+            f"{_share(more, len(o))} {'asks' if more == 1 else 'ask'} for more output tokens "
+            f"than the profile's longest ({plural(int(longest), 'token')}, up to "
+            f"{int(o.max())} asked): {_its(more)} decoding is extrapolated"
+        )
+    return notes
+
+
+def _share(count: int, total: int) -> str:
+    """Which of `total` queries a note is about: 'the query' (the only one), 'both queries',
+    'all 3 queries' or '1 of 3 queries'."""
+    if total == 1:
+        return "the query"
+    if count == total:
+        return "both queries" if total == 2 else f"all {total} queries"
+    return f"{count} of {plural(total, 'query')}"
+
+
+def _tokens(low: int, high: int) -> str:
+    """A range of token counts for a note: '16-64 tokens', or '1 token' where both ends are
+    one."""
+    return plural(low, "token") if low == high else f"{span_text(low, high)} tokens"
+
+
+def _its(count: int) -> str:
+    """The pronoun of `count` queries: 'its' for one, 'their' for more."""
+    return "its" if count == 1 else "their"
+
+
+def prompt_notes(p: np.ndarray, model: CostModel) -> list[str]:
+    """Warnings for prompts (`p`, tokens) outside the prompt sizes `model` was profiled at,
+    each saying how many, the profiled size they pass and how their PE is priced there:
+    with one profiled size, at its PE; below the smallest, down the first segment's slope
+    (clipped at 0); past the largest, along the last segment's slope, or at its PE where
+    that segment falls (held_note)."""
+    low, high = model.profiled_prompt_tokens
+    unit = model.unit
+    if low == high:  # one knot: no segment to extend, its PE holds everywhere
+        other = p != low
+        if not other.any():
+            return []
+        count, asked = int(other.sum()), p[other]
+        longer = "longer" if (asked > low).all() else "shorter" if (asked < low).all() else "other"
+        pe = float(model.prompt_encoding[0])
+        return [
+            f"{_share(count, len(p))} {'has a prompt' if count == 1 else 'have prompts'} of "
+            f"another size ({_tokens(int(asked.min()), int(asked.max()))} asked): PE "
+            f"was measured at one prompt size only ({plural(low, 'token')}), so every prompt "
+            f"is priced at its PE ({pe:.4g} {unit}); profile two or more prompt sizes "
+            f"(--prompt-sizes) to price {longer} prompts"
+        ]
+    notes = []
+    below = p < low
+    extension = model.prompt_encoding_extension("below")
+    if below.any() and extension is not None:
+        count = int(below.sum())
+        size, pe, slope = extension
+        reached = int((pe + (p[below] - size) * slope <= 0).sum())
+        who = "it" if count == 1 else f"{reached} of them"
+        who = "both" if reached == count == 2 else "all of them" if reached == count > 2 else who
+        clipped = (
+            f"; {who} {'reaches' if reached == 1 else 'reach'} 0 {unit} there and "
+            f"{'is' if reached == 1 else 'are'} priced at a PE of 0 (clipped)"
+            if reached
+            else ""
+        )
+        notes.append(
+            f"{_share(count, len(p))} {'has a prompt' if count == 1 else 'have prompts'} "
+            f"shorter than the profile's smallest ({plural(low, 'token')}, down to "
+            f"{int(p.min())} asked): {_its(count)} prefill is extrapolated down the first "
+            f"segment's slope, {slope:.4g} {unit} per token from the PE of "
+            f"{plural(size, 'token')} ({pe:.4g} {unit}){clipped}; profile smaller prompt sizes "
+            "(--prompt-sizes) to price them"
+        )
+    beyond = int((p > high).sum())
+    extension = model.prompt_encoding_extension("past")
+    if beyond and extension is not None:
+        size, pe, slope = extension
+        held = held_note(model, f"{_its(beyond)} prefill is priced at")
+        notes.append(
+            f"{_share(beyond, len(p))} {'has a prompt' if beyond == 1 else 'have prompts'} "
+            f"longer than the profile's largest ({plural(high, 'token')}, up to {int(p.max())} "
+            "asked): "
+            + (
+                held
+                or f"{_its(beyond)} prefill is extrapolated along the last segment's slope, "
+                f"{slope:.4g} {unit} per token from the PE of {plural(size, 'token')} "
+                f"({pe:.4g} {unit}); profile larger prompt sizes (--max-context, "
+                "--prompt-sizes) to price them"
+            )
         )
     return notes
 
@@ -349,9 +426,10 @@ def held_note(model: CostModel, lead: str) -> str | None:
         return None
     size, pe, before, pe_before = held
     return (
-        f"{lead} the PE of {size} tokens ({pe:.4g} {model.unit}), held there, not extended "
-        f"down the profile's falling last segment ({pe_before:.4g} {model.unit} at {before} "
-        "tokens); profile larger prompt sizes (--max-context, --prompt-sizes) to price them"
+        f"{lead} the PE of {plural(size, 'token')} ({pe:.4g} {model.unit}), held there, not "
+        f"extended down the profile's falling last segment ({pe_before:.4g} {model.unit} at "
+        f"{plural(before, 'token')}); profile larger prompt sizes (--max-context, "
+        "--prompt-sizes) to price them"
     )
 
 
@@ -360,13 +438,14 @@ def energy_notes(queries: pd.DataFrame, energy: CostModel | ModelSet) -> list[st
     profiled size where its PE is held there, a note saying so (held_note)."""
     model = _as_set(energy).first()
     beyond = int((queries["prompt_tokens"].to_numpy() > model.profiled_prompt_tokens[1]).sum())
-    held = held_note(model, "their energy_measured_j prefill is priced at") if beyond else None
+    lead = f"{_its(beyond)} energy_measured_j prefill is priced at"
+    held = held_note(model, lead) if beyond else None
     if held is None:
         return []
     have = "has a prompt" if beyond == 1 else "have prompts"
     return [
-        f"{beyond} of {plural(len(queries), 'query')} {have} longer than the energy profile's "
-        f"largest ({model.profiled_prompt_tokens[1]} tokens): {held}"
+        f"{_share(beyond, len(queries))} {have} longer than the energy profile's largest "
+        f"({plural(model.profiled_prompt_tokens[1], 'token')}): {held}"
     ]
 
 
@@ -574,9 +653,11 @@ def check_possible(
     values: np.ndarray, queries: pd.DataFrame, models: ModelSet, batch: np.ndarray | None = None
 ) -> None:
     """Refuse a price of 0 or below (runtime in s, energy in J), which no query can take, in one
-    line (UserError) naming the first such query, the sizes its model was profiled at and the
-    fix: a model whose PE extrapolates to nothing outside its profile prices no query there.
-    `batch` gives each query's batch size (default: the set's smallest)."""
+    line (UserError) naming the first such query, the column it prices (runtime_s, or
+    energy_measured_j for an energy model), the value the fitted lines give it before the
+    clip at 0 (CostModel.unclipped), the sizes its model was profiled at and the fix: a model
+    whose PE extrapolates to nothing outside its profile prices no query there. `batch` gives
+    each query's batch size (default: the set's smallest)."""
     bad = np.asarray(values) <= 0
     if not bad.any():
         return
@@ -587,14 +668,22 @@ def check_possible(
     o = float(queries["output_tokens"].to_numpy()[row])
     low, high = model.profiled_prompt_tokens
     longest = model.profiled_output_tokens
-    outputs = f" and outputs up to {longest}" if longest else ""
-    value = float(np.asarray(values)[row])
+    outputs = f" and outputs up to {plural(longest, 'token')}" if longest else ""
+    prompts = _tokens(low, high)
+    column = "runtime_s" if model.quantity == "runtime_s" else "energy_measured_j"
+    value = model.unclipped(p, o)
     raise UserError(
-        f"query {row + 1} (prompt_tokens {p:g}, output_tokens {o:g}) extrapolates to a "
-        f"{model.quantity} of {value:.3g} {model.unit}, which no query takes: the profile "
-        f"covers prompts of {span_text(low, high)} tokens{outputs}; profile sizes that cover it "
+        f"query {row + 1} (prompt_tokens {p:g}, output_tokens {o:g}) extrapolates to "
+        f"{_article(column)} {column} of {value:.4g} {model.unit}, which no query takes: the "
+        f"profile covers prompts of {prompts}{outputs}; profile sizes that cover it "
         "(--prompt-sizes, --max-context) or leave the query out"
     )
+
+
+def _article(word: str) -> str:
+    """'an' before a word that starts with a vowel sound (as these column names do: an
+    energy_measured_j), else 'a'."""
+    return "an" if word[:1].lower() in tuple("aeiou") else "a"
 
 
 def _check_finite(estimates: pd.DataFrame) -> None:

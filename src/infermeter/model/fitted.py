@@ -248,12 +248,17 @@ def reference_for(model: str, runs: list[StoredRun]) -> StoredRun | None:
     The paper's idealized runtime is the model on one uniform, good stack; infermeter's
     engine is that stack, so it wins over hf when both profiled the model.
     """
+    candidates = reference_candidates(model, runs)
+    return candidates[0] if candidates else None
+
+
+def reference_candidates(model: str, runs: list[StoredRun]) -> list[StoredRun]:
+    """Every fitted reference run of `model` (by its name or the one it stands for), in the
+    order reference_for prefers them: engine before hf, then the newest first."""
     mine = [r for r in reference_runs(runs) if _same(r.stands_for, model) or _same(r.model, model)]
     mine = [r for r in mine if r.fit() is not None]
-    if not mine:
-        return None
     newest_first = sorted(mine, key=lambda r: (r.record.created_at, r.record.id), reverse=True)
-    return min(newest_first, key=lambda r: _BACKEND_PREFERENCE.get(r.record.backend, 9))
+    return sorted(newest_first, key=lambda r: _BACKEND_PREFERENCE.get(r.record.backend, 9))
 
 
 def _same(a: str, b: str) -> bool:

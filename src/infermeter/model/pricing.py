@@ -127,20 +127,29 @@ def price_request(r: EstimateRequest) -> tuple[Priced, str]:
     grid of the sizes given) priced with the model set of r.profile, and the model's name.
     Each hardware figure comes from --price-per-hour/--power-watts/--set, else the
     --hardware-config entry of the accelerator priced, else the profile's stored entry (when
-    no --accelerator is named), else the catalog (model.estimate.pricing_for)."""
+    no --accelerator is named), else the catalog (model.estimate.pricing_for). Raises
+    UserError for --queries given with --prompt-tokens or --output-tokens (one or the
+    other), before anything is read."""
     from infermeter.model.helm import load_model_set
     from infermeter.spec.hardware import load_hardware_config
     from infermeter.store.outputs import check_output
     from infermeter.workloads.queries import parse_list
 
+    sizes = [f for f, v in (("--prompt-tokens", r.prompt_tokens),
+                            ("--output-tokens", r.output_tokens)) if v is not None]  # fmt: skip
+    if r.queries is not None and sizes:
+        raise UserError(
+            f"give --queries {r.queries} or {' and '.join(sizes)}, not both: the file's queries "
+            f"are priced, or the grid of the sizes given; drop {' and '.join(sizes)} or --queries"
+        )
     if r.output:
         check_output(r.output)
     runtime = load_model_set(r.profile, r.model)
     energy = load_model_set(r.energy_profile) if r.energy_profile else None
     frame = query_frame(
         r.queries,
-        parse_list(r.prompt_tokens, "--prompt-tokens") if r.queries is None else None,
-        parse_list(r.output_tokens, "--output-tokens") if r.queries is None else None,
+        parse_list(r.prompt_tokens, "--prompt-tokens"),
+        parse_list(r.output_tokens, "--output-tokens"),
     )
     catalog = load_hardware_config(r.hardware_config) if r.hardware_config else None
     overrides = parse_overrides(r.price_per_hour, r.power_watts, r.settings)

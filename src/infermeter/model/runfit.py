@@ -17,7 +17,7 @@ from infermeter.model.cost_model import SCHEMA, SET_SCHEMA, CostModel, save_mode
 from infermeter.model.estimate import POINTS_COLUMNS, read_points, require_file
 from infermeter.model.fit import FitPolicy, fit_profile
 from infermeter.model.fitted import fit_run
-from infermeter.store.db import Store, require_store
+from infermeter.store.db import DEFAULT_STORE, Store, require_store
 from infermeter.units import plural, span_text, to_pct
 
 if TYPE_CHECKING:
@@ -183,10 +183,11 @@ def refit(
     save: bool | None = None,
 ) -> Refit:
     """Fit a points file (`points`, named `model_name` or the file's stem), or run `run` of
-    `store` (default: its latest). A run's fit is stored when `save`, or by default when every
-    setting is the default, so an exploratory fit never replaces it. Raises UserError, before
-    anything is read, for a store that does not exist (it is never made here), and for a
-    points file with a run or with `save` (a points file has no run to store a fit with)."""
+    `store` (None: DEFAULT_STORE; its latest run by default). A run's fit is stored when
+    `save`, or by default when every setting is the default, so an exploratory fit never
+    replaces it. Raises UserError, before anything is read, for a store that does not exist
+    (it is never made here), and for a points file with a run, a store or `save` (a points
+    file is fitted on its own: it has no run to read or store a fit with)."""
     if points is not None:
         if run is not None:
             raise UserError(
@@ -198,6 +199,12 @@ def refit(
                 "--save stores a fit as a stored run's fit, and --points has no run; drop "
                 "--save and keep the fit with --output FILE"
             )
+        if store is not None:
+            raise UserError(
+                f"give --store {store} or --points {points}, not both: a points file is fitted "
+                "on its own and nothing is read from or stored in a store; drop --store (keep "
+                "the fit with --output FILE) or --points"
+            )
         policy = FitPolicy(api=False, **{**settings, "decode": settings["decode"] or "line"})
         fitted = fit_profile(
             read_points_file(points),
@@ -206,7 +213,7 @@ def refit(
             provenance={"points_file": str(points)},
         )
         return Refit(fitted, stored=True)
-    assert store is not None
+    store = Path(DEFAULT_STORE) if store is None else store
     require_store(store)
     with Store(store) as db:
         run_id = run if run is not None else db.latest_run_id()

@@ -25,6 +25,7 @@ from infermeter.model.fitted import (
     api_runs,
     load_runs,
     model_key,
+    reference_candidates,
     reference_for,
     reference_runs,
 )
@@ -253,6 +254,25 @@ def model_profiles(runs: list[StoredRun]) -> list[ModelProfile]:
     return profiles
 
 
+def left_out_runs(name: str, runs: list[StoredRun]) -> str | None:
+    """Where model `name` has several fitted reference runs, of which model_profiles prices
+    it with one (reference_for): a note naming the run used and those left out, and how to
+    price with another (tradeoffs has no flag that picks a run); None where it has one."""
+    used, *others = reference_candidates(name, runs) or [None]
+    if used is None or not others:
+        return None
+
+    def described(run: StoredRun) -> str:
+        return f"{run.label} ({run.stack_label}, {run.date})"
+
+    return (
+        f"{name}: priced with run {described(used)}, the one tradeoffs takes (the newest engine "
+        f"run, else the newest hf); left out: {', '.join(described(r) for r in others)}; to "
+        "price with another, write its fit with `infermeter fit RUN --store STORE --output "
+        "FILE.json` and pass --profile FILE.json, which stands over the store's runs"
+    )
+
+
 def compare_request(r: CompareRequest) -> tuple[StackComparison, int]:
     """`infermeter compare`: its outputs checked, the stacks of r.runs, r.model or r.profile
     compared on r.queries (default: a grid), with notes on the runs left out (stacks_for),
@@ -273,7 +293,8 @@ def compare_request(r: CompareRequest) -> tuple[StackComparison, int]:
 def tradeoffs_for(r: TradeoffsRequest) -> tuple[Tradeoffs, pd.DataFrame]:
     """`infermeter tradeoffs`: its outputs checked, the capabilities, scenario queries and
     profiles (r.profile's files, then r.store's runs) read, the table made and ranked by the
-    default objectives and r.objective's (a bad objective fails before anything is shown)."""
+    default objectives and r.objective's (a bad objective fails before anything is shown),
+    with a note for each model priced with one of its several stored runs (left_out_runs)."""
 
     image_format(r.fmt)
     check_outputs(r.output, r.ranks_output)
@@ -283,10 +304,18 @@ def tradeoffs_for(r: TradeoffsRequest) -> tuple[Tradeoffs, pd.DataFrame]:
     scenario_queries = read_scenario_queries(r.queries)
     profiles = profiles_from_files(list(r.profile or []))
     paths = stores_or_default(r.store, required=not profiles)
+    # Models the store prices: in the capability table, and not given by a --profile file.
+    wanted = {model_key(m) for m in caps["model"]} - {model_key(p.name) for p in profiles}
+    left_out: list[str] = []
     if paths:
-        profiles += model_profiles(load_runs(paths, with_samples=False))
+        runs = load_runs(paths, with_samples=False)
+        stored = model_profiles(runs)
+        profiles += stored
+        notes = (left_out_runs(p.name, runs) for p in stored if model_key(p.name) in wanted)
+        left_out = [note for note in notes if note]
     if not profiles:
         raise UserError("no profiles: profile models into --store, or pass --profile FILE")
     objectives = {**DEFAULT_OBJECTIVES, **parse_objectives(r.objective or [])}
     result = tradeoff_table(profiles, caps, scenario_queries)
+    result.notes += left_out
     return result, rank_models(result.table, objectives)
