@@ -30,7 +30,9 @@ def run(tmp_path: Path, *stores: str) -> subprocess.CompletedProcess[str]:
 def test_a_fresh_profile_records_its_calls_host_parts(tmp_path: Path) -> None:
     store = tmp_path / "s.db"
     grid = ["--prompt-sizes", "1,16", "--output-sizes", "1,4,8", "--trials", "2"]
-    result = invoke("profile", "tiny-llama", "--device", "cpu", *grid, "--store", str(store))
+    # --accept-poor-fit: a loaded machine's timings may fit poorly; the fit is not the subject
+    result = invoke("profile", "tiny-llama", "--device", "cpu", *grid, "--accept-poor-fit",
+                    "--store", str(store))  # fmt: skip
     assert result.exit_code == 0, result.output
     done = run(tmp_path, f"tiny={store}")
     assert done.returncode == 0, done.stderr
@@ -49,7 +51,8 @@ def test_one_run_of_a_store_of_several_and_a_run_without_validation(tmp_path: Pa
     store = tmp_path / "s.db"
     for sizes in ("1,16", "1,8,24"):  # two grids: two runs in one store
         grid = ["--prompt-sizes", sizes, "--output-sizes", "1,4", "--trials", "2"]
-        args = ("profile", "tiny-llama", "--device", "cpu", *grid, "--validate", "0")
+        args = ("profile", "tiny-llama", "--device", "cpu", *grid, "--validate", "0",
+                "--accept-poor-fit")  # fmt: skip
         result = invoke(*args, "--store", str(store))
         assert result.exit_code == 0, result.output
     done = run(tmp_path, f"newest={store}", f"first={store}#1")

@@ -13,7 +13,8 @@ from cli_runner import assert_one_line, invoke
 from readonly import read_only
 from report_store import write_inputs
 
-GRID = ["--prompt-sizes", "1,16", "--output-sizes", "1,4,8", "--trials", "2"]
+# a loaded machine's timings may fit poorly (R² < 0); the fit is not the subject here
+GRID = ["--prompt-sizes", "1,16", "--output-sizes", "1,4,8", "--trials", "2", "--accept-poor-fit"]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def profiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     store, model = tmp / "s.sqlite", tmp / "model.json"
     result = invoke("profile", "tiny-llama", "--device", "cpu", *GRID, "--store", store)
     assert result.exit_code == 0, result.output
-    assert invoke("fit", "--store", store, "--output", model).exit_code == 0
+    assert invoke("fit", "--store", store, "--accept-poor-fit", "--output", model).exit_code == 0
     return store, model
 
 
@@ -87,7 +88,7 @@ def test_a_store_on_read_only_media_is_listed_and_read(
         exported = invoke("export", "--store", copy, "--output", tmp_path / "p.csv")
         assert exported.exit_code == 0 and (tmp_path / "p.csv").exists(), exported.output
         # A verb that writes says so in one line.
-        assert_one_line(invoke("fit", "--store", copy), "read-only")
+        assert_one_line(invoke("fit", "--store", copy, "--accept-poor-fit"), "read-only")
         assert sorted(p.name for p in folder.iterdir()) == ["s.sqlite"]
 
 

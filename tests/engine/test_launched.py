@@ -25,7 +25,9 @@ from infermeter.measure.window import EnergyWindow
 from paths import TESTS
 from store_rows import wait_for_rows
 
-GRID = ["--prompt-sizes", "1,8", "--output-sizes", "1,4", "--trials", "2", "--validate", "0"]
+# a loaded machine's timings may fit poorly (R² < 0); the fit is not the subject here
+GRID = ["--prompt-sizes", "1,8", "--output-sizes", "1,4", "--trials", "2", "--validate", "0",
+        "--accept-poor-fit"]  # fmt: skip
 # A guard against a hang, not a time limit: two nodes' ranks profiling beside two busy
 # processes on 2 cores took over 120 s once (a3a0187).
 HANG_S = 600
@@ -181,7 +183,7 @@ def test_a_rank_lost_mid_run_is_named_and_a_rerun_resumes(
     store = tmp_path / "k.sqlite"
     profile = ["-m", "infermeter", "profile", "tiny-llama", "--tp", "2", "--device", "cpu",
                "--prompt-sizes", "1,8,16", "--output-sizes", "1,8,16", "--trials", "2",
-               "--validate", "0", "--store", str(store)]  # fmt: skip
+               "--validate", "0", "--accept-poor-fit", "--store", str(store)]  # fmt: skip
     procs = _torchrun(profile, _port(), tmp_path / "k")
     stored = wait_for_rows(store, "points", 2, lambda: all(p.poll() is None for p in procs), 0.1)
     agent = procs[1].pid  # node 1's torchrun; its one child is rank 1

@@ -39,7 +39,8 @@ validate = 0
 prompt-sizes = "1,8,16"
 output-sizes = "1,8,16"
 trials = 2
-"""
+accept-poor-fit = true
+"""  # a loaded machine's timings may fit poorly; the fit is not the subject
 
 
 def _write(tmp_path: Path, text: str) -> Path:
