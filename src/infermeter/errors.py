@@ -24,6 +24,12 @@ class UserError(Exception):
     exit_code = 2
 
 
+def not_both(first: str, second: str, why: str, fix: str = "") -> UserError:
+    """The one-line refusal of two inputs that exclude each other: "give FIRST or SECOND, not
+    both: WHY[; FIX]". Returned, to be raised where the clash is found."""
+    return UserError(f"give {first} or {second}, not both: {why}" + (f"; {fix}" if fix else ""))
+
+
 class DoesNotFit(UserError):
     """A model that does not fit in the memory of the device(s) asked for; the message names
     the fix (a smaller model or dtype, more shards). The energy sweep records it as infeasible

@@ -250,7 +250,7 @@ class ServeRequest:
 
     model: str = arg(..., "Catalog name or config.json (random weights).")
     backend: str = opt("hf", "hf or engine.")
-    device: str = opt("auto", "auto, cuda or cpu.")
+    device: str = opt("auto", "auto, cuda, cuda:N or cpu.")
     dtype: str | None = opt(None, DTYPE)
     checkpoint: Path | None = opt(None, "Local checkpoint folder (real weights).")
     tokenizer: str = opt(

@@ -211,6 +211,16 @@ def test_a_device_that_is_none_is_refused(tmp_path: Path, verb: str, device: str
     assert not store.exists()
 
 
+@pytest.mark.parametrize("device", ["gpu9", "cuda:x"])
+def test_serve_refuses_a_device_that_is_none_before_taking_the_port(device: str) -> None:
+    """`serve --device gpu9` was torch's "Invalid device string" traceback (a fresh-eyes check
+    found it); now the line the other verbs give, before the port is bound."""
+    assert_one_line(
+        invoke("serve", "tiny-llama", "--device", device, "--port", "1"),
+        f"--device '{device}' is not a device infermeter runs on",
+    )
+
+
 # ---- 6: flags that contradict each other ----------------------------------------------------
 
 

@@ -516,6 +516,7 @@ def serve_model(r: ServeRequest, on_ready: Callable[[list[str], str], None]) -> 
     backend behind the API until stopped. The port is taken before the model loads; once it
     is loaded `on_ready` gets the notes and the line that says where it is served."""
     from infermeter.backends.config import build_backend, config_for
+    from infermeter.measure.gpus import check_device
     from infermeter.spec.catalog import resolve_spec
     from infermeter.workloads.textgen import generator_for
     from infermeter.workloads.tokenizer import load_tokenizer
@@ -524,7 +525,7 @@ def serve_model(r: ServeRequest, on_ready: Callable[[list[str], str], None]) -> 
         raise UserError(f"serve runs the hf or engine backend, not {r.backend!r}")
     spec = resolve_spec(r.model)
     tok = load_tokenizer(r.tokenizer)
-    options: dict[str, Any] = {"device": r.device, "dtype": r.dtype}
+    options: dict[str, Any] = {"device": check_device(r.device), "dtype": r.dtype}
     if r.checkpoint is not None:
         options["checkpoint"] = str(r.checkpoint)
     config = config_for(r.backend, **options)

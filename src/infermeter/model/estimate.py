@@ -499,7 +499,7 @@ def read_queries(
     require_file(path, what, fix)
     try:
         if suffix == ".csv":
-            frame = pd.read_csv(path, skipinitialspace=True)  # "a, b": the space is no part
+            frame = read_csv_by_hand(path)
         elif suffix in (".jsonl", ".ndjson"):
             frame = pd.read_json(path, lines=True)
         elif suffix == ".json":
@@ -511,6 +511,13 @@ def read_queries(
     except Exception as exc:  # pandas raises many kinds for a bad file; all mean the same
         raise UserError(f"cannot read {what} {path}: {exc}".splitlines()[0]) from exc
     return validate_queries(strip_blanks(frame), str(path), hint, required)
+
+
+def read_csv_by_hand(source: Any) -> pd.DataFrame:
+    """A CSV (path or text buffer) as people write one by hand: "a, b" (the space after a comma
+    is no part of the value) and blanks around names and text values taken off (strip_blanks).
+    Raises what pandas raises for an unreadable file."""
+    return strip_blanks(pd.read_csv(source, skipinitialspace=True))
 
 
 def strip_blanks(frame: pd.DataFrame) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from infermeter.errors import UserError
+from infermeter.errors import UserError, not_both
 
 if TYPE_CHECKING:
     from infermeter.requests import EstimateRequest
@@ -138,10 +138,12 @@ def price_request(r: EstimateRequest) -> tuple[Priced, str]:
     sizes = [f for f, v in (("--prompt-tokens", r.prompt_tokens),
                             ("--output-tokens", r.output_tokens)) if v is not None]  # fmt: skip
     if r.queries is not None and sizes:
-        raise UserError(
-            f"give --queries {r.queries} or {' and '.join(sizes)}, not both: the file's queries "
-            f"are priced, or the grid of the sizes given; drop {' and '.join(sizes)} or --queries"
-        )
+        given = " and ".join(sizes)
+        raise not_both(
+            f"--queries {r.queries}", given,
+            "the file's queries are priced, or the grid of the sizes given",
+            f"drop {given} or --queries",
+        )  # fmt: skip
     if r.output:
         check_output(r.output)
     runtime = load_model_set(r.profile, r.model)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from infermeter.errors import UserError
+from infermeter.errors import UserError, not_both
 from infermeter.model.cost_model import SCHEMA, SET_SCHEMA, CostModel, save_models
 from infermeter.model.estimate import POINTS_COLUMNS, read_points, require_file
 from infermeter.model.fit import FitPolicy, fit_profile
@@ -190,9 +190,8 @@ def refit(
     file is fitted on its own: it has no run to read or store a fit with)."""
     if points is not None:
         if run is not None:
-            raise UserError(
-                f"give a run ({run}) or --points {points}, not both: a points file is fitted "
-                "on its own"
+            raise not_both(
+                f"a run ({run})", f"--points {points}", "a points file is fitted on its own"
             )
         if save:
             raise UserError(
@@ -200,11 +199,11 @@ def refit(
                 "--save and keep the fit with --output FILE"
             )
         if store is not None:
-            raise UserError(
-                f"give --store {store} or --points {points}, not both: a points file is fitted "
-                "on its own and nothing is read from or stored in a store; drop --store (keep "
-                "the fit with --output FILE) or --points"
-            )
+            raise not_both(
+                f"--store {store}", f"--points {points}",
+                "a points file is fitted on its own and nothing is read from or stored in a store",
+                "drop --store (keep the fit with --output FILE) or --points",
+            )  # fmt: skip
         policy = FitPolicy(api=False, **{**settings, "decode": settings["decode"] or "line"})
         fitted = fit_profile(
             read_points_file(points),

@@ -35,7 +35,7 @@ from infermeter.model.estimate import (
     check_possible,
     energy_notes,
     range_warnings,
-    strip_blanks,
+    read_csv_by_hand,
 )
 from infermeter.spec.model import ModelSpec
 from infermeter.units import MS_PER_S, to_giga
@@ -105,7 +105,7 @@ def _read_any(path: Path) -> pd.DataFrame | Any:
         if suffix == ".csv":
             # Lines starting with "#" are notes (where the numbers come from), not rows.
             lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("#")]
-            return strip_blanks(pd.read_csv(io.StringIO("\n".join(lines)), skipinitialspace=True))
+            return read_csv_by_hand(io.StringIO("\n".join(lines)))
         if suffix in (".jsonl", ".ndjson"):
             return pd.read_json(path, lines=True)
         if suffix == ".json":
