@@ -3,7 +3,8 @@ prices every prompt at its PE and says so; a prompt below the smallest profiled 
 the largest, is priced along a segment the warning names (with its slope and where it starts);
 counts agree with their nouns and a refusal prints the value it refuses; a device that is no
 device, and flags that contradict each other, are refused in one line; and `tradeoffs` names
-the run it prices a model with where a store holds several.
+the run it prices a model with where a store holds several; an energy profile of another model
+or stack than the runtime profile's is said.
 
 Profiles are synthetic points (points files, or stores filled as a profile fills them), so
 nothing here depends on how fast this machine runs a model; the two `profile` commands are
@@ -285,3 +286,40 @@ def test_tradeoffs_names_the_run_it_uses_and_those_left_out(tmp_path: Path) -> N
     assert picked.exit_code == 0, picked.output
     assert "left out" not in picked.stderr
     assert pd.read_csv(tmp_path / "p.csv").source.tolist() == ["first.json:tiny-llama"]
+
+
+# ---- 7: an energy profile that is not the runtime profile's pair ---------------------------
+
+
+def _fitted(path: Path, model: str, quantity: str, dtype: str) -> Path:
+    """A fitted model of a stored run of `model` on this CPU in `dtype`, as `fit` writes one."""
+    from infermeter.spec.hardware import Stack, get_accelerator
+
+    stack = Stack("engine", get_accelerator("cpu"), dtype=dtype).to_dict()
+    scale = 300.0 if quantity == "energy_j" else 1.0  # joules: 300 W for the same seconds
+    CostModel([8, 64], [0.01 * scale, 0.02 * scale], G_S * scale, quantity=quantity, model=model,
+              stack=stack, provenance={"run_id": 1}).save(path)  # fmt: skip
+    return path
+
+
+def test_an_energy_profile_of_another_model_or_stack_is_said(tmp_path: Path) -> None:
+    """`estimate --profile A --energy-profile B` priced B's joules beside A's seconds without a
+    word when B was another model's or another stack's (a fresh-eyes check found it)."""
+    runtime = _fitted(tmp_path / "r.json", "tiny-llama", "runtime_s", "float32")
+    pair = _fitted(tmp_path / "r.energy.json", "tiny-llama", "energy_j", "float32")
+    other_model = _fitted(tmp_path / "m.energy.json", "gpt2", "energy_j", "float32")
+    other_stack = _fitted(tmp_path / "s.energy.json", "tiny-llama", "energy_j", "bfloat16")
+
+    def warnings_with(energy: Path) -> list[str]:
+        result = invoke("estimate", "--profile", runtime, "--energy-profile", energy,
+                        "--prompt-tokens", "16", "--output-tokens", "4")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return warned(result.stderr)
+
+    assert warnings_with(pair) == []
+    (line,) = warnings_with(other_model)
+    assert line.startswith("the energy profile is of gpt2, the runtime profile of tiny-llama:")
+    assert "pass tiny-llama's energy profile" in line
+    (line,) = warnings_with(other_stack)
+    assert "measured on engine, 1 × cpu, bfloat16, the runtime profile on engine, 1 × cpu, " \
+        "float32" in line  # fmt: skip

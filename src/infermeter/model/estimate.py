@@ -449,6 +449,45 @@ def energy_notes(queries: pd.DataFrame, energy: CostModel | ModelSet) -> list[st
     ]
 
 
+def pairing_notes(runtime: CostModel | ModelSet, energy: CostModel | ModelSet) -> list[str]:
+    """Warnings for an energy profile that is not the runtime profile's pair: fitted on
+    another catalog model's run, or measured on another stack (backend, accelerator and count,
+    dtype, TP). Said, not refused: pricing an API's runtime with a reference stack's energy
+    can be meant. Points files (named by their file) are not compared by name."""
+    run, joules = _as_set(runtime).first(), _as_set(energy).first()
+    notes = []
+    from_points = any("points_file" in m.provenance for m in (run, joules))
+    if run.model and joules.model and run.model != joules.model and not from_points:
+        notes.append(
+            f"the energy profile is of {joules.model}, the runtime profile of {run.model}: "
+            f"energy_measured_j is {joules.model}'s; pass {run.model}'s energy profile "
+            "(written beside its runtime profile by `infermeter fit --output`)"
+        )
+    ran_on, metered_on = _stack_words(run.stack), _stack_words(joules.stack)
+    if ran_on and metered_on and ran_on != metered_on:
+        notes.append(
+            f"the energy profile was measured on {metered_on}, the runtime profile on "
+            f"{ran_on}: energy_measured_j is that stack's energy, not this one's"
+        )
+    return notes
+
+
+def _stack_words(stack: Mapping[str, Any]) -> str:
+    """'BACKEND, COUNT × ACCELERATOR, DTYPE[, tp N]' of a model's stored stack; '' for none."""
+    if not stack:
+        return ""
+    accelerator = stack.get("accelerator")
+    name = accelerator.get("name") if isinstance(accelerator, Mapping) else accelerator
+    tp = stack.get("tensor_parallel", 1)
+    parts = [
+        stack.get("backend"),
+        f"{stack.get('num_accelerators', 1)} × {name}" if name else None,
+        stack.get("dtype"),
+        f"tp {tp}" if tp != 1 else None,
+    ]
+    return ", ".join(str(part) for part in parts if part)
+
+
 def range_warnings(
     models: Sequence[tuple[str, CostModel | ModelSet]], queries: pd.DataFrame
 ) -> list[str]:

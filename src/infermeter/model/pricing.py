@@ -20,6 +20,7 @@ from infermeter.model.estimate import (
     describe_pricing,
     energy_notes,
     estimate_queries,
+    pairing_notes,
     profiled_sample,
     query_grid,
     range_notes,
@@ -109,7 +110,9 @@ def price_queries(
 ) -> Priced:
     """Queries priced with a loaded model set: idealized runtime (s), dollars, joules and, with
     `grid_intensity` (gCO2e per kWh), CO2e. A query past the context raises UserError."""
-    warnings = range_notes(frame, runtime) + (energy_notes(frame, energy) if energy else [])
+    warnings = range_notes(frame, runtime)
+    if energy is not None:
+        warnings += pairing_notes(runtime, energy) + energy_notes(frame, energy)
     pricing, notes = describe_pricing(
         runtime.first(),
         accelerator,
