@@ -30,3 +30,15 @@ def test_constants_match_their_sources() -> None:
     assert units.to_pct(0.0125) == 1.25
     assert list(units.to_pct(np.array([0.5, -0.02]))) == [50.0, -2.0]
     assert units.kib_to_bytes(16) == 16_384  # /proc/meminfo's kB are KiB
+
+
+@given(st.lists(st.text("abcxyz", min_size=1, max_size=5), max_size=6))
+def test_one_of_lists_values_as_a_person_does(values: list[str]) -> None:
+    """Every value once, in order, no Python repr: "a, b or c"."""
+    text = units.one_of(values)
+    assert "[" not in text and "'" not in text
+    if len(values) >= 2:
+        assert text == ", ".join(values[:-1]) + " or " + values[-1]
+    else:
+        assert text == "".join(values)
+    assert units.one_of(["a", "b", "c"], "and") == "a, b and c"

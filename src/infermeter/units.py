@@ -9,6 +9,7 @@ TFLOP/s, billions of parameters) are for display; memory a process must fit is i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 MS_PER_S = 1000.0
@@ -138,3 +139,12 @@ def plural(count: int, noun: str, many: str | None = None) -> str:
         else:
             many = noun + "s"
     return f"{count} {many}"
+
+
+def one_of(values: Iterable[Any], last: str = "or") -> str:
+    """Values for a message, as a person lists them: one_of(["a", "b", "c"]) is "a, b or c"
+    (`last` "and" gives "a, b and c"); not a Python list's repr."""
+    words = [str(value) for value in values]
+    if len(words) <= 1:
+        return "".join(words)
+    return f"{', '.join(words[:-1])} {last} {words[-1]}"

@@ -117,7 +117,7 @@ def test_merge_checks_its_sources_before_making_the_target(tmp_path: Path) -> No
         (["--context", "-5"], "--context must be positive, got -5"),
         (["--context", "0"], "--context must be positive, got 0"),
         (["--context", "4096"], "--context 4096 exceeds gpt2's context of 1024 tokens"),
-        (["--dtype", "int4"], "unknown dtype 'int4' for gpt2; use one of"),
+        (["--dtype", "int4"], "unknown dtype 'int4' for gpt2; use bfloat16, float16, float32 or"),
     ],
 )
 def test_models_show_refuses_impossible_sizes_in_one_line(args: list[str], fragment: str) -> None:

@@ -20,7 +20,7 @@ from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
 from infermeter.measure.gpus import cuda_ordinal
 from infermeter.measure.memory import check_weights_fit
 from infermeter.spec.model import ModelSpec
-from infermeter.units import plural, to_gib, to_giga
+from infermeter.units import one_of, plural, to_gib, to_giga
 
 INSTALL_HINT = "pip install 'infermeter[torch]'"
 _DTYPES = {"float32", "float16", "bfloat16"}
@@ -45,7 +45,7 @@ class EngineBackend:
         timeout_s: float = 3600.0,
     ) -> None:
         if dtype is not None and dtype not in _DTYPES:
-            raise UserError(f"engine: dtype {dtype!r} not supported; use one of {sorted(_DTYPES)}")
+            raise UserError(f"engine: dtype {dtype!r} not supported; use {one_of(sorted(_DTYPES))}")
         if sampling not in ("greedy", "top_p"):
             raise UserError(f"engine: sampling must be 'greedy' or 'top_p', not {sampling!r}")
         if int(tp) < 1:

@@ -21,7 +21,7 @@ from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
 from infermeter.measure.memory import check_weights_fit
 from infermeter.spec.model import ModelSpec
 from infermeter.store.provenance import cpu_name
-from infermeter.units import plural, to_gib
+from infermeter.units import one_of, plural, to_gib
 
 INSTALL_HINT = "pip install 'infermeter[torch]'"
 
@@ -307,8 +307,8 @@ class HFBackend:
     ) -> None:
         if dtype is not None and str(dtype).lower() not in _DTYPE_ALIASES:
             raise UserError(
-                f"hf backend: dtype {dtype!r} is not supported; use one of "
-                f"{sorted(set(_DTYPE_ALIASES.values()))}"
+                f"hf backend: dtype {dtype!r} is not supported; use "
+                f"{one_of(sorted(set(_DTYPE_ALIASES.values())))}"
             )
         if int(warmup) < 0:
             raise UserError(f"hf backend: warmup must be >= 0, got {warmup}")

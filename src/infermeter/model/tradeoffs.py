@@ -38,7 +38,7 @@ from infermeter.model.estimate import (
     read_csv_by_hand,
 )
 from infermeter.spec.model import ModelSpec
-from infermeter.units import MS_PER_S, to_giga
+from infermeter.units import MS_PER_S, one_of, to_giga
 
 # Efficiency metrics in Fig. 9's order, then the energy rows infermeter adds. Lower is better.
 METRICS: dict[str, str] = {
@@ -199,7 +199,9 @@ def validate_capabilities(
     frame = frame.copy()
     if metric and metric != "accuracy":
         if metric not in frame.columns:
-            raise UserError(f"{origin} has no column {metric!r}; its columns: {list(frame)}")
+            raise UserError(
+                f"{origin} has no column {metric!r}; its columns: {one_of(frame, 'and')}"
+            )
         frame = frame.drop(columns="accuracy", errors="ignore").rename(columns={metric: "accuracy"})
     if "accuracy" not in frame.columns:
         numeric = [c for c in frame.columns if c not in ("model", "scenario")]

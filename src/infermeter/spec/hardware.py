@@ -29,7 +29,7 @@ import pandas as pd
 from infermeter.errors import UserError
 from infermeter.spec.model import DTYPE_BYTES
 from infermeter.store import provenance
-from infermeter.units import GIB_BYTES, per_hour_to_per_second, to_giga, to_tera
+from infermeter.units import GIB_BYTES, one_of, per_hour_to_per_second, to_giga, to_tera
 
 __all__ = [
     "ACCELERATORS",
@@ -127,7 +127,7 @@ class Accelerator:
         }
         if dtype not in by_dtype:
             raise UserError(
-                f"no peak FLOP/s for dtype {dtype!r} on {self.name}; use one of {sorted(by_dtype)}"
+                f"no peak FLOP/s for dtype {dtype!r} on {self.name}; use {one_of(sorted(by_dtype))}"
             )
         return by_dtype[dtype]
 
@@ -816,7 +816,7 @@ class Stack:
                 f"tensor_parallel ({self.tensor_parallel})"
             )
         if self.dtype not in DTYPE_BYTES:
-            raise UserError(f"unknown dtype {self.dtype!r}; use one of {sorted(DTYPE_BYTES)}")
+            raise UserError(f"unknown dtype {self.dtype!r}; use {one_of(sorted(DTYPE_BYTES))}")
 
     @property
     def price_per_second(self) -> float:

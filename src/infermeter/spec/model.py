@@ -32,6 +32,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
+from infermeter.units import one_of
+
 FfnKind = Literal["gelu", "relu", "swiglu", "geglu", "gelu_exact", "clamped_swiglu"]
 PositionKind = Literal["learned", "rotary", "alibi"]
 NormKind = Literal["layernorm", "rmsnorm"]
@@ -244,7 +246,7 @@ class ModelSpec:
             raise ValueError(f"{self.name}: parallel_norms must be 1 or 2, position_offset >= 0")
         if self.dtype not in DTYPE_BYTES:
             raise ValueError(
-                f"{self.name}: unknown dtype {self.dtype!r}; use one of {sorted(DTYPE_BYTES)}"
+                f"{self.name}: unknown dtype {self.dtype!r}; use {one_of(sorted(DTYPE_BYTES))}"
             )
         if not 0.0 < self.rotary_fraction <= 1.0:
             raise ValueError(f"{self.name}: rotary_fraction must be in (0, 1]")
@@ -673,7 +675,7 @@ class ModelSpec:
 
         if dtype not in DTYPE_BYTES:
             raise UserError(
-                f"unknown dtype {dtype!r} for {self.name}; use one of {sorted(DTYPE_BYTES)}"
+                f"unknown dtype {dtype!r} for {self.name}; use {one_of(sorted(DTYPE_BYTES))}"
             )
         return replace(self, dtype=dtype)
 

@@ -67,7 +67,7 @@ from infermeter.backends.api.http import (
     Response,
 )
 from infermeter.errors import UserError
-from infermeter.units import MIB_BYTES, plural
+from infermeter.units import MIB_BYTES, one_of, plural
 
 Endpoint = Literal["completions", "chat"]
 RETRYABLE = frozenset(
@@ -184,7 +184,8 @@ class ApiConfig:
         unknown = set(self.features) - set(OPTIONAL_FEATURES)
         if unknown:
             raise UserError(
-                f"unknown request features {sorted(unknown)}; known: {OPTIONAL_FEATURES}"
+                f"unknown request feature(s) {one_of(sorted(unknown), 'and')}; known: "
+                f"{one_of(OPTIONAL_FEATURES, 'and')}"
             )
 
     @property
