@@ -355,7 +355,7 @@ def test_profile_of_the_served_model(served: str, tmp_path: Path) -> None:
         assert (itl == points.output_tokens - 1).all()
         assert len({e["prompt_seed"] for e in extra}) == len(extra)  # new prompt every trial
         assert (points.ttft_s <= points.runtime_s).all()
-        model = fit_cost_model(points, overhead="auto")
+        model = fit_cost_model(points, overhead="auto", accept_poor_fit=True)
         # The fit's quality is a property of the machine's noise (a tiny model on two shared
         # cores); that it covers every profiled point with the API overhead term is ours.
         assert model.fit["n_points"] == len(GRID.prompt_sizes) * len(GRID.output_sizes)

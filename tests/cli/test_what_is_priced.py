@@ -78,7 +78,8 @@ def test_an_api_run_is_priced_only_on_named_hardware(
     with TimedServer() as server:
         profiled = invoke("profile", "api-model", "--backend", "openai", "--base-url", server.url,
                           "--prompt-sizes", "8,16", "--output-sizes", "1,4", "--trials", "2",
-                          "--store", tmp_path / "s.sqlite", "--output", model)  # fmt: skip
+                          "--store", tmp_path / "s.sqlite", "--output", model,
+                          "--accept-poor-fit")  # fmt: skip
     assert profiled.exit_code == 0, profiled.output
     assert "not priced" in profiled.stdout and "cost_usd" not in profiled.stdout
     unpriced = invoke("estimate", "--profile", model, "--prompt-tokens", "8", "--output-tokens",
@@ -116,7 +117,7 @@ def test_small_verbs(models: dict[str, Path]) -> None:
         "--num-accelerators must be at least 1",
     )
     assert_one_line(invoke("fit", "--store", models["store"], "--folds", "1"), "--folds")
-    fitted = invoke("fit", "--store", models["store"], "--folds", "0")
+    fitted = invoke("fit", "--store", models["store"], "--folds", "0", "--accept-poor-fit")
     assert fitted.exit_code == 0 and "nan" not in fitted.stdout.lower(), fitted.output
 
 

@@ -264,7 +264,7 @@ def test_a_store_path_with_brackets_is_printed_as_it_is(tmp_path: Path) -> None:
     store = tmp_path / "[red]runs[/red].db"
     with fault_server(token_delay_s=0.02) as server:
         result = invoke("profile", "m", "--backend", "openai", "--base-url", server.url,
-                        "--store", store, *GRID)  # fmt: skip
+                        "--store", store, *GRID, "--accept-poor-fit")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert f"stored in {store}" in result.stdout.replace("\n", "")
 
@@ -470,7 +470,7 @@ def test_credentials_in_the_base_url_are_never_stored(tmp_path: Path) -> None:
     with fault_server(token_delay_s=0.02) as server:
         url = server.url.replace("http://", "http://user:sk-URL-SECRET-99@")
         result = invoke("profile", "m", "--backend", "openai", "--base-url", url,
-                        "--store", tmp_path / "s.db", *GRID)  # fmt: skip
+                        "--store", tmp_path / "s.db", *GRID, "--accept-poor-fit")  # fmt: skip
         auth = server.headers[-1]
     assert result.exit_code == 0, result.output
     assert "--base-url holds credentials" in result.stderr and "Basic " in auth
@@ -510,7 +510,7 @@ def test_the_command_says_which_feature_the_server_refused(tmp_path: Path) -> No
     """The run's note was only in the store; the user who typed the command sees it too."""
     with fault_server(refuse={"stream_options"}, token_delay_s=0.02) as server:
         result = invoke("profile", "m", "--backend", "openai", "--base-url", server.url,
-                        "--store", tmp_path / "s.db", *GRID)  # fmt: skip
+                        "--store", tmp_path / "s.db", *GRID, "--accept-poor-fit")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "note: server refused stream_options" in result.stderr
     assert "note: output lengths unverified where an answer reported no usage" in result.stderr

@@ -128,7 +128,7 @@ def test_failed_start_up_checks_leave_no_run(
 ) -> None:
     monkeypatch.setenv("INFERMETER_CACHE_DIR", str(tmp_path / "cache"))
     store = tmp_path / "api.sqlite"
-    grid = ["--prompt-sizes", "8,16", "--output-sizes", "1,4", "--trials", "2"]
+    grid = ["--prompt-sizes", "8,16", "--output-sizes", "1,4", "--trials", "2", "--accept-poor-fit"]
     closed = f"http://127.0.0.1:{free_port()}/v1"
     base = ["profile", "api-model", "--backend", "openai", *grid, "--store", store]
     assert_one_line(invoke(*base, "--base-url", closed), "cannot reach")
