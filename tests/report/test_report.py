@@ -169,7 +169,7 @@ def test_cli_compare(built, tmp_path: Path) -> None:
     ("args", "fragment"),
     [
         (["compare", "--model", "tiny-gpt2"], "no model with runs on two stacks"),
-        (["compare", "99"], "run(s) [99] not found"),
+        (["compare", "99"], "run(s) 99 not found"),
         (["report", "--format", "gif"], "--format must be png or svg"),
         (["report", "--capabilities", "x.csv"], "need both --capabilities"),
         (["tradeoffs", "--capabilities", "missing.csv", "--queries", "a=b.jsonl"], "does not"),

@@ -541,7 +541,7 @@ def serve_model(r: ServeRequest, on_ready: Callable[[list[str], str], None]) -> 
         app = create_app(generator_for(runner), tok, name, api_key=r.api_key)
         notes = [f"tokenizer {tok.name} has {tok.vocab_size} ids, the model {spec.vocab_size}: "
                  "prompt ids wrap around"] if tok.vocab_size > spec.vocab_size else []  # fmt: skip
-        where = f"http://{r.host}:{r.port}/v1"
+        where = f"http://{r.host}:{sock.getsockname()[1]}/v1"  # --port 0: the port given
         on_ready(notes, f"serving {name} ({r.backend}, tokenizer {tok.name}) at {where}")
         serve(app, r.host, r.port, log_level="warning", sock=sock)
     finally:

@@ -460,8 +460,7 @@ def pairing_notes(runtime: CostModel | ModelSet, energy: CostModel | ModelSet) -
     if run.model and joules.model and run.model != joules.model and not from_points:
         notes.append(
             f"the energy profile is of {joules.model}, the runtime profile of {run.model}: "
-            f"energy_measured_j is {joules.model}'s; pass {run.model}'s energy profile "
-            "(written beside its runtime profile by `infermeter fit --output`)"
+            f"energy_measured_j is {joules.model}'s; pass an energy profile of {run.model}"
         )
     ran_on, metered_on = _stack_words(run.stack), _stack_words(joules.stack)
     if ran_on and metered_on and ran_on != metered_on:

@@ -191,8 +191,9 @@ def refit(
     if points is not None:
         if run is not None:
             raise not_both(
-                f"a run ({run})", f"--points {points}", "a points file is fitted on its own"
-            )
+                f"a run ({run})", f"--points {points}", "a points file is fitted on its own",
+                f"drop {run} or --points",
+            )  # fmt: skip
         if save:
             raise UserError(
                 "--save stores a fit as a stored run's fit, and --points has no run; drop "

@@ -44,6 +44,7 @@ from infermeter.requests import CompareRequest, TradeoffsRequest
 from infermeter.spec.catalog import resolve_spec
 from infermeter.store.db import DEFAULT_STORE
 from infermeter.store.outputs import check_output_folder, check_outputs, image_format
+from infermeter.units import one_of
 from infermeter.workloads.queries import read_json
 
 
@@ -115,7 +116,10 @@ def stacks_for(
         chosen = [r for r in stored if r.record.id in set(runs)]
         absent = sorted(set(runs) - {r.record.id for r in chosen})
         if absent:
-            raise UserError(f"run(s) {absent} not found (or without points); see `infermeter runs`")
+            raise UserError(
+                f"run(s) {one_of(absent, 'and')} not found (or without points); see "
+                "`infermeter runs`"
+            )
         fitted = [r for r in chosen if r.fit() is not None]
         groups = {"": [_stack_profile(r, f"{r.stack_label} ({r.label})") for r in fitted]}
         notes: dict[str, list[str]] = {}
