@@ -3,8 +3,9 @@ against another commit, on one GPU in one call.
 
 A decode-heavy profile point runs for seconds back to back, long enough for the card to reach
 its power limit and lower its clocks; a step timed in a short burst does not. So per model and
-tree (`--trees`: "new" is this checkout, "old" a git worktree of `--against`), in a process of
-its own:
+variant, in a process of its own: this checkout with each of `--modes` (INFERMETER_ONE_TOKEN_
+GEMV: "rows" or "looped" one-token GEMVs for the dense layers, see engine/select.py), and with
+`--against COMMIT` also a git worktree of that commit ("old"):
 
 - burst step: after 3 s idle, (min of 3 generations of 65 tokens − min of 3 of 1) / 64, the
   wall clock around whole generate() calls (the user's timing, benchmarks/_timing.py);
@@ -13,13 +14,14 @@ its own:
   total-energy counter's difference over the wall time of the loop (nvmlDeviceGetTotalEnergy-
   Consumption, mJ), J/token = power × step; the SM clock is polled after each generation.
 
-Found at bde1201 (docs/benchmarks/decode_power.md): the whole-rows decode GEMVs (c0a44bf on)
-hold LLaMA's sustained decode at the 700 W limit, where 06cfeb3's looped GEMVs drew 610-620 W.
+Found at bde1201 (2026-12-02, an H200): the whole-rows decode GEMVs (c0a44bf on) held
+LLaMA's sustained decode at the 700 W limit, where 06cfeb3's looped GEMVs drew 610-620 W
+(LLaMA-13B 8.13 ms and 5.64 J/token against 7.15 ms and 4.42 J/token).
 
 Run on a GPU: python benchmarks/decode_power.py [--models llama-13b,llama-7b]
-    [--against 06cfeb3] [--seconds 10] [--out DIR]
-Writes DIR/decode_power.json and .md with device, date and commit (this checkout's; the other
-tree's commit is in each row).
+    [--modes rows,looped] [--against COMMIT] [--seconds 10] [--out DIR]
+Writes DIR/decode_power.json and .md with device, date and commit (this checkout's; an other
+tree's commit is in its rows), after each variant, so a call cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -71,9 +73,12 @@ def measure(model: str, seconds: float) -> dict[str, Any]:
     wall_s = time.perf_counter() - started
     power_w = (pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) - energy_mj) / 1000 / wall_s
     step_s = (sorted(runs)[len(runs) // 2] - one) / (SUSTAINED_OUTPUT - 1)
+    ran = backend._engine.describe()
     backend.close()
     return {
         "model": model,
+        "one_token_gemv": ran.get("one_token_gemv"),
+        "moe_batch1_gemv": ran.get("moe_batch1_gemv"),
         "burst_step_ms": burst * 1000,
         "sustained_step_ms": step_s * 1000,
         "sustained_power_w": power_w,
@@ -83,16 +88,21 @@ def measure(model: str, seconds: float) -> dict[str, Any]:
     }
 
 
-def run_tree(root: Path, model: str, seconds: float) -> dict[str, Any]:
-    """measure() in a fresh process with `root`'s src first on the path."""
+def run_tree(root: Path, model: str, seconds: float, mode: str | None) -> dict[str, Any]:
+    """measure() in a fresh process with `root`'s src first on the path and
+    INFERMETER_ONE_TOKEN_GEMV=`mode` (None: unset, the engine's own choice)."""
     env = {**os.environ, "PYTHONPATH": str(root / "src"), "PYTHONUNBUFFERED": "1"}
+    env.pop("INFERMETER_ONE_TOKEN_GEMV", None)
+    if mode is not None:
+        env["INFERMETER_ONE_TOKEN_GEMV"] = mode
     command = [sys.executable, str(Path(__file__).resolve()), "--one", model]
     command += ["--seconds", str(seconds)]
+    started = time.perf_counter()
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, check=False)
     lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
     if done.returncode or not lines:
         raise SystemExit(f"{model} in {root} failed:\n{done.stderr[-2000:]}")
-    return json.loads(lines[-1])
+    return {**json.loads(lines[-1]), "process_wall_s": time.perf_counter() - started}
 
 
 def worktree(commit: str) -> Path:
@@ -103,10 +113,33 @@ def worktree(commit: str) -> Path:
     return path
 
 
+def variants(modes: str, against: str | None) -> list[tuple[str, Path, str | None, str]]:
+    """(label, tree root, INFERMETER_ONE_TOKEN_GEMV, tree commit) of each variant to run."""
+    out: list[tuple[str, Path, str | None, str]] = []
+    if against:
+        out.append(("old", worktree(against), None, against))
+    for mode in [m.strip() for m in modes.split(",") if m.strip()]:
+        out.append((mode, HERE.parent, None if mode == "auto" else mode, "this checkout"))
+    if not out:
+        raise SystemExit("nothing to run: give --modes (auto, rows, looped) or --against COMMIT")
+    return out
+
+
+def row_text(r: dict[str, Any]) -> tuple[str, str, str]:
+    return (
+        f"{r['model']}, {r['tree']} ({r['tree_commit']})",
+        f"burst {r['burst_step_ms']:.2f} ms; sustained {r['sustained_step_ms']:.2f} ms at "
+        f"{r['sustained_power_w']:.0f} W, {r['j_per_token_j']:.2f} J/token, SM "
+        f"{r['sm_clock_mhz']} MHz",
+        "-",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default="llama-13b,llama-7b")
-    parser.add_argument("--against", default="06cfeb3", help="the other tree's commit")
+    parser.add_argument("--modes", default="rows,looped", help="INFERMETER_ONE_TOKEN_GEMV values")
+    parser.add_argument("--against", default=None, help="also a worktree of this commit")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=DOCS)
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -114,25 +147,16 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one, args.seconds)), flush=True)
         return
-    trees = {"new": HERE.parent, "old": worktree(args.against)}
+    runs = variants(args.modes, args.against)
     rows: list[dict[str, Any]] = []
     for model in args.models.split(","):
-        for name in ("old", "new"):
-            row = {**run_tree(trees[name], model, args.seconds), "tree": name}
-            row["tree_commit"] = args.against if name == "old" else "this checkout"
+        for label, root, mode, commit in runs:
+            row = {**run_tree(root, model, args.seconds, mode), "tree": label}
+            row["tree_commit"] = commit
             print(row, flush=True)
             rows.append(row)
-    table = [
-        (
-            f"{r['model']}, {r['tree']} ({r['tree_commit']})",
-            f"burst {r['burst_step_ms']:.2f} ms; sustained {r['sustained_step_ms']:.2f} ms at "
-            f"{r['sustained_power_w']:.0f} W, {r['j_per_token_j']:.2f} J/token, SM "
-            f"{r['sm_clock_mhz']} MHz",
-            "-",
-        )
-        for r in rows
-    ]
-    path = write_result("decode_power", {"rows": rows, "against": args.against}, table, args.out)
+            result = {"rows": rows, "against": args.against, "modes": args.modes}
+            path = write_result("decode_power", result, [row_text(r) for r in rows], args.out)
     print(f"written {path}")
 
 

@@ -580,6 +580,32 @@ def test_a_misspelt_batch1_expert_path_is_one_line(monkeypatch: pytest.MonkeyPat
         moe_gemv_modes()
 
 
+@pytest.mark.parametrize(
+    ("value", "name", "rows"),
+    [(None, "tiny-llama", False), ("auto", "tiny-llama", False), (None, "tiny-qwen3-moe", True),
+     ("rows", "tiny-llama", True), ("looped", "tiny-gpt-oss", False)],
+)  # fmt: skip
+def test_one_token_gemvs_follow_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, name: str, rows: bool
+) -> None:
+    """Unset or auto: whole rows for a model with MoE layers, looped for a dense one."""
+    from infermeter.engine.select import one_token_rows
+
+    if value is None:
+        monkeypatch.delenv("INFERMETER_ONE_TOKEN_GEMV", raising=False)
+    else:
+        monkeypatch.setenv("INFERMETER_ONE_TOKEN_GEMV", value)
+    assert one_token_rows(Engine(get_spec(name), device="cpu", dtype=torch.float32).model) is rows
+
+
+def test_a_misspelt_one_token_gemv_is_one_line_on_any_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("INFERMETER_ONE_TOKEN_GEMV", "whole")
+    with pytest.raises(UserError, match="ONE_TOKEN_GEMV must be auto, rows or looped, not 'whole'"):
+        Engine(get_spec("tiny-llama"), device="cpu", dtype=torch.float32)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     length=st.integers(1, 300),

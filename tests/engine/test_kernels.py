@@ -82,6 +82,16 @@ def test_batch1_triton_decode_gives_the_tokens_of_the_plain_path(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt-oss"])
+def test_batch1_looped_gemvs_give_the_tokens_of_the_plain_path(
+    interpreted: dict, model: str
+) -> None:
+    """One sequence through kernels.LOOPED: the dense layers' GEMVs looped over K, the
+    pre-norm and gated activation in kernels of their own (MoE experts still by GEMV)."""
+    assert interpreted["tokens_batch1_looped"][model] == interpreted["tokens_batch1"][model]["sdpa"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny-gpt-oss", "tiny-qwen3-moe"])
 @pytest.mark.parametrize("tokens", [1, 3, 40])
 def test_moe_triton_path_matches_the_expert_loop(

@@ -53,11 +53,12 @@ def gemv_errors(dtype: torch.dtype) -> dict[str, float]:
 
 
 def decode_tokens(name: str, path: str, batch: int = 2) -> list[list[int]]:
-    """Greedy tokens of a float32 tiny model with decode attention `path` (sdpa or triton);
-    the triton path also runs its MoE layers through the grouped GEMM."""
+    """Greedy tokens of a float32 tiny model with decode attention `path` (sdpa, triton, or
+    looped: triton with kernels.LOOPED's one-token GEMVs); the Triton paths also run its MoE
+    layers through the grouped GEMM."""
     engine = Engine(get_spec(name), device="cpu", dtype=torch.float32, cuda_graphs=False)
     if path != "sdpa":
-        engine.model.kernels = kernels
+        engine.model.kernels = kernels.LOOPED if path == "looped" else kernels
         engine.attention = "triton"
         if engine.model.mla:
             engine.model.mla_kernels = mla_kernels
@@ -304,6 +305,9 @@ def main() -> None:
         "tokens_batch1": {  # one token a step: whole-rows GEMVs, norms and GLUs fused
             name: {path: decode_tokens(name, path, 1) for path in ("sdpa", "triton")}
             for name in (*DENSE, *NEWER)
+        },
+        "tokens_batch1_looped": {  # one token a step, the dense layers' GEMVs looped
+            name: decode_tokens(name, "looped", 1) for name in ("tiny-llama", "tiny-gpt-oss")
         },
         "self_checks": {
             name: _check_newer_kernels(

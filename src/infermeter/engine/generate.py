@@ -616,12 +616,13 @@ class Engine:
     def describe(self) -> dict[str, Any]:
         """What a run records about the engine: torch version, device, dtype, TP size, CUDA
         graphs (decode and prefill, with why not), sampling, the decode attention
-        chosen (and why others were skipped), PDL, how the Triton kernels' tiles were chosen
-        (kept in Triton's cache or tuned per process; None where no Triton kernel runs) and the
-        MoE experts path (at batch 1: the
-        expert GEMVs or the grouped GEMM, and the start-up timings behind that choice: µs of
-        one token through the first MoE layer's router and routed experts, not its shared
-        expert or all-reduce, the slowest rank's under tensor parallelism)."""
+        chosen (and why others were skipped), PDL, the dense layers' one-token GEMVs ("rows"
+        or "looped": select.one_token_rows; None off the Triton path), how the Triton
+        kernels' tiles were chosen (kept in Triton's cache or tuned per process; None where no
+        Triton kernel runs) and the MoE experts path (at batch 1: the expert GEMVs or the
+        grouped GEMM, and the start-up timings behind that choice: µs of one token through
+        the first MoE layer's router and routed experts, not its shared expert or
+        all-reduce, the slowest rank's under tensor parallelism)."""
         cuda = self.device.type == "cuda"
         moe = next((blk.moe for blk in self.model.layers if blk.moe is not None), None)
         return {
@@ -635,6 +636,11 @@ class Engine:
             "top_p": self.top_p if self.sampling == "top_p" else None,
             "decode_attention": self.attention,
             "decode_pdl": self.attention == "triton" and self.model.kernels.pdl(self.device),
+            "one_token_gemv": (
+                ("rows" if self.model.kernels.ONE_TOKEN_ROWS else "looped")
+                if self.attention == "triton"
+                else None
+            ),
             **_tiles(cuda, self.attention == "triton" or self.moe_path == "triton"),
             "decode_attention_skipped": self.attention_notes or None,
             **(

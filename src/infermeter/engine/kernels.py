@@ -558,7 +558,7 @@ def small_linear(
     on an H100 for the LLaMA shapes (wider tiles, no split-K reduction pass). One token (M =
     1) takes gemv_kernels.rows_gemv instead where its row fits (whole rows, every load in
     flight at once: faster again at every shape gemv_sweep.md swept); `whole_rows=False`
-    keeps it on this kernel (ablations). `norm` (weight [K], eps): x is RMSNorm-ed first,
+    keeps it on this kernel (LOOPED, ablations). `norm` (weight [K], eps): x is RMSNorm-ed first,
     inside the one-token kernel where it runs, else by rms_norm(). With
     `tuned=False`, one tile (the first config) and no autotuning: for the self-check of the
     kernel's arithmetic (bias, residual, ragged edges), so that it does not compile and time 12
@@ -597,20 +597,75 @@ def glu_linear(
     norm: tuple[Tensor, float] | None = None,
     limit: float = 7.0,
     alpha: float = 1.702,
+    *,
+    whole_rows: bool = True,
 ) -> Tensor:
     """act(gate)·up of y = norm(x) @ w.T + bias, w [2·width, K] = [gate; up] rows, kind one
     of gemv_kernels.GLU's: one token in one kernel (the activation in the whole-rows GEMV's
-    epilogue), else small_linear and the activation kernel. [M, width]."""
+    epilogue), else (or with `whole_rows=False`) small_linear and the activation kernel.
+    [M, width]."""
     from infermeter.engine import gemv_kernels
 
-    if x.shape[0] == 1 and x.stride(1) == 1 and gemv_kernels.fits(x.shape[1], 1, True):
+    one = x.shape[0] == 1 and x.stride(1) == 1
+    if whole_rows and one and gemv_kernels.fits(x.shape[1], 1, True):
         return gemv_kernels.rows_gemv(
             x, w, bias=bias, act=kind, norm=norm, limit=limit, alpha=alpha
         )
-    y = small_linear(x, w, bias, norm=norm)
+    y = small_linear(x, w, bias, norm=norm, whole_rows=whole_rows)
     if kind == "swiglu":
         return silu_mul(y, width)
     return gated_act(y, width, kind, limit, alpha)
+
+
+# This module's one-token GEMVs load whole rows (gemv_kernels) and fuse the pre-norm and the
+# gated activation; LOOPED's do not (layers.fused_norm reads this flag).
+ONE_TOKEN_ROWS = True
+
+
+class _Looped:
+    """This module, but with the one-token (batch-1 decode) GEMVs of the dense layers on the
+    looped kernel (_small_linear), the pre-norm in rms_norm and the gated activation in a
+    kernel of its own: how every decode batch of 2-16 runs, and how batch 1 ran up to
+    06cfeb3. MoE experts keep their whole-rows GEMVs (moe_kernels calls them directly).
+
+    Why both: whole rows put every load of a program in flight at once, faster one kernel at
+    a time (gemv_sweep.md) but drawing more power: LLaMA-13B's sustained batch-1 decode on an
+    H200 went from 7.15 ms at 618 W (4.42 J/token, looped) to 8.13 ms at the 700 W limit
+    (5.64 J/token, whole rows; docs/benchmarks/decode_power.md, 2026-12-02). Which one a
+    model runs: select.one_token_rows (INFERMETER_ONE_TOKEN_GEMV)."""
+
+    ONE_TOKEN_ROWS = False
+
+    def __getattr__(self, name: str) -> Any:
+        return globals()[name] if name in globals() else super().__getattribute__(name)
+
+    @staticmethod
+    def small_linear(
+        x: Tensor,
+        w: Tensor,
+        bias: Tensor | None = None,
+        residual: Tensor | None = None,
+        *,
+        tuned: bool = True,
+        norm: tuple[Tensor, float] | None = None,
+    ) -> Tensor:
+        return small_linear(x, w, bias, residual, tuned=tuned, whole_rows=False, norm=norm)
+
+    @staticmethod
+    def glu_linear(
+        x: Tensor,
+        w: Tensor,
+        bias: Tensor | None,
+        kind: str,
+        width: int,
+        norm: tuple[Tensor, float] | None = None,
+        limit: float = 7.0,
+        alpha: float = 1.702,
+    ) -> Tensor:
+        return glu_linear(x, w, bias, kind, width, norm, limit, alpha, whole_rows=False)
+
+
+LOOPED = _Looped()
 
 
 # ---- the newer layouts' decode kernels (issue 20): one launch where torch takes several ----

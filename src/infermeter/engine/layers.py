@@ -60,8 +60,15 @@ def linear(
 
 def fused_norm(norm: Norm | None, x: Tensor, fast: Any) -> bool:
     """Whether a GEMV on the Triton decode path applies `norm` to x itself: an RMSNorm, one
-    token (the whole-rows kernel loads all of x in each program)."""
-    return norm is not None and norm.bias is None and fast is not None and x.shape[0] == 1
+    token, whole-rows GEMVs (that kernel loads all of x in each program; kernels.LOOPED's
+    one-token GEMVs do not)."""
+    return (
+        norm is not None
+        and norm.bias is None
+        and fast is not None
+        and x.shape[0] == 1
+        and fast.ONE_TOKEN_ROWS
+    )
 
 
 def activation(y: Tensor, kind: str, width: int, extra: dict[str, Any]) -> Tensor:

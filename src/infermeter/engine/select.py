@@ -19,6 +19,7 @@ from torch import Tensor
 from infermeter.engine.layers import activation
 from infermeter.engine.model import Decoder, flash_varlen
 from infermeter.errors import UserError
+from infermeter.units import one_of
 
 
 def _close(out: Tensor, ref: Tensor) -> bool:
@@ -67,12 +68,34 @@ def triton_problem(model: Decoder) -> str | None:
         kernels.disable_pdl(model.device)
         problem = _check_kernels(model, kernels)
     if problem is None:
-        model.kernels = kernels
+        model.kernels = kernels if one_token_rows(model) else kernels.LOOPED
         if model.mla and mla_problem(model) is None:
             from infermeter.engine import mla_kernels
 
             model.mla_kernels = mla_kernels
     return problem
+
+
+ONE_TOKEN_GEMVS = ("auto", "rows", "looped")
+
+
+def one_token_rows(model: Decoder) -> bool:
+    """Whether the dense layers' one-token GEMVs load whole rows (gemv_kernels, with the
+    pre-norm and gated activation fused) or loop over K (kernels.LOOPED), from
+    INFERMETER_ONE_TOKEN_GEMV: "rows", "looped", or unset/"auto": whole rows for a model
+    with MoE layers, looped for a dense one. Measured on an H200 (docs/benchmarks/
+    decode_power.md): sustained batch-1 decode of dense LLaMA-7B/13B draws less power and
+    energy per token looped; MoE models keep whole rows.
+
+    Raises UserError for any other value."""
+    wanted = os.environ.get("INFERMETER_ONE_TOKEN_GEMV", "").strip() or "auto"
+    if wanted not in ONE_TOKEN_GEMVS:
+        raise UserError(
+            f"INFERMETER_ONE_TOKEN_GEMV must be {one_of(ONE_TOKEN_GEMVS)}, not {wanted!r}"
+        )
+    if wanted == "auto":
+        return any(block.moe is not None for block in model.layers)
+    return wanted == "rows"
 
 
 def mla_problem(model: Decoder) -> str | None:
@@ -440,7 +463,10 @@ def choose_moe(model: Decoder, graphs: bool = False) -> tuple[str | None, str | 
 
 
 def choose_attention(model: Decoder, wanted: str = "auto") -> tuple[str, dict[str, str]]:
-    """The fastest decode attention that passes its self-check, and why others were skipped."""
+    """The fastest decode attention that passes its self-check, and why others were skipped.
+    Raises UserError for an unknown `wanted` or INFERMETER_ONE_TOKEN_GEMV (read on every
+    device and path, so a typo never passes)."""
+    one_token_rows(model)
     order = ["triton", "flash", "sdpa"] if wanted == "auto" else [wanted]
     if wanted not in ("auto", "triton", "flash", "sdpa"):
         raise UserError(f"engine: decode_attention must be auto|triton|flash|sdpa, not {wanted!r}")
