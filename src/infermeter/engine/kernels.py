@@ -37,6 +37,7 @@ stops being pipelined; and loading the first weight tile before the PDL wait (4.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Callable
@@ -639,30 +640,8 @@ class _Looped:
     def __getattr__(self, name: str) -> Any:
         return globals()[name] if name in globals() else super().__getattribute__(name)
 
-    @staticmethod
-    def small_linear(
-        x: Tensor,
-        w: Tensor,
-        bias: Tensor | None = None,
-        residual: Tensor | None = None,
-        *,
-        tuned: bool = True,
-        norm: tuple[Tensor, float] | None = None,
-    ) -> Tensor:
-        return small_linear(x, w, bias, residual, tuned=tuned, whole_rows=False, norm=norm)
-
-    @staticmethod
-    def glu_linear(
-        x: Tensor,
-        w: Tensor,
-        bias: Tensor | None,
-        kind: str,
-        width: int,
-        norm: tuple[Tensor, float] | None = None,
-        limit: float = 7.0,
-        alpha: float = 1.702,
-    ) -> Tensor:
-        return glu_linear(x, w, bias, kind, width, norm, limit, alpha, whole_rows=False)
+    small_linear = staticmethod(functools.partial(small_linear, whole_rows=False))
+    glu_linear = staticmethod(functools.partial(glu_linear, whole_rows=False))
 
 
 LOOPED = _Looped()
