@@ -124,6 +124,21 @@ def test_models_show_refuses_impossible_sizes_in_one_line(args: list[str], fragm
     assert_one_line(invoke("models", "--show", "gpt2", *args), fragment)
 
 
+@pytest.mark.parametrize(
+    ("backend", "dtype"), [("engine", "int4"), ("engine", "float8"), ("hf", "float8")]
+)
+def test_profile_offers_only_the_dtypes_its_backend_runs(
+    tmp_path: Path, backend: str, dtype: str
+) -> None:
+    """float8 is a dtype the catalogs price, not one a local backend runs: never offered."""
+    store = tmp_path / "s.sqlite"
+    result = invoke("profile", "tiny-llama", "--backend", backend, "--dtype", dtype,
+                    "--store", store)  # fmt: skip
+    assert_one_line(result, f"the {backend} backend runs bfloat16, float16 or float32, not {dtype}")
+    assert "--dtype bfloat16" in result.output
+    assert not store.exists()  # refused before a store is made
+
+
 def test_models_show_uses_a_context_the_model_has() -> None:
     for model, context in (("gpt2", 1024), ("tiny-llama", 512), ("llama-7b", 2048)):
         result = invoke("models", "--show", model)

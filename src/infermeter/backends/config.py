@@ -14,6 +14,20 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from infermeter.errors import UserError
+from infermeter.units import one_of
+
+# The dtypes the local backends (engine, hf) run; the catalogs price more (float8).
+RUNNABLE_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def check_runnable(backend: str, dtype: str | None, model: str) -> None:
+    """Refuse, in the CLI's words, a dtype the local `backend` cannot run: `dtype` is --dtype
+    or (None given) `model`'s own. Raises UserError naming the dtypes it runs."""
+    if dtype is not None and dtype not in RUNNABLE_DTYPES:
+        raise UserError(
+            f"the {backend} backend runs {one_of(RUNNABLE_DTYPES)}, not {dtype} ({model}); "
+            f"pass --dtype bfloat16 (other dtypes are priced from a spec, not profiled)"
+        )
 
 
 @dataclass(frozen=True)

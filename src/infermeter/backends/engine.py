@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from infermeter.backends.base import Measurement, Point
+from infermeter.backends.config import RUNNABLE_DTYPES
 from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
 from infermeter.measure.gpus import cuda_ordinal
 from infermeter.measure.memory import check_weights_fit
@@ -23,7 +24,7 @@ from infermeter.spec.model import ModelSpec
 from infermeter.units import one_of, plural, to_gib, to_giga
 
 INSTALL_HINT = "pip install 'infermeter[torch]'"
-_DTYPES = {"float32", "float16", "bfloat16"}
+_DTYPES = set(RUNNABLE_DTYPES)
 
 
 class EngineBackend:

@@ -425,7 +425,7 @@ def profile_setup(r: ProfileRequest, warn: Callable[[str], None]) -> ProfileSetu
     (None: the defaults), the hardware priced with its overrides, the backend built (an API's
     prepared, so faults stop before a run is stored; `warn` gets its warning). Raises
     UserError for a choice that cannot run."""
-    from infermeter.backends.config import BACKENDS, build_backend, config_for
+    from infermeter.backends.config import BACKENDS, build_backend, check_runnable, config_for
     from infermeter.backends.openai import api_spec
     from infermeter.backends.options import openai_backend
     from infermeter.measure.gpus import check_device
@@ -443,10 +443,14 @@ def profile_setup(r: ProfileRequest, warn: Callable[[str], None]) -> ProfileSetu
         raise UserError(f"unknown backend {backend!r}; available: {', '.join(sorted(BACKENDS))}")
     is_api = backend == "openai"  # a black box: MODEL may be any name, nothing runs locally
     spec = api_spec(r.model) if is_api else resolve_spec(r.model)
+    if not is_api:  # before the catalog's check, which knows dtypes that are only priced
+        check_runnable(backend, r.dtype, spec.name)
     stack, on_gpu = build_stack(
         backend, "cpu" if is_api else device, r.dtype, spec.dtype, r.accelerator,
         r.num_accelerators, tp, overrides, catalog,
     )  # fmt: skip
+    if not is_api:  # the model's own dtype, where no --dtype was given
+        check_runnable(backend, stack.dtype, spec.name)
     sizes = (r.prompt_sizes, r.output_sizes, r.batch_sizes)
     labels = ("--prompt-sizes", "--output-sizes", "--batch-sizes")
     parsed = [parse_list(text, label) for text, label in zip(sizes, labels, strict=True)]
