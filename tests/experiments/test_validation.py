@@ -103,6 +103,10 @@ def test_a_negative_slope_beyond_the_noise_is_refused_with_the_points() -> None:
     with pytest.raises(UserError, match=r"negative time per output token \(g = -0.0002") as info:
         fit_cost_model(points)
     assert "(p=8, o=1: 0.3 s)" in str(info.value) and "--trials 5" in str(info.value)
+    kept = fit_cost_model(points, accept_poor_fit=True)  # the user keeps it: priced as 0
+    assert kept.per_output_token == 0.0
+    assert any("kept as a poor fit with decoding priced as 0" in n for n in kept.fit["notes"])
+    assert (kept.predict([8, 64, 30], [1, 1000, 5000]) >= 0).all()
 
 
 def test_a_slope_lost_in_the_noise_is_priced_as_zero_with_a_note() -> None:

@@ -305,10 +305,13 @@ def _tail_slope(output_tokens: np.ndarray, decode: np.ndarray) -> float:
     return float(slope)
 
 
-def _check_possible(core: _Core, agg: pd.DataFrame, quantity: Quantity, unit: str) -> list[str]:
-    """Refuse a fit whose one slope g is negative beyond its noise (two standard errors); set
-    one within the noise to 0, and a negative slope of one prompt size (its line, or its curve
-    past the longest output) to g, each with a note saying so."""
+def _check_possible(
+    core: _Core, agg: pd.DataFrame, quantity: Quantity, unit: str, accept_poor_fit: bool = False
+) -> list[str]:
+    """Refuse a fit whose one slope g is negative beyond its noise (two standard errors), or
+    with `accept_poor_fit` set it to 0 with a note; set one within the noise to 0, and a
+    negative slope of one prompt size (its line, or its curve past the longest output) to g,
+    each with a note saying so."""
     what = "time" if quantity == "runtime_s" else "energy"
     notes = []
     decode_share = (
@@ -321,6 +324,13 @@ def _check_possible(core: _Core, agg: pd.DataFrame, quantity: Quantity, unit: st
             f"the {what} per output token is not resolved above the noise (g = {core.g:.3g} "
             f"± {core.g_se:.2g} {unit}); priced as 0: measure longer outputs or more trials "
             "to price decoding"
+        )
+        core.g = 0.0
+    if core.g < 0 and accept_poor_fit:
+        notes.append(
+            f"the fit gives a negative {what} per output token (g = {core.g:.3g} ± "
+            f"{core.g_se:.2g} {unit}), kept as a poor fit with decoding priced as 0: measure "
+            "more trials or a longer range of output lengths to price it"
         )
         core.g = 0.0
     if core.g < 0:
@@ -519,8 +529,9 @@ def fit_cost_model(
     `weighting` defaults to absolute for runtime and relative for energy; `slopes` chooses
     g(p) from each prompt size's slope (default) or the paper's one global g; `decode` the
     paper's lines or measured curves (see the module docstring). Raises UserError for points
-    that cannot be fitted, an overhead above the fastest measured query, a negative slope, or
-    (unless `accept_poor_fit`) R² < MIN_R2.
+    that cannot be fitted, an overhead above the fastest measured query, or (unless
+    `accept_poor_fit`, which prices such a slope as 0 with a note) a negative slope beyond
+    its noise or R² < MIN_R2.
     """
     if denoise not in ("min", "median", "mean"):
         raise UserError(f"unknown denoising {denoise!r}; use min, median or mean")
@@ -534,7 +545,7 @@ def fit_cost_model(
     _check_given_overhead(overhead, agg, unit, batch_size)
     core = _fit_core(agg, overhead, weighting, decode)
     _check_finite(core, quantity)
-    notes = _check_possible(core, agg, quantity, unit)
+    notes = _check_possible(core, agg, quantity, unit, accept_poor_fit)
     if core.clipped:
         notes.append(
             f"the overhead {core.overhead:.6g} {unit} exceeds the fitted prompt encoding at "
