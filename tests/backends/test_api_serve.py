@@ -457,7 +457,9 @@ def test_cli_profile_variance_and_the_key(locked: str, tmp_path: Path, caplog) -
     store = tmp_path / "api.sqlite"
     common = ["--backend", "openai", "--base-url", locked, "--store", store]
     grid = ["--prompt-sizes", "16,64", "--output-sizes", "1,4,8", "--trials", "2"]
-    result = invoke("profile", "any-api-model", *common, *grid, env={"OPENAI_API_KEY": KEY})
+    # the key is the subject, not the fit of a loaded machine's timings (variance keeps any)
+    result = invoke("profile", "any-api-model", *common, *grid, "--accept-poor-fit",
+                    env={"OPENAI_API_KEY": KEY})  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "overhead" in result.stdout and "R²" in result.stdout
     varied = invoke("variance", "--store", store, "--output", tmp_path / "fig7.csv")

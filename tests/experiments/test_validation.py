@@ -366,3 +366,34 @@ def test_moe_knots_follow_the_experts_a_prompt_reads(name: str, all_experts: flo
             assert worst < 0.03, worst
         else:
             assert worst > 0.05, worst  # the case the knots are for
+
+
+def test_variance_keeps_a_poor_fit_with_its_note_and_writes_the_table(tmp_path: Path) -> None:
+    """A run whose points are noise (R² < 0): `variance` shows its noise, raw vs denoised and
+    the CSV, as every reader does, with the poor fit's note; nothing is stored."""
+    from infermeter.backends.base import Measurement, Point
+    from infermeter.store.db import Store
+
+    spec, store = get_spec("tiny-llama"), tmp_path / "noisy.sqlite"
+    grid = ProfileGrid((1, 16, 64), (1, 8, 16), (1,), 2)
+    rng = np.random.default_rng(7)
+    with Store(store) as db:
+        run, _ = db.open_run(key="noisy", model=spec.name, spec=spec.to_dict(),
+                             stack={"backend": "engine"}, backend="engine", backend_info={},
+                             grid=grid.to_dict(), device="cpu: test")  # fmt: skip
+        measured = [
+            (Point(p, o, 1, k), Measurement(float(rng.uniform(0.05, 0.5))))
+            for p in (1, 16, 64)
+            for o in (1, 8, 16)
+            for k in range(2)
+        ]
+        db.record_points(run.id, measured)
+        db.set_run_status(run.id, "complete")
+    with Store(store, read_only=True) as db, pytest.raises(UserError, match="R²"):
+        fit_profile(db.points(run.id), FitPolicy())  # what `fit` says without the flag
+    done = invoke("variance", "--store", store, "--output", tmp_path / "fig7.csv")
+    assert done.exit_code == 0, done.output
+    assert "explains little of the measurements" in done.output
+    assert "no raw vs denoised" not in done.output
+    assert len(pd.read_csv(tmp_path / "fig7.csv")) == 18  # a row per trial
+    assert not sqlite3.connect(store).execute("SELECT * FROM fits").fetchall()

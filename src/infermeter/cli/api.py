@@ -90,6 +90,8 @@ def variance(r: rq.VarianceRequest) -> None:
     if noise.why is not None:
         say(noise.why, "no raw vs denoised:", "yellow")
         return
+    for note in noise.denoised.fit.get("notes", []) if noise.denoised else []:
+        say(str(note), "note:", "yellow")  # e.g. a poor fit, kept: the noise is the subject
     comparison, line = noise.against(r.idealized)
     console.print(line, highlight=False)
     if r.output:
