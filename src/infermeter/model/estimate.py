@@ -536,8 +536,8 @@ def read_queries(
         raise UserError(f"cannot tell the format of {path}: use .csv, .jsonl, .json or .parquet")
     require_file(path, what, fix)
     try:
-        if suffix == ".csv":
-            frame = read_csv_by_hand(path)
+        if suffix == ".csv":  # the blanks are taken off below, for every format
+            frame = pd.read_csv(path, skipinitialspace=True)
         elif suffix in (".jsonl", ".ndjson"):
             frame = pd.read_json(path, lines=True)
         elif suffix == ".json":
