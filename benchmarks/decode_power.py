@@ -20,6 +20,7 @@ LLaMA's sustained decode at the 700 W limit, where 06cfeb3's looped GEMVs drew 6
 
 Run on a GPU: python benchmarks/decode_power.py [--models llama-13b,llama-7b]
     [--modes rows,looped] [--against COMMIT] [--seconds 10] [--out DIR]
+       python benchmarks/decode_power.py --merge A.json,B.json   (records made apart, as one)
 Writes DIR/decode_power.json and .md with device, date and commit (this checkout's; an other
 tree's commit is in its rows), after each variant, so a call cut short keeps what it measured.
 """
@@ -37,7 +38,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _record import DOCS, write_result  # noqa: E402
+from _record import DOCS, read_records, write_record, write_result  # noqa: E402
 
 PROMPT_TOKENS = 512
 SUSTAINED_OUTPUT = 257
@@ -119,9 +120,9 @@ def variants(modes: str, against: str | None) -> list[tuple[str, Path, str | Non
     if against:
         out.append(("old", worktree(against), None, against))
     for mode in [m.strip() for m in modes.split(",") if m.strip()]:
-        out.append((mode, HERE.parent, None if mode == "auto" else mode, "this checkout"))
+        out.append((mode, HERE.parent, mode, "this checkout"))
     if not out:
-        raise SystemExit("nothing to run: give --modes (auto, rows, looped) or --against COMMIT")
+        raise SystemExit("nothing to run: give --modes (rows, looped) or --against COMMIT")
     return out
 
 
@@ -135,6 +136,21 @@ def row_text(r: dict[str, Any]) -> tuple[str, str, str]:
     )
 
 
+def merge(paths: list[Path], out: Path) -> Path:
+    """One decode_power record of runs made apart (e.g. one device call each): their rows in
+    order, each with its record's date; device and commit joined where they differ."""
+    records = read_records(paths, "--merge", ("rows", "device", "date", "commit"))
+    rows = [{**row, "date": record["date"]} for record in records for row in record["rows"]]
+    top = {}
+    for key in ("device", "date", "commit"):
+        values = sorted({str(r[key]) for r in records})
+        top[key] = values[0] if len(values) == 1 else " / ".join(values)
+    kept = {k: records[0][k] for k in records[0] if k not in ("rows", "device", "date", "commit")}
+    return write_record(
+        "decode_power", {**kept, **top, "rows": rows}, [row_text(r) for r in rows], out
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default="llama-13b,llama-7b")
@@ -142,10 +158,14 @@ def main() -> None:
     parser.add_argument("--against", default=None, help="also a worktree of this commit")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument("--merge", help="comma-separated records (JSON) to write as one")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.seconds)), flush=True)
+        return
+    if args.merge:
+        print(f"written {merge([Path(p) for p in args.merge.split(',')], args.out)}")
         return
     runs = variants(args.modes, args.against)
     rows: list[dict[str, Any]] = []

@@ -12,7 +12,8 @@ that the profile of a LLaMA-7B step on an H100 showed as slow:
 - rope_store: rotates Q and K (interleaved pairs) in place and writes K, V into the cache slot.
 - rms_norm, silu_mul: one launch each instead of several.
 - small_linear: the GEMV of every projection, bias and residual add in its epilogue (one
-  token: gemv_kernels.rows_gemv, whole rows a program).
+  token with INFERMETER_ONE_TOKEN_GEMV=rows: gemv_kernels.rows_gemv, whole rows a program;
+  the engine runs LOOPED, this kernel, by default: see select.one_token_rows).
 
 On Hopper and later every kernel is launched with programmatic dependent launch (PDL): the
 next kernel of the graph is scheduled while this one drains and waits on the device
@@ -624,16 +625,14 @@ ONE_TOKEN_ROWS = True
 
 
 class _Looped:
-    """This module, but with the one-token (batch-1 decode) GEMVs of the dense layers on the
-    looped kernel (_small_linear), the pre-norm in rms_norm and the gated activation in a
-    kernel of its own: how every decode batch of 2-16 runs, and how batch 1 ran up to
-    06cfeb3. MoE experts keep their whole-rows GEMVs (moe_kernels calls them directly).
-
-    Why both: whole rows put every load of a program in flight at once, faster one kernel at
-    a time (gemv_sweep.md) but drawing more power: LLaMA-13B's sustained batch-1 decode on an
-    H200 went from 7.15 ms at 618 W (4.42 J/token, looped) to 8.13 ms at the 700 W limit
-    (5.64 J/token, whole rows; docs/benchmarks/decode_power.md, 2026-12-02). Which one a
-    model runs: select.one_token_rows (INFERMETER_ONE_TOKEN_GEMV)."""
+    """This module, but with the one-token (batch-1 decode) GEMVs outside the MoE experts on
+    the looped kernel (_small_linear), the pre-norm in rms_norm and the gated activation in a
+    kernel of its own: how every decode batch of 2-16 runs. The experts keep their whole-rows
+    GEMVs (moe_kernels calls them directly). The engine's default (select.one_token_rows,
+    INFERMETER_ONE_TOKEN_GEMV): whole rows put every load of a program in flight at once,
+    faster one kernel at a time (gemv_sweep.md), but a sustained decode with them drew
+    more power and more joules a token (LLaMA-13B on an H200: 5.66 J at 699 W against 4.44
+    J at 622 W looped; docs/benchmarks/decode_power.md)."""
 
     ONE_TOKEN_ROWS = False
 

@@ -68,7 +68,7 @@ def triton_problem(model: Decoder) -> str | None:
         kernels.disable_pdl(model.device)
         problem = _check_kernels(model, kernels)
     if problem is None:
-        model.kernels = kernels if one_token_rows(model) else kernels.LOOPED
+        model.kernels = kernels if one_token_rows() else kernels.LOOPED
         if model.mla and mla_problem(model) is None:
             from infermeter.engine import mla_kernels
 
@@ -76,25 +76,27 @@ def triton_problem(model: Decoder) -> str | None:
     return problem
 
 
-ONE_TOKEN_GEMVS = ("auto", "rows", "looped")
+ONE_TOKEN_GEMVS = ("looped", "rows")
 
 
-def one_token_rows(model: Decoder) -> bool:
-    """Whether the dense layers' one-token GEMVs load whole rows (gemv_kernels, with the
-    pre-norm and gated activation fused) or loop over K (kernels.LOOPED), from
-    INFERMETER_ONE_TOKEN_GEMV: "rows", "looped", or unset/"auto": whole rows for a model
-    with MoE layers, looped for a dense one. Measured on an H200 (docs/benchmarks/
-    decode_power.md): sustained batch-1 decode of dense LLaMA-7B/13B draws less power and
-    energy per token looped; MoE models keep whole rows.
+def one_token_rows() -> bool:
+    """Whether the one-token GEMVs outside the MoE experts load whole rows (gemv_kernels,
+    the pre-norm and gated activation fused) or loop over K (kernels.LOOPED, the default),
+    from INFERMETER_ONE_TOKEN_GEMV ("looped" where unset or empty). The experts' GEMVs load
+    whole rows either way.
+
+    Why looped: measured on an H200 at 937a11f (docs/benchmarks/decode_power.md, 2026-12-03,
+    sustained batch-1 decode at the 700 W limit), it took fewer joules a token for all five
+    models tried, 8-22 % (LLaMA-13B 4.44 against 5.66 J), drawing 476-622 W where whole rows
+    drew 571-699 W; its step was 12 % shorter for LLaMA-13B and 2 % for gpt-oss-20b, and 3-10 %
+    longer for Gemma-2-9B, LLaMA-7B and Qwen3-30B-A3B. "rows" is the faster choice there.
 
     Raises UserError for any other value."""
-    wanted = os.environ.get("INFERMETER_ONE_TOKEN_GEMV", "").strip() or "auto"
+    wanted = os.environ.get("INFERMETER_ONE_TOKEN_GEMV", "").strip() or "looped"
     if wanted not in ONE_TOKEN_GEMVS:
         raise UserError(
             f"INFERMETER_ONE_TOKEN_GEMV must be {one_of(ONE_TOKEN_GEMVS)}, not {wanted!r}"
         )
-    if wanted == "auto":
-        return any(block.moe is not None for block in model.layers)
     return wanted == "rows"
 
 
@@ -466,7 +468,7 @@ def choose_attention(model: Decoder, wanted: str = "auto") -> tuple[str, dict[st
     """The fastest decode attention that passes its self-check, and why others were skipped.
     Raises UserError for an unknown `wanted` or INFERMETER_ONE_TOKEN_GEMV (read on every
     device and path, so a typo never passes)."""
-    one_token_rows(model)
+    one_token_rows()
     order = ["triton", "flash", "sdpa"] if wanted == "auto" else [wanted]
     if wanted not in ("auto", "triton", "flash", "sdpa"):
         raise UserError(f"engine: decode_attention must be auto|triton|flash|sdpa, not {wanted!r}")
