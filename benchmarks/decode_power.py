@@ -120,6 +120,10 @@ def variants(modes: str, against: str | None) -> list[tuple[str, Path, str | Non
     if against:
         out.append(("old", worktree(against), None, against))
     for mode in [m.strip() for m in modes.split(",") if m.strip()]:
+        if mode not in ("looped", "rows"):  # before minutes of the other variants
+            raise SystemExit(
+                f"--modes takes looped and rows (INFERMETER_ONE_TOKEN_GEMV), not {mode!r}"
+            )
         out.append((mode, HERE.parent, mode, "this checkout"))
     if not out:
         raise SystemExit("nothing to run: give --modes (rows, looped) or --against COMMIT")
@@ -140,7 +144,11 @@ def merge(paths: list[Path], out: Path) -> Path:
     """One decode_power record of runs made apart (e.g. one device call each): their rows in
     order, each with its record's date; device and commit joined where they differ."""
     records = read_records(paths, "--merge", ("rows", "device", "date", "commit"))
-    rows = [{**row, "date": record["date"]} for record in records for row in record["rows"]]
+    rows = [
+        {**row, "date": record["date"], "commit": record["commit"]}
+        for record in records
+        for row in record["rows"]
+    ]
     top = {}
     for key in ("device", "date", "commit"):
         values = sorted({str(r[key]) for r in records})

@@ -58,7 +58,13 @@ def test_the_gemv_self_check_runs_one_tile_untuned(interpreted: dict) -> None:
     # each autotuner is entered by a tuned call (so the count sees it), never by the check:
     # two tokens take the looped kernel, one token the whole-rows one
     check = interpreted["gemv_self_check"]
-    assert check == {"problem": None, "tuner_in_check": 0, "tuner_after": 1, "rows_tuner_after": 1}
+    assert check == {
+        "problem": None,
+        "problem_rows": None,  # with INFERMETER_ONE_TOKEN_GEMV=rows, whole rows checked too
+        "tuner_in_check": 0,
+        "tuner_after": 1,
+        "rows_tuner_after": 1,
+    }
 
 
 @pytest.mark.slow
@@ -89,6 +95,8 @@ def test_batch1_looped_gemvs_give_the_tokens_of_the_plain_path(
     """One sequence through kernels.LOOPED: the dense layers' GEMVs looped over K, the
     pre-norm and gated activation in kernels of their own (MoE experts still by GEMV)."""
     assert interpreted["tokens_batch1_looped"][model] == interpreted["tokens_batch1"][model]["sdpa"]
+    calls = interpreted["dense_rows_calls"][model]  # whole rows outside the experts: none
+    assert calls["looped"] == 0 < calls["triton"]
 
 
 @pytest.mark.slow

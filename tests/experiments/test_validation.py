@@ -3,6 +3,7 @@ numbers, batch size as a dimension, one fit policy, and verbs that read without 
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from dataclasses import replace
@@ -106,7 +107,22 @@ def test_a_negative_slope_beyond_the_noise_is_refused_with_the_points() -> None:
     kept = fit_cost_model(points, accept_poor_fit=True)  # the user keeps it: priced as 0
     assert kept.per_output_token == 0.0
     assert any("kept as a poor fit with decoding priced as 0" in n for n in kept.fit["notes"])
-    assert (kept.predict([8, 64, 30], [1, 1000, 5000]) >= 0).all()
+    assert kept.unclipped(8, 5000) == pytest.approx(kept.unclipped(8, 1))  # never falls
+
+
+@pytest.mark.parametrize("decode", ["line", "curve"])
+def test_a_kept_negative_slope_never_prices_a_longer_output_lower(decode: str) -> None:
+    """--accept-poor-fit over a grid with the default outputs whose runtime falls with o:
+    lines and curves alike price decoding as 0, never below a shorter output."""
+    outputs = (1, 2, 4, 8, 32, 128, 512)
+    rows = [(p, o, t, 0.05 + 1e-5 * p - 2e-5 * (o - 1)) for p in (1, 512, 1024)
+            for o in outputs for t in range(2)]  # fmt: skip
+    points = pd.DataFrame(rows, columns=["prompt_tokens", "output_tokens", "trial", "runtime_s"])
+    kept = fit_cost_model(points, decode=decode, accept_poor_fit=True)
+    for p in (1, 300, 512, 1024, 1500):
+        priced = [kept.unclipped(p, o) for o in (1, 2, 5, 40, 512, 2000, 5000)]
+        assert all(b >= a - 1e-12 for a, b in itertools.pairwise(priced)), (p, priced)
+        assert priced[0] > 0
 
 
 def test_a_slope_lost_in_the_noise_is_priced_as_zero_with_a_note() -> None:

@@ -5,6 +5,7 @@ plain PyTorch; prints one JSON object. Run by tests/engine/test_kernels.py with 
 from __future__ import annotations
 
 import json
+import os
 
 import torch
 
@@ -71,6 +72,23 @@ def decode_tokens(name: str, path: str, batch: int = 2) -> list[list[int]]:
     return engine.generate(prompts[:batch], 6).tokens
 
 
+def dense_rows_calls(name: str, path: str) -> int:
+    """Calls of gemv_kernels.rows_gemv from outside the MoE experts (moe_kernels holds its
+    own reference to it) while `name` decodes one sequence on `path` (triton or looped)."""
+    real, calls = gemv_kernels.rows_gemv, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    gemv_kernels.rows_gemv = counted
+    try:
+        decode_tokens(name, path, 1)
+    finally:
+        gemv_kernels.rows_gemv = real
+    return len(calls)
+
+
 def gemv_self_check() -> dict[str, object]:
     """The engine's kernel self-check (select._check_kernels) on a tiny model, counting the
     times it enters the GEMV's autotuner (none: it runs one tile, so that a GPU does not
@@ -90,7 +108,12 @@ def gemv_self_check() -> dict[str, object]:
     for name, tuner in tuners.items():
         tuner.run = counter(name)
     try:
-        problem = select._check_kernels(engine.model, kernels)
+        problem = select._check_kernels(engine.model, kernels)  # default: looped
+        os.environ["INFERMETER_ONE_TOKEN_GEMV"] = "rows"  # whole rows checked as well
+        try:
+            problem_rows = select._check_kernels(engine.model, kernels)
+        finally:
+            del os.environ["INFERMETER_ONE_TOKEN_GEMV"]
         in_check = sum(len(v) for v in entered.values())
         kernels.small_linear(torch.randn(2, 64), torch.randn(32, 64))  # looped: M = 2
         kernels.small_linear(torch.randn(1, 64), torch.randn(32, 64))  # whole rows: M = 1
@@ -99,6 +122,7 @@ def gemv_self_check() -> dict[str, object]:
             tuner.run = real[name]
     return {
         "problem": problem,
+        "problem_rows": problem_rows,
         "tuner_in_check": in_check,
         "tuner_after": len(entered["looped"]),
         "rows_tuner_after": len(entered["rows"]),
@@ -308,6 +332,10 @@ def main() -> None:
         },
         "tokens_batch1_looped": {  # one token a step, the dense layers' GEMVs looped
             name: decode_tokens(name, "looped", 1) for name in ("tiny-llama", "tiny-gpt-oss")
+        },
+        "dense_rows_calls": {
+            name: {path: dense_rows_calls(name, path) for path in ("triton", "looped")}
+            for name in ("tiny-llama", "tiny-gpt-oss")
         },
         "self_checks": {
             name: _check_newer_kernels(

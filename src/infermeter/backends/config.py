@@ -23,10 +23,13 @@ RUNNABLE_DTYPES = ("bfloat16", "float16", "float32")
 def check_runnable(backend: str, dtype: str | None, model: str) -> None:
     """Refuse, in the CLI's words, a dtype the local `backend` cannot run: `dtype` is --dtype
     or (None given) `model`'s own. Raises UserError naming the dtypes it runs."""
+    from infermeter.spec.model import DTYPE_BYTES
+
     if dtype is not None and dtype not in RUNNABLE_DTYPES:
+        priced = f" ({dtype} is priced from a spec, not profiled)" if dtype in DTYPE_BYTES else ""
         raise UserError(
             f"the {backend} backend runs {one_of(RUNNABLE_DTYPES)}, not {dtype} ({model}); "
-            f"pass --dtype bfloat16 (other dtypes are priced from a spec, not profiled)"
+            f"pass --dtype bfloat16{priced}"
         )
 
 

@@ -130,6 +130,26 @@ def mla_problem(model: Decoder) -> str | None:
     return None
 
 
+def _check_rows_gemv(
+    model: Decoder, x: Tensor, w: Tensor, bias: Tensor, res: Tensor, want: Tensor
+) -> str | None:
+    """The whole-rows one-token GEMV (INFERMETER_ONE_TOKEN_GEMV=rows) on _check_kernels'
+    data: plain with bias and residual, then with the pre-norm applied as x is loaded and a
+    gated activation in the epilogue. The MoE experts' GEMVs have checks of their own."""
+    from infermeter.engine import gemv_kernels
+
+    one = gemv_kernels.rows_gemv(x[:1], w, bias=bias, residual=res[:1], tile=ROWS_TILE)
+    if not _close(one, want[:1]):
+        return "Triton one-token GEMV self-check mismatch"
+    wn = torch.randn(model.spec.hidden_size, device=model.device, dtype=model.dtype)
+    normed = F.rms_norm(x[:1].float(), wn.shape, wn.float(), 1e-5)
+    gate, up = (normed @ w.float().T + bias.float()).split(48, -1)
+    got = gemv_kernels.rows_gemv(x[:1], w, bias=bias, act="swiglu", norm=(wn, 1e-5), tile=ROWS_TILE)
+    if not _close(got, F.silu(gate) * up):
+        return "Triton one-token GEMV (norm, gated) self-check mismatch"
+    return None
+
+
 def _check_kernels(model: Decoder, kernels: Any) -> str | None:
     spec, nq = model.spec, model.layout.q_heads
     try:
@@ -168,20 +188,11 @@ def _check_kernels(model: Decoder, kernels: Any) -> str | None:
         want = x.float() @ w.float().T + bias.float() + res.float()
         if not _close(kernels.small_linear(x, w, bias, res, tuned=False), want):
             return "Triton GEMV self-check mismatch"
-        from infermeter.engine import gemv_kernels
-
-        one = gemv_kernels.rows_gemv(x[:1], w, bias=bias, residual=res[:1], tile=ROWS_TILE)
-        if not _close(one, want[:1]):
-            return "Triton one-token GEMV self-check mismatch"
-        # the pre-norm applied as x is loaded, and a gated activation in the epilogue
-        wn = torch.randn(spec.hidden_size, device=model.device, dtype=model.dtype)
-        normed = F.rms_norm(x[:1].float(), wn.shape, wn.float(), 1e-5)
-        gate, up = (normed @ w.float().T + bias.float()).split(48, -1)
-        got = gemv_kernels.rows_gemv(
-            x[:1], w, bias=bias, act="swiglu", norm=(wn, 1e-5), tile=ROWS_TILE
-        )
-        if not _close(got, F.silu(gate) * up):
-            return "Triton one-token GEMV (norm, gated) self-check mismatch"
+        if not _close(kernels.small_linear(x[:1], w, bias, res[:1], tuned=False), want[:1]):
+            return "Triton GEMV self-check mismatch at one token"
+        problem = _check_rows_gemv(model, x, w, bias, res, want) if one_token_rows() else None
+        if problem is not None:
+            return problem
         problem = _check_newer_kernels(model, kernels)
         if problem is not None:
             return problem

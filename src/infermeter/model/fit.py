@@ -333,6 +333,8 @@ def _check_possible(
             "more trials or a longer range of output lengths to price it"
         )
         core.g = 0.0
+    if core.g == 0.0 and core.curves:
+        _hold_curves(core.curves)  # decoding unresolved: a longer output never prices less
     if core.g < 0:
         shown = ", ".join(
             f"(p={int(r.prompt_tokens)}, o={int(r.output_tokens)}: {r.value:.6g} {unit})"
@@ -363,6 +365,16 @@ def _check_possible(
             )
             curve["tail_slope"] = core.g
     return notes
+
+
+def _hold_curves(curves: list[dict[str, Any]]) -> None:
+    """Each decode curve held from falling: D at each profiled o is the most it reached at
+    any o up to it (and at least 0, its start at o = 1), in place; a tail that falls is
+    mended to g by the caller. For a fit whose decoding is not resolved (g set to 0), so
+    that a falling noisy segment does not price a longer output below a shorter one."""
+    for curve in curves:
+        held = np.maximum.accumulate(np.maximum(np.asarray(curve["decode"], dtype=float), 0.0))
+        curve["decode"] = held.tolist()
 
 
 def _check_finite(core: _Core, quantity: Quantity) -> None:
