@@ -17,6 +17,7 @@ from infermeter.spec.catalog import get_spec
 DENSE = ("tiny-llama", "tiny-gptj", "tiny-bloom")
 # MoE routing, latent attention, windows + sinks + biased experts, windows + soft-caps
 NEWER = ("tiny-qwen3-moe", "tiny-deepseek-v2", "tiny-gpt-oss", "tiny-gemma2")
+LOOPED_MODELS = ("tiny-llama", "tiny-gpt-oss")  # also decoded through kernels.LOOPED
 
 
 def gemv_errors(dtype: torch.dtype) -> dict[str, float]:
@@ -72,9 +73,9 @@ def decode_tokens(name: str, path: str, batch: int = 2) -> list[list[int]]:
     return engine.generate(prompts[:batch], 6).tokens
 
 
-def dense_rows_calls(name: str, path: str) -> int:
-    """Calls of gemv_kernels.rows_gemv from outside the MoE experts (moe_kernels holds its
-    own reference to it) while `name` decodes one sequence on `path` (triton or looped)."""
+def counting_rows(name: str, path: str) -> tuple[list[list[int]], int]:
+    """decode_tokens(name, path, 1) and the calls of gemv_kernels.rows_gemv it made from
+    outside the MoE experts (moe_kernels holds its own reference to the function)."""
     real, calls = gemv_kernels.rows_gemv, []
 
     def counted(*args, **kwargs):
@@ -83,10 +84,9 @@ def dense_rows_calls(name: str, path: str) -> int:
 
     gemv_kernels.rows_gemv = counted
     try:
-        decode_tokens(name, path, 1)
+        return decode_tokens(name, path, 1), len(calls)
     finally:
         gemv_kernels.rows_gemv = real
-    return len(calls)
 
 
 def gemv_self_check() -> dict[str, object]:
@@ -319,6 +319,12 @@ def attention_errors() -> dict[str, float]:
 
 def main() -> None:
     assert kernels.INTERPRETED, "run with TRITON_INTERPRET=1"
+    batch1 = {  # one token a step: the kernels module's whole rows, or LOOPED's (few models)
+        (name, path): counting_rows(name, path)
+        for name in (*DENSE, *NEWER)
+        for path in ("triton", "looped")
+        if path == "triton" or name in LOOPED_MODELS
+    }
     result = {
         "gemv_float32": gemv_errors(torch.float32),
         "gemv_float16": gemv_errors(torch.float16),
@@ -326,16 +332,14 @@ def main() -> None:
             name: {path: decode_tokens(name, path) for path in ("sdpa", "triton")}
             for name in (*DENSE, *NEWER)
         },
-        "tokens_batch1": {  # one token a step: whole-rows GEMVs, norms and GLUs fused
-            name: {path: decode_tokens(name, path, 1) for path in ("sdpa", "triton")}
+        "tokens_batch1": {  # whole-rows GEMVs, norms and GLUs fused
+            name: {"sdpa": decode_tokens(name, "sdpa", 1), "triton": batch1[name, "triton"][0]}
             for name in (*DENSE, *NEWER)
         },
-        "tokens_batch1_looped": {  # one token a step, the dense layers' GEMVs looped
-            name: decode_tokens(name, "looped", 1) for name in ("tiny-llama", "tiny-gpt-oss")
-        },
+        "tokens_batch1_looped": {name: batch1[name, "looped"][0] for name in LOOPED_MODELS},
         "dense_rows_calls": {
-            name: {path: dense_rows_calls(name, path) for path in ("triton", "looped")}
-            for name in ("tiny-llama", "tiny-gpt-oss")
+            name: {path: batch1[name, path][1] for path in ("triton", "looped")}
+            for name in LOOPED_MODELS
         },
         "self_checks": {
             name: _check_newer_kernels(
