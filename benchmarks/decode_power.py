@@ -39,6 +39,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _record import DOCS, read_records, write_record, write_result  # noqa: E402
+from infermeter.engine.select import ONE_TOKEN_GEMVS  # noqa: E402
 
 PROMPT_TOKENS = 512
 SUSTAINED_OUTPUT = 257
@@ -120,7 +121,7 @@ def variants(modes: str, against: str | None) -> list[tuple[str, Path, str | Non
     if against:
         out.append(("old", worktree(against), None, against))
     for mode in [m.strip() for m in modes.split(",") if m.strip()]:
-        if mode not in ("looped", "rows"):  # before minutes of the other variants
+        if mode not in ONE_TOKEN_GEMVS:  # before minutes of the other variants
             raise SystemExit(
                 f"--modes takes looped and rows (INFERMETER_ONE_TOKEN_GEMV), not {mode!r}"
             )

@@ -60,6 +60,17 @@ def attach_validation(models: list[CostModel], validation: pd.DataFrame) -> None
             model.fit["validation"] = errors
 
 
+def reader_policy(backend: str, denoise: str | None = None) -> FitPolicy:
+    """How the verbs that read a store fit a run of `backend`: a reader shows every run it
+    can price, a poor fit with its note instead of vanishing from the figures (saving one is
+    what --accept-poor-fit guards). `denoise`: the runtime's, None for the default (min)."""
+    return FitPolicy(
+        api=backend in API_BACKENDS,
+        denoise=denoise,  # type: ignore[arg-type]
+        accept_poor_fit=True,
+    )
+
+
 def fit_run(store: Store, run_id: int, policy: FitPolicy | None = None) -> list[CostModel]:
     """The models of a stored run (runtime first, then energy; one per batch size), each
     with its validation error; nothing is written to the store."""
@@ -183,13 +194,7 @@ class StoredRun:
         points = self.points
         if quantity not in points or points[quantity].notna().sum() == 0:
             return None
-        # A reader shows every run it can price; a poor fit carries its note instead of
-        # vanishing from the figures (saving one is what --accept-poor-fit guards).
-        policy = FitPolicy(
-            api=self.is_api,
-            denoise=denoise if quantity == "runtime_s" else None,  # type: ignore[arg-type]
-            accept_poor_fit=True,
-        )
+        policy = reader_policy(self.record.backend, denoise if quantity == "runtime_s" else None)
         try:
             models = fit_profile(
                 points,

@@ -115,16 +115,14 @@ def run_noise(db: Any, run: int | None) -> RunNoise:
     denoised model is fitted as every reader fits (fitted.StoredRun): a poor fit is kept,
     its note in `denoised.fit["notes"]`, since the noise is what this verb shows."""
     from infermeter.errors import UserError
-    from infermeter.model.fit import FitPolicy
-    from infermeter.model.fitted import API_BACKENDS, fit_run
+    from infermeter.model.fitted import fit_run, reader_policy
 
     run_id = run if run is not None else db.latest_run_id()
     record = db.get_run(run_id)  # refuses an unknown run with its message
     points = db.points(run_id)
     noise = RunNoise(run_id, points, trial_variation(points))
-    policy = FitPolicy(api=record.backend in API_BACKENDS, accept_poor_fit=True)
     try:
-        noise.denoised = fit_run(db, run_id, policy)[0]
+        noise.denoised = fit_run(db, run_id, reader_policy(record.backend))[0]
     except UserError as error:
         noise.why = f"{error}"
     return noise
