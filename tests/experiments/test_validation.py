@@ -107,6 +107,7 @@ def test_a_negative_slope_beyond_the_noise_is_refused_with_the_points() -> None:
     kept = fit_cost_model(points, accept_poor_fit=True)  # the user keeps it: priced as 0
     assert kept.per_output_token == 0.0
     assert any("kept as a poor fit with decoding priced as 0" in n for n in kept.fit["notes"])
+    assert kept.fit["poor_fit"] is True
     assert kept.unclipped(8, 5000) == pytest.approx(kept.unclipped(8, 1))  # never falls
 
 

@@ -276,6 +276,9 @@ def test_fit_worse_than_the_mean_is_refused_unless_accepted() -> None:
         fit_cost_model(points, folds=2)
     kept = fit_cost_model(points, folds=2, accept_poor_fit=True)
     assert any("R² =" in note and "rough" in note for note in kept.fit["notes"])
+    assert kept.fit["poor_fit"] is True  # readers prefer a sound run to it
+    clean = synthetic_points(list(pe), [1, 400], pe, 0.001, 3, 0.002, rng)
+    assert fit_cost_model(clean, accept_poor_fit=True).fit["poor_fit"] is False
 
 
 def test_a_fit_that_overflows_is_one_line() -> None:

@@ -307,13 +307,14 @@ def _tail_slope(output_tokens: np.ndarray, decode: np.ndarray) -> float:
 
 def _check_possible(
     core: _Core, agg: pd.DataFrame, quantity: Quantity, unit: str, accept_poor_fit: bool = False
-) -> list[str]:
+) -> tuple[list[str], bool]:
     """Refuse a fit whose one slope g is negative beyond its noise (two standard errors), or
     with `accept_poor_fit` set it to 0 with a note; set one within the noise to 0, and a
     negative slope of one prompt size (its line, or its curve past the longest output) to g,
-    each with a note saying so."""
+    each with a note saying so. Returns the notes and whether a refused slope was kept."""
     what = "time" if quantity == "runtime_s" else "energy"
     notes = []
+    kept_poor = False
     decode_share = (
         abs(core.g)
         * float((agg["output_tokens"] - 1).max())
@@ -333,6 +334,7 @@ def _check_possible(
             "more trials or a longer range of output lengths to price it"
         )
         core.g = 0.0
+        kept_poor = True
     if core.g == 0.0 and core.curves:
         _hold_curves(core.curves)  # decoding unresolved: a longer output never prices less
     if core.g < 0:
@@ -364,7 +366,7 @@ def _check_possible(
                 f"token, noisy points); continued with g = {core.g:.6g} instead"
             )
             curve["tail_slope"] = core.g
-    return notes
+    return notes, kept_poor
 
 
 def _hold_curves(curves: list[dict[str, Any]]) -> None:
@@ -557,7 +559,7 @@ def fit_cost_model(
     _check_given_overhead(overhead, agg, unit, batch_size)
     core = _fit_core(agg, overhead, weighting, decode)
     _check_finite(core, quantity)
-    notes = _check_possible(core, agg, quantity, unit, accept_poor_fit)
+    notes, kept_poor = _check_possible(core, agg, quantity, unit, accept_poor_fit)
     if core.clipped:
         notes.append(
             f"the overhead {core.overhead:.6g} {unit} exceeds the fitted prompt encoding at "
@@ -596,6 +598,9 @@ def fit_cost_model(
         ],
         "max_cv": float(agg["cv"].max()),
         "notes": notes,
+        # What only accept_poor_fit keeps (a slope below zero beyond its noise, R² below
+        # MIN_R2): readers prefer a sound run to such a one (fitted.StoredRun.standing).
+        "poor_fit": kept_poor or r2_lines < MIN_R2,
     }
     if folds:
         cv = cross_validate(agg, overhead, folds, weighting=weighting, slopes=slopes, decode=decode)

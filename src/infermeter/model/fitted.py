@@ -120,6 +120,19 @@ class StoredRun:
         return pts[(pts["status"] == "ok") & pts["runtime_s"].notna()]
 
     @property
+    def poor_fit(self) -> bool:
+        """True where the run's runtime fit is one only --accept-poor-fit keeps (a slope below
+        zero beyond its noise, or R² below zero: fit.fit_cost_model's `poor_fit`)."""
+        model = self.fit()
+        return bool(model is not None and (model.fit or {}).get("poor_fit"))
+
+    @property
+    def standing(self) -> tuple[bool, str, int]:
+        """How readers rank runs of one model that could stand for it, the higher first: a
+        sound fit over a poor one (poor_fit), then the newer (creation time, then id)."""
+        return (not self.poor_fit, self.record.created_at, self.record.id)
+
+    @property
     def date(self) -> str:
         """The run's creation date, YYYY-MM-DD (UTC)."""
         return self.record.created_at[:10]
@@ -248,7 +261,8 @@ _BACKEND_PREFERENCE = {"engine": 0, "hf": 1}
 
 
 def reference_for(model: str, runs: list[StoredRun]) -> StoredRun | None:
-    """The run that gives `model`'s idealized runtime: the reference engine first, the newest.
+    """The run that gives `model`'s idealized runtime: a sound fit over a poor one, then the
+    reference engine first, the newest (reference_candidates).
 
     The paper's idealized runtime is the model on one uniform, good stack; infermeter's
     engine is that stack, so it wins over hf when both profiled the model.
@@ -259,11 +273,13 @@ def reference_for(model: str, runs: list[StoredRun]) -> StoredRun | None:
 
 def reference_candidates(model: str, runs: list[StoredRun]) -> list[StoredRun]:
     """Every fitted reference run of `model` (by its name or the one it stands for), in the
-    order reference_for prefers them: engine before hf, then the newest first."""
+    order reference_for prefers them: a sound fit before a poor one, then engine before hf,
+    then the newest first (StoredRun.standing)."""
     mine = [r for r in reference_runs(runs) if _same(r.stands_for, model) or _same(r.model, model)]
     mine = [r for r in mine if r.fit() is not None]
     newest_first = sorted(mine, key=lambda r: (r.record.created_at, r.record.id), reverse=True)
-    return sorted(newest_first, key=lambda r: _BACKEND_PREFERENCE.get(r.record.backend, 9))
+    by_backend = sorted(newest_first, key=lambda r: _BACKEND_PREFERENCE.get(r.record.backend, 9))
+    return sorted(by_backend, key=lambda r: r.poor_fit)  # stable: sound runs first
 
 
 def _same(a: str, b: str) -> bool:

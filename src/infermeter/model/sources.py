@@ -168,24 +168,30 @@ def newer_runs_stand(
 
     Runs of one stack (same model, backend, hardware and dtype: StoredRun.stack_identity)
     from different stores are all kept, each labelled by its store and id: a user who names
-    two stores compares them. Within one store the newer run stands (a stack profiled again is
-    one stack, not a comparison of a stack with itself), and the note names the run left out,
-    the one used instead and why.
+    two stores compares them. Within one store one run stands (a stack profiled again is one
+    stack, not a comparison of a stack with itself): a sound fit over a poor one, then the
+    newer (StoredRun.standing); the note names the run left out, the one used instead and why.
     """
     by_model: dict[str, dict[tuple[Any, ...], StoredRun]] = {}
     notes: dict[str, list[str]] = {}
-    for run in sorted(reference_runs(runs), key=lambda r: (r.record.created_at, r.record.id)):
-        if run.fit() is None:
-            continue
+    for run in sorted(
+        (r for r in reference_runs(runs) if r.fit() is not None), key=lambda r: r.standing
+    ):
         key = model_key(run.model)
         stacks = by_model.setdefault(key, {})
         stack = (*run.stack_identity, run.store.resolve())
         older = stacks.get(stack)
         if older is not None:
+            why = (
+                f"{run.label} is a newer run of {run.model} on the same stack "
+                f"({run.stack_label}) in the same store, and the newer run stands"
+                if older.poor_fit == run.poor_fit
+                else f"its fit is poor (kept as --accept-poor-fit keeps one) and {run.label}, "
+                f"a sound run of {run.model} on the same stack ({run.stack_label}) in the same "
+                "store, stands"
+            )
             notes.setdefault(key, []).append(
-                f"{older.label} left out: {run.label} is a newer run of {run.model} on the same "
-                f"stack ({run.stack_label}) in the same store, and the newer run stands; pass "
-                "both RUN ids to compare them"
+                f"{older.label} left out: {why}; pass both RUN ids to compare them"
             )
         stacks[stack] = run
     kept = {
@@ -267,11 +273,13 @@ def left_out_runs(name: str, runs: list[StoredRun]) -> str | None:
         return None
 
     def described(run: StoredRun) -> str:
-        return f"{run.label} ({run.stack_label}, {run.date})"
+        poor = ", its fit poor (kept as --accept-poor-fit keeps one)" if run.poor_fit else ""
+        return f"{run.label} ({run.stack_label}, {run.date}{poor})"
 
     return (
-        f"{name}: priced with run {described(used)}, the one tradeoffs takes (the newest engine "
-        f"run, else the newest hf); left out: {', '.join(described(r) for r in others)}; to "
+        f"{name}: priced with run {described(used)}, the one tradeoffs takes (a sound fit before "
+        f"a poor one, then the newest engine run, else the newest hf); left out: "
+        f"{', '.join(described(r) for r in others)}; to "
         "price with another, write its fit with `infermeter fit RUN --store STORE --output "
         "FILE.json` and pass --profile FILE.json, which stands over the store's runs"
     )
