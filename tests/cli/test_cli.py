@@ -92,7 +92,10 @@ def test_show_runs_fit_export(profiled: tuple[Path, Path], tmp_path: Path) -> No
         assert invoke("export", "--store", store, "--output", tmp_path / name).exit_code == 0
     points = pd.read_parquet(tmp_path / "p.parquet")
     assert len(points) == 12 and {"runtime_s", "ttft_s", "status"} <= set(points.columns)
-    assert invoke("export", "--store", store, "--helm", tmp_path / "h.json").exit_code == 0
+    exported = invoke("export", "--store", store, "--helm", tmp_path / "h.json")
+    assert exported.exit_code == 0, exported.output
+    said = " ".join(exported.output.split())  # the line as printed, wrapped or not
+    assert "which HELM's format cannot hold: `estimate` prices the file as the paper's A100" in said
     helm = json.loads((tmp_path / "h.json").read_text())
     assert set(helm["tiny-llama"]["runtime_for_prompt_tokens"]) == {"1", "16"}
 

@@ -163,9 +163,14 @@ def test_compare_keeps_runs_of_one_stack_from_two_stores(tmp_path: Path) -> None
         "engine on 1 × cpu (b.sqlite#2)",
         "hf on 1 × cpu (b.sqlite#3)",
     ]
-    (note,) = said(result.stderr, "note")
-    assert note.startswith("b.sqlite#1 left out: b.sqlite#2 is a newer run of tiny-llama on the "
-                           "same stack (engine on 1 × cpu) in the same store"), note  # fmt: skip
+    left_out, priced = said(result.stderr, "note")
+    assert left_out.startswith("b.sqlite#1 left out: b.sqlite#2 is a newer run of tiny-llama on "
+                               "the same stack (engine on 1 × cpu) in the same store")  # fmt: skip
+    assert priced.startswith(  # one note for the three stacks its assumption holds for
+        "engine on 1 × cpu (a.sqlite#1), engine on 1 × cpu (b.sqlite#2), hf on 1 × cpu "
+        "(b.sqlite#3): priced as 1 × cpu (nominal: $"
+    ) and priced.endswith("prices each with your own figures (--accelerator, --price-per-hour, "
+                          "--power-watts)"), priced  # fmt: skip
     again = invoke("compare", "--store", first, "--store", second, "--store", first)
     assert again.exit_code == 0 and table_rows(again.stdout) == table_rows(result.stdout)
 

@@ -245,3 +245,42 @@ def test_show_runs_and_merge_count_points_and_measurements_apart(tmp_path: Path)
     merged = invoke("merge", tmp_path / "all.sqlite", store)
     assert merged.exit_code == 0, merged.output
     assert "copied 18 measurements" in merged.stdout and "18 points" not in merged.stdout
+
+
+# ---- a fresh-eyes check, 2026-12-03: errors that named the wrong thing ----------------------
+
+
+def test_errors_name_the_flag_and_the_fix(tmp_path: Path) -> None:
+    store = tmp_path / "s.sqlite"
+    profile = ["profile", "tiny-llama", "--store", store]
+    assert_one_line(invoke(*profile, "--output-sizes", "1,-4"),
+                    "output lengths (--output-sizes) must be positive, got -4")  # fmt: skip
+    assert_one_line(
+        invoke(*profile, "--backend", "vllm"),
+        "unknown backend 'vllm'; available: engine, hf, openai; vllm serves an "
+        "OpenAI-compatible API: profile it with --backend openai --base-url URL",
+    )
+    assert_one_line(invoke(*profile, "--backend", "nope"), "available: engine, hf, openai")
+    assert "--base-url" not in invoke(*profile, "--backend", "nope").output
+    assert not store.exists()  # each refused before a store was made
+
+    runs = profile_store(tmp_path / "one.sqlite")
+    for given in (["1"], ["1", "1"]):
+        assert_one_line(
+            invoke("compare", *given, "--store", runs),
+            "compare needs two or more runs to set side by side; got one.sqlite#1 (tiny-llama, "
+            "engine on ",
+            "pass another RUN id of tiny-llama",
+        )
+    model = tmp_path / "m.json"
+    assert invoke("fit", "1", "--store", runs, "--output", model).exit_code == 0
+    estimate = ["estimate", "--profile", model, "--prompt-tokens", "16", "--output-tokens", "4"]
+    assert_one_line(
+        invoke(*estimate, "--price-per-hour", "-3"),
+        "--price-per-hour must be a positive number ($ an accelerator-hour), got -3",
+    )
+    assert_one_line(
+        invoke(*estimate, "--power-watts", "0"),
+        "--power-watts must be a positive number (W an accelerator), got 0",
+    )
+    assert invoke(*estimate, "--price-per-hour", "2.5").exit_code == 0

@@ -323,3 +323,56 @@ def test_an_energy_profile_of_another_model_or_stack_is_said(tmp_path: Path) -> 
     (line,) = warnings_with(other_stack)
     assert "measured on engine, 1 × cpu, bfloat16, the runtime profile on engine, 1 × cpu, " \
         "float32" in line  # fmt: skip
+
+
+# ---- 8: compare and tradeoffs say what their pricing assumed --------------------------------
+
+
+def test_compare_and_tradeoffs_say_what_their_pricing_assumed(tmp_path: Path) -> None:
+    """A fresh-eyes check compared a points-file fit (no accelerator: priced as the paper's
+    A100) with the same CPU measurements priced as a nominal CPU socket, and got a speedup and
+    a "faster but dearer" verdict with no word on either assumption; `estimate` says both."""
+    bare = fitted(points(tmp_path / "bare.csv", {8: 0.014, 16: 0.018}))  # names no accelerator
+    cpu = _fitted(tmp_path / "cpu.json", "tiny-llama", "runtime_s", "float32")
+    compared = invoke("compare", "--profile", bare, "--profile", cpu, "--allow-different-models")
+    assert compared.exit_code == 0, compared.output
+    notes = said(compared.stderr, "note")
+    (a100,) = [n for n in notes if n.startswith("bare: priced as 1 × a100")]
+    assert "the profile names no accelerator, so the paper's reference is priced" in a100
+    (socket,) = [n for n in notes if n.startswith("cpu: priced as 1 × cpu (nominal:")]
+    assert "are a nominal part's, not the machine's that ran it" in socket
+    assert "`infermeter estimate` prices it with your own figures" in socket
+
+    caps, queries = tmp_path / "caps.csv", tmp_path / "q.csv"
+    pd.DataFrame([("tiny-llama", "s1", 0.8)], columns=["model", "scenario", "accuracy"]).to_csv(
+        caps, index=False
+    )
+    pd.DataFrame({"prompt_tokens": [16], "output_tokens": [8]}).to_csv(queries, index=False)
+    traded = invoke("tradeoffs", "--capabilities", caps, "--queries", f"s1={queries}",
+                    "--profile", cpu)  # fmt: skip
+    assert traded.exit_code == 0, traded.output
+    (note,) = [n for n in said(traded.stderr, "note") if "priced as" in n]
+    assert note.startswith("cpu.json:tiny-llama: priced as 1 × cpu (nominal:")
+
+
+def test_estimate_refuses_a_model_its_profile_is_not_and_a_store_as_a_profile(
+    tmp_path: Path,
+) -> None:
+    """--model picks an entry of a HELM file; with a fit of another model it was ignored and
+    the fit's model priced. A store passed as --profile was called 'not UTF-8 text'."""
+    cpu = _fitted(tmp_path / "cpu.json", "tiny-llama", "runtime_s", "float32")
+    args = ["estimate", "--profile", cpu, "--prompt-tokens", "16", "--output-tokens", "4"]
+    assert invoke(*args, "--model", "tiny_llama").exit_code == 0  # the same model, spelt so
+    assert_one_line(
+        invoke(*args, "--model", "gpt2"),
+        f"--model gpt2: {cpu} is a fit of tiny-llama, not gpt2",
+        "pass a fit of gpt2 as --profile",
+    )
+    store = tmp_path / "s.sqlite"
+    Store(store).close()
+    assert_one_line(
+        invoke("estimate", "--profile", store, "--prompt-tokens", "16", "--output-tokens", "4"),
+        f"profile {store} is an infermeter store (SQLite), not a fitted model",
+        f"`infermeter fit RUN --store {store} --output model.json`",
+    )
+    assert_one_line(invoke(*args, "--output", tmp_path / "x.xlsx"), "cannot tell the format of")

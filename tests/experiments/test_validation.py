@@ -414,3 +414,10 @@ def test_variance_keeps_a_poor_fit_with_its_note_and_writes_the_table(tmp_path: 
     assert "no raw vs denoised" not in done.output
     assert len(pd.read_csv(tmp_path / "fig7.csv")) == 18  # a row per trial
     assert not sqlite3.connect(store).execute("SELECT * FROM fits").fetchall()
+    # A bad --idealized file or output is refused before the table (one line, named so).
+    missing = tmp_path / "nope.json"
+    bad = invoke("variance", "--store", store, "--idealized", missing)
+    assert bad.exit_code == 2 and "variation over trials" not in bad.output, bad.output
+    assert f"--idealized file {missing} does not exist" in bad.output
+    xlsx = invoke("variance", "--store", store, "--output", tmp_path / "fig7.xlsx")
+    assert xlsx.exit_code == 2 and "variation over trials" not in xlsx.output, xlsx.output

@@ -194,13 +194,29 @@ def name_of(config: BackendConfig) -> str:
     return next(name for name, (cls, _, _) in BACKENDS.items() if isinstance(config, cls))
 
 
+def unknown_backend(name: str) -> UserError:
+    """The one line for a backend infermeter does not have; a serving engine's name (vLLM,
+    TGI, llama.cpp, SGLang, Ollama) is pointed to the openai backend, which profiles any of
+    them through its OpenAI-compatible endpoint."""
+    hint = ""
+    if name.lower().replace("-", "").replace("_", "").replace(".", "") in SERVERS:
+        hint = (f"; {name} serves an OpenAI-compatible API: profile it with --backend openai "
+                "--base-url URL (e.g. http://127.0.0.1:8000/v1)")  # fmt: skip
+    return UserError(f"unknown backend {name!r}; available: {', '.join(sorted(BACKENDS))}{hint}")
+
+
+# Serving engines a user may name as a backend (lower case, without - _ .).
+SERVERS = frozenset(("vllm", "tgi", "textgenerationinference", "llamacpp", "llamacppserver",
+                     "sglang", "ollama", "tensorrtllm", "trtllm", "lmdeploy"))  # fmt: skip
+
+
 def config_for(name: str, **options: Any) -> BackendConfig:
     """The config of backend `name` from keyword options.
 
     Raises UserError for an unknown backend or an option it does not have (naming its options).
     """
     if name not in BACKENDS:
-        raise UserError(f"unknown backend {name!r}; available: {', '.join(sorted(BACKENDS))}")
+        raise unknown_backend(name)
     cls = BACKENDS[name][0]
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(options) - set(names))

@@ -80,19 +80,20 @@ def load(r: rq.LoadRequest) -> None:
 @o.request(rq.VarianceRequest)
 def variance(r: rq.VarianceRequest) -> None:
     """Variation across trials (CV) and raw vs denoised vs idealized runtime (Figs. 5 and 7)."""
-    from infermeter.model.estimate import write_table
+    from infermeter.model.estimate import check_table_output, write_table
     from infermeter.model.variance import run_noise
     from infermeter.store.db import Store
 
+    check_table_output(r.output)
     with Store(r.store, read_only=True) as db:
-        noise = run_noise(db, r.run)
+        noise = run_noise(db, r.run, r.idealized)
     show(noise.variation, f"variation over trials, run {noise.run_id}")
     if noise.why is not None:
         say(noise.why, "no raw vs denoised:", "yellow")
         return
     for note in noise.denoised.fit.get("notes", []) if noise.denoised else []:
         say(str(note), "note:", "yellow")  # e.g. a poor fit, kept: the noise is the subject
-    comparison, line = noise.against(r.idealized)
+    comparison, line = noise.compared()
     console.print(line, highlight=False)
     if r.output:
         write_table(comparison, r.output)

@@ -425,7 +425,13 @@ def profile_setup(r: ProfileRequest, warn: Callable[[str], None]) -> ProfileSetu
     (None: the defaults), the hardware priced with its overrides, the backend built (an API's
     prepared, so faults stop before a run is stored; `warn` gets its warning). Raises
     UserError for a choice that cannot run."""
-    from infermeter.backends.config import BACKENDS, build_backend, check_runnable, config_for
+    from infermeter.backends.config import (
+        BACKENDS,
+        build_backend,
+        check_runnable,
+        config_for,
+        unknown_backend,
+    )
     from infermeter.backends.openai import api_spec
     from infermeter.backends.options import openai_backend
     from infermeter.measure.gpus import check_device
@@ -440,7 +446,7 @@ def profile_setup(r: ProfileRequest, warn: Callable[[str], None]) -> ProfileSetu
     overrides = parse_overrides(r.price_per_hour, r.power_watts, r.settings)
     catalog = load_hardware_config(r.hardware_config) if r.hardware_config else None
     if backend not in BACKENDS:  # before the model: a mistyped backend is the first problem
-        raise UserError(f"unknown backend {backend!r}; available: {', '.join(sorted(BACKENDS))}")
+        raise unknown_backend(backend)
     is_api = backend == "openai"  # a black box: MODEL may be any name, nothing runs locally
     spec = api_spec(r.model) if is_api else resolve_spec(r.model)
     if not is_api:  # before the catalog's check, which knows dtypes that are only priced

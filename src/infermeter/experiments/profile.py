@@ -114,17 +114,17 @@ class ProfileGrid:
         """Raise UserError for an empty or non-positive size or trial count, or a point whose prompt
         and output exceed the model's context."""
         for label, sizes in (
-            ("prompt size", self.prompt_sizes),
-            ("output length", self.output_sizes),
-            ("batch size", self.batch_sizes),
-            ("PE prompt size", self.pe_sizes or (1,)),
-            ("head prompt size", self.head_sizes or (1,)),
+            ("prompt sizes (--prompt-sizes)", self.prompt_sizes),
+            ("output lengths (--output-sizes)", self.output_sizes),
+            ("batch sizes (--batch-sizes)", self.batch_sizes),
+            ("PE prompt sizes", self.pe_sizes or (1,)),
+            ("head prompt sizes", self.head_sizes or (1,)),
         ):
             if not sizes:
-                raise UserError(f"no {label}s given")
+                raise UserError(f"no {label} given")
             bad = [s for s in sizes if s <= 0]
             if bad:
-                raise UserError(f"{label}s must be positive, got {bad[0]}")
+                raise UserError(f"{label} must be positive, got {bad[0]}")
         if self.trials < 1:
             raise UserError(f"trials must be at least 1, got {self.trials}")
         if len(set(self.output_sizes)) < 2:

@@ -30,7 +30,7 @@ from infermeter.spec.hardware import (
     HardwareConfig,
     get_accelerator,
 )
-from infermeter.store.outputs import writing
+from infermeter.store.outputs import check_output, writing
 from infermeter.units import j_to_wh, per_hour_to_per_second, plural, span_text
 from infermeter.workloads.queries import (
     MAX_BATCH,
@@ -531,9 +531,7 @@ def read_queries(
     (validate_queries), in the one-line errors (UserError); `fix` ends the one for a path
     that is missing or a folder (require_file)."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".jsonl", ".ndjson", ".json", ".parquet"):
-        raise UserError(f"cannot tell the format of {path}: use .csv, .jsonl, .json or .parquet")
+    suffix = table_suffix(path)
     require_file(path, what, fix)
     try:
         if suffix == ".csv":  # the blanks are taken off below, for every format
@@ -783,12 +781,27 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     pa_csv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), str(path))
 
 
+def table_suffix(path: str | Path) -> str:
+    """The table format of `path` by its extension (lower case): .csv, .jsonl (.ndjson),
+    .json or .parquet; UserError for another, so that a verb can say so before its work."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".ndjson", ".json", ".parquet"):
+        raise UserError(f"cannot tell the format of {path}: use .csv, .jsonl, .json or .parquet")
+    return suffix
+
+
+def check_table_output(path: str | Path | None) -> None:
+    """A table output asked for (None: none) can be written, in a format write_table knows:
+    said in one line before any work (store.outputs.check_output, table_suffix)."""
+    if path is not None:
+        check_output(path)
+        table_suffix(path)
+
+
 def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write by extension: .csv, .jsonl, .json or .parquet; one line if it cannot be."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".jsonl", ".ndjson", ".json", ".parquet"):
-        raise UserError(f"cannot tell the format of {path}: use .csv, .jsonl, .json or .parquet")
+    suffix = table_suffix(path)
     with writing(path):
         if suffix == ".csv":
             _write_csv(frame, path)

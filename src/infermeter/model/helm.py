@@ -16,6 +16,7 @@ from typing import Any
 
 from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel, ModelSet, models_from_dict
+from infermeter.model.fitted import model_key
 from infermeter.store.outputs import writing
 from infermeter.workloads.queries import MAX_SECONDS, MAX_TOKENS, number, read_json
 
@@ -121,17 +122,26 @@ def save_helm_efficiency(models: dict[str, CostModel], path: str | Path) -> Path
     return target
 
 
-def load_profile(path: str | Path, model: str | None = None) -> CostModel:
+def load_profile(path: str | Path, model: str | None = None, what: str = "profile") -> CostModel:
     """A cost model from our JSON file or from one entry of a HELM efficiency_data file (the
-    smallest batch size's where the file holds several)."""
-    return load_model_set(path, model).first()
+    smallest batch size's where the file holds several). `what` names the file in errors."""
+    return load_model_set(path, model, what).first()
 
 
-def load_model_set(path: str | Path, model: str | None = None) -> ModelSet:
-    """The models of a file by batch size: ours (one or a set) or one HELM entry (batch 1)."""
-    data = read_json(path, "profile")
+def load_model_set(path: str | Path, model: str | None = None, what: str = "profile") -> ModelSet:
+    """The models of a file by batch size: ours (one or a set) or one HELM entry (batch 1).
+    UserError (naming the file as `what`) for one that cannot be read, is neither, or is a fit
+    of another model than `model`."""
+    data = read_json(path, what)
     if isinstance(data, dict) and "schema" in data:
-        return ModelSet(models_from_dict(data, str(path)))
+        models = ModelSet(models_from_dict(data, str(path)))
+        fitted = models.first().model
+        if model is not None and fitted and model_key(model) != model_key(fitted):
+            raise UserError(
+                f"--model {model}: {path} is a fit of {fitted}, not {model}; --model picks an "
+                f"entry of a HELM efficiency_data file: pass a fit of {model} as --profile"
+            )
+        return models
     if not is_helm_efficiency(data):
         raise UserError(
             f"{path} is neither an infermeter cost model nor HELM efficiency_data; "

@@ -4,6 +4,7 @@ with the title their table carries (infermeter.model.estimate does the arithmeti
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 from infermeter.model.cost_model import CostModel, ModelSet
 from infermeter.model.estimate import (
     Pricing,
+    check_table_output,
     describe_pricing,
     energy_notes,
     estimate_queries,
@@ -42,10 +44,15 @@ def parse_overrides(
             overrides[key.strip()] = float(value)
         except ValueError:
             raise UserError(f"--set {item!r}: {value!r} is not a number") from None
-    if price_per_hour is not None:
-        overrides["price_per_hour_usd"] = price_per_hour
-    if power_watts is not None:
-        overrides["tdp_watts"] = power_watts
+    for flag, value, key, unit in (
+        ("--price-per-hour", price_per_hour, "price_per_hour_usd", "$ an accelerator-hour"),
+        ("--power-watts", power_watts, "tdp_watts", "W an accelerator"),
+    ):
+        if value is None:
+            continue
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"{flag} must be a positive number ({unit}), got {value:g}")
+        overrides[key] = value
     return overrides
 
 
@@ -135,7 +142,6 @@ def price_request(r: EstimateRequest) -> tuple[Priced, str]:
     other), before anything is read."""
     from infermeter.model.helm import load_model_set
     from infermeter.spec.hardware import load_hardware_config
-    from infermeter.store.outputs import check_output
     from infermeter.workloads.queries import parse_list
 
     sizes = [f for f, v in (("--prompt-tokens", r.prompt_tokens),
@@ -147,8 +153,7 @@ def price_request(r: EstimateRequest) -> tuple[Priced, str]:
             "the file's queries are priced, or the grid of the sizes given",
             f"drop {given} or --queries",
         )  # fmt: skip
-    if r.output:
-        check_output(r.output)
+    check_table_output(r.output)
     runtime = load_model_set(r.profile, r.model)
     energy = load_model_set(r.energy_profile) if r.energy_profile else None
     frame = query_frame(

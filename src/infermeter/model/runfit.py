@@ -346,7 +346,9 @@ def export_run(
             model = db.latest_fit(run_id) or fit_run(db, run_id)[0]
             save_helm_efficiency({record.model: model}, helm)
             on_fit(f"run {run_id} fit written to {helm} (HELM efficiency_data; fitted with "
-                   f"{model.describe_fit()})")  # fmt: skip
+                   f"{model.describe_fit()}); measured on {record.device}, which HELM's format "
+                   "cannot hold: `estimate` prices the file as the paper's A100 unless given "
+                   "--accelerator")  # fmt: skip
 
 
 def _export_energy_run(db: Store, run_id: int, output: Path) -> str:

@@ -18,8 +18,8 @@ from infermeter.model.compare import (
     compare_stacks,
     default_queries,
 )
-from infermeter.model.cost_model import models_from_dict
-from infermeter.model.estimate import pricing_for, read_queries
+from infermeter.model.cost_model import CostModel, models_from_dict
+from infermeter.model.estimate import is_api_model, pricing_for, read_queries
 from infermeter.model.fitted import (
     StoredRun,
     api_runs,
@@ -93,6 +93,36 @@ def profiles_from_files(files: list[Path]) -> list[Any]:
     return profiles
 
 
+def pricing_notes(priced: list[tuple[str, CostModel]]) -> list[str]:
+    """What pricing each (label, model) as its stack (estimate.pricing_for) assumed: the
+    paper's reference A100 for a profile that names no accelerator, a nominal part's $/h or
+    rated W (the generic CPU socket's); one note per assumption, led by the labels it holds
+    for. compare and tradeoffs take no pricing flags, so the note points to estimate's. An
+    API's run is not priced: no note."""
+    labels: dict[str, list[str]] = {}
+    for label, model in priced:
+        if is_api_model(model):
+            continue
+        pricing, assumed = pricing_for(model)
+        why = []
+        if assumed:
+            why.append("the profile names no accelerator, so the paper's reference is priced, "
+                       "not the hardware that ran it")  # fmt: skip
+        figures = pricing.nominal_figures()
+        if figures:
+            why.append(
+                f"{' and '.join(figures)} are a nominal part's, not the machine's that ran it"
+            )
+        if why:
+            labels.setdefault(f"priced as {pricing.describe()}: {'; '.join(why)}", []).append(label)
+    return [
+        f"{', '.join(held)}: {assumption}; `infermeter estimate` prices "
+        f"{'it' if len(held) == 1 else 'each'} with your own figures (--accelerator, "
+        "--price-per-hour, --power-watts)"
+        for assumption, held in labels.items()
+    ]
+
+
 def stacks_for(
     runs: list[int] | None,
     model: str | None,
@@ -103,7 +133,6 @@ def stacks_for(
     fitted-model files, or the stored runs `runs`, or every stack that profiled `model` (or
     the one model profiled on two stacks; newer_runs_stand says which runs stand). Raises
     UserError when the choice is missing or ambiguous."""
-
     if profile:
         stacks = []
         for path in profile:
@@ -121,6 +150,13 @@ def stacks_for(
                 "`infermeter runs`"
             )
         fitted = [r for r in chosen if r.fit() is not None]
+        if len(fitted) < 2:
+            given = ", ".join(f"{r.label} ({r.model}, {r.stack_label})" for r in fitted)
+            raise UserError(
+                f"compare needs two or more runs to set side by side; got "
+                f"{given or 'none that can be fitted'}: pass another RUN id of "
+                f"{fitted[0].model if fitted else 'the model'} (see `infermeter runs`)"
+            )
         groups = {"": [_stack_profile(r, f"{r.stack_label} ({r.label})") for r in fitted]}
         notes: dict[str, list[str]] = {}
     else:
@@ -287,8 +323,8 @@ def left_out_runs(name: str, runs: list[StoredRun]) -> str | None:
 
 def compare_request(r: CompareRequest) -> tuple[StackComparison, int]:
     """`infermeter compare`: its outputs checked, the stacks of r.runs, r.model or r.profile
-    compared on r.queries (default: a grid), with notes on the runs left out (stacks_for),
-    and how many queries that was."""
+    compared on r.queries (default: a grid), with notes on the runs left out (stacks_for)
+    and on what each stack's pricing assumed (pricing_notes), and how many queries that was."""
 
     check_outputs(r.output, r.figure)
     stacks, notes = stacks_for(r.runs, r.model, r.profile, r.store)
@@ -298,7 +334,7 @@ def compare_request(r: CompareRequest) -> tuple[StackComparison, int]:
         frame = default_queries([s.runtime for s in stacks])
     base = baseline_index(stacks, r.baseline)
     result = compare_stacks(stacks, frame, base, r.allow_different_models)
-    result.notes = notes
+    result.notes = notes + pricing_notes([(s.label, s.runtime) for s in stacks])
     return result, len(frame)
 
 
@@ -306,7 +342,8 @@ def tradeoffs_for(r: TradeoffsRequest) -> tuple[Tradeoffs, pd.DataFrame]:
     """`infermeter tradeoffs`: its outputs checked, the capabilities, scenario queries and
     profiles (r.profile's files, then r.store's runs) read, the table made and ranked by the
     default objectives and r.objective's (a bad objective fails before anything is shown),
-    with a note for each model priced with one of its several stored runs (left_out_runs)."""
+    with a note for each model priced with one of its several stored runs (left_out_runs) and
+    for each whose pricing assumed its hardware's figures (pricing_notes)."""
 
     image_format(r.fmt)
     check_outputs(r.output, r.ranks_output)
@@ -329,5 +366,11 @@ def tradeoffs_for(r: TradeoffsRequest) -> tuple[Tradeoffs, pd.DataFrame]:
         raise UserError("no profiles: profile models into --store, or pass --profile FILE")
     objectives = {**DEFAULT_OBJECTIVES, **parse_objectives(r.objective or [])}
     result = tradeoff_table(profiles, caps, scenario_queries)
-    result.notes += left_out
+    joined = {model_key(m) for m in caps["model"]}
+    priced = pricing_notes([
+        (p.source or p.name, p.idealized)
+        for p in profiles
+        if p.pricing is not None and p.idealized is not None and model_key(p.name) in joined
+    ])  # fmt: skip
+    result.notes += left_out + priced
     return result, rank_models(result.table, objectives)

@@ -98,29 +98,32 @@ class RunNoise:
     variation: pd.DataFrame
     denoised: CostModel | None = None
     why: str | None = None
+    idealized: CostModel | None = None  # the reference model to set beside them, if given
 
-    def against(self, idealized: Path | None) -> tuple[pd.DataFrame, str]:
-        """Raw vs denoised (vs the fitted model JSON `idealized`) per request, and the line
-        that sums the noise up."""
-        from infermeter.model.helm import load_profile
+    def compared(self) -> tuple[pd.DataFrame, str]:
+        """Raw vs denoised (vs `idealized`) per request, and the line that sums the noise
+        up."""
         from infermeter.model.runfit import noise_line
 
-        reference = load_profile(idealized) if idealized else None
-        comparison = raw_vs_models(self.points, self.denoised, reference)
+        comparison = raw_vs_models(self.points, self.denoised, self.idealized)
         return comparison, noise_line(noise_summary(self.points, comparison))
 
 
-def run_noise(db: Any, run: int | None) -> RunNoise:
-    """The noise of stored run `run` (None: the latest; UserError for an unknown one). Its
-    denoised model is fitted as every reader fits (fitted.StoredRun): a poor fit is kept,
-    its note in `denoised.fit["notes"]`, since the noise is what this verb shows."""
+def run_noise(db: Any, run: int | None, idealized: Path | None = None) -> RunNoise:
+    """The noise of stored run `run` (None: the latest; UserError for an unknown one), beside
+    the fitted model file `idealized` where given (read first: a bad file is refused before
+    anything is shown). Its denoised model is fitted as every reader fits (fitted.StoredRun):
+    a poor fit is kept, its note in `denoised.fit["notes"]`, since the noise is what this verb
+    shows."""
     from infermeter.errors import UserError
     from infermeter.model.fitted import fit_run, reader_policy
+    from infermeter.model.helm import load_profile
 
+    reference = load_profile(idealized, what="--idealized file") if idealized else None
     run_id = run if run is not None else db.latest_run_id()
     record = db.get_run(run_id)  # refuses an unknown run with its message
     points = db.points(run_id)
-    noise = RunNoise(run_id, points, trial_variation(points))
+    noise = RunNoise(run_id, points, trial_variation(points), idealized=reference)
     try:
         noise.denoised = fit_run(db, run_id, reader_policy(record.backend))[0]
     except UserError as error:

@@ -196,7 +196,14 @@ def read_json(path: str | os.PathLike[str], what: str) -> Any:
     e.g. "profile"."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        raw = file.read_bytes()
+        if raw.startswith(b"SQLite format 3\x00"):  # a store where a fitted model belongs
+            raise UserError(
+                f"{what} {file} is an infermeter store (SQLite), not a fitted model; write a "
+                f"run's fit with `infermeter fit RUN --store {file} --output model.json` and "
+                "pass that"
+            )
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"{what} {file} does not exist; check the path") from None
     except IsADirectoryError:
