@@ -23,6 +23,7 @@ from test_what_a_user_is_told import profile_run
 
 from cli_runner import assert_one_line, invoke
 from infermeter.model.cost_model import CostModel
+from infermeter.model.helm import load_profile, save_helm_efficiency
 from infermeter.store.db import Store
 
 OUTPUTS = (1, 4, 8)
@@ -285,7 +286,17 @@ def test_tradeoffs_names_the_run_it_uses_and_those_left_out(tmp_path: Path) -> N
     picked = invoke(*args, tmp_path / "p.csv", "--store", target, "--profile", first)
     assert picked.exit_code == 0, picked.output
     assert "left out" not in picked.stderr
+    assert "all.sqlite#" not in picked.stderr  # no note on runs the file stood over
     assert pd.read_csv(tmp_path / "p.csv").source.tolist() == ["first.json:tiny-llama"]
+    # Two files of one model: the first prices it, and the second is named as left out.
+    second = tmp_path / "second.json"
+    assert invoke("fit", "2", "--store", target, "--output", second).exit_code == 0
+    both = invoke(*args, tmp_path / "b.csv", "--profile", first, "--profile", second)
+    assert both.exit_code == 0, both.output
+    assert "second.json:tiny-llama left out: first.json:tiny-llama, given first, prices " \
+        "tiny-llama" in said(both.stderr, "note")  # fmt: skip
+    (priced,) = [n for n in said(both.stderr, "note") if "priced as" in n]
+    assert priced.startswith("first.json:tiny-llama: priced as 1 × a100")  # no accelerator named
 
 
 # ---- 7: an energy profile that is not the runtime profile's pair ---------------------------
@@ -376,3 +387,12 @@ def test_estimate_refuses_a_model_its_profile_is_not_and_a_store_as_a_profile(
         f"`infermeter fit RUN --store {store} --output model.json`",
     )
     assert_one_line(invoke(*args, "--output", tmp_path / "x.xlsx"), "cannot tell the format of")
+    assert_one_line(
+        invoke(*args, "--energy-profile", store),
+        f"--energy-profile {store} is an infermeter store (SQLite), not a fitted model",
+    )
+    # A HELM file's entry is found however its name is spelt, as a fit's model is.
+    helm = save_helm_efficiency({"tiny-llama": load_profile(cpu)}, tmp_path / "h.json")
+    spelt = invoke("estimate", "--profile", helm, "--model", "tiny_llama",
+                   "--prompt-tokens", "16", "--output-tokens", "4")  # fmt: skip
+    assert spelt.exit_code == 0, spelt.output

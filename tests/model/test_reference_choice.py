@@ -61,8 +61,57 @@ def test_a_newer_poor_run_does_not_stand_over_an_older_sound_one(tmp_path: Path)
     kept, notes = newer_runs_stand(runs)
     assert kept == {}  # one stack: nothing to compare, but the note says which run stands
     (why,) = notes["tiny-llama"]
-    assert why.startswith(f"runs.sqlite#{poor} left out: its fit is poor")
-    assert f"runs.sqlite#{sound}, a sound run of tiny-llama" in why
+    assert why.startswith(f"runs.sqlite#{poor} left out: its fit is poor (kept only as ")
+    assert f"runs.sqlite#{sound}, a run of tiny-llama whose fit is sound" in why
+
+
+def record_rough_run(store: Store, key: str) -> int:
+    """A complete run of tiny-llama whose trials scatter (R² well below 0.9, above 0)."""
+    run, _ = store.open_run(
+        key=key,
+        model="tiny-llama",
+        spec=get_spec("tiny-llama").to_dict(),
+        stack=Stack("engine", get_accelerator("cpu"), dtype="float32").to_dict(),
+        backend="engine",
+        backend_info={"device": "cpu"},
+        grid={},
+        device="cpu: test machine",
+    )
+    scatter = (1.0, 1.6, 0.7, 1.3, 0.8, 1.5, 0.9, 1.2, 1.1)  # one per (p, o), all trials
+    for i, (p, o) in enumerate((p, o) for p in PROMPTS for o in OUTPUTS):
+        for trial in range(TRIALS):
+            runtime = (0.2 + 0.001 * p + 0.001 * (o - 1)) * scatter[i]
+            store.record_point(run.id, Point(p, o, 1, trial), Measurement(runtime))
+    store.set_run_status(run.id, "complete")
+    return run.id
+
+
+def test_a_newer_rough_run_stands_after_a_sound_one_and_before_a_poor_one(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "runs.sqlite"
+    with Store(path) as store:
+        sound = record_run(store, "sound", 0.001)
+        poor = record_run(store, "poor", -0.001)
+        rough = record_rough_run(store, "rough")  # the newest
+    runs = load_runs([path])
+    by_id = {r.record.id: r for r in runs}
+    assert [by_id[i].fit_quality for i in (sound, poor, rough)] == ["sound", "poor", "rough"]
+    r2 = by_id[rough].fit().fit["r2_overall"]
+    assert 0 <= r2 < 0.9 and by_id[rough].fit_quality_words == f"rough (R² = {r2:.2f}, below 0.9)"
+    assert [r.record.id for r in reference_candidates("tiny-llama", runs)] == [sound, rough, poor]
+    note = left_out_runs("tiny-llama", runs)
+    assert note is not None and f"runs.sqlite#{rough} (" in note and "its fit rough (R² = " in note
+    assert "--output FILE.json` (with --accept-poor-fit for a poor one)" in note
+    _, notes = newer_runs_stand(runs)
+    assert [n.split(" left out: ")[0] for n in notes["tiny-llama"]] == [
+        f"runs.sqlite#{poor}",
+        f"runs.sqlite#{rough}",
+    ]
+    assert (
+        notes["tiny-llama"][1].startswith(f"runs.sqlite#{rough} left out: its fit is rough (R² = ")
+        and f"runs.sqlite#{sound}, a run of tiny-llama whose fit is sound" in notes["tiny-llama"][1]
+    )
 
 
 def test_among_sound_runs_the_newest_engine_run_stands(tmp_path: Path) -> None:

@@ -268,6 +268,9 @@ def test_fig9_says_which_scenarios_it_did_not_draw(built, tmp_path: Path) -> Non
     assert fig9.plot is not None
     assert "2 more scenario(s)" in fig9.note and "extra2, extra3" in fig9.note
     assert set(extra) <= set(fig9.table.scenario)
+    # tiny-llama has an engine and an hf run: the note says which prices it, as tradeoffs does.
+    assert "tiny-llama: priced with run " in fig9.note and "left out: " in fig9.note
+    assert "priced as 1 × cpu (nominal: $" in fig9.note  # what its pricing assumed
 
 
 def _engine_run(

@@ -126,7 +126,7 @@ class ProfileGrid:
             if bad:
                 raise UserError(f"{label} must be positive, got {bad[0]}")
         if self.trials < 1:
-            raise UserError(f"trials must be at least 1, got {self.trials}")
+            raise UserError(f"trials (--trials) must be at least 1, got {self.trials}")
         if len(set(self.output_sizes)) < 2:
             raise UserError(
                 "the grid needs at least two distinct output lengths per prompt size to fit a "

@@ -25,7 +25,7 @@ import pandas as pd
 from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel
 from infermeter.model.estimate import Pricing, pricing_for
-from infermeter.model.fit import FitPolicy, fit_profile, validation_errors
+from infermeter.model.fit import ROUGH_R2, FitPolicy, fit_profile, validation_errors
 from infermeter.spec.hardware import detect_accelerator
 from infermeter.spec.model import ModelSpec
 from infermeter.store.db import RunRecord, Store
@@ -120,17 +120,41 @@ class StoredRun:
         return pts[(pts["status"] == "ok") & pts["runtime_s"].notna()]
 
     @property
-    def poor_fit(self) -> bool:
-        """True where the run's runtime fit is one only --accept-poor-fit keeps (a slope below
-        zero beyond its noise, or R² below zero: fit.fit_cost_model's `poor_fit`)."""
+    def fit_quality(self) -> str:
+        """'poor' where the run's runtime fit is one only --accept-poor-fit keeps (a slope
+        below zero beyond its noise, or R² below zero: fit.fit_cost_model's `poor_fit`),
+        'rough' where its R² is below fit.ROUGH_R2 (kept with a note), else 'sound'."""
         model = self.fit()
-        return bool(model is not None and (model.fit or {}).get("poor_fit"))
+        fit = (model.fit or {}) if model is not None else {}
+        if fit.get("poor_fit"):
+            return "poor"
+        r2 = fit.get("r2_overall")
+        return "rough" if r2 is not None and r2 < ROUGH_R2 else "sound"
 
     @property
-    def standing(self) -> tuple[bool, str, int]:
+    def poor_fit(self) -> bool:
+        """True where the run's fit is poor or rough (fit_quality): another run stands first."""
+        return self.fit_quality != "sound"
+
+    @property
+    def fit_quality_words(self) -> str:
+        """fit_quality said with its reason: 'poor (kept only as --accept-poor-fit keeps
+        one)', 'rough (R² = 0.28, below 0.9)', 'sound'."""
+        quality = self.fit_quality
+        if quality == "poor":
+            return "poor (kept only as --accept-poor-fit keeps one)"
+        if quality == "rough":
+            r2 = (self.fit().fit or {}).get("r2_overall")  # type: ignore[union-attr]
+            return f"rough (R² = {r2:.2f}, below {ROUGH_R2:g})"
+        return quality
+
+    @property
+    def standing(self) -> tuple[int, str, int]:
         """How readers rank runs of one model that could stand for it, the higher first: a
-        sound fit over a poor one (poor_fit), then the newer (creation time, then id)."""
-        return (not self.poor_fit, self.record.created_at, self.record.id)
+        sound fit over a rough one over a poor one (fit_quality), then the newer (creation
+        time, then id)."""
+        rank = {"poor": 0, "rough": 1, "sound": 2}[self.fit_quality]
+        return (rank, self.record.created_at, self.record.id)
 
     @property
     def date(self) -> str:
@@ -261,8 +285,8 @@ _BACKEND_PREFERENCE = {"engine": 0, "hf": 1}
 
 
 def reference_for(model: str, runs: list[StoredRun]) -> StoredRun | None:
-    """The run that gives `model`'s idealized runtime: a sound fit over a poor one, then the
-    reference engine first, the newest (reference_candidates).
+    """The run that gives `model`'s idealized runtime: a sound fit over a rough or poor one,
+    then the reference engine first, the newest (reference_candidates).
 
     The paper's idealized runtime is the model on one uniform, good stack; infermeter's
     engine is that stack, so it wins over hf when both profiled the model.
@@ -273,13 +297,13 @@ def reference_for(model: str, runs: list[StoredRun]) -> StoredRun | None:
 
 def reference_candidates(model: str, runs: list[StoredRun]) -> list[StoredRun]:
     """Every fitted reference run of `model` (by its name or the one it stands for), in the
-    order reference_for prefers them: a sound fit before a poor one, then engine before hf,
-    then the newest first (StoredRun.standing)."""
+    order reference_for prefers them: a sound fit before a rough one before a poor one
+    (StoredRun.fit_quality), then engine before hf, then the newest first."""
     mine = [r for r in reference_runs(runs) if _same(r.stands_for, model) or _same(r.model, model)]
     mine = [r for r in mine if r.fit() is not None]
     newest_first = sorted(mine, key=lambda r: (r.record.created_at, r.record.id), reverse=True)
     by_backend = sorted(newest_first, key=lambda r: _BACKEND_PREFERENCE.get(r.record.backend, 9))
-    return sorted(by_backend, key=lambda r: r.poor_fit)  # stable: sound runs first
+    return sorted(by_backend, key=lambda r: -r.standing[0])  # stable: sound, rough, poor
 
 
 def _same(a: str, b: str) -> bool:

@@ -155,6 +155,7 @@ def load_model_set(path: str | Path, model: str | None = None, what: str = "prof
                 f"{path} holds {len(data)} models; pick one with --model (e.g. "
                 f"{', '.join(list(data)[:3])})"
             )
+    model = next((name for name in data if model_key(name) == model_key(model)), model)
     if model not in data:
         raise UserError(f"model {model!r} is not in {path}; it has: {', '.join(list(data)[:10])}")
     return ModelSet([cost_model_from_helm_entry(model, data[model], str(path))])

@@ -155,7 +155,7 @@ def price_request(r: EstimateRequest) -> tuple[Priced, str]:
         )  # fmt: skip
     check_table_output(r.output)
     runtime = load_model_set(r.profile, r.model)
-    energy = load_model_set(r.energy_profile) if r.energy_profile else None
+    energy = load_model_set(r.energy_profile, what="--energy-profile") if r.energy_profile else None
     frame = query_frame(
         r.queries,
         parse_list(r.prompt_tokens, "--prompt-tokens"),

@@ -28,6 +28,8 @@ def validation_line(model: CostModel) -> str:
     """The figure a profile reports about itself: its error (%) on queries it never profiled."""
     check = model.fit.get("validation") or {}
     if not check.get("n"):
+        if (model.provenance or {}).get("points_file"):
+            return "not validated (a points file holds no validation queries)"
         return "not validated (no validation queries measured; profile with --validate N)"
     return (
         f"validated on {plural(check['n'], 'query')} never profiled: MAPE "
@@ -346,9 +348,10 @@ def export_run(
             model = db.latest_fit(run_id) or fit_run(db, run_id)[0]
             save_helm_efficiency({record.model: model}, helm)
             on_fit(f"run {run_id} fit written to {helm} (HELM efficiency_data; fitted with "
-                   f"{model.describe_fit()}); measured on {record.device}, which HELM's format "
-                   "cannot hold: `estimate` prices the file as the paper's A100 unless given "
-                   "--accelerator")  # fmt: skip
+                   f"{model.describe_fit()}, of which the format holds PE per prompt size and "
+                   "one per-token time, so the file prices decoding along one line); measured "
+                   f"on {record.device}, which HELM's format cannot hold: `estimate` prices the "
+                   "file as the paper's A100 unless given --accelerator")  # fmt: skip
 
 
 def _export_energy_run(db: Store, run_id: int, output: Path) -> str:

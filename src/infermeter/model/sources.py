@@ -221,10 +221,10 @@ def newer_runs_stand(
             why = (
                 f"{run.label} is a newer run of {run.model} on the same stack "
                 f"({run.stack_label}) in the same store, and the newer run stands"
-                if older.poor_fit == run.poor_fit
-                else f"its fit is poor (kept as --accept-poor-fit keeps one) and {run.label}, "
-                f"a sound run of {run.model} on the same stack ({run.stack_label}) in the same "
-                "store, stands"
+                if older.fit_quality == run.fit_quality
+                else f"its fit is {older.fit_quality_words} and {run.label}, a run of "
+                f"{run.model} whose fit is {run.fit_quality}, on the same stack "
+                f"({run.stack_label}) in the same store, stands"
             )
             notes.setdefault(key, []).append(
                 f"{older.label} left out: {why}; pass both RUN ids to compare them"
@@ -309,15 +309,21 @@ def left_out_runs(name: str, runs: list[StoredRun]) -> str | None:
         return None
 
     def described(run: StoredRun) -> str:
-        poor = ", its fit poor (kept as --accept-poor-fit keeps one)" if run.poor_fit else ""
-        return f"{run.label} ({run.stack_label}, {run.date}{poor})"
+        quality = f", its fit {run.fit_quality_words}" if run.poor_fit else ""
+        return f"{run.label} ({run.stack_label}, {run.date}{quality})"
 
+    poor = (
+        " (with --accept-poor-fit for a poor one)"
+        if any(r.fit_quality == "poor" for r in others)
+        else ""
+    )
     return (
-        f"{name}: priced with run {described(used)}, the one tradeoffs takes (a sound fit before "
-        f"a poor one, then the newest engine run, else the newest hf); left out: "
-        f"{', '.join(described(r) for r in others)}; to "
-        "price with another, write its fit with `infermeter fit RUN --store STORE --output "
-        "FILE.json` and pass --profile FILE.json, which stands over the store's runs"
+        f"{name}: priced with run {described(used)}, the one tradeoffs and report take (a "
+        f"sound fit before a rough one before a poor one, then the newest engine run, else the "
+        f"newest hf); left "
+        f"out: {', '.join(described(r) for r in others)}; to price with another, write its fit "
+        f"with `infermeter fit RUN --store STORE --output FILE.json`{poor} and pass --profile "
+        "FILE.json, which stands over the store's runs"
     )
 
 
@@ -338,12 +344,41 @@ def compare_request(r: CompareRequest) -> tuple[StackComparison, int]:
     return result, len(frame)
 
 
+def tradeoff_notes(
+    files: list[ModelProfile], stored: list[ModelProfile], models: list[str], runs: list[StoredRun]
+) -> list[str]:
+    """How each of `models` (the capability table's) is priced by the profiles `files` then
+    `stored` (model_profiles of `runs`), for the one that prices it (the first of its model,
+    as tradeoff_table takes): a later file of the same model left out, the stored run used and
+    those left out (left_out_runs), and what its pricing assumed (pricing_notes)."""
+    wanted = {model_key(m) for m in models}
+    used: dict[str, ModelProfile] = {}
+    notes = []
+    for profile in files + stored:
+        key = model_key(profile.name)
+        if key not in wanted:
+            continue
+        first = used.setdefault(key, profile)
+        if first is not profile:
+            notes.append(
+                f"{profile.source or profile.name} left out: {first.source or first.name}, "
+                f"given first, prices {profile.name}"
+            )
+    for profile in used.values():
+        if any(profile is s for s in stored):  # priced from the store's runs
+            note = left_out_runs(profile.name, runs)
+            notes += [note] if note else []
+    return notes + pricing_notes(
+        [(p.source or p.name, p.idealized) for p in used.values()
+         if p.pricing is not None and p.idealized is not None]
+    )  # fmt: skip
+
+
 def tradeoffs_for(r: TradeoffsRequest) -> tuple[Tradeoffs, pd.DataFrame]:
     """`infermeter tradeoffs`: its outputs checked, the capabilities, scenario queries and
-    profiles (r.profile's files, then r.store's runs) read, the table made and ranked by the
-    default objectives and r.objective's (a bad objective fails before anything is shown),
-    with a note for each model priced with one of its several stored runs (left_out_runs) and
-    for each whose pricing assumed its hardware's figures (pricing_notes)."""
+    profiles (r.profile's files, then r.store's runs for the models no file gives) read, the
+    table made and ranked by the default objectives and r.objective's (a bad objective fails
+    before anything is shown), with tradeoff_notes on how each model was priced."""
 
     image_format(r.fmt)
     check_outputs(r.output, r.ranks_output)
@@ -351,26 +386,15 @@ def tradeoffs_for(r: TradeoffsRequest) -> tuple[Tradeoffs, pd.DataFrame]:
         check_output_folder(r.figures, "--figures folder")
     caps = read_capabilities(r.capabilities, r.metric)
     scenario_queries = read_scenario_queries(r.queries)
-    profiles = profiles_from_files(list(r.profile or []))
-    paths = stores_or_default(r.store, required=not profiles)
-    # Models the store prices: in the capability table, and not given by a --profile file.
-    wanted = {model_key(m) for m in caps["model"]} - {model_key(p.name) for p in profiles}
-    left_out: list[str] = []
-    if paths:
-        runs = load_runs(paths, with_samples=False)
-        stored = model_profiles(runs)
-        profiles += stored
-        notes = (left_out_runs(p.name, runs) for p in stored if model_key(p.name) in wanted)
-        left_out = [note for note in notes if note]
+    files = profiles_from_files(list(r.profile or []))
+    paths = stores_or_default(r.store, required=not files)
+    given = {model_key(p.name) for p in files}  # a --profile file stands over the store's runs
+    runs = load_runs(paths, with_samples=False) if paths else []
+    stored = [p for p in model_profiles(runs) if model_key(p.name) not in given]
+    profiles = files + stored
     if not profiles:
         raise UserError("no profiles: profile models into --store, or pass --profile FILE")
     objectives = {**DEFAULT_OBJECTIVES, **parse_objectives(r.objective or [])}
     result = tradeoff_table(profiles, caps, scenario_queries)
-    joined = {model_key(m) for m in caps["model"]}
-    priced = pricing_notes([
-        (p.source or p.name, p.idealized)
-        for p in profiles
-        if p.pricing is not None and p.idealized is not None and model_key(p.name) in joined
-    ])  # fmt: skip
-    result.notes += left_out + priced
+    result.notes += tradeoff_notes(files, stored, list(caps["model"]), runs)
     return result, rank_models(result.table, objectives)

@@ -30,6 +30,7 @@ from infermeter.model.sources import (
     newer_runs_stand,
     stack_profiles,
     stores_or_default,
+    tradeoff_notes,
 )
 from infermeter.model.tradeoffs import (
     DEFAULT_OBJECTIVES,
@@ -249,10 +250,12 @@ def tradeoff_sections(runs: list[StoredRun], inputs: ReportInputs) -> list[Secti
         )
     capabilities = read_capabilities(inputs.capabilities, inputs.metric)
     queries = read_scenario_queries(inputs.queries)
+    profiles = model_profiles(runs)
     try:
-        result = tradeoff_table(model_profiles(runs), capabilities, queries)
+        result = tradeoff_table(profiles, capabilities, queries)
     except UserError as exc:
         return _all_missing([fig9, fig10], str(exc), PROFILE_CMD)
+    result.notes += tradeoff_notes([], profiles, list(capabilities["model"]), runs)
     table = result.table
     used = [r for r in runs if any(r.label in s for s in table.source)]
     needs = {
