@@ -205,8 +205,9 @@ def newer_runs_stand(
     Runs of one stack (same model, backend, hardware and dtype: StoredRun.stack_identity)
     from different stores are all kept, each labelled by its store and id: a user who names
     two stores compares them. Within one store one run stands (a stack profiled again is one
-    stack, not a comparison of a stack with itself): a sound fit over a poor one, then the
-    newer (StoredRun.standing); the note names the run left out, the one used instead and why.
+    stack, not a comparison of a stack with itself): a sound fit over a rough one over a poor
+    one, then the newer (StoredRun.standing); the note names the run left out, the one used
+    instead and why.
     """
     by_model: dict[str, dict[tuple[Any, ...], StoredRun]] = {}
     notes: dict[str, list[str]] = {}
