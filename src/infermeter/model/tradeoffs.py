@@ -36,6 +36,7 @@ from infermeter.model.estimate import (
     energy_notes,
     range_warnings,
     read_csv_by_hand,
+    table_suffix,
 )
 from infermeter.spec.model import ModelSpec
 from infermeter.units import MS_PER_S, one_of, to_giga
@@ -99,8 +100,9 @@ class Tradeoffs:
 
 # ---- inputs ------------------------------------------------------------------------------
 def _read_any(path: Path) -> pd.DataFrame | Any:
-    """A CSV as a frame; JSON / JSONL as parsed data (records or nested objects)."""
-    suffix = path.suffix.lower()
+    """A CSV as a frame; JSON / JSONL as parsed data (records or nested objects); Parquet as
+    a frame. UserError for another extension (estimate.table_suffix) or an unreadable file."""
+    suffix = table_suffix(path)
     try:
         if suffix == ".csv":
             # Lines starting with "#" are notes (where the numbers come from), not rows.
@@ -110,13 +112,11 @@ def _read_any(path: Path) -> pd.DataFrame | Any:
             return pd.read_json(path, lines=True)
         if suffix == ".json":
             return json.loads(path.read_text())
-        if suffix == ".parquet":
-            return pd.read_parquet(path)
+        return pd.read_parquet(path)
     except FileNotFoundError as exc:
         raise UserError(f"{path} does not exist") from exc
     except Exception as exc:  # pandas/json raise many kinds for a bad file; all mean the same
         raise UserError(f"cannot read {path}: {exc}".splitlines()[0]) from exc
-    raise UserError(f"cannot tell the format of {path}: use .csv, .json, .jsonl or .parquet")
 
 
 def _helm_run_name(name: str) -> tuple[str, str] | None:
