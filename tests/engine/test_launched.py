@@ -238,3 +238,41 @@ def test_a_launch_of_more_ranks_than_the_model_runs_over_is_refused_on_every_ran
                         tmp_path / "s.sqlite")  # fmt: skip
         assert_one_line(result, "torchrun started 2 ranks", "pass --tp 2")
     assert not (tmp_path / "s.sqlite").exists()
+
+
+# A process whose heartbeat and watchdog threads are inside a store call (HEARTBEAT_S = 0 keeps
+# them there) when it ends: without the joins in close() and watch() Python's finalization
+# aborts it ("terminate called without an active exception"), as one CI run's rank 0 was after
+# its work was stored (2026-12-03).
+_EXIT_WHILE_BEATING = """
+import sys
+import threading
+from datetime import timedelta
+import torch.distributed as dist
+from infermeter.engine import launched
+from infermeter.engine.ranks import LaunchEnv
+
+port = int(sys.argv[1])
+host = dist.TCPStore("127.0.0.1", port, is_master=True, timeout=timedelta(seconds=30),
+                     wait_for_workers=False)
+launched.HEARTBEAT_S = 0.0
+env = LaunchEnv("torchrun", 0, 1, 0, 1, 0, 1, "127.0.0.1", port, agent_store=True)
+cluster = launched.Cluster(env)
+alive = []
+for seq in range(20):
+    with cluster.watch(seq, "a command", timeout_s=60.0):
+        cluster.beats()
+    alive += [t.name for t in threading.enumerate() if t.name == "infermeter-watchdog"]
+cluster.close()
+alive += [t.name for t in threading.enumerate() if t.name == "infermeter-heartbeat"]
+print("still in a store call:", sorted(set(alive)) or "none")
+"""
+
+
+def test_a_rank_ends_without_a_store_call_in_flight() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _EXIT_WHILE_BEATING, str(_port())],
+        capture_output=True, text=True, env=_env(), timeout=HANG_S,
+    )  # fmt: skip
+    assert "still in a store call: none" in done.stdout, done.stdout
+    assert done.returncode == 0, done.stderr[-2000:]

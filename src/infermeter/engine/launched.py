@@ -47,6 +47,11 @@ DEAD_AFTER_S = 6.0  # a counter that has not moved for this long belongs to a lo
 WAIT_S = 1.0  # rank 0 waits this long for answers between looks at the heartbeats
 START_TIMEOUT_S = 300.0  # ranks wait this long for each other to start
 EXIT_LOST = 3  # a follower's exit status when rank 0 is lost
+# How long the main thread waits for a store-calling thread to end before the process may
+# exit: a thread still inside a TCPStore call when Python finalizes aborts the whole process
+# ("terminate called without an active exception", SIGABRT) as it retakes the GIL. A live
+# store answers in milliseconds; a lost one only within its 30 s timeout.
+JOIN_S = 5.0
 
 
 class Cluster:
@@ -247,6 +252,7 @@ class Cluster:
             yield
         finally:
             stop.set()
+            thread.join(JOIN_S)  # it may be inside a store call: see JOIN_S
 
     def _watch(self, seq: int, what: str, timeout_s: float, stop: threading.Event) -> None:
         import torch.distributed as dist
@@ -336,7 +342,8 @@ class Cluster:
         return out
 
     def close(self) -> None:
-        """Rank 0: tell every rank to exit (once); every rank: stop the heartbeat."""
+        """Rank 0: tell every rank to exit (once); every rank: stop the heartbeat and wait
+        for its thread (see JOIN_S), then end the process groups."""
         if self.closed:
             return
         self.closed = True
@@ -344,6 +351,7 @@ class Cluster:
             with contextlib.suppress(Exception):  # the store may be gone already
                 self.post(("exit", (), {}))
         self._stop.set()
+        self._beat.join(JOIN_S)
         if self.group is not None:
             import torch.distributed as dist
 
