@@ -231,6 +231,18 @@ def test_the_end_line_says_which_failures_a_rerun_meets_again() -> None:
     )
 
 
+def test_the_end_line_counts_a_second_looks_trials_beside_the_grids() -> None:
+    # `show` printed "all 141 measurements taken" above "150 ok measurements": the 9 were a
+    # second look's trials (experiments.second_look), counted nowhere in the end line.
+    from infermeter.backends.api.outcome import run_outcome
+
+    rows = pd.DataFrame([{"status": "ok", "detail": None, "extra_json": "{}"}] * 150)
+    assert run_outcome(rows, 141).line() == (
+        "all 141 measurements taken, and 9 more of points measured again"
+    )
+    assert run_outcome(rows, 150).line() == "all 150 measurements taken"
+
+
 @pytest.mark.parametrize("fault", ["refused", "401"])
 def test_a_run_that_measured_nothing_leaves_no_run(tmp_path: Path, fault: str) -> None:
     store = tmp_path / "s.db"

@@ -64,7 +64,11 @@ class RunOutcome:
             parts.append(f"{self.flagged} flagged and left out of fits: {flags}")
         if not parts:
             every = "its" if self.expected == 1 else "all"
-            return f"{every} {plural(self.expected, 'measurement')} taken"
+            line = f"{every} {plural(self.expected, 'measurement')} taken"
+            again = self.ok + self.flagged + self.failed - self.expected
+            if again > 0:  # experiments.second_look's trials: counted where they are shown
+                line += f", and {again} more of points measured again"
+            return line
         if not self.complete:
             parts[-1] += self._advice()
         return "; ".join(parts)
