@@ -160,6 +160,8 @@ def test_aggregate_reports_variation() -> None:
     agg = aggregate_trials(points, "runtime_s", "min")
     assert agg.loc[0, "value"] == 1.0 and agg.loc[0, "trials"] == 3
     assert agg.loc[0, "cv"] == pytest.approx(0.5)
+    once = aggregate_trials(points.iloc[:1], "runtime_s", "min")
+    assert once.loc[0, "trials"] == 1 and np.isnan(once.loc[0, "cv"])  # unmeasured, not 0
 
 
 @given(

@@ -32,3 +32,23 @@ def test_load_levels_are_not_pooled_as_trials() -> None:
     assert (table.cv == 0).all()
     plain = trial_variation(_points([(16, 4, 1, 0.1, None), (16, 4, 1, 0.2, None)]))
     assert "concurrency" not in plain.columns and list(plain.trials) == [2]
+
+
+def test_a_point_measured_once_has_no_spread_not_a_spread_of_zero() -> None:
+    # A 1-trial run printed "mean CV 0.000, max CV 0.000": a spread never measured, shown as
+    # none at all (found 2026-12-03).
+    from infermeter.model.runfit import noise_line
+    from infermeter.model.variance import noise_summary
+
+    once = _points([(16, 4, 1, 0.1, None), (32, 4, 1, 0.2, None)])
+    table = trial_variation(once)
+    assert table.cv.isna().all() and list(table.trials) == [1, 1]
+    comparison = pd.DataFrame({"raw_s": [0.1, 0.2], "denoised_s": [0.1, 0.2]})
+    line = noise_line(noise_summary(once, comparison))
+    assert "CV" not in line and "measured once" in line and "--trials 2" in line
+
+    mixed = _points([(16, 4, 1, 0.1, None), (16, 4, 1, 0.3, None), (32, 4, 1, 0.2, None)])
+    stats = noise_summary(mixed, comparison)
+    assert stats["repeated"] == 1 and stats["points"] == 2
+    assert stats["max_cv"] == trial_variation(mixed).cv.max() > 0.5
+    assert "(over the 1 of 2 points measured more than once)" in noise_line(stats)

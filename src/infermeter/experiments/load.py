@@ -33,6 +33,7 @@ import pandas as pd
 from infermeter.backends.base import Measurement, Point
 from infermeter.errors import UserError
 from infermeter.experiments.run import RunIdentity, resumable_run
+from infermeter.model.fit import coefficient_of_variation
 from infermeter.spec.model import ModelSpec
 from infermeter.store.db import RunRecord, Store, run_key
 
@@ -285,9 +286,7 @@ def load_summary(points: pd.DataFrame) -> pd.DataFrame:
     summary = spread.join(step_mean.groupby(keys).min().rename("min_step_mean_s"))
     summary = summary.join(stats).reset_index()
     summary["errors"] = summary["failed"].astype(int)
-    summary["cv"] = (summary["std_s"].fillna(0.0) / summary["mean_s"]).where(
-        summary["mean_s"] > 0, 0.0
-    )
+    summary["cv"] = coefficient_of_variation(summary["std_s"], summary["mean_s"])
     base = summary[summary["concurrency"] == summary["concurrency"].min()].set_index(
         "output_tokens"
     )["min_step_mean_s"]

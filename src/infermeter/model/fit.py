@@ -83,14 +83,19 @@ class PromptFit:
     n_points: int
 
 
+def coefficient_of_variation(std: pd.Series, mean: pd.Series) -> pd.Series:
+    """Standard deviation over mean, per row (the paper's Fig. 5): NaN where `std` is (a single
+    trial has no spread to measure, not a spread of 0), 0 where the mean is not positive."""
+    return (std / mean).where(mean > 0, 0.0).where(std.notna())
+
+
 def aggregate_trials(points: pd.DataFrame, quantity: Quantity, denoise: Denoise) -> pd.DataFrame:
     """One row per (p, o): the denoised value, the number of trials and their variation."""
     usable = _usable_points(points, quantity)
     grouped = usable.groupby(["prompt_tokens", "output_tokens"])[quantity]
     agg = grouped.agg(["min", "median", "mean", "std", "count"]).reset_index()
     agg["value"] = agg[denoise]
-    # Coefficient of variation across trials (the paper's Fig. 5); 0 for a single trial.
-    agg["cv"] = (agg["std"].fillna(0.0) / agg["mean"]).where(agg["mean"] > 0, 0.0)
+    agg["cv"] = coefficient_of_variation(agg["std"], agg["mean"])  # NaN for a single trial
     return agg.rename(columns={"count": "trials"})[
         ["prompt_tokens", "output_tokens", "value", "trials", "cv", "min", "mean"]
     ]
@@ -596,7 +601,8 @@ def fit_cost_model(
             }
             for f in core.per_p
         ],
-        "max_cv": float(agg["cv"].max()),
+        # None where no point had two trials: no spread was measured (JSON has no NaN)
+        "max_cv": None if agg["cv"].isna().all() else float(agg["cv"].max()),
         "notes": notes,
         # What only accept_poor_fit keeps (a slope below zero beyond its noise, R² below
         # MIN_R2): readers prefer a sound run to such a one (fitted.StoredRun.standing).

@@ -259,11 +259,24 @@ def points_summary(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def noise_line(stats: dict[str, Any]) -> str:
-    """One line of model.variance.noise_summary: CVs, worst max/min and the shares (%) of
+    """One line of model.variance.noise_summary: CVs (over the points measured more than once;
+    none: the line says so and how to measure it), worst max/min and the shares (%) of
     requests whose raw runtime is above the denoised (and the idealized above it)."""
+    repeated, points = stats.get("repeated"), stats.get("points")
+    if repeated == 0:
+        spread = (
+            "no spread across trials: each point was measured once (profile with --trials 2 "
+            "or more to see it)"
+        )
+    else:
+        spread = (
+            f"mean CV {stats['mean_cv']:.3f}, max CV {stats['max_cv']:.3f}, worst max/min "
+            f"{stats['max_over_min']:.2f}"
+        )
+        if repeated is not None and points is not None and repeated < points:
+            spread += f" (over the {repeated} of {points} points measured more than once)"
     line = (
-        f"mean CV {stats['mean_cv']:.3f}, max CV {stats['max_cv']:.3f}, worst max/min "
-        f"{stats['max_over_min']:.2f}; raw >= denoised for "
+        f"{spread}; raw >= denoised for "
         f"{to_pct(stats.get('share_raw_above_denoised', float('nan'))):.1f}% of "
         f"{plural(stats['requests'], 'request')}"
     )

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from infermeter.model.cost_model import CostModel
+from infermeter.model.fit import coefficient_of_variation
 
 
 def _ok(points: pd.DataFrame) -> pd.DataFrame:
@@ -46,7 +47,7 @@ def trial_variation(points: pd.DataFrame) -> pd.DataFrame:
             keys.append(key)
     grouped = usable.groupby(keys)["runtime_s"]
     table = grouped.agg(trials="count", min_s="min", mean_s="mean", max_s="max", std_s="std")
-    table["cv"] = (table["std_s"].fillna(0.0) / table["mean_s"]).where(table["mean_s"] > 0, 0.0)
+    table["cv"] = coefficient_of_variation(table["std_s"], table["mean_s"])  # NaN: one trial
     table["max_over_min"] = table["max_s"] / table["min_s"]
     return table.drop(columns="std_s").reset_index()
 
@@ -68,12 +69,17 @@ def raw_vs_models(
 
 
 def noise_summary(points: pd.DataFrame, comparison: pd.DataFrame) -> dict[str, Any]:
-    """The headline numbers: mean and max CV, and the shares the paper reports for Fig. 7."""
+    """The headline numbers: mean and max CV over the points measured more than once (NaN
+    where none was: `repeated` says how many were), and the shares the paper reports for
+    Fig. 7."""
     variation = trial_variation(points)
+    cv = variation["cv"].dropna() if not variation.empty else pd.Series(dtype=float)
     summary: dict[str, Any] = {
         "requests": len(comparison),
-        "mean_cv": float(variation["cv"].mean()) if not variation.empty else float("nan"),
-        "max_cv": float(variation["cv"].max()) if not variation.empty else float("nan"),
+        "points": len(variation),
+        "repeated": len(cv),
+        "mean_cv": float(cv.mean()) if len(cv) else float("nan"),
+        "max_cv": float(cv.max()) if len(cv) else float("nan"),
         "max_over_min": (
             float(variation["max_over_min"].max()) if not variation.empty else float("nan")
         ),
