@@ -716,6 +716,34 @@ def test_a_client_that_hangs_up_stops_its_generation(
     assert 0 < slow.made < 400
 
 
+def test_shutdown_stops_a_generation_and_waits_for_the_models_thread(
+    generator: HFGenerator,
+) -> None:
+    """A thread still inside a torch call when the server's process ends aborts it
+    ("terminate called without an active exception"): stop() cancels what is generating or
+    queued and returns once the thread has ended."""
+    import asyncio
+
+    from infermeter.backends.serve import GenerationWorker, _Job
+
+    slow = SlowGenerator(generator)
+    worker = GenerationWorker(slow, [])  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    try:
+        jobs = [_Job([1, 2, 3], 400, 0, True, loop, asyncio.Queue()) for _ in range(2)]
+        for job in jobs:
+            worker.submit(job)
+        deadline = time.monotonic() + 60
+        while slow.made == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the first job is generating
+        worker.stop()
+        assert not worker._thread.is_alive()
+        # 400 tokens would take 8 s of injected time; the second job never started
+        assert 0 < slow.made < 400 and all(job.cancelled.is_set() for job in jobs)
+    finally:
+        loop.close()
+
+
 def test_streams_say_whether_tokens_are_live(served: str) -> None:
     body = {"model": "tiny", "prompt": "x", "max_tokens": 2, "stream": True}
     request = urllib.request.Request(

@@ -58,6 +58,13 @@ class _Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
+# How long shutdown waits for the model's thread: a thread still inside a torch call when
+# Python finalizes aborts the process ("terminate called without an active exception").
+# A cancelled generation ends at its next token; a whole-generation call (the engine's) only
+# when it returns.
+STOP_JOIN_S = 10.0
+
+
 class GenerationWorker:
     """One thread that runs jobs in order and hands their tokens to the event loop."""
 
@@ -65,6 +72,8 @@ class GenerationWorker:
         self.generator = generator
         self.stop_ids = stop_ids
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._current: _Job | None = None
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="infermeter-generate", daemon=True)
         self._thread.start()
 
@@ -73,12 +82,25 @@ class GenerationWorker:
         self._jobs.put(job)
 
     def stop(self) -> None:
-        """Let the thread finish the queued jobs and end."""
+        """At shutdown (every client answered or gone): cancel what is still generating or
+        queued, and wait up to STOP_JOIN_S for the thread to end."""
+        self._stopping.set()  # a job the thread takes from now on is skipped
+        if (job := self._current) is not None:
+            job.cancelled.set()
+        while True:
+            try:
+                queued = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if queued is not None:
+                queued.cancelled.set()
         self._jobs.put(None)
+        self._thread.join(STOP_JOIN_S)
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            if job.cancelled.is_set():
+            self._current = job
+            if job.cancelled.is_set() or self._stopping.is_set():
                 continue
             made = 0
             try:
