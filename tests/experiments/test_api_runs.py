@@ -234,13 +234,27 @@ def test_the_end_line_says_which_failures_a_rerun_meets_again() -> None:
 def test_the_end_line_counts_a_second_looks_trials_beside_the_grids() -> None:
     # `show` printed "all 141 measurements taken" above "150 ok measurements": the 9 were a
     # second look's trials (experiments.second_look), counted nowhere in the end line.
-    from infermeter.backends.api.outcome import run_outcome
+    from types import SimpleNamespace
 
-    rows = pd.DataFrame([{"status": "ok", "detail": None, "extra_json": "{}"}] * 150)
-    assert run_outcome(rows, 141).line() == (
-        "all 141 measurements taken, and 9 more of points measured again"
+    from infermeter.experiments.plans import stored_outcome
+
+    grid = ProfileGrid((8, 16), (1, 4), trials=2)
+
+    def shown(trials: list[tuple[int, int, int]]) -> str:
+        rows = [{"prompt_tokens": p, "output_tokens": o, "trial": t, "status": "ok",
+                 "detail": None, "extra_json": "{}"} for p, o, t in trials]  # fmt: skip
+        record = SimpleNamespace(kind="profile", grid=grid.to_dict())
+        return stored_outcome(record, pd.DataFrame(rows)).line()
+
+    every = [(p.prompt_tokens, p.output_tokens, p.trial) for p in grid.points()]
+    again = [(8, 1, 2), (8, 1, 3)]
+    assert shown(every) == "all 8 measurements taken"
+    assert shown(every + again) == "all 8 measurements taken, and 2 more of points measured again"
+    # a second look's trials never stand in for a grid measurement that was not taken
+    assert (
+        shown(every[1:] + again) == "1/8 measurements not taken; rerun the same command to "
+        "retry them"
     )
-    assert run_outcome(rows, 150).line() == "all 150 measurements taken"
 
 
 @pytest.mark.parametrize("fault", ["refused", "401"])

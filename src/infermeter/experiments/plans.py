@@ -547,4 +547,9 @@ def stored_outcome(record: Any, points: Any) -> Any:
         return run_outcome(points, len(points))
     grid = ProfileGrid(**{k: tuple(v) if isinstance(v, list) else v
                           for k, v in stored.items() if k in names})  # fmt: skip
-    return run_outcome(points, len(grid.points()))
+    # Trials after the grid's are a second look's (experiments.second_look): counted apart,
+    # so they neither stand in for a grid measurement never taken nor pass for the grid's.
+    again = points["trial"] >= grid.trials
+    outcome = run_outcome(points[~again], len(grid.points()))
+    outcome.measured_again = int(again.sum())
+    return outcome

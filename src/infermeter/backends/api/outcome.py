@@ -40,6 +40,7 @@ class RunOutcome:
     flags: Counter[str] = field(default_factory=Counter)  # flag detail -> n
     cause_names: Counter[str] = field(default_factory=Counter)  # cause -> n
     repeating: set[str] = field(default_factory=set)  # causes a rerun meets again
+    measured_again: int = 0  # a profile's second-look trials, beyond its grid's (not counted above)
 
     @property
     def missing(self) -> int:
@@ -65,9 +66,8 @@ class RunOutcome:
         if not parts:
             every = "its" if self.expected == 1 else "all"
             line = f"{every} {plural(self.expected, 'measurement')} taken"
-            again = self.ok + self.flagged + self.failed - self.expected
-            if again > 0:  # experiments.second_look's trials: counted where they are shown
-                line += f", and {again} more of points measured again"
+            if self.measured_again:  # `show` counts them among the ok measurements below
+                line += f", and {self.measured_again} more of points measured again"
             return line
         if not self.complete:
             parts[-1] += self._advice()
