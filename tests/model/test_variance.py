@@ -47,6 +47,11 @@ def test_a_point_measured_once_has_no_spread_not_a_spread_of_zero() -> None:
     line = noise_line(noise_summary(once, comparison))
     assert "CV" not in line and "measured once" in line and "--trials 2" in line
 
+    failed = _points([(16, 4, 1, 0.1, None), (16, 4, 1, 0.3, None), (32, 4, 1, 0.2, None)])
+    failed.loc[1, "status"] = "error"  # --trials 2, one of them failed: not a --trials advice
+    line = noise_line(noise_summary(failed, comparison))
+    assert "no point has two usable measurements" in line and "--trials" not in line
+
     mixed = _points([(16, 4, 1, 0.1, None), (16, 4, 1, 0.3, None), (32, 4, 1, 0.2, None)])
     stats = noise_summary(mixed, comparison)
     assert stats["repeated"] == 1 and stats["points"] == 2

@@ -263,7 +263,12 @@ def noise_line(stats: dict[str, Any]) -> str:
     none: the line says so and how to measure it), worst max/min and the shares (%) of
     requests whose raw runtime is above the denoised (and the idealized above it)."""
     repeated, points = stats.get("repeated"), stats.get("points")
-    if repeated == 0:
+    if repeated == 0 and stats.get("most_trials", 1) > 1:
+        spread = (
+            "no spread across trials: no point has two usable measurements (the others failed "
+            "or were flagged)"
+        )
+    elif repeated == 0:
         spread = (
             "no spread across trials: each point was measured once (profile with --trials 2 "
             "or more to see it)"

@@ -78,6 +78,12 @@ def noise_summary(points: pd.DataFrame, comparison: pd.DataFrame) -> dict[str, A
         "requests": len(comparison),
         "points": len(variation),
         "repeated": len(cv),
+        # rows of the most-tried point, whatever their status: one, or failures left one usable
+        "most_trials": (
+            int(points.groupby(["prompt_tokens", "output_tokens"]).size().max())
+            if len(points)
+            else 0
+        ),
         "mean_cv": float(cv.mean()) if len(cv) else float("nan"),
         "max_cv": float(cv.max()) if len(cv) else float("nan"),
         "max_over_min": (
