@@ -29,6 +29,7 @@ def test_load_levels_are_not_pooled_as_trials() -> None:
     rows = [(16, 4, 1, 0.10, 1)] * 3 + [(16, 4, 1, 0.30, 4)] * 4
     table = trial_variation(_points(rows))
     assert list(table.concurrency) == [1, 4] and list(table.trials) == [3, 4]
+    assert list(table.taken) == [3, 4]
     assert (table.cv == 0).all()
     plain = trial_variation(_points([(16, 4, 1, 0.1, None), (16, 4, 1, 0.2, None)]))
     assert "concurrency" not in plain.columns and list(plain.trials) == [2]
@@ -51,6 +52,10 @@ def test_a_point_measured_once_has_no_spread_not_a_spread_of_zero() -> None:
     failed.loc[1, "status"] = "error"  # --trials 2, one of them failed: not a --trials advice
     line = noise_line(noise_summary(failed, comparison))
     assert "no point has two usable measurements" in line and "--trials" not in line
+    assert list(trial_variation(failed).taken) == [2, 1]
+    # a load's levels are not trials of one another: one request a level is one trial each
+    levels = _points([(16, 4, 1, 0.1, 1), (16, 4, 1, 0.3, 2)])
+    assert "each point was measured once" in noise_line(noise_summary(levels, comparison))
 
     mixed = _points([(16, 4, 1, 0.1, None), (16, 4, 1, 0.3, None), (32, 4, 1, 0.2, None)])
     stats = noise_summary(mixed, comparison)

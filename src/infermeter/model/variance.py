@@ -30,23 +30,28 @@ def _ok(points: pd.DataFrame) -> pd.DataFrame:
 
 def trial_variation(points: pd.DataFrame) -> pd.DataFrame:
     """Per (p, o) and, where they vary, batch size and a load run's concurrency (requests in
-    flight, from the points' extra): trials, min/mean/max runtime, coefficient of variation,
+    flight, from the points' extra): trials (usable ones), taken (every row, failed and
+    flagged too), min/mean/max runtime, coefficient of variation (NaN for one trial),
     max/min. Different loads are not trials of one another."""
-    usable = _ok(points)
-    if usable.empty:
+    frame = points
+    if frame.empty:
         return pd.DataFrame()
     keys = ["prompt_tokens", "output_tokens"]
-    if "extra_json" in usable.columns:
-        concurrency = usable["extra_json"].map(
+    if "extra_json" in frame.columns:
+        concurrency = frame["extra_json"].map(
             lambda e: json.loads(e).get("concurrency") if isinstance(e, str) else None
         )
         if concurrency.notna().any():
-            usable = usable.assign(concurrency=concurrency.fillna(1).astype(int))
+            frame = frame.assign(concurrency=concurrency.fillna(1).astype(int))
     for key in ("batch_size", "concurrency"):
-        if key in usable.columns and usable[key].nunique() > 1:
+        if key in frame.columns and frame[key].nunique() > 1:
             keys.append(key)
+    usable = _ok(frame)
+    if usable.empty:
+        return pd.DataFrame()
     grouped = usable.groupby(keys)["runtime_s"]
     table = grouped.agg(trials="count", min_s="min", mean_s="mean", max_s="max", std_s="std")
+    table.insert(1, "taken", frame.groupby(keys).size().reindex(table.index))
     table["cv"] = coefficient_of_variation(table["std_s"], table["mean_s"])  # NaN: one trial
     table["max_over_min"] = table["max_s"] / table["min_s"]
     return table.drop(columns="std_s").reset_index()
@@ -79,11 +84,7 @@ def noise_summary(points: pd.DataFrame, comparison: pd.DataFrame) -> dict[str, A
         "points": len(variation),
         "repeated": len(cv),
         # rows of the most-tried point, whatever their status: one, or failures left one usable
-        "most_trials": (
-            int(points.groupby(["prompt_tokens", "output_tokens"]).size().max())
-            if len(points)
-            else 0
-        ),
+        "most_trials": int(variation["taken"].max()) if not variation.empty else 0,
         "mean_cv": float(cv.mean()) if len(cv) else float("nan"),
         "max_cv": float(cv.max()) if len(cv) else float("nan"),
         "max_over_min": (
