@@ -62,3 +62,18 @@ def test_a_point_measured_once_has_no_spread_not_a_spread_of_zero() -> None:
     assert stats["repeated"] == 1 and stats["points"] == 2
     assert stats["max_cv"] == trial_variation(mixed).cv.max() > 0.5
     assert "(over the 1 of 2 points measured more than once)" in noise_line(stats)
+
+
+def test_a_timed_loads_warm_up_requests_are_not_trials() -> None:
+    # A timed load stores the requests it sent in its warm-up (marked, for the record); the
+    # load's summary leaves them out, but `variance` counted them as trials, so a level's
+    # spread held the server's ramp-up (found 2026-12-03).
+    rows = [(16, 4, 1, 0.9, 2), (16, 4, 1, 0.10, 2), (16, 4, 1, 0.11, 2), (16, 4, 1, 0.12, 2)]
+    points = _points(rows)
+    points.loc[0, "extra_json"] = json.dumps({"concurrency": 2, "warmup": True})
+    table = trial_variation(points)
+    assert list(table.trials) == [3] and list(table.taken) == [4]
+    assert table.max_s.iloc[0] == 0.12 and table.max_over_min.iloc[0] < 1.3
+    from infermeter.model.variance import _ok  # raw vs denoised reads the same rows
+
+    assert len(_ok(points)) == 3

@@ -21,28 +21,36 @@ from infermeter.model.cost_model import CostModel
 from infermeter.model.fit import coefficient_of_variation
 
 
+def _extra(points: pd.DataFrame, key: str) -> pd.Series:
+    """Field `key` of each point's extra_json (None where absent)."""
+    if "extra_json" not in points.columns:
+        return pd.Series(None, index=points.index, dtype=object)
+    return points["extra_json"].map(
+        lambda e: json.loads(e).get(key) if isinstance(e, str) else None
+    )
+
+
 def _ok(points: pd.DataFrame) -> pd.DataFrame:
+    """The measured points: ok, timed, and not sent during a timed load's warm-up (stored
+    for the record, not measurements: experiments.load)."""
     usable = points[points["runtime_s"].notna()]
     if "status" in usable.columns:
         usable = usable[usable["status"] == "ok"]
-    return usable
+    return usable[~_extra(usable, "warmup").fillna(False).astype(bool)]
 
 
 def trial_variation(points: pd.DataFrame) -> pd.DataFrame:
     """Per (p, o) and, where they vary, batch size and a load run's concurrency (requests in
-    flight, from the points' extra): trials (usable ones), taken (every row, failed and
-    flagged too), min/mean/max runtime, coefficient of variation (NaN for one trial),
-    max/min. Different loads are not trials of one another."""
-    frame = points
-    if frame.empty:
+    flight, from the points' extra): trials (usable ones: not failed, flagged or sent in a
+    timed load's warm-up), taken (every row), min/mean/max runtime, coefficient of variation
+    (NaN for one trial), max/min. Different loads are not trials of one another."""
+    if points.empty:
         return pd.DataFrame()
+    frame = points
     keys = ["prompt_tokens", "output_tokens"]
-    if "extra_json" in frame.columns:
-        concurrency = frame["extra_json"].map(
-            lambda e: json.loads(e).get("concurrency") if isinstance(e, str) else None
-        )
-        if concurrency.notna().any():
-            frame = frame.assign(concurrency=concurrency.fillna(1).astype(int))
+    concurrency = _extra(frame, "concurrency")
+    if concurrency.notna().any():
+        frame = frame.assign(concurrency=concurrency.fillna(1).astype(int))
     for key in ("batch_size", "concurrency"):
         if key in frame.columns and frame[key].nunique() > 1:
             keys.append(key)
