@@ -46,6 +46,33 @@ def test_points_survive_reopen_and_runs_resume(tmp_path: Path) -> None:
         assert runs.loc[0, ["points", "measurements", "ok_measurements"]].tolist() == [2, 2, 1]
 
 
+def test_reading_a_store_leaves_nothing_beside_it(tmp_path: Path) -> None:
+    # A read-only SQLite connection to a WAL store leaves its -wal and -shm files behind when
+    # it closes: every `show`, `variance` or `export` left two files beside the user's store
+    # (found 2026-12-03). A read opens it for writing where it may, with writes refused.
+    path = tmp_path / "s.sqlite"
+    with Store(path) as db:
+        run, _ = open_run(db)
+        db.record_point(run.id, Point(1, 2), Measurement(0.5, 0.1, 2))
+    files = sorted(f.name for f in tmp_path.iterdir())
+    assert not any(name.endswith(("-wal", "-shm")) for name in files)  # the writer's removed
+    before = path.read_bytes()
+    with Store(path, read_only=True) as db:
+        assert db.points(run.id).runtime_s.tolist() == [0.5]
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            db._db.execute("DELETE FROM points")
+    assert sorted(f.name for f in tmp_path.iterdir()) == files
+    assert path.read_bytes() == before
+    # beside a writer (a profile still running), the reader leaves the writer's files alone
+    with Store(path) as writer:
+        with Store(path, read_only=True) as reader:
+            assert reader.points(run.id).runtime_s.tolist() == [0.5]
+        assert (tmp_path / "s.sqlite-wal").exists()
+        writer.record_point(run.id, Point(1, 4), Measurement(0.7, 0.1, 4))
+    with Store(path, read_only=True) as db:
+        assert db.points(run.id).runtime_s.tolist() == [0.5, 0.7]
+
+
 def test_fits_are_stored(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite") as db:
         run, _ = open_run(db)

@@ -172,15 +172,20 @@ class Store:
         )
 
     def _open_read_only(self) -> sqlite3.Connection:
-        """A connection that cannot write. A store in WAL mode on read-only media cannot make
-        its shared-memory file, so it is then opened as immutable (nothing can change it)."""
+        """A connection that cannot write: SQLite's query_only, on a connection opened for
+        writing where the file and its folder allow it. A store in WAL mode gets -wal and -shm
+        files beside it while any connection is open; the last connection to close removes
+        them, unless it was opened read-only (sqlite.org/wal.html), which left them behind
+        every `show`. Where the store cannot be written, read-only; on read-only media, where
+        even the shared-memory file cannot be made, immutable (nothing can change it)."""
         require_store(self.path)
         last: Exception | None = None
-        for flags in ("mode=ro", "mode=ro&immutable=1"):
+        for flags in ("mode=rw", "mode=ro", "mode=ro&immutable=1"):
             uri = f"{self.path.resolve().as_uri()}?{flags}"
             db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
             db.row_factory = sqlite3.Row
             try:
+                db.execute("PRAGMA query_only=ON")
                 self._db = db
                 self._check_schema()
                 return db
