@@ -73,6 +73,29 @@ def test_reading_a_store_leaves_nothing_beside_it(tmp_path: Path) -> None:
         assert db.points(run.id).runtime_s.tolist() == [0.5, 0.7]
 
 
+def test_reading_a_killed_writers_store_writes_nothing(tmp_path: Path) -> None:
+    # A profile killed mid-run leaves committed points in the -wal file; a read shows them
+    # and leaves the file as it found it (closing a writable connection would fold them in).
+    live = tmp_path / "live"
+    live.mkdir()
+    with Store(live / "s.sqlite") as db:
+        run, _ = open_run(db)
+        db.record_point(run.id, Point(1, 2), Measurement(0.5, 0.1, 2))
+    writer = sqlite3.connect(live / "s.sqlite", isolation_level=None)
+    writer.execute("UPDATE points SET runtime_s = 0.25")  # committed, in the -wal, not folded
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    for name in ("s.sqlite", "s.sqlite-wal"):  # the files as a SIGKILL leaves them
+        (killed / name).write_bytes((live / name).read_bytes())
+    writer.close()
+    path = killed / "s.sqlite"
+    before = path.read_bytes()
+    assert (killed / "s.sqlite-wal").stat().st_size > 0
+    with Store(path, read_only=True) as db:
+        assert db.points(run.id).runtime_s.tolist() == [0.25]
+    assert path.read_bytes() == before and (killed / "s.sqlite-wal").stat().st_size > 0
+
+
 def test_fits_are_stored(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite") as db:
         run, _ = open_run(db)

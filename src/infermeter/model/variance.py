@@ -36,17 +36,23 @@ def _ok(points: pd.DataFrame) -> pd.DataFrame:
     usable = points[points["runtime_s"].notna()]
     if "status" in usable.columns:
         usable = usable[usable["status"] == "ok"]
-    return usable[~_extra(usable, "warmup").fillna(False).astype(bool)]
+    return usable[~_warmup(usable)]
+
+
+def _warmup(points: pd.DataFrame) -> pd.Series:
+    """True for the points a timed load sent during its warm-up."""
+    return _extra(points, "warmup").eq(True)
 
 
 def trial_variation(points: pd.DataFrame) -> pd.DataFrame:
     """Per (p, o) and, where they vary, batch size and a load run's concurrency (requests in
-    flight, from the points' extra): trials (usable ones: not failed, flagged or sent in a
-    timed load's warm-up), taken (every row), min/mean/max runtime, coefficient of variation
-    (NaN for one trial), max/min. Different loads are not trials of one another."""
-    if points.empty:
+    flight, from the points' extra): trials (usable ones: not failed or flagged), taken
+    (every row), min/mean/max runtime, coefficient of variation (NaN for one trial), max/min;
+    a timed load's warm-up requests are not counted at all. Different loads are not trials of
+    one another."""
+    frame = points[~_warmup(points)] if not points.empty else points
+    if frame.empty:
         return pd.DataFrame()
-    frame = points
     keys = ["prompt_tokens", "output_tokens"]
     concurrency = _extra(frame, "concurrency")
     if concurrency.notna().any():

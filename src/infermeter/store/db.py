@@ -172,17 +172,28 @@ class Store:
         )
 
     def _open_read_only(self) -> sqlite3.Connection:
-        """A connection that cannot write: SQLite's query_only, on a connection opened for
-        writing where the file and its folder allow it. A store in WAL mode gets -wal and -shm
-        files beside it while any connection is open; the last connection to close removes
-        them, unless it was opened read-only (sqlite.org/wal.html), which left them behind
-        every `show`. Where the store cannot be written, read-only; on read-only media, where
-        even the shared-memory file cannot be made, immutable (nothing can change it)."""
+        """A connection that writes nothing. A store in WAL mode gets -wal and -shm files
+        beside it while any connection is open; the last one to close removes them, unless it
+        was opened read-only (sqlite.org/wal.html), which left them behind every `show`. So
+        where no -wal holds frames yet to be folded into the file (a writer running, or one
+        killed), the store is opened for writing with SQLite's query_only (it refuses the
+        statements that change the database; the close then folds in nothing and removes
+        the files); otherwise, or where the file cannot be written (SQLite then opens it
+        read-only, files left as before), read-only; on read-only media, where even the
+        shared-memory file cannot be made, immutable (nothing can change it)."""
         require_store(self.path)
+        wal = self.path.with_name(self.path.name + "-wal")
+        pending = wal.exists() and wal.stat().st_size > 0
         last: Exception | None = None
-        for flags in ("mode=rw", "mode=ro", "mode=ro&immutable=1"):
+        for flags in ("mode=ro", "mode=ro&immutable=1") if pending else (
+            "mode=rw", "mode=ro", "mode=ro&immutable=1"
+        ):  # fmt: skip
             uri = f"{self.path.resolve().as_uri()}?{flags}"
-            db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+            try:
+                db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+            except sqlite3.Error as exc:  # e.g. a file this user may not read
+                last = exc
+                continue
             db.row_factory = sqlite3.Row
             try:
                 db.execute("PRAGMA query_only=ON")
