@@ -240,9 +240,11 @@ def test_the_end_line_counts_a_second_looks_trials_beside_the_grids() -> None:
 
     grid = ProfileGrid((8, 16), (1, 4), trials=2)
 
-    def shown(trials: list[tuple[int, int, int]]) -> str:
+    def shown(trials: list[tuple[int, int, int]], failed: int = 0) -> str:
         rows = [{"prompt_tokens": p, "output_tokens": o, "trial": t, "status": "ok",
                  "detail": None, "extra_json": "{}"} for p, o, t in trials]  # fmt: skip
+        for row in rows[len(rows) - failed :]:
+            row.update(status="error", detail="timeout: no answer")
         record = SimpleNamespace(kind="profile", grid=grid.to_dict())
         return stored_outcome(record, pd.DataFrame(rows)).line()
 
@@ -250,6 +252,15 @@ def test_the_end_line_counts_a_second_looks_trials_beside_the_grids() -> None:
     again = [(8, 1, 2), (8, 1, 3)]
     assert shown(every) == "all 8 measurements taken"
     assert shown(every + again) == "all 8 measurements taken, and 2 more of points measured again"
+    # a second look's trial that failed is not one `show` counts among the ok ones (it did:
+    # found 2026-12-03)
+    assert shown(every + again, failed=1) == (
+        "all 8 measurements taken, and 1 more of points measured again (1 more failed, left "
+        "out of fits)"
+    )
+    assert shown(every + again, failed=2) == (
+        "all 8 measurements taken, and 2 of points measured again failed (left out of fits)"
+    )
     # a second look's trials never stand in for a grid measurement that was not taken
     assert (
         shown(every[1:] + again) == "1/8 measurements not taken; rerun the same command to "

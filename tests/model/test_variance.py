@@ -74,6 +74,25 @@ def test_a_timed_loads_warm_up_requests_are_not_trials() -> None:
     table = trial_variation(points)
     assert list(table.trials) == [3] and list(table.taken) == [3]
     assert table.max_s.iloc[0] == 0.12 and table.max_over_min.iloc[0] < 1.3
-    from infermeter.model.variance import _ok  # raw vs denoised reads the same rows
+    from infermeter.store.extra import measured  # raw vs denoised reads the same rows
 
-    assert len(_ok(points)) == 3
+    assert len(measured(points)) == 3
+
+
+def test_a_fit_leaves_a_timed_loads_warm_up_out() -> None:
+    # `variance` fits a load run's denoised model (the minimum over trials) from every ok row,
+    # and a timed load's warm-up requests, stored for the record, are rows too: one faster
+    # than the load's own requests set the minimum (found 2026-12-03).
+    from infermeter.model.fit import FitPolicy, fit_profile
+
+    rows = []
+    for p in (16, 32, 64):
+        for o in (2, 4, 8, 16):
+            runtime = 0.01 + 0.0001 * p + 0.002 * o
+            rows += [(p, o, 1, runtime, 1), (p, o, 1, runtime * 1.01, 1), (p, o, 1, runtime / 2, 1)]
+    points = _points(rows)
+    points.loc[2::3, "extra_json"] = json.dumps({"concurrency": 1, "warmup": True})
+    (model,) = fit_profile(points, FitPolicy(), quantities=("runtime_s",))
+    assert model.fit["n_trials"] == 24
+    for p, o in ((16, 2), (40, 10), (64, 16)):
+        assert abs(float(model.predict(p, o)) - (0.01 + 0.0001 * p + 0.002 * o)) < 1e-6

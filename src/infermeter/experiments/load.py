@@ -21,7 +21,6 @@ with a failure would make its level look faster) and the slowdown against the lo
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -36,6 +35,7 @@ from infermeter.experiments.run import RunIdentity, resumable_run
 from infermeter.model.fit import coefficient_of_variation
 from infermeter.spec.model import ModelSpec
 from infermeter.store.db import RunRecord, Store, run_key
+from infermeter.store.extra import extras, without_warmup
 
 
 @dataclass(frozen=True)
@@ -221,8 +221,7 @@ def run_load_sweep(
 def request_details(points: pd.DataFrame) -> pd.DataFrame:
     """Per stored request: latency over all attempts (total_s), attempts and chunk gaps."""
     rows = []
-    for text, runtime in zip(points["extra_json"], points["runtime_s"], strict=True):
-        extra = json.loads(text) if isinstance(text, str) else {}
+    for extra, runtime in zip(extras(points), points["runtime_s"], strict=True):
         gaps = extra.get("itl_s")
         kind = "itl"
         if gaps is None:
@@ -234,7 +233,6 @@ def request_details(points: pd.DataFrame) -> pd.DataFrame:
                 "attempts": len(extra.get("attempts") or []) or 1,
                 "gaps_s": gaps,
                 "gap_kind": kind if gaps else None,
-                "warmup": bool(extra.get("warmup")),
                 "level": extra.get("level"),
             }
         )
@@ -462,13 +460,6 @@ def stored_load(grid: dict[str, Any]) -> LoadGrid | TimedLoad:
     names = {f.name for f in fields(cls)}
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in grid.items() if k in names}
     return cls(**values)
-
-
-def without_warmup(points: pd.DataFrame) -> pd.DataFrame:
-    """A timed load's points less those sent during its warm-up (stored, not summarised)."""
-    if points.empty:
-        return points
-    return points[~request_details(points)["warmup"]]
 
 
 def timed_summary(points: pd.DataFrame, duration_s: float) -> pd.DataFrame:

@@ -234,7 +234,7 @@ def load_outcome(grid: Any, points: Any) -> Any:
     grid plans (LoadGrid or TimedLoad .planned_requests: a missing one was never sent); a
     `concurrent` load, which plans a time and not a count, against the requests it stored."""
     from infermeter.backends.api.outcome import run_outcome
-    from infermeter.experiments.load import without_warmup
+    from infermeter.store.extra import without_warmup
 
     measured = without_warmup(points)
     planned = grid.planned_requests()
@@ -551,5 +551,7 @@ def stored_outcome(record: Any, points: Any) -> Any:
     # so they neither stand in for a grid measurement never taken nor pass for the grid's.
     again = points["trial"] >= grid.trials
     outcome = run_outcome(points[~again], len(grid.points()))
-    outcome.measured_again = int(again.sum())
+    ok = points["status"] == "ok"
+    outcome.measured_again = int((again & ok).sum())
+    outcome.again_failed = int((again & ~ok).sum())
     return outcome

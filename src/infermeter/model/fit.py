@@ -48,6 +48,7 @@ import pandas as pd
 
 from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel, Quantity
+from infermeter.store.extra import measured
 from infermeter.units import plural, to_pct
 
 Denoise = Literal["min", "median", "mean"]
@@ -108,10 +109,7 @@ def _usable_points(points: pd.DataFrame, quantity: Quantity) -> pd.DataFrame:
             f"points lack column(s) {', '.join(missing)}; give prompt_tokens, output_tokens "
             f"and {quantity} per row"
         )
-    usable = points
-    if "status" in usable.columns:
-        usable = usable[usable["status"] == "ok"]
-    usable = usable[usable[quantity].notna()]
+    usable = measured(points, quantity)
     if usable.empty:
         raise UserError(f"no usable {quantity} measurements to fit; profile first")
     values = usable[[*REQUIRED_COLUMNS, quantity]].apply(pd.to_numeric, errors="coerce")
@@ -544,7 +542,8 @@ def fit_cost_model(
     """Fit t(p, o) = PE(p) + D(p, o) + overhead to measured points of one batch size.
 
     `points` has one row per trial: prompt_tokens, output_tokens, the `quantity` column
-    (runtime_s or energy_j) and optionally status (only "ok" rows are used) and trial.
+    (runtime_s or energy_j) and optionally status, extra_json and trial: only the rows
+    store.extra.measured keeps are used (ok, not a timed load's warm-up).
     `weighting` defaults to absolute for runtime and relative for energy; `slopes` chooses
     g(p) from each prompt size's slope (default) or the paper's one global g; `decode` the
     paper's lines or measured curves (see the module docstring). Raises UserError for points
@@ -674,9 +673,7 @@ def fit_profile(
         if quantity not in frame.columns or frame[quantity].notna().sum() == 0:
             continue
         for batch, rows in sorted(frame.groupby("batch_size"), key=lambda item: item[0]):
-            usable = rows[rows[quantity].notna()]
-            if "status" in usable.columns:
-                usable = usable[usable["status"] == "ok"]
+            usable = measured(rows, quantity)
             if usable.empty:
                 continue
             settings = policy.settings(quantity, int(usable["prompt_tokens"].nunique()))

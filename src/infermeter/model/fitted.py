@@ -29,6 +29,7 @@ from infermeter.model.fit import ROUGH_R2, FitPolicy, fit_profile, validation_er
 from infermeter.spec.hardware import detect_accelerator
 from infermeter.spec.model import ModelSpec
 from infermeter.store.db import RunRecord, Store
+from infermeter.store.extra import measured
 
 API_BACKENDS = frozenset({"openai"})
 
@@ -115,9 +116,9 @@ class StoredRun:
 
     @property
     def ok_points(self) -> pd.DataFrame:
-        """The run's points that succeeded and have a runtime."""
-        pts = self.points
-        return pts[(pts["status"] == "ok") & pts["runtime_s"].notna()]
+        """The run's measurements of runtime (store.extra.measured: ok, timed, not a timed
+        load's warm-up)."""
+        return measured(self.points)
 
     @property
     def fit_quality(self) -> str:

@@ -9,7 +9,6 @@ runtime per request (Fig. 7) from stored points and fitted models.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,29 +18,7 @@ import pandas as pd
 
 from infermeter.model.cost_model import CostModel
 from infermeter.model.fit import coefficient_of_variation
-
-
-def _extra(points: pd.DataFrame, key: str) -> pd.Series:
-    """Field `key` of each point's extra_json (None where absent)."""
-    if "extra_json" not in points.columns:
-        return pd.Series(None, index=points.index, dtype=object)
-    return points["extra_json"].map(
-        lambda e: json.loads(e).get(key) if isinstance(e, str) else None
-    )
-
-
-def _ok(points: pd.DataFrame) -> pd.DataFrame:
-    """The measured points: ok, timed, and not sent during a timed load's warm-up (stored
-    for the record, not measurements: experiments.load)."""
-    usable = points[points["runtime_s"].notna()]
-    if "status" in usable.columns:
-        usable = usable[usable["status"] == "ok"]
-    return usable[~_warmup(usable)]
-
-
-def _warmup(points: pd.DataFrame) -> pd.Series:
-    """True for the points a timed load sent during its warm-up."""
-    return _extra(points, "warmup").eq(True)
+from infermeter.store.extra import extra_field, measured, succeeded, without_warmup
 
 
 def trial_variation(points: pd.DataFrame) -> pd.DataFrame:
@@ -50,17 +27,17 @@ def trial_variation(points: pd.DataFrame) -> pd.DataFrame:
     (every row), min/mean/max runtime, coefficient of variation (NaN for one trial), max/min;
     a timed load's warm-up requests are not counted at all. Different loads are not trials of
     one another."""
-    frame = points[~_warmup(points)] if not points.empty else points
+    frame = without_warmup(points)
     if frame.empty:
         return pd.DataFrame()
     keys = ["prompt_tokens", "output_tokens"]
-    concurrency = _extra(frame, "concurrency")
+    concurrency = extra_field(frame, "concurrency")
     if concurrency.notna().any():
         frame = frame.assign(concurrency=concurrency.fillna(1).astype(int))
     for key in ("batch_size", "concurrency"):
         if key in frame.columns and frame[key].nunique() > 1:
             keys.append(key)
-    usable = _ok(frame)
+    usable = succeeded(frame)  # the warm-up is already left out
     if usable.empty:
         return pd.DataFrame()
     grouped = usable.groupby(keys)["runtime_s"]
@@ -75,7 +52,7 @@ def raw_vs_models(
     points: pd.DataFrame, denoised: CostModel, idealized: CostModel | None = None
 ) -> pd.DataFrame:
     """One row per usable request: its raw runtime and the models' runtimes for its (p, o)."""
-    usable = _ok(points)
+    usable = measured(points)
     columns = ["prompt_tokens", "output_tokens", "trial"]
     frame = usable[[c for c in columns if c in usable.columns]].copy()
     frame["raw_s"] = usable["runtime_s"].to_numpy(dtype=float)

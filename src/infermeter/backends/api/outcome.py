@@ -9,13 +9,13 @@ measurements (rows of the store's points table), never of distinct (p, o) points
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from infermeter.backends.api.client import REPEATING
+from infermeter.store.extra import extras
 from infermeter.units import plural
 
 INCOMPLETE_EXIT = 3  # some point of the grid failed or was never measured
@@ -40,7 +40,8 @@ class RunOutcome:
     flags: Counter[str] = field(default_factory=Counter)  # flag detail -> n
     cause_names: Counter[str] = field(default_factory=Counter)  # cause -> n
     repeating: set[str] = field(default_factory=set)  # causes a rerun meets again
-    measured_again: int = 0  # a profile's second-look trials, beyond its grid's (not counted above)
+    measured_again: int = 0  # a profile's ok second-look trials, beyond its grid's (not above)
+    again_failed: int = 0  # its second-look trials that failed or were flagged
 
     @property
     def missing(self) -> int:
@@ -68,6 +69,13 @@ class RunOutcome:
             line = f"{every} {plural(self.expected, 'measurement')} taken"
             if self.measured_again:  # `show` counts them among the ok measurements below
                 line += f", and {self.measured_again} more of points measured again"
+            if self.again_failed:
+                line += (
+                    f" ({self.again_failed} more failed, left out of fits)"
+                    if self.measured_again
+                    else f", and {self.again_failed} of points measured again failed (left "
+                    "out of fits)"
+                )
             return line
         if not self.complete:
             parts[-1] += self._advice()
@@ -106,7 +114,7 @@ def run_outcome(points: pd.DataFrame, expected: int) -> RunOutcome:
     outcome = RunOutcome(expected)
     if points.empty:
         return outcome
-    for row in points.itertuples(index=False):
+    for row, extra in zip(points.itertuples(index=False), extras(points), strict=True):
         if row.status == "ok":
             outcome.ok += 1
         elif row.status == "flagged":
@@ -114,7 +122,6 @@ def run_outcome(points: pd.DataFrame, expected: int) -> RunOutcome:
             outcome.flags[_short(row.detail)] += 1
         else:
             outcome.failed += 1
-            extra = json.loads(row.extra_json) if isinstance(row.extra_json, str) else {}
             cause = extra.get("cause") or "error"
             message = (row.detail or "").removeprefix(f"{cause}: ").split(" (after ")[0]
             outcome.causes[f"{cause} {_short(message)!r}"] += 1
