@@ -42,7 +42,7 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _record import DOCS, write_result  # noqa: E402
+from _record import DOCS, read_record, write_result  # noqa: E402
 
 MODELS = ("llama-7b", "llama-13b")
 MAX_GOAL_PCT = 3.0
@@ -116,14 +116,17 @@ def oracle_max_pct(measured: pd.DataFrame, groups: pd.Series) -> dict[str, float
     return out
 
 
-def provenance(folder: Path, model: str) -> dict[str, Any]:
-    """Device, date and commit of the run in `folder`, from its heldout_<model>.json record
-    ({} where the folder keeps no record)."""
-    record = folder / f"heldout_{model}.json"
-    if not record.exists():
-        return {}
-    data = json.loads(record.read_text())
-    return {k: data.get(k) for k in ("device", "date", "commit")}
+def run_record(folder: Path, model: str) -> dict[str, Any] | None:
+    """The run's record, heldout_<model>.json in `folder` (None where the folder keeps none:
+    runs before the benchmark wrote one; one that is not such a record ends the script in a
+    line, _record.read_record)."""
+    path = folder / f"heldout_{model}.json"
+    return read_record(path, "--stores", each_model=("model",)) if path.exists() else None
+
+
+def provenance(record: dict[str, Any] | None) -> dict[str, Any]:
+    """Device, date and commit of a run's record ({} for none)."""
+    return {k: record.get(k) for k in ("device", "date", "commit")} if record else {}
 
 
 def runs_over(max_error_pct: dict[str, float]) -> int:
@@ -131,14 +134,10 @@ def runs_over(max_error_pct: dict[str, float]) -> int:
     return sum(v > MAX_GOAL_PCT for v in max_error_pct.values())
 
 
-def record_rows(folder: Path, model: str) -> tuple[dict[str, Any], pd.DataFrame] | None:
-    """The run's record entry for `model` and its per-query rows (shape, runtime and energy
-    error in %), from heldout_<model>.json; None where the folder keeps no record."""
-    path = folder / f"heldout_{model}.json"
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text())
-    entry = next(m for m in data["models"] if m["model"] == model)
+def record_rows(record: dict[str, Any], model: str) -> tuple[dict[str, Any], pd.DataFrame]:
+    """A run record's entry for `model` and its per-query rows (shape, runtime and energy
+    error in %)."""
+    entry = next(m for m in record["models"] if m["model"] == model)
     return entry, pd.DataFrame(entry["rows"])
 
 
@@ -154,18 +153,20 @@ def subsample_max_pct(errors: pd.Series, shapes: pd.Series, rng: np.random.Gener
     return out
 
 
-def profile_said(stores: Path, model: str, names: list[str], folders: list[Path]) -> dict:
-    """Per run with a record: the profile's validation maximum against the benchmark's, for
-    runtime and energy, and the benchmark's own 16-query maxima (median, 10-90 %)."""
+def profile_said(model: str, records: dict[str, dict[str, Any] | None]) -> dict:
+    """Per run with a record (`records`: by run name, None for none): the profile's validation
+    maximum against the benchmark's, for runtime and energy, and the benchmark's own 16-query
+    maxima (median, 10-90 %)."""
     rng = np.random.default_rng(15)
     runs: dict[str, Any] = {}
     within: dict[str, list[bool]] = {"runtime": [], "energy": []}
     draws_within: dict[str, list[float]] = {"runtime": [], "energy": []}
-    for name, folder in zip(names, folders, strict=True):
-        found = record_rows(folder, model)
-        if found is None or "profile_said" not in found[0]:
+    for name, record in records.items():
+        if record is None:
             continue
-        entry, rows = found
+        entry, rows = record_rows(record, model)
+        if "profile_said" not in entry:
+            continue
         said, run = entry["profile_said"], {}
         for quantity in ("runtime", "energy"):
             told = said.get(f"{quantity}_validation_max_error_pct")
@@ -202,11 +203,8 @@ def one_model(stores: Path, model: str) -> dict[str, Any]:
     if len(folders) < 3:
         raise SystemExit(f"heldout_noise: {model}: {len(folders)} runs under {stores}, need 3")
     names = [f.name if f != stores else "top" for f in folders]
-    measured_on = {
-        name: where
-        for name, folder in zip(names, folders, strict=True)
-        if (where := provenance(folder, model))
-    }
+    records = {name: run_record(f, model) for name, f in zip(names, folders, strict=True)}
+    measured_on = {name: where for name, r in records.items() if (where := provenance(r))}
     runs = {name: read_run(f, model) for name, f in zip(names, folders, strict=True)}
     common = sorted(set.intersection(*(set(r.index) for r in runs.values())))
     frame = {name: r.loc[common] for name, r in runs.items()}
@@ -248,7 +246,7 @@ def one_model(stores: Path, model: str) -> dict[str, Any]:
         "estimate_rest_std_pct": float(
             rest.to_numpy().std() * np.sqrt(errors.shape[1] / (errors.shape[1] - 1))
         ),
-        "profile_said": profile_said(stores, model, names, folders),
+        "profile_said": profile_said(model, records),
         "largest_systematic": [
             {"prompt_tokens": int(p), "output_tokens": int(o), "mean_error_pct": float(v)}
             for (p, o), v in top.items()

@@ -184,10 +184,9 @@ class Store:
         require_store(self.path)
         wal = self.path.with_name(self.path.name + "-wal")
         pending = wal.exists() and wal.stat().st_size > 0
+        read_only = ("mode=ro", "mode=ro&immutable=1")
         last: Exception | None = None
-        for flags in ("mode=ro", "mode=ro&immutable=1") if pending else (
-            "mode=rw", "mode=ro", "mode=ro&immutable=1"
-        ):  # fmt: skip
+        for flags in read_only if pending else ("mode=rw", *read_only):
             uri = f"{self.path.resolve().as_uri()}?{flags}"
             try:
                 db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
