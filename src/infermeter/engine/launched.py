@@ -47,11 +47,14 @@ DEAD_AFTER_S = 6.0  # a counter that has not moved for this long belongs to a lo
 WAIT_S = 1.0  # rank 0 waits this long for answers between looks at the heartbeats
 START_TIMEOUT_S = 300.0  # ranks wait this long for each other to start
 EXIT_LOST = 3  # a follower's exit status when rank 0 is lost
+STORE_TIMEOUT_S = 30.0  # a store call of the heartbeat's and watchdogs' own connections
 # How long the main thread waits for a store-calling thread to end before the process may
 # exit: a thread still inside a TCPStore call when Python finalizes aborts the whole process
 # ("terminate called without an active exception", SIGABRT) as it retakes the GIL. A live
-# store answers in milliseconds; a lost one only within its 30 s timeout.
-JOIN_S = 5.0
+# store answers in milliseconds and a closed one at once, so the wait is at most a heartbeat;
+# one that stopped answering (its host frozen) only at the call's timeout, which the wait
+# outlasts.
+JOIN_S = STORE_TIMEOUT_S + 1.0
 
 
 class Cluster:
@@ -107,7 +110,7 @@ class Cluster:
         try:  # a connection of its own: the main thread may be inside a store call
             raw = dist.TCPStore(
                 env.master_addr, env.master_port, is_master=False,
-                timeout=timedelta(seconds=30), wait_for_workers=False,
+                timeout=timedelta(seconds=STORE_TIMEOUT_S), wait_for_workers=False,
             )  # fmt: skip
             kv = dist.PrefixStore(f"infermeter/{env.restart}/", raw)
             while not self._stop.wait(HEARTBEAT_S):
@@ -263,7 +266,7 @@ class Cluster:
                 if self._watch_kv is None:  # its own: the main thread may be in a store call
                     raw = dist.TCPStore(
                         env.master_addr, env.master_port, is_master=False,
-                        timeout=timedelta(seconds=30), wait_for_workers=False,
+                        timeout=timedelta(seconds=STORE_TIMEOUT_S), wait_for_workers=False,
                     )  # fmt: skip
                     self._watch_kv = dist.PrefixStore(f"infermeter/{env.restart}/", raw)
             kv = self._watch_kv
