@@ -618,6 +618,29 @@ def test_cli_serve_answers_until_interrupted() -> None:
     assert b"serving served (hf, tokenizer bytes)" in out
 
 
+def test_a_server_ended_without_its_shutdown_still_stops_the_models_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A second Ctrl-C makes uvicorn exit without the app's shutdown (its force_exit skips the
+    # lifespan's end), which is what stops the model's thread: `serve` then closed the model
+    # under a thread that might be inside torch as Python exits (found 2026-12-03).
+    import infermeter.backends.serve as serve_module
+    from infermeter.requests import ServeRequest
+
+    served: list[Any] = []
+
+    def force_exited(app: Any, *args: Any, **kwargs: Any) -> None:
+        served.append(app)
+        raise KeyboardInterrupt  # uvicorn raises the captured SIGINT once it has returned
+
+    monkeypatch.setattr(serve_module, "serve", force_exited)
+    request = ServeRequest(model="tiny-llama", device="cpu", port=0)
+    with pytest.raises(KeyboardInterrupt):
+        serve_module.serve_model(request, lambda notes, line: None)
+    (served_app,) = served
+    assert not served_app.state.worker._thread.is_alive()
+
+
 # ---- a server in a process of its own -------------------------------------------------------
 
 

@@ -558,6 +558,7 @@ def serve_model(r: ServeRequest, on_ready: Callable[[list[str], str], None]) -> 
     except BaseException:
         sock.close()
         raise
+    app = None
     try:
         name = r.name or spec.name
         app = create_app(generator_for(runner), tok, name, api_key=r.api_key)
@@ -568,6 +569,8 @@ def serve_model(r: ServeRequest, on_ready: Callable[[list[str], str], None]) -> 
         serve(app, r.host, r.port, log_level="warning", sock=sock)
     finally:
         sock.close()
+        if app is not None:  # a second Ctrl-C ends uvicorn without the app's shutdown
+            app.state.worker.stop()  # so the model's thread is not inside torch at exit
         runner.close()
 
 
