@@ -22,8 +22,9 @@ pytest.importorskip("torch")
 pytest.importorskip("triton", reason="Triton is not installed (pip install -e '.[dev]')")
 
 SCRIPT = SCRIPTS / "interpret_kernels.py"
-# The interpreter's script takes 4-6 minutes on a quiet 2-core VM and more than 10 beside two
-# busy processes; its time is counted in the first test that asks for it.
+# The interpreter's script runs its jobs in a process per core (up to 4): about 2 minutes on a
+# quiet 2-core VM (3.6 minutes in one process); its time is counted in the first test that
+# asks for it.
 pytestmark = pytest.mark.timeout(1500)
 # one tiny model of each layout the interpreter script decodes (its DENSE and NEWER)
 LAYOUTS = [

@@ -5,7 +5,9 @@ plain PyTorch; prints one JSON object. Run by tests/engine/test_kernels.py with 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
@@ -317,43 +319,85 @@ def attention_errors() -> dict[str, float]:
     }
 
 
+def self_check(name: str) -> object:
+    """The engine's start-up self-check of its newer kernels on tiny model `name`."""
+    engine = Engine(get_spec(name), device="cpu", dtype=torch.float32)
+    return _check_newer_kernels(engine.model, kernels)
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # the workers share the cores: one thread each
+
+
+def _run(job: tuple[str, tuple]) -> object:
+    """One job (a function of this script by name, its arguments), in a worker process."""
+    name, args = job
+    return globals()[name](*args)
+
+
 def main() -> None:
     assert kernels.INTERPRETED, "run with TRITON_INTERPRET=1"
-    batch1 = {  # one token a step: the kernels module's whole rows, or LOOPED's (few models)
-        (name, path): counting_rows(name, path)
-        for name in (*DENSE, *NEWER)
-        for path in ("triton", "looped")
-        if path == "triton" or name in LOOPED_MODELS
+    models = (*DENSE, *NEWER)
+    jobs: dict[tuple, tuple[str, tuple]] = {
+        # one token a step: the kernels module's whole rows, or LOOPED's (few models); these
+        # take the longest in the interpreter (15-26 s each on a quiet 2-core VM), so first
+        **{
+            ("rows", n, path): ("counting_rows", (n, path))
+            for n in models
+            for path in ("triton", "looped")
+            if path == "triton" or n in LOOPED_MODELS
+        },
+        **{
+            ("tokens", n, path, batch): ("decode_tokens", (n, path, batch))
+            for n in models
+            for path, batch in (("triton", 2), ("sdpa", 2), ("sdpa", 1))
+        },
+        **{("self", n): ("self_check", (n,)) for n in NEWER},
+        ("gemv", "float32"): ("gemv_errors", (torch.float32,)),
+        ("gemv", "float16"): ("gemv_errors", (torch.float16,)),
+        **{
+            (f,): (f, ())
+            for f in (
+                "gemv_self_check",
+                "moe_errors",
+                "moe_residual_errors",
+                "batch1_choice",
+                "routing_checks",
+                "latent_error",
+                "attention_errors",
+            )
+        },
     }
+    # Each job builds its own tiny model and patches only its own process's modules, so they
+    # run apart, a process a core (the interpreter is Python: one core a process).
+    workers = max(1, min(4, os.cpu_count() or 1))
+    context = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+        done = dict(zip(jobs, pool.map(_run, jobs.values()), strict=True))
     result = {
-        "gemv_float32": gemv_errors(torch.float32),
-        "gemv_float16": gemv_errors(torch.float16),
+        "gemv_float32": done["gemv", "float32"],
+        "gemv_float16": done["gemv", "float16"],
         "tokens": {
-            name: {path: decode_tokens(name, path) for path in ("sdpa", "triton")}
-            for name in (*DENSE, *NEWER)
+            n: {path: done["tokens", n, path, 2] for path in ("sdpa", "triton")} for n in models
         },
         "tokens_batch1": {  # whole-rows GEMVs, norms and GLUs fused
-            name: {"sdpa": decode_tokens(name, "sdpa", 1), "triton": batch1[name, "triton"][0]}
-            for name in (*DENSE, *NEWER)
+            n: {"sdpa": done["tokens", n, "sdpa", 1], "triton": done["rows", n, "triton"][0]}
+            for n in models
         },
-        "tokens_batch1_looped": {name: batch1[name, "looped"][0] for name in LOOPED_MODELS},
+        "tokens_batch1_looped": {n: done["rows", n, "looped"][0] for n in LOOPED_MODELS},
         "dense_rows_calls": {
-            name: {path: batch1[name, path][1] for path in ("triton", "looped")}
-            for name in LOOPED_MODELS
+            n: {path: done["rows", n, path][1] for path in ("triton", "looped")}
+            for n in LOOPED_MODELS
         },
-        "self_checks": {
-            name: _check_newer_kernels(
-                Engine(get_spec(name), device="cpu", dtype=torch.float32).model, kernels
-            )
-            for name in NEWER
-        },
-        "gemv_self_check": gemv_self_check(),
-        "moe": moe_errors(),
-        "moe_residual": moe_residual_errors(),
-        "batch1_choice": batch1_choice(),
-        "routing": routing_checks(),
-        "latent": latent_error(),
-        "attention": attention_errors(),
+        "self_checks": {n: done["self", n] for n in NEWER},
+        "gemv_self_check": done["gemv_self_check",],
+        "moe": done["moe_errors",],
+        "moe_residual": done["moe_residual_errors",],
+        "batch1_choice": done["batch1_choice",],
+        "routing": done["routing_checks",],
+        "latent": done["latent_error",],
+        "attention": done["attention_errors",],
+        "workers": workers,
     }
     print(json.dumps(result))
 
