@@ -255,11 +255,12 @@ def test_the_end_line_counts_a_second_looks_trials_beside_the_grids() -> None:
     # a second look's trial that failed is not one `show` counts among the ok ones (it did:
     # found 2026-12-03)
     assert shown(every + again, failed=1) == (
-        "all 8 measurements taken, and 1 more of points measured again (1 more failed, left "
-        "out of fits)"
+        "all 8 measurements taken, and 1 more of points measured again (1 more failed or "
+        "flagged, left out of fits)"
     )
     assert shown(every + again, failed=2) == (
-        "all 8 measurements taken, and 2 of points measured again failed (left out of fits)"
+        "all 8 measurements taken, and 2 of points measured again failed or were flagged "
+        "(left out of fits)"
     )
     # a second look's trials never stand in for a grid measurement that was not taken
     assert (

@@ -24,6 +24,7 @@ import pandas as pd
 
 from infermeter.backends.base import Point
 from infermeter.model.decode import FIRST_STEP_SHARE
+from infermeter.store.extra import succeeded
 
 # A PE knot this much above its neighbours' line (LLaMA-7B on an H200: the prefill time's own
 # roughness from one prompt size to the next is 1.7% (std), docs/benchmarks/bias_diagnosis.md).
@@ -35,7 +36,7 @@ def suspects(points: pd.DataFrame, curve_sizes: tuple[int, ...], trials: int) ->
     store's rows: prompt_tokens, output_tokens, batch_size, trial, runtime_s, status) of a grid
     with decode curves at `curve_sizes` and `trials` trials per point. Shapes already measured
     with more than `trials` trials are left out."""
-    ok = points[(points["status"] == "ok") & points["runtime_s"].notna()]
+    ok = succeeded(points)
     if ok.empty:
         return []
     keys = ["batch_size", "prompt_tokens", "output_tokens"]

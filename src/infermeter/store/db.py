@@ -464,7 +464,8 @@ class Store:
         batches it stored (each one energy window, stored only once measured, so all ok; a
         configuration that failed says so in its status, in `infermeter show RUN`). A run
         marked running whose process is gone (no one holds its lock: killed, or its machine
-        rebooted) shows as interrupted."""
+        rebooted) shows as interrupted. These count stored rows: a timed load's warm-up
+        requests are among them (its table in `show` leaves them out)."""
         query = (
             "SELECT r.id, r.key, r.model, r.grid_json, r.backend, r.device, r.status, "
             "r.created_at, "

@@ -16,15 +16,24 @@ import pandas as pd
 
 
 def extras(points: pd.DataFrame) -> pd.Series:
-    """Each row's extra fields as a dict (empty where the column or the value is absent);
+    """Each row's extra fields as a dict (`parse_extra`; empty where the column is absent);
     same index as `points`."""
     if "extra_json" not in points.columns:
         return pd.Series([{} for _ in range(len(points))], index=points.index, dtype=object)
-    return points["extra_json"].map(_parsed)
+    return points["extra_json"].map(parse_extra)
 
 
-def _parsed(text: Any) -> dict[str, Any]:
-    return json.loads(text) if isinstance(text, str) and text else {}
+def parse_extra(text: Any) -> dict[str, Any]:
+    """One stored extra_json as a dict: empty for none, and for text that is not a JSON
+    object (the store writes only objects; a points file from elsewhere may hold anything,
+    and its fields are then read as absent)."""
+    if not isinstance(text, str) or not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def extra_field(points: pd.DataFrame, key: str) -> pd.Series:
@@ -34,8 +43,15 @@ def extra_field(points: pd.DataFrame, key: str) -> pd.Series:
 
 
 def is_warmup(points: pd.DataFrame) -> pd.Series:
-    """True for the rows a timed load sent during its warm-up; same index as `points`."""
-    return extra_field(points, "warmup").eq(True).astype(bool)
+    """True for the rows a timed load sent during its warm-up; same index as `points`. Only
+    rows whose text names the field are parsed: an API run's rows hold every token's gap."""
+    warm = pd.Series(False, index=points.index, dtype=bool)
+    if "extra_json" not in points.columns or points.empty:
+        return warm
+    named = points["extra_json"].map(lambda text: isinstance(text, str) and '"warmup"' in text)
+    if named.any():
+        warm[named.to_numpy()] = extra_field(points[named.to_numpy()], "warmup").eq(True).to_numpy()
+    return warm
 
 
 def without_warmup(points: pd.DataFrame) -> pd.DataFrame:

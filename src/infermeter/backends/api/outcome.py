@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from infermeter.backends.api.client import REPEATING
-from infermeter.store.extra import extras
+from infermeter.store.extra import parse_extra
 from infermeter.units import plural
 
 INCOMPLETE_EXIT = 3  # some point of the grid failed or was never measured
@@ -71,10 +71,10 @@ class RunOutcome:
                 line += f", and {self.measured_again} more of points measured again"
             if self.again_failed:
                 line += (
-                    f" ({self.again_failed} more failed, left out of fits)"
+                    f" ({self.again_failed} more failed or flagged, left out of fits)"
                     if self.measured_again
-                    else f", and {self.again_failed} of points measured again failed (left "
-                    "out of fits)"
+                    else f", and {self.again_failed} of points measured again failed or were "
+                    "flagged (left out of fits)"
                 )
             return line
         if not self.complete:
@@ -114,7 +114,7 @@ def run_outcome(points: pd.DataFrame, expected: int) -> RunOutcome:
     outcome = RunOutcome(expected)
     if points.empty:
         return outcome
-    for row, extra in zip(points.itertuples(index=False), extras(points), strict=True):
+    for row in points.itertuples(index=False):
         if row.status == "ok":
             outcome.ok += 1
         elif row.status == "flagged":
@@ -122,6 +122,7 @@ def run_outcome(points: pd.DataFrame, expected: int) -> RunOutcome:
             outcome.flags[_short(row.detail)] += 1
         else:
             outcome.failed += 1
+            extra = parse_extra(getattr(row, "extra_json", None))
             cause = extra.get("cause") or "error"
             message = (row.detail or "").removeprefix(f"{cause}: ").split(" (after ")[0]
             outcome.causes[f"{cause} {_short(message)!r}"] += 1
