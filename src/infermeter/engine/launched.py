@@ -54,7 +54,7 @@ STORE_TIMEOUT_S = 30.0  # a store call of the heartbeat's and watchdogs' own con
 # store answers in milliseconds and a closed one at once, so the wait is at most a heartbeat;
 # one that stopped answering (its host frozen) only at the call's timeout, which the wait
 # outlasts.
-JOIN_S = STORE_TIMEOUT_S + 1.0
+JOIN_S = STORE_TIMEOUT_S + 5.0
 
 
 class Cluster:
