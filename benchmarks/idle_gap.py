@@ -4,14 +4,14 @@ The profile prices a query at its time back to back (README: Energy), as a scrip
 queries in a loop or a busy server sees it. At a card's power limit a prefill-heavy query
 runs at a clock that follows the recent load, so one sent after an idle gap can run faster.
 For each (p, o) and each gap g, on the engine (the stack `infermeter profile` uses), one
-process: 1 s of the query back to back, then g seconds idle, then ONE call timed (the wall
-clock around the whole generate call, as a user's script times it), and the card's SM clock
-and power read right after it (NVML). `back_to_back_s` is the median of the last 5 calls of
+process: 1 s (--load-s) of the query back to back, then g seconds idle, then ONE call timed
+(the wall clock around the whole generate call, as a user's script times it), and the card's
+SM clock and power read right after it (NVML). `back_to_back_s` is the median of the last 5 calls of
 that second of load. Each (shape, gap) is repeated --reps times, the gaps in a new random
 order each time; the figures are medians over the repeats.
 
 Run: python benchmarks/idle_gap.py [--model llama-7b] [--shapes 336x1,1093x1,1505x1,1505x5,737x32]
-         [--gaps 0,0.15,0.5,2,8] [--reps 3] [--device cuda]
+         [--gaps 0,0.15,0.5,2,8] [--reps 3] [--load-s 1] [--name NAME] [--device cuda]
 Writes docs/benchmarks/idle_gap_<model>.json and .md with device, date and commit.
 """
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import DOCS, write_result
 from _timing import generate_timer, prepared_backend
 
-LOAD_S = 1.0  # back-to-back work before each gap
+LOAD_S = 1.0  # back-to-back work before each gap (--load-s)
 LAST_CALLS = 5  # the back-to-back time: median of this many last calls of that load
 
 
@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--gaps", default="0,0.15,0.5,2,8", help="idle seconds, g,...")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--device", default="cuda", help="cuda, or cpu to try the script")
+    parser.add_argument("--load-s", type=float, default=LOAD_S, help="back to back before a gap")
+    parser.add_argument("--name", default=None, help="record name (default idle_gap_<model>)")
     parser.add_argument("--out", type=Path, default=DOCS)
     args = parser.parse_args()
     shapes, gaps = parse_shapes(args.shapes), [float(g) for g in args.gaps.split(",")]
@@ -104,7 +106,7 @@ def main() -> None:
             for gap in rng.permutation(gaps).tolist():
                 times = []
                 start = time.perf_counter()
-                while time.perf_counter() - start < LOAD_S:
+                while time.perf_counter() - start < args.load_s:
                     times.append(call(prompts[p], o))
                 time.sleep(gap)
                 after = call(prompts[p], o)
@@ -131,9 +133,9 @@ def main() -> None:
         )
         for s in shaped
     ]
-    result = {"model": args.model, "reps": args.reps, "load_s": LOAD_S, "shapes": shaped,
+    result = {"model": args.model, "reps": args.reps, "load_s": args.load_s, "shapes": shaped,
               "runs": runs}  # fmt: skip
-    write_result(f"idle_gap_{args.model}", result, rows, args.out)
+    write_result(args.name or f"idle_gap_{args.model}", result, rows, args.out)
 
 
 if __name__ == "__main__":
