@@ -1,7 +1,8 @@
 """A stored point's `extra_json` (the Measurement's `extra` dict, JSON in the store) read back
 as Python values, and the rows kept for the record that are not measurements.
 
-Every reader of a point's extra fields goes through `extras`; `measured` is the one rule for
+Every reader of a point's extra fields goes through `parse_extra` (a row) or `extras` (a
+frame); `measured` is the one rule for
 which rows count: ok, timed, and not sent during a timed load's warm-up (experiments.load
 stores those requests, marked `"warmup": true`, so that nothing sent is lost, but the server
 was still ramping up then).
