@@ -2,10 +2,9 @@
 as Python values, and the rows kept for the record that are not measurements.
 
 Every reader of a point's extra fields goes through `parse_extra` (a row) or `extras` (a
-frame); `measured` is the one rule for
-which rows count: ok, timed, and not sent during a timed load's warm-up (experiments.load
-stores those requests, marked `"warmup": true`, so that nothing sent is lost, but the server
-was still ramping up then).
+frame); `measured` is the one rule for which rows count: ok, timed, and not sent during a
+timed load's warm-up (experiments.load stores those requests, marked `"warmup": true`, so
+that nothing sent is lost, but the server was still ramping up then).
 """
 
 from __future__ import annotations
