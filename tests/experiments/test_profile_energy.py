@@ -249,33 +249,70 @@ def test_a_new_shapes_setup_stays_out_of_its_energy_window() -> None:
         assert m.energy_j == pytest.approx(250 * 0.018, rel=0.04)
 
 
-def test_short_queries_are_timed_once_back_to_back_work_has_settled_the_clock() -> None:
-    # At its power limit an H200 runs a prefill faster right after a pause (the window's wait
-    # for the counter's step) than back to back: at 9b56b0d a 7B PE knot's third trial ran 3%
-    # slower than its first on average. Here a backend runs 3% slower once it has worked
-    # 0.1 s of the fake clock since its shape was set up (warm(), before the window's wait);
-    # a user times queries back to back, so the trials must all be of the settled kind.
-    from infermeter.experiments.profile import measure_point
+@pytest.mark.parametrize("output_tokens", [3, 40])
+def test_a_short_query_is_timed_alone_and_its_window_gives_its_time_back_to_back(
+    output_tokens: int,
+) -> None:
+    # At its power limit an H200 runs a prefill 9-17% faster right after a pause than in a
+    # stream (idle_gap_llama-7b.md). Here a backend runs 3% slower when it starts within 20 ms
+    # of the fake clock after its last call ended: a short point's trials must each come
+    # after an idle (the isolated price), and its window's last runs give the point's time
+    # back to back (sustained_runtime_s). A long point (40 > ISOLATED_MAX_OUTPUT tokens) is
+    # its own stream: its trials run in the window, back to back.
+    from infermeter.experiments.profile import ISOLATED_MAX_OUTPUT, ISOLATION_S, measure_point
 
+    assert ISOLATION_S >= 0.02 and 3 <= ISOLATED_MAX_OUTPUT < 40
     meter, clock = metered()
+    base_s = 0.010 + 0.002 * output_tokens
 
     class Settling(HFBackend):
-        def warm(self, point: Point) -> None:
-            super().warm(point)
-            self.rested_at = clock.now()
+        ended_at = -1.0
 
         def measure(self, point: Point, window: object = None):  # type: ignore[no-untyped-def]
-            measured = super().measure(point, window)  # 10 ms + 2 ms per token of the clock
-            settled = clock.now() - self.rested_at > 0.1
-            measured.runtime_s = 0.016 * (1.03 if settled else 1.0)
+            rested = clock.now() - self.ended_at >= 0.02
+            measured = super().measure(point, window)  # 10 ms + 2 ms per new token of the clock
+            self.ended_at = clock.now()
+            measured.runtime_s = base_s * (1.0 if rested else 1.03)
             return measured
 
     backend = clock_generation(Settling(device="cpu"), clock)
     backend.prepare(get_spec("tiny-llama"))
     try:
-        measured = measure_point(backend, Point(24, 3, 1), [0, 1, 2], meter, 1.0)
+        measured = measure_point(backend, Point(24, output_tokens, 1), [0, 1, 2], meter, 0.5)
     finally:
         backend.close()
-    assert [m.runtime_s for _, m in measured] == pytest.approx([0.016 * 1.03] * 3)
-    runs = measured[0][1].extra["energy_window_runs"]
-    assert runs * 0.016 == pytest.approx(measured[0][1].extra["energy_window_s"], rel=0.05)
+    alone = output_tokens <= ISOLATED_MAX_OUTPUT
+    trials = [m.runtime_s for _, m in measured]
+    if alone:
+        assert trials == pytest.approx([base_s] * 3)
+    else:  # the first follows the window's wait for the counter's step, maybe a rest
+        assert trials[1:] == pytest.approx([base_s * 1.03] * 2)
+    for _, m in measured:
+        assert m.extra["sustained_runtime_s"] == pytest.approx(base_s * 1.03)
+        assert m.extra.get("idle_before_s") == (ISOLATION_S if alone else None)
+        runs, window_s = m.extra["energy_window_runs"], m.extra["energy_window_s"]
+        # The window holds runs back to back only (a trial's idle is outside it).
+        assert runs * base_s == pytest.approx(window_s, rel=0.05)
+        assert m.energy_j == pytest.approx(250 * window_s / runs, rel=1e-3)
+
+
+def test_an_isolated_point_whose_trial_fails_opens_no_window() -> None:
+    from infermeter.experiments.profile import measure_point
+
+    meter, clock = metered()
+
+    class Failing(HFBackend):
+        def measure(self, point: Point, window: object = None):  # type: ignore[no-untyped-def]
+            measured = super().measure(point, window)
+            if point.trial == 1:
+                measured.status, measured.detail = "error", "out of memory"
+            return measured
+
+    backend = clock_generation(Failing(device="cpu"), clock)
+    backend.prepare(get_spec("tiny-llama"))
+    try:
+        measured = measure_point(backend, Point(24, 2, 1), [0, 1, 2], meter, 0.5)
+    finally:
+        backend.close()
+    assert [m.status for _, m in measured] == ["ok", "error", "ok"]
+    assert all(m.energy_j is None and "energy_window_runs" not in m.extra for _, m in measured)

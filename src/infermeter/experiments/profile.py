@@ -1,16 +1,21 @@
 """Profiling: run a grid of (p, o, batch) points on a backend, storing each as it lands, then
 check the fit on queries the grid never held.
 
-Where energy is metered, a point's trials run back to back inside one energy window
-that goes on with further runs of the point until it spans `min_energy_window_s` (default 1 s),
-and each trial gets the window's joules over its runs: energy as a user measures it, over a
-second or more of the query repeated back to back. The window spans whole calls, host work
-included, on every GPU the run uses (so tensor parallelism is metered too); the runtime is the
-backend's wall clock of each whole call. Measured on an H200 (docs/benchmarks/bias_diagnosis.md),
-an isolated window read 4% below that, and a runtime of the device work alone 0.5-1 ms below
-the call a user times: the two biases issue 15 found. Unmetered profiles (a CPU, an API) go
-trial by trial over all points instead, so that a burst of load spoils one trial of many
-points rather than all trials of one.
+Where energy is metered, a point gets an energy window of runs of the point back to back
+that spans at least `min_energy_window_s` (default 1 s), and each trial gets the window's joules
+over its runs: energy as a user measures it, over a second or more of the query repeated back
+to back. The window spans whole calls, host work included, on every GPU the run uses (so tensor
+parallelism is metered too); the runtime is the backend's wall clock of each whole call. A short
+point's trials (at most ISOLATED_MAX_OUTPUT output tokens) are each timed alone, after a short
+idle, before its window: at its power limit a card runs a prefill faster right after a pause
+than in a stream, and the stream's time wanders with the clock controller, so the runtime price
+is that of a query sent alone (reproducible to 0.5% on an H200), and the window's last runs give
+the same point's time back to back (`sustained_runtime_s`, the sustained price). A longer
+point's trials run at the window's start: its own calls are the stream. Measured on an H200
+(docs/benchmarks/bias_diagnosis.md, idle_gap_llama-7b.md), an isolated energy window read 4%
+below a window of a second, and a runtime of the device work alone 0.5-1 ms below the call a
+user times. Unmetered profiles (a CPU, an API) go trial by trial over all points instead, so
+that a burst of load spoils one trial of many points rather than all trials of one.
 
 Validation: after the grid, `validate` queries drawn to look like what users price (half with
 1-16 output tokens, p across the whole context; half longer), never on a profiled prompt size
@@ -52,10 +57,15 @@ CPU_OUTPUT_SIZES = (1, 2, 4, 8, 16, 32)
 DEFAULT_TRIALS = 3
 # Energy over at least this much of a query back to back (what a user's meter reads).
 MIN_ENERGY_WINDOW_S = 1.0
-# Metered points of at most this many output tokens run untimed, back to back, for this share
-# of their energy window before their trials (see measure_point).
-PRE_ROLL_MAX_OUTPUT = 32
-PRE_ROLL_SHARE = 0.2
+# Metered points of at most this many output tokens are timed alone: each trial after
+# ISOLATION_S of idle, before the point's energy window (see measure_point). At its power limit
+# an H200 runs a prefill 9-17% faster right after a pause than a second into a stream of such
+# queries, and the stream's time wanders by 3-5% with the controller (idle_gap_llama-7b.md);
+# after a pause it is the same to 0.5% whether the pause was 0.15 s or 8 s.
+ISOLATED_MAX_OUTPUT = 32
+ISOLATION_S = 0.05
+# A window's time back to back: the fastest of its last this many runs (a sustained price).
+SUSTAINED_RUNS = 3
 # Validation outputs stop here: longer ones cost seconds each and price like shorter ones.
 LONGEST_VALIDATION_OUTPUT = 256
 # Validation queries by default: many where a GPU makes them cheap, a few on a CPU.
@@ -687,56 +697,67 @@ def measure_point(
     meter: Meter | None = None,
     min_window_s: float = MIN_ENERGY_WINDOW_S,
 ) -> list[tuple[Point, Measurement]]:
-    """The given trials of one (p, o, batch) shape, back to back; with a meter, inside one
-    energy window that further runs of the shape extend to `min_window_s`.
+    """The given trials of one (p, o, batch) shape; with a meter, and an energy window of
+    runs of the shape back to back for at least `min_window_s`.
 
-    Every trial's runtime is its own whole call; a shape of at most PRE_ROLL_MAX_OUTPUT
-    output tokens first runs untimed for PRE_ROLL_SHARE of the window. Each ok trial's
-    energy_j is the window's joules over the number of runs in it (a mean: the window is one
-    reading), and its extra
-    holds the window's figures (energy_window_runs, energy_window_s, method, per-GPU joules).
+    Every trial's runtime is its own whole call. With a meter, a shape of at most
+    ISOLATED_MAX_OUTPUT output tokens is timed alone: each trial after ISOLATION_S of idle (on
+    the meter's clock), then the window; a longer one's trials run back to back at the window's
+    start (its own calls are the stream). Each ok trial's energy_j is the window's joules over
+    the number of runs in it (a mean: the window is one reading), and its extra holds the
+    window's figures (energy_window_runs, energy_window_s, method, per-GPU joules), its time
+    back to back (`sustained_runtime_s`: the fastest of the window's last SUSTAINED_RUNS runs)
+    and, if timed alone, the idle before it (`idle_before_s`). Trials that fail leave the
+    window of an isolated shape unrun (no energy).
     """
     window = meter.window("point") if meter is not None and meter.measures_energy else None
     measured: list[tuple[Point, Measurement]] = []
-    runs = 0
+    in_window: list[Measurement] = []  # every run inside the window, trials included
     warm = getattr(backend, "warm", None)
     if window is not None and warm is not None:
         # A shape's first visit sets it up untimed (warm-up run, graph capture); in the window
         # that work's joules would be charged to the runs (on an H200, 10-20% of a new prompt
         # size's energy). Runtimes never held it: the backends time only the generation.
         warm(replace(shape, trial=0))
+    alone = window is not None and shape.output_tokens <= ISOLATED_MAX_OUTPUT
     try:
-        if window is not None:
-            window.begin()
-            if shape.output_tokens <= PRE_ROLL_MAX_OUTPUT:
-                # Reading the counter's step idles the GPU for up to 0.1 s, and its clocks
-                # rise meanwhile: a short query timed right then runs 2-7% faster than the
-                # same query back to back (H200, LLaMA-7B). One untimed run was not enough:
-                # at 9b56b0d the third trial of a 7B PE knot ran 3% slower than the first on
-                # average, and 1-5 token queries timed back to back in a user's process were
-                # priced 3% low. So the trials start after the first PRE_ROLL_SHARE of the
-                # window (0.2 s of the default 1 s), which the window's runs fill anyway.
-                while runs == 0 or window.elapsed() < PRE_ROLL_SHARE * min_window_s:
-                    runs += 1
-                    if backend.measure(replace(shape, trial=0)).status != "ok":
-                        break  # the trials will say what went wrong
-        for trial in trials:
-            point = replace(shape, trial=trial)
-            measured.append((point, backend.measure(point)))
-            runs += 1
+        if alone:
+            assert meter is not None
+            for trial in trials:
+                meter.clock.sleep(ISOLATION_S)  # the work is synchronised: the GPU rests
+                point = replace(shape, trial=trial)
+                measured.append((point, backend.measure(point)))
         if window is not None and all(m.status == "ok" for _, m in measured):
-            while window.elapsed() < min_window_s:
-                backend.measure(replace(shape, trial=0))
-                runs += 1
+            window.begin()
+            if not alone:
+                for trial in trials:
+                    point = replace(shape, trial=trial)
+                    measured.append((point, backend.measure(point)))
+                    in_window.append(measured[-1][1])
+            while all(m.status == "ok" for m in in_window) and (
+                not in_window or window.elapsed() < min_window_s
+            ):
+                in_window.append(backend.measure(replace(shape, trial=0)))
+        elif window is None:
+            for trial in trials:
+                point = replace(shape, trial=trial)
+                measured.append((point, backend.measure(point)))
     finally:
         result = window.close() if window is not None else None
-    if result is not None:
-        for _, measurement in measured:
-            if measurement.status != "ok":
-                continue
-            measurement.energy_j = None if result.total_j is None else result.total_j / runs
-            measurement.extra["energy_window_runs"] = runs
-            measurement.extra.update(result.as_extra())
+    if result is None:
+        return measured
+    runs = len(in_window)
+    last = [m.runtime_s for m in in_window[-SUSTAINED_RUNS:] if m.status == "ok"]
+    for _, measurement in measured:
+        if measurement.status != "ok":
+            continue
+        measurement.energy_j = None if result.total_j is None else result.total_j / runs
+        measurement.extra["energy_window_runs"] = runs
+        measurement.extra.update(result.as_extra())
+        if last and all(t is not None for t in last):
+            measurement.extra["sustained_runtime_s"] = min(last)
+        if alone:
+            measurement.extra["idle_before_s"] = ISOLATION_S
     return measured
 
 
