@@ -30,7 +30,10 @@ Run: python benchmarks/heldout_bench.py [--models llama-7b,llama-13b] [--queries
          (one record of runs made apart, e.g. one device call per model)
      python benchmarks/heldout_bench.py --reprice RECORD.json --work DIR --name NAME
          (no GPU: fit and estimate again, at this commit, the profiles and measurements an
-         earlier run left in DIR; the record names where they were measured)
+         earlier run left in DIR; the record names where they were measured). A run cut
+         off while measuring (e.g. a device call's time limit) leaves DIR/MODEL/record_stub.json
+         beside what it measured (measured.csv is written as each query lands): once
+         measured.csv holds every query, pass the stub to --reprice (the 13B run of 15d0f9f).
 Writes docs/benchmarks/heldout.json and heldout.md (or heldout_quick.*) with device, date and
 commit.
 """
@@ -48,6 +51,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from infermeter.store.provenance import provenance
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -242,6 +247,8 @@ def one_model(
     started = time.perf_counter()
     device = "cpu" if quick else "cuda"
     if reprice is None:
+        stub = stub_record(model, profile_s, queries)
+        (work / "record_stub.json").write_text(json.dumps(stub, indent=1) + "\n")
         subprocess.run(
             [sys.executable, __file__, "--measure", model, "--queries-file", str(queries_csv),
              "--measured-file", str(measured_csv), "--device", device],
@@ -296,6 +303,22 @@ def one_model(
         }
     result["rows"] = both.drop(columns=["trials_s"], errors="ignore").to_dict("records")
     return result
+
+
+def stub_record(model: str, profile_s: float, queries: pd.DataFrame) -> dict[str, Any]:
+    """A record `--reprice` accepts, written before the measuring starts: if the run is cut
+    off after its queries are measured, the stub with the work folder gives the record
+    (device, date and commit are those of the profile; the measure's wall time is unknown)."""
+    return {
+        **provenance(),
+        "note": "written before measuring; the run may have been cut off after it",
+        "models": [{
+            "model": model,
+            "profile_wall_s": profile_s,
+            "measure_wall_s": None,
+            "rows": queries[["id", "shape"]].to_dict("records"),
+        }],
+    }  # fmt: skip
 
 
 def _context(model: str) -> int:

@@ -139,3 +139,30 @@ def test_a_summary_under_another_name_leaves_the_measured_record(tmp_path: Path)
     assert again["pe_repeatability"]["first_s"] == json.loads(before)["pe_repeatability"]["first_s"]
     table = (tmp_path / "again.md").read_text()
     assert "| summary | the sweeps as measured at " in table and "summarised again" in table
+
+
+def test_heldout_leaves_a_stub_that_reprice_accepts(tmp_path: Path) -> None:
+    """A held-out run cut off after measuring can still be recorded: the stub it writes
+    before measuring names every query's shape and passes --reprice's checks."""
+    import importlib.util
+    import json
+
+    import pandas as pd
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "heldout_bench.py"
+    spec = importlib.util.spec_from_file_location("heldout_bench_stub", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    queries = bench.draw_queries(2048, {1, 353, 737}, 6, seed=15)
+    stub = bench.stub_record("llama-7b", 140.0, queries)
+    (tmp_path / "stub.json").write_text(json.dumps(stub))
+    record = bench.read_record(
+        tmp_path / "stub.json", "--reprice", ("models",), bench.HELDOUT_MODEL
+    )
+    (entry,) = record["models"]
+    assert entry["profile_wall_s"] == 140.0
+    shapes = pd.DataFrame(entry["rows"]).set_index("id")["shape"]
+    assert list(shapes) == list(queries.set_index("id")["shape"])
+    assert set(shapes) == {"workload", "uniform"}
+    assert {"device", "date", "commit"} <= set(record)
