@@ -240,6 +240,9 @@ def one_model(
     estimate_args = ["estimate", "--profile", str(fitted), "--queries", str(queries_csv)]
     if has_energy:
         estimate_args += ["--energy-profile", str(energy_path)]
+    sustained_path = work / "m.sustained.json"  # the profile's times back to back, if stored
+    if sustained_path.exists():
+        estimate_args += ["--sustained-profile", str(sustained_path)]
     code, estimate_s = infermeter([*estimate_args, "--output", str(estimates_csv)], log, 600)
     if code != 0:
         raise SystemExit(f"infermeter estimate failed; see {log}")
@@ -296,6 +299,11 @@ def one_model(
         result["sustained"] = {
             "priced_by": priced,
             **_errors(both.sustained_error_pct, "runtime"),
+            "profile_said": (
+                _said(json.loads(sustained_path.read_text()), "runtime")
+                if sustained_path.exists()
+                else None
+            ),
             "by_shape": {
                 shape: _errors(rows.sustained_error_pct, "runtime")
                 for shape, rows in both.groupby("shape")
@@ -380,9 +388,19 @@ def table_rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
         if "sustained" in r:
             s = r["sustained"]
             price = "sustained" if s["priced_by"] == "runtime_sustained_s" else "default"
+            said = (s.get("profile_said") or {}).get("runtime_validation_mape_pct")
+            said_text = (
+                ""
+                if said is None
+                else (
+                    f" (the profile said {said:.2f} / "
+                    f"{s['profile_said']['runtime_validation_max_error_pct']:.2f} / "
+                    f"{s['profile_said']['runtime_validation_bias_pct']:+.2f})"
+                )
+            )
             rows.append((
                 f"{r['model']}: back to back (1 s into a stream of the query) vs the {price} "
-                "price: MAPE / max / mean error %",
+                f"price: MAPE / max / mean error %{said_text}",
                 f"{s['runtime_mape_pct']:.2f} / {s['runtime_max_error_pct']:.2f} / "
                 f"{s['runtime_bias_pct']:+.2f}", "-",
             ))  # fmt: skip

@@ -207,6 +207,9 @@ class EstimateRequest:
     prompt_tokens: str | None = opt(None, "Prompt sizes, e.g. 512 or 1,512.")
     output_tokens: str | None = opt(None, "Output lengths, e.g. 64 or 1,64.")
     energy_profile: Path | None = opt(None, "Fitted energy model JSON.")
+    sustained_profile: Path | None = opt(
+        None, "Runtime model back to back (OUTPUT.sustained.json): adds runtime_sustained_s."
+    )
     accelerator: str | None = opt(None, "Price on this hardware entry.")
     num_accelerators: int | None = opt(None, "Accelerators per query.")
     price_per_hour: float | None = opt(None, PRICE)

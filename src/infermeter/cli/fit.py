@@ -31,17 +31,19 @@ def register(app: typer.Typer) -> None:
 @o.request(rq.FitRequest)
 def fit(r: rq.FitRequest) -> None:
     """Fit the runtime (and energy) model of a stored run or of a points file."""
-    from infermeter.model.runfit import fit_request, save_fitted
+    from infermeter.model.runfit import fit_request, save_fitted, sustained_lines
 
     result = fit_request(r)
     for model in result.models:
         print_fit(model)
+    for line in sustained_lines(result.sustained, result.sustained_note):
+        out(line)
     if not result.stored:
         out(
             "not stored as the run's fit (settings differ from the defaults); pass --save to "
             "store it"
         )
-    for line in save_fitted(result.models, r.output) if r.output else []:
+    for line in save_fitted(result.models, r.output, result.sustained) if r.output else []:
         out(line)
 
 

@@ -61,8 +61,13 @@ def profile(r: rq.ProfileRequest) -> None:
     """Profile MODEL on a stack, fit the runtime model, validate it and price a few queries."""
     from infermeter.backends.api.outcome import INCOMPLETE_EXIT
     from infermeter.engine.launcher import serve_if_follower
-    from infermeter.experiments.plans import fit_profiled, profile_prices, profile_setup
-    from infermeter.model.runfit import save_fitted
+    from infermeter.experiments.plans import (
+        fit_profiled,
+        profile_prices,
+        profile_setup,
+        profiled_sustained,
+    )
+    from infermeter.model.runfit import save_fitted, sustained_lines
     from infermeter.store.db import Store
 
     serve_if_follower(r.tensor_parallel)  # torchrun/srun: ranks other than 0 serve rank 0
@@ -85,7 +90,10 @@ def profile(r: rq.ProfileRequest) -> None:
         print_fit(model_fit)
     if outcome is not None and not outcome.complete:
         raise typer.Exit(code=INCOMPLETE_EXIT)
-    for line in save_fitted(fitted, r.output) if r.output else []:
+    sustained, note = profiled_sustained(r.store, run.id, r.backend, r.accept_poor_fit)
+    for line in sustained_lines(sustained, note):
+        out(line)
+    for line in save_fitted(fitted, r.output, sustained) if r.output else []:
         out(line)
     priced = profile_prices(r, setup, fitted)
     show(priced.estimates, f"estimates {priced.on()}, within the profiled range")

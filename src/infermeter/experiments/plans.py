@@ -526,6 +526,21 @@ def fit_profiled(
     return outcome, fitted, why
 
 
+def profiled_sustained(
+    store: Any, run_id: int, backend: str, accept_poor_fit: bool
+) -> tuple[list[Any], str | None]:
+    """The sustained runtime model(s) of a profile just run (model.runfit.sustained_or_note:
+    none, with why, when its fit is poor; none, silently, when it has no times back to
+    back); never stored as the run's fit."""
+    from infermeter.model.fit import FitPolicy
+    from infermeter.model.runfit import sustained_or_note
+    from infermeter.store.db import Store
+
+    policy = FitPolicy(api=backend == "openai", accept_poor_fit=accept_poor_fit)
+    with Store(store) as db:
+        return sustained_or_note(db, run_id, policy)
+
+
 def stored_outcome(record: Any, points: Any) -> Any:
     """How a stored run ended (backends.api.outcome.RunOutcome), as its end line said it, by
     the kind its record gives (Store.get_run's RunRecord.kind): a profile's points by status

@@ -640,8 +640,13 @@ def estimate_queries(
     pricing: Pricing | None,
     energy: CostModel | ModelSet | None = None,
     grid_gco2_per_kwh: float | None = None,
+    sustained: CostModel | ModelSet | None = None,
 ) -> pd.DataFrame:
     """One row per query: tokens, runtime, cost and energy (rated, and measured if fitted).
+
+    `sustained` (a runtime model fitted to the profile's times back to back,
+    model.fitted.fit_sustained) adds `runtime_sustained_s`: the query's time a second into a
+    stream of such queries, where `runtime_s` is its time sent alone after a pause.
 
     A `batch_size` column picks each query's model from a set fitted per batch size (and is
     refused, with the sizes there are, for a size the profile lacks); without it every query
@@ -669,6 +674,14 @@ def estimate_queries(
     check_possible(seconds, queries, runtime, batch)
     share = 1.0 / batch  # a query's share of its batch's accelerator time and energy
     out["runtime_s"] = seconds
+    if sustained is not None:
+        sustained = _as_set(sustained)
+        if sustained.quantity != "runtime_s":
+            raise UserError("the sustained profile given is an energy model; pass the "
+                            "OUTPUT.sustained.json runtime model")  # fmt: skip
+        back_to_back = sustained.predict(p, o, batch)
+        check_possible(back_to_back, queries, sustained, batch)
+        out["runtime_sustained_s"] = back_to_back
     if pricing is not None:
         out["cost_usd"] = seconds * pricing.usd_per_second * share
         out["energy_j"] = seconds * pricing.watts * share

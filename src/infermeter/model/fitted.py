@@ -29,7 +29,7 @@ from infermeter.model.fit import ROUGH_R2, FitPolicy, fit_profile, validation_er
 from infermeter.spec.hardware import detect_accelerator
 from infermeter.spec.model import ModelSpec
 from infermeter.store.db import RunRecord, Store
-from infermeter.store.extra import measured
+from infermeter.store.extra import extra_field, measured
 
 API_BACKENDS = frozenset({"openai"})
 
@@ -85,6 +85,49 @@ def fit_run(store: Store, run_id: int, policy: FitPolicy | None = None) -> list[
         provenance=run_provenance(run, store.path),
     )
     attach_validation(models, store.validation(run_id))
+    return models
+
+
+# A metered point's time back to back, as profile.measure_point stores it in the extra.
+SUSTAINED_KEY = "sustained_runtime_s"
+
+
+def sustained_points(points: pd.DataFrame) -> pd.DataFrame | None:
+    """`points` (a store's points or validation rows) with runtime_s replaced by each trial's
+    time back to back (SUSTAINED_KEY of its extra) and no energy; None when a measured row
+    lacks that time (a run before c8a495e, unmetered, or an API run)."""
+    ok = measured(points)
+    times = extra_field(points, SUSTAINED_KEY)
+    if ok.empty or times.loc[ok.index].isna().any():
+        return None
+    return points.assign(runtime_s=pd.to_numeric(times, errors="coerce"), energy_j=float("nan"))
+
+
+def fit_sustained(store: Store, run_id: int, policy: FitPolicy | None = None) -> list[CostModel]:
+    """The runtime model(s) of a stored run at the time its queries take back to back, a
+    second into a stream of each (the sustained price; fit["state"] = "sustained"), with their
+    validation error against the validation queries' own time back to back; [] when the run
+    has no such times. The default runtime model (fit_run) prices a query sent alone after a
+    pause where the profile timed it so (experiments.profile.measure_point). Raises UserError
+    as fit_profile does."""
+    frame = sustained_points(store.points(run_id))
+    if frame is None:
+        return []
+    run = store.get_run(run_id)
+    policy = policy or FitPolicy(api=run.backend in API_BACKENDS)
+    models = fit_profile(
+        frame,
+        policy,
+        model=run.model,
+        stack=run.stack,
+        provenance=run_provenance(run, store.path),
+        quantities=("runtime_s",),
+    )
+    for model in models:
+        model.fit["state"] = "sustained"
+    validation = sustained_points(store.validation(run_id))
+    if validation is not None:
+        attach_validation(models, validation)
     return models
 
 

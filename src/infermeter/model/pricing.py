@@ -114,9 +114,11 @@ def price_queries(
     overrides: dict[str, float],
     catalog: Any,
     grid_intensity: float | None = None,
+    sustained: ModelSet | None = None,
 ) -> Priced:
     """Queries priced with a loaded model set: idealized runtime (s), dollars, joules and, with
-    `grid_intensity` (gCO2e per kWh), CO2e. A query past the context raises UserError."""
+    `grid_intensity` (gCO2e per kWh), CO2e; with `sustained` (a runtime model of the queries
+    back to back) a runtime_sustained_s column. A query past the context raises UserError."""
     warnings = range_notes(frame, runtime)
     if energy is not None:
         warnings += pairing_notes(runtime, energy) + energy_notes(frame, energy)
@@ -128,7 +130,7 @@ def price_queries(
         catalog,
         measured_energy=energy is not None,
     )
-    estimates = estimate_queries(frame, runtime, pricing, energy, grid_intensity)
+    estimates = estimate_queries(frame, runtime, pricing, energy, grid_intensity, sustained)
     return Priced(estimates, pricing, notes, warnings)
 
 
@@ -156,6 +158,11 @@ def price_request(r: EstimateRequest) -> tuple[Priced, str]:
     check_table_output(r.output)
     runtime = load_model_set(r.profile, r.model)
     energy = load_model_set(r.energy_profile, what="--energy-profile") if r.energy_profile else None
+    sustained = (
+        load_model_set(r.sustained_profile, what="--sustained-profile")
+        if r.sustained_profile
+        else None
+    )
     frame = query_frame(
         r.queries,
         parse_list(r.prompt_tokens, "--prompt-tokens"),
@@ -164,5 +171,5 @@ def price_request(r: EstimateRequest) -> tuple[Priced, str]:
     catalog = load_hardware_config(r.hardware_config) if r.hardware_config else None
     overrides = parse_overrides(r.price_per_hour, r.power_watts, r.settings)
     priced = price_queries(frame, runtime, energy, r.accelerator, r.num_accelerators, overrides,
-                           catalog, r.grid_intensity)  # fmt: skip
+                           catalog, r.grid_intensity, sustained)  # fmt: skip
     return priced, runtime.first().model

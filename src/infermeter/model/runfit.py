@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +16,7 @@ from infermeter.errors import UserError, not_both
 from infermeter.model.cost_model import SCHEMA, SET_SCHEMA, CostModel, save_models
 from infermeter.model.estimate import POINTS_COLUMNS, read_points, require_file
 from infermeter.model.fit import FitPolicy, fit_profile
-from infermeter.model.fitted import fit_run
+from infermeter.model.fitted import fit_run, fit_sustained
 from infermeter.store.db import DEFAULT_STORE, Store, require_store
 from infermeter.units import plural, span_text, to_pct
 
@@ -36,6 +36,18 @@ def validation_line(model: CostModel) -> str:
         f"{check['mape_pct']:.2f}%, max {check['max_error_pct']:.2f}%, mean error "
         f"{check['bias_pct']:+.2f}%"
     )
+
+
+def sustained_lines(models: list[CostModel], note: str | None) -> list[str]:
+    """What `fit` and `profile` say of the sustained runtime model(s): per batch size, the
+    per-token g and its validation against the queries' own time back to back; or the note."""
+    if note:
+        return [note]
+    return [
+        f"runtime back to back (sustained, batch {m.batch_size}): g = {m.per_output_token:.6g} s; "
+        + validation_line(m)
+        for m in models
+    ]
 
 
 def fit_lines(model: CostModel, warning: str | None = None) -> list[tuple[str, str]]:
@@ -84,8 +96,11 @@ def fit_or_note(
         return [], str(error)
 
 
-def save_fitted(models: list[CostModel], output: Path) -> list[str]:
-    """The runtime model(s) to `output`, the energy model(s) beside it as OUTPUT.energy.json;
+def save_fitted(
+    models: list[CostModel], output: Path, sustained: list[CostModel] | None = None
+) -> list[str]:
+    """The runtime model(s) to `output`, the energy model(s) beside it as OUTPUT.energy.json
+    and the `sustained` runtime model(s) (fitted.fit_sustained) as OUTPUT.sustained.json;
     returns one line per file written. Raises UserError when a file cannot be written."""
     runtime = [m for m in models if m.quantity == "runtime_s"]
     energy = [m for m in models if m.quantity == "energy_j"]
@@ -97,6 +112,10 @@ def save_fitted(models: list[CostModel], output: Path) -> list[str]:
             energy_path = output.with_name(output.stem + ".energy" + output.suffix)
             save_models(energy, energy_path)
             written.append(f"energy model written to {energy_path}")
+        if sustained:
+            sustained_path = output.with_name(output.stem + ".sustained" + output.suffix)
+            save_models(sustained, sustained_path)
+            written.append(f"runtime model back to back (sustained) written to {sustained_path}")
     except OSError as exc:
         raise UserError(f"cannot write {output}: {exc.strerror or exc}; pass another path") from exc
     return written
@@ -174,6 +193,8 @@ class Refit:
 
     models: list[CostModel]
     stored: bool
+    sustained: list[CostModel] = field(default_factory=list)
+    sustained_note: str | None = None  # why there is no sustained model though times exist
 
 
 def refit(
@@ -222,11 +243,23 @@ def refit(
         record = db.get_run(run_id)
         policy = FitPolicy(api=record.backend == "openai", **settings)
         fitted = fit_run(db, run_id, policy)
+        sustained, note = sustained_or_note(db, run_id, policy)
         keep = policy.is_default if save is None else save
         if keep:
             for model in fitted:
                 db.record_fit(run_id, model)
-    return Refit(fitted, stored=keep)
+    return Refit(fitted, stored=keep, sustained=sustained, sustained_note=note)
+
+
+def sustained_or_note(
+    db: Store, run_id: int, policy: FitPolicy
+) -> tuple[list[CostModel], str | None]:
+    """The run's sustained runtime model(s) (fitted.fit_sustained), or none and why: a fit
+    the default one passed must not fail because its back-to-back twin is poor."""
+    try:
+        return fit_sustained(db, run_id, policy), None
+    except UserError as error:
+        return [], f"no runtime model back to back (sustained): {error}"
 
 
 def fit_request(r: FitRequest) -> Refit:

@@ -1,0 +1,158 @@
+"""The sustained price: a profile whose points carry their time back to back
+(`sustained_runtime_s`, as experiments.profile.measure_point stores it) gives, beside its
+runtime model of queries sent alone, a second one fitted to those times. `fit --output`
+writes it as OUTPUT.sustained.json and `estimate --sustained-profile` adds
+`runtime_sustained_s`.
+
+The stores are real SQLite files of points on known lines (no timing is involved): alone,
+t(p, o); back to back, 1.1·t(p, o) + 1 ms, so each price can be checked exactly."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cli_runner import invoke
+from infermeter.backends.base import Measurement, Point
+from infermeter.spec.catalog import get_spec
+from infermeter.spec.hardware import Stack, get_accelerator
+from infermeter.store.db import Store
+
+PROMPTS, OUTPUTS = (1, 16, 64), (1, 4, 8)
+
+
+def t(p: int, o: int) -> float:
+    """A query's time sent alone."""
+    return 0.01 + 0.002 * p / 16 + 0.005 * (o - 1)
+
+
+def back_to_back(p: int, o: int) -> float:
+    """The same query's time a second into a stream of it."""
+    return 1.1 * t(p, o) + 0.001
+
+
+def _store(tmp: Path, sustained: bool = True, missing_one: bool = False) -> Path:
+    """A run of tiny-llama on a CPU stack: grid points and 4 validation queries, each with
+    its time back to back in the extra when `sustained` (but for one point's trials when
+    `missing_one`)."""
+    spec = get_spec("tiny-llama")
+    stack = Stack("engine", get_accelerator("cpu"), dtype="float32").to_dict()
+    path = tmp / "s.sqlite"
+
+    def measured(p: int, o: int, k: int, first: bool) -> tuple[Point, Measurement]:
+        extra = {"sustained_runtime_s": back_to_back(p, o)}
+        if not sustained or (missing_one and first):
+            extra = {}
+        return Point(p, o, 1, k), Measurement(t(p, o), extra=extra)
+
+    points = [
+        measured(p, o, k, (p, o) == (16, 4)) for p in PROMPTS for o in OUTPUTS for k in range(2)
+    ]
+    queries = [measured(p, o, 0, False) for p, o in ((8, 3), (40, 6), (50, 2), (30, 7))]
+    with Store(path) as db:
+        run, _ = db.open_run(key="cpu", model=spec.name, spec=spec.to_dict(), stack=stack,
+                             backend="engine", backend_info={}, grid={}, device="cpu")  # fmt: skip
+        db.record_points(run.id, points)
+        db.record_points(run.id, queries, validation=True)
+    return path
+
+
+def _fit(store: Path, output: Path) -> str:
+    result = invoke("fit", "--store", store, "--output", output)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_fit_writes_the_sustained_model_and_estimate_prices_both_states(tmp_path: Path) -> None:
+    store, model = _store(tmp_path), tmp_path / "m.json"
+    said = " ".join(_fit(store, model).split())
+    sustained = tmp_path / "m.sustained.json"
+    assert sustained.exists()
+    assert "runtime back to back (sustained, batch 1)" in said
+    assert "validated on 4 queries never profiled: MAPE 0.00%" in said  # its own times
+    body = json.loads(sustained.read_text())
+    assert body["fit"]["state"] == "sustained"
+
+    out = tmp_path / "e.csv"
+    sizes = ["--prompt-tokens", "8,40", "--output-tokens", "2,6"]
+    result = invoke(
+        "estimate", "--profile", model, "--sustained-profile", sustained, *sizes, "--output", out
+    )
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out)
+    for row in frame.itertuples():
+        assert row.runtime_s == pytest.approx(t(row.prompt_tokens, row.output_tokens))
+        expected = back_to_back(row.prompt_tokens, row.output_tokens)
+        assert row.runtime_sustained_s == pytest.approx(expected)
+
+
+def test_the_sustained_model_is_never_stored_as_the_runs_fit(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    _fit(store, tmp_path / "m.json")
+    with sqlite3.connect(store) as db:
+        fits = [json.loads(row[0]) for row in db.execute("SELECT model_json FROM fits")]
+    assert fits, "the default fit is stored"
+    assert all((f.get("fit") or {}).get("state") != "sustained" for f in fits)
+    with Store(store) as db:
+        runtime = db.latest_fit(1)
+    assert runtime is not None
+    assert float(runtime.predict(64, 8)) == pytest.approx(t(64, 8))
+
+
+@pytest.mark.parametrize("missing_one", [False, True])
+def test_without_times_back_to_back_there_is_no_sustained_model(
+    tmp_path: Path, missing_one: bool
+) -> None:
+    """A run before the times were stored (or one point without them) gets none: a model
+    fitted to a mix of states would price neither."""
+    store = _store(tmp_path, sustained=missing_one, missing_one=missing_one)
+    said = _fit(store, tmp_path / "m.json")
+    assert not (tmp_path / "m.sustained.json").exists()
+    assert "back to back" not in said
+
+
+def test_an_energy_model_as_the_sustained_profile_is_one_line(tmp_path: Path) -> None:
+    model = tmp_path / "m.json"
+    _fit(_store(tmp_path), model)
+    energy = tmp_path / "e.json"
+    body = json.loads(model.read_text())
+    body["quantity"] = "energy_j"
+    energy.write_text(json.dumps(body))
+    result = invoke("estimate", "--profile", model, "--sustained-profile", energy,
+                    "--prompt-tokens", "8", "--output-tokens", "2")  # fmt: skip
+    assert result.exit_code != 0
+    assert "the sustained profile given is an energy model" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_a_metered_profiles_points_give_a_sustained_model(tmp_path: Path) -> None:
+    """End to end on a real (CPU) backend with the meter on a fake NVML: every metered point
+    stores its time back to back, so the run has a sustained model beside its default one,
+    fitted on the same points. Real CPU timings are noisy, so the fit's quality is not
+    asserted (accept_poor_fit), only that the model is made from every point."""
+    from fake_nvml import FakeClock, FakeGpu, FakeNvml, clock_generation
+    from infermeter.backends.hf import HFBackend
+    from infermeter.experiments.profile import ProfileGrid, run_profile
+    from infermeter.measure.meter import Meter
+    from infermeter.model.fit import FitPolicy
+    from infermeter.model.fitted import fit_run, fit_sustained
+
+    clock = FakeClock()
+    meter = Meter(interval_s=0.005, nvml=FakeNvml([FakeGpu(power=lambda _: 250.0)], clock=clock),
+                  clock=clock)  # fmt: skip
+    backend = clock_generation(HFBackend(device="cpu"), clock, prefill_s=0.01)
+    grid = ProfileGrid((1, 32), (1, 8, 16), (1,), 2)
+    policy = FitPolicy(api=False, accept_poor_fit=True)
+    with Store(tmp_path / "s.sqlite") as store:
+        run = run_profile(store, get_spec("tiny-llama"), {}, backend, {}, grid, meter=meter,
+                          min_energy_window_s=0.05)  # fmt: skip
+        (alone,) = [m for m in fit_run(store, run.id, policy) if m.quantity == "runtime_s"]
+        (sustained,) = fit_sustained(store, run.id, policy)
+    assert sustained.fit["state"] == "sustained" and "state" not in alone.fit
+    assert sustained.prompt_sizes == alone.prompt_sizes
+    assert sustained.quantity == "runtime_s"
