@@ -427,6 +427,13 @@ def merge(paths: list[Path], name: str, out: Path) -> Path:
     return write_record(name, {**top, "models": results}, table_rows(results), out)
 
 
+def measured_with(record: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """Where one model of a record --reprice is given was profiled and measured: its own
+    device, date and commit when the record is a merge of runs (`recorded`), else the
+    record's."""
+    return entry.get("recorded") or {k: record.get(k) for k in ("device", "date", "commit")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default="llama-7b,llama-13b")
@@ -466,8 +473,8 @@ def main() -> None:
         record = read_record(args.reprice, "--reprice", ("models",), HELDOUT_MODEL)
         earlier = {entry["model"]: entry for entry in record["models"]}
         models = list(earlier)
-        for entry in earlier.values():  # where the profile and the measurements come from
-            entry["measured_with"] = {k: record.get(k) for k in ("device", "date", "commit")}
+        for entry in earlier.values():
+            entry["measured_with"] = measured_with(record, entry)
     results = [
         one_model(m, count, args.work / m, args.quick, earlier.get(m) if args.reprice else None)
         for m in models

@@ -166,3 +166,28 @@ def test_heldout_leaves_a_stub_that_reprice_accepts(tmp_path: Path) -> None:
     assert list(shapes) == list(queries.set_index("id")["shape"])
     assert set(shapes) == {"workload", "uniform"}
     assert {"device", "date", "commit"} <= set(record)
+
+
+def test_heldout_reprice_of_a_merged_record_keeps_each_models_provenance(tmp_path: Path) -> None:
+    """Repriced, each model of a merged record says the day it was measured, not the merge's
+    joined dates (7B and 13B of 15d0f9f were measured on different days)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "heldout_bench.py"
+    spec = importlib.util.spec_from_file_location("heldout_bench_merge", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    entry = {"model": "m", "rows": [], "profile_wall_s": 1.0}
+    for day in ("2026-12-03", "2026-12-04"):
+        record = {"device": "H200", "date": day, "commit": "c", "models": [entry]}
+        (tmp_path / f"{day}.json").write_text(json.dumps(record))
+    merged = bench.merge(
+        [tmp_path / "2026-12-03.json", tmp_path / "2026-12-04.json"], "both", tmp_path
+    )
+    record = json.loads(merged.with_suffix(".json").read_text())
+    assert record["date"] == "2026-12-03 / 2026-12-04"
+    dates = [bench.measured_with(record, e)["date"] for e in record["models"]]
+    assert dates == ["2026-12-03", "2026-12-04"]
+    alone = {"device": "H200", "date": "2026-12-05", "commit": "c", "models": [entry]}
+    assert bench.measured_with(alone, entry)["date"] == "2026-12-05"
