@@ -14,7 +14,8 @@ output tokens is sent alone, IDLE_S after the previous call ended, the runtime a
 default is for (README: Energy); a longer query's trials run back to back (its own calls are a
 stream). The same query back to back (`sustained_s`: the fastest of the energy window's last 3
 runs, at least 1 s into a stream of it) is recorded beside, against the sustained price
-(`estimate --state sustained`) where the fitted model has one.
+(`estimate --sustained-profile m.sustained.json`, column runtime_sustained_s) where the
+profile wrote one.
 
 Queries (seeded): half shaped like the paper's §5.4 workloads (few-shot classification and QA:
 p uniform in 256 .. the usable context, 1-5 output tokens), half uniform (p up to the usable
