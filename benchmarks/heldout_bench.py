@@ -34,7 +34,9 @@ Run: python benchmarks/heldout_bench.py [--models llama-7b,llama-13b] [--queries
          earlier run left in DIR; the record names where they were measured). A run cut
          off while measuring (e.g. a device call's time limit) leaves DIR/MODEL/record_stub.json
          beside what it measured (measured.csv is written as each query lands): once
-         measured.csv holds every query, pass the stub to --reprice (the 13B run of 15d0f9f).
+         measured.csv holds every query, pass the stub to --reprice (the 13B run of 15d0f9f);
+         if it does not, the command the log names (`--measure MODEL --queries-file ...`),
+         run again, measures the rest and keeps what is there.
 Writes docs/benchmarks/heldout.json and heldout.md (or heldout_quick.*) with device, date and
 commit.
 """
@@ -148,20 +150,35 @@ class Counter:
         return self.read_j(), time.perf_counter()
 
 
+def already_measured(out_csv: Path) -> list[dict[str, Any]]:
+    """The rows of a measured file a cut-off run left (trials_s as written, a list's repr);
+    [] when there is none."""
+    if not out_csv.exists() or out_csv.stat().st_size == 0:
+        return []
+    return pd.read_csv(out_csv).to_dict("records")
+
+
 def measure(model: str, queries_csv: Path, out_csv: Path, device: str) -> None:
     """Measure every query: minimum of 3 wall-clock trials (a short query's each sent alone);
-    joules, and the time back to back, over >= 1 s of it back to back."""
+    joules, and the time back to back, over >= 1 s of it back to back. Queries already in
+    `out_csv` (a run cut off, e.g. by a device call's time limit) are kept and not measured
+    again: run the same command again to finish."""
     spec, backend = prepared_backend(model, device)
     engine = backend._engine
     counter = Counter(0) if device == "cuda" else None
     queries = pd.read_csv(queries_csv)
     rng = np.random.default_rng(7)
-    rows = []
+    rows = already_measured(out_csv)
+    done = {int(r["id"]) for r in rows}
+    if done:
+        line(f"  {len(done)} queries already measured in {out_csv}: kept")
     call = generate_timer(engine, device)
 
     for query in queries.itertuples(index=False):
         p, o = int(query.prompt_tokens), int(query.output_tokens)
-        prompt = rng.integers(0, spec.vocab_size, p).tolist()
+        prompt = rng.integers(0, spec.vocab_size, p).tolist()  # drawn for every query: the
+        if int(query.id) in done:  # same prompts whether resumed or not
+            continue
         setup_s = call(prompt, o)  # a user's first call of a shape: setup, not timed
         trials = []
         for _ in range(3):
@@ -251,13 +268,15 @@ def one_model(
     started = time.perf_counter()
     device = "cpu" if quick else "cuda"
     if reprice is None:
+        measured_csv.unlink(missing_ok=True)  # resuming is for --measure alone: not stale rows
         stub = stub_record(model, profile_s, queries)
         (work / "record_stub.json").write_text(json.dumps(stub, indent=1) + "\n")
-        subprocess.run(
-            [sys.executable, __file__, "--measure", model, "--queries-file", str(queries_csv),
-             "--measured-file", str(measured_csv), "--device", device],
-            check=True, timeout=3000,
-        )  # fmt: skip
+        command = [
+            sys.executable, __file__, "--measure", model, "--queries-file", str(queries_csv),
+            "--measured-file", str(measured_csv), "--device", device,
+        ]  # fmt: skip
+        line(f"measuring (to finish a run cut off here: {' '.join(command)})")
+        subprocess.run(command, check=True, timeout=3000)
         measure_s = time.perf_counter() - started
     else:
         measure_s = reprice["measure_wall_s"]

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from paths import REPO
@@ -191,3 +192,29 @@ def test_heldout_reprice_of_a_merged_record_keeps_each_models_provenance(tmp_pat
     assert dates == ["2026-12-03", "2026-12-04"]
     alone = {"device": "H200", "date": "2026-12-05", "commit": "c", "models": [entry]}
     assert bench.measured_with(alone, entry)["date"] == "2026-12-05"
+
+
+def test_heldout_measure_resumes_a_cut_off_file(tmp_path: Path) -> None:
+    """A measuring run cut off (a device call's time limit) is finished by running it again:
+    the rows already there are kept as they are, the rest measured (GPT-2 on this CPU)."""
+    queries = tmp_path / "queries.csv"
+    pd.DataFrame({"id": [0, 1, 2], "prompt_tokens": [8, 5, 12], "output_tokens": [2, 3, 1]}).to_csv(
+        queries, index=False
+    )
+    measured = tmp_path / "measured.csv"
+    kept = {"id": 1, "prompt_tokens": 5, "output_tokens": 3, "measured_s": 123.0,
+            "trials_s": "[123.0, 124.0, 125.0]", "alone": True}  # fmt: skip
+    pd.DataFrame([kept]).to_csv(measured, index=False)
+    result = run_script(
+        "heldout_bench.py", "--measure", "gpt2", "--queries-file", queries,
+        "--measured-file", measured, "--device", "cpu", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "1 queries already measured" in result.stdout
+    rows = pd.read_csv(measured).set_index("id")
+    assert sorted(rows.index) == [0, 1, 2]
+    assert rows.loc[1, "measured_s"] == 123.0  # kept, not measured again
+    assert json.loads(rows.loc[1, "trials_s"]) == [123.0, 124.0, 125.0]
+    for new in (0, 2):
+        assert 0 < rows.loc[new, "measured_s"] < 100
+        assert len(json.loads(rows.loc[new, "trials_s"])) == 3
