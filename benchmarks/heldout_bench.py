@@ -413,7 +413,7 @@ def table_rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
                 ""
                 if said is None
                 else (
-                    f" (the profile said {said:.2f} / "
+                    f" (its validation queries said {said:.2f} / "
                     f"{s['profile_said']['runtime_validation_max_error_pct']:.2f} / "
                     f"{s['profile_said']['runtime_validation_bias_pct']:+.2f})"
                 )

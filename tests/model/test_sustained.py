@@ -112,7 +112,9 @@ def test_without_times_back_to_back_there_is_no_sustained_model(
     store = _store(tmp_path, sustained=missing_one, missing_one=missing_one)
     said = _fit(store, tmp_path / "m.json")
     assert not (tmp_path / "m.sustained.json").exists()
-    assert "back to back" not in said
+    said = " ".join(said.split())
+    assert "no runtime model back to back (sustained): not every point of the run carries" in said
+    assert "written to" not in said.split("runtime model written to")[-1]  # only m.json
 
 
 def test_an_energy_model_as_the_sustained_profile_is_one_line(tmp_path: Path) -> None:
@@ -134,7 +136,8 @@ def test_a_metered_profiles_points_give_a_sustained_model(tmp_path: Path) -> Non
     """End to end on a real (CPU) backend with the meter on a fake NVML: every metered point
     stores its time back to back, so the run has a sustained model beside its default one,
     fitted on the same points. Real CPU timings are noisy, so the fit's quality is not
-    asserted (accept_poor_fit), only that the model is made from every point."""
+    asserted (accept_poor_fit); the model must run through the fastest time back to back
+    the store holds at each profiled point (read here from the store's JSON apart)."""
     from fake_nvml import FakeClock, FakeGpu, FakeNvml, clock_generation
     from infermeter.backends.hf import HFBackend
     from infermeter.experiments.profile import ProfileGrid, run_profile
@@ -156,3 +159,74 @@ def test_a_metered_profiles_points_give_a_sustained_model(tmp_path: Path) -> Non
     assert sustained.fit["state"] == "sustained" and "state" not in alone.fit
     assert sustained.prompt_sizes == alone.prompt_sizes
     assert sustained.quantity == "runtime_s"
+    with Store(tmp_path / "s.sqlite") as store:
+        points = store.points(run.id)
+    times = points["extra_json"].map(lambda text: json.loads(text)["sustained_runtime_s"])
+    assert times.notna().all() and len(times) == 2 * 3 * 2  # prompts x outputs x trials
+    for p in (1, 32):
+        at_p = points["prompt_tokens"] == p
+        best = times[at_p].groupby(points.loc[at_p, "output_tokens"]).min()
+        for o in (1, 8, 16):  # the local stack's "curve" fit runs through every point
+            assert float(sustained.predict(p, o)) == pytest.approx(best[o], rel=1e-6)
+
+
+def _estimate(*args: str | Path) -> tuple[int, str]:
+    result = invoke("estimate", *args, "--prompt-tokens", "8", "--output-tokens", "2")
+    assert "Traceback" not in result.output
+    return result.exit_code, " ".join(result.output.split())
+
+
+def test_a_sustained_profile_that_is_not_the_runtime_profiles_twin_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Found by a fresh user: the model of queries alone, another profile run's sustained
+    model, or another model's, priced without a word. Each is one line naming the fix."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    model, other = tmp_path / "a" / "m.json", tmp_path / "b" / "m.json"
+    _fit(_store(tmp_path / "a"), model)
+    _fit(_store(tmp_path / "b"), other)
+    fix = "pass the OUTPUT.sustained.json that `fit --output OUTPUT.json` wrote with --profile"
+    code, said = _estimate("--profile", model, "--sustained-profile", model)
+    assert code == 2 and "prices queries sent alone" in said and fix in said
+    code, said = _estimate(
+        "--profile", model, "--sustained-profile", tmp_path / "b" / "m.sustained.json"
+    )
+    assert code == 2 and "fitted on another profile run" in said and fix in said
+    body = json.loads((tmp_path / "a" / "m.sustained.json").read_text())
+    body["model"] = "llama-13b"
+    renamed = tmp_path / "renamed.json"
+    renamed.write_text(json.dumps(body))
+    code, said = _estimate("--profile", model, "--sustained-profile", renamed)
+    assert code == 2 and "is of llama-13b, the runtime profile of tiny-llama" in said
+    code, said = _estimate(
+        "--profile", model, "--sustained-profile", tmp_path / "a" / "m.sustained.json"
+    )
+    assert code == 0, said
+
+
+def test_the_sustained_model_as_the_profile_says_what_runtime_s_then_is(tmp_path: Path) -> None:
+    _fit(_store(tmp_path), tmp_path / "m.json")
+    code, said = _estimate("--profile", tmp_path / "m.sustained.json")
+    assert code == 0, said
+    assert "the runtime profile given is the sustained one (times back to back)" in said
+
+
+def test_a_refit_without_times_back_to_back_removes_the_earlier_sustained_model(
+    tmp_path: Path,
+) -> None:
+    """A stale OUTPUT.sustained.json beside a new OUTPUT.json would price another run (a fresh
+    user paired 13B's with 7B's fit); the fit that has none removes it and says so, and says
+    why it made none."""
+    (tmp_path / "with").mkdir()
+    (tmp_path / "without").mkdir()
+    model = tmp_path / "m.json"
+    _fit(_store(tmp_path / "with"), model)
+    assert (tmp_path / "m.sustained.json").exists()
+    said = " ".join(_fit(_store(tmp_path / "without", sustained=False), model).split())
+    assert not (tmp_path / "m.sustained.json").exists()
+    assert (
+        f"removed {tmp_path / 'm.sustained.json'}: an earlier fit's runtime model back to back"
+        in said
+    )
+    assert "no runtime model back to back (sustained): not every point of the run" in said

@@ -471,6 +471,49 @@ def pairing_notes(runtime: CostModel | ModelSet, energy: CostModel | ModelSet) -
     return notes
 
 
+SUSTAINED_STATE = "sustained"  # fit["state"] of a runtime model of queries back to back
+
+
+def is_sustained(models: CostModel | ModelSet) -> bool:
+    """Whether `models` price queries back to back (model.fitted.fit_sustained made them)."""
+    return _as_set(models).first().fit.get("state") == SUSTAINED_STATE
+
+
+def check_sustained_pair(runtime: CostModel | ModelSet, sustained: CostModel | ModelSet) -> None:
+    """Refuse (UserError) a sustained profile that is not the runtime profile's twin: an
+    energy model, a model of queries sent alone, or a fit of another model or another profile
+    run (a stale OUTPUT.sustained.json beside a newer OUTPUT.json prices another run)."""
+    run, twin = _as_set(runtime).first(), _as_set(sustained).first()
+    fix = "pass the OUTPUT.sustained.json that `fit --output OUTPUT.json` wrote with --profile"
+    if twin.quantity != "runtime_s":
+        raise UserError(f"the sustained profile given is an energy model; {fix}")
+    if not is_sustained(twin):
+        raise UserError(
+            "the sustained profile given prices queries sent alone (it is a runtime model "
+            f"like --profile, not one of times back to back); {fix}"
+        )
+    if run.model and twin.model and run.model != twin.model:
+        raise UserError(
+            f"the sustained profile given is of {twin.model}, the runtime profile of "
+            f"{run.model}; {fix}"
+        )
+    ours, theirs = _run_key(run), _run_key(twin)
+    if ours and theirs and ours != theirs:
+        raise UserError(
+            f"the sustained profile given was fitted on another profile run ({theirs}) than "
+            f"the runtime profile ({ours}); {fix}"
+        )
+
+
+def _run_key(model: CostModel) -> str:
+    """'run N of STORE, profiled AT' from a fit's provenance; '' where it names none."""
+    where = model.provenance
+    if "run_id" not in where or "profiled_at" not in where:
+        return ""
+    store = f" of {where['store']}" if where.get("store") else ""
+    return f"run {where['run_id']}{store}, profiled {where['profiled_at']}"
+
+
 def _stack_words(stack: Mapping[str, Any]) -> str:
     """'BACKEND, COUNT × ACCELERATOR, DTYPE[, tp N]' of a model's stored stack; '' for none."""
     if not stack:
@@ -676,9 +719,7 @@ def estimate_queries(
     out["runtime_s"] = seconds
     if sustained is not None:
         sustained = _as_set(sustained)
-        if sustained.quantity != "runtime_s":
-            raise UserError("the sustained profile given is an energy model; pass the "
-                            "OUTPUT.sustained.json runtime model")  # fmt: skip
+        check_sustained_pair(runtime, sustained)
         back_to_back = sustained.predict(p, o, batch)
         check_possible(back_to_back, queries, sustained, batch)
         out["runtime_sustained_s"] = back_to_back

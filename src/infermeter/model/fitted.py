@@ -24,7 +24,7 @@ import pandas as pd
 
 from infermeter.errors import UserError
 from infermeter.model.cost_model import CostModel
-from infermeter.model.estimate import Pricing, pricing_for
+from infermeter.model.estimate import SUSTAINED_STATE, Pricing, pricing_for
 from infermeter.model.fit import ROUGH_R2, FitPolicy, fit_profile, validation_errors
 from infermeter.spec.hardware import detect_accelerator
 from infermeter.spec.model import ModelSpec
@@ -124,7 +124,7 @@ def fit_sustained(store: Store, run_id: int, policy: FitPolicy | None = None) ->
         quantities=("runtime_s",),
     )
     for model in models:
-        model.fit["state"] = "sustained"
+        model.fit["state"] = SUSTAINED_STATE
     validation = sustained_points(store.validation(run_id))
     if validation is not None:
         attach_validation(models, validation)

@@ -22,6 +22,7 @@ from infermeter.model.estimate import (
     describe_pricing,
     energy_notes,
     estimate_queries,
+    is_sustained,
     pairing_notes,
     profiled_sample,
     query_grid,
@@ -120,6 +121,12 @@ def price_queries(
     `grid_intensity` (gCO2e per kWh), CO2e; with `sustained` (a runtime model of the queries
     back to back) a runtime_sustained_s column. A query past the context raises UserError."""
     warnings = range_notes(frame, runtime)
+    if is_sustained(runtime):
+        warnings.append(
+            "the runtime profile given is the sustained one (times back to back): runtime_s, "
+            "cost_usd and energy_j price queries sent back to back; pass OUTPUT.json as "
+            "--profile for queries sent alone and this file as --sustained-profile"
+        )
     if energy is not None:
         warnings += pairing_notes(runtime, energy) + energy_notes(frame, energy)
     pricing, notes = describe_pricing(

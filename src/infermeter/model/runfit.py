@@ -101,21 +101,25 @@ def save_fitted(
 ) -> list[str]:
     """The runtime model(s) to `output`, the energy model(s) beside it as OUTPUT.energy.json
     and the `sustained` runtime model(s) (fitted.fit_sustained) as OUTPUT.sustained.json;
-    returns one line per file written. Raises UserError when a file cannot be written."""
+    either file left there by an earlier fit is removed where this fit has none. Returns one
+    line per file written or removed. Raises UserError when a file cannot be written."""
     runtime = [m for m in models if m.quantity == "runtime_s"]
-    energy = [m for m in models if m.quantity == "energy_j"]
+    beside = (
+        ("energy model", ".energy", [m for m in models if m.quantity == "energy_j"]),
+        ("runtime model back to back (sustained)", ".sustained", sustained or []),
+    )
     written = []
     try:
         save_models(runtime, output)
         written.append(f"runtime model written to {output}")
-        if energy:
-            energy_path = output.with_name(output.stem + ".energy" + output.suffix)
-            save_models(energy, energy_path)
-            written.append(f"energy model written to {energy_path}")
-        if sustained:
-            sustained_path = output.with_name(output.stem + ".sustained" + output.suffix)
-            save_models(sustained, sustained_path)
-            written.append(f"runtime model back to back (sustained) written to {sustained_path}")
+        for what, suffix, fitted in beside:
+            path = output.with_name(output.stem + suffix + output.suffix)
+            if fitted:
+                save_models(fitted, path)
+                written.append(f"{what} written to {path}")
+            elif path.exists():  # an earlier fit's: it would be priced with this one
+                path.unlink()
+                written.append(f"removed {path}: an earlier fit's {what}; this fit has none")
     except OSError as exc:
         raise UserError(f"cannot write {output}: {exc.strerror or exc}; pass another path") from exc
     return written
@@ -194,7 +198,7 @@ class Refit:
     models: list[CostModel]
     stored: bool
     sustained: list[CostModel] = field(default_factory=list)
-    sustained_note: str | None = None  # why there is no sustained model though times exist
+    sustained_note: str | None = None  # why there is no sustained model
 
 
 def refit(
@@ -251,15 +255,23 @@ def refit(
     return Refit(fitted, stored=keep, sustained=sustained, sustained_note=note)
 
 
+NO_SUSTAINED_TIMES = (
+    "no runtime model back to back (sustained): not every point of the run carries its time "
+    "back to back (a metered profile stores them, from c8a495e on)"
+)
+
+
 def sustained_or_note(
     db: Store, run_id: int, policy: FitPolicy
 ) -> tuple[list[CostModel], str | None]:
-    """The run's sustained runtime model(s) (fitted.fit_sustained), or none and why: a fit
-    the default one passed must not fail because its back-to-back twin is poor."""
+    """The run's sustained runtime model(s) (fitted.fit_sustained), or none and why (its fit
+    is poor: the default one must not fail because its back-to-back twin does; or the run
+    has no times back to back)."""
     try:
-        return fit_sustained(db, run_id, policy), None
+        models = fit_sustained(db, run_id, policy)
     except UserError as error:
         return [], f"no runtime model back to back (sustained): {error}"
+    return models, None if models else NO_SUSTAINED_TIMES
 
 
 def fit_request(r: FitRequest) -> Refit:
