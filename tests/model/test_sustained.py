@@ -230,3 +230,21 @@ def test_a_refit_without_times_back_to_back_removes_the_earlier_sustained_model(
         in said
     )
     assert "no runtime model back to back (sustained): not every point of the run" in said
+
+
+def test_the_profiles_own_estimates_carry_the_sustained_price(tmp_path: Path) -> None:
+    """`profile` ends with a few queries priced in the profiled range: with the sustained
+    model beside, each also at its time back to back."""
+    from infermeter.model.fitted import fit_run, fit_sustained
+    from infermeter.model.pricing import price_profile
+
+    with Store(_store(tmp_path)) as db:
+        models, sustained = fit_run(db, 1), fit_sustained(db, 1)
+    priced = price_profile(models, 2048, None, None, {}, None, sustained)
+    frame = priced.estimates
+    assert len(frame) > 1
+    for row in frame.itertuples():
+        expected = back_to_back(row.prompt_tokens, row.output_tokens)
+        assert row.runtime_sustained_s == pytest.approx(expected)
+    alone = price_profile(models, 2048, None, None, {}, None).estimates
+    assert "runtime_sustained_s" not in alone.columns

@@ -95,6 +95,6 @@ def profile(r: rq.ProfileRequest) -> None:
         out(line)
     for line in save_fitted(fitted, r.output, sustained) if r.output else []:
         out(line)
-    priced = profile_prices(r, setup, fitted)
+    priced = profile_prices(r, setup, fitted, sustained)
     show(priced.estimates, f"estimates {priced.on()}, within the profiled range")
     print_notes(priced.notes)

@@ -485,15 +485,18 @@ def profile_setup(r: ProfileRequest, warn: Callable[[str], None]) -> ProfileSetu
                         overrides, catalog)  # fmt: skip
 
 
-def profile_prices(r: ProfileRequest, setup: ProfileSetup, fitted: list[Any]) -> Any:
+def profile_prices(
+    r: ProfileRequest, setup: ProfileSetup, fitted: list[Any], sustained: list[Any] | None = None
+) -> Any:
     """The profiled stack's models priced on its hardware (an API's: --accelerator's, if any)
-    within the profiled range (model.pricing.price_profile)."""
+    within the profiled range (model.pricing.price_profile), with the sustained price where
+    the profile has one."""
     from infermeter.model.pricing import price_profile
 
     api_hw = r.backend == "openai" and bool(r.accelerator)
     return price_profile(
         fitted, setup.spec.max_context, r.accelerator if r.backend == "openai" else None,
-        r.num_accelerators if api_hw else None, setup.overrides, setup.catalog,
+        r.num_accelerators if api_hw else None, setup.overrides, setup.catalog, sustained,
     )  # fmt: skip
 
 

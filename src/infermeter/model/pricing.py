@@ -78,9 +78,11 @@ def price_profile(
     num_accelerators: int | None,
     overrides: dict[str, float],
     catalog: Any,
+    sustained: list[CostModel] | None = None,
 ) -> Priced:
     """A few queries within the profiled range of fitted `models` (runtime, and energy when
-    measured) priced on `accelerator` (None: the stack profiled)."""
+    measured) priced on `accelerator` (None: the stack profiled); with the `sustained`
+    runtime model(s) (model.fitted.fit_sustained), their runtime_sustained_s too."""
     runtime = next(m for m in models if m.quantity == "runtime_s")
     energy = next((m for m in models if m.quantity == "energy_j"), None)
     pricing, notes = describe_pricing(
@@ -92,7 +94,10 @@ def price_profile(
         measured_energy=energy is not None,
     )
     sample = profiled_sample(runtime, max_context)
-    return Priced(estimate_queries(sample, runtime, pricing, energy), pricing, notes)
+    back_to_back = ModelSet(sustained) if sustained else None
+    return Priced(
+        estimate_queries(sample, runtime, pricing, energy, sustained=back_to_back), pricing, notes
+    )
 
 
 def query_frame(
