@@ -26,8 +26,11 @@ from infermeter.errors import UserError
 from infermeter.store.db import Store
 from timed_server import TimedServer
 
-# a loaded machine's timings may fit poorly (R² < 0); the fit is not the subject here
-GRID = ["--prompt-sizes", "1,16", "--output-sizes", "1,4,8,16", "--trials", "3",
+# A loaded machine's timings may fit poorly (R² < 0); the fit is not the subject here. The
+# long outputs keep the first process measuring for seconds after its first point is stored,
+# so that a test polling the store (starved on a loaded machine) still catches it mid-run: with
+# outputs of at most 16 tokens it once finished all 24 points before the poll saw the first.
+GRID = ["--prompt-sizes", "1,16", "--output-sizes", "1,64,128,256", "--trials", "3",
         "--accept-poor-fit"]  # fmt: skip
 TOTAL = 2 * 4 * 3  # grid trials (--validate 0)
 
@@ -73,11 +76,12 @@ def test_a_second_identical_command_refuses_naming_the_first(tmp_path: Path) -> 
         wait_for_points(store, first)
         first.send_signal(signal.SIGSTOP)  # it owns the run, and measures nothing meanwhile
         before = stored_points(store)
+        assert len(before) < TOTAL, "caught after measuring, not during (the test's premise)"
         second = invoke(*command(store))
         assert_one_line(second, f"process {first.pid}", "run 1 (tiny-llama)", "being measured")
         pd.testing.assert_frame_equal(stored_points(store), before)  # nothing measured twice
         listed = invoke("runs", "--store", store)
-        assert listed.exit_code == 0 and "running" in listed.stdout
+        assert listed.exit_code == 0 and "running" in listed.stdout, listed.stdout
     finally:
         first.send_signal(signal.SIGCONT)
     assert first.wait(timeout=300) == 0
