@@ -126,7 +126,13 @@ class ProfileRequest:
     num_accelerators: int = opt(1, "Accelerators the stack holds.")
     price_per_hour: float | None = opt(None, PRICE)
     power_watts: float | None = opt(None, POWER)
-    output: Path | None = opt(None, "Write the fitted model JSON here.")
+    output: Path | None = opt(
+        None,
+        "Write the fitted runtime model JSON here, and beside it the energy model "
+        "(OUTPUT.energy.json) and the model of queries sent back to back "
+        "(OUTPUT.sustained.json) where the run has them; an earlier fit's of those that this "
+        "one lacks are removed.",
+    )
     hardware_config: Path | None = hardware_config()
     settings: list[str] | None = settings()
     energy: bool = opt(True, "Meter GPU energy through NVML where present.")
@@ -187,7 +193,13 @@ class FitRequest:
         "every setting is the default, so an exploratory fit never replaces it).",
         "--save/--no-save",
     )
-    output: Path | None = opt(None, "Write the fitted runtime model JSON here.")
+    output: Path | None = opt(
+        None,
+        "Write the fitted runtime model JSON here, and beside it the energy model "
+        "(OUTPUT.energy.json) and the model of queries sent back to back "
+        "(OUTPUT.sustained.json) where the run has them; an earlier fit's of those that this "
+        "one lacks are removed.",
+    )
     model_name: str = opt("", "Name recorded with --points.", "--model")
     store: Path | None = opt(
         None,
@@ -208,7 +220,10 @@ class EstimateRequest:
     output_tokens: str | None = opt(None, "Output lengths, e.g. 64 or 1,64.")
     energy_profile: Path | None = opt(None, "Fitted energy model JSON.")
     sustained_profile: Path | None = opt(
-        None, "Runtime model back to back (OUTPUT.sustained.json): adds runtime_sustained_s."
+        None,
+        "The runtime model of queries sent back to back that fit/profile --output OUTPUT.json "
+        "wrote as OUTPUT.sustained.json (metered profiles only; the same run as --profile): "
+        "adds runtime_sustained_s (cost_usd and energy_j stay priced at runtime_s).",
     )
     accelerator: str | None = opt(None, "Price on this hardware entry.")
     num_accelerators: int | None = opt(None, "Accelerators per query.")

@@ -35,7 +35,9 @@ def back_to_back(p: int, o: int) -> float:
     return 1.1 * t(p, o) + 0.001
 
 
-def _store(tmp: Path, sustained: bool = True, missing_one: bool = False) -> Path:
+def _store(
+    tmp: Path, sustained: bool = True, missing_one: bool = False, device: str = "cpu"
+) -> Path:
     """A run of tiny-llama on a CPU stack: grid points and 4 validation queries, each with
     its time back to back in the extra when `sustained` (but for one point's trials when
     `missing_one`)."""
@@ -55,7 +57,7 @@ def _store(tmp: Path, sustained: bool = True, missing_one: bool = False) -> Path
     queries = [measured(p, o, 0, False) for p, o in ((8, 3), (40, 6), (50, 2), (30, 7))]
     with Store(path) as db:
         run, _ = db.open_run(key="cpu", model=spec.name, spec=spec.to_dict(), stack=stack,
-                             backend="engine", backend_info={}, grid={}, device="cpu")  # fmt: skip
+                             backend="engine", backend_info={}, grid={}, device=device)  # fmt: skip
         db.record_points(run.id, points)
         db.record_points(run.id, queries, validation=True)
     return path
@@ -185,7 +187,7 @@ def test_a_sustained_profile_that_is_not_the_runtime_profiles_twin_is_refused(
     (tmp_path / "b").mkdir()
     model, other = tmp_path / "a" / "m.json", tmp_path / "b" / "m.json"
     _fit(_store(tmp_path / "a"), model)
-    _fit(_store(tmp_path / "b"), other)
+    _fit(_store(tmp_path / "b", device="another machine's cpu"), other)
     fix = "pass the OUTPUT.sustained.json that `fit --output OUTPUT.json` wrote with --profile"
     code, said = _estimate("--profile", model, "--sustained-profile", model)
     assert code == 2 and "prices queries sent alone" in said and fix in said
@@ -248,3 +250,33 @@ def test_the_profiles_own_estimates_carry_the_sustained_price(tmp_path: Path) ->
         assert row.runtime_sustained_s == pytest.approx(expected)
     alone = price_profile(models, 2048, None, None, {}, None).estimates
     assert "runtime_sustained_s" not in alone.columns
+
+
+def test_the_same_run_fitted_from_a_copied_store_pairs(tmp_path: Path) -> None:
+    """A fresh user was refused m.json with the m.sustained.json of the same store copied
+    elsewhere (the check compared store paths): a run is its id, time and device."""
+    import shutil
+
+    (tmp_path / "copy").mkdir()
+    store = _store(tmp_path)
+    _fit(store, tmp_path / "m.json")
+    _fit(shutil.copy(store, tmp_path / "copy" / "s.sqlite"), tmp_path / "copy" / "m.json")
+    twin = tmp_path / "copy" / "m.sustained.json"
+    code, said = _estimate("--profile", tmp_path / "m.json", "--sustained-profile", twin)
+    assert code == 0, said
+
+
+def test_the_sustained_model_as_both_profiles_is_refused(tmp_path: Path) -> None:
+    _fit(_store(tmp_path), tmp_path / "m.json")
+    sustained = tmp_path / "m.sustained.json"
+    code, said = _estimate("--profile", sustained, "--sustained-profile", sustained)
+    assert code == 2 and "the runtime profile given is the sustained one too" in said
+
+
+def test_a_file_fit_did_not_write_is_left_where_it_lies(tmp_path: Path) -> None:
+    """Only a model infermeter wrote is removed as an earlier fit's."""
+    mine = tmp_path / "m.sustained.json"
+    mine.write_text('{"hello": 1}')
+    said = _fit(_store(tmp_path, sustained=False), tmp_path / "m.json")
+    assert mine.read_text() == '{"hello": 1}'
+    assert "removed" not in said

@@ -487,6 +487,11 @@ def check_sustained_pair(runtime: CostModel | ModelSet, sustained: CostModel | M
     fix = "pass the OUTPUT.sustained.json that `fit --output OUTPUT.json` wrote with --profile"
     if twin.quantity != "runtime_s":
         raise UserError(f"the sustained profile given is an energy model; {fix}")
+    if is_sustained(run):
+        raise UserError(
+            "the runtime profile given is the sustained one too; pass the OUTPUT.json of "
+            "queries sent alone as --profile"
+        )
     if not is_sustained(twin):
         raise UserError(
             "the sustained profile given prices queries sent alone (it is a runtime model "
@@ -506,12 +511,12 @@ def check_sustained_pair(runtime: CostModel | ModelSet, sustained: CostModel | M
 
 
 def _run_key(model: CostModel) -> str:
-    """'run N of STORE, profiled AT' from a fit's provenance; '' where it names none."""
+    """'run N, profiled AT on DEVICE' from a fit's provenance ('' where it names none): what
+    names a profile run wherever its store lies (a copied or moved store is the same run)."""
     where = model.provenance
     if "run_id" not in where or "profiled_at" not in where:
         return ""
-    store = f" of {where['store']}" if where.get("store") else ""
-    return f"run {where['run_id']}{store}, profiled {where['profiled_at']}"
+    return f"run {where['run_id']}, profiled {where['profiled_at']} on {where.get('device')}"
 
 
 def _stack_words(stack: Mapping[str, Any]) -> str:

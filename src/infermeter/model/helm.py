@@ -144,7 +144,7 @@ def load_model_set(path: str | Path, model: str | None = None, what: str = "prof
         return models
     if not is_helm_efficiency(data):
         raise UserError(
-            f"{path} is neither an infermeter cost model nor HELM efficiency_data; "
+            f"{what} {path} is neither an infermeter cost model nor HELM efficiency_data; "
             "make one with `infermeter fit --output FILE`"
         )
     if model is None:

@@ -96,6 +96,16 @@ def fit_or_note(
         return [], str(error)
 
 
+def is_model_file(path: Path) -> bool:
+    """Whether `path` holds a cost model infermeter wrote (model.cost_model's schema); a file
+    of anything else there is not ours to remove."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("schema") in (SCHEMA, SET_SCHEMA)
+
+
 def save_fitted(
     models: list[CostModel], output: Path, sustained: list[CostModel] | None = None
 ) -> list[str]:
@@ -117,7 +127,7 @@ def save_fitted(
             if fitted:
                 save_models(fitted, path)
                 written.append(f"{what} written to {path}")
-            elif path.exists():  # an earlier fit's: it would be priced with this one
+            elif is_model_file(path):  # an earlier fit's: it would be priced with this one
                 path.unlink()
                 written.append(f"removed {path}: an earlier fit's {what}; this fit has none")
     except OSError as exc:
