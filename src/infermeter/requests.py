@@ -67,6 +67,11 @@ DTYPE = "float32, bfloat16 or float16."
 PRICE = "Override $/accelerator-hour."
 POWER = "Override rated W/accelerator."
 INTERVAL = "Power/utilisation sampling period (s)."
+FIT_OUTPUT = (
+    "Write the fitted runtime model JSON here, and beside it the energy model "
+    "(OUTPUT.energy.json) and the model of queries sent back to back (OUTPUT.sustained.json) "
+    "where the run has them; an earlier fit's of those that this one lacks are removed."
+)
 POOR_FIT = "Keep a fit that prices its own points worse than their mean (R² < 0)."
 CAPABILITIES = ("CSV/JSON of model, scenario and a score (accuracy), or HELM-style "
                 "per-scenario JSON.")  # fmt: skip
@@ -126,13 +131,7 @@ class ProfileRequest:
     num_accelerators: int = opt(1, "Accelerators the stack holds.")
     price_per_hour: float | None = opt(None, PRICE)
     power_watts: float | None = opt(None, POWER)
-    output: Path | None = opt(
-        None,
-        "Write the fitted runtime model JSON here, and beside it the energy model "
-        "(OUTPUT.energy.json) and the model of queries sent back to back "
-        "(OUTPUT.sustained.json) where the run has them; an earlier fit's of those that this "
-        "one lacks are removed.",
-    )
+    output: Path | None = opt(None, FIT_OUTPUT)
     hardware_config: Path | None = hardware_config()
     settings: list[str] | None = settings()
     energy: bool = opt(True, "Meter GPU energy through NVML where present.")
@@ -193,13 +192,7 @@ class FitRequest:
         "every setting is the default, so an exploratory fit never replaces it).",
         "--save/--no-save",
     )
-    output: Path | None = opt(
-        None,
-        "Write the fitted runtime model JSON here, and beside it the energy model "
-        "(OUTPUT.energy.json) and the model of queries sent back to back "
-        "(OUTPUT.sustained.json) where the run has them; an earlier fit's of those that this "
-        "one lacks are removed.",
-    )
+    output: Path | None = opt(None, FIT_OUTPUT)
     model_name: str = opt("", "Name recorded with --points.", "--model")
     store: Path | None = opt(
         None,
