@@ -288,8 +288,8 @@ def test_sigkill_halfway_then_resume(tmp_path: Path) -> None:
         "--prompt-sizes",
         "1,32,64",
         "--output-sizes",
-        "1,16,32,48",
-        "--trials",
+        "1,64,128,192",  # long enough that a poll starved on a loaded machine still lands
+        "--trials",  # the kill halfway: the 32 trials after the 16th take seconds
         "4",
         "--validate",
         "2",
@@ -339,7 +339,8 @@ def test_validation_is_stored_and_resumes_after_sigkill(tmp_path: Path) -> None:
     store = tmp_path / "v.sqlite"
     cmd = [
         sys.executable, "-m", "infermeter", "profile", "tiny-llama", "--device", "cpu",
-        "--prompt-sizes", "1,16", "--output-sizes", "1,4", "--trials", "2",
+        # o up to 64: the validation's longer half keeps it busy after the 6th check
+        "--prompt-sizes", "1,16", "--output-sizes", "1,64", "--trials", "2",
         "--validate", "12", "--accept-poor-fit", "--store", str(store),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
