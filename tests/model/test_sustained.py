@@ -280,3 +280,21 @@ def test_a_file_fit_did_not_write_is_left_where_it_lies(tmp_path: Path) -> None:
     said = _fit(_store(tmp_path, sustained=False), tmp_path / "m.json")
     assert mine.read_text() == '{"hello": 1}'
     assert "removed" not in said
+
+
+def test_show_gives_the_sustained_price_and_stores_nothing(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    _fit(store, tmp_path / "m.json")
+    with sqlite3.connect(store) as db:
+        before = db.execute("SELECT * FROM fits ORDER BY rowid").fetchall()
+    result = invoke("show", "--store", store)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "runtime back to back (sustained, batch 1)" in said
+    assert "validated on 4 queries never profiled: MAPE 0.00%" in said
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT * FROM fits ORDER BY rowid").fetchall() == before
+    (tmp_path / "old").mkdir()
+    without = _store(tmp_path / "old", sustained=False)
+    said = invoke("show", "--store", without).output
+    assert "back to back" not in said  # a run without the times says nothing of them

@@ -124,6 +124,8 @@ def show_run(r: rq.RunRequest) -> None:
         show(bad, f"{plural(len(bad), 'measurement')} not used in fits")
     for model in fits:
         print_fit(model)
+    for line in view.sustained_lines():
+        out(line)
     if fitted_now:
         console.print("fitted now with the default settings; not stored (run `infermeter fit`)")
 

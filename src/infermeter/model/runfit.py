@@ -355,6 +355,14 @@ class RunView:
     fits: list[CostModel]
     fitted_now: bool = False
     not_fitted: str | None = None
+    sustained: list[CostModel] = field(default_factory=list)  # fitted now, never stored
+    sustained_note: str | None = None  # why none, where the run has times back to back
+
+    def sustained_lines(self) -> list[str]:
+        """What `show` says of the run's sustained price (sustained_lines): nothing for a run
+        without times back to back."""
+        note = None if self.sustained_note == NO_SUSTAINED_TIMES else self.sustained_note
+        return sustained_lines(self.sustained, note)
 
     def header(self) -> str:
         """One line: run id, model, backend, device, status, creation time and commit."""
@@ -367,7 +375,8 @@ class RunView:
 
 def run_view(db: Store, run: int | None = None) -> RunView:
     """Run `run` of `db` (default: the latest) as `show` prints it, a profile's fits made now
-    when none is stored (a load or energy run is not fitted). UserError if unknown."""
+    when none is stored (a load or energy run is not fitted) and its sustained model, made
+    now (it is never stored). UserError if unknown."""
     run_id = run if run is not None else db.latest_run_id()
     view = RunView(db.get_run(run_id), db.points(run_id), db.latest_fits(run_id))
     if not view.fits and not view.points.empty and view.record.kind == "profile":
@@ -375,6 +384,9 @@ def run_view(db: Store, run: int | None = None) -> RunView:
             view.fits, view.fitted_now = fit_run(db, run_id), True
         except UserError as error:
             view.not_fitted = f"cannot fit it yet: {error}"
+    if view.record.kind == "profile" and not view.points.empty:
+        policy = FitPolicy(api=view.record.backend == "openai")
+        view.sustained, view.sustained_note = sustained_or_note(db, run_id, policy)
     return view
 
 
