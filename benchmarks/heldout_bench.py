@@ -408,15 +408,13 @@ def table_rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
         if "sustained" in r:
             s = r["sustained"]
             price = "sustained" if s["priced_by"] == "runtime_sustained_s" else "default"
-            said = (s.get("profile_said") or {}).get("runtime_validation_mape_pct")
+            said = s.get("profile_said") or {}
             said_text = (
-                ""
-                if said is None
-                else (
-                    f" (its validation queries said {said:.2f} / "
-                    f"{s['profile_said']['runtime_validation_max_error_pct']:.2f} / "
-                    f"{s['profile_said']['runtime_validation_bias_pct']:+.2f})"
-                )
+                f" (its validation queries said {said['runtime_validation_mape_pct']:.2f} / "
+                f"{said['runtime_validation_max_error_pct']:.2f} / "
+                f"{said['runtime_validation_bias_pct']:+.2f})"
+                if said.get("runtime_validation_mape_pct") is not None
+                else ""
             )
             rows.append((
                 f"{r['model']}: back to back (1 s into a stream of the query) vs the {price} "

@@ -42,6 +42,7 @@ from infermeter.model.cost_model import CostModel
 from infermeter.model.decode import head_length
 from infermeter.spec.model import ModelSpec
 from infermeter.store.db import RunRecord, Store, run_key
+from infermeter.store.extra import SUSTAINED_KEY
 from infermeter.units import plural
 
 # The paper's profile for a 2,048-token context (§3.4), and the default grid that replaced it
@@ -755,7 +756,7 @@ def measure_point(
         measurement.extra["energy_window_runs"] = runs
         measurement.extra.update(result.as_extra())
         if last and all(t is not None for t in last):
-            measurement.extra["sustained_runtime_s"] = min(last)
+            measurement.extra[SUSTAINED_KEY] = min(last)
         if alone:
             measurement.extra["idle_before_s"] = ISOLATION_S
     return measured

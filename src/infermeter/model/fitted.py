@@ -29,7 +29,7 @@ from infermeter.model.fit import ROUGH_R2, FitPolicy, fit_profile, validation_er
 from infermeter.spec.hardware import detect_accelerator
 from infermeter.spec.model import ModelSpec
 from infermeter.store.db import RunRecord, Store
-from infermeter.store.extra import extra_field, measured
+from infermeter.store.extra import SUSTAINED_KEY, measured, named_field
 
 API_BACKENDS = frozenset({"openai"})
 
@@ -88,16 +88,12 @@ def fit_run(store: Store, run_id: int, policy: FitPolicy | None = None) -> list[
     return models
 
 
-# A metered point's time back to back, as profile.measure_point stores it in the extra.
-SUSTAINED_KEY = "sustained_runtime_s"
-
-
 def sustained_points(points: pd.DataFrame) -> pd.DataFrame | None:
     """`points` (a store's points or validation rows) with runtime_s replaced by each trial's
     time back to back (SUSTAINED_KEY of its extra) and no energy; None when a measured row
     lacks that time (a run before c8a495e, unmetered, or an API run)."""
     ok = measured(points)
-    times = extra_field(points, SUSTAINED_KEY)
+    times = named_field(points, SUSTAINED_KEY)
     if ok.empty or times.loc[ok.index].isna().any():
         return None
     return points.assign(runtime_s=pd.to_numeric(times, errors="coerce"), energy_j=float("nan"))

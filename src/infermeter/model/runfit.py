@@ -272,9 +272,10 @@ NO_SUSTAINED_TIMES = (
 
 
 def sustained_or_note(
-    db: Store, run_id: int, policy: FitPolicy
+    db: Store, run_id: int, policy: FitPolicy | None = None
 ) -> tuple[list[CostModel], str | None]:
-    """The run's sustained runtime model(s) (fitted.fit_sustained), or none and why (its fit
+    """The run's sustained runtime model(s) (fitted.fit_sustained; `policy` None: the run's
+    default), or none and why (its fit
     is poor: the default one must not fail because its back-to-back twin does; or the run
     has no times back to back)."""
     try:
@@ -385,8 +386,7 @@ def run_view(db: Store, run: int | None = None) -> RunView:
         except UserError as error:
             view.not_fitted = f"cannot fit it yet: {error}"
     if view.record.kind == "profile" and not view.points.empty:
-        policy = FitPolicy(api=view.record.backend == "openai")
-        view.sustained, view.sustained_note = sustained_or_note(db, run_id, policy)
+        view.sustained, view.sustained_note = sustained_or_note(db, run_id)
     return view
 
 

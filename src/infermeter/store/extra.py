@@ -14,6 +14,9 @@ from typing import Any
 
 import pandas as pd
 
+# A metered point's time back to back (experiments.profile.measure_point): the sustained price.
+SUSTAINED_KEY = "sustained_runtime_s"
+
 
 def extras(points: pd.DataFrame) -> pd.Series:
     """Each row's extra fields as a dict (`parse_extra`; empty where the column is absent);
@@ -42,16 +45,21 @@ def extra_field(points: pd.DataFrame, key: str) -> pd.Series:
     return pd.Series(values, index=points.index, dtype=object)
 
 
-def is_warmup(points: pd.DataFrame) -> pd.Series:
-    """True for the rows a timed load sent during its warm-up; same index as `points`. Only
-    rows whose text names the field are parsed: an API run's rows hold every token's gap."""
-    warm = pd.Series(False, index=points.index, dtype=bool)
+def named_field(points: pd.DataFrame, key: str) -> pd.Series:
+    """extra_field, parsing only the rows whose text names `key` (an API run's rows hold every
+    token's gap: parsing them all is slow); None elsewhere; same index as `points`."""
+    values = pd.Series([None] * len(points), index=points.index, dtype=object)
     if "extra_json" not in points.columns or points.empty:
-        return warm
-    named = points["extra_json"].map(lambda text: isinstance(text, str) and '"warmup"' in text)
+        return values
+    named = points["extra_json"].map(lambda text: isinstance(text, str) and f'"{key}"' in text)
     if named.any():
-        warm[named.to_numpy()] = extra_field(points[named.to_numpy()], "warmup").eq(True).to_numpy()
-    return warm
+        values[named.to_numpy()] = extra_field(points[named.to_numpy()], key).to_numpy()
+    return values
+
+
+def is_warmup(points: pd.DataFrame) -> pd.Series:
+    """True for the rows a timed load sent during its warm-up; same index as `points`."""
+    return named_field(points, "warmup").eq(True).astype(bool)
 
 
 def without_warmup(points: pd.DataFrame) -> pd.DataFrame:
