@@ -1,0 +1,115 @@
+"""Does the decode path compute what the prefill path computes? Greedy tokens against the
+prefill's argmax, per model (issue 20: a check for any change to the decode kernels).
+
+A change to the batch-1 decode kernels (their order of loads against the PDL wait, fused
+stages) can be fast and wrong: read a buffer before the kernel that writes it has finished,
+and a decode step picks other experts or attends to stale keys. Timings cannot see that. This
+script decodes `--new` greedy tokens after a random prompt on the engine as profiles run it
+(CUDA graphs, the batch-1 decode kernels), then feeds prompt + tokens to one prefill (other
+kernels: the tensor-core GEMMs, the grouped expert GEMM, flash attention) and takes the
+argmax at each position that produced a decoded token. Both paths compute the same function
+in bfloat16 with different summation orders, so near-ties may flip a few tokens, and once a
+token differs the rest of the sequence still agrees (the prefill is teacher-forced on the
+decoded tokens). A race in the decode path shows as a low agreement, a flip of near-ties as a
+few percent at most. Each model is cut to its first --layers layers (random weights).
+
+Run (GPU): PYTHONPATH=src python benchmarks/decode_agreement.py
+           [--models qwen3-30b-a3b,gpt-oss-20b,deepseek-v2-lite] [--layers 8] [--new 64]
+CPU check (tiny specs, no CUDA graphs, the reference paths): ... --quick
+Writes docs/benchmarks/decode_agreement.json and .md with device, date and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import DOCS, write_result
+from decode_breakdown import truncated
+from infermeter.backends.engine import EngineBackend
+from infermeter.spec.catalog import get_spec
+
+GPU_MODELS = "qwen3-30b-a3b,gpt-oss-20b,deepseek-v2-lite"
+QUICK_MODELS = "tiny-qwen3-moe,tiny-gpt-oss"
+PROMPTS = 4  # random prompts per model, one sequence each (batch 1)
+
+
+def agreement(name: str, layers: int, device: str, new: int, prompt: int) -> dict[str, Any]:
+    """Per model: tokens decoded, how many the prefill's argmax agrees with, first mismatch."""
+    spec = truncated(get_spec(name), layers)
+    backend = EngineBackend(device=device, dtype="bfloat16" if device == "cuda" else None)
+    backend.prepare(spec)
+    engine = backend._engine
+    agree = total = 0
+    first_miss: list[int | None] = []
+    try:
+        for i in range(PROMPTS):
+            draw = torch.Generator().manual_seed(i)
+            tokens = torch.randint(0, spec.vocab_size, (1, prompt), generator=draw)
+            decoded = engine.generate(tokens, new, seed=i).tokens[0]
+            assert len(decoded) == new
+            full = torch.cat([tokens, torch.tensor([decoded[:-1]])], dim=1)
+            logits = engine.score(full)[0]  # [prompt + new - 1, vocab]
+            predicted = logits[prompt - 1 :].argmax(-1).tolist()
+            same = [a == b for a, b in zip(predicted, decoded, strict=True)]
+            agree += sum(same)
+            total += len(same)
+            first_miss.append(next((j for j, s in enumerate(same) if not s), None))
+        info = backend.describe()
+    finally:
+        backend.close()
+    return {
+        "model": name,
+        "spec": spec.name,
+        "tokens": total,
+        "agree": agree,
+        "agreement_pct": 100.0 * agree / total,
+        "first_mismatch_per_prompt": first_miss,
+        "backend_info": info,
+    }
+
+
+def row_text(r: dict[str, Any]) -> tuple[str, str, str]:
+    early = r["backend_info"].get("decode_gemv_early")
+    return (
+        f"{r['spec']}: greedy decode tokens the prefill's argmax agrees with",
+        f"{r['agree']} of {r['tokens']} ({r['agreement_pct']:.1f}%); CUDA graphs "
+        f"{r['backend_info'].get('cuda_graphs')}, PDL {r['backend_info'].get('decode_pdl')}, "
+        f"GEMV weights before the PDL wait {early}",
+        "-",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", default=None)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--new", type=int, default=64, help="decoded tokens per prompt")
+    parser.add_argument("--quick", action="store_true", help="CPU: tiny specs")
+    parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument("--name", default=None, help="record name (default decode_agreement)")
+    args = parser.parse_args()
+    device = "cpu" if args.quick else "cuda"
+    models = (args.models or (QUICK_MODELS if args.quick else GPU_MODELS)).split(",")
+    prompt = 480 if device == "cuda" else 24
+    new = args.new if device == "cuda" else min(args.new, 8)
+    name = args.name or "decode_agreement" + ("_quick" if args.quick else "")
+    began = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    for model in models:  # written after each model: a run cut short keeps what it measured
+        rows.append(agreement(model, args.layers, device, new, prompt))
+        print(row_text(rows[-1]), flush=True)
+        result = {"layers": args.layers, "new_tokens": new, "prompt_tokens": prompt,
+                  "models": rows, "wall_s": time.perf_counter() - began}  # fmt: skip
+        path = write_result(name, result, [row_text(r) for r in rows], args.out)
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
