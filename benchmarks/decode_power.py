@@ -18,9 +18,6 @@ Found at bde1201 (2026-12-02, an H200): the whole-rows decode GEMVs (c0a44bf on)
 LLaMA's sustained decode at the 700 W limit, where 06cfeb3's looped GEMVs drew 610-620 W
 (LLaMA-13B 8.13 ms and 5.64 J/token against 7.15 ms and 4.42 J/token).
 
-INFERMETER_GEMV_EARLY=0 in the environment runs every variant with the whole-rows GEMVs
-loading their weights after the PDL wait, as before 2026-12-04 (each row says which).
-
 Run on a GPU: python benchmarks/decode_power.py [--models llama-13b,llama-7b]
     [--modes rows,looped] [--against COMMIT] [--seconds 10] [--out DIR]
        python benchmarks/decode_power.py --merge A.json,B.json   (records made apart, as one)
@@ -83,7 +80,6 @@ def measure(model: str, seconds: float) -> dict[str, Any]:
     return {
         "model": model,
         "one_token_gemv": ran.get("one_token_gemv"),
-        "gemv_early": ran.get("decode_gemv_early"),
         "moe_batch1_gemv": ran.get("moe_batch1_gemv"),
         "burst_step_ms": burst * 1000,
         "sustained_step_ms": step_s * 1000,
@@ -135,17 +131,9 @@ def variants(modes: str, against: str | None) -> list[tuple[str, Path, str | Non
     return out
 
 
-def _early(r: dict[str, Any]) -> str:
-    """How the whole-rows GEMVs ordered their weight loads (INFERMETER_GEMV_EARLY; rows
-    recorded before the switch existed say nothing)."""
-    if r.get("gemv_early") is None:
-        return ""
-    return "; weights before the PDL wait" if r["gemv_early"] else "; weights after the PDL wait"
-
-
 def row_text(r: dict[str, Any]) -> tuple[str, str, str]:
     return (
-        f"{r['model']}, {r['tree']} ({r['tree_commit']}{_early(r)})",
+        f"{r['model']}, {r['tree']} ({r['tree_commit']})",
         f"burst {r['burst_step_ms']:.2f} ms; sustained {r['sustained_step_ms']:.2f} ms at "
         f"{r['sustained_power_w']:.0f} W, {r['j_per_token_j']:.2f} J/token, SM "
         f"{r['sm_clock_mhz']} MHz",

@@ -24,7 +24,6 @@ elements a thread (kernels.autotune: kept in Triton's cache).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -32,7 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from infermeter.engine.kernels import INTERPRETED, _grid_sync, _launch, autotune, pdl
+from infermeter.engine.kernels import INTERPRETED, _grid_sync, _launch, autotune
 
 GLU = {"swiglu": 1, "geglu": 2, "clamped_swiglu": 3}  # fused gated activations
 PER_THREAD = (8, 64)  # weight elements a thread loads: the tiles worth trying
@@ -61,34 +60,24 @@ def _glu(gate, up, ACT: tl.constexpr, limit, alpha):
 
 
 @triton.jit
-def _weights(W, expert, cols, pmask, nmask, K, stride_we, stride_wn, off, N_UP,
-             KC: tl.constexpr, ACT: tl.constexpr):  # fmt: skip
-    """Columns [off, off + KC) of the rows of W a program reads: (gate, up) tiles [P,
-    BLOCK_N, KC] in W's dtype (up is gate where ACT is 0). Issued before the PDL wait where
-    W does not depend on the previous kernel (_rows_gemv's EARLY)."""
+def _dot_rows(A, W, expert, p, cols, pmask, nmask, K, a_div, stride_am, stride_we, stride_wn,
+              off, N_UP, NormW, KC: tl.constexpr, ACT: tl.constexpr,
+              NORM: tl.constexpr):  # fmt: skip
+    """Columns [off, off + KC) of K: (gate, up) partial sums [P, BLOCK_N] in float32 (up is
+    gate where ACT is 0) and the partial sum of squares of A's rows [P]; with NORM, A is
+    multiplied by the norm's weight NormW [K] (the 1/rms scale, a scalar a row, is applied
+    to the finished sums by the caller, so no pass of its own reads the row first)."""
     kk = off + tl.arange(0, KC)
+    kmask = kk < K
     w_ptr = (
         W + expert[:, None, None] * stride_we + cols.to(tl.int64)[None, :, None] * stride_wn
         + kk[None, None, :]
     )  # fmt: skip
-    w_mask = pmask[:, None, None] & nmask[None, :, None] & (kk < K)[None, None, :]
+    w_mask = pmask[:, None, None] & nmask[None, :, None] & kmask[None, None, :]
     w = tl.load(w_ptr, mask=w_mask, other=0.0)
     w_up = w
     if ACT > 0:
         w_up = tl.load(w_ptr + N_UP * stride_wn, mask=w_mask, other=0.0)
-    return w, w_up
-
-
-@triton.jit
-def _dot_rows(A, w, w_up, p, pmask, K, a_div, stride_am, off, NormW, KC: tl.constexpr,
-              ACT: tl.constexpr, NORM: tl.constexpr):  # fmt: skip
-    """Columns [off, off + KC) of K: (gate, up) partial sums [P, BLOCK_N] in float32 of the
-    weight tiles w, w_up (_weights) against A's rows, and the partial sum of squares of A's
-    rows [P]; with NORM, A is multiplied by the norm's weight NormW [K] (the 1/rms scale, a
-    scalar a row, is applied to the finished sums by the caller, so no pass of its own reads
-    the row first)."""
-    kk = off + tl.arange(0, KC)
-    kmask = kk < K
     a_ptr = A + (p // a_div).to(tl.int64)[:, None] * stride_am + kk[None, :]
     a = tl.load(a_ptr, mask=pmask[:, None] & kmask[None, :], other=0.0).to(tl.float32)
     squares = tl.sum(a * a, 1)
@@ -99,42 +88,6 @@ def _dot_rows(A, w, w_up, p, pmask, K, a_div, stride_am, off, NormW, KC: tl.cons
     if ACT > 0:
         up = tl.sum(w_up.to(tl.float32) * a[:, None, :], 2)
     return gate, up, squares
-
-
-@triton.jit
-def _row_tiles(W, Ids, p, cols, pmask, nmask, K, stride_we, stride_wn, N,
-               HAS_IDS: tl.constexpr, SPLIT: tl.constexpr, K_WHOLE: tl.constexpr,
-               K_LOW: tl.constexpr, K_REST: tl.constexpr, ACT: tl.constexpr):  # fmt: skip
-    """The expert of each pair [P] and the weight tiles of K as one piece (K_WHOLE lanes) or,
-    with SPLIT, two (K_LOW, then K_REST; the second pair of tiles repeats the first where
-    there is one piece)."""
-    if HAS_IDS:
-        expert = tl.load(Ids + p, mask=pmask, other=0).to(tl.int64)
-    else:
-        expert = tl.zeros_like(p).to(tl.int64)
-    if SPLIT:
-        wa, ua = _weights(W, expert, cols, pmask, nmask, K, stride_we, stride_wn, 0, N, K_LOW, ACT)
-        wb, ub = wa, ua
-        if K_REST > 0:
-            wb, ub = _weights(
-                W, expert, cols, pmask, nmask, K, stride_we, stride_wn, K_LOW, N, K_REST, ACT
-            )
-    else:
-        wa, ua = _weights(
-            W, expert, cols, pmask, nmask, K, stride_we, stride_wn, 0, N, K_WHOLE, ACT
-        )
-        wb, ub = wa, ua
-    return expert, wa, ua, wb, ub
-
-
-def early(device: torch.device) -> bool:
-    """Whether the GEMVs load their weights before the PDL wait on this device: where PDL
-    launches the kernels, unless INFERMETER_GEMV_EARLY=0 (ablations). The interpreter walks
-    the early order too (PDL's wait is a no-op there), so the CPU tests check both orders'
-    arithmetic."""
-    if os.environ.get("INFERMETER_GEMV_EARLY") == "0":
-        return False
-    return INTERPRETED or pdl(device)
 
 
 def _tiles() -> list[triton.Config]:
@@ -187,7 +140,7 @@ def fits(k: int, pairs: int = 1, glu: bool = False) -> bool:
     return _per_thread(k, False, triton.next_power_of_2(pairs), glu, 1, MAX_WARPS) <= PER_THREAD[1]
 
 
-@autotune(_tiles(), key=["N", "K", "P", "SUM", "HAS_IDS", "ACT", "EARLY"], prune=_fitting)
+@autotune(_tiles(), key=["N", "K", "P", "SUM", "HAS_IDS", "ACT"], prune=_fitting)
 @triton.jit
 def _rows_gemv(
     A, W, Bias, Scale, Res, Out, Ids, NormW,
@@ -195,41 +148,36 @@ def _rows_gemv(
     stride_am, stride_we, stride_wn, stride_be, stride_rm, stride_om,
     P: tl.constexpr, SUM: tl.constexpr, HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_RES: tl.constexpr, NORM: tl.constexpr, PDL: tl.constexpr,
-    EARLY: tl.constexpr,
     K_WHOLE: tl.constexpr, K_LOW: tl.constexpr, K_REST: tl.constexpr, ACT: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
 ):  # fmt: skip
+    _grid_sync(PDL)
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # axis 0: up to 2^31 - 1 blocks
     p = tl.program_id(1) * P + tl.arange(0, P)
     pmask = p < pairs
     nmask = cols < N
-    if EARLY:  # the weights' loads in flight while the previous kernel drains
-        expert, wa, ua, wb, ub = _row_tiles(
-            W, Ids, p, cols, pmask, nmask, K, stride_we, stride_wn, N, HAS_IDS, SPLIT, K_WHOLE,
-            K_LOW, K_REST, ACT,
-        )  # fmt: skip
-        _grid_sync(PDL)
+    if HAS_IDS:
+        expert = tl.load(Ids + p, mask=pmask, other=0).to(tl.int64)
     else:
-        _grid_sync(PDL)
-        expert, wa, ua, wb, ub = _row_tiles(
-            W, Ids, p, cols, pmask, nmask, K, stride_we, stride_wn, N, HAS_IDS, SPLIT, K_WHOLE,
-            K_LOW, K_REST, ACT,
-        )  # fmt: skip
+        expert = tl.zeros([P], dtype=tl.int64)
     if SPLIT:
         gate, up, squares = _dot_rows(
-            A, wa, ua, p, pmask, K, a_div, stride_am, 0, NormW, K_LOW, ACT, NORM
-        )
+            A, W, expert, p, cols, pmask, nmask, K, a_div, stride_am, stride_we, stride_wn,
+            0, N, NormW, K_LOW, ACT, NORM,
+        )  # fmt: skip
         if K_REST > 0:
             gate_b, up_b, squares_b = _dot_rows(
-                A, wb, ub, p, pmask, K, a_div, stride_am, K_LOW, NormW, K_REST, ACT, NORM
-            )
+                A, W, expert, p, cols, pmask, nmask, K, a_div, stride_am, stride_we, stride_wn,
+                K_LOW, N, NormW, K_REST, ACT, NORM,
+            )  # fmt: skip
             gate += gate_b
             up += up_b
             squares += squares_b
     else:
         gate, up, squares = _dot_rows(
-            A, wa, ua, p, pmask, K, a_div, stride_am, 0, NormW, K_WHOLE, ACT, NORM
-        )
+            A, W, expert, p, cols, pmask, nmask, K, a_div, stride_am, stride_we, stride_wn,
+            0, N, NormW, K_WHOLE, ACT, NORM,
+        )  # fmt: skip
     if NORM:  # RMSNorm: (a / rms(a) · weight)·w = (a · weight)·w / rms(a)
         inv = tl.rsqrt(squares / K + eps)[:, None]
         gate *= inv
@@ -272,7 +220,6 @@ def rows_gemv(
     alpha: float = 1.702,
     norm: tuple[Tensor, float] | None = None,
     tile: dict[str, Any] | None = None,
-    ids_ready: bool = False,
 ) -> Tensor:
     """One token's GEMVs, in a's dtype.
 
@@ -283,11 +230,6 @@ def rows_gemv(
     RMSNorm-ed as they are loaded (in float32; the pre-norm of a decoder block, so that no
     kernel of its own writes them first). `tile` ({"BLOCK_N", "SPLIT", "num_warps"})
     runs that tile untuned (self-checks, sweeps); else the autotuned one.
-
-    Under PDL (kernels.pdl) the weights are loaded before the wait on the previous kernel
-    (early(): the weights are parameters no kernel writes), so they stream while that kernel
-    drains; with `ids` only where `ids_ready` says they were written by a kernel before the
-    previous one (the expert down GEMV: route_align, then the gate/up GEMV, then it).
 
     Raises ValueError where a and w are not contiguous along K, or where the row does not
     fit (see fits()): callers take the looped kernels there.
@@ -318,7 +260,6 @@ def rows_gemv(
         P=p_block, SUM=total, HAS_IDS=experts, HAS_BIAS=bias is not None,
         HAS_SCALE=scale is not None, HAS_RES=residual is not None, NORM=norm is not None,
         K_WHOLE=k_pieces(k, False)[0], K_LOW=k_pieces(k, True)[0], K_REST=k_pieces(k, True)[1],
-        ACT=GLU[act] if act else 0, EARLY=early(a.device) and (ids_ready or not experts),
-        **_launch(a.device), **options,
+        ACT=GLU[act] if act else 0, **_launch(a.device), **options,
     )  # fmt: skip
     return out

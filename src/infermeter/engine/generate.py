@@ -613,14 +613,6 @@ class Engine:
                 moe.record = False
         return [int(torch.unique(moe.last_ids).numel()) for moe in moes]
 
-    def _gemv_early(self) -> bool:
-        """Whether the whole-rows GEMVs load their weights before the PDL wait here."""
-        if self.attention != "triton" and self.moe_path != "triton":
-            return False
-        from infermeter.engine import gemv_kernels  # CUDA kernels: imported where they run
-
-        return gemv_kernels.early(self.device)
-
     def describe(self) -> dict[str, Any]:
         """What a run records about the engine: torch version, device, dtype, TP size, CUDA
         graphs (decode and prefill, with why not), sampling, the decode attention
@@ -644,7 +636,6 @@ class Engine:
             "top_p": self.top_p if self.sampling == "top_p" else None,
             "decode_attention": self.attention,
             "decode_pdl": self.attention == "triton" and self.model.kernels.pdl(self.device),
-            "decode_gemv_early": cuda and self._gemv_early(),
             "one_token_gemv": (
                 ("rows" if self.model.kernels.ONE_TOKEN_ROWS else "looped")
                 if self.attention == "triton"

@@ -183,13 +183,12 @@ class MoELayer(nn.Module):
             )  # fmt: skip
         else:
             y = self._act(k.expert_gemv(x, self.w13, ids, topk, self.b13, norm=pre), 0)
-        bias, scale = (self.b2 if self.lead else None), weights.reshape(-1)
-        # route_align wrote ids before the first GEMV: the second may load its experts early
+        bias = self.b2 if self.lead else None
         if self.gemv == "sum":
             return k.expert_gemv(
-                y, self.w2, ids, 1, bias, scale, total=True, residual=residual, ids_ready=True
+                y, self.w2, ids, 1, bias, weights.reshape(-1), total=True, residual=residual
             )
-        y = k.expert_gemv(y, self.w2, ids, 1, bias, scale, ids_ready=True).sum(0, keepdim=True)
+        y = k.expert_gemv(y, self.w2, ids, 1, bias, weights.reshape(-1)).sum(0, keepdim=True)
         return y if residual is None else y + residual
 
     def _fused(self, tokens: int) -> bool:
