@@ -40,12 +40,19 @@ QUICK_MODELS = "tiny-qwen3-moe,tiny-gpt-oss"
 PROMPTS = 4  # random prompts per model, one sequence each (batch 1)
 
 
-def agreement(name: str, layers: int, device: str, new: int, prompt: int) -> dict[str, Any]:
-    """Per model: tokens decoded, how many the prefill's argmax agrees with, first mismatch."""
+def agreement(
+    name: str, layers: int, device: str, new: int, prompt: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Per model: tokens decoded, how many the prefill's argmax agrees with, first mismatch.
+    args.eager: no CUDA graphs; args.attention "sdpa": the decode step on torch's attention
+    and the MoE layers' grouped GEMM (the engine's reference decode), not the decode kernels."""
     spec = truncated(get_spec(name), layers)
-    backend = EngineBackend(device=device, dtype="bfloat16" if device == "cuda" else None)
+    dtype = "bfloat16" if device == "cuda" else None
+    backend = EngineBackend(device=device, dtype=dtype, cuda_graphs=not args.eager)
     backend.prepare(spec)
     engine = backend._engine
+    if args.attention == "sdpa":
+        engine.attention = "sdpa"  # before the first generate(): its graphs capture this path
     agree = total = 0
     first_miss: list[int | None] = []
     try:
@@ -71,17 +78,21 @@ def agreement(name: str, layers: int, device: str, new: int, prompt: int) -> dic
         "agree": agree,
         "agreement_pct": 100.0 * agree / total,
         "first_mismatch_per_prompt": first_miss,
+        "prompt_tokens": prompt,
+        "new_tokens": new,
+        "decode_path": engine.attention,
         "backend_info": info,
     }
 
 
 def row_text(r: dict[str, Any]) -> tuple[str, str, str]:
-    early = r["backend_info"].get("decode_gemv_early")
+    info = r["backend_info"]
     return (
-        f"{r['spec']}: greedy decode tokens the prefill's argmax agrees with",
-        f"{r['agree']} of {r['tokens']} ({r['agreement_pct']:.1f}%); CUDA graphs "
-        f"{r['backend_info'].get('cuda_graphs')}, PDL {r['backend_info'].get('decode_pdl')}, "
-        f"GEMV weights before the PDL wait {early}",
+        f"{r['spec']}, p = {r['prompt_tokens']}, o = {r['new_tokens']}: greedy decode tokens "
+        "the prefill's argmax agrees with",
+        f"{r['agree']} of {r['tokens']} ({r['agreement_pct']:.1f}%); decode path "
+        f"{r['decode_path']}, CUDA graphs {info.get('cuda_graphs')}, PDL "
+        f"{info.get('decode_pdl')}, batch-1 experts {info.get('moe_batch1_gemv')}",
         "-",
     )
 
@@ -91,19 +102,25 @@ def main() -> None:
     parser.add_argument("--models", default=None)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--new", type=int, default=64, help="decoded tokens per prompt")
+    parser.add_argument("--prompt", type=int, default=None, help="prompt tokens (GPU 480)")
+    parser.add_argument("--eager", action="store_true", help="no CUDA graphs")
+    parser.add_argument(
+        "--attention", choices=("auto", "sdpa"), default="auto",
+        help="sdpa: decode on torch's attention (the reference decode), not the kernels",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="CPU: tiny specs")
     parser.add_argument("--out", type=Path, default=DOCS)
     parser.add_argument("--name", default=None, help="record name (default decode_agreement)")
     args = parser.parse_args()
     device = "cpu" if args.quick else "cuda"
     models = (args.models or (QUICK_MODELS if args.quick else GPU_MODELS)).split(",")
-    prompt = 480 if device == "cuda" else 24
+    prompt = args.prompt or (480 if device == "cuda" else 24)
     new = args.new if device == "cuda" else min(args.new, 8)
     name = args.name or "decode_agreement" + ("_quick" if args.quick else "")
     began = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for model in models:  # written after each model: a run cut short keeps what it measured
-        rows.append(agreement(model, args.layers, device, new, prompt))
+        rows.append(agreement(model, args.layers, device, new, prompt, args))
         print(row_text(rows[-1]), flush=True)
         result = {"layers": args.layers, "new_tokens": new, "prompt_tokens": prompt,
                   "models": rows, "wall_s": time.perf_counter() - began}  # fmt: skip
