@@ -45,25 +45,52 @@ def _relative(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want.float()).norm() / want.float().norm())
 
 
+def _routing(moes: list[Any]) -> list[torch.Tensor]:
+    """Each MoE layer's expert choices of its last forward, sorted per token [T, k]."""
+    return [moe.last_ids.sort(-1).values.cpu() for moe in moes]
+
+
+def _flipped(moes: list[Any], chosen: list[torch.Tensor], row: int, position: int) -> bool:
+    """Whether any MoE layer's last forward chose, at its `row`, other experts than the
+    prefill chose at `position`."""
+    now = _routing(moes)
+    return any(not torch.equal(r[row], c[position]) for r, c in zip(now, chosen, strict=True))
+
+
 @torch.inference_mode()
-def teacher_forced(engine: Any, tokens: torch.Tensor, decoded: list[int]) -> list[float]:
-    """Relative error ‖decode − prefill‖ / ‖prefill‖ of the logits at each decoded position:
-    the prompt prefilled, then decoded[j] fed one step at a time through the decode step's
-    own modules and kernels (eager: the graphs replay the same kernels), each step's logits
-    against one prefill of prompt + decoded[:-1] (engine.score). Both see the same tokens, so
-    this measures the arithmetic alone, where the argmax only says whether a near-tie flipped.
-    """
+def teacher_forced(
+    engine: Any, tokens: torch.Tensor, decoded: list[int]
+) -> list[tuple[float, bool]]:
+    """Per decoded position: the relative error ‖decode − prefill‖ / ‖prefill‖ of the logits,
+    and whether any MoE layer chose other experts there than the prefill did. The prompt is
+    prefilled, then decoded[j] fed one step at a time through the decode step's own modules
+    and kernels (eager: the graphs replay the same kernels), each step's logits against one
+    prefill of prompt + decoded[:-1] (engine.score). Both see the same tokens, so this
+    measures the arithmetic alone. A MoE router's top-k is discontinuous: where two experts'
+    scores are within rounding, the paths' different summation orders may pick different
+    experts and the logits jump, which is rounding, not a wrong kernel; the steps whose
+    routing agrees in every layer show the arithmetic itself."""
     p, n, device = tokens.shape[1], len(decoded), engine.device
-    reference = engine.score(torch.cat([tokens, torch.tensor([decoded[:-1]])], dim=1))[0]
-    engine._ensure_state(1, p + n + 1)
     model = engine.model
-    errors = [_relative(engine._prefill_logits(tokens.to(device), None)[0], reference[p - 1])]
-    for j in range(n - 1):
-        pos = torch.full((1,), p + j, device=device, dtype=torch.long)
-        ctx = model.decode_context(pos, engine._span(p + j), engine.attention)
-        x = model(torch.tensor([[decoded[j]]], device=device), ctx)
-        errors.append(_relative(model.logits(x, ctx.fast)[0], reference[p + j]))
-    return errors
+    moes = [blk.moe for blk in model.layers if blk.moe is not None]
+    for moe in moes:
+        moe.record = True
+    try:
+        reference = engine.score(torch.cat([tokens, torch.tensor([decoded[:-1]])], dim=1))[0]
+        chosen = _routing(moes)  # [p + n - 1, k] per layer
+        engine._ensure_state(1, p + n + 1)
+        logits = engine._prefill_logits(tokens.to(device), None)[0]
+        out = [(_relative(logits, reference[p - 1]), _flipped(moes, chosen, -1, p - 1))]
+        for j in range(n - 1):
+            pos = torch.full((1,), p + j, device=device, dtype=torch.long)
+            ctx = model.decode_context(pos, engine._span(p + j), engine.attention)
+            x = model(torch.tensor([[decoded[j]]], device=device), ctx)
+            error = _relative(model.logits(x, ctx.fast)[0], reference[p + j])
+            out.append((error, _flipped(moes, chosen, 0, p + j)))
+    finally:
+        for moe in moes:
+            moe.record = False
+    return out
 
 
 def agreement(
@@ -81,7 +108,7 @@ def agreement(
         engine.attention = "sdpa"  # before the first generate(): its graphs capture this path
     agree = total = 0
     first_miss: list[int | None] = []
-    errors: list[float] = []
+    errors: list[tuple[float, bool]] = []
     try:
         for i in range(PROMPTS):
             draw = torch.Generator().manual_seed(i)
@@ -97,6 +124,8 @@ def agreement(
             first_miss.append(next((j for j, s in enumerate(same) if not s), None))
             errors += teacher_forced(engine, tokens, decoded)
         info = backend.describe()
+        same_routing = [e for e, flip in errors if not flip]
+        apart = [e for e, flip in errors if flip]
     finally:
         backend.close()
     return {
@@ -106,13 +135,30 @@ def agreement(
         "agree": agree,
         "agreement_pct": 100.0 * agree / total,
         "first_mismatch_per_prompt": first_miss,
-        "logits_rel_error_median": statistics.median(errors),
-        "logits_rel_error_max": max(errors),
+        "logits_rel_error_median": statistics.median(e for e, _ in errors),
+        "logits_rel_error_max": max(e for e, _ in errors),
+        "steps_routed_alike": len(same_routing),
+        "routed_alike_rel_error_median": statistics.median(same_routing) if same_routing else None,
+        "routed_alike_rel_error_max": max(same_routing) if same_routing else None,
+        "routed_apart_rel_error_median": statistics.median(apart) if apart else None,
         "prompt_tokens": prompt,
         "new_tokens": new,
         "decode_path": engine.attention,
         "backend_info": info,
     }
+
+
+def _alike(r: dict[str, Any]) -> str:
+    """The error split by whether every MoE layer routed as the prefill did (MoE only)."""
+    if "routed_alike_rel_error_max" not in r or r["backend_info"].get("moe_experts") is None:
+        return ""
+    text = f"; routed alike in {r['steps_routed_alike']} of {r['tokens']} steps"
+    if r["routed_alike_rel_error_max"] is not None:
+        text += (f": {r['routed_alike_rel_error_median']:.2%} (median), "
+                 f"{r['routed_alike_rel_error_max']:.2%} (max)")  # fmt: skip
+    if r["routed_apart_rel_error_median"] is not None:
+        text += f", the others {r['routed_apart_rel_error_median']:.2%} (median)"
+    return text
 
 
 def row_text(r: dict[str, Any]) -> tuple[str, str, str]:
@@ -122,7 +168,7 @@ def row_text(r: dict[str, Any]) -> tuple[str, str, str]:
         "the prefill's argmax agrees with",
         f"{r['agree']} of {r['tokens']} ({r['agreement_pct']:.1f}%); teacher-forced logits "
         f"off the prefill's by {r['logits_rel_error_median']:.2%} (median), "
-        f"{r['logits_rel_error_max']:.2%} (max); decode path "
+        f"{r['logits_rel_error_max']:.2%} (max){_alike(r)}; decode path "
         f"{r['decode_path']}, CUDA graphs {info.get('cuda_graphs')}, PDL "
         f"{info.get('decode_pdl')}, batch-1 experts {info.get('moe_batch1_gemv')}",
         "-",
