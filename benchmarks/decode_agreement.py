@@ -38,7 +38,11 @@ from infermeter.spec.catalog import get_spec
 
 GPU_MODELS = "qwen3-30b-a3b,gpt-oss-20b,deepseek-v2-lite"
 QUICK_MODELS = "tiny-qwen3-moe,tiny-gpt-oss"
-PROMPTS = 4  # random prompts per model, one sequence each (batch 1)
+PROMPTS = 4  # random prompts per model, one sequence each (batch 1): --prompts
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def _relative(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -109,8 +113,9 @@ def agreement(
     agree = total = 0
     first_miss: list[int | None] = []
     errors: list[tuple[float, bool]] = []
+    first_steps: list[tuple[float, bool]] = []
     try:
-        for i in range(PROMPTS):
+        for i in range(args.prompts):
             draw = torch.Generator().manual_seed(i)
             tokens = torch.randint(0, spec.vocab_size, (1, prompt), generator=draw)
             decoded = engine.generate(tokens, new, seed=i).tokens[0]
@@ -122,9 +127,12 @@ def agreement(
             agree += sum(same)
             total += len(same)
             first_miss.append(next((j for j, s in enumerate(same) if not s), None))
-            errors += teacher_forced(engine, tokens, decoded)
+            steps = teacher_forced(engine, tokens, decoded)
+            errors += steps
+            first_steps.append(steps[1])  # the first decode step: its cache is the prefill's
         info = backend.describe()
         same_routing = [e for e, flip in errors if not flip]
+        first_alike = [e for e, flip in first_steps if not flip]
         apart = [e for e, flip in errors if flip]
     finally:
         backend.close()
@@ -138,9 +146,13 @@ def agreement(
         "logits_rel_error_median": statistics.median(e for e, _ in errors),
         "logits_rel_error_max": max(e for e, _ in errors),
         "steps_routed_alike": len(same_routing),
-        "routed_alike_rel_error_median": statistics.median(same_routing) if same_routing else None,
-        "routed_alike_rel_error_max": max(same_routing) if same_routing else None,
-        "routed_apart_rel_error_median": statistics.median(apart) if apart else None,
+        "routed_alike_rel_error_median": _median(same_routing),
+        "routed_alike_rel_error_max": max(same_routing, default=None),
+        "routed_apart_rel_error_median": _median(apart),
+        "first_steps": len(first_steps),
+        "first_steps_routed_alike": len(first_alike),
+        "first_step_alike_rel_error_median": _median(first_alike),
+        "first_step_alike_rel_error_max": max(first_alike, default=None),
         "prompt_tokens": prompt,
         "new_tokens": new,
         "decode_path": engine.attention,
@@ -158,6 +170,11 @@ def _alike(r: dict[str, Any]) -> str:
                  f"{r['routed_alike_rel_error_max']:.2%} (max)")  # fmt: skip
     if r["routed_apart_rel_error_median"] is not None:
         text += f", the others {r['routed_apart_rel_error_median']:.2%} (median)"
+    if r.get("first_step_alike_rel_error_max") is not None:
+        text += (f"; first decode steps (a cache the prefill wrote) routed alike "
+                 f"{r['first_steps_routed_alike']} of {r['first_steps']}: "
+                 f"{r['first_step_alike_rel_error_median']:.2%} (median), "
+                 f"{r['first_step_alike_rel_error_max']:.2%} (max)")  # fmt: skip
     return text
 
 
@@ -180,6 +197,7 @@ def main() -> None:
     parser.add_argument("--models", default=None)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--new", type=int, default=64, help="decoded tokens per prompt")
+    parser.add_argument("--prompts", type=int, default=PROMPTS, help="random prompts a model")
     parser.add_argument("--prompt", type=int, default=None, help="prompt tokens (GPU 480)")
     parser.add_argument("--eager", action="store_true", help="no CUDA graphs")
     parser.add_argument(
@@ -193,7 +211,7 @@ def main() -> None:
     device = "cpu" if args.quick else "cuda"
     models = (args.models or (QUICK_MODELS if args.quick else GPU_MODELS)).split(",")
     prompt = args.prompt or (480 if device == "cuda" else 24)
-    new = args.new if device == "cuda" else min(args.new, 8)
+    new = max(2, args.new if device == "cuda" else min(args.new, 8))
     name = args.name or "decode_agreement" + ("_quick" if args.quick else "")
     began = time.perf_counter()
     rows: list[dict[str, Any]] = []
