@@ -1,21 +1,36 @@
-"""Does the decode path compute what the prefill path computes? Greedy tokens against the
-prefill's argmax, per model (issue 20: a check for any change to the decode kernels).
+"""Does the decode path compute what the prefill path computes? Per model, each decode
+step's logits against one prefill of the same tokens (issue 20: a check for any change to the
+decode kernels).
 
 A change to the batch-1 decode kernels (their order of loads against the PDL wait, fused
 stages) can be fast and wrong: read a buffer before the kernel that writes it has finished,
-and a decode step picks other experts or attends to stale keys. Timings cannot see that. This
-script decodes `--new` greedy tokens after a random prompt on the engine as profiles run it
-(CUDA graphs, the batch-1 decode kernels), then feeds prompt + tokens to one prefill (other
-kernels: the tensor-core GEMMs, the grouped expert GEMM, flash attention) and takes the
-argmax at each position that produced a decoded token. Both paths compute the same function
-in bfloat16 with different summation orders, so near-ties may flip a few tokens, and once a
-token differs the rest of the sequence still agrees (the prefill is teacher-forced on the
-decoded tokens). A race in the decode path shows as a low agreement, a flip of near-ties as a
-few percent at most. Each model is cut to its first --layers layers (random weights).
+and a decode step picks other experts or attends to stale keys. Timings cannot see that. Per
+random prompt (--prompts of --prompt tokens), this script:
+
+1. decodes --new greedy tokens on the engine as profiles run it (CUDA graphs, the batch-1
+   decode kernels), and counts the decode steps' tokens that the argmax of one prefill of
+   prompt + tokens agrees with (the first token comes from the prefill: left out);
+2. teacher-forces: the prompt prefilled, every cache slot past it zeroed (so a step that
+   reads its key before writing it reads zeros, not the reference prefill's own keys), then
+   each decoded token fed through the decode step, captured as a CUDA graph and replayed as
+   the engine replays its steps (eager on a CPU); each step's logits against the prefill's
+   at that position: the relative error ‖decode − prefill‖ / ‖prefill‖.
+
+Both paths compute the same function in bfloat16 with different summation orders (the
+prefill: tensor-core GEMMs, the grouped expert GEMM, flash attention), so the error is never
+zero on a GPU. A MoE router's top-k is discontinuous: where two experts' scores tie within
+rounding the paths may pick different experts and the logits jump by tens of percent, which
+is rounding, not a wrong kernel. So the error is split by whether every MoE layer routed the
+step as the prefill did, and the first decode step (its cache holds only the prefill's keys,
+so earlier steps' flips cannot carry into it) is reported apart. For scale, the same numbers
+for the prefill's last prompt token against the reference prefill (the same kernels over two
+lengths) are the floor. A fault that changes a router's input would also show as routing
+flips; compare their rate with the floor's. There is no pass mark: the record says what the
+numbers were. Each model is cut to its first --layers layers (random weights).
 
 Run (GPU): PYTHONPATH=src python benchmarks/decode_agreement.py
            [--models qwen3-30b-a3b,gpt-oss-20b,deepseek-v2-lite] [--layers 8] [--new 64]
-CPU check (tiny specs, no CUDA graphs, the reference paths): ... --quick
+CPU check (tiny specs, float32, no CUDA graphs, the engine's torch paths): ... --quick
 Writes docs/benchmarks/decode_agreement.json and .md with device, date and commit.
 """
 
@@ -34,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import DOCS, write_result
 from decode_breakdown import truncated
 from infermeter.backends.engine import EngineBackend
+from infermeter.errors import UserError
 from infermeter.spec.catalog import get_spec
 
 GPU_MODELS = "qwen3-30b-a3b,gpt-oss-20b,deepseek-v2-lite"
@@ -61,48 +77,98 @@ def _flipped(moes: list[Any], chosen: list[torch.Tensor], row: int, position: in
     return any(not torch.equal(r[row], c[position]) for r, c in zip(now, chosen, strict=True))
 
 
+def _clear_past(model: Any, p: int) -> None:
+    """Zero every cache slot from position p on, in each layer whose cache is longer than p
+    (a window's ring shorter than p holds only the prompt's keys)."""
+    caches = model.cache if isinstance(model.cache, list) else list(model.cache)
+    for cache in caches:
+        if cache.shape[1] > p:
+            cache[:, p:] = 0
+
+
+class _Step:
+    """One decode step of (token, position) -> float32 logits [vocab], as the engine runs it:
+    a CUDA graph per attention span, replayed, where the engine uses graphs; else eager."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.token = torch.zeros((1, 1), device=engine.device, dtype=torch.long)
+        self.pos = torch.zeros((1,), device=engine.device, dtype=torch.long)
+        self.graphs: dict[int, tuple[Any, torch.Tensor]] = {}
+
+    def _body(self, span: int) -> torch.Tensor:
+        model = self.engine.model
+        ctx = model.decode_context(self.pos, span, self.engine.attention)
+        return model.logits(model(self.token, ctx), ctx.fast)[0]
+
+    def __call__(self, token: int, position: int) -> torch.Tensor:
+        self.token.fill_(token)
+        self.pos.fill_(position)
+        span = self.engine._span(position)
+        if not self.engine.graphs:
+            return self._body(span)
+        if span not in self.graphs:  # the capture's eager run performs this step once
+            self.graphs[span] = self.engine._capture(lambda: self._body(span))
+        graph, out = self.graphs[span]
+        graph.replay()
+        return out
+
+
 @torch.inference_mode()
 def teacher_forced(
     engine: Any, tokens: torch.Tensor, decoded: list[int]
-) -> list[tuple[float, bool]]:
-    """Per decoded position: the relative error ‖decode − prefill‖ / ‖prefill‖ of the logits,
-    and whether any MoE layer chose other experts there than the prefill did. The prompt is
-    prefilled, then decoded[j] fed one step at a time through the decode step's own modules
-    and kernels (eager: the graphs replay the same kernels), each step's logits against one
-    prefill of prompt + decoded[:-1] (engine.score). Both see the same tokens, so this
-    measures the arithmetic alone. A MoE router's top-k is discontinuous: where two experts'
-    scores are within rounding, the paths' different summation orders may pick different
-    experts and the logits jump, which is rounding, not a wrong kernel; the steps whose
-    routing agrees in every layer show the arithmetic itself."""
+) -> tuple[tuple[float, bool], list[tuple[float, bool]]]:
+    """(floor, steps). Each is (relative logits error, whether any MoE layer chose other
+    experts than the reference prefill at that position). floor: the prompt's prefill
+    against the reference prefill of prompt + decoded[:-1] (engine.score) at the last prompt
+    position; steps: decoded[j] fed at position p + j through the decode step (_Step), after
+    the prompt's prefill and _clear_past, against the reference at p + j. The first step's
+    cache holds the prompt prefill's keys only."""
     p, n, device = tokens.shape[1], len(decoded), engine.device
     model = engine.model
     moes = [blk.moe for blk in model.layers if blk.moe is not None]
     for moe in moes:
         moe.record = True
     try:
+        engine._ensure_state(1, p + n + 1)  # before score(): no reallocation after it
         reference = engine.score(torch.cat([tokens, torch.tensor([decoded[:-1]])], dim=1))[0]
         chosen = _routing(moes)  # [p + n - 1, k] per layer
-        engine._ensure_state(1, p + n + 1)
         logits = engine._prefill_logits(tokens.to(device), None)[0]
-        out = [(_relative(logits, reference[p - 1]), _flipped(moes, chosen, -1, p - 1))]
+        floor = (_relative(logits, reference[p - 1]), _flipped(moes, chosen, -1, p - 1))
+        _clear_past(model, p)
+        step = _Step(engine)
+        steps = []
         for j in range(n - 1):
-            pos = torch.full((1,), p + j, device=device, dtype=torch.long)
-            ctx = model.decode_context(pos, engine._span(p + j), engine.attention)
-            x = model(torch.tensor([[decoded[j]]], device=device), ctx)
-            error = _relative(model.logits(x, ctx.fast)[0], reference[p + j])
-            out.append((error, _flipped(moes, chosen, 0, p + j)))
+            error = _relative(step(decoded[j], p + j), reference[p + j])
+            steps.append((error, _flipped(moes, chosen, 0, p + j)))
+        del step
     finally:
         for moe in moes:
             moe.record = False
-    return out
+    return floor, steps
+
+
+def _errors(pairs: list[tuple[float, bool]], prefix: str) -> dict[str, Any]:
+    """Median and max error of `pairs`, of those routed alike and of those routed apart."""
+    alike = [e for e, flip in pairs if not flip]
+    apart = [e for e, flip in pairs if flip]
+    return {
+        f"{prefix}": len(pairs),
+        f"{prefix}_rel_error_median": _median([e for e, _ in pairs]),
+        f"{prefix}_rel_error_max": max((e for e, _ in pairs), default=None),
+        f"{prefix}_routed_alike": len(alike),
+        f"{prefix}_alike_rel_error_median": _median(alike),
+        f"{prefix}_alike_rel_error_max": max(alike, default=None),
+        f"{prefix}_apart_rel_error_median": _median(apart),
+    }
 
 
 def agreement(
     name: str, layers: int, device: str, new: int, prompt: int, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Per model: tokens decoded, how many the prefill's argmax agrees with, first mismatch.
-    args.eager: no CUDA graphs; args.attention "sdpa": the decode step on torch's attention
-    and the MoE layers' grouped GEMM (the engine's reference decode), not the decode kernels."""
+    """One model's row: the decode steps' greedy agreement and the teacher-forced errors.
+    args.eager: no CUDA graphs; args.attention "sdpa": the decode step's attention and dense
+    layers on torch's ops instead of the Triton decode kernels (MoE layers keep theirs)."""
     spec = truncated(get_spec(name), layers)
     dtype = "bfloat16" if device == "cuda" else None
     backend = EngineBackend(device=device, dtype=dtype, cuda_graphs=not args.eager)
@@ -110,10 +176,10 @@ def agreement(
     engine = backend._engine
     if args.attention == "sdpa":
         engine.attention = "sdpa"  # before the first generate(): its graphs capture this path
-    agree = total = 0
-    first_miss: list[int | None] = []
-    errors: list[tuple[float, bool]] = []
-    first_steps: list[tuple[float, bool]] = []
+    agree = total = prefill_token_agrees = 0
+    floors: list[tuple[float, bool]] = []
+    steps: list[tuple[float, bool]] = []
+    firsts: list[tuple[float, bool]] = []
     try:
         for i in range(args.prompts):
             draw = torch.Generator().manual_seed(i)
@@ -121,103 +187,110 @@ def agreement(
             decoded = engine.generate(tokens, new, seed=i).tokens[0]
             assert len(decoded) == new
             full = torch.cat([tokens, torch.tensor([decoded[:-1]])], dim=1)
-            logits = engine.score(full)[0]  # [prompt + new - 1, vocab]
-            predicted = logits[prompt - 1 :].argmax(-1).tolist()
-            same = [a == b for a, b in zip(predicted, decoded, strict=True)]
-            agree += sum(same)
-            total += len(same)
-            first_miss.append(next((j for j, s in enumerate(same) if not s), None))
-            steps = teacher_forced(engine, tokens, decoded)
-            errors += steps
-            first_steps.append(steps[1])  # the first decode step: its cache is the prefill's
-        info = backend.describe()
-        same_routing = [e for e, flip in errors if not flip]
-        first_alike = [e for e, flip in first_steps if not flip]
-        apart = [e for e, flip in errors if flip]
+            predicted = engine.score(full)[0][prompt - 1 :].argmax(-1).tolist()
+            prefill_token_agrees += predicted[0] == decoded[0]
+            agree += sum(a == b for a, b in zip(predicted[1:], decoded[1:], strict=True))
+            total += new - 1
+            floor, forced = teacher_forced(engine, tokens, decoded)
+            floors.append(floor)
+            steps += forced
+            firsts.append(forced[0])
+        info = engine.describe()  # after any switch above (the backend's is from prepare())
     finally:
         backend.close()
     return {
         "model": name,
         "spec": spec.name,
-        "tokens": total,
-        "agree": agree,
-        "agreement_pct": 100.0 * agree / total,
-        "first_mismatch_per_prompt": first_miss,
-        "logits_rel_error_median": statistics.median(e for e, _ in errors),
-        "logits_rel_error_max": max(e for e, _ in errors),
-        "steps_routed_alike": len(same_routing),
-        "routed_alike_rel_error_median": _median(same_routing),
-        "routed_alike_rel_error_max": max(same_routing, default=None),
-        "routed_apart_rel_error_median": _median(apart),
-        "first_steps": len(first_steps),
-        "first_steps_routed_alike": len(first_alike),
-        "first_step_alike_rel_error_median": _median(first_alike),
-        "first_step_alike_rel_error_max": max(first_alike, default=None),
+        "prompts": args.prompts,
         "prompt_tokens": prompt,
         "new_tokens": new,
+        "decode_tokens": total,
+        "decode_tokens_agree": agree,
+        "agreement_pct": 100.0 * agree / total,
+        "prefill_tokens_agree": prefill_token_agrees,
+        **_errors(steps, "steps"),
+        **_errors(firsts, "first_steps"),
+        **_errors(floors, "floor"),
         "decode_path": engine.attention,
         "backend_info": info,
     }
 
 
-def _alike(r: dict[str, Any]) -> str:
-    """The error split by whether every MoE layer routed as the prefill did (MoE only)."""
-    if "routed_alike_rel_error_max" not in r or r["backend_info"].get("moe_experts") is None:
-        return ""
-    text = f"; routed alike in {r['steps_routed_alike']} of {r['tokens']} steps"
-    if r["routed_alike_rel_error_max"] is not None:
-        text += (f": {r['routed_alike_rel_error_median']:.2%} (median), "
-                 f"{r['routed_alike_rel_error_max']:.2%} (max)")  # fmt: skip
-    if r["routed_apart_rel_error_median"] is not None:
-        text += f", the others {r['routed_apart_rel_error_median']:.2%} (median)"
-    if r.get("first_step_alike_rel_error_max") is not None:
-        text += (f"; first decode steps (a cache the prefill wrote) routed alike "
-                 f"{r['first_steps_routed_alike']} of {r['first_steps']}: "
-                 f"{r['first_step_alike_rel_error_median']:.2%} (median), "
-                 f"{r['first_step_alike_rel_error_max']:.2%} (max)")  # fmt: skip
-    return text
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _split(r: dict[str, Any], prefix: str, label: str) -> str:
+    """`label`: median and max error, and for MoE the routed-alike split."""
+    text = (f"{label} off by {_pct(r[f'{prefix}_rel_error_median'])} (median), "
+            f"{_pct(r[f'{prefix}_rel_error_max'])} (max)")  # fmt: skip
+    if r["backend_info"].get("moe_experts") is None:
+        return text
+    return text + (
+        f", routed as the prefill in {r[f'{prefix}_routed_alike']} of {r[prefix]}: "
+        f"{_pct(r[f'{prefix}_alike_rel_error_median'])} (median), "
+        f"{_pct(r[f'{prefix}_alike_rel_error_max'])} (max); the others "
+        f"{_pct(r[f'{prefix}_apart_rel_error_median'])} (median)"
+    )
 
 
 def row_text(r: dict[str, Any]) -> tuple[str, str, str]:
     info = r["backend_info"]
     return (
-        f"{r['spec']}, p = {r['prompt_tokens']}, o = {r['new_tokens']}: greedy decode tokens "
-        "the prefill's argmax agrees with",
-        f"{r['agree']} of {r['tokens']} ({r['agreement_pct']:.1f}%); teacher-forced logits "
-        f"off the prefill's by {r['logits_rel_error_median']:.2%} (median), "
-        f"{r['logits_rel_error_max']:.2%} (max){_alike(r)}; decode path "
-        f"{r['decode_path']}, CUDA graphs {info.get('cuda_graphs')}, PDL "
+        f"{r['spec']}, {r['prompts']} prompts, p = {r['prompt_tokens']}, o = "
+        f"{r['new_tokens']}",
+        f"greedy decode tokens the prefill's argmax agrees with: {r['decode_tokens_agree']} of "
+        f"{r['decode_tokens']} ({r['agreement_pct']:.1f}%); "
+        + "; ".join([
+            _split(r, "steps", "teacher-forced decode steps' logits"),
+            _split(r, "first_steps", "first decode steps"),
+            _split(r, "floor", "floor (prefill against prefill)"),
+        ])
+        + f"; decode path {r['decode_path']}, CUDA graphs {info.get('cuda_graphs')}, PDL "
         f"{info.get('decode_pdl')}, batch-1 experts {info.get('moe_batch1_gemv')}",
         "-",
-    )
+    )  # fmt: skip
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--models", default=None)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--new", type=int, default=64, help="decoded tokens per prompt")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default=None, help=f"catalog names (GPU {GPU_MODELS})")
+    parser.add_argument("--layers", type=int, default=8, help="layers kept of each model")
+    parser.add_argument("--new", type=int, default=64, help="greedy tokens a prompt, >= 2")
     parser.add_argument("--prompts", type=int, default=PROMPTS, help="random prompts a model")
     parser.add_argument("--prompt", type=int, default=None, help="prompt tokens (GPU 480)")
     parser.add_argument("--eager", action="store_true", help="no CUDA graphs")
     parser.add_argument(
         "--attention", choices=("auto", "sdpa"), default="auto",
-        help="sdpa: decode on torch's attention (the reference decode), not the kernels",
+        help="sdpa: the decode step's attention and dense layers on torch's ops, not the "
+        "Triton decode kernels (MoE layers keep theirs)",
     )  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="CPU: tiny specs")
-    parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument("--quick", action="store_true", help="CPU: tiny specs, o at most 8")
+    parser.add_argument("--out", type=Path, default=DOCS, help="folder of the record")
     parser.add_argument("--name", default=None, help="record name (default decode_agreement)")
     args = parser.parse_args()
+    least_of = {"--layers": (args.layers, 1), "--new": (args.new, 2),
+                "--prompts": (args.prompts, 1), "--prompt": (args.prompt, 1)}  # fmt: skip
+    for option, (value, least) in least_of.items():
+        if value is not None and value < least:
+            parser.error(f"{option} must be at least {least}, not {value}")
     device = "cpu" if args.quick else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA GPU here: run with --quick for the CPU check")
     models = (args.models or (QUICK_MODELS if args.quick else GPU_MODELS)).split(",")
-    prompt = args.prompt or (480 if device == "cuda" else 24)
-    new = max(2, args.new if device == "cuda" else min(args.new, 8))
+    prompt = args.prompt if args.prompt is not None else (480 if device == "cuda" else 24)
+    new = args.new if device == "cuda" else min(args.new, 8)
     name = args.name or "decode_agreement" + ("_quick" if args.quick else "")
     began = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for model in models:  # written after each model: a run cut short keeps what it measured
-        rows.append(agreement(model, args.layers, device, new, prompt, args))
-        print(row_text(rows[-1]), flush=True)
+        try:
+            rows.append(agreement(model, args.layers, device, new, prompt, args))
+        except UserError as error:
+            parser.exit(2, f"{parser.prog}: error: {model}: {error}\n")
+        print(" | ".join(row_text(rows[-1])[:2]), flush=True)
         result = {"layers": args.layers, "new_tokens": new, "prompt_tokens": prompt,
                   "models": rows, "wall_s": time.perf_counter() - began}  # fmt: skip
         path = write_result(name, result, [row_text(r) for r in rows], args.out)

@@ -39,12 +39,35 @@ def test_quick_records_agreement_and_routing(tmp_path: Path) -> None:
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     (row,) = json.loads((tmp_path / "decode_agreement_quick.json").read_text())["models"]
-    assert (row["tokens"], row["agree"], row["first_steps"]) == (8, 8, 2)
-    assert row["logits_rel_error_max"] < 1e-4  # float32, the same function both ways
-    assert row["steps_routed_alike"] == 8 and row["routed_apart_rel_error_median"] is None
+    # the first token of each prompt is the prefill's: 2 x 3 decode steps
+    assert (row["decode_tokens"], row["decode_tokens_agree"], row["prefill_tokens_agree"]) == (
+        6, 6, 2,
+    )  # fmt: skip
+    assert (row["steps"], row["first_steps"], row["floor"]) == (6, 2, 2)
+    assert row["steps_rel_error_max"] < 1e-4  # float32, the same function both ways
+    assert row["steps_routed_alike"] == 6 and row["steps_apart_rel_error_median"] is None
     table = (tmp_path / "decode_agreement_quick.md").read_text()
-    assert "tiny-qwen3-moe, p = 24, o = 4" in table and "routed alike in 8 of 8 steps" in table
+    assert "tiny-qwen3-moe, 2 prompts, p = 24, o = 4" in table
+    assert "routed as the prefill in 6 of 6" in table
     assert "Device: cpu" in table and "commit:" in table
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--prompts", "0"], "--prompts must be at least 1, not 0"),
+        (["--new", "1"], "--new must be at least 2, not 1"),
+        (["--models", "no-such-model"], "no-such-model"),
+        (["--prompt", "600"], "exceed"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path: Path, args: list[str], says: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    command = [sys.executable, str(SCRIPT), "--quick", "--models", "tiny-llama", "--prompts",
+               "1", *args, "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert says in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt-oss", "tiny-llama"])
@@ -55,17 +78,45 @@ def test_a_decode_step_reading_the_wrong_slot_is_caught(name: str) -> None:
 
     backend, engine, tokens, decoded = _engine_and_tokens(name, 40, 6)
     try:
-        honest = decode_agreement.teacher_forced(engine, tokens, decoded)
-        assert len(honest) == 6 and max(e for e, _ in honest) < 1e-4
-        assert not any(flip for _, flip in honest)
+        floor, honest = decode_agreement.teacher_forced(engine, tokens, decoded)
+        assert len(honest) == 5 and max(e for e, _ in honest) < 1e-4 and floor[0] < 1e-4
+        assert not floor[1] and not any(flip for _, flip in honest)
         context = engine.model.decode_context
 
         def shifted(pos, span, attention):  # reads and writes one slot too far
             return context(pos + 1, span, attention)
 
         engine.model.decode_context = shifted
-        wrong = decode_agreement.teacher_forced(engine, tokens, decoded)
+        floor, wrong = decode_agreement.teacher_forced(engine, tokens, decoded)
     finally:
         backend.close()
-    assert wrong[0][0] < 1e-4  # the first logits come from the prefill, untouched
-    assert min(e for e, _ in wrong[1:]) > 1e-3, wrong
+    assert floor[0] < 1e-4  # the prompt's logits come from the prefill, untouched
+    assert min(e for e, _ in wrong) > 1e-3, wrong
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen3-moe"])
+def test_a_decode_step_that_never_writes_its_key_is_caught(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel that reads the cache before the step's key and value are written reads what
+    the slot held: the cache past the prompt is cleared first, so that is zeros, not the
+    reference prefill's own keys (a review found the check blind to this before)."""
+    import decode_agreement
+
+    call = decode_agreement._Step.__call__
+    index_put = torch.Tensor.index_put_
+
+    def unwritten(self, token, position):  # the decode step's cache writes dropped
+        monkeypatch.setattr(torch.Tensor, "index_put_", lambda t, *a, **k: t)
+        try:
+            return call(self, token, position)
+        finally:
+            monkeypatch.setattr(torch.Tensor, "index_put_", index_put)
+
+    backend, engine, tokens, decoded = _engine_and_tokens(name, 40, 6)
+    try:
+        monkeypatch.setattr(decode_agreement._Step, "__call__", unwritten)
+        _, wrong = decode_agreement.teacher_forced(engine, tokens, decoded)
+    finally:
+        backend.close()
+    assert min(e for e, _ in wrong) > 1e-3, wrong

@@ -34,7 +34,7 @@ H200): RMSNorm inside the GEMV, from the sum of squares of the streamed x (4.59 
 per 7B step) or of a pass of its own, slower either way because the GEMV's weight stream
 stops being pipelined; and loading the first weight tile before the PDL wait (4.33 vs
 4.10 ms without PDL, no gain with it). The whole-rows GEMVs (gemv_kernels) loading all their
-weights before the wait were slower too, by 1.5-4.2 % a decode step for Qwen3-30B-A3B,
+weights before the wait were slower too, by 1.5-4.0 % a decode step for Qwen3-30B-A3B,
 gpt-oss-20b and DeepSeek-V2-Lite on an H200 (docs/benchmarks/decode_power_gemv_early.md).
 """
 
