@@ -10,11 +10,12 @@ random prompt (--prompts of --prompt tokens), this script:
 1. decodes --new greedy tokens on the engine as profiles run it (CUDA graphs, the batch-1
    decode kernels), and counts the decode steps' tokens that the argmax of one prefill of
    prompt + tokens agrees with (the first token comes from the prefill: left out);
-2. teacher-forces: the prompt prefilled, every cache slot past it zeroed (so a step that
-   reads its key before writing it reads zeros, not the reference prefill's own keys), then
-   each decoded token fed through the decode step, captured as a CUDA graph and replayed as
-   the engine replays its steps (eager on a CPU); each step's logits against the prefill's
-   at that position: the relative error ‖decode − prefill‖ / ‖prefill‖.
+2. teacher-forces: the decode step captured as a CUDA graph (eager on a CPU), the prompt
+   prefilled, every cache slot past it zeroed (so a step that reads its key before writing
+   it reads zeros, not the reference prefill's or a capture's keys), then each decoded token
+   fed through the step, replayed as the engine replays its steps; each step's logits
+   against the prefill's at that position: the relative error ‖decode − prefill‖ /
+   ‖prefill‖.
 
 Both paths compute the same function in bfloat16 with different summation orders (the
 prefill: tensor-core GEMMs, the grouped expert GEMM, flash attention), so the error is never
@@ -37,6 +38,7 @@ Writes docs/benchmarks/decode_agreement.json and .md with device, date and commi
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -88,13 +90,22 @@ def _clear_past(model: Any, p: int) -> None:
 
 class _Step:
     """One decode step of (token, position) -> float32 logits [vocab], as the engine runs it:
-    a CUDA graph per attention span, replayed, where the engine uses graphs; else eager."""
+    where the engine uses CUDA graphs, a graph per attention span of `positions`, captured
+    here (each capture's eager run performs a step and writes its key into the cache: make
+    the _Step before the prompt's prefill and _clear_past, so no key is left there), then
+    replayed; else eager."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, positions: range) -> None:
         self.engine = engine
         self.token = torch.zeros((1, 1), device=engine.device, dtype=torch.long)
         self.pos = torch.zeros((1,), device=engine.device, dtype=torch.long)
         self.graphs: dict[int, tuple[Any, torch.Tensor]] = {}
+        if engine.graphs:
+            for position in positions:
+                span = engine._span(position)
+                if span not in self.graphs:
+                    self.pos.fill_(position)
+                    self.graphs[span] = engine._capture(functools.partial(self._body, span))
 
     def _body(self, span: int) -> torch.Tensor:
         model = self.engine.model
@@ -107,8 +118,6 @@ class _Step:
         span = self.engine._span(position)
         if not self.engine.graphs:
             return self._body(span)
-        if span not in self.graphs:  # the capture's eager run performs this step once
-            self.graphs[span] = self.engine._capture(lambda: self._body(span))
         graph, out = self.graphs[span]
         graph.replay()
         return out
@@ -130,13 +139,13 @@ def teacher_forced(
     for moe in moes:
         moe.record = True
     try:
-        engine._ensure_state(1, p + n + 1)  # before score(): no reallocation after it
+        engine._ensure_state(1, p + n)  # what generate() allocated: no reallocation here
         reference = engine.score(torch.cat([tokens, torch.tensor([decoded[:-1]])], dim=1))[0]
         chosen = _routing(moes)  # [p + n - 1, k] per layer
+        step = _Step(engine, range(p, p + n - 1))  # captures write keys: before the clearing
         logits = engine._prefill_logits(tokens.to(device), None)[0]
         floor = (_relative(logits, reference[p - 1]), _flipped(moes, chosen, -1, p - 1))
         _clear_past(model, p)
-        step = _Step(engine)
         steps = []
         for j in range(n - 1):
             error = _relative(step(decoded[j], p + j), reference[p + j])
@@ -279,7 +288,15 @@ def main() -> None:
     device = "cpu" if args.quick else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA GPU here: run with --quick for the CPU check")
-    models = (args.models or (QUICK_MODELS if args.quick else GPU_MODELS)).split(",")
+    models = [m.strip() for m in (args.models or "").split(",") if m.strip()]
+    if args.models is not None and not models:
+        parser.error("--models is empty: give catalog names, comma-separated")
+    models = models or (QUICK_MODELS if args.quick else GPU_MODELS).split(",")
+    for model in models:  # before minutes of the others
+        try:
+            get_spec(model)
+        except UserError as error:
+            parser.error(str(error))
     prompt = args.prompt if args.prompt is not None else (480 if device == "cuda" else 24)
     new = args.new if device == "cuda" else min(args.new, 8)
     name = args.name or "decode_agreement" + ("_quick" if args.quick else "")
@@ -289,7 +306,7 @@ def main() -> None:
         try:
             rows.append(agreement(model, args.layers, device, new, prompt, args))
         except UserError as error:
-            parser.exit(2, f"{parser.prog}: error: {model}: {error}\n")
+            parser.exit(2, f"{parser.prog}: error: {error}\n")
         print(" | ".join(row_text(rows[-1])[:2]), flush=True)
         result = {"layers": args.layers, "new_tokens": new, "prompt_tokens": prompt,
                   "models": rows, "wall_s": time.perf_counter() - began}  # fmt: skip

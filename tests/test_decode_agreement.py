@@ -120,3 +120,39 @@ def test_a_decode_step_that_never_writes_its_key_is_caught(
     finally:
         backend.close()
     assert min(e for e, _ in wrong) > 1e-3, wrong
+
+
+def test_the_graph_path_replays_its_first_step_on_a_cleared_slot() -> None:
+    """Engine._capture runs the step once eagerly before capturing it, which writes that
+    step's key: made after the prompt's cache was cleared, the first replayed step found its
+    key already in its slot, and a fault that never writes it would pass (a review found
+    it). With a stand-in for the capture that does the same eager run, the slot the first
+    replay decodes into must hold nothing before that replay writes it."""
+    import decode_agreement
+
+    backend, engine, tokens, decoded = _engine_and_tokens("tiny-llama", 40, 6)
+    p = tokens.shape[1]
+    before_replays: list[float] = []
+    graphs: list[object] = []
+
+    def capture(body):
+        out = body()  # the eager run: writes a step's key, as Engine._capture's does
+
+        class Graph:
+            def replay(self) -> None:
+                before_replays.append(float(engine.model.cache[:, :, p:].abs().sum()))
+                out.copy_(body())
+
+        graphs.append(Graph())
+        return graphs[-1], out
+
+    try:
+        engine.graphs, engine._capture = True, capture
+        _, steps = decode_agreement.teacher_forced(engine, tokens, decoded)
+    finally:
+        engine.graphs = False
+        backend.close()
+    assert len(graphs) == 1 and len(before_replays) == 5  # one span, five replayed steps
+    assert before_replays[0] == 0.0  # nothing at or past the prompt before the first step
+    assert all(x > 0 for x in before_replays[1:])  # then the steps' own keys
+    assert max(e for e, _ in steps) < 1e-4  # and the replays compute the same logits
