@@ -100,12 +100,15 @@ class _Step:
         self.token = torch.zeros((1, 1), device=engine.device, dtype=torch.long)
         self.pos = torch.zeros((1,), device=engine.device, dtype=torch.long)
         self.graphs: dict[int, tuple[Any, torch.Tensor]] = {}
+        self.moes = [blk.moe for blk in engine.model.layers if blk.moe is not None]
+        self.routing: dict[int, list[Any]] = {}  # a graph's routing buffers (record=True)
         if engine.graphs:
             for position in positions:
                 span = engine._span(position)
                 if span not in self.graphs:
                     self.pos.fill_(position)
                     self.graphs[span] = engine._capture(functools.partial(self._body, span))
+                    self.routing[span] = [moe.last_ids for moe in self.moes]
 
     def _body(self, span: int) -> torch.Tensor:
         model = self.engine.model
@@ -119,7 +122,9 @@ class _Step:
         if not self.engine.graphs:
             return self._body(span)
         graph, out = self.graphs[span]
-        graph.replay()
+        graph.replay()  # writes its own routing buffers: point the layers back at them
+        for moe, ids in zip(self.moes, self.routing[span], strict=True):
+            moe.last_ids = ids
         return out
 
 

@@ -122,26 +122,36 @@ def test_a_decode_step_that_never_writes_its_key_is_caught(
     assert min(e for e, _ in wrong) > 1e-3, wrong
 
 
-def test_the_graph_path_replays_its_first_step_on_a_cleared_slot() -> None:
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen3-moe"])
+def test_the_graph_path_replays_its_first_step_on_a_cleared_slot(name: str) -> None:
     """Engine._capture runs the step once eagerly before capturing it, which writes that
     step's key: made after the prompt's cache was cleared, the first replayed step found its
     key already in its slot, and a fault that never writes it would pass (a review found
     it). With a stand-in for the capture that does the same eager run, the slot the first
-    replay decodes into must hold nothing before that replay writes it."""
+    replay decodes into must hold nothing before that replay writes it. The stand-in's
+    replay, like a CUDA graph's, runs no Python: a MoE layer's last_ids attribute stays
+    where it was and only the captured routing buffers change (reading the attribute after a
+    replay had counted every step as routed otherwise on an H200)."""
     import decode_agreement
 
-    backend, engine, tokens, decoded = _engine_and_tokens("tiny-llama", 40, 6)
+    backend, engine, tokens, decoded = _engine_and_tokens(name, 40, 6)
     p = tokens.shape[1]
+    moes = [blk.moe for blk in engine.model.layers if blk.moe is not None]
     before_replays: list[float] = []
     graphs: list[object] = []
 
     def capture(body):
         out = body()  # the eager run: writes a step's key, as Engine._capture's does
+        captured = [moe.last_ids for moe in moes]
 
         class Graph:
             def replay(self) -> None:
                 before_replays.append(float(engine.model.cache[:, :, p:].abs().sum()))
+                attributes = [moe.last_ids for moe in moes]
                 out.copy_(body())
+                for moe, buffer, attribute in zip(moes, captured, attributes, strict=True):
+                    buffer.copy_(moe.last_ids)  # the graph writes its buffers...
+                    moe.last_ids = attribute  # ...and no Python attribute moves
 
         graphs.append(Graph())
         return graphs[-1], out
@@ -156,3 +166,4 @@ def test_the_graph_path_replays_its_first_step_on_a_cleared_slot() -> None:
     assert before_replays[0] == 0.0  # nothing at or past the prompt before the first step
     assert all(x > 0 for x in before_replays[1:])  # then the steps' own keys
     assert max(e for e, _ in steps) < 1e-4  # and the replays compute the same logits
+    assert not any(flip for _, flip in steps)  # routed as the prefill, read from the buffers
