@@ -100,7 +100,7 @@ class _Step:
         self.token = torch.zeros((1, 1), device=engine.device, dtype=torch.long)
         self.pos = torch.zeros((1,), device=engine.device, dtype=torch.long)
         self.graphs: dict[int, tuple[Any, torch.Tensor]] = {}
-        self.moes = [blk.moe for blk in engine.model.layers if blk.moe is not None]
+        self.moes = _moes(engine)
         self.routing: dict[int, list[Any]] = {}  # a graph's routing buffers (record=True)
         if engine.graphs:
             for position in positions:
@@ -128,34 +128,57 @@ class _Step:
         return out
 
 
+def _moes(engine: Any) -> list[Any]:
+    return [blk.moe for blk in engine.model.layers if blk.moe is not None]
+
+
 @torch.inference_mode()
-def teacher_forced(
+def reference_prefill(
     engine: Any, tokens: torch.Tensor, decoded: list[int]
-) -> tuple[tuple[float, bool], list[tuple[float, bool]]]:
-    """(floor, steps). Each is (relative logits error, whether any MoE layer chose other
-    experts than the reference prefill at that position). floor: the prompt's prefill
-    against the reference prefill of prompt + decoded[:-1] (engine.score) at the last prompt
-    position; steps: decoded[j] fed at position p + j through the decode step (_Step), after
-    the prompt's prefill and _clear_past, against the reference at p + j. The first step's
-    cache holds the prompt prefill's keys only."""
-    p, n, device = tokens.shape[1], len(decoded), engine.device
-    model = engine.model
-    moes = [blk.moe for blk in model.layers if blk.moe is not None]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One prefill of prompt + decoded[:-1] (engine.score): float32 logits [p + n − 1, vocab]
+    and each MoE layer's sorted expert choices [p + n − 1, k]. The cache is sized first as
+    generate() sized it (p + n), so nothing after this reallocates it."""
+    engine._ensure_state(1, tokens.shape[1] + len(decoded))
+    moes = _moes(engine)
     for moe in moes:
         moe.record = True
     try:
-        engine._ensure_state(1, p + n)  # what generate() allocated: no reallocation here
-        reference = engine.score(torch.cat([tokens, torch.tensor([decoded[:-1]])], dim=1))[0]
-        chosen = _routing(moes)  # [p + n - 1, k] per layer
+        logits = engine.score(torch.cat([tokens, torch.tensor([decoded[:-1]])], dim=1))[0]
+        return logits, _routing(moes)
+    finally:
+        for moe in moes:
+            moe.record = False
+
+
+@torch.inference_mode()
+def teacher_forced(
+    engine: Any,
+    tokens: torch.Tensor,
+    decoded: list[int],
+    reference: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
+) -> tuple[tuple[float, bool], list[tuple[float, bool]]]:
+    """(floor, steps). Each is (relative logits error, whether any MoE layer chose other
+    experts than the reference prefill at that position). floor: the prompt's prefill
+    against the reference prefill (reference_prefill(), made here unless given) at the last
+    prompt position; steps: decoded[j] fed at position p + j through the decode step
+    (_Step), after the prompt's prefill and _clear_past, against the reference at p + j. The
+    first step's cache holds the prompt prefill's keys only."""
+    p, n, device = tokens.shape[1], len(decoded), engine.device
+    logits_ref, chosen = reference or reference_prefill(engine, tokens, decoded)
+    moes = _moes(engine)
+    for moe in moes:
+        moe.record = True
+    try:
         step = _Step(engine, range(p, p + n - 1))  # captures write keys: before the clearing
         logits = engine._prefill_logits(tokens.to(device), None)[0]
-        floor = (_relative(logits, reference[p - 1]), _flipped(moes, chosen, -1, p - 1))
-        _clear_past(model, p)
+        floor = (_relative(logits, logits_ref[p - 1]), _flipped(moes, chosen, -1, p - 1))
+        _clear_past(engine.model, p)
         steps = []
         for j in range(n - 1):
-            error = _relative(step(decoded[j], p + j), reference[p + j])
+            error = _relative(step(decoded[j], p + j), logits_ref[p + j])
             steps.append((error, _flipped(moes, chosen, 0, p + j)))
-        del step
+        del step  # its graphs, and their memory in the engine's pool
     finally:
         for moe in moes:
             moe.record = False
@@ -200,12 +223,12 @@ def agreement(
             tokens = torch.randint(0, spec.vocab_size, (1, prompt), generator=draw)
             decoded = engine.generate(tokens, new, seed=i).tokens[0]
             assert len(decoded) == new
-            full = torch.cat([tokens, torch.tensor([decoded[:-1]])], dim=1)
-            predicted = engine.score(full)[0][prompt - 1 :].argmax(-1).tolist()
+            reference = reference_prefill(engine, tokens, decoded)
+            predicted = reference[0][prompt - 1 :].argmax(-1).tolist()
             prefill_token_agrees += predicted[0] == decoded[0]
             agree += sum(a == b for a, b in zip(predicted[1:], decoded[1:], strict=True))
             total += new - 1
-            floor, forced = teacher_forced(engine, tokens, decoded)
+            floor, forced = teacher_forced(engine, tokens, decoded, reference)
             floors.append(floor)
             steps += forced
             firsts.append(forced[0])
