@@ -1,0 +1,170 @@
+"""What an L2 prefetch buys a batch-1 decode GEMV on this GPU, kernel by kernel (issue 20).
+
+The decode step's GEMVs can ask the L2 for a later GEMV's weights (engine/l2_prefetch.py,
+INFERMETER_L2_PREFETCH). Whole models ran slower with it (decode_power_l2_prefetch.md); this
+measures the pieces, each arm a CUDA graph of `--repeats` repeats timed by CUDA events, every
+repeat on another of 8 weights of `--mb` MB (together larger than the L2, so each repeat
+starts from HBM):
+
+- empty / issue: a kernel of `--programs` programs that exits at once, or that first asks
+  the L2 for the weight (one bulk prefetch a program): does a kernel end only once its
+  fetch has landed?
+- gemv: the whole-rows GEMV (gemv_kernels.rows_gemv, 1 x K by N x K, bfloat16) alone;
+- wait, gemv: a one-program kernel that spins `--wait-us` µs (the attention kernels' place)
+  and then the GEMV;
+- issue, wait, gemv: the fetch asked for first, in the same stream;
+- issue beside wait, gemv: the fetch on a second stream beside the wait, joined before the
+  GEMV (a fork in the graph).
+
+Run on a GPU (sm_90+): python benchmarks/l2_prefetch_probe.py [--mb 16] [--wait-us 5]
+    [--programs 132] [--repeats 64] [--out DIR]
+Writes DIR/l2_prefetch_probe.json and .md (µs a repeat) with device, date and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from _record import DOCS, write_result  # noqa: E402
+from infermeter.engine.l2_prefetch import prefetch_grid  # noqa: E402
+
+WEIGHTS = 8  # distinct weights, cycled: 8 x 16 MB is more than an H200's 50 MB of L2
+K = 2048
+
+
+@triton.jit
+def _issue(Pre, nbytes):
+    prefetch_grid(Pre, nbytes)
+
+
+@triton.jit
+def _empty(Pre, nbytes):
+    pass
+
+
+@triton.jit
+def _clock(like):
+    return tl.inline_asm_elementwise(
+        "mov.u64 $0, %globaltimer;", "=l,l", [like], dtype=tl.int64, is_pure=False, pack=1
+    )
+
+
+@triton.jit
+def _spin(ns):
+    start = _clock(ns)
+    now = start
+    while now - start < ns:
+        now = _clock(ns)
+
+
+def graph_us(step: Callable[[int], None], repeats: int) -> float:
+    """µs a repeat of `step(i)` (i = 0..repeats-1) captured as one CUDA graph, the median
+    of 7 timed replays after 2 untimed ones."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(3):  # compile, tune, load
+            step(i)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(repeats):
+            step(i)
+    times = []
+    for trial in range(9):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        if trial >= 2:
+            times.append(start.elapsed_time(end) * 1000 / repeats)
+    return sorted(times)[len(times) // 2]
+
+
+def probe(mb: float, wait_us: float, programs: int, repeats: int) -> dict[str, float]:
+    """µs a repeat of each arm (see the module docstring)."""
+    import torch
+
+    from infermeter.engine.gemv_kernels import rows_gemv
+
+    issue, empty, spin = _issue, _empty, _spin
+    n = int(mb * 2**20) // (2 * K)
+    weights = [torch.randn(n, K, device="cuda", dtype=torch.bfloat16) for _ in range(WEIGHTS)]
+    x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
+    nbytes = n * K * 2
+    wait_ns = int(wait_us * 1000)
+    other = torch.cuda.Stream()
+
+    def w(i: int) -> torch.Tensor:
+        return weights[i % WEIGHTS]
+
+    def ask(i: int) -> None:
+        issue[(programs,)](w(i), nbytes)
+
+    def wait() -> None:
+        spin[(1,)](wait_ns)
+
+    def beside(i: int) -> None:
+        main = torch.cuda.current_stream()
+        other.wait_stream(main)
+        with torch.cuda.stream(other):
+            ask(i)
+        wait()
+        main.wait_stream(other)
+        rows_gemv(x, w(i))
+
+    arms: dict[str, Callable[[int], None]] = {
+        "empty": lambda i: empty[(programs,)](w(i), nbytes),
+        "issue": ask,
+        "wait": lambda i: wait(),
+        "gemv": lambda i: rows_gemv(x, w(i)),
+        "wait, gemv": lambda i: (wait(), rows_gemv(x, w(i))),
+        "issue, wait, gemv": lambda i: (ask(i), wait(), rows_gemv(x, w(i))),
+        "issue beside wait, gemv": beside,
+    }
+    return {name: graph_us(step, repeats) for name, step in arms.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--mb", type=float, default=16.0, help="MB of each weight")
+    parser.add_argument("--wait-us", type=float, default=5.0)
+    parser.add_argument("--programs", type=int, default=132, help="programs of the issuer")
+    parser.add_argument("--repeats", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=DOCS)
+    args = parser.parse_args()
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
+        raise SystemExit("l2_prefetch_probe needs an sm_90+ GPU (cp.async.bulk.prefetch.L2)")
+    us = probe(args.mb, args.wait_us, args.programs, args.repeats)
+    print(us, flush=True)
+    setup = (
+        f"{args.mb:g} MB weights ({WEIGHTS} cycled), wait {args.wait_us:g} µs, "
+        f"{args.programs} issuing programs, {args.repeats} repeats a graph"
+    )
+    rows = [(f"{name} ({setup})", f"{value:.2f} µs", "-") for name, value in us.items()]
+    result = {
+        "mb": args.mb,
+        "wait_us": args.wait_us,
+        "programs": args.programs,
+        "repeats": args.repeats,
+        "arms_us": us,
+    }
+    print("written", write_result("l2_prefetch_probe", result, rows, args.out))
+
+
+if __name__ == "__main__":
+    main()
