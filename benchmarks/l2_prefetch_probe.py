@@ -65,6 +65,37 @@ def _spin(ns):
         now = _clock(ns)
 
 
+@triton.jit
+def _stream_gemv(
+    X, W, Out, N,
+    K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
+):  # fmt: skip
+    """A persistent GEMV: each program walks its row blocks (pid, pid + programs, ...) tile
+    by tile along K in one pipelined loop (STAGES tiles in flight), out [N] in float32."""
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    tiles_k: tl.constexpr = K // BLOCK_K
+    mine = tl.cdiv(tl.cdiv(N, BLOCK_N) - pid, programs)
+    m = tl.arange(0, 16)  # x as the first of 16 rows: the smallest tensor-core tile
+    acc = tl.zeros([16, BLOCK_N], dtype=tl.float32)
+    for t in tl.range(0, mine * tiles_k, num_stages=STAGES):
+        rows = (pid + (t // tiles_k) * programs) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = (t % tiles_k) * BLOCK_K + tl.arange(0, BLOCK_K)
+        w = tl.load(W + rows.to(tl.int64)[:, None] * K + cols[None, :], mask=rows[:, None] < N)
+        x = tl.load(X + m[:, None] * 0 + cols[None, :], mask=m[:, None] < 1, other=0.0)
+        acc += tl.dot(x, tl.trans(w))
+        if t % tiles_k == tiles_k - 1:
+            out = tl.sum(acc, 0)  # rows 1-15 are zero
+            tl.store(Out + rows, out, mask=rows < N)
+            acc = tl.zeros([16, BLOCK_N], dtype=tl.float32)
+
+
+STREAM_TILES = [  # (BLOCK_N, BLOCK_K, STAGES, warps, programs per SM)
+    (16, 256, 4, 4, 1), (16, 256, 4, 4, 2), (8, 512, 4, 4, 2), (32, 256, 3, 8, 1),
+    (16, 512, 3, 8, 1), (16, 256, 6, 4, 2),
+]  # fmt: skip
+
+
 def graph_us(step: Callable[[int], None], repeats: int) -> float:
     """µs a repeat of `step(i)` (i = 0..repeats-1) captured as one CUDA graph, the median
     of 7 timed replays after 2 untimed ones."""
@@ -134,6 +165,24 @@ def probe(mb: float, wait_us: float, programs: int, repeats: int) -> dict[str, f
         "issue, wait, gemv": lambda i: (ask(i), wait(), rows_gemv(x, w(i))),
         "issue beside wait, gemv": beside,
     }
+    arms["gemv, L2-hot"] = lambda i: rows_gemv(x, weights[0])
+    total = torch.empty((), device="cuda", dtype=torch.float32)
+    arms["torch sum of the weight"] = lambda i: torch.sum(w(i), dtype=torch.float32, out=total)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    want = rows_gemv(x, weights[0]).float()
+    for bn, bk, stages, warps, per_sm in STREAM_TILES:
+        out = torch.empty(n, device="cuda", dtype=torch.float32)
+
+        def stream(i: int, bn=bn, bk=bk, stages=stages, warps=warps, per_sm=per_sm, out=out):
+            _stream_gemv[(per_sm * sms,)](
+                x, w(i), out, n, K=K, BLOCK_N=bn, BLOCK_K=bk, STAGES=stages, num_warps=warps
+            )
+
+        stream(0)
+        err = float((out - want[0]).abs().max() / want.abs().max())
+        if err > 1e-2:
+            raise SystemExit(f"stream GEMV {bn}x{bk} disagrees with rows_gemv: {err:.3g}")
+        arms[f"stream gemv {bn}x{bk}, {stages} stages, {warps} warps, {per_sm}/SM"] = stream
     return {name: graph_us(step, repeats) for name, step in arms.items()}
 
 
