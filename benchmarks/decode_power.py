@@ -81,7 +81,6 @@ def measure(model: str, seconds: float) -> dict[str, Any]:
         "model": model,
         "one_token_gemv": ran.get("one_token_gemv"),
         "moe_batch1_gemv": ran.get("moe_batch1_gemv"),
-        "l2_prefetch": ran.get("l2_prefetch"),
         "burst_step_ms": burst * 1000,
         "sustained_step_ms": step_s * 1000,
         "sustained_power_w": power_w,
@@ -134,8 +133,7 @@ def variants(modes: str, against: str | None) -> list[tuple[str, Path, str | Non
 
 def row_text(r: dict[str, Any]) -> tuple[str, str, str]:
     return (
-        f"{r['model']}, {r['tree']} ({r['tree_commit']})"
-        + (f", L2 prefetch {r['l2_prefetch']}" if r.get("l2_prefetch") else ""),
+        f"{r['model']}, {r['tree']} ({r['tree_commit']})",
         f"burst {r['burst_step_ms']:.2f} ms; sustained {r['sustained_step_ms']:.2f} ms at "
         f"{r['sustained_power_w']:.0f} W, {r['j_per_token_j']:.2f} J/token, SM "
         f"{r['sm_clock_mhz']} MHz",

@@ -1,20 +1,24 @@
 """What an L2 prefetch buys a batch-1 decode GEMV on this GPU, kernel by kernel (issue 20).
 
-The decode step's GEMVs can ask the L2 for a later GEMV's weights (engine/l2_prefetch.py,
-INFERMETER_L2_PREFETCH). Whole models ran slower with it (decode_power_l2_prefetch.md); this
-measures the pieces, each arm a CUDA graph of `--repeats` repeats timed by CUDA events, every
-repeat on another of 8 weights of `--mb` MB (together larger than the L2, so each repeat
-starts from HBM):
+Tried in the engine at b20f553 and backed out: the decode GEMVs asked the L2 for a later
+GEMV's weights (`cp.async.bulk.prefetch.L2`) so that they would stream while the small
+attention and routing kernels ran, and whole models ran slower (docs/benchmarks/
+decode_power_l2_prefetch.md). This measures why, each arm a CUDA graph of `--repeats`
+repeats timed by CUDA events, every repeat on another of 8 weights of `--mb` MB (together
+larger than the L2, so each repeat starts from HBM):
 
 - empty / issue: a kernel of `--programs` programs that exits at once, or that first asks
   the L2 for the weight (one bulk prefetch a program): does a kernel end only once its
   fetch has landed?
-- gemv: the whole-rows GEMV (gemv_kernels.rows_gemv, 1 x K by N x K, bfloat16) alone;
+- gemv: the whole-rows GEMV (gemv_kernels.rows_gemv, 1 x K by N x K, bfloat16) alone, and
+  on one weight every repeat (L2-resident where it fits: is it faster from L2?);
 - wait, gemv: a one-program kernel that spins `--wait-us` µs (the attention kernels' place)
   and then the GEMV;
 - issue, wait, gemv: the fetch asked for first, in the same stream;
 - issue beside wait, gemv: the fetch on a second stream beside the wait, joined before the
-  GEMV (a fork in the graph).
+  GEMV (a fork in the graph);
+- torch's sum of the weight and a persistent, pipelined GEMV at a few tiles: other ways
+  to read the same bytes.
 
 Run on a GPU (sm_90+): python benchmarks/l2_prefetch_probe.py [--mb 16] [--wait-us 5]
     [--programs 132] [--repeats 64] [--out DIR]
@@ -34,10 +38,37 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from _record import DOCS, write_result  # noqa: E402
-from infermeter.engine.l2_prefetch import prefetch_grid  # noqa: E402
 
 WEIGHTS = 8  # distinct weights, cycled: 8 x 16 MB is more than an H200's 50 MB of L2
 K = 2048
+
+
+@triton.jit
+def share_range(nbytes, part, parts):
+    """(start, size) in bytes of share `part` of `parts` of an `nbytes`-byte region: equal
+    shares rounded up to 16 bytes, the last ones shorter or empty (size <= 0)."""
+    share = tl.cdiv(tl.cdiv(nbytes, parts), 16) * 16
+    start = part.to(tl.int64) * share
+    return start, tl.minimum(share, nbytes - start)
+
+
+@triton.jit
+def prefetch_grid(Base, nbytes):
+    """Ask the L2 for this program's share of the `nbytes` bytes at Base (16-aligned, a
+    multiple of 16): one bulk prefetch (cp.async.bulk.prefetch.L2, PTX ISA 8.0, sm_90) from
+    the program's first thread."""
+    part = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+    start, size = share_range(nbytes, part, tl.num_programs(0) * tl.num_programs(1))
+    if size > 0:
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; .reg .u32 t; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; "
+            "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+            "=r,l,r",
+            [Base.to(tl.pointer_type(tl.int8)) + start, size.to(tl.int32)],
+            dtype=tl.int32,
+            is_pure=False,
+            pack=1,
+        )
 
 
 @triton.jit
@@ -187,7 +218,7 @@ def probe(mb: float, wait_us: float, programs: int, repeats: int) -> dict[str, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--mb", type=float, default=16.0, help="MB of each weight")
+    parser.add_argument("--mb", type=float, default=16.0, help="MiB (2^20 bytes) of each weight")
     parser.add_argument("--wait-us", type=float, default=5.0)
     parser.add_argument("--programs", type=int, default=132, help="programs of the issuer")
     parser.add_argument("--repeats", type=int, default=64)

@@ -130,14 +130,13 @@ class LatentAttention(nn.Module):
         self.wq_b = param(heads * mla.qk_head_dim, self.q_lora, **kw) if self.q_lora else None
         self.kv_a_norm = Norm(spec, device, dtype, self.lora)
         self.wkv_b = param(heads * (self.nope + mla.v_head_dim), self.lora, **kw)
-        self.ahead: Tensor | None = None  # asked of the L2 by the first GEMV (l2_prefetch)
 
     def forward(self, x: Tensor, ctx: Any, cache: Tensor, fast: Any, rotate: Any) -> Tensor:
         """x [T, h] -> attention output [T, heads·v] (before the output projection).
 
         `rotate(t)` rotates t [b, s, n, rope] in place at the context's positions."""
         b, s, n = ctx.batch, ctx.length, self.heads
-        y = linear(x, self.w_a, None, fast, prefetch=self.ahead)
+        y = linear(x, self.w_a, None, fast)
         q = y[:, : self.q_width]
         if self.q_a_norm is not None:
             assert self.wq_b is not None
@@ -160,7 +159,7 @@ class LatentAttention(nn.Module):
         """The decode step with the Triton kernels (mla_kernels.py): the same arithmetic as
         forward() + _decode() in about nine launches."""
         mk, b, n, v = ctx.mla_fast, ctx.batch, self.heads, self.mla.v_head_dim
-        y = linear(x, self.w_a, None, fast, prefetch=self.ahead)
+        y = linear(x, self.w_a, None, fast)
         q = y[:, : self.q_width]
         if self.q_a_norm is not None:
             assert self.wq_b is not None

@@ -31,9 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from infermeter.engine import l2_prefetch
 from infermeter.engine.kernels import INTERPRETED, _grid_sync, _launch, autotune
-from infermeter.engine.l2_prefetch import prefetch_grid, prefetch_share
 
 GLU = {"swiglu": 1, "geglu": 2, "clamped_swiglu": 3}  # fused gated activations
 PER_THREAD = (8, 64)  # weight elements a thread loads: the tiles worth trying
@@ -145,12 +143,11 @@ def fits(k: int, pairs: int = 1, glu: bool = False) -> bool:
 @autotune(_tiles(), key=["N", "K", "P", "SUM", "HAS_IDS", "ACT"], prune=_fitting)
 @triton.jit
 def _rows_gemv(
-    A, W, Bias, Scale, Res, Out, Ids, NormW, Pre,
+    A, W, Bias, Scale, Res, Out, Ids, NormW,
     N, K, pairs, a_div, limit, alpha, eps,
-    stride_am, stride_we, stride_wn, stride_be, stride_rm, stride_om, pre_bytes,
+    stride_am, stride_we, stride_wn, stride_be, stride_rm, stride_om,
     P: tl.constexpr, SUM: tl.constexpr, HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_RES: tl.constexpr, NORM: tl.constexpr, PDL: tl.constexpr,
-    PREFETCH: tl.constexpr,
     K_WHOLE: tl.constexpr, K_LOW: tl.constexpr, K_REST: tl.constexpr, ACT: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
 ):  # fmt: skip
@@ -206,15 +203,6 @@ def _rows_gemv(
             y += tl.load(r_ptr, mask=o_mask, other=0.0).to(tl.float32)
         o_ptr = Out + p[:, None] * stride_om + cols[None, :]
         tl.store(o_ptr, y.to(Out.dtype.element_ty), mask=o_mask)
-    if PREFETCH == 1:  # a region a later kernel reads: a share a program
-        prefetch_grid(Pre, pre_bytes)
-    elif PREFETCH == 2:  # pair p's expert's slice of Pre [E, pre_bytes]: a share a column block
-        pair = tl.program_id(1)
-        chosen = tl.load(Ids + pair).to(tl.int64)
-        prefetch_share(
-            Pre.to(tl.pointer_type(tl.int8)) + chosen * pre_bytes, pre_bytes,
-            tl.program_id(0), tl.num_programs(0),
-        )  # fmt: skip
 
 
 def rows_gemv(
@@ -232,8 +220,6 @@ def rows_gemv(
     alpha: float = 1.702,
     norm: tuple[Tensor, float] | None = None,
     tile: dict[str, Any] | None = None,
-    prefetch: Tensor | None = None,
-    prefetch_experts: Tensor | None = None,
 ) -> Tensor:
     """One token's GEMVs, in a's dtype.
 
@@ -243,9 +229,7 @@ def rows_gemv(
     up] rows and the gated activation is applied. `norm` (weight [K], eps): a's rows are
     RMSNorm-ed as they are loaded (in float32; the pre-norm of a decoder block, so that no
     kernel of its own writes them first). `tile` ({"BLOCK_N", "SPLIT", "num_warps"})
-    runs that tile untuned (self-checks, sweeps); else the autotuned one. `prefetch`: a
-    region a later kernel reads, asked of the L2 as the programs finish (l2_prefetch); or,
-    pairs without `total`, `prefetch_experts` [E, ...]: the slices of the pairs' experts.
+    runs that tile untuned (self-checks, sweeps); else the autotuned one.
 
     Raises ValueError where a and w are not contiguous along K, or where the row does not
     fit (see fits()): callers take the looped kernels there.
@@ -261,12 +245,6 @@ def rows_gemv(
     out = torch.empty(1 if total or not experts else pairs, n, device=a.device, dtype=a.dtype)
     p_block = triton.next_power_of_2(pairs) if total else 1
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), 1 if total else pairs)  # noqa: E731
-    pre, pre_bytes = l2_prefetch.region(prefetch, a.device)
-    mode = 1 if pre is not None else 0
-    if mode == 0 and experts and not total:  # an expert's slice: a share a column block
-        pre, pre_bytes = l2_prefetch.region(prefetch_experts, a.device)
-        per = pre_bytes // pre.shape[0] if pre is not None else 0
-        mode, pre_bytes = (2, per) if per and per % 16 == 0 else (0, 0)
     kernel: Any = _rows_gemv
     options: dict[str, Any] = {}
     if tile is not None:
@@ -274,14 +252,14 @@ def rows_gemv(
     kernel[grid](
         a, w, bias if bias is not None else w, scale if scale is not None else w,
         residual if residual is not None else out, out, ids if experts else w,
-        norm[0] if norm is not None else w, pre if mode else w,
+        norm[0] if norm is not None else w,
         n, k, pairs, a_div, limit, alpha, norm[1] if norm is not None else 0.0,
         a.stride(0), w.stride(0) if experts else 0, w.stride(-2),
         bias.stride(0) if bias is not None and experts else 0,
-        residual.stride(0) if residual is not None else 0, out.stride(0), pre_bytes,
+        residual.stride(0) if residual is not None else 0, out.stride(0),
         P=p_block, SUM=total, HAS_IDS=experts, HAS_BIAS=bias is not None,
         HAS_SCALE=scale is not None, HAS_RES=residual is not None, NORM=norm is not None,
-        PREFETCH=mode, K_WHOLE=k_pieces(k, False)[0], K_LOW=k_pieces(k, True)[0],
-        K_REST=k_pieces(k, True)[1], ACT=GLU[act] if act else 0, **_launch(a.device), **options,
+        K_WHOLE=k_pieces(k, False)[0], K_LOW=k_pieces(k, True)[0], K_REST=k_pieces(k, True)[1],
+        ACT=GLU[act] if act else 0, **_launch(a.device), **options,
     )  # fmt: skip
     return out

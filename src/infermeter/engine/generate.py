@@ -29,7 +29,7 @@ from infermeter.backends.base import Point
 from infermeter.engine.checkpoint import load_hf_checkpoint
 from infermeter.engine.model import Decoder
 from infermeter.engine.parallel import Comm, partition
-from infermeter.engine.select import choose_attention, choose_moe, l2_prefetch
+from infermeter.engine.select import choose_attention, choose_moe
 from infermeter.engine.weights import init_random
 from infermeter.errors import UserError, is_oom
 from infermeter.spec.model import ModelSpec
@@ -164,8 +164,6 @@ class Engine:
         self.graphs = cuda_graphs and self.device.type == "cuda"
         self.attention, self.attention_notes = choose_attention(self.model, decode_attention)
         self.moe_path, self.moe_note = choose_moe(self.model, self.graphs)
-        self.l2_prefetch, self.l2_prefetch_note = l2_prefetch(self.device, self.attention, dtype)
-        self.model.plan_prefetch(frozenset(self.l2_prefetch))
         # CPU draws from a private generator; CUDA graphs need the default (graph-safe) one.
         self._gen = torch.Generator() if self.device.type == "cpu" else None
         self._state: _State | None = None
@@ -645,8 +643,6 @@ class Engine:
             ),
             **_tiles(cuda, self.attention == "triton" or self.moe_path == "triton"),
             "decode_attention_skipped": self.attention_notes or None,
-            "l2_prefetch": ",".join(self.l2_prefetch) or None,
-            "l2_prefetch_note": self.l2_prefetch_note,
             **(
                 {
                     "moe_experts": self.moe_path,

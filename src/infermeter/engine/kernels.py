@@ -36,6 +36,9 @@ stops being pipelined; and loading the first weight tile before the PDL wait (4.
 4.10 ms without PDL, no gain with it). The whole-rows GEMVs (gemv_kernels) loading all their
 weights before the wait were slower too, by 1.5-4.0 % a decode step for Qwen3-30B-A3B,
 gpt-oss-20b and DeepSeek-V2-Lite on an H200 (docs/benchmarks/decode_power_gemv_early.md).
+So were GEMVs that asked the L2 for a later GEMV's weights (b20f553; decode_power_l2_prefetch.md):
+a whole-rows GEMV reads 16 MiB no faster from L2 than from HBM, and the kernel that asks
+ends only once the fetch lands (benchmarks/l2_prefetch_probe.py, l2_prefetch_probe.md).
 """
 
 from __future__ import annotations
@@ -50,9 +53,6 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-
-from infermeter.engine import l2_prefetch
-from infermeter.engine.l2_prefetch import prefetch_grid
 
 BLOCK_N = 64
 _SMS: dict[int, int] = {}
@@ -521,8 +521,8 @@ def _gemv_configs() -> list[triton.Config]:
 @autotune(_gemv_configs(), key=["N", "K", "M"])
 @triton.jit
 def _small_linear(
-    X, W, Bias, R, Y, Pre, M, N, K, stride_xm, stride_wn, stride_rm, stride_ym, pre_bytes,
-    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr,
+    X, W, Bias, R, Y, M, N, K, stride_xm, stride_wn, stride_rm, stride_ym,
+    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, PDL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     _grid_sync(PDL)
@@ -546,8 +546,6 @@ def _small_linear(
         res = tl.load(R + m[:, None] * stride_rm + rows[None, :], mask=out_mask, other=0.0)
         acc += res.to(tl.float32)
     tl.store(Y + m[:, None] * stride_ym + rows[None, :], acc.to(Y.dtype.element_ty), mask=out_mask)
-    if PREFETCH:
-        prefetch_grid(Pre, pre_bytes)
 
 
 SMALL_M = 16
@@ -562,7 +560,6 @@ def small_linear(
     tuned: bool = True,
     whole_rows: bool = True,
     norm: tuple[Tensor, float] | None = None,
-    prefetch: Tensor | None = None,
 ) -> Tensor:
     """residual + x @ w.T + bias for x [M <= 16, K]: streams w once, faster than cuBLAS's GEMV
     on an H100 for the LLaMA shapes (wider tiles, no split-K reduction pass). One token (M =
@@ -573,16 +570,13 @@ def small_linear(
     `tuned=False`, one tile (the first config) and no autotuning: for the self-check of the
     kernel's arithmetic (bias, residual, ragged edges), so that it does not compile and time 12
     tiles for a shape no model runs. The tiles differ in block sizes, warps and stages only,
-    and each is compiled and run when it is tuned at a model's first decode step. `prefetch`:
-    a weight a later kernel reads, asked of the L2 as the programs finish (l2_prefetch)."""
+    and each is compiled and run when it is tuned at a model's first decode step."""
     m, k = x.shape
     if m == 1 and tuned and whole_rows and x.stride(1) == 1 and w.stride(1) == 1:
         from infermeter.engine import gemv_kernels  # imports this module: not at the top
 
         if gemv_kernels.fits(k):
-            return gemv_kernels.rows_gemv(
-                x, w, bias=bias, residual=residual, norm=norm, prefetch=prefetch
-            )
+            return gemv_kernels.rows_gemv(x, w, bias=bias, residual=residual, norm=norm)
     if norm is not None:
         x = rms_norm(x, *norm)
     n = w.shape[0]
@@ -593,12 +587,10 @@ def small_linear(
     if not tuned:
         kernel, tile = _small_linear.fn, _small_linear.configs[0].all_kwargs()
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    pre, pre_bytes = l2_prefetch.region(prefetch, x.device)
     kernel[grid](
-        x, w, bias if bias is not None else w, res, y, pre if pre is not None else w, m, n, k,
-        x.stride(0), w.stride(0), res.stride(0), y.stride(0), pre_bytes,
-        HAS_BIAS=bias is not None, HAS_RES=residual is not None, PREFETCH=pre is not None,
-        **_launch(x.device), **tile,
+        x, w, bias if bias is not None else w, res, y, m, n, k,
+        x.stride(0), w.stride(0), res.stride(0), y.stride(0),
+        HAS_BIAS=bias is not None, HAS_RES=residual is not None, **_launch(x.device), **tile,
     )  # fmt: skip
     return y
 

@@ -44,23 +44,17 @@ class Norm(nn.Module):
 
 
 def linear(
-    x: Tensor,
-    w: Tensor,
-    b: Tensor | None,
-    fast: Any = None,
-    norm: Norm | None = None,
-    prefetch: Tensor | None = None,
+    x: Tensor, w: Tensor, b: Tensor | None, fast: Any = None, norm: Norm | None = None
 ) -> Tensor:
     """norm(x) @ w.T + b (`norm`: x's pre-norm, not yet applied; None: x as given); a decode
     batch on the Triton path streams w through our GEMV kernel, which applies an RMSNorm
-    itself as it loads x (see fused_norm) and asks the L2 for `prefetch`, a weight a later
-    kernel reads (l2_prefetch; ignored elsewhere)."""
+    itself as it loads x (see fused_norm)."""
     if norm is not None and fused_norm(norm, x, fast):
-        return fast.small_linear(x, w, b, norm=(norm.weight, norm.eps), prefetch=prefetch)
+        return fast.small_linear(x, w, b, norm=(norm.weight, norm.eps))
     if norm is not None:
         x = norm(x, fast)
     if fast is not None and x.shape[0] <= fast.SMALL_M:
-        return fast.small_linear(x, w, b, prefetch=prefetch)
+        return fast.small_linear(x, w, b)
     return F.linear(x, w, b)
 
 

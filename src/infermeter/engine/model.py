@@ -204,7 +204,6 @@ class Block(nn.Module):
         elif self.qk_norm == "full":
             self.q_norm, self.k_norm = param(self.nq * d, **kw), param(self.nkv * d, **kw)
         self.sinks = param(self.nq, **kw) if spec.attention_sinks else None
-        self.ahead_o: Tensor | None = None  # asked of the L2 by the QKV GEMV (l2_prefetch)
         self.moe = None
         if spec.moe is not None and spec.is_moe_layer(index):
             self.moe = MoELayer(spec, lay.expert_ffn, lay.shared_ffn, self.lead, device, dtype)
@@ -389,8 +388,7 @@ class Block(nn.Module):
             if ctx.mla_fast is not None:
                 return self.mla.decode_fast(h, ctx, cache, fast)
             return self.mla(h, ctx, cache, fast, lambda t: self._rotate_part(t, ctx))
-        qkv = linear(h, self.wqkv, self.bqkv, fast, norm, self.ahead_o)
-        qkv = qkv.view(h.shape[0], -1, self.d)
+        qkv = linear(h, self.wqkv, self.bqkv, fast, norm).view(h.shape[0], -1, self.d)
         if self.q_norm is not None:
             self._norm_qk(qkv, fast)
         if self.rot and fast is None:
@@ -532,27 +530,6 @@ class Decoder(nn.Module):
         self.rows: Tensor | None = None
         self.cu_q: Tensor | None = None
         self.cu_k: Tensor | None = None
-
-    def plan_prefetch(self, parts: frozenset[str]) -> None:
-        """Which weights the decode GEMVs ask of the L2 for later kernels (l2_prefetch.PARTS;
-        empty: none): "o", each QKV (MLA: first) GEMV the layer's output projection; "next",
-        each MoE router GEMV the next layer's first projection; "down", each expert gate/up
-        GEMV its experts' down projections."""
-        blocks = list(self.layers)
-        for i, blk in enumerate(blocks):  # plain tensors (detach): not parameters twice
-            ahead = blk.wo.detach() if "o" in parts else None
-            if blk.mla is not None:
-                blk.mla.ahead = ahead
-            else:
-                blk.ahead_o = ahead
-            if blk.moe is None:
-                continue
-            blk.moe.ahead_down = "down" in parts
-            after = blocks[i + 1] if i + 1 < len(blocks) else None
-            first = None
-            if after is not None and "next" in parts:
-                first = after.mla.w_a if after.mla is not None else after.wqkv
-            blk.moe.ahead_next = None if first is None else first.detach()
 
     # ---- cache ---------------------------------------------------------------------------
     def cache_shape(self, layer: int, batch: int, length: int) -> tuple[int, ...]:

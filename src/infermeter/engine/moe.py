@@ -75,10 +75,6 @@ class MoELayer(nn.Module):
         self.batch1_us: dict[str, float | None] | None = None  # per path, timed at start
         self.last_ids: Tensor | None = None  # set by record(): routing of the last forward
         self.record = False
-        # l2_prefetch (Decoder.plan_prefetch): what the router GEMV asks of the L2 (the next
-        # layer's first projection), and whether the gate/up GEMV asks for the down slices
-        self.ahead_next: Tensor | None = None
-        self.ahead_down = False
 
     # ---- routing -------------------------------------------------------------------------
     def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -183,7 +179,7 @@ class MoELayer(nn.Module):
         if self.gated:
             y = k.expert_gemv(
                 x, self.w13, ids, topk, self.b13, act=self.kind, norm=pre,
-                prefetch_experts=self.w2 if self.ahead_down else None, **self._glu_args(),
+                **self._glu_args(),
             )  # fmt: skip
         else:
             y = self._act(k.expert_gemv(x, self.w13, ids, topk, self.b13, norm=pre), 0)
@@ -228,7 +224,7 @@ class MoELayer(nn.Module):
         cfg, k = self.cfg, self.kernels
         tokens = x.shape[0]
         if self._fused(tokens):
-            logits = linear(x, self.router, self.router_bias, fast, norm, self.ahead_next)
+            logits = linear(x, self.router, self.router_bias, fast, norm)
             gemv = tokens == 1 and self.gemv is not None
             ids, weights, rows, blocks = k.route_align(
                 logits, cfg.experts_per_token, sigmoid=cfg.scoring == "sigmoid",

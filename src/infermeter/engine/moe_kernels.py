@@ -186,7 +186,6 @@ def expert_gemv(
     alpha: float = 1.702,
     residual: Tensor | None = None,
     norm: tuple[Tensor, float] | None = None,
-    prefetch_experts: Tensor | None = None,
 ) -> Tensor:
     """grouped_linear() for the k pairs of ONE token, without the expert-sorted layout: ids
     [1, k] (distinct experts, as top-k gives them), a [rows_a, K], w [E, N(·2), K] ->
@@ -196,12 +195,10 @@ def expert_gemv(
     step's MoE layer is then router GEMV, route_align (routing only) and two of these, plus
     the sum over k in the "pairs" mode. ValueError where a or w is not contiguous along K
     or a row does not fit (the engine's self-check then keeps the grouped GEMM).
-    `prefetch_experts` [E, ...] (not with `total`): the chosen experts' slices asked of the L2
-    as the programs finish (l2_prefetch; the down projections, for the next GEMV).
     """
     return rows_gemv(
         a, w, ids=ids.reshape(-1), a_div=a_div, bias=bias, scale=scale, act=act, total=total,
-        limit=limit, alpha=alpha, residual=residual, norm=norm, prefetch_experts=prefetch_experts,
+        limit=limit, alpha=alpha, residual=residual, norm=norm,
     )  # fmt: skip
 
 

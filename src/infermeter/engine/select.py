@@ -77,62 +77,6 @@ def triton_problem(model: Decoder) -> str | None:
 
 
 ONE_TOKEN_GEMVS = ("looped", "rows")
-L2_PREFETCH_PARTS = ("o", "next", "down")  # see engine/l2_prefetch.py
-
-
-def l2_prefetch(
-    device: torch.device, attention: str, dtype: torch.dtype = torch.bfloat16
-) -> tuple[list[str], str | None]:
-    """(parts, why none) of the L2 fetches the decode GEMVs make (engine/l2_prefetch.py),
-    from INFERMETER_L2_PREFETCH (comma-separated parts of L2_PREFETCH_PARTS; unset or empty:
-    none), where they can run: the Triton decode kernels on an sm_90+ GPU, the GEMVs that
-    issue them self-checked here; else none, and why. Raises UserError for an unknown part
-    (on every device, so a typo never passes)."""
-    wanted = {p.strip() for p in os.environ.get("INFERMETER_L2_PREFETCH", "").split(",")}
-    wanted.discard("")
-    unknown = sorted(wanted - set(L2_PREFETCH_PARTS))
-    if unknown:
-        raise UserError(
-            f"INFERMETER_L2_PREFETCH takes a comma-separated list of "
-            f"{', '.join(L2_PREFETCH_PARTS)}, not {', '.join(unknown)}"
-        )
-    if not wanted:
-        return [], None
-    if attention != "triton" or device.type != "cuda":
-        return [], "needs the Triton decode kernels on CUDA"
-    from infermeter.engine import l2_prefetch as l2
-
-    if not l2.supported(device):
-        return [], "needs an sm_90 or newer GPU (cp.async.bulk.prefetch.L2)"
-    problem = _prefetch_problem(device, dtype)
-    return ([], problem) if problem else (sorted(wanted), None)
-
-
-def _prefetch_problem(device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why the GEMVs that ask the L2 for a region cannot run here (None: each way of asking
-    ran and left the arithmetic as it was, against float32 math)."""
-    try:
-        from infermeter.engine import gemv_kernels, kernels
-
-        x = torch.randn(1, 256, device=device, dtype=dtype)
-        w = torch.randn(4, 96, 256, device=device, dtype=dtype)
-        ahead = torch.randn(4, 80, 64, device=device, dtype=dtype)
-        ids = torch.tensor([2, 0], device=device)
-        tile = {"BLOCK_N": 1, "SPLIT": False, "num_warps": 2}
-        want = (x.float() @ w[0].float().T, x.float() @ w[ids].float().transpose(1, 2))
-        got = (
-            gemv_kernels.rows_gemv(x, w[0], prefetch=ahead, tile=tile),
-            kernels.small_linear(x, w[0], prefetch=ahead, tuned=False, whole_rows=False),
-            gemv_kernels.rows_gemv(x, w, ids=ids, a_div=2, prefetch_experts=ahead, tile=tile),
-        )
-        torch.cuda.synchronize(device)
-    except Exception as error:  # a compiler, driver or PTX problem: measure without
-        return f"L2 prefetch self-check failed: {type(error).__name__}: {error}"[:300]
-    if not (_close(got[0], want[0]) and _close(got[1], want[0])):
-        return "L2 prefetch self-check mismatch (dense GEMVs)"
-    if not _close(got[2], want[1].reshape(2, -1)):
-        return "L2 prefetch self-check mismatch (expert GEMVs)"
-    return None
 
 
 def one_token_rows() -> bool:
