@@ -29,8 +29,15 @@ lengths) are the floor. A fault that changes a router's input would also show as
 flips; compare their rate with the floor's. There is no pass mark: the record says what the
 numbers were. Each model is cut to its first --layers layers (random weights).
 
+Positive control (--fault previous-slot): the decode step's cache write (kernels.rope_store,
+MLA's mla_kernels.latent_store) puts each step's key and value one slot early, over the
+previous token's, the off-by-one a fused kernel can make; installed after the engine's
+start-up self-checks, before any graph is captured. Its errors say how far a real fault
+moves these figures.
+
 Run (GPU): PYTHONPATH=src python benchmarks/decode_agreement.py
            [--models qwen3-30b-a3b,gpt-oss-20b,deepseek-v2-lite] [--layers 8] [--new 64]
+           [--fault previous-slot]
 CPU check (tiny specs, float32, no CUDA graphs, the engine's torch paths): ... --quick
 Writes docs/benchmarks/decode_agreement.json and .md with device, date and commit.
 """
@@ -42,6 +49,7 @@ import functools
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +65,40 @@ from infermeter.spec.catalog import get_spec
 GPU_MODELS = "qwen3-30b-a3b,gpt-oss-20b,deepseek-v2-lite"
 QUICK_MODELS = "tiny-qwen3-moe,tiny-gpt-oss"
 PROMPTS = 4  # random prompts per model, one sequence each (batch 1): --prompts
+FAULTS = ("previous-slot",)
+
+
+def install_fault(fault: str, engine: Any = None) -> Callable[[], None]:
+    """Make the decode step's cache writes land one slot early (the positive control, see
+    the module docstring); returns the undo. Patches the kernel modules' functions, which
+    the engine looks up at each call (so at graph capture). Raises UserError for an unknown
+    fault, or where `engine` would not run the patched kernels (its decode step off the
+    Triton kernels, or MLA layers off the latent kernels): a control that changes nothing."""
+    from infermeter.engine import kernels, mla_kernels
+
+    if fault not in FAULTS:
+        raise UserError(f"--fault takes {', '.join(FAULTS)}, not {fault!r}")
+    if engine is not None and (
+        engine.attention != "triton" or (engine.model.mla and engine.model.mla_kernels is None)
+    ):
+        raise UserError("--fault needs the Triton decode kernels (a GPU, --attention auto)")
+    rope_store, latent_store = kernels.rope_store, mla_kernels.latent_store
+
+    def early(slots: torch.Tensor) -> torch.Tensor:
+        return (slots - 1).clamp_min(0)
+
+    def faulty_rope_store(qkv, cache, pos, cos, sin, nq, slots=None):  # type: ignore[no-untyped-def]
+        rope_store(qkv, cache, pos, cos, sin, nq, early(pos if slots is None else slots))
+
+    def faulty_latent_store(y, q, w, eps, cache, pos, slots, *rest):  # type: ignore[no-untyped-def]
+        latent_store(y, q, w, eps, cache, pos, early(slots), *rest)
+
+    kernels.rope_store, mla_kernels.latent_store = faulty_rope_store, faulty_latent_store
+
+    def undo() -> None:
+        kernels.rope_store, mla_kernels.latent_store = rope_store, latent_store
+
+    return undo
 
 
 def _median(values: list[float]) -> float | None:
@@ -217,7 +259,10 @@ def agreement(
     floors: list[tuple[float, bool]] = []
     steps: list[tuple[float, bool]] = []
     firsts: list[tuple[float, bool]] = []
+    undo = None
     try:
+        if args.fault:  # after the engine's self-checks, before any graph is captured
+            undo = install_fault(args.fault, engine)
         for i in range(args.prompts):
             draw = torch.Generator().manual_seed(i)
             tokens = torch.randint(0, spec.vocab_size, (1, prompt), generator=draw)
@@ -234,6 +279,8 @@ def agreement(
             firsts.append(forced[0])
         info = engine.describe()  # after any switch above (the backend's is from prepare())
     finally:
+        if undo is not None:
+            undo()
         backend.close()
     return {
         "model": name,
@@ -249,6 +296,7 @@ def agreement(
         **_errors(firsts, "first_steps"),
         **_errors(floors, "floor"),
         "decode_path": engine.attention,
+        "fault": args.fault,
         "backend_info": info,
     }
 
@@ -275,7 +323,7 @@ def row_text(r: dict[str, Any]) -> tuple[str, str, str]:
     info = r["backend_info"]
     return (
         f"{r['spec']}, {r['prompts']} prompts, p = {r['prompt_tokens']}, o = "
-        f"{r['new_tokens']}",
+        f"{r['new_tokens']}" + (f", FAULT {r['fault']}" if r.get("fault") else ""),
         f"greedy decode tokens the prefill's argmax agrees with: {r['decode_tokens_agree']} of "
         f"{r['decode_tokens']} ({r['agreement_pct']:.1f}%); "
         + "; ".join([
@@ -303,6 +351,10 @@ def main() -> None:
         "--attention", choices=("auto", "sdpa"), default="auto",
         help="sdpa: the decode step's attention and dense layers on torch's ops, not the "
         "Triton decode kernels (MoE layers keep theirs)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fault", choices=FAULTS, default=None,
+        help="positive control: the decode step's cache writes one slot early",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="CPU: tiny specs, o at most 8")
     parser.add_argument("--out", type=Path, default=DOCS, help="folder of the record")

@@ -167,3 +167,63 @@ def test_the_graph_path_replays_its_first_step_on_a_cleared_slot(name: str) -> N
     assert all(x > 0 for x in before_replays[1:])  # then the steps' own keys
     assert max(e for e, _ in steps) < 1e-4  # and the replays compute the same logits
     assert not any(flip for _, flip in steps)  # routed as the prefill, read from the buffers
+
+
+FAULT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import torch
+import decode_agreement
+from infermeter.engine import kernels, mla_kernels
+
+def written(cache):  # slots of the cache that the store filled
+    return cache[0].flatten(1).abs().sum(-1).nonzero()[:, 0].tolist()
+
+qkv = torch.randn(1, 4, 16)  # 2 query heads, 1 KV head, d 16
+cache = torch.zeros(1, 10, 2, 1, 16)
+pos = torch.tensor([6])
+cos, sin = torch.ones(64, 8), torch.zeros(64, 8)
+out = {}
+undo = decode_agreement.install_fault("previous-slot")
+kernels.rope_store(qkv.clone(), cache, pos, cos, sin, 2)
+out["rope_fault"] = written(cache)
+undo()
+cache.zero_()
+kernels.rope_store(qkv.clone(), cache, pos, cos, sin, 2)
+out["rope_undone"] = written(cache)
+y, q = torch.randn(1, 8 + 32 + 16), torch.randn(1, 2, 8 + 16)
+latent = torch.zeros(1, 10, 32 + 16)
+args = (torch.ones(32), 1e-6, latent, pos, pos, torch.ones(64, 8), torch.zeros(64, 8), 8, 8)
+undo = decode_agreement.install_fault("previous-slot")
+mla_kernels.latent_store(y, q.clone(), *args)
+out["latent_fault"] = written(latent)
+undo()
+print(json.dumps(out))
+"""
+
+
+def test_the_fault_writes_one_slot_early_and_undoes() -> None:
+    """--fault previous-slot on the real Triton cache-write kernels (in Triton's interpreter):
+    position 6's key and value land in slot 5, then, undone, in slot 6 again; the latent
+    cache (MLA) the same."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", FAULT, str(REPO / "benchmarks")],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out == {"rope_fault": [5], "rope_undone": [6], "latent_fault": [5]}
+
+
+def test_a_fault_the_engine_would_not_run_is_refused(tmp_path: Path) -> None:
+    """On a CPU the decode step runs torch's ops, not the patched kernels: one line, no
+    record of a control that changed nothing."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    command = [sys.executable, str(SCRIPT), "--quick", "--models", "tiny-llama", "--prompts",
+               "1", "--fault", "previous-slot", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "--fault needs the Triton decode kernels" in done.stderr
+    assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())
