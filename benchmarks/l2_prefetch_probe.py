@@ -18,10 +18,12 @@ larger than the L2, so each repeat starts from HBM):
 - issue beside wait, gemv: the fetch on a second stream beside the wait, joined before the
   GEMV (a fork in the graph);
 - torch's sum of the weight and a persistent, pipelined GEMV at a few tiles: other ways
-  to read the same bytes.
+  to read the same bytes;
+- with --tiles, the whole-rows GEMV at each tile (rows a program, warps), from HBM and from
+  L2: is any tile's stream faster than the tuned one's?
 
 Run on a GPU (sm_90+): python benchmarks/l2_prefetch_probe.py [--mb 16] [--wait-us 5]
-    [--programs 132] [--repeats 64] [--out DIR]
+    [--programs 132] [--repeats 64] [--tiles] [--out DIR]
 Writes DIR/l2_prefetch_probe.json and .md (µs a repeat) with device, date and commit.
 """
 
@@ -127,6 +129,10 @@ STREAM_TILES = [  # (BLOCK_N, BLOCK_K, STAGES, warps, programs per SM)
 ]  # fmt: skip
 
 
+# whole-rows tiles (BLOCK_N, warps) that load 8-128 weight elements a thread at K = 2048
+TILES = [(n, w) for n in (1, 2, 4, 8, 16) for w in (2, 4, 8, 16) if 8 <= K * n // (32 * w) <= 128]
+
+
 def graph_us(step: Callable[[int], None], repeats: int) -> float:
     """µs a repeat of `step(i)` (i = 0..repeats-1) captured as one CUDA graph, the median
     of 7 timed replays after 2 untimed ones."""
@@ -155,8 +161,11 @@ def graph_us(step: Callable[[int], None], repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def probe(mb: float, wait_us: float, programs: int, repeats: int) -> dict[str, float]:
-    """µs a repeat of each arm (see the module docstring)."""
+def probe(
+    mb: float, wait_us: float, programs: int, repeats: int, tiles: bool = False
+) -> dict[str, float]:
+    """µs a repeat of each arm (see the module docstring); with `tiles`, the whole-rows GEMV
+    at each of TILES too, on the cycled weights and on one (L2-resident) weight."""
     import torch
 
     from infermeter.engine.gemv_kernels import rows_gemv
@@ -213,6 +222,12 @@ def probe(mb: float, wait_us: float, programs: int, repeats: int) -> dict[str, f
         if err > 1e-2:
             raise SystemExit(f"stream GEMV {bn}x{bk} disagrees with rows_gemv: {err:.3g}")
         arms[f"stream gemv {bn}x{bk}, {stages} stages, {warps} warps, {per_sm}/SM"] = stream
+    for bn, warps in TILES if tiles else ():
+        tile = {"BLOCK_N": bn, "SPLIT": False, "num_warps": warps}
+        arms[f"gemv tile n{bn} w{warps}"] = lambda i, t=tile: rows_gemv(x, w(i), tile=t)
+        arms[f"gemv tile n{bn} w{warps}, L2-hot"] = lambda i, t=tile: rows_gemv(
+            x, weights[0], tile=t
+        )
     return {name: graph_us(step, repeats) for name, step in arms.items()}
 
 
@@ -222,13 +237,16 @@ def main() -> None:
     parser.add_argument("--wait-us", type=float, default=5.0)
     parser.add_argument("--programs", type=int, default=132, help="programs of the issuer")
     parser.add_argument("--repeats", type=int, default=64)
+    parser.add_argument(
+        "--tiles", action="store_true", help="also the whole-rows GEMV at each tile, cold and hot"
+    )
     parser.add_argument("--out", type=Path, default=DOCS)
     args = parser.parse_args()
     import torch
 
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
         raise SystemExit("l2_prefetch_probe needs an sm_90+ GPU (cp.async.bulk.prefetch.L2)")
-    us = probe(args.mb, args.wait_us, args.programs, args.repeats)
+    us = probe(args.mb, args.wait_us, args.programs, args.repeats, args.tiles)
     print(us, flush=True)
     setup = (
         f"{args.mb:g} MB weights ({WEIGHTS} cycled), wait {args.wait_us:g} µs, "
