@@ -49,7 +49,6 @@ import functools
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,37 +67,40 @@ PROMPTS = 4  # random prompts per model, one sequence each (batch 1): --prompts
 FAULTS = ("previous-slot",)
 
 
-def install_fault(fault: str, engine: Any = None) -> Callable[[], None]:
-    """Make the decode step's cache writes land one slot early (the positive control, see
-    the module docstring); returns the undo. Patches the kernel modules' functions, which
-    the engine looks up at each call (so at graph capture). Raises UserError for an unknown
-    fault, or where `engine` would not run the patched kernels (its decode step off the
-    Triton kernels, or MLA layers off the latent kernels): a control that changes nothing."""
-    from infermeter.engine import kernels, mla_kernels
+class Fault:
+    """An installed positive control (see the module docstring): the decode step's cache
+    writes land one slot early, over the previous token's (a window's ring wraps: slot 0's
+    write lands in its last slot). Patches the kernel modules' functions, which the engine
+    looks up at each call (so at graph capture; a replay calls no Python). `calls` counts
+    the patched calls; undo() puts the kernels back. Raises UserError for an unknown fault,
+    or where `engine` would not run the patched kernels (its decode step off the Triton
+    kernels, or MLA layers off the latent kernels): a control that changes nothing."""
 
-    if fault not in FAULTS:
-        raise UserError(f"--fault takes {', '.join(FAULTS)}, not {fault!r}")
-    if engine is not None and (
-        engine.attention != "triton" or (engine.model.mla and engine.model.mla_kernels is None)
-    ):
-        raise UserError("--fault needs the Triton decode kernels (a GPU, --attention auto)")
-    rope_store, latent_store = kernels.rope_store, mla_kernels.latent_store
+    def __init__(self, fault: str, engine: Any = None) -> None:
+        from infermeter.engine import kernels, mla_kernels
 
-    def early(slots: torch.Tensor) -> torch.Tensor:
-        return (slots - 1).clamp_min(0)
+        if fault not in FAULTS:
+            raise UserError(f"--fault takes {', '.join(FAULTS)}, not {fault!r}")
+        if engine is not None and (
+            engine.attention != "triton" or (engine.model.mla and engine.model.mla_kernels is None)
+        ):
+            raise UserError("--fault needs the Triton decode kernels (a GPU, --attention auto)")
+        self.fault, self.calls = fault, 0
+        self._kernels, self._mla = kernels, mla_kernels
+        self._rope_store, self._latent_store = kernels.rope_store, mla_kernels.latent_store
+        kernels.rope_store, mla_kernels.latent_store = self._faulty_rope, self._faulty_latent
 
-    def faulty_rope_store(qkv, cache, pos, cos, sin, nq, slots=None):  # type: ignore[no-untyped-def]
-        rope_store(qkv, cache, pos, cos, sin, nq, early(pos if slots is None else slots))
+    def _faulty_rope(self, qkv, cache, pos, cos, sin, nq, slots=None):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        early = (pos - 1).clamp_min(0) if slots is None else (slots - 1) % cache.shape[1]
+        self._rope_store(qkv, cache, pos, cos, sin, nq, early)
 
-    def faulty_latent_store(y, q, w, eps, cache, pos, slots, *rest):  # type: ignore[no-untyped-def]
-        latent_store(y, q, w, eps, cache, pos, early(slots), *rest)
+    def _faulty_latent(self, y, q, w, eps, cache, pos, slots, *rest):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        self._latent_store(y, q, w, eps, cache, pos, (slots - 1).clamp_min(0), *rest)
 
-    kernels.rope_store, mla_kernels.latent_store = faulty_rope_store, faulty_latent_store
-
-    def undo() -> None:
-        kernels.rope_store, mla_kernels.latent_store = rope_store, latent_store
-
-    return undo
+    def undo(self) -> None:
+        self._kernels.rope_store, self._mla.latent_store = self._rope_store, self._latent_store
 
 
 def _median(values: list[float]) -> float | None:
@@ -259,10 +261,10 @@ def agreement(
     floors: list[tuple[float, bool]] = []
     steps: list[tuple[float, bool]] = []
     firsts: list[tuple[float, bool]] = []
-    undo = None
+    fault = None
     try:
         if args.fault:  # after the engine's self-checks, before any graph is captured
-            undo = install_fault(args.fault, engine)
+            fault = Fault(args.fault, engine)
         for i in range(args.prompts):
             draw = torch.Generator().manual_seed(i)
             tokens = torch.randint(0, spec.vocab_size, (1, prompt), generator=draw)
@@ -279,9 +281,11 @@ def agreement(
             firsts.append(forced[0])
         info = engine.describe()  # after any switch above (the backend's is from prepare())
     finally:
-        if undo is not None:
-            undo()
+        if fault is not None:
+            fault.undo()
         backend.close()
+    if fault is not None and fault.calls == 0:
+        raise UserError("--fault never ran: the decode step did not call the patched kernels")
     return {
         "model": name,
         "spec": spec.name,
@@ -297,6 +301,7 @@ def agreement(
         **_errors(floors, "floor"),
         "decode_path": engine.attention,
         "fault": args.fault,
+        "fault_calls": fault.calls if fault is not None else None,
         "backend_info": info,
     }
 
@@ -365,6 +370,10 @@ def main() -> None:
     for option, (value, least) in least_of.items():
         if value is not None and value < least:
             parser.error(f"{option} must be at least {least}, not {value}")
+    if args.fault and (args.quick or args.attention == "sdpa"):  # torch's ops: no kernel to fault
+        parser.error(
+            "--fault needs the Triton decode kernels: leave out --quick and --attention sdpa"
+        )
     device = "cpu" if args.quick else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA GPU here: run with --quick for the CPU check")

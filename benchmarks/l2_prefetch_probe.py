@@ -4,27 +4,31 @@ Tried in the engine at b20f553 and backed out: the decode GEMVs asked the L2 for
 GEMV's weights (`cp.async.bulk.prefetch.L2`) so that they would stream while the small
 attention and routing kernels ran, and whole models ran slower (docs/benchmarks/
 decode_power_l2_prefetch.md). This measures why, each arm a CUDA graph of `--repeats`
-repeats timed by CUDA events, every repeat on another of 8 weights of `--mb` MB (together
-larger than the L2, so each repeat starts from HBM):
+repeats timed by CUDA events, every repeat on the next of several weights of `--mb` MiB
+(at least 8, and three times the L2 together, so each repeat starts from HBM). The prefetch
+here is issued by a kernel of its own; b20f553 issued it at the end of the GEMVs' programs.
 
 - empty / issue: a kernel of `--programs` programs that exits at once, or that first asks
-  the L2 for the weight (one bulk prefetch a program): does a kernel end only once its
-  fetch has landed?
-- gemv: the whole-rows GEMV (gemv_kernels.rows_gemv, 1 x K by N x K, bfloat16) alone, and
-  on one weight every repeat (L2-resident where it fits: is it faster from L2?);
-- wait, gemv: a one-program kernel that spins `--wait-us` µs (the attention kernels' place)
-  and then the GEMV;
-- issue, wait, gemv: the fetch asked for first, in the same stream;
+  the L2 for the weight (one bulk prefetch a program);
+- wait: a one-program kernel that spins `--wait-us` µs (the attention kernels' place);
+  issue, wait: the fetch asked for, then the wait (one fetch a repeat, so HBM is not the
+  limit: if the issuer ends before its fetch lands, this takes empty + wait);
+- gemv: the whole-rows GEMV (gemv_kernels.rows_gemv, 1 x K by N x K, bfloat16, its tile
+  tuned as the engine tunes it, recorded) alone, and on one weight every repeat where one
+  fits in half the L2 (L2-hot: is it faster from L2?);
+- wait, gemv / issue, wait, gemv: the GEMV after the wait, with the fetch asked for first,
+  in the same stream;
 - issue beside wait, gemv: the fetch on a second stream beside the wait, joined before the
-  GEMV (a fork in the graph);
+  GEMV (a fork in the graph); empty beside wait, gemv: the same fork with an empty kernel,
+  the fork's own cost;
 - torch's sum of the weight and a persistent, pipelined GEMV at a few tiles: other ways
   to read the same bytes;
 - with --tiles, the whole-rows GEMV at each tile (rows a program, warps), from HBM and from
   L2: is any tile's stream faster than the tuned one's?
 
 Run on a GPU (sm_90+): python benchmarks/l2_prefetch_probe.py [--mb 16] [--wait-us 5]
-    [--programs 132] [--repeats 64] [--tiles] [--out DIR]
-Writes DIR/l2_prefetch_probe.json and .md (µs a repeat) with device, date and commit.
+    [--programs 132] [--repeats 64] [--tiles] [--out DIR] [--name l2_prefetch_probe]
+Writes DIR/NAME.json and .md (µs a repeat) with device, date and commit.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -41,7 +46,7 @@ import triton.language as tl  # noqa: E402
 
 from _record import DOCS, write_result  # noqa: E402
 
-WEIGHTS = 8  # distinct weights, cycled: 8 x 16 MB is more than an H200's 50 MB of L2
+WEIGHTS = 8  # distinct weights cycled, at least (and at least three times the L2 together)
 K = 2048
 
 
@@ -163,52 +168,68 @@ def graph_us(step: Callable[[int], None], repeats: int) -> float:
 
 def probe(
     mb: float, wait_us: float, programs: int, repeats: int, tiles: bool = False
-) -> dict[str, float]:
-    """µs a repeat of each arm (see the module docstring); with `tiles`, the whole-rows GEMV
-    at each of TILES too, on the cycled weights and on one (L2-resident) weight."""
+) -> dict[str, Any]:
+    """{"arms_us": µs a repeat of each arm (see the module docstring), "setup": what they ran
+    on}. The cycled weights are at least WEIGHTS and three times the L2 together; the L2-hot
+    arms run only where one weight fits in half the L2. With `tiles`, the whole-rows GEMV at
+    each of TILES too. Every GEMV is checked against the tuned one's output first."""
     import torch
 
-    from infermeter.engine.gemv_kernels import rows_gemv
+    from infermeter.engine.gemv_kernels import _rows_gemv, rows_gemv
 
-    issue, empty, spin = _issue, _empty, _spin
+    l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
     n = int(mb * 2**20) // (2 * K)
-    weights = [torch.randn(n, K, device="cuda", dtype=torch.bfloat16) for _ in range(WEIGHTS)]
-    x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
     nbytes = n * K * 2
+    count = max(WEIGHTS, -(-3 * l2_bytes // nbytes))
+    weights = [torch.randn(n, K, device="cuda", dtype=torch.bfloat16) for _ in range(count)]
+    hot = nbytes <= l2_bytes // 2
+    x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
     wait_ns = int(wait_us * 1000)
     other = torch.cuda.Stream()
+    want = rows_gemv(x, weights[0]).float()  # tunes the whole-rows GEMV for this shape
+    tuned = str(getattr(_rows_gemv, "best_config", None))
+
+    def check(label: str, got: torch.Tensor) -> None:
+        err = float((got.float().reshape(-1) - want[0]).abs().max() / want.abs().max())
+        if err > 1e-2:
+            raise SystemExit(f"{label} disagrees with the tuned whole-rows GEMV: {err:.3g}")
 
     def w(i: int) -> torch.Tensor:
-        return weights[i % WEIGHTS]
+        return weights[i % count]
 
     def ask(i: int) -> None:
-        issue[(programs,)](w(i), nbytes)
+        _issue[(programs,)](w(i), nbytes)
 
     def wait() -> None:
-        spin[(1,)](wait_ns)
+        _spin[(1,)](wait_ns)
 
-    def beside(i: int) -> None:
+    def beside(i: int, fetch: bool = True) -> None:
         main = torch.cuda.current_stream()
         other.wait_stream(main)
         with torch.cuda.stream(other):
-            ask(i)
+            (ask if fetch else empty)(i)
         wait()
         main.wait_stream(other)
         rows_gemv(x, w(i))
 
+    def empty(i: int) -> None:
+        _empty[(programs,)](w(i), nbytes)
+
     arms: dict[str, Callable[[int], None]] = {
-        "empty": lambda i: empty[(programs,)](w(i), nbytes),
+        "empty": empty,
         "issue": ask,
         "wait": lambda i: wait(),
+        "issue, wait": lambda i: (ask(i), wait()),
         "gemv": lambda i: rows_gemv(x, w(i)),
         "wait, gemv": lambda i: (wait(), rows_gemv(x, w(i))),
         "issue, wait, gemv": lambda i: (ask(i), wait(), rows_gemv(x, w(i))),
         "issue beside wait, gemv": beside,
+        "empty beside wait, gemv": lambda i: beside(i, fetch=False),
     }
-    arms["gemv, L2-hot"] = lambda i: rows_gemv(x, weights[0])
+    if hot:
+        arms["gemv, L2-hot"] = lambda i: rows_gemv(x, weights[0])
     arms["torch sum of the weight"] = lambda i: torch.sum(w(i), dtype=torch.float32)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    want = rows_gemv(x, weights[0]).float()
     for bn, bk, stages, warps, per_sm in STREAM_TILES:
         out = torch.empty(n, device="cuda", dtype=torch.float32)
 
@@ -218,17 +239,24 @@ def probe(
             )
 
         stream(0)
-        err = float((out - want[0]).abs().max() / want.abs().max())
-        if err > 1e-2:
-            raise SystemExit(f"stream GEMV {bn}x{bk} disagrees with rows_gemv: {err:.3g}")
+        check(f"stream GEMV {bn}x{bk}", out)
         arms[f"stream gemv {bn}x{bk}, {stages} stages, {warps} warps, {per_sm}/SM"] = stream
     for bn, warps in TILES if tiles else ():
         tile = {"BLOCK_N": bn, "SPLIT": False, "num_warps": warps}
+        check(f"tile n{bn} w{warps}", rows_gemv(x, weights[0], tile=tile))
         arms[f"gemv tile n{bn} w{warps}"] = lambda i, t=tile: rows_gemv(x, w(i), tile=t)
-        arms[f"gemv tile n{bn} w{warps}, L2-hot"] = lambda i, t=tile: rows_gemv(
-            x, weights[0], tile=t
-        )
-    return {name: graph_us(step, repeats) for name, step in arms.items()}
+        if hot:
+            arms[f"gemv tile n{bn} w{warps}, L2-hot"] = lambda i, t=tile: rows_gemv(
+                x, weights[0], tile=t
+            )
+    setup = {
+        "weight_bytes": nbytes,
+        "weights_cycled": count,
+        "l2_bytes": l2_bytes,
+        "l2_hot_arms": hot,
+        "tuned_tile": tuned,
+    }
+    return {"arms_us": {name: graph_us(step, repeats) for name, step in arms.items()}, **setup}
 
 
 def main() -> None:
@@ -241,26 +269,42 @@ def main() -> None:
         "--tiles", action="store_true", help="also the whole-rows GEMV at each tile, cold and hot"
     )
     parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument("--name", default="l2_prefetch_probe", help="record name")
     args = parser.parse_args()
+    if args.mb * 2**20 < 2 * K:
+        parser.error(f"--mb must hold at least one row of {K} bfloat16s, not {args.mb:g}")
+    for option, value in (("--programs", args.programs), ("--repeats", args.repeats)):
+        if value < 1:
+            parser.error(f"{option} must be at least 1, not {value}")
+    if args.wait_us < 0:
+        parser.error(f"--wait-us must be at least 0, not {args.wait_us:g}")
     import torch
 
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
         raise SystemExit("l2_prefetch_probe needs an sm_90+ GPU (cp.async.bulk.prefetch.L2)")
-    us = probe(args.mb, args.wait_us, args.programs, args.repeats, args.tiles)
-    print(us, flush=True)
-    setup = (
-        f"{args.mb:g} MB weights ({WEIGHTS} cycled), wait {args.wait_us:g} µs, "
-        f"{args.programs} issuing programs, {args.repeats} repeats a graph"
-    )
-    rows = [(f"{name} ({setup})", f"{value:.2f} µs", "-") for name, value in us.items()]
-    result = {
+    result = probe(args.mb, args.wait_us, args.programs, args.repeats, args.tiles)
+    print(result, flush=True)
+    mib = result["weight_bytes"] / 2**20
+    rows = [
+        (
+            "setup",
+            f"weights of {mib:.2f} MiB, {result['weights_cycled']} cycled (L2 "
+            f"{result['l2_bytes'] / 2**20:.0f} MiB; L2-hot arms "
+            f"{'run' if result['l2_hot_arms'] else 'left out: one weight is over half the L2'}"
+            f"); wait {args.wait_us:g} µs; the issuer {args.programs} programs; "
+            f"{args.repeats} repeats a graph; tuned whole-rows tile {result['tuned_tile']}",
+            "-",
+        )
+    ]
+    rows += [(name, f"{value:.2f} µs", "-") for name, value in result["arms_us"].items()]
+    record = {
         "mb": args.mb,
         "wait_us": args.wait_us,
         "programs": args.programs,
         "repeats": args.repeats,
-        "arms_us": us,
+        **result,
     }
-    print("written", write_result("l2_prefetch_probe", result, rows, args.out))
+    print("written", write_result(args.name, record, rows, args.out))
 
 
 if __name__ == "__main__":

@@ -179,33 +179,35 @@ from infermeter.engine import kernels, mla_kernels
 def written(cache):  # slots of the cache that the store filled
     return cache[0].flatten(1).abs().sum(-1).nonzero()[:, 0].tolist()
 
-qkv = torch.randn(1, 4, 16)  # 2 query heads, 1 KV head, d 16
-cache = torch.zeros(1, 10, 2, 1, 16)
-pos = torch.tensor([6])
-cos, sin = torch.ones(64, 8), torch.zeros(64, 8)
+def rope(pos, slots=None):  # qkv: 2 query heads, 1 KV head, d 16; a cache of 10 slots
+    cache = torch.zeros(1, 10, 2, 1, 16)
+    kernels.rope_store(torch.randn(1, 4, 16), cache, torch.tensor([pos]), torch.ones(64, 8),
+                       torch.zeros(64, 8), 2, None if slots is None else torch.tensor([slots]))
+    return written(cache)
+
+def latent(pos):  # q_width 8, lora 32, rope 16, nope 8, 2 heads
+    cache = torch.zeros(1, 10, 32 + 16)
+    at = torch.tensor([pos])
+    mla_kernels.latent_store(torch.randn(1, 8 + 32 + 16), torch.randn(1, 2, 8 + 16),
+                             torch.ones(32), 1e-6, cache, at, at, torch.ones(64, 8),
+                             torch.zeros(64, 8), 8, 8)
+    return written(cache)
+
 out = {}
-undo = decode_agreement.install_fault("previous-slot")
-kernels.rope_store(qkv.clone(), cache, pos, cos, sin, 2)
-out["rope_fault"] = written(cache)
-undo()
-cache.zero_()
-kernels.rope_store(qkv.clone(), cache, pos, cos, sin, 2)
-out["rope_undone"] = written(cache)
-y, q = torch.randn(1, 8 + 32 + 16), torch.randn(1, 2, 8 + 16)
-latent = torch.zeros(1, 10, 32 + 16)
-args = (torch.ones(32), 1e-6, latent, pos, pos, torch.ones(64, 8), torch.zeros(64, 8), 8, 8)
-undo = decode_agreement.install_fault("previous-slot")
-mla_kernels.latent_store(y, q.clone(), *args)
-out["latent_fault"] = written(latent)
-undo()
+fault = decode_agreement.Fault("previous-slot")
+out["fault"] = [rope(6), rope(21, 5), rope(21, 0), latent(6)]
+out["calls"] = fault.calls
+fault.undo()
+out["undone"] = [rope(6), rope(21, 5), latent(6)]
 print(json.dumps(out))
 """
 
 
 def test_the_fault_writes_one_slot_early_and_undoes() -> None:
     """--fault previous-slot on the real Triton cache-write kernels (in Triton's interpreter):
-    position 6's key and value land in slot 5, then, undone, in slot 6 again; the latent
-    cache (MLA) the same."""
+    position 6's key and value land in slot 5, a ring's slot 5 in 4 and its slot 0 in its
+    last (9), the latent cache (MLA) the same; each call counted; undone, they land where
+    they belong."""
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO / "src")}
     done = subprocess.run(
@@ -214,14 +216,39 @@ def test_the_fault_writes_one_slot_early_and_undoes() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out == {"rope_fault": [5], "rope_undone": [6], "latent_fault": [5]}
+    assert out == {"fault": [[5], [4], [9], [5]], "calls": 4, "undone": [[6], [5], [6]]}
 
 
-def test_a_fault_the_engine_would_not_run_is_refused(tmp_path: Path) -> None:
-    """On a CPU the decode step runs torch's ops, not the patched kernels: one line, no
-    record of a control that changed nothing."""
+def test_a_fault_the_engine_would_not_run_is_refused() -> None:
+    """An engine whose decode step would not call the patched kernels: off the Triton path,
+    or MLA layers off the latent kernels; nothing is patched then."""
+    from types import SimpleNamespace
+
+    import decode_agreement
+    from infermeter.engine import kernels
+    from infermeter.errors import UserError
+
+    before = kernels.rope_store
+    for attention, mla, latent in (("sdpa", False, None), ("triton", True, None)):
+        engine = SimpleNamespace(
+            attention=attention, model=SimpleNamespace(mla=mla, mla_kernels=latent)
+        )
+        with pytest.raises(UserError, match="--fault needs the Triton decode kernels"):
+            decode_agreement.Fault("previous-slot", engine)
+        assert kernels.rope_store is before
+    engine = SimpleNamespace(attention="triton", model=SimpleNamespace(mla=True, mla_kernels=1))
+    fault = decode_agreement.Fault("previous-slot", engine)
+    assert kernels.rope_store is not before
+    fault.undo()
+    assert kernels.rope_store is before
+
+
+@pytest.mark.parametrize("extra", [["--quick"], ["--attention", "sdpa"]])
+def test_a_fault_on_torch_ops_is_refused_up_front(tmp_path: Path, extra: list[str]) -> None:
+    """The decode step on torch's ops (a CPU, or --attention sdpa) calls no kernel to fault:
+    one line before any model is built, no record."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    command = [sys.executable, str(SCRIPT), "--quick", "--models", "tiny-llama", "--prompts",
+    command = [sys.executable, str(SCRIPT), *extra, "--models", "tiny-llama", "--prompts",
                "1", "--fault", "previous-slot", "--out", str(tmp_path)]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr

@@ -44,7 +44,7 @@ def test_shares_tile_the_region_in_16_byte_aligned_pieces() -> None:
     rng = random.Random(20)
     cases = [(16, 1), (16, 7), (160, 10), (16 * 2**20, 132), (17 * 2**20 + 48, 1000)]
     cases += [(16 * rng.randint(1, 10**6), rng.randint(1, 300)) for _ in range(12)]
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO / "src")}
     done = subprocess.run(
         [sys.executable, "-c", SHARES, json.dumps(cases), str(REPO / "benchmarks")],
         env=env, capture_output=True, text=True, timeout=600, check=False,
@@ -57,3 +57,28 @@ def test_shares_tile_the_region_in_16_byte_aligned_pieces() -> None:
         ends = [0] + [start + size for start, size in pieces]
         assert [start for start, _ in pieces] == ends[:-1]  # contiguous, no overlap
         assert ends[-1] == nbytes
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--mb", "0.001"], "--mb must hold at least one row"),
+        (["--repeats", "0"], "--repeats must be at least 1, not 0"),
+        (["--programs", "0"], "--programs must be at least 1, not 0"),
+        (["--wait-us", "-1"], "--wait-us must be at least 0"),
+        ([], "needs an sm_90+ GPU"),  # this machine: no GPU
+    ],
+)
+def test_bad_input_and_no_gpu_are_one_line(tmp_path, args: list[str], says: str) -> None:
+    import torch
+
+    if not args and torch.cuda.is_available():
+        pytest.skip("a GPU is here: the probe would run")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    command = [sys.executable, str(REPO / "benchmarks" / "l2_prefetch_probe.py"), *args]
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path)], env=env, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0 and says in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())
