@@ -408,14 +408,54 @@ TILE_PROBLEMS: list[str] = []  # kept choices that could not be read or written,
 # about 0.1 s a tile, 12 tiles a shape, before a profile's first point.
 TILE_BENCH_WARMUP_MS = 5
 TILE_BENCH_REP_MS = 20
+# How the L2 is emptied before each timed run: select.tile_flush (INFERMETER_TILE_FLUSH).
+TILE_BENCH_RUNS = 60  # timed runs a tile with the read flush (after 3 untimed)
+_READ_FLUSH: dict[int, tuple[Tensor, Tensor]] = {}
+
+
+def tile_flush() -> str:
+    from infermeter.engine.select import tile_flush  # select imports this module lazily
+
+    return tile_flush()
+
+
+def _read_flush(index: int) -> Callable[[], Any]:
+    """A kernel that reads four times device `index`'s L2 (at least 64 MiB)."""
+    if index not in _READ_FLUSH:
+        l2 = torch.cuda.get_device_properties(index).L2_cache_size or 2**24
+        rows = max(4 * l2, 2**26) // 4096
+        device = torch.device("cuda", index)
+        _READ_FLUSH[index] = (
+            torch.ones(rows, 1024, device=device),
+            torch.empty(1024, device=device),
+        )
+    buf, out = _READ_FLUSH[index]
+    return lambda: torch.sum(buf, dim=0, out=out)
 
 
 def _tile_bench(kernel_call: Callable[[], None], quantiles: tuple[float, ...]) -> Any:
+    """ms of one run of `kernel_call` at `quantiles`, the L2 emptied before each (tile_flush)."""
     import triton.testing
 
-    return triton.testing.do_bench(
-        kernel_call, warmup=TILE_BENCH_WARMUP_MS, rep=TILE_BENCH_REP_MS, quantiles=quantiles
-    )
+    if tile_flush() == "write":
+        return triton.testing.do_bench(
+            kernel_call, warmup=TILE_BENCH_WARMUP_MS, rep=TILE_BENCH_REP_MS, quantiles=quantiles
+        )
+    flush = _read_flush(torch.cuda.current_device())
+    for _ in range(3):
+        kernel_call()
+    events = [
+        (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        for _ in range(TILE_BENCH_RUNS)
+    ]
+    for start, end in events:
+        flush()  # tens of µs of GPU work: the launch below is queued before it ends
+        start.record()
+        kernel_call()
+        end.record()
+    torch.cuda.synchronize()
+    times = torch.tensor([start.elapsed_time(end) for start, end in events])
+    return torch.quantile(times, torch.tensor(quantiles)).tolist()
 
 
 def autotune(
@@ -492,6 +532,8 @@ def tiles_note() -> str:
         note = "autotuned in each process (INFERMETER_KEEP_TILES=0)"
     else:
         note = f"autotuned in each process (Triton {triton.__version__} cannot keep the choice)"
+    if tile_flush() == "read":
+        note += "; timed after a read of four times the L2 (INFERMETER_TILE_FLUSH=read)"
     if TILE_PROBLEMS:
         note += "; kept choices unusable, tuned in memory: " + "; ".join(TILE_PROBLEMS)
     return note
