@@ -604,26 +604,6 @@ def test_a_misspelt_one_token_gemv_is_one_line_on_any_device(
         Engine(get_spec("tiny-llama"), device="cpu", dtype=torch.float32)
 
 
-@pytest.mark.parametrize(("value", "flush"), [(None, "write"), (" ", "write"), ("read", "read")])
-def test_the_tile_flush_follows_the_environment(
-    monkeypatch: pytest.MonkeyPatch, value: str | None, flush: str
-) -> None:
-    """How the tuner empties the L2 before timing a tile: do_bench's write unless asked."""
-    from infermeter.engine.select import tile_flush
-
-    if value is None:
-        monkeypatch.delenv("INFERMETER_TILE_FLUSH", raising=False)
-    else:
-        monkeypatch.setenv("INFERMETER_TILE_FLUSH", value)
-    assert tile_flush() == flush
-
-
-def test_a_misspelt_tile_flush_is_one_line_on_any_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("INFERMETER_TILE_FLUSH", "clean")
-    with pytest.raises(UserError, match="TILE_FLUSH must be write or read, not 'clean'"):
-        Engine(get_spec("tiny-llama"), device="cpu", dtype=torch.float32)
-
-
 @settings(max_examples=60, deadline=None)
 @given(
     length=st.integers(1, 300),

@@ -27,7 +27,9 @@ each process, near-tied tiles go either way: a LLaMA-7B query (p = 512, o = 256)
 to 1051.4 ms in three processes on an H200, 1009.3 to 1009.9 ms with the choice kept
 (docs/benchmarks/autotune_spread.md). Under tensor parallelism on an empty cache each rank
 tunes on its own GPU, so that run's ranks may run different tiles; the last rank to finish
-is kept for later runs.
+is kept for later runs. Timing the tiles after a read of the L2 instead of do_bench's zeroing
+write was tried (53cf318) and not adopted: no model decoded faster
+(docs/benchmarks/tile_flush/README.md).
 
 Tried and backed out (benchmarks/decode_ablation.py at commit 4538868 measured them on an
 H200): RMSNorm inside the GEMV, from the sum of squares of the streamed x (4.59 ms vs 4.33 ms
@@ -37,8 +39,8 @@ stops being pipelined; and loading the first weight tile before the PDL wait (4.
 weights before the wait were slower too, by 1.5-4.0 % a decode step for Qwen3-30B-A3B,
 gpt-oss-20b and DeepSeek-V2-Lite on an H200 (docs/benchmarks/decode_power_gemv_early.md).
 So were GEMVs that asked the L2 for a later GEMV's weights (b20f553; decode_power_l2_prefetch.md):
-a whole-rows GEMV reads 16 MiB no faster from L2 than from HBM, and the kernel that asks
-ends only once the fetch lands (benchmarks/l2_prefetch_probe.py, l2_prefetch_probe.md).
+in benchmarks/l2_prefetch_probe.py the fetch, in line or on a forked stream, did not make the
+GEMV after it faster, and the kernel that asked held the chain for 3.7 µs (l2_prefetch_probe.md).
 """
 
 from __future__ import annotations
@@ -408,54 +410,14 @@ TILE_PROBLEMS: list[str] = []  # kept choices that could not be read or written,
 # about 0.1 s a tile, 12 tiles a shape, before a profile's first point.
 TILE_BENCH_WARMUP_MS = 5
 TILE_BENCH_REP_MS = 20
-# How the L2 is emptied before each timed run: select.tile_flush (INFERMETER_TILE_FLUSH).
-TILE_BENCH_RUNS = 60  # timed runs a tile with the read flush (after 3 untimed)
-_READ_FLUSH: dict[int, tuple[Tensor, Tensor]] = {}
-
-
-def tile_flush() -> str:
-    from infermeter.engine.select import tile_flush  # select imports this module lazily
-
-    return tile_flush()
-
-
-def _read_flush(index: int) -> Callable[[], Any]:
-    """A kernel that reads four times device `index`'s L2 (at least 64 MiB)."""
-    if index not in _READ_FLUSH:
-        l2 = torch.cuda.get_device_properties(index).L2_cache_size or 2**24
-        rows = max(4 * l2, 2**26) // 4096
-        device = torch.device("cuda", index)
-        _READ_FLUSH[index] = (
-            torch.ones(rows, 1024, device=device),
-            torch.empty(1024, device=device),
-        )
-    buf, out = _READ_FLUSH[index]
-    return lambda: torch.sum(buf, dim=0, out=out)
 
 
 def _tile_bench(kernel_call: Callable[[], None], quantiles: tuple[float, ...]) -> Any:
-    """ms of one run of `kernel_call` at `quantiles`, the L2 emptied before each (tile_flush)."""
     import triton.testing
 
-    if tile_flush() == "write":
-        return triton.testing.do_bench(
-            kernel_call, warmup=TILE_BENCH_WARMUP_MS, rep=TILE_BENCH_REP_MS, quantiles=quantiles
-        )
-    flush = _read_flush(torch.cuda.current_device())
-    for _ in range(3):
-        kernel_call()
-    events = [
-        (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-        for _ in range(TILE_BENCH_RUNS)
-    ]
-    for start, end in events:
-        flush()  # tens of µs of GPU work: the launch below is queued before it ends
-        start.record()
-        kernel_call()
-        end.record()
-    torch.cuda.synchronize()
-    times = torch.tensor([start.elapsed_time(end) for start, end in events])
-    return torch.quantile(times, torch.tensor(quantiles)).tolist()
+    return triton.testing.do_bench(
+        kernel_call, warmup=TILE_BENCH_WARMUP_MS, rep=TILE_BENCH_REP_MS, quantiles=quantiles
+    )
 
 
 def autotune(
@@ -532,8 +494,6 @@ def tiles_note() -> str:
         note = "autotuned in each process (INFERMETER_KEEP_TILES=0)"
     else:
         note = f"autotuned in each process (Triton {triton.__version__} cannot keep the choice)"
-    if tile_flush() == "read":
-        note += "; timed after a read of four times the L2 (INFERMETER_TILE_FLUSH=read)"
     if TILE_PROBLEMS:
         note += "; kept choices unusable, tuned in memory: " + "; ".join(TILE_PROBLEMS)
     return note

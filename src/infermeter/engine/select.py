@@ -77,20 +77,6 @@ def triton_problem(model: Decoder) -> str | None:
 
 
 ONE_TOKEN_GEMVS = ("looped", "rows")
-TILE_FLUSHES = ("write", "read")
-
-
-def tile_flush() -> str:
-    """How the L2 is emptied before each timed run when the Triton kernels' tiles are tuned,
-    from INFERMETER_TILE_FLUSH ("write" where unset or empty): "write", do_bench's zeroing of
-    a 256 MB buffer, which leaves the L2 full of dirty lines that the timed kernel's reads
-    must first write back; or "read", a read of four times the L2 (clean lines), as a decode
-    step's kernel finds it after the GEMVs before it streamed other weights. Raises
-    UserError for any other value (checked at start by choose_attention)."""
-    wanted = os.environ.get("INFERMETER_TILE_FLUSH", "").strip() or "write"
-    if wanted not in TILE_FLUSHES:
-        raise UserError(f"INFERMETER_TILE_FLUSH must be {one_of(TILE_FLUSHES)}, not {wanted!r}")
-    return wanted
 
 
 def one_token_rows() -> bool:
@@ -491,10 +477,9 @@ def choose_moe(model: Decoder, graphs: bool = False) -> tuple[str | None, str | 
 
 def choose_attention(model: Decoder, wanted: str = "auto") -> tuple[str, dict[str, str]]:
     """The fastest decode attention that passes its self-check, and why others were skipped.
-    Raises UserError for an unknown `wanted`, INFERMETER_ONE_TOKEN_GEMV or
-    INFERMETER_TILE_FLUSH (read on every device and path, so a typo never passes)."""
+    Raises UserError for an unknown `wanted` or INFERMETER_ONE_TOKEN_GEMV (read on every
+    device and path, so a typo never passes)."""
     one_token_rows()
-    tile_flush()
     order = ["triton", "flash", "sdpa"] if wanted == "auto" else [wanted]
     if wanted not in ("auto", "triton", "flash", "sdpa"):
         raise UserError(f"engine: decode_attention must be auto|triton|flash|sdpa, not {wanted!r}")
