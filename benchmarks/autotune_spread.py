@@ -11,7 +11,9 @@ processes, empty at the start; either way without the caller's TRITON_CACHE_AUTO
 after the other, N fresh processes each build the model on the engine and time
 each query shape (after one untimed call, the minimum of 5 wall-clock trials of the whole
 generate() call); the figures are the spread of those minima across processes (largest / smallest
-− 1, and the std, in %) and how many different GEMV tiles the processes chose.
+− 1, and the std, in %) and how many different sets of tiles the processes chose for the
+autotuned GEMV kernels (looped, whole rows, the MoE grouped GEMM; the records made before
+this counted the looped one only).
 
 Run: python benchmarks/autotune_spread.py [--model llama-7b] [--processes 4]
          [--shapes 512x256,1500x3]
@@ -39,6 +41,17 @@ WAYS = {"tuned per process": {"INFERMETER_KEEP_TILES": "0"}, "kept": {}}
 CHOICE_ENV = ("INFERMETER_KEEP_TILES", "TRITON_CACHE_AUTOTUNING", "TRITON_CACHE_DIR")
 
 
+def _tuned_kernels(kernels: Any) -> dict[str, Any]:
+    """The engine's autotuned GEMV kernels (looped, whole rows, MoE grouped GEMM) by name."""
+    from infermeter.engine import gemv_kernels, moe_kernels
+
+    return {
+        "small_linear": kernels._small_linear,
+        "rows_gemv": gemv_kernels._rows_gemv,
+        "grouped_gemm": moe_kernels._grouped_gemm,
+    }
+
+
 def one_process(model: str, shapes: list[tuple[int, int]]) -> dict[str, Any]:
     """Build `model` on the engine, time each (p, o); the GEMV tiles this process ran."""
 
@@ -59,11 +72,14 @@ def one_process(model: str, shapes: list[tuple[int, int]]) -> dict[str, Any]:
         prompt = rng.integers(0, spec.vocab_size, p).tolist()
         call(prompt, o)  # the shape's setup, untimed
         times[f"{p}x{o}"] = min(call(prompt, o) for _ in range(5))
-    tiles = {
-        " ".join(map(str, key)): f"{cfg.kwargs['BLOCK_N']}x{cfg.kwargs['BLOCK_K']}"
-        f"/w{cfg.num_warps}/s{cfg.num_stages}"
-        for key, cfg in kernels._small_linear.cache.items()
-    }  # key: N K M and the dtypes, as Triton's autotuner keys its choice
+    tiles = {  # key: kernel, then its shape key and the dtypes, as Triton's autotuner keys it
+        f"{name} {' '.join(map(str, key))}": (
+            " ".join(f"{k}={v}" for k, v in sorted(cfg.kwargs.items()))
+            + f" w{cfg.num_warps} s{cfg.num_stages}"
+        )
+        for name, tuner in _tuned_kernels(kernels).items()
+        for key, cfg in tuner.cache.items()
+    }
     backend.close()
     return {"times_s": times, "tiles": tiles, "note": kernels.tiles_note()}
 
