@@ -41,9 +41,9 @@ WAYS = {"tuned per process": {"INFERMETER_KEEP_TILES": "0"}, "kept": {}}
 CHOICE_ENV = ("INFERMETER_KEEP_TILES", "TRITON_CACHE_AUTOTUNING", "TRITON_CACHE_DIR")
 
 
-def _tuned_kernels(kernels: Any) -> dict[str, Any]:
+def _tuned_kernels() -> dict[str, Any]:
     """The engine's autotuned GEMV kernels (looped, whole rows, MoE grouped GEMM) by name."""
-    from infermeter.engine import gemv_kernels, moe_kernels
+    from infermeter.engine import gemv_kernels, kernels, moe_kernels
 
     return {
         "small_linear": kernels._small_linear,
@@ -77,11 +77,18 @@ def one_process(model: str, shapes: list[tuple[int, int]]) -> dict[str, Any]:
             " ".join(f"{k}={v}" for k, v in sorted(cfg.kwargs.items()))
             + f" w{cfg.num_warps} s{cfg.num_stages}"
         )
-        for name, tuner in _tuned_kernels(kernels).items()
+        for name, tuner in _tuned_kernels().items()
         for key, cfg in tuner.cache.items()
     }
+    ran = engine.describe()
     backend.close()
-    return {"times_s": times, "tiles": tiles, "note": kernels.tiles_note()}
+    return {
+        "times_s": times,
+        "tiles": tiles,
+        "note": kernels.tiles_note(),
+        "one_token_gemv": ran.get("one_token_gemv"),
+        "moe_batch1_gemv": ran.get("moe_batch1_gemv"),
+    }
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -134,7 +141,7 @@ def main() -> None:
                 f"{args.processes} processes",
                 f"spread {s['spread_pct']:.2f} %, std {s['std_pct']:.2f} % "
                 f"({min(s['times_s']) * 1e3:.2f}-{max(s['times_s']) * 1e3:.2f} ms); "
-                f"{distinct} different GEMV tile sets", "-",
+                f"{distinct} different sets of GEMV kernel tiles", "-",
             ))  # fmt: skip
     import triton
 

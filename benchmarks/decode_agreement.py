@@ -102,6 +102,11 @@ class Fault:
     def undo(self) -> None:
         self._kernels.rope_store, self._mla.latent_store = self._rope_store, self._latent_store
 
+    def require_ran(self) -> None:
+        """UserError where no patched kernel was called: a control that changed nothing."""
+        if self.calls == 0:
+            raise UserError("--fault never ran: the decode step did not call the patched kernels")
+
 
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
@@ -284,8 +289,8 @@ def agreement(
         if fault is not None:
             fault.undo()
         backend.close()
-    if fault is not None and fault.calls == 0:
-        raise UserError("--fault never ran: the decode step did not call the patched kernels")
+    if fault is not None:
+        fault.require_ran()
     return {
         "model": name,
         "spec": spec.name,

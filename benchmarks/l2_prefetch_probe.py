@@ -34,6 +34,7 @@ Writes DIR/NAME.json and .md (µs a repeat) with device, date and commit.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -271,17 +272,26 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DOCS)
     parser.add_argument("--name", default="l2_prefetch_probe", help="record name")
     args = parser.parse_args()
-    if args.mb * 2**20 < 2 * K:
+    if not math.isfinite(args.mb) or args.mb * 2**20 < 2 * K:
         parser.error(f"--mb must hold at least one row of {K} bfloat16s, not {args.mb:g}")
     for option, value in (("--programs", args.programs), ("--repeats", args.repeats)):
         if value < 1:
             parser.error(f"{option} must be at least 1, not {value}")
-    if args.wait_us < 0:
-        parser.error(f"--wait-us must be at least 0, not {args.wait_us:g}")
+    if args.mb * 2**20 / args.programs >= 2**31:  # one bulk prefetch's size is 32-bit
+        parser.error("--mb / --programs: a program's share must be under 2 GiB")
+    if not math.isfinite(args.wait_us) or args.wait_us < 0:
+        parser.error(f"--wait-us must be a number of at least 0, not {args.wait_us:g}")
     import torch
 
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
         raise SystemExit("l2_prefetch_probe needs an sm_90+ GPU (cp.async.bulk.prefetch.L2)")
+    l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
+    need = max(WEIGHTS * args.mb * 2**20, 3 * l2_bytes + args.mb * 2**20)
+    if need > 0.8 * torch.cuda.mem_get_info()[0]:
+        raise SystemExit(
+            f"--mb {args.mb:g}: the cycled weights need {need / 2**30:.1f} GiB, "
+            "more than this GPU has free"
+        )
     result = probe(args.mb, args.wait_us, args.programs, args.repeats, args.tiles)
     print(result, flush=True)
     mib = result["weight_bytes"] / 2**20

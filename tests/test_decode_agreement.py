@@ -219,15 +219,20 @@ def test_the_fault_writes_one_slot_early_and_undoes() -> None:
     assert out == {"fault": [[5], [4], [9], [5]], "calls": 4, "undone": [[6], [5], [6]]}
 
 
-def test_a_fault_the_engine_would_not_run_is_refused() -> None:
+def test_a_fault_the_engine_would_not_run_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """An engine whose decode step would not call the patched kernels: off the Triton path,
-    or MLA layers off the latent kernels; nothing is patched then."""
+    or MLA layers off the latent kernels; nothing is patched then. A fault installed but
+    never called is refused after the run."""
+    pytest.importorskip("triton")
     from types import SimpleNamespace
 
     import decode_agreement
-    from infermeter.engine import kernels
+    from infermeter.engine import kernels, mla_kernels
     from infermeter.errors import UserError
 
+    # whatever happens below, the kernels are put back after the test
+    monkeypatch.setattr(kernels, "rope_store", kernels.rope_store)
+    monkeypatch.setattr(mla_kernels, "latent_store", mla_kernels.latent_store)
     before = kernels.rope_store
     for attention, mla, latent in (("sdpa", False, None), ("triton", True, None)):
         engine = SimpleNamespace(
@@ -241,6 +246,10 @@ def test_a_fault_the_engine_would_not_run_is_refused() -> None:
     assert kernels.rope_store is not before
     fault.undo()
     assert kernels.rope_store is before
+    with pytest.raises(UserError, match="--fault never ran"):
+        fault.require_ran()
+    fault.calls = 1
+    fault.require_ran()
 
 
 @pytest.mark.parametrize("extra", [["--quick"], ["--attention", "sdpa"]])

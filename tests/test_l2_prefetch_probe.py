@@ -65,7 +65,10 @@ def test_shares_tile_the_region_in_16_byte_aligned_pieces() -> None:
         (["--mb", "0.001"], "--mb must hold at least one row"),
         (["--repeats", "0"], "--repeats must be at least 1, not 0"),
         (["--programs", "0"], "--programs must be at least 1, not 0"),
-        (["--wait-us", "-1"], "--wait-us must be at least 0"),
+        (["--wait-us", "-1"], "--wait-us must be a number of at least 0"),
+        (["--wait-us", "nan"], "--wait-us must be a number of at least 0"),
+        (["--mb", "inf"], "--mb must hold at least one row"),
+        (["--mb", "5000", "--programs", "2"], "a program's share must be under 2 GiB"),
         ([], "needs an sm_90+ GPU"),  # this machine: no GPU
     ],
 )
