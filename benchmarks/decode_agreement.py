@@ -45,10 +45,12 @@ Writes docs/benchmarks/decode_agreement.json and .md with device, date and commi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +183,19 @@ def _moes(engine: Any) -> list[Any]:
     return [blk.moe for blk in engine.model.layers if blk.moe is not None]
 
 
+@contextlib.contextmanager
+def _recording(engine: Any) -> Iterator[list[Any]]:
+    """The engine's MoE layers, each recording its routing (last_ids) inside the block."""
+    moes = _moes(engine)
+    for moe in moes:
+        moe.record = True
+    try:
+        yield moes
+    finally:
+        for moe in moes:
+            moe.record = False
+
+
 @torch.inference_mode()
 def reference_prefill(
     engine: Any, tokens: torch.Tensor, decoded: list[int]
@@ -189,15 +204,9 @@ def reference_prefill(
     and each MoE layer's sorted expert choices [p + n − 1, k]. The cache is sized first as
     generate() sized it (p + n), so nothing after this reallocates it."""
     engine._ensure_state(1, tokens.shape[1] + len(decoded))
-    moes = _moes(engine)
-    for moe in moes:
-        moe.record = True
-    try:
+    with _recording(engine) as moes:
         logits = engine.score(torch.cat([tokens, torch.tensor([decoded[:-1]])], dim=1))[0]
         return logits, _routing(moes)
-    finally:
-        for moe in moes:
-            moe.record = False
 
 
 @torch.inference_mode()
@@ -215,10 +224,7 @@ def teacher_forced(
     first step's cache holds the prompt prefill's keys only."""
     p, n, device = tokens.shape[1], len(decoded), engine.device
     logits_ref, chosen = reference or reference_prefill(engine, tokens, decoded)
-    moes = _moes(engine)
-    for moe in moes:
-        moe.record = True
-    try:
+    with _recording(engine) as moes:
         step = _Step(engine, range(p, p + n - 1))  # captures write keys: before the clearing
         logits = engine._prefill_logits(tokens.to(device), None)[0]
         floor = (_relative(logits, logits_ref[p - 1]), _flipped(moes, chosen, -1, p - 1))
@@ -228,9 +234,6 @@ def teacher_forced(
             error = _relative(step(decoded[j], p + j), logits_ref[p + j])
             steps.append((error, _flipped(moes, chosen, 0, p + j)))
         del step  # its graphs, and their memory in the engine's pool
-    finally:
-        for moe in moes:
-            moe.record = False
     return floor, steps
 
 

@@ -46,6 +46,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from _record import DOCS, write_result  # noqa: E402
+from gemv_sweep import graph_time_s, reference_close  # noqa: E402
 
 WEIGHTS = 8  # distinct weights cycled, at least (and at least three times the L2 together)
 K = 2048
@@ -139,49 +140,37 @@ STREAM_TILES = [  # (BLOCK_N, BLOCK_K, STAGES, warps, programs per SM)
 TILES = [(n, w) for n in (1, 2, 4, 8, 16) for w in (2, 4, 8, 16) if 8 <= K * n // (32 * w) <= 128]
 
 
-def graph_us(step: Callable[[int], None], repeats: int) -> float:
-    """µs a repeat of `step(i)` (i = 0..repeats-1) captured as one CUDA graph, the median
-    of 7 timed replays after 2 untimed ones."""
-    import torch
+def weight_rows(mb: float) -> int:
+    """Rows of K bfloat16s in a weight of `mb` MiB (whole rows, rounded down)."""
+    return int(mb * 2**20) // (2 * K)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for i in range(3):  # compile, tune, load
-            step(i)
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(repeats):
-            step(i)
-    times = []
-    for trial in range(9):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        if trial >= 2:
-            times.append(start.elapsed_time(end) * 1000 / repeats)
-    return sorted(times)[len(times) // 2]
+
+def cycled(nbytes: int, l2_bytes: int) -> int:
+    """How many distinct weights of `nbytes` the arms cycle through: at least WEIGHTS and
+    three times the L2 together, so each repeat reads its weight from HBM."""
+    return max(WEIGHTS, -(-3 * l2_bytes // nbytes))
+
+
+def graph_us(step: Callable[[int], None], repeats: int) -> float:
+    """µs a repeat of `step(i)`, i = 0..repeats-1, in one CUDA graph (gemv_sweep's timing)."""
+    return graph_time_s(step, repeats) * 1e6
 
 
 def probe(
     mb: float, wait_us: float, programs: int, repeats: int, tiles: bool = False
 ) -> dict[str, Any]:
-    """{"arms_us": µs a repeat of each arm (see the module docstring), "setup": what they ran
-    on}. The cycled weights are at least WEIGHTS and three times the L2 together; the L2-hot
-    arms run only where one weight fits in half the L2. With `tiles`, the whole-rows GEMV at
-    each of TILES too. Every GEMV is checked against the tuned one's output first."""
+    """{"arms_us": µs a repeat of each arm (see the module docstring)} and what they ran on
+    (weight_bytes, weights_cycled: cycled(), l2_bytes, l2_hot_arms: whether one weight fits
+    in half the L2, where the L2-hot arms run; tuned_tile). With `tiles`, the whole-rows
+    GEMV at each of TILES too. Every GEMV is checked against the tuned one's output first."""
     import torch
 
     from infermeter.engine.gemv_kernels import _rows_gemv, rows_gemv
 
     l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
-    n = int(mb * 2**20) // (2 * K)
+    n = weight_rows(mb)
     nbytes = n * K * 2
-    count = max(WEIGHTS, -(-3 * l2_bytes // nbytes))
+    count = cycled(nbytes, l2_bytes)
     weights = [torch.randn(n, K, device="cuda", dtype=torch.bfloat16) for _ in range(count)]
     hot = nbytes <= l2_bytes // 2
     x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
@@ -191,9 +180,8 @@ def probe(
     tuned = str(getattr(_rows_gemv, "best_config", None))
 
     def check(label: str, got: torch.Tensor) -> None:
-        err = float((got.float().reshape(-1) - want[0]).abs().max() / want.abs().max())
-        if err > 1e-2:
-            raise SystemExit(f"{label} disagrees with the tuned whole-rows GEMV: {err:.3g}")
+        if not reference_close(got.reshape(-1), want[0]):
+            raise SystemExit(f"{label} disagrees with the tuned whole-rows GEMV")
 
     def w(i: int) -> torch.Tensor:
         return weights[i % count]
@@ -204,6 +192,9 @@ def probe(
     def wait() -> None:
         _spin[(1,)](wait_ns)
 
+    def empty(i: int) -> None:
+        _empty[(programs,)](w(i), nbytes)
+
     def beside(i: int, fetch: bool = True) -> None:
         main = torch.cuda.current_stream()
         other.wait_stream(main)
@@ -212,9 +203,6 @@ def probe(
         wait()
         main.wait_stream(other)
         rows_gemv(x, w(i))
-
-    def empty(i: int) -> None:
-        _empty[(programs,)](w(i), nbytes)
 
     arms: dict[str, Callable[[int], None]] = {
         "empty": empty,
@@ -272,7 +260,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DOCS)
     parser.add_argument("--name", default="l2_prefetch_probe", help="record name")
     args = parser.parse_args()
-    if not math.isfinite(args.mb) or args.mb * 2**20 < 2 * K:
+    if not math.isfinite(args.mb) or weight_rows(args.mb) < 1:
         parser.error(f"--mb must hold at least one row of {K} bfloat16s, not {args.mb:g}")
     for option, value in (("--programs", args.programs), ("--repeats", args.repeats)):
         if value < 1:
@@ -285,8 +273,8 @@ def main() -> None:
 
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
         raise SystemExit("l2_prefetch_probe needs an sm_90+ GPU (cp.async.bulk.prefetch.L2)")
-    l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
-    need = max(WEIGHTS * args.mb * 2**20, 3 * l2_bytes + args.mb * 2**20)
+    nbytes = weight_rows(args.mb) * K * 2
+    need = cycled(nbytes, torch.cuda.get_device_properties(0).L2_cache_size) * nbytes
     if need > 0.8 * torch.cuda.mem_get_info()[0]:
         raise SystemExit(
             f"--mb {args.mb:g}: the cycled weights need {need / 2**30:.1f} GiB, "
