@@ -40,8 +40,8 @@ weights before the wait were slower too, by 1.5-4.0 % a decode step for Qwen3-30
 gpt-oss-20b and DeepSeek-V2-Lite on an H200 (docs/benchmarks/decode_power_gemv_early.md).
 So were GEMVs that asked the L2 for a later GEMV's weights (b20f553; decode_power_l2_prefetch.md):
 in benchmarks/l2_prefetch_probe.py the fetch, in line or on a forked stream, made the GEMV
-after it at most 0.7 µs faster (an L2-resident weight saves it 2.35 µs), and a kernel of 132
-programs that asked held the chain for 3.7 µs (l2_prefetch_probe.md).
+after it at most 0.7 µs faster (an L2-resident weight saves it 1.9 µs), and a kernel of 132
+programs that asked held the chain for 4.0 µs (l2_prefetch_probe.md).
 """
 
 from __future__ import annotations
