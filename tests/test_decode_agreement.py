@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bench_script import interpreted
 from paths import REPO
 
 torch = pytest.importorskip("torch")
@@ -209,13 +210,8 @@ def test_the_fault_writes_one_slot_early_and_undoes() -> None:
     last (9), the latent cache (MLA) the same; each call counted; undone, they land where
     they belong."""
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO / "src")}
-    done = subprocess.run(
-        [sys.executable, "-c", FAULT, str(REPO / "benchmarks")],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    stdout = interpreted(FAULT, str(REPO / "benchmarks"), timeout_s=300)
+    out = json.loads(stdout.strip().splitlines()[-1])
     assert out == {"fault": [[5], [4], [9], [5]], "calls": 4, "undone": [[6], [5], [6]]}
 
 

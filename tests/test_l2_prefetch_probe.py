@@ -4,13 +4,11 @@ prefetch itself (a PTX instruction) runs only on an sm_90+ GPU, in that benchmar
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 
 import pytest
 
+from bench_script import assert_refused, interpreted
 from paths import REPO
 
 pytest.importorskip("torch")
@@ -44,13 +42,8 @@ def test_shares_tile_the_region_in_16_byte_aligned_pieces() -> None:
     rng = random.Random(20)
     cases = [(16, 1), (16, 7), (160, 10), (16 * 2**20, 132), (17 * 2**20 + 48, 1000)]
     cases += [(16 * rng.randint(1, 10**6), rng.randint(1, 300)) for _ in range(12)]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO / "src")}
-    done = subprocess.run(
-        [sys.executable, "-c", SHARES, json.dumps(cases), str(REPO / "benchmarks")],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    for (nbytes, parts), shares in zip(cases, json.loads(done.stdout), strict=True):
+    stdout = interpreted(SHARES, json.dumps(cases), str(REPO / "benchmarks"), timeout_s=600)
+    for (nbytes, parts), shares in zip(cases, json.loads(stdout), strict=True):
         pieces = [(start, size) for start, size in shares if size > 0]
         assert len(shares) == parts
         assert all(start % 16 == 0 and size % 16 == 0 for start, size in pieces)
@@ -77,11 +70,4 @@ def test_bad_input_and_no_gpu_are_one_line(tmp_path, args: list[str], says: str)
 
     if not args and torch.cuda.is_available():
         pytest.skip("a GPU is here: the probe would run")
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    command = [sys.executable, str(REPO / "benchmarks" / "l2_prefetch_probe.py"), *args]
-    done = subprocess.run(
-        [*command, "--out", str(tmp_path)], env=env, capture_output=True, text=True,
-        timeout=300, check=False,
-    )  # fmt: skip
-    assert done.returncode != 0 and says in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())
+    assert_refused("l2_prefetch_probe.py", args, says, tmp_path)
