@@ -20,7 +20,8 @@ reads them all from HBM (check: the chain is over three times the L2).
 Arms, each a CUDA graph of `--repeats` chains, µs a chain (every one checked first against
 torch's float32 chain, or a bfloat16-rounded one where the intermediates are bfloat16):
 - engine: gemv_kernels.rows_gemv a GEMV (its tuned tiles, PDL as the engine launches it);
-- a launch a GEMV: this kernel, one launch a GEMV (no waiting), at each tile;
+- a launch a GEMV: this kernel, one launch a GEMV (no waiting), at each tile; and without
+  counting its tiles (no CTA barrier and release at a program's end: what publishing costs);
 - one launch, weights after the wait / before the wait: the whole chain, at each tile;
 - one launch, weights before the wait, program order: the ticket replaced by the program
   id (relies on the GPU starting programs in order; not a guarantee);
@@ -55,6 +56,7 @@ SHAPES = {  # a layer's GEMVs, (N, K): QKV, output projection, gate/up, down
 }
 TILES = [  # (BLOCK_N, KC, warps): 32-64 weight elements a thread
     (4, 2048, 4), (2, 2048, 4), (8, 1024, 4), (4, 1024, 2), (8, 2048, 8), (16, 512, 4),
+    (16, 2048, 16), (32, 1024, 16),
 ]  # fmt: skip
 
 
@@ -62,14 +64,15 @@ TILES = [  # (BLOCK_N, KC, warps): 32-64 weight elements a thread
 def _chain(
     W, Act, Woff, Xoff, Yoff, Ns, Ks, Starts, Need, Done, Ticket, first, stages,
     STAGES_P2: tl.constexpr, BLOCK_N: tl.constexpr, KC: tl.constexpr, EARLY: tl.constexpr,
-    TICKET: tl.constexpr, WAIT: tl.constexpr,
+    TICKET: tl.constexpr, WAIT: tl.constexpr, COUNT: tl.constexpr,
 ):  # fmt: skip
     """One tile of a chain of GEMVs: Act[Yoff[s] + n] += sum_k W[Woff[s] + n K + k] *
     Act[Xoff[s] + k] over the tile's rows and columns, stage s being the one whose tiles
     (Starts[s] to Starts[s + 1]) hold this tile's index: the next ticket, or first plus the
     program id (Starts has `stages` + 1 entries; STAGES_P2 is a power of two above that).
     With WAIT, it first waits until Done[s - 1] reaches Need[s - 1] (the tiles of stage
-    s - 1); with EARLY it loads its weights before that wait. It then adds 1 to Done[s]."""
+    s - 1); with EARLY it loads its weights before that wait. With COUNT it then adds 1 to
+    Done[s] (after a CTA barrier, with release semantics: what publishes its sums)."""
     if TICKET:  # noqa: SIM108 (Triton: a constexpr branch, not a select)
         t = tl.atomic_add(Ticket, 1, sem="relaxed")
     else:
@@ -107,8 +110,9 @@ def _chain(
     tl.atomic_add(
         Act + tl.multiple_of(tl.load(Yoff + s), 16) + rows, y, mask=rows < n, sem="relaxed"
     )
-    tl.debug_barrier()  # every thread's adds before the count that publishes them
-    tl.atomic_add(Done + s, 1, sem="release")
+    if COUNT:
+        tl.debug_barrier()  # every thread's adds before the count that publishes them
+        tl.atomic_add(Done + s, 1, sem="release")
 
 
 @dataclass(frozen=True)
@@ -188,8 +192,12 @@ class Chain:
         self.act[:, self.x0_len :].zero_()
         self.counters.zero_()
 
-    def run(self, r: int, early: bool = True, ticket: bool = True, one_launch: bool = True) -> None:
-        """Repeat r's chain: one launch of every tile, or a launch a GEMV (no waits)."""
+    def run(
+        self, r: int, early: bool = True, ticket: bool = True, one_launch: bool = True,
+        count: bool = True,
+    ) -> None:  # fmt: skip
+        """Repeat r's chain: one launch of every tile, or a launch a GEMV (no waits; with
+        `count` False, no tile counted either)."""
         done, tick = self.counters[r, :-1], self.counters[r, -1:]
         args = (self.w, self.act[r], *self.tables, self.starts, self.need, done, tick)
         stages = len(self.plan.shapes)
@@ -199,13 +207,14 @@ class Chain:
         }  # fmt: skip
         if one_launch:
             _chain[(self.plan.tiles,)](
-                *args, 0, stages, EARLY=early, TICKET=ticket, WAIT=True, **meta
+                *args, 0, stages, EARLY=early, TICKET=ticket, WAIT=True, COUNT=True, **meta
             )
             return
-        for s, count in enumerate(self.plan.need):
-            _chain[(count,)](
-                *args, self.plan.starts[s], stages, EARLY=True, TICKET=False, WAIT=False, **meta
-            )
+        for s, tiles in enumerate(self.plan.need):
+            _chain[(tiles,)](
+                *args, self.plan.starts[s], stages, EARLY=True, TICKET=False, WAIT=False,
+                COUNT=count, **meta,
+            )  # fmt: skip
 
     def output(self, r: int) -> Any:
         """Repeat r's last output [N] (float32)."""
@@ -284,11 +293,12 @@ def probe(shape: str, layers: int, repeats: int) -> dict[str, Any]:
         name = f"n{tile[0]} k{tile[1]} w{tile[2]}"
         outputs = lambda c=c: [c.output(r) for r in range(repeats)]  # noqa: E731
         variants = [("a launch a GEMV", {"one_launch": False})]
+        variants.append(
+            ("a launch a GEMV, tiles not counted", {"one_launch": False, "count": False})
+        )
         variants += [(f"one launch, weights {w} the wait", {"early": w == "before"})
                      for w in ("after", "before")]  # fmt: skip
-        if tile == TILES[0]:
-            variants.append(("one launch, weights before the wait, program order",
-                             {"ticket": False}))  # fmt: skip
+        variants.append(("one launch, weights before the wait, program order", {"ticket": False}))
         for label, options in variants:
 
             def step(r: int, c: Chain = c, options: dict[str, bool] = options) -> None:
@@ -297,7 +307,7 @@ def probe(shape: str, layers: int, repeats: int) -> dict[str, Any]:
                 c.run(r, **options)
 
             timed(f"{label}, {name}", step, outputs, want)
-            if options.get("one_launch", True):
+            if options.get("count", True):
                 tiles, tickets = c.counts(repeats - 1)
                 if tiles != c.plan.need or tickets not in (0, c.plan.tiles):
                     raise SystemExit(f"{label}: tiles counted {tiles}, not {c.plan.need}")
