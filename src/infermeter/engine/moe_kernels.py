@@ -280,6 +280,11 @@ def _route_align(
     tl.store(Blocks + nb, tl.where(owner < E, owner, -1), mask=nb < CAP // BM)
 
 
+def route_warps(layout: bool) -> int:
+    """route_align's warps: 4, as before it was measured (see route_align_bench.md)."""
+    return 4
+
+
 def route_align(
     logits: Tensor,
     k: int,
@@ -289,11 +294,13 @@ def route_align(
     scale: float = 1.0,
     score_bias: Tensor | None = None,
     layout: bool = True,
+    warps: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Router logits [T, E] -> (ids [T, k] int64, weights [T, k] float32, rows, block_experts)
     as route() + align(ids, E, DECODE_BLOCK_M) give them, in one launch; for
     fused_routing(T, k, E) sizes only. Without `layout` (one token on the expert GEMVs,
-    which read ids alone) the padded layout is not built and rows, block_experts are None."""
+    which read ids alone) the padded layout is not built and rows, block_experts are None.
+    `warps`: the program's warps (default route_warps(); benchmarks/route_align_bench.py)."""
     tokens, experts = logits.shape
     cap = capacity(tokens * k, experts, DECODE_BLOCK_M)
     device = logits.device
@@ -309,6 +316,6 @@ def route_align(
         BLOCK_E=max(16, triton.next_power_of_2(experts)), CAP=cap, CHUNK=chunk,
         NB_PAD=triton.next_power_of_2(cap // DECODE_BLOCK_M), BM=DECODE_BLOCK_M,
         SIGMOID=sigmoid, NORMALIZE=normalize, HAS_BIAS=score_bias is not None, LAYOUT=layout,
-        num_warps=4, **_launch(device),
+        num_warps=warps or route_warps(layout), **_launch(device),
     )  # fmt: skip
     return (ids, weights, rows, blocks) if layout else (ids, weights, None, None)

@@ -1,0 +1,138 @@
+"""How many warps the decode-time routing kernel should run (issue 20).
+
+moe_kernels.route_align routes a decode step's tokens in one program: scores, top-k by k
+rounds of argmax over the E experts, and (for the grouped GEMM) the padded expert-sorted
+layout. Each round's argmax and sum is a reduction across the program's threads; with more
+than one warp every reduction goes through shared memory and a barrier. This times it per
+model's routing (E, k, scoring) and tokens, at 1, 2, 4 and 8 warps, each a CUDA graph of
+`--launches` launches one after another (PDL as the engine launches them), µs a launch; every
+warp count's ids and weights are checked against torch's routing (MoELayer.route's
+arithmetic) first.
+
+Run on a GPU: python benchmarks/route_align_bench.py [--models qwen3-30b-a3b,...]
+    [--launches 64] [--out DIR]
+Writes DIR/route_align_bench.json and .md with device, date and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _record import DOCS, write_result  # noqa: E402
+
+MODELS = "qwen3-30b-a3b,gpt-oss-20b,deepseek-v2-lite,mixtral-8x7b"
+WARPS = (1, 2, 4, 8)
+TOKENS = (1, 2, 4, 8)
+
+
+def torch_routing(logits: Any, moe: Any, bias: Any) -> tuple[Any, Any]:
+    """(ids [T, k], weights [T, k] float32) as the engine's torch route() computes them."""
+    scores = logits.float().softmax(-1) if moe.scoring == "softmax" else logits.float().sigmoid()
+    choice = scores if bias is None else scores + bias
+    ids = choice.topk(moe.experts_per_token, dim=-1).indices
+    weights = scores.gather(1, ids)
+    if moe.normalize:
+        weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+    return ids, weights * moe.scale
+
+
+def cases(models: list[str]) -> list[tuple[str, Any, int, bool]]:
+    """(model, its MoE spec, tokens, layout) for every size route_align serves: one token
+    without the layout (the expert GEMVs' path) and each of TOKENS with it. Models without
+    experts, or with group-limited routing (torch's route(), not this kernel), have none."""
+    from infermeter.engine.moe_kernels import fused_routing
+    from infermeter.spec.catalog import resolve_spec
+
+    out = []
+    for name in models:
+        moe = resolve_spec(name).moe
+        if moe is None or moe.groups > 1:
+            continue  # group-limited routing is torch's (route()), not this kernel's
+        for tokens, layout in [(1, False), *((t, True) for t in TOKENS)]:
+            if fused_routing(tokens, moe.experts_per_token, moe.num_experts):
+                out.append((name, moe, tokens, layout))
+    return out
+
+
+def bench(models: list[str], launches: int) -> list[dict[str, Any]]:
+    import torch
+
+    from gemv_sweep import graph_time_s
+    from infermeter.engine.moe_kernels import route_align, route_warps
+
+    rows = []
+    for name, moe, tokens, layout in cases(models):
+        gen = torch.Generator(device="cuda").manual_seed(tokens)
+        logits = torch.randn(tokens, moe.num_experts, device="cuda", generator=gen)
+        logits = logits.to(torch.bfloat16)
+        bias = None
+        if moe.score_correction:
+            bias = 0.01 * torch.randn(moe.num_experts, device="cuda", generator=gen)
+        want_ids, want_w = torch_routing(logits, moe, bias)
+        options = {
+            "sigmoid": moe.scoring == "sigmoid", "normalize": moe.normalize,
+            "scale": moe.scale, "score_bias": bias, "layout": layout,
+        }  # fmt: skip
+        us = {}
+        for warps in WARPS:
+            ids, weights, _, _ = route_align(logits, moe.experts_per_token, warps=warps, **options)
+            if not torch.equal(ids, want_ids) or not torch.allclose(weights, want_w, atol=1e-5):
+                raise SystemExit(f"{name}, {tokens} tokens, {warps} warps: routing disagrees")
+            k, w = moe.experts_per_token, warps
+            step = lambda i, x=logits, k=k, w=w, o=options: route_align(x, k, warps=w, **o)  # noqa: E731
+            us[warps] = graph_time_s(step, launches) * 1e6
+        rows.append({
+            "model": name, "tokens": tokens, "layout": layout, "experts": moe.num_experts,
+            "k": moe.experts_per_token, "us_by_warps": us, "default_warps": route_warps(layout),
+        })  # fmt: skip
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", default=MODELS, help="comma-separated MoE models")
+    parser.add_argument("--launches", type=int, default=64, help="launches a CUDA graph")
+    parser.add_argument("--out", type=Path, default=DOCS)
+    args = parser.parse_args()
+    if args.launches < 1:
+        parser.error(f"--launches must be at least 1, not {args.launches}")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        parser.error("--models names no model")
+    from infermeter.errors import UserError
+    from infermeter.spec.catalog import resolve_spec
+
+    for name in models:
+        try:
+            moe = resolve_spec(name).moe
+        except UserError as err:  # the catalog's own one-line message
+            parser.error(f"--models: {err}")
+        if moe is None:
+            parser.error(f"--models: {name} is not a mixture-of-experts model (no routing)")
+    if not cases(models):
+        parser.error("--models: none of these routes in route_align (group-limited routing)")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("route_align_bench needs a CUDA GPU (it times a Triton kernel)")
+    rows = bench(models, args.launches)
+    table = []
+    for r in rows:
+        us = r["us_by_warps"]
+        fastest = min(us, key=us.get)
+        times = ", ".join(f"{w} warps {v:.2f} µs" for w, v in us.items())
+        label = f"{r['model']} (E {r['experts']}, k {r['k']}), {r['tokens']} token(s), "
+        label += "with the layout" if r["layout"] else "ids only (expert GEMVs)"
+        table.append((label, f"{times}; fastest {fastest}, default {r['default_warps']}", "-"))
+    record = {"launches": args.launches, "models": models, "cases": rows}
+    print("written", write_result("route_align_bench", record, table, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""benchmarks/route_align_bench.py: the routing sizes it times and its one-line refusals (the
+timing itself needs a GPU; route_align's arithmetic is checked in the interpreter by
+tests/scripts/interpret_kernels.py)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from bench_script import assert_refused
+from paths import REPO
+
+pytest.importorskip("torch")
+pytest.importorskip("triton", reason="Triton is not installed (pip install -e '.[dev]')")
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from route_align_bench import cases, torch_routing
+
+
+def test_cases_are_the_sizes_route_align_serves() -> None:
+    got = [(m, t, layout) for m, _, t, layout in cases(["qwen3-30b-a3b", "mixtral-8x7b"])]
+    for model in ("qwen3-30b-a3b", "mixtral-8x7b"):  # k 8 of 128 and 2 of 8: 8 tokens fit
+        assert [(t, lay) for m, t, lay in got if m == model] == [
+            (1, False), (1, True), (2, True), (4, True), (8, True),
+        ]  # fmt: skip
+    assert cases(["llama-7b", "deepseek-v3"]) == []  # dense; group-limited routing
+
+
+def test_torch_routing_renormalises_the_top_k() -> None:
+    import torch
+
+    moe = cases(["qwen3-30b-a3b"])[0][1]
+    logits = torch.tensor([[0.0] * 120 + [5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.25, 0.125]])
+    ids, weights = torch_routing(logits, moe, None)
+    assert ids.tolist() == [list(range(120, 128))]
+    assert torch.allclose(weights.sum(-1), torch.ones(1)) and weights[0, 0] > weights[0, 1]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--launches", "0"], "--launches must be at least 1, not 0"),
+        (["--models", "no-such-model"], "unknown model 'no-such-model'"),
+        (["--models", "llama-7b"], "llama-7b is not a mixture-of-experts model"),
+        (["--models", "deepseek-v3"], "none of these routes in route_align"),
+        (["--models", " , "], "--models names no model"),
+        ([], "needs a CUDA GPU"),  # this machine: no GPU
+    ],
+)
+def test_bad_input_and_no_gpu_are_one_line(tmp_path, args: list[str], says: str) -> None:
+    import torch
+
+    if not args and torch.cuda.is_available():
+        pytest.skip("a GPU is here: the bench would run")
+    assert_refused("route_align_bench.py", args, says, tmp_path)
