@@ -281,8 +281,11 @@ def _route_align(
 
 
 def route_warps(layout: bool) -> int:
-    """route_align's warps: 4, as before it was measured (see route_align_bench.md)."""
-    return 4
+    """route_align's warps: one for a batch-1 step's routing alone (`layout` False: its k
+    rounds of argmax over E scores reduce within a warp, by shuffles, with no shared memory
+    or barrier), four where it also builds the expert-sorted layout (its [pairs, E] one-hot
+    sums). Timed per model in docs/benchmarks/route_align_bench.md."""
+    return 4 if layout else 1
 
 
 def route_align(
