@@ -108,7 +108,7 @@ def bench(models: list[str], launches: int) -> list[dict[str, Any]]:
             us[warps] = graph_time_s(step, launches) * 1e6
         rows.append({
             "model": name, "tokens": tokens, "layout": layout, "experts": moe.num_experts,
-            "k": moe.experts_per_token, "us_by_warps": us, "default_warps": route_warps(layout),
+            "k": moe.experts_per_token, "us_by_warps": us, "default_warps": route_warps(tokens),
         })  # fmt: skip
         print(rows[-1], flush=True)
     return rows

@@ -73,3 +73,9 @@ def test_same_routing_takes_either_of_tied_experts_and_nothing_else() -> None:
     assert not same_routing(torch.tensor([[0, 4]]), weights, want)  # not a top-2
     assert not same_routing(torch.tensor([[0, 0]]), weights, want)  # an expert twice
     assert not same_routing(ids, weights * 1.01, want)  # wrong weights
+
+
+def test_route_warps_follow_the_tokens_up_to_eight() -> None:
+    from infermeter.engine.moe_kernels import route_warps
+
+    assert [route_warps(t) for t in (1, 2, 3, 4, 5, 8, 16, 32)] == [1, 2, 4, 4, 8, 8, 8, 8]

@@ -280,12 +280,14 @@ def _route_align(
     tl.store(Blocks + nb, tl.where(owner < E, owner, -1), mask=nb < CAP // BM)
 
 
-def route_warps(layout: bool) -> int:
-    """route_align's warps: one for a batch-1 step's routing alone (`layout` False: its k
-    rounds of argmax over E scores reduce within a warp, by shuffles, with no shared memory
-    or barrier), four where it also builds the expert-sorted layout (its [pairs, E] one-hot
-    sums). Timed per model in docs/benchmarks/route_align_bench.md."""
-    return 4 if layout else 1
+def route_warps(tokens: int) -> int:
+    """route_align's warps: the tokens rounded up to a power of two, at most 8. One token's
+    k rounds of argmax over E scores then reduce within a warp, by shuffles, with no shared
+    memory or barrier; more tokens' layout ([pairs, E] one-hot sums) needs more threads.
+    Measured on an H200 (docs/benchmarks/route_align_bench.md, 2026-12-04): one token's
+    routing 2.23 µs at one warp against 3.59 µs at four (Qwen3-30B-A3B, E 128, k 8); eight
+    tokens' routing and layout 19.9 µs at eight warps against 37.2 µs at four."""
+    return min(8, triton.next_power_of_2(max(1, tokens)))
 
 
 def route_align(
@@ -303,7 +305,7 @@ def route_align(
     as route() + align(ids, E, DECODE_BLOCK_M) give them, in one launch; for
     fused_routing(T, k, E) sizes only. Without `layout` (one token on the expert GEMVs,
     which read ids alone) the padded layout is not built and rows, block_experts are None.
-    `warps`: the program's warps (default route_warps(); benchmarks/route_align_bench.py)."""
+    `warps`: the program's warps (default route_warps(T); benchmarks/route_align_bench.py)."""
     tokens, experts = logits.shape
     cap = capacity(tokens * k, experts, DECODE_BLOCK_M)
     device = logits.device
@@ -319,6 +321,6 @@ def route_align(
         BLOCK_E=max(16, triton.next_power_of_2(experts)), CAP=cap, CHUNK=chunk,
         NB_PAD=triton.next_power_of_2(cap // DECODE_BLOCK_M), BM=DECODE_BLOCK_M,
         SIGMOID=sigmoid, NORMALIZE=normalize, HAS_BIAS=score_bias is not None, LAYOUT=layout,
-        num_warps=warps or route_warps(layout), **_launch(device),
+        num_warps=warps or route_warps(tokens), **_launch(device),
     )  # fmt: skip
     return (ids, weights, rows, blocks) if layout else (ids, weights, None, None)
