@@ -285,8 +285,10 @@ def route_warps(tokens: int) -> int:
     k rounds of argmax over E scores then reduce within a warp, by shuffles, with no shared
     memory or barrier; more tokens' layout ([pairs, E] one-hot sums) needs more threads.
     Measured on an H200 (docs/benchmarks/route_align_bench.md, 2026-12-04): one token's
-    routing 2.23 µs at one warp against 3.59 µs at four (Qwen3-30B-A3B, E 128, k 8); eight
-    tokens' routing and layout 19.9 µs at eight warps against 37.2 µs at four."""
+    routing 2.22 µs at one warp against 3.65 µs at four (Qwen3-30B-A3B, E 128, k 8); eight
+    tokens' routing and layout 19.8 µs at eight warps against 37.6 µs at four. Qwen3-30B-A3B's
+    decode step at batch 1 took 2.2-2.3 % less, at batch 8 9.65 ms against 11.86 ms
+    (docs/benchmarks/route_warps/README.md)."""
     return min(8, triton.next_power_of_2(max(1, tokens)))
 
 
