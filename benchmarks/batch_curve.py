@@ -32,10 +32,12 @@ def curve(model: str, batches: list[int], repeats: int) -> list[dict[str, Any]]:
     spec = get_spec(model)
     backend = EngineBackend(device="cuda", dtype="bfloat16")
     backend.prepare(spec)
+    ran = backend._engine.describe()  # MoE: the batch-1 expert path and the routing's warps
+    engine = {key: ran.get(key) for key in ("moe_batch1_gemv", "moe_route_warps") if key in ran}
     rows: list[dict[str, Any]] = []
     try:
         for batch in batches:
-            row: dict[str, Any] = {"model": model, "batch": batch, "context": 512}
+            row: dict[str, Any] = {"model": model, "batch": batch, "context": 512, **engine}
             try:
                 got = medians(backend, Point(480, 65, batch), repeats)
                 step = got["tpot_s"]
@@ -59,6 +61,14 @@ def curve(model: str, batches: list[int], repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
+def moe_note(row: dict[str, Any]) -> str:
+    """What a MoE model's row ran with (its batch-1 expert path, its routing's warps), for
+    the table: empty for a dense model."""
+    if "moe_route_warps" not in row:
+        return ""
+    return f" (batch-1 experts {row['moe_batch1_gemv']}, routing warps {row['moe_route_warps']})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default="llama-7b,llama-13b")
@@ -72,7 +82,7 @@ def main() -> None:
     rows = [row for model in args.models.split(",") for row in curve(model, batches, args.repeats)]
     table = [
         (
-            f"{r['model']} batch {r['batch']}",
+            f"{r['model']} batch {r['batch']}" + moe_note(r),
             f"{r['tokens_per_s']:,.0f} tokens/s ({r['step_ms']:.2f} ms/step)"
             if r["feasible"]
             else f"infeasible: {r['reason']}",

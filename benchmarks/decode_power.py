@@ -81,6 +81,7 @@ def measure(model: str, seconds: float) -> dict[str, Any]:
         "model": model,
         "one_token_gemv": ran.get("one_token_gemv"),
         "moe_batch1_gemv": ran.get("moe_batch1_gemv"),
+        "moe_route_warps": ran.get("moe_route_warps"),
         "burst_step_ms": burst * 1000,
         "sustained_step_ms": step_s * 1000,
         "sustained_power_w": power_w,

@@ -6,9 +6,9 @@ layout. Each round's argmax and sum is a reduction across the program's threads;
 than one warp every reduction goes through shared memory and a barrier. This times it per
 model's routing (E, k, scoring) and tokens, at 1, 2, 4 and 8 warps, each a CUDA graph of
 `--launches` launches one after another (PDL as the engine launches them), µs a launch; every
-warp count's ids and weights are checked first against torch's routing (MoELayer.route's
-arithmetic; tied experts either way) and against one warp's ids (the same tie broken the same
-way).
+warp count's output is checked first: ids and weights against torch's routing
+(MoELayer.route's arithmetic; tied experts either way), the layout against align() of the same
+ids, and the ids against one warp's (the same tie broken the same way).
 
 Run on a GPU: python benchmarks/route_align_bench.py [--models qwen3-30b-a3b,...]
     [--launches 64] [--out DIR]
@@ -28,39 +28,61 @@ from _record import DOCS, write_result  # noqa: E402
 
 MODELS = "qwen3-30b-a3b,gpt-oss-20b,deepseek-v2-lite,mixtral-8x7b"
 WARPS = (1, 2, 4, 8)
-TOKENS = (1, 2, 4, 8)
 
 
-def torch_routing(logits: Any, moe: Any, bias: Any) -> tuple[Any, Any, Any]:
-    """(ids [T, k], weights [T, k] float32, choice [T, E]: what the top-k is taken of) as the
-    engine's torch route() computes them."""
+def torch_routing(logits: Any, moe: Any, bias: Any) -> dict[str, Any]:
+    """The engine's torch route() arithmetic on logits [T, E]: "scores" and "choice" [T, E]
+    (float32; the top-k is taken of choice), "ids" [T, k] and "weights" [T, k] (float32)."""
     scores = logits.float().softmax(-1) if moe.scoring == "softmax" else logits.float().sigmoid()
     choice = scores if bias is None else scores + bias
     ids = choice.topk(moe.experts_per_token, dim=-1).indices
+    return {"scores": scores, "choice": choice, "ids": ids, "weights": weights_of(ids, scores, moe)}
+
+
+def weights_of(ids: Any, scores: Any, moe: Any) -> Any:
+    """The routing weights [T, k] of experts `ids` [T, k]: their scores, renormalised to sum
+    1 where the spec says so, times its scale."""
     weights = scores.gather(1, ids)
     if moe.normalize:
         weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
-    return ids, weights * moe.scale, choice
+    return weights * moe.scale
 
 
-def same_routing(ids: Any, weights: Any, want: tuple[Any, Any, Any]) -> bool:
-    """Whether (ids, weights) is a top-k of `want`'s choice with its weights: the same chosen
-    values, distinct experts, the same weights, in any order (bfloat16 logits tie often, and
-    which of two tied experts is taken differs between torch's topk and k argmaxes)."""
+def same_routing(ids: Any, weights: Any, want: dict[str, Any], moe: Any) -> bool:
+    """Whether ids [T, k] are a top-k of `want`'s choice (distinct experts, the same chosen
+    values as torch's top-k in any order: bfloat16 logits tie often, and which of two tied
+    experts is taken differs between torch's topk and k argmaxes) and weights [T, k] are
+    those experts' weights, position by position."""
     import torch
 
-    want_ids, want_w, choice = want
     distinct = all(len(set(row)) == len(row) for row in ids.tolist())
+    choice = want["choice"]
     values = choice.gather(1, ids).sort(-1).values
-    same_values = torch.equal(values, choice.gather(1, want_ids).sort(-1).values)
-    gap = (weights.sort(-1).values - want_w.sort(-1).values).abs().max().item()
-    return distinct and same_values and gap <= 1e-5
+    top = torch.equal(values, choice.gather(1, want["ids"]).sort(-1).values)
+    gap = (weights - weights_of(ids, want["scores"], moe)).abs().max().item()
+    return distinct and top and gap <= 1e-5
+
+
+def same_layout(rows: Any, blocks: Any, ids: Any, experts: int) -> bool:
+    """Whether route_align's layout (rows [cap], blocks [cap / DECODE_BLOCK_M]) is align()'s
+    of the same ids: the same expert per block, the same pairs in each block (in any order
+    within it)."""
+    import torch
+
+    from infermeter.engine.moe_kernels import DECODE_BLOCK_M, align
+
+    want_rows, want_blocks = align(ids, experts, DECODE_BLOCK_M)
+    if not torch.equal(blocks, want_blocks):
+        return False
+    got, want = rows.view(-1, DECODE_BLOCK_M), want_rows.view(-1, DECODE_BLOCK_M)
+    return torch.equal(got.sort(-1).values, want.sort(-1).values)
 
 
 def cases(models: list[str]) -> list[tuple[str, Any, int, bool]]:
     """(model, its MoE spec, tokens, layout) for every size route_align serves: one token
-    without the layout (the expert GEMVs' path) and each of TOKENS with it. Models without
-    experts, or with group-limited routing (torch's route(), not this kernel), have none."""
+    without the layout (the expert GEMVs' path) and 1, 2, 4, ... tokens with it while the
+    pairs fit (moe_kernels.fused_routing). Models without experts, or with group-limited
+    routing (torch's route(), not this kernel), have none."""
     from infermeter.engine.moe_kernels import fused_routing
     from infermeter.spec.catalog import resolve_spec
 
@@ -69,13 +91,22 @@ def cases(models: list[str]) -> list[tuple[str, Any, int, bool]]:
         moe = resolve_spec(name).moe
         if moe is None or moe.groups > 1:
             continue  # group-limited routing is torch's (route()), not this kernel's
-        for tokens, layout in [(1, False), *((t, True) for t in TOKENS)]:
-            if fused_routing(tokens, moe.experts_per_token, moe.num_experts):
-                out.append((name, moe, tokens, layout))
+        k, experts = moe.experts_per_token, moe.num_experts
+        if not fused_routing(1, k, experts):
+            continue
+        out.append((name, moe, 1, False))
+        tokens = 1
+        while fused_routing(tokens, k, experts):
+            out.append((name, moe, tokens, True))
+            tokens *= 2
     return out
 
 
 def bench(models: list[str], launches: int) -> list[dict[str, Any]]:
+    """One row a case (see cases()): {"model", "tokens", "layout", "experts", "k",
+    "us_by_warps": µs a launch at each of WARPS, "default_warps": route_warps(tokens)}.
+    Every warp count's output is checked first (same_routing, same_layout, and the same ids
+    as one warp's); SystemExit where one disagrees."""
     import torch
 
     from gemv_sweep import graph_time_s
@@ -97,11 +128,18 @@ def bench(models: list[str], launches: int) -> list[dict[str, Any]]:
         us = {}
         first = route_align(logits, moe.experts_per_token, warps=WARPS[0], **options)
         for warps in WARPS:
-            ids, weights, _, _ = route_align(logits, moe.experts_per_token, warps=warps, **options)
-            if not same_routing(ids, weights, want) or not torch.equal(ids, first[0]):
+            ids, weights, rows, blocks = route_align(
+                logits, moe.experts_per_token, warps=warps, **options
+            )
+            laid = not layout or same_layout(rows, blocks, ids, moe.num_experts)
+            if (
+                not same_routing(ids, weights, want, moe)
+                or not laid
+                or not torch.equal(ids, first[0])
+            ):
                 raise SystemExit(
-                    f"{name}, {tokens} tokens, {warps} warps: routing disagrees with torch's, "
-                    f"or with {WARPS[0]} warp's"
+                    f"{name}, {tokens} tokens, {warps} warps: routing or layout disagrees with "
+                    f"torch's, or ids with {WARPS[0]} warp's"
                 )
             k, w = moe.experts_per_token, warps
             step = lambda i, x=logits, k=k, w=w, o=options: route_align(x, k, warps=w, **o)  # noqa: E731

@@ -25,7 +25,7 @@ CHAIN = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import torch
-from gemv_chain_probe import Chain, reference
+from gemv_chain_probe import Chain, chain_close, reference
 
 torch.manual_seed(0)
 shapes = [(40, 32), (33, 32), (50, 32), (24, 48), (48, 16)]  # ragged against every tile
@@ -33,6 +33,7 @@ ws = [(torch.randn(n, k) * k**-0.5).bfloat16() for n, k in shapes]
 x0 = torch.randn(1, 32).bfloat16()
 packed = torch.cat([w.reshape(-1) for w in ws])
 want = reference(ws, x0, bf16=False)
+last = want[-1]
 result = []
 for tile in [(4, 16, 1), (8, 32, 1), (2, 64, 1), (16, 16, 1)]:
     c = Chain(packed, shapes, x0, 3, tile)
@@ -42,8 +43,10 @@ for tile in [(4, 16, 1), (8, 32, 1), (2, 64, 1), (16, 16, 1)]:
         c.run(2, **opts)
         tiles, tickets = c.counts(2)
         result.append({
-            "tile": tile, "opts": opts, "error": (c.output(2) - want).abs().max().item(),
-            "scale": want.abs().max().item(), "tiles": tiles, "need": c.plan.need,
+            "tile": tile, "opts": opts, "error": (c.output(2) - last).abs().max().item(),
+            "scale": last.abs().max().item(), "every": chain_close(c.outputs(2), want, 1e-5),
+            "off": chain_close(c.outputs(2)[:-1] + [last * 1.01], want, 1e-5),
+            "tiles": tiles, "need": c.plan.need,
             "tickets": tickets, "all": c.plan.tiles, "others": c.act[:2, 32:].abs().max().item(),
         })
 print(json.dumps(result))
@@ -55,7 +58,8 @@ def test_every_variant_computes_the_chain_and_counts_its_tiles() -> None:
     runs = json.loads(stdout)
     assert len(runs) == 20
     for run in runs:
-        assert run["error"] <= 1e-4 * run["scale"], run
+        assert run["error"] <= 1e-4 * run["scale"] and run["every"], run
+        assert not run["off"], run  # chain_close sees a last output 1 % off
         counted = run["opts"].get("count", True)  # every tile of every GEMV added once
         assert run["tiles"] == (run["need"] if counted else [0] * len(run["need"])), run
         ticketed = run["opts"].get("ticket", True) and run["opts"].get("one_launch", True)
@@ -108,6 +112,7 @@ def test_plan_refuses_what_the_kernel_cannot_run(shapes: list, says: str) -> Non
         (["--layers", "0"], "--layers must be at least 1, not 0"),
         (["--repeats", "-2"], "--repeats must be at least 1, not -2"),
         (["--shape", "gpt2"], "invalid choice: 'gpt2'"),
+        (["--name", "a/b"], "--name must be a file name (no folder), not 'a/b'"),
         ([], "needs a CUDA GPU"),  # this machine: no GPU
     ],
 )

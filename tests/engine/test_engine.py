@@ -657,3 +657,28 @@ def test_the_host_parts_of_a_call_are_inside_its_wall_clock() -> None:
     assert before > 0 and after > 0
     assert before + after + run.ttft_s + run.decode_s <= run.wall_s + 1e-9
     assert "launch_at" not in run.extra and "synced_at" not in run.extra
+
+
+@pytest.mark.parametrize(("value", "warps"), [(None, None), ("", None), ("4", 4), ("1", 1)])
+def test_routing_warps_follow_the_environment_into_every_layer(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, warps: int | None
+) -> None:
+    """Unset or empty: route_align's rule (by the tokens); a count: that count in every MoE
+    layer, and the engine's description says which."""
+    if value is None:
+        monkeypatch.delenv("INFERMETER_ROUTE_WARPS", raising=False)
+    else:
+        monkeypatch.setenv("INFERMETER_ROUTE_WARPS", value)
+    engine = Engine(get_spec("tiny-qwen3-moe"), device="cpu", dtype=torch.float32)
+    assert {block.moe.route_warps for block in engine.model.layers if block.moe} == {warps}
+    said = engine.describe()["moe_route_warps"]
+    assert said == (warps if warps is not None else "by tokens (1, 2, 4, 8)")
+
+
+@pytest.mark.parametrize("value", ["3", "four", "0", "32"])
+def test_misspelt_routing_warps_are_one_line(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    from infermeter.engine.select import route_warps_fixed
+
+    monkeypatch.setenv("INFERMETER_ROUTE_WARPS", value)
+    with pytest.raises(UserError, match=r"INFERMETER_ROUTE_WARPS must be 1, 2, 4, 8 or 16 \(unset"):
+        route_warps_fixed()

@@ -622,7 +622,8 @@ class Engine:
         Triton kernel runs) and the MoE experts path (at batch 1: the expert GEMVs or the
         grouped GEMM, and the start-up timings behind that choice: µs of one token through
         the first MoE layer's router and routed experts, not its shared expert or
-        all-reduce, the slowest rank's under tensor parallelism)."""
+        all-reduce, the slowest rank's under tensor parallelism; and the fused routing's
+        warps, INFERMETER_ROUTE_WARPS's or by the tokens)."""
         cuda = self.device.type == "cuda"
         moe = next((blk.moe for blk in self.model.layers if blk.moe is not None), None)
         return {
@@ -649,6 +650,7 @@ class Engine:
                     "moe_experts_note": self.moe_note,
                     "moe_batch1_gemv": moe.gemv,
                     "moe_batch1_us": moe.batch1_us,
+                    "moe_route_warps": moe.route_warps or "by tokens (1, 2, 4, 8)",
                 }
                 if self.moe_path and moe is not None
                 else {}

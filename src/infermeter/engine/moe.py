@@ -73,6 +73,7 @@ class MoELayer(nn.Module):
         self.kernels: Any = None
         self.gemv: str | None = None  # batch-1 expert GEMVs on the triton path: "sum", "pairs"
         self.batch1_us: dict[str, float | None] | None = None  # per path, timed at start
+        self.route_warps: int | None = None  # route_align's warps; None: by the tokens
         self.last_ids: Tensor | None = None  # set by record(): routing of the last forward
         self.record = False
 
@@ -229,7 +230,7 @@ class MoELayer(nn.Module):
             ids, weights, rows, blocks = k.route_align(
                 logits, cfg.experts_per_token, sigmoid=cfg.scoring == "sigmoid",
                 normalize=cfg.normalize, scale=cfg.scale, score_bias=self.score_bias,
-                layout=not gemv,
+                layout=not gemv, warps=self.route_warps,
             )  # fmt: skip
             if self.record:
                 self.last_ids = ids

@@ -284,11 +284,11 @@ def route_warps(tokens: int) -> int:
     """route_align's warps: the tokens rounded up to a power of two, at most 8. One token's
     k rounds of argmax over E scores then reduce within a warp, by shuffles, with no shared
     memory or barrier; more tokens' layout ([pairs, E] one-hot sums) needs more threads.
-    Measured on an H200 (docs/benchmarks/route_align_bench.md, 2026-12-04): one token's
-    routing 2.22 µs at one warp against 3.65 µs at four (Qwen3-30B-A3B, E 128, k 8); eight
-    tokens' routing and layout 19.8 µs at eight warps against 37.6 µs at four. Qwen3-30B-A3B's
-    decode step at batch 1 took 2.2-2.3 % less, at batch 8 9.65 ms against 11.86 ms
-    (docs/benchmarks/route_warps/README.md)."""
+    Measured on an H200 (docs/benchmarks/route_align_bench.md, 2026-12-04) at 1, 2, 4 and 8
+    tokens; 16 and 32 (k of 4 or 2) take 8 by the same rule, unmeasured. One token's routing
+    took 2.22 µs at one warp against 3.65 µs at four (Qwen3-30B-A3B, E 128, k 8), eight
+    tokens' routing and layout 19.8 µs at eight warps against 37.6 µs at four; at 2 tokens
+    two warps were within 7 % of the fastest. Whole models: docs/benchmarks/route_warps/."""
     return min(8, triton.next_power_of_2(max(1, tokens)))
 
 
@@ -307,8 +307,11 @@ def route_align(
     as route() + align(ids, E, DECODE_BLOCK_M) give them, in one launch; for
     fused_routing(T, k, E) sizes only. Without `layout` (one token on the expert GEMVs,
     which read ids alone) the padded layout is not built and rows, block_experts are None.
-    `warps`: the program's warps (default route_warps(T); benchmarks/route_align_bench.py)."""
+    `warps`: the program's warps (None: route_warps(T); benchmarks/route_align_bench.py).
+    Raises ValueError for warps that are not 1, 2, 4, 8 or 16."""
     tokens, experts = logits.shape
+    if warps is not None and warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"route_align: warps must be 1, 2, 4, 8 or 16, not {warps}")
     cap = capacity(tokens * k, experts, DECODE_BLOCK_M)
     device = logits.device
     ids = torch.empty(tokens, k, device=device, dtype=torch.long)
@@ -323,6 +326,6 @@ def route_align(
         BLOCK_E=max(16, triton.next_power_of_2(experts)), CAP=cap, CHUNK=chunk,
         NB_PAD=triton.next_power_of_2(cap // DECODE_BLOCK_M), BM=DECODE_BLOCK_M,
         SIGMOID=sigmoid, NORMALIZE=normalize, HAS_BIAS=score_bias is not None, LAYOUT=layout,
-        num_warps=warps or route_warps(tokens), **_launch(device),
+        num_warps=route_warps(tokens) if warps is None else warps, **_launch(device),
     )  # fmt: skip
     return (ids, weights, rows, blocks) if layout else (ids, weights, None, None)

@@ -325,6 +325,26 @@ def moe_gemv_modes() -> tuple[str | None, ...]:
     return (wanted,)
 
 
+ROUTE_WARPS = (1, 2, 4, 8, 16)
+
+
+def route_warps_fixed() -> int | None:
+    """moe_kernels.route_align's warps from INFERMETER_ROUTE_WARPS: None where unset or empty
+    (the engine's rule, moe_kernels.route_warps), else that count at every size (ablations:
+    4 was the count before 2026-12-04, docs/benchmarks/route_warps/).
+
+    Raises UserError for any other value (read on every device, so a typo never passes)."""
+    wanted = os.environ.get("INFERMETER_ROUTE_WARPS", "").strip()
+    if not wanted:
+        return None
+    if wanted not in {str(w) for w in ROUTE_WARPS}:
+        raise UserError(
+            f"INFERMETER_ROUTE_WARPS must be {one_of(ROUTE_WARPS)} (unset: by the tokens), "
+            f"not {wanted!r}"
+        )
+    return int(wanted)
+
+
 def call_us(
     fn: Any, device: torch.device, graphs: bool, ranks: int = 1, calls: int = 20, rounds: int = 5
 ) -> float:
@@ -433,7 +453,8 @@ def choose_moe(model: Decoder, graphs: bool = False) -> tuple[str | None, str | 
     """The expert path of every MoE layer (see engine/moe.py) and why Triton was skipped:
     "triton" on CUDA when it passes its self-check, else "dense" (static shapes for CUDA
     graphs, reads every expert); "loop" on CPU. (None, None) without MoE layers (a bad
-    INFERMETER_MOE_GEMV is refused even then: UserError).
+    INFERMETER_MOE_GEMV or INFERMETER_ROUTE_WARPS is refused even then: UserError). Every
+    layer takes route_warps_fixed()'s warps for its fused routing.
 
     On the triton path one token (batch-1 decode) may take the expert GEMVs instead of the
     grouped GEMM where routing is fused (one expert group, at most 256 experts): the path
@@ -441,9 +462,12 @@ def choose_moe(model: Decoder, graphs: bool = False) -> tuple[str | None, str | 
     fastest of the three timed on the first layer, under CUDA graphs when the decode step
     runs under them (`graphs`), its timings kept in moe.batch1_us."""
     modes = moe_gemv_modes()  # read (and a typo refused) on every device
+    warps = route_warps_fixed()
     layers = [blk.moe for blk in model.layers if blk.moe is not None]
     if not layers:
         return None, None
+    for moe in layers:  # before the batch-1 paths are timed with them
+        moe.route_warps = warps
     problem = moe_problem(model, layers[0])
     fallback = "dense" if model.device.type == "cuda" else "loop"
     path = "triton" if problem is None else fallback
