@@ -128,10 +128,10 @@ def bench(models: list[str], launches: int) -> list[dict[str, Any]]:
         us = {}
         first = route_align(logits, moe.experts_per_token, warps=WARPS[0], **options)
         for warps in WARPS:
-            ids, weights, rows, blocks = route_align(
+            ids, weights, layout_rows, blocks = route_align(
                 logits, moe.experts_per_token, warps=warps, **options
             )
-            laid = not layout or same_layout(rows, blocks, ids, moe.num_experts)
+            laid = not layout or same_layout(layout_rows, blocks, ids, moe.num_experts)
             if (
                 not same_routing(ids, weights, want, moe)
                 or not laid
