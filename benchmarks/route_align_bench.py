@@ -102,45 +102,57 @@ def cases(models: list[str]) -> list[tuple[str, Any, int, bool]]:
     return out
 
 
+def routing_inputs(moe: Any, tokens: int, layout: bool, device: str) -> tuple[Any, dict, dict]:
+    """(logits [tokens, E] bfloat16, route_align's keyword options, torch_routing's result)
+    for one case, seeded by the tokens (a selection bias where the spec has one)."""
+    import torch
+
+    gen = torch.Generator(device=device).manual_seed(tokens)
+    logits = torch.randn(tokens, moe.num_experts, device=device, generator=gen)
+    logits = logits.to(torch.bfloat16)
+    bias = None
+    if moe.score_correction:
+        bias = 0.01 * torch.randn(moe.num_experts, device=device, generator=gen)
+    options = {
+        "sigmoid": moe.scoring == "sigmoid", "normalize": moe.normalize,
+        "scale": moe.scale, "score_bias": bias, "layout": layout,
+    }  # fmt: skip
+    return logits, options, torch_routing(logits, moe, bias)
+
+
+def check_warps(label: str, moe: Any, logits: Any, options: dict, want: dict) -> None:
+    """route_align at each of WARPS: its ids and weights a top-k of `want` (same_routing),
+    its layout align()'s (same_layout, where options ask for one), its ids one warp's.
+    Raises SystemExit naming `label` and the warp count where one disagrees."""
+    import torch
+
+    from infermeter.engine.moe_kernels import route_align
+
+    k, first = moe.experts_per_token, None
+    for warps in WARPS:
+        ids, weights, layout_rows, blocks = route_align(logits, k, warps=warps, **options)
+        first = ids if first is None else first
+        laid = not options["layout"] or same_layout(layout_rows, blocks, ids, moe.num_experts)
+        if not (same_routing(ids, weights, want, moe) and laid and torch.equal(ids, first)):
+            raise SystemExit(
+                f"{label}, {warps} warps: routing or layout disagrees with torch's, or ids "
+                f"with {WARPS[0]} warp's"
+            )
+
+
 def bench(models: list[str], launches: int) -> list[dict[str, Any]]:
     """One row a case (see cases()): {"model", "tokens", "layout", "experts", "k",
     "us_by_warps": µs a launch at each of WARPS, "default_warps": route_warps(tokens)}.
-    Every warp count's output is checked first (same_routing, same_layout, and the same ids
-    as one warp's); SystemExit where one disagrees."""
-    import torch
-
+    Every case is checked first (check_warps; SystemExit where it disagrees)."""
     from gemv_sweep import graph_time_s
     from infermeter.engine.moe_kernels import route_align, route_warps
 
     rows = []
     for name, moe, tokens, layout in cases(models):
-        gen = torch.Generator(device="cuda").manual_seed(tokens)
-        logits = torch.randn(tokens, moe.num_experts, device="cuda", generator=gen)
-        logits = logits.to(torch.bfloat16)
-        bias = None
-        if moe.score_correction:
-            bias = 0.01 * torch.randn(moe.num_experts, device="cuda", generator=gen)
-        want = torch_routing(logits, moe, bias)
-        options = {
-            "sigmoid": moe.scoring == "sigmoid", "normalize": moe.normalize,
-            "scale": moe.scale, "score_bias": bias, "layout": layout,
-        }  # fmt: skip
+        logits, options, want = routing_inputs(moe, tokens, layout, "cuda")
+        check_warps(f"{name}, {tokens} tokens", moe, logits, options, want)
         us = {}
-        first = route_align(logits, moe.experts_per_token, warps=WARPS[0], **options)
         for warps in WARPS:
-            ids, weights, layout_rows, blocks = route_align(
-                logits, moe.experts_per_token, warps=warps, **options
-            )
-            laid = not layout or same_layout(layout_rows, blocks, ids, moe.num_experts)
-            if (
-                not same_routing(ids, weights, want, moe)
-                or not laid
-                or not torch.equal(ids, first[0])
-            ):
-                raise SystemExit(
-                    f"{name}, {tokens} tokens, {warps} warps: routing or layout disagrees with "
-                    f"torch's, or ids with {WARPS[0]} warp's"
-                )
             k, w = moe.experts_per_token, warps
             step = lambda i, x=logits, k=k, w=w, o=options: route_align(x, k, warps=w, **o)  # noqa: E731
             us[warps] = graph_time_s(step, launches) * 1e6

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bench_script import assert_refused
+from bench_script import assert_refused, interpreted
 from paths import REPO
 
 pytest.importorskip("torch")
@@ -96,3 +96,26 @@ def test_route_warps_follow_the_tokens_up_to_eight() -> None:
     from infermeter.engine.moe_kernels import route_warps
 
     assert [route_warps(t) for t in (1, 2, 3, 4, 5, 8, 16, 32)] == [1, 2, 4, 4, 8, 8, 8, 8]
+
+
+CHECK = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from route_align_bench import cases, check_warps, routing_inputs
+
+done = []
+for name, moe, tokens, layout in cases(["mixtral-8x7b", "deepseek-v2-lite"]):
+    logits, options, want = routing_inputs(moe, tokens, layout, "cpu")
+    check_warps(name, moe, logits, options, want)
+    done.append([name, tokens, layout])
+print(json.dumps(done))
+"""
+
+
+def test_every_case_passes_its_check_in_the_interpreter() -> None:
+    """The bench's checks on route_align itself (the interpreter ignores the warps, so this
+    checks the checking code and the kernel's arithmetic at every size the GPU times)."""
+    import json
+
+    done = json.loads(interpreted(CHECK, str(REPO / "benchmarks")).strip().splitlines()[-1])
+    assert len(done) == len(cases(["mixtral-8x7b", "deepseek-v2-lite"])) == 12

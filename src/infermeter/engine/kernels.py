@@ -42,10 +42,10 @@ So were GEMVs that asked the L2 for a later GEMV's weights (b20f553; decode_powe
 in benchmarks/l2_prefetch_probe.py the fetch, in line or on a forked stream, made the GEMV
 after it at most 0.7 µs faster (an L2-resident weight saves it 1.9 µs), and a kernel of 132
 programs that asked held the chain for 4.0 µs (l2_prefetch_probe.md). One launch for a whole
-chain of GEMVs, its programs loading their weights and then waiting on the GEMV before
-(benchmarks/gemv_chain_probe.py), was slower than a launch a GEMV at every tile tried: the
+chain of GEMVs, a program a tile that loads its weights and then waits on the GEMV before
+(benchmarks/gemv_chain_probe.py), never beat these kernels launched a GEMV at a time: the
 count that publishes a finished tile and the wait cost more than the kernel boundaries
-(gemv_chain_probe.md).
+(gemv_chain_probe.md; a persistent loop per SM was not tried).
 """
 
 from __future__ import annotations

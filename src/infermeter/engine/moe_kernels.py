@@ -285,10 +285,12 @@ def route_warps(tokens: int) -> int:
     k rounds of argmax over E scores then reduce within a warp, by shuffles, with no shared
     memory or barrier; more tokens' layout ([pairs, E] one-hot sums) needs more threads.
     Measured on an H200 (docs/benchmarks/route_align_bench.md, 2026-12-04) at 1, 2, 4 and 8
-    tokens; 16 and 32 (k of 4 or 2) take 8 by the same rule, unmeasured. One token's routing
-    took 2.22 µs at one warp against 3.65 µs at four (Qwen3-30B-A3B, E 128, k 8), eight
-    tokens' routing and layout 19.8 µs at eight warps against 37.6 µs at four; at 2 tokens
-    two warps were within 7 % of the fastest. Whole models: docs/benchmarks/route_warps/."""
+    tokens, and at 16 and 32 (k of 4 or 2), where eight warps were fastest too. One token's
+    routing took 2.19 µs at one warp against 3.63 µs at four (Qwen3-30B-A3B, E 128, k 8),
+    eight tokens' routing and layout 19.8 µs at eight warps against 37.4 µs at four; at 2
+    tokens two warps were within 8 % of the fastest (a rule, not a per-size choice).
+    INFERMETER_ROUTE_WARPS overrides it (engine/select.py). Whole models:
+    docs/benchmarks/route_warps/."""
     return min(8, triton.next_power_of_2(max(1, tokens)))
 
 
