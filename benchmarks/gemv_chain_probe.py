@@ -164,8 +164,14 @@ def plan(shapes: list[tuple[int, int]], block_n: int, kc: int) -> Plan:
 
 
 class Chain:
-    """A chain's weights packed in one bfloat16 tensor (each GEMV's N x K in turn), and
-    `repeats` sets of float32 activations and counters, for one tile (block_n, kc, warps)."""
+    """A chain's weights and `repeats` sets of activations and counters, for one tile.
+
+    packed: bfloat16 [sum of N x K], each GEMV's row-major N x K in turn; shapes: the GEMVs'
+    (N, K), as plan() takes them; x0: the chain's input [1, K0] (any float dtype, kept as
+    float32 in every repeat); tile: (BLOCK_N rows, KC columns, warps). Activations are
+    float32 [repeats, plan.act_len] on x0's device, counters int32 [repeats, GEMVs + 1]
+    (tiles done a GEMV, then the ticket). Raises ValueError where plan() refuses the shapes
+    or `packed` does not hold their weights."""
 
     def __init__(
         self, packed: Any, shapes: list[tuple[int, int]], x0: Any, repeats: int,
