@@ -5,8 +5,10 @@ For each model, the reference engine decodes 64 tokens after a 480-token prompt 
 step time's median over repeats gives tokens/s = batch / step. A batch that does not fit in
 the GPU's memory is recorded as infeasible with the reason, and the sweep goes on.
 
-Run on a GPU: python benchmarks/batch_curve.py [--models llama-7b,llama-13b] [--out DIR]
-Writes <out>/batch_curve.json and .md with device, date and commit.
+Run on a GPU: python benchmarks/batch_curve.py [--models llama-7b,llama-13b]
+    [--batches 1,8,32,64,128] [--out DIR] [--name batch_curve]
+Writes <out>/<name>.json and .md with device, date and commit; a MoE model's rows also say
+its batch-1 expert path and its routing's warps (the engine's description).
 """
 
 from __future__ import annotations
@@ -75,11 +77,17 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,32,64,128")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument("--name", default="batch_curve", help="record name")
     args = parser.parse_args()
+    if Path(args.name).name != args.name or args.name in ("", ".", ".."):
+        parser.error(f"--name must be a file name (no folder), not {args.name!r}")
     if not torch.cuda.is_available():
         sys.exit("batch_curve needs a CUDA GPU")
     batches = [int(b) for b in args.batches.split(",")]
-    rows = [row for model in args.models.split(",") for row in curve(model, batches, args.repeats)]
+    try:
+        rows = [r for model in args.models.split(",") for r in curve(model, batches, args.repeats)]
+    except UserError as error:  # an unknown model, a misspelt INFERMETER_* setting
+        sys.exit(f"batch_curve: {error}")
     table = [
         (
             f"{r['model']} batch {r['batch']}" + moe_note(r),
@@ -90,8 +98,8 @@ def main() -> None:
         )
         for r in rows
     ]
-    write_result("batch_curve", {"rows": rows, "repeats": args.repeats}, table, args.out)
-    print((args.out / "batch_curve.md").read_text())
+    write_result(args.name, {"rows": rows, "repeats": args.repeats}, table, args.out)
+    print((args.out / f"{args.name}.md").read_text())
 
 
 if __name__ == "__main__":

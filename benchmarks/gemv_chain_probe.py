@@ -26,8 +26,10 @@ torch's float32 chain, or a bfloat16-rounded one where the intermediates are bfl
 - one launch, weights after the wait / before the wait: the whole chain, at each tile;
 - one launch, weights before the wait, program order: the ticket replaced by the program
   id (relies on the GPU starting programs in order; not a guarantee);
-- state reset: the memset that zeroes each repeat's outputs and counters (in every
-  one-launch arm, amortised over the repeats).
+- state reset: the memset that zeroes each repeat's outputs and counters (in every arm of
+  this kernel, once a graph, so amortised over the repeats; not in the engine's arm).
+Outputs are checked after an arm's first run and after its graph's last replay, not after
+every replay.
 The floor is the chain's bytes at the copy bandwidth measured in the same process.
 
 Run on a GPU: python benchmarks/gemv_chain_probe.py [--shape qwen3] [--layers 4]

@@ -11,8 +11,10 @@ warp count's output is checked first: ids and weights against torch's routing
 ids, and the ids against one warp's (the same tie broken the same way).
 
 Run on a GPU: python benchmarks/route_align_bench.py [--models qwen3-30b-a3b,...]
-    [--launches 64] [--out DIR]
-Writes DIR/route_align_bench.json and .md with device, date and commit.
+    [--launches 64] [--check-only] [--out DIR]
+Writes DIR/route_align_bench.json and .md with device, date and commit; with --check-only
+(every token count that fits, not only powers of two, checked at every warp count, nothing
+timed) DIR/route_align_check.json and .md.
 """
 
 from __future__ import annotations
@@ -78,11 +80,12 @@ def same_layout(rows: Any, blocks: Any, ids: Any, experts: int) -> bool:
     return torch.equal(got.sort(-1).values, want.sort(-1).values)
 
 
-def cases(models: list[str]) -> list[tuple[str, Any, int, bool]]:
-    """(model, its MoE spec, tokens, layout) for every size route_align serves: one token
+def cases(models: list[str], every: bool = False) -> list[tuple[str, Any, int, bool]]:
+    """(model, its MoE spec, tokens, layout) for the sizes route_align serves: one token
     without the layout (the expert GEMVs' path) and 1, 2, 4, ... tokens with it while the
-    pairs fit (moe_kernels.fused_routing). Models without experts, or with group-limited
-    routing (torch's route(), not this kernel), have none."""
+    pairs fit (moe_kernels.fused_routing), or with `every` each count 1, 2, 3, ... that
+    fits. Models without experts, or with group-limited routing (torch's route(), not this
+    kernel), have none."""
     from infermeter.engine.moe_kernels import fused_routing
     from infermeter.spec.catalog import resolve_spec
 
@@ -98,7 +101,7 @@ def cases(models: list[str]) -> list[tuple[str, Any, int, bool]]:
         tokens = 1
         while fused_routing(tokens, k, experts):
             out.append((name, moe, tokens, True))
-            tokens *= 2
+            tokens = tokens + 1 if every else 2 * tokens
     return out
 
 
@@ -164,10 +167,25 @@ def bench(models: list[str], launches: int) -> list[dict[str, Any]]:
     return rows
 
 
+def check_every(models: list[str]) -> dict[str, str]:
+    """check_warps at every token count route_align serves (cases(every=True)) on the GPU:
+    {model: the counts checked, as text}; SystemExit at the first that disagrees."""
+    checked: dict[str, list[str]] = {}
+    for name, moe, tokens, layout in cases(models, every=True):
+        logits, options, want = routing_inputs(moe, tokens, layout, "cuda")
+        check_warps(f"{name}, {tokens} tokens", moe, logits, options, want)
+        checked.setdefault(name, []).append(f"{tokens}{'' if layout else ' (ids only)'}")
+    return {name: ", ".join(counts) for name, counts in checked.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default=MODELS, help="comma-separated MoE models")
     parser.add_argument("--launches", type=int, default=64, help="launches a CUDA graph")
+    parser.add_argument(
+        "--check-only", action="store_true",
+        help="check every token count route_align serves at every warp count; time nothing",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=DOCS)
     args = parser.parse_args()
     if args.launches < 1:
@@ -191,6 +209,13 @@ def main() -> None:
 
     if not torch.cuda.is_available():
         raise SystemExit("route_align_bench needs a CUDA GPU (it times a Triton kernel)")
+    if args.check_only:
+        checked = check_every(models)
+        table = [(f"{m}: tokens checked at {', '.join(map(str, WARPS))} warps", t, "-")
+                 for m, t in checked.items()]  # fmt: skip
+        record = {"models": models, "warps": list(WARPS), "checked_tokens": checked}
+        print("written", write_result("route_align_check", record, table, args.out))
+        return
     rows = bench(models, args.launches)
     table = []
     for r in rows:

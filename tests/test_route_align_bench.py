@@ -101,21 +101,43 @@ def test_route_warps_follow_the_tokens_up_to_eight() -> None:
 CHECK = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from route_align_bench import cases, check_warps, routing_inputs
+import torch
+import route_align_bench as bench
+from infermeter.engine import moe_kernels
 
 done = []
-for name, moe, tokens, layout in cases(["mixtral-8x7b", "deepseek-v2-lite"]):
-    logits, options, want = routing_inputs(moe, tokens, layout, "cpu")
-    check_warps(name, moe, logits, options, want)
+for name, moe, tokens, layout in bench.cases(json.loads(sys.argv[2]), every=True):
+    logits, options, want = bench.routing_inputs(moe, tokens, layout, "cpu")
+    bench.check_warps(name, moe, logits, options, want)
     done.append([name, tokens, layout])
-print(json.dumps(done))
+real = moe_kernels.route_align
+faults = {
+    "weights on other experts": lambda out: (out[0], out[1].flip(-1), *out[2:]),
+    "a pair in another block": lambda out: (*out[:2], out[2].roll(16), out[3]),
+    "another expert's block": lambda out: (*out[:3], out[3].roll(1)),
+}
+caught = []
+for label, fault in faults.items():
+    moe_kernels.route_align = lambda *a, fault=fault, **k: fault(real(*a, **k))
+    _, moe, _, _ = bench.cases(["mixtral-8x7b"])[0]
+    logits, options, want = bench.routing_inputs(moe, 4, True, "cpu")
+    try:
+        bench.check_warps(label, moe, logits, options, want)
+    except SystemExit:
+        caught.append(label)
+moe_kernels.route_align = real
+print(json.dumps({"done": done, "caught": caught}))
 """
 
 
-def test_every_case_passes_its_check_in_the_interpreter() -> None:
-    """The bench's checks on route_align itself (the interpreter ignores the warps, so this
-    checks the checking code and the kernel's arithmetic at every size the GPU times)."""
+def test_every_size_passes_its_check_in_the_interpreter_and_faults_do_not() -> None:
+    """The bench's checks on route_align at every token count it serves (the interpreter
+    ignores the warps: this checks the kernel's arithmetic and the checking code), and
+    each of three planted faults caught."""
     import json
 
-    done = json.loads(interpreted(CHECK, str(REPO / "benchmarks")).strip().splitlines()[-1])
-    assert len(done) == len(cases(["mixtral-8x7b", "deepseek-v2-lite"])) == 12
+    models = ["mixtral-8x7b", "deepseek-v2-lite", "qwen3-30b-a3b"]
+    out = interpreted(CHECK, str(REPO / "benchmarks"), json.dumps(models))
+    got = json.loads(out.strip().splitlines()[-1])
+    assert len(got["done"]) == len(cases(models, every=True)) == 33 + 9 + 9
+    assert len(got["caught"]) == 3, got["caught"]

@@ -664,21 +664,42 @@ def test_routing_warps_follow_the_environment_into_every_layer(
     monkeypatch: pytest.MonkeyPatch, value: str | None, warps: int | None
 ) -> None:
     """Unset or empty: route_align's rule (by the tokens); a count: that count in every MoE
-    layer, and the engine's description says which."""
+    layer. A run records it where route_align routes (the Triton path), None elsewhere."""
+    from infermeter.engine.select import route_warps_note
+
     if value is None:
         monkeypatch.delenv("INFERMETER_ROUTE_WARPS", raising=False)
     else:
         monkeypatch.setenv("INFERMETER_ROUTE_WARPS", value)
     engine = Engine(get_spec("tiny-qwen3-moe"), device="cpu", dtype=torch.float32)
-    assert {block.moe.route_warps for block in engine.model.layers if block.moe} == {warps}
-    said = engine.describe()["moe_route_warps"]
-    assert said == (warps if warps is not None else "by tokens (1, 2, 4, 8)")
+    layers = [block.moe for block in engine.model.layers if block.moe]
+    assert {moe.route_warps for moe in layers} == {warps}
+    assert engine.describe()["moe_route_warps"] is None  # CPU: the loop path, torch routing
+    layers[0].path = "triton"  # as on a GPU that passed the self-check
+    said = route_warps_note(layers[0])
+    assert said == (
+        "by tokens (1, 2, 4, 8)" if warps is None else f"{warps} (INFERMETER_ROUTE_WARPS)"
+    )
 
 
-@pytest.mark.parametrize("value", ["3", "four", "0", "32"])
-def test_misspelt_routing_warps_are_one_line(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
-    from infermeter.engine.select import route_warps_fixed
+@pytest.mark.parametrize("value", ["3", "four", "0", "16"])
+def test_misspelt_routing_warps_are_refused_before_any_weight(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    from infermeter.engine import generate
+
+    def no_build(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the model was built before the setting was read")
 
     monkeypatch.setenv("INFERMETER_ROUTE_WARPS", value)
-    with pytest.raises(UserError, match=r"INFERMETER_ROUTE_WARPS must be 1, 2, 4, 8 or 16 \(unset"):
-        route_warps_fixed()
+    monkeypatch.setattr(generate, "Decoder", no_build)
+    with pytest.raises(UserError, match=r"INFERMETER_ROUTE_WARPS must be 1, 2, 4 or 8 \(unset"):
+        Engine(get_spec("tiny-qwen3-moe"), device="cpu", dtype=torch.float32)
+
+
+def test_route_align_refuses_an_unchecked_warp_count() -> None:
+    pytest.importorskip("triton")
+    from infermeter.engine.moe_kernels import route_align
+
+    with pytest.raises(ValueError, match="warps must be 1, 2, 4 or 8, not 16"):
+        route_align(torch.zeros(1, 8), 2, warps=16)

@@ -29,7 +29,13 @@ from infermeter.backends.base import Point
 from infermeter.engine.checkpoint import load_hf_checkpoint
 from infermeter.engine.model import Decoder
 from infermeter.engine.parallel import Comm, partition
-from infermeter.engine.select import choose_attention, choose_moe
+from infermeter.engine.select import (
+    choose_attention,
+    choose_moe,
+    moe_gemv_modes,
+    route_warps_fixed,
+    route_warps_note,
+)
 from infermeter.engine.weights import init_random
 from infermeter.errors import UserError, is_oom
 from infermeter.spec.model import ModelSpec
@@ -154,6 +160,7 @@ class Engine:
             torch.cuda.set_device(self.device)
         self.seed, self.sampling = seed, sampling
         self.temperature, self.top_p = temperature, top_p
+        moe_gemv_modes(), route_warps_fixed()  # a misspelt setting refused before any weight
         layout = partition(spec, self.comm.size, self.comm.rank)
         with torch.inference_mode():
             self.model = Decoder(spec, layout, self.comm, self.device, dtype)
@@ -650,7 +657,7 @@ class Engine:
                     "moe_experts_note": self.moe_note,
                     "moe_batch1_gemv": moe.gemv,
                     "moe_batch1_us": moe.batch1_us,
-                    "moe_route_warps": moe.route_warps or "by tokens (1, 2, 4, 8)",
+                    "moe_route_warps": route_warps_note(moe),
                 }
                 if self.moe_path and moe is not None
                 else {}

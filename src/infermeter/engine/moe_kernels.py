@@ -310,10 +310,10 @@ def route_align(
     fused_routing(T, k, E) sizes only. Without `layout` (one token on the expert GEMVs,
     which read ids alone) the padded layout is not built and rows, block_experts are None.
     `warps`: the program's warps (None: route_warps(T); benchmarks/route_align_bench.py).
-    Raises ValueError for warps that are not 1, 2, 4, 8 or 16."""
+    Raises ValueError for warps that are not 1, 2, 4 or 8 (the counts checked on a GPU)."""
     tokens, experts = logits.shape
-    if warps is not None and warps not in (1, 2, 4, 8, 16):
-        raise ValueError(f"route_align: warps must be 1, 2, 4, 8 or 16, not {warps}")
+    if warps is not None and warps not in (1, 2, 4, 8):
+        raise ValueError(f"route_align: warps must be 1, 2, 4 or 8, not {warps}")
     cap = capacity(tokens * k, experts, DECODE_BLOCK_M)
     device = logits.device
     ids = torch.empty(tokens, k, device=device, dtype=torch.long)

@@ -325,7 +325,7 @@ def moe_gemv_modes() -> tuple[str | None, ...]:
     return (wanted,)
 
 
-ROUTE_WARPS = (1, 2, 4, 8, 16)
+ROUTE_WARPS = (1, 2, 4, 8)  # the counts route_align_bench times and checks
 
 
 def route_warps_fixed() -> int | None:
@@ -334,7 +334,7 @@ def route_warps_fixed() -> int | None:
     4 was the count before 2026-12-04, docs/benchmarks/route_warps/).
 
     Raises UserError for any other value (read on every device, so a typo never passes)."""
-    wanted = os.environ.get("INFERMETER_ROUTE_WARPS", "").strip()
+    wanted = os.environ.get("INFERMETER_ROUTE_WARPS", "").strip()  # read by Engine up front
     if not wanted:
         return None
     if wanted not in {str(w) for w in ROUTE_WARPS}:
@@ -343,6 +343,17 @@ def route_warps_fixed() -> int | None:
             f"not {wanted!r}"
         )
     return int(wanted)
+
+
+def route_warps_note(moe: Any) -> str | None:
+    """What a run records as its fused routing's warps: "by tokens (1, 2, 4, 8)" or "N
+    (INFERMETER_ROUTE_WARPS)" where a MoE layer routes in route_align (the Triton path, one
+    expert group, at most 256 experts), else None (torch's routing runs)."""
+    if moe.path != "triton" or not _fusable(moe.cfg):
+        return None
+    if moe.route_warps is None:
+        return "by tokens (1, 2, 4, 8)"
+    return f"{moe.route_warps} (INFERMETER_ROUTE_WARPS)"
 
 
 def call_us(
