@@ -51,6 +51,14 @@ def write_record(
     return path
 
 
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a record's name (--name options), or None: it must be a plain
+    file name, not a path, so that <out>/<name>.json lands in the --out folder."""
+    if Path(name).name != name or name in ("", ".", ".."):
+        return f"--name must be a file name (no folder), not {name!r}"
+    return None
+
+
 def read_record(
     path: Path, option: str, needs: tuple[str, ...] = (), each_model: tuple[str, ...] = ()
 ) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import DOCS, write_result
+from _record import DOCS, name_problem, write_result
 from engine_bench import medians
 from infermeter.backends.base import Point
 from infermeter.backends.engine import EngineBackend
@@ -79,8 +79,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DOCS)
     parser.add_argument("--name", default="batch_curve", help="record name")
     args = parser.parse_args()
-    if Path(args.name).name != args.name or args.name in ("", ".", ".."):
-        parser.error(f"--name must be a file name (no folder), not {args.name!r}")
+    if problem := name_problem(args.name):
+        parser.error(problem)
     if not torch.cuda.is_available():
         sys.exit("batch_curve needs a CUDA GPU")
     batches = [int(b) for b in args.batches.split(",")]

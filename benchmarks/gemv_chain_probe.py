@@ -51,7 +51,7 @@ sys.path.insert(0, str(HERE))
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from _record import DOCS, write_result  # noqa: E402
+from _record import DOCS, name_problem, write_result  # noqa: E402
 
 SHAPES = {  # a layer's GEMVs, (N, K): QKV, output projection, gate/up, down
     "qwen3": ((5120, 2048), (2048, 4096), (12288, 2048), (2048, 6144)),
@@ -375,8 +375,8 @@ def main() -> None:
     for option, value in (("--layers", args.layers), ("--repeats", args.repeats)):
         if value < 1:
             parser.error(f"{option} must be at least 1, not {value}")
-    if Path(args.name).name != args.name or args.name in ("", ".", ".."):
-        parser.error(f"--name must be a file name (no folder), not {args.name!r}")
+    if problem := name_problem(args.name):
+        parser.error(problem)
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is a file, not a folder")
     import torch
