@@ -1,0 +1,203 @@
+"""What would fusing a decode kernel away buy? The batch-1 step with that kernel removed.
+
+decode_breakdown.md counts 10-12 dependent kernels a layer in a batch-1 decode step of the
+fine-grained MoE models, and models.md puts their steps at 1.5-2.2x the bytes floor. Before
+fusing any of them into a neighbour, this probe bounds the gain: it removes one kernel from
+the step (its launch does nothing, so the answer is wrong) and times the step again. A fused
+kernel still does the removed one's work, so the saving measured here is an upper bound.
+
+Removals (each names what is skipped; the step's tokens must change, or it did not take):
+- qk_norm: the per-head RMSNorm of queries and keys (Qwen3);
+- rope_store: the rotation of Q and K and the K/V cache write;
+- combine: flash-decoding's second kernel, which merges the key splits (the output is left
+  unwritten);
+- route_align: the routing kernel (every later call returns the first call's experts and
+  weights, so the expert GEMVs read the same experts each step);
+- all: every removal above that the model has.
+
+One process a model: the engine is built once (random weights, bf16, CUDA graphs, its own
+choices made with every kernel in place), then for each variant its graphs are freed, the
+removal is patched in, and the step is timed as decode_breakdown does (tpot of p = 480,
+o = 65, median of 5 runs after one untimed). `base` runs first and last, to show drift.
+
+Run (GPU): PYTHONPATH=src python benchmarks/kernel_removal_probe.py
+           [--models qwen3-30b-a3b,gpt-oss-20b,llama-7b] [--repeats 5] [--name NAME]
+Writes docs/benchmarks/<NAME>.json and .md (default kernel_removal_probe) with device, date
+and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import DOCS, name_problem, write_result
+from infermeter.backends.base import Point
+from infermeter.backends.engine import EngineBackend
+from infermeter.spec.catalog import get_spec
+from models_bench import copy_bandwidth
+
+MODELS = "qwen3-30b-a3b,gpt-oss-20b,llama-7b"
+REMOVALS = ("qk_norm", "rope_store", "combine", "route_align")
+PROMPT, NEW = 480, 65
+
+
+class _NoLaunch:
+    """Stands in for a Triton kernel: `kernel[grid](...)` launches nothing."""
+
+    def __getitem__(self, grid: Any) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+def _first_call(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """fn, run once per argument shape; later calls return that call's output unchanged."""
+    kept: dict[tuple[Any, ...], Any] = {}
+
+    def call(logits: Any, *args: Any, **kwargs: Any) -> Any:
+        key = (tuple(logits.shape), kwargs.get("layout"))
+        if key not in kept:
+            kept[key] = fn(logits, *args, **kwargs)
+        return kept[key]
+
+    return call
+
+
+@contextmanager
+def removed(names: tuple[str, ...]) -> Iterator[None]:
+    """The engine's kernels with `names` removed (REMOVALS), restored on exit."""
+    from infermeter.engine import kernels, moe_kernels
+
+    patches: list[tuple[Any, str, Any]] = []
+    for name in names:
+        if name == "qk_norm":
+            patches.append((kernels, "qk_norm", lambda *args, **kwargs: None))
+        elif name == "rope_store":
+            patches.append((kernels, "rope_store", lambda *args, **kwargs: None))
+        elif name == "combine":
+            patches.append((kernels, "_attn_combine", _NoLaunch()))
+        elif name == "route_align":
+            patches.append((moe_kernels, "route_align", _first_call(moe_kernels.route_align)))
+        else:
+            raise ValueError(f"unknown removal {name!r}; known: {', '.join(REMOVALS)}")
+    saved = [(module, attr, getattr(module, attr)) for module, attr, _ in patches]
+    try:
+        for module, attr, value in patches:
+            setattr(module, attr, value)
+        yield
+    finally:
+        for module, attr, value in saved:
+            setattr(module, attr, value)
+
+
+def applicable(name: str) -> tuple[str, ...]:
+    """The removals that touch a kernel `name`'s decode step runs."""
+    spec = get_spec(name)
+    out = ["rope_store", "combine"]
+    if spec.qk_norm == "head":
+        out.insert(0, "qk_norm")
+    if spec.moe is not None:
+        out.append("route_align")
+    return tuple(out)
+
+
+def step(backend: EngineBackend, repeats: int) -> tuple[float, str]:
+    """(median tpot_s, tokens digest) of p = PROMPT, o = NEW after one untimed run."""
+    backend.measure(Point(PROMPT, NEW, 1, 0))
+    runs = [backend.measure(Point(PROMPT, NEW, 1, t)) for t in range(1, repeats + 1)]
+    return statistics.median(m.extra["tpot_s"] for m in runs), runs[-1].extra["tokens_sha"]
+
+
+def one_model(name: str, repeats: int, bandwidth: float) -> dict[str, Any]:
+    spec = get_spec(name)
+    backend = EngineBackend(device="cuda", dtype="bfloat16", cuda_graphs=True)
+    backend.prepare(spec)
+    info = backend.describe()
+    floor_s = spec.decode_bytes(round(PROMPT + (NEW - 2) / 2), 1) / bandwidth
+    names = applicable(name)
+    variants = [("base", ()), *((n, (n,)) for n in names), ("all", names), ("base", ())]
+    rows = []
+    try:
+        for label, what in variants:
+            backend.release()  # frees the graphs: the next measure captures them afresh
+            with removed(what):
+                tpot_s, sha = step(backend, repeats)
+            rows.append({"variant": label, "removed": list(what), "tpot_s": tpot_s,
+                         "tokens_sha": sha})  # fmt: skip
+            print(f"{name} {label:12s} {tpot_s * 1e3:.4f} ms  tokens {sha}", flush=True)
+    finally:
+        backend.close()
+        gc.collect()
+    base_s = statistics.mean(r["tpot_s"] for r in rows if r["variant"] == "base")
+    for r in rows:
+        r["saving_pct"] = 100 * (1 - r["tpot_s"] / base_s)
+        r["tokens_changed"] = r["variant"] != "base" and r["tokens_sha"] != rows[0]["tokens_sha"]
+    return {"model": name, "layers": spec.num_layers, "floor_s": floor_s, "base_s": base_s,
+            "base_over_floor": base_s / floor_s, "variants": rows,
+            "backend_info": info}  # fmt: skip
+
+
+def table(models: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    out = []
+    for m in models:
+        out.append((f"{m['model']} ({m['layers']} layers): base step / floor",
+                    f"{m['base_s'] * 1e3:.3f} ms / {m['floor_s'] * 1e3:.3f} ms = "
+                    f"{m['base_over_floor']:.2f}x", "-"))  # fmt: skip
+        for r in m["variants"]:
+            if r["variant"] == "base":
+                continue
+            left = r["tpot_s"] / m["floor_s"]
+            took = "" if r["tokens_changed"] else " (tokens unchanged: removal did not take)"
+            out.append((f"{m['model']}: without {r['variant']}",
+                        f"{r['tpot_s'] * 1e3:.3f} ms ({r['saving_pct']:+.1f} % saved, "
+                        f"{left:.2f}x floor){took}", "-"))  # fmt: skip
+        bases = ", ".join(
+            f"{r['tpot_s'] * 1e3:.3f}" for r in m["variants"] if r["variant"] == "base"
+        )
+        out.append((f"{m['model']}: base first and last (drift)", f"{bases} ms", "-"))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=MODELS)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--name", default="kernel_removal_probe")
+    parser.add_argument("--out", type=Path, default=DOCS)
+    args = parser.parse_args()
+    problem = name_problem(args.name)
+    if problem:
+        parser.error(problem)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    import torch
+
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA GPU: it times the engine's Triton decode kernels")
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    for n in names:
+        try:
+            get_spec(n)
+        except Exception as error:  # the catalog's own one-line message
+            parser.error(str(error))
+    start = time.perf_counter()
+    bandwidth = copy_bandwidth("cuda")
+    models: list[dict[str, Any]] = []
+    for n in names:  # the record is written after each model: a later failure keeps it
+        models.append(one_model(n, args.repeats, bandwidth))
+        result = {"copy_bandwidth_Bps": bandwidth, "prompt_tokens": PROMPT,
+                  "output_tokens": NEW, "repeats": args.repeats, "models": models,
+                  "wall_s": time.perf_counter() - start}  # fmt: skip
+        path = write_result(args.name, result, table(models), args.out)
+        print(f"wrote {path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
