@@ -6,14 +6,19 @@ fusing any of them into a neighbour, this probe bounds the gain: it removes one 
 the step (its launch does nothing, so the answer is wrong) and times the step again. A fused
 kernel still does the removed one's work, so the saving measured here is an upper bound.
 
-Removals (each names what is skipped; the step's tokens must change, or it did not take):
+Removals (each counts the calls it skipped, so a removal that never took shows 0 there; the
+tokens may not change: with random weights the residual stream can decide them alone):
 - qk_norm: the per-head RMSNorm of queries and keys (Qwen3);
 - rope_store: the rotation of Q and K and the K/V cache write;
-- combine: flash-decoding's second kernel, which merges the key splits (the output is left
-  unwritten);
+- combine: flash-decoding's merge of the key splits (the two-kernel path with its second
+  kernel launched as nothing: the output is left unwritten);
 - route_align: the routing kernel (every later call returns the first call's experts and
   weights, so the expert GEMVs read the same experts each step);
 - all: every removal above that the model has.
+
+And one variant that removes nothing: merge_kernel, the splits merged by a kernel of their
+own (INFERMETER_SPLIT_MERGE=0) instead of by each group's last split program, to time the
+engine's fused merge against the path it replaced in the same process.
 
 One process a model: the engine is built once (random weights, bf16, CUDA graphs, its own
 choices made with every kernel in place), then for each variant its graphs are freed, the
@@ -50,14 +55,27 @@ REMOVALS = ("qk_norm", "rope_store", "combine", "route_align")
 PROMPT, NEW = 480, 65
 
 
+SKIPPED: dict[str, int] = {}  # removal: calls it skipped since the last reset
+
+
+def _nothing(name: str) -> Callable[..., None]:
+    def call(*args: Any, **kwargs: Any) -> None:
+        SKIPPED[name] = SKIPPED.get(name, 0) + 1
+
+    return call
+
+
 class _NoLaunch:
     """Stands in for a Triton kernel: `kernel[grid](...)` launches nothing."""
 
+    def __init__(self, name: str) -> None:
+        self.name = name
+
     def __getitem__(self, grid: Any) -> Callable[..., None]:
-        return lambda *args, **kwargs: None
+        return _nothing(self.name)
 
 
-def _first_call(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _first_call(fn: Callable[..., Any], name: str = "route_align") -> Callable[..., Any]:
     """fn, run once per argument shape; later calls return that call's output unchanged."""
     kept: dict[tuple[Any, ...], Any] = {}
 
@@ -65,6 +83,8 @@ def _first_call(fn: Callable[..., Any]) -> Callable[..., Any]:
         key = (tuple(logits.shape), kwargs.get("layout"))
         if key not in kept:
             kept[key] = fn(logits, *args, **kwargs)
+        else:
+            SKIPPED[name] = SKIPPED.get(name, 0) + 1
         return kept[key]
 
     return call
@@ -78,15 +98,19 @@ def removed(names: tuple[str, ...]) -> Iterator[None]:
     patches: list[tuple[Any, str, Any]] = []
     for name in names:
         if name == "qk_norm":
-            patches.append((kernels, "qk_norm", lambda *args, **kwargs: None))
+            patches.append((kernels, "qk_norm", _nothing(name)))
         elif name == "rope_store":
-            patches.append((kernels, "rope_store", lambda *args, **kwargs: None))
+            patches.append((kernels, "rope_store", _nothing(name)))
         elif name == "combine":
-            patches.append((kernels, "_attn_combine", _NoLaunch()))
+            patches.append((kernels, "SPLIT_MERGE", False))
+            patches.append((kernels, "_attn_combine", _NoLaunch(name)))
+        elif name == "merge_kernel":
+            patches.append((kernels, "SPLIT_MERGE", False))
         elif name == "route_align":
             patches.append((moe_kernels, "route_align", _first_call(moe_kernels.route_align)))
         else:
-            raise ValueError(f"unknown removal {name!r}; known: {', '.join(REMOVALS)}")
+            known = ", ".join((*REMOVALS, "merge_kernel"))
+            raise ValueError(f"unknown removal {name!r}; known: {known}")
     saved = [(module, attr, getattr(module, attr)) for module, attr, _ in patches]
     try:
         for module, attr, value in patches:
@@ -122,15 +146,17 @@ def one_model(name: str, repeats: int, bandwidth: float) -> dict[str, Any]:
     info = backend.describe()
     floor_s = spec.decode_bytes(round(PROMPT + (NEW - 2) / 2), 1) / bandwidth
     names = applicable(name)
-    variants = [("base", ()), *((n, (n,)) for n in names), ("all", names), ("base", ())]
+    ab = [("base", ()), ("merge_kernel", ("merge_kernel",))] * 2
+    variants = [*ab, *((n, (n,)) for n in names), ("all", names), ("base", ())]
     rows = []
     try:
         for label, what in variants:
             backend.release()  # frees the graphs: the next measure captures them afresh
+            SKIPPED.clear()
             with removed(what):
                 tpot_s, sha = step(backend, repeats)
             rows.append({"variant": label, "removed": list(what), "tpot_s": tpot_s,
-                         "tokens_sha": sha})  # fmt: skip
+                         "tokens_sha": sha, "calls_skipped": dict(SKIPPED)})  # fmt: skip
             print(f"{name} {label:12s} {tpot_s * 1e3:.4f} ms  tokens {sha}", flush=True)
     finally:
         backend.close()
@@ -154,14 +180,21 @@ def table(models: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
             if r["variant"] == "base":
                 continue
             left = r["tpot_s"] / m["floor_s"]
-            took = "" if r["tokens_changed"] else " (tokens unchanged: removal did not take)"
-            out.append((f"{m['model']}: without {r['variant']}",
+            skipped = r.get("calls_skipped", {})
+            missed = [n for n in r["removed"] if n in REMOVALS and not skipped.get(n)]
+            took = f" (never skipped: {', '.join(missed)})" if missed else ""
+            what = (
+                "merge in a kernel of its own (the path before)"
+                if r["variant"] == "merge_kernel"
+                else f"without {r['variant']}"
+            )
+            out.append((f"{m['model']}: {what}",
                         f"{r['tpot_s'] * 1e3:.3f} ms ({r['saving_pct']:+.1f} % saved, "
                         f"{left:.2f}x floor){took}", "-"))  # fmt: skip
         bases = ", ".join(
             f"{r['tpot_s'] * 1e3:.3f}" for r in m["variants"] if r["variant"] == "base"
         )
-        out.append((f"{m['model']}: base first and last (drift)", f"{bases} ms", "-"))
+        out.append((f"{m['model']}: base, in the order run (drift)", f"{bases} ms", "-"))
     return out
 
 

@@ -15,7 +15,7 @@ pytest.importorskip("torch")
 pytest.importorskip("triton", reason="Triton is not installed (pip install -e '.[dev]')")
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from kernel_removal_probe import REMOVALS, _first_call, applicable, removed
+from kernel_removal_probe import REMOVALS, SKIPPED, _first_call, applicable, removed
 
 
 def test_removals_follow_the_architecture() -> None:
@@ -28,8 +28,10 @@ def test_removed_kernels_come_back() -> None:
     from infermeter.engine import kernels, moe_kernels
 
     before = (kernels.qk_norm, kernels.rope_store, kernels._attn_combine, moe_kernels.route_align)
+    SKIPPED.clear()
     with removed(REMOVALS):
         assert kernels.qk_norm(1, 2) is None and kernels._attn_combine[(1,)](3) is None
+        assert SKIPPED == {"qk_norm": 1, "combine": 1}
         assert kernels.rope_store is not before[1] and moe_kernels.route_align is not before[3]
     assert (kernels.qk_norm, kernels.rope_store, kernels._attn_combine,
             moe_kernels.route_align) == before  # fmt: skip
@@ -47,6 +49,7 @@ def test_first_call_is_kept_per_shape() -> None:
         calls.append(logits.shape)
         return len(calls)
 
+    SKIPPED.clear()
     kept = _first_call(route)
     one, two = torch.zeros(1, 8), torch.zeros(2, 8)
     assert [kept(one, 2, layout=False), kept(one, 2, layout=False), kept(two, 2, layout=True)] == [
@@ -60,3 +63,11 @@ def test_first_call_is_kept_per_shape() -> None:
 )
 def test_refusals(args: list[str], says: str, tmp_path: Path) -> None:
     assert_refused("kernel_removal_probe.py", args, says, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [(["--name", "../x"], "--name must be a file name"), (["--launches", "1"], "at least 2")],
+)
+def test_split_merge_check_refusals(args: list[str], says: str, tmp_path: Path) -> None:
+    assert_refused("split_merge_check.py", args, says, tmp_path)

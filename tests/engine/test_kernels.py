@@ -183,3 +183,15 @@ def test_grouped_gemm_geglu_epilogue(interpreted: dict) -> None:
 def test_decode_attention_sinks_softcap_and_ring_slots(interpreted: dict) -> None:
     assert interpreted["attention"]["sinks_softcap_scale"] < 1e-5
     assert interpreted["attention"]["ring_slots"] == 0.0
+
+
+def test_decode_attention_merges_its_splits_in_the_last_program(interpreted: dict) -> None:
+    merge = interpreted["merge"]
+    cases = [name for name in merge if name != "counts_left"]
+    assert len(cases) == 4
+    for name in cases:  # fused and in a kernel of its own, against float math
+        assert merge[name]["fused"] < 1e-5 and merge[name]["kernel"] < 1e-5, (name, merge[name])
+    several = merge["gqa_split_a_pass"]
+    assert several["pass"] == 1 < several["splits"]  # the merge walked the splits in passes
+    assert merge["batch_empty_splits"]["splits"] > 1
+    assert merge["counts_left"] == 0  # each group's last program reset its count

@@ -10,6 +10,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
+import triton
 
 from infermeter.engine import gemv_kernels, kernels, mla_kernels, moe_kernels, select
 from infermeter.engine.generate import Engine
@@ -295,6 +296,31 @@ def _same_rows(rows: torch.Tensor, want: torch.Tensor, blocks: torch.Tensor) -> 
     )
 
 
+def _attention_want(
+    q: torch.Tensor,
+    cache: torch.Tensor,
+    lens: torch.Tensor,
+    scale: float,
+    softcap: float | None,
+    sinks: torch.Tensor | None,
+) -> torch.Tensor:
+    """Decode attention in float math: q [b, nq, d], cache [b, L, 2, nkv, d] -> [b, nq, d]."""
+    nq, nkv = q.shape[1], cache.shape[3]
+    rows = []
+    for i, n in enumerate(lens.tolist()):
+        k = cache[i, :n, 0].repeat_interleave(nq // nkv, 1)
+        v = cache[i, :n, 1].repeat_interleave(nq // nkv, 1)
+        scores = torch.einsum("hd,nhd->hn", q[i], k) * scale
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        if sinks is None:
+            probs = scores.softmax(-1)
+        else:
+            probs = torch.cat([scores, sinks[:, None]], -1).softmax(-1)[:, :-1]
+        rows.append(torch.einsum("hn,nhd->hd", probs, v))
+    return torch.stack(rows)
+
+
 def attention_errors() -> dict[str, float]:
     """Flash-decoding with a custom scale, soft-capped scores and sink logits, against float
     math; and the rotary + cache write at ring slots against indexing."""
@@ -305,15 +331,7 @@ def attention_errors() -> dict[str, float]:
     lens = torch.tensor([37, 100], dtype=torch.int32)
     sinks = torch.randn(nq, generator=gen)
     got = kernels.decode_attention(q, cache, lens, None, 0.3, 5.0, sinks)
-    rows = []
-    for i, n in enumerate(lens.tolist()):
-        k = cache[i, :n, 0].repeat_interleave(nq // nkv, 1)
-        v = cache[i, :n, 1].repeat_interleave(nq // nkv, 1)
-        scores = torch.einsum("hd,nhd->hn", q[i], k) * 0.3
-        scores = torch.tanh(scores / 5.0) * 5.0
-        probs = torch.cat([scores, sinks[:, None]], -1).softmax(-1)[:, :-1]
-        rows.append(torch.einsum("hn,nhd->hd", probs, v))
-    want = torch.stack(rows)
+    want = _attention_want(q, cache, lens, 0.3, 5.0, sinks)
     qkv = torch.randn(b, nq + 2 * nkv, d, generator=gen)
     ring = torch.zeros(b, 8, 2, nkv, d)
     pos, slots = torch.tensor([3, 21]), torch.tensor([3, 5])
@@ -324,6 +342,48 @@ def attention_errors() -> dict[str, float]:
         "sinks_softcap_scale": float((got - want).abs().max() / want.abs().max()),
         "ring_slots": float((stored - expected).abs().max()),
     }
+
+
+# (b, nq, nkv, d, cache length, lengths, MERGE_TILE): GQA merged in one pass and a split a
+# pass; a batch whose short sequences leave empty splits; heads of their own with d not a
+# power of two
+MERGES = {
+    "gqa_one_pass": (1, 8, 1, 32, 600, [600], 8192),
+    "gqa_split_a_pass": (1, 8, 1, 32, 600, [431], 64),
+    "batch_empty_splits": (3, 4, 2, 16, 300, [1, 150, 300], 32),
+    "heads_apart_d24": (2, 3, 3, 24, 200, [200, 7], 8192),
+}
+
+
+def merge_checks() -> dict[str, object]:
+    """decode_attention's splits merged by their last program (fused) and by a kernel of
+    their own, each against float math (relative max error) per MERGES case, with sinks on
+    the odd cases; the splits each case ran; and the arrival counts left after all of them
+    (the last program of a group must reset its count to 0)."""
+    gen = torch.Generator().manual_seed(3)
+    out: dict[str, object] = {}
+    tile, merge = kernels.MERGE_TILE, kernels.SPLIT_MERGE
+    try:
+        for i, (name, (b, nq, nkv, d, length, lens, merge_tile)) in enumerate(MERGES.items()):
+            q = torch.randn(b, nq, d, generator=gen)
+            cache = torch.randn(b, length, 2, nkv, d, generator=gen)
+            sinks = torch.randn(nq, generator=gen) if i % 2 else None
+            lengths = torch.tensor(lens, dtype=torch.int32)
+            want = _attention_want(q, cache, lengths, d**-0.5, None, sinks)
+            kernels.MERGE_TILE = merge_tile
+            errors = {}
+            for path, on in (("fused", True), ("kernel", False)):
+                kernels.SPLIT_MERGE = on
+                got = kernels.decode_attention(q, cache, lengths, sinks=sinks)
+                errors[path] = float((got - want).abs().max() / want.abs().max())
+            splits = kernels.split_plan(length, b * nkv, q.device)[0]
+            errors["splits"] = splits
+            errors["pass"] = kernels.merge_pass(nq // nkv, splits, triton.next_power_of_2(d))
+            out[name] = errors
+    finally:
+        kernels.MERGE_TILE, kernels.SPLIT_MERGE = tile, merge
+    out["counts_left"] = int(kernels._merge_counts(torch.device("cpu")).abs().sum())
+    return out
 
 
 def self_check(name: str) -> object:
@@ -372,6 +432,7 @@ def main() -> None:
                 "routing_checks",
                 "latent_error",
                 "attention_errors",
+                "merge_checks",
             )
         },
     }
@@ -405,6 +466,7 @@ def main() -> None:
         "routing": done["routing_checks",],
         "latent": done["latent_error",],
         "attention": done["attention_errors",],
+        "merge": done["merge_checks",],
         "workers": workers,
     }
     print(json.dumps(result))

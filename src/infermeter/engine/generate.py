@@ -649,6 +649,11 @@ class Engine:
                 if self.attention == "triton"
                 else None
             ),
+            "decode_split_merge": (
+                ("kernel" if self.model.mla or not self.model.kernels.SPLIT_MERGE else "fused")
+                if self.attention == "triton"
+                else None
+            ),  # flash-decoding's merge: by each group's last split, or a kernel of its own
             **_tiles(cuda, self.attention == "triton" or self.moe_path == "triton"),
             "decode_attention_skipped": self.attention_notes or None,
             **(

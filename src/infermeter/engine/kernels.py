@@ -141,10 +141,11 @@ def _attn_split(
     Q, K, V, Lens, Slopes, Part, Lse,
     stride_qb, stride_qh, stride_kb, stride_kn, stride_kh,
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
-    nkv, chunk, scale, softcap,
+    nkv, chunk, scale, softcap, Out, Sinks, Count, stride_ob, stride_oh,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     D: tl.constexpr, BLOCK_D: tl.constexpr, ALIBI: tl.constexpr, PDL: tl.constexpr,
-    SOFTCAP: tl.constexpr = False,
+    SOFTCAP: tl.constexpr = False, MERGE: tl.constexpr = False, SINKS: tl.constexpr = False,
+    BLOCK_H: tl.constexpr = 1, BLOCK_S: tl.constexpr = 1, SB: tl.constexpr = 1,
 ):  # fmt: skip
     _grid_sync(PDL)
     bh = tl.program_id(0)
@@ -190,6 +191,67 @@ def _attn_split(
     p_ptr = Part + b * stride_pb + heads[:, None] * stride_ph + split * stride_ps + dd[None, :]
     tl.store(p_ptr, out, mask=gmask[:, None] & dmask[None, :])
     tl.store(Lse + b * stride_lb + heads * stride_lh + split, m + tl.log(denom), mask=gmask)
+    if MERGE:  # the last split of this (sequence, KV head) to finish merges them all
+        tl.debug_barrier()  # every thread's stores before the count that publishes them
+        splits = tl.num_programs(1)
+        if tl.atomic_add(Count + bh, 1, sem="acq_rel") == splits - 1:
+            tl.store(Count + bh, 0)  # ready for the next launch (graph replays too)
+            h = kvh * GROUP + tl.arange(0, BLOCK_H)
+            _merge_splits(
+                Part, Lse, Out, Sinks, b, h, h < kvh * GROUP + GROUP, splits,
+                stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh,
+                BLOCK_H, BLOCK_S, SB, D, BLOCK_D, SINKS,
+            )  # fmt: skip
+
+
+@triton.jit
+def _merge_splits(
+    Part, Lse, Out, Sinks, b, heads, hmask, splits,
+    stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh,
+    BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr, SB: tl.constexpr, D: tl.constexpr,
+    BLOCK_D: tl.constexpr, SINKS: tl.constexpr,
+):  # fmt: skip
+    """Out[b, heads] = the softmax-weighted sum of `splits` partial outputs Part [.., heads,
+    splits, D] by their log-sum-exps Lse [.., heads, splits] (flash-decoding's merge), SB
+    splits a pass; with SINKS a per-head logit joins the softmax (gpt-oss; its value row is
+    zero). Part and Lse are read from the L2 (.cg), never from this SM's L1: in the fused
+    merge other programs of this launch wrote them, and the L1 may hold an older launch's."""
+    s = tl.arange(0, BLOCK_S)
+    dd = tl.arange(0, BLOCK_D)
+    dmask = dd < D
+    lse_row = Lse + b * stride_lb + heads * stride_lh
+    lse = tl.load(
+        lse_row[:, None] + s[None, :], mask=hmask[:, None] & (s < splits)[None, :],
+        other=float("-inf"), cache_modifier=".cg",
+    )  # fmt: skip
+    top = tl.max(lse, 1)
+    if SINKS:
+        sink = tl.load(Sinks + heads, mask=hmask, other=0.0).to(tl.float32)
+        top = tl.maximum(top, sink)
+    top = tl.where(hmask, top, 0.0)  # padding heads: no -inf - -inf
+    total = tl.sum(tl.exp(lse - top[:, None]), 1)
+    if SINKS:
+        total += tl.exp(sink - top)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    part_row = Part + b * stride_pb + heads * stride_ph
+    for s0 in range(0, splits, SB):
+        ss = s0 + tl.arange(0, SB)
+        smask = hmask[:, None] & (ss < splits)[None, :]
+        w = tl.exp(
+            tl.load(lse_row[:, None] + ss[None, :], mask=smask, other=float("-inf"),
+                    cache_modifier=".cg") - top[:, None]
+        )  # fmt: skip
+        part = tl.load(
+            part_row[:, None, None] + ss[None, :, None] * stride_ps + dd[None, None, :],
+            mask=smask[:, :, None] & dmask[None, None, :], other=0.0,
+            cache_modifier=".cg",
+        )  # fmt: skip
+        acc += tl.sum(part * w[:, :, None], 1)
+    out = acc / tl.where(hmask, total, 1.0)[:, None]
+    tl.store(
+        Out + b * stride_ob + heads[:, None] * stride_oh + dd[None, :],
+        out.to(Out.dtype.element_ty), mask=hmask[:, None] & dmask[None, :],
+    )  # fmt: skip
 
 
 @triton.jit
@@ -197,32 +259,42 @@ def _attn_combine(
     Part, Lse, Out, Sinks, nq, splits,
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh,
     BLOCK_S: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
-    SINKS: tl.constexpr = False,
+    SINKS: tl.constexpr = False, SB: tl.constexpr = 64,
 ):  # fmt: skip
+    """Flash-decoding's merge as a kernel of its own, a program per (sequence, head): where
+    the split kernel does not merge (MERGE off; MLA's latent splits)."""
     _grid_sync(PDL)
     pid = tl.program_id(0)
-    b = (pid // nq).to(tl.int64)
-    h = pid % nq
-    s = tl.arange(0, BLOCK_S)
-    dd = tl.arange(0, BLOCK_D)
-    smask = s < splits
-    dmask = dd < D
-    lse = tl.load(Lse + b * stride_lb + h * stride_lh + s, mask=smask, other=float("-inf"))
-    if SINKS:  # gpt-oss: a per-head logit joins every softmax (its value row is zero)
-        sink = tl.load(Sinks + h).to(tl.float32)
-        top = tl.maximum(tl.max(lse, 0), sink)
-        w = tl.exp(lse - top)
-        w = w / (tl.sum(w, 0) + tl.exp(sink - top))
-    else:
-        w = tl.exp(lse - tl.max(lse, 0))
-        w = w / tl.sum(w, 0)
-    part = tl.load(
-        Part + b * stride_pb + h * stride_ph + s[:, None] * stride_ps + dd[None, :],
-        mask=smask[:, None] & dmask[None, :],
-        other=0.0,
-    )
-    out = tl.sum(part * w[:, None], 0)
-    tl.store(Out + b * stride_ob + h * stride_oh + dd, out.to(Out.dtype.element_ty), mask=dmask)
+    h = pid % nq + tl.arange(0, 1)
+    _merge_splits(
+        Part, Lse, Out, Sinks, (pid // nq).to(tl.int64), h, h < nq, splits,
+        stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh,
+        1, BLOCK_S, SB, D, BLOCK_D, SINKS,
+    )  # fmt: skip
+
+
+MERGE_TILE = 8192  # float32 elements of Part a merge pass holds (64 a thread at 4 warps)
+_COUNTS: dict[str, Tensor] = {}
+MERGE_SLOTS = 1 << 16  # (sequence, KV head) pairs a fused merge can count: batch x KV heads
+# INFERMETER_SPLIT_MERGE=0: merge the splits in a kernel of their own (ablations, workarounds).
+SPLIT_MERGE = os.environ.get("INFERMETER_SPLIT_MERGE", "1") != "0"
+
+
+def merge_pass(heads: int, splits: int, block_d: int) -> int:
+    """SB, the splits one merge pass reads for `heads` heads (a power of two): as many as
+    fit MERGE_TILE float32 elements, at least 1 and at most the splits rounded up."""
+    sb = max(1, MERGE_TILE // (triton.next_power_of_2(heads) * block_d))
+    return min(1 << (sb.bit_length() - 1), triton.next_power_of_2(splits))
+
+
+def _merge_counts(device: torch.device) -> Tensor:
+    """The fused merge's per-(sequence, KV head) arrival counts on `device`: zeros, made once
+    (outside any graph capture, on the first decode_attention call: the self-check) and
+    left at zero by every launch (the last program of a group resets its count)."""
+    key = str(device if device.type != "cuda" else f"cuda:{_device_index(device)}")
+    if key not in _COUNTS:
+        _COUNTS[key] = torch.zeros(MERGE_SLOTS, device=device, dtype=torch.int32)
+    return _COUNTS[key]
 
 
 def decode_attention(
@@ -237,33 +309,47 @@ def decode_attention(
     """q [b, nq, d] (rows may be strided), cache [b, L, 2, nkv, d], lengths [b] int32 ->
     [b, nq, d]: each query attends to keys [0, lengths[i]) of its sequence, with softmax
     scale `scale` (default d^-1/2), scores soft-capped at `softcap` and per-head sink logits
-    `sinks` [nq] when given."""
+    `sinks` [nq] when given.
+
+    One launch: the keys are split into chunks (split_plan), and the last chunk of each
+    (sequence, KV head) to finish merges the chunks' partial outputs (an arrival count in
+    device memory, reset by that program). Measured on an H200 before this was written,
+    a merge kernel of its own cost Qwen3-30B-A3B's batch-1 step up to 7.6 % (removing it
+    made the step that much shorter; docs/benchmarks/kernel_removal_probe.md).
+    INFERMETER_SPLIT_MERGE=0 merges in a second kernel, as before."""
     b, nq, d = q.shape
     length, nkv = cache.shape[1], cache.shape[3]
     group = nq // nkv
     splits, chunk = split_plan(length, b * nkv, q.device)
     part = torch.empty(b, nq, splits, d, device=q.device, dtype=torch.float32)
     lse = torch.empty(b, nq, splits, device=q.device, dtype=torch.float32)
+    out = torch.empty(b, nq, d, device=q.device, dtype=q.dtype)
     k, v = cache[:, :, 0], cache[:, :, 1]  # [b, L, nkv, d] views
     block_d = triton.next_power_of_2(d)
+    block_s = triton.next_power_of_2(splits)
     launch = _launch(q.device)
+    merge = SPLIT_MERGE and b * nkv <= MERGE_SLOTS
+    counts = _merge_counts(q.device) if merge else lse
     _attn_split[(b * nkv, splits)](
         q, k, v, lengths, slopes if slopes is not None else lengths, part, lse,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
         nkv, chunk, d**-0.5 if scale is None else scale, softcap or 1.0,
+        out, sinks if sinks is not None else lse, counts, out.stride(0), out.stride(1),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=BLOCK_N,
         D=d, BLOCK_D=block_d, ALIBI=slopes is not None, num_warps=4,
-        SOFTCAP=softcap is not None, **launch,
+        SOFTCAP=softcap is not None, MERGE=merge, SINKS=sinks is not None,
+        BLOCK_H=triton.next_power_of_2(group), BLOCK_S=block_s,
+        SB=merge_pass(group, splits, block_d), **launch,
     )  # fmt: skip
-    out = torch.empty(b, nq, d, device=q.device, dtype=q.dtype)
-    _attn_combine[(b * nq,)](
-        part, lse, out, sinks if sinks is not None else lse, nq, splits,
-        part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
-        out.stride(0), out.stride(1),
-        BLOCK_S=triton.next_power_of_2(splits), D=d, BLOCK_D=block_d, num_warps=4,
-        SINKS=sinks is not None, **launch,
-    )  # fmt: skip
+    if not merge:
+        _attn_combine[(b * nq,)](
+            part, lse, out, sinks if sinks is not None else lse, nq, splits,
+            part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
+            out.stride(0), out.stride(1),
+            BLOCK_S=block_s, D=d, BLOCK_D=block_d, num_warps=4,
+            SINKS=sinks is not None, SB=merge_pass(1, splits, block_d), **launch,
+        )  # fmt: skip
     return out
 
 

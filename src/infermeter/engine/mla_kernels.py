@@ -21,6 +21,7 @@ from infermeter.engine.kernels import (
     _grid_sync,
     _launch,
     _online_softmax,
+    merge_pass,
     split_plan,
 )
 
@@ -162,6 +163,7 @@ def latent_attention(
         part, lse, out, lse, n, splits,
         part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
         out.stride(0), out.stride(1),
-        BLOCK_S=triton.next_power_of_2(splits), D=lora, BLOCK_D=lora, num_warps=4, **launch,
+        BLOCK_S=triton.next_power_of_2(splits), D=lora, BLOCK_D=lora, num_warps=4,
+        SB=merge_pass(1, splits, lora), **launch,
     )  # fmt: skip
     return out
