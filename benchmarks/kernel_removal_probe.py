@@ -16,9 +16,12 @@ tokens may not change: with random weights the residual stream can decide them a
   weights, so the expert GEMVs read the same experts each step);
 - all: every removal above that the model has.
 
-And one variant that removes nothing: merge_kernel, the splits merged by a kernel of their
-own (INFERMETER_SPLIT_MERGE=0) instead of by each group's last split program, to time the
-engine's fused merge against the path it replaced in the same process.
+And variants that remove nothing, to time the engine's default against another path in the
+same process (twice each, alternating with base):
+- merge_fused: the splits merged by each group's last split program (INFERMETER_SPLIT_MERGE=1)
+  instead of by a kernel of their own;
+- qk_norm_kernel: the per-head qk-norm in a kernel of its own before rope_store, instead of
+  inside it (Qwen3).
 
 One process a model: the engine is built once (random weights, bf16, CUDA graphs, its own
 choices made with every kernel in place), then for each variant its graphs are freed, the
@@ -52,6 +55,7 @@ from models_bench import copy_bandwidth
 
 MODELS = "qwen3-30b-a3b,gpt-oss-20b,llama-7b"
 REMOVALS = ("qk_norm", "rope_store", "combine", "route_align")
+OTHER_PATHS = ("merge_fused", "qk_norm_kernel")
 PROMPT, NEW = 480, 65
 
 
@@ -98,18 +102,22 @@ def removed(names: tuple[str, ...]) -> Iterator[None]:
     patches: list[tuple[Any, str, Any]] = []
     for name in names:
         if name == "qk_norm":
+            patches.append((kernels, "ROPE_QK_NORM", False))
             patches.append((kernels, "qk_norm", _nothing(name)))
+        elif name == "qk_norm_kernel":
+            patches.append((kernels, "ROPE_QK_NORM", False))
+        elif name == "merge_fused":
+            patches.append((kernels, "SPLIT_MERGE", True))
         elif name == "rope_store":
             patches.append((kernels, "rope_store", _nothing(name)))
         elif name == "combine":
             patches.append((kernels, "SPLIT_MERGE", False))
             patches.append((kernels, "_attn_combine", _NoLaunch(name)))
-        elif name == "merge_kernel":
-            patches.append((kernels, "SPLIT_MERGE", False))
+
         elif name == "route_align":
             patches.append((moe_kernels, "route_align", _first_call(moe_kernels.route_align)))
         else:
-            known = ", ".join((*REMOVALS, "merge_kernel"))
+            known = ", ".join((*REMOVALS, *OTHER_PATHS))
             raise ValueError(f"unknown removal {name!r}; known: {known}")
     saved = [(module, attr, getattr(module, attr)) for module, attr, _ in patches]
     try:
@@ -146,7 +154,8 @@ def one_model(name: str, repeats: int, bandwidth: float) -> dict[str, Any]:
     info = backend.describe()
     floor_s = spec.decode_bytes(round(PROMPT + (NEW - 2) / 2), 1) / bandwidth
     names = applicable(name)
-    ab = [("base", ()), ("merge_kernel", ("merge_kernel",))] * 2
+    others = ["merge_fused", *(["qk_norm_kernel"] if "qk_norm" in names else [])]
+    ab = [("base", ()), *((n, (n,)) for n in others)] * 2
     variants = [*ab, *((n, (n,)) for n in names), ("all", names), ("base", ())]
     rows = []
     try:
@@ -183,11 +192,10 @@ def table(models: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
             skipped = r.get("calls_skipped", {})
             missed = [n for n in r["removed"] if n in REMOVALS and not skipped.get(n)]
             took = f" (never skipped: {', '.join(missed)})" if missed else ""
-            what = (
-                "merge in a kernel of its own (the path before)"
-                if r["variant"] == "merge_kernel"
-                else f"without {r['variant']}"
-            )
+            what = {
+                "merge_fused": "splits merged by their last program",
+                "qk_norm_kernel": "qk-norm in a kernel of its own",
+            }.get(r["variant"], f"without {r['variant']}")
             out.append((f"{m['model']}: {what}",
                         f"{r['tpot_s'] * 1e3:.3f} ms ({r['saving_pct']:+.1f} % saved, "
                         f"{left:.2f}x floor){took}", "-"))  # fmt: skip

@@ -1,8 +1,9 @@
 """Does flash-decoding's fused merge hold on a GPU, launch after launch? (issue 20)
 
-kernels.decode_attention merges its key splits in the last split program of each (sequence,
-KV head) to finish: an arrival count in device memory, a block barrier and an acq_rel atomic
-publish each split's partial output, and the last program reads them through the L2. The
+With INFERMETER_SPLIT_MERGE=1, kernels.decode_attention merges its key splits in the last
+split program of each (sequence, KV head) to finish: an arrival count in device memory, a
+block barrier and an acq_rel atomic publish each split's partial output, and the last
+program reads them through the L2. The
 CPU interpreter runs programs one after another and so cannot show an ordering fault; this
 runs the fused merge on the GPU many times, eagerly and replayed from a CUDA graph, for shapes
 of the models the engine serves, and compares every output with the same attention merged by
@@ -71,6 +72,7 @@ def check_shape(shape: tuple[Any, ...], launches: int, seed: int) -> dict[str, A
         kernels.SPLIT_MERGE = merge
         return kernels.decode_attention(q, cache, lens)
 
+    before = kernels.SPLIT_MERGE
     try:
         run(True)  # compile outside the capture
         graph = torch.cuda.CUDAGraph()
@@ -96,7 +98,7 @@ def check_shape(shape: tuple[Any, ...], launches: int, seed: int) -> dict[str, A
         torch.cuda.synchronize()
         counts_left = int(kernels._merge_counts(q.device).abs().sum().item())
     finally:
-        kernels.SPLIT_MERGE = True
+        kernels.SPLIT_MERGE = before
     splits = kernels.split_plan(length, b * nkv, q.device)[0]
     return {"shape": name, "batch": b, "q_heads": nq, "kv_heads": nkv, "head_dim": d,
             "cache_length": length, "splits": splits, "launches": launches,

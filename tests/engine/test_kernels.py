@@ -195,3 +195,11 @@ def test_decode_attention_merges_its_splits_in_the_last_program(interpreted: dic
     assert several["pass"] == 1 < several["splits"]  # the merge walked the splits in passes
     assert merge["batch_empty_splits"]["splits"] > 1
     assert merge["counts_left"] == 0  # each group's last program reset its count
+
+
+def test_qk_norm_inside_rope_store_gives_the_two_kernels_bits(interpreted: dict) -> None:
+    assert interpreted["rope_norm"] == {
+        "full_rotary_gqa": True,
+        "partial_rotary": True,
+        "no_rotary_ring": True,
+    }

@@ -344,6 +344,33 @@ def attention_errors() -> dict[str, float]:
     }
 
 
+def rope_norm_checks() -> dict[str, bool]:
+    """rope_store with the per-head qk-norm inside against the qk_norm kernel and then
+    rope_store (the same bits), for full and partial rotary and none, GQA and ring slots."""
+    gen = torch.Generator().manual_seed(4)
+    out = {}
+    for name, (nq, nkv, d, rot, ring) in {
+        "full_rotary_gqa": (4, 2, 16, 16, False),
+        "partial_rotary": (2, 2, 16, 8, False),
+        "no_rotary_ring": (3, 1, 8, 0, True),
+    }.items():
+        b = 2
+        qkv = torch.randn(b, nq + 2 * nkv, d, generator=gen)
+        wq, wk = torch.randn(d, generator=gen), torch.randn(d, generator=gen)
+        angles = torch.rand(32, max(rot // 2, 1), generator=gen) * 6
+        cos, sin = (angles.cos(), angles.sin()) if rot else (None, None)
+        pos = torch.tensor([7, 30])
+        slots = torch.tensor([3, 1]) if ring else None
+        caches = [torch.zeros(b, 32, 2, nkv, d) for _ in range(2)]
+        apart = qkv.clone()
+        kernels.qk_norm(apart, wq, wk, 1e-6, nq, nkv)
+        kernels.rope_store(apart, caches[0], pos, cos, sin, nq, slots)
+        kernels.rope_store(qkv, caches[1], pos, cos, sin, nq, slots, (wq, wk, 1e-6))
+        changed = not torch.equal(caches[1], torch.zeros_like(caches[1]))
+        out[name] = changed and torch.equal(qkv[:, :nq], apart[:, :nq]) and torch.equal(*caches)
+    return out
+
+
 # (b, nq, nkv, d, cache length, lengths, MERGE_TILE): GQA merged in one pass and a split a
 # pass; a batch whose short sequences leave empty splits; heads of their own with d not a
 # power of two
@@ -433,6 +460,7 @@ def main() -> None:
                 "latent_error",
                 "attention_errors",
                 "merge_checks",
+                "rope_norm_checks",
             )
         },
     }
@@ -467,6 +495,7 @@ def main() -> None:
         "latent": done["latent_error",],
         "attention": done["attention_errors",],
         "merge": done["merge_checks",],
+        "rope_norm": done["rope_norm_checks",],
         "workers": workers,
     }
     print(json.dumps(result))

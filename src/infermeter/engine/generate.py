@@ -654,6 +654,11 @@ class Engine:
                 if self.attention == "triton"
                 else None
             ),  # flash-decoding's merge: by each group's last split, or a kernel of its own
+            "decode_qk_norm": (
+                ("in rope_store" if self.model.kernels.ROPE_QK_NORM else "kernel")
+                if self.attention == "triton" and self.model.spec.qk_norm == "head"
+                else None
+            ),
             **_tiles(cuda, self.attention == "triton" or self.moe_path == "triton"),
             "decode_attention_skipped": self.attention_notes or None,
             **(

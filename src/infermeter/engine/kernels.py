@@ -276,8 +276,10 @@ def _attn_combine(
 MERGE_TILE = 8192  # float32 elements of Part a merge pass holds (64 a thread at 4 warps)
 _COUNTS: dict[str, Tensor] = {}
 MERGE_SLOTS = 1 << 16  # (sequence, KV head) pairs a fused merge can count: batch x KV heads
-# INFERMETER_SPLIT_MERGE=0: merge the splits in a kernel of their own (ablations, workarounds).
-SPLIT_MERGE = os.environ.get("INFERMETER_SPLIT_MERGE", "1") != "0"
+# INFERMETER_SPLIT_MERGE=1: merge the splits in the split kernel's last program (decode_attention)
+SPLIT_MERGE = os.environ.get("INFERMETER_SPLIT_MERGE", "0") == "1"
+# qk-norm inside rope_store (False: the qk_norm kernel launched first; kernel_removal_probe)
+ROPE_QK_NORM = True
 
 
 def merge_pass(heads: int, splits: int, block_d: int) -> int:
@@ -311,12 +313,12 @@ def decode_attention(
     scale `scale` (default d^-1/2), scores soft-capped at `softcap` and per-head sink logits
     `sinks` [nq] when given.
 
-    One launch: the keys are split into chunks (split_plan), and the last chunk of each
-    (sequence, KV head) to finish merges the chunks' partial outputs (an arrival count in
-    device memory, reset by that program). Measured on an H200 before this was written,
-    a merge kernel of its own cost Qwen3-30B-A3B's batch-1 step up to 7.6 % (removing it
-    made the step that much shorter; docs/benchmarks/kernel_removal_probe.md).
-    INFERMETER_SPLIT_MERGE=0 merges in a second kernel, as before."""
+    The keys are split into chunks (split_plan); a second kernel merges the chunks' partial
+    outputs. With INFERMETER_SPLIT_MERGE=1 the last chunk of each (sequence, KV head) to
+    finish merges them instead (an arrival count in device memory, reset by that program),
+    one launch. Not the default: on an H200 (docs/benchmarks/split_merge/README.md) it made
+    the batch-1 step of Qwen3-30B-A3B and LLaMA-7B 2 % longer and gpt-oss-20b's 2 % shorter,
+    though launching the merge kernel as nothing made Qwen3's 6-8 % shorter."""
     b, nq, d = q.shape
     length, nkv = cache.shape[1], cache.shape[3]
     group = nq // nkv
@@ -356,13 +358,18 @@ def decode_attention(
 @triton.jit
 def _rope_store(
     QKV, Cache, Pos, Cos, Sin, Slots,
-    stride_xb, stride_xh, stride_cb, stride_cn, stride_c2, stride_ch, stride_t,
+    stride_xb, stride_xh, stride_cb, stride_cn, stride_c2, stride_ch, stride_t, QW, KW, eps,
     NQ: tl.constexpr, NKV: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
     ROT: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr, RING: tl.constexpr = False,
+    NORM: tl.constexpr = False,
 ):  # fmt: skip
     _grid_sync(PDL)
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
+    if NORM:  # noqa: SIM102 (qk-norm first, in place, as the qk_norm kernel would: same bits)
+        if h < NQ + NKV:
+            _norm_head(QKV + b * stride_xb + h * stride_xh, QW, KW, h, eps, NQ, D, BLOCK_D)
+            tl.debug_barrier()  # the normed row, visible to the loads below
     pos = tl.load(Pos + b)
     if RING:  # noqa: SIM108 (a windowed layer's ring buffer: slot pos % ring, not pos)
         at = tl.load(Slots + b)
@@ -409,21 +416,25 @@ def rope_store(
     sin: Tensor | None,
     nq: int,
     slots: Tensor | None = None,
+    qk_norm: tuple[Tensor, Tensor, float] | None = None,
 ) -> None:
     """qkv [b, nq+2nkv, d]: rotate Q in place (angle of position pos[i]), write rotated K and
-    V to cache[i, slots[i]] (default: cache[i, pos[i]])."""
+    V to cache[i, slots[i]] (default: cache[i, pos[i]]). `qk_norm` (q weight [d], k weight
+    [d], eps): RMSNorm each query and key head first, in place (Qwen3's per-head qk-norm;
+    the qk_norm kernel's arithmetic, so the same bits as that kernel launched before)."""
     b, heads, d = qkv.shape
     nkv = cache.shape[3]
     rot = 0 if cos is None else 2 * cos.shape[1]
     table = cos if cos is not None else pos
+    qw, kw, eps = qk_norm if qk_norm is not None else (pos, pos, 0.0)
     _rope_store[(b, heads)](
         qkv, cache, pos, table, sin if sin is not None else table,
         slots if slots is not None else pos,
         qkv.stride(0), qkv.stride(1), cache.stride(0), cache.stride(1), cache.stride(2),
-        cache.stride(3), table.stride(0) if rot else 0,
+        cache.stride(3), table.stride(0) if rot else 0, qw, kw, eps,
         NQ=nq, NKV=nkv, D=d, BLOCK_D=triton.next_power_of_2(d), ROT=rot,
         HALF=triton.next_power_of_2(max(rot // 2, 1)), num_warps=1,
-        RING=slots is not None, **_launch(qkv.device),
+        RING=slots is not None, NORM=qk_norm is not None, **_launch(qkv.device),
     )  # fmt: skip
 
 
@@ -753,16 +764,21 @@ def _qk_norm(
     _grid_sync(PDL)
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
+    _norm_head(QKV + b * stride_xb + h * stride_xh, QW, KW, h, eps, NQ, D, BLOCK_D)
+
+
+@triton.jit
+def _norm_head(row, QW, KW, h, eps, NQ: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """RMSNorm of one head's row in place: the query weight QW for heads below NQ, else KW."""
     dd = tl.arange(0, BLOCK_D)
     dmask = dd < D
-    row = QKV + b * stride_xb + h * stride_xh
     x = tl.load(row + dd, mask=dmask, other=0.0).to(tl.float32)
     if h < NQ:
         w = tl.load(QW + dd, mask=dmask, other=0.0).to(tl.float32)
     else:
         w = tl.load(KW + dd, mask=dmask, other=0.0).to(tl.float32)
     y = x * tl.rsqrt(tl.sum(x * x, 0) / D + eps) * w
-    tl.store(row + dd, y.to(QKV.dtype.element_ty), mask=dmask)
+    tl.store(row + dd, y.to(row.dtype.element_ty), mask=dmask)
 
 
 def qk_norm(qkv: Tensor, q_weight: Tensor, k_weight: Tensor, eps: float, nq: int, nkv: int) -> None:

@@ -300,7 +300,9 @@ class Block(nn.Module):
         q.copy_((qf * inv[:, :1]).view_as(q).to(q.dtype) * self.q_norm.view(nq, self.d))
         k.copy_((kf * inv[:, 1:]).view_as(k).to(k.dtype) * self.k_norm.view(nkv, self.d))
 
-    def _attend(self, qkv: Tensor, ctx: Context, cache: Tensor) -> Tensor:
+    def _attend(self, qkv: Tensor, ctx: Context, cache: Tensor, qk_norm: bool = False) -> Tensor:
+        """Attention of qkv [T, heads, d] over the cache -> [T, nq·d]; `qk_norm`: the decode
+        step's rope_store applies the per-head qk-norm (not yet applied)."""
         b, s, nq, nkv, d = ctx.batch, ctx.length, self.nq, self.nkv, self.d
         q = qkv[:, :nq]
         kv = qkv[:, nq:].view(b, s, 2, nkv, d)
@@ -326,7 +328,8 @@ class Block(nn.Module):
         if ctx.fast is not None:  # rotary + cache write in one kernel, then flash-decoding
             cos, sin = (ctx.cos_local, ctx.sin_local) if self.local else (ctx.cos, ctx.sin)
             slots = ring.slots if ring is not None else None
-            ctx.fast.rope_store(qkv, cache, ctx.slots, cos, sin, nq, slots)
+            norms = (self.q_norm, self.k_norm, self._eps) if qk_norm else None
+            ctx.fast.rope_store(qkv, cache, ctx.slots, cos, sin, nq, slots, norms)
             lengths = ring.seqlens if ring is not None else ctx.seqlens
             if plain and self.scale is None:
                 o = ctx.fast.decode_attention(q, cache, lengths, ctx.slopes)
@@ -389,11 +392,13 @@ class Block(nn.Module):
                 return self.mla.decode_fast(h, ctx, cache, fast)
             return self.mla(h, ctx, cache, fast, lambda t: self._rotate_part(t, ctx))
         qkv = linear(h, self.wqkv, self.bqkv, fast, norm).view(h.shape[0], -1, self.d)
-        if self.q_norm is not None:
+        # per-head qk-norm in the decode step's rotary kernel (rope_store), one launch fewer
+        in_rope = self.qk_norm == "head" and fast is not None and fast.ROPE_QK_NORM
+        if self.q_norm is not None and not in_rope:
             self._norm_qk(qkv, fast)
         if self.rot and fast is None:
             self._rotate(qkv, ctx)
-        return self._attend(qkv, ctx, cache)
+        return self._attend(qkv, ctx, cache, in_rope)
 
     def forward(self, x: Tensor, ctx: Context, cache: Tensor) -> Tensor:
         """x [T, hidden] through one layer at the positions of `ctx`, reading and writing

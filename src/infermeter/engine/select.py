@@ -238,6 +238,16 @@ def _check_newer_kernels(model: Decoder, kernels: Any) -> str | None:
         kernels.qk_norm(qkv, wq, wk, 1e-6, 2, 2)
         if not _close(qkv, want):
             return "Triton qk-norm self-check mismatch"
+        # the decode step's path: the norm inside rope_store, against the two kernels
+        pos = torch.tensor([5, 1, 9], device=dev)
+        qkv = torch.randn(3, 4, d, device=dev, dtype=dt)
+        caches = [torch.zeros(3, 16, 2, 1, d, device=dev, dtype=dt) for _ in range(2)]
+        apart = qkv.clone()
+        kernels.qk_norm(apart, wq, wk, 1e-6, 2, 1)
+        kernels.rope_store(apart, caches[0], pos, model.cos, model.sin, 2)
+        kernels.rope_store(qkv, caches[1], pos, model.cos, model.sin, 2, None, (wq, wk, 1e-6))
+        if not (_close(qkv[:, :2], apart[:, :2]) and _close(caches[1], caches[0])):
+            return "Triton qk-norm inside rope_store self-check mismatch"
     kinds = {b.ffn_kind for b in blocks} & {"geglu", "clamped_swiglu"}
     for kind in kinds:
         y = torch.randn(3, 2 * 64, device=dev, dtype=dt)
