@@ -30,6 +30,8 @@ o = 65, median of 5 runs after one untimed). `base` runs first and last, to show
 
 Run (GPU): PYTHONPATH=src python benchmarks/kernel_removal_probe.py
            [--models qwen3-30b-a3b,gpt-oss-20b,llama-7b] [--repeats 5] [--name NAME]
+           [--base-only]  (the engine as it is, three times: an A/B of settings read at
+                           import, such as INFERMETER_PDL_TRIGGER, a process each)
 Writes docs/benchmarks/<NAME>.json and .md (default kernel_removal_probe) with device, date
 and commit.
 """
@@ -147,7 +149,7 @@ def step(backend: EngineBackend, repeats: int) -> tuple[float, str]:
     return statistics.median(m.extra["tpot_s"] for m in runs), runs[-1].extra["tokens_sha"]
 
 
-def one_model(name: str, repeats: int, bandwidth: float) -> dict[str, Any]:
+def one_model(name: str, repeats: int, bandwidth: float, base_only: bool = False) -> dict[str, Any]:
     spec = get_spec(name)
     backend = EngineBackend(device="cuda", dtype="bfloat16", cuda_graphs=True)
     backend.prepare(spec)
@@ -157,6 +159,8 @@ def one_model(name: str, repeats: int, bandwidth: float) -> dict[str, Any]:
     others = ["merge_fused", *(["qk_norm_kernel"] if "qk_norm" in names else [])]
     ab = [("base", ()), *((n, (n,)) for n in others)] * 2
     variants = [*ab, *((n, (n,)) for n in names), ("all", names), ("base", ())]
+    if base_only:
+        variants = [("base", ())] * 3
     rows = []
     try:
         for label, what in variants:
@@ -210,6 +214,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=MODELS)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--base-only", action="store_true", help="time the engine as it is, nothing else"
+    )
     parser.add_argument("--name", default="kernel_removal_probe")
     parser.add_argument("--out", type=Path, default=DOCS)
     args = parser.parse_args()
@@ -232,7 +239,7 @@ def main() -> None:
     bandwidth = copy_bandwidth("cuda")
     models: list[dict[str, Any]] = []
     for n in names:  # the record is written after each model: a later failure keeps it
-        models.append(one_model(n, args.repeats, bandwidth))
+        models.append(one_model(n, args.repeats, bandwidth, args.base_only))
         result = {"copy_bandwidth_Bps": bandwidth, "prompt_tokens": PROMPT,
                   "output_tokens": NEW, "repeats": args.repeats, "models": models,
                   "wall_s": time.perf_counter() - start}  # fmt: skip

@@ -97,13 +97,22 @@ def _launch(device: torch.device) -> dict[str, bool]:
     return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
 
 
+# INFERMETER_PDL_TRIGGER=first: each kernel lets the next one be scheduled before it waits on
+# the one before, not after (an ablation of the order; read when this module is imported)
+PDL_TRIGGER_FIRST = tl.constexpr(os.environ.get("INFERMETER_PDL_TRIGGER", "after") == "first")
+
+
 @triton.jit
 def _grid_sync(PDL: tl.constexpr):
     """With PDL: wait until the previous kernel's writes are visible, then let the next
     kernel be scheduled (it waits in turn before reading what this one writes)."""
     if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+        if PDL_TRIGGER_FIRST:
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()
+        else:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
 
 
 def _sms(device: torch.device) -> int:
