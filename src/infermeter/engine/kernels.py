@@ -9,7 +9,8 @@ that the profile of a LLaMA-7B step on an H100 showed as slow:
   once), keeps an online softmax, and writes a partial output plus its log-sum-exp; a second
   kernel combines the splits. Lengths come from a device tensor (CUDA-graph safe); ALiBi is
   an in-kernel bias, so every position scheme takes this path.
-- rope_store: rotates Q and K (interleaved pairs) in place and writes K, V into the cache slot.
+- rope_store: rotates Q and K (interleaved pairs) in place and writes K, V into the cache slot
+  (with the per-head qk-norm first, where the model has one).
 - rms_norm, silu_mul: one launch each instead of several.
 - small_linear: the GEMV of every projection, bias and residual add in its epilogue (one
   token with INFERMETER_ONE_TOKEN_GEMV=rows: gemv_kernels.rows_gemv, whole rows a program;
@@ -45,7 +46,11 @@ programs that asked held the chain for 4.0 µs (l2_prefetch_probe.md). One launc
 chain of GEMVs, a program a tile that loads its weights and then waits on the GEMV before
 (benchmarks/gemv_chain_probe.py), never beat these kernels launched a GEMV at a time: the
 count that publishes a finished tile and the wait cost more than the kernel boundaries
-(gemv_chain_probe.md; a persistent loop per SM was not tried).
+(gemv_chain_probe.md; a persistent loop per SM was not tried). Merging flash-decoding's
+splits in the split kernel's last program (INFERMETER_SPLIT_MERGE=1) and letting each kernel
+launch the next before its own PDL wait (INFERMETER_PDL_TRIGGER=first) were not faster for
+Qwen3-30B-A3B and LLaMA-7B (docs/benchmarks/decode_fusion/README.md); the per-head qk-norm
+inside rope_store was (0.9 % of Qwen3-30B-A3B's step), and is the default.
 """
 
 from __future__ import annotations
@@ -98,7 +103,9 @@ def _launch(device: torch.device) -> dict[str, bool]:
 
 
 # INFERMETER_PDL_TRIGGER=first: each kernel lets the next one be scheduled before it waits on
-# the one before, not after (an ablation of the order; read when this module is imported)
+# the one before, not after (an ablation of the order; read when this module is imported).
+# On an H200 it took 0.7-0.9 % off Qwen3-30B-A3B's batch-1 step and added 13 % to LLaMA-7B's
+# (docs/benchmarks/decode_fusion/README.md)
 PDL_TRIGGER_FIRST = tl.constexpr(os.environ.get("INFERMETER_PDL_TRIGGER", "after") == "first")
 
 
@@ -325,7 +332,7 @@ def decode_attention(
     The keys are split into chunks (split_plan); a second kernel merges the chunks' partial
     outputs. With INFERMETER_SPLIT_MERGE=1 the last chunk of each (sequence, KV head) to
     finish merges them instead (an arrival count in device memory, reset by that program),
-    one launch. Not the default: on an H200 (docs/benchmarks/split_merge/README.md) it made
+    one launch. Not the default: on an H200 (docs/benchmarks/decode_fusion/README.md) it made
     the batch-1 step of Qwen3-30B-A3B and LLaMA-7B 2 % longer and gpt-oss-20b's 2 % shorter,
     though launching the merge kernel as nothing made Qwen3's 6-8 % shorter."""
     b, nq, d = q.shape
