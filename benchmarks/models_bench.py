@@ -6,7 +6,9 @@ One GPU (H200), the five single-GPU models and the batch curve:
 Two GPUs, gpt-oss-120b at tensor parallelism 2 (its figures merge into the same record):
     PYTHONPATH=src python benchmarks/models_bench.py --models gpt-oss-120b --tp 2 --curve none
 Each run adds its models to the record it finds (--merge, default the committed
-docs/benchmarks/models.json) and writes the result to --out (default docs/benchmarks).
+docs/benchmarks/models.json) and writes the result to --out (default docs/benchmarks): the
+other models' rows, and with --curve none the batch curve, are the record's, with their own
+dates and commits.
 CPU, tiny specs of the same layouts, a minute (checks the script, no goals):
     PYTHONPATH=src python benchmarks/models_bench.py --quick
 
