@@ -11,7 +11,8 @@ tokens may not change: with random weights the residual stream can decide them a
 - qk_norm: the per-head RMSNorm of queries and keys (Qwen3);
 - rope_store: the rotation of Q and K and the K/V cache write;
 - combine: flash-decoding's merge of the key splits (the two-kernel path with its second
-  kernel launched as nothing: the output is left unwritten);
+  kernel launched as nothing: the output is left unwritten, whatever the memory held, so
+  the layers after it may route differently);
 - route_align: the routing kernel (every later call returns the first call's experts and
   weights, so the expert GEMVs read the same experts each step);
 - all: every removal above that the model has.
@@ -223,18 +224,22 @@ def main() -> None:
     problem = name_problem(args.name)
     if problem:
         parser.error(problem)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file: it must be a folder for the record")
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    import torch
-
-    if not torch.cuda.is_available():
-        parser.error("needs a CUDA GPU: it times the engine's Triton decode kernels")
     names = [n.strip() for n in args.models.split(",") if n.strip()]
+    if not names:
+        parser.error("--models names no model (e.g. --models qwen3-30b-a3b)")
     for n in names:
         try:
             get_spec(n)
         except Exception as error:  # the catalog's own one-line message
             parser.error(str(error))
+    import torch
+
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA GPU: it times the engine's Triton decode kernels")
     start = time.perf_counter()
     bandwidth = copy_bandwidth("cuda")
     models: list[dict[str, Any]] = []

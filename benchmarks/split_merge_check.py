@@ -27,16 +27,18 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import DOCS, name_problem, write_result
 
-# (name, batch, query heads, KV heads, head dim, cache length): Qwen3-30B-A3B, gpt-oss-20b,
-# LLaMA-7B and Mixtral's layouts at one and several sequences, short and long caches
+# (name, batch, query heads, KV heads, head dim, cache length, sinks): Qwen3-30B-A3B,
+# gpt-oss-20b (with and without its per-head sink logits), LLaMA-7B and Mixtral's layouts at
+# one and several sequences, short and long caches
 SHAPES = [
-    ("qwen3 b1 L512", 1, 32, 4, 128, 512),
-    ("qwen3 b1 L8192", 1, 32, 4, 128, 8192),
-    ("qwen3 b8 L2048", 8, 32, 4, 128, 2048),
-    ("gpt-oss b1 L1024", 1, 64, 8, 64, 1024),
-    ("llama-7b b1 L4096", 1, 32, 32, 128, 4096),
-    ("llama-7b b32 L1024", 32, 32, 32, 128, 1024),
-    ("mixtral b4 L700", 4, 32, 8, 128, 700),
+    ("qwen3 b1 L512", 1, 32, 4, 128, 512, False),
+    ("qwen3 b1 L8192", 1, 32, 4, 128, 8192, False),
+    ("qwen3 b8 L2048", 8, 32, 4, 128, 2048, False),
+    ("gpt-oss b1 L1024", 1, 64, 8, 64, 1024, False),
+    ("gpt-oss sinks b2 L1024", 2, 64, 8, 64, 1024, True),
+    ("llama-7b b1 L4096", 1, 32, 32, 128, 4096, False),
+    ("llama-7b b32 L1024", 32, 32, 32, 128, 1024, False),
+    ("mixtral b4 L700", 4, 32, 8, 128, 700, False),
 ]
 # relative to the output's largest value: a bfloat16 output's rounding is up to 2^-8 of it
 # (two summation orders may round one element apart), a stale or missing partial is O(1)
@@ -50,7 +52,7 @@ def check_shape(shape: tuple[Any, ...], launches: int, seed: int) -> dict[str, A
 
     from infermeter.engine import kernels
 
-    name, b, nq, nkv, d, length = shape
+    name, b, nq, nkv, d, length, with_sinks = shape
     gen = torch.Generator(device="cuda").manual_seed(seed)
     q = torch.randn(b, nq, d, device="cuda", generator=gen, dtype=torch.bfloat16)
     cache = torch.randn(b, length, 2, nkv, d, device="cuda", generator=gen, dtype=torch.bfloat16)
@@ -62,15 +64,21 @@ def check_shape(shape: tuple[Any, ...], launches: int, seed: int) -> dict[str, A
     keys = torch.arange(length, device="cuda")
     masked = keys[None, None, :] >= lens[:, None, None]
 
+    sinks = torch.randn(nq, device="cuda", generator=gen) if with_sinks else None
+
     def reference() -> Any:
         scores = torch.einsum("bhd,bnhd->bhn", q.float(), k) * d**-0.5
-        return torch.einsum(
-            "bhn,bnhd->bhd", scores.masked_fill(masked, float("-inf")).softmax(-1), v
-        )
+        scores = scores.masked_fill(masked, float("-inf"))
+        if sinks is not None:  # a per-head logit joins the softmax; its value row is zero
+            sink = sinks.float()[None, :, None].expand(b, nq, 1)
+            probs = torch.cat([scores, sink], -1).softmax(-1)[..., :-1]
+        else:
+            probs = scores.softmax(-1)
+        return torch.einsum("bhn,bnhd->bhd", probs, v)
 
     def run(merge: bool) -> Any:
         kernels.SPLIT_MERGE = merge
-        return kernels.decode_attention(q, cache, lens)
+        return kernels.decode_attention(q, cache, lens, sinks=sinks)
 
     before = kernels.SPLIT_MERGE
     try:
@@ -101,6 +109,7 @@ def check_shape(shape: tuple[Any, ...], launches: int, seed: int) -> dict[str, A
         kernels.SPLIT_MERGE = before
     splits = kernels.split_plan(length, b * nkv, q.device)[0]
     return {"shape": name, "batch": b, "q_heads": nq, "kv_heads": nkv, "head_dim": d,
+            "sinks": with_sinks,
             "cache_length": length, "splits": splits, "launches": launches,
             "max_error_vs_kernel_merge": worst_vs_kernel, "max_error_vs_float32": worst_vs_float,
             "launches_off": bad, "counts_left": counts_left}  # fmt: skip
@@ -115,6 +124,8 @@ def main() -> None:
     problem = name_problem(args.name)
     if problem:
         parser.error(problem)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file: it must be a folder for the record")
     if args.launches < 2:
         parser.error("--launches must be at least 2 (one eager, one graph replay)")
     import torch

@@ -3,6 +3,8 @@ undone on exit, and its one-line refusals (the timing itself needs a GPU)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -59,10 +61,38 @@ def test_first_call_is_kept_per_shape() -> None:
 
 @pytest.mark.parametrize(
     ("args", "says"),
-    [(["--name", "a/b"], "--name must be a file name"), (["--repeats", "0"], "at least 1")],
+    [
+        (["--name", "a/b"], "--name must be a file name"),
+        (["--repeats", "0"], "at least 1"),
+        (["--models", " , "], "--models names no model"),
+        (["--models", "no-such-model"], "no-such-model"),
+    ],
 )
 def test_refusals(args: list[str], says: str, tmp_path: Path) -> None:
     assert_refused("kernel_removal_probe.py", args, says, tmp_path)
+
+
+@pytest.mark.parametrize("script", ["kernel_removal_probe.py", "split_merge_check.py"])
+def test_an_out_that_is_a_file_is_refused_up_front(script: str, tmp_path: Path) -> None:
+    (tmp_path / "out").write_text("not a folder")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    command = [sys.executable, str(REPO / "benchmarks" / script), "--out", str(tmp_path / "out")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "is a file: it must be a folder" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_other_paths_switch_the_engine_and_switch_back() -> None:
+    from infermeter.engine import kernels
+
+    before = (kernels.SPLIT_MERGE, kernels.ROPE_QK_NORM)
+    with removed(("merge_fused",)):
+        assert kernels.SPLIT_MERGE is True and kernels.ROPE_QK_NORM is before[1]
+    with removed(("qk_norm_kernel",)):
+        assert kernels.ROPE_QK_NORM is False and kernels.SPLIT_MERGE is before[0]
+    with removed(("qk_norm", "combine")):  # a removal also leaves the fused paths
+        assert kernels.ROPE_QK_NORM is False and kernels.SPLIT_MERGE is False
+    assert before == (kernels.SPLIT_MERGE, kernels.ROPE_QK_NORM)
 
 
 @pytest.mark.parametrize(

@@ -697,6 +697,34 @@ def test_misspelt_routing_warps_are_refused_before_any_weight(
         Engine(get_spec("tiny-qwen3-moe"), device="cpu", dtype=torch.float32)
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("INFERMETER_SPLIT_MERGE", "yes", "INFERMETER_SPLIT_MERGE must be 0 or 1 (unset: 0)"),
+        ("INFERMETER_PDL_TRIGGER", "First", "INFERMETER_PDL_TRIGGER must be after or first"),
+    ],
+)
+def test_misspelt_kernel_switches_are_refused_before_any_weight(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str
+) -> None:
+    from infermeter.engine import generate
+
+    def no_build(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the model was built before the setting was read")
+
+    monkeypatch.setenv(name, value)
+    monkeypatch.setattr(generate, "Decoder", no_build)
+    with pytest.raises(UserError, match=re.escape(says)):
+        Engine(get_spec("tiny-llama"), device="cpu", dtype=torch.float32)
+
+
+def test_kernel_switches_that_are_set_are_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERMETER_PDL_TRIGGER", " first ")
+    monkeypatch.setenv("INFERMETER_SPLIT_MERGE", "")
+    engine = Engine(get_spec("tiny-llama"), device="cpu", dtype=torch.float32)
+    assert engine.describe()["decode_kernel_switches"] == {"INFERMETER_PDL_TRIGGER": "first"}
+
+
 def test_route_align_refuses_an_unchecked_warp_count() -> None:
     pytest.importorskip("triton")
     from infermeter.engine.moe_kernels import route_align

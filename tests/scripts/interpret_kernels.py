@@ -62,6 +62,11 @@ def decode_tokens(name: str, path: str, batch: int = 2) -> list[list[int]]:
     looped: triton with kernels.LOOPED's one-token GEMVs); the Triton paths also run its MoE
     layers through the grouped GEMM."""
     engine = Engine(get_spec(name), device="cpu", dtype=torch.float32, cuda_graphs=False)
+    with torch.inference_mode():  # qk-norm weights of ones would hide a norm applied twice
+        for block in engine.model.layers:
+            if block.q_norm is not None:
+                block.q_norm.copy_(torch.linspace(0.25, 3.0, block.q_norm.numel()))
+                block.k_norm.copy_(torch.linspace(3.0, 0.25, block.k_norm.numel()))
     if path != "sdpa":
         engine.model.kernels = kernels.LOOPED if path == "looped" else kernels
         engine.attention = "triton"
@@ -371,36 +376,46 @@ def rope_norm_checks() -> dict[str, bool]:
     return out
 
 
-# (b, nq, nkv, d, cache length, lengths, MERGE_TILE): GQA merged in one pass and a split a
-# pass; a batch whose short sequences leave empty splits; heads of their own with d not a
-# power of two
+# (b, nq, nkv, d, cache length, lengths, MERGE_TILE, sinks): GQA merged in one pass and a
+# split a pass; a batch whose short sequences leave empty splits; heads of their own with d
+# not a power of two; groups of 3 heads (a padded head in every merge tile)
 MERGES = {
-    "gqa_one_pass": (1, 8, 1, 32, 600, [600], 8192),
-    "gqa_split_a_pass": (1, 8, 1, 32, 600, [431], 64),
-    "batch_empty_splits": (3, 4, 2, 16, 300, [1, 150, 300], 32),
-    "heads_apart_d24": (2, 3, 3, 24, 200, [200, 7], 8192),
+    "gqa_one_pass": (1, 8, 1, 32, 600, [600], 8192, False),
+    "gqa_split_a_pass": (1, 8, 1, 32, 600, [431], 64, True),
+    "batch_empty_splits": (3, 4, 2, 16, 300, [1, 150, 300], 32, False),
+    "heads_apart_d24": (2, 3, 3, 24, 200, [200, 7], 8192, True),
+    "group3_padded_sinks": (2, 6, 2, 16, 400, [400, 45], 8192, True),
 }
 
 
+class _NaNMerge:
+    """kernels._attn_combine that writes NaN into its output (its third argument): where the
+    fused arm fell back to the merge kernel, its error is NaN, not a pass."""
+
+    def __getitem__(self, grid: object):
+        return lambda part, lse, out, *args, **kwargs: out.fill_(float("nan"))
+
+
 def merge_checks() -> dict[str, object]:
-    """decode_attention's splits merged by their last program (fused) and by a kernel of
-    their own, each against float math (relative max error) per MERGES case, with sinks on
-    the odd cases; the splits each case ran; and the arrival counts left after all of them
-    (the last program of a group must reset its count to 0)."""
+    """decode_attention's splits merged by their last program (fused; the merge kernel, if
+    launched, writes NaN) and by a kernel of their own, each against float math (relative
+    max error) per MERGES case; the splits each case ran; and the arrival counts left after
+    all of them (the last program of a group must reset its count to 0)."""
     gen = torch.Generator().manual_seed(3)
     out: dict[str, object] = {}
-    tile, merge = kernels.MERGE_TILE, kernels.SPLIT_MERGE
+    tile, merge, combine = kernels.MERGE_TILE, kernels.SPLIT_MERGE, kernels._attn_combine
     try:
-        for i, (name, (b, nq, nkv, d, length, lens, merge_tile)) in enumerate(MERGES.items()):
+        for name, (b, nq, nkv, d, length, lens, merge_tile, sink) in MERGES.items():
             q = torch.randn(b, nq, d, generator=gen)
             cache = torch.randn(b, length, 2, nkv, d, generator=gen)
-            sinks = torch.randn(nq, generator=gen) if i % 2 else None
+            sinks = torch.randn(nq, generator=gen) if sink else None
             lengths = torch.tensor(lens, dtype=torch.int32)
             want = _attention_want(q, cache, lengths, d**-0.5, None, sinks)
             kernels.MERGE_TILE = merge_tile
             errors = {}
             for path, on in (("fused", True), ("kernel", False)):
                 kernels.SPLIT_MERGE = on
+                kernels._attn_combine = _NaNMerge() if on else combine
                 got = kernels.decode_attention(q, cache, lengths, sinks=sinks)
                 errors[path] = float((got - want).abs().max() / want.abs().max())
             splits = kernels.split_plan(length, b * nkv, q.device)[0]
@@ -408,7 +423,7 @@ def merge_checks() -> dict[str, object]:
             errors["pass"] = kernels.merge_pass(nq // nkv, splits, triton.next_power_of_2(d))
             out[name] = errors
     finally:
-        kernels.MERGE_TILE, kernels.SPLIT_MERGE = tile, merge
+        kernels.MERGE_TILE, kernels.SPLIT_MERGE, kernels._attn_combine = tile, merge, combine
     out["counts_left"] = int(kernels._merge_counts(torch.device("cpu")).abs().sum())
     return out
 

@@ -32,6 +32,7 @@ from infermeter.engine.parallel import Comm, partition
 from infermeter.engine.select import (
     choose_attention,
     choose_moe,
+    kernel_switches,
     moe_gemv_modes,
     route_warps_fixed,
     route_warps_note,
@@ -160,7 +161,8 @@ class Engine:
             torch.cuda.set_device(self.device)
         self.seed, self.sampling = seed, sampling
         self.temperature, self.top_p = temperature, top_p
-        moe_gemv_modes(), route_warps_fixed()  # a misspelt setting refused before any weight
+        # a misspelt setting refused before any weight
+        moe_gemv_modes(), route_warps_fixed(), kernel_switches()
         layout = partition(spec, self.comm.size, self.comm.rank)
         with torch.inference_mode():
             self.model = Decoder(spec, layout, self.comm, self.device, dtype)
@@ -649,11 +651,16 @@ class Engine:
                 if self.attention == "triton"
                 else None
             ),
-            "decode_split_merge": (
-                ("kernel" if self.model.mla or not self.model.kernels.SPLIT_MERGE else "fused")
+            "decode_split_merge": (  # flash-decoding's merge: a kernel of its own, or fused
+                (
+                    "kernel"
+                    if self.model.mla or not self.model.kernels.SPLIT_MERGE
+                    else f"fused where batch x KV heads <= {self.model.kernels.MERGE_SLOTS:,}"
+                )
                 if self.attention == "triton"
                 else None
-            ),  # flash-decoding's merge: by each group's last split, or a kernel of its own
+            ),
+            "decode_kernel_switches": kernel_switches() or None,  # ablations set, if any
             "decode_qk_norm": (
                 ("in rope_store" if self.model.kernels.ROPE_QK_NORM else "kernel")
                 if self.attention == "triton" and self.model.spec.qk_norm == "head"

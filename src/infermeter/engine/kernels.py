@@ -47,10 +47,11 @@ chain of GEMVs, a program a tile that loads its weights and then waits on the GE
 (benchmarks/gemv_chain_probe.py), never beat these kernels launched a GEMV at a time: the
 count that publishes a finished tile and the wait cost more than the kernel boundaries
 (gemv_chain_probe.md; a persistent loop per SM was not tried). Merging flash-decoding's
-splits in the split kernel's last program (INFERMETER_SPLIT_MERGE=1) and letting each kernel
-launch the next before its own PDL wait (INFERMETER_PDL_TRIGGER=first) were not faster for
-Qwen3-30B-A3B and LLaMA-7B (docs/benchmarks/decode_fusion/README.md); the per-head qk-norm
-inside rope_store was (0.9 % of Qwen3-30B-A3B's step), and is the default.
+splits in the split kernel's last program (INFERMETER_SPLIT_MERGE=1) made Qwen3-30B-A3B's and
+LLaMA-7B's steps longer and gpt-oss-20b's shorter; letting each kernel launch the next before
+its own PDL wait (INFERMETER_PDL_TRIGGER=first) took 0.7-0.9 % off Qwen3-30B-A3B's step and
+added 13 % to LLaMA-7B's (docs/benchmarks/decode_fusion/README.md). The per-head qk-norm
+inside rope_store took 0.9 % off Qwen3-30B-A3B's step, and is the default.
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ def _launch(device: torch.device) -> dict[str, bool]:
 # INFERMETER_PDL_TRIGGER=first: each kernel lets the next one be scheduled before it waits on
 # the one before, not after (an ablation of the order; read when this module is imported).
 # On an H200 it took 0.7-0.9 % off Qwen3-30B-A3B's batch-1 step and added 13 % to LLaMA-7B's
-# (docs/benchmarks/decode_fusion/README.md)
-PDL_TRIGGER_FIRST = tl.constexpr(os.environ.get("INFERMETER_PDL_TRIGGER", "after") == "first")
+# (docs/benchmarks/decode_fusion/README.md). select.kernel_switches refuses other values.
+PDL_TRIGGER_FIRST = tl.constexpr(os.environ.get("INFERMETER_PDL_TRIGGER", "").strip() == "first")
 
 
 @triton.jit
@@ -292,8 +293,9 @@ def _attn_combine(
 MERGE_TILE = 8192  # float32 elements of Part a merge pass holds (64 a thread at 4 warps)
 _COUNTS: dict[str, Tensor] = {}
 MERGE_SLOTS = 1 << 16  # (sequence, KV head) pairs a fused merge can count: batch x KV heads
-# INFERMETER_SPLIT_MERGE=1: merge the splits in the split kernel's last program (decode_attention)
-SPLIT_MERGE = os.environ.get("INFERMETER_SPLIT_MERGE", "0") == "1"
+# INFERMETER_SPLIT_MERGE=1: merge the splits in the split kernel's last program (decode_attention;
+# select.kernel_switches refuses other values before a model is built)
+SPLIT_MERGE = os.environ.get("INFERMETER_SPLIT_MERGE", "").strip() == "1"
 # qk-norm inside rope_store (False: the qk_norm kernel launched first; kernel_removal_probe)
 ROPE_QK_NORM = True
 
@@ -332,9 +334,12 @@ def decode_attention(
     The keys are split into chunks (split_plan); a second kernel merges the chunks' partial
     outputs. With INFERMETER_SPLIT_MERGE=1 the last chunk of each (sequence, KV head) to
     finish merges them instead (an arrival count in device memory, reset by that program),
-    one launch. Not the default: on an H200 (docs/benchmarks/decode_fusion/README.md) it made
-    the batch-1 step of Qwen3-30B-A3B and LLaMA-7B 2 % longer and gpt-oss-20b's 2 % shorter,
-    though launching the merge kernel as nothing made Qwen3's 6-8 % shorter."""
+    one launch, where batch x KV heads <= MERGE_SLOTS and the group's log-sum-exps fit
+    MERGE_TILE (else the second kernel). Not the default: on an H200, against the merge
+    kernel in the same process (docs/benchmarks/decode_fusion/README.md, 01c6501), the
+    batch-1 step was 0.7-0.8 % longer for Qwen3-30B-A3B, 3.3-3.5 % longer for LLaMA-7B and
+    2.8-2.9 % shorter for gpt-oss-20b, though launching the merge kernel as nothing made
+    Qwen3's 6-8 % shorter."""
     b, nq, d = q.shape
     length, nkv = cache.shape[1], cache.shape[3]
     group = nq // nkv
@@ -346,7 +351,12 @@ def decode_attention(
     block_d = triton.next_power_of_2(d)
     block_s = triton.next_power_of_2(splits)
     launch = _launch(q.device)
-    merge = SPLIT_MERGE and b * nkv <= MERGE_SLOTS
+    # the fused merge holds [heads of a group, splits] log-sum-exps too: bounded like Part's tile
+    merge = (
+        SPLIT_MERGE
+        and b * nkv <= MERGE_SLOTS
+        and triton.next_power_of_2(group) * block_s <= MERGE_TILE
+    )
     counts = _merge_counts(q.device) if merge else lse
     _attn_split[(b * nkv, splits)](
         q, k, v, lengths, slopes if slopes is not None else lengths, part, lse,
@@ -357,8 +367,9 @@ def decode_attention(
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=BLOCK_N,
         D=d, BLOCK_D=block_d, ALIBI=slopes is not None, num_warps=4,
         SOFTCAP=softcap is not None, MERGE=merge, SINKS=sinks is not None,
-        BLOCK_H=triton.next_power_of_2(group), BLOCK_S=block_s,
-        SB=merge_pass(group, splits, block_d), **launch,
+        # merge tiles only where it merges: one compiled split kernel for every split count
+        BLOCK_H=triton.next_power_of_2(group) if merge else 1, BLOCK_S=block_s if merge else 1,
+        SB=merge_pass(group, splits, block_d) if merge else 1, **launch,
     )  # fmt: skip
     if not merge:
         _attn_combine[(b * nq,)](

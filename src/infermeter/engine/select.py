@@ -355,6 +355,28 @@ def route_warps_fixed() -> int | None:
     return int(wanted)
 
 
+KERNEL_SWITCHES = {
+    "INFERMETER_SPLIT_MERGE": ("0", "1"),
+    "INFERMETER_PDL_TRIGGER": ("after", "first"),
+}
+
+
+def kernel_switches() -> dict[str, str]:
+    """The decode kernels' ablation switches as set (kernels.SPLIT_MERGE, PDL_TRIGGER_FIRST
+    read them when kernels is imported): {name: value} for those set and not empty.
+
+    Raises UserError for a value a switch does not take (read by Engine up front, so a typo
+    is refused in one line instead of running the default unnoticed)."""
+    out = {}
+    for name, values in KERNEL_SWITCHES.items():
+        value = os.environ.get(name, "").strip()
+        if value and value not in values:
+            raise UserError(f"{name} must be {one_of(values)} (unset: {values[0]}), not {value!r}")
+        if value:
+            out[name] = value
+    return out
+
+
 def route_warps_note(moe: Any) -> str | None:
     """What a run records as its fused routing's warps: "by tokens (1, 2, 4, 8)" or "N
     (INFERMETER_ROUTE_WARPS)" where a MoE layer routes in route_align (the Triton path, one
