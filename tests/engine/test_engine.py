@@ -718,11 +718,15 @@ def test_misspelt_kernel_switches_are_refused_before_any_weight(
         Engine(get_spec("tiny-llama"), device="cpu", dtype=torch.float32)
 
 
-def test_kernel_switches_that_are_set_are_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kernel_switches_take_their_values_with_spaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    from infermeter.engine.select import kernel_switches
+
     monkeypatch.setenv("INFERMETER_PDL_TRIGGER", " first ")
     monkeypatch.setenv("INFERMETER_SPLIT_MERGE", "")
+    assert kernel_switches() == {"INFERMETER_PDL_TRIGGER": "first"}
     engine = Engine(get_spec("tiny-llama"), device="cpu", dtype=torch.float32)
-    assert engine.describe()["decode_kernel_switches"] == {"INFERMETER_PDL_TRIGGER": "first"}
+    info = engine.describe()  # no Triton decode here: nothing to say about its kernels
+    assert info["decode_pdl_trigger"] is None and info["decode_split_merge"] is None
 
 
 def test_route_align_refuses_an_unchecked_warp_count() -> None:

@@ -655,12 +655,20 @@ class Engine:
                 (
                     "kernel"
                     if self.model.mla or not self.model.kernels.SPLIT_MERGE
-                    else f"fused where batch x KV heads <= {self.model.kernels.MERGE_SLOTS:,}"
+                    else (
+                        f"fused where batch x KV heads <= {self.model.kernels.MERGE_SLOTS:,} and"
+                        f" a group's heads x splits <= {self.model.kernels.MERGE_TILE:,}"
+                    )
                 )
                 if self.attention == "triton"
                 else None
             ),
-            "decode_kernel_switches": kernel_switches() or None,  # ablations set, if any
+            "decode_pdl_trigger": (  # when a kernel lets the next one launch (an ablation)
+                ("before" if self.model.kernels.PDL_TRIGGER_FIRST.value else "after")
+                + " its wait (INFERMETER_PDL_TRIGGER)"
+                if self.attention == "triton" and self.model.kernels.pdl(self.device)
+                else None
+            ),
             "decode_qk_norm": (
                 ("in rope_store" if self.model.kernels.ROPE_QK_NORM else "kernel")
                 if self.attention == "triton" and self.model.spec.qk_norm == "head"

@@ -106,7 +106,8 @@ def _launch(device: torch.device) -> dict[str, bool]:
 # INFERMETER_PDL_TRIGGER=first: each kernel lets the next one be scheduled before it waits on
 # the one before, not after (an ablation of the order; read when this module is imported).
 # On an H200 it took 0.7-0.9 % off Qwen3-30B-A3B's batch-1 step and added 13 % to LLaMA-7B's
-# (docs/benchmarks/decode_fusion/README.md). select.kernel_switches refuses other values.
+# (docs/benchmarks/decode_fusion/README.md). The Engine refuses other values before it builds
+# a model (select.kernel_switches); a script that imports this module alone is not checked.
 PDL_TRIGGER_FIRST = tl.constexpr(os.environ.get("INFERMETER_PDL_TRIGGER", "").strip() == "first")
 
 
@@ -294,7 +295,7 @@ MERGE_TILE = 8192  # float32 elements of Part a merge pass holds (64 a thread at
 _COUNTS: dict[str, Tensor] = {}
 MERGE_SLOTS = 1 << 16  # (sequence, KV head) pairs a fused merge can count: batch x KV heads
 # INFERMETER_SPLIT_MERGE=1: merge the splits in the split kernel's last program (decode_attention;
-# select.kernel_switches refuses other values before a model is built)
+# the Engine refuses other values before it builds a model: select.kernel_switches)
 SPLIT_MERGE = os.environ.get("INFERMETER_SPLIT_MERGE", "").strip() == "1"
 # qk-norm inside rope_store (False: the qk_norm kernel launched first; kernel_removal_probe)
 ROPE_QK_NORM = True
@@ -351,7 +352,8 @@ def decode_attention(
     block_d = triton.next_power_of_2(d)
     block_s = triton.next_power_of_2(splits)
     launch = _launch(q.device)
-    # the fused merge holds [heads of a group, splits] log-sum-exps too: bounded like Part's tile
+    # the fused merge also holds a group's [heads, splits] log-sum-exps at once: at most
+    # MERGE_TILE of them (Part's tile is bounded by merge_pass, down to a split a pass)
     merge = (
         SPLIT_MERGE
         and b * nkv <= MERGE_SLOTS
