@@ -59,6 +59,16 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def record_problem(name: str, out: Path) -> str | None:
+    """Why a run cannot write <out>/<name>.json (--name and --out options), or None: the
+    name must be a plain file name (name_problem) and `out` a folder, or not yet made."""
+    if problem := name_problem(name):
+        return problem
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file: it must be a folder for the record"
+    return None
+
+
 def read_record(
     path: Path, option: str, needs: tuple[str, ...] = (), each_model: tuple[str, ...] = ()
 ) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import DOCS, name_problem, write_result
+from _record import DOCS, record_problem, write_result
 from infermeter.backends.base import Point
 from infermeter.backends.engine import EngineBackend
 from infermeter.spec.catalog import get_spec
@@ -221,11 +221,8 @@ def main() -> None:
     parser.add_argument("--name", default="kernel_removal_probe")
     parser.add_argument("--out", type=Path, default=DOCS)
     args = parser.parse_args()
-    problem = name_problem(args.name)
-    if problem:
+    if problem := record_problem(args.name, args.out):
         parser.error(problem)
-    if args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out {args.out} is a file: it must be a folder for the record")
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     names = [n.strip() for n in args.models.split(",") if n.strip()]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import DOCS, name_problem, write_result
+from _record import DOCS, record_problem, write_result
 
 # (name, batch, query heads, KV heads, head dim, cache length, sinks): Qwen3-30B-A3B,
 # gpt-oss-20b (with and without its per-head sink logits), LLaMA-7B and Mixtral's layouts at
@@ -121,11 +121,8 @@ def main() -> None:
     parser.add_argument("--name", default="split_merge_check")
     parser.add_argument("--out", type=Path, default=DOCS)
     args = parser.parse_args()
-    problem = name_problem(args.name)
-    if problem:
+    if problem := record_problem(args.name, args.out):
         parser.error(problem)
-    if args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out {args.out} is a file: it must be a folder for the record")
     if args.launches < 2:
         parser.error("--launches must be at least 2 (one eager, one graph replay)")
     import torch

@@ -622,6 +622,29 @@ class Engine:
                 moe.record = False
         return [int(torch.unique(moe.last_ids).numel()) for moe in moes]
 
+    def _fusion_notes(self) -> dict[str, str | None]:
+        """How the Triton decode step ran its merge, PDL order and qk-norm, from the kernels
+        module as it ran (ablations: INFERMETER_SPLIT_MERGE, INFERMETER_PDL_TRIGGER); all
+        None where the Triton decode does not run."""
+        notes: dict[str, str | None] = dict.fromkeys(
+            ("decode_split_merge", "decode_pdl_trigger", "decode_qk_norm")
+        )
+        if self.attention != "triton":
+            return notes
+        k = self.model.kernels
+        notes["decode_split_merge"] = (  # flash-decoding's merge: a kernel of its own, or fused
+            "kernel"
+            if self.model.mla or not k.SPLIT_MERGE
+            else f"fused where batch x KV heads <= {k.MERGE_SLOTS:,} and"
+            f" a group's heads x splits <= {k.MERGE_TILE:,}"
+        )
+        if k.pdl(self.device):  # when a kernel lets the next one launch
+            order = "before" if k.PDL_TRIGGER_FIRST.value else "after"
+            notes["decode_pdl_trigger"] = f"{order} its wait (INFERMETER_PDL_TRIGGER)"
+        if self.model.spec.qk_norm == "head":
+            notes["decode_qk_norm"] = "in rope_store" if k.ROPE_QK_NORM else "kernel"
+        return notes
+
     def describe(self) -> dict[str, Any]:
         """What a run records about the engine: torch version, device, dtype, TP size, CUDA
         graphs (decode and prefill, with why not), sampling, the decode attention
@@ -651,29 +674,7 @@ class Engine:
                 if self.attention == "triton"
                 else None
             ),
-            "decode_split_merge": (  # flash-decoding's merge: a kernel of its own, or fused
-                (
-                    "kernel"
-                    if self.model.mla or not self.model.kernels.SPLIT_MERGE
-                    else (
-                        f"fused where batch x KV heads <= {self.model.kernels.MERGE_SLOTS:,} and"
-                        f" a group's heads x splits <= {self.model.kernels.MERGE_TILE:,}"
-                    )
-                )
-                if self.attention == "triton"
-                else None
-            ),
-            "decode_pdl_trigger": (  # when a kernel lets the next one launch (an ablation)
-                ("before" if self.model.kernels.PDL_TRIGGER_FIRST.value else "after")
-                + " its wait (INFERMETER_PDL_TRIGGER)"
-                if self.attention == "triton" and self.model.kernels.pdl(self.device)
-                else None
-            ),
-            "decode_qk_norm": (
-                ("in rope_store" if self.model.kernels.ROPE_QK_NORM else "kernel")
-                if self.attention == "triton" and self.model.spec.qk_norm == "head"
-                else None
-            ),
+            **self._fusion_notes(),
             **_tiles(cuda, self.attention == "triton" or self.moe_path == "triton"),
             "decode_attention_skipped": self.attention_notes or None,
             **(

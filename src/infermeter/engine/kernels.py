@@ -277,7 +277,7 @@ def _attn_combine(
     Part, Lse, Out, Sinks, nq, splits,
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh,
     BLOCK_S: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
-    SINKS: tl.constexpr = False, SB: tl.constexpr = 64,
+    SB: tl.constexpr, SINKS: tl.constexpr = False,
 ):  # fmt: skip
     """Flash-decoding's merge as a kernel of its own, a program per (sequence, head): where
     the split kernel does not merge (MERGE off; MLA's latent splits)."""
