@@ -83,6 +83,16 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "olmo2": (
         "Olmo2Config", {"intermediate_size": 96, "num_key_value_heads": 2, "pad_token_id": 0}
     ),
+    # Llama-4: layer 1 without rotary (global, query temperature from position 3 on: floor
+    # scale 4), layers 0 and 2 chunked (chunks of WINDOW) with the weightless qk-norm; MoE
+    # (top-1, input-scaled, shared expert) on layers 0 and 1, a dense FFN of its own width on 2
+    "llama4": (
+        "Llama4TextConfig",
+        {"intermediate_size": 32, "intermediate_size_mlp": 96, "num_key_value_heads": 2,
+         "head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 1,
+         "moe_layers": [0, 1], "no_rope_layers": [1, 0, 1], "attention_chunk_size": WINDOW,
+         "floor_scale": 4, "attn_scale": 0.5, "use_qk_norm": True},
+    ),
 }  # fmt: skip
 
 

@@ -154,18 +154,24 @@ def test_windows_sinks_softcaps_and_norms() -> None:
     assert falcon.ffn_kind == "gelu_exact" and falcon.tie_embeddings
 
 
-def test_llama4_spec_only() -> None:
-    """Llama-4 Scout: 16 experts top-1 plus a shared expert on every layer, chunked attention
-    on 3 of 4 layers (counted as an 8192-token window); Meta's 17B active parameters."""
+def test_llama4_fields() -> None:
+    """Llama-4 Scout: 16 experts top-1 (input-scaled) plus a shared expert on every layer,
+    chunked attention on 3 of 4 layers (counted as an 8192-token window), the 4th without
+    rotary positions and with the query temperature, the weightless qk-norm; Meta's 17B active
+    parameters. The engine takes it (its layers: tests/engine/test_engine_families.py)."""
     spec = load_hf_config(CONFIGS / "llama-4-scout-17b-16e.json")
-    assert spec.moe is not None and spec.moe.shared_ffn_size == 8192
+    assert spec.moe is not None and spec.moe.shared_ffn_size == 8192 and spec.moe.input_scaled
     assert spec.num_moe_layers == 48 and spec.layer_types[:4] == ("sliding",) * 3 + ("full",)
+    assert spec.chunked_attention and spec.sliding_window == 8192
+    assert spec.nope_layers == tuple(range(3, 48, 4)) and spec.qk_norm == "l2"
+    assert spec.attn_temperature == (8192.0, 0.1)
     assert spec.active_params() / 1e9 == pytest.approx(17.0, rel=0.015)
     assert "vision tower not counted" in spec.extra["note"]
     from infermeter.engine.parallel import check_tp
 
-    message = _error(lambda: check_tp(spec, 1))
-    assert "does not run llama4" in message and "--show" in message
+    check_tp(spec, 2)  # no refusal: 40 heads and 8 KV heads split over two ranks
+    again = type(spec).from_dict(json.loads(spec.to_json()))
+    assert again == spec and again.nope_layers == spec.nope_layers
 
 
 def test_state_space_models_are_refused_in_one_line() -> None:

@@ -6,7 +6,8 @@
   cases go to SDPA; sinks and soft-capping to explicit float32 math (FlashAttention exposes
   neither), which materialises the [b, nq, s, t] scores.
 - `window_mask`: causal attention limited to the last W positions (transformers'
-  sliding_window semantics: key j is seen by query i when i − W < j <= i).
+  sliding_window semantics: key j is seen by query i when i − W < j <= i); `chunk_mask`:
+  causal attention within aligned chunks of C positions (Llama-4: j <= i, j // C == i // C).
 - `LatentAttention`: DeepSeek's multi-head latent attention. Prefill expands the cached
   latent into per-head keys and values and attends as usual; a decode step uses the
   weight absorption of serving engines: the query's no-rope part is multiplied into the
@@ -33,6 +34,13 @@ def window_mask(queries: Tensor, keys: Tensor, window: int | None) -> Tensor:
     rel = queries[:, None] - keys[None, :]
     keep = rel >= 0
     return keep if window is None else keep & (rel < window)
+
+
+def chunk_mask(queries: Tensor, keys: Tensor, chunk: int) -> Tensor:
+    """Bool [len(queries), len(keys)]: True where query position i may see key position j
+    in chunked attention (transformers' create_chunked_causal_mask)."""
+    same = (queries[:, None] // chunk) == (keys[None, :] // chunk)
+    return (queries[:, None] >= keys[None, :]) & same
 
 
 KEY_ALIGN = 16  # keys per score row, padded to a multiple of this (see _aligned_keys)

@@ -9,8 +9,9 @@ Each checkpoint key is mapped to one or more logical tensors, per family:
   stored as w with the scale 1 + w, so 1 is added;
 - MoE: Mixtral's `block_sparse_moe.experts.j.w1/w3/w2` (gate, up, down), Qwen/DeepSeek's
   `mlp.experts.j.{gate,up,down}_proj`, shared experts and gates, routers; fused expert tensors
-  (`mlp.experts.gate_up_proj` [E, 2f, h] and gpt-oss's [E, h, 2f] with gate and up
-  interleaved, transposed, with biases);
+  (`mlp.experts.gate_up_proj` [E, 2f, h]; gpt-oss's [E, h, 2f] with gate and up
+  interleaved, transposed, with biases; Llama-4's `feed_forward.experts.gate_up_proj` [E, h,
+  2f] and `down_proj` [E, f, h], transposed, its `router` and `shared_expert`);
 - MLA (DeepSeek-V2/V3): q_proj or q_a_proj/q_a_layernorm/q_b_proj, kv_a_proj_with_mqa,
   kv_a_layernorm, kv_b_proj;
 - Falcon: `transformer.h.i.self_attention.query_key_value` split by its layout (multi-query,
@@ -18,7 +19,8 @@ Each checkpoint key is mapped to one or more logical tensors, per family:
 
 Rotary layout: checkpoints that rotate halves (i, i + rot/2) have the rotated rows of every
 Q and K head (and of per-head qk-norm weights) permuted to the engine's interleaved pairs;
-DeepSeek's rope parts are already interleaved (V3: unless rope_interleave is false).
+DeepSeek's rope parts are already interleaved (V3: unless rope_interleave is false), and so
+are Llama-4's (it rotates complex pairs, as Meta's LLaMA code did).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ LOADABLE = (
     "gemma3_text",
     "gpt_oss",
     "llama",
+    "llama4",
+    "llama4_text",
     "mistral",
     "mixtral",
     "olmo2",
@@ -101,7 +105,8 @@ class _Mapper:
         self.gemma = self.family in ("gemma2", "gemma3", "gemma3_text")
         self.rot = rotary_dim(spec)
         deepseek = self.family in ("deepseek_v2", "deepseek_v3")
-        interleaved = deepseek and bool(config.get("rope_interleave", True))
+        self.llama4 = self.family in ("llama4", "llama4_text")
+        interleaved = self.llama4 or (deepseek and bool(config.get("rope_interleave", True)))
         self.permute = spec.position == "rotary" and not interleaved
 
     def __call__(self, key: str, t: Tensor) -> list[tuple[str, Tensor]]:
@@ -126,7 +131,7 @@ class _Mapper:
             short = short.removeprefix(prefix)
         if short in ("embed_tokens.weight", "word_embeddings.weight"):
             return [("embed", t)]
-        if key == "lm_head.weight":
+        if key in ("lm_head.weight", "language_model.lm_head.weight"):
             return [] if self.spec.tie_embeddings else [("lm_head", t)]
         if short in ("norm.weight", "ln_f.weight"):
             return [("norm.weight", self._gemma_norm(t))]
@@ -174,6 +179,8 @@ class _Mapper:
 
     def _layer(self, i: int, rest: str, t: Tensor) -> Iterator[tuple[str, Tensor]]:
         spec = self.spec
+        if rest.startswith("feed_forward."):  # Llama-4's name for the FFN
+            rest = "mlp." + rest.removeprefix("feed_forward.")
         module, _, kind = rest.rpartition(".")
         w = "w" if kind == "weight" else "b"
         if self.family == "falcon":
@@ -231,7 +238,11 @@ class _Mapper:
     def _fused_experts(self, leaf: str, t: Tensor) -> Iterator[tuple[str, Tensor]]:
         oss = self.family == "gpt_oss"  # [E, h, 2f] with gate/up interleaved, and biases
         if leaf == "gate_up_proj":
-            if oss:
+            if self.llama4:  # [E, h, 2f]: gate then up along the last dimension
+                gate, up = t.chunk(2, dim=-1)
+                yield "experts.w_gate", gate.transpose(1, 2)
+                yield "experts.w_up", up.transpose(1, 2)
+            elif oss:
                 yield "experts.w_gate", t[..., ::2].transpose(1, 2)
                 yield "experts.w_up", t[..., 1::2].transpose(1, 2)
             else:
@@ -242,7 +253,7 @@ class _Mapper:
             yield "experts.b_gate", t[:, ::2]
             yield "experts.b_up", t[:, 1::2]
         elif leaf == "down_proj":
-            yield "experts.w_down", t.transpose(1, 2) if oss else t
+            yield "experts.w_down", t.transpose(1, 2) if oss or self.llama4 else t
         elif leaf == "down_proj_bias":
             yield "experts.b_down", t
 

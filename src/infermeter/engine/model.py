@@ -30,7 +30,13 @@ Newer layouts (issue 20), each switched on by the spec and absent from a dense s
   per head or over the whole projection (all-reduced under tensor parallelism), post- and
   sandwich norms, an embedding multiplier, soft-capped logits, per-layer rotary bases;
 - MoE FFNs (moe.py) and multi-head latent attention (attention.LatentAttention), whose cache
-  is one [b, L, kv_lora + rope] latent per layer.
+  is one [b, L, kv_lora + rope] latent per layer;
+- Llama-4's chunked layers: a ring of W slots like a window's, but a step at position p attends
+  to the (p mod W) + 1 slots its chunk has filled (slots 0 .. p mod W, since the chunk starts
+  at slot 0) and prefill masks to the chunk; its layers without rotary positions
+  (`nope_layers`), whose queries are scaled by position (`attn_temperature`); and its
+  weightless per-head qk-norm ("l2"), applied before the rotation here (after it in
+  transformers: a rotation keeps the norm, so only rounding differs).
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from infermeter.engine.attention import LatentAttention, attend, window_mask
+from infermeter.engine.attention import LatentAttention, attend, chunk_mask, window_mask
 from infermeter.engine.layers import Norm, activation, fused_norm, linear, param
 from infermeter.engine.moe import MoELayer
 from infermeter.engine.parallel import Comm, Layout
@@ -136,6 +142,7 @@ class Context:
     rings: dict[int, Ring] | None = None  # ring length -> its slots/masks (windowed layers)
     windows: dict[int, Tensor] | None = None  # prefill: window -> bool mask [s, s]
     mla_fast: Any = None  # triton decode of an MLA model: the mla_kernels module
+    q_temp: Tensor | None = None  # [T] float32 query scale of the NoPE layers (Llama-4)
 
 
 @dataclass
@@ -144,7 +151,8 @@ class Ring:
 
     size: int
     slots: Tensor | None = None  # decode: [b] slot pos % size
-    seqlens: Tensor | None = None  # decode: [b] int32 filled slots min(pos + 1, size)
+    seqlens: Tensor | None = None  # decode: [b] int32 slots attended: min(pos + 1, size)
+    # (a chunked layer's: pos % size + 1)
     mask: Tensor | None = None  # sdpa decode: additive [b, 1, 1, size]
     cu_k: Tensor | None = None  # flash decode: [b+1] int32 key offsets 0, size, ...
     rows: Tensor | None = None  # prefill: [b, size] batch index ...
@@ -178,9 +186,13 @@ class Block(nn.Module):
         self.extra = spec.extra
         self.window = spec.layer_window(index)
         self.local = self.window is not None and spec.local_rope_theta is not None
+        self.rotary = spec.layer_rotary(index)
         self.scale = spec.attn_scale
         self.softcap = spec.attn_softcap
-        self.qk_norm = spec.qk_norm
+        # Llama-4: the weightless qk-norm on the rotary layers, the query temperature elsewhere
+        self.qk_norm = "none" if spec.qk_norm == "l2" and not self.rotary else spec.qk_norm
+        nope = spec.position == "rotary" and not self.rotary
+        self.temperature = nope and spec.attn_temperature is not None
         self._eps = spec.norm_eps
         # qk_norm "full": widths of the whole (unsharded) q and k, and how many ranks hold
         # each KV head (replicated when there are fewer KV heads than ranks)
@@ -201,6 +213,8 @@ class Block(nn.Module):
         self.q_norm = self.k_norm = None
         if self.qk_norm == "head":
             self.q_norm, self.k_norm = param(d, **kw), param(d, **kw)
+        elif self.qk_norm == "l2":  # weightless: ones, neither parameters nor loaded
+            self.q_norm = self.k_norm = torch.ones(d, **kw)
         elif self.qk_norm == "full":
             self.q_norm, self.k_norm = param(self.nq * d, **kw), param(self.nkv * d, **kw)
         self.sinks = param(self.nq, **kw) if spec.attention_sinks else None
@@ -281,10 +295,10 @@ class Block(nn.Module):
         nq, nkv, eps = self.nq, self.nkv, self._eps
         assert self.q_norm is not None and self.k_norm is not None
         q, k = qkv[:, :nq], qkv[:, nq : nq + nkv]
-        if self.qk_norm == "head" and fast is not None:
+        if self.qk_norm in ("head", "l2") and fast is not None:
             fast.qk_norm(qkv, self.q_norm, self.k_norm, eps, nq, nkv)
             return
-        if self.qk_norm == "head":
+        if self.qk_norm in ("head", "l2"):
             q.copy_(F.rms_norm(q, (self.d,), self.q_norm, eps))
             k.copy_(F.rms_norm(k, (self.d,), self.k_norm, eps))
             return
@@ -329,6 +343,8 @@ class Block(nn.Module):
             cos, sin = (ctx.cos_local, ctx.sin_local) if self.local else (ctx.cos, ctx.sin)
             slots = ring.slots if ring is not None else None
             norms = (self.q_norm, self.k_norm, self._eps) if qk_norm else None
+            if not self.rotary:  # NoPE (Llama-4): the cache write alone
+                cos = sin = None
             ctx.fast.rope_store(qkv, cache, ctx.slots, cos, sin, nq, slots, norms)
             lengths = ring.seqlens if ring is not None else ctx.seqlens
             if plain and self.scale is None:
@@ -393,10 +409,13 @@ class Block(nn.Module):
             return self.mla(h, ctx, cache, fast, lambda t: self._rotate_part(t, ctx))
         qkv = linear(h, self.wqkv, self.bqkv, fast, norm).view(h.shape[0], -1, self.d)
         # per-head qk-norm in the decode step's rotary kernel (rope_store), one launch fewer
-        in_rope = self.qk_norm == "head" and fast is not None and fast.ROPE_QK_NORM
+        in_rope = self.qk_norm in ("head", "l2") and fast is not None and fast.ROPE_QK_NORM
         if self.q_norm is not None and not in_rope:
             self._norm_qk(qkv, fast)
-        if self.rot and fast is None:
+        if self.temperature:  # Llama-4's NoPE layers: queries scaled by position
+            assert ctx.q_temp is not None
+            qkv[:, : self.nq].mul_(ctx.q_temp[:, None, None])
+        if self.rot and self.rotary and fast is None:
             self._rotate(qkv, ctx)
         return self._attend(qkv, ctx, cache, in_rope)
 
@@ -522,6 +541,7 @@ class Decoder(nn.Module):
             None if multiplier == 1.0 else torch.tensor(multiplier, dtype=dtype, device=device)
         )
         self.final_softcap = spec.final_softcap
+        self.temperature = spec.attn_temperature if spec.nope_layers else None
         self.windows = sorted({blk.window for blk in self.layers if blk.window is not None})
         self.masked = any(
             blk.window is not None or blk.sinks is not None or blk.softcap is not None
@@ -581,10 +601,26 @@ class Decoder(nn.Module):
             bias = self.slopes[:, None, None] * rel
             ctx.mask = bias.masked_fill(rel > 0, -math.inf).to(self.dtype)[None]
         if self.masked:
-            ctx.windows = {w or 0: window_mask(pos, pos, w) for w in [None, *self.windows]}
+            ctx.windows = {w or 0: self._mask(pos, w) for w in [None, *self.windows]}
+        if self.temperature is not None:
+            ctx.q_temp = self._q_temp(pos).repeat(batch)
         if self.rings:
             ctx.rings = {r: self._prompt_ring(r, batch, length, lengths) for r in self.rings}
         return ctx
+
+    def _mask(self, pos: Tensor, window: int | None) -> Tensor:
+        """Prefill's bool mask [s, s] of a layer with `window` (None: causal): the window's, or
+        with chunked attention (every windowed layer of the spec is chunked) the chunk's."""
+        if window is not None and self.spec.chunked_attention:
+            return chunk_mask(pos, pos, window)
+        return window_mask(pos, pos, window)
+
+    def _q_temp(self, pos: Tensor) -> Tensor:
+        """Llama-4's query scale at positions `pos` (NoPE layers): 1 + a·log1p(floor((p + 1) /
+        f)), float32, as transformers' Llama4TextAttention computes it."""
+        assert self.temperature is not None
+        floor, scale = self.temperature
+        return torch.log1p(torch.floor((pos.float() + 1.0) / floor)) * scale + 1.0
 
     def _prompt_ring(self, size: int, batch: int, length: int, lengths: Tensor | None) -> Ring:
         """Where a prompt's K/V go in a ring of `size` slots: each sequence's last `size`
@@ -606,6 +642,8 @@ class Decoder(nn.Module):
         ctx = Context(b, 1, learned, decode=True, slots=pos, rows=self.rows, span=span)
         if self.rings:
             ctx.rings = {r: self._step_ring(r, pos, attention) for r in self.rings}
+        if self.temperature is not None:
+            ctx.q_temp = self._q_temp(pos)
         if attention == "triton":
             ctx.fast, ctx.cos, ctx.sin, ctx.slopes = self.kernels, self.cos, self.sin, self.slopes
             ctx.cos_local, ctx.sin_local = self.cos_local, self.sin_local
@@ -634,7 +672,9 @@ class Decoder(nn.Module):
         return ctx
 
     def _step_ring(self, size: int, pos: Tensor, attention: str) -> Ring:
-        filled = torch.clamp(pos + 1, max=size)
+        # a window's filled slots, or a chunk's keys: slots 0 .. pos mod size
+        chunked = self.spec.chunked_attention
+        filled = pos % size + 1 if chunked else torch.clamp(pos + 1, max=size)
         ring = Ring(size, slots=pos % size, seqlens=filled.to(torch.int32))
         if attention == "flash":
             assert self.cu_q is not None

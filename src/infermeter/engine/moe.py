@@ -10,7 +10,9 @@ parts whatever the routing. It also keeps one all_reduce per layer, as a dense l
 router is replicated: every rank routes the same (all-reduced) hidden states identically.
 
 Routing (see spec.MoE): softmax or sigmoid scores, optional selection bias and group limits,
-top-k, optional renormalisation and scale; weights in float32.
+top-k, optional renormalisation and scale; weights in float32. Llama-4 (`input_scaled`, top-1)
+scales each expert's input by its weight instead of its output (the expert is not linear, so
+the two differ): every expert path starts from _scaled().
 
 Expert paths, chosen once per engine (Decoder.moe_path):
 - "triton": the grouped GEMM of moe_kernels.py (CUDA), reads only the experts a batch touches;
@@ -112,7 +114,16 @@ class MoELayer(nn.Module):
             return F.gelu(y, approximate="none" if self.kind == "gelu_exact" else "tanh")
         return activation(y, self.kind, width, self.extra)
 
+    def _scaled(self, x: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        """(expert input, output weights): x and the routing weights as they are, or with
+        input scaling (Llama-4, top-1) x·weight in x's dtype (the weight rounded to it first,
+        as transformers' Llama4TextMoe does) and weights of 1."""
+        if not self.cfg.input_scaled:
+            return x, weights
+        return x * weights.to(x.dtype), torch.ones_like(weights)
+
     def _loop(self, x: Tensor, ids: Tensor, weights: Tensor) -> Tensor:
+        x, weights = self._scaled(x, weights)
         out = torch.zeros_like(x)
         for e in torch.unique(ids).tolist():
             token, slot = torch.where(ids == e)
@@ -124,6 +135,7 @@ class MoELayer(nn.Module):
         return out
 
     def _dense(self, x: Tensor, ids: Tensor, weights: Tensor) -> Tensor:
+        x, weights = self._scaled(x, weights)
         dense = torch.zeros(x.shape[0], self.cfg.num_experts, device=x.device)
         dense.scatter_(1, ids, weights)  # [T, E] routing weights, 0 where not chosen
         y = torch.einsum("th,efh->etf", x, self.w13)
@@ -137,6 +149,7 @@ class MoELayer(nn.Module):
     def _triton(
         self, x: Tensor, ids: Tensor, weights: Tensor, layout: tuple[Tensor, Tensor] | None = None
     ) -> Tensor:
+        x, weights = self._scaled(x, weights)
         k = self.kernels
         tokens, topk = ids.shape
         pairs = tokens * topk
@@ -175,6 +188,7 @@ class MoELayer(nn.Module):
         gated activation in the first one's epilogue (and x's pre-`norm` as it loads x); the
         second sums over k itself ("sum", adding `residual` in its epilogue too) or writes k
         rows summed after it ("pairs")."""
+        x, weights = self._scaled(x, weights)  # norm is None then (see _takes_norm)
         k, topk = self.kernels, ids.shape[1]
         pre = (norm.weight, norm.eps) if norm is not None else None
         if self.gated:
@@ -204,9 +218,10 @@ class MoELayer(nn.Module):
     def _takes_norm(self, x: Tensor, norm: Norm | None, fast: Any) -> bool:
         """Whether this layer's GEMVs apply x's pre-norm themselves: one token on the expert
         GEMVs (router, experts and shared experts all whole-rows GEMVs; no shared gate, which
-        reads the normed x through torch)."""
+        reads the normed x through torch; not with input scaling, which scales the normed x)."""
         return (
-            fused_norm(norm, x, fast)
+            not self.cfg.input_scaled
+            and fused_norm(norm, x, fast)
             and self.gemv is not None
             and self.shared_gate is None
             and self._fused(1)

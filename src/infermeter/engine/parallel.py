@@ -54,11 +54,6 @@ def check_tp(spec: ModelSpec, tp: int) -> None:
     """Raise UserError when `spec` cannot be split over `tp` ranks."""
     if tp < 1:
         raise UserError(f"engine: tp must be >= 1, got {tp}")
-    if spec.family in ("llama4", "llama4_text"):
-        raise UserError(
-            f"{spec.name}: the engine does not run llama4 (chunked attention, NoPE layers, "
-            "input-scaled top-1 routing); `infermeter models --show` prices its FLOPs/bytes"
-        )
     n, kv = spec.num_heads, spec.kv_heads
     if n % tp:
         raise UserError(f"{spec.name}: tp={tp} does not divide num_heads={n}")

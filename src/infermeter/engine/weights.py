@@ -77,7 +77,7 @@ def logical_tensors(spec: ModelSpec) -> Iterator[Logical]:
                 yield f"{p}.{name}", shape, std
                 if has_bias[name[1:]]:
                     yield f"{p}.b{name[1:]}", shape[:1], 0.0
-            if spec.qk_norm != "none":
+            if spec.qk_norm in ("head", "full"):  # "l2" (Llama-4) has no weights
                 head = spec.qk_norm == "head"
                 yield f"{p}.q_norm.weight", (spec.dim_head if head else q,), 0.0
                 yield f"{p}.k_norm.weight", (spec.dim_head if head else kv,), 0.0

@@ -903,7 +903,13 @@ def _variants_text(spec: ModelSpec) -> str:
     parts = []
     if spec.sliding_window is not None:
         sliding = sum(spec.layer_window(i) is not None for i in range(spec.num_layers))
-        parts.append(f"window {spec.sliding_window} on {sliding}/{spec.num_layers} layers")
+        kind = "chunks of" if spec.chunked_attention else "window"
+        parts.append(f"{kind} {spec.sliding_window} on {sliding}/{spec.num_layers} layers")
+    if spec.nope_layers:
+        parts.append(f"no rotary on {len(spec.nope_layers)}/{spec.num_layers} layers")
+    if spec.attn_temperature is not None:
+        floor, scale = spec.attn_temperature
+        parts.append(f"query temperature (floor {floor:g}, scale {scale:g})")
     if spec.attention_sinks:
         parts.append("sinks")
     if spec.attn_softcap:
@@ -931,6 +937,8 @@ def _ffn_text(spec: ModelSpec) -> str:
         f"MoE on {spec.num_moe_layers}/{spec.num_layers} layers: top-{moe.experts_per_token} of "
         f"{moe.num_experts} experts of {spec.ffn_kind} {moe.expert_ffn_size}{shared}"
     )
+    if moe.input_scaled:
+        text += " (routing weight scales the expert's input)"
     return text + (f"; dense layers {dense}" if spec.num_moe_layers < spec.num_layers else "")
 
 

@@ -468,10 +468,12 @@ def _gemma(r: _Reader) -> dict[str, Any]:
 
 def _llama4(r: _Reader) -> dict[str, Any]:
     """Llama-4 (text): a MoE of top-1 routed experts plus a shared expert, on every or every
-    other layer, dense layers of their own width; rope layers use chunked attention, counted
-    here as a window of the chunk size (the most keys a chunked layer holds and reads); the
-    qk L2-norm has no weights. Spec only: the engine does not run it (chunked attention, NoPE
-    layers, input-scaled routing)."""
+    other layer, dense layers of their own width; the routing weight (a sigmoid) scales the
+    expert's input. The rotary layers attend within aligned chunks (chunked_attention, the
+    chunk as sliding_window) and L2-norm q and k without weights; the other layers (every
+    no_rope_layer_interval-th: nope_layers) have no rotary positions, attend globally and,
+    with attn_temperature_tuning, scale their queries by position (transformers'
+    Llama4TextAttention)."""
     fields = _decoder(r, max_context=4096 * 32)
     layers = fields["num_layers"]
     expert = fields["ffn_size"]
@@ -489,15 +491,26 @@ def _llama4(r: _Reader) -> dict[str, Any]:
         "dense_layers": tuple(i for i in range(layers) if i not in moe_layers) if listed else (),
         "scoring": "sigmoid",
         "normalize": False,
+        "input_scaled": True,
     }
     chunk = r.opt("attention_chunk_size", default=8192)
     rope = r.opt("no_rope_layers")  # 1: a rope (chunked) layer, 0: a NoPE (global) layer
     interval = r.opt("no_rope_layer_interval", default=4)
-    if chunk is not None and isinstance(layers, int):
+    if isinstance(layers, int):
         if not isinstance(rope, list) or not rope:
             rope = [int((i + 1) % interval != 0) for i in range(layers)]
-        fields["sliding_window"] = chunk
-        fields["layer_types"] = tuple("sliding" if flag else "full" for flag in rope)
+        fields["nope_layers"] = tuple(i for i, flag in enumerate(rope) if not flag)
+        if chunk is not None:
+            fields["sliding_window"] = chunk
+            fields["chunked_attention"] = True
+            fields["layer_types"] = tuple("sliding" if flag else "full" for flag in rope)
+    if r.flag("use_qk_norm", default=True):
+        fields["qk_norm"] = "l2"
+    if r.flag("attn_temperature_tuning", default=True):
+        fields["attn_temperature"] = (
+            r.opt("floor_scale", default=8192),
+            r.opt("attn_scale", default=0.1),
+        )
     fields["extra"]["attention_chunk_size"] = chunk
     return fields
 

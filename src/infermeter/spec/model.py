@@ -17,8 +17,12 @@ The architectures of 2024-2026 add, each as an optional part that defaults to "a
   decode step attends in the latent space (the "absorbed" form serving engines use).
 - sliding-window layers (`sliding_window`, `layer_types`; Mistral, Gemma-2/3, gpt-oss, Phi-3):
   a windowed layer attends to, and caches, only the last W positions.
+  With `chunked_attention` (Llama-4) the windowed layers attend within aligned chunks of W
+  positions instead (key j is seen by query i when j <= i and j // W == i // W); FLOPs and
+  bytes count them as windows of W, the most keys such a layer holds and reads.
 - attention sinks, logit soft-capping, qk-norm, post- and sandwich norms, embedding multipliers
-  (gpt-oss, Gemma-2/3, Qwen3, OLMo-2).
+  (gpt-oss, Gemma-2/3, Qwen3, OLMo-2); layers without rotary positions (`nope_layers`) and
+  their query temperature (`attn_temperature`), Llama-4's.
 
 Conventions: FLOPs are 2 per multiply-add over matmuls (the paper's counting, attention
 over the full s×s square); bytes assume each weight and each cached K/V entry is read once per
@@ -38,7 +42,7 @@ FfnKind = Literal["gelu", "relu", "swiglu", "geglu", "gelu_exact", "clamped_swig
 PositionKind = Literal["learned", "rotary", "alibi"]
 NormKind = Literal["layernorm", "rmsnorm"]
 NormPlacement = Literal["pre", "post", "sandwich"]
-QkNorm = Literal["none", "head", "full"]
+QkNorm = Literal["none", "head", "full", "l2"]
 LayerType = Literal["full", "sliding"]
 
 # gelu/relu/gelu_exact: two matrices; the gated kinds (SiLU, tanh-GELU, gpt-oss's clamped
@@ -89,6 +93,7 @@ class MoE:
     expert_bias: bool = False  # gpt-oss: every expert matrix has a bias
     shared_gate: bool = False  # Qwen2-MoE: a sigmoid gate [h -> 1] on the shared expert
     score_correction: bool = False  # DeepSeek-V3: a selection-only bias (a buffer, not a weight)
+    input_scaled: bool = False  # Llama-4: the routing weight scales the expert's input (top-1)
 
     def __post_init__(self) -> None:
         for name in ("num_experts", "experts_per_token", "expert_ffn_size", "layer_step"):
@@ -104,6 +109,8 @@ class MoE:
         if self.scoring not in ("softmax", "sigmoid") or self.group_score not in ("max", "top2"):
             raise ValueError("moe: scoring is softmax|sigmoid and group_score max|top2")
         object.__setattr__(self, "dense_layers", tuple(int(i) for i in self.dense_layers))
+        if self.input_scaled and self.experts_per_token != 1:
+            raise ValueError("moe: input_scaled routing (Llama-4) needs experts_per_token 1")
 
     def expected_distinct(self, batch: int) -> float:
         """Expected experts a batch of `batch` tokens touches in one MoE layer.
@@ -172,6 +179,9 @@ _LATER_FIELDS: dict[str, Any] = {
     "embedding_multiplier": 1.0,
     "mla": None,
     "moe": None,
+    "chunked_attention": False,
+    "nope_layers": (),
+    "attn_temperature": None,
 }
 
 
@@ -217,11 +227,18 @@ class ModelSpec:
     attention_sinks: bool = False  # gpt-oss: a learned per-head logit in every softmax
     attn_softcap: float | None = None  # Gemma-2: scores become c·tanh(scores / c)
     final_softcap: float | None = None  # Gemma-2: logits become c·tanh(logits / c)
-    qk_norm: QkNorm = "none"  # RMSNorm of q and k: per head (Qwen3, Gemma-3) or whole (OLMo-2)
+    # RMSNorm of q and k: per head (Qwen3, Gemma-3), whole (OLMo-2), or per head without
+    # weights on the rotary layers ("l2": Llama-4, after the rotation, which keeps the norm)
+    qk_norm: QkNorm = "none"
     norm_placement: NormPlacement = "pre"  # post: OLMo-2; sandwich (pre and post): Gemma-2/3
     embedding_multiplier: float = 1.0  # Gemma: embeddings scaled by sqrt(hidden_size)
     mla: MLA | None = None
     moe: MoE | None = None
+    chunked_attention: bool = False  # Llama-4: windowed layers attend within aligned chunks
+    nope_layers: tuple[int, ...] = ()  # layers without rotary positions (Llama-4)
+    # Llama-4's NoPE layers scale queries at position p by 1 + a·log1p(floor((p + 1) / f)):
+    # (f, a) = (floor_scale, attn_scale); None: no scaling
+    attn_temperature: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "num_layers", "num_heads", "vocab_size", "max_context"):
@@ -270,8 +287,24 @@ class ModelSpec:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{self.name}: {name} must be positive or None")
-        if self.qk_norm not in ("none", "head", "full"):
-            raise ValueError(f"{self.name}: qk_norm must be none, head or full")
+        if self.qk_norm not in ("none", "head", "full", "l2"):
+            raise ValueError(f"{self.name}: qk_norm must be none, head, full or l2")
+        if self.chunked_attention and self.sliding_window is None:
+            raise ValueError(f"{self.name}: chunked_attention needs the chunk as sliding_window")
+        nope = tuple(int(i) for i in self.nope_layers)
+        object.__setattr__(self, "nope_layers", nope)
+        if any(not 0 <= i < self.num_layers for i in nope):
+            raise ValueError(f"{self.name}: nope_layers must be layer indices < {self.num_layers}")
+        if nope and self.position != "rotary":
+            raise ValueError(f"{self.name}: nope_layers need rotary positions elsewhere")
+        if self.attn_temperature is not None:
+            temp = tuple(float(x) for x in self.attn_temperature)
+            object.__setattr__(self, "attn_temperature", temp)
+            if len(temp) != 2 or not (temp[0] > 0 and math.isfinite(temp[1])):
+                raise ValueError(
+                    f"{self.name}: attn_temperature is (floor_scale > 0, attn_scale), "
+                    f"got {self.attn_temperature!r}"
+                )
         if self.norm_placement not in ("pre", "post", "sandwich"):
             raise ValueError(f"{self.name}: norm_placement must be pre, post or sandwich")
         if self.norm_placement != "pre" and self.parallel_attn_ffn:
@@ -347,6 +380,10 @@ class ModelSpec:
         if not self.layer_types or self.layer_types[layer] == "sliding":
             return self.sliding_window
         return None
+
+    def layer_rotary(self, layer: int) -> bool:
+        """Whether layer `layer` rotates its queries and keys (rotary specs, but nope_layers)."""
+        return self.position == "rotary" and layer not in self.nope_layers
 
     def is_moe_layer(self, layer: int) -> bool:
         """Whether layer `layer` (0-based) is a mixture-of-experts layer: after the first dense
@@ -641,10 +678,13 @@ class ModelSpec:
         for key, default in _LATER_FIELDS.items():
             if data[key] == default or (key == "layer_types" and not data[key]):
                 del data[key]
-        if "layer_types" in data:
-            data["layer_types"] = list(data["layer_types"])
+        for key in ("layer_types", "nope_layers", "attn_temperature"):
+            if key in data:
+                data[key] = list(data[key])
         if data.get("moe") is not None:
             data["moe"]["dense_layers"] = list(data["moe"]["dense_layers"])
+            if not data["moe"]["input_scaled"]:  # added later: kept out at its default
+                del data["moe"]["input_scaled"]
         return data
 
     def to_json(self) -> str:
@@ -664,8 +704,9 @@ class ModelSpec:
             data["moe"] = MoE(**data["moe"])
         if isinstance(data.get("mla"), dict):
             data["mla"] = MLA(**data["mla"])
-        if "layer_types" in data:
-            data["layer_types"] = tuple(data["layer_types"])
+        for key in ("layer_types", "nope_layers", "attn_temperature"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
         return cls(**data)
 
     def with_dtype(self, dtype: str) -> ModelSpec:
