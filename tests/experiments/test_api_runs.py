@@ -392,6 +392,26 @@ def test_a_timed_loads_end_line_counts_what_its_table_counts(tmp_path: Path) -> 
     assert f"all {warm.count(False)} measurements taken" in result.stderr
 
 
+def test_fit_refuses_a_load_run_in_one_line(tmp_path: Path) -> None:
+    # A fresh-eyes check: `fit` of a load run fitted its queries in flight as batch sizes and
+    # printed R² = 1 from two points, then suggested `profile --validate`.
+    store = tmp_path / "l.db"
+    assert rate_load_failing_in_warmup(store).exit_code == 0
+    with Store(store) as db:
+        run = db.latest_run_id()
+    result = invoke("fit", str(run), "--store", store)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert (
+        len(lines) == 1
+        and "is a load-rate run" in lines[0]
+        and f"infermeter show {run}" in lines[0]
+    )
+    assert "Traceback" not in result.output
+    with Store(store) as db:
+        assert db.latest_fits(run) == []  # nothing stored as the run's fit
+
+
 def test_rate_progress_counts_measured_requests_and_the_warm_up_apart(tmp_path: Path) -> None:
     # A user review: the progress said "level 20: 13 requests 1 not ok" where the table said
     # 9 requests, none failed: the warm-up's 4 (one failed) were counted as measured.

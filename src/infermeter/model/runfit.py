@@ -255,6 +255,12 @@ def refit(
     with Store(store) as db:
         run_id = run if run is not None else db.latest_run_id()
         record = db.get_run(run_id)
+        if record.kind.startswith("load"):  # its batch sizes are queries in flight
+            raise UserError(
+                f"run {run_id} is a {record.kind} run (queries in flight on an API), not a "
+                f"profile: fit a profile run (`infermeter runs` lists them); `infermeter show "
+                f"{run_id}` prints this run's summary"
+            )
         policy = FitPolicy(api=record.backend == "openai", **settings)
         fitted = fit_run(db, run_id, policy)
         sustained, note = sustained_or_note(db, run_id, policy)
