@@ -372,9 +372,9 @@ def test_tensor_parallel_matches_single_rank() -> None:
 
 def test_tensor_parallel_newer_layouts_match_single_rank() -> None:
     """Experts sharded along their FFN (with a shared expert and expert biases), latent
-    attention with a replicated latent, sinks split by head, ring-buffer windows, and qk-norm
-    over the whole projection (its mean square all-reduced): 2 gloo ranks give the tokens of
-    one."""
+    attention with a replicated latent, sinks split by head, ring-buffer windows, qk-norm
+    over the whole projection (its mean square all-reduced), and Llama-4's chunks, layer
+    without rotary and input-scaled routing: 2 gloo ranks give the tokens of one."""
     olmo_like = replace(
         get_spec("tiny-llama"), name="olmo-like", qk_norm="full", norm_placement="post"
     )
@@ -383,7 +383,7 @@ def test_tensor_parallel_newer_layouts_match_single_rank() -> None:
     single = EngineBackend(device="cpu", seed=4)
     double = EngineBackend(device="cpu", tp=2, seed=4, timeout_s=120)
     try:
-        for spec in [*specs, get_spec("tiny-gemma2"), olmo_like]:
+        for spec in [*specs, get_spec("tiny-gemma2"), get_spec("tiny-llama4"), olmo_like]:
             single.prepare(spec)
             double.prepare(spec)
             want = single.generate(prompts, 8).tokens

@@ -712,7 +712,9 @@ _SPECS += [
 
 # Tiny specs of the newer layouts, read from tiny configs of each family: MoE routing
 # (Mixtral, Qwen3-MoE), MLA with a MoE (DeepSeek-V2), windows + sinks + a biased MoE
-# (gpt-oss), windows + soft-capping + sandwich norms (Gemma-2).
+# (gpt-oss), windows + soft-capping + sandwich norms (Gemma-2), chunked attention + a layer
+# without rotary (its query temperature from position 7 on) + input-scaled top-1 routing
+# (Llama-4).
 _TINY_HF = {
     "hidden_size": 64,
     "num_hidden_layers": 2,
@@ -759,6 +761,18 @@ _TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "head_dim": 16,
         "sliding_window": 16,
         "query_pre_attn_scalar": 16,
+    },
+    "tiny-llama4": {
+        "model_type": "llama4_text",
+        "head_dim": 16,
+        "intermediate_size": 32,
+        "intermediate_size_mlp": 96,
+        "num_local_experts": 4,
+        "num_experts_per_tok": 1,
+        "moe_layers": [0],
+        "no_rope_layers": [1, 0],
+        "attention_chunk_size": 16,
+        "floor_scale": 8,
     },
 }
 _SPECS += [
