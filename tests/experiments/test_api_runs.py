@@ -92,8 +92,8 @@ def test_a_refusal_naming_no_field_drops_one_field_at_a_time(tmp_path: Path) -> 
         backend = get_backend("openai", base_url=server.url, endpoint="chat")
         run = run_profile(db, SPEC, {}, backend, {}, ProfileGrid((16,), (2, 3), (1,), 1))
         assert (db.points(run.id).status == "ok").all()
-    notes = run.backend_info["notes"]
-    assert [n.split(" (")[0] for n in notes[:2]] == [
+    notes = [n for n in run.backend_info["notes"] if n.startswith("server refused")]
+    assert [n.split(" (")[0] for n in notes] == [
         "server refused ignore_eos",
         "server refused min_tokens",
     ]
@@ -390,6 +390,24 @@ def test_a_timed_loads_end_line_counts_what_its_table_counts(tmp_path: Path) -> 
     warm = [json.loads(e)["warmup"] for e in points.extra_json]
     assert any(warm) and (points[warm].status != "ok").sum() == 1
     assert f"all {warm.count(False)} measurements taken" in result.stderr
+
+
+def test_load_says_which_served_model_its_requests_name(tmp_path: Path) -> None:
+    # A fresh-eyes check: `load gpt3` against a server of one other model measured that model
+    # and stored the run as gpt3 without a word.
+    with fault_server(model="served-one", delay_s=0.01) as server:
+        result = invoke("load", "m", "--base-url", server.url, "--prompt-tokens", "16",
+                        "--output-sizes", "2", "--concurrency", "1", "--trials", "1",
+                        "--store", tmp_path / "l.db")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert "note: requests name 'served-one', the one model the server serves; the run " in (
+            " ".join(result.stderr.split())
+        )
+        named = invoke("load", "m", "--base-url", server.url, "--api-model", "served-one",
+                       "--prompt-tokens", "16", "--output-sizes", "2", "--concurrency", "1",
+                       "--trials", "1", "--store", tmp_path / "n.db")  # fmt: skip
+    assert named.exit_code == 0, named.output
+    assert "the one model the server serves" not in named.stderr
 
 
 def test_fit_refuses_a_load_run_in_one_line(tmp_path: Path) -> None:

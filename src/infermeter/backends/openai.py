@@ -242,7 +242,14 @@ class OpenAIBackend:
         self._check_models()
         if not self.config.model:
             if self.served_models and len(self.served_models) == 1:
-                self._set_config(model=self.served_models[0])
+                served = self.served_models[0]
+                self._set_config(model=served)
+                if served != spec.name:  # a typo in MODEL would otherwise label the run alone
+                    self._notes.append(
+                        f"requests name {served!r}, the one model the server serves; the run "
+                        f"is labelled and priced as {spec.name!r} (MODEL); --api-model NAME "
+                        "picks the served model"
+                    )
             else:
                 self._set_config(model=spec.name)
         self._preflight()

@@ -53,6 +53,8 @@ def load(r: rq.LoadRequest) -> None:
     if warning:
         say(warning, "warning:", "yellow")
     runner.prepare(spec)  # faults that no retry fixes stop here, before a run is stored
+    for note in runner.describe().get("notes") or []:  # e.g. the served model it names
+        say(str(note), "note:", "yellow")
     with (
         Store(r.store) as db,
         progress(
