@@ -223,7 +223,7 @@ class EstimateRequest:
     price_per_hour: float | None = opt(None, PRICE)
     power_watts: float | None = opt(None, POWER)
     grid_intensity: float | None = opt(None, "gCO2e per kWh, for CO2e.")
-    output: Path | None = opt(None, "Write per-query rows (.csv/.jsonl/.parquet).")
+    output: Path | None = opt(None, "Write per-query rows (.csv/.jsonl/.json/.parquet).")
     hardware_config: Path | None = hardware_config()
     settings: list[str] | None = settings()
 
@@ -294,7 +294,7 @@ class LoadRequest:
         5.0, "Seconds of load before each timed level (stored, not summarised).", "--warmup-s"
     )
     api: OpenAIConfig = api("--prompt-tokens")
-    output: Path | None = opt(None, "Write the summary (.csv/.jsonl/.parquet).")
+    output: Path | None = opt(None, "Write the summary (.csv/.jsonl/.json/.parquet).")
     store: Path = store()
 
 

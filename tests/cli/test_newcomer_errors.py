@@ -208,6 +208,20 @@ def test_fit_points_names_a_fitted_model_and_the_columns_it_needs(tmp_path: Path
     assert POINTS_COLUMNS in message and "each query" not in message
 
 
+def test_an_empty_cell_is_called_empty(tmp_path: Path) -> None:
+    # A fresh-eyes check: a blank output_tokens cell was "output_tokens = nan is missing".
+    okpts = points_file(tmp_path / "okpts.csv")
+    model = tmp_path / "m.json"
+    assert invoke("fit", "--points", okpts, "--output", model).exit_code == 0
+    queries = tmp_path / "q.csv"
+    queries.write_text("prompt_tokens,output_tokens\n8,4\n16,\n")
+    message = assert_one_line(
+        invoke("estimate", "--profile", model, "--queries", queries),
+        "row 2, output_tokens is empty",
+    )
+    assert "nan" not in message
+
+
 def test_fit_points_refuses_save_and_a_run(tmp_path: Path) -> None:
     okpts = points_file(tmp_path / "okpts.csv")
     store = tmp_path / "s.sqlite"

@@ -38,6 +38,21 @@ def test_output_in_a_missing_folder(profiled: tuple[Path, Path], tmp_path: Path)
     assert not target.parent.exists()
 
 
+def test_a_folder_as_output_suggests_a_file_of_its_kind(
+    profiled: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # A fresh-eyes check: `fit --output FOLDER` suggested FOLDER/out.csv for a JSON model.
+    store, model = profiled
+    cases = [
+        (["fit", "--store", store, "--output", tmp_path], "model.json"),
+        (["estimate", "--profile", model, "--prompt-tokens", "8", "--output-tokens", "4",
+          "--output", tmp_path], "out.csv"),
+        (["report", "--store", store, "--output", tmp_path], "report.html"),
+    ]  # fmt: skip
+    for args, example in cases:
+        assert_one_line(invoke(*args), "is a folder", str(tmp_path / example))
+
+
 def test_outputs_in_a_read_only_folder(profiled: tuple[Path, Path], tmp_path: Path) -> None:
     store, model = profiled
     folder = tmp_path / "ro"

@@ -72,7 +72,7 @@ def load(r: rq.LoadRequest) -> None:
         write_table(result.summary, r.output)
         say(f"summary written to {r.output}", err=False)
     else:
-        say("p90s and every column: --output FILE (.csv, .jsonl, .parquet)", err=False)
+        say("p90s and every column: --output FILE (.csv, .jsonl, .json, .parquet)", err=False)
     outcome = result.outcome
     say(outcome.line(), *cli_console.outcome_label(outcome))
     if not outcome.complete:

@@ -20,13 +20,19 @@ def _parent(path: Path) -> Path:
     return path.parent if str(path.parent) else Path(".")
 
 
+# the file a folder's error suggests, by what is written (a table's otherwise)
+_EXAMPLES = {"model file": "model.json", "HELM file": "helm.json", "report": "report.html",
+             "figure": "figure.png"}  # fmt: skip
+
+
 def check_output(path: str | os.PathLike[str], what: str = "output file") -> Path:
     """`path` as a Path once it is known a file can be written there; a UserError naming the
     path, what is wrong and the fix otherwise."""
     path = Path(path)
     parent = _parent(path)
     if path.is_dir():
-        raise UserError(f"{what} {path} is a folder; pass a file path, e.g. {path / 'out.csv'}")
+        example = path / _EXAMPLES.get(what, "out.csv")
+        raise UserError(f"{what} {path} is a folder; pass a file path, e.g. {example}")
     if not parent.exists():
         raise UserError(
             f"cannot write {what} {path}: folder {parent} does not exist; create it "

@@ -114,16 +114,15 @@ def numeric_column(
 
     def fail(mask: np.ndarray, why: str) -> None:
         row = int(np.flatnonzero(mask)[0])
-        value = series.iloc[row]
+        value = "" if why == "is empty" else f" = {_shown(series.iloc[row])}"  # not "= nan"
         raise UserError(
-            f"{origin}: row {row + 1}, {column} = {_shown(value)} {why}; each {column} must "
-            f"be {wanted}"
+            f"{origin}: row {row + 1}, {column}{value} {why}; each {column} must be {wanted}"
         )
 
     if bad_type.any():
         fail(bad_type, "is not a number")
     if not allow_missing and missing.any():
-        fail(missing, "is missing")
+        fail(missing, "is empty")
     present = ~missing
     with np.errstate(invalid="ignore"):
         if (present & ~np.isfinite(values)).any():
