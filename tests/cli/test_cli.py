@@ -71,6 +71,7 @@ def test_rerun_resumes_without_measuring_again(profiled: tuple[Path, Path]) -> N
     before = pd.read_sql_query("SELECT * FROM points", sqlite3.connect(store))
     result = invoke("profile", "tiny-llama", "--device", "cpu", *SMALL_GRID, "--store", store)
     assert result.exit_code == 0 and "20/20 measurements already stored" in result.stdout
+    assert "another --store measures afresh" in " ".join(result.stdout.split())
     after = pd.read_sql_query("SELECT * FROM points", sqlite3.connect(store))
     pd.testing.assert_frame_equal(before, after)
 

@@ -31,6 +31,10 @@ def progress_bar(console: Console) -> Progress:
     )
 
 
+# said where a resumed run has nothing left to measure: its stored results are shown again
+AFRESH = "; nothing left to measure: the stored results follow (another --store measures afresh)"
+
+
 class RunProgress:
     """A progress bar with one task, `description`, open while used as a context manager."""
 
@@ -79,7 +83,7 @@ class RunProgress:
         if done:
             self._say(
                 f"resuming run {run.id}: {done}/{plural(total, 'measurement')} already stored "
-                "(grid and validation)"
+                f"(grid and validation){AFRESH if done >= total else ''}"
             )
 
     def profile_more(self, trials: int) -> None:
@@ -100,7 +104,9 @@ class RunProgress:
         """Steps done and in all; a resumed run says so."""
         self.bar.update(self.task, total=total, completed=done)
         if done:
-            self._say(f"resuming run {run.id}: {done}/{plural(total, 'step')} already stored")
+            again = AFRESH if done >= total else ""
+            steps = plural(total, "step")
+            self._say(f"resuming run {run.id}: {done}/{steps} already stored{again}")
 
     def on_step(self, label: str, ms: list[Any], total: int | None = None, warmup: int = 0) -> None:
         """A burst or level done (`label`, its measured requests; a timed level's `warmup`
