@@ -15,13 +15,13 @@ from cli_runner import invoke
 from infermeter.model.fitted import load_runs
 from infermeter.report.build import ReportInputs, build_report
 from infermeter.report.energy import power_cap_changes
-from infermeter.report.runtime_figs import raw_denoised_idealized
+from infermeter.report.runtime_figs import raw_denoised_idealized, trials_at_one_prompt
 from infermeter.store.db import Store
 from infermeter.store.energy import read_energy_configs
 from report_store import build_store, energy_rows, write_inputs
 
 FIGURES = {
-    "fig3", "fig4", "table3", "fig7", "fig8-0", "fig9", "fig10", "w2w-fig2", "w2w-fig3",
+    "fig3", "fig4", "fig5", "table3", "fig7", "fig8-0", "fig9", "fig10", "w2w-fig2", "w2w-fig3",
     "w2w-watts", "w2w-j_per_token", "w2w-j_per_response", "w2w-table3", "w2w-util",
     "power-timeline",
 }  # fmt: skip
@@ -39,7 +39,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | list[str
         *query_args, "--objective", "acc/cost=accuracy / idealized_cost_usd",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "15 figure(s)" in result.stdout
+    assert "16 figure(s)" in result.stdout
     return {"store": store, "page": page, "capabilities": capabilities, "queries": query_args}
 
 
@@ -112,6 +112,24 @@ def test_fig7_numbers_come_from_the_api_and_reference_runs(built) -> None:
     assert data.idealized_s.tolist() == pytest.approx(
         reference.fit().predict(data.prompt_tokens, data.output_tokens).tolist()
     )
+
+
+def test_fig5_draws_every_trial_of_the_api_run(built) -> None:
+    # A fresh-eyes check: `variance` named its output "Figs. 5 and 7" and the report had no
+    # Fig. 5, nor said why.
+    runs = load_runs([Path(built["store"])], with_samples=False)
+    api = next(r for r in runs if r.is_api)
+    data = trials_at_one_prompt(api)
+    sizes = sorted(set(api.ok_points.prompt_tokens))
+    nearest = min(sizes, key=lambda p: abs(p - 512))
+    want = api.ok_points[api.ok_points.prompt_tokens == nearest]
+    assert set(data.prompt_tokens) == {nearest} and len(data) == len(want)
+    assert sorted(data.runtime_s) == pytest.approx(sorted(want.runtime_s))
+    spread = want.groupby("output_tokens").runtime_s.agg(["std", "mean"])
+    cv = data.groupby("output_tokens").cv.first()
+    assert cv.tolist() == pytest.approx((spread["std"] / spread["mean"]).tolist(), nan_ok=True)
+    html = Path(built["page"]).read_text()
+    assert "at the profiled prompt size closest to 512" in html
 
 
 def test_energy_rows_round_trip_and_power_caps(built) -> None:

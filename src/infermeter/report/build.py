@@ -145,6 +145,24 @@ def runtime_sections(runs: list[StoredRun]) -> list[Section]:
     ]
 
 
+def trial_sections(runs: list[StoredRun]) -> list[Section]:
+    """Fig. 5 of paper 1: each trial's runtime on an API (up to six profiles of API runs;
+    load runs are Fig. 6's), or the command that makes one."""
+    apis = [r for r in api_runs(runs) if lf.load_kind(r) is None]
+    fig5 = Section("fig5", RUNTIME, "Fig. 5 · Runtime of each trial on an API")
+    if not apis:
+        fig5.missing = missing_html("no API (openai backend) runs", API_CMD)
+        return [fig5]
+    shown = apis[:6]
+    fig5.caption = (
+        f"Every usable trial (dots) of {len(shown)} API run(s) {describe_runs(shown)}, at the "
+        f"profiled prompt size closest to {rt.FIG5_PROMPT}; CV is the coefficient of "
+        "variation of a query's trials, averaged over output lengths (`infermeter variance "
+        "RUN` gives it per point)."
+    )
+    return [_safe(fig5, lambda: rt.fig_trials(shown))]
+
+
 def load_sections(runs: list[StoredRun]) -> list[Section]:
     """Fig. 6: runtime vs load on an API, from `infermeter load` runs."""
     loads = lf.load_runs(runs)
@@ -365,6 +383,7 @@ def build_report(inputs: ReportInputs) -> Report:
     runs = load_runs(stores)
     sections = [
         *runtime_sections(runs),
+        *trial_sections(runs),
         *api_sections(runs),
         *load_sections(runs),
         *comparison_sections(runs),

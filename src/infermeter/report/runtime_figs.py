@@ -2,6 +2,7 @@
 
     Fig. 3   runtime vs output tokens, one line per prompt size, with the fitted model
     Fig. 4   prompt-encoding time PE(p) vs prompt size, with a dotted best-fit line
+    Fig. 5   each trial's runtime on an API against output tokens, at one prompt size
     Table 3  PE at three prompt sizes and g, idealized (reference stack) vs denoised (API)
     Fig. 7   (a) raw vs denoised, (b) denoised vs idealized, each with a y = x line
 
@@ -17,11 +18,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
+from infermeter.model.fit import coefficient_of_variation
 from infermeter.model.fitted import StoredRun
 from infermeter.report.plot import Plot, color, new_figure, small_multiples
 from infermeter.units import to_pct
 
 TABLE3_PROMPTS = (512, 1024, 1536)
+FIG5_PROMPT = 512  # the paper's Fig. 5 shows queries of p = 512
 
 
 def _trial_stats(run: StoredRun) -> pd.DataFrame:
@@ -55,6 +58,40 @@ def fig_runtime_vs_output(runs: Sequence[StoredRun]) -> Plot:
     fig, data = small_multiples(list(runs)[:6], 3, 3.3, 2.8, _runtime_panel)
     columns = ["run", "model", "backend", "prompt_tokens", "output_tokens", "trials", "min_s"]
     return Plot(fig, data[[*columns, "mean_s", "max_s", "fitted_s"]])
+
+
+def trials_at_one_prompt(run: StoredRun) -> pd.DataFrame:
+    """A run's usable trials at its profiled prompt size closest to FIG5_PROMPT (its smallest
+    batch size), for Fig. 5: run, model, prompt_tokens, output_tokens, trial, runtime_s (s),
+    and cv, the coefficient of variation of the trials of that (p, o) (NaN for one trial)."""
+    pts = run.ok_points
+    pts = pts[pts["batch_size"] == pts["batch_size"].min()]
+    sizes = np.unique(pts["prompt_tokens"].to_numpy())
+    p = int(sizes[np.argmin(np.abs(sizes - FIG5_PROMPT))])
+    rows = pts[pts["prompt_tokens"] == p]
+    stats = rows.groupby("output_tokens")["runtime_s"].agg(["std", "mean"])
+    cv = coefficient_of_variation(stats["std"], stats["mean"])
+    columns = ["prompt_tokens", "output_tokens", "trial", "runtime_s"]
+    return rows[columns].assign(run=run.label, model=run.model, cv=rows.output_tokens.map(cv))
+
+
+def _trials_panel(ax: Axes, run: StoredRun) -> pd.DataFrame:
+    """A run's Fig. 5 panel: every trial's runtime against o at one prompt size."""
+    data = trials_at_one_prompt(run)
+    ax.plot(data.output_tokens, data.runtime_s, "o", ms=3, alpha=0.6, color=color(0))
+    mean_cv = data.groupby("output_tokens")["cv"].first().mean()
+    spread = "one trial a point" if np.isnan(mean_cv) else f"mean CV {mean_cv:.2f}"
+    ax.set_title(f"{run.model} · p={data.prompt_tokens.iloc[0]} · {spread}", fontsize=9)
+    ax.set_xlabel("output tokens")
+    ax.set_ylabel("runtime of a trial (s)")
+    return data
+
+
+def fig_trials(runs: Sequence[StoredRun]) -> Plot:
+    """Fig. 5: small multiples, one panel per run (up to 6), a dot per trial."""
+    fig, data = small_multiples(list(runs)[:6], 3, 3.3, 2.8, _trials_panel)
+    columns = ["run", "model", "prompt_tokens", "output_tokens", "trial", "runtime_s", "cv"]
+    return Plot(fig, data[columns])
 
 
 def fig_prompt_encoding(runs: Sequence[StoredRun]) -> Plot:
