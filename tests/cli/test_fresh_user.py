@@ -206,6 +206,7 @@ def test_models_show_gives_a_small_models_counts_in_a_unit_that_shows_them() -> 
     listed = invoke("models")
     tiny = next(row for row in table_rows(listed.stdout) if row["name"] == "tiny-llama")
     assert float(tiny["params (B)"]) == pytest.approx(spec.num_params / 1e9, rel=0.01)
+    assert float(tiny["active (B)"]) == pytest.approx(spec.active_params() / 1e9, rel=0.01)
 
 
 @pytest.mark.parametrize(

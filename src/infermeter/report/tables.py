@@ -101,6 +101,7 @@ def catalog_view(family: str | None = None) -> pd.DataFrame:
     return table.rename(
         columns={
             "params_b": "params (B)",
+            "active_b": "active (B)",
             "hidden_size": "h",
             "num_layers": "l",
             "num_heads": "heads",
