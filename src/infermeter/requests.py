@@ -260,7 +260,9 @@ class ServeRequest:
     """`infermeter serve MODEL`: a local model behind the API (backends.serve.serve_model)."""
 
     model: str = arg(..., "Catalog name or config.json (random weights).")
-    backend: str = opt("hf", "hf or engine.")
+    backend: str = opt(
+        "hf", "hf (streams tokens as they are made) or engine (streams after the whole answer)."
+    )
     device: str = opt("auto", "auto, cuda, cuda:N or cpu.")
     dtype: str | None = opt(None, DTYPE)
     checkpoint: Path | None = opt(None, "Local checkpoint folder (real weights).")
