@@ -411,6 +411,39 @@ def test_random_routing_is_balanced_and_expert_paths_agree() -> None:
     assert rel_error(engine.score(prompts), loop) < 1e-6
 
 
+def test_rotary_tables_grow_with_the_cache_not_the_context() -> None:
+    """A review: tables for all of Llama-4 Scout's 10,485,760 positions took about 10 GiB a
+    rank. They are built for 32,768 positions, grown with the cache, and a position's
+    rotation is the one a whole table gives (YaRN without a factor scales by max_context)."""
+    from infermeter.engine.model import ROTARY_POSITIONS
+    from infermeter.engine.rope import rotations
+
+    yarn = {"rope_type": "yarn", "original_max_position_embeddings": 4096}
+    spec = replace(get_spec("tiny-llama"), max_context=1_000_000, rope_scaling=yarn)
+    model = Decoder(spec, partition(spec), Comm(), torch.device("cpu"), torch.float32)
+    assert model.freqs.shape[0] == ROTARY_POSITIONS == model.cos.shape[0]
+    model.allocate_cache(1, 40_000)
+    assert model.freqs.shape[0] >= 40_000 and model.sin.shape[0] == model.freqs.shape[0]
+    whole = rotations(model.rot, spec.rope_theta, yarn, 40_000, 1_000_000)
+    picked = [0, 12_345, 39_999]
+    assert torch.equal(model.freqs[picked], whole[picked])
+    assert torch.equal(model.cos[picked], whole[picked].real)
+
+
+def test_sigmoid_routing_ranks_the_logits() -> None:
+    """Llama-4's router ranks its logits (transformers' Llama4Router); float32's sigmoid
+    rounds 18 and 20 both to 1, and ranking those scores picked the lower index (a review)."""
+    engine = Engine(get_spec("tiny-llama4"), seed=0)
+    moe = next(block.moe for block in engine.model.layers if block.moe is not None)
+    x = torch.zeros(1, engine.spec.hidden_size)
+    x[0, 0] = 1.0
+    with torch.inference_mode():  # the engine's weights are inference tensors
+        moe.router.zero_()
+        moe.router[1, 0], moe.router[2, 0] = 18.0, 20.0
+        ids, weights = moe.route(x)
+    assert ids.tolist() == [[2]] and weights.tolist() == [[1.0]]
+
+
 def test_backend_measure_and_errors() -> None:
     backend = EngineBackend(device="cpu")
     backend.prepare(replace(SPECS["opt"], dtype="bfloat16"))  # CPU runs float32 anyway

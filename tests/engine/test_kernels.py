@@ -151,7 +151,7 @@ def test_batch1_paths_time_every_mode_and_price_out_a_failing_one(interpreted: d
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["sigmoid_bias", "softmax_plain"])
+@pytest.mark.parametrize("variant", ["sigmoid_bias", "softmax_plain", "sigmoid_saturated"])
 def test_fused_routing_matches_torch(interpreted: dict, variant: str) -> None:
     routing = interpreted["routing"]
     assert routing[f"{variant}_ids"] and routing[f"{variant}_layout"]

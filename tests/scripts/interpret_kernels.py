@@ -264,6 +264,16 @@ def routing_checks() -> dict[str, float | bool]:
         out[f"{label}_layout"] = bool(
             torch.equal(blocks, want_blocks) and _same_rows(rows, want_rows, blocks)
         )
+    # Llama-4: sigmoid scores with no bias rank by the logits; float32's sigmoid rounds 18 and
+    # 20 both to 1, so ranking the scores would pick the lower index (expert 5, not 9)
+    big = logits.clone()
+    big[:, 5], big[:, 9] = 18.0, 20.0
+    ids, weights, _, _ = moe_kernels.route_align(
+        big, 1, sigmoid=True, normalize=False, scale=1.0, layout=False
+    )
+    out["sigmoid_saturated_ids"] = bool(torch.equal(ids, big.topk(1, -1).indices))
+    out["sigmoid_saturated_layout"] = True  # no layout asked for
+    out["sigmoid_saturated_weights"] = _rel(weights, big.sigmoid().gather(1, ids))
     x = torch.randn(6, 32, generator=gen)
     w = torch.randn(4, 2 * 48, 32, generator=gen) / 32**0.5
     ids = torch.randint(0, 4, (6, 2), generator=gen)

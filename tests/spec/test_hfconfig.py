@@ -174,6 +174,17 @@ def test_llama4_fields() -> None:
     assert again == spec and again.nope_layers == spec.nope_layers
 
 
+def test_llama4_without_chunks_attends_globally() -> None:
+    # A review: a null attention_chunk_size read as 8192 (transformers: full attention).
+    config = _config("llama-4-scout-17b-16e.json")
+    config["text_config"]["attention_chunk_size"] = None
+    spec = spec_from_hf_config(config, "scout-unchunked")
+    assert not spec.chunked_attention and spec.sliding_window is None and not spec.layer_types
+    assert spec.nope_layers == tuple(range(3, 48, 4))  # still no rotary on every 4th layer
+    del config["text_config"]["attention_chunk_size"]  # absent: transformers' 8192
+    assert spec_from_hf_config(config, "scout").sliding_window == 8192
+
+
 def test_state_space_models_are_refused_in_one_line() -> None:
     message = _error(lambda: load_hf_config(CONFIGS / "mamba-130m.json"))
     assert "'mamba'" in message and "state-space" in message and "KV cache" in message

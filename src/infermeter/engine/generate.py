@@ -641,7 +641,7 @@ class Engine:
         if k.pdl(self.device):  # when a kernel lets the next one launch
             order = "before" if k.PDL_TRIGGER_FIRST.value else "after"
             notes["decode_pdl_trigger"] = f"{order} its wait (INFERMETER_PDL_TRIGGER)"
-        if self.model.spec.qk_norm == "head":
+        if self.model.spec.qk_norm in ("head", "l2"):
             notes["decode_qk_norm"] = "in rope_store" if k.ROPE_QK_NORM else "kernel"
         return notes
 

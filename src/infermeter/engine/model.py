@@ -160,6 +160,10 @@ class Ring:
     dst: Tensor | None = None  # ... and slot written (src % size)
 
 
+# positions of the rotary tables a Decoder builds at first; allocate_cache grows them
+ROTARY_POSITIONS = 32768
+
+
 class Block(nn.Module):
     """One transformer layer on this rank's tensor-parallel slice: norms, attention (standard,
     windowed or MLA) with its KV-cache writes, and a dense or MoE FFN, sequential or
@@ -522,15 +526,7 @@ class Decoder(nn.Module):
         self.sin: Tensor | None = None
         self.freqs_local = self.cos_local = self.sin_local = None
         if self.rot:
-            scaling = spec.rope_scaling
-            self.freqs = rotations(self.rot, spec.rope_theta, scaling, spec.max_context).to(device)
-            self.cos = self.freqs.real.contiguous()
-            self.sin = self.freqs.imag.contiguous()
-            if any(blk.local for blk in self.layers):  # Gemma-3: sliding layers' own base
-                local = rotations(self.rot, spec.local_rope_theta, None, spec.max_context)
-                self.freqs_local = local.to(device)
-                self.cos_local = self.freqs_local.real.contiguous()
-                self.sin_local = self.freqs_local.imag.contiguous()
+            self._rotary_tables(min(spec.max_context, ROTARY_POSITIONS))
         self.slopes: Tensor | None = None
         if spec.position == "alibi":
             q0, nq = layout.q_start, layout.q_heads
@@ -556,6 +552,21 @@ class Decoder(nn.Module):
         self.cu_q: Tensor | None = None
         self.cu_k: Tensor | None = None
 
+    def _rotary_tables(self, positions: int) -> None:
+        """The rotations (and the Triton decode's cos/sin) of positions [0, positions): built
+        for what a cache holds, not for the spec's whole max_context (Llama-4 Scout's is
+        10,485,760 positions: about 10 GiB of tables on every rank)."""
+        spec, device = self.spec, self.device
+        theta, scaling, longest = spec.rope_theta, spec.rope_scaling, spec.max_context
+        self.freqs = rotations(self.rot, theta, scaling, positions, longest).to(device)
+        self.cos = self.freqs.real.contiguous()
+        self.sin = self.freqs.imag.contiguous()
+        if any(blk.local for blk in self.layers):  # Gemma-3: sliding layers' own base
+            local = rotations(self.rot, spec.local_rope_theta, None, positions, longest)
+            self.freqs_local = local.to(device)
+            self.cos_local = self.freqs_local.real.contiguous()
+            self.sin_local = self.freqs_local.imag.contiguous()
+
     # ---- cache ---------------------------------------------------------------------------
     def cache_shape(self, layer: int, batch: int, length: int) -> tuple[int, ...]:
         """One layer's cache: [b, slots, 2, kv_heads, d] (slots = min(W, length) for a
@@ -574,6 +585,9 @@ class Decoder(nn.Module):
         OutOfMemoryError where it does not fit."""
         self.cache = None  # free the old one first: two caches may not fit
         spec = self.spec
+        if self.freqs is not None and length > self.freqs.shape[0]:  # longer than built
+            grown = max(length, 2 * self.freqs.shape[0])
+            self._rotary_tables(min(spec.max_context, grown))
         shapes = [self.cache_shape(i, batch, length) for i in range(spec.num_layers)]
         if len(set(shapes)) == 1:  # one tensor, as every dense spec has
             shape = (spec.num_layers, *shapes[0])

@@ -85,7 +85,12 @@ class MoELayer(nn.Module):
         cfg = self.cfg
         logits = F.linear(x, self.router, self.router_bias).float()
         scores = logits.softmax(-1) if cfg.scoring == "softmax" else logits.sigmoid()
-        choice = scores if self.score_bias is None else scores + self.score_bias
+        if self.score_bias is not None:
+            choice = scores + self.score_bias
+        elif cfg.scoring == "sigmoid" and cfg.groups == 1:  # the same order as the sigmoid's,
+            choice = logits  # without float32's ties at 1 (transformers' Llama4Router ranks
+        else:  # its logits)
+            choice = scores
         if cfg.groups > 1:
             grouped = choice.view(x.shape[0], cfg.groups, -1)
             if cfg.group_score == "top2":

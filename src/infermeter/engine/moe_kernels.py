@@ -236,6 +236,8 @@ def _route_align(
         ex = tl.exp(logits - tl.max(logits, 1)[:, None])
         scores = ex / tl.sum(ex, 1)[:, None]
     choice = scores
+    if SIGMOID:  # the sigmoid's order without float32's ties at 1 (as MoELayer.route ranks)
+        choice = logits
     if HAS_BIAS:  # DeepSeek-V3: a bias that steers the choice, not the weights
         choice = scores + tl.load(ScoreBias + e, mask=emask, other=0.0).to(tl.float32)[None, :]
     choice = tl.where(emask[None, :], choice, float("-inf"))

@@ -94,8 +94,16 @@ def inverse_frequencies(
     return _base(rot, theta), 1.0
 
 
-def rotations(rot: int, theta: float, scaling: dict[str, Any] | None, positions: int) -> Tensor:
-    """Complex rotations [positions, rot/2] (complex64): factor · e^{i·p·inv_freq}."""
-    inv, factor = inverse_frequencies(rot, theta, scaling, positions)
+def rotations(
+    rot: int,
+    theta: float,
+    scaling: dict[str, Any] | None,
+    positions: int,
+    max_context: int | None = None,
+) -> Tensor:
+    """Complex rotations [positions, rot/2] (complex64): factor · e^{i·p·inv_freq}, for the
+    first `positions` of a model of `max_context` (None: `positions`; YaRN without a factor
+    scales by it). A position's rotation does not depend on how many are built."""
+    inv, factor = inverse_frequencies(rot, theta, scaling, max_context or positions)
     angles = torch.outer(torch.arange(positions, dtype=torch.float64), inv)
     return torch.polar(torch.full_like(angles, factor), angles).to(torch.complex64)

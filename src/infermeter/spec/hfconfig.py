@@ -493,7 +493,8 @@ def _llama4(r: _Reader) -> dict[str, Any]:
         "normalize": False,
         "input_scaled": True,
     }
-    chunk = r.opt("attention_chunk_size", default=8192)
+    # absent: 8192 (transformers' default); null: no chunks, every layer attends globally
+    chunk = r.config.get("attention_chunk_size", 8192)
     rope = r.opt("no_rope_layers")  # 1: a rope (chunked) layer, 0: a NoPE (global) layer
     interval = r.opt("no_rope_layer_interval", default=4)
     if isinstance(layers, int):
