@@ -35,6 +35,7 @@ LAYOUTS = [
     "tiny-deepseek-v2",
     "tiny-gpt-oss",
     "tiny-gemma2",
+    "tiny-llama4",
 ]
 
 
@@ -160,12 +161,24 @@ def test_fused_routing_matches_torch(interpreted: dict, variant: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "model", ["tiny-qwen3-moe", "tiny-deepseek-v2", "tiny-gpt-oss", "tiny-gemma2"]
+    "model", ["tiny-qwen3-moe", "tiny-deepseek-v2", "tiny-gpt-oss", "tiny-gemma2", "tiny-llama4"]
 )
 def test_engine_self_checks_pass_for_the_newer_kernels(interpreted: dict, model: str) -> None:
     """The start-up checks of qk-norm, gated activations, norm + residual, ring writes and
     sinks/soft-cap attention, as a GPU runs them, pass on the interpreted kernels."""
     assert interpreted["self_checks"][model] is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "model", ["tiny-qwen3-moe", "tiny-deepseek-v2", "tiny-gpt-oss", "tiny-gemma2", "tiny-llama4"]
+)
+def test_one_triton_decode_step_gives_the_plain_paths_logits(interpreted: dict, model: str) -> None:
+    """Past the windows and chunks, one step's logits through the kernels (a layer without
+    rotary, the weightless qk-norm, chunked ring lengths and input-scaled experts for
+    Llama-4) match the plain path's; rotating Llama-4's NoPE layer in the kernels left the
+    greedy tokens unchanged, so the tokens alone do not show it."""
+    assert interpreted["step_errors"][model] < 1e-5
 
 
 @pytest.mark.slow

@@ -18,8 +18,9 @@ from infermeter.engine.select import _check_newer_kernels
 from infermeter.spec.catalog import get_spec
 
 DENSE = ("tiny-llama", "tiny-gptj", "tiny-bloom")
-# MoE routing, latent attention, windows + sinks + biased experts, windows + soft-caps
-NEWER = ("tiny-qwen3-moe", "tiny-deepseek-v2", "tiny-gpt-oss", "tiny-gemma2")
+# MoE routing, latent attention, windows + sinks + biased experts, windows + soft-caps,
+# chunks + a layer without rotary + input-scaled top-1 experts (Llama-4)
+NEWER = ("tiny-qwen3-moe", "tiny-deepseek-v2", "tiny-gpt-oss", "tiny-gemma2", "tiny-llama4")
 LOOPED_MODELS = ("tiny-llama", "tiny-gpt-oss")  # also decoded through kernels.LOOPED
 
 
@@ -76,9 +77,37 @@ def decode_tokens(name: str, path: str, batch: int = 2) -> list[list[int]]:
             if block.moe is not None:
                 block.moe.path, block.moe.kernels = "triton", moe_kernels
                 block.moe.gemv = "sum"
-    # two lengths (per-sequence slots); 20 + 6 tokens pass the 16-token windows (ring wraps)
+    # two lengths (per-sequence slots); 20 + 6 tokens pass the 16-token windows (ring wraps;
+    # tiny-llama4's chunk of 16 starts again at 16, its query temperature grows from 7)
     prompts = [[5, 9, 3, 7, 11, 2, 8, 4, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [6, 1, 12, 3]]
     return engine.generate(prompts[:batch], 6).tokens
+
+
+def step_error(name: str) -> float:
+    """One decode step's logits through the Triton kernels (one sequence: whole-rows GEMVs,
+    the experts by GEMV) against the plain path's, relative L2 error, after a 20-token prompt
+    (past the 16-token windows and chunks): tokens alone can agree by chance."""
+    engine = Engine(get_spec(name), device="cpu", dtype=torch.float32, cuda_graphs=False)
+    model = engine.model
+    tokens = torch.tensor([[5, 9, 3, 7, 11, 2, 8, 4, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]])
+    n = tokens.shape[1]
+
+    def step(path: str) -> torch.Tensor:
+        with torch.inference_mode():
+            engine._ensure_state(1, n + 1)
+            model(tokens[:, :-1], model.prefill_context(1, n - 1))
+            ctx = model.decode_context(torch.tensor([n - 1]), engine._state.length, path)
+            return model.logits(model(tokens[:, -1:], ctx), ctx.fast)[0]
+
+    want = step("sdpa")
+    model.kernels = kernels
+    if model.mla:
+        model.mla_kernels = mla_kernels
+    for block in model.layers:
+        if block.moe is not None:
+            block.moe.path, block.moe.kernels, block.moe.gemv = "triton", moe_kernels, "sum"
+    got = step("triton")
+    return float((got - want).norm() / want.norm())
 
 
 def counting_rows(name: str, path: str) -> tuple[list[list[int]], int]:
@@ -472,6 +501,7 @@ def main() -> None:
             for path, batch in (("triton", 2), ("sdpa", 2), ("sdpa", 1))
         },
         **{("self", n): ("self_check", (n,)) for n in NEWER},
+        **{("step", n): ("step_error", (n,)) for n in NEWER},
         ("gemv", "float32"): ("gemv_errors", (torch.float32,)),
         ("gemv", "float16"): ("gemv_errors", (torch.float16,)),
         **{
@@ -512,6 +542,7 @@ def main() -> None:
             for n in LOOPED_MODELS
         },
         "self_checks": {n: done["self", n] for n in NEWER},
+        "step_errors": {n: done["step", n] for n in NEWER},
         "gemv_self_check": done["gemv_self_check",],
         "moe": done["moe_errors",],
         "moe_residual": done["moe_residual_errors",],
