@@ -208,7 +208,7 @@ def test_fit_points_names_a_fitted_model_and_the_columns_it_needs(tmp_path: Path
     assert POINTS_COLUMNS in message and "each query" not in message
 
 
-def test_an_empty_cell_is_called_empty(tmp_path: Path) -> None:
+def test_a_cell_without_a_value_is_named_so(tmp_path: Path) -> None:
     # A fresh-eyes check: a blank output_tokens cell was "output_tokens = nan is missing".
     okpts = points_file(tmp_path / "okpts.csv")
     model = tmp_path / "m.json"
@@ -217,9 +217,16 @@ def test_an_empty_cell_is_called_empty(tmp_path: Path) -> None:
     queries.write_text("prompt_tokens,output_tokens\n8,4\n16,\n")
     message = assert_one_line(
         invoke("estimate", "--profile", model, "--queries", queries),
-        "row 2, output_tokens is empty",
+        "row 2, output_tokens has no value",
     )
     assert "nan" not in message
+    lines = tmp_path / "q.jsonl"  # a row without the key, and a null
+    for rows in ('{"prompt_tokens": 8, "output_tokens": 4}\n{"prompt_tokens": 16}\n',
+                 '{"prompt_tokens": 8, "output_tokens": 4}\n{"prompt_tokens": 16, '
+                 '"output_tokens": null}\n'):  # fmt: skip
+        lines.write_text(rows)
+        got = invoke("estimate", "--profile", model, "--queries", lines)
+        assert_one_line(got, "row 2, output_tokens has no value")
 
 
 def test_fit_points_refuses_save_and_a_run(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ def test_a_folder_as_output_suggests_a_file_of_its_kind(
         (["estimate", "--profile", model, "--prompt-tokens", "8", "--output-tokens", "4",
           "--output", tmp_path], "out.csv"),
         (["report", "--store", store, "--output", tmp_path], "report.html"),
+        (["export", "--store", store, "--helm", tmp_path], "helm.json"),
     ]  # fmt: skip
     for args, example in cases:
         assert_one_line(invoke(*args), "is a folder", str(tmp_path / example))

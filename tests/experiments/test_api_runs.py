@@ -400,14 +400,38 @@ def test_load_says_which_served_model_its_requests_name(tmp_path: Path) -> None:
                         "--output-sizes", "2", "--concurrency", "1", "--trials", "1",
                         "--store", tmp_path / "l.db")  # fmt: skip
         assert result.exit_code == 0, result.output
-        assert "note: requests name 'served-one', the one model the server serves; the run " in (
-            " ".join(result.stderr.split())
+        said = " ".join(result.stderr.split())
+        assert "note: requests name 'served-one', the one model the server serves, and the run" in (
+            said
         )
+        assert "labelled 'm' (MODEL): if that is not the model served, correct MODEL" in said
         named = invoke("load", "m", "--base-url", server.url, "--api-model", "served-one",
                        "--prompt-tokens", "16", "--output-sizes", "2", "--concurrency", "1",
                        "--trials", "1", "--store", tmp_path / "n.db")  # fmt: skip
     assert named.exit_code == 0, named.output
     assert "the one model the server serves" not in named.stderr
+    # MODEL the same model by another name (vLLM serves the Hugging Face id): no note
+    with fault_server(model="openai-community/gpt2", delay_s=0.01) as server:
+        same = invoke("load", "gpt2", "--base-url", server.url, "--prompt-tokens", "16",
+                      "--output-sizes", "2", "--concurrency", "1", "--trials", "1",
+                      "--store", tmp_path / "g.db")  # fmt: skip
+    assert same.exit_code == 0, same.output
+    assert "the one model the server serves" not in same.stderr
+
+
+def test_a_timed_load_run_again_says_it_measured_nothing(tmp_path: Path) -> None:
+    # A review: a second identical `load --mode concurrent` showed the stored table with no
+    # word that nothing was measured (bursts and profiles said so).
+    args = ["load", "m", "--prompt-tokens", "16", "--output-sizes", "2", "--mode",
+            "concurrent", "--concurrency", "1", "--duration-s", "0.3", "--warmup-s", "0",
+            "--store", tmp_path / "l.db"]  # fmt: skip
+    with fault_server(delay_s=0.01) as server:
+        first = invoke(*args, "--base-url", server.url)
+        again = invoke(*args, "--base-url", server.url)
+    assert first.exit_code == 0 and again.exit_code == 0, again.output
+    said = " ".join((again.stdout + again.stderr).split())
+    assert "resuming run 1: 1/1 step already stored; nothing left to measure" in said
+    assert "nothing left to measure" not in " ".join((first.stdout + first.stderr).split())
 
 
 def test_fit_refuses_a_load_run_in_one_line(tmp_path: Path) -> None:
@@ -420,11 +444,9 @@ def test_fit_refuses_a_load_run_in_one_line(tmp_path: Path) -> None:
     result = invoke("fit", str(run), "--store", store)
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
-    assert (
-        len(lines) == 1
-        and "is a load-rate run" in lines[0]
-        and f"infermeter show {run}" in lines[0]
-    )
+    assert len(lines) == 1 and "is a load-rate run" in lines[0]
+    said = " ".join(lines[0].split())  # the commands name the store the run is in
+    assert f"infermeter show {run} --store {store}" in said and f"runs --store {store}" in said
     assert "Traceback" not in result.output
     with Store(store) as db:
         assert db.latest_fits(run) == []  # nothing stored as the run's fit

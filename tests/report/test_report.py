@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -130,6 +131,20 @@ def test_fig5_draws_every_trial_of_the_api_run(built) -> None:
     assert cv.tolist() == pytest.approx((spread["std"] / spread["mean"]).tolist(), nan_ok=True)
     html = Path(built["page"]).read_text()
     assert "at the profiled prompt size closest to 512" in html
+
+
+def test_fig5_takes_the_size_nearest_512_at_the_smallest_batch() -> None:
+    # A review: the store above profiles p = 1, 32, 64 at one batch size, where "nearest
+    # 512" and "largest" agree; here they do not, and two batch sizes are stored.
+    rows = [
+        {"prompt_tokens": p, "output_tokens": o, "batch_size": b, "trial": t,
+         "runtime_s": 0.01 * p + o + b + 0.1 * t}
+        for p in (256, 600, 1024) for o in (1, 8) for b in (1, 2) for t in range(3)
+    ]  # fmt: skip
+    run = SimpleNamespace(ok_points=pd.DataFrame(rows), label="s.sqlite#7", model="m")
+    data = trials_at_one_prompt(run)  # type: ignore[arg-type]
+    assert set(data.prompt_tokens) == {600} and set(data.batch_size) == {1}
+    assert len(data) == 2 * 3 and set(data.run) == {"s.sqlite#7"}
 
 
 def test_energy_rows_round_trip_and_power_caps(built) -> None:

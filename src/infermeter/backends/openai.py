@@ -244,11 +244,11 @@ class OpenAIBackend:
             if self.served_models and len(self.served_models) == 1:
                 served = self.served_models[0]
                 self._set_config(model=served)
-                if served != spec.name:  # a typo in MODEL would otherwise label the run alone
+                if not _names_spec(served, spec):  # a typo in MODEL labels the run alone
                     self._notes.append(
-                        f"requests name {served!r}, the one model the server serves; the run "
-                        f"is labelled and priced as {spec.name!r} (MODEL); --api-model NAME "
-                        "picks the served model"
+                        f"requests name {served!r}, the one model the server serves, and the "
+                        f"run is labelled {spec.name!r} (MODEL): if that is not the model "
+                        "served, correct MODEL"
                     )
             else:
                 self._set_config(model=spec.name)
@@ -585,3 +585,17 @@ class OpenAIBackend:
             self._client = None
             self.prompts = None
             loop.close()
+
+
+def _names_spec(served: str, spec: ModelSpec) -> bool:
+    """Whether a server's model name is `spec` as the catalog reads names (a Hugging Face id
+    such as openai-community/gpt2 is the catalog's gpt2): a vLLM server names its model by
+    that id, so no note is due when MODEL is the same model by another name."""
+    from infermeter.spec.catalog import resolve_spec
+
+    if served == spec.name:
+        return True
+    try:
+        return resolve_spec(served).name == spec.name
+    except (UserError, ValueError, OSError):  # not a catalog name, nor a config file
+        return False

@@ -406,8 +406,10 @@ def run_timed_load(
     load: TimedLoad,
     on_level: Callable[[float, list[Measurement]], None] | None = None,
     device: str = "",
+    on_start: Callable[[RunRecord, int, int], None] | None = None,
 ) -> RunRecord:
-    """Run every level of `load` not already stored; each level is stored as it ends.
+    """Run every level of `load` not already stored; each level is stored as it ends;
+    `on_start(run, levels done, levels)` once the run is claimed.
 
     A level's requests are points (p, o, batch_size = level number from 1, trial = request
     number); extra holds the level, the send time from the level's start (`start_s`) and
@@ -423,7 +425,12 @@ def run_timed_load(
         return [(n, level) for n, level in enumerate(load.levels, start=1) if n not in stored]
 
     resume = resumable_run(store, identity, missing)
-    with resume.open(cleanup=backend.close, discard_if_empty=True) as active:
+
+    def started(run: RunRecord) -> None:
+        if on_start:
+            on_start(run, len(load.levels) - len(resume.todo), len(load.levels))
+
+    with resume.open(on_start=started, cleanup=backend.close, discard_if_empty=True) as active:
         run_id = active.run.id
         for number, level in resume.todo:
             backend.prepare(spec)

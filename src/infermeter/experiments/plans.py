@@ -199,7 +199,7 @@ def run_load(
             step(f"level {value:g}: {plural(len(measured), 'request')}", measured,
                  warmup=len(ms) - len(measured))  # fmt: skip
 
-        run = run_timed_load(db, spec, stack, runner, options, grid, level, device)
+        run = run_timed_load(db, spec, stack, runner, options, grid, level, device, on_start)
     summary = load_table(grid, db.points(run.id))
     outcome = load_outcome(grid, db.points(run.id))
     if not outcome.complete:

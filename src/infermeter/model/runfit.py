@@ -256,10 +256,11 @@ def refit(
         run_id = run if run is not None else db.latest_run_id()
         record = db.get_run(run_id)
         if record.kind.startswith("load"):  # its batch sizes are queries in flight
+            flag = "" if store == Path(DEFAULT_STORE) else f" --store {store}"
             raise UserError(
                 f"run {run_id} is a {record.kind} run (queries in flight on an API), not a "
-                f"profile: fit a profile run (`infermeter runs` lists them); `infermeter show "
-                f"{run_id}` prints this run's summary"
+                f"profile: fit a profile run (`infermeter runs{flag}` lists them); "
+                f"`infermeter show {run_id}{flag}` prints this run's summary"
             )
         policy = FitPolicy(api=record.backend == "openai", **settings)
         fitted = fit_run(db, run_id, policy)
@@ -414,7 +415,7 @@ def export_run(
 
     if output is None and helm is None:
         raise UserError("give --output FILE for points or --helm FILE for the fit")
-    check_outputs(output, helm)
+    check_outputs(output, (helm, "HELM file"))
     with Store(store, read_only=True) as db:
         run_id = run if run is not None else db.latest_run_id()
         record = db.get_run(run_id)

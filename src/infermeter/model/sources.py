@@ -333,7 +333,7 @@ def compare_request(r: CompareRequest) -> tuple[StackComparison, int]:
     compared on r.queries (default: a grid), with notes on the runs left out (stacks_for)
     and on what each stack's pricing assumed (pricing_notes), and how many queries that was."""
 
-    check_outputs(r.output, r.figure)
+    check_outputs(r.output, (r.figure, "figure"))
     stacks, notes = stacks_for(r.runs, r.model, r.profile, r.store)
     if r.queries:
         frame = read_queries(r.queries, fix="check --queries")

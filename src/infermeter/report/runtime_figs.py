@@ -62,8 +62,9 @@ def fig_runtime_vs_output(runs: Sequence[StoredRun]) -> Plot:
 
 def trials_at_one_prompt(run: StoredRun) -> pd.DataFrame:
     """A run's usable trials at its profiled prompt size closest to FIG5_PROMPT (its smallest
-    batch size), for Fig. 5: run, model, prompt_tokens, output_tokens, trial, runtime_s (s),
-    and cv, the coefficient of variation of the trials of that (p, o) (NaN for one trial)."""
+    batch size), for Fig. 5: run, model, prompt_tokens, output_tokens, batch_size, trial,
+    runtime_s (s), and cv, the coefficient of variation of the trials of that (p, o) (NaN for
+    one trial)."""
     pts = run.ok_points
     pts = pts[pts["batch_size"] == pts["batch_size"].min()]
     sizes = np.unique(pts["prompt_tokens"].to_numpy())
@@ -71,7 +72,7 @@ def trials_at_one_prompt(run: StoredRun) -> pd.DataFrame:
     rows = pts[pts["prompt_tokens"] == p]
     stats = rows.groupby("output_tokens")["runtime_s"].agg(["std", "mean"])
     cv = coefficient_of_variation(stats["std"], stats["mean"])
-    columns = ["prompt_tokens", "output_tokens", "trial", "runtime_s"]
+    columns = ["prompt_tokens", "output_tokens", "batch_size", "trial", "runtime_s"]
     return rows[columns].assign(run=run.label, model=run.model, cv=rows.output_tokens.map(cv))
 
 
@@ -81,7 +82,9 @@ def _trials_panel(ax: Axes, run: StoredRun) -> pd.DataFrame:
     ax.plot(data.output_tokens, data.runtime_s, "o", ms=3, alpha=0.6, color=color(0))
     mean_cv = data.groupby("output_tokens")["cv"].first().mean()
     spread = "one trial a point" if np.isnan(mean_cv) else f"mean CV {mean_cv:.2f}"
-    ax.set_title(f"{run.model} · p={data.prompt_tokens.iloc[0]} · {spread}", fontsize=9)
+    batch = int(data.batch_size.iloc[0])
+    shape = f"p={data.prompt_tokens.iloc[0]}" + (f", batch {batch}" if batch != 1 else "")
+    ax.set_title(f"{run.label} · {run.model} · {shape} · {spread}", fontsize=8)
     ax.set_xlabel("output tokens")
     ax.set_ylabel("runtime of a trial (s)")
     return data
@@ -90,7 +93,8 @@ def _trials_panel(ax: Axes, run: StoredRun) -> pd.DataFrame:
 def fig_trials(runs: Sequence[StoredRun]) -> Plot:
     """Fig. 5: small multiples, one panel per run (up to 6), a dot per trial."""
     fig, data = small_multiples(list(runs)[:6], 3, 3.3, 2.8, _trials_panel)
-    columns = ["run", "model", "prompt_tokens", "output_tokens", "trial", "runtime_s", "cv"]
+    columns = ["run", "model", "prompt_tokens", "output_tokens", "batch_size", "trial"]
+    columns += ["runtime_s", "cv"]
     return Plot(fig, data[columns])
 
 

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from infermeter.errors import UserError
 
@@ -81,11 +82,13 @@ def writing(path: str | os.PathLike[str], what: str = "output file") -> Iterator
         ) from None
 
 
-def check_outputs(*paths: str | os.PathLike[str] | None) -> None:
-    """Each output path given can be written: said before any work, in one line."""
-    for path in paths:
+def check_outputs(*paths: str | os.PathLike[str] | tuple[Any, str] | None) -> None:
+    """Each output path given can be written: said before any work, in one line. A path may
+    come as (path, what it is), as check_output takes it ("HELM file", "figure")."""
+    for item in paths:
+        path, what = item if isinstance(item, tuple) else (item, "output file")
         if path is not None:
-            check_output(path)
+            check_output(path, what)
 
 
 def image_format(fmt: str) -> str:

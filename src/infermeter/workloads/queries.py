@@ -114,7 +114,7 @@ def numeric_column(
 
     def fail(mask: np.ndarray, why: str) -> None:
         row = int(np.flatnonzero(mask)[0])
-        value = "" if why == "is empty" else f" = {_shown(series.iloc[row])}"  # not "= nan"
+        value = "" if why == "has no value" else f" = {_shown(series.iloc[row])}"  # not "= nan"
         raise UserError(
             f"{origin}: row {row + 1}, {column}{value} {why}; each {column} must be {wanted}"
         )
@@ -122,7 +122,7 @@ def numeric_column(
     if bad_type.any():
         fail(bad_type, "is not a number")
     if not allow_missing and missing.any():
-        fail(missing, "is empty")
+        fail(missing, "has no value")  # an empty cell, NA, null or a missing key
     present = ~missing
     with np.errstate(invalid="ignore"):
         if (present & ~np.isfinite(values)).any():
