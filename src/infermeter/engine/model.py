@@ -193,8 +193,11 @@ class Block(nn.Module):
         self.rotary = spec.layer_rotary(index)
         self.scale = spec.attn_scale
         self.softcap = spec.attn_softcap
-        # Llama-4: the weightless qk-norm on the rotary layers, the query temperature elsewhere
-        self.qk_norm = "none" if spec.qk_norm == "l2" and not self.rotary else spec.qk_norm
+        # Llama-4: the weightless qk-norm ("l2") is the per-head norm with weights of ones, on
+        # the rotary layers only; the query temperature is on the others
+        self.qk_norm = spec.qk_norm
+        if spec.qk_norm == "l2":
+            self.qk_norm = "head" if self.rotary else "none"
         nope = spec.position == "rotary" and not self.rotary
         self.temperature = nope and spec.attn_temperature is not None
         self._eps = spec.norm_eps
@@ -215,10 +218,10 @@ class Block(nn.Module):
         self.wo = param(h, self.nq * v_dim, **kw)
         self.bo = param(h, **kw) if arch.out_bias else None
         self.q_norm = self.k_norm = None
-        if self.qk_norm == "head":
-            self.q_norm, self.k_norm = param(d, **kw), param(d, **kw)
-        elif self.qk_norm == "l2":  # weightless: ones, neither parameters nor loaded
+        if self.qk_norm == "head" and spec.qk_norm == "l2":  # ones: not parameters, not loaded
             self.q_norm = self.k_norm = torch.ones(d, **kw)
+        elif self.qk_norm == "head":
+            self.q_norm, self.k_norm = param(d, **kw), param(d, **kw)
         elif self.qk_norm == "full":
             self.q_norm, self.k_norm = param(self.nq * d, **kw), param(self.nkv * d, **kw)
         self.sinks = param(self.nq, **kw) if spec.attention_sinks else None
@@ -299,10 +302,10 @@ class Block(nn.Module):
         nq, nkv, eps = self.nq, self.nkv, self._eps
         assert self.q_norm is not None and self.k_norm is not None
         q, k = qkv[:, :nq], qkv[:, nq : nq + nkv]
-        if self.qk_norm in ("head", "l2") and fast is not None:
+        if self.qk_norm == "head" and fast is not None:
             fast.qk_norm(qkv, self.q_norm, self.k_norm, eps, nq, nkv)
             return
-        if self.qk_norm in ("head", "l2"):
+        if self.qk_norm == "head":
             q.copy_(F.rms_norm(q, (self.d,), self.q_norm, eps))
             k.copy_(F.rms_norm(k, (self.d,), self.k_norm, eps))
             return
@@ -413,7 +416,7 @@ class Block(nn.Module):
             return self.mla(h, ctx, cache, fast, lambda t: self._rotate_part(t, ctx))
         qkv = linear(h, self.wqkv, self.bqkv, fast, norm).view(h.shape[0], -1, self.d)
         # per-head qk-norm in the decode step's rotary kernel (rope_store), one launch fewer
-        in_rope = self.qk_norm in ("head", "l2") and fast is not None and fast.ROPE_QK_NORM
+        in_rope = self.qk_norm == "head" and fast is not None and fast.ROPE_QK_NORM
         if self.q_norm is not None and not in_rope:
             self._norm_qk(qkv, fast)
         if self.temperature:  # Llama-4's NoPE layers: queries scaled by position

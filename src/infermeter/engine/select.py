@@ -229,7 +229,7 @@ def _check_newer_kernels(model: Decoder, kernels: Any) -> str | None:
         stored = ring[torch.arange(2, device=dev), slots]
         if not _close(stored, qkv[:, 2:].view(2, 2, 2, d)):
             return "Triton ring-buffer cache write self-check mismatch"
-    if any(b.qk_norm in ("head", "l2") for b in blocks):
+    if any(b.qk_norm == "head" for b in blocks):
         qkv = torch.randn(3, 6, d, device=dev, dtype=dt)
         wq, wk = torch.randn(d, device=dev, dtype=dt), torch.randn(d, device=dev, dtype=dt)
         want = qkv.float().clone()
