@@ -27,9 +27,14 @@ TABLE3_PROMPTS = (512, 1024, 1536)
 FIG5_PROMPT = 512  # the paper's Fig. 5 shows queries of p = 512
 
 
-def _trial_stats(run: StoredRun) -> pd.DataFrame:
+def _smallest_batch(run: StoredRun) -> pd.DataFrame:
+    """A run's usable points at its smallest batch size (the figures draw one batch)."""
     pts = run.ok_points
-    pts = pts[pts["batch_size"] == pts["batch_size"].min()]
+    return pts[pts["batch_size"] == pts["batch_size"].min()]
+
+
+def _trial_stats(run: StoredRun) -> pd.DataFrame:
+    pts = _smallest_batch(run)
     return (
         pts.groupby(["prompt_tokens", "output_tokens"])["runtime_s"]
         .agg(trials="count", min_s="min", mean_s="mean", max_s="max")
@@ -65,8 +70,7 @@ def trials_at_one_prompt(run: StoredRun) -> pd.DataFrame:
     batch size), for Fig. 5: run, model, prompt_tokens, output_tokens, batch_size, trial,
     runtime_s (s), and cv, the coefficient of variation of the trials of that (p, o) (NaN for
     one trial)."""
-    pts = run.ok_points
-    pts = pts[pts["batch_size"] == pts["batch_size"].min()]
+    pts = _smallest_batch(run)
     sizes = np.unique(pts["prompt_tokens"].to_numpy())
     p = int(sizes[np.argmin(np.abs(sizes - FIG5_PROMPT))])
     rows = pts[pts["prompt_tokens"] == p]
