@@ -61,7 +61,7 @@ from _record import DOCS, write_result
 from decode_breakdown import truncated
 from infermeter.backends.engine import EngineBackend
 from infermeter.errors import UserError
-from infermeter.spec.catalog import get_spec
+from infermeter.spec.catalog import resolve_spec
 
 GPU_MODELS = "qwen3-30b-a3b,gpt-oss-20b,deepseek-v2-lite"
 QUICK_MODELS = "tiny-qwen3-moe,tiny-gpt-oss"
@@ -258,7 +258,7 @@ def agreement(
     """One model's row: the decode steps' greedy agreement and the teacher-forced errors.
     args.eager: no CUDA graphs; args.attention "sdpa": the decode step's attention and dense
     layers on torch's ops instead of the Triton decode kernels (MoE layers keep theirs)."""
-    spec = truncated(get_spec(name), layers)
+    spec = truncated(resolve_spec(name), layers)
     dtype = "bfloat16" if device == "cuda" else None
     backend = EngineBackend(device=device, dtype=dtype, cuda_graphs=not args.eager)
     backend.prepare(spec)
@@ -354,7 +354,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", default=None, help=f"catalog names (GPU {GPU_MODELS})")
+    parser.add_argument(
+        "--models", default=None, help=f"catalog names or config.json paths (GPU {GPU_MODELS})"
+    )
     parser.add_argument("--layers", type=int, default=8, help="layers kept of each model")
     parser.add_argument("--new", type=int, default=64, help="greedy tokens a prompt, >= 2")
     parser.add_argument("--prompts", type=int, default=PROMPTS, help="random prompts a model")
@@ -387,11 +389,11 @@ def main() -> None:
         parser.error("no CUDA GPU here: run with --quick for the CPU check")
     models = [m.strip() for m in (args.models or "").split(",") if m.strip()]
     if args.models is not None and not models:
-        parser.error("--models is empty: give catalog names, comma-separated")
+        parser.error("--models is empty: give catalog names or config.json paths, comma-separated")
     models = models or (QUICK_MODELS if args.quick else GPU_MODELS).split(",")
     for model in models:  # before minutes of the others
         try:
-            get_spec(model)
+            resolve_spec(model)
         except UserError as error:
             parser.error(str(error))
     prompt = args.prompt if args.prompt is not None else (480 if device == "cuda" else 24)

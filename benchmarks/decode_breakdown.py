@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import DOCS, read_record, write_record, write_result
 from infermeter.backends.base import Point
 from infermeter.backends.engine import EngineBackend
-from infermeter.spec.catalog import get_spec
+from infermeter.spec.catalog import resolve_spec
 from infermeter.spec.model import ModelSpec
 from models_bench import copy_bandwidth
 
@@ -49,11 +49,15 @@ TOP = 12  # kernels listed per model and mode
 
 
 def truncated(spec: ModelSpec, layers: int) -> ModelSpec:
-    """`spec` with its first `layers` layers (all of them if it has fewer)."""
+    """`spec` with its first `layers` layers (all of them if it has fewer); per-layer fields
+    (layer types, Llama-4's layers without rotary positions) keep the layers kept."""
     if layers >= spec.num_layers:
         return spec
     types = tuple(spec.layer_types[:layers]) if spec.layer_types else ()
-    return replace(spec, name=f"{spec.name}@{layers}L", num_layers=layers, layer_types=types)
+    nope = tuple(i for i in spec.nope_layers if i < layers)
+    return replace(
+        spec, name=f"{spec.name}@{layers}L", num_layers=layers, layer_types=types, nope_layers=nope
+    )
 
 
 def kernel_times(backend: EngineBackend, prompt: int, steps: int) -> dict[str, list[float]]:
@@ -107,7 +111,7 @@ def summarise(kernels: dict[str, list[float]], step_s: float | None) -> dict[str
 
 def one_model(name: str, layers: int, device: str, bandwidth: float) -> dict[str, Any]:
     """The step, its floor and its kernels for `name` cut to `layers` layers."""
-    spec = truncated(get_spec(name), layers)
+    spec = truncated(resolve_spec(name), layers)
     prompt, new = (480, 65) if device == "cuda" else (48, 9)
     row: dict[str, Any] = {"model": name, "spec": spec.name, "layers": spec.num_layers}
     for graphs in (True, False) if device == "cuda" else (False,):  # a CPU runs no graphs
