@@ -1,5 +1,6 @@
-"""The explicit attention path (soft-capping, sinks) pads keys to aligned rows: its result
-must be the float math of the unpadded keys, for any key count and mask kind."""
+"""Attention under masks: the explicit path (soft-capping, sinks) and masked SDPA pad keys to
+aligned rows, and a windowed or chunked prefill runs in blocks (local_attend); each result
+must be the float math of the unpadded keys under the whole mask, for any size and mask kind."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infermeter.engine.attention import KEY_ALIGN, _aligned_keys, attend
+from infermeter.engine.attention import (
+    KEY_ALIGN,
+    _aligned_keys,
+    attend,
+    chunk_mask,
+    local_attend,
+    window_mask,
+)
 
 
 def reference(q, k, v, mask, softcap, sinks):  # type: ignore[no-untyped-def]
@@ -37,9 +45,10 @@ def reference(q, k, v, mask, softcap, sinks):  # type: ignore[no-untyped-def]
     mask_kind=st.sampled_from(["none", "bool", "additive"]),
     softcap=st.sampled_from([None, 30.0]),
     with_sinks=st.booleans(),
+    sdpa=st.booleans(),
 )
 def test_padded_keys_give_the_unpadded_result(
-    t: int, queries: int, mask_kind: str, softcap: float | None, with_sinks: bool
+    t: int, queries: int, mask_kind: str, softcap: float | None, with_sinks: bool, sdpa: bool
 ) -> None:
     gen = torch.Generator().manual_seed(t * 7 + queries)
     b, nq, nkv, d = 2, 4, 2, 8
@@ -50,8 +59,10 @@ def test_padded_keys_give_the_unpadded_result(
     additive = torch.zeros(queries, t).masked_fill(~keep, -math.inf)
     mask = {"none": None, "bool": keep, "additive": additive}[mask_kind]
     sinks = torch.randn(nq, generator=gen) if with_sinks else None
-    if softcap is None and sinks is None:
-        softcap = 50.0  # the explicit path (plain cases go to SDPA)
+    if sdpa:  # plain cases go to SDPA (its masked rows padded too)
+        softcap = sinks = None
+    elif softcap is None and sinks is None:
+        softcap = 50.0  # the explicit path
     got = attend(q, k, v, mask, None, softcap, sinks)
     want = reference(q, k, v, mask, softcap, sinks)
     assert got.shape == (b, nq, queries, d)
@@ -66,3 +77,30 @@ def test_keys_are_padded_to_the_alignment_and_the_padding_masked() -> None:
     assert (pk[..., 17:, :] == 0).all() and (pv[..., 17:, :] == 0).all()
     same = _aligned_keys(torch.ones(1, 1, 32, 4), torch.ones(1, 1, 32, 4), None)
     assert same[0].shape[2] == 32 and same[2] is None  # aligned keys are left as they are
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    s=st.integers(1, 50),
+    window=st.integers(1, 20),
+    block=st.integers(1, 24),
+    chunked=st.booleans(),
+    kind=st.sampled_from(["plain", "softcap", "sinks"]),
+)
+def test_blocked_prefill_is_attention_under_the_whole_mask(
+    s: int, window: int, block: int, chunked: bool, kind: str
+) -> None:
+    """local_attend's blocks of whole windows (flash-causal ones among them) against one
+    attention over all s keys under the window's or the chunk's [s, s] mask."""
+    gen = torch.Generator().manual_seed(s * 31 + window)
+    b, nq, nkv, d = 2, 4, 2, 8
+    q = torch.randn(b, nq, s, d, generator=gen)
+    k, v = (torch.randn(b, nkv, s, d, generator=gen) for _ in range(2))
+    softcap = 30.0 if kind == "softcap" else None
+    sinks = torch.randn(nq, generator=gen) if kind == "sinks" else None
+    pos = torch.arange(s)
+    mask = (chunk_mask if chunked else window_mask)(pos, pos, window)
+    got = local_attend(q, k, v, window, chunked, None, softcap, sinks, block)
+    want = reference(q, k, v, mask, softcap, sinks)
+    assert got.shape == (b, nq, s, d)
+    assert torch.allclose(got.double(), want, atol=1e-5), (got.double() - want).abs().max()

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from infermeter.engine.attention import LatentAttention, attend, chunk_mask, window_mask
+from infermeter.engine.attention import LatentAttention, attend, local_attend, window_mask
 from infermeter.engine.layers import Norm, activation, fused_norm, linear, param
 from infermeter.engine.moe import MoELayer
 from infermeter.engine.parallel import Comm, Layout
@@ -140,7 +140,8 @@ class Context:
     cos_local: Tensor | None = None
     sin_local: Tensor | None = None
     rings: dict[int, Ring] | None = None  # ring length -> its slots/masks (windowed layers)
-    windows: dict[int, Tensor] | None = None  # prefill: window -> bool mask [s, s]
+    causal: Tensor | None = None  # prefill: bool causal mask [s, s] (global layers that
+    # soft-cap or have sinks; windowed layers build their blocks' own in local_attend)
     mla_fast: Any = None  # triton decode of an MLA model: the mla_kernels module
     q_temp: Tensor | None = None  # [T] float32 query scale of the NoPE layers (Llama-4)
 
@@ -190,6 +191,7 @@ class Block(nn.Module):
         self.extra = spec.extra
         self.window = spec.layer_window(index)
         self.local = self.window is not None and spec.local_rope_theta is not None
+        self.chunked = self.window is not None and spec.chunked_attention
         self.rotary = spec.layer_rotary(index)
         self.scale = spec.attn_scale
         self.softcap = spec.attn_softcap
@@ -332,10 +334,12 @@ class Block(nn.Module):
             self._store_prompt(kv, ctx, cache)
             q = q.view(b, s, nq, d).transpose(1, 2)
             k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
-            if not plain:
-                assert ctx.windows is not None
-                mask = ctx.windows[self.window or 0]
-                o = attend(q, k, v, mask, self.scale, self.softcap, self.sinks)
+            if self.window is not None:  # blocks of the window or chunk (local_attend)
+                extras = (self.scale, self.softcap, self.sinks)
+                o = local_attend(q, k, v, self.window, self.chunked, *extras)
+            elif not plain:  # soft-capping or sinks: explicit scores under a causal mask
+                assert ctx.causal is not None
+                o = attend(q, k, v, ctx.causal, self.scale, self.softcap, self.sinks)
             elif ctx.mask is None:  # plain causal: the flash kernel on CUDA
                 o = F.scaled_dot_product_attention(
                     q, k, v, is_causal=True, enable_gqa=nq != nkv, scale=self.scale
@@ -542,8 +546,8 @@ class Decoder(nn.Module):
         self.final_softcap = spec.final_softcap
         self.temperature = spec.attn_temperature if spec.nope_layers else None
         self.windows = sorted({blk.window for blk in self.layers if blk.window is not None})
-        self.masked = any(
-            blk.window is not None or blk.sinks is not None or blk.softcap is not None
+        self.masked = any(  # global layers whose prefill needs an explicit causal mask
+            blk.window is None and (blk.sinks is not None or blk.softcap is not None)
             for blk in self.layers
         )
         self.mla = spec_mla(spec)
@@ -618,19 +622,12 @@ class Decoder(nn.Module):
             bias = self.slopes[:, None, None] * rel
             ctx.mask = bias.masked_fill(rel > 0, -math.inf).to(self.dtype)[None]
         if self.masked:
-            ctx.windows = {w or 0: self._mask(pos, w) for w in [None, *self.windows]}
+            ctx.causal = window_mask(pos, pos, None)
         if self.temperature is not None:
             ctx.q_temp = self._q_temp(pos).repeat(batch)
         if self.rings:
             ctx.rings = {r: self._prompt_ring(r, batch, length, lengths) for r in self.rings}
         return ctx
-
-    def _mask(self, pos: Tensor, window: int | None) -> Tensor:
-        """Prefill's bool mask [s, s] of a layer with `window` (None: causal): the window's, or
-        with chunked attention (every windowed layer of the spec is chunked) the chunk's."""
-        if window is not None and self.spec.chunked_attention:
-            return chunk_mask(pos, pos, window)
-        return window_mask(pos, pos, window)
 
     def _q_temp(self, pos: Tensor) -> Tensor:
         """Llama-4's query scale at positions `pos` (NoPE layers): 1 + a·log1p(floor((p + 1) /

@@ -1,0 +1,203 @@
+"""Windowed and chunked prefill: blocks (local_attend) against one attention under the whole
+[s, s] mask, the engine's way until local_attend (issue 15's PE(p) between knots; issue 20's
+sliding windows and chunks).
+
+A profile's PE knots sit at odd prompt sizes and its validation queries at others, so a
+prefill whose time depends on the parity of p, or grows with s² where the layer sees only W
+keys, prices queries off the knots wrongly. Measured on an H200 at 0321b60: Llama-4 Scout cut to
+8 layers (chunks of 8192) read PE 10-18% higher at odd p than at even neighbours past 8192, and
+its profile priced 16 validation queries 4.55% high on average (max 17.9%).
+
+Per model (each cut to --layers layers, random weights, bf16, the engine as profiles run it),
+per prompt size p in pairs (p odd, p + 1), both arms in one process, alternating:
+- "blocks": the engine as it is (windowed layers' prefill through local_attend);
+- "whole mask": the windowed layers' prefill as one attention under the [s, s] window or
+  chunk mask, keys unpadded, as the engine ran it before (installed by this script);
+the prefill time of a 1-token generation (the engine's CUDA-event timing, minimum of
+--trials). Figures: each arm's time at every p, and its mean ratio odd p / even p + 1.
+
+Run (GPU): PYTHONPATH=src python benchmarks/prefill_parity.py
+           [--models devrun/scout8.json,gpt-oss-20b,gemma-3-27b,gemma-2-9b] [--layers 8]
+CPU check (tiny specs, float32): ... --quick
+Writes docs/benchmarks/prefill_parity.json and .md with device, date and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import DOCS, write_result
+from decode_breakdown import truncated
+from infermeter.backends.base import Point
+from infermeter.backends.engine import EngineBackend
+from infermeter.engine import attention, model
+from infermeter.errors import UserError
+from infermeter.spec.catalog import resolve_spec
+
+GPU_MODELS = "gemma-3-27b,gpt-oss-20b,gemma-2-9b"
+QUICK_MODELS = "tiny-llama4,tiny-gpt-oss,tiny-gemma2"
+ARMS = ("blocks", "whole mask")
+
+
+def whole_mask(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int,
+    chunked: bool,
+    scale: float | None = None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+    block: int = 0,
+) -> torch.Tensor:
+    """The windowed prefill before local_attend: one attention over all s keys under the
+    window's or chunk's [s, s] bool mask; SDPA (no key padding) unless the layer soft-caps or
+    has sinks (the explicit path, which padded its keys already)."""
+    pos = torch.arange(q.shape[2], device=q.device)
+    mask = (attention.chunk_mask if chunked else attention.window_mask)(pos, pos, window)
+    if softcap is None and sinks is None:
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return attention.attend(q, k, v, mask, scale, softcap, sinks)
+
+
+@contextlib.contextmanager
+def arm(name: str) -> Iterator[None]:
+    """The engine's windowed prefill as `name` says, restored after."""
+    original = model.local_attend
+    model.local_attend = whole_mask if name == "whole mask" else original  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        model.local_attend = original  # type: ignore[assignment]
+
+
+def sizes_for(spec: Any, cap: int, quick: bool) -> list[int]:
+    """Odd prompt sizes n·step − 31 (where a profile's knots sit) at quarters of the context up
+    to `cap`, and one past each window or chunk; each is paired with p + 1."""
+    top = min(spec.max_context, cap) - 2
+    if quick:
+        return [9, 17, 33]
+    step = max(64, top // 4 // 1024 * 1024)
+    sizes = {n * step - 31 for n in range(1, 5) if n * step - 31 < top}
+    sizes.add(top - 1 if top % 2 == 0 else top - 2)
+    if spec.sliding_window and spec.sliding_window + 201 < top:
+        sizes.add(spec.sliding_window + 201)  # past the window: odd since W is even
+    return sorted(p if p % 2 else p - 1 for p in sizes)
+
+
+def one_model(name: str, layers: int, device: str, trials: int, cap: int) -> dict[str, Any]:
+    spec = truncated(resolve_spec(name), layers)
+    backend = EngineBackend(device=device, dtype="bfloat16" if device == "cuda" else None)
+    backend.prepare(spec)
+    odd = sizes_for(spec, cap, device == "cpu")
+    sizes = sorted({q for p in odd for q in (p, p + 1)})
+    times: dict[str, dict[int, list[float]]] = {a: {p: [] for p in sizes} for a in ARMS}
+    try:
+        for trial in range(trials + 1):  # trial 0: warm-up
+            for p in sizes:
+                for which in ARMS if trial % 2 else ARMS[::-1]:
+                    with arm(which):
+                        m = backend.measure(Point(p, 1, 1, trial))
+                    if trial:
+                        times[which][p].append(m.ttft_s or m.runtime_s)
+    finally:
+        backend.close()
+    row: dict[str, Any] = {"model": name, "spec": spec.name, "layers": spec.num_layers}
+    row["window"] = spec.sliding_window
+    row["chunked"] = spec.chunked_attention
+    row["sizes"] = sizes
+    for which in ARMS:
+        key = which.replace(" ", "_")
+        best = {p: min(ts) for p, ts in times[which].items()}
+        row[f"{key}_prefill_s"] = [best[p] for p in sizes]
+        ratios = [best[p] / best[p + 1] for p in odd]
+        row[f"{key}_odd_over_even_pct"] = (statistics.mean(ratios) - 1) * 100
+    row["blocks_over_whole_mask_pct"] = [
+        (b / w - 1) * 100
+        for b, w in zip(row["blocks_prefill_s"], row["whole_mask_prefill_s"], strict=True)
+    ]
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    out = []
+    for r in rows:
+        what = "chunks" if r["chunked"] else "window"
+        out.append((f"{r['spec']}: {what}", f"{r['window']}", "-"))
+        for which in ARMS:
+            key = which.replace(" ", "_")
+            out.append(
+                (
+                    f"{r['spec']}: {which}, PE at odd p over p + 1 (mean)",
+                    f"{r[f'{key}_odd_over_even_pct']:+.2f} %",
+                    "-",
+                )
+            )
+        cells = ", ".join(
+            f"p {p}: {b * 1e3:.1f} / {w * 1e3:.1f} ms"
+            for p, b, w in zip(
+                r["sizes"], r["blocks_prefill_s"], r["whole_mask_prefill_s"], strict=True
+            )
+        )
+        out.append((f"{r['spec']}: prefill, blocks / whole mask", cells, "-"))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default=None, help=f"names or config.json paths ({GPU_MODELS})")
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--max-context", type=int, default=16384, help="largest p measured")
+    parser.add_argument("--quick", action="store_true", help="CPU: tiny specs, float32")
+    parser.add_argument("--out", type=Path, default=DOCS)
+    args = parser.parse_args()
+    device = "cpu" if args.quick else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA GPU here: run with --quick for the CPU check")
+    if args.trials < 1 or args.layers < 1:
+        parser.error("--trials and --layers must be at least 1")
+    models = (args.models or (QUICK_MODELS if args.quick else GPU_MODELS)).split(",")
+    for name in models:  # a bad name fails before minutes of the others
+        try:
+            resolve_spec(name)
+        except UserError as error:
+            parser.error(str(error))
+    rows: list[dict[str, Any]] = []
+    began = time.perf_counter()
+    for name in models:
+        rows.append(one_model(name, args.layers, device, args.trials, args.max_context))
+        r = rows[-1]
+        change = zip(r["sizes"], r["blocks_over_whole_mask_pct"], strict=True)
+        print(
+            f"{r['spec']}: odd/even blocks {r['blocks_odd_over_even_pct']:+.2f} %, "
+            f"whole mask {r['whole_mask_odd_over_even_pct']:+.2f} %; blocks vs whole "
+            + ", ".join(f"{p}: {x:+.1f}%" for p, x in change)
+        )
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    result = {"layers": args.layers, "trials": args.trials, "models": rows}
+    name = "prefill_parity" + ("_quick" if args.quick else "")
+    path = write_result(name, result, table(rows), args.out)
+    print(f"written {path} in {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
