@@ -1,5 +1,5 @@
-"""Windowed and chunked prefill: blocks (local_attend) against one attention under the whole
-[s, s] mask, the engine's way until local_attend (issue 15's PE(p) between knots; issue 20's
+"""Windowed and chunked prefill: blocks (blocked_attend) against one attention under the whole
+[s, s] mask, the engine's way until blocked_attend (issue 15's PE(p) between knots; issue 20's
 sliding windows and chunks).
 
 A profile's PE knots sit at odd prompt sizes and its validation queries at others, so a
@@ -10,9 +10,10 @@ its profile priced 16 validation queries 4.55% high on average (max 17.9%).
 
 Per model (each cut to --layers layers, random weights, bf16, the engine as profiles run it),
 per prompt size p in pairs (p odd, p + 1), both arms in one process, alternating:
-- "blocks": the engine as it is (windowed layers' prefill through local_attend);
-- "whole mask": the windowed layers' prefill as one attention under the [s, s] window or
-  chunk mask, keys unpadded, as the engine ran it before (installed by this script);
+- "blocks": the engine as it is (the prefill of windowed layers, and of global ones that
+  soft-cap or have sinks, through blocked_attend);
+- "whole mask": those layers' prefill as one attention under the [s, s] window, chunk or
+  causal mask, keys unpadded, as the engine ran it before (installed by this script);
 the prefill time of a 1-token generation (the engine's CUDA-event timing, minimum of
 --trials). Figures: each arm's time at every p, and its mean ratio odd p / even p + 1.
 
@@ -55,18 +56,22 @@ def whole_mask(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    window: int,
-    chunked: bool,
+    window: int | None,
+    chunked: bool = False,
     scale: float | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
     block: int = 0,
 ) -> torch.Tensor:
-    """The windowed prefill before local_attend: one attention over all s keys under the
-    window's or chunk's [s, s] bool mask; SDPA (no key padding) unless the layer soft-caps or
-    has sinks (the explicit path, which padded its keys already)."""
+    """The prefill before blocked_attend: one attention over all s keys under the window's,
+    chunk's or (global layers that soft-cap or have sinks) the causal [s, s] bool mask; SDPA
+    (no key padding) unless the layer soft-caps or has sinks (the explicit path, which padded
+    its keys already)."""
     pos = torch.arange(q.shape[2], device=q.device)
-    mask = (attention.chunk_mask if chunked else attention.window_mask)(pos, pos, window)
+    if chunked and window is not None:
+        mask = attention.chunk_mask(pos, pos, window)
+    else:
+        mask = attention.window_mask(pos, pos, window)
     if softcap is None and sinks is None:
         group = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
@@ -77,12 +82,12 @@ def whole_mask(
 @contextlib.contextmanager
 def arm(name: str) -> Iterator[None]:
     """The engine's windowed prefill as `name` says, restored after."""
-    original = model.local_attend
-    model.local_attend = whole_mask if name == "whole mask" else original  # type: ignore[assignment]
+    original = model.blocked_attend
+    model.blocked_attend = whole_mask if name == "whole mask" else original  # type: ignore[assignment]
     try:
         yield
     finally:
-        model.local_attend = original  # type: ignore[assignment]
+        model.blocked_attend = original  # type: ignore[assignment]
 
 
 def sizes_for(spec: Any, cap: int, quick: bool) -> list[int]:
@@ -106,13 +111,16 @@ def one_model(name: str, layers: int, device: str, trials: int, cap: int) -> dic
     odd = sizes_for(spec, cap, device == "cpu")
     sizes = sorted({q for p in odd for q in (p, p + 1)})
     times: dict[str, dict[int, list[float]]] = {a: {p: [] for p in sizes} for a in ARMS}
+    failed: dict[str, str] = {}
     try:
         for trial in range(trials + 1):  # trial 0: warm-up
             for p in sizes:
                 for which in ARMS if trial % 2 else ARMS[::-1]:
                     with arm(which):
                         m = backend.measure(Point(p, 1, 1, trial))
-                    if trial:
+                    if m.status != "ok":  # out of memory: the arm has no time at p
+                        failed.setdefault(f"{which}, p {p}", m.detail or m.status)
+                    elif trial:
                         times[which][p].append(m.ttft_s or m.runtime_s)
     finally:
         backend.close()
@@ -120,17 +128,26 @@ def one_model(name: str, layers: int, device: str, trials: int, cap: int) -> dic
     row["window"] = spec.sliding_window
     row["chunked"] = spec.chunked_attention
     row["sizes"] = sizes
+    row["failed"] = failed
     for which in ARMS:
         key = which.replace(" ", "_")
-        best = {p: min(ts) for p, ts in times[which].items()}
+        best = {p: min(ts, default=None) for p, ts in times[which].items()}
         row[f"{key}_prefill_s"] = [best[p] for p in sizes]
-        ratios = [best[p] / best[p + 1] for p in odd]
-        row[f"{key}_odd_over_even_pct"] = (statistics.mean(ratios) - 1) * 100
+        ratios = [best[p] / best[p + 1] for p in odd if best[p] and best[p + 1]]
+        row[f"{key}_odd_over_even_pct"] = (statistics.mean(ratios) - 1) * 100 if ratios else None
     row["blocks_over_whole_mask_pct"] = [
-        (b / w - 1) * 100
+        None if b is None or w is None else (b / w - 1) * 100
         for b, w in zip(row["blocks_prefill_s"], row["whole_mask_prefill_s"], strict=True)
     ]
     return row
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.2f} %"
+
+
+def _ms(x: float | None) -> str:
+    return "out of memory" if x is None else f"{x * 1e3:.1f}"
 
 
 def table(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
@@ -143,12 +160,12 @@ def table(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
             out.append(
                 (
                     f"{r['spec']}: {which}, PE at odd p over p + 1 (mean)",
-                    f"{r[f'{key}_odd_over_even_pct']:+.2f} %",
+                    _pct(r[f"{key}_odd_over_even_pct"]),
                     "-",
                 )
             )
         cells = ", ".join(
-            f"p {p}: {b * 1e3:.1f} / {w * 1e3:.1f} ms"
+            f"p {p}: {_ms(b)} / {_ms(w)} ms"
             for p, b, w in zip(
                 r["sizes"], r["blocks_prefill_s"], r["whole_mask_prefill_s"], strict=True
             )
@@ -186,9 +203,10 @@ def main() -> None:
         r = rows[-1]
         change = zip(r["sizes"], r["blocks_over_whole_mask_pct"], strict=True)
         print(
-            f"{r['spec']}: odd/even blocks {r['blocks_odd_over_even_pct']:+.2f} %, "
-            f"whole mask {r['whole_mask_odd_over_even_pct']:+.2f} %; blocks vs whole "
-            + ", ".join(f"{p}: {x:+.1f}%" for p, x in change)
+            f"{r['spec']}: odd/even blocks {_pct(r['blocks_odd_over_even_pct'])}, "
+            f"whole mask {_pct(r['whole_mask_odd_over_even_pct'])}; blocks vs whole "
+            + ", ".join(f"{p}: {_pct(x)}" for p, x in change)
+            + (f"; failed: {r['failed']}" if r["failed"] else "")
         )
         gc.collect()
         if device == "cuda":

@@ -5,17 +5,19 @@ must be the float math of the unpadded keys under the whole mask, for any size a
 from __future__ import annotations
 
 import math
+from unittest.mock import patch
 
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from infermeter.engine import attention
 from infermeter.engine.attention import (
     KEY_ALIGN,
     _aligned_keys,
     attend,
+    blocked_attend,
     chunk_mask,
-    local_attend,
     window_mask,
 )
 
@@ -82,25 +84,29 @@ def test_keys_are_padded_to_the_alignment_and_the_padding_masked() -> None:
 @settings(max_examples=60, deadline=None)
 @given(
     s=st.integers(1, 50),
-    window=st.integers(1, 20),
+    window=st.one_of(st.none(), st.integers(1, 20)),
     block=st.integers(1, 24),
     chunked=st.booleans(),
     kind=st.sampled_from(["plain", "softcap", "sinks"]),
+    budget=st.sampled_from([1, 1 << 28]),
 )
 def test_blocked_prefill_is_attention_under_the_whole_mask(
-    s: int, window: int, block: int, chunked: bool, kind: str
+    s: int, window: int | None, block: int, chunked: bool, kind: str, budget: int
 ) -> None:
-    """local_attend's blocks of whole windows (flash-causal ones among them) against one
-    attention over all s keys under the window's or the chunk's [s, s] mask."""
-    gen = torch.Generator().manual_seed(s * 31 + window)
+    """blocked_attend's blocks of queries (whole windows, or a score budget's worth for a
+    global layer; flash-causal ones among them) against one attention over all s keys under
+    the window's, the chunk's or the causal [s, s] mask."""
+    gen = torch.Generator().manual_seed(s * 31 + (window or 0))
     b, nq, nkv, d = 2, 4, 2, 8
     q = torch.randn(b, nq, s, d, generator=gen)
     k, v = (torch.randn(b, nkv, s, d, generator=gen) for _ in range(2))
     softcap = 30.0 if kind == "softcap" else None
     sinks = torch.randn(nq, generator=gen) if kind == "sinks" else None
     pos = torch.arange(s)
-    mask = (chunk_mask if chunked else window_mask)(pos, pos, window)
-    got = local_attend(q, k, v, window, chunked, None, softcap, sinks, block)
+    chunked = chunked and window is not None
+    mask = chunk_mask(pos, pos, window) if chunked else window_mask(pos, pos, window)
+    with patch.object(attention, "SCORE_BUDGET", budget):  # global blocks of 16 queries or all
+        got = blocked_attend(q, k, v, window, chunked, None, softcap, sinks, block)
     want = reference(q, k, v, mask, softcap, sinks)
     assert got.shape == (b, nq, s, d)
     assert torch.allclose(got.double(), want, atol=1e-5), (got.double() - want).abs().max()

@@ -8,7 +8,8 @@
 - `window_mask`: causal attention limited to the last W positions (transformers'
   sliding_window semantics: key j is seen by query i when i − W < j <= i); `chunk_mask`:
   causal attention within aligned chunks of C positions (Llama-4: j <= i, j // C == i // C);
-  `local_attend`: a prefill under either, in blocks of W queries over the keys they can see.
+  `blocked_attend`: a prefill under either (or causal), in blocks of queries over the keys
+  they can see.
 - `LatentAttention`: DeepSeek's multi-head latent attention. Prefill expands the cached
   latent into per-head keys and values and attends as usual; a decode step uses the
   weight absorption of serving engines: the query's no-rope part is multiplied into the
@@ -44,55 +45,64 @@ def chunk_mask(queries: Tensor, keys: Tensor, chunk: int) -> Tensor:
     return (queries[:, None] >= keys[None, :]) & same
 
 
-LOCAL_BLOCK = 1024  # local_attend's least queries a block (small windows: fewer launches)
+LOCAL_BLOCK = 1024  # blocked_attend's least queries a window's block (fewer launches)
+SCORE_BUDGET = 1 << 28  # blocked_attend's scores a global block at most (1 GiB in float32)
 
 
-def local_attend(
+def blocked_attend(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    window: int,
-    chunked: bool,
+    window: int | None,
+    chunked: bool = False,
     scale: float | None = None,
     softcap: float | None = None,
     sinks: Tensor | None = None,
     block: int = LOCAL_BLOCK,
 ) -> Tensor:
-    """Prefill attention of a layer that sees a sliding window of `window` keys or, with
-    `chunked`, its aligned chunk of `window` positions: q [b, nq, s, d], k/v [b, nkv, s, d]
-    at positions 0 .. s − 1 -> [b, nq, s, dv]. Same semantics as `attend` with
-    `window_mask`/`chunk_mask` over all s keys, computed in blocks of whole windows (at
-    least `block` queries): a block attends only the keys it can see (its own chunks; or
-    its own queries' and the W before them), so the work is about (B + W)·s scores, not
-    s². A block whose mask is plain causal (one chunk, or a first block within the window)
-    goes to SDPA's is_causal (the flash kernel on CUDA) unless the layer soft-caps or has
-    sinks.
+    """Prefill attention in blocks of queries: q [b, nq, s, d], k/v [b, nkv, s, d] at
+    positions 0 .. s − 1 -> [b, nq, s, dv]. Same semantics as `attend` over all s keys under
+    the [s, s] mask of the layer: `window_mask` (a sliding window of `window` keys; causal
+    with None) or, with `chunked`, `chunk_mask` (aligned chunks of `window` positions).
+
+    A windowed layer's blocks are whole windows (at least `block` queries) and attend only
+    the keys they can see (their own chunks; or their own queries' and the W before them),
+    so the work is about (B + W)·s scores, not s². A global layer's blocks (soft-capping or
+    sinks: the explicit path) hold at most SCORE_BUDGET scores, where one [b, nq, s, s] score
+    tensor would not fit (gpt-oss-20b at s = 32,768: 275 GB in float32). A block whose mask
+    is plain causal (one chunk, or a first block within the window) goes to SDPA's is_causal
+    (the flash kernel on CUDA) unless the layer soft-caps or has sinks.
 
     Why: SDPA with a boolean [s, s] mask runs the memory-efficient kernel over every tile,
     masked or not. Measured on an H200 (Llama-4 Scout cut to 8 layers, chunks of 8192, at
     0321b60), its prefill time rose with s² past the chunk and read 10-18% higher at odd s
     than at even neighbours, so a profile's PE knots (odd sizes) priced validation queries
     at even s up to 17.9% high."""
-    s = q.shape[2]
-    span = window * max(1, -(-block // window))
+    b, nq, s = q.shape[0], q.shape[1], q.shape[2]
+    if window is None:
+        span = max(KEY_ALIGN, SCORE_BUDGET // (b * nq * s) // KEY_ALIGN * KEY_ALIGN)
+    else:
+        span = window * max(1, -(-block // window))
     pos = torch.arange(s, device=q.device)
     plain = softcap is None and sinks is None
     outs = []
     for start in range(0, s, span):
         stop = min(start + span, s)
         # a window's first key for query `start` is start − W + 1; one more: aligned rows
-        lo = start if chunked else max(0, start - window)
+        lo = 0 if window is None else start if chunked else max(0, start - window)
         qb, kb, vb = q[:, :, start:stop], k[:, :, lo:stop], v[:, :, lo:stop]
-        if plain and lo == start and stop - start <= window:  # causal: the flash kernel
-            gqa = q.shape[1] != k.shape[1]
+        if plain and lo == start and (window is None or stop - start <= window):
+            gqa = q.shape[1] != k.shape[1]  # causal within the block: the flash kernel
             outs.append(
                 F.scaled_dot_product_attention(
                     qb, kb, vb, is_causal=True, enable_gqa=gqa, scale=scale
                 )
             )
             continue
-        seen = chunk_mask if chunked else window_mask
-        mask = seen(pos[start:stop], pos[lo:stop], window)
+        if chunked and window is not None:
+            mask = chunk_mask(pos[start:stop], pos[lo:stop], window)
+        else:
+            mask = window_mask(pos[start:stop], pos[lo:stop], window)
         outs.append(attend(qb, kb, vb, mask, scale, softcap, sinks))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from infermeter.engine.attention import LatentAttention, attend, local_attend, window_mask
+from infermeter.engine.attention import LatentAttention, attend, blocked_attend
 from infermeter.engine.layers import Norm, activation, fused_norm, linear, param
 from infermeter.engine.moe import MoELayer
 from infermeter.engine.parallel import Comm, Layout
@@ -140,8 +140,6 @@ class Context:
     cos_local: Tensor | None = None
     sin_local: Tensor | None = None
     rings: dict[int, Ring] | None = None  # ring length -> its slots/masks (windowed layers)
-    causal: Tensor | None = None  # prefill: bool causal mask [s, s] (global layers that
-    # soft-cap or have sinks; windowed layers build their blocks' own in local_attend)
     mla_fast: Any = None  # triton decode of an MLA model: the mla_kernels module
     q_temp: Tensor | None = None  # [T] float32 query scale of the NoPE layers (Llama-4)
 
@@ -334,12 +332,9 @@ class Block(nn.Module):
             self._store_prompt(kv, ctx, cache)
             q = q.view(b, s, nq, d).transpose(1, 2)
             k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
-            if self.window is not None:  # blocks of the window or chunk (local_attend)
+            if not plain:  # windows or chunks; soft-capping or sinks: blocks of queries
                 extras = (self.scale, self.softcap, self.sinks)
-                o = local_attend(q, k, v, self.window, self.chunked, *extras)
-            elif not plain:  # soft-capping or sinks: explicit scores under a causal mask
-                assert ctx.causal is not None
-                o = attend(q, k, v, ctx.causal, self.scale, self.softcap, self.sinks)
+                o = blocked_attend(q, k, v, self.window, self.chunked, *extras)
             elif ctx.mask is None:  # plain causal: the flash kernel on CUDA
                 o = F.scaled_dot_product_attention(
                     q, k, v, is_causal=True, enable_gqa=nq != nkv, scale=self.scale
@@ -546,10 +541,6 @@ class Decoder(nn.Module):
         self.final_softcap = spec.final_softcap
         self.temperature = spec.attn_temperature if spec.nope_layers else None
         self.windows = sorted({blk.window for blk in self.layers if blk.window is not None})
-        self.masked = any(  # global layers whose prefill needs an explicit causal mask
-            blk.window is None and (blk.sinks is not None or blk.softcap is not None)
-            for blk in self.layers
-        )
         self.mla = spec_mla(spec)
         self.kernels: Any = None  # the Triton kernels module, once the engine has checked it
         self.mla_kernels: Any = None  # and mla_kernels, for an MLA model where they pass
@@ -621,8 +612,6 @@ class Decoder(nn.Module):
             rel = (pos[None, :] - pos[:, None]).float()
             bias = self.slopes[:, None, None] * rel
             ctx.mask = bias.masked_fill(rel > 0, -math.inf).to(self.dtype)[None]
-        if self.masked:
-            ctx.causal = window_mask(pos, pos, None)
         if self.temperature is not None:
             ctx.q_temp = self._q_temp(pos).repeat(batch)
         if self.rings:
