@@ -24,7 +24,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from hf_tiny import FAMILIES, WINDOW, tiny_config  # noqa: E402
-from infermeter.engine import Engine  # noqa: E402
+from infermeter.engine import Engine, attention  # noqa: E402
 from infermeter.spec.hfconfig import load_hf_config  # noqa: E402
 
 PROMPTS = [
@@ -81,6 +81,22 @@ def test_prefill_logits_match_transformers(pair: Any) -> None:
     with torch.no_grad():
         want = model(tokens).logits
     assert rel_error(engine.score(tokens), want) < 1e-5
+
+
+@pytest.mark.slow
+def test_prefill_in_blocks_matches_transformers(pair: Any) -> None:
+    """The prefill's blocks of queries (blocked_attend) at their smallest: a window's block is
+    one window, a global block 16 queries, so the 20-token prompts cross several (the
+    defaults put any prompt of these tests in one block)."""
+    _, model, engine, _ = pair
+    tokens = torch.tensor(PROMPTS)
+    with torch.no_grad():
+        want = model(tokens).logits
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(attention, "LOCAL_BLOCK", 1)
+        patch.setattr(attention, "SCORE_BUDGET", 1)
+        got = engine.score(tokens)
+    assert rel_error(got, want) < 1e-5
 
 
 def _greedy_by_recompute(model: Any, prompt: list[int], n: int) -> list[int]:

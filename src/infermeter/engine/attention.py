@@ -58,20 +58,21 @@ def blocked_attend(
     scale: float | None = None,
     softcap: float | None = None,
     sinks: Tensor | None = None,
-    block: int = LOCAL_BLOCK,
+    block: int | None = None,
 ) -> Tensor:
     """Prefill attention in blocks of queries: q [b, nq, s, d], k/v [b, nkv, s, d] at
     positions 0 .. s − 1 -> [b, nq, s, dv]. Same semantics as `attend` over all s keys under
     the [s, s] mask of the layer: `window_mask` (a sliding window of `window` keys; causal
     with None) or, with `chunked`, `chunk_mask` (aligned chunks of `window` positions).
 
-    A windowed layer's blocks are whole windows (at least `block` queries) and attend only
-    the keys they can see (their own chunks; or their own queries' and the W before them),
-    so the work is about (B + W)·s scores, not s². A global layer's blocks (soft-capping or
-    sinks: the explicit path) hold at most SCORE_BUDGET scores, where one [b, nq, s, s] score
-    tensor would not fit (gpt-oss-20b at s = 32,768: 275 GB in float32). A block whose mask
-    is plain causal (one chunk, or a first block within the window) goes to SDPA's is_causal
-    (the flash kernel on CUDA) unless the layer soft-caps or has sinks.
+    A windowed layer's blocks are whole windows (at least `block` queries, default
+    LOCAL_BLOCK) and attend only the keys they can see (their own chunks; or their own
+    queries' and the W before them), so the work is about (B + W)·s scores, not s². A
+    global layer's blocks (soft-capping or sinks: the explicit path) hold at most
+    SCORE_BUDGET scores, where one [b, nq, s, s] score tensor would not fit (gpt-oss-20b at
+    s = 32,768: 275 GB in float32). A block whose mask is plain causal (one chunk, or a
+    first block within the window) goes to SDPA's is_causal (the flash kernel on CUDA)
+    unless the layer soft-caps or has sinks.
 
     Why: SDPA with a boolean [s, s] mask runs the memory-efficient kernel over every tile,
     masked or not. Measured on an H200 (Llama-4 Scout cut to 8 layers, chunks of 8192, at
@@ -82,7 +83,8 @@ def blocked_attend(
     if window is None:
         span = max(KEY_ALIGN, SCORE_BUDGET // (b * nq * s) // KEY_ALIGN * KEY_ALIGN)
     else:
-        span = window * max(1, -(-block // window))
+        least = LOCAL_BLOCK if block is None else block
+        span = window * max(1, -(-least // window))
     pos = torch.arange(s, device=q.device)
     plain = softcap is None and sinks is None
     outs = []
