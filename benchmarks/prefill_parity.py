@@ -211,10 +211,11 @@ def main() -> None:
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
-    result = {"layers": args.layers, "trials": args.trials, "models": rows}
-    name = "prefill_parity" + ("_quick" if args.quick else "")
-    path = write_result(name, result, table(rows), args.out)
-    print(f"written {path} in {time.perf_counter() - began:.0f} s")
+        # written after each model: a run cut short keeps what it measured
+        result = {"layers": args.layers, "trials": args.trials, "models": rows}
+        name = "prefill_parity" + ("_quick" if args.quick else "")
+        path = write_result(name, result, table(rows), args.out)
+        print(f"written {path} after {time.perf_counter() - began:.0f} s")
 
 
 if __name__ == "__main__":
