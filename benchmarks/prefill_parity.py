@@ -8,17 +8,20 @@ keys, prices queries off the knots wrongly. Measured on an H200 at 0321b60: Llam
 8 layers (chunks of 8192) read PE 10-18% higher at odd p than at even neighbours past 8192, and
 its profile priced 16 validation queries 4.55% high on average (max 17.9%).
 
-Per model (each cut to --layers layers, random weights, bf16, the engine as profiles run it),
-per prompt size p in pairs (p odd, p + 1), both arms in one process, alternating:
+Per model (each cut to --layers layers, random weights, bf16, the engine without CUDA graphs:
+a captured prefill graph would replay whichever arm captured it), per prompt size p in pairs
+(p odd, p + 1), both arms in one process, alternating:
 - "blocks": the engine as it is (the prefill of windowed layers, and of global ones that
   soft-cap or have sinks, through blocked_attend);
 - "whole mask": those layers' prefill as one attention under the [s, s] window, chunk or
-  causal mask, keys unpadded, as the engine ran it before (installed by this script);
+  causal mask (each mask built once a prefill), keys unpadded, as the engine ran it before
+  (installed by this script);
 the prefill time of a 1-token generation (the engine's CUDA-event timing, minimum of
 --trials). Figures: each arm's time at every p, and its mean ratio odd p / even p + 1.
 
 Run (GPU): PYTHONPATH=src python benchmarks/prefill_parity.py
-           [--models devrun/scout8.json,gpt-oss-20b,gemma-3-27b,gemma-2-9b] [--layers 8]
+           [--models benchmarks/configs/llama-4-scout-8-layers.json,gpt-oss-20b,gemma-2-9b]
+           [--layers 8] [--max-context 16384]
 CPU check (tiny specs, float32): ... --quick
 Writes docs/benchmarks/prefill_parity.json and .md with device, date and commit.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import statistics
 import sys
@@ -47,7 +51,7 @@ from infermeter.engine import attention, model
 from infermeter.errors import UserError
 from infermeter.spec.catalog import resolve_spec
 
-GPU_MODELS = "gemma-3-27b,gpt-oss-20b,gemma-2-9b"
+GPU_MODELS = "benchmarks/configs/llama-4-scout-8-layers.json,gpt-oss-20b,gemma-2-9b,gemma-3-27b"
 QUICK_MODELS = "tiny-llama4,tiny-gpt-oss,tiny-gemma2"
 ARMS = ("blocks", "whole mask")
 
@@ -67,16 +71,23 @@ def whole_mask(
     chunk's or (global layers that soft-cap or have sinks) the causal [s, s] bool mask; SDPA
     (no key padding) unless the layer soft-caps or has sinks (the explicit path, which padded
     its keys already)."""
-    pos = torch.arange(q.shape[2], device=q.device)
-    if chunked and window is not None:
-        mask = attention.chunk_mask(pos, pos, window)
-    else:
-        mask = attention.window_mask(pos, pos, window)
+    mask = _mask(q.shape[2], window, chunked and window is not None, str(q.device))
     if softcap is None and sinks is None:
-        group = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+        if q.shape[1] != k.shape[1]:
+            group = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return attention.attend(q, k, v, mask, scale, softcap, sinks)
+
+
+@functools.lru_cache(maxsize=3)
+def _mask(s: int, window: int | None, chunked: bool, device: str) -> torch.Tensor:
+    """The [s, s] bool mask, built once a shape as the engine built it once a prefill (kept
+    while the same prefill's layers ask for it: a window's and the causal one at most)."""
+    pos = torch.arange(s, device=device)
+    if chunked and window is not None:
+        return attention.chunk_mask(pos, pos, window)
+    return attention.window_mask(pos, pos, window)
 
 
 @contextlib.contextmanager
@@ -88,6 +99,7 @@ def arm(name: str) -> Iterator[None]:
         yield
     finally:
         model.blocked_attend = original  # type: ignore[assignment]
+        _mask.cache_clear()  # no mask kept past the prefill that built it
 
 
 def sizes_for(spec: Any, cap: int, quick: bool) -> list[int]:
@@ -106,7 +118,8 @@ def sizes_for(spec: Any, cap: int, quick: bool) -> list[int]:
 
 def one_model(name: str, layers: int, device: str, trials: int, cap: int) -> dict[str, Any]:
     spec = truncated(resolve_spec(name), layers)
-    backend = EngineBackend(device=device, dtype="bfloat16" if device == "cuda" else None)
+    dtype = "bfloat16" if device == "cuda" else None
+    backend = EngineBackend(device=device, dtype=dtype, cuda_graphs=False)  # see the docstring
     backend.prepare(spec)
     odd = sizes_for(spec, cap, device == "cpu")
     sizes = sorted({q for p in odd for q in (p, p + 1)})

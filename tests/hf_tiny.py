@@ -58,12 +58,12 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma2": (
         "Gemma2Config",
         {"intermediate_size": 96, "num_key_value_heads": 2, "head_dim": 16,
-         "sliding_window": WINDOW, "query_pre_attn_scalar": 16},
+         "sliding_window": WINDOW, "query_pre_attn_scalar": 24},
     ),
     "gemma3": (
         "Gemma3TextConfig",
         {"intermediate_size": 96, "num_key_value_heads": 2, "head_dim": 16,
-         "sliding_window": WINDOW, "query_pre_attn_scalar": 16, "sliding_window_pattern": 2},
+         "sliding_window": WINDOW, "query_pre_attn_scalar": 24, "sliding_window_pattern": 2},
     ),
     "phi3": (
         "Phi3Config",

@@ -1,5 +1,5 @@
 """Attention under masks: the explicit path (soft-capping, sinks) and masked SDPA pad keys to
-aligned rows, and a windowed or chunked prefill runs in blocks (local_attend); each result
+aligned rows, and a windowed or chunked prefill runs in blocks (blocked_attend); each result
 must be the float math of the unpadded keys under the whole mask, for any size and mask kind."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 from unittest.mock import patch
 
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from infermeter.engine import attention
@@ -22,11 +22,11 @@ from infermeter.engine.attention import (
 )
 
 
-def reference(q, k, v, mask, softcap, sinks):  # type: ignore[no-untyped-def]
+def reference(q, k, v, mask, softcap, sinks, scale=None):  # type: ignore[no-untyped-def]
     """Attention written out in float64 with grouped heads expanded, no padding."""
     group = q.shape[1] // k.shape[1]
     q, k, v = q.double(), k.repeat_interleave(group, 1).double(), v.repeat_interleave(group, 1)
-    scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+    scores = q @ k.transpose(-1, -2) * (q.shape[-1] ** -0.5 if scale is None else scale)
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if mask is not None:
@@ -89,13 +89,26 @@ def test_keys_are_padded_to_the_alignment_and_the_padding_masked() -> None:
     chunked=st.booleans(),
     kind=st.sampled_from(["plain", "softcap", "sinks"]),
     budget=st.sampled_from([1, 1 << 28]),
+    scale=st.sampled_from([None, 0.1]),
 )
+# blocks of several windows or chunks (20 queries over chunks of 8: a block across chunks)
+@example(s=20, window=8, block=10, chunked=True, kind="plain", budget=1, scale=None)
+@example(s=20, window=8, block=10, chunked=False, kind="plain", budget=1, scale=0.1)
+@example(s=37, window=5, block=12, chunked=True, kind="sinks", budget=1, scale=0.1)
+@example(s=37, window=5, block=12, chunked=False, kind="softcap", budget=1, scale=None)
 def test_blocked_prefill_is_attention_under_the_whole_mask(
-    s: int, window: int | None, block: int, chunked: bool, kind: str, budget: int
+    s: int,
+    window: int | None,
+    block: int,
+    chunked: bool,
+    kind: str,
+    budget: int,
+    scale: float | None,
 ) -> None:
     """blocked_attend's blocks of queries (whole windows, or a score budget's worth for a
     global layer; flash-causal ones among them) against one attention over all s keys under
-    the window's, the chunk's or the causal [s, s] mask."""
+    the window's, the chunk's or the causal [s, s] mask, at the default softmax scale or
+    another (Gemma's query_pre_attn_scalar)."""
     gen = torch.Generator().manual_seed(s * 31 + (window or 0))
     b, nq, nkv, d = 2, 4, 2, 8
     q = torch.randn(b, nq, s, d, generator=gen)
@@ -106,7 +119,7 @@ def test_blocked_prefill_is_attention_under_the_whole_mask(
     chunked = chunked and window is not None
     mask = chunk_mask(pos, pos, window) if chunked else window_mask(pos, pos, window)
     with patch.object(attention, "SCORE_BUDGET", budget):  # global blocks of 16 queries or all
-        got = blocked_attend(q, k, v, window, chunked, None, softcap, sinks, block)
-    want = reference(q, k, v, mask, softcap, sinks)
+        got = blocked_attend(q, k, v, window, chunked, scale, softcap, sinks, block)
+    want = reference(q, k, v, mask, softcap, sinks, scale)
     assert got.shape == (b, nq, s, d)
     assert torch.allclose(got.double(), want, atol=1e-5), (got.double() - want).abs().max()

@@ -84,16 +84,18 @@ def test_prefill_logits_match_transformers(pair: Any) -> None:
 
 
 @pytest.mark.slow
-def test_prefill_in_blocks_matches_transformers(pair: Any) -> None:
-    """The prefill's blocks of queries (blocked_attend) at their smallest: a window's block is
-    one window, a global block 16 queries, so the 20-token prompts cross several (the
-    defaults put any prompt of these tests in one block)."""
+@pytest.mark.parametrize("least", [1, 12])
+def test_prefill_in_blocks_matches_transformers(pair: Any, least: int) -> None:
+    """The prefill's blocks of queries (blocked_attend) small enough that the 20-token prompts
+    cross several (the defaults put any prompt of these tests in one block): a window's
+    block one window (least 1) or two (least 12: a block across chunks), a global block
+    16 queries."""
     _, model, engine, _ = pair
     tokens = torch.tensor(PROMPTS)
     with torch.no_grad():
         want = model(tokens).logits
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(attention, "LOCAL_BLOCK", 1)
+        patch.setattr(attention, "LOCAL_BLOCK", least)
         patch.setattr(attention, "SCORE_BUDGET", 1)
         got = engine.score(tokens)
     assert rel_error(got, want) < 1e-5

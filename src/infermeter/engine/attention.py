@@ -46,7 +46,9 @@ def chunk_mask(queries: Tensor, keys: Tensor, chunk: int) -> Tensor:
 
 
 LOCAL_BLOCK = 1024  # blocked_attend's least queries a window's block (fewer launches)
-SCORE_BUDGET = 1 << 28  # blocked_attend's scores a global block at most (1 GiB in float32)
+# blocked_attend's scores a global block (b·nq·queries·keys) at most, but 16 queries a block
+# at least: 1 GiB a float32 copy (the explicit path holds a few copies at once)
+SCORE_BUDGET = 1 << 28
 
 
 def blocked_attend(
@@ -154,10 +156,10 @@ def attend(
     nq, nkv = q.shape[1], k.shape[1]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if softcap is None and sinks is None:
-        if nq != nkv:  # SDPA kernels with a mask want equal head counts
-            k, v = k.repeat_interleave(nq // nkv, 1), v.repeat_interleave(nq // nkv, 1)
         if mask is not None:  # rows of the mask 16-byte aligned (see _aligned_keys)
             k, v, mask = _aligned_keys(k, v, mask)
+        if nq != nkv:  # SDPA kernels with a mask want equal head counts
+            k, v = k.repeat_interleave(nq // nkv, 1), v.repeat_interleave(nq // nkv, 1)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     b, s, t = q.shape[0], q.shape[2], k.shape[2]
     k, v, mask = _aligned_keys(k, v, mask)
