@@ -5,8 +5,9 @@ sliding windows and chunks).
 A profile's PE knots sit at odd prompt sizes and its validation queries at others, so a
 prefill whose time depends on the parity of p, or grows with s² where the layer sees only W
 keys, prices queries off the knots wrongly. Measured on an H200 at 0321b60: Llama-4 Scout cut to
-8 layers (chunks of 8192) read PE 10-18% higher at odd p than at even neighbours past 8192, and
-its profile priced 16 validation queries 4.55% high on average (max 17.9%).
+8 layers (chunks of 8192) prefilled p = 13,854 (even, a validation query) in 0.258 s and the
+knot below it, p = 13,281 (odd), in 0.276 s, and its profile priced 16 validation queries
+4.55% high on average (max 17.9%).
 
 Per model (each cut to --layers layers, random weights, bf16, the engine without CUDA graphs:
 a captured prefill graph would replay whichever arm captured it), per prompt size p in pairs

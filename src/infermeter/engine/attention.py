@@ -77,10 +77,11 @@ def blocked_attend(
     unless the layer soft-caps or has sinks.
 
     Why: SDPA with a boolean [s, s] mask runs the memory-efficient kernel over every tile,
-    masked or not. Measured on an H200 (Llama-4 Scout cut to 8 layers, chunks of 8192, at
-    0321b60), its prefill time rose with s² past the chunk and read 10-18% higher at odd s
-    than at even neighbours, so a profile's PE knots (odd sizes) priced validation queries
-    at even s up to 17.9% high."""
+    masked or not, with unaligned mask rows at odd s. Measured on an H200 (Llama-4 Scout
+    cut to 8 layers, chunks of 8192, at 0321b60): a profile's PE knots (odd s) rose faster
+    than linearly past the chunk, and prefills at even s ran faster than the knots below
+    them (s = 13,281: 0.276 s; s = 13,854: 0.258 s), so the profile priced its validation
+    queries 4.55% high on average, up to 17.9%."""
     b, nq, s = q.shape[0], q.shape[1], q.shape[2]
     if window is None:
         span = max(KEY_ALIGN, SCORE_BUDGET // (b * nq * s) // KEY_ALIGN * KEY_ALIGN)
