@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import DOCS, write_result
+from _record import DOCS, record_problem, write_result
 from engine_bench import cuda_time
 from infermeter.engine.attention import blocked_attend
 
@@ -77,8 +77,8 @@ QUICK_SIZES = (31, 32, 33, 47, 48)
 
 @dataclass(frozen=True)
 class FlexMods:
-    """A shape's mask and score functions, made once: a new function object at each size
-    would fail the compiled call's guards and compile it again."""
+    """A shape's mask and score functions, made once a shape (the compiled call guards on
+    their code and the values they close over)."""
 
     mask: Callable[..., Any]
     score: Callable[..., Any] | None
@@ -147,22 +147,49 @@ def timed(fn: Callable[[], Any], trials: int, device: str) -> float:
 
 
 def aligned_residual_pct(sizes: list[int], times: list[float]) -> float | None:
-    """Mean residual (%) of the sizes that are multiples of 16 against a least-squares line
-    through the other sizes' times; None without both kinds."""
-    off = [(s, t) for s, t in zip(sizes, times, strict=True) if s % 16]
-    on = [(s, t) for s, t in zip(sizes, times, strict=True) if s % 16 == 0]
-    if len(off) < 2 or not on:
-        return None
-    slope, intercept = np.polyfit([s for s, _ in off], [t for _, t in off], 1)
-    return float(np.mean([(t / (slope * s + intercept) - 1) * 100 for s, t in on]))
+    """Mean residual (%) of the sizes that are multiples of 16 against the line through the
+    other sizes of their own cluster (sizes at most 8 apart), a cluster being short enough
+    for attention's s² growth to be a line across it; None where no cluster has a multiple
+    of 16 and two other sizes."""
+    clusters: list[list[tuple[int, float]]] = []
+    for s, t in sorted(zip(sizes, times, strict=True)):
+        if clusters and s - clusters[-1][-1][0] <= 8:
+            clusters[-1].append((s, t))
+        else:
+            clusters.append([(s, t)])
+    residuals = []
+    for cluster in clusters:
+        off = [(s, t) for s, t in cluster if s % 16]
+        on = [(s, t) for s, t in cluster if s % 16 == 0]
+        if len(off) < 2 or not on:
+            continue
+        slope, intercept = np.polyfit([s for s, _ in off], [t for _, t in off], 1)
+        residuals += [(t / (slope * s + intercept) - 1) * 100 for s, t in on]
+    return float(np.mean(residuals)) if residuals else None
+
+
+def no_silent_fallback() -> None:
+    """A fresh compiler state (each shape's compiles counted from zero), and an error instead
+    of flex's unfused path (the whole score matrix) once dynamo's recompile limit is hit,
+    which would otherwise show only as slow flex times."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    config = torch._dynamo.config
+    if hasattr(config, "fail_on_recompile_limit_hit"):
+        config.fail_on_recompile_limit_hit = True
 
 
 def one_shape(shape: Shape, sizes: tuple[int, ...], device: str, trials: int) -> dict[str, Any]:
     from torch.nn.attention.flex_attention import flex_attention
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    # compiled once a shape; the second size compiles it again with s symbolic, then no more
-    compiled = torch.compile(flex_attention) if device == "cuda" else flex_attention
+    compiled: Any = flex_attention  # the CPU check: flex's unfused path, no compiler
+    if device == "cuda":
+        no_silent_fallback()
+        compiled = torch.compile(flex_attention)  # again at the 2nd size (s symbolic), and
+        # where the block mask's block count changes: a few compiles a shape, recorded as
+        # the first call's time at each size
     mods = flex_mods(shape)
     gen = torch.Generator(device="cpu").manual_seed(0)
     row: dict[str, Any] = {"shape": shape.__dict__, "sizes": list(sizes)}
@@ -211,6 +238,9 @@ def table(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     out = []
     for r in rows:
         name = r["shape"]["name"]
+        if "failed" in r:
+            out.append((f"{name}: failed", r["failed"], "-"))
+            continue
         engine, flex = _pct(r["engine_aligned_residual_pct"]), _pct(r["flex_aligned_residual_pct"])
         per_size = zip(
             r["sizes"], r["engine_s"], r["flex_s"], r["flex_over_engine_pct"], strict=True
@@ -242,21 +272,32 @@ def main() -> None:
         parser.error("no CUDA GPU here: run with --quick for the CPU check")
     if args.trials < 1:
         parser.error("--trials must be at least 1")
+    if problem := record_problem("explicit_attention", args.out):
+        parser.error(problem)
     shapes, sizes = (QUICK_SHAPES, QUICK_SIZES) if args.quick else (GPU_SHAPES, GPU_SIZES)
     rows: list[dict[str, Any]] = []
     began = time.perf_counter()
     for shape in shapes:
-        rows.append(one_shape(shape, sizes, device, args.trials))
-        r = rows[-1]
-        name, slower = shape.name, ", ".join(f"{x:+.0f}%" for x in r["flex_over_engine_pct"])
-        residuals = (
-            f"{_pct(r['engine_aligned_residual_pct'])} / {_pct(r['flex_aligned_residual_pct'])}"
-        )
-        print(f"{name}: diff {r['max_rel_diff']:.1e}; p % 16 == 0 residual engine / flex "
-              f"{residuals}; flex over engine {slower}", flush=True)  # fmt: skip
+        try:
+            rows.append(one_shape(shape, sizes, device, args.trials))
+            print(summary(rows[-1]), flush=True)
+        except Exception as error:  # a compiler failure or the recompile limit: kept, go on
+            failed = f"{type(error).__name__}: {error}"[:300]
+            rows.append({"shape": shape.__dict__, "failed": failed})
+            print(f"{shape.name}: failed: {failed}", flush=True)
+        # written after each shape: a run cut short keeps what it measured
         record = "explicit_attention" + ("_quick" if args.quick else "")
         path = write_result(record, {"trials": args.trials, "rows": rows}, table(rows), args.out)
         print(f"written {path} after {time.perf_counter() - began:.0f} s", flush=True)
+
+
+def summary(r: dict[str, Any]) -> str:
+    slower = ", ".join(f"{x:+.0f}%" for x in r["flex_over_engine_pct"])
+    residuals = f"{_pct(r['engine_aligned_residual_pct'])} / {_pct(r['flex_aligned_residual_pct'])}"
+    return (
+        f"{r['shape']['name']}: diff {r['max_rel_diff']:.1e}; p % 16 == 0 residual engine / flex "
+        f"{residuals}; flex over engine {slower}"
+    )
 
 
 if __name__ == "__main__":

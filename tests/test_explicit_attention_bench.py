@@ -11,12 +11,35 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from paths import REPO
 
 pytest.importorskip("torch")
 
 SCRIPT = REPO / "benchmarks" / "explicit_attention.py"
+sys.path.insert(0, str(SCRIPT.parent))
+bench = pytest.importorskip("explicit_attention")
+
+
+@given(
+    a=st.floats(1e-9, 1e-6), b=st.floats(0.0, 1e-3), c=st.floats(0.0, 1e-2),
+    dip=st.floats(-0.05, 0.05),
+)  # fmt: skip
+def test_the_aligned_residual_reads_a_step_at_multiples_of_16_not_the_curve(
+    a: float, b: float, c: float, dip: float
+) -> None:
+    """Attention's time grows with s² (a review found one line across 493..4097 read -73 % for
+    t = s²): only a change at the multiples of 16 themselves may show."""
+    sizes = list(bench.GPU_SIZES)
+    times = [(a * s * s + b * s + c) * (1 + dip * (s % 16 == 0)) for s in sizes]
+    assert bench.aligned_residual_pct(sizes, times) == pytest.approx(dip * 100, abs=0.01)
+
+
+def test_no_cluster_with_a_multiple_of_16_and_two_others_gives_none() -> None:
+    assert bench.aligned_residual_pct([100, 200, 496, 4097], [1.0, 2.0, 3.0, 4.0]) is None
+    assert bench.aligned_residual_pct([495, 496, 497], [1.0, 1.0, 1.0]) == pytest.approx(0.0)
 
 
 @pytest.mark.slow
@@ -33,9 +56,18 @@ def test_quick_flex_matches_the_engine_and_records_every_size(tmp_path: Path) ->
         assert row["max_rel_diff"] < 1e-5  # float32 on both arms
         n = len(row["sizes"])
         assert len(row["engine_s"]) == len(row["flex_s"]) == len(row["flex_over_engine_pct"]) == n
-        assert row["engine_aligned_residual_pct"] is not None  # 32 and 48 against the rest
+        assert row["engine_aligned_residual_pct"] is not None  # 32 against 31 and 33
     table = (tmp_path / "explicit_attention_quick.md").read_text()
     assert "tiny sinks local: flex vs engine, largest difference / largest output" in table
+
+
+def test_out_a_file_is_one_line_before_any_work(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    (tmp_path / "f").write_text("")
+    command = [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path / "f")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "is a file: it must be a folder" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_run_without_a_gpu_is_one_line() -> None:
