@@ -146,6 +146,15 @@ def timed(fn: Callable[[], Any], trials: int, device: str) -> float:
     return statistics.median(times)
 
 
+def wall(fn: Callable[[], Any], device: str) -> tuple[Any, float]:
+    """fn()'s result and the seconds it took once, the GPU's work included."""
+    began = time.perf_counter()
+    result = fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - began
+
+
 def aligned_residual_pct(sizes: list[int], times: list[float]) -> float | None:
     """Mean residual (%) of the sizes that are multiples of 16 against the line through the
     other sizes of their own cluster (sizes at most 8 apart), a cluster being short enough
@@ -204,16 +213,10 @@ def one_shape(shape: Shape, sizes: tuple[int, ...], device: str, trials: int) ->
         def engine(q: Any = q, k: Any = k, v: Any = v, sinks: Any = sinks) -> torch.Tensor:
             return blocked_attend(q, k, v, shape.window, False, shape.scale, shape.softcap, sinks)
 
-        began = time.perf_counter()
-        run = flex_arm(shape, mods, s, device, compiled)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        mask_s.append(time.perf_counter() - began)
-        began = time.perf_counter()
-        got = run(q, k, v, sinks)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        first_s.append(time.perf_counter() - began)
+        run, seconds = wall(lambda s=s: flex_arm(shape, mods, s, device, compiled), device)
+        mask_s.append(seconds)
+        got, seconds = wall(lambda run=run, q=q, k=k, v=v, sinks=sinks: run(q, k, v, sinks), device)
+        first_s.append(seconds)
         want = engine()
         diffs.append(float((got.float() - want.float()).abs().max() / want.float().abs().max()))
         engine_s.append(timed(engine, trials, device))

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bench_script import assert_refused
 from paths import REPO
 
 pytest.importorskip("torch")
@@ -70,11 +71,5 @@ def test_out_a_file_is_one_line_before_any_work(tmp_path: Path) -> None:
     assert "is a file: it must be a folder" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_a_run_without_a_gpu_is_one_line() -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 2
-    assert "no CUDA GPU here: run with --quick" in done.stderr
-    assert "Traceback" not in done.stderr
+def test_a_run_without_a_gpu_is_one_line(tmp_path: Path) -> None:
+    assert_refused("explicit_attention.py", [], "no CUDA GPU here: run with --quick", tmp_path)
