@@ -14,6 +14,11 @@ from infermeter.store.provenance import provenance
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 
 
+def signed_pct(x: float | None) -> str:
+    """A table cell for a change in percent: '+1.23 %', or '-' where there is no figure."""
+    return "-" if x is None else f"{x:+.2f} %"
+
+
 def write_result(
     name: str, result: dict[str, Any], rows: list[tuple[str, str, str]], out_dir: Path = DOCS
 ) -> Path:

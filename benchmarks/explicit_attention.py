@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import DOCS, record_problem, write_result
+from _record import DOCS, record_problem, signed_pct, write_result
 from engine_bench import cuda_time
 from infermeter.engine.attention import blocked_attend
 
@@ -233,10 +233,6 @@ def one_shape(shape: Shape, sizes: tuple[int, ...], device: str, trials: int) ->
     return row
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:+.2f} %"
-
-
 def table(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     out = []
     for r in rows:
@@ -244,7 +240,10 @@ def table(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
         if "failed" in r:
             out.append((f"{name}: failed", r["failed"], "-"))
             continue
-        engine, flex = _pct(r["engine_aligned_residual_pct"]), _pct(r["flex_aligned_residual_pct"])
+        engine, flex = (
+            signed_pct(r["engine_aligned_residual_pct"]),
+            signed_pct(r["flex_aligned_residual_pct"]),
+        )
         per_size = zip(
             r["sizes"], r["engine_s"], r["flex_s"], r["flex_over_engine_pct"], strict=True
         )
@@ -296,7 +295,8 @@ def main() -> None:
 
 def summary(r: dict[str, Any]) -> str:
     slower = ", ".join(f"{x:+.0f}%" for x in r["flex_over_engine_pct"])
-    residuals = f"{_pct(r['engine_aligned_residual_pct'])} / {_pct(r['flex_aligned_residual_pct'])}"
+    engine = signed_pct(r["engine_aligned_residual_pct"])
+    residuals = f"{engine} / {signed_pct(r['flex_aligned_residual_pct'])}"
     return (
         f"{r['shape']['name']}: diff {r['max_rel_diff']:.1e}; p % 16 == 0 residual engine / flex "
         f"{residuals}; flex over engine {slower}"

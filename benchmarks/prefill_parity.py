@@ -36,7 +36,8 @@ import gc
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import DOCS, write_result
+from _record import DOCS, record_problem, signed_pct, write_result
 from decode_breakdown import truncated
 from infermeter.backends.base import Point
 from infermeter.backends.engine import EngineBackend
@@ -117,6 +118,32 @@ def sizes_for(spec: Any, cap: int, quick: bool) -> list[int]:
     return sorted(p if p % 2 else p - 1 for p in sizes)
 
 
+def prefill_times(
+    backend: EngineBackend,
+    sizes: list[int],
+    arms: tuple[str, ...],
+    enter: Callable[[str], AbstractContextManager[None]],
+    trials: int,
+) -> tuple[dict[str, dict[int, float | None]], dict[str, str]]:
+    """Per arm and prompt size, the least prefill seconds (the engine's CUDA-event time of a
+    1-token generation) over `trials` rounds after a warm-up round; in each round every p
+    runs under each arm (`enter(arm)`), the arms' order reversed every other round. Also the
+    failures ("arm, p p" -> detail: out of memory), whose sizes have no time (None)."""
+    times: dict[str, dict[int, list[float]]] = {a: {p: [] for p in sizes} for a in arms}
+    failed: dict[str, str] = {}
+    for trial in range(trials + 1):  # trial 0: warm-up
+        for p in sizes:
+            for which in arms if trial % 2 else arms[::-1]:
+                with enter(which):
+                    m = backend.measure(Point(p, 1, 1, trial))
+                if m.status != "ok":  # out of memory: the arm has no time at p
+                    failed.setdefault(f"{which}, p {p}", m.detail or m.status)
+                elif trial:
+                    times[which][p].append(m.ttft_s or m.runtime_s)
+    best = {a: {p: min(ts, default=None) for p, ts in times[a].items()} for a in arms}
+    return best, failed
+
+
 def one_model(name: str, layers: int, device: str, trials: int, cap: int) -> dict[str, Any]:
     spec = truncated(resolve_spec(name), layers)
     dtype = "bfloat16" if device == "cuda" else None
@@ -124,18 +151,8 @@ def one_model(name: str, layers: int, device: str, trials: int, cap: int) -> dic
     backend.prepare(spec)
     odd = sizes_for(spec, cap, device == "cpu")
     sizes = sorted({q for p in odd for q in (p, p + 1)})
-    times: dict[str, dict[int, list[float]]] = {a: {p: [] for p in sizes} for a in ARMS}
-    failed: dict[str, str] = {}
     try:
-        for trial in range(trials + 1):  # trial 0: warm-up
-            for p in sizes:
-                for which in ARMS if trial % 2 else ARMS[::-1]:
-                    with arm(which):
-                        m = backend.measure(Point(p, 1, 1, trial))
-                    if m.status != "ok":  # out of memory: the arm has no time at p
-                        failed.setdefault(f"{which}, p {p}", m.detail or m.status)
-                    elif trial:
-                        times[which][p].append(m.ttft_s or m.runtime_s)
+        times, failed = prefill_times(backend, sizes, ARMS, arm, trials)
     finally:
         backend.close()
     row: dict[str, Any] = {"model": name, "spec": spec.name, "layers": spec.num_layers}
@@ -145,7 +162,7 @@ def one_model(name: str, layers: int, device: str, trials: int, cap: int) -> dic
     row["failed"] = failed
     for which in ARMS:
         key = which.replace(" ", "_")
-        best = {p: min(ts, default=None) for p, ts in times[which].items()}
+        best = times[which]
         row[f"{key}_prefill_s"] = [best[p] for p in sizes]
         ratios = [best[p] / best[p + 1] for p in odd if best[p] and best[p + 1]]
         row[f"{key}_odd_over_even_pct"] = (statistics.mean(ratios) - 1) * 100 if ratios else None
@@ -154,10 +171,6 @@ def one_model(name: str, layers: int, device: str, trials: int, cap: int) -> dic
         for b, w in zip(row["blocks_prefill_s"], row["whole_mask_prefill_s"], strict=True)
     ]
     return row
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:+.2f} %"
 
 
 def _ms(x: float | None) -> str:
@@ -174,7 +187,7 @@ def table(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
             out.append(
                 (
                     f"{r['spec']}: {which}, PE at odd p over p + 1 (mean)",
-                    _pct(r[f"{key}_odd_over_even_pct"]),
+                    signed_pct(r[f"{key}_odd_over_even_pct"]),
                     "-",
                 )
             )
@@ -188,14 +201,21 @@ def table(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     return out
 
 
-def main() -> None:
+def engine_cli(
+    doc: str, record: str, gpu_models: str, quick_models: str, more: Callable[[Any], None]
+) -> tuple[argparse.ArgumentParser, argparse.Namespace, str, list[tuple[str, Any]]]:
+    """A prefill script's command line: --models, --layers, --trials, --quick, --out and the
+    options `more(parser)` adds; refused in one line (exit 2) before any work: no GPU
+    without --quick, counts below 1, an --out that is a file, a model that does not
+    resolve. Returns the parser (for the caller's checks of its own options), the options,
+    the device and each model with its spec."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", default=None, help=f"names or config.json paths ({GPU_MODELS})")
+    parser.add_argument("--models", default=None, help=f"names or config.json paths ({gpu_models})")
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--trials", type=int, default=3)
-    parser.add_argument("--max-context", type=int, default=16384, help="largest p measured")
+    more(parser)
     parser.add_argument("--quick", action="store_true", help="CPU: tiny specs, float32")
     parser.add_argument("--out", type=Path, default=DOCS)
     args = parser.parse_args()
@@ -204,22 +224,34 @@ def main() -> None:
         parser.error("no CUDA GPU here: run with --quick for the CPU check")
     if args.trials < 1 or args.layers < 1:
         parser.error("--trials and --layers must be at least 1")
-    models = (args.models or (QUICK_MODELS if args.quick else GPU_MODELS)).split(",")
-    for name in models:  # a bad name fails before minutes of the others
-        try:
-            resolve_spec(name)
+    if problem := record_problem(record + ("_quick" if args.quick else ""), args.out):
+        parser.error(problem)
+    models = []
+    for name in (args.models or (quick_models if args.quick else gpu_models)).split(","):
+        try:  # a bad name fails before minutes of the others
+            models.append((name, resolve_spec(name)))
         except UserError as error:
             parser.error(str(error))
+    return parser, args, device, models
+
+
+def main() -> None:
+    def more(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--max-context", type=int, default=16384, help="largest p measured")
+
+    _, args, device, models = engine_cli(
+        __doc__ or "", "prefill_parity", GPU_MODELS, QUICK_MODELS, more
+    )
     rows: list[dict[str, Any]] = []
     began = time.perf_counter()
-    for name in models:
+    for name, _ in models:
         rows.append(one_model(name, args.layers, device, args.trials, args.max_context))
         r = rows[-1]
         change = zip(r["sizes"], r["blocks_over_whole_mask_pct"], strict=True)
         print(
-            f"{r['spec']}: odd/even blocks {_pct(r['blocks_odd_over_even_pct'])}, "
-            f"whole mask {_pct(r['whole_mask_odd_over_even_pct'])}; blocks vs whole "
-            + ", ".join(f"{p}: {_pct(x)}" for p, x in change)
+            f"{r['spec']}: odd/even blocks {signed_pct(r['blocks_odd_over_even_pct'])}, "
+            f"whole mask {signed_pct(r['whole_mask_odd_over_even_pct'])}; blocks vs whole "
+            + ", ".join(f"{p}: {signed_pct(x)}" for p, x in change)
             + (f"; failed: {r['failed']}" if r["failed"] else "")
         )
         gc.collect()
