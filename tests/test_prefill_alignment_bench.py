@@ -1,21 +1,27 @@
 """benchmarks/prefill_alignment.py: its alignment classes and their residuals read a step at
-aligned p and not the curve, its "unpadded keys" arm removes the engine's key padding and
-nothing else (same outputs), and a --quick run records every size of both arms."""
+aligned p and not the curve of each range; its arms change how the engine's attention treats
+keys (as attend and blocked_attend call it) and not what it computes; its ratios compare the
+arms they name; prefill_parity.prefill_times takes the least time of the timed rounds, arms
+alternating; and a --quick run records every size of every arm."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bench_script import assert_refused
+from infermeter.backends.base import Measurement, Point
 from paths import REPO
 
 torch = pytest.importorskip("torch")
@@ -23,6 +29,7 @@ torch = pytest.importorskip("torch")
 SCRIPT = REPO / "benchmarks" / "prefill_alignment.py"
 sys.path.insert(0, str(SCRIPT.parent))
 bench = pytest.importorskip("prefill_alignment")
+parity = pytest.importorskip("prefill_parity")
 
 
 def test_alignment_is_the_largest_power_of_two_up_to_16() -> None:
@@ -33,18 +40,27 @@ def test_alignment_is_the_largest_power_of_two_up_to_16() -> None:
     }  # fmt: skip
 
 
+curve = st.tuples(st.floats(1e-10, 1e-7), st.floats(0.0, 1e-4), st.floats(1e-3, 1e-1))
+
+
 @given(
-    a=st.floats(1e-10, 1e-7), b=st.floats(0.0, 1e-4), c=st.floats(1e-3, 1e-1),
-    dips=st.tuples(*[st.floats(-0.05, 0.05)] * 4),
+    low=curve, high=curve, dips=st.tuples(*[st.floats(-0.05, 0.05)] * 4),
 )  # fmt: skip
-def test_residuals_read_each_classs_step_not_the_quadratic(
-    a: float, b: float, c: float, dips: tuple[float, float, float, float]
+def test_residuals_read_each_classs_step_not_the_quadratic_of_its_range(
+    low: tuple[float, float, float],
+    high: tuple[float, float, float],
+    dips: tuple[float, float, float, float],
 ) -> None:
-    """Prefill time grows with p² (attention): each class's step shows, the curve does not."""
+    """Prefill time grows with p² (attention), on a curve of its own in each range (a GPU's
+    kernels change between 512 and 1,800): each class's step shows, the curves do not."""
     sizes = bench.parse_sizes(bench.GPU_SIZES)
     step = dict(zip((2, 4, 8, 16), dips, strict=True))
-    times = [(a * p * p + b * p + c) * (1 + step.get(bench.alignment(p), 0.0)) for p in sizes]
-    got = bench.class_residuals_pct(sizes, times)
+
+    def time(p: int) -> float:
+        a, b, c = low if p < 1000 else high
+        return (a * p * p + b * p + c) * (1 + step.get(bench.alignment(p), 0.0))
+
+    got = bench.class_residuals_pct(sizes, [time(p) for p in sizes])
     assert got["1"] == pytest.approx(0.0, abs=1e-6)
     for cls, dip in step.items():
         assert got[str(cls)] == pytest.approx(dip * 100, abs=1e-4)
@@ -64,32 +80,125 @@ def test_sizes_parse_ranges_and_refuse_anything_else_in_one_line() -> None:
     for bad in ("5-3", "0-4", "a", "3-", "1-2-3"):
         with pytest.raises(ValueError, match="--sizes"):
             bench.parse_sizes(bad)
+    assert bench.parse_sizes("3-5", most=5) == [3, 4, 5]
+    with pytest.raises(ValueError, match="--sizes: 6 is past 5"):
+        bench.parse_sizes("1-5,3-6", most=5)
+    with pytest.raises(ValueError, match="past 511"):  # refused before 10^12 sizes are made
+        bench.parse_sizes("1-1000000000000", most=511)
 
 
-def test_the_unpadded_arm_skips_the_padding_and_changes_no_output() -> None:
-    """At t = 21 keys the engine pads to 32; the arm attends over the 21 as they are, with
-    the same result, and the padding is back after it."""
+def _pads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The shapes attention's F.pad is asked to pad from now on."""
     from infermeter.engine import attention
 
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 4, 21, 8, generator=gen) for _ in range(3))
+    calls: list[tuple[int, ...]] = []
+    pad = attention.F.pad
+
+    def spy(x: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(tuple(x.shape))
+        return pad(x, *args, **kwargs)
+
+    monkeypatch.setattr(attention.F, "pad", spy)
+    return calls
+
+
+@pytest.mark.parametrize("t", [21, 32])
+def test_each_arm_changes_the_keys_attention_gets_and_not_its_output(
+    monkeypatch: pytest.MonkeyPatch, t: int
+) -> None:
+    """As the engine's prefill calls it (blocked_attend -> attend), with sinks and a cap: at
+    t = 21 keys the engine pads to 32 and the unpadded arm does not; at t = 32 neither pads
+    and the copied arm copies; every arm gives the engine's output."""
+    from infermeter.engine import attention
+
+    gen = torch.Generator().manual_seed(t)
+    q, k, v = (torch.randn(1, 4, t, 8, generator=gen) for _ in range(3))
     k, v = k[:, :2], v[:, :2]  # 2 KV heads for 4 query heads
     sinks = torch.randn(4, generator=gen)
-    mask = attention.window_mask(torch.arange(21), torch.arange(21), 5)
-    padded = attention.attend(q, k, v, mask, None, 3.0, sinks)
-    assert attention._aligned_keys(k, v, mask)[0].shape[2] == 32
-    with bench.arm("unpadded keys"):
-        kept = attention._aligned_keys(k, v, mask)
-        assert kept[0] is k and kept[1] is v and kept[2] is mask
-        unpadded = attention.attend(q, k, v, mask, None, 3.0, sinks)
-    with bench.arm("padded keys"):
-        assert attention._aligned_keys(k, v, mask)[0].shape[2] == 32
-    assert attention._aligned_keys(k, v, mask)[0].shape[2] == 32
-    torch.testing.assert_close(unpadded, padded, rtol=1e-5, atol=1e-6)
+    pads = _pads(monkeypatch)
+    clones: list[Any] = []
+    clone = torch.Tensor.clone
+    monkeypatch.setattr(torch.Tensor, "clone", lambda x, **kw: clones.append(x) or clone(x, **kw))
+
+    def run(which: str | None) -> Any:
+        pads.clear()
+        clones.clear()
+        bench.SEEN.clear()
+        with bench.arm(which) if which else contextlib.nullcontext():
+            return attention.blocked_attend(q, k, v, None, False, None, 3.0, sinks)
+
+    def padded_keys() -> int:  # F.pad calls on [b, nkv, t, d]: keys and values
+        return len([s for s in pads if len(s) == 4 and s[2] == t])
+
+    engine = run(None)
+    assert padded_keys() == (2 if t % 16 else 0)
+    for which in bench.ARMS:
+        torch.testing.assert_close(run(which), engine, rtol=1e-5, atol=1e-6)
+        assert bench.SEEN.get(which, 0) == (1 if t % 16 else 0)  # the call went through the arm
+        unpadded = which == "unpadded keys"
+        assert padded_keys() == (2 if t % 16 and not unpadded else 0)
+        copied = which == "copied keys" and not t % 16
+        assert len(clones) == (3 if copied else 0)  # keys, values, mask
+    assert attention._aligned_keys(k, v, None)[0].shape[2] == -(-t // 16) * 16  # restored
+
+
+def test_the_ratios_compare_the_arms_they_name() -> None:
+    """Known times: unpadded 10 % slower at odd p, copied 2 % slower at multiples of 16."""
+    sizes = list(range(9, 41))
+    padded = {p: 1.0 + p / 100 for p in sizes}
+    times = {
+        "padded keys": padded,
+        "unpadded keys": {p: t * (1.10 if p % 2 else 1.0) for p, t in padded.items()},
+        "copied keys": {p: t * (1.02 if p % 16 == 0 else 1.0) for p, t in padded.items()},
+    }
+    row = bench.summary(sizes, times, {}, padded_calls=7)
+    assert row["pads_keys"] and row["padded_calls"] == 7
+    assert row["padded_keys_prefill_s"] == [padded[p] for p in sizes]
+    assert row["unpadded_keys_prefill_s"] == [times["unpadded keys"][p] for p in sizes]
+    assert row["unpadded_over_padded_odd_pct"] == pytest.approx(10.0)
+    assert row["unpadded_over_padded_16_pct"] == pytest.approx(0.0)
+    assert row["copied_over_padded_16_pct"] == pytest.approx(2.0)
+    assert row["copied_keys_residual_vs_odd_pct"]["16"] == pytest.approx(2.0, abs=0.01)
+    assert row["padded_keys_residual_vs_odd_pct"]["16"] == pytest.approx(0.0, abs=1e-6)
+    assert not bench.summary(sizes, times, {}, padded_calls=0)["pads_keys"]
+    assert bench._ratio_pct([2.0, None, 3.0], [1.0, 1.0, 2.0], [True, True, False]) == 100.0
+    assert bench._ratio_pct([2.0], [1.0], [False]) is None
+
+
+class _Backend:
+    """Times by arm, p and round (round 0, the warm-up, fastest of all); p = 13 fails."""
+
+    def __init__(self) -> None:
+        self.arm = ""
+        self.order: list[tuple[str, int, int]] = []
+
+    def measure(self, point: Point) -> Measurement:
+        self.order.append((self.arm, point.prompt_tokens, point.trial))
+        if point.prompt_tokens == 13:
+            return Measurement(runtime_s=0.0, status="error", detail="out of memory")
+        scale = {"a": 1.0, "b": 2.0}[self.arm]
+        return Measurement(
+            runtime_s=9.0, ttft_s=scale * (0.001 if point.trial == 0 else point.trial)
+        )
+
+
+def test_prefill_times_alternate_the_arms_and_keep_the_least_timed_round() -> None:
+    backend = _Backend()
+
+    @contextlib.contextmanager
+    def enter(which: str) -> Iterator[None]:
+        backend.arm = which
+        yield
+
+    times, failed = parity.prefill_times(backend, [12, 13], ("a", "b"), enter, trials=3)
+    assert times == {"a": {12: 1.0, 13: None}, "b": {12: 2.0, 13: None}}  # ttft, not runtime
+    assert failed == {"a, p 13": "out of memory", "b, p 13": "out of memory"}
+    firsts = [arm for arm, p, _ in backend.order if p == 12]
+    assert firsts == ["b", "a", "a", "b", "b", "a", "a", "b"]  # rounds 0-3, reversed in turn
 
 
 @pytest.mark.slow
-def test_quick_records_both_arms_at_every_size(tmp_path: Path) -> None:
+def test_quick_records_every_arm_at_every_size(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     command = [sys.executable, str(SCRIPT), "--quick", "--trials", "1", "--out", str(tmp_path)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -98,24 +207,28 @@ def test_quick_records_both_arms_at_every_size(tmp_path: Path) -> None:
     assert {"device", "date", "commit"} <= record.keys()
     rows = {r["model"]: r for r in record["models"]}
     assert set(rows) == {"tiny-gemma2", "tiny-gpt-oss", "tiny-llama"}
-    assert rows["tiny-gemma2"]["explicit_attention"] and rows["tiny-gpt-oss"]["explicit_attention"]
-    assert not rows["tiny-llama"]["explicit_attention"]
+    # tiny-gemma2: 15 unaligned sizes of 9-24, 2 rounds, at each layer's attention
+    layers = rows["tiny-gemma2"]["layers"]
+    assert rows["tiny-gemma2"]["padded_calls"] == 15 * 2 * layers
+    assert rows["tiny-gpt-oss"]["pads_keys"] and not rows["tiny-llama"]["pads_keys"]
     for r in rows.values():
         assert r["sizes"] == list(range(9, 25)) and not r["failed"]
-        for key in ("padded_keys", "unpadded_keys"):
+        for key in ("padded_keys", "unpadded_keys", "copied_keys"):
             times = r[f"{key}_prefill_s"]
             assert len(times) == 16 and all(t > 0 for t in times)
             assert math.isfinite(r[f"{key}_residual_vs_odd_pct"]["16"])  # p = 16 against 9..15
+        for key in bench.RATIOS:
+            assert math.isfinite(r[f"{key}_pct"])
     table = (tmp_path / "prefill_alignment_quick.md").read_text()
-    assert "tiny-gemma2@1L" not in table  # tiny specs have fewer layers than --layers: whole
-    assert "tiny-gpt-oss: unpadded over padded, at odd p / at multiples of 16" in table
+    assert "tiny-llama: prefill; sizes | keys never padded (a control); 9-24" in table
+    assert "tiny-gpt-oss: copied over padded keys, at multiples of 16 (the copies' cost)" in table
 
 
 @pytest.mark.parametrize(
     ("args", "says"),
     [
         (["--quick", "--sizes", "20-10"], "--sizes: '20-10' must be sizes of at least 1"),
-        (["--quick", "--sizes", "100000"], "--sizes: 100000 is past tiny-gemma2's context"),
+        (["--quick", "--sizes", "9-512"], "512 is past 511, the largest prompt that leaves room"),
         (["--quick", "--models", "no-such-model"], "no-such-model"),
         ([], "no CUDA GPU here: run with --quick"),
     ],
@@ -123,4 +236,6 @@ def test_quick_records_both_arms_at_every_size(tmp_path: Path) -> None:
 def test_user_mistakes_are_one_line_before_any_work(
     tmp_path: Path, args: list[str], says: str
 ) -> None:
+    if not args and torch.cuda.is_available():
+        pytest.skip("a GPU is here: the script would run")
     assert_refused("prefill_alignment.py", args, says, tmp_path)

@@ -6,26 +6,17 @@
 # 1. models.md's gpt-oss-120b row at --tp 2 at this engine (its row is from fd77d7e, before the
 #    prefill parity fix), merged into a copy of docs/benchmarks/models.json;
 # 2. the whole Llama-4 Scout (its published config, tests/data/hf_configs) profiled at --tp 2 to
-#    16,384 tokens, as its 8-layer cut was on one H200 (docs/benchmarks/stores/scout8_1cfb365);
-#    resumable: a second call finishes it.
-set -u
-LIMIT=${1:?usage: h200_x2_owed.sh LIMIT_S}
-: "${INFERMETER_COMMIT:?set INFERMETER_COMMIT to the commit of this checkout: the device has no git}"
-export PYTHONPATH=src PYTHONUNBUFFERED=1 INFERMETER_COMMIT
+#    16,384 tokens, as its 8-layer cut was on one H200 (docs/benchmarks/stores/scout8_1cfb365).
+#    To finish it in a second call, unpack a.tgz into a carried folder F and run with STEPS=2
+#    PRIOR=F/a.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-mkdir -p /tmp/a/docs "$OUT"
+source "$(dirname "$0")/_steps.sh"
 cp docs/benchmarks/models.json /tmp/a/docs/models_before.json
-start=$(date +%s)
-left() { echo $((LIMIT - 20 - $(date +%s) + start)); }
-keep() { tar -czf "$OUT/a.tgz" -C /tmp a; echo "$1 done at $(( $(date +%s) - start )) s"; }
-nvidia-smi --query-gpu=name,power.limit,clocks.max.sm,temperature.gpu --format=csv
-timeout $(( $(left) < 300 ? $(left) : 300 )) python3 benchmarks/models_bench.py \
-  --models gpt-oss-120b --tp 2 --curve none --max-context 4096 --out /tmp/a/docs \
-  --merge /tmp/a/docs/models_before.json 2>&1 | grep -v Warn | tail -20
-keep gpt-oss-120b
-if [ "$(left)" -gt 60 ]; then
-  /usr/bin/time -f "wall %e s" timeout "$(left)" python3 -m infermeter profile \
-    tests/data/hf_configs/llama-4-scout-17b-16e.json --tp 2 --max-context 16384 \
-    --store /tmp/a/scout.sqlite 2>&1 | grep -v Warn | tail -30 | tee /tmp/a/profile.log
-  keep scout
-fi
+# models_bench's own limit a profile (--timeout-s) inside the step's: its record is written
+# after the profile, so the profile must end first
+step 1 420 gpt-oss-120b python3 benchmarks/models_bench.py --models gpt-oss-120b --tp 2 \
+  --curve none --max-context 4096 --timeout-s 360 --out /tmp/a/docs \
+  --merge /tmp/a/docs/models_before.json
+step 2 600 scout /usr/bin/time -f "wall %e s" python3 -m infermeter profile \
+  tests/data/hf_configs/llama-4-scout-17b-16e.json --tp 2 --max-context 16384 \
+  --store /tmp/a/scout.sqlite
