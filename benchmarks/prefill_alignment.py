@@ -247,7 +247,10 @@ def main() -> None:
         text = args.sizes or (QUICK_SIZES if args.quick else GPU_SIZES)
         sizes = parse_sizes(text, spec.max_context - 1)
     except ValueError as error:
-        parser.error(f"{error} ({name}'s context is {spec.max_context} tokens)")
+        context = (
+            f" ({name}'s context is {spec.max_context} tokens)" if "past" in str(error) else ""
+        )
+        parser.error(f"{error}{context}")
     name = "prefill_alignment" + ("_quick" if args.quick else "")
     rows: list[dict[str, Any]] = []
     began = time.perf_counter()

@@ -102,13 +102,13 @@ def _pads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     return calls
 
 
-@pytest.mark.parametrize("t", [21, 32])
+@pytest.mark.parametrize("t", [21, 24, 32])
 def test_each_arm_changes_the_keys_attention_gets_and_not_its_output(
     monkeypatch: pytest.MonkeyPatch, t: int
 ) -> None:
     """As the engine's prefill calls it (blocked_attend -> attend), with sinks and a cap: at
-    t = 21 keys the engine pads to 32 and the unpadded arm does not; at t = 32 neither pads
-    and the copied arm copies; every arm gives the engine's output."""
+    t = 21 or 24 keys the engine pads to 32 and the unpadded arm does not; at t = 32 neither
+    pads and the copied arm copies; every arm gives the engine's output."""
     from infermeter.engine import attention
 
     gen = torch.Generator().manual_seed(t)
@@ -163,6 +163,46 @@ def test_the_ratios_compare_the_arms_they_name() -> None:
     assert not bench.summary(sizes, times, {}, padded_calls=0)["pads_keys"]
     assert bench._ratio_pct([2.0, None, 3.0], [1.0, 1.0, 2.0], [True, True, False]) == 100.0
     assert bench._ratio_pct([2.0], [1.0], [False]) is None
+
+
+def test_the_table_shows_each_figure_of_the_row() -> None:
+    sizes = list(range(9, 41))
+    base = {p: 1.0 for p in sizes}
+    times = {
+        "padded keys": base,
+        "unpadded keys": {p: 1.3 if p % 2 else 1.0 for p in sizes},
+        "copied keys": {p: 1.07 if p % 16 == 0 else 1.0 for p in sizes},
+    }
+    row = {"spec": "m", "layers": 2} | bench.summary(sizes, times, {"padded keys, p 9": "oom"}, 4)
+    cells = {what: value for what, value, _ in bench.table([row])}
+    assert cells["m: copied over padded keys, at multiples of 16 (the copies' cost)"] == "+7.00 %"
+    assert cells["m: unpadded over padded keys, at odd p (the padding's gain)"] == "+30.00 %"
+    assert cells["m: unpadded over padded keys, at multiples of 16 (same work: noise)"] == "+0.00 %"
+    assert cells["m: prefill; sizes"] == "keys padded at unaligned p (4 calls in the run); 9-40"
+    assert cells["m: failed"] == "padded keys, p 9: oom"
+    what = "PE against the odd-p curve, at p whose largest power-of-2 divisor (≤ 16) is"
+    assert cells[f"m: copied keys, {what}"] == "2: +0.00 %, 4: +0.00 %, 8: +0.00 %, 16: +7.00 %"
+
+
+def test_sizes_up_to_8_apart_share_a_curve_and_further_apart_do_not() -> None:
+    """Odd sizes 3 apart (no sizes between) are one range; 9 apart, two."""
+    near = [11, 14, 16, 17, 20, 23]  # one curve through 11, 17, 23: 16 reads against it
+    line = {p: 1.0 + p / 10 for p in near}
+    got = bench.class_residuals_pct(near, [line[p] * (0.9 if p == 16 else 1.0) for p in near])
+    assert got["16"] == pytest.approx(-10.0)
+    far = [1, 3, 12, 14, 16]  # 3 to 12: two ranges; the second has no odd size for a curve
+    assert bench.class_residuals_pct(far, [1.0] * 5)["16"] is None
+
+
+def test_an_arm_is_undone_when_the_work_inside_it_fails() -> None:
+    from infermeter.engine import attention
+
+    engine = attention._aligned_keys
+    for which in bench.ARMS:
+        with pytest.raises(RuntimeError), bench.arm(which):
+            assert attention._aligned_keys is not engine
+            raise RuntimeError("out of memory")
+        assert attention._aligned_keys is engine
 
 
 class _Backend:

@@ -8,15 +8,17 @@
 # 2. the whole Llama-4 Scout (its published config, tests/data/hf_configs) profiled at --tp 2 to
 #    16,384 tokens, as its 8-layer cut was on one H200 (docs/benchmarks/stores/scout8_1cfb365).
 #    To finish it in a second call, unpack a.tgz into a carried folder F and run with STEPS=2
-#    PRIOR=F/a.
+#    PRIOR=F/a on two cards of the same kind (refused otherwise).
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 source "$(dirname "$0")/_steps.sh"
-cp docs/benchmarks/models.json /tmp/a/docs/models_before.json
-# models_bench's own limit a profile (--timeout-s) inside the step's: its record is written
-# after the profile, so the profile must end first
+cp docs/benchmarks/models.json "$WORK/docs/models_before.json"
+# models_bench's record is written after its profile, whose own limit (--timeout-s) must end
+# first: 60 s inside what the step will have
+t=$(( $(left) < 420 ? $(left) : 420 ))
 step 1 420 gpt-oss-120b python3 benchmarks/models_bench.py --models gpt-oss-120b --tp 2 \
-  --curve none --max-context 4096 --timeout-s 360 --out /tmp/a/docs \
-  --merge /tmp/a/docs/models_before.json
-step 2 600 scout /usr/bin/time -f "wall %e s" python3 -m infermeter profile \
+  --curve none --max-context 4096 --timeout-s $(( t > 120 ? t - 60 : 60 )) --out "$WORK/docs" \
+  --merge "$WORK/docs/models_before.json"
+step 2 600 scout python3 -m infermeter profile \
   tests/data/hf_configs/llama-4-scout-17b-16e.json --tp 2 --max-context 16384 \
-  --store /tmp/a/scout.sqlite
+  --store "$WORK/scout.sqlite"
+finish
