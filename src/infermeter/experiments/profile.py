@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from infermeter.backends.base import Backend, Measurement, Point
-from infermeter.errors import UserError
+from infermeter.errors import UserError, is_oom
 from infermeter.experiments.run import RunIdentity, resumable_run
 from infermeter.experiments.second_look import suspects
 from infermeter.measure.meter import Meter, check_warmup_s, warm_up
@@ -691,6 +691,23 @@ def thermal_warmup(
     }
 
 
+def _warm(backend: Backend, warm: Callable[[Point], None], point: Point) -> None:
+    """warm(point), and once more after the backend has freed its KV cache and graphs
+    (`release()`) if memory ran out. A second shortage is left to backend.measure(), which
+    records it as an error Measurement: a shortage at one shape must not end a profile
+    with a traceback and leave the points after it unmeasured."""
+    release = getattr(backend, "release", None)
+    for _ in range(2):
+        try:
+            warm(point)
+            return
+        except Exception as error:
+            if not is_oom(error):
+                raise
+            if release is not None:
+                release()
+
+
 def measure_point(
     backend: Backend,
     shape: Point,
@@ -719,7 +736,7 @@ def measure_point(
         # A shape's first visit sets it up untimed (warm-up run, graph capture); in the window
         # that work's joules would be charged to the runs (on an H200, 10-20% of a new prompt
         # size's energy). Runtimes never held it: the backends time only the generation.
-        warm(replace(shape, trial=0))
+        _warm(backend, warm, replace(shape, trial=0))
     alone = window is not None and shape.output_tokens <= ISOLATED_MAX_OUTPUT
     try:
         if alone:
