@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# GPU work owed since the 34th session, for one H200 (the device tool's nvidia-h200), one call:
+# GPU work owed for one H200 (the device tool's nvidia-h200), most wanted first:
 #   run: INFERMETER_COMMIT=<commit> bash scripts/device/h200_owed.sh 590
 # Results (records, the profile's store, each step's output) in $OUT/a.tgz, refreshed after
-# each step, so a call cut short keeps what it measured (scripts/device/_steps.sh). Steps, most wanted first:
-# 1. benchmarks/prefill_alignment.py: prefill at every p of 480-512 and 1800-1870 (Gemma-2-9B,
-#    gpt-oss-20b, LLaMA-7B as the control), keys padded, unpadded and always copied: do aligned
-#    p prefill faster, and is the key padding why (Gemma-2's validation priced p = 496, 1840
-#    high)?
-# 2. benchmarks/explicit_attention.py: the explicit attention path against compiled
-#    FlexAttention at Gemma-2's and gpt-oss's shapes (never yet run on a GPU).
-# 3. `infermeter profile gpt-oss-20b` with its defaults (to 32,768 tokens), not run since the
-#    global layers with sinks moved to blocks (67b5632). To finish it in a second call, unpack
-#    the first call's a.tgz into a carried folder F and run with STEPS=3 PRIOR=F/a on the same
-#    kind of card (refused otherwise).
+# each step, so a call cut short keeps what it measured (scripts/device/_steps.sh). Steps:
+# 1. benchmarks/flex_prefill.py: the engine's prefill of Gemma-2-9B and gpt-oss-20b (8 layers)
+#    with FlexAttention (engine/flex.py) against the explicit path, and their logits' agreement.
+# 2. `infermeter profile gpt-oss-20b` with its defaults (to 32,768 tokens): at 2c856e4 it ran
+#    out of memory at p = 16,385 (graph pools); each prompt shape's graphs now have their own.
+#    To finish it in a second call, unpack the first call's a.tgz into a carried folder F and
+#    run with STEPS=2 PRIOR=F/a on the same kind of card (refused otherwise).
+# 3. models.md's Gemma-2-9B and gpt-oss-20b rows at this engine (--max-context 4096, as their
+#    1cfb365 rows), merged into a copy of docs/benchmarks/models.json.
 source "$(dirname "$0")/_steps.sh"
-step 1 270 alignment python3 benchmarks/prefill_alignment.py --out "$WORK/docs"
-step 2 150 explicit_attention python3 benchmarks/explicit_attention.py --trials 10 \
-  --out "$WORK/docs"
-step 3 600 profile python3 -m infermeter profile gpt-oss-20b \
+cp docs/benchmarks/models.json "$WORK/docs/models_before.json"
+step 1 150 flex_prefill python3 benchmarks/flex_prefill.py --out "$WORK/docs"
+step 2 600 profile python3 -m infermeter profile gpt-oss-20b \
   --store "$WORK/gpt-oss-20b.sqlite"
+# models_bench's record is written after its profiles, whose own limit (--timeout-s) must end
+# first: 60 s inside what the step will have
+t=$(( $(left) < 600 ? $(left) : 600 ))
+step 3 600 models python3 benchmarks/models_bench.py --models gemma-2-9b,gpt-oss-20b \
+  --curve none --max-context 4096 --timeout-s $(( t > 180 ? (t - 60) / 2 : 60 )) \
+  --out "$WORK/docs" --merge "$WORK/docs/models_before.json"
 finish

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from infermeter.backends.base import Point
 from infermeter.engine.checkpoint import load_hf_checkpoint
+from infermeter.engine.flex import choose_prefill, prefill_mode
 from infermeter.engine.model import Decoder
 from infermeter.engine.parallel import Comm, partition
 from infermeter.engine.select import (
@@ -164,6 +165,7 @@ class Engine:
         self.temperature, self.top_p = temperature, top_p
         # a misspelt setting refused before any weight
         moe_gemv_modes(), route_warps_fixed(), kernel_switches()
+        prefill = prefill_mode()
         layout = partition(spec, self.comm.size, self.comm.rank)
         with torch.inference_mode():
             self.model = Decoder(spec, layout, self.comm, self.device, dtype)
@@ -174,6 +176,9 @@ class Engine:
         self.graphs = cuda_graphs and self.device.type == "cuda"
         self.attention, self.attention_notes = choose_attention(self.model, decode_attention)
         self.moe_path, self.moe_note = choose_moe(self.model, self.graphs)
+        self.prefill_attention, self.prefill_attention_note = choose_prefill(
+            self.model, self.device, dtype, prefill
+        )
         # CPU draws from a private generator; CUDA graphs need the default (graph-safe) one.
         self._gen = torch.Generator() if self.device.type == "cpu" else None
         self._state: _State | None = None
@@ -655,7 +660,8 @@ class Engine:
 
     def describe(self) -> dict[str, Any]:
         """What a run records about the engine: torch version, device, dtype, TP size, CUDA
-        graphs (decode and prefill, with why not), sampling, the decode attention
+        graphs (decode and prefill, with why not), sampling, the prefill attention of
+        soft-capped or sink layers (flex.choose_prefill, with why not flex), the decode attention
         chosen (and why others were skipped), PDL, the dense layers' one-token GEMVs ("rows"
         or "looped": select.one_token_rows; None off the Triton path), how the Triton
         kernels' tiles were chosen (kept in Triton's cache or tuned per process; None where no
@@ -696,6 +702,8 @@ class Engine:
                 if self.moe_path and moe is not None
                 else {}
             ),
+            "prefill_attention": self.prefill_attention,  # soft-capped or sink layers
+            "prefill_attention_note": self.prefill_attention_note,
             "prefill_graphs": self.prefill_graph_problem is None,
             "prefill_graphs_note": self.prefill_graph_problem,
         }

@@ -142,6 +142,7 @@ class Context:
     rings: dict[int, Ring] | None = None  # ring length -> its slots/masks (windowed layers)
     mla_fast: Any = None  # triton decode of an MLA model: the mla_kernels module
     q_temp: Tensor | None = None  # [T] float32 query scale of the NoPE layers (Llama-4)
+    flex: Any = None  # prefill of soft-capped or sink layers: a flex.FlexPrefill
 
 
 @dataclass
@@ -334,7 +335,10 @@ class Block(nn.Module):
             k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
             if not plain:  # windows or chunks; soft-capping or sinks: blocks of queries
                 extras = (self.scale, self.softcap, self.sinks)
-                o = blocked_attend(q, k, v, self.window, self.chunked, *extras)
+                capped_or_sinks = self.softcap is not None or self.sinks is not None
+                fused = ctx.flex is not None and capped_or_sinks  # flex: one fused kernel
+                attend_all = ctx.flex if fused else blocked_attend
+                o = attend_all(q, k, v, self.window, self.chunked, *extras)
             elif ctx.mask is None:  # plain causal: the flash kernel on CUDA
                 o = F.scaled_dot_product_attention(
                     q, k, v, is_causal=True, enable_gqa=nq != nkv, scale=self.scale
@@ -545,6 +549,7 @@ class Decoder(nn.Module):
         self.kernels: Any = None  # the Triton kernels module, once the engine has checked it
         self.mla_kernels: Any = None  # and mla_kernels, for an MLA model where they pass
         self.cache: Tensor | list[Tensor] | None = None
+        self.flex_prefill: Any = None  # set by the Engine where FlexAttention serves prefill
         self.rings: list[int] = []  # ring-buffer lengths of this allocation (windowed layers)
         self.rows: Tensor | None = None
         self.cu_q: Tensor | None = None
@@ -604,6 +609,7 @@ class Decoder(nn.Module):
         (right-padded) prompt lengths when they differ, for the ring buffers' writes."""
         pos = self.arange[:length]
         ctx = Context(batch, length, positions=pos[None] + self.arch.position_offset)
+        ctx.flex = self.flex_prefill
         if self.freqs is not None:
             ctx.freqs = self.freqs[:length].view(1, length, 1, -1)
         if self.freqs_local is not None:

@@ -1,0 +1,187 @@
+"""The engine's prefill of soft-capped and sink layers: FlexAttention against the explicit path.
+
+engine/flex.py serves the prefill of layers that soft-cap (Gemma-2) or have sinks (gpt-oss)
+with compiled FlexAttention where its self-check passes, instead of attention.attend's
+explicit float32 scores in blocks of queries (benchmarks/explicit_attention.py measured one
+layer 56-94 % faster at these shapes). This measures the whole engine, per model cut to
+--layers layers (random weights, bf16, without CUDA graphs, as prefill_parity), in two arms in
+one process, alternating:
+- "explicit": those layers through attention.blocked_attend (model.flex_prefill removed);
+- "flex": the engine as it chose (its FlexPrefill; with --quick an uncompiled one);
+the prefill time of a 1-token generation at each p (the engine's CUDA-event timing, least of
+--trials rounds, prefill_parity.prefill_times). Figures: each arm's time, flex over explicit
+at each p, and the two arms' agreement on one prompt of --check-p tokens: the largest
+difference of the last position's logits over the largest logit, and the share of positions
+whose greedy next token is the same.
+
+Run (GPU): PYTHONPATH=src python benchmarks/flex_prefill.py [--models gemma-2-9b,gpt-oss-20b]
+           [--layers 8] [--sizes 481,496,...]
+CPU check (tiny specs, float32, flex unfused, times meaningless): ... --quick
+Writes docs/benchmarks/flex_prefill.json and .md with device, date and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import signed_pct, write_result
+from decode_breakdown import truncated
+from infermeter.backends.engine import EngineBackend
+from infermeter.engine.flex import FlexPrefill
+from infermeter.spec.catalog import resolve_spec
+from prefill_parity import engine_cli, prefill_times
+
+GPU_MODELS = "gemma-2-9b,gpt-oss-20b"
+QUICK_MODELS = "tiny-gemma2,tiny-gpt-oss"
+GPU_SIZES = (481, 496, 1841, 1856, 4097, 8191, 16383)
+QUICK_SIZES = (9, 16, 33)
+ARMS = ("explicit", "flex")
+
+
+def agreement(engine: Any, flex: Any, p: int) -> dict[str, float]:
+    """Both arms' float32 logits of one random prompt of p tokens (Engine.score): the
+    largest difference at the last position over its largest logit, and the share of the
+    p positions whose argmax agrees."""
+    tokens = engine.random_prompts(1, p)
+    out = {}
+    for which in ARMS:
+        engine.model.flex_prefill = flex if which == "flex" else None
+        out[which] = engine.score(tokens)[0]
+    engine.model.flex_prefill = flex
+    last = out["explicit"][-1]
+    return {
+        "last_logits_rel_diff": float((out["flex"][-1] - last).abs().max() / last.abs().max()),
+        "greedy_agreement": float(
+            (out["flex"].argmax(-1) == out["explicit"].argmax(-1)).float().mean()
+        ),
+    }
+
+
+def one_model(
+    name: str, sizes: list[int], layers: int, device: str, trials: int, check_p: int
+) -> dict[str, Any]:
+    spec = truncated(resolve_spec(name), layers)
+    dtype = "bfloat16" if device == "cuda" else None
+    backend = EngineBackend(device=device, dtype=dtype, cuda_graphs=False)  # as prefill_parity
+    backend.prepare(spec)
+    engine = backend._engine
+    row: dict[str, Any] = {"model": name, "spec": spec.name, "layers": spec.num_layers}
+    row["engine_choice"] = engine.prefill_attention
+    row["engine_note"] = engine.prefill_attention_note
+    flex = engine.model.flex_prefill
+    if flex is None and device == "cpu":
+        flex = FlexPrefill(compiled=False)  # the CPU check: the same math, unfused
+    if flex is None:
+        backend.close()
+        return row | {"failed": {"flex": f"the engine did not take flex: {row['engine_note']}"}}
+
+    @contextlib.contextmanager
+    def arm(which: str) -> Iterator[None]:
+        engine.model.flex_prefill = flex if which == "flex" else None
+        try:
+            yield
+        finally:
+            engine.model.flex_prefill = flex
+
+    try:
+        times, failed = prefill_times(backend, sizes, ARMS, arm, trials)
+        with torch.inference_mode():
+            row |= agreement(engine, flex, min(check_p, spec.max_context - 1))
+    finally:
+        backend.close()
+    row["sizes"], row["failed"] = sizes, failed
+    for which in ARMS:
+        row[f"{which}_prefill_s"] = [times[which][p] for p in sizes]
+    row["flex_over_explicit_pct"] = [
+        None if e is None or f is None else (f / e - 1) * 100
+        for e, f in zip(row["explicit_prefill_s"], row["flex_prefill_s"], strict=True)
+    ]
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    out = []
+    for r in rows:
+        name = f"{r['spec']}@{r['layers']}L"
+        out.append((f"{name}: prefill attention the engine chose", str(r["engine_choice"]), "flex"))
+        if "sizes" not in r:
+            out.append((f"{name}: not measured", str(r["failed"]), "-"))
+            continue
+        cells = ", ".join(
+            "p {}: {} / {} ({})".format(
+                p,
+                "-" if e is None else f"{e * 1e3:.1f}",
+                "-" if f is None else f"{f * 1e3:.1f}",
+                signed_pct(x),
+            )
+            for p, e, f, x in zip(
+                r["sizes"], r["explicit_prefill_s"], r["flex_prefill_s"],
+                r["flex_over_explicit_pct"], strict=True,
+            )
+        )  # fmt: skip
+        out.append((f"{name}: prefill ms explicit / flex (flex over explicit)", cells, "-"))
+        agree = f"{r['last_logits_rel_diff']:.2e}; greedy tokens {r['greedy_agreement']:.1%}"
+        out.append((f"{name}: flex vs explicit logits, largest difference / largest", agree, "-"))
+        if r["failed"]:
+            out.append((f"{name}: failed", str(r["failed"]), "-"))
+    return out
+
+
+def main() -> None:
+    def more(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--sizes", default=None, help=f"prompt sizes ({GPU_SIZES})")
+        parser.add_argument("--check-p", type=int, default=1841, help="the agreement prompt")
+
+    parser, args, device, models = engine_cli(
+        __doc__ or "", "flex_prefill", GPU_MODELS, QUICK_MODELS, more
+    )
+    try:
+        sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else None
+    except ValueError:
+        parser.error(f"--sizes takes prompt sizes separated by commas, not {args.sizes!r}")
+    sizes = sizes or list(QUICK_SIZES if args.quick else GPU_SIZES)
+    most = min(spec.max_context for _, spec in models) - 1
+    if min(sizes) < 1 or max(sizes) > most or args.check_p < 1:
+        parser.error(f"--sizes and --check-p must be 1 to {most} (p and its output token)")
+    name = "flex_prefill" + ("_quick" if args.quick else "")
+    check_p = min(args.check_p, 33) if args.quick else args.check_p
+    rows: list[dict[str, Any]] = []
+    began = time.perf_counter()
+    for model, _ in models:
+        rows.append(one_model(model, sizes, args.layers, device, args.trials, check_p))
+        r = rows[-1]
+        print(
+            f"{r['spec']}: {r['engine_choice']}"
+            + (f" ({r['engine_note']})" if r["engine_note"] else "")
+            + (
+                "; flex over explicit "
+                + ", ".join(
+                    f"{p}: {signed_pct(x)}"
+                    for p, x in zip(r["sizes"], r["flex_over_explicit_pct"], strict=True)
+                )
+                + f"; logits {r['last_logits_rel_diff']:.1e}, greedy {r['greedy_agreement']:.1%}"
+                if "sizes" in r
+                else f"; {r['failed']}"
+            )
+        )
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        # written after each model: a run cut short keeps what it measured
+        result = {"layers_asked": args.layers, "trials": args.trials, "models": rows}
+        path = write_result(name, result, table(rows), args.out)
+        print(f"written {path} after {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

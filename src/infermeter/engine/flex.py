@@ -1,0 +1,216 @@
+"""Prefill attention of soft-capped or sink layers (Gemma-2, gpt-oss) by FlexAttention.
+
+The explicit path (attention.attend) materialises float32 scores, [b, nq, s, t], in blocks
+of queries; FlashAttention exposes neither soft-capping nor sinks. FlexAttention compiles
+the same math into one fused kernel that skips the masked tiles: soft-capping is its
+score_mod, a sliding window or chunks its block mask, and the sinks are folded in after it
+from its log-sum-exp (softmax over [scores, sink] scales each row by exp(lse) / (exp(lse) +
+exp(sink)) = sigmoid(lse − sink)).
+
+Why: measured on an H200 (benchmarks/explicit_attention.py, docs/benchmarks/
+explicit_attention.md, 2c856e4), one layer's prefill attention took 56-81 % less time
+under compiled FlexAttention at Gemma-2-9B's shapes (p = 493-4,097) and 55-94 % less at
+gpt-oss-20b's (global layers at p = 4,097: 15.5 ms against 1.0 ms), with outputs within
+0.5-0.9 % of the largest (bfloat16). Serving engines run these layers fused (FlashAttention
+has soft-capping; vLLM's gpt-oss kernels have sinks), so the explicit path priced their
+prefill several times too high.
+
+`FlexPrefill` is chosen by the Engine on CUDA after a self-check against `attend`
+(`flex_problem`); INFERMETER_PREFILL_ATTENTION=explicit keeps the explicit path.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from infermeter.errors import UserError
+from infermeter.units import one_of
+
+PREFILL_MODES = ("auto", "explicit", "flex")
+SWITCH = "INFERMETER_PREFILL_ATTENTION"
+# Compiles a process may make of flex_attention: a size of its own, then symbolic sizes,
+# per mask, score function and divisibility by the block size (a few each). Past the limit
+# dynamo would run flex unfused (every score materialised, as slow as the path it replaces,
+# and quietly): made an error instead.
+RECOMPILE_LIMIT = 64
+
+
+def prefill_mode() -> str:
+    """INFERMETER_PREFILL_ATTENTION: auto (flex where it passes its self-check; the
+    default), explicit or flex (an error where flex cannot run). Raises UserError for any
+    other value (read by the Engine before the model is built)."""
+    wanted = os.environ.get(SWITCH, "").strip() or "auto"
+    if wanted not in PREFILL_MODES:
+        raise UserError(f"{SWITCH} must be {one_of(PREFILL_MODES)} (unset: auto), not {wanted!r}")
+    return wanted
+
+
+@functools.cache
+def _mask_mod(window: int | None, chunked: bool) -> Any:
+    """FlexAttention's mask function of a layer (one object per kind: compiles guard on it).
+    The semantics of attention.window_mask and chunk_mask."""
+    if window is None:
+
+        def causal(b: Any, h: Any, qi: Any, ki: Any) -> Any:
+            return ki <= qi
+
+        return causal
+    if chunked:
+
+        def chunk(b: Any, h: Any, qi: Any, ki: Any) -> Any:
+            return (ki <= qi) & (qi // window == ki // window)
+
+        return chunk
+
+    def windowed(b: Any, h: Any, qi: Any, ki: Any) -> Any:
+        return (ki <= qi) & (qi - ki < window)
+
+    return windowed
+
+
+@functools.cache
+def _score_mod(softcap: float | None) -> Any:
+    """Gemma-2's soft-capping c·tanh(x / c) as a score function (None: scores as they are)."""
+    if softcap is None:
+        return None
+
+    def capped(score: Any, b: Any, h: Any, qi: Any, ki: Any) -> Any:
+        return torch.tanh(score / softcap) * softcap
+
+    return capped
+
+
+def _lse_request() -> dict[str, Any]:
+    """flex_attention's keyword for its log-sum-exp: return_aux (torch >= 2.9; return_lse
+    is deprecated there) or return_lse."""
+    from torch.nn.attention import flex_attention as flex
+
+    if hasattr(flex, "AuxRequest"):
+        return {"return_aux": flex.AuxRequest(lse=True)}
+    return {"return_lse": True}
+
+
+class FlexPrefill:
+    """Prefill attention over all s prompt keys, as attention.blocked_attend computes it.
+
+    compiled: torch.compile(flex_attention) (CUDA); False runs flex eagerly (unfused, every
+    score materialised: for checks on a CPU only). Block masks are built per prompt length
+    outside any CUDA graph (the capture's eager warm-up builds them) and kept for the latest
+    length only, which the one prefill graph an Engine keeps reads."""
+
+    def __init__(self, compiled: bool = True) -> None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        self._flex: Any = flex_attention
+        if compiled:
+            import torch._dynamo
+
+            config = torch._dynamo.config
+            limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+            setattr(config, limit, max(getattr(config, limit), RECOMPILE_LIMIT))
+            if hasattr(config, "fail_on_recompile_limit_hit"):
+                config.fail_on_recompile_limit_hit = True
+            self._flex = torch.compile(flex_attention, dynamic=True)
+        self._masks: dict[tuple[int, int | None, bool], Any] = {}
+        self._request = _lse_request()
+
+    def block_mask(self, s: int, window: int | None, chunked: bool, device: torch.device) -> Any:
+        """The block mask of an [s, s] prefill under (window, chunked), made once a length."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        key = (s, window, chunked)
+        if key not in self._masks:
+            if any(k[0] != s for k in self._masks):
+                self._masks.clear()  # another length: its prefill graph is gone
+            self._masks[key] = create_block_mask(
+                _mask_mod(window, chunked), None, None, s, s, device=device
+            )
+        return self._masks[key]
+
+    def __call__(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        window: int | None,
+        chunked: bool = False,
+        scale: float | None = None,
+        softcap: float | None = None,
+        sinks: Tensor | None = None,
+    ) -> Tensor:
+        """q [b, nq, s, d], k/v [b, nkv, s, d] at positions 0 .. s − 1 -> [b, nq, s, dv]:
+        attention.blocked_attend's arguments and result (grouped-query heads: query head i
+        reads KV head i // (nq / nkv)); sinks [nq] per-head logits."""
+        s = q.shape[2]
+        chunked = chunked and window is not None
+        out, aux = self._flex(
+            q, k, v,
+            score_mod=_score_mod(softcap),
+            block_mask=self.block_mask(s, window, chunked, q.device),
+            scale=q.shape[-1] ** -0.5 if scale is None else scale,
+            enable_gqa=q.shape[1] != k.shape[1],
+            **self._request,
+        )  # fmt: skip
+        if sinks is None:
+            return out
+        lse = getattr(aux, "lse", aux)  # AuxOutput (torch >= 2.9) or the tensor
+        keep = torch.sigmoid(lse.float() - sinks.float().view(1, -1, 1))
+        return (out.float() * keep[..., None]).to(out.dtype)
+
+
+def flex_problem(flex: FlexPrefill, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why `flex` cannot serve the engine's prefill here (None: it matches attention.attend
+    on a windowed, soft-capped and a sink layer with grouped heads at an odd length, within
+    2 % of the largest output in bfloat16, 1e-4 in float32). Compiles it as a side effect."""
+    from infermeter.engine.attention import attend, chunk_mask, window_mask
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    s, nq, nkv, d = 300, 4, 2, 64
+    q, k, v = (torch.randn(1, n, s, d, generator=gen).to(device, dtype) for n in (nq, nkv, nkv))
+    sinks = torch.randn(nq, generator=gen).to(device, dtype)
+    pos = torch.arange(s, device=device)
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    cases = (
+        ("global, soft-capped", None, False, 50.0, None),
+        ("window of 128, sinks", 128, False, None, sinks),
+        ("chunks of 128, sinks", 128, True, None, sinks),
+    )
+    try:
+        for name, window, chunked, softcap, sink in cases:
+            got = flex(q, k, v, window, chunked, d**-0.5, softcap, sink)
+            mask = chunk_mask(pos, pos, window) if chunked else window_mask(pos, pos, window)
+            want = attend(q, k, v, mask, d**-0.5, softcap, sink).float()
+            diff = float((got.float() - want).abs().max() / want.abs().max())
+            if not diff <= tolerance:
+                return f"flex prefill differs from the explicit path by {diff:.2e} ({name})"
+    except Exception as error:  # a compiler or kernel failure: the explicit path runs
+        return f"{type(error).__name__}: {error}"[:300]
+    return None
+
+
+def choose_prefill(
+    model: Any, device: torch.device, dtype: torch.dtype, mode: str
+) -> tuple[str | None, str | None]:
+    """The prefill attention of `model`'s soft-capped or sink layers, and why flex was not
+    taken: ("flex", None) with model.flex_prefill set, ("explicit", why) or (None, None)
+    where no layer soft-caps or has sinks. `mode` is prefill_mode()'s. Raises UserError
+    where mode "flex" cannot run (not CUDA, or its self-check failed)."""
+    if not any(blk.softcap is not None or blk.sinks is not None for blk in model.layers):
+        return None, None
+    if mode == "explicit":
+        return "explicit", f"{SWITCH}=explicit"
+    problem = "not CUDA (FlexAttention is compiled for CUDA only here)"
+    if device.type == "cuda":
+        flex = FlexPrefill()
+        problem = flex_problem(flex, device, dtype)
+        if problem is None:
+            model.flex_prefill = flex
+            return "flex", None
+    if mode == "flex":
+        raise UserError(f"{SWITCH}=flex cannot run: {problem}; unset it for the explicit path")
+    return "explicit", problem
