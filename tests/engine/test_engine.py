@@ -285,7 +285,7 @@ def test_graph_orchestration_on_cpu(monkeypatch: Any, name: str) -> None:
     experts and latent attention for the newer layouts)."""
     import infermeter.engine.generate as gen
 
-    def capture(self: Any, body: Any) -> Any:
+    def capture(self: Any, body: Any, shared: bool = True) -> Any:
         body()  # the eager warm-up
         out = body()
         return FakeGraph(body, out), out

@@ -235,27 +235,25 @@ class Engine:
         low, high = self._span(first), self._span(first + count - 1)
         return sorted({*range(low, high, SPAN_BUCKET), high})
 
-    def _capture(self, body: Callable[[], Any], pool: Any) -> tuple[torch.cuda.CUDAGraph, Any]:
+    def _capture(
+        self, body: Callable[[], Any], shared: bool = True
+    ) -> tuple[torch.cuda.CUDAGraph, Any]:
         """Run `body` once eagerly on a side stream (cuBLAS handles, Triton autotuning, NCCL
-        setup), then capture it into a graph in memory pool `pool` (graphs of one pool
-        replay in turn)."""
+        setup), then capture it into a graph: in the memory pool the decode graphs share
+        (they replay one at a time) or, not `shared`, in a pool of its own, freed with it."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             body()
         torch.cuda.current_stream().wait_stream(side)
+        if shared and self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         # thread_local: the NCCL watchdog thread may query events while we capture.
         mode = "thread_local" if self.comm.size > 1 else "global"
-        with torch.cuda.graph(graph, pool=pool, capture_error_mode=mode):
+        with torch.cuda.graph(graph, pool=self._pool if shared else None, capture_error_mode=mode):
             out = body()
         return graph, out
-
-    def _decode_pool(self) -> Any:
-        """The memory pool every decode graph shares (they replay one at a time)."""
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        return self._pool
 
     def _graph(self, span: int, stops: bool) -> torch.cuda.CUDAGraph:
         key = (span, stops)
@@ -265,7 +263,7 @@ class Engine:
         assert st is not None
         st.pos.zero_()  # any in-range state will do: the next prefill resets it
         st.step.zero_()
-        graph, _ = self._capture(lambda: self._step(span, stops), self._decode_pool())
+        graph, _ = self._capture(lambda: self._step(span, stops))
         graph.replay()  # the first launch uploads the graph: keep that out of timed runs
         self._graph_cache[key] = graph
         return graph
@@ -291,18 +289,17 @@ class Engine:
         key = (batch, width, padded, stops)
         if self._prefill is not None and self._prefill.key == key:
             return self._prefill
-        # Free the previous shape's graphs and their pool, and the eager warm-up's blocks, back
-        # to the driver. Each shape's graphs get a pool of their own: in the decode graphs'
-        # pool, which lives as long as they do, every larger prompt's activations came on top
-        # of the smaller ones' (H200, 2c856e4: gpt-oss-20b's default profile held 96 GiB in
+        # Free the previous shape's graphs with their pools, and the eager warm-up's blocks,
+        # back to the driver. A shape's graphs have pools of their own: in the decode graphs'
+        # pool, which lives as long as they do, larger prompts' activations came on top of
+        # the smaller ones' (H200, 2c856e4: gpt-oss-20b's default profile held 96 GiB in
         # graph pools at p = 16,385 and ran out of memory).
         self._prefill = None
         torch.cuda.empty_cache()
-        pool = torch.cuda.graph_pool_handle()
         tokens = torch.zeros(batch, width, device=self.device, dtype=torch.long)
         lengths = torch.full((batch,), width, device=self.device) if padded else None
-        forward, logits = self._capture(lambda: self._prefill_logits(tokens, lengths), pool)
-        first, _ = self._capture(lambda: self._first_token(logits, lengths, width, stops), pool)
+        forward, logits = self._capture(lambda: self._prefill_logits(tokens, lengths), False)
+        first, _ = self._capture(lambda: self._first_token(logits, lengths, width, stops), False)
         forward.replay()  # upload both now, outside any timed region
         first.replay()
         self._prefill = _PrefillGraphs(key, tokens, lengths, logits, forward, first)
