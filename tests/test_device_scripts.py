@@ -71,13 +71,15 @@ def test_every_step_runs_in_order_and_its_results_come_back(tmp_path: Path) -> N
     assert done.returncode == 0, done.stdout + done.stderr
     calls = _calls(tmp_path)
     assert [c.split()[1] for c in calls] == [
-        "benchmarks/prefill_alignment.py", "benchmarks/explicit_attention.py", "-m",
+        "benchmarks/flex_prefill.py", "-m", "benchmarks/models_bench.py",
     ]  # fmt: skip
-    assert "profile gpt-oss-20b --store" in calls[2]
-    for n, name in enumerate(("alignment", "explicit_attention", "profile"), 1):
+    assert "profile gpt-oss-20b --store" in calls[1]
+    assert "--models gemma-2-9b,gpt-oss-20b" in calls[2] and "--merge" in calls[2]
+    for n, name in enumerate(("flex_prefill", "profile", "models"), 1):
         assert f"step {n} ({name}): exit 0" in done.stdout
     kept = _members(out)
     assert {"a/gpu.txt", "a/docs/record_1.json", "a/gpt-oss-20b.sqlite", "a/step_3.log"} <= kept
+    assert "a/docs/models_before.json" in kept  # the copy models_bench merges into
     with tarfile.open(out / "a.tgz") as tar:
         log = tar.extractfile("a/step_1.log")
         assert log is not None and b"stub says hello" in log.read()
@@ -110,10 +112,10 @@ def _first_call(tmp: Path) -> dict[str, str]:
 
 
 def test_a_second_call_resumes_the_store_on_the_same_cards(tmp_path: Path) -> None:
-    fresh = {**_first_call(tmp_path), "STEPS": "3"}
+    fresh = {**_first_call(tmp_path), "STEPS": "2"}
     done, out2 = _run("h200_owed.sh", tmp_path, STUB_N="2", **fresh)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert len(_calls(tmp_path)) == 1 and "step 1 (alignment): not in STEPS" in done.stdout
+    assert len(_calls(tmp_path)) == 1 and "step 1 (flex_prefill): not in STEPS" in done.stdout
     with tarfile.open(out2 / "a.tgz") as tar:
         store = tar.extractfile("a/gpt-oss-20b.sqlite")
         assert store is not None and store.read() == b"row\nrow\n"

@@ -1,0 +1,60 @@
+"""benchmarks/flex_prefill.py: a --quick run (flex unfused on the CPU) times both arms at every
+size, finds them in agreement, and records what the engine chose and why; user mistakes are
+refused in one line before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench_script import assert_refused
+from paths import REPO
+
+torch = pytest.importorskip("torch")
+
+SCRIPT = REPO / "benchmarks" / "flex_prefill.py"
+
+
+@pytest.mark.slow
+def test_quick_times_both_arms_and_finds_them_agreeing(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    command = [sys.executable, str(SCRIPT), "--quick", "--trials", "1", "--out", str(tmp_path)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "flex_prefill_quick.json").read_text())
+    assert {"device", "date", "commit"} <= record.keys()
+    rows = {r["model"]: r for r in record["models"]}
+    assert set(rows) == {"tiny-gemma2", "tiny-gpt-oss"}
+    for r in rows.values():
+        assert r["engine_choice"] == "explicit" and "not CUDA" in r["engine_note"]
+        assert r["sizes"] == [9, 16, 33] and not r["failed"]
+        for arm in ("explicit", "flex"):
+            assert all(t > 0 for t in r[f"{arm}_prefill_s"])
+        # unfused flex materialises every score: slower here, never equal by accident
+        assert all(x > 0 for x in r["flex_over_explicit_pct"])
+        assert r["last_logits_rel_diff"] < 1e-5 and r["greedy_agreement"] == 1.0
+    table = (tmp_path / "flex_prefill_quick.md").read_text()
+    assert "tiny-gpt-oss@2L: prefill ms explicit / flex (flex over explicit) | p 9:" in table
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--quick", "--sizes", "9,x"], "--sizes takes prompt sizes separated by commas"),
+        (["--quick", "--sizes", "9,512"], "--sizes and --check-p must be 1 to 511"),
+        (["--quick", "--check-p", "0"], "--sizes and --check-p must be 1 to"),
+        (["--quick", "--models", "no-such-model"], "no-such-model"),
+        ([], "no CUDA GPU here: run with --quick"),
+    ],
+)
+def test_user_mistakes_are_one_line_before_any_work(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    if not args and torch.cuda.is_available():
+        pytest.skip("a GPU is here: the script would run")
+    assert_refused("flex_prefill.py", args, says, tmp_path)
