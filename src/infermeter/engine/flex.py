@@ -207,7 +207,8 @@ def choose_prefill(
     problem = "not CUDA (FlexAttention is compiled for CUDA only here)"
     if device.type == "cuda":
         flex = FlexPrefill()
-        problem = flex_problem(flex, device, dtype)
+        with torch.inference_mode():  # as the engine calls it (compiles guard on the mode)
+            problem = flex_problem(flex, device, dtype)
         if problem is None:
             model.flex_prefill = flex
             return "flex", None
