@@ -3,9 +3,9 @@
 engine/flex.py serves the prefill of layers that soft-cap (Gemma-2) or have sinks (gpt-oss)
 with compiled FlexAttention where its self-check passes, instead of attention.attend's
 explicit float32 scores in blocks of queries (benchmarks/explicit_attention.py measured one
-layer 56-94 % faster at these shapes). This measures the whole engine, per model cut to
---layers layers (random weights, bf16, without CUDA graphs, as prefill_parity), in two arms in
-one process, alternating:
+layer's attention taking 33-94 % less time at these shapes, 18 % more at one). This measures
+the whole engine, per model cut to --layers layers (random weights, bf16, without CUDA
+graphs, as prefill_parity), in two arms in one process, alternating:
 - "explicit": those layers through attention.blocked_attend (model.flex_prefill removed);
 - "flex": the engine as it chose (its FlexPrefill; with --quick an uncompiled one);
 the prefill time of a 1-token generation at each p (the engine's CUDA-event timing, least of

@@ -13,7 +13,7 @@
 #    1cfb365 rows), merged into a copy of docs/benchmarks/models.json.
 source "$(dirname "$0")/_steps.sh"
 cp docs/benchmarks/models.json "$WORK/docs/models_before.json"
-step 1 150 flex_prefill python3 benchmarks/flex_prefill.py --out "$WORK/docs"
+step 1 180 flex_prefill python3 benchmarks/flex_prefill.py --out "$WORK/docs"
 step 2 600 profile python3 -m infermeter profile gpt-oss-20b \
   --store "$WORK/gpt-oss-20b.sqlite"
 # models_bench's record is written after its profiles, whose own limit (--timeout-s) must end

@@ -285,7 +285,10 @@ def test_graph_orchestration_on_cpu(monkeypatch: Any, name: str) -> None:
     experts and latent attention for the newer layouts)."""
     import infermeter.engine.generate as gen
 
+    pools: list[tuple[str, bool]] = []
+
     def capture(self: Any, body: Any, shared: bool = True) -> Any:
+        pools.append(("decode" if "_step" in body.__code__.co_names else "prefill", shared))
         body()  # the eager warm-up
         out = body()
         return FakeGraph(body, out), out
@@ -296,6 +299,10 @@ def test_graph_orchestration_on_cpu(monkeypatch: Any, name: str) -> None:
     eager, _ = engine_with(spec)
     graphs, _ = engine_with(spec)
     graphs.graphs, graphs.prefill_graph_problem = True, None
+    if name == "tiny-gpt-oss":  # sinks: the prefill through FlexAttention, as on CUDA
+        from infermeter.engine.flex import FlexPrefill
+
+        graphs.model.flex_prefill = FlexPrefill(compiled=False, block=4)
     prompts = [PROMPTS[0], PROMPTS[1][:3]]
     for stops in ((), (eager.generate(prompts, 12).tokens[0][5],)):
         want = eager.generate(prompts, 12, stop_tokens=stops)
@@ -304,6 +311,12 @@ def test_graph_orchestration_on_cpu(monkeypatch: Any, name: str) -> None:
     assert len(graphs._graph_cache) > 2  # one per span bucket and stop mode
     assert graphs.generate(torch.tensor(PROMPTS), 5).tokens == eager.generate(PROMPTS, 5).tokens
     assert graphs._prefill is not None and graphs._prefill.key == (2, 9, False, False)
+    # decode graphs share one pool; a prompt shape's graphs have pools of their own
+    assert {kind for kind, _ in pools} == {"decode", "prefill"}
+    assert all(shared == (kind == "decode") for kind, shared in pools)
+    if name == "tiny-gpt-oss":  # the block masks its forward graph reads, held by it
+        masks = graphs._prefill.masks
+        assert len(masks) == 2 and all(m.seq_lengths == (9, 9) for m in masks)
 
 
 def test_random_weights_do_not_depend_on_tp() -> None:

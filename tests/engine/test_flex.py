@@ -1,8 +1,9 @@
 """FlexAttention prefill (engine/flex.py): the same attention as the explicit path for every
-mask kind, size and head grouping; a self-check that fails where the math is wrong; the
-engine's choice and its switch. On a CPU flex runs unfused (compiled flex serves CUDA only):
-the math is what is checked here; its speed and its compiled kernels need a GPU
-(benchmarks/flex_prefill.py)."""
+mask kind, size, block and head grouping; block masks built from the blocks' corners list the
+blocks create_block_mask lists; a self-check that fails where the math is wrong; the engine's
+choice, its switch, and the masks a prefill graph holds. On a CPU flex runs unfused (compiled
+flex serves CUDA only): the math is what is checked here; its speed and its compiled kernels
+need a GPU (benchmarks/flex_prefill.py)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_attention import reference
 
+from infermeter.engine import flex as flex_module
 from infermeter.engine.attention import chunk_mask, window_mask
 from infermeter.engine.flex import (
     FlexPrefill,
+    _block_mask,
     choose_prefill,
     flex_problem,
     prefill_mode,
@@ -30,7 +33,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without to
 CPU = torch.device("cpu")
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     s=st.integers(1, 70),
     window=st.one_of(st.none(), st.integers(1, 40)),
@@ -38,12 +41,22 @@ CPU = torch.device("cpu")
     kind=st.sampled_from(["softcap", "sinks", "both"]),
     group=st.sampled_from([1, 2, 4]),
     scale=st.one_of(st.none(), st.floats(0.05, 0.5)),
+    block=st.sampled_from([8, 16, 128]),
 )
-@example(s=37, window=None, chunked=False, kind="sinks", group=4, scale=None)
-@example(s=33, window=8, chunked=True, kind="softcap", group=2, scale=0.1)
+@example(s=37, window=None, chunked=False, kind="sinks", group=4, scale=None, block=128)
+@example(s=33, window=8, chunked=True, kind="softcap", group=2, scale=0.1, block=16)
+@example(s=70, window=20, chunked=False, kind="both", group=1, scale=None, block=8)
 def test_flex_prefill_is_attention_under_the_layers_mask(
-    s: int, window: int | None, chunked: bool, kind: str, group: int, scale: float | None
+    s: int,
+    window: int | None,
+    chunked: bool,
+    kind: str,
+    group: int,
+    scale: float | None,
+    block: int,
 ) -> None:
+    """In blocks of 8 or 16 (many a prompt: full, partial and skipped ones) or one of 128,
+    FlexAttention's default; batch 2 under masks made for any batch."""
     gen = torch.Generator().manual_seed(s * 7 + (window or 0))
     b, nkv, d = 2, 2, 8
     q = torch.randn(b, nkv * group, s, d, generator=gen)
@@ -53,10 +66,39 @@ def test_flex_prefill_is_attention_under_the_layers_mask(
     pos = torch.arange(s)
     chunk = chunked and window is not None
     mask = chunk_mask(pos, pos, window) if chunk else window_mask(pos, pos, window)
-    got = FlexPrefill(compiled=False)(q, k, v, window, chunked, scale, softcap, sinks)
+    flex = FlexPrefill(compiled=False, block=block)
+    got = flex(q, k, v, window, chunked, scale, softcap, sinks)
     want = reference(q, k, v, mask, softcap, sinks, scale)
     assert got.shape == (b, nkv * group, s, d)
     assert torch.allclose(got.double(), want, atol=1e-5), (got.double() - want).abs().max()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    blocks=st.integers(1, 12),
+    window=st.one_of(st.none(), st.integers(1, 100)),
+    block=st.sampled_from([8, 16]),
+)
+def test_block_masks_from_corners_list_the_blocks_create_block_mask_lists(
+    blocks: int, window: int | None, block: int
+) -> None:
+    """At whole blocks (create_block_mask evaluates the mask past s in a last, partial
+    block, where only the kernel's bounds matter), the same partial and the same full blocks
+    for each block of queries."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    s = blocks * block
+    got = _block_mask(s, window, False, block, CPU)
+    mod = flex_module._mask_mod(window, False)
+    want = create_block_mask(mod, None, None, s, s, device="cpu", BLOCK_SIZE=block)
+
+    def listed(counts: torch.Tensor, order: torch.Tensor) -> list[set[int]]:
+        return [set(order[0, 0, i, : int(counts[0, 0, i])].tolist()) for i in range(blocks)]
+
+    assert listed(got.kv_num_blocks, got.kv_indices) == listed(want.kv_num_blocks, want.kv_indices)
+    assert listed(got.full_kv_num_blocks, got.full_kv_indices) == listed(
+        want.full_kv_num_blocks, want.full_kv_indices
+    )
 
 
 def test_block_masks_are_kept_for_the_latest_length_only() -> None:
@@ -64,9 +106,9 @@ def test_block_masks_are_kept_for_the_latest_length_only() -> None:
     first = flex.block_mask(40, None, False, CPU)
     assert flex.block_mask(40, None, False, CPU) is first  # made once a length
     local = flex.block_mask(40, 8, False, CPU)
-    assert local is not first and len(flex._masks) == 2
-    flex.block_mask(41, None, False, CPU)  # another length: the prefill graph of 40 is gone
-    assert list(flex._masks) == [(41, None, False)]
+    assert local is not first and flex.masks() == (first, local)
+    flex.block_mask(41, None, False, CPU)  # another length: a graph of 40 holds its own
+    assert len(flex.masks()) == 1 and flex.masks()[0] is not first
 
 
 class NoSinks(FlexPrefill):
@@ -77,28 +119,34 @@ class NoSinks(FlexPrefill):
         return super().__call__(q, k, v, window, chunked, scale, softcap, None)
 
 
-class GlobalChunks(FlexPrefill):
-    """Attends across chunks (a chunked layer read as windowed)."""
+class NoCap(FlexPrefill):
+    """Forgets the soft-capping."""
 
     def __call__(self, q: Any, k: Any, v: Any, window: Any, chunked: Any = False,
                  scale: Any = None, softcap: Any = None, sinks: Any = None) -> Any:  # fmt: skip
-        return super().__call__(q, k, v, window, False, scale, softcap, sinks)
+        return super().__call__(q, k, v, window, chunked, scale, None, sinks)
+
+
+class CapOff(FlexPrefill):
+    """Caps at 5 % more than asked (close, not the same)."""
+
+    def __call__(self, q: Any, k: Any, v: Any, window: Any, chunked: Any = False,
+                 scale: Any = None, softcap: Any = None, sinks: Any = None) -> Any:  # fmt: skip
+        cap = None if softcap is None else softcap * 1.05
+        return super().__call__(q, k, v, window, chunked, scale, cap, sinks)
+
+
+class NoWindow(FlexPrefill):
+    """Attends every earlier key (a window read as global)."""
+
+    def __call__(self, q: Any, k: Any, v: Any, window: Any, chunked: Any = False,
+                 scale: Any = None, softcap: Any = None, sinks: Any = None) -> Any:  # fmt: skip
+        return super().__call__(q, k, v, None, chunked, scale, softcap, sinks)
 
 
 class Broken(FlexPrefill):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("triton: out of resources")
-
-
-def test_the_self_check_passes_flex_and_names_what_is_wrong() -> None:
-    assert flex_problem(FlexPrefill(compiled=False), CPU, torch.float32) is None
-    assert "window of 128, sinks" in (
-        flex_problem(NoSinks(compiled=False), CPU, torch.float32) or ""
-    )
-    assert "chunks of 128" in (flex_problem(GlobalChunks(compiled=False), CPU, torch.float32) or "")
-    assert flex_problem(Broken(compiled=False), CPU, torch.float32) == (
-        "RuntimeError: triton: out of resources"
-    )
+        raise RuntimeError("triton: out of resources\n  (a second line of compiler output)")
 
 
 def _model(name: str) -> Any:
@@ -106,8 +154,28 @@ def _model(name: str) -> Any:
     return Engine(spec, device="cpu", cuda_graphs=False).model
 
 
-def test_the_engine_takes_flex_only_for_capped_or_sink_layers_on_cuda(monkeypatch: Any) -> None:
+def test_the_self_check_passes_flex_and_names_what_is_wrong() -> None:
+    """At the tiny models' own layers, and at the cap of 2 the check adds (in bfloat16 a cap
+    of 50 barely bends the scores: a lost cap would pass there)."""
+    gemma, oss = _model("tiny-gemma2"), _model("tiny-gpt-oss")
+    for model in (gemma, oss):
+        assert flex_problem(FlexPrefill(compiled=False), model, CPU, torch.float32) is None
+    for wrong, model, says in [
+        (NoSinks, oss, "sinks True"),
+        (NoCap, gemma, "cap 50.0"),
+        (CapOff, oss, "cap 2.0"),  # gpt-oss has no cap of its own: the added case finds it
+        (NoWindow, gemma, "window 16"),  # the tiny layers' window
+    ]:
+        problem = flex_problem(wrong(compiled=False), model, CPU, torch.float32) or ""
+        assert problem.startswith("flex prefill differs from the explicit path by"), wrong
+        assert says in problem, (wrong, problem)
+    problem = flex_problem(Broken(compiled=False), oss, CPU, torch.float32)
+    assert problem == "RuntimeError: triton: out of resources"  # its first line
+
+
+def test_the_engine_takes_flex_only_for_capped_or_sink_layers_on_cuda() -> None:
     assert choose_prefill(_model("tiny-llama"), CPU, torch.float32, "auto") == (None, None)
+    assert choose_prefill(_model("tiny-llama4"), CPU, torch.float32, "auto") == (None, None)
     model = _model("tiny-gpt-oss")
     choice, why = choose_prefill(model, CPU, torch.float32, "auto")
     assert choice == "explicit" and "not CUDA" in (why or "") and model.flex_prefill is None
@@ -116,6 +184,28 @@ def test_the_engine_takes_flex_only_for_capped_or_sink_layers_on_cuda(monkeypatc
     )  # fmt: skip
     with pytest.raises(UserError, match="INFERMETER_PREFILL_ATTENTION=flex cannot run: not CUDA"):
         choose_prefill(model, CPU, torch.float32, "flex")
+
+
+@pytest.mark.parametrize("problem", [None, "flex prefill differs from the explicit path by 1"])
+def test_on_cuda_the_self_check_decides_in_inference_mode(monkeypatch: Any, problem: Any) -> None:
+    """The CUDA branch with the compiler and the check stood in for (no GPU here)."""
+    modes: list[bool] = []
+
+    def check(flex: Any, model: Any, device: Any, dtype: Any) -> Any:
+        modes.append(torch.is_inference_mode_enabled())  # as the engine's forward runs
+        return problem
+
+    monkeypatch.setattr(flex_module, "FlexPrefill", lambda: FlexPrefill(compiled=False))
+    monkeypatch.setattr(flex_module, "flex_problem", check)
+    model, cuda = _model("tiny-gemma2"), torch.device("cuda")
+    choice, why = choose_prefill(model, cuda, torch.bfloat16, "auto")
+    assert modes == [True]
+    if problem is None:
+        assert (choice, why) == ("flex", None) and isinstance(model.flex_prefill, FlexPrefill)
+    else:
+        assert (choice, why) == ("explicit", problem) and model.flex_prefill is None
+        with pytest.raises(UserError, match="flex cannot run: flex prefill differs"):
+            choose_prefill(model, cuda, torch.bfloat16, "flex")
 
 
 @pytest.mark.parametrize("value", ["", "auto", "explicit", "flex", "Flex", "fused"])
@@ -138,6 +228,19 @@ def test_the_engine_generates_the_same_tokens_through_flex(name: str) -> None:
     prompts = [[(7 * i + 3) % spec.vocab_size for i in range(40)]]
     want = engine.generate(prompts, 6)
     logits = engine.score(torch.tensor(prompts))
-    engine.model.flex_prefill = FlexPrefill(compiled=False)  # as choose_prefill sets it on CUDA
+    engine.model.flex_prefill = FlexPrefill(compiled=False, block=16)  # as on CUDA
     assert engine.generate(prompts, 6).tokens == want.tokens
     assert torch.allclose(engine.score(torch.tensor(prompts)), logits, atol=1e-4)
+
+
+def test_plain_windows_and_chunks_never_go_to_flex() -> None:
+    """Llama-4's chunked layers neither cap nor have sinks: blocked_attend (flash) serves."""
+
+    class Refuses(FlexPrefill):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("a plain layer went to flex")
+
+    spec = replace(get_spec("tiny-llama4"), max_context=128)
+    engine = Engine(spec, device="cpu", cuda_graphs=False)
+    engine.model.flex_prefill = Refuses(compiled=False)
+    assert len(engine.generate([list(range(1, 40))], 3).tokens[0]) == 3

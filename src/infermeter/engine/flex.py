@@ -8,10 +8,11 @@ from its log-sum-exp (softmax over [scores, sink] scales each row by exp(lse) / 
 exp(sink)) = sigmoid(lse − sink)).
 
 Why: measured on an H200 (benchmarks/explicit_attention.py, docs/benchmarks/
-explicit_attention.md, 2c856e4), one layer's prefill attention took 56-81 % less time
-under compiled FlexAttention at Gemma-2-9B's shapes (p = 493-4,097) and 55-94 % less at
-gpt-oss-20b's (global layers at p = 4,097: 15.5 ms against 1.0 ms), with outputs within
-0.5-0.9 % of the largest (bfloat16). Serving engines run these layers fused (FlashAttention
+explicit_attention.md, 2c856e4), one layer's prefill attention took 53-81 % less time
+under compiled FlexAttention at Gemma-2-9B's shapes (p = 493-4,097; one exception, the
+global layer at p = 495: 18 % more) and 33-94 % less at gpt-oss-20b's (global layers at
+p = 4,097: 15.5 ms against 1.0 ms), with outputs within 0.5-0.9 % of the largest
+(bfloat16). Serving engines run these layers fused (FlashAttention
 has soft-capping; vLLM's gpt-oss kernels have sinks), so the explicit path priced their
 prefill several times too high.
 
@@ -95,15 +96,51 @@ def _lse_request() -> dict[str, Any]:
     return {"return_lse": True}
 
 
+def _block_mask(s: int, window: int | None, chunked: bool, block: int, device: Any) -> Any:
+    """FlexAttention's BlockMask of an [s, s] prefill under (window, chunked), in blocks of
+    `block` queries and keys. Causal and windowed masks are built from the blocks' corners
+    (a few [n, n] tensors, n = s / block); create_block_mask would evaluate the whole [s, s]
+    mask first (about 10 GiB at s = 32,768). Chunks (no catalog model soft-caps or has sinks
+    in chunked layers) go to create_block_mask."""
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask
+
+    mask_mod = _mask_mod(window, chunked)
+    if chunked:
+        return create_block_mask(mask_mod, None, None, s, s, device=device, BLOCK_SIZE=block)
+    n = -(-s // block)
+    first = torch.arange(n, device=device) * block
+    last = torch.clamp(first + block, max=s) - 1
+    q_first, q_last, k_first, k_last = first[:, None], last[:, None], first[None], last[None]
+    seen = k_first <= q_last  # some key of block j at or before some query of block i
+    full = k_last <= q_first  # every key at or before every query
+    if window is not None:  # key j is seen from query i when i - W < j <= i
+        seen &= q_first - k_last < window
+        full &= q_last - k_first < window
+    partial = seen & ~full
+
+    def listed(keep: Tensor) -> tuple[Tensor, Tensor]:
+        counts = keep.sum(-1, dtype=torch.int32)[None, None]  # [1, 1, n]
+        order = (~keep).to(torch.int8).argsort(dim=-1, stable=True)  # kept blocks first
+        return counts, order.to(torch.int32)[None, None]  # [1, 1, n, n]
+
+    (counts, order), (full_counts, full_order) = listed(partial), listed(full)
+    return BlockMask.from_kv_blocks(
+        counts, order, full_counts, full_order, BLOCK_SIZE=block, mask_mod=mask_mod,
+        seq_lengths=(s, s),
+    )  # fmt: skip
+
+
 class FlexPrefill:
     """Prefill attention over all s prompt keys, as attention.blocked_attend computes it.
 
     compiled: torch.compile(flex_attention) (CUDA); False runs flex eagerly (unfused, every
-    score materialised: for checks on a CPU only). Block masks are built per prompt length
-    outside any CUDA graph (the capture's eager warm-up builds them) and kept for the latest
-    length only, which the one prefill graph an Engine keeps reads."""
+    score materialised: for checks on a CPU only). block: FlexAttention's tile of queries and
+    keys in the block masks (128, its default; smaller in CPU tests). Block masks are built
+    once a prompt length, outside any CUDA graph (the capture's eager warm-up builds them),
+    and the cache keeps the latest length's only: a captured graph holds its own (masks()).
+    """
 
-    def __init__(self, compiled: bool = True) -> None:
+    def __init__(self, compiled: bool = True, block: int = 128) -> None:
         from torch.nn.attention.flex_attention import flex_attention
 
         self._flex: Any = flex_attention
@@ -116,21 +153,24 @@ class FlexPrefill:
             if hasattr(config, "fail_on_recompile_limit_hit"):
                 config.fail_on_recompile_limit_hit = True
             self._flex = torch.compile(flex_attention, dynamic=True)
+        self.block = block
         self._masks: dict[tuple[int, int | None, bool], Any] = {}
         self._request = _lse_request()
 
     def block_mask(self, s: int, window: int | None, chunked: bool, device: torch.device) -> Any:
-        """The block mask of an [s, s] prefill under (window, chunked), made once a length."""
-        from torch.nn.attention.flex_attention import create_block_mask
-
+        """The block mask of an [s, s] prefill under (window, chunked), made once a length
+        (another length's are dropped from the cache; a graph that reads them holds them)."""
         key = (s, window, chunked)
         if key not in self._masks:
             if any(k[0] != s for k in self._masks):
-                self._masks.clear()  # another length: its prefill graph is gone
-            self._masks[key] = create_block_mask(
-                _mask_mod(window, chunked), None, None, s, s, device=device
-            )
+                self._masks.clear()
+            self._masks[key] = _block_mask(s, window, chunked, self.block, device)
         return self._masks[key]
+
+    def masks(self) -> tuple[Any, ...]:
+        """The block masks in the cache now: a CUDA graph captured after the eager run of its
+        length keeps these alive for as long as it may replay (Engine._prefill_graphs)."""
+        return tuple(self._masks.values())
 
     def __call__(
         self,
@@ -163,33 +203,51 @@ class FlexPrefill:
         return (out.float() * keep[..., None]).to(out.dtype)
 
 
-def flex_problem(flex: FlexPrefill, device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why `flex` cannot serve the engine's prefill here (None: it matches attention.attend
-    on a windowed, soft-capped and a sink layer with grouped heads at an odd length, within
-    2 % of the largest output in bfloat16, 1e-4 in float32). Compiles it as a side effect."""
+def _fused(blk: Any) -> bool:
+    """Whether a block's prefill goes to FlexPrefill (model.Block._attend's condition)."""
+    return blk.mla is None and (blk.softcap is not None or blk.sinks is not None)
+
+
+def flex_problem(
+    flex: FlexPrefill, model: Any, device: torch.device, dtype: torch.dtype
+) -> str | None:
+    """Why `flex` cannot serve `model`'s prefill here (None: it matches attention.attend,
+    within 2 % of the largest output in bfloat16, 1e-4 in float32). Checked at s = 300 (an
+    odd length over several blocks) on strided q, k and v as Block._attend slices them: each
+    kind of the model's capped or sink layers at its own heads, head size, window, scale and
+    cap, and one with a cap of 2 (where a cap not applied shows), sinks and a window of 128
+    at the first kind's heads. Compiles `flex` as a side effect. The first line of a compiler
+    or kernel error is returned as the problem."""
     from infermeter.engine.attention import attend, chunk_mask, window_mask
 
+    kinds = {
+        (b.nq, b.nkv, b.d, b.window, b.chunked, b.softcap, b.sinks is not None, b.scale)
+        for b in model.layers
+        if _fused(b)
+    }
+    cases = sorted(kinds, key=str)  # (a window may be None: ordered by their text)
+    nq, nkv, d = cases[0][:3]
+    cases.append((nq, nkv, d, 128, False, 2.0, True, None))
     gen = torch.Generator(device="cpu").manual_seed(0)
-    s, nq, nkv, d = 300, 4, 2, 64
-    q, k, v = (torch.randn(1, n, s, d, generator=gen).to(device, dtype) for n in (nq, nkv, nkv))
-    sinks = torch.randn(nq, generator=gen).to(device, dtype)
+    s, tolerance = 300, 1e-4 if dtype == torch.float32 else 2e-2
     pos = torch.arange(s, device=device)
-    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
-    cases = (
-        ("global, soft-capped", None, False, 50.0, None),
-        ("window of 128, sinks", 128, False, None, sinks),
-        ("chunks of 128, sinks", 128, True, None, sinks),
-    )
     try:
-        for name, window, chunked, softcap, sink in cases:
-            got = flex(q, k, v, window, chunked, d**-0.5, softcap, sink)
+        for nq, nkv, d, window, chunked, softcap, sinks, scale in cases:
+            qkv = torch.randn(s, nq + 2 * nkv, d, generator=gen).to(device, dtype)
+            q = qkv[:, :nq].view(1, s, nq, d).transpose(1, 2)
+            kv = qkv[:, nq:].view(1, s, 2, nkv, d)
+            k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+            sink = torch.randn(nq, generator=gen).to(device, dtype) if sinks else None
+            got = flex(q, k, v, window, chunked, scale, softcap, sink)
             mask = chunk_mask(pos, pos, window) if chunked else window_mask(pos, pos, window)
-            want = attend(q, k, v, mask, d**-0.5, softcap, sink).float()
+            want = attend(q, k, v, mask, scale, softcap, sink).float()
             diff = float((got.float() - want).abs().max() / want.abs().max())
             if not diff <= tolerance:
+                name = f"{nq} heads of {d}, window {window}, cap {softcap}, sinks {sinks}"
                 return f"flex prefill differs from the explicit path by {diff:.2e} ({name})"
     except Exception as error:  # a compiler or kernel failure: the explicit path runs
-        return f"{type(error).__name__}: {error}"[:300]
+        line = (str(error).strip().splitlines() or [""])[0]
+        return f"{type(error).__name__}: {line}"[:300]
     return None
 
 
@@ -200,7 +258,7 @@ def choose_prefill(
     taken: ("flex", None) with model.flex_prefill set, ("explicit", why) or (None, None)
     where no layer soft-caps or has sinks. `mode` is prefill_mode()'s. Raises UserError
     where mode "flex" cannot run (not CUDA, or its self-check failed)."""
-    if not any(blk.softcap is not None or blk.sinks is not None for blk in model.layers):
+    if not any(_fused(blk) for blk in model.layers):
         return None, None
     if mode == "explicit":
         return "explicit", f"{SWITCH}=explicit"
@@ -208,7 +266,7 @@ def choose_prefill(
     if device.type == "cuda":
         flex = FlexPrefill()
         with torch.inference_mode():  # as the engine calls it (compiles guard on the mode)
-            problem = flex_problem(flex, device, dtype)
+            problem = flex_problem(flex, model, device, dtype)
         if problem is None:
             model.flex_prefill = flex
             return "flex", None

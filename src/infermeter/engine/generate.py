@@ -111,6 +111,7 @@ class _PrefillGraphs:
     logits: Tensor  # forward's output, first's input (in the shape's own graph pool)
     forward: torch.cuda.CUDAGraph  # prefill -> logits of the last prompt tokens
     first: torch.cuda.CUDAGraph  # sample and record the first token, set up decode state
+    masks: tuple[Any, ...] = ()  # FlexAttention's block masks forward reads (flex.py)
 
 
 class _Clock:
@@ -302,7 +303,9 @@ class Engine:
         first, _ = self._capture(lambda: self._first_token(logits, lengths, width, stops), False)
         forward.replay()  # upload both now, outside any timed region
         first.replay()
-        self._prefill = _PrefillGraphs(key, tokens, lengths, logits, forward, first)
+        flex = self.model.flex_prefill  # the block masks the forward graph reads, held by it
+        masks = flex.masks() if flex is not None else ()
+        self._prefill = _PrefillGraphs(key, tokens, lengths, logits, forward, first, masks)
         return self._prefill
 
     # ---- one step ----------------------------------------------------------------------------

@@ -691,21 +691,23 @@ def thermal_warmup(
     }
 
 
-def _warm(backend: Backend, warm: Callable[[Point], None], point: Point) -> None:
+def _warm(backend: Backend, warm: Callable[[Point], None], point: Point) -> bool:
     """warm(point), and once more after the backend has freed its KV cache and graphs
-    (`release()`) if memory ran out. A second shortage is left to backend.measure(), which
-    records it as an error Measurement: a shortage at one shape must not end a profile
-    with a traceback and leave the points after it unmeasured."""
+    (`release()`) if memory ran out; False when the second ran out too. The shape's runs
+    then get no energy window (their set-up would be in it), and a shortage of their own is
+    an error Measurement: a shortage at one shape must not end a profile with a traceback
+    and leave the points after it unmeasured."""
     release = getattr(backend, "release", None)
     for _ in range(2):
         try:
             warm(point)
-            return
+            return True
         except Exception as error:
             if not is_oom(error):
                 raise
             if release is not None:
                 release()
+    return False
 
 
 def measure_point(
@@ -726,17 +728,19 @@ def measure_point(
     window's figures (energy_window_runs, energy_window_s, method, per-GPU joules), its time
     back to back (`sustained_runtime_s`: the fastest of the window's last SUSTAINED_RUNS runs)
     and, if timed alone, the idle before it (`idle_before_s`). Trials that fail leave the
-    window of an isolated shape unrun (no energy).
+    window of an isolated shape unrun (no energy); a shape whose untimed set-up ran out of
+    memory twice (_warm) gets no window either (its trials' extra say so: energy_skipped).
     """
-    window = meter.window("point") if meter is not None and meter.measures_energy else None
-    measured: list[tuple[Point, Measurement]] = []
-    in_window: list[Measurement] = []  # every run inside the window, trials included
-    warm = getattr(backend, "warm", None)
-    if window is not None and warm is not None:
+    metered = meter is not None and meter.measures_energy
+    warmed, warm = True, getattr(backend, "warm", None)
+    if metered and warm is not None:
         # A shape's first visit sets it up untimed (warm-up run, graph capture); in the window
         # that work's joules would be charged to the runs (on an H200, 10-20% of a new prompt
         # size's energy). Runtimes never held it: the backends time only the generation.
-        _warm(backend, warm, replace(shape, trial=0))
+        warmed = _warm(backend, warm, replace(shape, trial=0))
+    window = meter.window("point") if metered and warmed and meter is not None else None
+    measured: list[tuple[Point, Measurement]] = []
+    in_window: list[Measurement] = []  # every run inside the window, trials included
     alone = window is not None and shape.output_tokens <= ISOLATED_MAX_OUTPUT
     try:
         if alone:
@@ -763,6 +767,8 @@ def measure_point(
     finally:
         result = window.close() if window is not None else None
     if result is None:
+        for _, measurement in measured if not warmed else ():
+            measurement.extra["energy_skipped"] = "its set-up ran out of memory twice"
         return measured
     runs = len(in_window)
     last = [m.runtime_s for m in in_window[-SUSTAINED_RUNS:] if m.status == "ok"]
