@@ -17,6 +17,9 @@ whose greedy next token is the same.
 Run (GPU): PYTHONPATH=src python benchmarks/flex_prefill.py [--models gemma-2-9b,gpt-oss-20b]
            [--layers 8] [--sizes 481,496,...]
 CPU check (tiny specs, float32, flex unfused, times meaningless): ... --quick
+With a GPU also, per arm in a fresh engine with CUDA graphs, the peak memory of setting up a
+prefill of --graph-p tokens (its warm-up and captures; at 2c856e4 gpt-oss-20b's default profile
+ran out of memory there, 96 GiB in graph pools).
 Writes docs/benchmarks/flex_prefill.json and .md with device, date and commit.
 """
 
@@ -43,7 +46,8 @@ from prefill_parity import engine_cli, prefill_times
 
 GPU_MODELS = "gemma-2-9b,gpt-oss-20b"
 QUICK_MODELS = "tiny-gemma2,tiny-gpt-oss"
-GPU_SIZES = (481, 496, 1841, 1856, 4097, 8191, 16383)
+GPU_SIZES = (481, 496, 1841, 1856, 4097, 8191, 16097)  # each model's within its context
+GRAPH_P = 16097  # a long prompt's prefill graph: the peak memory of its capture per arm
 QUICK_SIZES = (9, 16, 33)
 ARMS = ("explicit", "flex")
 
@@ -67,8 +71,45 @@ def agreement(engine: Any, flex: Any, p: int) -> dict[str, float]:
     }
 
 
+def graph_peak_gb(spec: Any, flex: Any, p: int) -> dict[str, Any]:
+    """Per arm, the peak GPU memory (GB, torch's allocated) of setting up a CUDA-graph
+    prefill of p tokens and one output token (Engine.warm_point: the warm-up run and the
+    captures), in a fresh engine each (random weights, bf16), and whether its prefill graph
+    was captured. Out of memory is recorded as such."""
+    from infermeter.backends.base import Point
+    from infermeter.errors import is_oom
+
+    out: dict[str, Any] = {}
+    for which in ARMS:
+        backend = EngineBackend(device="cuda", dtype="bfloat16")
+        backend.prepare(spec)
+        engine = backend._engine
+        engine.model.flex_prefill = flex if which == "flex" else None
+        try:
+            torch.cuda.reset_peak_memory_stats()
+            try:
+                engine.warm_point(Point(p, 1, 1))
+                peak = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+                out[which] = {"peak_gb": peak, "prefill_graph": engine._prefill is not None}
+            except Exception as error:
+                if not is_oom(error):
+                    raise
+                out[which] = {"peak_gb": None, "prefill_graph": False, "out_of_memory": True}
+        finally:
+            backend.close()
+            gc.collect()
+            torch.cuda.empty_cache()
+    return out
+
+
 def one_model(
-    name: str, sizes: list[int], layers: int, device: str, trials: int, check_p: int
+    name: str,
+    sizes: list[int],
+    layers: int,
+    device: str,
+    trials: int,
+    check_p: int,
+    graph_p: int = 0,
 ) -> dict[str, Any]:
     spec = truncated(resolve_spec(name), layers)
     dtype = "bfloat16" if device == "cuda" else None
@@ -99,6 +140,9 @@ def one_model(
             row |= agreement(engine, flex, min(check_p, spec.max_context - 1))
     finally:
         backend.close()
+    if graph_p and graph_p < spec.max_context:
+        row["graph_p"] = graph_p
+        row["graph_setup"] = graph_peak_gb(spec, flex, graph_p)
     row["sizes"], row["failed"] = sizes, failed
     for which in ARMS:
         row[f"{which}_prefill_s"] = [times[which][p] for p in sizes]
@@ -132,6 +176,14 @@ def table(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
         out.append((f"{name}: prefill ms explicit / flex (flex over explicit)", cells, "-"))
         agree = f"{r['last_logits_rel_diff']:.2e}; greedy tokens {r['greedy_agreement']:.1%}"
         out.append((f"{name}: flex vs explicit logits, largest difference / largest", agree, "-"))
+        if "graph_setup" in r:
+            g = r["graph_setup"]
+            cell = " / ".join(
+                "out of memory" if g[a].get("out_of_memory") else f"{g[a]['peak_gb']} GB"
+                for a in ARMS
+            )
+            label = f"{name}: peak memory setting up a graph prefill of p {r['graph_p']}"
+            out.append((f"{label}, explicit / flex", cell, "-"))
         if r["failed"]:
             out.append((f"{name}: failed", str(r["failed"]), "-"))
     return out
@@ -141,6 +193,12 @@ def main() -> None:
     def more(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--sizes", default=None, help=f"prompt sizes ({GPU_SIZES})")
         parser.add_argument("--check-p", type=int, default=1841, help="the agreement prompt")
+        parser.add_argument(
+            "--graph-p",
+            type=int,
+            default=GRAPH_P,
+            help="prompt of the graph memory check (0: none)",
+        )
 
     parser, args, device, models = engine_cli(
         __doc__ or "", "flex_prefill", GPU_MODELS, QUICK_MODELS, more
@@ -149,16 +207,23 @@ def main() -> None:
         sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else None
     except ValueError:
         parser.error(f"--sizes takes prompt sizes separated by commas, not {args.sizes!r}")
-    sizes = sizes or list(QUICK_SIZES if args.quick else GPU_SIZES)
     most = min(spec.max_context for _, spec in models) - 1
-    if min(sizes) < 1 or max(sizes) > most or args.check_p < 1:
+    if (sizes is not None and (min(sizes) < 1 or max(sizes) > most)) or args.check_p < 1:
         parser.error(f"--sizes and --check-p must be 1 to {most} (p and its output token)")
+    if args.graph_p < 0:
+        parser.error("--graph-p must be a prompt size, or 0 for no graph memory check")
+    given = sizes
     name = "flex_prefill" + ("_quick" if args.quick else "")
     check_p = min(args.check_p, 33) if args.quick else args.check_p
     rows: list[dict[str, Any]] = []
     began = time.perf_counter()
-    for model, _ in models:
-        rows.append(one_model(model, sizes, args.layers, device, args.trials, check_p))
+    graph_p = 0 if args.quick else args.graph_p  # CUDA graphs: a GPU only
+    for model, spec in models:
+        # the default sizes, each model's within its context (Gemma-2's is 8,192)
+        sizes = given or [
+            p for p in (QUICK_SIZES if args.quick else GPU_SIZES) if p < spec.max_context
+        ]
+        rows.append(one_model(model, sizes, args.layers, device, args.trials, check_p, graph_p))
         r = rows[-1]
         print(
             f"{r['spec']}: {r['engine_choice']}"

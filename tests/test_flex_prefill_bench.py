@@ -47,6 +47,7 @@ def test_quick_times_both_arms_and_finds_them_agreeing(tmp_path: Path) -> None:
     [
         (["--quick", "--sizes", "9,x"], "--sizes takes prompt sizes separated by commas"),
         (["--quick", "--sizes", "9,512"], "--sizes and --check-p must be 1 to 511"),
+        (["--quick", "--graph-p", "-1"], "--graph-p must be a prompt size"),
         (["--quick", "--check-p", "0"], "--sizes and --check-p must be 1 to"),
         (["--quick", "--models", "no-such-model"], "no-such-model"),
         ([], "no CUDA GPU here: run with --quick"),

@@ -152,7 +152,10 @@ class FlexPrefill:
             setattr(config, limit, max(getattr(config, limit), RECOMPILE_LIMIT))
             if hasattr(config, "fail_on_recompile_limit_hit"):
                 config.fail_on_recompile_limit_hit = True
-            self._flex = torch.compile(flex_attention, dynamic=True)
+            # Sizes become symbolic at the second length (dynamo's automatic dynamic shapes);
+            # dynamic=True from the first failed to lower on an H200 (torch 2.11, 41eac75:
+            # "LoweringException: RuntimeError: unbacked_bindings").
+            self._flex = torch.compile(flex_attention)
         self.block = block
         self._masks: dict[tuple[int, int | None, bool], Any] = {}
         self._request = _lse_request()
