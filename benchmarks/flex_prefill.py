@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import signed_pct, write_result
 from decode_breakdown import truncated
 from infermeter.backends.engine import EngineBackend
-from infermeter.engine.flex import FlexPrefill
+from infermeter.engine.flex import SWITCH, FlexPrefill
 from infermeter.spec.catalog import resolve_spec
 from prefill_parity import engine_cli, prefill_times
 
@@ -113,6 +114,8 @@ def one_model(
 ) -> dict[str, Any]:
     spec = truncated(resolve_spec(name), layers)
     dtype = "bfloat16" if device == "cuda" else None
+    if device == "cuda":  # flex is opt-in: the engine's choice under auto, with why not
+        os.environ.setdefault(SWITCH, "auto")
     backend = EngineBackend(device=device, dtype=dtype, cuda_graphs=False)  # as prefill_parity
     backend.prepare(spec)
     engine = backend._engine

@@ -319,6 +319,31 @@ def test_graph_orchestration_on_cpu(monkeypatch: Any, name: str) -> None:
         assert len(masks) == 2 and all(m.seq_lengths == (9, 9) for m in masks)
 
 
+def test_prompts_past_the_graph_limit_prefill_eagerly(monkeypatch: Any) -> None:
+    """Past PREFILL_GRAPH_MAX_TOKENS (batch x width) no prefill graph is captured (a capture
+    keeps its activations: gpt-oss-20b's ran out of memory at p = 16,097 on an H200); the
+    tokens are the same either way, and a shorter prompt still gets its graphs."""
+    import infermeter.engine.generate as gen
+
+    def capture(self: Any, body: Any, shared: bool = True) -> Any:
+        body()
+        out = body()
+        return FakeGraph(body, out), out
+
+    monkeypatch.setattr(gen.Engine, "_capture", capture)
+    monkeypatch.setattr(gen, "PREFILL_GRAPH_MAX_TOKENS", 12)
+    spec = replace(get_spec("tiny-gpt-oss"), max_context=128)
+    eager, _ = engine_with(spec)
+    graphs, _ = engine_with(spec)
+    graphs.graphs, graphs.prefill_graph_problem = True, None
+    long, short = [PROMPTS[0]], [PROMPTS[1][:6]]  # 2 x 9 tokens and 2 x 6: over 12, not
+    assert graphs.generate(long * 2, 5).tokens == eager.generate(long * 2, 5).tokens
+    assert graphs._prefill is None and graphs.describe()["prefill_graph_max_tokens"] == 12
+    assert graphs.generate(short * 2, 5).tokens == eager.generate(short * 2, 5).tokens
+    assert graphs._prefill is not None and graphs._prefill.key[:2] == (2, 6)
+    assert graphs.prefill_graph_problem is None  # a choice, not a failure
+
+
 def test_random_weights_do_not_depend_on_tp() -> None:
     spec = replace(SPECS["llama"], vocab_size=255)  # uneven vocabulary chunks
     full = Decoder(spec, partition(spec), Comm(), torch.device("cpu"), torch.float32)

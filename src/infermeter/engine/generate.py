@@ -48,6 +48,14 @@ SPAN_BUCKET = 64  # masked decode attends to a multiple of this many keys (and c
 MAX_STOPS = 16
 CHECK_EVERY = 8  # with stop tokens, the host looks at the done flags every this many steps
 WARMUP_TOKENS = 8
+# Prompts of at most this many tokens (batch x width) prefill through a CUDA graph; longer
+# ones eagerly. A graph is there for short prompts, whose eager prefill is bound by kernel
+# launches on a slow host; past a few thousand tokens the GPU's work is hundreds of times
+# the launches'. And a capture keeps every activation it allocates until it ends: on an H200
+# (41eac75) the explicit attention path (sinks, soft-capping) of gpt-oss-20b held 18 GB more
+# than the weights at p = 6,113, 68 GB at 10,209 and 90 GB at 14,305, and ran out of memory
+# at 16,097 in the capture, where the eager run before it had fitted.
+PREFILL_GRAPH_MAX_TOKENS = 4096
 
 
 def sample_top_p(
@@ -272,8 +280,9 @@ class Engine:
     def _try_prefill_graphs(
         self, batch: int, width: int, padded: bool, stops: bool
     ) -> _PrefillGraphs | None:
-        """Prefill graphs, or None (eager prefill) once a capture has failed other than OOM."""
-        if self.prefill_graph_problem is not None:
+        """Prefill graphs, or None (eager prefill): for more than PREFILL_GRAPH_MAX_TOKENS
+        tokens, and once a capture has failed other than for memory."""
+        if self.prefill_graph_problem is not None or batch * width > PREFILL_GRAPH_MAX_TOKENS:
             return None
         try:
             return self._prefill_graphs(batch, width, padded, stops)
@@ -705,6 +714,7 @@ class Engine:
             "prefill_attention": self.prefill_attention,  # soft-capped or sink layers
             "prefill_attention_note": self.prefill_attention_note,
             "prefill_graphs": self.prefill_graph_problem is None,
+            "prefill_graph_max_tokens": PREFILL_GRAPH_MAX_TOKENS if self.graphs else None,
             "prefill_graphs_note": self.prefill_graph_problem,
         }
 
