@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import signed_pct, write_result
 from decode_breakdown import truncated
 from infermeter.backends.engine import EngineBackend
-from infermeter.engine.flex import SWITCH, FlexPrefill
+from infermeter.engine.flex import SWITCH, FlexPrefill, prefill_mode
+from infermeter.errors import UserError
 from infermeter.spec.catalog import resolve_spec
 from prefill_parity import engine_cli, prefill_times
 
@@ -72,15 +73,29 @@ def agreement(engine: Any, flex: Any, p: int) -> dict[str, float]:
     }
 
 
+def model_sizes(spec: Any, given: list[int] | None, quick: bool) -> list[int]:
+    """The prompt sizes measured for `spec`: those given (checked against every model's
+    context up front), else the defaults that leave room in its context for one output
+    token (Gemma-2's context is 8,192)."""
+    if given:
+        return given
+    return [p for p in (QUICK_SIZES if quick else GPU_SIZES) if p < spec.max_context]
+
+
 def graph_peak_gb(spec: Any, flex: Any, p: int) -> dict[str, Any]:
     """Per arm, the peak GPU memory (GB, torch's allocated) of setting up a CUDA-graph
     prefill of p tokens and one output token (Engine.warm_point: the warm-up run and the
     captures), in a fresh engine each (random weights, bf16), and whether its prefill graph
-    was captured. Out of memory is recorded as such."""
+    was captured: the engine's limit (generate.PREFILL_GRAPH_MAX_TOKENS) is raised to p for
+    it, so this says what capturing a long prompt costs each arm. Out of memory is recorded
+    as such."""
     from infermeter.backends.base import Point
+    from infermeter.engine import generate
     from infermeter.errors import is_oom
 
     out: dict[str, Any] = {}
+    limit = generate.PREFILL_GRAPH_MAX_TOKENS  # the engine captures up to it: raised here
+    generate.PREFILL_GRAPH_MAX_TOKENS = max(limit, p)
     for which in ARMS:
         backend = EngineBackend(device="cuda", dtype="bfloat16")
         backend.prepare(spec)
@@ -100,6 +115,7 @@ def graph_peak_gb(spec: Any, flex: Any, p: int) -> dict[str, Any]:
             backend.close()
             gc.collect()
             torch.cuda.empty_cache()
+    generate.PREFILL_GRAPH_MAX_TOKENS = limit
     return out
 
 
@@ -146,6 +162,8 @@ def one_model(
     if graph_p and graph_p < spec.max_context:
         row["graph_p"] = graph_p
         row["graph_setup"] = graph_peak_gb(spec, flex, graph_p)
+    elif graph_p:
+        row["graph_setup_skipped"] = f"--graph-p {graph_p} is past its {spec.max_context} tokens"
     row["sizes"], row["failed"] = sizes, failed
     for which in ARMS:
         row[f"{which}_prefill_s"] = [times[which][p] for p in sizes]
@@ -182,11 +200,15 @@ def table(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
         if "graph_setup" in r:
             g = r["graph_setup"]
             cell = " / ".join(
-                "out of memory" if g[a].get("out_of_memory") else f"{g[a]['peak_gb']} GB"
+                "out of memory"
+                if g[a].get("out_of_memory")
+                else f"{g[a]['peak_gb']} GB" + ("" if g[a]["prefill_graph"] else " (no graph)")
                 for a in ARMS
             )
             label = f"{name}: peak memory setting up a graph prefill of p {r['graph_p']}"
             out.append((f"{label}, explicit / flex", cell, "-"))
+        if "graph_setup_skipped" in r:
+            out.append((f"{name}: graph prefill memory", r["graph_setup_skipped"], "-"))
         if r["failed"]:
             out.append((f"{name}: failed", str(r["failed"]), "-"))
     return out
@@ -206,6 +228,10 @@ def main() -> None:
     parser, args, device, models = engine_cli(
         __doc__ or "", "flex_prefill", GPU_MODELS, QUICK_MODELS, more
     )
+    try:  # a misspelt switch, before any model is built
+        prefill_mode()
+    except UserError as error:
+        parser.error(str(error))
     try:
         sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else None
     except ValueError:
@@ -223,9 +249,7 @@ def main() -> None:
     graph_p = 0 if args.quick else args.graph_p  # CUDA graphs: a GPU only
     for model, spec in models:
         # the default sizes, each model's within its context (Gemma-2's is 8,192)
-        sizes = given or [
-            p for p in (QUICK_SIZES if args.quick else GPU_SIZES) if p < spec.max_context
-        ]
+        sizes = model_sizes(spec, given, args.quick)
         rows.append(one_model(model, sizes, args.layers, device, args.trials, check_p, graph_p))
         r = rows[-1]
         print(

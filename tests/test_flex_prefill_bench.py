@@ -50,12 +50,26 @@ def test_quick_times_both_arms_and_finds_them_agreeing(tmp_path: Path) -> None:
         (["--quick", "--graph-p", "-1"], "--graph-p must be a prompt size"),
         (["--quick", "--check-p", "0"], "--sizes and --check-p must be 1 to"),
         (["--quick", "--models", "no-such-model"], "no-such-model"),
+        (["--quick"], "INFERMETER_PREFILL_ATTENTION must be auto, explicit or flex"),
         ([], "no CUDA GPU here: run with --quick"),
     ],
 )
 def test_user_mistakes_are_one_line_before_any_work(
-    tmp_path: Path, args: list[str], says: str
+    tmp_path: Path, args: list[str], says: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not args and torch.cuda.is_available():
         pytest.skip("a GPU is here: the script would run")
+    if "INFERMETER_PREFILL_ATTENTION" in says:
+        monkeypatch.setenv("INFERMETER_PREFILL_ATTENTION", "fused")
     assert_refused("flex_prefill.py", args, says, tmp_path)
+
+
+def test_each_model_gets_the_default_sizes_within_its_context() -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    import flex_prefill
+    from infermeter.spec.catalog import get_spec
+
+    gemma, oss = get_spec("gemma-2-9b"), get_spec("gpt-oss-20b")  # 8,192 and 131,072
+    assert flex_prefill.model_sizes(gemma, None, False) == [481, 496, 1841, 1856, 4097, 8191]
+    assert flex_prefill.model_sizes(oss, None, False) == list(flex_prefill.GPU_SIZES)
+    assert flex_prefill.model_sizes(gemma, [9, 20], False) == [9, 20]  # given: as given

@@ -5,12 +5,12 @@
 # each step, so a call cut short keeps what it measured (scripts/device/_steps.sh). Steps:
 # 1. benchmarks/flex_prefill.py: the engine's prefill of Gemma-2-9B and gpt-oss-20b (8 layers)
 #    with FlexAttention (engine/flex.py, opt-in) against the explicit path, their logits'
-#    agreement, and the peak memory of a graph prefill of 16,097 tokens. At 41eac75 it never
+#    agreement, and the peak memory of capturing a prefill of 16,097 tokens. At 41eac75 it never
 #    ran (its default sizes passed Gemma-2's context), and the engine's flex self-check failed
 #    to compile (dynamic=True, since dropped).
 # 2. `infermeter profile gpt-oss-20b` with its defaults (to 32,768 tokens): at 2c856e4 and
-#    41eac75 every p from 16,097 ran out of memory in the prefill graph's capture (90 GB of
-#    activations at 14,305); prompts over 4,096 tokens now prefill eagerly
+#    41eac75 every p from ~16,100 ran out of memory in the prefill graph's capture (75 GB
+#    over the weights capturing 14,305); prompts over 4,096 tokens now prefill eagerly
 #    (generate.PREFILL_GRAPH_MAX_TOKENS). To finish it in a second call, unpack the first
 #    call's a.tgz into a carried folder F and run with STEPS=2 PRIOR=F/a on the same kind of
 #    card (refused otherwise).

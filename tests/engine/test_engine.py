@@ -337,11 +337,14 @@ def test_prompts_past_the_graph_limit_prefill_eagerly(monkeypatch: Any) -> None:
     graphs, _ = engine_with(spec)
     graphs.graphs, graphs.prefill_graph_problem = True, None
     long, short = [PROMPTS[0]], [PROMPTS[1][:6]]  # 2 x 9 tokens and 2 x 6: over 12, not
+    assert graphs.generate(short * 2, 5).tokens == eager.generate(short * 2, 5).tokens
+    assert graphs._prefill is not None and graphs._prefill.key[:2] == (2, 6)
+    # after a short shape's graphs: the long prompt neither replays nor keeps them
     assert graphs.generate(long * 2, 5).tokens == eager.generate(long * 2, 5).tokens
     assert graphs._prefill is None and graphs.describe()["prefill_graph_max_tokens"] == 12
     assert graphs.generate(short * 2, 5).tokens == eager.generate(short * 2, 5).tokens
-    assert graphs._prefill is not None and graphs._prefill.key[:2] == (2, 6)
-    assert graphs.prefill_graph_problem is None  # a choice, not a failure
+    assert graphs._prefill is not None and graphs.prefill_graph_problem is None  # a choice
+    assert eager.describe()["prefill_graph_max_tokens"] is None  # no graphs, no limit
 
 
 def test_random_weights_do_not_depend_on_tp() -> None:

@@ -180,7 +180,7 @@ def test_the_engine_takes_flex_only_for_capped_or_sink_layers_on_cuda() -> None:
     choice, why = choose_prefill(model, CPU, torch.float32, "auto")
     assert choice == "explicit" and "not CUDA" in (why or "") and model.flex_prefill is None
     choice, why = choose_prefill(model, CPU, torch.float32, "explicit")
-    assert choice == "explicit" and "INFERMETER_PREFILL_ATTENTION=auto or flex" in (why or "")
+    assert choice == "explicit" and "auto or flex takes FlexAttention (opt-in)" in (why or "")
     assert model.flex_prefill is None
     with pytest.raises(UserError, match="INFERMETER_PREFILL_ATTENTION=flex cannot run: not CUDA"):
         choose_prefill(model, CPU, torch.float32, "flex")

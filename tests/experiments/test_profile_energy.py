@@ -354,6 +354,7 @@ def test_a_shape_whose_set_up_runs_out_of_memory_is_set_up_again_after_a_release
     assert [m.status for _, m in measured] == ["ok", "ok"]  # measure() found memory enough
     if shortages == 1:
         assert all(m.energy_j is not None for _, m in measured)
+        assert all("energy_skipped" not in m.extra for _, m in measured)
     else:  # not set up: its set-up would be in the window, so there is none
         assert all(m.energy_j is None and "energy_window_runs" not in m.extra for _, m in measured)
         assert all("out of memory twice" in m.extra["energy_skipped"] for _, m in measured)
@@ -375,3 +376,16 @@ def test_a_set_up_that_fails_other_than_for_memory_raises() -> None:
             measure_point(backend, Point(24, 2, 1), [0], meter, 0.1)
     finally:
         backend.close()
+
+
+def test_an_unmetered_point_says_nothing_of_energy() -> None:
+    from infermeter.experiments.profile import measure_point
+
+    backend = HFBackend(device="cpu")
+    backend.prepare(get_spec("tiny-llama"))
+    try:
+        measured = measure_point(backend, Point(8, 2, 1), [0, 1])  # no meter: a CPU profile
+    finally:
+        backend.close()
+    assert [m.status for _, m in measured] == ["ok", "ok"]
+    assert all(m.energy_j is None and "energy_skipped" not in m.extra for _, m in measured)

@@ -269,7 +269,7 @@ def choose_prefill(
     if not any(_fused(blk) for blk in model.layers):
         return None, None
     if mode == "explicit":
-        return "explicit", f"the default; {SWITCH}=auto or flex takes FlexAttention (opt-in)"
+        return "explicit", f"{SWITCH} unset or explicit; auto or flex takes FlexAttention (opt-in)"
     problem = "not CUDA (FlexAttention is compiled for CUDA only here)"
     if device.type == "cuda":
         flex = FlexPrefill()

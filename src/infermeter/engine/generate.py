@@ -50,11 +50,13 @@ CHECK_EVERY = 8  # with stop tokens, the host looks at the done flags every this
 WARMUP_TOKENS = 8
 # Prompts of at most this many tokens (batch x width) prefill through a CUDA graph; longer
 # ones eagerly. A graph is there for short prompts, whose eager prefill is bound by kernel
-# launches on a slow host; past a few thousand tokens the GPU's work is hundreds of times
-# the launches'. And a capture keeps every activation it allocates until it ends: on an H200
-# (41eac75) the explicit attention path (sinks, soft-capping) of gpt-oss-20b held 18 GB more
-# than the weights at p = 6,113, 68 GB at 10,209 and 90 GB at 14,305, and ran out of memory
-# at 16,097 in the capture, where the eager run before it had fitted.
+# launches on a slow host; gpt-oss-20b's prefill of 4,065 tokens took 0.34 s on an H200.
+# And a capture does not reuse memory as an eager run does: on an H200 (41eac75, nvidia-smi
+# every 5 s against the store's times) capturing gpt-oss-20b's prefill (explicit attention:
+# sinks) took about 18 GB over the weights at p = 6,113, 39 GB at 10,209 and 75 GB at
+# 14,305, and from 16,097 on every capture ran out of memory with 96 GiB in graph pools,
+# where the eager run before it had fitted (the thermal warm-up's capture at 32,225, the
+# run's first, had taken 83-89 GB: what a capture takes depends on more than p).
 PREFILL_GRAPH_MAX_TOKENS = 4096
 
 
@@ -281,8 +283,14 @@ class Engine:
         self, batch: int, width: int, padded: bool, stops: bool
     ) -> _PrefillGraphs | None:
         """Prefill graphs, or None (eager prefill): for more than PREFILL_GRAPH_MAX_TOKENS
-        tokens, and once a capture has failed other than for memory."""
-        if self.prefill_graph_problem is not None or batch * width > PREFILL_GRAPH_MAX_TOKENS:
+        tokens (the last shape's graphs are freed then: the long prompts are those short of
+        memory), and once a capture has failed other than for memory."""
+        if self.prefill_graph_problem is not None:
+            return None
+        if batch * width > PREFILL_GRAPH_MAX_TOKENS:
+            if self._prefill is not None:
+                self._prefill = None
+                torch.cuda.empty_cache()
             return None
         try:
             return self._prefill_graphs(batch, width, padded, stops)
