@@ -308,10 +308,10 @@ class Engine:
         if self._prefill is not None and self._prefill.key == key:
             return self._prefill
         # Free the previous shape's graphs with their pools, and the eager warm-up's blocks,
-        # back to the driver. A shape's graphs have pools of their own: in the decode graphs'
-        # pool, which lives as long as they do, larger prompts' activations came on top of
-        # the smaller ones' (H200, 2c856e4: gpt-oss-20b's default profile held 96 GiB in
-        # graph pools at p = 16,385 and ran out of memory).
+        # back to the driver. A shape's graphs have pools of their own, so their memory goes
+        # back when the shape changes; in the decode graphs' pool it stayed with them. (That
+        # was not what ran gpt-oss-20b's default profile out of memory on an H200: see
+        # PREFILL_GRAPH_MAX_TOKENS.)
         self._prefill = None
         torch.cuda.empty_cache()
         tokens = torch.zeros(batch, width, device=self.device, dtype=torch.long)
