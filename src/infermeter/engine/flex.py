@@ -12,9 +12,10 @@ explicit_attention.md, 2c856e4), one layer's prefill attention took 53-81 % less
 under compiled FlexAttention at Gemma-2-9B's shapes (p = 493-4,097; one exception, the
 global layer at p = 495: 18 % more) and 33-94 % less at gpt-oss-20b's (global layers at
 p = 4,097: 15.5 ms against 1.0 ms), with outputs within 0.5-0.9 % of the largest
-(bfloat16). Serving engines run these layers fused (FlashAttention
-has soft-capping; vLLM's gpt-oss kernels have sinks), so the explicit path priced their
-prefill several times too high.
+(bfloat16). Serving engines run these layers fused (FlashAttention has soft-capping;
+vLLM's gpt-oss kernels have sinks), so the explicit path's attention is several times
+slower than theirs; how much of a whole prefill that is, benchmarks/flex_prefill.py
+measures (owed).
 
 `FlexPrefill` is chosen by the Engine on CUDA after a self-check against `attend`
 (`flex_problem`) where INFERMETER_PREFILL_ATTENTION is auto or flex; unset (explicit), the
@@ -45,8 +46,9 @@ RECOMPILE_LIMIT = 64
 def prefill_mode() -> str:
     """INFERMETER_PREFILL_ATTENTION: explicit (the default), auto (flex where it passes its
     self-check) or flex (an error where flex cannot run). Flex is opt-in until the whole
-    engine has been measured with it on a GPU (benchmarks/flex_prefill.py, owed: its first
-    run's self-check failed to compile, since mended, and no device time was left). Raises
+    engine has been measured with it on a GPU (benchmarks/flex_prefill.py, owed: in its
+    first GPU run the self-check failed to compile with dynamic=True, since dropped, and no
+    device time was left to run it again). Raises
     UserError for any other value (read by the Engine before the model is built)."""
     wanted = os.environ.get(SWITCH, "").strip() or "explicit"
     if wanted not in PREFILL_MODES:
