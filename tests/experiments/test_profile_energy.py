@@ -110,9 +110,12 @@ def test_short_queries_are_metered_over_repeated_runs(tmp_path: Path) -> None:
     # The three trials, then runs of 14 ms back to back until the window passes 200 ms.
     assert window_s >= 0.2 and (runs - 1) * 0.014 < 0.2 <= runs * 0.014 + 0.005
     for _, measurement in measured:
-        # 250 W over each run's share of the window; the runtime stays the trial's own.
+        # 250 W over each run's share of the window; the runtime stays the trial's own (the
+        # backend's wall clock, real time: never compared with the fake clock's window, which
+        # a loaded machine can outrun; a review saw 0.256 s against a 0.211 s window).
         assert measurement.energy_j == pytest.approx(250 * window_s / runs, rel=1e-6)
-        assert measurement.runtime_s < window_s
+        assert measurement.runtime_s != pytest.approx(window_s / runs, rel=1e-3)
+        assert measurement.runtime_s != pytest.approx(window_s, rel=1e-3)
 
 
 @pytest.mark.slow
