@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import DOCS, record_problem, signed_pct, write_result
 from engine_bench import cuda_time
 from infermeter.engine.attention import blocked_attend
+from infermeter.engine.flex import lse_request
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def flex_arm(
     from torch.nn.attention.flex_attention import create_block_mask
 
     block = create_block_mask(mods.mask, None, None, s, s, device=device)
-    request = _lse_request()
+    request = lse_request()
 
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: Any) -> torch.Tensor:
         out, lse = compiled(
@@ -121,16 +122,6 @@ def flex_arm(
         return (out.float() * keep[..., None]).to(out.dtype)
 
     return run
-
-
-def _lse_request() -> dict[str, Any]:
-    """flex_attention's keyword for its log-sum-exp: return_aux (torch >= 2.9; return_lse
-    is deprecated there) or return_lse."""
-    from torch.nn.attention import flex_attention as flex
-
-    if hasattr(flex, "AuxRequest"):
-        return {"return_aux": flex.AuxRequest(lse=True)}
-    return {"return_lse": True}
 
 
 def timed(fn: Callable[[], Any], trials: int, device: str) -> float:

@@ -93,7 +93,7 @@ def _score_mod(softcap: float | None) -> Any:
     return capped
 
 
-def _lse_request() -> dict[str, Any]:
+def lse_request() -> dict[str, Any]:
     """flex_attention's keyword for its log-sum-exp: return_aux (torch >= 2.9; return_lse
     is deprecated there) or return_lse."""
     from torch.nn.attention import flex_attention as flex
@@ -165,7 +165,7 @@ class FlexPrefill:
             self._flex = torch.compile(flex_attention)
         self.block = block
         self._masks: dict[tuple[int, int | None, bool], Any] = {}
-        self._request = _lse_request()
+        self._request = lse_request()
 
     def block_mask(self, s: int, window: int | None, chunked: bool, device: torch.device) -> Any:
         """The block mask of an [s, s] prefill under (window, chunked), made once a length
