@@ -244,3 +244,27 @@ def test_plain_windows_and_chunks_never_go_to_flex() -> None:
     engine = Engine(spec, device="cpu", cuda_graphs=False)
     engine.model.flex_prefill = Refuses(compiled=False)
     assert len(engine.generate([list(range(1, 40))], 3).tokens[0]) == 3
+
+
+def test_compiled_flex_lowers_when_a_cap_or_scale_changes() -> None:
+    """The self-check calls compiled flex with the model's cap and then a cap of 2: dynamo made
+    the changed float symbolic (.item() in the score function) and inductor failed to lower it
+    ("unbacked_bindings", on an H200 and here). compiled_flex specialises floats: every call
+    lowers, matches flex unfused, and the process's own compiler settings are left as they
+    were. Compiled on this CPU (inductor's C++ backend) without the log-sum-exp, which CPU
+    flex cannot return; the engine's compiled calls run on CUDA."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    specialise_before = torch._dynamo.config.specialize_float
+    flex = flex_module.compiled_flex()
+    s, nq, nkv, d = 130, 4, 2, 16
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, n, s, d, generator=gen) for n in (nq, nkv, nkv))
+    with torch.inference_mode():
+        for window, cap, scale in [(None, 50.0, 0.25), (None, 2.0, 0.25), (64, 2.0, 0.1)]:
+            mask = _block_mask(s, window, False, 128, CPU)
+            score = flex_module._score_mod(cap)
+            args = {"score_mod": score, "block_mask": mask, "scale": scale, "enable_gqa": True}
+            got, want = flex(q, k, v, **args), flex_attention(q, k, v, **args)
+            assert float((got - want).abs().max()) < 1e-5, (window, cap, scale)
+    assert torch._dynamo.config.specialize_float == specialise_before

@@ -46,10 +46,9 @@ RECOMPILE_LIMIT = 64
 def prefill_mode() -> str:
     """INFERMETER_PREFILL_ATTENTION: explicit (the default), auto (flex where it passes its
     self-check) or flex (an error where flex cannot run). Flex is opt-in until the whole
-    engine has been measured with it on a GPU (benchmarks/flex_prefill.py, owed: in its
-    first GPU run the self-check failed to compile with dynamic=True, since dropped, and no
-    device time was left to run it again). Raises
-    UserError for any other value (read by the Engine before the model is built)."""
+    engine has been measured with it on a GPU (benchmarks/flex_prefill.py: in its first two
+    GPU runs the self-check failed to lower, see compiled_flex). Raises UserError for any
+    other value (read by the Engine before the model is built)."""
     wanted = os.environ.get(SWITCH, "").strip() or "explicit"
     if wanted not in PREFILL_MODES:
         raise UserError(
@@ -103,6 +102,37 @@ def lse_request() -> dict[str, Any]:
     return {"return_lse": True}
 
 
+def compiled_flex() -> Any:
+    """torch.compile(flex_attention) as FlexPrefill calls it, with float arguments (scale)
+    and the floats its score functions close over (softcap) specialised: a compile a value.
+
+    Without this, dynamo makes a float that changed between calls (the self-check's cap of 2
+    after a model's 50) symbolic, reads it with .item() inside the score function, and
+    inductor cannot lower flex with that unbacked value: "LoweringException: RuntimeError:
+    unbacked_bindings" (seen on an H200, torch 2.11, 41eac75 and 92d784a; the same on a CPU,
+    torch 2.13). Sizes stay dynamic (dynamo's automatic dynamic shapes, from the second
+    length); dynamic=True from the first failed to lower as well (41eac75). Raises the
+    process's recompile limit to RECOMPILE_LIMIT and makes hitting it an error, not flex's
+    silent unfused path."""
+    import torch._dynamo
+    from torch.nn.attention.flex_attention import flex_attention
+
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, limit, max(getattr(config, limit), RECOMPILE_LIMIT))
+    if hasattr(config, "fail_on_recompile_limit_hit"):
+        config.fail_on_recompile_limit_hit = True
+    compiled = torch.compile(flex_attention)
+    if not hasattr(config, "specialize_float"):  # torch < 2.6: floats were specialised
+        return compiled
+
+    def flex(*args: Any, **kwargs: Any) -> Any:
+        with config.patch(specialize_float=True):
+            return compiled(*args, **kwargs)
+
+    return flex
+
+
 def _block_mask(s: int, window: int | None, chunked: bool, block: int, device: Any) -> Any:
     """FlexAttention's BlockMask of an [s, s] prefill under (window, chunked), in blocks of
     `block` queries and keys. Causal and windowed masks are built from the blocks' corners
@@ -150,19 +180,7 @@ class FlexPrefill:
     def __init__(self, compiled: bool = True, block: int = 128) -> None:
         from torch.nn.attention.flex_attention import flex_attention
 
-        self._flex: Any = flex_attention
-        if compiled:
-            import torch._dynamo
-
-            config = torch._dynamo.config
-            limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-            setattr(config, limit, max(getattr(config, limit), RECOMPILE_LIMIT))
-            if hasattr(config, "fail_on_recompile_limit_hit"):
-                config.fail_on_recompile_limit_hit = True
-            # Sizes become symbolic at the second length (dynamo's automatic dynamic shapes);
-            # dynamic=True from the first failed to lower on an H200 (torch 2.11, 41eac75:
-            # "LoweringException: RuntimeError: unbacked_bindings").
-            self._flex = torch.compile(flex_attention)
+        self._flex: Any = compiled_flex() if compiled else flex_attention
         self.block = block
         self._masks: dict[tuple[int, int | None, bool], Any] = {}
         self._request = lse_request()
