@@ -163,7 +163,9 @@ def one_model(
         row["graph_p"] = graph_p
         row["graph_setup"] = graph_peak_gb(spec, flex, graph_p)
     elif graph_p:
-        row["graph_setup_skipped"] = f"--graph-p {graph_p} is past its {spec.max_context} tokens"
+        row["graph_setup_skipped"] = (
+            f"--graph-p {graph_p} leaves no room in its context of {spec.max_context} tokens"
+        )
     row["sizes"], row["failed"] = sizes, failed
     for which in ARMS:
         row[f"{which}_prefill_s"] = [times[which][p] for p in sizes]

@@ -73,3 +73,17 @@ def test_each_model_gets_the_default_sizes_within_its_context() -> None:
     assert flex_prefill.model_sizes(gemma, None, False) == [481, 496, 1841, 1856, 4097, 8191]
     assert flex_prefill.model_sizes(oss, None, False) == list(flex_prefill.GPU_SIZES)
     assert flex_prefill.model_sizes(gemma, [9, 20], False) == [9, 20]  # given: as given
+
+
+def test_a_graph_size_past_a_models_context_is_recorded_as_skipped() -> None:
+    """--graph-p is one size for every model; a model whose context it passes (Gemma-2's
+    8,192) gets a skip that names both, and is measured otherwise."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import flex_prefill
+    from infermeter.spec.catalog import get_spec
+
+    context = get_spec("tiny-gemma2").max_context
+    row = flex_prefill.one_model("tiny-gemma2", [9], 2, "cpu", 1, 9, graph_p=context)
+    says = f"--graph-p {context} leaves no room in its context of {context} tokens"
+    assert row["graph_setup_skipped"] == says
+    assert "graph_setup" not in row and row["explicit_prefill_s"][0] > 0
