@@ -7,7 +7,8 @@
 #    with FlexAttention (engine/flex.py, opt-in) against the explicit path, their logits'
 #    agreement, and the peak memory of capturing a prefill of 16,097 tokens. At 41eac75 it never
 #    ran (its default sizes passed Gemma-2's context), and the engine's flex self-check failed
-#    to compile (dynamic=True, since dropped).
+#    to compile (dynamic=True, since dropped); at 92d784a it failed to lower a changed float
+#    (unbacked_bindings; floats are specialised since c4a20d4).
 # 2. `infermeter profile gpt-oss-20b` with its defaults (to 32,768 tokens): at 2c856e4 and
 #    41eac75 every p from ~16,100 ran out of memory in the prefill graph's capture (75 GB
 #    over the weights capturing 14,305); prompts over 4,096 tokens now prefill eagerly
@@ -18,7 +19,7 @@
 #    1cfb365 rows), merged into a copy of docs/benchmarks/models.json.
 source "$(dirname "$0")/_steps.sh"
 cp docs/benchmarks/models.json "$WORK/docs/models_before.json"
-step 1 180 flex_prefill python3 benchmarks/flex_prefill.py --out "$WORK/docs"
+step 1 240 flex_prefill python3 benchmarks/flex_prefill.py --out "$WORK/docs"
 step 2 600 profile python3 -m infermeter profile gpt-oss-20b \
   --store "$WORK/gpt-oss-20b.sqlite"
 # models_bench's record is written after its profiles, whose own limit (--timeout-s) must end
