@@ -38,8 +38,10 @@ def test_quick_times_both_arms_and_finds_them_agreeing(tmp_path: Path) -> None:
         # unfused flex materialises every score: slower here, never equal by accident
         assert all(x > 0 for x in r["flex_over_explicit_pct"])
         assert r["last_logits_rel_diff"] < 1e-5 and r["greedy_agreement"] == 1.0
+        assert len(r["layer_rel_diff"]) == 3 and max(r["layer_rel_diff"]) < 1e-5
     table = (tmp_path / "flex_prefill_quick.md").read_text()
     assert "tiny-gpt-oss@2L: prefill ms explicit / flex (flex over explicit) | p 9:" in table
+    assert "tiny-gpt-oss@2L: flex vs explicit, one layer on random q, k, v" in table
 
 
 @pytest.mark.parametrize(
