@@ -8,13 +8,17 @@
 #    agreement, and the peak memory of capturing a prefill of 16,097 tokens. At 41eac75 it never
 #    ran (its default sizes passed Gemma-2's context), and the engine's flex self-check failed
 #    to compile (dynamic=True, since dropped); at 92d784a it failed to lower a changed float
-#    (unbacked_bindings; floats are specialised since c4a20d4).
+#    (unbacked_bindings; floats are specialised since c4a20d4). At 7d4d2ae it ran on an H100
+#    (flex_prefill.md); since b25687d it also records one layer's flex-vs-explicit difference
+#    at each size, which tells whether gpt-oss-20b's 39 % logit difference is flex or routing.
 # 2. `infermeter profile gpt-oss-20b` with its defaults (to 32,768 tokens): at 2c856e4 and
 #    41eac75 every p from ~16,100 ran out of memory in the prefill graph's capture (75 GB
 #    over the weights capturing 14,305); prompts over 4,096 tokens now prefill eagerly
-#    (generate.PREFILL_GRAPH_MAX_TOKENS). To finish it in a second call, unpack the first
-#    call's a.tgz into a carried folder F and run with STEPS=2 PRIOR=F/a on the same kind of
-#    card (refused otherwise).
+#    (generate.PREFILL_GRAPH_MAX_TOKENS): at 92d784a every p to 30,689 was measured before the
+#    step's limit; STEPS="2" PRIOR=docs/benchmarks/stores/gpt-oss-20b_eager_92d784a resumes
+#    that store on an H200. To finish a run in a second call, unpack the first call's a.tgz
+#    into a carried folder F and run with STEPS=2 PRIOR=F/a on the same kind of card
+#    (refused otherwise: PRIOR's gpu.txt names the cards).
 # 3. models.md's Gemma-2-9B and gpt-oss-20b rows at this engine (--max-context 4096, as their
 #    1cfb365 rows), merged into a copy of docs/benchmarks/models.json.
 source "$(dirname "$0")/_steps.sh"

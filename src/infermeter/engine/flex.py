@@ -14,8 +14,11 @@ global layer at p = 495: 18 % more) and 33-94 % less at gpt-oss-20b's (global la
 p = 4,097: 15.5 ms against 1.0 ms), with outputs within 0.5-0.9 % of the largest
 (bfloat16). Serving engines run these layers fused (FlashAttention has soft-capping;
 vLLM's gpt-oss kernels have sinks), so the explicit path's attention is several times
-slower than theirs; how much of a whole prefill that is, benchmarks/flex_prefill.py
-measures (owed).
+slower than theirs. In the whole engine (benchmarks/flex_prefill.py, docs/benchmarks/
+flex_prefill.md: an H100, 7d4d2ae, 8 layers, eager prefills) flex took 28-84 % less
+prefill time from p = 1,841 and 2-42 % more near p = 500 for both models; Gemma-2's logits
+agreed, gpt-oss-20b's differed by 39 % (its MoE routing may amplify a small difference:
+flex_differences at each size tells them apart; owed on a GPU).
 
 `FlexPrefill` is chosen by the Engine on CUDA after a self-check against `attend`
 (`flex_problem`) where INFERMETER_PREFILL_ATTENTION is auto or flex; unset (explicit), the
@@ -45,10 +48,9 @@ RECOMPILE_LIMIT = 64
 
 def prefill_mode() -> str:
     """INFERMETER_PREFILL_ATTENTION: explicit (the default), auto (flex where it passes its
-    self-check) or flex (an error where flex cannot run). Flex is opt-in until the whole
-    engine has been measured with it on a GPU (benchmarks/flex_prefill.py: in its first two
-    GPU runs the self-check failed to lower, see compiled_flex). Raises UserError for any
-    other value (read by the Engine before the model is built)."""
+    self-check) or flex (an error where flex cannot run). Flex is opt-in until its whole-
+    engine agreement for gpt-oss-20b is understood (see the module's docstring). Raises
+    UserError for any other value (read by the Engine before the model is built)."""
     wanted = os.environ.get(SWITCH, "").strip() or "explicit"
     if wanted not in PREFILL_MODES:
         raise UserError(
