@@ -73,6 +73,15 @@ def agreement(engine: Any, flex: Any, p: int) -> dict[str, float]:
     }
 
 
+def layer_differences(engine: Any, flex: Any, p: int) -> dict[str, Any]:
+    """engine/flex.flex_differences at p for the engine's model (per kind of layer and the
+    cap-2 check case), or {"error": its first line} where flex fails to compile or run."""
+    try:
+        return flex_differences(flex, engine.model, engine.device, engine.dtype, p)
+    except Exception as error:  # kept with the row's timings, not lost with them
+        return {"error": f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"}
+
+
 def model_sizes(spec: Any, given: list[int] | None, quick: bool) -> list[int]:
     """The prompt sizes measured for `spec`: those given (checked against every model's
     context up front), else the defaults that leave room in its context for one output
@@ -127,17 +136,26 @@ def one_model(
     trials: int,
     check_p: int,
     graph_p: int = 0,
+    float32: bool = False,
 ) -> dict[str, Any]:
     spec = truncated(resolve_spec(name), layers)
-    dtype = "bfloat16" if device == "cuda" else None
+    dtype = "bfloat16" if device == "cuda" and not float32 else None
     if device == "cuda":  # flex is opt-in: the engine's choice under auto, with why not
         os.environ.setdefault(SWITCH, "auto")
+        from torch import _dynamo
+
+        _dynamo.reset()  # each model's compiles counted from zero (RECOMPILE_LIMIT)
     backend = EngineBackend(device=device, dtype=dtype, cuda_graphs=False)  # as prefill_parity
     backend.prepare(spec)
     engine = backend._engine
     row: dict[str, Any] = {"model": name, "spec": spec.name, "layers": spec.num_layers}
     row["engine_choice"] = engine.prefill_attention
     row["engine_note"] = engine.prefill_attention_note
+    row["dtype"] = str(engine.dtype).removeprefix("torch.")
+    if row["engine_choice"] is None:
+        backend.close()
+        why = "no layer soft-caps or has sinks: flex would serve none of its layers"
+        return row | {"failed": {"flex": why}}
     flex = engine.model.flex_prefill
     if flex is None and device == "cpu":
         flex = FlexPrefill(compiled=False)  # the CPU check: the same math, unfused
@@ -159,10 +177,7 @@ def one_model(
             row |= agreement(engine, flex, min(check_p, spec.max_context - 1))
             # the layers alone, on random q, k, v: an MoE model's routing turns a small
             # difference in attention into a large one in the logits (decode_agreement.md)
-            row["layer_rel_diff"] = [
-                max(flex_differences(flex, engine.model, engine.device, engine.dtype, p).values())
-                for p in sizes
-            ]
+            row["layer_rel_diff"] = [layer_differences(engine, flex, p) for p in sizes]
     finally:
         backend.close()
     if graph_p and graph_p < spec.max_context:
@@ -180,6 +195,15 @@ def one_model(
         for e, f in zip(row["explicit_prefill_s"], row["flex_prefill_s"], strict=True)
     ]
     return row
+
+
+def worst(cases: dict[str, Any]) -> str:
+    """The largest difference among a model's own kinds and the check case's, or the error."""
+    if "error" in cases:
+        return str(cases["error"])
+    own = [x for name, x in cases.items() if not name.startswith("check: ")]
+    check = [x for name, x in cases.items() if name.startswith("check: ")]
+    return f"{max(own):.2e}; {max(check):.2e}"
 
 
 def table(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
@@ -207,10 +231,10 @@ def table(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
         out.append((f"{name}: flex vs explicit logits, largest difference / largest", agree, "-"))
         if "layer_rel_diff" in r:
             layers = ", ".join(
-                f"p {p}: {x:.2e}" for p, x in zip(r["sizes"], r["layer_rel_diff"], strict=True)
+                f"p {p}: {worst(x)}" for p, x in zip(r["sizes"], r["layer_rel_diff"], strict=True)
             )
             label = f"{name}: flex vs explicit, one layer on random q, k, v, largest difference"
-            out.append((f"{label} / largest (worst of its kinds)", layers, "-"))
+            out.append((f"{label} / largest (its kinds; the cap-2 check case)", layers, "-"))
         if "graph_setup" in r:
             g = r["graph_setup"]
             cell = " / ".join(
@@ -238,6 +262,12 @@ def main() -> None:
             default=GRAPH_P,
             help="prompt of the graph memory check (0: none)",
         )
+        parser.add_argument(
+            "--float32",
+            action="store_true",
+            help="GPU in float32, not bfloat16: the arms' agreement without bf16 rounding "
+            "(written as flex_prefill_float32)",
+        )
 
     parser, args, device, models = engine_cli(
         __doc__ or "", "flex_prefill", GPU_MODELS, QUICK_MODELS, more
@@ -256,7 +286,7 @@ def main() -> None:
     if args.graph_p < 0:
         parser.error("--graph-p must be a prompt size, or 0 for no graph memory check")
     given = sizes
-    name = "flex_prefill" + ("_quick" if args.quick else "")
+    name = "flex_prefill" + ("_quick" if args.quick else "_float32" if args.float32 else "")
     check_p = min(args.check_p, 33) if args.quick else args.check_p
     rows: list[dict[str, Any]] = []
     began = time.perf_counter()
@@ -264,7 +294,11 @@ def main() -> None:
     for model, spec in models:
         # the default sizes, each model's within its context (Gemma-2's is 8,192)
         sizes = model_sizes(spec, given, args.quick)
-        rows.append(one_model(model, sizes, args.layers, device, args.trials, check_p, graph_p))
+        rows.append(
+            one_model(
+                model, sizes, args.layers, device, args.trials, check_p, graph_p, args.float32
+            )
+        )
         r = rows[-1]
         print(
             f"{r['spec']}: {r['engine_choice']}"

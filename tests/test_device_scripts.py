@@ -71,10 +71,12 @@ def test_every_step_runs_in_order_and_its_results_come_back(tmp_path: Path) -> N
     assert done.returncode == 0, done.stdout + done.stderr
     calls = _calls(tmp_path)
     assert [c.split()[1] for c in calls] == [
-        "benchmarks/flex_prefill.py", "-m", "benchmarks/models_bench.py",
+        "benchmarks/flex_prefill.py", "benchmarks/flex_prefill.py", "-m",
+        "benchmarks/models_bench.py",
     ]  # fmt: skip
-    assert "profile gpt-oss-20b --store" in calls[1]
-    assert "--models gemma-2-9b,gpt-oss-20b" in calls[2] and "--merge" in calls[2]
+    assert "--float32" in calls[1] and "--float32" not in calls[0]
+    assert "profile gpt-oss-20b --store" in calls[2]
+    assert "--models gemma-2-9b,gpt-oss-20b" in calls[3] and "--merge" in calls[3]
     for n, name in enumerate(("flex_prefill", "profile", "models"), 1):
         assert f"step {n} ({name}): exit 0" in done.stdout
     kept = _members(out)

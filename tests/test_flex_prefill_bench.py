@@ -38,7 +38,9 @@ def test_quick_times_both_arms_and_finds_them_agreeing(tmp_path: Path) -> None:
         # unfused flex materialises every score: slower here, never equal by accident
         assert all(x > 0 for x in r["flex_over_explicit_pct"])
         assert r["last_logits_rel_diff"] < 1e-5 and r["greedy_agreement"] == 1.0
-        assert len(r["layer_rel_diff"]) == 3 and max(r["layer_rel_diff"]) < 1e-5
+        assert len(r["layer_rel_diff"]) == 3 and r["dtype"] == "float32"
+        for cases in r["layer_rel_diff"]:  # the model's kinds and the check case, each
+            assert len(cases) >= 2 and max(cases.values()) < 1e-5, cases
     table = (tmp_path / "flex_prefill_quick.md").read_text()
     assert "tiny-gpt-oss@2L: prefill ms explicit / flex (flex over explicit) | p 9:" in table
     assert "tiny-gpt-oss@2L: flex vs explicit, one layer on random q, k, v" in table
@@ -89,3 +91,31 @@ def test_a_graph_size_past_a_models_context_is_recorded_as_skipped() -> None:
     says = f"--graph-p {context} leaves no room in its context of {context} tokens"
     assert row["graph_setup_skipped"] == says
     assert "graph_setup" not in row and row["explicit_prefill_s"][0] > 0
+
+
+def test_a_model_flex_serves_no_layer_of_is_refused_and_a_failing_check_kept() -> None:
+    """tiny-llama has no soft-capped or sink layer: recorded as not measured, in words. A
+    layer check that fails (a compiler error on a GPU) is kept as its first line, with the
+    row's timings."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import flex_prefill
+    from infermeter.engine.flex import FlexPrefill
+    from infermeter.engine.generate import Engine
+    from infermeter.spec.catalog import get_spec
+
+    row = flex_prefill.one_model("tiny-llama", [9], 2, "cpu", 1, 9)
+    assert row["failed"] == {
+        "flex": "no layer soft-caps or has sinks: flex would serve none of its layers"
+    }
+    assert "sizes" not in row
+
+    class Broken(FlexPrefill):
+        def __call__(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("triton: out of resources\nmore lines")
+
+    engine = Engine(get_spec("tiny-gpt-oss"), device="cpu", cuda_graphs=False)
+    broken = flex_prefill.layer_differences(engine, Broken(compiled=False), 20)
+    assert broken == {"error": "RuntimeError: triton: out of resources"}
+    assert flex_prefill.worst(broken) == "RuntimeError: triton: out of resources"
+    cases = flex_prefill.layer_differences(engine, FlexPrefill(compiled=False), 20)
+    assert flex_prefill.worst(cases).count("e-") == 2  # its kinds'; the check case's

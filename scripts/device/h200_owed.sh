@@ -9,21 +9,26 @@
 #    ran (its default sizes passed Gemma-2's context), and the engine's flex self-check failed
 #    to compile (dynamic=True, since dropped); at 92d784a it failed to lower a changed float
 #    (unbacked_bindings; floats are specialised since c4a20d4). At 7d4d2ae it ran on an H100
-#    (flex_prefill.md); since b25687d it also records one layer's flex-vs-explicit difference
-#    at each size, which tells whether gpt-oss-20b's 39 % logit difference is flex or routing.
+#    (flex_prefill.md). Since b25687d it also records one layer's flex-vs-explicit difference
+#    at each size (random q, k, v), and then runs gpt-oss-20b in float32 (flex_prefill_float32):
+#    with both, whether gpt-oss-20b's 39 % logit difference in bf16 is flex's or its routing's.
 # 2. `infermeter profile gpt-oss-20b` with its defaults (to 32,768 tokens): at 2c856e4 and
 #    41eac75 every p from ~16,100 ran out of memory in the prefill graph's capture (75 GB
 #    over the weights capturing 14,305); prompts over 4,096 tokens now prefill eagerly
 #    (generate.PREFILL_GRAPH_MAX_TOKENS): at 92d784a every p to 30,689 was measured before the
 #    step's limit; STEPS="2" PRIOR=docs/benchmarks/stores/gpt-oss-20b_eager_92d784a resumes
-#    that store on an H200. To finish a run in a second call, unpack the first call's a.tgz
+#    that store on an H200 (points added are recorded under its commit, 92d784a; since then
+#    src changed only in engine/flex.py, which the default, explicit, profile does not run).
+#    To finish a run in a second call, unpack the first call's a.tgz
 #    into a carried folder F and run with STEPS=2 PRIOR=F/a on the same kind of card
 #    (refused otherwise: PRIOR's gpu.txt names the cards).
 # 3. models.md's Gemma-2-9B and gpt-oss-20b rows at this engine (--max-context 4096, as their
 #    1cfb365 rows), merged into a copy of docs/benchmarks/models.json.
 source "$(dirname "$0")/_steps.sh"
 cp docs/benchmarks/models.json "$WORK/docs/models_before.json"
-step 1 240 flex_prefill python3 benchmarks/flex_prefill.py --out "$WORK/docs"
+step 1 300 flex_prefill bash -c "python3 benchmarks/flex_prefill.py --out '$WORK/docs' &&
+  python3 benchmarks/flex_prefill.py --models gpt-oss-20b --float32 --sizes 1841,4097 \
+    --graph-p 0 --out '$WORK/docs'"
 step 2 600 profile python3 -m infermeter profile gpt-oss-20b \
   --store "$WORK/gpt-oss-20b.sqlite"
 # models_bench's record is written after its profiles, whose own limit (--timeout-s) must end

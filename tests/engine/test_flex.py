@@ -173,6 +173,35 @@ def test_the_self_check_passes_flex_and_names_what_is_wrong() -> None:
     assert problem == "RuntimeError: triton: out of resources"  # its first line
 
 
+class WrongAtSmallScale(FlexPrefill):
+    """Right except at a scale of 0.01 (where it uses the default scale)."""
+
+    def __call__(self, q: Any, k: Any, v: Any, window: Any, chunked: Any = False,
+                 scale: Any = None, softcap: Any = None, sinks: Any = None) -> Any:  # fmt: skip
+        scale = None if scale == 0.01 else scale
+        return super().__call__(q, k, v, window, chunked, scale, softcap, sinks)
+
+
+def test_every_kind_is_checked_even_where_kinds_differ_in_scale_alone() -> None:
+    """Two kinds of layer that differ only in their scale (or KV heads, or chunking) are two
+    cases, each reported and each held to the tolerance: one name for both let a flex wrong
+    at one scale pass (a fresh review found it)."""
+    model = _model("tiny-gpt-oss")
+    model.layers[0].scale = 0.01
+    differences = flex_module.flex_differences(
+        FlexPrefill(compiled=False), model, CPU, torch.float32
+    )
+    kinds = {(b.window, b.scale) for b in model.layers}
+    assert len(differences) == len(kinds) + 1  # and the cap-2 check case
+    assert sum(name.startswith("check: ") for name in differences) == 1
+    assert max(differences.values()) < 1e-5
+    problem = flex_problem(WrongAtSmallScale(compiled=False), model, CPU, torch.float32) or ""
+    assert "scale 0.01" in problem, problem
+    assert (
+        flex_module.flex_differences(FlexPrefill(), _model("tiny-llama"), CPU, torch.float32) == {}
+    )
+
+
 def test_the_engine_takes_flex_only_for_capped_or_sink_layers_on_cuda() -> None:
     assert choose_prefill(_model("tiny-llama"), CPU, torch.float32, "auto") == (None, None)
     assert choose_prefill(_model("tiny-llama4"), CPU, torch.float32, "auto") == (None, None)
@@ -251,12 +280,21 @@ def test_compiled_flex_lowers_when_a_cap_or_scale_changes() -> None:
     the changed float symbolic (.item() in the score function) and inductor failed to lower it
     ("unbacked_bindings", on an H200 and here). compiled_flex specialises floats: every call
     lowers, matches flex unfused, and the process's own compiler settings are left as they
-    were. Compiled on this CPU (inductor's C++ backend) without the log-sum-exp, which CPU
+    were (but for the recompile limit compiled_flex raises, restored here for the other
+    tests). Compiled on this CPU (inductor's C++ backend) without the log-sum-exp, which CPU
     flex cannot return; the engine's compiled calls run on CUDA."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    specialise_before = torch._dynamo.config.specialize_float
-    flex = flex_module.compiled_flex()
+    config = torch._dynamo.config
+    specialise_before = config.specialize_float
+    with config.patch(recompile_limit=config.recompile_limit, fail_on_recompile_limit_hit=False):
+        _lowers_when_floats_change(flex_module.compiled_flex(), flex_attention)
+        assert config.recompile_limit >= flex_module.RECOMPILE_LIMIT
+    assert config.specialize_float == specialise_before
+    torch._dynamo.reset()
+
+
+def _lowers_when_floats_change(flex: Any, flex_attention: Any) -> None:
     s, nq, nkv, d = 130, 4, 2, 16
     gen = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(1, n, s, d, generator=gen) for n in (nq, nkv, nkv))
@@ -267,4 +305,3 @@ def test_compiled_flex_lowers_when_a_cap_or_scale_changes() -> None:
             args = {"score_mod": score, "block_mask": mask, "scale": scale, "enable_gqa": True}
             got, want = flex(q, k, v, **args), flex_attention(q, k, v, **args)
             assert float((got - want).abs().max()) < 1e-5, (window, cap, scale)
-    assert torch._dynamo.config.specialize_float == specialise_before

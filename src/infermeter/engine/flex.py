@@ -15,14 +15,14 @@ p = 4,097: 15.5 ms against 1.0 ms), with outputs within 0.5-0.9 % of the largest
 (bfloat16). Serving engines run these layers fused (FlashAttention has soft-capping;
 vLLM's gpt-oss kernels have sinks), so the explicit path's attention is several times
 slower than theirs. In the whole engine (benchmarks/flex_prefill.py, docs/benchmarks/
-flex_prefill.md: an H100, 7d4d2ae, 8 layers, eager prefills) flex took 28-84 % less
+flex_prefill.md: an H100, 7d4d2ae, 8 layers, eager prefills) flex took 27-84 % less
 prefill time from p = 1,841 and 2-42 % more near p = 500 for both models; Gemma-2's logits
-agreed, gpt-oss-20b's differed by 39 % (its MoE routing may amplify a small difference:
-flex_differences at each size tells them apart; owed on a GPU).
+agreed, gpt-oss-20b's differed by 39 % (its MoE routing may amplify a small difference;
+one layer's difference at each size and a float32 run, owed on a GPU, would tell).
 
-`FlexPrefill` is chosen by the Engine on CUDA after a self-check against `attend`
+`FlexPrefill` is chosen by the Engine on CUDA after a self-check against the explicit path
 (`flex_problem`) where INFERMETER_PREFILL_ATTENTION is auto or flex; unset (explicit), the
-explicit path runs (see prefill_mode: opt-in until measured in the whole engine).
+explicit path runs (see prefill_mode: opt-in while gpt-oss-20b's agreement is not known).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ from infermeter.units import one_of
 PREFILL_MODES = ("auto", "explicit", "flex")
 SWITCH = "INFERMETER_PREFILL_ATTENTION"
 # Compiles a process may make of flex_attention: a size of its own, then symbolic sizes,
-# per mask, score function and divisibility by the block size (a few each). Past the limit
+# per mask, score function, divisibility by the block size and float value (compiled_flex
+# specialises floats: each cap and scale a compile of its own; a few each). Past the limit
 # dynamo would run flex unfused (every score materialised, as slow as the path it replaces,
 # and quietly): made an error instead.
 RECOMPILE_LIMIT = 64
@@ -108,12 +109,14 @@ def compiled_flex() -> Any:
     """torch.compile(flex_attention) as FlexPrefill calls it, with float arguments (scale)
     and the floats its score functions close over (softcap) specialised: a compile a value.
 
-    Without this, dynamo makes a float that changed between calls (the self-check's cap of 2
-    after a model's 50) symbolic, reads it with .item() inside the score function, and
-    inductor cannot lower flex with that unbacked value: "LoweringException: RuntimeError:
-    unbacked_bindings" (seen on an H200, torch 2.11, 41eac75 and 92d784a; the same on a CPU,
-    torch 2.13). Sizes stay dynamic (dynamo's automatic dynamic shapes, from the second
-    length); dynamic=True from the first failed to lower as well (41eac75). Raises the
+    Without this, dynamo makes a float symbolic, reads it with .item() inside the score
+    function, and inductor cannot lower flex with that unbacked value: "LoweringException:
+    RuntimeError: unbacked_bindings". With automatic dynamic shapes that happens to a float
+    that changed between calls in the process (the self-check's cap of 2 after Gemma-2's 50:
+    an H200, torch 2.11, 92d784a; the same on a CPU, torch 2.13); with dynamic=True, to
+    every float from the first call (41eac75). Sizes stay dynamic (from the second length).
+    The patch costs some tens of microseconds an eager call (none in a CUDA graph's
+    replay). Raises the
     process's recompile limit to RECOMPILE_LIMIT and makes hitting it an error, not flex's
     silent unfused path."""
     import torch._dynamo
@@ -243,10 +246,11 @@ def flex_differences(
 ) -> dict[str, float]:
     """How far `flex` is from the explicit path (attention.blocked_attend, what the engine
     runs without it) on random strided q, k and v of s tokens, as Block._attend slices them:
-    per case, the largest |flex − explicit| over the largest |explicit|. The cases: each
-    kind of the model's capped or sink layers at its own heads, head size, window, scale and
-    cap, and one with a cap of 2 (where a cap not applied shows), sinks and a window of 128
-    at the first kind's heads. Compiles `flex` as a side effect; compiler and kernel errors
+    per case, the largest |flex − explicit| over the largest |explicit|, keyed by the case
+    (query/KV heads, head size, window, cap, sinks, scale). The cases: each kind of the
+    model's capped or sink layers, and a check case ("check: ...") with a cap of 2 (where a
+    cap not applied shows), sinks and a window of 128 at the first kind's heads. Empty for a
+    model with no such layers. Compiles `flex` as a side effect; compiler and kernel errors
     propagate."""
     from infermeter.engine.attention import blocked_attend
 
@@ -255,12 +259,14 @@ def flex_differences(
         for b in model.layers
         if _fused(b)
     }
+    if not kinds:
+        return {}
     cases = sorted(kinds, key=str)  # (a window may be None: ordered by their text)
     nq, nkv, d = cases[0][:3]
     cases.append((nq, nkv, d, 128, False, 2.0, True, None))
     gen = torch.Generator(device="cpu").manual_seed(0)
     out = {}
-    for nq, nkv, d, window, chunked, softcap, sinks, scale in cases:
+    for n, (nq, nkv, d, window, chunked, softcap, sinks, scale) in enumerate(cases):
         qkv = torch.randn(s, nq + 2 * nkv, d, generator=gen).to(device, dtype)
         q = qkv[:, :nq].view(1, s, nq, d).transpose(1, 2)
         kv = qkv[:, nq:].view(1, s, 2, nkv, d)
@@ -268,7 +274,10 @@ def flex_differences(
         sink = torch.randn(nq, generator=gen).to(device, dtype) if sinks else None
         got = flex(q, k, v, window, chunked, scale, softcap, sink).float()
         want = blocked_attend(q, k, v, window, chunked, scale, softcap, sink).float()
-        name = f"{nq} heads of {d}, window {window}, cap {softcap}, sinks {sinks}"
+        name = (
+            f"{'check: ' if n == len(cases) - 1 else ''}{nq}/{nkv} heads of {d}, window "
+            f"{window}{' (chunks)' if chunked else ''}, cap {softcap}, sinks {sinks}, scale {scale}"
+        )
         out[name] = float((got - want).abs().max() / want.abs().max())
     return out
 
