@@ -12,7 +12,10 @@ the prefill time of a 1-token generation at each p (the engine's CUDA-event timi
 --trials rounds, prefill_parity.prefill_times). Figures: each arm's time, flex over explicit
 at each p, and the two arms' agreement on one prompt of --check-p tokens: the largest
 difference of the last position's logits over the largest logit, and the share of positions
-whose greedy next token is the same.
+whose greedy next token is the same; and per size, one layer of each kind (random q, k, v:
+engine/flex.flex_differences), where no MoE routing amplifies a difference. With --float32
+the engine runs in float32 (written as flex_prefill_float32): agreement without bf16
+rounding, to tell flex's differences from routing's.
 
 Run (GPU): PYTHONPATH=src python benchmarks/flex_prefill.py [--models gemma-2-9b,gpt-oss-20b]
            [--layers 8] [--sizes 481,496,...]
@@ -20,7 +23,8 @@ CPU check (tiny specs, float32, flex unfused, times meaningless): ... --quick
 With a GPU also, per arm in a fresh engine with CUDA graphs, the peak memory of setting up a
 prefill of --graph-p tokens (its warm-up and captures; at 2c856e4 gpt-oss-20b's default profile
 ran out of memory there, 96 GiB in graph pools).
-Writes docs/benchmarks/flex_prefill.json and .md with device, date and commit.
+Writes docs/benchmarks/flex_prefill.json and .md (or _float32, _quick) with device, date and
+commit.
 """
 
 from __future__ import annotations
@@ -139,7 +143,7 @@ def one_model(
     float32: bool = False,
 ) -> dict[str, Any]:
     spec = truncated(resolve_spec(name), layers)
-    dtype = "bfloat16" if device == "cuda" and not float32 else None
+    dtype = "float32" if float32 else "bfloat16" if device == "cuda" else None
     if device == "cuda":  # flex is opt-in: the engine's choice under auto, with why not
         os.environ.setdefault(SWITCH, "auto")
         from torch import _dynamo
@@ -285,6 +289,8 @@ def main() -> None:
         parser.error(f"--sizes and --check-p must be 1 to {most} (p and its output token)")
     if args.graph_p < 0:
         parser.error("--graph-p must be a prompt size, or 0 for no graph memory check")
+    if args.float32 and args.quick:
+        parser.error("--float32 is for a GPU: --quick runs in float32 already")
     given = sizes
     name = "flex_prefill" + ("_quick" if args.quick else "_float32" if args.float32 else "")
     check_p = min(args.check_p, 33) if args.quick else args.check_p

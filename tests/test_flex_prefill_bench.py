@@ -52,6 +52,7 @@ def test_quick_times_both_arms_and_finds_them_agreeing(tmp_path: Path) -> None:
         (["--quick", "--sizes", "9,x"], "--sizes takes prompt sizes separated by commas"),
         (["--quick", "--sizes", "9,512"], "--sizes and --check-p must be 1 to 511"),
         (["--quick", "--graph-p", "-1"], "--graph-p must be a prompt size"),
+        (["--quick", "--float32"], "--float32 is for a GPU: --quick runs in float32 already"),
         (["--quick", "--check-p", "0"], "--sizes and --check-p must be 1 to"),
         (["--quick", "--models", "no-such-model"], "no-such-model"),
         (["--quick"], "INFERMETER_PREFILL_ATTENTION must be auto, explicit or flex"),
@@ -119,3 +120,31 @@ def test_a_model_flex_serves_no_layer_of_is_refused_and_a_failing_check_kept() -
     assert flex_prefill.worst(broken) == "RuntimeError: triton: out of resources"
     cases = flex_prefill.layer_differences(engine, FlexPrefill(compiled=False), 20)
     assert flex_prefill.worst(cases).count("e-") == 2  # its kinds'; the check case's
+
+
+@pytest.mark.parametrize(("device", "float32", "want"), [
+    ("cuda", True, "float32"), ("cuda", False, "bfloat16"), ("cpu", False, None),
+])  # fmt: skip
+def test_float32_asks_the_engine_for_float32_on_a_gpu(
+    device: str, float32: bool, want: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--float32 must reach the engine: None would fall back to the spec's dtype (bf16 for
+    gpt-oss-20b), measuring bf16 again under the float32 name (a fresh review found it)."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import flex_prefill
+
+    asked: list[str | None] = []
+
+    class Stop(Exception):
+        pass
+
+    class Recorder:
+        def __init__(self, device: str, dtype: str | None, cuda_graphs: bool) -> None:
+            asked.append(dtype)
+            raise Stop
+
+    monkeypatch.setattr(flex_prefill, "EngineBackend", Recorder)
+    monkeypatch.setenv("INFERMETER_PREFILL_ATTENTION", "explicit")  # one_model sets it unless set
+    with pytest.raises(Stop):
+        flex_prefill.one_model("gpt-oss-20b", [481], 8, device, 1, 481, 0, float32)
+    assert asked == [want]

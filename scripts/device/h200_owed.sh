@@ -13,7 +13,7 @@
 #    at each size (random q, k, v), and then runs gpt-oss-20b in float32 (flex_prefill_float32):
 #    with both, whether gpt-oss-20b's 39 % logit difference in bf16 is flex's or its routing's.
 # 2. `infermeter profile gpt-oss-20b` with its defaults (to 32,768 tokens): at 2c856e4 and
-#    41eac75 every p from ~16,100 ran out of memory in the prefill graph's capture (75 GB
+#    41eac75 every p from ~16,100 ran out of memory in the prefill graph's capture (79 GB
 #    over the weights capturing 14,305); prompts over 4,096 tokens now prefill eagerly
 #    (generate.PREFILL_GRAPH_MAX_TOKENS): at 92d784a every p to 30,689 was measured before the
 #    step's limit; STEPS="2" PRIOR=docs/benchmarks/stores/gpt-oss-20b_eager_92d784a resumes
@@ -21,14 +21,16 @@
 #    src changed only in engine/flex.py, which the default, explicit, profile does not run).
 #    To finish a run in a second call, unpack the first call's a.tgz
 #    into a carried folder F and run with STEPS=2 PRIOR=F/a on the same kind of card
-#    (refused otherwise: PRIOR's gpu.txt names the cards).
+#    (refused otherwise: PRIOR's gpu.txt names the cards). After step 1's 300 s, step 2 has
+#    at most about 265 s of a 585 s call: finishing the profile takes STEPS=2 calls.
 # 3. models.md's Gemma-2-9B and gpt-oss-20b rows at this engine (--max-context 4096, as their
 #    1cfb365 rows), merged into a copy of docs/benchmarks/models.json.
 source "$(dirname "$0")/_steps.sh"
 cp docs/benchmarks/models.json "$WORK/docs/models_before.json"
-step 1 300 flex_prefill bash -c "python3 benchmarks/flex_prefill.py --out '$WORK/docs' &&
+# both runs, the worse exit status kept
+step 1 300 flex_prefill bash -c 'python3 benchmarks/flex_prefill.py --out "$1"; a=$?
   python3 benchmarks/flex_prefill.py --models gpt-oss-20b --float32 --sizes 1841,4097 \
-    --graph-p 0 --out '$WORK/docs'"
+    --graph-p 0 --out "$1"; b=$?; exit $(( a > b ? a : b ))' _ "$WORK/docs"
 step 2 600 profile python3 -m infermeter profile gpt-oss-20b \
   --store "$WORK/gpt-oss-20b.sqlite"
 # models_bench's record is written after its profiles, whose own limit (--timeout-s) must end

@@ -116,9 +116,8 @@ def compiled_flex() -> Any:
     an H200, torch 2.11, 92d784a; the same on a CPU, torch 2.13); with dynamic=True, to
     every float from the first call (41eac75). Sizes stay dynamic (from the second length).
     The patch costs some tens of microseconds an eager call (none in a CUDA graph's
-    replay). Raises the
-    process's recompile limit to RECOMPILE_LIMIT and makes hitting it an error, not flex's
-    silent unfused path."""
+    replay). Raises the process's recompile limit to RECOMPILE_LIMIT and makes hitting it
+    an error, not flex's silent unfused path."""
     import torch._dynamo
     from torch.nn.attention.flex_attention import flex_attention
 

@@ -53,10 +53,11 @@ WARMUP_TOKENS = 8
 # launches on a slow host; gpt-oss-20b's prefill of 4,065 tokens took 0.34 s on an H200.
 # And a capture does not reuse memory as an eager run does: on an H200 (41eac75, nvidia-smi
 # every 5 s against the store's times) capturing gpt-oss-20b's prefill (explicit attention:
-# sinks) took about 18 GB over the weights at p = 6,113, 39 GB at 10,209 and 75 GB at
-# 14,305, and from 16,097 on every capture ran out of memory with 96 GiB in graph pools,
-# where the eager run before it had fitted (the thermal warm-up's capture at 32,225, the
-# run's first, had taken 83-89 GB: what a capture takes depends on more than p).
+# sinks) took about 19 GB over the weights at p = 6,113, 41 GB at 10,209 and 79 GB at
+# 14,305 (nvidia-smi's MiB in GB of 10^9 bytes), and from 16,097 on every capture ran out
+# of memory with 96 GiB in graph pools, where the eager run before it had fitted (the
+# thermal warm-up's capture at 32,225, the run's first, had taken 87-93 GB: what a capture
+# takes depends on more than p).
 PREFILL_GRAPH_MAX_TOKENS = 4096
 
 
