@@ -1,0 +1,57 @@
+"""A profile resumes only on the engine path its points were measured with: a run stored
+with FlexAttention prefill (the default on a GPU since 2026-12-05) is not finished by the
+explicit path, or the other way round, under one record (experiments/profile.path_changed)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from infermeter.backends.engine import EngineBackend
+from infermeter.errors import UserError
+from infermeter.experiments.profile import ProfileGrid, path_changed, run_profile
+from infermeter.spec.catalog import get_spec
+from infermeter.store.db import Store
+
+
+def test_a_run_measured_with_another_prefill_attention_is_not_resumed(tmp_path: Path) -> None:
+    spec = get_spec("tiny-gemma2")  # soft-capped layers: on a CPU the explicit path runs
+    grid = ProfileGrid((1, 9), (1, 3), (1,), 1)
+    path = tmp_path / "s.sqlite"
+    with Store(path) as store:
+        run = run_profile(store, spec, {}, EngineBackend(device="cpu"), {}, grid, validate=0)
+        assert run.backend_info["prefill_attention"] == "explicit"
+        # as if measured on a GPU with flex and cut short: its record says flex, a point is left
+        store.update_run_backend(run.id, {**run.backend_info, "prefill_attention": "flex"})
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM points WHERE run_id = ? AND prompt_tokens = 9", (run.id,))
+        db.execute("UPDATE runs SET status = 'partial' WHERE id = ?", (run.id,))
+    with Store(path) as store:
+        kept = len(store.points(run.id))
+        with pytest.raises(UserError) as refused:
+            run_profile(store, spec, {}, EngineBackend(device="cpu"), {}, grid, validate=0)
+        after = store.get_run(run.id)
+        assert len(store.points(run.id)) == kept and after.status == "partial"
+        assert after.backend_info["prefill_attention"] == "flex"  # its record not overwritten
+    says = str(refused.value)
+    assert "measured with prefill_attention flex, this process would use explicit" in says
+    assert "INFERMETER_PREFILL_ATTENTION=flex" in says and "\n" not in says
+
+
+@pytest.mark.parametrize(
+    ("stored", "now", "refused"),
+    [
+        ({"prefill_attention": "explicit"}, {"prefill_attention": "explicit"}, False),
+        ({"prefill_attention": "explicit"}, {"prefill_attention": "flex"}, True),
+        ({}, {"prefill_attention": "flex"}, True),  # stored before the choice: explicit then
+        ({}, {"prefill_attention": "explicit"}, False),
+        ({"prefill_attention": None}, {"prefill_attention": None}, False),  # no capped layer
+        ({}, {}, False),  # an API backend: no engine choices
+    ],
+)
+def test_what_counts_as_a_changed_path(stored: dict, now: dict, refused: bool) -> None:
+    assert (path_changed(stored, now) is not None) == refused
