@@ -45,7 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import signed_pct, write_result
 from decode_breakdown import truncated
 from infermeter.backends.engine import EngineBackend
-from infermeter.engine.flex import SWITCH, FlexPrefill, flex_differences, prefill_mode
+from infermeter.engine.flex import (
+    SWITCH,
+    FlexPrefill,
+    first_line,
+    flex_differences,
+    prefill_mode,
+)
 from infermeter.errors import UserError
 from infermeter.spec.catalog import resolve_spec
 from prefill_parity import engine_cli, prefill_times
@@ -83,7 +89,7 @@ def layer_differences(engine: Any, flex: Any, p: int) -> dict[str, Any]:
     try:
         return flex_differences(flex, engine.model, engine.device, engine.dtype, p)
     except Exception as error:  # kept with the row's timings, not lost with them
-        return {"error": f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"}
+        return {"error": first_line(error)}
 
 
 def model_sizes(spec: Any, given: list[int] | None, quick: bool) -> list[int]:
@@ -144,7 +150,7 @@ def one_model(
 ) -> dict[str, Any]:
     spec = truncated(resolve_spec(name), layers)
     dtype = "float32" if float32 else "bfloat16" if device == "cuda" else None
-    if device == "cuda":  # flex is opt-in: the engine's choice under auto, with why not
+    if device == "cuda":  # the engine's choice under auto (its default), with why not
         os.environ.setdefault(SWITCH, "auto")
         from torch import _dynamo
 

@@ -4,7 +4,7 @@
 # Results (records, the profile's store, each step's output) in $OUT/a.tgz, refreshed after
 # each step, so a call cut short keeps what it measured (scripts/device/_steps.sh). Steps:
 # 1. benchmarks/flex_prefill.py: the engine's prefill of Gemma-2-9B and gpt-oss-20b (8 layers)
-#    with FlexAttention (engine/flex.py, opt-in) against the explicit path, their logits'
+#    with FlexAttention (engine/flex.py, the default since 9c5052d) against the explicit path, their logits'
 #    agreement, and the peak memory of capturing a prefill of 16,097 tokens. At 41eac75 it never
 #    ran (its default sizes passed Gemma-2's context), and the engine's flex self-check failed
 #    to compile (dynamic=True, since dropped); at 92d784a it failed to lower a changed float
@@ -12,13 +12,16 @@
 #    (flex_prefill.md). Since b25687d it also records one layer's flex-vs-explicit difference
 #    at each size (random q, k, v), and then runs gpt-oss-20b in float32 (flex_prefill_float32):
 #    with both, whether gpt-oss-20b's 39 % logit difference in bf16 is flex's or its routing's.
+#    Done at 9c5052d on an H100 (routing's: flex is the default since); rerun on an H200.
 # 2. `infermeter profile gpt-oss-20b` with its defaults (to 32,768 tokens): at 2c856e4 and
 #    41eac75 every p from ~16,100 ran out of memory in the prefill graph's capture (79 GB
 #    over the weights capturing 14,305); prompts over 4,096 tokens now prefill eagerly
 #    (generate.PREFILL_GRAPH_MAX_TOKENS): at 92d784a every p to 30,689 was measured before the
 #    step's limit; STEPS="2" PRIOR=docs/benchmarks/stores/gpt-oss-20b_eager_92d784a resumes
-#    that store on an H200 (points added are recorded under its commit, 92d784a; since then
-#    src changed only in engine/flex.py, which the default, explicit, profile does not run).
+#    that store on an H200 (points added are recorded under its commit, 92d784a). Since then
+#    the engine's default prefill attention is flex (engine/flex.py); a profile refuses to
+#    resume a run on another path than its points', so with PRIOR this step sets
+#    INFERMETER_PREFILL_ATTENTION=explicit (without PRIOR: the default, flex where it can).
 #    To finish a run in a second call, unpack the first call's a.tgz
 #    into a carried folder F and run with STEPS=2 PRIOR=F/a on the same kind of card
 #    (refused otherwise: PRIOR's gpu.txt names the cards). After step 1's 300 s, step 2 has
@@ -31,8 +34,8 @@ cp docs/benchmarks/models.json "$WORK/docs/models_before.json"
 step 1 300 flex_prefill bash -c 'python3 benchmarks/flex_prefill.py --out "$1"; a=$?
   python3 benchmarks/flex_prefill.py --models gpt-oss-20b --float32 --sizes 1841,4097 \
     --graph-p 0 --out "$1"; b=$?; exit $(( a > b ? a : b ))' _ "$WORK/docs"
-step 2 600 profile python3 -m infermeter profile gpt-oss-20b \
-  --store "$WORK/gpt-oss-20b.sqlite"
+step 2 600 profile env INFERMETER_PREFILL_ATTENTION="${PRIOR:+explicit}" \
+  python3 -m infermeter profile gpt-oss-20b --store "$WORK/gpt-oss-20b.sqlite"
 # models_bench's record is written after its profiles, whose own limit (--timeout-s) must end
 # first: 60 s inside what the step will have
 t=$(( $(left) < 600 ? $(left) : 600 ))

@@ -22,6 +22,7 @@ from infermeter.engine.flex import (
     FlexPrefill,
     _block_mask,
     choose_prefill,
+    first_line,
     flex_problem,
     prefill_mode,
 )
@@ -209,7 +210,7 @@ def test_the_engine_takes_flex_only_for_capped_or_sink_layers_on_cuda() -> None:
     choice, why = choose_prefill(model, CPU, torch.float32, "auto")
     assert choice == "explicit" and "not CUDA" in (why or "") and model.flex_prefill is None
     choice, why = choose_prefill(model, CPU, torch.float32, "explicit")
-    assert choice == "explicit" and "auto or flex takes FlexAttention (opt-in)" in (why or "")
+    assert choice == "explicit" and "=explicit; unset, auto or flex takes" in (why or "")
     assert model.flex_prefill is None
     with pytest.raises(UserError, match="INFERMETER_PREFILL_ATTENTION=flex cannot run: not CUDA"):
         choose_prefill(model, CPU, torch.float32, "flex")
@@ -241,7 +242,7 @@ def test_on_cuda_the_self_check_decides_in_inference_mode(monkeypatch: Any, prob
 def test_the_switch_takes_its_three_values_and_refuses_others(monkeypatch: Any, value: str) -> None:
     monkeypatch.setenv("INFERMETER_PREFILL_ATTENTION", value)
     if value in ("", "auto", "explicit", "flex"):
-        assert prefill_mode() == (value or "explicit")  # flex is opt-in
+        assert prefill_mode() == (value or "auto")  # flex where its self-check passes
     else:
         with pytest.raises(UserError, match="must be auto, explicit or flex"):
             prefill_mode()
@@ -305,3 +306,11 @@ def _lowers_when_floats_change(flex: Any, flex_attention: Any) -> None:
             args = {"score_mod": score, "block_mask": mask, "scale": scale, "enable_gqa": True}
             got, want = flex(q, k, v, **args), flex_attention(q, k, v, **args)
             assert float((got - want).abs().max()) < 1e-5, (window, cap, scale)
+
+
+def test_an_error_is_kept_as_its_type_and_first_line() -> None:
+    assert first_line(RuntimeError("unbacked_bindings\n  page of compiler log")) == (
+        "RuntimeError: unbacked_bindings"
+    )
+    assert first_line(ValueError()) == "ValueError: "
+    assert first_line(RuntimeError("x" * 1000)) == ("RuntimeError: " + "x" * 1000)[:300]

@@ -15,14 +15,21 @@ p = 4,097: 15.5 ms against 1.0 ms), with outputs within 0.5-0.9 % of the largest
 (bfloat16). Serving engines run these layers fused (FlashAttention has soft-capping;
 vLLM's gpt-oss kernels have sinks), so the explicit path's attention is several times
 slower than theirs. In the whole engine (benchmarks/flex_prefill.py, docs/benchmarks/
-flex_prefill.md: an H100, 7d4d2ae, 8 layers, eager prefills) flex took 27-84 % less
-prefill time from p = 1,841 and 2-42 % more near p = 500 for both models; Gemma-2's logits
-agreed, gpt-oss-20b's differed by 39 % (its MoE routing may amplify a small difference;
-one layer's difference at each size and a float32 run, owed on a GPU, would tell).
+flex_prefill.md: an H100, 9c5052d, 8 layers, eager prefills) flex took 13-84 % less
+prefill time from p = 1,841 and 32-55 % more near p = 500 for both models. Gemma-2's logits
+agreed in bfloat16 (4.4e-3 of the largest); gpt-oss-20b's differed by 39 %, but one layer's
+difference was as small as Gemma-2's (5-8e-3 at every size) and in float32 the whole
+model's logits agreed to 6.9e-6 with every greedy token the same (flex_prefill_float32.md):
+bfloat16 rounding that the random-weight MoE routing amplifies, not flex. Whole default
+profiles (--max-context 4096, H100, 9c5052d; docs/benchmarks/prefill_attention.md) priced
+their validation queries as well or better with flex (Gemma-2-9B runtime MAPE 0.31 % against
+0.53 %, gpt-oss-20b 0.34 % against 0.40 %), and Gemma-2's prefill of 4,095 tokens took
+0.18 s against 0.44 s.
 
 `FlexPrefill` is chosen by the Engine on CUDA after a self-check against the explicit path
-(`flex_problem`) where INFERMETER_PREFILL_ATTENTION is auto or flex; unset (explicit), the
-explicit path runs (see prefill_mode: opt-in while gpt-oss-20b's agreement is not known).
+(`flex_problem`) where INFERMETER_PREFILL_ATTENTION is auto (the default) or flex; explicit
+keeps the explicit path, and so does auto where the self-check fails (the engine records
+why: Engine.prefill_attention_note).
 """
 
 from __future__ import annotations
@@ -48,15 +55,13 @@ RECOMPILE_LIMIT = 64
 
 
 def prefill_mode() -> str:
-    """INFERMETER_PREFILL_ATTENTION: explicit (the default), auto (flex where it passes its
-    self-check) or flex (an error where flex cannot run). Flex is opt-in until its whole-
-    engine agreement for gpt-oss-20b is understood (see the module's docstring). Raises
-    UserError for any other value (read by the Engine before the model is built)."""
-    wanted = os.environ.get(SWITCH, "").strip() or "explicit"
+    """INFERMETER_PREFILL_ATTENTION: auto (the default: flex where it passes its self-check),
+    explicit (the explicit path, as before 2026-12-05) or flex (an error where flex cannot
+    run). Why auto is the default: the module's docstring. Raises UserError for any other
+    value (read by the Engine before the model is built)."""
+    wanted = os.environ.get(SWITCH, "").strip() or "auto"
     if wanted not in PREFILL_MODES:
-        raise UserError(
-            f"{SWITCH} must be {one_of(PREFILL_MODES)} (unset: explicit), not {wanted!r}"
-        )
+        raise UserError(f"{SWITCH} must be {one_of(PREFILL_MODES)} (unset: auto), not {wanted!r}")
     return wanted
 
 
@@ -292,12 +297,18 @@ def flex_problem(
     try:
         differences = flex_differences(flex, model, device, dtype)
     except Exception as error:  # a compiler or kernel failure: the explicit path runs
-        line = (str(error).strip().splitlines() or [""])[0]
-        return f"{type(error).__name__}: {line}"[:300]
+        return first_line(error)
     for name, diff in differences.items():
         if not diff <= tolerance:
             return f"flex prefill differs from the explicit path by {diff:.2e} ({name})"
     return None
+
+
+def first_line(error: BaseException) -> str:
+    """An error as one line for a record or a note: its type and its message's first line,
+    at most 300 characters (a compiler's messages run to pages)."""
+    line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {line}"[:300]
 
 
 def choose_prefill(
@@ -310,7 +321,7 @@ def choose_prefill(
     if not any(_fused(blk) for blk in model.layers):
         return None, None
     if mode == "explicit":
-        return "explicit", f"{SWITCH} unset or explicit; auto or flex takes FlexAttention (opt-in)"
+        return "explicit", f"{SWITCH}=explicit; unset, auto or flex takes FlexAttention"
     problem = "not CUDA (FlexAttention is compiled for CUDA only here)"
     if device.type == "cuda":
         flex = FlexPrefill()
