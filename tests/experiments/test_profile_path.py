@@ -1,6 +1,7 @@
-"""A profile resumes only on the engine path its points were measured with: a run stored
-with FlexAttention prefill (the default on a GPU since 2026-12-05) is not finished by the
-explicit path, or the other way round, under one record (experiments/profile.path_changed)."""
+"""A profile or an energy run resumes only on the engine path its points were measured
+with: a run stored with FlexAttention prefill (the default on a GPU since 2026-12-05) is not
+finished by the explicit path, or the other way round, under one record
+(experiments/run.path_changed)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,14 @@ pytest.importorskip("torch")
 
 from infermeter.backends.engine import EngineBackend
 from infermeter.errors import UserError
-from infermeter.experiments.profile import ProfileGrid, path_changed, run_profile
+from infermeter.experiments.energy import EnergySweep, run_energy
+from infermeter.experiments.profile import ProfileGrid, run_profile
+from infermeter.experiments.run import path_changed
 from infermeter.spec.catalog import get_spec
 from infermeter.store.db import Store
+from infermeter.workloads.datasets import load_workload
+from infermeter.workloads.tokenizer import tokenizer_for
+from paths import SHARED_DATA
 
 
 def test_a_run_measured_with_another_prefill_attention_is_not_resumed(tmp_path: Path) -> None:
@@ -40,6 +46,34 @@ def test_a_run_measured_with_another_prefill_attention_is_not_resumed(tmp_path: 
     says = str(refused.value)
     assert "measured with prefill_attention flex, this process would use explicit" in says
     assert "INFERMETER_PREFILL_ATTENTION=flex" in says and "\n" not in says
+
+
+def test_an_energy_run_measured_with_another_prefill_attention_is_not_resumed(
+    tmp_path: Path,
+) -> None:
+    spec = get_spec("tiny-gemma2")
+    gsm8k = SHARED_DATA / "gsm8k_test.jsonl"
+    workload = load_workload(str(gsm8k) if gsm8k.is_file() else "gsm8k-test", 4, seed=1)
+    tok, _ = tokenizer_for(spec)
+    path = tmp_path / "s.sqlite"
+
+    def energy(sweep: EnergySweep) -> object:
+        with Store(path) as store:
+            return run_energy(
+                store, spec, workload, tok, sweep, lambda tp: EngineBackend(device="cpu"),
+                device="cpu (test)", idle_s=0.0,
+            )  # fmt: skip
+
+    first = energy(EnergySweep((2,), (8,)))
+    with Store(path) as store:
+        run = store.get_run(first.run.id)  # type: ignore[attr-defined]
+        assert run.backend_info["prefill_attention"] == "explicit"
+        # as if measured on a GPU with flex: its record says so
+        store.update_run_backend(run.id, {**run.backend_info, "prefill_attention": "flex"})
+    with pytest.raises(UserError, match="measured with prefill_attention flex, this process"):
+        energy(EnergySweep((2, 4), (8,)))  # one more batch size: the same run, resumed
+    with Store(path) as store:
+        assert store.get_run(run.id).backend_info["prefill_attention"] == "flex"
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,7 @@ import pandas as pd
 
 from infermeter.backends.config import Generates
 from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
-from infermeter.experiments.run import RunIdentity, resumable_run
+from infermeter.experiments.run import RunIdentity, path_changed, resumable_run
 from infermeter.measure.gpus import GpuRef
 from infermeter.measure.meter import EnergyWindow, Meter, check_warmup_s, warm_up
 from infermeter.spec.model import ModelSpec
@@ -591,6 +591,7 @@ class EnergyExperiment:
             return [c for c in sweep.configs() if c not in done]
 
         resume = resumable_run(store, identity, missing)
+        measured = resume.existing is not None and len(resume.todo) < len(sweep.configs())
 
         def started(run: RunRecord) -> None:
             if progress.on_start:
@@ -600,6 +601,7 @@ class EnergyExperiment:
             sweep_run = _SweepRun(
                 store, active.run.id, config, progress, options, stops,
                 [prompt_ids(tokenizer, p) for p in workload.prompts],
+                resume.existing.backend_info if measured else None,
             )  # fmt: skip
             for shards, group in groupby(resume.todo, key=lambda c: c.shards):
                 configs = list(group)
@@ -623,6 +625,9 @@ class _SweepRun:
     options: dict[str, Any]
     stops: tuple[int, ...]
     ids: list[list[int]]
+    # a resumed run's backend record: the first backend prepared must make its engine choices
+    # (run.path_changed), checked once
+    resumed_from: dict[str, Any] | None = None
 
     def flush_samples(self, meter: Meter | None) -> None:
         """Store the power samples taken since the last flush: none is lost to a Ctrl-C."""
@@ -666,6 +671,13 @@ class _SweepRun:
         if meter is not None and meter.note:
             notes.append(meter.note)
         info = {**self.options, **backend.describe()}
+        if self.resumed_from is not None:
+            problem = path_changed(self.resumed_from, info)
+            self.resumed_from = None
+            if problem:
+                if settings.close_backends:
+                    backend.close()
+                raise UserError(problem)
         if meter is not None and meter.available:
             self._start_meter(meter, backend, configs[0], info)
         self.store.update_run_backend(self.run_id, info)

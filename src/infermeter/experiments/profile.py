@@ -35,7 +35,7 @@ import numpy as np
 
 from infermeter.backends.base import Backend, Measurement, Point
 from infermeter.errors import UserError, is_oom
-from infermeter.experiments.run import RunIdentity, resumable_run
+from infermeter.experiments.run import RunIdentity, path_changed, resumable_run
 from infermeter.experiments.second_look import suspects
 from infermeter.measure.meter import Meter, check_warmup_s, warm_up
 from infermeter.model.cost_model import CostModel
@@ -351,27 +351,6 @@ def validation_queries(spec: ModelSpec, grid: ProfileGrid, count: int) -> list[P
 ProgressCallback = Callable[[Point, Measurement], None]
 
 
-# Engine choices a run's points depend on that its key does not hold (environment switches
-# and defaults, not the profile's options), each with its switch and its value in runs
-# stored before it was recorded: a resume must make the same choice, or the run would mix
-# two engines under one record.
-PATH_CHOICES = {"prefill_attention": ("INFERMETER_PREFILL_ATTENTION", "explicit")}
-
-
-def path_changed(stored: dict, now: dict) -> str | None:
-    """Why a run stored with backend record `stored` cannot be resumed by a backend that
-    describes itself as `now`, in one line with the fix, or None (see PATH_CHOICES)."""
-    for key, (switch, before) in PATH_CHOICES.items():
-        new = now.get(key)
-        old = stored.get(key, before) if new is not None else None
-        if old != new:
-            return (
-                f"this run's points were measured with {key} {old}, this process would use "
-                f"{new}: set {switch}={old} to resume it, or profile into another --store"
-            )
-    return None
-
-
 def profile_key(
     spec: ModelSpec,
     stack: dict,
@@ -498,7 +477,7 @@ class ProfileExperiment:
         def prepare() -> None:
             try:
                 backend.prepare(spec)
-                if resume.existing is not None:
+                if resume.existing is not None and (todo.done or todo.checked):
                     problem = path_changed(resume.existing.backend_info, backend.describe())
                     if problem:
                         raise UserError(problem)

@@ -24,9 +24,32 @@ from typing import Generic, TypeVar
 
 from infermeter.store.db import RunIdentity, RunRecord, Store
 
-__all__ = ["ActiveRun", "Resumable", "RunIdentity", "resumable_run"]
+__all__ = ["ActiveRun", "Resumable", "RunIdentity", "path_changed", "resumable_run"]
 
 T = TypeVar("T")
+
+# Engine choices a run's points depend on that its key does not hold (environment switches
+# and defaults, not the experiment's options), each with its switch and its value in runs
+# stored before it was recorded: a resume must make the same choice, or the run would mix
+# two engines under one record.
+PATH_CHOICES = {"prefill_attention": ("INFERMETER_PREFILL_ATTENTION", "explicit")}
+
+
+def path_changed(stored: dict, now: dict) -> str | None:
+    """Why a run stored with backend record `stored` cannot be resumed by a backend that
+    describes itself as `now` (Backend.describe()), in one line with the fix, or None (see
+    PATH_CHOICES). Backends without these choices (APIs, HF) describe none: never refused."""
+    for key, (switch, before) in PATH_CHOICES.items():
+        new = now.get(key)
+        old = stored.get(key, before) if new is not None else None
+        if old != new:
+            why = now.get(f"{key}_note")
+            return (
+                f"this run's points were measured with {key} {old}, this process would use "
+                f"{new}" + (f" ({why})" if why else "") + f": set {switch}={old} to resume "
+                "it where that path runs, or measure into another --store"
+            )
+    return None
 
 
 @dataclass
