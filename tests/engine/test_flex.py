@@ -238,6 +238,39 @@ def test_on_cuda_the_self_check_decides_in_inference_mode(monkeypatch: Any, prob
             choose_prefill(model, cuda, torch.bfloat16, "flex")
 
 
+class _OtherRank:
+    """parallel.Comm's interface for two ranks (no process group here): the other rank's
+    self-check failed (flag 1) or passed (0), and the maximum over both is taken."""
+
+    size, nccl = 2, False
+
+    def __init__(self, other_failed: bool) -> None:
+        self.other = float(other_failed)
+        self.seen: list[float] = []
+
+    def maximum(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(float(x.item()))
+        return x.clamp_(min=self.other)
+
+
+@pytest.mark.parametrize("other_failed", [False, True])
+def test_every_rank_takes_flex_only_where_every_self_check_passed(
+    monkeypatch: Any, other_failed: bool
+) -> None:
+    monkeypatch.setattr(flex_module, "FlexPrefill", lambda: FlexPrefill(compiled=False))
+    monkeypatch.setattr(flex_module, "flex_problem", lambda *args: None)  # this rank passed
+    model, cuda, comm = _model("tiny-gemma2"), torch.device("cuda"), _OtherRank(other_failed)
+    choice, why = choose_prefill(model, cuda, torch.bfloat16, "auto", comm)
+    assert comm.seen == [0.0]  # this rank's flag, sent once
+    if other_failed:
+        assert (choice, why) == ("explicit", "another rank's flex self-check failed")
+        assert model.flex_prefill is None
+        with pytest.raises(UserError, match="flex cannot run: another rank's"):
+            choose_prefill(model, cuda, torch.bfloat16, "flex", _OtherRank(True))
+    else:
+        assert choice == "flex" and isinstance(model.flex_prefill, FlexPrefill)
+
+
 @pytest.mark.parametrize("value", ["", "auto", "explicit", "flex", "Flex", "fused"])
 def test_the_switch_takes_its_three_values_and_refuses_others(monkeypatch: Any, value: str) -> None:
     monkeypatch.setenv("INFERMETER_PREFILL_ATTENTION", value)

@@ -18,13 +18,14 @@ slower than theirs. In the whole engine (benchmarks/flex_prefill.py, docs/benchm
 flex_prefill.md: an H100, 9c5052d, 8 layers, eager prefills) flex took 13-84 % less
 prefill time from p = 1,841 and 32-55 % more near p = 500 for both models. Gemma-2's logits
 agreed in bfloat16 (4.4e-3 of the largest); gpt-oss-20b's differed by 39 %, but one layer's
-difference was as small as Gemma-2's (5-8e-3 at every size) and in float32 the whole
+difference was of the order of Gemma-2's (4.7-8.3e-3 against 4.8e-3) and in float32 the whole
 model's logits agreed to 6.9e-6 with every greedy token the same (flex_prefill_float32.md):
 bfloat16 rounding that the random-weight MoE routing amplifies, not flex. Whole default
-profiles (--max-context 4096, H100, 9c5052d; docs/benchmarks/prefill_attention.md) priced
-their validation queries as well or better with flex (Gemma-2-9B runtime MAPE 0.31 % against
-0.53 %, gpt-oss-20b 0.34 % against 0.40 %), and Gemma-2's prefill of 4,095 tokens took
-0.18 s against 0.44 s.
+profiles (--max-context 4096, H100, 9c5052d; docs/benchmarks/prefill_attention.md, one
+each) priced their validation queries comparably (runtime MAPE with flex 0.31 % against
+0.53 % for Gemma-2-9B, 0.34 % against 0.40 % for gpt-oss-20b; max error 0.95 % against
+1.95 % and 1.45 % against 1.27 %), and Gemma-2's prefill of 4,095 tokens took 0.18 s
+against 0.44 s. With several ranks, all take flex or none (choose_prefill).
 
 `FlexPrefill` is chosen by the Engine on CUDA after a self-check against the explicit path
 (`flex_problem`) where INFERMETER_PREFILL_ATTENTION is auto (the default) or flex; explicit
@@ -312,24 +313,34 @@ def first_line(error: BaseException) -> str:
 
 
 def choose_prefill(
-    model: Any, device: torch.device, dtype: torch.dtype, mode: str
+    model: Any, device: torch.device, dtype: torch.dtype, mode: str, comm: Any = None
 ) -> tuple[str | None, str | None]:
     """The prefill attention of `model`'s soft-capped or sink layers, and why flex was not
     taken: ("flex", None) with model.flex_prefill set, ("explicit", why) or (None, None)
-    where no layer soft-caps or has sinks. `mode` is prefill_mode()'s. Raises UserError
-    where mode "flex" cannot run (not CUDA, or its self-check failed)."""
+    where no layer soft-caps or has sinks. `mode` is prefill_mode()'s. With `comm` (the
+    engine's parallel.Comm) over several ranks, every rank takes flex only where every rank's
+    self-check passed (the run's record is rank 0's). Raises UserError where mode "flex"
+    cannot run (not CUDA, or a self-check failed)."""
     if not any(_fused(blk) for blk in model.layers):
         return None, None
     if mode == "explicit":
         return "explicit", f"{SWITCH}=explicit; unset, auto or flex takes FlexAttention"
-    problem = "not CUDA (FlexAttention is compiled for CUDA only here)"
+    problem: str | None = "not CUDA (FlexAttention is compiled for CUDA only here)"
+    flex = None
     if device.type == "cuda":
         flex = FlexPrefill()
         with torch.inference_mode():  # as the engine calls it (compiles guard on the mode)
             problem = flex_problem(flex, model, device, dtype)
-        if problem is None:
-            model.flex_prefill = flex
-            return "flex", None
+    if comm is not None and comm.size > 1:  # every rank reaches this collective, then decides
+        failed = torch.tensor([float(problem is not None)], device=device if comm.nccl else "cpu")
+        if comm.maximum(failed).item() and problem is None:
+            problem = "another rank's flex self-check failed"
+    if problem is None:
+        model.flex_prefill = flex
+        return "flex", None
     if mode == "flex":
-        raise UserError(f"{SWITCH}=flex cannot run: {problem}; unset it for the explicit path")
+        raise UserError(
+            f"{SWITCH}=flex cannot run: {problem}; set it to explicit, or to auto (flex where "
+            "it can run)"
+        )
     return "explicit", problem

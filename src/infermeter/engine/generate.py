@@ -189,7 +189,7 @@ class Engine:
         self.attention, self.attention_notes = choose_attention(self.model, decode_attention)
         self.moe_path, self.moe_note = choose_moe(self.model, self.graphs)
         self.prefill_attention, self.prefill_attention_note = choose_prefill(
-            self.model, self.device, dtype, prefill
+            self.model, self.device, dtype, prefill, self.comm
         )
         # CPU draws from a private generator; CUDA graphs need the default (graph-safe) one.
         self._gen = torch.Generator() if self.device.type == "cpu" else None
