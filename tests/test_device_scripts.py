@@ -17,7 +17,9 @@ from paths import REPO
 DEVICE = REPO / "scripts" / "device"
 
 STUB_PYTHON = """#!/usr/bin/env bash
-echo "python3 $*" >> "$STUB_LOG"
+# python3 -c: the script reading a store's prefill attention (STUB_PATH answers it)
+if [ "$1" = "-c" ]; then echo "${STUB_PATH:-explicit}"; exit 0; fi
+echo "python3 $* [prefill ${INFERMETER_PREFILL_ATTENTION-unset}]" >> "$STUB_LOG"
 prev=""
 for a in "$@"; do
   if [ "$prev" = "--out" ]; then mkdir -p "$a"; echo "{}" > "$a/record_$STUB_N.json"; fi
@@ -75,7 +77,7 @@ def test_every_step_runs_in_order_and_its_results_come_back(tmp_path: Path) -> N
         "benchmarks/models_bench.py",
     ]  # fmt: skip
     assert "--float32" in calls[1] and "--float32" not in calls[0]
-    assert "profile gpt-oss-20b --store" in calls[2]
+    assert "profile gpt-oss-20b --store" in calls[2] and calls[2].endswith("[prefill unset]")
     assert "--models gemma-2-9b,gpt-oss-20b" in calls[3] and "--merge" in calls[3]
     for n, name in enumerate(("flex_prefill", "profile", "models"), 1):
         assert f"step {n} ({name}): exit 0" in done.stdout
@@ -118,6 +120,8 @@ def test_a_second_call_resumes_the_store_on_the_same_cards(tmp_path: Path) -> No
     done, out2 = _run("h200_owed.sh", tmp_path, STUB_N="2", **fresh)
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(_calls(tmp_path)) == 1 and "step 1 (flex_prefill): not in STEPS" in done.stdout
+    # resumed on the path its run recorded (a profile refuses another)
+    assert _calls(tmp_path)[0].endswith("[prefill explicit]")
     with tarfile.open(out2 / "a.tgz") as tar:
         store = tar.extractfile("a/gpt-oss-20b.sqlite")
         assert store is not None and store.read() == b"row\nrow\n"

@@ -4,7 +4,7 @@
 # Results (records, the profile's store, each step's output) in $OUT/a.tgz, refreshed after
 # each step, so a call cut short keeps what it measured (scripts/device/_steps.sh). Steps:
 # 1. benchmarks/flex_prefill.py: the engine's prefill of Gemma-2-9B and gpt-oss-20b (8 layers)
-#    with FlexAttention (engine/flex.py, the default since 9c5052d) against the explicit path, their logits'
+#    with FlexAttention (engine/flex.py, the default since c52cd9f) against the explicit path, their logits'
 #    agreement, and the peak memory of capturing a prefill of 16,097 tokens. At 41eac75 it never
 #    ran (its default sizes passed Gemma-2's context), and the engine's flex self-check failed
 #    to compile (dynamic=True, since dropped); at 92d784a it failed to lower a changed float
@@ -20,8 +20,10 @@
 #    step's limit; STEPS="2" PRIOR=docs/benchmarks/stores/gpt-oss-20b_eager_92d784a resumes
 #    that store on an H200 (points added are recorded under its commit, 92d784a). Since then
 #    the engine's default prefill attention is flex (engine/flex.py); a profile refuses to
-#    resume a run on another path than its points', so with PRIOR this step sets
-#    INFERMETER_PREFILL_ATTENTION=explicit (without PRIOR: the default, flex where it can).
+#    resume a run on another path than its points', so where PRIOR brings a store this step
+#    sets INFERMETER_PREFILL_ATTENTION to the path its run recorded (explicit in 92d784a's;
+#    runs stored before the record had it ran explicit); without one, the caller's setting
+#    or the default (flex where it can run).
 #    To finish a run in a second call, unpack the first call's a.tgz
 #    into a carried folder F and run with STEPS=2 PRIOR=F/a on the same kind of card
 #    (refused otherwise: PRIOR's gpu.txt names the cards). After step 1's 300 s, step 2 has
@@ -34,8 +36,15 @@ cp docs/benchmarks/models.json "$WORK/docs/models_before.json"
 step 1 300 flex_prefill bash -c 'python3 benchmarks/flex_prefill.py --out "$1"; a=$?
   python3 benchmarks/flex_prefill.py --models gpt-oss-20b --float32 --sizes 1841,4097 \
     --graph-p 0 --out "$1"; b=$?; exit $(( a > b ? a : b ))' _ "$WORK/docs"
-step 2 600 profile env INFERMETER_PREFILL_ATTENTION="${PRIOR:+explicit}" \
-  python3 -m infermeter profile gpt-oss-20b --store "$WORK/gpt-oss-20b.sqlite"
+path=()
+if [ -f "$WORK/gpt-oss-20b.sqlite" ]; then
+  path=("INFERMETER_PREFILL_ATTENTION=$(python3 -c 'import json, sqlite3, sys
+row = sqlite3.connect(sys.argv[1]).execute("SELECT backend_json FROM runs ORDER BY id DESC").fetchone()
+print(json.loads(row[0]).get("prefill_attention") or "explicit" if row else "auto")' \
+    "$WORK/gpt-oss-20b.sqlite")")
+fi
+step 2 600 profile env "${path[@]}" python3 -m infermeter profile gpt-oss-20b \
+  --store "$WORK/gpt-oss-20b.sqlite"
 # models_bench's record is written after its profiles, whose own limit (--timeout-s) must end
 # first: 60 s inside what the step will have
 t=$(( $(left) < 600 ? $(left) : 600 ))
