@@ -16,12 +16,13 @@ from infermeter.backends.engine import EngineBackend
 from infermeter.errors import UserError
 from infermeter.experiments.energy import EnergySweep, run_energy
 from infermeter.experiments.profile import ProfileGrid, run_profile
-from infermeter.experiments.run import path_changed
+from infermeter.experiments.run import path_changed, resume_settings
 from infermeter.spec.catalog import get_spec
 from infermeter.store.db import Store
+from infermeter.store.energy import measured_anything
 from infermeter.workloads.datasets import load_workload
 from infermeter.workloads.tokenizer import tokenizer_for
-from paths import SHARED_DATA
+from paths import REPO, SHARED_DATA
 
 
 def test_a_run_measured_with_another_prefill_attention_is_not_resumed(tmp_path: Path) -> None:
@@ -74,6 +75,23 @@ def test_an_energy_run_measured_with_another_prefill_attention_is_not_resumed(
         energy(EnergySweep((2, 4), (8,)))  # one more batch size: the same run, resumed
     with Store(path) as store:
         assert store.get_run(run.id).backend_info["prefill_attention"] == "flex"
+        assert measured_anything(store, run.id)
+    # cut inside its first configuration: its batches stored, its row not yet
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM energy_configs WHERE run_id = ?", (run.id,))
+    with Store(path) as store:
+        assert measured_anything(store, run.id)
+    with pytest.raises(UserError, match="measured with prefill_attention flex, this process"):
+        energy(EnergySweep((2,), (8,)))
+    # nothing measured left in it (its rows deleted): no path to keep
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM energy_batches WHERE run_id = ?", (run.id,))
+        db.execute("DELETE FROM energy_responses WHERE run_id = ?", (run.id,))
+    with Store(path) as store:
+        assert not measured_anything(store, run.id)
+    energy(EnergySweep((2,), (8,)))  # resumed, measured afresh on this process's path
+    with Store(path) as store:
+        assert store.get_run(run.id).backend_info["prefill_attention"] == "explicit"
 
 
 @pytest.mark.parametrize(
@@ -89,3 +107,27 @@ def test_an_energy_run_measured_with_another_prefill_attention_is_not_resumed(
 )
 def test_what_counts_as_a_changed_path(stored: dict, now: dict, refused: bool) -> None:
     assert (path_changed(stored, now) is not None) == refused
+
+
+def test_a_carried_store_says_the_settings_to_resume_it_with(tmp_path: Path) -> None:
+    """What scripts/device/h200_owed.sh reads from a store it carries to a GPU: real stores
+    measured there (explicit, flex), one stored before the choice was recorded, and none
+    where nothing was measured."""
+    stores = REPO / "docs" / "benchmarks" / "stores"
+    explicit = stores / "gpt-oss-20b_eager_92d784a" / "gpt-oss-20b.sqlite"
+    flex = stores / "prefill_attention_9c5052d" / "gemma-2-9b_auto.sqlite"
+    assert resume_settings(explicit) == ["INFERMETER_PREFILL_ATTENTION=explicit"]
+    assert resume_settings(flex) == ["INFERMETER_PREFILL_ATTENTION=flex"]
+    assert resume_settings(tmp_path / "absent.sqlite") == []
+    path = tmp_path / "s.sqlite"
+    with Store(path) as store:
+        run = run_profile(
+            store, get_spec("tiny-llama"), {}, EngineBackend(device="cpu"), {},
+            ProfileGrid((1, 9), (1, 3), (1,), 1),
+        )  # fmt: skip
+        info = {k: v for k, v in run.backend_info.items() if k != "prefill_attention"}
+        store.update_run_backend(run.id, info)  # as recorded before the choice was
+    assert resume_settings(path) == ["INFERMETER_PREFILL_ATTENTION=explicit"]
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM points WHERE run_id = ?", (run.id,))
+    assert resume_settings(path) == []

@@ -591,7 +591,9 @@ class EnergyExperiment:
             return [c for c in sweep.configs() if c not in done]
 
         resume = resumable_run(store, identity, missing)
-        measured = resume.existing is not None and len(resume.todo) < len(sweep.configs())
+        measured = resume.existing is not None and stored_energy.measured_anything(
+            store, resume.existing.id
+        )
 
         def started(run: RunRecord) -> None:
             if progress.on_start:

@@ -17,14 +17,24 @@ deleted instead (`discard_if_empty`), so that a failed start-up leaves no empty 
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Generic, TypeVar
 
 from infermeter.store.db import RunIdentity, RunRecord, Store
 
-__all__ = ["ActiveRun", "Resumable", "RunIdentity", "path_changed", "resumable_run"]
+__all__ = [
+    "ActiveRun",
+    "Resumable",
+    "RunIdentity",
+    "path_changed",
+    "resumable_run",
+    "resume_settings",
+]
 
 T = TypeVar("T")
 
@@ -50,6 +60,28 @@ def path_changed(stored: dict, now: dict) -> str | None:
                 "it where that path runs, or measure into another --store"
             )
     return None
+
+
+def resume_settings(store_path: str | Path) -> list[str]:
+    """The environment settings (NAME=value) under which the latest run of the store at
+    `store_path` resumes on the engine path its points were measured with (PATH_CHOICES; a
+    run stored before a choice was recorded made the old default); none where the store, a
+    run or its points are absent. For scripts that carry a store to another machine
+    (scripts/device/h200_owed.sh). Read-only: the store is not changed."""
+    path = Path(store_path)
+    if not path.is_file():
+        return []
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        row = db.execute("SELECT id, backend_json FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        measured = (
+            row is not None
+            and db.execute("SELECT 1 FROM points WHERE run_id = ? LIMIT 1", (row[0],)).fetchone()
+        )
+    if not measured:
+        return []
+    stored = json.loads(row[1])
+    settings = ((switch, stored.get(key, before)) for key, (switch, before) in PATH_CHOICES.items())
+    return [f"{switch}={value}" for switch, value in settings if value is not None]
 
 
 @dataclass

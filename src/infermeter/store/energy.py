@@ -112,6 +112,21 @@ def done_configs(store: Store, run_id: int) -> set[ConfigIdent]:
     }
 
 
+def measured_anything(store: Store, run_id: int) -> bool:
+    """Whether run `run_id` stored a measurement: a batch (stored as each finishes, before
+    its configuration's row) or an ok configuration; infeasible rows measured nothing."""
+    batches = _read(
+        store, "energy_batches", "SELECT 1 FROM energy_batches WHERE run_id = ? LIMIT 1", [run_id]
+    )
+    ok = _read(
+        store,
+        "energy_configs",
+        "SELECT 1 FROM energy_configs WHERE run_id = ? AND status = 'ok' LIMIT 1",
+        [run_id],
+    )
+    return not (batches.empty and ok.empty)
+
+
 def record_config(store: Store, run_id: int, row: dict[str, Any]) -> None:
     """Store one configuration's row, replacing the one with the same (batch, max_len, shards,
     power_cap_w); `row` maps CONFIG_COLUMNS (run_id aside) to values, a missing one NULL."""
