@@ -20,7 +20,8 @@ prefill time from p = 1,841 and 32-55 % more near p = 500 for both models. Gemma
 agreed in bfloat16 (4.4e-3 of the largest); gpt-oss-20b's differed by 39 %, but one layer's
 difference was of the order of Gemma-2's (4.7-8.3e-3 against 4.8e-3) and in float32 the whole
 model's logits agreed to 6.9e-6 with every greedy token the same (flex_prefill_float32.md):
-bfloat16 rounding that the random-weight MoE routing amplifies, not flex. Whole default
+consistent with bfloat16 rounding that the random-weight MoE routing amplifies (routing
+flips not counted), not with a flex error. Whole default
 profiles (--max-context 4096, H100, 9c5052d; docs/benchmarks/prefill_attention.md, one
 each) priced their validation queries comparably (runtime MAPE with flex 0.31 % against
 0.53 % for Gemma-2-9B, 0.34 % against 0.40 % for gpt-oss-20b; max error 0.95 % against
@@ -57,7 +58,7 @@ RECOMPILE_LIMIT = 64
 
 def prefill_mode() -> str:
     """INFERMETER_PREFILL_ATTENTION: auto (the default: flex where it passes its self-check),
-    explicit (the explicit path, as before 2026-12-05) or flex (an error where flex cannot
+    explicit (the explicit path, the default until c52cd9f) or flex (an error where flex cannot
     run). Why auto is the default: the module's docstring. Raises UserError for any other
     value (read by the Engine before the model is built)."""
     wanted = os.environ.get(SWITCH, "").strip() or "auto"
@@ -323,18 +324,18 @@ def choose_prefill(
     cannot run (not CUDA, or a self-check failed)."""
     if not any(_fused(blk) for blk in model.layers):
         return None, None
-    if mode == "explicit":
-        return "explicit", f"{SWITCH}=explicit; unset, auto or flex takes FlexAttention"
-    problem: str | None = "not CUDA (FlexAttention is compiled for CUDA only here)"
     flex = None
-    if device.type == "cuda":
-        flex = FlexPrefill()
-        with torch.inference_mode():  # as the engine calls it (compiles guard on the mode)
-            problem = flex_problem(flex, model, device, dtype)
+    problem: str | None = f"{SWITCH}=explicit"
+    if mode != "explicit":
+        problem = "not CUDA (FlexAttention is compiled for CUDA only here)"
+        if device.type == "cuda":
+            flex = FlexPrefill()
+            with torch.inference_mode():  # as the engine calls it (compiles guard on the mode)
+                problem = flex_problem(flex, model, device, dtype)
     if comm is not None and comm.size > 1:  # every rank reaches this collective, then decides
         failed = torch.tensor([float(problem is not None)], device=device if comm.nccl else "cpu")
         if comm.maximum(failed).item() and problem is None:
-            problem = "another rank's flex self-check failed"
+            problem = "another rank's flex self-check failed, or it was told explicit"
     if problem is None:
         model.flex_prefill = flex
         return "flex", None
