@@ -40,11 +40,15 @@ def profile(model: str, mode: str, store: Path, args: argparse.Namespace) -> dic
         "profile", model, "--store", str(store), "--max-context", str(args.max_context),
         "--warmup-s", str(args.warmup_s),
     )  # fmt: skip
+    before = os.environ.get(SWITCH)
     os.environ[SWITCH] = mode  # run_command passes this process's environment on
     try:
         done = run_command(command, timeout_s=args.timeout_s)
-    finally:
-        del os.environ[SWITCH]
+    finally:  # the caller's own setting back
+        if before is None:
+            del os.environ[SWITCH]
+        else:
+            os.environ[SWITCH] = before
     return {"command": f"{SWITCH}={mode} {done['command']}", "exit_code": done["exit_code"],
             "wall_s": done["wall_s"]}  # fmt: skip
 

@@ -18,7 +18,7 @@ DEVICE = REPO / "scripts" / "device"
 
 STUB_PYTHON = """#!/usr/bin/env bash
 # python3 -c: the script reading a store's prefill attention (STUB_PATH answers it)
-if [ "$1" = "-c" ]; then echo "${STUB_PATH:-explicit}"; exit 0; fi
+if [ "$1" = "-c" ]; then echo "${STUB_PATH-INFERMETER_PREFILL_ATTENTION=explicit}"; exit 0; fi
 echo "python3 $* [prefill ${INFERMETER_PREFILL_ATTENTION-unset}]" >> "$STUB_LOG"
 prev=""
 for a in "$@"; do

@@ -3,16 +3,18 @@
 #   run: INFERMETER_COMMIT=<commit> bash scripts/device/h200_owed.sh 590
 # Results (records, the profile's store, each step's output) in $OUT/a.tgz, refreshed after
 # each step, so a call cut short keeps what it measured (scripts/device/_steps.sh). Steps:
-# 1. benchmarks/flex_prefill.py: the engine's prefill of Gemma-2-9B and gpt-oss-20b (8 layers)
-#    with FlexAttention (engine/flex.py, the default since c52cd9f) against the explicit path, their logits'
-#    agreement, and the peak memory of capturing a prefill of 16,097 tokens. At 41eac75 it never
-#    ran (its default sizes passed Gemma-2's context), and the engine's flex self-check failed
-#    to compile (dynamic=True, since dropped); at 92d784a it failed to lower a changed float
-#    (unbacked_bindings; floats are specialised since c4a20d4). At 7d4d2ae it ran on an H100
-#    (flex_prefill.md). Since b25687d it also records one layer's flex-vs-explicit difference
-#    at each size (random q, k, v), and then runs gpt-oss-20b in float32 (flex_prefill_float32):
-#    with both, whether gpt-oss-20b's 39 % logit difference in bf16 is flex's or its routing's.
-#    Done at 9c5052d on an H100 (routing's: flex is the default since); rerun on an H200.
+# 1. benchmarks/flex_prefill.py: the engine's prefill of Gemma-2-9B and gpt-oss-20b (8 layers) with
+#    FlexAttention (engine/flex.py, default since c52cd9f) against the explicit path, their logits'
+#    agreement, and the peak memory of capturing a prefill of 16,097 tokens. At 41eac75 it never ran
+#    (its default sizes passed Gemma-2's context), and the engine's flex self-check failed to
+#    compile (dynamic=True, since dropped); at 92d784a it failed to lower a changed float
+#    (unbacked_bindings; floats are specialised since c4a20d4). At 7d4d2ae it ran on an H100 (git
+#    show 7d4d2ae:docs/benchmarks/flex_prefill.md). Since b25687d it also records one layer's flex-
+#    vs-explicit difference at each size (random q, k, v), and then runs gpt-oss-20b in float32
+#    (flex_prefill_float32): with both, whether gpt-oss-20b's 39 % logit difference in bf16 is
+#    flex's or its routing's.
+#    Done at 9c5052d on an H100 (consistent with routing's; flex is the default since c52cd9f);
+#    rerun on an H200.
 # 2. `infermeter profile gpt-oss-20b` with its defaults (to 32,768 tokens): at 2c856e4 and
 #    41eac75 every p from ~16,100 ran out of memory in the prefill graph's capture (79 GB
 #    over the weights capturing 14,305); prompts over 4,096 tokens now prefill eagerly
@@ -21,9 +23,9 @@
 #    that store on an H200 (points added are recorded under its commit, 92d784a). Since then
 #    the engine's default prefill attention is flex (engine/flex.py); a profile refuses to
 #    resume a run on another path than its points', so where PRIOR brings a store this step
-#    sets INFERMETER_PREFILL_ATTENTION to the path its run recorded (explicit in 92d784a's;
-#    runs stored before the record had it ran explicit); without one, the caller's setting
-#    or the default (flex where it can run).
+#    sets INFERMETER_PREFILL_ATTENTION to the path its run recorded (run.resume_settings:
+#    explicit in 92d784a's); without one, the caller's setting or the default (flex where
+#    it can run).
 #    To finish a run in a second call, unpack the first call's a.tgz
 #    into a carried folder F and run with STEPS=2 PRIOR=F/a on the same kind of card
 #    (refused otherwise: PRIOR's gpu.txt names the cards). After step 1's 300 s, step 2 has
@@ -37,11 +39,12 @@ step 1 300 flex_prefill bash -c 'python3 benchmarks/flex_prefill.py --out "$1"; 
   python3 benchmarks/flex_prefill.py --models gpt-oss-20b --float32 --sizes 1841,4097 \
     --graph-p 0 --out "$1"; b=$?; exit $(( a > b ? a : b ))' _ "$WORK/docs"
 path=()
-if [ -f "$WORK/gpt-oss-20b.sqlite" ]; then
-  path=("INFERMETER_PREFILL_ATTENTION=$(python3 -c 'import json, sqlite3, sys
-row = sqlite3.connect(sys.argv[1]).execute("SELECT backend_json FROM runs ORDER BY id DESC").fetchone()
-print(json.loads(row[0]).get("prefill_attention") or "explicit" if row else "auto")' \
-    "$WORK/gpt-oss-20b.sqlite")")
+if [ -f "$WORK/gpt-oss-20b.sqlite" ]; then  # carried by PRIOR: resume on its run's path
+  settings=$(python3 -c 'import sys; from infermeter.experiments.run import resume_settings
+print(*resume_settings(sys.argv[1]))' "$WORK/gpt-oss-20b.sqlite") \
+    || { echo "cannot read the engine path of the carried store's run"; exit 2; }
+  read -ra path <<< "$settings"
+  echo "step 2 resumes the carried store with: ${settings:-the defaults (nothing measured)}"
 fi
 step 2 600 profile env "${path[@]}" python3 -m infermeter profile gpt-oss-20b \
   --store "$WORK/gpt-oss-20b.sqlite"
