@@ -31,7 +31,10 @@
 #    (refused otherwise: PRIOR's gpu.txt names the cards). After step 1's 300 s, step 2 has
 #    at most about 265 s of a 585 s call: finishing the profile takes STEPS=2 calls.
 # 3. models.md's Gemma-2-9B and gpt-oss-20b rows at this engine (--max-context 4096, as their
-#    1cfb365 rows), merged into a copy of docs/benchmarks/models.json.
+#    1cfb365 rows; with flex, the default since c52cd9f), merged into a copy of
+#    docs/benchmarks/models.json. Each profile took 160-270 s on an H100 (9c5052d,
+#    stores/prefill_attention_9c5052d): after step 1 (263 s there) the 249 s left gave each
+#    about 100 s and both were killed, so run it in a call of its own (STEPS=3).
 source "$(dirname "$0")/_steps.sh"
 cp docs/benchmarks/models.json "$WORK/docs/models_before.json"
 # both runs, the worse exit status kept
