@@ -112,6 +112,29 @@ def test_block_masks_are_kept_for_the_latest_length_only() -> None:
     assert len(flex.masks()) == 1 and flex.masks()[0] is not first
 
 
+def test_a_short_prompt_asks_for_the_attention_kernel_not_the_decoding_one() -> None:
+    """Compiled flex lowers fewer than 128 queries to its decoding kernel, about ten times
+    slower than its attention kernel for a whole prompt (flex.PREFILL_KERNEL; measured on an
+    H100): every prefill call asks for the attention kernel, and still computes attention."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    calls: list[dict[str, Any]] = []
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return flex_attention(*args, **kwargs)
+
+    flex = FlexPrefill(compiled=False, block=16)
+    flex._flex = recording
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, n, 33, 8, generator=gen) for n in (4, 2, 2))
+    got = flex(q, k, v, None, softcap=5.0)
+    assert [c["kernel_options"] for c in calls] == [{"FORCE_USE_FLEX_ATTENTION": True}]
+    pos = torch.arange(33)
+    want = reference(q, k, v, window_mask(pos, pos, None), 5.0, None)
+    assert torch.allclose(got.double(), want, atol=1e-5)
+
+
 class NoSinks(FlexPrefill):
     """Forgets the sinks (their softmax column)."""
 
@@ -336,7 +359,8 @@ def _lowers_when_floats_change(flex: Any, flex_attention: Any) -> None:
         for window, cap, scale in [(None, 50.0, 0.25), (None, 2.0, 0.25), (64, 2.0, 0.1)]:
             mask = _block_mask(s, window, False, 128, CPU)
             score = flex_module._score_mod(cap)
-            args = {"score_mod": score, "block_mask": mask, "scale": scale, "enable_gqa": True}
+            args = {"score_mod": score, "block_mask": mask, "scale": scale, "enable_gqa": True,
+                    "kernel_options": flex_module.PREFILL_KERNEL}  # fmt: skip
             got, want = flex(q, k, v, **args), flex_attention(q, k, v, **args)
             assert float((got - want).abs().max()) < 1e-5, (window, cap, scale)
 

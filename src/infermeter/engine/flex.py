@@ -54,6 +54,15 @@ SWITCH = "INFERMETER_PREFILL_ATTENTION"
 # dynamo would run flex unfused (every score materialised, as slow as the path it replaces,
 # and quietly): made an error instead.
 RECOMPILE_LIMIT = 64
+# flex_attention's kernel for a prefill of any length. Compiled flex lowers a call with fewer
+# than 128 queries to its decoding kernel (made for a few queries over a long cache; torch's
+# _use_flex_decoding), which for a whole short prompt was about ten times slower than its
+# attention kernel: on an H100 (1682906, Gemma-2-9B's first 8 layers, eager) one layer's
+# attention took 355 us at p = 33 against 35 us at p = 161, and whole default profiles
+# priced the prefill of 33-127 tokens 5-31 ms above the explicit path's (Gemma-2-9B: 36.5 ms
+# against 11.7 at p = 33). FORCE_USE_FLEX_ATTENTION is flex's own switch for this (torch >= 2.5;
+# its BACKEND="TRITON" since 2.10, which older versions reject).
+PREFILL_KERNEL = {"FORCE_USE_FLEX_ATTENTION": True}
 
 
 def prefill_mode() -> str:
@@ -233,6 +242,7 @@ class FlexPrefill:
             block_mask=self.block_mask(s, window, chunked, q.device),
             scale=q.shape[-1] ** -0.5 if scale is None else scale,
             enable_gqa=q.shape[1] != k.shape[1],
+            kernel_options=PREFILL_KERNEL,
             **self._request,
         )  # fmt: skip
         if sinks is None:
