@@ -195,6 +195,18 @@ def test_the_self_check_passes_flex_and_names_what_is_wrong() -> None:
         assert says in problem, (wrong, problem)
     problem = flex_problem(Broken(compiled=False), oss, CPU, torch.float32)
     assert problem == "RuntimeError: triton: out of resources"  # its first line
+    problem = flex_problem(FailsUnderABlock(compiled=False), gemma, CPU, torch.float32) or ""
+    assert problem.startswith("RuntimeError: no kernel for 45 queries"), problem
+
+
+class FailsUnderABlock(FlexPrefill):
+    """Fails to compile for a prompt under one block of 128 (as a kernel flex was made to take
+    there might): the self-check tries such a length before any prompt does."""
+
+    def __call__(self, q: Any, *args: Any, **kwargs: Any) -> Any:
+        if q.shape[2] < 128:
+            raise RuntimeError(f"no kernel for {q.shape[2]} queries")
+        return super().__call__(q, *args, **kwargs)
 
 
 class WrongAtSmallScale(FlexPrefill):

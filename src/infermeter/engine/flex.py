@@ -55,14 +55,20 @@ SWITCH = "INFERMETER_PREFILL_ATTENTION"
 # and quietly): made an error instead.
 RECOMPILE_LIMIT = 64
 # flex_attention's kernel for a prefill of any length. Compiled flex lowers a call with fewer
-# than 128 queries to its decoding kernel (made for a few queries over a long cache; torch's
-# _use_flex_decoding), which for a whole short prompt was about ten times slower than its
-# attention kernel: on an H100 (1682906, Gemma-2-9B's first 8 layers, eager) one layer's
-# attention took 355 us at p = 33 against 35 us at p = 161, and whole default profiles
-# priced the prefill of 33-127 tokens 5-31 ms above the explicit path's (Gemma-2-9B: 36.5 ms
-# against 11.7 at p = 33). FORCE_USE_FLEX_ATTENTION is flex's own switch for this (torch >= 2.5;
-# its BACKEND="TRITON" since 2.10, which older versions reject).
+# than 128 queries to its decoding kernel (made for a few queries over a long cache: torch's
+# _use_flex_decoding), and whole prompts that short prefilled several times slower than on the
+# explicit path: the default profiles of docs/benchmarks/stores/prefill_attention_9c5052d (an
+# H100) measured Gemma-2-9B's one-token query at p = 33 and 97 in 36.5 and 43.2 ms with flex
+# against 11.7 and 12.8 ms explicit (at p = 161, 12.9 against 14.0), gpt-oss-20b's at p = 97
+# in 24.1 against 18.8 ms; a torch profile of Gemma-2-9B's first 8 layers (eager, an H100,
+# 1682906; an ad hoc run, not a kept benchmark) showed flex's kernel at 355 us a layer at
+# p = 33 against 35 us at 161. FORCE_USE_FLEX_ATTENTION is flex's own switch to its attention
+# kernel (newer torch keeps it beside its BACKEND option). What it gains on a GPU is not yet
+# measured (scripts/device/h200_owed.sh, step 3).
 PREFILL_KERNEL = {"FORCE_USE_FLEX_ATTENTION": True}
+# The self-check's prompt lengths: an odd one over several blocks, and one under a block (the
+# lengths PREFILL_KERNEL keeps off the decoding kernel: compiled and checked before any prompt).
+SELF_CHECK_SIZES = (300, 45)
 
 
 def prefill_mode() -> str:
@@ -303,16 +309,19 @@ def flex_problem(
 ) -> str | None:
     """Why `flex` cannot serve `model`'s prefill here (None: within 2 % of the explicit
     path's largest output in bfloat16, 1e-4 in float32, in every case of flex_differences
-    at s = 300, an odd length over several blocks). The first line of a compiler or kernel
-    error is returned as the problem."""
+    at each of SELF_CHECK_SIZES). The first line of a compiler or kernel error is returned
+    as the problem."""
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
-    try:
-        differences = flex_differences(flex, model, device, dtype)
-    except Exception as error:  # a compiler or kernel failure: the explicit path runs
-        return first_line(error)
-    for name, diff in differences.items():
-        if not diff <= tolerance:
-            return f"flex prefill differs from the explicit path by {diff:.2e} ({name})"
+    for s in SELF_CHECK_SIZES:
+        try:
+            differences = flex_differences(flex, model, device, dtype, s)
+        except Exception as error:  # a compiler or kernel failure: the explicit path runs
+            return first_line(error)
+        for name, diff in differences.items():
+            if not diff <= tolerance:
+                return (
+                    f"flex prefill differs from the explicit path by {diff:.2e} ({name}, s = {s})"
+                )
     return None
 
 
