@@ -35,9 +35,10 @@
 #    docs/benchmarks/models.json. Each profile took 160-270 s on an H100 (9c5052d,
 #    stores/prefill_attention_9c5052d): after step 1 (263 s there) the 249 s left gave each
 #    about 100 s and both were killed, so run it in a call of its own (STEPS=3). Since 2d6fae5
-#    flex prefills prompts under 128 tokens with its attention kernel, not its decoding one
-#    (engine/flex.py PREFILL_KERNEL): these rows' PE knots at p = 33 and 97 measure that (at
-#    9c5052d, 36.5 and 43.2 ms for Gemma-2-9B with flex against 11.7 and 12.8 explicit).
+#    flex prefill asks for its attention kernel under 128 tokens, not its decoding one
+#    (engine/flex.py PREFILL_KERNEL; not yet run on a GPU): these rows' PE knots at p = 33 and
+#    97 show what it does (at 9c5052d, 36.5 and 43.2 ms for Gemma-2-9B with flex against 11.7
+#    and 12.8 explicit); a same-process comparison needs flex_prefill.py --sizes with small p.
 source "$(dirname "$0")/_steps.sh"
 cp docs/benchmarks/models.json "$WORK/docs/models_before.json"
 # both runs, the worse exit status kept

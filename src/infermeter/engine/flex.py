@@ -54,20 +54,25 @@ SWITCH = "INFERMETER_PREFILL_ATTENTION"
 # dynamo would run flex unfused (every score materialised, as slow as the path it replaces,
 # and quietly): made an error instead.
 RECOMPILE_LIMIT = 64
-# flex_attention's kernel for a prefill of any length. Compiled flex lowers a call with fewer
-# than 128 queries to its decoding kernel (made for a few queries over a long cache: torch's
-# _use_flex_decoding), and whole prompts that short prefilled several times slower than on the
-# explicit path: the default profiles of docs/benchmarks/stores/prefill_attention_9c5052d (an
-# H100) measured Gemma-2-9B's one-token query at p = 33 and 97 in 36.5 and 43.2 ms with flex
-# against 11.7 and 12.8 ms explicit (at p = 161, 12.9 against 14.0), gpt-oss-20b's at p = 97
-# in 24.1 against 18.8 ms; a torch profile of Gemma-2-9B's first 8 layers (eager, an H100,
-# 1682906; an ad hoc run, not a kept benchmark) showed flex's kernel at 355 us a layer at
-# p = 33 against 35 us at 161. FORCE_USE_FLEX_ATTENTION is flex's own switch to its attention
-# kernel (newer torch keeps it beside its BACKEND option). What it gains on a GPU is not yet
-# measured (scripts/device/h200_owed.sh, step 3).
+# flex_attention's kernel for a prefill of any length. By torch's source (_use_flex_decoding),
+# compiled flex lowers a call with fewer than 128 queries to its decoding kernel (made for a few
+# queries over a long cache) where batch and heads are static, the KV-head grouping a power of
+# two and the mask one for all heads, as in the engine's prefill of Gemma-2 and gpt-oss. Whole
+# prompts that short prefilled up to 3.4 times slower than on the explicit path: the default
+# profiles of docs/benchmarks/stores/prefill_attention_9c5052d (an H100) measured Gemma-2-9B's
+# one-token query at p = 33 and 97 in 36.5 and 43.2 ms with flex against 11.7 and 12.8 ms
+# explicit (at p = 161, 12.9 against 14.0), gpt-oss-20b's at p = 97 in 24.1 against 18.8 ms
+# (at p = 1 flex was the faster in both); a torch profile of Gemma-2-9B's first 8 layers
+# (eager, an H100, 1682906; an ad hoc run, not a kept benchmark) showed the flex kernel at
+# 355 us a layer at p = 33 against 35 us at 161, and the prefill 9.5 ms at p = 127 against
+# 7.1 ms at 128. FORCE_USE_FLEX_ATTENTION is flex's switch to its attention kernel (torch 2.13
+# calls it a legacy knob that its BACKEND option, "TRITON" here, is to replace: if it went, the
+# self-check would not notice, as it checks results, not speed). Not yet run on a GPU (neither
+# compiled nor timed there: scripts/device/h200_owed.sh, step 3).
 PREFILL_KERNEL = {"FORCE_USE_FLEX_ATTENTION": True}
-# The self-check's prompt lengths: an odd one over several blocks, and one under a block (the
-# lengths PREFILL_KERNEL keeps off the decoding kernel: compiled and checked before any prompt).
+# The self-check's prompt lengths: an odd one over several blocks, and one under a block, where
+# PREFILL_KERNEL matters (one such length compiled and checked; other lengths of 2-127 reuse
+# that compile, a one-token prompt compiles its own).
 SELF_CHECK_SIZES = (300, 45)
 
 
