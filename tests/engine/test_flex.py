@@ -195,9 +195,22 @@ def test_the_self_check_passes_flex_and_names_what_is_wrong() -> None:
         assert problem.startswith("flex prefill differs from the explicit path by"), wrong
         assert says in problem, (wrong, problem)
     problem = flex_problem(Broken(compiled=False), oss, CPU, torch.float32)
-    assert problem == "RuntimeError: triton: out of resources"  # its first line
+    assert problem == "RuntimeError: triton: out of resources (s = 300)"  # its first line
     problem = flex_problem(FailsUnderABlock(compiled=False), gemma, CPU, torch.float32) or ""
-    assert problem.startswith("RuntimeError: no kernel for 45 queries"), problem
+    assert problem.startswith("RuntimeError: no kernel for "), problem
+    assert problem.endswith(f"(s = {min(flex_module.SELF_CHECK_SIZES)})"), problem
+    problem = flex_problem(WrongUnderABlock(compiled=False), oss, CPU, torch.float32) or ""
+    assert problem.startswith("flex prefill differs from the explicit path by"), problem
+    assert problem.endswith(f", s = {min(flex_module.SELF_CHECK_SIZES)})"), problem
+
+
+class WrongUnderABlock(FlexPrefill):
+    """Right from one block of 128 up; under it, forgets the sinks."""
+
+    def __call__(self, q: Any, k: Any, v: Any, window: Any, chunked: Any = False,
+                 scale: Any = None, softcap: Any = None, sinks: Any = None) -> Any:  # fmt: skip
+        sinks = None if q.shape[2] < 128 else sinks
+        return super().__call__(q, k, v, window, chunked, scale, softcap, sinks)
 
 
 class FailsUnderABlock(FlexPrefill):

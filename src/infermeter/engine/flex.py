@@ -321,7 +321,7 @@ def flex_problem(
         try:
             differences = flex_differences(flex, model, device, dtype, s)
         except Exception as error:  # a compiler or kernel failure: the explicit path runs
-            return first_line(error)
+            return f"{first_line(error)} (s = {s})"
         for name, diff in differences.items():
             if not diff <= tolerance:
                 return (

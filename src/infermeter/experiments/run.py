@@ -17,14 +17,13 @@ deleted instead (`discard_if_empty`), so that a failed start-up leaves no empty 
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from infermeter.errors import UserError
 from infermeter.store.db import RunIdentity, RunRecord, Store
 
 __all__ = [
@@ -45,13 +44,19 @@ T = TypeVar("T")
 PATH_CHOICES = {"prefill_attention": ("INFERMETER_PREFILL_ATTENTION", "explicit")}
 
 
+def _stored_choice(stored: dict, key: str) -> str | None:
+    """The engine choice `key` of PATH_CHOICES in a run's backend record `stored`, or the old
+    default where the run was stored before the choice was recorded."""
+    return stored.get(key, PATH_CHOICES[key][1])
+
+
 def path_changed(stored: dict, now: dict) -> str | None:
     """Why a run stored with backend record `stored` cannot be resumed by a backend that
     describes itself as `now` (Backend.describe()), in one line with the fix, or None (see
     PATH_CHOICES). Backends without these choices (APIs, HF) describe none: never refused."""
-    for key, (switch, before) in PATH_CHOICES.items():
+    for key, (switch, _) in PATH_CHOICES.items():
         new = now.get(key)
-        old = stored.get(key, before) if new is not None else None
+        old = _stored_choice(stored, key) if new is not None else None
         if old != new:
             why = now.get(f"{key}_note")
             return (
@@ -67,20 +72,20 @@ def resume_settings(store_path: str | Path) -> list[str]:
     `store_path` resumes on the engine path its points were measured with (PATH_CHOICES; a
     run stored before a choice was recorded made the old default); none where the store, a
     run or its points are absent. For scripts that carry a store to another machine
-    (scripts/device/h200_owed.sh). Read-only: the store is not changed."""
+    (scripts/device/h200_owed.sh). Read-only: the store is not changed. Raises UserError for
+    a file that is not an infermeter store."""
     path = Path(store_path)
     if not path.is_file():
         return []
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        row = db.execute("SELECT id, backend_json FROM runs ORDER BY id DESC LIMIT 1").fetchone()
-        measured = (
-            row is not None
-            and db.execute("SELECT 1 FROM points WHERE run_id = ? LIMIT 1", (row[0],)).fetchone()
-        )
-    if not measured:
-        return []
-    stored = json.loads(row[1])
-    settings = ((switch, stored.get(key, before)) for key, (switch, before) in PATH_CHOICES.items())
+    with Store(path, read_only=True) as store:
+        try:
+            run_id = store.latest_run_id()
+        except UserError:  # no runs
+            return []
+        if store.points(run_id).empty:
+            return []
+        stored = store.get_run(run_id).backend_info
+    settings = ((switch, _stored_choice(stored, key)) for key, (switch, _) in PATH_CHOICES.items())
     return [f"{switch}={value}" for switch, value in settings if value is not None]
 
 
