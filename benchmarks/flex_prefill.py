@@ -58,7 +58,9 @@ from prefill_parity import engine_cli, prefill_times
 
 GPU_MODELS = "gemma-2-9b,gpt-oss-20b"
 QUICK_MODELS = "tiny-gemma2,tiny-gpt-oss"
-GPU_SIZES = (481, 496, 1841, 1856, 4097, 8191, 16097)  # each model's within its context
+# Each model's within its context. 33-128: either side of 128 queries, under which compiled flex
+# took its decoding kernel until 2d6fae5 (engine/flex.py PREFILL_KERNEL).
+GPU_SIZES = (33, 97, 127, 128, 481, 496, 1841, 1856, 4097, 8191, 16097)
 GRAPH_P = 16097  # a long prompt's prefill graph: the peak memory of its capture per arm
 QUICK_SIZES = (9, 16, 33)
 ARMS = ("explicit", "flex")

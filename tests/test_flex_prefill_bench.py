@@ -75,7 +75,18 @@ def test_each_model_gets_the_default_sizes_within_its_context() -> None:
     from infermeter.spec.catalog import get_spec
 
     gemma, oss = get_spec("gemma-2-9b"), get_spec("gpt-oss-20b")  # 8,192 and 131,072
-    assert flex_prefill.model_sizes(gemma, None, False) == [481, 496, 1841, 1856, 4097, 8191]
+    assert flex_prefill.model_sizes(gemma, None, False) == [
+        33,
+        97,
+        127,
+        128,
+        481,
+        496,
+        1841,
+        1856,
+        4097,
+        8191,
+    ]
     assert flex_prefill.model_sizes(oss, None, False) == list(flex_prefill.GPU_SIZES)
     assert flex_prefill.model_sizes(gemma, [9, 20], False) == [9, 20]  # given: as given
 

@@ -38,7 +38,7 @@
 #    flex prefill asks for its attention kernel under 128 tokens, not its decoding one
 #    (engine/flex.py PREFILL_KERNEL; not yet run on a GPU): these rows' PE knots at p = 33 and
 #    97 show what it does (at 9c5052d, 36.5 and 43.2 ms for Gemma-2-9B with flex against 11.7
-#    and 12.8 explicit); a same-process comparison needs flex_prefill.py --sizes with small p.
+#    and 12.8 explicit); step 1 compares both paths in one process at p = 33-128 (its defaults).
 source "$(dirname "$0")/_steps.sh"
 cp docs/benchmarks/models.json "$WORK/docs/models_before.json"
 # both runs, the worse exit status kept

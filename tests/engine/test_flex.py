@@ -287,6 +287,22 @@ def test_on_cuda_the_self_check_decides_in_inference_mode(monkeypatch: Any, prob
             choose_prefill(model, cuda, torch.bfloat16, "flex")
 
 
+def test_a_torch_without_flex_keeps_the_explicit_path(monkeypatch: Any) -> None:
+    """FlexPrefill fails to import flex_attention (torch before 2.5, which pyproject allows):
+    auto keeps the explicit path and says why; flex is refused in one line."""
+
+    def no_flex() -> Any:
+        raise ImportError("cannot import name 'flex_attention'")
+
+    monkeypatch.setattr(flex_module, "FlexPrefill", no_flex)
+    model, cuda = _model("tiny-gemma2"), torch.device("cuda")
+    choice, why = choose_prefill(model, cuda, torch.bfloat16, "auto")
+    assert (choice, why) == ("explicit", "ImportError: cannot import name 'flex_attention'")
+    assert model.flex_prefill is None
+    with pytest.raises(UserError, match="flex cannot run: ImportError"):
+        choose_prefill(model, cuda, torch.bfloat16, "flex")
+
+
 class _OtherRank:
     """parallel.Comm's interface for two ranks (no process group here): the other rank's
     self-check failed (flag 1) or passed (0), and the maximum over both is taken."""

@@ -353,9 +353,13 @@ def choose_prefill(
     if mode != "explicit":
         problem = "not CUDA (FlexAttention is compiled for CUDA only here)"
         if device.type == "cuda":
-            flex = FlexPrefill()
-            with torch.inference_mode():  # as the engine calls it (compiles guard on the mode)
-                problem = flex_problem(flex, model, device, dtype)
+            try:  # a torch without FlexAttention (before 2.5) fails here: every rank goes on
+                flex = FlexPrefill()
+            except Exception as error:
+                problem = first_line(error)
+            else:
+                with torch.inference_mode():  # as the engine calls it (compiles guard on it)
+                    problem = flex_problem(flex, model, device, dtype)
     if comm is not None and comm.size > 1:  # every rank reaches this collective, then decides
         failed = torch.tensor([float(problem is not None)], device=device if comm.nccl else "cpu")
         if comm.maximum(failed).item() and problem is None:
