@@ -18,7 +18,7 @@ the engine runs in float32 (written as flex_prefill_float32): agreement without 
 rounding, to tell flex's differences from routing's.
 
 Run (GPU): PYTHONPATH=src python benchmarks/flex_prefill.py [--models gemma-2-9b,gpt-oss-20b]
-           [--layers 8] [--sizes 481,496,...]
+           [--layers 8] [--sizes 33,97,...]
 CPU check (tiny specs, float32, flex unfused, times meaningless): ... --quick
 With a GPU also, per arm in a fresh engine with CUDA graphs, the peak memory of setting up a
 prefill of --graph-p tokens (its warm-up and captures; at 2c856e4 gpt-oss-20b's default profile

@@ -30,8 +30,9 @@ against 0.44 s. With several ranks, all take flex or none (choose_prefill).
 
 `FlexPrefill` is chosen by the Engine on CUDA after a self-check against the explicit path
 (`flex_problem`) where INFERMETER_PREFILL_ATTENTION is auto (the default) or flex; explicit
-keeps the explicit path, and so does auto where the self-check fails (the engine records
-why: Engine.prefill_attention_note).
+keeps the explicit path, and so does auto where the self-check fails or FlexPrefill cannot be
+built (a torch without FlexAttention: before 2.5) (the engine records why:
+Engine.prefill_attention_note).
 """
 
 from __future__ import annotations
@@ -315,7 +316,7 @@ def flex_problem(
     """Why `flex` cannot serve `model`'s prefill here (None: within 2 % of the explicit
     path's largest output in bfloat16, 1e-4 in float32, in every case of flex_differences
     at each of SELF_CHECK_SIZES). The first line of a compiler or kernel error is returned
-    as the problem."""
+    as the problem, with the prompt length it failed at."""
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
     for s in SELF_CHECK_SIZES:
         try:
@@ -345,7 +346,7 @@ def choose_prefill(
     where no layer soft-caps or has sinks. `mode` is prefill_mode()'s. With `comm` (the
     engine's parallel.Comm) over several ranks, every rank takes flex only where every rank's
     self-check passed (the run's record is rank 0's). Raises UserError where mode "flex"
-    cannot run (not CUDA, or a self-check failed)."""
+    cannot run (not CUDA, FlexPrefill cannot be built, or a self-check failed)."""
     if not any(_fused(blk) for blk in model.layers):
         return None, None
     flex = None

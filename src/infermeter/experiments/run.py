@@ -71,9 +71,10 @@ def resume_settings(store_path: str | Path) -> list[str]:
     """The environment settings (NAME=value) under which the latest run of the store at
     `store_path` resumes on the engine path its points were measured with (PATH_CHOICES; a
     run stored before a choice was recorded made the old default); none where the store, a
-    run or its points are absent. For scripts that carry a store to another machine
-    (scripts/device/h200_owed.sh). Read-only: the store is not changed. Raises UserError for
-    a file that is not an infermeter store."""
+    run or its points are absent (the latest run only: an energy run stores no points). For
+    scripts that carry a store to another machine (scripts/device/h200_owed.sh). Read-only:
+    the store is not changed (Store's read_only). Raises UserError for a file that is not an
+    infermeter store, or a store newer than this infermeter."""
     path = Path(store_path)
     if not path.is_file():
         return []
