@@ -14,7 +14,8 @@
 #    (flex_prefill_float32): with both, whether gpt-oss-20b's 39 % logit difference in bf16 is
 #    flex's or its routing's.
 #    Done at 9c5052d on an H100 (consistent with routing's; flex is the default since c52cd9f);
-#    rerun on an H200.
+#    rerun on an H200. Since 2d6fae5 it also takes p = 33-128 (flex's short-prompt kernel):
+#    its cap is 450 s (263 s at 9c5052d with fewer sizes).
 # 2. `infermeter profile gpt-oss-20b` with its defaults (to 32,768 tokens): at 2c856e4 and
 #    41eac75 every p from ~16,100 ran out of memory in the prefill graph's capture (79 GB
 #    over the weights capturing 14,305); prompts over 4,096 tokens now prefill eagerly
@@ -28,12 +29,12 @@
 #    it can run).
 #    To finish a run in a second call, unpack the first call's a.tgz
 #    into a carried folder F and run with STEPS=2 PRIOR=F/a on the same kind of card
-#    (refused otherwise: PRIOR's gpu.txt names the cards). After step 1's 300 s, step 2 has
-#    at most about 265 s of a 585 s call: finishing the profile takes STEPS=2 calls.
+#    (refused otherwise: PRIOR's gpu.txt names the cards). After step 1's 450 s, step 2 has
+#    at most about 115 s of a 585 s call: run it in a call of its own (STEPS=2).
 # 3. models.md's Gemma-2-9B and gpt-oss-20b rows at this engine (--max-context 4096, as their
 #    1cfb365 rows; with flex, the default since c52cd9f), merged into a copy of
 #    docs/benchmarks/models.json. Each profile took 160-270 s on an H100 (9c5052d,
-#    stores/prefill_attention_9c5052d): after step 1 (263 s there) the 249 s left gave each
+#    stores/prefill_attention_9c5052d): after step 1 (263 s at 9c5052d) the 249 s left gave each
 #    about 100 s and both were killed, so run it in a call of its own (STEPS=3). Since 2d6fae5
 #    flex prefill asks for its attention kernel under 128 tokens, not its decoding one
 #    (engine/flex.py PREFILL_KERNEL; not yet run on a GPU): these rows' PE knots at p = 33 and
@@ -42,7 +43,7 @@
 source "$(dirname "$0")/_steps.sh"
 cp docs/benchmarks/models.json "$WORK/docs/models_before.json"
 # both runs, the worse exit status kept
-step 1 300 flex_prefill bash -c 'python3 benchmarks/flex_prefill.py --out "$1"; a=$?
+step 1 450 flex_prefill bash -c 'python3 benchmarks/flex_prefill.py --out "$1"; a=$?
   python3 benchmarks/flex_prefill.py --models gpt-oss-20b --float32 --sizes 1841,4097 \
     --graph-p 0 --out "$1"; b=$?; exit $(( a > b ? a : b ))' _ "$WORK/docs"
 path=()
