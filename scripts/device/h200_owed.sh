@@ -48,8 +48,11 @@ step 1 450 flex_prefill bash -c 'python3 benchmarks/flex_prefill.py --out "$1"; 
     --graph-p 0 --out "$1"; b=$?; exit $(( a > b ? a : b ))' _ "$WORK/docs"
 path=()
 if [ -f "$WORK/gpt-oss-20b.sqlite" ]; then  # carried by PRIOR: resume on its run's path
-  settings=$(python3 -c 'import sys; from infermeter.experiments.run import resume_settings
-print(*resume_settings(sys.argv[1]))' "$WORK/gpt-oss-20b.sqlite") \
+  settings=$(python3 -c 'import sys; from infermeter.errors import UserError
+from infermeter.experiments.run import resume_settings
+try: print(*resume_settings(sys.argv[1]))
+except UserError as error: sys.exit(str(error))  # its one line, not a traceback
+' "$WORK/gpt-oss-20b.sqlite") \
     || { echo "cannot read the engine path of the carried store's run"; exit 2; }
   read -ra path <<< "$settings"
   echo "step 2 resumes the carried store with: ${settings:-the defaults (nothing measured)}"

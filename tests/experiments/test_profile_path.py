@@ -6,19 +6,21 @@ finished by the explicit path, or the other way round, under one record
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("torch")
 
+from infermeter.backends.base import Measurement, Point
 from infermeter.backends.engine import EngineBackend
 from infermeter.errors import UserError
 from infermeter.experiments.energy import EnergySweep, run_energy
 from infermeter.experiments.profile import ProfileGrid, run_profile
-from infermeter.experiments.run import path_changed, resume_settings
+from infermeter.experiments.run import RESUME_FIX, path_changed, resume_settings
 from infermeter.spec.catalog import get_spec
-from infermeter.store.db import Store
+from infermeter.store.db import SCHEMA_VERSION, Store
 from infermeter.store.energy import measured_anything
 from infermeter.workloads.datasets import load_workload
 from infermeter.workloads.tokenizer import tokenizer_for
@@ -131,3 +133,50 @@ def test_a_carried_store_says_the_settings_to_resume_it_with(tmp_path: Path) -> 
     with sqlite3.connect(path) as db:
         db.execute("DELETE FROM points WHERE run_id = ?", (run.id,))
     assert resume_settings(path) == []
+
+
+def test_a_store_with_no_runs_needs_no_settings(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    Store(path).close()  # a store as a first call makes it, before its profile records a run
+    assert resume_settings(path) == []
+
+
+def _newer_store(path: Path) -> None:
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (lambda path: path.write_text("not a store\n"), "is not an infermeter store"),
+        (_newer_store, f"newer than this infermeter's {SCHEMA_VERSION}"),
+    ],
+    ids=["a text file", "a newer store"],
+)
+def test_what_is_not_a_store_to_resume_is_refused_in_a_line_for_the_script(
+    tmp_path: Path, make: Callable[[Path], object], says: str
+) -> None:
+    """h200_owed.sh hands over the store that PRIOR carried: the refusal names it and a fix
+    the script's user can take, not the CLI's --store."""
+    path = tmp_path / "gpt-oss-20b.sqlite"
+    make(path)
+    with pytest.raises(UserError) as refused:
+        resume_settings(path)
+    message = str(refused.value)
+    assert str(path) in message and says in message and "\n" not in message
+    assert message.endswith(RESUME_FIX) and "--store" not in message
+
+
+def test_reading_a_wal_store_leaves_no_wal_or_shm_files(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with Store(path) as store:  # a store as a profile makes it: WAL mode
+        run, _ = store.open_run(
+            key="k", model="tiny-llama", spec={}, stack={}, backend="engine",
+            backend_info={"prefill_attention": "flex"}, grid={}, device="cpu",
+        )  # fmt: skip
+        store.record_point(run.id, Point(9, 3, 1, 0), Measurement(0.5))
+    assert path.read_bytes()[18:20] == b"\x02\x02"  # the file's header: WAL mode
+    assert resume_settings(path) == ["INFERMETER_PREFILL_ATTENTION=flex"]
+    assert not Path(f"{path}-wal").exists() and not Path(f"{path}-shm").exists()

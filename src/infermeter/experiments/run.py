@@ -42,6 +42,9 @@ T = TypeVar("T")
 # stored before it was recorded: a resume must make the same choice, or the run would mix
 # two engines under one record.
 PATH_CHOICES = {"prefill_attention": ("INFERMETER_PREFILL_ATTENTION", "explicit")}
+# How resume_settings' errors end: its callers are scripts handed a store carried from an
+# earlier device call (PRIOR in scripts/device/h200_owed.sh), not a verb with a --store option.
+RESUME_FIX = "carry the a/ folder of an earlier device call as PRIOR, or leave PRIOR unset"
 
 
 def _stored_choice(stored: dict, key: str) -> str | None:
@@ -73,17 +76,19 @@ def resume_settings(store_path: str | Path) -> list[str]:
     run stored before a choice was recorded made the old default); none where the store, a
     run or its points are absent (the latest run only: an energy run stores no points). For
     scripts that carry a store to another machine (scripts/device/h200_owed.sh). Read-only:
-    the store is not changed (Store's read_only). Raises UserError for a file that is not an
-    infermeter store, or a store newer than this infermeter."""
+    the store is not changed, and no -wal or -shm file is left beside it (Store's read_only;
+    those a killed writer left stay). Raises UserError, naming the store and ending with
+    RESUME_FIX, for a file that is not an infermeter store or a store newer than this
+    infermeter."""
     path = Path(store_path)
     if not path.is_file():
         return []
-    with Store(path, read_only=True) as store:
+    with Store(path, read_only=True, fix=RESUME_FIX) as store:
         try:
             run_id = store.latest_run_id()
         except UserError:  # no runs
             return []
-        if store.points(run_id).empty:
+        if not store.holds("points", run_id):
             return []
         stored = store.get_run(run_id).backend_info
     settings = ((switch, _stored_choice(stored, key)) for key, (switch, _) in PATH_CHOICES.items())

@@ -403,14 +403,10 @@ class Store:
         recorded: an API's calibration, say); its id is given to the next run. Returns whether
         it was deleted."""
         with self.transaction():
-            for table in ("points", "validation", "power_samples", "fits"):
-                if (
-                    self.has_table(table)
-                    and self._db.execute(
-                        f"SELECT 1 FROM {table} WHERE run_id = ? LIMIT 1", (run_id,)
-                    ).fetchone()
-                ):
-                    return False
+            if any(
+                self.holds(t, run_id) for t in ("points", "validation", "power_samples", "fits")
+            ):
+                return False
             self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
             self._db.execute(
                 "UPDATE sqlite_sequence SET seq = (SELECT coalesce(max(id), 0) FROM runs) "
@@ -617,6 +613,17 @@ class Store:
             rows = self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
             self._tables = {r[0] for r in rows}
         return table in self._tables
+
+    def holds(self, table: str, run_id: int) -> bool:
+        """Whether `table` holds a row of run `run_id` (False where the store lacks the table):
+        the query stops at the first row (found through the key's index in points and
+        validation), where `points(run_id).empty` would load them all."""
+        return self.has_table(table) and (
+            self._db.execute(
+                f"SELECT 1 FROM {table} WHERE run_id = ? LIMIT 1", (run_id,)
+            ).fetchone()
+            is not None
+        )
 
     def _table(self, table: str, run_id: int) -> pd.DataFrame:
         if not self.has_table(table):  # an older store read as it is: the points' columns
