@@ -288,20 +288,60 @@ def test_on_cuda_the_self_check_decides_in_inference_mode(monkeypatch: Any, prob
             choose_prefill(model, cuda, torch.bfloat16, "flex")
 
 
+def _no_flex_attention() -> Any:
+    """FlexPrefill as a torch before 2.5 (which pyproject allows) builds it."""
+    raise ModuleNotFoundError("No module named 'torch.nn.attention.flex_attention'")
+
+
+NO_FLEX_ATTENTION = (
+    f"this torch ({torch.__version__}) has no FlexAttention, which flex needs (torch >= 2.5): "
+    "ModuleNotFoundError: No module named 'torch.nn.attention.flex_attention'"
+)
+
+
 def test_a_torch_without_flex_keeps_the_explicit_path(monkeypatch: Any) -> None:
-    """FlexPrefill fails to import flex_attention (torch before 2.5, which pyproject allows):
-    auto keeps the explicit path and says why; flex is refused in one line."""
-
-    def no_flex() -> Any:
-        raise ImportError("cannot import name 'flex_attention'")
-
-    monkeypatch.setattr(flex_module, "FlexPrefill", no_flex)
+    """Auto keeps the explicit path and says why; flex is refused in one line that does not
+    send the user to auto (which would not get flex either)."""
+    monkeypatch.setattr(flex_module, "FlexPrefill", _no_flex_attention)
     model, cuda = _model("tiny-gemma2"), torch.device("cuda")
     choice, why = choose_prefill(model, cuda, torch.bfloat16, "auto")
-    assert (choice, why) == ("explicit", "ImportError: cannot import name 'flex_attention'")
+    assert (choice, why) == ("explicit", NO_FLEX_ATTENTION)
     assert model.flex_prefill is None
-    with pytest.raises(UserError, match="flex cannot run: ImportError"):
+    with pytest.raises(UserError) as refused:
         choose_prefill(model, cuda, torch.bfloat16, "flex")
+    assert str(refused.value) == (
+        f"INFERMETER_PREFILL_ATTENTION=flex cannot run: {NO_FLEX_ATTENTION}; set it to "
+        "explicit, or upgrade torch to 2.5 or later"
+    )
+
+
+def test_a_python_torch_compile_does_not_support_keeps_the_explicit_path(
+    monkeypatch: Any,
+) -> None:
+    """torch.compile refuses some Pythons when FlexPrefill is built (torch 2.5 on 3.13): auto
+    keeps the explicit path, flex is refused without sending the user to auto. Other errors
+    are bugs, not a reason to run explicit: they propagate."""
+
+    def fails(error: Exception) -> Any:
+        def build() -> Any:
+            raise error
+
+        return build
+
+    model, cuda = _model("tiny-gemma2"), torch.device("cuda")
+    error = RuntimeError("Dynamo is not supported on Python 3.13+")
+    monkeypatch.setattr(flex_module, "FlexPrefill", fails(error))
+    choice, why = choose_prefill(model, cuda, torch.bfloat16, "auto")
+    assert (choice, why) == ("explicit", "RuntimeError: Dynamo is not supported on Python 3.13+")
+    with pytest.raises(UserError) as refused:
+        choose_prefill(model, cuda, torch.bfloat16, "flex")
+    assert str(refused.value) == (
+        f"INFERMETER_PREFILL_ATTENTION=flex cannot run: {why}; set it to explicit, or use a "
+        "Python that this torch's torch.compile takes"
+    )
+    monkeypatch.setattr(flex_module, "FlexPrefill", fails(TypeError("a bug")))
+    with pytest.raises(TypeError, match="a bug"):
+        choose_prefill(model, cuda, torch.bfloat16, "auto")
 
 
 class _OtherRank:
@@ -329,12 +369,27 @@ def test_every_rank_takes_flex_only_where_every_self_check_passed(
     choice, why = choose_prefill(model, cuda, torch.bfloat16, "auto", comm)
     assert comm.seen == [0.0]  # this rank's flag, sent once
     if other_failed:
-        assert choice == "explicit" and (why or "").startswith("another rank's flex self-check")
+        assert choice == "explicit" and (why or "").startswith("another rank could not run flex")
         assert model.flex_prefill is None
-        with pytest.raises(UserError, match="flex cannot run: another rank's"):
+        with pytest.raises(UserError, match="flex cannot run: another rank could not run flex"):
             choose_prefill(model, cuda, torch.bfloat16, "flex", _OtherRank(True))
     else:
         assert choice == "flex" and isinstance(model.flex_prefill, FlexPrefill)
+
+
+@pytest.mark.parametrize("other_failed", [False, True])
+def test_a_rank_whose_torch_has_no_flex_attention_still_joins_the_choice(
+    monkeypatch: Any, other_failed: bool
+) -> None:
+    """Building FlexPrefill fails on this rank: it still sends its flag (the other ranks wait
+    for it in the collective) and keeps its own reason, whatever the others found."""
+    monkeypatch.setattr(flex_module, "FlexPrefill", _no_flex_attention)
+    model, cuda, comm = _model("tiny-gemma2"), torch.device("cuda"), _OtherRank(other_failed)
+    assert choose_prefill(model, cuda, torch.bfloat16, "auto", comm) == (
+        "explicit",
+        NO_FLEX_ATTENTION,
+    )
+    assert comm.seen == [1.0] and model.flex_prefill is None
 
 
 @pytest.mark.parametrize("value", ["", "auto", "explicit", "flex", "Flex", "fused"])

@@ -31,8 +31,8 @@ against 0.44 s. With several ranks, all take flex or none (choose_prefill).
 `FlexPrefill` is chosen by the Engine on CUDA after a self-check against the explicit path
 (`flex_problem`) where INFERMETER_PREFILL_ATTENTION is auto (the default) or flex; explicit
 keeps the explicit path, and so does auto where the self-check fails or FlexPrefill cannot be
-built (a torch without FlexAttention: before 2.5) (the engine records why:
-Engine.prefill_attention_note).
+built (a torch without FlexAttention: before 2.5; a Python its torch.compile does not support)
+(the engine records why: Engine.prefill_attention_note).
 """
 
 from __future__ import annotations
@@ -346,31 +346,44 @@ def choose_prefill(
     where no layer soft-caps or has sinks. `mode` is prefill_mode()'s. With `comm` (the
     engine's parallel.Comm) over several ranks, every rank takes flex only where every rank's
     self-check passed (the run's record is rank 0's). Raises UserError where mode "flex"
-    cannot run (not CUDA, FlexPrefill cannot be built, or a self-check failed)."""
+    cannot run (not CUDA, FlexPrefill cannot be built: a torch without FlexAttention or a
+    Python torch.compile does not support, or a self-check failed, on any rank)."""
     if not any(_fused(blk) for blk in model.layers):
         return None, None
     flex = None
     problem: str | None = f"{SWITCH}=explicit"
+    fix = "set it to explicit, or to auto (flex where it can run)"
     if mode != "explicit":
         problem = "not CUDA (FlexAttention is compiled for CUDA only here)"
         if device.type == "cuda":
-            try:  # a torch without FlexAttention (before 2.5) fails here: every rank goes on
+            # Building FlexPrefill imports FlexAttention (ImportError in a torch before 2.5)
+            # and calls torch.compile (RuntimeError on a Python it does not support: torch 2.5
+            # on 3.13, say). Either keeps the explicit path, and every rank still reaches the
+            # collective below; any other error is a bug, and propagates.
+            try:
                 flex = FlexPrefill()
-            except Exception as error:
+            except ImportError as error:
+                problem = (
+                    f"this torch ({torch.__version__}) has no FlexAttention, which flex needs "
+                    f"(torch >= 2.5): {first_line(error)}"
+                )
+                fix = "set it to explicit, or upgrade torch to 2.5 or later"
+            except RuntimeError as error:
                 problem = first_line(error)
+                fix = "set it to explicit, or use a Python that this torch's torch.compile takes"
             else:
                 with torch.inference_mode():  # as the engine calls it (compiles guard on it)
                     problem = flex_problem(flex, model, device, dtype)
     if comm is not None and comm.size > 1:  # every rank reaches this collective, then decides
         failed = torch.tensor([float(problem is not None)], device=device if comm.nccl else "cpu")
         if comm.maximum(failed).item() and problem is None:
-            problem = "another rank's flex self-check failed, or it was told explicit"
+            problem = (
+                "another rank could not run flex (its self-check failed, its torch has no "
+                "FlexAttention or cannot compile it, or it was told explicit)"
+            )
     if problem is None:
         model.flex_prefill = flex
         return "flex", None
     if mode == "flex":
-        raise UserError(
-            f"{SWITCH}=flex cannot run: {problem}; set it to explicit, or to auto (flex where "
-            "it can run)"
-        )
+        raise UserError(f"{SWITCH}=flex cannot run: {problem}; {fix}")
     return "explicit", problem
