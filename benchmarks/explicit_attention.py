@@ -17,10 +17,12 @@ softmax(scores) · sigmoid(lse − sink).
 Per shape (one layer's attention, batch 1, bf16, random q, k, v) and prompt size s, both arms
 in one process: "engine", blocked_attend as the engine calls it, and "flex",
 torch.compile(flex_attention) with the layer's mask as a block mask (built per s, timed apart)
-and the sinks' correction. Figures: each arm's time (CUDA events, median of --trials after
-a warm-up call; the flex arm's first call, which compiles, timed apart), flex over engine,
-the residual of each arm's time at multiples of 16 against the line through its other sizes,
-and the largest difference between the arms relative to the largest output value.
+and the sinks' correction, asking for flex's attention kernel as the engine does
+(flex.PREFILL_KERNEL: under 128 queries flex may take its decoding kernel; every GPU size
+here is over that). Figures: each arm's time (CUDA events, median of --trials after a warm-up
+call; the flex arm's first call, which compiles, timed apart), flex over engine, the residual
+of each arm's time at multiples of 16 against the line through its other sizes, and the
+largest difference between the arms relative to the largest output value.
 
 Run (GPU): PYTHONPATH=src python benchmarks/explicit_attention.py [--trials 20]
 CPU check (tiny shapes, float32, flex unfused, times meaningless): ... --quick
@@ -45,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import DOCS, record_problem, signed_pct, write_result
 from engine_bench import cuda_time
 from infermeter.engine.attention import blocked_attend
-from infermeter.engine.flex import lse_request
+from infermeter.engine.flex import PREFILL_KERNEL, lse_request
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ def flex_arm(
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: Any) -> torch.Tensor:
         out, lse = compiled(
             q, k, v, score_mod=mods.score, block_mask=block, scale=shape.scale,
-            enable_gqa=True, **request,
+            enable_gqa=True, kernel_options=PREFILL_KERNEL, **request,
         )  # fmt: skip
         lse = getattr(lse, "lse", lse)  # AuxOutput (torch >= 2.9) or the tensor
         if sinks is None:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -75,3 +76,32 @@ def test_a_run_without_a_gpu_is_one_line(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is here: the script would run")
     assert_refused("explicit_attention.py", [], "no CUDA GPU here: run with --quick", tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_the_flex_arm_asks_for_the_kernel_the_engine_prefills_with() -> None:
+    """Under 128 queries compiled flex may lower to its decoding kernel unless told otherwise
+    (engine/flex.py PREFILL_KERNEL): the arm must time the kernel the engine runs. Here flex
+    runs unfused (the kernel options change nothing on a CPU), so the call is read as it
+    passes to the real flex_attention, and its result checked against the engine's."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from infermeter.engine.attention import blocked_attend
+    from infermeter.engine.flex import PREFILL_KERNEL
+
+    options: list[Any] = []
+
+    def flex(*args: Any, **kwargs: Any) -> Any:
+        options.append(kwargs.get("kernel_options"))
+        return flex_attention(*args, **kwargs)
+
+    shape, s = bench.QUICK_SHAPES[1], 33  # sinks and a window, one block under 128
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (
+        torch.randn(1, n, s, shape.d, generator=gen) for n in (shape.nq, shape.nkv, shape.nkv)
+    )
+    sinks = torch.randn(shape.nq, generator=gen)
+    got = bench.flex_arm(shape, bench.flex_mods(shape), s, "cpu", flex)(q, k, v, sinks)
+    assert options == [PREFILL_KERNEL]
+    want = blocked_attend(q, k, v, shape.window, False, shape.scale, shape.softcap, sinks)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
