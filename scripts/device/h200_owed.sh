@@ -37,9 +37,10 @@
 #    stores/prefill_attention_9c5052d): after step 1 (263 s at 9c5052d) the 249 s left gave each
 #    about 100 s and both were killed, so run it in a call of its own (STEPS=3). Since 2d6fae5
 #    flex prefill asks for its attention kernel under 128 tokens, not its decoding one
-#    (engine/flex.py PREFILL_KERNEL; not yet run on a GPU): these rows' PE knots at p = 33 and
-#    97 show what it does (at 9c5052d, 36.5 and 43.2 ms for Gemma-2-9B with flex against 11.7
-#    and 12.8 explicit); step 1 compares both paths in one process at p = 33-128 (its defaults).
+#    (engine/flex.py PREFILL_KERNEL): on an H100 at 009dd74 Gemma-2-9B's default profile
+#    priced p = 33 and 97 at 10.1 and 11.1 ms (36.5 and 43.2 at 9c5052d with flex, 11.7 and
+#    12.8 explicit; docs/benchmarks/stores/flex_short_kernel_009dd74); these rows are owed on
+#    an H200. Step 1 compares both paths in one process at p = 33-128 (its defaults).
 source "$(dirname "$0")/_steps.sh"
 cp docs/benchmarks/models.json "$WORK/docs/models_before.json"
 # both runs, the worse exit status kept
