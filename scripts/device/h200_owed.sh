@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # GPU work owed for one H200 (the device tool's nvidia-h200), most wanted first:
-#   run: INFERMETER_COMMIT=<commit> bash scripts/device/h200_owed.sh 590
+#   run: INFERMETER_COMMIT=<commit> STEPS=1 bash scripts/device/h200_owed.sh 590
+#   then STEPS=2 and STEPS=3, each in a call of its own (all steps in one call leave step 2
+#   about 115 s and step 3 nothing)
 # Results (records, the profile's store, each step's output) in $OUT/a.tgz, refreshed after
 # each step, so a call cut short keeps what it measured (scripts/device/_steps.sh). Steps:
 # 1. benchmarks/flex_prefill.py: the engine's prefill of Gemma-2-9B and gpt-oss-20b (8 layers) with
@@ -30,7 +32,7 @@
 #    To finish a run in a second call, unpack the first call's a.tgz
 #    into a carried folder F and run with STEPS=2 PRIOR=F/a on the same kind of card
 #    (refused otherwise: PRIOR's gpu.txt names the cards). After step 1's 450 s, step 2 has
-#    at most about 115 s of a 585 s call: run it in a call of its own (STEPS=2).
+#    at most about 115 s of a 590 s call: run it in a call of its own (STEPS=2).
 # 3. models.md's Gemma-2-9B and gpt-oss-20b rows at this engine (--max-context 4096, as their
 #    1cfb365 rows; with flex, the default since c52cd9f), merged into a copy of
 #    docs/benchmarks/models.json. Each profile took 160-270 s on an H100 (9c5052d,

@@ -1,8 +1,9 @@
 """Ad hoc: Gemma-2-9B's prefill bump near p = 584 (H100, 1682906: 584 slower than 520 and 640).
 
-python3 devrun/bump.py OUT.json: (1) the engine's prefill (first 8 layers, eager, explicit and
-auto) at p = 480..1000 every 8 and at 584; (2) torch.matmul at the layer's GEMM shapes over
-the same p; (3) a torch profile (CUDA kernels) of the 8-layer prefill at 520, 584, 640.
+python3 devrun/bump.py OUT.json, at p = 480..1000 every 8 and at 481, 520, 584, 640, 737, 993:
+(1) torch.nn.functional.linear at the layer's GEMM shapes (cuBLAS, bf16); (2) the engine's
+prefill (first 8 layers, eager, explicit then auto); (3) a torch profile (CUDA kernels) of the
+explicit 8-layer prefill at 520, 584, 640. Docstring and comment corrected after the run.
 """
 
 import json
@@ -20,7 +21,7 @@ from infermeter.spec.catalog import resolve_spec
 out = sys.argv[1]
 sizes = sorted(set(range(480, 1001, 8)) | {481, 520, 584, 640, 737, 993})
 rec: dict = {"gpu": torch.cuda.get_device_name(), "sizes": sizes}
-# (2) GEMMs at the layer's shapes: hidden 3584, q 16x256, kv 8x256, FFN 14336 (gate+up fused?)
+# (1) GEMMs at the layer's shapes: hidden 3584, q 16x256, kv 8x256, FFN 14336 (gate, up fused)
 shapes = {"qkv": (3584, 8192), "o": (4096, 3584), "gate_up": (3584, 28672), "down": (14336, 3584)}
 g = {}
 for name, (k, n) in shapes.items():
@@ -45,7 +46,7 @@ for name, (k, n) in shapes.items():
     g[name] = row
     print(name, {p: row[p] for p in (481, 520, 584, 640, 737)}, flush=True)
 rec["gemm_us"] = g
-# (1) and (3) the engine
+# (2) and (3) the engine
 import os  # noqa: E402
 
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
