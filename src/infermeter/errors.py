@@ -30,6 +30,13 @@ def not_both(first: str, second: str, why: str, fix: str = "") -> UserError:
     return UserError(f"give {first} or {second}, not both: {why}" + (f"; {fix}" if fix else ""))
 
 
+class ResumeRefused(UserError):
+    """A stored run this process will not resume, found before it measured anything (its
+    points were measured on another engine path: experiments.run.path_changed). The run keeps
+    the status it had (experiments.run.Resumable.open), not "interrupted": nothing of it was
+    cut short."""
+
+
 class DoesNotFit(UserError):
     """A model that does not fit in the memory of the device(s) asked for; the message names
     the fix (a smaller model or dtype, more shards). The energy sweep records it as infeasible

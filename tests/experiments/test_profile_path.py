@@ -76,15 +76,22 @@ def test_an_energy_run_measured_with_another_prefill_attention_is_not_resumed(
     with pytest.raises(UserError, match="measured with prefill_attention flex, this process"):
         energy(EnergySweep((2, 4), (8,)))  # one more batch size: the same run, resumed
     with Store(path) as store:
-        assert store.get_run(run.id).backend_info["prefill_attention"] == "flex"
+        refused = store.get_run(run.id)
+        assert refused.backend_info["prefill_attention"] == "flex"
         assert measured_anything(store, run.id)
+        # refused before measuring: not cut short, so not "interrupted"
+        assert refused.status == run.status == "complete"
     # cut inside its first configuration: its batches stored, its row not yet
     with sqlite3.connect(path) as db:
         db.execute("DELETE FROM energy_configs WHERE run_id = ?", (run.id,))
     with Store(path) as store:
         assert measured_anything(store, run.id)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE runs SET status = 'partial' WHERE id = ?", (run.id,))
     with pytest.raises(UserError, match="measured with prefill_attention flex, this process"):
         energy(EnergySweep((2,), (8,)))
+    with Store(path) as store:
+        assert store.get_run(run.id).status == "partial"  # the status it had
     # nothing measured left in it (its rows deleted): no path to keep
     with sqlite3.connect(path) as db:
         db.execute("DELETE FROM energy_batches WHERE run_id = ?", (run.id,))

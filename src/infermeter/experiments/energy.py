@@ -47,7 +47,7 @@ from typing import Any
 import pandas as pd
 
 from infermeter.backends.config import Generates
-from infermeter.errors import DoesNotFit, UserError, is_oom, oom_line
+from infermeter.errors import DoesNotFit, ResumeRefused, UserError, is_oom, oom_line
 from infermeter.experiments.run import RunIdentity, path_changed, resumable_run
 from infermeter.measure.gpus import GpuRef
 from infermeter.measure.meter import EnergyWindow, Meter, check_warmup_s, warm_up
@@ -679,7 +679,7 @@ class _SweepRun:
             if problem:
                 if settings.close_backends:
                     backend.close()
-                raise UserError(problem)
+                raise ResumeRefused(problem)
         if meter is not None and meter.available:
             self._start_meter(meter, backend, configs[0], info)
         self.store.update_run_backend(self.run_id, info)

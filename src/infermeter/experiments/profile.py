@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from infermeter.backends.base import Backend, Measurement, Point
-from infermeter.errors import UserError, is_oom
+from infermeter.errors import ResumeRefused, UserError, is_oom
 from infermeter.experiments.run import RunIdentity, path_changed, resumable_run
 from infermeter.experiments.second_look import suspects
 from infermeter.measure.meter import Meter, check_warmup_s, warm_up
@@ -480,7 +480,7 @@ class ProfileExperiment:
                 if resume.existing is not None and (todo.done or todo.checked):
                     problem = path_changed(resume.existing.backend_info, backend.describe())
                     if problem:
-                        raise UserError(problem)
+                        raise ResumeRefused(problem)
             except BaseException:
                 backend.close()
                 raise

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from infermeter.errors import UserError
+from infermeter.errors import ResumeRefused, UserError
 from infermeter.store.db import RunIdentity, RunRecord, Store
 
 __all__ = [
@@ -138,7 +138,9 @@ class Resumable(Generic[T]):
         run behind); `on_start` gets the opened run; `cleanup` runs when the body ends, however
         it ends, before the status is set (close backends, stop meters). With
         `discard_if_empty`, a new run that ends incomplete with nothing measured is deleted
-        (Store.discard_if_empty) rather than left "interrupted". Errors of the body propagate.
+        (Store.discard_if_empty) rather than left "interrupted"; a resumed run whose body
+        refuses it (ResumeRefused, before measuring) keeps the status it had. Errors of the
+        body propagate.
         """
         if before is not None:
             before()
@@ -146,12 +148,17 @@ class Resumable(Generic[T]):
         active = ActiveRun(run, resumed)
         if on_start is not None:
             on_start(run)
-        finished = False
+        finished = refused = False
         try:
             yield active
             finished = True
+        except ResumeRefused:
+            refused = True
+            raise
         finally:
             status = active.status if finished else "interrupted"
+            if refused and self.existing is not None:
+                status = self.existing.status
             try:
                 if cleanup is not None:
                     cleanup()
