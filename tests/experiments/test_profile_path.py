@@ -112,10 +112,27 @@ def test_an_energy_run_measured_with_another_prefill_attention_is_not_resumed(
         ({}, {"prefill_attention": "explicit"}, False),
         ({"prefill_attention": None}, {"prefill_attention": None}, False),  # no capped layer
         ({}, {}, False),  # an API backend: no engine choices
+        ({"one_token_gemv": "looped"}, {"one_token_gemv": "rows"}, True),
+        ({"one_token_gemv": "rows"}, {"one_token_gemv": "rows"}, False),
+        ({}, {"one_token_gemv": "rows"}, False),  # stored before it was recorded: not known
+        ({"one_token_gemv": None}, {"one_token_gemv": None}, False),  # no Triton decode
+        ({"moe_batch1_gemv": "sum"}, {"moe_batch1_gemv": None}, True),  # the grouped GEMM
+        ({"moe_batch1_gemv": None}, {"moe_batch1_gemv": "pairs"}, True),
+        ({"moe_batch1_gemv": None}, {"moe_batch1_gemv": None}, False),
+        ({}, {"moe_batch1_gemv": "sum"}, False),
     ],
 )
 def test_what_counts_as_a_changed_path(stored: dict, now: dict, refused: bool) -> None:
     assert (path_changed(stored, now) is not None) == refused
+
+
+def test_a_refusal_names_the_switch_value_that_resumes_the_run() -> None:
+    """The experts' grouped GEMM is recorded as None and made by INFERMETER_MOE_GEMV=0; a
+    GEMV mode is its own name (engine/select.moe_gemv_modes)."""
+    grouped = path_changed({"moe_batch1_gemv": None}, {"moe_batch1_gemv": "sum"})
+    assert grouped is not None and "set INFERMETER_MOE_GEMV=0 to resume" in grouped
+    rows = path_changed({"one_token_gemv": "rows"}, {"one_token_gemv": "looped"})
+    assert rows is not None and "set INFERMETER_ONE_TOKEN_GEMV=rows to resume" in rows
 
 
 def test_a_carried_store_says_the_settings_to_resume_it_with(tmp_path: Path) -> None:
@@ -125,8 +142,15 @@ def test_a_carried_store_says_the_settings_to_resume_it_with(tmp_path: Path) -> 
     stores = REPO / "docs" / "benchmarks" / "stores"
     explicit = stores / "gpt-oss-20b_eager_92d784a" / "gpt-oss-20b.sqlite"
     flex = stores / "prefill_attention_9c5052d" / "gemma-2-9b_auto.sqlite"
-    assert resume_settings(explicit) == ["INFERMETER_PREFILL_ATTENTION=explicit"]
-    assert resume_settings(flex) == ["INFERMETER_PREFILL_ATTENTION=flex"]
+    assert resume_settings(explicit) == [  # gpt-oss-20b: its experts' batch-1 GEMVs too
+        "INFERMETER_PREFILL_ATTENTION=explicit",
+        "INFERMETER_ONE_TOKEN_GEMV=looped",
+        "INFERMETER_MOE_GEMV=sum",
+    ]
+    assert resume_settings(flex) == [
+        "INFERMETER_PREFILL_ATTENTION=flex",
+        "INFERMETER_ONE_TOKEN_GEMV=looped",
+    ]
     assert resume_settings(tmp_path / "absent.sqlite") == []
     path = tmp_path / "s.sqlite"
     with Store(path) as store:

@@ -28,6 +28,7 @@ from infermeter.store.db import RunIdentity, RunRecord, Store
 
 __all__ = [
     "ActiveRun",
+    "PathChoice",
     "Resumable",
     "RunIdentity",
     "path_changed",
@@ -37,35 +38,69 @@ __all__ = [
 
 T = TypeVar("T")
 
-# Engine choices a run's points depend on that its key does not hold (environment switches
-# and defaults, not the experiment's options), each with its switch and its value in runs
-# stored before it was recorded: a resume must make the same choice, or the run would mix
-# two engines under one record.
-PATH_CHOICES = {"prefill_attention": ("INFERMETER_PREFILL_ATTENTION", "explicit")}
+
+@dataclass(frozen=True)
+class PathChoice:
+    """An engine choice a run's points depend on that its key does not hold (an environment
+    switch or a default, not the experiment's options): a resume must make the same choice,
+    or the run would mix two engines under one record.
+
+    `switch` sets it; `before` is its value in runs stored before it was recorded (None: not
+    known, so such runs are never refused over it); `named` maps a recorded value to the
+    switch's value where they differ, and lists the values that count although None (a
+    recorded None is otherwise "does not apply": no soft-capped layer, no Triton decode)."""
+
+    switch: str
+    before: str | None = None
+    named: tuple[tuple[object, str], ...] = ()
+
+    def applies(self, value: object) -> bool:
+        """Whether a recorded `value` is a choice this switch makes."""
+        return value is not None or any(v is None for v, _ in self.named)
+
+    def setting(self, value: object) -> str:
+        """The switch's value that makes the recorded `value`."""
+        return next((s for v, s in self.named if v == value), str(value))
+
+
+PATH_CHOICES = {
+    "prefill_attention": PathChoice("INFERMETER_PREFILL_ATTENTION", before="explicit"),
+    # the dense layers' one-token GEMVs: whole rows were 4-16 % faster a step (README)
+    "one_token_gemv": PathChoice("INFERMETER_ONE_TOKEN_GEMV"),
+    # the experts at batch 1: a GEMV mode or the grouped GEMM (None), timed at start under auto
+    "moe_batch1_gemv": PathChoice("INFERMETER_MOE_GEMV", named=((None, "0"),)),
+}
 # How resume_settings' errors end: its callers are scripts handed a store carried from an
 # earlier device call (PRIOR in scripts/device/h200_owed.sh), not a verb with a --store option.
 RESUME_FIX = "carry the a/ folder of an earlier device call as PRIOR, or leave PRIOR unset"
+_UNKNOWN = object()
 
 
-def _stored_choice(stored: dict, key: str) -> str | None:
-    """The engine choice `key` of PATH_CHOICES in a run's backend record `stored`, or the old
-    default where the run was stored before the choice was recorded."""
-    return stored.get(key, PATH_CHOICES[key][1])
+def _stored_choice(stored: dict, key: str) -> object:
+    """The engine choice `key` of PATH_CHOICES in a run's backend record `stored`: its value,
+    the value before it was recorded where the run was stored before, or _UNKNOWN where that
+    is not known either."""
+    choice = PATH_CHOICES[key]
+    if key in stored:
+        return stored[key]
+    return _UNKNOWN if choice.before is None else choice.before
 
 
 def path_changed(stored: dict, now: dict) -> str | None:
     """Why a run stored with backend record `stored` cannot be resumed by a backend that
     describes itself as `now` (Backend.describe()), in one line with the fix, or None (see
     PATH_CHOICES). Backends without these choices (APIs, HF) describe none: never refused."""
-    for key, (switch, _) in PATH_CHOICES.items():
-        new = now.get(key)
-        old = _stored_choice(stored, key) if new is not None else None
-        if old != new:
+    for key, choice in PATH_CHOICES.items():
+        if key not in now or not choice.applies(now[key]):
+            continue
+        new, old = now[key], _stored_choice(stored, key)
+        if old is not _UNKNOWN and old != new:
             why = now.get(f"{key}_note")
             return (
                 f"this run's points were measured with {key} {old}, this process would use "
-                f"{new}" + (f" ({why})" if why else "") + f": set {switch}={old} to resume "
-                "it where that path runs, or measure into another --store"
+                f"{new}" + (f" ({why})" if why else "") + f": set {choice.switch}="
+                f"{choice.setting(old)} to resume it where that path runs, or measure into "
+                "another --store"
             )
     return None
 
@@ -91,8 +126,12 @@ def resume_settings(store_path: str | Path) -> list[str]:
         if not store.holds("points", run_id):
             return []
         stored = store.get_run(run_id).backend_info
-    settings = ((switch, _stored_choice(stored, key)) for key, (switch, _) in PATH_CHOICES.items())
-    return [f"{switch}={value}" for switch, value in settings if value is not None]
+    settings = ((choice, _stored_choice(stored, key)) for key, choice in PATH_CHOICES.items())
+    return [
+        f"{choice.switch}={choice.setting(value)}"
+        for choice, value in settings
+        if value is not _UNKNOWN and choice.applies(value)
+    ]
 
 
 @dataclass
