@@ -70,17 +70,33 @@ def align(ids: Tensor, experts: int, block_m: int) -> tuple[Tensor, Tensor]:
 
 
 def _gemm_configs() -> list[triton.Config]:
-    """Tiles tried once per (N, K, block rows) shape: narrow ones keep enough programs in
-    flight when a decode step touches few experts, wide ones serve prefill (four, as each is
-    compiled per kernel variant in every fresh process's first run)."""
+    """Tiles tried once per (N, K, block rows) shape and range of row blocks
+    (row_blocks_bucket): narrow ones keep enough programs in flight when a decode step touches
+    few experts, wide ones serve prefill (four, as each is compiled per kernel variant in
+    every fresh process's first run)."""
     return tile_configs([(16, 256, 4, 4), (32, 128, 4, 4), (64, 128, 4, 3), (128, 64, 8, 3)])
 
 
-@autotune(_gemm_configs(), key=["N", "K", "BLOCK_M", "ACT"])
+def row_blocks_bucket(blocks: int) -> int:
+    """The range of row blocks a grouped GEMM's tile is tuned for: `blocks` (align()'s
+    BlockExperts, one program row each) rounded up to a power of two.
+
+    The best tile depends on how many row blocks there are (few: narrow tiles keep programs
+    in flight; many: wide ones serve the bandwidth), so a tile tuned once per weight shape
+    served every prompt size with the one the first prompt tuned, kept in Triton's cache for
+    later processes: on an H100 at 009dd74 gpt-oss-20b's default profile took 11-20 % longer
+    at p >= 2,017 than at 1682906, where the profile's first prefill (p = 32,225) had tuned it,
+    after a process on that machine had tuned it at p <= 481
+    (docs/benchmarks/stores/flex_short_kernel_009dd74). About 17 ranges to 32,768 tokens,
+    each tuned once (four tiles)."""
+    return 1 << max(0, blocks - 1).bit_length()
+
+
+@autotune(_gemm_configs(), key=["N", "K", "BLOCK_M", "ACT", "blocks_bucket"])
 @triton.jit
 def _grouped_gemm(
     A, W, Bias, Scale, Out, Rows, BlockExperts,
-    pairs, N, K, a_div, limit, alpha,
+    pairs, N, K, a_div, limit, alpha, blocks_bucket,
     stride_am, stride_we, stride_wn, stride_be, stride_om,
     HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, PDL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -165,6 +181,7 @@ def grouped_linear(
     _grouped_gemm[grid](
         a, w, bias if bias is not None else w, scale if scale is not None else w, out,
         rows, block_experts, pairs, n, k, a_div, limit, alpha,
+        row_blocks_bucket(block_experts.numel()),
         a.stride(0), w.stride(0), w.stride(1), bias.stride(0) if bias is not None else 0,
         out.stride(0),
         HAS_BIAS=bias is not None, HAS_SCALE=scale is not None,
