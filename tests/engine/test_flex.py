@@ -342,6 +342,18 @@ def test_a_python_torch_compile_does_not_support_keeps_the_explicit_path(
     monkeypatch.setattr(flex_module, "FlexPrefill", fails(TypeError("a bug")))
     with pytest.raises(TypeError, match="a bug"):
         choose_prefill(model, cuda, torch.bfloat16, "auto")
+    # with ranks, after sending its flag: the other ranks do not wait for it in the collective
+    comm = _OtherRank(False)
+    with pytest.raises(TypeError, match="a bug"):
+        choose_prefill(model, cuda, torch.bfloat16, "auto", comm)
+    assert comm.seen == [1.0]
+    # an import that fails in a torch that has FlexAttention: not "upgrade torch"
+    broken = ModuleNotFoundError("No module named 'sympy'", name="sympy")
+    monkeypatch.setattr(flex_module, "FlexPrefill", fails(broken))
+    choice, why = choose_prefill(model, cuda, torch.bfloat16, "auto")
+    assert why == "importing FlexAttention failed: ModuleNotFoundError: No module named 'sympy'"
+    with pytest.raises(UserError, match="set it to explicit, or repair this torch's install"):
+        choose_prefill(model, cuda, torch.bfloat16, "flex")
 
 
 class _OtherRank:

@@ -339,6 +339,22 @@ def first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {line}"[:300]
 
 
+def _import_problem(error: ImportError) -> tuple[str, str]:
+    """Why FlexPrefill could not be imported, and the fix: a torch without FlexAttention
+    (before 2.5), or another import that failed (a broken install)."""
+    named = f"{getattr(error, 'name', None) or ''} {error}"
+    if "flex_attention" in named or torch.__version__ < "2.5":
+        return (
+            f"this torch ({torch.__version__}) has no FlexAttention, which flex needs "
+            f"(torch >= 2.5): {first_line(error)}",
+            "set it to explicit, or upgrade torch to 2.5 or later",
+        )
+    return (
+        f"importing FlexAttention failed: {first_line(error)}",
+        "set it to explicit, or repair this torch's install",
+    )
+
+
 def choose_prefill(
     model: Any, device: torch.device, dtype: torch.dtype, mode: str, comm: Any = None
 ) -> tuple[str | None, str | None]:
@@ -352,6 +368,7 @@ def choose_prefill(
     if not any(_fused(blk) for blk in model.layers):
         return None, None
     flex = None
+    bug: Exception | None = None  # a bug in building FlexPrefill, raised after the collective
     problem: str | None = f"{SWITCH}=explicit"
     fix = "set it to explicit, or to auto (flex where it can run)"
     if mode != "explicit":
@@ -359,19 +376,17 @@ def choose_prefill(
         if device.type == "cuda":
             # Building FlexPrefill imports FlexAttention (ImportError in a torch before 2.5)
             # and calls torch.compile (RuntimeError on a Python it does not support: torch 2.5
-            # on 3.13, say). Either keeps the explicit path, and every rank still reaches the
-            # collective below; any other error is a bug, and propagates.
+            # on 3.13, say). Either keeps the explicit path. Any other error is a bug: raised
+            # after the collective below, so that no other rank waits there for this one.
             try:
                 flex = FlexPrefill()
             except ImportError as error:
-                problem = (
-                    f"this torch ({torch.__version__}) has no FlexAttention, which flex needs "
-                    f"(torch >= 2.5): {first_line(error)}"
-                )
-                fix = "set it to explicit, or upgrade torch to 2.5 or later"
+                problem, fix = _import_problem(error)
             except RuntimeError as error:
                 problem = first_line(error)
                 fix = "set it to explicit, or use a Python that this torch's torch.compile takes"
+            except Exception as error:
+                problem, bug = first_line(error), error
             else:
                 with torch.inference_mode():  # as the engine calls it (compiles guard on it)
                     problem = flex_problem(flex, model, device, dtype)
@@ -382,6 +397,8 @@ def choose_prefill(
                 "another rank could not run flex (its self-check failed, its torch has no "
                 "FlexAttention or cannot compile it, or it was told explicit)"
             )
+    if bug is not None:
+        raise bug
     if problem is None:
         model.flex_prefill = flex
         return "flex", None
