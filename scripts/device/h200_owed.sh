@@ -26,8 +26,8 @@
 #    that store on an H200 (points added are recorded under its commit, 92d784a). Since then
 #    the engine's default prefill attention is flex (engine/flex.py); a profile refuses to
 #    resume a run on another path than its points', so where PRIOR brings a store this step
-#    sets INFERMETER_PREFILL_ATTENTION, INFERMETER_ONE_TOKEN_GEMV and INFERMETER_MOE_GEMV to
-#    the paths its run recorded (run.resume_settings: explicit, looped and sum in 92d784a's);
+#    sets INFERMETER_PREFILL_ATTENTION and INFERMETER_ONE_TOKEN_GEMV to the paths its run
+#    recorded (run.resume_settings: explicit and looped in 92d784a's);
 #    without one, the caller's setting or the default (flex where
 #    it can run).
 #    To finish a run in a second call, unpack the first call's a.tgz

@@ -24,10 +24,10 @@ def test_every_tuning_key_is_an_argument_of_its_kernel(tuner: object) -> None:
 
 def test_the_grouped_gemm_is_tuned_per_range_of_row_blocks() -> None:
     assert "blocks_bucket" in moe_kernels._grouped_gemm.keys
-    # a prompt of 97 tokens (top-4 of 32 experts: ~40 blocks of 16 rows) and one of 4,065
-    # (~1,000 blocks) are tuned apart; 4,065 and 4,097 together
+    # gpt-oss-20b's prompts of 97 tokens (top-4 of 32 experts in blocks of 64 rows: 38
+    # blocks) and of 4,065 (286) are tuned apart; 4,065 and 4,097 (288) together
     bucket = moe_kernels.row_blocks_bucket
-    assert bucket(40) != bucket(1_000) and bucket(1_000) == bucket(1_020)
+    assert bucket(38) != bucket(286) and bucket(286) == bucket(288)
 
 
 @given(st.integers(min_value=1, max_value=1 << 20))

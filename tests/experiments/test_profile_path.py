@@ -116,23 +116,26 @@ def test_an_energy_run_measured_with_another_prefill_attention_is_not_resumed(
         ({"one_token_gemv": "rows"}, {"one_token_gemv": "rows"}, False),
         ({}, {"one_token_gemv": "rows"}, False),  # stored before it was recorded: not known
         ({"one_token_gemv": None}, {"one_token_gemv": None}, False),  # no Triton decode
-        ({"moe_batch1_gemv": "sum"}, {"moe_batch1_gemv": None}, True),  # the grouped GEMM
-        ({"moe_batch1_gemv": None}, {"moe_batch1_gemv": "pairs"}, True),
-        ({"moe_batch1_gemv": None}, {"moe_batch1_gemv": None}, False),
-        ({}, {"moe_batch1_gemv": "sum"}, False),
+        ({"one_token_gemv": None}, {"one_token_gemv": "looped"}, False),  # no value to name
+        ({"moe_batch1_gemv": "sum"}, {"moe_batch1_gemv": "pairs"}, False),  # timed at start
     ],
 )
 def test_what_counts_as_a_changed_path(stored: dict, now: dict, refused: bool) -> None:
     assert (path_changed(stored, now) is not None) == refused
 
 
-def test_a_refusal_names_the_switch_value_that_resumes_the_run() -> None:
-    """The experts' grouped GEMM is recorded as None and made by INFERMETER_MOE_GEMV=0; a
-    GEMV mode is its own name (engine/select.moe_gemv_modes)."""
-    grouped = path_changed({"moe_batch1_gemv": None}, {"moe_batch1_gemv": "sum"})
-    assert grouped is not None and "set INFERMETER_MOE_GEMV=0 to resume" in grouped
-    rows = path_changed({"one_token_gemv": "rows"}, {"one_token_gemv": "looped"})
-    assert rows is not None and "set INFERMETER_ONE_TOKEN_GEMV=rows to resume" in rows
+def test_a_refusal_names_the_switch_value_that_resumes_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The value named is one the switch takes and makes the engine record again
+    (engine/select.one_token_rows)."""
+    from infermeter.engine.select import one_token_rows
+
+    for stored, now in (("rows", "looped"), ("looped", "rows")):
+        refused = path_changed({"one_token_gemv": stored}, {"one_token_gemv": now})
+        assert refused is not None and f"set INFERMETER_ONE_TOKEN_GEMV={stored} " in refused
+        monkeypatch.setenv("INFERMETER_ONE_TOKEN_GEMV", stored)
+        assert ("rows" if one_token_rows() else "looped") == stored
 
 
 def test_a_carried_store_says_the_settings_to_resume_it_with(tmp_path: Path) -> None:
@@ -142,10 +145,9 @@ def test_a_carried_store_says_the_settings_to_resume_it_with(tmp_path: Path) -> 
     stores = REPO / "docs" / "benchmarks" / "stores"
     explicit = stores / "gpt-oss-20b_eager_92d784a" / "gpt-oss-20b.sqlite"
     flex = stores / "prefill_attention_9c5052d" / "gemma-2-9b_auto.sqlite"
-    assert resume_settings(explicit) == [  # gpt-oss-20b: its experts' batch-1 GEMVs too
+    assert resume_settings(explicit) == [
         "INFERMETER_PREFILL_ATTENTION=explicit",
         "INFERMETER_ONE_TOKEN_GEMV=looped",
-        "INFERMETER_MOE_GEMV=sum",
     ]
     assert resume_settings(flex) == [
         "INFERMETER_PREFILL_ATTENTION=flex",

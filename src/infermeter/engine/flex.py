@@ -341,9 +341,9 @@ def first_line(error: BaseException) -> str:
 
 def _import_problem(error: ImportError) -> tuple[str, str]:
     """Why FlexPrefill could not be imported, and the fix: a torch without FlexAttention
-    (before 2.5), or another import that failed (a broken install)."""
-    named = f"{getattr(error, 'name', None) or ''} {error}"
-    if "flex_attention" in named or torch.__version__ < "2.5":
+    (before 2.5: FlexPrefill's first import is torch.nn.attention.flex_attention), or another
+    import that failed (a broken install)."""
+    if "flex_attention" in f"{getattr(error, 'name', None) or ''} {error}":
         return (
             f"this torch ({torch.__version__}) has no FlexAttention, which flex needs "
             f"(torch >= 2.5): {first_line(error)}",

@@ -617,7 +617,8 @@ def tiles_note() -> str:
     # INFERMETER_KEEP_TILES says
     if getattr(_small_linear, "cache_results", False):
         note = (
-            f"autotuned once per shape and kept in Triton's cache ({_cache_dir()}): later "
+            f"autotuned once per shape (the MoE grouped GEMM's per range of row blocks) and "
+            f"kept in Triton's cache ({_cache_dir()}): later "
             "processes that use that folder run the same tiles (kept per architecture, not per "
             "GPU model; delete the folder to tune again)"
         )

@@ -87,13 +87,14 @@ def row_blocks_bucket(blocks: int) -> int:
     later processes: on an H100 at 009dd74 gpt-oss-20b's default profile took 11-20 % longer
     at p >= 2,017 than at 1682906, where the profile's first prefill (p = 32,225) had tuned it,
     after a process on that machine had tuned it at p <= 481
-    (docs/benchmarks/stores/flex_short_kernel_009dd74). About 17 ranges to 32,768 tokens,
-    each tuned once (four tiles)."""
+    (docs/benchmarks/stores/flex_short_kernel_009dd74; not yet measured apart). About 11-12
+    ranges a GEMM from batch-1 decode to 32,768 prompt tokens, each tuned once (four tiles),
+    kept like any tile."""
     return 1 << max(0, blocks - 1).bit_length()
 
 
 @autotune(_gemm_configs(), key=["N", "K", "BLOCK_M", "ACT", "blocks_bucket"])
-@triton.jit
+@triton.jit(do_not_specialize=["blocks_bucket"])  # read by the tuner only: one compile
 def _grouped_gemm(
     A, W, Bias, Scale, Out, Rows, BlockExperts,
     pairs, N, K, a_div, limit, alpha, blocks_bucket,

@@ -43,32 +43,22 @@ T = TypeVar("T")
 class PathChoice:
     """An engine choice a run's points depend on that its key does not hold (an environment
     switch or a default, not the experiment's options): a resume must make the same choice,
-    or the run would mix two engines under one record.
+    or the run would mix two engines under one record. Its recorded values are the switch's
+    own; a recorded None means it did not apply (no soft-capped layer, no Triton decode).
 
     `switch` sets it; `before` is its value in runs stored before it was recorded (None: not
-    known, so such runs are never refused over it); `named` maps a recorded value to the
-    switch's value where they differ, and lists the values that count although None (a
-    recorded None is otherwise "does not apply": no soft-capped layer, no Triton decode)."""
+    known, so such runs are never refused over it)."""
 
     switch: str
     before: str | None = None
-    named: tuple[tuple[object, str], ...] = ()
-
-    def applies(self, value: object) -> bool:
-        """Whether a recorded `value` is a choice this switch makes."""
-        return value is not None or any(v is None for v, _ in self.named)
-
-    def setting(self, value: object) -> str:
-        """The switch's value that makes the recorded `value`."""
-        return next((s for v, s in self.named if v == value), str(value))
 
 
 PATH_CHOICES = {
     "prefill_attention": PathChoice("INFERMETER_PREFILL_ATTENTION", before="explicit"),
-    # the dense layers' one-token GEMVs: whole rows were 4-16 % faster a step (README)
+    # the dense layers' one-token GEMVs: whole rows were 4-16 % faster a step (README). Not
+    # the experts' batch-1 path (moe_batch1_gemv): auto times it at each start, so the same
+    # command would be refused whenever the timing went the other way.
     "one_token_gemv": PathChoice("INFERMETER_ONE_TOKEN_GEMV"),
-    # the experts at batch 1: a GEMV mode or the grouped GEMM (None), timed at start under auto
-    "moe_batch1_gemv": PathChoice("INFERMETER_MOE_GEMV", named=((None, "0"),)),
 }
 # How resume_settings' errors end: its callers are scripts handed a store carried from an
 # earlier device call (PRIOR in scripts/device/h200_owed.sh), not a verb with a --store option.
@@ -91,24 +81,26 @@ def path_changed(stored: dict, now: dict) -> str | None:
     describes itself as `now` (Backend.describe()), in one line with the fix, or None (see
     PATH_CHOICES). Backends without these choices (APIs, HF) describe none: never refused."""
     for key, choice in PATH_CHOICES.items():
-        if key not in now or not choice.applies(now[key]):
+        if now.get(key) is None:
             continue
         new, old = now[key], _stored_choice(stored, key)
-        if old is not _UNKNOWN and old != new:
+        # a stored choice that did not apply (no Triton decode then) has no switch value to
+        # name: what differed is another choice
+        if old is not _UNKNOWN and old is not None and old != new:
             why = now.get(f"{key}_note")
             return (
                 f"this run's points were measured with {key} {old}, this process would use "
-                f"{new}" + (f" ({why})" if why else "") + f": set {choice.switch}="
-                f"{choice.setting(old)} to resume it where that path runs, or measure into "
-                "another --store"
+                f"{new}" + (f" ({why})" if why else "") + f": set {choice.switch}={old} to "
+                "resume it where that path runs, or measure into another --store"
             )
     return None
 
 
 def resume_settings(store_path: str | Path) -> list[str]:
     """The environment settings (NAME=value) under which the latest run of the store at
-    `store_path` resumes on the engine path its points were measured with (PATH_CHOICES; a
-    run stored before a choice was recorded made the old default); none where the store, a
+    `store_path` resumes on the engine path its points were measured with (PATH_CHOICES; for
+    a run stored before a choice was recorded, its `before` value where known, else nothing
+    for that choice); none where the store, a
     run or its points are absent (the latest run only: an energy run stores no points). For
     scripts that carry a store to another machine (scripts/device/h200_owed.sh). Read-only:
     the store is not changed, and no -wal or -shm file is left beside it (Store's read_only;
@@ -128,9 +120,9 @@ def resume_settings(store_path: str | Path) -> list[str]:
         stored = store.get_run(run_id).backend_info
     settings = ((choice, _stored_choice(stored, key)) for key, choice in PATH_CHOICES.items())
     return [
-        f"{choice.switch}={choice.setting(value)}"
+        f"{choice.switch}={value}"
         for choice, value in settings
-        if value is not _UNKNOWN and choice.applies(value)
+        if value is not _UNKNOWN and value is not None
     ]
 
 
