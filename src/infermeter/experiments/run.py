@@ -63,17 +63,13 @@ PATH_CHOICES = {
 # How resume_settings' errors end: its callers are scripts handed a store carried from an
 # earlier device call (PRIOR in scripts/device/h200_owed.sh), not a verb with a --store option.
 RESUME_FIX = "carry the a/ folder of an earlier device call as PRIOR, or leave PRIOR unset"
-_UNKNOWN = object()
 
 
 def _stored_choice(stored: dict, key: str) -> object:
-    """The engine choice `key` of PATH_CHOICES in a run's backend record `stored`: its value,
-    the value before it was recorded where the run was stored before, or _UNKNOWN where that
-    is not known either."""
-    choice = PATH_CHOICES[key]
-    if key in stored:
-        return stored[key]
-    return _UNKNOWN if choice.before is None else choice.before
+    """The engine choice `key` of PATH_CHOICES in a run's backend record `stored`, or its
+    `before` value where the run was stored before it was recorded; None where it did not
+    apply or is not known (never compared, never named)."""
+    return stored.get(key, PATH_CHOICES[key].before)
 
 
 def path_changed(stored: dict, now: dict) -> str | None:
@@ -86,7 +82,7 @@ def path_changed(stored: dict, now: dict) -> str | None:
         new, old = now[key], _stored_choice(stored, key)
         # a stored choice that did not apply (no Triton decode then) has no switch value to
         # name: what differed is another choice
-        if old is not _UNKNOWN and old is not None and old != new:
+        if old is not None and old != new:
             why = now.get(f"{key}_note")
             return (
                 f"this run's points were measured with {key} {old}, this process would use "
@@ -119,11 +115,7 @@ def resume_settings(store_path: str | Path) -> list[str]:
             return []
         stored = store.get_run(run_id).backend_info
     settings = ((choice, _stored_choice(stored, key)) for key, choice in PATH_CHOICES.items())
-    return [
-        f"{choice.switch}={value}"
-        for choice, value in settings
-        if value is not _UNKNOWN and value is not None
-    ]
+    return [f"{choice.switch}={value}" for choice, value in settings if value is not None]
 
 
 @dataclass
