@@ -163,3 +163,16 @@ def test_mistakes_are_refused_before_any_step(
 def test_a_limit_with_leading_zeros_is_decimal(tmp_path: Path) -> None:
     done, _ = _run("h200_owed.sh", tmp_path, limit="0089")  # octal would be an error
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_warm_machine_s_earlier_results_are_not_resumed_without_prior(tmp_path: Path) -> None:
+    first, _ = _run("h200_owed.sh", tmp_path)  # leaves its store in WORK, as a warm machine
+    assert first.returncode == 0
+    (tmp_path / "calls.log").unlink()
+    done, out = _run("h200_owed.sh", tmp_path, STUB_N="2", STEPS="2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _calls(tmp_path)[0].endswith("[prefill unset]")  # a fresh run, not a resumed one
+    with tarfile.open(out / "a.tgz") as tar:
+        store = tar.extractfile("a/gpt-oss-20b.sqlite")
+        assert store is not None and store.read() == b"row\n"
+        assert "a/docs/record_1.json" not in tar.getnames()

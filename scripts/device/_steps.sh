@@ -2,7 +2,8 @@
 #   $1 LIMIT_S: the call's limit in seconds; OUT: the device tool's result folder;
 #   STEPS: which steps to run ("2 3"; default all); PRIOR: a folder (an earlier call's a/,
 #   unpacked and carried) copied into the results first, to resume a profile's store there;
-#   WORK: where results gather (default /tmp/a), sent as $OUT/a.tgz.
+#   WORK: where results gather (default /tmp/a), sent as $OUT/a.tgz; emptied first, so a warm
+#   machine's earlier call leaves nothing in it (only PRIOR brings a store to resume).
 set -u -o pipefail
 LIMIT=${1:-}
 [[ $LIMIT =~ ^[0-9]+$ ]] || { echo "usage: $0 LIMIT_S (seconds, the call's limit)"; exit 2; }
@@ -12,6 +13,7 @@ LIMIT=$((10#$LIMIT))
 : "${INFERMETER_COMMIT:?set INFERMETER_COMMIT to the commit of this checkout: the device has no git}"
 export PYTHONPATH=src PYTHONUNBUFFERED=1 INFERMETER_COMMIT
 WORK=${WORK:-/tmp/a}
+rm -rf "$WORK"
 mkdir -p "$WORK/docs" "$OUT"
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | sort | uniq -c | xargs)
 if [ -n "${PRIOR:-}" ]; then

@@ -34,3 +34,35 @@ def test_the_grouped_gemm_is_tuned_per_range_of_row_blocks() -> None:
 def test_a_bucket_is_the_power_of_two_at_or_above_the_blocks(blocks: int) -> None:
     bucket = moe_kernels.row_blocks_bucket(blocks)
     assert bucket & (bucket - 1) == 0 and blocks <= bucket < 2 * blocks
+
+
+class _Recorder:
+    """Stands in for the tuned kernel (no GPU here): records the arguments of a launch by the
+    real kernel's argument names."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names, self.calls = names, []
+
+    def __getitem__(self, grid: object) -> object:
+        def launch(*args: object, **kwargs: object) -> None:
+            self.calls.append({**dict(zip(self.names, args, strict=False)), **kwargs})
+
+        return launch
+
+
+@pytest.mark.parametrize("blocks", [1, 38, 286, 300])
+def test_grouped_linear_launches_with_the_bucket_of_its_row_blocks(
+    blocks: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    recorder = _Recorder(list(moe_kernels._grouped_gemm.arg_names))
+    monkeypatch.setattr(moe_kernels, "_grouped_gemm", recorder)
+    block_m, experts, n, k = 16, 4, 8, 32
+    rows = torch.zeros(blocks * block_m, dtype=torch.int32)
+    block_experts = torch.zeros(blocks, dtype=torch.int32)
+    a, w = torch.zeros(3, k), torch.zeros(experts, n, k)
+    moe_kernels.grouped_linear(a, w, rows, block_experts, pairs=3, a_div=1)
+    (call,) = recorder.calls
+    assert call["blocks_bucket"] == moe_kernels.row_blocks_bucket(blocks)
+    assert call["BLOCK_M"] == block_m and call["N"] == n and call["K"] == k

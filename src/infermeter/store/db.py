@@ -220,8 +220,8 @@ class Store:
         if version > schema.SCHEMA_VERSION:
             raise UserError(
                 f"store {self.path} has schema version {version}, newer than this "
-                f"infermeter's {schema.SCHEMA_VERSION}; upgrade infermeter (pip install -U "
-                f"infermeter) or {self.fix}"
+                f"infermeter's {schema.SCHEMA_VERSION}; update infermeter to the version that "
+                f"wrote it (git pull, then ./scripts/setup.sh) or {self.fix}"
             )
         if version == schema.SCHEMA_VERSION:
             return
