@@ -190,3 +190,30 @@ def test_a_head_curve_does_not_choose_whose_steps_a_query_pays() -> None:
     later = [decode_time(c, p, o) - decode_time(c, p, np.array([8.0]))
              for c in (full, [full[0], head, full[1]])]  # fmt: skip
     assert later[1] == pytest.approx(later[0], rel=1e-12)
+
+
+def test_a_gap_between_curves_runs_between_their_whole_slopes() -> None:
+    """Contexts no curve covers are priced from each curve's slope past o₁ as a whole, not from
+    the segment next to the gap: a 32k model's curves at p = 1 and 16,097 leave 15,000
+    contexts between them, and one noisy short segment (o = 8 to 32, here 30 % dear) would
+    otherwise set the steps of every query there (an H100's metered gpt-oss-20b profile priced
+    two such queries 10 % and 14 % high)."""
+    lengths = [2.0, 4.0, 8.0, 32.0, 128.0, 512.0]
+
+    def curve(p_c: int, step: float, first_segment: float) -> dict:
+        decode = [step * (o - 1) for o in lengths]
+        decode[3] = decode[2] + 24 * first_segment  # o = 8 to 32 (the rest keeps its D)
+        return {"prompt_tokens": p_c, "output_tokens": lengths, "decode": decode,
+                "tail_slope": step}  # fmt: skip
+
+    step = 1.78
+    curves = [curve(1, 1.66, 1.66), curve(16_097, step, 1.3 * step)]
+    p, o = np.array([12_654.0]), np.array([234.0])
+    later = decode_time(curves, p, o) - decode_time(curves, p, np.array([8.0]))
+    # from 1.66 at context 513 to the later curve's whole slope at 16,105, linearly
+    at = lambda x: 1.66 + (x - 513) / (16_105 - 513) * (step - 1.66)  # noqa: E731
+    expected = sum(at(12_654 + k + 0.5) for k in range(8, 234))
+    assert later[0] == pytest.approx(expected, rel=1e-3)
+    # the later curve's own contexts keep its segments: the dear one included
+    own = decode_time(curves, np.full(2, 16_097.0), np.array([32.0, 8.0]))
+    assert own[0] - own[1] == pytest.approx(24 * 1.3 * step, rel=1e-9)
