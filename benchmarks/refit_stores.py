@@ -34,6 +34,8 @@ sys.path.insert(0, str(HERE))
 from _record import DOCS, write_result  # noqa: E402
 
 QUANTITIES = ("runtime_s", "energy_j")
+# With a baseline, the table lists the stores whose MAPE or max moved by more than this (points).
+TABLE_MOVE_PT = 0.1
 
 
 def stores_under(root: Path) -> list[Path]:
@@ -150,9 +152,19 @@ def table_rows(
         for quantity in QUANTITIES:
             if quantity in f:
                 before = (baseline or {}).get(store, {}).get(quantity)
+                if baseline is not None and not moved(f[quantity], before):
+                    continue
                 value = cell(f[quantity]) + (f" (baseline {cell(before)})" if baseline else "")
                 rows.append((f"{store}: {quantity} MAPE / max / mean error (%)", value, "-"))
     return rows
+
+
+def moved(now: dict[str, Any], before: dict[str, Any] | None) -> bool:
+    """Whether a store's MAPE or max moved by more than TABLE_MOVE_PT from the baseline's (the
+    table lists those stores only when a baseline is given; the JSON holds every store)."""
+    if before is None:
+        return True
+    return any(abs(now[f] - before[f]) > TABLE_MOVE_PT for f in ("mape_pct", "max_error_pct"))
 
 
 def main() -> None:
