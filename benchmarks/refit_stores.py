@@ -9,11 +9,12 @@ priced at those queries (infermeter.model.fit.validation_errors): MAPE, max |err
 error in percent. With --baseline-src DIR (a source tree, e.g. `git archive COMMIT src | tar
 -x -C /tmp/base`, then /tmp/base/src) the same is done by that code in a subprocess, and each
 store's change is recorded; the pooled figures are over every validation query of every
-store, each store's own 16 or so counted once. Stores are opened as `show` opens them (read-only:
+store (with a baseline, of the stores both priced: one the fit refuses on either side is
+named with its one line, not dropped silently). Stores are opened as `show` opens them (read-only:
 nothing is written beside them, and frames a writer left in a -wal file are read).
 
 Run: python benchmarks/refit_stores.py [--stores DIR] [--baseline-src DIR [--baseline-commit C]]
-     [--name refit_stores]
+     [--name refit_stores] [--out DIR]
 Writes docs/benchmarks/refit_stores.json and .md.
 """
 
@@ -45,7 +46,9 @@ def stores_under(root: Path) -> list[Path]:
 
 def refit(path: Path) -> dict[str, Any] | None:
     """Per quantity: n, MAPE, max and mean error (%) on the latest run's validation queries,
-    and each query's (p, o, error %); None for a store without them (or not a profile's)."""
+    and each query's (p, o, error %); None for a store without them (not a profile's, or one
+    from before validation); {"error": the one line} where the store or its fit is refused
+    (UserError: a change that makes the fit refuse a store shows, not drops it)."""
     from infermeter.errors import UserError
     from infermeter.model.fit import validation_errors
     from infermeter.model.fitted import fit_run
@@ -53,11 +56,16 @@ def refit(path: Path) -> dict[str, Any] | None:
 
     try:
         with Store(path, read_only=True) as store:  # writes nothing, -wal frames included
-            run_id = store.latest_run_id()
+            try:
+                run_id = store.latest_run_id()
+            except UserError:  # no runs
+                return None
+            if not store.holds("validation", run_id):
+                return None
             queries = store.validation(run_id)
-            models = fit_run(store, run_id) if not queries.empty else []
-    except UserError:
-        return None
+            models = fit_run(store, run_id)
+    except UserError as error:
+        return {"error": str(error)}
     out = {}
     for model in models:
         errors = validation_errors(model, queries)
@@ -72,7 +80,7 @@ def refit(path: Path) -> dict[str, Any] | None:
                     for q in errors["queries"]
                 ],
             }
-    return out or None
+    return out or {"error": "no quantity could be priced on its validation queries"}
 
 
 def refit_all(paths: list[Path], root: Path) -> dict[str, dict[str, Any]]:
@@ -86,35 +94,47 @@ def refit_all(paths: list[Path], root: Path) -> dict[str, dict[str, Any]]:
 
 
 def refit_with(source: Path, stores: Path) -> dict[str, dict[str, Any]]:
-    """refit_all() by the infermeter source tree `source`, in a subprocess."""
+    """refit_all() by the infermeter source tree `source`, in a subprocess; exits in one line
+    where it fails or imported infermeter from elsewhere (an installed copy, say)."""
     env = {**os.environ, "PYTHONPATH": str(source)}
     command = [sys.executable, __file__, "--stores", str(stores), "--json-only"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         sys.exit(f"--baseline-src {source}: its refit failed ({tail})")
-    return json.loads(done.stdout)
+    answer = json.loads(done.stdout)
+    imported = Path(answer["infermeter"]).resolve()
+    if not imported.is_relative_to(source.resolve()):
+        sys.exit(f"--baseline-src {source}: the refit imported infermeter from {imported}")
+    return answer["stores"]
 
 
-def pooled(figures: dict[str, dict[str, Any]], quantity: str) -> dict[str, Any]:
-    """MAPE and mean error over every query of every store, the stores' largest max, and
-    how many stores have `quantity`."""
-    errors = [q[2] for f in figures.values() if quantity in f for q in f[quantity]["queries"]]
-    maxima = [f[quantity]["max_error_pct"] for f in figures.values() if quantity in f]
+def pooled(
+    figures: dict[str, dict[str, Any]], quantity: str, only: set[str] | None = None
+) -> dict[str, Any]:
+    """MAPE and mean error over every query of every store (of `only`, where given: the
+    stores both sides priced), the stores' largest max, and how many stores have `quantity`."""
+    chosen = [f for k, f in figures.items() if quantity in f and (only is None or k in only)]
+    errors = [q[2] for f in chosen for q in f[quantity]["queries"]]
     if not errors:
         return {"stores": 0}
     return {
-        "stores": len(maxima),
+        "stores": len(chosen),
         "queries": len(errors),
         "mape_pct": float(np.mean(np.abs(errors))),
         "bias_pct": float(np.mean(errors)),
-        "largest_max_error_pct": float(max(maxima)),
+        "largest_max_error_pct": float(max(f[quantity]["max_error_pct"] for f in chosen)),
     }
+
+
+def priced_by_both(now: dict, before: dict, quantity: str) -> set[str]:
+    """The stores both sides priced `quantity` for."""
+    return {k for k in now if quantity in now[k] and quantity in before.get(k, {})}
 
 
 def compared(now: dict, before: dict, quantity: str) -> dict[str, Any]:
     """Stores whose MAPE and max went down or up (by more than 0.005 points) from `before`."""
-    both = [k for k in now if quantity in now[k] and quantity in before.get(k, {})]
+    both = sorted(priced_by_both(now, before, quantity))
     change = {
         figure: [now[k][quantity][figure] - before[k][quantity][figure] for k in both]
         for figure in ("mape_pct", "max_error_pct")
@@ -123,6 +143,12 @@ def compared(now: dict, before: dict, quantity: str) -> dict[str, Any]:
         "stores": len(both),
         **{f"{f}_lower": sum(d < -0.005 for d in v) for f, v in change.items()},
         **{f"{f}_higher": sum(d > 0.005 for d in v) for f, v in change.items()},
+        "priced_by_this_checkout_only": sorted(
+            k for k in now if quantity in now[k] and k not in both
+        ),
+        "priced_by_baseline_only": sorted(
+            k for k in before if quantity in before[k] and k not in both
+        ),
     }
 
 
@@ -137,17 +163,23 @@ def table_rows(
 ) -> list[tuple[str, str, str]]:
     rows = []
     for quantity in QUANTITIES:
+        only = priced_by_both(figures, baseline, quantity) if baseline is not None else None
         for label, source in (("this checkout", figures), ("baseline", baseline)):
             if source is None:
                 continue
-            p = pooled(source, quantity)
+            p = pooled(source, quantity, only)
             if p["stores"]:
                 rows.append((
-                    f"{quantity}, {label}: pooled MAPE / mean error / largest store max (%)",
-                    f"{p['mape_pct']:.3f} / {p['bias_pct']:+.3f} / {p['largest_max_error_pct']:.2f}"
-                    f" ({p['queries']} queries, {p['stores']} stores)",
+                    f"{quantity}, {label}: pooled MAPE / largest store max / mean error (%)",
+                    f"{p['mape_pct']:.3f} / {p['largest_max_error_pct']:.2f} / {p['bias_pct']:+.3f}"
+                    f" ({p['queries']} queries, {p['stores']} stores"
+                    + (", those both priced)" if only is not None else ")"),
                     "-",
                 ))  # fmt: skip
+    for label, source in (("this checkout", figures), ("baseline", baseline or {})):
+        for store, f in source.items():
+            if "error" in f:
+                rows.append((f"{store}: refused by {label}", f["error"], "-"))
     for store, f in figures.items():
         for quantity in QUANTITIES:
             if quantity in f:
@@ -178,28 +210,48 @@ def main() -> None:
     args = parser.parse_args()
     if not args.stores.exists():
         sys.exit(f"--stores {args.stores} does not exist: name a folder of stores or a store")
-    if args.baseline_src is not None and not (args.baseline_src / "infermeter").is_dir():
-        sys.exit(f"--baseline-src {args.baseline_src} holds no infermeter/: name a source tree")
+    if (
+        args.baseline_src is not None
+        and not (args.baseline_src / "infermeter/__init__.py").is_file()
+    ):
+        sys.exit(
+            f"--baseline-src {args.baseline_src} holds no infermeter/__init__.py: name a source "
+            "tree (git archive COMMIT src | tar -x -C DIR, then DIR/src)"
+        )
     figures = refit_all(stores_under(args.stores), args.stores)
     if args.json_only:
-        print(json.dumps(figures))
+        import infermeter
+
+        print(json.dumps({"infermeter": infermeter.__file__, "stores": figures}))
         return
     if not figures:
         sys.exit(f"no store under {args.stores} holds validation queries")
     baseline = refit_with(args.baseline_src, args.stores) if args.baseline_src else None
     result: dict[str, Any] = {
-        "stores_root": str(args.stores),
-        "baseline_src": str(args.baseline_src) if args.baseline_src else None,
+        "stores_root": shown(args.stores),
+        "baseline_src": shown(args.baseline_src) if args.baseline_src else None,
         "baseline_commit": args.baseline_commit,
         "pooled": {q: pooled(figures, q) for q in QUANTITIES},
         "stores": figures,
     }
     if baseline is not None:
-        result["baseline_pooled"] = {q: pooled(baseline, q) for q in QUANTITIES}
+        both = {q: priced_by_both(figures, baseline, q) for q in QUANTITIES}
+        result["pooled_where_both_priced"] = {q: pooled(figures, q, both[q]) for q in QUANTITIES}
+        result["baseline_pooled"] = {q: pooled(baseline, q, both[q]) for q in QUANTITIES}
         result["against_baseline"] = {q: compared(figures, baseline, q) for q in QUANTITIES}
         result["baseline_stores"] = baseline
-    path = write_result(args.name, result, table_rows(figures, baseline), args.out)
+    try:
+        path = write_result(args.name, result, table_rows(figures, baseline), args.out)
+    except OSError as error:
+        sys.exit(f"cannot write the record in --out {args.out}: {error.strerror or error}")
     print(f"written {path}")
+
+
+def shown(path: Path) -> str:
+    """`path` relative to the repository where it lies inside it, else as given."""
+    repo = HERE.parent
+    resolved = path.resolve()
+    return str(resolved.relative_to(repo)) if resolved.is_relative_to(repo) else str(path)
 
 
 if __name__ == "__main__":

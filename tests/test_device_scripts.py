@@ -176,3 +176,18 @@ def test_a_warm_machine_s_earlier_results_are_not_resumed_without_prior(tmp_path
         store = tar.extractfile("a/gpt-oss-20b.sqlite")
         assert store is not None and store.read() == b"row\n"
         assert "a/docs/record_1.json" not in tar.getnames()
+
+
+def test_a_prior_inside_work_or_a_foreign_work_is_refused_not_deleted(tmp_path: Path) -> None:
+    first, _ = _run("h200_owed.sh", tmp_path)
+    assert first.returncode == 0
+    work = tmp_path / "work" / "a"
+    done, _ = _run("h200_owed.sh", tmp_path, STEPS="2", PRIOR=str(work))
+    assert done.returncode == 2 and "is inside WORK" in done.stdout
+    assert (work / "gpt-oss-20b.sqlite").exists()  # the earlier call's store is kept
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    done, _ = _run("h200_owed.sh", tmp_path, WORK=str(foreign))
+    assert done.returncode == 2 and "did not make" in done.stdout
+    assert (foreign / "notes.txt").read_text() == "keep me"

@@ -55,22 +55,43 @@ def test_the_same_source_as_baseline_changes_nothing(tmp_path: Path) -> None:
         assert got["against_baseline"][quantity] == {
             "stores": 1, "mape_pct_lower": 0, "max_error_pct_lower": 0,
             "mape_pct_higher": 0, "max_error_pct_higher": 0,
+            "priced_by_this_checkout_only": [], "priced_by_baseline_only": [],
         }  # fmt: skip
     assert (tmp_path / "out" / "refit_stores.md").read_text().startswith("# refit_stores")
+    left = [p.name for p in (tmp_path / "stores" / "h100").iterdir()]
+    assert left == ["gpt-oss-20b.sqlite"]  # no -wal or -shm beside it
+
+
+def test_a_file_that_is_no_store_is_named_with_its_reason(tmp_path: Path) -> None:
+    root = stores(tmp_path)
+    (root / "h100" / "notes.sqlite").write_text("not a database")
+    done = run(tmp_path, "--stores", str(root))
+    assert done.returncode == 0, done.stderr
+    got = record(tmp_path)["stores"]
+    assert got["h100/gpt-oss-20b.sqlite"]["energy_j"]["n"] == 16
+    assert "not an infermeter store" in got["h100/notes.sqlite"]["error"]
+    table = (tmp_path / "out" / "refit_stores.md").read_text()
+    assert "h100/notes.sqlite: refused by this checkout" in table
 
 
 def test_a_query_measured_dearer_moves_its_error_by_that(tmp_path: Path) -> None:
     root = stores(tmp_path)
     assert run(tmp_path, "--stores", str(root)).returncode == 0
     before = error_of(record(tmp_path)["stores"], "energy_j")
-    with sqlite3.connect(root / "h100" / "gpt-oss-20b.sqlite") as db:
+    db = sqlite3.connect(root / "h100" / "gpt-oss-20b.sqlite")
+    try:
         changed = db.execute(
             "UPDATE validation SET energy_j = energy_j * 1.25 "
             "WHERE prompt_tokens = ? AND output_tokens = ?",
             QUERY,
         ).rowcount
-    assert changed == 3  # its three trials
-    assert run(tmp_path, "--stores", str(root)).returncode == 0
+        db.commit()
+        assert changed == 3  # its three trials
+        wal = root / "h100" / "gpt-oss-20b.sqlite-wal"
+        assert wal.stat().st_size > 0  # committed, still in the -wal file (db is open)
+        assert run(tmp_path, "--stores", str(root)).returncode == 0
+    finally:
+        db.close()
     after = error_of(record(tmp_path)["stores"], "energy_j")
     assert 1 + after / 100 == pytest.approx((1 + before / 100) / 1.25, rel=1e-9)
 
@@ -78,10 +99,15 @@ def test_a_query_measured_dearer_moves_its_error_by_that(tmp_path: Path) -> None
 def test_user_mistakes_end_in_one_line(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
+    (empty / "infermeter").mkdir()  # a folder of that name, but no package
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    root = stores(tmp_path)
     cases = [
         (["--stores", str(empty)], f"no store under {empty} holds validation queries"),
         (["--stores", str(tmp_path / "nowhere")], "does not exist"),
-        (["--stores", str(empty), "--baseline-src", str(empty)], "holds no infermeter/"),
+        (["--stores", str(empty), "--baseline-src", str(empty)], "holds no infermeter/__init__"),
+        (["--stores", str(root), "--out", str(a_file / "out")], "cannot write the record"),
     ]
     for args, message in cases:
         done = run(tmp_path, *args)

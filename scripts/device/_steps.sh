@@ -3,7 +3,8 @@
 #   STEPS: which steps to run ("2 3"; default all); PRIOR: a folder (an earlier call's a/,
 #   unpacked and carried) copied into the results first, to resume a profile's store there;
 #   WORK: where results gather (default /tmp/a), sent as $OUT/a.tgz; emptied first, so a warm
-#   machine's earlier call leaves nothing in it (only PRIOR brings a store to resume).
+#   machine's earlier call leaves nothing in it (only PRIOR brings a store to resume): a
+#   PRIOR inside WORK, or a WORK holding files no device script made, is refused.
 set -u -o pipefail
 LIMIT=${1:-}
 [[ $LIMIT =~ ^[0-9]+$ ]] || { echo "usage: $0 LIMIT_S (seconds, the call's limit)"; exit 2; }
@@ -13,6 +14,16 @@ LIMIT=$((10#$LIMIT))
 : "${INFERMETER_COMMIT:?set INFERMETER_COMMIT to the commit of this checkout: the device has no git}"
 export PYTHONPATH=src PYTHONUNBUFFERED=1 INFERMETER_COMMIT
 WORK=${WORK:-/tmp/a}
+if [ -n "${PRIOR:-}" ] && [ -d "$PRIOR" ]; then  # emptying WORK would delete it
+  case "$(cd "$PRIOR" && pwd -P)/" in "$(mkdir -p "$WORK" && cd "$WORK" && pwd -P)/"*)
+    echo "PRIOR $PRIOR is inside WORK $WORK, which each call empties: copy it elsewhere first"
+    exit 2 ;;
+  esac
+fi
+if [ -d "$WORK" ] && [ -n "$(ls -A "$WORK")" ] && [ ! -f "$WORK/gpu.txt" ]; then
+  echo "WORK $WORK holds files a device script did not make (no gpu.txt): name another WORK"
+  exit 2
+fi
 rm -rf "$WORK"
 mkdir -p "$WORK/docs" "$OUT"
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | sort | uniq -c | xargs)

@@ -194,26 +194,53 @@ def test_a_head_curve_does_not_choose_whose_steps_a_query_pays() -> None:
 
 def test_a_gap_between_curves_runs_between_their_whole_slopes() -> None:
     """Contexts no curve covers are priced from each curve's slope past o₁ as a whole, not from
-    the segment next to the gap: a 32k model's curves at p = 1 and 16,097 leave 15,000
+    the segments next to the gap: a 32k model's curves at p = 1 and 16,097 leave 15,000
     contexts between them, and one noisy short segment (o = 8 to 32, here 30 % dear) would
     otherwise set the steps of every query there (an H100's metered gpt-oss-20b profile priced
-    two such queries 10 % and 14 % high)."""
+    two such queries 10 % and 14 % high). The curve before the gap ends on a segment cheaper
+    than its whole slope, so both ends of the line are tested."""
     lengths = [2.0, 4.0, 8.0, 32.0, 128.0, 512.0]
 
-    def curve(p_c: int, step: float, first_segment: float) -> dict:
+    def curve(p_c: int, step: float, first_segment: float, last_segment: float) -> dict:
         decode = [step * (o - 1) for o in lengths]
         decode[3] = decode[2] + 24 * first_segment  # o = 8 to 32 (the rest keeps its D)
+        decode[5] = decode[4] + 384 * last_segment  # o = 128 to 512
+        return {"prompt_tokens": p_c, "output_tokens": lengths, "decode": decode,
+                "tail_slope": last_segment}  # fmt: skip
+
+    before = curve(1, 1.66, 1.66, 1.50)
+    after = curve(16_097, 1.78, 1.3 * 1.78, 1.78)
+    whole = [(c["decode"][5] - c["decode"][2]) / 504 for c in (before, after)]
+    assert whole[0] < 1.66 and whole[0] != pytest.approx(1.50, abs=0.02)
+    p, o = np.array([12_654.0]), np.array([234.0])
+    later = decode_time([before, after], p, o) - decode_time([before, after], p, np.array([8.0]))
+    # from the first curve's whole slope at context 513 to the second's at 16,105, linearly
+    at = lambda x: whole[0] + (x - 513) / (16_105 - 513) * (whole[1] - whole[0])  # noqa: E731
+    expected = sum(at(12_654 + k + 0.5) for k in range(8, 234))
+    assert later[0] == pytest.approx(expected, rel=1e-6)
+    # each curve's own contexts keep its segments: the dear one and the cheap one included
+    own = decode_time([before, after], np.array([16_097.0, 16_097.0, 1.0, 1.0]),
+                      np.array([32.0, 8.0, 512.0, 128.0]))  # fmt: skip
+    assert own[0] - own[1] == pytest.approx(24 * 1.3 * 1.78, rel=1e-9)
+    assert own[2] - own[3] == pytest.approx(384 * 1.50, rel=1e-9)
+
+
+def test_a_long_segment_inside_the_head_is_not_a_step_cost() -> None:
+    """With lengths 2, 20, 24, 64, 128 the head ends at o₁ = 24 (20 to 24 is too short to read
+    a step's cost): the 18-step segment from 2 to 20 belongs to the head, so it neither prices
+    contexts nor moves the whole slope a gap runs from."""
+    lengths = [2.0, 20.0, 24.0, 64.0, 128.0]
+
+    def curve(p_c: int, step: float) -> dict:
+        decode = [step * (o - 1) for o in lengths]
+        decode[1] = decode[0] + 18 * 3 * step  # a dear head: 2 to 20 at three times the step
+        decode[2] = decode[1] + 4 * step
+        decode[3], decode[4] = decode[2] + 40 * step, decode[2] + 104 * step
         return {"prompt_tokens": p_c, "output_tokens": lengths, "decode": decode,
                 "tail_slope": step}  # fmt: skip
 
-    step = 1.78
-    curves = [curve(1, 1.66, 1.66), curve(16_097, step, 1.3 * step)]
-    p, o = np.array([12_654.0]), np.array([234.0])
-    later = decode_time(curves, p, o) - decode_time(curves, p, np.array([8.0]))
-    # from 1.66 at context 513 to the later curve's whole slope at 16,105, linearly
-    at = lambda x: 1.66 + (x - 513) / (16_105 - 513) * (step - 1.66)  # noqa: E731
-    expected = sum(at(12_654 + k + 0.5) for k in range(8, 234))
-    assert later[0] == pytest.approx(expected, rel=1e-3)
-    # the later curve's own contexts keep its segments: the dear one included
-    own = decode_time(curves, np.full(2, 16_097.0), np.array([32.0, 8.0]))
-    assert own[0] - own[1] == pytest.approx(24 * 1.3 * step, rel=1e-9)
+    curves = [curve(1, 1.0), curve(4_000, 2.0)]
+    p, o = np.array([2_000.0]), np.array([100.0])
+    later = decode_time(curves, p, o) - decode_time(curves, p, np.array([24.0]))
+    at = lambda x: 1.0 + (x - 129) / (4_024 - 129) * (2.0 - 1.0)  # noqa: E731
+    assert later[0] == pytest.approx(sum(at(2_000 + k + 0.5) for k in range(24, 100)), rel=1e-6)

@@ -83,13 +83,14 @@ def row_blocks_bucket(blocks: int) -> int:
 
     The best tile depends on how many row blocks there are (few: narrow tiles keep programs
     in flight; many: wide ones serve the bandwidth), so a tile tuned once per weight shape
-    served every prompt size with the one the first prompt tuned, kept in Triton's cache for
+    served every prompt size with the one its first use tuned, kept in Triton's cache for
     later processes: on an H100 at 009dd74 gpt-oss-20b's default profile took 11-20 % longer
-    at p >= 2,017 than at 1682906, where the profile's first prefill (p = 32,225) had tuned it,
-    after a process on that machine had tuned it at p <= 481
-    (docs/benchmarks/stores/flex_short_kernel_009dd74; not yet measured apart). About 11-12
-    ranges a GEMM from batch-1 decode to 32,768 prompt tokens, each tuned once (four tiles),
-    kept like any tile."""
+    at p >= 2,017 than at 1682906 (docs/benchmarks/stores/flex_short_kernel_009dd74). Measured
+    apart on an H100 (stores/tile_bucket_7732325, tiles/): with one tile per shape the tiles
+    were the same whichever prompt size ran first, so what the engine runs at its start tuned
+    them, at few row blocks; per range, 8 layers' prefill at p = 4,065 took 35.9 ms against
+    41.8-42.1 in either order. About 11-12 ranges a GEMM from batch-1 decode to 32,768
+    prompt tokens, each tuned once (four tiles), kept like any tile."""
     return 1 << max(0, blocks - 1).bit_length()
 
 

@@ -24,13 +24,17 @@ prefill-only o = 1 point runs at a lower clock than the same prefill followed by
 (D(1505, 2) came out at 2.6 ms for ~4.2). Step k
 of a query attends over p + k tokens; t(x) is the cost of a step at context x: on each curve
 c, between two profiled lengths oₐ < o_b, the measured (D(o_b) − D(oₐ)) / (o_b − oₐ) at every
-context in [p_c + oₐ, p_c + o_b); flat past the ends; across contexts no curve covers,
-linear from the whole slope past o₁ of the curve before, (D(o_last) − D(o₁)) / (o_last − o₁),
-to that of the curve after. Not from the segments nearest the gap: the one next to a gap can
-be the curve's shortest (o = 8 to 32), and a 32k model's gaps span some 15,000 contexts. On an
-H100 (gpt-oss-20b, 7732325) a metered o = 8 point about 4% low at p = 16,097 put that segment
-at 2.31 J a step for 1.79 over the whole curve, and priced validation queries in the gap
-before it (p = 10,566 and 12,654, o = 171 and 234) 10% and 14% high.
+context in [p_c + oₐ, p_c + o_b); flat past the ends, at the nearest segment's cost (on
+the default grid only the head's floor reads contexts below the p = 1 curve's, and the last
+curve's last segment is its longest); across contexts no curve covers, linear from the whole
+slope past o₁ of the curve before, (D(o_last) − D(o₁)) / (o_last − o₁), to that of the curve
+after, each placed at the gap's edge (the mean cost of a curve's steps some hundreds of
+contexts inside it: little against a gap of thousands). Not from the segments nearest the
+gap: the one next to a gap can be the curve's shortest (o = 8 to 32), and a 32k model's gaps
+span some 15,000 contexts. On an H100 (gpt-oss-20b, 7732325) a metered o = 8 point about 3-4%
+low at p = 16,097 put that segment at 2.31 J a step for 1.79 over the whole curve, and priced
+validation queries in the gap before it (p = 10,566 and 12,654, o = 171 and 234) 10% and 14%
+high.
 Where two curves cover a context, the one whose prompt size is nearer the query's is used, so
 that a query at a curve's own prompt size gets exactly that curve's measurement at its
 profiled lengths. Curves without such a common o₁ are blended in p as before. All in numpy,
@@ -94,7 +98,7 @@ def decode_time(curves: list[dict[str, Any]], p: np.ndarray, o: np.ndarray) -> n
         rows = nearest == index
         if not rows.any():
             continue
-        steps = _StepCost(curves, preferred=index)
+        steps = _StepCost(curves, preferred=index, o1=o1)
         q, n = p[rows], o[rows]
         # The head's steps cost at least what steps at those contexts cost later on.
         floor = steps.total(q + 1, q + np.minimum(n, o1))
@@ -107,7 +111,7 @@ def decode_time(curves: list[dict[str, Any]], p: np.ndarray, o: np.ndarray) -> n
 class _StepCost:
     """t(x) as pieces over the context x, and its integral C(x) = ∫ t up to x."""
 
-    def __init__(self, curves: list[dict[str, Any]], preferred: int) -> None:
+    def __init__(self, curves: list[dict[str, Any]], preferred: int, o1: float) -> None:
         order = sorted(
             range(len(curves)),
             key=lambda i: (
@@ -115,9 +119,9 @@ class _StepCost:
                 i,
             ),
         )
-        covered: list[Span] = []
+        covered: list[_Span] = []
         for i in order:
-            covered = _add_curve(covered, curves[i])
+            covered = _add_curve(covered, curves[i], o1)
         covered.sort()
         # Pieces (a, b, t at a, t at b): the covered spans, and linear pieces across gaps from
         # the whole slope of the curve before to that of the curve after (module docstring).
@@ -174,7 +178,7 @@ def _common_head(heads: list[float | None]) -> float | None:
     return ends.pop() if len(ends) == 1 else None
 
 
-class Span(NamedTuple):
+class _Span(NamedTuple):
     """Contexts [start, end) a curve's segment covers at `cost` per step, and `anchor`: that
     curve's whole slope past its head, where a gap between curves starts or ends."""
 
@@ -184,28 +188,31 @@ class Span(NamedTuple):
     anchor: float
 
 
-def _add_curve(covered: list[Span], curve: dict[str, Any]) -> list[Span]:
-    """`covered` with the curve's segments added where nothing covers their contexts yet."""
+def _add_curve(covered: list[_Span], curve: dict[str, Any], o1: float) -> list[_Span]:
+    """`covered` with the curve's segments past `o1` (the head's end) added where nothing
+    covers their contexts yet, each with the curve's whole slope past o₁ as its anchor. Past
+    o₁ every segment of a curve with steps holds MIN_SEGMENT_STEPS or more; a head curve
+    (it ends at o₁), or one whose only segments past o₁ are shorter, adds nothing."""
     p_c = float(curve["prompt_tokens"])
-    lengths = [float(x) for x in curve["output_tokens"]]
-    values = [float(x) for x in curve["decode"]]
-    out = list(covered)
-    points = list(zip(lengths, values, strict=True))
+    points = zip(curve["output_tokens"], curve["decode"], strict=True)
     stepped = [
-        (oa, da, ob, db) for (oa, da), (ob, db) in pairwise(points) if ob - oa >= MIN_SEGMENT_STEPS
-    ]  # not the head's, nor a segment too short to tell a step's cost from the noise
+        (oa, da, ob, db)
+        for (oa, da), (ob, db) in pairwise((float(o), float(d)) for o, d in points)
+        if oa >= o1 and ob - oa >= MIN_SEGMENT_STEPS
+    ]
     if not stepped:
-        return out
+        return list(covered)
     first, last = stepped[0], stepped[-1]
     anchor = (last[3] - first[1]) / (last[2] - first[0])
+    out = list(covered)
     for oa, da, ob, db in stepped:
         cost = (db - da) / (ob - oa)
         for start, end in _uncovered(out, p_c + oa, p_c + ob):
-            out.append(Span(start, end, cost, anchor))
+            out.append(_Span(start, end, cost, anchor))
     return out
 
 
-def _uncovered(covered: list[Span], start: float, end: float) -> list[tuple[float, float]]:
+def _uncovered(covered: list[_Span], start: float, end: float) -> list[tuple[float, float]]:
     """The parts of [start, end) that no span of `covered` holds."""
     parts = [(start, end)]
     for a, b, _, _ in covered:
