@@ -32,7 +32,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _record import DOCS, write_result  # noqa: E402
+from _record import DOCS, record_problem, write_result  # noqa: E402
 
 QUANTITIES = ("runtime_s", "energy_j")
 # With a baseline, the table lists the stores whose MAPE or max moved by more than this (points).
@@ -208,6 +208,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DOCS)
     parser.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if problem := record_problem(args.name, args.out):
+        sys.exit(problem)
+    if not args.json_only:  # this checkout's code, not an installed or another clone's copy
+        import infermeter
+
+        imported = Path(infermeter.__file__).resolve()
+        if not imported.is_relative_to(HERE.parent / "src"):
+            sys.exit(f"infermeter was imported from {imported}: run with PYTHONPATH=src")
     if not args.stores.exists():
         sys.exit(f"--stores {args.stores} does not exist: name a folder of stores or a store")
     if (

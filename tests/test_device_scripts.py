@@ -191,3 +191,18 @@ def test_a_prior_inside_work_or_a_foreign_work_is_refused_not_deleted(tmp_path: 
     done, _ = _run("h200_owed.sh", tmp_path, WORK=str(foreign))
     assert done.returncode == 2 and "did not make" in done.stdout
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_a_work_that_is_a_file_or_inside_prior_is_refused_and_kept(tmp_path: Path) -> None:
+    note = tmp_path / "notes.txt"
+    note.write_text("keep me")
+    done, _ = _run("h200_owed.sh", tmp_path, WORK=str(note))
+    assert done.returncode == 2 and "is not a folder" in done.stdout
+    assert note.read_text() == "keep me"
+    prior = tmp_path / "prior"
+    (prior / "a").mkdir(parents=True)
+    (prior / "a" / "gpu.txt").write_text("1 NVIDIA H200\n")
+    (prior / "a" / "store.sqlite").write_text("rows")
+    done, _ = _run("h200_owed.sh", tmp_path, PRIOR=str(prior), WORK=str(prior / "a"))
+    assert done.returncode == 2 and "is inside PRIOR" in done.stdout
+    assert (prior / "a" / "store.sqlite").read_text() == "rows"

@@ -113,3 +113,17 @@ def test_user_mistakes_end_in_one_line(tmp_path: Path) -> None:
         done = run(tmp_path, *args)
         assert done.returncode == 1 and message in done.stderr
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_record_name_that_is_a_path_and_another_copy_of_infermeter_are_refused(
+    tmp_path: Path,
+) -> None:
+    done = run(tmp_path, "--stores", str(stores(tmp_path)), "--name", "../escaped")
+    assert done.returncode == 1 and "--name must be a file name" in done.stderr
+    assert not (tmp_path / "escaped.json").exists()
+    other = tmp_path / "other" / "src"
+    shutil.copytree(REPO / "src" / "infermeter", other / "infermeter")
+    env = {**os.environ, "PYTHONPATH": str(other)}
+    command = [sys.executable, str(SCRIPT), "--out", str(tmp_path / "out")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "run with PYTHONPATH=src" in done.stderr

@@ -4,7 +4,8 @@
 #   unpacked and carried) copied into the results first, to resume a profile's store there;
 #   WORK: where results gather (default /tmp/a), sent as $OUT/a.tgz; emptied first, so a warm
 #   machine's earlier call leaves nothing in it (only PRIOR brings a store to resume): a
-#   PRIOR inside WORK, or a WORK holding files no device script made, is refused.
+#   WORK that is not a folder or holds files no device script made, and a PRIOR inside WORK
+#   or around it, are refused before anything is deleted.
 set -u -o pipefail
 LIMIT=${1:-}
 [[ $LIMIT =~ ^[0-9]+$ ]] || { echo "usage: $0 LIMIT_S (seconds, the call's limit)"; exit 2; }
@@ -14,27 +15,36 @@ LIMIT=$((10#$LIMIT))
 : "${INFERMETER_COMMIT:?set INFERMETER_COMMIT to the commit of this checkout: the device has no git}"
 export PYTHONPATH=src PYTHONUNBUFFERED=1 INFERMETER_COMMIT
 WORK=${WORK:-/tmp/a}
-if [ -n "${PRIOR:-}" ] && [ -d "$PRIOR" ]; then  # emptying WORK would delete it
-  case "$(cd "$PRIOR" && pwd -P)/" in "$(mkdir -p "$WORK" && cd "$WORK" && pwd -P)/"*)
+# WORK is emptied below: refuse whatever that would lose (checked before anything is deleted)
+if [ -e "$WORK" ] || [ -L "$WORK" ]; then
+  [ -d "$WORK" ] || { echo "WORK $WORK is not a folder: name a folder for the results"; exit 2; }
+  if [ -n "$(ls -A "$WORK")" ] && [ ! -f "$WORK/gpu.txt" ]; then
+    echo "WORK $WORK holds files a device script did not make (no gpu.txt): name another WORK"
+    exit 2
+  fi
+fi
+W=$(mkdir -p "$WORK" && cd "$WORK" && pwd -P) || { echo "cannot make WORK $WORK"; exit 2; }
+if [ -n "${PRIOR:-}" ]; then
+  [ -d "$PRIOR" ] || { echo "PRIOR $PRIOR is not a folder: carry the earlier call's a/"; exit 2; }
+  P=$(cd "$PRIOR" && pwd -P)
+  case "$P/" in "$W/"*)
     echo "PRIOR $PRIOR is inside WORK $WORK, which each call empties: copy it elsewhere first"
     exit 2 ;;
   esac
-fi
-if [ -d "$WORK" ] && [ -n "$(ls -A "$WORK")" ] && [ ! -f "$WORK/gpu.txt" ]; then
-  echo "WORK $WORK holds files a device script did not make (no gpu.txt): name another WORK"
-  exit 2
+  case "$W/" in "$P/"*)
+    echo "WORK $WORK is inside PRIOR $PRIOR: emptying it would delete part of PRIOR"; exit 2 ;;
+  esac
 fi
 rm -rf "$WORK"
 mkdir -p "$WORK/docs" "$OUT"
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | sort | uniq -c | xargs)
 if [ -n "${PRIOR:-}" ]; then
-  [ -d "$PRIOR" ] || { echo "PRIOR $PRIOR is not a folder: carry the earlier call's a/"; exit 2; }
   if [ -f "$PRIOR/gpu.txt" ] && [ "$(cat "$PRIOR/gpu.txt")" != "$GPU" ]; then
     echo "PRIOR was measured on $(cat "$PRIOR/gpu.txt"), this machine has $GPU: a store resumed"
     echo "on other cards would mix them in one run; run on the same kind, or without PRIOR"
     exit 2
   fi
-  cp -r "$PRIOR"/. "$WORK"/
+  cp -r "$PRIOR"/. "$WORK"/ || { echo "copying PRIOR $PRIOR into WORK $WORK failed"; exit 2; }
 fi
 echo "$GPU" > "$WORK/gpu.txt"
 start=$(date +%s)

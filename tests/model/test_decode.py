@@ -244,3 +244,33 @@ def test_a_long_segment_inside_the_head_is_not_a_step_cost() -> None:
     later = decode_time(curves, p, o) - decode_time(curves, p, np.array([24.0]))
     at = lambda x: 1.0 + (x - 129) / (4_024 - 129) * (2.0 - 1.0)  # noqa: E731
     assert later[0] == pytest.approx(sum(at(2_000 + k + 0.5) for k in range(24, 100)), rel=1e-6)
+
+
+def test_a_longer_output_never_prices_below_a_shorter_one_inside_the_head() -> None:
+    """The head is kept or floored at each length; where a step's context costs less than the
+    one before (1.5 then 0.9 a step from context 1,032 here), a head floored at o = 7 and kept
+    at o = 8 priced D(7) = 9.0 above D(8) = 8.95. Never below what a shorter output costs."""
+    curve = {"prompt_tokens": 1000, "output_tokens": [2.0, 4.0, 8.0, 32.0, 128.0, 512.0],
+             "decode": [2.0, 5.15, 8.95, 44.95, 131.35, 476.95], "tail_slope": 0.9}  # fmt: skip
+    o = np.arange(1.0, 40.0)
+    d = decode_time([curve], np.full(o.shape, 1025.0), o)
+    assert d[0] == 0 and np.all(np.diff(d) >= 0)
+
+
+def test_a_curve_without_a_head_length_adds_no_steps() -> None:
+    """A curve whose last segment is too short to end a head (40 to 50) has no head length: it
+    takes no part in which curve's steps a query pays, so it adds no steps either, and a query
+    at its own prompt size is priced from the full curves around it."""
+
+    def full(p_c: int, step: float) -> dict:
+        lengths = [2.0, 4.0, 8.0, 32.0, 128.0, 512.0]
+        return {"prompt_tokens": p_c, "output_tokens": lengths,
+                "decode": [step * (o - 1) for o in lengths], "tail_slope": step}  # fmt: skip
+
+    odd = {"prompt_tokens": 500, "output_tokens": [2.0, 4.0, 8.0, 40.0, 50.0],
+           "decode": [5.0, 15.0, 35.0, 195.0, 245.0], "tail_slope": 5.0}  # fmt: skip
+    without = [full(1, 1.0), full(3000, 2.0)]
+    p, o = np.full(2, 500.0), np.array([40.0, 50.0])
+    later = [decode_time(c, p, o) - decode_time(c, p, np.full(2, 8.0))
+             for c in (without, [without[0], odd, without[1]])]  # fmt: skip
+    assert np.allclose(later[0], later[1], rtol=1e-12)

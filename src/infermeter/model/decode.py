@@ -100,12 +100,27 @@ def decode_time(curves: list[dict[str, Any]], p: np.ndarray, o: np.ndarray) -> n
             continue
         steps = _StepCost(curves, preferred=index, o1=o1)
         q, n = p[rows], o[rows]
-        # The head's steps cost at least what steps at those contexts cost later on.
-        floor = steps.total(q + 1, q + np.minimum(n, o1))
         rest = np.where(n > o1, steps.total(q + o1, q + np.maximum(n, o1)), 0.0)
-        kept = np.where(head[rows] < FIRST_STEP_SHARE * floor, floor, head[rows])
+        kept = _kept_head(reach, steps, q, n, o1)
         out[rows] = kept + rest
     return out
+
+
+def _kept_head(
+    reach: list[dict[str, Any]], steps: _StepCost, q: np.ndarray, n: np.ndarray, o1: float
+) -> np.ndarray:
+    """The head's D at min(n, o₁) for prompts q: the measured head, or what its steps cost at
+    their contexts later on where it is below FIRST_STEP_SHARE of that, and never less than
+    at a shorter length: the choice is made at each length, and a head measured cheap at a
+    step whose context costs less than the one before would otherwise price a longer output
+    below a shorter one."""
+    kept = np.zeros(q.shape)
+    for length in range(2, int(o1) + 1):
+        at = np.minimum(n, length).astype(float)
+        head = blend_in_p(reach, q, at)
+        floor = steps.total(q + 1, q + at)
+        kept = np.maximum(kept, np.where(head < FIRST_STEP_SHARE * floor, floor, head))
+    return kept
 
 
 class _StepCost:
@@ -120,8 +135,9 @@ class _StepCost:
             ),
         )
         covered: list[_Span] = []
-        for i in order:
-            covered = _add_curve(covered, curves[i], o1)
+        for i in order:  # a curve with no head length (no long segment at its end) has no steps
+            if head_length(curves[i]["output_tokens"]) is not None:
+                covered = _add_curve(covered, curves[i], o1)
         covered.sort()
         # Pieces (a, b, t at a, t at b): the covered spans, and linear pieces across gaps from
         # the whole slope of the curve before to that of the curve after (module docstring).
