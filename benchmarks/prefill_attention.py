@@ -54,11 +54,16 @@ def profile(model: str, mode: str, store: Path, args: argparse.Namespace) -> dic
 
 
 def read_store(store: Path) -> dict[str, Any]:
-    """A profile's figures from its store (its latest run), with the run's provenance."""
-    with Store(store) as db:
+    """A profile's figures from its store (its latest run), with the run's provenance: from
+    the fits the profile stored, which hold what it printed (a refit by later code can
+    differ: model/decode.py's gaps since 1a67c1b), or a refit where it stored none."""
+    with Store(store, read_only=True) as db:
         run_id = db.latest_run_id()
         run = db.get_run(run_id)
-        models = fit_run(db, run_id)
+        models = [m for m in db.latest_fits(run_id) if m.batch_size == 1]
+        fitted_by = "the profile (its stored fits)"
+        if not models or models[0].quantity != "runtime_s":
+            models, fitted_by = fit_run(db, run_id), "this checkout (the store kept no fit)"
     runtime = models[0]
     energy = next((m for m in models[1:] if m.quantity == "energy_j"), None)
     largest = max(runtime.prompt_sizes)
@@ -74,6 +79,7 @@ def read_store(store: Path) -> dict[str, Any]:
         "min_r2_per_p": min(row["r2"] for row in runtime.fit["per_prompt"]),
         "largest_knot_p": largest,
         "pe_at_largest_knot_s": pe[largest],
+        "fitted_by": fitted_by,
         "runtime_validation": runtime.fit.get("validation"),
         "energy_validation": energy.fit.get("validation") if energy is not None else None,
     }
