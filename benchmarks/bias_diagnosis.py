@@ -148,10 +148,29 @@ def parity(sizes: np.ndarray, pe_s: np.ndarray) -> dict[str, Any]:
     return {"odd_over_even_neighbours_pct": float(np.mean(ratio)), "odd_sizes": len(odd)}
 
 
+# A gap in a sweep: consecutive sizes more than GAP_FACTOR times its median spacing apart.
+GAP_FACTOR = 2
+# Knot spacings knot_spacing tries (tokens), and the error a query may have (issue 15's max).
+KNOT_SPACINGS = (128, 64, 32, 16, 8)
+OFF_BY_PCT = 3.0
+
+
+def _segments(sizes: np.ndarray) -> list[np.ndarray]:
+    """The sweep's stretches without a gap (indices of two or more sizes each): split where
+    consecutive sizes are more than GAP_FACTOR times the sweep's median spacing apart (e.g.
+    449-641:4,737-1121:4 is two; 449-641:16,511-513:1 is one). A lone size between two gaps
+    is in none."""
+    if len(sizes) < 2:
+        return []
+    spacing = np.diff(sizes)
+    cuts = np.flatnonzero(spacing > GAP_FACTOR * np.median(spacing)) + 1
+    return [run for run in np.split(np.arange(len(sizes)), cuts) if len(run) >= 2]
+
+
 def knot_interpolation(sizes: np.ndarray, pe_s: np.ndarray, knots_at: set[int]) -> dict[str, Any]:
     """How far straight lines between the profile's knots (`knots_at`: the default GPU grid's
     prompt sizes) run from PE measured between them, and the steps (a rise of more than 2 %
-    from one size to the next)."""
+    from one size to the next within a stretch of the sweep, _segments: never across a gap)."""
     knots = np.isin(sizes, sorted(knots_at))
     if knots.sum() < 2:
         return {}
@@ -161,8 +180,8 @@ def knot_interpolation(sizes: np.ndarray, pe_s: np.ndarray, knots_at: set[int]) 
     line = np.interp(sizes[between], sizes[knots], pe_s[knots])
     error = 100 * (line / pe_s[between] - 1)
     rise = 100 * (pe_s[1:] / pe_s[:-1] - 1)
-    neighbours = np.zeros(len(rise), dtype=bool)  # not across a gap between two runs
-    for run in _ranges(sizes):
+    neighbours = np.zeros(len(rise), dtype=bool)
+    for run in _segments(sizes):
         neighbours[run[:-1]] = True
     return {
         "knots_in_sweep": [int(p) for p in sizes[knots]],
@@ -176,59 +195,53 @@ def knot_interpolation(sizes: np.ndarray, pe_s: np.ndarray, knots_at: set[int]) 
     }
 
 
-# Knot spacings knot_spacing tries (tokens), and the error a query may have (issue 15's max).
-KNOT_SPACINGS = (128, 64, 32, 16, 8)
-OFF_BY_PCT = 3.0
-
-
-def _ranges(sizes: np.ndarray) -> list[np.ndarray]:
-    """The sweep's equally spaced runs of sizes (indices), split where the spacing changes
-    (e.g. 449-641:4,737-1121:4 is two runs)."""
-    runs, start = [], 0
-    for i in range(2, len(sizes) + 1):
-        if i == len(sizes) or sizes[i] - sizes[i - 1] != sizes[start + 1] - sizes[start]:
-            runs.append(np.arange(start, i))
-            start = i
-            if len(sizes) - start < 2:
-                break
-    return runs
-
-
 def knot_spacing(sizes: np.ndarray, first_s: np.ndarray, second_s: np.ndarray) -> dict[str, Any]:
-    """Would closer knots price PE to OFF_BY_PCT? For each spacing of KNOT_SPACINGS: knots
-    that many tokens apart from the first size of each equally spaced run of the sweep (its
-    last size a knot too), their PE read from one sweep, and straight lines between them
-    priced against the other sweep at every size between (both ways round, pooled): a
-    profile's knots carry their own noise, so they are not read from the sweep they price.
-    Spacings that are not a multiple of a run's spacing skip that run."""
+    """Would closer knots price PE to OFF_BY_PCT? For each spacing of KNOT_SPACINGS and each
+    placement of knots that many tokens apart in each equally spaced stretch of the sweep
+    (_segments; a stretch with uneven spacing, or whose spacing does not divide the knots',
+    is skipped): the knots' PE read from one sweep, and straight lines between them priced
+    against the other sweep at every size strictly between the first and last knot that is
+    no knot, both ways round. A profile's knots carry their own noise, so they are not read
+    from the sweep they price. Pooled over placements and both ways (`prices`: how many),
+    with the share off by more than OFF_BY_PCT for each placement (its least and most): where
+    a knot falls against PE's rises decides much of it."""
     rows = []
     for spacing in KNOT_SPACINGS:
-        errors, knots = [], 0
-        for run in _ranges(sizes):
-            run_sizes = sizes[run]
-            step = int(run_sizes[1] - run_sizes[0])
-            if spacing % step:
+        errors, shares, sizes_between = [], [], set()
+        for run in _segments(sizes):
+            steps = np.diff(sizes[run])
+            if np.any(steps != steps[0]) or spacing % steps[0]:
                 continue
-            picked = list(range(0, len(run), spacing // step))
-            if picked[-1] != len(run) - 1:
-                picked.append(len(run) - 1)
-            between = np.setdiff1d(np.arange(len(run)), picked)
-            if not between.size:
-                continue
-            knots += len(picked)
-            for known, truth in ((first_s[run], second_s[run]), (second_s[run], first_s[run])):
-                line = np.interp(run_sizes[between], run_sizes[picked], known[picked])
-                errors.append(100 * (line / truth[between] - 1))
+            every = spacing // int(steps[0])
+            for offset in range(every):
+                picked = np.arange(offset, len(run), every)
+                if len(picked) < 2:
+                    continue
+                inside = np.setdiff1d(np.arange(picked[0], picked[-1] + 1), picked)
+                if not inside.size:
+                    continue
+                placement = []
+                for known, truth in ((first_s[run], second_s[run]), (second_s[run], first_s[run])):
+                    at = sizes[run]
+                    line = np.interp(at[inside], at[picked], known[picked])
+                    placement.append(100 * (line / truth[inside] - 1))
+                placed = np.concatenate(placement)
+                errors.append(placed)
+                shares.append(float(100 * np.mean(np.abs(placed) > OFF_BY_PCT)))
+                sizes_between.update(int(p) for p in sizes[run][inside])
         if not errors:
             continue
         error = np.concatenate(errors)
         rows.append({
             "spacing_tokens": spacing,
-            "knots": knots,
-            "sizes_priced": int(error.size),
+            "placements": len(shares),
+            "sizes_between": len(sizes_between),
+            "prices": int(error.size),
             "mape_pct": float(np.mean(np.abs(error))),
             "max_error_pct": float(error[np.argmax(np.abs(error))]),
             "share_off_by_more_pct": float(100 * np.mean(np.abs(error) > OFF_BY_PCT)),
+            "share_least_pct": min(shares),
+            "share_most_pct": max(shares),
         })  # fmt: skip
     return {"knot_spacing": rows, "off_by_pct": OFF_BY_PCT} if rows else {}
 
@@ -358,11 +371,14 @@ def table(result: dict[str, Any]) -> list[tuple[str, str, str]]:
              steps or "none", "-"),
         ]  # fmt: skip
     for row in repeat.get("knot_spacing") or []:
-        rows.append((f"knots {row['spacing_tokens']} tokens apart ({row['knots']}; one sweep's "
-                     f"knots priced against the other's {row['sizes_priced']} sizes between): "
-                     f"MAPE / max / share off by over {repeat['off_by_pct']:g} %",
+        rows.append((f"knots {row['spacing_tokens']} tokens apart, at each of "
+                     f"{row['placements']} placements (one sweep's knots priced against the "
+                     f"other sweep's sizes between them, both ways: {row['prices']} prices at "
+                     f"{row['sizes_between']} sizes): MAPE / max / share off by over "
+                     f"{repeat['off_by_pct']:g} % (placements' least-most)",
                      f"{row['mape_pct']:.2f} / {row['max_error_pct']:+.2f} / "
-                     f"{row['share_off_by_more_pct']:.1f} %", "-"))  # fmt: skip
+                     f"{row['share_off_by_more_pct']:.1f} % ({row['share_least_pct']:.1f}-"
+                     f"{row['share_most_pct']:.1f} %)", "-"))  # fmt: skip
     return rows
 
 

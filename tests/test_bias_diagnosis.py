@@ -46,43 +46,71 @@ def test_the_summary_carries_parity_and_the_table_shows_it(script) -> None:  # t
     assert any("odd p" in figure and "+20.00 %" in value for figure, value, _ in rows)
 
 
-def test_knots_on_a_straight_pe_price_it_exactly_and_runs_split_at_gaps(script) -> None:  # type: ignore[no-untyped-def]
-    sizes = np.array([*range(100, 141, 4), *range(200, 241, 4)])  # two runs, a gap between
-    pe = 1e-3 + 2e-5 * sizes
-    rows = {r["spacing_tokens"]: r for r in script.knot_spacing(sizes, pe, pe)["knot_spacing"]}
-    assert set(rows) == {128, 64, 32, 16, 8}
-    assert rows[8]["knots"] == 12  # 100, 108, ..., 140 and 200, ..., 240
-    assert rows[8]["sizes_priced"] == 2 * 10  # 5 sizes between knots per run, both ways
-    assert rows[128]["knots"] == 4  # each run's ends
-    for row in rows.values():
-        assert row["mape_pct"] == pytest.approx(0, abs=1e-9)
-        assert row["share_off_by_more_pct"] == 0
-    # a spacing that is no multiple of the sweep's is skipped, and so is one with no size between
-    coarse = np.arange(100, 400, 16)
-    spaced = script.knot_spacing(coarse, 1e-3 * coarse, 1e-3 * coarse)["knot_spacing"]
-    assert [r["spacing_tokens"] for r in spaced] == [128, 64, 32]
+def test_knots_read_from_one_sweep_price_the_other_at_every_placement(script) -> None:  # type: ignore[no-untyped-def]
+    sizes = np.array([*range(100, 141, 4), *range(200, 241, 4)])  # two stretches, a gap between
+    first = 1e-3 + 2e-5 * sizes  # a straight PE ...
+    second = 1.02 * first  # ... that the second sweep read 2 % higher everywhere
+    rows = {
+        r["spacing_tokens"]: r for r in script.knot_spacing(sizes, first, second)["knot_spacing"]
+    }
+    assert set(rows) == {32, 16, 8}  # 64 and 128 leave no size between two knots of a stretch
+    eight = rows[8]
+    assert eight["placements"] == 4  # 2 per stretch: knots on 100, 108, ... or on 104, 112, ...
+    assert eight["sizes_between"] == 18  # 104 .. 136 and 204 .. 236: each stretch but its ends
+    # first's knots against second: -1.96 %; second's against first: +2 %; never their own sweep
+    assert eight["max_error_pct"] == pytest.approx(2.0, abs=1e-6)
+    assert eight["mape_pct"] == pytest.approx((2.0 + 100 * (1 / 1.02 - 1) * -1) / 2, abs=1e-6)
+    assert eight["share_off_by_more_pct"] == 0  # 2 % is within 3 %
+    rows = script.knot_spacing(sizes, first, 1.05 * first)["knot_spacing"]
+    assert all(r["share_off_by_more_pct"] == 100 for r in rows)
+    assert all(r["max_error_pct"] == pytest.approx(5.0, abs=1e-6) for r in rows)  # signed: + high
+    bumped = first.copy()
+    bumped[sizes == 120] *= 1.10  # the second sweep read 120 10 % slow: priced 9.1 % low there
+    rows = {
+        r["spacing_tokens"]: r for r in script.knot_spacing(sizes, first, bumped)["knot_spacing"]
+    }
+    assert rows[8]["max_error_pct"] == pytest.approx(100 * (1 / 1.1 - 1), abs=1e-6)  # signed
+    # spacings the sweep's spacing does not divide are skipped: none of 128 .. 8 at 12 apart
+    twelve = np.arange(100, 400, 12)
+    assert script.knot_spacing(twelve, 1e-3 * twelve, 1e-3 * twelve) == {}
+
+
+def test_stretches_split_at_gaps_only(script) -> None:  # type: ignore[no-untyped-def]
+    split = script._segments
+    assert [list(r) for r in split(np.array([0, 4, 8, 16, 24, 32]))] == [[0, 1, 2, 3, 4, 5]]
+    two = np.array([*range(449, 642, 4), 700, *range(737, 1122, 4)])  # a lone size between gaps
+    runs = split(two)
+    assert [(two[r[0]], two[r[-1]]) for r in runs] == [(449, 641), (737, 1121)]
+    assert [list(r) for r in split(np.array([100, 104, 108, 300]))] == [[0, 1, 2]]
+    assert split(np.array([5])) == []
+    mixed = np.array([*range(449, 642, 16), 511, 512, 513, *range(529, 642, 16)])
+    mixed = np.unique(mixed)
+    assert len(split(mixed)) == 1  # 497 -> 511 and 513 -> 529 are neighbours, no gap
 
 
 def test_a_staircase_defeats_close_knots_and_the_table_says_so(script) -> None:  # type: ignore[no-untyped-def]
     sizes = np.arange(449, 1122, 4)
     stairs = 0.04 * 1.08 ** (sizes // 48)  # flat treads, a rise of 8 % every 48 tokens
-    first, second = stairs, stairs * 1.001
-    summary = script.sweep_summary(sizes.tolist(), first.tolist(), second.tolist(), set())
+    summary = script.sweep_summary(sizes.tolist(), stairs.tolist(), stairs.tolist(), set())
     rows = {r["spacing_tokens"]: r for r in summary["knot_spacing"]}
-    # A line between knots that straddle a rise misses by up to half of it, however close.
-    assert rows[8]["share_off_by_more_pct"] > 0
-    assert 3 < abs(rows[8]["max_error_pct"]) < 8
-    assert rows[128]["mape_pct"] > rows[8]["mape_pct"]
+    # A line between knots that straddle a rise misses by up to nearly all of it, and by half at
+    # the midpoint between knots 8 apart (the only size between them in a sweep 4 apart).
+    assert rows[8]["max_error_pct"] == pytest.approx(4.0, abs=0.01)
+    assert 4.0 < abs(rows[32]["max_error_pct"]) < 8.0
+    assert (
+        rows[8]["share_least_pct"] < rows[8]["share_off_by_more_pct"] <= rows[8]["share_most_pct"]
+    )
+    assert 0 < rows[8]["share_off_by_more_pct"] < 100
     table = script.table({"pe_repeatability": summary})
     assert any(
-        figure.startswith("knots 8 tokens apart") and value.endswith("%")
+        figure.startswith("knots 8 tokens apart, at each of 2 placements") and value.endswith("%)")
         for figure, value, _ in table
     )
 
 
 def test_a_gap_between_two_runs_is_no_step(script) -> None:  # type: ignore[no-untyped-def]
-    sizes = np.array([*range(100, 141, 4), *range(300, 341, 4)])
-    pe = 1e-3 * (1000 + sizes)  # 0.3-0.4 % a size within each run; 140 -> 300 is +14 %
+    sizes = np.array([*range(100, 141, 4), 200, *range(300, 341, 4)])
+    pe = 1e-3 * (1000 + sizes)  # 0.3-0.4 % a size within each stretch; 140 -> 200 -> 300 is more
     pe[sizes >= 324] *= 1.05  # a real step: 320 -> 324
     found = script.knot_interpolation(sizes, pe, {100, 140, 300, 340})
     assert [s["after_prompt_tokens"] for s in found["steps"]] == [320]
