@@ -148,22 +148,27 @@ def parity(sizes: np.ndarray, pe_s: np.ndarray) -> dict[str, Any]:
     return {"odd_over_even_neighbours_pct": float(np.mean(ratio)), "odd_sizes": len(odd)}
 
 
-# A gap in a sweep: consecutive sizes more than GAP_FACTOR times its median spacing apart.
-GAP_FACTOR = 2
+# A gap in a sweep: consecutive sizes more than GAP_FACTOR times both the sweep's median
+# spacing and the smaller of their neighbouring spacings apart.
+GAP_FACTOR = 3
 # Knot spacings knot_spacing tries (tokens), and the error a query may have (issue 15's max).
 KNOT_SPACINGS = (128, 64, 32, 16, 8)
 OFF_BY_PCT = 3.0
 
 
 def _segments(sizes: np.ndarray) -> list[np.ndarray]:
-    """The sweep's stretches without a gap (indices of two or more sizes each): split where
-    consecutive sizes are more than GAP_FACTOR times the sweep's median spacing apart (e.g.
-    449-641:4,737-1121:4 is two; 449-641:16,511-513:1 is one). A lone size between two gaps
-    is in none."""
+    """The sweep's stretches without a gap (indices of two or more sizes each). A gap: two
+    consecutive sizes more than GAP_FACTOR times the sweep's median spacing apart and more
+    than GAP_FACTOR times the smaller spacing beside them (so 449-641:4,737-1121:16 is two
+    stretches, 449-641:4,645-1121:12 and 449-641:16,511-513:1 one each). A lone size between
+    two gaps is in none; where the spacing grows over GAP_FACTOR-fold at once, the pair at the
+    change is read as a gap."""
     if len(sizes) < 2:
         return []
     spacing = np.diff(sizes)
-    cuts = np.flatnonzero(spacing > GAP_FACTOR * np.median(spacing)) + 1
+    beside = np.minimum(np.r_[np.inf, spacing[:-1]], np.r_[spacing[1:], np.inf])
+    gap = (spacing > GAP_FACTOR * np.median(spacing)) & (spacing > GAP_FACTOR * beside)
+    cuts = np.flatnonzero(gap) + 1
     return [run for run in np.split(np.arange(len(sizes)), cuts) if len(run) >= 2]
 
 
@@ -197,19 +202,21 @@ def knot_interpolation(sizes: np.ndarray, pe_s: np.ndarray, knots_at: set[int]) 
 
 def knot_spacing(sizes: np.ndarray, first_s: np.ndarray, second_s: np.ndarray) -> dict[str, Any]:
     """Would closer knots price PE to OFF_BY_PCT? For each spacing of KNOT_SPACINGS and each
-    placement of knots that many tokens apart in each equally spaced stretch of the sweep
-    (_segments; a stretch with uneven spacing, or whose spacing does not divide the knots',
-    is skipped): the knots' PE read from one sweep, and straight lines between them priced
-    against the other sweep at every size strictly between the first and last knot that is
-    no knot, both ways round. A profile's knots carry their own noise, so they are not read
-    from the sweep they price. Pooled over placements and both ways (`prices`: how many),
-    with the share off by more than OFF_BY_PCT for each placement (its least and most): where
-    a knot falls against PE's rises decides much of it."""
+    placement of knots that many tokens apart (a placement: the knots' p mod spacing, the same
+    in every equally spaced stretch of the sweep, _segments; a stretch with uneven spacing, or
+    whose spacing does not divide the knots', is skipped): the knots' PE read from one sweep,
+    and straight lines between them priced against the other sweep at every size strictly
+    between a stretch's first and last knot that is no knot, both ways round. A profile's knots
+    carry their own noise, so they are not read from the sweep they price. Pooled over
+    placements and both ways (`prices`: how many), with each placement's share off by more
+    than OFF_BY_PCT (the least and the most): how much where the knots fall matters."""
     rows = []
     for spacing in KNOT_SPACINGS:
-        errors, shares, sizes_between = [], [], set()
+        by_phase: dict[int, list[np.ndarray]] = {}
+        sizes_between: set[int] = set()
         for run in _segments(sizes):
-            steps = np.diff(sizes[run])
+            at = sizes[run]
+            steps = np.diff(at)
             if np.any(steps != steps[0]) or spacing % steps[0]:
                 continue
             every = spacing // int(steps[0])
@@ -220,21 +227,21 @@ def knot_spacing(sizes: np.ndarray, first_s: np.ndarray, second_s: np.ndarray) -
                 inside = np.setdiff1d(np.arange(picked[0], picked[-1] + 1), picked)
                 if not inside.size:
                     continue
-                placement = []
+                phase = by_phase.setdefault(int(at[picked[0]]) % spacing, [])
                 for known, truth in ((first_s[run], second_s[run]), (second_s[run], first_s[run])):
-                    at = sizes[run]
                     line = np.interp(at[inside], at[picked], known[picked])
-                    placement.append(100 * (line / truth[inside] - 1))
-                placed = np.concatenate(placement)
-                errors.append(placed)
-                shares.append(float(100 * np.mean(np.abs(placed) > OFF_BY_PCT)))
-                sizes_between.update(int(p) for p in sizes[run][inside])
-        if not errors:
+                    phase.append(100 * (line / truth[inside] - 1))
+                sizes_between.update(int(p) for p in at[inside])
+        if not by_phase:
             continue
-        error = np.concatenate(errors)
+        error = np.concatenate([e for errors in by_phase.values() for e in errors])
+        shares = [
+            float(100 * np.mean(np.abs(np.concatenate(errors)) > OFF_BY_PCT))
+            for errors in by_phase.values()
+        ]
         rows.append({
             "spacing_tokens": spacing,
-            "placements": len(shares),
+            "placements": len(by_phase),
             "sizes_between": len(sizes_between),
             "prices": int(error.size),
             "mape_pct": float(np.mean(np.abs(error))),
@@ -372,7 +379,8 @@ def table(result: dict[str, Any]) -> list[tuple[str, str, str]]:
         ]  # fmt: skip
     for row in repeat.get("knot_spacing") or []:
         rows.append((f"knots {row['spacing_tokens']} tokens apart, at each of "
-                     f"{row['placements']} placements (one sweep's knots priced against the "
+                     f"{row['placements']} placements (p mod {row['spacing_tokens']}; one "
+                     "sweep's knots priced against the "
                      f"other sweep's sizes between them, both ways: {row['prices']} prices at "
                      f"{row['sizes_between']} sizes): MAPE / max / share off by over "
                      f"{repeat['off_by_pct']:g} % (placements' least-most)",
